@@ -1,0 +1,26 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test bench chaos clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP) ## the bot on the embedded stack (Temporal dev server + worker + HTTP)
+	$(BIN)/playbook-bot dev
+
+test: $(STAMP) ## policy tests, then the whole suite (real Temporal dev server, no mocks of it)
+	$(BIN)/playbook-bot policy test
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP) ## benchmark tables (not timed tests)
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache

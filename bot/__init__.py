@@ -1,0 +1,1 @@
+"""playbook-bot: incident-response playbooks on Temporal."""

@@ -1,0 +1,110 @@
+"""Turn registered action methods into Temporal activities, one activity type per action name.
+
+The wrapper does what every action needs and none should repeat: validate params, resolve
+secrets, heartbeat (so a cancel or a dead worker is noticed in seconds, not at the step timeout),
+bind log context, mask secrets in output and errors, and report the attempt number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Callable, Iterable
+
+import structlog
+from pydantic import ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from bot.actions.base import (
+    ACTION_FAILED,
+    ActionContext,
+    ActionInput,
+    ActionResult,
+    ActionSpec,
+    InvalidParams,
+    spec_of,
+)
+from bot.actions.secrets import SecretStore, mask
+
+log = structlog.get_logger(__name__)
+
+HEARTBEAT_EVERY = 1.0  # the SDK throttles the real sends to 80% of the heartbeat timeout
+
+
+def describe_validation_error(action: str, exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(params)"
+        problems.append(f"{where}: {err['msg']}")
+    return f"{action}: bad params: " + "; ".join(problems)
+
+
+async def _heartbeat_forever() -> None:
+    """Beat from the first second on: quick actions send none, long ones hear a cancel fast."""
+    while True:
+        await asyncio.sleep(HEARTBEAT_EVERY)
+        activity.heartbeat()
+
+
+def _wrap(spec: ActionSpec, method: Callable[..., Any], secrets: SecretStore) -> Callable[..., Any]:
+    async def run(input: ActionInput) -> ActionResult:
+        info = activity.info()
+        used: dict[str, str] = {}
+        with structlog.contextvars.bound_contextvars(
+            run_id=input.run_id, step_id=input.step_id, playbook=input.playbook, action=spec.name, attempt=info.attempt
+        ):
+            try:
+                params = spec.params.model_validate(secrets.resolve(input.params, used))
+            except ValidationError as exc:
+                raise InvalidParams(mask(describe_validation_error(spec.name, exc), used)) from None
+            ctx = ActionContext(
+                run_id=input.run_id,
+                step_id=input.step_id,
+                playbook=input.playbook,
+                idempotency_key=input.idempotency_key,
+                attempt=info.attempt,
+                compensation=input.compensation,
+            )
+            beat = asyncio.create_task(_heartbeat_forever()) if info.heartbeat_timeout else None
+            try:
+                output = await method(params, ctx)
+            except ApplicationError as exc:
+                log.warning("action failed", error=mask(str(exc), used), error_type=exc.type)
+                raise ApplicationError(
+                    mask(exc.message, used),
+                    {"attempt": info.attempt, "output": mask(_first_detail(exc), used)},
+                    type=exc.type,
+                    non_retryable=exc.non_retryable,
+                ) from None
+            except asyncio.CancelledError:
+                log.info("action cancelled")
+                raise
+            except Exception as exc:  # an action bug or an unexpected client error: retry it, say what it was
+                message = mask(f"{spec.name}: {type(exc).__name__}: {exc}", used)
+                log.warning("action failed", error=message)
+                raise ApplicationError(message, {"attempt": info.attempt}, type=ACTION_FAILED) from None
+            finally:
+                if beat:
+                    beat.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await beat
+            return ActionResult(output=mask(output or {}, used), attempt=info.attempt)
+
+    run.__name__ = run.__qualname__ = spec.name.replace(".", "_")
+    return activity.defn(name=spec.name)(run)
+
+
+def _first_detail(exc: ApplicationError) -> Any:
+    return exc.details[0] if exc.details else {}
+
+
+def build_activities(providers: Iterable[object], secrets: SecretStore) -> list[Callable[..., Any]]:
+    """Every `@action` method of the given provider objects, as Temporal activities."""
+    out = []
+    for provider in providers:
+        for name in dir(type(provider)):
+            spec = spec_of(getattr(type(provider), name, None))
+            if spec is not None:
+                out.append(_wrap(spec, getattr(provider, name), secrets))
+    return out

@@ -1,0 +1,120 @@
+"""What every action shares: its input/result models, its errors, and the registry.
+
+An action is a method on a class that receives its clients, decorated with `@action(name,
+ParamsModel)`. The registry reads names and params models from the code, so `validate`, the JSON
+Schema and the worker never drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio.exceptions import ApplicationError
+
+
+class ActionInput(BaseModel):
+    """One argument in: the rendered params plus the correlation ids every log line carries."""
+
+    run_id: str
+    step_id: str
+    playbook: str
+    action: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str
+    compensation: bool = False
+
+
+class ActionResult(BaseModel):
+    output: dict[str, Any] = Field(default_factory=dict)
+    attempt: int = 1
+
+
+class ActionParams(BaseModel):
+    """Base of every action's params model: unknown keys are errors, as in the playbook."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# Error types are fixed strings: the workflow decides on `type`, never on message text.
+INVALID_PARAMS = "InvalidParams"
+ACTION_REFUSED = "ActionRefused"
+ACTION_FAILED = "ActionFailed"
+SECRET_MISSING = "SecretMissing"
+
+
+class InvalidParams(ApplicationError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=INVALID_PARAMS, non_retryable=True)
+
+
+class ActionRefused(ApplicationError):
+    """The action will not run this input, ever (not allowed, not configured)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=ACTION_REFUSED, non_retryable=True)
+
+
+class ActionFailed(ApplicationError):
+    """The action ran and failed; retried per the step's retry policy unless `retryable=False`."""
+
+    def __init__(self, message: str, *, retryable: bool = True, output: dict[str, Any] | None = None) -> None:
+        super().__init__(message, output or {}, type=ACTION_FAILED, non_retryable=not retryable)
+
+
+class SecretMissing(ApplicationError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"secret {name!r} is not set: put it in the environment or in PLAYBOOK_BOT_SECRETS_FILE",
+            type=SECRET_MISSING,
+            non_retryable=True,
+        )
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """What an action may know about the step it serves."""
+
+    run_id: str
+    step_id: str
+    playbook: str
+    idempotency_key: str
+    attempt: int
+    compensation: bool
+
+
+P = TypeVar("P", bound=ActionParams)
+ActionMethod = Callable[[Any, P, ActionContext], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    name: str
+    params: type[ActionParams]
+    summary: str
+    method_name: str
+    heartbeat: bool = True
+
+
+ACTIONS: dict[str, ActionSpec] = {}
+_SPEC_ATTR = "__playbook_action__"
+
+
+def action(name: str, params: type[P], *, summary: str | None = None) -> Callable[[ActionMethod], ActionMethod]:
+    """Register a method as the action `name`; its first docstring line is its summary."""
+
+    def decorate(method: ActionMethod) -> ActionMethod:
+        if name in ACTIONS and ACTIONS[name].method_name != method.__qualname__:
+            raise ValueError(f"action {name!r} is registered twice")
+        doc = (method.__doc__ or "").strip().splitlines()
+        spec = ActionSpec(name, params, summary or (doc[0] if doc else ""), method.__qualname__)
+        ACTIONS[name] = spec
+        setattr(method, _SPEC_ATTR, spec)
+        return method
+
+    return decorate
+
+
+def spec_of(method: Any) -> ActionSpec | None:
+    return getattr(method, _SPEC_ATTR, None)

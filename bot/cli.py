@@ -1,0 +1,286 @@
+"""The only entry point: `playbook-bot dev|worker|serve|run|status|cancel|approve|reject|validate|schema`.
+
+Every refusal or failure is one line on stderr and a non-zero exit. The process leaves through
+`os._exit` after flushing, because temporalio can crash in interpreter teardown after a worker
+ran (sdk-python#300): a command must never print success and then die with 134/139.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Optional, TypeVar
+
+import click
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from bot import logging as bot_logging
+from bot.console import progress_lines, status_table
+from bot.devstack import DevServerError
+from bot.engine.runs import RunError, cancel_run, get_status, start_run, vote
+from bot.engine.state import RunStatus, TriggerContext, VoteRequest
+from bot.playbook.loader import PlaybookError, load_directory, load_file
+from bot.playbook.params import ParamError, coerce_params, parse_assignments
+from bot.playbook.schema import playbook_json_schema
+from bot.settings import Settings
+from bot.temporal import TemporalUnavailable, connect
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Incident-response playbooks on Temporal.")
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+POLL_SECONDS = 0.5
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (
+    RunError,
+    TemporalUnavailable,
+    PlaybookError,
+    ParamError,
+    DevServerError,
+    LookupError,
+)
+
+
+class Failure(click.ClickException):
+    """One line on stderr, exit 1 (2 for usage errors)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+    def show(self, file: Any = None) -> None:
+        print(f"error: {self.message}", file=sys.stderr)
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    bot_logging.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run async work; known errors become one line, the rest a traceback (a bug)."""
+    try:
+        return asyncio.run(coro_fn())
+    except KNOWN_ERRORS as exc:
+        raise Failure(str(exc).strip().strip("'\"")) from None
+
+
+def _user(by: str | None) -> str:
+    return by if by else f"cli:{getpass.getuser()}"
+
+
+def _print_status(status: RunStatus, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(status.model_dump(mode="json"), indent=2))
+    else:
+        out.print(status_table(status))
+
+
+# ---- long-running --------------------------------------------------------------------------
+
+
+@app.command()
+def dev() -> None:
+    """Embedded stack in the foreground: Temporal dev server, worker and HTTP front door."""
+    settings = _settings()
+    from bot.services import run_dev
+
+    _run(lambda: run_dev(settings, announce=lambda line: err.print(line, highlight=False)))
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker against PLAYBOOK_BOT_TEMPORAL_ADDRESS (or the recorded dev server)."""
+    settings = _settings()
+    from bot.services import run_worker_only
+
+    _run(lambda: run_worker_only(settings))
+
+
+@app.command()
+def serve() -> None:
+    """Run the HTTP front door only (Alertmanager, Slack, health)."""
+    settings = _settings()
+    from bot.services import run_serve
+
+    _run(lambda: run_serve(settings))
+
+
+# ---- runs ----------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    name: str = typer.Argument(..., help="Playbook name."),
+    param: list[str] = typer.Option([], "--param", "-p", help="key=value, repeatable."),
+    by: Optional[str] = typer.Option(None, "--by", help="Requester user id (default cli:<os user>)."),
+    wait: bool = typer.Option(False, "--wait", help="Follow progress; exit 0 only if the run completes."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Start a playbook run and print its run id."""
+    settings = _settings()
+    try:
+        loaded = load_directory(settings.playbooks_dir).get(name)
+        params = coerce_params(loaded.playbook, parse_assignments(param))
+    except KNOWN_ERRORS as exc:
+        raise Failure(str(exc).strip("'\"")) from None
+    requested_by = _user(by)
+
+    async def go() -> RunStatus | None:
+        client = await connect(settings)
+        handle = await start_run(
+            client, settings.task_queue, loaded, params, TriggerContext(kind="cli", requested_by=requested_by)
+        )
+        if not wait:
+            print(json.dumps({"run_id": handle.id}) if as_json else handle.id)
+            return None
+        if not as_json:
+            err.print(f"run {handle.id} started", highlight=False)
+        return await _follow(client, handle.id, as_json)
+
+    status = _run(go)
+    if status is None:
+        raise typer.Exit(0)
+    _print_status(status, as_json)
+    raise typer.Exit(0 if status.state == "completed" else 1)
+
+
+async def _follow(client: Any, run_id: str, quiet: bool) -> RunStatus:
+    """Poll the run until it ends; a live table on a terminal, one line per change elsewhere."""
+    previous: RunStatus | None = None
+    live = Live(console=err, auto_refresh=False, transient=True) if err.is_terminal and not quiet else None
+    if live:
+        live.start()
+    try:
+        while True:
+            status = await get_status(client, run_id)
+            if live:
+                live.update(status_table(status), refresh=True)
+            elif not quiet:
+                for line in progress_lines(previous, status):
+                    err.print(line, highlight=False)
+            previous = status
+            if status.finished:
+                return status
+            await asyncio.sleep(POLL_SECONDS)
+    finally:
+        if live:
+            live.stop()
+
+
+@app.command()
+def status(
+    run_id: str = typer.Argument(..., help="Run id (the Temporal workflow id)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show a run's state and its steps."""
+    settings = _settings()
+
+    async def go() -> RunStatus:
+        return await get_status(await connect(settings), run_id)
+
+    _print_status(_run(go), as_json)
+
+
+@app.command()
+def cancel(run_id: str = typer.Argument(...)) -> None:
+    """Cancel a run: the running step stops and completed steps are compensated."""
+    settings = _settings()
+
+    async def go() -> RunStatus:
+        return await cancel_run(await connect(settings), run_id)
+
+    before = _run(go)
+    print(f"cancel requested for {run_id} (was {before.state}); compensations will run")
+
+
+def _vote(run_id: str, step_id: str, by: str | None, reason: str, verdict: str) -> None:
+    settings = _settings()
+    request = VoteRequest(step_id=step_id, user=_user(by), vote=verdict, reason=reason)  # type: ignore[arg-type]
+
+    async def go() -> Any:
+        return await vote(await connect(settings), run_id, request)
+
+    print(_run(go).message)
+
+
+@app.command()
+def approve(
+    run_id: str = typer.Argument(...),
+    step_id: str = typer.Argument(...),
+    by: Optional[str] = typer.Option(None, "--by", help="Approver user id (default cli:<os user>)."),
+    reason: str = typer.Option("", "--reason"),
+) -> None:
+    """Approve a step waiting for approval (the break-glass path when Slack is down)."""
+    _vote(run_id, step_id, by, reason, "approve")
+
+
+@app.command()
+def reject(
+    run_id: str = typer.Argument(...),
+    step_id: str = typer.Argument(...),
+    by: Optional[str] = typer.Option(None, "--by"),
+    reason: str = typer.Option("", "--reason"),
+) -> None:
+    """Reject a step waiting for approval: the run rolls back."""
+    _vote(run_id, step_id, by, reason, "reject")
+
+
+# ---- playbooks -----------------------------------------------------------------------------
+
+
+@app.command()
+def validate(path: Optional[Path] = typer.Argument(None, help="A playbook file or directory.")) -> None:
+    """Check playbooks as the bot will load them (for CI)."""
+    settings = _settings()
+    target = path or settings.playbooks_dir
+    if not target.exists():
+        raise Failure(f"{target}: no such file or directory")
+    try:
+        loaded = [load_file(target)] if target.is_file() else list(load_directory(target).values())
+    except PlaybookError as exc:
+        raise Failure(str(exc)) from None
+    for item in loaded:
+        print(f"ok  {item.playbook.name}  ({item.path}, {len(item.playbook.leaf_steps())} steps, {item.hash[:19]})")
+
+
+@app.command()
+def schema() -> None:
+    """Print the playbook JSON Schema (for editors)."""
+    print(json.dumps(playbook_json_schema(), indent=2))
+
+
+def main() -> None:
+    """Console script: run the CLI, flush, and leave without interpreter teardown."""
+    code = 0
+    try:
+        result = app(standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        code = 130
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception:
+        logging.getLogger("playbook-bot").exception("unexpected error")
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

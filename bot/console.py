@@ -1,0 +1,76 @@
+"""How runs look in a terminal: a step checklist, live while a run goes on."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from rich.table import Table
+from rich.text import Text
+
+from bot.engine.state import RunStatus, StepStatus
+
+STYLE = {
+    "pending": ("·", "dim"),
+    "running": ("▶", "cyan"),
+    "waiting_approval": ("⏸", "yellow"),
+    "succeeded": ("✔", "green"),
+    "completed": ("✔", "green"),
+    "skipped": ("↷", "dim"),
+    "failed": ("✘", "red"),
+    "denied": ("⛔", "red"),
+    "rejected": ("✘", "red"),
+    "cancelled": ("■", "magenta"),
+    "compensating": ("↺", "yellow"),
+    "compensated": ("↺", "blue"),
+    "compensation_failed": ("‼", "bold red"),
+}
+
+
+def _duration(step: StepStatus) -> str:
+    if not step.started_at:
+        return ""
+    end = step.finished_at or datetime.now(timezone.utc)
+    seconds = (end - step.started_at).total_seconds()
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
+
+
+def status_table(status: RunStatus) -> Table:
+    icon, style = STYLE.get(status.state, ("?", ""))
+    table = Table(
+        title=Text.assemble(f"{status.run_id}  ", (f"{icon} {status.state}", style)),
+        title_justify="left",
+        caption=status.error or None,
+        caption_justify="left",
+    )
+    for column in ("step", "action", "state", "attempts", "time", "note"):
+        table.add_column(column)
+    for step in status.steps:
+        icon, style = STYLE.get(step.state, ("?", ""))
+        name = f"  {step.id}" if step.group else step.id
+        note = step.error or ""
+        if step.state == "waiting_approval":
+            note = f"approve: playbook-bot approve {status.run_id} {step.id}"
+        elif step.approvals:
+            note = ", ".join(f"{v.vote}d by {v.user}" for v in step.approvals)
+        table.add_row(name, step.action, Text(f"{icon} {step.state}", style), str(step.attempts or ""), _duration(step), note)
+    for comp in status.compensations:
+        icon, style = STYLE.get("compensated" if comp.state == "succeeded" else comp.state, ("?", ""))
+        table.add_row(f"undo {comp.step}", comp.action, Text(f"{icon} {comp.state}", style), str(comp.attempts or ""), "", comp.error or "")
+    return table
+
+
+def progress_lines(before: RunStatus | None, after: RunStatus) -> list[str]:
+    """Plain one-line transitions for logs and pipes, where a live table would be noise."""
+    lines = []
+    old = {s.id: s.state for s in before.steps} if before else {}
+    for step in after.steps:
+        if old.get(step.id, "pending") != step.state:
+            extra = f" ({step.error})" if step.error else ""
+            lines.append(f"{step.id}: {step.state}{extra}")
+    old_comp = {c.step: c.state for c in before.compensations} if before else {}
+    for comp in after.compensations:
+        if old_comp.get(comp.step, "pending") != comp.state:
+            lines.append(f"undo {comp.step}: {comp.state}")
+    if before is None or before.state != after.state:
+        lines.append(f"run {after.run_id}: {after.state}")
+    return lines

@@ -1,0 +1,94 @@
+"""Approval votes on a waiting step: the four-eyes and one-vote-per-person rules live here.
+
+Workflow-side code (deterministic): the validator refuses a bad vote before it enters history;
+the handler asks the approver policy (through the workflow's callback) before the vote counts.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from bot.engine.state import RunStatus, StepStatus, Vote, VoteRequest, VoteResult
+
+VOTE_REFUSED = "VoteRefused"
+
+
+class VoteRefused(ApplicationError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=VOTE_REFUSED, non_retryable=True)
+
+
+ApproverCheck = Callable[[VoteRequest], Awaitable[list[str]]]
+
+
+class ApprovalBook:
+    """Counts votes for the steps of one run; `needed` is set when a step starts waiting."""
+
+    def __init__(self, status: RunStatus, requester: str) -> None:
+        self._status = status
+        self._requester = requester
+        self._needed: dict[str, int] = {}
+        self._in_flight: set[tuple[str, str]] = set()
+
+    def open(self, step_id: str, needed: int) -> None:
+        self._needed[step_id] = max(1, needed)
+
+    def needed(self, step_id: str) -> int:
+        return self._needed.get(step_id, 1)
+
+    def approvals(self, st: StepStatus) -> int:
+        return sum(1 for v in st.approvals if v.vote == "approve")
+
+    def decided(self, step_id: str) -> bool:
+        st = self._status.step(step_id)
+        return any(v.vote == "reject" for v in st.approvals) or self.approvals(st) >= self.needed(step_id)
+
+    def rejected_by(self, step_id: str) -> Vote | None:
+        return next((v for v in self._status.step(step_id).approvals if v.vote == "reject"), None)
+
+    def validate(self, request: VoteRequest) -> None:
+        """Refuse what can be refused without asking policy; nothing is recorded on refusal."""
+        try:
+            st = self._status.step(request.step_id)
+        except KeyError:
+            raise VoteRefused(f"run {self._status.run_id} has no step {request.step_id!r}") from None
+        if st.state != "waiting_approval":
+            raise VoteRefused(f"step {request.step_id!r} is not waiting for approval (it is {st.state})")
+        if not request.user:
+            raise VoteRefused("a vote needs a user id")
+        if request.user == self._requester:
+            raise VoteRefused(f"{request.user} requested this run and cannot vote on it (four-eyes)")
+        if any(v.user == request.user for v in st.approvals) or (request.step_id, request.user) in self._in_flight:
+            raise VoteRefused(f"{request.user} has already voted on step {request.step_id!r}")
+
+    async def cast(self, request: VoteRequest, check: ApproverCheck) -> VoteResult:
+        self.validate(request)
+        key = (request.step_id, request.user)
+        self._in_flight.add(key)
+        try:
+            refusals = await check(request)
+        finally:
+            self._in_flight.discard(key)
+        if refusals:
+            raise VoteRefused(f"{request.user} may not approve step {request.step_id!r}: " + "; ".join(refusals))
+        self.validate(request)  # the step may have been decided while policy was asked
+        st = self._status.step(request.step_id)
+        st.approvals.append(
+            Vote(
+                user=request.user,
+                name=request.name,
+                vote=request.vote,
+                at=workflow.now(),
+                reason=request.reason,
+                groups=request.groups,
+            )
+        )
+        count, needed = self.approvals(st), self.needed(request.step_id)
+        verb = "rejected" if request.vote == "reject" else f"approved ({count}/{needed})"
+        return VoteResult(
+            step_id=st.id, step_state=st.state, approvals=count, needed=needed, message=f"{request.user} {verb}"
+        )

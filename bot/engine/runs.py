@@ -1,0 +1,98 @@
+"""Starting and reading runs: what the CLI, Slack and the Alertmanager receiver share."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from bot.engine.state import RunInput, RunStatus, TriggerContext, VoteRequest, VoteResult
+from bot.engine.workflow import PlaybookRun
+from bot.playbook.loader import LoadedPlaybook
+
+QUERY_TIMEOUT = timedelta(seconds=5)
+
+
+class RunError(RuntimeError):
+    """A refused or failed operation on a run; the message is for the operator."""
+
+
+def new_run_id(playbook: str, now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return f"{playbook}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+async def start_run(
+    client: Client,
+    task_queue: str,
+    loaded: LoadedPlaybook,
+    params: dict[str, Any],
+    trigger: TriggerContext,
+    *,
+    run_id: str | None = None,
+) -> WorkflowHandle[PlaybookRun, RunStatus]:
+    """Start a run; with a natural-key run_id a repeat attaches to the running one instead."""
+    run_input = RunInput(playbook=loaded.playbook, playbook_hash=loaded.hash, params=params, trigger=trigger)
+    return await client.start_workflow(
+        PlaybookRun.run,
+        run_input,
+        id=run_id or new_run_id(loaded.playbook.name),
+        task_queue=task_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=f"{loaded.playbook.name} by {trigger.requested_by} ({trigger.kind})",
+    )
+
+
+async def get_status(client: Client, run_id: str) -> RunStatus:
+    """The run's state: the result once closed (no worker needed), the live query while running."""
+    handle = client.get_workflow_handle(run_id)
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise RunError(f"unknown run {run_id!r}") from None
+        raise RunError(f"cannot read run {run_id!r}: {exc.message}") from None
+    if desc.workflow_type != "PlaybookRun":
+        raise RunError(f"{run_id!r} is a {desc.workflow_type} workflow, not a playbook run")
+    if desc.raw_description.workflow_execution_info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
+        try:
+            return await handle.query(PlaybookRun.status, rpc_timeout=QUERY_TIMEOUT)
+        except RPCError as exc:
+            raise RunError(
+                f"run {run_id!r} is running but its status cannot be read ({exc.message}): is a worker polling "
+                "its task queue?"
+            ) from None
+    try:
+        return await handle.result(result_type=RunStatus, follow_runs=False)
+    except Exception as exc:  # terminated or timed out by an operator in Temporal itself
+        raise RunError(f"run {run_id!r} ended outside playbook-bot ({desc.status.name if desc.status else '?'}): {exc}") from None
+
+
+async def cancel_run(client: Client, run_id: str) -> RunStatus:
+    status = await get_status(client, run_id)
+    if status.finished:
+        raise RunError(f"run {run_id!r} has already ended ({status.state})")
+    await client.get_workflow_handle(run_id).cancel()
+    return status
+
+
+async def vote(client: Client, run_id: str, request: VoteRequest) -> VoteResult:
+    """Cast a vote; the workflow's validator refuses bad votes before anything is recorded."""
+    status = await get_status(client, run_id)
+    if status.finished:
+        raise RunError(f"run {run_id!r} has already ended ({status.state}): nothing to vote on")
+    try:
+        return await client.get_workflow_handle(run_id).execute_update(
+            PlaybookRun.vote, request, rpc_timeout=timedelta(seconds=30)
+        )
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        raise RunError(getattr(cause, "message", None) or str(cause)) from None
+    except RPCError as exc:
+        raise RunError(f"vote not recorded: {exc.message}") from None

@@ -1,0 +1,319 @@
+"""PlaybookRun: the one generic workflow that interprets a validated playbook snapshot.
+
+Deterministic by construction: templates render from workflow state only, every side effect is
+an activity, time comes from `workflow.now()`. State lives in memory and is read by the `status`
+query, so bookkeeping adds no round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy as TemporalRetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from bot.actions.base import ActionInput, ActionResult
+    from bot.engine.approvals import ApprovalBook
+    from bot.engine.state import (
+        CompensationStatus,
+        RunInput,
+        RunStatus,
+        StepStatus,
+        VoteRequest,
+        VoteResult,
+    )
+    from bot.playbook.model import Compensation, ParallelGroup, RetryPolicy, Step
+    from bot.playbook.templating import TemplateError, render, truthy
+
+HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+POLICY_TIMEOUT = timedelta(seconds=30)
+
+
+def idempotency_key(run_id: str, step_id: str, compensation: bool = False) -> str:
+    return f"{run_id}:{step_id}:undo" if compensation else f"{run_id}:{step_id}"
+
+
+def _retry(policy: RetryPolicy) -> TemporalRetryPolicy:
+    return TemporalRetryPolicy(
+        initial_interval=policy.initial_interval,
+        backoff_coefficient=policy.backoff,
+        maximum_interval=max(policy.max_interval, policy.initial_interval),
+        maximum_attempts=policy.max_attempts,
+    )
+
+
+def describe_failure(err: BaseException, max_attempts: int) -> tuple[str, int]:
+    """A one-line reason and the attempts made, from an activity's final failure."""
+    cause = err.cause if isinstance(err, ActivityError) else err
+    if isinstance(cause, ApplicationError):
+        details = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
+        attempt = int(details.get("attempt", max_attempts))
+        return cause.message, attempt
+    if isinstance(cause, TimeoutError):
+        return f"timed out ({cause.type.name.lower().replace('_', '-') if cause.type else 'timeout'})", max_attempts
+    if isinstance(cause, CancelledError):
+        return "cancelled", max_attempts
+    return str(cause or err), max_attempts
+
+
+class _Saga:
+    """Compensations in registration order; undone last-in, first-out."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Step, Compensation]] = []
+
+    def register(self, step: Step) -> None:
+        if step.compensate is not None:
+            self.entries.append((step, step.compensate))
+
+
+@workflow.defn(name="PlaybookRun")
+class PlaybookRun:
+    @workflow.init
+    def __init__(self, input: RunInput) -> None:
+        info = workflow.info()
+        pb = input.playbook
+        steps: list[StepStatus] = []
+        for item in pb.steps:
+            members = item.parallel if isinstance(item, ParallelGroup) else [item]
+            group = item.id if isinstance(item, ParallelGroup) else None
+            steps.extend(StepStatus(id=s.id, action=s.action, group=group, impact=s.impact) for s in members)
+        self._status = RunStatus(
+            run_id=info.workflow_id,
+            playbook=pb.name,
+            playbook_hash=input.playbook_hash,
+            requested_by=input.trigger.requested_by,
+            trigger=input.trigger.kind,
+            params=input.params,
+            steps=steps,
+        )
+        self._input = input
+        self._saga = _Saga()
+        self._approvals = ApprovalBook(self._status, input.trigger.requested_by)
+        self._log_extra = {"run_id": info.workflow_id, "playbook": pb.name}
+
+    # ---- queries and updates -------------------------------------------------------------
+
+    @workflow.query
+    def status(self) -> RunStatus:
+        return self._status
+
+    @workflow.update
+    async def vote(self, request: VoteRequest) -> VoteResult:
+        return await self._approvals.cast(request, self._check_approver)
+
+    @vote.validator
+    def _validate_vote(self, request: VoteRequest) -> None:
+        self._approvals.validate(request)
+
+    # ---- the run -------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: RunInput) -> RunStatus:
+        status = self._status
+        status.state = "running"
+        status.started_at = workflow.now()
+        self._log("run started", requested_by=status.requested_by, trigger=status.trigger)
+        outcome = "completed"
+        try:
+            for item in input.playbook.steps:
+                ok = await (self._run_group(item) if isinstance(item, ParallelGroup) else self._run_step(item))
+                if not ok:
+                    outcome = "failed"
+                    break
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            self._mark_cancelled()
+        if outcome == "completed":
+            status.state = "completed"
+        else:
+            await self._compensate(outcome)
+        status.finished_at = workflow.now()
+        self._log("run finished", state=status.state)
+        return status
+
+    async def _run_group(self, group: ParallelGroup) -> bool:
+        if group.when is not None and not self._when(group.when, group.id, [s.id for s in group.parallel]):
+            return not any(self._status.step(s.id).state == "failed" for s in group.parallel)
+        results = await asyncio.gather(*(self._run_step(s) for s in group.parallel), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return all(results)
+
+    async def _run_step(self, step: Step) -> bool:
+        """Run one step; False when the run must roll back. Raises CancelledError on cancel."""
+        st = self._status.step(step.id)
+        if step.when is not None and not self._when(step.when, step.id, [step.id]):
+            return st.state != "failed"
+        try:
+            st.args = render(step.with_, self._context())
+        except TemplateError as exc:
+            return self._fail(st, f"cannot render arguments: {exc}")
+        if step.impact == "high" and not await self._gate(step, st):
+            return False
+        self._saga.register(step)
+        st.state = "running"
+        st.started_at = workflow.now()
+        self._log("step started", step_id=step.id, action=step.action)
+        try:
+            result = await self._execute(step.id, step.action, st.args, step.retry, step.timeout, compensation=False)
+        except asyncio.CancelledError:
+            st.state = "cancelled"
+            st.finished_at = workflow.now()
+            raise
+        except ActivityError as exc:
+            if isinstance(exc.cause, CancelledError):
+                st.state, st.finished_at = "cancelled", workflow.now()
+                raise asyncio.CancelledError() from exc
+            message, st.attempts = describe_failure(exc, step.retry.max_attempts)
+            return self._fail(st, message)
+        st.attempts, st.output = result.attempt, result.output
+        st.state, st.finished_at = "succeeded", workflow.now()
+        self._log("step succeeded", step_id=step.id, attempts=st.attempts)
+        return True
+
+    def _when(self, template: str, owner: str, step_ids: list[str]) -> bool:
+        """Evaluate a `when:`; false marks the steps skipped, an error marks them failed."""
+        try:
+            go = truthy(render(template, self._context()))
+        except TemplateError as exc:
+            for step_id in step_ids:
+                self._fail(self._status.step(step_id), f"cannot evaluate when: {exc}")
+            return False
+        if not go:
+            now = workflow.now()
+            for step_id in step_ids:
+                st = self._status.step(step_id)
+                st.state, st.started_at, st.finished_at = "skipped", now, now
+            self._log("step skipped", step_id=owner)
+        return go
+
+    def _fail(self, st: StepStatus, message: str) -> bool:
+        st.state, st.error = "failed", message
+        st.finished_at = workflow.now()
+        self._status.error = self._status.error or f"step {st.id}: {message}"
+        workflow.logger.warning("step failed", extra={**self._log_extra, "step_id": st.id, "error": message})
+        return False
+
+    async def _execute(
+        self,
+        step_id: str,
+        action: str,
+        args: dict[str, Any],
+        retry: RetryPolicy,
+        timeout: timedelta,
+        *,
+        compensation: bool,
+    ) -> ActionResult:
+        return await workflow.execute_activity(
+            action,
+            ActionInput(
+                run_id=self._status.run_id,
+                step_id=step_id,
+                playbook=self._status.playbook,
+                action=action,
+                params=args,
+                idempotency_key=idempotency_key(self._status.run_id, step_id, compensation),
+                compensation=compensation,
+            ),
+            result_type=ActionResult,
+            start_to_close_timeout=timeout,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retry_policy=_retry(retry),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"{step_id}{' (undo)' if compensation else ''}",
+        )
+
+    # ---- policy gate and approvals (filled in by the policy layer) -----------------------
+
+    async def _gate(self, step: Step, st: StepStatus) -> bool:
+        return True
+
+    async def _check_approver(self, request: VoteRequest) -> list[str]:
+        return []
+
+    # ---- saga ----------------------------------------------------------------------------
+
+    def _mark_cancelled(self) -> None:
+        now = workflow.now()
+        for st in self._status.steps:
+            if st.state in ("running", "waiting_approval"):
+                st.state, st.finished_at = "cancelled", now
+        self._status.error = self._status.error or "cancelled"
+
+    async def _compensate(self, outcome: str) -> None:
+        status = self._status
+        if outcome == "cancelled" and not self._saga.entries and not any(
+            st.state == "succeeded" for st in status.steps
+        ):
+            status.state = "cancelled"  # stopped before anything was done that needs undoing
+            return
+        status.state = "compensating"
+        entries = list(reversed(self._saga.entries))
+        status.compensations = [CompensationStatus(step=s.id, action=c.action) for s, c in entries]
+        for (step, comp), record in zip(entries, status.compensations):
+            await self._undo(step, comp, record)
+        status.not_undone = [c.step for c in status.compensations if c.state == "failed"]
+        status.state = "failed" if status.not_undone else "compensated"
+        if status.not_undone:
+            workflow.logger.error(
+                "compensation failed: needs a human", extra={**self._log_extra, "not_undone": status.not_undone}
+            )
+
+    async def _undo(self, step: Step, comp: Compensation, record: CompensationStatus) -> None:
+        st = self._status.step(step.id)
+        record.started_at = workflow.now()
+        try:
+            args = render(comp.with_, self._context())
+        except TemplateError as exc:
+            record.finished_at = workflow.now()
+            if st.state != "succeeded":
+                # The step never produced what its undo needs, so there is nothing to undo.
+                record.state, record.error = "skipped", f"nothing to undo: {exc}"
+                return
+            record.state, record.error = "failed", f"cannot render compensation: {exc}"
+            st.state = "compensation_failed"
+            return
+        previous = st.state
+        st.state = "compensating"
+        record.state = "running"
+        self._log("compensation started", step_id=step.id, action=comp.action)
+        try:
+            result = await self._execute(step.id, comp.action, args, comp.retry, comp.timeout, compensation=True)
+        except ActivityError as exc:
+            record.error, record.attempts = describe_failure(exc, comp.retry.max_attempts)
+            record.state, st.state = "failed", "compensation_failed"
+        else:
+            record.attempts, record.state = result.attempt, "succeeded"
+            st.state = "compensated"
+        record.finished_at = workflow.now()
+        self._log("compensation " + record.state, step_id=step.id, was=previous)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _context(self) -> dict[str, Any]:
+        status = self._status
+        return {
+            "params": self._input.params,
+            "alert": self._input.trigger.alert,
+            "run": {
+                "id": status.run_id,
+                "playbook": status.playbook,
+                "requested_by": status.requested_by,
+                "trigger": status.trigger,
+                "started_at": status.started_at.isoformat() if status.started_at else None,
+            },
+            "steps": {
+                st.id: {"output": st.output, "state": st.state}
+                for st in status.steps
+                if st.state not in ("pending", "skipped")
+            },
+        }
+
+    def _log(self, message: str, **fields: Any) -> None:
+        workflow.logger.info(message, extra={**self._log_extra, **fields})

@@ -1,0 +1,64 @@
+"""structlog for our code and the stdlib loggers (temporalio, uvicorn) alike.
+
+JSON off a TTY, console on one. Context (run_id, step_id, playbook) comes from contextvars in
+activities and from `extra` on `workflow.logger`, which does not repeat lines during replay.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_CONTEXT_KEYS = ("run_id", "step_id", "playbook", "action", "attempt", "requested_by", "trigger", "state", "error")
+
+
+def _from_temporal_extra(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Lift temporalio's workflow/activity info into our field names."""
+    info = event.pop("temporal_workflow", None) or event.pop("temporal_activity", None)
+    if isinstance(info, dict):
+        event.setdefault("run_id", info.get("workflow_id"))
+        event.setdefault("temporal_run_id", info.get("run_id"))
+    return event
+
+
+def configure(level: str = "INFO", fmt: str = "auto", stream: Any = None) -> None:
+    stream = stream or sys.stderr
+    as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        _from_temporal_extra,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Our workflow lines carry run_id in `extra`; the long info suffix on the message is noise.
+    from temporalio import workflow
+
+    workflow.logger.workflow_info_on_message = False

@@ -1,0 +1,150 @@
+"""Playbook format v1 (see DESIGN.md): what a YAML playbook may say, checked before any run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from bot.playbook.durations import Duration
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+STEP_ID_PATTERN = r"^[a-z_][a-z0-9_-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ParamSpec(_Strict):
+    """A typed input; CLI, Slack and alert params are coerced and checked against it."""
+
+    type: Literal["string", "integer", "number", "boolean"] = "string"
+    description: str = ""
+    enum: list[Any] | None = None
+    pattern: str | None = None
+    default: Any = None
+    required: bool | None = Field(None, description="Defaults to true when no default is given.")
+
+    @property
+    def is_required(self) -> bool:
+        return self.required if self.required is not None else self.default is None
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from exc
+        return value
+
+
+class RetryPolicy(_Strict):
+    max_attempts: int = Field(3, ge=1, le=100)
+    initial_interval: Duration = timedelta(seconds=1)
+    backoff: float = Field(2.0, ge=1.0, le=10.0)
+    max_interval: Duration = timedelta(seconds=30)
+
+
+DEFAULT_RETRY = RetryPolicy()
+DEFAULT_TIMEOUT = timedelta(minutes=5)
+
+
+class Compensation(_Strict):
+    """The undo of a step; registered before the step runs, run in reverse on failure or cancel."""
+
+    action: str
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    retry: RetryPolicy = DEFAULT_RETRY
+    timeout: Duration = DEFAULT_TIMEOUT
+
+
+class Step(_Strict):
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    name: str = ""
+    action: str
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    impact: Literal["low", "high"] = "low"
+    when: str | None = Field(None, description="Template; the step is skipped when it renders false.")
+    retry: RetryPolicy = DEFAULT_RETRY
+    timeout: Duration = Field(DEFAULT_TIMEOUT, description="Per attempt.")
+    compensate: Compensation | None = None
+
+
+class ParallelGroup(_Strict):
+    """Steps that run concurrently; the group waits for all of them."""
+
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    name: str = ""
+    when: str | None = None
+    parallel: list[Step] = Field(min_length=1)
+
+
+def _step_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "parallel" if "parallel" in value else "step"
+    return "parallel" if isinstance(value, ParallelGroup) else "step"
+
+
+StepItem = Annotated[
+    Union[Annotated[Step, Tag("step")], Annotated[ParallelGroup, Tag("parallel")]],
+    Discriminator(_step_kind),
+]
+
+
+class AlertTrigger(_Strict):
+    matchers: list[str] = Field(min_length=1, description="Alertmanager matcher syntax.")
+    params: dict[str, Any] = Field(default_factory=dict)
+    on_resolved: Literal["cancel", "continue"] = "cancel"
+
+
+class Triggers(_Strict):
+    alertmanager: list[AlertTrigger] = Field(default_factory=list)
+
+
+class Playbook(_Strict):
+    version: Literal[1] = 1
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+    summary: str = ""
+    owner: str = ""
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    triggers: Triggers = Triggers()
+    channel: str | None = None
+    steps: list[StepItem] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_step_ids(self) -> Playbook:
+        seen: set[str] = set()
+        for item in self.steps:
+            ids = [item.id] + ([s.id for s in item.parallel] if isinstance(item, ParallelGroup) else [])
+            for step_id in ids:
+                if step_id in seen:
+                    raise ValueError(f"duplicate step id {step_id!r}: step ids must be unique")
+                seen.add(step_id)
+        return self
+
+    def leaf_steps(self) -> list[Step]:
+        """Every executable step in order, groups flattened."""
+        out: list[Step] = []
+        for item in self.steps:
+            out.extend(item.parallel if isinstance(item, ParallelGroup) else [item])
+        return out
+
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON form: what ran is what the hash names."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,66 @@
+"""The HTTP front door: health now; /alertmanager, /slack/events and /metrics hang off this app."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from temporalio.client import Client
+
+Check = Callable[[], Awaitable[str | None]]  # None when fine, else the reason
+
+
+@dataclass
+class Readiness:
+    """Named checks /readyz runs; each returns None or why the bot is not ready."""
+
+    checks: dict[str, Check] = field(default_factory=dict)
+
+    async def run(self) -> dict[str, str]:
+        async def one(check: Check) -> str:
+            try:
+                reason = await asyncio.wait_for(check(), timeout=3)
+            except asyncio.TimeoutError:
+                return "no answer within 3s"
+            except Exception as exc:  # a failing check is a reason, never a 500
+                return f"{type(exc).__name__}: {exc}"
+            return reason or "ok"
+
+        names = list(self.checks)
+        results = await asyncio.gather(*(one(self.checks[n]) for n in names))
+        return dict(zip(names, results))
+
+
+def temporal_check(client: Client) -> Check:
+    async def check() -> str | None:
+        return None if await client.service_client.check_health() else "Temporal reports not serving"
+
+    return check
+
+
+def flag_check(flag: Callable[[], bool], reason: str) -> Check:
+    async def check() -> str | None:
+        return None if flag() else reason
+
+    return check
+
+
+def create_app(readiness: Readiness) -> FastAPI:
+    app = FastAPI(title="playbook-bot", version="0.1.0")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Alive: the process answers. Says nothing about Temporal (see /readyz)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Ready: every dependency check passes; the body says which one does not."""
+        results = await readiness.run()
+        ok = all(value == "ok" for value in results.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": results}, status_code=200 if ok else 503)
+
+    return app

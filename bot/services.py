@@ -1,0 +1,135 @@
+"""Long-running processes: `dev` (embedded stack), `worker`, `serve`. Each stops cleanly on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from contextlib import AsyncExitStack
+from typing import Any
+
+import structlog
+import uvicorn
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from bot.devstack import DevServer
+from bot.engine.worker import make_worker, worker_activities
+from bot.playbook.loader import load_directory
+from bot.server import Readiness, create_app, flag_check, temporal_check
+from bot.settings import Settings
+from bot.temporal import connect
+
+log = structlog.get_logger(__name__)
+
+
+def stop_event() -> asyncio.Event:
+    """Set on SIGINT/SIGTERM so every service shuts down in order, not mid-write."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, event.set)
+    return event
+
+
+class _Http:
+    """uvicorn inside our loop, so the front door and the worker share one process in `dev`."""
+
+    def __init__(self, settings: Settings, readiness: Readiness) -> None:
+        config = uvicorn.Config(
+            create_app(readiness),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            lifespan="off",
+        )
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.task: asyncio.Task[Any] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()
+                raise RuntimeError(f"HTTP server on {self.server.config.host}:{self.server.config.port} did not start")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.task, timeout=5)
+
+
+async def _run_worker(worker: Worker, stop: asyncio.Event) -> None:
+    run = asyncio.create_task(worker.run())
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if run in done:
+        waiter.cancel()
+        run.result()  # a worker that died on its own is an error, not a clean exit
+        return
+    await worker.shutdown()
+    with contextlib.suppress(Exception):
+        await run
+
+
+async def serve_worker(settings: Settings, client: Client, stop: asyncio.Event, readiness: Readiness | None = None) -> None:
+    async with worker_activities(settings) as activities:
+        worker = make_worker(client, settings.task_queue, activities)
+        if readiness is not None:
+            readiness.checks["worker"] = flag_check(lambda: worker.is_running, "worker not running")
+        log.info("worker started", task_queue=settings.task_queue, activities=len(activities))
+        await _run_worker(worker, stop)
+        log.info("worker stopped")
+
+
+async def run_dev(settings: Settings, announce: Any = print) -> None:
+    """Embedded Temporal (unless TEMPORAL_ADDRESS is set) + worker + HTTP front door."""
+    catalog = load_directory(settings.playbooks_dir)
+    stop = stop_event()
+    async with AsyncExitStack() as stack:
+        dev: DevServer | None = None
+        if settings.temporal_address:
+            address = settings.temporal_address
+        else:
+            dev = DevServer(settings.data_dir, port=settings.dev_server_port, ui_port=settings.dev_server_ui_port)
+            await dev.start()
+            stack.push_async_callback(dev.stop)
+            address = dev.address
+        client = await connect(settings, address)
+        readiness = Readiness({"temporal": temporal_check(client)})
+        http = _Http(settings, readiness)
+        worker = asyncio.create_task(serve_worker(settings, client, stop, readiness))
+        await http.start()
+        stack.push_async_callback(http.stop)
+        announce(f"playbook-bot dev: {len(catalog)} playbook(s) from {settings.playbooks_dir}")
+        announce(f"  Temporal   {address}" + (" (embedded, data in " + str(settings.data_dir) + ")" if dev else ""))
+        if dev:
+            announce(f"  Web UI     {dev.ui_url}")
+        announce(f"  HTTP       http://{settings.http_host}:{settings.http_port}  (/healthz, /readyz)")
+        announce(f"  Try        playbook-bot run {next(iter(catalog), 'NAME')} --wait   (Ctrl-C stops everything)")
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({worker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        await worker
+        stopper.cancel()
+        announce("playbook-bot dev: stopping")
+
+
+async def run_worker_only(settings: Settings) -> None:
+    stop = stop_event()
+    client = await connect(settings)
+    await serve_worker(settings, client, stop)
+
+
+async def run_serve(settings: Settings) -> None:
+    stop = stop_event()
+    load_directory(settings.playbooks_dir)
+    client = await connect(settings)
+    http = _Http(settings, Readiness({"temporal": temporal_check(client)}))
+    await http.start()
+    log.info("front door listening", host=settings.http_host, port=settings.http_port)
+    await stop.wait()
+    await http.stop()

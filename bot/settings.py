@@ -1,0 +1,50 @@
+"""One settings class for every entry point; environment prefix PLAYBOOK_BOT_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PLAYBOOK_BOT_", extra="ignore")
+
+    # Temporal: unset address -> the embedded dev server (recorded under data_dir by `dev`).
+    temporal_address: str | None = None
+    temporal_namespace: str = "default"
+    task_queue: str = "playbook-bot"
+    temporal_connect_timeout: float = Field(10.0, gt=0)
+    dev_server_port: int = Field(7233, ge=0, le=65535)
+    dev_server_ui_port: int | None = Field(None, ge=0, le=65535)
+
+    data_dir: Path = Path(".data")
+    playbooks_dir: Path = Path("playbooks")
+    policies_dir: Path = Path("policies")
+    secrets_file: Path | None = None
+
+    opa_url: str | None = None
+    opa_token: SecretStr | None = None
+    opa_timeout: float = Field(2.0, gt=0)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+
+    alertmanager_token: SecretStr | None = None
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str | None = None
+
+    shell_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_format: str = "auto"  # auto (JSON off a TTY) | json | console
+    log_level: str = "INFO"
+
+    @field_validator("shell_allow", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value

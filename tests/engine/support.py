@@ -1,0 +1,110 @@
+"""Rehearsal kit for workflow tests: recording fake actions registered under action names."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from temporalio import activity
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+from bot.actions.base import ActionFailed, ActionInput, ActionResult
+from bot.engine.state import RunInput, RunStatus, TriggerContext
+from bot.engine.worker import make_worker
+from bot.engine.workflow import PlaybookRun
+from bot.playbook.model import Playbook
+
+
+@dataclass
+class Recorder:
+    """Fake actions: `t.ok` succeeds, `t.fail` fails for good, `t.flaky` fails `fails` times first,
+    `t.wait` blocks until cancelled (heartbeating). Every call is recorded in order."""
+
+    calls: list[tuple[str, bool, dict[str, Any]]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: list[str] = field(default_factory=list)
+
+    def activities(self) -> list[Any]:
+        rec = self
+
+        @activity.defn(name="t.ok")
+        async def ok(inp: ActionInput) -> ActionResult:
+            rec.calls.append((inp.step_id, inp.compensation, inp.params))
+            rec.keys.append(inp.idempotency_key)
+            return ActionResult(output={"echo": inp.params, "id": f"{inp.step_id}-out"}, attempt=activity.info().attempt)
+
+        @activity.defn(name="t.fail")
+        async def fail(inp: ActionInput) -> ActionResult:
+            rec.calls.append((inp.step_id, inp.compensation, inp.params))
+            attempt = activity.info().attempt
+            retryable = bool(inp.params.get("retryable", False))
+            raise ActionFailed(f"{inp.step_id} broke on attempt {attempt}", retryable=retryable)
+
+        @activity.defn(name="t.flaky")
+        async def flaky(inp: ActionInput) -> ActionResult:
+            attempt = activity.info().attempt
+            rec.calls.append((inp.step_id, inp.compensation, {"attempt": attempt}))
+            if attempt <= int(inp.params.get("fails", 1)):
+                raise ActionFailed(f"flaky attempt {attempt}")
+            return ActionResult(output={"attempt": attempt}, attempt=attempt)
+
+        @activity.defn(name="t.wait")
+        async def wait(inp: ActionInput) -> ActionResult:
+            rec.calls.append((inp.step_id, inp.compensation, inp.params))
+            rec.started.set()
+            try:
+                while True:
+                    activity.heartbeat()
+                    await asyncio.sleep(0.2)
+            except asyncio.CancelledError:
+                rec.cancelled.append(inp.step_id)
+                raise
+
+        return [ok, fail, flaky, wait]
+
+    def sequence(self) -> list[str]:
+        return [("undo " if comp else "") + step for step, comp, _ in self.calls]
+
+
+def playbook(text: str) -> Playbook:
+    return Playbook.model_validate(yaml.safe_load(text))
+
+
+def run_input(pb: Playbook, params: dict[str, Any] | None = None, requested_by: str = "tester") -> RunInput:
+    return RunInput(
+        playbook=pb,
+        playbook_hash=pb.content_hash(),
+        params=params or {},
+        trigger=TriggerContext(kind="cli", requested_by=requested_by),
+    )
+
+
+def worker(client: Client, rec: Recorder, extra: list[Any] | None = None, task_queue: str | None = None) -> Worker:
+    return make_worker(client, task_queue or f"tq-{uuid.uuid4()}", rec.activities() + (extra or []))
+
+
+async def start(client: Client, w: Worker, run: RunInput) -> WorkflowHandle[PlaybookRun, RunStatus]:
+    return await client.start_workflow(PlaybookRun.run, run, id=f"run-{uuid.uuid4()}", task_queue=w.task_queue)
+
+
+async def execute(client: Client, rec: Recorder, pb: Playbook, **kwargs: Any) -> RunStatus:
+    async with worker(client, rec) as w:
+        handle = await start(client, w, run_input(pb, **kwargs))
+        return await handle.result()
+
+
+async def wait_for_state(handle: WorkflowHandle[Any, Any], predicate: Any, timeout: float = 10) -> RunStatus:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        status = await handle.query(PlaybookRun.status)
+        if predicate(status):
+            return status
+        if loop.time() > deadline:
+            raise AssertionError(f"state never reached; last: {status.state} {[(s.id, s.state) for s in status.steps]}")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,238 @@
+"""PlaybookRun on a real Temporal dev server: order, saga, cancel, parallel groups, `when`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio.client import WorkflowExecutionStatus
+
+from tests.engine.support import Recorder, execute, playbook, run_input, start, wait_for_state, worker
+
+SAGA = """
+name: saga
+steps:
+  - id: one
+    action: t.ok
+    with: {n: 1}
+    compensate: {action: t.ok, with: {undo_of: "{{ steps.one.output.id }}"}}
+  - id: two
+    action: t.ok
+    compensate: {action: t.ok}
+  - id: three
+    action: t.fail
+    retry: {max_attempts: 1}
+"""
+
+
+async def test_saga_undoes_completed_steps_in_reverse(dev_env):
+    rec = Recorder()
+    status = await execute(dev_env.client, rec, playbook(SAGA))
+    assert rec.sequence() == ["one", "two", "three", "undo two", "undo one"]
+    assert status.state == "compensated"
+    assert [(s.id, s.state) for s in status.steps] == [("one", "compensated"), ("two", "compensated"), ("three", "failed")]
+    assert status.step("three").error == "three broke on attempt 1"
+    assert [(c.step, c.state) for c in status.compensations] == [("two", "succeeded"), ("one", "succeeded")]
+    # the undo saw the output of the step it undoes
+    assert rec.calls[-1][2] == {"undo_of": "one-out"}
+
+
+async def test_idempotency_keys_are_run_and_step(dev_env):
+    rec = Recorder()
+    status = await execute(dev_env.client, rec, playbook(SAGA))
+    assert rec.keys == [
+        f"{status.run_id}:one",
+        f"{status.run_id}:two",
+        f"{status.run_id}:two:undo",
+        f"{status.run_id}:one:undo",
+    ]
+
+
+async def test_failing_compensation_leaves_run_failed_with_what_was_not_undone(dev_env):
+    rec = Recorder()
+    pb = playbook(
+        """
+name: bad-undo
+steps:
+  - id: one
+    action: t.ok
+    compensate: {action: t.ok}
+  - id: two
+    action: t.ok
+    compensate: {action: t.fail, retry: {max_attempts: 2, initial_interval: 10ms}, with: {retryable: true}}
+  - id: three
+    action: t.fail
+"""
+    )
+    status = await execute(dev_env.client, rec, pb)
+    assert status.state == "failed"
+    assert status.not_undone == ["two"]
+    assert status.step("two").state == "compensation_failed"
+    assert status.step("one").state == "compensated"  # the others are still undone
+    assert [(c.step, c.state, c.attempts) for c in status.compensations] == [("two", "failed", 2), ("one", "succeeded", 1)]
+    assert rec.sequence() == ["one", "two", "three", "undo two", "undo two", "undo one"]
+
+
+async def test_completed_run_and_outputs_flow_to_later_steps(dev_env):
+    rec = Recorder()
+    pb = playbook(
+        """
+name: flow
+params: {svc: {type: string}}
+steps:
+  - id: first
+    action: t.ok
+    with: {svc: "{{ params.svc }}", by: "{{ run.requested_by }}"}
+  - id: second
+    action: t.ok
+    with: {prev: "{{ steps.first.output.id }}", whole: "{{ steps.first.output.echo }}"}
+"""
+    )
+    status = await execute(dev_env.client, rec, pb, params={"svc": "api"})
+    assert status.state == "completed"
+    assert rec.calls[0][2] == {"svc": "api", "by": "tester"}
+    assert rec.calls[1][2] == {"prev": "first-out", "whole": {"svc": "api", "by": "tester"}}
+    assert all(s.state == "succeeded" and s.attempts == 1 for s in status.steps)
+    assert status.started_at and status.finished_at and status.finished_at >= status.started_at
+
+
+async def test_parallel_group_runs_all_members_and_when_skips(dev_env):
+    rec = Recorder()
+    pb = playbook(
+        """
+name: par
+params: {env: {type: string, default: staging}}
+steps:
+  - id: check
+    parallel:
+      - {id: a, action: t.ok, compensate: {action: t.ok}}
+      - {id: b, action: t.ok}
+      - {id: c, action: t.ok, when: "{{ params.env == 'production' }}"}
+  - id: prod-only
+    when: "{{ params.env == 'production' }}"
+    parallel:
+      - {id: d, action: t.ok}
+  - id: after
+    action: t.ok
+"""
+    )
+    status = await execute(dev_env.client, rec, pb, params={"env": "staging"})
+    assert status.state == "completed"
+    states = {s.id: s.state for s in status.steps}
+    assert states == {"a": "succeeded", "b": "succeeded", "c": "skipped", "d": "skipped", "after": "succeeded"}
+    assert sorted(rec.sequence()[:2]) == ["a", "b"] and rec.sequence()[2:] == ["after"]
+    assert status.step("a").group == "check"
+
+
+async def test_parallel_failure_waits_for_siblings_then_compensates(dev_env):
+    rec = Recorder()
+    pb = playbook(
+        """
+name: par-fail
+steps:
+  - id: before
+    action: t.ok
+    compensate: {action: t.ok}
+  - id: group
+    parallel:
+      - {id: good, action: t.ok, compensate: {action: t.ok}}
+      - {id: bad, action: t.fail, retry: {max_attempts: 1}}
+  - id: never
+    action: t.ok
+"""
+    )
+    status = await execute(dev_env.client, rec, pb)
+    assert status.state == "compensated"
+    assert status.step("never").state == "pending"
+    assert rec.sequence()[-2:] == ["undo good", "undo before"]
+
+
+async def test_cancel_mid_step_stops_it_and_compensates(dev_env):
+    rec = Recorder()
+    pb = playbook(
+        """
+name: cancel-me
+steps:
+  - id: one
+    action: t.ok
+    compensate: {action: t.ok}
+  - id: long
+    action: t.wait
+    compensate: {action: t.ok}
+  - id: never
+    action: t.ok
+"""
+    )
+    async with worker(dev_env.client, rec) as w:
+        handle = await start(dev_env.client, w, run_input(pb))
+        await asyncio.wait_for(rec.started.wait(), 10)
+        await handle.cancel()
+        status = await handle.result()
+    assert rec.cancelled == ["long"], "the running step must be told to stop (heartbeat cancellation)"
+    assert status.state == "compensated"
+    assert [(s.id, s.state) for s in status.steps] == [("one", "compensated"), ("long", "compensated"), ("never", "pending")]
+    assert rec.sequence() == ["one", "long", "undo long", "undo one"]
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_cancel_before_any_step_ran_is_cancelled(dev_env):
+    rec = Recorder()
+    pb = playbook("name: early\nsteps: [{id: a, action: t.ok}, {id: b, action: t.ok, compensate: {action: t.ok}}]")
+    w = worker(dev_env.client, rec)
+    handle = await start(dev_env.client, w, run_input(pb))
+    await handle.cancel()  # before any worker picked the run up
+    async with w:
+        status = await handle.result()
+    assert status.state == "cancelled"
+    assert rec.calls == []
+    assert status.compensations == []
+    assert [(s.id, s.state) for s in status.steps] == [("a", "cancelled"), ("b", "pending")]
+
+
+async def test_template_error_at_runtime_fails_the_step_and_rolls_back(dev_env):
+    rec = Recorder()
+    pb = playbook(
+        """
+name: tmpl
+steps:
+  - id: one
+    action: t.ok
+    compensate: {action: t.ok}
+  - id: two
+    action: t.ok
+    with: {x: "{{ steps.one.output.missing.deeper }}"}
+"""
+    )
+    status = await execute(dev_env.client, rec, pb)
+    assert status.state == "compensated"
+    assert status.step("two").state == "failed"
+    assert "cannot render arguments" in (status.step("two").error or "")
+    assert rec.sequence() == ["one", "undo one"]
+
+
+async def test_compensation_of_a_failed_step_without_output_is_skipped(dev_env):
+    rec = Recorder()
+    pb = playbook(
+        """
+name: undo-needs-output
+steps:
+  - id: silence
+    action: t.fail
+    compensate: {action: t.ok, with: {id: "{{ steps.silence.output.id }}"}}
+"""
+    )
+    status = await execute(dev_env.client, rec, pb)
+    assert status.state == "compensated"
+    assert status.compensations[0].state == "skipped"
+    assert rec.sequence() == ["silence"]
+
+
+async def test_status_query_shows_running_step(dev_env):
+    rec = Recorder()
+    pb = playbook("name: q\nsteps: [{id: a, action: t.ok}, {id: b, action: t.wait}]")
+    async with worker(dev_env.client, rec) as w:
+        handle = await start(dev_env.client, w, run_input(pb))
+        status = await wait_for_state(handle, lambda s: s.step("b").state == "running")
+        assert status.state == "running" and status.step("a").state == "succeeded"
+        assert status.requested_by == "tester" and status.trigger == "cli"
+        await handle.cancel()
+        await handle.result()
