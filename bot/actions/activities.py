@@ -65,6 +65,7 @@ def _wrap(spec: ActionSpec, method: Callable[..., Any], secrets: SecretStore) ->
                 idempotency_key=input.idempotency_key,
                 attempt=info.attempt,
                 compensation=input.compensation,
+                mask=lambda value: mask(value, used),
             )
             beat = asyncio.create_task(_heartbeat_forever()) if info.heartbeat_timeout else None
             try:

@@ -82,6 +82,8 @@ class ActionContext:
     idempotency_key: str
     attempt: int
     compensation: bool
+    mask: Callable[[Any], Any] = lambda value: value  # blanks resolved secrets: use it before logging
+
 
 
 P = TypeVar("P", bound=ActionParams)

@@ -69,7 +69,7 @@ async def get_status(client: Client, run_id: str) -> RunStatus:
                 "its task queue?"
             ) from None
     try:
-        return await handle.result(result_type=RunStatus, follow_runs=False)
+        return await client.get_workflow_handle(run_id, result_type=RunStatus).result(follow_runs=False)
     except Exception as exc:  # terminated or timed out by an operator in Temporal itself
         raise RunError(f"run {run_id!r} ended outside playbook-bot ({desc.status.name if desc.status else '?'}): {exc}") from None
 

@@ -16,7 +16,11 @@ from temporalio.common import RetryPolicy as TemporalRetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from bot.actions.activities import describe_validation_error
     from bot.actions.base import ActionInput, ActionResult
+    from bot.actions.core import SleepParams
     from bot.engine.approvals import ApprovalBook
     from bot.engine.state import (
         CompensationStatus,
@@ -26,10 +30,12 @@ with workflow.unsafe.imports_passed_through():
         VoteRequest,
         VoteResult,
     )
+    from bot.playbook.durations import format_duration
     from bot.playbook.model import Compensation, ParallelGroup, RetryPolicy, Step
     from bot.playbook.templating import TemplateError, render, truthy
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+SLEEP_ACTION = "core.sleep"
 POLICY_TIMEOUT = timedelta(seconds=30)
 
 
@@ -161,7 +167,12 @@ class PlaybookRun:
         st.started_at = workflow.now()
         self._log("step started", step_id=step.id, action=step.action)
         try:
-            result = await self._execute(step.id, step.action, st.args, step.retry, step.timeout, compensation=False)
+            if step.action == SLEEP_ACTION:
+                result = await self._sleep(st.args)
+            else:
+                result = await self._execute(step.id, step.action, st.args, step.retry, step.timeout, compensation=False)
+        except ValueError as exc:
+            return self._fail(st, str(exc))
         except asyncio.CancelledError:
             st.state = "cancelled"
             st.finished_at = workflow.now()
@@ -228,6 +239,16 @@ class PlaybookRun:
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             summary=f"{step_id}{' (undo)' if compensation else ''}",
         )
+
+    async def _sleep(self, args: dict[str, Any]) -> ActionResult:
+        """core.sleep is a durable timer, not an activity: it survives worker restarts, holds no
+        activity slot, stops at once on cancel, and skips in time-skipping tests."""
+        try:
+            params = SleepParams.model_validate(args)
+        except ValidationError as exc:
+            raise ValueError(describe_validation_error(SLEEP_ACTION, exc)) from None
+        await workflow.sleep(params.duration, summary=f"sleep {format_duration(params.duration)}")
+        return ActionResult(output={"slept": format_duration(params.duration)}, attempt=1)
 
     # ---- policy gate and approvals (filled in by the policy layer) -----------------------
 

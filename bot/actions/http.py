@@ -1,0 +1,223 @@
+"""`http.request`: call an HTTP API, with the step's idempotency key, and judge the status."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import re
+import time
+from datetime import timedelta
+from typing import Any, Literal
+
+import httpx
+import structlog
+from pydantic import Field, field_validator, model_validator
+
+from bot.actions.base import ActionContext, ActionFailed, ActionParams, action
+from bot.playbook.durations import Duration, format_duration
+
+log = structlog.get_logger("bot.actions.http")
+
+BODY_LIMIT = 64 * 1024  # bytes of response body kept in the output (it lands in workflow history)
+EXCERPT = 300  # characters of body quoted in an error message
+OUTPUT_HEADERS = ("content-type", "location", "retry-after", "etag")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+RETRYABLE_STATUS = frozenset({408, 429})
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 header field name
+
+Scalar = str | int | float | bool
+
+
+def _int_to_str(value: Any) -> Any:
+    """YAML reads `X-Count: 3` as an int; a header value is text, so accept whole numbers."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+class HttpRequestParams(ActionParams):
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    url: str = Field(description="http:// or https:// URL.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Values may hold secrets; never logged.")
+    query: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+    json_: Any = Field(None, alias="json", description="JSON request body (not with `body`).")
+    body: str | None = Field(None, description="Raw request body (not with `json`).")
+    expected_status: int | list[int] | None = Field(None, description="Accepted status(es); default: any 2xx.")
+    timeout: Duration = Field("30s", validate_default=True, description="Whole request, from connect to last byte.")
+    follow_redirects: bool = False
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            url = httpx.URL(value)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise ValueError(f"not a valid URL: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _header_values(cls, value: Any) -> Any:
+        return {k: _int_to_str(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("headers")
+    @classmethod
+    def _valid_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _TOKEN.match(name):
+                raise ValueError(f"bad header name {name!r}")
+            if any(c in text for c in "\r\n\0"):
+                raise ValueError(f"header {name!r}: value must not contain CR, LF or NUL")
+            if name.lower() == IDEMPOTENCY_HEADER.lower():
+                raise ValueError(f"{IDEMPOTENCY_HEADER} is set by the bot from the run and step ids; remove it")
+        return value
+
+    @field_validator("expected_status")
+    @classmethod
+    def _valid_status(cls, value: int | list[int] | None) -> int | list[int] | None:
+        codes = [value] if isinstance(value, int) else value or []
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one status code, or leave it out for any 2xx")
+        for code in codes:
+            if not 100 <= code <= 599:
+                raise ValueError(f"{code} is not an HTTP status code")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("timeout must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _one_body(self) -> HttpRequestParams:
+        if "json_" in self.model_fields_set and self.body is not None:
+            raise ValueError("give either `json` or `body`, not both")
+        return self
+
+    def accepts(self, status: int) -> bool:
+        if self.expected_status is None:
+            return 200 <= status < 300
+        if isinstance(self.expected_status, int):
+            return status == self.expected_status
+        return status in self.expected_status
+
+    def expected_text(self) -> str:
+        if self.expected_status is None:
+            return "2xx"
+        if isinstance(self.expected_status, int):
+            return str(self.expected_status)
+        return " or ".join(str(code) for code in self.expected_status)
+
+
+def retryable_status(status: int) -> bool:
+    return status in RETRYABLE_STATUS or status >= 500
+
+
+class HttpActions:
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    @action("http.request", HttpRequestParams)
+    async def request(self, params: HttpRequestParams, ctx: ActionContext) -> dict[str, Any]:
+        """Send an HTTP request; a status other than the expected one fails the step."""
+        seconds = params.timeout.total_seconds()
+        headers = {**params.headers, IDEMPOTENCY_HEADER: ctx.idempotency_key}
+        body: dict[str, Any] = {"content": params.body} if params.body is not None else {}
+        if "json_" in params.model_fields_set:
+            body = {"json": params.json_}
+        what = f"{params.method} {params.url}"
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(seconds):
+                async with self._client.stream(
+                    params.method,
+                    params.url,
+                    headers=headers,
+                    params=params.query or None,
+                    timeout=httpx.Timeout(seconds),
+                    follow_redirects=params.follow_redirects,
+                    **body,
+                ) as response:
+                    raw, truncated = await _read_limited(response, BODY_LIMIT)
+        except TimeoutError:
+            raise ActionFailed(f"http.request: {what} timed out after {format_duration(params.timeout)}") from None
+        except httpx.TimeoutException as exc:
+            raise ActionFailed(f"http.request: {what} timed out ({type(exc).__name__})") from None
+        except httpx.TooManyRedirects:
+            raise ActionFailed(f"http.request: {what}: too many redirects", retryable=False) from None
+        except httpx.HTTPError as exc:  # connection refused, reset, DNS, protocol errors: worth a retry
+            raise ActionFailed(f"http.request: {what} failed: {type(exc).__name__}: {exc}") from None
+
+        output = _output(response, raw, truncated)
+        # Host and status only: URLs (webhook paths, query tokens) and header values may hold secrets.
+        log.info(
+            "http request",
+            method=params.method,
+            host=response.url.host,
+            status=response.status_code,
+            elapsed_ms=round((time.monotonic() - started) * 1000),
+        )
+        if not params.accepts(response.status_code):
+            status = response.status_code
+            raise ActionFailed(
+                f"http.request: {what} returned {status}, expected {params.expected_text()}: {_excerpt(output['body'])}",
+                retryable=retryable_status(status),
+                output=output,
+            )
+        return output
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """Read at most `limit` bytes (decompressed); a huge body is cut, never held in memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks)[:limit], True
+    return b"".join(chunks), False
+
+
+def _decode(raw: bytes, charset: str | None, truncated: bool) -> str:
+    try:
+        decoder = codecs.getincrementaldecoder(charset or "utf-8")(errors="replace")
+    except LookupError:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    # A cut body may end inside a character: leave that partial character out.
+    return decoder.decode(raw, final=not truncated)
+
+
+def _output(response: httpx.Response, raw: bytes, truncated: bool) -> dict[str, Any]:
+    text = _decode(raw, response.charset_encoding, truncated)
+    output: dict[str, Any] = {
+        "status": response.status_code,
+        "url": str(response.url),
+        "headers": {name: response.headers[name] for name in OUTPUT_HEADERS if name in response.headers},
+        "body": text,
+        "truncated": truncated,
+    }
+    if text and not truncated:
+        try:
+            output["json"] = json.loads(text)
+        except ValueError:
+            pass
+    return output
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    if not flat:
+        return "(empty body)"
+    return flat if len(flat) <= EXCERPT else flat[:EXCERPT] + "…"

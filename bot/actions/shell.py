@@ -1,0 +1,264 @@
+"""`shell.run`: start an allow-listed executable with an argv list, never through a shell.
+
+The process gets its own process group; a timeout, a cancel or a leader that exits early takes
+the whole group down with it, so no step leaves processes behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import Field, field_validator
+
+from bot.actions.base import ActionContext, ActionFailed, ActionParams, ActionRefused, action
+from bot.playbook.durations import Duration, format_duration
+
+log = structlog.get_logger("bot.actions.shell")
+
+INHERITED_ENV = ("PATH", "HOME", "LANG")
+MAX_OUTPUT = 256 * 1024  # per stream; both land in workflow history (2 MB payload limit)
+STDERR_IN_MESSAGE = 500  # characters of stderr quoted in a failure message
+DRAIN_AFTER_EXIT = 1.0  # seconds to collect output once the group is gone
+EXIT_POLL = 0.02  # seconds between looks at the leader's exit status
+
+
+def _int_to_str(value: Any) -> Any:
+    """YAML reads `--replicas, 3` as an int; an argument is text, so accept whole numbers."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+class ShellRunParams(ActionParams):
+    argv: list[str] = Field(min_length=1, description="Executable and arguments; never a shell string.")
+    cwd: str | None = Field(None, description="Working directory (default: the worker's).")
+    env: dict[str, str] = Field(default_factory=dict, description="Added to PATH, HOME and LANG from the worker.")
+    timeout: Duration = Field("5m", validate_default=True)  # a string: the JSON Schema default reads "5m"
+    output_limit: int = Field(
+        64 * 1024,
+        ge=0,
+        le=MAX_OUTPUT,
+        description="Bytes kept per stream: the start of stdout, the end of stderr (where errors are).",
+    )
+
+    @field_validator("argv", mode="before")
+    @classmethod
+    def _argv_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("must be a list like [kubectl, rollout, restart, deploy/x], never a shell string")
+        return [_int_to_str(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("argv")
+    @classmethod
+    def _argv_items(cls, value: list[str]) -> list[str]:
+        if not value[0]:
+            raise ValueError("the executable (first item) must not be empty")
+        if any("\0" in arg for arg in value):
+            raise ValueError("arguments must not contain NUL")
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values(cls, value: Any) -> Any:
+        return {k: _int_to_str(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not name or "=" in name or "\0" in name or "\0" in text:
+                raise ValueError(f"bad environment variable {name!r}")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("timeout must be positive")
+        return value
+
+
+class _Capture:
+    """Keep the first (`head`) or last (`tail`) `limit` bytes of a stream and drain the rest."""
+
+    def __init__(self, limit: int, keep: str) -> None:
+        self.limit, self.keep = limit, keep
+        self.data = bytearray()
+        self.truncated = False
+
+    async def read(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(65536):
+            self.data += chunk
+            if len(self.data) > self.limit:
+                self.truncated = True
+                if self.keep == "head":
+                    del self.data[self.limit :]
+                else:
+                    del self.data[: len(self.data) - self.limit]
+
+    def text(self) -> str:
+        data = bytes(self.data)
+        if self.truncated and self.keep == "tail":
+            # A cut at the start may split a UTF-8 character: drop its continuation bytes.
+            skip = 0
+            while skip < min(3, len(data)) and data[skip] & 0xC0 == 0x80:
+                skip += 1
+            data = data[skip:]
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return decoder.decode(data, final=not (self.truncated and self.keep == "head"))
+
+
+class ShellActions:
+    """`allow`: bare names (looked up on the worker's PATH) or absolute paths, matched exactly."""
+
+    def __init__(self, allow: list[str], *, kill_grace: float = 2.0, environ: Mapping[str, str] | None = None) -> None:
+        self._allow = list(allow)
+        self._kill_grace = kill_grace
+        self._environ = os.environ if environ is None else environ
+
+    @action("shell.run", ShellRunParams)
+    async def run(self, params: ShellRunParams, ctx: ActionContext) -> dict[str, Any]:
+        """Run an allow-listed command; a non-zero exit fails the step."""
+        name = params.argv[0]
+        program = self._resolve(name)
+        if params.cwd is not None and not Path(params.cwd).is_dir():
+            raise ActionFailed(f"shell.run: working directory {params.cwd!r} does not exist", retryable=False)
+        env = {key: self._environ[key] for key in INHERITED_ENV if key in self._environ} | params.env
+
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *params.argv,
+                executable=program,  # the resolved path: a PATH in `env` cannot redirect it
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=params.cwd,
+                env=env,
+                start_new_session=True,  # own session and process group, killed as a whole
+            )
+        except OSError as exc:
+            if isinstance(exc, (FileNotFoundError, PermissionError)) or exc.errno in (errno.ENOEXEC, errno.E2BIG):
+                raise ActionRefused(f"shell.run: cannot start {name}: {exc.strerror or exc}") from None
+            raise ActionFailed(f"shell.run: cannot start {name}: {exc.strerror or exc}") from None  # EAGAIN, ENOMEM
+        assert proc.stdout is not None and proc.stderr is not None
+
+        stdout, stderr = _Capture(params.output_limit, "head"), _Capture(params.output_limit, "tail")
+        readers = asyncio.gather(stdout.read(proc.stdout), stderr.read(proc.stderr))
+        try:
+            try:
+                async with asyncio.timeout(params.timeout.total_seconds()):
+                    code = await _exited(proc)
+            except TimeoutError:
+                await self._terminate(proc)
+                output = _output(proc.returncode, stdout, stderr, started)
+                log.warning("shell command timed out", executable=name, duration_ms=output["duration_ms"])
+                raise ActionFailed(
+                    f"shell.run: {name} timed out after {format_duration(params.timeout)} and was killed",
+                    output=output,
+                ) from None
+            self._kill_group(proc.pid, signal.SIGKILL)  # whatever the command left running in its group
+            with contextlib.suppress(TimeoutError):  # a process that left the group may hold the pipes
+                await asyncio.wait_for(asyncio.shield(readers), DRAIN_AFTER_EXIT)
+        except asyncio.CancelledError:
+            await self._terminate(proc)
+            raise
+        finally:
+            readers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await readers
+
+        output = _output(code, stdout, stderr, started)
+        log.info("shell command finished", executable=name, exit_code=code, duration_ms=output["duration_ms"])
+        if code != 0:
+            raise ActionFailed(f"shell.run: {name} {_how_it_ended(code)}: {_tail(output['stderr'])}", output=output)
+        return output
+
+    def _resolve(self, name: str) -> str:
+        """The path to execute, if `name` is allowed; refuse otherwise, saying how to allow it."""
+        if "/" in name and not os.path.isabs(name):
+            raise ActionRefused(
+                f"shell.run: executable {name!r} is a relative path, which is never allowed "
+                "(it would depend on the working directory); use a bare name or an absolute path"
+            )
+        if name not in self._allow:
+            allowed = f"allowed now: {', '.join(self._allow)}" if self._allow else "nothing is allowed now"
+            raise ActionRefused(
+                f"shell.run: executable {name!r} is not allowed; add it to PLAYBOOK_BOT_SHELL_ALLOW "
+                f"(a bare name or an absolute path); {allowed}"
+            )
+        if os.path.isabs(name):
+            if not os.path.isfile(name):
+                raise ActionRefused(f"shell.run: executable {name!r} is allowed but does not exist")
+            if not os.access(name, os.X_OK):
+                raise ActionRefused(f"shell.run: {name!r} is allowed but is not executable")
+            return name
+        path = self._environ.get("PATH", os.defpath)
+        found = shutil.which(name, path=path)
+        if found is None:
+            raise ActionRefused(f"shell.run: executable {name!r} is allowed but was not found on PATH ({path})")
+        return os.path.abspath(found)
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM the group, give it `kill_grace` seconds, then SIGKILL whatever is left."""
+        try:
+            if proc.returncode is None:
+                self._kill_group(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_exited(proc), self._kill_grace)
+        finally:
+            self._kill_group(proc.pid, signal.SIGKILL)  # even if we are cancelled again meanwhile
+        with contextlib.suppress(TimeoutError):  # so the output can say how it ended
+            await asyncio.wait_for(_exited(proc), 1.0)
+
+    @staticmethod
+    def _kill_group(pgid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """The leader's exit status once it exits. Not `proc.wait()`: that also waits for the pipes
+    to close, which a background child holding stdout can put off for ever."""
+    while proc.returncode is None:
+        await asyncio.sleep(EXIT_POLL)
+    return proc.returncode
+
+
+def _output(code: int | None, stdout: _Capture, stderr: _Capture, started: float) -> dict[str, Any]:
+    return {
+        "exit_code": code,
+        "stdout": stdout.text(),
+        "stderr": stderr.text(),
+        "stdout_truncated": stdout.truncated,
+        "stderr_truncated": stderr.truncated,
+        "duration_ms": round((time.monotonic() - started) * 1000),
+    }
+
+
+def _how_it_ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _tail(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return "(nothing on stderr)"
+    return text if len(text) <= STDERR_IN_MESSAGE else "…" + text[-STDERR_IN_MESSAGE:]

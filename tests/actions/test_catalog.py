@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import httpx
+
+from bot.actions.activities import build_activities
+from bot.actions.base import ACTIONS
+from bot.actions.catalog import make_providers
+from bot.actions.secrets import SecretStore
+from bot.settings import Settings
+
+SHIPPED = {"core.log", "core.sleep", "http.request", "shell.run"}
+
+
+def test_catalog_registers_every_shipped_action_with_a_schema() -> None:
+    assert SHIPPED <= set(ACTIONS)
+    for name in SHIPPED:
+        spec = ACTIONS[name]
+        assert spec.summary, name
+        schema = spec.params.model_json_schema()
+        assert schema["additionalProperties"] is False, name
+    assert "json" in ACTIONS["http.request"].params.model_json_schema()["properties"]
+    assert ACTIONS["core.sleep"].params.model_json_schema()["properties"]["duration"]["type"] == "string"
+
+
+async def test_make_providers_builds_one_activity_per_action() -> None:
+    settings = Settings(shell_allow="sh, kubectl")
+    async with httpx.AsyncClient() as client:
+        providers = make_providers(settings, client)
+        activities = build_activities(providers, SecretStore(environ={}))
+    assert {fn.__name__ for fn in activities} == {name.replace(".", "_") for name in SHIPPED}
+    assert providers[2]._allow == ["sh", "kubectl"]
+
+
+def test_schema_defaults_are_written_like_playbooks_write_them() -> None:
+    http = ACTIONS["http.request"].params.model_json_schema()["properties"]
+    shell = ACTIONS["shell.run"].params.model_json_schema()["properties"]
+    assert (http["timeout"]["default"], shell["timeout"]["default"]) == ("30s", "5m")

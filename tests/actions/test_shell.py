@@ -1,0 +1,234 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from temporalio.testing import ActivityEnvironment
+
+from bot.actions.base import ACTION_FAILED, ACTION_REFUSED, INVALID_PARAMS
+from bot.actions.secrets import MASK, SecretStore
+from bot.actions.shell import ShellActions
+
+PY = sys.executable
+ENVIRON = {"PATH": os.environ.get("PATH", os.defpath), "HOME": "/home/oncall", "LANG": "C.UTF-8", "AWS_SECRET": "x"}
+
+
+def shell(*allow: str, kill_grace: float = 0.2) -> list[object]:
+    return [ShellActions(list(allow), kill_grace=kill_grace, environ=ENVIRON)]
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+async def wait_gone(pid: int, within: float = 3.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            return True
+        await asyncio.sleep(0.02)
+    return not process_alive(pid)
+
+
+async def wait_for_file(path: Path, within: float = 3.0) -> str:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text()
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{path} never appeared")
+
+
+
+async def test_allowed_command_runs_with_minimal_env(tmp_path, run_action) -> None:
+    result = await run_action(
+        "shell.run",
+        {"argv": ["sh", "-c", 'echo "$FOO|$HOME|$LANG|$AWS_SECRET|$(pwd)"'], "env": {"FOO": "bar"}, "cwd": str(tmp_path)},
+        shell("sh"),
+    )
+    out = result.output
+    assert out["exit_code"] == 0
+    assert out["stdout"] == f"bar|/home/oncall|C.UTF-8||{tmp_path}\n"
+    assert out["stderr"] == "" and out["stdout_truncated"] is False and out["stderr_truncated"] is False
+    assert isinstance(out["duration_ms"], int)
+
+
+async def test_absolute_path_entry_admits_exactly_that_path(run_action) -> None:
+    result = await run_action("shell.run", {"argv": [PY, "-c", "print('hi')"]}, shell(PY))
+    assert result.output["stdout"] == "hi\n"
+
+
+async def test_whole_numbers_in_argv_become_text(run_action) -> None:
+    result = await run_action("shell.run", {"argv": ["sh", "-c", 'echo "$1"', "sh", 3]}, shell("sh"))
+    assert result.output["stdout"] == "3\n"
+
+
+@pytest.mark.parametrize(
+    ("allow", "argv0", "listed"),
+    [
+        (["sh"], "/bin/sh", "allowed now: sh"),  # a bare name admits the bare name only
+        (["sh"], "ls", "allowed now: sh"),
+        ([], "sh", "nothing is allowed"),
+        (["/bin/sh"], "sh", "allowed now: /bin/sh"),
+    ],
+)
+async def test_not_allowed_is_refused(run_failing, allow: list[str], argv0: str, listed: str) -> None:
+    error = await run_failing("shell.run", {"argv": [argv0, "-c", "true"]}, shell(*allow))
+    assert error.type == ACTION_REFUSED and error.non_retryable
+    assert f"executable {argv0!r} is not allowed" in error.message
+    assert "PLAYBOOK_BOT_SHELL_ALLOW" in error.message and listed in error.message
+
+
+async def test_path_trick_is_refused(tmp_path, run_failing) -> None:
+    fake = tmp_path / "sh"
+    fake.write_text("#!/bin/sh\ntouch pwned\n")
+    fake.chmod(0o755)
+    for argv0, allow in ((str(fake), "sh"), ("./sh", "sh"), ("sub/../sh", "sh"), ("./sh", "./sh")):
+        error = await run_failing("shell.run", {"argv": [argv0], "cwd": str(tmp_path)}, shell(allow))
+        assert error.type == ACTION_REFUSED and error.non_retryable, argv0
+    assert not (tmp_path / "pwned").exists()
+
+
+async def test_path_in_env_cannot_redirect_an_allowed_name(tmp_path, run_action) -> None:
+    fake = tmp_path / "sh"
+    fake.write_text("#!/bin/sh\necho fake\n")
+    fake.chmod(0o755)
+    result = await run_action("shell.run", {"argv": ["sh", "-c", "echo real"], "env": {"PATH": str(tmp_path)}}, shell("sh"))
+    assert result.output["stdout"] == "real\n"
+
+
+async def test_allowed_but_missing_executable_is_refused(run_failing) -> None:
+    error = await run_failing("shell.run", {"argv": ["no-such-tool-xyz"]}, shell("no-such-tool-xyz"))
+    assert error.type == ACTION_REFUSED and error.non_retryable
+    assert "'no-such-tool-xyz' is allowed but was not found on PATH" in error.message
+
+    error = await run_failing("shell.run", {"argv": ["/nonexistent/tool"]}, shell("/nonexistent/tool"))
+    assert error.type == ACTION_REFUSED and "does not exist" in error.message
+
+
+async def test_missing_cwd_fails_permanently(tmp_path, run_failing) -> None:
+    error = await run_failing("shell.run", {"argv": ["sh", "-c", "true"], "cwd": str(tmp_path / "gone")}, shell("sh"))
+    assert error.type == ACTION_FAILED and error.non_retryable and "does not exist" in error.message
+
+
+async def test_non_zero_exit_is_a_retryable_failure_with_output(run_failing) -> None:
+    error = await run_failing("shell.run", {"argv": ["sh", "-c", "echo partial; echo boom >&2; exit 3"]}, shell("sh"))
+
+    assert error.type == ACTION_FAILED and not error.non_retryable
+    assert error.message == "shell.run: sh exited with code 3: boom"
+    output = error.details[0]["output"]
+    assert (output["exit_code"], output["stdout"], output["stderr"]) == (3, "partial\n", "boom\n")
+    assert error.details[0]["attempt"] == 1
+
+
+async def test_killed_by_signal_says_so(run_failing) -> None:
+    error = await run_failing("shell.run", {"argv": ["sh", "-c", "kill -KILL $$"]}, shell("sh"))
+    assert "was killed by signal SIGKILL" in error.message and error.details[0]["output"]["exit_code"] == -9
+
+
+async def test_secrets_in_argv_are_masked_in_errors_and_output(run_failing) -> None:
+    secrets = SecretStore(environ={"TOKEN": "tok-123"})
+    error = await run_failing(
+        "shell.run", {"argv": ["sh", "-c", "echo ${secret:TOKEN}; echo ${secret:TOKEN} >&2; exit 1"]}, shell("sh"), secrets=secrets
+    )
+    assert error.message == f"shell.run: sh exited with code 1: {MASK}"
+    assert error.details[0]["output"]["stdout"] == f"{MASK}\n"
+
+
+async def test_output_is_truncated_per_stream(run_action) -> None:
+    code = "import sys; sys.stdout.write('a' * 5000 + 'END'); sys.stderr.write('START' + 'é' * 5000)"
+    result = await run_action("shell.run", {"argv": [PY, "-c", code], "output_limit": 101}, shell(PY))
+    out = result.output
+    assert out["stdout_truncated"] and out["stdout"] == "a" * 101  # the start of stdout
+    assert out["stderr_truncated"] and set(out["stderr"]) == {"é"}  # the end of stderr, whole characters
+    assert 49 <= len(out["stderr"]) <= 51
+
+
+async def test_timeout_kills_the_whole_group(tmp_path, run_failing) -> None:
+    pids = tmp_path / "pids"
+    script = f"sleep 30 & echo $$ $! > {pids}; wait"
+    started = time.monotonic()
+    error = await run_failing("shell.run", {"argv": ["sh", "-c", script], "timeout": "300ms"}, shell("sh"))
+
+    assert time.monotonic() - started < 3
+    assert error.type == ACTION_FAILED and not error.non_retryable
+    assert error.message == "shell.run: sh timed out after 300ms and was killed"
+    for pid in map(int, pids.read_text().split()):
+        assert await wait_gone(pid), f"process {pid} outlived the step"
+
+
+async def test_timeout_escalates_to_sigkill_when_term_is_ignored(tmp_path, run_failing) -> None:
+    pids = tmp_path / "pids"
+    script = f"trap '' TERM; sleep 30 & echo $$ $! > {pids}; wait; wait"
+    error = await run_failing("shell.run", {"argv": ["sh", "-c", script], "timeout": "200ms"}, shell("sh", kill_grace=0.2))
+    assert "timed out" in error.message
+    assert error.details[0]["output"]["exit_code"] == -9
+    for pid in map(int, pids.read_text().split()):
+        assert await wait_gone(pid), f"process {pid} outlived the step"
+
+
+async def test_leftover_background_process_is_killed_when_leader_exits(tmp_path, run_action) -> None:
+    pids = tmp_path / "pids"
+    started = time.monotonic()
+    result = await run_action("shell.run", {"argv": ["sh", "-c", f"sleep 30 & echo $! > {pids}; echo done"]}, shell("sh"))
+    assert time.monotonic() - started < 3
+    assert result.output["exit_code"] == 0 and result.output["stdout"] == "done\n"
+    assert await wait_gone(int(pids.read_text()))
+
+
+async def test_cancel_kills_the_process_group(tmp_path, run_action) -> None:
+    pids = tmp_path / "pids"
+    env = ActivityEnvironment()
+    task = asyncio.create_task(
+        run_action("shell.run", {"argv": ["sh", "-c", f"sleep 30 & echo $$ $! > {pids}; wait"]}, shell("sh"), env=env)
+    )
+    text = await wait_for_file(pids)
+    env.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for pid in map(int, text.split()):
+        assert await wait_gone(pid), f"process {pid} outlived the cancelled step"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"argv": "ls -l"}, "argv"),
+        ({"argv": []}, "argv"),
+        ({"argv": [""]}, "argv"),
+        ({}, "argv"),
+        ({"argv": ["sh", {"a": 1}]}, "argv.1"),
+        ({"argv": ["sh"], "timeout": "0s"}, "timeout"),
+        ({"argv": ["sh"], "output_limit": -1}, "output_limit"),
+        ({"argv": ["sh"], "env": {"A=B": "x"}}, "env"),
+        ({"argv": ["sh"], "command": "ls"}, "command"),
+    ],
+)
+async def test_bad_params(run_failing, params: dict, field: str) -> None:
+    error = await run_failing("shell.run", params, shell("sh"))
+    assert error.type == INVALID_PARAMS and error.non_retryable
+    assert error.message.startswith("shell.run: bad params:") and field in error.message
+
+
+async def test_allowed_path_that_cannot_be_executed_is_refused(tmp_path, run_failing) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("echo hi\n")
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x7fELF-not-really")
+    garbage.chmod(0o755)
+    allowed = shell(str(plain), str(garbage))
+
+    error = await run_failing("shell.run", {"argv": [str(plain)]}, allowed)
+    assert error.type == ACTION_REFUSED and "is not executable" in error.message
+
+    error = await run_failing("shell.run", {"argv": [str(garbage)]}, allowed)
+    assert error.type == ACTION_REFUSED and error.non_retryable and f"cannot start {garbage}" in error.message
