@@ -26,7 +26,7 @@ from bot.console import progress_lines, status_table
 from bot.devstack import DevServerError
 from bot.engine.runs import RunError, cancel_run, get_status, start_run, vote
 from bot.engine.state import RunStatus, TriggerContext, VoteRequest
-from bot.playbook.loader import PlaybookError, load_directory, load_file
+from bot.playbook.loader import Catalog, PlaybookError, PlaybookLoadErrors, load_directory, load_file
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.schema import playbook_json_schema
 from bot.settings import Settings
@@ -71,6 +71,15 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(coro_fn())
     except KNOWN_ERRORS as exc:
         raise Failure(str(exc).strip().strip("'\"")) from None
+
+
+def _catalog(settings: Settings) -> Catalog:
+    """The playbooks that load; a broken file elsewhere is a warning, not a block on this run."""
+    try:
+        return load_directory(settings.playbooks_dir)
+    except PlaybookLoadErrors as exc:
+        err.print(f"warning: some playbooks do not load:\n{exc}", highlight=False)
+        return exc.catalog
 
 
 def _user(by: str | None) -> str:
@@ -128,7 +137,7 @@ def run(
     """Start a playbook run and print its run id."""
     settings = _settings()
     try:
-        loaded = load_directory(settings.playbooks_dir).get(name)
+        loaded = _catalog(settings).get(name)
         params = coerce_params(loaded.playbook, parse_assignments(param))
     except KNOWN_ERRORS as exc:
         raise Failure(str(exc).strip("'\"")) from None

@@ -1,0 +1,373 @@
+"""Static checks a schema cannot express, run on a validated playbook before it may ever run.
+
+Unknown actions and `with` keys, template syntax, undeclared params, and references to steps
+that have not finished yet are all caught here, at load time, instead of in the middle of an
+incident. Each problem carries the document location it is about; the loader turns that into a
+file and line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any, Iterator, Mapping
+
+from jinja2 import TemplateSyntaxError, meta, nodes
+from pydantic import BaseModel, ValidationError
+
+from bot.actions.base import ACTIONS, ActionSpec
+from bot.playbook.model import Compensation, ParallelGroup, Playbook, RetryPolicy, Step
+from bot.playbook.params import coerce_value, unknown_param_message
+from bot.playbook.templating import ENV, SECRET_NAME, SECRET_REF, is_template
+
+Loc = tuple[str | int, ...]
+
+STEP_VARS = frozenset({"params", "alert", "run", "steps"})
+TRIGGER_VARS = frozenset({"alert"})
+_GLOBALS = frozenset(ENV.globals)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A finding and where in the document it is (keys and list indexes, as in the YAML)."""
+
+    loc: Loc
+    message: str
+
+
+def registered_actions() -> Mapping[str, ActionSpec]:
+    """The action registry with the shipped catalog imported, so no caller must remember to."""
+    try:
+        import bot.actions.catalog  # noqa: F401  (importing it registers every shipped action)
+    except ModuleNotFoundError as exc:
+        if exc.name != "bot.actions.catalog":
+            raise
+    return ACTIONS
+
+
+def check_playbook(playbook: Playbook, actions: Mapping[str, ActionSpec]) -> list[Problem]:
+    """Everything wrong with a schema-valid playbook, in document order; empty when it may run."""
+    checker = _Checker(playbook, actions)
+    checker.run()
+    return checker.problems
+
+
+def dotted(loc: Loc) -> str:
+    """`with.matchers[0]`: a location as an author reads it."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def error_text(err: Mapping[str, Any]) -> str:
+    """A pydantic error's message without pydantic's prefixes, with the offending value."""
+    ctx = err.get("ctx") or {}
+    if err["type"] == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    message = err["msg"]
+    value = err.get("input")
+    if isinstance(value, (str, int, float, bool)) and err["type"] not in ("missing", "extra_forbidden"):
+        message += f" (got {value!r})"
+    return message
+
+
+def suggestion(word: str, choices: list[str]) -> str:
+    """`; did you mean 'x'?` for the closest choice, or nothing: most unknown names are typos."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """What a template may read: which variables, and which steps have finished by then."""
+
+    variables: frozenset[str]
+    finished: frozenset[str] = frozenset()
+    own: str | None = None  # the step the template belongs to (compensations may read it)
+    own_readable: bool = False
+    group: ParallelGroup | None = None  # the parallel group the template's step runs in
+    in_when: bool = False
+
+
+class _Checker:
+    def __init__(self, playbook: Playbook, actions: Mapping[str, ActionSpec]) -> None:
+        self.playbook = playbook
+        self.actions = actions
+        self.problems: list[Problem] = []
+        self.leaf_ids = [step.id for step in playbook.leaf_steps()]
+        self.groups = {item.id: item for item in playbook.steps if isinstance(item, ParallelGroup)}
+
+    def add(self, loc: Loc, message: str) -> None:
+        self.problems.append(Problem(loc, message))
+
+    def run(self) -> None:
+        self.check_params()
+        self.check_triggers()
+        finished: set[str] = set()
+        for i, item in enumerate(self.playbook.steps):
+            loc: Loc = ("steps", i)
+            if isinstance(item, ParallelGroup):
+                if item.when is not None:
+                    scope = _Scope(STEP_VARS, frozenset(finished), own=item.id, group=item, in_when=True)
+                    self.check_template(item.when, loc + ("when",), "when", scope)
+                for j, step in enumerate(item.parallel):
+                    self.check_step(step, loc + ("parallel", j), frozenset(finished), item)
+                finished.update(step.id for step in item.parallel)
+            else:
+                self.check_step(item, loc, frozenset(finished), None)
+                finished.add(item.id)
+
+    # -- params and triggers --------------------------------------------------------------
+
+    def check_params(self) -> None:
+        for name, spec in self.playbook.params.items():
+            loc: Loc = ("params", name)
+            if not name.isidentifier():
+                self.add(loc, f"params: param name {name!r} must be an identifier (letters, digits, _) "
+                         "so templates can read params.<name>")
+            if spec.pattern is not None and spec.type != "string":
+                self.add(loc + ("pattern",), f"params.{name}.pattern: only string params can have a pattern")
+            for k, option in enumerate(spec.enum or []):
+                try:
+                    coerce_value(name, spec.model_copy(update={"enum": None, "pattern": None}), option)
+                except ValueError as exc:
+                    self.add(loc + ("enum", k), f"params.{name}.enum[{k}]: {exc}")
+            if spec.default is not None:
+                if spec.required:
+                    self.add(loc + ("required",), f"params.{name}: required: true makes the default unused")
+                try:
+                    coerce_value(name, spec, spec.default)
+                except ValueError as exc:
+                    self.add(loc + ("default",), f"params.{name}.default: {exc}")
+
+    def check_triggers(self) -> None:
+        declared = self.playbook.params
+        for k, trigger in enumerate(self.playbook.triggers.alertmanager):
+            loc: Loc = ("triggers", "alertmanager", k, "params")
+            label = f"triggers.alertmanager[{k}].params"
+            for key, value in trigger.params.items():
+                if key not in declared:
+                    self.add(loc + (key,), f"{label}: {unknown_param_message(key, declared)}")
+                    continue
+                templates = list(_strings(value, loc + (key,)))
+                for where, source in templates:
+                    self.check_template(source, where, dotted(where), _Scope(TRIGGER_VARS))
+                if not templates and value is not None:
+                    try:
+                        coerce_value(key, declared[key], value)
+                    except ValueError as exc:
+                        self.add(loc + (key,), f"{label}.{key}: {exc}")
+            for name, spec in declared.items():
+                if spec.is_required and trigger.params.get(name) is None:
+                    self.add(loc, f"{label}: required param {name!r} is not set, so an alert could never start a run")
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def check_step(self, step: Step, loc: Loc, finished: frozenset[str], group: ParallelGroup | None) -> None:
+        scope = _Scope(STEP_VARS, finished, own=step.id, group=group)
+        self.check_action(step.action, step.with_, loc, "")
+        self.check_timing(step.timeout, step.retry, loc, "")
+        if step.when is not None:
+            self.check_template(step.when, loc + ("when",), "when", replace(scope, in_when=True))
+        for where, source in _strings(step.with_, loc + ("with",)):
+            self.check_template(source, where, dotted(where[len(loc):]), scope)
+        if step.compensate is not None:
+            self.check_compensation(step.compensate, loc + ("compensate",), replace(scope, own_readable=True))
+
+    def check_compensation(self, comp: Compensation, loc: Loc, scope: _Scope) -> None:
+        self.check_action(comp.action, comp.with_, loc, "compensate.")
+        self.check_timing(comp.timeout, comp.retry, loc, "compensate.")
+        for where, source in _strings(comp.with_, loc + ("with",)):
+            self.check_template(source, where, dotted(where[len(loc) - 1 :]), scope)
+
+    def check_timing(self, timeout: timedelta, retry: RetryPolicy, loc: Loc, prefix: str) -> None:
+        if timeout <= timedelta(0):
+            self.add(loc + ("timeout",), f"{prefix}timeout: must be more than 0s")
+        if retry.initial_interval <= timedelta(0):
+            self.add(loc + ("retry", "initial_interval"), f"{prefix}retry.initial_interval: must be more than 0s")
+        if retry.max_interval < retry.initial_interval:
+            self.add(loc + ("retry", "max_interval"),
+                     f"{prefix}retry.max_interval: must not be shorter than initial_interval")
+
+    def check_action(self, name: str, with_: dict[str, Any], loc: Loc, prefix: str) -> None:
+        spec = self.actions.get(name)
+        if spec is None:
+            known = sorted(self.actions)
+            listed = f"known: {', '.join(known)}" if known else "no actions are registered"
+            self.add(loc + ("action",), f"{prefix}unknown action {name!r}{suggestion(name, known)} ({listed})")
+            return
+        model = spec.params
+        accepted: dict[str, str] = {}
+        shown: list[str] = []
+        for field_name, field in model.model_fields.items():
+            accepted[field_name] = field_name
+            if field.alias:
+                accepted[field.alias] = field_name
+            if isinstance(field.validation_alias, str):
+                accepted[field.validation_alias] = field_name
+            shown.append(field.alias or field_name)
+        label = f"{prefix}with"
+        if model.model_config.get("extra") == "forbid":
+            for key in with_:
+                if key not in accepted:
+                    self.add(loc + ("with", key), f"{label}: unknown key {key!r} for {name}"
+                             f"{suggestion(str(key), shown)} (allowed: {', '.join(shown) or 'none'})")
+        given = {accepted[key] for key in with_ if key in accepted}
+        for field_name, field in model.model_fields.items():
+            if field.is_required() and field_name not in given:
+                self.add(loc + ("with",), f"{label}: missing required key {field.alias or field_name!r} for {name}")
+        self.check_literals(model, with_, accepted, loc + ("with",), label)
+
+    def check_literals(self, model: type[BaseModel], with_: dict[str, Any], accepted: dict[str, str],
+                       loc: Loc, label: str) -> None:
+        """Validate what is already known; values with templates are checked by the action after rendering."""
+        try:
+            model.model_validate(with_)
+        except ValidationError as exc:
+            found: dict[Loc, list[tuple[Loc, str, str]]] = {}  # by top-level key: (where, union branch, text)
+            templated: set[str] = set()  # fields where some error touched a template: they may render valid
+            for err in exc.errors(include_url=False):
+                if err["type"] in ("missing", "extra_forbidden") or not err["loc"]:
+                    continue  # reported above, or a whole-model rule that may depend on templated values
+                located = _literal_path(with_, err["loc"], accepted)
+                if located is None:
+                    templated.add(accepted.get(str(err["loc"][0]), str(err["loc"][0])))
+                else:
+                    where, branch = located
+                    found.setdefault(where[:1], []).append((where, branch, error_text(err)))
+            for top, errors in found.items():
+                if accepted.get(str(top[0])) in templated:
+                    continue
+                if any(branch for _, branch, _ in errors):  # a union: say why each allowed form failed
+                    reasons = "; ".join(f"as {branch}{dotted(where[1:]) and ' at ' + dotted(where[1:])}: {text}"
+                                        for where, branch, text in errors)
+                    self.add(loc + top, f"{label}.{dotted(top)}: matches none of its allowed forms ({reasons})")
+                else:
+                    for where, _, text in errors:
+                        self.add(loc + where, f"{label}.{dotted(where)}: {text}")
+        except Exception:  # noqa: BLE001  a validator that chokes on a literal: the action reports it when run
+            return
+
+    # -- templates ------------------------------------------------------------------------
+
+    def check_template(self, source: str, loc: Loc, label: str, scope: _Scope) -> None:
+        try:
+            tree = ENV.parse(source)
+        except TemplateSyntaxError as exc:
+            self.add(loc, f"{label}: template syntax error (line {exc.lineno} of the template): {exc.message}")
+            return
+        for name in sorted(meta.find_undeclared_variables(tree) - _GLOBALS - scope.variables):
+            if scope.variables == TRIGGER_VARS:
+                why = "trigger params can only use alert: params, steps and run do not exist before the run starts"
+            else:
+                why = f"templates can use {', '.join(sorted(scope.variables))}"
+            self.add(loc, f"{label}: unknown template variable {name!r} ({why})")
+        if "params" in scope.variables:
+            for name in sorted(_attr_refs(tree, "params")):
+                if name not in self.playbook.params:
+                    self.add(loc, f"{label}: template reads {unknown_param_message(name, self.playbook.params)}")
+        if "steps" in scope.variables:
+            for ref in sorted(_attr_refs(tree, "steps")):
+                why = self.step_ref_problem(ref, scope)
+                if why:
+                    self.add(loc, f"{label}: template reads steps.{ref}: {why}")
+        for call in tree.find_all(nodes.Call):
+            if isinstance(call.node, nodes.Name) and call.node.name == "secret":
+                if scope.in_when:
+                    self.add(loc, f"{label}: secret() cannot decide a when: secrets are only resolved inside actions")
+                elif len(call.args) != 1 or call.kwargs or not (
+                    isinstance(call.args[0], nodes.Const)
+                    and isinstance(call.args[0].value, str)
+                    and SECRET_NAME.match(call.args[0].value)
+                ):
+                    self.add(loc, f"{label}: secret() takes one literal name like secret(\"DEPLOY_TOKEN\")")
+
+    def step_ref_problem(self, ref: str, scope: _Scope) -> str | None:
+        """Why a template may not read `steps.<ref>` here, or None: only finished steps have output."""
+        if ref in scope.finished:
+            return None
+        later = "a template can only read steps that finished before it"
+        if ref == scope.own:
+            if scope.own_readable:
+                return None
+            if scope.group is not None and ref == scope.group.id:
+                return "that is this parallel group itself; its when is decided before its steps run"
+            return f"that is this step itself; {later}"
+        if scope.group is not None and ref in {step.id for step in scope.group.parallel}:
+            if scope.own == scope.group.id:
+                return f"{ref!r} is a step of this group; its when is decided before its steps run"
+            return f"{ref!r} runs in parallel with this step (group {scope.group.id!r}); {later}"
+        if scope.group is not None and ref == scope.group.id:
+            return f"that is the parallel group this step belongs to; {later}"
+        if ref in self.groups:
+            members = ", ".join(step.id for step in self.groups[ref].parallel)
+            return f"{ref!r} is a parallel group and has no output of its own; read one of its steps ({members})"
+        if ref in self.leaf_ids:
+            return f"step {ref!r} runs later; {later}"
+        return f"unknown step {ref!r}{suggestion(ref, self.leaf_ids)} (steps: {', '.join(self.leaf_ids)})"
+
+
+def _dynamic(value: str) -> bool:
+    return is_template(value) or bool(SECRET_REF.search(value))
+
+
+def _strings(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    """Every template string in a nested value, with where it sits."""
+    if isinstance(value, str):
+        if is_template(value):
+            yield loc, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, loc + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, loc + (index,))
+
+
+def _has_dynamic(value: Any) -> bool:
+    if isinstance(value, str):
+        return _dynamic(value)
+    if isinstance(value, dict):
+        return any(_has_dynamic(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_dynamic(item) for item in value)
+    return False
+
+
+def _literal_path(with_: dict[str, Any], err_loc: tuple[Any, ...],
+                  accepted: dict[str, str]) -> tuple[Loc, str] | None:
+    """Where in `with` a params error points and through which union branch, or None when a template
+    is involved (it may render to something valid)."""
+    first = accepted.get(str(err_loc[0]), err_loc[0])
+    key = next((k for k in with_ if accepted.get(k) == first), None)
+    if key is None:
+        return None
+    where: list[str | int] = [key]
+    branch: list[str] = []
+    node: Any = with_[key]
+    for part in err_loc[1:]:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            where.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            where.append(part)
+        elif isinstance(node, str) and _dynamic(node):
+            return None
+        else:  # a union member's tag (`int`, `list[int]`): no key in the document
+            branch.append(str(part))
+    return (None if _has_dynamic(node) else (tuple(where), ".".join(branch)))
+
+
+def _attr_refs(tree: nodes.Template, root: str) -> set[str]:
+    """Names read as `root.<name>` or `root['<name>']`, as `templating.referenced_steps` does for steps."""
+    found: set[str] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if isinstance(node.node, nodes.Name) and node.node.name == root:
+            if isinstance(node, nodes.Getattr):
+                found.add(node.attr)
+            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                found.add(node.arg.value)
+    return found

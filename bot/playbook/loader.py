@@ -1,0 +1,429 @@
+"""Read playbook YAML into validated, hashed snapshots; every problem names its file, line and step.
+
+A playbook is loaded whole or not at all: YAML syntax, the schema (`model.py`) and the static
+checks (`checks.py`) all run here, so `validate`, the server and the CLI refuse the same files
+with the same messages.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from types import NoneType, UnionType
+from typing import Annotated, Any, Iterable, Iterator, Mapping, Sequence, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, Tag, ValidationError
+
+from bot.actions.base import ActionSpec
+from bot.playbook.checks import Loc, check_playbook, dotted, error_text, registered_actions, suggestion
+from bot.playbook.model import Playbook
+
+PLAYBOOK_SUFFIXES = (".yaml", ".yml")
+
+
+class PlaybookError(ValueError):
+    """One problem in a playbook, located as `file:line: step 'id': message` so editors can jump to it."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None,
+                 step: str | None = None) -> None:
+        self.message = message
+        self.path = Path(path) if path is not None else None
+        self.line = line
+        self.step = step
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{self.line}: " if self.line else f"{self.path}: "
+        return where + (f"step {self.step!r}: " if self.step else "") + self.message
+
+
+class PlaybookLoadErrors(PlaybookError):
+    """Every problem found in a file or directory at once, so one edit-validate round fixes them all."""
+
+    def __init__(self, errors: Sequence[PlaybookError], *, path: str | Path | None = None,
+                 catalog: Catalog | None = None) -> None:
+        if not errors:
+            raise ValueError("PlaybookLoadErrors needs at least one error")
+        self.errors: tuple[PlaybookError, ...] = tuple(errors)
+        self.catalog = catalog if catalog is not None else Catalog()
+        only = self.errors[0] if len(self.errors) == 1 else None
+        super().__init__(
+            only.message if only else f"{len(self.errors)} problems",
+            path=path,
+            line=only.line if only else None,
+            step=only.step if only else None,
+        )
+
+    def __str__(self) -> str:
+        if len(self.errors) == 1:
+            return str(self.errors[0])
+        return f"{self.path or 'playbooks'}: {len(self.errors)} problems:\n" + "\n".join(
+            f"  {error}" for error in self.errors
+        )
+
+
+class UnknownPlaybook(KeyError):
+    """A name no loaded playbook has; the message lists the known ones, the fix is usually a typo."""
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        self.known = tuple(sorted(known))
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        message = f"unknown playbook {self.name!r}" + suggestion(self.name, list(self.known))
+        if self.known:
+            return message + f" (known: {', '.join(self.known)})"
+        return message + " (no playbooks are loaded)"
+
+
+@dataclass(frozen=True)
+class LoadedPlaybook:
+    """A validated playbook with where it came from and the hash runs record (what ran is what it names)."""
+
+    playbook: Playbook
+    path: Path
+    hash: str
+
+
+class Catalog:
+    """Loaded playbooks by name: a read-only mapping whose `get` explains a miss instead of returning None."""
+
+    def __init__(self, playbooks: Iterable[LoadedPlaybook] = ()) -> None:
+        self._by_name: dict[str, LoadedPlaybook] = {}
+        for loaded in playbooks:
+            name = loaded.playbook.name
+            if name in self._by_name:
+                raise ValueError(f"playbook {name!r} is in both {self._by_name[name].path} and {loaded.path}")
+            self._by_name[name] = loaded
+
+    def get(self, name: str) -> LoadedPlaybook:
+        """The playbook called `name`; raises UnknownPlaybook listing the known names."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownPlaybook(name, self._by_name) from None
+
+    __getitem__ = get
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._by_name))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def values(self) -> list[LoadedPlaybook]:
+        return [self._by_name[name] for name in self.names()]
+
+    def items(self) -> list[tuple[str, LoadedPlaybook]]:
+        return [(name, self._by_name[name]) for name in self.names()]
+
+    def __repr__(self) -> str:
+        return f"Catalog({self.names()})"
+
+
+def load_file(path: str | Path, *, actions: Mapping[str, ActionSpec] | None = None) -> LoadedPlaybook:
+    """Load and check one playbook file; raises PlaybookLoadErrors (a PlaybookError) listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlaybookLoadErrors([PlaybookError(f"not UTF-8 text: {exc.reason}", path=path)], path=path) from None
+    except OSError as exc:
+        raise PlaybookLoadErrors([PlaybookError(f"cannot read: {exc.strerror or exc}", path=path)], path=path) from None
+    return load_text(text, path=path, actions=actions)
+
+
+def load_text(text: str, *, path: str | Path = "<playbook>",
+              actions: Mapping[str, ActionSpec] | None = None) -> LoadedPlaybook:
+    """Load a playbook from YAML text (tests, Slack uploads); `path` only labels the messages."""
+    path = Path(path)
+    data, lines, errors = _parse_yaml(text, path)
+    if not isinstance(data, dict):
+        kind = "an empty file" if data is None else f"a {type(data).__name__}"
+        errors.append(PlaybookError(
+            f"a playbook file holds one YAML mapping (name:, steps:, ...), not {kind}", path=path, line=lines.get(()),
+        ))
+        raise PlaybookLoadErrors(errors, path=path)
+    locate = _Locator(data, lines, path)
+    duplicates = _duplicate_step_ids(data, lines)
+    errors += [locate(loc, message) for loc, message in duplicates]
+    playbook: Playbook | None = None
+    try:
+        playbook = Playbook.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            if not err["loc"] and duplicates:
+                continue  # the model's own duplicate-id check; reported above with lines
+            errors.append(_from_pydantic(err, locate))
+    if playbook is not None:
+        problems = check_playbook(playbook, registered_actions() if actions is None else actions)
+        errors += [locate(problem.loc, problem.message) for problem in problems]
+    if errors:
+        errors.sort(key=lambda error: error.line or 0)
+        raise PlaybookLoadErrors(errors, path=path)
+    assert playbook is not None
+    return LoadedPlaybook(playbook=playbook, path=path, hash=playbook.content_hash())
+
+
+def load_directory(path: str | Path, *, actions: Mapping[str, ActionSpec] | None = None) -> Catalog:
+    """Every `*.yaml`/`*.yml` directly in `path` (not subdirectories, not dotfiles; a file path loads
+    just that file). Raises PlaybookLoadErrors with every problem in every file, and duplicate names;
+    its `.catalog` holds the playbooks that did load, for callers that choose to serve those."""
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(
+            p for p in path.iterdir() if p.suffix in PLAYBOOK_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        )
+    else:
+        raise PlaybookLoadErrors([PlaybookError("no such file or directory", path=path)], path=path)
+    actions = registered_actions() if actions is None else actions
+    errors: list[PlaybookError] = []
+    loaded: dict[str, LoadedPlaybook] = {}
+    for file in files:
+        try:
+            playbook = load_file(file, actions=actions)
+        except PlaybookLoadErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        name = playbook.playbook.name
+        if name in loaded:
+            line = _name_line(file)
+            errors.append(PlaybookError(
+                f"playbook name {name!r} is already used by {loaded[name].path}:{_name_line(loaded[name].path)}",
+                path=file, line=line,
+            ))
+            continue
+        loaded[name] = playbook
+    catalog = Catalog(loaded.values())
+    if errors:
+        raise PlaybookLoadErrors(errors, path=path, catalog=catalog)
+    return catalog
+
+
+# -- YAML with line numbers ---------------------------------------------------------------------
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[Loc, int], list[PlaybookError]]:
+    """The document, the line of every key and list item, and duplicate-key errors (YAML drops them silently)."""
+    loader: yaml.SafeLoader | None = None
+    try:
+        loader = yaml.SafeLoader(text)  # the reader refuses control characters right here
+        node = loader.get_single_node()
+        lines: dict[Loc, int] = {}
+        duplicates: list[tuple[Loc, str, int]] = []
+        if node is not None:
+            lines[()] = node.start_mark.line + 1
+            _walk(loader, node, (), lines, duplicates, set())
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = f"invalid YAML: {exc.problem or exc.context or 'cannot parse'}"
+        if exc.context and exc.problem and exc.context_mark is not None:
+            message += f" ({exc.context} at line {exc.context_mark.line + 1})"
+        raise PlaybookLoadErrors(
+            [PlaybookError(message, path=path, line=mark.line + 1 if mark else None)], path=path
+        ) from None
+    except yaml.reader.ReaderError as exc:  # a control character: it has a position, not a mark
+        line = text.count("\n", 0, exc.position) + 1
+        message = f"invalid YAML: character #x{exc.character:04x} is not allowed: {exc.reason}"
+        raise PlaybookLoadErrors([PlaybookError(message, path=path, line=line)], path=path) from None
+    except yaml.YAMLError as exc:
+        raise PlaybookLoadErrors([PlaybookError(f"invalid YAML: {exc}", path=path)], path=path) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    locate = _Locator(data if isinstance(data, dict) else {}, lines, path)
+    return data, lines, [locate(loc, message, line=line) for loc, message, line in duplicates]
+
+
+def _walk(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, lines: dict[Loc, int],
+          duplicates: list[tuple[Loc, str, int]], seen: set[int]) -> None:
+    if id(node) in seen:  # an alias: its lines are the anchor's, and walking it again could explode
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = loader.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                duplicates.append((loc + (key,), f"duplicate key {key!r} (also at line {first[key]}); "
+                                   "YAML would silently keep only the last one", line))
+            else:
+                first[key] = line
+                lines[loc + (key,)] = line
+            _walk(loader, value_node, loc + (key,), lines, duplicates, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[loc + (index,)] = item.start_mark.line + 1
+            _walk(loader, item, loc + (index,), lines, duplicates, seen)
+
+
+def _name_line(path: Path) -> int | None:
+    try:
+        _, lines, _ = _parse_yaml(path.read_text(encoding="utf-8"), path)
+    except (OSError, UnicodeDecodeError, PlaybookError):
+        return None
+    return lines.get(("name",))
+
+
+# -- locating problems ---------------------------------------------------------------------------
+
+
+class _Locator:
+    """Turns a document location into a PlaybookError with the YAML line and the step's id."""
+
+    def __init__(self, data: dict[str, Any], lines: dict[Loc, int], path: Path) -> None:
+        self.data = data
+        self.lines = lines
+        self.path = path
+
+    def line(self, loc: Loc) -> int | None:
+        for end in range(len(loc), -1, -1):  # a missing key or an alias: the nearest enclosing line
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return None
+
+    def step(self, loc: Loc) -> tuple[str | None, int]:
+        """The innermost step the location is in (its id, or None if it has none) and where its fields start."""
+        if len(loc) < 2 or loc[0] != "steps" or not isinstance(loc[1], int):
+            return None, 0
+        item = _index(self.data.get("steps"), loc[1])
+        start = 2
+        if len(loc) >= 4 and loc[2] == "parallel" and isinstance(loc[3], int) and isinstance(item, dict):
+            item = _index(item.get("parallel"), loc[3])
+            start = 4
+        step_id = item.get("id") if isinstance(item, dict) else None
+        return (step_id, start) if isinstance(step_id, str) else (None, 0)
+
+    def __call__(self, loc: Loc, message: str, *, line: int | None = None) -> PlaybookError:
+        step_id, _ = self.step(loc)
+        return PlaybookError(message, path=self.path, line=line or self.line(loc), step=step_id)
+
+    def field(self, loc: Loc) -> tuple[str | None, str]:
+        """(step id, the location as the author reads it, relative to that step)."""
+        step_id, start = self.step(loc)
+        return step_id, dotted(loc[start:])
+
+
+def _index(value: Any, index: int) -> Any:
+    return value[index] if isinstance(value, list) and 0 <= index < len(value) else None
+
+
+def _from_pydantic(err: Mapping[str, Any], locate: _Locator) -> PlaybookError:
+    raw_loc: tuple[Any, ...] = tuple(err["loc"])
+    loc = _without_tags(raw_loc)
+    kind = err["type"]
+    if kind == "invalid_key" or (len(loc) >= 2 and loc[-1] == "[key]"):  # `on:`, `yes:` or `1:` as a key
+        loc = loc[:-1] if kind == "invalid_key" else loc[:-2]
+        step_id, parent = locate.field(loc)
+        message = (f"key {err.get('input')!r} is not a string; quote it (YAML reads unquoted yes/no/on/off "
+                   "as booleans and digits as numbers)")
+    elif kind in ("extra_forbidden", "missing") and loc:
+        key = loc[-1]
+        step_id, parent = locate.field(loc[:-1])
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(raw_loc[:-1])
+            message = f"unknown key {key!r}"
+            if allowed:
+                message += f"{suggestion(str(key), allowed)} (allowed: {', '.join(allowed)})"
+        else:
+            message = f"missing required key {key!r}"
+    else:
+        step_id, parent = locate.field(loc)
+        message = error_text(err)
+    if parent:
+        message = f"{parent}: {message}"
+    return PlaybookError(message, path=locate.path, line=locate.line(loc), step=step_id)
+
+
+def _without_tags(loc: tuple[Any, ...]) -> Loc:
+    """Drop the union tag pydantic puts after `steps.<i>` (`step`/`parallel`): it is no key in the YAML."""
+    if len(loc) >= 3 and loc[0] == "steps" and isinstance(loc[1], int) and loc[2] in ("step", "parallel"):
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the model at a (tagged) pydantic location accepts, as written in YAML (`with`, not `with_`)."""
+    tp: Any = Playbook
+    for part in loc:
+        tp = _strip(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = next((f for n, f in tp.model_fields.items() if part in (n, f.alias)), None)
+            if field is None:
+                return []
+            tp = field.annotation
+        elif get_origin(tp) is list and isinstance(part, int):
+            tp = get_args(tp)[0]
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        elif get_origin(tp) in (Union, UnionType):
+            tagged = {_tag(arg): arg for arg in get_args(tp)}
+            if part not in tagged:
+                return []
+            tp = tagged[part]
+        else:
+            return []
+    tp = _strip(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [field.alias or name for name, field in tp.model_fields.items()]
+    return []
+
+
+def _strip(tp: Any) -> Any:
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, UnionType) and NoneType in get_args(tp) and len(get_args(tp)) == 2:
+            tp = next(arg for arg in get_args(tp) if arg is not NoneType)
+        else:
+            return tp
+
+
+def _tag(tp: Any) -> str | None:
+    if get_origin(tp) is Annotated:
+        return next((m.tag for m in typing.get_args(tp)[1:] if isinstance(m, Tag)), None)
+    return None
+
+
+def _duplicate_step_ids(data: dict[str, Any], lines: dict[Loc, int]) -> list[tuple[Loc, str]]:
+    """Every repeated step id, at the repeat, with the line of the first: the model only names one."""
+    steps = data.get("steps")
+    if not isinstance(steps, list):
+        return []
+    first: dict[str, Loc] = {}
+    found: list[tuple[Loc, str]] = []
+    for i, item in enumerate(steps):
+        if not isinstance(item, dict):
+            continue
+        entries: list[tuple[Loc, Any]] = [(("steps", i), item)]
+        if isinstance(item.get("parallel"), list):
+            entries += [(("steps", i, "parallel", j), member) for j, member in enumerate(item["parallel"])]
+        for loc, entry in entries:
+            step_id = entry.get("id") if isinstance(entry, dict) else None
+            if not isinstance(step_id, str):
+                continue
+            if step_id in first:
+                where = lines.get(first[step_id])
+                also = f"line {where}" if where else dotted(first[step_id])
+                found.append((loc + ("id",), f"duplicate step id {step_id!r} (first used at {also}); step ids must be unique"))
+            else:
+                first[step_id] = loc + ("id",)
+    return found
+

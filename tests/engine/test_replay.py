@@ -1,0 +1,45 @@
+"""Checked-in histories of real runs must replay against today's workflow code.
+
+A failure here means a change would break runs already in flight: guard it with
+`workflow.patched()` instead. Record new histories with tests/engine/record_history.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from bot.engine.worker import workflow_runner
+from bot.engine.workflow import PlaybookRun
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def test_histories_are_checked_in():
+    assert len(HISTORIES) >= 2
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+async def test_replay(path: Path):
+    replayer = Replayer(workflows=[PlaybookRun], data_converter=pydantic_data_converter, workflow_runner=workflow_runner())
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None
+
+
+async def test_replay_detects_a_changed_workflow(monkeypatch):
+    """The guard works: a workflow that schedules a different activity fails the replay."""
+    path = next(p for p in HISTORIES if "compensated" in p.stem)
+    original = PlaybookRun._execute
+
+    async def renamed(self, step_id, action, *args, **kwargs):
+        return await original(self, step_id, "core.renamed", *args, **kwargs)
+
+    monkeypatch.setattr(PlaybookRun, "_execute", renamed)
+    replayer = Replayer(workflows=[PlaybookRun], data_converter=pydantic_data_converter, workflow_runner=workflow_runner())
+    result = await replayer.replay_workflow(WorkflowHistory.from_json("x", path.read_text()), raise_on_replay_failure=False)
+    assert result.replay_failure is not None

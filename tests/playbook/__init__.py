@@ -1,0 +1,1 @@
+"""Playbook format, loader, checks, params, templating and JSON Schema."""
