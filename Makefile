@@ -20,7 +20,7 @@ test: $(STAMP) ## policy tests, then the whole suite (real Temporal dev server, 
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP) ## benchmark tables (not timed tests)
-	$(BIN)/python bench/overhead.py
+	$(BIN)/python -m bench.overhead
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache
