@@ -37,6 +37,13 @@ class ActionParams(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+def whole_number_as_text(value: Any) -> Any:
+    """YAML reads `3` as an int where an action wants text (a header, an argv item): accept it."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 # Error types are fixed strings: the workflow decides on `type`, never on message text.
 INVALID_PARAMS = "InvalidParams"
 ACTION_REFUSED = "ActionRefused"

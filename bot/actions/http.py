@@ -14,7 +14,7 @@ import httpx
 import structlog
 from pydantic import Field, field_validator, model_validator
 
-from bot.actions.base import ActionContext, ActionFailed, ActionParams, action
+from bot.actions.base import ActionContext, ActionFailed, ActionParams, action, whole_number_as_text
 from bot.playbook.durations import Duration, format_duration
 
 log = structlog.get_logger("bot.actions.http")
@@ -28,13 +28,6 @@ RETRYABLE_STATUS = frozenset({408, 429})
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 header field name
 
 Scalar = str | int | float | bool
-
-
-def _int_to_str(value: Any) -> Any:
-    """YAML reads `X-Count: 3` as an int; a header value is text, so accept whole numbers."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
 
 
 class HttpRequestParams(ActionParams):
@@ -67,7 +60,7 @@ class HttpRequestParams(ActionParams):
     @field_validator("headers", mode="before")
     @classmethod
     def _header_values(cls, value: Any) -> Any:
-        return {k: _int_to_str(v) for k, v in value.items()} if isinstance(value, dict) else value
+        return {k: whole_number_as_text(v) for k, v in value.items()} if isinstance(value, dict) else value
 
     @field_validator("headers")
     @classmethod

@@ -22,7 +22,14 @@ from typing import Any
 import structlog
 from pydantic import Field, field_validator
 
-from bot.actions.base import ActionContext, ActionFailed, ActionParams, ActionRefused, action
+from bot.actions.base import (
+    ActionContext,
+    ActionFailed,
+    ActionParams,
+    ActionRefused,
+    action,
+    whole_number_as_text,
+)
 from bot.playbook.durations import Duration, format_duration
 
 log = structlog.get_logger("bot.actions.shell")
@@ -32,13 +39,6 @@ MAX_OUTPUT = 256 * 1024  # per stream; both land in workflow history (2 MB paylo
 STDERR_IN_MESSAGE = 500  # characters of stderr quoted in a failure message
 DRAIN_AFTER_EXIT = 1.0  # seconds to collect output once the group is gone
 EXIT_POLL = 0.02  # seconds between looks at the leader's exit status
-
-
-def _int_to_str(value: Any) -> Any:
-    """YAML reads `--replicas, 3` as an int; an argument is text, so accept whole numbers."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
 
 
 class ShellRunParams(ActionParams):
@@ -58,7 +58,7 @@ class ShellRunParams(ActionParams):
     def _argv_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             raise ValueError("must be a list like [kubectl, rollout, restart, deploy/x], never a shell string")
-        return [_int_to_str(v) for v in value] if isinstance(value, list) else value
+        return [whole_number_as_text(v) for v in value] if isinstance(value, list) else value
 
     @field_validator("argv")
     @classmethod
@@ -72,7 +72,7 @@ class ShellRunParams(ActionParams):
     @field_validator("env", mode="before")
     @classmethod
     def _env_values(cls, value: Any) -> Any:
-        return {k: _int_to_str(v) for k, v in value.items()} if isinstance(value, dict) else value
+        return {k: whole_number_as_text(v) for k, v in value.items()} if isinstance(value, dict) else value
 
     @field_validator("env")
     @classmethod
