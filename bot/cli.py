@@ -24,15 +24,19 @@ from rich.live import Live
 from bot import logging as bot_logging
 from bot.console import progress_lines, status_table
 from bot.devstack import DevServerError
-from bot.engine.runs import RunError, cancel_run, get_status, start_run, vote
+from bot.engine.runs import RunError, cancel_run, check_start, get_status, start_run, vote
 from bot.engine.state import RunStatus, TriggerContext, VoteRequest
 from bot.playbook.loader import Catalog, PlaybookError, PlaybookLoadErrors, load_directory, load_file
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.schema import playbook_json_schema
+from bot.policy.cli import app as policy_app
+from bot.policy.engine import make_engine
+from bot.policy.errors import PolicyLoadError
 from bot.settings import Settings
 from bot.temporal import TemporalUnavailable, connect
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Incident-response playbooks on Temporal.")
+app.add_typer(policy_app, name="policy", help="Test and evaluate the Rego policies.")
 out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -44,6 +48,7 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     PlaybookError,
     ParamError,
     DevServerError,
+    PolicyLoadError,
     LookupError,
 )
 
@@ -59,10 +64,20 @@ class Failure(click.ClickException):
         print(f"error: {self.message}", file=sys.stderr)
 
 
-def _settings() -> Settings:
+def _settings(service: bool = False) -> Settings:
+    """Services log at the configured level; one-shot commands only say what went wrong."""
     settings = Settings()
-    bot_logging.configure(settings.log_level, settings.log_format)
+    level = settings.log_level if service or "PLAYBOOK_BOT_LOG_LEVEL" in os.environ else "WARNING"
+    bot_logging.configure(level, settings.log_format)
     return settings
+
+
+def _reason(exc: BaseException) -> str:
+    """The operator's line. Only a bare KeyError needs unquoting (its str() is the key's repr);
+    stripping quotes off every message cut the closing quote of `got 'foo'`."""
+    if isinstance(exc, KeyError) and type(exc).__str__ is KeyError.__str__ and exc.args:
+        return str(exc.args[0]).strip()
+    return str(exc).strip()
 
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
@@ -70,7 +85,7 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(coro_fn())
     except KNOWN_ERRORS as exc:
-        raise Failure(str(exc).strip().strip("'\"")) from None
+        raise Failure(_reason(exc)) from None
 
 
 def _catalog(settings: Settings) -> Catalog:
@@ -99,7 +114,7 @@ def _print_status(status: RunStatus, as_json: bool) -> None:
 @app.command()
 def dev() -> None:
     """Embedded stack in the foreground: Temporal dev server, worker and HTTP front door."""
-    settings = _settings()
+    settings = _settings(service=True)
     from bot.services import run_dev
 
     _run(lambda: run_dev(settings, announce=lambda line: err.print(line, highlight=False)))
@@ -108,7 +123,7 @@ def dev() -> None:
 @app.command()
 def worker() -> None:
     """Run a worker against PLAYBOOK_BOT_TEMPORAL_ADDRESS (or the recorded dev server)."""
-    settings = _settings()
+    settings = _settings(service=True)
     from bot.services import run_worker_only
 
     _run(lambda: run_worker_only(settings))
@@ -117,7 +132,7 @@ def worker() -> None:
 @app.command()
 def serve() -> None:
     """Run the HTTP front door only (Alertmanager, Slack, health)."""
-    settings = _settings()
+    settings = _settings(service=True)
     from bot.services import run_serve
 
     _run(lambda: run_serve(settings))
@@ -140,14 +155,20 @@ def run(
         loaded = _catalog(settings).get(name)
         params = coerce_params(loaded.playbook, parse_assignments(param))
     except KNOWN_ERRORS as exc:
-        raise Failure(str(exc).strip("'\"")) from None
+        raise Failure(_reason(exc)) from None
     requested_by = _user(by)
+
+    trigger = TriggerContext(kind="cli", requested_by=requested_by)
 
     async def go() -> RunStatus | None:
         client = await connect(settings)
-        handle = await start_run(
-            client, settings.task_queue, loaded, params, TriggerContext(kind="cli", requested_by=requested_by)
-        )
+        policy = make_engine(settings)
+        try:
+            await policy.load()
+            await check_start(policy, loaded, params, trigger, {"id": requested_by, "name": requested_by, "groups": []})
+        finally:
+            await policy.close()
+        handle = await start_run(client, settings.task_queue, loaded, params, trigger)
         if not wait:
             print(json.dumps({"run_id": handle.id}) if as_json else handle.id)
             return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -37,6 +37,13 @@ class Readiness:
 def temporal_check(client: Client) -> Check:
     async def check() -> str | None:
         return None if await client.service_client.check_health() else "Temporal reports not serving"
+
+    return check
+
+
+def policy_check(engine: Any) -> Check:
+    async def check() -> str | None:
+        return None if await engine.ready() else "policies not loaded (see the worker log)"
 
     return check
 

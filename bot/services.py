@@ -14,9 +14,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from bot.devstack import DevServer
-from bot.engine.worker import make_worker, worker_activities
+from bot.engine.worker import WorkerDeps, make_worker, worker_deps
 from bot.playbook.loader import load_directory
-from bot.server import Readiness, create_app, flag_check, temporal_check
+from bot.server import Readiness, create_app, flag_check, policy_check, temporal_check
 from bot.settings import Settings
 from bot.temporal import connect
 
@@ -75,14 +75,16 @@ async def _run_worker(worker: Worker, stop: asyncio.Event) -> None:
         await run
 
 
-async def serve_worker(settings: Settings, client: Client, stop: asyncio.Event, readiness: Readiness | None = None) -> None:
-    async with worker_activities(settings) as activities:
-        worker = make_worker(client, settings.task_queue, activities)
-        if readiness is not None:
-            readiness.checks["worker"] = flag_check(lambda: worker.is_running, "worker not running")
-        log.info("worker started", task_queue=settings.task_queue, activities=len(activities))
-        await _run_worker(worker, stop)
-        log.info("worker stopped")
+async def serve_worker(
+    settings: Settings, client: Client, deps: WorkerDeps, stop: asyncio.Event, readiness: Readiness | None = None
+) -> None:
+    worker = make_worker(client, settings.task_queue, deps.activities)
+    if readiness is not None:
+        readiness.checks["worker"] = flag_check(lambda: worker.is_running, "worker not running")
+        readiness.checks["policies"] = policy_check(deps.policy)
+    log.info("worker started", task_queue=settings.task_queue, policy=deps.policy.name, hash=deps.policy.policy_hash)
+    await _run_worker(worker, stop)
+    log.info("worker stopped")
 
 
 async def run_dev(settings: Settings, announce: Any = print) -> None:
@@ -90,6 +92,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
     catalog = load_directory(settings.playbooks_dir)
     stop = stop_event()
     async with AsyncExitStack() as stack:
+        deps = await stack.enter_async_context(worker_deps(settings))  # bad policies: refuse before starting
         dev: DevServer | None = None
         if settings.temporal_address:
             address = settings.temporal_address
@@ -101,7 +104,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
         client = await connect(settings, address)
         readiness = Readiness({"temporal": temporal_check(client)})
         http = _Http(settings, readiness)
-        worker = asyncio.create_task(serve_worker(settings, client, stop, readiness))
+        worker = asyncio.create_task(serve_worker(settings, client, deps, stop, readiness))
         await http.start()
         stack.push_async_callback(http.stop)
         announce(f"playbook-bot dev: {len(catalog)} playbook(s) from {settings.playbooks_dir}")
@@ -120,8 +123,9 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
 
 async def run_worker_only(settings: Settings) -> None:
     stop = stop_event()
-    client = await connect(settings)
-    await serve_worker(settings, client, stop)
+    async with worker_deps(settings) as deps:
+        client = await connect(settings)
+        await serve_worker(settings, client, deps, stop)
 
 
 async def run_serve(settings: Settings) -> None:

@@ -14,6 +14,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from bot.engine.state import RunInput, RunStatus, TriggerContext, VoteRequest, VoteResult
 from bot.engine.workflow import PlaybookRun
 from bot.playbook.loader import LoadedPlaybook
+from bot.policy.engine import PolicyEngine
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 
@@ -25,6 +26,35 @@ class RunError(RuntimeError):
 def new_run_id(playbook: str, now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     return f"{playbook}-{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def start_policy_input(
+    loaded: LoadedPlaybook, params: dict[str, Any], trigger: TriggerContext, user: dict[str, Any]
+) -> dict[str, Any]:
+    """DESIGN.md's policy input without `step`, with `user`: who may start which playbook."""
+    return {
+        "playbook": {"name": loaded.playbook.name, "owner": loaded.playbook.owner, "hash": loaded.hash},
+        "run": {"trigger": trigger.kind, "requested_by": trigger.requested_by},
+        "params": params,
+        "alert": trigger.alert,
+        "user": user,
+        "approvals": [],
+        "now": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+    }
+
+
+async def check_start(
+    policy: PolicyEngine,
+    loaded: LoadedPlaybook,
+    params: dict[str, Any],
+    trigger: TriggerContext,
+    user: dict[str, Any],
+) -> None:
+    """The `start` rule, asked before anything starts; a deny is a RunError with the reasons."""
+    verdict = await policy.start(start_policy_input(loaded, params, trigger, user))
+    if not verdict.allow:
+        reasons = "; ".join(verdict.reasons) or "no reason given"
+        raise RunError(f"{user.get('id')} may not start {loaded.playbook.name}: {reasons}")
 
 
 async def start_run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, AsyncIterator, Callable, Sequence
 
@@ -15,6 +16,8 @@ from bot.actions.activities import build_activities
 from bot.actions.catalog import make_providers
 from bot.actions.secrets import SecretStore
 from bot.engine.workflow import PlaybookRun
+from bot.policy.activities import PolicyActivities
+from bot.policy.engine import PolicyEngine, make_engine
 from bot.settings import Settings
 
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
@@ -44,10 +47,25 @@ def make_worker(
     )
 
 
+@dataclass
+class WorkerDeps:
+    """What a worker's activities hold: closed together when the worker stops."""
+
+    activities: list[Any]
+    policy: PolicyEngine
+
+
 @asynccontextmanager
-async def worker_activities(settings: Settings, extra: Sequence[Callable[..., Any]] = ()) -> AsyncIterator[list[Any]]:
-    """The shipped activities with their clients, closed when the worker stops."""
+async def worker_deps(settings: Settings, extra: Sequence[Callable[..., Any]] = ()) -> AsyncIterator[WorkerDeps]:
+    """The shipped action and policy activities with their clients.
+
+    Loads the policies first: a policy that does not compile stops the worker from starting
+    (PolicyLoadError names the file and line) instead of denying every step later.
+    """
     async with AsyncExitStack() as stack:
+        policy = make_engine(settings)
+        stack.push_async_callback(policy.close)
+        await policy.load()
         http = await stack.enter_async_context(httpx.AsyncClient())
-        providers = make_providers(settings, http)
-        yield build_activities(providers, SecretStore(settings.secrets_file)) + list(extra)
+        actions = build_activities(make_providers(settings, http), SecretStore(settings.secrets_file))
+        yield WorkerDeps(actions + PolicyActivities(policy).all() + list(extra), policy)

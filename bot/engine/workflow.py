@@ -8,7 +8,7 @@ query, so bookkeeping adds no round trips.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from temporalio import workflow
@@ -30,13 +30,20 @@ with workflow.unsafe.imports_passed_through():
         VoteRequest,
         VoteResult,
     )
-    from bot.playbook.durations import format_duration
+    from bot.playbook.durations import format_duration, parse_duration
+    from bot.policy.activities import PolicyRequest
+    from bot.policy.models import Decision, Verdict
     from bot.playbook.model import Compensation, ParallelGroup, RetryPolicy, Step
     from bot.playbook.templating import TemplateError, render, truthy
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+DEFAULT_APPROVAL_TIMEOUT = "15m"
 SLEEP_ACTION = "core.sleep"
 POLICY_TIMEOUT = timedelta(seconds=30)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def idempotency_key(run_id: str, step_id: str, compensation: bool = False) -> str:
@@ -140,6 +147,7 @@ class PlaybookRun:
             await self._compensate(outcome)
         status.finished_at = workflow.now()
         self._log("run finished", state=status.state)
+        await workflow.wait_condition(workflow.all_handlers_finished)
         return status
 
     async def _run_group(self, group: ParallelGroup) -> bool:
@@ -250,13 +258,105 @@ class PlaybookRun:
         await workflow.sleep(params.duration, summary=f"sleep {format_duration(params.duration)}")
         return ActionResult(output={"slept": format_duration(params.duration)}, attempt=1)
 
-    # ---- policy gate and approvals (filled in by the policy layer) -----------------------
+    # ---- policy gate and approvals -------------------------------------------------------
+
+    def _policy_input(self, step: Step, args: dict[str, Any]) -> dict[str, Any]:
+        """The input document of DESIGN.md's policy contract, from workflow state only."""
+        status, trigger = self._status, self._input.trigger
+        return {
+            "playbook": {"name": status.playbook, "owner": self._input.playbook.owner, "hash": status.playbook_hash},
+            "step": {"id": step.id, "action": step.action, "impact": step.impact, "with": args},
+            "run": {
+                "id": status.run_id,
+                "trigger": status.trigger,
+                "requested_by": status.requested_by,
+                "started_at": _rfc3339(status.started_at or workflow.now()),
+            },
+            "params": self._input.params,
+            "alert": trigger.alert,
+            "approvals": [v.model_dump(mode="json") for v in status.step(step.id).approvals],
+            "now": _rfc3339(workflow.now()),
+        }
+
+    async def _ask_policy(self, rule: str, input: dict[str, Any], result_type: type[Any]) -> Any:
+        """Ask the policy activity; if even that fails, the answer is a deny (fail closed)."""
+        try:
+            return await workflow.execute_activity(
+                f"policy.{rule}",
+                PolicyRequest(input=input),
+                result_type=result_type,
+                start_to_close_timeout=POLICY_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
+                summary=f"policy {rule}",
+            )
+        except ActivityError as exc:
+            message, _ = describe_failure(exc, 3)
+            return result_type(allow=False, reasons=[f"policy could not be evaluated: {message}"])
 
     async def _gate(self, step: Step, st: StepStatus) -> bool:
+        """Before a high-impact step: allow, deny, or wait for approvals (DESIGN.md policy contract)."""
+        decision: Decision = await self._ask_policy("decide", self._policy_input(step, st.args or {}), Decision)
+        st.decision = decision.model_dump(mode="json", exclude_none=True)
+        self._log("policy decision", step_id=step.id, allow=decision.allow, approval=decision.needs_approval)
+        if not decision.allow:
+            st.state, st.finished_at = "denied", workflow.now()
+            st.error = "denied by policy: " + ("; ".join(decision.reasons) or "no reason given")
+            self._status.error = self._status.error or f"step {st.id}: {st.error}"
+            return False
+        if not decision.needs_approval:
+            return True
+        return await self._await_approval(st, decision)
+
+    async def _await_approval(self, st: StepStatus, decision: Decision) -> bool:
+        """Wait for the quorum; the first deadline escalates, the second rejects."""
+        try:
+            deadline = parse_duration(decision.approval_timeout or DEFAULT_APPROVAL_TIMEOUT)
+        except ValueError:
+            deadline = parse_duration(DEFAULT_APPROVAL_TIMEOUT)
+        self._approvals.open(st.id, decision.min_approvals)
+        st.state = "waiting_approval"
+        self._refresh_run_state()
+        for round in ("first", "second"):
+            st.approval_deadline = workflow.now() + deadline
+            self._log("approval requested" if round == "first" else "approval escalated", step_id=st.id)
+            try:
+                await workflow.wait_condition(lambda: self._approvals.decided(st.id), timeout=deadline)
+                break
+            except asyncio.TimeoutError:
+                if round == "first":
+                    st.escalated_at = workflow.now()
+                    workflow.logger.warning(
+                        "approval deadline passed: escalating",
+                        extra={**self._log_extra, "step_id": st.id, "approver_groups": decision.approver_groups},
+                    )
+        now = workflow.now()
+        rejection = self._approvals.rejected_by(st.id)
+        if rejection or not self._approvals.decided(st.id):
+            st.state, st.finished_at = "rejected", now
+            st.error = (
+                f"rejected by {rejection.user}" + (f": {rejection.reason}" if rejection.reason else "")
+                if rejection
+                else "approval timed out"
+            )
+            self._status.error = self._status.error or f"step {st.id}: {st.error}"
+            self._refresh_run_state()
+            return False
+        st.state = "pending"
+        self._refresh_run_state()
         return True
 
+    def _refresh_run_state(self) -> None:
+        waiting = any(s.state == "waiting_approval" for s in self._status.steps)
+        self._status.state = "waiting_approval" if waiting else "running"
+
     async def _check_approver(self, request: VoteRequest) -> list[str]:
-        return []
+        """Refusal reasons from the `approver` rule; empty when this user may vote."""
+        st = self._status.step(request.step_id)
+        step = next(s for s in self._input.playbook.leaf_steps() if s.id == request.step_id)
+        input = self._policy_input(step, st.args or {})
+        input["user"] = {"id": request.user, "name": request.name, "groups": request.groups}
+        verdict: Verdict = await self._ask_policy("approver", input, Verdict)
+        return [] if verdict.allow else (verdict.reasons or ["the approver policy refused"])
 
     # ---- saga ----------------------------------------------------------------------------
 

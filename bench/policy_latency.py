@@ -1,0 +1,130 @@
+"""Decision latency, embedded engine vs OPA REST (the fixture server), p50/p99 over N decisions.
+
+    .venv/bin/python bench/policy_latency.py [-n 10000]
+
+Rows, from the whole path down to its parts:
+  embedded          EmbeddedEngine.decide: digest, pipe to the child, rego-cpp, parse
+  embedded, smoke   the same over the acceptance checks' one-rule policy (if shared/ is there)
+  REST (fake OPA)   OpaEngine.decide -> aiohttp -> uvicorn -> the same rego-cpp evaluation
+  pipe round trip   an empty request to the child: the isolation layer's own cost
+  regopy in-process set_input + query_bundle in this process (no isolation): the engine floor
+Not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import structlog  # noqa: E402
+
+from bot.policy.embedded import EmbeddedEngine  # noqa: E402
+from bot.policy.embedded_child import Child  # noqa: E402
+from bot.policy.engine import RULES, entrypoint  # noqa: E402
+from bot.policy.opa import OpaEngine  # noqa: E402
+from bot.policy.rego_process import RegoProcess  # noqa: E402
+from bot.policy.sources import read_sources  # noqa: E402
+from tests.policy.fake_opa import FakeOpa  # noqa: E402
+
+POLICIES = ROOT / "policies"
+SMOKE_POLICIES = ROOT.parent / "shared" / "acceptance" / "policies"
+
+# A production restart: the longest common path of the shipped policy (approval required).
+INPUT = {
+    "playbook": {"name": "restart-service", "owner": "sre-oncall", "hash": "sha256:" + "a" * 64},
+    "step": {
+        "id": "restart",
+        "action": "http.request",
+        "impact": "high",
+        "with": {"method": "POST", "url": "https://deploy.internal/v1/services/api/restart"},
+    },
+    "run": {"id": "restart-service-1", "trigger": "alertmanager", "requested_by": "alertmanager",
+            "started_at": "2025-03-01T09:59:00Z"},
+    "params": {"service": "api", "environment": "production"},
+    "alert": {"labels": {"alertname": "ServiceDown", "service": "api", "severity": "page"},
+              "annotations": {"summary": "api is down"}},
+    "approvals": [],
+    "now": "2025-03-01T10:00:00Z",
+}
+
+
+async def measure(call: Callable[[], Awaitable[object]], n: int, warmup: int = 200) -> list[float]:
+    for _ in range(warmup):
+        await call()
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def row(name: str, samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+    mean = statistics.fmean(samples) * 1000
+    worst = max(samples) * 1000
+    return f"| {name:<18} | {len(samples):>6} | {p(0.50):>7.3f} | {p(0.99):>7.3f} | {mean:>7.3f} | {worst:>7.2f} |"
+
+
+async def main(n: int) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
+    results: list[str] = []
+
+    async with EmbeddedEngine(POLICIES) as embedded:
+        await embedded.load()
+        decision = await embedded.decide(INPUT)
+        assert decision.failure is None and decision.require_approval, decision
+        results.append(row("embedded", await measure(lambda: embedded.decide(INPUT), n)))
+
+    if SMOKE_POLICIES.is_dir():  # a one-rule policy: what the isolation layer costs around rego-cpp
+        async with EmbeddedEngine(SMOKE_POLICIES) as smoke:
+            await smoke.load()
+            results.append(row("embedded, smoke", await measure(lambda: smoke.decide(INPUT), n)))
+
+    fake = FakeOpa(POLICIES)
+    fake.start()
+    try:
+        async with OpaEngine(fake.url, timeout=5.0) as opa:
+            decision = await opa.decide(INPUT)
+            assert decision.failure is None and decision.require_approval, decision
+            results.append(row("REST (fake OPA)", await measure(lambda: opa.decide(INPUT), n)))
+    finally:
+        fake.stop()
+
+    process = RegoProcess()
+    await process.start()
+    try:
+        results.append(row("pipe round trip", await measure(lambda: process.request({"op": "ping"}, 5.0), n)))
+    finally:
+        await process.stop()
+
+    sources = read_sources(POLICIES)
+    child = Child()
+    child.handle({"op": "load", "modules": sources.modules, "data": sources.data,
+                  "entrypoints": [entrypoint(rule) for rule in RULES]})
+    request = {"op": "eval", "entrypoint": entrypoint("decision"), "input": INPUT}
+
+    async def in_process() -> object:
+        return child.handle(request)
+
+    results.append(row("regopy in-process", await measure(in_process, n)))
+
+    print(f"decision latency over {n} sequential decisions (ms), shipped policies, approval path")
+    print("| path               |      n |     p50 |     p99 |    mean |     max |")
+    print("|--------------------|--------|---------|---------|---------|---------|")
+    print("\n".join(results))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=10_000, help="decisions per row (default 10000)")
+    asyncio.run(main(parser.parse_args().n))

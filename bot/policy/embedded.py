@@ -1,0 +1,304 @@
+"""Embedded backend: the policies/ directory evaluated with rego-cpp in a child process.
+
+Used when no OPA server is configured (dev stack, tests). The child is started once and kept;
+each decision is one request over a pipe. Policy files are re-read when they change: a broken
+edit turns every answer into a deny naming the file and line until it is fixed, and a crash of
+the child is answered with denies while it restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from bot.policy.engine import RULES, entrypoint, rule_path
+from bot.policy.errors import PolicyLoadError
+from bot.policy.models import Decision, Failure, Provenance, Verdict, input_digest
+from bot.policy.rego_process import ChildCrashed, ChildTimeout, RegoProcess, run_once
+from bot.policy.sources import PolicySources, read_sources, tree_signature
+
+log = structlog.get_logger(__name__)
+
+LOAD_TIMEOUT = 30.0  # compiling is slower than deciding; a stuck compile is still an error
+
+
+def _load_request(sources: PolicySources) -> dict[str, Any]:
+    return {
+        "op": "load",
+        "modules": sources.modules,
+        "data": sources.data,
+        "entrypoints": [entrypoint(rule) for rule in RULES],
+    }
+
+
+def _require_modules(sources: PolicySources) -> None:
+    if not sources.modules:
+        raise PolicyLoadError(f"no .rego policies in {sources.root}")
+
+
+def _crash_culprit(sources: PolicySources) -> str | None:
+    """Compile each module in its own child to name the file that takes rego-cpp down."""
+    for name, source in sources.modules.items():
+        single = PolicySources(sources.root, {name: source}, sources.data, sources.hash)
+        try:
+            run_once([_load_request(single)], timeout=LOAD_TIMEOUT)
+        except (ChildCrashed, ChildTimeout):
+            return name
+    return None
+
+
+def _crash_error(exc: Exception, culprit: str | None) -> PolicyLoadError:
+    return PolicyLoadError(f"policy engine crashed while compiling the policies ({exc})", file=culprit)
+
+
+def load_policies(policies_dir: Path | str) -> PolicySources:
+    """Read and compile policies_dir once, for start-up checks (`dev`, `worker`, `validate`).
+
+    Raises PolicyLoadError naming the file and line of the first error.
+    """
+    sources = read_sources(Path(policies_dir))
+    _require_modules(sources)
+    try:
+        [answer] = run_once([_load_request(sources)], timeout=LOAD_TIMEOUT)
+    except (ChildCrashed, ChildTimeout) as exc:
+        raise _crash_error(exc, _crash_culprit(sources)) from exc
+    if not answer.get("ok"):
+        raise PolicyLoadError.from_wire(answer.get("error") or {})
+    return sources
+
+
+class EmbeddedEngine:
+    """PolicyEngine over a local policies directory; see the module docstring."""
+
+    name = "embedded"
+
+    def __init__(
+        self,
+        policies_dir: Path | str,
+        *,
+        timeout: float = 2.0,
+        reload_interval: float = 1.0,
+        restart_delay: float = 0.05,
+        max_restart_delay: float = 5.0,
+    ) -> None:
+        self.policies_dir = Path(policies_dir)
+        self.timeout = timeout
+        # Files are stat'ed at most this often (seconds); 0 checks before every decision.
+        self.reload_interval = reload_interval
+        self.restart_delay = restart_delay
+        self.max_restart_delay = max_restart_delay
+        self._lock = asyncio.Lock()
+        self._proc: RegoProcess | None = None
+        self._loaded: PolicySources | None = None
+        self._load_error: PolicyLoadError | None = None
+        self._signature: tuple[Any, ...] | None = None
+        self._next_check = 0.0
+        self._restart_task: asyncio.Task[None] | None = None
+        self._crash_note: str | None = None
+        self._consecutive_crashes = 0
+
+    # --- PolicyEngine -------------------------------------------------------------------
+
+    @property
+    def policy_hash(self) -> str | None:
+        return self._loaded.hash if self._loaded is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (tests and operators kill it to check recovery)."""
+        return self._proc.pid if self._proc is not None and self._proc.alive else None
+
+    async def load(self) -> None:
+        """Compile the policies now; raises PolicyLoadError when they cannot be loaded."""
+        async with self._lock:
+            await self._reload(force=True)
+            if self._load_error is not None:
+                raise self._load_error
+
+    async def ready(self) -> bool:
+        if self._restarting():
+            return False
+        async with self._lock:
+            await self._reload()
+            return self._load_error is None and self._proc is not None and self._proc.alive
+
+    async def decide(self, input: dict[str, Any]) -> Decision:
+        raw, provenance, failure = await self._guarded_query("decision", input)
+        if failure is not None:
+            return Decision.deny(failure[1], failure[0], provenance)
+        return Decision.from_result(raw, rule_path("decision"), provenance)
+
+    async def approver(self, input: dict[str, Any]) -> Verdict:
+        return await self._verdict("approver", input)
+
+    async def start(self, input: dict[str, Any]) -> Verdict:
+        return await self._verdict("start", input)
+
+    async def close(self) -> None:
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+            try:
+                await self._restart_task
+            except asyncio.CancelledError:
+                pass
+            self._restart_task = None
+        async with self._lock:
+            if self._proc is not None:
+                await self._proc.stop()
+                self._proc = None
+
+    async def __aenter__(self) -> EmbeddedEngine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- evaluation ---------------------------------------------------------------------
+
+    async def _verdict(self, rule: str, input: dict[str, Any]) -> Verdict:
+        raw, provenance, failure = await self._guarded_query(rule, input)
+        if failure is not None:
+            return Verdict.deny(failure[1], failure[0], provenance)
+        return Verdict.from_result(raw, rule_path(rule), provenance)
+
+    async def _guarded_query(
+        self, rule: str, input: dict[str, Any]
+    ) -> tuple[Any, Provenance, tuple[Failure, str] | None]:
+        """_query, with a bug of ours turned into a deny too: callers are never raised at."""
+        try:
+            return await self._query(rule, input)
+        except Exception as exc:
+            log.exception("policy.internal_error", engine=self.name, rule=rule)
+            reason = f"policy engine error: {type(exc).__name__}: {exc}"
+            return None, Provenance(engine=self.name), self._fail_closed(rule, Failure.INTERNAL, reason)
+
+    async def _query(
+        self, rule: str, input: dict[str, Any]
+    ) -> tuple[Any, Provenance, tuple[Failure, str] | None]:
+        provenance = Provenance(decision_id=uuid.uuid4().hex, engine=self.name)
+        try:
+            provenance.input_digest = input_digest(input)
+        except (TypeError, ValueError) as exc:
+            return None, provenance, self._fail_closed(rule, Failure.INVALID_INPUT, f"policy input is not JSON: {exc}")
+        if self._restarting():
+            return None, provenance, self._restarting_failure(rule)
+        async with self._lock:
+            if self._restarting():
+                return None, provenance, self._restarting_failure(rule)
+            await self._reload()
+            provenance.policy_hash = self.policy_hash
+            if self._load_error is not None:
+                reason = f"policy failed to load: {self._load_error}"
+                return None, provenance, self._fail_closed(rule, Failure.LOAD_ERROR, reason)
+            assert self._proc is not None
+            request = {"op": "eval", "entrypoint": entrypoint(rule), "input": input}
+            try:
+                answer = await self._proc.request(request, self.timeout)
+            except ChildTimeout:
+                self._crashed(f"evaluation of {rule_path(rule)} took longer than {self.timeout:g}s")
+                reason = f"policy evaluation timed out after {self.timeout:g}s; restarting the policy engine"
+                return None, provenance, self._fail_closed(rule, Failure.TIMEOUT, reason)
+            except ChildCrashed as exc:
+                self._crashed(str(exc))
+                return None, provenance, self._fail_closed(rule, Failure.ENGINE_CRASHED, f"{exc}; restarting it")
+        self._consecutive_crashes = 0
+        if not answer.get("ok"):
+            message = (answer.get("error") or {}).get("message", "unknown error")
+            reason = f"policy evaluation failed: {rule_path(rule)}: {message}"
+            return None, provenance, self._fail_closed(rule, Failure.EVAL_ERROR, reason)
+        if not answer.get("defined"):
+            reason = f"policy undefined: {rule_path(rule)} has no value for this input"
+            return None, provenance, self._fail_closed(rule, Failure.UNDEFINED, reason)
+        return answer.get("value"), provenance, None
+
+    def _fail_closed(self, rule: str, failure: Failure, reason: str) -> tuple[Failure, str]:
+        log.error("policy.fail_closed", engine=self.name, rule=rule, failure=failure.value, reason=reason)
+        return failure, reason
+
+    # --- loading ------------------------------------------------------------------------
+
+    async def _reload(self, force: bool = False) -> None:
+        """Recompile when the files changed (checked at most every reload_interval)."""
+        now = time.monotonic()
+        if not force and now < self._next_check:
+            return
+        self._next_check = now + self.reload_interval
+        signature = tree_signature(self.policies_dir)
+        if not force and signature == self._signature and self._proc is not None:
+            return
+        self._signature = signature
+        try:
+            sources = read_sources(self.policies_dir)
+            _require_modules(sources)
+        except PolicyLoadError as exc:
+            self._set_load_error(exc)
+            return
+        except OSError as exc:
+            self._set_load_error(PolicyLoadError(f"cannot read policies: {exc}"))
+            return
+        unchanged = self._loaded is not None and sources.hash == self._loaded.hash
+        if not force and unchanged and self._load_error is None and self._proc is not None and self._proc.alive:
+            return  # touched, not changed
+        await self._install(sources)
+
+    async def _install(self, sources: PolicySources) -> None:
+        if self._proc is None or not self._proc.alive:
+            if self._proc is not None:
+                await self._proc.stop()
+            self._proc = RegoProcess()
+            try:
+                await self._proc.start()
+            except OSError as exc:
+                self._proc = None
+                self._set_load_error(PolicyLoadError(f"cannot start the policy engine process: {exc}"))
+                return
+        try:
+            answer = await self._proc.request(_load_request(sources), max(self.timeout, LOAD_TIMEOUT))
+        except (ChildCrashed, ChildTimeout) as exc:
+            self._loaded = None
+            culprit = await asyncio.to_thread(_crash_culprit, sources)
+            self._set_load_error(_crash_error(exc, culprit))
+            return
+        if not answer.get("ok"):
+            self._loaded = None
+            self._set_load_error(PolicyLoadError.from_wire(answer.get("error") or {}))
+            return
+        recovered = self._load_error is not None
+        self._loaded, self._load_error = sources, None
+        log.info("policy.loaded", engine=self.name, policy_hash=sources.hash, recovered=recovered)
+
+    def _set_load_error(self, error: PolicyLoadError) -> None:
+        self._load_error = error
+        log.error("policy.load_failed", engine=self.name, error=str(error), policies_dir=str(self.policies_dir))
+
+    # --- crash recovery -----------------------------------------------------------------
+
+    def _restarting(self) -> bool:
+        return self._restart_task is not None and not self._restart_task.done()
+
+    def _restarting_failure(self, rule: str) -> tuple[Failure, str]:
+        reason = f"policy engine restarting after a crash ({self._crash_note})"
+        return self._fail_closed(rule, Failure.ENGINE_CRASHED, reason)
+
+    def _crashed(self, note: str) -> None:
+        """Called under the lock: drop the dead child and restart it in the background."""
+        self._crash_note = note
+        self._consecutive_crashes += 1
+        delay = min(self.max_restart_delay, self.restart_delay * 2 ** (self._consecutive_crashes - 1))
+        log.error("policy.engine_crashed", engine=self.name, note=note, restart_in=delay)
+        if self._proc is not None:
+            self._proc.kill()
+        self._restart_task = asyncio.create_task(self._restart(delay))
+
+    async def _restart(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with self._lock:
+            await self._reload(force=True)
+        if self._load_error is None:
+            log.warning("policy.engine_restarted", engine=self.name, pid=self.pid, after=self._crash_note)
+            self._crash_note = None

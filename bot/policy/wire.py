@@ -1,0 +1,73 @@
+"""Length-prefixed JSON frames between the worker and the embedded engine's child process.
+
+A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON (one object).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from typing import Any, BinaryIO
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 64 * 1024 * 1024  # far above any policy input; guards against a desynchronised stream
+
+
+class FrameError(Exception):
+    """The stream does not hold a valid frame (desynchronised or corrupt)."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    payload = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(payload)
+    except ValueError as exc:
+        raise FrameError(f"frame is not JSON: {exc}") from exc
+    if not isinstance(message, dict):
+        raise FrameError(f"frame is {type(message).__name__}, expected an object")
+    return message
+
+
+def _length(header: bytes) -> int:
+    (length,) = HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise FrameError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    return length
+
+
+def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
+    """Read one frame from a blocking buffered stream; None at a clean end of stream."""
+    header = stream.read(HEADER.size)
+    if not header:
+        return None
+    if len(header) < HEADER.size:
+        raise FrameError("stream ended inside a frame header")
+    length = _length(header)
+    payload = stream.read(length)
+    if len(payload) < length:
+        raise FrameError("stream ended inside a frame")
+    return decode(payload)
+
+
+def read_frames(data: bytes) -> list[dict[str, Any]]:
+    """Split a whole captured stream into frames (a truncated tail is dropped)."""
+    frames, offset = [], 0
+    while offset + HEADER.size <= len(data):
+        length = _length(data[offset : offset + HEADER.size])
+        end = offset + HEADER.size + length
+        if end > len(data):
+            break
+        frames.append(decode(data[offset + HEADER.size : end]))
+        offset = end
+    return frames
+
+
+async def read_frame_async(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """Read one frame; asyncio.IncompleteReadError when the stream ends."""
+    header = await reader.readexactly(HEADER.size)
+    return decode(await reader.readexactly(_length(header)))

@@ -1,0 +1,225 @@
+# Table-driven tests for playbook.authz.
+#
+# Each case names the input fields it changes from a base input (null means
+# "missing"), optional data (freezes, groups, start_restrictions,
+# start_denylist) and the result fields it expects (compared key by key).
+#
+# The tables are evaluated field by field (`with input.step as step`) inside a
+# comprehension, because rego-cpp, the embedded engine, crashes on
+# `with input as {...}` and returns undefined for `with` inside `every`. Every
+# test also checks that no case dropped out of its results, so an undefined
+# result fails the test instead of shrinking the table.
+package playbook.authz_test
+
+import rego.v1
+
+import data.playbook.authz
+
+_playbook := {"name": "restart-service", "owner": "sre-oncall", "hash": "sha256:abc"}
+
+_run := {"id": "run-1", "trigger": "cli", "requested_by": "alice", "started_at": "2025-03-01T09:00:00Z"}
+
+_high_http := {"id": "restart", "action": "http.request", "impact": "high", "with": {"method": "POST"}}
+
+_low_log := {"id": "note", "action": "core.log", "impact": "low", "with": {"message": "hi"}}
+
+_high_shell := {"id": "kill", "action": "shell.run", "impact": "high", "with": {"argv": ["true"]}}
+
+_critical := {"labels": {"alertname": "ServiceDown", "severity": "critical"}}
+
+_base := {
+	"playbook": _playbook,
+	"step": _high_http,
+	"run": _run,
+	"params": {"environment": "production"},
+	"alert": null,
+	"approvals": [],
+	"now": "2025-03-01T10:00:00Z",
+	"user": null,
+}
+
+_freeze := {"start": "2025-03-01T00:00:00Z", "end": "2025-03-02T00:00:00Z", "reason": "quarter close"}
+
+_needs_one := {
+	"allow": true, "require_approval": true, "min_approvals": 1,
+	"approver_groups": ["sre-oncall"], "approval_timeout": "15m",
+}
+
+_runs := {"allow": true, "require_approval": false}
+
+decision_cases := [
+	{"name": "low impact in production runs", "input": {"step": _low_log}, "want": object.union(_runs, {"reasons": ["low impact step"]})},
+	{"name": "high impact in staging runs", "input": {"params": {"environment": "staging"}}, "want": object.union(_runs, {"reasons": ["high impact step outside production (staging)"]})},
+	{"name": "environment is case-insensitive", "input": {"params": {"environment": "Staging"}}, "want": _runs},
+	{"name": "environment from the alert label", "input": {"params": {}, "alert": {"labels": {"environment": "dev"}}}, "want": _runs},
+	{"name": "params win over the alert label", "input": {"alert": {"labels": {"environment": "dev"}}}, "want": _needs_one},
+	{"name": "no environment means production", "input": {"params": {}}, "want": _needs_one},
+	{"name": "unknown environment means production", "input": {"params": {"environment": "prod-eu"}}, "want": _needs_one},
+	{"name": "high impact in production needs one owner approval", "input": {}, "want": object.union(_needs_one, {"reasons": ["high impact step in production needs 1 approval(s) from sre-oncall"]})},
+	{"name": "unknown impact counts as high", "input": {"step": object.union(_high_http, {"impact": "medium"})}, "want": _needs_one},
+	{"name": "shell.run in production needs two approvals", "input": {"step": _high_shell}, "want": object.union(_needs_one, {"min_approvals": 2, "reasons": ["shell.run in production needs 2 approval(s) from sre-oncall"]})},
+	{"name": "shell.run in staging runs", "input": {"step": _high_shell, "params": {"environment": "staging"}}, "want": _runs},
+	{"name": "approval timeout comes from data", "input": {}, "data": {"approval_timeout": "5m"}, "want": object.union(_needs_one, {"approval_timeout": "5m"})},
+	{"name": "freeze denies high impact", "input": {}, "data": {"freezes": [_freeze]}, "want": {"allow": false, "require_approval": false, "reasons": ["change freeze 2025-03-01T00:00:00Z until 2025-03-02T00:00:00Z: quarter close"]}},
+	{"name": "freeze denies high impact outside production too", "input": {"params": {"environment": "staging"}}, "data": {"freezes": [_freeze]}, "want": {"allow": false}},
+	{"name": "freeze scoped to production spares staging", "input": {"params": {"environment": "staging"}}, "data": {"freezes": [object.union(_freeze, {"environments": ["production"]})]}, "want": _runs},
+	{"name": "freeze with a numeric offset", "input": {"now": "2025-03-01T23:30:00+01:00"}, "data": {"freezes": [_freeze]}, "want": {"allow": false}},
+	{"name": "freeze does not touch low impact", "input": {"step": _low_log}, "data": {"freezes": [_freeze]}, "want": _runs},
+	{"name": "freeze that ended is ignored", "input": {"now": "2025-03-02T00:00:00Z"}, "data": {"freezes": [_freeze]}, "want": _needs_one},
+	{"name": "freeze that has not started is ignored", "input": {"now": "2025-02-28T23:59:59Z"}, "data": {"freezes": [_freeze]}, "want": _needs_one},
+	{"name": "critical alert overrides a freeze but still needs approval", "input": {"alert": _critical}, "data": {"freezes": [_freeze]}, "want": object.union(_needs_one, {"reasons": [
+		"high impact step in production needs 1 approval(s) from sre-oncall",
+		"critical alert overrides change freeze 2025-03-01T00:00:00Z until 2025-03-02T00:00:00Z: quarter close",
+	]})},
+	{"name": "unparsable freeze window counts as active", "input": {}, "data": {"freezes": [{"start": "soon", "end": "later", "reason": "typo"}]}, "want": {"allow": false}},
+	{"name": "missing step", "input": {"step": null}, "want": {"allow": false, "require_approval": false, "reasons": ["missing input.step"]}},
+	{"name": "missing now", "input": {"now": null}, "want": {"allow": false, "reasons": ["missing input.now"]}},
+	{"name": "invalid now", "input": {"now": "yesterday"}, "want": {"allow": false, "reasons": ["invalid input.now: expected an RFC3339 timestamp"]}},
+	{"name": "missing owner", "input": {"playbook": {"name": "restart-service"}}, "want": {"allow": false, "reasons": ["missing input.playbook.owner"]}},
+	{"name": "missing step fields", "input": {"step": {"id": "x"}}, "want": {"allow": false, "reasons": ["missing input.step.action", "missing input.step.impact"]}},
+	{"name": "everything missing", "input": {"playbook": null, "step": null, "run": null, "now": null}, "want": {"allow": false, "reasons": ["missing input.now", "missing input.playbook", "missing input.run", "missing input.step"]}},
+]
+
+decision_results := [result |
+	some case in decision_cases
+	i := _merge(_base, case.input)
+	playbook := i.playbook
+	step := i.step
+	run := i.run
+	params := i.params
+	alert := i.alert
+	now := i.now
+	d := _merge(_data, object.get(case, "data", {}))
+	freezes := d.freezes
+	timeout := d.approval_timeout
+	got := authz.decision with input.playbook as playbook
+		with input.step as step
+		with input.run as run
+		with input.params as params
+		with input.alert as alert
+		with input.now as now
+		with data.playbook.freezes as freezes
+		with data.playbook.approval_timeout as timeout
+	wrong := _mismatches(got, case.want)
+	result := {"name": case.name, "ok": wrong == [], "wrong": wrong, "got": got}
+]
+
+test_decision_table if {
+	count(decision_results) == count(decision_cases)
+	failures := [r | some r in decision_results; not r.ok]
+	failures == []
+}
+
+test_decision_has_every_field if {
+	keys := {"allow", "require_approval", "min_approvals", "approver_groups", "approval_timeout", "reasons"}
+	count(decision_results) == count(decision_cases)
+	every r in decision_results {
+		object.keys(r.got) == keys
+	}
+}
+
+test_decision_with_no_input_denies if {
+	authz.decision.allow == false
+	authz.decision.reasons == ["missing input.now", "missing input.playbook", "missing input.run", "missing input.step"]
+}
+
+_member := {"id": "bob", "name": "Bob", "groups": ["sre-oncall"]}
+
+_outsider := {"id": "carol", "name": "Carol", "groups": ["marketing"]}
+
+_cli_user := {"id": "cli:dave", "name": "dave", "groups": []}
+
+approver_cases := [
+	{"name": "owner group member may approve", "input": {"user": _member}, "want": {"allow": true, "reasons": ["bob is in approver group sre-oncall"]}},
+	{"name": "requester may not approve", "input": {"user": object.union(_member, {"id": "alice"})}, "want": {"allow": false, "reasons": ["alice requested this run and cannot approve it"]}},
+	{"name": "user outside the owner group may not approve", "input": {"user": _outsider}, "want": {"allow": false, "reasons": ["carol is not in an approver group (sre-oncall)"]}},
+	{"name": "CLI user mapped to the owner group in data", "input": {"user": _cli_user}, "data": {"groups": {"sre-oncall": ["cli:dave"]}}, "want": {"allow": true}},
+	{"name": "CLI user mapped to another group", "input": {"user": _cli_user}, "data": {"groups": {"marketing": ["cli:dave"]}}, "want": {"allow": false}},
+	{"name": "CLI user with no mapping", "input": {"user": _cli_user}, "want": {"allow": false}},
+	{"name": "user without groups field", "input": {"user": {"id": "erin"}}, "want": {"allow": false}},
+	{"name": "missing user", "input": {}, "want": {"allow": false, "reasons": ["missing input.user"]}},
+	{"name": "missing user id", "input": {"user": {"groups": ["sre-oncall"]}}, "want": {"allow": false, "reasons": ["missing input.user.id"]}},
+	{"name": "missing requester", "input": {"user": _member, "run": {"id": "run-1"}}, "want": {"allow": false, "reasons": ["missing input.run.requested_by"]}},
+]
+
+approver_results := [result |
+	some case in approver_cases
+	i := _merge(_base, case.input)
+	playbook := i.playbook
+	step := i.step
+	run := i.run
+	user := i.user
+	d := _merge(_data, object.get(case, "data", {}))
+	groups := d.groups
+	got := authz.approver with input.playbook as playbook
+		with input.step as step
+		with input.run as run
+		with input.user as user
+		with data.playbook.groups as groups
+	wrong := _mismatches(got, case.want)
+	result := {"name": case.name, "ok": wrong == [], "wrong": wrong, "got": got}
+]
+
+test_approver_table if {
+	count(approver_results) == count(approver_cases)
+	failures := [r | some r in approver_results; not r.ok]
+	failures == []
+}
+
+start_cases := [
+	{"name": "unrestricted playbook, anyone may start", "input": {"user": _outsider}, "want": {"allow": true, "reasons": []}},
+	{"name": "denylisted user may not start", "input": {"user": _member}, "data": {"start_denylist": ["bob"]}, "want": {"allow": false, "reasons": ["bob may not start playbooks (start_denylist)"]}},
+	{"name": "restricted playbook, member may start", "input": {"user": _member}, "data": {"start_restrictions": {"restart-service": ["sre-oncall"]}}, "want": {"allow": true}},
+	{"name": "restricted playbook, mapped CLI user may start", "input": {"user": _cli_user}, "data": {"start_restrictions": {"restart-service": ["sre-oncall"]}, "groups": {"sre-oncall": ["cli:dave"]}}, "want": {"allow": true}},
+	{"name": "restricted playbook, outsider may not start", "input": {"user": _outsider}, "data": {"start_restrictions": {"restart-service": ["sre-oncall"]}}, "want": {"allow": false, "reasons": ["restart-service may only be started by members of sre-oncall"]}},
+	{"name": "restriction on another playbook does not apply", "input": {"user": _outsider}, "data": {"start_restrictions": {"other": ["sre-oncall"]}}, "want": {"allow": true}},
+	{"name": "missing user", "input": {}, "want": {"allow": false, "reasons": ["missing input.user"]}},
+	{"name": "missing playbook name", "input": {"user": _member, "playbook": {"owner": "sre-oncall"}}, "want": {"allow": false, "reasons": ["missing input.playbook.name"]}},
+]
+
+start_results := [result |
+	some case in start_cases
+	i := _merge(_base, case.input)
+	playbook := i.playbook
+	run := i.run
+	user := i.user
+	d := _merge(_data, object.get(case, "data", {}))
+	groups := d.groups
+	restrictions := d.start_restrictions
+	denylist := d.start_denylist
+	got := authz.start with input.playbook as playbook
+		with input.run as run
+		with input.user as user
+		with data.playbook.groups as groups
+		with data.playbook.start_restrictions as restrictions
+		with data.playbook.start_denylist as denylist
+	wrong := _mismatches(got, case.want)
+	result := {"name": case.name, "ok": wrong == [], "wrong": wrong, "got": got}
+]
+
+test_start_table if {
+	count(start_results) == count(start_cases)
+	failures := [r | some r in start_results; not r.ok]
+	failures == []
+}
+
+# Defaults the tables start from, whatever the shipped data.json says.
+_data := {
+	"freezes": [],
+	"groups": {},
+	"approval_timeout": "15m",
+	"start_restrictions": {},
+	"start_denylist": [],
+}
+
+# Shallow merge: fields of b replace those of a whole (object.union would merge
+# nested objects, and a case that replaces `step` must replace all of it).
+_merge(a, b) := object.union(object.remove(a, object.keys(b)), b)
+
+# The keys of `want` whose values `got` does not match (missing keys included).
+_mismatches(got, want) := [key |
+	some key in object.keys(want)
+	not _has(got, key, want[key])
+]
+
+_has(obj, key, value) if obj[key] == value

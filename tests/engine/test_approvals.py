@@ -1,0 +1,207 @@
+"""The policy gate in the workflow: deny, approvals with quorum and four-eyes, reject, timeouts.
+
+Policy answers come from fake `policy.decide` / `policy.approver` activities so each test states
+the decision it needs; the real engines are tested against the same contract in tests/policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowUpdateFailedError
+
+from bot.engine.state import VoteRequest
+from bot.engine.workflow import PlaybookRun
+from bot.policy.activities import PolicyRequest
+from bot.policy.models import Decision, Verdict
+from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
+
+PB = """
+name: gated
+owner: sre
+params: {svc: {type: string, default: api}}
+steps:
+  - id: prepare
+    action: t.ok
+    compensate: {action: t.ok}
+  - id: risky
+    action: t.ok
+    impact: high
+    with: {target: "{{ params.svc }}"}
+    compensate: {action: t.ok}
+  - id: after
+    action: t.ok
+"""
+
+APPROVERS = {"dana", "erin", "frank"}
+
+
+def policy(decision: dict[str, Any], seen: list[dict[str, Any]] | None = None) -> list[Any]:
+    @activity.defn(name="policy.decide")
+    async def decide(request: PolicyRequest) -> Decision:
+        if seen is not None:
+            seen.append(request.input)
+        return Decision(**decision)
+
+    @activity.defn(name="policy.approver")
+    async def approver(request: PolicyRequest) -> Verdict:
+        user = request.input["user"]["id"]
+        return Verdict(allow=user in APPROVERS, reasons=[] if user in APPROVERS else [f"{user} is not in sre"])
+
+    return [decide, approver]
+
+
+APPROVAL = {"allow": True, "require_approval": True, "min_approvals": 2, "approver_groups": ["sre"], "approval_timeout": "10m"}
+
+
+def gated(requested_by: str = "tester") -> Any:
+    return run_input(playbook(PB), params={"svc": "api"}, requested_by=requested_by)
+
+
+def vote(step: str, user: str, verdict: str = "approve", reason: str = "") -> VoteRequest:
+    return VoteRequest(step_id=step, user=user, vote=verdict, reason=reason)  # type: ignore[arg-type]
+
+
+async def refused(handle: Any, request: VoteRequest) -> str:
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await handle.execute_update(PlaybookRun.vote, request)
+    return str(info.value.cause)
+
+
+async def test_allow_runs_the_step_with_the_policy_input_of_the_contract(dev_env):
+    rec, seen = Recorder(), []
+    async with worker(dev_env.client, rec, policy({"allow": True, "decision_id": "d-1"}, seen)) as w:
+        handle = await start(dev_env.client, w, gated("carl"))
+        status = await handle.result()
+    assert status.state == "completed"
+    assert status.step("risky").decision["decision_id"] == "d-1"
+    (doc,) = seen
+    assert doc["step"] == {"id": "risky", "action": "t.ok", "impact": "high", "with": {"target": "api"}}
+    assert doc["playbook"]["name"] == "gated" and doc["playbook"]["owner"] == "sre"
+    assert doc["playbook"]["hash"].startswith("sha256:")
+    assert doc["run"]["requested_by"] == "carl" and doc["run"]["trigger"] == "cli"
+    assert doc["run"]["id"] == status.run_id and doc["now"].endswith("Z")
+    assert doc["params"] == {"svc": "api"} and doc["alert"] is None and doc["approvals"] == []
+
+
+async def test_deny_never_runs_the_step_and_rolls_back(dev_env):
+    rec = Recorder()
+    decision = {"allow": False, "reasons": ["change freeze until Monday"]}
+    async with worker(dev_env.client, rec, policy(decision)) as w:
+        status = await (await start(dev_env.client, w, gated())).result()
+    assert status.state == "compensated"
+    assert status.step("risky").state == "denied"
+    assert status.step("risky").error == "denied by policy: change freeze until Monday"
+    assert rec.sequence() == ["prepare", "undo prepare"], "a denied step never runs nor is undone"
+
+
+async def test_policy_activity_failure_is_a_deny(dev_env):
+    rec = Recorder()
+
+    @activity.defn(name="policy.decide")
+    async def broken(request: PolicyRequest) -> Decision:
+        raise RuntimeError("engine exploded")
+
+    async with worker(dev_env.client, rec, [broken]) as w:
+        status = await (await start(dev_env.client, w, gated())).result()
+    assert status.step("risky").state == "denied"
+    assert "policy could not be evaluated" in status.step("risky").error
+    assert "risky" not in rec.sequence()
+
+
+async def test_quorum_of_two_refuses_requester_duplicate_and_outsider(dev_env):
+    rec = Recorder()
+    async with worker(dev_env.client, rec, policy(APPROVAL)) as w:
+        handle = await start(dev_env.client, w, gated("carl"))
+        status = await wait_for_state(handle, lambda s: s.state == "waiting_approval")
+        assert status.step("risky").state == "waiting_approval"
+        assert status.step("risky").approval_deadline is not None
+
+        assert "four-eyes" in await refused(handle, vote("risky", "carl"))
+        assert "not in sre" in await refused(handle, vote("risky", "zed"))
+        assert "no step 'nope'" in await refused(handle, vote("nope", "dana"))
+        assert "not waiting for approval" in await refused(handle, vote("prepare", "dana"))
+
+        first = await handle.execute_update(PlaybookRun.vote, vote("risky", "dana"))
+        assert (first.approvals, first.needed) == (1, 2)
+        assert "already voted" in await refused(handle, vote("risky", "dana"))
+        assert (await handle.query(PlaybookRun.status)).state == "waiting_approval"
+        assert "risky" not in rec.sequence(), "one approval of two must not run the step"
+
+        await handle.execute_update(PlaybookRun.vote, vote("risky", "erin"))
+        status = await handle.result()
+    assert status.state == "completed"
+    assert [(v.user, v.vote) for v in status.step("risky").approvals] == [("dana", "approve"), ("erin", "approve")]
+    assert rec.sequence() == ["prepare", "risky", "after"]
+
+
+async def test_concurrent_votes_by_the_same_user_count_once(dev_env):
+    rec = Recorder()
+    async with worker(dev_env.client, rec, policy(APPROVAL)) as w:
+        handle = await start(dev_env.client, w, gated("carl"))
+        await wait_for_state(handle, lambda s: s.state == "waiting_approval")
+        results = await asyncio.gather(
+            *(handle.execute_update(PlaybookRun.vote, vote("risky", "dana")) for _ in range(3)), return_exceptions=True
+        )
+        assert sum(not isinstance(r, BaseException) for r in results) == 1
+        status = await handle.query(PlaybookRun.status)
+        assert [v.user for v in status.step("risky").approvals] == ["dana"]
+        await handle.cancel()
+        await handle.result()
+
+
+async def test_one_reject_rejects_and_rolls_back(dev_env):
+    rec = Recorder()
+    async with worker(dev_env.client, rec, policy(APPROVAL)) as w:
+        handle = await start(dev_env.client, w, gated("carl"))
+        await wait_for_state(handle, lambda s: s.state == "waiting_approval")
+        await handle.execute_update(PlaybookRun.vote, vote("risky", "dana"))
+        await handle.execute_update(PlaybookRun.vote, vote("risky", "erin", "reject", "wrong service"))
+        status = await handle.result()
+    assert status.state == "compensated"
+    assert status.step("risky").state == "rejected"
+    assert status.step("risky").error == "rejected by erin: wrong service"
+    assert rec.sequence() == ["prepare", "undo prepare"]
+
+
+async def test_vote_after_the_run_ended_is_refused(dev_env):
+    rec = Recorder()
+    async with worker(dev_env.client, rec, policy({"allow": True})) as w:
+        handle = await start(dev_env.client, w, gated())
+        await handle.result()
+        with pytest.raises(Exception):
+            await handle.execute_update(PlaybookRun.vote, vote("risky", "dana"))
+
+
+async def test_approval_timeout_escalates_then_rejects(skip_env):
+    rec = Recorder()
+    decision = {**APPROVAL, "min_approvals": 1, "approval_timeout": "15m"}
+    async with worker(skip_env.client, rec, policy(decision)) as w:
+        handle = await start(skip_env.client, w, gated("carl"))
+        status = await handle.result()
+    risky = status.step("risky")
+    assert status.state == "compensated"
+    assert (risky.state, risky.error) == ("rejected", "approval timed out")
+    assert risky.escalated_at is not None
+    # escalation after the first 15m, rejection after the second
+    assert timedelta(minutes=15) <= risky.escalated_at - status.started_at < timedelta(minutes=16)
+    assert risky.finished_at - status.started_at >= timedelta(minutes=30)
+    assert rec.sequence() == ["prepare", "undo prepare"]
+
+
+async def test_approval_after_escalation_still_counts(skip_env):
+    rec = Recorder()
+    decision = {**APPROVAL, "min_approvals": 1, "approval_timeout": "15m"}
+    async with worker(skip_env.client, rec, policy(decision)) as w:
+        handle = await start(skip_env.client, w, gated("carl"))
+        await wait_for_state(handle, lambda s: s.state == "waiting_approval")
+        await skip_env.sleep(timedelta(minutes=20))
+        status = await handle.query(PlaybookRun.status)
+        assert status.step("risky").escalated_at is not None and status.state == "waiting_approval"
+        await handle.execute_update(PlaybookRun.vote, vote("risky", "dana"))
+        status = await handle.result()
+    assert status.state == "completed"
