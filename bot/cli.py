@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.live import Live
 
 from bot import logging as bot_logging
+from bot.audit.cli import app as audit_app
 from bot.console import progress_lines, status_table
 from bot.devstack import DevServerError
 from bot.engine.runs import RunError, cancel_run, check_start, get_status, start_run, vote
@@ -37,6 +38,7 @@ from bot.temporal import TemporalUnavailable, connect
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Incident-response playbooks on Temporal.")
 app.add_typer(policy_app, name="policy", help="Test and evaluate the Rego policies.")
+app.add_typer(audit_app, name="audit", help="Export, verify and follow the audit trail.")
 out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")

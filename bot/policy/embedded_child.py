@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import traceback
 from typing import Any
@@ -209,6 +210,9 @@ class Child:
 
 
 def main() -> None:
+    # Ctrl-C in a terminal signals the whole foreground group; the parent decides when this
+    # child stops (it closes the pipe), so the child must not die of the parent's SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # rego-cpp prints compile errors to stdout: keep the protocol on a private copy of the
     # pipe and send fd 1 to /dev/null. stderr stays for crash messages the parent logs.
     out = os.dup(1)

@@ -1,0 +1,147 @@
+"""`playbook-bot audit export|verify|tail`: read the audit trail; these commands never write it.
+
+They never create a store either: pointed at a path with no database, they say so instead of
+reporting an empty, "intact" trail.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from bot.audit.events import StoredEvent, format_ts
+from bot.audit.export import summary, to_json, to_markdown
+from bot.audit.store import AuditUnavailable, SqliteAuditStore, default_path
+
+app = typer.Typer(help="Export, verify and follow the audit trail.", no_args_is_help=True)
+
+DbOption = Annotated[
+    Path | None, typer.Option("--db", help="Audit database (default: PLAYBOOK_BOT_DATA_DIR/audit.db).")
+]
+
+
+class Format(StrEnum):
+    json = "json"
+    md = "md"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _db_path(db: Path | None) -> Path:
+    if db is not None:
+        return db
+    from bot.settings import Settings
+
+    try:
+        return default_path(Settings())
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise _fail(f"invalid settings: {error['loc']}: {error['msg']}") from None
+
+
+@contextmanager
+def _store(db: Path | None, missing: str = "") -> Iterator[SqliteAuditStore]:
+    """Open an existing store; any store failure becomes one `error:` line and exit 1."""
+    path = _db_path(db)
+    if not path.is_file():
+        raise _fail(f"{missing}no audit store at {path}")
+    store = SqliteAuditStore(path)
+    try:
+        yield store
+    except (AuditUnavailable, ValueError) as exc:
+        raise _fail(str(exc).splitlines()[0]) from None
+    finally:
+        store.close()
+
+
+@app.command("export")
+def export_command(
+    run_id: Annotated[str, typer.Argument(help="The run id (its Temporal workflow id).")],
+    format: Annotated[Format, typer.Option("--format", help="json (machines) or md (postmortem timeline).")] = (
+        Format.json
+    ),
+    db: DbOption = None,
+) -> None:
+    """Print one run's audit events, oldest first."""
+    not_found = f"no audit events for run {run_id!r}"
+    with _store(db, missing=f"{not_found}: ") as store:
+        events = store.events(run_id=run_id)
+    if not events:
+        raise _fail(not_found)
+    typer.echo(to_json(events) if format is Format.json else to_markdown(events, run_id).rstrip("\n"))
+
+
+@app.command("verify")
+def verify_command(db: DbOption = None) -> None:
+    """Recompute the hash chain; exit 1 naming the first event that was changed or removed."""
+    with _store(db) as store:
+        result = store.verify()
+    if not result.ok:
+        raise _fail(f"audit chain broken: {result.reason} ({result.checked} events before it are intact)")
+    typer.echo(f"ok: {result.checked} events, chain intact")
+
+
+@app.command("tail")
+def tail_command(
+    run: Annotated[str | None, typer.Option("--run", help="Only this run's events.")] = None,
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option("--interval", min=0.01, help="Seconds between polls.")] = 0.5,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many recent events to show first.")] = 20,
+    max_polls: Annotated[int | None, typer.Option("--max-polls", hidden=True)] = None,
+    db: DbOption = None,
+) -> None:
+    """Print the latest events, one line each."""
+    with _store(db) as store:
+        recent = store.last(lines, run_id=run)
+        for event in recent:
+            _echo(event)
+        if not follow_:
+            return
+        newest = store.last(1)
+        after = max([event.seq for event in recent + newest], default=0)
+        try:
+            follow(store, run_id=run, after_seq=after, interval=interval, emit=_echo, max_polls=max_polls)
+        except KeyboardInterrupt:  # Ctrl-C is how a follow ends
+            pass
+
+
+def _echo(event: StoredEvent) -> None:
+    typer.echo(format_line(event))
+
+
+def follow(
+    store: SqliteAuditStore,
+    *,
+    run_id: str | None,
+    after_seq: int,
+    interval: float,
+    emit: Callable[[StoredEvent], None],
+    max_polls: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Poll for events after `after_seq` and emit each; returns the last seq emitted. Runs
+    until interrupted, or for `max_polls` polls (tests)."""
+    polls = 0
+    while True:
+        for event in store.events(run_id=run_id, after_seq=after_seq):
+            emit(event)
+            after_seq = event.seq
+        polls += 1
+        if max_polls is not None and polls >= max_polls:
+            return after_seq
+        sleep(interval)
+
+
+def format_line(event: StoredEvent) -> str:
+    where = f"{event.run_id or '-'}/{event.step_id or '-'}"
+    return f"{event.seq:>6}  {format_ts(event.ts)}  {event.kind.value:<22}  {where}  {event.actor}  {summary(event)}"

@@ -1,0 +1,140 @@
+"""What an audit event is, and how its link in the hash chain is computed.
+
+The hash is defined here, apart from the store, so anyone holding an export can recompute the
+chain: sha256 over `canonical_json` of the fields, where `ts` is the UTC text `format_ts` gives
+and `details` enters as its canonical JSON text (so a changed byte is caught even if the JSON
+would still parse to the same value).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field, field_serializer, field_validator
+from pydantic_core import to_jsonable_python
+
+GENESIS_HASH = "0" * 64
+
+
+class EventKind(StrEnum):
+    """Every kind DESIGN.md lists. `details` keys export.py knows how to summarise are noted."""
+
+    alert_received = "alert_received"  # alertname, status, fingerprint, labels
+    alert_outcome = "alert_outcome"  # outcome, playbook, reason, fingerprint
+    slack_command = "slack_command"  # command, text, channel, trigger_id
+    run_started = "run_started"  # playbook, playbook_hash, trigger, requested_by, params
+    step_started = "step_started"  # action, attempt, args
+    step_succeeded = "step_succeeded"  # action, attempts
+    step_failed = "step_failed"  # action, attempts, error, state (failed|denied|rejected|cancelled)
+    step_skipped = "step_skipped"  # reason
+    policy_decision = "policy_decision"  # allow, require_approval, min_approvals, approver_groups, reasons
+    approval_requested = "approval_requested"  # min_approvals, approver_groups, deadline, args
+    approval_vote = "approval_vote"  # vote (approve|reject), user, reason, accepted, message
+    approval_timeout = "approval_timeout"  # stage (escalated|rejected)
+    compensation_started = "compensation_started"  # action (step_id = the step being undone)
+    compensation_succeeded = "compensation_succeeded"  # action
+    compensation_failed = "compensation_failed"  # action, error
+    run_finished = "run_finished"  # state, error, not_undone
+
+
+def canonical_json(value: Any) -> str:
+    """Key-sorted, compact JSON: the same value always gives the same bytes, hence the same hash."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def format_ts(ts: datetime) -> str:
+    """The one text form of a timestamp (stored, hashed, exported): microseconds, UTC, `Z`."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def chain_hash(
+    *,
+    seq: int,
+    event_id: str,
+    ts: str,
+    run_id: str | None,
+    step_id: str | None,
+    kind: str,
+    actor: str,
+    details: str,
+    prev_hash: str,
+) -> str:
+    """sha256 hex of one link; `ts` and `details` are the stored texts, not parsed values."""
+    preimage = canonical_json(
+        {
+            "seq": seq,
+            "event_id": event_id,
+            "ts": ts,
+            "run_id": run_id,
+            "step_id": step_id,
+            "kind": kind,
+            "actor": actor,
+            "details": details,
+            "prev_hash": prev_hash,
+        }
+    )
+    return hashlib.sha256(preimage.encode("utf-8")).hexdigest()
+
+
+class AuditEvent(BaseModel):
+    """One thing that happened. `event_id` is chosen by the caller and deterministic
+    ("<run_id>:<step_id>:step_started:<attempt>"): it is the idempotency key, so a retried
+    activity or a replayed webhook appends nothing new."""
+
+    event_id: str = Field(min_length=1)
+    ts: datetime
+    run_id: str | None = None
+    step_id: str | None = None
+    kind: EventKind
+    actor: str = Field(min_length=1)  # a user id, "system", "alertmanager", ...
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, ts: datetime) -> datetime:
+        # A naive time is ambiguous in a postmortem (local? UTC?): refuse it rather than guess.
+        if ts.tzinfo is None or ts.utcoffset() is None:
+            raise ValueError("ts must be timezone-aware (UTC); got a naive datetime")
+        return ts.astimezone(UTC)
+
+    @field_validator("details", mode="before")
+    @classmethod
+    def _plain_json(cls, value: Any) -> Any:
+        """Normalise to plain JSON now, so what is hashed on write is what is read back."""
+        try:
+            return json.loads(canonical_json(to_jsonable_python(value)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"details must be JSON-serialisable: {exc}") from None
+
+    @field_serializer("ts", when_used="json")
+    def _ts_text(self, ts: datetime) -> str:
+        return format_ts(ts)
+
+    def details_json(self) -> str:
+        return canonical_json(self.details)
+
+
+class StoredEvent(AuditEvent):
+    """An event as the store holds it: its place in the log and its link in the chain."""
+
+    seq: int
+    prev_hash: str
+    hash: str
+
+    def expected_hash(self) -> str:
+        """Recompute this event's hash from its fields, e.g. to check an export."""
+        return chain_hash(
+            seq=self.seq,
+            event_id=self.event_id,
+            ts=format_ts(self.ts),
+            run_id=self.run_id,
+            step_id=self.step_id,
+            kind=self.kind.value,
+            actor=self.actor,
+            details=self.details_json(),
+            prev_hash=self.prev_hash,
+        )

@@ -1,0 +1,328 @@
+"""Append-only, hash-chained audit log in one SQLite file shared by worker, front door and CLI.
+
+Several processes append to the same file. Every write is one `BEGIN IMMEDIATE` transaction
+(WAL, busy timeout), and the chain head (last seq and hash) is read inside it, so writers queue
+on SQLite's lock and the chain can never fork. Within a process one connection is shared behind
+a lock: activities call in through `asyncio.to_thread`, an append holds it for about a
+millisecond, and a single connection is simpler to open, probe and close than one per thread.
+
+Triggers refuse UPDATE and DELETE, so application code cannot rewrite history by mistake;
+someone with the file can still drop them, which is what `verify` is for.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, chain_hash, format_ts
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
+
+MIN_FREE_BYTES = 1 << 20  # below this, check_writable calls the disk full
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS audit_events (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id  TEXT NOT NULL,
+        ts        TEXT NOT NULL,
+        run_id    TEXT,
+        step_id   TEXT,
+        kind      TEXT NOT NULL,
+        actor     TEXT NOT NULL,
+        details   TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS audit_events_event_id ON audit_events (event_id)",
+    "CREATE INDEX IF NOT EXISTS audit_events_run ON audit_events (run_id, seq)",
+    """CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END""",
+)
+COLUMNS = "seq, event_id, ts, run_id, step_id, kind, actor, details, prev_hash, hash"
+SELECT = f"SELECT {COLUMNS} FROM audit_events"
+INSERT = f"INSERT INTO audit_events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# check_writable's throwaway row: inserted, then rolled back.
+PROBE = f"INSERT INTO audit_events ({COLUMNS}) VALUES (-1, 'probe', '', NULL, NULL, 'probe', 'probe', '{{}}', '', '')"
+
+
+class AuditUnavailable(RuntimeError):
+    """The store cannot be opened, read or written (path and cause in the message).
+    Activities let it propagate, so Temporal retries until the disk or lock clears."""
+
+
+class VerifyResult(BaseModel):
+    """`checked` counts the events found intact before the first bad one (all of them when ok).
+    `head_hash` is the last intact hash: publish it elsewhere to make truncation detectable."""
+
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    head_hash: str = GENESIS_HASH
+
+
+def default_path(settings: Settings) -> Path:
+    return settings.data_dir / "audit.db"
+
+
+class SqliteAuditStore:
+    def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
+        """Opens lazily: a store on a missing or full disk can still be built, and every call
+        retries the open, so the worker starts and recovers without a restart."""
+        self.path = Path(path)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    def __enter__(self) -> SqliteAuditStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def append(self, events: Sequence[AuditEvent]) -> list[StoredEvent]:
+        """Append in the given order; an event_id already stored is not written again and its
+        stored event is returned instead (first write wins), so retries are harmless."""
+        if not events:
+            return []
+        stored: list[StoredEvent] = []
+        with self._transaction("append to") as conn:
+            head = conn.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev_hash = head if head else (0, GENESIS_HASH)
+            for event in events:
+                existing = conn.execute(f"{SELECT} WHERE event_id = ?", (event.event_id,)).fetchone()
+                if existing:
+                    stored.append(_from_row(existing))
+                    continue
+                seq += 1
+                row = _to_row(seq, event, prev_hash)
+                conn.execute(INSERT, row)
+                stored.append(_from_row(row))
+                prev_hash = row[-1]
+        return stored
+
+    def check_writable(self) -> str | None:
+        """None when an append would work now; otherwise why not (for /readyz and the logs).
+        Opens the file, checks free space, takes the write lock and inserts a row it rolls back."""
+        try:
+            with self._transaction("write to", probe=True) as conn:
+                free = shutil.disk_usage(self.path.parent).free
+                if free < MIN_FREE_BYTES:
+                    return f"audit store {self.path}: disk full ({free} bytes free on {self.path.parent})"
+                conn.execute(PROBE)
+        except AuditUnavailable as exc:
+            return str(exc)
+        return None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def events(self, run_id: str | None = None, after_seq: int = 0, limit: int | None = None) -> list[StoredEvent]:
+        """Oldest first; `after_seq` lets a follower poll for what is new."""
+        sql, params = f"{SELECT} WHERE seq > ?", [after_seq]
+        if run_id is not None:
+            sql, params = f"{sql} AND run_id = ?", [*params, run_id]
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql, params = f"{sql} LIMIT ?", [*params, limit]
+        with self._connected("read") as conn:
+            return [_from_row(row) for row in conn.execute(sql, params)]
+
+    def last(self, n: int, run_id: str | None = None) -> list[StoredEvent]:
+        """The newest `n` events (of one run, if given), oldest first: what `tail` shows first."""
+        where, params = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
+        sql = f"SELECT * FROM ({SELECT} {where} ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+        with self._connected("read") as conn:
+            return [_from_row(row) for row in conn.execute(sql, [*params, n])]
+
+    def has_run(self, run_id: str) -> bool:
+        with self._connected("read") as conn:
+            return conn.execute("SELECT 1 FROM audit_events WHERE run_id = ? LIMIT 1", (run_id,)).fetchone() is not None
+
+    def verify(self) -> VerifyResult:
+        """Walk the whole chain in one read snapshot and report the first seq that is wrong."""
+        with self._connected("verify") as conn:
+            conn.execute("BEGIN")
+            try:
+                return _verify(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.rollback()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _connected(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """The shared connection under the lock; any SQLite or OS error becomes AuditUnavailable."""
+        with self._lock:
+            if self._closed:
+                raise AuditUnavailable(f"audit store {self.path}: cannot {doing} it: the store is closed")
+            try:
+                yield self._connection()
+            except (sqlite3.Error, OSError) as exc:
+                self._reset(busy=_is_busy(exc))
+                raise AuditUnavailable(f"audit store {self.path}: cannot {doing} it: {self._describe(exc)}") from exc
+
+    def _reset(self, busy: bool) -> None:
+        """After a failure: end any open transaction; unless it was only a lock held too long,
+        also drop the connection, so the next call reopens the file (replaced, repaired)."""
+        if self._conn is None:
+            return
+        try:
+            if self._conn.in_transaction:
+                self._conn.rollback()
+            if busy:
+                return
+            self._conn.close()
+        except sqlite3.Error:
+            pass
+        self._conn = None
+
+    @contextmanager
+    def _transaction(self, doing: str, probe: bool = False) -> Iterator[sqlite3.Connection]:
+        """One BEGIN IMMEDIATE transaction: committed, or rolled back when it is a probe or fails."""
+        with self._connected(doing) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            if probe:
+                conn.rollback()
+            else:
+                conn.execute("COMMIT")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError as exc:  # the parent is a file: "File exists" would mislead
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), exc.filename) from exc
+            if self.path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "is a directory, not a database file", str(self.path))
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            try:
+                self._enable_wal(conn)
+                # FULL: a committed audit event survives power loss too; measured cost is small.
+                conn.execute("PRAGMA synchronous=FULL")
+                if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'audit_events'").fetchone():
+                    conn.execute("BEGIN IMMEDIATE")
+                    for statement in SCHEMA:
+                        conn.execute(statement)
+                    conn.execute("COMMIT")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Processes opening a new file at once race to switch it to WAL, and SQLite answers
+        that race with an immediate SQLITE_BUSY (no busy handler): retry up to the timeout."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _describe(self, exc: BaseException) -> str:
+        if _is_busy(exc):
+            return f"database is locked (another writer held it longer than the {self.timeout:g} s busy timeout)"
+        if isinstance(exc, OSError) and exc.strerror:
+            return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        return str(exc)
+
+
+def _is_busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY"
+
+
+def _to_row(seq: int, event: AuditEvent, prev_hash: str) -> tuple[Any, ...]:
+    fields = dict(
+        seq=seq,
+        event_id=event.event_id,
+        ts=format_ts(event.ts),
+        run_id=event.run_id,
+        step_id=event.step_id,
+        kind=event.kind.value,
+        actor=event.actor,
+        details=event.details_json(),
+        prev_hash=prev_hash,
+    )
+    return (*fields.values(), chain_hash(**fields))
+
+
+def _from_row(row: Sequence[Any]) -> StoredEvent:
+    names = COLUMNS.split(", ")
+    values = dict(zip(names, row, strict=True))
+    values["details"] = json.loads(values["details"])
+    return StoredEvent.model_validate(values)
+
+
+def _verify(conn: sqlite3.Connection) -> VerifyResult:
+    checked, expected_seq, prev_hash = 0, 1, GENESIS_HASH
+
+    def bad(seq: int, reason: str) -> VerifyResult:
+        reason = f"seq {seq}: {reason}"
+        return VerifyResult(ok=False, checked=checked, first_bad_seq=seq, reason=reason, head_hash=prev_hash)
+
+    for row in conn.execute(f"{SELECT} ORDER BY seq"):
+        seq, event_id, ts, run_id, step_id, kind, actor, details, stored_prev, stored_hash = row
+        if seq > expected_seq:
+            before = f"seq {expected_seq - 1}" if expected_seq > 1 else "the start"
+            return bad(expected_seq, f"missing (gap: {before} is followed by seq {seq}; rows were deleted)")
+        if seq < expected_seq:
+            return bad(seq, f"out of sequence (expected seq {expected_seq})")
+        if stored_prev != prev_hash:
+            link = f"seq {seq - 1}" if seq > 1 else "the genesis hash"
+            return bad(seq, f"prev_hash does not match {link}")
+        fields = dict(
+            seq=seq, event_id=event_id, ts=ts, run_id=run_id, step_id=step_id, kind=kind,
+            actor=actor, details=details, prev_hash=stored_prev,
+        )  # fmt: skip
+        if not all(isinstance(fields[name], str) for name in ("event_id", "ts", "kind", "actor", "details")):
+            return bad(seq, "a field has the wrong type (stored event was changed)")
+        if chain_hash(**fields) != stored_hash:
+            return bad(seq, "hash mismatch (stored event was changed)")
+        checked, expected_seq, prev_hash = checked + 1, expected_seq + 1, stored_hash
+
+    # AUTOINCREMENT remembers the highest seq ever written: rows cut off the end show up here.
+    high = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_events'").fetchone()
+    if high and high[0] >= expected_seq:
+        return bad(expected_seq, f"missing (the log ends at seq {expected_seq - 1} but seq {high[0]} was written)")
+    duplicate = conn.execute(
+        "SELECT seq, event_id FROM (SELECT seq, event_id, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY seq) AS n"
+        " FROM audit_events) WHERE n > 1 ORDER BY seq LIMIT 1"
+    ).fetchone()
+    if duplicate:
+        return bad(duplicate[0], f"event_id duplicated ({duplicate[1]!r} was stored before)")
+    return VerifyResult(ok=True, checked=checked, head_hash=prev_hash)

@@ -1,0 +1,140 @@
+"""Appending: seq and chain, idempotency by event_id, order, reads, and the event model."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from bot.audit.events import GENESIS_HASH, AuditEvent, EventKind, StoredEvent
+from bot.audit.store import SqliteAuditStore, default_path
+from bot.settings import Settings
+from tests.audit.support import event
+
+
+def test_seq_counts_from_one_and_each_hash_links_to_the_one_before(store: SqliteAuditStore, db: Path) -> None:
+    first = store.append([event(1), event(2)])
+    second = store.append([event(3)])
+
+    stored = first + second
+    assert [e.seq for e in stored] == [1, 2, 3]
+    assert stored[0].prev_hash == GENESIS_HASH
+    assert [e.prev_hash for e in stored[1:]] == [e.hash for e in stored[:-1]]
+    assert all(e.hash == e.expected_hash() and len(e.hash) == 64 for e in stored)
+    assert db.is_file()  # parent directories were created
+    assert store.verify().ok
+
+
+def test_the_same_event_id_is_stored_once_and_returned_as_stored(store: SqliteAuditStore) -> None:
+    [original] = store.append([event(1)])
+    retry = event(1, ts=original.ts + timedelta(seconds=5), details={"changed": True})
+
+    [again] = store.append([retry])
+
+    assert again == original  # the first write wins; nothing was rewritten
+    assert len(store.events()) == 1
+
+
+def test_a_batch_mixing_old_and_new_ids_writes_only_the_new_ones_in_order(store: SqliteAuditStore) -> None:
+    old = store.append([event(1), event(2)])
+
+    result = store.append([event(3), event(1), event(4), event(2), event(3)])
+
+    assert [e.seq for e in result] == [3, old[0].seq, 4, old[1].seq, 3]
+    assert result[1] == old[0] and result[3] == old[1] and result[4] == result[0]
+    assert [e.event_id for e in store.events()] == [event(n).event_id for n in (1, 2, 3, 4)]
+    assert store.verify().ok
+
+
+def test_events_keep_the_given_order_not_the_timestamp_order(store: SqliteAuditStore) -> None:
+    batch = [event(5), event(1), event(3)]
+
+    store.append(batch)
+
+    assert [e.event_id for e in store.events()] == [e.event_id for e in batch]
+
+
+def test_stored_events_read_back_equal_what_was_appended(store: SqliteAuditStore) -> None:
+    ts = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=timezone(timedelta(hours=2)))
+    original = event(1, ts=ts, details={"b": [1, 2.5, None], "a": {"ü": "${secret:TOKEN}"}})
+
+    [stored] = store.append([original])
+    [read] = store.events()
+
+    assert read == stored
+    assert read.ts == ts and read.ts.utcoffset() == timedelta(0)
+    assert read.details == {"a": {"ü": "${secret:TOKEN}"}, "b": [1, 2.5, None]}
+    assert read.model_dump(include=set(AuditEvent.model_fields)) == original.model_dump()
+
+
+def test_reads_filter_by_run_page_by_seq_and_take_the_last(store: SqliteAuditStore) -> None:
+    store.append([event(1, run_id="a"), event(2, run_id="b"), event(3, run_id="a"), event(4, run_id=None)])
+
+    assert [e.seq for e in store.events(run_id="a")] == [1, 3]
+    assert [e.seq for e in store.events(after_seq=2)] == [3, 4]
+    assert [e.seq for e in store.events(limit=2)] == [1, 2]
+    assert [e.seq for e in store.last(2)] == [3, 4]
+    assert [e.seq for e in store.last(5, run_id="a")] == [1, 3]
+    assert store.has_run("a") and not store.has_run("zzz")
+    assert store.append([]) == []
+
+
+def test_the_table_refuses_updates_and_deletes(store: SqliteAuditStore, db: Path) -> None:
+    store.append([event(1)])
+    conn = sqlite3.connect(db)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE audit_events SET actor = 'mallory'")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM audit_events")
+    conn.close()
+
+
+async def test_threads_of_one_process_share_the_store(store: SqliteAuditStore) -> None:
+    """Activities call append through asyncio.to_thread."""
+    await asyncio.gather(*(asyncio.to_thread(store.append, [event(n), event(n + 1000)]) for n in range(50)))
+
+    assert len(store.events()) == 100
+    assert store.verify().ok
+
+
+def test_a_second_store_on_the_same_file_continues_the_chain(store: SqliteAuditStore, db: Path) -> None:
+    store.append([event(1)])
+    with SqliteAuditStore(db) as other:
+        [stored] = other.append([event(2)])
+        assert other.append([event(1)])[0].seq == 1
+    assert stored.seq == 2
+    assert store.verify().ok and store.verify().checked == 2
+
+
+def test_the_event_model_refuses_naive_times_unknown_kinds_and_non_json_details() -> None:
+    with pytest.raises(ValidationError, match="timezone-aware"):
+        event(1, ts=datetime(2025, 1, 1))
+    with pytest.raises(ValidationError, match="kind"):
+        event(1, kind="step_exploded")
+    with pytest.raises(ValidationError, match="JSON"):
+        event(1, details={"x": float("nan")})
+    with pytest.raises(ValidationError):
+        event(1, event_id="")
+
+
+def test_every_kind_design_md_lists_exists() -> None:
+    listed = (
+        "alert_received alert_outcome slack_command run_started step_started step_succeeded step_failed "
+        "step_skipped policy_decision approval_requested approval_vote approval_timeout compensation_started "
+        "compensation_succeeded compensation_failed run_finished"
+    ).split()
+    assert {kind.value for kind in EventKind} >= set(listed)
+
+
+def test_events_survive_a_json_round_trip_for_temporal() -> None:
+    original = StoredEvent(**event(1).model_dump(), seq=1, prev_hash=GENESIS_HASH, hash="f" * 64)
+    assert StoredEvent.model_validate_json(original.model_dump_json()) == original
+    assert original.model_dump(mode="json")["ts"] == "2025-03-14T09:26:54.589000Z"
+
+
+def test_default_path_is_in_the_data_dir(tmp_path: Path) -> None:
+    assert default_path(Settings(data_dir=tmp_path)) == tmp_path / "audit.db"
