@@ -48,6 +48,13 @@ def policy_check(engine: Any) -> Check:
     return check
 
 
+def audit_check(store: Any) -> Check:
+    async def check() -> str | None:
+        return await asyncio.to_thread(store.check_writable)
+
+    return check
+
+
 def flag_check(flag: Callable[[], bool], reason: str) -> Check:
     async def check() -> str | None:
         return None if flag() else reason

@@ -16,7 +16,7 @@ from temporalio.worker import Worker
 from bot.devstack import DevServer
 from bot.engine.worker import WorkerDeps, make_worker, worker_deps
 from bot.playbook.loader import load_directory
-from bot.server import Readiness, create_app, flag_check, policy_check, temporal_check
+from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
 from bot.settings import Settings
 from bot.temporal import connect
 
@@ -82,6 +82,7 @@ async def serve_worker(
     if readiness is not None:
         readiness.checks["worker"] = flag_check(lambda: worker.is_running, "worker not running")
         readiness.checks["policies"] = policy_check(deps.policy)
+        readiness.checks["audit"] = audit_check(deps.audit)
     log.info("worker started", task_queue=settings.task_queue, policy=deps.policy.name, hash=deps.policy.policy_hash)
     await _run_worker(worker, stop)
     log.info("worker stopped")

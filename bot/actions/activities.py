@@ -26,6 +26,8 @@ from bot.actions.base import (
     spec_of,
 )
 from bot.actions.secrets import SecretStore, mask
+from bot.audit.events import AuditEvent, EventKind
+from bot.audit.recorder import AuditWriter, event
 
 log = structlog.get_logger(__name__)
 
@@ -47,13 +49,22 @@ async def _heartbeat_forever() -> None:
         activity.heartbeat()
 
 
-def _wrap(spec: ActionSpec, method: Callable[..., Any], secrets: SecretStore) -> Callable[..., Any]:
+def _started(input: ActionInput, attempt: int) -> AuditEvent:
+    kind = EventKind.compensation_started if input.compensation else EventKind.step_started
+    return event(input.run_id, input.step_id, kind, {"action": input.action, "attempt": attempt, "args": input.params})
+
+
+def _wrap(
+    spec: ActionSpec, method: Callable[..., Any], secrets: SecretStore, audit: AuditWriter
+) -> Callable[..., Any]:
     async def run(input: ActionInput) -> ActionResult:
         info = activity.info()
         used: dict[str, str] = {}
         with structlog.contextvars.bound_contextvars(
             run_id=input.run_id, step_id=input.step_id, playbook=input.playbook, action=spec.name, attempt=info.attempt
         ):
+            # The record comes first: if it cannot be written the action does not run (retried).
+            await audit.write([*input.audit, _started(input, info.attempt)])
             try:
                 params = spec.params.model_validate(secrets.resolve(input.params, used))
             except ValidationError as exc:
@@ -100,12 +111,15 @@ def _first_detail(exc: ApplicationError) -> Any:
     return exc.details[0] if exc.details else {}
 
 
-def build_activities(providers: Iterable[object], secrets: SecretStore) -> list[Callable[..., Any]]:
+def build_activities(
+    providers: Iterable[object], secrets: SecretStore, audit: AuditWriter | None = None
+) -> list[Callable[..., Any]]:
     """Every `@action` method of the given provider objects, as Temporal activities."""
+    writer = audit or AuditWriter(None)
     out = []
     for provider in providers:
         for name in dir(type(provider)):
             spec = spec_of(getattr(type(provider), name, None))
             if spec is not None:
-                out.append(_wrap(spec, getattr(provider, name), secrets))
+                out.append(_wrap(spec, getattr(provider, name), secrets, writer))
     return out

@@ -13,6 +13,8 @@ from typing import Any, Awaitable, Callable, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.exceptions import ApplicationError
 
+from bot.audit.events import AuditEvent
+
 
 class ActionInput(BaseModel):
     """One argument in: the rendered params plus the correlation ids every log line carries."""
@@ -24,6 +26,7 @@ class ActionInput(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str
     compensation: bool = False
+    audit: list[AuditEvent] = Field(default_factory=list, description="Queued events to write first.")
 
 
 class ActionResult(BaseModel):

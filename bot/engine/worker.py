@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any, AsyncIterator, Callable, Sequence
 
 import httpx
+import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -15,11 +16,14 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from bot.actions.activities import build_activities
 from bot.actions.catalog import make_providers
 from bot.actions.secrets import SecretStore
+from bot.audit.recorder import AuditActivities, AuditWriter
+from bot.audit.store import SqliteAuditStore, default_path
 from bot.engine.workflow import PlaybookRun
 from bot.policy.activities import PolicyActivities
 from bot.policy.engine import PolicyEngine, make_engine
 from bot.settings import Settings
 
+log = structlog.get_logger(__name__)
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
 PASSTHROUGH = ("bot", "pydantic", "pydantic_core", "jinja2", "markupsafe", "structlog", "yaml")
 
@@ -53,6 +57,7 @@ class WorkerDeps:
 
     activities: list[Any]
     policy: PolicyEngine
+    audit: SqliteAuditStore
 
 
 @asynccontextmanager
@@ -66,6 +71,12 @@ async def worker_deps(settings: Settings, extra: Sequence[Callable[..., Any]] = 
         policy = make_engine(settings)
         stack.push_async_callback(policy.close)
         await policy.load()
+        store = SqliteAuditStore(default_path(settings))
+        stack.callback(store.close)
+        if problem := store.check_writable():  # creates the store; says early why it cannot
+            log.error("audit store not writable: runs will wait for it", reason=problem)
+        writer = AuditWriter(store)
         http = await stack.enter_async_context(httpx.AsyncClient())
-        actions = build_activities(make_providers(settings, http), SecretStore(settings.secrets_file))
-        yield WorkerDeps(actions + PolicyActivities(policy).all() + list(extra), policy)
+        actions = build_activities(make_providers(settings, http), SecretStore(settings.secrets_file), writer)
+        activities = actions + PolicyActivities(policy, writer).all() + [AuditActivities(writer).record]
+        yield WorkerDeps(activities + list(extra), policy, store)

@@ -20,6 +20,8 @@ with workflow.unsafe.imports_passed_through():
 
     from bot.actions.activities import describe_validation_error
     from bot.actions.base import ActionInput, ActionResult
+    from bot.audit.events import AuditEvent, EventKind
+    from bot.audit.recorder import AuditBatch, event
     from bot.actions.core import SleepParams
     from bot.engine.approvals import ApprovalBook
     from bot.engine.state import (
@@ -39,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 DEFAULT_APPROVAL_TIMEOUT = "15m"
 SLEEP_ACTION = "core.sleep"
+AUDIT_PATCH = "audit-trail-v1"  # runs started before the audit trail replay without its local activity
 POLICY_TIMEOUT = timedelta(seconds=30)
 
 
@@ -108,6 +111,7 @@ class PlaybookRun:
         self._saga = _Saga()
         self._approvals = ApprovalBook(self._status, input.trigger.requested_by)
         self._log_extra = {"run_id": info.workflow_id, "playbook": pb.name}
+        self._audit: list[AuditEvent] = []
 
     # ---- queries and updates -------------------------------------------------------------
 
@@ -117,7 +121,16 @@ class PlaybookRun:
 
     @workflow.update
     async def vote(self, request: VoteRequest) -> VoteResult:
-        return await self._approvals.cast(request, self._check_approver)
+        result = await self._approvals.cast(request, self._check_approver)
+        self._record(
+            request.step_id,
+            EventKind.approval_vote,
+            {"vote": request.vote, "user": request.user, "name": request.name, "groups": request.groups,
+             "reason": request.reason, "accepted": True, "message": result.message},
+            actor=request.user,
+            key=request.user,
+        )
+        return result
 
     @vote.validator
     def _validate_vote(self, request: VoteRequest) -> None:
@@ -131,6 +144,18 @@ class PlaybookRun:
         status.state = "running"
         status.started_at = workflow.now()
         self._log("run started", requested_by=status.requested_by, trigger=status.trigger)
+        self._record(
+            None,
+            EventKind.run_started,
+            {
+                "playbook": status.playbook,
+                "playbook_hash": status.playbook_hash,
+                "trigger": status.trigger,
+                "requested_by": status.requested_by,
+                "params": status.params,
+            },
+            actor=status.requested_by,
+        )
         outcome = "completed"
         try:
             for item in input.playbook.steps:
@@ -147,6 +172,10 @@ class PlaybookRun:
             await self._compensate(outcome)
         status.finished_at = workflow.now()
         self._log("run finished", state=status.state)
+        self._record(
+            None, EventKind.run_finished, {"state": status.state, "error": status.error, "not_undone": status.not_undone}
+        )
+        await self._flush_audit()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return status
 
@@ -182,18 +211,18 @@ class PlaybookRun:
         except ValueError as exc:
             return self._fail(st, str(exc))
         except asyncio.CancelledError:
-            st.state = "cancelled"
-            st.finished_at = workflow.now()
+            self._cancelled(st)
             raise
         except ActivityError as exc:
             if isinstance(exc.cause, CancelledError):
-                st.state, st.finished_at = "cancelled", workflow.now()
+                self._cancelled(st)
                 raise asyncio.CancelledError() from exc
             message, st.attempts = describe_failure(exc, step.retry.max_attempts)
             return self._fail(st, message)
         st.attempts, st.output = result.attempt, result.output
         st.state, st.finished_at = "succeeded", workflow.now()
         self._log("step succeeded", step_id=step.id, attempts=st.attempts)
+        self._record(step.id, EventKind.step_succeeded, {"action": step.action, "attempts": st.attempts})
         return True
 
     def _when(self, template: str, owner: str, step_ids: list[str]) -> bool:
@@ -209,15 +238,24 @@ class PlaybookRun:
             for step_id in step_ids:
                 st = self._status.step(step_id)
                 st.state, st.started_at, st.finished_at = "skipped", now, now
+                self._record(step_id, EventKind.step_skipped, {"reason": f"when: {template}"})
             self._log("step skipped", step_id=owner)
         return go
 
-    def _fail(self, st: StepStatus, message: str) -> bool:
-        st.state, st.error = "failed", message
+    def _fail(self, st: StepStatus, message: str, state: str = "failed") -> bool:
+        """End a step that did not succeed (failed, denied, rejected), recorded as step_failed."""
+        st.state, st.error = state, message  # type: ignore[assignment]
         st.finished_at = workflow.now()
         self._status.error = self._status.error or f"step {st.id}: {message}"
-        workflow.logger.warning("step failed", extra={**self._log_extra, "step_id": st.id, "error": message})
+        workflow.logger.warning("step " + state, extra={**self._log_extra, "step_id": st.id, "error": message})
+        self._record(
+            st.id, EventKind.step_failed, {"action": st.action, "attempts": st.attempts, "error": message, "state": state}
+        )
         return False
+
+    def _cancelled(self, st: StepStatus) -> None:
+        st.state, st.finished_at = "cancelled", workflow.now()
+        self._record(st.id, EventKind.step_failed, {"action": st.action, "attempts": st.attempts, "state": "cancelled"})
 
     async def _execute(
         self,
@@ -229,24 +267,30 @@ class PlaybookRun:
         *,
         compensation: bool,
     ) -> ActionResult:
-        return await workflow.execute_activity(
-            action,
-            ActionInput(
-                run_id=self._status.run_id,
-                step_id=step_id,
-                playbook=self._status.playbook,
-                action=action,
-                params=args,
-                idempotency_key=idempotency_key(self._status.run_id, step_id, compensation),
-                compensation=compensation,
-            ),
+        queued = self._take_audit()
+        try:
+            return await workflow.execute_activity(
+                action,
+                ActionInput(
+                    run_id=self._status.run_id,
+                    step_id=step_id,
+                    playbook=self._status.playbook,
+                    action=action,
+                    params=args,
+                    idempotency_key=idempotency_key(self._status.run_id, step_id, compensation),
+                    compensation=compensation,
+                    audit=queued,
+                ),
             result_type=ActionResult,
             start_to_close_timeout=timeout,
             heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=_retry(retry),
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=f"{step_id}{' (undo)' if compensation else ''}",
-        )
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"{step_id}{' (undo)' if compensation else ''}",
+            )
+        except BaseException:
+            self._requeue(queued)  # written or not, ids make a second write a no-op
+            raise
 
     async def _sleep(self, args: dict[str, Any]) -> ActionResult:
         """core.sleep is a durable timer, not an activity: it survives worker restarts, holds no
@@ -280,18 +324,23 @@ class PlaybookRun:
 
     async def _ask_policy(self, rule: str, input: dict[str, Any], result_type: type[Any]) -> Any:
         """Ask the policy activity; if even that fails, the answer is a deny (fail closed)."""
+        queued = self._take_audit()
         try:
             return await workflow.execute_activity(
                 f"policy.{rule}",
-                PolicyRequest(input=input),
+                PolicyRequest(input=input, audit=queued),
                 result_type=result_type,
                 start_to_close_timeout=POLICY_TIMEOUT,
                 retry_policy=TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
                 summary=f"policy {rule}",
             )
         except ActivityError as exc:
+            self._requeue(queued)
             message, _ = describe_failure(exc, 3)
             return result_type(allow=False, reasons=[f"policy could not be evaluated: {message}"])
+        except BaseException:
+            self._requeue(queued)
+            raise
 
     async def _gate(self, step: Step, st: StepStatus) -> bool:
         """Before a high-impact step: allow, deny, or wait for approvals (DESIGN.md policy contract)."""
@@ -299,10 +348,7 @@ class PlaybookRun:
         st.decision = decision.model_dump(mode="json", exclude_none=True)
         self._log("policy decision", step_id=step.id, allow=decision.allow, approval=decision.needs_approval)
         if not decision.allow:
-            st.state, st.finished_at = "denied", workflow.now()
-            st.error = "denied by policy: " + ("; ".join(decision.reasons) or "no reason given")
-            self._status.error = self._status.error or f"step {st.id}: {st.error}"
-            return False
+            return self._fail(st, "denied by policy: " + ("; ".join(decision.reasons) or "no reason given"), "denied")
         if not decision.needs_approval:
             return True
         return await self._await_approval(st, decision)
@@ -318,27 +364,47 @@ class PlaybookRun:
         self._refresh_run_state()
         for round in ("first", "second"):
             st.approval_deadline = workflow.now() + deadline
-            self._log("approval requested" if round == "first" else "approval escalated", step_id=st.id)
+            if round == "first":
+                self._log("approval requested", step_id=st.id)
+                self._record(
+                    st.id,
+                    EventKind.approval_requested,
+                    {
+                        "min_approvals": self._approvals.needed(st.id),
+                        "approver_groups": decision.approver_groups,
+                        "deadline": _rfc3339(st.approval_deadline),
+                        "reasons": decision.reasons,
+                        "action": st.action,
+                        "args": st.args,
+                    },
+                )
+                await self._flush_audit()
             try:
                 await workflow.wait_condition(lambda: self._approvals.decided(st.id), timeout=deadline)
                 break
             except asyncio.TimeoutError:
+                stage = "escalated" if round == "first" else "rejected"
+                self._record(
+                    st.id,
+                    EventKind.approval_timeout,
+                    {"stage": stage, "approver_groups": decision.approver_groups},
+                    key=stage,
+                )
                 if round == "first":
                     st.escalated_at = workflow.now()
                     workflow.logger.warning(
                         "approval deadline passed: escalating",
                         extra={**self._log_extra, "step_id": st.id, "approver_groups": decision.approver_groups},
                     )
-        now = workflow.now()
+                    await self._flush_audit()
         rejection = self._approvals.rejected_by(st.id)
         if rejection or not self._approvals.decided(st.id):
-            st.state, st.finished_at = "rejected", now
-            st.error = (
+            message = (
                 f"rejected by {rejection.user}" + (f": {rejection.reason}" if rejection.reason else "")
                 if rejection
                 else "approval timed out"
             )
-            self._status.error = self._status.error or f"step {st.id}: {st.error}"
+            self._fail(st, message, "rejected")
             self._refresh_run_state()
             return False
         st.state = "pending"
@@ -361,10 +427,9 @@ class PlaybookRun:
     # ---- saga ----------------------------------------------------------------------------
 
     def _mark_cancelled(self) -> None:
-        now = workflow.now()
         for st in self._status.steps:
             if st.state in ("running", "waiting_approval"):
-                st.state, st.finished_at = "cancelled", now
+                self._cancelled(st)
         self._status.error = self._status.error or "cancelled"
 
     async def _compensate(self, outcome: str) -> None:
@@ -399,6 +464,7 @@ class PlaybookRun:
                 return
             record.state, record.error = "failed", f"cannot render compensation: {exc}"
             st.state = "compensation_failed"
+            self._record(step.id, EventKind.compensation_failed, {"action": comp.action, "error": record.error})
             return
         previous = st.state
         st.state = "compensating"
@@ -409,9 +475,11 @@ class PlaybookRun:
         except ActivityError as exc:
             record.error, record.attempts = describe_failure(exc, comp.retry.max_attempts)
             record.state, st.state = "failed", "compensation_failed"
+            self._record(step.id, EventKind.compensation_failed, {"action": comp.action, "error": record.error})
         else:
             record.attempts, record.state = result.attempt, "succeeded"
             st.state = "compensated"
+            self._record(step.id, EventKind.compensation_succeeded, {"action": comp.action})
         record.finished_at = workflow.now()
         self._log("compensation " + record.state, step_id=step.id, was=previous)
 
@@ -435,6 +503,44 @@ class PlaybookRun:
                 if st.state not in ("pending", "skipped")
             },
         }
+
+    def _record(
+        self,
+        step_id: str | None,
+        kind: EventKind,
+        details: dict[str, Any],
+        *,
+        actor: str = "system",
+        key: str | None = None,
+    ) -> None:
+        """Queue an audit event; the next activity writes it before it acts."""
+        self._audit.append(
+            event(self._status.run_id, step_id, kind, details, actor=actor, ts=workflow.now(), key=key)
+        )
+
+    def _take_audit(self) -> list[AuditEvent]:
+        queued, self._audit = self._audit, []
+        return queued
+
+    def _requeue(self, events: list[AuditEvent]) -> None:
+        self._audit = events + self._audit
+
+    async def _flush_audit(self) -> None:
+        """Write queued events now, when no activity is coming to carry them (a local activity,
+        retried until the store takes them: nothing is lost)."""
+        if not self._audit or not workflow.patched(AUDIT_PATCH):
+            return
+        queued = self._take_audit()
+        try:
+            await workflow.execute_local_activity(
+                "audit.record",
+                AuditBatch(events=queued),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),
+            )
+        except BaseException:
+            self._requeue(queued)
+            raise
 
     def _log(self, message: str, **fields: Any) -> None:
         workflow.logger.info(message, extra={**self._log_extra, **fields})

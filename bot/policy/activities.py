@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from bot.audit.events import AuditEvent, EventKind
+from bot.audit.recorder import AuditWriter, event
 from bot.policy.engine import PolicyEngine
 from bot.policy.models import Decision, Failure, Verdict
 
@@ -23,21 +25,39 @@ TRANSIENT = frozenset({Failure.UNREACHABLE, Failure.TIMEOUT, Failure.ENGINE_CRAS
 
 
 class PolicyRequest(BaseModel):
-    """One policy input document (DESIGN.md, "Policy contract")."""
+    """One policy input document (DESIGN.md, "Policy contract"), plus audit events queued before it."""
 
     input: dict[str, Any]
+    audit: list[AuditEvent] = Field(default_factory=list)
 
 
 class PolicyActivities:
-    def __init__(self, engine: PolicyEngine) -> None:
+    def __init__(self, engine: PolicyEngine, audit: AuditWriter | None = None) -> None:
         self.engine = engine
+        self.audit = audit or AuditWriter(None)
 
     @activity.defn(name="policy.decide")
     async def decide(self, request: PolicyRequest) -> Decision:
-        return _retry_if_transient(await self.engine.decide(request.input))
+        """The decision is returned only once it is recorded: no high-impact step without its record."""
+        decision = _retry_if_transient(await self.engine.decide(request.input))
+        run, step = request.input.get("run") or {}, request.input.get("step") or {}
+        record = event(
+            str(run.get("id")),
+            step.get("id"),
+            EventKind.policy_decision,
+            {
+                **decision.model_dump(mode="json", exclude_none=True),
+                "action": step.get("action"),
+                "args": step.get("with"),
+            },
+            actor="policy",
+        )
+        await self.audit.write([*request.audit, record])
+        return decision
 
     @activity.defn(name="policy.approver")
     async def approver(self, request: PolicyRequest) -> Verdict:
+        await self.audit.write(request.audit)
         return _retry_if_transient(await self.engine.approver(request.input))
 
     @activity.defn(name="policy.start")

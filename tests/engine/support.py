@@ -13,6 +13,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from bot.actions.base import ActionFailed, ActionInput, ActionResult
+from bot.audit.recorder import AuditBatch
 from bot.engine.state import RunInput, RunStatus, TriggerContext
 from bot.engine.worker import make_worker
 from bot.engine.workflow import PlaybookRun
@@ -28,12 +29,18 @@ class Recorder:
     keys: list[str] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: list[str] = field(default_factory=list)
+    audit: list[Any] = field(default_factory=list)  # events the run flushed through audit.record
 
     def activities(self) -> list[Any]:
         rec = self
 
+        @activity.defn(name="audit.record")
+        async def audit_record(batch: AuditBatch) -> None:
+            rec.audit.extend(batch.events)
+
         @activity.defn(name="t.ok")
         async def ok(inp: ActionInput) -> ActionResult:
+            rec.audit.extend(inp.audit)
             rec.calls.append((inp.step_id, inp.compensation, inp.params))
             rec.keys.append(inp.idempotency_key)
             return ActionResult(output={"echo": inp.params, "id": f"{inp.step_id}-out"}, attempt=activity.info().attempt)
@@ -65,7 +72,7 @@ class Recorder:
                 rec.cancelled.append(inp.step_id)
                 raise
 
-        return [ok, fail, flaky, wait]
+        return [ok, fail, flaky, wait, audit_record]
 
     def sequence(self) -> list[str]:
         return [("undo " if comp else "") + step for step, comp, _ in self.calls]

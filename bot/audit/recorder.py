@@ -1,0 +1,74 @@
+"""Writing audit events from activities: the ones that already run, plus one local activity.
+
+Events ride on activities the run needs anyway (an action writes the events queued before it,
+then its own `step_started`, before it acts), so auditing adds no server round trip per step.
+What no later activity will carry (run_finished, an approval request) goes through the
+`audit.record` local activity. A store that cannot be written is a retryable failure: the
+activity does not act until its record is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from pydantic import BaseModel, Field
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from bot.audit.events import AuditEvent, EventKind
+from bot.audit.store import AuditUnavailable, SqliteAuditStore
+
+AUDIT_UNAVAILABLE = "AuditUnavailable"
+
+
+class AuditBatch(BaseModel):
+    events: list[AuditEvent] = Field(default_factory=list)
+
+
+class AuditWriter:
+    """Async front of the store; `None` store (unit tests of one action) writes nothing."""
+
+    def __init__(self, store: SqliteAuditStore | None) -> None:
+        self.store = store
+
+    async def write(self, events: Sequence[AuditEvent]) -> None:
+        if not events or self.store is None:
+            return
+        try:
+            await asyncio.to_thread(self.store.append, list(events))
+        except AuditUnavailable as exc:
+            raise ApplicationError(f"audit store unavailable: {exc}", type=AUDIT_UNAVAILABLE) from None
+
+
+def event(
+    run_id: str,
+    step_id: str | None,
+    kind: EventKind,
+    details: dict[str, Any] | None = None,
+    *,
+    actor: str = "system",
+    ts: datetime | None = None,
+    key: str | None = None,
+) -> AuditEvent:
+    """An event whose id is its natural key, so writing it twice writes it once."""
+    event_id = f"{run_id}:{step_id or 'run'}:{kind.value}" + (f":{key}" if key else "")
+    return AuditEvent(
+        event_id=event_id,
+        ts=ts or datetime.now(timezone.utc),
+        run_id=run_id,
+        step_id=step_id,
+        kind=kind,
+        actor=actor,
+        details=details or {},
+    )
+
+
+class AuditActivities:
+    def __init__(self, writer: AuditWriter) -> None:
+        self.writer = writer
+
+    @activity.defn(name="audit.record")
+    async def record(self, batch: AuditBatch) -> None:
+        await self.writer.write(batch.events)

@@ -1,0 +1,279 @@
+"""Durability with real processes: a worker SIGKILLed mid-run, and the dev server restarted on
+its database mid-run. Side effects go to a local HTTP sink that records each request's
+Idempotency-Key, so "exactly once" is counted, not assumed.
+
+A SIGKILLed worker delays its runs by up to ~10 s (the sticky queue and heartbeat timeouts must
+pass before another worker takes over): expected, and the reason for the generous waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+
+from bot.devstack import DevServer
+from bot.engine.runs import start_run
+from bot.engine.state import RunStatus, TriggerContext
+from bot.engine.workflow import PlaybookRun
+from bot.playbook.loader import load_file
+from tests.e2e.support import Service, base_env, cmdline, descendants, free_port, kill_strays, pid_alive, write_policies
+
+pytestmark = pytest.mark.slow
+
+
+SLOW_SECONDS = 3
+
+
+@dataclass
+class Hit:
+    path: str
+    key: str | None
+    at: float
+
+
+@dataclass
+class Sink:
+    """A local HTTP API that answers 200 and remembers every request it saw."""
+
+    url: str
+    hits: list[Hit] = field(default_factory=list)
+
+    def keys(self) -> Counter[str | None]:
+        return Counter(hit.key for hit in self.hits)
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    hits: list[Hit] = []
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            with lock:
+                hits.append(Hit(self.path, self.headers.get("Idempotency-Key"), time.monotonic()))
+            if self.path.startswith("/slow"):
+                time.sleep(SLOW_SECONDS)  # an API that takes its time: the caller may die meanwhile
+            body = b'{"ok": true}'
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:  # the worker that asked was killed
+                pass
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Sink(f"http://127.0.0.1:{server.server_address[1]}", hits)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    data_dir: Path
+    env: dict[str, str]
+    task_queue: str
+    port: int
+    ui_port: int
+    dev: DevServer
+    client: Client
+    workers: list[Service] = field(default_factory=list)
+
+    def worker(self, name: str) -> Service:
+        service = Service(["worker"], self.env, self.tmp / "logs", name)
+        self.workers.append(service)
+        return service
+
+
+@pytest_asyncio.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    """A standalone dev server with its db under tmp, and the env a worker subprocess needs."""
+    data_dir = tmp_path / "temporal"
+    port, ui_port = free_port(), free_port()
+    dev = DevServer(data_dir, port=port, ui_port=ui_port)
+    await dev.start()
+    task_queue = f"crash-{uuid.uuid4().hex[:8]}"
+    env = base_env(
+        temporal_address=dev.address,
+        task_queue=task_queue,
+        data_dir=tmp_path / "bot-data",
+        playbooks_dir=tmp_path / "playbooks",
+        policies_dir=write_policies(tmp_path / "policies"),
+        shell_allow="sh",
+    )
+    (tmp_path / "playbooks").mkdir()
+    rig = Rig(tmp_path, data_dir, env, task_queue, port, ui_port, dev, client=None)  # type: ignore[arg-type]
+    try:
+        rig.client = await Client.connect(dev.address, data_converter=pydantic_data_converter)
+        yield rig
+    finally:
+        for worker in rig.workers:
+            worker.close()
+        kill_strays(str(tmp_path))  # what a SIGKILLed worker's shell steps left running
+        await rig.dev.stop()
+
+
+async def start(rig: Rig, playbook_yaml: str, name: str) -> WorkflowHandle[PlaybookRun, RunStatus]:
+    path = rig.tmp / "playbooks" / f"{name}.yaml"
+    path.write_text(playbook_yaml)
+    return await start_run(
+        rig.client, rig.task_queue, load_file(path), {}, TriggerContext(kind="cli", requested_by="crash-test")
+    )
+
+
+async def wait_for(handle: WorkflowHandle, predicate, workers: list[Service], timeout: float = 30) -> RunStatus:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        for worker in workers:
+            assert worker.proc.poll() is None, f"worker exited with {worker.proc.returncode}:\n{worker}"
+        try:
+            last = await handle.query(PlaybookRun.status)
+            if predicate(last):
+                return last
+        except RPCError:  # no worker has answered yet
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never reached; last: {last and [(s.id, s.state) for s in last.steps]}")
+
+
+async def result_while_alive(handle: WorkflowHandle, workers: list[Service], timeout: float = 60) -> RunStatus:
+    """The run's result; a worker that died meanwhile fails the test at once, with its stderr."""
+    task = asyncio.create_task(handle.result())
+    deadline = time.monotonic() + timeout
+    try:
+        while not task.done():
+            for worker in workers:
+                assert worker.proc.poll() is None, f"worker exited with {worker.proc.returncode}:\n{worker}"
+            assert time.monotonic() < deadline, f"run {handle.id} not finished after {timeout}s"
+            await asyncio.wait({task}, timeout=0.2)
+        return task.result()
+    finally:
+        task.cancel()
+
+
+KILL_PLAYBOOK = """\
+name: kill-worker
+summary: Side effects around a long shell step and a slow API call; the worker dies during both
+owner: sre-oncall
+steps:
+  - id: a
+    action: http.request
+    with: {{method: POST, url: "{sink}/a"}}
+  - id: wait
+    action: core.sleep
+    with: {{duration: 3s}}
+  - id: b
+    action: http.request
+    with: {{method: POST, url: "{sink}/b"}}
+  - id: mid
+    parallel:
+      - id: c
+        action: shell.run
+        with: {{argv: [sh, -c, 'sleep 3; echo x >> "$0"', "{file}"]}}
+      - id: slow
+        action: http.request
+        with: {{method: POST, url: "{sink}/slow"}}
+  - id: d
+    action: http.request
+    with: {{method: POST, url: "{sink}/d"}}
+"""
+
+
+async def test_worker_sigkill_mid_step_then_new_worker_finishes_the_run(rig: Rig, sink: Sink) -> None:
+    marker = rig.tmp / "c.txt"
+    handle = await start(rig, KILL_PLAYBOOK.format(sink=sink.url, file=marker), "kill-worker")
+    key = {step: f"{handle.id}:{step}" for step in ("a", "b", "slow", "d")}
+    first = rig.worker("worker-1")
+
+    await wait_for(handle, lambda s: s.step("c").state == s.step("slow").state == "running", [first])
+    deadline = time.monotonic() + 10
+    while len(sink.hits) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert [hit.path for hit in sink.hits] == ["/a", "/b", "/slow"]
+    await asyncio.sleep(0.5)  # the sink holds `slow` for 3 s, `c` sleeps 3 s: both are mid-flight
+    assert first.proc.poll() is None, str(first)
+    below = descendants(first.pid)
+    assert first.kill() == -9
+    killed_at = time.monotonic()
+    # The worker's own helpers die with it; only the shell step's process group (its own
+    # session, by design) outlives a SIGKILL and finishes on its own.
+    await asyncio.sleep(0.5)
+    survivors = {pid: cmdline(pid) for pid in below if pid_alive(pid)}
+    assert all(str(marker) in line or line == "sleep 3" for line in survivors.values()), survivors
+
+    second = rig.worker("worker-2")
+    final = await result_while_alive(handle, [second])
+
+    assert final.state == "completed", final.model_dump_json(indent=2)
+    attempts = {s.id: s.attempts for s in final.steps}
+    assert attempts == {"a": 1, "wait": 1, "b": 1, "c": 2, "slow": 2, "d": 1}, "c and slow run again on the new worker"
+    # Steps done before the kill are not repeated; the one cut off mid-flight repeats with the same key,
+    # which is what lets the API on the other end recognise the retry.
+    assert sink.keys() == Counter({key["a"]: 1, key["b"]: 1, key["slow"]: 2, key["d"]: 1})
+    assert [hit.path for hit in sink.hits] == ["/a", "/b", "/slow", "/slow", "/d"]
+    assert sink.hits[3].at > killed_at and sink.hits[4].at > sink.hits[3].at
+    # Step c ran to the end on the new worker; the killed attempt's `sh` (its own session) may
+    # also have finished on its own: at most one extra line.
+    assert 1 <= marker.read_text().count("x") <= 2
+
+
+RESTART_PLAYBOOK = """\
+name: restart-server
+summary: Two side effects with a durable timer between them; the server restarts during the timer
+owner: sre-oncall
+steps:
+  - id: a
+    action: http.request
+    with: {{method: POST, url: "{sink}/a"}}
+  - id: nap
+    action: core.sleep
+    with: {{duration: 5s}}
+  - id: b
+    action: http.request
+    with: {{method: POST, url: "{sink}/b"}}
+"""
+
+
+async def test_dev_server_restart_on_same_db_mid_run(rig: Rig, sink: Sink) -> None:
+    worker = rig.worker("worker")
+    handle = await start(rig, RESTART_PLAYBOOK.format(sink=sink.url), "restart-server")
+    await wait_for(handle, lambda s: s.step("nap").state == "running", [worker])
+
+    await rig.dev.stop()
+    down_at = time.monotonic()
+    await asyncio.sleep(1)
+    rig.dev = DevServer(rig.data_dir, port=rig.port, ui_port=rig.ui_port)
+    await rig.dev.start()
+    up_at = time.monotonic()
+
+    client = await Client.connect(rig.dev.address, data_converter=pydantic_data_converter)
+    # The same worker process carries on: an operator restarting Temporal need not restart workers.
+    final = await result_while_alive(client.get_workflow_handle(handle.id, result_type=RunStatus), [worker])
+    assert final.state == "completed", final.model_dump_json(indent=2)
+    assert sink.keys() == Counter({f"{handle.id}:a": 1, f"{handle.id}:b": 1})
+    assert sink.hits[0].at < down_at < up_at < sink.hits[1].at

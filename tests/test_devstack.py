@@ -1,0 +1,93 @@
+"""The embedded Temporal dev server: starts on the ports it is given with its SQLite file (WAL)
+under DATA_DIR, records itself for other commands, refuses what would clash, and stops cleanly."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from bot.devstack import RECORD_FILE, DevServer, DevServerError, DevServerRecord, read_record
+from tests.e2e.support import free_port, pid_alive
+
+
+async def test_start_record_wal_and_stop(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    port, ui_port = free_port(), free_port()
+    data.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    # What a SIGKILLed `dev` leaves behind: a record whose pid is gone. It must not block a start.
+    (data / RECORD_FILE).write_text(f'{{"address": "127.0.0.1:1", "ui_url": "http://x", "pid": {dead.pid}}}')
+    dev = DevServer(data, port=port, ui_port=ui_port)
+    try:
+        await dev.start()
+        assert dev.process is not None
+        pid = dev.process.pid
+
+        record = read_record(data)
+        assert record == DevServerRecord(address=f"127.0.0.1:{port}", ui_url=f"http://127.0.0.1:{ui_port}", pid=pid)
+        client = await Client.connect(record.address)
+        assert await client.service_client.check_health()
+
+        assert dev.db_path == data / "temporal.db" and dev.db_path.exists()
+        with sqlite3.connect(f"file:{dev.db_path}?mode=ro", uri=True) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+        # A second server on the same data dir would fight over the SQLite file: refused, by pid.
+        second = DevServer(data, port=free_port(), ui_port=free_port())
+        with pytest.raises(DevServerError, match=rf"already running \(pid {pid}"):
+            await second.start()
+        assert second.process is None
+        assert read_record(data) == record, "the refused start must leave the running server's record alone"
+        assert await client.service_client.check_health()
+    finally:
+        await dev.stop()
+
+    assert not (data / RECORD_FILE).exists()
+    assert read_record(data) is None
+    assert not pid_alive(pid)
+    with pytest.raises(RuntimeError):
+        await Client.connect(f"127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("which", ["grpc", "ui"])
+async def test_taken_port_names_port_and_setting(tmp_path: Path, which: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        if which == "grpc":
+            dev = DevServer(tmp_path, port=busy, ui_port=free_port())
+            setting = "PLAYBOOK_BOT_DEV_SERVER_PORT"
+        else:
+            dev = DevServer(tmp_path, port=free_port(), ui_port=busy)
+            setting = "PLAYBOOK_BOT_DEV_SERVER_UI_PORT"
+        try:
+            with pytest.raises(DevServerError) as info:
+                await dev.start()
+        finally:
+            await dev.stop()
+    message = str(info.value)
+    assert f"port {busy}" in message and setting in message, message
+    assert dev.process is None
+    assert not (tmp_path / RECORD_FILE).exists()
+    assert not (tmp_path / "temporal.log").exists(), "nothing should have been started"
+
+
+def test_read_record_ignores_dead_and_garbled_records(tmp_path: Path) -> None:
+    assert read_record(tmp_path) is None
+    (tmp_path / RECORD_FILE).write_text("{not json")
+    assert read_record(tmp_path) is None
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / RECORD_FILE).write_text(f'{{"address": "127.0.0.1:1", "ui_url": "http://x", "pid": {dead.pid}}}')
+    assert read_record(tmp_path) is None
+
+    (tmp_path / RECORD_FILE).write_text('{"address": "127.0.0.1:1", "ui_url": "http://x", "pid": %d}' % 1)
+    assert read_record(tmp_path) == DevServerRecord("127.0.0.1:1", "http://x", 1)  # pid 1 always lives
