@@ -16,24 +16,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from bench.baseline import BaselineFiveSteps, noop
-from bot.actions.activities import build_activities
 from bot.actions.base import ActionContext, ActionParams, action
-from bot.actions.catalog import make_providers
-from bot.actions.secrets import SecretStore
 from bot.devstack import DevServer, free_port
 from bot.engine.state import RunInput, TriggerContext
-from bot.engine.worker import make_worker
+from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
 from bot.playbook.model import Playbook
 from bot.settings import Settings
 
 STEPS = 5
+POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
 
 class NoopParams(ActionParams):
@@ -71,9 +68,9 @@ async def main(runs: int, gap: float) -> None:
         try:
             client = await Client.connect(server.address, data_converter=pydantic_data_converter)
             queue = f"bench-{uuid.uuid4()}"
-            async with httpx.AsyncClient() as http:
-                activities = build_activities([BenchActions(), *make_providers(Settings(), http)], SecretStore())
-                worker = make_worker(client, queue, activities + [noop])
+            settings = Settings(data_dir=Path(tmp) / "data", policies_dir=POLICIES)
+            async with worker_deps(settings, extra_providers=[BenchActions()]) as deps:
+                worker = make_worker(client, queue, deps.activities)
                 baseline_worker = Worker(client, task_queue=queue + "-base", workflows=[BaselineFiveSteps], activities=[noop])
                 async with worker, baseline_worker:
                     pb = noop_playbook()
@@ -110,6 +107,6 @@ async def main(runs: int, gap: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--gap", type=float, default=0.3)
+    parser.add_argument("--gap", type=float, default=0.5)
     args = parser.parse_args()
     asyncio.run(main(args.runs, args.gap))

@@ -8,6 +8,7 @@ bind log context, mask secrets in output and errors, and report the attempt numb
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 import contextlib
 from typing import Any, Callable, Iterable
 
@@ -52,6 +53,30 @@ async def _heartbeat_forever() -> None:
 def _started(input: ActionInput, attempt: int) -> AuditEvent:
     kind = EventKind.compensation_started if input.compensation else EventKind.step_started
     return event(input.run_id, input.step_id, kind, {"action": input.action, "attempt": attempt, "args": input.params})
+
+
+def _succeeded(input: ActionInput, attempt: int) -> AuditEvent:
+    kind = EventKind.compensation_succeeded if input.compensation else EventKind.step_succeeded
+    return event(input.run_id, input.step_id, kind, {"action": input.action, "attempts": attempt})
+
+
+async def _record_success(audit: AuditWriter, input: ActionInput, attempt: int) -> bool:
+    """Write the success events the workflow asked for (the last step closes the run's record).
+
+    Usually there are none: a step's success rides on the next activity's first write, which is
+    cheaper than a second write here. After the action acted, a failed write must not make it act
+    again, so it is reported (audited=False: the workflow queues the events), never raised.
+    """
+    if not input.audit_after:
+        return False
+    try:
+        now = datetime.now(timezone.utc)  # stamped when it happened, not when it was planned
+        after = [e.model_copy(update={"ts": now}) for e in input.audit_after]
+        await audit.write([_succeeded(input, attempt), *after])
+    except ApplicationError as exc:
+        log.error("audit write after success failed; the workflow will record it", error=exc.message)
+        return False
+    return audit.store is not None
 
 
 def _wrap(
@@ -101,7 +126,8 @@ def _wrap(
                     beat.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await beat
-            return ActionResult(output=mask(output or {}, used), attempt=info.attempt)
+            audited = await _record_success(audit, input, info.attempt)
+            return ActionResult(output=mask(output or {}, used), attempt=info.attempt, audited=audited)
 
     run.__name__ = run.__qualname__ = spec.name.replace(".", "_")
     return activity.defn(name=spec.name)(run)

@@ -27,11 +27,15 @@ class ActionInput(BaseModel):
     idempotency_key: str
     compensation: bool = False
     audit: list[AuditEvent] = Field(default_factory=list, description="Queued events to write first.")
+    audit_after: list[AuditEvent] = Field(
+        default_factory=list, description="Written after success, behind this step's own success event."
+    )
 
 
 class ActionResult(BaseModel):
     output: dict[str, Any] = Field(default_factory=dict)
     attempt: int = 1
+    audited: bool = Field(False, description="The success events are written; else the workflow queues them.")
 
 
 class ActionParams(BaseModel):

@@ -61,8 +61,8 @@ class WorkerDeps:
 
 
 @asynccontextmanager
-async def worker_deps(settings: Settings, extra: Sequence[Callable[..., Any]] = ()) -> AsyncIterator[WorkerDeps]:
-    """The shipped action and policy activities with their clients.
+async def worker_deps(settings: Settings, extra_providers: Sequence[object] = ()) -> AsyncIterator[WorkerDeps]:
+    """The shipped action, policy and audit activities with their clients (plus extra action providers).
 
     Loads the policies first: a policy that does not compile stops the worker from starting
     (PolicyLoadError names the file and line) instead of denying every step later.
@@ -77,6 +77,7 @@ async def worker_deps(settings: Settings, extra: Sequence[Callable[..., Any]] = 
             log.error("audit store not writable: runs will wait for it", reason=problem)
         writer = AuditWriter(store)
         http = await stack.enter_async_context(httpx.AsyncClient())
-        actions = build_activities(make_providers(settings, http), SecretStore(settings.secrets_file), writer)
+        providers = [*make_providers(settings, http), *extra_providers]
+        actions = build_activities(providers, SecretStore(settings.secrets_file), writer)
         activities = actions + PolicyActivities(policy, writer).all() + [AuditActivities(writer).record]
-        yield WorkerDeps(activities + list(extra), policy, store)
+        yield WorkerDeps(activities, policy, store)

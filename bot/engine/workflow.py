@@ -112,6 +112,7 @@ class PlaybookRun:
         self._approvals = ApprovalBook(self._status, input.trigger.requested_by)
         self._log_extra = {"run_id": info.workflow_id, "playbook": pb.name}
         self._audit: list[AuditEvent] = []
+        self._finish_recorded = False  # the last step's activity wrote run_finished with its success
 
     # ---- queries and updates -------------------------------------------------------------
 
@@ -172,9 +173,10 @@ class PlaybookRun:
             await self._compensate(outcome)
         status.finished_at = workflow.now()
         self._log("run finished", state=status.state)
-        self._record(
-            None, EventKind.run_finished, {"state": status.state, "error": status.error, "not_undone": status.not_undone}
-        )
+        if not self._finish_recorded or status.state != "completed":
+            # A cancel that lands after the last step wrote "completed" gets the last word.
+            key = "final" if self._finish_recorded else None
+            self._record(None, EventKind.run_finished, self._finish_details(), key=key)
         await self._flush_audit()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return status
@@ -207,7 +209,10 @@ class PlaybookRun:
             if step.action == SLEEP_ACTION:
                 result = await self._sleep(st.args)
             else:
-                result = await self._execute(step.id, step.action, st.args, step.retry, step.timeout, compensation=False)
+                after = [self._finish_event()] if self._is_last(step) else []
+                result = await self._execute(
+                    step.id, step.action, st.args, step.retry, step.timeout, compensation=False, after=after
+                )
         except ValueError as exc:
             return self._fail(st, str(exc))
         except asyncio.CancelledError:
@@ -222,7 +227,10 @@ class PlaybookRun:
         st.attempts, st.output = result.attempt, result.output
         st.state, st.finished_at = "succeeded", workflow.now()
         self._log("step succeeded", step_id=step.id, attempts=st.attempts)
-        self._record(step.id, EventKind.step_succeeded, {"action": step.action, "attempts": st.attempts})
+        if result.audited:
+            self._finish_recorded = self._is_last(step) and step.action != SLEEP_ACTION
+        else:
+            self._record(step.id, EventKind.step_succeeded, {"action": step.action, "attempts": st.attempts})
         return True
 
     def _when(self, template: str, owner: str, step_ids: list[str]) -> bool:
@@ -266,6 +274,7 @@ class PlaybookRun:
         timeout: timedelta,
         *,
         compensation: bool,
+        after: list[AuditEvent] | None = None,
     ) -> ActionResult:
         queued = self._take_audit()
         try:
@@ -280,6 +289,7 @@ class PlaybookRun:
                     idempotency_key=idempotency_key(self._status.run_id, step_id, compensation),
                     compensation=compensation,
                     audit=queued,
+                    audit_after=after or [],
                 ),
             result_type=ActionResult,
             start_to_close_timeout=timeout,
@@ -479,7 +489,8 @@ class PlaybookRun:
         else:
             record.attempts, record.state = result.attempt, "succeeded"
             st.state = "compensated"
-            self._record(step.id, EventKind.compensation_succeeded, {"action": comp.action})
+            if not result.audited:
+                self._record(step.id, EventKind.compensation_succeeded, {"action": comp.action, "attempts": result.attempt})
         record.finished_at = workflow.now()
         self._log("compensation " + record.state, step_id=step.id, was=previous)
 
@@ -516,6 +527,26 @@ class PlaybookRun:
         """Queue an audit event; the next activity writes it before it acts."""
         self._audit.append(
             event(self._status.run_id, step_id, kind, details, actor=actor, ts=workflow.now(), key=key)
+        )
+
+    def _is_last(self, step: Step) -> bool:
+        """The final top-level step, when it is a plain step: its success completes the run."""
+        last = self._input.playbook.steps[-1]
+        return isinstance(last, Step) and last.id == step.id
+
+    def _finish_details(self) -> dict[str, Any]:
+        status = self._status
+        return {"state": status.state, "error": status.error, "not_undone": status.not_undone}
+
+    def _finish_event(self) -> AuditEvent:
+        """run_finished as it will read if the last step succeeds, so that step's activity can
+        write it and the run needs no extra call to close its record."""
+        return event(
+            self._status.run_id,
+            None,
+            EventKind.run_finished,
+            {"state": "completed", "error": None, "not_undone": []},
+            ts=workflow.now(),
         )
 
     def _take_audit(self) -> list[AuditEvent]:
