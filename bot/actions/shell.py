@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import ctypes
 import errno
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -35,6 +37,14 @@ from bot.playbook.durations import Duration, format_duration
 log = structlog.get_logger("bot.actions.shell")
 
 INHERITED_ENV = ("PATH", "HOME", "LANG")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_worker() -> None:
+    """In the child before exec: a SIGKILLed worker takes the command with it (Linux), so the
+    retry on a new worker does not race a leftover copy of the same step."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 MAX_OUTPUT = 256 * 1024  # per stream; both land in workflow history (2 MB payload limit)
 STDERR_IN_MESSAGE = 500  # characters of stderr quoted in a failure message
 DRAIN_AFTER_EXIT = 1.0  # seconds to collect output once the group is gone
@@ -136,6 +146,9 @@ class ShellActions:
         if params.cwd is not None and not Path(params.cwd).is_dir():
             raise ActionFailed(f"shell.run: working directory {params.cwd!r} does not exist", retryable=False)
         env = {key: self._environ[key] for key in INHERITED_ENV if key in self._environ} | params.env
+        # A retried step gets the same key, so a script can tell a retry from a new request.
+        env |= {"PLAYBOOK_BOT_IDEMPOTENCY_KEY": ctx.idempotency_key, "PLAYBOOK_BOT_RUN_ID": ctx.run_id,
+                "PLAYBOOK_BOT_STEP_ID": ctx.step_id}
 
         started = time.monotonic()
         try:
@@ -148,6 +161,7 @@ class ShellActions:
                 cwd=params.cwd,
                 env=env,
                 start_new_session=True,  # own session and process group, killed as a whole
+                preexec_fn=_die_with_worker,
             )
         except OSError as exc:
             if isinstance(exc, (FileNotFoundError, PermissionError)) or exc.errno in (errno.ENOEXEC, errno.E2BIG):
