@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from temporalio.client import Client
+
+from bot.metrics import exposition
 
 Check = Callable[[], Awaitable[str | None]]  # None when fine, else the reason
 
@@ -69,6 +71,12 @@ def create_app(readiness: Readiness) -> FastAPI:
     async def healthz() -> dict[str, str]:
         """Alive: the process answers. Says nothing about Temporal (see /readyz)."""
         return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus exposition of this process's counters (runs, steps, policy, approvals)."""
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:

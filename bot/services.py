@@ -8,6 +8,7 @@ import signal
 from contextlib import AsyncExitStack
 from typing import Any
 
+import prometheus_client
 import structlog
 import uvicorn
 from temporalio.client import Client
@@ -126,6 +127,8 @@ async def run_worker_only(settings: Settings) -> None:
     stop = stop_event()
     async with worker_deps(settings) as deps:
         client = await connect(settings)
+        if settings.worker_metrics_port is not None:  # in `dev` the front door serves /metrics
+            prometheus_client.start_http_server(settings.worker_metrics_port, addr=settings.http_host)
         await serve_worker(settings, client, deps, stop)
 
 

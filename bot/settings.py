@@ -31,6 +31,7 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
+    worker_metrics_port: int | None = Field(None, ge=0, le=65535, description="`worker` alone: serve /metrics here.")
 
     alertmanager_token: SecretStr | None = None
     slack_bot_token: SecretStr | None = None

@@ -8,6 +8,7 @@ bind log context, mask secrets in output and errors, and report the attempt numb
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime, timezone
 import contextlib
 from typing import Any, Callable, Iterable
@@ -29,6 +30,7 @@ from bot.actions.base import (
 from bot.actions.secrets import SecretStore, mask
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.recorder import AuditWriter, event
+from bot.metrics import STEP_DURATION
 
 log = structlog.get_logger(__name__)
 
@@ -104,8 +106,10 @@ def _wrap(
                 mask=lambda value: mask(value, used),
             )
             beat = asyncio.create_task(_heartbeat_forever()) if info.heartbeat_timeout else None
+            started, outcome = time.monotonic(), "failed"
             try:
                 output = await method(params, ctx)
+                outcome = "succeeded"
             except ApplicationError as exc:
                 log.warning("action failed", error=mask(str(exc), used), error_type=exc.type)
                 raise ApplicationError(
@@ -115,6 +119,7 @@ def _wrap(
                     non_retryable=exc.non_retryable,
                 ) from None
             except asyncio.CancelledError:
+                outcome = "cancelled"
                 log.info("action cancelled")
                 raise
             except Exception as exc:  # an action bug or an unexpected client error: retry it, say what it was
@@ -122,6 +127,7 @@ def _wrap(
                 log.warning("action failed", error=message)
                 raise ApplicationError(message, {"attempt": info.attempt}, type=ACTION_FAILED) from None
             finally:
+                STEP_DURATION.labels(spec.name, outcome).observe(time.monotonic() - started)
                 if beat:
                     beat.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.store import AuditUnavailable, SqliteAuditStore
+from bot.metrics import observe_events
 
 AUDIT_UNAVAILABLE = "AuditUnavailable"
 
@@ -37,9 +38,10 @@ class AuditWriter:
         if not events or self.store is None:
             return
         try:
-            await asyncio.to_thread(self.store.append, list(events))
+            written = await asyncio.to_thread(self.store.append, list(events), new_only=True)
         except AuditUnavailable as exc:
             raise ApplicationError(f"audit store unavailable: {exc}", type=AUDIT_UNAVAILABLE) from None
+        observe_events(written)
 
 
 def event(

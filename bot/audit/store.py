@@ -105,9 +105,10 @@ class SqliteAuditStore:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def append(self, events: Sequence[AuditEvent]) -> list[StoredEvent]:
+    def append(self, events: Sequence[AuditEvent], *, new_only: bool = False) -> list[StoredEvent]:
         """Append in the given order; an event_id already stored is not written again and its
-        stored event is returned instead (first write wins), so retries are harmless."""
+        stored event is returned instead (first write wins), so retries are harmless.
+        `new_only` returns just the events this call wrote (what metrics may count)."""
         if not events:
             return []
         stored: list[StoredEvent] = []
@@ -117,7 +118,8 @@ class SqliteAuditStore:
             for event in events:
                 existing = conn.execute(f"{SELECT} WHERE event_id = ?", (event.event_id,)).fetchone()
                 if existing:
-                    stored.append(_from_row(existing))
+                    if not new_only:
+                        stored.append(_from_row(existing))
                     continue
                 seq += 1
                 row = _to_row(seq, event, prev_hash)

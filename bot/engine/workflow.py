@@ -113,6 +113,7 @@ class PlaybookRun:
         self._log_extra = {"run_id": info.workflow_id, "playbook": pb.name}
         self._audit: list[AuditEvent] = []
         self._finish_recorded = False  # the last step's activity wrote run_finished with its success
+        self._asked_at: dict[str, datetime] = {}  # when each step's approval was requested
 
     # ---- queries and updates -------------------------------------------------------------
 
@@ -126,8 +127,16 @@ class PlaybookRun:
         self._record(
             request.step_id,
             EventKind.approval_vote,
-            {"vote": request.vote, "user": request.user, "name": request.name, "groups": request.groups,
-             "reason": request.reason, "accepted": True, "message": result.message},
+            {
+                "vote": request.vote,
+                "user": request.user,
+                "name": request.name,
+                "groups": request.groups,
+                "reason": request.reason,
+                "accepted": True,
+                "message": result.message,
+                "waited_seconds": self._waited(request.step_id),
+            },
             actor=request.user,
             key=request.user,
         )
@@ -370,6 +379,7 @@ class PlaybookRun:
         except ValueError:
             deadline = parse_duration(DEFAULT_APPROVAL_TIMEOUT)
         self._approvals.open(st.id, decision.min_approvals)
+        self._asked_at[st.id] = workflow.now()
         st.state = "waiting_approval"
         self._refresh_run_state()
         for round in ("first", "second"):
@@ -397,7 +407,7 @@ class PlaybookRun:
                 self._record(
                     st.id,
                     EventKind.approval_timeout,
-                    {"stage": stage, "approver_groups": decision.approver_groups},
+                    {"stage": stage, "approver_groups": decision.approver_groups, "waited_seconds": self._waited(st.id)},
                     key=stage,
                 )
                 if round == "first":
@@ -534,20 +544,24 @@ class PlaybookRun:
         last = self._input.playbook.steps[-1]
         return isinstance(last, Step) and last.id == step.id
 
-    def _finish_details(self) -> dict[str, Any]:
+    def _finish_details(self, state: str | None = None) -> dict[str, Any]:
         status = self._status
-        return {"state": status.state, "error": status.error, "not_undone": status.not_undone}
+        return {
+            "state": state or status.state,
+            "error": None if state else status.error,
+            "not_undone": [] if state else status.not_undone,
+            "playbook": status.playbook,
+            "trigger": status.trigger,
+        }
 
     def _finish_event(self) -> AuditEvent:
         """run_finished as it will read if the last step succeeds, so that step's activity can
         write it and the run needs no extra call to close its record."""
-        return event(
-            self._status.run_id,
-            None,
-            EventKind.run_finished,
-            {"state": "completed", "error": None, "not_undone": []},
-            ts=workflow.now(),
-        )
+        return event(self._status.run_id, None, EventKind.run_finished, self._finish_details("completed"), ts=workflow.now())
+
+    def _waited(self, step_id: str) -> float:
+        asked = self._asked_at.get(step_id)
+        return round((workflow.now() - asked).total_seconds(), 3) if asked else 0.0
 
     def _take_audit(self) -> list[AuditEvent]:
         queued, self._audit = self._audit, []

@@ -1,0 +1,81 @@
+"""The front door's health and metrics, against real dependencies."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+from temporalio.client import Client
+
+from bot.audit.store import SqliteAuditStore
+from bot.devstack import DevServer, free_port
+from bot.engine.worker import make_worker, worker_deps
+from bot.engine.workflow import PlaybookRun
+from bot.server import Readiness, audit_check, create_app, temporal_check
+from bot.settings import Settings
+from tests.engine.support import playbook, run_input
+
+
+def client_for(app) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bot")
+
+
+async def test_healthz_is_alive_without_dependencies():
+    async with client_for(create_app(Readiness())) as http:
+        response = await http.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+async def test_readyz_fails_when_temporal_goes_down(tmp_path: Path):
+    server = DevServer(tmp_path, port=free_port(), ui_port=free_port())
+    await server.start()
+    try:
+        client = await Client.connect(server.address)
+        app = create_app(Readiness({"temporal": temporal_check(client)}))
+        async with client_for(app) as http:
+            assert (await http.get("/readyz")).status_code == 200
+            await server.stop()
+            response = await http.get("/readyz")
+    finally:
+        await server.stop()
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "not ready" and body["checks"]["temporal"] != "ok"
+
+
+async def test_readyz_says_why_the_audit_store_is_not_writable(tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    store = SqliteAuditStore(blocker / "audit.db")
+    async with client_for(create_app(Readiness({"audit": audit_check(store)}))) as http:
+        response = await http.get("/readyz")
+    assert response.status_code == 503
+    assert "a-file" in response.json()["checks"]["audit"]
+
+
+async def test_metrics_move_with_a_run(dev_env, tmp_path: Path):
+    settings = Settings(data_dir=tmp_path / "data", policies_dir=Path(__file__).parent.parent / "policies")
+    name = f"metered-{uuid.uuid4().hex[:8]}"
+    pb = playbook(
+        f"""
+name: {name}
+steps:
+  - {{id: one, action: core.log, with: {{message: hi}}}}
+  - {{id: two, action: core.log, with: {{message: there}}}}
+"""
+    )
+    app = create_app(Readiness())
+    async with worker_deps(settings) as deps, make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as w:
+        async with client_for(app) as http:
+            before = (await http.get("/metrics")).text
+            status = await dev_env.client.execute_workflow(
+                PlaybookRun.run, run_input(pb), id=f"{name}-run", task_queue=w.task_queue
+            )
+            after = (await http.get("/metrics")).text
+    assert status.state == "completed"
+    started = f'playbook_bot_runs_started_total{{playbook="{name}",trigger="cli"}} 1.0'
+    finished = f'playbook_bot_runs_finished_total{{playbook="{name}",state="completed",trigger="cli"}} 1.0'
+    assert started not in before and started in after
+    assert finished in after
+    assert 'playbook_bot_step_duration_seconds_count{action="core.log",state="succeeded"}' in after
