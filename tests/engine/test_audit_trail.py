@@ -140,3 +140,32 @@ steps:
     with SqliteAuditStore(default_path(settings)) as store:
         kinds = [e.kind.value for e in store.events(run_id=status.run_id)]
     assert kinds == ["run_started", "step_started", "step_succeeded", "run_finished"]
+
+
+async def test_unwritable_store_keeps_a_high_impact_step_from_running(dev_env, tmp_path: Path):
+    """No record, no high-impact step; and what was queued is written once the store is back."""
+    data = tmp_path / "data"
+    data.write_text("a file where the data directory should be")  # the store cannot be opened
+    settings = Settings(data_dir=data, policies_dir=Path(__file__).parents[2] / "policies")
+    pb = playbook(
+        """
+name: needs-record
+steps:
+  - {id: risky, action: core.log, impact: high, with: {message: "must not run unrecorded"}}
+"""
+    )
+    async with worker_deps(settings) as deps:
+        assert "data" in (deps.audit.check_writable() or "")
+        async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
+            handle = await dev_env.client.start_workflow(
+                PlaybookRun.run, run_input(pb), id=f"unrecorded-{uuid.uuid4()}", task_queue=worker.task_queue
+            )
+            status = await wait_for_state(handle, lambda s: s.step("risky").state == "denied", timeout=30)
+            assert "audit store unavailable" in status.step("risky").error
+            data.unlink()
+            data.mkdir()  # the operator frees the disk: the run's record is completed, nothing lost
+            status = await handle.result()
+    assert status.state == "compensated"
+    with SqliteAuditStore(default_path(settings)) as store:
+        kinds = [(e.kind.value, e.step_id) for e in store.events(run_id=status.run_id)]
+    assert kinds == [("run_started", None), ("step_failed", "risky"), ("run_finished", None)]
