@@ -34,7 +34,7 @@ from bot.policy.cli import app as policy_app
 from bot.policy.engine import make_engine
 from bot.policy.errors import PolicyLoadError
 from bot.settings import Settings
-from bot.temporal import TemporalUnavailable, connect
+from bot.temporal import TemporalUnavailable, connect, shutdown_tracing
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Incident-response playbooks on Temporal.")
 app.add_typer(policy_app, name="policy", help="Test and evaluate the Rego policies.")
@@ -308,6 +308,7 @@ def main() -> None:
     except Exception:
         logging.getLogger("playbook-bot").exception("unexpected error")
         code = 1
+    shutdown_tracing()
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

@@ -9,6 +9,24 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bot.devstack import read_record
 from bot.settings import Settings
+from bot.tracing import Tracing, configure_tracing
+
+
+_tracing: Tracing | None | bool = False  # False: not configured yet in this process
+
+
+def tracing() -> Tracing | None:
+    """OTLP tracing for this process, configured once: off unless OTEL_EXPORTER_OTLP_ENDPOINT is set."""
+    global _tracing
+    if _tracing is False:
+        _tracing = configure_tracing()
+    return _tracing or None
+
+
+def shutdown_tracing() -> None:
+    """Flush spans before the process leaves (the CLI exits without interpreter teardown)."""
+    if current := tracing() if _tracing is not False else None:
+        current.shutdown()
 
 
 class TemporalUnavailable(RuntimeError):
@@ -33,7 +51,13 @@ async def connect(settings: Settings, address: str | None = None) -> Client:
     address = address or resolve_address(settings)
     try:
         return await asyncio.wait_for(
-            Client.connect(address, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter),
+            Client.connect(
+                address,
+                namespace=settings.temporal_namespace,
+                data_converter=pydantic_data_converter,
+                # On the client only: workers built from it are traced too (both would double spans).
+                interceptors=traced.interceptors if (traced := tracing()) else [],
+            ),
             timeout=settings.temporal_connect_timeout,
         )
     except asyncio.TimeoutError:
