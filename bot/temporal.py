@@ -25,8 +25,8 @@ def tracing() -> Tracing | None:
 
 def shutdown_tracing() -> None:
     """Flush spans before the process leaves (the CLI exits without interpreter teardown)."""
-    if current := tracing() if _tracing is not False else None:
-        current.shutdown()
+    if isinstance(_tracing, Tracing):
+        _tracing.shutdown()
 
 
 class TemporalUnavailable(RuntimeError):
