@@ -33,7 +33,7 @@ from bot.playbook.schema import playbook_json_schema
 from bot.policy.cli import app as policy_app
 from bot.policy.engine import make_engine
 from bot.policy.errors import PolicyLoadError
-from bot.settings import Settings
+from bot.settings import ConfigError, Settings
 from bot.temporal import TemporalUnavailable, connect, shutdown_tracing
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Incident-response playbooks on Temporal.")
@@ -51,6 +51,7 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     ParamError,
     DevServerError,
     PolicyLoadError,
+    ConfigError,
     LookupError,
 )
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from temporalio.client import Client
 
@@ -64,8 +64,10 @@ def flag_check(flag: Callable[[], bool], reason: str) -> Check:
     return check
 
 
-def create_app(readiness: Readiness) -> FastAPI:
+def create_app(readiness: Readiness, routers: Sequence[APIRouter] = ()) -> FastAPI:
     app = FastAPI(title="playbook-bot", version="0.1.0")
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -11,14 +11,18 @@ from typing import Any
 import prometheus_client
 import structlog
 import uvicorn
+from fastapi import APIRouter
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from bot.alerts.receiver import AlertDeps, AlertReceiver
+from bot.audit.store import SqliteAuditStore, default_path
 from bot.devstack import DevServer
 from bot.engine.worker import WorkerDeps, make_worker, worker_deps
-from bot.playbook.loader import load_directory
+from bot.playbook.loader import Catalog, load_directory
+from bot.policy.engine import PolicyEngine, make_engine
 from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
-from bot.settings import Settings
+from bot.settings import ConfigError, Settings
 from bot.temporal import connect
 
 log = structlog.get_logger(__name__)
@@ -36,9 +40,9 @@ def stop_event() -> asyncio.Event:
 class _Http:
     """uvicorn inside our loop, so the front door and the worker share one process in `dev`."""
 
-    def __init__(self, settings: Settings, readiness: Readiness) -> None:
+    def __init__(self, settings: Settings, app: Any) -> None:
         config = uvicorn.Config(
-            create_app(readiness),
+            app,
             host=settings.http_host,
             port=settings.http_port,
             log_config=None,
@@ -105,7 +109,9 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
             address = dev.address
         client = await connect(settings, address)
         readiness = Readiness({"temporal": temporal_check(client)})
-        http = _Http(settings, readiness)
+        if settings.alertmanager_token is None:
+            log.warning("PLAYBOOK_BOT_ALERTMANAGER_TOKEN is not set: POST /alertmanager answers 401 to everyone")
+        http = _Http(settings, create_app(readiness, front_door(settings, client, catalog, deps.policy, deps.audit)))
         worker = asyncio.create_task(serve_worker(settings, client, deps, stop, readiness))
         await http.start()
         stack.push_async_callback(http.stop)
@@ -133,11 +139,42 @@ async def run_worker_only(settings: Settings) -> None:
 
 
 async def run_serve(settings: Settings) -> None:
+    """The front door alone (scaled apart from workers); it needs the webhook token to start."""
+    if settings.alertmanager_token is None:
+        raise ConfigError("serve needs PLAYBOOK_BOT_ALERTMANAGER_TOKEN: the Alertmanager webhook must be authenticated")
     stop = stop_event()
-    load_directory(settings.playbooks_dir)
-    client = await connect(settings)
-    http = _Http(settings, Readiness({"temporal": temporal_check(client)}))
-    await http.start()
-    log.info("front door listening", host=settings.http_host, port=settings.http_port)
-    await stop.wait()
-    await http.stop()
+    catalog = load_directory(settings.playbooks_dir)
+    async with AsyncExitStack() as stack:
+        policy = make_engine(settings)
+        stack.push_async_callback(policy.close)
+        await policy.load()
+        audit = SqliteAuditStore(default_path(settings))
+        stack.callback(audit.close)
+        client = await connect(settings)
+        readiness = Readiness(
+            {"temporal": temporal_check(client), "policies": policy_check(policy), "audit": audit_check(audit)}
+        )
+        http = _Http(settings, create_app(readiness, front_door(settings, client, catalog, policy, audit)))
+        await http.start()
+        stack.push_async_callback(http.stop)
+        log.info("front door listening", host=settings.http_host, port=settings.http_port)
+        await stop.wait()
+
+
+def front_door(
+    settings: Settings, client: Client, catalog: Catalog, policy: PolicyEngine, audit: SqliteAuditStore
+) -> list[APIRouter]:
+    """The routes that take triggers: Alertmanager now, Slack next."""
+    token = settings.alertmanager_token.get_secret_value() if settings.alertmanager_token else None
+    alerts = AlertReceiver(
+        AlertDeps(
+            client=client,
+            task_queue=settings.task_queue,
+            catalog=lambda: catalog,
+            policy=policy,
+            audit=audit,
+            token=token,
+            max_body=settings.alertmanager_max_body,
+        )
+    )
+    return [alerts.router()]

@@ -9,6 +9,10 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+class ConfigError(RuntimeError):
+    """A setting a process cannot run without; the message names it."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PLAYBOOK_BOT_", extra="ignore")
 
@@ -34,6 +38,9 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(None, ge=0, le=65535, description="`worker` alone: serve /metrics here.")
 
     alertmanager_token: SecretStr | None = None
+    alertmanager_max_body: int = Field(1 << 20, gt=0, description="Bytes; a larger webhook body is a 413.")
+    alertmanager_url: str | None = None  # default `url` of the alertmanager.* actions
+    prometheus_url: str | None = None  # default `url` of prometheus.query
     slack_bot_token: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None
     slack_app_token: SecretStr | None = None

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Mapping
 from jinja2 import TemplateSyntaxError, meta, nodes
 from pydantic import BaseModel, ValidationError
 
+from bot.alerts.matchers import MatcherError, parse_matchers
 from bot.actions.base import ACTIONS, ActionSpec
 from bot.playbook.model import Compensation, ParallelGroup, Playbook, RetryPolicy, Step
 from bot.playbook.params import coerce_value, unknown_param_message
@@ -145,6 +146,18 @@ class _Checker:
     def check_triggers(self) -> None:
         declared = self.playbook.params
         for k, trigger in enumerate(self.playbook.triggers.alertmanager):
+            found = 0
+            for j, line in enumerate(trigger.matchers):
+                try:
+                    found += len(parse_matchers(line))
+                except MatcherError as exc:
+                    found += 1
+                    self.add(("triggers", "alertmanager", k, "matchers", j), f"triggers.alertmanager[{k}].matchers[{j}]: {exc}")
+            if not found:
+                self.add(
+                    ("triggers", "alertmanager", k, "matchers"),
+                    f"triggers.alertmanager[{k}].matchers: no matcher given, so every alert would start this playbook",
+                )
             loc: Loc = ("triggers", "alertmanager", k, "params")
             label = f"triggers.alertmanager[{k}].params"
             for key, value in trigger.params.items():

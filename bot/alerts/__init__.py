@@ -1,0 +1,1 @@
+"""Alertmanager input: matchers, the webhook payload, and routing alerts to playbook episodes."""

@@ -1,0 +1,215 @@
+"""POST /alertmanager: authenticate, parse, route, and give every alert a recorded outcome.
+
+Alertmanager delivers at least once (retries, repeat_interval, HA peers), so duplicates are
+normal: an alert episode (playbook, fingerprint, startsAt) maps to one workflow id, and Temporal's
+id rules make a repeat attach to the running run or start nothing after it ended. Invalid input
+is a 4xx (Alertmanager does not retry it); a failure of ours is a 503 for the whole request, and
+the natural ids make Alertmanager's retry safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from bot.alerts.episodes import RouteMatch, route
+from bot.alerts.payload import Alert, PayloadError, parse_payload
+from bot.audit.events import AuditEvent, EventKind
+from bot.audit.store import SqliteAuditStore
+from bot.engine.runs import start_policy_input
+from bot.engine.state import RunInput, TriggerContext
+from bot.engine.workflow import PlaybookRun
+from bot.metrics import observe_events
+from bot.playbook.loader import Catalog
+from bot.policy.engine import PolicyEngine
+
+log = structlog.get_logger(__name__)
+
+ALERTMANAGER_USER = "alertmanager"
+
+
+class Unavailable(RuntimeError):
+    """Our side failed (Temporal, audit store): the whole request is a 503 and will be retried."""
+
+
+@dataclass
+class AlertDeps:
+    client: Client
+    task_queue: str
+    catalog: Callable[[], Catalog]
+    policy: PolicyEngine
+    audit: SqliteAuditStore | None
+    token: str | None
+    max_body: int = 1 << 20
+
+
+class AlertReceiver:
+    def __init__(self, deps: AlertDeps) -> None:
+        self.deps = deps
+
+    def router(self) -> APIRouter:
+        router = APIRouter()
+        router.add_api_route("/alertmanager", self.receive, methods=["POST"], summary="Alertmanager webhook (v4)")
+        return router
+
+    async def receive(self, request: Request) -> JSONResponse:
+        """Each alert × matching playbook gets an outcome: started, attached, already_handled,
+        unmatched, rejected, resolved_cancelled, resolved_no_run or resolved_ignored."""
+        if not self._authorised(request.headers.get("authorization", "")):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        body = await self._read(request)
+        if body is None:
+            return JSONResponse({"error": f"body over {self.deps.max_body} bytes"}, status_code=413)
+        try:
+            payload = parse_payload(body)
+        except PayloadError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        try:
+            outcomes = [o for alert in payload.alerts for o in await self._handle(alert)]
+        except Unavailable as exc:
+            log.error("alertmanager request failed on our side; Alertmanager will retry", error=str(exc))
+            return JSONResponse({"error": f"temporarily unavailable: {exc}"}, status_code=503)
+        return JSONResponse(outcomes)
+
+    def _authorised(self, header: str) -> bool:
+        token = self.deps.token
+        scheme, _, given = header.partition(" ")
+        return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token or "")
+
+    async def _read(self, request: Request) -> bytes | None:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.deps.max_body:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.deps.max_body:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _handle(self, alert: Alert) -> list[dict[str, Any]]:
+        name = alert.labels.get("alertname", "")
+        received = self._event(alert, None, EventKind.alert_received, {
+            "alertname": name, "status": alert.status, "fingerprint": alert.fingerprint, "labels": alert.labels,
+        }, key=f"{alert.status}:{alert.starts_at.isoformat()}")
+        matches = route(self.deps.catalog().values(), alert)
+        results = []
+        if not matches:
+            results.append(self._outcome(alert, None, "unmatched"))
+        for match in matches:
+            if alert.status == "resolved":
+                results.append(await self._resolved(alert, match))
+            else:
+                results.append(await self._firing(alert, match))
+        await self._record([received, *[self._outcome_event(alert, r) for r in results]])
+        for result in results:
+            log.info("alert outcome", **{k: v for k, v in result.items() if k != "labels"})
+        return results
+
+    async def _firing(self, alert: Alert, match: RouteMatch) -> dict[str, Any]:
+        playbook, run_id = match.name, match.workflow_id
+        if match.error or match.params is None:
+            return self._outcome(alert, playbook, "rejected", reason=match.error or "no params")
+        trigger = TriggerContext(kind="alertmanager", requested_by=ALERTMANAGER_USER, alert=alert.as_context())
+        verdict = await self.deps.policy.start(
+            start_policy_input(match.playbook, match.params, trigger, {"id": ALERTMANAGER_USER, "name": "Alertmanager", "groups": []})
+        )
+        if not verdict.allow:
+            return self._outcome(alert, playbook, "rejected", reason="start refused: " + "; ".join(verdict.reasons))
+        run_input = RunInput(
+            playbook=match.playbook.playbook, playbook_hash=match.playbook.hash, params=match.params, trigger=trigger
+        )
+        try:
+            await self.deps.client.start_workflow(
+                PlaybookRun.run,
+                run_input,
+                id=run_id,
+                task_queue=self.deps.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                static_summary=f"{playbook} for {alert.labels.get('alertname', 'alert')} {alert.fingerprint}",
+            )
+            return self._outcome(alert, playbook, "started", run_id=run_id)
+        except WorkflowAlreadyStartedError:
+            running = await self._running(run_id)
+            return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
+        except RPCError as exc:
+            raise Unavailable(f"Temporal: {exc.message}") from None
+
+    async def _resolved(self, alert: Alert, match: RouteMatch) -> dict[str, Any]:
+        """A resolved alert never remediates: it cancels (or is noted by) the episode's run."""
+        playbook, run_id = match.name, match.workflow_id
+        if not await self._running(run_id):
+            return self._outcome(alert, playbook, "resolved_no_run", run_id=None)
+        if match.trigger.on_resolved == "continue":
+            return self._outcome(alert, playbook, "resolved_ignored", run_id=run_id)
+        try:
+            await self.deps.client.get_workflow_handle(run_id).cancel()
+        except RPCError as exc:
+            raise Unavailable(f"Temporal: {exc.message}") from None
+        return self._outcome(alert, playbook, "resolved_cancelled", run_id=run_id)
+
+    async def _running(self, run_id: str) -> bool | None:
+        """True running, False ended, None never started."""
+        try:
+            desc = await self.deps.client.get_workflow_handle(run_id).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise Unavailable(f"Temporal: {exc.message}") from None
+        status = desc.raw_description.workflow_execution_info.status
+        return status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
+
+    @staticmethod
+    def _outcome(alert: Alert, playbook: str | None, outcome: str, *, run_id: str | None = None,
+                 reason: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "fingerprint": alert.fingerprint,
+            "alertname": alert.labels.get("alertname"),
+            "status": alert.status,
+            "playbook": playbook,
+            "outcome": outcome,
+            "run_id": run_id,
+        }
+        if reason:
+            result["reason"] = reason
+        return result
+
+    def _event(self, alert: Alert, run_id: str | None, kind: EventKind, details: dict[str, Any],
+               key: str) -> AuditEvent:
+        return AuditEvent(
+            event_id=f"alert:{alert.fingerprint}:{kind.value}:{key}",
+            ts=datetime.now(timezone.utc),
+            run_id=run_id,
+            step_id=None,
+            kind=kind,
+            actor=ALERTMANAGER_USER,
+            details=details,
+        )
+
+    def _outcome_event(self, alert: Alert, result: dict[str, Any]) -> AuditEvent:
+        key = f"{result['playbook']}:{alert.status}:{alert.starts_at.isoformat()}:{result['outcome']}"
+        return self._event(alert, result.get("run_id"), EventKind.alert_outcome, dict(result), key=key)
+
+    async def _record(self, events: list[AuditEvent]) -> None:
+        """Every received alert ends in a recorded outcome; a store we cannot write is our fault (503)."""
+        if self.deps.audit is None:
+            return
+        try:
+            written = await asyncio.to_thread(self.deps.audit.append, events, new_only=True)
+        except Exception as exc:
+            raise Unavailable(f"audit store: {exc}") from None
+        observe_events(written)

@@ -1,0 +1,1 @@
+"""Alertmanager matchers, webhook payload and alert-episode routing."""

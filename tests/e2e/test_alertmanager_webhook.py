@@ -1,0 +1,296 @@
+"""A real Alertmanager posts to the bot's /alertmanager: one run per episode, resolve cancels.
+
+Alertmanager (Debian's prometheus-alertmanager) runs on 127.0.0.1 with clustering off and a
+webhook receiver pointing at the front door with the bearer token; alerts are posted to its API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from bot.alerts.episodes import episode_id
+from bot.audit.store import SqliteAuditStore, default_path
+from bot.devstack import free_port
+from bot.engine.runs import get_status
+from bot.engine.worker import make_worker, worker_deps
+from bot.playbook.loader import load_directory
+from bot.server import Readiness, create_app
+from bot.services import _Http, front_door
+from bot.settings import Settings
+
+TOKEN = "s3cret-webhook-token"
+ROOT = Path(__file__).resolve().parents[2]
+
+PLAYBOOK = """
+name: disk-remediation
+owner: sre
+params:
+  instance: {type: string}
+triggers:
+  alertmanager:
+    - matchers: ['alertname="DiskAlmostFull"', 'severity=~"page|critical"']
+      params: {instance: "{{ alert.labels.instance }}"}
+steps:
+  - id: note
+    action: core.log
+    with: {message: "cleaning {{ params.instance }}"}
+    compensate: {action: core.log, with: {message: "undo cleaning {{ params.instance }}"}}
+  - id: wait
+    action: core.sleep
+    with: {duration: 10m}
+"""
+
+AM_CONFIG = """
+route:
+  receiver: bot
+  group_by: ['...']
+  group_wait: 100ms
+  group_interval: 1s
+  repeat_interval: 2s
+receivers:
+  - name: bot
+    webhook_configs:
+      - url: http://127.0.0.1:{port}/alertmanager
+        send_resolved: true
+        http_config:
+          authorization: {{type: Bearer, credentials: {token}}}
+"""
+
+
+def alertmanager_binary() -> str:
+    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if found:
+        return found
+    message = "prometheus-alertmanager not installed (.ci/run installs it: apt-get install prometheus-alertmanager)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest_asyncio.fixture
+async def stack(dev_env, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    """Worker + front door (real HTTP) + a real Alertmanager wired to it."""
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "disk.yaml").write_text(PLAYBOOK)
+    port = free_port()
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        playbooks_dir=tmp_path / "playbooks",
+        policies_dir=ROOT / "policies",
+        http_port=port,
+        alertmanager_token=TOKEN,
+        alertmanager_max_body=64 * 1024,
+        task_queue=f"tq-{uuid.uuid4()}",
+    )
+    catalog = load_directory(settings.playbooks_dir)
+    am_port = free_port()
+    (tmp_path / "am.yml").write_text(AM_CONFIG.format(port=port, token=TOKEN))
+    am = subprocess.Popen(
+        [
+            alertmanager_binary(),
+            f"--config.file={tmp_path / 'am.yml'}",
+            f"--storage.path={tmp_path / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{am_port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "am.log", "wb"),
+        start_new_session=True,
+    )
+    try:
+        async with worker_deps(settings) as deps:
+            async with make_worker(dev_env.client, settings.task_queue, deps.activities):
+                app = create_app(Readiness(), front_door(settings, dev_env.client, catalog, deps.policy, deps.audit))
+                http = _Http(settings, app)
+                await http.start()
+                try:
+                    am_url = f"http://127.0.0.1:{am_port}"
+                    async with httpx.AsyncClient(timeout=5) as client:
+                        for _ in range(100):
+                            try:
+                                if (await client.get(f"{am_url}/-/ready")).status_code == 200:
+                                    break
+                            except httpx.TransportError:
+                                pass
+                            await asyncio.sleep(0.1)
+                        yield {
+                            "settings": settings,
+                            "client": client,
+                            "am": am_url,
+                            "bot": f"http://127.0.0.1:{port}",
+                            "temporal": dev_env.client,
+                            "audit": deps.audit,
+                        }
+                finally:
+                    await http.stop()
+    finally:
+        am.terminate()
+        am.wait(10)
+
+
+def alert(instance: str, starts: datetime, ends: datetime | None = None, **labels: str) -> dict[str, Any]:
+    body = {
+        "labels": {"alertname": "DiskAlmostFull", "severity": "page", "instance": instance, **labels},
+        "annotations": {"summary": f"{instance} disk 95% full"},
+        "startsAt": starts.isoformat(),
+    }
+    if ends:
+        body["endsAt"] = ends.isoformat()
+    return body
+
+
+def outcomes(store: SqliteAuditStore, fingerprint: str) -> list[str]:
+    return [
+        e.details["outcome"]
+        for e in store.events()
+        if e.kind.value == "alert_outcome" and e.details.get("fingerprint") == fingerprint
+    ]
+
+
+async def eventually(check, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout}s")
+        await asyncio.sleep(0.2)
+
+
+async def test_episode_runs_once_through_repeats_and_peers_then_resolve_cancels(stack):
+    client, am, store = stack["client"], stack["am"], stack["audit"]
+    starts = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=5)
+    instance = f"db-{uuid.uuid4().hex[:6]}"
+    assert (await client.post(f"{am}/api/v2/alerts", json=[alert(instance, starts)])).status_code == 200
+
+    async def fingerprint() -> str | None:
+        alerts = (await client.get(f"{am}/api/v2/alerts", params={"filter": f'instance="{instance}"'})).json()
+        return alerts[0]["fingerprint"] if alerts else None
+
+    fp = await eventually(fingerprint, what="alert in Alertmanager")
+    run_id = episode_id("disk-remediation", fp, starts)
+    await eventually(lambda: _async(outcomes(store, fp)[:1] == ["started"]), what="run started")
+    # repeat_interval (2 s) re-delivers the same alert: it attaches, it does not start again
+    await eventually(lambda: _async("attached" in outcomes(store, fp)), timeout=15, what="a repeat delivery")
+
+    # an HA peer posts the same notification: still the same run
+    peer = await client.post(
+        f"{stack['bot']}/alertmanager",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        json=webhook([{**alert(instance, starts), "status": "firing", "fingerprint": fp, "endsAt": "0001-01-01T00:00:00Z",
+                       "generatorURL": ""}]),
+    )
+    assert peer.status_code == 200, peer.text
+    assert [(o["outcome"], o["run_id"]) for o in peer.json()] == [("attached", run_id)]
+    runs = [w async for w in stack["temporal"].list_workflows(f'WorkflowId = "{run_id}"')]
+    assert len(runs) == 1
+
+    status = await get_status(stack["temporal"], run_id)
+    assert status.trigger == "alertmanager" and status.requested_by == "alertmanager"
+    assert status.params == {"instance": instance}
+
+    # resolve: Alertmanager sends the resolved notification, the run is cancelled and undone
+    ended = datetime.now(timezone.utc)
+    assert (await client.post(f"{am}/api/v2/alerts", json=[alert(instance, starts, ends=ended)])).status_code == 200
+
+    async def finished() -> Any:
+        current = await get_status(stack["temporal"], run_id)
+        return current if current.finished else None
+
+    final = await eventually(finished, timeout=20, what="run cancelled by the resolved alert")
+    assert final.state == "compensated"
+    assert final.step("note").state == "compensated" and final.step("wait").state == "cancelled"
+    assert "resolved_cancelled" in outcomes(store, fp)
+
+    # the same firing alert re-delivered after its episode ended starts nothing
+    late = await client.post(
+        f"{stack['bot']}/alertmanager",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        json=webhook([{**alert(instance, starts), "status": "firing", "fingerprint": fp, "endsAt": "0001-01-01T00:00:00Z",
+                       "generatorURL": ""}]),
+    )
+    assert [o["outcome"] for o in late.json()] == ["already_handled"]
+    assert len([w async for w in stack["temporal"].list_workflows(f'WorkflowId = "{run_id}"')]) == 1
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+def webhook(alerts: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
+    return {
+        "version": "4",
+        "groupKey": "{}:{}",
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "bot",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.example",
+        "alerts": alerts,
+        **overrides,
+    }
+
+
+def firing(fingerprint: str, **labels: str) -> dict[str, Any]:
+    return {
+        "status": "firing",
+        "labels": {"alertname": "DiskAlmostFull", "severity": "page", "instance": "x", **labels},
+        "annotations": {},
+        "startsAt": "2026-11-22T01:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "",
+        "fingerprint": fingerprint,
+    }
+
+
+BAD_INPUTS = {
+    "no token": ({}, json.dumps(webhook([firing("a1")])), 401),
+    "wrong token": ({"Authorization": "Bearer nope"}, json.dumps(webhook([firing("a2")])), 401),
+    "not bearer": ({"Authorization": f"Basic {TOKEN}"}, json.dumps(webhook([firing("a3")])), 401),
+    "malformed json": (None, '{"version": "4", "alerts": [', 400),
+    "version 3": (None, json.dumps(webhook([firing("a4")], version="3")), 400),
+    "no labels": (None, json.dumps(webhook([{**firing("a5"), "labels": {}}])), 400),
+    "no fingerprint": (None, json.dumps(webhook([{k: v for k, v in firing("a6").items() if k != "fingerprint"}])), 400),
+    "too large": (None, json.dumps(webhook([firing("a7", pad="x" * 70_000)])), 413),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+async def test_bad_input_is_refused_and_starts_nothing(stack, case):
+    headers, body, expected = BAD_INPUTS[case]
+    headers = {"Authorization": f"Bearer {TOKEN}"} if headers is None else headers
+    before = len(stack["audit"].events())
+    response = await stack["client"].post(
+        f"{stack['bot']}/alertmanager", content=body, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == expected, response.text
+    assert "error" in response.json()
+    assert len(stack["audit"].events()) == before, "nothing recorded, nothing started"
+    assert not [w async for w in stack["temporal"].list_workflows(f'TaskQueue = "{stack["settings"].task_queue}"')]
+
+
+async def test_unmatched_and_rejected_outcomes_are_reported(stack):
+    response = await stack["client"].post(
+        f"{stack['bot']}/alertmanager",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        json=webhook([firing("u1", alertname="SomethingElse"), firing("u2", severity="info")]),
+    )
+    assert response.status_code == 200
+    assert [o["outcome"] for o in response.json()] == ["unmatched", "unmatched"]
