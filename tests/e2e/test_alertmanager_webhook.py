@@ -53,6 +53,29 @@ steps:
     with: {duration: 10m}
 """
 
+MORE_PLAYBOOKS = """
+name: flappy-note
+params:
+  host: {type: string}
+triggers:
+  alertmanager:
+    - matchers: ['alertname="Flappy"']
+      params: {host: "{{ alert.labels.instance }}"}
+      on_resolved: continue
+steps:
+  - {id: wait, action: core.sleep, with: {duration: 10m}}
+---
+name: typed
+params:
+  shards: {type: integer}
+triggers:
+  alertmanager:
+    - matchers: ['alertname="Typed"']
+      params: {shards: "{{ alert.labels.shards }}"}
+steps:
+  - {id: note, action: core.log, with: {message: "{{ params.shards }}"}}
+"""
+
 AM_CONFIG = """
 route:
   receiver: bot
@@ -85,6 +108,8 @@ async def stack(dev_env, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """Worker + front door (real HTTP) + a real Alertmanager wired to it."""
     (tmp_path / "playbooks").mkdir()
     (tmp_path / "playbooks" / "disk.yaml").write_text(PLAYBOOK)
+    for k, text in enumerate(MORE_PLAYBOOKS.split("---")):
+        (tmp_path / "playbooks" / f"more-{k}.yaml").write_text(text)
     port = free_port()
     settings = Settings(
         data_dir=tmp_path / "data",
@@ -294,3 +319,67 @@ async def test_unmatched_and_rejected_outcomes_are_reported(stack):
     )
     assert response.status_code == 200
     assert [o["outcome"] for o in response.json()] == ["unmatched", "unmatched"]
+
+
+def post(stack, alerts: list[dict[str, Any]]):
+    return stack["client"].post(
+        f"{stack['bot']}/alertmanager", headers={"Authorization": f"Bearer {TOKEN}"}, json=webhook(alerts)
+    )
+
+
+async def test_resolved_outcomes_and_rejected_params(stack):
+    fp = uuid.uuid4().hex[:16]
+    flappy = firing(fp, alertname="Flappy", instance="web-1")
+    started = (await post(stack, [flappy])).json()
+    assert [o["outcome"] for o in started] == ["started"]
+    resolved = {**flappy, "status": "resolved", "endsAt": "2026-11-22T01:05:00Z"}
+    ignored = (await post(stack, [resolved])).json()
+    assert [(o["outcome"], o["run_id"]) for o in ignored] == [("resolved_ignored", started[0]["run_id"])]
+    status = await get_status(stack["temporal"], started[0]["run_id"])
+    assert status.state == "running", "on_resolved: continue leaves the run going"
+    await stack["temporal"].get_workflow_handle(started[0]["run_id"]).cancel()
+
+    never = {**firing(uuid.uuid4().hex[:16]), "status": "resolved", "endsAt": "2026-11-22T01:05:00Z"}
+    assert [o["outcome"] for o in (await post(stack, [never])).json()] == ["resolved_no_run"]
+
+    typed = (await post(stack, [firing(uuid.uuid4().hex[:16], alertname="Typed", shards="many")])).json()
+    assert [o["outcome"] for o in typed] == ["rejected"]
+    assert "shards" in typed[0]["reason"]
+
+
+async def test_temporal_down_is_a_503_and_the_retry_starts_exactly_one_run(tmp_path: Path):
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from bot.alerts.receiver import AlertDeps, AlertReceiver
+    from bot.devstack import DevServer
+    from bot.policy.engine import make_engine
+
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "disk.yaml").write_text(PLAYBOOK)
+    catalog = load_directory(tmp_path / "playbooks")
+    server = DevServer(tmp_path / "temporal", port=free_port(), ui_port=free_port())
+    await server.start()
+    policy = make_engine(Settings(policies_dir=ROOT / "policies"))
+    await policy.load()
+    store = SqliteAuditStore(tmp_path / "audit.db")
+    try:
+        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+        receiver = AlertReceiver(AlertDeps(client, "no-worker-queue", lambda: catalog, policy, store, TOKEN))
+        app = create_app(Readiness(), [receiver.router()])
+        body = webhook([firing("f00d", instance="db9")])
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bot") as http:
+            await server.stop()
+            down = await http.post("/alertmanager", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+            assert down.status_code == 503, down.text
+            await server.start()  # same port, same database
+            first = await http.post("/alertmanager", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+            again = await http.post("/alertmanager", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert [o["outcome"] for o in first.json()] == ["started"]
+        assert [o["outcome"] for o in again.json()] == ["attached"]
+        run_id = first.json()[0]["run_id"]
+        assert len([w async for w in client.list_workflows(f'WorkflowId = "{run_id}"')]) == 1
+    finally:
+        await policy.close()
+        store.close()
+        await server.stop()
