@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import httpx
 
+from bot.actions.alertmanager import AlertmanagerActions
 from bot.actions.base import ACTIONS, ActionSpec
 from bot.actions.core import CoreActions
 from bot.actions.http import HttpActions
+from bot.actions.prometheus import PrometheusActions
 from bot.actions.shell import ShellActions
 from bot.settings import Settings
 
@@ -15,4 +17,10 @@ __all__ = ["ACTIONS", "ActionSpec", "make_providers"]
 
 def make_providers(settings: Settings, http: httpx.AsyncClient) -> list[object]:
     """The provider objects whose `@action` methods the worker registers as activities."""
-    return [CoreActions(), HttpActions(http), ShellActions(settings.shell_allow)]
+    return [
+        CoreActions(),
+        HttpActions(http),
+        ShellActions(settings.shell_allow),
+        AlertmanagerActions(http, settings.alertmanager_url),
+        PrometheusActions(http, settings.prometheus_url),
+    ]

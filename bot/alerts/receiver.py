@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -56,8 +57,13 @@ class AlertDeps:
 
 
 class AlertReceiver:
+    KNOWN_EPISODES = 50_000
+
     def __init__(self, deps: AlertDeps) -> None:
         self.deps = deps
+        # Episodes this process has seen started: a repeat delivery (the usual case in a storm)
+        # goes straight to "is it still running?" without a start attempt or a policy question.
+        self._known: OrderedDict[str, None] = OrderedDict()
 
     def router(self) -> APIRouter:
         router = APIRouter()
@@ -123,6 +129,10 @@ class AlertReceiver:
         playbook, run_id = match.name, match.workflow_id
         if match.error or match.params is None:
             return self._outcome(alert, playbook, "rejected", reason=match.error or "no params")
+        if run_id in self._known:
+            running = await self._running(run_id)
+            if running is not None:
+                return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
         trigger = TriggerContext(kind="alertmanager", requested_by=ALERTMANAGER_USER, alert=alert.as_context())
         verdict = await self.deps.policy.start(
             start_policy_input(match.playbook, match.params, trigger, {"id": ALERTMANAGER_USER, "name": "Alertmanager", "groups": []})
@@ -142,8 +152,10 @@ class AlertReceiver:
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 static_summary=f"{playbook} for {alert.labels.get('alertname', 'alert')} {alert.fingerprint}",
             )
+            self._remember(run_id)
             return self._outcome(alert, playbook, "started", run_id=run_id)
         except WorkflowAlreadyStartedError:
+            self._remember(run_id)
             running = await self._running(run_id)
             return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
         except RPCError as exc:
@@ -161,6 +173,12 @@ class AlertReceiver:
         except RPCError as exc:
             raise Unavailable(f"Temporal: {exc.message}") from None
         return self._outcome(alert, playbook, "resolved_cancelled", run_id=run_id)
+
+    def _remember(self, run_id: str) -> None:
+        self._known[run_id] = None
+        self._known.move_to_end(run_id)
+        while len(self._known) > self.KNOWN_EPISODES:
+            self._known.popitem(last=False)
 
     async def _running(self, run_id: str) -> bool | None:
         """True running, False ended, None never started."""

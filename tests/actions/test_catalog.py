@@ -8,7 +8,15 @@ from bot.actions.catalog import make_providers
 from bot.actions.secrets import SecretStore
 from bot.settings import Settings
 
-SHIPPED = {"core.log", "core.sleep", "http.request", "shell.run"}
+SHIPPED = {
+    "core.log",
+    "core.sleep",
+    "http.request",
+    "shell.run",
+    "alertmanager.silence",
+    "alertmanager.expire_silence",
+    "prometheus.query",
+}
 
 
 def test_catalog_registers_every_shipped_action_with_a_schema() -> None:
