@@ -19,8 +19,10 @@ test: $(STAMP) ## policy tests, then the whole suite (real Temporal dev server, 
 	$(BIN)/playbook-bot policy test
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: $(STAMP) ## benchmark tables (not timed tests)
+bench: $(STAMP) ## benchmark tables with ratios against baselines measured in the same run (not timed tests)
 	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.alert_storm
+	$(BIN)/python -m bench.policy_latency
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache
