@@ -92,7 +92,10 @@ class AlertReceiver:
     def _authorised(self, header: str) -> bool:
         token = self.deps.token
         scheme, _, given = header.partition(" ")
-        return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token or "")
+        if not token or scheme.lower() != "bearer":
+            return False
+        # bytes: compare_digest refuses non-ASCII str, and a header is whatever a client sends
+        return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
 
     async def _read(self, request: Request) -> bytes | None:
         declared = request.headers.get("content-length")

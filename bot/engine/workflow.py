@@ -45,6 +45,17 @@ AUDIT_PATCH = "audit-trail-v1"  # runs started before the audit trail replay wit
 POLICY_TIMEOUT = timedelta(seconds=30)
 
 
+async def _uncancellable(coro: Any) -> Any:
+    """Run to the end whatever cancels arrive meanwhile (compensation, the run's last record)."""
+    task = asyncio.ensure_future(coro)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                return task.result()
+
+
 def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -173,22 +184,30 @@ class PlaybookRun:
                 if not ok:
                     outcome = "failed"
                     break
+                if workflow.cancellation_reason() is not None:
+                    # The SDK resolves an activity that finished despite a cancel request as a
+                    # success and swallows the cancel: honour it here, before the next step.
+                    raise asyncio.CancelledError()
         except asyncio.CancelledError:
             outcome = "cancelled"
             self._mark_cancelled()
         if outcome == "completed":
             status.state = "completed"
         else:
-            await self._compensate(outcome)
+            # Once undoing has begun, a (further) cancel must not cut it short.
+            await _uncancellable(self._compensate(outcome))
         status.finished_at = workflow.now()
         self._log("run finished", state=status.state)
         if not self._finish_recorded or status.state != "completed":
             # A cancel that lands after the last step wrote "completed" gets the last word.
-            key = "final" if self._finish_recorded else None
-            self._record(None, EventKind.run_finished, self._finish_details(), key=key)
+            self._record(None, EventKind.run_finished, self._finish_details(), key=status.state)
+        await _uncancellable(self._close())
+        return status
+
+    async def _close(self) -> None:
+        """The run's record and in-flight votes finish even if a cancel arrives now."""
         await self._flush_audit()
         await workflow.wait_condition(workflow.all_handlers_finished)
-        return status
 
     async def _run_group(self, group: ParallelGroup) -> bool:
         if group.when is not None and not self._when(group.when, group.id, [s.id for s in group.parallel]):
@@ -208,8 +227,13 @@ class PlaybookRun:
             st.args = render(step.with_, self._context())
         except TemplateError as exc:
             return self._fail(st, f"cannot render arguments: {exc}")
-        if step.impact == "high" and not await self._gate(step, st):
-            return False
+        if step.impact == "high":
+            try:
+                if not await self._gate(step, st):
+                    return False
+            except asyncio.CancelledError:
+                self._cancelled(st)  # cancelled while asking policy or waiting for approvers
+                raise
         self._saga.register(step)
         st.state = "running"
         st.started_at = workflow.now()
@@ -355,6 +379,8 @@ class PlaybookRun:
             )
         except ActivityError as exc:
             self._requeue(queued)
+            if isinstance(exc.cause, CancelledError):
+                raise asyncio.CancelledError() from exc  # a cancel, not a policy answer
             message, _ = describe_failure(exc, 3)
             return result_type(allow=False, reasons=[f"policy could not be evaluated: {message}"])
         except BaseException:
@@ -557,7 +583,10 @@ class PlaybookRun:
     def _finish_event(self) -> AuditEvent:
         """run_finished as it will read if the last step succeeds, so that step's activity can
         write it and the run needs no extra call to close its record."""
-        return event(self._status.run_id, None, EventKind.run_finished, self._finish_details("completed"), ts=workflow.now())
+        return event(
+            self._status.run_id, None, EventKind.run_finished, self._finish_details("completed"), ts=workflow.now(),
+            key="completed",
+        )
 
     def _waited(self, step_id: str) -> float:
         asked = self._asked_at.get(step_id)

@@ -33,6 +33,10 @@ def secret_ref(name: str) -> str:
 def _env() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.globals["secret"] = secret_ref
+    # Rendering happens inside the workflow: nothing random may reach it (replays must agree).
+    for name in ("lipsum", "cycler", "joiner"):
+        env.globals.pop(name, None)
+    env.filters.pop("random", None)
     return env
 
 
@@ -72,12 +76,27 @@ def render(value: Any, context: dict[str, Any]) -> Any:
                 str(result)
             except (UndefinedError, SecurityError) as exc:
                 raise TemplateError(f"template {value!r}: {exc}") from exc
+        if not _is_json(result):
+            raise TemplateError(
+                f"template {value!r} gives a {type(result).__name__}, not a JSON value (string, number, "
+                "boolean, null, list or mapping)"
+            )
         return result
     if isinstance(value, dict):
         return {key: render(item, context) for key, item in value.items()}
     if isinstance(value, list):
         return [render(item, context) for item in value]
     return value
+
+
+def _is_json(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_json(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    return False
 
 
 def truthy(value: Any) -> bool:

@@ -289,6 +289,7 @@ BAD_INPUTS = {
     "no token": ({}, json.dumps(webhook([firing("a1")])), 401),
     "wrong token": ({"Authorization": "Bearer nope"}, json.dumps(webhook([firing("a2")])), 401),
     "not bearer": ({"Authorization": f"Basic {TOKEN}"}, json.dumps(webhook([firing("a3")])), 401),
+    "non-ascii token": ({"Authorization": "Bearer café".encode()}, json.dumps(webhook([firing("a8")])), 401),
     "malformed json": (None, '{"version": "4", "alerts": [', 400),
     "version 3": (None, json.dumps(webhook([firing("a4")], version="3")), 400),
     "no labels": (None, json.dumps(webhook([{**firing("a5"), "labels": {}}])), 400),

@@ -72,7 +72,15 @@ class Recorder:
                 rec.cancelled.append(inp.step_id)
                 raise
 
-        return [ok, fail, flaky, wait, audit_record]
+        @activity.defn(name="t.quick")
+        async def quick(inp: ActionInput) -> ActionResult:
+            """Finishes on its own after a moment without heartbeating: it never hears a cancel."""
+            rec.calls.append((inp.step_id, inp.compensation, inp.params))
+            rec.started.set()
+            await asyncio.sleep(float(inp.params.get("seconds", 1.0)))
+            return ActionResult(output={}, attempt=activity.info().attempt)
+
+        return [ok, fail, flaky, wait, quick, audit_record]
 
     def sequence(self) -> list[str]:
         return [("undo " if comp else "") + step for step, comp, _ in self.calls]

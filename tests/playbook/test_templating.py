@@ -78,3 +78,15 @@ def test_referenced_steps_and_strings_in() -> None:
                                                  ("true", True), ("yes", True), (0, False), (1, True), (None, False)])
 def test_truthy(value: object, expected: bool) -> None:
     assert truthy(value) is expected
+
+
+def test_nondeterministic_helpers_are_not_available():
+    """Templates render inside the workflow: a random value would break replay."""
+    from bot.playbook.templating import TemplateError, render
+
+    for source in ("{{ [1, 2] | random }}", "{{ lipsum() }}", "{{ cycler(1, 2).next() }}"):
+        try:
+            render(source, {})
+        except TemplateError:
+            continue
+        raise AssertionError(f"{source} rendered")

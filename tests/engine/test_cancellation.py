@@ -1,0 +1,79 @@
+"""Cancels that arrive at awkward moments: each must end in an honest state, never be lost."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+
+from bot.policy.activities import PolicyRequest
+from bot.policy.models import Decision
+from tests.engine.support import Recorder, execute, playbook, run_input, start, worker
+
+
+async def test_cancel_during_a_step_that_finishes_anyway_is_not_lost(dev_env):
+    rec = Recorder()
+    pb = playbook(
+        """
+name: quick-cancel
+steps:
+  - {id: one, action: t.quick, with: {seconds: 1.5}, compensate: {action: t.ok}}
+  - {id: two, action: t.ok}
+"""
+    )
+    async with worker(dev_env.client, rec) as w:
+        handle = await start(dev_env.client, w, run_input(pb))
+        await asyncio.wait_for(rec.started.wait(), 10)
+        await handle.cancel()
+        status = await handle.result()
+    assert status.state == "compensated"
+    assert "two" not in rec.sequence(), "a cancelled run must not go on remediating"
+    assert rec.sequence() == ["one", "undo one"]
+
+
+async def test_cancel_during_compensation_lets_the_undo_finish(dev_env):
+    rec = Recorder()
+    pb = playbook(
+        """
+name: undo-cancel
+steps:
+  - {id: one, action: t.ok, compensate: {action: t.quick, with: {seconds: 1.5}}}
+  - {id: two, action: t.fail, retry: {max_attempts: 1}}
+"""
+    )
+    async with worker(dev_env.client, rec) as w:
+        handle = await start(dev_env.client, w, run_input(pb))
+        await asyncio.wait_for(rec.started.wait(), 10)  # the undo is running
+        await handle.cancel()
+        status = await handle.result()
+    assert status.state == "compensated"
+    assert [(c.step, c.state) for c in status.compensations] == [("one", "succeeded")]
+
+
+async def test_cancel_while_asking_policy_is_a_cancel_not_a_deny(dev_env):
+    rec = Recorder()
+    asked = asyncio.Event()
+
+    @activity.defn(name="policy.decide")
+    async def slow_decide(request: PolicyRequest) -> Decision:
+        asked.set()
+        await asyncio.sleep(2)
+        return Decision(allow=True)
+
+    pb = playbook("name: gate-cancel\nsteps: [{id: risky, action: t.ok, impact: high}, {id: after, action: t.ok}]")
+    async with worker(dev_env.client, rec, [slow_decide]) as w:
+        handle = await start(dev_env.client, w, run_input(pb))
+        await asyncio.wait_for(asked.wait(), 10)
+        await handle.cancel()
+        status = await handle.result()
+    assert status.state == "cancelled"
+    assert status.step("risky").state == "cancelled" and status.step("risky").error is None
+    assert rec.calls == []
+
+
+async def test_a_template_that_is_not_json_fails_the_step_instead_of_wedging_the_run(dev_env):
+    rec = Recorder()
+    pb = playbook("name: not-json\nsteps: [{id: one, action: t.ok, with: {items: '{{ range(3) }}'}}]")
+    status = await asyncio.wait_for(execute(dev_env.client, rec, pb), 20)
+    assert status.step("one").state == "failed"
+    assert "not a JSON value" in status.step("one").error
