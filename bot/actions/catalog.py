@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import httpx
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.actions.alertmanager import AlertmanagerActions
 from bot.actions.base import ACTIONS, ActionSpec
@@ -10,6 +12,7 @@ from bot.actions.core import CoreActions
 from bot.actions.http import HttpActions
 from bot.actions.prometheus import PrometheusActions
 from bot.actions.shell import ShellActions
+from bot.actions.slack import SlackActions
 from bot.settings import Settings
 
 __all__ = ["ACTIONS", "ActionSpec", "make_providers"]
@@ -23,4 +26,17 @@ def make_providers(settings: Settings, http: httpx.AsyncClient) -> list[object]:
         ShellActions(settings.shell_allow),
         AlertmanagerActions(http, settings.alertmanager_url),
         PrometheusActions(http, settings.prometheus_url),
+        SlackActions(slack_client(settings)),
     ]
+
+
+def slack_client(settings: Settings) -> AsyncWebClient | None:
+    """The Web API client when a bot token is set; retries only 429s, which Slack did not act on,
+    so a retry can never post twice."""
+    if settings.slack_bot_token is None:
+        return None
+    return AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url or AsyncWebClient.BASE_URL,
+        retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
+    )

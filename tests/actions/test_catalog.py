@@ -16,6 +16,7 @@ SHIPPED = {
     "alertmanager.silence",
     "alertmanager.expire_silence",
     "prometheus.query",
+    "slack.post",
 }
 
 

@@ -1,0 +1,1 @@
+"""Slack: Bolt app factory, command and action handlers, Block Kit rendering."""

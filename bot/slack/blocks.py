@@ -1,0 +1,345 @@
+"""Block Kit for runs: the live status message, approval requests and the final summary.
+
+Pure functions of a `RunStatus` (no I/O, no clock), so the worker can render the same message
+on every update and tests can compare shapes. Slack's limits are respected here, not by Slack
+rejecting a post mid-incident: section text ≤ 3000 characters, ≤ 50 blocks, header ≤ 150.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot.engine.state import CompensationStatus, RunStatus, StepStatus
+
+SECTION_LIMIT = 3000
+HEADER_LIMIT = 150
+BLOCK_LIMIT = 50
+FALLBACK_LIMIT = 3000  # the notification text: keep it short, the blocks carry the detail
+ERROR_LIMIT = 300  # characters of a step error quoted on the checklist
+
+APPROVE_ACTION = "approval.approve"
+REJECT_ACTION = "approval.reject"
+
+RUN_EMOJI = {
+    "pending": ":hourglass_flowing_sand:",
+    "running": ":arrows_counterclockwise:",
+    "waiting_approval": ":raised_hand:",
+    "completed": ":white_check_mark:",
+    "compensating": ":rewind:",
+    "compensated": ":leftwards_arrow_with_hook:",
+    "failed": ":rotating_light:",
+    "cancelled": ":no_entry_sign:",
+}
+STEP_EMOJI = {
+    "pending": ":white_circle:",
+    "running": ":arrows_counterclockwise:",
+    "waiting_approval": ":raised_hand:",
+    "succeeded": ":white_check_mark:",
+    "skipped": ":fast_forward:",
+    "failed": ":x:",
+    "denied": ":no_entry:",
+    "rejected": ":no_entry_sign:",
+    "cancelled": ":heavy_multiplication_x:",
+    "compensating": ":rewind:",
+    "compensated": ":leftwards_arrow_with_hook:",
+    "compensation_failed": ":rotating_light:",
+}
+COMPENSATION_EMOJI = {
+    "pending": ":white_circle:",
+    "running": ":rewind:",
+    "succeeded": ":leftwards_arrow_with_hook:",
+    "failed": ":rotating_light:",
+    "skipped": ":fast_forward:",
+}
+DONE_STEP_STATES = frozenset({"succeeded", "skipped"})
+
+_SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_PARTIAL_ENTITY = re.compile(r"&[a-z]{0,3}$")
+
+
+# --- status message ---------------------------------------------------------------------------
+
+
+def status_blocks(status: RunStatus) -> list[dict[str, Any]]:
+    """The run's one live message: a header, who/what, a checklist of steps, the rollback."""
+    header = f"{RUN_EMOJI.get(status.state, '')} {status.playbook}: {_state(status.state)}".strip()
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": truncate(header, HEADER_LIMIT), "emoji": True}},
+        _context(
+            f"Run `{escape(status.run_id)}`",
+            f"requested by {mention(status.requested_by)} via {status.trigger}",
+            *([f"took {duration(status.started_at, status.finished_at)}"] if status.finished_at else []),
+        ),
+    ]
+    if status.params:
+        params = ", ".join(f"{escape(k)}=`{escape(_short(v))}`" for k, v in status.params.items())
+        blocks.append(_section(f"*Params:* {params}"))
+    steps = [step_line(step) for step in status.steps] or ["_no steps_"]
+    blocks += _sections(steps, title="*Steps*")
+    if status.compensations:
+        blocks += _sections([compensation_line(c) for c in status.compensations], title="*Rollback*")
+    if status.not_undone:
+        undone = ", ".join(f"*{escape(s)}*" for s in status.not_undone)
+        blocks.append(_section(f":rotating_light: *Could not undo:* {undone}. A human must check these."))
+    if status.error:
+        blocks.append(_section(f"*Error:* {escape(truncate(status.error, SECTION_LIMIT - 20))}"))
+    return _cap(blocks)
+
+
+def status_text(status: RunStatus) -> str:
+    """The fallback text (notifications, screen readers) of the status message."""
+    done = sum(1 for step in status.steps if step.state in DONE_STEP_STATES)
+    text = f"{status.playbook} run {status.run_id}: {_state(status.state)} ({done}/{len(status.steps)} steps done)"
+    waiting = [step.id for step in status.steps if step.state == "waiting_approval"]
+    if waiting:
+        text += f", waiting for approval of {', '.join(waiting)}"
+    return truncate(text, FALLBACK_LIMIT)
+
+
+def step_line(step: StepStatus) -> str:
+    parts = [f"{STEP_EMOJI.get(step.state, '')} *{escape(step.id)}* `{escape(step.action)}` {_state(step.state)}"]
+    if step.attempts > 1:
+        parts.append(f"{step.attempts} attempts")
+    if step.started_at and step.finished_at:
+        parts.append(duration(step.started_at, step.finished_at))
+    line = " · ".join(parts)
+    if step.group:
+        line = f"{step.group} › {line}"
+    if step.error:
+        line += f"\n>{escape(truncate(_oneline(step.error), ERROR_LIMIT))}"
+    return line
+
+
+def compensation_line(comp: CompensationStatus) -> str:
+    emoji = COMPENSATION_EMOJI.get(comp.state, "")
+    parts = [f"{emoji} undo *{escape(comp.step)}* `{escape(comp.action)}` {comp.state}"]
+    if comp.attempts > 1:
+        parts.append(f"{comp.attempts} attempts")
+    if comp.started_at and comp.finished_at:
+        parts.append(duration(comp.started_at, comp.finished_at))
+    line = " · ".join(parts)
+    if comp.error:
+        line += f"\n>{escape(truncate(_oneline(comp.error), ERROR_LIMIT))}"
+    return line
+
+
+# --- approval request -------------------------------------------------------------------------
+
+
+def approval_blocks(status: RunStatus, step_id: str, decision: dict[str, Any], needed: int) -> list[dict[str, Any]]:
+    """The approval request: what will run, why it needs approval, the quorum, the deadline, buttons.
+
+    Once the step is no longer waiting the buttons go and a line says how it was decided; the
+    arguments stay, since they are what the approvers were shown.
+    """
+    step = status.step(step_id)
+    needed = max(needed, 1)
+    blocks: list[dict[str, Any]] = [
+        _section(
+            f":raised_hand: *Approval needed:* step *{escape(step.id)}* of *{escape(status.playbook)}*"
+            f" (run `{escape(status.run_id)}`, requested by {mention(status.requested_by)})"
+        ),
+        _section(_what_will_run(step)),
+    ]
+    reasons = [str(r) for r in decision.get("reasons") or []]
+    if reasons:
+        why = "\n".join(f"• {escape(_oneline(r))}" for r in reasons)
+        blocks.append(_section(truncate(f"*Why:*\n{why}", SECTION_LIMIT)))
+    approvals = [v for v in step.approvals if v.vote == "approve"]
+    progress = f"{len(approvals)}/{needed} approvals"
+    if approvals:
+        progress += ": " + ", ".join(mention(v.user) for v in approvals)
+    context = [progress]
+    groups = [str(g) for g in decision.get("approver_groups") or []]
+    if groups:
+        context.append("approvers: " + ", ".join(f"@{escape(g)}" for g in groups))
+    if step.approval_deadline:
+        context.append(f"deadline {slack_date(step.approval_deadline)}")
+    if step.escalated_at:
+        context.append(":warning: escalated")
+    blocks.append(_context(*context))
+    if step.state == "waiting_approval":
+        blocks.append(_buttons(status.run_id, step.id))
+    else:
+        blocks.append(_section(decided_line(step)))
+    return _cap(blocks)
+
+
+def approval_text(status: RunStatus, step_id: str) -> str:
+    step = status.step(step_id)
+    text = f"Approval needed: {step.id} ({step.action}) in {status.playbook} run {status.run_id}"
+    return truncate(text, FALLBACK_LIMIT)
+
+
+def decided_line(step: StepStatus) -> str:
+    """How an approval ended, for the message whose buttons are gone."""
+    rejecters = [v for v in step.approvals if v.vote == "reject"]
+    approvers = [v for v in step.approvals if v.vote == "approve"]
+    if step.state == "rejected":
+        if rejecters:
+            reason = next((v.reason for v in rejecters if v.reason), "")
+            line = ":no_entry_sign: Rejected by " + ", ".join(mention(v.user) for v in rejecters)
+            return line + (f": {escape(_oneline(reason))}" if reason else "")
+        return f":no_entry_sign: Rejected: {escape(_oneline(step.error or 'approval timed out'))}"
+    if step.state == "denied":
+        return f":no_entry: Denied by policy: {escape(_oneline(step.error or 'no reason given'))}"
+    if step.state == "cancelled":
+        return ":heavy_multiplication_x: The run was cancelled before a decision."
+    if approvers:
+        return ":white_check_mark: Approved by " + ", ".join(mention(v.user) for v in approvers)
+    return f"Step is {_state(step.state)}."
+
+
+def _what_will_run(step: StepStatus) -> str:
+    head = f"*Will run:* `{escape(step.action)}` with:\n"
+    args = json.dumps(step.args or {}, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+    return head + code_block(args, SECTION_LIMIT - len(head))
+
+
+def _buttons(run_id: str, step_id: str) -> dict[str, Any]:
+    value = json.dumps({"run_id": run_id, "step_id": step_id}, separators=(",", ":"))
+    return {
+        "type": "actions",
+        "block_id": f"approval:{step_id}"[:255],
+        "elements": [
+            {
+                "type": "button",
+                "action_id": APPROVE_ACTION,
+                "text": {"type": "plain_text", "text": "Approve", "emoji": True},
+                "style": "primary",
+                "value": value,
+            },
+            {
+                "type": "button",
+                "action_id": REJECT_ACTION,
+                "text": {"type": "plain_text", "text": "Reject", "emoji": True},
+                "style": "danger",
+                "value": value,
+            },
+        ],
+    }
+
+
+# --- summary ----------------------------------------------------------------------------------
+
+
+def summary_text(status: RunStatus) -> str:
+    """The final thread reply: the outcome, counts, and loudly, anything left undone."""
+    counts: dict[str, int] = {}
+    for step in status.steps:
+        counts[step.state] = counts.get(step.state, 0) + 1
+    tally = ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in counts.items()) or "no steps"
+    took = f" in {duration(status.started_at, status.finished_at)}" if status.finished_at else ""
+    lines = [f"{RUN_EMOJI.get(status.state, '')} *{escape(status.playbook)}* {_state(status.state)}{took}: {tally}."]
+    if status.error:
+        lines.append(f"*Error:* {escape(truncate(_oneline(status.error), ERROR_LIMIT * 2))}")
+    if status.compensations:
+        undone = [c.step for c in status.compensations if c.state == "succeeded"]
+        if undone:
+            lines.append("Rolled back: " + ", ".join(escape(s) for s in undone) + ".")
+    if status.not_undone:
+        lines.append(
+            ":rotating_light: *Could not undo:* "
+            + ", ".join(f"*{escape(s)}*" for s in status.not_undone)
+            + ". A human must check these."
+        )
+    return truncate("\n".join(lines), SECTION_LIMIT)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def escape(text: str) -> str:
+    """Slack's three control characters; anything else in mrkdwn is left to read as written."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def mention(user: str) -> str:
+    """A Slack user id becomes a mention; `cli:alice` and other ids are shown as text."""
+    return f"<@{user}>" if _SLACK_USER.match(user) else f"`{escape(user)}`"
+
+
+def truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def code_block(text: str, limit: int) -> str:
+    """A ``` block of at most `limit` characters; cut text says so."""
+    body = escape(text).replace("```", "`\u200b``")
+    fence, note = "```\n", "\n… (truncated)```"
+    if len(fence) + len(body) + 4 <= limit:
+        return f"{fence}{body}\n```"
+    cut = _PARTIAL_ENTITY.sub("", body[: max(limit - len(fence) - len(note), 0)])  # never half an &amp;
+    return f"{fence}{cut}{note}"
+
+
+def duration(start: datetime | None, end: datetime | None) -> str:
+    if not start or not end:
+        return ""
+    return short_duration(end - start)
+
+
+def short_duration(value: timedelta) -> str:
+    seconds = max(value.total_seconds(), 0.0)
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def slack_date(when: datetime) -> str:
+    """Shown in each reader's own time zone; the fallback is UTC ISO time."""
+    return f"<!date^{int(when.timestamp())}^{{date_short_pretty}} {{time}}|{when.isoformat()}>"
+
+
+def _state(state: str) -> str:
+    return state.replace("_", " ")
+
+
+def _oneline(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return truncate(text, limit)
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": truncate(text, SECTION_LIMIT)}}
+
+
+def _context(*parts: str) -> dict[str, Any]:
+    # A context block holds at most 10 elements: one mrkdwn element with " · " between parts.
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": truncate(" · ".join(parts), SECTION_LIMIT)}]}
+
+
+def _sections(lines: list[str], *, title: str) -> list[dict[str, Any]]:
+    """Lines packed into as few sections as fit the text limit, the title on the first."""
+    sections: list[dict[str, Any]] = []
+    current = title
+    for line in lines:
+        line = truncate(line, SECTION_LIMIT - len(title) - 1)
+        if len(current) + 1 + len(line) > SECTION_LIMIT:
+            sections.append(_section(current))
+            current = line
+        else:
+            current = f"{current}\n{line}"
+    sections.append(_section(current))
+    return sections
+
+
+def _cap(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if len(blocks) <= BLOCK_LIMIT:
+        return blocks
+    kept = blocks[: BLOCK_LIMIT - 1]
+    kept.append(_context(f"… {len(blocks) - len(kept)} more blocks not shown; `playbook-bot status` has them all"))
+    return kept

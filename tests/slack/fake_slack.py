@@ -1,0 +1,385 @@
+"""A real HTTP server speaking enough of Slack's Web API for `AsyncWebClient(base_url=...)`.
+
+Faithful where the client can tell: `POST /api/<method>` (or GET) with form-encoded, JSON or
+query parameters; the bot token as `Authorization: Bearer` (or a `token` param), `not_authed`
+without one and `invalid_auth` when wrong; Slack's error codes for the methods it knows
+(`channel_not_found`, `not_in_channel`, `message_not_found`, `user_not_found`, ...); HTTP 404
+`unknown_method` for the rest; HTTP 429 + `Retry-After` on demand.
+
+Every call is recorded (method, merged params, HTTP status, error) in `calls`. Fault switches:
+`rate_limit(n)`, `server_error(n)`, `fail_next(method, error)`; `reset()` clears calls, faults
+and posted messages, keeping the workspace (channels, users, user groups).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterator
+from urllib.parse import parse_qs, urlsplit
+
+TOKEN = "xoxb-fake-bot-token"
+TEAM_ID = "T0FAKE"
+BOT_USER_ID = "U0BOT"
+BOT_ID = "B0BOT"
+
+Answer = tuple[int, dict[str, Any], dict[str, str]]
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    status: int = 200
+    ok: bool = True
+    error: str | None = None
+    http_verb: str = "POST"
+
+
+@dataclass
+class Message:
+    channel: str
+    ts: str
+    text: str
+    blocks: list[dict[str, Any]] | None = None
+    thread_ts: str | None = None
+    user: str = BOT_USER_ID
+    updates: int = 0
+
+
+@dataclass
+class FakeSlack:
+    token: str = TOKEN
+    calls: list[Call] = field(default_factory=list)
+    channels: dict[str, str] = field(default_factory=lambda: {"C0INCIDENTS": "incidents", "C0GENERAL": "general"})
+    not_member: set[str] = field(default_factory=set)  # channel ids the bot is not in
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    usergroups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ts = itertools.count(1)
+        self._faults: list[tuple[str | None, int, str, dict[str, str]]] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.api_url = ""
+        self.add_user(BOT_USER_ID, "playbook-bot", is_bot=True)
+
+    # --- workspace --------------------------------------------------------------------
+
+    def add_user(self, user_id: str, name: str, real_name: str = "", *, is_bot: bool = False) -> dict[str, Any]:
+        user = {
+            "id": user_id,
+            "team_id": TEAM_ID,
+            "name": name,
+            "real_name": real_name or name,
+            "deleted": False,
+            "is_bot": is_bot,
+            "profile": {"real_name": real_name or name, "display_name": name},
+        }
+        self.users[user_id] = user
+        return user
+
+    def add_usergroup(self, group_id: str, handle: str, users: list[str], name: str = "") -> dict[str, Any]:
+        group = {
+            "id": group_id,
+            "team_id": TEAM_ID,
+            "is_usergroup": True,
+            "name": name or handle,
+            "handle": handle,
+            "description": "",
+            "date_delete": 0,
+            "users": list(users),
+        }
+        self.usergroups[group_id] = group
+        return group
+
+    # --- faults and assertions ----------------------------------------------------------
+
+    def rate_limit(self, n: int = 1, retry_after: int = 1, method: str | None = None) -> None:
+        """Answer the next `n` calls (of `method`, or any) with HTTP 429 and `Retry-After`."""
+        with self._lock:
+            self._faults += [(method, 429, "ratelimited", {"Retry-After": str(retry_after)})] * n
+
+    def server_error(self, n: int = 1, status: int = 503, method: str | None = None) -> None:
+        with self._lock:
+            self._faults += [(method, status, "fatal_error", {})] * n
+
+    def fail_next(self, method: str, error: str, status: int = 200) -> None:
+        """Answer the next call of `method` with `{"ok": false, "error": error}`."""
+        with self._lock:
+            self._faults.append((method, status, error, {}))
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls.clear()
+            self.messages.clear()
+            self._faults.clear()
+            self.not_member.clear()
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [call for call in self.calls if call.method == method]
+
+    def message(self, channel: str, ts: str) -> Message:
+        for message in self.messages:
+            if message.channel == channel and message.ts == ts:
+                return message
+        raise KeyError((channel, ts))
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> str:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self.api_url = f"http://127.0.0.1:{self._server.server_address[1]}/api/"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-slack", daemon=True)
+        self._thread.start()
+        return self.api_url
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeSlack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the API ------------------------------------------------------------------------
+
+    def answer(self, method: str, params: dict[str, Any], auth_header: str | None) -> Answer:
+        """Decide the answer to one call, and record it."""
+        verb = params.pop("__verb__", "POST")
+        with self._lock:
+            status, body, headers = self._answer(method, params, auth_header)
+            self.calls.append(Call(method, params, status, bool(body.get("ok")), body.get("error"), verb))
+        return status, body, headers
+
+    def _answer(self, method: str, params: dict[str, Any], auth_header: str | None) -> Answer:
+        for i, (only, status, error, headers) in enumerate(self._faults):
+            if only is None or only == method:
+                del self._faults[i]
+                return status, {"ok": False, "error": error}, headers
+        handler = self._methods().get(method)
+        if handler is None:
+            return 404, {"ok": False, "error": "unknown_method", "req_method": method}, {}
+        token = params.pop("token", None)
+        if auth_header and auth_header.lower().startswith("bearer "):
+            token = auth_header[7:].strip()
+        if not token:
+            return 200, {"ok": False, "error": "not_authed"}, {}
+        if token != self.token:
+            return 200, {"ok": False, "error": "invalid_auth"}, {}
+        try:
+            return 200, {"ok": True, **handler(params)}, {}
+        except SlackFault as fault:
+            return 200, {"ok": False, "error": fault.error}, {}
+
+    def _methods(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        return {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._post_message,
+            "chat.update": self._update,
+            "chat.postEphemeral": self._post_ephemeral,
+            "usergroups.list": self._usergroups_list,
+            "usergroups.users.list": self._usergroups_users_list,
+            "users.info": self._users_info,
+        }
+
+    def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "url": "https://fake-workspace.slack.com/",
+            "team": "Fake Workspace",
+            "user": "playbook-bot",
+            "team_id": TEAM_ID,
+            "user_id": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
+        }
+
+    def _channel(self, params: dict[str, Any]) -> str:
+        ref = str(params.get("channel") or "")
+        if not ref:
+            raise SlackFault("channel_not_found")
+        if ref in self.channels:
+            channel = ref
+        else:
+            by_name = {name: cid for cid, name in self.channels.items()}
+            channel = by_name.get(ref.removeprefix("#"), "")
+            if not channel:
+                raise SlackFault("channel_not_found")
+        if channel in self.not_member:
+            raise SlackFault("not_in_channel")
+        return channel
+
+    def _content(self, params: dict[str, Any]) -> tuple[str, list[dict[str, Any]] | None]:
+        text = str(params.get("text") or "")
+        blocks = params.get("blocks")
+        if isinstance(blocks, str):
+            try:
+                blocks = json.loads(blocks)
+            except ValueError:
+                raise SlackFault("invalid_blocks_format") from None
+        if blocks is not None and (not isinstance(blocks, list) or not all(_is_block(b) for b in blocks)):
+            raise SlackFault("invalid_blocks")
+        if blocks is not None and len(blocks) > 50:
+            raise SlackFault("invalid_blocks")
+        if not text and not blocks and not params.get("attachments"):
+            raise SlackFault("no_text")
+        if len(text) > 40_000:
+            raise SlackFault("msg_too_long")
+        return text, blocks
+
+    def _next_ts(self) -> str:
+        return f"{int(time.time())}.{next(self._ts):06d}"
+
+    def _message_json(self, message: Message) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": "message",
+            "user": message.user,
+            "bot_id": BOT_ID,
+            "text": message.text,
+            "ts": message.ts,
+            "team": TEAM_ID,
+        }
+        if message.blocks is not None:
+            body["blocks"] = message.blocks
+        if message.thread_ts:
+            body["thread_ts"] = message.thread_ts
+        return body
+
+    def _post_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(params)
+        text, blocks = self._content(params)
+        thread_ts = params.get("thread_ts") or None
+        message = Message(channel, self._next_ts(), text, blocks, str(thread_ts) if thread_ts else None)
+        self.messages.append(message)
+        return {"channel": channel, "ts": message.ts, "message": self._message_json(message)}
+
+    def _update(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(params)
+        try:
+            message = self.message(channel, str(params.get("ts") or ""))
+        except KeyError:
+            raise SlackFault("message_not_found") from None
+        if message.user != BOT_USER_ID:
+            raise SlackFault("cant_update_message")
+        text, blocks = self._content(params)
+        message.text, message.blocks, message.updates = text, blocks, message.updates + 1
+        return {"channel": channel, "ts": message.ts, "text": text, "message": self._message_json(message)}
+
+    def _post_ephemeral(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(params)
+        if str(params.get("user") or "") not in self.users:
+            raise SlackFault("user_not_found")
+        self._content(params)
+        return {"message_ts": self._next_ts(), "channel": channel}
+
+    def _usergroups_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        include_users = _flag(params.get("include_users"))
+        include_count = _flag(params.get("include_count"))
+        groups = []
+        for group in self.usergroups.values():
+            shown = {k: v for k, v in group.items() if k != "users"}
+            if include_users:
+                shown["users"] = list(group["users"])
+            if include_count:
+                shown["user_count"] = len(group["users"])
+            groups.append(shown)
+        return {"usergroups": groups}
+
+    def _usergroups_users_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        group = self.usergroups.get(str(params.get("usergroup") or ""))
+        if group is None:
+            raise SlackFault("no_such_subteam")
+        return {"users": list(group["users"])}
+
+    def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        user = self.users.get(str(params.get("user") or ""))
+        if user is None:
+            raise SlackFault("user_not_found")
+        return {"user": user}
+
+
+class SlackFault(Exception):
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _flag(value: Any) -> bool:
+    return value is True or str(value).lower() in ("1", "true")
+
+
+def _is_block(block: Any) -> bool:
+    return isinstance(block, dict) and isinstance(block.get("type"), str)
+
+
+def _params(verb: str, query: str, content_type: str, body: bytes) -> dict[str, Any]:
+    """Query, form and JSON parameters merged, as Slack reads them."""
+    params: dict[str, Any] = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    if body:
+        if content_type.startswith("application/json"):
+            loaded = json.loads(body)
+            if isinstance(loaded, dict):
+                params.update(loaded)
+        else:
+            params.update({k: v[-1] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()})
+    params["__verb__"] = verb
+    return params
+
+
+def _handler(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _handle(self) -> None:
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            if not parts.path.startswith("/api/"):
+                self._send(404, {"ok": False, "error": "unknown_method"}, {})
+                return
+            method = parts.path.removeprefix("/api/").strip("/")
+            try:
+                params = _params(self.command, parts.query, self.headers.get("Content-Type") or "", body)
+            except ValueError:
+                self._send(200, {"ok": False, "error": "invalid_json"}, {})
+                return
+            status, answer, headers = slack.answer(method, params, self.headers.get("Authorization"))
+            self._send(status, answer, headers)
+
+        def _send(self, status: int, answer: dict[str, Any], headers: dict[str, str]) -> None:
+            raw = json.dumps(answer).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(raw)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(raw)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        do_GET = do_POST = _handle
+
+    return Handler
+
+
+def running() -> Iterator[FakeSlack]:
+    """For a fixture: `yield from running()` gives a started server and stops it after."""
+    with FakeSlack() as slack:
+        yield slack

@@ -1,0 +1,244 @@
+"""Block Kit rendering: valid shapes, Slack's limits, buttons only while a step waits."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from bot.engine.state import CompensationStatus, RunStatus, StepStatus, Vote
+from bot.slack.blocks import (
+    APPROVE_ACTION,
+    BLOCK_LIMIT,
+    REJECT_ACTION,
+    SECTION_LIMIT,
+    approval_blocks,
+    approval_text,
+    short_duration,
+    status_blocks,
+    status_text,
+    summary_text,
+)
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+DECISION = {
+    "allow": True,
+    "require_approval": True,
+    "min_approvals": 2,
+    "approver_groups": ["sre-oncall"],
+    "reasons": ["production restarts need two SREs"],
+}
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def run(**changes: Any) -> RunStatus:
+    status = RunStatus(
+        run_id="run-42",
+        playbook="restart-service",
+        playbook_hash="abc",
+        state="waiting_approval",
+        requested_by="U0REQ",
+        trigger="slack",
+        params={"service": "api", "environment": "production"},
+        started_at=T0,
+        steps=[
+            StepStatus(
+                id="silence",
+                action="alertmanager.silence",
+                state="succeeded",
+                attempts=1,
+                started_at=at(0),
+                finished_at=at(0.4),
+            ),
+            StepStatus(
+                id="restart",
+                action="http.request",
+                impact="high",
+                state="waiting_approval",
+                args={"method": "POST", "url": "https://deploy.internal/v1/services/api/restart"},
+                decision=DECISION,
+                approvals=[Vote(user="U0DANA", vote="approve", at=at(5))],
+                approval_deadline=at(900),
+            ),
+            StepStatus(id="health", action="http.request", group="verify"),
+        ],
+    )
+    return status.model_copy(update=changes)
+
+
+def texts(blocks: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for block in blocks:
+        if "text" in block:
+            out.append(block["text"]["text"])
+        for element in block.get("elements", []):
+            if element.get("type") == "mrkdwn":
+                out.append(element["text"])
+    return out
+
+
+def assert_valid(blocks: list[dict[str, Any]]) -> None:
+    assert 0 < len(blocks) <= BLOCK_LIMIT
+    for block in blocks:
+        assert block["type"] in {"header", "section", "context", "actions", "divider"}
+        if block["type"] == "header":
+            assert block["text"]["type"] == "plain_text" and len(block["text"]["text"]) <= 150
+        if block["type"] == "section":
+            assert block["text"]["type"] == "mrkdwn" and 0 < len(block["text"]["text"]) <= SECTION_LIMIT
+        if block["type"] == "context":
+            assert 1 <= len(block["elements"]) <= 10
+        if block["type"] == "actions":
+            assert all(e["type"] == "button" and len(e["value"]) <= 2000 for e in block["elements"])
+    json.dumps(blocks)  # serialisable as Slack gets it
+
+
+def test_status_blocks_checklist() -> None:
+    blocks = status_blocks(run())
+
+    assert_valid(blocks)
+    assert blocks[0]["type"] == "header"
+    assert "restart-service" in blocks[0]["text"]["text"] and "waiting approval" in blocks[0]["text"]["text"]
+    body = "\n".join(texts(blocks))
+    assert "`run-42`" in body and "<@U0REQ>" in body
+    assert ":white_check_mark: *silence* `alertmanager.silence` succeeded · 400ms" in body
+    assert ":raised_hand: *restart*" in body
+    assert "verify › :white_circle: *health*" in body
+
+
+def test_status_blocks_show_attempts_errors_and_rollback() -> None:
+    status = run(
+        state="failed",
+        finished_at=at(75),
+        error="step restart failed",
+        not_undone=["silence"],
+        steps=[
+            StepStatus(id="silence", action="alertmanager.silence", state="compensation_failed", attempts=1),
+            StepStatus(
+                id="restart",
+                action="http.request",
+                state="failed",
+                attempts=3,
+                started_at=at(1),
+                finished_at=at(13.25),
+                error="http.request: POST https://x returned 503 <html>",
+            ),
+        ],
+        compensations=[
+            CompensationStatus(
+                step="silence", action="alertmanager.expire_silence", state="failed", attempts=3, error="boom"
+            )
+        ],
+    )
+    blocks = status_blocks(status)
+
+    assert_valid(blocks)
+    body = "\n".join(texts(blocks))
+    assert "3 attempts · 12.2s" in body
+    assert "returned 503 &lt;html&gt;" in body  # escaped, never read as a Slack link
+    assert "*Rollback*" in body and "undo *silence*" in body
+    assert "Could not undo:* *silence*" in body
+    assert "took 1m15s" in body
+
+
+def test_many_steps_stay_within_limits() -> None:
+    steps = [
+        StepStatus(id=f"step-{i}", action="core.log", state="failed", error="e" * 1000) for i in range(500)
+    ]
+    blocks = status_blocks(run(steps=steps))
+
+    assert_valid(blocks)
+    assert blocks[-1]["type"] == "context" and "more blocks not shown" in blocks[-1]["elements"][0]["text"]
+
+
+def test_status_text() -> None:
+    assert status_text(run()) == (
+        "restart-service run run-42: waiting approval (1/3 steps done), waiting for approval of restart"
+    )
+
+
+def test_approval_request_shows_what_why_quorum_deadline_and_buttons() -> None:
+    blocks = approval_blocks(run(), "restart", DECISION, needed=2)
+
+    assert_valid(blocks)
+    body = "\n".join(texts(blocks))
+    assert "`http.request`" in body
+    assert '```\n{\n  "method": "POST",\n  "url": "https://deploy.internal/v1/services/api/restart"\n}\n```' in body
+    assert "• production restarts need two SREs" in body
+    assert "1/2 approvals: <@U0DANA>" in body
+    assert "approvers: @sre-oncall" in body
+    assert f"<!date^{int(at(900).timestamp())}^" in body
+    actions = [b for b in blocks if b["type"] == "actions"]
+    assert len(actions) == 1
+    buttons = actions[0]["elements"]
+    assert [b["action_id"] for b in buttons] == [APPROVE_ACTION, REJECT_ACTION]
+    assert [b["style"] for b in buttons] == ["primary", "danger"]
+    for button in buttons:
+        assert json.loads(button["value"]) == {"run_id": "run-42", "step_id": "restart"}
+    assert approval_text(run(), "restart").startswith("Approval needed: restart (http.request)")
+
+
+def test_long_args_are_truncated_inside_the_code_block() -> None:
+    status = run()
+    status.step("restart").args = {"body": "<&>" * 5000}
+    blocks = approval_blocks(status, "restart", DECISION, needed=2)
+
+    assert_valid(blocks)
+    args = next(t for t in texts(blocks) if t.startswith("*Will run:*"))
+    assert len(args) <= SECTION_LIMIT
+    assert args.endswith("… (truncated)```")
+    assert args.count("```") == 2
+    assert re.search(r"&[a-z]*$", args[: -len("\n… (truncated)```")]) is None  # no half entity
+
+
+@pytest.mark.parametrize(
+    ("state", "votes", "expected"),
+    [
+        ("running", [Vote(user="U0DANA", vote="approve", at=T0), Vote(user="U0EVE", vote="approve", at=T0)],
+         ":white_check_mark: Approved by <@U0DANA>, <@U0EVE>"),
+        (
+            "rejected",
+            [Vote(user="U0EVE", vote="reject", at=T0, reason="not now")],
+            ":no_entry_sign: Rejected by <@U0EVE>: not now",
+        ),
+        ("rejected", [], ":no_entry_sign: Rejected: approval timed out"),
+    ],
+)
+def test_decided_approval_has_no_buttons(state: str, votes: list[Vote], expected: str) -> None:
+    status = run()
+    step = status.step("restart")
+    step.state, step.approvals = state, votes  # type: ignore[assignment]
+    blocks = approval_blocks(status, "restart", DECISION, needed=2)
+
+    assert_valid(blocks)
+    assert not [b for b in blocks if b["type"] == "actions"]
+    assert texts(blocks)[-1] == expected
+
+
+def test_cli_user_is_not_a_mention() -> None:
+    blocks = status_blocks(run(requested_by="cli:alice"))
+    assert "`cli:alice`" in "\n".join(texts(blocks))
+
+
+def test_summary_text() -> None:
+    done = run(state="completed", finished_at=at(65), steps=[StepStatus(id="a", action="core.log", state="succeeded")])
+    assert summary_text(done) == ":white_check_mark: *restart-service* completed in 1m05s: 1 succeeded."
+
+    failed = run(
+        state="failed", finished_at=at(3), error="restart failed", not_undone=["silence"],
+        compensations=[CompensationStatus(step="scale", action="x", state="succeeded")],
+    )
+    text = summary_text(failed)
+    assert "*Error:* restart failed" in text
+    assert "Rolled back: scale." in text
+    assert ":rotating_light: *Could not undo:* *silence*" in text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.25, "250ms"), (3.25, "3.2s"), (125, "2m05s"), (3720, "1h02m")])
+def test_short_duration(seconds: float, text: str) -> None:
+    assert short_duration(timedelta(seconds=seconds)) == text

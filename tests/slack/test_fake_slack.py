@@ -1,0 +1,184 @@
+"""The fake answers like Slack's Web API, as a real AsyncWebClient sees it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from tests.slack.fake_slack import BOT_USER_ID, FakeSlack
+
+
+def client(slack: FakeSlack, token: str | None = None, **kwargs: object) -> AsyncWebClient:
+    return AsyncWebClient(token=token or slack.token, base_url=slack.api_url, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_auth_test_names_the_bot(fake_slack: FakeSlack) -> None:
+    response = await client(fake_slack).auth_test()
+
+    assert response["ok"] is True
+    assert response["user_id"] == BOT_USER_ID
+    assert fake_slack.calls_to("auth.test")[0].status == 200
+
+
+@pytest.mark.parametrize(("token", "error"), [("xoxb-wrong", "invalid_auth")])
+async def test_wrong_token_is_invalid_auth(fake_slack: FakeSlack, token: str, error: str) -> None:
+    with pytest.raises(SlackApiError) as caught:
+        await client(fake_slack, token=token).auth_test()
+
+    assert caught.value.response["error"] == error
+    assert fake_slack.calls[-1].error == error
+
+
+async def test_missing_token_is_not_authed(fake_slack: FakeSlack) -> None:
+    with pytest.raises(SlackApiError) as caught:
+        await AsyncWebClient(base_url=fake_slack.api_url).auth_test()
+
+    assert caught.value.response["error"] == "not_authed"
+
+
+async def test_post_message_by_channel_name_returns_id_ts_and_message(fake_slack: FakeSlack) -> None:
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*hi*"}}]
+    response = await client(fake_slack).chat_postMessage(channel="#incidents", text="hi", blocks=blocks)
+
+    assert response["channel"] == "C0INCIDENTS"
+    assert response["message"]["text"] == "hi"
+    assert response["message"]["blocks"] == blocks
+    assert response["message"]["ts"] == response["ts"]
+    call = fake_slack.calls_to("chat.postMessage")[0]
+    assert call.params == {"channel": "#incidents", "text": "hi", "blocks": blocks}
+    assert "token" not in call.params
+
+
+async def test_thread_reply_and_distinct_ts(fake_slack: FakeSlack) -> None:
+    slack = client(fake_slack)
+    parent = await slack.chat_postMessage(channel="C0INCIDENTS", text="run started")
+    reply = await slack.chat_postMessage(channel="C0INCIDENTS", text="step 1", thread_ts=parent["ts"])
+
+    assert reply["ts"] != parent["ts"]
+    assert reply["message"]["thread_ts"] == parent["ts"]
+
+
+async def test_form_encoded_body_is_read(fake_slack: FakeSlack) -> None:
+    response = await client(fake_slack).api_call("chat.postMessage", data={"channel": "C0GENERAL", "text": "form"})
+
+    assert response["channel"] == "C0GENERAL"
+    assert fake_slack.calls[-1].params == {"channel": "C0GENERAL", "text": "form"}
+
+
+@pytest.mark.parametrize(
+    ("channel", "error"),
+    [("#nope", "channel_not_found"), ("C0MISSING", "channel_not_found"), ("#general", "not_in_channel")],
+)
+async def test_post_errors(fake_slack: FakeSlack, channel: str, error: str) -> None:
+    fake_slack.not_member.add("C0GENERAL")
+    with pytest.raises(SlackApiError) as caught:
+        await client(fake_slack).chat_postMessage(channel=channel, text="x")
+
+    assert caught.value.response["error"] == error
+
+
+@pytest.mark.filterwarnings("ignore:The top-level `text` argument is missing")
+async def test_post_without_text_is_no_text(fake_slack: FakeSlack) -> None:
+    with pytest.raises(SlackApiError) as caught:
+        await client(fake_slack).chat_postMessage(channel="C0INCIDENTS")
+
+    assert caught.value.response["error"] == "no_text"
+
+
+async def test_update_changes_the_message_in_place(fake_slack: FakeSlack) -> None:
+    slack = client(fake_slack)
+    posted = await slack.chat_postMessage(channel="C0INCIDENTS", text="running")
+    updated = await slack.chat_update(channel=posted["channel"], ts=posted["ts"], text="completed")
+
+    assert updated["ts"] == posted["ts"]
+    message = fake_slack.message("C0INCIDENTS", posted["ts"])
+    assert (message.text, message.updates) == ("completed", 1)
+
+
+async def test_update_of_unknown_message(fake_slack: FakeSlack) -> None:
+    with pytest.raises(SlackApiError) as caught:
+        await client(fake_slack).chat_update(channel="C0INCIDENTS", ts="1.000001", text="x")
+
+    assert caught.value.response["error"] == "message_not_found"
+
+
+async def test_post_ephemeral(fake_slack: FakeSlack) -> None:
+    fake_slack.add_user("U0DANA", "dana")
+    response = await client(fake_slack).chat_postEphemeral(channel="C0INCIDENTS", user="U0DANA", text="not you")
+
+    assert response["message_ts"]
+    assert fake_slack.calls_to("chat.postEphemeral")[0].params["user"] == "U0DANA"
+    with pytest.raises(SlackApiError) as caught:
+        await client(fake_slack).chat_postEphemeral(channel="C0INCIDENTS", user="U0NOBODY", text="x")
+    assert caught.value.response["error"] == "user_not_found"
+
+
+async def test_usergroups_and_users(fake_slack: FakeSlack) -> None:
+    fake_slack.add_user("U0DANA", "dana", "Dana Scully")
+    fake_slack.add_usergroup("S0SRE", "sre-oncall", ["U0DANA"])
+    slack = client(fake_slack)
+
+    with_users = await slack.usergroups_list(include_users=True)
+    without = await slack.usergroups_list()
+    members = await slack.usergroups_users_list(usergroup="S0SRE")
+    user = await slack.users_info(user="U0DANA")
+
+    assert with_users["usergroups"][0]["handle"] == "sre-oncall"
+    assert with_users["usergroups"][0]["users"] == ["U0DANA"]
+    assert "users" not in without["usergroups"][0]
+    assert members["users"] == ["U0DANA"]
+    assert user["user"]["real_name"] == "Dana Scully"
+    assert fake_slack.calls_to("usergroups.list")[0].http_verb == "GET"
+    with pytest.raises(SlackApiError) as caught:
+        await slack.users_info(user="U0NOBODY")
+    assert caught.value.response["error"] == "user_not_found"
+    with pytest.raises(SlackApiError) as caught:
+        await slack.usergroups_users_list(usergroup="S0NONE")
+    assert caught.value.response["error"] == "no_such_subteam"
+
+
+async def test_unknown_method(fake_slack: FakeSlack) -> None:
+    with pytest.raises(SlackApiError) as caught:
+        await client(fake_slack).api_call("chat.teleport")
+
+    assert caught.value.response["error"] == "unknown_method"
+    assert fake_slack.calls[-1].method == "chat.teleport"
+
+
+async def test_429_without_retry_handler_surfaces_retry_after(fake_slack: FakeSlack) -> None:
+    fake_slack.rate_limit(1)
+    with pytest.raises(SlackApiError) as caught:
+        await client(fake_slack, retry_handlers=[]).chat_postMessage(channel="C0INCIDENTS", text="x")
+
+    assert caught.value.response.status_code == 429
+    assert caught.value.response["error"] == "ratelimited"
+    assert caught.value.response.headers["Retry-After"] == "1"
+    assert fake_slack.messages == []
+
+
+async def test_rate_limit_retry_handler_retries_once_then_succeeds(fake_slack: FakeSlack) -> None:
+    fake_slack.rate_limit(1, retry_after=1)
+    slack = client(fake_slack, retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=1)])
+
+    started = time.monotonic()
+    response = await slack.chat_postMessage(channel="#incidents", text="after a 429")
+
+    assert response["ok"] is True
+    assert time.monotonic() - started >= 1.0  # Retry-After was honoured
+    calls = fake_slack.calls_to("chat.postMessage")
+    assert [(c.status, c.ok) for c in calls] == [(429, False), (200, True)]
+    assert len(fake_slack.messages) == 1
+
+
+async def test_fail_next_answers_one_call_with_the_error(fake_slack: FakeSlack) -> None:
+    fake_slack.fail_next("chat.postMessage", "channel_is_archived")
+    slack = client(fake_slack)
+    with pytest.raises(SlackApiError) as caught:
+        await slack.chat_postMessage(channel="C0INCIDENTS", text="x")
+
+    assert caught.value.response["error"] == "channel_is_archived"
+    assert (await slack.chat_postMessage(channel="C0INCIDENTS", text="x"))["ok"] is True
