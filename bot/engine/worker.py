@@ -14,13 +14,14 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from bot.actions.activities import build_activities
-from bot.actions.catalog import make_providers
+from bot.actions.catalog import make_providers, slack_client
 from bot.actions.secrets import SecretStore
 from bot.audit.recorder import AuditActivities, AuditWriter
 from bot.audit.store import SqliteAuditStore, default_path
 from bot.engine.workflow import PlaybookRun
 from bot.policy.activities import PolicyActivities
 from bot.policy.engine import PolicyEngine, make_engine
+from bot.slack.notifier import SlackNotifier
 from bot.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -79,5 +80,6 @@ async def worker_deps(settings: Settings, extra_providers: Sequence[object] = ()
         http = await stack.enter_async_context(httpx.AsyncClient())
         providers = [*make_providers(settings, http), *extra_providers]
         actions = build_activities(providers, SecretStore(settings.secrets_file), writer)
-        activities = actions + PolicyActivities(policy, writer).all() + [AuditActivities(writer).record]
+        notifier = SlackNotifier(slack_client(settings))
+        activities = actions + PolicyActivities(policy, writer).all() + [AuditActivities(writer).record, notifier.sync]
         yield WorkerDeps(activities, policy, store)

@@ -35,13 +35,16 @@ with workflow.unsafe.imports_passed_through():
     from bot.playbook.durations import format_duration, parse_duration
     from bot.policy.activities import PolicyRequest
     from bot.policy.models import Decision, Verdict
+    from bot.slack.notifier import SlackState, SlackSync
     from bot.playbook.model import Compensation, ParallelGroup, RetryPolicy, Step
     from bot.playbook.templating import TemplateError, render, truthy
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 DEFAULT_APPROVAL_TIMEOUT = "15m"
 SLEEP_ACTION = "core.sleep"
-AUDIT_PATCH = "audit-trail-v1"  # runs started before the audit trail replay without its local activity
+AUDIT_PATCH = "audit-trail-v1"
+SLACK_PATCH = "slack-sync-v1"
+SLACK_TIMEOUT = timedelta(seconds=30)  # runs started before the audit trail replay without its local activity
 POLICY_TIMEOUT = timedelta(seconds=30)
 
 
@@ -125,6 +128,9 @@ class PlaybookRun:
         self._audit: list[AuditEvent] = []
         self._finish_recorded = False  # the last step's activity wrote run_finished with its success
         self._asked_at: dict[str, datetime] = {}  # when each step's approval was requested
+        self._channel = pb.channel or (input.trigger.slack or {}).get("channel")
+        self._slack = SlackState()
+        self._slack_lock = asyncio.Lock()  # one sync at a time: parallel steps must not post twice
 
     # ---- queries and updates -------------------------------------------------------------
 
@@ -151,6 +157,7 @@ class PlaybookRun:
             actor=request.user,
             key=request.user,
         )
+        await self._notify()
         return result
 
     @vote.validator
@@ -177,10 +184,12 @@ class PlaybookRun:
             },
             actor=status.requested_by,
         )
+        await self._notify()
         outcome = "completed"
         try:
             for item in input.playbook.steps:
                 ok = await (self._run_group(item) if isinstance(item, ParallelGroup) else self._run_step(item))
+                await self._notify()
                 if not ok:
                     outcome = "failed"
                     break
@@ -206,6 +215,7 @@ class PlaybookRun:
 
     async def _close(self) -> None:
         """The run's record and in-flight votes finish even if a cancel arrives now."""
+        await self._notify()
         await self._flush_audit()
         await workflow.wait_condition(workflow.all_handlers_finished)
 
@@ -425,6 +435,7 @@ class PlaybookRun:
                     },
                 )
                 await self._flush_audit()
+                await self._notify()
             try:
                 await workflow.wait_condition(lambda: self._approvals.decided(st.id), timeout=deadline)
                 break
@@ -443,6 +454,7 @@ class PlaybookRun:
                         extra={**self._log_extra, "step_id": st.id, "approver_groups": decision.approver_groups},
                     )
                     await self._flush_audit()
+                    await self._notify()
         rejection = self._approvals.rejected_by(st.id)
         if rejection or not self._approvals.decided(st.id):
             message = (
@@ -529,6 +541,7 @@ class PlaybookRun:
                 self._record(step.id, EventKind.compensation_succeeded, {"action": comp.action, "attempts": result.attempt})
         record.finished_at = workflow.now()
         self._log("compensation " + record.state, step_id=step.id, was=previous)
+        await self._notify()
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -615,6 +628,30 @@ class PlaybookRun:
         except BaseException:
             self._requeue(queued)
             raise
+
+    async def _notify(self) -> None:
+        """Show the run in Slack (status message, approvals, thread). Best effort: a failed sync
+        never fails the run, and runs without a channel make no call at all."""
+        if not self._channel or not workflow.patched(SLACK_PATCH):
+            return
+        async with self._slack_lock:
+            steps = self._status.steps
+            try:
+                self._slack = await workflow.execute_local_activity(
+                    "slack.sync",
+                    SlackSync(
+                        channel=self._channel,
+                        status=self._status,
+                        decisions={s.id: s.decision for s in steps if s.decision and s.decision.get("require_approval")},
+                        needed={s.id: self._approvals.needed(s.id) for s in steps if s.decision},
+                        state=self._slack,
+                    ),
+                    result_type=SlackState,
+                    start_to_close_timeout=SLACK_TIMEOUT,
+                    retry_policy=TemporalRetryPolicy(maximum_attempts=3),
+                )
+            except ActivityError as exc:
+                workflow.logger.warning("slack sync failed", extra={**self._log_extra, "error": str(exc.cause or exc)})
 
     def _log(self, message: str, **fields: Any) -> None:
         workflow.logger.info(message, extra={**self._log_extra, **fields})

@@ -1,0 +1,123 @@
+"""The run's story in Slack: one status message updated in place, and its thread.
+
+The workflow calls `slack.sync` (a local activity) with its status whenever something worth
+showing changed; the activity works out what to post or update from what it already posted
+(`SlackState`, kept by the workflow), so a retried sync posts nothing twice that it knows of.
+Slack is best effort: a failed sync is logged and the run goes on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, Field
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from temporalio import activity
+
+from bot.engine.state import RunStatus
+from bot.metrics import SLACK_API_ERRORS
+from bot.slack.blocks import approval_blocks, decided_line, status_blocks, status_text, summary_text
+
+log = structlog.get_logger(__name__)
+
+
+class SlackState(BaseModel):
+    """What is already in Slack for this run."""
+
+    message_ts: str | None = None
+    approval_ts: dict[str, str] = Field(default_factory=dict)
+    posted: list[str] = Field(default_factory=list)  # keys of thread replies already sent
+
+
+class SlackSync(BaseModel):
+    channel: str
+    status: RunStatus
+    decisions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    needed: dict[str, int] = Field(default_factory=dict)
+    state: SlackState = Field(default_factory=SlackState)
+
+
+class SlackNotifier:
+    def __init__(self, web: AsyncWebClient | None) -> None:
+        self.web = web
+
+    @activity.defn(name="slack.sync")
+    async def sync(self, request: SlackSync) -> SlackState:
+        if self.web is None:
+            return request.state
+        state = request.state.model_copy(deep=True)
+        status = request.status
+        await self._status_message(request.channel, status, state)
+        if state.message_ts is None:
+            return state
+        for step in status.steps:
+            if step.id in request.decisions and (step.state == "waiting_approval" or step.id in state.approval_ts):
+                await self._approval(request, step.id, state)
+        for key, text in self._replies(status):
+            if key not in state.posted:
+                await self._reply(request.channel, state, text)
+                state.posted.append(key)
+        return state
+
+    async def _status_message(self, channel: str, status: RunStatus, state: SlackState) -> None:
+        blocks, text = status_blocks(status), status_text(status)
+        if state.message_ts is None:
+            response = await self._call("chat.postMessage", channel=channel, text=text, blocks=blocks)
+            if response:
+                state.message_ts = response["ts"]
+        else:
+            await self._call("chat.update", channel=channel, ts=state.message_ts, text=text, blocks=blocks)
+
+    async def _approval(self, request: SlackSync, step_id: str, state: SlackState) -> None:
+        """The approval request in the thread; updated as votes come, buttons gone once decided."""
+        status = request.status
+        blocks = approval_blocks(status, step_id, request.decisions[step_id], request.needed.get(step_id, 1))
+        step = status.step(step_id)
+        text = f"approval needed for {step_id}" if step.state == "waiting_approval" else decided_line(step)
+        if step_id not in state.approval_ts:
+            response = await self._call(
+                "chat.postMessage", channel=request.channel, thread_ts=state.message_ts, text=text, blocks=blocks
+            )
+            if response:
+                state.approval_ts[step_id] = response["ts"]
+        else:
+            await self._call(
+                "chat.update", channel=request.channel, ts=state.approval_ts[step_id], text=text, blocks=blocks
+            )
+
+    @staticmethod
+    def _replies(status: RunStatus) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for step in status.steps:
+            if step.state in ("failed", "denied", "rejected"):
+                out.append((f"end:{step.id}", f":x: *{step.id}* {step.state}: {step.error or ''}"))
+            if step.escalated_at is not None:
+                groups = " ".join(f"@{g}" for g in (step.decision or {}).get("approver_groups", []))
+                out.append((f"escalated:{step.id}", f":rotating_light: approval for *{step.id}* is overdue {groups}"))
+        for comp in status.compensations:
+            if comp.state in ("succeeded", "failed", "skipped"):
+                icon = {"succeeded": ":leftwards_arrow_with_hook:", "failed": ":bangbang:", "skipped": ":fast_forward:"}
+                out.append(
+                    (f"undo:{comp.step}", f"{icon[comp.state]} undo of *{comp.step}* {comp.state} {comp.error or ''}")
+                )
+        if status.finished:
+            out.append(("final", summary_text(status)))
+        return out
+
+    async def _reply(self, channel: str, state: SlackState, text: str) -> None:
+        await self._call("chat.postMessage", channel=channel, thread_ts=state.message_ts, text=text)
+
+    async def _call(self, method: str, **kwargs: Any) -> Any:
+        """One Web API call; an error is counted and logged, never raised into the run."""
+        assert self.web is not None
+        try:
+            return await self.web.api_call(method, json=kwargs)
+        except SlackApiError as exc:
+            SLACK_API_ERRORS.labels(method).inc()
+            log.warning("slack api error", method=method, error=exc.response.get("error"))
+        except Exception as exc:  # connection trouble: Slack is best effort
+            SLACK_API_ERRORS.labels(method).inc()
+            log.warning("slack unreachable", method=method, error=f"{type(exc).__name__}: {exc}")
+        return None

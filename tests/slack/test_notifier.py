@@ -1,0 +1,71 @@
+"""A run with a channel tells its story in Slack: one status message updated in place, the
+approval request in its thread (buttons until decided), failures, undos and the summary."""
+
+from __future__ import annotations
+
+import asyncio
+
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.engine.state import VoteRequest
+from bot.engine.workflow import PlaybookRun
+from bot.slack.notifier import SlackNotifier
+from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
+from tests.engine.test_approvals import policy
+
+PB = """
+name: told
+channel: "#incidents"
+steps:
+  - {id: prep, action: t.ok, compensate: {action: t.ok}}
+  - {id: risky, action: t.ok, impact: high}
+  - {id: boom, action: t.fail, retry: {max_attempts: 1}}
+"""
+
+APPROVAL = {"allow": True, "require_approval": True, "min_approvals": 1, "approver_groups": ["sre"], "reasons": ["prod"]}
+
+
+async def test_status_message_approval_thread_and_summary(dev_env, fake_slack):
+    rec = Recorder()
+    notifier = SlackNotifier(AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url))
+    async with worker(dev_env.client, rec, policy(APPROVAL) + [notifier.sync]) as w:
+        handle = await start(dev_env.client, w, run_input(playbook(PB), requested_by="carl"))
+        await wait_for_state(handle, lambda s: s.state == "waiting_approval")
+        for _ in range(50):  # the approval request lands in the thread right after the wait starts
+            if len(fake_slack.calls_to("chat.postMessage")) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        posts = fake_slack.calls_to("chat.postMessage")
+        status_post, approval_post = posts[0], posts[1]
+        assert status_post.params["channel"] == "#incidents" and "thread_ts" not in status_post.params
+        assert approval_post.params.get("thread_ts"), "the approval request goes in the run's thread"
+        action_ids = [e["action_id"] for b in approval_post.params["blocks"] if b["type"] == "actions" for e in b["elements"]]
+        assert action_ids == ["approval.approve", "approval.reject"]
+
+        await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana"))
+        status = await handle.result()
+
+    assert status.state == "compensated"
+    posts = fake_slack.calls_to("chat.postMessage")
+    assert len([p for p in posts if "thread_ts" not in p.params]) == 1, "one status message per run"
+    thread = [p.params["text"] for p in posts if p.params.get("thread_ts")]
+    assert any("boom" in t and "failed" in t for t in thread)
+    assert any("undo of *prep*" in t for t in thread)
+    assert any("compensated" in t for t in thread[-1:]), "the summary comes last"
+    updates = fake_slack.calls_to("chat.update")
+    assert updates, "the status message is updated in place"
+    approval_updates = [u for u in updates if "dana" in str(u.params.get("blocks", ""))]
+    assert approval_updates, "the approval request shows who voted"
+    last = approval_updates[-1].params["blocks"]
+    assert not [b for b in last if b["type"] == "actions"], "once decided the buttons go away"
+
+
+async def test_slack_down_never_fails_the_run(dev_env, fake_slack):
+    rec = Recorder()
+    fake_slack.server_error(100)
+    notifier = SlackNotifier(AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url))
+    pb = playbook('name: quiet\nchannel: "#incidents"\nsteps: [{id: a, action: t.ok}, {id: b, action: t.ok}]')
+    async with worker(dev_env.client, rec, [notifier.sync]) as w:
+        status = await (await start(dev_env.client, w, run_input(pb))).result()
+    assert status.state == "completed"
+    assert rec.sequence() == ["a", "b"]
