@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 import structlog
 from pydantic import Field, field_validator
 
-from bot.actions.base import ActionContext, ActionFailed, ActionParams, ActionRefused, action
+from bot.actions.base import ActionContext, ActionFailed, ActionParams, ActionRefused, action, http_url, positive
 from bot.actions.http import retryable_status
 from bot.playbook.durations import Duration
 
@@ -93,18 +93,6 @@ def _parse_matcher(text: str) -> _Matcher:
     return _Matcher(name, op, value)
 
 
-def _check_url(value: str | None) -> str | None:
-    if value is None:
-        return value
-    try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ValueError(f"not a valid URL: {exc}") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("must be an absolute http:// or https:// URL")
-    return value
-
-
 class SilenceParams(ActionParams):
     matchers: list[str] = Field(min_length=1, description='Alertmanager matchers, e.g. service="api", env=~"prod.*".')
     duration: Duration = Field(description="How long the silence lasts, e.g. '30m'.")
@@ -120,14 +108,9 @@ class SilenceParams(ActionParams):
             raise ValueError("at least one matcher must not match the empty string (it would silence everything)")
         return value
 
-    @field_validator("duration")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("duration must be positive")
-        return value
+    _positive = field_validator("duration")(positive("duration"))
 
-    _url = field_validator("url")(_check_url)
+    _url = field_validator("url")(http_url)
 
 
 class ExpireSilenceParams(ActionParams):
@@ -141,7 +124,7 @@ class ExpireSilenceParams(ActionParams):
             raise ValueError(f"not a silence id: {value!r}")
         return value
 
-    _url = field_validator("url")(_check_url)
+    _url = field_validator("url")(http_url)
 
 
 def idempotency_tag(key: str) -> str:

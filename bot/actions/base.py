@@ -8,8 +8,10 @@ Schema and the worker never drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Awaitable, Callable, TypeVar
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.exceptions import ApplicationError
 
@@ -49,6 +51,30 @@ def whole_number_as_text(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
+
+
+def http_url(value: str | None) -> str | None:
+    """Validator: an absolute http(s) URL (or None, where a setting supplies the default)."""
+    if value is None:
+        return value
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+def positive(name: str) -> Callable[[timedelta], timedelta]:
+    """Validator factory: a duration that must be over zero (`name` goes in the message)."""
+
+    def check(value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError(f"{name} must be positive")
+        return value
+
+    return check
 
 
 # Error types are fixed strings: the workflow decides on `type`, never on message text.

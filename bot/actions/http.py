@@ -7,14 +7,13 @@ import codecs
 import json
 import re
 import time
-from datetime import timedelta
 from typing import Any, Literal
 
 import httpx
 import structlog
 from pydantic import Field, field_validator, model_validator
 
-from bot.actions.base import ActionContext, ActionFailed, ActionParams, action, whole_number_as_text
+from bot.actions.base import ActionContext, ActionFailed, ActionParams, action, http_url, positive, whole_number_as_text
 from bot.playbook.durations import Duration, format_duration
 
 log = structlog.get_logger("bot.actions.http")
@@ -46,16 +45,7 @@ class HttpRequestParams(ActionParams):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        try:
-            url = httpx.URL(value)
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise ValueError(f"not a valid URL: {exc}") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an absolute http:// or https:// URL")
-        return value
+    _url = field_validator("url")(http_url)
 
     @field_validator("headers", mode="before")
     @classmethod
@@ -85,12 +75,7 @@ class HttpRequestParams(ActionParams):
                 raise ValueError(f"{code} is not an HTTP status code")
         return value
 
-    @field_validator("timeout")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("timeout must be positive")
-        return value
+    _positive = field_validator("timeout")(positive("timeout"))
 
     @model_validator(mode="after")
     def _one_body(self) -> HttpRequestParams:

@@ -12,14 +12,13 @@ import math
 import operator
 import re
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Callable
 
 import httpx
 import structlog
 from pydantic import Field, field_validator
 
-from bot.actions.base import ActionContext, ActionFailed, ActionParams, ActionRefused, action
+from bot.actions.base import ActionContext, ActionFailed, ActionParams, ActionRefused, action, http_url, positive
 from bot.playbook.durations import Duration
 
 log = structlog.get_logger("bot.actions.prometheus")
@@ -76,18 +75,6 @@ def parse_expect(text: str) -> Expectation:
     raise ValueError(f"bad expectation {text!r}: use {EXPECT_FORMS}")
 
 
-def _check_url(value: str | None) -> str | None:
-    if value is None:
-        return value
-    try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ValueError(f"not a valid URL: {exc}") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("must be an absolute http:// or https:// URL")
-    return value
-
-
 class QueryParams(ActionParams):
     query: str = Field(min_length=1, description="PromQL, evaluated as an instant query.")
     expect: str | None = Field(
@@ -104,14 +91,9 @@ class QueryParams(ActionParams):
             parse_expect(value)
         return value
 
-    @field_validator("interval")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("interval must be positive")
-        return value
+    _positive = field_validator("interval")(positive("interval"))
 
-    _url = field_validator("url")(_check_url)
+    _url = field_validator("url")(http_url)
 
 
 class _Unavailable(Exception):

@@ -120,7 +120,7 @@ def translate(pattern: str) -> str:
         if c == "{":
             repeat = _REPEAT.match(pattern, i)
             if repeat:
-                low, has_comma, high = repeat.group(1), repeat.group(2), repeat.group(3)
+                low, high = repeat.group(1), repeat.group(3)
                 counts = [int(low)] + ([int(high)] if high else [])
                 if any(count > _MAX_REPEAT for count in counts) or (high and int(high) < int(low)):
                     raise RE2Error(f"invalid repeat count {repeat.group(0)!r}")

@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from bot.alerts.episodes import episode_id
-from bot.audit.store import SqliteAuditStore, default_path
+from bot.audit.store import SqliteAuditStore
 from bot.devstack import free_port
 from bot.engine.runs import get_status
 from bot.engine.worker import make_worker, worker_deps
