@@ -16,9 +16,9 @@ from typing import Any
 
 import structlog
 
-from bot.policy.engine import RULES, entrypoint, rule_path
+from bot.policy.engine import FailClosed, RULES, entrypoint, rule_path
 from bot.policy.errors import PolicyLoadError
-from bot.policy.models import Decision, Failure, Provenance, Verdict, input_digest
+from bot.policy.models import Failure, Provenance, input_digest
 from bot.policy.rego_process import ChildCrashed, ChildTimeout, RegoProcess, run_once
 from bot.policy.sources import PolicySources, read_sources, tree_signature
 
@@ -72,7 +72,7 @@ def load_policies(policies_dir: Path | str) -> PolicySources:
     return sources
 
 
-class EmbeddedEngine:
+class EmbeddedEngine(FailClosed):
     """PolicyEngine over a local policies directory; see the module docstring."""
 
     name = "embedded"
@@ -127,18 +127,6 @@ class EmbeddedEngine:
             await self._reload()
             return self._load_error is None and self._proc is not None and self._proc.alive
 
-    async def decide(self, input: dict[str, Any]) -> Decision:
-        raw, provenance, failure = await self._guarded_query("decision", input)
-        if failure is not None:
-            return Decision.deny(failure[1], failure[0], provenance)
-        return Decision.from_result(raw, rule_path("decision"), provenance)
-
-    async def approver(self, input: dict[str, Any]) -> Verdict:
-        return await self._verdict("approver", input)
-
-    async def start(self, input: dict[str, Any]) -> Verdict:
-        return await self._verdict("start", input)
-
     async def close(self) -> None:
         if self._restart_task is not None:
             self._restart_task.cancel()
@@ -152,30 +140,7 @@ class EmbeddedEngine:
                 await self._proc.stop()
                 self._proc = None
 
-    async def __aenter__(self) -> EmbeddedEngine:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     # --- evaluation ---------------------------------------------------------------------
-
-    async def _verdict(self, rule: str, input: dict[str, Any]) -> Verdict:
-        raw, provenance, failure = await self._guarded_query(rule, input)
-        if failure is not None:
-            return Verdict.deny(failure[1], failure[0], provenance)
-        return Verdict.from_result(raw, rule_path(rule), provenance)
-
-    async def _guarded_query(
-        self, rule: str, input: dict[str, Any]
-    ) -> tuple[Any, Provenance, tuple[Failure, str] | None]:
-        """_query, with a bug of ours turned into a deny too: callers are never raised at."""
-        try:
-            return await self._query(rule, input)
-        except Exception as exc:
-            log.exception("policy.internal_error", engine=self.name, rule=rule)
-            reason = f"policy engine error: {type(exc).__name__}: {exc}"
-            return None, Provenance(engine=self.name), self._fail_closed(rule, Failure.INTERNAL, reason)
 
     async def _query(
         self, rule: str, input: dict[str, Any]
@@ -216,9 +181,6 @@ class EmbeddedEngine:
             return None, provenance, self._fail_closed(rule, Failure.UNDEFINED, reason)
         return answer.get("value"), provenance, None
 
-    def _fail_closed(self, rule: str, failure: Failure, reason: str) -> tuple[Failure, str]:
-        log.error("policy.fail_closed", engine=self.name, rule=rule, failure=failure.value, reason=reason)
-        return failure, reason
 
     # --- loading ------------------------------------------------------------------------
 

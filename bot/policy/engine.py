@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from bot.policy.models import Decision, Verdict
+import structlog
+
+from bot.policy.models import Decision, Failure, Provenance, Verdict
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -48,6 +50,63 @@ class PolicyEngine(Protocol):
     async def start(self, input: dict[str, Any]) -> Verdict: ...
 
     async def close(self) -> None: ...
+
+
+log = structlog.get_logger("bot.policy")
+
+QueryResult = tuple[Any, Provenance, "tuple[Failure, str] | None"]
+
+
+class FailClosed:
+    """What both backends share: every question answered, every failure a deny with its reason.
+
+    A backend implements `_query(rule, input) -> (raw result, provenance, failure or None)`.
+    """
+
+    name: str
+
+    async def decide(self, input: dict[str, Any]) -> Decision:
+        raw, provenance, failure = await self._guarded_query("decision", input)
+        if failure is not None:
+            return Decision.deny(failure[1], failure[0], provenance)
+        return Decision.from_result(raw, rule_path("decision"), provenance)
+
+    async def approver(self, input: dict[str, Any]) -> Verdict:
+        return await self._verdict("approver", input)
+
+    async def start(self, input: dict[str, Any]) -> Verdict:
+        return await self._verdict("start", input)
+
+    async def close(self) -> None:
+        """Release what the backend holds."""
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _verdict(self, rule: str, input: dict[str, Any]) -> Verdict:
+        raw, provenance, failure = await self._guarded_query(rule, input)
+        if failure is not None:
+            return Verdict.deny(failure[1], failure[0], provenance)
+        return Verdict.from_result(raw, rule_path(rule), provenance)
+
+    async def _guarded_query(self, rule: str, input: dict[str, Any]) -> QueryResult:
+        """_query, with a bug of ours turned into a deny too: callers are never raised at."""
+        try:
+            return await self._query(rule, input)
+        except Exception as exc:
+            log.exception("policy.internal_error", engine=self.name, rule=rule)
+            reason = f"policy engine error: {type(exc).__name__}: {exc}"
+            return None, Provenance(engine=self.name), self._fail_closed(rule, Failure.INTERNAL, reason)
+
+    async def _query(self, rule: str, input: dict[str, Any]) -> QueryResult:
+        raise NotImplementedError
+
+    def _fail_closed(self, rule: str, failure: Failure, reason: str) -> tuple[Failure, str]:
+        log.error("policy.fail_closed", engine=self.name, rule=rule, failure=failure.value, reason=reason)
+        return failure, reason
 
 
 def make_engine(settings: Settings) -> PolicyEngine:

@@ -16,13 +16,13 @@ import aiohttp
 import structlog
 from opa_client import AsyncOpaClient
 
-from bot.policy.engine import PACKAGE, rule_path
-from bot.policy.models import Decision, Failure, Provenance, Verdict, input_digest
+from bot.policy.engine import FailClosed, PACKAGE, rule_path
+from bot.policy.models import Failure, Provenance, input_digest
 
 log = structlog.get_logger(__name__)
 
 
-class OpaEngine:
+class OpaEngine(FailClosed):
     """PolicyEngine backed by an OPA server (PLAYBOOK_BOT_OPA_URL)."""
 
     name = "opa"
@@ -69,33 +69,9 @@ class OpaEngine:
             log.warning("policy.opa_not_ready", url=self.url, error=f"{type(exc).__name__}: {exc}")
             return False
 
-    async def decide(self, input: dict[str, Any]) -> Decision:
-        raw, provenance, failure = await self._guarded_query("decision", input)
-        if failure is not None:
-            return Decision.deny(failure[1], failure[0], provenance)
-        return Decision.from_result(raw, rule_path("decision"), provenance)
-
-    async def approver(self, input: dict[str, Any]) -> Verdict:
-        return await self._verdict("approver", input)
-
-    async def start(self, input: dict[str, Any]) -> Verdict:
-        return await self._verdict("start", input)
-
     async def close(self) -> None:
         await self._client.close_connection()
         self._session_open = False
-
-    async def __aenter__(self) -> OpaEngine:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def _verdict(self, rule: str, input: dict[str, Any]) -> Verdict:
-        raw, provenance, failure = await self._guarded_query(rule, input)
-        if failure is not None:
-            return Verdict.deny(failure[1], failure[0], provenance)
-        return Verdict.from_result(raw, rule_path(rule), provenance)
 
     async def _open(self) -> None:
         # The aiohttp session belongs to the running loop, so it is opened on first use.
@@ -103,17 +79,6 @@ class OpaEngine:
             if not self._session_open:
                 await self._client.__aenter__()
                 self._session_open = True
-
-    async def _guarded_query(
-        self, rule: str, input: dict[str, Any]
-    ) -> tuple[Any, Provenance, tuple[Failure, str] | None]:
-        """_query, with a bug of ours turned into a deny too: callers are never raised at."""
-        try:
-            return await self._query(rule, input)
-        except Exception as exc:
-            log.exception("policy.internal_error", engine=self.name, rule=rule)
-            reason = f"policy query failed: {type(exc).__name__}: {exc}"
-            return None, Provenance(engine=self.name), self._fail_closed(rule, Failure.INTERNAL, reason)
 
     async def _query(
         self, rule: str, input: dict[str, Any]
@@ -160,9 +125,6 @@ class OpaEngine:
             return None, provenance, self._fail_closed(rule, Failure.UNDEFINED, reason)
         return response["result"], provenance, None
 
-    def _fail_closed(self, rule: str, failure: Failure, reason: str) -> tuple[Failure, str]:
-        log.error("policy.fail_closed", engine=self.name, rule=rule, failure=failure.value, reason=reason)
-        return failure, reason
 
 
 def _bundle_revisions(provenance: Any) -> str | None:
