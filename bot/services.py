@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, AsyncIterator
 
 import prometheus_client
 import structlog
@@ -15,6 +15,7 @@ from fastapi import APIRouter
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from bot.actions.catalog import slack_client
 from bot.alerts.receiver import AlertDeps, AlertReceiver
 from bot.audit.store import SqliteAuditStore, default_path
 from bot.devstack import DevServer
@@ -23,6 +24,7 @@ from bot.playbook.loader import Catalog, load_directory
 from bot.policy.engine import PolicyEngine, make_engine
 from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
 from bot.settings import ConfigError, Settings
+from bot.slack.app import SlackDeps, create_slack_app, slack_router
 from bot.temporal import connect
 
 log = structlog.get_logger(__name__)
@@ -111,15 +113,21 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
         readiness = Readiness({"temporal": temporal_check(client)})
         if settings.alertmanager_token is None:
             log.warning("PLAYBOOK_BOT_ALERTMANAGER_TOKEN is not set: POST /alertmanager answers 401 to everyone")
-        http = _Http(settings, create_app(readiness, front_door(settings, client, catalog, deps.policy, deps.audit)))
+        slack = slack_app(settings, client, catalog, deps.policy, deps.audit)
+        routers = front_door(settings, client, catalog, deps.policy, deps.audit, slack)
+        http = _Http(settings, create_app(readiness, routers))
         worker = asyncio.create_task(serve_worker(settings, client, deps, stop, readiness))
         await http.start()
         stack.push_async_callback(http.stop)
+        await stack.enter_async_context(socket_mode(settings, slack))
         announce(f"playbook-bot dev: {len(catalog)} playbook(s) from {settings.playbooks_dir}")
         announce(f"  Temporal   {address}" + (" (embedded, data in " + str(settings.data_dir) + ")" if dev else ""))
         if dev:
             announce(f"  Web UI     {dev.ui_url}")
-        announce(f"  HTTP       http://{settings.http_host}:{settings.http_port}  (/healthz, /readyz)")
+        announce(f"  HTTP       http://{settings.http_host}:{settings.http_port}  (/healthz, /readyz, /metrics)")
+        announce(f"  Alerts     POST /alertmanager ({'bearer token set' if settings.alertmanager_token else 'no token: 401'})")
+        announce(f"  Slack      {'POST /slack/events' if slack else 'off (no bot token or signing secret)'}"
+                 + (" + Socket Mode" if slack and settings.slack_app_token else ""))
         announce(f"  Try        playbook-bot run {next(iter(catalog), 'NAME')} --wait   (Ctrl-C stops everything)")
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({worker, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -154,15 +162,22 @@ async def run_serve(settings: Settings) -> None:
         readiness = Readiness(
             {"temporal": temporal_check(client), "policies": policy_check(policy), "audit": audit_check(audit)}
         )
-        http = _Http(settings, create_app(readiness, front_door(settings, client, catalog, policy, audit)))
+        slack = slack_app(settings, client, catalog, policy, audit)
+        http = _Http(settings, create_app(readiness, front_door(settings, client, catalog, policy, audit, slack)))
         await http.start()
         stack.push_async_callback(http.stop)
+        await stack.enter_async_context(socket_mode(settings, slack))
         log.info("front door listening", host=settings.http_host, port=settings.http_port)
         await stop.wait()
 
 
 def front_door(
-    settings: Settings, client: Client, catalog: Catalog, policy: PolicyEngine, audit: SqliteAuditStore
+    settings: Settings,
+    client: Client,
+    catalog: Catalog,
+    policy: PolicyEngine,
+    audit: SqliteAuditStore,
+    slack: Any = None,
 ) -> list[APIRouter]:
     """The routes that take triggers: Alertmanager now, Slack next."""
     token = settings.alertmanager_token.get_secret_value() if settings.alertmanager_token else None
@@ -177,4 +192,35 @@ def front_door(
             max_body=settings.alertmanager_max_body,
         )
     )
-    return [alerts.router()]
+    routers = [alerts.router()]
+    if slack is not None:
+        routers.append(slack_router(slack, settings))
+    return routers
+
+
+def slack_app(
+    settings: Settings, client: Client, catalog: Catalog, policy: PolicyEngine, audit: SqliteAuditStore
+) -> Any:
+    """The Bolt app when Slack is configured; otherwise None, and the log says Slack is off."""
+    web = slack_client(settings)  # retries only 429s, so nothing is posted twice
+    if web is None or settings.slack_signing_secret is None:
+        log.warning("Slack is off: set PLAYBOOK_BOT_SLACK_BOT_TOKEN and PLAYBOOK_BOT_SLACK_SIGNING_SECRET to turn it on")
+        return None
+    return create_slack_app(settings, SlackDeps(client, settings.task_queue, lambda: catalog, policy, web, audit))
+
+
+@contextlib.asynccontextmanager
+async def socket_mode(settings: Settings, app: Any) -> AsyncIterator[None]:
+    """Socket Mode when PLAYBOOK_BOT_SLACK_APP_TOKEN is set: Slack connects out, no public URL."""
+    if app is None or settings.slack_app_token is None:
+        yield
+        return
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+    handler = AsyncSocketModeHandler(app, settings.slack_app_token.get_secret_value())
+    await handler.connect_async()
+    log.info("slack socket mode connected")
+    try:
+        yield
+    finally:
+        await handler.close_async()

@@ -79,3 +79,20 @@ steps:
     assert started not in before and started in after
     assert finished in after
     assert 'playbook_bot_step_duration_seconds_count{action="core.log",state="succeeded"}' in after
+
+
+async def test_slack_events_route_only_when_slack_is_configured(dev_env, tmp_path: Path):
+    from bot.playbook.loader import Catalog
+    from bot.services import front_door, slack_app
+
+    store = SqliteAuditStore(tmp_path / "audit.db")
+    off = Settings(data_dir=tmp_path)
+    assert slack_app(off, dev_env.client, Catalog(), None, store) is None
+    on = Settings(data_dir=tmp_path, slack_bot_token="xoxb-x", slack_signing_secret="s3cret", slack_api_url="http://127.0.0.1:9/api/")
+    app = slack_app(on, dev_env.client, Catalog(), None, store)
+    paths = [r.path for router in front_door(on, dev_env.client, Catalog(), None, store, app) for r in router.routes]
+    assert "/slack/events" in paths and "/alertmanager" in paths
+    async with client_for(create_app(Readiness(), front_door(on, dev_env.client, Catalog(), None, store, app))) as http:
+        unsigned = await http.post("/slack/events", content=b"command=/playbook&text=help")
+    assert unsigned.status_code == 401
+    store.close()

@@ -1,0 +1,185 @@
+"""The Bolt app: `/playbook` and the approval buttons, served at POST /slack/events.
+
+Built from settings and a Web API client handed in (tests point it at a fake Slack); nothing
+here reads the environment. Handlers ack first and answer errors ephemerally through the one
+`@app.error` below, so a refused command or vote never reaches Slack as a 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_client import AsyncWebClient
+from temporalio.client import Client
+
+from bot.audit.store import SqliteAuditStore
+from bot.engine.runs import RunError
+from bot.playbook.loader import Catalog, UnknownPlaybook
+from bot.playbook.params import ParamError
+from bot.policy.engine import PolicyEngine
+from bot.settings import ConfigError, Settings
+from bot.slack.groups import GroupResolver
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY = 256 * 1024  # Slack's payloads are a few KB; anything this large is not from Slack
+MAX_SKEW = 5 * 60  # seconds: Slack's own replay window for signed requests
+KNOWN_ERRORS = (RunError, ParamError, UnknownPlaybook)
+
+
+@dataclass
+class SlackDeps:
+    """What the handlers use; the front door builds it once from settings."""
+
+    client: Client
+    task_queue: str
+    catalog: Callable[[], Catalog]
+    policy: PolicyEngine
+    web: AsyncWebClient
+    audit: SqliteAuditStore | None = None  # `slack_command` events; None: not recorded
+
+
+def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
+    """The Bolt app with every handler registered; no Slack call is made until a request comes."""
+    if settings.slack_signing_secret is None:
+        raise ConfigError("the Slack app needs PLAYBOOK_BOT_SLACK_SIGNING_SECRET to verify requests")
+    # AsyncApp has no `token_verification_enabled` (that is the sync App's): it never calls
+    # auth.test at construction, only once on the first request, and caches the answer.
+    app = AsyncApp(
+        signing_secret=settings.slack_signing_secret.get_secret_value(),
+        client=deps.web,
+        request_verification_enabled=True,
+        process_before_response=False,
+        name="playbook-bot",
+    )
+    groups = GroupResolver(deps.web)
+
+    from bot.slack import (  # the handlers import this module's SlackDeps
+        approvals,
+        commands,
+    )
+
+    commands.register(app, deps, groups)
+    approvals.register(app, deps, groups)
+
+    @app.error
+    async def on_error(error: Exception, body: dict[str, Any], respond: Any) -> None:
+        await report_error(deps.web, error, body, respond)
+
+    return app
+
+
+async def report_error(web: AsyncWebClient, error: Exception, body: Mapping[str, Any], respond: Any) -> None:
+    """The one answer to a failed command or click: known errors say why, others say see the logs.
+
+    `@app.error` calls it, and so do the handlers for what fails after their ack: Bolt's runner
+    polls for the ack every 10 ms, and a listener that raises before the poll sees it overwrites
+    the ack with a failure, so Slack would get a 404 for a request that was in fact acked.
+    """
+    if isinstance(error, KNOWN_ERRORS):
+        log.info("slack request refused", error=str(error), kind=body.get("type") or body.get("command"))
+        text = error_text(error)
+    else:
+        log.error("slack handler failed", error=f"{type(error).__name__}: {error}", exc_info=error)
+        text = f":warning: playbook-bot could not do that ({type(error).__name__}); the logs have the details."
+    await reply_ephemeral(web, body, respond, text)
+
+
+def error_text(error: Exception) -> str:
+    if isinstance(error, UnknownPlaybook):
+        known = ", ".join(f"`{name}`" for name in error.known) or "none are loaded"
+        return f":x: Unknown playbook `{error.name}`. Playbooks: {known}. `/playbook list` describes them."
+    if isinstance(error, ParamError):
+        return ":x: " + "\n:x: ".join(message for _, message in error.problems)
+    return f":x: {error}"
+
+
+async def reply_ephemeral(web: AsyncWebClient, body: Mapping[str, Any], respond: Any, text: str) -> None:
+    """Only the user who acted sees it. A click gets chat.postEphemeral (its response_url would
+    replace the approval message); a command its response_url, which works in any channel."""
+    channel = (body.get("channel") or {}).get("id") or body.get("channel_id")
+    user = (body.get("user") or {}).get("id") or body.get("user_id")
+    ways: list[Callable[[], Awaitable[bool]]] = [
+        lambda: _post_ephemeral(web, channel, user, text),
+        lambda: _respond(respond, text),
+    ]
+    if body.get("type") != "block_actions":
+        ways.reverse()
+    for way in ways:
+        try:
+            if await way():
+                return
+        except Exception as exc:  # noqa: BLE001  Slack is best effort: log and try the other way
+            log.warning("ephemeral reply failed", error=f"{type(exc).__name__}: {exc}")
+    log.warning("could not tell the user", user=user, channel=channel, text=text)
+
+
+async def _post_ephemeral(web: AsyncWebClient, channel: str | None, user: str | None, text: str) -> bool:
+    if not channel or not user:
+        return False
+    await web.chat_postEphemeral(channel=channel, user=user, text=text)
+    return True
+
+
+async def _respond(respond: Any, text: str) -> bool:
+    if respond is None:
+        return False
+    await respond(text=text, response_type="ephemeral", replace_original=False)
+    return True
+
+
+def slack_router(app: AsyncApp, settings: Settings) -> APIRouter:
+    """POST /slack/events: slash commands, interactivity and events, signature checked first.
+
+    Bolt verifies signatures too, but it parses the body before it does, so a forged or garbled
+    request could make it fail with a 500; this check answers 401 before anything is parsed.
+    """
+    if settings.slack_signing_secret is None:
+        raise ConfigError("the Slack endpoint needs PLAYBOOK_BOT_SLACK_SIGNING_SECRET")
+    verifier = SignatureVerifier(settings.slack_signing_secret.get_secret_value())
+    handler = AsyncSlackRequestHandler(app)
+    router = APIRouter()
+
+    @router.post("/slack/events", summary="Slack slash commands, interactivity and events (signed)")
+    async def slack_events(request: Request) -> Response:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return JSONResponse({"error": "body too large"}, status_code=413)
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return JSONResponse({"error": "body too large"}, status_code=413)
+        if not verified(verifier, body, request.headers):
+            return JSONResponse({"error": "invalid request signature"}, status_code=401)
+        return await handler.handle(request)
+
+    return router
+
+
+def verified(verifier: SignatureVerifier, body: bytes, headers: Mapping[str, str], now: float | None = None) -> bool:
+    """Slack's v0 signature over `v0:{timestamp}:{body}`, with a timestamp within five minutes."""
+    timestamp = headers.get("x-slack-request-timestamp", "")
+    signature = headers.get("x-slack-signature", "")
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12 or not signature.startswith("v0="):
+        return False
+    if abs((time.time() if now is None else now) - int(timestamp)) > MAX_SKEW:
+        return False
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    expected = verifier.generate_signature(timestamp=timestamp, body=text)
+    return expected is not None and _equal(expected, signature)
+
+
+def _equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape"))

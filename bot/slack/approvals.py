@@ -1,0 +1,100 @@
+"""Approve / Reject buttons: a click becomes a vote on the run's workflow.
+
+The workflow decides (four-eyes, one vote per user, the `approver` rule); this handler only
+says who clicked and which groups they are in. A refused vote changes nothing and is told to
+the clicker alone (via `@app.error`); an accepted one redraws the request so it shows who voted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from slack_bolt.async_app import AsyncApp
+
+from bot.engine.runs import RunError, get_status, vote
+from bot.engine.state import VoteRequest
+from bot.slack.app import SlackDeps, report_error
+from bot.slack.blocks import (
+    APPROVE_ACTION,
+    REJECT_ACTION,
+    approval_blocks,
+    approval_text,
+    decided_line,
+)
+from bot.slack.groups import GroupResolver
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ButtonRef:
+    run_id: str
+    step_id: str
+
+
+def parse_value(value: Any) -> ButtonRef:
+    """The button's value, `{"run_id", "step_id"}` as blocks.py writes it."""
+    try:
+        data = json.loads(value)
+        ref = ButtonRef(run_id=data["run_id"], step_id=data["step_id"])
+    except (TypeError, ValueError, KeyError):
+        raise RunError("this approval button is malformed; use `playbook-bot approve RUN STEP` instead") from None
+    if not isinstance(ref.run_id, str) or not isinstance(ref.step_id, str) or not ref.run_id or not ref.step_id:
+        raise RunError("this approval button is malformed; use `playbook-bot approve RUN STEP` instead")
+    return ref
+
+
+def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> None:
+    handler = ApprovalButtons(deps, groups)
+    app.action(APPROVE_ACTION)(handler.handle)
+    app.action(REJECT_ACTION)(handler.handle)
+
+
+class ApprovalButtons:
+    def __init__(self, deps: SlackDeps, groups: GroupResolver) -> None:
+        self.deps = deps
+        self.groups = groups
+
+    async def handle(self, ack: Callable[[], Awaitable[None]], body: dict[str, Any], respond: Any) -> None:
+        await ack()
+        try:
+            await self._vote(body)
+        except Exception as exc:  # noqa: BLE001  refused or failed: told to the clicker alone (report_error)
+            await report_error(self.deps.web, exc, body, respond)
+
+    async def _vote(self, body: dict[str, Any]) -> None:
+        action = (body.get("actions") or [{}])[0]
+        ref = parse_value(action.get("value"))
+        choice = "approve" if action.get("action_id") == APPROVE_ACTION else "reject"
+        user = body.get("user") or {}
+        user_id = user.get("id") or ""
+        with structlog.contextvars.bound_contextvars(run_id=ref.run_id, step_id=ref.step_id, slack_user=user_id):
+            request = VoteRequest(
+                step_id=ref.step_id,
+                user=user_id,
+                name=user.get("username") or user.get("name") or "",
+                groups=await self.groups.handles(user_id),
+                vote=choice,
+            )
+            result = await vote(self.deps.client, ref.run_id, request)  # RunError: refused, nothing changed
+            log.info("slack vote recorded", vote=choice, approvals=result.approvals, needed=result.needed)
+            await self._redraw(body, ref, result.needed)
+
+    async def _redraw(self, body: dict[str, Any], ref: ButtonRef, needed: int) -> None:
+        """The request as it now stands; the notifier redraws it too, both from the run's status."""
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+        ts = (body.get("message") or {}).get("ts") or (body.get("container") or {}).get("message_ts")
+        if not channel or not ts:
+            return
+        try:
+            status = await get_status(self.deps.client, ref.run_id)
+            step = status.step(ref.step_id)
+            blocks = approval_blocks(status, ref.step_id, step.decision or {}, needed)
+            text = approval_text(status, ref.step_id) if step.state == "waiting_approval" else decided_line(step)
+            await self.deps.web.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+        except Exception as exc:  # noqa: BLE001  the vote counts; the notifier's next sync redraws it
+            log.warning("approval message not updated", error=f"{type(exc).__name__}: {exc}")

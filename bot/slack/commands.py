@@ -1,0 +1,298 @@
+"""`/playbook help|list|run|status|cancel|dry-run`.
+
+Every handler acks first (an empty ack: Slack shows nothing, no spinner) and answers through
+the command's response_url, ephemerally. `run` starts the workflow right after the ack in the
+same handler, with an id derived from Slack's `trigger_id`: a Slack retry or a replayed signed
+request carries the same trigger_id, so it attaches to the run instead of starting another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from slack_bolt.async_app import AsyncApp
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from bot.audit.events import AuditEvent, EventKind
+from bot.engine.runs import (
+    RunError,
+    cancel_run,
+    check_start,
+    get_status,
+    start_policy_input,
+    start_run,
+)
+from bot.engine.state import TriggerContext
+from bot.playbook.loader import LoadedPlaybook
+from bot.playbook.model import ParallelGroup, Step
+from bot.playbook.params import ParamError, coerce_params, parse_assignments
+from bot.playbook.templating import TemplateError, render
+from bot.slack.app import SlackDeps, report_error
+from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
+from bot.slack.groups import GroupResolver
+
+log = structlog.get_logger(__name__)
+
+COMMAND = "/playbook"
+MESSAGE_LIMIT = 3000
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
+_SMART_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})
+
+HELP = f"""*{COMMAND}* runs incident playbooks.
+• `{COMMAND} list`: the playbooks and their params
+• `{COMMAND} run NAME key=value ...`: start a run (its status is posted in this channel)
+• `{COMMAND} dry-run NAME key=value ...`: show the steps, their arguments and the policy decisions, run nothing
+• `{COMMAND} status RUN_ID`: where a run is
+• `{COMMAND} cancel RUN_ID`: stop a run and roll back what it did
+• `{COMMAND} help`: this text"""
+
+Respond = Callable[..., Awaitable[Any]]
+
+
+def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> None:
+    app.command(COMMAND)(PlaybookCommand(deps, groups).handle)
+
+
+def slack_run_id(playbook: str, trigger_id: str) -> str:
+    """The run id of a slash command: the same trigger_id (a retry, a replay) names the same run."""
+    return f"slack-{playbook}-{_UNSAFE_ID.sub('-', trigger_id)[:200]}"
+
+
+def split_args(text: str) -> list[str]:
+    """Shell-like words (quotes group `reason="two words"`); Slack's curly quotes count as quotes."""
+    text = text.translate(_SMART_QUOTES)
+    try:
+        return shlex.split(text)
+    except ValueError:  # an unbalanced quote: plain words are still useful
+        return text.split()
+
+
+class PlaybookCommand:
+    def __init__(self, deps: SlackDeps, groups: GroupResolver) -> None:
+        self.deps = deps
+        self.groups = groups
+        self.subcommands: dict[str, Callable[[dict[str, Any], list[str], Respond], Awaitable[None]]] = {
+            "help": self.help,
+            "list": self.list,
+            "run": self.run,
+            "dry-run": self.dry_run,
+            "status": self.status,
+            "cancel": self.cancel,
+        }
+
+    async def handle(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond) -> None:
+        await ack()
+        words = split_args(body.get("text") or "")
+        sub, args = (words[0].lower(), words[1:]) if words else ("help", [])
+        handler = self.subcommands.get(sub)
+        if handler is None:
+            await _say(respond, f":grey_question: Unknown subcommand `{escape(sub)}`.\n\n{HELP}")
+            return
+        with structlog.contextvars.bound_contextvars(
+            slack_trigger=body.get("trigger_id"), slack_user=body.get("user_id"), subcommand=sub
+        ):
+            try:
+                await handler(body, args, respond)
+            except Exception as exc:  # noqa: BLE001  every failure is answered (report_error says why)
+                await report_error(self.deps.web, exc, body, respond)
+
+    async def help(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
+        await _say(respond, HELP)
+
+    async def list(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
+        catalog = self.deps.catalog()
+        if not len(catalog):
+            await _say(respond, "No playbooks are loaded.")
+            return
+        lines = []
+        for name, loaded in catalog.items():
+            pb = loaded.playbook
+            params = ", ".join(
+                f"{p}" + ("" if spec.is_required else f"={spec.default}" if spec.default is not None else "?")
+                for p, spec in pb.params.items()
+            )
+            line = f"• *{escape(name)}*" + (f": {escape(pb.summary)}" if pb.summary else "")
+            lines.append(line + (f" (params: `{escape(params)}`)" if params else ""))
+        await _say(respond, "*Playbooks*\n" + "\n".join(lines))
+
+    # ---- run -------------------------------------------------------------------------------
+
+    async def run(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
+        loaded, params = self._prepare(args)
+        trigger = _trigger(body)
+        user = await self._user(body)
+        try:
+            await check_start(self.deps.policy, loaded, params, trigger, user)
+        except RunError:
+            await self._record(body, None, "refused")
+            raise
+        run_id = slack_run_id(loaded.playbook.name, body.get("trigger_id") or "") if body.get("trigger_id") else None
+        try:
+            handle = await start_run(self.deps.client, self.deps.task_queue, loaded, params, trigger, run_id=run_id)
+        except WorkflowAlreadyStartedError:  # this very command ran and has ended: a late replay
+            assert run_id is not None
+            status = await get_status(self.deps.client, run_id)
+            await _say(respond, f"This command already ran as `{escape(run_id)}`; it ended {status.state.replace('_', ' ')}.")
+            return
+        log.info("slack run started", run_id=handle.id, playbook=loaded.playbook.name)
+        await self._record(body, handle.id, "started")
+        where = f"<#{body['channel_id']}>" if body.get("channel_id") else "the playbook's channel"
+        await _say(
+            respond,
+            f":rocket: Started *{escape(loaded.playbook.name)}* as run `{escape(handle.id)}`; "
+            f"its status is posted in {where}.",
+        )
+
+    def _prepare(self, args: list[str]) -> tuple[LoadedPlaybook, dict[str, Any]]:
+        """The playbook and typed params, or UnknownPlaybook / ParamError naming what is wrong."""
+        if not args:
+            raise RunError(f"which playbook? `{COMMAND} list` shows them; usage: `{COMMAND} run NAME key=value ...`")
+        loaded = self.deps.catalog().get(args[0])
+        words = [w for w in args[1:] if "=" not in w or w.startswith("=")]
+        if words:
+            raise ParamError([(None, f"params are key=value; cannot read {', '.join(repr(w) for w in words)}")])
+        return loaded, coerce_params(loaded.playbook, parse_assignments(args[1:]))
+
+    async def _user(self, body: dict[str, Any]) -> dict[str, Any]:
+        user_id = body.get("user_id") or ""
+        return {"id": user_id, "name": body.get("user_name") or "", "groups": await self.groups.handles(user_id)}
+
+    async def _record(self, body: dict[str, Any], run_id: str | None, outcome: str) -> None:
+        """The `slack_command` audit event; keyed by trigger_id, so a replay records nothing new."""
+        audit = self.deps.audit
+        if audit is None:
+            return
+        event = AuditEvent(
+            event_id=f"slack:{body.get('trigger_id') or body.get('user_id')}:{outcome}",
+            ts=datetime.now(UTC),
+            run_id=run_id,
+            step_id=None,
+            kind=EventKind.slack_command,
+            actor=body.get("user_id") or "slack",
+            details={
+                "command": body.get("command") or COMMAND,
+                "text": body.get("text") or "",
+                "channel": body.get("channel_id"),
+                "trigger_id": body.get("trigger_id"),
+                "user_name": body.get("user_name"),
+                "outcome": outcome,
+            },
+        )
+        try:
+            await asyncio.to_thread(audit.append, [event], new_only=True)
+        except Exception as exc:  # noqa: BLE001  the run's own audit trail is the record
+            log.warning("slack_command not recorded", error=f"{type(exc).__name__}: {exc}")
+
+    # ---- dry-run ---------------------------------------------------------------------------
+
+    async def dry_run(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
+        loaded, params = self._prepare(args)
+        trigger = _trigger(body)
+        user = await self._user(body)
+        pb = loaded.playbook
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        run = {"id": "dry-run", "playbook": pb.name, "requested_by": trigger.requested_by, "trigger": "slack",
+               "started_at": now}
+        context = {"params": params, "alert": None, "run": run, "steps": {}}
+        start = await self.deps.policy.start(start_policy_input(loaded, params, trigger, user))
+        lines = [f":mag: *Dry run of {escape(pb.name)}*: nothing is executed."]
+        lines.append(
+            ":white_check_mark: You may start it." if start.allow
+            else f":no_entry: You may not start it: {escape('; '.join(start.reasons) or 'no reason given')}"
+        )
+        for item in pb.steps:
+            if isinstance(item, ParallelGroup):
+                lines.append(f"*{escape(item.id)}* (parallel){_when(item.when, context)}")
+                for step in item.parallel:
+                    lines.append(await self._dry_step(loaded, step, context, params, trigger, now, indent="    "))
+            else:
+                lines.append(await self._dry_step(loaded, item, context, params, trigger, now))
+        await _say(respond, "\n".join(lines))
+
+    async def _dry_step(self, loaded: LoadedPlaybook, step: Step, context: dict[str, Any], params: dict[str, Any],
+                        trigger: TriggerContext, now: str, indent: str = "") -> str:
+        head = f"{indent}• *{escape(step.id)}* `{escape(step.action)}` impact {step.impact}{_when(step.when, context)}"
+        try:
+            args = render(step.with_, context)
+        except TemplateError as exc:
+            return f"{head}\n{indent}  _arguments are rendered at run time_ ({escape(truncate(str(exc), 200))})"
+        line = f"{head}\n{code_block(_json(args), 600)}"
+        if step.impact != "high":
+            return line
+        decision = await self.deps.policy.decide({
+            "playbook": {"name": loaded.playbook.name, "owner": loaded.playbook.owner, "hash": loaded.hash},
+            "step": {"id": step.id, "action": step.action, "impact": step.impact, "with": args},
+            "run": {"id": "dry-run", "trigger": "slack", "requested_by": trigger.requested_by, "started_at": now},
+            "params": params,
+            "alert": None,
+            "approvals": [],
+            "now": now,
+        })
+        reasons = escape("; ".join(decision.reasons) or "no reason given")
+        if not decision.allow:
+            verdict = f":no_entry: policy would deny it: {reasons}"
+        elif decision.require_approval:
+            groups = ", ".join(f"@{escape(g)}" for g in decision.approver_groups) or "any allowed approver"
+            verdict = f":raised_hand: needs {max(decision.min_approvals, 1)} approval(s) from {groups}: {reasons}"
+        else:
+            verdict = f":white_check_mark: policy allows it: {reasons}"
+        return f"{line}\n{indent}  {verdict}"
+
+    # ---- status / cancel -------------------------------------------------------------------
+
+    async def status(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
+        if len(args) != 1:
+            raise RunError(f"usage: `{COMMAND} status RUN_ID`")
+        status = await get_status(self.deps.client, args[0])
+        await respond(text=status_text(status), blocks=status_blocks(status), response_type="ephemeral")
+
+    async def cancel(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
+        if len(args) != 1:
+            raise RunError(f"usage: `{COMMAND} cancel RUN_ID`")
+        status = await cancel_run(self.deps.client, args[0])
+        await self._record({**body, "trigger_id": f"cancel:{body.get('trigger_id')}"}, status.run_id, "cancel_requested")
+        log.info("slack run cancel requested", run_id=status.run_id, by=body.get("user_id"))
+        await _say(
+            respond,
+            f":octagonal_sign: Cancelling run `{escape(status.run_id)}` ({escape(status.playbook)}, was "
+            f"{status.state.replace('_', ' ')}); what it did is rolled back, the run's thread shows it.",
+        )
+
+
+def _trigger(body: dict[str, Any]) -> TriggerContext:
+    user_id = body.get("user_id") or ""
+    return TriggerContext(
+        kind="slack",
+        requested_by=user_id,
+        slack={
+            "channel": body.get("channel_id"),
+            "user": user_id,
+            "trigger_id": body.get("trigger_id"),
+            "response_url": body.get("response_url"),
+        },
+    )
+
+
+def _when(when: str | None, context: dict[str, Any]) -> str:
+    if not when:
+        return ""
+    try:
+        value = render(when, context)
+    except TemplateError:
+        return f" (when `{escape(when)}`: decided at run time)"
+    return f" (when → `{escape(str(value))}`)"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+
+
+async def _say(respond: Respond, text: str) -> None:
+    await respond(text=truncate(text, MESSAGE_LIMIT * 4), response_type="ephemeral")

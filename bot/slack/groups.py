@@ -1,0 +1,61 @@
+"""A Slack user's user group handles, for the `start` and `approver` policy rules.
+
+One `usergroups.list(include_users=True)` answers every user, so the whole map is cached and
+refreshed at most once per TTL (a burst of commands makes one call). If Slack cannot be asked,
+the last known map is kept for a short while; with none, users have no groups (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+from slack_sdk.web.async_client import AsyncWebClient
+
+log = structlog.get_logger(__name__)
+
+RETRY_AFTER_ERROR = 30.0  # seconds before asking Slack again after a failed refresh
+
+
+class GroupResolver:
+    def __init__(self, web: AsyncWebClient, ttl: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.web = web
+        self.ttl = ttl
+        self._clock = clock
+        self._by_user: dict[str, list[str]] = {}
+        self._expires = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def handles(self, user_id: str) -> list[str]:
+        """The handles of the enabled user groups `user_id` belongs to, sorted."""
+        if self._clock() >= self._expires:
+            async with self._lock:  # single flight: concurrent callers wait for one refresh
+                if self._clock() >= self._expires:
+                    await self._refresh()
+        return list(self._by_user.get(user_id, []))
+
+    def invalidate(self) -> None:
+        self._expires = float("-inf")
+
+    async def _refresh(self) -> None:
+        try:
+            response = await self.web.usergroups_list(include_users=True)
+        except Exception as exc:  # noqa: BLE001  SlackApiError or the network: keep what we know
+            log.warning(
+                "slack usergroups.list failed; keeping the last known groups",
+                error=f"{type(exc).__name__}: {exc}",
+                known_users=len(self._by_user),
+            )
+            self._expires = self._clock() + min(self.ttl, RETRY_AFTER_ERROR)
+            return
+        by_user: dict[str, set[str]] = {}
+        for group in response.get("usergroups") or []:
+            handle = group.get("handle")
+            if not handle or group.get("date_delete"):
+                continue
+            for user in group.get("users") or []:
+                by_user.setdefault(user, set()).add(handle)
+        self._by_user = {user: sorted(handles) for user, handles in by_user.items()}
+        self._expires = self._clock() + self.ttl
