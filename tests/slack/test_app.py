@@ -29,7 +29,7 @@ from bot.server import Readiness, create_app
 from bot.services import _Http
 from bot.settings import Settings
 from bot.slack.app import SlackDeps, create_slack_app, slack_router
-from bot.slack.blocks import APPROVE_ACTION, approval_blocks, approval_text
+from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack
 
@@ -65,6 +65,7 @@ steps:
   - id: note
     action: core.log
     with: {message: "holding {{ params.service }}"}
+    compensate: {action: core.log, with: {message: "released {{ params.service }}"}}
   - id: wait
     action: core.sleep
     with: {duration: 10m}
@@ -181,6 +182,8 @@ async def stack(dev_env, fake_slack: FakeSlack, tmp_path: Path) -> AsyncIterator
         task_queue=f"slack-{uuid.uuid4()}",
         http_port=free_port(),
         slack_signing_secret=SECRET,
+        slack_bot_token=fake_slack.token,  # the worker's notifier posts to the fake Slack too
+        slack_api_url=fake_slack.api_url,
     )
     catalog = load_directory(settings.playbooks_dir)
     responses: dict[str, list[dict[str, Any]]] = {}
@@ -354,7 +357,15 @@ async def test_status_and_cancel(stack: Stack) -> None:
     assert (await stack.post(body)).status_code == 200
     assert "Cancelling run" in text_of(await stack.answers(key))
     final = await eventually(lambda: _finished(stack, run_id), what="cancelled run ends")
-    assert final.state in ("compensated", "cancelled")
+    assert final.state == "compensated"
+    # the run's story is in the invoking channel: one status message, the undo and the summary in its thread
+    await asyncio.sleep(0.5)
+    posts = [c for c in stack.fake.calls_to("chat.postMessage") if c.params.get("channel") == CHANNEL]
+    status_posts = [c for c in posts if "thread_ts" not in c.params]
+    assert len(status_posts) == 1 and run_id in str(status_posts[0].params.get("blocks"))
+    thread = [c.params["text"] for c in posts if c.params.get("thread_ts")]
+    assert any("undo of *note* succeeded" in t for t in thread), thread
+    assert stack.fake.calls_to("chat.update"), "the status message is updated as steps move"
 
 
 async def _step_state(stack: Stack, run_id: str, step: str, state: str) -> Any:
@@ -375,12 +386,13 @@ async def test_approval_buttons(stack: Stack) -> None:
     body, _ = stack.command("run gated", trigger_id=trigger)
     assert (await stack.post(body)).status_code == 200
     run_id = slack_run_id("gated", trigger)
-    status = await eventually(lambda: _step_state(stack, run_id, "risky", "waiting_approval"), what="waiting")
-    posted = await AsyncWebClient(token=stack.fake.token, base_url=stack.fake.api_url).chat_postMessage(
-        channel=CHANNEL, text=approval_text(status, "risky"),
-        blocks=approval_blocks(status, "risky", status.step("risky").decision or {}, 1),
+    await eventually(lambda: _step_state(stack, run_id, "risky", "waiting_approval"), what="waiting")
+    # the run itself posts the approval request, with its buttons, in its thread
+    request = await eventually(
+        lambda: _async([m for m in stack.fake.messages if m.thread_ts and APPROVE_ACTION in json.dumps(m.blocks or [])]),
+        what="approval request in the thread",
     )
-    ts = posted["ts"]
+    ts = request[0].ts
 
     # the requester (though in sre) and a non-member are refused, to them alone; nothing changes
     for user, reason in [(ALICE, "four-eyes"), (CAROL, "only members of sre may approve")]:
@@ -393,7 +405,7 @@ async def test_approval_buttons(stack: Stack) -> None:
         assert reason in ephemeral[-1].params["text"] and ephemeral[-1].params["channel"] == CHANNEL
     status = await get_status(stack.temporal, run_id)
     assert status.step("risky").state == "waiting_approval" and status.step("risky").approvals == []
-    assert not stack.fake.calls_to("chat.update")
+    assert stack.fake.message(CHANNEL, ts).updates == 0, "a refused click changes nothing"
 
     # an allowed approver double-clicks: one vote counts, the run goes on, the message shows who
     first, second = await asyncio.gather(stack.click(BOB, run_id, "risky", ts), stack.click(BOB, run_id, "risky", ts))
