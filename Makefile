@@ -23,6 +23,7 @@ bench: $(STAMP) ## benchmark tables with ratios against baselines measured in th
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.alert_storm
 	$(BIN)/python -m bench.policy_latency
+	$(BIN)/python -m bench.slack_ack
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache

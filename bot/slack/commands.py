@@ -1,8 +1,8 @@
 """`/playbook help|list|run|status|cancel|dry-run`.
 
 Every handler acks first (an empty ack: Slack shows nothing, no spinner) and answers through
-the command's response_url, ephemerally. `run` starts the workflow right after the ack in the
-same handler, with an id derived from Slack's `trigger_id`: a Slack retry or a replayed signed
+the command's response_url, ephemerally, except `run`, which starts the workflow inside the ack
+window, before acking, with an id derived from Slack's `trigger_id`: a Slack retry or a replayed signed
 request carries the same trigger_id, so it attaches to the run instead of starting another.
 """
 
@@ -38,6 +38,7 @@ from bot.slack.app import SlackDeps, report_error
 from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
 from bot.slack.groups import GroupResolver
 
+ACK_BUDGET = 2.0  # seconds of Slack's 3 s spent starting the run before the ack
 log = structlog.get_logger(__name__)
 
 COMMAND = "/playbook"
@@ -88,9 +89,12 @@ class PlaybookCommand:
         }
 
     async def handle(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond) -> None:
-        await ack()
         words = split_args(body.get("text") or "")
         sub, args = (words[0].lower(), words[1:]) if words else ("help", [])
+        if sub == "run":
+            await self._run_in_ack_window(ack, body, args, respond)
+            return
+        await ack()
         handler = self.subcommands.get(sub)
         if handler is None:
             await _say(respond, f":grey_question: Unknown subcommand `{escape(sub)}`.\n\n{HELP}")
@@ -124,7 +128,35 @@ class PlaybookCommand:
 
     # ---- run -------------------------------------------------------------------------------
 
+    async def _run_in_ack_window(
+        self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], args: list[str], respond: Respond
+    ) -> None:
+        """Start the run before acking, so nothing is lost: if we die first, Slack retries the
+        command (same trigger_id, same run id). A start slower than the budget is acked anyway
+        and finishes in the background, never cancelled halfway."""
+        with structlog.contextvars.bound_contextvars(
+            slack_trigger=body.get("trigger_id"), slack_user=body.get("user_id"), subcommand="run"
+        ):
+            start = asyncio.ensure_future(self._start(body, args))
+            try:
+                await asyncio.wait_for(asyncio.shield(start), ACK_BUDGET)
+            except asyncio.TimeoutError:
+                log.warning("slack run start slower than the ack budget; acking first", budget_s=ACK_BUDGET)
+            except Exception:  # noqa: BLE001  answered below, after the ack
+                pass
+            await ack()
+            try:
+                message = await start
+            except Exception as exc:  # noqa: BLE001  every failure is answered (report_error says why)
+                await report_error(self.deps.web, exc, body, respond)
+                return
+            await _say(respond, message)
+
     async def run(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
+        await _say(respond, await self._start(body, args))
+
+    async def _start(self, body: dict[str, Any], args: list[str]) -> str:
+        """Start the run (or find it); the answer for the user. Refusals raise, naming why."""
         loaded, params = self._prepare(args)
         trigger = _trigger(body)
         user = await self._user(body)
@@ -139,15 +171,13 @@ class PlaybookCommand:
         except WorkflowAlreadyStartedError:  # this very command ran and has ended: a late replay
             assert run_id is not None
             status = await get_status(self.deps.client, run_id)
-            await _say(respond, f"This command already ran as `{escape(run_id)}`; it ended {status.state.replace('_', ' ')}.")
-            return
+            return f"This command already ran as `{escape(run_id)}`; it ended {status.state.replace('_', ' ')}."
         log.info("slack run started", run_id=handle.id, playbook=loaded.playbook.name)
         await self._record(body, handle.id, "started")
         where = f"<#{body['channel_id']}>" if body.get("channel_id") else "the playbook's channel"
-        await _say(
-            respond,
+        return (
             f":rocket: Started *{escape(loaded.playbook.name)}* as run `{escape(handle.id)}`; "
-            f"its status is posted in {where}.",
+            f"its status is posted in {where}."
         )
 
     def _prepare(self, args: list[str]) -> tuple[LoadedPlaybook, dict[str, Any]]:
