@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
@@ -22,6 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -36,7 +38,7 @@ from fastapi import FastAPI, Request
 from bench.baseline import BaselineFiveSteps, noop
 from bot import logging
 from bot.devstack import DevServer, free_port
-from bot.engine.worker import make_worker, worker_deps
+from bot.engine.worker import worker_deps
 from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
 from bot.services import _Http, front_door, slack_app
@@ -66,10 +68,13 @@ def signed(body: str) -> dict[str, str]:
     }
 
 
+RESPONSE_URL = ["http://127.0.0.1:9/"]  # set to the fake Slack's address (it answers and records)
+
+
 def command(text: str) -> str:
     return urlencode({
         "team_id": "T0FAKE", "channel_id": CHANNEL, "user_id": "U0BENCH", "user_name": "bench",
-        "command": "/playbook", "text": text, "response_url": "http://127.0.0.1:9/unused",
+        "command": "/playbook", "text": text, "response_url": RESPONSE_URL[0] + "response_url",
         "trigger_id": f"{int(time.time())}.1.{uuid.uuid4().hex[:20]}",
     })
 
@@ -91,6 +96,31 @@ async def bursts(url: str, n: int, size: int) -> list[float]:
             latencies += await asyncio.gather(*(one() for _ in range(size)))
             await asyncio.sleep(1)
     return latencies
+
+
+@contextlib.asynccontextmanager
+async def worker_process(address: str, task_queue: str, kind: str, env: dict[str, str] | None = None) -> Any:
+    """Workers in their own process on both sides, as deployed (front door and worker apart)."""
+    if kind == "bot":
+        argv = [sys.executable, "-m", "bot.cli", "worker"]
+    else:
+        argv = [sys.executable, "-m", "bench.slack_ack", "--floor-worker", task_queue, "--address", address]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, env={**os.environ, **(env or {}), "PLAYBOOK_BOT_TEMPORAL_ADDRESS": address},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    await asyncio.sleep(3)  # let it connect and poll
+    try:
+        yield
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def floor_worker(address: str, task_queue: str) -> None:
+    client = await Client.connect(address, data_converter=pydantic_data_converter)
+    async with Worker(client, task_queue=task_queue, workflows=[BaselineFiveSteps], activities=[noop]):
+        await asyncio.Event().wait()
 
 
 def floor_app(client: Client, task_queue: str, fake: FakeSlack) -> FastAPI:
@@ -117,6 +147,7 @@ def floor_app(client: Client, task_queue: str, fake: FakeSlack) -> FastAPI:
 
 async def main(n: int, size: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, FakeSlack() as fake:
+        RESPONSE_URL[0] = fake.api_url
         server = DevServer(Path(tmp) / "temporal", port=free_port(), ui_port=free_port())
         await server.start()
         try:
@@ -124,7 +155,7 @@ async def main(n: int, size: int) -> None:
             floor_queue = f"floor-{uuid.uuid4()}"
             floor_settings = Settings(http_port=free_port())
             floor_http = _Http(floor_settings, floor_app(client, floor_queue, fake))
-            async with Worker(client, task_queue=floor_queue, workflows=[BaselineFiveSteps], activities=[noop]):
+            async with worker_process(server.address, floor_queue, "floor"):
                 await floor_http.start()
                 floor = await bursts(f"http://127.0.0.1:{floor_settings.http_port}", n, size)
                 await floor_http.stop()
@@ -137,7 +168,12 @@ async def main(n: int, size: int) -> None:
                 slack_bot_token=fake.token, slack_api_url=fake.api_url,
             )
             catalog = load_directory(settings.playbooks_dir)
-            async with worker_deps(settings) as deps, make_worker(client, settings.task_queue, deps.activities):
+            env = {
+                "PLAYBOOK_BOT_DATA_DIR": str(settings.data_dir), "PLAYBOOK_BOT_POLICIES_DIR": str(settings.policies_dir),
+                "PLAYBOOK_BOT_TASK_QUEUE": settings.task_queue, "PLAYBOOK_BOT_SLACK_BOT_TOKEN": fake.token,
+                "PLAYBOOK_BOT_SLACK_API_URL": fake.api_url, "PLAYBOOK_BOT_LOG_LEVEL": "WARNING",
+            }
+            async with worker_deps(settings) as deps, worker_process(server.address, settings.task_queue, "bot", env):
                 slack = slack_app(settings, client, catalog, deps.policy, deps.audit)
                 http = _Http(settings, create_app(Readiness(), front_door(settings, client, catalog, deps.policy,
                                                                             deps.audit, slack)))
@@ -170,6 +206,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bursts", type=int, default=3)
     parser.add_argument("--size", type=int, default=50)
+    parser.add_argument("--floor-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.configure("INFO", "json", stream=open(os.devnull, "w"))
-    asyncio.run(main(args.bursts, args.size))
+    if args.floor_worker:
+        asyncio.run(floor_worker(args.address, args.floor_worker))
+    else:
+        asyncio.run(main(args.bursts, args.size))
