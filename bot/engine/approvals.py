@@ -58,6 +58,8 @@ class ApprovalBook:
             raise VoteRefused(f"run {self._status.run_id} has no step {request.step_id!r}") from None
         if st.state != "waiting_approval":
             raise VoteRefused(f"step {request.step_id!r} is not waiting for approval (it is {st.state})")
+        if self.decided(request.step_id):  # decided by a vote in this same moment: later ones are refused
+            raise VoteRefused(f"step {request.step_id!r} has already been decided")
         if not request.user:
             raise VoteRefused("a vote needs a user id")
         if request.user == self._requester:

@@ -128,6 +128,7 @@ class PlaybookRun:
         self._audit: list[AuditEvent] = []
         self._finish_recorded = False  # the last step's activity wrote run_finished with its success
         self._asked_at: dict[str, datetime] = {}  # when each step's approval was requested
+        self._failed_groups: set[str] = set()  # parallel groups one of whose steps failed
         self._channel = pb.channel or (input.trigger.slack or {}).get("channel")
         self._slack = SlackState()
         self._slack_lock = asyncio.Lock()  # one sync at a time: parallel steps must not post twice
@@ -244,6 +245,8 @@ class PlaybookRun:
             except asyncio.CancelledError:
                 self._cancelled(st)  # cancelled while asking policy or waiting for approvers
                 raise
+        if st.group is not None and st.group in self._failed_groups:
+            return self._fail(st, "not run: another step of its parallel group failed", "cancelled")
         self._saga.register(step)
         st.state = "running"
         st.started_at = workflow.now()
@@ -295,6 +298,8 @@ class PlaybookRun:
 
     def _fail(self, st: StepStatus, message: str, state: str = "failed") -> bool:
         """End a step that did not succeed (failed, denied, rejected), recorded as step_failed."""
+        if st.group is not None:
+            self._failed_groups.add(st.group)  # its siblings must not start anything new
         st.state, st.error = state, message  # type: ignore[assignment]
         st.finished_at = workflow.now()
         self._status.error = self._status.error or f"step {st.id}: {message}"
@@ -437,7 +442,9 @@ class PlaybookRun:
                 await self._flush_audit()
                 await self._notify()
             try:
-                await workflow.wait_condition(lambda: self._approvals.decided(st.id), timeout=deadline)
+                await workflow.wait_condition(
+                    lambda: self._approvals.decided(st.id) or st.group in self._failed_groups, timeout=deadline
+                )
                 break
             except asyncio.TimeoutError:
                 stage = "escalated" if round == "first" else "rejected"
@@ -455,6 +462,10 @@ class PlaybookRun:
                     )
                     await self._flush_audit()
                     await self._notify()
+        if st.group in self._failed_groups and not self._approvals.decided(st.id):
+            self._fail(st, "not run: another step of its parallel group failed", "cancelled")
+            self._refresh_run_state()
+            return False
         rejection = self._approvals.rejected_by(st.id)
         if rejection or not self._approvals.decided(st.id):
             message = (

@@ -205,3 +205,27 @@ async def test_approval_after_escalation_still_counts(skip_env):
         await handle.execute_update(PlaybookRun.vote, vote("risky", "dana"))
         status = await handle.result()
     assert status.state == "completed"
+
+
+async def test_a_failed_sibling_stops_a_step_waiting_for_approval(dev_env):
+    rec = Recorder()
+    pb = playbook(
+        """
+name: doomed
+steps:
+  - id: prep
+    action: t.ok
+    compensate: {action: t.ok}
+  - id: group
+    parallel:
+      - {id: risky, action: t.ok, impact: high}
+      - {id: bad, action: t.fail, retry: {max_attempts: 1}}
+"""
+    )
+    async with worker(dev_env.client, rec, policy(APPROVAL)) as w:
+        run = run_input(pb, requested_by="carl")
+        status = await asyncio.wait_for((await start(dev_env.client, w, run)).result(), 20)
+    assert status.state == "compensated"
+    assert status.step("risky").state == "cancelled"
+    assert "parallel group failed" in status.step("risky").error
+    assert "risky" not in rec.sequence(), "nobody is asked to approve a doomed step, and it never runs"
