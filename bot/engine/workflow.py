@@ -567,6 +567,9 @@ class PlaybookRun:
                 "requested_by": status.requested_by,
                 "trigger": status.trigger,
                 "started_at": status.started_at.isoformat() if status.started_at else None,
+                # where the run is told in Slack, so a slack.post step can reply in its thread
+                "slack_channel": self._channel,
+                "slack_thread_ts": self._slack.message_ts,
             },
             "steps": {
                 st.id: {"output": st.output, "state": st.state}

@@ -69,3 +69,30 @@ async def test_slack_down_never_fails_the_run(dev_env, fake_slack):
         status = await (await start(dev_env.client, w, run_input(pb))).result()
     assert status.state == "completed"
     assert rec.sequence() == ["a", "b"]
+
+
+async def test_slack_post_step_replies_in_the_runs_thread(dev_env, fake_slack):
+    from bot.actions.activities import build_activities
+    from bot.actions.secrets import SecretStore
+    from bot.actions.slack import SlackActions
+
+    rec = Recorder()
+    web = AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url)
+    pb = playbook(
+        """
+name: chatty
+channel: "#incidents"
+steps:
+  - id: tell
+    action: slack.post
+    with: {channel: "{{ run.slack_channel }}", thread_ts: "{{ run.slack_thread_ts }}", text: "restarting now"}
+"""
+    )
+    post = build_activities([SlackActions(web)], SecretStore(environ={}))
+    async with worker(dev_env.client, rec, [SlackNotifier(web).sync, *post]) as w:
+        status = await (await start(dev_env.client, w, run_input(pb))).result()
+    assert status.state == "completed", status.error
+    posts = fake_slack.calls_to("chat.postMessage")
+    status_ts = fake_slack.messages[0].ts
+    told = [p for p in posts if p.params.get("text") == "restarting now"]
+    assert told and told[0].params["thread_ts"] == status_ts
