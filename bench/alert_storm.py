@@ -27,12 +27,12 @@ import aiohttp
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
 
-from bench.baseline import BaselineFiveSteps, noop
+from bench.baseline import BaselineFiveSteps
+from bench.workers import worker_process
 from bot import logging
 from bot.devstack import DevServer, free_port
-from bot.engine.worker import make_worker, worker_deps
+from bot.engine.worker import worker_deps
 from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
 from bot.services import _Http, front_door
@@ -88,7 +88,9 @@ async def bounded(concurrency: int, jobs: list[Any], work: Any) -> list[Any]:
     return results
 
 
-async def bot_side(client: Client, tmp: Path, alerts: int, concurrency: int) -> tuple[float, collections.Counter]:
+async def bot_side(
+    client: Client, address: str, tmp: Path, alerts: int, concurrency: int
+) -> tuple[float, collections.Counter]:
     (tmp / "playbooks").mkdir()
     (tmp / "playbooks" / "storm.yaml").write_text(PLAYBOOK)
     port = free_port()
@@ -97,7 +99,11 @@ async def bot_side(client: Client, tmp: Path, alerts: int, concurrency: int) -> 
         alertmanager_token=TOKEN, task_queue=f"storm-{uuid.uuid4()}",
     )
     catalog = load_directory(settings.playbooks_dir)
-    async with worker_deps(settings) as deps, make_worker(client, settings.task_queue, deps.activities):
+    env = {
+        "PLAYBOOK_BOT_DATA_DIR": str(settings.data_dir), "PLAYBOOK_BOT_POLICIES_DIR": str(settings.policies_dir),
+        "PLAYBOOK_BOT_TASK_QUEUE": settings.task_queue, "PLAYBOOK_BOT_LOG_LEVEL": "WARNING",
+    }
+    async with worker_deps(settings) as deps, worker_process(address, settings.task_queue, "bot", env):
         http = _Http(settings, create_app(Readiness(), front_door(settings, client, catalog, deps.policy, deps.audit)))
         await http.start()
         try:
@@ -136,11 +142,13 @@ async def load(url: str, alerts: int, concurrency: int) -> None:
     print(json.dumps({"elapsed": elapsed, "outcomes": collections.Counter(o for r in results for o in r)}))
 
 
-async def floor_side(client: Client, alerts: int, concurrency: int) -> tuple[float, collections.Counter]:
+async def floor_side(
+    client: Client, address: str, alerts: int, concurrency: int
+) -> tuple[float, collections.Counter]:
     queue = f"storm-floor-{uuid.uuid4()}"
     ids = [f"floor-{i:016x}" for i in range(alerts)] * 3
     random.Random(7).shuffle(ids)
-    async with Worker(client, task_queue=queue, workflows=[BaselineFiveSteps], activities=[noop]):
+    async with worker_process(address, queue, "floor"):
 
         async def start(workflow_id: str) -> str:
             await client.start_workflow(
@@ -162,9 +170,9 @@ async def main(alerts: int, concurrency: int) -> None:
         await server.start()
         try:
             client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-            floor_s, floor_counts = await floor_side(client, alerts, concurrency)
+            floor_s, floor_counts = await floor_side(client, server.address, alerts, concurrency)
             await asyncio.sleep(2)
-            bot_s, outcomes = await bot_side(client, Path(tmp), alerts, concurrency)
+            bot_s, outcomes = await bot_side(client, server.address, Path(tmp), alerts, concurrency)
         finally:
             await server.stop()
     floor_rate, bot_rate = alerts / floor_s, alerts / bot_s

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import os
@@ -23,7 +22,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -32,10 +30,10 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
 from fastapi import FastAPI, Request
 
-from bench.baseline import BaselineFiveSteps, noop
+from bench.baseline import BaselineFiveSteps
+from bench.workers import worker_process
 from bot import logging
 from bot.devstack import DevServer, free_port
 from bot.engine.worker import worker_deps
@@ -96,31 +94,6 @@ async def bursts(url: str, n: int, size: int) -> list[float]:
             latencies += await asyncio.gather(*(one() for _ in range(size)))
             await asyncio.sleep(1)
     return latencies
-
-
-@contextlib.asynccontextmanager
-async def worker_process(address: str, task_queue: str, kind: str, env: dict[str, str] | None = None) -> Any:
-    """Workers in their own process on both sides, as deployed (front door and worker apart)."""
-    if kind == "bot":
-        argv = [sys.executable, "-m", "bot.cli", "worker"]
-    else:
-        argv = [sys.executable, "-m", "bench.slack_ack", "--floor-worker", task_queue, "--address", address]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=ROOT, env={**os.environ, **(env or {}), "PLAYBOOK_BOT_TEMPORAL_ADDRESS": address},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    await asyncio.sleep(3)  # let it connect and poll
-    try:
-        yield
-    finally:
-        proc.terminate()
-        await proc.wait()
-
-
-async def floor_worker(address: str, task_queue: str) -> None:
-    client = await Client.connect(address, data_converter=pydantic_data_converter)
-    async with Worker(client, task_queue=task_queue, workflows=[BaselineFiveSteps], activities=[noop]):
-        await asyncio.Event().wait()
 
 
 def floor_app(client: Client, task_queue: str, fake: FakeSlack) -> FastAPI:
@@ -206,11 +179,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bursts", type=int, default=3)
     parser.add_argument("--size", type=int, default=50)
-    parser.add_argument("--floor-worker", help=argparse.SUPPRESS)
-    parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.configure("INFO", "json", stream=open(os.devnull, "w"))
-    if args.floor_worker:
-        asyncio.run(floor_worker(args.address, args.floor_worker))
-    else:
-        asyncio.run(main(args.bursts, args.size))
+    asyncio.run(main(args.bursts, args.size))
