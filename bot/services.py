@@ -17,11 +17,11 @@ from temporalio.worker import Worker
 
 from bot.actions.catalog import slack_client
 from bot.alerts.receiver import AlertDeps, AlertReceiver
-from bot.audit.store import SqliteAuditStore, default_path
+from bot.audit.store import SqliteAuditStore
 from bot.devstack import DevServer
-from bot.engine.worker import WorkerDeps, make_worker, worker_deps
+from bot.engine.worker import WorkerDeps, make_worker, open_policy_and_audit, worker_deps
 from bot.playbook.loader import Catalog, load_directory
-from bot.policy.engine import PolicyEngine, make_engine
+from bot.policy.engine import PolicyEngine
 from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
 from bot.settings import ConfigError, Settings
 from bot.slack.app import SlackDeps, create_slack_app, slack_router
@@ -153,11 +153,7 @@ async def run_serve(settings: Settings) -> None:
     stop = stop_event()
     catalog = load_directory(settings.playbooks_dir)
     async with AsyncExitStack() as stack:
-        policy = make_engine(settings)
-        stack.push_async_callback(policy.close)
-        await policy.load()
-        audit = SqliteAuditStore(default_path(settings))
-        stack.callback(audit.close)
+        policy, audit = await open_policy_and_audit(stack, settings)
         client = await connect(settings)
         readiness = Readiness(
             {"temporal": temporal_check(client), "policies": policy_check(policy), "audit": audit_check(audit)}

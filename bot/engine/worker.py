@@ -52,6 +52,19 @@ def make_worker(
     )
 
 
+async def open_policy_and_audit(stack: AsyncExitStack, settings: Settings) -> tuple[PolicyEngine, SqliteAuditStore]:
+    """The policy engine (loaded: a broken policy raises PolicyLoadError here) and the audit store,
+    closed with `stack`; what both the worker and the front door need."""
+    policy = make_engine(settings)
+    stack.push_async_callback(policy.close)
+    await policy.load()
+    store = SqliteAuditStore(default_path(settings))
+    stack.callback(store.close)
+    if problem := store.check_writable():  # creates the store; says early why it cannot
+        log.error("audit store not writable: runs will wait for it", reason=problem)
+    return policy, store
+
+
 @dataclass
 class WorkerDeps:
     """What a worker's activities hold: closed together when the worker stops."""
@@ -69,13 +82,7 @@ async def worker_deps(settings: Settings, extra_providers: Sequence[object] = ()
     (PolicyLoadError names the file and line) instead of denying every step later.
     """
     async with AsyncExitStack() as stack:
-        policy = make_engine(settings)
-        stack.push_async_callback(policy.close)
-        await policy.load()
-        store = SqliteAuditStore(default_path(settings))
-        stack.callback(store.close)
-        if problem := store.check_writable():  # creates the store; says early why it cannot
-            log.error("audit store not writable: runs will wait for it", reason=problem)
+        policy, store = await open_policy_and_audit(stack, settings)
         writer = AuditWriter(store)
         http = await stack.enter_async_context(httpx.AsyncClient())
         providers = [*make_providers(settings, http), *extra_providers]
