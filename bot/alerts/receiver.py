@@ -41,6 +41,11 @@ log = structlog.get_logger(__name__)
 ALERTMANAGER_USER = "alertmanager"
 
 
+def _event_id(alert: Alert, kind: EventKind, key: str) -> str:
+    """Natural keys: a re-delivered alert records nothing twice."""
+    return f"alert:{alert.fingerprint}:{kind.value}:{key}"
+
+
 class Unavailable(RuntimeError):
     """Our side failed (Temporal, audit store): the whole request is a 503 and will be retried."""
 
@@ -132,6 +137,10 @@ class AlertReceiver:
         playbook, run_id = match.name, match.workflow_id
         if match.error or match.params is None:
             return self._outcome(alert, playbook, "rejected", reason=match.error or "no params")
+        if await self._resolved_before(alert, playbook):
+            # A firing delivery that arrives after its resolved one (a retry, a slow peer):
+            # the alert is over, and a resolved alert never remediates.
+            return self._outcome(alert, playbook, "already_handled", reason="the alert was already resolved")
         if run_id in self._known:
             running = await self._running(run_id)
             if running is not None:
@@ -212,7 +221,7 @@ class AlertReceiver:
     def _event(self, alert: Alert, run_id: str | None, kind: EventKind, details: dict[str, Any],
                key: str) -> AuditEvent:
         return AuditEvent(
-            event_id=f"alert:{alert.fingerprint}:{kind.value}:{key}",
+            event_id=_event_id(alert, kind, key),
             ts=datetime.now(timezone.utc),
             run_id=run_id,
             step_id=None,
@@ -221,9 +230,24 @@ class AlertReceiver:
             details=details,
         )
 
+    @staticmethod
+    def _outcome_key(alert: Alert, playbook: str | None, status: str, outcome: str) -> str:
+        return f"{playbook}:{status}:{alert.starts_at.isoformat()}:{outcome}"
+
     def _outcome_event(self, alert: Alert, result: dict[str, Any]) -> AuditEvent:
-        key = f"{result['playbook']}:{alert.status}:{alert.starts_at.isoformat()}:{result['outcome']}"
+        key = self._outcome_key(alert, result["playbook"], alert.status, result["outcome"])
         return self._event(alert, result.get("run_id"), EventKind.alert_outcome, dict(result), key=key)
+
+    async def _resolved_before(self, alert: Alert, playbook: str) -> bool:
+        """Did this episode's resolved notification arrive (and find no run) before this one?"""
+        if self.deps.audit is None:
+            return False
+        key = self._outcome_key(alert, playbook, "resolved", "resolved_no_run")
+        event_id = _event_id(alert, EventKind.alert_outcome, key)
+        try:
+            return await asyncio.to_thread(self.deps.audit.has_event, event_id)
+        except Exception as exc:
+            raise Unavailable(f"audit store: {exc}") from None
 
     async def _record(self, events: list[AuditEvent]) -> None:
         """Every received alert ends in a recorded outcome; a store we cannot write is our fault (503)."""

@@ -161,6 +161,10 @@ class SqliteAuditStore:
         with self._connected("read") as conn:
             return [_from_row(row) for row in conn.execute(sql, [*params, n])]
 
+    def has_event(self, event_id: str) -> bool:
+        with self._connected("read") as conn:
+            return conn.execute("SELECT 1 FROM audit_events WHERE event_id = ?", (event_id,)).fetchone() is not None
+
     def has_run(self, run_id: str) -> bool:
         with self._connected("read") as conn:
             return conn.execute("SELECT 1 FROM audit_events WHERE run_id = ? LIMIT 1", (run_id,)).fetchone() is not None

@@ -384,3 +384,14 @@ async def test_temporal_down_is_a_503_and_the_retry_starts_exactly_one_run(tmp_p
         await policy.close()
         store.close()
         await server.stop()
+
+
+async def test_a_firing_delivery_after_its_resolved_one_starts_nothing(stack):
+    fp = uuid.uuid4().hex[:16]
+    firing_alert = firing(fp, instance="late-1")
+    resolved = {**firing_alert, "status": "resolved", "endsAt": "2026-11-22T01:05:00Z"}
+    assert [o["outcome"] for o in (await post(stack, [resolved])).json()] == ["resolved_no_run"]
+    late = (await post(stack, [firing_alert])).json()
+    assert [(o["outcome"], o.get("reason")) for o in late] == [("already_handled", "the alert was already resolved")]
+    run_id = episode_id("disk-remediation", fp, datetime(2026, 11, 22, 1, 0, tzinfo=timezone.utc))
+    assert not [w async for w in stack["temporal"].list_workflows(f'WorkflowId = "{run_id}"')]
