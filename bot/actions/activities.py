@@ -95,7 +95,10 @@ def _wrap(
             try:
                 params = spec.params.model_validate(secrets.resolve(input.params, used))
             except ValidationError as exc:
-                raise InvalidParams(mask(describe_validation_error(spec.name, exc), used)) from None
+                error: ApplicationError = InvalidParams(mask(describe_validation_error(spec.name, exc), used))
+                raise _with_attempt(error, info.attempt) from None
+            except ApplicationError as exc:  # a missing secret
+                raise _with_attempt(exc, info.attempt) from None
             ctx = ActionContext(
                 run_id=input.run_id,
                 step_id=input.step_id,
@@ -137,6 +140,11 @@ def _wrap(
 
     run.__name__ = run.__qualname__ = spec.name.replace(".", "_")
     return activity.defn(name=spec.name)(run)
+
+
+def _with_attempt(exc: ApplicationError, attempt: int) -> ApplicationError:
+    """The same error, saying which attempt it ended (so status shows 1, not max_attempts)."""
+    return ApplicationError(exc.message, {"attempt": attempt}, type=exc.type, non_retryable=exc.non_retryable)
 
 
 def _first_detail(exc: ApplicationError) -> Any:

@@ -169,3 +169,19 @@ steps:
     with SqliteAuditStore(default_path(settings)) as store:
         kinds = [(e.kind.value, e.step_id) for e in store.events(run_id=status.run_id)]
     assert kinds == [("run_started", None), ("step_failed", "risky"), ("run_finished", None)]
+
+
+async def test_a_missing_secret_fails_on_the_first_attempt_and_says_so(dev_env, tmp_path: Path):
+    policies = tmp_path / "policies" / "playbook" / "authz"
+    policies.mkdir(parents=True)
+    (policies / "authz.rego").write_text(POLICY)
+    settings = Settings(data_dir=tmp_path / "data", policies_dir=tmp_path / "policies")
+    pb = playbook("name: nosecret\nsteps: [{id: t, action: core.log, with: {message: '{{ secret(\"NOT_SET_ANYWHERE\") }}'}}]")
+    async with worker_deps(settings) as deps:
+        async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
+            status = await dev_env.client.execute_workflow(
+                PlaybookRun.run, run_input(pb), id=f"nosecret-{uuid.uuid4()}", task_queue=worker.task_queue
+            )
+    step = status.step("t")
+    assert (step.state, step.attempts) == ("failed", 1), "non-retryable: one attempt, and status says one"
+    assert "NOT_SET_ANYWHERE" in step.error and "is not set" in step.error
