@@ -150,6 +150,12 @@ class AlertReceiver:
             start_policy_input(match.playbook, match.params, trigger, {"id": ALERTMANAGER_USER, "name": "Alertmanager", "groups": []})
         )
         if not verdict.allow:
+            # Refused to start now, but the episode may already have its run (started through
+            # another front door, or before the policy changed): then this delivery attaches.
+            running = await self._running(run_id)
+            if running is not None:
+                self._remember(run_id)
+                return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
             return self._outcome(alert, playbook, "rejected", reason="start refused: " + "; ".join(verdict.reasons))
         run_input = RunInput(
             playbook=match.playbook.playbook, playbook_hash=match.playbook.hash, params=match.params, trigger=trigger

@@ -395,3 +395,30 @@ async def test_a_firing_delivery_after_its_resolved_one_starts_nothing(stack):
     assert [(o["outcome"], o.get("reason")) for o in late] == [("already_handled", "the alert was already resolved")]
     run_id = episode_id("disk-remediation", fp, datetime(2026, 11, 22, 1, 0, tzinfo=timezone.utc))
     assert not [w async for w in stack["temporal"].list_workflows(f'WorkflowId = "{run_id}"')]
+
+
+async def test_a_replica_whose_start_policy_refuses_still_attaches_to_a_running_episode(stack):
+    from bot.alerts.receiver import AlertDeps, AlertReceiver
+    from bot.policy.models import Verdict
+
+    class Refusing:
+        async def start(self, input: dict[str, Any]) -> Verdict:
+            return Verdict(allow=False, reasons=["changed its mind"])
+
+    fp = uuid.uuid4().hex[:16]
+    body = [firing(fp, instance="replica-1")]
+    started = (await post(stack, body)).json()
+    assert [o["outcome"] for o in started] == ["started"]
+    catalog = load_directory(stack["settings"].playbooks_dir)
+    other = AlertReceiver(AlertDeps(stack["temporal"], stack["settings"].task_queue, lambda: catalog, Refusing(), None, TOKEN))
+    app = create_app(Readiness(), [other.router()])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica") as http:
+        again = await http.post("/alertmanager", json=webhook(body), headers={"Authorization": f"Bearer {TOKEN}"})
+        fresh = await http.post(
+            "/alertmanager", json=webhook([firing(uuid.uuid4().hex[:16], instance="replica-2")]),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+    assert [(o["outcome"], o["run_id"]) for o in again.json()] == [("attached", started[0]["run_id"])]
+    assert [o["outcome"] for o in fresh.json()] == ["rejected"]
+    assert "changed its mind" in fresh.json()[0]["reason"]
+    await stack["temporal"].get_workflow_handle(started[0]["run_id"]).cancel()
