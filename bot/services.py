@@ -8,7 +8,6 @@ import signal
 from contextlib import AsyncExitStack
 from typing import Any, AsyncIterator
 
-import prometheus_client
 import structlog
 import uvicorn
 from fastapi import APIRouter
@@ -141,9 +140,16 @@ async def run_worker_only(settings: Settings) -> None:
     stop = stop_event()
     async with worker_deps(settings) as deps:
         client = await connect(settings)
-        if settings.worker_metrics_port is not None:  # in `dev` the front door serves /metrics
-            prometheus_client.start_http_server(settings.worker_metrics_port, addr=settings.http_host)
-        await serve_worker(settings, client, deps, stop)
+        readiness = Readiness({"temporal": temporal_check(client)})
+        http: _Http | None = None
+        if settings.worker_metrics_port is not None:  # /healthz, /readyz, /metrics for this worker
+            http = _Http(settings.model_copy(update={"http_port": settings.worker_metrics_port}), create_app(readiness))
+            await http.start()
+        try:
+            await serve_worker(settings, client, deps, stop, readiness)
+        finally:
+            if http is not None:
+                await http.stop()
 
 
 async def run_serve(settings: Settings) -> None:

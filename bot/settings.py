@@ -35,7 +35,9 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
-    worker_metrics_port: int | None = Field(None, ge=0, le=65535, description="`worker` alone: serve /metrics here.")
+    worker_metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="`worker` alone: serve /healthz, /readyz and /metrics on this port."
+    )
 
     alertmanager_token: SecretStr | None = None
     alertmanager_max_body: int = Field(1 << 20, gt=0, description="Bytes; a larger webhook body is a 413.")
