@@ -1,0 +1,71 @@
+"""docker-compose.yml as an operator deploys it (no Docker engine here: we check the file)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from bot.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_the_services_are_there():
+    assert {"postgresql", "temporal", "temporal-ui", "opa", "bot", "worker"} <= set(SERVICES)
+    assert SERVICES["alertmanager"]["profiles"] == ["alerting"]
+    assert SERVICES["prometheus"]["profiles"] == ["alerting"]
+
+
+def test_images_are_pinned():
+    for name, service in SERVICES.items():
+        image = service.get("image")
+        assert image, f"{name} has no image"
+        tag = image.rsplit(":", 1)[1] if ":" in image.split("/")[-1] else ""
+        assert re.search(r"\d", tag) and "latest" not in tag, f"{name}: {image} is not pinned to a version"
+
+
+def test_everything_long_running_has_a_healthcheck():
+    for name in ("postgresql", "temporal", "opa", "bot", "worker", "alertmanager", "prometheus"):
+        assert SERVICES[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    for name in ("bot", "worker"):
+        assert "/readyz" in " ".join(SERVICES[name]["healthcheck"]["test"])
+
+
+def test_bot_waits_for_its_dependencies_and_opa_mounts_the_policies():
+    for name in ("bot", "worker"):
+        assert SERVICES[name]["depends_on"]["temporal"]["condition"] == "service_healthy"
+        assert SERVICES[name]["depends_on"]["opa"]["condition"] == "service_healthy"
+    assert "./policies:/policies:ro" in SERVICES["opa"]["volumes"]
+    assert "--authentication=token" in SERVICES["opa"]["command"]
+    assert "--set=decision_logs.console=true" in SERVICES["opa"]["command"]
+
+
+def test_every_playbook_bot_variable_is_a_real_setting():
+    fields = {f"PLAYBOOK_BOT_{name.upper()}" for name in Settings.model_fields}
+    seen = set()
+    for service in SERVICES.values():
+        for key in (service.get("environment") or {}):
+            if key.startswith("PLAYBOOK_BOT_") and service.get("image", "").startswith("playbook-bot"):
+                seen.add(key)
+    assert seen, "the bot services set no settings?"
+    assert seen <= fields, f"not settings: {sorted(seen - fields)}"
+    for key in re.findall(r"^(PLAYBOOK_BOT_\w+)=", (ROOT / "deploy" / "env.example").read_text(), re.M):
+        assert key in fields, f"deploy/env.example sets {key}, which is not a setting"
+
+
+def test_no_secret_values_in_the_repo():
+    text = (ROOT / "docker-compose.yml").read_text()
+    for key in ("PASSWORD", "TOKEN", "SECRET"):
+        for line in text.splitlines():
+            if key in line and ":" in line and "${" not in line and "$$" not in line and "file" not in line:
+                assert line.strip().endswith(":") or "credentials_file" in line, f"literal secret? {line}"
+
+
+def test_dockerfile_runs_as_non_root_from_a_multi_stage_build():
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.count("FROM ") >= 2
+    assert re.search(r"^USER (?!root)\w+", text, re.M)
