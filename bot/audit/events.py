@@ -117,6 +117,20 @@ class AuditEvent(BaseModel):
     def details_json(self) -> str:
         return canonical_json(self.details)
 
+    def link(self, seq: int, prev_hash: str) -> dict[str, Any]:
+        """The stored text of each hashed field, in column order: what the chain covers."""
+        return dict(
+            seq=seq,
+            event_id=self.event_id,
+            ts=format_ts(self.ts),
+            run_id=self.run_id,
+            step_id=self.step_id,
+            kind=self.kind.value,
+            actor=self.actor,
+            details=self.details_json(),
+            prev_hash=prev_hash,
+        )
+
 
 class StoredEvent(AuditEvent):
     """An event as the store holds it: its place in the log and its link in the chain."""
@@ -127,14 +141,4 @@ class StoredEvent(AuditEvent):
 
     def expected_hash(self) -> str:
         """Recompute this event's hash from its fields, e.g. to check an export."""
-        return chain_hash(
-            seq=self.seq,
-            event_id=self.event_id,
-            ts=format_ts(self.ts),
-            run_id=self.run_id,
-            step_id=self.step_id,
-            kind=self.kind.value,
-            actor=self.actor,
-            details=self.details_json(),
-            prev_hash=self.prev_hash,
-        )
+        return chain_hash(**self.link(self.seq, self.prev_hash))

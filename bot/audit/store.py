@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, chain_hash, format_ts
+from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, chain_hash
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -273,17 +273,7 @@ def _is_busy(exc: BaseException) -> bool:
 
 
 def _to_row(seq: int, event: AuditEvent, prev_hash: str) -> tuple[Any, ...]:
-    fields = dict(
-        seq=seq,
-        event_id=event.event_id,
-        ts=format_ts(event.ts),
-        run_id=event.run_id,
-        step_id=event.step_id,
-        kind=event.kind.value,
-        actor=event.actor,
-        details=event.details_json(),
-        prev_hash=prev_hash,
-    )
+    fields = event.link(seq, prev_hash)
     return (*fields.values(), chain_hash(**fields))
 
 
