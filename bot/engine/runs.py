@@ -15,6 +15,7 @@ from bot.engine.state import RunInput, RunStatus, TriggerContext, VoteRequest, V
 from bot.engine.workflow import PlaybookRun
 from bot.playbook.loader import LoadedPlaybook
 from bot.policy.engine import PolicyEngine
+from bot.policy.inputs import policy_input
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 
@@ -32,15 +33,10 @@ def start_policy_input(
     loaded: LoadedPlaybook, params: dict[str, Any], trigger: TriggerContext, user: dict[str, Any]
 ) -> dict[str, Any]:
     """DESIGN.md's policy input without `step`, with `user`: who may start which playbook."""
-    return {
-        "playbook": {"name": loaded.playbook.name, "owner": loaded.playbook.owner, "hash": loaded.hash},
-        "run": {"trigger": trigger.kind, "requested_by": trigger.requested_by},
-        "params": params,
-        "alert": trigger.alert,
-        "user": user,
-        "approvals": [],
-        "now": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
-    }
+    run = {"trigger": trigger.kind, "requested_by": trigger.requested_by}
+    return policy_input(
+        loaded.playbook, loaded.hash, run, params, trigger.alert, datetime.now(timezone.utc), user=user
+    )
 
 
 async def check_start(

@@ -8,7 +8,7 @@ query, so bookkeeping adds no round trips.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from bot.playbook.durations import format_duration, parse_duration
     from bot.policy.activities import PolicyRequest
+    from bot.policy.inputs import policy_input, rfc3339
     from bot.policy.models import Decision, Verdict
     from bot.slack.notifier import SlackState, SlackSync
     from bot.playbook.model import Compensation, ParallelGroup, RetryPolicy, Step
@@ -57,10 +58,6 @@ async def _uncancellable(coro: Any) -> Any:
         except asyncio.CancelledError:
             if task.done():
                 return task.result()
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def idempotency_key(run_id: str, step_id: str, compensation: bool = False) -> str:
@@ -364,21 +361,24 @@ class PlaybookRun:
 
     def _policy_input(self, step: Step, args: dict[str, Any]) -> dict[str, Any]:
         """The input document of DESIGN.md's policy contract, from workflow state only."""
-        status, trigger = self._status, self._input.trigger
-        return {
-            "playbook": {"name": status.playbook, "owner": self._input.playbook.owner, "hash": status.playbook_hash},
-            "step": {"id": step.id, "action": step.action, "impact": step.impact, "with": args},
-            "run": {
-                "id": status.run_id,
-                "trigger": status.trigger,
-                "requested_by": status.requested_by,
-                "started_at": _rfc3339(status.started_at or workflow.now()),
-            },
-            "params": self._input.params,
-            "alert": trigger.alert,
-            "approvals": [v.model_dump(mode="json") for v in status.step(step.id).approvals],
-            "now": _rfc3339(workflow.now()),
+        status = self._status
+        run = {
+            "id": status.run_id,
+            "trigger": status.trigger,
+            "requested_by": status.requested_by,
+            "started_at": rfc3339(status.started_at or workflow.now()),
         }
+        return policy_input(
+            self._input.playbook,
+            status.playbook_hash,
+            run,
+            self._input.params,
+            self._input.trigger.alert,
+            workflow.now(),
+            step=step,
+            args=args,
+            approvals=[v.model_dump(mode="json") for v in status.step(step.id).approvals],
+        )
 
     async def _ask_policy(self, rule: str, input: dict[str, Any], result_type: type[Any]) -> Any:
         """Ask the policy activity; if even that fails, the answer is a deny (fail closed)."""
@@ -433,7 +433,7 @@ class PlaybookRun:
                     {
                         "min_approvals": self._approvals.needed(st.id),
                         "approver_groups": decision.approver_groups,
-                        "deadline": _rfc3339(st.approval_deadline),
+                        "deadline": rfc3339(st.approval_deadline),
                         "reasons": decision.reasons,
                         "action": st.action,
                         "args": st.args,

@@ -34,6 +34,7 @@ from bot.playbook.loader import LoadedPlaybook
 from bot.playbook.model import ParallelGroup, Step
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.templating import TemplateError, render
+from bot.policy.inputs import policy_input, rfc3339
 from bot.slack.app import SlackDeps, report_error
 from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
 from bot.slack.groups import GroupResolver
@@ -227,9 +228,9 @@ class PlaybookCommand:
         trigger = _trigger(body)
         user = await self._user(body)
         pb = loaded.playbook
-        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        now = datetime.now(UTC)
         run = {"id": "dry-run", "playbook": pb.name, "requested_by": trigger.requested_by, "trigger": "slack",
-               "started_at": now}
+               "started_at": rfc3339(now)}
         context = {"params": params, "alert": None, "run": run, "steps": {}}
         start = await self.deps.policy.start(start_policy_input(loaded, params, trigger, user))
         lines = [f":mag: *Dry run of {escape(pb.name)}*: nothing is executed."]
@@ -247,7 +248,7 @@ class PlaybookCommand:
         await _say(respond, "\n".join(lines))
 
     async def _dry_step(self, loaded: LoadedPlaybook, step: Step, context: dict[str, Any], params: dict[str, Any],
-                        trigger: TriggerContext, now: str, indent: str = "") -> str:
+                        trigger: TriggerContext, now: datetime, indent: str = "") -> str:
         head = f"{indent}• *{escape(step.id)}* `{escape(step.action)}` impact {step.impact}{_when(step.when, context)}"
         try:
             args = render(step.with_, context)
@@ -256,15 +257,10 @@ class PlaybookCommand:
         line = f"{head}\n{code_block(_json(args), 600)}"
         if step.impact != "high":
             return line
-        decision = await self.deps.policy.decide({
-            "playbook": {"name": loaded.playbook.name, "owner": loaded.playbook.owner, "hash": loaded.hash},
-            "step": {"id": step.id, "action": step.action, "impact": step.impact, "with": args},
-            "run": {"id": "dry-run", "trigger": "slack", "requested_by": trigger.requested_by, "started_at": now},
-            "params": params,
-            "alert": None,
-            "approvals": [],
-            "now": now,
-        })
+        run = {"id": "dry-run", "trigger": "slack", "requested_by": trigger.requested_by, "started_at": rfc3339(now)}
+        decision = await self.deps.policy.decide(
+            policy_input(loaded.playbook, loaded.hash, run, params, None, now, step=step, args=args)
+        )
         reasons = escape("; ".join(decision.reasons) or "no reason given")
         if not decision.allow:
             verdict = f":no_entry: policy would deny it: {reasons}"
