@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from temporalio.client import Client
 
@@ -62,6 +62,23 @@ def flag_check(flag: Callable[[], bool], reason: str) -> Check:
         return None if flag() else reason
 
     return check
+
+
+async def read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it passes `limit` bytes: declared or chunked, nothing larger is
+    buffered. The body stays readable with `request.body()` for handlers further down (Bolt)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # Starlette's own cache of request.body(): the stream is consumed now
+    return body
 
 
 def create_app(readiness: Readiness, routers: Sequence[APIRouter] = ()) -> FastAPI:

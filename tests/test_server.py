@@ -96,3 +96,27 @@ async def test_slack_events_route_only_when_slack_is_configured(dev_env, tmp_pat
         unsigned = await http.post("/slack/events", content=b"command=/playbook&text=help")
     assert unsigned.status_code == 401
     store.close()
+
+
+async def test_read_limited_stops_a_chunked_body_without_a_length():
+    from fastapi import FastAPI, Request
+
+    from bot.server import read_limited
+
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, int | None]:
+        body = await read_limited(request, 1000)
+        again = await request.body() if body is not None else None  # still readable downstream
+        return {"size": None if body is None else len(body), "again": None if again is None else len(again)}
+
+    async def chunks(n: int):
+        for _ in range(n):
+            yield b"x" * 400
+
+    async with client_for(app) as http:
+        small = await http.post("/echo", content=chunks(2))
+        large = await http.post("/echo", content=chunks(10))
+    assert small.json() == {"size": 800, "again": 800}
+    assert large.json() == {"size": None, "again": None}

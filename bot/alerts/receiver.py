@@ -35,6 +35,7 @@ from bot.engine.workflow import PlaybookRun
 from bot.metrics import observe_events
 from bot.playbook.loader import Catalog
 from bot.policy.engine import PolicyEngine
+from bot.server import read_limited
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +81,7 @@ class AlertReceiver:
         unmatched, rejected, resolved_cancelled, resolved_no_run or resolved_ignored."""
         if not self._authorised(request.headers.get("authorization", "")):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
-        body = await self._read(request)
+        body = await read_limited(request, self.deps.max_body)
         if body is None:
             return JSONResponse({"error": f"body over {self.deps.max_body} bytes"}, status_code=413)
         try:
@@ -101,18 +102,6 @@ class AlertReceiver:
             return False
         # bytes: compare_digest refuses non-ASCII str, and a header is whatever a client sends
         return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
-
-    async def _read(self, request: Request) -> bytes | None:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.deps.max_body:
-            return None
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.deps.max_body:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def _handle(self, alert: Alert) -> list[dict[str, Any]]:
         name = alert.labels.get("alertname", "")

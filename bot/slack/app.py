@@ -27,6 +27,7 @@ from bot.engine.runs import RunError
 from bot.playbook.loader import Catalog, UnknownPlaybook
 from bot.playbook.params import ParamError
 from bot.policy.engine import PolicyEngine
+from bot.server import read_limited
 from bot.settings import ConfigError, Settings
 from bot.slack.groups import GroupResolver
 
@@ -152,11 +153,8 @@ def slack_router(app: AsyncApp, settings: Settings) -> APIRouter:
 
     @router.post("/slack/events", summary="Slack slash commands, interactivity and events (signed)")
     async def slack_events(request: Request) -> Response:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY:
-            return JSONResponse({"error": "body too large"}, status_code=413)
-        body = await request.body()
-        if len(body) > MAX_BODY:
+        body = await read_limited(request, MAX_BODY)
+        if body is None:
             return JSONResponse({"error": "body too large"}, status_code=413)
         if not verified(verifier, body, request.headers):
             return JSONResponse({"error": "invalid request signature"}, status_code=401)
