@@ -6,13 +6,14 @@ import uuid
 from pathlib import Path
 
 import httpx
+from fastapi import FastAPI, Request
 from temporalio.client import Client
 
 from bot.audit.store import SqliteAuditStore
 from bot.devstack import DevServer, free_port
 from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
-from bot.server import Readiness, audit_check, create_app, temporal_check
+from bot.server import Readiness, audit_check, create_app, read_limited, temporal_check
 from bot.settings import Settings
 from tests.engine.support import playbook, run_input
 
@@ -99,10 +100,6 @@ async def test_slack_events_route_only_when_slack_is_configured(dev_env, tmp_pat
 
 
 async def test_read_limited_stops_a_chunked_body_without_a_length():
-    from fastapi import FastAPI, Request
-
-    from bot.server import read_limited
-
     app = FastAPI()
 
     @app.post("/echo")
