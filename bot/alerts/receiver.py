@@ -28,11 +28,11 @@ from temporalio.service import RPCError, RPCStatusCode
 from bot.alerts.episodes import RouteMatch, route
 from bot.alerts.payload import Alert, PayloadError, parse_payload
 from bot.audit.events import AuditEvent, EventKind
+from bot.audit.recorder import append_counted
 from bot.audit.store import SqliteAuditStore
 from bot.engine.runs import start_policy_input
 from bot.engine.state import RunInput, TriggerContext
 from bot.engine.workflow import PlaybookRun
-from bot.metrics import observe_events
 from bot.playbook.loader import Catalog
 from bot.policy.engine import PolicyEngine
 from bot.server import read_limited
@@ -249,7 +249,6 @@ class AlertReceiver:
         if self.deps.audit is None:
             return
         try:
-            written = await asyncio.to_thread(self.deps.audit.append, events, new_only=True)
+            await append_counted(self.deps.audit, events)
         except Exception as exc:
             raise Unavailable(f"audit store: {exc}") from None
-        observe_events(written)

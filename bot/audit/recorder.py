@@ -28,6 +28,12 @@ class AuditBatch(BaseModel):
     events: list[AuditEvent] = Field(default_factory=list)
 
 
+async def append_counted(store: SqliteAuditStore, events: Sequence[AuditEvent]) -> None:
+    """Append off the event loop and count what was newly written (a retry counts nothing).
+    Raises AuditUnavailable; each caller decides what that means for it."""
+    observe_events(await asyncio.to_thread(store.append, list(events), new_only=True))
+
+
 class AuditWriter:
     """Async front of the store; `None` store (unit tests of one action) writes nothing."""
 
@@ -38,10 +44,9 @@ class AuditWriter:
         if not events or self.store is None:
             return
         try:
-            written = await asyncio.to_thread(self.store.append, list(events), new_only=True)
+            await append_counted(self.store, events)
         except AuditUnavailable as exc:
             raise ApplicationError(f"audit store unavailable: {exc}", type=AUDIT_UNAVAILABLE) from None
-        observe_events(written)
 
 
 def event(

@@ -21,6 +21,7 @@ from slack_bolt.async_app import AsyncApp
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from bot.audit.events import AuditEvent, EventKind
+from bot.audit.recorder import append_counted
 from bot.engine.runs import (
     RunError,
     cancel_run,
@@ -217,7 +218,7 @@ class PlaybookCommand:
             },
         )
         try:
-            await asyncio.to_thread(audit.append, [event], new_only=True)
+            await append_counted(audit, [event])
         except Exception as exc:  # noqa: BLE001  the run's own audit trail is the record
             log.warning("slack_command not recorded", error=f"{type(exc).__name__}: {exc}")
 
