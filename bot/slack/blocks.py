@@ -100,29 +100,26 @@ def status_text(status: RunStatus) -> str:
 
 
 def step_line(step: StepStatus) -> str:
-    parts = [f"{STEP_EMOJI.get(step.state, '')} *{escape(step.id)}* `{escape(step.action)}` {_state(step.state)}"]
-    if step.attempts > 1:
-        parts.append(f"{step.attempts} attempts")
-    if step.started_at and step.finished_at:
-        parts.append(duration(step.started_at, step.finished_at))
-    line = " · ".join(parts)
-    if step.group:
-        line = f"{step.group} › {line}"
-    if step.error:
-        line += f"\n>{escape(truncate(_oneline(step.error), ERROR_LIMIT))}"
-    return line
+    head = f"{STEP_EMOJI.get(step.state, '')} *{escape(step.id)}* `{escape(step.action)}` {_state(step.state)}"
+    line = _checklist_line(head, step)
+    return f"{step.group} › {line}" if step.group else line
 
 
 def compensation_line(comp: CompensationStatus) -> str:
     emoji = COMPENSATION_EMOJI.get(comp.state, "")
-    parts = [f"{emoji} undo *{escape(comp.step)}* `{escape(comp.action)}` {comp.state}"]
-    if comp.attempts > 1:
-        parts.append(f"{comp.attempts} attempts")
-    if comp.started_at and comp.finished_at:
-        parts.append(duration(comp.started_at, comp.finished_at))
+    return _checklist_line(f"{emoji} undo *{escape(comp.step)}* `{escape(comp.action)}` {comp.state}", comp)
+
+
+def _checklist_line(head: str, item: StepStatus | CompensationStatus) -> str:
+    """A step or an undo: head · attempts · duration, and the error quoted below."""
+    parts = [head]
+    if item.attempts > 1:
+        parts.append(f"{item.attempts} attempts")
+    if item.started_at and item.finished_at:
+        parts.append(duration(item.started_at, item.finished_at))
     line = " · ".join(parts)
-    if comp.error:
-        line += f"\n>{escape(truncate(_oneline(comp.error), ERROR_LIMIT))}"
+    if item.error:
+        line += f"\n>{escape(truncate(_oneline(item.error), ERROR_LIMIT))}"
     return line
 
 
