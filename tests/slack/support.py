@@ -1,0 +1,264 @@
+"""The Slack front door on real HTTP, for tests: signing, a slash command and a button click as
+Slack sends them, and a stack of worker + front door + fake Slack Web API on a real Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from fastapi import APIRouter, Request
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_client import AsyncWebClient
+from temporalio.client import Client
+
+from bot.devstack import free_port
+from bot.engine.runs import get_status
+from bot.engine.state import RunStatus
+from bot.engine.worker import make_worker, worker_deps
+from bot.playbook.loader import load_directory
+from bot.server import Readiness, create_app
+from bot.services import _Http
+from bot.settings import Settings
+from bot.slack.app import SlackDeps, create_slack_app, slack_router
+from bot.slack.blocks import APPROVE_ACTION
+from tests.slack.fake_slack import FakeSlack
+
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+CHANNEL = "C0INCIDENTS"
+ALICE, BOB, CAROL, DAVE, MALLORY = "U0ALICE", "U0BOB", "U0CAROL", "U0DAVE", "U0MALLORY"
+
+POLICY = """package playbook.authz
+
+import rego.v1
+
+decision := {"allow": true, "require_approval": false, "min_approvals": 0, "approver_groups": [], "reasons": ["low impact"]} if {
+	input.step.impact != "high"
+} else := {"allow": true, "require_approval": true, "min_approvals": 1, "approver_groups": ["sre"], "approval_timeout": "10m", "reasons": ["high impact needs one approval from sre"]}
+
+default approver := {"allow": false, "reasons": ["only members of sre may approve"]}
+
+approver := {"allow": true, "reasons": []} if "sre" in input.user.groups
+
+default start := {"allow": true, "reasons": []}
+
+start := {"allow": false, "reasons": ["mallory is on the start denylist"]} if input.user.id == "U0MALLORY"
+"""
+
+PLAYBOOKS = {
+    "hold": """
+name: hold
+summary: Log, then wait
+params:
+  service: {type: string, pattern: "^[a-z0-9-]+$"}
+  replicas: {type: integer, default: 2}
+steps:
+  - id: note
+    action: core.log
+    with: {message: "holding {{ params.service }}"}
+    compensate: {action: core.log, with: {message: "released {{ params.service }}"}}
+  - id: wait
+    action: core.sleep
+    with: {duration: 10m}
+""",
+    "gated": """
+name: gated
+summary: A high-impact step behind an approval
+owner: sre
+steps:
+  - id: prep
+    action: core.log
+    with: {message: prepare}
+  - id: risky
+    action: core.log
+    impact: high
+    with: {message: "the risky thing"}
+""",
+}
+
+
+# ---- signing ----------------------------------------------------------------------------------
+
+
+def sign(body: str, ts: int | None = None, secret: str = SECRET) -> dict[str, str]:
+    ts = int(time.time()) if ts is None else ts
+    digest = hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
+    headers = {"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": f"v0={digest}"}
+    assert SignatureVerifier(secret).generate_signature(timestamp=str(ts), body=body) == headers["X-Slack-Signature"]
+    return headers
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+# ---- the stack --------------------------------------------------------------------------------
+
+
+class Stack:
+    def __init__(self, url: str, http: httpx.AsyncClient, temporal: Client, fake: FakeSlack, responses: dict[str, list],
+                 task_queue: str, audit: Any) -> None:
+        self.url, self.http, self.temporal, self.fake = url, http, temporal, fake
+        self.responses, self.task_queue, self.audit = responses, task_queue, audit
+
+    def command(self, text: str, user: str = ALICE, trigger_id: str | None = None) -> tuple[str, str]:
+        """A form-encoded slash command and the key its response_url answers are filed under."""
+        key = uuid.uuid4().hex
+        body = urlencode({
+            "token": "deprecated-verification-token",
+            "team_id": "T0FAKE",
+            "team_domain": "fake",
+            "channel_id": CHANNEL,
+            "channel_name": "incidents",
+            "user_id": user,
+            "user_name": user.lower(),
+            "command": "/playbook",
+            "text": text,
+            "api_app_id": "A0PLAYBOOK",
+            "response_url": f"{self.url}/test/responses/{key}",
+            "trigger_id": trigger_id or f"{int(time.time())}.1234.{uuid.uuid4().hex[:20]}",
+        })
+        return body, key
+
+    async def post(self, body: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        return await self.http.post(f"{self.url}/slack/events", content=body,
+                                    headers={**FORM, **(sign(body) if headers is None else headers)})
+
+    async def answers(self, key: str, n: int = 1, timeout: float = 10) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.responses.get(key, [])) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no response_url answer for {key} in {timeout}s: {self.responses.get(key)}")
+            await asyncio.sleep(0.05)
+        return self.responses[key]
+
+    async def click(self, user: str, run_id: str, step_id: str, message_ts: str, action_id: str = APPROVE_ACTION
+                    ) -> httpx.Response:
+        value = json.dumps({"run_id": run_id, "step_id": step_id}, separators=(",", ":"))
+        payload = {
+            "type": "block_actions",
+            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": "T0FAKE"},
+            "api_app_id": "A0PLAYBOOK",
+            "token": "deprecated-verification-token",
+            "container": {"type": "message", "message_ts": message_ts, "channel_id": CHANNEL, "is_ephemeral": False},
+            "trigger_id": f"{int(time.time())}.5678.{uuid.uuid4().hex[:20]}",
+            "team": {"id": "T0FAKE", "domain": "fake"},
+            "channel": {"id": CHANNEL, "name": "incidents"},
+            "message": {"type": "message", "ts": message_ts, "text": "approval", "user": "U0BOT"},
+            "response_url": f"{self.url}/test/responses/click-{uuid.uuid4().hex}",
+            "actions": [{"type": "button", "action_id": action_id, "block_id": f"approval:{step_id}", "value": value,
+                         "action_ts": str(time.time())}],
+        }
+        return await self.post(urlencode({"payload": json.dumps(payload)}))
+
+    async def runs(self, query: str) -> list[Any]:
+        return [w async for w in self.temporal.list_workflows(query)]
+
+
+@asynccontextmanager
+async def slack_stack(
+    client: Client,
+    fake_slack: FakeSlack,
+    tmp_path: Path,
+    playbooks: Mapping[str, str] | None = None,
+    front_door_client: Client | None = None,
+) -> AsyncIterator[Stack]:
+    """Worker + front door (real HTTP, /slack/events) + the fake Slack Web API.
+
+    `front_door_client` lets a test put something (a slow proxy) between the front door and
+    Temporal while the worker keeps its direct connection."""
+    for user, name in [(ALICE, "alice"), (BOB, "bob"), (CAROL, "carol"), (DAVE, "dave"), (MALLORY, "mallory")]:
+        fake_slack.add_user(user, name)
+    fake_slack.add_usergroup("S0SRE", "sre", [ALICE, BOB, DAVE])
+    fake_slack.add_usergroup("S0WEB", "web", [CAROL])
+    (tmp_path / "playbooks").mkdir()
+    for name, text in {**PLAYBOOKS, **(playbooks or {})}.items():
+        (tmp_path / "playbooks" / f"{name}.yaml").write_text(text)
+    policies = tmp_path / "policies" / "playbook" / "authz"
+    policies.mkdir(parents=True)
+    (policies / "authz.rego").write_text(POLICY)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        playbooks_dir=tmp_path / "playbooks",
+        policies_dir=tmp_path / "policies",
+        task_queue=f"slack-{uuid.uuid4()}",
+        http_port=free_port(),
+        slack_signing_secret=SECRET,
+        slack_bot_token=fake_slack.token,  # the worker's notifier posts to the fake Slack too
+        slack_api_url=fake_slack.api_url,
+    )
+    catalog = load_directory(settings.playbooks_dir)
+    responses: dict[str, list[dict[str, Any]]] = {}
+    recorder = APIRouter()
+
+    @recorder.post("/test/responses/{key}")
+    async def record(key: str, request: Request) -> dict[str, bool]:  # Slack's response_url, faked
+        responses.setdefault(key, []).append(await request.json())
+        return {"ok": True}
+
+    web = AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url)
+    async with worker_deps(settings) as deps:
+        slack = create_slack_app(
+            settings,
+            SlackDeps(front_door_client or client, settings.task_queue, lambda: catalog, deps.policy, web, deps.audit),
+        )
+        app = create_app(Readiness(), [slack_router(slack, settings), recorder])
+        http = _Http(settings, app)
+        async with make_worker(client, settings.task_queue, deps.activities):
+            await http.start()
+            try:
+                async with httpx.AsyncClient(timeout=10) as http_client:
+                    yield Stack(f"http://127.0.0.1:{settings.http_port}", http_client, client, fake_slack,
+                                responses, settings.task_queue, deps.audit)
+            finally:
+                await http.stop()
+                for w in [w async for w in client.list_workflows(f'TaskQueue = "{settings.task_queue}"')]:
+                    if w.status and w.status.name == "RUNNING":
+                        await client.get_workflow_handle(w.id).terminate("test over")
+
+
+async def eventually(check: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+def text_of(answers: list[dict[str, Any]]) -> str:
+    return "\n".join(a.get("text") or "" for a in answers)
+
+
+async def run_status(stack: Stack, run_id: str) -> RunStatus | None:
+    """The run's status once it has started, else None."""
+    try:
+        status = await get_status(stack.temporal, run_id)
+    except Exception:  # noqa: BLE001  not started yet
+        return None
+    return status if status.state != "pending" else None
+
+
+async def step_state(stack: Stack, run_id: str, step: str, state: str) -> RunStatus | None:
+    status = await run_status(stack, run_id)
+    return status if status and status.step(step).state == state else None
+
+
+async def finished(stack: Stack, run_id: str) -> RunStatus | None:
+    status = await run_status(stack, run_id)
+    return status if status and status.finished else None
+
+
+async def returns(value: Any) -> Any:
+    """`value` as a coroutine result, for `eventually` over a plain expression."""
+    return value
