@@ -38,7 +38,7 @@ class EventKind(StrEnum):
     compensation_started = "compensation_started"  # action (step_id = the step being undone)
     compensation_succeeded = "compensation_succeeded"  # action
     compensation_failed = "compensation_failed"  # action, error
-    run_finished = "run_finished"  # state, error, not_undone
+    run_finished = "run_finished"  # state, error, not_undone, escalated_to
 
 
 def canonical_json(value: Any) -> str:

@@ -258,6 +258,8 @@ def _run_finished(event: StoredEvent, d: dict[str, Any]) -> str:
     text = f"run finished: {_short(d.get('state', '?'))}"
     if d.get("not_undone"):
         text += f" (not undone: {_short(d['not_undone'], 100)})"
+    if d.get("escalated_to"):
+        text += f", escalated to {_short(d['escalated_to'], 100)}"
     return _with_reason(text, d.get("error"))
 
 

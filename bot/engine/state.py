@@ -101,6 +101,9 @@ class RunStatus(BaseModel):
     compensations: list[CompensationStatus] = Field(default_factory=list)
     error: str | None = None
     not_undone: list[str] = Field(default_factory=list, description="Steps whose compensation failed.")
+    escalated_to: list[str] = Field(
+        default_factory=list, description="User groups paged because something could not be undone."
+    )
 
     def step(self, step_id: str) -> StepStatus:
         for step in self.steps:

@@ -516,8 +516,11 @@ class PlaybookRun:
         status.not_undone = [c.step for c in status.compensations if c.state == "failed"]
         status.state = "failed" if status.not_undone else "compensated"
         if status.not_undone:
+            # The system is half rolled back: the playbook's owners are paged (Slack thread, audit).
+            status.escalated_to = [self._input.playbook.owner] if self._input.playbook.owner else []
             workflow.logger.error(
-                "compensation failed: needs a human", extra={**self._log_extra, "not_undone": status.not_undone}
+                "compensation failed: needs a human",
+                extra={**self._log_extra, "not_undone": status.not_undone, "escalated_to": status.escalated_to},
             )
 
     async def _undo(self, step: Step, comp: Compensation, record: CompensationStatus) -> None:
@@ -603,6 +606,7 @@ class PlaybookRun:
             "state": state or status.state,
             "error": None if state else status.error,
             "not_undone": [] if state else status.not_undone,
+            "escalated_to": [] if state else status.escalated_to,
             "playbook": status.playbook,
             "trigger": status.trigger,
         }

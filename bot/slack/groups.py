@@ -1,7 +1,7 @@
 """A Slack user's user group handles, for the `start` and `approver` policy rules.
 
-One `usergroups.list(include_users=True)` answers every user, so the whole map is cached and
-refreshed at most once per TTL (a burst of commands makes one call). If Slack cannot be asked,
+One `usergroups.list(include_users=True)` answers every user (and gives each handle's id, which
+a mention that pages the group needs), so the whole map is cached and refreshed at most once per TTL (a burst of commands makes one call). If Slack cannot be asked,
 the last known map is kept for a short while; with none, users have no groups (fail closed).
 """
 
@@ -25,16 +25,27 @@ class GroupResolver:
         self.ttl = ttl
         self._clock = clock
         self._by_user: dict[str, list[str]] = {}
+        self._ids: dict[str, str] = {}  # handle -> usergroup id
         self._expires = float("-inf")
         self._lock = asyncio.Lock()
 
     async def handles(self, user_id: str) -> list[str]:
         """The handles of the enabled user groups `user_id` belongs to, sorted."""
+        await self._fresh()
+        return list(self._by_user.get(user_id, []))
+
+    async def mention(self, handle: str) -> str:
+        """`<!subteam^ID>`, which notifies the group's members; `@handle` (which does not) if Slack
+        does not know the handle or cannot be asked."""
+        await self._fresh()
+        group_id = self._ids.get(handle)
+        return f"<!subteam^{group_id}>" if group_id else f"@{handle}"
+
+    async def _fresh(self) -> None:
         if self._clock() >= self._expires:
             async with self._lock:  # single flight: concurrent callers wait for one refresh
                 if self._clock() >= self._expires:
                     await self._refresh()
-        return list(self._by_user.get(user_id, []))
 
     def invalidate(self) -> None:
         self._expires = float("-inf")
@@ -51,11 +62,15 @@ class GroupResolver:
             self._expires = self._clock() + min(self.ttl, RETRY_AFTER_ERROR)
             return
         by_user: dict[str, set[str]] = {}
+        ids: dict[str, str] = {}
         for group in response.get("usergroups") or []:
             handle = group.get("handle")
             if not handle or group.get("date_delete"):
                 continue
+            if group.get("id"):
+                ids[handle] = group["id"]
             for user in group.get("users") or []:
                 by_user.setdefault(user, set()).add(handle)
         self._by_user = {user: sorted(handles) for user, handles in by_user.items()}
+        self._ids = ids
         self._expires = self._clock() + self.ttl

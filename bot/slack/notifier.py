@@ -19,6 +19,7 @@ from temporalio import activity
 from bot.engine.state import RunStatus
 from bot.metrics import SLACK_API_ERRORS
 from bot.slack.blocks import approval_blocks, decided_line, status_blocks, status_text, summary_text
+from bot.slack.groups import GroupResolver
 
 log = structlog.get_logger(__name__)
 
@@ -40,8 +41,9 @@ class SlackSync(BaseModel):
 
 
 class SlackNotifier:
-    def __init__(self, web: AsyncWebClient | None) -> None:
+    def __init__(self, web: AsyncWebClient | None, groups: GroupResolver | None = None) -> None:
         self.web = web
+        self.groups = groups or (GroupResolver(web) if web is not None else None)
 
     @activity.defn(name="slack.sync")
     async def sync(self, request: SlackSync) -> SlackState:
@@ -55,7 +57,7 @@ class SlackNotifier:
         for step in status.steps:
             if step.id in request.decisions and (step.state == "waiting_approval" or step.id in state.approval_ts):
                 await self._approval(request, step.id, state)
-        for key, text in self._replies(status):
+        for key, text in self._replies(status, await self._mentions(status)):
             if key not in state.posted:
                 await self._reply(request.channel, state, text)
                 state.posted.append(key)
@@ -87,14 +89,24 @@ class SlackNotifier:
                 "chat.update", channel=request.channel, ts=state.approval_ts[step_id], text=text, blocks=blocks
             )
 
+    async def _mentions(self, status: RunStatus) -> dict[str, str]:
+        """Mentions that page the groups an escalation names (overdue approvals, failed undo)."""
+        handles = set(status.escalated_to)
+        for step in status.steps:
+            if step.escalated_at is not None:
+                handles.update((step.decision or {}).get("approver_groups", []))
+        if self.groups is None:
+            return {h: f"@{h}" for h in handles}
+        return {h: await self.groups.mention(h) for h in sorted(handles)}
+
     @staticmethod
-    def _replies(status: RunStatus) -> list[tuple[str, str]]:
+    def _replies(status: RunStatus, mentions: dict[str, str]) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         for step in status.steps:
             if step.state in ("failed", "denied", "rejected"):
                 out.append((f"end:{step.id}", f":x: *{step.id}* {step.state}: {step.error or ''}"))
             if step.escalated_at is not None:
-                groups = " ".join(f"@{g}" for g in (step.decision or {}).get("approver_groups", []))
+                groups = " ".join(mentions[g] for g in (step.decision or {}).get("approver_groups", []))
                 out.append((f"escalated:{step.id}", f":rotating_light: approval for *{step.id}* is overdue {groups}"))
         for comp in status.compensations:
             if comp.state in ("succeeded", "failed", "skipped"):
@@ -102,6 +114,13 @@ class SlackNotifier:
                 out.append(
                     (f"undo:{comp.step}", f"{icon[comp.state]} undo of *{comp.step}* {comp.state} {comp.error or ''}")
                 )
+        if status.finished and status.not_undone:
+            who = " ".join(mentions[g] for g in status.escalated_to) or "Whoever is on call"
+            undone = ", ".join(f"*{s}*" for s in status.not_undone)
+            out.append(
+                ("escalated:rollback", f":rotating_light: {who}: rollback incomplete, {undone} could not be undone. "
+                 "The system is half rolled back; check and finish these by hand.")
+            )
         if status.finished:
             out.append(("final", summary_text(status)))
         return out
