@@ -9,14 +9,13 @@ pass before another worker takes over): expected, and the reason for the generou
 from __future__ import annotations
 
 import asyncio
-import threading
+import random
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -30,65 +29,10 @@ from bot.engine.state import RunStatus, TriggerContext
 from bot.engine.workflow import PlaybookRun
 from bot.playbook.loader import load_file
 from tests.e2e.support import Service, base_env, cmdline, descendants, free_port, kill_strays, pid_alive, write_policies
+from tests.reliability.sink import SLOW_SECONDS, Sink, sink  # noqa: F401  (sink is a fixture)
 
 pytestmark = pytest.mark.slow
 
-
-SLOW_SECONDS = 3
-
-
-@dataclass
-class Hit:
-    path: str
-    key: str | None
-    at: float
-
-
-@dataclass
-class Sink:
-    """A local HTTP API that answers 200 and remembers every request it saw."""
-
-    url: str
-    hits: list[Hit] = field(default_factory=list)
-
-    def keys(self) -> Counter[str | None]:
-        return Counter(hit.key for hit in self.hits)
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    hits: list[Hit] = []
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            with lock:
-                hits.append(Hit(self.path, self.headers.get("Idempotency-Key"), time.monotonic()))
-            if self.path.startswith("/slow"):
-                time.sleep(SLOW_SECONDS)  # an API that takes its time: the caller may die meanwhile
-            body = b'{"ok": true}'
-            try:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            except OSError:  # the worker that asked was killed
-                pass
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Sink(f"http://127.0.0.1:{server.server_address[1]}", hits)
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass
@@ -276,3 +220,48 @@ async def test_dev_server_restart_on_same_db_mid_run(rig: Rig, sink: Sink) -> No
     assert final.state == "completed", final.model_dump_json(indent=2)
     assert sink.keys() == Counter({f"{handle.id}:a": 1, f"{handle.id}:b": 1})
     assert sink.hits[0].at < down_at < up_at < sink.hits[1].at
+
+
+REPEAT_PLAYBOOK = """\
+name: many-kills
+summary: Slow side effects in a row; workers keep dying in the middle of them
+owner: sre-oncall
+steps:
+""" + "".join(
+    f"""  - id: s{i}
+    action: http.request
+    with: {{{{method: POST, url: "{{sink}}/slow/s{i}"}}}}
+    retry: {{{{max_attempts: 5}}}}
+"""
+    for i in range(6)
+)
+
+
+@pytest.mark.chaos
+async def test_workers_killed_again_and_again_each_side_effect_repeats_only_when_cut_off(rig: Rig, sink: Sink) -> None:
+    """Three workers SIGKILLed, each in the middle of a slow request; a fourth finishes. A dead
+    worker's attempt counts against the step's retries (hence five), as any timeout would."""
+    handle = await start(rig, REPEAT_PLAYBOOK.format(sink=sink.url), "many-kills")
+    rng = random.Random(7)
+    kills: list[float] = []
+    for n in range(3):
+        worker = rig.worker(f"worker-{n}")
+        seen = len(sink.hits)
+        deadline = time.monotonic() + 60
+        while len(sink.hits) == seen:  # a request has reached the sink: the step is mid-flight
+            assert time.monotonic() < deadline, "no worker picked the run up"
+            assert worker.proc.poll() is None, str(worker)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(rng.uniform(0.2, SLOW_SECONDS - 0.5))
+        assert worker.kill() == -9
+        kills.append(time.monotonic())
+    last = rig.worker("worker-last")
+    final = await result_while_alive(handle, [last], timeout=120)
+
+    assert final.state == "completed", final.model_dump_json(indent=2)
+    assert sorted(k for k in sink.keys() if k) == [f"{handle.id}:s{i}" for i in range(6)], "every step reached the API"
+    for key in sink.keys():
+        times = [hit.at for hit in sink.hits if hit.key == key]
+        for before, after in zip(times, times[1:]):
+            assert any(before < kill < after for kill in kills), f"{key} repeated without a crash in between"
+    assert len(sink.hits) == 6 + len(kills), "only the three requests cut off were sent again"
