@@ -1,0 +1,146 @@
+"""OPA faults are denies: whatever goes wrong between the worker and OPA, the high-impact step
+never reaches the API it would call, what was done is rolled back once, and the deny is in the
+audit trail with its reason. A blip shorter than the retries is not a deny.
+
+A real worker (`worker_deps`: OpaEngine, audit store, http.request) against the fake OPA server
+(OPA's REST data API) and a local HTTP sink that counts each side effect by idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.devstack import free_port
+from bot.engine.runs import start_run
+from bot.engine.state import RunStatus, TriggerContext
+from bot.engine.worker import make_worker, worker_deps
+from bot.playbook.loader import load_file
+from bot.settings import Settings
+from tests.policy.fake_opa import FakeOpa
+from tests.reliability.sink import Sink, sink  # noqa: F401  (sink is a fixture)
+
+TOKEN = "opa-token"
+ALLOW_ALL = """package playbook.authz
+
+import rego.v1
+
+decision := {"allow": true, "require_approval": false, "min_approvals": 0, "approver_groups": [], "reasons": ["ok"]}
+
+approver := {"allow": true, "reasons": []}
+
+start := {"allow": true, "reasons": []}
+"""
+
+PLAYBOOK = """
+name: restart-api
+owner: sre
+steps:
+  - id: prep
+    action: http.request
+    with: {{method: POST, url: "{sink}/prep"}}
+    compensate: {{action: http.request, with: {{method: POST, url: "{sink}/undo-prep"}}}}
+  - id: risky
+    action: http.request
+    impact: high
+    with: {{method: POST, url: "{sink}/risky"}}
+"""
+
+
+@pytest.fixture(scope="module")
+def opa_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeOpa]:
+    policies = tmp_path_factory.mktemp("opa") / "playbook" / "authz"
+    policies.mkdir(parents=True)
+    (policies / "authz.rego").write_text(ALLOW_ALL)
+    server = FakeOpa(policies.parent.parent)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def opa(opa_server: FakeOpa) -> Iterator[FakeOpa]:
+    opa_server.reset()
+    opa_server.token = TOKEN
+    yield opa_server
+    opa_server.reset()
+
+
+async def run_once(dev_env: Any, tmp_path: Path, sink: Sink, opa_url: str, token: str = TOKEN,
+                   during: Any = None) -> tuple[RunStatus, list[Any]]:
+    (tmp_path / "restart-api.yaml").write_text(PLAYBOOK.format(sink=sink.url))
+    settings = Settings(
+        data_dir=tmp_path / "data", playbooks_dir=tmp_path, policies_dir=tmp_path,
+        opa_url=opa_url, opa_token=token, opa_timeout=0.5, task_queue=f"opa-{uuid.uuid4()}",
+    )
+    async with worker_deps(settings) as deps, make_worker(dev_env.client, settings.task_queue, deps.activities):
+        handle = await start_run(
+            dev_env.client, settings.task_queue, load_file(tmp_path / "restart-api.yaml"), {},
+            TriggerContext(kind="cli", requested_by="sre-1"),
+        )
+        if during is not None:
+            await during()
+        status = await handle.result()
+        return status, deps.audit.events(status.run_id)
+
+
+def _slow(opa: FakeOpa) -> None:
+    opa.delay = 1.5
+
+
+def _wrong_token(opa: FakeOpa) -> None:
+    opa.token = "rotated"
+
+
+FAULTS = {
+    "500": lambda opa: setattr(opa, "fault", "500"),
+    "undefined": lambda opa: setattr(opa, "fault", "undefined"),
+    "malformed result": lambda opa: setattr(opa, "fault", "malformed"),
+    "body not json": lambda opa: setattr(opa, "fault", "not_json"),
+    "slower than the timeout": _slow,
+    "token rejected": _wrong_token,
+}
+
+
+@pytest.mark.parametrize("fault", [*FAULTS, "unreachable"])
+async def test_every_opa_fault_denies_and_nothing_high_impact_happens(dev_env, tmp_path, sink, opa, fault) -> None:
+    if fault == "unreachable":
+        url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    else:
+        FAULTS[fault](opa)
+        url = opa.url
+    status, events = await run_once(dev_env, tmp_path, sink, url)
+
+    assert status.state == "compensated", status.error
+    assert status.step("risky").state == "denied"
+    assert "policy" in (status.step("risky").error or "")
+    keys = Counter(hit.path for hit in sink.hits)
+    assert keys == Counter({"/prep": 1, "/undo-prep": 1}), "no /risky; prep done and undone once each"
+
+    decisions = [e for e in events if e.kind == "policy_decision" and e.step_id == "risky"]
+    assert decisions, "the deny is recorded"
+    assert all(d.details["allow"] is False and d.details["reasons"] for d in decisions)
+    denied = [e for e in events if e.kind == "step_failed" and e.step_id == "risky"]
+    assert len(denied) == 1 and denied[0].details["state"] == "denied"
+    assert [e.details["state"] for e in events if e.kind == "run_finished"] == ["compensated"]
+
+
+async def test_a_blip_shorter_than_the_retries_is_not_a_deny(dev_env, tmp_path, sink, opa) -> None:
+    """OPA slow for a moment: the first ask times out, the retry is answered, the step runs once."""
+    opa.delay = 1.5
+
+    async def recover() -> None:
+        await asyncio.sleep(1.0)
+        opa.delay = 0
+
+    status, events = await run_once(dev_env, tmp_path, sink, opa.url, during=recover)
+    assert status.state == "completed", status.error
+    assert Counter(hit.path for hit in sink.hits) == Counter({"/prep": 1, "/risky": 1})
+    decisions = [e for e in events if e.kind == "policy_decision" and e.step_id == "risky"]
+    assert [d.details["allow"] for d in decisions] == [True], "only the answer that counted is recorded"
