@@ -24,7 +24,7 @@ from bot.policy.engine import PolicyEngine
 from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
 from bot.settings import ConfigError, Settings
 from bot.slack.app import SlackDeps, create_slack_app, slack_router
-from bot.temporal import connect
+from bot.temporal import connect, tls_config
 
 log = structlog.get_logger(__name__)
 
@@ -96,6 +96,7 @@ async def serve_worker(
 
 async def run_dev(settings: Settings, announce: Any = print) -> None:
     """Embedded Temporal (unless TEMPORAL_ADDRESS is set) + worker + HTTP front door."""
+    tls_config(settings)  # TLS settings without an address: refuse before starting anything
     catalog = load_directory(settings.playbooks_dir)
     stop = stop_event()
     async with AsyncExitStack() as stack:

@@ -5,12 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ConfigError(RuntimeError):
     """A setting a process cannot run without; the message names it."""
+
+
+TEMPORAL_TLS_FIELDS = (
+    "temporal_tls",
+    "temporal_tls_ca_file",
+    "temporal_tls_cert_file",
+    "temporal_tls_key_file",
+    "temporal_tls_server_name",
+    "temporal_api_key",
+)
 
 
 class Settings(BaseSettings):
@@ -21,6 +31,14 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     task_queue: str = "playbook-bot"
     temporal_connect_timeout: float = Field(10.0, gt=0)
+    # TLS to a cluster or Temporal Cloud (bot/temporal.py checks and reads them at connect). Any file,
+    # the server name or the API key turns TLS on; TEMPORAL_TLS=true alone trusts the system's roots.
+    temporal_tls: bool = False
+    temporal_tls_ca_file: Path | None = None  # PEM CA bundle for the server certificate
+    temporal_tls_cert_file: Path | None = None  # PEM client certificate (mTLS), with the key file
+    temporal_tls_key_file: Path | None = None  # PEM unencrypted private key of that certificate
+    temporal_tls_server_name: str | None = None  # SNI and certificate name when not the address's host
+    temporal_api_key: SecretStr | None = None  # Temporal Cloud API key, sent as a bearer token
     dev_server_port: int = Field(7233, ge=0, le=65535)
     dev_server_ui_port: int | None = Field(None, ge=0, le=65535)
 
@@ -51,6 +69,20 @@ class Settings(BaseSettings):
     shell_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_format: str = "auto"  # auto (JSON off a TTY) | json | console
     log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_tls_is_unset(cls, data: object) -> object:
+        """Compose passes `${VAR:-}` as ""; for these that means unset, not the path "." or TLS=false."""
+        if isinstance(data, dict):
+            blank = {k for k, v in data.items() if k in TEMPORAL_TLS_FIELDS and isinstance(v, str) and not v.strip()}
+            data = {k: v for k, v in data.items() if k not in blank}
+        return data
+
+    @field_validator("temporal_tls_server_name", "temporal_api_key", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value  # a pasted key's newline is not part of it
 
     @field_validator("shell_allow", mode="before")
     @classmethod
