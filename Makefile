@@ -24,6 +24,7 @@ bench: $(STAMP) ## benchmark tables with ratios against baselines measured in th
 	$(BIN)/python -m bench.alert_storm
 	$(BIN)/python -m bench.policy_latency
 	$(BIN)/python -m bench.slack_ack
+	$(BIN)/python -m bench.approval_rss
 
 chaos: $(STAMP) ## the slow half of the reliability suite: big storms, long fuzzing, repeated crashes
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests/reliability
