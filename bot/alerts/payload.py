@@ -9,13 +9,16 @@ and alert index so the sender's logs say what to fix.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import re
+from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SUPPORTED_VERSION = "4"
 _SHOWN_PROBLEMS = 3
+MAX_EXTRA_DEPTH = 32  # an alert's unknown fields travel in the run's input, which the worker decodes
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # cheap pre-check; pairs are fine
 
 
 class PayloadError(ValueError):
@@ -38,6 +41,25 @@ class Alert(_Open):
     ends_at: AwareDatetime | None = Field(None, alias="endsAt")
     generator_url: str = Field("", alias="generatorURL")
     fingerprint: str = Field(min_length=1)
+
+    @field_validator("starts_at")
+    @classmethod
+    def _utc_representable(cls, value: datetime) -> datetime:
+        # The episode id and audit keys use startsAt in UTC: one that has no UTC form is invalid input.
+        try:
+            value.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValueError("out of range once converted to UTC") from None
+        return value
+
+    @model_validator(mode="after")
+    def _extras_shallow(self) -> Alert:
+        # Unknown fields ride along in the run's input; the worker's decoder stops at 200 levels,
+        # so a deeper one would start a run no worker can ever begin. Alertmanager's are flat.
+        for name, value in (self.model_extra or {}).items():
+            if _depth(value) > MAX_EXTRA_DEPTH:
+                raise ValueError(f"field {name!r} is nested more than {MAX_EXTRA_DEPTH} levels deep")
+        return self
 
     @property
     def firing(self) -> bool:
@@ -71,6 +93,12 @@ def parse_payload(body: bytes) -> WebhookPayload:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise PayloadError("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal past Python's digit limit
+        raise PayloadError(f"malformed JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(text) and not _encodable(data):
+        raise PayloadError("body is not Unicode text: it escapes a lone UTF-16 surrogate (\\ud800-\\udfff)")
     if not isinstance(data, dict):
         raise PayloadError(f"expected a JSON object (Alertmanager webhook payload), got {_json_type(data)}")
     if "version" not in data:
@@ -84,6 +112,29 @@ def parse_payload(body: bytes) -> WebhookPayload:
         return WebhookPayload.model_validate(data)
     except ValidationError as exc:
         raise PayloadError(_one_line(exc)) from None
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value` (a scalar is 0), without recursing."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_EXTRA_DEPTH:
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _encodable(data: Any) -> bool:
+    """False when a decoded string holds a lone surrogate, which no store, log or reply can encode."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return False
+    return True
 
 
 def _one_line(exc: ValidationError) -> str:

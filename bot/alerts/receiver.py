@@ -47,6 +47,12 @@ def _event_id(alert: Alert, kind: EventKind, key: str) -> str:
     return f"alert:{alert.fingerprint}:{kind.value}:{key}"
 
 
+def _starts(alert: Alert) -> str:
+    """startsAt in UTC, as the episode id has it: a peer writing the same instant in another
+    offset is the same episode, for the audit keys and the resolved-before check too."""
+    return alert.starts_at.astimezone(timezone.utc).isoformat()
+
+
 class Unavailable(RuntimeError):
     """Our side failed (Temporal, audit store): the whole request is a 503 and will be retried."""
 
@@ -107,7 +113,7 @@ class AlertReceiver:
         name = alert.labels.get("alertname", "")
         received = self._event(alert, None, EventKind.alert_received, {
             "alertname": name, "status": alert.status, "fingerprint": alert.fingerprint, "labels": alert.labels,
-        }, key=f"{alert.status}:{alert.starts_at.isoformat()}")
+        }, key=f"{alert.status}:{_starts(alert)}")
         matches = route(self.deps.catalog().values(), alert)
         results = []
         if not matches:
@@ -227,7 +233,7 @@ class AlertReceiver:
 
     @staticmethod
     def _outcome_key(alert: Alert, playbook: str | None, status: str, outcome: str) -> str:
-        return f"{playbook}:{status}:{alert.starts_at.isoformat()}:{outcome}"
+        return f"{playbook}:{status}:{_starts(alert)}:{outcome}"
 
     def _outcome_event(self, alert: Alert, result: dict[str, Any]) -> AuditEvent:
         key = self._outcome_key(alert, result["playbook"], alert.status, result["outcome"])

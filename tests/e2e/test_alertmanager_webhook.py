@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import subprocess
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -25,13 +22,11 @@ from bot.alerts.episodes import episode_id
 from bot.audit.store import SqliteAuditStore
 from bot.devstack import free_port
 from bot.engine.runs import get_status
-from bot.engine.worker import make_worker, worker_deps
 from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
-from bot.services import _Http, front_door
 from bot.settings import Settings
+from tests.reliability.alertmanager_support import TOKEN, bot_stack
 
-TOKEN = "s3cret-webhook-token"
 ROOT = Path(__file__).resolve().parents[2]
 
 PLAYBOOK = """
@@ -93,78 +88,20 @@ receivers:
 """
 
 
-def alertmanager_binary() -> str:
-    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if found:
-        return found
-    message = "prometheus-alertmanager not installed (.ci/run installs it: apt-get install prometheus-alertmanager)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest_asyncio.fixture
 async def stack(dev_env, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """Worker + front door (real HTTP) + a real Alertmanager wired to it."""
-    (tmp_path / "playbooks").mkdir()
-    (tmp_path / "playbooks" / "disk.yaml").write_text(PLAYBOOK)
-    for k, text in enumerate(MORE_PLAYBOOKS.split("---")):
-        (tmp_path / "playbooks" / f"more-{k}.yaml").write_text(text)
-    port = free_port()
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        playbooks_dir=tmp_path / "playbooks",
-        policies_dir=ROOT / "policies",
-        http_port=port,
-        alertmanager_token=TOKEN,
-        alertmanager_max_body=64 * 1024,
-        task_queue=f"tq-{uuid.uuid4()}",
-    )
-    catalog = load_directory(settings.playbooks_dir)
-    am_port = free_port()
-    (tmp_path / "am.yml").write_text(AM_CONFIG.format(port=port, token=TOKEN))
-    am = subprocess.Popen(
-        [
-            alertmanager_binary(),
-            f"--config.file={tmp_path / 'am.yml'}",
-            f"--storage.path={tmp_path / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{am_port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "am.log", "wb"),
-        start_new_session=True,
-    )
-    try:
-        async with worker_deps(settings) as deps:
-            async with make_worker(dev_env.client, settings.task_queue, deps.activities):
-                app = create_app(Readiness(), front_door(settings, dev_env.client, catalog, deps.policy, deps.audit))
-                http = _Http(settings, app)
-                await http.start()
-                try:
-                    am_url = f"http://127.0.0.1:{am_port}"
-                    async with httpx.AsyncClient(timeout=5) as client:
-                        for _ in range(100):
-                            try:
-                                if (await client.get(f"{am_url}/-/ready")).status_code == 200:
-                                    break
-                            except httpx.TransportError:
-                                pass
-                            await asyncio.sleep(0.1)
-                        yield {
-                            "settings": settings,
-                            "client": client,
-                            "am": am_url,
-                            "bot": f"http://127.0.0.1:{port}",
-                            "temporal": dev_env.client,
-                            "audit": deps.audit,
-                        }
-                finally:
-                    await http.stop()
-    finally:
-        am.terminate()
-        am.wait(10)
+    playbooks = {"disk": PLAYBOOK, **{f"more-{k}": text for k, text in enumerate(MORE_PLAYBOOKS.split("---"))}}
+    async with bot_stack(dev_env.client, tmp_path, playbooks, alertmanager_config=AM_CONFIG) as s:
+        assert s.am is not None
+        yield {
+            "settings": s.settings,
+            "client": s.http,
+            "am": s.am.url,
+            "bot": s.url,
+            "temporal": s.temporal,
+            "audit": s.audit,
+        }
 
 
 def alert(instance: str, starts: datetime, ends: datetime | None = None, **labels: str) -> dict[str, Any]:

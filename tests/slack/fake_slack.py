@@ -6,15 +6,17 @@ without one and `invalid_auth` when wrong; Slack's error codes for the methods i
 (`channel_not_found`, `not_in_channel`, `message_not_found`, `user_not_found`, ...); HTTP 404
 `unknown_method` for the rest; HTTP 429 + `Retry-After` on demand.
 
-Every call is recorded (method, merged params, HTTP status, error) in `calls`. Fault switches:
-`rate_limit(n)`, `server_error(n)`, `fail_next(method, error)`; `reset()` clears calls, faults
-and posted messages, keeping the workspace (channels, users, user groups).
+Every call is recorded (method, merged params, HTTP status, error, monotonic time) in `calls`.
+Fault switches: `rate_limit(n)`, `server_error(n)`, `fail_next(method, error)`, and
+`rate_limit_fraction(f)` (about that fraction of all calls, until `reset()`); `reset()` clears
+calls, faults and posted messages, keeping the workspace (channels, users, user groups).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ class Call:
     ok: bool = True
     error: str | None = None
     http_verb: str = "POST"
+    at: float = field(default_factory=time.monotonic)  # when it was answered
 
 
 @dataclass
@@ -65,6 +68,7 @@ class FakeSlack:
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
         self._faults: list[tuple[str | None, int, str, dict[str, str]]] = []
+        self._fraction: _Fraction | None = None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.api_url = ""
@@ -106,6 +110,26 @@ class FakeSlack:
         with self._lock:
             self._faults += [(method, 429, "ratelimited", {"Retry-After": str(retry_after)})] * n
 
+    def rate_limit_fraction(
+        self,
+        fraction: float,
+        retry_after: int = 1,
+        *,
+        method: str | None = None,
+        seed: int = 0,
+        max_in_a_row: int | None = None,
+    ) -> None:
+        """From now on (until `reset()`), answer about `fraction` of calls (of `method`, or any)
+        with HTTP 429 and `Retry-After`, picked by a random generator seeded with `seed`.
+        `max_in_a_row` caps how many times in a row the same request (method and parameters) is
+        refused: a limit that always clears within that many retries."""
+        with self._lock:
+            self._fraction = _Fraction(method, fraction, retry_after, random.Random(seed), max_in_a_row)
+
+    def rate_limited(self) -> list[Call]:
+        """The calls answered 429."""
+        return [call for call in self.calls if call.status == 429]
+
     def server_error(self, n: int = 1, status: int = 503, method: str | None = None) -> None:
         with self._lock:
             self._faults += [(method, status, "fatal_error", {})] * n
@@ -120,6 +144,7 @@ class FakeSlack:
             self.calls.clear()
             self.messages.clear()
             self._faults.clear()
+            self._fraction = None
             self.not_member.clear()
 
     def calls_to(self, method: str) -> list[Call]:
@@ -169,6 +194,8 @@ class FakeSlack:
             if only is None or only == method:
                 del self._faults[i]
                 return status, {"ok": False, "error": error}, headers
+        if self._fraction is not None and self._fraction.refuses(method, params):
+            return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(self._fraction.retry_after)}
         handler = self._methods().get(method)
         if handler is None:
             return 404, {"ok": False, "error": "unknown_method", "req_method": method}, {}
@@ -308,6 +335,27 @@ class FakeSlack:
         if user is None:
             raise SlackFault("user_not_found")
         return {"user": user}
+
+
+@dataclass
+class _Fraction:
+    method: str | None
+    fraction: float
+    retry_after: int
+    rng: random.Random
+    max_in_a_row: int | None
+    in_a_row: dict[str, int] = field(default_factory=dict)
+
+    def refuses(self, method: str, params: dict[str, Any]) -> bool:
+        if self.method is not None and self.method != method:
+            return False
+        key = method + json.dumps(params, sort_keys=True, default=str)
+        refused = self.in_a_row.get(key, 0)
+        if self.rng.random() < self.fraction and (self.max_in_a_row is None or refused < self.max_in_a_row):
+            self.in_a_row[key] = refused + 1
+            return True
+        self.in_a_row.pop(key, None)
+        return False
 
 
 class SlackFault(Exception):
