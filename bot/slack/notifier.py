@@ -8,6 +8,8 @@ Slack is best effort: a failed sync is logged and the run goes on.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import structlog
@@ -22,6 +24,8 @@ from bot.slack.blocks import approval_blocks, decided_line, status_blocks, statu
 from bot.slack.groups import GroupResolver
 
 log = structlog.get_logger(__name__)
+FINAL_RETRY_PAUSES = (1.0, 3.0)  # the last sync of a run: up to three passes, these pauses between
+FINAL_RETRY_BUDGET = 15.0  # seconds; well inside the local activity's 30 s timeout
 
 
 class SlackState(BaseModel):
@@ -47,21 +51,39 @@ class SlackNotifier:
 
     @activity.defn(name="slack.sync")
     async def sync(self, request: SlackSync) -> SlackState:
+        """Bring Slack up to date. A reply counts as posted only once Slack took it, and the
+        thread stays in order: a refused reply holds back the ones after it until a later sync.
+        The last sync of a run has no later one, so it tries again a few times itself."""
         if self.web is None:
             return request.state
         state = request.state.model_copy(deep=True)
+        deadline = time.monotonic() + FINAL_RETRY_BUDGET
+        for pause in (*FINAL_RETRY_PAUSES, None):
+            if await self._pass(request, state) or not request.status.finished:
+                break
+            if pause is None or time.monotonic() + pause > deadline:
+                log.error("slack: the run's last messages were refused; giving up", run_id=request.status.run_id)
+                break
+            log.warning("slack: the run's last messages were refused; trying again", run_id=request.status.run_id)
+            await asyncio.sleep(pause)
+        return state
+
+    async def _pass(self, request: SlackSync, state: SlackState) -> bool:
+        """One attempt at everything; True when Slack now shows all of it."""
         status = request.status
         await self._status_message(request.channel, status, state)
         if state.message_ts is None:
-            return state
+            return False
         for step in status.steps:
             if step.id in request.decisions and (step.state == "waiting_approval" or step.id in state.approval_ts):
                 await self._approval(request, step.id, state)
         for key, text in self._replies(status, await self._mentions(status)):
-            if key not in state.posted:
-                await self._reply(request.channel, state, text)
-                state.posted.append(key)
-        return state
+            if key in state.posted:
+                continue
+            if not await self._reply(request.channel, state, text):
+                return False
+            state.posted.append(key)
+        return True
 
     async def _status_message(self, channel: str, status: RunStatus, state: SlackState) -> None:
         blocks, text = status_blocks(status), status_text(status)
@@ -125,8 +147,9 @@ class SlackNotifier:
             out.append(("final", summary_text(status)))
         return out
 
-    async def _reply(self, channel: str, state: SlackState, text: str) -> None:
-        await self._call("chat.postMessage", channel=channel, thread_ts=state.message_ts, text=text)
+    async def _reply(self, channel: str, state: SlackState, text: str) -> bool:
+        response = await self._call("chat.postMessage", channel=channel, thread_ts=state.message_ts, text=text)
+        return bool(response)
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
         """One Web API call; an error is counted and logged, never raised into the run."""

@@ -7,9 +7,9 @@ import asyncio
 
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.engine.state import VoteRequest
+from bot.engine.state import RunStatus, StepStatus, VoteRequest
 from bot.engine.workflow import PlaybookRun
-from bot.slack.notifier import SlackNotifier
+from bot.slack.notifier import SlackNotifier, SlackSync
 from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
 from tests.engine.test_approvals import policy
 
@@ -96,3 +96,36 @@ steps:
     status_ts = fake_slack.messages[0].ts
     told = [p for p in posts if p.params.get("text") == "restarting now"]
     assert told and told[0].params["thread_ts"] == status_ts
+
+
+def _status(state: str, failed: bool) -> RunStatus:
+    steps = [StepStatus(id="a", action="t.ok", state="succeeded"),
+             StepStatus(id="b", action="t.fail", state="failed" if failed else "running", error="b broke")]
+    return RunStatus(run_id="r-1", playbook="told", playbook_hash="h", state=state, requested_by="carl",
+                     trigger="cli", steps=steps)
+
+
+async def test_a_refused_reply_is_not_taken_as_posted_and_the_thread_stays_in_order(fake_slack):
+    notifier = SlackNotifier(AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url))
+    state = await notifier.sync(SlackSync(channel="#incidents", status=_status("running", failed=False)))
+    fake_slack.fail_next("chat.postMessage", "fatal_error")  # the failure reply is refused once
+    state = await notifier.sync(SlackSync(channel="#incidents", status=_status("running", failed=True), state=state))
+    assert state.posted == [], "nothing is marked posted that Slack did not take"
+
+    final = await notifier.sync(SlackSync(channel="#incidents", status=_status("failed", failed=True), state=state))
+    thread = [c.params["text"] for c in fake_slack.calls_to("chat.postMessage") if c.params.get("thread_ts")]
+    assert final.posted == ["end:b", "final"]
+    assert sum("*b* failed" in t for t in thread) == 2, "once refused, then posted once"
+    assert "*b* failed" in thread[-2] and "failed" in thread[-1], "the failure before the summary"
+
+
+async def test_the_last_sync_of_a_run_tries_again_itself(fake_slack):
+    """A finished run has no later sync: a refused summary is retried within this one, once posted."""
+    notifier = SlackNotifier(AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url))
+    state = await notifier.sync(SlackSync(channel="#incidents", status=_status("running", failed=True)))
+    fake_slack.fail_next("chat.postMessage", "fatal_error")
+    final = await notifier.sync(SlackSync(channel="#incidents", status=_status("failed", failed=True), state=state))
+    assert final.posted == ["end:b", "final"]
+    summaries = [c for c in fake_slack.calls_to("chat.postMessage") if "told" in c.params.get("text", "")
+                 and c.params.get("thread_ts")]
+    assert len(summaries) == 2 and summaries[0].params == summaries[1].params, "refused once, posted once"
