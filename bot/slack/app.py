@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.internals import build_normalized_headers, extract_content_type, parse_body
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.client import Client
@@ -29,13 +30,17 @@ from bot.playbook.params import ParamError
 from bot.policy.engine import PolicyEngine
 from bot.server import read_limited
 from bot.settings import ConfigError, Settings
+from bot.slack.blocks import truncate
 from bot.slack.groups import GroupResolver
 
 log = structlog.get_logger(__name__)
 
 MAX_BODY = 256 * 1024  # Slack's payloads are a few KB; anything this large is not from Slack
 MAX_SKEW = 5 * 60  # seconds: Slack's own replay window for signed requests
+SIGNED_HEADERS = ("x-slack-request-timestamp", "x-slack-signature")
+RECEIVED_AT = "received_at"  # Bolt context key: time.monotonic() when the request reached the router
 KNOWN_ERRORS = (RunError, ParamError, UnknownPlaybook)
+REPLY_LIMIT = 3000  # characters of a refusal; it may quote what it was sent (a forged button value)
 
 
 @dataclass
@@ -93,7 +98,7 @@ async def report_error(web: AsyncWebClient, error: Exception, body: Mapping[str,
     else:
         log.error("slack handler failed", error=f"{type(error).__name__}: {error}", exc_info=error)
         text = f":warning: playbook-bot could not do that ({type(error).__name__}); the logs have the details."
-    await reply_ephemeral(web, body, respond, text)
+    await reply_ephemeral(web, body, respond, truncate(text, REPLY_LIMIT))
 
 
 def error_text(error: Exception) -> str:
@@ -153,14 +158,38 @@ def slack_router(app: AsyncApp, settings: Settings) -> APIRouter:
 
     @router.post("/slack/events", summary="Slack slash commands, interactivity and events (signed)")
     async def slack_events(request: Request) -> Response:
+        received_at = time.monotonic()
         body = await read_limited(request, MAX_BODY)
         if body is None:
             return JSONResponse({"error": "body too large"}, status_code=413)
-        if not verified(verifier, body, request.headers):
+        # One copy of each signed header: this check reads the first, Bolt's the last.
+        if not verified(verifier, body, request.headers) or any(
+            len(request.headers.getlist(name)) > 1 for name in SIGNED_HEADERS
+        ):
             return JSONResponse({"error": "invalid request signature"}, status_code=401)
-        return await handler.handle(request)
+        if not readable(body, request.headers):
+            return JSONResponse({"error": "not a Slack payload"}, status_code=400)
+        try:
+            return await handler.handle(request, {RECEIVED_AT: received_at})
+        except Exception as exc:  # noqa: BLE001  Bolt failed before any handler: a payload Slack never sends
+            log.warning("slack request unreadable", error=f"{type(exc).__name__}: {exc}")
+            return JSONResponse({"error": "not a Slack payload"}, status_code=400)
 
     return router
+
+
+def readable(body: bytes, headers: Mapping[str, str]) -> bool:
+    """Whether Bolt can read a verified body. Bolt picks its parser by the Content-Type, which
+    the signature does not cover, and indexes `actions[0]` of a payload with actions; either
+    going wrong fails inside Bolt with a 500, so it is a 400 here."""
+    try:
+        payload = parse_body(body.decode("utf-8"), extract_content_type(build_normalized_headers(headers)))
+    except ValueError:
+        return False
+    if not isinstance(payload, dict):
+        return False
+    actions = payload.get("actions", [{}])
+    return isinstance(actions, list) and bool(actions) and all(isinstance(a, dict) for a in actions)
 
 
 def verified(verifier: SignatureVerifier, body: bytes, headers: Mapping[str, str], now: float | None = None) -> bool:

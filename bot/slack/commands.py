@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import shlex
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +37,7 @@ from bot.playbook.model import ParallelGroup, Step
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.templating import TemplateError, render
 from bot.policy.inputs import policy_input, rfc3339
-from bot.slack.app import SlackDeps, report_error
+from bot.slack.app import RECEIVED_AT, SlackDeps, report_error
 from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
 from bot.slack.groups import GroupResolver
 
@@ -90,11 +91,13 @@ class PlaybookCommand:
             "cancel": self.cancel,
         }
 
-    async def handle(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond) -> None:
+    async def handle(
+        self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond, context: dict[str, Any]
+    ) -> None:
         words = split_args(body.get("text") or "")
         sub, args = (words[0].lower(), words[1:]) if words else ("help", [])
         if sub == "run":
-            await self._run_in_ack_window(ack, body, args, respond)
+            await self._run_in_ack_window(ack, body, args, respond, context.get(RECEIVED_AT))
             return
         await ack()
         handler = self.subcommands.get(sub)
@@ -131,19 +134,26 @@ class PlaybookCommand:
     # ---- run -------------------------------------------------------------------------------
 
     async def _run_in_ack_window(
-        self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], args: list[str], respond: Respond
+        self,
+        ack: Callable[..., Awaitable[None]],
+        body: dict[str, Any],
+        args: list[str],
+        respond: Respond,
+        received_at: float | None = None,
     ) -> None:
         """Start the run before acking, so nothing is lost: if we die first, Slack retries the
         command (same trigger_id, same run id). A start slower than the budget is acked anyway
-        and finishes in the background, never cancelled halfway."""
+        and finishes in the background, never cancelled halfway. The budget counts from when the
+        request arrived: under a burst, time queued before this handler is Slack's time too."""
         with structlog.contextvars.bound_contextvars(
             slack_trigger=body.get("trigger_id"), slack_user=body.get("user_id"), subcommand="run"
         ):
+            budget = ACK_BUDGET - (time.monotonic() - received_at) if received_at is not None else ACK_BUDGET
             start = asyncio.ensure_future(self._start(body, args))
             try:
-                await asyncio.wait_for(asyncio.shield(start), ACK_BUDGET)
+                await asyncio.wait_for(asyncio.shield(start), max(budget, 0.0))
             except asyncio.TimeoutError:
-                log.warning("slack run start slower than the ack budget; acking first", budget_s=ACK_BUDGET)
+                log.warning("slack run start slower than the ack budget; acking first", budget_s=round(budget, 3))
             except Exception:  # noqa: BLE001  answered below, after the ack
                 pass
             await ack()
@@ -159,6 +169,8 @@ class PlaybookCommand:
 
     async def _start(self, body: dict[str, Any], args: list[str]) -> str:
         """Start the run (or find it); the answer for the user. Refusals raise, naming why."""
+        if not body.get("user_id"):  # Slack always names one; a run without a requester cannot record its start
+            raise RunError("this command names no Slack user; nothing was started")
         loaded, params = self._prepare(args)
         trigger = _trigger(body)
         user = await self._user(body)

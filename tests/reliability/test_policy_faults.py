@@ -24,7 +24,7 @@ from bot.engine.worker import make_worker, worker_deps
 from bot.playbook.loader import load_file
 from bot.settings import Settings
 from tests.policy.fake_opa import FakeOpa
-from tests.reliability.sink import Sink, sink  # noqa: F401  (sink is a fixture)
+from tests.reliability.sink import Sink
 
 TOKEN = "opa-token"
 ALLOW_ALL = """package playbook.authz

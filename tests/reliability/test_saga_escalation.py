@@ -8,7 +8,6 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.engine.workflow import PlaybookRun
 from bot.slack.notifier import SlackNotifier
 from tests.engine.support import Recorder, playbook, run_input, start, worker
-from tests.slack.conftest import _slack_server, fake_slack  # noqa: F401  (fixtures)
 
 PB = """
 name: half-undone

@@ -29,7 +29,7 @@ from bot.engine.state import RunStatus, TriggerContext
 from bot.engine.workflow import PlaybookRun
 from bot.playbook.loader import load_file
 from tests.e2e.support import Service, base_env, cmdline, descendants, free_port, kill_strays, pid_alive, write_policies
-from tests.reliability.sink import SLOW_SECONDS, Sink, sink  # noqa: F401  (sink is a fixture)
+from tests.reliability.sink import SLOW_SECONDS, Sink
 
 pytestmark = pytest.mark.slow
 

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from bot.devstack import free_port
 from bot.engine.runs import get_status
@@ -142,10 +143,18 @@ class Stack:
 
     async def click(self, user: str, run_id: str, step_id: str, message_ts: str, action_id: str = APPROVE_ACTION
                     ) -> httpx.Response:
-        value = json.dumps({"run_id": run_id, "step_id": step_id}, separators=(",", ":"))
+        return await self.post(self.click_body(user, run_id, step_id, message_ts, action_id))
+
+    def click_body(self, user: str, run_id: str, step_id: str, message_ts: str, action_id: str = APPROVE_ACTION, *,
+                   value: str | None = None, user_fields: Mapping[str, Any] | None = None) -> str:
+        """The form body of a button click as Slack sends it. `value` replaces the button's value
+        (a forged one), `user_fields` adds to the signed payload's `user` object."""
+        if value is None:
+            value = json.dumps({"run_id": run_id, "step_id": step_id}, separators=(",", ":"))
         payload = {
             "type": "block_actions",
-            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": "T0FAKE"},
+            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": "T0FAKE",
+                     **(user_fields or {})},
             "api_app_id": "A0PLAYBOOK",
             "token": "deprecated-verification-token",
             "container": {"type": "message", "message_ts": message_ts, "channel_id": CHANNEL, "is_ephemeral": False},
@@ -157,7 +166,7 @@ class Stack:
             "actions": [{"type": "button", "action_id": action_id, "block_id": f"approval:{step_id}", "value": value,
                          "action_ts": str(time.time())}],
         }
-        return await self.post(urlencode({"payload": json.dumps(payload)}))
+        return urlencode({"payload": json.dumps(payload)})
 
     async def runs(self, query: str) -> list[Any]:
         return [w async for w in self.temporal.list_workflows(query)]
@@ -170,11 +179,13 @@ async def slack_stack(
     tmp_path: Path,
     playbooks: Mapping[str, str] | None = None,
     front_door_client: Client | None = None,
+    policy: str | None = None,
 ) -> AsyncIterator[Stack]:
     """Worker + front door (real HTTP, /slack/events) + the fake Slack Web API.
 
     `front_door_client` lets a test put something (a slow proxy) between the front door and
-    Temporal while the worker keeps its direct connection."""
+    Temporal while the worker keeps its direct connection. `policy` replaces POLICY (the Rego
+    of `package playbook.authz`)."""
     for user, name in [(ALICE, "alice"), (BOB, "bob"), (CAROL, "carol"), (DAVE, "dave"), (MALLORY, "mallory")]:
         fake_slack.add_user(user, name)
     fake_slack.add_usergroup("S0SRE", "sre", [ALICE, BOB, DAVE])
@@ -184,7 +195,7 @@ async def slack_stack(
         (tmp_path / "playbooks" / f"{name}.yaml").write_text(text)
     policies = tmp_path / "policies" / "playbook" / "authz"
     policies.mkdir(parents=True)
-    (policies / "authz.rego").write_text(POLICY)
+    (policies / "authz.rego").write_text(POLICY if policy is None else policy)
     settings = Settings(
         data_dir=tmp_path / "data",
         playbooks_dir=tmp_path / "playbooks",
@@ -222,7 +233,11 @@ async def slack_stack(
                 await http.stop()
                 for w in [w async for w in client.list_workflows(f'TaskQueue = "{settings.task_queue}"')]:
                     if w.status and w.status.name == "RUNNING":
-                        await client.get_workflow_handle(w.id).terminate("test over")
+                        try:
+                            await client.get_workflow_handle(w.id).terminate("test over")
+                        except RPCError as exc:  # it completed since it was listed
+                            if exc.status != RPCStatusCode.NOT_FOUND:
+                                raise
 
 
 async def eventually(check: Any, timeout: float = 20.0, what: str = "condition") -> Any:
