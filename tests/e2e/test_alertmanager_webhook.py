@@ -6,9 +6,7 @@ webhook receiver pointing at the front door with the bearer token; alerts are po
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,7 +23,8 @@ from bot.engine.runs import get_status
 from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
 from bot.settings import Settings
-from tests.reliability.alertmanager_support import TOKEN, bot_stack
+from tests.reliability.alertmanager_support import AM_CONFIG, TOKEN, bot_stack, webhook
+from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,22 +70,6 @@ steps:
   - {id: note, action: core.log, with: {message: "{{ params.shards }}"}}
 """
 
-AM_CONFIG = """
-route:
-  receiver: bot
-  group_by: ['...']
-  group_wait: 100ms
-  group_interval: 1s
-  repeat_interval: 2s
-receivers:
-  - name: bot
-    webhook_configs:
-      - url: http://127.0.0.1:{port}/alertmanager
-        send_resolved: true
-        http_config:
-          authorization: {{type: Bearer, credentials: {token}}}
-"""
-
 
 @pytest_asyncio.fixture
 async def stack(dev_env, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
@@ -121,17 +104,6 @@ def outcomes(store: SqliteAuditStore, fingerprint: str) -> list[str]:
         for e in store.events()
         if e.kind.value == "alert_outcome" and e.details.get("fingerprint") == fingerprint
     ]
-
-
-async def eventually(check, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout}s")
-        await asyncio.sleep(0.2)
 
 
 async def test_episode_runs_once_through_repeats_and_peers_then_resolve_cancels(stack):
@@ -192,22 +164,6 @@ async def test_episode_runs_once_through_repeats_and_peers_then_resolve_cancels(
 
 async def _async(value: Any) -> Any:
     return value
-
-
-def webhook(alerts: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
-    return {
-        "version": "4",
-        "groupKey": "{}:{}",
-        "truncatedAlerts": 0,
-        "status": "firing",
-        "receiver": "bot",
-        "groupLabels": {},
-        "commonLabels": {},
-        "commonAnnotations": {},
-        "externalURL": "http://alertmanager.example",
-        "alerts": alerts,
-        **overrides,
-    }
 
 
 def firing(fingerprint: str, **labels: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from bot.server import Readiness, create_app
 from bot.services import _Http, front_door
 from bot.settings import Settings
 from tests.e2e.support import Service, base_env
+from tests.waiting import eventually  # noqa: F401  (re-exported for the tests that use this stack)
 
 TOKEN = "s3cret-webhook-token"
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +53,24 @@ def alertmanager_binary() -> str:
 
 
 # ---- payloads -----------------------------------------------------------------------------------
+
+
+# Alertmanager's own config for the bot as receiver: format with the bot's port and token.
+AM_CONFIG = """
+route:
+  receiver: bot
+  group_by: ['...']
+  group_wait: 100ms
+  group_interval: 1s
+  repeat_interval: 2s
+receivers:
+  - name: bot
+    webhook_configs:
+      - url: http://127.0.0.1:{port}/alertmanager
+        send_resolved: true
+        http_config:
+          authorization: {{type: Bearer, credentials: {token}}}
+"""
 
 
 def webhook(alerts: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
@@ -371,15 +390,3 @@ async def bot_stack(
             am.stop()
     if check_5xx:
         assert not errors, f"the front door answered 5xx: {errors[:10]}"
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "condition",
-                     interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout}s (last: {result!r})")
-        await asyncio.sleep(interval)

@@ -34,6 +34,7 @@ from tests.reliability.alertmanager_support import (
     TOKEN,
     BotStack,
     bot_stack,
+    AM_CONFIG,
     eventually,
     firing,
     webhook,
@@ -583,23 +584,6 @@ async def test_without_a_configured_token_every_request_is_refused(dev_env, tmp_
             status, _ = await raw_post(f"{s.url}/alertmanager", header, json.dumps(body).encode())
             assert status == 401, header
         assert s.audit.events() == [] and await s.runs() == []
-
-
-AM_CONFIG = """
-route:
-  receiver: bot
-  group_by: ['...']
-  group_wait: 100ms
-  group_interval: 1s
-  repeat_interval: 2s
-receivers:
-  - name: bot
-    webhook_configs:
-      - url: http://127.0.0.1:{port}/alertmanager
-        send_resolved: true
-        http_config:
-          authorization: {{type: Bearer, credentials: {token}}}
-"""
 
 
 async def test_a_real_alertmanager_with_a_wrong_token_keeps_trying_and_after_the_fix_starts_one_run(dev_env, tmp_path):

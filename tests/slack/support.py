@@ -33,6 +33,7 @@ from bot.settings import Settings
 from bot.slack.app import SlackDeps, create_slack_app, slack_router
 from bot.slack.blocks import APPROVE_ACTION
 from tests.slack.fake_slack import FakeSlack
+from tests.waiting import eventually  # noqa: F401  (re-exported for the Slack tests)
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0INCIDENTS"
@@ -238,17 +239,6 @@ async def slack_stack(
                         except RPCError as exc:  # it completed since it was listed
                             if exc.status != RPCStatusCode.NOT_FOUND:
                                 raise
-
-
-async def eventually(check: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout}s")
-        await asyncio.sleep(0.1)
 
 
 def text_of(answers: list[dict[str, Any]]) -> str:
