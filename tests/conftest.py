@@ -9,12 +9,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+
+from tests.slack.fake_slack import FakeSlack, running
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,3 +54,15 @@ async def skip_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def _slack_server() -> Iterator[FakeSlack]:
+    yield from running()
+
+
+@pytest.fixture
+def fake_slack(_slack_server: FakeSlack) -> FakeSlack:
+    """The fake Slack Web API (tests/slack/fake_slack.py), emptied for each test."""
+    _slack_server.reset()
+    return _slack_server

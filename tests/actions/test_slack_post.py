@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
@@ -11,18 +11,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.actions.base import ACTION_FAILED, ACTION_REFUSED, INVALID_PARAMS
 from bot.actions.secrets import SecretStore
 from bot.actions.slack import SlackActions
-from tests.slack.fake_slack import FakeSlack, running
-
-
-@pytest.fixture(scope="module")
-def _slack_server() -> Iterator[FakeSlack]:
-    yield from running()
-
-
-@pytest.fixture
-def fake_slack(_slack_server: FakeSlack) -> FakeSlack:
-    _slack_server.reset()
-    return _slack_server
+from tests.slack.fake_slack import FakeSlack
 
 
 @pytest.fixture

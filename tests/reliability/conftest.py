@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,21 +12,10 @@ import pytest
 import pytest_asyncio
 
 from tests.reliability.sink import sink  # noqa: F401  (the HTTP sink fixture, for every file here)
-from tests.slack.fake_slack import FakeSlack, running
+from tests.slack.fake_slack import FakeSlack
 from tests.slack.support import Stack, slack_stack
 
 # ---- Slack: worker + front door + fake Slack Web API on the real Temporal dev server -------------
-
-
-@pytest.fixture(scope="session")
-def _reliability_slack_server() -> Iterator[FakeSlack]:
-    yield from running()
-
-
-@pytest.fixture
-def fake_slack(_reliability_slack_server: FakeSlack) -> FakeSlack:
-    _reliability_slack_server.reset()
-    return _reliability_slack_server
 
 
 QUICK_PLAYBOOK = """

@@ -31,7 +31,8 @@ from bot.slack.app import MAX_BODY, MAX_SKEW
 from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
 from tests.slack.support import (
-    BOB, CHANNEL, SECRET, Stack, eventually, finished, returns, sign, step_state, text_of,
+    waiting_gated_run,
+    BOB, CHANNEL, SECRET, Stack, eventually, finished, sign, step_state, text_of,
 )
 
 SEED = 20250611
@@ -390,20 +391,6 @@ def _lower_escapes(body: bytes) -> bytes:
             out.append(body[i])
             i += 1
     return bytes(out)
-
-
-async def waiting_gated_run(stack: Stack) -> tuple[str, str]:
-    """A `gated` run by ALICE waiting on step `risky`, and its approval message's ts."""
-    trigger = f"{int(time.time())}.9.{uuid.uuid4().hex[:20]}"
-    body, _ = stack.command("run gated", trigger_id=trigger)
-    assert (await stack.post(body)).status_code == 200
-    run_id = slack_run_id("gated", trigger)
-    await eventually(lambda: step_state(stack, run_id, "risky", "waiting_approval"), what="waiting")
-    request = await eventually(
-        lambda: returns([m for m in stack.fake.messages if m.thread_ts and APPROVE_ACTION in json.dumps(m.blocks or [])]),
-        what="approval request posted",
-    )
-    return run_id, request[0].ts
 
 
 async def settled(stack: Stack, footprint: Callable[[Stack], Awaitable[Any]], quiet: float = 0.5) -> Any:

@@ -32,6 +32,7 @@ from bot.services import _Http
 from bot.settings import Settings
 from bot.slack.app import SlackDeps, create_slack_app, slack_router
 from bot.slack.blocks import APPROVE_ACTION
+from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack
 from tests.waiting import eventually  # noqa: F401  (re-exported for the Slack tests)
 
@@ -267,3 +268,17 @@ async def finished(stack: Stack, run_id: str) -> RunStatus | None:
 async def returns(value: Any) -> Any:
     """`value` as a coroutine result, for `eventually` over a plain expression."""
     return value
+
+
+async def waiting_gated_run(stack: Stack) -> tuple[str, str]:
+    """A `gated` run by ALICE waiting on step `risky`, and its approval message's ts."""
+    trigger = f"{int(time.time())}.9.{uuid.uuid4().hex[:20]}"
+    body, _ = stack.command("run gated", trigger_id=trigger)
+    assert (await stack.post(body)).status_code == 200
+    run_id = slack_run_id("gated", trigger)
+    await eventually(lambda: step_state(stack, run_id, "risky", "waiting_approval"), what="waiting")
+    request = await eventually(
+        lambda: returns([m for m in stack.fake.messages if m.thread_ts and APPROVE_ACTION in json.dumps(m.blocks or [])]),
+        what="approval request posted",
+    )
+    return run_id, request[0].ts

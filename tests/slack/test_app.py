@@ -20,7 +20,7 @@ from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.support import (
     ALICE, BOB, CAROL, CHANNEL, MALLORY, Stack, eventually, finished, returns, run_status, sign, slack_stack,
-    step_state, text_of,
+    step_state, text_of, waiting_gated_run,
 )
 
 
@@ -171,17 +171,8 @@ async def test_status_and_cancel(stack: Stack) -> None:
 
 
 async def test_approval_buttons(stack: Stack) -> None:
-    trigger = f"{int(time.time())}.9.{uuid.uuid4().hex[:20]}"
-    body, _ = stack.command("run gated", trigger_id=trigger)
-    assert (await stack.post(body)).status_code == 200
-    run_id = slack_run_id("gated", trigger)
-    await eventually(lambda: step_state(stack, run_id, "risky", "waiting_approval"), what="waiting")
     # the run itself posts the approval request, with its buttons, in its thread
-    request = await eventually(
-        lambda: returns([m for m in stack.fake.messages if m.thread_ts and APPROVE_ACTION in json.dumps(m.blocks or [])]),
-        what="approval request in the thread",
-    )
-    ts = request[0].ts
+    run_id, ts = await waiting_gated_run(stack)
 
     # the requester (though in sre) and a non-member are refused, to them alone; nothing changes
     for user, reason in [(ALICE, "four-eyes"), (CAROL, "only members of sre may approve")]:
