@@ -121,4 +121,14 @@ async def vote(client: Client, run_id: str, request: VoteRequest) -> VoteResult:
         cause = exc.cause
         raise RunError(getattr(cause, "message", None) or str(cause)) from None
     except RPCError as exc:
+        if await _ended(client, run_id):  # another vote decided, or a cancel, while this one travelled
+            raise RunError(f"run {run_id!r} ended while your vote was on its way: nothing to vote on") from None
         raise RunError(f"vote not recorded: {exc.message}") from None
+
+
+async def _ended(client: Client, run_id: str) -> bool:
+    try:
+        desc = await client.get_workflow_handle(run_id).describe()
+    except RPCError:
+        return False
+    return desc.raw_description.workflow_execution_info.status != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING

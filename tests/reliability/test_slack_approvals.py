@@ -56,7 +56,7 @@ steps:
 # checks, the front door's look at a finished run, or Temporal aborting an update the closing run
 # never took in.
 REFUSED = ("already voted", "already been decided", "not waiting", "already ended",
-           "vote not recorded: workflow update was aborted by closing workflow")
+           "ended while your vote was on its way")
 
 
 # ---- the sink and the stacks ------------------------------------------------------------------
