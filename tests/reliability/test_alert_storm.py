@@ -12,7 +12,9 @@ be lost: one status message per run, its summary in the thread, and every run co
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -83,7 +85,8 @@ async def _storm(stack: BotStack, slack: FakeSlack, alerts: int, burst: int, tim
     budget = retry_budget()
     slack.rate_limit_fraction(0.35, retry_after=1, seed=alerts, max_in_a_row=budget)
     errors_before = await slack_errors(stack)
-    fingerprints = [f"{k:016x}" for k in range(alerts)]
+    run = uuid.uuid4().hex[:8]  # fresh episodes per test: the dev server is shared for the session
+    fingerprints = [f"{run}{k:08x}" for k in range(alerts)]
     expected = {episode_id("storm", f, STARTS_AT) for f in fingerprints}
 
     # Bursts: each group delivered twice at once (HA peers), its first half once more on its own.
@@ -167,7 +170,7 @@ async def test_a_status_post_refused_past_the_retry_budget_is_posted_once_by_the
     async with storm_stack(dev_env, tmp_path, slack) as stack:
         errors_before = await slack_errors(stack)
         slack.rate_limit(budget + 1, retry_after=0, method="chat.postMessage")
-        f = "00000000deadbeef"
+        f = f"{uuid.uuid4().hex[:8]}deadbeef"
         response = await stack.deliver(webhook([firing(f, "Storm", STARTS, instance="one")]))
         run_id = episode_id("storm", f, STARTS_AT)
         assert [(o["outcome"], o["run_id"]) for o in response.json()] == [("started", run_id)]
@@ -179,6 +182,8 @@ async def test_a_status_post_refused_past_the_retry_budget_is_posted_once_by_the
         assert (await eventually(done, timeout=30, what="the run finished")).state == "completed"
         posts = slack.calls_to("chat.postMessage")
         assert [c.status for c in posts[: budget + 1]] == [429] * (budget + 1), "the first post, refused every time"
+        refused = {json.dumps(c.params, sort_keys=True) for c in posts[: budget + 1]}
+        assert len(refused) == 1, "one request, retried: not several different posts"
         assert await slack_errors(stack) == errors_before + 1, "the dropped post is counted"
         tops = [m for m in slack.messages if m.thread_ts is None]
         assert len(tops) == 1 and run_id in tops[0].text and "completed" in tops[0].text

@@ -135,11 +135,17 @@ async def test_a_blip_shorter_than_the_retries_is_not_a_deny(dev_env, tmp_path, 
     """OPA slow for a moment: the first ask times out, the retry is answered, the step runs once."""
     opa.delay = 1.5
 
+    def asks() -> int:
+        return sum(1 for r in opa.requests if r["path"].endswith("decision"))
+
     async def recover() -> None:
-        await asyncio.sleep(1.0)
+        while asks() == 0:  # the first ask has arrived and will outlast the 0.5 s timeout
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)
         opa.delay = 0
 
     status, events = await run_once(dev_env, tmp_path, sink, opa.url, during=recover)
+    assert asks() >= 2, "the first ask timed out and a retry was answered"
     assert status.state == "completed", status.error
     assert Counter(hit.path for hit in sink.hits) == Counter({"/prep": 1, "/risky": 1})
     decisions = [e for e in events if e.kind == "policy_decision" and e.step_id == "risky"]

@@ -13,6 +13,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
+from temporalio.workflow import NondeterminismError
 
 from bot.engine.worker import workflow_runner
 from bot.engine.workflow import PlaybookRun
@@ -46,4 +47,4 @@ async def test_replay_detects_a_changed_workflow(monkeypatch):
     monkeypatch.setattr(PlaybookRun, "_execute", renamed)
     replayer = Replayer(workflows=[PlaybookRun], data_converter=pydantic_data_converter, workflow_runner=workflow_runner())
     result = await replayer.replay_workflow(WorkflowHistory.from_json("x", path.read_text()), raise_on_replay_failure=False)
-    assert result.replay_failure is not None
+    assert isinstance(result.replay_failure, NondeterminismError), result.replay_failure

@@ -70,4 +70,5 @@ async def test_without_an_owner_the_page_still_goes_out(dev_env, fake_slack) -> 
 async def test_a_clean_rollback_pages_nobody(dev_env, fake_slack) -> None:
     _, status, thread = await _run(dev_env, fake_slack, PB.replace("compensate: {action: t.fail", "compensate: {action: t.ok"))
     assert status.state == "compensated" and status.not_undone == [] and status.escalated_to == []
+    assert thread and "compensated" in thread[-1] and "Could not undo" not in thread[-1], thread
     assert not [t for t in thread if "rollback incomplete" in t]

@@ -152,7 +152,7 @@ async def double_clicks(stack: Stack, sink: Sink, runs: int, clicks_each: int, b
         assert kinds(stack, run_id, EventKind.run_finished) == 1
     pushed = [hit.key for hit in sink.hits if hit.path == "/push"]
     assert len(pushed) == runs and len(set(pushed)) == runs, f"each run's step reached the sink once: {sink.hits}"
-    assert all(any(run_id in key for run_id, _ in waiting_runs) for key in pushed if key), pushed
+    assert all(key and any(run_id in key for run_id, _ in waiting_runs) for key in pushed), pushed
 
     refusals = runs * (2 * (clicks_each - 1) + (3 if bystanders else 0))
     await eventually(lambda: returns(len(ephemerals(stack)) >= refusals), what=f"{refusals} refusals")
@@ -194,6 +194,7 @@ async def races(stack: Stack, sink: Sink, runs: int) -> Counter[str]:
     responses = await asyncio.gather(*clicks)
     assert all(r.status_code == 200 for r in responses)
     outcomes: Counter[str] = Counter()
+    losers: Counter[str] = Counter()
     for run_id, ts in waiting_runs:
         final = await eventually(lambda run_id=run_id: finished(stack, run_id), what=f"{run_id} finished")
         step = final.step("push")
@@ -210,12 +211,15 @@ async def races(stack: Stack, sink: Sink, runs: int) -> Counter[str]:
             assert kinds(stack, run_id, EventKind.step_started, "push") == 0
             loser, line = BOB, f"Rejected by <@{DAVE}>"
         outcomes[decision[1]] += 1
-        refusal = await eventually(
-            lambda loser=loser, ts=ts: returns([c for c in ephemerals(stack, loser)]), what="the loser told")
-        assert any(any(reason in c.params["text"] for reason in REFUSED) for c in refusal)
+        losers[loser] += 1
+        await eventually(lambda n=losers[loser], loser=loser: returns(len(ephemerals(stack, loser)) >= n),
+                         what="the loser told")
         await quiet(stack)
         message = stack.fake.message(CHANNEL, ts)
         assert line in json.dumps(message.blocks) and not buttons(message.blocks), message.blocks
+    told = ephemerals(stack)
+    assert Counter(c.params["user"] for c in told) == losers, "each race's loser told once, the winner never"
+    assert all(any(reason in c.params["text"] for reason in REFUSED) for c in told), [c.params["text"] for c in told]
     return outcomes
 
 

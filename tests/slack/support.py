@@ -23,7 +23,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from bot.devstack import free_port
-from bot.engine.runs import get_status
+from bot.engine.runs import RunError, get_status
 from bot.engine.state import RunStatus
 from bot.engine.worker import make_worker, worker_deps
 from bot.playbook.loader import load_directory
@@ -250,7 +250,7 @@ async def run_status(stack: Stack, run_id: str) -> RunStatus | None:
     """The run's status once it has started, else None."""
     try:
         status = await get_status(stack.temporal, run_id)
-    except Exception:  # noqa: BLE001  not started yet
+    except RunError:  # not started yet, or no worker has answered its first query yet
         return None
     return status if status.state != "pending" else None
 
