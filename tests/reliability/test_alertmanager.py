@@ -101,8 +101,13 @@ def episodes(fingerprints: list[str], playbooks: tuple[str, ...] = ("hold", "not
 
 async def assert_one_run_per_episode(stack: BotStack, expected: set[str]) -> None:
     """Temporal holds exactly the expected runs on this queue, one execution each: none lost, none twice."""
-    runs = await stack.runs()
-    assert Counter(w.id for w in runs) == Counter(expected), "runs on the queue are exactly one per episode"
+    async def listed() -> Counter[str] | None:  # visibility trails the starts by a moment
+        ids = Counter(w.id for w in await stack.runs())
+        settled = ids == Counter(expected) or set(ids) - expected or any(n > 1 for n in ids.values())
+        return ids if settled else None
+
+    ids = await eventually(listed, timeout=10, what=f"{len(expected)} runs listed")
+    assert ids == Counter(expected), "runs on the queue are exactly one per episode"
     for run_id in expected:
         assert await stack.executions(run_id) == 1, run_id
 
