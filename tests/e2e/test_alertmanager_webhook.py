@@ -6,6 +6,7 @@ webhook receiver pointing at the front door with the bearer token; alerts are po
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -20,6 +21,7 @@ from bot.alerts.episodes import episode_id
 from bot.audit.store import SqliteAuditStore
 from bot.devstack import free_port
 from bot.engine.runs import get_status
+from bot.engine.state import RunStatus
 from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
 from bot.settings import Settings
@@ -142,11 +144,10 @@ async def test_episode_runs_once_through_repeats_and_peers_then_resolve_cancels(
     ended = datetime.now(timezone.utc)
     assert (await client.post(f"{am}/api/v2/alerts", json=[alert(instance, starts, ends=ended)])).status_code == 200
 
-    async def finished() -> Any:
-        current = await get_status(stack["temporal"], run_id)
-        return current if current.finished else None
-
-    final = await eventually(finished, timeout=20, what="run cancelled by the resolved alert")
+    # the run's result, not its status query: the state reads final a moment before the execution
+    # closes (its last audit flush), and a delivery in that moment rightly attaches
+    handle = stack["temporal"].get_workflow_handle(run_id, result_type=RunStatus)
+    final = await asyncio.wait_for(handle.result(), timeout=20)
     assert final.state == "compensated"
     assert final.step("note").state == "compensated" and final.step("wait").state == "cancelled"
     assert "resolved_cancelled" in outcomes(store, fp)

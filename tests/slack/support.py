@@ -19,7 +19,7 @@ import httpx
 from fastapi import APIRouter, Request
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from bot.devstack import free_port
@@ -261,8 +261,13 @@ async def step_state(stack: Stack, run_id: str, step: str, state: str) -> RunSta
 
 
 async def finished(stack: Stack, run_id: str) -> RunStatus | None:
+    """The final status once the execution has closed: the state reads final a moment before
+    (the run's last audit flush and Slack sync), when a new command would still attach."""
     status = await run_status(stack, run_id)
-    return status if status and status.finished else None
+    if not status or not status.finished:
+        return None
+    desc = await stack.temporal.get_workflow_handle(run_id).describe()
+    return status if desc.status != WorkflowExecutionStatus.RUNNING else None
 
 
 async def returns(value: Any) -> Any:
