@@ -19,18 +19,17 @@ from typing import Any, Callable
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from bot.alerts.episodes import RouteMatch, route
 from bot.alerts.payload import Alert, PayloadError, parse_payload
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.recorder import append_counted
 from bot.audit.store import SqliteAuditStore
-from bot.engine.runs import start_policy_input
+from bot.engine.runs import is_running, start_policy_input
 from bot.engine.state import RunInput, TriggerContext
 from bot.engine.workflow import PlaybookRun
 from bot.playbook.loader import Catalog
@@ -196,13 +195,9 @@ class AlertReceiver:
     async def _running(self, run_id: str) -> bool | None:
         """True running, False ended, None never started."""
         try:
-            desc = await self.deps.client.get_workflow_handle(run_id).describe()
+            return await is_running(self.deps.client, run_id)
         except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return None
             raise Unavailable(f"Temporal: {exc.message}") from None
-        status = desc.raw_description.workflow_execution_info.status
-        return status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
 
     @staticmethod
     def _outcome(alert: Alert, playbook: str | None, outcome: str, *, run_id: str | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -121,14 +122,20 @@ async def vote(client: Client, run_id: str, request: VoteRequest) -> VoteResult:
         cause = exc.cause
         raise RunError(getattr(cause, "message", None) or str(cause)) from None
     except RPCError as exc:
-        if await _ended(client, run_id):  # another vote decided, or a cancel, while this one travelled
-            raise RunError(f"run {run_id!r} ended while your vote was on its way: nothing to vote on") from None
+        with contextlib.suppress(RPCError):
+            if await is_running(client, run_id) is False:  # another vote decided, or a cancel, meanwhile
+                raise RunError(f"run {run_id!r} ended while your vote was on its way: nothing to vote on") from None
         raise RunError(f"vote not recorded: {exc.message}") from None
 
 
-async def _ended(client: Client, run_id: str) -> bool:
+async def is_running(client: Client, run_id: str) -> bool | None:
+    """True while the execution is open, False once it closed, None if there is no such run;
+    other RPC errors are the caller's to name."""
     try:
         desc = await client.get_workflow_handle(run_id).describe()
-    except RPCError:
-        return False
-    return desc.raw_description.workflow_execution_info.status != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    status = desc.raw_description.workflow_execution_info.status
+    return status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING

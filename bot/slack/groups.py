@@ -1,8 +1,9 @@
 """A Slack user's user group handles, for the `start` and `approver` policy rules.
 
 One `usergroups.list(include_users=True)` answers every user (and gives each handle's id, which
-a mention that pages the group needs), so the whole map is cached and refreshed at most once per TTL (a burst of commands makes one call). If Slack cannot be asked,
-the last known map is kept for a short while; with none, users have no groups (fail closed).
+a mention that pages the group needs), so the whole map is cached and refreshed at most once per
+TTL (a burst of commands makes one call). If Slack cannot be asked, the last known map is kept
+for a short while; with none, users have no groups (fail closed).
 """
 
 from __future__ import annotations
