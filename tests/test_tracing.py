@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
@@ -20,6 +19,7 @@ from bot.engine.worker import make_worker
 from bot.engine.workflow import PlaybookRun
 from bot.tracing import configure_tracing
 from tests.engine.support import Recorder, playbook, run_input
+from tests.http_server import serving
 
 ONE_STEP = """
 name: traced
@@ -71,14 +71,8 @@ def collector() -> Iterator[Collector]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    yield Collector(url=f"http://{host}:{port}", requests=received)
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serving(Handler) as url:
+        yield Collector(url=url, requests=received)
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Awaitable, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,6 +16,7 @@ from temporalio.testing import ActivityEnvironment
 from bot.actions.activities import build_activities
 from bot.actions.base import ActionInput, ActionResult
 from bot.actions.secrets import SecretStore
+from tests.http_server import serving
 
 RUN_ID, STEP_ID, KEY = "run-42", "restart", "run-42/restart"
 
@@ -143,14 +143,8 @@ def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="session")
 def _server() -> Iterator[FakeApi]:
     api = FakeApi(base_url="")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
-    server.daemon_threads = True
-    api.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield api
-    server.shutdown()
-    server.server_close()
+    with serving(_handler(api)) as api.base_url:
+        yield api
 
 
 @pytest.fixture

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, AsyncIterator, Iterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,6 +17,7 @@ from structlog.testing import capture_logs
 
 from bot.actions.base import ACTION_FAILED, ACTION_REFUSED, INVALID_PARAMS
 from bot.actions.prometheus import PrometheusActions, parse_expect
+from tests.http_server import serving
 
 Answer = tuple[int, Any]  # (HTTP status, JSON body or raw text)
 
@@ -90,14 +90,8 @@ def _handler(prom: FakePrometheus) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture(scope="module")
 def _prom_server() -> Iterator[FakePrometheus]:
     fake = FakePrometheus()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    server.daemon_threads = True
-    fake.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
+    with serving(_handler(fake)) as fake.base_url:
+        yield fake
 
 
 @pytest.fixture

@@ -14,15 +14,18 @@ calls, faults and posted messages, keeping the workspace (channels, users, user 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import random
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
+
+from tests.http_server import serving
 
 TOKEN = "xoxb-fake-bot-token"
 TEAM_ID = "T0FAKE"
@@ -69,8 +72,7 @@ class FakeSlack:
         self._ts = itertools.count(1)
         self._faults: list[tuple[str | None, int, str, dict[str, str]]] = []
         self._fraction: _Fraction | None = None
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = contextlib.ExitStack()
         self.api_url = ""
         self.add_user(BOT_USER_ID, "playbook-bot", is_bot=True)
 
@@ -159,18 +161,11 @@ class FakeSlack:
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> str:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self.api_url = f"http://127.0.0.1:{self._server.server_address[1]}/api/"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-slack", daemon=True)
-        self._thread.start()
+        self.api_url = self._serving.enter_context(serving(_handler(self))) + "/api/"
         return self.api_url
 
     def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._serving.close()
 
     def __enter__(self) -> FakeSlack:
         self.start()
