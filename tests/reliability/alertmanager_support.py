@@ -52,6 +52,17 @@ def alertmanager_binary() -> str:
     pytest.skip(message)
 
 
+async def answers_200(http: httpx.AsyncClient, url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Poll `url` until it answers 200 (True); False at the timeout or as soon as `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(httpx.TransportError):
+            if (await http.get(url)).status_code == 200:
+                return True
+        await asyncio.sleep(0.1)
+    return False
+
+
 # ---- payloads -----------------------------------------------------------------------------------
 
 
@@ -166,15 +177,8 @@ class Alertmanager:
         )
 
     async def ready(self, http: httpx.AsyncClient, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get(f"{self.url}/-/ready")).status_code == 200:
-                    return
-            if self.proc.poll() is not None:
-                break
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"Alertmanager not ready in {timeout}s:\n{self.log()}")
+        if not await answers_200(http, f"{self.url}/-/ready", self.proc, timeout):
+            raise AssertionError(f"Alertmanager not ready in {timeout}s:\n{self.log()}")
 
     async def reconfigure(self, http: httpx.AsyncClient, config: str) -> None:
         """Alertmanager's documented reload: a new file, then SIGHUP; waits until the config hash
@@ -298,15 +302,8 @@ class WorkerProcess:
         self.url = f"http://127.0.0.1:{self.metrics_port}"
 
     async def ready(self, http: httpx.AsyncClient, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get(f"{self.url}/readyz")).status_code == 200:
-                    return
-            if self.service.proc.poll() is not None:
-                break
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"worker not ready in {timeout}s:\n{self.service}")
+        if not await answers_200(http, f"{self.url}/readyz", self.service.proc, timeout):
+            raise AssertionError(f"worker not ready in {timeout}s:\n{self.service}")
 
     async def metric(self, http: httpx.AsyncClient, name: str, **labels: str) -> float:
         """A counter's value in the worker's /metrics (0 when it was never touched)."""
