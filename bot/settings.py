@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -24,7 +24,8 @@ TEMPORAL_TLS_FIELDS = (
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PLAYBOOK_BOT_", extra="ignore")
+    # An empty variable (compose's `${VAR:-}`) is unset: no empty token enabling Slack, no path ".".
+    model_config = SettingsConfigDict(env_prefix="PLAYBOOK_BOT_", extra="ignore", env_ignore_empty=True)
 
     # Temporal: unset address -> the embedded dev server (recorded under data_dir by `dev`).
     temporal_address: str | None = None
@@ -69,15 +70,6 @@ class Settings(BaseSettings):
     shell_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_format: str = "auto"  # auto (JSON off a TTY) | json | console
     log_level: str = "INFO"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_tls_is_unset(cls, data: object) -> object:
-        """Compose passes `${VAR:-}` as ""; for these that means unset, not the path "." or TLS=false."""
-        if isinstance(data, dict):
-            blank = {k for k, v in data.items() if k in TEMPORAL_TLS_FIELDS and isinstance(v, str) and not v.strip()}
-            data = {k: v for k, v in data.items() if k not in blank}
-        return data
 
     @field_validator("temporal_tls_server_name", "temporal_api_key", mode="before")
     @classmethod

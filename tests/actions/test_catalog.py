@@ -4,7 +4,7 @@ import httpx
 
 from bot.actions.activities import build_activities
 from bot.actions.base import ACTIONS
-from bot.actions.catalog import make_providers
+from bot.actions.catalog import make_providers, slack_client
 from bot.actions.secrets import SecretStore
 from bot.settings import Settings
 
@@ -44,3 +44,15 @@ def test_schema_defaults_are_written_like_playbooks_write_them() -> None:
     http = ACTIONS["http.request"].params.model_json_schema()["properties"]
     shell = ACTIONS["shell.run"].params.model_json_schema()["properties"]
     assert (http["timeout"]["default"], shell["timeout"]["default"]) == ("30s", "5m")
+
+
+def test_an_empty_variable_is_unset_so_slack_stays_off(monkeypatch) -> None:
+    """docker-compose passes `${PLAYBOOK_BOT_SLACK_BOT_TOKEN:-}` as an empty string when the operator
+    sets no token: that is "Slack off", not a client with an empty token failing every call."""
+    monkeypatch.setenv("PLAYBOOK_BOT_SLACK_BOT_TOKEN", "")
+    monkeypatch.setenv("PLAYBOOK_BOT_SLACK_SIGNING_SECRET", "")
+    settings = Settings()
+    assert settings.slack_bot_token is None and settings.slack_signing_secret is None
+    assert slack_client(settings) is None
+    monkeypatch.setenv("PLAYBOOK_BOT_SLACK_BOT_TOKEN", "xoxb-real")
+    assert slack_client(Settings()) is not None
