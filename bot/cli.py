@@ -27,6 +27,10 @@ from bot.console import progress_lines, status_table
 from bot.devstack import DevServerError
 from bot.engine.runs import RunError, cancel_run, check_start, get_status, start_run, vote
 from bot.engine.state import RunStatus, TriggerContext, VoteRequest
+from bot.identity import principals
+from bot.identity.keys import cli_keyring
+from bot.identity.principals import Actor, PrincipalError
+from bot.identity.proofs import Keyring
 from bot.playbook.loader import Catalog, PlaybookError, PlaybookLoadErrors, load_directory, load_file
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.schema import playbook_json_schema
@@ -53,6 +57,7 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     PolicyLoadError,
     ConfigError,
     LookupError,
+    PrincipalError,
 )
 
 
@@ -100,8 +105,13 @@ def _catalog(settings: Settings) -> Catalog:
         return exc.catalog
 
 
-def _user(by: str | None) -> str:
-    return by if by else f"cli:{getpass.getuser()}"
+def _actor(settings: Settings, by: str | None) -> tuple[Actor, Keyring]:
+    """`--by WHO` is `cli:WHO`. Verified only on the embedded dev stack, where this CLI holds the
+    key `dev` left in the data dir; against any other Temporal it acts unverified (break-glass),
+    and the shipped policy refuses unverified approvers and cancellers in production."""
+    principal = principals.cli(by)
+    keyring = cli_keyring(settings)
+    return Actor(principal, principal[4:], (), "dev" if keyring.can_sign else None), keyring
 
 
 def _print_status(status: RunStatus, as_json: bool) -> None:
@@ -159,19 +169,21 @@ def run(
         params = coerce_params(loaded.playbook, parse_assignments(param))
     except KNOWN_ERRORS as exc:
         raise Failure(_reason(exc)) from None
-    requested_by = _user(by)
-
-    trigger = TriggerContext(kind="cli", requested_by=requested_by)
+    try:
+        actor, keyring = _actor(settings, by)
+    except KNOWN_ERRORS as exc:
+        raise Failure(_reason(exc)) from None
+    trigger = TriggerContext(kind="cli", requested_by=actor.principal)
 
     async def go() -> RunStatus | None:
         client = await connect(settings)
         policy = make_engine(settings)
         try:
             await policy.load()
-            await check_start(policy, loaded, params, trigger, {"id": requested_by, "name": requested_by, "groups": []})
+            await check_start(policy, loaded, params, trigger, actor)
         finally:
             await policy.close()
-        handle = await start_run(client, settings.task_queue, loaded, params, trigger)
+        handle = await start_run(client, settings.task_queue, loaded, params, trigger, actor=actor, keyring=keyring)
         if not wait:
             print(json.dumps({"run_id": handle.id}) if as_json else handle.id)
             return None
@@ -224,23 +236,29 @@ def status(
 
 
 @app.command()
-def cancel(run_id: str = typer.Argument(...)) -> None:
-    """Cancel a run: the running step stops and completed steps are compensated."""
+def cancel(
+    run_id: str = typer.Argument(...),
+    by: Optional[str] = typer.Option(None, "--by", help="Who cancels (default cli:<os user>)."),
+    reason: str = typer.Option("", "--reason"),
+) -> None:
+    """Cancel a run: the `cancel` rule decides; the running step stops and completed steps are compensated."""
     settings = _settings()
 
-    async def go() -> RunStatus:
-        return await cancel_run(await connect(settings), run_id)
+    async def go() -> Any:
+        actor, keyring = _actor(settings, by)
+        return await cancel_run(await connect(settings), run_id, actor, keyring, reason)
 
-    before = _run(go)
-    print(f"cancel requested for {run_id} (was {before.state}); compensations will run")
+    before, result = _run(go)
+    print(f"{result.message} (run {run_id} was {before.state})")
 
 
 def _vote(run_id: str, step_id: str, by: str | None, reason: str, verdict: str) -> None:
     settings = _settings()
-    request = VoteRequest(step_id=step_id, user=_user(by), vote=verdict, reason=reason)  # type: ignore[arg-type]
 
     async def go() -> Any:
-        return await vote(await connect(settings), run_id, request)
+        actor, keyring = _actor(settings, by)
+        request = VoteRequest(step_id=step_id, user=actor.principal, vote=verdict, reason=reason)  # type: ignore[arg-type]
+        return await vote(await connect(settings), run_id, request, actor, keyring)
 
     print(_run(go).message)
 

@@ -19,6 +19,8 @@ from bot.alerts.receiver import AlertDeps, AlertReceiver
 from bot.audit.store import SqliteAuditStore
 from bot.devstack import DevServer
 from bot.engine.worker import WorkerDeps, make_worker, open_policy_and_audit, worker_deps
+from bot.identity.keys import front_door_keyring, require_front_door_key, worker_keyring
+from bot.identity.proofs import Keyring, ensure_dev_key
 from bot.playbook.loader import Catalog, load_directory
 from bot.policy.engine import PolicyEngine
 from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
@@ -98,9 +100,15 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
     """Embedded Temporal (unless TEMPORAL_ADDRESS is set) + worker + HTTP front door."""
     tls_config(settings)  # TLS settings without an address: refuse before starting anything
     catalog = load_directory(settings.playbooks_dir)
+    # On the embedded stack the CLI beside it signs with a key left in the data dir, so `--by WHO`
+    # is verified here (and only here); against another Temporal only the configured key counts.
+    dev_key = None if settings.temporal_address else ensure_dev_key(settings.data_dir)
+    keys = front_door_keyring(settings, dev_key)
     stop = stop_event()
     async with AsyncExitStack() as stack:
-        deps = await stack.enter_async_context(worker_deps(settings))  # bad policies: refuse before starting
+        deps = await stack.enter_async_context(  # bad policies: refuse before starting
+            worker_deps(settings, catalog=catalog, keyring=worker_keyring(settings, dev_key))
+        )
         dev: DevServer | None = None
         if settings.temporal_address:
             address = settings.temporal_address
@@ -113,8 +121,8 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
         readiness = Readiness({"temporal": temporal_check(client)})
         if settings.alertmanager_token is None:
             log.warning("PLAYBOOK_BOT_ALERTMANAGER_TOKEN is not set: POST /alertmanager answers 401 to everyone")
-        slack = slack_app(settings, client, catalog, deps.policy, deps.audit)
-        routers = front_door(settings, client, catalog, deps.policy, deps.audit, slack)
+        slack = slack_app(settings, client, catalog, deps.policy, deps.audit, keys)
+        routers = front_door(settings, client, catalog, deps.policy, deps.audit, slack, keys)
         http = _Http(settings, create_app(readiness, routers))
         worker = asyncio.create_task(serve_worker(settings, client, deps, stop, readiness))
         await http.start()
@@ -157,6 +165,8 @@ async def run_serve(settings: Settings) -> None:
     """The front door alone (scaled apart from workers); it needs the webhook token to start."""
     if settings.alertmanager_token is None:
         raise ConfigError("serve needs PLAYBOOK_BOT_ALERTMANAGER_TOKEN: the Alertmanager webhook must be authenticated")
+    require_front_door_key(settings)
+    keys = front_door_keyring(settings)
     stop = stop_event()
     catalog = load_directory(settings.playbooks_dir)
     async with AsyncExitStack() as stack:
@@ -165,8 +175,8 @@ async def run_serve(settings: Settings) -> None:
         readiness = Readiness(
             {"temporal": temporal_check(client), "policies": policy_check(policy), "audit": audit_check(audit)}
         )
-        slack = slack_app(settings, client, catalog, policy, audit)
-        http = _Http(settings, create_app(readiness, front_door(settings, client, catalog, policy, audit, slack)))
+        slack = slack_app(settings, client, catalog, policy, audit, keys)
+        http = _Http(settings, create_app(readiness, front_door(settings, client, catalog, policy, audit, slack, keys)))
         await http.start()
         stack.push_async_callback(http.stop)
         await stack.enter_async_context(socket_mode(settings, slack))
@@ -181,8 +191,9 @@ def front_door(
     policy: PolicyEngine,
     audit: SqliteAuditStore,
     slack: Any = None,
+    keyring: Keyring | None = None,
 ) -> list[APIRouter]:
-    """The routes that take triggers: Alertmanager now, Slack next."""
+    """The routes that take triggers: Alertmanager, Slack and the HTTP API."""
     token = settings.alertmanager_token.get_secret_value() if settings.alertmanager_token else None
     alerts = AlertReceiver(
         AlertDeps(
@@ -193,6 +204,7 @@ def front_door(
             audit=audit,
             token=token,
             max_body=settings.alertmanager_max_body,
+            keyring=keyring or Keyring(),
         )
     )
     routers = [alerts.router()]
@@ -202,14 +214,20 @@ def front_door(
 
 
 def slack_app(
-    settings: Settings, client: Client, catalog: Catalog, policy: PolicyEngine, audit: SqliteAuditStore
+    settings: Settings,
+    client: Client,
+    catalog: Catalog,
+    policy: PolicyEngine,
+    audit: SqliteAuditStore,
+    keyring: Keyring | None = None,
 ) -> Any:
     """The Bolt app when Slack is configured; otherwise None, and the log says Slack is off."""
     web = slack_client(settings)  # retries only 429s, so nothing is posted twice
     if web is None or settings.slack_signing_secret is None:
         log.warning("Slack is off: set PLAYBOOK_BOT_SLACK_BOT_TOKEN and PLAYBOOK_BOT_SLACK_SIGNING_SECRET to turn it on")
         return None
-    return create_slack_app(settings, SlackDeps(client, settings.task_queue, lambda: catalog, policy, web, audit))
+    deps = SlackDeps(client, settings.task_queue, lambda: catalog, policy, web, audit, keyring or Keyring())
+    return create_slack_app(settings, deps)
 
 
 @contextlib.asynccontextmanager

@@ -67,14 +67,25 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = None
     slack_api_url: str | None = None
 
+    # Identity and trust (docs/security.md): the HMAC key front doors sign proofs with and workers
+    # check them with; the API's hashed bearer tokens; and, for the CLI, the API to go through.
+    envelope_key: SecretStr | None = None
+    api_tokens_file: Path | None = None  # default: DATA_DIR/api-tokens.json
+    api_url: str | None = None  # CLI: go through this front door's /api/v1 as the token's principal
+    api_token: SecretStr | None = None
+
     shell_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_format: str = "auto"  # auto (JSON off a TTY) | json | console
     log_level: str = "INFO"
 
-    @field_validator("temporal_tls_server_name", "temporal_api_key", mode="before")
+    @field_validator("temporal_tls_server_name", "temporal_api_key", "envelope_key", "api_token", mode="before")
     @classmethod
     def _strip(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value  # a pasted key's newline is not part of it
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.api_tokens_file or self.data_dir / "api-tokens.json"
 
     @field_validator("shell_allow", mode="before")
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -29,9 +29,11 @@ from bot.alerts.payload import Alert, PayloadError, parse_payload
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.recorder import append_counted
 from bot.audit.store import SqliteAuditStore
-from bot.engine.runs import is_running, start_policy_input
-from bot.engine.state import RunInput, TriggerContext
+from bot.engine.runs import RunError, cancel_run, is_running, run_input, start_policy_input
+from bot.engine.state import TriggerContext
 from bot.engine.workflow import PlaybookRun
+from bot.identity.principals import Actor
+from bot.identity.proofs import Keyring
 from bot.playbook.loader import Catalog
 from bot.policy.engine import PolicyEngine
 from bot.server import read_limited
@@ -39,6 +41,8 @@ from bot.server import read_limited
 log = structlog.get_logger(__name__)
 
 ALERTMANAGER_USER = "alertmanager"
+# The webhook's bearer token is checked before any alert is read: its alerts are vouched for.
+ALERTMANAGER = Actor(ALERTMANAGER_USER, "Alertmanager", (), "alertmanager")
 
 
 def _event_id(alert: Alert, kind: EventKind, key: str) -> str:
@@ -65,6 +69,7 @@ class AlertDeps:
     audit: SqliteAuditStore | None
     token: str | None
     max_body: int = 1 << 20
+    keyring: Keyring = field(default_factory=Keyring)
 
 
 class AlertReceiver:
@@ -140,9 +145,7 @@ class AlertReceiver:
             if running is not None:
                 return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
         trigger = TriggerContext(kind="alertmanager", requested_by=ALERTMANAGER_USER, alert=alert.as_context())
-        verdict = await self.deps.policy.start(
-            start_policy_input(match.playbook, match.params, trigger, {"id": ALERTMANAGER_USER, "name": "Alertmanager", "groups": []})
-        )
+        verdict = await self.deps.policy.start(start_policy_input(match.playbook, match.params, trigger, ALERTMANAGER))
         if not verdict.allow:
             # Refused to start now, but the episode may already have its run (started through
             # another front door, or before the policy changed): then this delivery attaches.
@@ -151,13 +154,10 @@ class AlertReceiver:
                 self._remember(run_id)
                 return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
             return self._outcome(alert, playbook, "rejected", reason="start refused: " + "; ".join(verdict.reasons))
-        run_input = RunInput(
-            playbook=match.playbook.playbook, playbook_hash=match.playbook.hash, params=match.params, trigger=trigger
-        )
         try:
             await self.deps.client.start_workflow(
                 PlaybookRun.run,
-                run_input,
+                run_input(match.playbook, match.params, trigger, ALERTMANAGER, self.deps.keyring, run_id),
                 id=run_id,
                 task_queue=self.deps.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -181,7 +181,12 @@ class AlertReceiver:
         if match.trigger.on_resolved == "continue":
             return self._outcome(alert, playbook, "resolved_ignored", run_id=run_id)
         try:
-            await self.deps.client.get_workflow_handle(run_id).cancel()
+            await cancel_run(self.deps.client, run_id, ALERTMANAGER, self.deps.keyring, reason="the alert resolved")
+        except RunError as exc:
+            if await self._running(run_id) is False:  # it ended on its own meanwhile
+                return self._outcome(alert, playbook, "resolved_no_run", run_id=run_id)
+            # The cancel rule refused: the run goes on, and the refusal is on the record.
+            return self._outcome(alert, playbook, "resolved_ignored", run_id=run_id, reason=f"cancel refused: {exc}")
         except RPCError as exc:
             raise Unavailable(f"Temporal: {exc.message}") from None
         return self._outcome(alert, playbook, "resolved_cancelled", run_id=run_id)

@@ -1,7 +1,10 @@
 """Approval votes on a waiting step: the four-eyes and one-vote-per-person rules live here.
 
-Workflow-side code (deterministic): the validator refuses a bad vote before it enters history;
-the handler asks the approver policy (through the workflow's callback) before the vote counts.
+Workflow-side code (deterministic): the validator refuses what it can before a vote enters
+history (a principal that requested the run or already voted); the handler asks the `approver`
+rule about the voter as the worker verified it, then compares people, not logins: policy maps
+principals to people (`slack:U0ALICE` and `cli:alice` are both alice), so alice can neither
+approve her own run from another login nor meet a quorum of two alone.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from bot.engine.state import RunStatus, StepStatus, Vote, VoteRequest, VoteResult
+    from bot.policy.models import ActorVerdict
 
 VOTE_REFUSED = "VoteRefused"
 
@@ -22,7 +26,7 @@ class VoteRefused(ApplicationError):
         super().__init__(message, type=VOTE_REFUSED, non_retryable=True)
 
 
-ApproverCheck = Callable[[VoteRequest], Awaitable[list[str]]]
+ApproverCheck = Callable[[VoteRequest], Awaitable[ActorVerdict]]
 
 
 class ApprovalBook:
@@ -31,6 +35,7 @@ class ApprovalBook:
     def __init__(self, status: RunStatus, requester: str) -> None:
         self._status = status
         self._requester = requester
+        self.requester_person = requester  # the worker's admission says who that is
         self._needed: dict[str, int] = {}
         self._in_flight: set[tuple[str, str]] = set()
 
@@ -67,30 +72,42 @@ class ApprovalBook:
         if any(v.user == request.user for v in st.approvals) or (request.step_id, request.user) in self._in_flight:
             raise VoteRefused(f"{request.user} has already voted on step {request.step_id!r}")
 
-    async def cast(self, request: VoteRequest, check: ApproverCheck) -> VoteResult:
+    async def cast(self, request: VoteRequest, check: ApproverCheck) -> tuple[VoteResult, Vote]:
         self.validate(request)
         key = (request.step_id, request.user)
         self._in_flight.add(key)
         try:
-            refusals = await check(request)
+            verdict = await check(request)
         finally:
             self._in_flight.discard(key)
-        if refusals:
-            raise VoteRefused(f"{request.user} may not approve step {request.step_id!r}: " + "; ".join(refusals))
+        if not verdict.allow:
+            reasons = "; ".join(verdict.reasons) or "the approver policy refused"
+            raise VoteRefused(f"{request.user} may not approve step {request.step_id!r}: {reasons}")
+        person = verdict.person or request.user
         self.validate(request)  # the step may have been decided while policy was asked
-        st = self._status.step(request.step_id)
-        st.approvals.append(
-            Vote(
-                user=request.user,
-                name=request.name,
-                vote=request.vote,
-                at=workflow.now(),
-                reason=request.reason,
-                groups=request.groups,
+        if person == self.requester_person:
+            raise VoteRefused(
+                f"{request.user} is {person}, who requested this run ({self._requester}), and cannot vote on it (four-eyes)"
             )
+        st = self._status.step(request.step_id)
+        earlier = next((v for v in st.approvals if (v.person or v.user) == person), None)
+        if earlier is not None:
+            raise VoteRefused(f"{person} has already voted on step {request.step_id!r} (as {earlier.user}): one vote per person")
+        user = verdict.user or {}
+        vote = Vote(
+            user=request.user,
+            name=request.name or str(user.get("name") or ""),
+            vote=request.vote,
+            at=workflow.now(),
+            reason=request.reason,
+            groups=list(user.get("groups") or []),
+            person=person,
+            verified=bool(user.get("verified")),
         )
+        st.approvals.append(vote)
         count, needed = self.approvals(st), self.needed(request.step_id)
         verb = "rejected" if request.vote == "reject" else f"approved ({count}/{needed})"
-        return VoteResult(
+        result = VoteResult(
             step_id=st.id, step_state=st.state, approvals=count, needed=needed, message=f"{request.user} {verb}"
         )
+        return result, vote

@@ -12,11 +12,13 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from bot.engine.state import RunInput, RunStatus, TriggerContext, VoteRequest, VoteResult
-from bot.engine.workflow import PlaybookRun
+from bot.engine.state import CancelRequest, CancelResult, RunInput, RunStatus, TriggerContext, VoteRequest, VoteResult
+from bot.engine.workflow import CANCEL_DUPLICATE, CANCEL_UNSUPPORTED, PlaybookRun
+from bot.identity.principals import Actor
+from bot.identity.proofs import Keyring, cancel_content, start_content, vote_content
 from bot.playbook.loader import LoadedPlaybook
 from bot.policy.engine import PolicyEngine
-from bot.policy.inputs import policy_input
+from bot.policy.inputs import policy_input, provenance
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 
@@ -31,12 +33,15 @@ def new_run_id(playbook: str, now: datetime | None = None) -> str:
 
 
 def start_policy_input(
-    loaded: LoadedPlaybook, params: dict[str, Any], trigger: TriggerContext, user: dict[str, Any]
+    loaded: LoadedPlaybook, params: dict[str, Any], trigger: TriggerContext, actor: Actor
 ) -> dict[str, Any]:
     """DESIGN.md's policy input without `step`, with `user`: who may start which playbook."""
     run = {"trigger": trigger.kind, "requested_by": trigger.requested_by}
+    alert_verified = trigger.kind == "alertmanager" and actor.verified_by == "alertmanager"
+    sources = provenance(loaded.playbook, params, trigger.kind, trigger.alert, alert_verified)
     return policy_input(
-        loaded.playbook, loaded.hash, run, params, trigger.alert, datetime.now(timezone.utc), user=user
+        loaded.playbook, loaded.hash, run, params, trigger.alert, datetime.now(timezone.utc),
+        user=actor.policy_user(), sources=sources,
     )
 
 
@@ -45,13 +50,30 @@ async def check_start(
     loaded: LoadedPlaybook,
     params: dict[str, Any],
     trigger: TriggerContext,
-    user: dict[str, Any],
+    actor: Actor,
 ) -> None:
-    """The `start` rule, asked before anything starts; a deny is a RunError with the reasons."""
-    verdict = await policy.start(start_policy_input(loaded, params, trigger, user))
+    """The `start` rule, asked before anything starts; a deny is a RunError with the reasons.
+    (The worker asks it again itself: this answer only spares the user a refused run.)"""
+    verdict = await policy.start(start_policy_input(loaded, params, trigger, actor))
     if not verdict.allow:
         reasons = "; ".join(verdict.reasons) or "no reason given"
-        raise RunError(f"{user.get('id')} may not start {loaded.playbook.name}: {reasons}")
+        raise RunError(f"{actor.principal} may not start {loaded.playbook.name}: {reasons}")
+
+
+def run_input(
+    loaded: LoadedPlaybook, params: dict[str, Any], trigger: TriggerContext, actor: Actor, keyring: Keyring, run_id: str
+) -> RunInput:
+    """The run's input with the front door's proof of who asked (none for an unverified actor)."""
+    if actor.principal != trigger.requested_by:
+        raise ValueError(f"actor {actor.principal} is not the requester {trigger.requested_by}")
+    content = start_content(loaded.playbook.name, loaded.hash, params, trigger.model_dump(mode="json"))
+    return RunInput(
+        playbook=loaded.playbook,
+        playbook_hash=loaded.hash,
+        params=params,
+        trigger=trigger,
+        proof=keyring.sign("start", run_id, actor, content),
+    )
 
 
 async def start_run(
@@ -61,14 +83,16 @@ async def start_run(
     params: dict[str, Any],
     trigger: TriggerContext,
     *,
+    actor: Actor,
+    keyring: Keyring,
     run_id: str | None = None,
 ) -> WorkflowHandle[PlaybookRun, RunStatus]:
     """Start a run; with a natural-key run_id a repeat attaches to the running one instead."""
-    run_input = RunInput(playbook=loaded.playbook, playbook_hash=loaded.hash, params=params, trigger=trigger)
+    run_id = run_id or new_run_id(loaded.playbook.name)
     return await client.start_workflow(
         PlaybookRun.run,
-        run_input,
-        id=run_id or new_run_id(loaded.playbook.name),
+        run_input(loaded, params, trigger, actor, keyring, run_id),
+        id=run_id,
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -101,16 +125,49 @@ async def get_status(client: Client, run_id: str) -> RunStatus:
         raise RunError(f"run {run_id!r} ended outside playbook-bot ({desc.status.name if desc.status else '?'}): {exc}") from None
 
 
-async def cancel_run(client: Client, run_id: str) -> RunStatus:
+async def cancel_run(
+    client: Client, run_id: str, actor: Actor, keyring: Keyring, reason: str = ""
+) -> tuple[RunStatus, CancelResult]:
+    """Ask the run to cancel on the actor's behalf: the worker asks the `cancel` rule and records
+    the canceller. Refused: RunError naming the rule's reasons, and the run goes on as it was."""
     status = await get_status(client, run_id)
     if status.finished:
         raise RunError(f"run {run_id!r} has already ended ({status.state})")
-    await client.get_workflow_handle(run_id).cancel()
-    return status
+    request = CancelRequest(
+        user=actor.principal,
+        name=actor.name,
+        reason=reason,
+        proof=keyring.sign("cancel", run_id, actor, cancel_content(reason)),
+    )
+    handle = client.get_workflow_handle(run_id)
+    try:
+        result = await handle.execute_update(PlaybookRun.cancel, request, rpc_timeout=timedelta(seconds=30))
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        kind = getattr(cause, "type", None)
+        if kind == CANCEL_UNSUPPORTED:  # a run from before verified cancels
+            await handle.cancel()
+            return status, CancelResult(state=status.state, message="cancel requested (a run from before verified cancels)")
+        if kind == CANCEL_DUPLICATE:  # asked again by the same principal: already under way
+            return status, CancelResult(state=status.state, message=getattr(cause, "message", "") or str(cause))
+        raise RunError(getattr(cause, "message", None) or str(cause)) from None
+    except RPCError as exc:
+        await _ended_meanwhile(client, run_id, "cancel")
+        raise RunError(f"cancel not recorded: {exc.message}") from None
+    return status, result
 
 
-async def vote(client: Client, run_id: str, request: VoteRequest) -> VoteResult:
-    """Cast a vote; the workflow's validator refuses bad votes before anything is recorded."""
+async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, keyring: Keyring) -> VoteResult:
+    """Cast a vote as `actor` (its proof goes with it); the workflow's validator refuses bad votes
+    before anything is recorded, and the worker checks the proof before policy is asked."""
+    request = request.model_copy(
+        update={
+            "user": actor.principal,
+            "name": request.name or actor.name,
+            "groups": list(actor.groups),
+            "proof": keyring.sign("vote", run_id, actor, vote_content(request.step_id, request.vote, request.reason)),
+        }
+    )
     status = await get_status(client, run_id)
     if status.finished:
         raise RunError(f"run {run_id!r} has already ended ({status.state}): nothing to vote on")
@@ -122,10 +179,15 @@ async def vote(client: Client, run_id: str, request: VoteRequest) -> VoteResult:
         cause = exc.cause
         raise RunError(getattr(cause, "message", None) or str(cause)) from None
     except RPCError as exc:
-        with contextlib.suppress(RPCError):
-            if await is_running(client, run_id) is False:  # another vote decided, or a cancel, meanwhile
-                raise RunError(f"run {run_id!r} ended while your vote was on its way: nothing to vote on") from None
+        await _ended_meanwhile(client, run_id, "vote on")
         raise RunError(f"vote not recorded: {exc.message}") from None
+
+
+async def _ended_meanwhile(client: Client, run_id: str, what: str) -> None:
+    """An update that met a closing run: say so, instead of Temporal's update-aborted text."""
+    with contextlib.suppress(RPCError):
+        if await is_running(client, run_id) is False:  # another vote decided, or a cancel, meanwhile
+            raise RunError(f"run {run_id!r} ended while your request was on its way: nothing to {what}") from None
 
 
 async def is_running(client: Client, run_id: str) -> bool | None:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from bot.identity.proofs import Proof
 from bot.playbook.model import Playbook
 
 RunState = Literal[
@@ -27,13 +28,14 @@ StepState = Literal[
     "compensation_failed",
 ]
 CompensationState = Literal["pending", "running", "succeeded", "failed", "skipped"]
-TriggerKind = Literal["cli", "slack", "alertmanager"]
+TriggerKind = Literal["cli", "slack", "alertmanager", "api"]
 
 FINAL_RUN_STATES: frozenset[str] = frozenset({"completed", "compensated", "failed", "cancelled"})
 
 
 class TriggerContext(BaseModel):
-    """Who or what started the run; `requested_by` is the user id policy and four-eyes check."""
+    """Who or what started the run; `requested_by` is the principal (`slack:U…`, `cli:alice`,
+    `api:deploy-bot`, `alertmanager`) that policy and four-eyes check."""
 
     kind: TriggerKind = "cli"
     requested_by: str
@@ -48,15 +50,18 @@ class RunInput(BaseModel):
     playbook_hash: str
     params: dict[str, Any] = Field(default_factory=dict)
     trigger: TriggerContext
+    proof: Proof | None = Field(None, description="The front door's proof of who asked; none: unverified.")
 
 
 class Vote(BaseModel):
-    user: str
+    user: str  # the principal that voted
     name: str = ""
     vote: Literal["approve", "reject"]
     at: datetime
     reason: str = ""
     groups: list[str] = Field(default_factory=list)
+    person: str = ""  # who that principal is, per policy (four-eyes and one vote per person compare these)
+    verified: bool = False
 
 
 class StepStatus(BaseModel):
@@ -75,6 +80,15 @@ class StepStatus(BaseModel):
     approvals: list[Vote] = Field(default_factory=list)
     approval_deadline: datetime | None = None
     escalated_at: datetime | None = None
+
+
+class Requester(BaseModel):
+    """The requester as the worker admitted the run: verified or not, and the person behind it."""
+
+    principal: str
+    person: str
+    verified: bool = False
+    verified_by: str | None = None
 
 
 class CompensationStatus(BaseModel):
@@ -104,6 +118,9 @@ class RunStatus(BaseModel):
     escalated_to: list[str] = Field(
         default_factory=list, description="User groups paged because something could not be undone."
     )
+    requester: Requester | None = Field(None, description="The requester as the worker verified it.")
+    cancelled_by: str | None = Field(None, description="The principal whose cancel the run accepted.")
+    cancel_reason: str = ""
 
     def step(self, step_id: str) -> StepStatus:
         for step in self.steps:
@@ -117,7 +134,8 @@ class RunStatus(BaseModel):
 
 
 class VoteRequest(BaseModel):
-    """An approval or rejection as Slack or the CLI sends it; groups come from Slack or are empty."""
+    """An approval or rejection. `user` is the principal; its groups and verification come from
+    `proof` alone (the worker ignores groups a client merely claims)."""
 
     step_id: str
     user: str
@@ -125,6 +143,21 @@ class VoteRequest(BaseModel):
     groups: list[str] = Field(default_factory=list)
     vote: Literal["approve", "reject"] = "approve"
     reason: str = ""
+    proof: Proof | None = None
+
+
+class CancelRequest(BaseModel):
+    """Who asks to cancel, and why; the `cancel` rule decides, the run records the canceller."""
+
+    user: str
+    name: str = ""
+    reason: str = ""
+    proof: Proof | None = None
+
+
+class CancelResult(BaseModel):
+    state: str
+    message: str
 
 
 class VoteResult(BaseModel):

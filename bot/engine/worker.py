@@ -18,7 +18,11 @@ from bot.actions.catalog import make_providers, slack_client
 from bot.actions.secrets import SecretStore
 from bot.audit.recorder import AuditActivities, AuditWriter
 from bot.audit.store import SqliteAuditStore, default_path
+from bot.engine.admission import Admitter
 from bot.engine.workflow import PlaybookRun
+from bot.identity.keys import worker_keyring
+from bot.identity.proofs import Keyring
+from bot.playbook.loader import Catalog, PlaybookLoadErrors, load_directory
 from bot.policy.activities import PolicyActivities
 from bot.policy.engine import PolicyEngine, make_engine
 from bot.slack.notifier import SlackNotifier
@@ -72,11 +76,29 @@ class WorkerDeps:
     activities: list[Any]
     policy: PolicyEngine
     audit: SqliteAuditStore
+    catalog: Catalog
+
+
+def worker_catalog(settings: Settings) -> Catalog:
+    """The playbooks this worker will run: a run whose snapshot is not among them is refused.
+    A broken file is logged and left out (the front door refuses it too)."""
+    try:
+        return load_directory(settings.playbooks_dir)
+    except PlaybookLoadErrors as exc:
+        log.error("some playbooks do not load; the worker refuses runs of them", errors=str(exc))
+        return exc.catalog
 
 
 @asynccontextmanager
-async def worker_deps(settings: Settings, extra_providers: Sequence[object] = ()) -> AsyncIterator[WorkerDeps]:
-    """The shipped action, policy and audit activities with their clients (plus extra action providers).
+async def worker_deps(
+    settings: Settings,
+    extra_providers: Sequence[object] = (),
+    *,
+    catalog: Catalog | None = None,
+    keyring: Keyring | None = None,
+) -> AsyncIterator[WorkerDeps]:
+    """The shipped action, policy and audit activities with their clients (plus extra action providers),
+    and `run.admit`, the worker's own check of every run against its catalog, keys and policy.
 
     Loads the policies first: a policy that does not compile stops the worker from starting
     (PolicyLoadError names the file and line) instead of denying every step later.
@@ -84,9 +106,21 @@ async def worker_deps(settings: Settings, extra_providers: Sequence[object] = ()
     async with AsyncExitStack() as stack:
         policy, store = await open_policy_and_audit(stack, settings)
         writer = AuditWriter(store)
+        keys = keyring or worker_keyring(settings)
+        if not keys.can_verify:
+            log.warning(
+                "no PLAYBOOK_BOT_ENVELOPE_KEY: this worker can verify no one, so every requester, voter and "
+                "canceller counts as unverified (the shipped policy refuses unverified approvers in production)"
+            )
+        known = catalog if catalog is not None else worker_catalog(settings)
         http = await stack.enter_async_context(httpx.AsyncClient())
         providers = [*make_providers(settings, http), *extra_providers]
         actions = build_activities(providers, SecretStore(settings.secrets_file), writer)
         notifier = SlackNotifier(slack_client(settings))
-        activities = actions + PolicyActivities(policy, writer).all() + [AuditActivities(writer).record, notifier.sync]
-        yield WorkerDeps(activities, policy, store)
+        admitter = Admitter(lambda: known, keys, policy, writer)
+        activities = actions + PolicyActivities(policy, writer, keys).all() + [
+            AuditActivities(writer).record,
+            notifier.sync,
+            admitter.admit,
+        ]
+        yield WorkerDeps(activities, policy, store, known)

@@ -23,19 +23,24 @@ with workflow.unsafe.imports_passed_through():
     from bot.audit.events import AuditEvent, EventKind
     from bot.audit.recorder import AuditBatch, event
     from bot.actions.core import SleepParams
-    from bot.engine.approvals import ApprovalBook
+    from bot.engine.admission import Admission, AdmitRequest
+    from bot.engine.approvals import ApprovalBook, VoteRefused
     from bot.engine.state import (
+        CancelRequest,
+        CancelResult,
         CompensationStatus,
+        Requester,
         RunInput,
         RunStatus,
         StepStatus,
         VoteRequest,
         VoteResult,
     )
+    from bot.identity.proofs import cancel_content, vote_content
     from bot.playbook.durations import format_duration, parse_duration
-    from bot.policy.activities import PolicyRequest
+    from bot.policy.activities import Claim, PolicyRequest
     from bot.policy.inputs import policy_input, rfc3339
-    from bot.policy.models import Decision, Verdict
+    from bot.policy.models import ActorVerdict, Decision
     from bot.slack.notifier import SlackState, SlackSync
     from bot.playbook.model import Compensation, ParallelGroup, RetryPolicy, Step
     from bot.playbook.templating import TemplateError, render, truthy
@@ -45,6 +50,11 @@ DEFAULT_APPROVAL_TIMEOUT = "15m"
 SLEEP_ACTION = "core.sleep"
 AUDIT_PATCH = "audit-trail-v1"
 SLACK_PATCH = "slack-sync-v1"
+TRUST_PATCH = "trust-v1"  # the worker admits the run, checks proofs and decides cancels itself
+ADMIT_TIMEOUT = timedelta(seconds=30)
+CANCEL_REFUSED = "CancelRefused"
+CANCEL_UNSUPPORTED = "CancelUnsupported"
+CANCEL_DUPLICATE = "CancelDuplicate"  # the same principal asked again (a retry, an HA peer): not a refusal
 SLACK_TIMEOUT = timedelta(seconds=30)  # runs started before the audit trail replay without its local activity
 POLICY_TIMEOUT = timedelta(seconds=30)
 
@@ -87,6 +97,21 @@ def describe_failure(err: BaseException, max_attempts: int) -> tuple[str, int]:
     return str(cause or err), max_attempts
 
 
+class CancelRefused(ApplicationError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=CANCEL_REFUSED, non_retryable=True)
+
+
+class CancelUnsupported(ApplicationError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=CANCEL_UNSUPPORTED, non_retryable=True)
+
+
+class CancelDuplicate(ApplicationError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type=CANCEL_DUPLICATE, non_retryable=True)
+
+
 class _Saga:
     """Compensations in registration order; undone last-in, first-out."""
 
@@ -119,6 +144,13 @@ class PlaybookRun:
             steps=steps,
         )
         self._input = input
+        self._params = input.params  # as the worker admitted them (re-validated) once trusted
+        self._provenance: dict[str, Any] | None = None
+        # Runs from before proofs replay as they ran: anyone could cancel, nothing was admitted.
+        # Set first thing in run() (patch markers are not known yet here); a new run is trusted.
+        self._trusted: bool | None = None
+        self._body: asyncio.Task[str] | None = None  # the steps; only an accepted cancel stops them
+        self._cancels_pending = 0  # cancels being decided: no new step starts meanwhile
         self._saga = _Saga()
         self._approvals = ApprovalBook(self._status, input.trigger.requested_by)
         self._log_extra = {"run_id": info.workflow_id, "playbook": pb.name}
@@ -138,22 +170,36 @@ class PlaybookRun:
 
     @workflow.update
     async def vote(self, request: VoteRequest) -> VoteResult:
-        result = await self._approvals.cast(request, self._check_approver)
+        try:
+            result, vote = await self._approvals.cast(request, self._check_approver)
+        except VoteRefused as exc:
+            # Refused after asking policy (or on its proof): audited, the run goes on as it was.
+            self._record(
+                request.step_id,
+                EventKind.approval_vote,
+                {"vote": request.vote, "user": request.user, "accepted": False, "message": exc.message},
+                actor=request.user or "unknown",
+                key=f"refused:{request.user}:{workflow.uuid4()}",
+            )
+            await self._flush_audit()
+            raise
         self._record(
             request.step_id,
             EventKind.approval_vote,
             {
-                "vote": request.vote,
-                "user": request.user,
-                "name": request.name,
-                "groups": request.groups,
-                "reason": request.reason,
+                "vote": vote.vote,
+                "user": vote.user,
+                "person": vote.person,
+                "verified": vote.verified,
+                "name": vote.name,
+                "groups": vote.groups,
+                "reason": vote.reason,
                 "accepted": True,
                 "message": result.message,
                 "waited_seconds": self._waited(request.step_id),
             },
-            actor=request.user,
-            key=request.user,
+            actor=vote.user,
+            key=vote.user,
         )
         await self._notify()
         return result
@@ -162,13 +208,71 @@ class PlaybookRun:
     def _validate_vote(self, request: VoteRequest) -> None:
         self._approvals.validate(request)
 
+    @workflow.update
+    async def cancel(self, request: CancelRequest) -> CancelResult:
+        """Cancel on behalf of a principal: the `cancel` rule decides (asked with the verified
+        actor), the canceller is recorded, then the running step stops and the saga undoes."""
+        claim = Claim(
+            purpose="cancel", run_id=self._status.run_id, principal=request.user, name=request.name,
+            content=cancel_content(request.reason),
+        )
+        input = self._run_input_doc()
+        self._cancels_pending += 1
+        try:
+            verdict: ActorVerdict = await self._ask_policy(
+                "cancel", input, ActorVerdict, claim=claim, proof=request.proof
+            )
+        finally:
+            self._cancels_pending -= 1
+        details = {"by": request.user, "verified": bool(verdict.user.get("verified")), "reason": request.reason}
+        if not verdict.allow or self._status.cancelled_by is not None or self._status.finished:
+            reasons = verdict.reasons if not verdict.allow else ["the run is already ending"]
+            message = f"{request.user} may not cancel {self._status.run_id}: " + ("; ".join(reasons) or "no reason given")
+            self._record(None, EventKind.cancel_requested, {**details, "accepted": False, "reasons": reasons},
+                         actor=request.user, key=f"refused:{request.user}:{workflow.uuid4()}")
+            await self._flush_audit()
+            raise CancelRefused(message)
+        self._status.cancelled_by = request.user
+        self._status.cancel_reason = request.reason
+        self._record(None, EventKind.cancel_requested, {**details, "accepted": True, "person": verdict.person},
+                     actor=request.user, key="accepted")
+        self._log("cancel accepted", by=request.user)
+        if self._body is not None:
+            self._body.cancel()
+        return CancelResult(
+            state=self._status.state,
+            message=f"cancel accepted from {request.user}: the running step stops and what the run did is rolled back",
+        )
+
+    @cancel.validator
+    def _validate_cancel(self, request: CancelRequest) -> None:
+        if self._trusted is False:  # None: not started yet, which only a new (trusted) run can be
+            raise CancelUnsupported("this run started before verified cancels; it takes Temporal's own cancel")
+        if not request.user:
+            raise CancelRefused("a cancel needs a principal")
+        if self._status.cancelled_by == request.user:
+            raise CancelDuplicate(f"run {self._status.run_id} is already being cancelled by {request.user}")
+        if self._status.cancelled_by is not None:
+            raise CancelRefused(f"run {self._status.run_id} is already being cancelled by {self._status.cancelled_by}")
+        if self._status.finished or self._status.state == "compensating":
+            raise CancelRefused(f"run {self._status.run_id} is already ending ({self._status.state}): nothing to cancel")
+
     # ---- the run -------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: RunInput) -> RunStatus:
+        self._trusted = workflow.patched(TRUST_PATCH)
         status = self._status
         status.state = "running"
         status.started_at = workflow.now()
+        if self._trusted:
+            admission = await self._admit()
+            status.requester = admission.requester
+            self._approvals.requester_person = admission.requester.person
+            if not admission.allow:
+                return await self._refused(admission)
+            self._params = status.params = admission.params
+            self._provenance = admission.provenance
         self._log("run started", requested_by=status.requested_by, trigger=status.trigger)
         self._record(
             None,
@@ -178,26 +282,16 @@ class PlaybookRun:
                 "playbook_hash": status.playbook_hash,
                 "trigger": status.trigger,
                 "requested_by": status.requested_by,
+                "requester": status.requester.model_dump(mode="json") if status.requester else None,
                 "params": status.params,
             },
             actor=status.requested_by,
         )
         await self._notify()
-        outcome = "completed"
-        try:
-            for item in input.playbook.steps:
-                ok = await (self._run_group(item) if isinstance(item, ParallelGroup) else self._run_step(item))
-                await self._notify()
-                if not ok:
-                    outcome = "failed"
-                    break
-                if workflow.cancellation_reason() is not None:
-                    # The SDK resolves an activity that finished despite a cancel request as a
-                    # success and swallows the cancel: honour it here, before the next step.
-                    raise asyncio.CancelledError()
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            self._mark_cancelled()
+        if self._trusted:
+            outcome = await self._guarded(self._steps(input))
+        else:
+            outcome = await self._steps(input)
         if outcome == "completed":
             status.state = "completed"
         else:
@@ -208,6 +302,108 @@ class PlaybookRun:
         if not self._finish_recorded or status.state != "completed":
             # A cancel that lands after the last step wrote "completed" gets the last word.
             self._record(None, EventKind.run_finished, self._finish_details(), key=status.state)
+        await _uncancellable(self._close())
+        return status
+
+    async def _steps(self, input: RunInput) -> str:
+        """Every step in order: 'completed', 'failed' (roll back) or 'cancelled'."""
+        try:
+            if self._cancel_requested():  # accepted while the run was being admitted
+                raise asyncio.CancelledError()
+            for item in input.playbook.steps:
+                ok = await (self._run_group(item) if isinstance(item, ParallelGroup) else self._run_step(item))
+                await self._notify()
+                if not ok:
+                    return "failed"
+                if self._cancel_requested():
+                    # The SDK resolves an activity that finished despite a cancel request as a
+                    # success and swallows the cancel: honour it here, before the next step.
+                    raise asyncio.CancelledError()
+        except asyncio.CancelledError:
+            self._mark_cancelled()
+            return "cancelled"
+        return "completed"
+
+    def _cancel_requested(self) -> bool:
+        if self._trusted:
+            return self._status.cancelled_by is not None
+        return workflow.cancellation_reason() is not None
+
+    async def _guarded(self, steps: Any) -> str:
+        """Run the steps in their own task, so that Temporal's own cancel, which names no one and
+        which any client can send, does not reach them: only an accepted `cancel` update does."""
+        self._body = asyncio.ensure_future(steps)
+        if self._status.cancelled_by is not None:
+            self._body.cancel()
+        while True:
+            try:
+                return await asyncio.shield(self._body)
+            except asyncio.CancelledError:
+                if self._body.done():
+                    return self._body.result()
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                self._refuse_anonymous_cancel()
+
+    def _refuse_anonymous_cancel(self) -> None:
+        reason = (
+            "a Temporal cancel request names no principal, so the run goes on: cancel with `playbook-bot cancel`, "
+            "the API or Slack, which ask the cancel rule"
+        )
+        workflow.logger.warning("anonymous cancel refused", extra=self._log_extra)
+        self._record(
+            None,
+            EventKind.cancel_requested,
+            {"by": None, "verified": False, "accepted": False, "reasons": [reason]},
+            actor="temporal",
+            key=f"anonymous:{workflow.uuid4()}",
+        )
+
+    async def _admit(self) -> Admission:
+        """The worker's own check before anything runs (bot/engine/admission.py); an admission
+        that cannot even be asked refuses the run (fail closed)."""
+        input = self._input
+        requester = input.trigger.requested_by
+        try:
+            return await workflow.execute_local_activity(
+                "run.admit",
+                AdmitRequest(
+                    run_id=self._status.run_id,
+                    playbook=input.playbook,
+                    playbook_hash=input.playbook_hash,
+                    params=input.params,
+                    trigger=input.trigger,
+                    proof=input.proof,
+                    started_at=workflow.info().start_time,
+                ),
+                result_type=Admission,
+                start_to_close_timeout=ADMIT_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
+            )
+        except ActivityError as exc:
+            message, _ = describe_failure(exc, 3)
+            return Admission(
+                allow=False,
+                refused_by="admission",
+                reasons=[f"the run could not be checked: {message}"],
+                requester=Requester(principal=requester, person=requester),
+            )
+
+    async def _refused(self, admission: Admission) -> RunStatus:
+        """Nothing ran: the run ends `cancelled`, saying which check refused it, on the record."""
+        status = self._status
+        status.state = "cancelled"
+        status.error = admission.message
+        status.finished_at = workflow.now()
+        workflow.logger.warning("run refused", extra={**self._log_extra, "error": status.error})
+        self._record(
+            None,
+            EventKind.run_finished,
+            {**self._finish_details(), "refused_by": admission.refused_by, "requested_by": status.requested_by},
+            actor=status.requested_by,
+            key="refused",
+        )
         await _uncancellable(self._close())
         return status
 
@@ -242,6 +438,10 @@ class PlaybookRun:
             except asyncio.CancelledError:
                 self._cancelled(st)  # cancelled while asking policy or waiting for approvers
                 raise
+        if self._cancels_pending:  # a cancel asked before this step starts wins, if it is allowed
+            await workflow.wait_condition(lambda: self._cancels_pending == 0)
+            if self._cancel_requested():
+                raise asyncio.CancelledError()
         if st.group is not None and st.group in self._failed_groups:
             return self._fail(st, "not run: another step of its parallel group failed", "cancelled")
         self._saga.register(step)
@@ -359,34 +559,50 @@ class PlaybookRun:
 
     # ---- policy gate and approvals -------------------------------------------------------
 
-    def _policy_input(self, step: Step, args: dict[str, Any]) -> dict[str, Any]:
-        """The input document of DESIGN.md's policy contract, from workflow state only."""
+    def _run_input_doc(self, step: Step | None = None, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The input document of DESIGN.md's policy contract, from workflow state only: `run`
+        carries the requester as the worker verified it, `provenance` what vouches for each fact."""
         status = self._status
-        run = {
+        run: dict[str, Any] = {
             "id": status.run_id,
             "trigger": status.trigger,
             "requested_by": status.requested_by,
             "started_at": rfc3339(status.started_at or workflow.now()),
         }
+        if self._trusted:
+            run["state"] = status.state
+            run["requester"] = status.requester.model_dump(mode="json") if status.requester else None
         return policy_input(
             self._input.playbook,
             status.playbook_hash,
             run,
-            self._input.params,
+            self._params,
             self._input.trigger.alert,
             workflow.now(),
             step=step,
             args=args,
-            approvals=[v.model_dump(mode="json") for v in status.step(step.id).approvals],
+            approvals=[v.model_dump(mode="json") for v in status.step(step.id).approvals] if step else [],
+            sources=self._provenance,
         )
 
-    async def _ask_policy(self, rule: str, input: dict[str, Any], result_type: type[Any]) -> Any:
+    def _policy_input(self, step: Step, args: dict[str, Any]) -> dict[str, Any]:
+        return self._run_input_doc(step, args)
+
+    async def _ask_policy(
+        self,
+        rule: str,
+        input: dict[str, Any],
+        result_type: type[Any],
+        *,
+        claim: Claim | None = None,
+        proof: Any = None,
+    ) -> Any:
         """Ask the policy activity; if even that fails, the answer is a deny (fail closed)."""
         queued = self._take_audit()
         try:
             return await workflow.execute_activity(
                 f"policy.{rule}",
-                PolicyRequest(input=input, audit=queued),
+                PolicyRequest(input=input, audit=queued, claim=claim, proof=proof),
                 result_type=result_type,
                 start_to_close_timeout=POLICY_TIMEOUT,
                 retry_policy=TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
@@ -484,14 +700,17 @@ class PlaybookRun:
         waiting = any(s.state == "waiting_approval" for s in self._status.steps)
         self._status.state = "waiting_approval" if waiting else "running"
 
-    async def _check_approver(self, request: VoteRequest) -> list[str]:
-        """Refusal reasons from the `approver` rule; empty when this user may vote."""
+    async def _check_approver(self, request: VoteRequest) -> ActorVerdict:
+        """The `approver` rule's answer about the voter as the worker verified it (its proof)."""
         st = self._status.step(request.step_id)
         step = next(s for s in self._input.playbook.leaf_steps() if s.id == request.step_id)
         input = self._policy_input(step, st.args or {})
         input["user"] = {"id": request.user, "name": request.name, "groups": request.groups}
-        verdict: Verdict = await self._ask_policy("approver", input, Verdict)
-        return [] if verdict.allow else (verdict.reasons or ["the approver policy refused"])
+        claim = Claim(
+            purpose="vote", run_id=self._status.run_id, principal=request.user, name=request.name,
+            content=vote_content(request.step_id, request.vote, request.reason),
+        )
+        return await self._ask_policy("approver", input, ActorVerdict, claim=claim, proof=request.proof)
 
     # ---- saga ----------------------------------------------------------------------------
 
@@ -499,7 +718,9 @@ class PlaybookRun:
         for st in self._status.steps:
             if st.state in ("running", "waiting_approval"):
                 self._cancelled(st)
-        self._status.error = self._status.error or "cancelled"
+        by, reason = self._status.cancelled_by, self._status.cancel_reason
+        said = f"cancelled by {by}" + (f": {reason}" if reason else "") if by else "cancelled"
+        self._status.error = self._status.error or said
 
     async def _compensate(self, outcome: str) -> None:
         status = self._status
@@ -562,7 +783,7 @@ class PlaybookRun:
     def _context(self) -> dict[str, Any]:
         status = self._status
         return {
-            "params": self._input.params,
+            "params": self._params,
             "alert": self._input.trigger.alert,
             "run": {
                 "id": status.run_id,
@@ -609,6 +830,7 @@ class PlaybookRun:
             "escalated_to": [] if state else status.escalated_to,
             "playbook": status.playbook,
             "trigger": status.trigger,
+            "cancelled_by": status.cancelled_by,
         }
 
     def _finish_event(self) -> AuditEvent:

@@ -1,15 +1,19 @@
-"""The policy questions as Temporal activities: `policy.decide`, `policy.approver`, `policy.start`.
+"""The policy questions as Temporal activities: `policy.decide`, `policy.approver`, `policy.cancel`.
 
 The engine never raises, so an activity returns its answer, deny included. One exception: when
 the engine was merely unavailable (OPA unreachable or slow, the embedded engine restarting) and
 the workflow's retry policy has attempts left, the activity fails with a retryable error so a
 passing blip does not deny a production step. The last attempt returns the deny as it is.
+
+`approver` and `cancel` are questions about an actor: the activity first checks the actor's
+proof (bot/identity/proofs.py) and asks policy about the user it verified, never about the
+groups or identity a client merely claimed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 from temporalio import activity
@@ -17,24 +21,40 @@ from temporalio.exceptions import ApplicationError
 
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.recorder import AuditWriter, event
+from bot.identity.principals import Actor
+from bot.identity.proofs import Keyring, Proof, ProofError
 from bot.policy.engine import PolicyEngine
-from bot.policy.models import Decision, Failure, Verdict
+from bot.policy.models import ActorVerdict, Decision, Failure, Verdict
 
 AnswerT = TypeVar("AnswerT", bound=Verdict)
 TRANSIENT = frozenset({Failure.UNREACHABLE, Failure.TIMEOUT, Failure.ENGINE_CRASHED})
 
 
+class Claim(BaseModel):
+    """What the actor asked, so the proof can be checked against it."""
+
+    purpose: Literal["vote", "cancel", "confirm"]
+    run_id: str
+    principal: str
+    name: str = ""
+    content: dict[str, Any] = Field(default_factory=dict)
+
+
 class PolicyRequest(BaseModel):
-    """One policy input document (DESIGN.md, "Policy contract"), plus audit events queued before it."""
+    """One policy input document (DESIGN.md, "Policy contract"), plus audit events queued before it;
+    for a question about an actor, its claim and proof."""
 
     input: dict[str, Any]
     audit: list[AuditEvent] = Field(default_factory=list)
+    claim: Claim | None = None
+    proof: Proof | None = None
 
 
 class PolicyActivities:
-    def __init__(self, engine: PolicyEngine, audit: AuditWriter | None = None) -> None:
+    def __init__(self, engine: PolicyEngine, audit: AuditWriter | None = None, keyring: Keyring | None = None) -> None:
         self.engine = engine
         self.audit = audit or AuditWriter(None)
+        self.keyring = keyring or Keyring()
 
     @activity.defn(name="policy.decide")
     async def decide(self, request: PolicyRequest) -> Decision:
@@ -56,16 +76,47 @@ class PolicyActivities:
         return decision
 
     @activity.defn(name="policy.approver")
-    async def approver(self, request: PolicyRequest) -> Verdict:
+    async def approver(self, request: PolicyRequest) -> ActorVerdict:
         await self.audit.write(request.audit)
-        return _retry_if_transient(await self.engine.approver(request.input))
+        return await self._about_actor(request, self.engine.approver)
+
+    @activity.defn(name="policy.cancel")
+    async def cancel(self, request: PolicyRequest) -> ActorVerdict:
+        await self.audit.write(request.audit)
+        return await self._about_actor(request, self.engine.cancel)
 
     @activity.defn(name="policy.start")
     async def start(self, request: PolicyRequest) -> Verdict:
         return _retry_if_transient(await self.engine.start(request.input))
 
     def all(self) -> list[Callable[..., Any]]:
-        return [self.decide, self.approver, self.start]
+        return [self.decide, self.approver, self.cancel, self.start]
+
+    async def _about_actor(self, request: PolicyRequest, ask: Callable[[dict[str, Any]], Any]) -> ActorVerdict:
+        claim = request.claim
+        if claim is None:  # a workflow from before proofs: the user as the input says, unverified
+            actor = Actor(str((request.input.get("user") or {}).get("id") or ""))
+        else:
+            try:
+                actor = verified_actor(self.keyring, claim, request.proof)
+            except ProofError as exc:
+                noun = "vote" if claim.purpose == "vote" else claim.purpose
+                reason = f"the {noun}'s proof does not verify: {exc}"
+                return ActorVerdict(allow=False, reasons=[reason], user=Actor(claim.principal).policy_user())
+        user = actor.policy_user()
+        verdict = _retry_if_transient(await ask({**request.input, "user": user}))
+        return ActorVerdict(**verdict.model_dump(), user=user)
+
+
+def verified_actor(keyring: Keyring, claim: Claim, proof: Proof | None) -> Actor:
+    """The actor the proof vouches for (it must name the claimed principal), or the claimed
+    principal unverified and without groups when there is no proof. ProofError for a bad one."""
+    if proof is None:
+        return Actor(claim.principal, claim.name)
+    actor = keyring.check(proof, claim.purpose, claim.run_id, claim.content)
+    if actor.principal != claim.principal:
+        raise ProofError(f"it names {actor.principal}, not {claim.principal}")
+    return actor
 
 
 def _retry_if_transient(answer: AnswerT) -> AnswerT:

@@ -23,6 +23,7 @@ class Rule(StrEnum):
     decision = "decision"
     approver = "approver"
     start = "start"
+    cancel = "cancel"
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -92,6 +93,8 @@ async def _ask(engine: PolicyEngine, rule: Rule, document: dict[str, Any]) -> Ve
             return await engine.decide(document)
         if rule is Rule.approver:
             return await engine.approver(document)
+        if rule is Rule.cancel:
+            return await engine.cancel(document)
         return await engine.start(document)
     finally:
         await engine.close()

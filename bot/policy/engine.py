@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 # Where the answers live (DESIGN.md, "Policy contract").
 PACKAGE = "playbook.authz"
-RULES = ("decision", "approver", "start")
+RULES = ("decision", "approver", "start", "cancel")
 
 
 def rule_path(rule: str) -> str:
@@ -49,6 +49,8 @@ class PolicyEngine(Protocol):
 
     async def start(self, input: dict[str, Any]) -> Verdict: ...
 
+    async def cancel(self, input: dict[str, Any]) -> Verdict: ...
+
     async def close(self) -> None: ...
 
 
@@ -76,6 +78,9 @@ class FailClosed:
 
     async def start(self, input: dict[str, Any]) -> Verdict:
         return await self._verdict("start", input)
+
+    async def cancel(self, input: dict[str, Any]) -> Verdict:
+        return await self._verdict("cancel", input)
 
     async def close(self) -> None:
         """Release what the backend holds."""

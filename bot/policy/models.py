@@ -38,10 +38,12 @@ class Provenance(BaseModel):
 
 
 class Verdict(Provenance):
-    """Answer of the `approver` and `start` rules."""
+    """Answer of the `approver`, `start` and `cancel` rules; `person` is who the principal is
+    (policy maps logins to people), when the policy says."""
 
     allow: bool = False
     reasons: list[str] = Field(default_factory=list)
+    person: str | None = None
     failure: Failure | None = None
 
     @classmethod
@@ -55,7 +57,14 @@ class Verdict(Provenance):
             result = _VerdictResult.model_validate(raw)
         except ValidationError as exc:
             return cls.deny(_malformed(rule, raw, exc), Failure.MALFORMED, provenance)
-        return cls(allow=result.allow, reasons=result.reasons, **provenance.model_dump())
+        return cls(allow=result.allow, reasons=result.reasons, person=result.person or None, **provenance.model_dump())
+
+
+class ActorVerdict(Verdict):
+    """An `approver` or `cancel` answer together with the user it was asked about, as the worker
+    verified them (principal, groups, `verified`): the run records who acted from this alone."""
+
+    user: dict[str, Any] = Field(default_factory=dict)
 
 
 class Decision(Verdict):
@@ -96,6 +105,7 @@ class _VerdictResult(BaseModel):
 
     allow: bool
     reasons: list[str] = Field(default_factory=list)
+    person: str | None = None
 
 
 class _DecisionResult(_VerdictResult):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -25,6 +25,8 @@ from temporalio.client import Client
 
 from bot.audit.store import SqliteAuditStore
 from bot.engine.runs import RunError
+from bot.identity.principals import PrincipalError
+from bot.identity.proofs import Keyring
 from bot.playbook.loader import Catalog, UnknownPlaybook
 from bot.playbook.params import ParamError
 from bot.policy.engine import PolicyEngine
@@ -39,7 +41,7 @@ MAX_BODY = 256 * 1024  # Slack's payloads are a few KB; anything this large is n
 MAX_SKEW = 5 * 60  # seconds: Slack's own replay window for signed requests
 SIGNED_HEADERS = ("x-slack-request-timestamp", "x-slack-signature")
 RECEIVED_AT = "received_at"  # Bolt context key: time.monotonic() when the request reached the router
-KNOWN_ERRORS = (RunError, ParamError, UnknownPlaybook)
+KNOWN_ERRORS = (RunError, ParamError, UnknownPlaybook, PrincipalError)
 REPLY_LIMIT = 3000  # characters of a refusal; it may quote what it was sent (a forged button value)
 
 
@@ -53,6 +55,7 @@ class SlackDeps:
     policy: PolicyEngine
     web: AsyncWebClient
     audit: SqliteAuditStore | None = None  # `slack_command` events; None: not recorded
+    keyring: Keyring = field(default_factory=Keyring)  # signs proofs of who clicked or typed
 
 
 def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:

@@ -17,6 +17,8 @@ from slack_bolt.async_app import AsyncApp
 
 from bot.engine.runs import RunError, get_status, vote
 from bot.engine.state import VoteRequest
+from bot.identity import principals
+from bot.identity.principals import Actor
 from bot.slack.app import SlackDeps, report_error
 from bot.slack.blocks import (
     APPROVE_ACTION,
@@ -72,15 +74,19 @@ class ApprovalButtons:
         choice = "approve" if action.get("action_id") == APPROVE_ACTION else "reject"
         user = body.get("user") or {}
         user_id = user.get("id") or ""
+        if not user_id:
+            raise RunError("this click names no Slack user; nothing was recorded")
         with structlog.contextvars.bound_contextvars(run_id=ref.run_id, step_id=ref.step_id, slack_user=user_id):
-            request = VoteRequest(
-                step_id=ref.step_id,
-                user=user_id,
-                name=user.get("username") or user.get("name") or "",
-                groups=await self.groups.handles(user_id),
-                vote=choice,
+            # Verified by Slack's signature (checked before this handler); the proof tells the worker so.
+            actor = Actor(
+                principals.slack(user_id),
+                user.get("username") or user.get("name") or "",
+                tuple(await self.groups.handles(user_id)),
+                "slack",
             )
-            result = await vote(self.deps.client, ref.run_id, request)  # RunError: refused, nothing changed
+            request = VoteRequest(step_id=ref.step_id, user=actor.principal, vote=choice)
+            # RunError: refused, nothing changed
+            result = await vote(self.deps.client, ref.run_id, request, actor, self.deps.keyring)
             log.info("slack vote recorded", vote=choice, approvals=result.approvals, needed=result.needed)
             await self._redraw(body, ref, result.needed)
 

@@ -32,6 +32,8 @@ from bot.engine.runs import (
     start_run,
 )
 from bot.engine.state import TriggerContext
+from bot.identity import principals
+from bot.identity.principals import Actor
 from bot.playbook.loader import LoadedPlaybook
 from bot.playbook.model import ParallelGroup, Step
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
@@ -173,15 +175,18 @@ class PlaybookCommand:
             raise RunError("this command names no Slack user; nothing was started")
         loaded, params = self._prepare(args)
         trigger = _trigger(body)
-        user = await self._user(body)
+        actor = await self._actor(body)
         try:
-            await check_start(self.deps.policy, loaded, params, trigger, user)
+            await check_start(self.deps.policy, loaded, params, trigger, actor)
         except RunError:
             await self._record(body, None, "refused")
             raise
         run_id = slack_run_id(loaded.playbook.name, body.get("trigger_id") or "") if body.get("trigger_id") else None
         try:
-            handle = await start_run(self.deps.client, self.deps.task_queue, loaded, params, trigger, run_id=run_id)
+            handle = await start_run(
+                self.deps.client, self.deps.task_queue, loaded, params, trigger,
+                actor=actor, keyring=self.deps.keyring, run_id=run_id,
+            )
         except WorkflowAlreadyStartedError:  # this very command ran and has ended: a late replay
             assert run_id is not None
             status = await get_status(self.deps.client, run_id)
@@ -204,9 +209,12 @@ class PlaybookCommand:
             raise ParamError([(None, f"params are key=value; cannot read {', '.join(repr(w) for w in words)}")])
         return loaded, coerce_params(loaded.playbook, parse_assignments(args[1:]))
 
-    async def _user(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _actor(self, body: dict[str, Any]) -> Actor:
+        """The signed request's user: verified by Slack's signature, with their user groups."""
         user_id = body.get("user_id") or ""
-        return {"id": user_id, "name": body.get("user_name") or "", "groups": await self.groups.handles(user_id)}
+        return Actor(
+            principals.slack(user_id), body.get("user_name") or "", tuple(await self.groups.handles(user_id)), "slack"
+        )
 
     async def _record(self, body: dict[str, Any], run_id: str | None, outcome: str) -> None:
         """The `slack_command` audit event; keyed by trigger_id, so a replay records nothing new."""
@@ -219,7 +227,7 @@ class PlaybookCommand:
             run_id=run_id,
             step_id=None,
             kind=EventKind.slack_command,
-            actor=body.get("user_id") or "slack",
+            actor=_principal(body) or "slack",
             details={
                 "command": body.get("command") or COMMAND,
                 "text": body.get("text") or "",
@@ -239,13 +247,13 @@ class PlaybookCommand:
     async def dry_run(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
         loaded, params = self._prepare(args)
         trigger = _trigger(body)
-        user = await self._user(body)
+        actor = await self._actor(body)
         pb = loaded.playbook
         now = datetime.now(UTC)
         run = {"id": "dry-run", "playbook": pb.name, "requested_by": trigger.requested_by, "trigger": "slack",
                "started_at": rfc3339(now)}
         context = {"params": params, "alert": None, "run": run, "steps": {}}
-        start = await self.deps.policy.start(start_policy_input(loaded, params, trigger, user))
+        start = await self.deps.policy.start(start_policy_input(loaded, params, trigger, actor))
         lines = [f":mag: *Dry run of {escape(pb.name)}*: nothing is executed."]
         lines.append(
             ":white_check_mark: You may start it." if start.allow
@@ -295,9 +303,14 @@ class PlaybookCommand:
     async def cancel(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
         if len(args) != 1:
             raise RunError(f"usage: `{COMMAND} cancel RUN_ID`")
-        status = await cancel_run(self.deps.client, args[0])
+        actor = await self._actor(body)
+        try:
+            status, _ = await cancel_run(self.deps.client, args[0], actor, self.deps.keyring)
+        except RunError:
+            await self._record({**body, "trigger_id": f"cancel:{body.get('trigger_id')}"}, args[0], "cancel_refused")
+            raise
         await self._record({**body, "trigger_id": f"cancel:{body.get('trigger_id')}"}, status.run_id, "cancel_requested")
-        log.info("slack run cancel requested", run_id=status.run_id, by=body.get("user_id"))
+        log.info("slack run cancel requested", run_id=status.run_id, by=actor.principal)
         await _say(
             respond,
             f":octagonal_sign: Cancelling run `{escape(status.run_id)}` ({escape(status.playbook)}, was "
@@ -305,11 +318,19 @@ class PlaybookCommand:
         )
 
 
+def _principal(body: dict[str, Any]) -> str | None:
+    user_id = body.get("user_id")
+    try:
+        return principals.slack(user_id) if user_id else None
+    except principals.PrincipalError:
+        return None
+
+
 def _trigger(body: dict[str, Any]) -> TriggerContext:
     user_id = body.get("user_id") or ""
     return TriggerContext(
         kind="slack",
-        requested_by=user_id,
+        requested_by=principals.slack(user_id),
         slack={
             "channel": body.get("channel_id"),
             "user": user_id,

@@ -18,7 +18,7 @@ from bot.engine.state import VoteRequest
 from bot.engine.workflow import PlaybookRun
 from bot.policy.activities import PolicyRequest
 from bot.policy.models import Decision, Verdict
-from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
+from tests.engine.support import Recorder, cancel, playbook, run_input, start, wait_for_state, worker
 
 PB = """
 name: gated
@@ -150,7 +150,7 @@ async def test_concurrent_votes_by_the_same_user_count_once(dev_env):
         assert sum(not isinstance(r, BaseException) for r in results) == 1
         status = await handle.query(PlaybookRun.status)
         assert [v.user for v in status.step("risky").approvals] == ["dana"]
-        await handle.cancel()
+        await cancel(handle)
         await handle.result()
 
 

@@ -14,7 +14,7 @@ from bot.engine.state import VoteRequest
 from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
 from bot.settings import Settings
-from tests.engine.support import playbook, run_input, wait_for_state
+from tests.engine.support import catalog_of, playbook, run_input, wait_for_state
 
 POLICY = """package playbook.authz
 
@@ -79,7 +79,7 @@ async def test_run_with_approval_and_compensation_records_the_full_story(dev_env
     policies.mkdir(parents=True)
     (policies / "authz.rego").write_text(POLICY)
     settings = Settings(data_dir=tmp_path / "data", policies_dir=tmp_path / "policies")
-    async with worker_deps(settings) as deps:
+    async with worker_deps(settings, catalog=catalog_of(playbook(PB))) as deps:
         async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
             handle = await dev_env.client.start_workflow(
                 PlaybookRun.run, run_input(playbook(PB), requested_by="carl"), id=f"audited-{uuid.uuid4()}",
@@ -131,7 +131,7 @@ steps:
     retry: {{max_attempts: 3, initial_interval: 10ms}}
 """
     )
-    async with worker_deps(settings) as deps:
+    async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
         async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
             status = await dev_env.client.execute_workflow(
                 PlaybookRun.run, run_input(pb), id=f"retried-{uuid.uuid4()}", task_queue=worker.task_queue
@@ -154,7 +154,7 @@ steps:
   - {id: risky, action: core.log, impact: high, with: {message: "must not run unrecorded"}}
 """
     )
-    async with worker_deps(settings) as deps:
+    async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
         assert "data" in (deps.audit.check_writable() or "")
         async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
             handle = await dev_env.client.start_workflow(
@@ -177,7 +177,7 @@ async def test_a_missing_secret_fails_on_the_first_attempt_and_says_so(dev_env, 
     (policies / "authz.rego").write_text(POLICY)
     settings = Settings(data_dir=tmp_path / "data", policies_dir=tmp_path / "policies")
     pb = playbook("name: nosecret\nsteps: [{id: t, action: core.log, with: {message: '{{ secret(\"NOT_SET_ANYWHERE\") }}'}}]")
-    async with worker_deps(settings) as deps:
+    async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
         async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
             status = await dev_env.client.execute_workflow(
                 PlaybookRun.run, run_input(pb), id=f"nosecret-{uuid.uuid4()}", task_queue=worker.task_queue

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from temporalio import activity
+from temporalio.client import WorkflowUpdateFailedError
 
 from bot.policy.activities import PolicyRequest
 from bot.policy.models import Decision
-from tests.engine.support import Recorder, execute, playbook, run_input, start, worker
+from tests.engine.support import Recorder, cancel, execute, playbook, run_input, start, worker
 
 
 async def test_cancel_during_a_step_that_finishes_anyway_is_not_lost(dev_env):
@@ -24,7 +26,7 @@ steps:
     async with worker(dev_env.client, rec) as w:
         handle = await start(dev_env.client, w, run_input(pb))
         await asyncio.wait_for(rec.started.wait(), 10)
-        await handle.cancel()
+        await cancel(handle)
         status = await handle.result()
     assert status.state == "compensated"
     assert "two" not in rec.sequence(), "a cancelled run must not go on remediating"
@@ -44,9 +46,11 @@ steps:
     async with worker(dev_env.client, rec) as w:
         handle = await start(dev_env.client, w, run_input(pb))
         await asyncio.wait_for(rec.started.wait(), 10)  # the undo is running
-        await handle.cancel()
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await cancel(handle)
         status = await handle.result()
-    assert status.state == "compensated"
+    assert "is already ending (compensating): nothing to cancel" in str(refused.value.cause)
+    assert status.state == "compensated" and status.cancelled_by is None
     assert [(c.step, c.state) for c in status.compensations] == [("one", "succeeded")]
 
 
@@ -64,7 +68,7 @@ async def test_cancel_while_asking_policy_is_a_cancel_not_a_deny(dev_env):
     async with worker(dev_env.client, rec, [slow_decide]) as w:
         handle = await start(dev_env.client, w, run_input(pb))
         await asyncio.wait_for(asked.wait(), 10)
-        await handle.cancel()
+        await cancel(handle)
         status = await handle.result()
     assert status.state == "cancelled"
     assert status.step("risky").state == "cancelled" and status.step("risky").error is None

@@ -6,7 +6,10 @@ import asyncio
 
 from temporalio.client import WorkflowExecutionStatus
 
-from tests.engine.support import Recorder, execute, playbook, run_input, start, wait_for_state, worker
+from bot.engine.state import CancelRequest
+from bot.engine.workflow import PlaybookRun
+
+from tests.engine.support import Recorder, cancel, execute, playbook, run_input, start, wait_for_state, worker
 
 SAGA = """
 name: saga
@@ -165,7 +168,7 @@ steps:
     async with worker(dev_env.client, rec) as w:
         handle = await start(dev_env.client, w, run_input(pb))
         await asyncio.wait_for(rec.started.wait(), 10)
-        await handle.cancel()
+        await cancel(handle)
         status = await handle.result()
     assert rec.cancelled == ["long"], "the running step must be told to stop (heartbeat cancellation)"
     assert status.state == "compensated"
@@ -179,13 +182,19 @@ async def test_cancel_before_any_step_ran_is_cancelled(dev_env):
     pb = playbook("name: early\nsteps: [{id: a, action: t.ok}, {id: b, action: t.ok, compensate: {action: t.ok}}]")
     w = worker(dev_env.client, rec)
     handle = await start(dev_env.client, w, run_input(pb))
-    await handle.cancel()  # before any worker picked the run up
+    # Sent before any worker picked the run up: it waits at the server and arrives with the run's
+    # first task, so it is decided before the first step could start.
+    update = asyncio.create_task(handle.execute_update(PlaybookRun.cancel, CancelRequest(user="cli:tester")))
+    await asyncio.sleep(1)
+    assert not update.done()
     async with w:
+        await update
         status = await handle.result()
     assert status.state == "cancelled"
     assert rec.calls == []
     assert status.compensations == []
-    assert [(s.id, s.state) for s in status.steps] == [("a", "cancelled"), ("b", "pending")]
+    assert [(s.id, s.state) for s in status.steps] == [("a", "pending"), ("b", "pending")]  # neither started
+    assert status.cancelled_by == "cli:tester" and status.error == "cancelled by cli:tester"
 
 
 async def test_template_error_at_runtime_fails_the_step_and_rolls_back(dev_env):
@@ -234,5 +243,5 @@ async def test_status_query_shows_running_step(dev_env):
         status = await wait_for_state(handle, lambda s: s.step("b").state == "running")
         assert status.state == "running" and status.step("a").state == "succeeded"
         assert status.requested_by == "tester" and status.trigger == "cli"
-        await handle.cancel()
+        await cancel(handle)
         await handle.result()

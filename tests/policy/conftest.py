@@ -30,6 +30,8 @@ BASE_INPUT: dict[str, Any] = {
     "alert": None,
     "approvals": [],
     "now": "2025-03-01T10:00:00Z",
+    # The environment is the playbook's own default: an authenticated fact (see authz.rego).
+    "provenance": {"params": {"service": "requester", "environment": "playbook"}, "alert": None},
 }
 
 

@@ -52,6 +52,7 @@ async def test_activities_answer_with_the_engine(embedded_engine: EmbeddedEngine
     assert [fn.__temporal_activity_definition.name for fn in activities.all()] == [
         "policy.decide",
         "policy.approver",
+        "policy.cancel",
         "policy.start",
     ]
 

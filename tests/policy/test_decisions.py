@@ -29,9 +29,18 @@ DECISIONS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         {**RUNS, "reasons": ["high impact step outside production (staging)"]},
     ),
     (
-        "environment from the alert label",
-        make_input(params={}, alert={"labels": {"environment": "staging", "severity": "page"}}),
+        "environment from an authenticated alert's label",
+        make_input(
+            params={},
+            alert={"labels": {"environment": "staging", "severity": "page"}},
+            provenance={"params": {}, "alert": {"source": "alertmanager", "verified": True}},
+        ),
         RUNS,
+    ),
+    (
+        "a requester's staging does not lift production approvals",
+        make_input(params={"environment": "staging"}, provenance={"params": {"environment": "requester"}, "alert": None}),
+        {**NEEDS_OWNER, "reasons": ["high impact step in production needs 1 approval(s) from sre-oncall"]},
     ),
     (
         "high impact in production needs one owner approval",
@@ -80,22 +89,29 @@ async def test_decision_table(engine: PolicyEngine, name: str, policy_input: dic
     assert decision.decision_id
 
 
-MEMBER = {"id": "bob", "name": "Bob", "groups": ["sre-oncall"]}
+MEMBER = {"id": "slack:U0BOB", "name": "Bob", "groups": ["sre-oncall"], "verified": True}
 
 APPROVERS: list[tuple[str, dict[str, Any], bool, str]] = [
-    ("owner group member", MEMBER, True, "bob is in approver group sre-oncall"),
+    ("owner group member", MEMBER, True, "slack:U0BOB is in approver group sre-oncall"),
     ("requester", {**MEMBER, "id": "alice"}, False, "alice requested this run and cannot approve it"),
     (
         "outsider",
-        {"id": "carol", "name": "Carol", "groups": ["marketing"]},
+        {"id": "slack:U0CAROL", "name": "Carol", "groups": ["marketing"], "verified": True},
         False,
-        "carol is not in an approver group (sre-oncall)",
+        "slack:U0CAROL is not in an approver group (sre-oncall)",
     ),
     (
-        "CLI user without a group mapping",
-        {"id": "cli:dave", "name": "dave", "groups": []},
+        "API user without a group mapping",
+        {"id": "api:dave", "name": "dave", "groups": [], "verified": True},
         False,
-        "cli:dave is not in an approver group (sre-oncall)",
+        "api:dave is not in an approver group (sre-oncall)",
+    ),
+    (
+        "unverified principal in production",
+        {"id": "cli:dave", "name": "dave", "groups": ["sre-oncall"], "verified": False},
+        False,
+        "cli:dave is unverified (it reached Temporal directly): in production only a verified principal may approve; "
+        "use Slack or the API",
     ),
     ("user without an id", {"name": "nobody", "groups": ["sre-oncall"]}, False, "missing input.user.id"),
 ]
@@ -107,6 +123,7 @@ async def test_approver_table(engine: PolicyEngine, name: str, user: dict, allow
 
     assert verdict.failure is None
     assert (verdict.allow, verdict.reasons) == (allow, [reason])
+    assert verdict.person == user.get("id")  # no people mapping: a principal is its own person
 
 
 async def test_start_allows_unrestricted_playbooks(engine: PolicyEngine) -> None:
@@ -114,7 +131,36 @@ async def test_start_allows_unrestricted_playbooks(engine: PolicyEngine) -> None
 
     verdict = await engine.start(start_input)
 
-    assert (verdict.allow, verdict.reasons, verdict.failure) == (True, [], None)
+    assert (verdict.allow, verdict.reasons, verdict.failure, verdict.person) == (True, [], None, "slack:U0BOB")
+
+
+CANCELS: list[tuple[str, dict[str, Any], bool, str]] = [
+    ("requester", {"id": "alice", "groups": [], "verified": True}, True, "alice requested this run"),
+    ("owner group member", MEMBER, True, "slack:U0BOB is in the owner group sre-oncall"),
+    (
+        "outsider",
+        {"id": "slack:U0CAROL", "groups": ["marketing"], "verified": True},
+        False,
+        "slack:U0CAROL may not cancel runs of restart-service: only its requester or members of sre-oncall may",
+    ),
+    (
+        "unverified requester in production",
+        {"id": "alice", "groups": [], "verified": False},
+        False,
+        "alice is unverified (it reached Temporal directly): in production only a verified principal may cancel; "
+        "use Slack or the API",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "user", "allow", "reason"), CANCELS, ids=[case[0] for case in CANCELS])
+async def test_cancel_table(engine: PolicyEngine, name: str, user: dict, allow: bool, reason: str) -> None:
+    cancel_input = {k: v for k, v in BASE_INPUT.items() if k != "step"} | {"user": user}
+
+    verdict = await engine.cancel(cancel_input)
+
+    assert verdict.failure is None
+    assert (verdict.allow, verdict.reasons) == (allow, [reason])
 
 
 async def test_start_without_user_is_denied(engine: PolicyEngine) -> None:

@@ -132,7 +132,13 @@ async def test_data_changes_are_picked_up(policies_copy: Path) -> None:
         data["freezes"] = [{"start": "2025-03-01T00:00:00Z", "end": "2025-03-02T00:00:00Z", "reason": "audit"}]
         data_path.write_text(json.dumps(data))
         frozen = await engine.decide(BASE_INPUT)
-        critical = await engine.decide({**BASE_INPUT, "alert": {"labels": {"severity": "critical"}}})
+        critical = await engine.decide(
+            {
+                **BASE_INPUT,
+                "alert": {"labels": {"severity": "critical"}},
+                "provenance": {**BASE_INPUT["provenance"], "alert": {"source": "alertmanager", "verified": True}},
+            }
+        )
 
     assert before.allow
     assert frozen.policy_hash != before.policy_hash

@@ -32,6 +32,7 @@ def test_full_decision_is_read_with_its_provenance() -> None:
         "approver_groups": ["sre"],
         "approval_timeout": "1h30m",
         "reasons": ["why"],
+        "person": None,
         "failure": None,
         "decision_id": "d-1",
         "policy_hash": "p-1",

@@ -26,6 +26,7 @@ from bot.devstack import free_port
 from bot.engine.runs import RunError, get_status
 from bot.engine.state import RunStatus
 from bot.engine.worker import make_worker, worker_deps
+from bot.identity.keys import front_door_keyring
 from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
 from bot.services import _Http
@@ -39,6 +40,12 @@ from tests.waiting import eventually  # noqa: F401  (re-exported for the Slack t
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0INCIDENTS"
 ALICE, BOB, CAROL, DAVE, MALLORY = "U0ALICE", "U0BOB", "U0CAROL", "U0DAVE", "U0MALLORY"
+ENVELOPE_KEY = "test-envelope-key-0123456789abcdef0123456789"  # front door and worker share it, as in production
+
+
+def principal(slack_user: str) -> str:
+    """The principal a Slack user id acts as."""
+    return f"slack:{slack_user}"
 
 POLICY = """package playbook.authz
 
@@ -54,7 +61,16 @@ approver := {"allow": true, "reasons": []} if "sre" in input.user.groups
 
 default start := {"allow": true, "reasons": []}
 
-start := {"allow": false, "reasons": ["mallory is on the start denylist"]} if input.user.id == "U0MALLORY"
+start := {"allow": false, "reasons": ["mallory is on the start denylist"]} if input.user.id == "slack:U0MALLORY"
+
+default cancel := {"allow": false, "reasons": ["only the requester or sre may cancel"]}
+
+cancel := {"allow": true, "reasons": ["the requester"]} if input.user.id == input.run.requested_by
+
+cancel := {"allow": true, "reasons": ["in sre"]} if {
+	input.user.id != input.run.requested_by
+	"sre" in input.user.groups
+}
 """
 
 PLAYBOOKS = {
@@ -207,6 +223,7 @@ async def slack_stack(
         slack_signing_secret=SECRET,
         slack_bot_token=fake_slack.token,  # the worker's notifier posts to the fake Slack too
         slack_api_url=fake_slack.api_url,
+        envelope_key=ENVELOPE_KEY,
     )
     catalog = load_directory(settings.playbooks_dir)
     responses: dict[str, list[dict[str, Any]]] = {}
@@ -221,7 +238,10 @@ async def slack_stack(
     async with worker_deps(settings) as deps:
         slack = create_slack_app(
             settings,
-            SlackDeps(front_door_client or client, settings.task_queue, lambda: catalog, deps.policy, web, deps.audit),
+            SlackDeps(
+                front_door_client or client, settings.task_queue, lambda: catalog, deps.policy, web, deps.audit,
+                front_door_keyring(settings),
+            ),
         )
         app = create_app(Readiness(), [slack_router(slack, settings), recorder])
         http = _Http(settings, app)

@@ -19,7 +19,7 @@ from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.support import (
-    ALICE, BOB, CAROL, CHANNEL, MALLORY, Stack, eventually, finished, returns, run_status, sign, slack_stack,
+    ALICE, BOB, CAROL, CHANNEL, MALLORY, Stack, eventually, finished, principal, returns, run_status, sign, slack_stack,
     step_state, text_of, waiting_gated_run,
 )
 
@@ -74,7 +74,8 @@ async def test_run_acks_fast_starts_the_trigger_derived_run_and_a_replay_attache
     assert "Started" in text_of(await stack.answers(key)) and run_id in text_of(stack.responses[key])
 
     status = await eventually(lambda: run_status(stack, run_id), what="run started")
-    assert (status.trigger, status.requested_by, status.params) == ("slack", ALICE, {"service": "api", "replicas": 3})
+    assert (status.trigger, status.requested_by, status.params) == ("slack", principal(ALICE), {"service": "api", "replicas": 3})
+    assert status.requester is not None and (status.requester.verified, status.requester.verified_by) == (True, "slack")
 
     replay = await stack.post(body, headers=headers)  # the same signed bytes, within five minutes
     assert replay.status_code == 200
@@ -192,7 +193,9 @@ async def test_approval_buttons(stack: Stack) -> None:
     assert first.status_code == second.status_code == 200
     final = await eventually(lambda: finished(stack, run_id), what="approved run completes")
     assert final.state == "completed"
-    assert [(v.user, v.vote, v.groups) for v in final.step("risky").approvals] == [(BOB, "approve", ["sre"])]
+    assert [(v.user, v.vote, v.groups, v.verified) for v in final.step("risky").approvals] == [
+        (principal(BOB), "approve", ["sre"], True)
+    ]
     refused = await eventually(
         lambda: returns([c for c in stack.fake.calls_to("chat.postEphemeral") if c.params.get("user") == BOB]),
         what="the second click refused",

@@ -6,26 +6,48 @@
 # deny whose reasons name the missing fields ("missing input.step"), never
 # with an undefined result or an evaluation error.
 #
-# Environment: a step runs in `input.params.environment`, else in the alert's
-# `environment` label (`input.alert.labels.environment`), else in
-# "production". Only environments listed in
-# data.playbook.non_production_environments (lower case; the input is
-# lower-cased before the lookup) count as outside production, so a missing,
-# misspelled or unknown environment is treated as production (fail safe).
+# Identity (DESIGN.md, "Identity and trust"): input.user.id and
+# input.run.requested_by are principals (slack:U0ALICE, cli:alice, api:ci,
+# alertmanager). data.playbook.people maps people to their principals;
+# four-eyes compares people, and every start/approver/cancel answer says which
+# person the user is ("person"). input.user.verified says whether a front door
+# vouched for the principal (Slack's signature, an API token, the webhook
+# token, the embedded dev stack); in production an unverified principal may
+# neither approve nor cancel.
+#
+# Provenance: input.provenance.params.<name> is "playbook" (the file's default),
+# "alert" (a trigger's template over an authenticated alert) or "requester"
+# (whoever asked); input.provenance.alert.verified is true only for an alert
+# whose sender was authenticated. Requester-chosen facts may only make a
+# decision stricter: they can put a step in production, never take it out,
+# and only an authenticated alert's own labels can invoke the critical-alert
+# exception to a freeze. An input without provenance counts as
+# requester-chosen throughout (fail safe).
+#
+# Environment: what authenticated sources say (a trusted
+# `input.params.environment`, else an authenticated alert's `environment`
+# label, else "production"), plus a requester-chosen
+# `input.params.environment`: the step is in production when either one is.
+# Only environments listed in data.playbook.non_production_environments (lower
+# case; the input is lower-cased before the lookup) count as outside
+# production, so a missing, misspelled or unknown environment is treated as
+# production (fail safe).
 #
 # Data (policies/playbook/data.json, mounted at data.playbook):
 #   freezes: [{start, end (RFC3339), reason, environments?}]  change freezes.
 #       They deny high-impact steps unless the alert is critical. A window
 #       without `environments` applies everywhere; a window whose times do not
 #       parse counts as active (fail safe).
-#   groups: {"group": ["user-id", ...]}  extra group membership, for users
-#       (CLI) who arrive with `groups: []`.
+#   groups: {"group": ["principal or person", ...]}  extra group membership,
+#       for users (CLI, API) who arrive with `groups: []`.
+#   people: {"alice": ["slack:U0ALICE", "cli:alice", "api:alice-laptop"]}
+#       which principals are one person (four-eyes, one vote per person).
 #   non_production_environments: ["staging", ...]
 #   approval_timeout: "15m"  how long an approval request waits.
 #   start_restrictions: {"playbook-name": ["group", ...]}  playbooks listed
 #       here may only be started by members of those groups; unlisted
 #       playbooks may be started by anyone.
-#   start_denylist: ["user-id", ...]  users who may not start any playbook.
+#   start_denylist: ["principal or person", ...]  may not start any playbook.
 #
 # The embedded backend evaluates this with rego-cpp, which charges tens of
 # microseconds per rule: the common path is kept short (one type check of the
@@ -125,15 +147,40 @@ approval_timeout := data.playbook.approval_timeout if _nonempty_string(data.play
 # Anything not declared "low" is high impact (fail safe).
 high_impact if input.step.impact != "low"
 
-critical_alert if input.alert.labels.severity == "critical"
+# Only an authenticated alert's own labels can say it is critical.
+critical_alert if {
+	input.provenance.alert.verified == true
+	input.alert.labels.severity == "critical"
+}
 
-environment := input.params.environment if {
+_trusted_param(name) if input.provenance.params[name] in {"playbook", "alert"}
+
+_trusted_environment := input.params.environment if {
 	_nonempty_string(input.params.environment)
+	_trusted_param("environment")
 } else := input.alert.labels.environment if {
 	_nonempty_string(input.alert.labels.environment)
+	input.provenance.alert.verified == true
 } else := "production"
 
-production if not lower(environment) in data.playbook.non_production_environments
+# Every environment the step may be in: what trusted sources say, and what the
+# requester chose (which can only add production, or a frozen environment).
+_environments contains lower(_trusted_environment)
+
+_environments contains lower(input.params.environment) if {
+	_nonempty_string(input.params.environment)
+	not _trusted_param("environment")
+}
+
+production if {
+	some env in _environments
+	not env in data.playbook.non_production_environments
+}
+
+environment := "production" if {
+	production
+	not lower(_trusted_environment) == "production"
+} else := _trusted_environment
 
 # --- change freezes ---
 
@@ -156,7 +203,10 @@ _valid_window(freeze) if {
 
 _freeze_applies(freeze) if count(object.get(freeze, "environments", [])) == 0
 
-_freeze_applies(freeze) if lower(environment) in freeze.environments
+_freeze_applies(freeze) if {
+	some env in _environments
+	env in freeze.environments
+}
 
 _freeze_label(freeze) := freeze.reason if {
 	_nonempty_string(freeze.reason)
@@ -176,6 +226,11 @@ approver := _verdict(false, _sorted(_approver_problems)) if {
 	not _approver_input_complete
 } else := _verdict(false, [concat("", [input.user.id, " requested this run and cannot approve it"])]) if {
 	input.user.id == input.run.requested_by
+} else := _verdict(false, [concat("", [input.user.id, " is ", _user_person, ", who requested this run (as ", input.run.requested_by, "), and cannot approve it"])]) if {
+	_user_person == _requester_person
+} else := _verdict(false, [concat("", [input.user.id, " is unverified (it reached Temporal directly): in production only a verified principal may approve; use Slack or the API"])]) if {
+	production
+	not input.user.verified == true
 } else := _verdict(true, [concat("", [input.user.id, " is in approver group ", concat(", ", _sorted(_approving_groups))])]) if {
 	count(_approving_groups) > 0
 } else := _verdict(false, [concat("", [input.user.id, " is not in an approver group (", concat(", ", approver_groups), ")"])])
@@ -212,12 +267,28 @@ _approving_groups contains group if {
 	_in_group(group)
 }
 
-# A user is in a group when they say so (Slack user groups, input.user.groups)
-# or when data.playbook.groups lists their id (how CLI users, who send no
-# groups, get admitted).
+# A user is in a group when a verified source says so (Slack user groups,
+# input.user.groups; the worker drops the groups of an unverified principal) or
+# when data.playbook.groups lists their principal or their person (how CLI and
+# API users, who send no groups, get admitted).
 _in_group(group) if group in input.user.groups
 
 _in_group(group) if input.user.id in data.playbook.groups[group]
+
+_in_group(group) if _user_person in data.playbook.groups[group]
+
+# --- people: which principals are one person ---
+
+_user_person := _person_of(input.user.id)
+
+_requester_person := _person_of(input.run.requested_by)
+
+_person_of(principal) := person if {
+	# (Not `principal in ids`: rego-cpp finds nothing with it here.)
+	persons := [name | some name; ids := data.playbook.people[name]; some id in ids; id == principal]
+	count(persons) > 0
+	person := _sorted(persons)[0]
+} else := principal
 
 # --- start: may input.user start this playbook? ---
 
@@ -226,11 +297,15 @@ default start := {"allow": false, "reasons": ["no policy rule matched"]}
 start := _verdict(false, _sorted(_start_problems)) if {
 	not _start_input_complete
 } else := _verdict(false, [concat("", [input.user.id, " may not start playbooks (start_denylist)"])]) if {
-	input.user.id in data.playbook.start_denylist
+	_denylisted
 } else := _verdict(false, [concat("", [input.playbook.name, " may only be started by members of ", concat(", ", _start_groups)])]) if {
 	is_array(_start_groups)
 	not _in_any_group(_start_groups)
 } else := _verdict(true, [])
+
+_denylisted if input.user.id in data.playbook.start_denylist
+
+_denylisted if _user_person in data.playbook.start_denylist
 
 _start_input_complete if {
 	_nonempty_string(input.playbook.name)
@@ -258,6 +333,50 @@ _in_any_group(groups) if {
 	_in_group(group)
 }
 
+# --- cancel: may input.user cancel this run (input.run)? ---
+#
+# Cancelling rolls back a remediation mid-incident, so it is an operation of its
+# own: the run's requester (the same person), the alert that started it once it
+# resolved, and members of the playbook's owner group may; in production only
+# verified principals.
+
+default cancel := {"allow": false, "reasons": ["no policy rule matched"]}
+
+cancel := _verdict(false, _sorted(_cancel_problems)) if {
+	not _cancel_input_complete
+} else := _verdict(false, [concat("", [input.user.id, " is unverified (it reached Temporal directly): in production only a verified principal may cancel; use Slack or the API"])]) if {
+	production
+	not input.user.verified == true
+} else := _verdict(true, ["the alert that started this run resolved"]) if {
+	input.user.id == "alertmanager"
+	input.run.trigger == "alertmanager"
+} else := _verdict(true, [concat("", [input.user.id, " requested this run"])]) if {
+	_user_person == _requester_person
+} else := _verdict(true, [concat("", [input.user.id, " is in the owner group ", input.playbook.owner])]) if {
+	_in_group(input.playbook.owner)
+} else := _verdict(false, [concat("", [input.user.id, " may not cancel runs of ", input.playbook.name, ": only its requester or members of ", input.playbook.owner, " may"])])
+
+_cancel_input_complete if {
+	_nonempty_string(input.playbook.name)
+	_nonempty_string(input.playbook.owner)
+	_nonempty_string(input.run.requested_by)
+	_nonempty_string(input.user.id)
+}
+
+_cancel_problems contains problem if some problem in _start_problems
+
+_cancel_problems contains "missing input.playbook.owner" if {
+	is_object(input.playbook)
+	not _nonempty_string(input.playbook.owner)
+}
+
+_cancel_problems contains "missing input.run" if not is_object(input.run)
+
+_cancel_problems contains "missing input.run.requested_by" if {
+	is_object(input.run)
+	not _nonempty_string(input.run.requested_by)
+}
+
 # --- helpers ---
 #
 # Messages that include a concat() result are built with concat(), not
@@ -282,7 +401,9 @@ _deny(reasons) := {
 	"reasons": reasons,
 }
 
-_verdict(allow, reasons) := {"allow": allow, "reasons": reasons}
+_verdict(allow, reasons) := {"allow": allow, "reasons": reasons, "person": _user_person} if {
+	_nonempty_string(input.user.id)
+} else := {"allow": allow, "reasons": reasons}
 
 _nonempty_string(value) if {
 	is_string(value)

@@ -17,7 +17,7 @@ import data.playbook.authz
 
 _playbook := {"name": "restart-service", "owner": "sre-oncall", "hash": "sha256:abc"}
 
-_run := {"id": "run-1", "trigger": "cli", "requested_by": "alice", "started_at": "2025-03-01T09:00:00Z"}
+_run := {"id": "run-1", "trigger": "cli", "requested_by": "cli:alice", "started_at": "2025-03-01T09:00:00Z"}
 
 _high_http := {"id": "restart", "action": "http.request", "impact": "high", "with": {"method": "POST"}}
 
@@ -26,6 +26,16 @@ _low_log := {"id": "note", "action": "core.log", "impact": "low", "with": {"mess
 _high_shell := {"id": "kill", "action": "shell.run", "impact": "high", "with": {"argv": ["true"]}}
 
 _critical := {"labels": {"alertname": "ServiceDown", "severity": "critical"}}
+
+# Who vouches for what (see authz.rego): the base input's environment is the
+# playbook's own default; `_requested` marks it as chosen by the requester.
+_trusted := {"params": {"environment": "playbook"}, "alert": null}
+
+_requested := {"params": {"environment": "requester"}, "alert": null}
+
+_verified_alert := {"params": {}, "alert": {"source": "alertmanager", "verified": true}}
+
+_unverified_alert := {"params": {}, "alert": {"source": "alertmanager", "verified": false}}
 
 _base := {
 	"playbook": _playbook,
@@ -36,6 +46,7 @@ _base := {
 	"approvals": [],
 	"now": "2025-03-01T10:00:00Z",
 	"user": null,
+	"provenance": _trusted,
 }
 
 _freeze := {"start": "2025-03-01T00:00:00Z", "end": "2025-03-02T00:00:00Z", "reason": "quarter close"}
@@ -51,8 +62,13 @@ decision_cases := [
 	{"name": "low impact in production runs", "input": {"step": _low_log}, "want": object.union(_runs, {"reasons": ["low impact step"]})},
 	{"name": "high impact in staging runs", "input": {"params": {"environment": "staging"}}, "want": object.union(_runs, {"reasons": ["high impact step outside production (staging)"]})},
 	{"name": "environment is case-insensitive", "input": {"params": {"environment": "Staging"}}, "want": _runs},
-	{"name": "environment from the alert label", "input": {"params": {}, "alert": {"labels": {"environment": "dev"}}}, "want": _runs},
+	{"name": "environment from an authenticated alert's label", "input": {"params": {}, "alert": {"labels": {"environment": "dev"}}, "provenance": _verified_alert}, "want": _runs},
+	{"name": "an unauthenticated alert's label does not lift production", "input": {"params": {}, "alert": {"labels": {"environment": "dev"}}, "provenance": _unverified_alert}, "want": _needs_one},
 	{"name": "params win over the alert label", "input": {"alert": {"labels": {"environment": "dev"}}}, "want": _needs_one},
+	{"name": "a requester's staging does not lift production approvals", "input": {"params": {"environment": "staging"}, "provenance": _requested}, "want": object.union(_needs_one, {"reasons": ["high impact step in production needs 1 approval(s) from sre-oncall"]})},
+	{"name": "no provenance counts as the requester's choice", "input": {"params": {"environment": "staging"}, "provenance": null}, "want": _needs_one},
+	{"name": "a requester's production makes a staging alert stricter", "input": {"params": {"environment": "production"}, "alert": {"labels": {"environment": "staging"}}, "provenance": {"params": {"environment": "requester"}, "alert": {"source": "alertmanager", "verified": true}}}, "want": _needs_one},
+	{"name": "a requester's staging against an authenticated staging alert runs", "input": {"params": {"environment": "staging"}, "alert": {"labels": {"environment": "staging"}}, "provenance": {"params": {"environment": "requester"}, "alert": {"source": "alertmanager", "verified": true}}}, "want": _runs},
 	{"name": "no environment means production", "input": {"params": {}}, "want": _needs_one},
 	{"name": "unknown environment means production", "input": {"params": {"environment": "prod-eu"}}, "want": _needs_one},
 	{"name": "high impact in production needs one owner approval", "input": {}, "want": object.union(_needs_one, {"reasons": ["high impact step in production needs 1 approval(s) from sre-oncall"]})},
@@ -67,7 +83,9 @@ decision_cases := [
 	{"name": "freeze does not touch low impact", "input": {"step": _low_log}, "data": {"freezes": [_freeze]}, "want": _runs},
 	{"name": "freeze that ended is ignored", "input": {"now": "2025-03-02T00:00:00Z"}, "data": {"freezes": [_freeze]}, "want": _needs_one},
 	{"name": "freeze that has not started is ignored", "input": {"now": "2025-02-28T23:59:59Z"}, "data": {"freezes": [_freeze]}, "want": _needs_one},
-	{"name": "critical alert overrides a freeze but still needs approval", "input": {"alert": _critical}, "data": {"freezes": [_freeze]}, "want": object.union(_needs_one, {"reasons": [
+	{"name": "an unauthenticated critical alert does not override a freeze", "input": {"alert": _critical, "provenance": {"params": {"environment": "playbook"}, "alert": {"source": "alertmanager", "verified": false}}}, "data": {"freezes": [_freeze]}, "want": {"allow": false}},
+	{"name": "a requester-chosen frozen environment is frozen too", "input": {"params": {"environment": "production"}, "provenance": {"params": {"environment": "requester"}, "alert": {"source": "alertmanager", "verified": true}}, "alert": {"labels": {"environment": "staging"}}}, "data": {"freezes": [object.union(_freeze, {"environments": ["production"]})]}, "want": {"allow": false}},
+	{"name": "critical alert overrides a freeze but still needs approval", "input": {"alert": _critical, "provenance": {"params": {"environment": "playbook"}, "alert": {"source": "alertmanager", "verified": true}}}, "data": {"freezes": [_freeze]}, "want": object.union(_needs_one, {"reasons": [
 		"high impact step in production needs 1 approval(s) from sre-oncall",
 		"critical alert overrides change freeze 2025-03-01T00:00:00Z until 2025-03-02T00:00:00Z: quarter close",
 	]})},
@@ -89,6 +107,7 @@ decision_results := [result |
 	params := i.params
 	alert := i.alert
 	now := i.now
+	provenance := i.provenance
 	d := _merge(_data, object.get(case, "data", {}))
 	freezes := d.freezes
 	timeout := d.approval_timeout
@@ -98,6 +117,7 @@ decision_results := [result |
 		with input.params as params
 		with input.alert as alert
 		with input.now as now
+		with input.provenance as provenance
 		with data.playbook.freezes as freezes
 		with data.playbook.approval_timeout as timeout
 	wrong := _mismatches(got, case.want)
@@ -123,20 +143,31 @@ test_decision_with_no_input_denies if {
 	authz.decision.reasons == ["missing input.now", "missing input.playbook", "missing input.run", "missing input.step"]
 }
 
-_member := {"id": "bob", "name": "Bob", "groups": ["sre-oncall"]}
+_member := {"id": "slack:U0BOB", "name": "Bob", "groups": ["sre-oncall"], "verified": true}
 
-_outsider := {"id": "carol", "name": "Carol", "groups": ["marketing"]}
+_outsider := {"id": "slack:U0CAROL", "name": "Carol", "groups": ["marketing"], "verified": true}
 
-_cli_user := {"id": "cli:dave", "name": "dave", "groups": []}
+_cli_user := {"id": "api:dave", "name": "dave", "groups": [], "verified": true}
+
+_unverified_cli := {"id": "cli:dave", "name": "dave", "groups": [], "verified": false}
+
+# alice has a Slack login and a CLI login: one person.
+_people := {"alice": ["slack:U0ALICE", "cli:alice"], "bob": ["slack:U0BOB", "api:bob"]}
 
 approver_cases := [
-	{"name": "owner group member may approve", "input": {"user": _member}, "want": {"allow": true, "reasons": ["bob is in approver group sre-oncall"]}},
-	{"name": "requester may not approve", "input": {"user": object.union(_member, {"id": "alice"})}, "want": {"allow": false, "reasons": ["alice requested this run and cannot approve it"]}},
-	{"name": "user outside the owner group may not approve", "input": {"user": _outsider}, "want": {"allow": false, "reasons": ["carol is not in an approver group (sre-oncall)"]}},
-	{"name": "CLI user mapped to the owner group in data", "input": {"user": _cli_user}, "data": {"groups": {"sre-oncall": ["cli:dave"]}}, "want": {"allow": true}},
-	{"name": "CLI user mapped to another group", "input": {"user": _cli_user}, "data": {"groups": {"marketing": ["cli:dave"]}}, "want": {"allow": false}},
-	{"name": "CLI user with no mapping", "input": {"user": _cli_user}, "want": {"allow": false}},
-	{"name": "user without groups field", "input": {"user": {"id": "erin"}}, "want": {"allow": false}},
+	{"name": "owner group member may approve", "input": {"user": _member}, "want": {"allow": true, "person": "slack:U0BOB", "reasons": ["slack:U0BOB is in approver group sre-oncall"]}},
+	{"name": "the answer names the person", "input": {"user": _member}, "data": {"people": _people}, "want": {"allow": true, "person": "bob"}},
+	{"name": "requester may not approve", "input": {"user": object.union(_member, {"id": "cli:alice"})}, "want": {"allow": false, "reasons": ["cli:alice requested this run and cannot approve it"]}},
+	{"name": "requester may not approve from another login", "input": {"user": object.union(_member, {"id": "slack:U0ALICE"})}, "data": {"people": _people}, "want": {"allow": false, "person": "alice", "reasons": ["slack:U0ALICE is alice, who requested this run (as cli:alice), and cannot approve it"]}},
+	{"name": "user outside the owner group may not approve", "input": {"user": _outsider}, "want": {"allow": false, "reasons": ["slack:U0CAROL is not in an approver group (sre-oncall)"]}},
+	{"name": "API user mapped to the owner group in data", "input": {"user": _cli_user}, "data": {"groups": {"sre-oncall": ["api:dave"]}}, "want": {"allow": true}},
+	{"name": "user's person mapped to the owner group in data", "input": {"user": object.union(_cli_user, {"id": "api:bob"})}, "data": {"groups": {"sre-oncall": ["bob"]}, "people": _people}, "want": {"allow": true, "person": "bob"}},
+	{"name": "API user mapped to another group", "input": {"user": _cli_user}, "data": {"groups": {"marketing": ["api:dave"]}}, "want": {"allow": false}},
+	{"name": "API user with no mapping", "input": {"user": _cli_user}, "want": {"allow": false}},
+	{"name": "unverified principal may not approve in production", "input": {"user": _unverified_cli}, "data": {"groups": {"sre-oncall": ["cli:dave"]}}, "want": {"allow": false, "reasons": ["cli:dave is unverified (it reached Temporal directly): in production only a verified principal may approve; use Slack or the API"]}},
+	{"name": "verified field missing counts as unverified", "input": {"user": object.remove(_member, ["verified"])}, "want": {"allow": false}},
+	{"name": "unverified principal may approve outside production", "input": {"user": _unverified_cli, "params": {"environment": "staging"}}, "data": {"groups": {"sre-oncall": ["cli:dave"]}}, "want": {"allow": true}},
+	{"name": "user without groups field", "input": {"user": {"id": "slack:U0ERIN", "verified": true}}, "want": {"allow": false}},
 	{"name": "missing user", "input": {}, "want": {"allow": false, "reasons": ["missing input.user"]}},
 	{"name": "missing user id", "input": {"user": {"groups": ["sre-oncall"]}}, "want": {"allow": false, "reasons": ["missing input.user.id"]}},
 	{"name": "missing requester", "input": {"user": _member, "run": {"id": "run-1"}}, "want": {"allow": false, "reasons": ["missing input.run.requested_by"]}},
@@ -149,13 +180,19 @@ approver_results := [result |
 	step := i.step
 	run := i.run
 	user := i.user
+	params := i.params
+	provenance := i.provenance
 	d := _merge(_data, object.get(case, "data", {}))
 	groups := d.groups
+	people := d.people
 	got := authz.approver with input.playbook as playbook
 		with input.step as step
 		with input.run as run
 		with input.user as user
+		with input.params as params
+		with input.provenance as provenance
 		with data.playbook.groups as groups
+		with data.playbook.people as people
 	wrong := _mismatches(got, case.want)
 	result := {"name": case.name, "ok": wrong == [], "wrong": wrong, "got": got}
 ]
@@ -168,9 +205,11 @@ test_approver_table if {
 
 start_cases := [
 	{"name": "unrestricted playbook, anyone may start", "input": {"user": _outsider}, "want": {"allow": true, "reasons": []}},
-	{"name": "denylisted user may not start", "input": {"user": _member}, "data": {"start_denylist": ["bob"]}, "want": {"allow": false, "reasons": ["bob may not start playbooks (start_denylist)"]}},
+	{"name": "denylisted user may not start", "input": {"user": _member}, "data": {"start_denylist": ["slack:U0BOB"]}, "want": {"allow": false, "reasons": ["slack:U0BOB may not start playbooks (start_denylist)"]}},
+	{"name": "denylisted person may not start from any login", "input": {"user": object.union(_member, {"id": "api:bob"})}, "data": {"start_denylist": ["bob"], "people": _people}, "want": {"allow": false, "person": "bob"}},
+	{"name": "the answer names the person", "input": {"user": object.union(_member, {"id": "cli:alice"})}, "data": {"people": _people}, "want": {"allow": true, "person": "alice"}},
 	{"name": "restricted playbook, member may start", "input": {"user": _member}, "data": {"start_restrictions": {"restart-service": ["sre-oncall"]}}, "want": {"allow": true}},
-	{"name": "restricted playbook, mapped CLI user may start", "input": {"user": _cli_user}, "data": {"start_restrictions": {"restart-service": ["sre-oncall"]}, "groups": {"sre-oncall": ["cli:dave"]}}, "want": {"allow": true}},
+	{"name": "restricted playbook, mapped API user may start", "input": {"user": _cli_user}, "data": {"start_restrictions": {"restart-service": ["sre-oncall"]}, "groups": {"sre-oncall": ["api:dave"]}}, "want": {"allow": true}},
 	{"name": "restricted playbook, outsider may not start", "input": {"user": _outsider}, "data": {"start_restrictions": {"restart-service": ["sre-oncall"]}}, "want": {"allow": false, "reasons": ["restart-service may only be started by members of sre-oncall"]}},
 	{"name": "restriction on another playbook does not apply", "input": {"user": _outsider}, "data": {"start_restrictions": {"other": ["sre-oncall"]}}, "want": {"allow": true}},
 	{"name": "missing user", "input": {}, "want": {"allow": false, "reasons": ["missing input.user"]}},
@@ -185,12 +224,14 @@ start_results := [result |
 	user := i.user
 	d := _merge(_data, object.get(case, "data", {}))
 	groups := d.groups
+	people := d.people
 	restrictions := d.start_restrictions
 	denylist := d.start_denylist
 	got := authz.start with input.playbook as playbook
 		with input.run as run
 		with input.user as user
 		with data.playbook.groups as groups
+		with data.playbook.people as people
 		with data.playbook.start_restrictions as restrictions
 		with data.playbook.start_denylist as denylist
 	wrong := _mismatches(got, case.want)
@@ -203,10 +244,54 @@ test_start_table if {
 	failures == []
 }
 
+_alert_run := object.union(_run, {"trigger": "alertmanager", "requested_by": "alertmanager"})
+
+cancel_cases := [
+	{"name": "the requester may cancel", "input": {"user": object.union(_member, {"id": "cli:alice"})}, "want": {"allow": true, "person": "cli:alice", "reasons": ["cli:alice requested this run"]}},
+	{"name": "the requester may cancel from another login", "input": {"user": object.union(_member, {"id": "slack:U0ALICE", "groups": []})}, "data": {"people": _people}, "want": {"allow": true, "person": "alice"}},
+	{"name": "an owner group member may cancel", "input": {"user": _member}, "want": {"allow": true, "reasons": ["slack:U0BOB is in the owner group sre-oncall"]}},
+	{"name": "an outsider may not cancel", "input": {"user": _outsider}, "want": {"allow": false, "person": "slack:U0CAROL", "reasons": ["slack:U0CAROL may not cancel runs of restart-service: only its requester or members of sre-oncall may"]}},
+	{"name": "an unverified requester may not cancel in production", "input": {"user": {"id": "cli:alice", "groups": [], "verified": false}}, "want": {"allow": false, "reasons": ["cli:alice is unverified (it reached Temporal directly): in production only a verified principal may cancel; use Slack or the API"]}},
+	{"name": "an unverified requester may cancel outside production", "input": {"user": {"id": "cli:alice", "groups": [], "verified": false}, "params": {"environment": "staging"}}, "want": {"allow": true}},
+	{"name": "a resolved alert cancels the run it started", "input": {"user": {"id": "alertmanager", "groups": [], "verified": true}, "run": _alert_run}, "want": {"allow": true, "reasons": ["the alert that started this run resolved"]}},
+	{"name": "an alert does not cancel a run a person started", "input": {"user": {"id": "alertmanager", "groups": [], "verified": true}}, "want": {"allow": false}},
+	{"name": "missing user", "input": {}, "want": {"allow": false, "reasons": ["missing input.user"]}},
+	{"name": "missing requester", "input": {"user": _member, "run": {"id": "run-1"}}, "want": {"allow": false, "reasons": ["missing input.run.requested_by"]}},
+]
+
+cancel_results := [result |
+	some case in cancel_cases
+	i := _merge(_base, case.input)
+	playbook := i.playbook
+	run := i.run
+	user := i.user
+	params := i.params
+	provenance := i.provenance
+	d := _merge(_data, object.get(case, "data", {}))
+	groups := d.groups
+	people := d.people
+	got := authz.cancel with input.playbook as playbook
+		with input.run as run
+		with input.user as user
+		with input.params as params
+		with input.provenance as provenance
+		with data.playbook.groups as groups
+		with data.playbook.people as people
+	wrong := _mismatches(got, case.want)
+	result := {"name": case.name, "ok": wrong == [], "wrong": wrong, "got": got}
+]
+
+test_cancel_table if {
+	count(cancel_results) == count(cancel_cases)
+	failures := [r | some r in cancel_results; not r.ok]
+	failures == []
+}
+
 # Defaults the tables start from, whatever the shipped data.json says.
 _data := {
 	"freezes": [],
 	"groups": {},
+	"people": {},
 	"approval_timeout": "15m",
 	"start_restrictions": {},
 	"start_denylist": [],

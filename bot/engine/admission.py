@@ -1,0 +1,149 @@
+"""`run.admit`: the worker's own check of a run before its first step.
+
+Anyone who can reach Temporal can start a `PlaybookRun` with any snapshot, params and requester.
+The worker therefore runs nothing it cannot vouch for: the playbook must be in its own catalog at
+the same content hash, the params must pass the playbook's own checks, the requester's proof (if
+any) must verify, and the `start` rule must allow it. A local activity: its answer is recorded in
+history, so a replay (or a worker with another key or catalog) decides the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Callable
+
+import structlog
+from pydantic import BaseModel, Field
+from temporalio import activity
+
+from bot.audit.events import AuditEvent
+from bot.audit.recorder import AuditWriter
+from bot.engine.state import Requester, TriggerContext
+from bot.identity.principals import Actor
+from bot.identity.proofs import START_SKEW, Keyring, Proof, ProofError, start_content
+from bot.playbook.loader import Catalog, UnknownPlaybook
+from bot.playbook.model import Playbook
+from bot.playbook.params import ParamError, coerce_params
+from bot.policy.engine import PolicyEngine
+from bot.policy.inputs import policy_input, provenance, rfc3339
+
+log = structlog.get_logger(__name__)
+
+# Which check refused a run (a fixed code, for the audit trail and tests).
+CATALOG, PARAMS, PROOF, START = "catalog", "params", "proof", "start"
+
+
+class AdmitRequest(BaseModel):
+    run_id: str
+    playbook: Playbook
+    playbook_hash: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    trigger: TriggerContext
+    proof: Proof | None = None
+    started_at: datetime = Field(description="When Temporal accepted the start (not the client's clock).")
+    audit: list[AuditEvent] = Field(default_factory=list)
+
+
+class Admission(BaseModel):
+    allow: bool
+    refused_by: str | None = None  # catalog | params | proof | start
+    reasons: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    requester: Requester
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def message(self) -> str:
+        return f"refused by the worker's {self.refused_by} check: " + "; ".join(self.reasons)
+
+
+class Admitter:
+    """Holds what the check needs: the worker's catalog, its envelope keys and its policy."""
+
+    def __init__(
+        self,
+        catalog: Callable[[], Catalog],
+        keyring: Keyring,
+        policy: PolicyEngine,
+        audit: AuditWriter | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.keyring = keyring
+        self.policy = policy
+        self.audit = audit or AuditWriter(None)
+
+    @activity.defn(name="run.admit")
+    async def admit(self, request: AdmitRequest) -> Admission:
+        await self.audit.write(request.audit)
+        trigger = request.trigger
+        unverified = Requester(principal=trigger.requested_by, person=trigger.requested_by)
+        with structlog.contextvars.bound_contextvars(run_id=request.run_id, playbook=request.playbook.name):
+            if problem := self._catalog_problem(request):
+                return self._refuse(CATALOG, problem, unverified, request.params)
+            try:
+                params = coerce_params(request.playbook, request.params)
+            except ParamError as exc:
+                return self._refuse(PARAMS, f"params do not pass the playbook's checks: {exc}", unverified, request.params)
+            try:
+                actor = self._actor(request, params)
+            except ProofError as exc:
+                return self._refuse(PROOF, f"the start's proof does not verify: {exc}", unverified, params)
+            sources = provenance(
+                request.playbook, params, trigger.kind, trigger.alert,
+                alert_verified=actor.verified_by == trigger.kind == "alertmanager",
+            )
+            run = {"id": request.run_id, "trigger": trigger.kind, "requested_by": trigger.requested_by,
+                   "started_at": rfc3339(request.started_at)}
+            verdict = await self.policy.start(
+                policy_input(
+                    request.playbook, request.playbook_hash, run, params, trigger.alert, request.started_at,
+                    user=actor.policy_user(), sources=sources,
+                )
+            )
+            requester = Requester(
+                principal=actor.principal,
+                person=verdict.person or actor.principal,
+                verified=actor.verified,
+                verified_by=actor.verified_by,
+            )
+            if not verdict.allow:
+                return self._refuse(START, "; ".join(verdict.reasons) or "no reason given", requester, params, sources)
+            return Admission(allow=True, params=params, requester=requester, provenance=sources)
+
+    def _catalog_problem(self, request: AdmitRequest) -> str | None:
+        name = request.playbook.name
+        try:
+            known = self.catalog().get(name)
+        except UnknownPlaybook:
+            return f"playbook {name!r} is not in this worker's catalog"
+        actual = request.playbook.content_hash()
+        if actual != request.playbook_hash:
+            return f"the snapshot of {name!r} does not hash to the {request.playbook_hash} it claims"
+        if actual != known.hash:
+            return (
+                f"{name!r} at {actual[:19]} is not the version in this worker's catalog ({known.hash[:19]}): "
+                "deploy the same playbooks to front doors and workers"
+            )
+        return None
+
+    def _actor(self, request: AdmitRequest, params: dict[str, Any]) -> Actor:
+        trigger = request.trigger
+        proof = request.proof
+        if proof is None:
+            return Actor(trigger.requested_by)  # unverified: no groups, whatever was claimed
+        content = start_content(request.playbook.name, request.playbook_hash, request.params, trigger.model_dump(mode="json"))
+        actor = self.keyring.check(proof, "start", request.run_id, content)
+        if actor.principal != trigger.requested_by:
+            raise ProofError(f"it names {actor.principal}, but the run claims {trigger.requested_by}")
+        age = request.started_at - proof.issued_at
+        if age > START_SKEW or -age > START_SKEW:
+            raise ProofError(f"it was issued at {rfc3339(proof.issued_at)}, too far from the start ({rfc3339(request.started_at)})")
+        return actor
+
+    def _refuse(
+        self, check: str, reason: str, requester: Requester, params: dict[str, Any], sources: dict[str, Any] | None = None
+    ) -> Admission:
+        log.warning("run refused by the worker", check=check, reason=reason, requested_by=requester.principal)
+        return Admission(
+            allow=False, refused_by=check, reasons=[reason], params=params, requester=requester, provenance=sources or {}
+        )
