@@ -9,14 +9,18 @@ for a short while; with none, users have no groups (fail closed).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 
 import structlog
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.slack.blocks import escape
+
 log = structlog.get_logger(__name__)
 
+_GROUP_ID = re.compile(r"S[A-Z0-9]+")
 RETRY_AFTER_ERROR = 30.0  # seconds before asking Slack again after a failed refresh
 
 
@@ -40,7 +44,9 @@ class GroupResolver:
         does not know the handle or cannot be asked."""
         await self._fresh()
         group_id = self._ids.get(handle)
-        return f"<!subteam^{group_id}>" if group_id else f"@{handle}"
+        if group_id and _GROUP_ID.fullmatch(group_id):
+            return f"<!subteam^{group_id}>"
+        return f"@{escape(handle)}"  # the handle comes from policy or a playbook: data
 
     async def _fresh(self) -> None:
         if self._clock() >= self._expires:
