@@ -162,6 +162,5 @@ async def test_refusals_quote_the_users_text_escaped(dev_env, fake_slack: FakeSl
             body, key = stack.command(command.replace(ATTACK, json.dumps(ATTACK)), user=ALICE)
             assert (await stack.post(body)).status_code == 200
             answer = text_of(await stack.answers(key))
-            assert answer.startswith(":x:") or "&lt;" in answer, (command, answer)
             assert live_tokens([answer]) == set(), (command, answer)
             assert "&lt;!channel&gt;" in answer, (command, answer)

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from bot.actions.activities import build_activities
@@ -161,8 +162,6 @@ async def test_a_refused_connection_is_retryable() -> None:
     [post] = build_activities([SlackActions(_client(f"http://127.0.0.1:{port}/api/"))], SecretStore(environ={}))
     arg = ActionInput(run_id="r", step_id="tell", playbook="tell", action="slack.post",
                       params={"channel": "#incidents", "text": "hi"}, idempotency_key="r:tell")
-    from temporalio.exceptions import ApplicationError
-
     with pytest.raises(ApplicationError) as caught:
         await ActivityEnvironment().run(post, arg)
     assert caught.value.type == ACTION_FAILED and not caught.value.non_retryable
