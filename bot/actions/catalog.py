@@ -17,6 +17,8 @@ from bot.settings import Settings
 
 __all__ = ["ACTIONS", "ActionSpec", "make_providers"]
 
+SLACK_TIMEOUT = 30  # seconds per Web API request: slack_sdk's own default, said here
+
 
 def make_providers(settings: Settings, http: httpx.AsyncClient) -> list[object]:
     """The provider objects whose `@action` methods the worker registers as activities."""
@@ -30,13 +32,14 @@ def make_providers(settings: Settings, http: httpx.AsyncClient) -> list[object]:
     ]
 
 
-def slack_client(settings: Settings) -> AsyncWebClient | None:
+def slack_client(settings: Settings, *, timeout: int = SLACK_TIMEOUT) -> AsyncWebClient | None:
     """The Web API client when a bot token is set; retries only 429s, which Slack did not act on,
-    so a retry can never post twice."""
+    so a retry can never post twice. `timeout` (seconds, per request) is an argument for tests."""
     if settings.slack_bot_token is None:
         return None
     return AsyncWebClient(
         token=settings.slack_bot_token.get_secret_value(),
         base_url=settings.slack_api_url or AsyncWebClient.BASE_URL,
+        timeout=timeout,
         retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
     )

@@ -1,13 +1,14 @@
 """`slack.post`: a playbook step that tells people something, in a channel or a run's thread.
 
-Slack errors are sorted by whether waiting helps: rate limits, Slack's 5xx and network trouble
-are retried by the step's retry policy; a missing channel or a bad token fails at once, naming
-Slack's error code, because no retry will fix it.
+A post is not idempotent (Slack has no idempotency key for it), so a retry is made only when
+Slack certainly did not act: a rate limit (HTTP 429, `ratelimited`) or a connection refused
+before the request was sent. A timeout, a connection dropped after the request went out, or a
+5xx / `internal_error` may have posted: the step fails for good and says the message may or may
+not be in the channel. A missing channel or a bad token fails at once, naming Slack's code.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
@@ -22,9 +23,9 @@ from bot.actions.base import ActionContext, ActionFailed, ActionParams, ActionRe
 log = structlog.get_logger("bot.actions.slack")
 
 TEXT_LIMIT = 40_000  # Slack truncates longer messages; refuse them at validation instead
-RETRYABLE_ERRORS = frozenset(
-    {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
-)
+NOT_POSTED_ERRORS = frozenset({"ratelimited", "rate_limited"})  # refused before acting: a retry is safe
+MAYBE_POSTED_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+MAYBE_POSTED = "the message may or may not have been posted, so it is not retried; check the channel"
 NOT_CONFIGURED = (
     "slack.post: Slack is not configured: set PLAYBOOK_BOT_SLACK_BOT_TOKEN (the app's xoxb- bot token) "
     "for the worker"
@@ -93,22 +94,35 @@ class SlackActions:
             )
         except SlackApiError as exc:
             raise slack_failure(exc, where) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except aiohttp.ClientConnectorError as exc:  # no connection, so no request: safe to retry
             reason = f"{type(exc).__name__}: {exc}"
             raise ActionFailed(f"slack.post: could not reach Slack to post to {where}: {reason}") from None
         except SlackClientError as exc:  # the request could not be built: no retry helps
             raise ActionFailed(f"slack.post: {exc}", retryable=False) from None
+        except Exception as exc:  # noqa: BLE001  a timeout, a dropped connection: the request may have gone out
+            reason = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+            raise ActionFailed(
+                f"slack.post: no answer from Slack for the post to {where} ({reason}); {MAYBE_POSTED}",
+                retryable=False,
+                output={"error": reason, "maybe_posted": True},
+            ) from None
         log.info("slack message posted", channel=response["channel"], ts=response["ts"], thread=bool(params.thread_ts))
         return {"channel": response["channel"], "ts": response["ts"]}
 
 
 def slack_failure(exc: SlackApiError, where: str) -> ActionFailed:
-    """Slack answered with an error: retryable when waiting may help, else final with Slack's code."""
+    """Slack answered with an error: retryable only when it refused before acting (a rate limit);
+    a 5xx or an internal error may have posted, so it is final and says so; else Slack's code."""
     status = exc.response.status_code
     data = exc.response.data
     error = str(data.get("error") or f"HTTP {status}") if isinstance(data, dict) else f"HTTP {status}"
-    retryable = error in RETRYABLE_ERRORS or status == 429 or status >= 500
+    if status == 429 or error in NOT_POSTED_ERRORS:
+        message = f"slack.post: Slack refused the post to {where}: {error}"
+        if status == 429:
+            message += f" (Retry-After {exc.response.headers.get('Retry-After', '?')}s)"
+        return ActionFailed(message, retryable=True, output={"error": error, "status": status})
+    if status >= 500 or error in MAYBE_POSTED_ERRORS:
+        message = f"slack.post: Slack failed on the post to {where}: {error} (HTTP {status}); {MAYBE_POSTED}"
+        return ActionFailed(message, retryable=False, output={"error": error, "status": status, "maybe_posted": True})
     message = f"slack.post: Slack refused the post to {where}: {error}"
-    if status == 429:
-        message += f" (Retry-After {exc.response.headers.get('Retry-After', '?')}s)"
-    return ActionFailed(message, retryable=retryable, output={"error": error, "status": status})
+    return ActionFailed(message, retryable=False, output={"error": error, "status": status})

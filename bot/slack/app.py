@@ -32,7 +32,7 @@ from bot.playbook.params import ParamError
 from bot.policy.engine import PolicyEngine
 from bot.server import read_limited
 from bot.settings import ConfigError, Settings
-from bot.slack.blocks import truncate
+from bot.slack.blocks import escape, truncate
 from bot.slack.groups import GroupResolver
 
 log = structlog.get_logger(__name__)
@@ -105,12 +105,13 @@ async def report_error(web: AsyncWebClient, error: Exception, body: Mapping[str,
 
 
 def error_text(error: Exception) -> str:
+    """The refusal as Slack shows it; it may quote what the user sent, so all of it is escaped."""
     if isinstance(error, UnknownPlaybook):
-        known = ", ".join(f"`{name}`" for name in error.known) or "none are loaded"
-        return f":x: Unknown playbook `{error.name}`. Playbooks: {known}. `/playbook list` describes them."
+        known = ", ".join(f"`{escape(name)}`" for name in error.known) or "none are loaded"
+        return f":x: Unknown playbook `{escape(error.name)}`. Playbooks: {known}. `/playbook list` describes them."
     if isinstance(error, ParamError):
-        return ":x: " + "\n:x: ".join(message for _, message in error.problems)
-    return f":x: {error}"
+        return ":x: " + "\n:x: ".join(escape(message) for _, message in error.problems)
+    return f":x: {escape(str(error))}"
 
 
 async def reply_ephemeral(web: AsyncWebClient, body: Mapping[str, Any], respond: Any, text: str) -> None:

@@ -56,7 +56,7 @@ COMPENSATION_EMOJI = {
 }
 DONE_STEP_STATES = frozenset({"succeeded", "skipped"})
 
-_SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,}")
 _PARTIAL_ENTITY = re.compile(r"&[a-z]{0,3}$")
 
 
@@ -92,8 +92,11 @@ def status_blocks(status: RunStatus) -> list[dict[str, Any]]:
 def status_text(status: RunStatus) -> str:
     """The fallback text (notifications, screen readers) of the status message."""
     done = sum(1 for step in status.steps if step.state in DONE_STEP_STATES)
-    text = f"{status.playbook} run {status.run_id}: {_state(status.state)} ({done}/{len(status.steps)} steps done)"
-    waiting = [step.id for step in status.steps if step.state == "waiting_approval"]
+    text = (
+        f"{escape(status.playbook)} run {escape(status.run_id)}: {_state(status.state)}"
+        f" ({done}/{len(status.steps)} steps done)"
+    )
+    waiting = [escape(step.id) for step in status.steps if step.state == "waiting_approval"]
     if waiting:
         text += f", waiting for approval of {', '.join(waiting)}"
     return truncate(text, FALLBACK_LIMIT)
@@ -102,7 +105,7 @@ def status_text(status: RunStatus) -> str:
 def step_line(step: StepStatus) -> str:
     head = f"{STEP_EMOJI.get(step.state, '')} *{escape(step.id)}* `{escape(step.action)}` {_state(step.state)}"
     line = _checklist_line(head, step)
-    return f"{step.group} › {line}" if step.group else line
+    return f"{escape(step.group)} › {line}" if step.group else line
 
 
 def compensation_line(comp: CompensationStatus) -> str:
@@ -167,7 +170,10 @@ def approval_blocks(status: RunStatus, step_id: str, decision: dict[str, Any], n
 
 def approval_text(status: RunStatus, step_id: str) -> str:
     step = status.step(step_id)
-    text = f"Approval needed: {step.id} ({step.action}) in {status.playbook} run {status.run_id}"
+    text = (
+        f"Approval needed: {escape(step.id)} ({escape(step.action)}) in {escape(status.playbook)}"
+        f" run {escape(status.run_id)}"
+    )
     return truncate(text, FALLBACK_LIMIT)
 
 
@@ -250,13 +256,17 @@ def summary_text(status: RunStatus) -> str:
 
 
 def escape(text: str) -> str:
-    """Slack's three control characters; anything else in mrkdwn is left to read as written."""
+    """Slack's three control characters; anything else in mrkdwn is left to read as written.
+
+    Every string that comes from data (errors, params, args, outputs, ids, reasons, what a user
+    typed) goes through here before it reaches Slack text, so `<!channel>` or `<https://x|y>` in
+    it shows as written instead of notifying or linking. Only the bot's own mentions stay live."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def mention(user: str) -> str:
     """A Slack user id becomes a mention; `cli:alice` and other ids are shown as text."""
-    return f"<@{user}>" if _SLACK_USER.match(user) else f"`{escape(user)}`"
+    return f"<@{user}>" if _SLACK_USER.fullmatch(user) else f"`{escape(user)}`"
 
 
 def truncate(text: str, limit: int) -> str:

@@ -3,44 +3,72 @@
 One `usergroups.list(include_users=True)` answers every user (and gives each handle's id, which
 a mention that pages the group needs), so the whole map is cached and refreshed at most once per
 TTL (a burst of commands makes one call). If Slack cannot be asked, the last known map is kept
-for a short while; with none, users have no groups (fail closed).
+until it is `max_stale` old (counted from the last successful refresh); after that, as with no
+map at all, users have no groups (fail closed): someone removed from the approver group must not
+keep approving because Slack is down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 
 import structlog
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.slack.blocks import escape
+
 log = structlog.get_logger(__name__)
 
+_GROUP_ID = re.compile(r"S[A-Z0-9]+")
 RETRY_AFTER_ERROR = 30.0  # seconds before asking Slack again after a failed refresh
+MAX_STALE = 15 * 60.0  # seconds a failed refresh may keep using the last known memberships
 
 
 class GroupResolver:
-    def __init__(self, web: AsyncWebClient, ttl: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        web: AsyncWebClient,
+        ttl: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_stale: float = MAX_STALE,
+    ) -> None:
         self.web = web
         self.ttl = ttl
+        self.max_stale = max_stale
         self._clock = clock
         self._by_user: dict[str, list[str]] = {}
         self._ids: dict[str, str] = {}  # handle -> usergroup id
+        self._refreshed_at: float | None = None  # the last successful refresh
         self._expires = float("-inf")
         self._lock = asyncio.Lock()
 
     async def handles(self, user_id: str) -> list[str]:
-        """The handles of the enabled user groups `user_id` belongs to, sorted."""
+        """The handles of the enabled user groups `user_id` belongs to, sorted; none once the
+        last known map is older than `max_stale`."""
         await self._fresh()
+        if self._too_old():
+            if self._by_user:
+                log.error(
+                    "slack user groups unknown for too long; users have no groups until Slack answers",
+                    stale_s=round(self._clock() - (self._refreshed_at or 0.0)),
+                    max_stale_s=self.max_stale,
+                )
+                self._by_user = {}
+            return []
         return list(self._by_user.get(user_id, []))
 
     async def mention(self, handle: str) -> str:
         """`<!subteam^ID>`, which notifies the group's members; `@handle` (which does not) if Slack
-        does not know the handle or cannot be asked."""
+        does not know the handle or cannot be asked. A group's id does not change with its
+        members, so a stale map still pages it."""
         await self._fresh()
         group_id = self._ids.get(handle)
-        return f"<!subteam^{group_id}>" if group_id else f"@{handle}"
+        if group_id and _GROUP_ID.fullmatch(group_id):
+            return f"<!subteam^{group_id}>"
+        return f"@{escape(handle)}"  # the handle comes from policy or a playbook: data
 
     async def _fresh(self) -> None:
         if self._clock() >= self._expires:
@@ -51,16 +79,29 @@ class GroupResolver:
     def invalidate(self) -> None:
         self._expires = float("-inf")
 
+    def _too_old(self) -> bool:
+        return self._refreshed_at is None or self._clock() - self._refreshed_at > self.max_stale
+
     async def _refresh(self) -> None:
         try:
             response = await self.web.usergroups_list(include_users=True)
-        except Exception as exc:  # noqa: BLE001  SlackApiError or the network: keep what we know
-            log.warning(
-                "slack usergroups.list failed; keeping the last known groups",
-                error=f"{type(exc).__name__}: {exc}",
-                known_users=len(self._by_user),
-            )
+        except Exception as exc:  # noqa: BLE001  SlackApiError or the network: keep what we know, a while
             self._expires = self._clock() + min(self.ttl, RETRY_AFTER_ERROR)
+            error = f"{type(exc).__name__}: {exc}"
+            if self._too_old():
+                log.error(
+                    "slack usergroups.list failed and the last known groups are too old; users have no groups",
+                    error=error,
+                    max_stale_s=self.max_stale,
+                )
+                self._by_user = {}
+            else:
+                log.warning(
+                    "slack usergroups.list failed; keeping the last known groups",
+                    error=error,
+                    known_users=len(self._by_user),
+                    stale_s=round(self._clock() - (self._refreshed_at or 0.0)),
+                )
             return
         by_user: dict[str, set[str]] = {}
         ids: dict[str, str] = {}
@@ -74,4 +115,5 @@ class GroupResolver:
                 by_user.setdefault(user, set()).add(handle)
         self._by_user = {user: sorted(handles) for user, handles in by_user.items()}
         self._ids = ids
-        self._expires = self._clock() + self.ttl
+        self._refreshed_at = self._clock()
+        self._expires = self._refreshed_at + self.ttl

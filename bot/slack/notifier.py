@@ -20,7 +20,7 @@ from temporalio import activity
 
 from bot.engine.state import RunStatus
 from bot.metrics import SLACK_API_ERRORS
-from bot.slack.blocks import approval_blocks, decided_line, status_blocks, status_text, summary_text
+from bot.slack.blocks import approval_blocks, decided_line, escape, status_blocks, status_text, summary_text
 from bot.slack.groups import GroupResolver
 
 log = structlog.get_logger(__name__)
@@ -99,7 +99,7 @@ class SlackNotifier:
         status = request.status
         blocks = approval_blocks(status, step_id, request.decisions[step_id], request.needed.get(step_id, 1))
         step = status.step(step_id)
-        text = f"approval needed for {step_id}" if step.state == "waiting_approval" else decided_line(step)
+        text = f"approval needed for {escape(step_id)}" if step.state == "waiting_approval" else decided_line(step)
         if step_id not in state.approval_ts:
             response = await self._call(
                 "chat.postMessage", channel=request.channel, thread_ts=state.message_ts, text=text, blocks=blocks
@@ -118,27 +118,29 @@ class SlackNotifier:
             if step.escalated_at is not None:
                 handles.update((step.decision or {}).get("approver_groups", []))
         if self.groups is None:
-            return {h: f"@{h}" for h in handles}
+            return {h: f"@{escape(h)}" for h in handles}
         return {h: await self.groups.mention(h) for h in sorted(handles)}
 
     @staticmethod
     def _replies(status: RunStatus, mentions: dict[str, str]) -> list[tuple[str, str]]:
+        """The thread replies, keyed. Every data string is escaped; `mentions` (the escalation's
+        own `<!subteam^ID>`) is the only markup that stays live."""
         out: list[tuple[str, str]] = []
         for step in status.steps:
+            sid = escape(step.id)
             if step.state in ("failed", "denied", "rejected"):
-                out.append((f"end:{step.id}", f":x: *{step.id}* {step.state}: {step.error or ''}"))
+                out.append((f"end:{step.id}", f":x: *{sid}* {step.state}: {escape(step.error or '')}"))
             if step.escalated_at is not None:
                 groups = " ".join(mentions[g] for g in (step.decision or {}).get("approver_groups", []))
-                out.append((f"escalated:{step.id}", f":rotating_light: approval for *{step.id}* is overdue {groups}"))
+                out.append((f"escalated:{step.id}", f":rotating_light: approval for *{sid}* is overdue {groups}"))
         for comp in status.compensations:
             if comp.state in ("succeeded", "failed", "skipped"):
                 icon = {"succeeded": ":leftwards_arrow_with_hook:", "failed": ":bangbang:", "skipped": ":fast_forward:"}
-                out.append(
-                    (f"undo:{comp.step}", f"{icon[comp.state]} undo of *{comp.step}* {comp.state} {comp.error or ''}")
-                )
+                text = f"{icon[comp.state]} undo of *{escape(comp.step)}* {comp.state} {escape(comp.error or '')}"
+                out.append((f"undo:{comp.step}", text))
         if status.finished and status.not_undone:
             who = " ".join(mentions[g] for g in status.escalated_to) or "Whoever is on call"
-            undone = ", ".join(f"*{s}*" for s in status.not_undone)
+            undone = ", ".join(f"*{escape(s)}*" for s in status.not_undone)
             out.append(
                 ("escalated:rollback", f":rotating_light: {who}: rollback incomplete, {undone} could not be undone. "
                  "The system is half rolled back; check and finish these by hand.")

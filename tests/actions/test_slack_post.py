@@ -90,13 +90,15 @@ async def test_rate_limit_is_retryable(slack, fake_slack, run_failing) -> None:
     assert fake_slack.messages == []
 
 
-async def test_server_error_is_retryable(slack, fake_slack, run_failing) -> None:
+async def test_server_error_is_final_since_slack_may_have_posted(slack, fake_slack, run_failing) -> None:
     fake_slack.server_error(1, status=503)
 
     error = await run_failing("slack.post", {"channel": "#incidents", "text": "hi"}, slack)
 
     assert error.type == ACTION_FAILED
-    assert not error.non_retryable
+    assert error.non_retryable, "a retry could post the message twice"
+    assert "may or may not have been posted" in error.message
+    assert error.details[0]["output"]["maybe_posted"] is True
 
 
 async def test_connection_refused_is_retryable(run_failing) -> None:
