@@ -265,8 +265,10 @@ def escape(text: str) -> str:
 
 
 def mention(user: str) -> str:
-    """A Slack user id becomes a mention; `cli:alice` and other ids are shown as text."""
-    return f"<@{user}>" if _SLACK_USER.fullmatch(user) else f"`{escape(user)}`"
+    """A Slack principal (`slack:U…`, or a bare Slack user id) becomes a mention; `cli:alice` and
+    other principals are shown as text."""
+    bare = user.removeprefix("slack:")
+    return f"<@{bare}>" if _SLACK_USER.fullmatch(bare) else f"`{escape(user)}`"
 
 
 def truncate(text: str, limit: int) -> str:
