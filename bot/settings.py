@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     slack_api_url: str | None = None
 
     shell_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Hosts (deploy.internal, *.internal) and CIDRs playbook HTTP may reach; unset: any but link-local
+    # and cloud metadata, which are never reachable (bot/actions/egress.py).
+    http_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_format: str = "auto"  # auto (JSON off a TTY) | json | console
     log_level: str = "INFO"
 
@@ -76,7 +79,7 @@ class Settings(BaseSettings):
     def _strip(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value  # a pasted key's newline is not part of it
 
-    @field_validator("shell_allow", mode="before")
+    @field_validator("shell_allow", "http_allow", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

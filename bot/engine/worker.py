@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, AsyncIterator, Callable, Sequence
 
-import httpx
 import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -15,6 +14,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from bot.actions.activities import build_activities
 from bot.actions.catalog import make_providers, slack_client
+from bot.actions.egress import EgressClient, Resolver, egress_rules
 from bot.actions.secrets import SecretStore
 from bot.audit.recorder import AuditActivities, AuditWriter
 from bot.audit.store import SqliteAuditStore, default_path
@@ -75,8 +75,12 @@ class WorkerDeps:
 
 
 @asynccontextmanager
-async def worker_deps(settings: Settings, extra_providers: Sequence[object] = ()) -> AsyncIterator[WorkerDeps]:
+async def worker_deps(
+    settings: Settings, extra_providers: Sequence[object] = (), *, resolver: Resolver | None = None
+) -> AsyncIterator[WorkerDeps]:
     """The shipped action, policy and audit activities with their clients (plus extra action providers).
+
+    Playbook HTTP goes through one EgressClient (PLAYBOOK_BOT_HTTP_ALLOW; `resolver` replaces DNS in tests).
 
     Loads the policies first: a policy that does not compile stops the worker from starting
     (PolicyLoadError names the file and line) instead of denying every step later.
@@ -84,7 +88,7 @@ async def worker_deps(settings: Settings, extra_providers: Sequence[object] = ()
     async with AsyncExitStack() as stack:
         policy, store = await open_policy_and_audit(stack, settings)
         writer = AuditWriter(store)
-        http = await stack.enter_async_context(httpx.AsyncClient())
+        http = await stack.enter_async_context(EgressClient(egress_rules(settings), resolver=resolver))
         providers = [*make_providers(settings, http), *extra_providers]
         actions = build_activities(providers, SecretStore(settings.secrets_file), writer)
         notifier = SlackNotifier(slack_client(settings))
