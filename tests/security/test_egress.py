@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
+import ssl
+import subprocess
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -196,6 +199,40 @@ async def test_error_text_leaves_out_query_strings_and_credentials(network: Netw
     )
     assert "s3cret" not in error.message and "pw" not in error.message
     assert "http.request: GET http://169.254.169.254/x: egress refused: 169.254.169.254 is" in error.message
+
+
+def _openssl(cwd: Path, *args: str) -> None:
+    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, f"openssl {' '.join(args)}:\n{done.stderr}"
+
+
+async def test_tls_verifies_the_url_hostname_though_the_checked_ip_is_dialled(
+    network: Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl not on PATH: this test makes its certificates with it")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl(tmp_path, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    (tmp_path / "leaf.ext").write_text("subjectAltName = DNS:deploy.internal\nextendedKeyUsage = serverAuth\n")
+    _openssl(tmp_path, "req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=deploy.internal")
+    _openssl(tmp_path, "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-out", "leaf.pem", "-extfile", "leaf.ext")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # the client trusts the test CA (and only it)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+
+    handler = type("TlsSite", (Site,), {"hits": [], "targets": []})
+    with serving(handler, tls) as url:
+        port = httpx.URL(url).port
+        http = HttpActions(client(network))
+        ok = await run("http.request", {"url": f"https://deploy.internal:{port}/ok"}, [http])
+        assert ok.output["json"] == {"ok": True}
+        with pytest.raises(ApplicationError) as caught:  # same IP, a name the certificate does not hold
+            await run("http.request", {"url": f"https://api.test:{port}/ok", "timeout": "10s"}, [http])
+    assert "CERTIFICATE_VERIFY_FAILED" in caught.value.message and "api.test" in caught.value.message
+    assert handler.hits == ["/ok"]
+    assert network.asked == ["127.0.0.1", "127.0.0.1"]
 
 
 # -- the allowlist -------------------------------------------------------------------------------
