@@ -563,6 +563,7 @@ class PlaybookRun:
         status = self._status
         return {
             "params": self._input.params,
+            "vars": self._input.playbook.vars,
             "alert": self._input.trigger.alert,
             "run": {
                 "id": status.run_id,

@@ -77,6 +77,7 @@ steps:
 name: gated
 summary: A high-impact step behind an approval
 owner: sre
+vars: {what: risky}
 steps:
   - id: prep
     action: core.log
@@ -84,7 +85,7 @@ steps:
   - id: risky
     action: core.log
     impact: high
-    with: {message: "the risky thing"}
+    with: {message: "the {{ vars.what }} thing"}
 """,
 }
 
