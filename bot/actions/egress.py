@@ -312,7 +312,7 @@ def _guarded_transport(backend: GuardedBackend) -> httpx.AsyncHTTPTransport:
     """
     transport = httpx.AsyncHTTPTransport()
     if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
-        raise RuntimeError("this httpx version keeps its connection pool elsewhere: the egress guard cannot be installed")
+        raise RuntimeError("this httpx keeps its connection pool elsewhere: the egress guard cannot be installed")
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)  # httpx's defaults
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=httpx.create_ssl_context(trust_env=True),  # SSL_CERT_FILE / SSL_CERT_DIR still count

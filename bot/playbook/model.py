@@ -127,7 +127,7 @@ class Playbook(_Strict):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     vars: dict[Annotated[str, StringConstraints(pattern=VAR_NAME_PATTERN)], JsonValue] = Field(
         default_factory=dict, json_schema_extra={"additionalProperties": False},
-        description="Constants templates read as vars.NAME (base URLs of internal services): literal JSON, no templates.",
+        description="Constants templates read as vars.NAME (base URLs of services): literal JSON, no templates.",
     )
     triggers: Triggers = Triggers()
     channel: str | None = None
