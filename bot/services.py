@@ -15,6 +15,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from bot.actions.catalog import slack_client
+from bot.actions.egress import announce_egress
 from bot.alerts.receiver import AlertDeps, AlertReceiver
 from bot.audit.store import SqliteAuditStore
 from bot.devstack import DevServer
@@ -98,6 +99,7 @@ async def serve_worker(
 
 async def run_dev(settings: Settings, announce: Any = print) -> None:
     """Embedded Temporal (unless TEMPORAL_ADDRESS is set) + worker + HTTP front door."""
+    announce_egress(settings)
     tls_config(settings)  # TLS settings without an address: refuse before starting anything
     catalog = load_directory(settings.playbooks_dir)
     # On the embedded stack the CLI beside it signs with a key left in the data dir, so `--by WHO`
@@ -146,6 +148,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
 
 
 async def run_worker_only(settings: Settings) -> None:
+    announce_egress(settings)
     stop = stop_event()
     async with worker_deps(settings) as deps:
         client = await connect(settings)
@@ -163,6 +166,7 @@ async def run_worker_only(settings: Settings) -> None:
 
 async def run_serve(settings: Settings) -> None:
     """The front door alone (scaled apart from workers); it needs the webhook token to start."""
+    announce_egress(settings)  # its playbooks' HTTP runs on the workers, but operators read this log too
     if settings.alertmanager_token is None:
         raise ConfigError("serve needs PLAYBOOK_BOT_ALERTMANAGER_TOKEN: the Alertmanager webhook must be authenticated")
     require_front_door_key(settings)

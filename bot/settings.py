@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
 
     shell_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Hosts (deploy.internal, *.internal) and CIDRs playbook HTTP may reach; unset: any but link-local
+    # and cloud metadata, which are never reachable (bot/actions/egress.py).
+    http_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_format: str = "auto"  # auto (JSON off a TTY) | json | console
     log_level: str = "INFO"
 
@@ -87,7 +90,7 @@ class Settings(BaseSettings):
     def tokens_path(self) -> Path:
         return self.api_tokens_file or self.data_dir / "api-tokens.json"
 
-    @field_validator("shell_allow", mode="before")
+    @field_validator("shell_allow", "http_allow", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

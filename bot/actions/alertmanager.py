@@ -15,7 +15,17 @@ import httpx
 import structlog
 from pydantic import Field, field_validator
 
-from bot.actions.base import ActionContext, ActionFailed, ActionParams, ActionRefused, action, http_url, positive
+from bot.actions.base import (
+    ActionContext,
+    ActionFailed,
+    ActionParams,
+    ActionRefused,
+    EgressRefused,
+    action,
+    http_url,
+    positive,
+)
+from bot.actions.egress import guarded, shown_url
 from bot.actions.http import retryable_status
 from bot.playbook.durations import Duration
 
@@ -149,7 +159,7 @@ def _shown(url: str) -> str:
 
 class AlertmanagerActions:
     def __init__(self, client: httpx.AsyncClient, default_url: str | None = None) -> None:
-        self._client = client
+        self._client = guarded(client, "alertmanager.*")
         self._default_url = default_url
 
     def _base(self, name: str, url: str | None) -> str:
@@ -162,6 +172,8 @@ class AlertmanagerActions:
         what = f"{method} {_shown(url)}"
         try:
             response = await self._client.request(method, url, timeout=REQUEST_TIMEOUT, **kwargs)
+        except EgressRefused as exc:
+            raise exc.at(f"{name}: {method} {shown_url(url)}") from None
         except httpx.HTTPError as exc:  # refused, reset, DNS, timeouts: Alertmanager may be back soon
             raise ActionFailed(f"{name}: {what} failed: {type(exc).__name__}: {exc}") from None
         log.info("alertmanager request", method=method, host=response.url.host, status=response.status_code)

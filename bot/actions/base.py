@@ -82,6 +82,7 @@ INVALID_PARAMS = "InvalidParams"
 ACTION_REFUSED = "ActionRefused"
 ACTION_FAILED = "ActionFailed"
 SECRET_MISSING = "SecretMissing"
+EGRESS_REFUSED = "EgressRefused"
 
 
 class InvalidParams(ApplicationError):
@@ -101,6 +102,19 @@ class ActionFailed(ApplicationError):
 
     def __init__(self, message: str, *, retryable: bool = True, output: dict[str, Any] | None = None) -> None:
         super().__init__(message, output or {}, type=ACTION_FAILED, non_retryable=not retryable)
+
+
+class EgressRefused(ApplicationError):
+    """A URL-taking action was about to connect where playbooks may never go (bot.actions.egress)."""
+
+    def __init__(self, reason: str, where: str = "") -> None:
+        self.reason = reason
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}egress refused: {reason}", type=EGRESS_REFUSED, non_retryable=True)
+
+    def at(self, where: str) -> EgressRefused:
+        """The same refusal, saying which action and request it stopped."""
+        return EgressRefused(self.reason, where)
 
 
 class SecretMissing(ApplicationError):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import httpx
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.actions.alertmanager import AlertmanagerActions
 from bot.actions.base import ACTIONS, ActionSpec
 from bot.actions.core import CoreActions
+from bot.actions.egress import EgressClient
 from bot.actions.http import HttpActions
 from bot.actions.prometheus import PrometheusActions
 from bot.actions.shell import ShellActions
@@ -20,8 +20,9 @@ __all__ = ["ACTIONS", "ActionSpec", "make_providers"]
 SLACK_TIMEOUT = 30  # seconds per Web API request: slack_sdk's own default, said here
 
 
-def make_providers(settings: Settings, http: httpx.AsyncClient) -> list[object]:
-    """The provider objects whose `@action` methods the worker registers as activities."""
+def make_providers(settings: Settings, http: EgressClient) -> list[object]:
+    """The provider objects whose `@action` methods the worker registers as activities; every
+    URL-taking action shares `http`, whose connections obey the egress rules."""
     return [
         CoreActions(),
         HttpActions(http),

@@ -13,7 +13,17 @@ import httpx
 import structlog
 from pydantic import Field, field_validator, model_validator
 
-from bot.actions.base import ActionContext, ActionFailed, ActionParams, action, http_url, positive, whole_number_as_text
+from bot.actions.base import (
+    ActionContext,
+    ActionFailed,
+    ActionParams,
+    EgressRefused,
+    action,
+    http_url,
+    positive,
+    whole_number_as_text,
+)
+from bot.actions.egress import guarded, shown_url
 from bot.playbook.durations import Duration, format_duration
 
 log = structlog.get_logger("bot.actions.http")
@@ -104,7 +114,7 @@ def retryable_status(status: int) -> bool:
 
 class HttpActions:
     def __init__(self, client: httpx.AsyncClient) -> None:
-        self._client = client
+        self._client = guarded(client, "http.request")
 
     @action("http.request", HttpRequestParams)
     async def request(self, params: HttpRequestParams, ctx: ActionContext) -> dict[str, Any]:
@@ -128,6 +138,8 @@ class HttpActions:
                     **body,
                 ) as response:
                     raw, truncated = await _read_limited(response, BODY_LIMIT)
+        except EgressRefused as exc:  # the URL or a redirect hop goes where playbooks may not
+            raise exc.at(f"http.request: {params.method} {shown_url(params.url)}") from None
         except TimeoutError:
             raise ActionFailed(f"http.request: {what} timed out after {format_duration(params.timeout)}") from None
         except httpx.TimeoutException as exc:

@@ -18,7 +18,17 @@ import httpx
 import structlog
 from pydantic import Field, field_validator
 
-from bot.actions.base import ActionContext, ActionFailed, ActionParams, ActionRefused, action, http_url, positive
+from bot.actions.base import (
+    ActionContext,
+    ActionFailed,
+    ActionParams,
+    ActionRefused,
+    EgressRefused,
+    action,
+    http_url,
+    positive,
+)
+from bot.actions.egress import guarded, shown_url
 from bot.playbook.durations import Duration
 
 log = structlog.get_logger("bot.actions.prometheus")
@@ -128,7 +138,7 @@ def _excerpt(text: str) -> str:
 
 class PrometheusActions:
     def __init__(self, client: httpx.AsyncClient, default_url: str | None = None) -> None:
-        self._client = client
+        self._client = guarded(client, "prometheus.query")
         self._default_url = default_url
 
     @action("prometheus.query", QueryParams)
@@ -166,6 +176,8 @@ class PrometheusActions:
     async def _query(self, endpoint: str, query: str) -> tuple[str, list[dict[str, Any]]]:
         try:
             response = await self._client.get(endpoint, params={"query": query}, timeout=REQUEST_TIMEOUT)
+        except EgressRefused as exc:  # never polled again: the answer would not change
+            raise exc.at(f"prometheus.query: GET {shown_url(endpoint)}") from None
         except httpx.HTTPError as exc:
             raise _Unavailable(f"{type(exc).__name__}: {exc}") from None
         status = response.status_code

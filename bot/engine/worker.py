@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, AsyncIterator, Callable, Sequence
 
-import httpx
 import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -15,6 +14,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from bot.actions.activities import build_activities
 from bot.actions.catalog import make_providers, slack_client
+from bot.actions.egress import EgressClient, Resolver, egress_rules
 from bot.actions.secrets import SecretStore
 from bot.audit.recorder import AuditActivities, AuditWriter
 from bot.audit.store import SqliteAuditStore, default_path
@@ -96,9 +96,12 @@ async def worker_deps(
     *,
     catalog: Catalog | None = None,
     keyring: Keyring | None = None,
+    resolver: Resolver | None = None,
 ) -> AsyncIterator[WorkerDeps]:
     """The shipped action, policy and audit activities with their clients (plus extra action providers),
     and `run.admit`, the worker's own check of every run against its catalog, keys and policy.
+
+    Playbook HTTP goes through one EgressClient (PLAYBOOK_BOT_HTTP_ALLOW; `resolver` replaces DNS in tests).
 
     Loads the policies first: a policy that does not compile stops the worker from starting
     (PolicyLoadError names the file and line) instead of denying every step later.
@@ -113,7 +116,7 @@ async def worker_deps(
                 "canceller counts as unverified (the shipped policy refuses unverified approvers in production)"
             )
         known = catalog if catalog is not None else worker_catalog(settings)
-        http = await stack.enter_async_context(httpx.AsyncClient())
+        http = await stack.enter_async_context(EgressClient(egress_rules(settings), resolver=resolver))
         providers = [*make_providers(settings, http), *extra_providers]
         actions = build_activities(providers, SecretStore(settings.secrets_file), writer)
         notifier = SlackNotifier(slack_client(settings))

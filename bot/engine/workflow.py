@@ -784,6 +784,7 @@ class PlaybookRun:
         status = self._status
         return {
             "params": self._params,
+            "vars": self._input.playbook.vars,
             "alert": self._input.trigger.alert,
             "run": {
                 "id": status.run_id,

@@ -20,11 +20,12 @@ from bot.alerts.matchers import MatcherError, parse_matchers
 from bot.actions.base import ACTIONS, ActionSpec
 from bot.playbook.model import Compensation, ParallelGroup, Playbook, RetryPolicy, Step
 from bot.playbook.params import coerce_value, unknown_param_message
+from bot.playbook.reach import sink_problems, unknown_var_message, vars_problems
 from bot.playbook.templating import ENV, SECRET_NAME, SECRET_REF, is_template
 
 Loc = tuple[str | int, ...]
 
-STEP_VARS = frozenset({"params", "alert", "run", "steps"})
+STEP_VARS = frozenset({"params", "vars", "alert", "run", "steps"})
 TRIGGER_VARS = frozenset({"alert"})
 _GLOBALS = frozenset(ENV.globals)
 
@@ -105,6 +106,8 @@ class _Checker:
 
     def run(self) -> None:
         self.check_params()
+        for where, message in vars_problems(self.playbook.vars):
+            self.add(where, message)
         self.check_triggers()
         finished: set[str] = set()
         for i, item in enumerate(self.playbook.steps):
@@ -186,6 +189,8 @@ class _Checker:
             self.check_template(step.when, loc + ("when",), "when", replace(scope, in_when=True))
         for where, source in _strings(step.with_, loc + ("with",)):
             self.check_template(source, where, dotted(where[len(loc):]), scope)
+        for where, message in sink_problems(self.playbook.params, step.action, step.with_, loc + ("with",)):
+            self.add(where, f"{dotted(where[len(loc):])}: {message}")
         if step.compensate is not None:
             self.check_compensation(step.compensate, loc + ("compensate",), replace(scope, own_readable=True))
 
@@ -194,6 +199,8 @@ class _Checker:
         self.check_timing(comp.timeout, comp.retry, loc, "compensate.")
         for where, source in _strings(comp.with_, loc + ("with",)):
             self.check_template(source, where, dotted(where[len(loc) - 1 :]), scope)
+        for where, message in sink_problems(self.playbook.params, comp.action, comp.with_, loc + ("with",)):
+            self.add(where, f"{dotted(where[len(loc) - 1 :])}: {message}")
 
     def check_timing(self, timeout: timedelta, retry: RetryPolicy, loc: Loc, prefix: str) -> None:
         if timeout <= timedelta(0):
@@ -281,6 +288,9 @@ class _Checker:
             for name in sorted(_attr_refs(tree, "params")):
                 if name not in self.playbook.params:
                     self.add(loc, f"{label}: template reads {unknown_param_message(name, self.playbook.params)}")
+        if "vars" in scope.variables:
+            for name in sorted(_attr_refs(tree, "vars") - set(self.playbook.vars)):
+                self.add(loc, f"{label}: template reads {unknown_var_message(name, self.playbook.vars)}")
         if "steps" in scope.variables:
             for ref in sorted(_attr_refs(tree, "steps")):
                 why = self.step_ref_problem(ref, scope)

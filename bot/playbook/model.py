@@ -13,6 +13,8 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    JsonValue,
+    StringConstraints,
     Tag,
     field_validator,
     model_validator,
@@ -22,6 +24,7 @@ from bot.playbook.durations import Duration
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 STEP_ID_PATTERN = r"^[a-z_][a-z0-9_-]*$"
+VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class _Strict(BaseModel):
@@ -122,6 +125,10 @@ class Playbook(_Strict):
     summary: str = ""
     owner: str = ""
     params: dict[str, ParamSpec] = Field(default_factory=dict)
+    vars: dict[Annotated[str, StringConstraints(pattern=VAR_NAME_PATTERN)], JsonValue] = Field(
+        default_factory=dict, json_schema_extra={"additionalProperties": False},
+        description="Constants templates read as vars.NAME (base URLs of services): literal JSON, no templates.",
+    )
     triggers: Triggers = Triggers()
     channel: str | None = None
     steps: list[StepItem] = Field(min_length=1)

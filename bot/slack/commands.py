@@ -252,7 +252,7 @@ class PlaybookCommand:
         now = datetime.now(UTC)
         run = {"id": "dry-run", "playbook": pb.name, "requested_by": trigger.requested_by, "trigger": "slack",
                "started_at": rfc3339(now)}
-        context = {"params": params, "alert": None, "run": run, "steps": {}}
+        context = {"params": params, "vars": pb.vars, "alert": None, "run": run, "steps": {}}
         start = await self.deps.policy.start(start_policy_input(loaded, params, trigger, actor))
         lines = [f":mag: *Dry run of {escape(pb.name)}*: nothing is executed."]
         lines.append(

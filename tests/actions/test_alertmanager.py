@@ -16,6 +16,7 @@ import pytest
 
 from bot.actions.alertmanager import AlertmanagerActions, idempotency_tag
 from bot.actions.base import ACTION_FAILED, ACTION_REFUSED, INVALID_PARAMS
+from bot.actions.egress import EgressClient
 
 CONFIG = """\
 route:
@@ -89,7 +90,7 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as http:
+    async with EgressClient() as http:
         yield http
 
 

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-import httpx
-
 from bot.actions.activities import build_activities
 from bot.actions.base import ACTIONS
 from bot.actions.catalog import make_providers, slack_client
+from bot.actions.egress import EgressClient
 from bot.actions.secrets import SecretStore
 from bot.settings import Settings
 
@@ -33,7 +32,7 @@ def test_catalog_registers_every_shipped_action_with_a_schema() -> None:
 
 async def test_make_providers_builds_one_activity_per_action() -> None:
     settings = Settings(shell_allow="sh, kubectl")
-    async with httpx.AsyncClient() as client:
+    async with EgressClient() as client:
         providers = make_providers(settings, client)
         activities = build_activities(providers, SecretStore(environ={}))
     assert {fn.__name__ for fn in activities} == {name.replace(".", "_") for name in SHIPPED}

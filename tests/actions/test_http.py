@@ -4,18 +4,18 @@ import json
 import socket
 from typing import AsyncIterator
 
-import httpx
 import pytest
 from structlog.testing import capture_logs
 
 from bot.actions.base import ACTION_FAILED, INVALID_PARAMS, SECRET_MISSING
+from bot.actions.egress import EgressClient
 from bot.actions.http import BODY_LIMIT, HttpActions
 from bot.actions.secrets import MASK, SecretStore
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[list[object]]:
-    async with httpx.AsyncClient() as client:
+    async with EgressClient() as client:
         yield [HttpActions(client)]
 
 

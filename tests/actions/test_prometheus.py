@@ -16,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bot.actions.base import ACTION_FAILED, ACTION_REFUSED, INVALID_PARAMS
+from bot.actions.egress import EgressClient
 from bot.actions.prometheus import PrometheusActions, parse_expect
 from tests.http_server import serving
 
@@ -103,7 +104,7 @@ def prom(_prom_server: FakePrometheus) -> FakePrometheus:
 
 @pytest.fixture
 async def providers(prom: FakePrometheus) -> AsyncIterator[list[object]]:
-    async with httpx.AsyncClient() as client:
+    async with EgressClient() as client:
         yield [PrometheusActions(client, default_url=prom.base_url)]
 
 
@@ -184,7 +185,7 @@ async def test_unreachable_prometheus_polls_until_the_step_times_out(run_action)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with httpx.AsyncClient() as client:
+    async with EgressClient() as client:
         params = {"query": "up", "expect": "not empty", "interval": "10ms", "url": f"http://127.0.0.1:{port}"}
         with capture_logs() as logs, pytest.raises(TimeoutError):
             await asyncio.wait_for(run_action("prometheus.query", params, [PrometheusActions(client)]), 0.5)
@@ -205,7 +206,7 @@ async def test_string_result_cannot_be_compared(prom, providers, run_failing) ->
 
 
 async def test_no_url_anywhere_is_refused(run_failing) -> None:
-    async with httpx.AsyncClient() as client:
+    async with EgressClient() as client:
         err = await run_failing("prometheus.query", {"query": "up", "expect": "> 0"}, [PrometheusActions(client)])
     assert (err.type, err.non_retryable) == (ACTION_REFUSED, True)
     assert "PLAYBOOK_BOT_PROMETHEUS_URL" in err.message

@@ -40,3 +40,10 @@ def test_no_actions_means_no_enum() -> None:
 
 def test_test_doubles_stay_out_of_the_schema() -> None:
     assert all(not name.startswith("test.") for name in shipped_action_names())
+
+
+def test_vars_are_named_constants_in_the_schema() -> None:
+    prop = playbook_json_schema(action_names=[])["properties"]["vars"]
+    assert prop["type"] == "object" and prop["additionalProperties"] is False
+    assert list(prop["patternProperties"]) == ["^[A-Za-z_][A-Za-z0-9_]*$"]
+    assert "vars.NAME" in prop["description"]

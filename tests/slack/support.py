@@ -93,6 +93,7 @@ steps:
 name: gated
 summary: A high-impact step behind an approval
 owner: sre
+vars: {what: risky}
 steps:
   - id: prep
     action: core.log
@@ -100,7 +101,7 @@ steps:
   - id: risky
     action: core.log
     impact: high
-    with: {message: "the risky thing"}
+    with: {message: "the {{ vars.what }} thing"}
 """,
 }
 

@@ -1,0 +1,142 @@
+"""Where requester-chosen params land in a URL or a command line, and what their declarations must
+then promise; and that playbook constants (`vars`) stay constants.
+
+A string param in a URL or a `shell.run` argv item needs a pattern or an enum. One that can start
+an argv item must refuse a leading '-' (else the requester passes an option: `--kubeconfig=...`);
+one that can start a URL chooses the host, so only an enum will do (base URLs belong in `vars`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator, Mapping
+
+from jinja2 import TemplateSyntaxError, nodes
+
+from bot.playbook.model import ParamSpec
+from bot.playbook.templating import ENV, SECRET_REF, is_template
+
+Loc = tuple[str | int, ...]
+
+DASH_PROBES = ("--x=y", "--x", "-x", "-X", "-1", "-")  # the most option-like first: it reads best in a message
+SAFE_PATTERN = "^[a-z0-9][a-z0-9-]*$"
+
+
+def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[str, Any], loc: Loc) -> list[tuple[Loc, str]]:
+    """(where, message) for every string param that reaches a URL or argv item unguarded; `loc` is `with`'s."""
+    found: list[tuple[Loc, str]] = []
+    url = with_.get("url")
+    if isinstance(url, str):
+        found += _check(params, url, "URL", loc + ("url",))
+    argv = with_.get("argv") if action == "shell.run" else None
+    if isinstance(argv, list):
+        for i, item in enumerate(argv):
+            if isinstance(item, str):
+                found += _check(params, item, "argv item", loc + ("argv", i))
+    return found
+
+
+def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) -> list[tuple[Loc, str]]:
+    if not is_template(source):
+        return []
+    try:
+        tree = ENV.parse(source)
+    except TemplateSyntaxError:
+        return []  # reported by the template checks
+    strings = {name for name, spec in params.items() if spec.type == "string"}
+    read = _params_read(tree, strings)
+    first = _leading(tree)
+    starting = _params_read(first, strings) if first is not None else set()
+    out = []
+    for name in sorted(read):
+        spec = params[name]
+        if name in starting and kind == "URL":
+            if spec.enum is None:
+                out.append((where, f"param {name!r} can start this URL, so whoever starts the run could choose "
+                            f"the host; give it an enum of the allowed values, or put the base URL in vars and "
+                            f"read it as {{{{ vars.NAME }}}}"))
+        elif name in starting:
+            probe = _dash_probe(spec)
+            if probe is not None:
+                why = "has no pattern or enum" if spec.pattern is None else f"its pattern {spec.pattern} admits {probe!r}"
+                out.append((where, f"param {name!r} can start this argv item and {why}: the command would read "
+                            f"such a value as an option; give it an enum, or a pattern that refuses a leading '-' "
+                            f"(e.g. {SAFE_PATTERN})"))
+        elif spec.enum is None and spec.pattern is None:
+            out.append((where, f"string param {name!r} goes into this {kind} unchecked; give it a pattern "
+                        f"(e.g. {SAFE_PATTERN}) or an enum"))
+    return out
+
+
+def _dash_probe(spec: ParamSpec) -> str | None:
+    """A value starting with '-' the param would accept (as params.coerce_value matches), or None."""
+    if spec.enum is not None:
+        return None  # the author listed every value
+    if spec.pattern is None:
+        return DASH_PROBES[0]
+    return next((probe for probe in DASH_PROBES if re.search(spec.pattern, probe)), None)
+
+
+def _leading(tree: nodes.Template) -> nodes.Node | None:
+    """What renders first: None when literal text does; a block ({% if %}) may put anything first."""
+    for node in tree.body:
+        if not isinstance(node, nodes.Output):
+            return tree
+        for child in node.nodes:
+            if isinstance(child, nodes.TemplateData):
+                if child.data.strip():
+                    return None
+                continue  # leading blanks: the next expression still starts the value
+            return child
+    return None
+
+
+def _params_read(node: nodes.Node, names: set[str]) -> set[str]:
+    """The params `node` reads (`params.x`, `params['x']`); all of them if it reads `params` otherwise."""
+    named: set[str] = set()
+    bases: set[int] = set()
+    accesses = [node] if isinstance(node, (nodes.Getattr, nodes.Getitem)) else []
+    for access in [*accesses, *node.find_all((nodes.Getattr, nodes.Getitem))]:
+        if isinstance(access.node, nodes.Name) and access.node.name == "params":
+            if isinstance(access, nodes.Getattr):
+                named.add(access.attr)
+            elif isinstance(access.arg, nodes.Const) and isinstance(access.arg.value, str):
+                named.add(access.arg.value)
+            else:
+                continue
+            bases.add(id(access.node))
+    whole = any(n.name == "params" and id(n) not in bases for n in _names(node))
+    return set(names) if whole else named & names
+
+
+def _names(node: nodes.Node) -> Iterator[nodes.Name]:
+    if isinstance(node, nodes.Name):
+        yield node
+    yield from node.find_all(nodes.Name)
+
+
+def vars_problems(values: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+    """Constants are literal: a template or secret reference in one would make data of it."""
+    found = []
+    for name, value in values.items():
+        for where, text in _strings(value, ("vars", name)):
+            if is_template(text) or SECRET_REF.search(text):
+                found.append((where, f"vars.{name}: constants are literal values; a template or secret reference "
+                              f"cannot go here (put it in the step's `with`)"))
+    return found
+
+
+def _strings(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    if isinstance(value, str):
+        yield loc, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, loc + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, loc + (index,))
+
+
+def unknown_var_message(name: str, declared: Mapping[str, Any]) -> str:
+    listed = ", ".join(declared) if declared else "none are declared"
+    return f"vars.{name}, which is not declared (vars: {listed})"

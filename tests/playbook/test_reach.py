@@ -1,0 +1,185 @@
+"""Load-time checks on where params land: URLs and argv items need checked params; a param that can
+start an argv item must refuse a leading '-', one that can start a URL needs an enum; `vars` are
+constants templates read as vars.NAME."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bot.actions.base import ActionSpec
+from bot.playbook.checks import registered_actions
+from bot.playbook.loader import PlaybookLoadErrors, load_directory, load_text
+from bot.playbook.reach import DASH_PROBES, SAFE_PATTERN
+
+from .conftest import DUMMY_ACTIONS
+
+ROOT = Path(__file__).resolve().parents[2]
+ACTIONS: dict[str, ActionSpec] = {**DUMMY_ACTIONS, **registered_actions()}  # the real http.request and shell.run
+
+
+def load(text: str):
+    return load_text(textwrap.dedent(text).lstrip("\n"), path="pb.yaml", actions=ACTIONS)
+
+
+def errors(text: str) -> list[str]:
+    with pytest.raises(PlaybookLoadErrors) as caught:
+        load(text)
+    return [str(error) for error in caught.value.errors]
+
+
+def one_error(text: str) -> str:
+    [error] = errors(text)
+    return error
+
+
+def playbook(params: str, with_: str, action: str = "http.request", compensate: str = "") -> str:
+    return f"""
+    name: p
+    params: {{{params}}}
+    steps:
+      - id: call
+        action: {action}
+        with: {with_}
+    {compensate}"""
+
+
+# -- URLs --------------------------------------------------------------------------------------
+
+
+def test_a_param_in_a_url_needs_a_pattern_or_enum() -> None:
+    error = one_error(playbook("svc: {type: string}", '{url: "https://deploy.internal/v1/{{ params.svc }}/restart"}'))
+    assert error.startswith("pb.yaml:6: step 'call': with.url: string param 'svc' goes into this URL unchecked")
+    assert f"give it a pattern (e.g. {SAFE_PATTERN}) or an enum" in error
+
+    for spec in (f'svc: {{type: string, pattern: "{SAFE_PATTERN}"}}', "svc: {type: string, enum: [api, web]}",
+                 "svc: {type: integer}"):
+        load(playbook(spec, '{url: "https://deploy.internal/v1/{{ params.svc }}/restart"}'))
+
+
+def test_a_param_that_can_start_a_url_needs_an_enum() -> None:
+    with_ = '{url: "{{ params.base }}/v1/restart"}'
+    error = one_error(playbook('base: {type: string, pattern: "^https://[a-z.]+$"}', with_))
+    assert "with.url: param 'base' can start this URL, so whoever starts the run could choose the host" in error
+    assert "give it an enum of the allowed values, or put the base URL in vars" in error
+    load(playbook('base: {type: string, enum: ["https://deploy.internal", "https://deploy.staging.internal"]}', with_))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "{{ params.base ~ '/x' }}",
+        "  {{ params.base }}/x",  # leading blanks: the param still comes first
+        "{% if true %}{{ params.base }}{% endif %}/x",  # a block first: anything may
+        "{{ params['base'] }}/x",
+        "{{ (params | dictsort | first)[1] }}/x",  # reads params as a whole
+    ],
+)
+def test_every_way_of_starting_a_url_is_seen(url: str) -> None:
+    error = one_error(playbook('base: {type: string, pattern: "^https://"}', f'{{url: "{url}"}}'))
+    assert "param 'base' can start this URL" in error
+
+
+def test_urls_of_every_url_taking_action_and_of_compensations_are_checked() -> None:
+    params = "am: {type: string, pattern: '^h'}, q: {type: string}"
+    found = errors(playbook(params, '{matchers: [a="b"], duration: 5m, url: "{{ params.am }}"}', "alertmanager.silence",
+                            compensate='    compensate: {action: http.request, with: {url: "https://x/{{ params.q }}"}}'))
+    assert any("step 'call': with.url: param 'am' can start this URL" in e for e in found), found
+    assert any("step 'call': compensate.with.url: string param 'q' goes into this URL unchecked" in e for e in found)
+
+
+# -- argv ---------------------------------------------------------------------------------------
+
+
+def test_a_param_that_can_start_an_argv_item_must_refuse_a_leading_dash() -> None:
+    argv = '{argv: [kubectl, -n, "{{ params.ns }}", get, pods]}'
+    error = one_error(playbook('ns: {type: string, pattern: "^[a-z0-9-]+$"}', argv, "shell.run"))
+    assert error.startswith("pb.yaml:6: step 'call': with.argv[2]: param 'ns' can start this argv item")
+    assert "its pattern ^[a-z0-9-]+$ admits '--x': the command would read such a value as an option" in error
+    assert f"give it an enum, or a pattern that refuses a leading '-' (e.g. {SAFE_PATTERN})" in error
+
+    no_pattern = one_error(playbook("ns: {type: string}", argv, "shell.run"))
+    assert "param 'ns' can start this argv item and has no pattern or enum" in no_pattern
+    unanchored = one_error(playbook('ns: {type: string, pattern: "[a-z]+"}', argv, "shell.run"))
+    assert "admits '--x=y'" in unanchored  # re.search, as params are matched: unanchored admits anything
+    only_dash = one_error(playbook('ns: {type: string, pattern: "^(-|[a-z]+)$"}', argv, "shell.run"))
+    assert "admits '-'" in only_dash
+
+    for spec in (f'ns: {{type: string, pattern: "{SAFE_PATTERN}"}}', "ns: {type: string, enum: [default, kube-system]}",
+                 'ns: {type: string, pattern: "^[a-z]+$"}'):
+        load(playbook(spec, argv, "shell.run"))
+
+
+def test_probes_are_options() -> None:
+    assert {"-", "-x", "--x", "--x=y"} <= set(DASH_PROBES) and all(p.startswith("-") for p in DASH_PROBES)
+
+
+def test_a_param_inside_an_argv_item_needs_a_pattern_but_may_admit_dashes() -> None:
+    argv = '{argv: [kubectl, scale, "deployment/{{ params.d }}", "--replicas={{ params.n }}"]}'
+    load(playbook('d: {type: string, pattern: "^[a-z0-9-]+$"}, n: {type: integer}', argv, "shell.run"))
+    error = one_error(playbook("d: {type: string}, n: {type: integer}", argv, "shell.run"))
+    assert "with.argv[2]: string param 'd' goes into this argv item unchecked" in error
+
+
+def test_argv_of_other_actions_and_other_keys_are_not_sinks() -> None:
+    load(playbook("m: {type: string}", '{message: "{{ params.m }}"}', "core.log"))
+    load(playbook("m: {type: string}", '{url: "https://x/", json: {who: "{{ params.m }}"}}'))
+
+
+# -- vars -----------------------------------------------------------------------------------------
+
+
+def test_vars_are_read_in_templates_and_may_start_a_url() -> None:
+    loaded = load("""
+        name: p
+        vars: {deploy_api: "https://deploy.internal", pools: [a, b], limits: {max: 3}}
+        params: {svc: {type: string, pattern: "^[a-z0-9][a-z0-9-]*$"}}
+        steps:
+          - id: call
+            action: http.request
+            when: "{{ vars.limits.max > 1 }}"
+            with: {url: "{{ vars.deploy_api }}/v1/{{ params.svc }}/restart", json: {pools: "{{ vars.pools }}"}}
+        """)
+    assert loaded.playbook.vars == {"deploy_api": "https://deploy.internal", "pools": ["a", "b"], "limits": {"max": 3}}
+
+
+def test_vars_mistakes_are_located() -> None:
+    found = errors("""
+        name: p
+        vars:
+          base: "https://x"
+          token: "{{ secret('DEPLOY_TOKEN') }}"
+          nested: {ref: "${secret:DEPLOY_TOKEN}"}
+        steps:
+          - id: call
+            action: core.log
+            with: {message: "{{ vars.bsae }}"}
+        """)
+    assert found[0].startswith("pb.yaml:4: vars.token: constants are literal values; a template or secret reference")
+    assert found[1].startswith("pb.yaml:5: vars.nested: constants are literal values")
+    assert found[2] == ("pb.yaml:9: step 'call': with.message: template reads vars.bsae, which is not declared "
+                        "(vars: base, token, nested)")
+    [bad_name] = errors("""
+        name: p
+        vars: {"not-an-identifier": 1}
+        steps: [{id: s, action: core.log, with: {message: hi}}]
+        """)
+    assert bad_name.startswith("pb.yaml:2:") and "not-an-identifier" in bad_name
+    [not_json] = errors("""
+        name: p
+        vars: {when: 2024-01-01}
+        steps: [{id: s, action: core.log, with: {message: hi}}]
+        """)
+    assert not_json.startswith("pb.yaml:2:") and "vars.when" in not_json and "JSON" in not_json
+
+
+# -- the shipped playbooks ---------------------------------------------------------------------
+
+
+def test_shipped_playbooks_pass_and_keep_base_urls_in_vars() -> None:
+    catalog = load_directory(ROOT / "playbooks")
+    restart = catalog.get("restart-service").playbook
+    assert restart.vars == {"deploy_api": "https://deploy.internal", "lb_api": "https://lb.internal"}
+    assert not {"deploy_api", "lb_api"} & set(restart.params)
