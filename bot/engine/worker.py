@@ -19,6 +19,7 @@ from bot.actions.secrets import SecretStore
 from bot.audit.recorder import AuditActivities, AuditWriter
 from bot.audit.store import SqliteAuditStore, default_path
 from bot.engine.workflow import PlaybookRun
+from bot.logging import mask_secrets_with
 from bot.policy.activities import PolicyActivities
 from bot.policy.engine import PolicyEngine, make_engine
 from bot.slack.notifier import SlackNotifier
@@ -86,7 +87,9 @@ async def worker_deps(settings: Settings, extra_providers: Sequence[object] = ()
         writer = AuditWriter(store)
         http = await stack.enter_async_context(httpx.AsyncClient())
         providers = [*make_providers(settings, http), *extra_providers]
-        actions = build_activities(providers, SecretStore(settings.secrets_file), writer)
+        secrets = SecretStore(settings.secrets_file)
+        stack.callback(mask_secrets_with(secrets.mask))  # the worker's log lines never show a secret value
+        actions = build_activities(providers, secrets, writer)
         notifier = SlackNotifier(slack_client(settings))
         activities = actions + PolicyActivities(policy, writer).all() + [AuditActivities(writer).record, notifier.sync]
         yield WorkerDeps(activities, policy, store)

@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.policy.models import Decision, Verdict
     from bot.slack.notifier import SlackState, SlackSync
     from bot.playbook.model import Compensation, ParallelGroup, RetryPolicy, Step
-    from bot.playbook.templating import TemplateError, render, truthy
+    from bot.playbook.templating import TemplateError, display, inert, render, truthy
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 DEFAULT_APPROVAL_TIMEOUT = "15m"
@@ -232,9 +232,10 @@ class PlaybookRun:
         if step.when is not None and not self._when(step.when, step.id, [step.id]):
             return st.state != "failed"
         try:
-            st.args = render(step.with_, self._context())
+            args = render(step.with_, self._context(), secrets=self._input.playbook.secrets)
         except TemplateError as exc:
             return self._fail(st, f"cannot render arguments: {exc}")
+        st.args = display(args)  # what status, policy and approvers see; only the action gets markers
         if step.impact == "high":
             try:
                 if not await self._gate(step, st):
@@ -254,7 +255,7 @@ class PlaybookRun:
             else:
                 after = [self._finish_event()] if self._is_last(step) else []
                 result = await self._execute(
-                    step.id, step.action, st.args, step.retry, step.timeout, compensation=False, after=after
+                    step.id, step.action, args, step.retry, step.timeout, compensation=False, after=after
                 )
         except ValueError as exc:
             return self._fail(st, str(exc))
@@ -335,6 +336,7 @@ class PlaybookRun:
                     compensation=compensation,
                     audit=queued,
                     audit_after=after or [],
+                    secrets=list(self._input.playbook.secrets),
                 ),
             result_type=ActionResult,
             start_to_close_timeout=timeout,
@@ -527,7 +529,7 @@ class PlaybookRun:
         st = self._status.step(step.id)
         record.started_at = workflow.now()
         try:
-            args = render(comp.with_, self._context())
+            args = render(comp.with_, self._context(), secrets=self._input.playbook.secrets)
         except TemplateError as exc:
             record.finished_at = workflow.now()
             if st.state != "succeeded":
@@ -560,8 +562,9 @@ class PlaybookRun:
     # ---- helpers -------------------------------------------------------------------------
 
     def _context(self) -> dict[str, Any]:
+        """What templates read; all of it data, made inert so none of it can spell a secret."""
         status = self._status
-        return {
+        return inert({
             "params": self._input.params,
             "alert": self._input.trigger.alert,
             "run": {
@@ -579,7 +582,7 @@ class PlaybookRun:
                 for st in status.steps
                 if st.state not in ("pending", "skipped")
             },
-        }
+        })
 
     def _record(
         self,

