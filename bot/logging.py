@@ -33,6 +33,14 @@ def mask_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     masker = _masker
     if masker is None:
         return event
+    try:
+        return _masked(event, masker)
+    except Exception:  # noqa: BLE001  e.g. an unreadable secrets file: withhold the line, never show it unmasked
+        kept = {key: event[key] for key in ("timestamp", "level", "logger") if key in event}
+        return {**kept, "event": "log line withheld: secret masking failed"}
+
+
+def _masked(event: dict[str, Any], masker: Callable[[Any], Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in event.items():
         if value is None or isinstance(value, (bool, int, float)):

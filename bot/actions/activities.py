@@ -96,9 +96,9 @@ def _wrap(
             await audit.write([*input.audit, _started(input, info.attempt)])
             try:
                 resolved = secrets.resolve(input.params, input.secrets)
-            except ApplicationError as exc:  # a missing, undeclared or malformed secret
+                mask = secrets.masker()  # every value the store knows, not only the ones this step uses
+            except ApplicationError as exc:  # a missing, undeclared or malformed secret; an unreadable file
                 raise _with_attempt(exc, info.attempt) from None
-            mask = secrets.masker()  # every value the store knows, not only the ones this step uses
             try:
                 params = spec.params.model_validate(resolved)
             except ValidationError as exc:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Collection, Iterable
 
 import yaml
 
-from bot.actions.base import InvalidParams, SecretMissing, SecretNotDeclared
+from bot.actions.base import ActionFailed, InvalidParams, SecretMissing, SecretNotDeclared
 from bot.playbook.templating import MARK_CLOSE, MARK_OPEN, MARKER
 
 MASK = "***"
@@ -41,12 +41,16 @@ class SecretStore:
         mtime = self._file.stat().st_mtime
         if self._cache and self._cache[0] == mtime:
             return self._cache[1]
-        text = self._file.read_text()
         values: dict[str, str] = {}
-        if self._file.suffix in (".json", ".yaml", ".yml"):
-            loaded = json.loads(text) if self._file.suffix == ".json" else yaml.safe_load(text)
-            values = {str(k): str(v) for k, v in (loaded or {}).items()}
-        else:
+        try:
+            text = self._file.read_text()
+            if self._file.suffix in (".json", ".yaml", ".yml"):
+                loaded = json.loads(text) if self._file.suffix == ".json" else yaml.safe_load(text)
+                values = {str(k): str(v) for k, v in (loaded or {}).items()}
+        except (OSError, ValueError, AttributeError, yaml.YAMLError) as exc:
+            # The parser's message may quote the file, i.e. a secret: name only the kind of problem.
+            raise ActionFailed(f"PLAYBOOK_BOT_SECRETS_FILE ({self._file}) cannot be read: {type(exc).__name__}") from None
+        if self._file.suffix not in (".json", ".yaml", ".yml"):
             for line in text.splitlines():
                 line = line.strip()
                 if line and not line.startswith("#") and "=" in line:

@@ -16,7 +16,7 @@ import structlog
 from bot.actions.base import INVALID_PARAMS, SECRET_MISSING, SECRET_NOT_DECLARED
 from bot.actions.core import CoreActions
 from bot.actions.secrets import MASK, SecretStore, mask
-from bot.logging import configure, mask_secrets_with
+from bot.logging import configure, mask_secrets, mask_secrets_with
 from bot.playbook.templating import MARK_CLOSE, MARK_OPEN
 from tests.secret_refs import ref
 
@@ -72,6 +72,26 @@ def test_a_missing_file_is_named_in_the_error(tmp_path: Path) -> None:
     with pytest.raises(Exception) as info:
         SecretStore(tmp_path / "nope.env", {}).lookup("X")
     assert "nope.env, which does not exist" in str(info.value)
+
+
+async def test_an_unreadable_secrets_file_fails_closed_without_quoting_it(tmp_path: Path, run_failing) -> None:
+    file = tmp_path / "secrets.yaml"
+    file.write_text("A: [unclosed s3cr3t-in-the-file\n")
+    error = await run_failing("core.log", {"message": "no secret used"}, CORE, secrets=SecretStore(file, {}))
+    assert "cannot be read" in error.message and str(file) in error.message
+    assert "s3cr3t" not in str(error) and not error.non_retryable, "fixing the file lets a retry run"
+    assert error.details[0]["attempt"] == 1
+
+
+def test_the_log_processor_withholds_a_line_it_cannot_mask(tmp_path: Path) -> None:
+    file = tmp_path / "secrets.json"
+    file.write_text("{not json s3cr3t")
+    restore = mask_secrets_with(SecretStore(file, {}).mask)
+    try:
+        line = mask_secrets(None, "info", {"event": "hello s3cr3t", "level": "info"})
+    finally:
+        restore()
+    assert line == {"level": "info", "event": "log line withheld: secret masking failed"}
 
 
 def test_only_declared_markers_resolve() -> None:
