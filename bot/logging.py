@@ -8,9 +8,51 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import structlog
+
+_masker: Callable[[Any], Any] | None = None
+
+
+def mask_secrets_with(masker: Callable[[Any], Any] | None) -> Callable[[], None]:
+    """Mask log lines with `masker` (the worker's secret store); returns what undoes it."""
+    global _masker
+    previous, _masker = _masker, masker
+
+    def restore() -> None:
+        global _masker
+        _masker = previous
+
+    return restore
+
+
+def mask_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Processor: every secret value the store knows, in its encoded forms, is masked in every line,
+    ours and the libraries' alike (actions mask their own lines too; this is the net under them)."""
+    masker = _masker
+    if masker is None:
+        return event
+    try:
+        return _masked(event, masker)
+    except Exception:  # noqa: BLE001  e.g. an unreadable secrets file: withhold the line, never show it unmasked
+        kept = {key: event[key] for key in ("timestamp", "level", "logger") if key in event}
+        return {**kept, "event": "log line withheld: secret masking failed"}
+
+
+def _masked(event: dict[str, Any], masker: Callable[[Any], Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in event.items():
+        if value is None or isinstance(value, (bool, int, float)):
+            out[key] = value
+        elif isinstance(value, (str, dict, list, tuple)):
+            out[key] = masker(value)
+        else:  # rendered through repr(): masked in that form, or left as it is
+            text = repr(value)
+            masked = masker(text)
+            out[key] = value if masked == text else masked
+    return out
+
 
 _CONTEXT_KEYS = ("run_id", "step_id", "playbook", "action", "attempt", "requested_by", "trigger", "state", "error")
 
@@ -49,6 +91,7 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: Any = None) -> Non
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                mask_secrets,  # last before rendering: tracebacks and library lines are masked too
                 renderer,
             ],
         )

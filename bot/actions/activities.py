@@ -1,8 +1,9 @@
 """Turn registered action methods into Temporal activities, one activity type per action name.
 
 The wrapper does what every action needs and none should repeat: validate params, resolve
-secrets, heartbeat (so a cancel or a dead worker is noticed in seconds, not at the step timeout),
-bind log context, mask secrets in output and errors, and report the attempt number.
+secret markers (declared ones only), heartbeat (so a cancel or a dead worker is noticed in
+seconds, not at the step timeout), bind log context, mask every known secret value (in its
+encoded forms too) in output and errors, and report the attempt number.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from bot.actions.base import (
     InvalidParams,
     spec_of,
 )
-from bot.actions.secrets import SecretStore, mask
+from bot.actions.secrets import SecretStore
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.recorder import AuditWriter, event
 from bot.metrics import STEP_DURATION
+from bot.playbook.templating import display
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +56,8 @@ async def _heartbeat_forever() -> None:
 
 def _started(input: ActionInput, attempt: int) -> AuditEvent:
     kind = EventKind.compensation_started if input.compensation else EventKind.step_started
-    return event(input.run_id, input.step_id, kind, {"action": input.action, "attempt": attempt, "args": input.params})
+    args = display(input.params)  # `${secret:NAME}`, as status and policy show it
+    return event(input.run_id, input.step_id, kind, {"action": input.action, "attempt": attempt, "args": args})
 
 
 def _succeeded(input: ActionInput, attempt: int) -> AuditEvent:
@@ -86,19 +89,21 @@ def _wrap(
 ) -> Callable[..., Any]:
     async def run(input: ActionInput) -> ActionResult:
         info = activity.info()
-        used: dict[str, str] = {}
         with structlog.contextvars.bound_contextvars(
             run_id=input.run_id, step_id=input.step_id, playbook=input.playbook, action=spec.name, attempt=info.attempt
         ):
             # The record comes first: if it cannot be written the action does not run (retried).
             await audit.write([*input.audit, _started(input, info.attempt)])
             try:
-                params = spec.params.model_validate(secrets.resolve(input.params, used))
-            except ValidationError as exc:
-                error: ApplicationError = InvalidParams(mask(describe_validation_error(spec.name, exc), used))
-                raise _with_attempt(error, info.attempt) from None
-            except ApplicationError as exc:  # a missing secret
+                resolved = secrets.resolve(input.params, input.secrets)
+                mask = secrets.masker()  # every value the store knows, not only the ones this step uses
+            except ApplicationError as exc:  # a missing, undeclared or malformed secret; an unreadable file
                 raise _with_attempt(exc, info.attempt) from None
+            try:
+                params = spec.params.model_validate(resolved)
+            except ValidationError as exc:
+                error: ApplicationError = InvalidParams(mask(describe_validation_error(spec.name, exc)))
+                raise _with_attempt(error, info.attempt) from None
             ctx = ActionContext(
                 run_id=input.run_id,
                 step_id=input.step_id,
@@ -106,7 +111,7 @@ def _wrap(
                 idempotency_key=input.idempotency_key,
                 attempt=info.attempt,
                 compensation=input.compensation,
-                mask=lambda value: mask(value, used),
+                mask=mask,
             )
             beat = asyncio.create_task(_heartbeat_forever()) if info.heartbeat_timeout else None
             started, outcome = time.monotonic(), "failed"
@@ -114,10 +119,10 @@ def _wrap(
                 output = await method(params, ctx)
                 outcome = "succeeded"
             except ApplicationError as exc:
-                log.warning("action failed", error=mask(str(exc), used), error_type=exc.type)
+                log.warning("action failed", error=mask(str(exc)), error_type=exc.type)
                 raise ApplicationError(
-                    mask(exc.message, used),
-                    {"attempt": info.attempt, "output": mask(_first_detail(exc), used)},
+                    mask(exc.message),
+                    {"attempt": info.attempt, "output": mask(_first_detail(exc))},
                     type=exc.type,
                     non_retryable=exc.non_retryable,
                 ) from None
@@ -126,7 +131,7 @@ def _wrap(
                 log.info("action cancelled")
                 raise
             except Exception as exc:  # an action bug or an unexpected client error: retry it, say what it was
-                message = mask(f"{spec.name}: {type(exc).__name__}: {exc}", used)
+                message = mask(f"{spec.name}: {type(exc).__name__}: {exc}")
                 log.warning("action failed", error=message)
                 raise ApplicationError(message, {"attempt": info.attempt}, type=ACTION_FAILED) from None
             finally:
@@ -136,7 +141,7 @@ def _wrap(
                     with contextlib.suppress(asyncio.CancelledError):
                         await beat
             audited = await _record_success(audit, input, info.attempt)
-            return ActionResult(output=mask(output or {}, used), attempt=info.attempt, audited=audited)
+            return ActionResult(output=mask(output or {}), attempt=info.attempt, audited=audited)
 
     run.__name__ = run.__qualname__ = spec.name.replace(".", "_")
     return activity.defn(name=spec.name)(run)

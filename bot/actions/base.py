@@ -19,7 +19,8 @@ from bot.audit.events import AuditEvent
 
 
 class ActionInput(BaseModel):
-    """One argument in: the rendered params plus the correlation ids every log line carries."""
+    """One argument in: the rendered params (secrets as markers, resolved only here) plus the
+    correlation ids every log line carries."""
 
     run_id: str
     step_id: str
@@ -31,6 +32,9 @@ class ActionInput(BaseModel):
     audit: list[AuditEvent] = Field(default_factory=list, description="Queued events to write first.")
     audit_after: list[AuditEvent] = Field(
         default_factory=list, description="Written after success, behind this step's own success event."
+    )
+    secrets: list[str] = Field(
+        default_factory=list, description="The secrets the playbook declares; a marker naming any other is refused."
     )
 
 
@@ -83,6 +87,7 @@ ACTION_REFUSED = "ActionRefused"
 ACTION_FAILED = "ActionFailed"
 SECRET_MISSING = "SecretMissing"
 EGRESS_REFUSED = "EgressRefused"
+SECRET_NOT_DECLARED = "SecretNotDeclared"
 
 
 class InvalidParams(ApplicationError):
@@ -118,10 +123,22 @@ class EgressRefused(ApplicationError):
 
 
 class SecretMissing(ApplicationError):
+    def __init__(self, name: str, note: str = "") -> None:
+        super().__init__(
+            f"secret {name!r} is not set: add {name}=... to the file PLAYBOOK_BOT_SECRETS_FILE names, or set "
+            f"PLAYBOOK_BOT_SECRET_{name} in the worker's environment" + (f" ({note})" if note else ""),
+            type=SECRET_MISSING,
+            non_retryable=True,
+        )
+
+
+class SecretNotDeclared(ApplicationError):
+    """A reference to a secret the playbook does not list under `secrets:`: never resolved."""
+
     def __init__(self, name: str) -> None:
         super().__init__(
-            f"secret {name!r} is not set: put it in the environment or in PLAYBOOK_BOT_SECRETS_FILE",
-            type=SECRET_MISSING,
+            f"secret {name!r} is not declared by this playbook (its secrets: list), so it is not resolved",
+            type=SECRET_NOT_DECLARED,
             non_retryable=True,
         )
 
@@ -136,7 +153,7 @@ class ActionContext:
     idempotency_key: str
     attempt: int
     compensation: bool
-    mask: Callable[[Any], Any] = lambda value: value  # blanks resolved secrets: use it before logging
+    mask: Callable[[Any], Any] = lambda value: value  # blanks every known secret value: use it before logging
 
 
 

@@ -161,7 +161,9 @@ class HttpActions:
         if not params.accepts(response.status_code):
             status = response.status_code
             raise ActionFailed(
-                f"http.request: {what} returned {status}, expected {params.expected_text()}: {_excerpt(output['body'])}",
+                # Masked before the cut: a secret the cut splits would no longer be recognised.
+                f"http.request: {what} returned {status}, expected {params.expected_text()}: "
+                f"{_excerpt(ctx.mask(output['body']))}",
                 retryable=retryable_status(status),
                 output=output,
             )

@@ -20,7 +20,7 @@ from bot.alerts.payload import Alert
 from bot.playbook.loader import LoadedPlaybook
 from bot.playbook.model import AlertTrigger, Playbook
 from bot.playbook.params import ParamError, coerce_params
-from bot.playbook.templating import TemplateError, render
+from bot.playbook.templating import TemplateError, inert, render
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +106,7 @@ def route(catalog_playbooks: Iterable[LoadedPlaybook], alert: Alert | Mapping[st
     """Each playbook whose trigger matches the alert's labels, once (its first matching trigger wins)."""
     if not isinstance(alert, Alert):
         alert = Alert.model_validate(alert)
-    context = {"alert": alert.as_context()}
+    context = inert({"alert": alert.as_context()})  # labels and annotations are data: they spell no secret
     out: list[RouteMatch] = []
     for loaded in catalog_playbooks:
         playbook = loaded.playbook

@@ -22,6 +22,7 @@ from bot.engine.admission import Admitter
 from bot.engine.workflow import PlaybookRun
 from bot.identity.keys import worker_keyring
 from bot.identity.proofs import Keyring
+from bot.logging import mask_secrets_with
 from bot.playbook.loader import Catalog, PlaybookLoadErrors, load_directory
 from bot.policy.activities import PolicyActivities
 from bot.policy.engine import PolicyEngine, make_engine
@@ -118,7 +119,9 @@ async def worker_deps(
         known = catalog if catalog is not None else worker_catalog(settings)
         http = await stack.enter_async_context(EgressClient(egress_rules(settings), resolver=resolver))
         providers = [*make_providers(settings, http), *extra_providers]
-        actions = build_activities(providers, SecretStore(settings.secrets_file), writer)
+        secrets = SecretStore(settings.secrets_file)
+        stack.callback(mask_secrets_with(secrets.mask))  # the worker's log lines never show a secret value
+        actions = build_activities(providers, secrets, writer)
         notifier = SlackNotifier(slack_client(settings))
         admitter = Admitter(lambda: known, keys, policy, writer)
         activities = actions + PolicyActivities(policy, writer, keys).all() + [

@@ -43,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.policy.models import ActorVerdict, Decision
     from bot.slack.notifier import SlackState, SlackSync
     from bot.playbook.model import Compensation, ParallelGroup, RetryPolicy, Step
-    from bot.playbook.templating import TemplateError, render, truthy
+    from bot.playbook.templating import TemplateError, display, inert, render, truthy
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 DEFAULT_APPROVAL_TIMEOUT = "15m"
@@ -428,9 +428,10 @@ class PlaybookRun:
         if step.when is not None and not self._when(step.when, step.id, [step.id]):
             return st.state != "failed"
         try:
-            st.args = render(step.with_, self._context())
+            args = render(step.with_, self._context(), secrets=self._input.playbook.secrets)
         except TemplateError as exc:
             return self._fail(st, f"cannot render arguments: {exc}")
+        st.args = display(args)  # what status, policy and approvers see; only the action gets markers
         if step.impact == "high":
             try:
                 if not await self._gate(step, st):
@@ -454,7 +455,7 @@ class PlaybookRun:
             else:
                 after = [self._finish_event()] if self._is_last(step) else []
                 result = await self._execute(
-                    step.id, step.action, st.args, step.retry, step.timeout, compensation=False, after=after
+                    step.id, step.action, args, step.retry, step.timeout, compensation=False, after=after
                 )
         except ValueError as exc:
             return self._fail(st, str(exc))
@@ -535,6 +536,7 @@ class PlaybookRun:
                     compensation=compensation,
                     audit=queued,
                     audit_after=after or [],
+                    secrets=list(self._input.playbook.secrets),
                 ),
             result_type=ActionResult,
             start_to_close_timeout=timeout,
@@ -748,7 +750,7 @@ class PlaybookRun:
         st = self._status.step(step.id)
         record.started_at = workflow.now()
         try:
-            args = render(comp.with_, self._context())
+            args = render(comp.with_, self._context(), secrets=self._input.playbook.secrets)
         except TemplateError as exc:
             record.finished_at = workflow.now()
             if st.state != "succeeded":
@@ -781,8 +783,9 @@ class PlaybookRun:
     # ---- helpers -------------------------------------------------------------------------
 
     def _context(self) -> dict[str, Any]:
+        """What templates read; all of it data, made inert so none of it can spell a secret."""
         status = self._status
-        return {
+        return inert({
             "params": self._params,
             "vars": self._input.playbook.vars,
             "alert": self._input.trigger.alert,
@@ -801,7 +804,7 @@ class PlaybookRun:
                 for st in status.steps
                 if st.state not in ("pending", "skipped")
             },
-        }
+        })
 
     def _record(
         self,

@@ -21,7 +21,7 @@ from bot.actions.base import ACTIONS, ActionSpec
 from bot.playbook.model import Compensation, ParallelGroup, Playbook, RetryPolicy, Step
 from bot.playbook.params import coerce_value, unknown_param_message
 from bot.playbook.reach import sink_problems, unknown_var_message, vars_problems
-from bot.playbook.templating import ENV, SECRET_NAME, SECRET_REF, is_template
+from bot.playbook.templating import ENV, MARKER_CHARS, SECRET_NAME, SECRET_REF, is_template
 
 Loc = tuple[str | int, ...]
 
@@ -91,6 +91,7 @@ class _Scope:
     own_readable: bool = False
     group: ParallelGroup | None = None  # the parallel group the template's step runs in
     in_when: bool = False
+    secrets: bool = False  # secret() may be called (a step's or a compensation's with:)
 
 
 class _Checker:
@@ -187,8 +188,9 @@ class _Checker:
         self.check_timing(step.timeout, step.retry, loc, "")
         if step.when is not None:
             self.check_template(step.when, loc + ("when",), "when", replace(scope, in_when=True))
+        self.check_spelled_refs(step.with_, loc, len(loc))
         for where, source in _strings(step.with_, loc + ("with",)):
-            self.check_template(source, where, dotted(where[len(loc):]), scope)
+            self.check_template(source, where, dotted(where[len(loc):]), replace(scope, secrets=True))
         for where, message in sink_problems(self.playbook.params, step.action, step.with_, loc + ("with",)):
             self.add(where, f"{dotted(where[len(loc):])}: {message}")
         if step.compensate is not None:
@@ -197,8 +199,9 @@ class _Checker:
     def check_compensation(self, comp: Compensation, loc: Loc, scope: _Scope) -> None:
         self.check_action(comp.action, comp.with_, loc, "compensate.")
         self.check_timing(comp.timeout, comp.retry, loc, "compensate.")
+        self.check_spelled_refs(comp.with_, loc, len(loc) - 1)
         for where, source in _strings(comp.with_, loc + ("with",)):
-            self.check_template(source, where, dotted(where[len(loc) - 1 :]), scope)
+            self.check_template(source, where, dotted(where[len(loc) - 1 :]), replace(scope, secrets=True))
         for where, message in sink_problems(self.playbook.params, comp.action, comp.with_, loc + ("with",)):
             self.add(where, f"{dotted(where[len(loc) - 1 :])}: {message}")
 
@@ -296,16 +299,46 @@ class _Checker:
                 why = self.step_ref_problem(ref, scope)
                 if why:
                     self.add(loc, f"{label}: template reads steps.{ref}: {why}")
+        self.check_secrets(tree, loc, label, scope)
+
+    def check_secrets(self, tree: nodes.Template, loc: Loc, label: str, scope: _Scope) -> None:
+        """secret() only in a with:, called directly, with a literal name the playbook declares."""
+        callees: set[int] = set()
         for call in tree.find_all(nodes.Call):
-            if isinstance(call.node, nodes.Name) and call.node.name == "secret":
-                if scope.in_when:
-                    self.add(loc, f"{label}: secret() cannot decide a when: secrets are only resolved inside actions")
-                elif len(call.args) != 1 or call.kwargs or not (
-                    isinstance(call.args[0], nodes.Const)
-                    and isinstance(call.args[0].value, str)
-                    and SECRET_NAME.match(call.args[0].value)
-                ):
-                    self.add(loc, f"{label}: secret() takes one literal name like secret(\"DEPLOY_TOKEN\")")
+            if not (isinstance(call.node, nodes.Name) and call.node.name == "secret"):
+                continue
+            callees.add(id(call.node))
+            literal = (
+                len(call.args) == 1 and not call.kwargs and not call.dyn_args and not call.dyn_kwargs
+                and isinstance(call.args[0], nodes.Const) and isinstance(call.args[0].value, str)
+                and SECRET_NAME.match(call.args[0].value)
+            )
+            if scope.in_when:
+                self.add(loc, f"{label}: secret() cannot decide a when: secrets are only resolved inside actions")
+            elif not scope.secrets:
+                self.add(loc, f"{label}: secret() is only allowed in a step's or a compensation's with:, "
+                         "where the action resolves it")
+            elif not literal:
+                self.add(loc, f"{label}: secret() takes one literal name like secret(\"DEPLOY_TOKEN\")")
+            elif (name := call.args[0].value) not in self.playbook.secrets:
+                declared = list(self.playbook.secrets)
+                self.add(loc, f"{label}: secret {name!r} is not declared: add it to the playbook's secrets: list"
+                         f"{suggestion(name, declared)}")
+        for node in tree.find_all((nodes.Name, nodes.Macro)):
+            if node.name == "secret" and id(node) not in callees:
+                self.add(loc, f"{label}: secret can only be called, as secret(\"NAME\"); it cannot be read, "
+                         "stored, passed on or redefined")
+        for const in tree.find_all(nodes.Const):
+            if isinstance(const.value, str) and any(ch in const.value for ch in MARKER_CHARS):
+                self.add(loc, f"{label}: the characters U+E000 and U+E001 are reserved for secret references")
+
+    def check_spelled_refs(self, with_: dict[str, Any], loc: Loc, start: int) -> None:
+        """`${secret:X}` written out is plain text (only secret() makes a reference): say so at load."""
+        for where, text in _texts(with_, loc + ("with",)):
+            for match in SECRET_REF.finditer(text):
+                name = match.group(1)
+                self.add(where, f"{dotted(where[start:])}: {match.group(0)} is plain text, not a secret reference: "
+                         f"write {{{{ secret(\"{name}\") }}}} and list {name} under secrets:")
 
     def step_ref_problem(self, ref: str, scope: _Scope) -> str | None:
         """Why a template may not read `steps.<ref>` here, or None: only finished steps have output."""
@@ -347,6 +380,18 @@ def _strings(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _strings(item, loc + (index,))
+
+
+def _texts(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    """Every string in a nested value, template or not, with where it sits."""
+    if isinstance(value, str):
+        yield loc, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts(item, loc + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _texts(item, loc + (index,))
 
 
 def _has_dynamic(value: Any) -> bool:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Tag, ValidationError
 from bot.actions.base import ActionSpec
 from bot.playbook.checks import Loc, check_playbook, dotted, error_text, registered_actions, suggestion
 from bot.playbook.model import Playbook
+from bot.playbook.templating import MARKER_CHARS
 
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
 
@@ -156,6 +157,10 @@ def load_text(text: str, *, path: str | Path = "<playbook>",
         ))
         raise PlaybookLoadErrors(errors, path=path)
     locate = _Locator(data, lines, path)
+    for loc in _reserved_characters(data, ()):
+        _, where = locate.field(loc)
+        errors.append(locate(loc, f"{where}: the characters U+E000 and U+E001 are reserved for secret references "
+                             "(what secret() renders to); remove them"))
     duplicates = _duplicate_step_ids(data, lines)
     errors += [locate(loc, message) for loc, message in duplicates]
     playbook: Playbook | None = None
@@ -400,6 +405,24 @@ def _tag(tp: Any) -> str | None:
     if get_origin(tp) is Annotated:
         return next((m.tag for m in typing.get_args(tp)[1:] if isinstance(m, Tag)), None)
     return None
+
+
+def _reserved_characters(value: Any, loc: Loc, seen: set[int] | None = None) -> list[Loc]:
+    """Where strings (keys too) hold U+E000/U+E001: those are what secret() renders to, so a
+    playbook that holds them itself could forge a secret reference."""
+    seen = set() if seen is None else seen
+    found: list[Loc] = []
+    if isinstance(value, str):
+        if any(ch in value for ch in MARKER_CHARS):
+            found.append(loc)
+    elif isinstance(value, (dict, list)) and id(value) not in seen:  # an alias is checked once
+        seen.add(id(value))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and any(ch in key for ch in MARKER_CHARS):
+                found += _reserved_characters(key, loc + (key,), seen)
+            found += _reserved_characters(item, loc + (key,), seen)
+    return found
 
 
 def _duplicate_step_ids(data: dict[str, Any], lines: dict[Loc, int]) -> list[tuple[Loc, str]]:

@@ -25,6 +25,7 @@ from bot.playbook.durations import Duration
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 STEP_ID_PATTERN = r"^[a-z_][a-z0-9_-]*$"
 VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class _Strict(BaseModel):
@@ -131,7 +132,19 @@ class Playbook(_Strict):
     )
     triggers: Triggers = Triggers()
     channel: str | None = None
+    secrets: list[Annotated[str, Field(pattern=SECRET_NAME_PATTERN)]] = Field(
+        default_factory=list,
+        description="Secrets this playbook may read with secret(\"NAME\") in a step's with:; no other resolves.",
+    )
     steps: list[StepItem] = Field(min_length=1)
+
+    @field_validator("secrets")
+    @classmethod
+    def _unique_secrets(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if value.count(name) > 1:
+                raise ValueError(f"secret {name!r} is listed twice")
+        return value
 
     @model_validator(mode="after")
     def _unique_step_ids(self) -> Playbook:

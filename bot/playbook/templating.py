@@ -1,22 +1,29 @@
 """Sandboxed Jinja2 over `params`, `alert`, `run` and `steps.<id>.output`.
 
 Rendering is pure and deterministic, so the workflow renders step arguments itself (policy and
-approvers see exactly what will run). Secrets never render: `{{ secret("X") }}` becomes a
-reference that only the activity resolves, so values stay out of history, logs and audit.
+approvers see exactly what will run). Secrets never render: `{{ secret("X") }}` becomes a marker
+made of private-use code points that only the activity resolves, so values stay out of history,
+logs and audit. Data cannot spell a marker: every string that enters a template context from
+data goes through `inert()`, and a render whose markers are not exactly the ones its own
+`secret()` calls made is an error. What humans and policy see is `display()`: `${secret:X}`.
 """
 
 from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SECRET_REF = re.compile(r"\$\{secret:([A-Za-z_][A-Za-z0-9_]*)\}")
+SECRET_REF = re.compile(r"\$\{secret:([A-Za-z_][A-Za-z0-9_]*)\}")  # display text only: it resolves nothing
+MARK_OPEN, MARK_CLOSE = "\ue000", "\ue001"  # private use: reserved for markers, never in data or playbooks
+MARKER_CHARS = MARK_OPEN + MARK_CLOSE
+MARKER = re.compile(MARK_OPEN + r"(\d+):([A-Za-z_][A-Za-z0-9_]*)" + MARK_CLOSE)
+INERT = "\ufffd"  # what a reserved code point in data becomes
 _WHOLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.S)
 
 
@@ -24,15 +31,112 @@ class TemplateError(ValueError):
     """A template that cannot render: names the template so the author can find it."""
 
 
-def secret_ref(name: str) -> str:
-    if not isinstance(name, str) or not SECRET_NAME.match(name):
-        raise TemplateError(f"secret() takes a name like 'DEPLOY_TOKEN', not {name!r}")
-    return "${secret:" + name + "}"
+def inert(value: Any) -> Any:
+    """Data as templates may see it: the marker code points (in values and keys) become U+FFFD, so
+    no param, alert field, run field or step output can ever spell a secret reference."""
+    if isinstance(value, str):
+        if MARK_OPEN in value or MARK_CLOSE in value:
+            return value.replace(MARK_OPEN, INERT).replace(MARK_CLOSE, INERT)
+        return value
+    if isinstance(value, dict):
+        return {inert(key): inert(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [inert(item) for item in value]
+    return value
+
+
+def display(value: Any) -> Any:
+    """The rendered value as people and policy see it: each marker shown as `${secret:NAME}`."""
+    if isinstance(value, str):
+        return MARKER.sub(lambda m: "${secret:" + m.group(2) + "}", value) if MARK_OPEN in value else value
+    if isinstance(value, dict):
+        return {key: display(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [display(item) for item in value]
+    return value
+
+
+def secret_names(value: Any) -> list[str]:
+    """The secret names the markers in a rendered value refer to, in order."""
+    if isinstance(value, str):
+        return [m.group(2) for m in MARKER.finditer(value)]
+    if isinstance(value, dict):
+        return [name for item in value.values() for name in secret_names(item)]
+    if isinstance(value, list):
+        return [name for item in value for name in secret_names(item)]
+    return []
+
+
+class _Secrets:
+    """`secret()` for one render: issues a numbered marker per call and remembers each, so the
+    result can be checked against exactly what this render's own calls made."""
+
+    # Underscored state: the sandbox hides it from templates, which see only the call.
+    def __init__(self, allowed: Collection[str] | None) -> None:
+        self._allowed = allowed
+        self._issued: dict[str, str] = {}  # marker -> name
+
+    def __call__(self, name: Any) -> str:
+        if self._allowed is None:
+            raise TemplateError("secret() is only allowed in a step's or a compensation's with:")
+        if not isinstance(name, str) or not SECRET_NAME.match(name):
+            raise TemplateError(f"secret() takes a name like 'DEPLOY_TOKEN', not {name!r}")
+        if name not in self._allowed:
+            raise TemplateError(f"secret {name!r} is not declared in the playbook's secrets: list")
+        marker = f"{MARK_OPEN}{len(self._issued)}:{name}{MARK_CLOSE}"
+        self._issued[marker] = name
+        return marker
+
+    def _check(self, result: Any) -> None:
+        """Each marker in the result is one this render issued, exactly once; nothing else is."""
+        seen: dict[str, int] = {}
+        for text, is_key in _texts(result):
+            if not (MARK_OPEN in text or MARK_CLOSE in text):
+                continue
+            if is_key:
+                raise TemplateError("a secret() reference cannot be a mapping key; use it as a value")
+            for match in MARKER.finditer(text):
+                if match.group(0) not in self._issued:
+                    raise TemplateError(
+                        "the result holds a secret reference this template's own secret() calls did not make"
+                    )
+                seen[match.group(0)] = seen.get(match.group(0), 0) + 1
+            rest = MARKER.sub("", text)
+            if MARK_OPEN in rest or MARK_CLOSE in rest:
+                raise TemplateError(
+                    "a secret() reference was cut or altered (filters, slicing and string operations cannot "
+                    "see a secret): put {{ secret(\"NAME\") }} in the text as it is"
+                )
+        for marker, name in self._issued.items():
+            count = seen.get(marker, 0)
+            if count != 1:
+                why = "was changed or dropped by the template" if count == 0 else f"appears {count} times"
+                raise TemplateError(
+                    f"secret({name!r}) {why}: a secret is only placed in text as it is, once per secret() call"
+                )
+
+
+def _texts(value: Any) -> Any:
+    """Every string in a nested value, with whether it is a mapping key."""
+    if isinstance(value, str):
+        yield value, False
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                yield key, True
+            yield from _texts(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _texts(item)
+
+
+def _no_secret(name: Any) -> str:
+    raise TemplateError("secret() is only allowed in a step's or a compensation's with:")
 
 
 def _env() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-    env.globals["secret"] = secret_ref
+    env.globals["secret"] = _no_secret  # each render passes its own
     # Rendering happens inside the workflow: nothing random may reach it (replays must agree).
     for name in ("lipsum", "cycler", "joiner"):
         env.globals.pop(name, None)
@@ -58,8 +162,29 @@ def _compile(source: str) -> Callable[[dict[str, Any]], Any]:
     return template.render
 
 
-def render(value: Any, context: dict[str, Any]) -> Any:
-    """Render every string in a nested value; non-template strings pass through untouched."""
+def render(value: Any, context: dict[str, Any], *, secrets: Collection[str] | None = None) -> Any:
+    """Render every string in a nested value; non-template strings pass through untouched.
+
+    `secrets` are the names `secret()` may give here (the playbook's declared list); None means
+    secret() is not allowed at all. The result's markers are checked against this render's calls.
+    """
+    calls = _Secrets(secrets)
+    result = _render(value, {**context, "secret": calls})
+    try:
+        calls._check(result)
+    except TemplateError as exc:
+        raise TemplateError(f"template {_sources(value)}: {exc}") from None
+    return result
+
+
+def _sources(value: Any) -> str:
+    """The templates a failed check is about: those calling secret(), else all (a few)."""
+    texts = strings_in(value)
+    texts = [text for text in texts if "secret" in text] or texts
+    return ", ".join(repr(text) for text in texts[:3]) + (", ..." if len(texts) > 3 else "") if texts else repr(value)
+
+
+def _render(value: Any, context: dict[str, Any]) -> Any:
     if isinstance(value, str):
         if not is_template(value):
             return value
@@ -83,9 +208,9 @@ def render(value: Any, context: dict[str, Any]) -> Any:
             )
         return result
     if isinstance(value, dict):
-        return {key: render(item, context) for key, item in value.items()}
+        return {key: _render(item, context) for key, item in value.items()}
     if isinstance(value, list):
-        return [render(item, context) for item in value]
+        return [_render(item, context) for item in value]
     return value
 
 

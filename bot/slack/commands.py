@@ -37,7 +37,7 @@ from bot.identity.principals import Actor
 from bot.playbook.loader import LoadedPlaybook
 from bot.playbook.model import ParallelGroup, Step
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
-from bot.playbook.templating import TemplateError, render
+from bot.playbook.templating import TemplateError, display, inert, render
 from bot.policy.inputs import policy_input, rfc3339
 from bot.slack.app import RECEIVED_AT, SlackDeps, report_error
 from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
@@ -252,7 +252,7 @@ class PlaybookCommand:
         now = datetime.now(UTC)
         run = {"id": "dry-run", "playbook": pb.name, "requested_by": trigger.requested_by, "trigger": "slack",
                "started_at": rfc3339(now)}
-        context = {"params": params, "vars": pb.vars, "alert": None, "run": run, "steps": {}}
+        context = inert({"params": params, "vars": pb.vars, "alert": None, "run": run, "steps": {}})
         start = await self.deps.policy.start(start_policy_input(loaded, params, trigger, actor))
         lines = [f":mag: *Dry run of {escape(pb.name)}*: nothing is executed."]
         lines.append(
@@ -272,7 +272,7 @@ class PlaybookCommand:
                         trigger: TriggerContext, now: datetime, indent: str = "") -> str:
         head = f"{indent}• *{escape(step.id)}* `{escape(step.action)}` impact {step.impact}{_when(step.when, context)}"
         try:
-            args = render(step.with_, context)
+            args = display(render(step.with_, context, secrets=loaded.playbook.secrets))
         except TemplateError as exc:
             return f"{head}\n{indent}  _arguments are rendered at run time_ ({escape(truncate(str(exc), 200))})"
         line = f"{head}\n{code_block(_json(args), 600)}"

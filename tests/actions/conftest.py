@@ -16,6 +16,7 @@ from temporalio.testing import ActivityEnvironment
 from bot.actions.activities import build_activities
 from bot.actions.base import ActionInput, ActionResult
 from bot.actions.secrets import SecretStore
+from bot.playbook.templating import secret_names
 from tests.http_server import serving
 
 RUN_ID, STEP_ID, KEY = "run-42", "restart", "run-42/restart"
@@ -30,8 +31,10 @@ async def _run_action(
     env: ActivityEnvironment | None = None,
     key: str = KEY,
     compensation: bool = False,
+    declared: list[str] | None = None,
 ) -> ActionResult:
-    """Build the real activities from `providers` and run the one named `name`."""
+    """Build the real activities from `providers` and run the one named `name`; the playbook
+    declares `declared` secrets (by default those the params refer to)."""
     activities = build_activities(providers, secrets or SecretStore(environ={}))
     by_name = {fn.__name__: fn for fn in activities}
     activity = by_name[name.replace(".", "_")]
@@ -43,6 +46,7 @@ async def _run_action(
         params=params,
         idempotency_key=key,
         compensation=compensation,
+        secrets=secret_names(params) if declared is None else declared,
     )
     return await (env or ActivityEnvironment()).run(activity, arg)
 
@@ -55,7 +59,7 @@ async def _run_failing(name: str, params: dict[str, Any], providers: list[object
 
 @pytest.fixture
 def run_action() -> Callable[..., Awaitable[ActionResult]]:
-    """`await run_action(name, params, providers, secrets=, env=, key=)`: the activity's result."""
+    """`await run_action(name, params, providers, secrets=, env=, key=, declared=)`: the activity's result."""
     return _run_action
 
 

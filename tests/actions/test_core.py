@@ -14,6 +14,7 @@ from bot.actions import activities
 from bot.actions.base import INVALID_PARAMS
 from bot.actions.core import CoreActions
 from bot.actions.secrets import MASK, SecretStore
+from tests.secret_refs import ref
 
 CORE = [CoreActions()]
 
@@ -84,8 +85,8 @@ async def test_sleep_bad_duration(duration: object, run_failing) -> None:
 
 
 async def test_log_never_writes_a_secret(run_action) -> None:
-    secrets = SecretStore(environ={"TOKEN": "tok-123"})
+    secrets = SecretStore(environ={"PLAYBOOK_BOT_SECRET_TOKEN": "tok-123"})
     with capture_logs() as logs:
-        result = await run_action("core.log", {"message": "token is ${secret:TOKEN}"}, CORE, secrets=secrets)
+        result = await run_action("core.log", {"message": f"token is {ref('TOKEN')}"}, CORE, secrets=secrets)
     assert result.output == {"message": f"token is {MASK}"}
     assert "tok-123" not in repr(logs)

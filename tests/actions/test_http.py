@@ -11,6 +11,7 @@ from bot.actions.base import ACTION_FAILED, INVALID_PARAMS, SECRET_MISSING
 from bot.actions.egress import EgressClient
 from bot.actions.http import BODY_LIMIT, HttpActions
 from bot.actions.secrets import MASK, SecretStore
+from tests.secret_refs import ref
 
 
 @pytest.fixture
@@ -131,11 +132,11 @@ async def test_large_body_is_truncated(http, fake_api, run_action) -> None:
 
 
 async def test_secret_header_is_resolved_sent_and_masked(http, fake_api, run_action) -> None:
-    secrets = SecretStore(environ={"DEPLOY_TOKEN": "s3cr3t-value"})
+    secrets = SecretStore(environ={"PLAYBOOK_BOT_SECRET_DEPLOY_TOKEN": "s3cr3t-value"})
     with capture_logs() as logs:
         result = await run_action(
             "http.request",
-            {"url": fake_api.url("/echo"), "headers": {"Authorization": "Bearer ${secret:DEPLOY_TOKEN}"}},
+            {"url": fake_api.url("/echo"), "headers": {"Authorization": f"Bearer {ref('DEPLOY_TOKEN')}"}},
             http,
             secrets=secrets,
         )
@@ -148,14 +149,14 @@ async def test_secret_header_is_resolved_sent_and_masked(http, fake_api, run_act
 
 
 async def test_secret_in_failure_message_is_masked(http, fake_api, run_failing) -> None:
-    secrets = SecretStore(environ={"HOOK": "hook-secret"})
-    error = await run_failing("http.request", {"url": fake_api.url("/status/500?k=${secret:HOOK}")}, http, secrets=secrets)
+    secrets = SecretStore(environ={"PLAYBOOK_BOT_SECRET_HOOK": "hook-secret"})
+    error = await run_failing("http.request", {"url": fake_api.url(f"/status/500?k={ref('HOOK')}")}, http, secrets=secrets)
     assert "hook-secret" not in error.message and MASK in error.message
     assert fake_api.requests[0].query == {"k": ["hook-secret"]}
 
 
 async def test_missing_secret_fails_before_sending(http, fake_api, run_failing) -> None:
-    error = await run_failing("http.request", {"url": fake_api.url("/echo"), "headers": {"X": "${secret:NOPE}"}}, http)
+    error = await run_failing("http.request", {"url": fake_api.url("/echo"), "headers": {"X": ref("NOPE")}}, http)
     assert error.type == SECRET_MISSING and error.non_retryable
     assert fake_api.requests == []
 

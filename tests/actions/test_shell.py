@@ -11,6 +11,7 @@ from temporalio.testing import ActivityEnvironment
 
 from bot.actions.base import ACTION_FAILED, ACTION_REFUSED, INVALID_PARAMS
 from bot.actions.secrets import MASK, SecretStore
+from tests.secret_refs import ref
 from bot.actions.shell import ShellActions
 
 PY = sys.executable
@@ -136,9 +137,10 @@ async def test_killed_by_signal_says_so(run_failing) -> None:
 
 
 async def test_secrets_in_argv_are_masked_in_errors_and_output(run_failing) -> None:
-    secrets = SecretStore(environ={"TOKEN": "tok-123"})
+    secrets = SecretStore(environ={"PLAYBOOK_BOT_SECRET_TOKEN": "tok-123"})
+    token = ref("TOKEN")
     error = await run_failing(
-        "shell.run", {"argv": ["sh", "-c", "echo ${secret:TOKEN}; echo ${secret:TOKEN} >&2; exit 1"]}, shell("sh"), secrets=secrets
+        "shell.run", {"argv": ["sh", "-c", f"echo {token}; echo {token} >&2; exit 1"]}, shell("sh"), secrets=secrets
     )
     assert error.message == f"shell.run: sh exited with code 1: {MASK}"
     assert error.details[0]["output"]["stdout"] == f"{MASK}\n"

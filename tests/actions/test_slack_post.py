@@ -10,6 +10,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.actions.base import ACTION_FAILED, ACTION_REFUSED, INVALID_PARAMS
 from bot.actions.secrets import SecretStore
+from tests.secret_refs import ref
 from bot.actions.slack import SlackActions
 from tests.slack.fake_slack import FakeSlack
 
@@ -42,8 +43,8 @@ async def test_replies_in_a_thread(slack, fake_slack, run_action) -> None:
 
 
 async def test_secret_reference_is_resolved_in_the_activity(slack, fake_slack, run_action) -> None:
-    secrets = SecretStore(environ={"BRIDGE_PIN": "4711"})
-    params = {"channel": "#incidents", "text": "bridge pin ${secret:BRIDGE_PIN}"}
+    secrets = SecretStore(environ={"PLAYBOOK_BOT_SECRET_BRIDGE_PIN": "4711"})
+    params = {"channel": "#incidents", "text": f"bridge pin {ref('BRIDGE_PIN')}"}
     await run_action("slack.post", params, slack, secrets=secrets)
 
     assert fake_slack.calls_to("chat.postMessage")[0].params["text"] == "bridge pin 4711"

@@ -176,7 +176,10 @@ async def test_a_missing_secret_fails_on_the_first_attempt_and_says_so(dev_env, 
     policies.mkdir(parents=True)
     (policies / "authz.rego").write_text(POLICY)
     settings = Settings(data_dir=tmp_path / "data", policies_dir=tmp_path / "policies")
-    pb = playbook("name: nosecret\nsteps: [{id: t, action: core.log, with: {message: '{{ secret(\"NOT_SET_ANYWHERE\") }}'}}]")
+    pb = playbook(
+        "name: nosecret\nsecrets: [NOT_SET_ANYWHERE]\n"
+        "steps: [{id: t, action: core.log, with: {message: '{{ secret(\"NOT_SET_ANYWHERE\") }}'}}]"
+    )
     async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
         async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
             status = await dev_env.client.execute_workflow(
@@ -185,3 +188,4 @@ async def test_a_missing_secret_fails_on_the_first_attempt_and_says_so(dev_env, 
     step = status.step("t")
     assert (step.state, step.attempts) == ("failed", 1), "non-retryable: one attempt, and status says one"
     assert "NOT_SET_ANYWHERE" in step.error and "is not set" in step.error
+    assert "PLAYBOOK_BOT_SECRET_NOT_SET_ANYWHERE" in step.error and "PLAYBOOK_BOT_SECRETS_FILE" in step.error

@@ -452,15 +452,152 @@ def test_literal_values_are_validated_but_templates_are_not(write: Write, action
                    "as list[int] at [1]:")
 
 
-def test_secret_references_are_not_type_checked(write: Write, actions: dict[str, ActionSpec]) -> None:
+def test_a_spelled_out_reference_is_plain_text_and_the_loader_says_so(write: Write, actions: dict[str, ActionSpec]) -> None:
     path = write(
         """
         name: p
         steps:
-          - {id: a, action: http.request, with: {url: "https://x", expected_status: "${secret:CODE}"}}
+          - {id: a, action: core.log, with: {message: "token ${secret:CODE}"}}
         """
     )
-    load_file(path, actions=actions)
+    assert_located(only_error(path, actions), path, 3, "a", "with.message: ${secret:CODE} is plain text",
+                   'write {{ secret("CODE") }} and list CODE under secrets:')
+
+
+# -- secrets: only a with:'s own secret() call, with a literal, declared name -------------------
+
+
+def test_declared_secrets_load(write: Write, actions: dict[str, ActionSpec]) -> None:
+    path = write(
+        """
+        name: p
+        secrets: [DEPLOY_TOKEN, LB_TOKEN]
+        steps:
+          - id: a
+            action: http.request
+            with: {url: "https://x/{{ secret('LB_TOKEN') }}", json: {t: "{{ secret('DEPLOY_TOKEN') }}"}}
+            compensate: {action: core.log, with: {message: "{{ secret('LB_TOKEN') }}"}}
+        """
+    )
+    assert load_file(path, actions=actions).playbook.secrets == ["DEPLOY_TOKEN", "LB_TOKEN"]
+
+
+def test_an_undeclared_secret_is_a_load_error(write: Write, actions: dict[str, ActionSpec]) -> None:
+    path = write(
+        """
+        name: p
+        secrets: [DEPLOY_TOKEN]
+        steps:
+          - id: a
+            action: core.log
+            with: {message: "{{ secret('DEPLOY_TOKN') }}"}
+            compensate: {action: core.log, with: {message: "{{ secret('PLAYBOOK_BOT_SLACK_BOT_TOKEN') }}"}}
+        """
+    )
+    typo, other = all_errors(path, actions)
+    assert_located(typo, path, 6, "a", "with.message: secret 'DEPLOY_TOKN' is not declared",
+                   "add it to the playbook's secrets: list", "did you mean 'DEPLOY_TOKEN'?")
+    assert_located(other, path, 7, "a", "compensate.with.message: secret 'PLAYBOOK_BOT_SLACK_BOT_TOKEN' is not declared")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ secret(params.name) }}",
+        "{{ secret(name='AB') }}",
+        "{{ secret('AB', 'x') }}",
+        "{{ secret(*['AB']) }}",
+    ],
+)
+def test_secret_takes_one_literal_name(write: Write, actions: dict[str, ActionSpec], template: str) -> None:
+    path = write(
+        f"""
+        name: p
+        secrets: [AB]
+        params: {{name: {{type: string}}}}
+        steps:
+          - {{id: a, action: core.log, with: {{message: "{template}"}}}}
+        """
+    )
+    assert_located(only_error(path, actions), path, 5, "a", "secret() takes one literal name")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ secret }}",
+        "{% set s = secret %}{{ s('AB') }}",
+        "{{ params.name | map(secret) | join }}",
+        "{% macro secret(n) %}{{ n }}{% endmacro %}{{ secret('AB') }}",
+        "{% for secret in ['x'] %}{{ secret }}{% endfor %}",
+    ],
+)
+def test_secret_can_only_be_called(write: Write, actions: dict[str, ActionSpec], template: str) -> None:
+    path = write(
+        f"""
+        name: p
+        secrets: [AB]
+        params: {{name: {{type: string}}}}
+        steps:
+          - {{id: a, action: core.log, with: {{message: "{template}"}}}}
+        """
+    )
+    errors = all_errors(path, actions)
+    assert any("secret can only be called" in str(e) for e in errors), [str(e) for e in errors]
+
+
+def test_secret_outside_a_with_is_a_load_error(write: Write, actions: dict[str, ActionSpec]) -> None:
+    path = write(
+        """
+        name: p
+        secrets: [T]
+        params: {token: {type: string}}
+        triggers:
+          alertmanager:
+            - matchers: ['a="b"']
+              params: {token: "{{ secret('T') }}"}
+        steps:
+          - {id: a, action: core.log, with: {message: hi}}
+        """
+    )
+    assert_located(only_error(path, actions), path, 7, None, "triggers.alertmanager[0].params.token",
+                   "secret() is only allowed in a step's or a compensation's with:")
+
+
+@pytest.mark.parametrize("yaml_value", ['"\\ue0000:T\\ue001"', "\ue0000:T\ue001"])  # a YAML escape, the code points
+def test_reserved_code_points_in_a_playbook_are_a_load_error(
+    write: Write, actions: dict[str, ActionSpec], yaml_value: str
+) -> None:
+    path = write(
+        f"""
+        name: p
+        secrets: [T]
+        steps:
+          - id: a
+            action: core.log
+            with: {{message: {yaml_value}}}
+        """
+    )
+    assert_located(only_error(path, actions), path, 6, "a", "with.message: the characters U+E000 and U+E001 are reserved")
+
+
+def test_reserved_code_points_in_a_template_literal_are_a_load_error(write: Write, actions: dict[str, ActionSpec]) -> None:
+    path = write(
+        """
+        name: p
+        secrets: [T]
+        steps:
+          - {id: a, action: core.log, with: {message: "{{ '\\\\ue0000:T\\\\ue001' }}"}}
+        """
+    )
+    assert_located(only_error(path, actions), path, 4, "a", "U+E000 and U+E001 are reserved for secret references")
+
+
+@pytest.mark.parametrize(("secrets", "fragment"), [("[bad-name]", "should match pattern"), ("[T, T]", "'T' is listed twice")])
+def test_the_secrets_list_is_checked(write: Write, actions: dict[str, ActionSpec], secrets: str, fragment: str) -> None:
+    path = write(f"name: p\nsecrets: {secrets}\nsteps: [{{id: a, action: core.log, with: {{message: hi}}}}]\n")
+    error = only_error(path, actions)
+    assert error.line == 2 and fragment in str(error), str(error)
 
 
 def test_template_syntax_error(write: Write, actions: dict[str, ActionSpec]) -> None:

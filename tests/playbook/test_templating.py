@@ -1,6 +1,19 @@
 import pytest
 
-from bot.playbook.templating import TemplateError, check_syntax, referenced_steps, render, strings_in, truthy
+from bot.playbook.templating import (
+    INERT,
+    MARK_CLOSE,
+    MARK_OPEN,
+    TemplateError,
+    check_syntax,
+    display,
+    inert,
+    referenced_steps,
+    render,
+    secret_names,
+    strings_in,
+    truthy,
+)
 
 CTX = {
     "params": {"service": "api", "replicas": 3, "tags": ["a", "b"], "flag": False},
@@ -52,11 +65,53 @@ def test_unknown_names_fail_loudly(source: str) -> None:
     assert source in str(info.value)
 
 
-def test_secret_renders_a_reference_never_a_value() -> None:
-    assert render('{{ secret("DEPLOY_TOKEN") }}', CTX) == "${secret:DEPLOY_TOKEN}"
-    assert render('Bearer {{ secret("T") }}', CTX) == "Bearer ${secret:T}"
-    with pytest.raises(TemplateError):
-        render('{{ secret("not a name") }}', CTX)
+def test_secret_renders_a_marker_that_displays_as_a_reference() -> None:
+    rendered = render({"h": 'Bearer {{ secret("T") }}', "b": '{{ secret("DEPLOY_TOKEN") }}'}, CTX, secrets=["T", "DEPLOY_TOKEN"])
+    assert rendered == {"h": f"Bearer {MARK_OPEN}0:T{MARK_CLOSE}", "b": f"{MARK_OPEN}1:DEPLOY_TOKEN{MARK_CLOSE}"}
+    assert display(rendered) == {"h": "Bearer ${secret:T}", "b": "${secret:DEPLOY_TOKEN}"}
+    assert secret_names(rendered) == ["T", "DEPLOY_TOKEN"]
+    assert "${secret:" not in str(rendered), "the display text is not what the activity gets"
+
+
+@pytest.mark.parametrize(
+    ("source", "secrets", "fragment"),
+    [
+        ('{{ secret("T") }}', None, "only allowed in a step's or a compensation's with:"),
+        ('{{ secret("U") }}', ["T"], "secret 'U' is not declared"),
+        ('{{ secret("not a name") }}', ["T"], "takes a name like"),
+        ('{{ secret("T")[:-1] }}', ["T"], "cut or altered"),
+        ('{{ secret("T") | replace("T", "U") }}', ["T", "U"], "did not make"),
+        ('{{ secret("T") | length }}', ["T"], "changed or dropped"),
+        ('{{ secret("T") == "x" }}', ["T"], "changed or dropped"),
+        ('{{ secret("T") | urlencode }}', ["T"], "changed or dropped"),
+        ('{% set s = secret("T") %}{{ s }}{{ s }}', ["T"], "appears 2 times"),
+        ('{{ {secret("T"): 1} }}', ["T"], "cannot be a mapping key"),
+        ('{{ "%c0:T%c" | format(57344, 57345) }}', ["T"], "did not make"),  # forged, not called
+        ('{{ secret._issued }}', ["T"], "unsafe"),
+    ],
+)
+def test_a_render_holds_exactly_the_markers_its_own_calls_made(source: str, secrets: list[str] | None, fragment: str) -> None:
+    with pytest.raises(TemplateError) as info:
+        render(source, CTX, secrets=secrets)
+    assert fragment in str(info.value)
+
+
+def test_inert_data_cannot_spell_a_marker() -> None:
+    forged = f"{MARK_OPEN}0:T{MARK_CLOSE}"
+    data = {"params": {"x": forged, forged: [forged, 1, None]}, "run": {"requested_by": "${secret:T}"}}
+    safe = inert(data)
+    assert safe == {
+        "params": {"x": f"{INERT}0:T{INERT}", f"{INERT}0:T{INERT}": [f"{INERT}0:T{INERT}", 1, None]},
+        "run": {"requested_by": "${secret:T}"},  # plain text: it resolves nothing
+    }
+    rendered = render({"a": "{{ params.x }}", "b": "{{ params }}", "c": 'x{{ secret("T") }}'}, safe, secrets=["T"])
+    assert secret_names(rendered) == ["T"], "only the template's own call is a reference"
+    assert data["params"]["x"] == forged, "inert() copies; the run's own state is left as it was"
+
+
+def test_no_secret_call_no_markers() -> None:
+    assert render("{{ params.service }}", CTX, secrets=["T"]) == "api"
+    assert display({"a": ["plain", 3]}) == {"a": ["plain", 3]}
 
 
 def test_syntax_errors() -> None:
