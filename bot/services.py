@@ -208,7 +208,7 @@ def front_door(
             audit=audit,
             token=token,
             max_body=settings.alertmanager_max_body,
-            keyring=keyring or Keyring(),
+            keyring=keyring or front_door_keyring(settings),
         )
     )
     routers = [alerts.router()]
@@ -230,7 +230,7 @@ def slack_app(
     if web is None or settings.slack_signing_secret is None:
         log.warning("Slack is off: set PLAYBOOK_BOT_SLACK_BOT_TOKEN and PLAYBOOK_BOT_SLACK_SIGNING_SECRET to turn it on")
         return None
-    deps = SlackDeps(client, settings.task_queue, lambda: catalog, policy, web, audit, keyring or Keyring())
+    deps = SlackDeps(client, settings.task_queue, lambda: catalog, policy, web, audit, keyring or front_door_keyring(settings))
     return create_slack_app(settings, deps)
 
 

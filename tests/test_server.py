@@ -15,7 +15,7 @@ from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
 from bot.server import Readiness, audit_check, create_app, read_limited, temporal_check
 from bot.settings import Settings
-from tests.engine.support import playbook, run_input
+from tests.engine.support import catalog_of, playbook, run_input
 
 
 def client_for(app) -> httpx.AsyncClient:
@@ -67,7 +67,9 @@ steps:
 """
     )
     app = create_app(Readiness())
-    async with worker_deps(settings) as deps, make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as w:
+    async with worker_deps(settings, catalog=catalog_of(pb)) as deps, make_worker(
+        dev_env.client, f"tq-{uuid.uuid4()}", deps.activities
+    ) as w:
         async with client_for(app) as http:
             before = (await http.get("/metrics")).text
             status = await dev_env.client.execute_workflow(

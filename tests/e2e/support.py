@@ -33,6 +33,8 @@ decision := {"allow": true, "require_approval": false, "min_approvals": 0, "appr
 approver := {"allow": true, "reasons": []}
 
 start := {"allow": true, "reasons": []}
+
+cancel := {"allow": true, "reasons": []}
 """
 
 

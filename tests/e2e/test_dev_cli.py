@@ -256,7 +256,10 @@ def test_run_json_prints_run_id_and_status_has_design_keys(stack: Stack) -> None
     status = wait_until(lambda: (s := status_of(stack, run_id))["state"] == "completed" and s, 20, "run completed")
     assert STATUS_KEYS <= set(status), STATUS_KEYS - set(status)
     assert status["run_id"] == run_id and status["playbook"] == "e2e-ok"
-    assert status["requested_by"] == "U024BE7LH" and status["trigger"] == "cli"
+    assert status["requested_by"] == "cli:U024BE7LH" and status["trigger"] == "cli"
+    # `--by` on the embedded stack is verified: the CLI signed the start with the dev key beside it
+    assert status["requester"] == {"principal": "cli:U024BE7LH", "person": "cli:U024BE7LH", "verified": True,
+                                   "verified_by": "dev"}
     assert [s["id"] for s in status["steps"]] == ["hello", "touch"]
     for step in status["steps"]:
         assert STEP_KEYS <= set(step), STEP_KEYS - set(step)
@@ -268,19 +271,21 @@ def test_run_json_prints_run_id_and_status_has_design_keys(stack: Stack) -> None
 
 
 async def test_cancel_sleeping_run_compensates(stack: Stack, client: Client) -> None:
-    started = cli(["run", "e2e-nap", "--json", "--by", "oncall:bob"], stack.env)
+    started = cli(["run", "e2e-nap", "--json", "--by", "bob"], stack.env)
     assert started.code == 0, str(started)
     run_id = started.json()["run_id"]
     handle = client.get_workflow_handle(run_id, result_type=RunStatus)
     await wait_for(handle, lambda s: s.step("nap").state == "running")
 
-    cancelled = cli(["cancel", run_id], stack.env)
+    cancelled = cli(["cancel", run_id, "--by", "carol", "--reason", "wrong service"], stack.env)
     assert cancelled.code == 0, str(cancelled)
-    assert run_id in cancelled.stdout
+    assert run_id in cancelled.stdout and "cancel accepted from cli:carol" in cancelled.stdout
 
     final = await asyncio.wait_for(handle.result(), 20)  # far less than the 60 s nap
     assert final.state == "compensated"
-    assert final.requested_by == "oncall:bob"
+    assert final.requested_by == "cli:bob"
+    assert (final.cancelled_by, final.cancel_reason, final.error) == ("cli:carol", "wrong service",
+                                                                      "cancelled by cli:carol: wrong service")
     assert [(s.id, s.state) for s in final.steps] == [("prep", "compensated"), ("nap", "cancelled"), ("after", "pending")]
     assert [(c.step, c.state) for c in final.compensations] == [("prep", "succeeded")]
     assert lines(stack.out / "nap.txt") == ["prep", "undo-prep"]

@@ -34,6 +34,7 @@ from bot.policy.engine import PolicyEngine
 from bot.server import Readiness, create_app
 from bot.services import _Http, front_door
 from bot.settings import Settings
+from tests.slack.support import ENVELOPE_KEY
 from tests.e2e.support import Service, base_env
 from tests.waiting import eventually  # noqa: F401  (re-exported for the tests that use this stack)
 
@@ -296,6 +297,7 @@ class WorkerProcess:
             worker_metrics_port=self.metrics_port,
             slack_bot_token=settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None,
             slack_api_url=settings.slack_api_url,
+            envelope_key=settings.envelope_key.get_secret_value() if settings.envelope_key else None,
             log_level="WARNING",
         )
         self.service = Service(["worker"], env, logs, "worker")
@@ -347,6 +349,7 @@ async def bot_stack(
             "http_port": port,
             "alertmanager_token": TOKEN,
             "alertmanager_max_body": 64 * 1024,
+            "envelope_key": ENVELOPE_KEY,  # the front door vouches for its alerts; the worker checks
             "task_queue": f"tq-{uuid.uuid4()}",
             **settings,
         }
