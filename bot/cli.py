@@ -301,6 +301,8 @@ def validate(path: Optional[Path] = typer.Argument(None, help="A playbook file o
         raise Failure(str(exc)) from None
     for item in loaded:
         print(f"ok  {item.playbook.name}  ({item.path}, {len(item.playbook.leaf_steps())} steps, {item.hash[:19]})")
+        for warning in item.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
 
 
 @app.command()

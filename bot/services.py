@@ -32,6 +32,14 @@ from bot.temporal import connect, tls_config
 log = structlog.get_logger(__name__)
 
 
+def load_catalog(settings: Settings) -> Catalog:
+    """The playbooks (a broken one stops the process, naming file and line); warnings are logged."""
+    catalog = load_directory(settings.playbooks_dir)
+    for warning in catalog.warnings():
+        log.warning("playbook warning", warning=warning)
+    return catalog
+
+
 def stop_event() -> asyncio.Event:
     """Set on SIGINT/SIGTERM so every service shuts down in order, not mid-write."""
     event = asyncio.Event()
@@ -101,7 +109,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
     """Embedded Temporal (unless TEMPORAL_ADDRESS is set) + worker + HTTP front door."""
     announce_egress(settings)
     tls_config(settings)  # TLS settings without an address: refuse before starting anything
-    catalog = load_directory(settings.playbooks_dir)
+    catalog = load_catalog(settings)
     # On the embedded stack the CLI beside it signs with a key left in the data dir, so `--by WHO`
     # is verified here (and only here); against another Temporal only the configured key counts.
     dev_key = None if settings.temporal_address else ensure_dev_key(settings.data_dir)
@@ -172,7 +180,7 @@ async def run_serve(settings: Settings) -> None:
     require_front_door_key(settings)
     keys = front_door_keyring(settings)
     stop = stop_event()
-    catalog = load_directory(settings.playbooks_dir)
+    catalog = load_catalog(settings)
     async with AsyncExitStack() as stack:
         policy, audit = await open_policy_and_audit(stack, settings)
         client = await connect(settings)

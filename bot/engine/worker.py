@@ -84,10 +84,13 @@ def worker_catalog(settings: Settings) -> Catalog:
     """The playbooks this worker will run: a run whose snapshot is not among them is refused.
     A broken file is logged and left out (the front door refuses it too)."""
     try:
-        return load_directory(settings.playbooks_dir)
+        catalog = load_directory(settings.playbooks_dir)
     except PlaybookLoadErrors as exc:
         log.error("some playbooks do not load; the worker refuses runs of them", errors=str(exc))
         return exc.catalog
+    for warning in catalog.warnings():
+        log.warning("playbook warning", warning=warning)
+    return catalog
 
 
 @asynccontextmanager

@@ -36,6 +36,7 @@ class Problem:
 
     loc: Loc
     message: str
+    warning: bool = False  # worth fixing, but the playbook loads (validate prints it)
 
 
 def registered_actions() -> Mapping[str, ActionSpec]:
@@ -102,8 +103,8 @@ class _Checker:
         self.leaf_ids = [step.id for step in playbook.leaf_steps()]
         self.groups = {item.id: item for item in playbook.steps if isinstance(item, ParallelGroup)}
 
-    def add(self, loc: Loc, message: str) -> None:
-        self.problems.append(Problem(loc, message))
+    def add(self, loc: Loc, message: str, *, warning: bool = False) -> None:
+        self.problems.append(Problem(loc, message, warning))
 
     def run(self) -> None:
         self.check_params()
@@ -191,8 +192,8 @@ class _Checker:
         self.check_spelled_refs(step.with_, loc, len(loc))
         for where, source in _strings(step.with_, loc + ("with",)):
             self.check_template(source, where, dotted(where[len(loc):]), replace(scope, secrets=True))
-        for where, message in sink_problems(self.playbook.params, step.action, step.with_, loc + ("with",)):
-            self.add(where, f"{dotted(where[len(loc):])}: {message}")
+        for where, message, warning in sink_problems(self.playbook.params, step.action, step.with_, loc + ("with",)):
+            self.add(where, f"{dotted(where[len(loc):])}: {message}", warning=warning)
         if step.compensate is not None:
             self.check_compensation(step.compensate, loc + ("compensate",), replace(scope, own_readable=True))
 
@@ -202,8 +203,8 @@ class _Checker:
         self.check_spelled_refs(comp.with_, loc, len(loc) - 1)
         for where, source in _strings(comp.with_, loc + ("with",)):
             self.check_template(source, where, dotted(where[len(loc) - 1 :]), replace(scope, secrets=True))
-        for where, message in sink_problems(self.playbook.params, comp.action, comp.with_, loc + ("with",)):
-            self.add(where, f"{dotted(where[len(loc) - 1 :])}: {message}")
+        for where, message, warning in sink_problems(self.playbook.params, comp.action, comp.with_, loc + ("with",)):
+            self.add(where, f"{dotted(where[len(loc) - 1 :])}: {message}", warning=warning)
 
     def check_timing(self, timeout: timedelta, retry: RetryPolicy, loc: Loc, prefix: str) -> None:
         if timeout <= timedelta(0):

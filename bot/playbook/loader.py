@@ -89,6 +89,7 @@ class LoadedPlaybook:
     playbook: Playbook
     path: Path
     hash: str
+    warnings: tuple[str, ...] = ()  # `path:line: step: message`, each worth fixing; the playbook loads
 
 
 class Catalog:
@@ -119,6 +120,10 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+    def warnings(self) -> list[str]:
+        """Every loaded playbook's warnings (worth fixing; they load anyway)."""
+        return [warning for loaded in self.values() for warning in loaded.warnings]
 
     def names(self) -> list[str]:
         return sorted(self._by_name)
@@ -173,12 +178,13 @@ def load_text(text: str, *, path: str | Path = "<playbook>",
             errors.append(_from_pydantic(err, locate))
     if playbook is not None:
         problems = check_playbook(playbook, registered_actions() if actions is None else actions)
-        errors += [locate(problem.loc, problem.message) for problem in problems]
+        errors += [locate(problem.loc, problem.message) for problem in problems if not problem.warning]
+        warnings = tuple(str(locate(problem.loc, problem.message)) for problem in problems if problem.warning)
     if errors:
         errors.sort(key=lambda error: error.line or 0)
         raise PlaybookLoadErrors(errors, path=path)
     assert playbook is not None
-    return LoadedPlaybook(playbook=playbook, path=path, hash=playbook.content_hash())
+    return LoadedPlaybook(playbook=playbook, path=path, hash=playbook.content_hash(), warnings=warnings)
 
 
 def load_directory(path: str | Path, *, actions: Mapping[str, ActionSpec] | None = None) -> Catalog:

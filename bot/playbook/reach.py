@@ -1,9 +1,10 @@
 """Where requester-chosen params land in a URL or a command line, and what their declarations must
 then promise; and that playbook constants (`vars`) stay constants.
 
-A string param in a URL or a `shell.run` argv item needs a pattern or an enum. One that can start
-an argv item must refuse a leading '-' (else the requester passes an option: `--kubeconfig=...`);
-one that can start a URL chooses the host, so only an enum will do (base URLs belong in `vars`).
+A string param in a URL or a `shell.run` argv item should have a pattern or an enum (a warning:
+existing playbooks keep loading). One that can start an argv item must refuse a leading '-' (else
+the requester passes an option: `--kubeconfig=...`), and one that can start a URL chooses the host,
+so only an enum will do (base URLs belong in `vars`): those two are errors.
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ DASH_PROBES = ("--x=y", "--x", "-x", "-X", "-1", "-")  # the most option-like fi
 SAFE_PATTERN = "^[a-z0-9][a-z0-9-]*$"
 
 
-def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[str, Any], loc: Loc) -> list[tuple[Loc, str]]:
-    """(where, message) for every string param that reaches a URL or argv item unguarded; `loc` is `with`'s."""
-    found: list[tuple[Loc, str]] = []
+Finding = tuple[Loc, str, bool]  # where, message, whether it is only a warning
+
+
+def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[str, Any], loc: Loc) -> list[Finding]:
+    """(where, message, warning) for every string param that reaches a URL or argv item unguarded;
+    `loc` is `with`'s."""
+    found: list[Finding] = []
     url = with_.get("url")
     if isinstance(url, str):
         found += _check(params, url, "URL", loc + ("url",))
@@ -36,7 +41,7 @@ def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[s
     return found
 
 
-def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) -> list[tuple[Loc, str]]:
+def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) -> list[Finding]:
     if not is_template(source):
         return []
     try:
@@ -54,17 +59,17 @@ def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) 
             if spec.enum is None:
                 out.append((where, f"param {name!r} can start this URL, so whoever starts the run could choose "
                             f"the host; give it an enum of the allowed values, or put the base URL in vars and "
-                            f"read it as {{{{ vars.NAME }}}}"))
+                            f"read it as {{{{ vars.NAME }}}}", False))
         elif name in starting:
             probe = _dash_probe(spec)
             if probe is not None:
                 why = "has no pattern or enum" if spec.pattern is None else f"its pattern {spec.pattern} admits {probe!r}"
                 out.append((where, f"param {name!r} can start this argv item and {why}: the command would read "
                             f"such a value as an option; give it an enum, or a pattern that refuses a leading '-' "
-                            f"(e.g. {SAFE_PATTERN})"))
+                            f"(e.g. {SAFE_PATTERN})", False))
         elif spec.enum is None and spec.pattern is None:
             out.append((where, f"string param {name!r} goes into this {kind} unchecked; give it a pattern "
-                        f"(e.g. {SAFE_PATTERN}) or an enum"))
+                        f"(e.g. {SAFE_PATTERN}) or an enum", True))
     return out
 
 
