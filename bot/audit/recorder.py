@@ -13,6 +13,7 @@ import asyncio
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+import structlog
 from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -32,6 +33,30 @@ async def append_counted(store: SqliteAuditStore, events: Sequence[AuditEvent]) 
     """Append off the event loop and count what was newly written (a retry counts nothing).
     Raises AuditUnavailable; each caller decides what that means for it."""
     observe_events(await asyncio.to_thread(store.append, list(events), new_only=True))
+
+
+def refusal(actor: str, operation: str, reason: str, *, run_id: str | None = None, key: str) -> AuditEvent:
+    """`access_refused`: a front door turned an actor away (every refusal is on the record). `key`
+    makes a retried request (the same Slack trigger, the same API request) record once."""
+    return AuditEvent(
+        event_id=f"refused:{operation}:{key}",
+        ts=datetime.now(timezone.utc),
+        run_id=run_id,
+        step_id=None,
+        kind=EventKind.access_refused,
+        actor=actor or "unknown",
+        details={"operation": operation, "reason": reason},
+    )
+
+
+async def record_refusal(store: SqliteAuditStore | None, event: AuditEvent) -> None:
+    """Best effort: the refusal was told to the actor; a store that is down is logged, not raised."""
+    if store is None:
+        return
+    try:
+        await append_counted(store, [event])
+    except Exception as exc:  # noqa: BLE001
+        structlog.get_logger(__name__).warning("refusal not recorded", error=f"{type(exc).__name__}: {exc}")
 
 
 class AuditWriter:

@@ -16,7 +16,7 @@ from bot.engine.state import CancelRequest, CancelResult, RunInput, RunStatus, T
 from bot.engine.workflow import CANCEL_DUPLICATE, CANCEL_UNSUPPORTED, PlaybookRun
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, cancel_content, start_content, vote_content
-from bot.playbook.loader import LoadedPlaybook
+from bot.playbook.loader import Catalog, LoadedPlaybook, UnknownPlaybook
 from bot.policy.engine import PolicyEngine
 from bot.policy.inputs import policy_input, provenance
 
@@ -58,6 +58,20 @@ async def check_start(
     if not verdict.allow:
         reasons = "; ".join(verdict.reasons) or "no reason given"
         raise RunError(f"{actor.principal} may not start {loaded.playbook.name}: {reasons}")
+
+
+async def check_read(policy: PolicyEngine, catalog: Catalog, status: RunStatus, actor: Actor) -> None:
+    """A run's status is readable by whoever may start its playbook (the `start` rule, asked as if
+    they started it by hand); RunError otherwise. A playbook no longer loaded is nobody's to read."""
+    try:
+        loaded = catalog.get(status.playbook)
+    except UnknownPlaybook:
+        raise RunError(f"run {status.run_id!r} is of playbook {status.playbook!r}, which is not loaded here") from None
+    trigger = TriggerContext(kind="cli", requested_by=actor.principal)
+    verdict = await policy.start(start_policy_input(loaded, status.params, trigger, actor))
+    if not verdict.allow:
+        reasons = "; ".join(verdict.reasons) or "no reason given"
+        raise RunError(f"{actor.principal} may not see runs of {status.playbook} (the start rule: {reasons})")
 
 
 def run_input(

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from slack_bolt.async_app import AsyncApp
 
+from bot.audit.recorder import record_refusal, refusal
 from bot.engine.runs import RunError, get_status, vote
 from bot.engine.state import VoteRequest
 from bot.identity import principals
@@ -67,6 +68,19 @@ class ApprovalButtons:
             await self._vote(body)
         except Exception as exc:  # noqa: BLE001  refused or failed: told to the clicker alone (report_error)
             await report_error(self.deps.web, exc, body, respond)
+            if isinstance(exc, RunError):
+                await self._audit_refusal(body, str(exc))
+
+    async def _audit_refusal(self, body: dict[str, Any], reason: str) -> None:
+        user = (body.get("user") or {}).get("id") or ""
+        action = (body.get("actions") or [{}])[0]
+        try:
+            run_id: str | None = parse_value(action.get("value")).run_id
+        except RunError:
+            run_id = None
+        key = f"{body.get('trigger_id') or user}:{action.get('action_ts') or ''}"
+        await record_refusal(self.deps.audit, refusal(f"slack:{user}" if user else "slack", "vote", reason,
+                                                      run_id=run_id, key=key))
 
     async def _vote(self, body: dict[str, Any]) -> None:
         action = (body.get("actions") or [{}])[0]

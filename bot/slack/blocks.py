@@ -237,7 +237,10 @@ def summary_text(status: RunStatus) -> str:
     tally = ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in counts.items()) or "no steps"
     took = f" in {duration(status.started_at, status.finished_at)}" if status.finished_at else ""
     lines = [f"{RUN_EMOJI.get(status.state, '')} *{escape(status.playbook)}* {_state(status.state)}{took}: {tally}."]
-    if status.error:
+    if status.cancelled_by:  # who stopped it is what the thread most needs to say
+        why = f": {escape(truncate(_oneline(status.cancel_reason), ERROR_LIMIT))}" if status.cancel_reason else ""
+        lines.append(f":octagonal_sign: Cancelled by {mention(status.cancelled_by)}{why}")
+    elif status.error:
         lines.append(f"*Error:* {escape(truncate(_oneline(status.error), ERROR_LIMIT * 2))}")
     if status.compensations:
         undone = [c.step for c in status.compensations if c.state == "succeeded"]

@@ -26,6 +26,7 @@ from bot.audit.recorder import append_counted
 from bot.engine.runs import (
     RunError,
     cancel_run,
+    check_read,
     check_start,
     get_status,
     start_policy_input,
@@ -298,6 +299,11 @@ class PlaybookCommand:
         if len(args) != 1:
             raise RunError(f"usage: `{COMMAND} status RUN_ID`")
         status = await get_status(self.deps.client, args[0])
+        try:
+            await check_read(self.deps.policy, self.deps.catalog(), status, await self._actor(body))
+        except RunError:
+            await self._record({**body, "trigger_id": f"status:{body.get('trigger_id')}"}, status.run_id, "status_refused")
+            raise
         await respond(text=status_text(status), blocks=status_blocks(status), response_type="ephemeral")
 
     async def cancel(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:

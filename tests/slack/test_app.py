@@ -149,11 +149,20 @@ async def test_status_and_cancel(stack: Stack) -> None:
     assert (await stack.post(body)).status_code == 200
     answer = (await stack.answers(key))[0]
     assert "hold run" in answer["text"] and answer["blocks"][0]["type"] == "header"
+    # whoever may not start the playbook may not read its runs either
+    body, key = stack.command(f"status {run_id}", user=MALLORY)
+    assert (await stack.post(body)).status_code == 200
+    assert "slack:U0MALLORY may not see runs of hold" in text_of(await stack.answers(key))
+    # someone who is neither the requester nor in sre may not cancel it: refused, the run goes on
+    body, key = stack.command(f"cancel {run_id}", user=CAROL)
+    assert (await stack.post(body)).status_code == 200
+    assert "slack:U0CAROL may not cancel" in text_of(await stack.answers(key))
+    assert (await get_status(stack.temporal, run_id)).step("wait").state == "running"
     body, key = stack.command(f"cancel {run_id}")
     assert (await stack.post(body)).status_code == 200
     assert "Cancelling run" in text_of(await stack.answers(key))
     final = await eventually(lambda: finished(stack, run_id), what="cancelled run ends")
-    assert final.state == "compensated"
+    assert final.state == "compensated" and final.cancelled_by == principal(ALICE)
     # the run's story is in the invoking channel: one status message, the undo and the summary in its thread
     await asyncio.sleep(0.5)
     posts = [c for c in stack.fake.calls_to("chat.postMessage") if c.params.get("channel") == CHANNEL]
@@ -161,6 +170,7 @@ async def test_status_and_cancel(stack: Stack) -> None:
     assert len(status_posts) == 1 and run_id in str(status_posts[0].params.get("blocks"))
     thread = [c.params["text"] for c in posts if c.params.get("thread_ts")]
     assert any("undo of *note* succeeded" in t for t in thread), thread
+    assert any(f"Cancelled by <@{ALICE}>" in t for t in thread), thread
     assert stack.fake.calls_to("chat.update"), "the status message is updated as steps move"
 
 
@@ -187,6 +197,14 @@ async def test_approval_buttons(stack: Stack) -> None:
     status = await get_status(stack.temporal, run_id)
     assert status.step("risky").state == "waiting_approval" and status.step("risky").approvals == []
     assert stack.fake.message(CHANNEL, ts).updates == 0, "a refused click changes nothing"
+    # ... except the record: every refusal is audited, by whom and why (the workflow's own refusal
+    # of CAROL as approver, and the front door's of ALICE's vote, which never reached the policy)
+    refusals = await eventually(
+        lambda: returns([e for e in stack.audit.events(run_id=run_id) if e.kind.value == "access_refused"]),
+        what="refusals audited",
+    )
+    assert {e.actor for e in refusals} == {principal(ALICE), principal(CAROL)}
+    assert all(e.details["operation"] == "vote" and e.details["reason"] for e in refusals)
 
     # an allowed approver double-clicks: one vote counts, the run goes on, the message shows who
     first, second = await asyncio.gather(stack.click(BOB, run_id, "risky", ts), stack.click(BOB, run_id, "risky", ts))
