@@ -69,3 +69,20 @@ def test_dockerfile_runs_as_non_root_from_a_multi_stage_build():
     text = (ROOT / "Dockerfile").read_text()
     assert text.count("FROM ") >= 2
     assert re.search(r"^USER (?!root)\w+", text, re.M)
+
+
+def test_temporal_is_reachable_only_from_the_bot_and_the_ui():
+    """Temporal access is power over every run: only the bot's services and the UI join its network."""
+    assert COMPOSE["networks"]["temporal"]["internal"] is True
+    joined = {name for name, service in SERVICES.items() if "temporal" in (service.get("networks") or [])}
+    assert joined == {"postgresql", "temporal", "temporal-ui", "bot", "worker"}
+    assert not SERVICES["temporal"].get("ports"), "Temporal's gRPC port must not be published"
+    assert all(p.startswith("127.0.0.1:") for p in SERVICES["temporal-ui"]["ports"])
+
+
+def test_front_door_and_worker_share_the_envelope_key_and_only_the_worker_gets_playbook_secrets():
+    for name in ("bot", "worker"):
+        assert "PLAYBOOK_BOT_ENVELOPE_KEY" in SERVICES[name]["environment"]
+        assert ":?" in SERVICES[name]["environment"]["PLAYBOOK_BOT_ENVELOPE_KEY"], "compose refuses to start without it"
+    assert SERVICES["worker"]["env_file"] == [{"path": "deploy/playbook-secrets.env", "required": False}]
+    assert "env_file" not in SERVICES["bot"]
