@@ -52,6 +52,7 @@ AUDIT_PATCH = "audit-trail-v1"
 SLACK_PATCH = "slack-sync-v1"
 TRUST_PATCH = "trust-v1"  # the worker admits the run, checks proofs and decides cancels itself
 ADMIT_TIMEOUT = timedelta(seconds=30)
+ANONYMOUS_CANCELS_AUDITED = 10
 CANCEL_REFUSED = "CancelRefused"
 CANCEL_UNSUPPORTED = "CancelUnsupported"
 CANCEL_DUPLICATE = "CancelDuplicate"  # the same principal asked again (a retry, an HA peer): not a refusal
@@ -151,6 +152,7 @@ class PlaybookRun:
         self._trusted: bool | None = None
         self._body: asyncio.Task[str] | None = None  # the steps; only an accepted cancel stops them
         self._cancels_pending = 0  # cancels being decided: no new step starts meanwhile
+        self._anonymous_cancels = 0  # Temporal's own cancel requests, refused (the first few audited)
         self._saga = _Saga()
         self._approvals = ApprovalBook(self._status, input.trigger.requested_by)
         self._log_extra = {"run_id": info.workflow_id, "playbook": pb.name}
@@ -225,7 +227,8 @@ class PlaybookRun:
         finally:
             self._cancels_pending -= 1
         details = {"by": request.user, "verified": bool(verdict.user.get("verified")), "reason": request.reason}
-        if not verdict.allow or self._status.cancelled_by is not None or self._status.finished:
+        ending = self._status.finished or self._status.state == "compensating"
+        if not verdict.allow or self._status.cancelled_by is not None or ending:
             reasons = verdict.reasons if not verdict.allow else ["the run is already ending"]
             message = f"{request.user} may not cancel {self._status.run_id}: " + ("; ".join(reasons) or "no reason given")
             self._record(None, EventKind.cancel_requested, {**details, "accepted": False, "reasons": reasons},
@@ -352,6 +355,9 @@ class PlaybookRun:
             "the API or Slack, which ask the cancel rule"
         )
         workflow.logger.warning("anonymous cancel refused", extra=self._log_extra)
+        self._anonymous_cancels += 1
+        if self._anonymous_cancels > ANONYMOUS_CANCELS_AUDITED:
+            return  # a client repeating it cannot grow the run's record without bound
         self._record(
             None,
             EventKind.cancel_requested,
