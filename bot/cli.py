@@ -164,7 +164,7 @@ def worker() -> None:
 
 @app.command()
 def serve() -> None:
-    """Run the HTTP front door only (Alertmanager, Slack, health)."""
+    """Run the HTTP front door only (Alertmanager, Slack, the API, health)."""
     settings = _settings(service=True)
     from bot.services import run_serve
 
