@@ -6,10 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
 from bot.api.routes import idempotent_run_id
+from bot.services import api_tokens
+from bot.settings import ConfigError, Settings
 from tests.api.support import ApiStack, api_stack
 
 
@@ -180,3 +183,11 @@ async def test_bad_starts_are_4xx_naming_what_to_fix_and_start_nothing(stack: Ap
     assert await stack.runs() == []
     rules = [e.details["rule"] for e in stack.refusals("api:alice")]
     assert sorted(rules) == ["body", "body", "params", "unknown_playbook"]
+
+
+def test_a_front_door_does_not_start_with_a_file_that_is_not_a_tokens_file(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text('{"tokens": "everyone"}')
+    with pytest.raises(ConfigError, match=f"{path}: not a tokens file"):
+        api_tokens(Settings(data_dir=tmp_path, api_tokens_file=path))
+    assert api_tokens(Settings(data_dir=tmp_path)).entries() == {}  # no file yet: no tokens, every request 401

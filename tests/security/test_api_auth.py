@@ -247,6 +247,15 @@ async def test_hostile_vote_and_cancel_bodies_are_4xx_and_change_nothing(stack: 
     assert status is not None and status.step("risky").approvals == [] and status.cancelled_by is None
 
 
+async def test_hostile_run_ids_are_404_never_5xx(stack: ApiStack) -> None:
+    for run_id in ("x" * 2000, "%00", "a%0Ab", "%C3%A9", "%20", "..%2F..%2Fhealthz"):
+        for method, path, body in [("GET", "", None), ("POST", "/cancel", {}),
+                                   ("POST", "/approvals", {"step": "s", "vote": "approve"})]:
+            response = await stack.call(method, f"/runs/{run_id}{path}", "alice", body=body)
+            assert response.status_code == 404, (run_id[:20], method, path, response.text[:200])
+    assert await stack.runs() == []
+
+
 async def test_unauthenticated_bodies_are_not_read(stack: ApiStack) -> None:
     response = await stack.call("POST", "/runs", content=b"x" * (4 * MAX_BODY))
     assert response.status_code == 401  # not 413: nothing is read before the token is checked
