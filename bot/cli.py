@@ -127,7 +127,9 @@ def _api(settings: Settings, by: str | None = None) -> ApiClient | None:
     if not settings.api_url:
         return None
     if by is not None:
-        raise Failure("--by cannot be used through the API (PLAYBOOK_BOT_API_URL is set): you act as your API token's principal")
+        raise Failure(
+            "--by cannot be used through the API (PLAYBOOK_BOT_API_URL is set): you act as your API token's principal"
+        )
     try:
         return ApiClient.from_settings(settings)
     except ConfigError as exc:

@@ -27,7 +27,9 @@ class ApiClientError(RuntimeError):
 class ApiClient:
     def __init__(self, url: str, token: str) -> None:
         self.base = url.rstrip("/") + "/api/v1"
-        self._http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT, follow_redirects=False)
+        self._http = httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT, follow_redirects=False
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiClient | None:
@@ -43,7 +45,9 @@ class ApiClient:
             raise ConfigError(f"PLAYBOOK_BOT_API_URL {settings.api_url!r} is not an http:// or https:// URL")
         token = settings.api_token.get_secret_value()
         if not (token.isascii() and token.isprintable()) or " " in token:
-            raise ConfigError("PLAYBOOK_BOT_API_TOKEN is not a token (printable ASCII without spaces, as `token issue` prints)")
+            raise ConfigError(
+                "PLAYBOOK_BOT_API_TOKEN is not a token (printable ASCII without spaces, as `token issue` prints)"
+            )
         return cls(settings.api_url, token)
 
     async def __aenter__(self) -> ApiClient:

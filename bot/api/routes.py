@@ -16,7 +16,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Awaitable, Callable, Literal, get_args
+from typing import Any, Awaitable, Callable, Literal, TypeVar, get_args
 
 import structlog
 from fastapi import APIRouter, Request
@@ -86,6 +86,7 @@ class ApiDeps:
 
 
 Handler = Callable[[Request, Actor], Awaitable[JSONResponse]]
+B = TypeVar("B", bound=_Body)
 
 
 def idempotent_run_id(principal: str, playbook: str, key: str) -> str:
@@ -153,12 +154,14 @@ class RunsApi:
             principal = self.deps.tokens.principal_for(token.strip())
         except TokenError as exc:
             log.error("api tokens file unreadable: every API request is refused", error=str(exc))
-            raise ApiError(503, "the API's tokens cannot be read; the operator has to fix the tokens file", "token") from None
+            raise ApiError(
+                503, "the API's tokens cannot be read; the operator has to fix the tokens file", "token"
+            ) from None
         if principal is None:
             raise unauthenticated("unknown or revoked API token", invalid=True)
         return Actor(principal, principal.partition(":")[2], (), "api")
 
-    async def _body(self, request: Request, model: type[_Body], empty_ok: bool = False) -> Any:
+    async def _body(self, request: Request, model: type[B], empty_ok: bool = False) -> B:
         raw = await read_limited(request, self.deps.max_body)
         if raw is None:
             raise ApiError(413, f"body over {self.deps.max_body} bytes", "body_limit")
@@ -278,10 +281,12 @@ class RunsApi:
     async def post_run(self, request: Request, actor: Actor) -> JSONResponse:
         """201 with the new run's id; with an Idempotency-Key, a repeat of the same request answers
         200 with the run the first one started, and the same key for different params is a 409."""
-        body: StartBody = await self._body(request, StartBody)
+        body = await self._body(request, StartBody)
         key = request.headers.get("idempotency-key")
         if key is not None and not IDEMPOTENCY_KEY.match(key):
-            raise ApiError(400, "Idempotency-Key must be 1 to 200 printable ASCII characters without spaces", "idempotency")
+            raise ApiError(
+                400, "Idempotency-Key must be 1 to 200 printable ASCII characters without spaces", "idempotency"
+            )
         try:
             loaded = self.deps.catalog().get(body.playbook)
         except UnknownPlaybook:
@@ -295,7 +300,9 @@ class RunsApi:
         await check_start(self.deps.policy, loaded, params, trigger, actor)
         deps = self.deps
         if key is None:
-            handle = await start_run(deps.client, deps.task_queue, loaded, params, trigger, actor=actor, keyring=deps.keyring)
+            handle = await start_run(
+                deps.client, deps.task_queue, loaded, params, trigger, actor=actor, keyring=deps.keyring
+            )
             log.info("api run started", run_id=handle.id, playbook=loaded.playbook.name, by=actor.principal)
             return JSONResponse({"run_id": handle.id}, status_code=201)
         run_id = idempotent_run_id(actor.principal, loaded.playbook.name, key)
@@ -317,13 +324,13 @@ class RunsApi:
         return JSONResponse({"run_id": run_id}, status_code=201)
 
     async def post_vote(self, request: Request, actor: Actor) -> JSONResponse:
-        body: VoteBody = await self._body(request, VoteBody)
+        body = await self._body(request, VoteBody)
         asked = VoteRequest(step_id=body.step, user=actor.principal, vote=body.vote, reason=body.reason)
         result = await vote(self.deps.client, request.path_params["run_id"], asked, actor, self.deps.keyring)
         return JSONResponse(result.model_dump(mode="json"))
 
     async def post_cancel(self, request: Request, actor: Actor) -> JSONResponse:
-        body: CancelBody = await self._body(request, CancelBody, empty_ok=True)
+        body = await self._body(request, CancelBody, empty_ok=True)
         run_id = request.path_params["run_id"]
         before, result = await cancel_run(self.deps.client, run_id, actor, self.deps.keyring, body.reason)
         return JSONResponse({"run_id": run_id, "was": before.state, "state": result.state, "message": result.message})

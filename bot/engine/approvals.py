@@ -64,7 +64,9 @@ class ApprovalBook:
         try:
             st = self._status.step(request.step_id)
         except KeyError:
-            raise VoteRefused(f"run {self._status.run_id} has no step {request.step_id!r}", "not_found", "unknown_step") from None
+            raise VoteRefused(
+                f"run {self._status.run_id} has no step {request.step_id!r}", "not_found", "unknown_step"
+            ) from None
         if st.state != "waiting_approval":
             raise VoteRefused(
                 f"step {request.step_id!r} is not waiting for approval (it is {st.state})", "conflict", "step_state"
@@ -76,7 +78,9 @@ class ApprovalBook:
         if request.user == self._requester:
             raise VoteRefused(f"{request.user} requested this run and cannot vote on it (four-eyes)", rule="four_eyes")
         if any(v.user == request.user for v in st.approvals) or (request.step_id, request.user) in self._in_flight:
-            raise VoteRefused(f"{request.user} has already voted on step {request.step_id!r}", rule="one_vote_per_person")
+            raise VoteRefused(
+                f"{request.user} has already voted on step {request.step_id!r}", rule="one_vote_per_person"
+            )
 
     async def cast(self, request: VoteRequest, check: ApproverCheck) -> tuple[VoteResult, Vote]:
         self.validate(request)
@@ -93,7 +97,8 @@ class ApprovalBook:
         self.validate(request)  # the step may have been decided while policy was asked
         if person == self.requester_person:
             raise VoteRefused(
-                f"{request.user} is {person}, who requested this run ({self._requester}), and cannot vote on it (four-eyes)",
+                f"{request.user} is {person}, who requested this run ({self._requester}), "
+                "and cannot vote on it (four-eyes)",
                 rule="four_eyes",
             )
         st = self._status.step(request.step_id)

@@ -196,7 +196,9 @@ async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, 
     )
     status = await get_status(client, run_id)
     if status.finished:
-        raise RunError(f"run {run_id!r} has already ended ({status.state}): nothing to vote on", "conflict", "run_state")
+        raise RunError(
+            f"run {run_id!r} has already ended ({status.state}): nothing to vote on", "conflict", "run_state"
+        )
     try:
         return await client.get_workflow_handle(run_id).execute_update(
             PlaybookRun.vote, request, rpc_timeout=timedelta(seconds=30)

@@ -257,11 +257,15 @@ class PlaybookRun:
             raise CancelDuplicate(f"run {self._status.run_id} is already being cancelled by {request.user}")
         if self._status.cancelled_by is not None:
             raise CancelRefused(
-                f"run {self._status.run_id} is already being cancelled by {self._status.cancelled_by}", "conflict", "run_state"
+                f"run {self._status.run_id} is already being cancelled by {self._status.cancelled_by}",
+                "conflict",
+                "run_state",
             )
         if self._status.finished or self._status.state == "compensating":
             raise CancelRefused(
-                f"run {self._status.run_id} is already ending ({self._status.state}): nothing to cancel", "conflict", "run_state"
+                f"run {self._status.run_id} is already ending ({self._status.state}): nothing to cancel",
+                "conflict",
+                "run_state",
             )
 
     # ---- the run -------------------------------------------------------------------------
