@@ -1,5 +1,7 @@
 """The only entry point: `playbook-bot dev|worker|serve|run|status|cancel|approve|reject|validate|schema`.
 
+With PLAYBOOK_BOT_API_URL set, `run`, `status`, `cancel`, `approve` and `reject` go through the front
+door's API as the token's principal (bot/api/client.py); otherwise straight to Temporal.
 Every refusal or failure is one line on stderr and a non-zero exit. The process leaves through
 `os._exit` after flushing, because temporalio can crash in interpreter teardown after a worker
 ran (sdk-python#300): a command must never print success and then die with 134/139.
@@ -13,8 +15,9 @@ import json
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from typing import Any, Awaitable, Callable, NoReturn, Optional, TypeVar
 
 import click
 import typer
@@ -22,12 +25,14 @@ from rich.console import Console
 from rich.live import Live
 
 from bot import logging as bot_logging
+from bot.api.client import ApiClient, ApiClientError
 from bot.audit.cli import app as audit_app
 from bot.console import progress_lines, status_table
 from bot.devstack import DevServerError
 from bot.engine.runs import RunError, cancel_run, check_start, get_status, start_run, vote
 from bot.engine.state import RunStatus, TriggerContext, VoteRequest
 from bot.identity import principals
+from bot.identity.cli import app as token_app
 from bot.identity.keys import cli_keyring
 from bot.identity.principals import Actor, PrincipalError
 from bot.identity.proofs import Keyring
@@ -43,6 +48,7 @@ from bot.temporal import TemporalUnavailable, connect, shutdown_tracing
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Incident-response playbooks on Temporal.")
 app.add_typer(policy_app, name="policy", help="Test and evaluate the Rego policies.")
 app.add_typer(audit_app, name="audit", help="Export, verify and follow the audit trail.")
+app.add_typer(token_app, name="token", help="Issue, list and revoke the HTTP API's bearer tokens.")
 out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -58,6 +64,7 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     LookupError,
     PrincipalError,
+    ApiClientError,
 )
 
 
@@ -114,6 +121,21 @@ def _actor(settings: Settings, by: str | None) -> tuple[Actor, Keyring]:
     return Actor(principal, principal[4:], (), "dev" if keyring.can_sign else None), keyring
 
 
+def _api(settings: Settings, by: str | None = None) -> ApiClient | None:
+    """The API client when PLAYBOOK_BOT_API_URL is set. Through it the CLI is its token's
+    principal, so `--by` (claiming someone else) is refused rather than ignored."""
+    if not settings.api_url:
+        return None
+    if by is not None:
+        raise Failure(
+            "--by cannot be used through the API (PLAYBOOK_BOT_API_URL is set): you act as your API token's principal"
+        )
+    try:
+        return ApiClient.from_settings(settings)
+    except ConfigError as exc:
+        raise Failure(str(exc)) from None
+
+
 def _print_status(status: RunStatus, as_json: bool) -> None:
     if as_json:
         print(json.dumps(status.model_dump(mode="json"), indent=2))
@@ -144,7 +166,7 @@ def worker() -> None:
 
 @app.command()
 def serve() -> None:
-    """Run the HTTP front door only (Alertmanager, Slack, health)."""
+    """Run the HTTP front door only (Alertmanager, Slack, the API, health)."""
     settings = _settings(service=True)
     from bot.services import run_serve
 
@@ -164,6 +186,9 @@ def run(
 ) -> None:
     """Start a playbook run and print its run id."""
     settings = _settings()
+    api = _api(settings, by)
+    if api is not None:
+        _run_via_api(api, name, param, wait, as_json)
     try:
         loaded = _catalog(settings).get(name)
         params = coerce_params(loaded.playbook, parse_assignments(param))
@@ -184,21 +209,45 @@ def run(
         finally:
             await policy.close()
         handle = await start_run(client, settings.task_queue, loaded, params, trigger, actor=actor, keyring=keyring)
-        if not wait:
-            print(json.dumps({"run_id": handle.id}) if as_json else handle.id)
-            return None
-        if not as_json:
-            err.print(f"run {handle.id} started", highlight=False)
-        return await _follow(client, handle.id, as_json)
+        return await _started(handle.id, partial(get_status, client), wait, as_json)
 
-    status = _run(go)
+    _exit_with(_run(go), as_json)
+
+
+def _run_via_api(api: ApiClient, name: str, param: list[str], wait: bool, as_json: bool) -> NoReturn:
+    """`run` through the front door: it types and checks the params against its own playbooks."""
+    try:
+        raw = parse_assignments(param)
+    except KNOWN_ERRORS as exc:
+        raise Failure(_reason(exc)) from None
+
+    async def go() -> RunStatus | None:
+        async with api:
+            return await _started(await api.start(name, raw), api.status, wait, as_json)
+
+    _exit_with(_run(go), as_json)
+
+
+async def _started(
+    run_id: str, read: Callable[[str], Awaitable[RunStatus]], wait: bool, as_json: bool
+) -> RunStatus | None:
+    if not wait:
+        print(json.dumps({"run_id": run_id}) if as_json else run_id)
+        return None
+    if not as_json:
+        err.print(f"run {run_id} started", highlight=False)
+    return await _follow(read, run_id, as_json)
+
+
+def _exit_with(status: RunStatus | None, as_json: bool) -> NoReturn:
+    """`run`'s exit: 0 once started (no --wait), else the final status and 0 only if it completed."""
     if status is None:
         raise typer.Exit(0)
     _print_status(status, as_json)
     raise typer.Exit(0 if status.state == "completed" else 1)
 
 
-async def _follow(client: Any, run_id: str, quiet: bool) -> RunStatus:
+async def _follow(read: Callable[[str], Awaitable[RunStatus]], run_id: str, quiet: bool) -> RunStatus:
     """Poll the run until it ends; a live table on a terminal, one line per change elsewhere."""
     previous: RunStatus | None = None
     live = Live(console=err, auto_refresh=False, transient=True) if err.is_terminal and not quiet else None
@@ -206,7 +255,7 @@ async def _follow(client: Any, run_id: str, quiet: bool) -> RunStatus:
         live.start()
     try:
         while True:
-            status = await get_status(client, run_id)
+            status = await read(run_id)
             if live:
                 live.update(status_table(status), refresh=True)
             elif not quiet:
@@ -228,8 +277,12 @@ def status(
 ) -> None:
     """Show a run's state and its steps."""
     settings = _settings()
+    api = _api(settings)
 
     async def go() -> RunStatus:
+        if api is not None:
+            async with api:
+                return await api.status(run_id)
         return await get_status(await connect(settings), run_id)
 
     _print_status(_run(go), as_json)
@@ -243,19 +296,29 @@ def cancel(
 ) -> None:
     """Cancel a run: the `cancel` rule decides; the running step stops and completed steps are compensated."""
     settings = _settings()
+    api = _api(settings, by)
 
-    async def go() -> Any:
+    async def go() -> tuple[str, str]:
+        if api is not None:
+            async with api:
+                answer = await api.cancel(run_id, reason)
+            return str(answer.get("message", "")), str(answer.get("was", "?"))
         actor, keyring = _actor(settings, by)
-        return await cancel_run(await connect(settings), run_id, actor, keyring, reason)
+        before, result = await cancel_run(await connect(settings), run_id, actor, keyring, reason)
+        return result.message, before.state
 
-    before, result = _run(go)
-    print(f"{result.message} (run {run_id} was {before.state})")
+    message, was = _run(go)
+    print(f"{message} (run {run_id} was {was})")
 
 
 def _vote(run_id: str, step_id: str, by: str | None, reason: str, verdict: str) -> None:
     settings = _settings()
+    api = _api(settings, by)
 
     async def go() -> Any:
+        if api is not None:
+            async with api:
+                return await api.vote(run_id, step_id, verdict, reason)
         actor, keyring = _actor(settings, by)
         request = VoteRequest(step_id=step_id, user=actor.principal, vote=verdict, reason=reason)  # type: ignore[arg-type]
         return await vote(await connect(settings), run_id, request, actor, keyring)

@@ -17,11 +17,13 @@ from temporalio.worker import Worker
 from bot.actions.catalog import slack_client
 from bot.actions.egress import announce_egress
 from bot.alerts.receiver import AlertDeps, AlertReceiver
+from bot.api.routes import ApiDeps, RunsApi
 from bot.audit.store import SqliteAuditStore
 from bot.devstack import DevServer
 from bot.engine.worker import WorkerDeps, make_worker, open_policy_and_audit, worker_deps
 from bot.identity.keys import front_door_keyring, require_front_door_key, worker_keyring
 from bot.identity.proofs import Keyring, ensure_dev_key
+from bot.identity.tokens import TokenError, TokenStore
 from bot.playbook.loader import Catalog, load_directory
 from bot.policy.engine import PolicyEngine
 from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
@@ -144,6 +146,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
             announce(f"  Web UI     {dev.ui_url}")
         announce(f"  HTTP       http://{settings.http_host}:{settings.http_port}  (/healthz, /readyz, /metrics)")
         announce(f"  Alerts     POST /alertmanager ({'bearer token set' if settings.alertmanager_token else 'no token: 401'})")
+        announce(f"  API        /api/v1/runs (tokens in {settings.tokens_path}: `playbook-bot token issue NAME`)")
         announce(f"  Slack      {'POST /slack/events' if slack else 'off (no bot token or signing secret)'}"
                  + (" + Socket Mode" if slack and settings.slack_app_token else ""))
         announce(f"  Try        playbook-bot run {next(iter(catalog), 'NAME')} --wait   (Ctrl-C stops everything)")
@@ -219,10 +222,33 @@ def front_door(
             keyring=keyring or front_door_keyring(settings),
         )
     )
-    routers = [alerts.router()]
+    api = RunsApi(
+        ApiDeps(
+            client=client,
+            task_queue=settings.task_queue,
+            catalog=lambda: catalog,
+            policy=policy,
+            audit=audit,
+            tokens=api_tokens(settings),
+            keyring=keyring or Keyring(),
+        )
+    )
+    routers = [alerts.router(), api.router()]
     if slack is not None:
         routers.append(slack_router(slack, settings))
     return routers
+
+
+def api_tokens(settings: Settings) -> TokenStore:
+    """The API's tokens, read once at start so a file that is not a tokens file stops the front
+    door with its name; later changes are picked up per request (a revoke needs no restart)."""
+    store = TokenStore(settings.tokens_path)
+    try:
+        count = len(store.entries())
+    except TokenError as exc:
+        raise ConfigError(str(exc)) from None
+    log.info("api tokens", path=str(store.path), count=count)
+    return store
 
 
 def slack_app(

@@ -22,8 +22,12 @@ VOTE_REFUSED = "VoteRefused"
 
 
 class VoteRefused(ApplicationError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, type=VOTE_REFUSED, non_retryable=True)
+    """`code` says what kind of refusal (refused: a rule said no; conflict: the step is not in a
+    state to vote on; not_found; invalid) and `rule` which check; both travel as the error's
+    details, so a front door can answer 403/404/409 without reading the message."""
+
+    def __init__(self, message: str, code: str = "refused", rule: str = "approver") -> None:
+        super().__init__(message, {"code": code, "rule": rule}, type=VOTE_REFUSED, non_retryable=True)
 
 
 ApproverCheck = Callable[[VoteRequest], Awaitable[ActorVerdict]]
@@ -60,17 +64,23 @@ class ApprovalBook:
         try:
             st = self._status.step(request.step_id)
         except KeyError:
-            raise VoteRefused(f"run {self._status.run_id} has no step {request.step_id!r}") from None
+            raise VoteRefused(
+                f"run {self._status.run_id} has no step {request.step_id!r}", "not_found", "unknown_step"
+            ) from None
         if st.state != "waiting_approval":
-            raise VoteRefused(f"step {request.step_id!r} is not waiting for approval (it is {st.state})")
+            raise VoteRefused(
+                f"step {request.step_id!r} is not waiting for approval (it is {st.state})", "conflict", "step_state"
+            )
         if self.decided(request.step_id):  # decided by a vote in this same moment: later ones are refused
-            raise VoteRefused(f"step {request.step_id!r} has already been decided")
+            raise VoteRefused(f"step {request.step_id!r} has already been decided", "conflict", "step_state")
         if not request.user:
-            raise VoteRefused("a vote needs a user id")
+            raise VoteRefused("a vote needs a user id", "invalid", "principal")
         if request.user == self._requester:
-            raise VoteRefused(f"{request.user} requested this run and cannot vote on it (four-eyes)")
+            raise VoteRefused(f"{request.user} requested this run and cannot vote on it (four-eyes)", rule="four_eyes")
         if any(v.user == request.user for v in st.approvals) or (request.step_id, request.user) in self._in_flight:
-            raise VoteRefused(f"{request.user} has already voted on step {request.step_id!r}")
+            raise VoteRefused(
+                f"{request.user} has already voted on step {request.step_id!r}", rule="one_vote_per_person"
+            )
 
     async def cast(self, request: VoteRequest, check: ApproverCheck) -> tuple[VoteResult, Vote]:
         self.validate(request)
@@ -87,12 +97,17 @@ class ApprovalBook:
         self.validate(request)  # the step may have been decided while policy was asked
         if person == self.requester_person:
             raise VoteRefused(
-                f"{request.user} is {person}, who requested this run ({self._requester}), and cannot vote on it (four-eyes)"
+                f"{request.user} is {person}, who requested this run ({self._requester}), "
+                "and cannot vote on it (four-eyes)",
+                rule="four_eyes",
             )
         st = self._status.step(request.step_id)
         earlier = next((v for v in st.approvals if (v.person or v.user) == person), None)
         if earlier is not None:
-            raise VoteRefused(f"{person} has already voted on step {request.step_id!r} (as {earlier.user}): one vote per person")
+            raise VoteRefused(
+                f"{person} has already voted on step {request.step_id!r} (as {earlier.user}): one vote per person",
+                rule="one_vote_per_person",
+            )
         user = verdict.user or {}
         vote = Vote(
             user=request.user,

@@ -24,7 +24,24 @@ QUERY_TIMEOUT = timedelta(seconds=5)
 
 
 class RunError(RuntimeError):
-    """A refused or failed operation on a run; the message is for the operator."""
+    """A refused or failed operation on a run; the message is for the operator. `code` is what
+    kind (refused: a rule said no; not_found; conflict: the run or step is not in a state for it;
+    invalid; unavailable: Temporal or a worker did not answer) and `rule` which check said so, so
+    the HTTP API picks its status without reading the message."""
+
+    def __init__(self, message: str, code: str = "refused", rule: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.rule = rule
+
+
+def _refused(cause: BaseException | None) -> RunError:
+    """A workflow's VoteRefused/CancelRefused as a RunError, keeping the code and rule it carries."""
+    details = getattr(cause, "details", None) or ()
+    info = details[0] if details and isinstance(details[0], dict) else {}
+    return RunError(
+        getattr(cause, "message", None) or str(cause), str(info.get("code") or "refused"), info.get("rule")
+    )
 
 
 def new_run_id(playbook: str, now: datetime | None = None) -> str:
@@ -57,7 +74,7 @@ async def check_start(
     verdict = await policy.start(start_policy_input(loaded, params, trigger, actor))
     if not verdict.allow:
         reasons = "; ".join(verdict.reasons) or "no reason given"
-        raise RunError(f"{actor.principal} may not start {loaded.playbook.name}: {reasons}")
+        raise RunError(f"{actor.principal} may not start {loaded.playbook.name}: {reasons}", rule="start")
 
 
 async def check_read(policy: PolicyEngine, catalog: Catalog, status: RunStatus, actor: Actor) -> None:
@@ -100,8 +117,11 @@ async def start_run(
     actor: Actor,
     keyring: Keyring,
     run_id: str | None = None,
+    on_conflict: WorkflowIDConflictPolicy = WorkflowIDConflictPolicy.USE_EXISTING,
+    memo: dict[str, Any] | None = None,
 ) -> WorkflowHandle[PlaybookRun, RunStatus]:
-    """Start a run; with a natural-key run_id a repeat attaches to the running one instead."""
+    """Start a run; with a natural-key run_id a repeat attaches to the running one instead
+    (`on_conflict=FAIL`: WorkflowAlreadyStartedError, for a caller that must tell them apart)."""
     run_id = run_id or new_run_id(loaded.playbook.name)
     return await client.start_workflow(
         PlaybookRun.run,
@@ -109,7 +129,8 @@ async def start_run(
         id=run_id,
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_conflict_policy=on_conflict,
+        memo=memo,
         static_summary=f"{loaded.playbook.name} by {trigger.requested_by} ({trigger.kind})",
     )
 
@@ -121,22 +142,27 @@ async def get_status(client: Client, run_id: str) -> RunStatus:
         desc = await handle.describe()
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
-            raise RunError(f"unknown run {run_id!r}") from None
-        raise RunError(f"cannot read run {run_id!r}: {exc.message}") from None
+            raise RunError(f"unknown run {run_id!r}", "not_found", "unknown_run") from None
+        raise RunError(f"cannot read run {run_id!r}: {exc.message}", "unavailable") from None
     if desc.workflow_type != "PlaybookRun":
-        raise RunError(f"{run_id!r} is a {desc.workflow_type} workflow, not a playbook run")
+        raise RunError(f"{run_id!r} is a {desc.workflow_type} workflow, not a playbook run", "not_found", "unknown_run")
     if desc.raw_description.workflow_execution_info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
         try:
             return await handle.query(PlaybookRun.status, rpc_timeout=QUERY_TIMEOUT)
         except RPCError as exc:
             raise RunError(
                 f"run {run_id!r} is running but its status cannot be read ({exc.message}): is a worker polling "
-                "its task queue?"
+                "its task queue?",
+                "unavailable",
             ) from None
     try:
         return await client.get_workflow_handle(run_id, result_type=RunStatus).result(follow_runs=False)
     except Exception as exc:  # terminated or timed out by an operator in Temporal itself
-        raise RunError(f"run {run_id!r} ended outside playbook-bot ({desc.status.name if desc.status else '?'}): {exc}") from None
+        raise RunError(
+            f"run {run_id!r} ended outside playbook-bot ({desc.status.name if desc.status else '?'}): {exc}",
+            "conflict",
+            "run_state",
+        ) from None
 
 
 async def cancel_run(
@@ -146,7 +172,7 @@ async def cancel_run(
     the canceller. Refused: RunError naming the rule's reasons, and the run goes on as it was."""
     status = await get_status(client, run_id)
     if status.finished:
-        raise RunError(f"run {run_id!r} has already ended ({status.state})")
+        raise RunError(f"run {run_id!r} has already ended ({status.state})", "conflict", "run_state")
     request = CancelRequest(
         user=actor.principal,
         name=actor.name,
@@ -164,10 +190,10 @@ async def cancel_run(
             return status, CancelResult(state=status.state, message="cancel requested (a run from before verified cancels)")
         if kind == CANCEL_DUPLICATE:  # asked again by the same principal: already under way
             return status, CancelResult(state=status.state, message=getattr(cause, "message", "") or str(cause))
-        raise RunError(getattr(cause, "message", None) or str(cause)) from None
+        raise _refused(cause) from None
     except RPCError as exc:
         await _ended_meanwhile(client, run_id, "cancel")
-        raise RunError(f"cancel not recorded: {exc.message}") from None
+        raise RunError(f"cancel not recorded: {exc.message}", "unavailable") from None
     return status, result
 
 
@@ -184,24 +210,27 @@ async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, 
     )
     status = await get_status(client, run_id)
     if status.finished:
-        raise RunError(f"run {run_id!r} has already ended ({status.state}): nothing to vote on")
+        raise RunError(
+            f"run {run_id!r} has already ended ({status.state}): nothing to vote on", "conflict", "run_state"
+        )
     try:
         return await client.get_workflow_handle(run_id).execute_update(
             PlaybookRun.vote, request, rpc_timeout=timedelta(seconds=30)
         )
     except WorkflowUpdateFailedError as exc:
-        cause = exc.cause
-        raise RunError(getattr(cause, "message", None) or str(cause)) from None
+        raise _refused(exc.cause) from None
     except RPCError as exc:
         await _ended_meanwhile(client, run_id, "vote on")
-        raise RunError(f"vote not recorded: {exc.message}") from None
+        raise RunError(f"vote not recorded: {exc.message}", "unavailable") from None
 
 
 async def _ended_meanwhile(client: Client, run_id: str, what: str) -> None:
     """An update that met a closing run: say so, instead of Temporal's update-aborted text."""
     with contextlib.suppress(RPCError):
         if await is_running(client, run_id) is False:  # another vote decided, or a cancel, meanwhile
-            raise RunError(f"run {run_id!r} ended while your request was on its way: nothing to {what}") from None
+            raise RunError(
+                f"run {run_id!r} ended while your request was on its way: nothing to {what}", "conflict", "run_state"
+            ) from None
 
 
 async def is_running(client: Client, run_id: str) -> bool | None:

@@ -99,8 +99,10 @@ def describe_failure(err: BaseException, max_attempts: int) -> tuple[str, int]:
 
 
 class CancelRefused(ApplicationError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, type=CANCEL_REFUSED, non_retryable=True)
+    """`code`/`rule` as VoteRefused's: refused by the `cancel` rule, or a conflict with the run's state."""
+
+    def __init__(self, message: str, code: str = "refused", rule: str = "cancel") -> None:
+        super().__init__(message, {"code": code, "rule": rule}, type=CANCEL_REFUSED, non_retryable=True)
 
 
 class CancelUnsupported(ApplicationError):
@@ -234,7 +236,8 @@ class PlaybookRun:
             self._record(None, EventKind.cancel_requested, {**details, "accepted": False, "reasons": reasons},
                          actor=request.user, key=f"refused:{request.user}:{workflow.uuid4()}")
             await self._flush_audit()
-            raise CancelRefused(message)
+            code, rule = ("refused", "cancel") if not verdict.allow else ("conflict", "run_state")
+            raise CancelRefused(message, code, rule)
         self._status.cancelled_by = request.user
         self._status.cancel_reason = request.reason
         self._record(None, EventKind.cancel_requested, {**details, "accepted": True, "person": verdict.person},
@@ -252,13 +255,21 @@ class PlaybookRun:
         if self._trusted is False:  # None: not started yet, which only a new (trusted) run can be
             raise CancelUnsupported("this run started before verified cancels; it takes Temporal's own cancel")
         if not request.user:
-            raise CancelRefused("a cancel needs a principal")
+            raise CancelRefused("a cancel needs a principal", "invalid", "principal")
         if self._status.cancelled_by == request.user:
             raise CancelDuplicate(f"run {self._status.run_id} is already being cancelled by {request.user}")
         if self._status.cancelled_by is not None:
-            raise CancelRefused(f"run {self._status.run_id} is already being cancelled by {self._status.cancelled_by}")
+            raise CancelRefused(
+                f"run {self._status.run_id} is already being cancelled by {self._status.cancelled_by}",
+                "conflict",
+                "run_state",
+            )
         if self._status.finished or self._status.state == "compensating":
-            raise CancelRefused(f"run {self._status.run_id} is already ending ({self._status.state}): nothing to cancel")
+            raise CancelRefused(
+                f"run {self._status.run_id} is already ending ({self._status.state}): nothing to cancel",
+                "conflict",
+                "run_state",
+            )
 
     # ---- the run -------------------------------------------------------------------------
 

@@ -1,0 +1,336 @@
+"""/api/v1: runs over HTTP, as the principal `api:<name>` a bearer token belongs to.
+
+A request is authenticated before its body is read. The principal is verified by its token and
+has no groups of its own (policy maps it through data.playbook.groups and people). It may do what
+the same rules let anyone do: `start` decides starting a run and reading one (a run's status is
+readable by whoever may start its playbook), the worker's `approver` and `cancel` decide votes and
+cancels. Every refusal of an authenticated principal is audited as `access_refused`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Awaitable, Callable, Literal, TypeVar, get_args
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from bot.api.errors import ApiError, unauthenticated
+from bot.audit.events import AuditEvent, EventKind
+from bot.audit.recorder import append_counted
+from bot.audit.store import SqliteAuditStore
+from bot.engine.runs import RunError, cancel_run, check_start, get_status, start_policy_input, start_run, vote
+from bot.engine.state import FINAL_RUN_STATES, RunState, RunStatus, TriggerContext, VoteRequest
+from bot.identity.principals import Actor
+from bot.identity.proofs import Keyring, digest
+from bot.identity.tokens import TokenError, TokenStore
+from bot.playbook.loader import Catalog, UnknownPlaybook
+from bot.playbook.params import ParamError, coerce_params
+from bot.policy.engine import PolicyEngine
+from bot.server import read_limited
+
+log = structlog.get_logger(__name__)
+
+PREFIX = "/api/v1"
+MAX_BODY = 64 * 1024  # a start, a vote or a cancel is a few hundred bytes
+DEFAULT_LIMIT, MAX_LIMIT = 20, 100
+SCAN = 500  # executions a listing examines at most, newest first
+READ_BATCH = 8  # statuses read at once while listing
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")  # printable ASCII, no spaces
+MAX_TEXT = 2000
+AUDIT_TEXT = 1000  # a refusal's reason as audited (it may quote the caller's input)
+RUN_STATES: frozenset[str] = frozenset(get_args(RunState))
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StartBody(_Body):
+    playbook: str = Field(min_length=1, max_length=200)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class VoteBody(_Body):
+    step: str = Field(min_length=1, max_length=200)
+    vote: Literal["approve", "reject"]
+    reason: str = Field("", max_length=MAX_TEXT)
+
+
+class CancelBody(_Body):
+    reason: str = Field("", max_length=MAX_TEXT)
+
+
+@dataclass
+class ApiDeps:
+    client: Client
+    task_queue: str
+    catalog: Callable[[], Catalog]
+    policy: PolicyEngine
+    audit: SqliteAuditStore | None
+    tokens: TokenStore
+    keyring: Keyring
+    max_body: int = MAX_BODY
+
+
+Handler = Callable[[Request, Actor], Awaitable[JSONResponse]]
+B = TypeVar("B", bound=_Body)
+
+
+def idempotent_run_id(principal: str, playbook: str, key: str) -> str:
+    """The run an Idempotency-Key names: per principal and playbook, so nobody attaches to another's run."""
+    return f"{playbook}-api-" + hashlib.sha256(f"{principal}\n{playbook}\n{key}".encode()).hexdigest()[:24]
+
+
+def run_summary(status: RunStatus) -> dict[str, Any]:
+    """One line of a listing."""
+    fields = ("run_id", "playbook", "state", "requested_by", "trigger", "started_at", "finished_at")
+    return status.model_dump(mode="json", include=set(fields))
+
+
+class RunsApi:
+    def __init__(self, deps: ApiDeps) -> None:
+        self.deps = deps
+
+    def router(self) -> APIRouter:
+        router = APIRouter(prefix=PREFIX)
+        routes: list[tuple[str, str, str, Handler]] = [
+            ("/runs", "POST", "start", self.post_run),
+            ("/runs", "GET", "list", self.list_runs),
+            ("/runs/{run_id}", "GET", "status", self.get_run),
+            ("/runs/{run_id}/approvals", "POST", "vote", self.post_vote),
+            ("/runs/{run_id}/cancel", "POST", "cancel", self.post_cancel),
+        ]
+        for path, method, operation, handler in routes:
+            router.add_api_route(path, self._endpoint(operation, handler), methods=[method], name=f"api_{operation}")
+        return router
+
+    # ---- the edge ----------------------------------------------------------------------------
+
+    def _endpoint(self, operation: str, handler: Handler) -> Callable[[Request], Awaitable[JSONResponse]]:
+        async def endpoint(request: Request) -> JSONResponse:
+            try:
+                actor = self._authenticate(request)
+            except ApiError as exc:
+                log.warning("api request unauthenticated", operation=operation, status=exc.status, reason=exc.message)
+                return exc.response()
+            try:
+                return await handler(request, actor)
+            except RunError as exc:
+                error = ApiError.of(exc)
+            except ApiError as exc:
+                error = exc
+            except RPCError as exc:  # Temporal unreachable or failing: ours, and a retry may succeed
+                error = ApiError(503, f"Temporal did not answer: {exc.message}", "temporal")
+            if error.status < 500:
+                await self._refused(actor, operation, request.path_params.get("run_id"), error)
+            else:
+                log.error("api request failed on our side", operation=operation, reason=error.message)
+            return error.response()
+
+        return endpoint
+
+    def _authenticate(self, request: Request) -> Actor:
+        """The token's principal, from the Authorization header only (never the URL, which is logged)."""
+        headers = request.headers.getlist("authorization")
+        if not headers:
+            raise unauthenticated("missing bearer token: send `Authorization: Bearer <token>`", invalid=False)
+        scheme, _, token = headers[0].partition(" ")
+        if len(headers) != 1 or scheme.lower() != "bearer" or not token.strip():
+            raise unauthenticated("malformed Authorization header: expected one `Bearer <token>`", invalid=True)
+        try:
+            principal = self.deps.tokens.principal_for(token.strip())
+        except TokenError as exc:
+            log.error("api tokens file unreadable: every API request is refused", error=str(exc))
+            raise ApiError(
+                503, "the API's tokens cannot be read; the operator has to fix the tokens file", "token"
+            ) from None
+        if principal is None:
+            raise unauthenticated("unknown or revoked API token", invalid=True)
+        return Actor(principal, principal.partition(":")[2], (), "api")
+
+    async def _body(self, request: Request, model: type[B], empty_ok: bool = False) -> B:
+        raw = await read_limited(request, self.deps.max_body)
+        if raw is None:
+            raise ApiError(413, f"body over {self.deps.max_body} bytes", "body_limit")
+        if empty_ok and not raw.strip():
+            return model()
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError; deep nesting recurses
+            raise ApiError(400, f"body is not JSON: {str(exc)[:200] or type(exc).__name__}", "body") from None
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            problems = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
+            raise ApiError(422, "invalid body: " + "; ".join(problems), "body", problems=problems) from None
+
+    async def _refused(self, actor: Actor, operation: str, run_id: str | None, error: ApiError) -> None:
+        """The audit record of a refusal; the refusal stands even if it cannot be written."""
+        log.warning("api request refused", principal=actor.principal, operation=operation, status=error.status,
+                    rule=error.rule, reason=error.message, run_id=run_id)
+        if self.deps.audit is None:
+            return
+        run_id = run_id if run_id and len(run_id) <= 1000 else None
+        event = AuditEvent(
+            event_id=f"api:{uuid.uuid4().hex}:access_refused",
+            ts=datetime.now(UTC),
+            run_id=run_id,
+            step_id=None,
+            kind=EventKind.access_refused,
+            actor=actor.principal,
+            details={
+                "operation": operation,
+                "reason": error.message[:AUDIT_TEXT],
+                "rule": error.rule,
+                "status": error.status,
+                "run_id": run_id,
+                "via": "api",
+            },
+        )
+        try:
+            await append_counted(self.deps.audit, [event])
+        except Exception as exc:  # noqa: BLE001  the log line above is the record then
+            log.error("access_refused not audited", error=f"{type(exc).__name__}: {exc}")
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    async def _may_read(self, actor: Actor, status: RunStatus) -> str | None:
+        """None when `start` would let the actor start this run's playbook with its params, else why not."""
+        try:
+            loaded = self.deps.catalog().get(status.playbook)
+        except UnknownPlaybook:
+            return f"playbook {status.playbook!r} is not loaded by this front door"
+        trigger = TriggerContext(kind="api", requested_by=actor.principal)
+        verdict = await self.deps.policy.start(start_policy_input(loaded, status.params, trigger, actor))
+        return None if verdict.allow else "; ".join(verdict.reasons) or "no reason given"
+
+    async def get_run(self, request: Request, actor: Actor) -> JSONResponse:
+        run_id = request.path_params["run_id"]
+        status = await get_status(self.deps.client, run_id)
+        why_not = await self._may_read(actor, status)
+        if why_not is not None:
+            raise ApiError(
+                403, f"{actor.principal} may not read run {run_id}: may not start {status.playbook}: {why_not}", "start"
+            )
+        return JSONResponse(status.model_dump(mode="json"))
+
+    async def list_runs(self, request: Request, actor: Actor) -> JSONResponse:
+        """The newest runs on this front door's task queue the actor may read, filtered by state and
+        playbook; at most `limit` (≤ 100) of the newest SCAN executions."""
+        state, playbook, limit = self._list_query(request)
+        query = f'WorkflowType = "PlaybookRun" AND TaskQueue = "{self.deps.task_queue}"'
+        if state is not None and state not in FINAL_RUN_STATES:
+            query += ' AND ExecutionStatus = "Running"'
+        ids = [w.id async for w in self.deps.client.list_workflows(query, limit=SCAN)]
+        runs: list[dict[str, Any]] = []
+        readable: dict[tuple[str, str], bool] = {}
+        for first in range(0, len(ids), READ_BATCH):
+            batch = await asyncio.gather(*(self._status_or_none(i) for i in ids[first:first + READ_BATCH]))
+            for status in batch:
+                if status is None or (state and status.state != state) or (playbook and status.playbook != playbook):
+                    continue
+                key = (status.playbook, digest(status.params))
+                if key not in readable:
+                    readable[key] = await self._may_read(actor, status) is None
+                if readable[key]:
+                    runs.append(run_summary(status))
+            if len(runs) >= limit:
+                break
+        return JSONResponse({"runs": runs[:limit], "scanned": len(ids)})
+
+    def _list_query(self, request: Request) -> tuple[str | None, str | None, int]:
+        query = request.query_params
+        problems = [f"unknown query parameter {name!r} (known: state, playbook, limit)"
+                    for name in query if name not in ("state", "playbook", "limit")]
+        state, playbook, limit = query.get("state") or None, query.get("playbook") or None, DEFAULT_LIMIT
+        if state is not None and state not in RUN_STATES:
+            problems.append(f"state {state!r} is not one of: {', '.join(sorted(RUN_STATES))}")
+        text = query.get("limit")
+        if text is not None:
+            if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+                problems.append(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+            else:
+                limit = int(text)
+        if problems:
+            raise ApiError(422, "; ".join(problems), "query", problems=problems)
+        if playbook is not None and playbook not in self.deps.catalog():
+            raise ApiError(404, f"unknown playbook {playbook!r}", "unknown_playbook")
+        return state, playbook, limit
+
+    async def _status_or_none(self, run_id: str) -> RunStatus | None:
+        try:
+            return await get_status(self.deps.client, run_id)
+        except RunError:  # no worker answering yet, or ended outside playbook-bot: not listed
+            return None
+
+    # ---- acting ------------------------------------------------------------------------------
+
+    async def post_run(self, request: Request, actor: Actor) -> JSONResponse:
+        """201 with the new run's id; with an Idempotency-Key, a repeat of the same request answers
+        200 with the run the first one started, and the same key for different params is a 409."""
+        body = await self._body(request, StartBody)
+        key = request.headers.get("idempotency-key")
+        if key is not None and not IDEMPOTENCY_KEY.match(key):
+            raise ApiError(
+                400, "Idempotency-Key must be 1 to 200 printable ASCII characters without spaces", "idempotency"
+            )
+        try:
+            loaded = self.deps.catalog().get(body.playbook)
+        except UnknownPlaybook:
+            raise ApiError(404, f"unknown playbook {body.playbook!r}", "unknown_playbook") from None
+        try:
+            params = coerce_params(loaded.playbook, body.params)
+        except ParamError as exc:
+            problems = [message for _, message in exc.problems]
+            raise ApiError(422, str(exc), "params", problems=problems) from None
+        trigger = TriggerContext(kind="api", requested_by=actor.principal)
+        await check_start(self.deps.policy, loaded, params, trigger, actor)
+        deps = self.deps
+        if key is None:
+            handle = await start_run(
+                deps.client, deps.task_queue, loaded, params, trigger, actor=actor, keyring=deps.keyring
+            )
+            log.info("api run started", run_id=handle.id, playbook=loaded.playbook.name, by=actor.principal)
+            return JSONResponse({"run_id": handle.id}, status_code=201)
+        run_id = idempotent_run_id(actor.principal, loaded.playbook.name, key)
+        asked = digest({"playbook": loaded.playbook.name, "params": params})
+        try:
+            await start_run(
+                deps.client, deps.task_queue, loaded, params, trigger, actor=actor, keyring=deps.keyring,
+                run_id=run_id, on_conflict=WorkflowIDConflictPolicy.FAIL, memo={"api_request": asked},
+            )
+        except WorkflowAlreadyStartedError:
+            described = await deps.client.get_workflow_handle(run_id).describe()
+            if await described.memo_value("api_request", None) != asked:
+                raise ApiError(
+                    409, f"Idempotency-Key {key!r} already started run {run_id} with other params: use a new key",
+                    "idempotency",
+                ) from None
+            return JSONResponse({"run_id": run_id, "attached": True}, status_code=200)
+        log.info("api run started", run_id=run_id, playbook=loaded.playbook.name, by=actor.principal)
+        return JSONResponse({"run_id": run_id}, status_code=201)
+
+    async def post_vote(self, request: Request, actor: Actor) -> JSONResponse:
+        body = await self._body(request, VoteBody)
+        asked = VoteRequest(step_id=body.step, user=actor.principal, vote=body.vote, reason=body.reason)
+        result = await vote(self.deps.client, request.path_params["run_id"], asked, actor, self.deps.keyring)
+        return JSONResponse(result.model_dump(mode="json"))
+
+    async def post_cancel(self, request: Request, actor: Actor) -> JSONResponse:
+        body = await self._body(request, CancelBody, empty_ok=True)
+        run_id = request.path_params["run_id"]
+        before, result = await cancel_run(self.deps.client, run_id, actor, self.deps.keyring, body.reason)
+        return JSONResponse({"run_id": run_id, "was": before.state, "state": result.state, "message": result.message})

@@ -1,0 +1,193 @@
+"""/api/v1 on real HTTP with a real worker: starting, reading, voting on and cancelling runs as
+the principal of a bearer token, and every refusal a 4xx naming its rule, audited."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from temporalio.testing import WorkflowEnvironment
+
+from bot.api.routes import idempotent_run_id
+from bot.services import api_tokens
+from bot.settings import ConfigError, Settings
+from tests.api.support import ApiStack, api_stack
+
+
+@pytest_asyncio.fixture
+async def stack(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[ApiStack]:
+    async with api_stack(dev_env.client, tmp_path) as s:
+        yield s
+
+
+async def test_a_started_run_completes_as_the_tokens_principal(stack: ApiStack) -> None:
+    run_id = await stack.start("alice", "quick", {"service": "checkout", "replicas": "3"})
+    final = await stack.finished(run_id)
+    assert final.state == "completed"
+    assert (final.requested_by, final.trigger) == ("api:alice", "api")
+    assert final.params == {"service": "checkout", "replicas": 3}
+    assert final.requester is not None
+    assert (final.requester.verified, final.requester.verified_by, final.requester.person) == (True, "api", "alice")
+
+    response = await stack.call("GET", f"/runs/{run_id}", "bob")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["run_id"] == run_id and body["state"] == "completed" and body["requested_by"] == "api:alice"
+    assert [s["id"] for s in body["steps"]] == ["note"] and body["steps"][0]["state"] == "succeeded"
+
+
+async def test_an_idempotency_key_makes_a_retried_post_attach(stack: ApiStack) -> None:
+    ask = {"playbook": "hold", "params": {}}
+    first = await stack.call("POST", "/runs", "alice", body=ask, headers={"Idempotency-Key": "incident-42"})
+    assert first.status_code == 201, first.text
+    run_id = first.json()["run_id"]
+    assert run_id == idempotent_run_id("api:alice", "hold", "incident-42")
+
+    again = await stack.call("POST", "/runs", "alice", body=ask, headers={"Idempotency-Key": "incident-42"})
+    assert (again.status_code, again.json()) == (200, {"run_id": run_id, "attached": True})
+    assert [w.id for w in await stack.runs()] == [run_id]
+
+    other = await stack.call("POST", "/runs", "alice", body={"playbook": "quick", "params": {"service": "x"}},
+                             headers={"Idempotency-Key": "incident-43"})
+    assert other.status_code == 201
+    # Another principal's same key is another run: nobody attaches to someone else's.
+    bobs = await stack.call("POST", "/runs", "bob", body=ask, headers={"Idempotency-Key": "incident-42"})
+    assert bobs.status_code == 201 and bobs.json()["run_id"] != run_id
+    assert len(await stack.runs()) == 3
+
+    # After the run ended, the same request still attaches: nothing starts twice.
+    assert (await stack.call("POST", f"/runs/{run_id}/cancel", "alice")).status_code == 200
+    await stack.finished(run_id)
+    late = await stack.call("POST", "/runs", "alice", body=ask, headers={"Idempotency-Key": "incident-42"})
+    assert (late.status_code, late.json()) == (200, {"run_id": run_id, "attached": True})
+    assert len(await stack.runs()) == 3
+
+
+async def test_an_idempotency_key_reused_for_other_params_is_a_conflict(stack: ApiStack) -> None:
+    key = {"Idempotency-Key": "deploy-7"}
+    first = await stack.call("POST", "/runs", "alice", body={"playbook": "quick", "params": {"service": "a"}}, headers=key)
+    assert first.status_code == 201
+    other = await stack.call("POST", "/runs", "alice", body={"playbook": "quick", "params": {"service": "b"}}, headers=key)
+    assert other.status_code == 409
+    assert other.json()["rule"] == "idempotency" and "other params" in other.json()["error"]
+    assert len(await stack.runs()) == 1
+    bad = await stack.call("POST", "/runs", "alice", body={"playbook": "quick", "params": {"service": "a"}},
+                           headers={"Idempotency-Key": "has space"})
+    assert bad.status_code == 400 and bad.json()["rule"] == "idempotency"
+
+
+async def test_another_principal_approves_and_the_step_runs(stack: ApiStack) -> None:
+    run_id = await stack.start("alice", "gated")
+    await stack.waiting(run_id, "risky")
+    response = await stack.call("POST", f"/runs/{run_id}/approvals", "bob",
+                                body={"step": "risky", "vote": "approve", "reason": "looks right"})
+    assert response.status_code == 200, response.text
+    assert response.json()["approvals"] == 1 and response.json()["needed"] == 1
+    final = await stack.finished(run_id)
+    assert final.state == "completed"
+    vote = final.step("risky").approvals[0]
+    assert (vote.user, vote.person, vote.verified, vote.reason) == ("api:bob", "bob", True, "looks right")
+
+
+async def test_a_reject_vote_rolls_the_run_back(stack: ApiStack) -> None:
+    run_id = await stack.start("alice", "gated")
+    await stack.waiting(run_id, "risky")
+    response = await stack.call("POST", f"/runs/{run_id}/approvals", "carol", body={"step": "risky", "vote": "reject"})
+    assert response.status_code == 200, response.text
+    final = await stack.finished(run_id)
+    assert final.step("risky").state == "rejected"
+
+
+async def test_votes_on_a_step_that_is_not_waiting_or_does_not_exist(stack: ApiStack) -> None:
+    run_id = await stack.start("alice", "gated")
+    await stack.waiting(run_id, "risky")
+    not_waiting = await stack.call("POST", f"/runs/{run_id}/approvals", "bob", body={"step": "prep", "vote": "approve"})
+    assert not_waiting.status_code == 409 and not_waiting.json()["rule"] == "step_state"
+    missing = await stack.call("POST", f"/runs/{run_id}/approvals", "bob", body={"step": "nope", "vote": "approve"})
+    assert missing.status_code == 404 and missing.json()["rule"] == "unknown_step"
+    unknown_run = await stack.call("POST", "/runs/no-such-run/approvals", "bob", body={"step": "x", "vote": "approve"})
+    assert unknown_run.status_code == 404 and unknown_run.json()["rule"] == "unknown_run"
+    assert (await stack.status(run_id)).step("risky").state == "waiting_approval"  # type: ignore[union-attr]
+    assert {e.details["rule"] for e in stack.refusals("api:bob")} == {"step_state", "unknown_step", "unknown_run"}
+
+
+async def test_cancel_by_the_requester_is_recorded(stack: ApiStack) -> None:
+    run_id = await stack.start("alice", "hold")
+    await stack.step_in(run_id, "wait", "running")
+    response = await stack.call("POST", f"/runs/{run_id}/cancel", "alice", body={"reason": "false alarm"})
+    assert response.status_code == 200, response.text
+    assert response.json()["was"] == "running" and "cancel accepted from api:alice" in response.json()["message"]
+    final = await stack.finished(run_id)
+    assert (final.cancelled_by, final.cancel_reason) == ("api:alice", "false alarm")
+    assert final.state in ("compensated", "cancelled")
+    ended = await stack.call("POST", f"/runs/{run_id}/cancel", "alice")
+    assert ended.status_code == 409 and ended.json()["rule"] == "run_state"
+
+
+async def test_the_cancel_rule_lets_bob_cancel_anyones_run(stack: ApiStack) -> None:
+    run_id = await stack.start("alice", "hold")
+    await stack.step_in(run_id, "wait", "running")
+    response = await stack.call("POST", f"/runs/{run_id}/cancel", "bob", content="")
+    assert response.status_code == 200, response.text
+    assert (await stack.finished(run_id)).cancelled_by == "api:bob"
+
+
+async def test_listing_shows_runs_of_playbooks_the_principal_may_start(stack: ApiStack) -> None:
+    quick = await stack.start("alice", "quick", {"service": "web"})
+    hold = await stack.start("bob", "hold")
+    await stack.finished(quick)
+    await stack.step_in(hold, "wait", "running")
+
+    listed = await stack.call("GET", "/runs", "carol")
+    assert listed.status_code == 200, listed.text
+    runs = listed.json()["runs"]
+    assert [r["run_id"] for r in runs] == [hold, quick]  # newest first
+    assert runs[1] == {**runs[1], "playbook": "quick", "state": "completed", "requested_by": "api:alice",
+                       "trigger": "api"}
+    assert runs[1]["started_at"]
+
+    running = await stack.call("GET", "/runs?state=running", "carol")
+    assert [r["run_id"] for r in running.json()["runs"]] == [hold]
+    by_playbook = await stack.call("GET", "/runs?playbook=quick&limit=5", "carol")
+    assert [r["run_id"] for r in by_playbook.json()["runs"]] == [quick]
+    one = await stack.call("GET", "/runs?limit=1", "carol")
+    assert [r["run_id"] for r in one.json()["runs"]] == [hold]
+
+    # mallory may start nothing, so she sees nothing (and that is not a refusal).
+    assert (await stack.call("GET", "/runs", "mallory")).json()["runs"] == []
+
+
+async def test_bad_listing_queries_are_422_naming_every_problem(stack: ApiStack) -> None:
+    response = await stack.call("GET", "/runs?state=bogus&limit=1000&colour=red", "alice")
+    assert response.status_code == 422
+    problems = response.json()["problems"]
+    assert len(problems) == 3 and any("colour" in p for p in problems) and any("limit" in p for p in problems)
+    unknown = await stack.call("GET", "/runs?playbook=nope", "alice")
+    assert unknown.status_code == 404 and unknown.json()["rule"] == "unknown_playbook"
+
+
+async def test_bad_starts_are_4xx_naming_what_to_fix_and_start_nothing(stack: ApiStack) -> None:
+    unknown = await stack.call("POST", "/runs", "alice", body={"playbook": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["rule"] == "unknown_playbook"
+    params = await stack.call("POST", "/runs", "alice",
+                              body={"playbook": "quick", "params": {"service": "Bad Name", "replicas": "x", "extra": 1}})
+    assert params.status_code == 422 and params.json()["rule"] == "params"
+    assert len(params.json()["problems"]) == 3
+    not_json = await stack.call("POST", "/runs", "alice", content="{playbook: quick")
+    assert not_json.status_code == 400 and not_json.json()["rule"] == "body"
+    shape = await stack.call("POST", "/runs", "alice", body={"params": [], "requested_by": "api:bob"})
+    assert shape.status_code == 422
+    assert len(shape.json()["problems"]) == 3  # playbook missing, params not an object, requested_by unknown
+    assert await stack.runs() == []
+    rules = [e.details["rule"] for e in stack.refusals("api:alice")]
+    assert sorted(rules) == ["body", "body", "params", "unknown_playbook"]
+
+
+def test_a_front_door_does_not_start_with_a_file_that_is_not_a_tokens_file(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text('{"tokens": "everyone"}')
+    with pytest.raises(ConfigError, match=f"{path}: not a tokens file"):
+        api_tokens(Settings(data_dir=tmp_path, api_tokens_file=path))
+    assert api_tokens(Settings(data_dir=tmp_path)).entries() == {}  # no file yet: no tokens, every request 401
