@@ -10,7 +10,6 @@ ran (sdk-python#300): a command must never print success and then die with 134/1
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import logging
 import os

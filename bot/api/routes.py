@@ -15,7 +15,6 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Awaitable, Callable, Literal, TypeVar, get_args
 
 import structlog
@@ -28,11 +27,24 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from bot.api.errors import ApiError, unauthenticated
-from bot.audit.events import AuditEvent, EventKind
-from bot.audit.recorder import append_counted
+from bot.audit.recorder import record_refusal, refusal
 from bot.audit.store import SqliteAuditStore
-from bot.engine.runs import RunError, cancel_run, check_start, get_status, start_policy_input, start_run, vote
-from bot.engine.state import FINAL_RUN_STATES, RunState, RunStatus, TriggerContext, VoteRequest
+from bot.engine.runs import (
+    RunError,
+    cancel_run,
+    check_start,
+    get_status,
+    start_run,
+    vote,
+    why_not_readable,
+)
+from bot.engine.state import (
+    FINAL_RUN_STATES,
+    RunState,
+    RunStatus,
+    TriggerContext,
+    VoteRequest,
+)
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, digest
 from bot.identity.tokens import TokenError, TokenStore
@@ -181,41 +193,15 @@ class RunsApi:
         """The audit record of a refusal; the refusal stands even if it cannot be written."""
         log.warning("api request refused", principal=actor.principal, operation=operation, status=error.status,
                     rule=error.rule, reason=error.message, run_id=run_id)
-        if self.deps.audit is None:
-            return
         run_id = run_id if run_id and len(run_id) <= 1000 else None
-        event = AuditEvent(
-            event_id=f"api:{uuid.uuid4().hex}:access_refused",
-            ts=datetime.now(UTC),
-            run_id=run_id,
-            step_id=None,
-            kind=EventKind.access_refused,
-            actor=actor.principal,
-            details={
-                "operation": operation,
-                "reason": error.message[:AUDIT_TEXT],
-                "rule": error.rule,
-                "status": error.status,
-                "run_id": run_id,
-                "via": "api",
-            },
-        )
-        try:
-            await append_counted(self.deps.audit, [event])
-        except Exception as exc:  # noqa: BLE001  the log line above is the record then
-            log.error("access_refused not audited", error=f"{type(exc).__name__}: {exc}")
+        event = refusal(actor.principal, operation, error.message[:AUDIT_TEXT], run_id=run_id, key=uuid.uuid4().hex)
+        event.details.update(rule=error.rule, status=error.status, run_id=run_id, via="api")
+        await record_refusal(self.deps.audit, event)
 
     # ---- reading -----------------------------------------------------------------------------
 
     async def _may_read(self, actor: Actor, status: RunStatus) -> str | None:
-        """None when `start` would let the actor start this run's playbook with its params, else why not."""
-        try:
-            loaded = self.deps.catalog().get(status.playbook)
-        except UnknownPlaybook:
-            return f"playbook {status.playbook!r} is not loaded by this front door"
-        trigger = TriggerContext(kind="api", requested_by=actor.principal)
-        verdict = await self.deps.policy.start(start_policy_input(loaded, status.params, trigger, actor))
-        return None if verdict.allow else "; ".join(verdict.reasons) or "no reason given"
+        return await why_not_readable(self.deps.policy, self.deps.catalog(), status, actor, "api")
 
     async def get_run(self, request: Request, actor: Actor) -> JSONResponse:
         run_id = request.path_params["run_id"]

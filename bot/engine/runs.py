@@ -12,7 +12,7 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from bot.engine.state import CancelRequest, CancelResult, RunInput, RunStatus, TriggerContext, VoteRequest, VoteResult
+from bot.engine.state import TriggerKind, CancelRequest, CancelResult, RunInput, RunStatus, TriggerContext, VoteRequest, VoteResult
 from bot.engine.workflow import CANCEL_DUPLICATE, CANCEL_UNSUPPORTED, PlaybookRun
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, cancel_content, start_content, vote_content
@@ -77,18 +77,29 @@ async def check_start(
         raise RunError(f"{actor.principal} may not start {loaded.playbook.name}: {reasons}", rule="start")
 
 
-async def check_read(policy: PolicyEngine, catalog: Catalog, status: RunStatus, actor: Actor) -> None:
-    """A run's status is readable by whoever may start its playbook (the `start` rule, asked as if
-    they started it by hand); RunError otherwise. A playbook no longer loaded is nobody's to read."""
+async def why_not_readable(
+    policy: PolicyEngine, catalog: Catalog, status: RunStatus, actor: Actor, via: TriggerKind
+) -> str | None:
+    """None when the actor may read the run: whoever the `start` rule would let start its playbook
+    with its params (through the same door); else why not. A playbook no longer loaded is nobody's."""
     try:
         loaded = catalog.get(status.playbook)
     except UnknownPlaybook:
-        raise RunError(f"run {status.run_id!r} is of playbook {status.playbook!r}, which is not loaded here") from None
-    trigger = TriggerContext(kind="cli", requested_by=actor.principal)
+        return f"playbook {status.playbook!r} is not loaded by this front door"
+    trigger = TriggerContext(kind=via, requested_by=actor.principal)
     verdict = await policy.start(start_policy_input(loaded, status.params, trigger, actor))
-    if not verdict.allow:
-        reasons = "; ".join(verdict.reasons) or "no reason given"
-        raise RunError(f"{actor.principal} may not see runs of {status.playbook} (the start rule: {reasons})")
+    return None if verdict.allow else "; ".join(verdict.reasons) or "no reason given"
+
+
+async def check_read(
+    policy: PolicyEngine, catalog: Catalog, status: RunStatus, actor: Actor, via: TriggerKind
+) -> None:
+    """RunError (refused, rule `start`) unless the actor may read the run (`why_not_readable`)."""
+    why_not = await why_not_readable(policy, catalog, status, actor, via)
+    if why_not is not None:
+        raise RunError(
+            f"{actor.principal} may not see runs of {status.playbook}: may not start it: {why_not}", "refused", "start"
+        )
 
 
 def run_input(

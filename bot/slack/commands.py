@@ -300,7 +300,7 @@ class PlaybookCommand:
             raise RunError(f"usage: `{COMMAND} status RUN_ID`")
         status = await get_status(self.deps.client, args[0])
         try:
-            await check_read(self.deps.policy, self.deps.catalog(), status, await self._actor(body))
+            await check_read(self.deps.policy, self.deps.catalog(), status, await self._actor(body), "slack")
         except RunError:
             await self._record({**body, "trigger_id": f"status:{body.get('trigger_id')}"}, status.run_id, "status_refused")
             raise

@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, AsyncIterator, Iterator
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 from structlog.testing import capture_logs
 
