@@ -22,7 +22,7 @@ import pytest_asyncio
 import yaml
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 
-from bot.engine.runs import run_input, start_run, vote
+from bot.engine.runs import RunError, run_input, start_run, vote
 from bot.engine.state import RunInput, RunStatus, TriggerContext, VoteRequest
 from bot.engine.workflow import PlaybookRun
 from bot.identity.proofs import Keyring, cancel_content, vote_content
@@ -38,7 +38,7 @@ from tests.security.trust_stack import (
     trust_stack,
     until,
 )
-from tests.slack.support import ALICE, BOB, principal
+from tests.slack.support import ALICE, BOB, MALLORY, principal
 
 PLAYBOOKS = {
     "touch": """
@@ -316,3 +316,21 @@ async def test_votes_with_foreign_or_replayed_proofs_are_refused(stack: TrustSta
         assert says in said, (case, said)
     await assert_nothing_approved(stack, handle, refusals=len(attacks))
     await approve_as_bob(stack, handle)
+
+
+async def test_an_unverified_requester_cannot_have_her_own_run_approved(stack: TrustStack) -> None:
+    """Mallory (in sre) starts `gated` straight on Temporal claiming bob asked, then approves it
+    herself through Slack: four-eyes compared her with "bob". A production high-impact step of a
+    run whose requester nobody vouched for cannot be approved by anyone, so it is denied.
+    On trust before the fix: her vote was accepted and the high-impact call was made.
+    On main: the same (a raw vote as `U0MALLORY` with groups [sre] approved it)."""
+    handle = await stack.start_raw(raw_input(stack.loaded("gated"), {}, requested_by=principal(BOB)))
+    status = await until(handle, lambda s: s.step("risky").state != "pending", "risky decided")
+    if status.step("risky").state == "waiting_approval":
+        with pytest.raises(RunError):  # the hole: before the fix this vote was accepted
+            await vote(stack.client, handle.id, VoteRequest(step_id="risky", user=""), slack_actor(MALLORY, "sre"),
+                       FRONT_DOOR)
+    status = await result(handle)
+    assert status.step("risky").state == "denied", status.step("risky")
+    assert "requester slack:U0BOB is unverified" in (status.step("risky").error or ""), status.step("risky").error
+    assert stack.sink.of(handle.id) == [f"/{handle.id}/prep"], "the high-impact step ran"

@@ -13,7 +13,11 @@
 # person the user is ("person"). input.user.verified says whether a front door
 # vouched for the principal (Slack's signature, an API token, the webhook
 # token, the embedded dev stack); in production an unverified principal may
-# neither approve nor cancel.
+# neither approve nor cancel. input.run.requester is the requester as the
+# worker verified it (absent for runs from before proofs): a run whose
+# requester nobody vouched for may have been started by anyone, its approver
+# included, so its high-impact steps in production are denied, not put to a
+# vote that four-eyes could not check.
 #
 # Provenance: input.provenance.params.<name> is "playbook" (the file's default),
 # "alert" (a trigger's template over an authenticated alert) or "requester"
@@ -78,6 +82,8 @@ decision := _deny(_sorted(_decision_problems)) if {
 	not high_impact
 } else := _allow(_concat([concat("", ["high impact step outside production (", environment, ")"])], _sorted(_freeze_overrides))) if {
 	not production
+} else := _deny([concat("", [_what, " in production: the run's requester ", input.run.requested_by, " is unverified (the run reached Temporal directly), so no approval could tell them from the approver (four-eyes); start it through Slack, the API or the dev stack's CLI"])]) if {
+	input.run.requester.verified == false
 } else := {
 	"allow": true,
 	"require_approval": true,
