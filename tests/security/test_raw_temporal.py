@@ -31,6 +31,7 @@ from tests.security.trust_stack import (
     FRONT_DOOR,
     ROGUE_KEY,
     TrustStack,
+    cli_actor,
     raw_input,
     result,
     slack_actor,
@@ -84,6 +85,10 @@ steps:
 """,
 }
 
+PLAYBOOKS["restricted"] = PLAYBOOKS["touch"].replace("name: touch", "name: restricted")
+# Only members of sre may start `restricted` (data.playbook.groups puts bob and dave in it by person).
+DATA = {"start_restrictions": {"restricted": ["sre"]}}
+
 # Not in the worker's catalog: the attacker's own playbook, every step "low impact".
 PRIVATE = """
 name: private
@@ -100,7 +105,7 @@ steps:
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(dev_env: Any, _slack_server: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TrustStack]:
-    async with trust_stack(dev_env.client, _slack_server, tmp_path_factory.mktemp("raw"), PLAYBOOKS) as s:
+    async with trust_stack(dev_env.client, _slack_server, tmp_path_factory.mktemp("raw"), PLAYBOOKS, DATA) as s:
         yield s
 
 
@@ -230,6 +235,30 @@ async def test_a_genuine_proof_is_admitted_and_a_missing_one_leaves_the_requeste
     assert status.requester and not status.requester.verified and status.requester.verified_by is None
     started = stack.events(handle.id, "run_started")
     assert started and started[0].details["requester"]["verified"] is False
+
+
+async def test_a_restricted_playbook_cannot_be_started_by_claiming_a_members_name(stack: TrustStack) -> None:
+    """`restricted` may only be started by sre; bob is in sre by data.playbook.groups. A raw client
+    claiming to be bob (as `cli:bob` or `slack:U0BOB`, no proof) is not bob. Positive controls:
+    bob through the dev CLI (verified) starts it; carol, verified but not in sre, may not.
+    On trust before the fix: the worker's start check counted the claimed name and it ran.
+    On main: only front doors asked the start rule; a raw start ran, even one claiming carol."""
+    for claimed in ("cli:bob", principal(BOB)):
+        handle = await stack.start_raw(raw_input(stack.loaded("restricted"), {}, requested_by=claimed))
+        await assert_refused(stack, handle, "start", "restricted may only be started by members of sre")
+
+    actor, keyring = cli_actor("bob")
+    trigger = TriggerContext(kind="cli", requested_by=actor.principal)
+    handle = await start_run(stack.client, stack.task_queue, stack.loaded("restricted"), {"service": "web", "mode": "soft"},
+                             trigger, actor=actor, keyring=keyring)
+    assert (await result(handle)).state == "completed"
+    assert stack.sink.of(handle.id) == [f"/{handle.id}/poke/web/soft"]
+
+    carol = slack_actor("U0CAROL", "web")
+    trigger = TriggerContext(kind="slack", requested_by=carol.principal)
+    run_id = f"carol-{uuid.uuid4().hex[:8]}"
+    run = run_input(stack.loaded("restricted"), {"service": "web", "mode": "soft"}, trigger, carol, FRONT_DOOR, run_id)
+    await assert_refused(stack, await stack.start_raw(run, run_id=run_id), "start", "only be started by members of sre")
 
 
 # ---- 1e, 1f: votes ---------------------------------------------------------------------------------

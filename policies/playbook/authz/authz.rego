@@ -49,8 +49,9 @@
 #   non_production_environments: ["staging", ...]
 #   approval_timeout: "15m"  how long an approval request waits.
 #   start_restrictions: {"playbook-name": ["group", ...]}  playbooks listed
-#       here may only be started by members of those groups; unlisted
-#       playbooks may be started by anyone.
+#       here may only be started by verified members of those groups (anyone
+#       can claim an unverified principal); unlisted playbooks may be started
+#       by anyone.
 #   start_denylist: ["principal or person", ...]  may not start any playbook.
 #
 # The embedded backend evaluates this with rego-cpp, which charges tens of
@@ -304,6 +305,9 @@ start := _verdict(false, _sorted(_start_problems)) if {
 	not _start_input_complete
 } else := _verdict(false, [concat("", [input.user.id, " may not start playbooks (start_denylist)"])]) if {
 	_denylisted
+} else := _verdict(false, [concat("", [input.playbook.name, " may only be started by members of ", concat(", ", _start_groups), "; ", input.user.id, " is unverified (it reached Temporal directly), so its membership cannot count: use Slack or the API"])]) if {
+	is_array(_start_groups)
+	not input.user.verified == true
 } else := _verdict(false, [concat("", [input.playbook.name, " may only be started by members of ", concat(", ", _start_groups)])]) if {
 	is_array(_start_groups)
 	not _in_any_group(_start_groups)
