@@ -335,8 +335,12 @@ class PlaybookRun:
         self._body = asyncio.ensure_future(steps)
         if self._status.cancelled_by is not None:
             self._body.cancel()
+        refused = False
         while True:
             try:
+                if refused:  # on the record now, not with the next activity (a wait may be long)
+                    refused = False
+                    await self._flush_audit()
                 return await asyncio.shield(self._body)
             except asyncio.CancelledError:
                 if self._body.done():
@@ -345,6 +349,7 @@ class PlaybookRun:
                 if task is not None:
                     task.uncancel()
                 self._refuse_anonymous_cancel()
+                refused = True
 
     def _refuse_anonymous_cancel(self) -> None:
         reason = (

@@ -22,8 +22,8 @@ import pytest_asyncio
 import yaml
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 
-from bot.engine.runs import RunError, run_input, start_run, vote
-from bot.engine.state import RunInput, RunStatus, TriggerContext, VoteRequest
+from bot.engine.runs import RunError, cancel_run, run_input, start_run, vote
+from bot.engine.state import CancelRequest, RunInput, RunStatus, TriggerContext, VoteRequest
 from bot.engine.workflow import PlaybookRun
 from bot.identity.proofs import Keyring, cancel_content, vote_content
 from bot.playbook.model import Playbook
@@ -39,7 +39,8 @@ from tests.security.trust_stack import (
     trust_stack,
     until,
 )
-from tests.slack.support import ALICE, BOB, MALLORY, principal
+from tests.slack.support import ALICE, BOB, MALLORY, principal, returns
+from tests.waiting import eventually
 
 PLAYBOOKS = {
     "touch": """
@@ -363,3 +364,45 @@ async def test_an_unverified_requester_cannot_have_her_own_run_approved(stack: T
     assert status.step("risky").state == "denied", status.step("risky")
     assert "requester slack:U0BOB is unverified" in (status.step("risky").error or ""), status.step("risky").error
     assert stack.sink.of(handle.id) == [f"/{handle.id}/prep"], "the high-impact step ran"
+
+
+# ---- 1g: cancels ---------------------------------------------------------------------------------
+
+
+async def test_temporals_own_cancel_is_refused_and_undoes_nothing(stack: TrustStack) -> None:
+    """`handle.cancel()` names no one: the run goes on, nothing is rolled back, the refusal is on the
+    record at once. A cancel update without proof, even naming the requester, is refused by the
+    shipped policy in production; one with her proof lifted from another run, by the worker.
+    Positive control: a verified owner-group member's cancel rolls back.
+    On trust before the fix: the refusal stayed queued until the run's next activity (none during
+    a ten-minute sleep or an approval wait), so the audit trail did not show it.
+    On main: Temporal's cancel stopped the run and the undo call was made."""
+    trigger = TriggerContext(kind="slack", requested_by=principal(ALICE))
+    handle = await start_run(stack.client, stack.task_queue, stack.loaded("remediate"), {}, trigger,
+                             actor=slack_actor(ALICE, "sre"), keyring=FRONT_DOOR)
+    await until(handle, lambda s: s.step("hold").state == "running", "hold running")
+
+    await handle.cancel()
+    refused = await eventually(lambda: returns(stack.events(handle.id, "cancel_requested")),
+                               what="the refused Temporal cancel audited")
+    assert [(e.actor, e.details["accepted"], e.details["by"]) for e in refused] == [("temporal", False, None)]
+    with pytest.raises(WorkflowUpdateFailedError) as unverified:
+        await handle.execute_update(PlaybookRun.cancel, CancelRequest(user=principal(ALICE), reason="mine"))
+    assert "slack:U0ALICE is unverified" in str(unverified.value.cause), unverified.value.cause
+    lifted = FRONT_DOOR.sign("cancel", "alices-other-run", slack_actor(ALICE, "sre"), cancel_content(""))
+    with pytest.raises(WorkflowUpdateFailedError) as replayed:
+        await handle.execute_update(PlaybookRun.cancel, CancelRequest(user=principal(ALICE), proof=lifted))
+    assert "it was issued for run 'alices-other-run'" in str(replayed.value.cause), replayed.value.cause
+
+    status = await state_of(handle)
+    assert status.state == "running" and status.step("hold").state == "running", status
+    assert status.cancelled_by is None
+    assert stack.sink.of(handle.id) == [f"/{handle.id}/poke"], "something was undone"
+    decided = [(e.details["accepted"], e.details["by"]) for e in stack.events(handle.id, "cancel_requested")]
+    assert sorted(decided, key=str) == sorted([(False, None)] + [(False, principal(ALICE))] * 2, key=str), decided
+
+    actor, keyring = cli_actor("bob")  # in sre (the owner group) by data.playbook.groups
+    await cancel_run(stack.client, handle.id, actor, keyring, reason="positive control")
+    status = await result(handle)
+    assert status.state == "compensated" and status.cancelled_by == "cli:bob", status
+    assert stack.sink.of(handle.id) == [f"/{handle.id}/poke", f"/{handle.id}/undo-poke"]
