@@ -407,7 +407,7 @@ class PlaybookRun:
             EventKind.run_finished,
             {**self._finish_details(), "refused_by": admission.refused_by, "requested_by": status.requested_by},
             actor=status.requested_by,
-            key="refused",
+            key=f"refused:{workflow.info().run_id}",  # each refused execution of a run id is on the record
         )
         await _uncancellable(self._close())
         return status

@@ -406,3 +406,29 @@ async def test_temporals_own_cancel_is_refused_and_undoes_nothing(stack: TrustSt
     status = await result(handle)
     assert status.state == "compensated" and status.cancelled_by == "cli:bob", status
     assert stack.sink.of(handle.id) == [f"/{handle.id}/poke", f"/{handle.id}/undo-poke"]
+
+
+# ---- a run id used twice ---------------------------------------------------------------------------
+
+
+async def test_a_finished_runs_id_and_input_cannot_run_again(stack: TrustStack) -> None:
+    """Anyone who can read Temporal can take a finished run's input (proof included) from its
+    history and start it again under the same workflow id, which Temporal allows once the first
+    execution closed: the proof (bound to that run id, minutes old) verified, the steps ran again
+    as alice, and the audit trail, keyed by run id, swallowed every event of the second execution.
+    On trust before the fix: exactly that (two calls at the sink).
+    On main: the same without any proof (the second run, as anyone, left no audit event)."""
+    run_id = f"once-{uuid.uuid4().hex[:8]}"
+    first = await stack.start_raw(alice_start(stack, "touch", {"service": "api"}, run_id), run_id=run_id)
+    assert (await result(first)).state == "completed"
+    history = await first.fetch_history()
+    attrs = history.events[0].workflow_execution_started_event_attributes
+    (taken,) = await stack.client.data_converter.decode(attrs.input.payloads, [RunInput])
+    assert taken.proof is not None
+
+    again = await stack.start_raw(taken, run_id=run_id)
+    status = await result(again)
+    assert stack.sink.of(run_id) == [f"/{run_id}/poke/api/soft"], "the run's steps ran twice"
+    assert status.state == "cancelled" and status.error and "refused by the worker's run id check" in status.error, status
+    refused = [e for e in stack.events(run_id, "run_finished") if e.details.get("refused_by")]
+    assert [e.details["refused_by"] for e in refused] == ["run id"], refused
