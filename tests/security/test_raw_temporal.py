@@ -12,6 +12,7 @@ counted, and Temporal's own cancel rolled the run back: said per test as "On mai
 
 from __future__ import annotations
 
+import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -35,11 +36,12 @@ from tests.security.trust_stack import (
     raw_input,
     result,
     slack_actor,
+    slack_run,
     state_of,
     trust_stack,
     until,
 )
-from tests.slack.support import ALICE, BOB, MALLORY, principal, returns
+from tests.slack.support import ALICE, BOB, CHANNEL, MALLORY, principal, returns
 from tests.waiting import eventually
 
 PLAYBOOKS = {
@@ -260,6 +262,34 @@ async def test_a_restricted_playbook_cannot_be_started_by_claiming_a_members_nam
     run_id = f"carol-{uuid.uuid4().hex[:8]}"
     run = run_input(stack.loaded("restricted"), {"service": "web", "mode": "soft"}, trigger, carol, FRONT_DOOR, run_id)
     await assert_refused(stack, await stack.start_raw(run, run_id=run_id), "start", "only be started by members of sre")
+
+
+async def test_a_raw_start_is_not_shown_in_slack_as_someone_elses_request(stack: TrustStack) -> None:
+    """A raw client starts a run claiming alice asked from Slack, naming the incident channel: the
+    bot's status message must not say alice asked (nor ping her); it names the claim as unverified.
+    Positive control: alice's own Slack-started run is shown as hers, with the mention.
+    On trust before the fix: "requested by @alice via slack", a live mention; main's code draws the
+    same (not run there)."""
+    run = raw_input(stack.loaded("touch"), {}, requested_by=principal(ALICE), kind="slack")
+    run.trigger.slack = {"channel": CHANNEL, "user": ALICE}
+    handle = await stack.start_raw(run)
+    assert (await result(handle)).state == "completed"
+    shown = await eventually(lambda: returns(_status_context(stack, handle.id)), what="the run shown in Slack")
+    assert "<@U0ALICE>" not in shown, shown
+    assert "requested by `slack:U0ALICE` (unverified)" in shown, shown
+
+    run_id = await slack_run(stack, "touch", ALICE)
+    shown = await eventually(lambda: returns(_status_context(stack, run_id)), what="alice's run shown in Slack")
+    assert "requested by <@U0ALICE> via slack" in shown, shown
+
+
+def _status_context(stack: TrustStack, run_id: str) -> str:
+    """The who/what line of the run's status message, as last drawn."""
+    for message in stack.fake.messages:
+        blocks = message.blocks or []
+        if message.thread_ts is None and any(run_id in json.dumps(b) for b in blocks):
+            return json.dumps([b for b in blocks if b.get("type") == "context"])
+    return ""
 
 
 # ---- 1e, 1f: votes ---------------------------------------------------------------------------------
