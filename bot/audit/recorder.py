@@ -49,7 +49,7 @@ class AuditWriter:
             raise ApplicationError(f"audit store unavailable: {exc}", type=AUDIT_UNAVAILABLE) from None
 
     async def run_recorded(self, run_id: str) -> bool:
-        """Whether a run under this id has already started or been refused (never without a store).
+        """Whether a run under this id has already started or been refused (False without a store).
         Raises AuditUnavailable when the store cannot be read."""
         if self.store is None:
             return False
