@@ -73,6 +73,14 @@ class AuditWriter:
         except AuditUnavailable as exc:
             raise ApplicationError(f"audit store unavailable: {exc}", type=AUDIT_UNAVAILABLE) from None
 
+    async def run_recorded(self, run_id: str) -> bool:
+        """Whether a run under this id has already started or been refused (False without a store).
+        Raises AuditUnavailable when the store cannot be read."""
+        if self.store is None:
+            return False
+        events = await asyncio.to_thread(self.store.events, run_id)
+        return any(e.kind in (EventKind.run_started, EventKind.run_finished) for e in events)
+
 
 def event(
     run_id: str,

@@ -1,10 +1,11 @@
 """`run.admit`: the worker's own check of a run before its first step.
 
-Anyone who can reach Temporal can start a `PlaybookRun` with any snapshot, params and requester.
-The worker therefore runs nothing it cannot vouch for: the playbook must be in its own catalog at
-the same content hash, the params must pass the playbook's own checks, the requester's proof (if
-any) must verify, and the `start` rule must allow it. A local activity: its answer is recorded in
-history, so a replay (or a worker with another key or catalog) decides the same way.
+Anyone who can reach Temporal can start a `PlaybookRun` with any snapshot, params and requester,
+under any workflow id. The worker therefore runs nothing it cannot vouch for: the run id must be
+new to the audit trail, the playbook must be in its own catalog at the same content hash, the
+params must pass the playbook's own checks, the requester's proof (if any) must verify, and the
+`start` rule must allow it. A local activity: its answer is recorded in history, so a replay (or
+a worker with another key or catalog) decides the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from temporalio import activity
 
 from bot.audit.events import AuditEvent
 from bot.audit.recorder import AuditWriter
+from bot.audit.store import AuditUnavailable
 from bot.engine.state import Requester, TriggerContext
 from bot.identity.principals import Actor
 from bot.identity.proofs import START_SKEW, Keyring, Proof, ProofError, start_content
@@ -30,7 +32,7 @@ from bot.policy.inputs import policy_input, provenance, rfc3339
 log = structlog.get_logger(__name__)
 
 # Which check refused a run (a fixed code, for the audit trail and tests).
-CATALOG, PARAMS, PROOF, START = "catalog", "params", "proof", "start"
+RUN_ID, CATALOG, PARAMS, PROOF, START = "run id", "catalog", "params", "proof", "start"
 
 
 class AdmitRequest(BaseModel):
@@ -78,6 +80,8 @@ class Admitter:
         trigger = request.trigger
         unverified = Requester(principal=trigger.requested_by, person=trigger.requested_by)
         with structlog.contextvars.bound_contextvars(run_id=request.run_id, playbook=request.playbook.name):
+            if problem := await self._run_id_problem(request.run_id):
+                return self._refuse(RUN_ID, problem, unverified, request.params)
             if problem := self._catalog_problem(request):
                 return self._refuse(CATALOG, problem, unverified, request.params)
             try:
@@ -109,6 +113,18 @@ class Admitter:
             if not verdict.allow:
                 return self._refuse(START, "; ".join(verdict.reasons) or "no reason given", requester, params, sources)
             return Admission(allow=True, params=params, requester=requester, provenance=sources)
+
+    async def _run_id_problem(self, run_id: str) -> str | None:
+        """A run id names one run. Temporal starts a closed workflow id again for any client that
+        asks, and the audit trail, keyed by run id, would keep the first run's story and drop the
+        second's (which could also replay the first one's start proof). A store that cannot be read
+        does not stop the run: its first activity waits for the store anyway (logged as an error)."""
+        try:
+            if await self.audit.run_recorded(run_id):
+                return f"run id {run_id!r} was already used by an earlier run: a run id names one run"
+        except AuditUnavailable as exc:
+            log.error("audit store unreadable: cannot tell whether this run id was used before", error=str(exc))
+        return None
 
     def _catalog_problem(self, request: AdmitRequest) -> str | None:
         name = request.playbook.name

@@ -349,8 +349,12 @@ class PlaybookRun:
         self._body = asyncio.ensure_future(steps)
         if self._status.cancelled_by is not None:
             self._body.cancel()
+        refused = False
         while True:
             try:
+                if refused:  # on the record now, not with the next activity (a wait may be long)
+                    refused = False
+                    await self._flush_audit()
                 return await asyncio.shield(self._body)
             except asyncio.CancelledError:
                 if self._body.done():
@@ -359,6 +363,7 @@ class PlaybookRun:
                 if task is not None:
                     task.uncancel()
                 self._refuse_anonymous_cancel()
+                refused = True
 
     def _refuse_anonymous_cancel(self) -> None:
         reason = (
@@ -419,7 +424,7 @@ class PlaybookRun:
             EventKind.run_finished,
             {**self._finish_details(), "refused_by": admission.refused_by, "requested_by": status.requested_by},
             actor=status.requested_by,
-            key="refused",
+            key=f"refused:{workflow.info().run_id}",  # each refused execution of a run id is on the record
         )
         await _uncancellable(self._close())
         return status

@@ -70,7 +70,7 @@ def status_blocks(status: RunStatus) -> list[dict[str, Any]]:
         {"type": "header", "text": {"type": "plain_text", "text": truncate(header, HEADER_LIMIT), "emoji": True}},
         _context(
             f"Run `{escape(status.run_id)}`",
-            f"requested by {mention(status.requested_by)} via {status.trigger}",
+            f"requested by {requester(status)} via {status.trigger}",
             *([f"took {duration(status.started_at, status.finished_at)}"] if status.finished_at else []),
         ),
     ]
@@ -140,7 +140,7 @@ def approval_blocks(status: RunStatus, step_id: str, decision: dict[str, Any], n
     blocks: list[dict[str, Any]] = [
         _section(
             f":raised_hand: *Approval needed:* step *{escape(step.id)}* of *{escape(status.playbook)}*"
-            f" (run `{escape(status.run_id)}`, requested by {mention(status.requested_by)})"
+            f" (run `{escape(status.run_id)}`, requested by {requester(status)})"
         ),
         _section(_what_will_run(step)),
     ]
@@ -265,6 +265,14 @@ def escape(text: str) -> str:
     typed) goes through here before it reaches Slack text, so `<!channel>` or `<https://x|y>` in
     it shows as written instead of notifying or linking. Only the bot's own mentions stay live."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def requester(status: RunStatus) -> str:
+    """Who asked, as the worker verified it. A requester no front door vouched for is whatever a
+    raw Temporal client claimed: shown as text marked unverified, never as someone's mention."""
+    if status.requester is not None and not status.requester.verified:
+        return f"`{escape(status.requested_by)}` (unverified)"
+    return mention(status.requested_by)
 
 
 def mention(user: str) -> str:

@@ -13,7 +13,11 @@
 # person the user is ("person"). input.user.verified says whether a front door
 # vouched for the principal (Slack's signature, an API token, the webhook
 # token, the embedded dev stack); in production an unverified principal may
-# neither approve nor cancel.
+# neither approve nor cancel. input.run.requester is the requester as the
+# worker verified it (absent for runs from before proofs): a run whose
+# requester nobody vouched for may have been started by anyone, its approver
+# included, so its high-impact steps in production are denied, not put to a
+# vote that four-eyes could not check.
 #
 # Provenance: input.provenance.params.<name> is "playbook" (the file's default),
 # "alert" (a trigger's template over an authenticated alert) or "requester"
@@ -45,8 +49,9 @@
 #   non_production_environments: ["staging", ...]
 #   approval_timeout: "15m"  how long an approval request waits.
 #   start_restrictions: {"playbook-name": ["group", ...]}  playbooks listed
-#       here may only be started by members of those groups; unlisted
-#       playbooks may be started by anyone.
+#       here may only be started by verified members of those groups (anyone
+#       can claim an unverified principal); unlisted playbooks may be started
+#       by anyone.
 #   start_denylist: ["principal or person", ...]  may not start any playbook.
 #
 # The embedded backend evaluates this with rego-cpp, which charges tens of
@@ -78,6 +83,8 @@ decision := _deny(_sorted(_decision_problems)) if {
 	not high_impact
 } else := _allow(_concat([concat("", ["high impact step outside production (", environment, ")"])], _sorted(_freeze_overrides))) if {
 	not production
+} else := _deny([concat("", [_what, " in production: the run's requester ", input.run.requested_by, " is unverified (the run reached Temporal directly), so no approval could tell them from the approver (four-eyes); start it through Slack, the API or the dev stack's CLI"])]) if {
+	input.run.requester.verified == false
 } else := {
 	"allow": true,
 	"require_approval": true,
@@ -298,6 +305,9 @@ start := _verdict(false, _sorted(_start_problems)) if {
 	not _start_input_complete
 } else := _verdict(false, [concat("", [input.user.id, " may not start playbooks (start_denylist)"])]) if {
 	_denylisted
+} else := _verdict(false, [concat("", [input.playbook.name, " may only be started by members of ", concat(", ", _start_groups), "; ", input.user.id, " is unverified (it reached Temporal directly), so its membership cannot count: use Slack or the API"])]) if {
+	is_array(_start_groups)
+	not input.user.verified == true
 } else := _verdict(false, [concat("", [input.playbook.name, " may only be started by members of ", concat(", ", _start_groups)])]) if {
 	is_array(_start_groups)
 	not _in_any_group(_start_groups)
