@@ -185,5 +185,5 @@ async def test_a_slack_outsider_cannot_cancel_someone_elses_run(stack: TrustStac
     assert stack.sink.of(run_id) == [f"/{run_id}/poke", f"/{run_id}/undo-poke"]
     (finished,) = stack.events(run_id, "run_finished")
     assert finished.details["cancelled_by"] == principal(ALICE)
-    await eventually(lambda: returns([t for t in stack.thread_of(run_id) if "cancelled by slack:U0ALICE" in t]),
+    await eventually(lambda: returns([t for t in stack.thread_of(run_id) if f"Cancelled by <@{ALICE}>" in t]),
                      what="the run's Slack thread names the canceller")
