@@ -29,7 +29,7 @@ from bot.engine.workflow import PlaybookRun
 from bot.settings import Settings
 from bot.slack.notifier import SlackNotifier
 from bot.temporal import connect
-from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
+from tests.engine.support import Recorder, cancel, playbook, run_input, start, wait_for_state, worker
 from tests.engine.test_approvals import policy
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -85,8 +85,9 @@ async def _vote(handle: WorkflowHandle[Any, Any], verdict: str) -> None:
 
 
 async def _cancel(handle: WorkflowHandle[Any, Any]) -> None:
+    """Cancel as the front door does: the cancel update (Temporal's own cancel is refused)."""
     await wait_for_state(handle, lambda s: s.step("hang").state == "running")
-    await handle.cancel()
+    await cancel(handle, by="cli:dana")
 
 
 Scenario = tuple[str, dict[str, Any] | None, Callable[[WorkflowHandle[Any, Any]], Awaitable[None]] | None, str]
@@ -98,6 +99,10 @@ SCENARIOS: dict[str, Scenario] = {
     "parallel-retry-skip-timer": (PARALLEL, None, None, "completed"),
     "parallel-sibling-failed": (PARALLEL_FAILS, None, None, "compensated"),
     "cancelled-mid-step": (CANCELLED, None, _cancel, "compensated"),
+    # Recorded by trust-v1 code (admission, the cancel update), each run queried right after its
+    # start as the front door does: patches must not be asked after the admission's local activity.
+    "trust-approval-approved": (GATED, APPROVAL, lambda h: _vote(h, "approve"), "completed"),
+    "trust-cancelled-mid-step": (CANCELLED, None, _cancel, "compensated"),
 }
 
 

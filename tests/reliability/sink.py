@@ -1,13 +1,14 @@
 """A local HTTP API for side effects: it answers 200 and remembers every request with its
 Idempotency-Key, so "each side effect exactly once" is counted at the receiving end, not assumed.
-Paths under /slow take SLOW_SECONDS to answer (a caller may die meanwhile)."""
+Paths under /slow take SLOW_SECONDS to answer (a caller may die meanwhile). `on_hit` runs before a
+request is answered: the exact moment for a test to change the world (inject a fault) between steps."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 
@@ -31,6 +32,7 @@ class Sink:
 
     url: str
     hits: list[Hit] = field(default_factory=list)
+    on_hit: Callable[[Hit], None] | None = None  # called in the server's thread, before the answer
 
     def keys(self) -> Counter[str | None]:
         return Counter(hit.key for hit in self.hits)
@@ -40,13 +42,18 @@ class Sink:
 def sink() -> Iterator[Sink]:
     hits: list[Hit] = []
     lock = threading.Lock()
+    made: list[Sink] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             self.rfile.read(length)
+            hit = Hit(self.path, self.headers.get("Idempotency-Key"), time.monotonic())
             with lock:
-                hits.append(Hit(self.path, self.headers.get("Idempotency-Key"), time.monotonic()))
+                hits.append(hit)
+            react = made[0].on_hit if made else None
+            if react is not None:
+                react(hit)
             if self.path.startswith("/slow"):
                 time.sleep(SLOW_SECONDS)  # an API that takes its time: the caller may die meanwhile
             body = b'{"ok": true}'
@@ -63,4 +70,5 @@ def sink() -> Iterator[Sink]:
             pass
 
     with serving(Handler) as url:
-        yield Sink(url, hits)
+        made.append(Sink(url, hits))
+        yield made[0]

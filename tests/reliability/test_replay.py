@@ -17,6 +17,9 @@ from temporalio.workflow import NondeterminismError
 
 from bot.engine.worker import workflow_runner
 from bot.engine.workflow import PlaybookRun
+from bot.slack.notifier import SlackNotifier
+from tests.engine.support import Recorder, playbook, run_input, start, worker
+from tests.engine.test_approvals import policy
 from tests.reliability.record_history import SCENARIOS
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -48,3 +51,31 @@ async def test_replay_detects_a_changed_workflow(monkeypatch):
     replayer = Replayer(workflows=[PlaybookRun], data_converter=pydantic_data_converter, workflow_runner=workflow_runner())
     result = await replayer.replay_workflow(WorkflowHistory.from_json("x", path.read_text()), raise_on_replay_failure=False)
     assert isinstance(result.replay_failure, NondeterminismError), result.replay_failure
+
+
+CHANNEL_PLAYBOOK = """
+name: queried-at-once
+channel: "#incidents"
+steps:
+  - {id: prepare, action: t.ok, compensate: {action: t.ok}}
+  - {id: risky, action: t.ok, impact: high}
+"""
+
+
+async def test_a_run_queried_right_after_its_start_replays(dev_env):
+    """The front door starts a run and asks its status at once. That query splits the workflow task
+    around the worker's admission (a local activity), and the run's own history must still replay:
+    a worker that restarts mid-run replays it, and a nondeterminism error would leave the run stuck.
+    (Where the query lands is timing; of a few runs, before the fix, most failed to replay.)
+    tests/reliability/histories/trust-approval-approved.json holds that shape for good."""
+    replayer = Replayer(workflows=[PlaybookRun], data_converter=pydantic_data_converter, workflow_runner=workflow_runner())
+    for _ in range(4):
+        rec = Recorder()
+        async with worker(dev_env.client, rec, [*policy({"allow": True}), SlackNotifier(None).sync]) as w:
+            handle = await start(dev_env.client, w, run_input(playbook(CHANNEL_PLAYBOOK), requested_by="cli:tester"))
+            assert (await handle.query(PlaybookRun.status)).state in ("pending", "running")
+            status = await handle.result()
+        assert status.state == "completed", status.error
+        assert rec.sequence() == ["prepare", "risky"]
+        result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
+        assert result.replay_failure is None, result.replay_failure

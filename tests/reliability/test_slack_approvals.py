@@ -27,7 +27,8 @@ from bot.slack.blocks import APPROVE_ACTION, REJECT_ACTION
 from bot.slack.commands import slack_run_id
 from tests.reliability.sink import Sink
 from tests.slack.support import (
-    ALICE, BOB, CAROL, CHANNEL, DAVE, MALLORY, POLICY, Stack, eventually, finished, returns, sign, step_state,
+    ALICE, BOB, CAROL, CHANNEL, DAVE, MALLORY, POLICY, Stack, eventually, finished, principal, returns, sign,
+    step_state,
 )
 
 QUORUM_POLICY = POLICY.replace(
@@ -105,8 +106,10 @@ def ephemerals(stack: Stack, user: str | None = None) -> list[Any]:
 
 
 def votes(stack: Stack, run_id: str) -> list[tuple[str, str]]:
-    """The run's approval_vote audit events, as (user, vote)."""
-    return [(e.actor, e.details["vote"]) for e in stack.audit.events(run_id) if e.kind == EventKind.approval_vote]
+    """The run's counted votes in the audit trail, as (principal, vote). A vote the run refused after
+    asking policy is audited too (accepted false), and counts for nothing."""
+    return [(e.actor, e.details["vote"]) for e in stack.audit.events(run_id)
+            if e.kind == EventKind.approval_vote and e.details["accepted"] is True]
 
 
 async def one_vote(stack: Stack, run_id: str) -> bool:
@@ -144,9 +147,10 @@ async def double_clicks(stack: Stack, sink: Sink, runs: int, clicks_each: int, b
         final = await eventually(lambda run_id=run_id: finished(stack, run_id), what=f"{run_id} finished")
         assert final.state == "completed", final.error
         approvals = final.step("push").approvals
-        assert sorted((v.user, v.vote) for v in approvals) == [(BOB, "approve"), (DAVE, "approve")]
+        assert sorted((v.user, v.vote) for v in approvals) == [(principal(BOB), "approve"), (principal(DAVE), "approve")]
         assert final.step("push").attempts == 1
-        assert sorted(votes(stack, run_id)) == [(BOB, "approve"), (DAVE, "approve")], "two votes recorded, once each"
+        assert sorted(votes(stack, run_id)) == [(principal(BOB), "approve"), (principal(DAVE), "approve")], \
+            "two votes recorded, once each"
         assert kinds(stack, run_id, EventKind.step_started, "push") == 1
         assert kinds(stack, run_id, EventKind.step_succeeded, "push") == 1
         assert kinds(stack, run_id, EventKind.run_finished) == 1
@@ -202,14 +206,17 @@ async def races(stack: Stack, sink: Sink, runs: int) -> Counter[str]:
         decision = (step.approvals[0].user, step.approvals[0].vote)
         assert votes(stack, run_id) == [decision], "recorded once, as decided"
         pushed = [hit.key for hit in sink.hits if hit.path == "/push" and hit.key and run_id in hit.key]
-        if decision == (BOB, "approve"):
+        if decision == (principal(BOB), "approve"):
             assert (final.state, step.state, len(pushed)) == ("completed", "succeeded", 1)
             loser, line = DAVE, f"Approved by <@{BOB}>"
         else:
-            assert decision == (DAVE, "reject")
+            assert decision == (principal(DAVE), "reject")
             assert (final.state, step.state, len(pushed)) == ("compensated", "rejected", 0), final
             assert kinds(stack, run_id, EventKind.step_started, "push") == 0
             loser, line = BOB, f"Rejected by <@{DAVE}>"
+        refused = [e.actor for e in stack.audit.events(run_id)
+                   if e.kind == EventKind.approval_vote and e.details["accepted"] is False]
+        assert refused in ([], [principal(loser)]), "the loser's vote, if the run refused it, is audited as refused"
         outcomes[decision[1]] += 1
         losers[loser] += 1
         await eventually(lambda n=losers[loser], loser=loser: returns(len(ephemerals(stack, loser)) >= n),
@@ -260,7 +267,7 @@ async def test_replayed_clicks_count_once(quorum: Stack, sink: Sink) -> None:
     # a click captured more than five minutes ago: not even verified
     assert (await stack.post(bob, headers=sign(bob, ts=int(time.time()) - MAX_SKEW - 1))).status_code == 401
     await quiet(stack)
-    assert sorted(votes(stack, run_id)) == [(BOB, "approve"), (DAVE, "approve")]
+    assert sorted(votes(stack, run_id)) == [(principal(BOB), "approve"), (principal(DAVE), "approve")]
     assert sink.keys().total() == 1, sink.hits
     assert (len(ephemerals(stack, BOB)), len(ephemerals(stack, DAVE))) == (1, 1)
 
@@ -272,7 +279,8 @@ async def test_forged_button_values_and_outsiders_are_refused_to_the_clicker_alo
     single: Stack, sink: Sink, footprint: Any
 ) -> None:
     """The value names the run and step; the signed payload's user is who votes. Whatever the value
-    says, or whoever clicks without the right, nothing is counted and only the clicker hears why."""
+    says, or whoever clicks without the right, nothing is counted and only the clicker hears why.
+    A vote the run refused after asking policy leaves one audit event (accepted false), nothing else."""
     stack = single
     run_a, ts = await waiting(stack, "push", "push")  # ALICE's
     run_b, _ = await waiting(stack, "push", "push", requester=BOB)  # BOB's own run
@@ -289,11 +297,11 @@ async def test_forged_button_values_and_outsiders_are_refused_to_the_clicker_alo
         (BOB, value(run_id="slack-push-no-such-run", step_id="push"), "a run that does not exist", None, "unknown run"),
         (BOB, value(run_id='x" OR WorkflowId != "', step_id="push"), "a query in the run id", None, "unknown run"),
         (CAROL, value(run_id=run_a, step_id="push", user=BOB, groups=["sre"]), "CAROL's click claiming BOB and sre",
-         None, f"{CAROL} may not approve"),
+         None, f"{principal(CAROL)} may not approve"),
         (MALLORY, value(run_id=run_a, step_id="push", user={"id": DAVE}, requested_by=MALLORY, approvals=2),
-         "extra fields claiming DAVE and a quorum", None, f"{MALLORY} may not approve"),
+         "extra fields claiming DAVE and a quorum", None, f"{principal(MALLORY)} may not approve"),
         (CAROL, value(run_id=run_a, step_id="push"), "CAROL's payload user claiming sre", {"groups": ["sre"]},
-         f"{CAROL} may not approve"),
+         f"{principal(CAROL)} may not approve"),
         (ALICE, value(run_id=run_a, step_id="push"), "the requester (in sre)", None, "four-eyes"),
         (CAROL, value(run_id=run_a, step_id="push"), "a signed click from outside sre", None,
          "only members of sre may approve"),
@@ -311,6 +319,7 @@ async def test_forged_button_values_and_outsiders_are_refused_to_the_clicker_alo
     ]
     await quiet(stack)
     before = await footprint(stack)
+    audited = set(before.audit)
     for clicker, forged, what, user_fields, refusal in cases:
         told_before = len(ephemerals(stack))
         body = stack.click_body(clicker, run_a, "push", ts, value=forged, user_fields=user_fields)
@@ -324,7 +333,12 @@ async def test_forged_button_values_and_outsiders_are_refused_to_the_clicker_alo
         assert [(c.params["user"], c.params["channel"]) for c in new] == [(clicker, CHANNEL)], (what, new)
         assert refusal in new[0].params["text"], (what, new[0].params["text"])
         now = await footprint(stack)
-        assert (now.runs, now.audit, now.answers) == (before.runs, before.audit, before.answers), (what, before.diff(now))
+        assert (now.runs, now.answers) == (before.runs, before.answers), (what, before.diff(now))
+        new = [e for e in stack.audit.events() if e.event_id not in audited]
+        by_policy = "may not approve" in refusal or "may approve" in refusal  # the run asked `approver`
+        expected = [(run_a, "push", EventKind.approval_vote, principal(clicker), False)] if by_policy else []
+        assert [(e.run_id, e.step_id, e.kind, e.actor, e.details["accepted"]) for e in new] == expected, (what, new)
+        audited.update(e.event_id for e in new)
         assert [c for c in now.slack_calls[len(before.slack_calls):] if not c.startswith("chat.postEphemeral")] == [], \
             (what, "only the refusal was sent")
     for run_id in (run_a, run_b):
@@ -338,6 +352,6 @@ async def test_forged_button_values_and_outsiders_are_refused_to_the_clicker_alo
     assert (await stack.click(BOB, run_a, "push", ts)).status_code == 200
     final = await eventually(lambda: finished(stack, run_a), what="approved")
     assert final.state == "completed"
-    assert [(v.user, v.vote, v.groups) for v in final.step("push").approvals] == [(BOB, "approve", ["sre"])]
-    assert votes(stack, run_a) == [(BOB, "approve")]
+    assert [(v.user, v.vote, v.groups) for v in final.step("push").approvals] == [(principal(BOB), "approve", ["sre"])]
+    assert votes(stack, run_a) == [(principal(BOB), "approve")]
     assert len(sink.hits) == 1

@@ -32,7 +32,7 @@ from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
 from tests.slack.support import (
     waiting_gated_run,
-    BOB, CHANNEL, SECRET, Stack, eventually, finished, sign, step_state, text_of,
+    BOB, CHANNEL, SECRET, Stack, eventually, finished, principal, sign, step_state, text_of,
 )
 
 SEED = 20250611
@@ -443,9 +443,9 @@ async def fuzz(stack: Stack, footprint: Callable[[Stack], Awaitable[Any]], cases
     assert len(await stack.runs(f'WorkflowId = "{slack_run_id("hold", trigger)}"')) == 1
     final = await eventually(lambda: finished(stack, run_id), what="the valid click decides the run")
     assert final.state == "completed"
-    assert [(v.user, v.vote) for v in final.step("risky").approvals] == [(BOB, "approve")]
+    assert [(v.user, v.vote) for v in final.step("risky").approvals] == [(principal(BOB), "approve")]
     votes = [e for e in stack.audit.events(run_id) if e.kind == EventKind.approval_vote]
-    assert [(e.actor, e.details["vote"]) for e in votes] == [(BOB, "approve")]
+    assert [(e.actor, e.details["vote"]) for e in votes] == [(principal(BOB), "approve")]
 
 
 async def test_signature_fuzz_refuses_every_mutation(slack: Stack, footprint: Any) -> None:

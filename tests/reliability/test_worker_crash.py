@@ -26,12 +26,18 @@ from temporalio.service import RPCError
 from bot.devstack import DevServer
 from bot.engine.runs import start_run
 from bot.engine.state import RunStatus, TriggerContext
+from bot.identity.keys import front_door_keyring
+from bot.identity.principals import Actor
 from bot.engine.workflow import PlaybookRun
 from bot.playbook.loader import load_file
+from bot.settings import Settings
 from tests.e2e.support import Service, base_env, cmdline, descendants, free_port, kill_strays, pid_alive, write_policies
 from tests.reliability.sink import SLOW_SECONDS, Sink
+from tests.slack.support import ENVELOPE_KEY
 
 pytestmark = pytest.mark.slow
+
+REQUESTER = Actor("api:crash-test", verified_by="api")  # as the HTTP API's front door vouches for it
 
 
 
@@ -68,6 +74,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         playbooks_dir=tmp_path / "playbooks",
         policies_dir=write_policies(tmp_path / "policies"),
         shell_allow="sh",
+        envelope_key=ENVELOPE_KEY,  # the worker verifies the start's proof
     )
     (tmp_path / "playbooks").mkdir()
     rig = Rig(tmp_path, data_dir, env, task_queue, port, ui_port, dev, client=None)  # type: ignore[arg-type]
@@ -85,7 +92,8 @@ async def start(rig: Rig, playbook_yaml: str, name: str) -> WorkflowHandle[Playb
     path = rig.tmp / "playbooks" / f"{name}.yaml"
     path.write_text(playbook_yaml)
     return await start_run(
-        rig.client, rig.task_queue, load_file(path), {}, TriggerContext(kind="cli", requested_by="crash-test")
+        rig.client, rig.task_queue, load_file(path), {}, TriggerContext(kind="api", requested_by=REQUESTER.principal),
+        actor=REQUESTER, keyring=front_door_keyring(Settings(envelope_key=ENVELOPE_KEY)),
     )
 
 
@@ -174,6 +182,7 @@ async def test_worker_sigkill_mid_step_then_new_worker_finishes_the_run(rig: Rig
     final = await result_while_alive(handle, [second])
 
     assert final.state == "completed", final.model_dump_json(indent=2)
+    assert final.requester and final.requester.verified_by == "api", "admitted once, by the first worker, on its proof"
     attempts = {s.id: s.attempts for s in final.steps}
     assert attempts == {"a": 1, "wait": 1, "b": 1, "c": 2, "slow": 2, "d": 1}, "c and slow run again on the new worker"
     # Steps done before the kill are not repeated; the one cut off mid-flight repeats with the same key,

