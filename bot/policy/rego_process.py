@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -143,9 +144,12 @@ class RegoProcess:
         return note
 
     def kill(self) -> None:
+        """SIGKILL by pid. Not Process.kill(): it goes through Popen.send_signal, which first polls
+        and can reap a child that just died, so asyncio's child watcher then finds no child and
+        reports exit status 255 instead of how it died (a crash would be misreported)."""
         if self._proc is not None and self._proc.returncode is None:
             try:
-                self._proc.kill()
+                os.kill(self._proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
@@ -160,7 +164,8 @@ class RegoProcess:
                 async with asyncio.timeout(1):
                     await proc.wait()
             except TimeoutError:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)  # by pid, as kill() explains
                 await proc.wait()
         if self._stderr_task is not None:
             self._stderr_task.cancel()
