@@ -130,9 +130,9 @@ class HttpActions:
             async with asyncio.timeout(seconds):
                 async with self._client.stream(
                     params.method,
-                    params.url,
+                    # `query` adds to the URL's own query string (httpx's params= would drop it)
+                    httpx.URL(params.url).copy_merge_params(params.query) if params.query else params.url,
                     headers=headers,
-                    params=params.query or None,
                     timeout=httpx.Timeout(seconds),
                     follow_redirects=params.follow_redirects,
                     **body,

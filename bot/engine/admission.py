@@ -21,6 +21,7 @@ from bot.audit.events import AuditEvent
 from bot.audit.recorder import AuditWriter
 from bot.audit.store import AuditUnavailable
 from bot.engine.state import Requester, TriggerContext
+from bot.identity import principals
 from bot.identity.principals import Actor
 from bot.identity.proofs import START_SKEW, Keyring, Proof, ProofError, start_content
 from bot.playbook.loader import Catalog, UnknownPlaybook
@@ -32,7 +33,7 @@ from bot.policy.inputs import policy_input, provenance, rfc3339
 log = structlog.get_logger(__name__)
 
 # Which check refused a run (a fixed code, for the audit trail and tests).
-RUN_ID, CATALOG, PARAMS, PROOF, START = "run id", "catalog", "params", "proof", "start"
+RUN_ID, REQUESTER, CATALOG, PARAMS, PROOF, START = "run id", "requester", "catalog", "params", "proof", "start"
 
 
 class AdmitRequest(BaseModel):
@@ -82,6 +83,10 @@ class Admitter:
         with structlog.contextvars.bound_contextvars(run_id=request.run_id, playbook=request.playbook.name):
             if problem := await self._run_id_problem(request.run_id):
                 return self._refuse(RUN_ID, problem, unverified, request.params)
+            try:
+                principals.check(trigger.requested_by)
+            except principals.PrincipalError as exc:
+                return self._refuse(REQUESTER, f"the requester is not a principal: {exc}", unverified, request.params)
             if problem := self._catalog_problem(request):
                 return self._refuse(CATALOG, problem, unverified, request.params)
             try:

@@ -36,6 +36,10 @@ async def test_get_sends_idempotency_key_and_query_and_parses_json(http, fake_ap
     out = result.output
     assert out["status"] == 200
     assert out["headers"] == {"content-type": "application/json"}
+
+    # `query` adds to a query string the URL already has (a key it names replaces the URL's); nothing is dropped
+    await run_action("http.request", {"url": fake_api.url("/echo?token=t1&n=1"), "query": {"n": 2, "x": "y"}}, http)
+    assert fake_api.requests[-1].query == {"token": ["t1"], "n": ["2"], "x": ["y"]}
     assert out["truncated"] is False
     assert out["json"]["headers"]["idempotency-key"] == "run-42/restart"
     assert json.loads(out["body"]) == out["json"]

@@ -118,7 +118,7 @@ def catalog_of(*playbooks: Playbook) -> Catalog:
     return Catalog(LoadedPlaybook(pb, Path(f"{pb.name}.yaml"), pb.content_hash()) for pb in playbooks)
 
 
-def run_input(pb: Playbook, params: dict[str, Any] | None = None, requested_by: str = "tester") -> RunInput:
+def run_input(pb: Playbook, params: dict[str, Any] | None = None, requested_by: str = "cli:tester") -> RunInput:
     return RunInput(
         playbook=pb,
         playbook_hash=pb.content_hash(),

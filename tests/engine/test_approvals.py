@@ -58,7 +58,7 @@ def policy(decision: dict[str, Any], seen: list[dict[str, Any]] | None = None) -
 APPROVAL = {"allow": True, "require_approval": True, "min_approvals": 2, "approver_groups": ["sre"], "approval_timeout": "10m"}
 
 
-def gated(requested_by: str = "tester") -> Any:
+def gated(requested_by: str = "cli:tester") -> Any:
     return run_input(playbook(PB), params={"svc": "api"}, requested_by=requested_by)
 
 

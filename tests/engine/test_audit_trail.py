@@ -82,7 +82,7 @@ async def test_run_with_approval_and_compensation_records_the_full_story(dev_env
     async with worker_deps(settings, catalog=catalog_of(playbook(PB))) as deps:
         async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
             handle = await dev_env.client.start_workflow(
-                PlaybookRun.run, run_input(playbook(PB), requested_by="carl"), id=f"audited-{uuid.uuid4()}",
+                PlaybookRun.run, run_input(playbook(PB), requested_by="cli:carl"), id=f"audited-{uuid.uuid4()}",
                 task_queue=worker.task_queue,
             )
             await wait_for_state(handle, lambda s: s.state == "waiting_approval", timeout=20)
@@ -99,7 +99,7 @@ async def test_run_with_approval_and_compensation_records_the_full_story(dev_env
     assert by_kind["policy_decision"].details["args"] == {"message": "the risky thing"}
     assert by_kind["approval_vote"].actor == "dana" and by_kind["approval_vote"].details["vote"] == "approve"
     assert by_kind["approval_requested"].details["args"] == {"message": "the risky thing"}
-    assert by_kind["run_started"].actor == "carl"
+    assert by_kind["run_started"].actor == "cli:carl"
     assert by_kind["run_finished"].details["state"] == "compensated"
     assert "127.0.0.1:9" in by_kind["step_failed"].details["error"]
     assert store.verify().ok

@@ -92,8 +92,8 @@ steps:
     )
     status = await execute(dev_env.client, rec, pb, params={"svc": "api"})
     assert status.state == "completed"
-    assert rec.calls[0][2] == {"svc": "api", "by": "tester"}
-    assert rec.calls[1][2] == {"prev": "first-out", "whole": {"svc": "api", "by": "tester"}}
+    assert rec.calls[0][2] == {"svc": "api", "by": "cli:tester"}
+    assert rec.calls[1][2] == {"prev": "first-out", "whole": {"svc": "api", "by": "cli:tester"}}
     assert all(s.state == "succeeded" and s.attempts == 1 for s in status.steps)
     assert status.started_at and status.finished_at and status.finished_at >= status.started_at
 
@@ -242,6 +242,6 @@ async def test_status_query_shows_running_step(dev_env):
         handle = await start(dev_env.client, w, run_input(pb))
         status = await wait_for_state(handle, lambda s: s.step("b").state == "running")
         assert status.state == "running" and status.step("a").state == "succeeded"
-        assert status.requested_by == "tester" and status.trigger == "cli"
+        assert status.requested_by == "cli:tester" and status.trigger == "cli"
         await cancel(handle)
         await handle.result()

@@ -334,10 +334,20 @@ async def test_forged_button_values_and_outsiders_are_refused_to_the_clicker_alo
         assert refusal in new[0].params["text"], (what, new[0].params["text"])
         now = await footprint(stack)
         assert (now.runs, now.answers) == (before.runs, before.answers), (what, before.diff(now))
+        new = await eventually(
+            lambda: returns([e for e in stack.audit.events() if e.event_id not in audited] or None),
+            what=f"the refusal of {what} audited",
+        )
+        await quiet(stack, 0.2)
         new = [e for e in stack.audit.events() if e.event_id not in audited]
+        # the front door records every refusal it told the clicker (access_refused) ...
+        front = [e for e in new if e.kind == EventKind.access_refused]
+        assert [(e.actor, e.details["operation"]) for e in front] == [(principal(clicker), "vote")], (what, new)
+        # ... and the run, the vote it refused after asking policy (nothing else changes there)
         by_policy = "may not approve" in refusal or "may approve" in refusal  # the run asked `approver`
         expected = [(run_a, "push", EventKind.approval_vote, principal(clicker), False)] if by_policy else []
-        assert [(e.run_id, e.step_id, e.kind, e.actor, e.details["accepted"]) for e in new] == expected, (what, new)
+        in_run = [e for e in new if e.kind != EventKind.access_refused]
+        assert [(e.run_id, e.step_id, e.kind, e.actor, e.details["accepted"]) for e in in_run] == expected, (what, new)
         audited.update(e.event_id for e in new)
         assert [c for c in now.slack_calls[len(before.slack_calls):] if not c.startswith("chat.postEphemeral")] == [], \
             (what, "only the refusal was sent")

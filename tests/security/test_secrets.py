@@ -172,7 +172,7 @@ class Bot:
     client: Any
 
     async def run(self, text: str, params: dict[str, Any], *, requested_by: str = "cli:tester",
-                  alert: dict[str, Any] | None = None) -> tuple[RunStatus, Any]:
+                  alert: dict[str, Any] | None = None, refused: bool = False) -> tuple[RunStatus, Any]:
         """Start the run straight on Temporal (no proof: an unverified requester) and wait for it,
         on a worker whose catalog holds this playbook (it refuses any other)."""
         loaded = load_text(text)
@@ -187,7 +187,7 @@ class Bot:
                     PlaybookRun.run, run_input, id=f"secrets-{uuid.uuid4()}", task_queue=worker.task_queue
                 )
                 status = await handle.result()
-        assert "refused by the worker" not in (status.error or ""), status.error
+        assert ("refused by the worker" in (status.error or "")) is refused, status.error
         return status, handle
 
     def audit_text(self, run_id: str) -> str:
@@ -337,13 +337,15 @@ steps:
 
 
 async def test_requested_by_spelling_a_reference_reaches_no_secret(bot: Bot, sink: Sink) -> None:
-    status, _ = await bot.run(with_sink(REQUESTER_PB, sink), {}, requested_by="cli:" + SPELLED)
-    assert status.state == "completed", status.error
-    call = status.step("call")
-    assert call.decision and call.decision["allow"], "policy saw `${secret:DEPLOY_TOKEN}`, as people do"
-    assert call.args and call.args["headers"] == {"X-Legit": "${secret:DEPLOY_TOKEN}"}
+    """A requester can only be a principal (`cli:<name>`: letters, digits and . _ @ -), so a raw
+    client that names one spelling references is refused before any template reads it; the other
+    tests here show the templates would not resolve it anyway."""
+    status, _ = await bot.run(with_sink(REQUESTER_PB, sink), {}, requested_by="cli:" + SPELLED, refused=True)
+    assert status.state == "cancelled" and "the requester is not a principal" in (status.error or "")
+    assert status.step("call").state == "pending" and sink.requests == []
+    ok, _ = await bot.run(with_sink(REQUESTER_PB, sink), {}, requested_by="cli:alice")  # positive control
+    assert ok.state == "completed" and sink.legit() == [DEPLOY]
     assert_nothing_leaked(sink)
-    assert sink.legit() == [DEPLOY]
 
 
 async def test_the_slash_command_attack_from_the_issue(
