@@ -151,8 +151,8 @@ class ShellActions:
                 "PLAYBOOK_BOT_STEP_ID": ctx.step_id}
 
         started = time.monotonic()
-        try:
-            proc = await asyncio.create_subprocess_exec(
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
                 *params.argv,
                 executable=program,  # the resolved path: a PATH in `env` cannot redirect it
                 stdin=asyncio.subprocess.DEVNULL,
@@ -163,6 +163,15 @@ class ShellActions:
                 start_new_session=True,  # own session and process group, killed as a whole
                 preexec_fn=_die_with_worker,
             )
+        )
+        try:
+            proc = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            # Cancelled while the process was being started: it may be running already, and
+            # nothing else would stop it. Let the start finish, then take the group down.
+            with contextlib.suppress(Exception):
+                await self._terminate(await spawn)
+            raise
         except OSError as exc:
             if isinstance(exc, (FileNotFoundError, PermissionError)) or exc.errno in (errno.ENOEXEC, errno.E2BIG):
                 raise ActionRefused(f"shell.run: cannot start {name}: {exc.strerror or exc}") from None

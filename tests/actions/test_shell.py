@@ -196,7 +196,9 @@ async def test_cancel_kills_the_process_group(tmp_path, run_action) -> None:
     text = await wait_for_file(pids)
     env.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await task
+        # A cancel that lands while the process is still being started used to wait for the
+        # background `sleep 30` to let go of the pipes, and leave it running until then.
+        await asyncio.wait_for(task, 15)
     for pid in map(int, text.split()):
         assert await wait_gone(pid), f"process {pid} outlived the cancelled step"
 
