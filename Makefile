@@ -17,7 +17,9 @@ run: $(STAMP) ## the bot on the embedded stack (Temporal dev server + worker + H
 
 test: $(STAMP) ## policy tests, then the whole suite (real Temporal dev server, no mocks of it)
 	$(BIN)/playbook-bot policy test
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	# Two processes, a module to each at a time: the suite mostly waits on Temporal and
+	# subprocesses, so this halves it (about 5 min on 2 cores); each has its own dev server.
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 bench: $(STAMP) ## benchmark tables with ratios against baselines measured in the same run (not timed tests)
 	$(BIN)/python -m bench.overhead
