@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos clean
+.PHONY: run test bench chaos mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: $(STAMP) ## benchmark tables with ratios against baselines measured in th
 
 chaos: $(STAMP) ## the slow half of the reliability suite: big storms, long fuzzing, repeated crashes
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests/reliability
+
+mutate: $(STAMP) ## mutation testing of the engine, receiver, approvals and policy base (slow; bench/mutation.md)
+	$(BIN)/python -m pip install -q 'mutmut>=2.5,<3'
+	$(BIN)/python -m bench.mutate
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache
