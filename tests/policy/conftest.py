@@ -45,12 +45,6 @@ def _cleared(server: FakeOpa) -> None:
 
 
 @pytest.fixture
-def fake_opa(fake_opas: dict[str, FakeOpa]) -> FakeOpa:
-    """The fake OPA loaded (as far as its fixtures say) with the shipped policies and data."""
-    return fake_opas["shipped"]
-
-
-@pytest.fixture
 def opa(fake_opas: dict[str, FakeOpa]) -> Iterator[FakeOpa]:
     """The shipped scenario's fake OPA with its switches cleared before and after the test; a
     question its fixtures do not answer fails the test."""

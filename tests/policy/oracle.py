@@ -505,7 +505,9 @@ DECISIONS = [
         step_input(playbook={"name": "restart-service"}),
         deny("missing input.playbook.owner"),
     ),
-    Case("a playbook that is a string", "decision", step_input(playbook="restart-service"), deny("missing input.playbook")),
+    Case(
+        "a playbook that is a string", "decision", step_input(playbook="restart-service"), deny("missing input.playbook")
+    ),
     Case("a run that is a string", "decision", step_input(run="run-1"), deny("missing input.run")),
     Case("a missing now", "decision", step_input(now=...), deny("missing input.now")),
     Case("a now that is a number", "decision", step_input(now=1740823200), deny("missing input.now")),
@@ -616,14 +618,21 @@ APPROVERS = [
 ]
 
 STARTS = [
-    Case("anyone may start an unrestricted playbook", "start", run_input(user=CAROL), verdict(True, person="slack:U0CAROL")),
+    Case(
+        "anyone may start an unrestricted playbook", "start", run_input(user=CAROL), verdict(True, person="slack:U0CAROL")
+    ),
     Case(
         "an unverified principal may start an unrestricted playbook",
         "start",
         run_input(user={**CAROL, "verified": False}),
         verdict(True, person="slack:U0CAROL"),
     ),
-    Case("the answer names the person", "start", run_input(user={**ALICE, "id": "api:alice-laptop"}), verdict(True, person="alice")),
+    Case(
+        "the answer names the person",
+        "start",
+        run_input(user={**ALICE, "id": "api:alice-laptop"}),
+        verdict(True, person="alice"),
+    ),
     Case(
         "a denylisted principal may not start",
         "start",
@@ -768,7 +777,7 @@ CANCELS = [
 # The shipped data.json: staging and friends are outside production, approvals wait 15 minutes,
 # no freezes, no people (a principal is its own person), anyone may start anything.
 SHIPPED = [
-    Case("a run from before proofs needs one approval", "decision", BASE_INPUT, needs(1, ONE, timeout="15m"), "shipped"),
+    Case("a run from before proofs is put to a vote", "decision", BASE_INPUT, needs(1, ONE, timeout="15m"), "shipped"),
     Case("production needs one approval", "decision", step_input(), needs(1, ONE, timeout="15m"), "shipped"),
     *(
         Case(
@@ -780,8 +789,20 @@ SHIPPED = [
         )
         for env in ("staging", "dev", "development", "test", "qa", "sandbox", "local")
     ),
-    Case("prod is production", "decision", step_input(params={"environment": "prod"}), needs(1, ONE, timeout="15m"), "shipped"),
-    Case("no freeze at year end", "decision", step_input(now="2025-12-24T12:00:00Z"), needs(1, ONE, timeout="15m"), "shipped"),
+    Case(
+        "prod is production",
+        "decision",
+        step_input(params={"environment": "prod"}),
+        needs(1, ONE, timeout="15m"),
+        "shipped",
+    ),
+    Case(
+        "no freeze at year end",
+        "decision",
+        step_input(now="2025-12-24T12:00:00Z"),
+        needs(1, ONE, timeout="15m"),
+        "shipped",
+    ),
     Case(
         "without people a principal is its own person",
         "approver",
@@ -864,7 +885,9 @@ class ApiRequest:
     body: Any = None
 
 
-def _api(name: str, method: str, target: str, authorization: str | None, allowed: bool, body: Any = None) -> ApiRequest:
+def _api(
+    name: str, method: str, target: str, authorization: str | None, allowed: bool, body: Any = None
+) -> ApiRequest:
     return ApiRequest(name, method, target, authorization, allowed, body)
 
 

@@ -150,8 +150,9 @@ async def test_with_a_token_only_what_the_deployment_allows_passes(fake: FakeOpa
 
 async def test_the_token_lets_a_decision_through(fake: FakeOpa) -> None:
     fake.token = OPA_API_TOKEN
+    headers = {"authorization": f"Bearer {OPA_API_TOKEN}"}
 
-    response = await post(fake, DECISION, json={"input": BASE_INPUT}, headers={"authorization": f"Bearer {OPA_API_TOKEN}"})
+    response = await post(fake, DECISION, json={"input": BASE_INPUT}, headers=headers)
 
     assert (response.status_code, response.json()["result"]) == (200, ANSWER)
 

@@ -43,7 +43,8 @@ def opa_input(request: ApiRequest) -> dict[str, Any]:
         match = _BEARER.fullmatch(request.authorization)
         if match:
             doc["identity"] = match.group(1)
-    expects_body = request.method == "POST" and (path == [""] or (len(path) >= 2 and path[0] in ("v0", "v1") and path[1] == "data"))
+    data_api = len(path) >= 2 and path[0] in ("v0", "v1") and path[1] == "data"
+    expects_body = request.method == "POST" and (path == [""] or data_api)
     if expects_body and request.body is not None:
         doc["body"] = request.body
     return doc
