@@ -5,7 +5,8 @@
 Rows, from the whole path down to its parts:
   embedded          EmbeddedEngine.decide: digest, pipe to the child, rego-cpp, parse
   embedded, smoke   the same over the acceptance checks' one-rule policy (if shared/ is there)
-  REST (fake OPA)   OpaEngine.decide -> aiohttp -> uvicorn -> the same rego-cpp evaluation
+  REST (fake OPA)   OpaEngine.decide -> aiohttp -> uvicorn -> a fixed answer: the client and HTTP
+                    path without OPA's own evaluation (a real OPA adds its own)
   pipe round trip   an empty request to the child: the isolation layer's own cost
   regopy in-process set_input + query_bundle in this process (no isolation): the engine floor
 Not part of `make test`.
@@ -32,7 +33,7 @@ from bot.policy.engine import RULES, entrypoint  # noqa: E402
 from bot.policy.opa import OpaEngine  # noqa: E402
 from bot.policy.rego_process import RegoProcess  # noqa: E402
 from bot.policy.sources import read_sources  # noqa: E402
-from tests.policy.fake_opa import FakeOpa  # noqa: E402
+from tests.policy.fake_opa import FakeOpa, rules  # noqa: E402
 
 POLICIES = ROOT / "policies"
 SMOKE_POLICIES = ROOT.parent / "shared" / "acceptance" / "policies"
@@ -95,7 +96,10 @@ async def main(n: int) -> None:
             await smoke.load()
             measured.append(("embedded, smoke", await measure(lambda: smoke.decide(INPUT), n)))
 
-    fake = FakeOpa(POLICIES)
+    # What the shipped policy answers for INPUT (tests/policy/oracle.py has the whole table).
+    answer = {"allow": True, "require_approval": True, "min_approvals": 1, "approver_groups": ["sre-oncall"],
+              "approval_timeout": "15m", "reasons": ["high impact step in production needs 1 approval(s) from sre-oncall"]}
+    fake = FakeOpa(rules(decision=lambda _: answer))
     fake.start()
     try:
         async with OpaEngine(fake.url, timeout=5.0) as opa:

@@ -44,6 +44,17 @@ def test_bot_waits_for_its_dependencies_and_opa_mounts_the_policies():
     assert "--set=decision_logs.console=true" in SERVICES["opa"]["command"]
 
 
+def test_opas_api_is_authorized_by_the_repos_system_policy():
+    """--authentication=token alone only reads the token; without --authorization=basic and the
+    system policy (tested in tests/policy/test_system_authz.py) OPA answers anyone, writes included."""
+    opa = SERVICES["opa"]
+    assert "--authorization=basic" in opa["command"]
+    assert "/authz/system_authz.rego" in opa["command"]
+    assert "./deploy/opa/system_authz.rego:/authz/system_authz.rego:ro" in opa["volumes"]
+    assert "OPA_API_TOKEN" in opa["environment"]  # the token system_authz.rego reads
+    assert "http://127.0.0.1:8181/health" in opa["healthcheck"]["test"]  # the one tokenless path it opens
+
+
 def test_every_playbook_bot_variable_is_a_real_setting():
     fields = {f"PLAYBOOK_BOT_{name.upper()}" for name in Settings.model_fields}
     seen = set()

@@ -1,8 +1,9 @@
-"""Fixtures for the policy layer: the shipped policies, a fake OPA server, engines over both."""
+"""Fixtures for the policy layer: the shipped policies under each data scenario of the oracle
+(tests/policy/oracle.py), a fake OPA per scenario answering from its fixtures, and engines over both."""
 
 from __future__ import annotations
 
-import copy
+import json
 import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -15,76 +16,99 @@ import pytest_asyncio
 from bot.policy.embedded import EmbeddedEngine
 from bot.policy.engine import PolicyEngine
 from bot.policy.opa import OpaEngine
-from tests.policy.fake_opa import FakeOpa
+from tests.policy.fake_opa import FakeOpa, FixtureAnswers
+from tests.policy.oracle import BASE_INPUT, BROKEN_DATA, ORG_DATA, SCENARIOS, fixtures
+
+__all__ = ["BASE_INPUT"]
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"
 # The acceptance checks' own policy (shared/ sits beside the repository).
 SMOKE_POLICIES = ROOT.parent / "shared" / "acceptance" / "policies"
 
-BASE_INPUT: dict[str, Any] = {
-    "playbook": {"name": "restart-service", "owner": "sre-oncall", "hash": "sha256:abc"},
-    "step": {"id": "restart", "action": "http.request", "impact": "high", "with": {"method": "POST"}},
-    "run": {"id": "run-1", "trigger": "cli", "requested_by": "alice", "started_at": "2025-03-01T09:00:00Z"},
-    "params": {"service": "api", "environment": "production"},
-    "alert": None,
-    "approvals": [],
-    "now": "2025-03-01T10:00:00Z",
-    # The environment is the playbook's own default: an authenticated fact (see authz.rego).
-    "provenance": {"params": {"service": "requester", "environment": "playbook"}, "alert": None},
-}
-
-
-def make_input(**changes: Any) -> dict[str, Any]:
-    """BASE_INPUT with top-level fields replaced; a value of ... removes the field."""
-    result = copy.deepcopy(BASE_INPUT)
-    for key, value in changes.items():
-        if value is ...:
-            result.pop(key, None)
-        else:
-            result[key] = value
-    return result
-
 
 @pytest.fixture(scope="session")
-def fake_opa() -> Iterator[FakeOpa]:
-    server = FakeOpa(POLICIES)
-    server.start()
-    yield server
-    server.stop()
+def fake_opas() -> Iterator[dict[str, FakeOpa]]:
+    """One fake OPA per data scenario, each answering from that scenario's fixtures."""
+    servers = {scenario: FakeOpa(FixtureAnswers(fixtures(scenario))) for scenario in SCENARIOS}
+    for server in servers.values():
+        server.start()
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+def _cleared(server: FakeOpa) -> None:
+    server.reset()
+    server.token = server.revision = None
+    server.decision_logs = True
 
 
 @pytest.fixture
-def opa(fake_opa: FakeOpa) -> Iterator[FakeOpa]:
-    """The session's fake OPA with its fault switches cleared before and after the test."""
-    fake_opa.reset()
-    fake_opa.token = fake_opa.revision = None
-    fake_opa.decision_logs = True
-    yield fake_opa
-    fake_opa.reset()
-    fake_opa.token = fake_opa.revision = None
-    fake_opa.decision_logs = True
+def opa(fake_opas: dict[str, FakeOpa]) -> Iterator[FakeOpa]:
+    """The shipped scenario's fake OPA with its switches cleared before and after the test; a
+    question its fixtures do not answer fails the test."""
+    for server in fake_opas.values():
+        _cleared(server)
+    yield fake_opas["shipped"]
+    unmatched = [message for server in fake_opas.values() for message in server.unmatched]
+    for server in fake_opas.values():
+        _cleared(server)
+    assert unmatched == [], "the fake OPA was asked what its fixtures do not answer"
+
+
+def _policies_with(root: Path, data: dict[str, Any]) -> Path:
+    """A copy of the shipped policies with data.playbook replaced."""
+    target = root / "policies"
+    shutil.copytree(POLICIES, target)
+    (target / "playbook" / "data.json").write_text(json.dumps(data, indent=2))
+    return target
+
+
+@pytest.fixture(scope="session")
+def scenario_policies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The real Rego, loaded with each scenario's data."""
+    return {
+        "shipped": POLICIES,
+        "org": _policies_with(tmp_path_factory.mktemp("org"), ORG_DATA),
+        "broken": _policies_with(tmp_path_factory.mktemp("broken"), BROKEN_DATA),
+    }
 
 
 @pytest_asyncio.fixture(scope="session")
-async def embedded_engine() -> AsyncIterator[EmbeddedEngine]:
-    engine = EmbeddedEngine(POLICIES, timeout=5.0)
-    await engine.load()
-    yield engine
-    await engine.close()
+async def embedded_engines(scenario_policies: dict[str, Path]) -> AsyncIterator[dict[str, EmbeddedEngine]]:
+    engines = {scenario: EmbeddedEngine(path, timeout=5.0) for scenario, path in scenario_policies.items()}
+    for engine in engines.values():
+        await engine.load()
+    yield engines
+    for engine in engines.values():
+        await engine.close()
 
 
 @pytest_asyncio.fixture(scope="session")
-async def opa_engine(fake_opa: FakeOpa) -> AsyncIterator[OpaEngine]:
-    engine = OpaEngine(fake_opa.url, timeout=5.0)
-    yield engine
-    await engine.close()
+async def opa_engines(fake_opas: dict[str, FakeOpa]) -> AsyncIterator[dict[str, OpaEngine]]:
+    engines = {scenario: OpaEngine(server.url, timeout=5.0) for scenario, server in fake_opas.items()}
+    yield engines
+    for engine in engines.values():
+        await engine.close()
+
+
+@pytest.fixture
+def embedded_engine(embedded_engines: dict[str, EmbeddedEngine]) -> EmbeddedEngine:
+    """The embedded engine over the shipped policies and data."""
+    return embedded_engines["shipped"]
+
+
+@pytest.fixture
+def opa_engine(opa_engines: dict[str, OpaEngine]) -> OpaEngine:
+    """The OPA backend talking to the shipped scenario's fake OPA."""
+    return opa_engines["shipped"]
 
 
 @pytest.fixture(params=["embedded", "opa"])
-def engine(request: pytest.FixtureRequest, opa: FakeOpa) -> PolicyEngine:
-    """Both backends over the same shipped policies: every table test runs against each."""
-    return request.getfixturevalue(f"{request.param}_engine")
+def engines(request: pytest.FixtureRequest, opa: FakeOpa) -> dict[str, PolicyEngine]:
+    """Either backend, one engine per data scenario: every table test runs against each."""
+    return request.getfixturevalue(f"{request.param}_engines")
 
 
 @pytest.fixture

@@ -119,7 +119,7 @@ async def test_undefined_result_denies(opa: FakeOpa, opa_engine: OpaEngine) -> N
     assert decision.decision_id == opa.requests[-1]["decision_id"]
 
 
-@pytest.mark.parametrize("rule", ["decision", "approver", "start"])
+@pytest.mark.parametrize("rule", ["decision", "approver", "start", "cancel"])
 async def test_malformed_result_denies(opa: FakeOpa, opa_engine: OpaEngine, rule: str) -> None:
     opa.fault = "malformed"  # {"allow": "yes", "reasons": "all good"}
 
@@ -150,6 +150,21 @@ async def test_input_that_is_not_json_denies_without_a_request(opa: FakeOpa, opa
 
 async def test_ready_when_opa_answers_health(opa: FakeOpa, opa_engine: OpaEngine) -> None:
     assert await opa_engine.ready() is True
+
+
+async def test_behind_the_deployments_authorization_health_is_open_and_decisions_need_the_token(
+    opa: FakeOpa,
+) -> None:
+    opa.token = "s3cret"
+    async with OpaEngine(opa.url, timeout=2.0) as tokenless, OpaEngine(opa.url, token="s3cret", timeout=2.0) as bot:
+        ready = await tokenless.ready()
+        refused = await tokenless.start({k: v for k, v in BASE_INPUT.items() if k != "step"})
+        decided = await bot.decide(BASE_INPUT)
+
+    assert ready is True
+    assert (refused.allow, refused.failure) == (False, Failure.HTTP_ERROR)
+    assert refused.reasons == [f"OPA at {opa.url} answered data.playbook.authz.start with HTTP 401 Unauthorized"]
+    assert (decided.allow, decided.require_approval, decided.failure) == (True, True, None)
 
 
 def test_url_must_be_http() -> None:

@@ -26,22 +26,21 @@ from bot.identity.keys import front_door_keyring
 from bot.identity.principals import Actor
 from bot.playbook.loader import load_file
 from bot.settings import Settings
-from tests.policy.fake_opa import FakeOpa
+from tests.policy.fake_opa import FakeOpa, rules
 from tests.reliability.sink import Hit, Sink
 from tests.slack.support import ENVELOPE_KEY
 
 TOKEN = "opa-token"
 SRE = Actor("api:sre-1", verified_by="api")  # the requester, as the HTTP API's front door vouches for it
-ALLOW_ALL = """package playbook.authz
-
-import rego.v1
-
-decision := {"allow": true, "require_approval": false, "min_approvals": 0, "approver_groups": [], "reasons": ["ok"]}
-
-approver := {"allow": true, "reasons": []}
-
-start := {"allow": true, "reasons": []}
-"""
+# What the fake OPA answers: every step may run, anyone may start, approve and cancel.
+ALLOW_ALL = rules(
+    decision=lambda input: {
+        "allow": True, "require_approval": False, "min_approvals": 0, "approver_groups": [], "reasons": ["ok"],
+    },
+    approver=lambda input: {"allow": True, "reasons": []},
+    start=lambda input: {"allow": True, "reasons": []},
+    cancel=lambda input: {"allow": True, "reasons": []},
+)
 
 PLAYBOOK = """
 name: restart-api
@@ -59,11 +58,8 @@ steps:
 
 
 @pytest.fixture(scope="module")
-def opa_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeOpa]:
-    policies = tmp_path_factory.mktemp("opa") / "playbook" / "authz"
-    policies.mkdir(parents=True)
-    (policies / "authz.rego").write_text(ALLOW_ALL)
-    server = FakeOpa(policies.parent.parent)
+def opa_server() -> Iterator[FakeOpa]:
+    server = FakeOpa(ALLOW_ALL)
     server.start()
     yield server
     server.stop()
@@ -128,10 +124,10 @@ FAULTS = {
 
 @pytest.mark.parametrize("fault", [*FAULTS])
 async def test_every_opa_fault_denies_and_nothing_high_impact_happens(
-    dev_env, tmp_path, sink, opa, opa_server, fault
+    dev_env, tmp_path, sink, opa, fault
 ) -> None:
     if fault == "unreachable":
-        server = FakeOpa(opa_server.policies_dir)  # its own server, which the fault stops
+        server = FakeOpa(ALLOW_ALL)  # its own server, which the fault stops
         server.token = TOKEN
         server.start()
     else:

@@ -40,8 +40,11 @@
 # Data (policies/playbook/data.json, mounted at data.playbook):
 #   freezes: [{start, end (RFC3339), reason, environments?}]  change freezes.
 #       They deny high-impact steps unless the alert is critical. A window
-#       without `environments` applies everywhere; a window whose times do not
-#       parse counts as active (fail safe).
+#       without `environments` (or with one that is not a list of names)
+#       applies everywhere; names are compared in lower case, and "production"
+#       covers every step the policy treats as production (an unknown or
+#       missing environment too); a window whose times do not parse counts as
+#       active (fail safe).
 #   groups: {"group": ["principal or person", ...]}  extra group membership,
 #       for users (CLI, API) who arrive with `groups: []`.
 #   people: {"alice": ["slack:U0ALICE", "cli:alice", "api:alice-laptop"]}
@@ -51,7 +54,8 @@
 #   start_restrictions: {"playbook-name": ["group", ...]}  playbooks listed
 #       here may only be started by verified members of those groups (anyone
 #       can claim an unverified principal); unlisted playbooks may be started
-#       by anyone.
+#       by anyone; a listed playbook whose entry is not a list may be started
+#       by nobody (fail safe).
 #   start_denylist: ["principal or person", ...]  may not start any playbook.
 #
 # The embedded backend evaluates this with rego-cpp, which charges tens of
@@ -208,12 +212,32 @@ _valid_window(freeze) if {
 	is_number(_rfc3339_ns(freeze.end))
 }
 
+# Everywhere: no `environments`, an empty list, or one that is not a list of names (fail safe).
+_freeze_applies(freeze) if {
+	environments := object.get(freeze, "environments", [])
+	not is_array(environments)
+}
+
 _freeze_applies(freeze) if count(object.get(freeze, "environments", [])) == 0
 
 _freeze_applies(freeze) if {
-	some env in _environments
-	env in freeze.environments
+	some env in object.get(freeze, "environments", [])
+	not is_string(env)
 }
+
+_freeze_applies(freeze) if {
+	some env in _environments
+	env in _freeze_environments(freeze)
+}
+
+# A window for production holds every step the policy treats as production, whatever name
+# (unknown, misspelled, none) put it there.
+_freeze_applies(freeze) if {
+	production
+	"production" in _freeze_environments(freeze)
+}
+
+_freeze_environments(freeze) := {lower(env) | some env in freeze.environments; is_string(env)}
 
 _freeze_label(freeze) := freeze.reason if {
 	_nonempty_string(freeze.reason)
@@ -305,6 +329,8 @@ start := _verdict(false, _sorted(_start_problems)) if {
 	not _start_input_complete
 } else := _verdict(false, [concat("", [input.user.id, " may not start playbooks (start_denylist)"])]) if {
 	_denylisted
+} else := _verdict(false, [concat("", [input.playbook.name, " may not be started by anyone: its start_restrictions entry must be a list of groups"])]) if {
+	_start_groups_invalid
 } else := _verdict(false, [concat("", [input.playbook.name, " may only be started by members of ", concat(", ", _start_groups), "; ", input.user.id, " is unverified (it reached Temporal directly), so its membership cannot count: use Slack or the API"])]) if {
 	is_array(_start_groups)
 	not input.user.verified == true
@@ -337,6 +363,12 @@ _start_problems contains "missing input.user.id" if {
 }
 
 _start_groups := data.playbook.start_restrictions[input.playbook.name]
+
+# Listed, but not with a list: still restricted, to nobody (fail safe).
+_start_groups_invalid if {
+	groups := data.playbook.start_restrictions[input.playbook.name]
+	not is_array(groups)
+}
 
 _in_any_group(groups) if {
 	some group in groups
