@@ -9,7 +9,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.engine.state import RunStatus, StepStatus, VoteRequest
 from bot.engine.workflow import PlaybookRun
-from bot.slack.notifier import SlackNotifier, SlackSync
+from bot.slack.notifier import SlackNotifier, SlackState, SlackSync
 from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
 from tests.engine.test_approvals import policy
 from tests.slack.fake_slack import FakeSlack, Message
@@ -191,3 +191,20 @@ async def test_a_decided_approval_request_is_redrawn_without_buttons(fake_slack)
 
     assert request.buttons() == [] and "Rejected: approval timed out" in request.shown(), request.shown()
     assert "told: failed" in status_message.shown()
+
+
+async def test_a_run_recorded_before_the_channel_id_was_kept_heals_at_its_next_post(fake_slack):
+    """SlackState is workflow state carried in history: an older run's state has no channel ID.
+    Its next post answers the ID, and from then on its messages update."""
+    notifier = _notifier(fake_slack)
+    first = await notifier.sync(SlackSync(channel="#incidents", status=_status("running", failed=False)))
+    assert first.channel_id == CHANNEL_ID
+    legacy = SlackState.model_validate({"message_ts": first.message_ts, "approval_ts": {}, "posted": []})
+    assert legacy.channel_id is None
+
+    state = await notifier.sync(SlackSync(channel="#incidents", status=_status("running", failed=True), state=legacy))
+    assert state.channel_id == CHANNEL_ID, "the failure reply's post answered the ID"
+    await notifier.sync(SlackSync(channel="#incidents", status=_status("failed", failed=True), state=state))
+
+    [message] = fake_slack.top_level(CHANNEL_ID)
+    assert "told: failed" in message.shown(), message.shown()
