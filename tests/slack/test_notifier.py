@@ -118,10 +118,8 @@ steps:
     async with worker(dev_env.client, rec, [SlackNotifier(web).sync, *post]) as w:
         status = await (await start(dev_env.client, w, run_input(pb))).result()
     assert status.state == "completed", status.error
-    posts = fake_slack.calls_to("chat.postMessage")
-    status_ts = fake_slack.messages[0].ts
-    told = [p for p in posts if p.params.get("text") == "restarting now"]
-    assert told and told[0].params["thread_ts"] == status_ts
+    [status_message] = fake_slack.top_level(CHANNEL_ID)
+    assert [m.text for m in fake_slack.thread(status_message)][:1] == ["restarting now"]
 
 
 def _status(state: str, failed: bool) -> RunStatus:
@@ -138,11 +136,14 @@ async def test_a_refused_reply_is_not_taken_as_posted_and_the_thread_stays_in_or
     state = await notifier.sync(SlackSync(channel="#incidents", status=_status("running", failed=True), state=state))
     assert state.posted == [], "nothing is marked posted that Slack did not take"
 
+    [status_message] = fake_slack.top_level(CHANNEL_ID)
+    assert fake_slack.thread(status_message) == [], "the refused reply is not in Slack"
+
     final = await notifier.sync(SlackSync(channel="#incidents", status=_status("failed", failed=True), state=state))
-    thread = [c.params["text"] for c in fake_slack.calls_to("chat.postMessage") if c.params.get("thread_ts")]
+    thread = [m.text for m in fake_slack.thread(status_message)]
     assert final.posted == ["end:b", "final"]
-    assert sum("*b* failed" in t for t in thread) == 2, "once refused, then posted once"
-    assert "*b* failed" in thread[-2] and "failed" in thread[-1], "the failure before the summary"
+    assert len(thread) == 2, thread
+    assert thread[0].startswith(":x: *b* failed") and "*told* failed" in thread[1], "the failure, then the summary"
 
 
 async def test_the_last_sync_of_a_run_tries_again_itself(fake_slack):
@@ -152,9 +153,10 @@ async def test_the_last_sync_of_a_run_tries_again_itself(fake_slack):
     fake_slack.fail_next("chat.postMessage", "fatal_error")
     final = await notifier.sync(SlackSync(channel="#incidents", status=_status("failed", failed=True), state=state))
     assert final.posted == ["end:b", "final"]
-    summaries = [c for c in fake_slack.calls_to("chat.postMessage") if "told" in c.params.get("text", "")
-                 and c.params.get("thread_ts")]
-    assert len(summaries) == 2 and summaries[0].params == summaries[1].params, "refused once, posted once"
+    assert [c.error for c in fake_slack.calls_to("chat.postMessage") if not c.ok] == ["fatal_error"], "refused once"
+    [status_message] = fake_slack.top_level(CHANNEL_ID)
+    thread = [m.text for m in fake_slack.thread(status_message)]
+    assert len(thread) == 2 and "*told* failed" in thread[1], "then posted, once"
 
 
 async def test_the_status_message_shows_the_runs_state_as_it_changes(fake_slack):
