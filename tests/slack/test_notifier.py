@@ -3,8 +3,6 @@ approval request in its thread (buttons until decided), failures, undos and the 
 
 from __future__ import annotations
 
-import asyncio
-
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.engine.state import RunStatus, StepStatus, VoteRequest
