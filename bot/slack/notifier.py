@@ -4,6 +4,10 @@ The workflow calls `slack.sync` (a local activity) with its status whenever some
 showing changed; the activity works out what to post or update from what it already posted
 (`SlackState`, kept by the workflow), so a retried sync posts nothing twice that it knows of.
 Slack is best effort: a failed sync is logged and the run goes on.
+
+A playbook names its channel as people do (`#incidents`); `chat.postMessage` takes that, but
+`chat.update` takes the channel's ID only. So the ID Slack answers the first post with is kept
+with the messages, and every later call uses it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ class SlackState(BaseModel):
     """What is already in Slack for this run."""
 
     message_ts: str | None = None
+    # The channel's ID, as chat.postMessage answered it. None until then, and in runs recorded
+    # before this field existed: those use the channel as given until a post answers the ID.
+    channel_id: str | None = None
     approval_ts: dict[str, str] = Field(default_factory=dict)
     posted: list[str] = Field(default_factory=list)  # keys of thread replies already sent
 
@@ -88,11 +95,11 @@ class SlackNotifier:
     async def _status_message(self, channel: str, status: RunStatus, state: SlackState) -> None:
         blocks, text = status_blocks(status), status_text(status)
         if state.message_ts is None:
-            response = await self._call("chat.postMessage", channel=channel, text=text, blocks=blocks)
+            response = await self._post(channel, state, text=text, blocks=blocks)
             if response:
                 state.message_ts = response["ts"]
         else:
-            await self._call("chat.update", channel=channel, ts=state.message_ts, text=text, blocks=blocks)
+            await self._update(channel, state, state.message_ts, text=text, blocks=blocks)
 
     async def _approval(self, request: SlackSync, step_id: str, state: SlackState) -> None:
         """The approval request in the thread; updated as votes come, buttons gone once decided."""
@@ -101,15 +108,22 @@ class SlackNotifier:
         step = status.step(step_id)
         text = f"approval needed for {escape(step_id)}" if step.state == "waiting_approval" else decided_line(step)
         if step_id not in state.approval_ts:
-            response = await self._call(
-                "chat.postMessage", channel=request.channel, thread_ts=state.message_ts, text=text, blocks=blocks
-            )
+            response = await self._post(request.channel, state, thread_ts=state.message_ts, text=text, blocks=blocks)
             if response:
                 state.approval_ts[step_id] = response["ts"]
         else:
-            await self._call(
-                "chat.update", channel=request.channel, ts=state.approval_ts[step_id], text=text, blocks=blocks
-            )
+            await self._update(request.channel, state, state.approval_ts[step_id], text=text, blocks=blocks)
+
+    async def _post(self, channel: str, state: SlackState, **kwargs: Any) -> Any:
+        """chat.postMessage; the first answer tells the channel's ID, kept for every later call."""
+        response = await self._call("chat.postMessage", channel=state.channel_id or channel, **kwargs)
+        if response and state.channel_id is None and response.get("channel"):
+            state.channel_id = response["channel"]
+        return response
+
+    async def _update(self, channel: str, state: SlackState, ts: str, **kwargs: Any) -> Any:
+        """chat.update, by the channel's ID: Slack answers a name with `channel_not_found`."""
+        return await self._call("chat.update", channel=state.channel_id or channel, ts=ts, **kwargs)
 
     async def _mentions(self, status: RunStatus) -> dict[str, str]:
         """Mentions that page the groups an escalation names (overdue approvals, failed undo)."""
@@ -150,8 +164,7 @@ class SlackNotifier:
         return out
 
     async def _reply(self, channel: str, state: SlackState, text: str) -> bool:
-        response = await self._call("chat.postMessage", channel=channel, thread_ts=state.message_ts, text=text)
-        return bool(response)
+        return bool(await self._post(channel, state, thread_ts=state.message_ts, text=text))
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
         """One Web API call; an error is counted and logged, never raised into the run."""

@@ -4,6 +4,9 @@ Through the production client (`bot.actions.catalog.slack_client`) and the real 
 real workflow step that allows three attempts, against a local HTTP server standing in for Slack
 that counts the posts reaching it. A timeout, a connection dropped after the request was sent, or
 a 5xx may each have posted: the step fails for good, saying so. A 429 did not post: it is retried.
+
+The run's notifier posts through the same client (the worker builds it with `slack_client`):
+one notifier call sends one request whatever the failure, and a 429 is sent again.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from bot.actions.base import ACTION_FAILED, ActionInput
 from bot.actions.catalog import slack_client
 from bot.actions.secrets import SecretStore
 from bot.actions.slack import SlackActions
+from bot.engine.state import RunStatus, StepStatus
 from bot.settings import Settings
+from bot.slack.notifier import SlackNotifier, SlackSync
 from tests.engine.support import Recorder, playbook, run_input, start, worker
 from tests.http_server import serving
 
@@ -129,12 +134,15 @@ async def _run_step(dev_env: Any, base_url: str) -> Any:
         return await (await start(dev_env.client, w, run_input(playbook(PB)))).result()
 
 
-@pytest.mark.parametrize(
+MAYBE_TAKEN = pytest.mark.parametrize(
     "counting_slack",
     [["hang"], ["close"], ["reset"], ["500"], ["500-json"], ["internal_error"]],
     ids=["timeout", "closed-after-request", "reset-after-request", "500", "500-fatal_error", "internal_error"],
     indirect=True,
 )
+
+
+@MAYBE_TAKEN
 async def test_a_post_slack_may_have_taken_is_never_retried(dev_env, counting_slack: CountingSlack) -> None:
     status = await _run_step(dev_env, counting_slack.url + "/api/")
 
@@ -166,3 +174,28 @@ async def test_a_refused_connection_is_retryable() -> None:
         await ActivityEnvironment().run(post, arg)
     assert caught.value.type == ACTION_FAILED and not caught.value.non_retryable
     assert "could not reach Slack" in caught.value.message and MAYBE_POSTED not in caught.value.message
+
+
+RUNNING = RunStatus(run_id="r-1", playbook="tell", playbook_hash="h", state="running", requested_by="cli:tester",
+                    trigger="cli", steps=[StepStatus(id="tell", action="core.log", state="running")])
+
+
+async def _notify(base_url: str) -> Any:
+    """One sync of a running run, whose only call is the status message's post."""
+    return await SlackNotifier(_client(base_url)).sync(SlackSync(channel="#incidents", status=RUNNING))
+
+
+@MAYBE_TAKEN
+async def test_the_notifiers_client_sends_a_post_slack_may_have_taken_once(counting_slack: CountingSlack) -> None:
+    state = await _notify(counting_slack.url + "/api/")
+
+    assert counting_slack.posts == 1, f"{counting_slack.posts} posts reached Slack for one notifier call"
+    assert state.message_ts is None, "nothing is taken as posted that Slack did not confirm"
+
+
+@pytest.mark.parametrize("counting_slack", [["429", "ok"]], indirect=True)
+async def test_the_notifiers_client_retries_a_rate_limited_post(counting_slack: CountingSlack) -> None:
+    state = await _notify(counting_slack.url + "/api/")
+
+    assert (counting_slack.posts, counting_slack.accepted) == (2, 1), "the 429, then the one post"
+    assert (state.message_ts, state.channel_id) == ("1714560000.000001", "C0INCIDENTS")

@@ -6,6 +6,13 @@ without one and `invalid_auth` when wrong; Slack's error codes for the methods i
 (`channel_not_found`, `not_in_channel`, `message_not_found`, `user_not_found`, ...); HTTP 404
 `unknown_method` for the rest; HTTP 429 + `Retry-After` on demand.
 
+As strict as Slack's documentation, so a test sees what real Slack would show: `chat.update`
+takes a channel ID only (a name answers `channel_not_found`) and a `ts` the channel holds
+(`message_not_found`); blocks beyond Block Kit's limits answer `invalid_blocks` with Slack's
+`errors` list (tests/slack/slack_limits.py); a posted `text` over 40,000 characters is truncated
+with a `message_truncated` warning, an updated one is refused `msg_too_long`. `messages` holds
+each message as it now stands, so tests assert on what Slack shows, not on what was sent.
+
 Every call is recorded (method, merged params, HTTP status, error, monotonic time) in `calls`.
 Fault switches: `rate_limit(n)`, `server_error(n)`, `fail_next(method, error)`, and
 `rate_limit_fraction(f)` (about that fraction of all calls, until `reset()`); `reset()` clears
@@ -26,6 +33,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from tests.http_server import serving
+from tests.slack.slack_limits import MESSAGE_TEXT_MAX, block_errors
 
 TOKEN = "xoxb-fake-bot-token"
 TEAM_ID = "T0FAKE"
@@ -44,6 +52,7 @@ class Call:
     error: str | None = None
     http_verb: str = "POST"
     at: float = field(default_factory=time.monotonic)  # when it was answered
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -55,6 +64,18 @@ class Message:
     thread_ts: str | None = None
     user: str = BOT_USER_ID
     updates: int = 0
+
+    def buttons(self) -> list[str]:
+        """The action ids of the buttons the message shows now."""
+        return [e.get("action_id", "") for b in self.blocks or [] if b.get("type") == "actions"
+                for e in b.get("elements", []) if e.get("type") == "button"]
+
+    def shown(self) -> str:
+        """What a reader sees: the blocks' text when it has blocks (Slack renders those, and uses
+        `text` only for notifications), else its text."""
+        if not self.blocks:
+            return self.text
+        return "\n".join(_texts(self.blocks))
 
 
 @dataclass
@@ -158,6 +179,14 @@ class FakeSlack:
                 return message
         raise KeyError((channel, ts))
 
+    def top_level(self, channel: str | None = None) -> list[Message]:
+        """The messages outside any thread (of `channel`, or all), oldest first."""
+        return [m for m in self.messages if m.thread_ts is None and channel in (None, m.channel)]
+
+    def thread(self, parent: Message) -> list[Message]:
+        """The replies in `parent`'s thread, oldest first."""
+        return [m for m in self.messages if m.thread_ts == parent.ts and m.channel == parent.channel]
+
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> str:
@@ -181,7 +210,9 @@ class FakeSlack:
         verb = params.pop("__verb__", "POST")
         with self._lock:
             status, body, headers = self._answer(method, params, auth_header)
-            self.calls.append(Call(method, params, status, bool(body.get("ok")), body.get("error"), verb))
+            warnings = list((body.get("response_metadata") or {}).get("warnings", []))
+            self.calls.append(Call(method, params, status, bool(body.get("ok")), body.get("error"), verb,
+                                   warnings=warnings))
         return status, body, headers
 
     def _answer(self, method: str, params: dict[str, Any], auth_header: str | None) -> Answer:
@@ -204,7 +235,7 @@ class FakeSlack:
         try:
             return 200, {"ok": True, **handler(params)}, {}
         except SlackFault as fault:
-            return 200, {"ok": False, "error": fault.error}, {}
+            return 200, {"ok": False, "error": fault.error, **fault.details}, {}
 
     def _methods(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
         return {
@@ -228,22 +259,27 @@ class FakeSlack:
             "is_enterprise_install": False,
         }
 
-    def _channel(self, params: dict[str, Any]) -> str:
+    def _channel(self, params: dict[str, Any], *, by_name: bool = True) -> str:
+        """The channel ID `params` names. Posting takes an ID or a name; `by_name=False` (as for
+        `chat.update`) takes an ID only: "Channel containing the message to be updated"."""
         ref = str(params.get("channel") or "")
         if not ref:
             raise SlackFault("channel_not_found")
         if ref in self.channels:
             channel = ref
+        elif not by_name:
+            raise SlackFault("channel_not_found")
         else:
-            by_name = {name: cid for cid, name in self.channels.items()}
-            channel = by_name.get(ref.removeprefix("#"), "")
+            ids = {name: cid for cid, name in self.channels.items()}
+            channel = ids.get(ref.removeprefix("#"), "")
             if not channel:
                 raise SlackFault("channel_not_found")
         if channel in self.not_member:
             raise SlackFault("not_in_channel")
         return channel
 
-    def _content(self, params: dict[str, Any]) -> tuple[str, list[dict[str, Any]] | None]:
+    def _content(self, params: dict[str, Any], *, update: bool = False) -> tuple[str, list[dict[str, Any]] | None, list[str]]:
+        """The message's text and blocks, and any warnings; refused as Slack refuses them."""
         text = str(params.get("text") or "")
         blocks = params.get("blocks")
         if isinstance(blocks, str):
@@ -251,15 +287,19 @@ class FakeSlack:
                 blocks = json.loads(blocks)
             except ValueError:
                 raise SlackFault("invalid_blocks_format") from None
-        if blocks is not None and (not isinstance(blocks, list) or not all(_is_block(b) for b in blocks)):
-            raise SlackFault("invalid_blocks")
-        if blocks is not None and len(blocks) > 50:
-            raise SlackFault("invalid_blocks")
+        if blocks is not None:
+            errors = block_errors(blocks)
+            if errors:
+                raise SlackFault("invalid_blocks", errors=errors,
+                                 response_metadata={"messages": [f"[ERROR] {e}" for e in errors]})
         if not text and not blocks and not params.get("attachments"):
             raise SlackFault("no_text")
-        if len(text) > 40_000:
-            raise SlackFault("msg_too_long")
-        return text, blocks
+        warnings: list[str] = []
+        if len(text) > MESSAGE_TEXT_MAX:
+            if update:
+                raise SlackFault("msg_too_long")
+            text, warnings = text[:MESSAGE_TEXT_MAX], ["message_truncated"]
+        return text, blocks, warnings
 
     def _next_ts(self) -> str:
         return f"{int(time.time())}.{next(self._ts):06d}"
@@ -281,30 +321,35 @@ class FakeSlack:
 
     def _post_message(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params)
-        text, blocks = self._content(params)
+        text, blocks, warnings = self._content(params)
         thread_ts = params.get("thread_ts") or None
         message = Message(channel, self._next_ts(), text, blocks, str(thread_ts) if thread_ts else None)
         self.messages.append(message)
-        return {"channel": channel, "ts": message.ts, "message": self._message_json(message)}
+        return {"channel": channel, "ts": message.ts, "message": self._message_json(message), **_warned(warnings)}
 
     def _update(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel(params)
+        """chat.update as documented: text left out is kept; blocks left out go when text is given."""
+        channel = self._channel(params, by_name=False)
         try:
             message = self.message(channel, str(params.get("ts") or ""))
         except KeyError:
             raise SlackFault("message_not_found") from None
         if message.user != BOT_USER_ID:
             raise SlackFault("cant_update_message")
-        text, blocks = self._content(params)
-        message.text, message.blocks, message.updates = text, blocks, message.updates + 1
-        return {"channel": channel, "ts": message.ts, "text": text, "message": self._message_json(message)}
+        if "text" not in params and "blocks" not in params and "attachments" not in params:
+            raise SlackFault("no_text")
+        text, blocks, _ = self._content({**params, "text": params.get("text", message.text)}, update=True)
+        message.text = text
+        message.blocks = blocks if "blocks" in params else None  # text without blocks drops the blocks
+        message.updates += 1
+        return {"channel": channel, "ts": message.ts, "text": message.text, "message": self._message_json(message)}
 
     def _post_ephemeral(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(params)
         if str(params.get("user") or "") not in self.users:
             raise SlackFault("user_not_found")
-        self._content(params)
-        return {"message_ts": self._next_ts(), "channel": channel}
+        _, _, warnings = self._content(params)
+        return {"message_ts": self._next_ts(), "channel": channel, **_warned(warnings)}
 
     def _usergroups_list(self, params: dict[str, Any]) -> dict[str, Any]:
         include_users = _flag(params.get("include_users"))
@@ -354,17 +399,30 @@ class _Fraction:
 
 
 class SlackFault(Exception):
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: str, **details: Any) -> None:
         super().__init__(error)
         self.error = error
+        self.details = details
+
+
+def _warned(warnings: list[str]) -> dict[str, Any]:
+    if not warnings:
+        return {}
+    return {"warning": ",".join(warnings), "response_metadata": {"warnings": warnings}}
+
+
+def _texts(value: Any) -> list[str]:
+    """Every text string inside blocks, in order."""
+    if isinstance(value, list):
+        return [t for item in value for t in _texts(item)]
+    if isinstance(value, dict):
+        own = [value["text"]] if isinstance(value.get("text"), str) else []
+        return own + [t for k, v in value.items() if k != "text" or not isinstance(v, str) for t in _texts(v)]
+    return []
 
 
 def _flag(value: Any) -> bool:
     return value is True or str(value).lower() in ("1", "true")
-
-
-def _is_block(block: Any) -> bool:
-    return isinstance(block, dict) and isinstance(block.get("type"), str)
 
 
 def _params(verb: str, query: str, content_type: str, body: bytes) -> dict[str, Any]:

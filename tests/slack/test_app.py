@@ -163,19 +163,52 @@ async def test_status_and_cancel(stack: Stack) -> None:
     assert "Cancelling run" in text_of(await stack.answers(key))
     final = await eventually(lambda: finished(stack, run_id), what="cancelled run ends")
     assert final.state == "compensated" and final.cancelled_by == principal(ALICE)
-    # the run's story is in the invoking channel: one status message, the undo and the summary in its thread
-    await asyncio.sleep(0.5)
-    posts = [c for c in stack.fake.calls_to("chat.postMessage") if c.params.get("channel") == CHANNEL]
-    status_posts = [c for c in posts if "thread_ts" not in c.params]
-    assert len(status_posts) == 1 and run_id in str(status_posts[0].params.get("blocks"))
-    thread = [c.params["text"] for c in posts if c.params.get("thread_ts")]
+    # the run's story is in the invoking channel, as Slack now shows it: one status message,
+    # current, and the undo and the summary in its thread
+    [status_message] = stack.fake.top_level(CHANNEL)
+    shown = status_message.shown()
+    assert run_id in shown and "hold: compensated" in shown and "running" not in shown, shown
+    thread = [m.shown() for m in stack.fake.thread(status_message)]
     assert any("undo of *note* succeeded" in t for t in thread), thread
     assert any(f"Cancelled by <@{ALICE}>" in t for t in thread), thread
-    assert stack.fake.calls_to("chat.update"), "the status message is updated as steps move"
 
 
+ANNOUNCED = """
+name: announced
+summary: A high-impact step, told in a channel named in the playbook
+channel: "#incidents"
+steps:
+  - id: risky
+    action: core.log
+    impact: high
+    with: {message: the risky thing}
+"""
 
 
+async def test_a_run_told_in_a_channel_named_by_the_playbook_shows_its_end(
+    dev_env, fake_slack: FakeSlack, tmp_path: Path
+) -> None:
+    """The playbook names its channel (`#incidents`): Slack updates messages by channel ID only,
+    so the status message and the request must still end up showing how the run went."""
+    async with slack_stack(dev_env.client, fake_slack, tmp_path, {"announced": ANNOUNCED}) as stack:
+        trigger = f"{int(time.time())}.3.{uuid.uuid4().hex[:20]}"
+        body, _ = stack.command("run announced", trigger_id=trigger)
+        assert (await stack.post(body)).status_code == 200
+        run_id = slack_run_id("announced", trigger)
+        await eventually(lambda: step_state(stack, run_id, "risky", "waiting_approval"), what="waiting")
+        [request] = await eventually(
+            lambda: returns([m for m in fake_slack.messages if m.thread_ts and m.buttons()]), what="request posted"
+        )
+        [status_message] = fake_slack.top_level(CHANNEL)
+        assert "announced: waiting approval" in status_message.shown()
+
+        assert (await stack.click(BOB, run_id, "risky", request.ts)).status_code == 200
+        final = await eventually(lambda: finished(stack, run_id), what="approved run completes")
+
+    assert final.state == "completed"
+    assert fake_slack.top_level(CHANNEL) == [status_message]
+    assert "announced: completed" in status_message.shown(), status_message.shown()
+    assert request.buttons() == [] and f"Approved by <@{BOB}>" in request.shown(), request.shown()
 
 
 # ---- approval buttons -------------------------------------------------------------------------
@@ -221,8 +254,9 @@ async def test_approval_buttons(stack: Stack) -> None:
     assert "already voted" in refused[0].params["text"] or "not waiting" in refused[0].params["text"]
     updated = await eventually(lambda: returns(stack.fake.message(CHANNEL, ts).updates >= 1), what="message redrawn")
     assert updated
-    shown = json.dumps(stack.fake.message(CHANNEL, ts).blocks)
-    assert f"<@{BOB}>" in shown
+    request = stack.fake.message(CHANNEL, ts)
+    assert request.buttons() == [], "once approved the buttons go away"
+    assert f"Approved by <@{BOB}>" in request.shown(), request.shown()
 
 
 async def test_a_malformed_button_is_refused_to_the_clicker(stack: Stack) -> None:

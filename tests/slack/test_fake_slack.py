@@ -10,6 +10,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from tests.slack.fake_slack import BOT_USER_ID, FakeSlack
+from tests.slack.slack_limits import MESSAGE_TEXT_MAX
 
 
 def client(slack: FakeSlack, token: str | None = None, **kwargs: object) -> AsyncWebClient:
@@ -104,6 +105,123 @@ async def test_update_of_unknown_message(fake_slack: FakeSlack) -> None:
         await client(fake_slack).chat_update(channel="C0INCIDENTS", ts="1.000001", text="x")
 
     assert caught.value.response["error"] == "message_not_found"
+
+
+@pytest.mark.parametrize("name", ["#incidents", "incidents"])
+async def test_update_by_channel_name_is_channel_not_found_and_changes_nothing(fake_slack: FakeSlack, name: str) -> None:
+    """Slack's chat.update takes the channel's ID; posting takes a name, updating does not."""
+    slack = client(fake_slack)
+    posted = await slack.chat_postMessage(channel=name, text="running")
+    with pytest.raises(SlackApiError) as caught:
+        await slack.chat_update(channel=name, ts=posted["ts"], text="completed")
+
+    assert caught.value.response["error"] == "channel_not_found"
+    message = fake_slack.message("C0INCIDENTS", posted["ts"])
+    assert (message.text, message.updates) == ("running", 0)
+
+
+async def test_update_of_a_message_in_another_channel_is_message_not_found(fake_slack: FakeSlack) -> None:
+    slack = client(fake_slack)
+    posted = await slack.chat_postMessage(channel="C0INCIDENTS", text="running")
+    with pytest.raises(SlackApiError) as caught:
+        await slack.chat_update(channel="C0GENERAL", ts=posted["ts"], text="completed")
+
+    assert caught.value.response["error"] == "message_not_found"
+
+
+@pytest.mark.filterwarnings("ignore:The top-level `text` argument is missing")
+async def test_update_with_text_only_drops_the_blocks_and_blocks_only_keep_the_text(fake_slack: FakeSlack) -> None:
+    slack = client(fake_slack)
+    section = [{"type": "section", "text": {"type": "mrkdwn", "text": "*one*"}}]
+    posted = await slack.chat_postMessage(channel="C0INCIDENTS", text="one", blocks=section)
+    message = fake_slack.message("C0INCIDENTS", posted["ts"])
+
+    await slack.chat_update(channel="C0INCIDENTS", ts=posted["ts"], blocks=[{"type": "divider"}, *section])
+    assert (message.text, len(message.blocks or [])) == ("one", 2)
+    await slack.chat_update(channel="C0INCIDENTS", ts=posted["ts"], text="two")
+    assert (message.text, message.blocks, message.shown()) == ("two", None, "two")
+
+
+def _section(text: str) -> dict[str, object]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _button(**changes: object) -> dict[str, object]:
+    return {"type": "button", "action_id": "a", "text": {"type": "plain_text", "text": "Go"}, "value": "v", **changes}
+
+
+TOO_BIG = {
+    "51 blocks": [_section("x")] * 51,
+    "section text of 3001": [_section("x" * 3001)],
+    "empty section text": [_section("")],
+    "section without text or fields": [{"type": "section"}],
+    "11 section fields": [{"type": "section", "fields": [{"type": "mrkdwn", "text": "f"}] * 11}],
+    "section field of 2001": [{"type": "section", "fields": [{"type": "mrkdwn", "text": "f" * 2001}]}],
+    "header of 151": [{"type": "header", "text": {"type": "plain_text", "text": "h" * 151}}],
+    "mrkdwn header": [{"type": "header", "text": {"type": "mrkdwn", "text": "*h*"}}],
+    "11 context elements": [{"type": "context", "elements": [{"type": "mrkdwn", "text": "c"}] * 11}],
+    "empty context": [{"type": "context", "elements": []}],
+    "26 actions elements": [{"type": "actions", "elements": [_button(action_id=f"a{i}") for i in range(26)]}],
+    "button text of 76": [{"type": "actions", "elements": [_button(text={"type": "plain_text", "text": "b" * 76})]}],
+    "button value of 2001": [{"type": "actions", "elements": [_button(value="v" * 2001)]}],
+    "action_id of 256": [{"type": "actions", "elements": [_button(action_id="a" * 256)]}],
+    "the same action_id twice in a block": [{"type": "actions", "elements": [_button(), _button()]}],
+    "button style": [{"type": "actions", "elements": [_button(style="green")]}],
+    "block_id of 256": [{"type": "divider", "block_id": "b" * 256}],
+    "unknown block type": [{"type": "marquee"}],
+}
+AT_THE_LIMIT = [
+    *[_section("x" * 3000)] * 49,
+    {"type": "header", "text": {"type": "plain_text", "text": "h" * 150}},
+]
+
+
+@pytest.mark.parametrize("blocks", TOO_BIG.values(), ids=TOO_BIG.keys())
+async def test_blocks_over_slacks_limits_are_invalid_blocks(fake_slack: FakeSlack, blocks: list[dict[str, object]]) -> None:
+    slack = client(fake_slack)
+    with pytest.raises(SlackApiError) as caught:
+        await slack.chat_postMessage(channel="C0INCIDENTS", text="x", blocks=blocks)
+    assert caught.value.response["error"] == "invalid_blocks"
+    assert caught.value.response["errors"], "Slack says which block and why"
+    assert fake_slack.messages == [], "nothing posted"
+
+    posted = await slack.chat_postMessage(channel="C0INCIDENTS", text="before", blocks=[_section("before")])
+    with pytest.raises(SlackApiError) as caught:
+        await slack.chat_update(channel="C0INCIDENTS", ts=posted["ts"], text="x", blocks=blocks)
+    assert caught.value.response["error"] == "invalid_blocks"
+    assert fake_slack.messages[0].shown() == "before", "an update refused changes nothing"
+
+
+async def test_blocks_at_slacks_limits_are_taken(fake_slack: FakeSlack) -> None:
+    slack = client(fake_slack)
+    posted = await slack.chat_postMessage(channel="C0INCIDENTS", text="x", blocks=AT_THE_LIMIT)
+    await slack.chat_update(channel=posted["channel"], ts=posted["ts"], text="x", blocks=[*AT_THE_LIMIT[1:], _section("y")])
+
+    assert len(fake_slack.messages[0].blocks or []) == 50
+    assert fake_slack.messages[0].blocks[-1] == _section("y")
+
+
+async def test_text_over_40000_is_truncated_when_posted_and_refused_when_updated(fake_slack: FakeSlack) -> None:
+    slack = client(fake_slack)
+    long = "x" * (MESSAGE_TEXT_MAX + 1)
+    posted = await slack.chat_postMessage(channel="C0INCIDENTS", text=long)
+
+    assert posted["response_metadata"]["warnings"] == ["message_truncated"]
+    assert fake_slack.messages[0].text == long[:MESSAGE_TEXT_MAX]
+    assert fake_slack.calls_to("chat.postMessage")[0].warnings == ["message_truncated"]
+    with pytest.raises(SlackApiError) as caught:
+        await slack.chat_update(channel="C0INCIDENTS", ts=posted["ts"], text=long + "y")
+    assert caught.value.response["error"] == "msg_too_long"
+    assert fake_slack.messages[0].updates == 0
+
+
+async def test_a_message_shows_its_blocks_and_buttons(fake_slack: FakeSlack) -> None:
+    blocks = [_section("*asked*"), {"type": "actions", "elements": [_button(action_id="yes"), _button(action_id="no")]}]
+    await client(fake_slack).chat_postMessage(channel="C0INCIDENTS", text="notification only", blocks=blocks)
+
+    [message] = fake_slack.top_level("C0INCIDENTS")
+    assert message.buttons() == ["yes", "no"]
+    assert "*asked*" in message.shown() and "notification only" not in message.shown()
 
 
 async def test_post_ephemeral(fake_slack: FakeSlack) -> None:

@@ -3,15 +3,17 @@ approval request in its thread (buttons until decided), failures, undos and the 
 
 from __future__ import annotations
 
-import asyncio
-
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.engine.state import RunStatus, StepStatus, VoteRequest
 from bot.engine.workflow import PlaybookRun
-from bot.slack.notifier import SlackNotifier, SlackSync
+from bot.slack.notifier import SlackNotifier, SlackState, SlackSync
 from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
 from tests.engine.test_approvals import policy
+from tests.slack.fake_slack import FakeSlack, Message
+from tests.waiting import eventually
+
+CHANNEL_ID = "C0INCIDENTS"  # the fake workspace's #incidents
 
 PB = """
 name: told
@@ -25,39 +27,61 @@ steps:
 APPROVAL = {"allow": True, "require_approval": True, "min_approvals": 1, "approver_groups": ["sre"], "reasons": ["prod"]}
 
 
+def _notifier(fake_slack: FakeSlack) -> SlackNotifier:
+    return SlackNotifier(AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url))
+
+
+async def _approval_request(fake_slack: FakeSlack) -> Message:
+    """The run's approval request, once it is in the status message's thread."""
+    async def posted() -> list[Message]:
+        tops = fake_slack.top_level(CHANNEL_ID)
+        return [m for m in fake_slack.thread(tops[0]) if m.buttons()] if tops else []
+    return (await eventually(posted, what="approval request in the thread"))[0]
+
+
 async def test_status_message_approval_thread_and_summary(dev_env, fake_slack):
+    """What Slack shows: one status message, kept current; the request in its thread, its
+    buttons gone once decided (here by a vote that did not come through Slack, as the CLI's)."""
     rec = Recorder()
-    notifier = SlackNotifier(AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url))
-    async with worker(dev_env.client, rec, policy(APPROVAL) + [notifier.sync]) as w:
+    async with worker(dev_env.client, rec, policy(APPROVAL) + [_notifier(fake_slack).sync]) as w:
         handle = await start(dev_env.client, w, run_input(playbook(PB), requested_by="carl"))
         await wait_for_state(handle, lambda s: s.state == "waiting_approval")
-        for _ in range(50):  # the approval request lands in the thread right after the wait starts
-            if len(fake_slack.calls_to("chat.postMessage")) >= 2:
-                break
-            await asyncio.sleep(0.1)
-        posts = fake_slack.calls_to("chat.postMessage")
-        status_post, approval_post = posts[0], posts[1]
-        assert status_post.params["channel"] == "#incidents" and "thread_ts" not in status_post.params
-        assert approval_post.params.get("thread_ts"), "the approval request goes in the run's thread"
-        action_ids = [e["action_id"] for b in approval_post.params["blocks"] if b["type"] == "actions" for e in b["elements"]]
-        assert action_ids == ["approval.approve", "approval.reject"]
+        request = await _approval_request(fake_slack)
+        [status_message] = fake_slack.top_level(CHANNEL_ID)
+        assert request.buttons() == ["approval.approve", "approval.reject"]
+        assert "waiting approval" in status_message.shown()
 
         await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana"))
         status = await handle.result()
 
     assert status.state == "compensated"
-    posts = fake_slack.calls_to("chat.postMessage")
-    assert len([p for p in posts if "thread_ts" not in p.params]) == 1, "one status message per run"
-    thread = [p.params["text"] for p in posts if p.params.get("thread_ts")]
-    assert any("boom" in t and "failed" in t for t in thread)
-    assert any("undo of *prep*" in t for t in thread)
-    assert any("compensated" in t for t in thread[-1:]), "the summary comes last"
-    updates = fake_slack.calls_to("chat.update")
-    assert updates, "the status message is updated in place"
-    approval_updates = [u for u in updates if "dana" in str(u.params.get("blocks", ""))]
-    assert approval_updates, "the approval request shows who voted"
-    last = approval_updates[-1].params["blocks"]
-    assert not [b for b in last if b["type"] == "actions"], "once decided the buttons go away"
+    assert fake_slack.top_level(CHANNEL_ID) == [status_message], "one status message per run"
+    shown = status_message.shown()
+    assert "told: compensated" in shown and "running" not in shown and "waiting approval" not in shown, shown
+    assert ":x: *boom* `t.fail` failed" in shown and "undo *prep* `t.ok` succeeded" in shown, shown
+    assert request.buttons() == [], "once decided the buttons go away"
+    assert "Approved by `dana`" in request.shown(), request.shown()
+    thread = [m.shown() for m in fake_slack.thread(status_message)]
+    assert thread[0] == request.shown(), "the request opens the thread"
+    assert any("*boom* failed" in t for t in thread), thread
+    assert any("undo of *prep* succeeded" in t for t in thread), thread
+    assert "*told* compensated" in thread[-1], "the summary comes last"
+
+
+async def test_an_approval_that_times_out_loses_its_buttons(dev_env, fake_slack):
+    rec = Recorder()
+    timing_out = {**APPROVAL, "approval_timeout": "1s"}
+    pb = playbook('name: lapsed\nchannel: "#incidents"\nsteps: [{id: risky, action: t.ok, impact: high}]')
+    async with worker(dev_env.client, rec, policy(timing_out) + [_notifier(fake_slack).sync]) as w:
+        handle = await start(dev_env.client, w, run_input(pb))
+        request = await _approval_request(fake_slack)
+        status = await handle.result()
+
+    assert status.step("risky").state == "rejected"
+    assert request.buttons() == [], "a request decided by its deadline offers no buttons"
+    assert "Rejected" in request.shown(), request.shown()
+    [status_message] = fake_slack.top_level(CHANNEL_ID)
+    assert f"lapsed: {status.state}" in status_message.shown(), status_message.shown()
 
 
 async def test_slack_down_never_fails_the_run(dev_env, fake_slack):
@@ -92,10 +116,8 @@ steps:
     async with worker(dev_env.client, rec, [SlackNotifier(web).sync, *post]) as w:
         status = await (await start(dev_env.client, w, run_input(pb))).result()
     assert status.state == "completed", status.error
-    posts = fake_slack.calls_to("chat.postMessage")
-    status_ts = fake_slack.messages[0].ts
-    told = [p for p in posts if p.params.get("text") == "restarting now"]
-    assert told and told[0].params["thread_ts"] == status_ts
+    [status_message] = fake_slack.top_level(CHANNEL_ID)
+    assert [m.text for m in fake_slack.thread(status_message)][:1] == ["restarting now"]
 
 
 def _status(state: str, failed: bool) -> RunStatus:
@@ -112,11 +134,14 @@ async def test_a_refused_reply_is_not_taken_as_posted_and_the_thread_stays_in_or
     state = await notifier.sync(SlackSync(channel="#incidents", status=_status("running", failed=True), state=state))
     assert state.posted == [], "nothing is marked posted that Slack did not take"
 
+    [status_message] = fake_slack.top_level(CHANNEL_ID)
+    assert fake_slack.thread(status_message) == [], "the refused reply is not in Slack"
+
     final = await notifier.sync(SlackSync(channel="#incidents", status=_status("failed", failed=True), state=state))
-    thread = [c.params["text"] for c in fake_slack.calls_to("chat.postMessage") if c.params.get("thread_ts")]
+    thread = [m.text for m in fake_slack.thread(status_message)]
     assert final.posted == ["end:b", "final"]
-    assert sum("*b* failed" in t for t in thread) == 2, "once refused, then posted once"
-    assert "*b* failed" in thread[-2] and "failed" in thread[-1], "the failure before the summary"
+    assert len(thread) == 2, thread
+    assert thread[0].startswith(":x: *b* failed") and "*told* failed" in thread[1], "the failure, then the summary"
 
 
 async def test_the_last_sync_of_a_run_tries_again_itself(fake_slack):
@@ -126,6 +151,60 @@ async def test_the_last_sync_of_a_run_tries_again_itself(fake_slack):
     fake_slack.fail_next("chat.postMessage", "fatal_error")
     final = await notifier.sync(SlackSync(channel="#incidents", status=_status("failed", failed=True), state=state))
     assert final.posted == ["end:b", "final"]
-    summaries = [c for c in fake_slack.calls_to("chat.postMessage") if "told" in c.params.get("text", "")
-                 and c.params.get("thread_ts")]
-    assert len(summaries) == 2 and summaries[0].params == summaries[1].params, "refused once, posted once"
+    assert [c.error for c in fake_slack.calls_to("chat.postMessage") if not c.ok] == ["fatal_error"], "refused once"
+    [status_message] = fake_slack.top_level(CHANNEL_ID)
+    thread = [m.text for m in fake_slack.thread(status_message)]
+    assert len(thread) == 2 and "*told* failed" in thread[1], "then posted, once"
+
+
+async def test_the_status_message_shows_the_runs_state_as_it_changes(fake_slack):
+    notifier = _notifier(fake_slack)
+    state = await notifier.sync(SlackSync(channel="#incidents", status=_status("running", failed=False)))
+    [message] = fake_slack.top_level(CHANNEL_ID)
+    assert "told: running" in message.shown()
+
+    await notifier.sync(SlackSync(channel="#incidents", status=_status("failed", failed=True), state=state))
+
+    assert fake_slack.top_level(CHANNEL_ID) == [message]
+    assert "told: failed" in message.shown() and "told: running" not in message.shown(), message.shown()
+    assert "failed" in message.text and message.updates == 1
+
+
+def _waiting(step_state: str) -> tuple[RunStatus, dict[str, dict[str, object]]]:
+    step = StepStatus(id="risky", action="t.ok", state=step_state, decision=APPROVAL,
+                      error="approval timed out" if step_state == "rejected" else None)
+    run_state = "waiting_approval" if step_state == "waiting_approval" else "failed"
+    status = RunStatus(run_id="r-2", playbook="told", playbook_hash="h", state=run_state, requested_by="carl",
+                       trigger="cli", steps=[step])
+    return status, {"risky": APPROVAL}
+
+
+async def test_a_decided_approval_request_is_redrawn_without_buttons(fake_slack):
+    notifier = _notifier(fake_slack)
+    waiting, decisions = _waiting("waiting_approval")
+    state = await notifier.sync(SlackSync(channel="#incidents", status=waiting, decisions=decisions))
+    [status_message] = fake_slack.top_level(CHANNEL_ID)
+    [request] = [m for m in fake_slack.thread(status_message) if m.buttons()]
+
+    rejected, decisions = _waiting("rejected")
+    await notifier.sync(SlackSync(channel="#incidents", status=rejected, decisions=decisions, state=state))
+
+    assert request.buttons() == [] and "Rejected: approval timed out" in request.shown(), request.shown()
+    assert "told: failed" in status_message.shown()
+
+
+async def test_a_run_recorded_before_the_channel_id_was_kept_heals_at_its_next_post(fake_slack):
+    """SlackState is workflow state carried in history: an older run's state has no channel ID.
+    Its next post answers the ID, and from then on its messages update."""
+    notifier = _notifier(fake_slack)
+    first = await notifier.sync(SlackSync(channel="#incidents", status=_status("running", failed=False)))
+    assert first.channel_id == CHANNEL_ID
+    legacy = SlackState.model_validate({"message_ts": first.message_ts, "approval_ts": {}, "posted": []})
+    assert legacy.channel_id is None
+
+    state = await notifier.sync(SlackSync(channel="#incidents", status=_status("running", failed=True), state=legacy))
+    assert state.channel_id == CHANNEL_ID, "the failure reply's post answered the ID"
+    await notifier.sync(SlackSync(channel="#incidents", status=_status("failed", failed=True), state=state))
+
+    [message] = fake_slack.top_level(CHANNEL_ID)
+    assert "told: failed" in message.shown(), message.shown()
