@@ -97,3 +97,9 @@ def test_front_door_and_worker_share_the_envelope_key_and_only_the_worker_gets_p
         assert ":?" in SERVICES[name]["environment"]["PLAYBOOK_BOT_ENVELOPE_KEY"], "compose refuses to start without it"
     assert SERVICES["worker"]["env_file"] == [{"path": "deploy/playbook-secrets.env", "required": False}]
     assert "env_file" not in SERVICES["bot"]
+
+
+def test_the_bot_and_opa_share_one_token_value():
+    """Two settings for one secret drift apart, and then every decision is a deny."""
+    assert SERVICES["bot"]["environment"]["PLAYBOOK_BOT_OPA_TOKEN"].startswith("${OPA_API_TOKEN")
+    assert SERVICES["opa"]["environment"]["OPA_API_TOKEN"].startswith("${OPA_API_TOKEN")
