@@ -210,6 +210,7 @@ def front_door(
 ) -> list[APIRouter]:
     """The routes that take triggers: Alertmanager, Slack and the HTTP API."""
     token = settings.alertmanager_token.get_secret_value() if settings.alertmanager_token else None
+    keyring = keyring or front_door_keyring(settings)  # one key vouches for every door's actors
     alerts = AlertReceiver(
         AlertDeps(
             client=client,
@@ -219,7 +220,7 @@ def front_door(
             audit=audit,
             token=token,
             max_body=settings.alertmanager_max_body,
-            keyring=keyring or front_door_keyring(settings),
+            keyring=keyring,
         )
     )
     api = RunsApi(
@@ -230,7 +231,7 @@ def front_door(
             policy=policy,
             audit=audit,
             tokens=api_tokens(settings),
-            keyring=keyring or Keyring(),
+            keyring=keyring,
         )
     )
     routers = [alerts.router(), api.router()]

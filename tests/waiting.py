@@ -18,3 +18,16 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached in {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+async def terminate_open(client: Any, task_queue: str) -> None:
+    """On the way out of a test stack: terminate the runs of its task queue still open (one
+    that completes meanwhile is fine)."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    for w in [w async for w in client.list_workflows(f'TaskQueue = "{task_queue}" AND ExecutionStatus = "Running"')]:
+        try:
+            await client.get_workflow_handle(w.id).terminate("test over")
+        except RPCError as exc:  # it completed since it was listed
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise

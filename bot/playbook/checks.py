@@ -21,7 +21,7 @@ from bot.actions.base import ACTIONS, ActionSpec
 from bot.playbook.model import Compensation, ParallelGroup, Playbook, RetryPolicy, Step
 from bot.playbook.params import coerce_value, unknown_param_message
 from bot.playbook.reach import sink_problems, unknown_var_message, vars_problems
-from bot.playbook.templating import ENV, MARKER_CHARS, SECRET_NAME, SECRET_REF, is_template
+from bot.playbook.templating import ENV, MARKER_CHARS, SECRET_NAME, SECRET_REF, is_template, texts_at
 
 Loc = tuple[str | int, ...]
 
@@ -335,7 +335,7 @@ class _Checker:
 
     def check_spelled_refs(self, with_: dict[str, Any], loc: Loc, start: int) -> None:
         """`${secret:X}` written out is plain text (only secret() makes a reference): say so at load."""
-        for where, text in _texts(with_, loc + ("with",)):
+        for where, text in texts_at(with_, loc + ("with",)):
             for match in SECRET_REF.finditer(text):
                 name = match.group(1)
                 self.add(where, f"{dotted(where[start:])}: {match.group(0)} is plain text, not a secret reference: "
@@ -372,27 +372,7 @@ def _dynamic(value: str) -> bool:
 
 def _strings(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
     """Every template string in a nested value, with where it sits."""
-    if isinstance(value, str):
-        if is_template(value):
-            yield loc, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _strings(item, loc + (key,))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _strings(item, loc + (index,))
-
-
-def _texts(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
-    """Every string in a nested value, template or not, with where it sits."""
-    if isinstance(value, str):
-        yield loc, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _texts(item, loc + (key,))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _texts(item, loc + (index,))
+    return ((where, text) for where, text in texts_at(value, loc) if is_template(text))
 
 
 def _has_dynamic(value: Any) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping
 from jinja2 import TemplateSyntaxError, nodes
 
 from bot.playbook.model import ParamSpec
-from bot.playbook.templating import ENV, SECRET_REF, is_template
+from bot.playbook.templating import ENV, SECRET_REF, is_template, texts_at
 
 Loc = tuple[str | int, ...]
 
@@ -124,22 +124,11 @@ def vars_problems(values: Mapping[str, Any]) -> list[tuple[Loc, str]]:
     """Constants are literal: a template or secret reference in one would make data of it."""
     found = []
     for name, value in values.items():
-        for where, text in _strings(value, ("vars", name)):
+        for where, text in texts_at(value, ("vars", name)):
             if is_template(text) or SECRET_REF.search(text):
                 found.append((where, f"vars.{name}: constants are literal values; a template or secret reference "
                               f"cannot go here (put it in the step's `with`)"))
     return found
-
-
-def _strings(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
-    if isinstance(value, str):
-        yield loc, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _strings(item, loc + (key,))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _strings(item, loc + (index,))
 
 
 def unknown_var_message(name: str, declared: Mapping[str, Any]) -> str:

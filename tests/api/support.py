@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
 
 from bot.audit.events import EventKind, StoredEvent
 from bot.audit.store import SqliteAuditStore
@@ -34,7 +33,7 @@ from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
 from bot.services import _Http, front_door
 from bot.settings import Settings
-from tests.waiting import eventually
+from tests.waiting import eventually, terminate_open
 
 ENVELOPE_KEY = "test-envelope-key-0123456789abcdef0123456789"
 NAMES = ("alice", "alice-laptop", "bob", "carol", "dave", "mallory")
@@ -237,13 +236,7 @@ async def api_stack(
                                    deps.audit, settings, tokens)
             finally:
                 await http.stop()
-                for w in [w async for w in client.list_workflows(f'TaskQueue = "{settings.task_queue}"')]:
-                    if w.status and w.status.name == "RUNNING":
-                        try:
-                            await client.get_workflow_handle(w.id).terminate("test over")
-                        except RPCError as exc:  # it completed since it was listed
-                            if exc.status != RPCStatusCode.NOT_FOUND:
-                                raise
+                await terminate_open(client, settings.task_queue)
 
 
 class Proxy:

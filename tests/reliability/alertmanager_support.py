@@ -36,7 +36,7 @@ from bot.services import _Http, front_door
 from bot.settings import Settings
 from tests.slack.support import ENVELOPE_KEY
 from tests.e2e.support import Service, base_env
-from tests.waiting import eventually  # noqa: F401  (re-exported for the tests that use this stack)
+from tests.waiting import eventually, terminate_open  # noqa: F401  (re-exported for the tests that use this stack)
 
 TOKEN = "s3cret-webhook-token"
 ROOT = Path(__file__).resolve().parents[2]
@@ -381,10 +381,7 @@ async def bot_stack(
                     errors = stack.server_errors()
             finally:
                 await http.stop()
-                for w in [w async for w in client.list_workflows(f'TaskQueue = "{config.task_queue}"')]:
-                    if w.status and w.status.name == "RUNNING":
-                        with contextlib.suppress(Exception):
-                            await client.get_workflow_handle(w.id).terminate("test over")
+                await terminate_open(client, config.task_queue)
     finally:
         if am is not None:
             am.stop()

@@ -21,9 +21,25 @@ import pytest_asyncio
 from bot.engine.runs import RunError, get_status, vote
 from bot.engine.state import VoteRequest
 from tests.security.trust_stack import (
-    TrustStack, approval_message, cli_actor, ended, ephemerals_to, slack_run, trust_stack, waiting,
+    REMEDIATE,
+    TrustStack,
+    approval_message,
+    cli_actor,
+    ended,
+    ephemerals_to,
+    slack_run,
+    trust_stack,
+    waiting,
 )
-from tests.slack.support import ALICE, BOB, CAROL, eventually, principal, returns, step_state
+from tests.slack.support import (
+    ALICE,
+    BOB,
+    CAROL,
+    eventually,
+    principal,
+    returns,
+    step_state,
+)
 
 PLAYBOOKS = {
     "gated": """
@@ -54,20 +70,7 @@ steps:
     action: http.request
     with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/after"}
 """,
-    "remediate": """
-name: remediate
-summary: Call the service, then hold; undone on cancel
-owner: sre
-vars: {sink: "{sink}"}
-steps:
-  - id: poke
-    action: http.request
-    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/poke"}
-    compensate: {action: http.request, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/undo-poke"}}
-  - id: hold
-    action: core.sleep
-    with: {duration: 10m}
-""",
+    "remediate": REMEDIATE,
 }
 
 

@@ -24,12 +24,19 @@ import yaml
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 
 from bot.engine.runs import RunError, cancel_run, run_input, start_run, vote
-from bot.engine.state import CancelRequest, RunInput, RunStatus, TriggerContext, VoteRequest
+from bot.engine.state import (
+    CancelRequest,
+    RunInput,
+    RunStatus,
+    TriggerContext,
+    VoteRequest,
+)
 from bot.engine.workflow import PlaybookRun
 from bot.identity.proofs import Keyring, cancel_content, vote_content
 from bot.playbook.model import Playbook
 from tests.security.trust_stack import (
     FRONT_DOOR,
+    REMEDIATE,
     ROGUE_KEY,
     TrustStack,
     cli_actor,
@@ -58,20 +65,7 @@ steps:
     action: http.request
     with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/poke/{{ params.service }}/{{ params.mode }}"}
 """,
-    "remediate": """
-name: remediate
-summary: Call the service, then hold; undone on cancel
-owner: sre
-vars: {sink: "{sink}"}
-steps:
-  - id: poke
-    action: http.request
-    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/poke"}
-    compensate: {action: http.request, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/undo-poke"}}
-  - id: hold
-    action: core.sleep
-    with: {duration: 10m}
-""",
+    "remediate": REMEDIATE,
     "gated": """
 name: gated
 summary: Prepare, then a high-impact call behind an approval

@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Request
 from temporalio.client import Client, WorkflowHandle
-from temporalio.service import RPCError, RPCStatusCode
 
 from bot.audit.events import StoredEvent
 from bot.audit.store import SqliteAuditStore
@@ -48,7 +47,7 @@ from tests.slack.fake_slack import FakeSlack
 from tests.slack.support import (
     ALICE, BOB, CAROL, DAVE, ENVELOPE_KEY, MALLORY, SECRET, Stack, principal, returns, run_status, step_state,
 )
-from tests.waiting import eventually
+from tests.waiting import eventually, terminate_open
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_POLICIES = ROOT / "policies"
@@ -58,6 +57,22 @@ DEV_KEY = b"dev-stack-envelope-key-0123456789abcdef0123"
 # A key no front door or worker holds: what someone who reads the docs but not the secret would use.
 ROGUE_KEY = b"rogue-envelope-key-nobody-deployed-0123456789"
 # Who is who (data.playbook.people): one person, several logins.
+# A run that acts once (`poke`, undone by `undo-poke`), then holds: what a cancel rolls back.
+REMEDIATE = """
+name: remediate
+summary: Call the service, then hold; undone on cancel
+owner: sre
+vars: {sink: "{sink}"}
+steps:
+  - id: poke
+    action: http.request
+    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/poke"}
+    compensate: {action: http.request, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/undo-poke"}}
+  - id: hold
+    action: core.sleep
+    with: {duration: 10m}
+"""
+
 PEOPLE = {
     "alice": [principal(ALICE), "cli:alice"],
     "bob": [principal(BOB), "cli:bob"],
@@ -221,13 +236,6 @@ async def trust_stack(
                     await terminate_open(client, settings.task_queue)
 
 
-async def terminate_open(client: Client, task_queue: str) -> None:
-    for w in [w async for w in client.list_workflows(f'TaskQueue = "{task_queue}" AND ExecutionStatus = "Running"')]:
-        try:
-            await client.get_workflow_handle(w.id).terminate("test over")
-        except RPCError as exc:  # it completed since it was listed
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
 
 
 # ---- actors and inputs --------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from fastapi import APIRouter, Request
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
 
 from bot.devstack import free_port
 from bot.engine.runs import RunError, get_status
@@ -35,7 +34,7 @@ from bot.slack.app import SlackDeps, create_slack_app, slack_router
 from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack
-from tests.waiting import eventually  # noqa: F401  (re-exported for the Slack tests)
+from tests.waiting import eventually, terminate_open  # noqa: F401  (re-exported for the Slack tests)
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0INCIDENTS"
@@ -254,13 +253,7 @@ async def slack_stack(
                                 responses, settings.task_queue, deps.audit)
             finally:
                 await http.stop()
-                for w in [w async for w in client.list_workflows(f'TaskQueue = "{settings.task_queue}"')]:
-                    if w.status and w.status.name == "RUNNING":
-                        try:
-                            await client.get_workflow_handle(w.id).terminate("test over")
-                        except RPCError as exc:  # it completed since it was listed
-                            if exc.status != RPCStatusCode.NOT_FOUND:
-                                raise
+                await terminate_open(client, settings.task_queue)
 
 
 def text_of(answers: list[dict[str, Any]]) -> str:
