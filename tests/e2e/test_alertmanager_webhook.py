@@ -225,7 +225,8 @@ async def test_unmatched_and_rejected_outcomes_are_reported(stack):
     assert answers == [("u1", "unmatched", None), ("u2", "unmatched", None),
                        ("r1", "rejected", "disk-remediation"), ("r2", "rejected", "typed")]
     reasons = {o["fingerprint"]: o["reason"] for o in response.json() if o["outcome"] == "rejected"}
-    assert reasons["r1"].startswith("playbook 'disk-remediation' trigger 0 params: template '{{ alert.labels.instance }}': ")
+    template = "template '{{ alert.labels.instance }}'"
+    assert reasons["r1"].startswith(f"playbook 'disk-remediation' trigger 0 params: {template}: ")
     assert reasons["r1"].endswith("has no attribute 'instance'") and "Traceback" not in reasons["r1"]
     assert reasons["r2"] == "playbook 'typed' trigger 0 params: param 'shards': expected an integer, got 'many'"
     recorded = {(e.details["fingerprint"], e.details["outcome"]) for e in stack["audit"].events()

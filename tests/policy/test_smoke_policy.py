@@ -11,7 +11,7 @@ RUN = {**BASE_INPUT["run"], "requested_by": "smoke-carl"}
 
 async def test_smoke_policy() -> None:
     if not SMOKE_POLICIES.is_dir():
-        unavailable(f"the acceptance checks' policies are not at {SMOKE_POLICIES} (shared/acceptance beside the repository)")
+        unavailable(f"the acceptance checks' policies are not at {SMOKE_POLICIES} (../shared/acceptance)")
     load_policies(SMOKE_POLICIES)
     async with EmbeddedEngine(SMOKE_POLICIES) as engine:
         high = await engine.decide({**BASE_INPUT, "run": RUN})

@@ -35,7 +35,7 @@ from bot.slack.app import SlackDeps, create_slack_app, slack_router
 from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack
-from tests.waiting import eventually, is_control, settled_runs  # noqa: F401  (eventually: re-exported for the Slack tests)
+from tests.waiting import eventually, is_control, settled_runs  # noqa: F401  (eventually: for the Slack tests)
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0INCIDENTS"
