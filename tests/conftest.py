@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Iterator, NoReturn
 
 import pytest
 import pytest_asyncio
@@ -22,17 +22,22 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def binary(name: str) -> Path:
+def unavailable(message: str) -> NoReturn:
+    """What a test needs is not here: a skip on a laptop, a failure in CI (CI=true), where every
+    test must run."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: a test that cannot run fails)")
+    pytest.skip(message)
+
+
+def binary(name: str, install: str = "`make test` installs it (pip extras [dev])") -> Path:
     path = BIN / name
     if path.exists():
         return path
     found = shutil.which(name)
     if found:
         return Path(found)
-    message = f"{name} not found beside {sys.executable}: `make test` installs it (pip extras [dev])"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"{name} not found beside {sys.executable} nor on PATH: {install}")
 
 
 @pytest_asyncio.fixture(scope="session")

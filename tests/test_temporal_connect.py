@@ -13,8 +13,9 @@ import os
 import random
 import shutil
 import ssl
-import stat
 import subprocess
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
@@ -295,16 +296,61 @@ async def test_a_directory_is_not_a_file(tmp_path: Path, watched: TlsProxy) -> N
     assert f"PLAYBOOK_BOT_TEMPORAL_TLS_CA_FILE={tmp_path} is a directory" in message
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-async def test_an_unreadable_file_names_the_setting_and_the_path(pki: Pki, tmp_path: Path, watched: TlsProxy) -> None:
-    key = tmp_path / "client.key"
-    key.write_bytes(pki["client.key"].read_bytes())
-    key.chmod(0)
-    message = await refused(
-        temporal_address=watched.address, temporal_tls_cert_file=pki["client.pem"], temporal_tls_key_file=key
-    )
-    assert f"PLAYBOOK_BOT_TEMPORAL_TLS_KEY_FILE={key} cannot be read (Permission denied)" in message
-    key.chmod(stat.S_IRUSR)
+NOBODY = 65534
+
+
+def unprivileged(check: Callable[[], str]) -> str:
+    """`check()` in a forked child that is not root (tests run as root, who reads a file whatever
+    its mode): as root it drops to nobody first. Forked, not exec'd: the interpreter and the
+    modules are already loaded, wherever they live; the child only reads files and says what."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            answer = f"{os.geteuid()}:{check()}"
+        except BaseException as exc:  # noqa: BLE001  reported to the parent
+            answer = f"child failed: {type(exc).__name__}: {exc}"
+        finally:
+            try:
+                os.write(write, answer.encode())
+            finally:
+                os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(pid, 0)
+    uid, _, said = answer.partition(":")
+    assert uid.isdigit() and int(uid) != 0, answer
+    return said
+
+
+def tls_problem(cert: Path, key: Path) -> str:
+    try:
+        tls_config(settings(temporal_address="127.0.0.1:7233", temporal_tls_cert_file=cert, temporal_tls_key_file=key))
+    except ConfigError as exc:
+        return str(exc)
+    return "ok"
+
+
+def test_an_unreadable_file_names_the_setting_and_the_path(pki: Pki) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(tmp)
+        where.chmod(0o755)  # nobody may look in: only the key's own mode keeps it out
+        cert, key = where / "client.pem", where / "client.key"
+        cert.write_bytes(pki["client.pem"].read_bytes())
+        key.write_bytes(pki["client.key"].read_bytes())
+        cert.chmod(0o644)
+        key.chmod(0)
+        assert unprivileged(lambda: tls_problem(cert, key)) == (
+            f"Temporal TLS: PLAYBOOK_BOT_TEMPORAL_TLS_KEY_FILE={key} cannot be read (Permission denied)"
+        )
+        key.chmod(0o644)  # positive control: the same child, the same paths, a key it may read
+        assert unprivileged(lambda: tls_problem(cert, key)) == "ok"
 
 
 @pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux /proc")

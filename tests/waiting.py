@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
+
+from temporalio.client import Client, WorkflowExecution
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "condition",
@@ -18,6 +22,36 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached in {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+CONTROL_PREFIX = "listing-control-"  # listings in tests leave these out
+
+
+async def settled_runs(client: Client, task_queue: str, timeout: float = 20.0) -> list[WorkflowExecution]:
+    """The executions on `task_queue` as Temporal lists them, read once a control run, started
+    now, shows up in the same listing.
+
+    The listing is eventually consistent: read straight after a refused request, an empty answer
+    proves nothing. The control starts after the request was answered, so a listing that shows it
+    has caught up with anything the request could have started. The control never runs (its first
+    task is an hour away), is terminated at once, and is left out of the answer."""
+    control = await client.start_workflow(
+        "PlaybookRun", id=f"{CONTROL_PREFIX}{uuid.uuid4()}", task_queue=task_queue, start_delay=timedelta(hours=1)
+    )
+    listing = f'TaskQueue = "{task_queue}"'
+    try:
+        async def with_control() -> list[WorkflowExecution] | None:
+            runs = [w async for w in client.list_workflows(listing)]
+            return runs if any(w.id == control.id for w in runs) else None
+
+        runs = await eventually(with_control, timeout=timeout, what="a control run in Temporal's listing")
+    finally:
+        await control.terminate("listing control")
+    return [w for w in runs if not is_control(w.id)]
+
+
+def is_control(workflow_id: str) -> bool:
+    return workflow_id.startswith(CONTROL_PREFIX)
 
 
 async def terminate_open(client: Any, task_queue: str) -> None:

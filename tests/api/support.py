@@ -33,7 +33,7 @@ from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
 from bot.services import _Http, front_door
 from bot.settings import Settings
-from tests.waiting import eventually, terminate_open
+from tests.waiting import eventually, is_control, settled_runs, terminate_open
 
 ENVELOPE_KEY = "test-envelope-key-0123456789abcdef0123456789"
 NAMES = ("alice", "alice-laptop", "bob", "carol", "dave", "mallory")
@@ -158,8 +158,13 @@ class ApiStack:
         return str(response.json()["run_id"])
 
     async def runs(self) -> list[Any]:
-        """Every execution on this stack's task queue: what a refused request must not have added."""
-        return [w async for w in self.temporal.list_workflows(f'TaskQueue = "{self.task_queue}"')]
+        """Every execution on this stack's task queue, as listed now (the listing lags a start)."""
+        listed = [w async for w in self.temporal.list_workflows(f'TaskQueue = "{self.task_queue}"')]
+        return [w for w in listed if not is_control(w.id)]
+
+    async def settled_runs(self) -> list[Any]:
+        """The same, once a run started now is listed: what a refused request must not have added."""
+        return await settled_runs(self.temporal, self.task_queue)
 
     async def status(self, run_id: str) -> RunStatus | None:
         try:

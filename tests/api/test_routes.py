@@ -47,7 +47,7 @@ async def test_an_idempotency_key_makes_a_retried_post_attach(stack: ApiStack) -
 
     again = await stack.call("POST", "/runs", "alice", body=ask, headers={"Idempotency-Key": "incident-42"})
     assert (again.status_code, again.json()) == (200, {"run_id": run_id, "attached": True})
-    assert [w.id for w in await stack.runs()] == [run_id]
+    assert [w.id for w in await stack.settled_runs()] == [run_id]
 
     other = await stack.call("POST", "/runs", "alice", body={"playbook": "quick", "params": {"service": "x"}},
                              headers={"Idempotency-Key": "incident-43"})
@@ -55,14 +55,14 @@ async def test_an_idempotency_key_makes_a_retried_post_attach(stack: ApiStack) -
     # Another principal's same key is another run: nobody attaches to someone else's.
     bobs = await stack.call("POST", "/runs", "bob", body=ask, headers={"Idempotency-Key": "incident-42"})
     assert bobs.status_code == 201 and bobs.json()["run_id"] != run_id
-    assert len(await stack.runs()) == 3
+    assert len(await stack.settled_runs()) == 3
 
     # After the run ended, the same request still attaches: nothing starts twice.
     assert (await stack.call("POST", f"/runs/{run_id}/cancel", "alice")).status_code == 200
     await stack.finished(run_id)
     late = await stack.call("POST", "/runs", "alice", body=ask, headers={"Idempotency-Key": "incident-42"})
     assert (late.status_code, late.json()) == (200, {"run_id": run_id, "attached": True})
-    assert len(await stack.runs()) == 3
+    assert len(await stack.settled_runs()) == 3
 
 
 async def test_an_idempotency_key_reused_for_other_params_is_a_conflict(stack: ApiStack) -> None:
@@ -72,7 +72,7 @@ async def test_an_idempotency_key_reused_for_other_params_is_a_conflict(stack: A
     other = await stack.call("POST", "/runs", "alice", body={"playbook": "quick", "params": {"service": "b"}}, headers=key)
     assert other.status_code == 409
     assert other.json()["rule"] == "idempotency" and "other params" in other.json()["error"]
-    assert len(await stack.runs()) == 1
+    assert len(await stack.settled_runs()) == 1
     bad = await stack.call("POST", "/runs", "alice", body={"playbook": "quick", "params": {"service": "a"}},
                            headers={"Idempotency-Key": "has space"})
     assert bad.status_code == 400 and bad.json()["rule"] == "idempotency"
@@ -180,7 +180,7 @@ async def test_bad_starts_are_4xx_naming_what_to_fix_and_start_nothing(stack: Ap
     shape = await stack.call("POST", "/runs", "alice", body={"params": [], "requested_by": "api:bob"})
     assert shape.status_code == 422
     assert len(shape.json()["problems"]) == 3  # playbook missing, params not an object, requested_by unknown
-    assert await stack.runs() == []
+    assert await stack.settled_runs() == []
     rules = [e.details["rule"] for e in stack.refusals("api:alice")]
     assert sorted(rules) == ["body", "body", "params", "unknown_playbook"]
 

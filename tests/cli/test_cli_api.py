@@ -91,7 +91,7 @@ async def test_by_is_refused_through_the_api_and_nothing_happens(stack: ApiStack
         assert result.code == 1, result
         assert result.error_line().startswith("error: --by cannot be used through the API"), result
         assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result
-    assert await stack.runs() == []
+    assert await stack.settled_runs() == []
 
 
 async def test_refusals_through_the_api_are_one_line(stack: ApiStack) -> None:
@@ -111,7 +111,7 @@ async def test_refusals_through_the_api_are_one_line(stack: ApiStack) -> None:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and expected in lines[0], (case, str(result))
     assert "replicas" in cases["bad params"][0].error_line()  # every problem, not just the first
-    assert await stack.runs() == []
+    assert await stack.settled_runs() == []
 
 
 async def _first_waiting_run(stack: ApiStack, exclude: set[str]) -> str:

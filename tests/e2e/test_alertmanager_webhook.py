@@ -16,19 +16,21 @@ from typing import Any, AsyncIterator
 import httpx
 import pytest
 import pytest_asyncio
+from temporalio.client import WorkflowExecutionStatus
 
 from bot.alerts.episodes import episode_id
 from bot.audit.store import SqliteAuditStore
 from bot.devstack import free_port
-from bot.engine.runs import get_status
+from bot.engine.runs import get_status, is_running
 from bot.engine.state import RunStatus
 from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
 from bot.settings import Settings
 from tests.reliability.alertmanager_support import AM_CONFIG, TOKEN, bot_stack, webhook
-from tests.waiting import eventually
+from tests.waiting import eventually, settled_runs
 
 ROOT = Path(__file__).resolve().parents[2]
+STARTS_AT = datetime(2026, 11, 22, 1, 0, tzinfo=timezone.utc)  # the startsAt of `firing()`
 
 PLAYBOOK = """
 name: disk-remediation
@@ -148,6 +150,7 @@ async def test_episode_runs_once_through_repeats_and_peers_then_resolve_cancels(
     # closes (its last audit flush), and a delivery in that moment rightly attaches
     handle = stack["temporal"].get_workflow_handle(run_id, result_type=RunStatus)
     final = await asyncio.wait_for(handle.result(), timeout=20)
+    execution = (await handle.describe()).run_id
     assert final.state == "compensated"
     assert final.step("note").state == "compensated" and final.step("wait").state == "cancelled"
     assert "resolved_cancelled" in outcomes(store, fp)
@@ -160,7 +163,8 @@ async def test_episode_runs_once_through_repeats_and_peers_then_resolve_cancels(
                        "generatorURL": ""}]),
     )
     assert [o["outcome"] for o in late.json()] == ["already_handled"]
-    assert len([w async for w in stack["temporal"].list_workflows(f'WorkflowId = "{run_id}"')]) == 1
+    latest = await handle.describe()  # the id's latest execution, read directly: still the one that ended
+    assert (latest.run_id, latest.status) == (execution, WorkflowExecutionStatus.COMPLETED)
 
 
 async def _async(value: Any) -> Any:
@@ -203,17 +207,33 @@ async def test_bad_input_is_refused_and_starts_nothing(stack, case):
     assert response.status_code == expected, response.text
     assert "error" in response.json()
     assert len(stack["audit"].events()) == before, "nothing recorded, nothing started"
-    assert not [w async for w in stack["temporal"].list_workflows(f'TaskQueue = "{stack["settings"].task_queue}"')]
+    assert not await settled_runs(stack["temporal"], stack["settings"].task_queue)
 
 
 async def test_unmatched_and_rejected_outcomes_are_reported(stack):
+    """Unmatched: no playbook's matchers match. Rejected: a playbook matches but its params cannot
+    be made from the alert (a label missing, a label of the wrong type); the reason says which."""
+    no_instance = {k: v for k, v in firing("r1")["labels"].items() if k != "instance"}
     response = await stack["client"].post(
         f"{stack['bot']}/alertmanager",
         headers={"Authorization": f"Bearer {TOKEN}"},
-        json=webhook([firing("u1", alertname="SomethingElse"), firing("u2", severity="info")]),
+        json=webhook([firing("u1", alertname="SomethingElse"), firing("u2", severity="info"),
+                      {**firing("r1"), "labels": no_instance}, firing("r2", alertname="Typed", shards="many")]),
     )
     assert response.status_code == 200
-    assert [o["outcome"] for o in response.json()] == ["unmatched", "unmatched"]
+    answers = [(o["fingerprint"], o["outcome"], o.get("playbook")) for o in response.json()]
+    assert answers == [("u1", "unmatched", None), ("u2", "unmatched", None),
+                       ("r1", "rejected", "disk-remediation"), ("r2", "rejected", "typed")]
+    reasons = {o["fingerprint"]: o["reason"] for o in response.json() if o["outcome"] == "rejected"}
+    template = "template '{{ alert.labels.instance }}'"
+    assert reasons["r1"].startswith(f"playbook 'disk-remediation' trigger 0 params: {template}: ")
+    assert reasons["r1"].endswith("has no attribute 'instance'") and "Traceback" not in reasons["r1"]
+    assert reasons["r2"] == "playbook 'typed' trigger 0 params: param 'shards': expected an integer, got 'many'"
+    recorded = {(e.details["fingerprint"], e.details["outcome"]) for e in stack["audit"].events()
+                if e.kind.value == "alert_outcome"}
+    assert recorded == {("u1", "unmatched"), ("u2", "unmatched"), ("r1", "rejected"), ("r2", "rejected")}
+    for playbook, fingerprint in [("disk-remediation", "r1"), ("typed", "r2")]:  # by id: no run at all
+        assert await is_running(stack["temporal"], episode_id(playbook, fingerprint, STARTS_AT)) is None
 
 
 def post(stack, alerts: list[dict[str, Any]]):
@@ -287,8 +307,8 @@ async def test_a_firing_delivery_after_its_resolved_one_starts_nothing(stack):
     assert [o["outcome"] for o in (await post(stack, [resolved])).json()] == ["resolved_no_run"]
     late = (await post(stack, [firing_alert])).json()
     assert [(o["outcome"], o.get("reason")) for o in late] == [("already_handled", "the alert was already resolved")]
-    run_id = episode_id("disk-remediation", fp, datetime(2026, 11, 22, 1, 0, tzinfo=timezone.utc))
-    assert not [w async for w in stack["temporal"].list_workflows(f'WorkflowId = "{run_id}"')]
+    run_id = episode_id("disk-remediation", fp, STARTS_AT)
+    assert await is_running(stack["temporal"], run_id) is None, "by its id, not the listing (which lags a start)"
 
 
 async def test_a_replica_whose_start_policy_refuses_still_attaches_to_a_running_episode(stack):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,18 @@ class Recorder:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: list[str] = field(default_factory=list)
     audit: list[Any] = field(default_factory=list)  # events the run flushed through audit.record
+    # When each call's activity began and ended (time.monotonic(), keyed as in `sequence()`; the
+    # last attempt's): ordering claims ("waits for", "after it finished") are read from these.
+    spans: dict[str, list[float]] = field(default_factory=dict)
+    attempt_started: list[datetime] = field(default_factory=list)  # t.flaky: when each attempt started (server time)
+
+    def _began(self, inp: ActionInput) -> str:
+        label = ("undo " if inp.compensation else "") + inp.step_id
+        self.spans[label] = [time.monotonic()]
+        return label
+
+    def _ended(self, label: str) -> None:
+        self.spans[label].append(time.monotonic())
 
     def activities(self) -> list[Any]:
         rec = self
@@ -63,6 +77,7 @@ class Recorder:
 
         @activity.defn(name="t.ok")
         async def ok(inp: ActionInput) -> ActionResult:
+            rec._ended(rec._began(inp))
             rec.audit.extend(inp.audit)
             rec.calls.append((inp.step_id, inp.compensation, inp.params))
             rec.keys.append(inp.idempotency_key)
@@ -70,6 +85,7 @@ class Recorder:
 
         @activity.defn(name="t.fail")
         async def fail(inp: ActionInput) -> ActionResult:
+            rec._ended(rec._began(inp))
             rec.calls.append((inp.step_id, inp.compensation, inp.params))
             attempt = activity.info().attempt
             retryable = bool(inp.params.get("retryable", False))
@@ -78,6 +94,7 @@ class Recorder:
         @activity.defn(name="t.flaky")
         async def flaky(inp: ActionInput) -> ActionResult:
             attempt = activity.info().attempt
+            rec.attempt_started.append(activity.info().started_time)
             rec.calls.append((inp.step_id, inp.compensation, {"attempt": attempt}))
             if attempt <= int(inp.params.get("fails", 1)):
                 raise ActionFailed(f"flaky attempt {attempt}")
@@ -98,9 +115,11 @@ class Recorder:
         @activity.defn(name="t.quick")
         async def quick(inp: ActionInput) -> ActionResult:
             """Finishes on its own after a moment without heartbeating: it never hears a cancel."""
+            label = rec._began(inp)
             rec.calls.append((inp.step_id, inp.compensation, inp.params))
             rec.started.set()
             await asyncio.sleep(float(inp.params.get("seconds", 1.0)))
+            rec._ended(label)
             return ActionResult(output={}, attempt=activity.info().attempt)
 
         return [ok, fail, flaky, wait, quick, audit_record, admit, may_cancel]

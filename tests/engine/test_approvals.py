@@ -12,10 +12,14 @@ from typing import Any
 
 import pytest
 from temporalio import activity
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 
+from bot.engine import runs
+from bot.engine.runs import RunError
 from bot.engine.state import VoteRequest
 from bot.engine.workflow import PlaybookRun
+from bot.identity.principals import Actor
+from bot.identity.proofs import Keyring
 from bot.policy.activities import PolicyRequest
 from bot.policy.models import Decision, Verdict
 from tests.engine.support import Recorder, cancel, playbook, run_input, start, wait_for_state, worker
@@ -168,13 +172,52 @@ async def test_one_reject_rejects_and_rolls_back(dev_env):
     assert rec.sequence() == ["prepare", "undo prepare"]
 
 
-async def test_vote_after_the_run_ended_is_refused(dev_env):
+NOT_WAITING = "VoteRefused: step 'risky' is not waiting for approval (it is succeeded)"
+
+
+async def test_vote_after_the_run_ended_is_refused_by_the_bot_not_only_by_temporal(dev_env):
+    """A vote on a run that is over is refused by the bot's own checks, saying why, while the
+    execution is still open and Temporal would take the update: the run holds on to its end until
+    dana's vote, whose approver check is slow, is answered. Then the front door says the run ended."""
     rec = Recorder()
-    async with worker(dev_env.client, rec, policy({"allow": True})) as w:
-        handle = await start(dev_env.client, w, gated())
-        await handle.result()
-        with pytest.raises(Exception):
-            await handle.execute_update(PlaybookRun.vote, vote("risky", "dana"))
+    dana_asked, release = asyncio.Event(), asyncio.Event()
+
+    @activity.defn(name="policy.approver")
+    async def approver(request: PolicyRequest) -> Verdict:
+        if request.input["user"]["id"] == "dana":
+            dana_asked.set()
+            await release.wait()
+        return Verdict(allow=True)
+
+    front_door = Keyring(b"k" * 32)
+    frank = Actor("cli:frank", verified_by="dev")
+    decision = {**APPROVAL, "min_approvals": 1}
+    async with worker(dev_env.client, rec, [policy(decision)[0], approver]) as w:
+        handle = await start(dev_env.client, w, gated("carl"))
+        try:
+            await wait_for_state(handle, lambda s: s.state == "waiting_approval")
+            dana = asyncio.create_task(handle.execute_update(PlaybookRun.vote, vote("risky", "dana")))
+            await asyncio.wait_for(dana_asked.wait(), 10)
+            await handle.execute_update(PlaybookRun.vote, vote("risky", "erin"))
+            await wait_for_state(handle, lambda s: s.state == "completed")
+            assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING, "dana's vote holds it open"
+
+            assert await refused(handle, vote("risky", "frank")) == NOT_WAITING
+            with pytest.raises(RunError) as ended:
+                await runs.vote(dev_env.client, handle.id, vote("risky", "frank"), frank, front_door)
+            assert str(ended.value) == f"run {handle.id!r} has already ended (completed): nothing to vote on"
+            assert (ended.value.code, ended.value.rule) == ("conflict", "run_state")
+        finally:
+            release.set()
+        with pytest.raises(WorkflowUpdateFailedError) as late:
+            await dana  # asked before the end, answered after it: checked again, refused
+        assert str(late.value.cause) == NOT_WAITING
+        final = await handle.result()
+        with pytest.raises(RunError) as closed:
+            await runs.vote(dev_env.client, handle.id, vote("risky", "frank"), frank, front_door)
+        assert str(closed.value) == f"run {handle.id!r} has already ended (completed): nothing to vote on"
+    assert [(v.user, v.vote) for v in final.step("risky").approvals] == [("erin", "approve")]
+    assert rec.sequence() == ["prepare", "risky", "after"]
 
 
 async def test_approval_timeout_escalates_then_rejects(skip_env):

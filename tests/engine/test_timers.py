@@ -21,8 +21,12 @@ steps:
     assert status.state == "completed"
     assert status.step("flaky").attempts == 3
     assert [c[2]["attempt"] for c in rec.calls] == [1, 2, 3]
-    # 1m then 2m of backoff passed in (skipped) workflow time
-    assert (status.finished_at - status.started_at).total_seconds() >= 180
+    # 1m then 2m (initial_interval, times backoff 2.0) between attempts, in (skipped) server time;
+    # the upper bounds leave 30 s for real time, far below the next interval a wrong policy gives
+    first, second, third = rec.attempt_started
+    gaps = [(second - first).total_seconds(), (third - second).total_seconds()]
+    assert 60 <= gaps[0] < 90 and 120 <= gaps[1] < 150, gaps
+    assert 180 <= (status.finished_at - status.started_at).total_seconds() < 240
 
 
 async def test_retries_exhausted_fails_with_attempt_count(skip_env):

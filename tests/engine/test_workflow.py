@@ -127,6 +127,8 @@ steps:
 
 
 async def test_parallel_failure_waits_for_siblings_then_compensates(dev_env):
+    """`bad` fails at once while its siblings are still running (for 1.5 s and 2.5 s): the group
+    waits for both to finish, and no undo starts before the step it undoes has finished."""
     rec = Recorder()
     pb = playbook(
         """
@@ -137,7 +139,8 @@ steps:
     compensate: {action: t.ok}
   - id: group
     parallel:
-      - {id: good, action: t.ok, compensate: {action: t.ok}}
+      - {id: slow, action: t.quick, with: {seconds: 1.5}, compensate: {action: t.ok}}
+      - {id: slower, action: t.quick, with: {seconds: 2.5}, compensate: {action: t.ok}}
       - {id: bad, action: t.fail, retry: {max_attempts: 1}}
   - id: never
     action: t.ok
@@ -145,8 +148,18 @@ steps:
     )
     status = await execute(dev_env.client, rec, pb)
     assert status.state == "compensated"
-    assert status.step("never").state == "pending"
-    assert rec.sequence()[-2:] == ["undo good", "undo before"]
+    states = {s.id: s.state for s in status.steps}
+    assert states == {"before": "compensated", "slow": "compensated", "slower": "compensated", "bad": "failed",
+                      "never": "pending"}, "the siblings ran to success, then were undone"
+    unfinished = [k for k, span in rec.spans.items() if len(span) < 2]
+    assert not unfinished, f"the run ended while {unfinished} were still running"
+    began, ended = ({k: v[i] for k, v in rec.spans.items()} for i in (0, 1))
+    assert ended["bad"] < ended["slow"] < ended["slower"], "bad failed while both siblings were still running"
+    first_undo = min(began[k] for k in ("undo slow", "undo slower", "undo before"))
+    assert first_undo >= ended["slower"], "nothing is undone before every sibling has finished"
+    for step in ("slow", "slower", "before"):
+        assert began[f"undo {step}"] >= ended[step], f"{step} was undone before it finished"
+    assert sorted(rec.sequence()[-3:-1]) == ["undo slow", "undo slower"] and rec.sequence()[-1] == "undo before"
 
 
 async def test_cancel_mid_step_stops_it_and_compensates(dev_env):

@@ -36,7 +36,7 @@ from bot.services import _Http, front_door
 from bot.settings import Settings
 from tests.slack.support import ENVELOPE_KEY
 from tests.e2e.support import Service, base_env
-from tests.waiting import eventually, terminate_open  # noqa: F401  (re-exported for the tests that use this stack)
+from tests.waiting import eventually, is_control, settled_runs, terminate_open  # noqa: F401  (eventually: re-exported)
 
 TOKEN = "s3cret-webhook-token"
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,7 +252,11 @@ class BotStack:
     async def runs(self, query: str | None = None) -> list[Any]:
         """Every workflow execution (open or closed) on this stack's task queue, plus `query`."""
         q = f'TaskQueue = "{self.task_queue}"' + (f" AND {query}" if query else "")
-        return [w async for w in self.temporal.list_workflows(q)]
+        return [w async for w in self.temporal.list_workflows(q) if not is_control(w.id)]
+
+    async def settled_runs(self) -> list[Any]:
+        """Every run on the queue, once a run started now is listed: a refusal must not have added one."""
+        return await settled_runs(self.temporal, self.task_queue)
 
     async def executions(self, run_id: str) -> int:
         return len([w async for w in self.temporal.list_workflows(f'WorkflowId = "{run_id}"')])

@@ -28,7 +28,7 @@ import pytest
 import pytest_asyncio
 
 from bot.alerts.episodes import episode_id
-from bot.engine.runs import get_status
+from bot.engine.runs import get_status, is_running
 from tests.reliability.alertmanager_support import (
     AUTH,
     TOKEN,
@@ -207,10 +207,25 @@ async def test_a_group_split_across_deliveries_in_any_order_starts_one_run_per_a
     await assert_one_run_per_episode(stack, expected)
 
 
-async def test_a_peers_late_firing_after_the_resolved_one_starts_nothing_whatever_the_offset(stack):
+OWN_AUDIT_FILES_SHARE_NO_EPISODES = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue 14, shared episode state: whether an alert was already resolved is read from the front "
+    "door's own audit file, so a peer with its own file starts a remediation; passes once it reads the shared store",
+)
+
+
+@pytest.mark.parametrize(
+    "shared_audit",
+    [True, pytest.param(False, marks=OWN_AUDIT_FILES_SHARE_NO_EPISODES)],
+    ids=["shared-audit-file", "own-audit-file"],
+)
+async def test_a_peers_late_firing_after_the_resolved_one_starts_nothing_whatever_the_offset(stack, shared_audit):
     """A resolved alert never remediates: a peer's firing delivery arriving after the resolved one
-    (its startsAt written in another offset) finds the episode over."""
-    peer = await stack.replica()
+    (its startsAt written in another offset) finds the episode over, whether the two front doors
+    share one audit file (the compose deploy) or each has its own (front doors on different hosts,
+    as docs/operations.md describes them)."""
+    peer = await stack.replica(shared_audit=shared_audit)
     f = fp()
     alert = firing(f, "Fuzz", STARTS, instance="late")
     resolved = {**alert, "status": "resolved", "endsAt": "2026-11-22T01:05:00Z"}
@@ -220,9 +235,12 @@ async def test_a_peers_late_firing_after_the_resolved_one_starts_nothing_whateve
         late = await stack.deliver(webhook([{**alert, "startsAt": starts}]), url=url)
         assert [(o["outcome"], o.get("reason")) for o in late.json()] == [
             ("already_handled", "the alert was already resolved")
-        ], late.text
-    assert await stack.runs() == []
-    assert [e["outcome"] for e in stack.outcomes()] == ["resolved_no_run", "already_handled"]
+        ], (url, late.text)
+    # by its id, not Temporal's listing (which lags a start): the episode has no run at all
+    assert await is_running(stack.temporal, episode_id("hold", f, STARTS_AT)) is None
+    assert [e["outcome"] for e in stack.outcomes()] == ["resolved_no_run", "already_handled"]  # recorded once
+    if not shared_audit:
+        assert [e["outcome"] for e in stack.outcomes(peer.audit)] == ["already_handled"]
 
 
 # ---- 2. bad input -------------------------------------------------------------------------------
@@ -416,7 +434,7 @@ async def _fuzz(stack: BotStack, seed: int, n: int) -> Counter:
         return [e for e in stack.audit.events() if e.kind.value.startswith("alert_")]
 
     events_before = alert_events()
-    runs_before = {w.id for w in await stack.runs()}
+    runs_before = {w.id for w in await stack.settled_runs()}
     seen: Counter = Counter()
     failures = []
     for case in fuzz_cases(seed, n):
@@ -432,7 +450,7 @@ async def _fuzz(stack: BotStack, seed: int, n: int) -> Counter:
             failures.append(f"{case.name}: {response.status_code} (want {case.expected}) {response.text[:160]}")
     assert not failures, f"{len(failures)} of {n} cases answered wrongly (seed {seed}):\n" + "\n".join(failures[:25])
     assert alert_events() == events_before, "a refused request records nothing"
-    assert {w.id for w in await stack.runs()} == runs_before, "a refused request starts nothing"
+    assert {w.id for w in await stack.settled_runs()} == runs_before, "a refused request starts nothing"
     # nothing lost: the same front door still takes a valid delivery and starts its run
     f = fp()
     good = await stack.deliver(webhook([firing(f, "Fuzz", STARTS, instance="after")]))
@@ -565,7 +583,7 @@ async def test_webhook_auth_refuses_every_wrong_credential_and_starts_nothing(st
         assert stack.audit.events() == [], f"{name}: a refused request records nothing"
     huge, _ = await raw_post(f"{stack.url}/alertmanager", b"Bearer " + b"t" * 70_000, body)
     assert huge == 401 or 400 <= huge < 500 and stack.statuses.count(huge) == 0, "refused, by the app or the server"
-    assert await stack.runs() == [], "no refused request started a run"
+    assert await stack.settled_runs() == [], "no refused request started a run"
     assert stack.statuses.count(401) == len(AUTH_REFUSED) + (huge == 401)
 
     run_ids = set()
@@ -588,7 +606,7 @@ async def test_without_a_configured_token_every_request_is_refused(dev_env, tmp_
         for header in [None, b"", b"Bearer", b"Bearer ", b"Bearer None", b"Bearer null", f"Bearer {TOKEN}".encode()]:
             status, _ = await raw_post(f"{s.url}/alertmanager", header, json.dumps(body).encode())
             assert status == 401, header
-        assert s.audit.events() == [] and await s.runs() == []
+        assert s.audit.events() == [] and await s.settled_runs() == []
 
 
 async def test_a_real_alertmanager_with_a_wrong_token_keeps_trying_and_after_the_fix_starts_one_run(dev_env, tmp_path):
@@ -604,7 +622,7 @@ async def test_a_real_alertmanager_with_a_wrong_token_keeps_trying_and_after_the
             return s.statuses.count(401) >= 2
 
         await eventually(refused_twice, timeout=10, what="Alertmanager retrying its refused delivery")
-        assert s.audit.events() == [] and await s.runs() == [], "a refused delivery records and starts nothing"
+        assert s.audit.events() == [] and await s.settled_runs() == [], "a refused delivery records and starts nothing"
 
         await s.am.reconfigure(s.http, AM_CONFIG.format(port=s.settings.http_port, token=TOKEN))
 

@@ -60,7 +60,7 @@ async def test_requests_without_a_valid_token_are_401_and_change_nothing(stack: 
             assert response.status_code == 401, (case, method, path, response.text)
             assert response.json()["rule"] == "token"
             assert response.headers["www-authenticate"].startswith('Bearer realm="playbook-bot"'), case
-    assert await stack.runs() == []
+    assert await stack.settled_runs() == []
     assert stack.refusals() == []  # nobody was authenticated: nothing to attribute
 
 
@@ -71,7 +71,7 @@ async def test_a_token_in_the_query_string_is_not_accepted(stack: ApiStack) -> N
         assert response.status_code == 401, query
         listed = await stack.call("GET", f"/runs?{query}")
         assert listed.status_code == 401, query
-    assert await stack.runs() == []
+    assert await stack.settled_runs() == []
 
 
 async def test_a_second_authorization_header_is_refused(stack: ApiStack) -> None:
@@ -79,7 +79,7 @@ async def test_a_second_authorization_header_is_refused(stack: ApiStack) -> None
     response = await stack.http.post(f"{stack.url}/api/v1/runs", headers=headers,
                                      json={"playbook": "quick", "params": {"service": "x"}})
     assert response.status_code == 401
-    assert await stack.runs() == []
+    assert await stack.settled_runs() == []
 
 
 async def test_a_revoked_token_stops_working_on_the_running_front_door(stack: ApiStack) -> None:
@@ -87,7 +87,7 @@ async def test_a_revoked_token_stops_working_on_the_running_front_door(stack: Ap
     assert TokenStore(stack.settings.tokens_path).revoke("carol")
     response = await stack.call("POST", "/runs", "carol", body={"playbook": "quick", "params": {"service": "x"}})
     assert response.status_code == 401 and "revoked" in response.json()["error"]
-    assert await stack.runs() == []
+    assert await stack.settled_runs() == []
 
 
 def test_a_rotated_token_stops_working_even_within_one_clock_tick(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ async def test_a_principal_the_start_rule_refuses_gets_403_audited_and_nothing_s
                                 headers={"Idempotency-Key": "k1"})
     assert response.status_code == 403
     assert response.json() == {"error": "api:mallory may not start quick: only sre may start playbooks", "rule": "start"}
-    assert await stack.runs() == []
+    assert await stack.settled_runs() == []
     [event] = stack.refusals("api:mallory")
     assert event.details["operation"] == "start" and event.details["rule"] == "start"
     assert "only sre may start playbooks" in event.details["reason"]
@@ -125,7 +125,7 @@ async def test_a_body_cannot_claim_another_requester_or_voter(stack: ApiStack) -
     response = await stack.call("POST", "/runs", "mallory", body=forged)
     assert response.status_code == 422
     assert {p.split(":")[0] for p in response.json()["problems"]} == {"requested_by", "trigger"}
-    assert await stack.runs() == []
+    assert await stack.settled_runs() == []
 
     run_id = await stack.start("alice", "gated")
     await stack.waiting(run_id, "risky")
@@ -219,7 +219,7 @@ async def test_hostile_start_bodies_are_4xx_and_start_nothing(stack: ApiStack, c
     response = await stack.call("POST", "/runs", "alice", content=content, headers={"Content-Type": "application/json"})
     assert response.status_code == expected, (case, response.status_code, response.text[:300])
     assert response.json()["error"]
-    assert await stack.runs() == []
+    assert await stack.settled_runs() == []
 
 
 async def test_an_oversize_chunked_body_is_413_without_a_content_length(stack: ApiStack) -> None:
@@ -231,7 +231,7 @@ async def test_an_oversize_chunked_body_is_413_without_a_content_length(stack: A
 
     response = await stack.http.post(f"{stack.url}/api/v1/runs", headers=stack.auth("alice"), content=chunks())
     assert response.status_code == 413
-    assert await stack.runs() == []
+    assert await stack.settled_runs() == []
 
 
 async def test_hostile_vote_and_cancel_bodies_are_4xx_and_change_nothing(stack: ApiStack) -> None:
@@ -253,7 +253,7 @@ async def test_hostile_run_ids_are_404_never_5xx(stack: ApiStack) -> None:
                                    ("POST", "/approvals", {"step": "s", "vote": "approve"})]:
             response = await stack.call(method, f"/runs/{run_id}{path}", "alice", body=body)
             assert response.status_code == 404, (run_id[:20], method, path, response.text[:200])
-    assert await stack.runs() == []
+    assert await stack.settled_runs() == []
 
 
 async def test_unauthenticated_bodies_are_not_read(stack: ApiStack) -> None:

@@ -34,7 +34,7 @@ from bot.slack.app import SlackDeps, create_slack_app, slack_router
 from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack
-from tests.waiting import eventually, terminate_open  # noqa: F401  (re-exported for the Slack tests)
+from tests.waiting import eventually, is_control, settled_runs, terminate_open  # noqa: F401  (eventually: for the Slack tests)
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0INCIDENTS"
@@ -187,7 +187,11 @@ class Stack:
         return urlencode({"payload": json.dumps(payload)})
 
     async def runs(self, query: str) -> list[Any]:
-        return [w async for w in self.temporal.list_workflows(query)]
+        return [w async for w in self.temporal.list_workflows(query) if not is_control(w.id)]
+
+    async def settled_runs(self) -> list[Any]:
+        """Every run on the queue, once a run started now is listed: a refusal must not have added one."""
+        return await settled_runs(self.temporal, self.task_queue)
 
 
 @asynccontextmanager

@@ -57,7 +57,7 @@ async def test_unverified_requests_are_401_and_start_nothing(stack: Stack) -> No
         assert response.status_code == 401, (case, response.status_code, response.text)
     await asyncio.sleep(0.5)
     assert key not in stack.responses, "nothing answered"
-    assert not await stack.runs(f'TaskQueue = "{stack.task_queue}"'), "nothing started"
+    assert not await stack.settled_runs(), "nothing started"
 
 
 # ---- /playbook run ----------------------------------------------------------------------------
@@ -115,7 +115,7 @@ async def test_answers_and_refusals_are_ephemeral(stack: Stack, text: str, expec
     assert all(a["response_type"] == "ephemeral" for a in answers)
     for part in expected:
         assert part in text_of(answers), (part, answers)
-    assert not await stack.runs(f'TaskQueue = "{stack.task_queue}"'), "nothing started"
+    assert not await stack.settled_runs(), "nothing started"
 
 
 async def test_start_refused_by_policy_starts_nothing(stack: Stack) -> None:
@@ -124,7 +124,7 @@ async def test_start_refused_by_policy_starts_nothing(stack: Stack) -> None:
     answer = text_of(await stack.answers(key))
     assert "may not start hold" in answer and "denylist" in answer
     await asyncio.sleep(0.3)
-    assert not await stack.runs(f'TaskQueue = "{stack.task_queue}"')
+    assert not await stack.settled_runs()
 
 
 async def test_dry_run_renders_args_and_asks_policy_without_running(stack: Stack) -> None:
@@ -136,7 +136,7 @@ async def test_dry_run_renders_args_and_asks_policy_without_running(stack: Stack
     assert (await stack.post(body)).status_code == 200
     answer = text_of(await stack.answers(key))
     assert "*risky*" in answer and "needs 1 approval(s) from @sre" in answer and "the risky thing" in answer
-    assert not await stack.runs(f'TaskQueue = "{stack.task_queue}"')
+    assert not await stack.settled_runs()
 
 
 async def test_status_and_cancel(stack: Stack) -> None:
