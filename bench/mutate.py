@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "bench" / "mutation.md"
-PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
+PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider -n 2"
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,11 @@ TARGETS = (
     Target("approvals", "bot/engine/approvals.py", ("tests/engine/test_approvals.py", "tests/security/test_identity_doors.py")),
     Target("admission", "bot/engine/admission.py", ("tests/security/test_raw_temporal.py",)),
     Target("policy engine", "bot/policy/engine.py", ("tests/policy",)),
-    Target("policy models", "bot/policy/models.py", ("tests/policy",)),
+    Target("policy models", "bot/policy/models.py", ("tests/policy/test_models.py", "tests/policy/test_oracle.py")),
     Target("policy activities", "bot/policy/activities.py", ("tests/policy", "tests/engine/test_approvals.py")),
     Target("receiver", "bot/alerts/receiver.py", ("tests/e2e/test_alertmanager_webhook.py", "tests/reliability/test_alertmanager.py")),
-    Target("workflow", "bot/engine/workflow.py", ("tests/engine",)),
+    Target("workflow", "bot/engine/workflow.py",
+           ("tests/engine/test_workflow.py", "tests/engine/test_approvals.py", "tests/engine/test_cancellation.py")),
 )
 
 
