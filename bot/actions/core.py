@@ -1,4 +1,4 @@
-"""Actions that need no integration: write to the run's log, wait."""
+"""Actions that need no integration: write to the run's log, wait, end the run on purpose."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Literal
 import structlog
 from pydantic import Field, field_validator
 
-from bot.actions.base import ActionContext, ActionParams, action
+from bot.actions.base import ActionContext, ActionFailed, ActionParams, action
 from bot.playbook.durations import Duration, format_duration
 
 log = structlog.get_logger("bot.actions.core")
@@ -31,6 +31,10 @@ class SleepParams(ActionParams):
         return value
 
 
+class FailParams(ActionParams):
+    reason: str = Field(min_length=1, description="Why the run ends here; it becomes the run's error.")
+
+
 class CoreActions:
     @action("core.log", LogParams)
     async def log(self, params: LogParams, ctx: ActionContext) -> dict[str, Any]:
@@ -45,3 +49,9 @@ class CoreActions:
         # A cancel arrives as CancelledError (the wrapper heartbeats meanwhile); let it through.
         await asyncio.sleep(params.duration.total_seconds())
         return {"slept": format_duration(params.duration)}
+
+    @action("core.fail", FailParams)
+    async def fail(self, params: FailParams, ctx: ActionContext) -> dict[str, Any]:
+        """End the run on purpose with a reason: the saga undoes what ran, the run ends compensated."""
+        # The workflow handles core.fail itself and never schedules this; a direct call fails the same way.
+        raise ActionFailed(params.reason, retryable=False)

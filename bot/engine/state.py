@@ -20,6 +20,7 @@ StepState = Literal[
     "succeeded",
     "skipped",
     "failed",
+    "failed_ignored",
     "denied",
     "rejected",
     "cancelled",
@@ -64,6 +65,20 @@ class Vote(BaseModel):
     verified: bool = False
 
 
+class FallbackStatus(BaseModel):
+    """The fallback that ran because its step's own action failed (the step's `error` says why)."""
+
+    action: str
+    state: Literal["running", "succeeded", "failed", "denied"] = "running"
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    args: dict[str, Any] | None = None
+    output: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
+
+
 class StepStatus(BaseModel):
     id: str
     action: str
@@ -80,6 +95,9 @@ class StepStatus(BaseModel):
     approvals: list[Vote] = Field(default_factory=list)
     approval_deadline: datetime | None = None
     escalated_at: datetime | None = None
+    irreversible: bool = False
+    fallback: FallbackStatus | None = None
+    settled_by: str | None = Field(None, description="The later step that settled this one: its undo was dropped.")
 
 
 class Requester(BaseModel):
@@ -121,6 +139,10 @@ class RunStatus(BaseModel):
     requester: Requester | None = Field(None, description="The requester as the worker verified it.")
     cancelled_by: str | None = Field(None, description="The principal whose cancel the run accepted.")
     cancel_reason: str = ""
+    failed_step: str | None = Field(None, description="The step whose failure (or core.fail) ended the run.")
+    irreversible: list[str] = Field(
+        default_factory=list, description="Irreversible steps that succeeded: no rollback undoes them."
+    )
 
     def step(self, step_id: str) -> StepStatus:
         for step in self.steps:

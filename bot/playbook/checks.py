@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from bot.alerts.matchers import MatcherError, parse_matchers
 from bot.actions.base import ACTIONS, ActionSpec
-from bot.playbook.model import Compensation, ParallelGroup, Playbook, RetryPolicy, Step
+from bot.playbook.model import Compensation, Fallback, ParallelGroup, Playbook, RetryPolicy, Step
 from bot.playbook.params import coerce_value, unknown_param_message
 from bot.playbook.reach import sink_problems, unknown_var_message, vars_problems
 from bot.playbook.templating import ENV, MARKER_CHARS, SECRET_NAME, SECRET_REF, is_template, texts_at
@@ -28,6 +28,7 @@ Loc = tuple[str | int, ...]
 STEP_VARS = frozenset({"params", "vars", "alert", "run", "steps"})
 TRIGGER_VARS = frozenset({"alert"})
 _GLOBALS = frozenset(ENV.globals)
+FAIL_ACTION = "core.fail"  # ends the run: nothing may follow, fall back from or continue past it
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class _Checker:
         self.problems: list[Problem] = []
         self.leaf_ids = [step.id for step in playbook.leaf_steps()]
         self.groups = {item.id: item for item in playbook.steps if isinstance(item, ParallelGroup)}
+        self.top_ids = [item.id for item in playbook.steps]
 
     def add(self, loc: Loc, message: str, *, warning: bool = False) -> None:
         self.problems.append(Problem(loc, message, warning))
@@ -124,6 +126,7 @@ class _Checker:
             else:
                 self.check_step(item, loc, frozenset(finished), None)
                 finished.add(item.id)
+        self.check_on_failure(finished)
 
     # -- params and triggers --------------------------------------------------------------
 
@@ -183,7 +186,8 @@ class _Checker:
 
     # -- steps ----------------------------------------------------------------------------
 
-    def check_step(self, step: Step, loc: Loc, finished: frozenset[str], group: ParallelGroup | None) -> None:
+    def check_step(self, step: Step, loc: Loc, finished: frozenset[str], group: ParallelGroup | None,
+                   *, on_failure: bool = False) -> None:
         scope = _Scope(STEP_VARS, finished, own=step.id, group=group)
         self.check_action(step.action, step.with_, loc, "")
         self.check_timing(step.timeout, step.retry, loc, "")
@@ -196,6 +200,84 @@ class _Checker:
             self.add(where, f"{dotted(where[len(loc):])}: {message}", warning=warning)
         if step.compensate is not None:
             self.check_compensation(step.compensate, loc + ("compensate",), replace(scope, own_readable=True))
+        if step.fallback is not None:
+            self.check_fallback(step.fallback, loc + ("fallback",), replace(scope, secrets=True))
+        if not on_failure:  # check_on_failure says what its steps may not use
+            self.check_failure_fields(step, loc, group)
+
+    def check_failure_fields(self, step: Step, loc: Loc, group: ParallelGroup | None) -> None:
+        """v1.1 failure paths: what core.fail, irreversible and settles may be combined with."""
+        if step.action == FAIL_ACTION:
+            for key, used in (("on_failure", step.on_failure == "continue"), ("fallback", step.fallback is not None),
+                              ("compensate", step.compensate is not None), ("settles", step.settles is not None),
+                              ("irreversible", step.irreversible)):
+                if used:
+                    self.add(loc + (key,), f"{key}: a core.fail step ends the run on purpose; remove {key}:")
+        if step.irreversible and step.compensate is not None:
+            self.add(loc + ("irreversible",), "irreversible: true and compensate: contradict each other: an "
+                     "irreversible step has no undo; remove one of them")
+        if step.settles is not None:
+            self.check_settles(step, loc + ("settles",), group)
+
+    def check_settles(self, step: Step, loc: Loc, group: ParallelGroup | None) -> None:
+        """`settles` names a step (or group) that has finished before this one starts."""
+        target = step.settles
+        assert target is not None
+        label = f"settles: {target!r}"
+        if target == step.id:
+            self.add(loc, f"{label} is this step itself; a step can only settle an earlier step's compensation")
+            return
+        known = self.leaf_ids + list(self.groups)
+        if target not in known:
+            self.add(loc, f"{label}: unknown step{suggestion(target, known)} (steps: {', '.join(self.leaf_ids)})")
+            return
+        mine = group.id if group is not None else step.id
+        target_top = next(
+            (i for i, item in enumerate(self.playbook.steps)
+             if item.id == target or (isinstance(item, ParallelGroup) and target in {s.id for s in item.parallel})),
+            None,
+        )
+        own_top = self.top_ids.index(mine)
+        if target_top is None or target_top >= own_top:
+            where = "runs in parallel with this step" if target_top == own_top else "runs later"
+            self.add(loc, f"{label} {where}; a step can only settle a step that finished before it starts")
+            return
+        settled = self.groups[target].parallel if target in self.groups else [
+            s for s in self.playbook.leaf_steps() if s.id == target
+        ]
+        if not any(s.compensate is not None for s in settled):
+            self.add(loc, f"{label} has no compensate:, so there is nothing to settle", warning=True)
+
+    def check_fallback(self, fallback: Fallback, loc: Loc, scope: _Scope) -> None:
+        if fallback.action == FAIL_ACTION:
+            self.add(loc + ("action",), "fallback.action: core.fail is what a failed step does anyway; "
+                     "remove the fallback (or say why in a core.log)")
+            return
+        self.check_action(fallback.action, fallback.with_, loc, "fallback.")
+        self.check_timing(fallback.timeout, fallback.retry, loc, "fallback.")
+        self.check_spelled_refs(fallback.with_, loc, len(loc) - 1)
+        for where, source in _strings(fallback.with_, loc + ("with",)):
+            self.check_template(source, where, dotted(where[len(loc) - 1 :]), scope)
+        for where, message, warning in sink_problems(self.playbook.params, fallback.action, fallback.with_,
+                                                     loc + ("with",)):
+            self.add(where, f"{dotted(where[len(loc) - 1 :])}: {message}", warning=warning)
+
+    def check_on_failure(self, finished: set[str]) -> None:
+        """Playbook-level on_failure: plain steps after the saga, reading any step and run.error."""
+        done = set(finished)
+        for i, step in enumerate(self.playbook.on_failure):
+            loc: Loc = ("on_failure", i)
+            for key, used in (("compensate", step.compensate is not None), ("settles", step.settles is not None),
+                              ("on_failure", step.on_failure == "continue")):
+                if used:
+                    why = {"compensate": "they run after the saga, so nothing would ever undo them",
+                           "settles": "the saga has already run", "on_failure": "each of them goes on anyway"}[key]
+                    self.add(loc + (key,), f"on_failure[{i}].{key}: not allowed in on_failure steps: {why}")
+            if step.action == FAIL_ACTION:
+                self.add(loc + ("action",), f"on_failure[{i}].action: core.fail cannot run in on_failure: "
+                         "the run has already failed")
+            self.check_step(step, loc, frozenset(done), None, on_failure=True)
+            done.add(step.id)
 
     def check_compensation(self, comp: Compensation, loc: Loc, scope: _Scope) -> None:
         self.check_action(comp.action, comp.with_, loc, "compensate.")

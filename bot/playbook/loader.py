@@ -312,9 +312,9 @@ class _Locator:
 
     def step(self, loc: Loc) -> tuple[str | None, int]:
         """The innermost step the location is in (its id, or None if it has none) and where its fields start."""
-        if len(loc) < 2 or loc[0] != "steps" or not isinstance(loc[1], int):
+        if len(loc) < 2 or loc[0] not in ("steps", "on_failure") or not isinstance(loc[1], int):
             return None, 0
-        item = _index(self.data.get("steps"), loc[1])
+        item = _index(self.data.get(loc[0]), loc[1])
         start = 2
         if len(loc) >= 4 and loc[2] == "parallel" and isinstance(loc[3], int) and isinstance(item, dict):
             item = _index(item.get("parallel"), loc[3])
@@ -436,14 +436,17 @@ def _duplicate_step_ids(data: dict[str, Any], lines: dict[Loc, int]) -> list[tup
     steps = data.get("steps")
     if not isinstance(steps, list):
         return []
+    on_failure = data.get("on_failure")
+    listed = [("steps", i, item) for i, item in enumerate(steps)]
+    listed += [("on_failure", i, item) for i, item in enumerate(on_failure if isinstance(on_failure, list) else [])]
     first: dict[str, Loc] = {}
     found: list[tuple[Loc, str]] = []
-    for i, item in enumerate(steps):
+    for where, i, item in listed:
         if not isinstance(item, dict):
             continue
-        entries: list[tuple[Loc, Any]] = [(("steps", i), item)]
+        entries: list[tuple[Loc, Any]] = [((where, i), item)]
         if isinstance(item.get("parallel"), list):
-            entries += [(("steps", i, "parallel", j), member) for j, member in enumerate(item["parallel"])]
+            entries += [((where, i, "parallel", j), member) for j, member in enumerate(item["parallel"])]
         for loc, entry in entries:
             step_id = entry.get("id") if isinstance(entry, dict) else None
             if not isinstance(step_id, str):

@@ -1,4 +1,9 @@
-"""Playbook format v1 (see DESIGN.md): what a YAML playbook may say, checked before any run."""
+"""Playbook format v1 and its v1.1 additions (see DESIGN.md): what a YAML playbook may say,
+checked before any run.
+
+Every v1.1 field defaults to "not used" and is left out of dumps while it is (`_unused`), so a v1
+playbook dumps, and hashes, exactly as it did before v1.1 existed.
+"""
 
 from __future__ import annotations
 
@@ -68,6 +73,11 @@ DEFAULT_RETRY = RetryPolicy()
 DEFAULT_TIMEOUT = timedelta(minutes=5)
 
 
+def _unused(value: Any) -> bool:
+    """A v1.1 field left at its default: omitted from dumps, so v1 snapshots keep their hash."""
+    return value is None or value is False or value == [] or value == "fail"
+
+
 class Compensation(_Strict):
     """The undo of a step; registered before the step runs, run in reverse on failure or cancel."""
 
@@ -75,6 +85,18 @@ class Compensation(_Strict):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     retry: RetryPolicy = DEFAULT_RETRY
     timeout: Duration = DEFAULT_TIMEOUT
+
+
+class Fallback(_Strict):
+    """Run instead of a step whose own action failed (after its retries); its output takes the step's place."""
+
+    action: str
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    impact: Literal["low", "high"] = Field(
+        "low", description="high: asks policy like a high step (a decision that needs approval refuses it)."
+    )
+    retry: RetryPolicy = DEFAULT_RETRY
+    timeout: Duration = Field(DEFAULT_TIMEOUT, description="Per attempt.")
 
 
 class Step(_Strict):
@@ -87,6 +109,23 @@ class Step(_Strict):
     retry: RetryPolicy = DEFAULT_RETRY
     timeout: Duration = Field(DEFAULT_TIMEOUT, description="Per attempt.")
     compensate: Compensation | None = None
+    on_failure: Literal["fail", "continue"] = Field(
+        "fail", exclude_if=_unused,
+        description="continue: a step that failed (after its retries, and its fallback) reads failed_ignored "
+        "and the run goes on. Denied, rejected and cancelled steps still end the run.",
+    )
+    fallback: Fallback | None = Field(
+        None, exclude_if=_unused, description="Run instead when this step's action fails (after its retries)."
+    )
+    settles: str | None = Field(
+        None, exclude_if=_unused, pattern=STEP_ID_PATTERN,
+        description="An earlier step (or parallel group) whose compensation is dropped once this step's own "
+        "action succeeds.",
+    )
+    irreversible: bool = Field(
+        False, exclude_if=_unused,
+        description="Nothing can undo this step (no compensate:); approvers and the run summary are told.",
+    )
 
 
 class ParallelGroup(_Strict):
@@ -137,6 +176,11 @@ class Playbook(_Strict):
         description="Secrets this playbook may read with secret(\"NAME\") in a step's with:; no other resolves.",
     )
     steps: list[StepItem] = Field(min_length=1)
+    on_failure: list[Step] = Field(
+        default_factory=list, exclude_if=_unused,
+        description="Steps run after the saga whenever the run does not complete; templates read run.error and "
+        "run.failed_step. Their own failure is recorded and changes nothing else.",
+    )
 
     @field_validator("secrets")
     @classmethod
@@ -149,7 +193,7 @@ class Playbook(_Strict):
     @model_validator(mode="after")
     def _unique_step_ids(self) -> Playbook:
         seen: set[str] = set()
-        for item in self.steps:
+        for item in [*self.steps, *self.on_failure]:
             ids = [item.id] + ([s.id for s in item.parallel] if isinstance(item, ParallelGroup) else [])
             for step_id in ids:
                 if step_id in seen:
