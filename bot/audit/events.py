@@ -38,6 +38,7 @@ class EventKind(StrEnum):
     compensation_started = "compensation_started"  # action (step_id = the step being undone)
     compensation_succeeded = "compensation_succeeded"  # action
     compensation_failed = "compensation_failed"  # action, error
+    compensation_settled = "compensation_settled"  # action, by (the later step whose success dropped this undo)
     run_finished = "run_finished"  # state, error, not_undone, escalated_to, cancelled_by
     cancel_requested = "cancel_requested"  # accepted, by, verified, reason, reasons (of a refusal)
     access_refused = "access_refused"  # operation, reason, rule: a front door refused an actor

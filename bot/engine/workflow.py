@@ -22,13 +22,14 @@ with workflow.unsafe.imports_passed_through():
     from bot.actions.base import ActionInput, ActionResult
     from bot.audit.events import AuditEvent, EventKind
     from bot.audit.recorder import AuditBatch, event
-    from bot.actions.core import SleepParams
+    from bot.actions.core import FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
     from bot.engine.approvals import ApprovalBook, VoteRefused
     from bot.engine.state import (
         CancelRequest,
         CancelResult,
         CompensationStatus,
+        FallbackStatus,
         Requester,
         RunInput,
         RunStatus,
@@ -42,12 +43,14 @@ with workflow.unsafe.imports_passed_through():
     from bot.policy.inputs import policy_input, rfc3339
     from bot.policy.models import ActorVerdict, Decision
     from bot.slack.notifier import SlackState, SlackSync
-    from bot.playbook.model import Compensation, ParallelGroup, RetryPolicy, Step
+    from bot.playbook.model import Compensation, Fallback, ParallelGroup, RetryPolicy, Step
     from bot.playbook.templating import TemplateError, display, inert, render, truthy
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 DEFAULT_APPROVAL_TIMEOUT = "15m"
 SLEEP_ACTION = "core.sleep"
+FAIL_ACTION = "core.fail"  # v1.1: ends the run on purpose, in the workflow (no activity)
+ON_FAILURE_GROUP = "on_failure"  # StepStatus.group of the playbook-level on_failure steps
 AUDIT_PATCH = "audit-trail-v1"
 SLACK_PATCH = "slack-sync-v1"
 TRUST_PATCH = "trust-v1"  # the worker admits the run, checks proofs and decides cancels itself
@@ -71,7 +74,9 @@ async def _uncancellable(coro: Any) -> Any:
                 return task.result()
 
 
-def idempotency_key(run_id: str, step_id: str, compensation: bool = False) -> str:
+def idempotency_key(run_id: str, step_id: str, compensation: bool = False, fallback: bool = False) -> str:
+    if fallback:
+        return f"{run_id}:{step_id}:fallback"
     return f"{run_id}:{step_id}:undo" if compensation else f"{run_id}:{step_id}"
 
 
@@ -125,6 +130,12 @@ class _Saga:
         if step.compensate is not None:
             self.entries.append((step, step.compensate))
 
+    def settle(self, step_ids: set[str]) -> list[tuple[Step, Compensation]]:
+        """Drop these steps' undos (a later step settled them); returns what was dropped."""
+        dropped = [entry for entry in self.entries if entry[0].id in step_ids]
+        self.entries = [entry for entry in self.entries if entry[0].id not in step_ids]
+        return dropped
+
 
 @workflow.defn(name="PlaybookRun")
 class PlaybookRun:
@@ -136,7 +147,14 @@ class PlaybookRun:
         for item in pb.steps:
             members = item.parallel if isinstance(item, ParallelGroup) else [item]
             group = item.id if isinstance(item, ParallelGroup) else None
-            steps.extend(StepStatus(id=s.id, action=s.action, group=group, impact=s.impact) for s in members)
+            steps.extend(
+                StepStatus(id=s.id, action=s.action, group=group, impact=s.impact, irreversible=s.irreversible)
+                for s in members
+            )
+        steps.extend(
+            StepStatus(id=s.id, action=s.action, group=ON_FAILURE_GROUP, impact=s.impact, irreversible=s.irreversible)
+            for s in pb.on_failure
+        )
         self._status = RunStatus(
             run_id=info.workflow_id,
             playbook=pb.name,
@@ -162,6 +180,7 @@ class PlaybookRun:
         self._finish_recorded = False  # the last step's activity wrote run_finished with its success
         self._asked_at: dict[str, datetime] = {}  # when each step's approval was requested
         self._failed_groups: set[str] = set()  # parallel groups one of whose steps failed
+        self._finishing = False  # the playbook's on_failure steps run: the run has ended, no cancel
         self._channel = pb.channel or (input.trigger.slack or {}).get("channel")
         self._slack = SlackState()
         self._slack_lock = asyncio.Lock()  # one sync at a time: parallel steps must not post twice
@@ -229,7 +248,7 @@ class PlaybookRun:
         finally:
             self._cancels_pending -= 1
         details = {"by": request.user, "verified": bool(verdict.user.get("verified")), "reason": request.reason}
-        ending = self._status.finished or self._status.state == "compensating"
+        ending = self._status.finished or self._status.state == "compensating" or self._finishing
         if not verdict.allow or self._status.cancelled_by is not None or ending:
             reasons = verdict.reasons if not verdict.allow else ["the run is already ending"]
             message = f"{request.user} may not cancel {self._status.run_id}: " + ("; ".join(reasons) or "no reason given")
@@ -264,7 +283,7 @@ class PlaybookRun:
                 "conflict",
                 "run_state",
             )
-        if self._status.finished or self._status.state == "compensating":
+        if self._status.finished or self._status.state == "compensating" or self._finishing:
             raise CancelRefused(
                 f"run {self._status.run_id} is already ending ({self._status.state}): nothing to cancel",
                 "conflict",
@@ -311,6 +330,8 @@ class PlaybookRun:
         else:
             # Once undoing has begun, a (further) cancel must not cut it short.
             await _uncancellable(self._compensate(outcome))
+            if input.playbook.on_failure:
+                await _uncancellable(self._run_on_failure())
         status.finished_at = workflow.now()
         self._log("run finished", state=status.state)
         if not self._finish_recorded or status.state != "completed":
@@ -452,7 +473,7 @@ class PlaybookRun:
         try:
             args = render(step.with_, self._context(), secrets=self._input.playbook.secrets)
         except TemplateError as exc:
-            return self._fail(st, f"cannot render arguments: {exc}")
+            return await self._step_failed(step, st, f"cannot render arguments: {exc}")
         st.args = display(args)  # what status, policy and approvers see; only the action gets markers
         if step.impact == "high":
             try:
@@ -471,16 +492,18 @@ class PlaybookRun:
         st.state = "running"
         st.started_at = workflow.now()
         self._log("step started", step_id=step.id, action=step.action)
+        if step.action == FAIL_ACTION:
+            return self._fail_run(st)
         try:
             if step.action == SLEEP_ACTION:
                 result = await self._sleep(st.args)
             else:
-                after = [self._finish_event()] if self._is_last(step) else []
+                after = [self._finish_event()] if self._closes(step) else []
                 result = await self._execute(
                     step.id, step.action, args, step.retry, step.timeout, compensation=False, after=after
                 )
         except ValueError as exc:
-            return self._fail(st, str(exc))
+            return await self._step_failed(step, st, str(exc))
         except asyncio.CancelledError:
             self._cancelled(st)
             raise
@@ -489,15 +512,142 @@ class PlaybookRun:
                 self._cancelled(st)
                 raise asyncio.CancelledError() from exc
             message, st.attempts = describe_failure(exc, step.retry.max_attempts)
-            return self._fail(st, message)
+            return await self._step_failed(step, st, message)
         st.attempts, st.output = result.attempt, result.output
         st.state, st.finished_at = "succeeded", workflow.now()
         self._log("step succeeded", step_id=step.id, attempts=st.attempts)
         if result.audited:
-            self._finish_recorded = self._is_last(step) and step.action != SLEEP_ACTION
+            self._finish_recorded = self._closes(step) and step.action != SLEEP_ACTION
         else:
             self._record(step.id, EventKind.step_succeeded, {"action": step.action, "attempts": st.attempts})
+        if step.settles is not None:
+            self._settle(step)  # only the step's own success settles: a fallback did not do its work
+        self._succeeded_irreversible(step)
         return True
+
+    # ---- failure paths (format v1.1; a v1 step takes none of them) -----------------------
+
+    async def _step_failed(self, step: Step, st: StepStatus, message: str) -> bool:
+        """The step could not render or its action failed after its retries: its fallback runs
+        instead; else (or if that fails too) it fails the run, or reads failed_ignored under
+        `on_failure: continue`. A denied fallback is a denial: the run never goes on past it."""
+        if step.fallback is not None and not (st.group is not None and st.group in self._failed_groups):
+            if await self._fallback(step, step.fallback, st, message):
+                return True
+            if st.state != "running":
+                return False  # denied by policy, or cancelled: already recorded
+            message = st.error or message
+        if step.on_failure == "continue":
+            st.state, st.error, st.finished_at = "failed_ignored", message, workflow.now()
+            workflow.logger.warning("step failed, ignored", extra={**self._log_extra, "step_id": st.id, "error": message})
+            self._record(st.id, EventKind.step_failed,
+                         {"action": st.action, "attempts": st.attempts, "error": message, "state": "failed_ignored"})
+            return True
+        return self._fail(st, message)
+
+    async def _fallback(self, step: Step, fallback: Fallback, st: StepStatus, message: str) -> bool:
+        """Run the fallback in the step's place; True when it succeeded (its output is the step's)."""
+        record = FallbackStatus(action=fallback.action, started_at=workflow.now())
+        st.fallback, st.error = record, message  # the error says why the step fell back
+        st.state, st.started_at = "running", st.started_at or workflow.now()  # also when it could not render
+        self._log("step failed, falling back", step_id=step.id, fallback=fallback.action, error=message)
+        self._record(step.id, EventKind.step_failed, {
+            "action": step.action, "attempts": st.attempts, "error": message, "state": "failed", "fallback": fallback.action,
+        })
+
+        def failed(error: str) -> bool:
+            record.state, record.error, record.finished_at = "failed", error, workflow.now()
+            st.error = f"{message}; fallback {fallback.action} failed: {error}"
+            return False
+
+        try:
+            args = render(fallback.with_, self._context(), secrets=self._input.playbook.secrets)
+        except TemplateError as exc:
+            return failed(f"cannot render arguments: {exc}")
+        record.args = display(args)
+        if fallback.impact == "high":
+            refusal = await self._gate_fallback(step, fallback, record)
+            if refusal is not None:
+                record.state, record.error, record.finished_at = "denied", refusal, workflow.now()
+                return self._fail(st, f"{message}; fallback {fallback.action} {refusal}", "denied")
+        if self._cancels_pending:
+            await workflow.wait_condition(lambda: self._cancels_pending == 0)
+            if self._cancel_requested():
+                raise asyncio.CancelledError()
+        try:
+            result = await self._execute(step.id, fallback.action, args, fallback.retry, fallback.timeout,
+                                         compensation=False, fallback=True)
+        except asyncio.CancelledError:
+            self._cancelled(st)
+            raise
+        except ActivityError as exc:
+            if isinstance(exc.cause, CancelledError):
+                self._cancelled(st)
+                raise asyncio.CancelledError() from exc
+            error, record.attempts = describe_failure(exc, fallback.retry.max_attempts)
+            return failed(error)
+        record.attempts, record.output, record.state = result.attempt, result.output, "succeeded"
+        record.finished_at = st.finished_at = workflow.now()
+        st.output, st.state = result.output, "succeeded"
+        self._log("fallback succeeded", step_id=step.id, fallback=fallback.action)
+        self._record(step.id, EventKind.step_succeeded,
+                     {"action": fallback.action, "attempts": result.attempt, "fallback": True})
+        self._succeeded_irreversible(step)
+        return True
+
+    async def _gate_fallback(self, step: Step, fallback: Fallback, record: FallbackStatus) -> str | None:
+        """A high-impact fallback asks the `decide` rule as a step would (its action and arguments,
+        `step.fallback_of` naming the step's own action, no approvals carried over). A decision that
+        needs approval refuses it: a fallback cannot wait for votes (make it a step of its own)."""
+        as_step = step.model_copy(update={"action": fallback.action, "impact": "high", "with_": fallback.with_})
+        input = self._policy_input(as_step, record.args or {})
+        input["step"]["fallback_of"] = step.action
+        input["approvals"] = []
+        decision: Decision = await self._ask_policy("decide", input, Decision)
+        record.decision = decision.model_dump(mode="json", exclude_none=True)
+        if not decision.allow:
+            return "denied by policy: " + ("; ".join(decision.reasons) or "no reason given")
+        if decision.needs_approval:
+            return "refused: policy asks for approval, which a fallback cannot wait for"
+        return None
+
+    def _fail_run(self, st: StepStatus) -> bool:
+        """core.fail: the run ends here on purpose, its error the reason (then the saga undoes)."""
+        try:
+            reason = FailParams.model_validate(st.args or {}).reason
+        except ValidationError as exc:
+            return self._fail(st, describe_validation_error(FAIL_ACTION, exc))
+        if self._status.error is None:
+            self._status.error, self._status.failed_step = reason, st.id
+        return self._fail(st, reason)
+
+    def _settle(self, step: Step) -> None:
+        """Drop the settled step's undo (or its group's) and say so on the record."""
+        target = step.settles
+        group = next((g for g in self._input.playbook.steps if isinstance(g, ParallelGroup) and g.id == target), None)
+        ids = {s.id for s in group.parallel} if group is not None else {target}
+        for settled, comp in self._saga.settle(ids):
+            self._status.step(settled.id).settled_by = step.id
+            self._record(settled.id, EventKind.compensation_settled, {"action": comp.action, "by": step.id})
+            self._log("compensation settled", step_id=settled.id, by=step.id)
+
+    def _succeeded_irreversible(self, step: Step) -> None:
+        if step.irreversible and step.id not in self._status.irreversible:
+            self._status.irreversible.append(step.id)
+
+    async def _run_on_failure(self) -> None:
+        """The playbook's on_failure steps, after the saga: each runs (whatever the others did),
+        and nothing they do changes how the run ended."""
+        status = self._status
+        final, error, failed_step = status.state, status.error, status.failed_step
+        self._finishing = True
+        for step in self._input.playbook.on_failure:
+            try:
+                await self._run_step(step)
+            except asyncio.CancelledError:  # not reachable through a cancel; say so if it ever is
+                self._cancelled(status.step(step.id))
+            status.state, status.error, status.failed_step = final, error, failed_step
+            await self._notify()
 
     def _when(self, template: str, owner: str, step_ids: list[str]) -> bool:
         """Evaluate a `when:`; false marks the steps skipped, an error marks them failed."""
@@ -518,11 +668,12 @@ class PlaybookRun:
 
     def _fail(self, st: StepStatus, message: str, state: str = "failed") -> bool:
         """End a step that did not succeed (failed, denied, rejected), recorded as step_failed."""
-        if st.group is not None:
+        if st.group is not None and not self._finishing:
             self._failed_groups.add(st.group)  # its siblings must not start anything new
         st.state, st.error = state, message  # type: ignore[assignment]
         st.finished_at = workflow.now()
-        self._status.error = self._status.error or f"step {st.id}: {message}"
+        if self._status.error is None:
+            self._status.error, self._status.failed_step = f"step {st.id}: {message}", st.id
         workflow.logger.warning("step " + state, extra={**self._log_extra, "step_id": st.id, "error": message})
         self._record(
             st.id, EventKind.step_failed, {"action": st.action, "attempts": st.attempts, "error": message, "state": state}
@@ -543,6 +694,7 @@ class PlaybookRun:
         *,
         compensation: bool,
         after: list[AuditEvent] | None = None,
+        fallback: bool = False,
     ) -> ActionResult:
         queued = self._take_audit()
         try:
@@ -554,7 +706,7 @@ class PlaybookRun:
                     playbook=self._status.playbook,
                     action=action,
                     params=args,
-                    idempotency_key=idempotency_key(self._status.run_id, step_id, compensation),
+                    idempotency_key=idempotency_key(self._status.run_id, step_id, compensation, fallback),
                     compensation=compensation,
                     audit=queued,
                     audit_after=after or [],
@@ -565,7 +717,7 @@ class PlaybookRun:
             heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=_retry(retry),
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"{step_id}{' (undo)' if compensation else ''}",
+                summary=f"{step_id}{' (undo)' if compensation else ''}{' (fallback)' if fallback else ''}",
             )
         except BaseException:
             self._requeue(queued)  # written or not, ids make a second write a no-op
@@ -727,7 +879,8 @@ class PlaybookRun:
     async def _check_approver(self, request: VoteRequest) -> ActorVerdict:
         """The `approver` rule's answer about the voter as the worker verified it (its proof)."""
         st = self._status.step(request.step_id)
-        step = next(s for s in self._input.playbook.leaf_steps() if s.id == request.step_id)
+        pb = self._input.playbook
+        step = next(s for s in [*pb.leaf_steps(), *pb.on_failure] if s.id == request.step_id)
         input = self._policy_input(step, st.args or {})
         input["user"] = {"id": request.user, "name": request.name, "groups": request.groups}
         claim = Claim(
@@ -744,7 +897,9 @@ class PlaybookRun:
                 self._cancelled(st)
         by, reason = self._status.cancelled_by, self._status.cancel_reason
         said = f"cancelled by {by}" + (f": {reason}" if reason else "") if by else "cancelled"
-        self._status.error = self._status.error or said
+        if self._status.error is None:
+            cancelled = [st.id for st in self._status.steps if st.state == "cancelled"]
+            self._status.error, self._status.failed_step = said, (cancelled[0] if cancelled else None)
 
     async def _compensate(self, outcome: str) -> None:
         status = self._status
@@ -820,6 +975,9 @@ class PlaybookRun:
                 # where the run is told in Slack, so a slack.post step can reply in its thread
                 "slack_channel": self._channel,
                 "slack_thread_ts": self._slack.message_ts,
+                # what ended the run, for the playbook's on_failure steps (None while it goes well)
+                "error": status.error,
+                "failed_step": status.failed_step,
             },
             "steps": {
                 st.id: {"output": st.output, "state": st.state}
@@ -847,6 +1005,11 @@ class PlaybookRun:
         last = self._input.playbook.steps[-1]
         return isinstance(last, Step) and last.id == step.id
 
+    def _closes(self, step: Step) -> bool:
+        """Whether the step's activity writes run_finished with its success: the last step, unless
+        its success still has something to record (what it settled, that it was irreversible)."""
+        return self._is_last(step) and step.settles is None and not step.irreversible
+
     def _finish_details(self, state: str | None = None) -> dict[str, Any]:
         status = self._status
         return {
@@ -857,6 +1020,9 @@ class PlaybookRun:
             "playbook": status.playbook,
             "trigger": status.trigger,
             "cancelled_by": status.cancelled_by,
+            # v1.1, said only when there is something to say, so a v1 run's record is as it was
+            **({"failed_step": status.failed_step} if status.failed_step and not state else {}),
+            **({"irreversible": list(status.irreversible)} if status.irreversible else {}),
         }
 
     def _finish_event(self) -> AuditEvent:

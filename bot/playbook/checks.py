@@ -28,6 +28,7 @@ Loc = tuple[str | int, ...]
 STEP_VARS = frozenset({"params", "vars", "alert", "run", "steps"})
 TRIGGER_VARS = frozenset({"alert"})
 _GLOBALS = frozenset(ENV.globals)
+ON_FAILURE = "on_failure"  # the group the playbook's on_failure steps show under in a run's status
 FAIL_ACTION = "core.fail"  # ends the run: nothing may follow, fall back from or continue past it
 
 
@@ -265,6 +266,10 @@ class _Checker:
     def check_on_failure(self, finished: set[str]) -> None:
         """Playbook-level on_failure: plain steps after the saga, reading any step and run.error."""
         done = set(finished)
+        if self.playbook.on_failure and ON_FAILURE in self.groups:
+            i = self.top_ids.index(ON_FAILURE)
+            self.add(("steps", i, "id"), f"id: a parallel group cannot be called {ON_FAILURE!r} in a playbook with "
+                     "on_failure: steps (that is how they are grouped in the run's status); rename it")
         for i, step in enumerate(self.playbook.on_failure):
             loc: Loc = ("on_failure", i)
             for key, used in (("compensate", step.compensate is not None), ("settles", step.settles is not None),

@@ -71,6 +71,8 @@ def policy_input(
     }
     if step is not None:
         doc["step"] = {"id": step.id, "action": step.action, "impact": step.impact, "with": args or {}}
+        if step.irreversible:  # said only when true, so a v1 step's input is what it always was
+            doc["step"]["irreversible"] = True
     if user is not None:
         doc["user"] = user
     return doc

@@ -40,6 +40,7 @@ STEP_EMOJI = {
     "succeeded": ":white_check_mark:",
     "skipped": ":fast_forward:",
     "failed": ":x:",
+    "failed_ignored": ":heavy_minus_sign:",
     "denied": ":no_entry:",
     "rejected": ":no_entry_sign:",
     "cancelled": ":heavy_multiplication_x:",
@@ -104,6 +105,12 @@ def status_text(status: RunStatus) -> str:
 
 def step_line(step: StepStatus) -> str:
     head = f"{STEP_EMOJI.get(step.state, '')} *{escape(step.id)}* `{escape(step.action)}` {_state(step.state)}"
+    if step.fallback is not None:
+        head += f" (fallback `{escape(step.fallback.action)}` {_state(step.fallback.state)})"
+    if step.irreversible:
+        head += " · irreversible"
+    if step.settled_by:
+        head += f" · settled by *{escape(step.settled_by)}*"
     line = _checklist_line(head, step)
     return f"{escape(step.group)} › {line}" if step.group else line
 
@@ -144,6 +151,8 @@ def approval_blocks(status: RunStatus, step_id: str, decision: dict[str, Any], n
         ),
         _section(_what_will_run(step)),
     ]
+    if step.irreversible:
+        blocks.append(_section(":warning: *Irreversible:* if the run fails later, rollback will not undo this step."))
     reasons = [str(r) for r in decision.get("reasons") or []]
     if reasons:
         why = "\n".join(f"• {escape(_oneline(r))}" for r in reasons)
@@ -171,8 +180,8 @@ def approval_blocks(status: RunStatus, step_id: str, decision: dict[str, Any], n
 def approval_text(status: RunStatus, step_id: str) -> str:
     step = status.step(step_id)
     text = (
-        f"Approval needed: {escape(step.id)} ({escape(step.action)}) in {escape(status.playbook)}"
-        f" run {escape(status.run_id)}"
+        f"Approval needed: {escape(step.id)} ({escape(step.action)}{', irreversible' if step.irreversible else ''})"
+        f" in {escape(status.playbook)} run {escape(status.run_id)}"
     )
     return truncate(text, FALLBACK_LIMIT)
 
@@ -246,6 +255,8 @@ def summary_text(status: RunStatus) -> str:
         undone = [c.step for c in status.compensations if c.state == "succeeded"]
         if undone:
             lines.append("Rolled back: " + ", ".join(escape(s) for s in undone) + ".")
+    if status.irreversible:
+        lines.append("Irreversible (no rollback undoes them): " + ", ".join(escape(s) for s in status.irreversible) + ".")
     if status.not_undone:
         lines.append(
             ":rotating_light: *Could not undo:* "
