@@ -39,7 +39,7 @@ def playbook_json_schema(action_names: Iterable[str] | None = None) -> dict[str,
     body = Playbook.model_json_schema(by_alias=True, mode="validation", schema_generator=_Generator)
     names = sorted(action_names) if action_names is not None else shipped_action_names()
     if names:  # an empty enum would refuse every playbook: leave `action` a plain string then
-        for model in ("Step", "Compensation"):
+        for model in ("Step", "Compensation", "Fallback"):
             prop = body["$defs"][model]["properties"]["action"]
             prop["enum"] = names
             prop.setdefault("description", "A registered action; `playbook-bot validate` also checks its `with` keys.")
