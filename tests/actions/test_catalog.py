@@ -10,6 +10,7 @@ from bot.settings import Settings
 SHIPPED = {
     "core.log",
     "core.sleep",
+    "core.fail",
     "http.request",
     "shell.run",
     "alertmanager.silence",

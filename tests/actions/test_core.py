@@ -90,3 +90,9 @@ async def test_log_never_writes_a_secret(run_action) -> None:
         result = await run_action("core.log", {"message": f"token is {ref('TOKEN')}"}, CORE, secrets=secrets)
     assert result.output == {"message": f"token is {MASK}"}
     assert "tok-123" not in repr(logs)
+
+
+async def test_core_fail_run_as_an_activity_fails_with_its_reason(run_failing) -> None:
+    """The workflow ends the run itself on core.fail; called directly, the action fails the same way."""
+    error = await run_failing("core.fail", {"reason": "no healthy replica"}, CORE)
+    assert error.message == "no healthy replica" and error.non_retryable
