@@ -11,7 +11,7 @@ from bot.identity.proofs import Proof
 from bot.playbook.model import Playbook
 
 RunState = Literal[
-    "pending", "running", "waiting_approval", "completed", "compensating", "compensated", "failed", "cancelled"
+    "pending", "queued", "running", "waiting_approval", "completed", "compensating", "compensated", "failed", "cancelled"
 ]
 StepState = Literal[
     "pending",
@@ -121,6 +121,13 @@ class RunStatus(BaseModel):
     requester: Requester | None = Field(None, description="The requester as the worker verified it.")
     cancelled_by: str | None = Field(None, description="The principal whose cancel the run accepted.")
     cancel_reason: str = ""
+    lock_key: str | None = Field(None, description="The run's rendered concurrency key (format v1.1).")
+    waiting_for: dict[str, Any] | None = Field(
+        None, description="While queued: {key, holder, position}: the key and the run holding it."
+    )
+    busy: dict[str, Any] | None = Field(
+        None, description="The key was busy and the playbook says refuse or attach: {key, holder, on_busy}; nothing ran."
+    )
 
     def step(self, step_id: str) -> StepStatus:
         for step in self.steps:
