@@ -69,7 +69,7 @@ class KeyLock:
             except asyncio.TimeoutError:
                 if not busy:
                     return s  # nobody held or waited for idle_seconds: the next acquire starts a new lock
-                await self._drop(await self._ended())
+                self._drop(await self._ended())
             notices = self._take_inbox()
             notices += self._grant()
             await self._tell(notices)
