@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
@@ -131,6 +132,11 @@ async def rig(dev_env: Any) -> AsyncIterator[Rig]:
         yield r
 
 
+def loaded_of(text: str) -> LoadedPlaybook:
+    pb = playbook(text)
+    return LoadedPlaybook(pb, Path(f"{pb.name}.yaml"), pb.content_hash())
+
+
 def queued_behind(holder: str):
     return lambda s: s.state == "queued" and (s.waiting_for or {}).get("holder") == holder
 
@@ -203,7 +209,7 @@ async def test_refuse_ends_the_second_run_busy_naming_the_holder(rig: Rig):
     assert status.busy == {"key": f"svc-{rig.service}", "holder": first.id, "on_busy": "refuse"}
     assert first.id in (status.error or "") and status.step("work").state == "pending"
     # The front door answers busy before starting anything.
-    loaded = LoadedPlaybook(playbook(text), rig.task_queue, playbook(text).content_hash())  # type: ignore[arg-type]
+    loaded = loaded_of(text)
     with pytest.raises(RunBusy) as refused:
         await start_run(
             rig.client, rig.task_queue, loaded, {"service": rig.service},
@@ -219,7 +225,7 @@ async def test_refuse_ends_the_second_run_busy_naming_the_holder(rig: Rig):
 async def test_attach_answers_with_the_holders_run(rig: Rig):
     text = LOCKED.format(mode="attach", limit=1)
     first = await rig.holding(text)
-    loaded = LoadedPlaybook(playbook(text), rig.task_queue, playbook(text).content_hash())  # type: ignore[arg-type]
+    loaded = loaded_of(text)
     handle = await start_run(
         rig.client, rig.task_queue, loaded, {"service": rig.service},
         TriggerContext(kind="cli", requested_by="cli:tester"), actor=Actor("cli:tester"), keyring=Keyring(),
