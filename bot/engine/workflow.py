@@ -60,6 +60,7 @@ CANCEL_DUPLICATE = "CancelDuplicate"  # the same principal asked again (a retry,
 SLACK_TIMEOUT = timedelta(seconds=30)  # runs started before the audit trail replay without its local activity
 POLICY_TIMEOUT = timedelta(seconds=30)
 LOCK_TIMEOUT = timedelta(seconds=30)
+LOCK_ASK_AGAIN = timedelta(minutes=2)  # while queued: the request again, in case its lock was terminated
 
 
 async def _uncancellable(coro: Any) -> Any:
@@ -381,20 +382,20 @@ class PlaybookRun:
             key=key, run_id=status.run_id, root_run_id=self._root_run_id(), playbook=status.playbook,
             limit=lock.limit, on_busy=lock.on_busy,
         )
-        try:
-            await workflow.execute_activity(
-                "lock.request",
-                request,
-                start_to_close_timeout=LOCK_TIMEOUT,
-                retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until Temporal answers
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"lock {key[:60]}",
-            )
-        except ActivityError as exc:
-            raise asyncio.CancelledError() from exc  # only a cancel ends an activity retried without limit
-        await self._notify()
-        # A cancel accepted while the request was sent may have been swallowed with its success.
-        await workflow.wait_condition(lambda: self._lock_answer is not None or self._cancel_requested())
+        asked = 0
+        while True:
+            await self._ask_lock(request)
+            asked += 1
+            if asked == 1:
+                await self._notify()  # Slack shows the run queued
+            try:
+                # A cancel accepted while the request was sent may have been swallowed with its success.
+                await workflow.wait_condition(
+                    lambda: self._lock_answer is not None or self._cancel_requested(), timeout=LOCK_ASK_AGAIN
+                )
+                break
+            except asyncio.TimeoutError:
+                continue  # ask again (idempotent): a lock that was terminated meanwhile starts afresh
         if self._lock_answer is None:
             raise asyncio.CancelledError()
         answer = self._lock_answer
@@ -410,6 +411,19 @@ class PlaybookRun:
         status.state = "running"
         self._log("lock granted", key=key)
         return True
+
+    async def _ask_lock(self, request: LockRequest) -> None:
+        try:
+            await workflow.execute_activity(
+                "lock.request",
+                request,
+                start_to_close_timeout=LOCK_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until Temporal answers
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"lock {request.key[:60]}",
+            )
+        except ActivityError as exc:
+            raise asyncio.CancelledError() from exc  # only a cancel ends an activity retried without limit
 
     def _root_run_id(self) -> str | None:
         """The root of this run's tree: a child run may take a lock its root holds. Sub-playbooks
