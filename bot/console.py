@@ -11,6 +11,7 @@ from bot.engine.state import RunStatus, StepStatus
 
 STYLE = {
     "pending": ("·", "dim"),
+    "queued": ("⏸", "yellow"),
     "running": ("▶", "cyan"),
     "waiting_approval": ("⏸", "yellow"),
     "succeeded": ("✔", "green"),
@@ -34,12 +35,18 @@ def _duration(step: StepStatus) -> str:
     return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
 
 
+def _queued(status: RunStatus) -> str:
+    waiting = status.waiting_for or {}
+    held = waiting.get("holder")
+    return f"queued for concurrency key {waiting.get('key')!r}" + (f", held by run {held}" if held else "")
+
+
 def status_table(status: RunStatus) -> Table:
     icon, style = STYLE.get(status.state, ("?", ""))
     table = Table(
         title=Text.assemble(f"{status.run_id}  ", (f"{icon} {status.state}", style)),
         title_justify="left",
-        caption=status.error or None,
+        caption=status.error or (_queued(status) if status.waiting_for else None),
         caption_justify="left",
     )
     for column in ("step", "action", "state", "attempts", "time", "note"):

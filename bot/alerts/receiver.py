@@ -29,7 +29,7 @@ from bot.alerts.payload import Alert, PayloadError, parse_payload
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.recorder import append_counted
 from bot.audit.store import SqliteAuditStore
-from bot.engine.runs import RunError, cancel_run, is_running, run_input, start_policy_input
+from bot.engine.runs import RunBusy, RunError, cancel_run, is_running, lock_conflict, run_input, start_policy_input
 from bot.engine.state import TriggerContext
 from bot.engine.workflow import PlaybookRun
 from bot.identity.principals import Actor
@@ -88,7 +88,7 @@ class AlertReceiver:
 
     async def receive(self, request: Request) -> JSONResponse:
         """Each alert × matching playbook gets an outcome: started, attached, already_handled,
-        unmatched, rejected, resolved_cancelled, resolved_no_run or resolved_ignored."""
+        unmatched, rejected, busy (its concurrency key is held: on_busy refuse), resolved_cancelled, resolved_no_run or resolved_ignored."""
         if not self._authorised(request.headers.get("authorization", "")):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         body = await read_limited(request, self.deps.max_body)
@@ -155,6 +155,14 @@ class AlertReceiver:
                 return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
             return self._outcome(alert, playbook, "rejected", reason="start refused: " + "; ".join(verdict.reasons))
         try:
+            holder = await lock_conflict(self.deps.client, match.playbook, match.params, trigger, run_id)
+        except RunBusy as exc:  # on_busy: refuse, and another run holds the key
+            return self._outcome(alert, playbook, "busy", reason=str(exc), holder=exc.holder)
+        except RunError as exc:
+            return self._outcome(alert, playbook, "rejected", reason=str(exc))
+        if holder is not None:  # on_busy: attach, like a duplicate of the holder's alert
+            return self._outcome(alert, playbook, "attached", run_id=holder)
+        try:
             await self.deps.client.start_workflow(
                 PlaybookRun.run,
                 run_input(match.playbook, match.params, trigger, ALERTMANAGER, self.deps.keyring, run_id),
@@ -206,7 +214,7 @@ class AlertReceiver:
 
     @staticmethod
     def _outcome(alert: Alert, playbook: str | None, outcome: str, *, run_id: str | None = None,
-                 reason: str | None = None) -> dict[str, Any]:
+                 reason: str | None = None, holder: str | None = None) -> dict[str, Any]:
         result: dict[str, Any] = {
             "fingerprint": alert.fingerprint,
             "alertname": alert.labels.get("alertname"),
@@ -217,6 +225,8 @@ class AlertReceiver:
         }
         if reason:
             result["reason"] = reason
+        if holder:
+            result["holder"] = holder  # busy: the run holding the playbook's concurrency key
         return result
 
     def _event(self, alert: Alert, run_id: str | None, kind: EventKind, details: dict[str, Any],

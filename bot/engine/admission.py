@@ -20,6 +20,7 @@ from temporalio import activity
 from bot.audit.events import AuditEvent
 from bot.audit.recorder import AuditWriter
 from bot.audit.store import AuditUnavailable
+from bot.engine.locking import LockKeyError, render_lock_key
 from bot.engine.state import Requester, TriggerContext
 from bot.identity import principals
 from bot.identity.principals import Actor
@@ -34,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 # Which check refused a run (a fixed code, for the audit trail and tests).
 RUN_ID, REQUESTER, CATALOG, PARAMS, PROOF, START = "run id", "requester", "catalog", "params", "proof", "start"
+CONCURRENCY = "concurrency"
 
 
 class AdmitRequest(BaseModel):
@@ -54,6 +56,7 @@ class Admission(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     requester: Requester
     provenance: dict[str, Any] = Field(default_factory=dict)
+    lock_key: str | None = Field(None, description="The rendered concurrency key (format v1.1), checked here.")
 
     @property
     def message(self) -> str:
@@ -117,7 +120,11 @@ class Admitter:
             )
             if not verdict.allow:
                 return self._refuse(START, "; ".join(verdict.reasons) or "no reason given", requester, params, sources)
-            return Admission(allow=True, params=params, requester=requester, provenance=sources)
+            try:
+                key = render_lock_key(request.playbook, params, trigger.alert)
+            except LockKeyError as exc:
+                return self._refuse(CONCURRENCY, str(exc), requester, params, sources)
+            return Admission(allow=True, params=params, requester=requester, provenance=sources, lock_key=key)
 
     async def _run_id_problem(self, run_id: str) -> str | None:
         """A run id names one run. Temporal starts a closed workflow id again for any client that

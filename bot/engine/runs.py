@@ -12,6 +12,8 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from bot.engine.locking import LockKeyError, render_lock_key
+from bot.engine.locks import busy_holder
 from bot.engine.state import TriggerKind, CancelRequest, CancelResult, RunInput, RunStatus, TriggerContext, VoteRequest, VoteResult
 from bot.engine.workflow import CANCEL_DUPLICATE, CANCEL_UNSUPPORTED, PlaybookRun
 from bot.identity.principals import Actor
@@ -42,6 +44,43 @@ def _refused(cause: BaseException | None) -> RunError:
     return RunError(
         getattr(cause, "message", None) or str(cause), str(info.get("code") or "refused"), info.get("rule")
     )
+
+
+class RunBusy(RunError):
+    """The playbook's concurrency key is held and it says `refuse`: nothing started."""
+
+    def __init__(self, key: str, holder: str) -> None:
+        super().__init__(
+            f"busy: concurrency key {key!r} is held by run {holder}; this playbook refuses to queue "
+            "(on_busy: refuse): try again when that run has ended",
+            "conflict",
+            "concurrency",
+        )
+        self.key = key
+        self.holder = holder
+
+
+async def lock_conflict(
+    client: Client, loaded: LoadedPlaybook, params: dict[str, Any], trigger: TriggerContext, run_id: str | None
+) -> str | None:
+    """For a refuse/attach playbook whose key another run holds: that run's id (RunBusy for
+    refuse). A key that does not render is a RunError (the worker would refuse the run). The
+    worker enforces the lock again: this answer only spares a start that could not act."""
+    lock = loaded.playbook.concurrency
+    if lock is None:
+        return None
+    try:
+        key = render_lock_key(loaded.playbook, params, trigger.alert)
+    except LockKeyError as exc:
+        raise RunError(str(exc), "invalid", "concurrency") from None
+    if lock.on_busy == "queue" or key is None:
+        return None
+    holder = await busy_holder(client, key, lock.limit)
+    if holder is None or holder == run_id:
+        return None
+    if lock.on_busy == "refuse":
+        raise RunBusy(key, holder)
+    return holder
 
 
 def new_run_id(playbook: str, now: datetime | None = None) -> str:
@@ -132,7 +171,12 @@ async def start_run(
     memo: dict[str, Any] | None = None,
 ) -> WorkflowHandle[PlaybookRun, RunStatus]:
     """Start a run; with a natural-key run_id a repeat attaches to the running one instead
-    (`on_conflict=FAIL`: WorkflowAlreadyStartedError, for a caller that must tell them apart)."""
+    (`on_conflict=FAIL`: WorkflowAlreadyStartedError, for a caller that must tell them apart).
+    A playbook whose concurrency key is held: `refuse` raises RunBusy naming the holder, `attach`
+    returns the holder's handle (as a duplicate would), `queue` starts a run that waits."""
+    holder = await lock_conflict(client, loaded, params, trigger, run_id)
+    if holder is not None:
+        return client.get_workflow_handle(holder, result_type=RunStatus)
     run_id = run_id or new_run_id(loaded.playbook.name)
     return await client.start_workflow(
         PlaybookRun.run,

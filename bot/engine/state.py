@@ -11,7 +11,7 @@ from bot.identity.proofs import Proof
 from bot.playbook.model import Playbook
 
 RunState = Literal[
-    "pending", "running", "waiting_approval", "completed", "compensating", "compensated", "failed", "cancelled"
+    "pending", "queued", "running", "waiting_approval", "completed", "compensating", "compensated", "failed", "cancelled"
 ]
 StepState = Literal[
     "pending",
@@ -142,6 +142,13 @@ class RunStatus(BaseModel):
     failed_step: str | None = Field(None, description="The step whose failure (or core.fail) ended the run.")
     irreversible: list[str] = Field(
         default_factory=list, description="Irreversible steps that succeeded: no rollback undoes them."
+    )
+    lock_key: str | None = Field(None, description="The run's rendered concurrency key (format v1.1).")
+    waiting_for: dict[str, Any] | None = Field(
+        None, description="While queued: {key, holder, position}: the key and the run holding it."
+    )
+    busy: dict[str, Any] | None = Field(
+        None, description="The key was busy and the playbook says refuse or attach: {key, holder, on_busy}; nothing ran."
     )
 
     def step(self, step_id: str) -> StepStatus:

@@ -19,6 +19,8 @@ from bot.actions.secrets import SecretStore
 from bot.audit.recorder import AuditActivities, AuditWriter
 from bot.audit.store import SqliteAuditStore, default_path
 from bot.engine.admission import Admitter
+from bot.engine.lock_workflow import KeyLock
+from bot.engine.locks import LockActivities
 from bot.engine.workflow import PlaybookRun
 from bot.identity.keys import worker_keyring
 from bot.identity.proofs import Keyring
@@ -45,11 +47,13 @@ def make_worker(
     activities: Sequence[Callable[..., Any]],
     **options: Any,
 ) -> Worker:
+    names = {getattr(getattr(a, "__temporal_activity_definition", None), "name", None) for a in activities}
+    locks = [a for a in LockActivities(client).all() if a.__temporal_activity_definition.name not in names]
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[PlaybookRun],
-        activities=list(activities),
+        workflows=[PlaybookRun, KeyLock],
+        activities=[*activities, *locks],  # the lock's own activities, unless a test brings its own
         workflow_runner=workflow_runner(),
         # Send heartbeats at least every second so a cancel reaches a long step in about a second.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,

@@ -13,7 +13,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy as TemporalRetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.actions.core import FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
     from bot.engine.approvals import ApprovalBook, VoteRefused
+    from bot.engine.locking import NOTICE_SIGNAL, RELEASE_SIGNAL, LockNotice, LockRelease, LockRequest, lock_workflow_id
     from bot.engine.state import (
         CancelRequest,
         CancelResult,
@@ -61,6 +62,8 @@ CANCEL_UNSUPPORTED = "CancelUnsupported"
 CANCEL_DUPLICATE = "CancelDuplicate"  # the same principal asked again (a retry, an HA peer): not a refusal
 SLACK_TIMEOUT = timedelta(seconds=30)  # runs started before the audit trail replay without its local activity
 POLICY_TIMEOUT = timedelta(seconds=30)
+LOCK_TIMEOUT = timedelta(seconds=30)
+LOCK_ASK_AGAIN = timedelta(minutes=2)  # while queued: the request again, in case its lock was terminated
 
 
 async def _uncancellable(coro: Any) -> Any:
@@ -184,12 +187,25 @@ class PlaybookRun:
         self._channel = pb.channel or (input.trigger.slack or {}).get("channel")
         self._slack = SlackState()
         self._slack_lock = asyncio.Lock()  # one sync at a time: parallel steps must not post twice
+        self._lock_key: str | None = None  # the run's concurrency key, as admission rendered it (v1.1)
+        self._lock_answer: LockNotice | None = None  # granted or busy, from the key's lock workflow
 
     # ---- queries and updates -------------------------------------------------------------
 
     @workflow.query
     def status(self) -> RunStatus:
         return self._status
+
+    @workflow.signal(name=NOTICE_SIGNAL)
+    def lock_notice(self, notice: LockNotice) -> None:
+        """The key's lock answers (bot/engine/lock_workflow.py); only while this run waits for it."""
+        if self._lock_key is None or notice.key != self._lock_key or self._lock_answer is not None:
+            return
+        if notice.outcome == "queued":
+            holder = notice.holders[0] if notice.holders else None
+            self._status.waiting_for = {"key": notice.key, "holder": holder, "position": notice.position}
+        else:
+            self._lock_answer = notice
 
     @workflow.update
     async def vote(self, request: VoteRequest) -> VoteResult:
@@ -306,6 +322,7 @@ class PlaybookRun:
                 return await self._refused(admission)
             self._params = status.params = admission.params
             self._provenance = admission.provenance
+            self._lock_key = status.lock_key = admission.lock_key  # None for every v1 playbook
         self._log("run started", requested_by=status.requested_by, trigger=status.trigger)
         self._record(
             None,
@@ -322,16 +339,20 @@ class PlaybookRun:
         )
         await self._notify()
         if self._trusted:
-            outcome = await self._guarded(self._steps(input))
+            outcome = await self._guarded(self._locked(input) if self._lock_key else self._steps(input))
         else:
             outcome = await self._steps(input)
         if outcome == "completed":
             status.state = "completed"
+        elif outcome == "busy":
+            status.state = "cancelled"  # refused or attached: nothing ran
         else:
             # Once undoing has begun, a (further) cancel must not cut it short.
             await _uncancellable(self._compensate(outcome))
             if input.playbook.on_failure:
                 await _uncancellable(self._run_on_failure())
+        if self._lock_key:
+            await _uncancellable(self._release_lock())
         status.finished_at = workflow.now()
         self._log("run finished", state=status.state)
         if not self._finish_recorded or status.state != "completed":
@@ -358,6 +379,88 @@ class PlaybookRun:
             self._mark_cancelled()
             return "cancelled"
         return "completed"
+
+    # ---- per-target lock (format v1.1 `concurrency:`) --------------------------------------
+
+    async def _locked(self, input: RunInput) -> str:
+        """The steps once the key's lock grants a slot; 'busy' when it is held and the playbook
+        says refuse or attach; 'cancelled' when cancelled while queued (nothing ran)."""
+        try:
+            if not await self._take_lock():
+                return "busy"
+        except asyncio.CancelledError:
+            self._mark_cancelled()
+            return "cancelled"
+        return await self._steps(input)
+
+    async def _take_lock(self) -> bool:
+        lock, key, status = self._input.playbook.concurrency, self._lock_key, self._status
+        assert lock is not None and key is not None
+        status.state = "queued"
+        status.waiting_for = {"key": key, "holder": None, "position": 0}
+        await self._flush_audit()  # run_started is on the record even if the wait is long
+        request = LockRequest(
+            key=key, run_id=status.run_id, root_run_id=self._root_run_id(), playbook=status.playbook,
+            limit=lock.limit, on_busy=lock.on_busy,
+        )
+        asked = 0
+        while True:
+            await self._ask_lock(request)
+            asked += 1
+            if asked == 1:
+                await self._notify()  # Slack shows the run queued
+            try:
+                # A cancel accepted while the request was sent may have been swallowed with its success.
+                await workflow.wait_condition(
+                    lambda: self._lock_answer is not None or self._cancel_requested(), timeout=LOCK_ASK_AGAIN
+                )
+                break
+            except asyncio.TimeoutError:
+                continue  # ask again (idempotent): a lock that was terminated meanwhile starts afresh
+        if self._lock_answer is None:
+            raise asyncio.CancelledError()
+        answer = self._lock_answer
+        assert answer is not None
+        status.waiting_for = None
+        if answer.outcome == "busy":
+            holder = answer.holders[0] if answer.holders else None
+            status.busy = {"key": key, "holder": holder, "on_busy": lock.on_busy}
+            said = f"attached to run {holder}" if lock.on_busy == "attach" else "refused"
+            status.error = f"busy: concurrency key {key!r} is held by run {holder}: {said}, nothing ran"
+            self._log("lock busy", key=key, holder=holder, on_busy=lock.on_busy)
+            return False
+        status.state = "running"
+        self._log("lock granted", key=key)
+        return True
+
+    async def _ask_lock(self, request: LockRequest) -> None:
+        try:
+            await workflow.execute_activity(
+                "lock.request",
+                request,
+                start_to_close_timeout=LOCK_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until Temporal answers
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"lock {request.key[:60]}",
+            )
+        except ActivityError as exc:
+            raise asyncio.CancelledError() from exc  # only a cancel ends an activity retried without limit
+
+    def _root_run_id(self) -> str | None:
+        """The root of this run's tree: a child run may take a lock its root holds. Sub-playbooks
+        (later) set it from the parent; a run started on its own is its own root."""
+        return None
+
+    async def _release_lock(self) -> None:
+        """Give the slot back on every end (or leave the queue). A lock that is gone already
+        (ended idle, or noticed this run ended) has nothing to release."""
+        assert self._lock_key is not None
+        try:
+            await workflow.get_external_workflow_handle(lock_workflow_id(self._lock_key)).signal(
+                RELEASE_SIGNAL, LockRelease(key=self._lock_key, run_id=self._status.run_id)
+            )
+        except FailureError:
+            self._log("lock already gone at release", key=self._lock_key)
 
     def _cancel_requested(self) -> bool:
         if self._trusted:

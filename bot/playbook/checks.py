@@ -27,6 +27,7 @@ Loc = tuple[str | int, ...]
 
 STEP_VARS = frozenset({"params", "vars", "alert", "run", "steps"})
 TRIGGER_VARS = frozenset({"alert"})
+LOCK_KEY_VARS = frozenset({"params", "vars", "alert"})  # rendered at admission: no run or steps yet
 _GLOBALS = frozenset(ENV.globals)
 ON_FAILURE = "on_failure"  # the group the playbook's on_failure steps show under in a run's status
 FAIL_ACTION = "core.fail"  # ends the run: nothing may follow, fall back from or continue past it
@@ -114,6 +115,7 @@ class _Checker:
         for where, message in vars_problems(self.playbook.vars):
             self.add(where, message)
         self.check_triggers()
+        self.check_concurrency()
         finished: set[str] = set()
         for i, item in enumerate(self.playbook.steps):
             loc: Loc = ("steps", i)
@@ -184,6 +186,17 @@ class _Checker:
             for name, spec in declared.items():
                 if spec.is_required and trigger.params.get(name) is None:
                     self.add(loc, f"{label}: required param {name!r} is not set, so an alert could never start a run")
+
+    def check_concurrency(self) -> None:
+        lock = self.playbook.concurrency
+        if lock is None:
+            return
+        loc: Loc = ("concurrency", "key")
+        if not is_template(lock.key):
+            self.add(loc, f"concurrency.key: {lock.key!r} is the same for every run, so all runs of every playbook "
+                     "with this key share one lock; if that is meant, fine, else template it, e.g. "
+                     "\"{{ params.service }}\"", warning=True)
+        self.check_template(lock.key, loc, "concurrency.key", _Scope(LOCK_KEY_VARS))
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -372,6 +385,8 @@ class _Checker:
         for name in sorted(meta.find_undeclared_variables(tree) - _GLOBALS - scope.variables):
             if scope.variables == TRIGGER_VARS:
                 why = "trigger params can only use alert: params, steps and run do not exist before the run starts"
+            elif scope.variables == LOCK_KEY_VARS:
+                why = "a concurrency key is decided before the run starts: it can use params, vars and alert"
             else:
                 why = f"templates can use {', '.join(sorted(scope.variables))}"
             self.add(loc, f"{label}: unknown template variable {name!r} ({why})")

@@ -159,6 +159,24 @@ class Triggers(_Strict):
     alertmanager: list[AlertTrigger] = Field(default_factory=list)
 
 
+LOCK_KEY_MAX = 200  # characters of a rendered concurrency key
+
+
+class Concurrency(_Strict):
+    """One run per target at a time: runs whose rendered `key` is equal share `limit` slots,
+    across every front door and worker (a lock workflow per key)."""
+
+    key: str = Field(min_length=1, max_length=1000, description=(
+        "Template over params, vars and alert (e.g. \"{{ params.service }}\"); the rendered key is global: "
+        f"prefix it with the playbook name for a per-playbook lock. At most {LOCK_KEY_MAX} characters rendered."
+    ))
+    limit: int = Field(1, ge=1, le=100, description="How many runs may hold the key at once.")
+    on_busy: Literal["queue", "refuse", "attach"] = Field("queue", description=(
+        "queue: wait (state queued) until a slot frees; refuse: answer busy naming the holder; "
+        "attach: answer with the holder's run, like a duplicate alert."
+    ))
+
+
 class Playbook(_Strict):
     version: Literal[1] = 1
     name: str = Field(pattern=NAME_PATTERN, max_length=63)
@@ -181,6 +199,7 @@ class Playbook(_Strict):
         description="Steps run after the saga whenever the run does not complete; templates read run.error and "
         "run.failed_step. Their own failure is recorded and changes nothing else.",
     )
+    concurrency: Concurrency | None = Field(None, description="Format v1.1: a per-target lock (one run per key).")
 
     @field_validator("secrets")
     @classmethod
@@ -210,5 +229,8 @@ class Playbook(_Strict):
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON form: what ran is what the hash names."""
-        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json", by_alias=True)
+        if data.get("concurrency") is None:
+            data.pop("concurrency", None)  # a v1 playbook hashes as it always did
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

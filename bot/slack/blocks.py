@@ -25,6 +25,7 @@ REJECT_ACTION = "approval.reject"
 
 RUN_EMOJI = {
     "pending": ":hourglass_flowing_sand:",
+    "queued": ":double_vertical_bar:",
     "running": ":arrows_counterclockwise:",
     "waiting_approval": ":raised_hand:",
     "completed": ":white_check_mark:",
@@ -78,6 +79,12 @@ def status_blocks(status: RunStatus) -> list[dict[str, Any]]:
     if status.params:
         params = ", ".join(f"{escape(k)}=`{escape(_short(v))}`" for k, v in status.params.items())
         blocks.append(_section(f"*Params:* {params}"))
+    if status.waiting_for:
+        held = status.waiting_for.get("holder")
+        blocks.append(_section(
+            f"*Queued* for `{escape(str(status.waiting_for.get('key')))}`"
+            + (f", held by run `{escape(str(held))}`" if held else "")
+        ))
     steps = [step_line(step) for step in status.steps] or ["_no steps_"]
     blocks += _sections(steps, title="*Steps*")
     if status.compensations:

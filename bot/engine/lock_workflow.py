@@ -1,0 +1,165 @@
+"""KeyLock: one workflow per concurrency key, granting its slots to runs in FIFO order.
+
+Runs ask with the `acquire` signal (sent by the `lock.request` activity with signal-with-start,
+so the first asker creates the lock) and give back with `release` (sent by the run on every end).
+The lock answers each run with a `lock_notice` signal. A run that ends without releasing (its
+execution terminated, or it ended between asking and being told) is noticed twice over: a notice
+that cannot be delivered drops it, and every few seconds the `lock.alive` activity describes the
+holders and waiters and drops those that ended. History stays bounded by continue-as-new; with
+nobody holding or waiting for a while, the lock workflow ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from bot.engine.locking import (
+        ACQUIRE_SIGNAL,
+        LOCK_WORKFLOW,
+        NOTICE_SIGNAL,
+        RELEASE_SIGNAL,
+        Holder,
+        LiveRequest,
+        LiveResult,
+        LockNotice,
+        LockRelease,
+        LockRequest,
+        LockState,
+    )
+
+HISTORY_LIMIT = 2000  # events before continuing as new (Temporal's own limit is far higher)
+LIVE_TIMEOUT = timedelta(seconds=30)
+
+
+@workflow.defn(name=LOCK_WORKFLOW)
+class KeyLock:
+    @workflow.init
+    def __init__(self, state: LockState) -> None:
+        self._state = state
+
+    @workflow.signal(name=ACQUIRE_SIGNAL)
+    def acquire(self, request: LockRequest) -> None:
+        if request.key == self._state.key:  # a request for another key reached the wrong lock: ignore it
+            self._state.inbox.append(request)
+
+    @workflow.signal(name=RELEASE_SIGNAL)
+    def release(self, release: LockRelease) -> None:
+        if release.key == self._state.key:
+            self._state.inbox.append(release)
+
+    @workflow.query
+    def state(self) -> LockState:
+        return self._state
+
+    @workflow.run
+    async def run(self, state: LockState) -> LockState:
+        s = self._state
+        check = timedelta(seconds=s.check_seconds)
+        idle = timedelta(seconds=s.idle_seconds)
+        while True:
+            busy = bool(s.holders or s.waiters)
+            try:
+                await workflow.wait_condition(lambda: bool(s.inbox), timeout=check if busy else idle)
+            except asyncio.TimeoutError:
+                if not busy:
+                    return s  # nobody held or waited for idle_seconds: the next acquire starts a new lock
+                self._drop(await self._ended())
+            notices = self._take_inbox()
+            notices += self._grant()
+            await self._tell(notices)
+            if workflow.info().is_continue_as_new_suggested() or workflow.info().get_current_history_length() > HISTORY_LIMIT:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(s)
+
+    def _take_inbox(self) -> list[tuple[str, LockNotice]]:
+        s = self._state
+        notices: list[tuple[str, LockNotice]] = []
+        while s.inbox:
+            item = s.inbox.pop(0)
+            if isinstance(item, LockRelease):
+                self._drop([item.run_id])
+                continue
+            if any(h.run_id == item.run_id for h in s.holders):  # asked again (a retried activity)
+                notices.append((item.run_id, self._notice("granted")))
+                continue
+            if any(w.run_id == item.run_id for w in s.waiters):
+                continue
+            if item.root_run_id and any(h.run_id == item.root_run_id for h in s.holders):
+                # A child run of a holder (sub-playbooks): its root's slot covers it.
+                s.holders.append(Holder(run_id=item.run_id, root_run_id=item.root_run_id, since=workflow.now(), nested=True))
+                notices.append((item.run_id, self._notice("granted")))
+                continue
+            if item.on_busy != "queue" and (s.waiters or self._counted() >= item.limit):
+                notices.append((item.run_id, self._notice("busy")))
+                continue
+            s.waiters.append(item)
+            if len(s.waiters) > 1 or self._counted() >= item.limit:
+                notices.append((item.run_id, self._notice("queued", len(s.waiters))))
+        return notices
+
+    def _grant(self) -> list[tuple[str, LockNotice]]:
+        """FIFO: the head of the queue goes first, and nobody overtakes it."""
+        s = self._state
+        granted: list[tuple[str, LockNotice]] = []
+        while s.waiters and self._counted() < s.waiters[0].limit:
+            head = s.waiters.pop(0)
+            s.holders.append(Holder(run_id=head.run_id, root_run_id=head.root_run_id, since=workflow.now()))
+            granted.append((head.run_id, self._notice("granted")))
+        if granted:  # who waits now waits behind someone else: tell them
+            granted += [(w.run_id, self._notice("queued", i + 1)) for i, w in enumerate(s.waiters)]
+        return granted
+
+    def _counted(self) -> int:
+        return sum(1 for h in self._state.holders if not h.nested)
+
+    def _notice(self, outcome: str, position: int = 0) -> LockNotice:
+        holders = [h.run_id for h in self._state.holders if not h.nested]
+        return LockNotice(key=self._state.key, outcome=outcome, holders=holders, position=position)  # type: ignore[arg-type]
+
+    def _drop(self, run_ids: list[str]) -> None:
+        """Forget runs that released or ended; a holder's nested children go with it."""
+        gone = set(run_ids)
+        s = self._state
+        gone |= {h.run_id for h in s.holders if h.root_run_id in gone and h.nested}
+        s.holders = [h for h in s.holders if h.run_id not in gone]
+        s.waiters = [w for w in s.waiters if w.run_id not in gone]
+
+    async def _tell(self, notices: list[tuple[str, LockNotice]]) -> None:
+        """Signal each run; one that cannot be told has ended, so it holds and waits for nothing."""
+        while notices:
+            results = await asyncio.gather(*(self._signal(run_id, notice) for run_id, notice in notices))
+            ended = [run_id for (run_id, _), ok in zip(notices, results) if not ok]
+            if not ended:
+                return
+            self._drop(ended)
+            notices = self._grant()
+
+    async def _signal(self, run_id: str, notice: LockNotice) -> bool:
+        try:
+            await workflow.get_external_workflow_handle(run_id).signal(NOTICE_SIGNAL, notice)
+        except FailureError:
+            workflow.logger.warning("lock: run not reachable, dropped", extra={"key": self._state.key, "run_id": run_id})
+            return False
+        return True
+
+    async def _ended(self) -> list[str]:
+        s = self._state
+        run_ids = [h.run_id for h in s.holders] + [w.run_id for w in s.waiters]
+        try:
+            result = await workflow.execute_activity(
+                "lock.alive",
+                LiveRequest(run_ids=run_ids),
+                result_type=LiveResult,
+                start_to_close_timeout=LIVE_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_attempts=3),
+                summary="which holders ended",
+            )
+        except ActivityError:
+            return []  # asked again at the next check
+        return result.ended
