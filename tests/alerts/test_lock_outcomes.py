@@ -4,14 +4,13 @@ Real dev server, real worker (tests/engine/test_locks.py's rig), the receiver on
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
 from bot.alerts.receiver import AlertDeps, AlertReceiver
-from pathlib import Path
-
 from bot.playbook.loader import Catalog, LoadedPlaybook
 from bot.policy.models import Verdict
 from tests.engine.support import playbook, wait_for_state
@@ -39,16 +38,16 @@ class AllowAll:
         return Verdict(allow=True)
 
 
-async def deliver(rig: Rig, mode: str, fingerprint: str) -> list[dict[str, Any]]:
+async def deliver(stack: Rig, mode: str, fingerprint: str) -> list[dict[str, Any]]:
     pb = playbook(PLAYBOOK.format(mode=mode))  # t.gate is the test's action: no registry check
     loaded = LoadedPlaybook(pb, Path(f"{pb.name}.yaml"), pb.content_hash())
     receiver = AlertReceiver(AlertDeps(
-        client=rig.client, task_queue=rig.task_queue, catalog=lambda: Catalog([loaded]),
+        client=stack.client, task_queue=stack.task_queue, catalog=lambda: Catalog([loaded]),
         policy=AllowAll(), audit=None, token=TOKEN,  # type: ignore[arg-type]
     ))
     app = FastAPI()
     app.include_router(receiver.router())
-    body = webhook([firing(fingerprint, f"Down{mode}", service=rig.service)])
+    body = webhook([firing(fingerprint, f"Down{mode}", service=stack.service)])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bot") as http:
         answer = await http.post("/alertmanager", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 200, answer.text

@@ -118,6 +118,10 @@ class Rig:
         """A run that holds its key: its step has started."""
         handle = await self.start(text, **kwargs)
         await wait_for_state(handle, lambda s: s.step("work").state == "running", timeout=WAIT)
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while handle.id not in self.gates.started:  # "running" in status comes before the activity starts
+            assert asyncio.get_running_loop().time() < deadline, f"{handle.id} never reached its gate"
+            await asyncio.sleep(0.05)
         return handle
 
 
