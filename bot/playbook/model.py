@@ -60,8 +60,9 @@ class ParamSpec(_Strict):
         None, description="type: object: its keys and their specs; a property is required unless it has a default "
         "or says required: false.",
     )
-    additional_properties: bool = Field(
-        False, description="type: object: whether keys not under properties are accepted (as any JSON value).",
+    additional_properties: bool | None = Field(
+        None, description="type: object: whether keys not under properties are accepted (as any JSON value); "
+        "default false.",
     )
 
     @property
@@ -103,7 +104,7 @@ class ParamSpec(_Strict):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key} is only for type: array (this param is type: {self.type})")
         if self.type != "object":
-            if self.properties is not None or "additional_properties" in self.model_fields_set:
+            if self.properties is not None or self.additional_properties is not None:
                 key = "properties" if self.properties is not None else "additional_properties"
                 raise ValueError(f"{key} is only for type: object (this param is type: {self.type})")
         if self.type in ("array", "object") and self.enum is not None:

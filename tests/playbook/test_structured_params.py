@@ -295,3 +295,9 @@ def test_a_literal_trigger_value_is_checked_at_load(write: Write, actions: dict[
     )
     assert_located(only_error(path, actions), path, 7, None,
                    "triggers.alertmanager[0].params.hosts: param 'hosts[1]': 'BAD' does not match")
+
+
+def test_a_snapshot_round_trips() -> None:
+    """The workflow receives the playbook as JSON: what the front door dumps, the worker reads back."""
+    again = Playbook.model_validate(PLAYBOOK.model_dump(mode="json", by_alias=True))
+    assert again == PLAYBOOK and again.content_hash() == PLAYBOOK.content_hash()
