@@ -15,6 +15,7 @@ import math
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+from bot.playbook.data import json_depth
 from bot.playbook.model import (
     PARAM_MAX_BYTES,
     PARAM_MAX_DEPTH,
@@ -186,7 +187,7 @@ def _parse_text(name: str, spec: ParamSpec, text: str) -> Any:
         if not stripped.startswith(opener):
             form = f"JSON like {example}" + (" or a comma-separated list like a,b" if listable else "")
             raise ValueError(f"param {name!r}: expected an {spec.type} as {form}, got {_shown(text)}")
-        if _json_depth(stripped) > PARAM_MAX_DEPTH:
+        if json_depth(stripped) > PARAM_MAX_DEPTH:
             raise ValueError(f"param {name!r}: nested more than {PARAM_MAX_DEPTH} arrays/objects deep")
         try:
             return json.loads(stripped)
@@ -199,28 +200,6 @@ def _parse_text(name: str, spec: ParamSpec, text: str) -> Any:
     if not stripped:
         return []
     return [part.strip() for part in stripped.split(",")]
-
-
-def _json_depth(text: str) -> int:
-    """How deep brackets nest in JSON text, strings skipped: checked before json.loads ever recurses."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
 
 
 def _shown(value: Any, limit: int = 80) -> str:
