@@ -183,7 +183,7 @@ def _parse_text(name: str, spec: ParamSpec, text: str) -> Any:
     opener = "[" if spec.type == "array" else "{"
     example = '["a","b"]' if spec.type == "array" else '{"key":"value"}'
     listable = spec.type == "array" and spec.items is not None and spec.items.type in SCALAR_TYPES
-    if stripped.startswith(("[", "{")) or not listable:
+    if stripped.startswith(opener) or not listable:
         if not stripped.startswith(opener):
             form = f"JSON like {example}" + (" or a comma-separated list like a,b" if listable else "")
             raise ValueError(f"param {name!r}: expected an {spec.type} as {form}, got {_shown(text)}")
