@@ -3,13 +3,15 @@ list of strings, and the same typing and errors as the CLI (signed payloads, rea
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from bot.slack.commands import split_args
+from bot.slack.commands import slack_run_id, split_args
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.support import Stack, eventually, run_status, slack_stack, text_of
 
@@ -57,13 +59,12 @@ async def stack(dev_env, fake_slack: FakeSlack, tmp_path: Path) -> AsyncIterator
 
 
 async def test_run_with_json_array_and_object(stack: Stack) -> None:
-    body, key = stack.command('run roll hosts=["web-1","web-2"] target={"zone":"b"}')
+    trigger = f"{int(time.time())}.7.{uuid.uuid4().hex[:20]}"
+    body, key = stack.command('run roll hosts=["web-1","web-2"] target={"zone":"b"}', trigger_id=trigger)
     assert (await stack.post(body)).status_code == 200
     answer = text_of(await stack.answers(key))
     assert "Started" in answer, answer
-    runs = await stack.runs('WorkflowType = "PlaybookRun"')
-    assert len(runs) == 1
-    status = await eventually(lambda: run_status(stack, runs[0].id), what="run started")
+    status = await eventually(lambda: run_status(stack, slack_run_id("roll", trigger)), what="run started")
     assert status.params == {"hosts": ["web-1", "web-2"], "target": {"zone": "b"}}
 
 
