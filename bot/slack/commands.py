@@ -148,7 +148,7 @@ class PlaybookCommand:
         for name, loaded in catalog.items():
             pb = loaded.playbook
             params = ", ".join(
-                f"{p}" + ("" if spec.is_required else f"={spec.default}" if spec.default is not None else "?")
+                f"{p}" + ("" if spec.is_required else f"={_as_typed(spec.default)}" if spec.default is not None else "?")
                 for p, spec in pb.params.items()
             )
             line = f"• *{escape(name)}*" + (f": {escape(pb.summary)}" if pb.summary else "")
@@ -379,6 +379,11 @@ def _when(when: str | None, context: dict[str, Any]) -> str:
 
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _as_typed(value: Any) -> str:
+    """A default as the user would type it: JSON for an array or object (copyable into the command)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
 
 
 async def _say(respond: Respond, text: str) -> None:

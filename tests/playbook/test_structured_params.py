@@ -301,3 +301,21 @@ def test_a_snapshot_round_trips() -> None:
     """The workflow receives the playbook as JSON: what the front door dumps, the worker reads back."""
     again = Playbook.model_validate(PLAYBOOK.model_dump(mode="json", by_alias=True))
     assert again == PLAYBOOK and again.content_hash() == PLAYBOOK.content_hash()
+
+
+def test_an_array_of_strings_reaching_argv_is_guarded_by_its_items() -> None:
+    """A foreach item or `params.hosts[0]` lands in argv as text: the items' pattern must refuse '-'."""
+    from tests.playbook.test_reach import errors, load
+
+    text = """
+    name: p
+    params:
+      hosts: {{type: array, items: {items}}}
+    steps:
+      - id: a
+        action: shell.run
+        with: {{argv: ["{{{{ params.hosts[0] }}}}", x]}}
+    """
+    [error] = errors(text.format(items="{type: string}"))
+    assert "param 'hosts' can start this argv item and has no pattern or enum" in error
+    assert load(text.format(items='{type: string, pattern: "^[a-z][a-z0-9-]*$"}')).warnings == ()

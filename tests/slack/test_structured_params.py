@@ -21,6 +21,7 @@ summary: Restart hosts one by one
 params:
   hosts: {type: array, items: {type: string, pattern: "^[a-z0-9.-]+$"}, min_items: 1}
   target: {type: object, properties: {zone: {type: string, enum: [a, b]}}, required: false}
+  ports: {type: array, items: {type: integer}, default: [80, 443]}
 steps:
   - id: note
     action: core.log
@@ -65,7 +66,7 @@ async def test_run_with_json_array_and_object(stack: Stack) -> None:
     answer = text_of(await stack.answers(key))
     assert "Started" in answer, answer
     status = await eventually(lambda: run_status(stack, slack_run_id("roll", trigger)), what="run started")
-    assert status.params == {"hosts": ["web-1", "web-2"], "target": {"zone": "b"}}
+    assert status.params == {"hosts": ["web-1", "web-2"], "target": {"zone": "b"}, "ports": [80, 443]}
 
 
 @pytest.mark.parametrize(
@@ -77,6 +78,7 @@ async def test_run_with_json_array_and_object(stack: Stack) -> None:
         ("run roll hosts=web-1,WEB", ["param 'hosts[1]'", "does not match ^[a-z0-9.-]+$"]),
         ('run roll hosts=a target={"zone":"c"}', ["param 'target.zone'", "is not one of: a, b"]),
         ("run roll hosts=", ["param 'hosts'", "fewer than min_items (1)"]),
+        ("list", ["*roll*", "hosts, target?, ports=[80,443]"]),
     ],
 )
 async def test_answers_and_refusals(stack: Stack, text: str, expected: list[str]) -> None:
