@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from pydantic import Field, field_validator
@@ -32,6 +32,7 @@ from bot.actions.base import (
     action,
     whole_number_as_text,
 )
+from bot.playbook.data import FilterError, loads_bounded
 from bot.playbook.durations import Duration, format_duration
 
 log = structlog.get_logger("bot.actions.shell")
@@ -47,6 +48,9 @@ def _die_with_worker() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 MAX_OUTPUT = 256 * 1024  # per stream; both land in workflow history (2 MB payload limit)
 STDERR_IN_MESSAGE = 500  # characters of stderr quoted in a failure message
+MAX_STDIN = 64 * 1024  # bytes: stdin is a step argument, so it lands in workflow history and the audit trail
+JSON_MAX_DEPTH = 32  # `parse: json`: nesting accepted in stdout
+STDOUT_IN_MESSAGE = 200  # characters of stdout quoted when it is not JSON
 DRAIN_AFTER_EXIT = 1.0  # seconds to collect output once the group is gone
 EXIT_POLL = 0.02  # seconds between looks at the leader's exit status
 
@@ -62,6 +66,21 @@ class ShellRunParams(ActionParams):
         le=MAX_OUTPUT,
         description="Bytes kept per stream: the start of stdout, the end of stderr (where errors are).",
     )
+    stdin: str | None = Field(
+        None, description=f"Text written to the command's standard input (UTF-8, at most {MAX_STDIN} bytes); "
+        "without it the command reads an empty input.",
+    )
+    parse: Literal["json"] | None = Field(
+        None, description="json: stdout must be one JSON document, given to later steps as output.json; "
+        "stdout that is not JSON, or was cut at output_limit, fails the step.",
+    )
+
+    @field_validator("stdin")
+    @classmethod
+    def _stdin_size(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) > MAX_STDIN:
+            raise ValueError(f"stdin: {len(value.encode())} bytes, more than {MAX_STDIN}")
+        return value
 
     @field_validator("argv", mode="before")
     @classmethod
@@ -155,7 +174,7 @@ class ShellActions:
             asyncio.create_subprocess_exec(
                 *params.argv,
                 executable=program,  # the resolved path: a PATH in `env` cannot redirect it
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.DEVNULL if params.stdin is None else asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=params.cwd,
@@ -179,7 +198,8 @@ class ShellActions:
         assert proc.stdout is not None and proc.stderr is not None
 
         stdout, stderr = _Capture(params.output_limit, "head"), _Capture(params.output_limit, "tail")
-        readers = asyncio.gather(stdout.read(proc.stdout), stderr.read(proc.stderr))
+        feeding = [_feed(proc.stdin, params.stdin.encode())] if proc.stdin is not None and params.stdin is not None else []
+        readers = asyncio.gather(stdout.read(proc.stdout), stderr.read(proc.stderr), *feeding)
         try:
             try:
                 async with asyncio.timeout(params.timeout.total_seconds()):
@@ -207,6 +227,8 @@ class ShellActions:
         log.info("shell command finished", executable=name, exit_code=code, duration_ms=output["duration_ms"])
         if code != 0:
             raise ActionFailed(f"shell.run: {name} {_how_it_ended(code)}: {_tail(output['stderr'])}", output=output)
+        if params.parse == "json":
+            output["json"] = _parsed(name, output, params.output_limit)
         return output
 
     def _resolve(self, name: str) -> str:
@@ -258,6 +280,36 @@ async def _exited(proc: asyncio.subprocess.Process) -> int:
     while proc.returncode is None:
         await asyncio.sleep(EXIT_POLL)
     return proc.returncode
+
+
+async def _feed(pipe: asyncio.StreamWriter, data: bytes) -> None:
+    """Write stdin and close it, beside the readers (a command that writes before it reads must not
+    block on a full pipe); a command that exits or closes stdin without reading it all is its business."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        pipe.write(data)
+        await pipe.drain()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        pipe.close()
+        await pipe.wait_closed()
+
+
+def _parsed(name: str, output: dict[str, Any], limit: int) -> Any:
+    """`parse: json`: stdout as one JSON value. Not JSON is a permanent failure (running the command
+    again would print the same); the message quotes only the start of stdout."""
+    if output["stdout_truncated"]:
+        raise ActionFailed(
+            f"shell.run: parse: json: {name} wrote more than output_limit ({limit} bytes) to stdout, so it was cut "
+            f"and is not whole JSON; raise output_limit (at most {MAX_OUTPUT}) or make the command print less",
+            retryable=False, output=output,
+        )
+    try:
+        return loads_bounded(output["stdout"], MAX_OUTPUT, JSON_MAX_DEPTH)
+    except FilterError as exc:
+        text = output["stdout"].strip()
+        start = text[:STDOUT_IN_MESSAGE] + ("…" if len(text) > STDOUT_IN_MESSAGE else "")
+        shown = f"stdout starts {start!r}" if text else "stdout is empty"
+        raise ActionFailed(f"shell.run: parse: json: {name}'s stdout is {exc}; {shown}", retryable=False,
+                           output=output) from None
 
 
 def _output(code: int | None, stdout: _Capture, stderr: _Capture, started: float) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from bot.alerts.matchers import MatcherError, parse_matchers
 from bot.actions.base import ACTIONS, ActionSpec
-from bot.playbook.model import Compensation, Fallback, ParallelGroup, Playbook, RetryPolicy, Step
+from bot.playbook.model import Compensation, Fallback, ParallelGroup, ParamSpec, Playbook, RetryPolicy, Step
 from bot.playbook.params import coerce_value, unknown_param_message
 from bot.playbook.reach import sink_problems, unknown_var_message, vars_problems
 from bot.playbook.templating import ENV, MARKER_CHARS, SECRET_NAME, SECRET_REF, is_template, texts_at
@@ -139,20 +139,29 @@ class _Checker:
             if not name.isidentifier():
                 self.add(loc, f"params: param name {name!r} must be an identifier (letters, digits, _) "
                          "so templates can read params.<name>")
-            if spec.pattern is not None and spec.type != "string":
-                self.add(loc + ("pattern",), f"params.{name}.pattern: only string params can have a pattern")
-            for k, option in enumerate(spec.enum or []):
-                try:
-                    coerce_value(name, spec.model_copy(update={"enum": None, "pattern": None}), option)
-                except ValueError as exc:
-                    self.add(loc + ("enum", k), f"params.{name}.enum[{k}]: {exc}")
-            if spec.default is not None:
-                if spec.required:
-                    self.add(loc + ("required",), f"params.{name}: required: true makes the default unused")
-                try:
-                    coerce_value(name, spec, spec.default)
-                except ValueError as exc:
-                    self.add(loc + ("default",), f"params.{name}.default: {exc}")
+            self.check_spec(name, spec, loc, f"params.{name}")
+
+    def check_spec(self, name: str, spec: ParamSpec, loc: Loc, label: str) -> None:
+        """One param's declaration and, for arrays and objects, every nested one: a rule that no value
+        could meet, or a default its own spec refuses, is caught here rather than at the first run."""
+        if spec.pattern is not None and spec.type != "string":
+            self.add(loc + ("pattern",), f"{label}.pattern: only string params can have a pattern")
+        for k, option in enumerate(spec.enum or []):
+            try:
+                coerce_value(name, spec.model_copy(update={"enum": None, "pattern": None}), option)
+            except ValueError as exc:
+                self.add(loc + ("enum", k), f"{label}.enum[{k}]: {exc}")
+        if spec.items is not None:
+            self.check_spec(f"{name}[]", spec.items, loc + ("items",), f"{label}.items")
+        for key, prop in (spec.properties or {}).items():
+            self.check_spec(f"{name}.{key}", prop, loc + ("properties", key), f"{label}.properties.{key}")
+        if spec.default is not None:
+            if spec.required:
+                self.add(loc + ("required",), f"{label}: required: true makes the default unused")
+            try:
+                coerce_value(name, spec, spec.default)
+            except ValueError as exc:
+                self.add(loc + ("default",), f"{label}.default: {exc}")
 
     def check_triggers(self) -> None:
         declared = self.playbook.params

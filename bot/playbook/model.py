@@ -37,15 +37,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
-class ParamSpec(_Strict):
-    """A typed input; CLI, Slack and alert params are coerced and checked against it."""
+# Hard caps on structured params, whatever a playbook declares: values come from requesters and
+# alerts (hostile), land in workflow history and in every policy input.
+PARAM_MAX_ITEMS = 1000  # items in one array
+PARAM_MAX_KEYS = 100  # keys in one object
+PARAM_MAX_DEPTH = 6  # arrays/objects nested in one param value (and in its declaration)
+PARAM_MAX_BYTES = 64 * 1024  # one array/object param, as JSON text (given or after typing)
+PARAM_MAX_NODES = 10_000  # values (items, properties, scalars) in one param value
 
-    type: Literal["string", "integer", "number", "boolean"] = "string"
+SCALAR_TYPES = ("string", "integer", "number", "boolean")
+
+
+def _unused(value: Any) -> bool:
+    """A v1.1 field left at its default: omitted from dumps, so v1 snapshots keep their hash."""
+    return value is None or value is False or value == [] or value == "fail"
+
+
+class ParamSpec(_Strict):
+    """A typed input; CLI, Slack and alert params are coerced and checked against it. `array` and
+    `object` nest specs (`items`, `properties`), bounded by the PARAM_MAX_* caps."""
+
+    type: Literal["string", "integer", "number", "boolean", "array", "object"] = "string"
     description: str = ""
     enum: list[Any] | None = None
     pattern: str | None = None
     default: Any = None
     required: bool | None = Field(None, description="Defaults to true when no default is given.")
+    items: ParamSpec | None = Field(None, exclude_if=_unused, description="type: array: the spec every item must meet.")
+    min_items: int | None = Field(None, exclude_if=_unused, ge=0, le=PARAM_MAX_ITEMS)
+    max_items: int | None = Field(None, exclude_if=_unused, ge=0, le=PARAM_MAX_ITEMS, description=f"At most {PARAM_MAX_ITEMS} whatever it says.")
+    properties: dict[str, ParamSpec] | None = Field(
+        None, exclude_if=_unused, description="type: object: its keys and their specs; a property is required unless it has a default "
+        "or says required: false.",
+    )
+    additional_properties: bool | None = Field(
+        None, exclude_if=_unused, description="type: object: whether keys not under properties are accepted (as any JSON value); "
+        "default false.",
+    )
 
     @property
     def is_required(self) -> bool:
@@ -61,6 +89,50 @@ class ParamSpec(_Strict):
                 raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from exc
         return value
 
+    @field_validator("properties")
+    @classmethod
+    def _property_names(cls, value: dict[str, ParamSpec] | None) -> dict[str, ParamSpec] | None:
+        if value is not None:
+            if len(value) > PARAM_MAX_KEYS:
+                raise ValueError(f"at most {PARAM_MAX_KEYS} properties")
+            for name in value:
+                if not re.match(VAR_NAME_PATTERN, name):
+                    raise ValueError(f"property name {name!r} must be an identifier (letters, digits, _) "
+                                     "so templates can read it as .name")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> ParamSpec:
+        """Each keyword where its type gives it a meaning, and a declaration nested no deeper than values may be."""
+        if self.type == "array":
+            if self.items is None:
+                raise ValueError("type: array needs items: the spec of every item, e.g. items: {type: string}")
+            if self.min_items is not None and self.max_items is not None and self.min_items > self.max_items:
+                raise ValueError(f"min_items ({self.min_items}) is more than max_items ({self.max_items})")
+        else:
+            for key in ("items", "min_items", "max_items"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is only for type: array (this param is type: {self.type})")
+        if self.type != "object":
+            if self.properties is not None or self.additional_properties is not None:
+                key = "properties" if self.properties is not None else "additional_properties"
+                raise ValueError(f"{key} is only for type: object (this param is type: {self.type})")
+        if self.type in ("array", "object") and self.enum is not None:
+            raise ValueError(f"enum is only for string, integer, number and boolean params (this one is type: "
+                             f"{self.type}; put an enum on its items or properties)")
+        if self.items is not None and (self.items.default is not None or self.items.required is not None):
+            raise ValueError("items: default and required have no meaning for an item (set them on the array)")
+        if self.depth() > PARAM_MAX_DEPTH:
+            raise ValueError(f"arrays and objects are nested more than {PARAM_MAX_DEPTH} deep")
+        return self
+
+    def depth(self) -> int:
+        """Levels of arrays/objects this spec nests (a scalar is 0, an array of strings 1)."""
+        inner = [self.items] if self.items is not None else []
+        inner += list((self.properties or {}).values())
+        own = 1 if self.type in ("array", "object") else 0
+        return own + max((spec.depth() for spec in inner), default=0)
+
 
 class RetryPolicy(_Strict):
     max_attempts: int = Field(3, ge=1, le=100)
@@ -71,11 +143,6 @@ class RetryPolicy(_Strict):
 
 DEFAULT_RETRY = RetryPolicy()
 DEFAULT_TIMEOUT = timedelta(minutes=5)
-
-
-def _unused(value: Any) -> bool:
-    """A v1.1 field left at its default: omitted from dumps, so v1 snapshots keep their hash."""
-    return value is None or value is False or value == [] or value == "fail"
 
 
 class Compensation(_Strict):

@@ -48,13 +48,14 @@ def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) 
         tree = ENV.parse(source)
     except TemplateSyntaxError:
         return []  # reported by the template checks
-    strings = {name for name, spec in params.items() if spec.type == "string"}
+    texts = _text_specs(params)
+    strings = set(texts)
     read = _params_read(tree, strings)
     first = _leading(tree)
     starting = _params_read(first, strings) if first is not None else set()
     out = []
     for name in sorted(read):
-        spec = params[name]
+        spec = texts[name]
         if name in starting and kind == "URL":
             if spec.enum is None:
                 out.append((where, f"param {name!r} can start this URL, so whoever starts the run could choose "
@@ -70,6 +71,18 @@ def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) 
         elif spec.enum is None and spec.pattern is None:
             out.append((where, f"string param {name!r} goes into this {kind} unchecked; give it a pattern "
                         f"(e.g. {SAFE_PATTERN}) or an enum", True))
+    return out
+
+
+def _text_specs(params: Mapping[str, ParamSpec]) -> dict[str, ParamSpec]:
+    """The params whose text can reach a sink, with the spec that guards it: a string param's own,
+    an array of strings' `items` (any item, or all of them joined, can land there)."""
+    out: dict[str, ParamSpec] = {}
+    for name, spec in params.items():
+        if spec.type == "string":
+            out[name] = spec
+        elif spec.type == "array" and spec.items is not None and spec.items.type == "string":
+            out[name] = spec.items
     return out
 
 

@@ -10,6 +10,7 @@ import json
 from datetime import timedelta
 from typing import Any, Iterable
 
+from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 
 from bot.playbook.checks import registered_actions
@@ -18,6 +19,8 @@ from bot.playbook.model import Playbook
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID = "urn:playbook-bot:schema:playbook:v1"
+TEMPLATE = {"type": "string", "pattern": "\\{\\{|\\{%", "description": "A template; its value is checked once it renders."}
+TEMPLATE_REF = "#/$defs/Template"
 
 
 class _Generator(GenerateJsonSchema):
@@ -39,10 +42,21 @@ def playbook_json_schema(action_names: Iterable[str] | None = None) -> dict[str,
     body = Playbook.model_json_schema(by_alias=True, mode="validation", schema_generator=_Generator)
     names = sorted(action_names) if action_names is not None else shipped_action_names()
     if names:  # an empty enum would refuse every playbook: leave `action` a plain string then
+        specs = registered_actions()
+        arguments = [_with_rule(name, specs[name].params) for name in names if name in specs]
         for model in ("Step", "Compensation", "Fallback"):
             prop = body["$defs"][model]["properties"]["action"]
             prop["enum"] = names
             prop.setdefault("description", "A registered action; `playbook-bot validate` also checks its `with` keys.")
+            if arguments:
+                body["$defs"][model]["allOf"] = arguments
+        if arguments:
+            body["$defs"]["Template"] = TEMPLATE
+    body["$defs"]["ParamSpec"]["allOf"] = [  # what ParamSpec's own validator insists on, for editors
+        {"if": {"properties": {"type": {"const": "array"}}, "required": ["type"]}, "then": {"required": ["items"]}},
+        {"if": {"properties": {"type": {"enum": ["array", "object"]}}, "required": ["type"]},
+         "then": {"not": {"required": ["enum"]}}},
+    ]
     return {
         "$schema": SCHEMA_DIALECT,
         "$id": SCHEMA_ID,
@@ -50,6 +64,49 @@ def playbook_json_schema(action_names: Iterable[str] | None = None) -> dict[str,
         "title": "playbook-bot playbook (v1)",
         "description": "An incident-response playbook: typed params, alert triggers and steps run as a saga.",
     }
+
+
+def _with_rule(name: str, params: type[BaseModel]) -> dict[str, Any]:
+    """`with` for one action: its keys with their types and descriptions, where any value may also be
+    a template (checked when it renders), so editors flag a misspelt key or a literal of the wrong type."""
+    schema = params.model_json_schema(by_alias=True, mode="validation", schema_generator=_Generator)
+    properties = {key: _templatable(prop) for key, prop in schema.get("properties", {}).items()}
+    rule: dict[str, Any] = {"type": "object", "properties": properties}
+    if schema.get("additionalProperties") is False:
+        rule["additionalProperties"] = False
+    if schema.get("required"):
+        rule["required"] = schema["required"]
+    return {
+        "if": {"properties": {"action": {"const": name}}, "required": ["action"]},
+        "then": {"properties": {"with": rule}},
+    }
+
+
+_ANNOTATIONS = ("title", "description", "default", "examples")
+
+
+def _templatable(schema: dict[str, Any]) -> dict[str, Any]:
+    """A value schema where the value, and every value inside it, may instead be a template string."""
+    if "$ref" in schema or not schema:
+        return {key: schema[key] for key in _ANNOTATIONS if key in schema}  # nested models: validate checks them
+    inner = _inner(schema)
+    annotations = {key: item for key, item in inner.items() if key in _ANNOTATIONS}
+    value = {key: item for key, item in inner.items() if key not in _ANNOTATIONS}
+    options = value.pop("anyOf") if list(value) == ["anyOf"] else [value]
+    return {**annotations, "anyOf": [*options, {"$ref": TEMPLATE_REF}]}
+
+
+def _inner(schema: dict[str, Any]) -> dict[str, Any]:
+    out = dict(schema)
+    if "anyOf" in out:
+        out["anyOf"] = [_inner(option) if "$ref" not in option else {} for option in out["anyOf"]]
+    if isinstance(out.get("items"), dict):
+        out["items"] = _templatable(out["items"])
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _templatable(out["additionalProperties"])
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {key: _templatable(prop) for key, prop in out["properties"].items()}
+    return out
 
 
 def schema_text(action_names: Iterable[str] | None = None) -> str:

@@ -18,6 +18,8 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from bot.playbook import data
+
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_REF = re.compile(r"\$\{secret:([A-Za-z_][A-Za-z0-9_]*)\}")  # display text only: it resolves nothing
 MARK_OPEN, MARK_CLOSE = "\ue000", "\ue001"  # private use: reserved for markers, never in data or playbooks
@@ -141,6 +143,16 @@ def _env() -> ImmutableSandboxedEnvironment:
     for name in ("lipsum", "cycler", "joiner"):
         env.globals.pop(name, None)
     env.filters.pop("random", None)
+    # Data filters (bot/playbook/data.py). What decodes data into new strings is made inert, so no
+    # JSON escape or base64 can spell a secret reference.
+    env.filters.update({
+        "tojson": data.tojson,
+        "fromjson": lambda text: inert(data.fromjson(text)),
+        "b64encode": data.b64encode,
+        "b64decode": lambda text: inert(data.b64decode(text)),
+        "sha256": data.sha256,
+        "quantity": data.quantity,
+    })
     return env
 
 
@@ -192,7 +204,7 @@ def _render(value: Any, context: dict[str, Any]) -> Any:
             result = _compile(value)(context)
         except TemplateSyntaxError as exc:
             raise TemplateError(f"template {value!r} has a syntax error: {exc.message}") from exc
-        except (UndefinedError, SecurityError, TemplateError) as exc:
+        except (UndefinedError, SecurityError, TemplateError, data.FilterError) as exc:
             raise TemplateError(f"template {value!r}: {exc}") from exc
         except Exception as exc:  # a template can raise anything (1/0, bad filter args)
             raise TemplateError(f"template {value!r} failed: {type(exc).__name__}: {exc}") from exc

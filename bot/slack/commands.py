@@ -51,6 +51,8 @@ COMMAND = "/playbook"
 MESSAGE_LIMIT = 3000
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
 _SMART_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})
+_JSON_ASSIGNMENT = re.compile(r"(?:(?<=\s)|^)[A-Za-z_][A-Za-z0-9_]*=(?=[\[{])")  # `hosts=[` at a word's start
+_JSON = json.JSONDecoder()
 
 HELP = f"""*{COMMAND}* runs incident playbooks.
 • `{COMMAND} list`: the playbooks and their params
@@ -73,10 +75,29 @@ def slack_run_id(playbook: str, trigger_id: str) -> str:
 
 
 def split_args(text: str) -> list[str]:
-    """Shell-like words (quotes group `reason="two words"`); Slack's curly quotes count as quotes."""
+    """Shell-like words (quotes group `reason="two words"`); Slack's curly quotes count as quotes.
+    A `key=` followed by a JSON array or object (`hosts=["a","b"]`) is one word kept as written:
+    shell quoting would strip the JSON's own double quotes."""
     text = text.translate(_SMART_QUOTES)
+    words: list[str] = []
+    pos = 0
     try:
-        return shlex.split(text)
+        for match in _JSON_ASSIGNMENT.finditer(text):
+            if match.start() < pos:
+                continue
+            try:
+                before = shlex.split(text[pos : match.start()])
+            except ValueError:
+                continue  # inside a quoted word: part of it, not a word of its own
+            try:
+                _, end = _JSON.raw_decode(text, match.end())
+            except (ValueError, RecursionError):
+                continue  # not JSON: shell rules read it (and params says what is wrong)
+            if end < len(text) and not text[end].isspace():
+                continue
+            words += [*before, text[match.start() : end]]
+            pos = end
+        return words + shlex.split(text[pos:])
     except ValueError:  # an unbalanced quote: plain words are still useful
         return text.split()
 
@@ -127,7 +148,7 @@ class PlaybookCommand:
         for name, loaded in catalog.items():
             pb = loaded.playbook
             params = ", ".join(
-                f"{p}" + ("" if spec.is_required else f"={spec.default}" if spec.default is not None else "?")
+                f"{p}" + ("" if spec.is_required else f"={_as_typed(spec.default)}" if spec.default is not None else "?")
                 for p, spec in pb.params.items()
             )
             line = f"• *{escape(name)}*" + (f": {escape(pb.summary)}" if pb.summary else "")
@@ -358,6 +379,11 @@ def _when(when: str | None, context: dict[str, Any]) -> str:
 
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _as_typed(value: Any) -> str:
+    """A default as the user would type it: JSON for an array or object (copyable into the command)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
 
 
 async def _say(respond: Respond, text: str) -> None:

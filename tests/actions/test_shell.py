@@ -236,3 +236,93 @@ async def test_allowed_path_that_cannot_be_executed_is_refused(tmp_path, run_fai
 
     error = await run_failing("shell.run", {"argv": [str(garbage)]}, allowed)
     assert error.type == ACTION_REFUSED and error.non_retryable and f"cannot start {garbage}" in error.message
+
+
+# -- stdin and parse: json (format v1.1) -----------------------------------------------------------
+
+
+async def test_stdin_is_written_to_the_command(run_action) -> None:
+    result = await run_action("shell.run", {"argv": ["sh", "-c", "tr a-z A-Z"], "stdin": "héllo\n" * 3}, shell("sh"))
+    assert result.output["stdout"] == "HéLLO\n" * 3
+    result = await run_action("shell.run", {"argv": ["wc", "-c"], "stdin": "héllo\n" * 3}, shell("wc"))
+    assert int(result.output["stdout"]) == len(("héllo\n" * 3).encode())
+
+
+async def test_without_stdin_the_command_reads_nothing(run_action) -> None:
+    result = await run_action("shell.run", {"argv": ["sh", "-c", "cat; echo done"]}, shell("sh"))
+    assert result.output["stdout"] == "done\n"
+
+
+async def test_a_big_stdin_the_command_never_reads_does_not_hang(run_action) -> None:
+    from bot.actions.shell import MAX_STDIN
+
+    result = await run_action("shell.run", {"argv": ["sh", "-c", "echo ignored"], "stdin": "x" * MAX_STDIN}, shell("sh"))
+    assert result.output["stdout"] == "ignored\n"
+    # and one that reads it all while writing as much: no deadlock on full pipes
+    code = "import sys; data = sys.stdin.read(); sys.stdout.write(data); sys.stderr.write(data)"
+    result = await run_action("shell.run", {"argv": [PY, "-c", code], "stdin": "y" * MAX_STDIN,
+                                            "output_limit": MAX_STDIN}, shell(PY))
+    assert result.output["stdout"] == "y" * MAX_STDIN
+
+
+async def test_stdin_is_bounded(run_failing) -> None:
+    from bot.actions.shell import MAX_STDIN
+
+    error = await run_failing("shell.run", {"argv": ["cat"], "stdin": "é" * (MAX_STDIN // 2 + 1)}, shell("cat"))
+    assert error.type == INVALID_PARAMS and f"more than {MAX_STDIN}" in error.message
+    assert len(error.message) < 500
+
+
+async def test_secret_in_stdin_reaches_the_command_and_is_masked_in_output(run_action) -> None:
+    secrets = SecretStore(environ={"PLAYBOOK_BOT_SECRET_TOKEN": "tok-123"})
+    result = await run_action("shell.run", {"argv": ["cat"], "stdin": f"token={ref('TOKEN')}", "parse": None},
+                              shell("cat"), secrets=secrets)
+    assert result.output["stdout"] == f"token={MASK}"
+
+
+async def test_parse_json_puts_stdout_in_output_json(run_action) -> None:
+    result = await run_action(
+        "shell.run",
+        {"argv": ["sh", "-c", "cat"], "stdin": '{"items": [{"name": "web-1", "ready": true}], "n": 1.5}\n',
+         "parse": "json"},
+        shell("sh"),
+    )
+    assert result.output["json"] == {"items": [{"name": "web-1", "ready": True}], "n": 1.5}
+    assert result.output["exit_code"] == 0 and result.output["stdout"].startswith('{"items"')
+
+
+@pytest.mark.parametrize(
+    ("stdin", "says"),
+    [
+        ("not json at all " * 100, "stdout is not valid JSON: Expecting value at line 1 column 1; stdout starts 'not json"),
+        ("", "stdout is not valid JSON: Expecting value at line 1 column 1; stdout is empty"),
+        ('{"a": 1} {"b": 2}', "not valid JSON: Extra data"),
+        ("[" * 10_000 + "]" * 10_000, "nested more than 32 deep"),
+        ("[NaN]", "NaN is not a JSON number"),
+    ],
+)
+async def test_stdout_that_is_not_json_fails_the_step_permanently(run_failing, stdin: str, says: str) -> None:
+    error = await run_failing("shell.run", {"argv": ["cat"], "stdin": stdin, "parse": "json"}, shell("cat"))
+    assert error.type == ACTION_FAILED and error.non_retryable
+    assert error.message.startswith("shell.run: parse: json: cat's ") and says in error.message, error.message
+    assert len(error.message) < 400, "the message quotes only the start of stdout"
+    assert error.details[0]["output"]["exit_code"] == 0
+
+
+async def test_huge_json_on_stdout_is_cut_and_refused_without_echoing_it(run_failing) -> None:
+    code = "import json, sys; sys.stdout.write(json.dumps(['x' * 1000] * 10_000))"  # ~10 MB
+    error = await run_failing("shell.run", {"argv": [PY, "-c", code], "parse": "json"}, shell(PY))
+    assert error.type == ACTION_FAILED and error.non_retryable
+    assert "wrote more than output_limit (65536 bytes) to stdout" in error.message and len(error.message) < 400
+    output = error.details[0]["output"]
+    assert output["stdout_truncated"] and len(output["stdout"]) == 65536 and "json" not in output
+
+
+async def test_a_failed_command_with_parse_json_fails_for_its_exit_code(run_failing) -> None:
+    error = await run_failing("shell.run", {"argv": ["sh", "-c", "echo '{}'; exit 2"], "parse": "json"}, shell("sh"))
+    assert error.message.startswith("shell.run: sh exited with code 2") and not error.non_retryable
+
+
+async def test_parse_takes_only_json(run_failing) -> None:
+    error = await run_failing("shell.run", {"argv": ["cat"], "parse": "yaml"}, shell("cat"))
+    assert error.type == INVALID_PARAMS and "parse" in error.message
