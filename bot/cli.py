@@ -1,6 +1,6 @@
-"""The only entry point: `playbook-bot dev|worker|serve|run|status|cancel|approve|reject|validate|schema`.
+"""The only entry point: `playbook-bot dev|worker|serve|run|status|cancel|approve|reject|confirm|validate|schema`.
 
-With PLAYBOOK_BOT_API_URL set, `run`, `status`, `cancel`, `approve` and `reject` go through the front
+With PLAYBOOK_BOT_API_URL set, `run`, `status`, `cancel`, `approve`, `reject` and `confirm` go through the front
 door's API as the token's principal (bot/api/client.py); otherwise straight to Temporal.
 Every refusal or failure is one line on stderr and a non-zero exit. The process leaves through
 `os._exit` after flushing, because temporalio can crash in interpreter teardown after a worker
@@ -28,8 +28,8 @@ from bot.api.client import ApiClient, ApiClientError
 from bot.audit.cli import app as audit_app
 from bot.console import progress_lines, status_table
 from bot.devstack import DevServerError
-from bot.engine.runs import RunError, cancel_run, check_start, get_status, start_run, vote
-from bot.engine.state import RunStatus, TriggerContext, VoteRequest
+from bot.engine.runs import RunError, cancel_run, check_start, confirm as confirm_step, get_status, start_run, vote
+from bot.engine.state import ConfirmRequest, RunStatus, TriggerContext, VoteRequest
 from bot.identity import principals
 from bot.identity.cli import app as token_app
 from bot.identity.keys import cli_keyring
@@ -345,6 +345,29 @@ def reject(
 ) -> None:
     """Reject a step waiting for approval: the run rolls back."""
     _vote(run_id, step_id, by, reason, "reject")
+
+
+@app.command()
+def confirm(
+    run_id: str = typer.Argument(...),
+    step_id: str = typer.Argument(...),
+    answer: str = typer.Argument(..., help="One of the step's choices, or the value its input: asks for."),
+    by: Optional[str] = typer.Option(None, "--by", help="Who answers (default cli:<os user>)."),
+    reason: str = typer.Option("", "--reason"),
+) -> None:
+    """Answer a core.confirm step waiting for a human (to decline it, `reject` the step)."""
+    settings = _settings()
+    api = _api(settings, by)
+
+    async def go() -> Any:
+        if api is not None:
+            async with api:
+                return await api.confirm(run_id, step_id, answer, reason)
+        actor, keyring = _actor(settings, by)
+        request = ConfirmRequest(step_id=step_id, user=actor.principal, answer=answer, reason=reason)
+        return await confirm_step(await connect(settings), run_id, request, actor, keyring)
+
+    print(_run(go).message)
 
 
 # ---- playbooks -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from bot.engine.state import RunStatus, VoteResult
+from bot.engine.state import ConfirmResult, RunStatus, VoteResult
 from bot.settings import ConfigError, Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -65,6 +65,11 @@ class ApiClient:
     async def vote(self, run_id: str, step: str, verdict: str, reason: str) -> VoteResult:
         body = {"step": step, "vote": verdict, "reason": reason}
         return _parsed(VoteResult, await self._call("POST", f"/runs/{_segment(run_id)}/approvals", body))
+
+    async def confirm(self, run_id: str, step: str, answer: str, reason: str) -> ConfirmResult:
+        """The answer goes as `choice`; the workflow reads it against the step's choices or input alike."""
+        body = {"step": step, "choice": answer, "reason": reason}
+        return _parsed(ConfirmResult, await self._call("POST", f"/runs/{_segment(run_id)}/confirmations", body))
 
     async def cancel(self, run_id: str, reason: str) -> dict[str, Any]:
         return await self._call("POST", f"/runs/{_segment(run_id)}/cancel", {"reason": reason})

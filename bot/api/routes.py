@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Literal, TypeVar, get_args
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -33,6 +33,7 @@ from bot.engine.runs import (
     RunError,
     cancel_run,
     check_start,
+    confirm,
     get_status,
     start_run,
     vote,
@@ -41,6 +42,7 @@ from bot.engine.runs import (
 from bot.engine.state import (
     FINAL_RUN_STATES,
     RunState,
+    ConfirmRequest,
     RunStatus,
     TriggerContext,
     VoteRequest,
@@ -79,6 +81,26 @@ class VoteBody(_Body):
     step: str = Field(min_length=1, max_length=200)
     vote: Literal["approve", "reject"]
     reason: str = Field("", max_length=MAX_TEXT)
+
+
+class ConfirmBody(_Body):
+    """An answer to a core.confirm step: `choice` (one of its choices) or `value` (its input:)."""
+
+    step: str = Field(min_length=1, max_length=200)
+    choice: str | None = Field(None, max_length=MAX_TEXT)
+    value: str | int | float | None = None
+    reason: str = Field("", max_length=MAX_TEXT)
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> ConfirmBody:
+        if (self.choice is None) == (self.value is None):
+            raise ValueError("give exactly one of choice (for a step with choices) or value (for a step with input:)")
+        return self
+
+    @property
+    def answer(self) -> str:
+        text = self.choice if self.choice is not None else self.value
+        return text if isinstance(text, str) else json.dumps(text)
 
 
 class CancelBody(_Body):
@@ -123,6 +145,7 @@ class RunsApi:
             ("/runs", "GET", "list", self.list_runs),
             ("/runs/{run_id}", "GET", "status", self.get_run),
             ("/runs/{run_id}/approvals", "POST", "vote", self.post_vote),
+            ("/runs/{run_id}/confirmations", "POST", "confirm", self.post_confirm),
             ("/runs/{run_id}/cancel", "POST", "cancel", self.post_cancel),
         ]
         for path, method, operation, handler in routes:
@@ -313,6 +336,12 @@ class RunsApi:
         body = await self._body(request, VoteBody)
         asked = VoteRequest(step_id=body.step, user=actor.principal, vote=body.vote, reason=body.reason)
         result = await vote(self.deps.client, request.path_params["run_id"], asked, actor, self.deps.keyring)
+        return JSONResponse(result.model_dump(mode="json"))
+
+    async def post_confirm(self, request: Request, actor: Actor) -> JSONResponse:
+        body = await self._body(request, ConfirmBody)
+        asked = ConfirmRequest(step_id=body.step, user=actor.principal, answer=body.answer, reason=body.reason)
+        result = await confirm(self.deps.client, request.path_params["run_id"], asked, actor, self.deps.keyring)
         return JSONResponse(result.model_dump(mode="json"))
 
     async def post_cancel(self, request: Request, actor: Actor) -> JSONResponse:

@@ -9,16 +9,17 @@ approve her own run from another login nor meet a quorum of two alone.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable, Union
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from bot.engine.state import RunStatus, StepStatus, Vote, VoteRequest, VoteResult
+    from bot.engine.state import ConfirmRequest, RunStatus, StepStatus, Vote, VoteRequest, VoteResult
     from bot.policy.models import ActorVerdict
 
 VOTE_REFUSED = "VoteRefused"
+CONFIRM_ACTION = "core.confirm"  # its answers are confirm updates; a vote on it can only reject
 
 
 class VoteRefused(ApplicationError):
@@ -30,7 +31,8 @@ class VoteRefused(ApplicationError):
         super().__init__(message, {"code": code, "rule": rule}, type=VOTE_REFUSED, non_retryable=True)
 
 
-ApproverCheck = Callable[[VoteRequest], Awaitable[ActorVerdict]]
+Ask = Union[VoteRequest, ConfirmRequest]
+ApproverCheck = Callable[[Any], Awaitable[ActorVerdict]]
 
 
 class ApprovalBook:
@@ -59,7 +61,7 @@ class ApprovalBook:
     def rejected_by(self, step_id: str) -> Vote | None:
         return next((v for v in self._status.step(step_id).approvals if v.vote == "reject"), None)
 
-    def validate(self, request: VoteRequest) -> None:
+    def validate(self, request: Ask) -> None:
         """Refuse what can be refused without asking policy; nothing is recorded on refusal."""
         try:
             st = self._status.step(request.step_id)
@@ -67,9 +69,22 @@ class ApprovalBook:
             raise VoteRefused(
                 f"run {self._status.run_id} has no step {request.step_id!r}", "not_found", "unknown_step"
             ) from None
-        if st.state != "waiting_approval":
+        answering = isinstance(request, ConfirmRequest)
+        if answering and st.action != CONFIRM_ACTION:
             raise VoteRefused(
-                f"step {request.step_id!r} is not waiting for approval (it is {st.state})", "conflict", "step_state"
+                f"step {request.step_id!r} is a {st.action} step, not core.confirm: approve or reject it instead",
+                "conflict", "step_kind",
+            )
+        if not answering and st.action == CONFIRM_ACTION and request.vote == "approve":
+            raise VoteRefused(
+                f"step {request.step_id!r} asks for an answer, not an approval: answer it with "
+                f"`playbook-bot confirm RUN {request.step_id} CHOICE` (or reject it)",
+                "invalid", "step_kind",
+            )
+        if st.state != "waiting_approval":
+            waiting = "an answer" if st.action == CONFIRM_ACTION else "approval"
+            raise VoteRefused(
+                f"step {request.step_id!r} is not waiting for {waiting} (it is {st.state})", "conflict", "step_state"
             )
         if self.decided(request.step_id):  # decided by a vote in this same moment: later ones are refused
             raise VoteRefused(f"step {request.step_id!r} has already been decided", "conflict", "step_state")
@@ -83,6 +98,23 @@ class ApprovalBook:
             )
 
     async def cast(self, request: VoteRequest, check: ApproverCheck) -> tuple[VoteResult, Vote]:
+        vote = await self._admit(request, request.vote, check)
+        st = self._status.step(request.step_id)
+        count, needed = self.approvals(st), self.needed(request.step_id)
+        verb = "rejected" if request.vote == "reject" else f"approved ({count}/{needed})"
+        result = VoteResult(
+            step_id=st.id, step_state=st.state, approvals=count, needed=needed, message=f"{request.user} {verb}"
+        )
+        return result, vote
+
+    async def answer(self, request: ConfirmRequest, answer: str | int | float, check: ApproverCheck) -> Vote:
+        """A core.confirm answer (already checked against the step's choices or input): the same
+        four-eyes, one-per-person and `approver` rule as a vote; it decides the step."""
+        return await self._admit(request, "approve", check, answer)
+
+    async def _admit(
+        self, request: Ask, verdict_vote: str, check: ApproverCheck, answer: str | int | float | None = None
+    ) -> Vote:
         self.validate(request)
         key = (request.step_id, request.user)
         self._in_flight.add(key)
@@ -92,7 +124,8 @@ class ApprovalBook:
             self._in_flight.discard(key)
         if not verdict.allow:
             reasons = "; ".join(verdict.reasons) or "the approver policy refused"
-            raise VoteRefused(f"{request.user} may not approve step {request.step_id!r}: {reasons}")
+            verb = "answer" if isinstance(request, ConfirmRequest) else "approve"
+            raise VoteRefused(f"{request.user} may not {verb} step {request.step_id!r}: {reasons}")
         person = verdict.person or request.user
         self.validate(request)  # the step may have been decided while policy was asked
         if person == self.requester_person:
@@ -112,17 +145,13 @@ class ApprovalBook:
         vote = Vote(
             user=request.user,
             name=request.name or str(user.get("name") or ""),
-            vote=request.vote,
+            vote=verdict_vote,  # type: ignore[arg-type]
             at=workflow.now(),
             reason=request.reason,
             groups=list(user.get("groups") or []),
             person=person,
             verified=bool(user.get("verified")),
+            answer=answer,
         )
         st.approvals.append(vote)
-        count, needed = self.approvals(st), self.needed(request.step_id)
-        verb = "rejected" if request.vote == "reject" else f"approved ({count}/{needed})"
-        result = VoteResult(
-            step_id=st.id, step_state=st.state, approvals=count, needed=needed, message=f"{request.user} {verb}"
-        )
-        return result, vote
+        return vote

@@ -14,10 +14,21 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from bot.engine.locking import LockKeyError, render_lock_key
 from bot.engine.locks import busy_holder
-from bot.engine.state import TriggerKind, CancelRequest, CancelResult, RunInput, RunStatus, TriggerContext, VoteRequest, VoteResult
+from bot.engine.state import (
+    CancelRequest,
+    CancelResult,
+    ConfirmRequest,
+    ConfirmResult,
+    RunInput,
+    RunStatus,
+    TriggerContext,
+    TriggerKind,
+    VoteRequest,
+    VoteResult,
+)
 from bot.engine.workflow import CANCEL_DUPLICATE, CANCEL_UNSUPPORTED, PlaybookRun
 from bot.identity.principals import Actor
-from bot.identity.proofs import Keyring, cancel_content, start_content, vote_content
+from bot.identity.proofs import Keyring, cancel_content, confirm_content, start_content, vote_content
 from bot.playbook.loader import Catalog, LoadedPlaybook, UnknownPlaybook
 from bot.policy.engine import PolicyEngine
 from bot.policy.inputs import policy_input, provenance
@@ -277,6 +288,37 @@ async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, 
     except RPCError as exc:
         await _ended_meanwhile(client, run_id, "vote on")
         raise RunError(f"vote not recorded: {exc.message}", "unavailable") from None
+
+
+async def confirm(
+    client: Client, run_id: str, request: ConfirmRequest, actor: Actor, keyring: Keyring
+) -> ConfirmResult:
+    """Answer a core.confirm step as `actor` (its proof covers the exact answer); the workflow
+    refuses an answer outside the step's choices or input (audited), then checks it as a vote."""
+    request = request.model_copy(
+        update={
+            "user": actor.principal,
+            "name": request.name or actor.name,
+            "groups": list(actor.groups),
+            "proof": keyring.sign(
+                "confirm", run_id, actor, confirm_content(request.step_id, request.answer, request.reason)
+            ),
+        }
+    )
+    status = await get_status(client, run_id)
+    if status.finished:
+        raise RunError(
+            f"run {run_id!r} has already ended ({status.state}): nothing to answer", "conflict", "run_state"
+        )
+    try:
+        return await client.get_workflow_handle(run_id).execute_update(
+            PlaybookRun.confirm, request, rpc_timeout=timedelta(seconds=30)
+        )
+    except WorkflowUpdateFailedError as exc:
+        raise _refused(exc.cause) from None
+    except RPCError as exc:
+        await _ended_meanwhile(client, run_id, "answer")
+        raise RunError(f"answer not recorded: {exc.message}", "unavailable") from None
 
 
 async def _ended_meanwhile(client: Client, run_id: str, what: str) -> None:

@@ -63,6 +63,8 @@ class Vote(BaseModel):
     groups: list[str] = Field(default_factory=list)
     person: str = ""  # who that principal is, per policy (four-eyes and one vote per person compare these)
     verified: bool = False
+    # core.confirm: the answer given (a choice, or a typed value); absent on approval votes
+    answer: str | int | float | None = Field(None, exclude_if=lambda value: value is None)
 
 
 class FallbackStatus(BaseModel):
@@ -173,6 +175,26 @@ class VoteRequest(BaseModel):
     vote: Literal["approve", "reject"] = "approve"
     reason: str = ""
     proof: Proof | None = None
+
+
+class ConfirmRequest(BaseModel):
+    """An answer to a core.confirm step: `answer` is the choice picked (or the value typed for an
+    `input:` step). Who answers, as for votes, comes from `proof` alone."""
+
+    step_id: str
+    user: str
+    name: str = ""
+    groups: list[str] = Field(default_factory=list)
+    answer: str = Field(max_length=1000)
+    reason: str = Field("", max_length=1000)
+    proof: Proof | None = None
+
+
+class ConfirmResult(BaseModel):
+    step_id: str
+    step_state: StepState
+    answer: str | int | float
+    message: str
 
 
 class CancelRequest(BaseModel):

@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.actions.base import ActionInput, ActionResult
     from bot.audit.events import AuditEvent, EventKind
     from bot.audit.recorder import AuditBatch, event
-    from bot.actions.core import FailParams, SleepParams
+    from bot.actions.core import ApproveParams, ConfirmParams, FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
     from bot.engine.approvals import ApprovalBook, VoteRefused
     from bot.engine.locking import NOTICE_SIGNAL, RELEASE_SIGNAL, LockNotice, LockRelease, LockRequest, lock_workflow_id
@@ -30,6 +30,8 @@ with workflow.unsafe.imports_passed_through():
         CancelRequest,
         CancelResult,
         CompensationStatus,
+        ConfirmRequest,
+        ConfirmResult,
         FallbackStatus,
         Requester,
         RunInput,
@@ -38,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
         VoteRequest,
         VoteResult,
     )
-    from bot.identity.proofs import cancel_content, vote_content
+    from bot.identity.proofs import cancel_content, confirm_content, vote_content
     from bot.playbook.durations import format_duration, parse_duration
     from bot.policy.activities import Claim, PolicyRequest
     from bot.policy.inputs import policy_input, rfc3339
@@ -51,6 +53,9 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 DEFAULT_APPROVAL_TIMEOUT = "15m"
 SLEEP_ACTION = "core.sleep"
 FAIL_ACTION = "core.fail"  # v1.1: ends the run on purpose, in the workflow (no activity)
+APPROVE_ACTION = "core.approve"  # v1.1 human steps: answered by votes/answers in the workflow (no activity)
+CONFIRM_ACTION = "core.confirm"
+REFUSED_ANSWERS_AUDITED = 10  # per step: a client repeating bad answers cannot grow the record without bound
 ON_FAILURE_GROUP = "on_failure"  # StepStatus.group of the playbook-level on_failure steps
 AUDIT_PATCH = "audit-trail-v1"
 SLACK_PATCH = "slack-sync-v1"
@@ -189,6 +194,7 @@ class PlaybookRun:
         self._slack_lock = asyncio.Lock()  # one sync at a time: parallel steps must not post twice
         self._lock_key: str | None = None  # the run's concurrency key, as admission rendered it (v1.1)
         self._lock_answer: LockNotice | None = None  # granted or busy, from the key's lock workflow
+        self._refused_answers: dict[str, int] = {}  # core.confirm answers refused per step (v1.1)
 
     # ---- queries and updates -------------------------------------------------------------
 
@@ -246,6 +252,68 @@ class PlaybookRun:
     @vote.validator
     def _validate_vote(self, request: VoteRequest) -> None:
         self._approvals.validate(request)
+
+    @workflow.update
+    async def confirm(self, request: ConfirmRequest) -> ConfirmResult:
+        """An answer to a core.confirm step (v1.1): checked against the step's choices or input
+        first (a refusal names that rule and is audited), then as a vote is (four-eyes, one answer
+        per person, the `approver` rule); the accepted answer becomes the step's output."""
+        st = self._status.step(request.step_id)
+        spec = ConfirmParams.model_validate(st.args or {})  # the step validated these before it waited
+        rule = "choices" if spec.choices is not None else "input"
+        try:
+            answer = spec.answer(request.answer)
+        except ValueError as exc:
+            message = f"answer to step {request.step_id!r} refused by its {rule}: {exc}; nothing changed"
+            self._answer_refused(request, message, rule)
+            await self._flush_audit()
+            raise VoteRefused(message, "invalid", rule) from None
+        try:
+            vote = await self._approvals.answer(request, answer, self._check_approver)
+        except VoteRefused as exc:
+            self._answer_refused(request, exc.message, str((exc.details[0] or {}).get("rule", "approver")))
+            await self._flush_audit()
+            raise
+        message = f"{request.user} answered {answer!r}"
+        self._record(
+            request.step_id,
+            EventKind.approval_vote,
+            {
+                "vote": "confirm",
+                "answer": answer,
+                "user": vote.user,
+                "person": vote.person,
+                "verified": vote.verified,
+                "name": vote.name,
+                "groups": vote.groups,
+                "reason": vote.reason,
+                "accepted": True,
+                "message": message,
+                "waited_seconds": self._waited(request.step_id),
+            },
+            actor=vote.user,
+            key=vote.user,
+        )
+        await self._notify()
+        return ConfirmResult(step_id=st.id, step_state=st.state, answer=answer, message=message)
+
+    @confirm.validator
+    def _validate_confirm(self, request: ConfirmRequest) -> None:
+        self._approvals.validate(request)
+
+    def _answer_refused(self, request: ConfirmRequest, message: str, rule: str) -> None:
+        count = self._refused_answers.get(request.step_id, 0) + 1
+        self._refused_answers[request.step_id] = count
+        if count > REFUSED_ANSWERS_AUDITED:
+            return
+        self._record(
+            request.step_id,
+            EventKind.approval_vote,
+            {"vote": "confirm", "answer": request.answer[:200], "user": request.user, "accepted": False,
+             "rule": rule, "message": message},
+            actor=request.user or "unknown",
+            key=f"refused:{request.user}:{workflow.uuid4()}",
+        )
 
     @workflow.update
     async def cancel(self, request: CancelRequest) -> CancelResult:
@@ -578,6 +646,8 @@ class PlaybookRun:
         except TemplateError as exc:
             return await self._step_failed(step, st, f"cannot render arguments: {exc}")
         st.args = display(args)  # what status, policy and approvers see; only the action gets markers
+        if step.action in (APPROVE_ACTION, CONFIRM_ACTION):
+            return await self._human_step(step, st)
         if step.impact == "high":
             try:
                 if not await self._gate(step, st):
@@ -713,6 +783,58 @@ class PlaybookRun:
         if decision.needs_approval:
             return "refused: policy asks for approval, which a fallback cannot wait for"
         return None
+
+    # ---- human steps (format v1.1 core.approve / core.confirm; a v1 step takes none of this) ----
+
+    async def _human_step(self, step: Step, st: StepStatus) -> bool:
+        """core.approve waits for votes, core.confirm for an answer; no activity runs either way."""
+        try:
+            return await self._ask_human(step, st)
+        except asyncio.CancelledError:
+            self._cancelled(st)  # cancelled while asking policy or waiting for people
+            raise
+
+    async def _ask_human(self, step: Step, st: StepStatus) -> bool:
+        approve = step.action == APPROVE_ACTION
+        model = ApproveParams if approve else ConfirmParams
+        try:
+            params = model.model_validate(st.args or {})
+        except ValidationError as exc:
+            return await self._step_failed(step, st, describe_validation_error(step.action, exc))
+        if approve:
+            decision: Decision = await self._ask_policy("decide", self._policy_input(step, st.args or {}), Decision)
+            if not decision.allow:
+                st.decision = decision.model_dump(mode="json", exclude_none=True)
+                return self._fail(st, "denied by policy: " + ("; ".join(decision.reasons) or "no reason given"), "denied")
+            # Always waits for votes: the policy's quorum (at least one) and deadline when it asks
+            # for approval, else one vote by the step's timeout.
+            asked = decision.needs_approval
+            wait = decision.model_copy(update={
+                "require_approval": True,
+                "min_approvals": max(1, decision.min_approvals if asked else 1),
+                "approval_timeout": (decision.approval_timeout if asked and decision.approval_timeout
+                                     else format_duration(step.timeout)),
+            })
+        else:
+            owner = self._input.playbook.owner
+            wait = Decision(
+                allow=True, require_approval=True, min_approvals=1, approver_groups=[owner] if owner else [],
+                approval_timeout=format_duration(step.timeout), reasons=[params.message],
+            )
+        st.decision = wait.model_dump(mode="json", exclude_none=True)
+        st.started_at = workflow.now()
+        if not await self._await_approval(st, wait):
+            return False
+        voters = [v for v in st.approvals if v.vote == "approve"]
+        if approve:
+            st.output = {"approved_by": [v.user for v in voters], "message": params.message}
+        else:
+            key = "choice" if isinstance(params, ConfirmParams) and params.choices is not None else "value"
+            st.output = {key: voters[0].answer, "by": voters[0].user}
+        st.state, st.finished_at, st.attempts = "succeeded", workflow.now(), 1
+        self._log("step succeeded", step_id=step.id, action=step.action)
+        self._record(step.id, EventKind.step_succeeded, {"action": step.action, "attempts": 1, "output": st.output})
+        return True
 
     def _fail_run(self, st: StepStatus) -> bool:
         """core.fail: the run ends here on purpose, its error the reason (then the saga undoes)."""
@@ -979,17 +1101,24 @@ class PlaybookRun:
         waiting = any(s.state == "waiting_approval" for s in self._status.steps)
         self._status.state = "waiting_approval" if waiting else "running"
 
-    async def _check_approver(self, request: VoteRequest) -> ActorVerdict:
-        """The `approver` rule's answer about the voter as the worker verified it (its proof)."""
+    async def _check_approver(self, request: VoteRequest | ConfirmRequest) -> ActorVerdict:
+        """The `approver` rule's answer about the voter (or a core.confirm answerer) as the worker
+        verified it (its proof)."""
         st = self._status.step(request.step_id)
         pb = self._input.playbook
         step = next(s for s in [*pb.leaf_steps(), *pb.on_failure] if s.id == request.step_id)
         input = self._policy_input(step, st.args or {})
         input["user"] = {"id": request.user, "name": request.name, "groups": request.groups}
-        claim = Claim(
-            purpose="vote", run_id=self._status.run_id, principal=request.user, name=request.name,
-            content=vote_content(request.step_id, request.vote, request.reason),
-        )
+        if isinstance(request, ConfirmRequest):
+            claim = Claim(
+                purpose="confirm", run_id=self._status.run_id, principal=request.user, name=request.name,
+                content=confirm_content(request.step_id, request.answer, request.reason),
+            )
+        else:
+            claim = Claim(
+                purpose="vote", run_id=self._status.run_id, principal=request.user, name=request.name,
+                content=vote_content(request.step_id, request.vote, request.reason),
+            )
         return await self._ask_policy("approver", input, ActorVerdict, claim=claim, proof=request.proof)
 
     # ---- saga ----------------------------------------------------------------------------

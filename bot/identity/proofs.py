@@ -139,6 +139,11 @@ def vote_content(step_id: str, vote: str, reason: str) -> dict[str, Any]:
     return {"step_id": step_id, "vote": vote, "reason": reason}
 
 
+def confirm_content(step_id: str, answer: str, reason: str) -> dict[str, Any]:
+    """What a confirm proof covers: the step and the exact answer (a changed answer fails the proof)."""
+    return {"step_id": step_id, "answer": answer, "reason": reason}
+
+
 def cancel_content(reason: str) -> dict[str, Any]:
     return {"reason": reason}
 

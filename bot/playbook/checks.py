@@ -31,6 +31,8 @@ LOCK_KEY_VARS = frozenset({"params", "vars", "alert"})  # rendered at admission:
 _GLOBALS = frozenset(ENV.globals)
 ON_FAILURE = "on_failure"  # the group the playbook's on_failure steps show under in a run's status
 FAIL_ACTION = "core.fail"  # ends the run: nothing may follow, fall back from or continue past it
+HUMAN_ACTIONS = ("core.approve", "core.confirm")  # wait for people in the run; no activity, nothing to undo
+CONFIRM_ACTION = "core.confirm"
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,12 @@ class _Checker:
         self.leaf_ids = [step.id for step in playbook.leaf_steps()]
         self.groups = {item.id: item for item in playbook.steps if isinstance(item, ParallelGroup)}
         self.top_ids = [item.id for item in playbook.steps]
+        # core.confirm steps whose choices are written out: a when comparing their answer to anything else is a typo
+        self.choices = {
+            step.id: list(step.with_["choices"]) for step in playbook.leaf_steps()
+            if step.action == CONFIRM_ACTION and isinstance(step.with_.get("choices"), list)
+            and all(isinstance(c, str) and not _dynamic(c) for c in step.with_["choices"])
+        }
 
     def add(self, loc: Loc, message: str, *, warning: bool = False) -> None:
         self.problems.append(Problem(loc, message, warning))
@@ -123,6 +131,7 @@ class _Checker:
                 if item.when is not None:
                     scope = _Scope(STEP_VARS, frozenset(finished), own=item.id, group=item, in_when=True)
                     self.check_template(item.when, loc + ("when",), "when", scope)
+                    self.check_choices(item.when, loc + ("when",))
                 for j, step in enumerate(item.parallel):
                     self.check_step(step, loc + ("parallel", j), frozenset(finished), item)
                 finished.update(step.id for step in item.parallel)
@@ -216,6 +225,9 @@ class _Checker:
         self.check_timing(step.timeout, step.retry, loc, "")
         if step.when is not None:
             self.check_template(step.when, loc + ("when",), "when", replace(scope, in_when=True))
+            self.check_choices(step.when, loc + ("when",))
+        if step.action in HUMAN_ACTIONS:
+            self.check_human(step, loc, on_failure)
         self.check_spelled_refs(step.with_, loc, len(loc))
         for where, source in _strings(step.with_, loc + ("with",)):
             self.check_template(source, where, dotted(where[len(loc):]), replace(scope, secrets=True))
@@ -241,6 +253,53 @@ class _Checker:
                      "irreversible step has no undo; remove one of them")
         if step.settles is not None:
             self.check_settles(step, loc + ("settles",), group)
+
+    def check_human(self, step: Step, loc: Loc, on_failure: bool) -> None:
+        """core.approve / core.confirm wait for people inside the run: nothing to undo or fall back to."""
+        if on_failure:
+            self.add(loc + ("action",), f"action: {step.action} cannot run in on_failure: nobody is asked once the "
+                     "run has ended; post to Slack instead (slack.post)")
+            return
+        why = {
+            "compensate": "it changes nothing, so there is nothing to undo",
+            "fallback": "a rejection or timeout is not a failure to fall back from",
+            "settles": "it does no work that could settle another step's undo",
+            "irreversible": "it changes nothing",
+        }
+        for key, used in (("compensate", step.compensate is not None), ("fallback", step.fallback is not None),
+                          ("settles", step.settles is not None), ("irreversible", step.irreversible)):
+            if used:
+                self.add(loc + (key,), f"{key}: not allowed on a {step.action} step: {why[key]}; remove {key}:")
+        if step.action == CONFIRM_ACTION and ("choices" in step.with_) == ("input" in step.with_):
+            self.add(loc + ("with",), "with: a core.confirm step takes exactly one of choices: [..] (pick one) or "
+                     "input: {type, pattern} (type a value)")
+        if step.action == CONFIRM_ACTION and step.impact == "high":
+            self.add(loc + ("impact",), "impact: a core.confirm step cannot also wait for approval; put a "
+                     "core.approve step before it (or make the steps it leads to impact: high)")
+
+    def check_choices(self, source: str, loc: Loc) -> None:
+        """`steps.pick.output.choice == 'scael'` against a step with literal choices: never true, a typo."""
+        try:
+            tree = ENV.parse(source)
+        except TemplateSyntaxError:
+            return  # check_template reports it
+        for compare in tree.find_all(nodes.Compare):
+            sides = [compare.expr, *(operand.expr for operand in compare.ops)]
+            for i, operand in enumerate(compare.ops):
+                if operand.op not in ("eq", "ne", "in", "notin"):
+                    continue
+                left, right = sides[i], sides[i + 1]
+                for ref, other in ((left, right), (right, left)):
+                    step_id = _choice_ref(ref)
+                    if step_id is None or step_id not in self.choices:
+                        continue
+                    if operand.op in ("in", "notin") and other is left:
+                        continue  # `'x' in steps.pick.output.choice` is a substring test
+                    for word in _literal_words(other):
+                        if word not in self.choices[step_id]:
+                            known = self.choices[step_id]
+                            self.add(loc, f"when: compares steps.{step_id}.output.choice with {word!r}, which is not "
+                                     f"one of its choices{suggestion(word, known)} (choices: {', '.join(known)})")
 
     def check_settles(self, step: Step, loc: Loc, group: ParallelGroup | None) -> None:
         """`settles` names a step (or group) that has finished before this one starts."""
@@ -519,6 +578,31 @@ def _literal_path(with_: dict[str, Any], err_loc: tuple[Any, ...],
         else:  # a union member's tag (`int`, `list[int]`): no key in the document
             branch.append(str(part))
     return (None if _has_dynamic(node) else (tuple(where), ".".join(branch)))
+
+
+def _choice_ref(node: nodes.Node) -> str | None:
+    """The step id in `steps.<id>.output.choice` (attribute or ['key'] spelling), else None."""
+    path: list[str] = []
+    while isinstance(node, (nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getattr):
+            path.append(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            path.append(node.arg.value)
+        else:
+            return None
+        node = node.node
+    if isinstance(node, nodes.Name) and node.name == "steps" and len(path) == 3 and path[:2] == ["choice", "output"]:
+        return path[2]
+    return None
+
+
+def _literal_words(node: nodes.Node) -> list[str]:
+    """A literal string, or the literal strings of a literal list/tuple; anything else: nothing known."""
+    if isinstance(node, nodes.Const) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, (nodes.List, nodes.Tuple)):
+        return [item.value for item in node.items if isinstance(item, nodes.Const) and isinstance(item.value, str)]
+    return []
 
 
 def _attr_refs(tree: nodes.Template, root: str) -> set[str]:

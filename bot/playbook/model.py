@@ -143,6 +143,8 @@ class RetryPolicy(_Strict):
 
 DEFAULT_RETRY = RetryPolicy()
 DEFAULT_TIMEOUT = timedelta(minutes=5)
+HUMAN_ACTIONS = ("core.approve", "core.confirm")  # v1.1: wait for people; their timeout is the deadline
+HUMAN_TIMEOUT = "15m"
 
 
 class Compensation(_Strict):
@@ -193,6 +195,15 @@ class Step(_Strict):
         False, exclude_if=_unused,
         description="Nothing can undo this step (no compensate:); approvers and the run summary are told.",
     )
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _human_deadline(cls, data: Any) -> Any:
+        """A human step's timeout is how long people have to answer: 15m unless it says."""
+        if isinstance(data, dict) and data.get("action") in HUMAN_ACTIONS and "timeout" not in data:
+            return {**data, "timeout": HUMAN_TIMEOUT}
+        return data
 
 
 class ParallelGroup(_Strict):

@@ -1,4 +1,5 @@
-"""Approve / Reject buttons: a click becomes a vote on the run's workflow.
+"""Approve / Reject buttons: a click becomes a vote on the run's workflow; a choice button of a
+core.confirm step (v1.1) becomes an answer, which the workflow checks against the step's choices.
 
 The workflow decides (four-eyes, one vote per user, the `approver` rule); this handler only
 says who clicked and which groups they are in. A refused vote changes nothing and is told to
@@ -16,13 +17,14 @@ import structlog
 from slack_bolt.async_app import AsyncApp
 
 from bot.audit.recorder import record_refusal, refusal
-from bot.engine.runs import RunError, get_status, vote
-from bot.engine.state import VoteRequest
+from bot.engine.runs import RunError, confirm, get_status, vote
+from bot.engine.state import ConfirmRequest, VoteRequest
 from bot.identity import principals
 from bot.identity.principals import Actor
 from bot.slack.app import SlackDeps, report_error
 from bot.slack.blocks import (
     APPROVE_ACTION,
+    CHOICE_ACTION_PATTERN,
     REJECT_ACTION,
     approval_blocks,
     approval_text,
@@ -37,6 +39,7 @@ log = structlog.get_logger(__name__)
 class ButtonRef:
     run_id: str
     step_id: str
+    choice: str | None = None  # a core.confirm choice button's answer
 
 
 def parse_value(value: Any) -> ButtonRef:
@@ -48,13 +51,17 @@ def parse_value(value: Any) -> ButtonRef:
         raise RunError("this approval button is malformed; use `playbook-bot approve RUN STEP` instead") from None
     if not isinstance(ref.run_id, str) or not isinstance(ref.step_id, str) or not ref.run_id or not ref.step_id:
         raise RunError("this approval button is malformed; use `playbook-bot approve RUN STEP` instead")
-    return ref
+    choice = data.get("choice") if isinstance(data, dict) else None
+    if choice is not None and not isinstance(choice, str):
+        raise RunError("this choice button is malformed; use `playbook-bot confirm RUN STEP CHOICE` instead")
+    return ButtonRef(ref.run_id, ref.step_id, choice)
 
 
 def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> None:
     handler = ApprovalButtons(deps, groups)
     app.action(APPROVE_ACTION)(handler.handle)
     app.action(REJECT_ACTION)(handler.handle)
+    app.action(CHOICE_ACTION_PATTERN)(handler.handle)
 
 
 class ApprovalButtons:
@@ -79,12 +86,16 @@ class ApprovalButtons:
         except RunError:
             run_id = None
         key = f"{body.get('trigger_id') or user}:{action.get('action_ts') or ''}"
-        await record_refusal(self.deps.audit, refusal(f"slack:{user}" if user else "slack", "vote", reason,
+        operation = "confirm" if CHOICE_ACTION_PATTERN.match(str(action.get("action_id") or "")) else "vote"
+        await record_refusal(self.deps.audit, refusal(f"slack:{user}" if user else "slack", operation, reason,
                                                       run_id=run_id, key=key))
 
     async def _vote(self, body: dict[str, Any]) -> None:
         action = (body.get("actions") or [{}])[0]
         ref = parse_value(action.get("value"))
+        answering = bool(CHOICE_ACTION_PATTERN.match(str(action.get("action_id") or "")))
+        if answering and ref.choice is None:
+            raise RunError("this choice button names no choice; use `playbook-bot confirm RUN STEP CHOICE` instead")
         choice = "approve" if action.get("action_id") == APPROVE_ACTION else "reject"
         user = body.get("user") or {}
         user_id = user.get("id") or ""
@@ -98,6 +109,13 @@ class ApprovalButtons:
                 tuple(await self.groups.handles(user_id)),
                 "slack",
             )
+            if answering:
+                # The value only says which choice was clicked; the workflow refuses one not in the step's choices.
+                asked = ConfirmRequest(step_id=ref.step_id, user=actor.principal, answer=str(ref.choice)[:1000])
+                answered = await confirm(self.deps.client, ref.run_id, asked, actor, self.deps.keyring)
+                log.info("slack answer recorded", answer=answered.answer)
+                await self._redraw(body, ref, 1)
+                return
             request = VoteRequest(step_id=ref.step_id, user=actor.principal, vote=choice)
             # RunError: refused, nothing changed
             result = await vote(self.deps.client, ref.run_id, request, actor, self.deps.keyring)

@@ -22,6 +22,9 @@ ERROR_LIMIT = 300  # characters of a step error quoted on the checklist
 
 APPROVE_ACTION = "approval.approve"
 REJECT_ACTION = "approval.reject"
+CHOICE_ACTION = "confirm.choice"  # one button per choice: `confirm.choice.<i>` (action ids are unique per block)
+CHOICE_ACTION_PATTERN = re.compile(r"^confirm\.choice\.[0-9]{1,2}$")
+HUMAN_STEP_ACTIONS = ("core.approve", "core.confirm")
 
 RUN_EMOJI = {
     "pending": ":hourglass_flowing_sand:",
@@ -151,6 +154,8 @@ def approval_blocks(status: RunStatus, step_id: str, decision: dict[str, Any], n
     """
     step = status.step(step_id)
     needed = max(needed, 1)
+    if step.action in HUMAN_STEP_ACTIONS:
+        return _human_blocks(status, step, decision, needed)
     blocks: list[dict[str, Any]] = [
         _section(
             f":raised_hand: *Approval needed:* step *{escape(step.id)}* of *{escape(status.playbook)}*"
@@ -184,6 +189,78 @@ def approval_blocks(status: RunStatus, step_id: str, decision: dict[str, Any], n
     return _cap(blocks)
 
 
+def _human_blocks(status: RunStatus, step: StepStatus, decision: dict[str, Any], needed: int) -> list[dict[str, Any]]:
+    """core.approve / core.confirm (v1.1): the playbook's question, then votes or one button per choice."""
+    args = step.args or {}
+    confirm = step.action == "core.confirm"
+    what = "Your answer needed" if confirm else "Approval needed"
+    blocks: list[dict[str, Any]] = [
+        _section(
+            f":{'question' if confirm else 'raised_hand'}: *{what}:* step *{escape(step.id)}* of "
+            f"*{escape(status.playbook)}* (run `{escape(status.run_id)}`, requested by {requester(status)})"
+        ),
+        _section(truncate(f">{escape(_oneline(str(args.get('message') or '')))}", SECTION_LIMIT)),
+    ]
+    context: list[str] = []
+    if confirm:
+        voters = [v for v in step.approvals if v.vote == "approve"]
+        if voters:
+            context.append("answered by " + ", ".join(mention(v.user) for v in voters))
+    else:
+        approvals = [v for v in step.approvals if v.vote == "approve"]
+        progress = f"{len(approvals)}/{needed} approvals"
+        if approvals:
+            progress += ": " + ", ".join(mention(v.user) for v in approvals)
+        context.append(progress)
+        hint = [str(a) for a in args.get("approvers") or []]
+        if hint:
+            context.append("asked: " + ", ".join(escape(h) for h in hint[:20]))
+    groups = [str(g) for g in decision.get("approver_groups") or []]
+    if groups:
+        context.append("who may answer: " + ", ".join(f"@{escape(g)}" for g in groups))
+    if step.approval_deadline:
+        context.append(f"deadline {slack_date(step.approval_deadline)}")
+    if step.escalated_at:
+        context.append(":warning: escalated")
+    if context:
+        blocks.append(_context(*context))
+    if step.state != "waiting_approval":
+        blocks.append(_section(decided_line(step)))
+    elif not confirm:
+        blocks.append(_buttons(status.run_id, step.id))
+    else:
+        choices = args.get("choices")
+        if not isinstance(choices, list):
+            blocks.append(_section(
+                f"Type the answer with `playbook-bot confirm {escape(status.run_id)} {escape(step.id)} VALUE`"
+                " (or the API); Reject declines."
+            ))
+        blocks.append(_choice_buttons(status.run_id, step.id, choices if isinstance(choices, list) else []))
+    return _cap(blocks)
+
+
+def _choice_buttons(run_id: str, step_id: str, choices: list[Any]) -> dict[str, Any]:
+    """A button per choice (the workflow checks the clicked value against the step's choices), and Reject."""
+    elements: list[dict[str, Any]] = []
+    for i, choice in enumerate(choices[:20]):
+        value = json.dumps({"run_id": run_id, "step_id": step_id, "choice": str(choice)}, separators=(",", ":"))
+        elements.append({
+            "type": "button",
+            "action_id": f"{CHOICE_ACTION}.{i}",
+            "text": {"type": "plain_text", "text": truncate(str(choice), 75), "emoji": False},
+            "value": value,
+        })
+    reject = json.dumps({"run_id": run_id, "step_id": step_id}, separators=(",", ":"))
+    elements.append({
+        "type": "button",
+        "action_id": REJECT_ACTION,
+        "text": {"type": "plain_text", "text": "Reject", "emoji": True},
+        "style": "danger",
+        "value": reject,
+    })
+    return {"type": "actions", "block_id": f"confirm:{step_id}"[:255], "elements": elements}
+
+
 def approval_text(status: RunStatus, step_id: str) -> str:
     step = status.step(step_id)
     text = (
@@ -207,6 +284,8 @@ def decided_line(step: StepStatus) -> str:
         return f":no_entry: Denied by policy: {escape(_oneline(step.error or 'no reason given'))}"
     if step.state == "cancelled":
         return ":heavy_multiplication_x: The run was cancelled before a decision."
+    if step.action == "core.confirm" and approvers and approvers[0].answer is not None:
+        return f":white_check_mark: Answered *{escape(_oneline(str(approvers[0].answer)))}* by {mention(approvers[0].user)}"
     if approvers:
         return ":white_check_mark: Approved by " + ", ".join(mention(v.user) for v in approvers)
     return f"Step is {_state(step.state)}."

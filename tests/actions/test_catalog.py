@@ -11,6 +11,8 @@ SHIPPED = {
     "core.log",
     "core.sleep",
     "core.fail",
+    "core.approve",
+    "core.confirm",
     "http.request",
     "shell.run",
     "alertmanager.silence",
