@@ -14,6 +14,8 @@ diff). Not part of `make test`: it is slow, and a survivor is a question, not a 
 from __future__ import annotations
 
 import argparse
+import ast
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,26 +26,76 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "bench" / "mutation.md"
-PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider -n 2"
+PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
 
 
 @dataclass(frozen=True)
 class Target:
+    """`fast` tests run first, in one process, and kill most mutants in seconds; `slow` ones (the
+    real Temporal worker) run only for a mutant the fast ones missed. `functions` narrows a large
+    module to the functions named (mutmut's patch-file filter), so a run fits an afternoon."""
+
     name: str
     module: str
-    tests: tuple[str, ...]
+    fast: tuple[str, ...] = ()
+    slow: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+
+    @property
+    def runner(self) -> str:
+        stages = []
+        if self.fast:
+            stages.append(f"{PYTEST} {' '.join(self.fast)}")
+        if self.slow:
+            stages.append(f"{PYTEST} -n 2 {' '.join(self.slow)}")
+        return "sh -c " + shlex.quote(" && ".join(stages))
 
 
 TARGETS = (
-    Target("approvals", "bot/engine/approvals.py", ("tests/engine/test_approvals.py", "tests/security/test_identity_doors.py")),
-    Target("admission", "bot/engine/admission.py", ("tests/security/test_raw_temporal.py",)),
-    Target("policy engine", "bot/policy/engine.py", ("tests/policy",)),
-    Target("policy models", "bot/policy/models.py", ("tests/policy/test_models.py", "tests/policy/test_oracle.py")),
-    Target("policy activities", "bot/policy/activities.py", ("tests/policy", "tests/engine/test_approvals.py")),
-    Target("receiver", "bot/alerts/receiver.py", ("tests/e2e/test_alertmanager_webhook.py", "tests/reliability/test_alertmanager.py")),
+    Target("approvals", "bot/engine/approvals.py", fast=("tests/engine/test_approval_book.py",),
+           slow=("tests/engine/test_approvals.py", "tests/security/test_identity_doors.py")),
+    Target("admission", "bot/engine/admission.py", slow=("tests/security/test_raw_temporal.py",)),
+    Target("policy engine", "bot/policy/engine.py",
+           fast=("tests/policy/test_embedded.py", "tests/policy/test_opa.py", "tests/policy/test_engine_choice.py"),
+           slow=("tests/policy",)),
+    Target("policy models", "bot/policy/models.py", fast=("tests/policy/test_models.py", "tests/policy/test_oracle.py")),
+    Target("policy activities", "bot/policy/activities.py", fast=("tests/policy/test_activities.py",),
+           slow=("tests/policy", "tests/engine/test_approvals.py")),
+    Target("receiver", "bot/alerts/receiver.py", fast=("tests/alerts",),
+           slow=("tests/e2e/test_alertmanager_webhook.py", "tests/reliability/test_alertmanager.py")),
     Target("workflow", "bot/engine/workflow.py",
-           ("tests/engine/test_workflow.py", "tests/engine/test_approvals.py", "tests/engine/test_cancellation.py")),
+           slow=("tests/engine/test_workflow.py", "tests/engine/test_approvals.py", "tests/engine/test_cancellation.py"),
+           functions=("_Saga", "vote", "cancel", "_validate_cancel", "_guarded", "_run_group", "_run_step", "_when",
+                      "_fail", "_gate", "_await_approval", "_compensate", "_undo")),
 )
+
+
+def lines_of(module: str, names: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Line ranges (1-based, inclusive) of the top-level or method definitions named."""
+    tree = ast.parse((ROOT / module).read_text())
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name in names:
+            found[node.name] = (node.lineno, node.end_lineno or node.lineno)
+    missing = set(names) - set(found)
+    if missing:
+        raise SystemExit(f"{module} has no {', '.join(sorted(missing))}: update bench/mutate.py")
+    return sorted(found.values())
+
+
+def patch_for(module: str, ranges: list[tuple[int, int]]) -> Path:
+    """A unified diff that "adds" exactly those lines: mutmut then mutates only them."""
+    text = (ROOT / module).read_text().splitlines()
+    out = [f"--- {module}", f"+++ {module}"]
+    added = 0
+    for start, end in ranges:
+        count = end - start + 1
+        out.append(f"@@ -{start - 1 - added},0 +{start},{count} @@")
+        out += [f"+{line}" for line in text[start - 1:end]]
+        added += count
+    path = ROOT / "bench" / ".mutate.patch"
+    path.write_text("\n".join(out) + "\n")
+    return path
 
 
 @dataclass
@@ -73,8 +125,12 @@ def run(target: Target) -> Score:
     """One module against its tests, from a fresh cache; the mutated file is restored by mutmut."""
     (ROOT / ".mutmut-cache").unlink(missing_ok=True)
     started = time.monotonic()
-    result = mutmut("run", "--paths-to-mutate", target.module, "--runner", f"{PYTEST} {' '.join(target.tests)}",
-                    "--no-progress")
+    extra = []
+    if target.functions:
+        extra = ["--use-patch-file", str(patch_for(target.module, lines_of(target.module, target.functions)))]
+    # a loaded machine must not turn slow tests into "timed out" (counted as killed)
+    result = mutmut("run", "--paths-to-mutate", target.module, "--runner", target.runner, "--no-progress",
+                    "--test-time-multiplier", "4", *extra)
     if result.returncode & 1:  # 1: a fatal error (the tests fail unmutated, or mutmut broke)
         raise SystemExit(f"mutmut failed on {target.module}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     score = Score(target, seconds=time.monotonic() - started)
@@ -117,7 +173,8 @@ def main() -> None:
     targets = [t for t in TARGETS if not args.only or any(word in t.name for word in args.only)]
     scores = []
     for target in targets:
-        print(f"mutating {target.module} against {' '.join(target.tests)} ...", flush=True)
+        print(f"mutating {target.module}{' (' + ', '.join(target.functions) + ')' if target.functions else ''} "
+              f"against {' '.join(target.fast + target.slow)} ...", flush=True)
         score = run(target)
         print(f"  {score.total} mutants, {score.survived} survived ({score.ratio:.0%} killed) in {score.seconds / 60:.1f} min",
               flush=True)
