@@ -54,7 +54,7 @@ class Target:
 TARGETS = (
     Target("approvals", "bot/engine/approvals.py", fast=("tests/engine/test_approval_book.py",),
            slow=("tests/engine/test_approvals.py", "tests/security/test_identity_doors.py")),
-    Target("admission", "bot/engine/admission.py", slow=("tests/security/test_raw_temporal.py",)),
+    Target("admission", "bot/engine/admission.py", fast=("tests/engine/test_admission.py",), slow=("tests/security/test_raw_temporal.py",)),
     Target("policy engine", "bot/policy/engine.py",
            fast=("tests/policy/test_embedded.py", "tests/policy/test_opa.py", "tests/policy/test_engine_choice.py"),
            slow=("tests/policy",)),
