@@ -217,3 +217,21 @@ async def test_cast_revalidates_after_policy_answers() -> None:
         await book.cast(VoteRequest(step_id="restart", user="slack:UA"), decided_meanwhile)
     assert _refusal(excinfo) == ("conflict", "step_state")
     assert [v.user for v in book._status.step("restart").approvals] == ["slack:UB"]
+
+
+async def test_without_admissions_answer_the_requester_is_their_own_person() -> None:
+    book = _book(requester="cli:alice")
+    with pytest.raises(VoteRefused) as excinfo:  # policy says this Slack login is the person "cli:alice"
+        await book.cast(VoteRequest(step_id="restart", user="slack:UALICE"), _allow(person="cli:alice"))
+    assert _refusal(excinfo) == ("refused", "four_eyes")
+    assert "who requested this run (cli:alice)" in str(excinfo.value)
+
+
+def test_refusals_say_what_was_wrong() -> None:
+    book = _book()
+    with pytest.raises(VoteRefused, match=r"run run-1 has no step 'nope'$"):
+        book.validate(VoteRequest(step_id="nope", user="slack:UA"))
+    with pytest.raises(VoteRefused, match=r"step 'restart' is not waiting for approval \(it is running\)$"):
+        _book(state="running").validate(VoteRequest(step_id="restart", user="slack:UA"))
+    with pytest.raises(VoteRefused, match=r"four-eyes"):
+        book.validate(VoteRequest(step_id="restart", user="slack:UREQ"))
