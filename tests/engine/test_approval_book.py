@@ -227,11 +227,37 @@ async def test_without_admissions_answer_the_requester_is_their_own_person() -> 
     assert "who requested this run (cli:alice)" in str(excinfo.value)
 
 
-def test_refusals_say_what_was_wrong() -> None:
-    book = _book()
-    with pytest.raises(VoteRefused, match=r"run run-1 has no step 'nope'$"):
-        book.validate(VoteRequest(step_id="nope", user="slack:UA"))
-    with pytest.raises(VoteRefused, match=r"step 'restart' is not waiting for approval \(it is running\)$"):
-        _book(state="running").validate(VoteRequest(step_id="restart", user="slack:UA"))
-    with pytest.raises(VoteRefused, match=r"four-eyes"):
-        book.validate(VoteRequest(step_id="restart", user="slack:UREQ"))
+async def test_refusals_say_what_was_wrong() -> None:
+    """The voter reads these in Slack or the CLI: each says which rule and who."""
+
+    async def refused(book: ApprovalBook, request: VoteRequest, check=None) -> str:
+        with pytest.raises(VoteRefused) as excinfo:
+            if check is None:
+                book.validate(request)
+            else:
+                await book.cast(request, check)
+        return excinfo.value.message
+
+    book = _book(needed=2)
+    vote = VoteRequest(step_id="restart", user="slack:UA")
+    assert await refused(book, VoteRequest(step_id="nope", user="slack:UA")) == "run run-1 has no step 'nope'"
+    assert await refused(_book(state="running"), vote) == "step 'restart' is not waiting for approval (it is running)"
+    assert await refused(book, VoteRequest(step_id="restart", user="")) == "a vote needs a user id"
+    assert await refused(book, VoteRequest(step_id="restart", user="slack:UREQ")) == (
+        "slack:UREQ requested this run and cannot vote on it (four-eyes)"
+    )
+    assert await refused(book, vote, _deny("not on call")) == "slack:UA may not approve step 'restart': not on call"
+    assert await refused(book, vote, _deny()) == "slack:UA may not approve step 'restart': the approver policy refused"
+    book.requester_person = "alice"
+    assert await refused(book, VoteRequest(step_id="restart", user="cli:alice"), _allow(person="alice")) == (
+        "cli:alice is alice, who requested this run (slack:UREQ), and cannot vote on it (four-eyes)"
+    )
+    await book.cast(VoteRequest(step_id="restart", user="slack:UB"), _allow(person="bob"))
+    assert await refused(book, VoteRequest(step_id="restart", user="slack:UB")) == (
+        "slack:UB has already voted on step 'restart'"
+    )
+    assert await refused(book, VoteRequest(step_id="restart", user="cli:bob"), _allow(person="bob")) == (
+        "bob has already voted on step 'restart' (as slack:UB): one vote per person"
+    )
+    await book.cast(VoteRequest(step_id="restart", user="slack:UC"), _allow(person="carol"))
+    assert await refused(book, VoteRequest(step_id="restart", user="slack:UD")) == "step 'restart' has already been decided"
