@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,16 @@ import pytest_asyncio
 from bot.audit.events import EventKind
 from bot.audit.recorder import AuditWriter, event
 from bot.audit.store import SqliteAuditStore
-from bot.engine.admission import CATALOG, PARAMS, PROOF, REQUESTER, RUN_ID, START, AdmitRequest, Admitter
+from bot.engine.admission import (
+    CATALOG,
+    PARAMS,
+    PROOF,
+    REQUESTER,
+    RUN_ID,
+    START,
+    AdmitRequest,
+    Admitter,
+)
 from bot.engine.state import TriggerContext
 from bot.identity.principals import Actor
 from bot.identity.proofs import START_SKEW, Keyring, start_content
@@ -29,7 +38,7 @@ from bot.policy.embedded import EmbeddedEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = b"k" * 32
-AT = datetime(2026, 12, 3, 3, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 12, 3, 3, 0, tzinfo=UTC)
 
 OPEN = """
 name: open
@@ -79,8 +88,8 @@ def request(catalog: Catalog, name: str = "open", params: dict[str, Any] | None 
         content = start_content(name, loaded.hash, params, trigger.model_dump(mode="json"))
         proof = Keyring(KEY, [KEY]).sign("start", run_id, Actor(by, name="Alice", groups=("sre",), verified_by="api"),
                                          content, now=proof_at)
-    fields: dict[str, Any] = dict(run_id=run_id, playbook=loaded.playbook, playbook_hash=loaded.hash, params=params,
-                                  trigger=trigger, proof=proof, started_at=AT)
+    fields: dict[str, Any] = {"run_id": run_id, "playbook": loaded.playbook, "playbook_hash": loaded.hash,
+                              "params": params, "trigger": trigger, "proof": proof, "started_at": AT}
     return AdmitRequest(**{**fields, **extra})
 
 

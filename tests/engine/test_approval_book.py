@@ -7,7 +7,7 @@ the line that enforces it (mutation testing found rules the end-to-end tests onl
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,7 +16,7 @@ from bot.engine.approvals import VOTE_REFUSED, ApprovalBook, VoteRefused
 from bot.engine.state import RunStatus, StepStatus, Vote, VoteRequest
 from bot.policy.models import ActorVerdict
 
-NOW = datetime(2026, 12, 3, 3, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 3, 3, 0, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
