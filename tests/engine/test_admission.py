@@ -16,20 +16,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from pydantic import ValidationError
 
 from bot.audit.events import EventKind
 from bot.audit.recorder import AuditWriter, event
 from bot.audit.store import SqliteAuditStore
-from bot.engine.admission import (
-    CATALOG,
-    PARAMS,
-    PROOF,
-    REQUESTER,
-    RUN_ID,
-    START,
-    AdmitRequest,
-    Admitter,
-)
+from bot.engine.admission import Admission, AdmitRequest, Admitter
 from bot.engine.state import TriggerContext
 from bot.identity.principals import Actor
 from bot.identity.proofs import START_SKEW, Keyring, start_content
@@ -112,7 +104,7 @@ async def test_a_verified_member_starts_a_restricted_playbook_a_claim_does_not(
     assert (proved.requester.verified, proved.requester.verified_by) == (True, "api")
 
     claimed = await admitter.admit(request(catalog, "restricted"))
-    assert (claimed.allow, claimed.refused_by) == (False, START)
+    assert (claimed.allow, claimed.refused_by) == (False, "start")
     assert claimed.requester.person == "alice"  # who asked is known, even when refused
     assert claimed.message.startswith("refused by the worker's start check: ")
 
@@ -125,7 +117,7 @@ async def test_a_proof_within_the_skew_either_side_verifies(admitter: Admitter, 
 @pytest.mark.parametrize("offset", [START_SKEW + timedelta(seconds=1), -(START_SKEW + timedelta(seconds=1))])
 async def test_a_proof_past_the_skew_either_side_is_refused(admitter: Admitter, catalog: Catalog, offset: timedelta) -> None:
     admission = await admitter.admit(request(catalog, proof_at=AT - offset))
-    assert (admission.allow, admission.refused_by) == (False, PROOF)
+    assert (admission.allow, admission.refused_by) == (False, "proof")
     assert "too far from the start" in admission.reasons[0]
     assert admission.params == {"replicas": 3}
 
@@ -134,26 +126,26 @@ async def test_a_proof_for_someone_else_is_refused(admitter: Admitter, catalog: 
     genuine = request(catalog, proof_at=AT)
     stolen = genuine.model_copy(update={"trigger": TriggerContext(kind="cli", requested_by="cli:bob")})
     admission = await admitter.admit(stolen)
-    assert (admission.allow, admission.refused_by) == (False, PROOF)
+    assert (admission.allow, admission.refused_by) == (False, "proof")
     assert admission.requester.principal == "cli:bob" and not admission.requester.verified
 
 
 async def test_a_proof_for_other_params_is_refused(admitter: Admitter, catalog: Catalog) -> None:
     genuine = request(catalog, proof_at=AT)
     admission = await admitter.admit(genuine.model_copy(update={"params": {"replicas": "4"}}))
-    assert (admission.allow, admission.refused_by) == (False, PROOF)
+    assert (admission.allow, admission.refused_by) == (False, "proof")
 
 
 async def test_each_check_refuses_with_its_own_code(admitter: Admitter, catalog: Catalog) -> None:
     bad_params = await admitter.admit(request(catalog, params={"replicas": "9"}))
-    assert (bad_params.allow, bad_params.refused_by) == (False, PARAMS)
+    assert (bad_params.allow, bad_params.refused_by) == (False, "params")
     assert bad_params.params == {"replicas": "9"}
 
     not_principal = await admitter.admit(request(catalog, by="alice"))
-    assert (not_principal.allow, not_principal.refused_by) == (False, REQUESTER)
+    assert (not_principal.allow, not_principal.refused_by) == (False, "requester")
 
     denied = await admitter.admit(request(catalog, by="cli:mallory"))
-    assert (denied.allow, denied.refused_by) == (False, START)
+    assert (denied.allow, denied.refused_by) == (False, "start")
     assert "start_denylist" in denied.reasons[0]
 
 
@@ -163,14 +155,14 @@ async def test_the_catalog_check_compares_the_snapshot_the_claim_and_the_workers
     known = catalog.get("open")
     unknown = load_text(OPEN.replace("name: open", "name: private"))
     private = await admitter.admit(request(catalog, playbook=unknown.playbook, playbook_hash=unknown.hash))
-    assert (private.refused_by, private.reasons) == (CATALOG, ["playbook 'private' is not in this worker's catalog"])
+    assert (private.refused_by, private.reasons) == ("catalog", ["playbook 'private' is not in this worker's catalog"])
 
     edited = load_text(OPEN.replace("message:", "level: warning, message:"))
     claims_known = await admitter.admit(request(catalog, playbook=edited.playbook, playbook_hash=known.hash))
-    assert claims_known.refused_by == CATALOG and "does not hash to" in claims_known.reasons[0]
+    assert claims_known.refused_by == "catalog" and "does not hash to" in claims_known.reasons[0]
 
     honest_but_other = await admitter.admit(request(catalog, playbook=edited.playbook, playbook_hash=edited.hash))
-    assert honest_but_other.refused_by == CATALOG
+    assert honest_but_other.refused_by == "catalog"
     assert "is not the version in this worker's catalog" in honest_but_other.reasons[0]
 
 
@@ -184,6 +176,28 @@ async def test_a_run_id_already_in_the_audit_trail_is_refused(
 
     store.append([event("run-1", None, EventKind.run_started, ts=AT)])
     again = await admitter.admit(request(catalog, run_id="run-1"))
-    assert (again.allow, again.refused_by) == (False, RUN_ID)
+    assert (again.allow, again.refused_by) == (False, "run id")
     assert "already used by an earlier run" in again.reasons[0]
     assert (await admitter.admit(request(catalog, run_id="run-2"))).allow
+
+
+def test_a_request_needs_the_time_temporal_took_the_start(catalog: Catalog) -> None:
+    """The proof's age is measured from it: a request without it is refused, never defaulted."""
+    fields = request(catalog).model_dump()
+    del fields["started_at"]
+    with pytest.raises(ValidationError, match="started_at"):
+        AdmitRequest(**fields)
+    bare = AdmitRequest(**{**request(catalog).model_dump(), "params": {}, "audit": [], "proof": None})
+    assert (bare.params, bare.audit, bare.proof) == ({}, [], None)
+    defaults = AdmitRequest.model_validate({k: v for k, v in request(catalog).model_dump().items()
+                                            if k not in ("params", "audit", "proof")})
+    assert (defaults.params, defaults.audit, defaults.proof) == ({}, [], None)
+
+
+def test_an_admission_says_which_check_refused_and_every_reason() -> None:
+    from bot.engine.state import Requester
+
+    refused = Admission(allow=False, refused_by="start", reasons=["frozen", "not on call"],
+                        requester=Requester(principal="cli:a", person="cli:a"))
+    assert refused.message == "refused by the worker's start check: frozen; not on call"
+    assert (refused.params, refused.provenance) == ({}, {})
