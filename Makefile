@@ -32,7 +32,7 @@ chaos: $(STAMP) ## the slow half of the reliability suite: big storms, long fuzz
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests/reliability
 
 mutate: $(STAMP) ## mutation testing of the engine, receiver, approvals and policy base (slow; bench/mutation.md)
-	$(BIN)/python -m pip install -q 'mutmut>=2.5,<3'
+	$(BIN)/python -m pip install -q 'mutmut>=2.5,<3' 'whatthepatch>=1.0'
 	$(BIN)/python -m bench.mutate
 
 clean:

@@ -1,0 +1,203 @@
+"""`run.admit` on its own, against the shipped policies (embedded engine) and a real audit file.
+
+tests/security/test_raw_temporal.py proves the same checks through Temporal; these pin each check
+to its refusal code and its edge (the proof's age either side of the skew, a hash that matches the
+snapshot but not the catalog) in milliseconds, so mutation testing can afford to run them per mutant.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from pydantic import ValidationError
+
+from bot.audit.events import EventKind
+from bot.audit.recorder import AuditWriter, event
+from bot.audit.store import SqliteAuditStore
+from bot.engine.admission import Admission, AdmitRequest, Admitter
+from bot.engine.state import TriggerContext
+from bot.identity.principals import Actor
+from bot.identity.proofs import START_SKEW, Keyring, start_content
+from bot.playbook.loader import Catalog, load_text
+from bot.policy.embedded import EmbeddedEngine
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = b"k" * 32
+AT = datetime(2026, 12, 3, 3, 0, tzinfo=UTC)
+
+OPEN = """
+name: open
+params:
+  replicas: {type: integer, enum: [1, 2, 3, 4], default: 2}
+steps:
+  - {id: note, action: core.log, with: {message: "{{ params.replicas }}"}}
+"""
+RESTRICTED = OPEN.replace("name: open", "name: restricted")
+
+
+@pytest_asyncio.fixture(scope="module")
+async def policy(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedEngine]:
+    root = tmp_path_factory.mktemp("policies")
+    shutil.copytree(ROOT / "policies", root, dirs_exist_ok=True)
+    data = root / "playbook" / "data.json"
+    doc = json.loads(data.read_text())
+    doc.update(start_restrictions={"restricted": ["sre"]}, people={"alice": ["cli:alice", "slack:UALICE"]},
+               start_denylist=["cli:mallory"])
+    data.write_text(json.dumps(doc))
+    async with EmbeddedEngine(root) as engine:
+        yield engine
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return Catalog([load_text(OPEN), load_text(RESTRICTED)])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteAuditStore:
+    return SqliteAuditStore(tmp_path / "audit.db")
+
+
+@pytest.fixture
+def admitter(catalog: Catalog, policy: EmbeddedEngine, store: SqliteAuditStore) -> Admitter:
+    return Admitter(lambda: catalog, Keyring(KEY, [KEY]), policy, AuditWriter(store))
+
+
+def request(catalog: Catalog, name: str = "open", params: dict[str, Any] | None = None, by: str = "cli:alice",
+            kind: str = "cli", run_id: str = "run-1", proof_at: datetime | None = None, **extra: Any) -> AdmitRequest:
+    loaded = catalog.get(name)
+    trigger = TriggerContext(kind=kind, requested_by=by)
+    params = {"replicas": "3"} if params is None else params
+    proof = None
+    if proof_at is not None:
+        content = start_content(name, loaded.hash, params, trigger.model_dump(mode="json"))
+        proof = Keyring(KEY, [KEY]).sign("start", run_id, Actor(by, name="Alice", groups=("sre",), verified_by="api"),
+                                         content, now=proof_at)
+    fields: dict[str, Any] = {"run_id": run_id, "playbook": loaded.playbook, "playbook_hash": loaded.hash,
+                              "params": params, "trigger": trigger, "proof": proof, "started_at": AT}
+    return AdmitRequest(**{**fields, **extra})
+
+
+async def test_an_open_playbook_is_admitted_with_typed_params_and_an_unverified_requester(
+    admitter: Admitter, catalog: Catalog
+) -> None:
+    admission = await admitter.admit(request(catalog))
+    assert admission.allow and admission.refused_by is None and admission.reasons == []
+    assert admission.params == {"replicas": 3}
+    assert (admission.requester.principal, admission.requester.person) == ("cli:alice", "alice")
+    assert (admission.requester.verified, admission.requester.verified_by) == (False, None)
+    assert admission.provenance["params"]["replicas"]
+
+
+async def test_a_verified_member_starts_a_restricted_playbook_a_claim_does_not(
+    admitter: Admitter, catalog: Catalog
+) -> None:
+    proved = await admitter.admit(request(catalog, "restricted", proof_at=AT))
+    assert proved.allow
+    assert (proved.requester.verified, proved.requester.verified_by) == (True, "api")
+
+    claimed = await admitter.admit(request(catalog, "restricted"))
+    assert (claimed.allow, claimed.refused_by) == (False, "start")
+    assert claimed.requester.person == "alice"  # who asked is known, even when refused
+    assert claimed.message.startswith("refused by the worker's start check: ")
+
+
+@pytest.mark.parametrize("offset", [START_SKEW - timedelta(seconds=1), -(START_SKEW - timedelta(seconds=1))])
+async def test_a_proof_within_the_skew_either_side_verifies(admitter: Admitter, catalog: Catalog, offset: timedelta) -> None:
+    assert (await admitter.admit(request(catalog, proof_at=AT - offset))).requester.verified
+
+
+@pytest.mark.parametrize("offset", [START_SKEW + timedelta(seconds=1), -(START_SKEW + timedelta(seconds=1))])
+async def test_a_proof_past_the_skew_either_side_is_refused(admitter: Admitter, catalog: Catalog, offset: timedelta) -> None:
+    admission = await admitter.admit(request(catalog, proof_at=AT - offset))
+    assert (admission.allow, admission.refused_by) == (False, "proof")
+    assert "too far from the start" in admission.reasons[0]
+    assert admission.params == {"replicas": 3}
+
+
+async def test_a_proof_for_someone_else_is_refused(admitter: Admitter, catalog: Catalog) -> None:
+    genuine = request(catalog, proof_at=AT)
+    stolen = genuine.model_copy(update={"trigger": TriggerContext(kind="cli", requested_by="cli:bob")})
+    admission = await admitter.admit(stolen)
+    assert (admission.allow, admission.refused_by) == (False, "proof")
+    assert admission.requester.principal == "cli:bob" and not admission.requester.verified
+
+
+async def test_a_proof_for_other_params_is_refused(admitter: Admitter, catalog: Catalog) -> None:
+    genuine = request(catalog, proof_at=AT)
+    admission = await admitter.admit(genuine.model_copy(update={"params": {"replicas": "4"}}))
+    assert (admission.allow, admission.refused_by) == (False, "proof")
+
+
+async def test_each_check_refuses_with_its_own_code(admitter: Admitter, catalog: Catalog) -> None:
+    bad_params = await admitter.admit(request(catalog, params={"replicas": "9"}))
+    assert (bad_params.allow, bad_params.refused_by) == (False, "params")
+    assert bad_params.params == {"replicas": "9"}
+
+    not_principal = await admitter.admit(request(catalog, by="alice"))
+    assert (not_principal.allow, not_principal.refused_by) == (False, "requester")
+
+    denied = await admitter.admit(request(catalog, by="cli:mallory"))
+    assert (denied.allow, denied.refused_by) == (False, "start")
+    assert "start_denylist" in denied.reasons[0]
+
+
+async def test_the_catalog_check_compares_the_snapshot_the_claim_and_the_workers_copy(
+    admitter: Admitter, catalog: Catalog
+) -> None:
+    known = catalog.get("open")
+    unknown = load_text(OPEN.replace("name: open", "name: private"))
+    private = await admitter.admit(request(catalog, playbook=unknown.playbook, playbook_hash=unknown.hash))
+    assert (private.refused_by, private.reasons) == ("catalog", ["playbook 'private' is not in this worker's catalog"])
+
+    edited = load_text(OPEN.replace("message:", "level: warning, message:"))
+    claims_known = await admitter.admit(request(catalog, playbook=edited.playbook, playbook_hash=known.hash))
+    assert claims_known.refused_by == "catalog" and "does not hash to" in claims_known.reasons[0]
+
+    honest_but_other = await admitter.admit(request(catalog, playbook=edited.playbook, playbook_hash=edited.hash))
+    assert honest_but_other.refused_by == "catalog"
+    assert "is not the version in this worker's catalog" in honest_but_other.reasons[0]
+
+
+async def test_a_run_id_already_in_the_audit_trail_is_refused(
+    admitter: Admitter, catalog: Catalog, store: SqliteAuditStore
+) -> None:
+    command = event("run-1", None, EventKind.slack_command, actor="slack:UALICE", ts=AT)
+    admitted = await admitter.admit(request(catalog, audit=[command]))
+    assert admitted.allow  # the events it carries (its trigger) do not make the id "used"
+    assert [e.kind for e in store.events("run-1")] == [EventKind.slack_command]
+
+    store.append([event("run-1", None, EventKind.run_started, ts=AT)])
+    again = await admitter.admit(request(catalog, run_id="run-1"))
+    assert (again.allow, again.refused_by) == (False, "run id")
+    assert "already used by an earlier run" in again.reasons[0]
+    assert (await admitter.admit(request(catalog, run_id="run-2"))).allow
+
+
+def test_a_request_needs_the_time_temporal_took_the_start(catalog: Catalog) -> None:
+    """The proof's age is measured from it: a request without it is refused, never defaulted."""
+    fields = request(catalog).model_dump()
+    del fields["started_at"]
+    with pytest.raises(ValidationError, match="started_at"):
+        AdmitRequest(**fields)
+    bare = AdmitRequest(**{**request(catalog).model_dump(), "params": {}, "audit": [], "proof": None})
+    assert (bare.params, bare.audit, bare.proof) == ({}, [], None)
+    defaults = AdmitRequest.model_validate({k: v for k, v in request(catalog).model_dump().items()
+                                            if k not in ("params", "audit", "proof")})
+    assert (defaults.params, defaults.audit, defaults.proof) == ({}, [], None)
+
+
+def test_an_admission_says_which_check_refused_and_every_reason() -> None:
+    from bot.engine.state import Requester
+
+    refused = Admission(allow=False, refused_by="start", reasons=["frozen", "not on call"],
+                        requester=Requester(principal="cli:a", person="cli:a"))
+    assert refused.message == "refused by the worker's start check: frozen; not on call"
+    assert (refused.params, refused.provenance) == ({}, {})
