@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from bot.actions.base import ActionContext, ActionFailed, ActionParams, action
 from bot.playbook.durations import Duration, format_duration
+from bot.playbook.model import valid_pattern
 
 log = structlog.get_logger("bot.actions.core")
 
@@ -63,12 +64,7 @@ class InputSpec(ActionParams):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from exc
-        return value
+        return valid_pattern(value)
 
 
 class ConfirmParams(ActionParams):

@@ -48,6 +48,16 @@ PARAM_MAX_NODES = 10_000  # values (items, properties, scalars) in one param val
 SCALAR_TYPES = ("string", "integer", "number", "boolean")
 
 
+def valid_pattern(value: str | None) -> str | None:
+    """A `pattern:` that compiles, or a load-time error saying why."""
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from exc
+    return value
+
+
 def _unused(value: Any) -> bool:
     """A v1.1 field left at its default: omitted from dumps, so v1 snapshots keep their hash."""
     return value is None or value is False or value == [] or value == "fail"
@@ -82,12 +92,7 @@ class ParamSpec(_Strict):
     @field_validator("pattern")
     @classmethod
     def _pattern_compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from exc
-        return value
+        return valid_pattern(value)
 
     @field_validator("properties")
     @classmethod
