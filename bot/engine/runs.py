@@ -266,28 +266,8 @@ async def cancel_run(
 async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, keyring: Keyring) -> VoteResult:
     """Cast a vote as `actor` (its proof goes with it); the workflow's validator refuses bad votes
     before anything is recorded, and the worker checks the proof before policy is asked."""
-    request = request.model_copy(
-        update={
-            "user": actor.principal,
-            "name": request.name or actor.name,
-            "groups": list(actor.groups),
-            "proof": keyring.sign("vote", run_id, actor, vote_content(request.step_id, request.vote, request.reason)),
-        }
-    )
-    status = await get_status(client, run_id)
-    if status.finished:
-        raise RunError(
-            f"run {run_id!r} has already ended ({status.state}): nothing to vote on", "conflict", "run_state"
-        )
-    try:
-        return await client.get_workflow_handle(run_id).execute_update(
-            PlaybookRun.vote, request, rpc_timeout=timedelta(seconds=30)
-        )
-    except WorkflowUpdateFailedError as exc:
-        raise _refused(exc.cause) from None
-    except RPCError as exc:
-        await _ended_meanwhile(client, run_id, "vote on")
-        raise RunError(f"vote not recorded: {exc.message}", "unavailable") from None
+    proof = keyring.sign("vote", run_id, actor, vote_content(request.step_id, request.vote, request.reason))
+    return await _as_actor(client, run_id, PlaybookRun.vote, request, actor, proof, ("vote on", "vote"))
 
 
 async def confirm(
@@ -295,30 +275,27 @@ async def confirm(
 ) -> ConfirmResult:
     """Answer a core.confirm step as `actor` (its proof covers the exact answer); the workflow
     refuses an answer outside the step's choices or input (audited), then checks it as a vote."""
+    proof = keyring.sign("confirm", run_id, actor, confirm_content(request.step_id, request.answer, request.reason))
+    return await _as_actor(client, run_id, PlaybookRun.confirm, request, actor, proof, ("answer", "answer"))
+
+
+async def _as_actor(client: Client, run_id: str, update: Any, request: Any, actor: Actor, proof: Any,
+                    words: tuple[str, str]) -> Any:
+    """Send a vote or an answer as `actor` with its proof; `words`: (what one does, what one sends)."""
+    doing, sent = words
     request = request.model_copy(
-        update={
-            "user": actor.principal,
-            "name": request.name or actor.name,
-            "groups": list(actor.groups),
-            "proof": keyring.sign(
-                "confirm", run_id, actor, confirm_content(request.step_id, request.answer, request.reason)
-            ),
-        }
+        update={"user": actor.principal, "name": request.name or actor.name, "groups": list(actor.groups), "proof": proof}
     )
     status = await get_status(client, run_id)
     if status.finished:
-        raise RunError(
-            f"run {run_id!r} has already ended ({status.state}): nothing to answer", "conflict", "run_state"
-        )
+        raise RunError(f"run {run_id!r} has already ended ({status.state}): nothing to {doing}", "conflict", "run_state")
     try:
-        return await client.get_workflow_handle(run_id).execute_update(
-            PlaybookRun.confirm, request, rpc_timeout=timedelta(seconds=30)
-        )
+        return await client.get_workflow_handle(run_id).execute_update(update, request, rpc_timeout=timedelta(seconds=30))
     except WorkflowUpdateFailedError as exc:
         raise _refused(exc.cause) from None
     except RPCError as exc:
-        await _ended_meanwhile(client, run_id, "answer")
-        raise RunError(f"answer not recorded: {exc.message}", "unavailable") from None
+        await _ended_meanwhile(client, run_id, doing)
+        raise RunError(f"{sent} not recorded: {exc.message}", "unavailable") from None
 
 
 async def _ended_meanwhile(client: Client, run_id: str, what: str) -> None:
