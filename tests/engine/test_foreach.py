@@ -10,6 +10,7 @@ at most N at once) run on the dev server with `t.quick` and read the recorded ac
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -358,3 +359,16 @@ steps:
     assert status.step("roll").state == "cancelled"
     assert order(rec) == ["roll[0].drain", "roll[1].drain", "roll[1].work", "undo:roll[1].drain", "undo:roll[0].drain"]
     assert status.error and status.error.startswith("cancelled by cli:tester")
+
+
+async def test_slack_and_the_console_show_progress_and_the_items_that_need_eyes(skip_env):
+    from bot.console import status_table
+    from bot.slack.blocks import status_blocks
+
+    rec = Recorder()
+    status = await execute(skip_env.client, rec, playbook(failing("b", max_failures=1)))
+    text = json.dumps(status_blocks(status))
+    assert "3/4 done, 1 failed" in text
+    assert "roll[1].bad" in text and "roll[0].drain" not in text, "only item steps that went wrong are listed"
+    table = status_table(status)
+    assert "  roll[2].check" in list(table.columns[0].cells) and "3/4 done, 1 failed" in str(list(table.columns[5].cells))
