@@ -51,10 +51,12 @@ def status_table(status: RunStatus) -> Table:
     )
     for column in ("step", "action", "state", "attempts", "time", "note"):
         table.add_column(column)
-    for step in status.steps:
+    for step in status.all_steps():  # a foreach group's item steps under it, by address
         icon, style = STYLE.get(step.state, ("?", ""))
         name = f"  {step.id}" if step.group else step.id
         note = step.error or ""
+        if step.progress is not None:
+            note = step.progress.text() + (f"; {note}" if note else "")
         if step.state == "waiting_approval":
             note = f"approve: playbook-bot approve {status.run_id} {step.id}"
         elif step.approvals:
@@ -69,8 +71,8 @@ def status_table(status: RunStatus) -> Table:
 def progress_lines(before: RunStatus | None, after: RunStatus) -> list[str]:
     """Plain one-line transitions for logs and pipes, where a live table would be noise."""
     lines = []
-    old = {s.id: s.state for s in before.steps} if before else {}
-    for step in after.steps:
+    old = {s.id: s.state for s in before.all_steps()} if before else {}
+    for step in after.all_steps():
         if old.get(step.id, "pending") != step.state:
             extra = f" ({step.error})" if step.error else ""
             lines.append(f"{step.id}: {step.state}{extra}")

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
 
     shell_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    foreach_max: int = Field(500, ge=1, le=10_000, description=(
+        "Items a foreach group may have in one run (format v1.1); a longer list fails the group. The worker "
+        "decides at admission, so a run keeps the bound it started with."
+    ))
     # Hosts (deploy.internal, *.internal) and CIDRs playbook HTTP may reach; unset: any but link-local
     # and cloud metadata, which are never reachable (bot/actions/egress.py).
     http_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -57,6 +57,10 @@ class Admission(BaseModel):
     requester: Requester
     provenance: dict[str, Any] = Field(default_factory=dict)
     lock_key: str | None = Field(None, description="The rendered concurrency key (format v1.1), checked here.")
+    foreach_max: int | None = Field(None, description=(
+        "Items a foreach group may have (PLAYBOOK_BOT_FOREACH_MAX), decided here so a replay reads the same bound; "
+        "None: the workflow's default."
+    ))
 
     @property
     def message(self) -> str:
@@ -72,11 +76,13 @@ class Admitter:
         keyring: Keyring,
         policy: PolicyEngine,
         audit: AuditWriter | None = None,
+        foreach_max: int | None = None,
     ) -> None:
         self.catalog = catalog
         self.keyring = keyring
         self.policy = policy
         self.audit = audit or AuditWriter(None)
+        self.foreach_max = foreach_max
 
     @activity.defn(name="run.admit")
     async def admit(self, request: AdmitRequest) -> Admission:
@@ -124,7 +130,9 @@ class Admitter:
                 key = render_lock_key(request.playbook, params, trigger.alert)
             except LockKeyError as exc:
                 return self._refuse(CONCURRENCY, str(exc), requester, params, sources)
-            return Admission(allow=True, params=params, requester=requester, provenance=sources, lock_key=key)
+            foreach_max = self.foreach_max if request.playbook.foreach_groups() else None  # v1: as it was
+            return Admission(allow=True, params=params, requester=requester, provenance=sources, lock_key=key,
+                             foreach_max=foreach_max)
 
     async def _run_id_problem(self, run_id: str) -> str | None:
         """A run id names one run. Temporal starts a closed workflow id again for any client that

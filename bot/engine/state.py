@@ -81,6 +81,35 @@ class FallbackStatus(BaseModel):
     decision: dict[str, Any] | None = None
 
 
+ItemState = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled"]
+
+
+class ForeachProgress(BaseModel):
+    total: int = 0
+    done: int = 0  # items that succeeded
+    failed: int = 0
+    running: int = 0
+    skipped: int = 0  # never started (the group stopped, or was cancelled)
+
+    def text(self) -> str:
+        """`3/12 done, 1 failed`: what status, Slack and the audit trail say."""
+        said = f"{self.done}/{self.total} done"
+        for label, count in (("failed", self.failed), ("running", self.running), ("skipped", self.skipped)):
+            if count:
+                said += f", {count} {label}"
+        return said
+
+
+class ForeachItem(BaseModel):
+    """One item of a foreach group: its steps' addresses read `roll[2].drain`."""
+
+    index: int
+    value: str = Field(description="The item, as short JSON text (bounded): what it was, not what templates read.")
+    state: ItemState = "pending"
+    error: str | None = None
+    steps: list[StepStatus] = Field(default_factory=list)
+
+
 class StepStatus(BaseModel):
     id: str
     action: str
@@ -100,6 +129,11 @@ class StepStatus(BaseModel):
     irreversible: bool = False
     fallback: FallbackStatus | None = None
     settled_by: str | None = Field(None, description="The later step that settled this one: its undo was dropped.")
+    items: list[ForeachItem] | None = Field(None, description="A foreach group's items (format v1.1), in index order.")
+    progress: ForeachProgress | None = None
+
+
+ForeachItem.model_rebuild()
 
 
 class Requester(BaseModel):
@@ -154,10 +188,28 @@ class RunStatus(BaseModel):
     )
 
     def step(self, step_id: str) -> StepStatus:
+        """A step by id, or a foreach item's step by its address (`roll[2].drain`)."""
         for step in self.steps:
             if step.id == step_id:
                 return step
+        group, bracket, rest = step_id.partition("[")
+        if bracket:
+            index, _, inner = rest.partition("].")
+            for step in self.steps:
+                if step.id == group and step.items is not None and index.isdigit() and int(index) < len(step.items):
+                    for member in step.items[int(index)].steps:
+                        if member.id == step_id:
+                            return member
         raise KeyError(step_id)
+
+    def all_steps(self) -> list[StepStatus]:
+        """Every step status, foreach items' steps included (after their group)."""
+        out: list[StepStatus] = []
+        for step in self.steps:
+            out.append(step)
+            for item in step.items or ():
+                out.extend(item.steps)
+        return out
 
     @property
     def finished(self) -> bool:

@@ -130,7 +130,7 @@ async def worker_deps(
         stack.callback(mask_secrets_with(secrets.mask))  # the worker's log lines never show a secret value
         actions = build_activities(providers, secrets, writer)
         notifier = SlackNotifier(slack_client(settings))
-        admitter = Admitter(lambda: known, keys, policy, writer)
+        admitter = Admitter(lambda: known, keys, policy, writer, foreach_max=settings.foreach_max)
         activities = actions + PolicyActivities(policy, writer, keys).all() + [
             AuditActivities(writer).record,
             notifier.sync,

@@ -46,7 +46,8 @@ with workflow.unsafe.imports_passed_through():
     from bot.policy.inputs import policy_input, rfc3339
     from bot.policy.models import ActorVerdict, Decision
     from bot.slack.notifier import SlackState, SlackSync
-    from bot.playbook.model import Compensation, Fallback, ParallelGroup, RetryPolicy, Step
+    from bot.engine.foreach import ForeachRuns
+    from bot.playbook.model import FOREACH_ACTION, Compensation, Fallback, ForeachGroup, ParallelGroup, RetryPolicy, Step
     from bot.playbook.templating import TemplateError, display, inert, render, truthy
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
@@ -146,13 +147,16 @@ class _Saga:
 
 
 @workflow.defn(name="PlaybookRun")
-class PlaybookRun:
+class PlaybookRun(ForeachRuns):
     @workflow.init
     def __init__(self, input: RunInput) -> None:
         info = workflow.info()
         pb = input.playbook
         steps: list[StepStatus] = []
         for item in pb.steps:
+            if isinstance(item, ForeachGroup):  # its items' steps appear once the items are known
+                steps.append(StepStatus(id=item.id, action=FOREACH_ACTION, items=[]))
+                continue
             members = item.parallel if isinstance(item, ParallelGroup) else [item]
             group = item.id if isinstance(item, ParallelGroup) else None
             steps.extend(
@@ -195,6 +199,7 @@ class PlaybookRun:
         self._lock_key: str | None = None  # the run's concurrency key, as admission rendered it (v1.1)
         self._lock_answer: LockNotice | None = None  # granted or busy, from the key's lock workflow
         self._refused_answers: dict[str, int] = {}  # core.confirm answers refused per step (v1.1)
+        self._foreach_setup()  # foreach groups (format v1.1, bot/engine/foreach.py)
 
     # ---- queries and updates -------------------------------------------------------------
 
@@ -391,6 +396,8 @@ class PlaybookRun:
             self._params = status.params = admission.params
             self._provenance = admission.provenance
             self._lock_key = status.lock_key = admission.lock_key  # None for every v1 playbook
+            if admission.foreach_max is not None:
+                self._foreach_max = admission.foreach_max
         self._log("run started", requested_by=status.requested_by, trigger=status.trigger)
         self._record(
             None,
@@ -435,7 +442,10 @@ class PlaybookRun:
             if self._cancel_requested():  # accepted while the run was being admitted
                 raise asyncio.CancelledError()
             for item in input.playbook.steps:
-                ok = await (self._run_group(item) if isinstance(item, ParallelGroup) else self._run_step(item))
+                if isinstance(item, ForeachGroup):
+                    ok = await self._run_foreach(item)
+                else:
+                    ok = await (self._run_group(item) if isinstance(item, ParallelGroup) else self._run_step(item))
                 await self._notify()
                 if not ok:
                     return "failed"
@@ -642,7 +652,7 @@ class PlaybookRun:
         if step.when is not None and not self._when(step.when, step.id, [step.id]):
             return st.state != "failed"
         try:
-            args = render(step.with_, self._context(), secrets=self._input.playbook.secrets)
+            args = render(step.with_, self._context(step.id), secrets=self._input.playbook.secrets)
         except TemplateError as exc:
             return await self._step_failed(step, st, f"cannot render arguments: {exc}")
         st.args = display(args)  # what status, policy and approvers see; only the action gets markers
@@ -661,7 +671,7 @@ class PlaybookRun:
                 raise asyncio.CancelledError()
         if st.group is not None and st.group in self._failed_groups:
             return self._fail(st, "not run: another step of its parallel group failed", "cancelled")
-        self._saga.register(step)
+        self._saga_of(step.id).register(step)  # a foreach item's step: its item's own saga
         st.state = "running"
         st.started_at = workflow.now()
         self._log("step started", step_id=step.id, action=step.action)
@@ -734,7 +744,7 @@ class PlaybookRun:
             return False
 
         try:
-            args = render(fallback.with_, self._context(), secrets=self._input.playbook.secrets)
+            args = render(fallback.with_, self._context(step.id), secrets=self._input.playbook.secrets)
         except TemplateError as exc:
             return failed(f"cannot render arguments: {exc}")
         record.args = display(args)
@@ -850,11 +860,15 @@ class PlaybookRun:
         """Drop the settled step's undo (or its group's) and say so on the record."""
         target = step.settles
         group = next((g for g in self._input.playbook.steps if isinstance(g, ParallelGroup) and g.id == target), None)
-        ids = {s.id for s in group.parallel} if group is not None else {target}
-        for settled, comp in self._saga.settle(ids):
-            self._status.step(settled.id).settled_by = step.id
-            self._record(settled.id, EventKind.compensation_settled, {"action": comp.action, "by": step.id})
-            self._log("compensation settled", step_id=settled.id, by=step.id)
+        if group is not None:
+            ids, sagas = {s.id for s in group.parallel}, [self._saga]
+        else:
+            ids, sagas = self._settled_ids(step)  # a foreach group, an item's step, or within an item
+        for saga in sagas:
+            for settled, comp in saga.settle(ids):
+                self._status.step(settled.id).settled_by = step.id
+                self._record(settled.id, EventKind.compensation_settled, {"action": comp.action, "by": step.id})
+                self._log("compensation settled", step_id=settled.id, by=step.id)
 
     def _succeeded_irreversible(self, step: Step) -> None:
         if step.irreversible and step.id not in self._status.irreversible:
@@ -877,7 +891,7 @@ class PlaybookRun:
     def _when(self, template: str, owner: str, step_ids: list[str]) -> bool:
         """Evaluate a `when:`; false marks the steps skipped, an error marks them failed."""
         try:
-            go = truthy(render(template, self._context()))
+            go = truthy(render(template, self._context(owner)))
         except TemplateError as exc:
             for step_id in step_ids:
                 self._fail(self._status.step(step_id), f"cannot evaluate when: {exc}")
@@ -987,7 +1001,9 @@ class PlaybookRun:
         )
 
     def _policy_input(self, step: Step, args: dict[str, Any]) -> dict[str, Any]:
-        return self._run_input_doc(step, args)
+        doc = self._run_input_doc(step, args)
+        self._foreach_policy(doc, step.id)  # a foreach item's step: `item` and `index`
+        return doc
 
     async def _ask_policy(
         self,
@@ -1098,7 +1114,7 @@ class PlaybookRun:
         return True
 
     def _refresh_run_state(self) -> None:
-        waiting = any(s.state == "waiting_approval" for s in self._status.steps)
+        waiting = any(s.state == "waiting_approval" for s in self._status.all_steps())
         self._status.state = "waiting_approval" if waiting else "running"
 
     async def _check_approver(self, request: VoteRequest | ConfirmRequest) -> ActorVerdict:
@@ -1106,7 +1122,9 @@ class PlaybookRun:
         verified it (its proof)."""
         st = self._status.step(request.step_id)
         pb = self._input.playbook
-        step = next(s for s in [*pb.leaf_steps(), *pb.on_failure] if s.id == request.step_id)
+        step = self._addressed.get(request.step_id) or next(
+            s for s in [*pb.leaf_steps(), *pb.on_failure] if s.id == request.step_id
+        )
         input = self._policy_input(step, st.args or {})
         input["user"] = {"id": request.user, "name": request.name, "groups": request.groups}
         if isinstance(request, ConfirmRequest):
@@ -1124,26 +1142,27 @@ class PlaybookRun:
     # ---- saga ----------------------------------------------------------------------------
 
     def _mark_cancelled(self) -> None:
-        for st in self._status.steps:
+        for st in self._status.all_steps():
             if st.state in ("running", "waiting_approval"):
                 self._cancelled(st)
         by, reason = self._status.cancelled_by, self._status.cancel_reason
         said = f"cancelled by {by}" + (f": {reason}" if reason else "") if by else "cancelled"
         if self._status.error is None:
-            cancelled = [st.id for st in self._status.steps if st.state == "cancelled"]
+            cancelled = [st.id for st in self._status.all_steps() if st.state == "cancelled"]
             self._status.error, self._status.failed_step = said, (cancelled[0] if cancelled else None)
 
     async def _compensate(self, outcome: str) -> None:
         status = self._status
         if outcome == "cancelled" and not self._saga.entries and not any(
-            st.state == "succeeded" for st in status.steps
+            st.state == "succeeded" for st in status.all_steps()
         ):
             status.state = "cancelled"  # stopped before anything was done that needs undoing
             return
         status.state = "compensating"
         entries = list(reversed(self._saga.entries))
-        status.compensations = [CompensationStatus(step=s.id, action=c.action) for s, c in entries]
-        for (step, comp), record in zip(entries, status.compensations):
+        records = [CompensationStatus(step=s.id, action=c.action) for s, c in entries]
+        status.compensations = [*status.compensations, *records]  # after failed foreach items' own undos
+        for (step, comp), record in zip(entries, records):
             await self._undo(step, comp, record)
         status.not_undone = [c.step for c in status.compensations if c.state == "failed"]
         status.state = "failed" if status.not_undone else "compensated"
@@ -1159,7 +1178,7 @@ class PlaybookRun:
         st = self._status.step(step.id)
         record.started_at = workflow.now()
         try:
-            args = render(comp.with_, self._context(), secrets=self._input.playbook.secrets)
+            args = render(comp.with_, self._context(step.id), secrets=self._input.playbook.secrets)
         except TemplateError as exc:
             record.finished_at = workflow.now()
             if st.state != "succeeded":
@@ -1191,10 +1210,11 @@ class PlaybookRun:
 
     # ---- helpers -------------------------------------------------------------------------
 
-    def _context(self) -> dict[str, Any]:
-        """What templates read; all of it data, made inert so none of it can spell a secret."""
+    def _context(self, owner: str | None = None) -> dict[str, Any]:
+        """What templates read; all of it data, made inert so none of it can spell a secret.
+        `owner`: the step the template belongs to (a foreach item's step sees its item)."""
         status = self._status
-        return inert({
+        doc = {
             "params": self._params,
             "vars": self._input.playbook.vars,
             "alert": self._input.trigger.alert,
@@ -1216,7 +1236,10 @@ class PlaybookRun:
                 for st in status.steps
                 if st.state not in ("pending", "skipped")
             },
-        })
+        }
+        if self._input.playbook.foreach_groups():
+            self._foreach_context(doc, owner)
+        return inert(doc)
 
     def _record(
         self,
@@ -1228,6 +1251,7 @@ class PlaybookRun:
         key: str | None = None,
     ) -> None:
         """Queue an audit event; the next activity writes it before it acts."""
+        details = self._foreach_audit(step_id, details)  # a foreach item's step says its index
         self._audit.append(
             event(self._status.run_id, step_id, kind, details, actor=actor, ts=workflow.now(), key=key)
         )
@@ -1299,7 +1323,7 @@ class PlaybookRun:
         if not self._channel or not self._has(SLACK_PATCH):
             return
         async with self._slack_lock:
-            steps = self._status.steps
+            steps = self._status.all_steps()
             try:
                 self._slack = await workflow.execute_local_activity(
                     "slack.sync",

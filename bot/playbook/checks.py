@@ -9,6 +9,7 @@ file and line.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Iterator, Mapping
@@ -18,12 +19,24 @@ from pydantic import BaseModel, ValidationError
 
 from bot.alerts.matchers import MatcherError, parse_matchers
 from bot.actions.base import ACTIONS, ActionSpec
-from bot.playbook.model import Compensation, Fallback, ParallelGroup, ParamSpec, Playbook, RetryPolicy, Step
+from bot.playbook.model import (
+    FOREACH_HARD_MAX,
+    FOREACH_NAMES_TAKEN,
+    Compensation,
+    Fallback,
+    ForeachGroup,
+    ParallelGroup,
+    ParamSpec,
+    Playbook,
+    RetryPolicy,
+    Step,
+)
 from bot.playbook.params import coerce_value, unknown_param_message
 from bot.playbook.reach import sink_problems, unknown_var_message, vars_problems
 from bot.playbook.templating import ENV, MARKER_CHARS, SECRET_NAME, SECRET_REF, is_template, texts_at
 
 Loc = tuple[str | int, ...]
+_WHOLE_EXPR = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.S)  # as templating renders to a native value
 
 STEP_VARS = frozenset({"params", "vars", "alert", "run", "steps"})
 TRIGGER_VARS = frozenset({"alert"})
@@ -98,6 +111,7 @@ class _Scope:
     group: ParallelGroup | None = None  # the parallel group the template's step runs in
     in_when: bool = False
     secrets: bool = False  # secret() may be called (a step's or a compensation's with:)
+    foreach: ForeachGroup | None = None  # the foreach group whose items the template's step runs in
 
 
 class _Checker:
@@ -107,6 +121,8 @@ class _Checker:
         self.problems: list[Problem] = []
         self.leaf_ids = [step.id for step in playbook.leaf_steps()]
         self.groups = {item.id: item for item in playbook.steps if isinstance(item, ParallelGroup)}
+        self.foreach = {item.id: item for item in playbook.steps if isinstance(item, ForeachGroup)}
+        self.inner = {step.id: group for group in self.foreach.values() for step in group.steps}
         self.top_ids = [item.id for item in playbook.steps]
         # core.confirm steps whose choices are written out: a when comparing their answer to anything else is a typo
         self.choices = {
@@ -135,6 +151,9 @@ class _Checker:
                 for j, step in enumerate(item.parallel):
                     self.check_step(step, loc + ("parallel", j), frozenset(finished), item)
                 finished.update(step.id for step in item.parallel)
+            elif isinstance(item, ForeachGroup):
+                self.check_foreach(item, loc, frozenset(finished))
+                finished.add(item.id)
             else:
                 self.check_step(item, loc, frozenset(finished), None)
                 finished.add(item.id)
@@ -218,9 +237,65 @@ class _Checker:
 
     # -- steps ----------------------------------------------------------------------------
 
+    # -- foreach groups (format v1.1) ------------------------------------------------------
+
+    def check_foreach(self, group: ForeachGroup, loc: Loc, finished: frozenset[str]) -> None:
+        """The items' source, the `as` name, and each inner step with this item's scope: the
+        outer steps finished before the group, this item's earlier steps, the `as` name and index."""
+        outer = _Scope(STEP_VARS, finished, own=group.id)
+        if group.when is not None:
+            self.check_template(group.when, loc + ("when",), "when", replace(outer, in_when=True))
+        source = group.foreach
+        if isinstance(source, list):
+            if len(source) > FOREACH_HARD_MAX:
+                self.add(loc + ("foreach",), f"foreach: {len(source)} items listed; at most {FOREACH_HARD_MAX} "
+                         "(and the worker's PLAYBOOK_BOT_FOREACH_MAX, default 500, per run)")
+        elif not is_template(source):
+            self.add(loc + ("foreach",), f"foreach: {source!r} is not a list: give a list ([a, b]) or a template "
+                     "that renders to one (\"{{ params.hosts }}\")")
+        else:
+            self.check_template(source, loc + ("foreach",), "foreach", outer)
+            self.check_foreach_source(source, loc + ("foreach",))
+        name = group.as_
+        if name in FOREACH_NAMES_TAKEN or name in _GLOBALS:
+            taken = "a template global" if name in _GLOBALS else "what templates already read by that name"
+            self.add(loc + ("as",), f"as: {name!r} would hide {taken}; pick another name (e.g. host)")
+        elif name in self.playbook.params:
+            self.add(loc + ("as",), f"as: {name!r} is also a param's name; templates read params.{name} anyway, "
+                     "but pick another name so nobody reads one for the other")
+        if isinstance(group.max_failures, int) and group.max_failures > FOREACH_HARD_MAX:
+            self.add(loc + ("max_failures",), f"max_failures: at most {FOREACH_HARD_MAX}; say \"all\" to keep going")
+        variables = STEP_VARS | {name, "index"}
+        done = set(finished)
+        for j, step in enumerate(group.steps):
+            self.check_step(step, loc + ("steps", j), frozenset(done), None, foreach=group, variables=variables)
+            done.add(step.id)
+
+    def check_foreach_source(self, source: str, loc: Loc) -> None:
+        """Only a whole `{{ expression }}` renders to a list; over a single-valued param it never can."""
+        whole = _WHOLE_EXPR.match(source)
+        if not whole or "{{" in whole.group("expr") or "}}" in whole.group("expr"):
+            self.add(loc, "foreach: the template must be one {{ expression }} that gives a list (text around it, "
+                     "or {% %} blocks, make a string)")
+            return
+        try:
+            tree = ENV.parse("{{" + whole.group("expr") + "}}")
+        except TemplateSyntaxError:
+            return  # reported by check_template
+        output = tree.body[0] if tree.body else None
+        expr = output.nodes[0] if isinstance(output, nodes.Output) and output.nodes else None
+        if isinstance(expr, nodes.Getattr) and isinstance(expr.node, nodes.Name) and expr.node.name == "params":
+            spec = self.playbook.params.get(expr.attr)
+            if spec is not None and spec.type in ("string", "integer", "number", "boolean"):
+                self.add(loc, f"foreach: params.{expr.attr} is a {spec.type}, not a list; declare it "
+                         "type: array (given as JSON or a,b,c)")
+        elif isinstance(expr, (nodes.Const, nodes.Dict)):
+            self.add(loc, "foreach: that expression is not a list")
+
     def check_step(self, step: Step, loc: Loc, finished: frozenset[str], group: ParallelGroup | None,
-                   *, on_failure: bool = False) -> None:
-        scope = _Scope(STEP_VARS, finished, own=step.id, group=group)
+                   *, on_failure: bool = False, foreach: ForeachGroup | None = None,
+                   variables: frozenset[str] = STEP_VARS) -> None:
+        scope = _Scope(variables, finished, own=step.id, group=group, foreach=foreach)
         self.check_action(step.action, step.with_, loc, "")
         self.check_timing(step.timeout, step.retry, loc, "")
         if step.when is not None:
@@ -238,9 +313,10 @@ class _Checker:
         if step.fallback is not None:
             self.check_fallback(step.fallback, loc + ("fallback",), replace(scope, secrets=True))
         if not on_failure:  # check_on_failure says what its steps may not use
-            self.check_failure_fields(step, loc, group)
+            self.check_failure_fields(step, loc, group, foreach)
 
-    def check_failure_fields(self, step: Step, loc: Loc, group: ParallelGroup | None) -> None:
+    def check_failure_fields(self, step: Step, loc: Loc, group: ParallelGroup | None,
+                             foreach: ForeachGroup | None = None) -> None:
         """v1.1 failure paths: what core.fail, irreversible and settles may be combined with."""
         if step.action == FAIL_ACTION:
             for key, used in (("on_failure", step.on_failure == "continue"), ("fallback", step.fallback is not None),
@@ -252,7 +328,10 @@ class _Checker:
             self.add(loc + ("irreversible",), "irreversible: true and compensate: contradict each other: an "
                      "irreversible step has no undo; remove one of them")
         if step.settles is not None:
-            self.check_settles(step, loc + ("settles",), group)
+            if foreach is not None:
+                self.check_item_settles(step, loc + ("settles",), foreach)
+            else:
+                self.check_settles(step, loc + ("settles",), group)
 
     def check_human(self, step: Step, loc: Loc, on_failure: bool) -> None:
         """core.approve / core.confirm wait for people inside the run: nothing to undo or fall back to."""
@@ -301,7 +380,28 @@ class _Checker:
                             self.add(loc, f"when: compares steps.{step_id}.output.choice with {word!r}, which is not "
                                      f"one of its choices{suggestion(word, known)} (choices: {', '.join(known)})")
 
-    def check_settles(self, step: Step, loc: Loc, group: ParallelGroup | None) -> None:
+    def check_item_settles(self, step: Step, loc: Loc, foreach: ForeachGroup) -> None:
+        """Inside an item: an earlier step of the same item, or a step finished before the group."""
+        target = step.settles
+        assert target is not None
+        label = f"settles: {target!r}"
+        inner = [s.id for s in foreach.steps]
+        if "[" in target:
+            self.add(loc, f"{label}: inside an item, name this item's step by its id (settles: drain)")
+        elif target == step.id:
+            self.add(loc, f"{label} is this step itself; a step can only settle an earlier step's compensation")
+        elif target in inner:
+            if inner.index(target) > inner.index(step.id):
+                self.add(loc, f"{label} runs later in the item; a step can only settle a step that finished before it")
+            elif foreach.steps[inner.index(target)].compensate is None:
+                self.add(loc, f"{label} has no compensate:, so there is nothing to settle", warning=True)
+        elif target in self.inner:
+            self.add(loc, f"{label} is a step of foreach {self.inner[target].id!r}; name it per item (settles: "
+                     f"{self.inner[target].id}[0].{target}) or settle the whole group")
+        else:
+            self.check_settles(step, loc, None, own_top=self.top_ids.index(foreach.id))
+
+    def check_settles(self, step: Step, loc: Loc, group: ParallelGroup | None, own_top: int | None = None) -> None:
         """`settles` names a step (or group) that has finished before this one starts."""
         target = step.settles
         assert target is not None
@@ -309,17 +409,21 @@ class _Checker:
         if target == step.id:
             self.add(loc, f"{label} is this step itself; a step can only settle an earlier step's compensation")
             return
+        if "[" in target or target in self.foreach or target in self.inner:
+            self.check_settles_foreach(target, loc, label, own_top if own_top is not None else
+                                       self.top_ids.index(group.id if group is not None else step.id))
+            return
         known = self.leaf_ids + list(self.groups)
         if target not in known:
             self.add(loc, f"{label}: unknown step{suggestion(target, known)} (steps: {', '.join(self.leaf_ids)})")
             return
         mine = group.id if group is not None else step.id
+        own_top = own_top if own_top is not None else self.top_ids.index(mine)
         target_top = next(
             (i for i, item in enumerate(self.playbook.steps)
              if item.id == target or (isinstance(item, ParallelGroup) and target in {s.id for s in item.parallel})),
             None,
         )
-        own_top = self.top_ids.index(mine)
         if target_top is None or target_top >= own_top:
             where = "runs in parallel with this step" if target_top == own_top else "runs later"
             self.add(loc, f"{label} {where}; a step can only settle a step that finished before it starts")
@@ -328,6 +432,35 @@ class _Checker:
             s for s in self.playbook.leaf_steps() if s.id == target
         ]
         if not any(s.compensate is not None for s in settled):
+            self.add(loc, f"{label} has no compensate:, so there is nothing to settle", warning=True)
+
+    def check_settles_foreach(self, target: str, loc: Loc, label: str, own_top: int) -> None:
+        """A whole foreach group, or one item's step as `roll[2].drain`, from after the group."""
+        group_id, _, rest = target.partition("[")
+        if target in self.inner:
+            group = self.inner[target]
+            self.add(loc, f"{label} runs once per item of foreach {group.id!r}: settle the whole group "
+                     f"(settles: {group.id}) or one item's step (settles: {group.id}[0].{target})")
+            return
+        group = self.foreach.get(group_id)
+        if group is None:
+            known = list(self.foreach)
+            self.add(loc, f"{label}: {group_id!r} is not a foreach group{suggestion(group_id, known)}"
+                     + (f" (foreach groups: {', '.join(known)})" if known else ""))
+            return
+        if rest:
+            inner = rest.partition("].")[2]
+            if inner not in {s.id for s in group.steps}:
+                ids = [s.id for s in group.steps]
+                self.add(loc, f"{label}: foreach {group.id!r} has no step {inner!r}{suggestion(inner, ids)} "
+                         f"(its steps: {', '.join(ids)})")
+                return
+        target_top = self.top_ids.index(group.id)
+        if target_top >= own_top:
+            where = "is the group this step runs in" if target_top == own_top else "runs later"
+            self.add(loc, f"{label} {where}; a step can only settle a step that finished before it starts")
+            return
+        if not any(s.compensate is not None for s in group.steps):
             self.add(loc, f"{label} has no compensate:, so there is nothing to settle", warning=True)
 
     def check_fallback(self, fallback: Fallback, loc: Loc, scope: _Scope) -> None:
@@ -528,6 +661,18 @@ class _Checker:
             return f"{ref!r} runs in parallel with this step (group {scope.group.id!r}); {later}"
         if scope.group is not None and ref == scope.group.id:
             return f"that is the parallel group this step belongs to; {later}"
+        if scope.foreach is not None and ref == scope.foreach.id:
+            return f"that is the foreach group this step runs in; {later}"
+        if scope.foreach is not None and ref in {step.id for step in scope.foreach.steps}:
+            return f"step {ref!r} runs later in the item; {later}"
+        if ref in self.inner:
+            group = self.inner[ref].id
+            if group in scope.finished:
+                return (f"{ref!r} runs once per item of foreach {group!r}: read steps.{group}.output "
+                        f"(a list, one mapping per item: steps.{group}.output[0].{ref})")
+            return f"{ref!r} is a step of foreach {group!r}, which runs later; {later}"
+        if ref in self.foreach:
+            return f"foreach group {ref!r} runs later; {later}"
         if ref in self.groups:
             members = ", ".join(step.id for step in self.groups[ref].parallel)
             return f"{ref!r} is a parallel group and has no output of its own; read one of its steps ({members})"

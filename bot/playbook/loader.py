@@ -316,8 +316,8 @@ class _Locator:
             return None, 0
         item = _index(self.data.get(loc[0]), loc[1])
         start = 2
-        if len(loc) >= 4 and loc[2] == "parallel" and isinstance(loc[3], int) and isinstance(item, dict):
-            item = _index(item.get("parallel"), loc[3])
+        if len(loc) >= 4 and loc[2] in ("parallel", "steps") and isinstance(loc[3], int) and isinstance(item, dict):
+            item = _index(item.get(loc[2]), loc[3])  # a parallel group's step, or a foreach group's
             start = 4
         step_id = item.get("id") if isinstance(item, dict) else None
         return (step_id, start) if isinstance(step_id, str) else (None, 0)
@@ -364,8 +364,8 @@ def _from_pydantic(err: Mapping[str, Any], locate: _Locator) -> PlaybookError:
 
 
 def _without_tags(loc: tuple[Any, ...]) -> Loc:
-    """Drop the union tag pydantic puts after `steps.<i>` (`step`/`parallel`): it is no key in the YAML."""
-    if len(loc) >= 3 and loc[0] == "steps" and isinstance(loc[1], int) and loc[2] in ("step", "parallel"):
+    """Drop the union tag pydantic puts after `steps.<i>` (`step`/`parallel`/`foreach`): it is no key in the YAML."""
+    if len(loc) >= 3 and loc[0] == "steps" and isinstance(loc[1], int) and loc[2] in ("step", "parallel", "foreach"):
         return loc[:2] + loc[3:]
     return loc
 
@@ -445,8 +445,9 @@ def _duplicate_step_ids(data: dict[str, Any], lines: dict[Loc, int]) -> list[tup
         if not isinstance(item, dict):
             continue
         entries: list[tuple[Loc, Any]] = [((where, i), item)]
-        if isinstance(item.get("parallel"), list):
-            entries += [((where, i, "parallel", j), member) for j, member in enumerate(item["parallel"])]
+        for key in ("parallel", "steps"):  # a parallel group's steps, a foreach group's
+            if isinstance(item.get(key), list):
+                entries += [((where, i, key, j), member) for j, member in enumerate(item[key])]
         for loc, entry in entries:
             step_id = entry.get("id") if isinstance(entry, dict) else None
             if not isinstance(step_id, str):

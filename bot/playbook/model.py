@@ -31,6 +31,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 STEP_ID_PATTERN = r"^[a-z_][a-z0-9_-]*$"
 VAR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ITEM_ADDRESS_PATTERN = r"^[a-z_][a-z0-9_-]*(\[[0-9]{1,5}\]\.[a-z_][a-z0-9_-]*)?$"  # a step, or roll[2].drain
 
 
 class _Strict(BaseModel):
@@ -192,9 +193,9 @@ class Step(_Strict):
         None, exclude_if=_unused, description="Run instead when this step's action fails (after its retries)."
     )
     settles: str | None = Field(
-        None, exclude_if=_unused, pattern=STEP_ID_PATTERN,
-        description="An earlier step (or parallel group) whose compensation is dropped once this step's own "
-        "action succeeds.",
+        None, exclude_if=_unused, pattern=ITEM_ADDRESS_PATTERN,
+        description="An earlier step (a parallel or foreach group, or one item's step as roll[2].drain) whose "
+        "compensation is dropped once this step's own action succeeds.",
     )
     irreversible: bool = Field(
         False, exclude_if=_unused,
@@ -220,16 +221,64 @@ class ParallelGroup(_Strict):
     parallel: list[Step] = Field(min_length=1)
 
 
+FOREACH_ACTION = "foreach"  # the action a foreach group's StepStatus shows
+FOREACH_HARD_MAX = 10_000  # items in a literal list; the worker's PLAYBOOK_BOT_FOREACH_MAX bounds every run
+FOREACH_NAMES_TAKEN = frozenset({"params", "vars", "alert", "run", "steps", "index", "secret"})
+
+
+class ForeachGroup(_Strict):
+    """Format v1.1: `steps` run once per item of a list, at most `concurrency` items at once, in
+    index order; past `max_failures` failed items no new item starts and the group fails."""
+
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    name: str = ""
+    when: str | None = None
+    foreach: str | list[JsonValue] = Field(description=(
+        "The items: a template that renders to a list (\"{{ params.hosts }}\") or a literal list. At most "
+        "PLAYBOOK_BOT_FOREACH_MAX items (default 500) per run."
+    ))
+    as_: str = Field("item", alias="as", pattern=VAR_NAME_PATTERN, max_length=64,
+                     description="The name templates read the item by; `index` (0-based) is set too.")
+    concurrency: int = Field(1, ge=1, le=100, description="Items at once; 1 = rolling, one after another.")
+    max_failures: int | Literal["all"] = Field(0, description=(
+        "More failed items than this: no new item starts, running ones finish, the group fails. "
+        "all: keep going, fail only if every item failed."
+    ))
+    steps: list[Step] = Field(min_length=1, max_length=50, description=(
+        "Run in order for each item, with their own when/retry/compensate/on_failure/fallback; templates read "
+        "this item's steps as steps.<id>."
+    ))
+
+    @field_validator("max_failures")
+    @classmethod
+    def _non_negative(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("max_failures must be 0 or more, or \"all\"")
+        return value
+
+
 def _step_kind(value: Any) -> str:
     if isinstance(value, dict):
-        return "parallel" if "parallel" in value else "step"
+        return "parallel" if "parallel" in value else "foreach" if "foreach" in value else "step"
+    if isinstance(value, ForeachGroup):
+        return "foreach"
     return "parallel" if isinstance(value, ParallelGroup) else "step"
 
 
 StepItem = Annotated[
-    Union[Annotated[Step, Tag("step")], Annotated[ParallelGroup, Tag("parallel")]],
+    Union[Annotated[Step, Tag("step")], Annotated[ParallelGroup, Tag("parallel")],
+          Annotated[ForeachGroup, Tag("foreach")]],
     Discriminator(_step_kind),
 ]
+
+
+def members(item: Step | ParallelGroup | ForeachGroup) -> list[Step]:
+    """The steps a top-level entry holds (a plain step holds none besides itself)."""
+    if isinstance(item, ParallelGroup):
+        return list(item.parallel)
+    if isinstance(item, ForeachGroup):
+        return list(item.steps)
+    return []
 
 
 class AlertTrigger(_Strict):
@@ -296,7 +345,7 @@ class Playbook(_Strict):
     def _unique_step_ids(self) -> Playbook:
         seen: set[str] = set()
         for item in [*self.steps, *self.on_failure]:
-            ids = [item.id] + ([s.id for s in item.parallel] if isinstance(item, ParallelGroup) else [])
+            ids = [item.id] + [s.id for s in members(item)]
             for step_id in ids:
                 if step_id in seen:
                     raise ValueError(f"duplicate step id {step_id!r}: step ids must be unique")
@@ -307,8 +356,13 @@ class Playbook(_Strict):
         """Every executable step in order, groups flattened."""
         out: list[Step] = []
         for item in self.steps:
+            if isinstance(item, ForeachGroup):
+                continue  # its steps run per item, under addresses (roll[2].drain): see item_steps()
             out.extend(item.parallel if isinstance(item, ParallelGroup) else [item])
         return out
+
+    def foreach_groups(self) -> list[ForeachGroup]:
+        return [item for item in self.steps if isinstance(item, ForeachGroup)]
 
     def content_hash(self) -> str:
         """sha256 of the canonical JSON form: what ran is what the hash names."""

@@ -88,7 +88,7 @@ def status_blocks(status: RunStatus) -> list[dict[str, Any]]:
             f"*Queued* for `{escape(str(status.waiting_for.get('key')))}`"
             + (f", held by run `{escape(str(held))}`" if held else "")
         ))
-    steps = [step_line(step) for step in status.steps] or ["_no steps_"]
+    steps = [line for step in status.steps for line in [step_line(step), *item_lines(step)]] or ["_no steps_"]
     blocks += _sections(steps, title="*Steps*")
     if status.compensations:
         blocks += _sections([compensation_line(c) for c in status.compensations], title="*Rollback*")
@@ -107,7 +107,7 @@ def status_text(status: RunStatus) -> str:
         f"{escape(status.playbook)} run {escape(status.run_id)}: {_state(status.state)}"
         f" ({done}/{len(status.steps)} steps done)"
     )
-    waiting = [escape(step.id) for step in status.steps if step.state == "waiting_approval"]
+    waiting = [escape(step.id) for step in status.all_steps() if step.state == "waiting_approval"]
     if waiting:
         text += f", waiting for approval of {', '.join(waiting)}"
     return truncate(text, FALLBACK_LIMIT)
@@ -121,8 +121,26 @@ def step_line(step: StepStatus) -> str:
         head += " · irreversible"
     if step.settled_by:
         head += f" · settled by *{escape(step.settled_by)}*"
+    if step.progress is not None:
+        head += f" · {step.progress.text()}"  # a foreach group: 3/12 done, 1 failed
     line = _checklist_line(head, step)
     return f"{escape(step.group)} › {line}" if step.group else line
+
+
+ITEM_LINES = 8  # item steps a foreach group shows below its line: what needs eyes, not all 500
+
+
+def item_lines(step: StepStatus) -> list[str]:
+    """A foreach group's item steps that are running, waiting or went wrong (a bounded few)."""
+    notable = [s for item in step.items or () for s in item.steps if s.state in NOTABLE_ITEM_STATES]
+    lines = [step_line(s) for s in notable[:ITEM_LINES]]
+    if len(notable) > ITEM_LINES:
+        lines.append(f"{escape(step.id)} › _and {len(notable) - ITEM_LINES} more_")
+    return lines
+
+
+NOTABLE_ITEM_STATES = frozenset({"running", "waiting_approval", "failed", "denied", "rejected", "cancelled",
+                                 "compensation_failed"})
 
 
 def compensation_line(comp: CompensationStatus) -> str:

@@ -36,7 +36,7 @@ from bot.engine.state import TriggerContext
 from bot.identity import principals
 from bot.identity.principals import Actor
 from bot.playbook.loader import LoadedPlaybook
-from bot.playbook.model import ParallelGroup, Step
+from bot.playbook.model import ForeachGroup, ParallelGroup, Step
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.templating import TemplateError, display, inert, render
 from bot.policy.inputs import policy_input, rfc3339
@@ -286,6 +286,13 @@ class PlaybookCommand:
                 lines.append(f"*{escape(item.id)}* (parallel){_when(item.when, context)}")
                 for step in item.parallel:
                     lines.append(await self._dry_step(loaded, step, context, params, trigger, now, indent="    "))
+            elif isinstance(item, ForeachGroup):
+                values, said = _foreach_items(item, context)
+                lines.append(f"*{escape(item.id)}* (foreach, {said}, concurrency {item.concurrency}, "
+                             f"max_failures {item.max_failures}){_when(item.when, context)}")
+                first = inert({**context, item.as_: values[0], "index": 0}) if values else context
+                for step in item.steps:  # as the first item would run them
+                    lines.append(await self._dry_step(loaded, step, first, params, trigger, now, indent="    "))
             else:
                 lines.append(await self._dry_step(loaded, item, context, params, trigger, now))
         await _say(respond, "\n".join(lines))
@@ -388,3 +395,15 @@ def _as_typed(value: Any) -> str:
 
 async def _say(respond: Respond, text: str) -> None:
     await respond(text=truncate(text, MESSAGE_LIMIT * 4), response_type="ephemeral")
+
+
+def _foreach_items(group: ForeachGroup, context: dict[str, Any]) -> tuple[list[Any], str]:
+    """A foreach group's items as a dry run can know them, and how to say so."""
+    try:
+        values = group.foreach if isinstance(group.foreach, list) else render(group.foreach, context)
+    except TemplateError as exc:
+        return [], f"items known at run time ({escape(truncate(str(exc), 200))})"
+    if not isinstance(values, list):
+        return [], "items: not a list, the group would fail"
+    shown = ", ".join(f"`{escape(truncate(str(v), 40))}`" for v in values[:10])
+    return values, f"{len(values)} items: {shown}" + (", …" if len(values) > 10 else "")

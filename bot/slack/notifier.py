@@ -81,7 +81,7 @@ class SlackNotifier:
         await self._status_message(request.channel, status, state)
         if state.message_ts is None:
             return False
-        for step in status.steps:
+        for step in status.all_steps():  # foreach items' steps ask approval under their address
             if step.id in request.decisions and (step.state == "waiting_approval" or step.id in state.approval_ts):
                 await self._approval(request, step.id, state)
         for key, text in self._replies(status, await self._mentions(status)):
@@ -128,7 +128,7 @@ class SlackNotifier:
     async def _mentions(self, status: RunStatus) -> dict[str, str]:
         """Mentions that page the groups an escalation names (overdue approvals, failed undo)."""
         handles = set(status.escalated_to)
-        for step in status.steps:
+        for step in status.all_steps():
             if step.escalated_at is not None:
                 handles.update((step.decision or {}).get("approver_groups", []))
         if self.groups is None:
@@ -140,7 +140,7 @@ class SlackNotifier:
         """The thread replies, keyed. Every data string is escaped; `mentions` (the escalation's
         own `<!subteam^ID>`) is the only markup that stays live."""
         out: list[tuple[str, str]] = []
-        for step in status.steps:
+        for step in status.all_steps():
             sid = escape(step.id)
             if step.state in ("failed", "denied", "rejected"):
                 out.append((f"end:{step.id}", f":x: *{sid}* {step.state}: {escape(step.error or '')}"))

@@ -78,6 +78,23 @@ steps:
   - {id: hang, action: t.wait}
 """
 
+FOREACH = """
+name: foreach-roll
+vars: {hosts: [a, b, c, d, e]}
+steps:
+  - {id: pre, action: t.ok, compensate: {action: t.ok}}
+  - id: roll
+    foreach: "{{ vars.hosts }}"
+    as: host
+    concurrency: 2
+    max_failures: 1
+    steps:
+      - {id: drain, action: t.ok, with: {h: "{{ host }}"}, compensate: {action: t.ok, with: {h: "{{ host }}"}}}
+      - {id: bad, action: t.fail, when: "{{ host in FAILING }}"}
+      - {id: check, action: t.ok, with: {d: "{{ steps.drain.output.id }}", i: "{{ index }}"}}
+  - {id: after, action: t.ok, with: {n: "{{ steps.roll.output | length }}"}}
+"""
+
 
 async def _vote(handle: WorkflowHandle[Any, Any], verdict: str) -> None:
     await wait_for_state(handle, lambda s: s.step("risky").state == "waiting_approval")
@@ -103,6 +120,9 @@ SCENARIOS: dict[str, Scenario] = {
     # start as the front door does: patches must not be asked after the admission's local activity.
     "trust-approval-approved": (GATED, APPROVAL, lambda h: _vote(h, "approve"), "completed"),
     "trust-cancelled-mid-step": (CANCELLED, None, _cancel, "compensated"),
+    # Format v1.1 foreach: one failed item tolerated (max_failures 1), then two (the saga undoes the rest)
+    "foreach-tolerated": (FOREACH.replace("FAILING", "['b']"), None, None, "completed"),
+    "foreach-past-max-failures": (FOREACH.replace("FAILING", "['b', 'c']"), None, None, "compensated"),
 }
 
 
