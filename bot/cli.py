@@ -367,6 +367,34 @@ def validate(path: Optional[Path] = typer.Argument(None, help="A playbook file o
             print(f"warning: {warning}", file=sys.stderr)
 
 
+@app.command(name="test")
+def rehearse_cmd(
+    path: Optional[Path] = typer.Argument(None, help="A directory of playbooks and *.test.yaml files, or one test file."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML here (for CI)."),
+) -> None:
+    """Rehearse playbooks: run their *.test.yaml cases with mocked actions on a time-skipping server.
+    Exit 1 if a case fails, 2 if a test file is bad."""
+    settings = _settings()
+    from bot.rehearse.report import junit_xml, rehearse, summary
+    from bot.rehearse.runner import RehearsalUnavailable
+
+    target = path or settings.playbooks_dir
+    if "PLAYBOOK_BOT_LOG_LEVEL" not in os.environ:
+        # Rehearsed failures are expected: the worker's warnings about them would bury the report.
+        for name in ("temporalio", "bot"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        report = asyncio.run(rehearse(target, settings.policies_dir, say=lambda line: print(line, flush=True)))
+    except (RehearsalUnavailable, PolicyLoadError) as exc:
+        raise Failure(_reason(exc), code=2) from None
+    for bad in report.bad_files:
+        print(f"error: {bad}", file=sys.stderr)
+    print(summary(report))
+    if junit is not None:
+        junit.write_text(junit_xml(report), encoding="utf-8")
+    raise typer.Exit(report.exit_code)
+
+
 @app.command()
 def schema() -> None:
     """Print the playbook JSON Schema (for editors)."""
