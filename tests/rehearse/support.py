@@ -46,6 +46,7 @@ APPROVE = '{restart: [{by: "slack:U0BOB", vote: approve, groups: [sre-oncall]}]}
 
 
 def directory(tmp_path: Path, test_yaml: str, *, name: str = "tiny.test.yaml", extra: dict[str, str] | None = None) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "tiny.yaml").write_text(PLAYBOOK)
     for file, text in (extra or {}).items():
         (tmp_path / file).write_text(text)
