@@ -63,3 +63,19 @@ def test_nothing_to_rehearse_is_an_error(tmp_path):
     (tmp_path / "pb").mkdir()
     result = cli(["test", str(tmp_path / "pb")], env(tmp_path), timeout=120)
     assert result.code == 2 and "no *.test.yaml rehearsal files here" in result.stderr
+
+
+def test_run_dry_run_shows_the_plan_and_starts_nothing(tmp_path):
+    # No Temporal anywhere: a dry run that tried to start the run would fail to connect.
+    settings = base_env(data_dir=tmp_path / "data", policies_dir=ROOT / "policies", playbooks_dir=PLAYBOOKS,
+                        temporal_address="127.0.0.1:1")
+    result = cli(["run", "restart-service", "-p", "service=checkout", "--dry-run", "--by", "alice"], settings)
+    assert result.code == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("Dry run of restart-service (sha256:")
+    assert '"url": "https://deploy.internal/v1/services/checkout/restart"' in out
+    assert "policy needs 1 approval(s) from sre-oncall" in out
+    assert "undo: alertmanager.expire_silence (rendered at run time" in out  # needs the silence's output
+    assert "5.3 errors  prometheus.query  when {{ params.environment == 'production' }} → runs" in out
+    bad = cli(["run", "restart-service", "-p", "service=Bad!", "--dry-run"], settings)
+    assert bad.code == 1 and "service" in bad.error_line()
