@@ -95,3 +95,12 @@ def test_addresses():
     assert parse_address("call/child_id").child == "child_id"
     with pytest.raises(ValueError):
         parse_address("undo:")
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path):
+    """Nine levels of nine aliases spell 387 million values; validating them would hang the runner."""
+    lines = ["playbook: tiny", "bomb: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"b{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    lines += ["cases:", "  - name: boom", "    params: {service: *l9}", "    expect: {}"]
+    error = refused(tmp_path, "\n".join(lines) + "\n")
+    assert "expands to more than" in str(error) and ":1: " in str(error)
