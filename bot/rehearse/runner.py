@@ -94,10 +94,14 @@ class _ByRun:
 
     def __init__(self) -> None:
         self.runs: dict[str, EmbeddedEngine] = {}
+        self.default: EmbeddedEngine | None = None  # the policies' own data
 
     def _for(self, input: dict[str, Any]) -> EmbeddedEngine:
+        """TODO(sub-playbooks): a child run should get its root case's engine; it gets the default."""
         run_id = str((input.get("run") or {}).get("id") or "")
-        return self.runs[run_id]
+        engine = self.runs.get(run_id) or self.default
+        assert engine is not None
+        return engine
 
     async def decide(self, input: dict[str, Any]) -> Decision:
         return await self._for(input).decide(input)
@@ -169,6 +173,7 @@ class Rehearsal:
             make_worker(self.client, self.task_queue, activities, max_concurrent_activities=1),
             Worker(self.client, task_queue=self.task_queue + "-holders", workflows=[LockHolder]),
         ]
+        self.router.default = await self._engine({})
         for w in self._workers:
             asyncio.ensure_future(w.run())
         return self
