@@ -182,9 +182,12 @@ def run(
     by: Optional[str] = typer.Option(None, "--by", help="Requester user id (default cli:<os user>)."),
     wait: bool = typer.Option(False, "--wait", help="Follow progress; exit 0 only if the run completes."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan (arguments, undos, policy) and run nothing."),
 ) -> None:
     """Start a playbook run and print its run id."""
     settings = _settings()
+    if dry_run:
+        _dry_run(settings, name, param, by)
     api = _api(settings, by)
     if api is not None:
         _run_via_api(api, name, param, wait, as_json)
@@ -211,6 +214,29 @@ def run(
         return await _started(handle.id, partial(get_status, client), wait, as_json)
 
     _exit_with(_run(go), as_json)
+
+
+def _dry_run(settings: Settings, name: str, param: list[str], by: str | None) -> NoReturn:
+    """The plan of a run with these params; nothing starts and Temporal is not asked."""
+    from bot.rehearse.plan import plan_lines
+
+    try:
+        loaded = _catalog(settings).get(name)
+        params = coerce_params(loaded.playbook, parse_assignments(param))
+        principal = principals.cli(by)
+    except KNOWN_ERRORS as exc:
+        raise Failure(_reason(exc)) from None
+
+    async def go() -> list[str]:
+        policy = make_engine(settings)
+        try:
+            await policy.load()
+            return await plan_lines(loaded, params, principal, policy.decide)
+        finally:
+            await policy.close()
+
+    print("\n".join(_run(go)))
+    raise typer.Exit(0)
 
 
 def _run_via_api(api: ApiClient, name: str, param: list[str], wait: bool, as_json: bool) -> NoReturn:
@@ -388,6 +414,34 @@ def validate(path: Optional[Path] = typer.Argument(None, help="A playbook file o
         print(f"ok  {item.playbook.name}  ({item.path}, {len(item.playbook.leaf_steps())} steps, {item.hash[:19]})")
         for warning in item.warnings:
             print(f"warning: {warning}", file=sys.stderr)
+
+
+@app.command(name="test")
+def rehearse_cmd(
+    path: Optional[Path] = typer.Argument(None, help="A directory of playbooks and *.test.yaml files, or one test file."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML here (for CI)."),
+) -> None:
+    """Rehearse playbooks: run their *.test.yaml cases with mocked actions on a time-skipping server.
+    Exit 1 if a case fails, 2 if a test file is bad."""
+    settings = _settings()
+    from bot.rehearse.report import junit_xml, rehearse, summary
+    from bot.rehearse.runner import RehearsalUnavailable
+
+    target = path or settings.playbooks_dir
+    if "PLAYBOOK_BOT_LOG_LEVEL" not in os.environ:
+        # Rehearsed failures are expected: the worker's warnings about them would bury the report.
+        for name in ("temporalio", "bot"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        report = asyncio.run(rehearse(target, settings.policies_dir, say=lambda line: print(line, flush=True)))
+    except (RehearsalUnavailable, PolicyLoadError) as exc:
+        raise Failure(_reason(exc), code=2) from None
+    for bad in report.bad_files:
+        print(f"error: {bad}", file=sys.stderr)
+    print(summary(report))
+    if junit is not None:
+        junit.write_text(junit_xml(report), encoding="utf-8")
+    raise typer.Exit(report.exit_code)
 
 
 @app.command()

@@ -186,6 +186,10 @@ class RunStatus(BaseModel):
     busy: dict[str, Any] | None = Field(
         None, description="The key was busy and the playbook says refuse or attach: {key, holder, on_busy}; nothing ran."
     )
+    trace: list[str] = Field(
+        default_factory=list,
+        description="What started, in order: step ids, `undo:<id>`, `fallback:<id>` (rehearsals' expect.order).",
+    )
 
     def step(self, step_id: str) -> StepStatus:
         """A step by id, or a foreach item's step by its address (`roll[2].drain`)."""

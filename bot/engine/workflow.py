@@ -70,6 +70,7 @@ SLACK_TIMEOUT = timedelta(seconds=30)  # runs started before the audit trail rep
 POLICY_TIMEOUT = timedelta(seconds=30)
 LOCK_TIMEOUT = timedelta(seconds=30)
 LOCK_ASK_AGAIN = timedelta(minutes=2)  # while queued: the request again, in case its lock was terminated
+TRACE_MAX = 5000  # entries of RunStatus.trace; past it the run goes on, untraced
 
 
 async def _uncancellable(coro: Any) -> Any:
@@ -674,6 +675,7 @@ class PlaybookRun(ForeachRuns):
         self._saga_of(step.id).register(step)  # a foreach item's step: its item's own saga
         st.state = "running"
         st.started_at = workflow.now()
+        self._traced(step.id)
         self._log("step started", step_id=step.id, action=step.action)
         if step.action == FAIL_ACTION:
             return self._fail_run(st)
@@ -757,6 +759,7 @@ class PlaybookRun(ForeachRuns):
             await workflow.wait_condition(lambda: self._cancels_pending == 0)
             if self._cancel_requested():
                 raise asyncio.CancelledError()
+        self._traced(f"fallback:{step.id}")
         try:
             result = await self._execute(step.id, fallback.action, args, fallback.retry, fallback.timeout,
                                          compensation=False, fallback=True)
@@ -1192,6 +1195,7 @@ class PlaybookRun(ForeachRuns):
         previous = st.state
         st.state = "compensating"
         record.state = "running"
+        self._traced(f"undo:{step.id}")
         self._log("compensation started", step_id=step.id, action=comp.action)
         try:
             result = await self._execute(step.id, comp.action, args, comp.retry, comp.timeout, compensation=True)
@@ -1240,6 +1244,12 @@ class PlaybookRun(ForeachRuns):
         if self._input.playbook.foreach_groups():
             self._foreach_context(doc, owner)
         return inert(doc)
+
+    def _traced(self, address: str) -> None:
+        """Note what starts, in order (memory only: no command, so histories replay as before).
+        Foreach items and child runs name theirs `id[i]` and `call/child_id` (DESIGN, rehearsal addresses)."""
+        if len(self._status.trace) < TRACE_MAX:
+            self._status.trace.append(address)
 
     def _record(
         self,

@@ -22,6 +22,11 @@ from bot.playbook.model import Playbook
 from bot.playbook.templating import MARKER_CHARS
 
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
+REHEARSAL_SUFFIXES = (".test.yaml", ".test.yml")  # rehearsal files (`playbook-bot test`) beside the playbooks
+
+
+def is_rehearsal_file(path: Path) -> bool:
+    return path.name.endswith(REHEARSAL_SUFFIXES)
 
 
 class PlaybookError(ValueError):
@@ -188,7 +193,7 @@ def load_text(text: str, *, path: str | Path = "<playbook>",
 
 
 def load_directory(path: str | Path, *, actions: Mapping[str, ActionSpec] | None = None) -> Catalog:
-    """Every `*.yaml`/`*.yml` directly in `path` (not subdirectories, not dotfiles; a file path loads
+    """Every `*.yaml`/`*.yml` directly in `path` (not subdirectories, dotfiles or `*.test.yaml`; a file path loads
     just that file). Raises PlaybookLoadErrors with every problem in every file, and duplicate names;
     its `.catalog` holds the playbooks that did load, for callers that choose to serve those."""
     path = Path(path)
@@ -196,7 +201,8 @@ def load_directory(path: str | Path, *, actions: Mapping[str, ActionSpec] | None
         files = [path]
     elif path.is_dir():
         files = sorted(
-            p for p in path.iterdir() if p.suffix in PLAYBOOK_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            p for p in path.iterdir()
+            if p.suffix in PLAYBOOK_SUFFIXES and not p.name.startswith(".") and not is_rehearsal_file(p) and p.is_file()
         )
     else:
         raise PlaybookLoadErrors([PlaybookError("no such file or directory", path=path)], path=path)

