@@ -17,6 +17,7 @@ SHIPPED = {
     "alertmanager.expire_silence",
     "prometheus.query",
     "slack.post",
+    "playbook.run",
 }
 
 
