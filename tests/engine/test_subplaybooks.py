@@ -8,13 +8,18 @@ Actions are the Recorder's fakes (tests/engine/support.py); each run's steps hav
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
+from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 
+from bot.engine.admission import Admission, AdmitRequest
 from bot.engine.children import CatalogActivities
+from bot.engine.locking import render_lock_key
 from bot.engine.runs import get_status
-from bot.engine.state import RunStatus
+from bot.engine.state import Requester, RunStatus
+from bot.engine.worker import make_worker
 from bot.engine.workflow import PlaybookRun
 from bot.playbook.model import Playbook
 from tests.engine.support import Recorder, cancel, catalog_of, playbook, run_input, start, wait_for_state, worker
@@ -184,3 +189,45 @@ steps:
     assert final.state == "compensated"
     assert final.cancelled_by == "slack:U0BOB", "the child names who cancelled its parent"
     assert states(final) == {"c1": "compensated", "c2": "compensated"}
+
+
+async def test_a_child_takes_the_lock_its_root_run_holds(dev_env):
+    """Parent and child share a concurrency key: the child's request goes through its root's slot
+    (a nested grant) instead of queueing behind its own parent, which would wait forever."""
+    rec = Recorder()
+    parent = playbook(
+        """
+name: parent
+concurrency: {key: "svc-{{ params.service }}"}
+params: {service: {type: string}}
+steps:
+  - {id: call, action: playbook.run, with: {name: locked-child, params: {service: "{{ params.service }}"}}}
+"""
+    )
+    child = playbook(
+        """
+name: locked-child
+concurrency: {key: "svc-{{ params.service }}"}
+params: {service: {type: string}}
+steps:
+  - {id: inner, action: t.ok}
+"""
+    )
+
+    @activity.defn(name="run.admit")
+    async def admit(request: AdmitRequest) -> Admission:
+        who = request.trigger.requested_by
+        return Admission(
+            allow=True, params=request.params, requester=Requester(principal=who, person=who, verified=True),
+            lock_key=render_lock_key(request.playbook, request.params, request.trigger.alert),
+        )
+
+    activities = [a for a in rec.activities() if a.__temporal_activity_definition.name != "run.admit"]
+    extra = CatalogActivities(lambda: catalog_of(parent, child)).all()
+    client = dev_env.client
+    async with make_worker(client, f"tq-{uuid.uuid4()}", [*activities, admit, *extra]) as w:
+        handle = await start(client, w, run_input(parent, {"service": f"web{uuid.uuid4().hex[:6]}"}))
+        status = await asyncio.wait_for(handle.result(), WAIT)
+    assert status.state == "completed", status.error
+    assert order(rec) == ["inner"]
+    assert status.step("call").output["steps"]["inner"]["state"] == "succeeded"
