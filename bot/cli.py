@@ -35,7 +35,7 @@ from bot.identity.cli import app as token_app
 from bot.identity.keys import cli_keyring
 from bot.identity.principals import Actor, PrincipalError
 from bot.identity.proofs import Keyring
-from bot.playbook.loader import Catalog, PlaybookError, PlaybookLoadErrors, load_directory, load_file
+from bot.playbook.loader import Catalog, PlaybookError, PlaybookLoadErrors, load_directory
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.schema import playbook_json_schema
 from bot.policy.cli import app as policy_app
@@ -407,7 +407,7 @@ def validate(path: Optional[Path] = typer.Argument(None, help="A playbook file o
     if not target.exists():
         raise Failure(f"{target}: no such file or directory")
     try:
-        loaded = [load_file(target)] if target.is_file() else list(load_directory(target).values())
+        loaded = list(load_directory(target).values())  # a file: checked with its neighbours (sub-playbooks)
     except PlaybookError as exc:
         raise Failure(str(exc)) from None
     for item in loaded:

@@ -10,6 +10,7 @@ from bot.actions.base import ACTIONS, ActionSpec
 from bot.actions.core import CoreActions
 from bot.actions.egress import EgressClient
 from bot.actions.http import HttpActions
+from bot.actions.playbooks import PlaybookActions
 from bot.actions.prometheus import PrometheusActions
 from bot.actions.shell import ShellActions
 from bot.actions.slack import SlackActions
@@ -30,6 +31,7 @@ def make_providers(settings: Settings, http: EgressClient) -> list[object]:
         AlertmanagerActions(http, settings.alertmanager_url),
         PrometheusActions(http, settings.prometheus_url),
         SlackActions(slack_client(settings)),
+        PlaybookActions(),  # run as child workflows: registered for validate and the schema
     ]
 
 

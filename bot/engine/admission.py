@@ -11,7 +11,7 @@ a worker with another key or catalog) decides the same way.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, get_args
 
 import structlog
 from pydantic import BaseModel, Field
@@ -21,9 +21,9 @@ from bot.audit.events import AuditEvent
 from bot.audit.recorder import AuditWriter
 from bot.audit.store import AuditUnavailable
 from bot.engine.locking import LockKeyError, render_lock_key
-from bot.engine.state import Requester, TriggerContext
+from bot.engine.state import ParentLink, Requester, TriggerContext
 from bot.identity import principals
-from bot.identity.principals import Actor
+from bot.identity.principals import Actor, VerifiedBy
 from bot.identity.proofs import START_SKEW, Keyring, Proof, ProofError, start_content
 from bot.playbook.loader import Catalog, UnknownPlaybook
 from bot.playbook.model import Playbook
@@ -32,10 +32,13 @@ from bot.policy.engine import PolicyEngine
 from bot.policy.inputs import policy_input, provenance, rfc3339
 
 log = structlog.get_logger(__name__)
+VERIFIERS = frozenset(get_args(VerifiedBy))
 
 # Which check refused a run (a fixed code, for the audit trail and tests).
 RUN_ID, REQUESTER, CATALOG, PARAMS, PROOF, START = "run id", "requester", "catalog", "params", "proof", "start"
 CONCURRENCY = "concurrency"
+PARENT = "parent"
+CHILD_DEPTH_MAX = 8  # sub-playbooks calling sub-playbooks: cycles are refused at load, this bounds the rest
 
 
 class AdmitRequest(BaseModel):
@@ -47,6 +50,10 @@ class AdmitRequest(BaseModel):
     proof: Proof | None = None
     started_at: datetime = Field(description="When Temporal accepted the start (not the client's clock).")
     audit: list[AuditEvent] = Field(default_factory=list)
+    parent: ParentLink | None = Field(None, description="What the run's input claims about its parent run.")
+    temporal_parent: str | None = Field(
+        None, description="The workflow that started this run, as Temporal recorded it (None: a client did)."
+    )
 
 
 class Admission(BaseModel):
@@ -96,6 +103,8 @@ class Admitter:
                 principals.check(trigger.requested_by)
             except principals.PrincipalError as exc:
                 return self._refuse(REQUESTER, f"the requester is not a principal: {exc}", unverified, request.params)
+            if problem := self._parent_problem(request):
+                return self._refuse(PARENT, problem, unverified, request.params)
             if problem := self._catalog_problem(request):
                 return self._refuse(CATALOG, problem, unverified, request.params)
             try:
@@ -146,6 +155,26 @@ class Admitter:
             log.error("audit store unreadable: cannot tell whether this run id was used before", error=str(exc))
         return None
 
+    def _parent_problem(self, request: AdmitRequest) -> str | None:
+        """A child run (trigger `playbook`) is believed only when Temporal says its claimed parent
+        started it: a client can write any input, but cannot make a workflow its parent."""
+        trigger, parent = request.trigger, request.parent
+        if trigger.kind != "playbook" and parent is None:
+            return None
+        if trigger.kind != "playbook" or parent is None:
+            return "a child run needs both trigger 'playbook' and its parent run; this run claims only one of them"
+        if request.temporal_parent is None:
+            return (f"it claims to be a child of run {parent.run_id!r}, but no workflow started it (a client did): "
+                    "child runs are started by their parent's playbook.run step")
+        if request.temporal_parent != parent.run_id:
+            return (f"it claims to be a child of run {parent.run_id!r}, but was started by workflow "
+                    f"{request.temporal_parent!r}")
+        if parent.requester.principal != trigger.requested_by:
+            return f"its requester {trigger.requested_by!r} is not its parent's ({parent.requester.principal!r})"
+        if parent.depth > CHILD_DEPTH_MAX:
+            return f"sub-playbooks nest {parent.depth} deep; at most {CHILD_DEPTH_MAX}"
+        return None
+
     def _catalog_problem(self, request: AdmitRequest) -> str | None:
         name = request.playbook.name
         try:
@@ -165,6 +194,10 @@ class Admitter:
     def _actor(self, request: AdmitRequest, params: dict[str, Any]) -> Actor:
         trigger = request.trigger
         proof = request.proof
+        if request.parent is not None:  # checked by _parent_problem: the parent's admission verified it
+            who = request.parent.requester
+            verified_by = who.verified_by if who.verified and who.verified_by in VERIFIERS else None
+            return Actor(who.principal, verified_by=verified_by)  # type: ignore[arg-type]
         if proof is None:
             return Actor(trigger.requested_by)  # unverified: no groups, whatever was claimed
         content = start_content(request.playbook.name, request.playbook_hash, request.params, trigger.model_dump(mode="json"))

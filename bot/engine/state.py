@@ -29,7 +29,7 @@ StepState = Literal[
     "compensation_failed",
 ]
 CompensationState = Literal["pending", "running", "succeeded", "failed", "skipped"]
-TriggerKind = Literal["cli", "slack", "alertmanager", "api"]
+TriggerKind = Literal["cli", "slack", "alertmanager", "api", "playbook"]  # playbook: a sub-playbook's child run
 
 FINAL_RUN_STATES: frozenset[str] = frozenset({"completed", "compensated", "failed", "cancelled"})
 
@@ -44,6 +44,17 @@ class TriggerContext(BaseModel):
     slack: dict[str, Any] | None = None
 
 
+class ParentLink(BaseModel):
+    """A child run's parent (format v1.1 `playbook.run`). Admission trusts it only when Temporal
+    itself says this run was started by that parent workflow (no client can claim that)."""
+
+    run_id: str
+    step_id: str
+    root_run_id: str = Field(description="The root of the run tree: the run that a lock's nested grant goes through.")
+    depth: int = Field(1, ge=1)
+    requester: "Requester"
+
+
 class RunInput(BaseModel):
     """A validated playbook snapshot: an edited file never changes a running incident."""
 
@@ -52,6 +63,7 @@ class RunInput(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     trigger: TriggerContext
     proof: Proof | None = Field(None, description="The front door's proof of who asked; none: unverified.")
+    parent: ParentLink | None = Field(None, description="Set when a parent run's playbook.run step started this run.")
 
 
 class Vote(BaseModel):
@@ -145,6 +157,20 @@ class Requester(BaseModel):
     verified_by: str | None = None
 
 
+ChildVerdict = Literal["release", "compensate", "cancel"]
+
+
+class ChildCall(BaseModel):
+    """A child run a `playbook.run` step started, and what the parent wants of it (read by the
+    child through the parent's `status` query: a signal only wakes it, so nobody can forge this)."""
+
+    step: str
+    run_id: str
+    playbook: str
+    state: RunState | Literal["starting", "held"] = "starting"
+    verdict: ChildVerdict | None = None
+
+
 class CompensationStatus(BaseModel):
     step: str
     action: str
@@ -190,6 +216,12 @@ class RunStatus(BaseModel):
         default_factory=list,
         description="What started, in order: step ids, `undo:<id>`, `fallback:<id>` (rehearsals' expect.order).",
     )
+    parent_run: str | None = Field(None, description="A child run (playbook.run): the parent run that started it.")
+    parent_step: str | None = Field(None, description="A child run: the parent's step that called it.")
+    held_by: str | None = Field(
+        None, description="A child run whose steps completed: the parent run it waits for (release or roll back)."
+    )
+    children: list[ChildCall] = Field(default_factory=list, description="Child runs this run's playbook.run steps started.")
 
     def step(self, step_id: str) -> StepStatus:
         """A step by id, or a foreach item's step by its address (`roll[2].drain`)."""
@@ -253,6 +285,13 @@ class ConfirmResult(BaseModel):
     message: str
 
 
+class Poke(BaseModel):
+    """Parent and child runs wake each other with this signal; the woken run then reads the
+    other's status (a query the worker answers), so a forged poke changes nothing."""
+
+    run_id: str
+
+
 class CancelRequest(BaseModel):
     """Who asks to cancel, and why; the `cancel` rule decides, the run records the canceller."""
 
@@ -273,3 +312,6 @@ class VoteResult(BaseModel):
     approvals: int
     needed: int
     message: str
+
+
+ParentLink.model_rebuild()

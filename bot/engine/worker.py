@@ -19,6 +19,7 @@ from bot.actions.secrets import SecretStore
 from bot.audit.recorder import AuditActivities, AuditWriter
 from bot.audit.store import SqliteAuditStore, default_path
 from bot.engine.admission import Admitter
+from bot.engine.children import CatalogActivities, PeekActivities
 from bot.engine.lock_workflow import KeyLock
 from bot.engine.locks import LockActivities
 from bot.engine.workflow import PlaybookRun
@@ -48,12 +49,13 @@ def make_worker(
     **options: Any,
 ) -> Worker:
     names = {getattr(getattr(a, "__temporal_activity_definition", None), "name", None) for a in activities}
-    locks = [a for a in LockActivities(client).all() if a.__temporal_activity_definition.name not in names]
+    own = [*LockActivities(client).all(), *PeekActivities(client).all()]
+    locks = [a for a in own if a.__temporal_activity_definition.name not in names]
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[PlaybookRun, KeyLock],
-        activities=[*activities, *locks],  # the lock's own activities, unless a test brings its own
+        activities=[*activities, *locks],  # the lock's and run.peek, unless a test brings its own
         workflow_runner=workflow_runner(),
         # Send heartbeats at least every second so a cancel reaches a long step in about a second.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
@@ -135,5 +137,6 @@ async def worker_deps(
             AuditActivities(writer).record,
             notifier.sync,
             admitter.admit,
+            *CatalogActivities(lambda: known).all(),
         ]
         yield WorkerDeps(activities, policy, store, known)

@@ -26,6 +26,8 @@ with workflow.unsafe.imports_passed_through():
     from bot.engine.admission import Admission, AdmitRequest
     from bot.engine.approvals import ApprovalBook, VoteRefused
     from bot.engine.locking import NOTICE_SIGNAL, RELEASE_SIGNAL, LockNotice, LockRelease, LockRequest, lock_workflow_id
+    from bot.engine.subplaybooks import POKE_SIGNAL, SubPlaybooks
+    from bot.actions.playbooks import RUN_ACTION
     from bot.engine.state import (
         CancelRequest,
         CancelResult,
@@ -33,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         ConfirmRequest,
         ConfirmResult,
         FallbackStatus,
+        Poke,
         Requester,
         RunInput,
         RunStatus,
@@ -148,7 +151,7 @@ class _Saga:
 
 
 @workflow.defn(name="PlaybookRun")
-class PlaybookRun(ForeachRuns):
+class PlaybookRun(ForeachRuns, SubPlaybooks):
     @workflow.init
     def __init__(self, input: RunInput) -> None:
         info = workflow.info()
@@ -201,6 +204,7 @@ class PlaybookRun(ForeachRuns):
         self._lock_answer: LockNotice | None = None  # granted or busy, from the key's lock workflow
         self._refused_answers: dict[str, int] = {}  # core.confirm answers refused per step (v1.1)
         self._foreach_setup()  # foreach groups (format v1.1, bot/engine/foreach.py)
+        self._init_subplaybooks()  # v1.1 playbook.run: parent and child runs (bot/engine/subplaybooks.py)
 
     # ---- queries and updates -------------------------------------------------------------
 
@@ -218,6 +222,11 @@ class PlaybookRun(ForeachRuns):
             self._status.waiting_for = {"key": notice.key, "holder": holder, "position": notice.position}
         else:
             self._lock_answer = notice
+
+    @workflow.signal(name=POKE_SIGNAL)
+    def poke(self, poke: Poke) -> None:
+        """A parent or child run has something to say: this run reads it from that run's status."""
+        self._poked(poke)
 
     @workflow.update
     async def vote(self, request: VoteRequest) -> VoteResult:
@@ -399,6 +408,8 @@ class PlaybookRun(ForeachRuns):
             self._lock_key = status.lock_key = admission.lock_key  # None for every v1 playbook
             if admission.foreach_max is not None:
                 self._foreach_max = admission.foreach_max
+            if input.parent is not None:
+                self._adopt_parent()  # admission believed it: Temporal says that parent started this run
         self._log("run started", requested_by=status.requested_by, trigger=status.trigger)
         self._record(
             None,
@@ -414,12 +425,17 @@ class PlaybookRun(ForeachRuns):
             actor=status.requested_by,
         )
         await self._notify()
+        watcher = asyncio.ensure_future(self._watch_parent()) if self._parent is not None else None
         if self._trusted:
             outcome = await self._guarded(self._locked(input) if self._lock_key else self._steps(input))
         else:
             outcome = await self._steps(input)
+        if watcher is not None:
+            watcher.cancel()
         if outcome == "completed":
             status.state = "completed"
+            if self._parent is not None and await _uncancellable(self._hold_for_parent()):
+                await _uncancellable(self._compensate("failed"))  # its parent rolls it back, as one unit
         elif outcome == "busy":
             status.state = "cancelled"  # refused or attached: nothing ran
         else:
@@ -427,6 +443,8 @@ class PlaybookRun(ForeachRuns):
             await _uncancellable(self._compensate(outcome))
             if input.playbook.on_failure:
                 await _uncancellable(self._run_on_failure())
+        if self._status.children:
+            await _uncancellable(self._release_children())
         if self._lock_key:
             await _uncancellable(self._release_lock())
         status.finished_at = workflow.now()
@@ -525,11 +543,6 @@ class PlaybookRun(ForeachRuns):
         except ActivityError as exc:
             raise asyncio.CancelledError() from exc  # only a cancel ends an activity retried without limit
 
-    def _root_run_id(self) -> str | None:
-        """The root of this run's tree: a child run may take a lock its root holds. Sub-playbooks
-        (later) set it from the parent; a run started on its own is its own root."""
-        return None
-
     async def _release_lock(self) -> None:
         """Give the slot back on every end (or leave the queue). A lock that is gone already
         (ended idle, or noticed this run ended) has nothing to release."""
@@ -601,6 +614,8 @@ class PlaybookRun(ForeachRuns):
                     trigger=input.trigger,
                     proof=input.proof,
                     started_at=workflow.info().start_time,
+                    parent=input.parent,
+                    temporal_parent=workflow.info().parent.workflow_id if workflow.info().parent else None,
                 ),
                 result_type=Admission,
                 start_to_close_timeout=ADMIT_TIMEOUT,
@@ -679,6 +694,8 @@ class PlaybookRun(ForeachRuns):
         self._log("step started", step_id=step.id, action=step.action)
         if step.action == FAIL_ACTION:
             return self._fail_run(st)
+        if step.action == RUN_ACTION:
+            return await self._call_child(step, st)  # a child run (bot/engine/subplaybooks.py)
         try:
             if step.action == SLEEP_ACTION:
                 result = await self._sleep(st.args)
@@ -1178,6 +1195,8 @@ class PlaybookRun(ForeachRuns):
             )
 
     async def _undo(self, step: Step, comp: Compensation, record: CompensationStatus) -> None:
+        if self._is_child_call(step):
+            return await self._undo_child(step, comp, record)
         st = self._status.step(step.id)
         record.started_at = workflow.now()
         try:
@@ -1274,7 +1293,7 @@ class PlaybookRun(ForeachRuns):
     def _closes(self, step: Step) -> bool:
         """Whether the step's activity writes run_finished with its success: the last step, unless
         its success still has something to record (what it settled, that it was irreversible)."""
-        return self._is_last(step) and step.settles is None and not step.irreversible
+        return self._is_last(step) and step.settles is None and not step.irreversible and self._input.parent is None
 
     def _finish_details(self, state: str | None = None) -> dict[str, Any]:
         status = self._status

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ValidationError
 from bot.alerts.matchers import MatcherError, parse_matchers
 from bot.actions.base import ACTIONS, ActionSpec
 from bot.playbook.model import (
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUT,
     FOREACH_HARD_MAX,
     FOREACH_NAMES_TAKEN,
     Compensation,
@@ -46,6 +48,7 @@ ON_FAILURE = "on_failure"  # the group the playbook's on_failure steps show unde
 FAIL_ACTION = "core.fail"  # ends the run: nothing may follow, fall back from or continue past it
 HUMAN_ACTIONS = ("core.approve", "core.confirm")  # wait for people in the run; no activity, nothing to undo
 CONFIRM_ACTION = "core.confirm"
+RUN_ACTION = "playbook.run"  # a sub-playbook (bot/actions/playbooks.py): a child run
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class _Scope:
     in_when: bool = False
     secrets: bool = False  # secret() may be called (a step's or a compensation's with:)
     foreach: ForeachGroup | None = None  # the foreach group whose items the template's step runs in
+    call: bool = False  # a playbook.run step's with: (its values become a child run's params)
 
 
 class _Checker:
@@ -297,6 +301,8 @@ class _Checker:
                    variables: frozenset[str] = STEP_VARS) -> None:
         scope = _Scope(variables, finished, own=step.id, group=group, foreach=foreach)
         self.check_action(step.action, step.with_, loc, "")
+        if step.action == RUN_ACTION:
+            self.check_call(step, loc)
         self.check_timing(step.timeout, step.retry, loc, "")
         if step.when is not None:
             self.check_template(step.when, loc + ("when",), "when", replace(scope, in_when=True))
@@ -304,8 +310,9 @@ class _Checker:
         if step.action in HUMAN_ACTIONS:
             self.check_human(step, loc, on_failure)
         self.check_spelled_refs(step.with_, loc, len(loc))
+        call = step.action == RUN_ACTION  # a child's params are data: a secret would land in its history
         for where, source in _strings(step.with_, loc + ("with",)):
-            self.check_template(source, where, dotted(where[len(loc):]), replace(scope, secrets=True))
+            self.check_template(source, where, dotted(where[len(loc):]), replace(scope, secrets=not call, call=call))
         for where, message, warning in sink_problems(self.playbook.params, step.action, step.with_, loc + ("with",)):
             self.add(where, f"{dotted(where[len(loc):])}: {message}", warning=warning)
         if step.compensate is not None:
@@ -314,6 +321,23 @@ class _Checker:
             self.check_fallback(step.fallback, loc + ("fallback",), replace(scope, secrets=True))
         if not on_failure:  # check_on_failure says what its steps may not use
             self.check_failure_fields(step, loc, group, foreach)
+
+    def check_call(self, step: Step, loc: Loc) -> None:
+        """playbook.run: a literal child name (so cycles are found at load), and none of the fields
+        that would retry, time out or undo the call as a whole: the child's own steps do that."""
+        name = step.with_.get("name")
+        if isinstance(name, str) and is_template(name):
+            self.add(loc + ("with", "name"), "with.name: must be a literal playbook name, not a template: the "
+                     "child is known when the playbook loads, so unknown names and cycles are caught then")
+        if step.compensate is not None:
+            self.add(loc + ("compensate",), "compensate: a playbook.run step is undone by its child run's own "
+                     "compensations, in reverse; remove compensate:")
+        if step.retry != DEFAULT_RETRY:
+            self.add(loc + ("retry",), "retry: a playbook.run step is never retried as a whole (its child's steps "
+                     "retry on their own); remove retry:")
+        if step.timeout != DEFAULT_TIMEOUT:
+            self.add(loc + ("timeout",), "timeout: a playbook.run step waits for its child as long as it takes; "
+                     "to limit that, say with.timeout (the child is cancelled and undoes itself when it passes)")
 
     def check_failure_fields(self, step: Step, loc: Loc, group: ParallelGroup | None,
                              foreach: ForeachGroup | None = None) -> None:
@@ -464,6 +488,10 @@ class _Checker:
             self.add(loc, f"{label} has no compensate:, so there is nothing to settle", warning=True)
 
     def check_fallback(self, fallback: Fallback, loc: Loc, scope: _Scope) -> None:
+        if fallback.action == RUN_ACTION:
+            self.add(loc + ("action",), "fallback.action: playbook.run cannot be a fallback; make the child its own "
+                     "step (with when:) instead")
+            return
         if fallback.action == FAIL_ACTION:
             self.add(loc + ("action",), "fallback.action: core.fail is what a failed step does anyway; "
                      "remove the fallback (or say why in a core.log)")
@@ -499,6 +527,10 @@ class _Checker:
             done.add(step.id)
 
     def check_compensation(self, comp: Compensation, loc: Loc, scope: _Scope) -> None:
+        if comp.action == RUN_ACTION:
+            self.add(loc + ("action",), "compensate.action: playbook.run cannot undo a step (a child run would "
+                     "need undoing itself); use the actions that undo it")
+            return
         self.check_action(comp.action, comp.with_, loc, "compensate.")
         self.check_timing(comp.timeout, comp.retry, loc, "compensate.")
         self.check_spelled_refs(comp.with_, loc, len(loc) - 1)
@@ -619,6 +651,9 @@ class _Checker:
             )
             if scope.in_when:
                 self.add(loc, f"{label}: secret() cannot decide a when: secrets are only resolved inside actions")
+            elif scope.call:
+                self.add(loc, f"{label}: secret() cannot be passed to a child run: its params are plain data, kept in "
+                         "its history; let the child playbook declare and read the secret itself")
             elif not scope.secrets:
                 self.add(loc, f"{label}: secret() is only allowed in a step's or a compensation's with:, "
                          "where the action resolves it")

@@ -17,9 +17,9 @@ import yaml
 from pydantic import BaseModel, Tag, ValidationError
 
 from bot.actions.base import ActionSpec
-from bot.playbook.checks import Loc, check_playbook, dotted, error_text, registered_actions, suggestion
-from bot.playbook.model import Playbook
-from bot.playbook.templating import MARKER_CHARS
+from bot.playbook.checks import RUN_ACTION, Loc, check_playbook, dotted, error_text, registered_actions, suggestion
+from bot.playbook.model import ParallelGroup, Playbook
+from bot.playbook.templating import MARKER_CHARS, is_template
 
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
 REHEARSAL_SUFFIXES = (".test.yaml", ".test.yml")  # rehearsal files (`playbook-bot test`) beside the playbooks
@@ -209,11 +209,14 @@ def load_directory(path: str | Path, *, actions: Mapping[str, ActionSpec] | None
     actions = registered_actions() if actions is None else actions
     errors: list[PlaybookError] = []
     loaded: dict[str, LoadedPlaybook] = {}
+    broken: dict[str, Path] = {}  # playbooks that do not load, by the name they give: what a call may mean
     for file in files:
         try:
             playbook = load_file(file, actions=actions)
         except PlaybookLoadErrors as exc:
             errors.extend(exc.errors)
+            if name := _declared_name(file):
+                broken.setdefault(name, file)
             continue
         name = playbook.playbook.name
         if name in loaded:
@@ -224,6 +227,19 @@ def load_directory(path: str | Path, *, actions: Mapping[str, ActionSpec] | None
             ))
             continue
         loaded[name] = playbook
+    if path.is_file() and any(_calls(lp.playbook) for lp in loaded.values()):
+        # One file: its sub-playbooks are its neighbours, which must load (quietly) to be found.
+        try:
+            neighbours = load_directory(path.parent, actions=actions)
+        except PlaybookLoadErrors as exc:
+            neighbours = exc.catalog
+        everything = {lp.playbook.name: lp for lp in neighbours.values() if lp.path.resolve() != path.resolve()}
+        call_errors, bad = _check_calls({**everything, **loaded}, _broken_names(path.parent, everything))
+        errors += [error for error in call_errors if error.path is not None and error.path.resolve() == path.resolve()]
+    else:
+        call_errors, bad = _check_calls(loaded, broken)
+        errors += call_errors
+    loaded = {name: lp for name, lp in loaded.items() if name not in bad}
     catalog = Catalog(loaded.values())
     if errors:
         raise PlaybookLoadErrors(errors, path=path, catalog=catalog)
@@ -466,3 +482,117 @@ def _duplicate_step_ids(data: dict[str, Any], lines: dict[Loc, int]) -> list[tup
                 first[step_id] = loc + ("id",)
     return found
 
+
+
+# -- sub-playbooks across files -----------------------------------------------------------------
+
+
+def _calls(playbook: Playbook) -> list[tuple[str, Loc]]:
+    """Every `playbook.run` step's literal child name, with where `with.name` sits."""
+    located: list[tuple[Any, Loc]] = []
+    for i, item in enumerate(playbook.steps):
+        if isinstance(item, ParallelGroup):
+            located += [(step, ("steps", i, "parallel", j)) for j, step in enumerate(item.parallel)]
+        else:
+            located.append((item, ("steps", i)))
+    located += [(step, ("on_failure", i)) for i, step in enumerate(playbook.on_failure)]
+    found: list[tuple[str, Loc]] = []
+    for step, loc in located:
+        name = step.with_.get("name") if step.action == RUN_ACTION else None
+        if isinstance(name, str) and not is_template(name):  # a template is refused by the checks already
+            found.append((name, loc + ("with", "name")))
+    return found
+
+
+def _call_error(loaded: LoadedPlaybook, loc: Loc, message: str) -> PlaybookError:
+    try:
+        data, lines, _ = _parse_yaml(loaded.path.read_text(encoding="utf-8"), loaded.path)
+    except (OSError, UnicodeDecodeError, PlaybookError):
+        return PlaybookError(message, path=loaded.path)
+    return _Locator(data if isinstance(data, dict) else {}, lines, loaded.path)(loc, message)
+
+
+def _declared_name(path: Path) -> str | None:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _broken_names(directory: Path, loaded: Mapping[str, LoadedPlaybook]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for file in sorted(directory.iterdir()):
+        if file.suffix in PLAYBOOK_SUFFIXES and not file.name.startswith(".") and file.is_file():
+            name = _declared_name(file)
+            if name and name not in loaded:
+                found.setdefault(name, file)
+    return found
+
+
+def _check_calls(
+    loaded: Mapping[str, LoadedPlaybook], broken: Mapping[str, Path] | None = None
+) -> tuple[list[PlaybookError], set[str]]:
+    """Sub-playbooks must exist and must not call back into themselves (directly or through others).
+    Returns the errors and the playbooks that cannot run: those, and every playbook calling one."""
+    graph = {name: _calls(lp.playbook) for name, lp in loaded.items()}
+    errors: list[PlaybookError] = []
+    bad: set[str] = set()
+    known = sorted(loaded)
+    for name, calls in graph.items():
+        for child, loc in calls:
+            if child not in loaded and child in (broken or {}):
+                errors.append(_call_error(loaded[name], loc, f"with.name: playbook {child!r} ({(broken or {})[child]}) "
+                                          "does not load (see its errors), so neither can this playbook"))
+                bad.add(name)
+            elif child not in loaded:
+                listed = f" (known: {', '.join(known)})" if known else ""
+                errors.append(_call_error(loaded[name], loc, f"with.name: unknown playbook {child!r}"
+                                          f"{suggestion(child, known)}{listed}"))
+                bad.add(name)
+    for cycle in _cycles({name: [child for child, _ in calls if child in loaded] for name, calls in graph.items()}):
+        chain = " → ".join([*cycle, cycle[0]])
+        for here, there in zip(cycle, [*cycle[1:], cycle[0]]):
+            loc = next(loc for child, loc in graph[here] if child == there)
+            errors.append(_call_error(loaded[here], loc, f"with.name: {chain} is a cycle of sub-playbooks: each run "
+                                      "would start the next without end; break the cycle"))
+        bad.update(cycle)
+    changed = True
+    while changed:
+        changed = False
+        for name, calls in graph.items():
+            failing = next((child for child, _ in calls if child in bad and child in loaded), None)
+            if name not in bad and failing is not None:
+                loc = next(loc for child, loc in calls if child == failing)
+                errors.append(_call_error(loaded[name], loc, f"with.name: {failing!r} cannot run (see its errors), "
+                                          "so neither can this playbook"))
+                bad.add(name)
+                changed = True
+    return errors, bad
+
+
+def _cycles(graph: Mapping[str, list[str]]) -> list[list[str]]:
+    """Each elementary cycle reachable in a depth-first walk, once (as first met)."""
+    found: list[list[str]] = []
+    seen: set[frozenset[str]] = set()
+    done: set[str] = set()
+
+    def walk(node: str, stack: list[str]) -> None:
+        if node in stack:
+            cycle = stack[stack.index(node):]
+            if frozenset(cycle) not in seen:
+                seen.add(frozenset(cycle))
+                found.append(cycle)
+            return
+        if node in done:
+            return
+        stack.append(node)
+        for child in sorted(set(graph.get(node, []))):
+            walk(child, stack)
+        stack.pop()
+        done.add(node)
+
+    for start in sorted(graph):
+        walk(start, [])
+    return found

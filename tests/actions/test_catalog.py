@@ -19,6 +19,7 @@ SHIPPED = {
     "alertmanager.expire_silence",
     "prometheus.query",
     "slack.post",
+    "playbook.run",
 }
 
 

@@ -1,0 +1,89 @@
+"""What sub-playbooks (format v1.1 `playbook.run`) need outside workflow code: the child's
+snapshot from the worker's own catalog, and a look at another run's status.
+
+Parent and child runs wake each other with a `poke` signal that says nothing; the woken run then
+reads the other's status with `run.peek` (a query the worker answers from that run's own state).
+Anyone who can reach Temporal can send a signal, but nobody can make a run's status say what it
+does not, so a forged poke costs one query and changes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Callable
+
+from pydantic import BaseModel
+from temporalio import activity
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from bot.engine.state import RunStatus
+from bot.playbook.loader import Catalog, UnknownPlaybook
+from bot.playbook.model import Playbook
+
+PEEK_TIMEOUT = timedelta(seconds=10)
+RUNNING = WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
+
+
+class SnapshotRequest(BaseModel):
+    name: str
+
+
+class Snapshot(BaseModel):
+    """The catalog's playbook of that name, or why there is none."""
+
+    playbook: Playbook | None = None
+    playbook_hash: str = ""
+    error: str | None = None
+
+
+class PeekRequest(BaseModel):
+    run_id: str
+
+
+class Peek(BaseModel):
+    running: bool = False
+    status: RunStatus | None = None
+
+
+class CatalogActivities:
+    """`playbook.snapshot`: a child run only ever runs a playbook of this worker's catalog."""
+
+    def __init__(self, catalog: Callable[[], Catalog]) -> None:
+        self.catalog = catalog
+
+    def all(self) -> list[Any]:
+        return [self.snapshot]
+
+    @activity.defn(name="playbook.snapshot")
+    async def snapshot(self, request: SnapshotRequest) -> Snapshot:
+        try:
+            loaded = self.catalog().get(request.name)
+        except UnknownPlaybook as exc:
+            return Snapshot(error=f"{exc}: deploy the same playbooks to front doors and workers")
+        return Snapshot(playbook=loaded.playbook, playbook_hash=loaded.hash)
+
+
+class PeekActivities:
+    """`run.peek`: a run's status as its own workflow answers it (not what a signal claims)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def all(self) -> list[Any]:
+        return [self.peek]
+
+    @activity.defn(name="run.peek")
+    async def peek(self, request: PeekRequest) -> Peek:
+        handle = self.client.get_workflow_handle(request.run_id)
+        try:
+            desc = await handle.describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return Peek()
+            raise
+        if desc.workflow_type != "PlaybookRun" or desc.raw_description.workflow_execution_info.status != RUNNING:
+            return Peek()
+        status = await handle.query("status", result_type=RunStatus, rpc_timeout=PEEK_TIMEOUT)
+        return Peek(running=True, status=status)
