@@ -120,3 +120,15 @@ def test_playbook_run_is_no_fallback_or_undo(write: Write, shipped: dict[str, Ac
     )
     error = only_error(path, shipped)
     assert_located(error, path, 6, "s", f"{where}.action: playbook.run cannot")
+
+
+def test_a_call_inside_a_foreach_counts_for_cycles(write: Write, shipped: dict[str, ActionSpec]) -> None:
+    """A foreach item's playbook.run is a call like any other (the loader once crashed on the group)."""
+    path = write(
+        "name: a\nsteps:\n  - id: roll\n    foreach: [x, y]\n    steps:\n"
+        "      - {id: call-b, action: playbook.run, with: {name: b}}\n",
+        "a.yaml",
+    )
+    write(calling("b", "a"), "b.yaml")
+    messages, exc = errors_of(path.parent, shipped)
+    assert any("a → b → a" in m for m in messages), messages
