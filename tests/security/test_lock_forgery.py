@@ -26,10 +26,20 @@ from temporalio.worker import Worker
 from bot.actions.base import ActionInput, ActionResult
 from bot.engine.admission import Admission, AdmitRequest
 from bot.engine.lock_workflow import KeyLock
-from bot.engine.locking import Holder, LockNotice, LockRelease, LockRequest, LockState, lock_workflow_id
+from bot.engine.locking import (
+    HOLDERS_LABEL,
+    Holder,
+    LockNotice,
+    LockRelease,
+    LockRequest,
+    LockState,
+    holders_content,
+    lock_workflow_id,
+)
 from bot.engine.state import RunStatus
 from bot.engine.worker import make_worker
 from bot.engine.workflow import PlaybookRun
+from bot.identity.proofs import Keyring
 from tests.engine.support import Recorder, wait_for_state
 from tests.engine.test_locks import LOCKED, Gates, Rig, queued_behind
 from tests.waiting import eventually
@@ -311,3 +321,16 @@ async def _either(first: bool, second: Callable[[], Awaitable[bool]]) -> bool:
 
 async def _queued_behind(handle: WorkflowHandle[PlaybookRun, RunStatus], holder: str) -> bool:
     return queued_behind(holder)(await handle.query(PlaybookRun.status))
+
+
+def test_carried_over_holders_verify_only_as_sealed_by_the_execution_continued_from() -> None:
+    keys = Keyring(b"k" * 32)
+    holders = [Holder(run_id="run-a", since=datetime(2026, 1, 1, tzinfo=timezone.utc))]
+    seal = keys.seal(HOLDERS_LABEL, holders_content("svc", holders, "exec-1"))
+
+    assert keys.seal_holds(HOLDERS_LABEL, holders_content("svc", holders, "exec-1"), seal)
+    assert not keys.seal_holds(HOLDERS_LABEL, holders_content("svc", holders, "exec-2"), seal), "replayed onto another execution"
+    nested = [holders[0].model_copy(update={"nested": True})]
+    assert not keys.seal_holds(HOLDERS_LABEL, holders_content("svc", nested, "exec-1"), seal), "altered holders"
+    assert not Keyring(b"r" * 32).seal_holds(HOLDERS_LABEL, holders_content("svc", holders, "exec-1"), seal), "another key"
+    assert Keyring(None, [b"k" * 32]).seal_holds(HOLDERS_LABEL, holders_content("svc", holders, "exec-1"), seal), "rotation"
