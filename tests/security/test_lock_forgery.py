@@ -285,10 +285,11 @@ class FakeLock:
         told = 0
         while True:
             await workflow.wait_condition(lambda: len(self.asks) > told)
-            for run_id in self.asks[told:]:
+            while told < len(self.asks):  # asks may arrive while it signals
+                run_id = self.asks[told]
+                told += 1
                 notice = {"key": state["key"], "outcome": "granted", "holders": [run_id], "position": 0}
                 await workflow.get_external_workflow_handle(run_id).signal("lock_notice", notice)
-            told = len(self.asks)
 
 
 async def test_a_fake_lock_on_another_task_queue_grants_nothing(rig: AttackRig):
