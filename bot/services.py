@@ -97,7 +97,7 @@ async def _run_worker(worker: Worker, stop: asyncio.Event) -> None:
 async def serve_worker(
     settings: Settings, client: Client, deps: WorkerDeps, stop: asyncio.Event, readiness: Readiness | None = None
 ) -> None:
-    worker = make_worker(client, settings.task_queue, deps.activities)
+    worker = make_worker(client, settings.task_queue, deps.activities, keyring=deps.keyring)
     if readiness is not None:
         readiness.checks["worker"] = flag_check(lambda: worker.is_running, "worker not running")
         readiness.checks["policies"] = policy_check(deps.policy)

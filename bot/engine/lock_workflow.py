@@ -7,6 +7,13 @@ execution terminated, or it ended between asking and being told) is noticed twic
 that cannot be delivered drops it, and every few seconds the `lock.alive` activity describes the
 holders and waiters and drops those that ended. History stays bounded by continue-as-new; with
 nobody holding or waiting for a while, the lock workflow ends.
+
+Anyone who can reach Temporal can signal this workflow or start it with a state of their own, so
+it acts on nothing it cannot verify (bot/engine/locks.py seals and checks, workflows hold no keys):
+each message must carry a worker's seal (`lock.verify`, a local activity; others are dropped and
+counted in `rejected`); waiters carried over are verified again as messages; holders carried over
+count only if sealed by the execution this one continues, else only those found holding the key
+(`lock.adopt`); timings are clamped.
 """
 
 from __future__ import annotations
@@ -21,6 +28,11 @@ from temporalio.exceptions import ActivityError, FailureError
 with workflow.unsafe.imports_passed_through():
     from bot.engine.locking import (
         ACQUIRE_SIGNAL,
+        AdoptRequest,
+        AdoptResult,
+        SealRequest,
+        VerifyRequest,
+        VerifyResult,
         LOCK_WORKFLOW,
         NOTICE_SIGNAL,
         RELEASE_SIGNAL,
@@ -35,6 +47,9 @@ with workflow.unsafe.imports_passed_through():
 
 HISTORY_LIMIT = 2000  # events before continuing as new (Temporal's own limit is far higher)
 LIVE_TIMEOUT = timedelta(seconds=30)
+LOCAL_TIMEOUT = timedelta(seconds=10)
+CHECK_RANGE = (1.0, 300.0)  # seconds between checks for ended runs, whatever the input says
+IDLE_RANGE = (1.0, 86400.0)
 
 
 @workflow.defn(name=LOCK_WORKFLOW)
@@ -60,8 +75,12 @@ class KeyLock:
     @workflow.run
     async def run(self, state: LockState) -> LockState:
         s = self._state
+        s.check_seconds = min(max(s.check_seconds, CHECK_RANGE[0]), CHECK_RANGE[1])
+        s.idle_seconds = min(max(s.idle_seconds, IDLE_RANGE[0]), IDLE_RANGE[1])
         check = timedelta(seconds=s.check_seconds)
         idle = timedelta(seconds=s.idle_seconds)
+        await self._adopt()
+        s.inbox[:0], s.waiters = s.waiters, []  # verified again, in their order, as messages
         while True:
             busy = bool(s.holders or s.waiters)
             try:
@@ -70,18 +89,64 @@ class KeyLock:
                 if not busy:
                     return s  # nobody held or waited for idle_seconds: the next acquire starts a new lock
                 self._drop(await self._ended())
-            notices = self._take_inbox()
+            notices = self._take(await self._verified())
             notices += self._grant()
             await self._tell(notices)
             if workflow.info().is_continue_as_new_suggested() or workflow.info().get_current_history_length() > HISTORY_LIMIT:
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                s.seal = await self._seal()
                 workflow.continue_as_new(s)
 
-    def _take_inbox(self) -> list[tuple[str, LockNotice]]:
+    async def _adopt(self) -> None:
+        """Keep the holders this execution was started with only as far as they verify."""
+        s = self._state
+        claimed, seal = s.holders, s.seal
+        s.holders, s.seal = [], ""
+        if not claimed:
+            return
+        request = AdoptRequest(key=s.key, holders=claimed, seal=seal, from_run=workflow.info().continued_run_id)
+        try:
+            result = await workflow.execute_activity(
+                "lock.adopt", request, result_type=AdoptResult, start_to_close_timeout=LIVE_TIMEOUT,
+                summary="which holders verify",
+            )
+        except ActivityError:
+            # Keeps retrying until it answers: unreachable only when cancelled. Hold on to every
+            # claim (counted): a lock that holds too much only makes runs wait.
+            s.holders = [h.model_copy(update={"nested": False}) for h in claimed]
+            return
+        s.holders = result.holders
+
+    async def _verified(self) -> list[LockRequest | LockRelease]:
+        """The inbox's messages a worker sealed; the rest are dropped and counted."""
+        s = self._state
+        batch, s.inbox = s.inbox, []
+        try:
+            result = await workflow.execute_local_activity(
+                "lock.verify", VerifyRequest(messages=batch), result_type=VerifyResult,
+                start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+            valid = result.valid
+        except ActivityError:
+            valid = [False] * len(batch)  # unverifiable now: runs ask again, ended runs are noticed
+        s.rejected += valid.count(False)
+        return [m for m, ok in zip(batch, valid) if ok]
+
+    async def _seal(self) -> str:
+        s = self._state
+        request = SealRequest(key=s.key, holders=s.holders, from_run=workflow.info().run_id)
+        try:
+            return await workflow.execute_local_activity(
+                "lock.seal", request, result_type=str, start_to_close_timeout=LOCAL_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+        except ActivityError:
+            return ""  # the next execution checks its holders one by one instead
+
+    def _take(self, messages: list[LockRequest | LockRelease]) -> list[tuple[str, LockNotice]]:
         s = self._state
         notices: list[tuple[str, LockNotice]] = []
-        while s.inbox:
-            item = s.inbox.pop(0)
+        for item in messages:
             if isinstance(item, LockRelease):
                 self._drop([item.run_id])
                 continue

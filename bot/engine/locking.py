@@ -67,12 +67,17 @@ class LockRequest(BaseModel):
     playbook: str = ""
     limit: int = Field(1, ge=1)
     on_busy: OnBusy = "queue"
+    seal: str = ""  # set by the worker's `lock.request` activity; the lock drops a request without a valid one
 
 
 class LockRelease(BaseModel):
     kind: Literal["release"] = "release"
     key: str
     run_id: str
+    seal: str = ""  # set by the worker's `lock.release` activity
+
+
+LockMessage = Annotated[LockRequest | LockRelease, Field(discriminator="kind")]
 
 
 class LockNotice(BaseModel):
@@ -98,9 +103,67 @@ class LockState(BaseModel):
     key: str
     holders: list[Holder] = Field(default_factory=list)
     waiters: list[LockRequest] = Field(default_factory=list)
-    inbox: list[Annotated[LockRequest | LockRelease, Field(discriminator="kind")]] = Field(default_factory=list)
+    inbox: list[LockMessage] = Field(default_factory=list)
     check_seconds: float = 5.0  # how often holders and waiters are checked for runs that ended
     idle_seconds: float = 60.0  # no holder, no waiter this long: the lock workflow ends
+    seal: str = ""  # over key, holders and the execution that continued as new (see holders_content)
+    rejected: int = 0  # messages dropped because their seal did not verify (forged or altered)
+
+
+def message_label(message: LockRequest | LockRelease) -> str:
+    return f"lock.{message.kind}"
+
+
+def message_content(message: LockRequest | LockRelease) -> dict[str, Any]:
+    """What a lock message's seal covers: every field but the seal."""
+    return message.model_dump(mode="json", exclude={"seal"})
+
+
+HOLDERS_LABEL = "lock.holders"
+
+
+def holders_content(key: str, holders: list[Holder], from_run: str) -> dict[str, Any]:
+    """What a continued lock state's seal covers: its holders, bound to the execution that sealed
+    them (the next one checks it against Temporal's `continued_run_id`, which no client can set)."""
+    return {"key": key, "holders": [h.model_dump(mode="json") for h in holders], "from_run": from_run}
+
+
+class VerifyRequest(BaseModel):
+    messages: list[LockMessage]
+
+
+class VerifyResult(BaseModel):
+    valid: list[bool]
+
+
+class SealRequest(BaseModel):
+    key: str
+    holders: list[Holder]
+    from_run: str
+
+
+class AdoptRequest(BaseModel):
+    """The holders a lock execution starts with, as its input claims them."""
+
+    key: str
+    holders: list[Holder]
+    seal: str = ""
+    from_run: str | None = None  # Temporal's continued_run_id: None when a client started it
+
+
+class AdoptResult(BaseModel):
+    holders: list[Holder]
+    sealed: bool  # the seal held: kept as they were; else only those found holding the key, all counted
+
+
+class LockView(BaseModel):
+    """What the key's lock says of the asking run, read by the run itself (`lock.confirm`)."""
+
+    genuine: bool  # the bot's own KeyLock, on the bot's task queue, running
+    holding: bool = False
+    waiting: bool = False
+    holders: list[str] = Field(default_factory=list)
+    reason: str = ""
 
 
 class LiveRequest(BaseModel):

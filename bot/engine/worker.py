@@ -46,10 +46,14 @@ def make_worker(
     client: Client,
     task_queue: str,
     activities: Sequence[Callable[..., Any]],
+    *,
+    keyring: Keyring | None = None,
     **options: Any,
 ) -> Worker:
+    """`keyring` seals lock messages (bot/engine/locks.py): the worker's envelope keys, shared by
+    every worker; without one, a key of this process's own."""
     names = {getattr(getattr(a, "__temporal_activity_definition", None), "name", None) for a in activities}
-    own = [*LockActivities(client).all(), *PeekActivities(client).all()]
+    own = [*LockActivities(client, keyring).all(), *PeekActivities(client).all()]
     locks = [a for a in own if a.__temporal_activity_definition.name not in names]
     return Worker(
         client,
@@ -84,6 +88,7 @@ class WorkerDeps:
     policy: PolicyEngine
     audit: SqliteAuditStore
     catalog: Catalog
+    keyring: Keyring | None = None  # for make_worker(keyring=...): the lock messages' seals
 
 
 def worker_catalog(settings: Settings) -> Catalog:
@@ -139,4 +144,4 @@ async def worker_deps(
             admitter.admit,
             *CatalogActivities(lambda: known).all(),
         ]
-        yield WorkerDeps(activities, policy, store, known)
+        yield WorkerDeps(activities, policy, store, known, keys)

@@ -13,7 +13,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy as TemporalRetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.actions.core import ApproveParams, ConfirmParams, FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
     from bot.engine.approvals import ApprovalBook, VoteRefused
-    from bot.engine.locking import NOTICE_SIGNAL, RELEASE_SIGNAL, LockNotice, LockRelease, LockRequest, lock_workflow_id
+    from bot.engine.locking import NOTICE_SIGNAL, LockNotice, LockRelease, LockRequest, LockView
     from bot.engine.subplaybooks import POKE_SIGNAL, SubPlaybooks
     from bot.actions.playbooks import RUN_ACTION
     from bot.engine.state import (
@@ -201,7 +201,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         self._slack = SlackState()
         self._slack_lock = asyncio.Lock()  # one sync at a time: parallel steps must not post twice
         self._lock_key: str | None = None  # the run's concurrency key, as admission rendered it (v1.1)
-        self._lock_answer: LockNotice | None = None  # granted or busy, from the key's lock workflow
+        self._lock_answer: LockNotice | None = None  # granted or busy, as signalled: confirmed before it counts
+        self._lock_taken = False  # the lock's answer is confirmed: no later notice changes it
         self._refused_answers: dict[str, int] = {}  # core.confirm answers refused per step (v1.1)
         self._foreach_setup()  # foreach groups (format v1.1, bot/engine/foreach.py)
         self._init_subplaybooks()  # v1.1 playbook.run: parent and child runs (bot/engine/subplaybooks.py)
@@ -214,8 +215,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
 
     @workflow.signal(name=NOTICE_SIGNAL)
     def lock_notice(self, notice: LockNotice) -> None:
-        """The key's lock answers (bot/engine/lock_workflow.py); only while this run waits for it."""
-        if self._lock_key is None or notice.key != self._lock_key or self._lock_answer is not None:
+        """The key's lock answers (bot/engine/lock_workflow.py); only while this run waits for it.
+        Anyone can send this signal: a grant or busy answer counts once the lock confirms it."""
+        if self._lock_key is None or notice.key != self._lock_key or self._lock_taken:
             return
         if notice.outcome == "queued":
             holder = notice.holders[0] if notice.holders else None
@@ -501,23 +503,34 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
             limit=lock.limit, on_busy=lock.on_busy,
         )
         asked = 0
+        ask = True
         while True:
-            await self._ask_lock(request)
-            asked += 1
-            if asked == 1:
-                await self._notify()  # Slack shows the run queued
+            if ask:
+                await self._ask_lock(request)
+                asked += 1
+                if asked == 1:
+                    await self._notify()  # Slack shows the run queued
             try:
                 # A cancel accepted while the request was sent may have been swallowed with its success.
                 await workflow.wait_condition(
                     lambda: self._lock_answer is not None or self._cancel_requested(), timeout=LOCK_ASK_AGAIN
                 )
-                break
             except asyncio.TimeoutError:
-                continue  # ask again (idempotent): a lock that was terminated meanwhile starts afresh
-        if self._lock_answer is None:
-            raise asyncio.CancelledError()
-        answer = self._lock_answer
-        assert answer is not None
+                ask = True  # ask again (idempotent): a lock that was terminated meanwhile starts afresh
+                continue
+            if self._lock_answer is None:
+                raise asyncio.CancelledError()
+            heard = self._lock_answer
+            answer = await self._confirm_lock(heard, lock.on_busy)
+            if answer is not None:
+                self._lock_taken = True
+                break
+            # Anyone can signal a run: an answer its lock does not stand by is ignored (one heard
+            # meanwhile is confirmed next).
+            if self._lock_answer is heard:
+                self._lock_answer = None
+            self._log("lock answer not confirmed by the lock, ignored", key=key, outcome=heard.outcome)
+            ask = heard.outcome == "busy"  # a busy answer the lock no longer stands by: ask again now
         status.waiting_for = None
         if answer.outcome == "busy":
             holder = answer.holders[0] if answer.holders else None
@@ -543,16 +556,46 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         except ActivityError as exc:
             raise asyncio.CancelledError() from exc  # only a cancel ends an activity retried without limit
 
-    async def _release_lock(self) -> None:
-        """Give the slot back on every end (or leave the queue). A lock that is gone already
-        (ended idle, or noticed this run ended) has nothing to release."""
+    async def _confirm_lock(self, said: LockNotice, on_busy: str) -> LockNotice | None:
+        """The answer as the key's lock stands by it, read from the lock itself (`lock.confirm`:
+        the bot's KeyLock on this task queue), or None when it does not."""
         assert self._lock_key is not None
         try:
-            await workflow.get_external_workflow_handle(lock_workflow_id(self._lock_key)).signal(
-                RELEASE_SIGNAL, LockRelease(key=self._lock_key, run_id=self._status.run_id)
+            view = await workflow.execute_activity(
+                "lock.confirm",
+                self._lock_key,
+                result_type=LockView,
+                start_to_close_timeout=LOCK_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until Temporal answers
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary="confirm the lock's answer",
             )
-        except FailureError:
-            self._log("lock already gone at release", key=self._lock_key)
+        except ActivityError as exc:
+            raise asyncio.CancelledError() from exc  # only a cancel ends an activity retried without limit
+        if not view.genuine:
+            self._log("lock not genuine", key=self._lock_key, reason=view.reason)
+            return None
+        if view.holding:
+            return LockNotice(key=self._lock_key, outcome="granted", holders=view.holders)
+        if said.outcome == "busy" and on_busy != "queue" and view.holders and not view.waiting:
+            return LockNotice(key=self._lock_key, outcome="busy", holders=view.holders)
+        return None
+
+    async def _release_lock(self) -> None:
+        """Give the slot back on every end (or leave the queue), through `lock.release`, which seals
+        it. A lock that is gone already (ended idle, or noticed this run ended) has nothing to
+        release; one that cannot be told notices this run ended at its next check."""
+        assert self._lock_key is not None
+        try:
+            await workflow.execute_activity(
+                "lock.release",
+                LockRelease(key=self._lock_key, run_id=self._status.run_id),
+                start_to_close_timeout=LOCK_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_attempts=5),
+                summary=f"unlock {self._lock_key[:60]}",
+            )
+        except ActivityError:
+            self._log("lock release not delivered: the lock notices the run ended", key=self._lock_key)
 
     def _cancel_requested(self) -> bool:
         if self._trusted:

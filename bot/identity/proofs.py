@@ -124,6 +124,20 @@ class Keyring:
             raise ProofError(f"it was issued for a different {purpose} than the one sent")
         return proof.actor()
 
+    def seal(self, label: str, content: Any) -> str:
+        """A worker-to-worker seal (lock messages): `key id:HMAC` over a label and the content.
+        Signed with the signing key, else the first key held (a worker may hold only verifying keys)."""
+        key = self._signing or next(iter(self._keys.values()), None)
+        if key is None:
+            raise ProofError("this process holds no key to seal with")
+        return f"{key_id(key)}:{_mac(key, {'label': label, 'content': content})}"
+
+    def seal_holds(self, label: str, content: Any, seal: str) -> bool:
+        """Whether `seal` was made by `seal(label, content)` with a key this keyring holds."""
+        kid, _, mac = seal.partition(":")
+        key = self._keys.get(kid)
+        return key is not None and hmac.compare_digest(_mac(key, {"label": label, "content": content}), mac)
+
 
 def start_content(playbook: str, playbook_hash: str, params: dict[str, Any], trigger: dict[str, Any]) -> dict[str, Any]:
     """What a start proof covers: the playbook version, the params and who/what triggered it."""
