@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.playbook.loader import load_directory
-from bot.rehearse.cases import RehearsalFileError, load_rehearsal, parse_address
+from bot.rehearse.cases import RehearsalFileError, generic, load_rehearsal, parse_address
 from tests.rehearse.support import directory
 
 
@@ -90,11 +90,14 @@ def test_a_huge_file_is_refused_unread(tmp_path):
 
 
 def test_addresses():
-    addr = parse_address("undo:roll[3]")
-    assert (addr.kind, addr.step, addr.item, addr.base) == ("undo", "roll", 3, "undo:roll")
-    assert parse_address("call/child_id").child == "child_id"
-    with pytest.raises(ValueError):
-        parse_address("undo:")
+    addr = parse_address("undo:roll[3].drain")
+    assert (addr.kind, addr.path, addr.call, addr.target) == ("undo", "roll[3].drain", None, "roll[3].drain")
+    child = parse_address("fallback:call/roll[1].x")
+    assert (child.kind, child.call, child.path, child.target) == ("fallback", "call", "roll[1].x", "call/roll[1].x")
+    assert generic("undo:call/roll[1].x") == "undo:call/x" and generic("roll[2]") == "roll[2]"
+    for bad in ("undo:", "a/b/c", "roll[1]x", "roll[12345]", "undo:undo:x", "roll[1].a.b"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
 
 
 def test_an_alias_bomb_is_refused_before_it_expands(tmp_path):
