@@ -120,3 +120,22 @@ def test_playbook_run_is_no_fallback_or_undo(write: Write, shipped: dict[str, Ac
     )
     error = only_error(path, shipped)
     assert_located(error, path, 6, "s", f"{where}.action: playbook.run cannot")
+
+
+def test_a_call_inside_a_foreach_is_checked_and_a_foreach_playbook_loads(
+    write: Write, shipped: dict[str, ActionSpec]
+) -> None:
+    """A directory holding a foreach playbook loaded with an AttributeError before the sub-playbook
+    checks walked foreach groups; a call inside one names its child like any other call."""
+    each = (
+        "name: each\nsteps:\n  - id: roll\n    foreach: [a, b]\n    steps:\n"
+        "      - {id: log, action: core.log, with: {message: x}}\n"
+        "      - {id: call, action: playbook.run, with: {name: chlid}}\n"
+    )
+    path = write(each, "each.yaml")
+    messages, exc = errors_of(path.parent, shipped)
+    assert len(exc.errors) == 1, messages
+    assert "with.name: unknown playbook 'chlid'" in messages[0] and ":7:" in messages[0], messages
+    write(each.replace("chlid", "child"), "each.yaml")
+    write("name: child\nsteps:\n  - {id: c, action: core.log, with: {message: x}}\n", "child.yaml")
+    assert load_directory(path.parent, actions=shipped).names() == ["child", "each"]
