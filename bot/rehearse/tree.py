@@ -91,7 +91,7 @@ class Tree:
         if run is None:
             return []
         prefix = f"{addr.call}/" if addr.call else ""
-        return [prefix + s.id for s in run.all_steps() if generic(prefix + s.id) == key]
+        return [prefix + s.id for s in run.all_steps() if key in (prefix + s.id, generic(prefix + s.id))]
 
     def may_still_run(self, key: str) -> bool:
         """Whether a step the key names may still start: its run has not started, a foreach group
