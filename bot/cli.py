@@ -411,7 +411,9 @@ def validate(path: Optional[Path] = typer.Argument(None, help="A playbook file o
     except PlaybookError as exc:
         raise Failure(str(exc)) from None
     for item in loaded:
-        print(f"ok  {item.playbook.name}  ({item.path}, {len(item.playbook.leaf_steps())} steps, {item.hash[:19]})")
+        pb = item.playbook
+        steps = len(pb.leaf_steps()) + sum(len(g.steps) for g in pb.foreach_groups())  # a group's steps: once each
+        print(f"ok  {pb.name}  ({item.path}, {steps} steps, {item.hash[:19]})")
         for warning in item.warnings:
             print(f"warning: {warning}", file=sys.stderr)
 

@@ -255,6 +255,7 @@ class SubPlaybooks:
         else:
             self._log("compensation started", step_id=step.id, action=comp.action, child=call.run_id)
             st.state, record.state = "compensating", "running"
+            self._traced(f"undo:{step.id}")  # rehearsals' order: the child's own undos follow
             call.verdict = "compensate"
             await self._notify()
             final = await self._stop_child(call, ended)

@@ -6,23 +6,28 @@ lists are refused with the file and line, before anything runs.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
-from bot.playbook.checks import Loc, dotted, suggestion
+from bot.playbook.checks import RUN_ACTION, Loc, dotted, suggestion
 from bot.playbook.loader import Catalog, PlaybookLoadErrors, UnknownPlaybook, _parse_yaml
-from bot.playbook.model import ParallelGroup, Playbook, Step
+from bot.playbook.model import ForeachGroup, ParallelGroup, Playbook, Step
 
 MAX_CASES = 200
 MAX_VOTES = 20  # per step
 MAX_ENTRIES = 500  # mocks, expectations, held locks: per case
 MAX_FILE_BYTES = 1_000_000
 MAX_VALUES = 200_000  # values in the document with every alias expanded
-ADDRESS = re.compile(r"^(?:(undo|fallback):)?([a-z_][a-z0-9_-]*)(?:\[(\d{1,4})\])?(?:/([a-z_][a-z0-9_-]*))?$")
+_ID = r"[a-z_][a-z0-9_-]*"
+_SEGMENT = rf"{_ID}(?:\[\d{{1,4}}\](?:\.{_ID})?)?"
+ADDRESS = re.compile(rf"^(?:(undo|fallback):)?({_SEGMENT})(?:/({_SEGMENT}))?$")
+SEGMENT = re.compile(rf"^({_ID})(?:\[(\d{{1,4}})\](?:\.({_ID}))?)?$")
+_ITEM_PREFIX = re.compile(rf"(^|[:/]){_ID}\[\d+\]\.")
 
 
 class RehearsalFileError(ValueError):
@@ -60,10 +65,26 @@ class VoteSpec(_Strict):
 
 
 class ConfirmSpec(_Strict):
+    """An answer to a core.confirm step: `choice` (one of its choices) or `value` (what its `input:`
+    asks for), sent as `by` would send it, once the step waits."""
+
     by: str = Field(min_length=1, max_length=200)
-    choice: str | None = Field(None, max_length=2000)
-    value: JsonValue = None
+    choice: str | None = Field(None, max_length=1000)
+    value: str | int | float | None = None
+    reason: str = Field("", max_length=1000)
     groups: list[str] = Field(default_factory=list, max_length=50)
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> ConfirmSpec:
+        if (self.choice is None) == (self.value is None):
+            raise ValueError("give the answer as choice: (one of the step's choices) or value: (for its input:), one of them")
+        return self
+
+    @property
+    def answer(self) -> str:
+        """As a person types it (the step checks it against its choices or input)."""
+        given = self.choice if self.choice is not None else self.value
+        return given if isinstance(given, str) else json.dumps(given)
 
 
 class Locks(_Strict):
@@ -105,29 +126,37 @@ class RehearsalFile(_Strict):
 
 @dataclass(frozen=True)
 class Address:
-    """`id`, `id[i]` (foreach item i), `call/child` (a child run's step), `undo:<addr>`, `fallback:<addr>`."""
+    """`[undo:|fallback:][call/]path`: `path` is a step (`drain`), a foreach group (`roll`), an item
+    (`roll[2]`) or an item's step (`roll[2].drain`, also written `drain[2]`); `call` is the
+    playbook.run step whose child run holds `path`. After `resolve`, `path` and `call` are as the
+    engine names them (the run's step ids)."""
 
     text: str
     kind: Literal["step", "undo", "fallback"]
-    step: str
-    item: int | None = None
-    child: str | None = None
+    path: str
+    call: str | None = None
 
     @property
-    def base(self) -> str:
-        """The address without its foreach item: a mock without `[i]` applies to every item."""
-        prefix = "" if self.kind == "step" else f"{self.kind}:"
-        return prefix + self.step + (f"/{self.child}" if self.child else "")
+    def target(self) -> str:
+        """The address without undo:/fallback: (the step, in the run that holds it)."""
+        return f"{self.call}/{self.path}" if self.call else self.path
 
 
 def parse_address(text: str) -> Address:
     match = ADDRESS.match(text)
     if match is None:
         raise ValueError(
-            f"{text!r} is not a step address (id, id[i], call/child_id, undo:<address>, fallback:<address>)"
+            f"{text!r} is not a step address (id, id[i], group[i].id, call/child_id, undo:<address>, fallback:<address>)"
         )
-    kind, step, item, child = match.groups()
-    return Address(text, kind or "step", step, int(item) if item is not None else None, child)  # type: ignore[arg-type]
+    kind, first, second = match.groups()
+    call, path = (first, second) if second is not None else (None, first)
+    return Address(text, kind or "step", path, call)  # type: ignore[arg-type]
+
+
+def generic(address: str) -> str:
+    """An item step's address without its item (`undo:roll[2].drain` -> `undo:drain`): the key of
+    a mock, vote or answer given for every item."""
+    return _ITEM_PREFIX.sub(r"\1", address)
 
 
 @dataclass(frozen=True)
@@ -192,9 +221,10 @@ def load_rehearsal(path: Path, catalog: Catalog) -> LoadedFile:
         if case.name in names:
             raise RehearsalFileError(f"cases[{i}].name: {case.name!r} names two cases", path, where(("cases", i, "name")))
         names.add(case.name)
-        for loc, message in _address_problems(case, playbook, catalog):
+        problems, resolved = _address_problems(case, playbook, catalog)
+        for loc, message in problems:
             raise RehearsalFileError(f"{dotted(('cases', i, *loc))}: {message}", path, where(("cases", i, *loc)))
-        cases.append(LoadedCase(case, where(("cases", i))))
+        cases.append(LoadedCase(resolved, where(("cases", i))))
     return LoadedFile(path, playbook, cases)
 
 
@@ -243,114 +273,164 @@ def _allowed(loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def step_tree(playbook: Playbook) -> dict[str, Any]:
-    """Every addressable id: leaf steps (their Step), parallel groups, on_failure steps; foreach
-    groups (format v1.1, when present: an item with `foreach` and `steps`) and their inner steps."""
-    ids: dict[str, Any] = {}
-    for item in [*playbook.steps, *playbook.on_failure]:
-        ids[item.id] = item
-        if isinstance(item, ParallelGroup):
-            ids.update({s.id: s for s in item.parallel})
-        for inner in _foreach_steps(item):
-            ids[inner.id] = inner
-    return ids
+Use = Literal["mock", "vote", "confirm", "state", "order", "output", "args"]
+EVERY_ITEM_USES = ("mock", "vote", "confirm")  # where an item step may be named without [i]
 
 
-def _foreach_steps(item: Any) -> list[Any]:
-    """A foreach group's inner steps. TODO(foreach): the foreach helper's model is not merged yet;
-    this reads its DESIGN shape (`foreach:` and `steps:`) so addresses `id[i]` work once it is."""
-    if getattr(item, "foreach", None) is None:
-        return []
-    return list(getattr(item, "steps", None) or [])
+@dataclass(frozen=True)
+class _Target:
+    node: Any  # Step | ParallelGroup | ForeachGroup, or the group of an item address (`roll[2]`)
+    path: str  # as the engine names it
+    item: bool = False  # `roll[2]`: a whole item
+    every_item: bool = False  # an item step named without [i]
+    group: ForeachGroup | None = None
 
 
-def foreach_ids(playbook: Playbook) -> set[str]:
-    """Ids that may take `[i]`: foreach groups and the steps inside them."""
-    out: set[str] = set()
-    for item in playbook.steps:
-        inner = _foreach_steps(item)
-        if inner:
-            out.add(item.id)
-            out.update(s.id for s in inner)
-    return out
+class _Ids:
+    """A playbook's addressable ids: steps, groups (and their steps), on_failure steps."""
+
+    def __init__(self, playbook: Playbook) -> None:
+        self.playbook = playbook
+        self.top: dict[str, Any] = {}
+        self.inner: dict[str, tuple[ForeachGroup, Step]] = {}
+        for item in [*playbook.steps, *playbook.on_failure]:
+            self.top[item.id] = item
+            if isinstance(item, ParallelGroup):
+                self.top.update({s.id: s for s in item.parallel})
+            if isinstance(item, ForeachGroup):
+                self.inner.update({s.id: (item, s) for s in item.steps})
+
+    def resolve(self, segment: str) -> _Target:
+        match = SEGMENT.match(segment)
+        assert match is not None  # the address grammar matched it already
+        name, index, inner = match.groups()
+        pb = self.playbook.name
+        if index is None:
+            if name in self.top:
+                return _Target(self.top[name], name)
+            if name in self.inner:
+                group, step = self.inner[name]
+                return _Target(step, name, every_item=True, group=group)
+            raise ValueError(f"no step {name!r} in playbook {pb!r}{suggestion(name, sorted([*self.top, *self.inner]))}")
+        if inner is None:
+            if isinstance(self.top.get(name), ForeachGroup):
+                return _Target(self.top[name], segment, item=True, group=self.top[name])
+            if name in self.inner:
+                group, step = self.inner[name]
+                return _Target(step, f"{group.id}[{index}].{name}", group=group)
+            if name not in self.top:
+                raise ValueError(f"no step {name!r} in playbook {pb!r}{suggestion(name, sorted([*self.top, *self.inner]))}")
+            raise ValueError(f"{segment!r}: [i] addresses a foreach item, and {name!r} is not in a foreach")
+        group = self.top.get(name)
+        if not isinstance(group, ForeachGroup):
+            raise ValueError(f"{segment!r}: {name!r} is not a foreach group of playbook {pb!r}, so it has no item steps")
+        step = next((s for s in group.steps if s.id == inner), None)
+        if step is None:
+            raise ValueError(f"foreach {name!r} has no step {inner!r}{suggestion(inner, [s.id for s in group.steps])}")
+        return _Target(step, segment, group=group)
 
 
-def _address_problems(case: Case, playbook: Playbook, catalog: Catalog) -> list[tuple[Loc, str]]:
-    tree = step_tree(playbook)
-    looped = foreach_ids(playbook)
+def resolve(text: str, use: Use, playbook: Playbook, catalog: Catalog) -> Address:
+    """The address as the engine names it, or ValueError saying what is wrong with it for this use."""
+    addr = parse_address(text)
+    call: _Target | None = None
+    ids = _Ids(playbook)
+    if addr.call is not None:
+        call = ids.resolve(addr.call)
+        if getattr(call.node, "action", None) != RUN_ACTION or call.item:
+            raise ValueError(f"{text!r}: {addr.call!r} is not a playbook.run step, so it has no child steps")
+        _usable(call, "mock" if call.every_item and use in EVERY_ITEM_USES else "order", addr.call)
+        name = str(call.node.with_.get("name"))
+        try:
+            ids = _Ids(catalog.get(name).playbook)
+        except UnknownPlaybook as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
+    target = ids.resolve(addr.path)
+    _usable(target, use, text)
+    node = target.node
+    if addr.kind != "step":
+        undoes = node.action == RUN_ACTION if isinstance(node, Step) else False
+        if not isinstance(node, Step) or target.item:
+            raise ValueError(f"{text!r}: {addr.kind}: names a step, and {addr.path!r} is a group or an item")
+        if addr.kind == "undo" and node.compensate is None and not (undoes and use in ("state", "order")):
+            raise ValueError(f"step {addr.path!r} has no compensate:, so there is no {text!r}")
+        if addr.kind == "fallback" and node.fallback is None:
+            raise ValueError(f"step {addr.path!r} has no fallback:, so there is no {text!r}")
+    if use == "mock":
+        action = _action_at(node, addr.kind)
+        if action.startswith("core."):
+            raise ValueError(f"{text!r} runs {action}: core.* actions are never mocked")
+        if action == RUN_ACTION:
+            raise ValueError(f"{text!r} runs a child run (playbook.run): mock its steps, as {target.path}/<child step id>")
+    if use == "confirm" and getattr(node, "action", None) != "core.confirm":
+        raise ValueError(f"{text!r} runs {getattr(node, 'action', 'a group')}: confirm: answers core.confirm steps")
+    prefix = "" if addr.kind == "step" else f"{addr.kind}:"
+    path = f"{call.path}/{target.path}" if call is not None else target.path
+    return Address(prefix + path, addr.kind, target.path, call.path if call is not None else None)
+
+
+def _usable(target: _Target, use: Use, text: str) -> None:
+    node = target.node
+    if isinstance(node, ParallelGroup):
+        raise ValueError(f"{text!r}: {target.path!r} is a parallel group: name one of its steps")
+    if target.every_item and use not in EVERY_ITEM_USES:
+        group = target.group.id if target.group is not None else "?"
+        raise ValueError(
+            f"{text!r}: {target.path!r} runs once per item of foreach {group!r}: name one, as "
+            f"{group}[0].{target.path} (or {target.path}[0])"
+        )
+    if (target.item or isinstance(node, ForeachGroup)) and use not in ("state", "output"):
+        raise ValueError(f"{text!r} is a foreach {'item' if target.item else 'group'}: name one of its steps")
+
+
+def _address_problems(case: Case, playbook: Playbook, catalog: Catalog) -> tuple[list[tuple[Loc, str]], Case]:
+    """What is wrong with the case's addresses, and the case with every address as the engine names it."""
     problems: list[tuple[Loc, str]] = []
 
-    def check(loc: Loc, text: str, *, state_of_group: bool = False, mockable: bool = False) -> None:
+    def canon(loc: Loc, text: str, use: Use) -> str:
         try:
-            addr = parse_address(text)
+            return resolve(text, use, playbook, catalog).text
         except ValueError as exc:
             problems.append((loc, str(exc)))
-            return
-        known = tree.get(addr.step)
-        if known is None:
-            problems.append((loc, f"no step {addr.step!r} in playbook {playbook.name!r}"
-                             f"{suggestion(addr.step, sorted(tree))}"))
-            return
-        if addr.item is not None and addr.step not in looped:
-            problems.append((loc, f"{text!r}: [i] addresses a foreach item, and {addr.step!r} is not in a foreach"))
-            return
-        if addr.child is not None:
-            problems.append((loc, _child_problem(addr, known, catalog)))
-            return
-        if isinstance(known, ParallelGroup) and (state_of_group or mockable or addr.kind != "step"):
-            problems.append((loc, f"{addr.step!r} is a parallel group: name one of its steps"))
-            return
-        if addr.kind == "undo" and isinstance(known, Step) and known.compensate is None:
-            problems.append((loc, f"step {addr.step!r} has no compensate:, so there is no {text!r}"))
-        elif addr.kind == "fallback" and isinstance(known, Step) and known.fallback is None:
-            problems.append((loc, f"step {addr.step!r} has no fallback:, so there is no {text!r}"))
-        elif mockable and _is_core(_action_at(known, addr)):
-            problems.append((loc, f"{text!r} runs {_action_at(known, addr)}: core.* actions are never mocked"))
+            return text
 
-    for key in case.mocks:
-        check(("mocks", key), key, mockable=True)
-    for key, votes in case.votes.items():
-        check(("votes", key), key)
-        if len(votes) > MAX_VOTES:
+    def keyed(field: str, given: dict[str, Any], use: Use, *outer: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in given.items():
+            name = canon((*outer, field, key), key, use)
+            if name in out:
+                problems.append(((*outer, field, key), f"{key!r} names the same step as another key here ({name})"))
+            out[name] = value
+        return out
+
+    mocks = keyed("mocks", case.mocks, "mock")
+    votes = keyed("votes", case.votes, "vote")
+    for key, given in case.votes.items():
+        if len(given) > MAX_VOTES:
             problems.append((("votes", key), f"at most {MAX_VOTES} votes per step"))
-    for key in case.confirm:
-        check(("confirm", key), key)
+    confirm = keyed("confirm", case.confirm, "confirm")
     ex = case.expect
-    for key in ex.steps:
-        check(("expect", "steps", key), key, state_of_group=True)
-    for i, key in enumerate(ex.order or []):
-        check(("expect", "order", i), key)
-    for key in ex.outputs:
-        check(("expect", "outputs", key), key, state_of_group=True)
-    for key in ex.args:
-        check(("expect", "args", key), key, state_of_group=True)
+    steps = keyed("steps", ex.steps, "state", "expect")
+    order = [canon(("expect", "order", i), key, "order") for i, key in enumerate(ex.order)] if ex.order is not None else None
+    outputs = keyed("outputs", ex.outputs, "output", "expect")
+    args = keyed("args", ex.args, "args", "expect")
     for key in ex.params:
         if key not in playbook.params:
             problems.append((("expect", "params", key), f"playbook {playbook.name!r} has no param {key!r}"
                              f"{suggestion(key, sorted(playbook.params))}"))
     if ex.error is not None and ex.no_error:
         problems.append((("expect", "no_error"), "say error: TEXT or no_error: true, not both"))
-    return problems
+    expect = ex.model_copy(update={"steps": steps, "order": order, "outputs": outputs, "args": args})
+    return problems, case.model_copy(update={"mocks": mocks, "votes": votes, "confirm": confirm, "expect": expect})
 
 
-def _action_at(step: Any, addr: Address) -> str:
-    if addr.kind == "undo":
-        return step.compensate.action
-    if addr.kind == "fallback":
+def _action_at(step: Step, kind: str) -> str:
+    if kind == "undo":
+        return step.compensate.action if step.compensate is not None else RUN_ACTION
+    if kind == "fallback":
+        assert step.fallback is not None
         return step.fallback.action
-    return str(getattr(step, "action", ""))
-
-
-def _is_core(action: str) -> bool:
-    return action.startswith("core.")
-
-
-def _child_problem(addr: Address, known: Any, catalog: Catalog) -> str:
-    """`call/child_id`: the call must be a playbook.run step naming a playbook in the catalog.
-    TODO(sub-playbooks): playbook.run is being built; child runs are not matched by the runner yet."""
-    if getattr(known, "action", None) != "playbook.run":
-        return f"{addr.text!r}: {addr.step!r} is not a playbook.run step, so it has no child steps"
-    return f"{addr.text!r}: child-run addresses are not supported by this build of the rehearsal runner yet"
+    return step.action
 
 
 def rehearsal_files(target: Path) -> list[Path]:

@@ -6,9 +6,8 @@ import json
 from typing import Any
 
 from bot.engine.state import RunStatus
-from bot.rehearse.cases import Expect, parse_address
-
-MISSING = object()
+from bot.rehearse.cases import Expect
+from bot.rehearse.tree import MISSING, Tree
 
 
 def actual_outcome(status: RunStatus, stuck_queued: bool) -> str:
@@ -22,24 +21,27 @@ def actual_outcome(status: RunStatus, stuck_queued: bool) -> str:
     return "started"
 
 
-def compare(expect: Expect, status: RunStatus, outcome: str, args: dict[str, dict[str, Any]]) -> list[str]:
+def compare(expect: Expect, tree: Tree, outcome: str, args: dict[str, dict[str, Any]]) -> list[str]:
+    status = tree.status
     out: list[str] = []
     if expect.state is not None and expect.state != status.state:
         out.append(f"state: expected {expect.state}, got {status.state}" + _why(status))
     if expect.outcome is not None and expect.outcome != outcome:
         out.append(f"outcome: expected {expect.outcome}, got {outcome}" + _why(status))
     for addr, want in expect.steps.items():
-        got = _state(status, addr)
+        got = tree.state(addr)
         if got != want:
-            out.append(f"steps.{addr}: expected {want}, got {got}" + _step_error(status, addr))
-    if expect.order is not None and expect.order != status.trace:
-        out.append(_order_diff(expect.order, status.trace))
+            error = tree.error(addr)
+            out.append(f"steps.{addr}: expected {want}, got {got}" + (f" (error: {error})" if error else ""))
+    trace = tree.trace()
+    if expect.order is not None and expect.order != trace:
+        out.append(_order_diff(expect.order, trace))
     for addr, want in expect.outputs.items():
-        got = _output(status, addr)
+        got = tree.output(addr)
         if got != want:
             out.append(f"outputs.{addr}: expected {_show(want)}, got {_show(got)}")
     for addr, wanted in expect.args.items():
-        given = _args(status, addr, args)
+        given = tree.args(addr, args)
         if given is None:
             out.append(f"args.{addr}: expected {_show(wanted)}, but it never ran")
             continue
@@ -60,55 +62,6 @@ def compare(expect: Expect, status: RunStatus, outcome: str, args: dict[str, dic
 
 def _why(status: RunStatus) -> str:
     return f" (error: {status.error})" if status.error else ""
-
-
-def _step_error(status: RunStatus, addr: str) -> str:
-    try:
-        error = status.step(parse_address(addr).step).error
-    except KeyError:
-        return ""
-    return f" (error: {error})" if error else ""
-
-
-def _state(status: RunStatus, text: str) -> str:
-    addr = parse_address(text)
-    try:
-        st = status.step(addr.step if addr.item is None else text)  # TODO(foreach): item addresses in status
-    except KeyError:
-        return "absent"
-    if addr.kind == "undo":
-        record = next((c for c in status.compensations if c.step == addr.step), None)
-        return record.state if record is not None else "not run"
-    if addr.kind == "fallback":
-        return st.fallback.state if st.fallback is not None else "not run"
-    return st.state
-
-
-def _output(status: RunStatus, text: str) -> Any:
-    addr = parse_address(text)
-    try:
-        st = status.step(addr.step if addr.item is None else text)
-    except KeyError:
-        return MISSING
-    if addr.kind == "fallback":
-        return st.fallback.output if st.fallback is not None else MISSING
-    if addr.kind == "undo":
-        return MISSING  # an undo's output is not kept
-    return st.output
-
-
-def _args(status: RunStatus, text: str, recorded: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """What the action was called with, as status shows it (secrets as `${secret:NAME}`)."""
-    addr = parse_address(text)
-    if addr.kind == "undo":
-        return recorded.get(text)
-    try:
-        st = status.step(addr.step if addr.item is None else text)
-    except KeyError:
-        return None
-    if addr.kind == "fallback":
-        return st.fallback.args if st.fallback is not None else None
-    return st.args
 
 
 def _order_diff(want: list[str], got: list[str]) -> str:

@@ -8,9 +8,8 @@ rendered arguments the real action would refuse fails here too) and recorded wit
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from pydantic import ValidationError
 from temporalio import activity, workflow
@@ -19,44 +18,63 @@ from temporalio.exceptions import ApplicationError
 from bot.actions.activities import describe_validation_error
 from bot.actions.base import ACTION_FAILED, ActionInput, ActionResult, ActionSpec, InvalidParams
 from bot.playbook.templating import display
-from bot.rehearse.cases import Mock
+from bot.engine.subplaybooks import CHILD_SEPARATOR
+from bot.rehearse.cases import Mock, generic
 
-_ITEM = re.compile(r"\[\d+\]")
-
-
-def address_of(inp: ActionInput) -> str:
-    """The rehearsal address of an activity call. TODO(foreach): items' step ids are whatever the
-    foreach helper sends (e.g. `roll[2]/drain`); matching below strips `[i]` for per-item-less mocks."""
+def address_of(inp: ActionInput, call: str = "") -> str:
+    """The rehearsal address of an activity call: the engine's step id (an item's step reads
+    `roll[2].drain`), behind `call/` in a child run, behind `undo:` or `fallback:`."""
+    where = f"{call}/{inp.step_id}" if call else inp.step_id
     if inp.compensation:
-        return f"undo:{inp.step_id}"
+        return f"undo:{where}"
     if inp.idempotency_key.endswith(":fallback"):
-        return f"fallback:{inp.step_id}"
-    return inp.step_id
+        return f"fallback:{where}"
+    return where
 
 
-@dataclass
-class Calls:
-    """What each run's actions were called with, by address (display form: secrets as `${secret:NAME}`)."""
-
-    args: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # run id -> address -> args
-    attempts: dict[tuple[str, str], int] = field(default_factory=dict)
-
-    def record(self, inp: ActionInput) -> str:
-        address = address_of(inp)
-        self.args.setdefault(inp.run_id, {})[address] = display(inp.params)
-        return address
+def root_of(run_id: str, roots: Iterable[str]) -> tuple[str, str] | None:
+    """The case run a run belongs to, and the call step that started it (a child run's id is
+    `<parent run id>.<call step id>`; '' for the case's own run); None for none of them."""
+    for root in roots:
+        if run_id == root:
+            return root, ""
+        if run_id.startswith(root + CHILD_SEPARATOR):
+            return root, run_id[len(root) + 1:]
+    return None
 
 
 class MockBook:
-    """The mocks of every case now running, by run id (a worker serves one case at a time, but
-    lock holders and child runs share it)."""
+    """The mocks of every case now running, by the case's run id (a worker serves one case at a
+    time, but lock holders and child runs share it)."""
 
     def __init__(self) -> None:
         self.by_run: dict[str, Mapping[str, Mock]] = {}
 
-    def find(self, run_id: str, address: str) -> Mock | None:
-        mocks = self.by_run.get(run_id) or {}
-        return mocks.get(address) or mocks.get(_ITEM.sub("", address))
+    def locate(self, inp: ActionInput) -> tuple[str, str]:
+        """(the case's run id, the call's address) for an activity call."""
+        found = root_of(inp.run_id, list(self.by_run))
+        root, call = found if found is not None else (inp.run_id, "")
+        return root, address_of(inp, call)
+
+    def find(self, inp: ActionInput) -> Mock | None:
+        """The mock for this call's address, else the one given for every item (no `[i]`)."""
+        root, address = self.locate(inp)
+        mocks = self.by_run.get(root) or {}
+        return mocks.get(address) or mocks.get(generic(address))
+
+
+@dataclass
+class Calls:
+    """What each run's actions were called with, by the case's run id and address (display form:
+    secrets as `${secret:NAME}`)."""
+
+    book: MockBook
+    args: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # case run id -> address -> args
+
+    def record(self, inp: ActionInput) -> str:
+        root, address = self.book.locate(inp)
+        self.args.setdefault(root, {})[address] = display(inp.params)
+        return address
 
 
 def mock_activities(specs: Mapping[str, ActionSpec], book: MockBook, calls: Calls) -> list[Callable[..., Any]]:
@@ -68,12 +86,12 @@ def mock_activities(specs: Mapping[str, ActionSpec], book: MockBook, calls: Call
 def _mock(spec: ActionSpec, book: MockBook, calls: Calls) -> Callable[..., Any]:
     async def run(inp: ActionInput) -> ActionResult:
         attempt = activity.info().attempt
-        address = calls.record(inp)
+        calls.record(inp)
         try:
             spec.params.model_validate(inp.params)
         except ValidationError as exc:
             raise InvalidParams(describe_validation_error(spec.name, exc)) from None
-        mock = book.find(inp.run_id, address)
+        mock = book.find(inp)
         if mock is not None and mock.fail is not None and (mock.attempts is None or attempt <= mock.attempts):
             raise ApplicationError(mock.fail, {"attempt": attempt}, type=ACTION_FAILED, non_retryable=False)
         output = dict(mock.output or {}) if mock is not None else {}

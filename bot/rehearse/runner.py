@@ -35,22 +35,24 @@ from bot.actions.secrets import SecretStore
 from bot.audit.recorder import AuditActivities, AuditWriter
 from bot.devstack import DevServerError, find_binary
 from bot.engine.admission import Admitter
+from bot.engine.children import CatalogActivities
 from bot.engine.lock_workflow import KeyLock
 from bot.engine.locking import ACQUIRE_SIGNAL, LockRequest, LockState, lock_workflow_id
-from bot.engine.state import RunInput, RunStatus, TriggerContext, VoteRequest
+from bot.engine.state import ConfirmRequest, RunInput, RunStatus, TriggerContext, VoteRequest
 from bot.engine.worker import make_worker
 from bot.engine.workflow import PlaybookRun
 from bot.identity.principals import Actor, VerifiedBy, kind_of
-from bot.identity.proofs import Keyring, start_content, vote_content
+from bot.identity.proofs import Keyring, confirm_content, start_content, vote_content
 from bot.playbook.checks import registered_actions
 from bot.playbook.loader import Catalog
 from bot.policy.activities import PolicyActivities
 from bot.policy.embedded import EmbeddedEngine
 from bot.policy.models import Decision, Verdict
 from bot.policy.sources import PolicySources
-from bot.rehearse.cases import Case, LoadedCase, LoadedFile
+from bot.rehearse.cases import Case, ConfirmSpec, LoadedCase, LoadedFile, VoteSpec, parse_address
 from bot.rehearse.compare import actual_outcome, compare
-from bot.rehearse.mocks import Calls, LockHolder, MockBook, mock_activities, traced
+from bot.rehearse.mocks import Calls, LockHolder, MockBook, mock_activities, root_of, traced
+from bot.rehearse.tree import Tree
 from bot.slack.notifier import SlackNotifier
 
 SLICE = timedelta(seconds=1)  # server time between status reads while votes are still to give
@@ -97,9 +99,9 @@ class _ByRun:
         self.default: EmbeddedEngine | None = None  # the policies' own data
 
     def _for(self, input: dict[str, Any]) -> EmbeddedEngine:
-        """TODO(sub-playbooks): a child run should get its root case's engine; it gets the default."""
-        run_id = str((input.get("run") or {}).get("id") or "")
-        engine = self.runs.get(run_id) or self.default
+        """The case's engine, for its run and its child runs; the policies' own data for another run."""
+        found = root_of(str((input.get("run") or {}).get("id") or ""), list(self.runs))
+        engine = self.runs[found[0]] if found is not None else self.default
         assert engine is not None
         return engine
 
@@ -135,7 +137,7 @@ class CaseResult:
 class Driven:
     """What a case's run did, for `compare`."""
 
-    status: RunStatus
+    tree: Tree
     stuck_queued: bool
     args: dict[str, dict[str, Any]]
     notes: list[str]
@@ -152,7 +154,7 @@ class Rehearsal:
         self.policies_dir = policies_dir
         self.keyring = Keyring(secrets.token_hex(32).encode())  # the rehearsal's own envelope key
         self.book = MockBook()
-        self.calls = Calls()
+        self.calls = Calls(self.book)
         self.router = _ByRun()
         self.engines: dict[str, EmbeddedEngine] = {}
         self.task_queue = f"rehearsal-{uuid.uuid4()}"
@@ -168,6 +170,7 @@ class Rehearsal:
             AuditActivities(writer).record,
             SlackNotifier(None).sync,
             Admitter(lambda: self.catalog, self.keyring, self.router, writer).admit,  # type: ignore[arg-type]
+            *CatalogActivities(lambda: self.catalog).all(),  # a playbook.run step's child playbook
         ]
         self._workers = [
             make_worker(self.client, self.task_queue, activities, max_concurrent_activities=1),
@@ -209,7 +212,8 @@ class Rehearsal:
             handle = await self._start(run_id, loaded, case)
             driven = await asyncio.wait_for(self._drive(handle, case, run_id, holders), CASE_SECONDS)
             result.notes = driven.notes
-            result.failures = driven.problems + compare(case.expect, driven.status, actual_outcome(driven.status, driven.stuck_queued), driven.args)
+            outcome = actual_outcome(driven.tree.status, driven.stuck_queued)
+            result.failures = driven.problems + compare(case.expect, driven.tree, outcome, driven.args)
         except asyncio.TimeoutError:
             result.failures = [f"the run did not end within {CASE_SECONDS:g}s of real time: {await _where(handle)}"]
         finally:
@@ -230,52 +234,80 @@ class Rehearsal:
         return await self.client.start_workflow(PlaybookRun.run, run, id=run_id, task_queue=self.task_queue)
 
     async def _drive(self, handle: WorkflowHandle[Any, RunStatus], case: Case, run_id: str, holders: list[str]) -> Driven:
-        votes = {step: list(given) for step, given in case.votes.items()}
-        confirms = dict(case.confirm)
+        """Give each vote and answer as its step waits (a key without [i]: each item's step as it
+        waits), then let the run finish."""
+        asks: dict[str, list[VoteSpec] | ConfirmSpec] = {**case.votes, **case.confirm}
+        given: dict[str, int] = {key: 0 for key in asks}  # steps each key was given to
+        sent: set[tuple[str, str]] = set()  # (key, step address) already given
         notes: list[str] = []
         problems: list[str] = []
         stuck = False
+        tree = await self._tree(handle)
         for _ in range(MAX_SLICES):
-            status = await handle.query(PlaybookRun.status)
+            tree = await self._tree(handle)
+            status = tree.status
             if status.state == "queued" and (status.waiting_for or {}).get("holder") in holders:
                 stuck = True  # queued behind a key the case holds: it would wait forever
                 break
-            for step in list(votes):
-                if _state(status, step) in WAITING:
-                    notes += await self._vote(handle, run_id, step, votes.pop(step))
-            for step in list(confirms):
-                if _state(status, step) in WAITING:
-                    confirms.pop(step)
-                    # TODO(core.confirm): send the answer as the confirm update once core.confirm is merged.
-                    problems.append(f"confirm.{step}: this build has no core.confirm update to answer with")
-            if status.finished or not (votes or confirms or case.locks.held):
+            for key in list(asks):
+                for address in tree.concrete(key):
+                    if (key, address) not in sent and tree.state(address) in WAITING:
+                        sent.add((key, address))
+                        given[key] += 1
+                        notes += await self._give(handle, run_id, address, asks[key])
+                if not tree.may_still_run(key) or (given[key] and key in tree.concrete(key)):
+                    asks.pop(key)  # one step given to, or nothing the key names can wait any more
+            if status.finished or not (asks or case.locks.held):
                 break
-            for step in [s for s in [*votes, *confirms] if _ended(status, s)]:
-                votes.pop(step, None)
-                confirms.pop(step, None)
-                problems.append(
-                    f"votes/confirm for {step!r} were never given: the step never waited for them (it is {_state(status, step)})"
-                )
             await self.env.sleep(SLICE)
         if not stuck:
-            status = await handle.result()  # nothing left to give: skip to the end
-        for step in [*votes, *confirms]:
-            problems.append(
-                f"votes/confirm for {step!r} were never given: the step never waited for them (it is {_state(status, step)})"
-            )
-        return Driven(status, stuck, dict(self.calls.args.get(run_id, {})), notes, problems)
+            tree = await self._tree(handle, final=await handle.result())  # nothing left to give: skip to the end
+        for key, count in given.items():
+            if not count:
+                named = tree.concrete(key)
+                states = f"it is {tree.state(key)}" if named in ([], [key]) else \
+                    ", ".join(f"{a} is {tree.state(a)}" for a in named[:5])
+                problems.append(f"votes/confirm for {key!r} were never given: the step never waited for them ({states})")
+        return Driven(tree, stuck, dict(self.calls.args.get(run_id, {})), notes, problems)
 
-    async def _vote(self, handle: WorkflowHandle[Any, RunStatus], run_id: str, step: str, votes: list[Any]) -> list[str]:
-        notes = []
-        for spec in votes:
-            actor = Actor(spec.by, groups=tuple(spec.groups), verified_by=_verified_by(spec.by))
-            proof = self.keyring.sign("vote", run_id, actor, vote_content(step, spec.vote, spec.reason))
-            request = VoteRequest(step_id=step, user=spec.by, vote=spec.vote, reason=spec.reason, proof=proof)
+    async def _tree(self, handle: WorkflowHandle[Any, RunStatus], final: RunStatus | None = None) -> Tree:
+        """The run's status and its child runs' (given the run's result: theirs too)."""
+        status = final or await handle.query(PlaybookRun.status)
+        children: dict[str, RunStatus] = {}
+        for call in status.children:
+            child = self.client.get_workflow_handle(call.run_id, result_type=RunStatus)
             try:
-                await handle.execute_update(PlaybookRun.vote, request)
+                children[call.step] = await (child.result() if final else child.query(PlaybookRun.status))
+            except Exception:  # not started yet, or ended outside playbook-bot: nothing to read
+                continue
+        return Tree(status, children)
+
+    async def _give(self, handle: WorkflowHandle[Any, RunStatus], run_id: str, address: str,
+                    ask: list[VoteSpec] | ConfirmSpec) -> list[str]:
+        """Votes or an answer for one waiting step, signed as a front door signs them, sent to the
+        run that holds the step (a child run's: `<run id>.<call>`)."""
+        addr = parse_address(address)
+        if addr.call is not None:
+            run_id = f"{run_id}.{addr.call}"
+            handle = self.client.get_workflow_handle(run_id, result_type=RunStatus)
+        step = addr.path
+        notes = []
+        for spec in ask if isinstance(ask, list) else [ask]:
+            actor = Actor(spec.by, groups=tuple(spec.groups), verified_by=_verified_by(spec.by))
+            try:
+                if isinstance(spec, ConfirmSpec):
+                    answer = spec.answer
+                    proof = self.keyring.sign("confirm", run_id, actor, confirm_content(step, answer, spec.reason))
+                    await handle.execute_update(PlaybookRun.confirm, ConfirmRequest(
+                        step_id=step, user=spec.by, groups=list(spec.groups), answer=answer, reason=spec.reason, proof=proof))
+                else:
+                    proof = self.keyring.sign("vote", run_id, actor, vote_content(step, spec.vote, spec.reason))
+                    await handle.execute_update(PlaybookRun.vote, VoteRequest(
+                        step_id=step, user=spec.by, vote=spec.vote, reason=spec.reason, proof=proof))
             except WorkflowUpdateFailedError as exc:
                 cause = exc.cause
-                notes.append(f"vote by {spec.by} on {step} refused: {getattr(cause, 'message', None) or cause}")
+                what = "answer" if isinstance(spec, ConfirmSpec) else "vote"
+                notes.append(f"{what} by {spec.by} on {address} refused: {getattr(cause, 'message', None) or cause}")
         return notes
 
     async def _hold(self, keys: list[str]) -> list[str]:
@@ -313,17 +345,6 @@ class Rehearsal:
                 await self.client.get_workflow_handle(ident).terminate("rehearsal case over")
             except RPCError:
                 pass
-
-
-def _state(status: RunStatus, address: str) -> str:
-    try:
-        return status.step(address).state
-    except KeyError:
-        return "absent"
-
-
-def _ended(status: RunStatus, address: str) -> bool:
-    return _state(status, address) not in ("pending", "running", "absent", *WAITING)
 
 
 async def _where(handle: WorkflowHandle[Any, RunStatus] | None) -> str:

@@ -79,3 +79,20 @@ def test_run_dry_run_shows_the_plan_and_starts_nothing(tmp_path):
     assert "5.3 errors  prometheus.query  when {{ params.environment == 'production' }} → runs" in out
     bad = cli(["run", "restart-service", "-p", "service=Bad!", "--dry-run"], settings)
     assert bad.code == 1 and "service" in bad.error_line()
+
+
+def test_a_dry_run_expands_foreach_items_and_lists_the_failure_path(tmp_path):
+    settings = base_env(data_dir=tmp_path / "data", policies_dir=ROOT / "policies", playbooks_dir=PLAYBOOKS,
+                        temporal_address="127.0.0.1:1")
+    result = cli(["run", "rolling-restart", "-p", "service=checkout", "-p", "hosts=web-1,web-2", "--dry-run",
+                  "--by", "alice"], settings)
+    assert result.code == 0, result.stderr
+    out = result.stdout
+    assert "1. roll  (foreach as host, 2 items, concurrency 1, max_failures 1)" in out
+    assert '   [0] host = "web-1"' in out and '   [1] host = "web-2"' in out
+    for host, n in (("web-1", 1), ("web-2", 2)):  # each item's steps rendered with its own host
+        assert f'"url": "https://lb.internal/v1/pools/production/members/{host}/drain"' in out
+        assert f'"reason": "rolling-restart run dry-run, host {n} of 2"' in out
+    assert out.count("policy needs 1 approval(s) from sre-oncall") == 2  # asked per item
+    assert "on failure (after the rollback):\n   - tell  slack.post" in out
+    assert "rolling-restart of checkout stopped: (the run's error)" in out

@@ -132,3 +132,22 @@ def test_a_call_inside_a_foreach_counts_for_cycles(write: Write, shipped: dict[s
     write(calling("b", "a"), "b.yaml")
     messages, exc = errors_of(path.parent, shipped)
     assert any("a → b → a" in m for m in messages), messages
+
+
+def test_a_call_inside_a_foreach_is_checked_and_a_foreach_playbook_loads(
+    write: Write, shipped: dict[str, ActionSpec]
+) -> None:
+    """A directory holding a foreach playbook loaded with an AttributeError before the sub-playbook
+    checks walked foreach groups; a call inside one names its child like any other call."""
+    each = (
+        "name: each\nsteps:\n  - id: roll\n    foreach: [a, b]\n    steps:\n"
+        "      - {id: log, action: core.log, with: {message: x}}\n"
+        "      - {id: call, action: playbook.run, with: {name: chlid}}\n"
+    )
+    path = write(each, "each.yaml")
+    messages, exc = errors_of(path.parent, shipped)
+    assert len(exc.errors) == 1, messages
+    assert "with.name: unknown playbook 'chlid'" in messages[0] and ":7:" in messages[0], messages
+    write(each.replace("chlid", "child"), "each.yaml")
+    write("name: child\nsteps:\n  - {id: c, action: core.log, with: {message: x}}\n", "child.yaml")
+    assert load_directory(path.parent, actions=shipped).names() == ["child", "each"]

@@ -52,3 +52,25 @@ def directory(tmp_path: Path, test_yaml: str, *, name: str = "tiny.test.yaml", e
         (tmp_path / file).write_text(text)
     (tmp_path / name).write_text(test_yaml)
     return tmp_path
+
+ROLL = """\
+name: roll
+owner: sre-oncall
+params:
+  hosts: {type: array, items: {type: string, pattern: "^[a-z0-9-]+$"}}
+steps:
+  - id: pick
+    action: core.confirm
+    with: {message: "go?", choices: [go, stop]}
+  - id: roll
+    foreach: "{{ params.hosts }}"
+    as: host
+    max_failures: 1
+    steps:
+      - id: drain
+        action: http.request
+        with: {method: POST, url: "https://lb.internal/{{ host }}/drain"}
+        compensate: {action: http.request, with: {method: POST, url: "https://lb.internal/{{ host }}/enable"}}
+      - {id: check, action: http.request, with: {method: GET, url: "https://{{ host }}.internal/{{ steps.pick.output.choice }}"}}
+  - {id: call, action: playbook.run, with: {name: tiny, params: {service: "{{ params.hosts[0] }}"}}}
+"""

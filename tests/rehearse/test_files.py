@@ -4,12 +4,13 @@ file and line; the playbook loader leaves them alone."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot.playbook.loader import load_directory
-from bot.rehearse.cases import RehearsalFileError, load_rehearsal, parse_address
-from tests.rehearse.support import directory
+from bot.rehearse.cases import RehearsalFileError, generic, load_rehearsal, parse_address
+from tests.rehearse.support import ROLL, directory
 
 
 def load(tmp_path: Path, text: str) -> object:
@@ -90,11 +91,14 @@ def test_a_huge_file_is_refused_unread(tmp_path):
 
 
 def test_addresses():
-    addr = parse_address("undo:roll[3]")
-    assert (addr.kind, addr.step, addr.item, addr.base) == ("undo", "roll", 3, "undo:roll")
-    assert parse_address("call/child_id").child == "child_id"
-    with pytest.raises(ValueError):
-        parse_address("undo:")
+    addr = parse_address("undo:roll[3].drain")
+    assert (addr.kind, addr.path, addr.call, addr.target) == ("undo", "roll[3].drain", None, "roll[3].drain")
+    child = parse_address("fallback:call/roll[1].x")
+    assert (child.kind, child.call, child.path, child.target) == ("fallback", "call", "roll[1].x", "call/roll[1].x")
+    assert generic("undo:call/roll[1].x") == "undo:call/x" and generic("roll[2]") == "roll[2]"
+    for bad in ("undo:", "a/b/c", "roll[1]x", "roll[12345]", "undo:undo:x", "roll[1].a.b"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
 
 
 def test_an_alias_bomb_is_refused_before_it_expands(tmp_path):
@@ -104,3 +108,52 @@ def test_an_alias_bomb_is_refused_before_it_expands(tmp_path):
     lines += ["cases:", "  - name: boom", "    params: {service: *l9}", "    expect: {}"]
     error = refused(tmp_path, "\n".join(lines) + "\n")
     assert "expands to more than" in str(error) and ":1: " in str(error)
+
+
+ROLL_OK = """\
+playbook: roll
+cases:
+  - name: ok
+    params: {hosts: [a, b]}
+    mocks: {drain: {output: {}}, "check[1]": {fail: "x"}, "call/drain": {output: {}}}
+    confirm: {pick: {choice: go, by: "slack:U0BOB"}}
+    expect: {steps: {roll: succeeded, "roll[1]": failed, "drain[0]": succeeded}, order: ["roll[0].drain"]}
+"""
+
+
+def load_roll(tmp_path: Path, text: str) -> Any:
+    path = directory(tmp_path, text, name="roll.test.yaml", extra={"roll.yaml": ROLL})
+    return load_rehearsal(path / "roll.test.yaml", load_directory(path))
+
+
+def test_item_and_child_addresses_load_as_the_engine_names_them(tmp_path):
+    [loaded] = load_roll(tmp_path, ROLL_OK).cases
+    case = loaded.case
+    assert list(case.mocks) == ["drain", "roll[1].check", "call/drain"]  # `drain`: every item's
+    assert list(case.expect.steps) == ["roll", "roll[1]", "roll[0].drain"]
+    assert case.confirm["pick"].answer == "go"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ('steps: {roll: succeeded', 'steps: {drain: succeeded', ["runs once per item of foreach 'roll'", "roll[0].drain"]),
+        ('mocks: {drain:', 'mocks: {roll:', ["is a foreach group: name one of its steps"]),
+        ('order: ["roll[0].drain"]', 'order: ["roll[0]"]', ["is a foreach item: name one of its steps"]),
+        ('"call/drain": {output: {}}', 'call: {output: {}}', ["runs a child run (playbook.run): mock its steps, as call/"]),
+        ('"call/drain"', '"call/drian"', ["no step 'drian' in playbook 'tiny'", "did you mean 'drain'"]),
+        ('"call/drain"', '"drain/x"', ["'drain' is not a playbook.run step"]),
+        ('"check[1]"', '"roll[1].chek"', ["foreach 'roll' has no step 'chek'", "did you mean 'check'"]),
+        ('"check[1]"', '"pick[1]"', ["[i] addresses a foreach item, and 'pick' is not in a foreach"]),
+        ('{drain: {output: {}},', '{"drain[0]": {output: {}}, "roll[0].drain": {output: {}},', ["names the same step as another"]),
+        ("confirm: {pick:", "confirm: {drain:", ["confirm: answers core.confirm steps"]),
+        ("choice: go,", "choice: go, value: go,", ["choice: (one of the step's choices) or value:"]),
+    ],
+)
+def test_item_and_child_address_mistakes(tmp_path, old, new, words):
+    text = ROLL_OK.replace(old, new)
+    assert text != ROLL_OK
+    with pytest.raises(RehearsalFileError) as info:
+        load_roll(tmp_path, text)
+    for word in words:
+        assert word in str(info.value), str(info.value)

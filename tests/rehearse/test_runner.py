@@ -7,7 +7,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from bot.rehearse.report import junit_xml, rehearse
-from tests.rehearse.support import APPROVE, LOCKED, POLICIES, directory
+from tests.rehearse.support import APPROVE, LOCKED, POLICIES, ROLL, directory
 
 PASSING = f"""\
 playbook: tiny
@@ -137,3 +137,37 @@ async def test_junit_output(skip_env, tmp_path):
     assert ok.get("classname") == "tiny" and ok.find("failure") is None
     failure = bad.find("failure")
     assert failure is not None and failure.get("message", "").startswith("state: expected completed, got compensated")
+
+
+ROLL_CASES = """\
+playbook: roll
+cases:
+  - name: answered, an item fails, the child completes
+    params: {hosts: [a, b, c]}
+    requested_by: "slack:U0ALICE"
+    mocks: {check: {output: {ok: 1}}, "check[1]": {fail: "b is down"}, "call/restart": {output: {status: 200}}}
+    confirm: {pick: {choice: go, by: "slack:U0BOB", groups: [sre-oncall]}}
+    votes: {"call/restart": [{by: "slack:U0BOB", groups: [sre-oncall]}]}
+    expect:
+      state: completed
+      steps: {"roll[1]": failed, "roll[1].drain": compensated, "roll[2].check": succeeded, call/restart: succeeded}
+      outputs: {"roll[0]": {drain: {}, check: {ok: 1}}, pick: {choice: go, by: "slack:U0BOB"}}
+      args: {"check[2]": {url: "https://c.internal/go"}, "undo:roll[1].drain": {url: "https://lb.internal/b/enable"}}
+      order: ["roll[0].drain", "roll[0].check", "roll[1].drain", "roll[1].check", "undo:roll[1].drain",
+              "roll[2].drain", "roll[2].check", call, call/drain, call/restart, call/note]
+  - name: an answer outside the choices is refused
+    params: {hosts: [a]}
+    requested_by: "slack:U0ALICE"
+    confirm: {pick: {choice: maybe, by: "slack:U0BOB", groups: [sre-oncall]}}
+    expect: {state: completed}
+"""
+
+
+async def test_items_answers_and_child_runs(skip_env, tmp_path):
+    path = directory(tmp_path, ROLL_CASES, name="roll.test.yaml", extra={"roll.yaml": ROLL})
+    report = await rehearse(path, POLICIES, env=skip_env)
+    assert report.bad_files == []
+    answered, refused = report.results
+    assert answered.failures == [], answered.failures
+    assert refused.failures[0].startswith("state: expected completed, got "), refused.failures
+    assert any("answer by slack:U0BOB on pick refused" in n and "choices" in n for n in refused.notes), refused.notes
