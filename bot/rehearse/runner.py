@@ -37,7 +37,7 @@ from bot.devstack import DevServerError, find_binary
 from bot.engine.admission import Admitter
 from bot.engine.children import CatalogActivities
 from bot.engine.lock_workflow import KeyLock
-from bot.engine.locking import ACQUIRE_SIGNAL, LockRequest, LockState, lock_workflow_id
+from bot.engine.locking import ACQUIRE_SIGNAL, LockRequest, LockState, lock_workflow_id, message_content, message_label
 from bot.engine.state import ConfirmRequest, RunInput, RunStatus, TriggerContext, VoteRequest
 from bot.engine.worker import make_worker
 from bot.engine.workflow import PlaybookRun
@@ -173,7 +173,7 @@ class Rehearsal:
             *CatalogActivities(lambda: self.catalog).all(),  # a playbook.run step's child playbook
         ]
         self._workers = [
-            make_worker(self.client, self.task_queue, activities, max_concurrent_activities=1),
+            make_worker(self.client, self.task_queue, activities, max_concurrent_activities=1, keyring=self.keyring),
             Worker(self.client, task_queue=self.task_queue + "-holders", workflows=[LockHolder]),
         ]
         self.router.default = await self._engine({})
@@ -320,7 +320,7 @@ class Rehearsal:
             )
             await self.client.start_workflow(
                 KeyLock.run, LockState(key=key), id=lock_workflow_id(key), task_queue=self.task_queue,
-                start_signal=ACQUIRE_SIGNAL, start_signal_args=[LockRequest(key=key, run_id=holder_id, playbook="rehearsal")],
+                start_signal=ACQUIRE_SIGNAL, start_signal_args=[self._sealed(LockRequest(key=key, run_id=holder_id, playbook="rehearsal"))],
             )
             for _ in range(200):
                 if await holder.query(LockHolder.holding):
@@ -328,6 +328,10 @@ class Rehearsal:
                 await asyncio.sleep(0.05)
             holders.append(holder_id)
         return holders
+
+    def _sealed(self, request: LockRequest) -> LockRequest:
+        """Sealed as the worker's `lock.request` seals its runs' requests: the lock drops unsealed ones."""
+        return request.model_copy(update={"seal": self.keyring.seal(message_label(request), message_content(request))})
 
     async def _clean(self, handle: WorkflowHandle[Any, RunStatus] | None, holders: list[str], keys: list[str]) -> None:
         """Leave nothing behind for the next case: the run, the holders and their locks end."""
