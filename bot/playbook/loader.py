@@ -18,7 +18,7 @@ from pydantic import BaseModel, Tag, ValidationError
 
 from bot.actions.base import ActionSpec
 from bot.playbook.checks import RUN_ACTION, Loc, check_playbook, dotted, error_text, registered_actions, suggestion
-from bot.playbook.model import ParallelGroup, Playbook
+from bot.playbook.model import ForeachGroup, ParallelGroup, Playbook
 from bot.playbook.templating import MARKER_CHARS, is_template
 
 PLAYBOOK_SUFFIXES = (".yaml", ".yml")
@@ -493,6 +493,8 @@ def _calls(playbook: Playbook) -> list[tuple[str, Loc]]:
     for i, item in enumerate(playbook.steps):
         if isinstance(item, ParallelGroup):
             located += [(step, ("steps", i, "parallel", j)) for j, step in enumerate(item.parallel)]
+        elif isinstance(item, ForeachGroup):
+            located += [(step, ("steps", i, "steps", j)) for j, step in enumerate(item.steps)]
         else:
             located.append((item, ("steps", i)))
     located += [(step, ("on_failure", i)) for i, step in enumerate(playbook.on_failure)]

@@ -120,3 +120,21 @@ def test_playbook_run_is_no_fallback_or_undo(write: Write, shipped: dict[str, Ac
     )
     error = only_error(path, shipped)
     assert_located(error, path, 6, "s", f"{where}.action: playbook.run cannot")
+
+
+def test_a_call_inside_a_foreach_is_checked_like_any_other(write: Write, shipped: dict[str, ActionSpec]) -> None:
+    """The call graph walks foreach item steps too: a directory holding a foreach loads (it used to
+    crash every load, `dev` included), and a call made per item names its unknown child at its line."""
+    text = (
+        "name: roll\nsteps:\n  - id: each\n    foreach: [a, b]\n    steps:\n"
+        "      - {id: note, action: core.log, with: {message: x}}\n"
+        "      - id: call\n        action: playbook.run\n        with: {name: chlid}\n"
+    )
+    path = write(text, "roll.yaml")
+    write("name: child\nsteps:\n  - {id: c, action: core.log, with: {message: x}}\n", "child.yaml")
+    messages, exc = errors_of(path.parent, shipped)
+    assert len(exc.errors) == 1, messages
+    assert_located(exc.errors[0], path, 9, "call", "with.name: unknown playbook 'chlid'", "did you mean 'child'?")
+    assert exc.catalog.names() == ["child"]
+    path.write_text(text.replace("chlid", "child"))
+    assert load_directory(path.parent, actions=shipped).names() == ["child", "roll"]
