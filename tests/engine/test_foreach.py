@@ -387,7 +387,7 @@ async def test_slack_follows_the_items_with_syncs_coalesced_not_one_per_item(dev
         group = next((s for s in request.status.steps if s.id == "roll"), None)
         if group is not None and group.progress is not None:
             seen.append((group.progress.done, group.progress.total))
-        await asyncio.sleep(0.5)  # a slow Slack: items end meanwhile
+        await asyncio.sleep(1.0)  # a slow Slack: many items end meanwhile
         return request.state
 
     text = """
@@ -398,7 +398,7 @@ steps:
     foreach: "{{ range(20) | list }}"
     concurrency: 5
     steps:
-      - {id: note, action: t.quick}
+      - {id: note, action: t.ok}
 """
     rec = Recorder()
     async with worker(dev_env.client, rec, [slow_sync]) as w:
