@@ -27,6 +27,8 @@ bench: $(STAMP) ## benchmark tables with ratios against baselines measured in th
 	$(BIN)/python -m bench.policy_latency
 	$(BIN)/python -m bench.slack_ack
 	$(BIN)/python -m bench.approval_rss
+	$(BIN)/python -m bench.foreach
+	$(BIN)/python -m bench.foreach_history
 
 chaos: $(STAMP) ## the slow half of the reliability suite: big storms, long fuzzing, repeated crashes
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests/reliability

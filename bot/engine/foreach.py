@@ -92,6 +92,7 @@ class ForeachRuns:
         self._addressed: dict[str, Step] = {}  # item step address -> the step under that id
         self._foreach_max = FOREACH_MAX_DEFAULT
         self._item_steps_used = 0
+        self._item_sync_queued = False  # an item's end waits to sync Slack behind the sync in flight
 
     # ---- hooks the workflow calls --------------------------------------------------------
 
@@ -266,6 +267,20 @@ class ForeachRuns:
                 st.progress.done += 1
             elif outcome == "failed":
                 st.progress.failed += 1
+        await self._item_ended()
+
+    async def _item_ended(self) -> None:
+        """Slack follows the items, coalesced: an item that ends while a sync is in flight queues one
+        sync behind it, which shows every item ended by then; items ending while one is queued add
+        none. One sync per item in a row made 100 items at concurrency 10 take 2.3x the same steps
+        as parallel groups (bench/foreach.md). A run without a channel makes no call and no wait."""
+        if not self._channel or self._item_sync_queued:  # type: ignore[attr-defined]
+            return
+        self._item_sync_queued = True
+        try:
+            await workflow.wait_condition(lambda: not self._slack_lock.locked())  # type: ignore[attr-defined]
+        finally:
+            self._item_sync_queued = False
         await self._notify()  # type: ignore[attr-defined]
 
     async def _undo_item(self, scope: ItemScope) -> bool:

@@ -4,32 +4,40 @@ One run of a live bot (`playbook-bot dev`, or any cluster the settings point at)
 
     PLAYBOOK_BOT_DATA_DIR=... .venv/bin/python -m tests.reliability.record_history RUN_ID tests/reliability/histories/NAME.json
 
-Or every scenario below, each run on a throwaway dev server with the rehearsal actions of
+Or the scenarios below, each run on a throwaway dev server with the rehearsal actions of
 tests/engine/support.py (a history holds activity results, so replay needs no real actions):
 
-    .venv/bin/python -m tests.reliability.record_history --scenarios
+    .venv/bin/python -m tests.reliability.record_history --scenarios [NAME ...]
 
-Re-record only to add histories: the point of the old ones is that they were made by old code.
+A scenario whose history files exist is skipped, never re-recorded: the point of the old ones is
+that they were made by old code. Record only to add histories.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from bot.engine.state import VoteRequest
+from bot.engine.admission import Admission, AdmitRequest
+from bot.engine.children import CatalogActivities
+from bot.engine.locking import lock_workflow_id, render_lock_key
+from bot.engine.state import Requester, RunStatus, VoteRequest
+from bot.engine.worker import make_worker
 from bot.engine.workflow import PlaybookRun
+from bot.policy.inputs import provenance
 from bot.settings import Settings
 from bot.slack.notifier import SlackNotifier
 from bot.temporal import connect
-from tests.engine.support import Recorder, cancel, playbook, run_input, start, wait_for_state, worker
+from tests.engine.support import Recorder, cancel, catalog_of, playbook, run_input, start, wait_for_state, worker
 from tests.engine.test_approvals import policy
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -126,15 +134,145 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+# ---- scenarios of several workflows: each records every history it names ----------------------
+
+LOCK_HOLDER = """
+name: lock-holder
+owner: sre
+channel: "#incidents"
+params: {service: {type: string}}
+concurrency: {key: "svc-{{ params.service }}"}
+steps:
+  - {id: prepare, action: t.ok, compensate: {action: t.ok}}
+  - {id: risky, action: t.ok, impact: high}
+"""
+
+LOCK_WAITER = """
+name: lock-waiter
+channel: "#incidents"
+params: {service: {type: string}}
+concurrency: {key: "svc-{{ params.service }}", on_busy: queue}
+steps:
+  - {id: work, action: t.ok, with: {service: "{{ params.service }}"}, compensate: {action: t.ok}}
+  - {id: check, action: t.ok}
+"""
+
+CALL_PARENT = """
+name: call-parent
+steps:
+  - {id: before, action: t.ok, compensate: {action: t.ok}}
+  - {id: call, action: playbook.run, with: {name: call-child, params: {target: api}}}
+  - {id: later, action: t.ok, compensate: {action: t.ok}}
+  - {id: boom, action: t.fail, retry: {max_attempts: 1}}
+"""
+
+CALL_CHILD = """
+name: call-child
+params: {target: {type: string, pattern: "^[a-z]+$"}}
+steps:
+  - id: c1
+    action: t.ok
+    with: {target: "{{ params.target }}"}
+    compensate: {action: t.ok, with: {undo: "{{ steps.c1.output.id }}"}}
+  - {id: c2, action: t.ok, compensate: {action: t.ok}}
+"""
+
+WAIT = 120.0  # generous: recording may run on a loaded machine
+
+
+async def start_as(client: Client, w: Any, text: str, workflow_id: str, **kwargs: Any) -> WorkflowHandle[Any, RunStatus]:
+    """A run whose workflow id is its history's name: test_replay replays each history under its
+    file's name, and a run's commands can depend on its id (its child's id, what it peeks for)."""
+    return await client.start_workflow(PlaybookRun.run, run_input(playbook(text), **kwargs), id=workflow_id,
+                                       task_queue=w.task_queue)
+
+
+@activity.defn(name="run.admit")
+async def admit_with_key(request: AdmitRequest) -> Admission:
+    """support.Recorder's admission, with the lock key rendered as the real admission renders it."""
+    who = request.trigger.requested_by
+    return Admission(
+        allow=True, params=request.params, lock_key=render_lock_key(request.playbook, request.params, request.trigger.alert),
+        requester=Requester(principal=who, person=who, verified=True, verified_by="dev"),
+        provenance=provenance(request.playbook, request.params, request.trigger.kind, request.trigger.alert, True),
+    )
+
+
+async def _lock_queued(client: Client) -> dict[str, str]:
+    """A run that queues behind the holder of its key (waiting on an approval), then runs once the
+    holder ends; and the holder and the key's lock workflow, which ends once idle."""
+    rec = Recorder()
+    activities = [a for a in rec.activities() if a.__temporal_activity_definition.name != "run.admit"]
+    extra = [admit_with_key, *policy(APPROVAL), SlackNotifier(None).sync]
+    async with make_worker(client, f"tq-{uuid.uuid4()}", [*activities, *extra]) as w:
+        holder = await start_as(client, w, LOCK_HOLDER, "lock-queued-holder", params={"service": "web"})
+        await wait_for_state(holder, lambda s: s.step("risky").state == "waiting_approval", timeout=WAIT)
+        waiter = await start_as(client, w, LOCK_WAITER, "lock-queued-waiter", params={"service": "web"})
+        await wait_for_state(waiter, lambda s: s.state == "queued" and (s.waiting_for or {}).get("holder") == holder.id,
+                             timeout=WAIT)
+        await holder.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana", vote="approve"))
+        ends = [await asyncio.wait_for(h.result(), WAIT) for h in (holder, waiter)]
+        assert [s.state for s in ends] == ["completed", "completed"], [(s.state, s.error) for s in ends]
+        assert [c[0] for c in rec.calls] == ["prepare", "risky", "work", "check"], rec.calls
+        lock = client.get_workflow_handle(lock_workflow_id("svc-web"))
+        await asyncio.wait_for(lock.result(), WAIT)  # idle for a minute, it ends
+    return {waiter.id: waiter.id, holder.id: holder.id, "lock-queued-keylock": lock.id}
+
+
+async def _subplaybook_compensated(client: Client) -> dict[str, str]:
+    """A parent whose playbook.run child completed and was held; a later step fails, and the parent
+    rolls the child back as one unit (the child's own undos, newest first)."""
+    rec = Recorder()
+    parent, child = playbook(CALL_PARENT), playbook(CALL_CHILD)
+    extra = CatalogActivities(lambda: catalog_of(parent, child)).all()
+    async with worker(client, rec, extra) as w:
+        handle = await start_as(client, w, CALL_PARENT, "subplaybook-compensated", requested_by="slack:U0ALICE")
+        status = await asyncio.wait_for(handle.result(), WAIT)
+        kid = client.get_workflow_handle(f"{handle.id}.call", result_type=RunStatus)
+        final = await asyncio.wait_for(kid.result(), WAIT)
+    assert (status.state, final.state) == ("compensated", "compensated"), (status.error, final.error)
+    order = [("undo:" if comp else "") + step for step, comp, _ in rec.calls]
+    assert order == ["before", "c1", "c2", "later", "boom", "undo:later", "undo:c2", "undo:c1", "undo:before"], order
+    return {handle.id: handle.id, kid.id: kid.id}
+
+
+TREES: dict[str, tuple[Callable[[Client], Awaitable[dict[str, str]]], list[str]]] = {
+    # name: (how to run it, the histories it writes, each under its workflow id but the lock's hashed one)
+    "lock-queued": (_lock_queued, ["lock-queued-waiter", "lock-queued-holder", "lock-queued-keylock"]),
+    "subplaybook-compensated": (_subplaybook_compensated, ["subplaybook-compensated", "subplaybook-compensated.call"]),
+}
+
+
+def recorded_names() -> set[str]:
+    """Every history the scenarios write."""
+    return set(SCENARIOS) | {h for _, names in TREES.values() for h in names}
+
+
 async def record_scenarios(names: list[str]) -> None:
     from tests.conftest import binary  # noqa: PLC0415  (the dev server beside the interpreter)
 
+    unknown = set(names) - set(SCENARIOS) - set(TREES)
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {sorted(unknown)}: known are {sorted([*SCENARIOS, *TREES])}")
+    todo = []
+    for name in names or [*SCENARIOS, *TREES]:
+        files = TREES[name][1] if name in TREES else [name]
+        if any((HISTORIES / f"{f}.json").exists() for f in files):
+            print(f"skipped {name}: its history is checked in, and old histories are never re-recorded")
+        else:
+            todo.append(name)
+    if not todo:
+        return
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(binary("temporal")), data_converter=pydantic_data_converter,
         dev_server_extra_args=["--log-level", "error"],
     )
     try:
-        for name in names or list(SCENARIOS):
+        for name in todo:
+            if name in TREES:
+                for history, workflow_id in (await TREES[name][0](env.client)).items():
+                    await _write(env.client, workflow_id, HISTORIES / f"{history}.json")
+                continue
             text, decision, human, expected = SCENARIOS[name]
             rec = Recorder()
             extra = [*policy(decision or {"allow": True}), SlackNotifier(None).sync]

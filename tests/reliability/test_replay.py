@@ -15,25 +15,30 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from bot.engine.lock_workflow import KeyLock
 from bot.engine.worker import workflow_runner
 from bot.engine.workflow import PlaybookRun
 from bot.slack.notifier import SlackNotifier
 from tests.engine.support import Recorder, playbook, run_input, start, worker
 from tests.engine.test_approvals import policy
-from tests.reliability.record_history import SCENARIOS
+from tests.reliability.record_history import recorded_names
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 def test_histories_are_checked_in():
-    """Every recorded scenario (approvals, failed undo, parallel, cancel) plus the demo runs."""
+    """Every recorded scenario (approvals, failed undo, parallel, cancel, foreach, a run queued behind
+    a lock with its holder and the key's lock workflow, a sub-playbook's parent and child) plus the
+    demo runs."""
     names = {p.stem for p in HISTORIES}
-    assert set(SCENARIOS) | {"demo-remediation-completed", "demo-remediation-compensated"} <= names
+    assert recorded_names() | {"demo-remediation-completed", "demo-remediation-compensated"} <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_replay(path: Path):
-    replayer = Replayer(workflows=[PlaybookRun], data_converter=pydantic_data_converter, workflow_runner=workflow_runner())
+    """PlaybookRun histories and KeyLock's (a lock workflow outlives the runs it serves)."""
+    replayer = Replayer(workflows=[PlaybookRun, KeyLock], data_converter=pydantic_data_converter,
+                        workflow_runner=workflow_runner())
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
