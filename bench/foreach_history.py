@@ -35,7 +35,7 @@ async def main(items: int, concurrencies: list[int]) -> None:
         dev_server_existing_path=str(binary("temporal")), data_converter=pydantic_data_converter,
         dev_server_extra_args=["--log-level", "error"],
     )
-    print(f"| items | concurrency | state | events | history MB | seconds |\n|---|---|---|---|---|---|")
+    print("| items | concurrency | state | events | history MB | seconds |\n|---|---|---|---|---|---|")
     try:
         for concurrency in concurrencies:
             rec = Recorder()
