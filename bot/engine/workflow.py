@@ -59,6 +59,7 @@ SLEEP_ACTION = "core.sleep"
 FAIL_ACTION = "core.fail"  # v1.1: ends the run on purpose, in the workflow (no activity)
 APPROVE_ACTION = "core.approve"  # v1.1 human steps: answered by votes/answers in the workflow (no activity)
 CONFIRM_ACTION = "core.confirm"
+HUMAN_STEP_ACTIONS = (APPROVE_ACTION, CONFIRM_ACTION)
 REFUSED_ANSWERS_AUDITED = 10  # per step: a client repeating bad answers cannot grow the record without bound
 ON_FAILURE_GROUP = "on_failure"  # StepStatus.group of the playbook-level on_failure steps
 AUDIT_PATCH = "audit-trail-v1"
@@ -715,7 +716,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         except TemplateError as exc:
             return await self._step_failed(step, st, f"cannot render arguments: {exc}")
         st.args = display(args)  # what status, policy and approvers see; only the action gets markers
-        if step.action in (APPROVE_ACTION, CONFIRM_ACTION):
+        if step.action in HUMAN_STEP_ACTIONS:
             return await self._human_step(step, st)
         if step.impact == "high":
             try:
@@ -782,7 +783,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
             if st.state != "running":
                 return False  # denied by policy, or cancelled: already recorded
             message = st.error or message
-        if step.on_failure == "continue":
+        if step.on_failure == "continue" and step.action not in HUMAN_STEP_ACTIONS:
+            # A human step that could not even ask (its message did not render) never reads as passed.
             st.state, st.error, st.finished_at = "failed_ignored", message, workflow.now()
             workflow.logger.warning("step failed, ignored", extra={**self._log_extra, "step_id": st.id, "error": message})
             self._record(st.id, EventKind.step_failed,
@@ -810,7 +812,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         except TemplateError as exc:
             return failed(f"cannot render arguments: {exc}")
         record.args = display(args)
-        if fallback.impact == "high":
+        if fallback.impact == "high" or step.impact == "high":  # a high step's stand-in is as high as it is
             refusal = await self._gate_fallback(step, fallback, record)
             if refusal is not None:
                 record.state, record.error, record.finished_at = "denied", refusal, workflow.now()

@@ -364,12 +364,13 @@ class _Checker:
                      "run has ended; post to Slack instead (slack.post)")
             return
         why = {
+            "on_failure": "an approval or answer that could not be asked must never read as given",
             "compensate": "it changes nothing, so there is nothing to undo",
             "fallback": "a rejection or timeout is not a failure to fall back from",
             "settles": "it does no work that could settle another step's undo",
             "irreversible": "it changes nothing",
         }
-        for key, used in (("compensate", step.compensate is not None), ("fallback", step.fallback is not None),
+        for key, used in (("on_failure", step.on_failure != "fail"), ("compensate", step.compensate is not None), ("fallback", step.fallback is not None),
                           ("settles", step.settles is not None), ("irreversible", step.irreversible)):
             if used:
                 self.add(loc + (key,), f"{key}: not allowed on a {step.action} step: {why[key]}; remove {key}:")
@@ -514,7 +515,7 @@ class _Checker:
                      "on_failure: steps (that is how they are grouped in the run's status); rename it")
         for i, step in enumerate(self.playbook.on_failure):
             loc: Loc = ("on_failure", i)
-            for key, used in (("compensate", step.compensate is not None), ("settles", step.settles is not None),
+            for key, used in (("on_failure", step.on_failure != "fail"), ("compensate", step.compensate is not None), ("settles", step.settles is not None),
                               ("on_failure", step.on_failure == "continue")):
                 if used:
                     why = {"compensate": "they run after the saga, so nothing would ever undo them",
