@@ -171,3 +171,61 @@ async def test_items_answers_and_child_runs(skip_env, tmp_path):
     assert answered.failures == [], answered.failures
     assert refused.failures[0].startswith("state: expected completed, got "), refused.failures
     assert any("answer by slack:U0BOB on pick refused" in n and "choices" in n for n in refused.notes), refused.notes
+
+
+FE_CHILD = """\
+name: fe-child
+summary: child run inside a foreach item
+owner: sre-oncall
+steps:
+  - id: roll
+    foreach: [h0, h1]
+    as: host
+    max_failures: 1
+    steps:
+      - id: drain
+        action: http.request
+        with: {method: POST, url: "https://lb.internal/{{ host }}/drain"}
+        compensate: {action: http.request, with: {method: POST, url: "https://lb.internal/{{ host }}/enable"}}
+      - id: op
+        action: playbook.run
+        with: {name: node-op, params: {host: "{{ host }}"}}
+      - id: verify
+        action: http.request
+        retry: {max_attempts: 1}
+        with: {method: GET, url: "https://lb.internal/{{ host }}/health"}
+"""
+NODE_OP = """\
+name: node-op
+summary: child with an undo
+owner: sre-oncall
+params:
+  host: {type: string, pattern: "^[a-z0-9-]+$"}
+steps:
+  - id: cordon
+    action: http.request
+    with: {method: POST, url: "https://k.internal/{{ params.host }}/cordon"}
+    compensate: {action: http.request, with: {method: POST, url: "https://k.internal/{{ params.host }}/uncordon"}}
+"""
+FE_CHILD_CASES = """\
+playbook: fe-child
+cases:
+  - name: item 0 fails after its child; the item undoes the child too, newest first
+    mocks: {"roll[0].verify": {fail: "unhealthy"}}
+    expect:
+      state: completed
+      order: ["roll[0].drain", "roll[0].op", "roll[0].op/cordon", "roll[0].verify", "undo:roll[0].op",
+              "undo:roll[0].op/cordon", "undo:roll[0].drain", "roll[1].drain", "roll[1].op", "roll[1].op/cordon",
+              "roll[1].verify"]
+"""
+
+
+async def test_a_failed_item_undoes_its_own_child_run(skip_env, tmp_path):
+    """Red team: a child run called inside a foreach item registered its undo on the run's saga,
+    not the item's, so a failed item (within max_failures) left its child's changes in place."""
+    extra = {"fe-child.yaml": FE_CHILD, "node-op.yaml": NODE_OP}
+    report = await rehearse(directory(tmp_path, FE_CHILD_CASES, name="fe-child.test.yaml", extra=extra), POLICIES,
+                            env=skip_env)
+    assert report.bad_files == [], report.bad_files
+    [result] = report.results
+    assert result.failures == [], result.failures
