@@ -135,7 +135,7 @@ class SubPlaybooks:
         self._status.children.append(record)
         self._pokes[child_id] = 0
         # Registered as it starts (DESIGN: an undo is registered when its step starts).
-        self._saga.entries.append((step, Compensation(action=RUN_ACTION)))
+        self._saga_of(step.id).entries.append((step, Compensation(action=RUN_ACTION)))  # an item undoes its own child
         requester = self._status.requester or Requester(principal=self._status.requested_by, person=self._status.requested_by)
         trigger = self._input.trigger
         child_input = RunInput(
