@@ -229,3 +229,79 @@ async def test_a_failed_item_undoes_its_own_child_run(skip_env, tmp_path):
     assert report.bad_files == [], report.bad_files
     [result] = report.results
     assert result.failures == [], result.failures
+
+
+FE_MAX = """\
+name: fe-max
+summary: max_failures with concurrency 2
+owner: sre-oncall
+steps:
+  - id: roll
+    foreach: [h0, h1, h2, h3]
+    as: host
+    concurrency: 2
+    max_failures: 0
+    steps:
+      - id: a
+        action: http.request
+        with: {method: POST, url: "https://lb.internal/{{ host }}/drain"}
+        compensate: {action: http.request, with: {method: POST, url: "https://lb.internal/{{ host }}/enable"}}
+      - id: b
+        action: http.request
+        with: {method: POST, url: "https://lb.internal/{{ host }}/restart"}
+        retry: {max_attempts: 1}
+"""
+FE_MAX_CASES = """\
+playbook: fe-max
+cases:
+  - name: item 0 fails; no new item starts while it undoes itself
+    mocks: {"roll[0].b": {fail: "boom"}}
+    expect: {state: compensated, steps: {"roll[0]": failed, "roll[1]": succeeded, "roll[2]": skipped,
+              "roll[3]": skipped}}
+"""
+FE_FAIL = """\
+name: fe-fail
+summary: core.fail inside a foreach
+owner: sre-oncall
+steps:
+  - id: roll
+    foreach: [h0, h1]
+    max_failures: all
+    steps:
+      - id: check
+        action: core.log
+        with: {message: "{{ item }}"}
+      - id: stop
+        action: core.fail
+        when: "{{ index == 0 }}"
+        with: {reason: "h0 is unsafe: stop the run"}
+  - id: after
+    action: http.request
+    with: {method: POST, url: "https://x.internal/after"}
+"""
+FE_FAIL_CASES = """\
+playbook: fe-fail
+cases:
+  - name: core.fail in an item ends the run with its reason, whatever max_failures says
+    expect: {state: compensated, error: "h0 is unsafe: stop the run", steps: {after: pending}}
+"""
+
+
+async def test_past_max_failures_no_item_starts_while_the_failed_one_undoes(skip_env, tmp_path):
+    """Red team: the failure was counted only after the failed item had undone itself, so at
+    concurrency 2 another item started (drained and restarted a host) past max_failures."""
+    path = directory(tmp_path, FE_MAX_CASES, name="fe-max.test.yaml", extra={"fe-max.yaml": FE_MAX})
+    report = await rehearse(path, POLICIES, env=skip_env)
+    assert report.bad_files == [], report.bad_files
+    [result] = report.results
+    assert result.failures == [], result.failures
+
+
+async def test_core_fail_inside_an_item_ends_the_run(skip_env, tmp_path):
+    """DESIGN: core.fail runs the saga and ends the run with its reason; inside a foreach item it
+    only failed the item, and under max_failures: all the run went on and completed."""
+    path = directory(tmp_path, FE_FAIL_CASES, name="fe-fail.test.yaml", extra={"fe-fail.yaml": FE_FAIL})
+    report = await rehearse(path, POLICIES, env=skip_env)
+    assert report.bad_files == [], report.bad_files
+    [result] = report.results
+    assert result.failures == [], result.failures
