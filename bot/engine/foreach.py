@@ -21,7 +21,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from bot.audit.events import EventKind
     from bot.engine.state import CompensationStatus, ForeachItem, ForeachProgress, StepStatus
-    from bot.playbook.model import FOREACH_ACTION, ForeachGroup, Step
+    from bot.playbook.model import FAIL_ACTION, FOREACH_ACTION, ForeachGroup, Step
     from bot.playbook.templating import TemplateError, render
 
 FOREACH_MAX_DEFAULT = 500  # items per group when admission said nothing (PLAYBOOK_BOT_FOREACH_MAX)
@@ -67,6 +67,7 @@ class _Control:
     running: int = 0
     failed: int = 0
     stop: str | None = None  # why no new item starts
+    failed_on_purpose: tuple[str, str] | None = None  # core.fail in an item: (its reason, its address)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -251,14 +252,18 @@ class ForeachRuns:
                                                                          "failed_ignored")), None)
                 item.error = f"{failed.id}: {failed.error}" if failed is not None else "failed"
                 hard = failed is not None and failed.state in HARD_STOP_STATES
-                undone = await _to_the_end(self._undo_item(scope))
+                # Counted before the item undoes itself: no new item may start while it does.
                 ctl.failed += 1
-                if hard and ctl.stop is None:
+                if failed is not None and failed.action == FAIL_ACTION and ctl.failed_on_purpose is None:
+                    ctl.failed_on_purpose = (failed.error or FAIL_ACTION, failed.id)
+                    ctl.stop = ctl.stop or f"{failed.id} failed the run on purpose"
+                elif hard and ctl.stop is None:
                     ctl.stop = f"{failed.id} was {failed.state}"
-                elif not undone and ctl.stop is None:
-                    ctl.stop = f"item {index} could not be undone"
                 elif ctl.max_failures is not None and ctl.failed > ctl.max_failures and ctl.stop is None:
                     ctl.stop = f"{ctl.failed} items failed, more than max_failures ({ctl.max_failures})"
+                undone = await _to_the_end(self._undo_item(scope))
+                if not undone and ctl.stop is None:
+                    ctl.stop = f"item {index} could not be undone"
         finally:
             item.state = outcome  # type: ignore[assignment]
             ctl.running -= 1
@@ -312,6 +317,8 @@ class ForeachRuns:
         first = next((item.error for item in st.items or () if item.state == "failed"), None)
         why = ctl.stop or "every item failed"
         self._fail(st, f"{why} ({progress.text()})" + (f"; first: {first}" if first else ""))  # type: ignore[attr-defined]
+        if ctl.failed_on_purpose is not None:  # core.fail ends the run with its reason, as outside a foreach
+            status.error, status.failed_step = ctl.failed_on_purpose
         return False
 
     def _foreach_end(self, st: StepStatus, state: str | None) -> None:

@@ -50,13 +50,12 @@ with workflow.unsafe.imports_passed_through():
     from bot.policy.models import ActorVerdict, Decision
     from bot.slack.notifier import SlackState, SlackSync
     from bot.engine.foreach import ForeachRuns
-    from bot.playbook.model import FOREACH_ACTION, Compensation, Fallback, ForeachGroup, ParallelGroup, RetryPolicy, Step
+    from bot.playbook.model import FAIL_ACTION, FOREACH_ACTION, Compensation, Fallback, ForeachGroup, ParallelGroup, RetryPolicy, Step
     from bot.playbook.templating import TemplateError, display, inert, render, truthy
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 DEFAULT_APPROVAL_TIMEOUT = "15m"
 SLEEP_ACTION = "core.sleep"
-FAIL_ACTION = "core.fail"  # v1.1: ends the run on purpose, in the workflow (no activity)
 APPROVE_ACTION = "core.approve"  # v1.1 human steps: answered by votes/answers in the workflow (no activity)
 CONFIRM_ACTION = "core.confirm"
 HUMAN_STEP_ACTIONS = (APPROVE_ACTION, CONFIRM_ACTION)
@@ -812,7 +811,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         except TemplateError as exc:
             return failed(f"cannot render arguments: {exc}")
         record.args = display(args)
-        if fallback.impact == "high" or step.impact == "high":  # a high step's stand-in is as high as it is
+        # A high step that failed before its gate (its arguments did not render) was never allowed:
+        # its fallback asks policy itself. One that passed its gate (allowed or approved) falls back.
+        if fallback.impact == "high" or (step.impact == "high" and st.decision is None):
             refusal = await self._gate_fallback(step, fallback, record)
             if refusal is not None:
                 record.state, record.error, record.finished_at = "denied", refusal, workflow.now()

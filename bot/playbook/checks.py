@@ -22,6 +22,7 @@ from bot.actions.base import ACTIONS, ActionSpec
 from bot.playbook.model import (
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
+    FAIL_ACTION,
     FOREACH_HARD_MAX,
     FOREACH_NAMES_TAKEN,
     Compensation,
@@ -45,7 +46,6 @@ TRIGGER_VARS = frozenset({"alert"})
 LOCK_KEY_VARS = frozenset({"params", "vars", "alert"})  # rendered at admission: no run or steps yet
 _GLOBALS = frozenset(ENV.globals)
 ON_FAILURE = "on_failure"  # the group the playbook's on_failure steps show under in a run's status
-FAIL_ACTION = "core.fail"  # ends the run: nothing may follow, fall back from or continue past it
 HUMAN_ACTIONS = ("core.approve", "core.confirm")  # wait for people in the run; no activity, nothing to undo
 CONFIRM_ACTION = "core.confirm"
 RUN_ACTION = "playbook.run"  # a sub-playbook (bot/actions/playbooks.py): a child run

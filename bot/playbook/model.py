@@ -222,6 +222,7 @@ class ParallelGroup(_Strict):
 
 
 FOREACH_ACTION = "foreach"  # the action a foreach group's StepStatus shows
+FAIL_ACTION = "core.fail"  # v1.1: ends the run on purpose (its saga still undoes), in the workflow
 FOREACH_HARD_MAX = 10_000  # items in a literal list; the worker's PLAYBOOK_BOT_FOREACH_MAX bounds every run
 FOREACH_NAMES_TAKEN = frozenset({"params", "vars", "alert", "run", "steps", "index", "secret"})
 
