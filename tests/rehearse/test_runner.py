@@ -305,3 +305,32 @@ async def test_core_fail_inside_an_item_ends_the_run(skip_env, tmp_path):
     assert report.bad_files == [], report.bad_files
     [result] = report.results
     assert result.failures == [], result.failures
+
+
+FE_BIG = """\
+name: fe-big
+owner: sre-oncall
+steps:
+  - id: roll
+    foreach: [h0, h1, h2, h3, h4, h5, h6, h7, h8, h9]
+    max_failures: all
+    steps:
+      - {id: dump, action: http.request, with: {method: GET, url: "https://x.internal/{{ item }}/dump"}}
+"""
+
+
+async def test_item_outputs_past_the_budget_stop_the_group(skip_env, tmp_path):
+    """Red team: nothing bounded the bytes items output; every render reads all of them and history
+    keeps them, so 100 items of 180 KB stalled the workflow task for good. Past 1 MiB no new item
+    starts and the group fails saying why."""
+    blob = "x" * 200_000
+    cases = (
+        "playbook: fe-big\ncases:\n  - name: big outputs\n"
+        f"    mocks: {{dump: {{output: {{blob: \"{blob}\"}}}}}}\n"
+        "    expect: {state: compensated, error: \"MiB in this run\", steps: {\"roll[9]\": skipped}}\n"
+    )
+    path = directory(tmp_path, cases, name="fe-big.test.yaml", extra={"fe-big.yaml": FE_BIG})
+    report = await rehearse(path, POLICIES, env=skip_env)
+    assert report.bad_files == [], report.bad_files
+    [result] = report.results
+    assert result.failures == [], result.failures
