@@ -30,6 +30,10 @@ FOREACH_MAX_DEFAULT = 500  # items per group when admission said nothing (PLAYBO
 # measured 6,009 events and 5.3 MB at concurrency 1 (bench/foreach_history.py); 3,000 item steps
 # and as many undos stay near 36k events.
 FOREACH_STEP_BUDGET = 3_000
+# What item steps may output in one run, in JSON bytes: every render reads them all, and history
+# keeps them. Past it no new item starts and the group fails (red team: 100 items of 180 KB each
+# made one render take over the 2 s a workflow task may, and the run never ended).
+FOREACH_OUTPUT_BUDGET = 1024 * 1024  # also keeps `status` (which carries them) far under gRPC's 4 MB
 ITEM_VALUE_CHARS = 200  # how much of an item's value its status shows
 HARD_STOP_STATES = frozenset({"denied", "rejected"})  # a human or the policy said no: no new items
 
@@ -93,6 +97,7 @@ class ForeachRuns:
         self._addressed: dict[str, Step] = {}  # item step address -> the step under that id
         self._foreach_max = FOREACH_MAX_DEFAULT
         self._item_steps_used = 0
+        self._item_output_bytes = 0
         self._item_sync_queued = False  # an item's end waits to sync Slack behind the sync in flight
 
     # ---- hooks the workflow calls --------------------------------------------------------
@@ -235,9 +240,15 @@ class ForeachRuns:
         try:
             try:
                 for step in group.steps:
-                    if not await self._run_step(self._addressed[item_address(group.id, index, step.id)]):  # type: ignore[attr-defined]
+                    address = item_address(group.id, index, step.id)
+                    if not await self._run_step(self._addressed[address]):  # type: ignore[attr-defined]
                         outcome = "failed"
                         break
+                    self._item_output_bytes += _json_size(self._status.step(address).output)
+                    if self._item_output_bytes > FOREACH_OUTPUT_BUDGET and ctl.stop is None:
+                        ctl.stop = (f"item steps output more than {FOREACH_OUTPUT_BUDGET // (1024 * 1024)} MiB in this run "
+                                    "(every template reads them and the run's history keeps them): have the steps "
+                                    "return less (parse: json only what is needed) or split the list")
                     if self._cancel_requested():  # type: ignore[attr-defined]  # a cancel swallowed with a success
                         raise asyncio.CancelledError()
             except asyncio.CancelledError:
@@ -333,3 +344,8 @@ class ForeachRuns:
                     st.progress.skipped += 1
         if state == "cancelled":
             self._cancelled(st)  # type: ignore[attr-defined]
+
+
+def _json_size(value: Any) -> int:
+    """An output's size as history stores it (JSON); deterministic, so replays agree."""
+    return 0 if value is None else len(json.dumps(value, separators=(",", ":"), default=str))
