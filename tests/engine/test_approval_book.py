@@ -13,7 +13,7 @@ import pytest
 
 from bot.engine import approvals
 from bot.engine.approvals import VOTE_REFUSED, ApprovalBook, VoteRefused
-from bot.engine.state import RunStatus, StepStatus, Vote, VoteRequest
+from bot.engine.state import ConfirmRequest, RunStatus, StepStatus, Vote, VoteRequest
 from bot.policy.models import ActorVerdict
 
 NOW = datetime(2026, 12, 3, 3, 0, tzinfo=UTC)
@@ -261,3 +261,48 @@ async def test_refusals_say_what_was_wrong() -> None:
     )
     await book.cast(VoteRequest(step_id="restart", user="slack:UC"), _allow(person="carol"))
     assert await refused(book, VoteRequest(step_id="restart", user="slack:UD")) == "step 'restart' has already been decided"
+
+
+def _confirm_book(state: str = "waiting_approval") -> ApprovalBook:
+    book = _book(state=state)
+    book._status.steps.append(StepStatus(id="pick", action="core.confirm", state=state))
+    book.open("pick", 1)
+    return book
+
+
+async def test_answers_go_to_confirm_steps_and_votes_to_the_others() -> None:
+    """A core.confirm step takes answers (and rejections); an approval step takes votes only."""
+    async def refused(book: ApprovalBook, request) -> tuple[str, str, str]:
+        with pytest.raises(VoteRefused) as excinfo:
+            book.validate(request)
+        return (*_refusal(excinfo), excinfo.value.message)
+
+    book = _confirm_book()
+    assert await refused(book, ConfirmRequest(step_id="restart", user="slack:UA", answer="go")) == (
+        "conflict", "step_kind",
+        "step 'restart' is a shell.run step, not core.confirm: approve or reject it instead",
+    )
+    assert await refused(book, VoteRequest(step_id="pick", user="slack:UA")) == (
+        "invalid", "step_kind",
+        "step 'pick' asks for an answer, not an approval: answer it with `playbook-bot confirm RUN pick CHOICE` "
+        "(or reject it)",
+    )
+    book.validate(VoteRequest(step_id="pick", user="slack:UA", vote="reject"))  # declining is a vote
+    book.validate(ConfirmRequest(step_id="pick", user="slack:UA", answer="go"))
+    book.validate(VoteRequest(step_id="restart", user="slack:UA"))
+
+    done = _confirm_book(state="succeeded")
+    assert await refused(done, ConfirmRequest(step_id="pick", user="slack:UA", answer="go")) == (
+        "conflict", "step_state", "step 'pick' is not waiting for an answer (it is succeeded)",
+    )
+
+
+async def test_an_answer_is_recorded_as_an_approving_vote_carrying_the_answer() -> None:
+    book = _confirm_book()
+    vote = await book.answer(ConfirmRequest(step_id="pick", user="slack:UA", answer="scale", reason="cheaper"),
+                             "scale", _allow(person="alice"))
+    assert (vote.vote, vote.answer, vote.person, vote.reason) == ("approve", "scale", "alice", "cheaper")
+    assert book.decided("pick")
+    with pytest.raises(VoteRefused) as excinfo:
+        await _confirm_book().answer(ConfirmRequest(step_id="pick", user="slack:UB", answer="go"), "go", _deny())
+    assert excinfo.value.message == "slack:UB may not answer step 'pick': the approver policy refused"
