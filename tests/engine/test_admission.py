@@ -22,7 +22,7 @@ from bot.audit.events import EventKind
 from bot.audit.recorder import AuditWriter, event
 from bot.audit.store import SqliteAuditStore
 from bot.engine.admission import Admission, AdmitRequest, Admitter
-from bot.engine.state import TriggerContext
+from bot.engine.state import ParentLink, Requester, TriggerContext
 from bot.identity.principals import Actor
 from bot.identity.proofs import START_SKEW, Keyring, start_content
 from bot.playbook.loader import Catalog, load_text
@@ -201,3 +201,59 @@ def test_an_admission_says_which_check_refused_and_every_reason() -> None:
                         requester=Requester(principal="cli:a", person="cli:a"))
     assert refused.message == "refused by the worker's start check: frozen; not on call"
     assert (refused.params, refused.provenance) == ({}, {})
+
+
+LOCKED = OPEN.replace("name: open", "name: locked").replace(
+    "params:", 'concurrency: {key: "svc:{{ params.replicas }}{{ params.note }}", limit: 1}\nparams:\n  note: {type: string, default: ""}'
+)
+EACH = OPEN.replace("name: open", "name: each").replace(
+    "  - {id: note, action: core.log, with: {message: \"{{ params.replicas }}\"}}",
+    "  - id: roll\n    foreach: [a, b]\n    steps:\n      - {id: note, action: core.log, with: {message: \"{{ item }}\"}}",
+)
+
+
+@pytest.fixture
+def wide(policy: EmbeddedEngine, store: SqliteAuditStore) -> tuple[Admitter, Catalog]:
+    catalog = Catalog([load_text(OPEN), load_text(LOCKED), load_text(EACH)])
+    return Admitter(lambda: catalog, Keyring(KEY, [KEY]), policy, AuditWriter(store), foreach_max=7), catalog
+
+
+async def test_the_lock_key_and_the_foreach_bound_are_decided_here(wide: tuple[Admitter, Catalog]) -> None:
+    admitter, catalog = wide
+    locked = await admitter.admit(request(catalog, "locked"))
+    assert (locked.allow, locked.lock_key) == (True, "svc:3")
+    unkeyable = await admitter.admit(request(catalog, "locked", params={"replicas": "3", "note": "\x00" * 3}))
+    assert (unkeyable.allow, unkeyable.refused_by) == (False, "concurrency")
+    each = await admitter.admit(request(catalog, "each"))
+    assert (each.allow, each.foreach_max, each.lock_key) == (True, 7, None)
+    plain = await admitter.admit(request(catalog))
+    assert (plain.foreach_max, plain.lock_key) == (None, None)  # a v1 playbook's admission is as it was
+
+
+def _child(catalog: Catalog, *, depth: int = 1, temporal_parent: str | None = "parent-run", kind: str = "playbook",
+           parent_by: str = "cli:alice", verified_by: str | None = "slack") -> AdmitRequest:
+    parent = ParentLink(run_id="parent-run", step_id="call", root_run_id="parent-run", depth=depth,
+                        requester=Requester(principal=parent_by, person="alice", verified=verified_by is not None,
+                                            verified_by=verified_by))
+    return request(catalog, kind=kind, parent=parent, temporal_parent=temporal_parent)
+
+
+async def test_a_child_run_is_believed_only_when_temporal_says_its_parent_started_it(
+    admitter: Admitter, catalog: Catalog
+) -> None:
+    child = await admitter.admit(_child(catalog))
+    assert child.allow and (child.requester.verified, child.requester.verified_by) == (True, "slack")
+    deepest = await admitter.admit(_child(catalog, depth=8))
+    assert deepest.allow
+    for bad, says in [
+        (_child(catalog, depth=9), "sub-playbooks nest 9 deep; at most 8"),
+        (_child(catalog, temporal_parent=None), "no workflow started it (a client did)"),
+        (_child(catalog, temporal_parent="someone-else"), "was started by workflow 'someone-else'"),
+        (_child(catalog, kind="cli"), "needs both trigger 'playbook' and its parent run"),
+        (_child(catalog, parent_by="cli:bob"), "is not its parent's ('cli:bob')"),
+    ]:
+        admission = await admitter.admit(bad)
+        assert (admission.allow, admission.refused_by) == (False, "parent"), admission
+        assert says in admission.reasons[0], admission.reasons
+    claimed = await admitter.admit(_child(catalog, verified_by="made-up"))
+    assert claimed.allow and not claimed.requester.verified  # a verifier the bot does not know vouches for nobody
