@@ -20,6 +20,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from bot.audit.events import EventKind
+    from bot.engine.shield import uncancellable
     from bot.engine.state import CompensationStatus, ForeachItem, ForeachProgress, StepStatus
     from bot.playbook.model import FAIL_ACTION, FOREACH_ACTION, ForeachGroup, Step
     from bot.playbook.templating import TemplateError, render
@@ -73,17 +74,6 @@ class _Control:
     stop: str | None = None  # why no new item starts
     failed_on_purpose: tuple[str, str] | None = None  # core.fail in an item: (its reason, its address)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-
-async def _to_the_end(coro: Any) -> Any:
-    """As the workflow's `_uncancellable`: a failed item's undo finishes whatever cancels arrive."""
-    task = asyncio.ensure_future(coro)
-    while True:
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                return task.result()
 
 
 class ForeachRuns:
@@ -272,7 +262,7 @@ class ForeachRuns:
                     ctl.stop = f"{failed.id} was {failed.state}"
                 elif ctl.max_failures is not None and ctl.failed > ctl.max_failures and ctl.stop is None:
                     ctl.stop = f"{ctl.failed} items failed, more than max_failures ({ctl.max_failures})"
-                undone = await _to_the_end(self._undo_item(scope))
+                undone = await uncancellable(self._undo_item(scope))
                 if not undone and ctl.stop is None:
                     ctl.stop = f"item {index} could not be undone"
         finally:

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.audit.events import EventKind
     from bot.engine.admission import CHILD_DEPTH_MAX
     from bot.engine.children import Peek, PeekRequest, Snapshot, SnapshotRequest
+    from bot.engine.shield import uncancellable
     from bot.engine.state import (
         ChildCall,
         CompensationStatus,
@@ -166,7 +167,7 @@ class SubPlaybooks:
             held = await self._await_child(record, ended, call.timeout)
         except asyncio.CancelledError:
             record.verdict = "cancel"  # the child stops and undoes itself; the parent waits for that
-            await _shielded(self._stop_child(record, ended))
+            await uncancellable(self._stop_child(record, ended))
             self._cancelled(st)
             raise
         if held is not None:
@@ -174,7 +175,7 @@ class SubPlaybooks:
         final = ended.result() if ended.done() else None
         if final is None and not ended.done():  # timed out: stop it, it undoes itself
             record.verdict = "cancel"
-            final = await _shielded(self._stop_child(record, ended))
+            final = await uncancellable(self._stop_child(record, ended))
             message = f"child run {child_id} ({call.name}) did not finish within {call.timeout}: cancelled"
         else:
             message = f"child run {child_id} ({call.name}) ended {final.state if final else 'outside playbook-bot'}"
@@ -347,13 +348,3 @@ class SubPlaybooks:
             return True
         return False
 
-
-async def _shielded(coro: Any) -> Any:
-    """As workflow._uncancellable: run to the end whatever cancels arrive meanwhile."""
-    task = asyncio.ensure_future(coro)
-    while True:
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                return task.result()

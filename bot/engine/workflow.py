@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.engine.admission import Admission, AdmitRequest
     from bot.engine.approvals import ApprovalBook, VoteRefused
     from bot.engine.locking import NOTICE_SIGNAL, LockNotice, LockRelease, LockRequest, LockView
+    from bot.engine.shield import uncancellable
     from bot.engine.subplaybooks import POKE_SIGNAL, SubPlaybooks
     from bot.actions.playbooks import RUN_ACTION
     from bot.engine.state import (
@@ -74,17 +75,6 @@ POLICY_TIMEOUT = timedelta(seconds=30)
 LOCK_TIMEOUT = timedelta(seconds=30)
 LOCK_ASK_AGAIN = timedelta(minutes=2)  # while queued: the request again, in case its lock was terminated
 TRACE_MAX = 5000  # entries of RunStatus.trace; past it the run goes on, untraced
-
-
-async def _uncancellable(coro: Any) -> Any:
-    """Run to the end whatever cancels arrive meanwhile (compensation, the run's last record)."""
-    task = asyncio.ensure_future(coro)
-    while True:
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                return task.result()
 
 
 def idempotency_key(run_id: str, step_id: str, compensation: bool = False, fallback: bool = False) -> str:
@@ -436,25 +426,25 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
             watcher.cancel()
         if outcome == "completed":
             status.state = "completed"
-            if self._parent is not None and await _uncancellable(self._hold_for_parent()):
-                await _uncancellable(self._compensate("failed"))  # its parent rolls it back, as one unit
+            if self._parent is not None and await uncancellable(self._hold_for_parent()):
+                await uncancellable(self._compensate("failed"))  # its parent rolls it back, as one unit
         elif outcome == "busy":
             status.state = "cancelled"  # refused or attached: nothing ran
         else:
             # Once undoing has begun, a (further) cancel must not cut it short.
-            await _uncancellable(self._compensate(outcome))
+            await uncancellable(self._compensate(outcome))
             if input.playbook.on_failure:
-                await _uncancellable(self._run_on_failure())
+                await uncancellable(self._run_on_failure())
         if self._status.children:
-            await _uncancellable(self._release_children())
+            await uncancellable(self._release_children())
         if self._lock_key:
-            await _uncancellable(self._release_lock())
+            await uncancellable(self._release_lock())
         status.finished_at = workflow.now()
         self._log("run finished", state=status.state)
         if not self._finish_recorded or status.state != "completed":
             # A cancel that lands after the last step wrote "completed" gets the last word.
             self._record(None, EventKind.run_finished, self._finish_details(), key=status.state)
-        await _uncancellable(self._close())
+        await uncancellable(self._close())
         return status
 
     async def _steps(self, input: RunInput) -> str:
@@ -687,7 +677,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
             actor=status.requested_by,
             key=f"refused:{workflow.info().run_id}",  # each refused execution of a run id is on the record
         )
-        await _uncancellable(self._close())
+        await uncancellable(self._close())
         return status
 
     async def _close(self) -> None:
