@@ -257,3 +257,37 @@ async def test_a_child_run_is_believed_only_when_temporal_says_its_parent_starte
         assert says in admission.reasons[0], admission.reasons
     claimed = await admitter.admit(_child(catalog, verified_by="made-up"))
     assert claimed.allow and not claimed.requester.verified  # a verifier the bot does not know vouches for nobody
+
+
+def _alert_request(catalog: Catalog, verified_by: str, kind: str = "alertmanager") -> AdmitRequest:
+    loaded = catalog.get("open")
+    alert = {"labels": {"alertname": "Down"}, "annotations": {}, "fingerprint": "f1"}
+    trigger = TriggerContext(kind=kind, requested_by="alertmanager", alert=alert)
+    params = {"replicas": "3"}
+    content = start_content("open", loaded.hash, params, trigger.model_dump(mode="json"))
+    proof = Keyring(KEY, [KEY]).sign("start", "run-1", Actor("alertmanager", verified_by=verified_by), content, now=AT)
+    return AdmitRequest(run_id="run-1", playbook=loaded.playbook, playbook_hash=loaded.hash, params=params,
+                        trigger=trigger, proof=proof, started_at=AT)
+
+
+async def test_alert_facts_are_vouched_for_only_by_alertmanagers_own_token(admitter: Admitter, catalog: Catalog) -> None:
+    """Params from an alert count as the alert's (not the requester's) only when the webhook token
+    verified the start and the trigger is Alertmanager's; anything else is requester-chosen."""
+    vouched = await admitter.admit(_alert_request(catalog, "alertmanager"))
+    assert vouched.allow, vouched.reasons
+    assert vouched.provenance == {"params": {"replicas": "alert"}, "alert": {"source": "alertmanager", "verified": True}}
+    other = await admitter.admit(_alert_request(catalog, "api"))
+    assert other.provenance["alert"] == {"source": "alertmanager", "verified": False}
+    assert other.provenance["params"] == {"replicas": "requester"}
+
+
+async def test_refusals_say_which_check_and_why(admitter: Admitter, catalog: Catalog) -> None:
+    cases = [
+        (request(catalog, by="alice"), "the requester is not a principal: "),
+        (request(catalog, params={"replicas": "9"}), "params do not pass the playbook's checks: "),
+        (request(catalog, proof_at=AT).model_copy(update={"params": {"replicas": "4"}}),
+         "the start's proof does not verify: "),
+    ]
+    for req, prefix in cases:
+        admission = await admitter.admit(req)
+        assert admission.reasons[0].startswith(prefix), admission.reasons
