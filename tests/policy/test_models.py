@@ -94,3 +94,35 @@ def test_input_digest_is_stable_under_key_order() -> None:
     assert canonical_json(a) == '{"a":"é","b":[1,{"x":1,"y":2}]}'
     assert input_digest(a) == input_digest(b)
     assert input_digest(a) != input_digest({**a, "c": None})
+
+
+def test_failure_kinds_are_the_words_the_audit_trail_and_logs_show() -> None:
+    assert [f.value for f in Failure] == [
+        "unreachable", "timeout", "http_error", "undefined", "malformed", "invalid_input", "load_error",
+        "engine_crashed", "eval_error", "internal",
+    ]
+
+
+def test_an_answer_nobody_gave_denies_and_asks_for_nothing() -> None:
+    """Fail closed even where code builds a verdict by hand: nothing said is a deny."""
+    assert (Verdict().allow, Verdict().reasons, Verdict().person) == (False, [], None)
+    decision = Decision()
+    assert (decision.allow, decision.require_approval, decision.min_approvals, decision.approver_groups,
+            decision.approval_timeout) == (False, False, 0, [], None)
+    assert (PROVENANCE.model_copy(update={}).decision_id, Provenance().decision_id, Provenance().engine) == (
+        "d-1", None, None)
+
+
+def test_a_malformed_answer_says_each_problem_at_its_path() -> None:
+    decision = Decision.from_result({"allow": "yes", "min_approvals": "two"}, RULE, PROVENANCE)
+    assert decision.reasons == [
+        "policy result malformed: data.playbook.authz.decision: allow: Input should be a valid boolean; "
+        "min_approvals: Input should be a valid integer"
+    ]
+    assert Decision.from_result({}, RULE, PROVENANCE).reasons == [
+        "policy result malformed: data.playbook.authz.decision: allow: Field required"
+    ]
+
+
+def test_canonical_json_is_sorted_compact_and_keeps_unicode() -> None:
+    assert canonical_json({"b": 1, "a": ["é", None]}) == '{"a":["é",null],"b":1}'
