@@ -126,3 +126,12 @@ def test_a_malformed_answer_says_each_problem_at_its_path() -> None:
 
 def test_canonical_json_is_sorted_compact_and_keeps_unicode() -> None:
     assert canonical_json({"b": 1, "a": ["é", None]}) == '{"a":["é",null],"b":1}'
+
+
+def test_a_nested_problem_is_named_by_its_dotted_path_and_nan_is_no_json() -> None:
+    decision = Decision.from_result({"allow": True, "approver_groups": ["sre", 1]}, RULE, PROVENANCE)
+    assert decision.reasons == [
+        "policy result malformed: data.playbook.authz.decision: approver_groups.1: Input should be a valid string"
+    ]
+    with pytest.raises(ValueError):
+        canonical_json({"x": float("nan")})
