@@ -515,7 +515,7 @@ class _Checker:
                      "on_failure: steps (that is how they are grouped in the run's status); rename it")
         for i, step in enumerate(self.playbook.on_failure):
             loc: Loc = ("on_failure", i)
-            for key, used in (("on_failure", step.on_failure != "fail"), ("compensate", step.compensate is not None), ("settles", step.settles is not None),
+            for key, used in (("compensate", step.compensate is not None), ("settles", step.settles is not None),
                               ("on_failure", step.on_failure == "continue")):
                 if used:
                     why = {"compensate": "they run after the saga, so nothing would ever undo them",

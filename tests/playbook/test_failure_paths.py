@@ -281,3 +281,18 @@ def test_the_json_schema_covers_the_failure_paths() -> None:
     assert fallback["properties"]["action"]["enum"] == ["core.fail", "core.log"]
     assert set(fallback["properties"]) == {"action", "with", "impact", "retry", "timeout"}
     assert schema["properties"]["on_failure"]["items"] == {"$ref": "#/$defs/Step"}
+
+
+def test_an_on_failure_step_that_says_continue_is_one_error_not_two() -> None:
+    from bot.playbook.loader import PlaybookLoadErrors, load_text  # noqa: PLC0415
+
+    text = ("name: x\nsteps:\n  - {id: a, action: core.log, with: {message: x}}\non_failure:\n"
+            "  - {id: p, action: core.log, on_failure: continue, with: {message: x}}\n")
+    try:
+        load_text(text)
+    except PlaybookLoadErrors as exc:
+        assert [str(e).split(": ", 1)[1] for e in exc.errors] == [
+            "step 'p': on_failure[0].on_failure: not allowed in on_failure steps: each of them goes on anyway"
+        ], [str(e) for e in exc.errors]
+    else:
+        raise AssertionError("loaded")
