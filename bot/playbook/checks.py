@@ -370,7 +370,8 @@ class _Checker:
             "settles": "it does no work that could settle another step's undo",
             "irreversible": "it changes nothing",
         }
-        for key, used in (("on_failure", step.on_failure != "fail"), ("compensate", step.compensate is not None), ("fallback", step.fallback is not None),
+        for key, used in (("on_failure", step.on_failure != "fail"), ("compensate", step.compensate is not None),
+                          ("fallback", step.fallback is not None),
                           ("settles", step.settles is not None), ("irreversible", step.irreversible)):
             if used:
                 self.add(loc + (key,), f"{key}: not allowed on a {step.action} step: {why[key]}; remove {key}:")
@@ -497,14 +498,7 @@ class _Checker:
             self.add(loc + ("action",), "fallback.action: core.fail is what a failed step does anyway; "
                      "remove the fallback (or say why in a core.log)")
             return
-        self.check_action(fallback.action, fallback.with_, loc, "fallback.")
-        self.check_timing(fallback.timeout, fallback.retry, loc, "fallback.")
-        self.check_spelled_refs(fallback.with_, loc, len(loc) - 1)
-        for where, source in _strings(fallback.with_, loc + ("with",)):
-            self.check_template(source, where, dotted(where[len(loc) - 1 :]), scope)
-        for where, message, warning in sink_problems(self.playbook.params, fallback.action, fallback.with_,
-                                                     loc + ("with",)):
-            self.add(where, f"{dotted(where[len(loc) - 1 :])}: {message}", warning=warning)
+        self.check_stand_in(fallback, loc, "fallback.", scope)
 
     def check_on_failure(self, finished: set[str]) -> None:
         """Playbook-level on_failure: plain steps after the saga, reading any step and run.error."""
@@ -532,12 +526,16 @@ class _Checker:
             self.add(loc + ("action",), "compensate.action: playbook.run cannot undo a step (a child run would "
                      "need undoing itself); use the actions that undo it")
             return
-        self.check_action(comp.action, comp.with_, loc, "compensate.")
-        self.check_timing(comp.timeout, comp.retry, loc, "compensate.")
-        self.check_spelled_refs(comp.with_, loc, len(loc) - 1)
-        for where, source in _strings(comp.with_, loc + ("with",)):
-            self.check_template(source, where, dotted(where[len(loc) - 1 :]), replace(scope, secrets=True))
-        for where, message, warning in sink_problems(self.playbook.params, comp.action, comp.with_, loc + ("with",)):
+        self.check_stand_in(comp, loc, "compensate.", replace(scope, secrets=True))
+
+    def check_stand_in(self, call: Compensation | Fallback, loc: Loc, prefix: str, scope: _Scope) -> None:
+        """An undo or a fallback: an action call of its own, checked as a step's is."""
+        self.check_action(call.action, call.with_, loc, prefix)
+        self.check_timing(call.timeout, call.retry, loc, prefix)
+        self.check_spelled_refs(call.with_, loc, len(loc) - 1)
+        for where, source in _strings(call.with_, loc + ("with",)):
+            self.check_template(source, where, dotted(where[len(loc) - 1 :]), scope)
+        for where, message, warning in sink_problems(self.playbook.params, call.action, call.with_, loc + ("with",)):
             self.add(where, f"{dotted(where[len(loc) - 1 :])}: {message}", warning=warning)
 
     def check_timing(self, timeout: timedelta, retry: RetryPolicy, loc: Loc, prefix: str) -> None:
