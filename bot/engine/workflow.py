@@ -731,22 +731,16 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
             return await self._call_child(step, st)  # a child run (bot/engine/subplaybooks.py)
         try:
             if step.action == SLEEP_ACTION:
-                result = await self._sleep(st.args)
+                result = await self._acted(st, step.retry.max_attempts, self._sleep(st.args))
             else:
                 after = [self._finish_event()] if self._closes(step) else []
-                result = await self._execute(
+                result = await self._acted(st, step.retry.max_attempts, self._execute(
                     step.id, step.action, args, step.retry, step.timeout, compensation=False, after=after
-                )
+                ))
         except ValueError as exc:
             return await self._step_failed(step, st, str(exc))
-        except asyncio.CancelledError:
-            self._cancelled(st)
-            raise
-        except ActivityError as exc:
-            if isinstance(exc.cause, CancelledError):
-                self._cancelled(st)
-                raise asyncio.CancelledError() from exc
-            message, st.attempts = describe_failure(exc, step.retry.max_attempts)
+        if isinstance(result, tuple):
+            message, st.attempts = result
             return await self._step_failed(step, st, message)
         st.attempts, st.output = result.attempt, result.output
         st.state, st.finished_at = "succeeded", workflow.now()
@@ -759,6 +753,20 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
             self._settle(step)  # only the step's own success settles: a fallback did not do its work
         self._succeeded_irreversible(step)
         return True
+
+    async def _acted(self, st: StepStatus, max_attempts: int, call: Any) -> ActionResult | tuple[str, int]:
+        """The action's result, or (why it failed, attempts made) once its retries are spent; a
+        cancel marks the step cancelled and goes on up."""
+        try:
+            return await call
+        except asyncio.CancelledError:
+            self._cancelled(st)
+            raise
+        except ActivityError as exc:
+            if isinstance(exc.cause, CancelledError):
+                self._cancelled(st)
+                raise asyncio.CancelledError() from exc
+            return describe_failure(exc, max_attempts)
 
     # ---- failure paths (format v1.1; a v1 step takes none of them) -----------------------
 
@@ -813,17 +821,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
             if self._cancel_requested():
                 raise asyncio.CancelledError()
         self._traced(f"fallback:{step.id}")
-        try:
-            result = await self._execute(step.id, fallback.action, args, fallback.retry, fallback.timeout,
-                                         compensation=False, fallback=True)
-        except asyncio.CancelledError:
-            self._cancelled(st)
-            raise
-        except ActivityError as exc:
-            if isinstance(exc.cause, CancelledError):
-                self._cancelled(st)
-                raise asyncio.CancelledError() from exc
-            error, record.attempts = describe_failure(exc, fallback.retry.max_attempts)
+        result = await self._acted(st, fallback.retry.max_attempts, self._execute(
+            step.id, fallback.action, args, fallback.retry, fallback.timeout, compensation=False, fallback=True
+        ))
+        if isinstance(result, tuple):
+            error, record.attempts = result
             return failed(error)
         record.attempts, record.output, record.state = result.attempt, result.output, "succeeded"
         record.finished_at = st.finished_at = workflow.now()
