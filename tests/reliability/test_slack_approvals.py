@@ -57,7 +57,7 @@ steps:
 # checks, the front door's look at a finished run, or Temporal aborting an update the closing run
 # never took in.
 REFUSED = ("already voted", "already been decided", "not waiting", "already ended",
-           "ended while your vote was on its way")
+           "ended while your request was on its way")
 
 
 # ---- the sink and the stacks ------------------------------------------------------------------
