@@ -2,27 +2,38 @@
 
 `dev` records the server's address under DATA_DIR so every other command run with the same
 DATA_DIR finds it without configuration (two terminals: `make run`, then `playbook-bot run`).
+
+The server dies with the process that started it (Linux parent-death signal), and the record
+names both processes by pid and start time, so a `dev` that finds a server whose owner is gone
+(SIGKILL or the OOM killer, and a server that did not stop on the parent-death signal) stops
+that orphan and starts, without ever signalling a process that merely reuses a recorded pid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
 log = structlog.get_logger(__name__)
 
 RECORD_FILE = "devserver.json"
+DB_FILE = "temporal.db"
+ORPHAN_GRACE = 10.0  # seconds an orphaned server gets to stop on SIGTERM before SIGKILL
+_PR_SET_PDEATHSIG = 1
 
 
 class DevServerError(RuntimeError):
@@ -56,31 +67,141 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) from /proc; None if there is no such process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """When the process started (ticks since boot): with the pid, it names one process for good.
+    None when the process is gone or a zombie, or there is no /proc to ask."""
+    stat = _stat(pid)
+    return None if stat is None or stat[0] in ("Z", "X") else stat[1]
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = _stat(pid)
+    return stat is None or stat[0] not in ("Z", "X")  # a zombie is dead, waiting to be reaped
+
+
+def _same_process(pid: int, started: int | None) -> bool:
+    """pid is alive and, when its start time was recorded, is still that process (not a reuse)."""
+    if not _exists(pid):
+        return False
+    return started is None or start_time(pid) == started
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _serves_db(pid: int, db_path: Path) -> bool:
+    """pid is `temporal server start-dev` on exactly this SQLite file: the only thing `dev` stops."""
+    args = _cmdline(pid)
+    if "start-dev" not in args or "--db-filename" not in args:
+        return False
+    index = args.index("--db-filename") + 1
+    return index < len(args) and Path(args[index]).resolve() == db_path.resolve()
+
+
 @dataclass(frozen=True)
 class DevServerRecord:
+    """What `dev` leaves in DATA_DIR: where its server listens, and which two processes own it.
+
+    `started`, `owner` and `owner_started` are absent from records written before they existed
+    (and where there is no /proc): such a server counts as alive and owned while its pid lives.
+    """
+
     address: str
     ui_url: str
     pid: int
+    started: int | None = None  # the server's start time (ticks since boot)
+    owner: int | None = None  # the `dev` (or other process) that started it
+    owner_started: int | None = None
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return _same_process(self.pid, self.started)
+
+    def owner_alive(self) -> bool:
+        if self.owner is None or self.started is None:
+            return True  # cannot tell: treat as owned, as before the owner was recorded
+        return _same_process(self.owner, self.owner_started)
 
 
 def read_record(data_dir: Path) -> DevServerRecord | None:
-    """The dev server `dev` recorded under data_dir, if its process still lives."""
+    """The dev server `dev` recorded under data_dir, if that very process still lives."""
     path = data_dir / RECORD_FILE
     try:
         raw = json.loads(path.read_text())
-        record = DevServerRecord(address=raw["address"], ui_url=raw["ui_url"], pid=int(raw["pid"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        record = DevServerRecord(
+            address=str(raw["address"]),
+            ui_url=str(raw["ui_url"]),
+            pid=int(raw["pid"]),
+            started=_optional_int(raw.get("started")),
+            owner=_optional_int(raw.get("owner")),
+            owner_started=_optional_int(raw.get("owner_started")),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    if record.pid <= 0 or (record.owner is not None and record.owner <= 0):
+        return None  # kill(0 or -1, ...) would signal whole groups: never a valid record
     return record if record.alive() else None
+
+
+def _optional_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """preexec_fn for the server: the kernel sends it SIGTERM when the thread that forked it dies
+    (so only when forking from the main thread, whose death is the process's). Resolved before the
+    fork, so the child only makes the call; a parent that died before the call is caught by
+    comparing getppid with the pid taken before the fork."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+async def stop_orphan(record: DevServerRecord, db_path: Path, grace: float = ORPHAN_GRACE) -> bool:
+    """SIGTERM, wait, SIGKILL a recorded server whose owner is gone. Only a process that is the
+    recorded one (pid and start time) and serves this db is signalled; False if it is not."""
+    if record.started is None or not record.alive() or not _serves_db(record.pid, db_path):
+        return False
+    log.warning("stopping an orphaned temporal dev server (its owner is gone)", pid=record.pid, owner=record.owner)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+        if not record.alive():
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.pid, sig)
+        deadline = time.monotonic() + wait
+        while record.alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    if record.alive():
+        raise DevServerError(f"the orphaned temporal dev server (pid {record.pid}) did not stop on SIGKILL")
+    return True
 
 
 class DevServer:
@@ -104,16 +225,19 @@ class DevServer:
 
     @property
     def db_path(self) -> Path:
-        return self.data_dir / "temporal.db"
+        return self.data_dir / DB_FILE
 
     async def start(self, ready_timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         existing = read_record(self.data_dir)
-        if existing is not None:
+        if existing is not None and existing.owner_alive():
+            owner = f", started by pid {existing.owner}" if existing.owner is not None else ""
             raise DevServerError(
-                f"a dev server from this data dir is already running (pid {existing.pid}, {existing.address}): "
+                f"a dev server from this data dir is already running (pid {existing.pid}{owner}, {existing.address}): "
                 "stop that `playbook-bot dev` first, or use another PLAYBOOK_BOT_DATA_DIR"
             )
+        if existing is not None:  # its owner is gone; a process that is not its server is left alone
+            await stop_orphan(existing, self.db_path)
         for port, what, setting in ((self.port, "gRPC", "DEV_SERVER_PORT"), (self.ui_port, "Web UI", "DEV_SERVER_UI_PORT")):
             if not port_free(self.host, port):
                 raise DevServerError(
@@ -127,23 +251,35 @@ class DevServer:
             "--ip", self.host,
             "--port", str(self.port),
             "--ui-port", str(self.ui_port),
-            "--db-filename", str(self.db_path),
+            "--db-filename", str(self.db_path.resolve()),
             "--sqlite-pragma", "journal_mode=wal",
             "--sqlite-pragma", "synchronous=off",
             "--log-level", "warn",
         ]  # fmt: skip
+        # The server dies with its owner when the kernel can tell us: Linux, forked by the main
+        # thread. Elsewhere the next start finds the orphan through the record and stops it.
+        dies_with_us = sys.platform == "linux" and threading.current_thread() is threading.main_thread()
         self.process = await asyncio.create_subprocess_exec(
             str(binary), *args, stdout=self._log_file, stderr=self._log_file, stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent() if dies_with_us else None,
         )
         try:
             await self._wait_ready(ready_timeout)
         except BaseException:
             await self.stop()
             raise
-        (self.data_dir / RECORD_FILE).write_text(
-            json.dumps({"address": self.address, "ui_url": self.ui_url, "pid": self.process.pid})
-        )
+        owner = os.getpid()
+        record = {
+            "address": self.address,
+            "ui_url": self.ui_url,
+            "pid": self.process.pid,
+            "started": start_time(self.process.pid),
+            "owner": owner,
+            "owner_started": start_time(owner),
+        }
+        partial = self.data_dir / f"{RECORD_FILE}.{owner}"
+        partial.write_text(json.dumps(record))
+        partial.replace(self.data_dir / RECORD_FILE)  # readers never see half a record
         log.info("temporal dev server ready", address=self.address, ui=self.ui_url, db=str(self.db_path))
 
     async def _wait_ready(self, timeout: float) -> None:

@@ -3,6 +3,8 @@ under DATA_DIR, records itself for other commands, refuses what would clash, and
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import sqlite3
 import subprocess
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from bot.devstack import RECORD_FILE, DevServer, DevServerError, DevServerRecord, read_record
+from bot.devstack import RECORD_FILE, DevServer, DevServerError, DevServerRecord, read_record, start_time
 from tests.e2e.support import free_port, pid_alive
 
 
@@ -30,7 +32,11 @@ async def test_start_record_wal_and_stop(tmp_path: Path) -> None:
         pid = dev.process.pid
 
         record = read_record(data)
-        assert record == DevServerRecord(address=f"127.0.0.1:{port}", ui_url=f"http://127.0.0.1:{ui_port}", pid=pid)
+        assert record == DevServerRecord(
+            address=f"127.0.0.1:{port}", ui_url=f"http://127.0.0.1:{ui_port}", pid=pid,
+            started=start_time(pid), owner=os.getpid(), owner_started=start_time(os.getpid()),
+        )
+        assert record.started is not None and record.owner_alive()
         client = await Client.connect(record.address)
         assert await client.service_client.check_health()
 
@@ -91,3 +97,77 @@ def test_read_record_ignores_dead_and_garbled_records(tmp_path: Path) -> None:
 
     (tmp_path / RECORD_FILE).write_text('{"address": "127.0.0.1:1", "ui_url": "http://x", "pid": %d}' % 1)
     assert read_record(tmp_path) == DevServerRecord("127.0.0.1:1", "http://x", 1)  # pid 1 always lives
+
+
+@pytest.mark.parametrize("pid", [0, -1])
+def test_read_record_refuses_pids_that_name_groups(tmp_path: Path, pid: int) -> None:
+    (tmp_path / RECORD_FILE).write_text(json.dumps({"address": "127.0.0.1:1", "ui_url": "http://x", "pid": pid}))
+    assert read_record(tmp_path) is None
+    (tmp_path / RECORD_FILE).write_text(json.dumps({"address": "a", "ui_url": "u", "pid": 1, "owner": pid}))
+    assert read_record(tmp_path) is None
+    (tmp_path / RECORD_FILE).write_text(json.dumps({"address": "a", "ui_url": "u", "pid": 1, "started": "soon"}))
+    assert read_record(tmp_path) is None
+
+
+def dead_pid() -> int:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    return dead.pid
+
+
+def write_record(data: Path, record: DevServerRecord) -> None:
+    data.mkdir(parents=True, exist_ok=True)
+    (data / RECORD_FILE).write_text(json.dumps(record.__dict__))
+
+
+async def test_orphan_whose_owner_is_gone_is_stopped_and_the_start_goes_on(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    orphan = DevServer(data, port=free_port(), ui_port=free_port())
+    await orphan.start()
+    successor = DevServer(data, port=orphan.port, ui_port=orphan.ui_port)  # the orphan holds these ports
+    try:
+        record = read_record(data)
+        assert record is not None and orphan.process is not None
+        write_record(data, DevServerRecord(**{**record.__dict__, "owner": dead_pid()}))  # as a SIGKILLed dev leaves it
+        assert not read_record(data).owner_alive()
+
+        await successor.start()
+        assert orphan.process.returncode is not None or not pid_alive(record.pid), "the orphan was stopped"
+        now = read_record(data)
+        assert now is not None and now.pid == successor.process.pid != record.pid and now.owner == os.getpid()
+        assert await (await Client.connect(successor.address)).service_client.check_health()
+    finally:
+        await successor.stop()
+        await orphan.stop()
+
+
+async def test_a_recorded_pid_that_is_not_our_server_is_never_signalled(tmp_path: Path) -> None:
+    """The pid was reused by an unrelated process, or names a dev server of another data dir:
+    with its owner gone the record is stale, so the start goes on and that process lives."""
+    unrelated = subprocess.Popen(["sleep", "300"])
+    other = DevServer(tmp_path / "other", port=free_port(), ui_port=free_port())
+    data = tmp_path / "data"
+    mine = DevServer(data, port=free_port(), ui_port=free_port())
+    try:
+        await other.start()
+        other_record = read_record(tmp_path / "other")
+        assert other_record is not None
+        owner_gone = {"owner": dead_pid(), "owner_started": 1}
+        sleeper = DevServerRecord("127.0.0.1:1", "http://x", unrelated.pid, started=start_time(unrelated.pid))
+        stale = [
+            DevServerRecord(**{**sleeper.__dict__, **owner_gone, "started": sleeper.started + 1}),  # pid reused
+            DevServerRecord(**{**sleeper.__dict__, **owner_gone}),  # the very process, but not a dev server
+            DevServerRecord(**{**other_record.__dict__, **owner_gone}),  # a dev server, of another data dir
+        ]
+        for record in stale:
+            write_record(data, record)
+            await mine.start()
+            assert read_record(data).pid == mine.process.pid
+            await mine.stop()
+            assert unrelated.poll() is None and pid_alive(unrelated.pid), record
+            assert other.process.returncode is None and pid_alive(other_record.pid), record
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+        await mine.stop()
+        await other.stop()
