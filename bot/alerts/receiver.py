@@ -176,18 +176,22 @@ class AlertReceiver:
             return self._outcome(alert, playbook, "rejected", reason=str(exc))
         if holder is not None:  # on_busy: attach, like a duplicate of the holder's alert
             return self._outcome(alert, playbook, "attached", run_id=holder)
-        if self.deps.audit is None:
+        if episode is None:
             return await self._start(alert, match, trigger, None)
-        return await self._claim_and_start(alert, match, trigger)
+        return await self._claim_and_start(alert, match, trigger, episode)
 
-    async def _claim_and_start(self, alert: Alert, match: RouteMatch, trigger: TriggerContext) -> dict[str, Any]:
-        """Start the episode's run only with its claim; otherwise answer from the episode's state."""
+    async def _claim_and_start(self, alert: Alert, match: RouteMatch, trigger: TriggerContext,
+                               episode: Episode) -> dict[str, Any]:
+        """Start the episode's run only with its claim; otherwise answer from the episode's state.
+        An episode read as started skips the claim (a write) and goes to Temporal: a repeat in a
+        storm costs a read, and started never goes back to false but for a failed start's release."""
         playbook, run_id = match.name, match.workflow_id
         deadline = time.monotonic() + self.PENDING_WAIT
-        rerun = False
+        rerun, claim = False, episode
         while True:
-            claim = await self._store("claim an episode", lambda s: s.claim_episode(
-                run_id, rerun=rerun, stale_after=self.CLAIM_STALE_AFTER))
+            if rerun or not claim.started:
+                claim = await self._store("claim an episode", lambda s: s.claim_episode(
+                    run_id, rerun=rerun, stale_after=self.CLAIM_STALE_AFTER))
             if claim.claimed:
                 return await self._start(alert, match, trigger, claim)
             if claim.resolved_at is not None:  # resolved between our read and our claim
@@ -278,9 +282,9 @@ class AlertReceiver:
         if self.deps.audit is not None:
             # Recorded first: a firing delivery claiming after this starts nothing, and one that
             # claimed before sees it once its run is started and cancels it if we could not.
-            episode = await self._store("resolve an episode", lambda s: s.resolve_episode(match.workflow_id))
-            if episode.runs == 0:
-                return self._outcome(alert, playbook, "resolved_no_run", run_id=None)
+            # runs == 0 still asks Temporal below: a run this store never claimed (started before
+            # the store kept episodes, or by a front door with a store of its own) is still ended.
+            await self._store("resolve an episode", lambda s: s.resolve_episode(match.workflow_id))
         settled, run_id, reason = await self._settle_resolved(match)
         outcome = {"cancelled": "resolved_cancelled", "ignored": "resolved_ignored", "no_run": "resolved_no_run"}[settled]
         return self._outcome(alert, playbook, outcome, run_id=run_id, reason=reason)

@@ -256,3 +256,53 @@ async def test_a_claimer_that_died_before_starting_is_taken_over(stack: BotStack
     assert (stack.audit.episode(run_id).runs, stack.audit.episode(run_id).started) == (1, True)
     assert (await outcome(stack, resolved(alert)))["outcome"] == "resolved_cancelled"
     assert await final_state(stack, run_id) == "compensated"
+
+
+def door(stack: BotStack, audit: Any) -> httpx.AsyncClient:
+    """A front door of its own in this process (audit None: one from before episodes were stored)."""
+    deps = AlertDeps(stack.temporal, stack.task_queue, lambda: stack.catalog, stack.policy, audit, TOKEN,
+                     keyring=front_door_keyring(stack.settings))
+    app = create_app(Readiness(), [AlertReceiver(deps).router()])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://door",
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+async def test_a_run_the_store_never_claimed_is_still_cancelled_by_the_resolve(stack: BotStack):
+    """Started before the store kept episodes (or through a front door with a store of its own):
+    the episode reads runs=0, and the resolve still asks Temporal and cancels the run."""
+    fp = uuid.uuid4().hex[:16]
+    alert = firing(fp, "Heal", instance="old-1")
+    async with door(stack, None) as old:
+        [started] = (await old.post("/alertmanager", json=webhook([alert]))).json()
+    assert started["outcome"] == "started" and stack.audit.episode(started["run_id"]).runs == 0
+    assert (await outcome(stack, resolved(alert)))["outcome"] == "resolved_cancelled"
+    assert await final_state(stack, started["run_id"]) == "compensated"
+
+
+async def test_a_claim_that_meets_a_run_the_store_never_claimed_attaches_and_records_it(stack: BotStack):
+    fp = uuid.uuid4().hex[:16]
+    alert = firing(fp, "Heal", instance="old-2")
+    async with door(stack, None) as old:
+        [started] = (await old.post("/alertmanager", json=webhook([alert]))).json()
+    again = await outcome(stack, alert)  # the store's claim meets Temporal's run
+    assert (again["outcome"], again["run_id"]) == ("attached", started["run_id"])
+    episode = stack.audit.episode(started["run_id"])
+    assert (episode.runs, episode.started) == (1, True), "the episode now knows its run"
+    assert (await outcome(stack, resolved(alert)))["outcome"] == "resolved_cancelled"
+    assert await final_state(stack, started["run_id"]) == "compensated"
+
+
+async def test_a_resolve_recorded_before_episodes_were_stored_still_stops_a_firing_delivery(stack: BotStack):
+    """A v1 audit file knows a resolve only as its `resolved_no_run` outcome event."""
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("heal", fp, STARTS)
+    key = f"heal:resolved:{STARTS.isoformat()}:resolved_no_run"
+    stack.audit.append([AuditEvent(
+        event_id=f"alert:{fp}:alert_outcome:{key}", ts=datetime.now(UTC), run_id=None, step_id=None,
+        kind=EventKind.alert_outcome, actor="alertmanager",
+        details={"fingerprint": fp, "status": "resolved", "playbook": "heal", "outcome": "resolved_no_run"},
+    )])
+    late = await outcome(stack, firing(fp, "Heal", instance="v1-1"))
+    assert (late["outcome"], late["reason"]) == ("already_handled", "the alert was already resolved")
+    assert stack.audit.episode(run_id).resolved_at is not None, "carried over into the episode table"
+    assert await is_running(stack.temporal, run_id) is None
