@@ -5,12 +5,20 @@ normal: an alert episode (playbook, fingerprint, startsAt) maps to one workflow 
 id rules make a repeat attach to the running run or start nothing after it ended. Invalid input
 is a 4xx (Alertmanager does not retry it); a failure of ours is a 503 for the whole request, and
 the natural ids make Alertmanager's retry safe.
+
+With an audit store, the episode's state there (bot/audit/episodes.py) decides across replicas
+and beyond Temporal's retention: a resolve is recorded before anything else looks at the run, and
+a firing delivery must win the episode's claim (one serialized transaction) before it starts one.
+So a run is never started for an episode resolved before its claim, and a run claimed before the
+resolve is cancelled by whichever of the two deliveries sees the other's write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +34,7 @@ from temporalio.service import RPCError
 
 from bot.alerts.episodes import RouteMatch, route
 from bot.alerts.payload import Alert, PayloadError, parse_payload
+from bot.audit.episodes import Episode
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.recorder import append_counted
 from bot.audit.store import SqliteAuditStore
@@ -74,6 +83,10 @@ class AlertDeps:
 
 class AlertReceiver:
     KNOWN_EPISODES = 50_000
+    # How long a delivery waits for another delivery's claimed start to show up before it answers
+    # 503 (Alertmanager retries; a claimer that died is taken over after CLAIM_STALE_AFTER).
+    PENDING_WAIT = 10.0
+    CLAIM_STALE_AFTER = 120.0
 
     def __init__(self, deps: AlertDeps) -> None:
         self.deps = deps
@@ -136,10 +149,11 @@ class AlertReceiver:
         playbook, run_id = match.name, match.workflow_id
         if match.error or match.params is None:
             return self._outcome(alert, playbook, "rejected", reason=match.error or "no params")
-        if await self._resolved_before(alert, playbook):
-            # A firing delivery that arrives after its resolved one (a retry, a slow peer):
-            # the alert is over, and a resolved alert never remediates.
-            return self._outcome(alert, playbook, "already_handled", reason="the alert was already resolved")
+        episode = await self._episode(alert, match)
+        if episode is not None and episode.resolved_at is not None:
+            # A firing delivery that arrives after its resolved one (a retry, a slow peer, another
+            # front door): the alert is over, and a resolved alert never remediates.
+            return await self._after_resolve(alert, match, episode)
         if run_id in self._known:
             running = await self._running(run_id)
             if running is not None:
@@ -162,42 +176,137 @@ class AlertReceiver:
             return self._outcome(alert, playbook, "rejected", reason=str(exc))
         if holder is not None:  # on_busy: attach, like a duplicate of the holder's alert
             return self._outcome(alert, playbook, "attached", run_id=holder)
+        if episode is None:
+            return await self._start(alert, match, trigger, None)
+        return await self._claim_and_start(alert, match, trigger, episode)
+
+    async def _claim_and_start(self, alert: Alert, match: RouteMatch, trigger: TriggerContext,
+                               episode: Episode) -> dict[str, Any]:
+        """Start the episode's run only with its claim; otherwise answer from the episode's state.
+        An episode read as started skips the claim (a write) and goes to Temporal: a repeat in a
+        storm costs a read, and started never goes back to false but for a failed start's release."""
+        playbook, run_id = match.name, match.workflow_id
+        deadline = time.monotonic() + self.PENDING_WAIT
+        rerun, claim = False, episode
+        while True:
+            if rerun or not claim.started:
+                claim = await self._store("claim an episode", lambda s: s.claim_episode(
+                    run_id, rerun=rerun, stale_after=self.CLAIM_STALE_AFTER))
+            if claim.claimed:
+                return await self._start(alert, match, trigger, claim)
+            if claim.resolved_at is not None:  # resolved between our read and our claim
+                return await self._after_resolve(alert, match, claim)
+            if claim.started:
+                running = await self._running(run_id)
+                if running is not None:
+                    self._remember(run_id)
+                    return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
+                # The episode ran, and Temporal no longer has its run (its retention ended).
+                if match.trigger.on_rerun != "start":
+                    return self._outcome(alert, playbook, "already_handled", run_id=run_id, reason=(
+                        f"the episode ran before (run {claim.runs}) and Temporal no longer has it; "
+                        "on_rerun: already_handled starts nothing"))
+                rerun = True
+                continue
+            # Another delivery holds a fresh claim and is starting the run now: wait for it.
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"episode {run_id}: another delivery claimed its start at {claim.claimed_at} and has not "
+                    "started it yet (retry; a claim not started within "
+                    f"{self.CLAIM_STALE_AFTER:g} s is taken over)"
+                )
+            rerun = False
+            await asyncio.sleep(0.1)
+
+    async def _start(self, alert: Alert, match: RouteMatch, trigger: TriggerContext,
+                     claim: Episode | None) -> dict[str, Any]:
+        playbook, run_id = match.name, match.workflow_id
         try:
             await self.deps.client.start_workflow(
                 PlaybookRun.run,
-                run_input(match.playbook, match.params, trigger, ALERTMANAGER, self.deps.keyring, run_id),
+                run_input(match.playbook, match.params or {}, trigger, ALERTMANAGER, self.deps.keyring, run_id),
                 id=run_id,
                 task_queue=self.deps.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 static_summary=f"{playbook} for {alert.labels.get('alertname', 'alert')} {alert.fingerprint}",
             )
-            self._remember(run_id)
-            return self._outcome(alert, playbook, "started", run_id=run_id)
         except WorkflowAlreadyStartedError:
+            if claim is not None and claim.runs == 1:
+                # A claim taken over from a claimer that had started the run after all (or a run
+                # from before episodes were stored): the episode's run exists.
+                await self._store("record an episode start", lambda s: s.episode_started(run_id, 1))
+            elif claim is not None:  # a rerun, but Temporal still has the earlier run
+                await self._store("release an episode", lambda s: s.release_episode(run_id, claim.runs))
             self._remember(run_id)
             running = await self._running(run_id)
             return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
         except RPCError as exc:
+            if claim is not None:  # best effort: a claim never released goes stale and is taken over
+                with contextlib.suppress(Unavailable):
+                    await self._store("release an episode", lambda s: s.release_episode(run_id, claim.runs))
             raise Unavailable(f"Temporal: {exc.message}") from None
+        self._remember(run_id)
+        extra: dict[str, Any] = {"rerun": claim.runs} if claim is not None and claim.runs > 1 else {}
+        if claim is None:
+            return self._outcome(alert, playbook, "started", run_id=run_id)
+        await self._store("record an episode start", lambda s: s.episode_started(run_id, claim.runs))
+        after = await self._store("read an episode", lambda s: s.episode(run_id))
+        if after.resolved_at is None:
+            return self._outcome(alert, playbook, "started", run_id=run_id, **extra)
+        # The alert resolved while this run started, and the resolved delivery may have looked
+        # before the run existed: settle it here, as the resolved delivery would have.
+        settled, _, reason = await self._settle_resolved(match)
+        reason = {"cancelled": "the alert resolved while its run started: the run was cancelled",
+                  "ignored": reason or "the alert resolved while its run started (on_resolved: continue)",
+                  "no_run": "the alert resolved while its run started, and the run has ended"}[settled]
+        return self._outcome(alert, playbook, "started", run_id=run_id, reason=reason, resolved=settled, **extra)
+
+    async def _after_resolve(self, alert: Alert, match: RouteMatch, episode: Episode) -> dict[str, Any]:
+        """A firing delivery for a resolved episode: nothing starts, and a run that was claimed
+        before the resolve (a race the resolved delivery may have missed) is settled too."""
+        reason = "the alert was already resolved"
+        if episode.runs == 0:
+            return self._outcome(alert, match.name, "already_handled", reason=reason)
+        settled, run_id, why = await self._settle_resolved(match)
+        if settled == "cancelled":
+            reason += "; its run was cancelled"
+        elif why:
+            reason += f"; {why}"
+        return self._outcome(alert, match.name, "already_handled", run_id=run_id or match.workflow_id,
+                             reason=reason)
 
     async def _resolved(self, alert: Alert, match: RouteMatch) -> dict[str, Any]:
         """A resolved alert never remediates: it cancels (or is noted by) the episode's run."""
-        playbook, run_id = match.name, match.workflow_id
+        playbook = match.name
+        if self.deps.audit is not None:
+            # Recorded first: a firing delivery claiming after this starts nothing, and one that
+            # claimed before sees it once its run is started and cancels it if we could not.
+            # runs == 0 still asks Temporal below: a run this store never claimed (started before
+            # the store kept episodes, or by a front door with a store of its own) is still ended.
+            await self._store("resolve an episode", lambda s: s.resolve_episode(match.workflow_id))
+        settled, run_id, reason = await self._settle_resolved(match)
+        outcome = {"cancelled": "resolved_cancelled", "ignored": "resolved_ignored", "no_run": "resolved_no_run"}[settled]
+        return self._outcome(alert, playbook, outcome, run_id=run_id, reason=reason)
+
+    async def _settle_resolved(self, match: RouteMatch) -> tuple[str, str | None, str | None]:
+        """What a resolve does to the episode's run: cancelled, ignored (on_resolved: continue, or
+        the cancel rule refused, with the reason) or no_run; and the run id to report."""
+        run_id = match.workflow_id
         if not await self._running(run_id):
-            return self._outcome(alert, playbook, "resolved_no_run", run_id=None)
+            return "no_run", None, None
         if match.trigger.on_resolved == "continue":
-            return self._outcome(alert, playbook, "resolved_ignored", run_id=run_id)
+            return "ignored", run_id, None
         try:
             await cancel_run(self.deps.client, run_id, ALERTMANAGER, self.deps.keyring, reason="the alert resolved")
         except RunError as exc:
             if await self._running(run_id) is False:  # it ended on its own meanwhile
-                return self._outcome(alert, playbook, "resolved_no_run", run_id=run_id)
+                return "no_run", run_id, None
             # The cancel rule refused: the run goes on, and the refusal is on the record.
-            return self._outcome(alert, playbook, "resolved_ignored", run_id=run_id, reason=f"cancel refused: {exc}")
+            return "ignored", run_id, f"cancel refused: {exc}"
         except RPCError as exc:
             raise Unavailable(f"Temporal: {exc.message}") from None
-        return self._outcome(alert, playbook, "resolved_cancelled", run_id=run_id)
+        return "cancelled", run_id, None
 
     def _remember(self, run_id: str) -> None:
         self._known[run_id] = None
@@ -214,7 +323,7 @@ class AlertReceiver:
 
     @staticmethod
     def _outcome(alert: Alert, playbook: str | None, outcome: str, *, run_id: str | None = None,
-                 reason: str | None = None, holder: str | None = None) -> dict[str, Any]:
+                 reason: str | None = None, holder: str | None = None, **extra: Any) -> dict[str, Any]:
         result: dict[str, Any] = {
             "fingerprint": alert.fingerprint,
             "alertname": alert.labels.get("alertname"),
@@ -227,6 +336,7 @@ class AlertReceiver:
             result["reason"] = reason
         if holder:
             result["holder"] = holder  # busy: the run holding the playbook's concurrency key
+        result.update(extra)  # rerun: N (the run's number); resolved: what a resolve meanwhile did
         return result
 
     def _event(self, alert: Alert, run_id: str | None, kind: EventKind, details: dict[str, Any],
@@ -247,18 +357,31 @@ class AlertReceiver:
 
     def _outcome_event(self, alert: Alert, result: dict[str, Any]) -> AuditEvent:
         key = self._outcome_key(alert, result["playbook"], alert.status, result["outcome"])
+        if result.get("rerun"):  # a rerun's start is its own event, not a duplicate of the first run's
+            key += f":{result['rerun']}"
         return self._event(alert, result.get("run_id"), EventKind.alert_outcome, dict(result), key=key)
 
-    async def _resolved_before(self, alert: Alert, playbook: str) -> bool:
-        """Did this episode's resolved notification arrive (and find no run) before this one?"""
+    async def _episode(self, alert: Alert, match: RouteMatch) -> Episode | None:
+        """The episode's shared state (None without a store). A file written before episodes were
+        stored knows a resolve only as its recorded outcome: that is carried over on first sight."""
         if self.deps.audit is None:
-            return False
-        key = self._outcome_key(alert, playbook, "resolved", "resolved_no_run")
-        event_id = _event_id(alert, EventKind.alert_outcome, key)
+            return None
+        run_id = match.workflow_id
+        episode = await self._store("read an episode", lambda s: s.episode(run_id))
+        if episode.runs == 0 and episode.resolved_at is None:
+            key = self._outcome_key(alert, match.name, "resolved", "resolved_no_run")
+            event_id = _event_id(alert, EventKind.alert_outcome, key)
+            if await self._store("read", lambda s: s.has_event(event_id)):
+                episode = await self._store("resolve an episode", lambda s: s.resolve_episode(run_id))
+        return episode
+
+    async def _store(self, doing: str, call: Callable[[SqliteAuditStore], Any]) -> Any:
+        store = self.deps.audit
+        assert store is not None
         try:
-            return await asyncio.to_thread(self.deps.audit.has_event, event_id)
+            return await asyncio.to_thread(call, store)
         except Exception as exc:
-            raise Unavailable(f"audit store: {exc}") from None
+            raise Unavailable(f"audit store: cannot {doing}: {exc}") from None
 
     async def _record(self, events: list[AuditEvent]) -> None:
         """Every received alert ends in a recorded outcome; a store we cannot write is our fault (503)."""

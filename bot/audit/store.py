@@ -8,6 +8,9 @@ millisecond, and a single connection is simpler to open, probe and close than on
 
 Triggers refuse UPDATE and DELETE, so application code cannot rewrite history by mistake;
 someone with the file can still drop them, which is what `verify` is for.
+
+Alert episode state (bot/audit/episodes.py) lives in the same file, in its own mutable table
+outside the chain; a file from before it gets the table on first open.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, chain_hash
+from bot.audit.episodes import Episode, decide_claim
+from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, chain_hash, format_ts
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -53,6 +58,17 @@ SCHEMA = (
     """CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events
         BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END""",
 )
+# Mutable episode state, not chained. Timestamps are format_ts text (UTC); started is 0/1.
+EPISODES_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS episodes (
+        episode_id  TEXT PRIMARY KEY,
+        runs        INTEGER NOT NULL DEFAULT 0,
+        started     BOOLEAN NOT NULL DEFAULT 0,
+        claimed_at  TEXT NULL,
+        resolved_at TEXT NULL
+    )""",
+)
+EPISODE_COLUMNS = "episode_id, runs, started, claimed_at, resolved_at"
 COLUMNS = "seq, event_id, ts, run_id, step_id, kind, actor, details, prev_hash, hash"
 SELECT = f"SELECT {COLUMNS} FROM audit_events"
 INSERT = f"INSERT INTO audit_events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -140,6 +156,47 @@ class SqliteAuditStore:
         except AuditUnavailable as exc:
             return str(exc)
         return None
+
+    # -- alert episodes -----------------------------------------------------------------------
+
+    def episode(self, episode_id: str) -> Episode:
+        """The episode's state; one never seen reads as runs=0 with nothing set."""
+        with self._connected("read") as conn:
+            return _episode(conn, episode_id)
+
+    def claim_episode(self, episode_id: str, *, rerun: bool = False, stale_after: float = 120.0) -> Episode:
+        """Claim the right to start the episode's run (`decide_claim`), in one serialized
+        transaction, so of any number of front doors exactly one is told `claimed`."""
+        with self._transaction("claim an episode in") as conn:
+            current = _episode(conn, episode_id)
+            after = decide_claim(current, datetime.now(UTC), rerun=rerun, stale_after=stale_after)
+            if after.claimed:
+                _put_episode(conn, after)
+            return after
+
+    def episode_started(self, episode_id: str, runs: int) -> None:
+        """The claimed run (claim number `runs`) was started."""
+        with self._transaction("record an episode start in") as conn:
+            conn.execute("UPDATE episodes SET started = 1 WHERE episode_id = ? AND runs = ?", (episode_id, runs))
+
+    def release_episode(self, episode_id: str, runs: int) -> None:
+        """The claimed run could not be started: give the claim back, so a retry can claim again."""
+        with self._transaction("release an episode in") as conn:
+            conn.execute(
+                "UPDATE episodes SET runs = runs - 1, started = (runs - 1 > 0), claimed_at = NULL"
+                " WHERE episode_id = ? AND runs = ? AND NOT started",
+                (episode_id, runs),
+            )
+
+    def resolve_episode(self, episode_id: str) -> Episode:
+        """Mark the episode resolved (the first resolve's time stays); the row after."""
+        with self._transaction("resolve an episode in") as conn:
+            conn.execute(
+                "INSERT INTO episodes (episode_id, resolved_at) VALUES (?, ?)"
+                " ON CONFLICT (episode_id) DO UPDATE SET resolved_at = COALESCE(resolved_at, excluded.resolved_at)",
+                (episode_id, format_ts(datetime.now(UTC))),
+            )
+            return _episode(conn, episode_id)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -236,9 +293,10 @@ class SqliteAuditStore:
                 self._enable_wal(conn)
                 # FULL: a committed audit event survives power loss too; measured cost is small.
                 conn.execute("PRAGMA synchronous=FULL")
-                if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'audit_events'").fetchone():
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not {"audit_events", "episodes"} <= tables:  # new file, or one from before episodes
                     conn.execute("BEGIN IMMEDIATE")
-                    for statement in SCHEMA:
+                    for statement in (*SCHEMA, *EPISODES_SCHEMA):
                         conn.execute(statement)
                     conn.execute("COMMIT")
             except BaseException:
@@ -275,6 +333,34 @@ def _is_busy(exc: BaseException) -> bool:
 def _to_row(seq: int, event: AuditEvent, prev_hash: str) -> tuple[Any, ...]:
     fields = event.link(seq, prev_hash)
     return (*fields.values(), chain_hash(**fields))
+
+
+def _episode(conn: sqlite3.Connection, episode_id: str) -> Episode:
+    row = conn.execute(f"SELECT {EPISODE_COLUMNS} FROM episodes WHERE episode_id = ?", (episode_id,)).fetchone()
+    if row is None:
+        return Episode(episode_id=episode_id)
+    _, runs, started, claimed_at, resolved_at = row
+    return Episode(
+        episode_id=episode_id, runs=runs, started=bool(started),
+        claimed_at=_parse_ts(claimed_at), resolved_at=_parse_ts(resolved_at),
+    )  # fmt: skip
+
+
+def _put_episode(conn: sqlite3.Connection, episode: Episode) -> None:
+    conn.execute(
+        f"INSERT INTO episodes ({EPISODE_COLUMNS}) VALUES (?, ?, ?, ?, ?) ON CONFLICT (episode_id) DO UPDATE SET"
+        " runs = excluded.runs, started = excluded.started, claimed_at = excluded.claimed_at,"
+        " resolved_at = excluded.resolved_at",
+        (
+            episode.episode_id, episode.runs, int(episode.started),
+            format_ts(episode.claimed_at) if episode.claimed_at else None,
+            format_ts(episode.resolved_at) if episode.resolved_at else None,
+        ),
+    )  # fmt: skip
+
+
+def _parse_ts(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
 
 
 def _from_row(row: Sequence[Any]) -> StoredEvent:

@@ -286,6 +286,10 @@ class AlertTrigger(_Strict):
     matchers: list[str] = Field(min_length=1, description="Alertmanager matcher syntax.")
     params: dict[str, Any] = Field(default_factory=dict)
     on_resolved: Literal["cancel", "continue"] = "cancel"
+    on_rerun: Literal["already_handled", "start"] = Field("already_handled", description=(
+        "A firing delivery for an episode that already ran, once Temporal no longer has its run "
+        "(its retention ended): already_handled starts nothing; start runs it again under the same id."
+    ))
 
 
 class Triggers(_Strict):
@@ -370,5 +374,8 @@ class Playbook(_Strict):
         data = self.model_dump(mode="json", by_alias=True)
         if data.get("concurrency") is None:
             data.pop("concurrency", None)  # a v1 playbook hashes as it always did
+        for trigger in data["triggers"]["alertmanager"]:
+            if trigger.get("on_rerun") == "already_handled":
+                trigger.pop("on_rerun")  # the default, added later: the hash stays as it was
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
