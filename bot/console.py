@@ -61,6 +61,8 @@ def status_table(status: RunStatus) -> Table:
             note = f"approve: playbook-bot approve {status.run_id} {step.id}"
         elif step.approvals:
             note = ", ".join(f"{v.vote}d by {v.user}" for v in step.approvals)
+        elif step.output_ref is not None and not note:
+            note = f"output {step.output_ref.size} bytes: playbook-bot audit show-output {step.output_ref.event_id}"
         table.add_row(name, step.action, Text(f"{icon} {step.state}", style), str(step.attempts or ""), _duration(step), note)
     for comp in status.compensations:
         icon, style = STYLE.get("compensated" if comp.state == "succeeded" else comp.state, ("?", ""))
