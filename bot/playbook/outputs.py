@@ -49,7 +49,7 @@ def output_needs(playbook: Playbook) -> dict[str, OutputNeeds] | None:
     for source in strings_in(playbook.model_dump(mode="json", by_alias=True)):
         try:
             tree = ENV.parse(source)
-        except TemplateSyntaxError:
+        except (TemplateSyntaxError, RecursionError):
             continue  # cannot render either: the playbook's checks report it
         for step_id, path in _reads(tree):
             if step_id is None:
