@@ -52,7 +52,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.slack.notifier import SlackState, SlackSync
     from bot.engine.foreach import ForeachRuns
     from bot.playbook.model import FAIL_ACTION, FOREACH_ACTION, Compensation, Fallback, ForeachGroup, ParallelGroup, RetryPolicy, Step
-    from bot.playbook.outputs import NOTHING, OutputNeeds, json_size, needs_of, output_needs
+    from bot.playbook.outputs import NOTHING, RUN_OUTPUT_BUDGET, OutputNeeds, json_size, needs_of, output_needs
     from bot.playbook.templating import TemplateError, display, inert, render, truthy
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
@@ -67,7 +67,6 @@ AUDIT_PATCH = "audit-trail-v1"
 SLACK_PATCH = "slack-sync-v1"
 TRUST_PATCH = "trust-v1"  # the worker admits the run, checks proofs and decides cancels itself
 OUTPUTS_PATCH = "outputs-v1"  # large outputs stay in the audit trail; the outputs a run keeps have a budget
-RUN_OUTPUT_BUDGET = 1024 * 1024  # bytes of JSON: what every step keeps in state (and status, and the result)
 ADMIT_TIMEOUT = timedelta(seconds=30)
 ANONYMOUS_CANCELS_AUDITED = 10
 CANCEL_REFUSED = "CancelRefused"
@@ -1052,6 +1051,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         if not self._outputs_kept:
             return None
         size = json_size(result.output) + (json_size(result.stored.model_dump(mode="json")) if result.stored else 0)
+        if st.id in self._scopes:  # a foreach item's step: counted; past the budget its group stops (foreach.py)
+            self._output_bytes += size
+            return None
         if self._output_bytes + size > RUN_OUTPUT_BUDGET:
             st.output = None
             return (

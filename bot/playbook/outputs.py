@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from bot.playbook.model import ForeachGroup, Playbook
 from bot.playbook.templating import ENV, strings_in
 
+RUN_OUTPUT_BUDGET = 1024 * 1024  # bytes of JSON a run keeps of all its outputs (state, status, its result)
 Key = str | int | None  # None: a key computed at render time (`output[params.k]`, a slice)
 
 

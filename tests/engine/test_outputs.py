@@ -133,3 +133,34 @@ async def test_a_store_that_stays_down_fails_the_attempt_retryable(tmp_path: Pat
             )
     assert raised.value.type == AUDIT_UNAVAILABLE and not raised.value.non_retryable
     assert "must go to the audit trail and the store is unavailable" in raised.value.message
+
+
+FE_AFTER_BIG = """\
+name: fe-after-big
+owner: sre-oncall
+steps:
+  - {id: dump, action: http.request, with: {method: GET, url: "https://x.internal/dump"}}
+  - id: roll
+    foreach: [h0, h1, h2, h3, h4, h5, h6, h7, h8, h9]
+    max_failures: all
+    steps:
+      - {id: item, action: http.request, with: {method: GET, url: "https://x.internal/{{ item }}"}}
+"""
+
+
+async def test_a_steps_and_items_outputs_share_the_run_budget(skip_env, tmp_path: Path):
+    """700 KB kept by a step, then items of 100 KB: the group stops once the run's outputs pass
+    1 MiB (each budget alone, the items' own 1 MiB included, would let ~1.7 MiB through)."""
+    from bot.rehearse.report import rehearse
+    from tests.rehearse.support import POLICIES, directory
+
+    cases = (
+        "playbook: fe-after-big\ncases:\n  - name: big then items\n"
+        f"    mocks: {{dump: {{output: {{blob: \"{'x' * 700_000}\"}}}}, item: {{output: {{blob: \"{'y' * 100_000}\"}}}}}}\n"
+        "    expect: {state: compensated, error: \"budget of 1 MiB\", steps: {\"roll[9]\": skipped}}\n"
+    )
+    path = directory(tmp_path, cases, name="fe-after-big.test.yaml", extra={"fe-after-big.yaml": FE_AFTER_BIG})
+    report = await rehearse(path, POLICIES, env=skip_env)
+    assert report.bad_files == [], report.bad_files
+    [result] = report.results
+    assert result.failures == [], result.failures
