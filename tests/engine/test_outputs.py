@@ -164,3 +164,21 @@ async def test_a_steps_and_items_outputs_share_the_run_budget(skip_env, tmp_path
     assert report.bad_files == [], report.bad_files
     [result] = report.results
     assert result.failures == [], result.failures
+
+
+def test_the_status_table_shows_a_large_outputs_preview_and_how_to_read_it():
+    from rich.console import Console
+
+    from bot.actions.base import OutputRef
+    from bot.console import status_table
+    from bot.engine.state import RunStatus, StepStatus
+
+    ref = OutputRef(event_id="run-1:s:step_output:e:do:1", sha256="0" * 64, size=524288,
+                    preview='{"stdout":"[bold red]pwned[/] x"}')
+    status = RunStatus(run_id="run-1", playbook="p", playbook_hash="h", requested_by="cli:a", trigger="cli",
+                       steps=[StepStatus(id="s", action="shell.run", state="succeeded", output={}, output_ref=ref)])
+    console = Console(width=400, record=True)
+    console.print(status_table(status))
+    text = console.export_text()
+    assert "output 524288 bytes" in text and "audit show-output run-1:s:step_output:e:do:1" in text
+    assert "[bold red]pwned[/]" in text  # shown as the text it is, not taken as markup
