@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from bot.engine.state import RunStatus, StepStatus
+
+PREVIEW_CHARS = 60  # of a large output's preview, in the status table (status --json has all of it)
 
 STYLE = {
     "pending": ("·", "dim"),
@@ -61,6 +64,10 @@ def status_table(status: RunStatus) -> Table:
             note = f"approve: playbook-bot approve {status.run_id} {step.id}"
         elif step.approvals:
             note = ", ".join(f"{v.vote}d by {v.user}" for v in step.approvals)
+        elif step.output_ref is not None and not note:
+            ref = step.output_ref
+            shown = " ".join(ref.preview[:PREVIEW_CHARS].split())  # data from the step: never markup
+            note = f"output {ref.size} bytes ({escape(shown)}…): playbook-bot audit show-output {ref.event_id}"
         table.add_row(name, step.action, Text(f"{icon} {step.state}", style), str(step.attempts or ""), _duration(step), note)
     for comp in status.compensations:
         icon, style = STYLE.get("compensated" if comp.state == "succeeded" else comp.state, ("?", ""))

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         "Items a foreach group may have in one run (format v1.1); a longer list fails the group. The worker "
         "decides at admission, so a run keeps the bound it started with."
     ))
+    output_inline_max: int = Field(16 * 1024, ge=1024, le=256 * 1024, description=(
+        "Bytes of a step output's JSON a run keeps in its state; a larger output goes to the audit trail "
+        "(a step_output event) and the run keeps a reference, a preview and what its templates read."
+    ))
+    output_preview_bytes: int = Field(1024, ge=0, le=16 * 1024, description="The preview a large output leaves in status.")
     # Hosts (deploy.internal, *.internal) and CIDRs playbook HTTP may reach; unset: any but link-local
     # and cloud metadata, which are never reachable (bot/actions/egress.py).
     http_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)

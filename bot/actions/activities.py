@@ -28,6 +28,7 @@ from bot.actions.base import (
     InvalidParams,
     spec_of,
 )
+from bot.actions.outputs import OutputLimits, settle_output
 from bot.actions.secrets import SecretStore
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.recorder import AuditWriter, event
@@ -85,7 +86,7 @@ async def _record_success(audit: AuditWriter, input: ActionInput, attempt: int) 
 
 
 def _wrap(
-    spec: ActionSpec, method: Callable[..., Any], secrets: SecretStore, audit: AuditWriter
+    spec: ActionSpec, method: Callable[..., Any], secrets: SecretStore, audit: AuditWriter, limits: OutputLimits
 ) -> Callable[..., Any]:
     async def run(input: ActionInput) -> ActionResult:
         info = activity.info()
@@ -140,8 +141,12 @@ def _wrap(
                     beat.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await beat
-            audited = await _record_success(audit, input, info.attempt)
-            return ActionResult(output=mask(output or {}), attempt=info.attempt, audited=audited)
+            # A large output goes to the trail first (bot/actions/outputs.py); one the run cannot keep
+            # fails the step in the workflow, so its success is not written here.
+            output, stored = await settle_output(mask(output or {}), input, info.attempt, audit, limits)
+            refused = stored is not None and stored.refused is not None
+            audited = False if refused else await _record_success(audit, input, info.attempt)
+            return ActionResult(output=output, attempt=info.attempt, audited=audited, stored=stored)
 
     run.__name__ = run.__qualname__ = spec.name.replace(".", "_")
     return activity.defn(name=spec.name)(run)
@@ -157,7 +162,8 @@ def _first_detail(exc: ApplicationError) -> Any:
 
 
 def build_activities(
-    providers: Iterable[object], secrets: SecretStore, audit: AuditWriter | None = None
+    providers: Iterable[object], secrets: SecretStore, audit: AuditWriter | None = None,
+    limits: OutputLimits = OutputLimits(),
 ) -> list[Callable[..., Any]]:
     """Every `@action` method of the given provider objects, as Temporal activities."""
     writer = audit or AuditWriter(None)
@@ -166,5 +172,5 @@ def build_activities(
         for name in dir(type(provider)):
             spec = spec_of(getattr(type(provider), name, None))
             if spec is not None:
-                out.append(_wrap(spec, getattr(provider, name), secrets, writer))
+                out.append(_wrap(spec, getattr(provider, name), secrets, writer, limits))
     return out

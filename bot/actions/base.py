@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio.exceptions import ApplicationError
 
 from bot.audit.events import AuditEvent
+from bot.playbook.outputs import OutputNeeds
 
 
 class ActionInput(BaseModel):
@@ -36,12 +37,28 @@ class ActionInput(BaseModel):
     secrets: list[str] = Field(
         default_factory=list, description="The secrets the playbook declares; a marker naming any other is refused."
     )
+    keep: OutputNeeds | None = Field(
+        None, description="What templates read of this output: a large one keeps only that (None: a run from before).",
+    )
+
+
+class OutputRef(BaseModel):
+    """A large output kept out of the run's state: the `step_output` audit event holding all of it."""
+
+    event_id: str
+    sha256: str = Field(description="Of the output's canonical JSON, as the event stores it.")
+    size: int = Field(description="Bytes of that JSON.")
+    preview: str = Field("", description="Its first bytes.")
+    refused: str | None = Field(
+        None, description="Why the run cannot keep what its templates read of it: the step fails with this."
+    )
 
 
 class ActionResult(BaseModel):
     output: dict[str, Any] = Field(default_factory=dict)
     attempt: int = 1
     audited: bool = Field(False, description="The success events are written; else the workflow queues them.")
+    stored: OutputRef | None = Field(None, description="Set when the output was too large to return whole.")
 
 
 class ActionParams(BaseModel):

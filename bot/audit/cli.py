@@ -1,4 +1,4 @@
-"""`playbook-bot audit export|verify|tail`: read the audit trail; these commands never write it.
+"""`playbook-bot audit export|verify|tail|show-output`: read the audit trail; these commands never write it.
 
 They never create a store either: pointed at a path with no database, they say so instead of
 reporting an empty, "intact" trail.
@@ -6,7 +6,9 @@ reporting an empty, "intact" trail.
 
 from __future__ import annotations
 
+import json
 import time
+from hashlib import sha256
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -16,7 +18,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from bot.audit.events import StoredEvent, format_ts
+from bot.audit.events import EventKind, StoredEvent, canonical_json, format_ts
 from bot.audit.export import summary, to_json, to_markdown
 from bot.audit.store import AuditUnavailable, SqliteAuditStore, default_path
 
@@ -89,6 +91,26 @@ def verify_command(db: DbOption = None) -> None:
     if not result.ok:
         raise _fail(f"audit chain broken: {result.reason} ({result.checked} events before it are intact)")
     typer.echo(f"ok: {result.checked} events, chain intact")
+
+
+@app.command("show-output")
+def show_output_command(
+    event_id: Annotated[str, typer.Argument(help="The step_output event id a step's status points to (output_ref).")],
+    db: DbOption = None,
+) -> None:
+    """Print a large step output kept in the trail, as JSON, after checking it against its event's hashes."""
+    with _store(db) as store:
+        event = store.get_event(event_id)
+    if event is None:
+        raise _fail(f"no audit event {event_id!r}")
+    if event.kind is not EventKind.step_output:
+        raise _fail(f"event {event_id!r} is a {event.kind.value}, not a step_output: `audit export` shows it")
+    output = event.details.get("output")
+    if event.expected_hash() != event.hash or sha256(canonical_json(output).encode()).hexdigest() != event.details.get(
+        "sha256"
+    ):
+        raise _fail(f"event {event_id!r} does not match its hash: the trail was changed (run `audit verify`)")
+    typer.echo(json.dumps(output, indent=2, ensure_ascii=False))
 
 
 @app.command("tail")

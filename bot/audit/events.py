@@ -31,6 +31,7 @@ class EventKind(StrEnum):
     step_succeeded = "step_succeeded"  # action, attempts
     step_failed = "step_failed"  # action, attempts, error, state (failed|denied|rejected|cancelled)
     step_skipped = "step_skipped"  # reason
+    step_output = "step_output"  # action, attempt, size, sha256, output: a large output, kept out of the run's state
     policy_decision = "policy_decision"  # allow, require_approval, min_approvals, approver_groups, reasons
     approval_requested = "approval_requested"  # min_approvals, approver_groups, deadline, args
     approval_vote = "approval_vote"  # vote (approve|reject), user, reason, accepted, message

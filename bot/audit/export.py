@@ -189,6 +189,11 @@ def _step_succeeded(event: StoredEvent, d: dict[str, Any]) -> str:
     return f"{_short(d.get('action', 'step'))} succeeded" + _attempts(d)
 
 
+def _step_output(event: StoredEvent, d: dict[str, Any]) -> str:
+    return (f"{_short(d.get('action', 'step'))} output stored ({_short(d.get('size', '?'))} bytes, sha256 "
+            f"{_short(d.get('sha256', '?'), 16)}): playbook-bot audit show-output {event.event_id}")
+
+
 def _step_failed(event: StoredEvent, d: dict[str, Any]) -> str:
     state = d.get("state", "failed")
     return _with_reason(f"{_short(d.get('action', 'step'))} {_short(state)}" + _attempts(d), d.get("error"))
@@ -270,6 +275,7 @@ _SUMMARIES: dict[str, Callable[[StoredEvent, dict[str, Any]], str]] = {
     "run_started": _run_started,
     "step_started": _step_started,
     "step_succeeded": _step_succeeded,
+    "step_output": _step_output,
     "step_failed": _step_failed,
     "step_skipped": _step_skipped,
     "policy_decision": _policy_decision,

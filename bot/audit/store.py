@@ -222,6 +222,12 @@ class SqliteAuditStore:
         with self._connected("read") as conn:
             return conn.execute("SELECT 1 FROM audit_events WHERE event_id = ?", (event_id,)).fetchone() is not None
 
+    def get_event(self, event_id: str) -> StoredEvent | None:
+        """One event by its id (a large step output's `step_output`, which status points to)."""
+        with self._connected("read") as conn:
+            row = conn.execute(f"{SELECT} WHERE event_id = ?", (event_id,)).fetchone()
+        return _from_row(row) if row else None
+
     def has_run(self, run_id: str) -> bool:
         with self._connected("read") as conn:
             return conn.execute("SELECT 1 FROM audit_events WHERE run_id = ? LIMIT 1", (run_id,)).fetchone() is not None

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.engine.shield import uncancellable
     from bot.engine.state import CompensationStatus, ForeachItem, ForeachProgress, StepStatus
     from bot.playbook.model import FAIL_ACTION, FOREACH_ACTION, ForeachGroup, Step
+    from bot.playbook.outputs import RUN_OUTPUT_BUDGET
     from bot.playbook.templating import TemplateError, render
 
 FOREACH_MAX_DEFAULT = 500  # items per group when admission said nothing (PLAYBOOK_BOT_FOREACH_MAX)
@@ -81,6 +82,8 @@ class ForeachRuns:
 
     _status: Any
     _saga: Any
+    _outputs_kept: bool  # outputs-v1 (workflow.py): every output counts against RUN_OUTPUT_BUDGET
+    _output_bytes: int
 
     def _foreach_setup(self) -> None:
         self._scopes: dict[str, ItemScope] = {}  # item step address -> its item
@@ -239,6 +242,10 @@ class ForeachRuns:
                         ctl.stop = (f"item steps output more than {FOREACH_OUTPUT_BUDGET // (1024 * 1024)} MiB in this run "
                                     "(every template reads them and the run's history keeps them): have the steps "
                                     "return less (parse: json only what is needed) or split the list")
+                    if self._outputs_kept and self._output_bytes > RUN_OUTPUT_BUDGET and ctl.stop is None:
+                        ctl.stop = (f"the outputs this run keeps in its state passed their budget of "
+                                    f"{RUN_OUTPUT_BUDGET // (1024 * 1024)} MiB (its steps and items together): have the "
+                                    "steps return less, or read fewer fields of large outputs")
                     if self._cancel_requested():  # type: ignore[attr-defined]  # a cancel swallowed with a success
                         raise asyncio.CancelledError()
             except asyncio.CancelledError:

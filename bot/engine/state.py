@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from bot.actions.base import OutputRef
 from bot.identity.proofs import Proof
 from bot.playbook.model import Playbook
 
@@ -90,6 +91,7 @@ class FallbackStatus(BaseModel):
     error: str | None = None
     args: dict[str, Any] | None = None
     output: dict[str, Any] | None = None
+    output_ref: OutputRef | None = None
     decision: dict[str, Any] | None = None
 
 
@@ -134,6 +136,10 @@ class StepStatus(BaseModel):
     error: str | None = None
     args: dict[str, Any] | None = None
     output: dict[str, Any] | None = None
+    output_ref: OutputRef | None = Field(
+        None, description="A large output kept out of the run's state: its audit event, sha256, size and preview "
+        "(`output` then holds only the fields templates read)."
+    )
     decision: dict[str, Any] | None = None
     approvals: list[Vote] = Field(default_factory=list)
     approval_deadline: datetime | None = None

@@ -13,6 +13,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from bot.actions.activities import build_activities
+from bot.actions.outputs import OutputLimits
 from bot.actions.catalog import make_providers, slack_client
 from bot.actions.egress import EgressClient, Resolver, egress_rules
 from bot.actions.secrets import SecretStore
@@ -135,7 +136,8 @@ async def worker_deps(
         providers = [*make_providers(settings, http), *extra_providers]
         secrets = SecretStore(settings.secrets_file)
         stack.callback(mask_secrets_with(secrets.mask))  # the worker's log lines never show a secret value
-        actions = build_activities(providers, secrets, writer)
+        limits = OutputLimits(settings.output_inline_max, settings.output_preview_bytes)
+        actions = build_activities(providers, secrets, writer, limits)
         notifier = SlackNotifier(slack_client(settings))
         admitter = Admitter(lambda: known, keys, policy, writer, foreach_max=settings.foreach_max)
         activities = actions + PolicyActivities(policy, writer, keys).all() + [

@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.slack.notifier import SlackState, SlackSync
     from bot.engine.foreach import ForeachRuns
     from bot.playbook.model import FAIL_ACTION, FOREACH_ACTION, Compensation, Fallback, ForeachGroup, ParallelGroup, RetryPolicy, Step
+    from bot.playbook.outputs import NOTHING, RUN_OUTPUT_BUDGET, OutputNeeds, json_size, needs_of, output_needs
     from bot.playbook.templating import TemplateError, display, inert, render, truthy
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
@@ -65,6 +66,7 @@ ON_FAILURE_GROUP = "on_failure"  # StepStatus.group of the playbook-level on_fai
 AUDIT_PATCH = "audit-trail-v1"
 SLACK_PATCH = "slack-sync-v1"
 TRUST_PATCH = "trust-v1"  # the worker admits the run, checks proofs and decides cancels itself
+OUTPUTS_PATCH = "outputs-v1"  # large outputs stay in the audit trail; the outputs a run keeps have a budget
 ADMIT_TIMEOUT = timedelta(seconds=30)
 ANONYMOUS_CANCELS_AUDITED = 10
 CANCEL_REFUSED = "CancelRefused"
@@ -194,6 +196,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         self._lock_answer: LockNotice | None = None  # granted or busy, as signalled: confirmed before it counts
         self._lock_taken = False  # the lock's answer is confirmed: no later notice changes it
         self._refused_answers: dict[str, int] = {}  # core.confirm answers refused per step (v1.1)
+        self._outputs_kept = False  # outputs-v1: set first thing in run(), like _trusted
+        self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
+        self._output_bytes = 0  # of outputs kept in state, against RUN_OUTPUT_BUDGET
         self._foreach_setup()  # foreach groups (format v1.1, bot/engine/foreach.py)
         self._init_subplaybooks()  # v1.1 playbook.run: parent and child runs (bot/engine/subplaybooks.py)
 
@@ -386,6 +391,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
     @workflow.run
     async def run(self, input: RunInput) -> RunStatus:
         self._trusted = workflow.patched(TRUST_PATCH)
+        self._outputs_kept = workflow.patched(OUTPUTS_PATCH)  # here, before any activity (see _has)
         status = self._status
         status.state = "running"
         status.started_at = workflow.now()
@@ -742,7 +748,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         if isinstance(result, tuple):
             message, st.attempts = result
             return await self._step_failed(step, st, message)
-        st.attempts, st.output = result.attempt, result.output
+        st.attempts = result.attempt
+        refusal = self._keep_output(st, result)
+        if refusal is not None:
+            return self._fail(st, refusal)
         st.state, st.finished_at = "succeeded", workflow.now()
         self._log("step succeeded", step_id=step.id, attempts=st.attempts)
         if result.audited:
@@ -827,9 +836,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         if isinstance(result, tuple):
             error, record.attempts = result
             return failed(error)
-        record.attempts, record.output, record.state = result.attempt, result.output, "succeeded"
+        record.attempts = result.attempt
+        refusal = self._keep_output(st, result)
+        if refusal is not None:
+            record.state, record.error, record.finished_at = "failed", refusal, workflow.now()
+            return self._fail(st, f"{message}; fallback {fallback.action}: {refusal}")
+        record.output, record.output_ref, record.state = st.output, st.output_ref, "succeeded"
         record.finished_at = st.finished_at = workflow.now()
-        st.output, st.state = result.output, "succeeded"
+        st.state = "succeeded"
         self._log("fallback succeeded", step_id=step.id, fallback=fallback.action)
         self._record(step.id, EventKind.step_succeeded,
                      {"action": fallback.action, "attempts": result.attempt, "fallback": True})
@@ -1008,6 +1022,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
                     audit=queued,
                     audit_after=after or [],
                     secrets=list(self._input.playbook.secrets),
+                    keep=self._keep(step_id, compensation),
                 ),
             result_type=ActionResult,
             start_to_close_timeout=timeout,
@@ -1019,6 +1034,36 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         except BaseException:
             self._requeue(queued)  # written or not, ids make a second write a no-op
             raise
+
+    def _keep(self, step_id: str, compensation: bool) -> OutputNeeds | None:
+        """What the activity returns of a large output: what templates read (an undo's: nothing)."""
+        if not self._outputs_kept:
+            return None  # a run from before: outputs come back whole, as its templates expect
+        return NOTHING if compensation else needs_of(self._needs, step_id)
+
+    def _keep_output(self, st: StepStatus, result: ActionResult) -> str | None:
+        """Keep the step's output (or what of a large one templates read), or say why the run cannot:
+        the activity refused it, or it would take the run's outputs past RUN_OUTPUT_BUDGET."""
+        st.output, st.output_ref = result.output, result.stored
+        if result.stored is not None and result.stored.refused is not None:
+            st.output = None
+            return result.stored.refused
+        if not self._outputs_kept:
+            return None
+        size = json_size(result.output) + (json_size(result.stored.model_dump(mode="json")) if result.stored else 0)
+        if st.id in self._scopes:  # a foreach item's step: counted; past the budget its group stops (foreach.py)
+            self._output_bytes += size
+            return None
+        if self._output_bytes + size > RUN_OUTPUT_BUDGET:
+            st.output = None
+            return (
+                f"its output ({size} bytes kept) would take the outputs this run keeps in its state past their budget "
+                f"of {RUN_OUTPUT_BUDGET // (1024 * 1024)} MiB ({self._output_bytes} bytes kept so far), which keeps "
+                "the run inside Temporal's limits: have the steps return less, or read fewer fields of large outputs"
+                + (f"; the full output is audit event {result.stored.event_id}" if result.stored else "")
+            )
+        self._output_bytes += size
+        return None
 
     async def _sleep(self, args: dict[str, Any]) -> ActionResult:
         """core.sleep is a durable timer, not an activity: it survives worker restarts, holds no

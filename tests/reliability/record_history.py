@@ -31,7 +31,7 @@ from bot.engine.admission import Admission, AdmitRequest
 from bot.engine.children import CatalogActivities
 from bot.engine.locking import lock_workflow_id, render_lock_key
 from bot.engine.state import Requester, RunStatus, VoteRequest
-from bot.engine.worker import make_worker
+from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
 from bot.policy.inputs import provenance
 from bot.settings import Settings
@@ -219,6 +219,38 @@ async def _lock_queued(client: Client) -> dict[str, str]:
     return {waiter.id: waiter.id, holder.id: holder.id, "lock-queued-keylock": lock.id}
 
 
+async def _outputs_large(client: Client) -> dict[str, str]:
+    """outputs-v1, with the shipped activities: a large output whose one read field is kept (and read
+    by the next step), then one a template reads whole, which fails its step (the saga undoes)."""
+    import tempfile
+
+    from tests.engine.test_audit_trail import POLICY
+
+    emit = "import json; print(json.dumps({'id': 'big', 'blob': 'x' * 30000}))"
+    text = f"""
+name: outputs-large
+steps:
+  - {{id: s1, action: shell.run, with: {{argv: [python3, -c, "{emit}"], parse: json}},
+     compensate: {{action: core.log, with: {{message: "undo {{{{ steps.s1.output.json.id }}}}"}}}}}}
+  - {{id: s2, action: core.log, with: {{message: "read {{{{ steps.s1.output.json.id }}}}"}}}}
+  - {{id: s3, action: shell.run, with: {{argv: [python3, -c, "{emit}"], parse: json}}}}
+  - {{id: s4, action: core.log, with: {{message: "{{{{ steps.s3.output | tojson | length }}}}"}}}}
+"""
+    pb = playbook(text)
+    with tempfile.TemporaryDirectory() as tmp:
+        policies = Path(tmp) / "policies" / "playbook" / "authz"
+        policies.mkdir(parents=True)
+        (policies / "authz.rego").write_text(POLICY)
+        settings = Settings(data_dir=Path(tmp) / "data", policies_dir=Path(tmp) / "policies", shell_allow=["python3"])
+        async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
+            async with make_worker(client, f"tq-{uuid.uuid4()}", deps.activities) as w:
+                handle = await start_as(client, w, text, "outputs-large")
+                status = await handle.result()
+    assert status.state == "compensated" and status.failed_step == "s3", (status.state, status.error)
+    assert status.step("s2").args == {"message": "read big"}
+    return {"outputs-large": handle.id}
+
+
 async def _subplaybook_compensated(client: Client) -> dict[str, str]:
     """A parent whose playbook.run child completed and was held; a later step fails, and the parent
     rolls the child back as one unit (the child's own undos, newest first)."""
@@ -238,6 +270,7 @@ async def _subplaybook_compensated(client: Client) -> dict[str, str]:
 
 TREES: dict[str, tuple[Callable[[Client], Awaitable[dict[str, str]]], list[str]]] = {
     # name: (how to run it, the histories it writes, each under its workflow id but the lock's hashed one)
+    "outputs-large": (_outputs_large, ["outputs-large"]),
     "lock-queued": (_lock_queued, ["lock-queued-waiter", "lock-queued-holder", "lock-queued-keylock"]),
     "subplaybook-compensated": (_subplaybook_compensated, ["subplaybook-compensated", "subplaybook-compensated.call"]),
 }

@@ -1,0 +1,184 @@
+"""What a playbook's templates read of step outputs, and how a large output is kept out of state."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from bot.actions import outputs as action_outputs
+from bot.actions.base import ActionInput
+from bot.actions.outputs import OutputLimits, settle_output
+from bot.audit.events import EventKind, canonical_json
+from bot.audit.recorder import AUDIT_UNAVAILABLE, AuditWriter
+from bot.audit.store import SqliteAuditStore
+from bot.playbook.outputs import WHOLE, OutputNeeds, kept, needs_of, output_needs
+from tests.engine.support import playbook
+
+PB = """
+name: reads
+steps:
+  - {id: a, action: t.ok}
+  - {id: b, action: t.ok, with: {x: "{{ steps.a.output.json.id }}", y: "{{ steps.a['output']['json'].n }}"}}
+  - {id: c, action: t.ok, when: "{{ steps.b.state == 'succeeded' }}"}
+  - {id: d, action: t.ok, with: {all: "{{ steps.c.output | tojson }}"}}
+  - {id: e, action: t.ok, with: {k: "{{ steps.d.output.rows[0].name }}"},
+     compensate: {action: t.ok, with: {id: "{{ steps.e.output.ticket }}"}}}
+  - id: roll
+    foreach: "{{ steps.e.output.hosts }}"
+    steps:
+      - {id: drain, action: t.ok}
+      - {id: check, action: t.ok}
+  - {id: f, action: t.ok, with: {v: "{{ steps.roll.output[0].drain.ok }}"}}
+"""
+
+
+def test_output_needs_follow_each_templates_reads():
+    needs = output_needs(playbook(PB))
+    assert needs is not None
+    assert needs["a"].paths == [["json", "id"], ["json", "n"]]  # attribute and ['key'] spellings alike
+    assert "b" not in needs  # only its state is read
+    assert needs["c"] == WHOLE  # read as a whole (tojson)
+    assert needs["d"].paths == [["rows"]]  # an index keeps the list it indexes
+    assert sorted(needs["e"].paths) == [["hosts"], ["ticket"]]  # its own undo's read counts too
+    assert needs["drain"].paths == [["ok"]]  # read through the foreach group's output
+    assert "check" not in needs
+    assert needs_of(needs, "roll[3].drain").paths == [["ok"]]
+    assert needs_of(needs, "f") == OutputNeeds()
+
+
+def test_reading_steps_itself_needs_every_output_whole():
+    pb = playbook("""
+name: whole
+steps:
+  - {id: a, action: t.ok}
+  - {id: b, action: t.ok, with: {x: "{{ steps | tojson }}"}}
+""")
+    assert output_needs(pb) is None
+    assert needs_of(None, "a") == WHOLE
+
+
+def test_kept_holds_what_is_read_and_leaves_missing_keys_missing():
+    output = {"json": {"id": "x", "big": "y" * 100, "rows": [1, 2], "name": "n"}, "stdout": "z" * 100}
+    assert kept(output, OutputNeeds(paths=[["json", "id"]])) == {"json": {"id": "x"}}
+    assert kept(output, OutputNeeds(paths=[["json", "absent", "q"]])) == {"json": {}}
+    assert kept(output, OutputNeeds(paths=[["json", "name", "upper"]])) == {"json": {"name": "n"}}
+    assert kept(output, OutputNeeds(paths=[["json", "items"]])) == {"json": output["json"]}  # .items()
+    assert kept(output, OutputNeeds(paths=[["nope"]])) == {}
+    assert kept(output, WHOLE) is output
+
+
+def _input(keep: OutputNeeds | None, step: str = "s") -> ActionInput:
+    return ActionInput(run_id="run-1", step_id=step, playbook="p", action="shell.run", idempotency_key=f"run-1:{step}",
+                       keep=keep)
+
+
+async def test_a_large_output_goes_to_the_trail_and_the_run_keeps_a_reference(tmp_path: Path):
+    output = {"json": {"id": "abc", "blob": "é" * 20_000}, "exit_code": 0}
+    with SqliteAuditStore(tmp_path / "audit.db") as store:
+        keep, ref = await ActivityEnvironment().run(
+            settle_output, output, _input(OutputNeeds(paths=[["json", "id"]])), 2, AuditWriter(store), OutputLimits()
+        )
+        assert keep == {"json": {"id": "abc"}}
+        assert ref is not None and ref.refused is None
+        text = canonical_json(output)
+        assert (ref.size, ref.sha256) == (len(text.encode()), hashlib.sha256(text.encode()).hexdigest())
+        assert len(ref.preview.encode()) <= 1024 and text.startswith(ref.preview)
+        stored = store.get_event(ref.event_id)
+        assert stored is not None and stored.kind is EventKind.step_output
+        assert stored.details["output"] == output and stored.details["attempt"] == 2
+        assert store.get_event("no-such-event") is None
+        assert store.verify().ok
+
+
+async def test_a_small_output_and_a_run_from_before_keep_it_whole(tmp_path: Path):
+    with SqliteAuditStore(tmp_path / "audit.db") as store:
+        small = {"json": {"id": "abc"}}
+        assert await ActivityEnvironment().run(
+            settle_output, small, _input(OutputNeeds()), 1, AuditWriter(store), OutputLimits()
+        ) == (small, None)
+        large = {"blob": "x" * 40_000}
+        assert await ActivityEnvironment().run(
+            settle_output, large, _input(None), 1, AuditWriter(store), OutputLimits()
+        ) == (large, None)
+        assert store.events() == []
+
+
+async def test_a_large_output_read_whole_or_by_a_large_field_is_refused_naming_the_limit(tmp_path: Path):
+    output = {"json": {"id": "abc", "blob": "x" * 40_000}}
+    with SqliteAuditStore(tmp_path / "audit.db") as store:
+        keep, ref = await ActivityEnvironment().run(
+            settle_output, output, _input(WHOLE, "big"), 1, AuditWriter(store), OutputLimits()
+        )
+        assert keep == {} and ref is not None and ref.refused is not None
+        assert "16384-byte limit" in ref.refused and "steps.big.output" in ref.refused
+        assert store.get_event(ref.event_id) is not None  # the trail has it all the same
+        keep, ref = await ActivityEnvironment().run(
+            settle_output, output, _input(OutputNeeds(paths=[["json", "blob"]]), "big"), 1, AuditWriter(store),
+            OutputLimits(),
+        )
+        assert keep == {} and ref is not None and "json.blob" in (ref.refused or "")
+
+
+async def test_a_store_that_stays_down_fails_the_attempt_retryable(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(action_outputs, "STORE_BACKOFF", 0.01)
+    (tmp_path / "audit.db").mkdir()  # a directory where the database should be: every write fails
+    with SqliteAuditStore(tmp_path / "audit.db") as store:
+        with pytest.raises(ApplicationError) as raised:
+            await ActivityEnvironment().run(
+                settle_output, {"blob": "x" * 40_000}, _input(OutputNeeds()), 1, AuditWriter(store), OutputLimits()
+            )
+    assert raised.value.type == AUDIT_UNAVAILABLE and not raised.value.non_retryable
+    assert "must go to the audit trail and the store is unavailable" in raised.value.message
+
+
+FE_AFTER_BIG = """\
+name: fe-after-big
+owner: sre-oncall
+steps:
+  - {id: dump, action: http.request, with: {method: GET, url: "https://x.internal/dump"}}
+  - id: roll
+    foreach: [h0, h1, h2, h3, h4, h5, h6, h7, h8, h9]
+    max_failures: all
+    steps:
+      - {id: item, action: http.request, with: {method: GET, url: "https://x.internal/{{ item }}"}}
+"""
+
+
+async def test_a_steps_and_items_outputs_share_the_run_budget(skip_env, tmp_path: Path):
+    """700 KB kept by a step, then items of 100 KB: the group stops once the run's outputs pass
+    1 MiB (each budget alone, the items' own 1 MiB included, would let ~1.7 MiB through)."""
+    from bot.rehearse.report import rehearse
+    from tests.rehearse.support import POLICIES, directory
+
+    cases = (
+        "playbook: fe-after-big\ncases:\n  - name: big then items\n"
+        f"    mocks: {{dump: {{output: {{blob: \"{'x' * 700_000}\"}}}}, item: {{output: {{blob: \"{'y' * 100_000}\"}}}}}}\n"
+        "    expect: {state: compensated, error: \"budget of 1 MiB\", steps: {\"roll[9]\": skipped}}\n"
+    )
+    path = directory(tmp_path, cases, name="fe-after-big.test.yaml", extra={"fe-after-big.yaml": FE_AFTER_BIG})
+    report = await rehearse(path, POLICIES, env=skip_env)
+    assert report.bad_files == [], report.bad_files
+    [result] = report.results
+    assert result.failures == [], result.failures
+
+
+def test_the_status_table_shows_a_large_outputs_preview_and_how_to_read_it():
+    from rich.console import Console
+
+    from bot.actions.base import OutputRef
+    from bot.console import status_table
+    from bot.engine.state import RunStatus, StepStatus
+
+    ref = OutputRef(event_id="run-1:s:step_output:e:do:1", sha256="0" * 64, size=524288,
+                    preview='{"stdout":"[bold red]pwned[/] x"}')
+    status = RunStatus(run_id="run-1", playbook="p", playbook_hash="h", requested_by="cli:a", trigger="cli",
+                       steps=[StepStatus(id="s", action="shell.run", state="succeeded", output={}, output_ref=ref)])
+    console = Console(width=400, record=True)
+    console.print(status_table(status))
+    text = console.export_text()
+    assert "output 524288 bytes" in text and "audit show-output run-1:s:step_output:e:do:1" in text
+    assert "[bold red]pwned[/]" in text  # shown as the text it is, not taken as markup
