@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio.exceptions import ApplicationError
 
 from bot.audit.events import AuditEvent
+from bot.audit.recorder import AuditMode
 
 
 class ActionInput(BaseModel):
@@ -36,12 +37,21 @@ class ActionInput(BaseModel):
     secrets: list[str] = Field(
         default_factory=list, description="The secrets the playbook declares; a marker naming any other is refused."
     )
+    execution: str | None = Field(
+        None, description="The run's first execution run id, part of its event ids (None: a run from before)."
+    )
+    audit_mode: AuditMode = Field(
+        "write", description="write: recorded before it acts; try: acts if the store is down; defer: writes nothing."
+    )
 
 
 class ActionResult(BaseModel):
     output: dict[str, Any] = Field(default_factory=dict)
     attempt: int = 1
     audited: bool = Field(False, description="The success events are written; else the workflow queues them.")
+    unrecorded: list[AuditEvent] | None = Field(
+        None, description="It acted unrecorded: nothing handed to it was written; these are its own events to keep."
+    )
 
 
 class ActionParams(BaseModel):

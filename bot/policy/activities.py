@@ -20,7 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from bot.audit.events import AuditEvent, EventKind
-from bot.audit.recorder import AuditWriter, event
+from bot.audit.recorder import AuditMode, AuditWriter, event
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, Proof, ProofError
 from bot.policy.engine import PolicyEngine
@@ -48,6 +48,8 @@ class PolicyRequest(BaseModel):
     audit: list[AuditEvent] = Field(default_factory=list)
     claim: Claim | None = None
     proof: Proof | None = None
+    execution: str | None = None  # the run's first execution run id, part of its event ids
+    audit_mode: AuditMode = "write"  # as an action's (bot/audit/recorder.py)
 
 
 class PolicyActivities:
@@ -58,7 +60,8 @@ class PolicyActivities:
 
     @activity.defn(name="policy.decide")
     async def decide(self, request: PolicyRequest) -> Decision:
-        """The decision is returned only once it is recorded: no high-impact step without its record."""
+        """The decision is returned once it is recorded, or (audit_mode try/defer) handed back
+        unrecorded: the workflow then runs no high-impact step until its flusher has written it."""
         decision = _retry_if_transient(await self.engine.decide(request.input))
         run, step = request.input.get("run") or {}, request.input.get("step") or {}
         record = event(
@@ -71,19 +74,22 @@ class PolicyActivities:
                 "args": step.get("with"),
             },
             actor="policy",
+            execution=request.execution,
         )
-        await self.audit.write([*request.audit, record])
+        unrecorded = await self.audit.write_as(request.audit_mode, [*request.audit, record])
+        if unrecorded is not None:
+            decision.unrecorded = [record]
         return decision
 
     @activity.defn(name="policy.approver")
     async def approver(self, request: PolicyRequest) -> ActorVerdict:
-        await self.audit.write(request.audit)
-        return await self._about_actor(request, self.engine.approver)
+        unrecorded = await self.audit.write_as(request.audit_mode, request.audit)
+        return _unrecorded(await self._about_actor(request, self.engine.approver), unrecorded)
 
     @activity.defn(name="policy.cancel")
     async def cancel(self, request: PolicyRequest) -> ActorVerdict:
-        await self.audit.write(request.audit)
-        return await self._about_actor(request, self.engine.cancel)
+        unrecorded = await self.audit.write_as(request.audit_mode, request.audit)
+        return _unrecorded(await self._about_actor(request, self.engine.cancel), unrecorded)
 
     @activity.defn(name="policy.start")
     async def start(self, request: PolicyRequest) -> Verdict:
@@ -117,6 +123,13 @@ def verified_actor(keyring: Keyring, claim: Claim, proof: Proof | None) -> Actor
     if actor.principal != claim.principal:
         raise ProofError(f"it names {actor.principal}, not {claim.principal}")
     return actor
+
+
+def _unrecorded(verdict: ActorVerdict, unrecorded: list[AuditEvent] | None) -> ActorVerdict:
+    """Say that what was handed to write was not written (it has no events of its own)."""
+    if unrecorded is not None:
+        verdict.unrecorded = []
+    return verdict
 
 
 def _retry_if_transient(answer: AnswerT) -> AnswerT:
