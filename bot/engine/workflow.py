@@ -47,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from bot.identity.proofs import cancel_content, confirm_content, vote_content
     from bot.playbook.durations import format_duration, parse_duration
-    from bot.policy.activities import Claim, PolicyRequest
+    from bot.policy.activities import ActorAnswer, Claim, DecisionAnswer, PolicyRequest
     from bot.policy.inputs import policy_input, rfc3339
     from bot.policy.models import ActorVerdict, Decision
     from bot.slack.notifier import SlackState, SlackSync
@@ -1119,6 +1119,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         the spool, a store that is down does not turn the answer into a deny: what the activity
         could not write comes back and waits in the queue (a high-impact step waits for it)."""
         spooled = self._spooled()
+        if spooled:  # the same answer, saying what it could not write
+            result_type = {Decision: DecisionAnswer, ActorVerdict: ActorAnswer}.get(result_type, result_type)
         mode, queued, at = self._handoff() if spooled else ("write", self._take(), 0)
         request = PolicyRequest(input=input, audit=[e for _, e in queued], claim=claim, proof=proof,
                                 execution=self._execution(), audit_mode=mode)

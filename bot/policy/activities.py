@@ -52,6 +52,22 @@ class PolicyRequest(BaseModel):
     audit_mode: AuditMode = "write"  # as an action's (bot/audit/recorder.py)
 
 
+class Unrecorded(BaseModel):
+    """What a policy activity could not write (audit_mode try/defer with the store down): the
+    workflow keeps it and appends it later. None: written. Not the policy's answer, so it rides
+    on subclasses of the answers, never on what `policy eval` prints."""
+
+    unrecorded: list[AuditEvent] | None = None
+
+
+class DecisionAnswer(Decision, Unrecorded):
+    pass
+
+
+class ActorAnswer(ActorVerdict, Unrecorded):
+    pass
+
+
 class PolicyActivities:
     def __init__(self, engine: PolicyEngine, audit: AuditWriter | None = None, keyring: Keyring | None = None) -> None:
         self.engine = engine
@@ -59,7 +75,7 @@ class PolicyActivities:
         self.keyring = keyring or Keyring()
 
     @activity.defn(name="policy.decide")
-    async def decide(self, request: PolicyRequest) -> Decision:
+    async def decide(self, request: PolicyRequest) -> DecisionAnswer:
         """The decision is returned once it is recorded, or (audit_mode try/defer) handed back
         unrecorded: the workflow then runs no high-impact step until its flusher has written it."""
         decision = _retry_if_transient(await self.engine.decide(request.input))
@@ -77,17 +93,15 @@ class PolicyActivities:
             execution=request.execution,
         )
         unrecorded = await self.audit.write_as(request.audit_mode, [*request.audit, record])
-        if unrecorded is not None:
-            decision.unrecorded = [record]
-        return decision
+        return DecisionAnswer(**decision.model_dump(), unrecorded=None if unrecorded is None else [record])
 
     @activity.defn(name="policy.approver")
-    async def approver(self, request: PolicyRequest) -> ActorVerdict:
+    async def approver(self, request: PolicyRequest) -> ActorAnswer:
         unrecorded = await self.audit.write_as(request.audit_mode, request.audit)
         return _unrecorded(await self._about_actor(request, self.engine.approver), unrecorded)
 
     @activity.defn(name="policy.cancel")
-    async def cancel(self, request: PolicyRequest) -> ActorVerdict:
+    async def cancel(self, request: PolicyRequest) -> ActorAnswer:
         unrecorded = await self.audit.write_as(request.audit_mode, request.audit)
         return _unrecorded(await self._about_actor(request, self.engine.cancel), unrecorded)
 
@@ -125,11 +139,9 @@ def verified_actor(keyring: Keyring, claim: Claim, proof: Proof | None) -> Actor
     return actor
 
 
-def _unrecorded(verdict: ActorVerdict, unrecorded: list[AuditEvent] | None) -> ActorVerdict:
-    """Say that what was handed to write was not written (it has no events of its own)."""
-    if unrecorded is not None:
-        verdict.unrecorded = []
-    return verdict
+def _unrecorded(verdict: ActorVerdict, unrecorded: list[AuditEvent] | None) -> ActorAnswer:
+    """Say whether what was handed to write was written (it has no events of its own)."""
+    return ActorAnswer(**verdict.model_dump(), unrecorded=None if unrecorded is None else [])
 
 
 def _retry_if_transient(answer: AnswerT) -> AnswerT:

@@ -9,8 +9,6 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bot.audit.events import AuditEvent
-
 # Go-style durations, as OPA and the playbook format write them ("15m", "1h30m").
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
 
@@ -47,9 +45,6 @@ class Verdict(Provenance):
     reasons: list[str] = Field(default_factory=list)
     person: str | None = None
     failure: Failure | None = None
-    # Not the policy's: the activity's audit events the store did not take (it was down), which
-    # the workflow keeps and appends later. None: written (kept out of dumps by exclude_none).
-    unrecorded: list[AuditEvent] | None = None
 
     @classmethod
     def deny(cls, reason: str, failure: Failure, provenance: Provenance) -> Self:
