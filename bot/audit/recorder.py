@@ -83,6 +83,8 @@ class AuditWriter:
     async def write_as(self, mode: AuditMode, events: Sequence[AuditEvent]) -> list[AuditEvent] | None:
         """Write as `mode` says: None when written (or nothing to write), else the events not
         written (`try` with the store down, `defer`), for the workflow to keep. `write` raises."""
+        if not events:
+            return None
         if mode == "defer":
             return list(events)
         try:

@@ -77,6 +77,8 @@ class AuditSpool:
 
     def _count_pending(self) -> None:
         waiting = len(self._audit) + len(self._flushing or [])
+        if self._store_down and not waiting:
+            self._store_down = False  # nothing left that a write could overtake (nothing to wait for)
         self._status.audit_pending = waiting if self._store_down else 0
 
     # ---- activities carry the queue --------------------------------------------------------
@@ -106,7 +108,7 @@ class AuditSpool:
         if own is None:
             return
         self._put_back(queued, own, at)
-        self._went_down()
+        self._went_down()  # (a no-op when nothing came back)
 
     def _failed_unrecorded(self, exc: BaseException) -> list[AuditEvent] | None:
         """An action that acted unrecorded and then failed says so in its failure's details."""
@@ -119,6 +121,8 @@ class AuditSpool:
         return [AuditEvent.model_validate(e) for e in raw]
 
     def _went_down(self) -> None:
+        if not self._audit and self._flushing is None:
+            return
         if not self._store_down:
             workflow.logger.warning("audit store down: events kept in the run until it is back",
                                     extra={"run_id": self._status.run_id})

@@ -43,24 +43,44 @@ steps:
     action: shell.run
     with: {{argv: [sh, -c, "while [ ! -f {go} ]; do sleep 0.1; done"]}}
     compensate: {touch('hold-undone')}
+  - id: both
+    parallel:
+      - {{id: left, action: shell.run, with: {{argv: [touch, "{tmp_path / 'left'}"]}}, compensate: {touch('left-undone')}}}
+      - {{id: right, action: shell.run, with: {{argv: [touch, "{tmp_path / 'right'}"]}}, compensate: {touch('right-undone')}}}
   - {{id: boom, action: http.request, with: {{url: "http://127.0.0.1:9/unreachable"}}, retry: {{max_attempts: 1}}}}
 """
 
 
-EXPECTED = [
+BEFORE = [
     ("run_started", None),
     ("step_started", "prep"),
     ("step_succeeded", "prep"),
     ("step_started", "hold"),
     ("step_succeeded", "hold"),
-    ("step_started", "boom"),
-    ("step_failed", "boom"),
+]
+PARALLEL = {("step_started", "left"), ("step_succeeded", "left"), ("step_started", "right"), ("step_succeeded", "right")}
+UNDO_PARALLEL = {("compensation_started", "left"), ("compensation_succeeded", "left"),
+                 ("compensation_started", "right"), ("compensation_succeeded", "right")}
+AFTER = [
     ("compensation_started", "hold"),
     ("compensation_succeeded", "hold"),
     ("compensation_started", "prep"),
     ("compensation_succeeded", "prep"),
     ("run_finished", None),
 ]
+
+
+def _in_run_order(trail: list[tuple[str, str | None]]) -> None:
+    """The whole story once, in the run's order (left and right ran side by side: either first)."""
+    assert len(trail) == len(set(trail)) == len(BEFORE) + 4 + 2 + 4 + len(AFTER), trail
+    assert trail[: len(BEFORE)] == BEFORE
+    assert set(trail[5:9]) == PARALLEL
+    for step in ("left", "right"):
+        assert trail.index(("step_started", step)) < trail.index(("step_succeeded", step))
+        assert trail.index(("compensation_started", step)) < trail.index(("compensation_succeeded", step))
+    assert trail[9:11] == [("step_started", "boom"), ("step_failed", "boom")]
+    assert set(trail[11:15]) == UNDO_PARALLEL  # the saga undoes the group's steps before hold
+    assert trail[15:] == AFTER
 
 
 async def test_a_locked_store_mid_run_blocks_no_undo_and_the_trail_is_complete_once_it_is_back(dev_env, tmp_path):
@@ -90,8 +110,10 @@ async def test_a_locked_store_mid_run_blocks_no_undo_and_the_trail_is_complete_o
                 status = await wait_for_state(
                     handle, lambda s: s.state == "compensated" and s.audit_pending > 0, timeout=180
                 )
-                assert [(c.step, c.state) for c in status.compensations] == [("hold", "succeeded"), ("prep", "succeeded")]
-                assert (tmp_path / "hold-undone").exists() and (tmp_path / "prep-undone").exists()
+                assert [c.state for c in status.compensations] == ["succeeded"] * 4
+                assert [c.step for c in status.compensations][2:] == ["hold", "prep"]
+                for step in ("prep", "hold", "left", "right"):
+                    assert (tmp_path / f"{step}-undone").exists(), step
                 assert status.not_undone == []
                 # The run holds at its end: its record waits for the store, the flusher retries.
                 await eventually(lambda: flush_attempts(handle, 3), timeout=180, what="three failed flushes")
@@ -104,7 +126,7 @@ async def test_a_locked_store_mid_run_blocks_no_undo_and_the_trail_is_complete_o
             status = await handle.result()
 
     assert status.state == "compensated" and status.audit_pending == 0
-    assert recorded() == EXPECTED, "every event once, in the run's order, run_finished last"
+    _in_run_order(recorded())  # every event once, in the run's order, run_finished last
     with SqliteAuditStore(db) as store:
         assert store.verify().ok
         events = store.events(run_id=run_id)
