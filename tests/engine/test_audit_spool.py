@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 
 from rich.console import Console
 
 from bot.audit.events import EventKind
 from bot.audit.recorder import event
+from bot.audit.store import SqliteAuditStore, default_path
 from bot.console import progress_lines, status_table
 from bot.engine.state import RunStatus
+from bot.engine.worker import make_worker, worker_deps
+from bot.engine.workflow import PlaybookRun
+from bot.settings import Settings
+from tests.engine.support import catalog_of, playbook, run_input, wait_for_state
+from tests.engine.test_audit_trail import ALLOW_POLICY
 
 
 def _status(pending: int) -> RunStatus:
@@ -37,3 +45,39 @@ def test_event_ids_name_the_execution_and_old_runs_keep_theirs():
     second = event("r1", "s", EventKind.step_started, ts=ts, execution="bbb")
     assert old.event_id == "r1:s:step_started"
     assert first.event_id == "r1/aaa:s:step_started" != second.event_id == "r1/bbb:s:step_started"
+
+
+TIMES_OUT = """
+name: times-out
+steps:
+  - {id: slow, action: shell.run, with: {argv: [sleep, "60"]}, timeout: 2s, retry: {max_attempts: 1}}
+"""
+
+
+async def test_a_step_that_times_out_while_the_store_is_down_is_still_on_the_record(dev_env, tmp_path: Path):
+    """A timeout hands nothing back (the worker gave up on the attempt), so the workflow keeps the
+    started event itself: the record says the step started and timed out, once the store is back."""
+    data = tmp_path / "data"
+    data.write_text("a file where the data directory should be")  # the store cannot be opened
+    policies = tmp_path / "policies" / "playbook" / "authz"
+    policies.mkdir(parents=True)
+    (policies / "authz.rego").write_text(ALLOW_POLICY)
+    settings = Settings(data_dir=data, policies_dir=tmp_path / "policies", shell_allow=["sleep"])
+    pb = playbook(TIMES_OUT)
+    async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
+        async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
+            handle = await dev_env.client.start_workflow(
+                PlaybookRun.run, run_input(pb, requested_by="cli:carl"), id=f"timeout-{uuid.uuid4()}",
+                task_queue=worker.task_queue,
+            )
+            status = await wait_for_state(handle, lambda s: s.step("slow").state == "failed" and s.audit_pending >= 3,
+                                          timeout=120)
+            assert "timed out" in (status.step("slow").error or "")
+            data.unlink()
+            data.mkdir()
+            status = await handle.result()
+    assert status.audit_pending == 0
+    with SqliteAuditStore(default_path(settings)) as store:
+        trail = [(e.kind.value, e.step_id) for e in store.events(run_id=status.run_id)]
+        assert store.verify().ok
+    assert trail == [("run_started", None), ("step_started", "slow"), ("step_failed", "slow"), ("run_finished", None)]
