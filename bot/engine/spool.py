@@ -103,12 +103,14 @@ class AuditSpool:
     def _returned(self, queued: list[Queued]) -> None:
         self._holders -= 1 if queued else 0
 
-    def _kept(self, queued: list[Queued], own: list[AuditEvent] | None, at: int) -> None:
-        """The activity could not write (its result says): keep what it carried and its own."""
+    def _kept(self, queued: list[Queued], own: list[AuditEvent] | None, at: int, mode: AuditMode) -> None:
+        """The activity did not write (its result says): keep what it carried and its own. Only a
+        write that was tried and failed says the store is down; `defer` was this run's choice."""
         if own is None:
             return
         self._put_back(queued, own, at)
-        self._went_down()  # (a no-op when nothing came back)
+        if mode == "try":
+            self._went_down()  # (a no-op when nothing came back)
 
     def _failed_unrecorded(self, exc: BaseException) -> list[AuditEvent] | None:
         """An action that acted unrecorded and then failed says so in its failure's details."""

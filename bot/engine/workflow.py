@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.actions.activities import describe_validation_error, started_event
     from bot.actions.base import ActionInput, ActionResult
     from bot.audit.events import AuditEvent, EventKind
-    from bot.audit.recorder import AuditBatch, event
+    from bot.audit.recorder import AuditBatch, AuditMode, event
     from bot.actions.core import ApproveParams, ConfirmParams, FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
     from bot.engine.approvals import ApprovalBook, VoteRefused
@@ -1047,21 +1047,19 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             raise
         self._returned(queued)
         if spooled:
-            self._kept(queued, result.unrecorded, at)
+            self._kept(queued, result.unrecorded, at, mode)
         return result
 
-    def _keep_started(self, exc: BaseException, input: ActionInput, mode: str, at: int, max_attempts: int) -> None:
+    def _keep_started(self, exc: BaseException, input: ActionInput, mode: AuditMode, at: int, max_attempts: int) -> None:
         """An action that may have acted unrecorded failed: keep its started event. Its failure
         names it; a timeout cannot, so the workflow writes the same event (same id: a no-op if the
         activity did write it). A cancel names nothing either: its step_failed says it was cancelled."""
         own = self._failed_unrecorded(exc)
         if own is not None:
-            self._kept([], own, at)
+            self._kept([], own, at, mode)
         elif isinstance(exc, ActivityError) and isinstance(exc.cause, TimeoutError):
             _, attempt = describe_failure(exc, max_attempts)
             self._put_back([], [started_event(input, attempt, ts=workflow.now())], at)
-            if mode == "defer":
-                self._went_down()
 
     async def _sleep(self, args: dict[str, Any]) -> ActionResult:
         """core.sleep is a durable timer, not an activity: it survives worker restarts, holds no
@@ -1147,7 +1145,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             raise
         self._returned(queued)
         if spooled:
-            self._kept(queued, result.unrecorded, at)
+            self._kept(queued, result.unrecorded, at, mode)
             result.unrecorded = None
         return result
 
