@@ -12,12 +12,14 @@ from bot.audit.events import EventKind
 from bot.audit.recorder import event
 from bot.audit.store import SqliteAuditStore, default_path
 from bot.console import progress_lines, status_table
-from bot.engine.state import RunStatus
+from bot.engine.state import RunStatus, VoteRequest
 from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
 from bot.settings import Settings
 from tests.engine.support import catalog_of, playbook, run_input, wait_for_state
-from tests.engine.test_audit_trail import ALLOW_POLICY
+from tests.engine.test_audit_trail import ALLOW_POLICY, flush_attempts
+from tests.engine.test_audit_trail import POLICY as APPROVAL_POLICY
+from tests.waiting import eventually
 
 
 def _status(pending: int) -> RunStatus:
@@ -81,3 +83,45 @@ async def test_a_step_that_times_out_while_the_store_is_down_is_still_on_the_rec
         trail = [(e.kind.value, e.step_id) for e in store.events(run_id=status.run_id)]
         assert store.verify().ok
     assert trail == [("run_started", None), ("step_started", "slow"), ("step_failed", "slow"), ("run_finished", None)]
+
+
+GATED = """
+name: gated-outage
+steps:
+  - {id: risky, action: shell.run, impact: high, with: {argv: [touch, "ACTED"]}}
+"""
+
+
+async def test_a_vote_counts_while_the_store_is_down_and_the_step_waits_for_the_record(dev_env, tmp_path: Path):
+    """Approval with the store down: the request, the decision and the vote wait in the run; the
+    approved high-impact step acts only once they are all on the record, in the order they happened."""
+    data = tmp_path / "data"
+    data.write_text("a file where the data directory should be")
+    acted = tmp_path / "acted"
+    policies = tmp_path / "policies" / "playbook" / "authz"
+    policies.mkdir(parents=True)
+    (policies / "authz.rego").write_text(APPROVAL_POLICY)
+    settings = Settings(data_dir=data, policies_dir=tmp_path / "policies", shell_allow=["touch"])
+    pb = playbook(GATED.replace("ACTED", str(acted)))
+    async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
+        async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
+            handle = await dev_env.client.start_workflow(
+                PlaybookRun.run, run_input(pb, requested_by="cli:carl"), id=f"gated-{uuid.uuid4()}",
+                task_queue=worker.task_queue,
+            )
+            await wait_for_state(handle, lambda s: s.state == "waiting_approval", timeout=60)
+            await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana"))
+            status = await wait_for_state(handle, lambda s: s.step("risky").approvals and s.audit_pending >= 4,
+                                          timeout=60)
+            await eventually(lambda: flush_attempts(handle, 2), timeout=120, what="two failed flushes")
+            assert not acted.exists(), "approved, but its record is not down yet"
+            data.unlink()
+            data.mkdir()
+            status = await handle.result()
+    assert status.state == "completed" and acted.exists()
+    with SqliteAuditStore(default_path(settings)) as store:
+        trail = [(e.kind.value, e.step_id) for e in store.events(run_id=status.run_id)]
+        assert store.verify().ok
+    assert trail == [("run_started", None), ("policy_decision", "risky"), ("approval_requested", "risky"),
+                     ("approval_vote", "risky"), ("step_started", "risky"), ("step_succeeded", "risky"),
+                     ("run_finished", None)]

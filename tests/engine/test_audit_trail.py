@@ -196,10 +196,17 @@ steps:
 
 
 async def flush_attempts(handle, at_least: int) -> bool:
-    """Whether the run has made this many `audit.record` local activity calls (markers in history)."""
+    """Whether the run's flusher has failed this many times: `audit.record` local activity markers
+    in its history that carry a failure."""
     history = await handle.fetch_history()
-    markers = [e for e in history.events if e.HasField("marker_recorded_event_attributes")]
-    return len(markers) >= at_least
+    failed = 0
+    for e in history.events:
+        marker = e.marker_recorded_event_attributes
+        if not e.HasField("marker_recorded_event_attributes") or marker.marker_name != "core_local_activity":
+            continue
+        data = json.loads(marker.details["data"].payloads[0].data)
+        failed += data.get("activity_type") == "audit.record" and marker.HasField("failure")
+    return failed >= at_least
 
 
 async def test_a_missing_secret_fails_on_the_first_attempt_and_says_so(dev_env, tmp_path: Path):
