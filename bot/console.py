@@ -44,12 +44,24 @@ def _queued(status: RunStatus) -> str:
     return f"queued for concurrency key {waiting.get('key')!r}" + (f", held by run {held}" if held else "")
 
 
+def _audit_note(status: RunStatus) -> str:
+    return (f"audit store down: {status.audit_pending} event(s) of this run wait for it; "
+            "the run ends once they are recorded")
+
+
+def _caption(status: RunStatus) -> str | None:
+    parts = [status.error or (_queued(status) if status.waiting_for else None)]
+    if status.audit_pending:
+        parts.append(_audit_note(status))
+    return "; ".join(p for p in parts if p) or None
+
+
 def status_table(status: RunStatus) -> Table:
     icon, style = STYLE.get(status.state, ("?", ""))
     table = Table(
         title=Text.assemble(f"{status.run_id}  ", (f"{icon} {status.state}", style)),
         title_justify="left",
-        caption=status.error or (_queued(status) if status.waiting_for else None),
+        caption=_caption(status),
         caption_justify="left",
     )
     for column in ("step", "action", "state", "attempts", "time", "note"):
@@ -89,4 +101,8 @@ def progress_lines(before: RunStatus | None, after: RunStatus) -> list[str]:
             lines.append(f"undo {comp.step}: {comp.state}")
     if before is None or before.state != after.state:
         lines.append(f"run {after.run_id}: {after.state}")
+    if after.audit_pending and not (before and before.audit_pending):
+        lines.append(_audit_note(after))
+    elif before and before.audit_pending and not after.audit_pending:
+        lines.append("audit store back: the run's record is complete")
     return lines

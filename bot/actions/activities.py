@@ -55,15 +55,19 @@ async def _heartbeat_forever() -> None:
         activity.heartbeat()
 
 
-def _started(input: ActionInput, attempt: int) -> AuditEvent:
+def started_event(input: ActionInput, attempt: int, ts: datetime | None = None) -> AuditEvent:
+    """`step_started` (or `compensation_started`); the workflow builds the same event (same id)
+    for an unrecorded attempt that ended without handing its own back (a timeout, a cancel)."""
     kind = EventKind.compensation_started if input.compensation else EventKind.step_started
     args = display(input.params)  # `${secret:NAME}`, as status and policy show it
-    return event(input.run_id, input.step_id, kind, {"action": input.action, "attempt": attempt, "args": args})
+    return event(input.run_id, input.step_id, kind, {"action": input.action, "attempt": attempt, "args": args},
+                 ts=ts, execution=input.execution)
 
 
 def _succeeded(input: ActionInput, attempt: int) -> AuditEvent:
     kind = EventKind.compensation_succeeded if input.compensation else EventKind.step_succeeded
-    return event(input.run_id, input.step_id, kind, {"action": input.action, "attempts": attempt})
+    return event(input.run_id, input.step_id, kind, {"action": input.action, "attempts": attempt},
+                 execution=input.execution)
 
 
 async def _record_success(audit: AuditWriter, input: ActionInput, attempt: int) -> bool:
@@ -93,63 +97,82 @@ def _wrap(
         with structlog.contextvars.bound_contextvars(
             run_id=input.run_id, step_id=input.step_id, playbook=input.playbook, action=spec.name, attempt=info.attempt
         ):
-            # The record comes first: if it cannot be written the action does not run (retried).
-            await audit.write([*input.audit, _started(input, info.attempt)])
+            # The record comes first: if it cannot be written the action does not run (retried),
+            # unless the workflow let it act unrecorded (an undo, a low-impact step: audit_mode).
+            unrecorded = await audit.write_as(input.audit_mode, [*input.audit, started_event(input, info.attempt)])
+            if unrecorded is not None:
+                unrecorded = unrecorded[len(input.audit):]  # its own; the workflow still holds what it handed
             try:
-                resolved = secrets.resolve(input.params, input.secrets)
-                mask = secrets.masker()  # every value the store knows, not only the ones this step uses
-            except ApplicationError as exc:  # a missing, undeclared or malformed secret; an unreadable file
-                raise _with_attempt(exc, info.attempt) from None
-            try:
-                params = spec.params.model_validate(resolved)
-            except ValidationError as exc:
-                error: ApplicationError = InvalidParams(mask(describe_validation_error(spec.name, exc)))
-                raise _with_attempt(error, info.attempt) from None
-            ctx = ActionContext(
-                run_id=input.run_id,
-                step_id=input.step_id,
-                playbook=input.playbook,
-                idempotency_key=input.idempotency_key,
-                attempt=info.attempt,
-                compensation=input.compensation,
-                mask=mask,
-            )
-            beat = asyncio.create_task(_heartbeat_forever()) if info.heartbeat_timeout else None
-            started, outcome = time.monotonic(), "failed"
-            try:
-                output = await method(params, ctx)
-                outcome = "succeeded"
+                try:
+                    resolved = secrets.resolve(input.params, input.secrets)
+                    mask = secrets.masker()  # every value the store knows, not only the ones this step uses
+                except ApplicationError as exc:  # a missing, undeclared or malformed secret; an unreadable file
+                    raise _with_attempt(exc, info.attempt) from None
+                try:
+                    params = spec.params.model_validate(resolved)
+                except ValidationError as exc:
+                    error: ApplicationError = InvalidParams(mask(describe_validation_error(spec.name, exc)))
+                    raise _with_attempt(error, info.attempt) from None
+                ctx = ActionContext(
+                    run_id=input.run_id,
+                    step_id=input.step_id,
+                    playbook=input.playbook,
+                    idempotency_key=input.idempotency_key,
+                    attempt=info.attempt,
+                    compensation=input.compensation,
+                    mask=mask,
+                )
+                beat = asyncio.create_task(_heartbeat_forever()) if info.heartbeat_timeout else None
+                started, outcome = time.monotonic(), "failed"
+                try:
+                    output = await method(params, ctx)
+                    outcome = "succeeded"
+                except ApplicationError as exc:
+                    log.warning("action failed", error=mask(str(exc)), error_type=exc.type)
+                    raise ApplicationError(
+                        mask(exc.message),
+                        {"attempt": info.attempt, "output": mask(_first_detail(exc))},
+                        type=exc.type,
+                        non_retryable=exc.non_retryable,
+                    ) from None
+                except asyncio.CancelledError:
+                    outcome = "cancelled"
+                    log.info("action cancelled")
+                    raise
+                except Exception as exc:  # an action bug or an unexpected client error: retry it, say what it was
+                    message = mask(f"{spec.name}: {type(exc).__name__}: {exc}")
+                    log.warning("action failed", error=message)
+                    raise ApplicationError(message, {"attempt": info.attempt}, type=ACTION_FAILED) from None
+                finally:
+                    STEP_DURATION.labels(spec.name, outcome).observe(time.monotonic() - started)
+                    if beat:
+                        beat.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await beat
+                # A large output goes to the trail first (bot/actions/outputs.py); one the run cannot
+                # keep fails the step in the workflow, so its success is not written here.
+                output, stored = await settle_output(mask(output or {}), input, info.attempt, audit, limits)
+                if unrecorded is not None:  # the store is down: the success is the workflow's to record
+                    return ActionResult(output=output, attempt=info.attempt, unrecorded=unrecorded, stored=stored)
+                refused = stored is not None and stored.refused is not None
+                audited = False if refused else await _record_success(audit, input, info.attempt)
+                return ActionResult(output=output, attempt=info.attempt, audited=audited, stored=stored)
             except ApplicationError as exc:
-                log.warning("action failed", error=mask(str(exc)), error_type=exc.type)
-                raise ApplicationError(
-                    mask(exc.message),
-                    {"attempt": info.attempt, "output": mask(_first_detail(exc))},
-                    type=exc.type,
-                    non_retryable=exc.non_retryable,
-                ) from None
-            except asyncio.CancelledError:
-                outcome = "cancelled"
-                log.info("action cancelled")
-                raise
-            except Exception as exc:  # an action bug or an unexpected client error: retry it, say what it was
-                message = mask(f"{spec.name}: {type(exc).__name__}: {exc}")
-                log.warning("action failed", error=message)
-                raise ApplicationError(message, {"attempt": info.attempt}, type=ACTION_FAILED) from None
-            finally:
-                STEP_DURATION.labels(spec.name, outcome).observe(time.monotonic() - started)
-                if beat:
-                    beat.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await beat
-            # A large output goes to the trail first (bot/actions/outputs.py); one the run cannot keep
-            # fails the step in the workflow, so its success is not written here.
-            output, stored = await settle_output(mask(output or {}), input, info.attempt, audit, limits)
-            refused = stored is not None and stored.refused is not None
-            audited = False if refused else await _record_success(audit, input, info.attempt)
-            return ActionResult(output=output, attempt=info.attempt, audited=audited, stored=stored)
+                if unrecorded is None:
+                    raise
+                raise _with_unrecorded(exc, unrecorded) from None
 
     run.__name__ = run.__qualname__ = spec.name.replace(".", "_")
     return activity.defn(name=spec.name)(run)
+
+
+def _with_unrecorded(exc: ApplicationError, unrecorded: list[AuditEvent]) -> ApplicationError:
+    """The same failure, carrying the events it could not write (it acted unrecorded): the
+    workflow keeps them, so the attempt is on the record once the store is back."""
+    first = _first_detail(exc)
+    details = dict(first) if isinstance(first, dict) else {}
+    details["unrecorded"] = [e.model_dump(mode="json") for e in unrecorded]
+    return ApplicationError(exc.message, details, type=exc.type, non_retryable=exc.non_retryable)
 
 
 def _with_attempt(exc: ApplicationError, attempt: int) -> ApplicationError:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio.exceptions import ApplicationError
 
 from bot.audit.events import AuditEvent
+from bot.audit.recorder import AuditMode
 from bot.playbook.outputs import OutputNeeds
 
 
@@ -36,6 +37,12 @@ class ActionInput(BaseModel):
     )
     secrets: list[str] = Field(
         default_factory=list, description="The secrets the playbook declares; a marker naming any other is refused."
+    )
+    execution: str | None = Field(
+        None, description="The run's first execution run id, part of its event ids (None: a run from before)."
+    )
+    audit_mode: AuditMode = Field(
+        "write", description="write: recorded before it acts; try: acts if the store is down; defer: writes nothing."
     )
     keep: OutputNeeds | None = Field(
         None, description="What templates read of this output: a large one keeps only that (None: a run from before).",
@@ -59,6 +66,9 @@ class ActionResult(BaseModel):
     attempt: int = 1
     audited: bool = Field(False, description="The success events are written; else the workflow queues them.")
     stored: OutputRef | None = Field(None, description="Set when the output was too large to return whole.")
+    unrecorded: list[AuditEvent] | None = Field(
+        None, description="It acted unrecorded: nothing handed to it was written; these are its own events to keep."
+    )
 
 
 class ActionParams(BaseModel):

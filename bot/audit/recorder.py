@@ -3,15 +3,21 @@
 Events ride on activities the run needs anyway (an action writes the events queued before it,
 then its own `step_started`, before it acts), so auditing adds no server round trip per step.
 What no later activity will carry (run_finished, an approval request) goes through the
-`audit.record` local activity. A store that cannot be written is a retryable failure: the
-activity does not act until its record is down.
+`audit.record` local activity.
+
+A store that cannot be written never blocks an undo: the workflow says per activity how it may
+write (`AuditMode`). `write`: the record comes first, and a store that is down is a retryable
+failure (a high-impact step, and runs from before the spool). `try`: write, and if the store is
+down act anyway and hand the events back (`unrecorded`), which the workflow keeps, in order, in
+its state until its flusher appends them. `defer`: the workflow already holds events the store
+has not taken, so the activity writes nothing (writing now would put its events before them).
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import structlog
 from pydantic import BaseModel, Field
@@ -23,6 +29,7 @@ from bot.audit.store import AuditUnavailable, SqliteAuditStore
 from bot.metrics import observe_events
 
 AUDIT_UNAVAILABLE = "AuditUnavailable"
+AuditMode = Literal["write", "try", "defer"]
 
 
 class AuditBatch(BaseModel):
@@ -73,6 +80,24 @@ class AuditWriter:
         except AuditUnavailable as exc:
             raise ApplicationError(f"audit store unavailable: {exc}", type=AUDIT_UNAVAILABLE) from None
 
+    async def write_as(self, mode: AuditMode, events: Sequence[AuditEvent]) -> list[AuditEvent] | None:
+        """Write as `mode` says: None when written (or nothing to write), else the events not
+        written (`try` with the store down, `defer`), for the workflow to keep. `write` raises."""
+        if not events:
+            return None
+        if mode == "defer":
+            return list(events)
+        try:
+            await self.write(events)
+        except ApplicationError as exc:
+            if mode == "write":
+                raise
+            structlog.get_logger(__name__).error(
+                "audit store down: acting unrecorded, the workflow keeps the events", error=exc.message
+            )
+            return list(events)
+        return None
+
     async def run_recorded(self, run_id: str) -> bool:
         """Whether a run under this id has already started or been refused (False without a store).
         Raises AuditUnavailable when the store cannot be read."""
@@ -91,9 +116,13 @@ def event(
     actor: str = "system",
     ts: datetime | None = None,
     key: str | None = None,
+    execution: str | None = None,
 ) -> AuditEvent:
-    """An event whose id is its natural key, so writing it twice writes it once."""
-    event_id = f"{run_id}:{step_id or 'run'}:{kind.value}" + (f":{key}" if key else "")
+    """An event whose id is its natural key, so writing it twice writes it once. `execution`
+    (the workflow's first execution run id) makes it this run's: a later run reusing the run id
+    records its own story instead of colliding with the first's (None: runs from before that)."""
+    scope = f"{run_id}/{execution}" if execution else run_id
+    event_id = f"{scope}:{step_id or 'run'}:{kind.value}" + (f":{key}" if key else "")
     return AuditEvent(
         event_id=event_id,
         ts=ts or datetime.now(timezone.utc),

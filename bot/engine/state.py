@@ -228,6 +228,9 @@ class RunStatus(BaseModel):
         None, description="A child run whose steps completed: the parent run it waits for (release or roll back)."
     )
     children: list[ChildCall] = Field(default_factory=list, description="Child runs this run's playbook.run steps started.")
+    audit_pending: int = Field(
+        0, description="Audit events the store could not take yet (it is down): the run holds at its end until it has."
+    )
 
     def step(self, step_id: str) -> StepStatus:
         """A step by id, or a foreach item's step by its address (`roll[2].drain`)."""

@@ -18,15 +18,16 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from bot.actions.activities import describe_validation_error
+    from bot.actions.activities import describe_validation_error, started_event
     from bot.actions.base import ActionInput, ActionResult
     from bot.audit.events import AuditEvent, EventKind
-    from bot.audit.recorder import AuditBatch, event
+    from bot.audit.recorder import AuditBatch, AuditMode, event
     from bot.actions.core import ApproveParams, ConfirmParams, FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
     from bot.engine.approvals import ApprovalBook, VoteRefused
     from bot.engine.locking import NOTICE_SIGNAL, LockNotice, LockRelease, LockRequest, LockView
     from bot.engine.shield import uncancellable
+    from bot.engine.spool import AuditSpool
     from bot.engine.subplaybooks import POKE_SIGNAL, SubPlaybooks
     from bot.actions.playbooks import RUN_ACTION
     from bot.engine.state import (
@@ -46,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from bot.identity.proofs import cancel_content, confirm_content, vote_content
     from bot.playbook.durations import format_duration, parse_duration
-    from bot.policy.activities import Claim, PolicyRequest
+    from bot.policy.activities import ActorAnswer, Claim, DecisionAnswer, PolicyRequest
     from bot.policy.inputs import policy_input, rfc3339
     from bot.policy.models import ActorVerdict, Decision
     from bot.slack.notifier import SlackState, SlackSync
@@ -143,7 +144,7 @@ class _Saga:
 
 
 @workflow.defn(name="PlaybookRun")
-class PlaybookRun(ForeachRuns, SubPlaybooks):
+class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     @workflow.init
     def __init__(self, input: RunInput) -> None:
         info = workflow.info()
@@ -184,7 +185,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         self._saga = _Saga()
         self._approvals = ApprovalBook(self._status, input.trigger.requested_by)
         self._log_extra = {"run_id": info.workflow_id, "playbook": pb.name}
-        self._audit: list[AuditEvent] = []
+        self._spool_setup()  # the run's audit queue (bot/engine/spool.py)
         self._finish_recorded = False  # the last step's activity wrote run_finished with its success
         self._asked_at: dict[str, datetime] = {}  # when each step's approval was requested
         self._failed_groups: set[str] = set()  # parallel groups one of whose steps failed
@@ -392,6 +393,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
     async def run(self, input: RunInput) -> RunStatus:
         self._trusted = workflow.patched(TRUST_PATCH)
         self._outputs_kept = workflow.patched(OUTPUTS_PATCH)  # here, before any activity (see _has)
+        if self._spooled():  # asked here, first, like TRUST_PATCH: old histories replay without it
+            asyncio.ensure_future(uncancellable(self._flusher()))
         status = self._status
         status.state = "running"
         status.started_at = workflow.now()
@@ -687,10 +690,16 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         return status
 
     async def _close(self) -> None:
-        """The run's record and in-flight votes finish even if a cancel arrives now."""
+        """The run's record and in-flight votes finish even if a cancel arrives now; with the
+        spool, the run ends only once the store has taken its whole record (run_finished last)."""
         await self._notify()
-        await self._flush_audit()
+        if not self._spooled():
+            await self._flush_audit()
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            return
+        await self._drained()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._drained()  # what the last handlers recorded
 
     async def _run_group(self, group: ParallelGroup) -> bool:
         if group.when is not None and not self._when(group.when, group.id, [s.id for s in group.parallel]):
@@ -741,7 +750,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
             else:
                 after = [self._finish_event()] if self._closes(step) else []
                 result = await self._acted(st, step.retry.max_attempts, self._execute(
-                    step.id, step.action, args, step.retry, step.timeout, compensation=False, after=after
+                    step.id, step.action, args, step.retry, step.timeout, compensation=False, after=after,
+                    high=step.impact == "high",
                 ))
         except ValueError as exc:
             return await self._step_failed(step, st, str(exc))
@@ -831,7 +841,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
                 raise asyncio.CancelledError()
         self._traced(f"fallback:{step.id}")
         result = await self._acted(st, fallback.retry.max_attempts, self._execute(
-            step.id, fallback.action, args, fallback.retry, fallback.timeout, compensation=False, fallback=True
+            step.id, fallback.action, args, fallback.retry, fallback.timeout, compensation=False, fallback=True,
+            high=fallback.impact == "high" or step.impact == "high",
         ))
         if isinstance(result, tuple):
             error, record.attempts = result
@@ -1006,34 +1017,64 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         compensation: bool,
         after: list[AuditEvent] | None = None,
         fallback: bool = False,
+        high: bool = False,
     ) -> ActionResult:
-        queued = self._take_audit()
+        """Run an action. With the spool, an undo or a low-impact step acts even when the store is
+        down (its events come back and wait in the queue); a high-impact one (`high`) first waits
+        until the store has taken everything queued, its policy decision included, and then
+        writes its own record before it acts, as every step did before the spool."""
+        spooled = self._spooled()
+        if spooled and high:
+            await self._recorded()
+        mode, queued, at = self._handoff(high) if spooled else ("write", self._take(), 0)
+        input = ActionInput(
+            run_id=self._status.run_id,
+            step_id=step_id,
+            playbook=self._status.playbook,
+            action=action,
+            params=args,
+            idempotency_key=idempotency_key(self._status.run_id, step_id, compensation, fallback),
+            compensation=compensation,
+            audit=[e for _, e in queued],
+            audit_after=after or [],
+            secrets=list(self._input.playbook.secrets),
+            execution=self._execution(),
+            audit_mode=mode,
+            keep=self._keep(step_id, compensation),
+        )
+        self._handed(queued)
         try:
-            return await workflow.execute_activity(
+            result = await workflow.execute_activity(
                 action,
-                ActionInput(
-                    run_id=self._status.run_id,
-                    step_id=step_id,
-                    playbook=self._status.playbook,
-                    action=action,
-                    params=args,
-                    idempotency_key=idempotency_key(self._status.run_id, step_id, compensation, fallback),
-                    compensation=compensation,
-                    audit=queued,
-                    audit_after=after or [],
-                    secrets=list(self._input.playbook.secrets),
-                    keep=self._keep(step_id, compensation),
-                ),
-            result_type=ActionResult,
-            start_to_close_timeout=timeout,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=_retry(retry),
+                input,
+                result_type=ActionResult,
+                start_to_close_timeout=timeout,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=_retry(retry),
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 summary=f"{step_id}{' (undo)' if compensation else ''}{' (fallback)' if fallback else ''}",
             )
-        except BaseException:
-            self._requeue(queued)  # written or not, ids make a second write a no-op
+        except BaseException as exc:
+            self._returned(queued)
+            self._put_back(queued)  # written or not, ids make a second write a no-op
+            if spooled and mode != "write":
+                self._keep_started(exc, input, mode, at, retry.max_attempts)
             raise
+        self._returned(queued)
+        if spooled:
+            self._kept(queued, result.unrecorded, at, mode)
+        return result
+
+    def _keep_started(self, exc: BaseException, input: ActionInput, mode: AuditMode, at: int, max_attempts: int) -> None:
+        """An action that may have acted unrecorded failed: keep its started event. Its failure
+        names it; a timeout cannot, so the workflow writes the same event (same id: a no-op if the
+        activity did write it). A cancel names nothing either: its step_failed says it was cancelled."""
+        own = self._failed_unrecorded(exc)
+        if own is not None:
+            self._kept([], own, at, mode)
+        elif isinstance(exc, ActivityError) and isinstance(exc.cause, TimeoutError):
+            _, attempt = describe_failure(exc, max_attempts)
+            self._put_back([], [started_event(input, attempt, ts=workflow.now())], at)
 
     def _keep(self, step_id: str, compensation: bool) -> OutputNeeds | None:
         """What the activity returns of a large output: what templates read (an undo's: nothing)."""
@@ -1117,26 +1158,41 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         claim: Claim | None = None,
         proof: Any = None,
     ) -> Any:
-        """Ask the policy activity; if even that fails, the answer is a deny (fail closed)."""
-        queued = self._take_audit()
+        """Ask the policy activity; if even that fails, the answer is a deny (fail closed). With
+        the spool, a store that is down does not turn the answer into a deny: what the activity
+        could not write comes back and waits in the queue (a high-impact step waits for it)."""
+        spooled = self._spooled()
+        if spooled:  # the same answer, saying what it could not write
+            result_type = {Decision: DecisionAnswer, ActorVerdict: ActorAnswer}.get(result_type, result_type)
+        mode, queued, at = self._handoff() if spooled else ("write", self._take(), 0)
+        request = PolicyRequest(input=input, audit=[e for _, e in queued], claim=claim, proof=proof,
+                                execution=self._execution(), audit_mode=mode)
+        self._handed(queued)
         try:
-            return await workflow.execute_activity(
+            result = await workflow.execute_activity(
                 f"policy.{rule}",
-                PolicyRequest(input=input, audit=queued, claim=claim, proof=proof),
+                request,
                 result_type=result_type,
                 start_to_close_timeout=POLICY_TIMEOUT,
                 retry_policy=TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
                 summary=f"policy {rule}",
             )
         except ActivityError as exc:
-            self._requeue(queued)
+            self._returned(queued)
+            self._put_back(queued)
             if isinstance(exc.cause, CancelledError):
                 raise asyncio.CancelledError() from exc  # a cancel, not a policy answer
             message, _ = describe_failure(exc, 3)
             return result_type(allow=False, reasons=[f"policy could not be evaluated: {message}"])
         except BaseException:
-            self._requeue(queued)
+            self._returned(queued)
+            self._put_back(queued)
             raise
+        self._returned(queued)
+        if spooled:
+            self._kept(queued, result.unrecorded, at, mode)
+            result.unrecorded = None
+        return result
 
     async def _gate(self, step: Step, st: StepStatus) -> bool:
         """Before a high-impact step: allow, deny, or wait for approvals (DESIGN.md policy contract)."""
@@ -1364,9 +1420,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
     ) -> None:
         """Queue an audit event; the next activity writes it before it acts."""
         details = self._foreach_audit(step_id, details)  # a foreach item's step says its index
-        self._audit.append(
-            event(self._status.run_id, step_id, kind, details, actor=actor, ts=workflow.now(), key=key)
-        )
+        self._queue(event(self._status.run_id, step_id, kind, details, actor=actor, ts=workflow.now(), key=key,
+                          execution=self._execution()))
 
     def _is_last(self, step: Step) -> bool:
         """The final top-level step, when it is a plain step: its success completes the run."""
@@ -1398,35 +1453,32 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         write it and the run needs no extra call to close its record."""
         return event(
             self._status.run_id, None, EventKind.run_finished, self._finish_details("completed"), ts=workflow.now(),
-            key="completed",
+            key="completed", execution=self._execution(),
         )
 
     def _waited(self, step_id: str) -> float:
         asked = self._asked_at.get(step_id)
         return round((workflow.now() - asked).total_seconds(), 3) if asked else 0.0
 
-    def _take_audit(self) -> list[AuditEvent]:
-        queued, self._audit = self._audit, []
-        return queued
-
-    def _requeue(self, events: list[AuditEvent]) -> None:
-        self._audit = events + self._audit
-
     async def _flush_audit(self) -> None:
-        """Write queued events now, when no activity is coming to carry them (a local activity,
-        retried until the store takes them: nothing is lost)."""
+        """Write queued events now, when no activity is coming to carry them: the flusher does, in
+        order, however long the store is down (bot/engine/spool.py). Runs from before the spool:
+        a local activity here, retried until the store takes them."""
         if not self._audit or not self._has(AUDIT_PATCH):
             return
-        queued = self._take_audit()
+        if self._spooled():
+            self._flush_wanted = True
+            return
+        queued = self._take()
         try:
             await workflow.execute_local_activity(
                 "audit.record",
-                AuditBatch(events=queued),
+                AuditBatch(events=[e for _, e in queued]),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),
             )
         except BaseException:
-            self._requeue(queued)
+            self._put_back(queued)
             raise
 
     async def _notify(self) -> None:

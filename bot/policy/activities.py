@@ -20,7 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from bot.audit.events import AuditEvent, EventKind
-from bot.audit.recorder import AuditWriter, event
+from bot.audit.recorder import AuditMode, AuditWriter, event
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, Proof, ProofError
 from bot.policy.engine import PolicyEngine
@@ -48,6 +48,24 @@ class PolicyRequest(BaseModel):
     audit: list[AuditEvent] = Field(default_factory=list)
     claim: Claim | None = None
     proof: Proof | None = None
+    execution: str | None = None  # the run's first execution run id, part of its event ids
+    audit_mode: AuditMode = "write"  # as an action's (bot/audit/recorder.py)
+
+
+class Unrecorded(BaseModel):
+    """What a policy activity could not write (audit_mode try/defer with the store down): the
+    workflow keeps it and appends it later. None: written. Not the policy's answer, so it rides
+    on subclasses of the answers, never on what `policy eval` prints."""
+
+    unrecorded: list[AuditEvent] | None = None
+
+
+class DecisionAnswer(Decision, Unrecorded):
+    pass
+
+
+class ActorAnswer(ActorVerdict, Unrecorded):
+    pass
 
 
 class PolicyActivities:
@@ -57,8 +75,9 @@ class PolicyActivities:
         self.keyring = keyring or Keyring()
 
     @activity.defn(name="policy.decide")
-    async def decide(self, request: PolicyRequest) -> Decision:
-        """The decision is returned only once it is recorded: no high-impact step without its record."""
+    async def decide(self, request: PolicyRequest) -> DecisionAnswer:
+        """The decision is returned once it is recorded, or (audit_mode try/defer) handed back
+        unrecorded: the workflow then runs no high-impact step until its flusher has written it."""
         decision = _retry_if_transient(await self.engine.decide(request.input))
         run, step = request.input.get("run") or {}, request.input.get("step") or {}
         record = event(
@@ -71,19 +90,20 @@ class PolicyActivities:
                 "args": step.get("with"),
             },
             actor="policy",
+            execution=request.execution,
         )
-        await self.audit.write([*request.audit, record])
-        return decision
+        unrecorded = await self.audit.write_as(request.audit_mode, [*request.audit, record])
+        return DecisionAnswer(**decision.model_dump(), unrecorded=None if unrecorded is None else [record])
 
     @activity.defn(name="policy.approver")
-    async def approver(self, request: PolicyRequest) -> ActorVerdict:
-        await self.audit.write(request.audit)
-        return await self._about_actor(request, self.engine.approver)
+    async def approver(self, request: PolicyRequest) -> ActorAnswer:
+        unrecorded = await self.audit.write_as(request.audit_mode, request.audit)
+        return _unrecorded(await self._about_actor(request, self.engine.approver), unrecorded)
 
     @activity.defn(name="policy.cancel")
-    async def cancel(self, request: PolicyRequest) -> ActorVerdict:
-        await self.audit.write(request.audit)
-        return await self._about_actor(request, self.engine.cancel)
+    async def cancel(self, request: PolicyRequest) -> ActorAnswer:
+        unrecorded = await self.audit.write_as(request.audit_mode, request.audit)
+        return _unrecorded(await self._about_actor(request, self.engine.cancel), unrecorded)
 
     @activity.defn(name="policy.start")
     async def start(self, request: PolicyRequest) -> Verdict:
@@ -117,6 +137,11 @@ def verified_actor(keyring: Keyring, claim: Claim, proof: Proof | None) -> Actor
     if actor.principal != claim.principal:
         raise ProofError(f"it names {actor.principal}, not {claim.principal}")
     return actor
+
+
+def _unrecorded(verdict: ActorVerdict, unrecorded: list[AuditEvent] | None) -> ActorAnswer:
+    """Say whether what was handed to write was written (it has no events of its own)."""
+    return ActorAnswer(**verdict.model_dump(), unrecorded=None if unrecorded is None else [])
 
 
 def _retry_if_transient(answer: AnswerT) -> AnswerT:

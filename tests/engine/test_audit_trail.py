@@ -15,6 +15,7 @@ from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
 from bot.settings import Settings
 from tests.engine.support import catalog_of, playbook, run_input, wait_for_state
+from tests.waiting import eventually
 
 POLICY = """package playbook.authz
 
@@ -27,6 +28,17 @@ decision := {"allow": true, "require_approval": false, "min_approvals": 0, "appr
 default approver := {"allow": false, "reasons": ["not in sre"]}
 
 approver := {"allow": true, "reasons": []} if input.user.id == "dana"
+
+default start := {"allow": true, "reasons": []}
+"""
+
+ALLOW_POLICY = """package playbook.authz
+
+import rego.v1
+
+default decision := {"allow": true, "require_approval": false, "min_approvals": 0, "approver_groups": [], "reasons": []}
+
+default approver := {"allow": false, "reasons": ["no votes here"]}
 
 default start := {"allow": true, "reasons": []}
 """
@@ -143,32 +155,58 @@ steps:
 
 
 async def test_unwritable_store_keeps_a_high_impact_step_from_running(dev_env, tmp_path: Path):
-    """No record, no high-impact step; and what was queued is written once the store is back."""
+    """No record, no high-impact step: it waits (status says how many events wait for the store)
+    while the flusher retries, and acts once its policy decision is on the record. Nothing lost."""
     data = tmp_path / "data"
     data.write_text("a file where the data directory should be")  # the store cannot be opened
-    settings = Settings(data_dir=data, policies_dir=Path(__file__).parents[2] / "policies")
+    acted = tmp_path / "acted"
+    policies = tmp_path / "policies" / "playbook" / "authz"
+    policies.mkdir(parents=True)
+    (policies / "authz.rego").write_text(ALLOW_POLICY)
+    settings = Settings(data_dir=data, policies_dir=tmp_path / "policies", shell_allow=["touch"])
     pb = playbook(
-        """
+        f"""
 name: needs-record
 steps:
-  - {id: risky, action: core.log, impact: high, with: {message: "must not run unrecorded"}}
+  - {{id: risky, action: shell.run, impact: high, with: {{argv: [touch, "{acted}"]}}}}
 """
     )
     async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
         assert "data" in (deps.audit.check_writable() or "")
         async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
             handle = await dev_env.client.start_workflow(
-                PlaybookRun.run, run_input(pb), id=f"unrecorded-{uuid.uuid4()}", task_queue=worker.task_queue
+                PlaybookRun.run, run_input(pb, requested_by="cli:carl"), id=f"unrecorded-{uuid.uuid4()}",
+                task_queue=worker.task_queue,
             )
-            status = await wait_for_state(handle, lambda s: s.step("risky").state == "denied", timeout=30)
-            assert "audit store unavailable" in status.step("risky").error
+            status = await wait_for_state(handle, lambda s: s.audit_pending >= 2, timeout=60)
+            assert status.step("risky").decision is not None and status.step("risky").decision["allow"] is True
+            await eventually(lambda: flush_attempts(handle, 3), timeout=120, what="three failed flushes")
+            assert not acted.exists(), "a high-impact step acted before its policy decision was recorded"
+            assert (await handle.query(PlaybookRun.status)).audit_pending >= 2
             data.unlink()
-            data.mkdir()  # the operator frees the disk: the run's record is completed, nothing lost
+            data.mkdir()  # the operator frees the disk: the decision is recorded, then the step acts
             status = await handle.result()
-    assert status.state == "compensated"
+    assert status.state == "completed", status.error
+    assert acted.exists() and status.audit_pending == 0
     with SqliteAuditStore(default_path(settings)) as store:
         kinds = [(e.kind.value, e.step_id) for e in store.events(run_id=status.run_id)]
-    assert kinds == [("run_started", None), ("step_failed", "risky"), ("run_finished", None)]
+        assert store.verify().ok
+    assert kinds == [("run_started", None), ("policy_decision", "risky"), ("step_started", "risky"),
+                     ("step_succeeded", "risky"), ("run_finished", None)]
+
+
+async def flush_attempts(handle, at_least: int) -> bool:
+    """Whether the run's flusher has failed this many times: `audit.record` local activity markers
+    in its history that carry a failure."""
+    history = await handle.fetch_history()
+    failed = 0
+    for e in history.events:
+        marker = e.marker_recorded_event_attributes
+        if not e.HasField("marker_recorded_event_attributes") or marker.marker_name != "core_local_activity":
+            continue
+        data = json.loads(marker.details["data"].payloads[0].data)
+        failed += data.get("activity_type") == "audit.record" and marker.HasField("failure")
+    return failed >= at_least
 
 
 async def test_a_missing_secret_fails_on_the_first_attempt_and_says_so(dev_env, tmp_path: Path):

@@ -25,8 +25,12 @@ from typing import Any
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from bot.actions.activities import started_event
+from bot.actions.base import ActionFailed, ActionInput, ActionResult
+from bot.audit.recorder import AUDIT_UNAVAILABLE, AuditBatch
 from bot.engine.admission import Admission, AdmitRequest
 from bot.engine.children import CatalogActivities
 from bot.engine.locking import lock_workflow_id, render_lock_key
@@ -131,6 +135,8 @@ SCENARIOS: dict[str, Scenario] = {
     # Format v1.1 foreach: one failed item tolerated (max_failures 1), then two (the saga undoes the rest)
     "foreach-tolerated": (FOREACH.replace("FAILING", "['b']"), None, None, "completed"),
     "foreach-past-max-failures": (FOREACH.replace("FAILING", "['b', 'c']"), None, None, "compensated"),
+    # Recorded by audit-spool-v1 code: per-execution event ids, the flusher writes the approval request
+    "spool-approval-approved": (GATED, APPROVAL, lambda h: _vote(h, "approve"), "completed"),
 }
 
 
@@ -268,11 +274,69 @@ async def _subplaybook_compensated(client: Client) -> dict[str, str]:
     return {handle.id: handle.id, kid.id: kid.id}
 
 
+SPOOL_OUTAGE = """
+name: spool-outage
+steps:
+  - {id: prep, action: t.ok, compensate: {action: t.ok}}
+  - {id: risky, action: t.ok, impact: high, compensate: {action: t.ok}}
+  - {id: boom, action: t.fail, retry: {max_attempts: 1}}
+"""
+
+
+async def _spool_outage(client: Client) -> dict[str, str]:
+    """The audit store is down from the start (its first two appends fail): prep acts unrecorded,
+    the flusher retries on timers, the high-impact step waits for the record, boom fails, and the
+    undos act unrecorded again once the store is down a second time (two more failed appends)."""
+    rec = Recorder()
+    failures = {"left": 2}
+    written: list[Any] = []
+
+    @activity.defn(name="audit.record")
+    async def audit_record(batch: AuditBatch) -> None:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise ApplicationError("audit store unavailable: locked", type=AUDIT_UNAVAILABLE)
+        written.extend(batch.events)
+
+    async def acted(inp: ActionInput, fails: bool) -> ActionResult:
+        rec.calls.append((inp.step_id, inp.compensation, inp.params))
+        if inp.compensation and inp.step_id == "risky":
+            failures["left"] = 2  # the store goes down again during the rollback
+        own = [started_event(inp, activity.info().attempt)]
+        if fails:
+            raise ActionFailed(f"{inp.step_id} broke")
+        if inp.audit_mode == "defer" or (inp.audit_mode == "try" and failures["left"] > 0):
+            return ActionResult(output={}, unrecorded=own)
+        written.extend([*inp.audit, *own])
+        return ActionResult(output={})
+
+    @activity.defn(name="t.ok")
+    async def ok(inp: ActionInput) -> ActionResult:
+        return await acted(inp, False)
+
+    @activity.defn(name="t.fail")
+    async def fail(inp: ActionInput) -> ActionResult:
+        return await acted(inp, True)
+
+    keep = {"run.admit", "policy.cancel"}
+    activities = [a for a in rec.activities() if a.__temporal_activity_definition.name in keep]
+    async with make_worker(client, f"tq-{uuid.uuid4()}", [*activities, audit_record, ok, fail, *policy({"allow": True}),
+                                                          SlackNotifier(None).sync]) as w:
+        handle = await start_as(client, w, SPOOL_OUTAGE, "spool-outage-compensated")
+        status = await asyncio.wait_for(handle.result(), WAIT)
+    assert status.state == "compensated" and status.audit_pending == 0, (status.state, status.error)
+    assert [("undo:" if comp else "") + step for step, comp, _ in rec.calls] == [
+        "prep", "risky", "boom", "undo:risky", "undo:prep"], rec.calls
+    assert written[-1].kind == "run_finished", written
+    return {handle.id: handle.id}
+
+
 TREES: dict[str, tuple[Callable[[Client], Awaitable[dict[str, str]]], list[str]]] = {
     # name: (how to run it, the histories it writes, each under its workflow id but the lock's hashed one)
     "outputs-large": (_outputs_large, ["outputs-large"]),
     "lock-queued": (_lock_queued, ["lock-queued-waiter", "lock-queued-holder", "lock-queued-keylock"]),
     "subplaybook-compensated": (_subplaybook_compensated, ["subplaybook-compensated", "subplaybook-compensated.call"]),
+    "spool-outage-compensated": (_spool_outage, ["spool-outage-compensated"]),
 }
 
 

@@ -1,0 +1,181 @@
+"""The run's audit queue for PlaybookRun: a mixin, so an audit store outage blocks no rollback.
+
+Workflow code (deterministic). Events wait in workflow state (rebuilt by replay, so durable) in
+the order the run recorded them, each with its place in that order. They ride on the next
+activity as before; when one reports the store down (it acted unrecorded and handed its events
+back) the run switches to spooling: activities write nothing (`defer`, or their events would land
+before older ones), and one flusher coroutine appends the queue through the `audit.record` local
+activity, retrying with backoff (timers), until the store takes it. A high-impact step waits for
+that: it never acts before its policy decision is on the record. The run finishes (run_finished
+last) only once the queue is empty; `status.audit_pending` says how many events wait meanwhile.
+
+Runs from before the spool (no SPOOL_PATCH marker) keep the old behaviour and event ids.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from temporalio import workflow
+from temporalio.common import RetryPolicy as TemporalRetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from bot.audit.events import AuditEvent
+    from bot.audit.recorder import AuditBatch, AuditMode
+    from bot.engine.state import RunStatus
+
+SPOOL_PATCH = "audit-spool-v1"  # per-execution event ids, the queue in state, the flusher
+FLUSH_TIMEOUT = timedelta(seconds=30)
+FLUSH_FIRST_RETRY = timedelta(seconds=1)
+FLUSH_MAX_RETRY = timedelta(seconds=60)
+
+Queued = tuple[int, AuditEvent]  # (place in the run's order, event)
+
+
+class AuditSpool:
+    _status: RunStatus
+
+    def _spool_setup(self) -> None:
+        self._audit: list[Queued] = []
+        self._audit_n = 0  # the last place handed out
+        self._spool: bool | None = None  # SPOOL_PATCH, asked once (first thing in run())
+        self._store_down = False  # a write failed: only the flusher writes until the queue is empty
+        self._flushing: list[Queued] | None = None  # the batch the flusher is appending now
+        self._flush_wanted = False
+        self._holders = 0  # activities in flight that were handed queued events to write
+
+    # ---- ids and the queue ---------------------------------------------------------------
+
+    def _spooled(self) -> bool:
+        if self._spool is None:
+            self._spool = workflow.patched(SPOOL_PATCH)
+        return self._spool
+
+    def _execution(self) -> str | None:
+        """This execution's part of its event ids (None: a run from before, which keeps its ids)."""
+        return workflow.info().first_execution_run_id.replace("-", "") if self._spooled() else None
+
+    def _place(self) -> int:
+        self._audit_n += 1
+        return self._audit_n
+
+    def _queue(self, event: AuditEvent) -> None:
+        self._audit.append((self._place(), event))
+        self._count_pending()
+
+    def _take(self) -> list[Queued]:
+        queued, self._audit = self._audit, []
+        return queued
+
+    def _put_back(self, taken: list[Queued], own: list[AuditEvent] | None = None, at: int = 0) -> None:
+        """Unwritten events back in the queue, each at its place: `own`, an activity's events,
+        at the place reserved when it was handed its batch (after that batch, before later ones)."""
+        back = [*taken, *((at, e) for e in own or [])]
+        if back:
+            self._audit = sorted([*back, *self._audit], key=lambda queued: queued[0])
+        self._count_pending()
+
+    def _count_pending(self) -> None:
+        waiting = len(self._audit) + len(self._flushing or [])
+        if self._store_down and not waiting:
+            self._store_down = False  # nothing left that a write could overtake (nothing to wait for)
+        self._status.audit_pending = waiting if self._store_down else 0
+
+    # ---- activities carry the queue --------------------------------------------------------
+
+    def _handoff(self, high: bool = False) -> tuple[AuditMode, list[Queued], int]:
+        """How the next activity writes, what it carries, and the place of its own events. Only
+        one activity at a time carries queued events, so none overtakes another's in the chain."""
+        at = self._place()
+        if high:
+            mode: AuditMode = "write"  # after _recorded(): the store took everything before it
+        elif self._store_down or self._flushing is not None:
+            return "defer", [], at
+        else:
+            mode = "try"
+        if self._holders:
+            return mode, [], at
+        return mode, self._take(), at
+
+    def _handed(self, queued: list[Queued]) -> None:
+        self._holders += 1 if queued else 0
+
+    def _returned(self, queued: list[Queued]) -> None:
+        self._holders -= 1 if queued else 0
+
+    def _kept(self, queued: list[Queued], own: list[AuditEvent] | None, at: int, mode: AuditMode) -> None:
+        """The activity did not write (its result says): keep what it carried and its own. Only a
+        write that was tried and failed says the store is down; `defer` was this run's choice."""
+        if own is None:
+            return
+        self._put_back(queued, own, at)
+        if mode == "try":
+            self._went_down()  # (a no-op when nothing came back)
+
+    def _failed_unrecorded(self, exc: BaseException) -> list[AuditEvent] | None:
+        """An action that acted unrecorded and then failed says so in its failure's details."""
+        cause = exc.cause if isinstance(exc, ActivityError) else None
+        if not isinstance(cause, ApplicationError) or not cause.details or not isinstance(cause.details[0], dict):
+            return None
+        raw = cause.details[0].get("unrecorded")
+        if not isinstance(raw, list):
+            return None
+        return [AuditEvent.model_validate(e) for e in raw]
+
+    def _went_down(self) -> None:
+        if not self._audit and self._flushing is None:
+            return
+        if not self._store_down:
+            workflow.logger.warning("audit store down: events kept in the run until it is back",
+                                    extra={"run_id": self._status.run_id})
+        self._store_down = True
+        self._count_pending()
+
+    async def _recorded(self) -> None:
+        """Before a high-impact step: wait until the store has taken every queued event (its
+        policy decision among them) whenever a write failed; at once when none did."""
+        if not self._store_down and self._flushing is None:
+            return
+        self._flush_wanted = True
+        await workflow.wait_condition(lambda: not self._store_down and self._flushing is None)
+
+    async def _drained(self) -> None:
+        """The end of the run: nothing queued, nothing in flight."""
+        self._flush_wanted = True
+        await workflow.wait_condition(lambda: not self._audit and self._flushing is None and not self._holders)
+
+    # ---- the flusher ------------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        """Append the queue, in order, when asked or while the store is down; retry with backoff."""
+        backoff = FLUSH_FIRST_RETRY
+        while True:
+            await workflow.wait_condition(
+                lambda: bool(self._audit) and (self._store_down or self._flush_wanted) and not self._holders
+            )
+            batch, self._flush_wanted = self._take(), False
+            self._flushing = batch
+            try:
+                await workflow.execute_local_activity(
+                    "audit.record",
+                    AuditBatch(events=[e for _, e in batch]),
+                    start_to_close_timeout=FLUSH_TIMEOUT,
+                    retry_policy=TemporalRetryPolicy(maximum_attempts=1),  # the backoff is ours, in timers
+                )
+            except FailureError as exc:  # the store's refusal (a local activity raises it as it is), a timeout
+                self._flushing = None
+                self._put_back(batch)
+                self._went_down()
+                workflow.logger.warning(
+                    "audit store still down", extra={"run_id": self._status.run_id, "retry_in": backoff.total_seconds(),
+                                                     "error": str(exc)}
+                )
+                await workflow.sleep(backoff, summary="audit store down: retry")
+                backoff = min(backoff * 2, FLUSH_MAX_RETRY)
+                continue
+            self._flushing = None
+            backoff = FLUSH_FIRST_RETRY
+            if self._store_down and not self._audit:
+                self._store_down = False
+                workflow.logger.info("audit store back: the run's record is complete", extra={"run_id": self._status.run_id})
+            self._count_pending()
