@@ -98,13 +98,14 @@ class AuditWriter:
             return list(events)
         return None
 
-    async def run_recorded(self, run_id: str) -> bool:
-        """Whether a run under this id has already started or been refused (False without a store).
-        Raises AuditUnavailable when the store cannot be read."""
+    async def run_recorded(self, run_id: str) -> datetime | None:
+        """When a run under this id last started or ended (refused runs end too); None if never,
+        or without a store. Raises AuditUnavailable when the store cannot be read."""
         if self.store is None:
-            return False
+            return None
         events = await asyncio.to_thread(self.store.events, run_id)
-        return any(e.kind in (EventKind.run_started, EventKind.run_finished) for e in events)
+        times = [e.ts for e in events if e.kind in (EventKind.run_started, EventKind.run_finished)]
+        return max(times, default=None)
 
 
 def event(

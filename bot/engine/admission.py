@@ -97,7 +97,7 @@ class Admitter:
         trigger = request.trigger
         unverified = Requester(principal=trigger.requested_by, person=trigger.requested_by)
         with structlog.contextvars.bound_contextvars(run_id=request.run_id, playbook=request.playbook.name):
-            if problem := await self._run_id_problem(request.run_id):
+            if problem := await self._run_id_problem(request.run_id, request.proof):
                 return self._refuse(RUN_ID, problem, unverified, request.params)
             try:
                 principals.check(trigger.requested_by)
@@ -143,17 +143,23 @@ class Admitter:
             return Admission(allow=True, params=params, requester=requester, provenance=sources, lock_key=key,
                              foreach_max=foreach_max)
 
-    async def _run_id_problem(self, run_id: str) -> str | None:
-        """A run id names one run. Temporal starts a closed workflow id again for any client that
-        asks, and the audit trail, keyed by run id, would keep the first run's story and drop the
-        second's (which could also replay the first one's start proof). A store that cannot be read
-        does not stop the run: its first activity waits for the store anyway (logged as an error)."""
+    async def _run_id_problem(self, run_id: str, proof: Proof | None) -> str | None:
+        """A run id names one run at a time. Temporal starts a closed workflow id again for any
+        client that asks, which could replay an earlier run's start proof. So an id already on
+        the record is admitted again only with a start proof issued after that earlier run was
+        recorded: a front door decided to run it again (an alert episode with `on_rerun: start`);
+        event ids carry the execution, so both runs keep their whole trail. Whether the proof is
+        genuine is checked next, like any other. A store that cannot be read does not stop the
+        run: its first activity waits for the store anyway (logged as an error)."""
         try:
-            if await self.audit.run_recorded(run_id):
-                return f"run id {run_id!r} was already used by an earlier run: a run id names one run"
+            earlier = await self.audit.run_recorded(run_id)
         except AuditUnavailable as exc:
             log.error("audit store unreadable: cannot tell whether this run id was used before", error=str(exc))
-        return None
+            return None
+        if earlier is None or (proof is not None and proof.issued_at > earlier):
+            return None
+        return (f"run id {run_id!r} was already used by an earlier run, and this start's proof is older than that run: "
+                "a run id names one run, and a proof starts one run")
 
     def _parent_problem(self, request: AdmitRequest) -> str | None:
         """A child run (trigger `playbook`) is believed only when Temporal says its claimed parent

@@ -181,6 +181,21 @@ async def test_a_run_id_already_in_the_audit_trail_is_refused(
     assert (await admitter.admit(request(catalog, run_id="run-2"))).allow
 
 
+async def test_a_used_run_id_runs_again_only_on_a_proof_issued_after_its_last_run(
+    admitter: Admitter, catalog: Catalog, store: SqliteAuditStore
+) -> None:
+    """An alert episode re-run after Temporal's retention (`on_rerun: start`) reuses its workflow id
+    with a proof the front door signed for it now; the earlier run's proof, replayed, is refused."""
+    store.append([event("run-1", None, EventKind.run_started, ts=AT - timedelta(seconds=20)),
+                  event("run-1", None, EventKind.run_finished, ts=AT - timedelta(seconds=10))])
+    replayed = await admitter.admit(request(catalog, proof_at=AT - timedelta(seconds=30)))
+    assert (replayed.allow, replayed.refused_by) == (False, "run id")
+    at_the_end = await admitter.admit(request(catalog, proof_at=AT - timedelta(seconds=10)))
+    assert (at_the_end.allow, at_the_end.refused_by) == (False, "run id")
+    fresh = await admitter.admit(request(catalog, proof_at=AT - timedelta(seconds=5)))
+    assert fresh.allow and fresh.requester.verified
+
+
 def test_a_request_needs_the_time_temporal_took_the_start(catalog: Catalog) -> None:
     """The proof's age is measured from it: a request without it is refused, never defaulted."""
     fields = request(catalog).model_dump()
