@@ -1,0 +1,486 @@
+"""The audit trail and episode state in PostgreSQL: one hash chain for every front door and worker.
+
+PLAYBOOK_BOT_AUDIT_URL=postgresql://... selects it (bot/audit/backend.py). Same methods, hash
+and errors as the SQLite store, so an exported trail verifies the same from either.
+
+- One chain: every append is one transaction that first takes `pg_advisory_xact_lock(APPEND_LOCK)`
+  and then reads the head from `audit_head`, so appenders on any host queue and the chain never
+  forks. `audit_head` is also the high-water mark: rows cut off the end show up in verify.
+- Idempotent: a unique index on event_id; an id already stored is returned, not written (first
+  write wins).
+- Append-only in the database: triggers refuse UPDATE, DELETE and TRUNCATE of audit_events (and
+  lowering audit_head). Run the bot as a role with INSERT/SELECT only (docs/security.md); a role
+  that owns the tables can drop the triggers, which is what verify and the checkpoints are for.
+- Migrations: the bot applies `MIGRATIONS` itself on first connect, in one transaction under an
+  advisory lock, recorded in `schema_migrations`, so processes starting together do not race.
+
+One connection per store behind a lock (callers come in through asyncio.to_thread, as with
+SQLite). It opens lazily and is dropped on any error, so a store built while the server is down
+works once it is back, without a restart.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from bot.audit.chain import FIELDS, ChainWalk
+from bot.audit.episodes import Episode
+from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, chain_hash
+from bot.audit.store import AuditUnavailable, VerifyResult
+
+# pg_advisory_xact_lock keys: b"pbaudit1" and b"pbmigrat" read as big-endian bigints.
+APPEND_LOCK = int.from_bytes(b"pbaudit1", "big")
+MIGRATE_LOCK = int.from_bytes(b"pbmigrat", "big")
+
+COLUMNS = ", ".join(FIELDS)
+SELECT = f"SELECT {COLUMNS} FROM audit_events"
+INSERT = f"INSERT INTO audit_events ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+EPISODE = "SELECT episode_id, runs, started, claimed_at, resolved_at FROM episodes"
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        f"""
+        CREATE TABLE audit_events (
+            seq       BIGINT PRIMARY KEY CHECK (seq > 0),
+            event_id  TEXT NOT NULL,
+            ts        TEXT NOT NULL,
+            run_id    TEXT,
+            step_id   TEXT,
+            kind      TEXT NOT NULL,
+            actor     TEXT NOT NULL,
+            details   TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash      TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX audit_events_event_id ON audit_events (event_id);
+        CREATE INDEX audit_events_run ON audit_events (run_id, seq);
+        -- The head every append continues from, and the highest seq ever handed out.
+        CREATE TABLE audit_head (
+            one  BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+            seq  BIGINT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        INSERT INTO audit_head (seq, hash) VALUES (0, '{GENESIS_HASH}');
+        CREATE FUNCTION audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'audit events are append-only (% on % refused)', TG_OP, TG_TABLE_NAME
+                USING ERRCODE = 'insufficient_privilege';
+        END $$;
+        CREATE FUNCTION audit_head_forward() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.seq < OLD.seq OR NEW.one IS DISTINCT FROM OLD.one THEN
+                RAISE EXCEPTION 'audit_head only moves forward (seq % to % refused)', OLD.seq, NEW.seq
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER audit_events_no_change BEFORE UPDATE OR DELETE ON audit_events
+            FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
+        CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+        CREATE TRIGGER audit_head_forward BEFORE UPDATE ON audit_head
+            FOR EACH ROW EXECUTE FUNCTION audit_head_forward();
+        CREATE TRIGGER audit_head_no_delete BEFORE DELETE ON audit_head
+            FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
+        CREATE TRIGGER audit_head_no_truncate BEFORE TRUNCATE ON audit_head
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+        """,
+    ),
+    (
+        2,
+        """
+        -- Episode state: mutable, not chained (the audit trail records the outcomes).
+        CREATE TABLE episodes (
+            episode_id  TEXT PRIMARY KEY,
+            runs        INTEGER NOT NULL DEFAULT 0,
+            started     BOOLEAN NOT NULL DEFAULT false,
+            claimed_at  TIMESTAMPTZ NULL,
+            resolved_at TIMESTAMPTZ NULL
+        );
+        """,
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    url = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", url)
+
+
+def _cause(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
+
+
+class PostgresAuditStore:
+    def __init__(self, url: str, *, timeout: float = 10.0, create: bool = True) -> None:
+        """Connects lazily (a store built while the server is down can be built). `create=False`:
+        a reader that must not create the schema (the `audit` commands) says it is missing instead."""
+        self.url = url
+        self.name = redact(url)
+        self.timeout = timeout
+        self.create = create
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+        self._closed = False
+
+    def __enter__(self) -> PostgresAuditStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresAuditStore({self.name!r})"
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def append(self, events: Sequence[AuditEvent], *, new_only: bool = False) -> list[StoredEvent]:
+        """Append in the given order under the chain lock; an event_id already stored is returned
+        as stored (first write wins), so retries are harmless. `new_only`: just what was written."""
+        if not events:
+            return []
+        ids = list({event.event_id: None for event in events})
+        with self._transaction("append to") as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            seq, prev_hash = self._head(conn)
+            found = {row[1]: _from_row(row) for row in conn.execute(f"{SELECT} WHERE event_id = ANY(%s)", (ids,))}
+            stored: list[StoredEvent] = []
+            rows: list[tuple[Any, ...]] = []
+            for event in events:
+                if event.event_id in found:
+                    if not new_only:
+                        stored.append(found[event.event_id])
+                    continue
+                seq += 1
+                row = _to_row(seq, event, prev_hash)
+                rows.append(row)
+                found[event.event_id] = written = _from_row(row)
+                stored.append(written)
+                prev_hash = row[-1]
+            if rows:
+                with conn.cursor() as cursor:
+                    cursor.executemany(INSERT, rows)
+                conn.execute("UPDATE audit_head SET seq = %s, hash = %s", (seq, prev_hash))
+        return stored
+
+    def import_events(self, events: Sequence[StoredEvent]) -> int:
+        """Copy events of another store as they are (seq, ts, ids, hashes): `audit migrate`. The
+        first must continue this chain's head exactly; anything else is refused, nothing written."""
+        if not events:
+            return 0
+        with self._transaction("import into") as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            seq, head = self._head(conn)
+            first = events[0]
+            if (first.seq, first.prev_hash) != (seq + 1, head):
+                raise ValueError(
+                    f"audit store {self.name}: seq {first.seq} does not continue its chain "
+                    f"(it ends at seq {seq} with hash {head[:12]}…)"
+                )
+            rows = [(*event.link(event.seq, event.prev_hash).values(), event.hash) for event in events]
+            with conn.cursor() as cursor:
+                cursor.executemany(INSERT, rows)
+            conn.execute("UPDATE audit_head SET seq = %s, hash = %s", (events[-1].seq, events[-1].hash))
+        return len(events)
+
+    def check_writable(self) -> str | None:
+        """None when an append would work now; otherwise why not (for /readyz and the logs).
+        Connects, migrates if needed and inserts a row it rolls back."""
+        try:
+            with self._transaction("write to", probe=True) as conn:
+                conn.execute(
+                    f"INSERT INTO audit_events ({COLUMNS}) VALUES "
+                    "(9223372036854775807, %s, '', NULL, NULL, 'probe', 'probe', '{}', '', '')",
+                    (f"probe:{threading.get_ident()}",),
+                )
+        except AuditUnavailable as exc:
+            return str(exc)
+        return None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def events(self, run_id: str | None = None, after_seq: int = 0, limit: int | None = None) -> list[StoredEvent]:
+        """Oldest first; `after_seq` lets a follower poll for what is new."""
+        sql, params = f"{SELECT} WHERE seq > %s", [after_seq]
+        if run_id is not None:
+            sql, params = f"{sql} AND run_id = %s", [*params, run_id]
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql, params = f"{sql} LIMIT %s", [*params, limit]
+        with self._connected("read") as conn:
+            return [_from_row(row) for row in conn.execute(sql, params)]
+
+    def last(self, n: int, run_id: str | None = None) -> list[StoredEvent]:
+        """The newest `n` events (of one run, if given), oldest first."""
+        where, params = ("WHERE run_id = %s", [run_id]) if run_id is not None else ("", [])
+        sql = f"SELECT * FROM ({SELECT} {where} ORDER BY seq DESC LIMIT %s) AS newest ORDER BY seq"
+        with self._connected("read") as conn:
+            return [_from_row(row) for row in conn.execute(sql, [*params, n])]
+
+    def get_event(self, event_id: str) -> StoredEvent | None:
+        with self._connected("read") as conn:
+            row = conn.execute(f"{SELECT} WHERE event_id = %s", (event_id,)).fetchone()
+        return _from_row(row) if row else None
+
+    def has_event(self, event_id: str) -> bool:
+        with self._connected("read") as conn:
+            return conn.execute("SELECT 1 FROM audit_events WHERE event_id = %s", (event_id,)).fetchone() is not None
+
+    def has_run(self, run_id: str) -> bool:
+        with self._connected("read") as conn:
+            return conn.execute("SELECT 1 FROM audit_events WHERE run_id = %s LIMIT 1", (run_id,)).fetchone() is not None
+
+    def verify(self) -> VerifyResult:
+        """Walk the whole chain in one REPEATABLE READ snapshot; the first seq that is wrong."""
+        with self._connected("verify") as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                return _verify(conn)
+            finally:
+                conn.execute("ROLLBACK")
+
+    def privilege_warning(self) -> str | None:
+        """Why this role could rewrite the trail itself (it owns the table or is a superuser), or None."""
+        with self._connected("read") as conn:
+            row = conn.execute(
+                "SELECT current_user, r.rolsuper, pg_has_role(current_user, c.relowner, 'USAGE')"
+                " FROM pg_class c, pg_roles r WHERE c.oid = 'audit_events'::regclass AND r.rolname = current_user"
+            ).fetchone()
+        if row is None:
+            return None
+        user, superuser, owner = row
+        if superuser or owner:
+            what = "is a superuser" if superuser else "owns audit_events"
+            return (
+                f"role {user!r} {what}: it can drop the append-only triggers; run the bot as a role with "
+                "INSERT and SELECT only (docs/security.md) and keep signed checkpoints"
+            )
+        return None
+
+    # -- episodes -----------------------------------------------------------------------------
+
+    def episode(self, episode_id: str) -> Episode:
+        with self._connected("read") as conn:
+            row = conn.execute(f"{EPISODE} WHERE episode_id = %s", (episode_id,)).fetchone()
+        return _episode(row) if row else Episode(episode_id=episode_id)
+
+    def claim_episode(self, episode_id: str, *, rerun: bool = False, stale_after: float = 120.0) -> Episode:
+        """One transaction holding the episode's row lock, so of two claims exactly one wins."""
+        with self._transaction("claim an episode in") as conn:
+            conn.execute("INSERT INTO episodes (episode_id) VALUES (%s) ON CONFLICT DO NOTHING", (episode_id,))
+            row = conn.execute(
+                f"SELECT episode_id, runs, started, claimed_at, resolved_at,"
+                f" claimed_at IS NULL OR claimed_at < now() - make_interval(secs => %s)"
+                f" FROM episodes WHERE episode_id = %s FOR UPDATE",
+                (stale_after, episode_id),
+            ).fetchone()
+            assert row is not None  # inserted above or already there; rows are never deleted
+            _, runs, started, _, resolved_at, stale = row
+            if resolved_at is not None:
+                update = None
+            elif runs == 0:
+                update = "runs = 1, started = false, claimed_at = now()"
+            elif not started and stale:
+                update = "claimed_at = now()"
+            elif started and rerun:
+                update = "runs = runs + 1, started = false, claimed_at = now()"
+            else:
+                update = None
+            if update is None:
+                return _episode(row[:5])
+            after = conn.execute(f"UPDATE episodes SET {update} WHERE episode_id = %s RETURNING "
+                                 "episode_id, runs, started, claimed_at, resolved_at", (episode_id,)).fetchone()
+        return _episode(after, claimed=True)
+
+    def episode_started(self, episode_id: str, runs: int) -> None:
+        with self._transaction("record an episode start in") as conn:
+            conn.execute("UPDATE episodes SET started = true WHERE episode_id = %s AND runs = %s", (episode_id, runs))
+
+    def release_episode(self, episode_id: str, runs: int) -> None:
+        """The start failed: give the claim back, only if it is still this claim."""
+        with self._transaction("release an episode in") as conn:
+            conn.execute(
+                "UPDATE episodes SET runs = runs - 1, started = (runs - 1 > 0), claimed_at = NULL"
+                " WHERE episode_id = %s AND runs = %s AND NOT started",
+                (episode_id, runs),
+            )
+
+    def resolve_episode(self, episode_id: str) -> Episode:
+        with self._transaction("resolve an episode in") as conn:
+            row = conn.execute(
+                "INSERT INTO episodes (episode_id, resolved_at) VALUES (%s, now()) ON CONFLICT (episode_id)"
+                " DO UPDATE SET resolved_at = COALESCE(episodes.resolved_at, EXCLUDED.resolved_at)"
+                " RETURNING episode_id, runs, started, claimed_at, resolved_at",
+                (episode_id,),
+            ).fetchone()
+        return _episode(row)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _head(self, conn: psycopg.Connection) -> tuple[int, str]:
+        head = conn.execute("SELECT seq, hash FROM audit_head").fetchone()
+        if head is None:
+            raise psycopg.DataError("the audit_head row is gone (someone deleted it; run `playbook-bot audit verify`)")
+        return head[0], head[1]
+
+    @contextmanager
+    def _connected(self, doing: str) -> Iterator[psycopg.Connection]:
+        """The shared connection under the lock; any database error becomes AuditUnavailable and
+        drops the connection, so the next call reconnects."""
+        with self._lock:
+            if self._closed:
+                raise AuditUnavailable(f"audit store {self.name}: cannot {doing} it: the store is closed")
+            try:
+                yield self._connection()
+            except psycopg.Error as exc:
+                self._drop()
+                raise AuditUnavailable(f"audit store {self.name}: cannot {doing} it: {_cause(exc)}") from exc
+
+    @contextmanager
+    def _transaction(self, doing: str, probe: bool = False) -> Iterator[psycopg.Connection]:
+        """One transaction: committed, or rolled back when it is a probe or fails."""
+        with self._connected(doing) as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                if not conn.closed:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except psycopg.Error:
+                        pass
+                raise
+            conn.execute("ROLLBACK" if probe else "COMMIT")
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(
+                self.url,
+                autocommit=True,
+                connect_timeout=max(2, round(self.timeout)),
+                application_name="playbook-bot audit",
+            )
+            try:
+                conn.execute("SET TIME ZONE 'UTC'")
+                # A chain lock or row lock held longer than this is an outage, reported as one.
+                conn.execute(f"SET lock_timeout = {int(self.timeout * 1000)}")
+                self._ensure_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _ensure_schema(self, conn: psycopg.Connection) -> None:
+        if _schema_version(conn) >= SCHEMA_VERSION:
+            return
+        if not self.create:
+            raise psycopg.errors.UndefinedTable(
+                "the audit schema is not there (the bot creates it when it starts: `playbook-bot worker`)"
+            )
+        migrate_schema(conn)
+
+
+def _schema_version(conn: psycopg.Connection) -> int:
+    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,):
+        return 0
+    row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    return (row[0] if row else None) or 0
+
+
+def migrate_schema(conn: psycopg.Connection) -> list[int]:
+    """Apply the missing migrations in one transaction under MIGRATE_LOCK; the versions applied.
+    A process that waited for the lock finds them applied and does nothing."""
+    conn.execute("BEGIN")
+    try:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        applied = []
+        for version, sql in MIGRATIONS:
+            if version in done:
+                continue
+            conn.execute(sql)  # type: ignore[arg-type]  # fixed text, no parameters
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+            applied.append(version)
+    except BaseException:
+        if not conn.closed:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return applied
+
+
+def _to_row(seq: int, event: AuditEvent, prev_hash: str) -> tuple[Any, ...]:
+    fields = event.link(seq, prev_hash)
+    return (*fields.values(), chain_hash(**fields))
+
+
+def _from_row(row: Sequence[Any]) -> StoredEvent:
+    import json
+
+    values = dict(zip(FIELDS, row, strict=True))
+    values["details"] = json.loads(values["details"])
+    return StoredEvent.model_validate(values)
+
+
+def _episode(row: Sequence[Any], claimed: bool = False) -> Episode:
+    episode_id, runs, started, claimed_at, resolved_at = row[:5]
+    return Episode(
+        episode_id=episode_id, runs=runs, started=started, claimed=claimed,
+        claimed_at=_utc(claimed_at), resolved_at=_utc(resolved_at),
+    )  # fmt: skip
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    return ts.astimezone(UTC) if ts is not None else None
+
+
+def _verify(conn: psycopg.Connection) -> VerifyResult:
+    walk = ChainWalk()
+    with conn.cursor(name="audit_verify") as cursor:
+        cursor.itersize = 2000
+        cursor.execute(f"{SELECT} ORDER BY seq")
+        if walk.feed(cursor):
+            return walk.result  # type: ignore[return-value]
+    head = conn.execute("SELECT seq, hash FROM audit_head").fetchone()
+    if head is None:
+        return walk.bad(walk.expected_seq, "missing (the audit_head row, the highest seq written, was deleted)")
+    if problem := walk.ends(head[0]):
+        return problem
+    if head[0] == walk.checked and head[1] != walk.head_hash:
+        return walk.bad(head[0], "hash differs from the head recorded when it was appended (the table was rewritten)")
+    duplicate = conn.execute(
+        "SELECT seq, event_id FROM (SELECT seq, event_id, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY seq) AS n"
+        " FROM audit_events) AS numbered WHERE n > 1 ORDER BY seq LIMIT 1"
+    ).fetchone()
+    if duplicate:
+        return walk.bad(duplicate[0], f"event_id duplicated ({duplicate[1]!r} was stored before)")
+    return walk.ok()
