@@ -1,0 +1,205 @@
+"""The PostgreSQL store beyond the shared contract: one chain from many processes, migrations the
+bot runs itself, an outage it reports and recovers from, and the role it should run as."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from bot.audit.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresAuditStore, migrate_schema, redact
+from bot.audit.store import AuditUnavailable
+from tests.audit.support import event
+from tests.pg import PgCluster
+
+WRITERS = ("a", "b", "c", "d")
+RUNTIME_GRANTS = (
+    "GRANT SELECT, INSERT ON audit_events TO bot_runtime",
+    "GRANT SELECT, UPDATE ON audit_head TO bot_runtime",
+    "GRANT SELECT, INSERT, UPDATE ON episodes TO bot_runtime",
+    "GRANT SELECT ON schema_migrations TO bot_runtime",
+)
+COUNT = 150
+
+
+def append_many_pg(url: str, worker: str, count: int, start: object) -> None:
+    """A separate process appending one event per transaction, from a start shared with the others."""
+    start.wait()  # type: ignore[attr-defined]
+    with PostgresAuditStore(url, timeout=60) as store:
+        for n in range(count):
+            store.append([event(n, run_id=worker)])
+
+
+def test_four_processes_appending_at_once_make_one_chain_that_verifies(pg_url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(len(WRITERS))
+    workers = [context.Process(target=append_many_pg, args=(pg_url, name, COUNT, start)) for name in WRITERS]
+    for worker in workers:
+        worker.start()  # all wait at the barrier, then race to create the schema and append
+    for worker in workers:
+        worker.join(timeout=300)
+    assert [worker.exitcode for worker in workers] == [0] * len(WRITERS)
+
+    with PostgresAuditStore(pg_url) as store:
+        events = store.events()
+        result = store.verify()
+
+    assert (result.ok, result.checked) == (True, len(WRITERS) * COUNT), result.reason
+    assert [e.seq for e in events] == list(range(1, len(WRITERS) * COUNT + 1))
+    runs = [e.run_id for e in events]
+    assert sum(a != b for a, b in zip(runs, runs[1:])) > len(WRITERS), "the processes never overlapped"
+    for name in WRITERS:
+        assert [e.details["n"] for e in events if e.run_id == name] == list(range(COUNT))
+
+
+def test_a_second_store_continues_the_chain_and_retries_are_idempotent(pg_url: str) -> None:
+    with PostgresAuditStore(pg_url) as one, PostgresAuditStore(pg_url) as two:
+        one.append([event(1)])
+        [second] = two.append([event(2)])
+        assert two.append([event(1)])[0].seq == 1
+        assert one.append([event(2), event(3)], new_only=True)[0].seq == 3
+        assert second.seq == 2 and one.get_event(event(2).event_id) == second
+        assert one.get_event("nope") is None
+        assert one.verify().ok and one.verify().checked == 3
+
+
+def test_migrations_are_recorded_once_and_running_them_again_changes_nothing(pg_url: str) -> None:
+    with PostgresAuditStore(pg_url) as store:
+        store.append([event(1)])
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert migrate_schema(conn) == []
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == [version for version, _ in MIGRATIONS] and versions[-1] == SCHEMA_VERSION
+    with PostgresAuditStore(pg_url) as store:
+        assert store.verify().checked == 1
+
+
+def test_processes_starting_at_once_apply_each_migration_once(pg_url: str) -> None:
+    stores = [PostgresAuditStore(pg_url, timeout=60) for _ in range(6)]
+    gate = threading.Barrier(len(stores))
+    problems: list[str | None] = []
+
+    def start(store: PostgresAuditStore) -> None:
+        gate.wait(timeout=60)
+        problems.append(store.check_writable())
+
+    threads = [threading.Thread(target=start, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    for store in stores:
+        store.close()
+
+    assert problems == [None] * len(stores)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        counted = conn.execute("SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version")
+        assert [tuple(row) for row in counted] == [(version, 1) for version, _ in MIGRATIONS]
+
+
+def test_a_reader_never_creates_the_schema(pg_url: str) -> None:
+    with PostgresAuditStore(pg_url, create=False) as reader:
+        with pytest.raises(AuditUnavailable, match="the audit schema is not there"):
+            reader.verify()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('audit_events')").fetchone() == (None,)
+
+
+def test_a_stopped_server_is_unavailable_with_a_clear_message_then_the_same_store_recovers(
+    pg_cluster: PgCluster, pg_url: str
+) -> None:
+    store = PostgresAuditStore(pg_url, timeout=5)
+    store.append([event(1)])
+    pg_cluster.stop()
+    try:
+        with pytest.raises(AuditUnavailable) as caught:
+            store.append([event(2)])
+        message = str(caught.value)
+        assert message.startswith(f"audit store {pg_url}: cannot append to it: ")
+        assert "\n" not in message
+        reason = store.check_writable()
+        assert reason is not None and "Connection refused" in reason, reason
+        with pytest.raises(AuditUnavailable, match="cannot read it"):
+            store.events()
+    finally:
+        pg_cluster.start()
+
+    assert store.check_writable() is None  # the same object, no rebuild
+    assert store.append([event(2)])[0].seq == 2
+    assert store.verify().ok
+    store.close()
+
+
+def test_a_store_built_while_the_server_is_down_works_once_it_is_up(pg_cluster: PgCluster, pg_url: str) -> None:
+    pg_cluster.stop()
+    try:
+        store = PostgresAuditStore(pg_url, timeout=2)  # building it never connects
+        assert "Connection refused" in (store.check_writable() or "")
+    finally:
+        pg_cluster.start()
+    assert store.append([event(1)])[0].seq == 1
+    store.close()
+
+
+def test_a_closed_store_is_unavailable(pg_url: str) -> None:
+    store = PostgresAuditStore(pg_url)
+    store.close()
+    with pytest.raises(AuditUnavailable, match="closed"):
+        store.append([event(1)])
+
+
+def test_messages_never_show_the_password() -> None:
+    assert redact("postgresql://bot:s3cret@db:5432/audit") == "postgresql://bot:***@db:5432/audit"
+    assert redact("postgresql://db/audit?password=s3cret&sslmode=require") == (
+        "postgresql://db/audit?password=***&sslmode=require"
+    )
+    store = PostgresAuditStore("postgresql://bot:s3cret@127.0.0.1:1/audit", timeout=2)
+    reason = store.check_writable() or ""
+    assert "s3cret" not in reason and "postgresql://bot:***@127.0.0.1:1/audit" in reason
+    assert "s3cret" not in repr(store)
+
+
+def test_a_role_with_insert_and_select_only_runs_the_bot_and_cannot_rewrite(
+    pg_cluster: PgCluster, pg_url: str, tmp_path: Path
+) -> None:
+    with PostgresAuditStore(pg_url) as owner:  # migrations run as the owner
+        owner.append([event(1)])
+        assert "is a superuser: it can drop the append-only triggers" in (owner.privilege_warning() or "")
+    dbname = pg_url.rsplit("/", 1)[1]
+    role = f"bot_{dbname}"  # roles are per cluster: one per test database
+    pg_cluster.create_role(role, dbname)
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # what docs/security.md tells the owner to run
+        for grant in RUNTIME_GRANTS:
+            conn.execute(grant.replace("bot_runtime", role))
+    runtime_url = pg_cluster.url(dbname, user=role)
+
+    with PostgresAuditStore(runtime_url) as bot:
+        assert bot.append([event(2)])[0].seq == 2
+        assert bot.claim_episode("fp").claimed
+        assert bot.privilege_warning() is None
+        assert bot.verify().ok
+    with psycopg.connect(runtime_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_change")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM audit_events")
+
+
+
+def test_the_settings_choose_the_backend(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.audit.backend import open_store
+    from bot.audit.store import SqliteAuditStore
+    from bot.settings import ConfigError, Settings
+
+    sqlite = open_store(Settings(data_dir=tmp_path))
+    assert isinstance(sqlite, SqliteAuditStore) and sqlite.path == tmp_path / "audit.db"
+    monkeypatch.setenv("PLAYBOOK_BOT_AUDIT_URL", f" {pg_url}\n")
+    with open_store(Settings(data_dir=tmp_path)) as store:
+        assert isinstance(store, PostgresAuditStore) and store.url == pg_url
+        assert store.append([event(1)])[0].seq == 1
+    assert not (tmp_path / "audit.db").exists()
+    with pytest.raises(ConfigError, match="must start with postgresql://"):
+        open_store(Settings(audit_url="sqlite:///x.db"))
