@@ -49,7 +49,7 @@ def _free_port() -> int:
 class PgCluster:
     """One initdb'd cluster: `start()`, `stop()` (the outage tests), `create_database()`."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="pbpg-"))
         self.data = self.root / "data"
@@ -62,10 +62,10 @@ class PgCluster:
         with open(self.data / "postgresql.conf", "a") as conf:  # the owner (postgres) can still read it
             conf.write(
                 f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.root}'\n"
-                # A test cluster: nothing here must survive a power cut, and the machine is shared.
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
-                "shared_buffers = 32MB\n"
+                "max_connections = 200\nshared_buffers = 32MB\n"
             )
+            if not durable:  # a test cluster: nothing here must survive a power cut, and the machine is shared
+                conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
 
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self.bindir / tool), *args]
@@ -118,8 +118,8 @@ class PgCluster:
 
 
 @contextmanager
-def cluster(bindir: Path) -> Iterator[PgCluster]:
-    pg = PgCluster(bindir)
+def cluster(bindir: Path, *, durable: bool = False) -> Iterator[PgCluster]:
+    pg = PgCluster(bindir, durable=durable)
     try:
         pg.start()
         yield pg

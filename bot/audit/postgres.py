@@ -156,10 +156,31 @@ class PostgresAuditStore:
         if not events:
             return []
         ids = list({event.event_id: None for event in events})
-        with self._transaction("append to") as conn:
+        with self._connected("append to") as conn:
+            try:
+                stored = self._append(conn, events, ids, new_only)
+            except BaseException:
+                self._drop()  # mid-transaction or mid-pipeline: the server rolls back when it goes
+                raise
+        return stored
+
+    def _append(
+        self, conn: psycopg.Connection, events: Sequence[AuditEvent], ids: list[str], new_only: bool
+    ) -> list[StoredEvent]:
+        """Two round trips while the chain lock is held (pipelined): lock + head + known ids, then
+        inserts + head + commit. The commit does not wait for the WAL flush under the lock;
+        `_flush` waits for it after, when the lock is free (appenders' flushes then share fsyncs)."""
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            conn.execute("SET LOCAL synchronous_commit = off")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-            seq, prev_hash = self._head(conn)
-            found = {row[1]: _from_row(row) for row in conn.execute(f"{SELECT} WHERE event_id = ANY(%s)", (ids,))}
+            head_cursor = conn.execute("SELECT seq, hash FROM audit_head")
+            found_cursor = conn.execute(f"{SELECT} WHERE event_id = ANY(%s)", (ids,))
+            head = head_cursor.fetchone()
+            if head is None:
+                raise psycopg.DataError("the audit_head row is gone (someone deleted it; run `playbook-bot audit verify`)")
+            seq, prev_hash = head
+            found = {row[1]: _from_row(row) for row in found_cursor.fetchall()}
             stored: list[StoredEvent] = []
             rows: list[tuple[Any, ...]] = []
             for event in events:
@@ -177,6 +198,8 @@ class PostgresAuditStore:
                 with conn.cursor() as cursor:
                     cursor.executemany(INSERT, rows)
                 conn.execute("UPDATE audit_head SET seq = %s, hash = %s", (seq, prev_hash))
+            conn.execute("COMMIT")
+        _flush(conn)
         return stored
 
     def import_events(self, events: Sequence[StoredEvent]) -> int:
@@ -403,6 +426,17 @@ class PostgresAuditStore:
                 "the audit schema is not there (the bot creates it when it starts: `playbook-bot worker`)"
             )
         migrate_schema(conn)
+
+
+def _flush(conn: psycopg.Connection) -> None:
+    """Wait until everything this connection committed is durable. A transaction that takes an
+    xid commits with a WAL record, and a synchronous commit flushes the WAL up to that record, so
+    it covers the asynchronous commit before it. Appenders wait here in parallel, outside the chain
+    lock, and PostgreSQL flushes their commits together (group commit) instead of one fsync per
+    append inside the lock. If the server dies first, the append raises and the caller retries
+    (idempotent by event_id); a later append's flush covers every earlier one, so the chain on
+    disk never links to an event that was lost."""
+    conn.execute("SELECT txid_current()")
 
 
 def _schema_version(conn: psycopg.Connection) -> int:
