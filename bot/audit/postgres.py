@@ -21,12 +21,13 @@ works once it is back, without a restart.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 
@@ -34,6 +35,9 @@ from bot.audit.chain import FIELDS, ChainWalk
 from bot.audit.episodes import Episode
 from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, chain_hash
 from bot.audit.store import AuditUnavailable, VerifyResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # pg_advisory_xact_lock keys: b"pbaudit1" and b"pbmigrat" read as big-endian bigints.
 APPEND_LOCK = int.from_bytes(b"pbaudit1", "big")
@@ -122,6 +126,25 @@ def _cause(exc: BaseException) -> str:
     return "; ".join(lines) or type(exc).__name__
 
 
+class _StaleConnection(AuditUnavailable):
+    """A connection that had worked broke (the server restarted, failed over, or dropped it)."""
+
+
+def _reconnecting(method: Callable[P, R]) -> Callable[P, R]:
+    """Once more on a new connection when a kept one turns out broken, so a server restart costs
+    the caller nothing. Only for calls that are safe to repeat (reads, and append: idempotent by
+    event_id); a claim is not, since its first attempt may have committed."""
+
+    @functools.wraps(method)
+    def again(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except _StaleConnection:
+            return method(*args, **kwargs)
+
+    return again
+
+
 class PostgresAuditStore:
     def __init__(self, url: str, *, timeout: float = 10.0, create: bool = True) -> None:
         """Connects lazily (a store built while the server is down can be built). `create=False`:
@@ -150,6 +173,7 @@ class PostgresAuditStore:
 
     # -- writing ------------------------------------------------------------------------------
 
+    @_reconnecting
     def append(self, events: Sequence[AuditEvent], *, new_only: bool = False) -> list[StoredEvent]:
         """Append in the given order under the chain lock; an event_id already stored is returned
         as stored (first write wins), so retries are harmless. `new_only`: just what was written."""
@@ -226,18 +250,23 @@ class PostgresAuditStore:
         """None when an append would work now; otherwise why not (for /readyz and the logs).
         Connects, migrates if needed and inserts a row it rolls back."""
         try:
-            with self._transaction("write to", probe=True) as conn:
-                conn.execute(
-                    f"INSERT INTO audit_events ({COLUMNS}) VALUES "
-                    "(9223372036854775807, %s, '', NULL, NULL, 'probe', 'probe', '{}', '', '')",
-                    (f"probe:{threading.get_ident()}",),
-                )
+            self._probe()
         except AuditUnavailable as exc:
             return str(exc)
         return None
 
+    @_reconnecting
+    def _probe(self) -> None:
+        with self._transaction("write to", probe=True) as conn:
+            conn.execute(
+                f"INSERT INTO audit_events ({COLUMNS}) VALUES "
+                "(9223372036854775807, %s, '', NULL, NULL, 'probe', 'probe', '{}', '', '')",
+                (f"probe:{threading.get_ident()}",),
+            )
+
     # -- reading ------------------------------------------------------------------------------
 
+    @_reconnecting
     def events(self, run_id: str | None = None, after_seq: int = 0, limit: int | None = None) -> list[StoredEvent]:
         """Oldest first; `after_seq` lets a follower poll for what is new."""
         sql, params = f"{SELECT} WHERE seq > %s", [after_seq]
@@ -249,6 +278,7 @@ class PostgresAuditStore:
         with self._connected("read") as conn:
             return [_from_row(row) for row in conn.execute(sql, params)]
 
+    @_reconnecting
     def last(self, n: int, run_id: str | None = None) -> list[StoredEvent]:
         """The newest `n` events (of one run, if given), oldest first."""
         where, params = ("WHERE run_id = %s", [run_id]) if run_id is not None else ("", [])
@@ -256,19 +286,23 @@ class PostgresAuditStore:
         with self._connected("read") as conn:
             return [_from_row(row) for row in conn.execute(sql, [*params, n])]
 
+    @_reconnecting
     def get_event(self, event_id: str) -> StoredEvent | None:
         with self._connected("read") as conn:
             row = conn.execute(f"{SELECT} WHERE event_id = %s", (event_id,)).fetchone()
         return _from_row(row) if row else None
 
+    @_reconnecting
     def has_event(self, event_id: str) -> bool:
         with self._connected("read") as conn:
             return conn.execute("SELECT 1 FROM audit_events WHERE event_id = %s", (event_id,)).fetchone() is not None
 
+    @_reconnecting
     def has_run(self, run_id: str) -> bool:
         with self._connected("read") as conn:
             return conn.execute("SELECT 1 FROM audit_events WHERE run_id = %s LIMIT 1", (run_id,)).fetchone() is not None
 
+    @_reconnecting
     def verify(self) -> VerifyResult:
         """Walk the whole chain in one REPEATABLE READ snapshot; the first seq that is wrong."""
         with self._connected("verify") as conn:
@@ -278,6 +312,7 @@ class PostgresAuditStore:
             finally:
                 conn.execute("ROLLBACK")
 
+    @_reconnecting
     def privilege_warning(self) -> str | None:
         """Why this role could rewrite the trail itself (it owns the table or is a superuser), or None."""
         with self._connected("read") as conn:
@@ -298,6 +333,7 @@ class PostgresAuditStore:
 
     # -- episodes -----------------------------------------------------------------------------
 
+    @_reconnecting
     def episode(self, episode_id: str) -> Episode:
         with self._connected("read") as conn:
             row = conn.execute(f"{EPISODE} WHERE episode_id = %s", (episode_id,)).fetchone()
@@ -331,10 +367,12 @@ class PostgresAuditStore:
                                  "episode_id, runs, started, claimed_at, resolved_at", (episode_id,)).fetchone()
         return _episode(after, claimed=True)
 
+    @_reconnecting
     def episode_started(self, episode_id: str, runs: int) -> None:
         with self._transaction("record an episode start in") as conn:
             conn.execute("UPDATE episodes SET started = true WHERE episode_id = %s AND runs = %s", (episode_id, runs))
 
+    @_reconnecting
     def release_episode(self, episode_id: str, runs: int) -> None:
         """The start failed: give the claim back, only if it is still this claim."""
         with self._transaction("release an episode in") as conn:
@@ -344,6 +382,7 @@ class PostgresAuditStore:
                 (episode_id, runs),
             )
 
+    @_reconnecting
     def resolve_episode(self, episode_id: str) -> Episode:
         with self._transaction("resolve an episode in") as conn:
             row = conn.execute(
@@ -369,11 +408,15 @@ class PostgresAuditStore:
         with self._lock:
             if self._closed:
                 raise AuditUnavailable(f"audit store {self.name}: cannot {doing} it: the store is closed")
+            reused = self._conn is not None and not self._conn.closed
             try:
                 yield self._connection()
             except psycopg.Error as exc:
                 self._drop()
-                raise AuditUnavailable(f"audit store {self.name}: cannot {doing} it: {_cause(exc)}") from exc
+                stale = reused and isinstance(exc, psycopg.OperationalError)
+                raise (_StaleConnection if stale else AuditUnavailable)(
+                    f"audit store {self.name}: cannot {doing} it: {_cause(exc)}"
+                ) from exc
 
     @contextmanager
     def _transaction(self, doing: str, probe: bool = False) -> Iterator[psycopg.Connection]:

@@ -133,6 +133,27 @@ def test_a_stopped_server_is_unavailable_with_a_clear_message_then_the_same_stor
     store.close()
 
 
+def test_a_server_restart_between_calls_costs_the_caller_nothing(pg_cluster: PgCluster, pg_url: str) -> None:
+    with PostgresAuditStore(pg_url) as store:
+        store.append([event(1)])
+        store.claim_episode("fp")
+        pg_cluster.stop()
+        pg_cluster.start()  # the store's connection is now dead, and it does not know yet
+
+        assert store.append([event(2)])[0].seq == 2  # reconnected once, transparently (append is idempotent)
+        pg_cluster.stop()
+        pg_cluster.start()
+        assert store.check_writable() is None
+        pg_cluster.stop()
+        pg_cluster.start()
+        assert [e.seq for e in store.events()] == [1, 2]
+        pg_cluster.stop()
+        pg_cluster.start()
+        with pytest.raises(AuditUnavailable, match="cannot claim an episode in it"):
+            store.claim_episode("fp", rerun=True)  # not repeatable blindly: the caller decides
+        assert store.episode("fp").runs == 1
+
+
 def test_a_store_built_while_the_server_is_down_works_once_it_is_up(pg_cluster: PgCluster, pg_url: str) -> None:
     pg_cluster.stop()
     try:
