@@ -167,6 +167,24 @@ Regenerate with `make bench` or `.venv/bin/python -m bench.audit_append`.
 Per round (chain/plain): {", ".join(f"{c:.0f}/{p:.0f}" for c, p in zip(rates["chain"], rates["plain"], strict=True))}.
 
 Goal (issue 14): ratio ≥ 0.5. {'Met.' if ratio >= 0.5 else 'NOT met.'}
+
+## What the profile showed (2026-12-03, same machine)
+
+The first version held the chain lock through seven round trips and the commit's WAL flush: one
+fsync per append, one after another, while plain inserts from four processes share fsyncs (group
+commit). A single writer spent 5.3 ms per append against 2.7 ms for one insert and commit, and four
+writers reached 148 events/s against 561 (ratio 0.26). Two changes, both in `PostgresAuditStore.append`:
+
+1. The append transaction commits with `synchronous_commit = off` (so the lock is released without
+   waiting for the disk), then the appender waits for durability outside the lock with a
+   synchronous `SELECT txid_current()`, whose flush covers the commit before it; concurrent
+   appenders' flushes share fsyncs. The call still returns only once the events are on disk.
+2. Pipelined statements: two round trips under the lock (lock + head + known ids; inserts + head +
+   commit) instead of five.
+
+The remaining cost is those two round trips per append under the lock, which on a loaded 2-core
+machine include the scheduler waking the client. Batching several events in one append (what the
+recorder does for a step's events) divides it: `--batch 5` measures that.
 """
     )
 

@@ -76,7 +76,20 @@ class PgCluster:
             raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
 
     def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "120", "start")
+        """Start; when another process took the free port meanwhile (xdist workers pick theirs at
+        the same time), pick another and try again."""
+        for attempt in range(5):
+            try:
+                self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "120", "start")
+                return
+            except RuntimeError:
+                log = (self.root / "server.log").read_text(errors="replace")
+                if "could not bind" not in log and "already in use" not in log or attempt == 4:
+                    raise
+                self.port = _free_port()
+                with open(self.data / "postgresql.conf", "a") as conf:
+                    conf.write(f"port = {self.port}\n")
+                (self.root / "server.log").unlink()
 
     def running(self) -> bool:
         command = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "status"]

@@ -16,12 +16,6 @@ from tests.audit.support import event
 from tests.pg import PgCluster
 
 WRITERS = ("a", "b", "c", "d")
-RUNTIME_GRANTS = (
-    "GRANT SELECT, INSERT ON audit_events TO bot_runtime",
-    "GRANT SELECT, UPDATE ON audit_head TO bot_runtime",
-    "GRANT SELECT, INSERT, UPDATE ON episodes TO bot_runtime",
-    "GRANT SELECT ON schema_migrations TO bot_runtime",
-)
 COUNT = 150
 
 
@@ -183,31 +177,47 @@ def test_messages_never_show_the_password() -> None:
     assert "s3cret" not in repr(store)
 
 
-def test_a_role_with_insert_and_select_only_runs_the_bot_and_cannot_rewrite(
-    pg_cluster: PgCluster, pg_url: str, tmp_path: Path
+def documented_grants() -> list[str]:
+    """The GRANT lines docs/security.md tells the owner to run (so the docs cannot drift)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    grants = [line.split("--")[0].strip().rstrip(";") for line in text.splitlines() if line.startswith("GRANT ")]
+    assert grants, "docs/security.md lists no GRANT for the bot's role"
+    return grants
+
+
+def test_an_owner_migrates_and_a_role_with_the_documented_grants_runs_the_bot_but_cannot_rewrite(
+    pg_cluster: PgCluster, pg_url: str
 ) -> None:
-    with PostgresAuditStore(pg_url) as owner:  # migrations run as the owner
-        owner.append([event(1)])
-        assert "is a superuser: it can drop the append-only triggers" in (owner.privilege_warning() or "")
     dbname = pg_url.rsplit("/", 1)[1]
-    role = f"bot_{dbname}"  # roles are per cluster: one per test database
-    pg_cluster.create_role(role, dbname)
-    with psycopg.connect(pg_url, autocommit=True) as conn:  # what docs/security.md tells the owner to run
-        for grant in RUNTIME_GRANTS:
-            conn.execute(grant.replace("bot_runtime", role))
-    runtime_url = pg_cluster.url(dbname, user=role)
+    owner_role, bot_role = f"own_{dbname}", f"bot_{dbname}"  # roles are per cluster: one pair per test database
+    pg_cluster.create_role(owner_role, dbname)
+    pg_cluster.create_role(bot_role, dbname)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'GRANT CREATE ON SCHEMA public TO "{owner_role}"')
+    with PostgresAuditStore(pg_cluster.url(dbname, user=owner_role)) as owner:  # migrations run as the owner
+        owner.append([event(1)])
+        assert (owner.privilege_warning() or "").startswith(f"role {owner_role!r} owns audit_events: it can drop")
+        with psycopg.connect(owner.url, autocommit=True) as conn:
+            for grant in documented_grants():
+                conn.execute(grant.replace("playbook_bot", f'"{bot_role}"'))  # type: ignore[arg-type]
+    runtime_url = pg_cluster.url(dbname, user=bot_role)
 
     with PostgresAuditStore(runtime_url) as bot:
+        assert bot.check_writable() is None
         assert bot.append([event(2)])[0].seq == 2
-        assert bot.claim_episode("fp").claimed
+        assert bot.claim_episode("fp").claimed and bot.resolve_episode("fp").resolved_at is not None
         assert bot.privilege_warning() is None
         assert bot.verify().ok
     with psycopg.connect(runtime_url, autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_change")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("DELETE FROM audit_events")
-
+        for attack in (
+            "ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_change",
+            "DROP TRIGGER audit_events_no_change ON audit_events",
+            "DELETE FROM audit_events",
+            "UPDATE audit_events SET actor = 'mallory'",
+            "TRUNCATE audit_events",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(attack)  # type: ignore[arg-type]
 
 
 def test_the_settings_choose_the_backend(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
