@@ -5,7 +5,7 @@ the same shape, triggers and indexes), from 4 processes, in the same run on the 
 Rounds alternate between the two. Goal (issue 14): chained/plain ≥ 0.5. Writes
 bench/audit_append.md.
 
-    .venv/bin/python -m bench.audit_append [--rounds 3] [--events 300] [--batch 1]
+    .venv/bin/python -m bench.audit_append [--rounds 8] [--events 200] [--batch 1]
 
 The server is Debian's PostgreSQL started in a temporary directory (tests/pg.py), durable
 settings (fsync and synchronous_commit on), as production would run it.
@@ -109,8 +109,8 @@ def settle(url: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--events", type=int, default=300, help="per writer per round")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--events", type=int, default=200, help="per writer per round")
     parser.add_argument("--batch", type=int, default=1, help="events per append (one transaction)")
     args = parser.parse_args()
     bindir = find_bindir()

@@ -33,7 +33,7 @@ import psycopg
 
 from bot.audit.chain import FIELDS, ChainWalk
 from bot.audit.episodes import Episode
-from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, chain_hash
+from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, canonical_json, chain_hash
 from bot.audit.store import AuditUnavailable, VerifyResult
 
 P = ParamSpec("P")
@@ -111,6 +111,51 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        3,
+        f"""
+        -- One append in one call, so the chain lock is held only while the server works, never
+        -- across a round trip to the client. The hash preimage is canonical_json of the fields
+        -- (bot/audit/events.py), built by the client in three parts around the two values only
+        -- known under the lock: prefix || prev_hash || middle || seq || suffix.
+        CREATE FUNCTION audit_append(
+            ids TEXT[], tss TEXT[], run_ids TEXT[], step_ids TEXT[], kinds TEXT[], actors TEXT[],
+            detailss TEXT[], prefixes TEXT[], middles TEXT[], suffixes TEXT[]
+        ) RETURNS TABLE (
+            seq BIGINT, event_id TEXT, ts TEXT, run_id TEXT, step_id TEXT, kind TEXT, actor TEXT,
+            details TEXT, prev_hash TEXT, hash TEXT, written BOOLEAN
+        ) LANGUAGE plpgsql AS $$
+        DECLARE
+            head_seq BIGINT;
+            head_hash TEXT;
+            digest TEXT;
+            old audit_events%ROWTYPE;
+        BEGIN
+            PERFORM pg_advisory_xact_lock({APPEND_LOCK});
+            SELECT h.seq, h.hash INTO head_seq, head_hash FROM audit_head h;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'the audit_head row is gone (someone deleted it; run playbook-bot audit verify)';
+            END IF;
+            FOR i IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
+                SELECT * INTO old FROM audit_events e WHERE e.event_id = ids[i];
+                IF FOUND THEN
+                    RETURN QUERY SELECT old.seq, old.event_id, old.ts, old.run_id, old.step_id, old.kind,
+                        old.actor, old.details, old.prev_hash, old.hash, false;
+                    CONTINUE;
+                END IF;
+                head_seq := head_seq + 1;
+                digest := encode(sha256(convert_to(
+                    prefixes[i] || head_hash || middles[i] || head_seq::text || suffixes[i], 'UTF8')), 'hex');
+                INSERT INTO audit_events VALUES (head_seq, ids[i], tss[i], run_ids[i], step_ids[i], kinds[i],
+                    actors[i], detailss[i], head_hash, digest);
+                RETURN QUERY SELECT head_seq, ids[i], tss[i], run_ids[i], step_ids[i], kinds[i], actors[i],
+                    detailss[i], head_hash, digest, true;
+                head_hash := digest;
+            END LOOP;
+            UPDATE audit_head h SET seq = head_seq, hash = head_hash WHERE h.seq <> head_seq;
+        END $$;
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -179,51 +224,41 @@ class PostgresAuditStore:
         as stored (first write wins), so retries are harmless. `new_only`: just what was written."""
         if not events:
             return []
-        ids = list({event.event_id: None for event in events})
         with self._connected("append to") as conn:
             try:
-                stored = self._append(conn, events, ids, new_only)
+                stored = self._append(conn, events, new_only)
             except BaseException:
                 self._drop()  # mid-transaction or mid-pipeline: the server rolls back when it goes
                 raise
         return stored
 
-    def _append(
-        self, conn: psycopg.Connection, events: Sequence[AuditEvent], ids: list[str], new_only: bool
-    ) -> list[StoredEvent]:
-        """Two round trips while the chain lock is held (pipelined): lock + head + known ids, then
-        inserts + head + commit. The commit does not wait for the WAL flush under the lock;
-        `_flush` waits for it after, when the lock is free (appenders' flushes then share fsyncs)."""
+    def _append(self, conn: psycopg.Connection, events: Sequence[AuditEvent], new_only: bool) -> list[StoredEvent]:
+        """One round trip (pipelined): `audit_append` takes the chain lock, links and inserts, and
+        the commit releases the lock without waiting for the WAL flush; `_flush` then waits for
+        durability outside the lock, where appenders' flushes share fsyncs."""
+        links = [event.link(0, GENESIS_HASH) for event in events]
+        columns: list[list[Any]] = [[link[name] for link in links] for name in FIELDS[1:8]]
+        parts = [preimage_parts(link) for link in links]
         with conn.pipeline():
             conn.execute("BEGIN")
             conn.execute("SET LOCAL synchronous_commit = off")
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
-            head_cursor = conn.execute("SELECT seq, hash FROM audit_head")
-            found_cursor = conn.execute(f"{SELECT} WHERE event_id = ANY(%s)", (ids,))
-            head = head_cursor.fetchone()
-            if head is None:
-                raise psycopg.DataError("the audit_head row is gone (someone deleted it; run `playbook-bot audit verify`)")
-            seq, prev_hash = head
-            found = {row[1]: _from_row(row) for row in found_cursor.fetchall()}
-            stored: list[StoredEvent] = []
-            rows: list[tuple[Any, ...]] = []
-            for event in events:
-                if event.event_id in found:
-                    if not new_only:
-                        stored.append(found[event.event_id])
-                    continue
-                seq += 1
-                row = _to_row(seq, event, prev_hash)
-                rows.append(row)
-                found[event.event_id] = written = _from_row(row)
-                stored.append(written)
-                prev_hash = row[-1]
-            if rows:
-                with conn.cursor() as cursor:
-                    cursor.executemany(INSERT, rows)
-                conn.execute("UPDATE audit_head SET seq = %s, hash = %s", (seq, prev_hash))
+            cursor = conn.execute(
+                "SELECT * FROM audit_append(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (*columns, *(list(part) for part in zip(*parts, strict=True))),
+            )
             conn.execute("COMMIT")
+            rows = cursor.fetchall()
         _flush(conn)
+        stored: list[StoredEvent] = []
+        for row in rows:
+            event = _from_row(row[:-1])
+            if row[-1] and event.expected_hash() != event.hash:  # never, unless the two hashings drift
+                raise psycopg.DataError(
+                    f"seq {event.seq}: the database's hash differs from bot/audit/events.py's (audit_append is out "
+                    "of date with the hash definition; stop appending and report it)"
+                )
+            if row[-1] or not new_only:
+                stored.append(event)
         return stored
 
     def import_events(self, events: Sequence[StoredEvent]) -> int:
@@ -469,6 +504,20 @@ class PostgresAuditStore:
                 "the audit schema is not there (the bot creates it when it starts: `playbook-bot worker`)"
             )
         migrate_schema(conn)
+
+
+def preimage_parts(link: dict[str, Any]) -> tuple[str, str, str]:
+    """canonical_json(link) cut around prev_hash and seq, which only the server knows under the
+    lock: prefix + prev_hash + middle + str(seq) + suffix == canonical_json(link). Keys sort as
+    actor, details, event_id, kind, prev_hash, run_id, seq, step_id, ts (tests hold it equal)."""
+    value = {name: canonical_json(link[name]) for name in ("actor", "details", "event_id", "kind", "run_id", "step_id", "ts")}
+    prefix = (
+        f'{{"actor":{value["actor"]},"details":{value["details"]},"event_id":{value["event_id"]},'
+        f'"kind":{value["kind"]},"prev_hash":"'
+    )
+    middle = f'","run_id":{value["run_id"]},"seq":'
+    suffix = f',"step_id":{value["step_id"]},"ts":{value["ts"]}}}'
+    return prefix, middle, suffix
 
 
 def _flush(conn: psycopg.Connection) -> None:

@@ -234,3 +234,32 @@ def test_the_settings_choose_the_backend(pg_url: str, tmp_path: Path, monkeypatc
     assert not (tmp_path / "audit.db").exists()
     with pytest.raises(ConfigError, match="must start with postgresql://"):
         open_store(Settings(audit_url="sqlite:///x.db"))
+
+
+NASTY = ['"', "\\", "\\u0000", "\n\r\t\b\f", "\x01\x1f\x7f", "é€😀", "\u2028\u2029", "{}[],:", "null", "%s %(x)s $$", " "]
+
+
+def test_the_preimage_parts_are_canonical_json_cut_in_three() -> None:
+    from bot.audit.events import canonical_json
+    from bot.audit.postgres import preimage_parts
+
+    for n, text in enumerate(NASTY):
+        for run_id in (None, text):
+            link = event(n, run_id=run_id, actor=f"a{text}", step_id=text or None, details={text: [text]}).link(0, "")
+            prefix, middle, suffix = preimage_parts(link)
+            for seq, prev in ((1, "0" * 64), (12345678901, "ab" * 32)):
+                assert prefix + prev + middle + str(seq) + suffix == canonical_json(link | {"seq": seq, "prev_hash": prev})
+
+
+def test_the_database_links_every_character_as_bot_audit_events_does(pg_url: str) -> None:
+    """The chain is hashed in the database (one round trip under the lock); verify recomputes it in Python."""
+    batch = [
+        event(n, run_id=text, actor=f"user{text}", step_id=text, event_id=f"id{text}{n}", details={text: text, "n": text})
+        for n, text in enumerate(NASTY)
+    ]
+    with PostgresAuditStore(pg_url) as store:
+        stored = store.append(batch[:5]) + store.append(batch[5:] + batch[:2])
+        assert [e.seq for e in stored] == [*range(1, len(NASTY) + 1), 1, 2]
+        assert all(e.hash == e.expected_hash() for e in stored)
+        assert store.events() == stored[: len(NASTY)]
+        assert store.verify().ok and store.verify().checked == len(NASTY)
