@@ -3,9 +3,12 @@
 PLAYBOOK_BOT_AUDIT_URL=postgresql://... selects it (bot/audit/backend.py). Same methods, hash
 and errors as the SQLite store, so an exported trail verifies the same from either.
 
-- One chain: every append is one transaction that first takes `pg_advisory_xact_lock(APPEND_LOCK)`
-  and then reads the head from `audit_head`, so appenders on any host queue and the chain never
-  forks. `audit_head` is also the high-water mark: rows cut off the end show up in verify.
+- One chain: every append is one transaction whose `audit_append` call takes
+  `pg_advisory_xact_lock(APPEND_LOCK)`, then reads the head from `audit_head` and links the events
+  to it, so appenders on any host queue and the chain never forks. The hash is events.py's: the
+  client sends canonical_json cut around the two values known only under the lock, and re-checks
+  what comes back. `audit_head` is also the high-water mark: rows cut off the end show up in verify.
+- Durable before it returns, without an fsync under the lock: see `_flush`.
 - Idempotent: a unique index on event_id; an id already stored is returned, not written (first
   write wins).
 - Append-only in the database: triggers refuse UPDATE, DELETE and TRUNCATE of audit_events (and
