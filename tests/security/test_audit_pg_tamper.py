@@ -102,6 +102,17 @@ def test_a_duplicated_event_id_is_caught_with_the_index_gone(filled: PostgresAud
     assert result.reason == f"seq 6: event_id duplicated ({event(2).event_id!r} was stored before)"
 
 
+def test_a_rewrite_that_leaves_the_recorded_head_is_caught(filled: PostgresAuditStore, owner: psycopg.Connection) -> None:
+    head = owner.execute("SELECT seq, hash FROM audit_head").fetchone()
+    rewrite_everything(owner)
+    owner.execute("UPDATE audit_head SET seq = %s, hash = %s", head)  # the forger forgot (or could not) move it
+
+    result = filled.verify()
+
+    assert (result.ok, result.first_bad_seq) == (False, 5)
+    assert result.reason == "seq 5: hash differs from the head recorded when it was appended (the table was rewritten)"
+
+
 def rewrite_everything(owner: psycopg.Connection, actor: str = "mallory", keep: int | None = None) -> None:
     """The careful forger: triggers off, rows changed (or cut), every hash and the head recomputed."""
     for statement in DROP_TRIGGERS:
