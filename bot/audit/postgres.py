@@ -487,6 +487,13 @@ class PostgresAuditStore:
                 autocommit=True,
                 connect_timeout=max(2, round(self.timeout)),
                 application_name="playbook-bot audit",
+                # A server that vanished (network partition, host gone) fails a call in about
+                # 3x the timeout instead of hanging it: TCP keepalives and an unacknowledged-data limit.
+                keepalives=1,
+                keepalives_idle=max(1, round(self.timeout)),
+                keepalives_interval=max(1, round(self.timeout / 3)),
+                keepalives_count=3,
+                tcp_user_timeout=int(self.timeout * 3000),
             )
             try:
                 conn.execute("SET TIME ZONE 'UTC'")
