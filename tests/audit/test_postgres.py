@@ -10,7 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bot.audit.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresAuditStore, migrate_schema, redact
+from bot.audit.pg_schema import MIGRATIONS, SCHEMA_VERSION, migrate_schema
+from bot.audit.postgres import PostgresAuditStore, redact
 from bot.audit.store import AuditUnavailable
 from tests.audit.support import event
 from tests.pg import PgCluster
@@ -157,6 +158,23 @@ def test_a_store_built_while_the_server_is_down_works_once_it_is_up(pg_cluster: 
         pg_cluster.start()
     assert store.append([event(1)])[0].seq == 1
     store.close()
+
+
+def test_a_chain_lock_held_past_the_timeout_is_unavailable_until_released(pg_url: str) -> None:
+    from bot.audit.pg_schema import APPEND_LOCK
+
+    with PostgresAuditStore(pg_url, timeout=1) as store:
+        store.append([event(1)])
+        with psycopg.connect(pg_url, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s)", (APPEND_LOCK,))  # a writer stuck mid-append
+
+            with pytest.raises(AuditUnavailable, match="cannot append to it: canceling statement due to lock timeout"):
+                store.append([event(2)])
+            assert [e.seq for e in store.events()] == [1]  # readers are not blocked
+
+            holder.execute("SELECT pg_advisory_unlock(%s)", (APPEND_LOCK,))
+        assert store.append([event(2)])[0].seq == 2
+        assert store.verify().ok
 
 
 def test_a_closed_store_is_unavailable(pg_url: str) -> None:
