@@ -136,6 +136,29 @@ def verify_command(
     typer.echo(f"ok: {result.checked} events, chain intact{tail}")
 
 
+@app.command("schema")
+def schema_command(
+    url: Annotated[
+        str | None, typer.Option("--url", help="postgresql://... of the tables' owner (default: PLAYBOOK_BOT_AUDIT_URL).")
+    ] = None,
+) -> None:
+    """Create or migrate the PostgreSQL audit schema (what the bot does at start), e.g. as the owner
+    when the bot itself runs as a role that may only insert and read (docs/security.md)."""
+    from bot.audit.pg_schema import SCHEMA_VERSION
+    from bot.audit.postgres import PostgresAuditStore
+
+    try:
+        url = url or audit_url(_settings())
+    except ConfigError as exc:
+        raise _fail(str(exc), code=2) from None
+    if url is None or not url.startswith(("postgresql://", "postgres://")):
+        raise _fail("--url postgresql://... is missing (or set PLAYBOOK_BOT_AUDIT_URL)", code=2)
+    with PostgresAuditStore(url) as store:
+        if problem := store.check_writable():
+            raise _fail(problem.splitlines()[0])
+    typer.echo(f"ok: audit schema at version {SCHEMA_VERSION}")
+
+
 @app.command("migrate")
 def migrate_command(
     source: Annotated[str, typer.Option("--from", help="The SQLite trail: sqlite:///path/to/audit.db")],

@@ -403,13 +403,22 @@ class PostgresAuditStore:
         return self._conn
 
     def _ensure_schema(self, conn: psycopg.Connection) -> None:
-        if schema_version(conn) >= SCHEMA_VERSION:
+        found = schema_version(conn)
+        if found >= SCHEMA_VERSION:
             return
         if not self.create:
             raise psycopg.errors.UndefinedTable(
                 "the audit schema is not there (the bot creates it when it starts: `playbook-bot worker`)"
+                if found == 0
+                else f"the audit schema is at version {found}, this bot needs {SCHEMA_VERSION} (start the bot to migrate it)"
             )
-        migrate_schema(conn)
+        try:
+            migrate_schema(conn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise psycopg.errors.InsufficientPrivilege(
+                f"the audit schema is at version {found}, this bot needs {SCHEMA_VERSION}, and this role may not "
+                f"migrate it ({_cause(exc)}): run `playbook-bot audit schema --url <the owner's URL>` once"
+            ) from exc
 
 
 def preimage_parts(link: dict[str, Any]) -> tuple[str, str, str]:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
 from bot.audit.pg_schema import MIGRATIONS, SCHEMA_VERSION, migrate_schema
 from bot.audit.postgres import PostgresAuditStore, redact
+from bot.audit.cli import app as audit_app
 from bot.audit.store import AuditUnavailable
 from tests.audit.support import event
 from tests.pg import PgCluster
@@ -219,6 +221,16 @@ def test_an_owner_migrates_and_a_role_with_the_documented_grants_runs_the_bot_bu
             for grant in documented_grants():
                 conn.execute(grant.replace("playbook_bot", f'"{bot_role}"'))  # type: ignore[arg-type]
     runtime_url = pg_cluster.url(dbname, user=bot_role)
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # an upgrade shipped a migration the owner has not run
+        conn.execute("DELETE FROM schema_migrations WHERE version = %s", (SCHEMA_VERSION,))
+        conn.execute("DROP FUNCTION audit_append")
+    with PostgresAuditStore(runtime_url) as bot:
+        reason = bot.check_writable() or ""
+        assert f"the audit schema is at version {SCHEMA_VERSION - 1}, this bot needs {SCHEMA_VERSION}" in reason
+        assert "run `playbook-bot audit schema --url <the owner's URL>` once" in reason
+    done = CliRunner().invoke(audit_app, ["schema", "--url", pg_cluster.url(dbname, user=owner_role)])
+    assert (done.exit_code, done.stdout) == (0, f"ok: audit schema at version {SCHEMA_VERSION}\n"), done.output
 
     with PostgresAuditStore(runtime_url) as bot:
         assert bot.check_writable() is None
