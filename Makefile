@@ -29,6 +29,7 @@ bench: $(STAMP) ## benchmark tables with ratios against baselines measured in th
 	$(BIN)/python -m bench.approval_rss
 	$(BIN)/python -m bench.foreach
 	$(BIN)/python -m bench.foreach_history
+	$(BIN)/python -m bench.audit_append
 
 chaos: $(STAMP) ## the slow half of the reliability suite: big storms, long fuzzing, repeated crashes
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests/reliability

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     dev_server_ui_port: int | None = Field(None, ge=0, le=65535)
 
     data_dir: Path = Path(".data")
+    # Audit trail and episode state: unset -> SQLite in data_dir; postgresql://user:pw@host/db -> one
+    # store (one hash chain) shared by every front door and worker (bot/audit/backend.py).
+    audit_url: SecretStr | None = None
+    # Signed chain-head checkpoints the worker appends to this file (O_APPEND) every interval.
+    audit_checkpoint_file: Path | None = None
+    audit_checkpoint_interval: float = Field(60.0, gt=0, description="Seconds between checkpoints.")
     playbooks_dir: Path = Path("playbooks")
     policies_dir: Path = Path("policies")
     secrets_file: Path | None = None
@@ -90,7 +96,9 @@ class Settings(BaseSettings):
     log_format: str = "auto"  # auto (JSON off a TTY) | json | console
     log_level: str = "INFO"
 
-    @field_validator("temporal_tls_server_name", "temporal_api_key", "envelope_key", "api_token", mode="before")
+    @field_validator(
+        "temporal_tls_server_name", "temporal_api_key", "envelope_key", "api_token", "audit_url", mode="before"
+    )
     @classmethod
     def _strip(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value  # a pasted key's newline is not part of it

@@ -16,6 +16,7 @@ import pytest_asyncio
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from tests.pg import PgCluster, cluster, find_bindir
 from tests.slack.fake_slack import FakeSlack, running
 
 BIN = Path(sys.executable).parent
@@ -71,3 +72,20 @@ def fake_slack(_slack_server: FakeSlack) -> FakeSlack:
     """The fake Slack Web API (tests/slack/fake_slack.py), emptied for each test."""
     _slack_server.reset()
     return _slack_server
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A real PostgreSQL for this test process (each xdist worker starts its own), stopped at the end."""
+    bindir = find_bindir()
+    if bindir is None:
+        unavailable("PostgreSQL's initdb and pg_ctl not found (/usr/lib/postgresql/*/bin): `apt-get install postgresql`")
+    with cluster(bindir) as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    """A fresh, empty database of its own for each test."""
+    pg_cluster.start_if_stopped()
+    return pg_cluster.url(pg_cluster.create_database())

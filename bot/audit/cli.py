@@ -1,7 +1,9 @@
 """`playbook-bot audit export|verify|tail|show-output`: read the audit trail; these commands never write it.
+`audit migrate` copies a SQLite trail into PostgreSQL; `audit schema` creates or migrates PostgreSQL's.
 
-They never create a store either: pointed at a path with no database, they say so instead of
-reporting an empty, "intact" trail.
+The store is PLAYBOOK_BOT_AUDIT_URL's PostgreSQL when set, else the SQLite file (`--db` picks a
+file). They never create a store either: pointed at a path with no database, or a PostgreSQL
+database without the schema, they say so instead of reporting an empty, "intact" trail.
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from bot.audit.backend import AuditStore, audit_url
 from bot.audit.events import EventKind, StoredEvent, canonical_json, format_ts
 from bot.audit.export import summary, to_json, to_markdown
 from bot.audit.store import AuditUnavailable, SqliteAuditStore, default_path
+from bot.settings import ConfigError
 
 app = typer.Typer(help="Export, verify and follow the audit trail.", no_args_is_help=True)
 
 DbOption = Annotated[
-    Path | None, typer.Option("--db", help="Audit database (default: PLAYBOOK_BOT_DATA_DIR/audit.db).")
+    Path | None,
+    typer.Option(
+        "--db", help="SQLite audit file (default: PLAYBOOK_BOT_AUDIT_URL if set, else PLAYBOOK_BOT_DATA_DIR/audit.db)."
+    ),
 ]
 
 
@@ -39,25 +46,35 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _db_path(db: Path | None) -> Path:
-    if db is not None:
-        return db
+def _settings():  # noqa: ANN202 - Settings, imported late like the other commands do
     from bot.settings import Settings
 
     try:
-        return default_path(Settings())
+        return Settings()
     except ValidationError as exc:
         error = exc.errors()[0]
         raise _fail(f"invalid settings: {error['loc']}: {error['msg']}") from None
 
 
 @contextmanager
-def _store(db: Path | None, missing: str = "") -> Iterator[SqliteAuditStore]:
+def _store(db: Path | None, missing: str = "") -> Iterator[AuditStore]:
     """Open an existing store; any store failure becomes one `error:` line and exit 1."""
-    path = _db_path(db)
-    if not path.is_file():
-        raise _fail(f"{missing}no audit store at {path}")
-    store = SqliteAuditStore(path)
+    store: AuditStore
+    if db is None:
+        settings = _settings()
+        try:
+            url = audit_url(settings)
+        except ConfigError as exc:
+            raise _fail(str(exc), code=2) from None
+        db = default_path(settings) if url is None else None
+    if db is None:
+        from bot.audit.postgres import PostgresAuditStore
+
+        store = PostgresAuditStore(url, create=False)  # type: ignore[arg-type]  # set when db is None
+    else:
+        if not db.is_file():
+            raise _fail(f"{missing}no audit store at {db}")
+        store = SqliteAuditStore(db)
     try:
         yield store
     except (AuditUnavailable, ValueError) as exc:
@@ -84,13 +101,94 @@ def export_command(
 
 
 @app.command("verify")
-def verify_command(db: DbOption = None) -> None:
+def verify_command(
+    db: DbOption = None,
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option("--checkpoints", help="Also check the signed chain heads in this file (PLAYBOOK_BOT_AUDIT_CHECKPOINT_FILE)."),
+    ] = None,
+) -> None:
     """Recompute the hash chain; exit 1 naming the first event that was changed or removed."""
+    from bot.audit.checkpoint import check_checkpoints
+    from bot.identity.keys import worker_keyring
+
+    keyring = None
+    if checkpoints is not None:
+        if not checkpoints.is_file():
+            raise _fail(f"no checkpoint file at {checkpoints}", code=2)
+        try:
+            keyring = worker_keyring(_settings())
+        except ConfigError as exc:
+            raise _fail(str(exc), code=2) from None
+        if not keyring.can_verify:
+            raise _fail("--checkpoints needs the key that sealed them: set PLAYBOOK_BOT_ENVELOPE_KEY", code=2)
     with _store(db) as store:
         result = store.verify()
+        warning = store.privilege_warning() if hasattr(store, "privilege_warning") else None
+        counted, problems = check_checkpoints(checkpoints, store, keyring) if keyring and checkpoints else (0, [])
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
     if not result.ok:
         raise _fail(f"audit chain broken: {result.reason} ({result.checked} events before it are intact)")
-    typer.echo(f"ok: {result.checked} events, chain intact")
+    for problem in problems:
+        typer.echo(f"error: checkpoint: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    tail = f", {counted} checkpoints hold" if checkpoints is not None else ""
+    typer.echo(f"ok: {result.checked} events, chain intact{tail}")
+
+
+@app.command("schema")
+def schema_command(
+    url: Annotated[
+        str | None, typer.Option("--url", help="postgresql://... of the tables' owner (default: PLAYBOOK_BOT_AUDIT_URL).")
+    ] = None,
+) -> None:
+    """Create or migrate the PostgreSQL audit schema (what the bot does at start), e.g. as the owner
+    when the bot itself runs as a role that may only insert and read (docs/security.md)."""
+    from bot.audit.pg_schema import SCHEMA_VERSION
+    from bot.audit.postgres import PostgresAuditStore
+
+    try:
+        url = url or audit_url(_settings())
+    except ConfigError as exc:
+        raise _fail(str(exc), code=2) from None
+    if url is None or not url.startswith(("postgresql://", "postgres://")):
+        raise _fail("--url postgresql://... is missing (or set PLAYBOOK_BOT_AUDIT_URL)", code=2)
+    with PostgresAuditStore(url) as store:
+        if problem := store.check_writable():
+            raise _fail(problem.splitlines()[0])
+    typer.echo(f"ok: audit schema at version {SCHEMA_VERSION}")
+
+
+@app.command("migrate")
+def migrate_command(
+    source: Annotated[str, typer.Option("--from", help="The SQLite trail: sqlite:///path/to/audit.db")],
+    target: Annotated[
+        str | None, typer.Option("--to", help="postgresql://... (default: PLAYBOOK_BOT_AUDIT_URL); PGPASSWORD works.")
+    ] = None,
+) -> None:
+    """Copy a SQLite trail into PostgreSQL as it is, verify it there; resumes a partial copy."""
+    from bot.audit.migrate import MigrateError, migrate, sqlite_path
+    from bot.audit.postgres import PostgresAuditStore
+
+    try:
+        path = sqlite_path(source)
+        url = target or audit_url(_settings())
+        if url is None:
+            raise MigrateError("--to is missing: give --to postgresql://user@host/db or set PLAYBOOK_BOT_AUDIT_URL")
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise MigrateError(f"--to must be a postgresql:// URL (got {url.split(':', 1)[0]!r})")
+        if not path.is_file():
+            raise MigrateError(f"--from: no audit store at {path}")
+        with SqliteAuditStore(path) as old, PostgresAuditStore(url) as new:
+            result = migrate(old, new)
+    except (MigrateError, ConfigError, AuditUnavailable) as exc:
+        raise _fail(str(exc).splitlines()[0], code=2) from None
+    typer.echo(
+        f"ok: {result.source_events} events in the source, {result.already_there} already in the target, "
+        f"{result.copied} copied; the target verifies with {result.target_events} events"
+    )
 
 
 @app.command("show-output")
@@ -142,7 +240,7 @@ def _echo(event: StoredEvent) -> None:
 
 
 def follow(
-    store: SqliteAuditStore,
+    store: AuditStore,
     *,
     run_id: str | None,
     after_seq: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,8 +18,9 @@ from bot.actions.outputs import OutputLimits
 from bot.actions.catalog import make_providers, slack_client
 from bot.actions.egress import EgressClient, Resolver, egress_rules
 from bot.actions.secrets import SecretStore
+from bot.audit.backend import AuditStore, open_store
+from bot.audit.checkpoint import start_checkpoints
 from bot.audit.recorder import AuditActivities, AuditWriter
-from bot.audit.store import SqliteAuditStore, default_path
 from bot.engine.admission import Admitter
 from bot.engine.children import CatalogActivities, PeekActivities
 from bot.engine.lock_workflow import KeyLock
@@ -68,15 +70,15 @@ def make_worker(
     )
 
 
-async def open_policy_and_audit(stack: AsyncExitStack, settings: Settings) -> tuple[PolicyEngine, SqliteAuditStore]:
+async def open_policy_and_audit(stack: AsyncExitStack, settings: Settings) -> tuple[PolicyEngine, AuditStore]:
     """The policy engine (loaded: a broken policy raises PolicyLoadError here) and the audit store,
     closed with `stack`; what both the worker and the front door need."""
     policy = make_engine(settings)
     stack.push_async_callback(policy.close)
     await policy.load()
-    store = SqliteAuditStore(default_path(settings))
+    store = open_store(settings)  # PLAYBOOK_BOT_AUDIT_URL (PostgreSQL) or the SQLite file
     stack.callback(store.close)
-    if problem := store.check_writable():  # creates the store; says early why it cannot
+    if problem := await asyncio.to_thread(store.check_writable):  # creates the store; says early why not
         log.error("audit store not writable: runs will wait for it", reason=problem)
     return policy, store
 
@@ -87,7 +89,7 @@ class WorkerDeps:
 
     activities: list[Any]
     policy: PolicyEngine
-    audit: SqliteAuditStore
+    audit: AuditStore
     catalog: Catalog
     keyring: Keyring | None = None  # for make_worker(keyring=...): the lock messages' seals
 
@@ -146,4 +148,7 @@ async def worker_deps(
             admitter.admit,
             *CatalogActivities(lambda: known).all(),
         ]
+        if settings.audit_checkpoint_file is not None:  # signed chain heads the database cannot rewrite
+            path, every = settings.audit_checkpoint_file, settings.audit_checkpoint_interval
+            stack.push_async_callback(start_checkpoints(store, path, keys, every))
         yield WorkerDeps(activities, policy, store, known, keys)

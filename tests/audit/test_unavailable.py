@@ -61,6 +61,7 @@ def test_a_lock_held_past_the_timeout_is_unavailable_until_released(db: Path) ->
         assert store.verify().ok
 
 
+@pytest.mark.sqlite_only
 def test_a_full_database_is_unavailable_and_leaves_the_chain_intact(store: SqliteAuditStore) -> None:
     store.append([event(1)])
     pages = store._connection().execute("PRAGMA page_count").fetchone()[0]
@@ -73,6 +74,7 @@ def test_a_full_database_is_unavailable_and_leaves_the_chain_intact(store: Sqlit
     assert store.verify().ok
 
 
+@pytest.mark.sqlite_only
 def test_check_writable_reports_a_nearly_full_disk(store: SqliteAuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
     assert store.check_writable() is None
 
