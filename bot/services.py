@@ -18,7 +18,7 @@ from bot.actions.catalog import slack_client
 from bot.actions.egress import announce_egress
 from bot.alerts.receiver import AlertDeps, AlertReceiver
 from bot.api.routes import ApiDeps, RunsApi
-from bot.audit.store import SqliteAuditStore
+from bot.audit.backend import AuditStore
 from bot.devstack import DevServer
 from bot.engine.worker import WorkerDeps, make_worker, open_policy_and_audit, worker_deps
 from bot.identity.keys import front_door_keyring, require_front_door_key, worker_keyring
@@ -204,7 +204,7 @@ def front_door(
     client: Client,
     catalog: Catalog,
     policy: PolicyEngine,
-    audit: SqliteAuditStore,
+    audit: AuditStore,
     slack: Any = None,
     keyring: Keyring | None = None,
 ) -> list[APIRouter]:
@@ -257,7 +257,7 @@ def slack_app(
     client: Client,
     catalog: Catalog,
     policy: PolicyEngine,
-    audit: SqliteAuditStore,
+    audit: AuditStore,
     keyring: Keyring | None = None,
 ) -> Any:
     """The Bolt app when Slack is configured; otherwise None, and the log says Slack is off."""

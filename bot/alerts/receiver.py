@@ -37,7 +37,7 @@ from bot.alerts.payload import Alert, PayloadError, parse_payload
 from bot.audit.episodes import Episode
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.recorder import append_counted
-from bot.audit.store import SqliteAuditStore
+from bot.audit.backend import AuditStore
 from bot.engine.runs import RunBusy, RunError, cancel_run, is_running, lock_conflict, run_input, start_policy_input
 from bot.engine.state import TriggerContext
 from bot.engine.workflow import PlaybookRun
@@ -75,7 +75,7 @@ class AlertDeps:
     task_queue: str
     catalog: Callable[[], Catalog]
     policy: PolicyEngine
-    audit: SqliteAuditStore | None
+    audit: AuditStore | None
     token: str | None
     max_body: int = 1 << 20
     keyring: Keyring = field(default_factory=Keyring)
@@ -375,7 +375,7 @@ class AlertReceiver:
                 episode = await self._store("resolve an episode", lambda s: s.resolve_episode(run_id))
         return episode
 
-    async def _store(self, doing: str, call: Callable[[SqliteAuditStore], Any]) -> Any:
+    async def _store(self, doing: str, call: Callable[[AuditStore], Any]) -> Any:
         store = self.deps.audit
         assert store is not None
         try:

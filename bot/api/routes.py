@@ -28,7 +28,7 @@ from temporalio.service import RPCError
 
 from bot.api.errors import ApiError, unauthenticated
 from bot.audit.recorder import record_refusal, refusal
-from bot.audit.store import SqliteAuditStore
+from bot.audit.backend import AuditStore
 from bot.engine.runs import (
     RunError,
     cancel_run,
@@ -113,7 +113,7 @@ class ApiDeps:
     task_queue: str
     catalog: Callable[[], Catalog]
     policy: PolicyEngine
-    audit: SqliteAuditStore | None
+    audit: AuditStore | None
     tokens: TokenStore
     keyring: Keyring
     max_body: int = MAX_BODY

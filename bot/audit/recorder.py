@@ -25,7 +25,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from bot.audit.events import AuditEvent, EventKind
-from bot.audit.store import AuditUnavailable, SqliteAuditStore
+from bot.audit.backend import AuditStore
+from bot.audit.store import AuditUnavailable
 from bot.metrics import observe_events
 
 AUDIT_UNAVAILABLE = "AuditUnavailable"
@@ -36,7 +37,7 @@ class AuditBatch(BaseModel):
     events: list[AuditEvent] = Field(default_factory=list)
 
 
-async def append_counted(store: SqliteAuditStore, events: Sequence[AuditEvent]) -> None:
+async def append_counted(store: AuditStore, events: Sequence[AuditEvent]) -> None:
     """Append off the event loop and count what was newly written (a retry counts nothing).
     Raises AuditUnavailable; each caller decides what that means for it."""
     observe_events(await asyncio.to_thread(store.append, list(events), new_only=True))
@@ -56,7 +57,7 @@ def refusal(actor: str, operation: str, reason: str, *, run_id: str | None = Non
     )
 
 
-async def record_refusal(store: SqliteAuditStore | None, event: AuditEvent) -> None:
+async def record_refusal(store: AuditStore | None, event: AuditEvent) -> None:
     """Best effort: the refusal was told to the actor; a store that is down is logged, not raised."""
     if store is None:
         return
@@ -69,7 +70,7 @@ async def record_refusal(store: SqliteAuditStore | None, event: AuditEvent) -> N
 class AuditWriter:
     """Async front of the store; `None` store (unit tests of one action) writes nothing."""
 
-    def __init__(self, store: SqliteAuditStore | None) -> None:
+    def __init__(self, store: AuditStore | None) -> None:
         self.store = store
 
     async def write(self, events: Sequence[AuditEvent]) -> None:

@@ -23,7 +23,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.client import Client
 
-from bot.audit.store import SqliteAuditStore
+from bot.audit.backend import AuditStore
 from bot.engine.runs import RunError
 from bot.identity.principals import PrincipalError
 from bot.identity.proofs import Keyring
@@ -54,7 +54,7 @@ class SlackDeps:
     catalog: Callable[[], Catalog]
     policy: PolicyEngine
     web: AsyncWebClient
-    audit: SqliteAuditStore | None = None  # `slack_command` events; None: not recorded
+    audit: AuditStore | None = None  # `slack_command` events; None: not recorded
     keyring: Keyring = field(default_factory=Keyring)  # signs proofs of who clicked or typed
 
 
