@@ -11,8 +11,10 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+from pydantic import SecretStr
 from temporalio.common import WorkflowIDReusePolicy
 
+from bot.audit.postgres import PostgresAuditStore
 from bot.audit.store import SqliteAuditStore, default_path
 from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
@@ -170,3 +172,46 @@ async def test_a_run_id_used_twice_keeps_both_executions_on_the_record(dev_env, 
     # execution's story, and it is on the record beside the first's.
     assert mine[second] == [("run_finished", "cancelled")]
     assert len(events) == 5
+
+
+async def test_postgresql_stopped_mid_run_blocks_no_undo_and_the_trail_is_complete_once_it_is_back(
+    dev_env, tmp_path, pg_cluster, pg_url
+):
+    """The same outage on the shared store: PostgreSQL itself stopped (`pg_ctl stop`) while the run
+    is in flight, then started again; the worker's store object reconnects on its own."""
+    settings = _settings(tmp_path).model_copy(update={"audit_url": SecretStr(pg_url)})
+    pb = playbook(_outage_playbook(tmp_path))
+    async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
+        async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
+            handle = await dev_env.client.start_workflow(
+                PlaybookRun.run, run_input(pb, requested_by="cli:carl"), id=f"pg-outage-{uuid.uuid4()}",
+                task_queue=worker.task_queue,
+            )
+            run_id = handle.id
+
+            def recorded() -> list[tuple[str, str | None]]:
+                with PostgresAuditStore(pg_url) as store:
+                    return [(e.kind.value, e.step_id) for e in store.events(run_id=run_id)]
+
+            async def hold_started() -> bool:
+                return ("step_started", "hold") in recorded()
+
+            await eventually(hold_started, timeout=60, what="the hold step on the record")
+            pg_cluster.stop()  # the outage
+            try:
+                (tmp_path / "go").touch()
+                status = await wait_for_state(
+                    handle, lambda s: s.state == "compensated" and s.audit_pending > 0, timeout=180
+                )
+                assert [c.state for c in status.compensations] == ["succeeded"] * 4
+                for step in ("prep", "hold", "left", "right"):
+                    assert (tmp_path / f"{step}-undone").exists(), step
+                await eventually(lambda: flush_attempts(handle, 2), timeout=180, what="failed flushes")
+            finally:
+                pg_cluster.start_if_stopped()  # the store is back
+            status = await handle.result()
+
+    assert status.state == "compensated" and status.audit_pending == 0
+    _in_run_order(recorded())
+    with PostgresAuditStore(pg_url) as store:
+        assert store.verify().ok
