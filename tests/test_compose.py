@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
+import pytest
 import yaml
+from typer.testing import CliRunner
 
+from bot.audit.cli import app as audit_app
+from bot.audit.events import AuditEvent, EventKind
+from bot.audit.postgres import PostgresAuditStore
 from bot.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,3 +112,44 @@ def test_the_bot_and_opa_share_one_token_value():
     """Two settings for one secret drift apart, and then every decision is a deny."""
     assert SERVICES["bot"]["environment"]["PLAYBOOK_BOT_OPA_TOKEN"].startswith("${OPA_API_TOKEN")
     assert SERVICES["opa"]["environment"]["OPA_API_TOKEN"].startswith("${OPA_API_TOKEN")
+
+
+def test_the_audit_store_is_postgresql_as_an_append_only_role_behind_its_own_network():
+    """One chain for every front door and worker (issue 14): the bot's URL names the runtime role,
+    the owner's password reaches only the one-shot schema service, which the bot waits for."""
+    for name in ("bot", "worker"):
+        env = SERVICES[name]["environment"]
+        assert env["PLAYBOOK_BOT_AUDIT_URL"].startswith("postgresql://playbook_bot:${AUDIT_BOT_PASSWORD")
+        assert SERVICES[name]["depends_on"]["audit-schema"]["condition"] == "service_completed_successfully"
+    schema = SERVICES["audit-schema"]
+    assert schema["command"] == ["audit", "schema", "--grant", "playbook_bot"]
+    assert schema["environment"]["PLAYBOOK_BOT_AUDIT_URL"].startswith("postgresql://playbook_audit:")
+    owners = {name for name, service in SERVICES.items() if "AUDIT_OWNER_PASSWORD" in str(service.get("environment"))}
+    assert owners == {"postgresql", "audit-schema"}
+    assert COMPOSE["networks"]["audit"]["internal"] is True
+    joined = {name for name, service in SERVICES.items() if "audit" in (service.get("networks") or [])}
+    assert joined == {"postgresql", "audit-schema", "bot", "worker"}
+    assert "./deploy/postgres/init-audit.sh:/docker-entrypoint-initdb.d/10-audit.sh:ro" in SERVICES["postgresql"]["volumes"]
+
+
+def test_the_audit_database_init_script_and_schema_service_leave_the_bot_append_only(pg_cluster, tmp_path):
+    """deploy/postgres/init-audit.sh run as the image runs it (psql as the superuser), then what the
+    audit-schema service runs, on a real PostgreSQL: the bot's role appends and cannot rewrite."""
+    pg_cluster.start_if_stopped()
+    env = {**os.environ, "PATH": f"{pg_cluster.bindir}:{os.environ['PATH']}", "PGHOST": "127.0.0.1",
+           "PGPORT": str(pg_cluster.port), "POSTGRES_USER": "postgres",
+           "AUDIT_OWNER_PASSWORD": "own'er", "AUDIT_BOT_PASSWORD": "b\"ot"}  # quotes: the script must not splice them
+    done = subprocess.run(["sh", str(ROOT / "deploy/postgres/init-audit.sh")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    owner_url, bot_url = pg_cluster.url("playbook_audit", "playbook_audit"), pg_cluster.url("playbook_audit", "playbook_bot")
+    schema = CliRunner().invoke(audit_app, ["schema", "--url", owner_url, "--grant", "playbook_bot"])
+    assert schema.exit_code == 0, schema.output
+    with PostgresAuditStore(bot_url) as store:
+        event = AuditEvent(event_id="e1", ts=datetime.now(UTC), kind=EventKind.run_started, actor="system")
+        stored = store.append([event])
+        assert stored[0].seq == 1 and store.verify().ok and store.privilege_warning() is None
+    with psycopg.connect(bot_url, autocommit=True) as conn:
+        for attack in ("UPDATE audit_events SET actor = 'mallory'", "DROP TABLE audit_events", "CREATE TABLE x (a int)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(attack)

@@ -143,10 +143,15 @@ def schema_command(
     url: Annotated[
         str | None, typer.Option("--url", help="postgresql://... of the tables' owner (default: PLAYBOOK_BOT_AUDIT_URL).")
     ] = None,
+    grant: Annotated[
+        str | None, typer.Option("--grant", help="Then give this role what the bot needs at run time, no more.")
+    ] = None,
 ) -> None:
     """Create or migrate the PostgreSQL audit schema (what the bot does at start), e.g. as the owner
     when the bot itself runs as a role that may only insert and read (docs/security.md)."""
-    from bot.audit.pg_schema import SCHEMA_VERSION
+    import psycopg
+
+    from bot.audit.pg_schema import SCHEMA_VERSION, grant_runtime
     from bot.audit.postgres import PostgresAuditStore
 
     try:
@@ -158,6 +163,13 @@ def schema_command(
     with PostgresAuditStore(url) as store:
         if problem := store.check_writable():
             raise _fail(problem.splitlines()[0])
+    if grant:
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+                grant_runtime(conn, grant)
+        except psycopg.Error as exc:
+            raise _fail(f"cannot grant the runtime privileges to role {grant!r}: {str(exc).strip()}") from None
+        typer.echo(f"ok: role {grant!r} may read and append the audit trail, and nothing more")
     typer.echo(f"ok: audit schema at version {SCHEMA_VERSION}")
 
 

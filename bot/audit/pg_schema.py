@@ -8,6 +8,7 @@ nothing twice. A new version is appended here; a shipped one is never edited.
 from __future__ import annotations
 
 import psycopg
+from psycopg import sql
 
 from bot.audit.events import GENESIS_HASH
 
@@ -125,6 +126,23 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+# What the bot's runtime role needs and no more (docs/security.md lists the same, as SQL):
+# `audit schema --grant ROLE` gives it; a test keeps the two equal.
+RUNTIME_GRANTS: tuple[tuple[str, str], ...] = (
+    ("SELECT, INSERT", "audit_events"),
+    ("SELECT, UPDATE", "audit_head"),  # only forward: a trigger refuses lowering it
+    ("SELECT, INSERT, UPDATE", "episodes"),  # episode state is mutable, not chained
+    ("SELECT", "schema_migrations"),
+)
+
+
+def grant_runtime(conn: psycopg.Connection, role: str) -> None:
+    """Give `role` RUNTIME_GRANTS (run as the owner, after migrating); the role must exist."""
+    with conn.transaction():
+        for privileges, table in RUNTIME_GRANTS:
+            conn.execute(sql.SQL(f"GRANT {privileges} ON {{}} TO {{}}").format(  # privileges: fixed text above
+                sql.Identifier(table), sql.Identifier(role)))
 
 
 def schema_version(conn: psycopg.Connection) -> int:

@@ -293,3 +293,27 @@ def test_the_database_links_every_character_as_bot_audit_events_does(pg_url: str
         assert all(e.hash == e.expected_hash() for e in stored)
         assert store.events() == stored[: len(NASTY)]
         assert store.verify().ok and store.verify().checked == len(NASTY)
+
+
+def test_schema_grant_gives_the_runtime_role_what_the_docs_list_and_no_more(pg_cluster: PgCluster, pg_url: str) -> None:
+    """`audit schema --grant ROLE` (what the compose stack's one-shot service runs as the owner)."""
+    from bot.audit.pg_schema import RUNTIME_GRANTS
+
+    assert [f"GRANT {p} ON {t} TO playbook_bot" for p, t in RUNTIME_GRANTS] == documented_grants()
+    dbname = pg_url.rsplit("/", 1)[1]
+    owner_role, bot_role = f"own_{dbname}", f"bot_{dbname}"
+    pg_cluster.create_role(owner_role, dbname)
+    pg_cluster.create_role(bot_role, dbname)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'GRANT CREATE ON SCHEMA public TO "{owner_role}"')
+    owner_url = pg_cluster.url(dbname, user=owner_role)
+    missing = CliRunner().invoke(audit_app, ["schema", "--url", owner_url, "--grant", "no_such_role"])
+    assert missing.exit_code == 1 and "cannot grant the runtime privileges to role 'no_such_role'" in missing.output
+    done = CliRunner().invoke(audit_app, ["schema", "--url", owner_url, "--grant", bot_role])
+    assert done.exit_code == 0, done.output
+    with PostgresAuditStore(pg_cluster.url(dbname, user=bot_role)) as bot:
+        assert bot.check_writable() is None and bot.append([event(1)])[0].seq == 1
+        assert bot.privilege_warning() is None
+    with psycopg.connect(pg_cluster.url(dbname, user=bot_role), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM audit_events")
