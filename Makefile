@@ -24,6 +24,7 @@ test: $(STAMP) ## policy tests, then the whole suite (real Temporal dev server, 
 bench: $(STAMP) ## benchmark tables with ratios against baselines measured in the same run (not timed tests)
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.alert_storm
+	$(BIN)/python -m bench.alert_storm --audit postgresql
 	$(BIN)/python -m bench.policy_latency
 	$(BIN)/python -m bench.slack_ack
 	$(BIN)/python -m bench.approval_rss

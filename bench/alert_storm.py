@@ -5,7 +5,11 @@ episode) against a floor on the same Temporal server in the same run: bare clien
 same 3x duplicated ids with an attach-to-existing policy, with a worker running one-activity
 workflows as they come on both sides. Verifies exactly 1,000 runs: none lost, none twice.
 
-    .venv/bin/python -m bench.alert_storm [--alerts 1000] [--concurrency 50]
+    .venv/bin/python -m bench.alert_storm [--alerts 1000] [--concurrency 50] [--audit postgresql]
+
+`--audit postgresql` runs the bot side on a PostgreSQL audit store (Debian's server, started in a
+temporary directory with durable settings): the episode claims and the chain on the shared store
+that several front doors would use (issue 14).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import random
@@ -21,6 +26,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -89,19 +95,20 @@ async def bounded(concurrency: int, jobs: list[Any], work: Any) -> list[Any]:
 
 
 async def bot_side(
-    client: Client, address: str, tmp: Path, alerts: int, concurrency: int
+    client: Client, address: str, tmp: Path, alerts: int, concurrency: int, audit_url: str | None = None
 ) -> tuple[float, collections.Counter]:
     (tmp / "playbooks").mkdir()
     (tmp / "playbooks" / "storm.yaml").write_text(PLAYBOOK)
     port = free_port()
     settings = Settings(
         data_dir=tmp / "data", playbooks_dir=tmp / "playbooks", policies_dir=ROOT / "policies", http_port=port,
-        alertmanager_token=TOKEN, task_queue=f"storm-{uuid.uuid4()}",
+        alertmanager_token=TOKEN, task_queue=f"storm-{uuid.uuid4()}", audit_url=audit_url,
     )
     catalog = load_directory(settings.playbooks_dir)
     env = {
         "PLAYBOOK_BOT_DATA_DIR": str(settings.data_dir), "PLAYBOOK_BOT_POLICIES_DIR": str(settings.policies_dir),
         "PLAYBOOK_BOT_TASK_QUEUE": settings.task_queue, "PLAYBOOK_BOT_LOG_LEVEL": "WARNING",
+        **({"PLAYBOOK_BOT_AUDIT_URL": audit_url} if audit_url else {}),
     }
     async with worker_deps(settings) as deps, worker_process(address, settings.task_queue, "bot", env):
         http = _Http(settings, create_app(Readiness(), front_door(settings, client, catalog, deps.policy, deps.audit)))
@@ -164,19 +171,21 @@ async def floor_side(
     return elapsed, collections.Counter({"workflows": len({w.id for w in runs})})
 
 
-async def main(alerts: int, concurrency: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+async def main(alerts: int, concurrency: int, audit: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp, audit_store(audit) as audit_url:
         server = DevServer(Path(tmp) / "temporal", port=free_port(), ui_port=free_port())
         await server.start()
         try:
             client = await Client.connect(server.address, data_converter=pydantic_data_converter)
             floor_s, floor_counts = await floor_side(client, server.address, alerts, concurrency)
             await asyncio.sleep(2)
-            bot_s, outcomes = await bot_side(client, server.address, Path(tmp), alerts, concurrency)
+            bot_s, outcomes = await bot_side(client, server.address, Path(tmp), alerts, concurrency, audit_url)
         finally:
             await server.stop()
     floor_rate, bot_rate = alerts / floor_s, alerts / bot_s
-    print(f"\nAlert storm: {alerts} distinct alerts x 3 deliveries, {concurrency} concurrent, same Temporal server\n")
+    where = "PostgreSQL" if audit_url else "SQLite"
+    print(f"\nAlert storm: {alerts} distinct alerts x 3 deliveries, {concurrency} concurrent, same Temporal server, "
+          f"audit store {where}\n")
     print(f"{'':44} {'seconds':>8} {'episodes/s':>11} {'ratio':>6}")
     print(f"{'bare client starts, attach-to-existing (floor)':44} {floor_s:8.2f} {floor_rate:11.1f} {1.0:6.2f}")
     print(f"{'bot /alertmanager (auth, route, policy, audit)':44} {bot_s:8.2f} {bot_rate:11.1f} {bot_rate / floor_rate:6.2f}")
@@ -187,14 +196,30 @@ async def main(alerts: int, concurrency: int) -> None:
     print("goal: ratio >= 0.70")
 
 
+@contextlib.contextmanager
+def audit_store(audit: str) -> Iterator[str | None]:
+    """None: the SQLite file in the data dir; else a URL of a fresh PostgreSQL database."""
+    if audit == "sqlite":
+        yield None
+        return
+    from tests.pg import cluster, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        sys.exit("PostgreSQL's initdb and pg_ctl not found (/usr/lib/postgresql/*/bin): apt-get install postgresql")
+    with cluster(bindir, durable=True) as pg:
+        yield pg.url(pg.create_database())
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alerts", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--audit", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
         asyncio.run(load(args.load, args.alerts, args.concurrency))
     else:
         logging.configure("INFO", "json", stream=open(os.devnull, "w"))  # the bot logs every outcome, as in production
-        asyncio.run(main(args.alerts, args.concurrency))
+        asyncio.run(main(args.alerts, args.concurrency, args.audit))

@@ -65,6 +65,14 @@ class _StaleConnection(AuditUnavailable):
     """A connection that had worked broke (the server restarted, failed over, or dropped it)."""
 
 
+def _close_quietly(conn: psycopg.Connection | None) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
+
+
 def _connection_lost(exc: psycopg.Error) -> bool:
     """The connection itself failed (no SQLSTATE: the socket; 08xxx; the server shutting down),
     not a statement on it (a lock timeout, a full disk): only then is a new connection the cure."""
@@ -90,15 +98,18 @@ def _reconnecting(method: Callable[P, R]) -> Callable[P, R]:
 
 
 class PostgresAuditStore:
-    def __init__(self, url: str, *, timeout: float = 10.0, create: bool = True) -> None:
+    def __init__(self, url: str, *, timeout: float = 10.0, create: bool = True, connections: int = 8) -> None:
         """Connects lazily (a store built while the server is down can be built). `create=False`:
-        a reader that must not create the schema (the `audit` commands) says it is missing instead."""
+        a reader that must not create the schema (the `audit` commands) says it is missing instead.
+        Up to `connections` calls run at once, each on its own connection (a front door answers
+        many deliveries at a time; appends still queue on the chain lock, in the server)."""
         self.url = url
         self.name = redact(url)
         self.timeout = timeout
         self.create = create
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection | None = None
+        self._slots = threading.BoundedSemaphore(connections)
+        self._lock = threading.Lock()  # guards _idle and _closed
+        self._idle: list[psycopg.Connection] = []
         self._closed = False
 
     def __enter__(self) -> PostgresAuditStore:
@@ -111,9 +122,12 @@ class PostgresAuditStore:
         return f"PostgresAuditStore({self.name!r})"
 
     def close(self) -> None:
+        """Closes idle connections now; one in use is closed when its call ends."""
         with self._lock:
             self._closed = True
-            self._drop()
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            _close_quietly(conn)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -124,12 +138,9 @@ class PostgresAuditStore:
         if not events:
             return []
         with self._connected("append to") as conn:
-            try:
-                stored = self._append(conn, events, new_only)
-            except BaseException:
-                self._drop()  # mid-transaction or mid-pipeline: the server rolls back when it goes
-                raise
-        return stored
+            # A failure mid-transaction or mid-pipeline closes the connection (_connected): the
+            # server rolls back when it goes.
+            return self._append(conn, events, new_only)
 
     def _append(self, conn: psycopg.Connection, events: Sequence[AuditEvent], new_only: bool) -> list[StoredEvent]:
         """One round trip (pipelined): `audit_append` takes the chain lock, links and inserts, and
@@ -337,20 +348,48 @@ class PostgresAuditStore:
 
     @contextmanager
     def _connected(self, doing: str) -> Iterator[psycopg.Connection]:
-        """The shared connection under the lock; any database error becomes AuditUnavailable and
-        drops the connection, so the next call reconnects."""
-        with self._lock:
-            if self._closed:
-                raise AuditUnavailable(f"audit store {self.name}: cannot {doing} it: the store is closed")
-            reused = self._conn is not None and not self._conn.closed
+        """A connection of the store's own (an idle one, or a new one) for one call; any database
+        error becomes AuditUnavailable and closes that connection, so the next call reconnects."""
+        if not self._slots.acquire(timeout=self.timeout):
+            raise AuditUnavailable(
+                f"audit store {self.name}: cannot {doing} it: every connection was busy for {self.timeout:g} s"
+            )
+        try:
+            with self._lock:
+                if self._closed:
+                    raise AuditUnavailable(f"audit store {self.name}: cannot {doing} it: the store is closed")
+                conn = self._idle.pop() if self._idle else None
+            reused = conn is not None and not conn.closed
             try:
-                yield self._connection()
+                if conn is None or conn.closed:
+                    conn = self._connect()
+                yield conn
             except psycopg.Error as exc:
-                self._drop()
+                _close_quietly(conn)
                 stale = reused and _connection_lost(exc)
+                if _connection_lost(exc):  # a restart or failover: the idle ones are gone too
+                    with self._lock:
+                        idle, self._idle = self._idle, []
+                    for other in idle:
+                        _close_quietly(other)
                 raise (_StaleConnection if stale else AuditUnavailable)(
                     f"audit store {self.name}: cannot {doing} it: {_cause(exc)}"
                 ) from exc
+            except BaseException:
+                _close_quietly(conn)
+                raise
+            self._give_back(conn)
+        finally:
+            self._slots.release()
+
+    def _give_back(self, conn: psycopg.Connection) -> None:
+        """Idle again, unless the store closed meanwhile or the call left a transaction open."""
+        clean = not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with self._lock:
+            if clean and not self._closed:
+                self._idle.append(conn)
+                return
+        _close_quietly(conn)
 
     @contextmanager
     def _transaction(self, doing: str, probe: bool = False) -> Iterator[psycopg.Connection]:
@@ -368,39 +407,29 @@ class PostgresAuditStore:
                 raise
             conn.execute("ROLLBACK" if probe else "COMMIT")
 
-    def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
-
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(
-                self.url,
-                autocommit=True,
-                connect_timeout=max(2, round(self.timeout)),
-                application_name="playbook-bot audit",
-                # A server that vanished (network partition, host gone) fails a call in about
-                # 3x the timeout instead of hanging it: TCP keepalives and an unacknowledged-data limit.
-                keepalives=1,
-                keepalives_idle=max(1, round(self.timeout)),
-                keepalives_interval=max(1, round(self.timeout / 3)),
-                keepalives_count=3,
-                tcp_user_timeout=int(self.timeout * 3000),
-            )
-            try:
-                conn.execute("SET TIME ZONE 'UTC'")
-                # A chain lock or row lock held longer than this is an outage, reported as one.
-                conn.execute(f"SET lock_timeout = {int(self.timeout * 1000)}")
-                self._ensure_schema(conn)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
+    def _connect(self) -> psycopg.Connection:
+        conn = psycopg.connect(
+            self.url,
+            autocommit=True,
+            connect_timeout=max(2, round(self.timeout)),
+            application_name="playbook-bot audit",
+            # A server that vanished (network partition, host gone) fails a call in about
+            # 3x the timeout instead of hanging it: TCP keepalives and an unacknowledged-data limit.
+            keepalives=1,
+            keepalives_idle=max(1, round(self.timeout)),
+            keepalives_interval=max(1, round(self.timeout / 3)),
+            keepalives_count=3,
+            tcp_user_timeout=int(self.timeout * 3000),
+        )
+        try:
+            conn.execute("SET TIME ZONE 'UTC'")
+            # A chain lock or row lock held longer than this is an outage, reported as one.
+            conn.execute(f"SET lock_timeout = {int(self.timeout * 1000)}")
+            self._ensure_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _ensure_schema(self, conn: psycopg.Connection) -> None:
         found = schema_version(conn)
