@@ -210,22 +210,28 @@ async def test_a_group_split_across_deliveries_in_any_order_starts_one_run_per_a
 OWN_AUDIT_FILES_SHARE_NO_EPISODES = pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="issue 14, shared episode state: whether an alert was already resolved is read from the front "
-    "door's own audit file, so a peer with its own file starts a remediation; passes once it reads the shared store",
+    reason="front doors with SQLite files of their own share no episode state, so a peer starts a remediation "
+    "the other door knows is over: more than one host needs PostgreSQL (the own-data-dir-postgresql case; "
+    "docs/operations.md)",
 )
 
 
-@pytest.mark.parametrize(
-    "shared_audit",
-    [True, pytest.param(False, marks=OWN_AUDIT_FILES_SHARE_NO_EPISODES)],
-    ids=["shared-audit-file", "own-audit-file"],
-)
-async def test_a_peers_late_firing_after_the_resolved_one_starts_nothing_whatever_the_offset(stack, shared_audit):
+@pytest.fixture(params=["shared-audit-file", "own-audit-file", "own-data-dir-postgresql"])
+async def late_stack(request, dev_env, tmp_path: Path) -> AsyncIterator[tuple[BotStack, str]]:
+    if request.param == "own-audit-file":
+        request.applymarker(OWN_AUDIT_FILES_SHARE_NO_EPISODES)
+    extra = {"audit_url": request.getfixturevalue("pg_url")} if request.param.endswith("postgresql") else {}
+    async with bot_stack(dev_env.client, tmp_path, PLAYBOOKS, alertmanager_max_body=MAX_BODY, **extra) as s:
+        yield s, request.param
+
+
+async def test_a_peers_late_firing_after_the_resolved_one_starts_nothing_whatever_the_offset(late_stack):
     """A resolved alert never remediates: a peer's firing delivery arriving after the resolved one
     (its startsAt written in another offset) finds the episode over, whether the two front doors
-    share one audit file (the compose deploy) or each has its own (front doors on different hosts,
-    as docs/operations.md describes them)."""
-    peer = await stack.replica(shared_audit=shared_audit)
+    share one audit file (the compose deploy on one host) or one PostgreSQL (front doors on
+    different hosts, each with its own data dir, as docs/operations.md describes them)."""
+    stack, kind = late_stack
+    peer = await stack.replica(shared_audit=kind == "shared-audit-file")
     f = fp()
     alert = firing(f, "Fuzz", STARTS, instance="late")
     resolved = {**alert, "status": "resolved", "endsAt": "2026-11-22T01:05:00Z"}
@@ -239,7 +245,7 @@ async def test_a_peers_late_firing_after_the_resolved_one_starts_nothing_whateve
     # by its id, not Temporal's listing (which lags a start): the episode has no run at all
     assert await is_running(stack.temporal, episode_id("hold", f, STARTS_AT)) is None
     assert [e["outcome"] for e in stack.outcomes()] == ["resolved_no_run", "already_handled"]  # recorded once
-    if not shared_audit:
+    if kind == "own-audit-file":
         assert [e["outcome"] for e in stack.outcomes(peer.audit)] == ["already_handled"]
 
 
