@@ -153,11 +153,16 @@ class Admitter:
         difference between a front door (the proof) and a worker (the run's events) that the proof
         check already tolerates. Event ids carry the execution, so both runs keep their whole
         trail. Whether the proof is genuine is checked next, like any other. A store that cannot be
-        read fails the admission (retried, then the run is refused as not checked): with the audit
-        spool a run acts while the store is down, so "unknown" must not admit a replay."""
+        read does not stop an unverified start (any client can start one under a new id; its first
+        writes wait in the run, logged as an error), but fails one with a proof (retried, then the
+        run is refused as not checked): with the audit spool a run acts while the store is down,
+        so "unknown" must not admit a replayed proof and the identity it vouches for."""
         try:
             earlier = await self.audit.run_recorded(run_id)
         except AuditUnavailable as exc:
+            if proof is None:
+                log.error("audit store unreadable: cannot tell whether this run id was used before", error=str(exc))
+                return None
             raise ApplicationError(
                 f"audit store unavailable: cannot tell whether run id {run_id!r} was used before: {exc}",
                 type=AUDIT_UNAVAILABLE,
