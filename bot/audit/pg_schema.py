@@ -124,6 +124,32 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         END $$;
         """,
     ),
+    (
+        4,
+        """
+        -- Episode state stays mutable, but a resolve is a fact the front doors decide on: undone
+        -- (by the bot's own role, e.g. a leaked URL), a late firing delivery would remediate a
+        -- resolved alert. So resolved_at is set once, and a row keeps its id and is never removed.
+        CREATE FUNCTION episodes_keep_resolved() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.episode_id IS DISTINCT FROM OLD.episode_id THEN
+                RAISE EXCEPTION 'an episode keeps its id (% to % refused)', OLD.episode_id, NEW.episode_id
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            IF OLD.resolved_at IS NOT NULL AND NEW.resolved_at IS DISTINCT FROM OLD.resolved_at THEN
+                RAISE EXCEPTION 'a resolved episode stays resolved (% refused)', OLD.episode_id
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER episodes_keep_resolved BEFORE UPDATE ON episodes
+            FOR EACH ROW EXECUTE FUNCTION episodes_keep_resolved();
+        CREATE TRIGGER episodes_no_delete BEFORE DELETE ON episodes
+            FOR EACH ROW EXECUTE FUNCTION audit_refuse_change();
+        CREATE TRIGGER episodes_no_truncate BEFORE TRUNCATE ON episodes
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -25,12 +25,12 @@ works once it is back, without a restart.
 from __future__ import annotations
 
 import functools
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import unquote
 
 import psycopg
 
@@ -51,9 +51,39 @@ EPISODE = "SELECT episode_id, runs, started, claimed_at, resolved_at FROM episod
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    url = re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
-    return re.sub(r"(password=)[^&\s]*", r"\1***", url)
+    """The URL without its password, for messages and logs. Cut as libpq reads it (user info up to
+    the first `@` before a `/`, so a password may hold `?` or `#`; query keys percent-decoded), and
+    anything before an `@` libpq would not read as user info is hidden too."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "(not a postgresql:// URL; not shown)"
+    at, slash = rest.find("@"), rest.find("/")
+    userinfo = ""
+    if at != -1 and (slash == -1 or at < slash):
+        user, colon, _ = rest[:at].partition(":")
+        userinfo, rest = f"{user}{':***' if colon else ''}@", rest[at + 1:]
+    where, question, query = rest.partition("?")
+    if "@" in where:  # not user info to libpq, but perhaps a misplaced password: not shown either
+        where = "***" + where[where.rfind("@"):]
+    params = []
+    for param in query.split("&") if question else []:
+        key, equals, value = param.partition("=")
+        params.append(f"{key}=***" if equals and "pass" in unquote(key).lower() else param)
+    return f"{scheme}://{userinfo}{where}{question}{'&'.join(params)}"
+
+
+def _secrets(url: str) -> list[str]:
+    """The password as written and decoded (user info, query), to scrub from libpq's messages."""
+    _, _, rest = url.partition("://")
+    found: list[str] = []
+    at, slash = rest.find("@"), rest.find("/")
+    if at != -1:
+        found.append(rest[:at].partition(":")[2] if (slash == -1 or at < slash) else rest[:at])
+    for param in rest.partition("?")[2].split("&"):
+        key, _, value = param.partition("=")
+        if "pass" in unquote(key).lower():
+            found.append(value)
+    return sorted({form for value in found if value for form in (value, unquote(value))}, key=len, reverse=True)
 
 
 def _cause(exc: BaseException) -> str:
@@ -105,6 +135,7 @@ class PostgresAuditStore:
         many deliveries at a time; appends still queue on the chain lock, in the server)."""
         self.url = url
         self.name = redact(url)
+        self._secrets = _secrets(url)
         self.timeout = timeout
         self.create = create
         self._slots = threading.BoundedSemaphore(connections)
@@ -372,9 +403,12 @@ class PostgresAuditStore:
                         idle, self._idle = self._idle, []
                     for other in idle:
                         _close_quietly(other)
+                cause = _cause(exc)
+                for secret in self._secrets:  # libpq quotes a URL part it cannot parse
+                    cause = cause.replace(secret, "***")
                 raise (_StaleConnection if stale else AuditUnavailable)(
-                    f"audit store {self.name}: cannot {doing} it: {_cause(exc)}"
-                ) from exc
+                    f"audit store {self.name}: cannot {doing} it: {cause}"
+                ) from None
             except BaseException:
                 _close_quietly(conn)
                 raise

@@ -16,9 +16,10 @@ from typing import Any, Callable, get_args
 import structlog
 from pydantic import BaseModel, Field
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from bot.audit.events import AuditEvent
-from bot.audit.recorder import AuditWriter
+from bot.audit.recorder import AUDIT_UNAVAILABLE, AuditWriter
 from bot.audit.store import AuditUnavailable
 from bot.engine.locking import LockKeyError, render_lock_key
 from bot.engine.state import ParentLink, Requester, TriggerContext
@@ -146,20 +147,30 @@ class Admitter:
     async def _run_id_problem(self, run_id: str, proof: Proof | None) -> str | None:
         """A run id names one run at a time. Temporal starts a closed workflow id again for any
         client that asks, which could replay an earlier run's start proof. So an id already on
-        the record is admitted again only with a start proof issued after that earlier run was
-        recorded: a front door decided to run it again (an alert episode with `on_rerun: start`);
-        event ids carry the execution, so both runs keep their whole trail. Whether the proof is
-        genuine is checked next, like any other. A store that cannot be read does not stop the
-        run: its first activity waits for the store anyway (logged as an error)."""
+        the record is admitted again only with a start proof issued more than START_SKEW after that
+        earlier run was recorded: a front door decided to run it again (an alert episode with
+        `on_rerun: start`, after Temporal's retention of a day at least); the margin is the clock
+        difference between a front door (the proof) and a worker (the run's events) that the proof
+        check already tolerates. Event ids carry the execution, so both runs keep their whole
+        trail. Whether the proof is genuine is checked next, like any other. A store that cannot be
+        read does not stop an unverified start (any client can start one under a new id; its first
+        writes wait in the run, logged as an error), but fails one with a proof (retried, then the
+        run is refused as not checked): with the audit spool a run acts while the store is down,
+        so "unknown" must not admit a replayed proof and the identity it vouches for."""
         try:
             earlier = await self.audit.run_recorded(run_id)
         except AuditUnavailable as exc:
-            log.error("audit store unreadable: cannot tell whether this run id was used before", error=str(exc))
+            if proof is None:
+                log.error("audit store unreadable: cannot tell whether this run id was used before", error=str(exc))
+                return None
+            raise ApplicationError(
+                f"audit store unavailable: cannot tell whether run id {run_id!r} was used before: {exc}",
+                type=AUDIT_UNAVAILABLE,
+            ) from None
+        if earlier is None or (proof is not None and proof.issued_at > earlier + START_SKEW):
             return None
-        if earlier is None or (proof is not None and proof.issued_at > earlier):
-            return None
-        return (f"run id {run_id!r} was already used by an earlier run, and this start's proof is older than that run: "
-                "a run id names one run, and a proof starts one run")
+        return (f"run id {run_id!r} was already used by an earlier run, and this start's proof was not issued well "
+                f"after that run (more than {START_SKEW} later): a run id names one run, and a proof starts one run")
 
     def _parent_problem(self, request: AdmitRequest) -> str | None:
         """A child run (trigger `playbook`) is believed only when Temporal says its claimed parent

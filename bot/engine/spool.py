@@ -25,6 +25,9 @@ with workflow.unsafe.imports_passed_through():
     from bot.engine.state import RunStatus
 
 SPOOL_PATCH = "audit-spool-v1"  # per-execution event ids, the queue in state, the flusher
+# A high-impact step also waits for events an activity in flight was handed (a long sibling in a
+# parallel group holds the queue; the approval request and votes queue behind it).
+HELD_PATCH = "audit-spool-held-v1"
 FLUSH_TIMEOUT = timedelta(seconds=30)
 FLUSH_FIRST_RETRY = timedelta(seconds=1)
 FLUSH_MAX_RETRY = timedelta(seconds=60)
@@ -43,6 +46,7 @@ class AuditSpool:
         self._flushing: list[Queued] | None = None  # the batch the flusher is appending now
         self._flush_wanted = False
         self._holders = 0  # activities in flight that were handed queued events to write
+        self._wait_held = False  # HELD_PATCH, asked in run() right after SPOOL_PATCH
 
     # ---- ids and the queue ---------------------------------------------------------------
 
@@ -132,8 +136,20 @@ class AuditSpool:
         self._count_pending()
 
     async def _recorded(self) -> None:
-        """Before a high-impact step: wait until the store has taken every queued event (its
-        policy decision among them) whenever a write failed; at once when none did."""
+        """Before a high-impact step: wait until the store has taken every event recorded before it
+        (its policy decision, approval request and votes among them): none queued behind a failed
+        write or a flush, and none held by an activity in flight, which writes them or hands them
+        back only when it returns. Checked again after each wait: nothing runs between that check
+        and the step's handoff, which then carries whatever is still queued and writes it first."""
+        if self._wait_held:
+
+            def settled() -> bool:
+                return not self._store_down and self._flushing is None and not self._holders
+
+            while not settled():
+                self._flush_wanted = True
+                await workflow.wait_condition(settled)
+            return
         if not self._store_down and self._flushing is None:
             return
         self._flush_wanted = True

@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.engine.approvals import ApprovalBook, VoteRefused
     from bot.engine.locking import NOTICE_SIGNAL, LockNotice, LockRelease, LockRequest, LockView
     from bot.engine.shield import uncancellable
-    from bot.engine.spool import AuditSpool
+    from bot.engine.spool import HELD_PATCH, AuditSpool
     from bot.engine.subplaybooks import POKE_SIGNAL, SubPlaybooks
     from bot.actions.playbooks import RUN_ACTION
     from bot.engine.state import (
@@ -394,6 +394,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._trusted = workflow.patched(TRUST_PATCH)
         self._outputs_kept = workflow.patched(OUTPUTS_PATCH)  # here, before any activity (see _has)
         if self._spooled():  # asked here, first, like TRUST_PATCH: old histories replay without it
+            self._wait_held = workflow.patched(HELD_PATCH)
             asyncio.ensure_future(uncancellable(self._flusher()))
         status = self._status
         status.state = "running"

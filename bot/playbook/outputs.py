@@ -35,7 +35,9 @@ class OutputNeeds(BaseModel):
 
 NOTHING = OutputNeeds()
 WHOLE = OutputNeeds(whole=True)
-DICT_METHODS = frozenset({"items", "keys", "values", "get"})  # what the sandbox lets a template call on a mapping
+# A mapping's attributes (items, keys, values, get, copy, ...): Jinja's `x.items` is the method even when
+# x has a key "items" (attributes come before keys), and a method may read all of x.
+DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 
 
 def output_needs(playbook: Playbook) -> dict[str, OutputNeeds] | None:
@@ -172,7 +174,8 @@ def _chain(node: nodes.Node) -> tuple[list[Key], nodes.Node]:
     keys: list[Key] = []
     while isinstance(node, (nodes.Getattr, nodes.Getitem)):
         if isinstance(node, nodes.Getattr):
-            keys.append(node.attr)
+            # `.items` of a mapping is its method, which may read all of it: like a computed key
+            keys.append(None if node.attr in DICT_METHODS else node.attr)
         elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, (str, int)) \
                 and not isinstance(node.arg.value, bool):
             keys.append(node.arg.value)

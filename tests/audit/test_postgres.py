@@ -224,7 +224,10 @@ def test_an_owner_migrates_and_a_role_with_the_documented_grants_runs_the_bot_bu
 
     with psycopg.connect(pg_url, autocommit=True) as conn:  # an upgrade shipped a migration the owner has not run
         conn.execute("DELETE FROM schema_migrations WHERE version = %s", (SCHEMA_VERSION,))
-        conn.execute("DROP FUNCTION audit_append")
+        conn.execute("DROP TRIGGER episodes_keep_resolved ON episodes")  # what that migration (4) made
+        conn.execute("DROP TRIGGER episodes_no_delete ON episodes")
+        conn.execute("DROP TRIGGER episodes_no_truncate ON episodes")
+        conn.execute("DROP FUNCTION episodes_keep_resolved")
     with PostgresAuditStore(runtime_url) as bot:
         reason = bot.check_writable() or ""
         assert f"the audit schema is at version {SCHEMA_VERSION - 1}, this bot needs {SCHEMA_VERSION}" in reason

@@ -186,12 +186,13 @@ async def test_a_used_run_id_runs_again_only_on_a_proof_issued_after_its_last_ru
 ) -> None:
     """An alert episode re-run after Temporal's retention (`on_rerun: start`) reuses its workflow id
     with a proof the front door signed for it now; the earlier run's proof, replayed, is refused."""
-    store.append([event("run-1", None, EventKind.run_started, ts=AT - timedelta(seconds=20)),
-                  event("run-1", None, EventKind.run_finished, ts=AT - timedelta(seconds=10))])
-    replayed = await admitter.admit(request(catalog, proof_at=AT - timedelta(seconds=30)))
+    finished = AT - START_SKEW - timedelta(seconds=10)  # a proof must come START_SKEW after it
+    store.append([event("run-1", None, EventKind.run_started, ts=finished - timedelta(seconds=10)),
+                  event("run-1", None, EventKind.run_finished, ts=finished)])
+    replayed = await admitter.admit(request(catalog, proof_at=finished - timedelta(seconds=20)))
     assert (replayed.allow, replayed.refused_by) == (False, "run id")
-    at_the_end = await admitter.admit(request(catalog, proof_at=AT - timedelta(seconds=10)))
-    assert (at_the_end.allow, at_the_end.refused_by) == (False, "run id")
+    at_the_margin = await admitter.admit(request(catalog, proof_at=finished + START_SKEW))
+    assert (at_the_margin.allow, at_the_margin.refused_by) == (False, "run id")
     fresh = await admitter.admit(request(catalog, proof_at=AT - timedelta(seconds=5)))
     assert fresh.allow and fresh.requester.verified
 
