@@ -55,6 +55,11 @@ def format_ts(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def parse_ts(text: str) -> datetime:
+    """The timestamp `format_ts` wrote (UTC, `Z`)."""
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
 def chain_hash(
     *,
     seq: int,

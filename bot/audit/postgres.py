@@ -36,7 +36,7 @@ import psycopg
 
 from bot.audit.chain import FIELDS, ChainWalk
 from bot.audit.episodes import Episode
-from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, canonical_json
+from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, canonical_json, parse_ts
 from bot.audit.pg_schema import APPEND_LOCK, SCHEMA_VERSION, migrate_schema, schema_version
 from bot.audit.store import AuditUnavailable, VerifyResult
 
@@ -277,6 +277,16 @@ class PostgresAuditStore:
     def has_run(self, run_id: str) -> bool:
         with self._connected("read") as conn:
             return conn.execute("SELECT 1 FROM audit_events WHERE run_id = %s LIMIT 1", (run_id,)).fetchone() is not None
+
+    @_reconnecting
+    def run_last_recorded(self, run_id: str) -> datetime | None:
+        """When a run under this id last started or ended (see SqliteAuditStore.run_last_recorded)."""
+        with self._connected("read") as conn:
+            row = conn.execute(
+                "SELECT max(ts) FROM audit_events WHERE run_id = %s AND kind IN ('run_started', 'run_finished')",
+                (run_id,),
+            ).fetchone()
+        return parse_ts(row[0]) if row and row[0] else None
 
     @_reconnecting
     def verify(self) -> VerifyResult:

@@ -104,9 +104,7 @@ class AuditWriter:
         or without a store. Raises AuditUnavailable when the store cannot be read."""
         if self.store is None:
             return None
-        events = await asyncio.to_thread(self.store.events, run_id)
-        times = [e.ts for e in events if e.kind in (EventKind.run_started, EventKind.run_finished)]
-        return max(times, default=None)
+        return await asyncio.to_thread(self.store.run_last_recorded, run_id)
 
 
 def event(

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from bot.audit.episodes import Episode, decide_claim
-from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, chain_hash, format_ts
+from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, chain_hash, format_ts, parse_ts
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -231,6 +231,16 @@ class SqliteAuditStore:
     def has_run(self, run_id: str) -> bool:
         with self._connected("read") as conn:
             return conn.execute("SELECT 1 FROM audit_events WHERE run_id = ? LIMIT 1", (run_id,)).fetchone() is not None
+
+    def run_last_recorded(self, run_id: str) -> datetime | None:
+        """When a run under this id last started or ended (its `ts`), reading only those events:
+        admission asks it for every start, and a run's step outputs can be megabytes."""
+        with self._connected("read") as conn:
+            row = conn.execute(
+                "SELECT max(ts) FROM audit_events WHERE run_id = ? AND kind IN ('run_started', 'run_finished')",
+                (run_id,),
+            ).fetchone()
+        return parse_ts(row[0]) if row and row[0] else None
 
     def verify(self) -> VerifyResult:
         """Walk the whole chain in one read snapshot and report the first seq that is wrong."""

@@ -138,3 +138,22 @@ def test_events_survive_a_json_round_trip_for_temporal() -> None:
 
 def test_default_path_is_in_the_data_dir(tmp_path: Path) -> None:
     assert default_path(Settings(data_dir=tmp_path)) == tmp_path / "audit.db"
+
+
+def test_run_last_recorded_is_the_newest_start_or_end_of_that_run_only(store) -> None:
+    """What admission reads for every start (bot/engine/admission.py), on either backend."""
+    from datetime import UTC, datetime, timedelta
+
+    from bot.audit.events import AuditEvent, EventKind
+
+    at = datetime(2026, 12, 3, 3, 0, tzinfo=UTC)
+
+    def make(n: int, run: str, kind: EventKind) -> AuditEvent:
+        return AuditEvent(event_id=f"{run}:{n}", ts=at + timedelta(seconds=n), run_id=run, kind=kind, actor="system")
+
+    assert store.run_last_recorded("r1") is None
+    store.append([make(1, "r1", EventKind.run_started), make(2, "r1", EventKind.step_started),
+                  make(3, "r1", EventKind.run_finished), make(4, "r1", EventKind.step_output),
+                  make(9, "r2", EventKind.run_started)])
+    assert store.run_last_recorded("r1") == at + timedelta(seconds=3)
+    assert store.run_last_recorded("r2") == at + timedelta(seconds=9)
