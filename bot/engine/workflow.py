@@ -64,6 +64,7 @@ REFUSED_ANSWERS_AUDITED = 10  # per step: a client repeating bad answers cannot 
 ON_FAILURE_GROUP = "on_failure"  # StepStatus.group of the playbook-level on_failure steps
 AUDIT_PATCH = "audit-trail-v1"
 SLACK_PATCH = "slack-sync-v1"
+SLACK_BESIDE_PATCH = "slack-beside-v1"  # Slack syncs in its own coroutine; steps and votes never wait for it
 TRUST_PATCH = "trust-v1"  # the worker admits the run, checks proofs and decides cancels itself
 ADMIT_TIMEOUT = timedelta(seconds=30)
 ANONYMOUS_CANCELS_AUDITED = 10
@@ -71,6 +72,10 @@ CANCEL_REFUSED = "CancelRefused"
 CANCEL_UNSUPPORTED = "CancelUnsupported"
 CANCEL_DUPLICATE = "CancelDuplicate"  # the same principal asked again (a retry, an HA peer): not a refusal
 SLACK_TIMEOUT = timedelta(seconds=30)  # runs started before the audit trail replay without its local activity
+SLACK_RETRY_FIRST = 2.0  # seconds before a sync that left something pending is tried again (doubling)
+SLACK_RETRY_MAX = 60.0
+SLACK_RETRIES = 8  # pending syncs tried again in a row with nothing new to show; news always syncs
+SLACK_FINAL_WAIT = timedelta(minutes=5)  # the run's end waits this long at most for Slack to catch up
 POLICY_TIMEOUT = timedelta(seconds=30)
 LOCK_TIMEOUT = timedelta(seconds=30)
 LOCK_ASK_AGAIN = timedelta(minutes=2)  # while queued: the request again, in case its lock was terminated
@@ -190,6 +195,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         self._channel = pb.channel or (input.trigger.slack or {}).get("channel")
         self._slack = SlackState()
         self._slack_lock = asyncio.Lock()  # one sync at a time: parallel steps must not post twice
+        # Runs from slack-beside-v1 on: steps mark Slack stale and go on; one coroutine syncs.
+        self._slack_beside = False
+        self._slack_stale = False  # something changed since the last sync began
+        self._slack_closing = False  # the run has ended: sync what is left, then stop
+        self._slack_idle = False  # the Slack coroutine has stopped (or was never needed)
+        self._slack_synced = 0  # syncs finished
+        self._slack_task: asyncio.Task[None] | None = None
         self._lock_key: str | None = None  # the run's concurrency key, as admission rendered it (v1.1)
         self._lock_answer: LockNotice | None = None  # granted or busy, as signalled: confirmed before it counts
         self._lock_taken = False  # the lock's answer is confirmed: no later notice changes it
@@ -386,6 +398,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
     @workflow.run
     async def run(self, input: RunInput) -> RunStatus:
         self._trusted = workflow.patched(TRUST_PATCH)
+        # Asked first thing, before any command, like the trust patch (see `_has`).
+        # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
+        self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
+        if self._slack_beside:
+            self._slack_task = asyncio.ensure_future(self._slack_coroutine())
         status = self._status
         status.state = "running"
         status.started_at = workflow.now()
@@ -681,10 +698,17 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         return status
 
     async def _close(self) -> None:
-        """The run's record and in-flight votes finish even if a cancel arrives now."""
+        """The run's record and in-flight votes finish even if a cancel arrives now; then Slack
+        catches up (the final sync), for a bounded while."""
         await self._notify()
         await self._flush_audit()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._slack_beside:
+            self._slack_closing = True
+            try:
+                await workflow.wait_condition(lambda: self._slack_idle, timeout=SLACK_FINAL_WAIT)
+            except asyncio.TimeoutError:
+                workflow.logger.warning("slack did not catch up before the run ended", extra=self._log_extra)
 
     async def _run_group(self, group: ParallelGroup) -> bool:
         if group.when is not None and not self._when(group.when, group.id, [s.id for s in group.parallel]):
@@ -700,6 +724,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         st = self._status.step(step.id)
         if step.when is not None and not self._when(step.when, step.id, [step.id]):
             return st.state != "failed"
+        await self._thread_known(step)
         try:
             args = render(step.with_, self._context(step.id), secrets=self._input.playbook.secrets)
         except TemplateError as exc:
@@ -1386,7 +1411,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
 
     async def _notify(self) -> None:
         """Show the run in Slack (status message, approvals, thread). Best effort: a failed sync
-        never fails the run, and runs without a channel make no call at all."""
+        never fails the run, and runs without a channel make no call at all. From slack-beside-v1
+        on this only marks Slack stale: the Slack coroutine syncs, and no caller waits for it."""
+        if self._slack_beside:
+            self._slack_stale = True
+            return
         if not self._channel or not self._has(SLACK_PATCH):
             return
         async with self._slack_lock:
@@ -1407,6 +1436,67 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
                 )
             except ActivityError as exc:
                 workflow.logger.warning("slack sync failed", extra={**self._log_extra, "error": str(exc.cause or exc)})
+
+    async def _thread_known(self, step: Step) -> None:
+        """The one wait for Slack a step has: a step whose arguments name `run.slack_thread_ts`
+        (a reply in the run's thread) waits, bounded, for the status message to exist."""
+        if not self._slack_beside or self._slack.message_ts is not None or "slack_thread_ts" not in repr(step.with_):
+            return
+        self._slack_stale = True
+        try:
+            await workflow.wait_condition(lambda: self._slack.message_ts is not None, timeout=SLACK_TIMEOUT)
+        except asyncio.TimeoutError:
+            self._log("slack status message not posted yet: the step has no thread", step_id=step.id)
+
+    async def _slack_coroutine(self) -> None:
+        """Beside the steps: one sync whenever Slack is stale, covering every change since the
+        last one began. A sync that left something pending (rate limited, refused) is tried again
+        after a doubling pause, a few times; news always syncs. At the run's end it syncs what is
+        left and stops (`_close` waits for that, bounded)."""
+        pause, retries = SLACK_RETRY_FIRST, 0
+        while True:
+            if not self._slack_stale:
+                if self._slack.pending and retries < SLACK_RETRIES:
+                    try:
+                        await workflow.wait_condition(lambda: self._slack_stale, timeout=timedelta(seconds=pause))
+                    except asyncio.TimeoutError:
+                        pass  # try what is pending again
+                elif self._slack_closing:
+                    break
+                else:
+                    await workflow.wait_condition(lambda: self._slack_stale or self._slack_closing)
+                    continue
+            self._slack_stale = False
+            await self._sync_slack()
+            if self._slack.pending:
+                retries += 1
+                pause = min(SLACK_RETRY_MAX, max(pause * 2 if retries > 1 else SLACK_RETRY_FIRST, self._slack.retry_after))
+            else:
+                pause, retries = SLACK_RETRY_FIRST, 0
+        self._slack_idle = True
+
+    async def _sync_slack(self) -> None:
+        """One `slack.sync`, never retried from this (stale) state: the coroutine syncs again
+        with the state the last sync returned, and the notifier remembers what it posted."""
+        steps = self._status.all_steps()
+        try:
+            self._slack = await workflow.execute_local_activity(
+                "slack.sync",
+                SlackSync(
+                    channel=self._channel or "",
+                    status=self._status,
+                    decisions={s.id: s.decision for s in steps if s.decision and s.decision.get("require_approval")},
+                    needed={s.id: self._approvals.needed(s.id) for s in steps if s.decision},
+                    state=self._slack,
+                ),
+                result_type=SlackState,
+                start_to_close_timeout=SLACK_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_attempts=1),
+            )
+        except ActivityError as exc:
+            workflow.logger.warning("slack sync failed", extra={**self._log_extra, "error": str(exc.cause or exc)})
+            self._slack = self._slack.model_copy(update={"pending": True})
+        self._slack_synced += 1
 
     def _has(self, patch: str) -> bool:
         """Whether this run has an older patch's behaviour. A trusted run was started by code that had
