@@ -1,0 +1,84 @@
+"""1,000 refused votes on one run leave it running, audited, and its history bounded (issue 14).
+
+Attack: whoever may click a button (or reach Temporal) votes again and again on a step the
+`approver` rule will not let them approve. Each vote used to reach the workflow: an update in
+history, a policy activity carrying the whole alert, an audit flush; enough of them push the
+run past Temporal's history limits, which terminate it with no rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from temporalio.client import WorkflowUpdateFailedError
+
+from bot.audit.events import EventKind
+from bot.engine.state import VoteRequest
+from bot.engine.workflow import PlaybookRun
+from tests.slack.support import BOB, MALLORY, finished, principal, slack_stack, waiting_gated_run
+from tests.waiting import eventually
+
+VOTES = 1000
+HISTORY_BOUND = 200  # events a flood of refused votes may add (a few principals' first refusals)
+DIRECT_VOTERS = [principal(MALLORY), "cli:eve", "slack:U0CAROL", "api:svc-bot", "cli:mallory"]
+
+
+async def _in_batches(calls: list[Any], size: int = 25) -> list[Any]:
+    out: list[Any] = []
+    for i in range(0, len(calls), size):
+        out += await asyncio.gather(*calls[i:i + size], return_exceptions=True)
+    return out
+
+
+async def _history_events(stack: Any, run_id: str) -> int:
+    return len((await stack.temporal.get_workflow_handle(run_id).fetch_history()).events)
+
+
+def _refusals(stack: Any, run_id: str) -> list[Any]:
+    return [e for e in stack.audit.events(run_id)
+            if e.kind == EventKind.access_refused and e.details.get("operation") == "vote"]
+
+
+async def test_a_thousand_refused_votes_leave_the_run_running_audited_and_bounded(dev_env, fake_slack, tmp_path):
+    async with slack_stack(dev_env.client, fake_slack, tmp_path) as stack:
+        run_id, request_ts = await waiting_gated_run(stack)
+        before = await _history_events(stack, run_id)
+
+        # Through the front door: mallory is not in sre. Each click is refused and audited.
+        answers = await _in_batches([stack.click(MALLORY, run_id, "risky", request_ts) for _ in range(VOTES)])
+        assert all(getattr(a, "status_code", None) == 200 for a in answers), "each click is acknowledged"
+        refused = await eventually(lambda: _ready(len(_refusals(stack, run_id)) >= VOTES, _refusals(stack, run_id)),
+                                   timeout=300, what="every front-door refusal audited")
+        assert all("approver" in e.details["reason"] for e in refused), refused[0].details
+        assert len(_refusals(stack, run_id)) == VOTES, "each refusal once"
+
+        # Straight to Temporal, as anyone who can reach it: a few principals, over and over.
+        handle = stack.temporal.get_workflow_handle(run_id)
+        direct = await _in_batches([
+            handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user=DIRECT_VOTERS[i % len(DIRECT_VOTERS)]))
+            for i in range(VOTES)
+        ])
+        assert all(isinstance(r, WorkflowUpdateFailedError) for r in direct), [r for r in direct if not isinstance(
+            r, WorkflowUpdateFailedError)][:3]
+
+        grown = await _history_events(stack, run_id) - before
+        assert grown <= HISTORY_BOUND, f"{2 * VOTES} refused votes added {grown} history events"
+        status = await handle.query(PlaybookRun.status)
+        assert status.state == "waiting_approval" and status.step("risky").state == "waiting_approval"
+        assert status.step("risky").refused_votes >= VOTES, "the workflow counts the refusals it saw"
+        refused_in_run = [e for e in stack.audit.events(run_id)
+                          if e.kind == EventKind.approval_vote and not e.details.get("accepted")]
+        assert 1 <= len(refused_in_run) <= len(DIRECT_VOTERS), "each direct voter's first refusal is on the record"
+
+        # The run is none the worse: a valid vote decides it and it completes.
+        assert (await stack.click(BOB, run_id, "risky", request_ts)).status_code == 200
+        final = await eventually(lambda: finished(stack, run_id), timeout=120, what="run finished")
+    assert final.state == "completed", final.error
+    assert [v.user for v in final.step("risky").approvals] == [principal(BOB)]
+    assert json.dumps(final.model_dump(mode="json"))  # the result is readable
+
+
+async def _ready(done: bool, value: Any) -> Any:
+    return value if done else None
