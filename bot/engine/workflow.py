@@ -65,6 +65,8 @@ ON_FAILURE_GROUP = "on_failure"  # StepStatus.group of the playbook-level on_fai
 AUDIT_PATCH = "audit-trail-v1"
 SLACK_PATCH = "slack-sync-v1"
 SLACK_BESIDE_PATCH = "slack-beside-v1"  # Slack syncs in its own coroutine; steps and votes never wait for it
+VOTES_PATCH = "refused-votes-v1"  # refused voters remembered (validator), bounded audit and approver input
+ALERT_FACTS = ("status", "labels", "fingerprint", "startsAt")  # what of the alert a vote's approver check carries
 TRUST_PATCH = "trust-v1"  # the worker admits the run, checks proofs and decides cancels itself
 ADMIT_TIMEOUT = timedelta(seconds=30)
 ANONYMOUS_CANCELS_AUDITED = 10
@@ -202,6 +204,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         self._slack_idle = False  # the Slack coroutine has stopped (or was never needed)
         self._slack_synced = 0  # syncs finished
         self._slack_task: asyncio.Task[None] | None = None
+        self._bounded_votes = False  # refused-votes-v1, asked first thing in run()
         self._lock_key: str | None = None  # the run's concurrency key, as admission rendered it (v1.1)
         self._lock_answer: LockNotice | None = None  # granted or busy, as signalled: confirmed before it counts
         self._lock_taken = False  # the lock's answer is confirmed: no later notice changes it
@@ -237,6 +240,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         try:
             result, vote = await self._approvals.cast(request, self._check_approver)
         except VoteRefused as exc:
+            if self._bounded_votes and not self._approvals.refusal(request, exc):
+                raise  # counted; the voter is remembered, and the step's record already says enough
             # Refused after asking policy (or on its proof): audited, the run goes on as it was.
             self._record(
                 request.step_id,
@@ -271,6 +276,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
     @vote.validator
     def _validate_vote(self, request: VoteRequest) -> None:
         self._approvals.validate(request)
+        if self._bounded_votes:
+            self._approvals.screen(request)
 
     @workflow.update
     async def confirm(self, request: ConfirmRequest) -> ConfirmResult:
@@ -290,6 +297,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         try:
             vote = await self._approvals.answer(request, answer, self._check_approver)
         except VoteRefused as exc:
+            if self._bounded_votes and not self._approvals.refusal(request, exc):
+                raise
             self._answer_refused(request, exc.message, str((exc.details[0] or {}).get("rule", "approver")))
             await self._flush_audit()
             raise
@@ -319,6 +328,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
     @confirm.validator
     def _validate_confirm(self, request: ConfirmRequest) -> None:
         self._approvals.validate(request)
+        if self._bounded_votes:
+            self._approvals.screen(request)
+
+    @workflow.query
+    def approver_input(self, step_id: str) -> dict[str, Any]:
+        """The `approver` rule's input for a vote on this step, without `user`: a front door asks
+        the rule itself with it, and refuses a voter it refuses without touching the run."""
+        return self._approver_doc(step_id)
 
     def _answer_refused(self, request: ConfirmRequest, message: str, rule: str) -> None:
         count = self._refused_answers.get(request.step_id, 0) + 1
@@ -401,6 +418,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         # Asked first thing, before any command, like the trust patch (see `_has`).
         # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
         self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
+        self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
         if self._slack_beside:
             self._slack_task = asyncio.ensure_future(self._slack_coroutine())
         status = self._status
@@ -1203,12 +1221,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
     async def _check_approver(self, request: VoteRequest | ConfirmRequest) -> ActorVerdict:
         """The `approver` rule's answer about the voter (or a core.confirm answerer) as the worker
         verified it (its proof)."""
-        st = self._status.step(request.step_id)
-        pb = self._input.playbook
-        step = self._addressed.get(request.step_id) or next(
-            s for s in [*pb.leaf_steps(), *pb.on_failure] if s.id == request.step_id
-        )
-        input = self._policy_input(step, st.args or {})
+        input = self._approver_doc(request.step_id)
         input["user"] = {"id": request.user, "name": request.name, "groups": request.groups}
         if isinstance(request, ConfirmRequest):
             claim = Claim(
@@ -1220,7 +1233,21 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
                 purpose="vote", run_id=self._status.run_id, principal=request.user, name=request.name,
                 content=vote_content(request.step_id, request.vote, request.reason),
             )
-        return await self._ask_policy("approver", input, ActorVerdict, claim=claim, proof=request.proof)
+        verdict: ActorVerdict = await self._ask_policy("approver", input, ActorVerdict, claim=claim, proof=request.proof)
+        self._approvals.verdict_seen(request, verdict)
+        return verdict
+
+    def _approver_doc(self, step_id: str) -> dict[str, Any]:
+        """The policy input of a vote on `step_id`. From refused-votes-v1 on its alert is the facts
+        the rule reads (ALERT_FACTS), not the whole alert each vote would otherwise carry."""
+        st = self._status.step(step_id)
+        pb = self._input.playbook
+        step = self._addressed.get(step_id) or next(s for s in [*pb.leaf_steps(), *pb.on_failure] if s.id == step_id)
+        doc = self._policy_input(step, st.args or {})
+        alert = doc.get("alert")
+        if self._bounded_votes and isinstance(alert, dict):
+            doc["alert"] = {k: alert[k] for k in ALERT_FACTS if k in alert}
+        return doc
 
     # ---- saga ----------------------------------------------------------------------------
 
