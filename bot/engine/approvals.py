@@ -130,22 +130,24 @@ class ApprovalBook:
             )
 
     def screen(self, request: Ask) -> None:
-        """The validator's second pass (runs from refused-votes-v1 on): bounded free text, a
-        proof this process can check that does not hold, a voter already refused on this step,
-        and, once a step has refused many votes nobody vouched for, every such vote. A refusal
-        here adds nothing to history and changes no state (validators do not run on replay): it is
-        counted in the worker's `playbook_bot_votes_refused_early` metric, by rule."""
+        """The validator's second pass (runs from refused-votes-v1 on): bounded free text; a voter
+        this step already refused (a verified one by principal; one who sent no proof, for their
+        proof-less votes only, so that nobody can shut the real principal out by voting in their
+        name); and, once a step has refused UNVERIFIED_REFUSED_MAX votes nobody vouched for (no
+        proof, or one that does not hold), every such vote. A refusal here adds nothing to history
+        and changes no state (validators do not run on replay): it is counted in the worker's
+        `playbook_bot_votes_refused_early` metric, by rule."""
         if len(request.reason) > REASON_MAX or len(request.name) > NAME_MAX or len(request.groups) > GROUPS_MAX:
             VOTES_REFUSED_EARLY.labels("size").inc()
             raise VoteRefused(
                 f"a vote's reason is at most {REASON_MAX} characters, its name {NAME_MAX}, its groups {GROUPS_MAX}",
                 "invalid", "size",
             )
-        verified = self._proof_holds(request)
         book = self.refused.get(request.step_id)
         if book is None:
             return
-        earlier = book.voters.get((request.user, verified))
+        verified = self._proof_holds(request)
+        earlier = book.voters.get((request.user, verified)) if verified or request.proof is None else None
         if earlier is not None:
             why, rule = earlier
             VOTES_REFUSED_EARLY.labels(rule).inc()
@@ -160,33 +162,26 @@ class ApprovalBook:
             )
 
     def _proof_holds(self, request: Ask) -> bool:
-        """True when a worker keyring of this process verifies the proof; VoteRefused when one can
-        check it and it does not hold; False when there is none, or nothing here to check it with."""
+        """Whether a worker keyring of this process verifies the vote's proof for its principal."""
         if request.proof is None:
             return False
         if isinstance(request, ConfirmRequest):
             purpose, content = "confirm", confirm_content(request.step_id, request.answer, request.reason)
         else:
             purpose, content = "vote", vote_content(request.step_id, request.vote, request.reason)
-        problem: str | None = None
         for keyring in _keyrings():
             try:
                 actor = keyring.check(request.proof, purpose, self._status.run_id, content)  # type: ignore[arg-type]
-            except ProofError as exc:
-                problem = problem or str(exc)
+            except ProofError:
                 continue
             if actor.principal == request.user:
                 return True
-            problem = problem or f"it names {actor.principal}, not {request.user}"
-        if problem is None:
-            return False
-        VOTES_REFUSED_EARLY.labels("proof").inc()
-        raise VoteRefused(f"{request.user}'s {purpose} proof does not verify: {problem}; nothing changed", rule="proof")
+        return False
 
     def refusal(self, request: Ask, exc: VoteRefused) -> bool:
         """Count a refusal the handler made and, when a rule refused the voter (not a conflict),
-        remember them for the validator. True while the step's refusals are still audited
-        (each voter's first, up to a bound)."""
+        remember them for the validator (see `screen`). True while the step's refusals are still
+        audited (each remembered voter's first, and up to the unverified bound)."""
         st = self._status.step(request.step_id)
         st.refused_votes += 1
         info = exc.details[0] if exc.details and isinstance(exc.details[0], dict) else {}
@@ -194,7 +189,8 @@ class ApprovalBook:
             return True  # a conflict (decided meanwhile): on the record as before, and bounded by the step
         verified = self._verified.pop((request.step_id, request.user), False)
         book = self.refused.setdefault(request.step_id, RefusedVoters())
-        book.voters[(request.user, verified)] = (exc.message[:300], str(info.get("rule") or "approver"))
+        if verified or request.proof is None:
+            book.voters[(request.user, verified)] = (exc.message[:300], str(info.get("rule") or "approver"))
         if not verified:
             book.unverified += 1
         book.audited += 1

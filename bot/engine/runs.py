@@ -318,10 +318,13 @@ async def check_approver(
     the rule, and the run is not touched. Anything this cannot ask (a step not waiting, a worker
     without the query, a policy that fails) is left to the workflow, which asks the rule itself."""
     try:
-        if status.step(step_id).state != "waiting_approval":
-            return
+        st = status.step(step_id)
     except KeyError:
         return
+    if st.state != "waiting_approval" or actor.principal == status.requested_by:
+        return  # the run's validator says so (not waiting; four-eyes), with nothing recorded
+    if any(v.user == actor.principal for v in st.approvals):
+        return  # one vote per person: the validator again
     run_id = status.run_id
     try:
         doc = await client.get_workflow_handle(run_id).query(

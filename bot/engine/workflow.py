@@ -202,7 +202,6 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         self._slack_stale = False  # something changed since the last sync began
         self._slack_closing = False  # the run has ended: sync what is left, then stop
         self._slack_idle = False  # the Slack coroutine has stopped (or was never needed)
-        self._slack_synced = 0  # syncs finished
         self._slack_task: asyncio.Task[None] | None = None
         self._bounded_votes = False  # refused-votes-v1, asked first thing in run()
         self._lock_key: str | None = None  # the run's concurrency key, as admission rendered it (v1.1)
@@ -1523,7 +1522,6 @@ class PlaybookRun(ForeachRuns, SubPlaybooks):
         except ActivityError as exc:
             workflow.logger.warning("slack sync failed", extra={**self._log_extra, "error": str(exc.cause or exc)})
             self._slack = self._slack.model_copy(update={"pending": True})
-        self._slack_synced += 1
 
     def _has(self, patch: str) -> bool:
         """Whether this run has an older patch's behaviour. A trusted run was started by code that had

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from typing import Any
 
 from prometheus_client import REGISTRY
 from temporalio.client import WorkflowUpdateFailedError
 
 from bot.audit.events import EventKind
+from bot.engine.approvals import UNVERIFIED_REFUSED_MAX
 from bot.engine.state import VoteRequest
 from bot.engine.workflow import PlaybookRun
+from bot.identity.principals import Actor
+from bot.identity.proofs import Keyring, vote_content
 from tests.slack.support import BOB, MALLORY, finished, principal, slack_stack, waiting_gated_run
 from tests.waiting import eventually
 
@@ -91,3 +95,33 @@ async def test_a_thousand_refused_votes_leave_the_run_running_audited_and_bounde
 
 async def _ready(done: bool, value: Any) -> Any:
     return value if done else None
+
+
+async def test_forged_proofs_and_a_crowd_of_unverified_voters_stop_adding_history(dev_env, fake_slack, tmp_path):
+    """Straight to Temporal, votes nobody vouched for: bob's name with forged proofs (each audited
+    by the run, as before) and proof-less voters under a new name each time. Past a bound per
+    step the validator hears only verified votes, so history stops growing, and bob's own
+    (verified) vote still counts: nobody voting in his name shut him out."""
+    async with slack_stack(dev_env.client, fake_slack, tmp_path) as stack:
+        run_id, request_ts = await waiting_gated_run(stack)
+        handle = stack.temporal.get_workflow_handle(run_id)
+        before = await _history_events(stack, run_id)
+        forged = Keyring(b"not-the-envelope-key-0123456789abcdef").sign(
+            "vote", run_id, Actor(principal(BOB), "bob", ("sre",), "slack"), vote_content("risky", "approve", "")
+        )
+        votes = [VoteRequest(step_id="risky", user=principal(BOB), groups=["sre"], proof=forged) for _ in range(50)]
+        votes += [VoteRequest(step_id="risky", user=f"cli:stranger-{i}") for i in range(200)]
+        answers = await _in_batches([handle.execute_update(PlaybookRun.vote, v) for v in votes], size=10)
+        assert all(isinstance(a, WorkflowUpdateFailedError) for a in answers), "every one refused"
+        rules = Counter((a.cause.details[0] or {}).get("rule") for a in answers)
+        # The run asked policy about at most the bound (plus the batch in flight when it was reached);
+        # the rest were turned away before history: as unverified, or as bob's vote already under way.
+        assert rules["approver"] <= UNVERIFIED_REFUSED_MAX + 10 and rules["unverified"] >= 150, rules
+        assert await _history_events(stack, run_id) - before <= (UNVERIFIED_REFUSED_MAX + 10) * 15, "bounded"
+        audited = [e for e in stack.audit.events(run_id) if e.kind == EventKind.approval_vote]
+        assert any(e.actor == principal(BOB) and "proof does not verify" in e.details["message"] for e in audited)
+
+        assert (await stack.click(BOB, run_id, "risky", request_ts)).status_code == 200, "bob's own vote"
+        final = await eventually(lambda: finished(stack, run_id), timeout=120, what="run finished")
+    assert final.state == "completed", final.error
+    assert [v.user for v in final.step("risky").approvals] == [principal(BOB)]
