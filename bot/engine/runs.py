@@ -335,10 +335,11 @@ async def check_approver(
     verdict = await policy.approver({**doc, "user": actor.policy_user()})
     if verdict.allow or verdict.failure is not None:
         return
-    reasons = "; ".join(verdict.reasons) or "no reason given"
+    reasons = "; ".join(verdict.reasons) or "the approver policy refused"
+    verb = "answer" if doing == "answer" else "approve"  # as the run itself words it (bot/engine/approvals.py)
     raise RunError(
-        f"{actor.principal} may not {doing} step {step_id!r} of run {run_id}: refused by the approver rule: {reasons}; "
-        "nothing changed",
+        f"{actor.principal} may not {verb} step {step_id!r}: {reasons} (refused by the approver rule, asked by the "
+        f"front door: run {run_id} is unchanged)",
         "refused",
         "approver",
     )
