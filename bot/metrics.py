@@ -30,6 +30,11 @@ APPROVAL_WAIT = Histogram(
 POLICY_DECISIONS = Counter("playbook_bot_policy_decisions", "Policy decisions on high-impact steps.", ["result"])
 ALERTS = Counter("playbook_bot_alerts", "Alertmanager alerts, by outcome.", ["outcome"])
 SLACK_API_ERRORS = Counter("playbook_bot_slack_api_errors", "Failed Slack Web API calls.", ["method"])
+VOTES_REFUSED_EARLY = Counter(
+    "playbook_bot_votes_refused_early",
+    "Votes and answers a worker's update validator refused before they reached history, by rule.",
+    ["rule"],
+)
 
 
 def observe_events(events: Iterable[AuditEvent]) -> None:

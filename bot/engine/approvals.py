@@ -9,17 +9,47 @@ approve her own run from another login nor meet a quorum of two alone.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Union
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterator, Union
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from bot.engine.state import ConfirmRequest, RunStatus, StepStatus, Vote, VoteRequest, VoteResult
+    from bot.identity.proofs import Keyring, ProofError, confirm_content, vote_content
+    from bot.metrics import VOTES_REFUSED_EARLY
     from bot.policy.models import ActorVerdict
 
 VOTE_REFUSED = "VoteRefused"
 CONFIRM_ACTION = "core.confirm"  # its answers are confirm updates; a vote on it can only reject
+UNVERIFIED_REFUSED_MAX = 20  # per step: past this many refused votes nobody vouched for, only verified ones are heard
+REASON_MAX, NAME_MAX, GROUPS_MAX = 1000, 200, 100  # a vote's free text, as a front door would send it
+
+# The envelope keyrings of the workers in this process, so a validator can refuse a forged proof
+# before the update enters history. Validators never run on replay, so reading this is safe.
+_VALIDATOR_KEYRINGS: list[Keyring] = []
+
+
+def register_keyring(keyring: Keyring) -> Callable[[], None]:
+    """Let this process's update validators check proofs with `keyring`; returns the undo."""
+    _VALIDATOR_KEYRINGS.append(keyring)
+    return lambda: _VALIDATOR_KEYRINGS.remove(keyring) if keyring in _VALIDATOR_KEYRINGS else None
+
+
+def _keyrings() -> Iterator[Keyring]:
+    return (k for k in list(_VALIDATOR_KEYRINGS) if k.can_verify)
+
+
+@dataclass
+class RefusedVoters:
+    """Who a step's `approver` check (or proof check) refused, so their next votes are refused in
+    the validator, before they enter history. Keyed by (principal, verified): a vote nobody vouched
+    for, refused, does not shut out the real principal, whose votes come with a proof."""
+
+    voters: dict[tuple[str, bool], tuple[str, str]] = field(default_factory=dict)  # -> (why, rule)
+    unverified: int = 0
+    audited: int = 0
 
 
 class VoteRefused(ApplicationError):
@@ -44,6 +74,8 @@ class ApprovalBook:
         self.requester_person = requester  # the worker's admission says who that is
         self._needed: dict[str, int] = {}
         self._in_flight: set[tuple[str, str]] = set()
+        self.refused: dict[str, RefusedVoters] = {}
+        self._verified: dict[tuple[str, str], bool] = {}  # (step, user) -> the worker verified them (last check)
 
     def open(self, step_id: str, needed: int) -> None:
         self._needed[step_id] = max(1, needed)
@@ -96,6 +128,77 @@ class ApprovalBook:
             raise VoteRefused(
                 f"{request.user} has already voted on step {request.step_id!r}", rule="one_vote_per_person"
             )
+
+    def screen(self, request: Ask) -> None:
+        """The validator's second pass (runs from refused-votes-v1 on): bounded free text; a voter
+        this step already refused (a verified one by principal; one who sent no proof, for their
+        proof-less votes only, so that nobody can shut the real principal out by voting in their
+        name); and, once a step has refused UNVERIFIED_REFUSED_MAX votes nobody vouched for (no
+        proof, or one that does not hold), every such vote. A refusal here adds nothing to history
+        and changes no state (validators do not run on replay): it is counted in the worker's
+        `playbook_bot_votes_refused_early` metric, by rule."""
+        if len(request.reason) > REASON_MAX or len(request.name) > NAME_MAX or len(request.groups) > GROUPS_MAX:
+            VOTES_REFUSED_EARLY.labels("size").inc()
+            raise VoteRefused(
+                f"a vote's reason is at most {REASON_MAX} characters, its name {NAME_MAX}, its groups {GROUPS_MAX}",
+                "invalid", "size",
+            )
+        book = self.refused.get(request.step_id)
+        if book is None:
+            return
+        verified = self._proof_holds(request)
+        earlier = book.voters.get((request.user, verified)) if verified or request.proof is None else None
+        if earlier is not None:
+            why, rule = earlier
+            VOTES_REFUSED_EARLY.labels(rule).inc()
+            raise VoteRefused(f"{request.user} was already refused on step {request.step_id!r} ({why}); nothing changed",
+                              rule=rule)
+        if not verified and book.unverified >= UNVERIFIED_REFUSED_MAX:
+            VOTES_REFUSED_EARLY.labels("unverified").inc()
+            raise VoteRefused(
+                f"step {request.step_id!r} has refused {book.unverified} votes nobody vouched for; it now hears only "
+                "verified votes (Slack, the API, or the CLI with the envelope key); nothing changed",
+                rule="unverified",
+            )
+
+    def _proof_holds(self, request: Ask) -> bool:
+        """Whether a worker keyring of this process verifies the vote's proof for its principal."""
+        if request.proof is None:
+            return False
+        if isinstance(request, ConfirmRequest):
+            purpose, content = "confirm", confirm_content(request.step_id, request.answer, request.reason)
+        else:
+            purpose, content = "vote", vote_content(request.step_id, request.vote, request.reason)
+        for keyring in _keyrings():
+            try:
+                actor = keyring.check(request.proof, purpose, self._status.run_id, content)  # type: ignore[arg-type]
+            except ProofError:
+                continue
+            if actor.principal == request.user:
+                return True
+        return False
+
+    def refusal(self, request: Ask, exc: VoteRefused) -> bool:
+        """Count a refusal the handler made and, when a rule refused the voter (not a conflict),
+        remember them for the validator (see `screen`). True while the step's refusals are still
+        audited (each remembered voter's first, and up to the unverified bound)."""
+        st = self._status.step(request.step_id)
+        st.refused_votes += 1
+        info = exc.details[0] if exc.details and isinstance(exc.details[0], dict) else {}
+        if info.get("code") != "refused":
+            return True  # a conflict (decided meanwhile): on the record as before, and bounded by the step
+        verified = self._verified.pop((request.step_id, request.user), False)
+        book = self.refused.setdefault(request.step_id, RefusedVoters())
+        if verified or request.proof is None:
+            book.voters[(request.user, verified)] = (exc.message[:300], str(info.get("rule") or "approver"))
+        if not verified:
+            book.unverified += 1
+        book.audited += 1
+        return book.audited <= UNVERIFIED_REFUSED_MAX + 10
+
+    def verdict_seen(self, request: Ask, verdict: ActorVerdict) -> None:
+        """Whether the worker verified the voter, as its approver check answered (history)."""
+        self._verified[(request.step_id, request.user)] = bool((verdict.user or {}).get("verified"))
 
     async def cast(self, request: VoteRequest, check: ApproverCheck) -> tuple[VoteResult, Vote]:
         vote = await self._admit(request, request.vote, check)

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -263,24 +263,31 @@ async def cancel_run(
     return status, result
 
 
-async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, keyring: Keyring) -> VoteResult:
-    """Cast a vote as `actor` (its proof goes with it); the workflow's validator refuses bad votes
-    before anything is recorded, and the worker checks the proof before policy is asked."""
+async def vote(
+    client: Client, run_id: str, request: VoteRequest, actor: Actor, keyring: Keyring, policy: PolicyEngine | None = None
+) -> VoteResult:
+    """Cast a vote as `actor` (its proof goes with it). With `policy` (a front door) the `approver`
+    rule is asked here first and a voter it refuses never reaches the run; the workflow's validator
+    refuses bad votes before anything is recorded, and the worker checks the proof and asks again."""
     proof = keyring.sign("vote", run_id, actor, vote_content(request.step_id, request.vote, request.reason))
-    return await _as_actor(client, run_id, PlaybookRun.vote, request, actor, proof, ("vote on", "vote"))
+    return await _as_actor(client, run_id, PlaybookRun.vote, request, actor, proof, ("vote on", "vote"), policy)
 
 
 async def confirm(
-    client: Client, run_id: str, request: ConfirmRequest, actor: Actor, keyring: Keyring
+    client: Client, run_id: str, request: ConfirmRequest, actor: Actor, keyring: Keyring,
+    policy: PolicyEngine | None = None,
 ) -> ConfirmResult:
     """Answer a core.confirm step as `actor` (its proof covers the exact answer); the workflow
     refuses an answer outside the step's choices or input (audited), then checks it as a vote."""
     proof = keyring.sign("confirm", run_id, actor, confirm_content(request.step_id, request.answer, request.reason))
-    return await _as_actor(client, run_id, PlaybookRun.confirm, request, actor, proof, ("answer", "answer"))
+    return await _as_actor(client, run_id, PlaybookRun.confirm, request, actor, proof, ("answer", "answer"), policy)
+
+
+UPDATE_TIMEOUT = timedelta(seconds=30)
 
 
 async def _as_actor(client: Client, run_id: str, update: Any, request: Any, actor: Actor, proof: Any,
-                    words: tuple[str, str]) -> Any:
+                    words: tuple[str, str], policy: PolicyEngine | None = None) -> Any:
     """Send a vote or an answer as `actor` with its proof; `words`: (what one does, what one sends)."""
     doing, sent = words
     request = request.model_copy(
@@ -289,13 +296,75 @@ async def _as_actor(client: Client, run_id: str, update: Any, request: Any, acto
     status = await get_status(client, run_id)
     if status.finished:
         raise RunError(f"run {run_id!r} has already ended ({status.state}): nothing to {doing}", "conflict", "run_state")
+    if policy is not None:
+        await check_approver(client, policy, status, request.step_id, actor, doing)
     try:
-        return await client.get_workflow_handle(run_id).execute_update(update, request, rpc_timeout=timedelta(seconds=30))
+        return await client.get_workflow_handle(run_id).execute_update(update, request, rpc_timeout=UPDATE_TIMEOUT)
     except WorkflowUpdateFailedError as exc:
         raise _refused(exc.cause) from None
     except RPCError as exc:
+        counted = await _counted_meanwhile(client, run_id, request)
+        if counted is not None:
+            return counted
         await _ended_meanwhile(client, run_id, doing)
         raise RunError(f"{sent} not recorded: {exc.message}", "unavailable") from None
+
+
+async def check_approver(
+    client: Client, policy: PolicyEngine, status: RunStatus, step_id: str, actor: Actor, doing: str = "vote on"
+) -> None:
+    """The `approver` rule, asked by the front door with the input the run itself would send
+    (its `approver_input` query) and the actor as verified here: a refusal is a RunError naming
+    the rule, and the run is not touched. Anything this cannot ask (a step not waiting, a worker
+    without the query, a policy that fails) is left to the workflow, which asks the rule itself."""
+    try:
+        st = status.step(step_id)
+    except KeyError:
+        return
+    if st.state != "waiting_approval" or actor.principal == status.requested_by:
+        return  # the run's validator says so (not waiting; four-eyes), with nothing recorded
+    if any(v.user == actor.principal for v in st.approvals):
+        return  # one vote per person: the validator again
+    run_id = status.run_id
+    try:
+        doc = await client.get_workflow_handle(run_id).query(
+            PlaybookRun.approver_input, step_id, rpc_timeout=QUERY_TIMEOUT
+        )
+    except (RPCError, WorkflowQueryFailedError):
+        return
+    verdict = await policy.approver({**doc, "user": actor.policy_user()})
+    if verdict.allow or verdict.failure is not None:
+        return
+    reasons = "; ".join(verdict.reasons) or "the approver policy refused"
+    verb = "answer" if doing == "answer" else "approve"  # as the run itself words it (bot/engine/approvals.py)
+    raise RunError(
+        f"{actor.principal} may not {verb} step {step_id!r}: {reasons} (refused by the approver rule, asked by the "
+        f"front door: run {run_id} is unchanged)",
+        "refused",
+        "approver",
+    )
+
+
+async def _counted_meanwhile(client: Client, run_id: str, request: Any) -> VoteResult | ConfirmResult | None:
+    """An update whose answer was lost on the way (the front door's deadline passed): what the run
+    decided, from its status. The vote counted if the step lists it; else None."""
+    try:
+        status = await get_status(client, run_id)
+        st = status.step(request.step_id)
+    except (RunError, KeyError):
+        return None
+    cast = next((v for v in st.approvals if v.user == request.user), None)
+    if cast is None:
+        return None
+    if isinstance(request, ConfirmRequest):
+        answer = cast.answer if cast.answer is not None else ""
+        return ConfirmResult(step_id=st.id, step_state=st.state, answer=answer,
+                             message=f"{request.user} answered {answer!r}")
+    count = sum(1 for v in st.approvals if v.vote == "approve")
+    needed = int((st.decision or {}).get("min_approvals") or 1)
+    verb = "rejected" if cast.vote == "reject" else f"approved ({count}/{needed})"
+    return VoteResult(step_id=st.id, step_state=st.state, approvals=count, needed=max(1, needed),
+                      message=f"{request.user} {verb}")
 
 
 async def _ended_meanwhile(client: Client, run_id: str, what: str) -> None:

@@ -149,6 +149,10 @@ class StepStatus(BaseModel):
     settled_by: str | None = Field(None, description="The later step that settled this one: its undo was dropped.")
     items: list[ForeachItem] | None = Field(None, description="A foreach group's items (format v1.1), in index order.")
     progress: ForeachProgress | None = None
+    refused_votes: int = Field(
+        0, description="Votes and answers the run refused on this step (repeats its validator turned away are "
+        "counted in the worker's playbook_bot_votes_refused_early metric: they never reach the run's history)."
+    )
 
 
 ForeachItem.model_rebuild()

@@ -22,6 +22,7 @@ from bot.audit.backend import AuditStore, open_store
 from bot.audit.checkpoint import start_checkpoints
 from bot.audit.recorder import AuditActivities, AuditWriter
 from bot.engine.admission import Admitter
+from bot.engine.approvals import register_keyring
 from bot.engine.children import CatalogActivities, PeekActivities
 from bot.engine.lock_workflow import KeyLock
 from bot.engine.locks import LockActivities
@@ -133,6 +134,7 @@ async def worker_deps(
                 "no PLAYBOOK_BOT_ENVELOPE_KEY: this worker can verify no one, so every requester, voter and "
                 "canceller counts as unverified (the shipped policy refuses unverified approvers in production)"
             )
+        stack.callback(register_keyring(keys))  # vote validators refuse a forged proof before it is history
         known = catalog if catalog is not None else worker_catalog(settings)
         http = await stack.enter_async_context(EgressClient(egress_rules(settings), resolver=resolver))
         providers = [*make_providers(settings, http), *extra_providers]

@@ -66,6 +66,9 @@ REFUSED_ANSWERS_AUDITED = 10  # per step: a client repeating bad answers cannot 
 ON_FAILURE_GROUP = "on_failure"  # StepStatus.group of the playbook-level on_failure steps
 AUDIT_PATCH = "audit-trail-v1"
 SLACK_PATCH = "slack-sync-v1"
+SLACK_BESIDE_PATCH = "slack-beside-v1"  # Slack syncs in its own coroutine; steps and votes never wait for it
+VOTES_PATCH = "refused-votes-v1"  # refused voters remembered (validator), bounded audit and approver input
+ALERT_FACTS = ("status", "labels", "fingerprint", "startsAt")  # what of the alert a vote's approver check carries
 TRUST_PATCH = "trust-v1"  # the worker admits the run, checks proofs and decides cancels itself
 OUTPUTS_PATCH = "outputs-v1"  # large outputs stay in the audit trail; the outputs a run keeps have a budget
 ADMIT_TIMEOUT = timedelta(seconds=30)
@@ -74,6 +77,10 @@ CANCEL_REFUSED = "CancelRefused"
 CANCEL_UNSUPPORTED = "CancelUnsupported"
 CANCEL_DUPLICATE = "CancelDuplicate"  # the same principal asked again (a retry, an HA peer): not a refusal
 SLACK_TIMEOUT = timedelta(seconds=30)  # runs started before the audit trail replay without its local activity
+SLACK_RETRY_FIRST = 2.0  # seconds before a sync that left something pending is tried again (doubling)
+SLACK_RETRY_MAX = 60.0
+SLACK_RETRIES = 8  # pending syncs tried again in a row with nothing new to show; news always syncs
+SLACK_FINAL_WAIT = timedelta(minutes=5)  # the run's end waits this long at most for Slack to catch up
 POLICY_TIMEOUT = timedelta(seconds=30)
 LOCK_TIMEOUT = timedelta(seconds=30)
 LOCK_ASK_AGAIN = timedelta(minutes=2)  # while queued: the request again, in case its lock was terminated
@@ -193,6 +200,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._channel = pb.channel or (input.trigger.slack or {}).get("channel")
         self._slack = SlackState()
         self._slack_lock = asyncio.Lock()  # one sync at a time: parallel steps must not post twice
+        # Runs from slack-beside-v1 on: steps mark Slack stale and go on; one coroutine syncs.
+        self._slack_beside = False
+        self._slack_stale = False  # something changed since the last sync began
+        self._slack_closing = False  # the run has ended: sync what is left, then stop
+        self._slack_idle = False  # the Slack coroutine has stopped (or was never needed)
+        self._slack_task: asyncio.Task[None] | None = None
+        self._bounded_votes = False  # refused-votes-v1, asked first thing in run()
         self._lock_key: str | None = None  # the run's concurrency key, as admission rendered it (v1.1)
         self._lock_answer: LockNotice | None = None  # granted or busy, as signalled: confirmed before it counts
         self._lock_taken = False  # the lock's answer is confirmed: no later notice changes it
@@ -231,6 +245,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         try:
             result, vote = await self._approvals.cast(request, self._check_approver)
         except VoteRefused as exc:
+            if self._bounded_votes and not self._approvals.refusal(request, exc):
+                raise  # counted; the voter is remembered, and the step's record already says enough
             # Refused after asking policy (or on its proof): audited, the run goes on as it was.
             self._record(
                 request.step_id,
@@ -265,6 +281,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     @vote.validator
     def _validate_vote(self, request: VoteRequest) -> None:
         self._approvals.validate(request)
+        if self._bounded_votes:
+            self._approvals.screen(request)
 
     @workflow.update
     async def confirm(self, request: ConfirmRequest) -> ConfirmResult:
@@ -284,6 +302,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         try:
             vote = await self._approvals.answer(request, answer, self._check_approver)
         except VoteRefused as exc:
+            if self._bounded_votes and not self._approvals.refusal(request, exc):
+                raise
             self._answer_refused(request, exc.message, str((exc.details[0] or {}).get("rule", "approver")))
             await self._flush_audit()
             raise
@@ -313,6 +333,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     @confirm.validator
     def _validate_confirm(self, request: ConfirmRequest) -> None:
         self._approvals.validate(request)
+        if self._bounded_votes:
+            self._approvals.screen(request)
+
+    @workflow.query
+    def approver_input(self, step_id: str) -> dict[str, Any]:
+        """The `approver` rule's input for a vote on this step, without `user`: a front door asks
+        the rule itself with it, and refuses a voter it refuses without touching the run."""
+        return self._approver_doc(step_id)
 
     def _answer_refused(self, request: ConfirmRequest, message: str, rule: str) -> None:
         count = self._refused_answers.get(request.step_id, 0) + 1
@@ -396,6 +424,12 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         if self._spooled():  # asked here, first, like TRUST_PATCH: old histories replay without it
             self._wait_held = workflow.patched(HELD_PATCH)
             asyncio.ensure_future(uncancellable(self._flusher()))
+        # Asked first thing, before any command, like the trust patch (see `_has`).
+        # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
+        self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
+        self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
+        if self._slack_beside:
+            self._slack_task = asyncio.ensure_future(self._slack_coroutine())
         status = self._status
         status.state = "running"
         status.started_at = workflow.now()
@@ -692,15 +726,22 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     async def _close(self) -> None:
         """The run's record and in-flight votes finish even if a cancel arrives now; with the
-        spool, the run ends only once the store has taken its whole record (run_finished last)."""
+        spool, the run ends only once the store has taken its whole record (run_finished last);
+        then Slack catches up (the final sync), for a bounded while."""
         await self._notify()
         if not self._spooled():
             await self._flush_audit()
             await workflow.wait_condition(workflow.all_handlers_finished)
-            return
-        await self._drained()
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        await self._drained()  # what the last handlers recorded
+        else:
+            await self._drained()
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            await self._drained()  # what the last handlers recorded
+        if self._slack_beside:
+            self._slack_closing = True
+            try:
+                await workflow.wait_condition(lambda: self._slack_idle, timeout=SLACK_FINAL_WAIT)
+            except asyncio.TimeoutError:
+                workflow.logger.warning("slack did not catch up before the run ended", extra=self._log_extra)
 
     async def _run_group(self, group: ParallelGroup) -> bool:
         if group.when is not None and not self._when(group.when, group.id, [s.id for s in group.parallel]):
@@ -716,6 +757,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         st = self._status.step(step.id)
         if step.when is not None and not self._when(step.when, step.id, [step.id]):
             return st.state != "failed"
+        await self._thread_known(step)
         try:
             args = render(step.with_, self._context(step.id), secrets=self._input.playbook.secrets)
         except TemplateError as exc:
@@ -1280,12 +1322,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     async def _check_approver(self, request: VoteRequest | ConfirmRequest) -> ActorVerdict:
         """The `approver` rule's answer about the voter (or a core.confirm answerer) as the worker
         verified it (its proof)."""
-        st = self._status.step(request.step_id)
-        pb = self._input.playbook
-        step = self._addressed.get(request.step_id) or next(
-            s for s in [*pb.leaf_steps(), *pb.on_failure] if s.id == request.step_id
-        )
-        input = self._policy_input(step, st.args or {})
+        input = self._approver_doc(request.step_id)
         input["user"] = {"id": request.user, "name": request.name, "groups": request.groups}
         if isinstance(request, ConfirmRequest):
             claim = Claim(
@@ -1297,7 +1334,21 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 purpose="vote", run_id=self._status.run_id, principal=request.user, name=request.name,
                 content=vote_content(request.step_id, request.vote, request.reason),
             )
-        return await self._ask_policy("approver", input, ActorVerdict, claim=claim, proof=request.proof)
+        verdict: ActorVerdict = await self._ask_policy("approver", input, ActorVerdict, claim=claim, proof=request.proof)
+        self._approvals.verdict_seen(request, verdict)
+        return verdict
+
+    def _approver_doc(self, step_id: str) -> dict[str, Any]:
+        """The policy input of a vote on `step_id`. From refused-votes-v1 on its alert is the facts
+        the rule reads (ALERT_FACTS), not the whole alert each vote would otherwise carry."""
+        st = self._status.step(step_id)
+        pb = self._input.playbook
+        step = self._addressed.get(step_id) or next(s for s in [*pb.leaf_steps(), *pb.on_failure] if s.id == step_id)
+        doc = self._policy_input(step, st.args or {})
+        alert = doc.get("alert")
+        if self._bounded_votes and isinstance(alert, dict):
+            doc["alert"] = {k: alert[k] for k in ALERT_FACTS if k in alert}
+        return doc
 
     # ---- saga ----------------------------------------------------------------------------
 
@@ -1484,7 +1535,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     async def _notify(self) -> None:
         """Show the run in Slack (status message, approvals, thread). Best effort: a failed sync
-        never fails the run, and runs without a channel make no call at all."""
+        never fails the run, and runs without a channel make no call at all. From slack-beside-v1
+        on this only marks Slack stale: the Slack coroutine syncs, and no caller waits for it."""
+        if self._slack_beside:
+            self._slack_stale = True
+            return
         if not self._channel or not self._has(SLACK_PATCH):
             return
         async with self._slack_lock:
@@ -1505,6 +1560,66 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 )
             except ActivityError as exc:
                 workflow.logger.warning("slack sync failed", extra={**self._log_extra, "error": str(exc.cause or exc)})
+
+    async def _thread_known(self, step: Step) -> None:
+        """The one wait for Slack a step has: a step whose arguments name `run.slack_thread_ts`
+        (a reply in the run's thread) waits, bounded, for the status message to exist."""
+        if not self._slack_beside or self._slack.message_ts is not None or "slack_thread_ts" not in repr(step.with_):
+            return
+        self._slack_stale = True
+        try:
+            await workflow.wait_condition(lambda: self._slack.message_ts is not None, timeout=SLACK_TIMEOUT)
+        except asyncio.TimeoutError:
+            self._log("slack status message not posted yet: the step has no thread", step_id=step.id)
+
+    async def _slack_coroutine(self) -> None:
+        """Beside the steps: one sync whenever Slack is stale, covering every change since the
+        last one began. A sync that left something pending (rate limited, refused) is tried again
+        after a doubling pause, a few times; news always syncs. At the run's end it syncs what is
+        left and stops (`_close` waits for that, bounded)."""
+        pause, retries = SLACK_RETRY_FIRST, 0
+        while True:
+            if not self._slack_stale:
+                if self._slack.pending and retries < SLACK_RETRIES:
+                    try:
+                        await workflow.wait_condition(lambda: self._slack_stale, timeout=timedelta(seconds=pause))
+                    except asyncio.TimeoutError:
+                        pass  # try what is pending again
+                elif self._slack_closing:
+                    break
+                else:
+                    await workflow.wait_condition(lambda: self._slack_stale or self._slack_closing)
+                    continue
+            self._slack_stale = False
+            await self._sync_slack()
+            if self._slack.pending:
+                retries += 1
+                pause = min(SLACK_RETRY_MAX, max(pause * 2 if retries > 1 else SLACK_RETRY_FIRST, self._slack.retry_after))
+            else:
+                pause, retries = SLACK_RETRY_FIRST, 0
+        self._slack_idle = True
+
+    async def _sync_slack(self) -> None:
+        """One `slack.sync`, never retried from this (stale) state: the coroutine syncs again
+        with the state the last sync returned, and the notifier remembers what it posted."""
+        steps = self._status.all_steps()
+        try:
+            self._slack = await workflow.execute_local_activity(
+                "slack.sync",
+                SlackSync(
+                    channel=self._channel or "",
+                    status=self._status,
+                    decisions={s.id: s.decision for s in steps if s.decision and s.decision.get("require_approval")},
+                    needed={s.id: self._approvals.needed(s.id) for s in steps if s.decision},
+                    state=self._slack,
+                ),
+                result_type=SlackState,
+                start_to_close_timeout=SLACK_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_attempts=1),
+            )
+        except ActivityError as exc:
+            workflow.logger.warning("slack sync failed", extra={**self._log_extra, "error": str(exc.cause or exc)})
+            self._slack = self._slack.model_copy(update={"pending": True})
 
     def _has(self, patch: str) -> bool:
         """Whether this run has an older patch's behaviour. A trusted run was started by code that had

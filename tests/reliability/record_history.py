@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -113,6 +113,17 @@ async def _vote(handle: WorkflowHandle[Any, Any], verdict: str) -> None:
     await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana", vote=verdict))  # type: ignore[arg-type]
 
 
+async def _refused_then_approved(handle: WorkflowHandle[Any, Any]) -> None:
+    """A voter the approver rule refuses, twice (the second turned away by the validator), then dana."""
+    await wait_for_state(handle, lambda s: s.step("risky").state == "waiting_approval")
+    for _ in range(2):
+        try:
+            await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="mallory"))
+        except WorkflowUpdateFailedError:
+            pass
+    await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana"))
+
+
 async def _cancel(handle: WorkflowHandle[Any, Any]) -> None:
     """Cancel as the front door does: the cancel update (Temporal's own cancel is refused)."""
     await wait_for_state(handle, lambda s: s.step("hang").state == "running")
@@ -137,6 +148,9 @@ SCENARIOS: dict[str, Scenario] = {
     "foreach-past-max-failures": (FOREACH.replace("FAILING", "['b', 'c']"), None, None, "compensated"),
     # Recorded by audit-spool-v1 code: per-execution event ids, the flusher writes the approval request
     "spool-approval-approved": (GATED, APPROVAL, lambda h: _vote(h, "approve"), "completed"),
+    # Recorded by slack-beside-v1 / refused-votes-v1 code: Slack synced by its own coroutine, a
+    # refused voter remembered (their repeat never reaches history), then an approval.
+    "slack-beside-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
 }
 
 

@@ -93,6 +93,8 @@ class FakeSlack:
         self._ts = itertools.count(1)
         self._faults: list[tuple[str | None, int, str, dict[str, str]]] = []
         self._fraction: _Fraction | None = None
+        self._refuse_until = 0.0  # time.monotonic() until which every call is answered 429
+        self._refuse_retry_after = 1
         self._serving = contextlib.ExitStack()
         self.api_url = ""
         self.add_user(BOT_USER_ID, "playbook-bot", is_bot=True)
@@ -149,6 +151,21 @@ class FakeSlack:
         with self._lock:
             self._fraction = _Fraction(method, fraction, retry_after, random.Random(seed), max_in_a_row)
 
+    def rate_limit_for(self, seconds: float, retry_after: int = 1) -> None:
+        """Answer every call with HTTP 429 and `Retry-After` for the next `seconds` (Slack's
+        limit on a busy incident channel), then normally again."""
+        with self._lock:
+            self._refuse_until = time.monotonic() + seconds
+            self._refuse_retry_after = retry_after
+
+    def refusing(self) -> bool:
+        """Whether the `rate_limit_for` window is still open."""
+        return time.monotonic() < self._refuse_until
+
+    def posts(self) -> list[Call]:
+        """Every chat.postMessage Slack took (each one is a message in the channel)."""
+        return [call for call in self.calls if call.method == "chat.postMessage" and call.ok]
+
     def rate_limited(self) -> list[Call]:
         """The calls answered 429."""
         return [call for call in self.calls if call.status == 429]
@@ -168,6 +185,7 @@ class FakeSlack:
             self.messages.clear()
             self._faults.clear()
             self._fraction = None
+            self._refuse_until = 0.0
             self.not_member.clear()
 
     def calls_to(self, method: str) -> list[Call]:
@@ -216,6 +234,8 @@ class FakeSlack:
         return status, body, headers
 
     def _answer(self, method: str, params: dict[str, Any], auth_header: str | None) -> Answer:
+        if time.monotonic() < self._refuse_until:
+            return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(self._refuse_retry_after)}
         for i, (only, status, error, headers) in enumerate(self._faults):
             if only is None or only == method:
                 del self._faults[i]

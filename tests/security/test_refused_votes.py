@@ -1,0 +1,127 @@
+"""1,000 refused votes on one run leave it running, audited, and its history bounded (issue 14).
+
+Attack: whoever may click a button (or reach Temporal) votes again and again on a step the
+`approver` rule will not let them approve. Each vote used to reach the workflow: an update in
+history, a policy activity carrying the whole alert, an audit flush; enough of them push the
+run past Temporal's history limits, which terminate it with no rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from typing import Any
+
+from prometheus_client import REGISTRY
+from temporalio.client import WorkflowUpdateFailedError
+
+from bot.audit.events import EventKind
+from bot.engine.approvals import UNVERIFIED_REFUSED_MAX
+from bot.engine.state import VoteRequest
+from bot.engine.workflow import PlaybookRun
+from bot.identity.principals import Actor
+from bot.identity.proofs import Keyring, vote_content
+from tests.slack.support import BOB, MALLORY, finished, principal, slack_stack, waiting_gated_run
+from tests.waiting import eventually
+
+VOTES = 1000
+BATCH = 20
+HISTORY_BOUND = 200  # events a flood of refused votes may add (a few principals' first refusals)
+DIRECT_VOTERS = [principal(MALLORY), "cli:eve", "slack:U0CAROL", "api:svc-bot", "cli:mallory"]
+
+
+async def _in_batches(calls: list[Any], size: int = 25) -> list[Any]:
+    out: list[Any] = []
+    for i in range(0, len(calls), size):
+        out += await asyncio.gather(*calls[i:i + size], return_exceptions=True)
+    return out
+
+
+async def _history_events(stack: Any, run_id: str) -> int:
+    return len((await stack.temporal.get_workflow_handle(run_id).fetch_history()).events)
+
+
+def _refusals(stack: Any, run_id: str) -> list[Any]:
+    return [e for e in stack.audit.events(run_id)
+            if e.kind == EventKind.access_refused and e.details.get("operation") == "vote"]
+
+
+async def test_a_thousand_refused_votes_leave_the_run_running_audited_and_bounded(dev_env, fake_slack, tmp_path):
+    async with slack_stack(dev_env.client, fake_slack, tmp_path) as stack:
+        run_id, request_ts = await waiting_gated_run(stack)
+        before = await _history_events(stack, run_id)
+
+        # Through the front door: mallory is not in sre. Each click is refused and audited.
+        # (A click is answered before its handler runs: each batch is let through before the next.)
+        for sent in range(BATCH, VOTES + 1, BATCH):
+            answers = await asyncio.gather(*(stack.click(MALLORY, run_id, "risky", request_ts) for _ in range(BATCH)))
+            assert all(a.status_code == 200 for a in answers), "each click is acknowledged"
+            refused = await eventually(lambda: _ready(len(_refusals(stack, run_id)) >= sent, _refusals(stack, run_id)),
+                                       timeout=60, what=f"{sent} front-door refusals audited")
+        other = [e.details["reason"] for e in refused if "(refused by the approver rule" not in e.details["reason"]]
+        assert other == [], other[:3]
+        assert len(_refusals(stack, run_id)) == VOTES, "each refusal once"
+
+        # Straight to Temporal, as anyone who can reach it: a few principals, over and over.
+        handle = stack.temporal.get_workflow_handle(run_id)
+        early_before = REGISTRY.get_sample_value("playbook_bot_votes_refused_early_total", {"rule": "approver"}) or 0.0
+        direct = await _in_batches([
+            handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user=DIRECT_VOTERS[i % len(DIRECT_VOTERS)]))
+            for i in range(VOTES)
+        ])
+        assert all(isinstance(r, WorkflowUpdateFailedError) for r in direct), [r for r in direct if not isinstance(
+            r, WorkflowUpdateFailedError)][:3]
+
+        grown = await _history_events(stack, run_id) - before
+        assert grown <= HISTORY_BOUND, f"{2 * VOTES} refused votes added {grown} history events"
+        status = await handle.query(PlaybookRun.status)
+        assert status.state == "waiting_approval" and status.step("risky").state == "waiting_approval"
+        assert status.step("risky").refused_votes == len(DIRECT_VOTERS), "each direct voter's first vote reached the run"
+        early = REGISTRY.get_sample_value("playbook_bot_votes_refused_early_total", {"rule": "approver"}) or 0.0
+        # (Temporal may hand an update to a validator more than once: the metric counts refusals made.)
+        assert early - early_before >= VOTES - len(DIRECT_VOTERS), "every repeat refused by the validator, counted"
+        refused_in_run = [e for e in stack.audit.events(run_id)
+                          if e.kind == EventKind.approval_vote and not e.details.get("accepted")]
+        assert 1 <= len(refused_in_run) <= len(DIRECT_VOTERS), "each direct voter's first refusal is on the record"
+
+        # The run is none the worse: a valid vote decides it and it completes.
+        assert (await stack.click(BOB, run_id, "risky", request_ts)).status_code == 200
+        final = await eventually(lambda: finished(stack, run_id), timeout=120, what="run finished")
+    assert final.state == "completed", final.error
+    assert [v.user for v in final.step("risky").approvals] == [principal(BOB)]
+    assert json.dumps(final.model_dump(mode="json"))  # the result is readable
+
+
+async def _ready(done: bool, value: Any) -> Any:
+    return value if done else None
+
+
+async def test_forged_proofs_and_a_crowd_of_unverified_voters_stop_adding_history(dev_env, fake_slack, tmp_path):
+    """Straight to Temporal, votes nobody vouched for: bob's name with forged proofs (each audited
+    by the run, as before) and proof-less voters under a new name each time. Past a bound per
+    step the validator hears only verified votes, so history stops growing, and bob's own
+    (verified) vote still counts: nobody voting in his name shut him out."""
+    async with slack_stack(dev_env.client, fake_slack, tmp_path) as stack:
+        run_id, request_ts = await waiting_gated_run(stack)
+        handle = stack.temporal.get_workflow_handle(run_id)
+        before = await _history_events(stack, run_id)
+        forged = Keyring(b"not-the-envelope-key-0123456789abcdef").sign(
+            "vote", run_id, Actor(principal(BOB), "bob", ("sre",), "slack"), vote_content("risky", "approve", "")
+        )
+        votes = [VoteRequest(step_id="risky", user=principal(BOB), groups=["sre"], proof=forged) for _ in range(50)]
+        votes += [VoteRequest(step_id="risky", user=f"cli:stranger-{i}") for i in range(200)]
+        answers = await _in_batches([handle.execute_update(PlaybookRun.vote, v) for v in votes], size=10)
+        assert all(isinstance(a, WorkflowUpdateFailedError) for a in answers), "every one refused"
+        rules = Counter((a.cause.details[0] or {}).get("rule") for a in answers)
+        # The run asked policy about at most the bound (plus the batch in flight when it was reached);
+        # the rest were turned away before history: as unverified, or as bob's vote already under way.
+        assert rules["approver"] <= UNVERIFIED_REFUSED_MAX + 10 and rules["unverified"] >= 150, rules
+        assert await _history_events(stack, run_id) - before <= (UNVERIFIED_REFUSED_MAX + 10) * 15, "bounded"
+        audited = [e for e in stack.audit.events(run_id) if e.kind == EventKind.approval_vote]
+        assert any(e.actor == principal(BOB) and "proof does not verify" in e.details["message"] for e in audited)
+
+        assert (await stack.click(BOB, run_id, "risky", request_ts)).status_code == 200, "bob's own vote"
+        final = await eventually(lambda: finished(stack, run_id), timeout=120, what="run finished")
+    assert final.state == "completed", final.error
+    assert [v.user for v in final.step("risky").approvals] == [principal(BOB)]

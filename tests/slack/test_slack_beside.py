@@ -1,0 +1,137 @@
+"""Slack rate limiting never holds a run up, and never makes it post twice (issue 14).
+
+The notifier runs beside the steps: steps mark Slack stale and go on, one workflow coroutine
+syncs, each sync keeps to its own budget under 429s and returns what it did post, and the next
+sync goes on from there. The fake Slack records every call, so "posted twice" is countable.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.engine.runs import _counted_meanwhile, vote
+from bot.engine.state import RunStatus, StepStatus, VoteRequest
+from bot.identity.principals import Actor
+from bot.identity.proofs import Keyring
+from bot.slack.notifier import SlackNotifier, SlackState, SlackSync
+from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
+from tests.engine.test_approvals import policy
+from tests.slack.fake_slack import FakeSlack
+
+CHANNEL_ID = "C0INCIDENTS"
+RETRY_AFTER = 20  # seconds Slack asks to wait: more than a sync's budget (3 s here)
+
+PB = """
+name: busy
+channel: "#incidents"
+steps:
+  - {id: one, action: t.ok, compensate: {action: t.ok}}
+  - {id: two, action: t.ok}
+  - {id: three, action: t.ok}
+  - {id: four, action: t.ok}
+  - {id: five, action: t.fail, retry: {max_attempts: 1}}
+"""
+
+APPROVAL = {"allow": True, "require_approval": True, "min_approvals": 1, "approver_groups": ["sre"], "reasons": ["prod"]}
+
+
+def _web(fake_slack: FakeSlack) -> AsyncWebClient:
+    """As production builds it (bot/actions/catalog.py): slack_sdk's own 429 retries included."""
+    return AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url,
+                          retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)])
+
+
+def _no_duplicates(fake_slack: FakeSlack) -> None:
+    """Every message Slack took is a different one: same thread and same text twice is a repost."""
+    posts = Counter((c.params.get("thread_ts"), str(c.params.get("text"))) for c in fake_slack.posts())
+    assert [p for p, n in posts.items() if n > 1] == [], "posted twice"
+    assert len(fake_slack.top_level(CHANNEL_ID)) == 1, "one status message per run"
+
+
+async def test_steps_go_on_while_slack_refuses_everything_and_slack_catches_up(dev_env, fake_slack):
+    fake_slack.rate_limit_for(3600, retry_after=2)  # until the test says otherwise
+    rec = Recorder()
+    async with worker(dev_env.client, rec, [SlackNotifier(_web(fake_slack), budget=3).sync]) as w:
+        handle = await start(dev_env.client, w, run_input(playbook(PB)))
+        # Every step (and the rollback) is done while Slack still answers nothing but 429.
+        status = await wait_for_state(handle, lambda s: s.compensations and s.compensations[0].state == "succeeded",
+                                      timeout=60)
+        assert [s.state for s in status.steps] == ["compensated"] + ["succeeded"] * 3 + ["failed"]
+        assert fake_slack.refusing() and fake_slack.posts() == [], "nothing reached Slack meanwhile"
+        assert fake_slack.rate_limited(), "the notifier did try"
+
+        fake_slack.rate_limit_for(0)  # Slack answers again: the run's last sync catches up
+        final = await handle.result()
+
+    assert final.state == "compensated"
+    _no_duplicates(fake_slack)
+    [message] = fake_slack.top_level(CHANNEL_ID)
+    assert "busy: compensated" in message.shown(), message.shown()
+    thread = [m.text for m in fake_slack.thread(message)]
+    assert any("*five* failed" in t for t in thread) and "*busy* compensated" in thread[-1], thread
+
+
+async def test_a_vote_is_answered_while_slack_is_rate_limited(dev_env, fake_slack):
+    """The vote's answer says what the workflow decided, however slow Slack is (it used to wait
+    for the sync, past the front door's deadline: "vote not recorded" for a vote that counted)."""
+    rec = Recorder()
+    pb = playbook('name: gated\nchannel: "#incidents"\nsteps: [{id: risky, action: t.ok, impact: high}]')
+    keyring = Keyring(b"k" * 32)
+    async with worker(dev_env.client, rec, policy(APPROVAL) + [SlackNotifier(_web(fake_slack), budget=3).sync]) as w:
+        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
+        await wait_for_state(handle, lambda s: s.state == "waiting_approval")
+        fake_slack.rate_limit_for(3600, retry_after=RETRY_AFTER)
+        result = await vote(dev_env.client, handle.id, VoteRequest(step_id="risky", user="dana"), Actor("dana"), keyring)
+        assert result.message == "dana approved (1/1)" and result.approvals == 1
+        # Had the answer been lost on its way, the front door reads what the run decided instead.
+        lost = await _counted_meanwhile(dev_env.client, handle.id, VoteRequest(step_id="risky", user="dana"))
+        assert lost == result.model_copy(update={"step_state": lost.step_state}), lost
+        assert await _counted_meanwhile(dev_env.client, handle.id, VoteRequest(step_id="risky", user="erin")) is None
+        status = await wait_for_state(handle, lambda s: s.step("risky").state == "succeeded", timeout=60)
+        assert fake_slack.refusing()
+        fake_slack.rate_limit_for(0)
+        final = await handle.result()
+    assert final.state == "completed", status
+    _no_duplicates(fake_slack)
+
+
+def _status(failed: bool, finished: bool = False) -> RunStatus:
+    steps = [StepStatus(id="a", action="t.ok", state="succeeded"),
+             StepStatus(id="b", action="t.fail", state="failed" if failed else "running", error="b broke")]
+    return RunStatus(run_id="r-9", playbook="told", playbook_hash="h", state="failed" if finished else "running",
+                     requested_by="carl", trigger="cli", steps=steps)
+
+
+async def test_a_sync_keeps_to_its_budget_and_returns_what_it_posted(fake_slack):
+    """Rate limited past its budget, a sync stops and says so (pending, Retry-After) instead of
+    timing out, so its posts are never lost to a retry from the state before it."""
+    notifier = SlackNotifier(_web(fake_slack), budget=3)
+    fake_slack.rate_limit(n=1, retry_after=1)  # a short limit fits the budget: waited out
+    state = await notifier.sync(SlackSync(channel="#incidents", status=_status(failed=False)))
+    assert state.message_ts and not state.pending
+    assert len(fake_slack.rate_limited()) == 1 and len(fake_slack.posts()) == 1
+
+    fake_slack.rate_limit_for(3600, retry_after=RETRY_AFTER)
+    state = await notifier.sync(SlackSync(channel="#incidents", status=_status(failed=True), state=state))
+    assert state.pending and state.retry_after == RETRY_AFTER
+    assert state.posted == [] and state.message_ts, "the status message it had is kept"
+    assert len(fake_slack.rate_limited()) == 2, "one refused call, then no more in this sync (no hammering)"
+
+    fake_slack.rate_limit_for(0)
+    state = await notifier.sync(SlackSync(channel="#incidents", status=_status(failed=True, finished=True), state=state))
+    assert not state.pending and state.posted == ["end:b", "final"]
+    _no_duplicates(fake_slack)
+
+
+async def test_a_sync_whose_answer_was_lost_does_not_post_again(fake_slack):
+    """A sync that posted and then died (its state never reached the workflow): the next sync,
+    from the older state, takes what this worker posted instead of posting it again."""
+    notifier = SlackNotifier(_web(fake_slack), budget=3)
+    lost = await notifier.sync(SlackSync(channel="#incidents", status=_status(failed=True)))
+    state = await notifier.sync(SlackSync(channel="#incidents", status=_status(failed=True), state=SlackState()))
+    assert state.message_ts == lost.message_ts and state.posted == ["end:b"]
+    assert len(fake_slack.posts()) == 2, "the status message and the reply, once each"
+    _no_duplicates(fake_slack)
