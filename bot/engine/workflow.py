@@ -1543,23 +1543,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         if not self._channel or not self._has(SLACK_PATCH):
             return
         async with self._slack_lock:
-            steps = self._status.all_steps()
-            try:
-                self._slack = await workflow.execute_local_activity(
-                    "slack.sync",
-                    SlackSync(
-                        channel=self._channel,
-                        status=self._status,
-                        decisions={s.id: s.decision for s in steps if s.decision and s.decision.get("require_approval")},
-                        needed={s.id: self._approvals.needed(s.id) for s in steps if s.decision},
-                        state=self._slack,
-                    ),
-                    result_type=SlackState,
-                    start_to_close_timeout=SLACK_TIMEOUT,
-                    retry_policy=TemporalRetryPolicy(maximum_attempts=3),
-                )
-            except ActivityError as exc:
-                workflow.logger.warning("slack sync failed", extra={**self._log_extra, "error": str(exc.cause or exc)})
+            await self._sync_slack(attempts=3)  # a run from before slack-beside-v1: retried, as it was
 
     async def _thread_known(self, step: Step) -> None:
         """The one wait for Slack a step has: a step whose arguments name `run.slack_thread_ts`
@@ -1599,7 +1583,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 pause, retries = SLACK_RETRY_FIRST, 0
         self._slack_idle = True
 
-    async def _sync_slack(self) -> None:
+    async def _sync_slack(self, attempts: int = 1) -> None:
         """One `slack.sync`, never retried from this (stale) state: the coroutine syncs again
         with the state the last sync returned, and the notifier remembers what it posted."""
         steps = self._status.all_steps()
@@ -1615,7 +1599,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 ),
                 result_type=SlackState,
                 start_to_close_timeout=SLACK_TIMEOUT,
-                retry_policy=TemporalRetryPolicy(maximum_attempts=1),
+                retry_policy=TemporalRetryPolicy(maximum_attempts=attempts),
             )
         except ActivityError as exc:
             workflow.logger.warning("slack sync failed", extra={**self._log_extra, "error": str(exc.cause or exc)})
