@@ -250,8 +250,7 @@ class AlertReceiver:
         extra: dict[str, Any] = {"rerun": claim.runs} if claim is not None and claim.runs > 1 else {}
         if claim is None:
             return self._outcome(alert, playbook, "started", run_id=run_id)
-        await self._store("record an episode start", lambda s: s.episode_started(run_id, claim.runs))
-        after = await self._store("read an episode", lambda s: s.episode(run_id))
+        after = await self._store("record an episode start", lambda s: s.episode_started(run_id, claim.runs))
         if after.resolved_at is None:
             return self._outcome(alert, playbook, "started", run_id=run_id, **extra)
         # The alert resolved while this run started, and the resolved delivery may have looked

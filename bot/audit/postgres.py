@@ -354,9 +354,12 @@ class PostgresAuditStore:
         return _episode(after, claimed=True)
 
     @_reconnecting
-    def episode_started(self, episode_id: str, runs: int) -> None:
-        with self._transaction("record an episode start in") as conn:
+    def episode_started(self, episode_id: str, runs: int) -> Episode:
+        """The claimed run was started; the row after (one statement: resolved meanwhile?)."""
+        with self._connected("record an episode start in") as conn:
             conn.execute("UPDATE episodes SET started = true WHERE episode_id = %s AND runs = %s", (episode_id, runs))
+            row = conn.execute(f"{EPISODE} WHERE episode_id = %s", (episode_id,)).fetchone()
+        return _episode(row) if row else Episode(episode_id=episode_id)
 
     @_reconnecting
     def release_episode(self, episode_id: str, runs: int) -> None:

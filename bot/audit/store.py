@@ -174,10 +174,11 @@ class SqliteAuditStore:
                 _put_episode(conn, after)
             return after
 
-    def episode_started(self, episode_id: str, runs: int) -> None:
-        """The claimed run (claim number `runs`) was started."""
+    def episode_started(self, episode_id: str, runs: int) -> Episode:
+        """The claimed run (claim number `runs`) was started; the row after (resolved meanwhile?)."""
         with self._transaction("record an episode start in") as conn:
             conn.execute("UPDATE episodes SET started = 1 WHERE episode_id = ? AND runs = ?", (episode_id, runs))
+            return _episode(conn, episode_id)
 
     def release_episode(self, episode_id: str, runs: int) -> None:
         """The claimed run could not be started: give the claim back, so a retry can claim again."""

@@ -27,6 +27,7 @@ from tests.reliability.alertmanager_support import AUTH, ENVELOPE_KEY, TOKEN, fi
 PLAYBOOK = """\
 name: storm
 summary: Wait, then fix
+owner: sre  # the shipped cancel rule lets a resolved alert cancel the runs of an owned playbook
 params:
   instance: {type: string}
 triggers:
@@ -146,7 +147,10 @@ async def test_storm_across_two_front_doors_one_chain(hosts: tuple[list[str], di
             assert workflow_id in fixed, f"{workflow_id} never fixed"
         else:
             assert len(runs) <= 1, (workflow_id, by_episode[alert["fingerprint"]])
-            assert workflow_id not in fixed, f"resolved episode {workflow_id} was remediated"
+            story = [(e.kind.value, e.step_id, e.details.get("outcome"), e.details.get("status"),
+                      e.details.get("reason"), e.details.get("reasons"), e.details.get("accepted")) for e in events
+                     if e.run_id == workflow_id or e.details.get("fingerprint") == alert["fingerprint"]]
+            assert workflow_id not in fixed, f"resolved episode {workflow_id} was remediated: {story}"
         for _ in runs:
             assert kinds[(workflow_id, "run_started")] == 1, workflow_id
             assert kinds[(workflow_id, "run_finished")] == 1, workflow_id
