@@ -36,6 +36,7 @@ from bot.slack.groups import GroupResolver
 log = structlog.get_logger(__name__)
 FINAL_RETRY_PAUSES = (1.0, 3.0)  # the last sync of a run: up to three passes, these pauses between
 SYNC_BUDGET = 12.0  # seconds of Slack calls per sync; well inside the local activity's 30 s timeout
+MIN_RATE_LIMIT_PAUSE = 1.0  # seconds between a 429 and the same call again, whatever Retry-After says
 POSTED_REMEMBERED = 20_000  # entries of the process-local record of posts (oldest forgotten first)
 
 
@@ -228,13 +229,16 @@ class SlackNotifier:
             try:
                 return await self.web.api_call(method, json=kwargs)
             except SlackApiError as exc:
-                SLACK_API_ERRORS.labels(method).inc()
                 if exc.response.status_code != 429:
+                    SLACK_API_ERRORS.labels(method).inc()
                     log.warning("slack api error", method=method, error=exc.response.get("error"))
                     run.failed = True
                     return None
-                wait = _retry_after(exc.response.headers)
+                # Slack did not act on a 429: waiting and calling again posts nothing twice. Never
+                # sooner than a second (a Retry-After of 0 must not turn into a hammering loop).
+                wait = max(_retry_after(exc.response.headers), MIN_RATE_LIMIT_PAUSE)
                 if wait > run.remaining():
+                    SLACK_API_ERRORS.labels(method).inc()  # given up for this sync (the metric's meaning)
                     log.warning("slack rate limited past this sync's budget", method=method, retry_after=wait)
                     run.retry_after = wait
                     continue
