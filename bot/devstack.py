@@ -236,8 +236,13 @@ class DevServer:
                 f"a dev server from this data dir is already running (pid {existing.pid}{owner}, {existing.address}): "
                 "stop that `playbook-bot dev` first, or use another PLAYBOOK_BOT_DATA_DIR"
             )
-        if existing is not None:  # its owner is gone; a process that is not its server is left alone
-            await stop_orphan(existing, self.db_path)
+        if existing is not None and await stop_orphan(existing, self.db_path):
+            # Its owner is gone, so it was stopped (a process that is not its server is left alone).
+            # A killed Go process's leader thread reads as a zombie before its last thread has
+            # exited and closed its sockets: give its ports a moment to come free.
+            deadline = time.monotonic() + ORPHAN_GRACE
+            while time.monotonic() < deadline and not all(port_free(self.host, p) for p in (self.port, self.ui_port)):
+                await asyncio.sleep(0.1)
         for port, what, setting in ((self.port, "gRPC", "DEV_SERVER_PORT"), (self.ui_port, "Web UI", "DEV_SERVER_UI_PORT")):
             if not port_free(self.host, port):
                 raise DevServerError(
