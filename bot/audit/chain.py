@@ -1,19 +1,36 @@
-"""Checking a chain walked in seq order, whatever store the rows come from (PostgreSQL, a copy)."""
+"""Checking a chain walked in seq order, whatever store the rows come from (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
+from pydantic import BaseModel
+
 from bot.audit.events import GENESIS_HASH, chain_hash
-from bot.audit.store import VerifyResult
 
 FIELDS = ("seq", "event_id", "ts", "run_id", "step_id", "kind", "actor", "details", "prev_hash", "hash")
+# The first event id stored twice, as (seq, event_id): both backends' SQL reads it the same way.
+FIRST_DUPLICATE_ID = (
+    "SELECT seq, event_id FROM (SELECT seq, event_id, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY seq) AS n"
+    " FROM audit_events) AS numbered WHERE n > 1 ORDER BY seq LIMIT 1"
+)
+
+
+class VerifyResult(BaseModel):
+    """`checked` counts the events found intact before the first bad one (all of them when ok).
+    `head_hash` is the last intact hash: publish it elsewhere to make truncation detectable."""
+
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    head_hash: str = GENESIS_HASH
 
 
 class ChainWalk:
     """Feed rows (tuples in FIELDS order) in seq order; `result` is the first problem, or None.
-    Same reasons, word for word, as the SQLite store's verify."""
+    Both stores' verify walk their rows with it, so they give the same reasons, word for word."""
 
     def __init__(self) -> None:
         self.checked = 0
@@ -61,6 +78,13 @@ class ChainWalk:
             end = self.expected_seq - 1
             return self.bad(self.expected_seq, f"missing (the log ends at seq {end} but seq {highest_written} was written)")
         return None
+
+    def duplicated(self, first_duplicate: tuple[Any, ...] | None) -> VerifyResult | None:
+        """The row FIRST_DUPLICATE_ID found, if any: an event id stored twice."""
+        if first_duplicate is None:
+            return None
+        seq, event_id = first_duplicate
+        return self.bad(seq, f"event_id duplicated ({event_id!r} was stored before)")
 
     def ok(self) -> VerifyResult:
         return VerifyResult(ok=True, checked=self.checked, head_hash=self.head_hash)

@@ -34,7 +34,7 @@ from urllib.parse import unquote
 
 import psycopg
 
-from bot.audit.chain import FIELDS, ChainWalk
+from bot.audit.chain import FIELDS, FIRST_DUPLICATE_ID, ChainWalk
 from bot.audit.episodes import Episode
 from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, canonical_json, parse_ts
 from bot.audit.pg_schema import APPEND_LOCK, SCHEMA_VERSION, migrate_schema, schema_version
@@ -556,10 +556,4 @@ def _verify(conn: psycopg.Connection) -> VerifyResult:
         return problem
     if head[0] == walk.checked and head[1] != walk.head_hash:
         return walk.bad(head[0], "hash differs from the head recorded when it was appended (the table was rewritten)")
-    duplicate = conn.execute(
-        "SELECT seq, event_id FROM (SELECT seq, event_id, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY seq) AS n"
-        " FROM audit_events) AS numbered WHERE n > 1 ORDER BY seq LIMIT 1"
-    ).fetchone()
-    if duplicate:
-        return walk.bad(duplicate[0], f"event_id duplicated ({duplicate[1]!r} was stored before)")
-    return walk.ok()
+    return walk.duplicated(conn.execute(FIRST_DUPLICATE_ID).fetchone()) or walk.ok()

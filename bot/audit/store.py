@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
 
 from bot.audit.episodes import Episode, decide_claim
+from bot.audit.chain import FIELDS, FIRST_DUPLICATE_ID, ChainWalk, VerifyResult
 from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, chain_hash, format_ts, parse_ts
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ EPISODES_SCHEMA = (
     )""",
 )
 EPISODE_COLUMNS = "episode_id, runs, started, claimed_at, resolved_at"
-COLUMNS = "seq, event_id, ts, run_id, step_id, kind, actor, details, prev_hash, hash"
+COLUMNS = ", ".join(FIELDS)
 SELECT = f"SELECT {COLUMNS} FROM audit_events"
 INSERT = f"INSERT INTO audit_events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # check_writable's throwaway row: inserted, then rolled back.
@@ -79,17 +79,6 @@ PROBE = f"INSERT INTO audit_events ({COLUMNS}) VALUES (-1, 'probe', '', NULL, NU
 class AuditUnavailable(RuntimeError):
     """The store cannot be opened, read or written (path and cause in the message).
     Activities let it propagate, so Temporal retries until the disk or lock clears."""
-
-
-class VerifyResult(BaseModel):
-    """`checked` counts the events found intact before the first bad one (all of them when ok).
-    `head_hash` is the last intact hash: publish it elsewhere to make truncation detectable."""
-
-    ok: bool
-    checked: int
-    first_bad_seq: int | None = None
-    reason: str | None = None
-    head_hash: str = GENESIS_HASH
 
 
 def default_path(settings: Settings) -> Path:
@@ -388,40 +377,11 @@ def _from_row(row: Sequence[Any]) -> StoredEvent:
 
 
 def _verify(conn: sqlite3.Connection) -> VerifyResult:
-    checked, expected_seq, prev_hash = 0, 1, GENESIS_HASH
-
-    def bad(seq: int, reason: str) -> VerifyResult:
-        reason = f"seq {seq}: {reason}"
-        return VerifyResult(ok=False, checked=checked, first_bad_seq=seq, reason=reason, head_hash=prev_hash)
-
-    for row in conn.execute(f"{SELECT} ORDER BY seq"):
-        seq, event_id, ts, run_id, step_id, kind, actor, details, stored_prev, stored_hash = row
-        if seq > expected_seq:
-            before = f"seq {expected_seq - 1}" if expected_seq > 1 else "the start"
-            return bad(expected_seq, f"missing (gap: {before} is followed by seq {seq}; rows were deleted)")
-        if seq < expected_seq:
-            return bad(seq, f"out of sequence (expected seq {expected_seq})")
-        if stored_prev != prev_hash:
-            link = f"seq {seq - 1}" if seq > 1 else "the genesis hash"
-            return bad(seq, f"prev_hash does not match {link}")
-        fields = dict(
-            seq=seq, event_id=event_id, ts=ts, run_id=run_id, step_id=step_id, kind=kind,
-            actor=actor, details=details, prev_hash=stored_prev,
-        )  # fmt: skip
-        if not all(isinstance(fields[name], str) for name in ("event_id", "ts", "kind", "actor", "details")):
-            return bad(seq, "a field has the wrong type (stored event was changed)")
-        if chain_hash(**fields) != stored_hash:
-            return bad(seq, "hash mismatch (stored event was changed)")
-        checked, expected_seq, prev_hash = checked + 1, expected_seq + 1, stored_hash
-
+    walk = ChainWalk()
+    if walk.feed(conn.execute(f"{SELECT} ORDER BY seq")):
+        return walk.result  # type: ignore[return-value]
     # AUTOINCREMENT remembers the highest seq ever written: rows cut off the end show up here.
     high = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_events'").fetchone()
-    if high and high[0] >= expected_seq:
-        return bad(expected_seq, f"missing (the log ends at seq {expected_seq - 1} but seq {high[0]} was written)")
-    duplicate = conn.execute(
-        "SELECT seq, event_id FROM (SELECT seq, event_id, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY seq) AS n"
-        " FROM audit_events) WHERE n > 1 ORDER BY seq LIMIT 1"
-    ).fetchone()
-    if duplicate:
-        return bad(duplicate[0], f"event_id duplicated ({duplicate[1]!r} was stored before)")
-    return VerifyResult(ok=True, checked=checked, head_hash=prev_hash)
+    if problem := walk.ends(high[0] if high else None):
+        return problem
+    return walk.duplicated(conn.execute(FIRST_DUPLICATE_ID).fetchone()) or walk.ok()
