@@ -19,7 +19,7 @@ test: $(STAMP) ## policy tests, then the whole suite (real Temporal dev server, 
 	$(BIN)/playbook-bot policy test
 	# Two processes, a module to each at a time: the suite mostly waits on Temporal and
 	# subprocesses, so this halves it (about 5 min on 2 cores); each has its own dev server.
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 bench: $(STAMP) ## benchmark tables with ratios against baselines measured in the same run (not timed tests)
 	$(BIN)/python -m bench.overhead

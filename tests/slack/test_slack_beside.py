@@ -51,7 +51,7 @@ def _no_duplicates(fake_slack: FakeSlack) -> None:
     assert len(fake_slack.top_level(CHANNEL_ID)) == 1, "one status message per run"
 
 
-async def test_steps_go_on_while_slack_refuses_everything_and_slack_catches_up(dev_env, fake_slack):
+async def test_steps_go_on_while_slack_refuses_everything_and_slack_catches_up(dev_env, fake_slack, short_slack_backoff):
     fake_slack.rate_limit_for(3600, retry_after=2)  # until the test says otherwise
     rec = Recorder()
     async with worker(dev_env.client, rec, [SlackNotifier(_web(fake_slack), budget=3).sync]) as w:
@@ -74,7 +74,7 @@ async def test_steps_go_on_while_slack_refuses_everything_and_slack_catches_up(d
     assert any("*five* failed" in t for t in thread) and "*busy* compensated" in thread[-1], thread
 
 
-async def test_a_vote_is_answered_while_slack_is_rate_limited(dev_env, fake_slack):
+async def test_a_vote_is_answered_while_slack_is_rate_limited(dev_env, fake_slack, short_slack_backoff):
     """The vote's answer says what the workflow decided, however slow Slack is (it used to wait
     for the sync, past the front door's deadline: "vote not recorded" for a vote that counted)."""
     rec = Recorder()
