@@ -9,6 +9,7 @@ the child is answered with denies while it restarts.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from pathlib import Path
@@ -16,9 +17,10 @@ from typing import Any
 
 import structlog
 
+from bot.policy import wire
 from bot.policy.engine import FailClosed, RULES, entrypoint, rule_path
 from bot.policy.errors import PolicyLoadError
-from bot.policy.models import Failure, Provenance, input_digest
+from bot.policy.models import Failure, Provenance, canonical_json
 from bot.policy.rego_process import ChildCrashed, ChildTimeout, RegoProcess, run_once
 from bot.policy.sources import PolicySources, read_sources, tree_signature
 
@@ -147,9 +149,14 @@ class EmbeddedEngine(FailClosed):
     ) -> tuple[Any, Provenance, tuple[Failure, str] | None]:
         provenance = Provenance(decision_id=uuid.uuid4().hex, engine=self.name)
         try:
-            provenance.input_digest = input_digest(input)
+            # One serialisation: its digest is recorded, its bytes are sent.
+            encoded = canonical_json(input).encode()
         except (TypeError, ValueError) as exc:
             return None, provenance, self._fail_closed(rule, Failure.INVALID_INPUT, f"policy input is not JSON: {exc}")
+        provenance.input_digest = hashlib.sha256(encoded).hexdigest()
+        if len(encoded) > wire.MAX_INPUT:
+            reason = f"policy input is too large for the embedded engine: {len(encoded)} bytes, the limit is {wire.MAX_INPUT} bytes"
+            return None, provenance, self._fail_closed(rule, Failure.INVALID_INPUT, reason)
         if self._restarting():
             return None, provenance, self._restarting_failure(rule)
         async with self._lock:
@@ -161,9 +168,9 @@ class EmbeddedEngine(FailClosed):
                 reason = f"policy failed to load: {self._load_error}"
                 return None, provenance, self._fail_closed(rule, Failure.LOAD_ERROR, reason)
             assert self._proc is not None
-            request = {"op": "eval", "entrypoint": entrypoint(rule), "input": input}
+            request = {"op": "eval", "entrypoint": entrypoint(rule)}
             try:
-                answer = await self._proc.request(request, self.timeout)
+                answer = await self._proc.request(request, self.timeout, input=encoded)
             except ChildTimeout:
                 self._crashed(f"evaluation of {rule_path(rule)} took longer than {self.timeout:g}s")
                 reason = f"policy evaluation timed out after {self.timeout:g}s; restarting the policy engine"
@@ -173,7 +180,11 @@ class EmbeddedEngine(FailClosed):
                 return None, provenance, self._fail_closed(rule, Failure.ENGINE_CRASHED, f"{exc}; restarting it")
         self._consecutive_crashes = 0
         if not answer.get("ok"):
-            message = (answer.get("error") or {}).get("message", "unknown error")
+            error = answer.get("error") or {}
+            message = error.get("message", "unknown error")
+            if error.get("kind") == "input":
+                reason = f"policy input is not valid for the embedded engine: {message}"
+                return None, provenance, self._fail_closed(rule, Failure.INVALID_INPUT, reason)
             reason = f"policy evaluation failed: {rule_path(rule)}: {message}"
             return None, provenance, self._fail_closed(rule, Failure.EVAL_ERROR, reason)
         if not answer.get("defined"):
