@@ -9,7 +9,7 @@ Requests (each answered by one frame echoing its "id"):
   {"op": "load", "modules": {file: source}, "data": {...}, "entrypoints": ["pkg/rule", ...]}
   {"op": "eval", "entrypoint": "pkg/rule", "input": {...}}
   {"op": "test", "modules": {...}, "data": {...}, "entrypoints": [...]}   (no input set)
-  {"op": "ping"}
+  {"op": "ping"}   (answers its pid and how many evaluations it has run)
 Answers: {"ok": true, ...} or {"ok": false, "error": {"kind": "load"|"eval"|"input"|"protocol"|"internal",
 "message": ..., "file"?, "line"?, "column"?}}. "input": the input cannot be given to rego-cpp as it
 is (a NUL in a string, an integer beyond 64 bits); nothing was evaluated.
@@ -265,12 +265,14 @@ class Child:
     def __init__(self) -> None:
         self.rego: Interpreter | None = None
         self.bundle: Any = None
+        self.evaluations = 0
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "eval":
             if self.rego is None:
                 return {"ok": False, "error": {"kind": "eval", "message": "no policy loaded"}}
+            self.evaluations += 1
             try:
                 set_input(self.rego, request.get("input"))
             except InputRejected as exc:
@@ -286,7 +288,7 @@ class Child:
         if op == "test":
             return self.run_tests(request)
         if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
+            return {"ok": True, "pid": os.getpid(), "evaluations": self.evaluations}
         return {"ok": False, "error": {"kind": "protocol", "message": f"unknown op {op!r}"}}
 
     def run_tests(self, request: dict[str, Any]) -> dict[str, Any]:
