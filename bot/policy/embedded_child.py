@@ -11,8 +11,8 @@ Requests (each answered by one frame echoing its "id"):
   {"op": "test", "modules": {...}, "data": {...}, "entrypoints": [...]}   (no input set)
   {"op": "ping"}   (answers its pid and how many evaluations it has run)
 Answers: {"ok": true, ...} or {"ok": false, "error": {"kind": "load"|"eval"|"input"|"protocol"|"internal",
-"message": ..., "file"?, "line"?, "column"?}}. "input": the input cannot be given to rego-cpp as it
-is (a NUL in a string, an integer beyond 64 bits); nothing was evaluated.
+"message": ..., "file"?, "line"?, "column"?}}. "input": rego-cpp would not take the input; nothing
+was evaluated.
 
 Only the standard library and regopy are imported here, so the process starts fast.
 """
@@ -148,34 +148,22 @@ def _failing_module(modules: dict[str, str], data: dict[str, Any]) -> str | None
 # string buffer, about half of what setting the input costs (measured: 170 vs 80 us per decision).
 _lib = rego_shared.rego
 _INT64 = (-(2**63), 2**63 - 1)
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# rego-cpp keeps a string as the text between its quotes, as a policy's source spells it, and the
+# C API takes C strings: a NUL ended the string early ("staging\x00production" was decided as
+# "staging") and a quote, backslash or control character was kept unescaped (never equal to the
+# policy's own spelling, and breaking the JSON of an answer that echoes it). Inputs holding any of
+# these, or an integer beyond 64 bits, are handed over as JSON text instead, which rego-cpp keeps
+# escaped as JSON (and policies) write them: slower, and rare.
+_NEEDS_JSON = re.compile(r'[\x00-\x1f"\\]')
 
 
-class InputRejected(Exception):
-    """The input cannot be handed to rego-cpp unchanged; `path` is where (built while unwinding)."""
-
-    def __init__(self, problem: str, key: bool = False) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.key = key  # the problem is in a key of the object at `path`
-        self.path: list[str] = []
-
-    def message(self) -> str:
-        where = "input" + "".join(self.path)
-        return f"a key of {where} {self.problem}" if self.key else f"{where} {self.problem}"
-
-
-def _step(key: str | int) -> str:
-    if isinstance(key, int):
-        return f"[{key}]"
-    return f".{key}" if _IDENTIFIER.match(key) else f"[{json.dumps(key, ensure_ascii=False)}]"
+class _NeedsJson(Exception):
+    """This input is set through its JSON text (see _NEEDS_JSON)."""
 
 
 def _encoded(text: str) -> bytes:
-    # rego-cpp reads C strings: a NUL would end the string early, and the policy would decide on
-    # a shorter value than the one recorded (e.g. "staging" for "staging\x00production").
-    if "\x00" in text:
-        raise InputRejected("contains a NUL character")
+    if _NEEDS_JSON.search(text):
+        raise _NeedsJson
     return text.encode()
 
 
@@ -185,53 +173,42 @@ def _add(handle: int, value: Any) -> None:
         code = _lib.regoInputString(handle, _encoded(value))
     elif kind is dict:
         for key, item in value.items():
-            if type(key) is not str:
-                raise InputRejected("is not a string", key=True)
-            try:
-                encoded = _encoded(key)
-            except InputRejected as exc:
-                exc.key = True
-                raise
-            if _lib.regoInputString(handle, encoded):
-                raise RegoError("unable to create input")
-            try:
-                _add(handle, item)
-            except InputRejected as exc:
-                exc.path.insert(0, _step(key))
-                raise
+            if type(key) is not str or _lib.regoInputString(handle, _encoded(key)):
+                raise _NeedsJson
+            _add(handle, item)
             if _lib.regoInputObjectItem(handle):
-                raise RegoError("unable to create input")
+                raise _NeedsJson
         code = _lib.regoInputObject(handle, len(value))
     elif kind is list:
-        for index, item in enumerate(value):
-            try:
-                _add(handle, item)
-            except InputRejected as exc:
-                exc.path.insert(0, _step(index))
-                raise
+        for item in value:
+            _add(handle, item)
         code = _lib.regoInputArray(handle, len(value))
     elif kind is bool:
         code = _lib.regoInputBoolean(handle, value)
     elif kind is int:
         if not _INT64[0] <= value <= _INT64[1]:
-            raise InputRejected("is an integer beyond 64 bits")
+            raise _NeedsJson
         code = _lib.regoInputInt(handle, value)
     elif kind is float:
         code = _lib.regoInputFloat(handle, value)
     elif value is None:
         code = _lib.regoInputNull(handle)
-    else:  # bool, int, str... subclasses from an in-process caller: as their JSON selves
-        _add(handle, json.loads(json.dumps(value)))
-        return
+    else:  # subclasses of str, int... from an in-process caller; anything else fails in json.dumps
+        raise _NeedsJson
     if code:
-        raise RegoError(f"unable to create input (rego-cpp code {code})")
+        raise _NeedsJson
 
 
 def set_input(rego: Interpreter, value: Any) -> None:
-    """rego.set_input(value), faster, refusing what rego-cpp would not carry faithfully."""
+    """rego.set_input(value), faster, and faithful for every JSON value (see _NEEDS_JSON)."""
     handle = _lib.regoNewInput()
     try:
         _add(handle, value)
+    except _NeedsJson:
+        _lib.regoFreeInput(handle)
+        rego.set_input_term(json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
+        return
+    try:
         rego_set_input(rego._impl, handle)
     finally:
         _lib.regoFreeInput(handle)
@@ -275,8 +252,9 @@ class Child:
             self.evaluations += 1
             try:
                 set_input(self.rego, request.get("input"))
-            except InputRejected as exc:
-                return {"ok": False, "error": {"kind": "input", "message": exc.message()}}
+            except (RegoError, ValueError) as exc:
+                message = f"the policy engine cannot take this input: {str(exc).strip()[:300]}"
+                return {"ok": False, "error": {"kind": "input", "message": message}}
             return evaluate(self.rego, self.bundle, request["entrypoint"])
         if op == "load":
             self.rego = self.bundle = None
