@@ -4,11 +4,16 @@ Used when no OPA server is configured (dev stack, tests). The child is started o
 each decision is one request over a pipe. Policy files are re-read when they change: a broken
 edit turns every answer into a deny naming the file and line until it is fixed, and a crash of
 the child is answered with denies while it restarts.
+
+Answers are remembered per (policy hash, rule, input digest) while the policy stays loaded
+(bot.policy.decision_cache): a repeated question never crosses the pipe. Only values the policy
+computed are kept; undefined, errors and every fail-closed deny are asked again next time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from pathlib import Path
@@ -16,9 +21,11 @@ from typing import Any
 
 import structlog
 
+from bot.policy import wire
+from bot.policy.decision_cache import DecisionCache, unstable_builtin
 from bot.policy.engine import FailClosed, RULES, entrypoint, rule_path
 from bot.policy.errors import PolicyLoadError
-from bot.policy.models import Failure, Provenance, input_digest
+from bot.policy.models import Failure, Provenance, canonical_json
 from bot.policy.rego_process import ChildCrashed, ChildTimeout, RegoProcess, run_once
 from bot.policy.sources import PolicySources, read_sources, tree_signature
 
@@ -85,6 +92,7 @@ class EmbeddedEngine(FailClosed):
         reload_interval: float = 1.0,
         restart_delay: float = 0.05,
         max_restart_delay: float = 5.0,
+        cache_size: int = 4096,
     ) -> None:
         self.policies_dir = Path(policies_dir)
         self.timeout = timeout
@@ -101,6 +109,8 @@ class EmbeddedEngine(FailClosed):
         self._restart_task: asyncio.Task[None] | None = None
         self._crash_note: str | None = None
         self._consecutive_crashes = 0
+        self.cache = DecisionCache(cache_size)
+        self._cacheable = False  # the loaded policy answers from its input alone
 
     # --- PolicyEngine -------------------------------------------------------------------
 
@@ -147,11 +157,22 @@ class EmbeddedEngine(FailClosed):
     ) -> tuple[Any, Provenance, tuple[Failure, str] | None]:
         provenance = Provenance(decision_id=uuid.uuid4().hex, engine=self.name)
         try:
-            provenance.input_digest = input_digest(input)
+            # One serialisation: its digest is recorded and keys the cache, its bytes are sent.
+            encoded = canonical_json(input).encode()
         except (TypeError, ValueError) as exc:
             return None, provenance, self._fail_closed(rule, Failure.INVALID_INPUT, f"policy input is not JSON: {exc}")
+        provenance.input_digest = digest = hashlib.sha256(encoded).hexdigest()
+        if len(encoded) > wire.MAX_INPUT:
+            reason = f"policy input is too large for the embedded engine: {len(encoded)} bytes, the limit is {wire.MAX_INPUT} bytes"
+            return None, provenance, self._fail_closed(rule, Failure.INVALID_INPUT, reason)
         if self._restarting():
             return None, provenance, self._restarting_failure(rule)
+        if self._answers_from_cache():  # no await from here to the return: nothing changes meanwhile
+            assert self._loaded is not None
+            hit, value = self.cache.get((self._loaded.hash, rule, digest), count_miss=False)
+            if hit:
+                provenance.policy_hash = self._loaded.hash
+                return value, provenance, None
         async with self._lock:
             if self._restarting():
                 return None, provenance, self._restarting_failure(rule)
@@ -160,10 +181,15 @@ class EmbeddedEngine(FailClosed):
             if self._load_error is not None:
                 reason = f"policy failed to load: {self._load_error}"
                 return None, provenance, self._fail_closed(rule, Failure.LOAD_ERROR, reason)
-            assert self._proc is not None
-            request = {"op": "eval", "entrypoint": entrypoint(rule), "input": input}
+            assert self._proc is not None and self._loaded is not None
+            key = (self._loaded.hash, rule, digest)
+            if self._cacheable:  # again: an identical question may have been answered while we waited
+                hit, value = self.cache.get(key)
+                if hit:
+                    return value, provenance, None
+            request = {"op": "eval", "entrypoint": entrypoint(rule)}
             try:
-                answer = await self._proc.request(request, self.timeout)
+                answer = await self._proc.request(request, self.timeout, input=encoded)
             except ChildTimeout:
                 self._crashed(f"evaluation of {rule_path(rule)} took longer than {self.timeout:g}s")
                 reason = f"policy evaluation timed out after {self.timeout:g}s; restarting the policy engine"
@@ -171,16 +197,33 @@ class EmbeddedEngine(FailClosed):
             except ChildCrashed as exc:
                 self._crashed(str(exc))
                 return None, provenance, self._fail_closed(rule, Failure.ENGINE_CRASHED, f"{exc}; restarting it")
-        self._consecutive_crashes = 0
-        if not answer.get("ok"):
-            message = (answer.get("error") or {}).get("message", "unknown error")
-            reason = f"policy evaluation failed: {rule_path(rule)}: {message}"
-            return None, provenance, self._fail_closed(rule, Failure.EVAL_ERROR, reason)
-        if not answer.get("defined"):
-            reason = f"policy undefined: {rule_path(rule)} has no value for this input"
-            return None, provenance, self._fail_closed(rule, Failure.UNDEFINED, reason)
-        return answer.get("value"), provenance, None
+            self._consecutive_crashes = 0
+            if not answer.get("ok"):
+                error = answer.get("error") or {}
+                message = error.get("message", "unknown error")
+                if error.get("kind") == "input":
+                    reason = f"policy input is not valid for the embedded engine: {message}"
+                    return None, provenance, self._fail_closed(rule, Failure.INVALID_INPUT, reason)
+                reason = f"policy evaluation failed: {rule_path(rule)}: {message}"
+                return None, provenance, self._fail_closed(rule, Failure.EVAL_ERROR, reason)
+            if not answer.get("defined"):
+                reason = f"policy undefined: {rule_path(rule)} has no value for this input"
+                return None, provenance, self._fail_closed(rule, Failure.UNDEFINED, reason)
+            value = answer.get("value")
+            if self._cacheable:
+                # The policy's own value, malformed or not: parsing it again gives the same answer.
+                self.cache.put(key, value)
+        return value, provenance, None
 
+    def _answers_from_cache(self) -> bool:
+        """Whether a hit may be served without the lock: the policy is loaded, healthy, not being
+        replaced (_install turns _cacheable off), and not due for its change check."""
+        return (
+            self._cacheable
+            and self._load_error is None
+            and self._loaded is not None
+            and time.monotonic() < self._next_check
+        )
 
     # --- loading ------------------------------------------------------------------------
 
@@ -209,6 +252,8 @@ class EmbeddedEngine(FailClosed):
         await self._install(sources)
 
     async def _install(self, sources: PolicySources) -> None:
+        self.cache.clear()
+        self._cacheable = False  # until this policy has loaded: no hit while it is replaced
         if self._proc is None or not self._proc.alive:
             if self._proc is not None:
                 await self._proc.stop()
@@ -232,10 +277,16 @@ class EmbeddedEngine(FailClosed):
             return
         recovered = self._load_error is not None
         self._loaded, self._load_error = sources, None
+        unstable = unstable_builtin(sources.modules)
+        self._cacheable = unstable is None and self.cache.max_entries > 0
         log.info("policy.loaded", engine=self.name, policy_hash=sources.hash, recovered=recovered)
+        if unstable is not None:
+            log.info("policy.cache_off", engine=self.name, reason=f"the policy reads more than its input ({unstable})")
 
     def _set_load_error(self, error: PolicyLoadError) -> None:
         self._load_error = error
+        self.cache.clear()
+        self._cacheable = False
         log.error("policy.load_failed", engine=self.name, error=str(error), policies_dir=str(self.policies_dir))
 
     # --- crash recovery -----------------------------------------------------------------

@@ -94,7 +94,9 @@ class RegoProcess:
                 self._stderr_tail.append(text)
                 log.warning("policy.child_stderr", pid=proc.pid, line=text)
 
-    async def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def request(self, message: dict[str, Any], timeout: float, **encoded: bytes) -> dict[str, Any]:
+        """One request and its answer; `encoded` fields are already JSON (see wire.encode)."""
+        frame = wire.encode({**message, "id": self._next_id + 1}, **encoded)
         proc = self._proc
         if proc is None or proc.returncode is not None:
             raise ChildCrashed(self._death_note())
@@ -103,7 +105,7 @@ class RegoProcess:
         request_id = self._next_id
         try:
             async with asyncio.timeout(timeout):
-                proc.stdin.write(wire.encode({**message, "id": request_id}))
+                proc.stdin.write(frame)
                 await proc.stdin.drain()
                 answer = await wire.read_frame_async(proc.stdout)
         except TimeoutError:

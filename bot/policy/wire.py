@@ -12,14 +12,23 @@ from typing import Any, BinaryIO
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024  # far above any policy input; guards against a desynchronised stream
+# The largest input an eval request may carry: the rest of the frame is room for the envelope.
+MAX_INPUT = MAX_FRAME - 64 * 1024
 
 
 class FrameError(Exception):
     """The stream does not hold a valid frame (desynchronised or corrupt)."""
 
 
-def encode(message: dict[str, Any]) -> bytes:
+def encode(message: dict[str, Any], **encoded: bytes) -> bytes:
+    """`encoded` fields are JSON the caller already has (the canonical input it digested):
+    spliced into the object as they are, not serialised a second time."""
     payload = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    if encoded:
+        fields = b",".join(json.dumps(name).encode() + b":" + value for name, value in encoded.items())
+        payload = payload[:-1] + (b"," if message else b"") + fields + b"}"
+    if len(payload) > MAX_FRAME:
+        raise FrameError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME}")
     return HEADER.pack(len(payload)) + payload
 
 

@@ -250,8 +250,9 @@ async def test_a_bug_of_ours_is_a_deny_not_an_exception(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(embedded_engine, "_reload", broken_reload)
+    unseen = {**BASE_INPUT, "run": {**BASE_INPUT["run"], "id": "run-bug"}}  # not answered from the cache
     with capture_logs() as logs:
-        decision = await embedded_engine.decide(BASE_INPUT)
+        decision = await embedded_engine.decide(unseen)
 
     assert (decision.allow, decision.failure) == (False, Failure.INTERNAL)
     assert decision.reasons == ["policy engine error: RuntimeError: boom"]
