@@ -13,7 +13,7 @@ import structlog
 from temporalio.client import Client
 from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter, PydanticPayloadConverter
 from temporalio.converter import CompositePayloadConverter, DefaultPayloadConverter, JSONPlainPayloadConverter
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from bot.actions.activities import build_activities
@@ -83,10 +83,16 @@ def make_worker(
     activities: Sequence[Callable[..., Any]],
     *,
     keyring: Keyring | None = None,
+    sandboxed: bool = True,
     **options: Any,
 ) -> Worker:
     """`keyring` seals lock messages (bot/engine/locks.py): the worker's envelope keys, shared by
-    every worker; without one, a key of this process's own."""
+    every worker; without one, a key of this process's own.
+
+    `sandboxed=False` runs the workflows without the SDK's sandbox, whose per-payload and
+    per-activation costs are most of the engine's overhead over a hand-written workflow (issue 15);
+    the sandbox then no longer catches non-deterministic workflow code at run time, so tests and the
+    replay of checked-in histories keep it (a history made without it must replay within it)."""
     names = {getattr(getattr(a, "__temporal_activity_definition", None), "name", None) for a in activities}
     own = [*LockActivities(client, keyring).all(), *PeekActivities(client).all()]
     locks = [a for a in own if a.__temporal_activity_definition.name not in names]
@@ -95,7 +101,7 @@ def make_worker(
         task_queue=task_queue,
         workflows=[PlaybookRun, KeyLock],
         activities=[*activities, *locks],  # the lock's and run.peek, unless a test brings its own
-        workflow_runner=workflow_runner(),
+        workflow_runner=workflow_runner() if sandboxed else UnsandboxedWorkflowRunner(),
         # Send heartbeats at least every second so a cancel reaches a long step in about a second.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         **options,

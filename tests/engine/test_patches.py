@@ -10,6 +10,7 @@ from pathlib import Path
 
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from bot.engine.lock_workflow import KeyLock
 from bot.engine.worker import make_worker, worker_deps, workflow_runner
@@ -112,3 +113,22 @@ async def test_a_local_core_log_with_bad_params_fails_its_step(dev_env, tmp_path
     assert broken.state == "failed" and broken.attempts == 1
     assert "core.log: bad params" in (broken.error or "") and "message" in (broken.error or "")
     assert ("broken", "step_failed") in [(e.step_id, e.kind.value) for e in events]
+
+
+async def test_an_unsandboxed_worker_makes_histories_the_sandbox_replays(dev_env, tmp_path):
+    """make_worker(sandboxed=False), the faster runner: same outcome, and its history replays
+    within the sandbox, which still checks the workflow code's determinism."""
+    pb = playbook(LOGS)
+    settings = Settings(data_dir=tmp_path / "data", policies_dir=POLICIES)
+    async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
+        async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities, sandboxed=False) as w:
+            assert not isinstance(w.config()["workflow_runner"], SandboxedWorkflowRunner)
+            handle = await dev_env.client.start_workflow(
+                PlaybookRun.run, run_input(pb), id=f"run-{uuid.uuid4()}", task_queue=w.task_queue
+            )
+            status = await handle.result()
+    assert status.state == "completed"
+    replayer = Replayer(workflows=[PlaybookRun, KeyLock], data_converter=pydantic_data_converter,
+                        workflow_runner=workflow_runner())
+    history = await handle.fetch_history()
+    assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None
