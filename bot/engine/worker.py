@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -10,7 +11,9 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 import structlog
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter, PydanticPayloadConverter
+from temporalio.converter import CompositePayloadConverter, DefaultPayloadConverter, JSONPlainPayloadConverter
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from bot.actions.activities import build_activities
@@ -46,25 +49,59 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
 
 
+# One pydantic JSON converter for the whole worker process: the SDK builds a new payload converter
+# for every workflow run, and each new pydantic one starts with an empty TypeAdapter cache, so every
+# run rebuilt the adapters of RunInput, Admission, ActionResult... (pydantic schema generation).
+# Wire format unchanged (json/plain, as `pydantic_data_converter`); the cache is thread-safe.
+_SHARED_JSON = PydanticJSONPlainPayloadConverter(max_cached_type_adapters=256)
+
+
+class SharedPayloadConverter(CompositePayloadConverter):
+    """`PydanticPayloadConverter` whose JSON converter (and its TypeAdapter cache) is shared by every run."""
+
+    def __init__(self) -> None:
+        super().__init__(*(
+            _SHARED_JSON if isinstance(c, JSONPlainPayloadConverter) else c
+            for c in DefaultPayloadConverter.default_encoding_payload_converters
+        ))
+
+
+def _shared_converter(client: Client) -> Client:
+    """The same client with SharedPayloadConverter in place of the stock pydantic one (any other
+    converter is left alone: a test or deployment that brings its own keeps it)."""
+    config = client.config()
+    converter = config["data_converter"]
+    if converter.payload_converter_class is not PydanticPayloadConverter:
+        return client
+    config["data_converter"] = dataclasses.replace(converter, payload_converter_class=SharedPayloadConverter)
+    return Client(**config)
+
+
 def make_worker(
     client: Client,
     task_queue: str,
     activities: Sequence[Callable[..., Any]],
     *,
     keyring: Keyring | None = None,
+    sandboxed: bool = True,
     **options: Any,
 ) -> Worker:
     """`keyring` seals lock messages (bot/engine/locks.py): the worker's envelope keys, shared by
-    every worker; without one, a key of this process's own."""
+    every worker; without one, a key of this process's own.
+
+    `sandboxed=False` runs the workflows without the SDK's sandbox, whose per-payload and
+    per-activation costs are most of the engine's overhead over a hand-written workflow (issue 15);
+    the sandbox then no longer catches non-deterministic workflow code at run time, so tests and the
+    replay of checked-in histories keep it (a history made without it must replay within it)."""
     names = {getattr(getattr(a, "__temporal_activity_definition", None), "name", None) for a in activities}
     own = [*LockActivities(client, keyring).all(), *PeekActivities(client).all()]
     locks = [a for a in own if a.__temporal_activity_definition.name not in names]
     return Worker(
-        client,
+        _shared_converter(client),
         task_queue=task_queue,
         workflows=[PlaybookRun, KeyLock],
         activities=[*activities, *locks],  # the lock's and run.peek, unless a test brings its own
-        workflow_runner=workflow_runner(),
+        workflow_runner=workflow_runner() if sandboxed else UnsandboxedWorkflowRunner(),
         # Send heartbeats at least every second so a cancel reaches a long step in about a second.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         **options,

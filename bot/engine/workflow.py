@@ -71,6 +71,8 @@ VOTES_PATCH = "refused-votes-v1"  # refused voters remembered (validator), bound
 ALERT_FACTS = ("status", "labels", "fingerprint", "startsAt")  # what of the alert a vote's approver check carries
 TRUST_PATCH = "trust-v1"  # the worker admits the run, checks proofs and decides cancels itself
 OUTPUTS_PATCH = "outputs-v1"  # large outputs stay in the audit trail; the outputs a run keeps have a budget
+# Every patch above (and the spool's two) at once: a new run records this one marker.
+ENGINE_PATCH = "engine-v2"
 ADMIT_TIMEOUT = timedelta(seconds=30)
 ANONYMOUS_CANCELS_AUDITED = 10
 CANCEL_REFUSED = "CancelRefused"
@@ -419,15 +421,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     @workflow.run
     async def run(self, input: RunInput) -> RunStatus:
-        self._trusted = workflow.patched(TRUST_PATCH)
-        self._outputs_kept = workflow.patched(OUTPUTS_PATCH)  # here, before any activity (see _has)
-        if self._spooled():  # asked here, first, like TRUST_PATCH: old histories replay without it
-            self._wait_held = workflow.patched(HELD_PATCH)
+        self._ask_patches()
+        if self._spooled():
             asyncio.ensure_future(uncancellable(self._flusher()))
-        # Asked first thing, before any command, like the trust patch (see `_has`).
-        # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
-        self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
-        self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
         if self._slack_beside:
             self._slack_task = asyncio.ensure_future(self._slack_coroutine())
         status = self._status
@@ -490,6 +486,26 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             self._record(None, EventKind.run_finished, self._finish_details(), key=status.state)
         await uncancellable(self._close())
         return status
+
+    def _ask_patches(self) -> None:
+        """Which behaviours this run has, asked first thing, before any command (see `_has`). A run
+        from ENGINE_PATCH on has every patch before it and records that one marker instead of five
+        (each marker also upserts a search attribute: work for the server in the run's first task);
+        an older run replays asking each patch as it did."""
+        if workflow.patched(ENGINE_PATCH):
+            self._trusted = self._outputs_kept = self._bounded_votes = True
+            if self._spool is None:  # (an update handled before run() may have asked already)
+                self._spool = True
+            self._wait_held = self._spool
+            self._slack_beside = bool(self._channel)
+            return
+        self._trusted = workflow.patched(TRUST_PATCH)
+        self._outputs_kept = workflow.patched(OUTPUTS_PATCH)  # here, before any activity (see _has)
+        if self._spooled():  # asked here, first, like TRUST_PATCH: old histories replay without it
+            self._wait_held = workflow.patched(HELD_PATCH)
+        # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
+        self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
+        self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
 
     async def _steps(self, input: RunInput) -> str:
         """Every step in order: 'completed', 'failed' (roll back) or 'cancelled'."""
