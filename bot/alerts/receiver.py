@@ -202,7 +202,7 @@ class AlertReceiver:
         rerun, claim = False, episode
         while True:
             if rerun or not claim.started:
-                claim = await self._store("claim an episode", lambda s: s.claim_episode(
+                claim = await self._write("claim an episode", lambda s: s.claim_episode(
                     run_id, rerun=rerun, stale_after=self.CLAIM_STALE_AFTER))
             if claim.claimed:
                 return await self._start(alert, match, trigger, claim)
@@ -247,22 +247,22 @@ class AlertReceiver:
             if claim is not None and claim.runs == 1:
                 # A claim taken over from a claimer that had started the run after all (or a run
                 # from before episodes were stored): the episode's run exists.
-                await self._store("record an episode start", lambda s: s.episode_started(run_id, 1))
+                await self._write("record an episode start", lambda s: s.episode_started(run_id, 1))
             elif claim is not None:  # a rerun, but Temporal still has the earlier run
-                await self._store("release an episode", lambda s: s.release_episode(run_id, claim.runs))
+                await self._write("release an episode", lambda s: s.release_episode(run_id, claim.runs))
             self._remember(run_id)
             running = await self._running(run_id)
             return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
         except RPCError as exc:
             if claim is not None:  # best effort: a claim never released goes stale and is taken over
                 with contextlib.suppress(Unavailable):
-                    await self._store("release an episode", lambda s: s.release_episode(run_id, claim.runs))
+                    await self._write("release an episode", lambda s: s.release_episode(run_id, claim.runs))
             raise Unavailable(f"Temporal: {exc.message}") from None
         self._remember(run_id)
         extra: dict[str, Any] = {"rerun": claim.runs} if claim is not None and claim.runs > 1 else {}
         if claim is None:
             return self._outcome(alert, playbook, "started", run_id=run_id)
-        after = await self._store("record an episode start", lambda s: s.episode_started(run_id, claim.runs))
+        after = await self._write("record an episode start", lambda s: s.episode_started(run_id, claim.runs))
         if after.resolved_at is None:
             return self._outcome(alert, playbook, "started", run_id=run_id, **extra)
         # The alert resolved while this run started, and the resolved delivery may have looked
@@ -295,7 +295,7 @@ class AlertReceiver:
             # claimed before sees it once its run is started and cancels it if we could not.
             # runs == 0 still asks Temporal below: a run this store never claimed (started before
             # the store kept episodes, or by a front door with a store of its own) is still ended.
-            await self._store("resolve an episode", lambda s: s.resolve_episode(match.workflow_id))
+            await self._write("resolve an episode", lambda s: s.resolve_episode(match.workflow_id))
         self._known.pop(match.workflow_id, None)  # a later firing delivery reads the resolve
         settled, run_id, reason = await self._settle_resolved(match)
         outcome = {"cancelled": "resolved_cancelled", "ignored": "resolved_ignored", "no_run": "resolved_no_run"}[settled]
@@ -395,6 +395,15 @@ class AlertReceiver:
         assert store is not None
         try:
             return await asyncio.to_thread(call, store)
+        except Exception as exc:
+            raise Unavailable(f"audit store: cannot {doing}: {exc}") from None
+
+    async def _write(self, doing: str, call: Callable[[AuditStore], Any]) -> Any:
+        """An episode write, group-committed with concurrent requests' writes (one transaction
+        and one fsync for all of them on SQLite); returned only once committed."""
+        assert self._commit is not None
+        try:
+            return await self._commit.call(call)
         except Exception as exc:
             raise Unavailable(f"audit store: cannot {doing}: {exc}") from None
 

@@ -1,4 +1,4 @@
-"""Group commit for the front doors: the audit appends of concurrent requests share one transaction.
+"""Group commit for the front doors: the audit writes of concurrent requests share one transaction.
 
 An alert storm's requests each append a few events; one transaction (and, on SQLite, one fsync)
 per request makes the store the front door's bottleneck and queues requests behind each other's
@@ -12,13 +12,21 @@ transaction holding its events committed (durable as the store makes any append)
 transaction raises its error in every caller whose events were in it, and in no other. Events
 keep their order per caller and each caller's events are contiguous in the chain; an event id
 already stored (or queued twice in one batch) is written once, as a direct append would.
+
+`call(fn)` does the same for the episode writes (claim, started, release, resolve) on a store
+that can group them (SQLite's `group`: one transaction, a savepoint per call, so a call that
+fails is rolled back alone and fails alone); its result, too, is handed back only after the
+commit, so no caller acts on a claim that is not yet durable. A store without `group`
+(PostgreSQL: its server commits concurrent transactions together itself) runs each call at once
+in a thread, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -32,7 +40,12 @@ log = structlog.get_logger(__name__)
 @dataclass
 class _Waiting:
     events: list[AuditEvent]
-    done: asyncio.Future[list[StoredEvent]]
+    done: asyncio.Future[Any]
+    call: Callable[[Any], Any] | None = None  # a store call instead of events
+
+    @property
+    def weight(self) -> int:
+        return len(self.events) or 1
 
 
 @dataclass
@@ -52,22 +65,31 @@ class GroupCommitter:
         error (AuditUnavailable) when the batch holding these events failed."""
         if not events:
             return []
-        waiting = _Waiting(list(events), asyncio.get_running_loop().create_future())
+        return await self._queued(_Waiting(list(events), asyncio.get_running_loop().create_future()))
+
+    async def call(self, fn: Callable[[Any], Any]) -> Any:
+        """`fn(store)` in the next group transaction (a store without `group`: at once, in a
+        thread); its result once committed, or its exception."""
+        if getattr(self.store, "group", None) is None:
+            return await asyncio.to_thread(fn, self.store)
+        return await self._queued(_Waiting([], asyncio.get_running_loop().create_future(), fn))
+
+    async def _queued(self, waiting: _Waiting) -> Any:
         self._queue.append(waiting)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all(), name="audit group commit")
-        # A caller cancelled while it waits (its client went away) does not take its events
-        # back: they are queued, and the writer still writes them.
+        # A caller cancelled while it waits (its client went away) does not take its write
+        # back: it is queued, and the writer still writes it.
         return await asyncio.shield(waiting.done)
 
     async def _write_all(self) -> None:
         try:
             while self._queue:
                 batch, size = [], 0
-                while self._queue and (not batch or size + len(self._queue[0].events) <= self.max_events):
+                while self._queue and (not batch or size + self._queue[0].weight <= self.max_events):
                     waiting = self._queue.pop(0)
                     batch.append(waiting)
-                    size += len(waiting.events)
+                    size += waiting.weight
                 await self._write(batch)
         except BaseException:  # the loop is going away: nobody waits forever on a writer that is gone
             gone = RuntimeError("the audit group commit stopped before these events were written")
@@ -77,10 +99,21 @@ class GroupCommitter:
             raise
 
     async def _write(self, batch: list[_Waiting]) -> None:
-        combined = [event for waiting in batch for event in waiting.events]
+        appends = [waiting for waiting in batch if waiting.call is None]
+        combined = [event for waiting in appends for event in waiting.events]
+        calls = [waiting for waiting in batch if waiting.call is not None]
         self.transactions += 1
         try:
-            written = await asyncio.to_thread(self.store.append, combined, new_only=True)
+            if calls:  # only a store with `group` queues calls
+                group = self.store.group  # type: ignore[attr-defined]
+                results = await asyncio.to_thread(group, [
+                    *([lambda store: store.append(combined, new_only=True)] if combined else []),
+                    *(waiting.call for waiting in calls),
+                ])
+                written = results.pop(0) if combined else []
+            else:
+                written = await asyncio.to_thread(self.store.append, combined, new_only=True)
+                results = []
         except Exception as exc:  # every caller in this batch, and only they, get the failure
             for waiting in batch:
                 _fail(waiting, exc)
@@ -89,9 +122,18 @@ class GroupCommitter:
             for waiting in batch:
                 _fail(waiting, RuntimeError("the audit group commit was stopped while writing these events"))
             raise
+        for waiting, result in zip(calls, results, strict=True):
+            if isinstance(result, Exception):
+                _fail(waiting, result)
+            elif not waiting.done.done():
+                waiting.done.set_result(result)
+        if isinstance(written, Exception):  # the appends failed (rolled back alone): their callers
+            for waiting in appends:
+                _fail(waiting, written)
+            return
         observe_events(written)
         by_id = {stored.event_id: stored for stored in written}
-        for waiting in batch:
+        for waiting in appends:
             # An id queued twice in one batch was written once: it is the first caller's.
             mine = [by_id.pop(e.event_id) for e in waiting.events if e.event_id in by_id]
             if not waiting.done.done():

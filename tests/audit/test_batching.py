@@ -130,3 +130,56 @@ async def test_a_batch_is_bounded_and_the_rest_follows_in_order(store: Any) -> N
     await asyncio.gather(*(committer.append(events(f"c{i}", 2)) for i in range(6)))
     assert [len(ids) for ids in watched.appends] == [4, 4, 4], "whole callers only, never over the bound"
     assert [e.run_id for e in store.events()] == [f"c{i}" for i in range(6) for _ in range(2)]
+
+
+# ---- episode writes, grouped on SQLite ------------------------------------------------------------
+
+
+class CountingGroups:
+    """The real SQLite store, counting its group transactions."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.groups = store, 0
+
+    def append(self, batch: Sequence[AuditEvent], *, new_only: bool = False) -> list[StoredEvent]:
+        return self.store.append(batch, new_only=new_only)
+
+    def group(self, calls: Sequence[Any]) -> list[Any]:
+        self.groups += 1
+        return self.store.group(calls)
+
+
+async def test_concurrent_claims_and_appends_share_one_transaction_and_one_claim_wins(db) -> None:
+    from bot.audit.store import SqliteAuditStore
+
+    with SqliteAuditStore(db) as store:
+        counting = CountingGroups(store)
+        committer = GroupCommitter(counting)  # type: ignore[arg-type]
+        claims = [committer.call(lambda s: s.claim_episode("episode-1")) for _ in range(20)]
+        answers = await asyncio.gather(*claims, *(committer.append(events(f"c{i}")) for i in range(20)))
+        assert counting.groups == 1, "claims and appends of concurrent callers: one transaction"
+        assert [a.claimed for a in answers[:20]].count(True) == 1, "exactly one caller is told to start"
+        assert len(store.events()) == 40 and store.verify().ok
+        assert store.episode("episode-1").runs == 1
+
+
+async def test_a_failing_call_in_a_group_is_rolled_back_alone(db) -> None:
+    from bot.audit.store import SqliteAuditStore
+
+    def half_done(store: Any) -> None:  # writes, then fails: none of it may stay
+        store.append(events("half", 1))
+        store.claim_episode("half")
+        raise AuditUnavailable("audit store: cannot claim an episode in it: disk I/O error")
+
+    with SqliteAuditStore(db) as store:
+        committer = GroupCommitter(store)
+        ok, bad, appended = await asyncio.gather(
+            committer.call(lambda s: s.claim_episode("whole")), committer.call(half_done),
+            committer.append(events("kept", 1)), return_exceptions=True,
+        )  # fmt: skip
+        assert ok.claimed and isinstance(bad, AuditUnavailable) and [e.event_id for e in appended] == ["kept:0"]
+        assert [e.event_id for e in store.events()] == ["kept:0"]
+        assert store.episode("half").runs == 0 and store.episode("whole").runs == 1
+        assert store.verify().ok
+        # the store is whole afterwards: a direct write works
+        assert store.claim_episode("half").claimed
