@@ -11,6 +11,11 @@ and beyond Temporal's retention: a resolve is recorded before anything else look
 a firing delivery must win the episode's claim (one serialized transaction) before it starts one.
 So a run is never started for an episode resolved before its claim, and a run claimed before the
 resolve is cancelled by whichever of the two deliveries sees the other's write.
+
+Cost per delivery (issue 15): a repeat of an episode this process saw started is one describe (an
+in-process hint, never used to start anything); a new episode's store read and start rule are
+asked at once, and its store writes (claim, started, the audit events) are group-committed with
+every concurrent request's (bot/audit/batching.py), each returned only once durable.
 """
 
 from __future__ import annotations
