@@ -11,6 +11,11 @@ and beyond Temporal's retention: a resolve is recorded before anything else look
 a firing delivery must win the episode's claim (one serialized transaction) before it starts one.
 So a run is never started for an episode resolved before its claim, and a run claimed before the
 resolve is cancelled by whichever of the two deliveries sees the other's write.
+
+Cost per delivery (issue 15): a repeat of an episode this process saw started is one describe (an
+in-process hint, never used to start anything); a new episode's store read and start rule are
+asked at once, and its store writes (claim, started, the audit events) are group-committed with
+every concurrent request's (bot/audit/batching.py), each returned only once durable.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from bot.alerts.episodes import RouteMatch, route
 from bot.alerts.payload import Alert, PayloadError, parse_payload
 from bot.audit.episodes import Episode
 from bot.audit.events import AuditEvent, EventKind
-from bot.audit.recorder import append_counted
+from bot.audit.batching import GroupCommitter
 from bot.audit.backend import AuditStore
 from bot.engine.runs import RunBusy, RunError, cancel_run, is_running, lock_conflict, run_input, start_policy_input
 from bot.engine.state import TriggerContext
@@ -91,8 +96,10 @@ class AlertReceiver:
     def __init__(self, deps: AlertDeps) -> None:
         self.deps = deps
         # Episodes this process has seen started: a repeat delivery (the usual case in a storm)
-        # goes straight to "is it still running?" without a start attempt or a policy question.
+        # goes straight to "is it still running?": no store, no policy question, no start.
         self._known: OrderedDict[str, None] = OrderedDict()
+        # Concurrent requests' audit appends share one transaction (bot/audit/batching.py).
+        self._commit = GroupCommitter(deps.audit) if deps.audit is not None else None
 
     def router(self) -> APIRouter:
         router = APIRouter()
@@ -149,17 +156,27 @@ class AlertReceiver:
         playbook, run_id = match.name, match.workflow_id
         if match.error or match.params is None:
             return self._outcome(alert, playbook, "rejected", reason=match.error or "no params")
-        episode = await self._episode(alert, match)
+        if run_id in self._known:
+            # A repeat of an episode this process saw started (the usual delivery in a storm):
+            # one Temporal call answers it. The hint is safe because this path never starts
+            # anything; a resolve is the resolved delivery's to act on (it is recorded, and the
+            # run cancelled, by whichever front door gets it), and one this process handled
+            # drops the hint. Only the answer's wording can lag a resolve on another replica:
+            # attached while its cancel is still on the way, already_handled once the run ended.
+            running = await self._running(run_id)
+            if running is not None:
+                return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
+            self._known.pop(run_id, None)  # Temporal forgot the run (retention): the store decides
+        trigger = TriggerContext(kind="alertmanager", requested_by=ALERTMANAGER_USER, alert=alert.as_context())
+        # Independent questions, asked at once: the episode's shared state and the start rule.
+        episode, verdict = await asyncio.gather(
+            self._episode(alert, match),
+            self.deps.policy.start(start_policy_input(match.playbook, match.params, trigger, ALERTMANAGER)),
+        )
         if episode is not None and episode.resolved_at is not None:
             # A firing delivery that arrives after its resolved one (a retry, a slow peer, another
             # front door): the alert is over, and a resolved alert never remediates.
             return await self._after_resolve(alert, match, episode)
-        if run_id in self._known:
-            running = await self._running(run_id)
-            if running is not None:
-                return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
-        trigger = TriggerContext(kind="alertmanager", requested_by=ALERTMANAGER_USER, alert=alert.as_context())
-        verdict = await self.deps.policy.start(start_policy_input(match.playbook, match.params, trigger, ALERTMANAGER))
         if not verdict.allow:
             # Refused to start now, but the episode may already have its run (started through
             # another front door, or before the policy changed): then this delivery attaches.
@@ -190,7 +207,7 @@ class AlertReceiver:
         rerun, claim = False, episode
         while True:
             if rerun or not claim.started:
-                claim = await self._store("claim an episode", lambda s: s.claim_episode(
+                claim = await self._write("claim an episode", lambda s: s.claim_episode(
                     run_id, rerun=rerun, stale_after=self.CLAIM_STALE_AFTER))
             if claim.claimed:
                 return await self._start(alert, match, trigger, claim)
@@ -235,22 +252,22 @@ class AlertReceiver:
             if claim is not None and claim.runs == 1:
                 # A claim taken over from a claimer that had started the run after all (or a run
                 # from before episodes were stored): the episode's run exists.
-                await self._store("record an episode start", lambda s: s.episode_started(run_id, 1))
+                await self._write("record an episode start", lambda s: s.episode_started(run_id, 1))
             elif claim is not None:  # a rerun, but Temporal still has the earlier run
-                await self._store("release an episode", lambda s: s.release_episode(run_id, claim.runs))
+                await self._write("release an episode", lambda s: s.release_episode(run_id, claim.runs))
             self._remember(run_id)
             running = await self._running(run_id)
             return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
         except RPCError as exc:
             if claim is not None:  # best effort: a claim never released goes stale and is taken over
                 with contextlib.suppress(Unavailable):
-                    await self._store("release an episode", lambda s: s.release_episode(run_id, claim.runs))
+                    await self._write("release an episode", lambda s: s.release_episode(run_id, claim.runs))
             raise Unavailable(f"Temporal: {exc.message}") from None
         self._remember(run_id)
         extra: dict[str, Any] = {"rerun": claim.runs} if claim is not None and claim.runs > 1 else {}
         if claim is None:
             return self._outcome(alert, playbook, "started", run_id=run_id)
-        after = await self._store("record an episode start", lambda s: s.episode_started(run_id, claim.runs))
+        after = await self._write("record an episode start", lambda s: s.episode_started(run_id, claim.runs))
         if after.resolved_at is None:
             return self._outcome(alert, playbook, "started", run_id=run_id, **extra)
         # The alert resolved while this run started, and the resolved delivery may have looked
@@ -283,7 +300,8 @@ class AlertReceiver:
             # claimed before sees it once its run is started and cancels it if we could not.
             # runs == 0 still asks Temporal below: a run this store never claimed (started before
             # the store kept episodes, or by a front door with a store of its own) is still ended.
-            await self._store("resolve an episode", lambda s: s.resolve_episode(match.workflow_id))
+            await self._write("resolve an episode", lambda s: s.resolve_episode(match.workflow_id))
+        self._known.pop(match.workflow_id, None)  # a later firing delivery reads the resolve
         settled, run_id, reason = await self._settle_resolved(match)
         outcome = {"cancelled": "resolved_cancelled", "ignored": "resolved_ignored", "no_run": "resolved_no_run"}[settled]
         return self._outcome(alert, playbook, outcome, run_id=run_id, reason=reason)
@@ -366,13 +384,16 @@ class AlertReceiver:
         if self.deps.audit is None:
             return None
         run_id = match.workflow_id
-        episode = await self._store("read an episode", lambda s: s.episode(run_id))
-        if episode.runs == 0 and episode.resolved_at is None:
-            key = self._outcome_key(alert, match.name, "resolved", "resolved_no_run")
-            event_id = _event_id(alert, EventKind.alert_outcome, key)
-            if await self._store("read", lambda s: s.has_event(event_id)):
-                episode = await self._store("resolve an episode", lambda s: s.resolve_episode(run_id))
-        return episode
+        event_id = _event_id(alert, EventKind.alert_outcome,
+                             self._outcome_key(alert, match.name, "resolved", "resolved_no_run"))
+
+        def read(store: AuditStore) -> Episode:  # one trip to the store's thread, not three
+            episode = store.episode(run_id)
+            if episode.runs == 0 and episode.resolved_at is None and store.has_event(event_id):
+                return store.resolve_episode(run_id)
+            return episode
+
+        return await self._store("read an episode", read)
 
     async def _store(self, doing: str, call: Callable[[AuditStore], Any]) -> Any:
         store = self.deps.audit
@@ -382,11 +403,20 @@ class AlertReceiver:
         except Exception as exc:
             raise Unavailable(f"audit store: cannot {doing}: {exc}") from None
 
+    async def _write(self, doing: str, call: Callable[[AuditStore], Any]) -> Any:
+        """An episode write, group-committed with concurrent requests' writes (one transaction
+        and one fsync for all of them on SQLite); returned only once committed."""
+        assert self._commit is not None
+        try:
+            return await self._commit.call(call)
+        except Exception as exc:
+            raise Unavailable(f"audit store: cannot {doing}: {exc}") from None
+
     async def _record(self, events: list[AuditEvent]) -> None:
         """Every received alert ends in a recorded outcome; a store we cannot write is our fault (503)."""
-        if self.deps.audit is None:
+        if self._commit is None:
             return
         try:
-            await append_counted(self.deps.audit, events)
+            await self._commit.append(events)
         except Exception as exc:
             raise Unavailable(f"audit store: {exc}") from None

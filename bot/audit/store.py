@@ -22,7 +22,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,6 +94,7 @@ class SqliteAuditStore:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self._group_thread: int | None = None  # the thread inside `group()`, holding the lock
 
     def __enter__(self) -> SqliteAuditStore:
         return self
@@ -145,6 +146,28 @@ class SqliteAuditStore:
         except AuditUnavailable as exc:
             return str(exc)
         return None
+
+    def group(self, calls: Sequence[Callable[[SqliteAuditStore], Any]]) -> list[Any]:
+        """Run `calls` (each given this store) in ONE transaction, committed once (one fsync):
+        the front door's group commit (bot/audit/batching.py). Each call's own transaction
+        becomes a savepoint, so a call that raises is rolled back alone and its exception is its
+        result, in its place; the others' writes commit together. The results (values or
+        exceptions) are returned only after the commit; a commit that fails raises for all."""
+        results: list[Any] = []
+        with self._transaction("write to") as conn:
+            self._group_thread = threading.get_ident()
+            try:
+                for call in calls:
+                    conn.execute("SAVEPOINT grouped_call")
+                    try:
+                        results.append(call(self))
+                    except Exception as exc:  # noqa: BLE001 - handed to that call's caller
+                        conn.execute("ROLLBACK TO grouped_call")
+                        results.append(exc)
+                    conn.execute("RELEASE grouped_call")
+            finally:
+                self._group_thread = None
+        return results
 
     # -- alert episodes -----------------------------------------------------------------------
 
@@ -246,7 +269,15 @@ class SqliteAuditStore:
 
     @contextmanager
     def _connected(self, doing: str) -> Iterator[sqlite3.Connection]:
-        """The shared connection under the lock; any SQLite or OS error becomes AuditUnavailable."""
+        """The shared connection under the lock; any SQLite or OS error becomes AuditUnavailable.
+        Inside `group()` (its thread already holds the lock) the group's connection, as it is:
+        a failure there is the failing call's, and the group's transaction goes on."""
+        if self._group_thread == threading.get_ident() and self._conn is not None:
+            try:
+                yield self._conn
+            except (sqlite3.Error, OSError) as exc:
+                raise AuditUnavailable(f"audit store {self.path}: cannot {doing} it: {self._describe(exc)}") from exc
+            return
         with self._lock:
             if self._closed:
                 raise AuditUnavailable(f"audit store {self.path}: cannot {doing} it: the store is closed")
@@ -273,7 +304,21 @@ class SqliteAuditStore:
 
     @contextmanager
     def _transaction(self, doing: str, probe: bool = False) -> Iterator[sqlite3.Connection]:
-        """One BEGIN IMMEDIATE transaction: committed, or rolled back when it is a probe or fails."""
+        """One BEGIN IMMEDIATE transaction: committed, or rolled back when it is a probe or fails.
+        Inside `group()`: a savepoint, released into the group's transaction or rolled back alone."""
+        if self._group_thread == threading.get_ident():
+            with self._connected(doing) as conn:
+                conn.execute("SAVEPOINT grouped")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK TO grouped")
+                    conn.execute("RELEASE grouped")
+                    raise
+                if probe:
+                    conn.execute("ROLLBACK TO grouped")
+                conn.execute("RELEASE grouped")
+            return
         with self._connected(doing) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:

@@ -1,0 +1,95 @@
+"""What the alert path costs in Temporal calls, counted by a client interceptor
+(tests/alerts/temporal_calls.py) on a real dev server, front door on real HTTP, worker in its own
+process: a new episode's first delivery costs its start, a repeat of a known episode one describe,
+and a resolve makes the next firing delivery read the episode again instead of trusting the hint."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest_asyncio
+
+from bot.alerts.episodes import episode_id
+from tests.alerts.temporal_calls import TemporalCalls
+from tests.reliability.alertmanager_support import BotStack, bot_stack, firing, webhook
+
+STARTS = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)  # firing()'s startsAt
+PLAYBOOKS = {
+    "hold": """
+name: hold
+owner: sre
+params:
+  instance: {type: string}
+triggers:
+  alertmanager:
+    - matchers: ['alertname="Hold"']
+      params: {instance: "{{ alert.labels.instance }}"}
+steps:
+  - {id: wait, action: core.sleep, with: {duration: 10m}}
+""",
+}
+
+
+@pytest_asyncio.fixture
+async def counted(dev_env, tmp_path: Path) -> AsyncIterator[tuple[BotStack, TemporalCalls]]:
+    calls = TemporalCalls()
+    async with bot_stack(calls.client(dev_env.client), tmp_path, PLAYBOOKS, worker="process") as stack:
+        yield stack, calls
+
+
+async def deliver(stack: BotStack, alert: dict[str, Any], url: str | None = None) -> dict[str, Any]:
+    response = await stack.deliver(webhook([alert]), url=url)
+    assert response.status_code == 200, response.text
+    [answer] = response.json()
+    return answer
+
+
+async def test_a_new_episode_costs_its_start_and_a_repeat_one_describe(counted, monkeypatch):
+    stack, calls = counted
+    reads: list[str] = []  # the real store, its episode reads noted
+    read = stack.audit.episode
+    monkeypatch.setattr(stack.audit, "episode", lambda episode: reads.append(episode) or read(episode))
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("hold", fp, STARTS)
+    alert = firing(fp, "Hold", instance="a-1")
+    calls.clear()
+    assert (await deliver(stack, alert))["outcome"] == "started"
+    assert calls.made() == [("start_workflow", run_id)]
+    assert reads == [run_id]
+    for _ in range(3):
+        calls.clear()
+        assert (await deliver(stack, alert))["outcome"] == "attached"
+        assert calls.made() == [("describe_workflow", run_id)]
+    assert reads == [run_id], "a repeat of an episode this door started is answered without the store"
+
+
+async def test_a_repeat_on_a_front_door_that_did_not_start_it_costs_one_describe(counted):
+    stack, calls = counted
+    other = await stack.replica()  # same audit file and Temporal: the episode reads as started
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("hold", fp, STARTS)
+    alert = firing(fp, "Hold", instance="a-2")
+    assert (await deliver(stack, alert))["outcome"] == "started"
+    calls.clear()
+    assert (await deliver(stack, alert, url=other.url))["outcome"] == "attached"
+    assert calls.made() == [("describe_workflow", run_id)]
+    calls.clear()  # and now the other door knows it too
+    assert (await deliver(stack, alert, url=other.url))["outcome"] == "attached"
+    assert calls.made() == [("describe_workflow", run_id)]
+
+
+async def test_after_a_resolve_a_firing_delivery_reads_the_episode_and_starts_nothing(counted):
+    stack, calls = counted
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("hold", fp, STARTS)
+    alert = firing(fp, "Hold", instance="a-3")
+    assert (await deliver(stack, alert))["outcome"] == "started"
+    gone = await deliver(stack, {**alert, "status": "resolved", "endsAt": "2026-11-22T01:05:00Z"})
+    assert gone["outcome"] == "resolved_cancelled"
+    calls.clear()
+    late = await deliver(stack, alert)
+    assert (late["outcome"], late["reason"].split(";")[0]) == ("already_handled", "the alert was already resolved")
+    assert "start_workflow" not in [name for name, _ in calls.made()], calls.made()
