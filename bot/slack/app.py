@@ -166,7 +166,11 @@ async def _post_ephemeral(web: AsyncWebClient, channel: str | None, user: str | 
 async def _respond(respond: Any, text: str) -> bool:
     if respond is None:
         return False
-    await respond(text=text, response_type="ephemeral", replace_original=False)
+    response = await respond(text=text, response_type="ephemeral", replace_original=False)
+    status = getattr(response, "status_code", 200)  # Bolt's respond does not raise on an HTTP error
+    if not isinstance(status, int) or status >= 300:
+        log.warning("response_url refused the answer", status=status)
+        return False
     return True
 
 
