@@ -324,3 +324,114 @@ class DevServer:
         if self._log_file:
             self._log_file.close()
             self._log_file = None
+
+
+WORKER_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)  # seconds before each successive restart of a dying worker
+WORKER_HEALTHY = 60.0  # a worker that ran this long before dying restarts after the first pause again
+
+
+def worker_command() -> list[str]:
+    """`playbook-bot worker` from this very installation (the console script beside the
+    interpreter, else this interpreter running the CLI module)."""
+    script = Path(sys.executable).parent / "playbook-bot"
+    return [str(script), "worker"] if script.exists() else [sys.executable, "-m", "bot.cli", "worker"]
+
+
+class WorkerProcess:
+    """`dev`'s worker as a child process, as production runs it (`serve` and `worker` apart): the
+    front door's event loop never shares a GIL with workflow sandboxes.
+
+    The child inherits dev's environment (it finds the embedded server and the dev key through
+    the record under DATA_DIR), runs in its own session (a Ctrl-C to the terminal's group reaches
+    dev, which stops it in order) and gets SIGTERM from the kernel if dev dies (parent-death
+    signal). It is restarted with backoff when it exits on its own; each line it prints is
+    copied to dev's stderr behind `worker|`.
+    """
+
+    def __init__(
+        self,
+        command: list[str] | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        backoff: tuple[float, ...] = WORKER_BACKOFF,
+        out: Callable[[str], None] | None = None,
+    ) -> None:
+        self.command = command or worker_command()
+        self.env = env
+        self.backoff = backoff
+        self.out = out or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def start(self) -> None:
+        """Spawn the first child (an exec failure raises here) and supervise it from then on."""
+        await self._spawn()
+        self._task = asyncio.create_task(self._supervise(), name="dev-worker-supervisor")
+
+    async def _spawn(self) -> None:
+        dies_with_us = sys.platform == "linux" and threading.current_thread() is threading.main_thread()
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command, env=self.env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent() if dies_with_us else None,
+        )  # fmt: skip
+        log.info("dev worker started", pid=self.process.pid, restarts=self.restarts)
+
+    async def _copy_output(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
+            self.out("worker| " + line.decode(errors="replace").rstrip("\n"))
+
+    async def _supervise(self) -> None:
+        failures = 0
+        while True:
+            process = self.process
+            assert process is not None
+            began = time.monotonic()
+            await self._copy_output(process)
+            code = await process.wait()
+            if self._stopping:
+                return
+            failures = 0 if time.monotonic() - began >= WORKER_HEALTHY else failures
+            pause = self.backoff[min(failures, len(self.backoff) - 1)]
+            failures += 1
+            log.error("dev worker exited; restarting it", pid=process.pid, code=code, restart_in_s=pause)
+            await asyncio.sleep(pause)
+            if self._stopping:
+                return
+            self.restarts += 1
+            try:
+                await self._spawn()
+            except OSError as exc:  # the binary vanished (a reinstall): try again after the next pause
+                log.error("dev worker could not be started", error=str(exc))
+                self.process = process
+
+    async def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM to the worker's group (it finishes its activities' current attempts), then SIGKILL."""
+        self._stopping = True
+        process = self.process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=grace)
+            except asyncio.TimeoutError:
+                log.warning("dev worker did not stop in time; killing it", pid=process.pid, grace_s=grace)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, timeout=5)
+            if not self._task.done():
+                self._task.cancel()

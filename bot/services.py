@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from contextlib import AsyncExitStack
 from typing import Any, AsyncIterator
@@ -19,16 +20,16 @@ from bot.actions.egress import announce_egress
 from bot.alerts.receiver import AlertDeps, AlertReceiver
 from bot.api.routes import ApiDeps, RunsApi
 from bot.audit.backend import AuditStore
-from bot.devstack import DevServer
+from bot.devstack import DevServer, WorkerProcess
 from bot.engine.worker import WorkerDeps, make_worker, open_policy_and_audit, worker_deps
-from bot.identity.keys import front_door_keyring, require_front_door_key, worker_keyring
+from bot.identity.keys import front_door_keyring, require_front_door_key
 from bot.identity.proofs import Keyring, ensure_dev_key
 from bot.identity.tokens import TokenError, TokenStore
 from bot.playbook.loader import Catalog, load_directory
 from bot.policy.engine import PolicyEngine
 from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
 from bot.settings import ConfigError, Settings
-from bot.slack.app import SlackDeps, create_slack_app, slack_router
+from bot.slack.app import SlackDeps, create_slack_app, drain, slack_router
 from bot.temporal import connect, tls_config
 
 log = structlog.get_logger(__name__)
@@ -52,7 +53,7 @@ def stop_event() -> asyncio.Event:
 
 
 class _Http:
-    """uvicorn inside our loop, so the front door and the worker share one process in `dev`."""
+    """uvicorn inside our loop (the front door's, or a worker's metrics)."""
 
     def __init__(self, settings: Settings, app: Any) -> None:
         config = uvicorn.Config(
@@ -108,7 +109,8 @@ async def serve_worker(
 
 
 async def run_dev(settings: Settings, announce: Any = print) -> None:
-    """Embedded Temporal (unless TEMPORAL_ADDRESS is set) + worker + HTTP front door."""
+    """Embedded Temporal (unless TEMPORAL_ADDRESS is set) + HTTP front door here, and the worker as
+    a supervised child process (`playbook-bot worker`), the shape production runs."""
     announce_egress(settings)
     tls_config(settings)  # TLS settings without an address: refuse before starting anything
     catalog = load_catalog(settings)
@@ -118,9 +120,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
     keys = front_door_keyring(settings, dev_key)
     stop = stop_event()
     async with AsyncExitStack() as stack:
-        deps = await stack.enter_async_context(  # bad policies: refuse before starting
-            worker_deps(settings, catalog=catalog, keyring=worker_keyring(settings, dev_key))
-        )
+        policy, audit = await open_policy_and_audit(stack, settings)  # bad policies: refuse before starting
         dev: DevServer | None = None
         if settings.temporal_address:
             address = settings.temporal_address
@@ -130,13 +130,22 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
             stack.push_async_callback(dev.stop)
             address = dev.address
         client = await connect(settings, address)
-        readiness = Readiness({"temporal": temporal_check(client)})
+        # The child finds the embedded server and the dev key through the record dev.start wrote.
+        worker = WorkerProcess(env=dict(os.environ))  # its lines go to stderr as they are (no markup)
+        await worker.start()
+        stack.push_async_callback(worker.stop)  # before the server stops: runs after it (LIFO)
+        readiness = Readiness({
+            "temporal": temporal_check(client),
+            "worker": flag_check(lambda: worker.running, "worker process not running (dev restarts it)"),
+            "policies": policy_check(policy),
+            "audit": audit_check(audit),
+        })
         if settings.alertmanager_token is None:
             log.warning("PLAYBOOK_BOT_ALERTMANAGER_TOKEN is not set: POST /alertmanager answers 401 to everyone")
-        slack = slack_app(settings, client, catalog, deps.policy, deps.audit, keys)
-        routers = front_door(settings, client, catalog, deps.policy, deps.audit, slack, keys)
+        slack = slack_app(settings, client, catalog, policy, audit, keys)
+        routers = front_door(settings, client, catalog, policy, audit, slack, keys)
         http = _Http(settings, create_app(readiness, routers))
-        worker = asyncio.create_task(serve_worker(settings, client, deps, stop, readiness))
+        stack.push_async_callback(drain, slack)  # queued answers and audit, once HTTP takes no more
         await http.start()
         stack.push_async_callback(http.stop)
         await stack.enter_async_context(socket_mode(settings, slack))
@@ -144,17 +153,14 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
         announce(f"  Temporal   {address}" + (" (embedded, data in " + str(settings.data_dir) + ")" if dev else ""))
         if dev:
             announce(f"  Web UI     {dev.ui_url}")
+        announce(f"  Worker     pid {worker.pid} (`playbook-bot worker`, its lines start `worker|`; restarted if it dies)")
         announce(f"  HTTP       http://{settings.http_host}:{settings.http_port}  (/healthz, /readyz, /metrics)")
         announce(f"  Alerts     POST /alertmanager ({'bearer token set' if settings.alertmanager_token else 'no token: 401'})")
         announce(f"  API        /api/v1/runs (tokens in {settings.tokens_path}: `playbook-bot token issue NAME`)")
         announce(f"  Slack      {'POST /slack/events' if slack else 'off (no bot token or signing secret)'}"
                  + (" + Socket Mode" if slack and settings.slack_app_token else ""))
         announce(f"  Try        playbook-bot run {next(iter(catalog), 'NAME')} --wait   (Ctrl-C stops everything)")
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({worker, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stop.set()
-        await worker
-        stopper.cancel()
+        await stop.wait()
         announce("playbook-bot dev: stopping")
 
 
@@ -192,6 +198,7 @@ async def run_serve(settings: Settings) -> None:
         )
         slack = slack_app(settings, client, catalog, policy, audit, keys)
         http = _Http(settings, create_app(readiness, front_door(settings, client, catalog, policy, audit, slack, keys)))
+        stack.push_async_callback(drain, slack)  # queued Slack answers and audit, once HTTP takes no more
         await http.start()
         stack.push_async_callback(http.stop)
         await stack.enter_async_context(socket_mode(settings, slack))

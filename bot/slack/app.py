@@ -32,6 +32,7 @@ from bot.playbook.params import ParamError
 from bot.policy.engine import PolicyEngine
 from bot.server import read_limited
 from bot.settings import ConfigError, Settings
+from bot.slack.background import Background
 from bot.slack.blocks import escape, truncate
 from bot.slack.groups import GroupResolver
 
@@ -56,6 +57,7 @@ class SlackDeps:
     web: AsyncWebClient
     audit: AuditStore | None = None  # `slack_command` events; None: not recorded
     keyring: Keyring = field(default_factory=Keyring)  # signs proofs of who clicked or typed
+    background: Background = field(default_factory=Background)  # answers and audit after the ack
 
 
 def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
@@ -72,6 +74,7 @@ def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
         name="playbook-bot",
     )
     groups = GroupResolver(deps.web)
+    groups.warm()  # the first command should not wait for usergroups.list before its ack
 
     from bot.slack import (  # the handlers import this module's SlackDeps
         approvals,
@@ -83,9 +86,23 @@ def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any], respond: Any) -> None:
-        await report_error(deps.web, error, body, respond)
+        queue_error(deps, error, body, respond)
 
+    app.playbook_background = deps.background  # type: ignore[attr-defined]  (services drain it on stop)
     return app
+
+
+async def drain(app: AsyncApp | None, timeout: float = 5.0) -> None:
+    """On shutdown: give queued answers and audit records a bounded time to finish."""
+    background = getattr(app, "playbook_background", None)
+    if background is not None:
+        await background.drain(timeout)
+
+
+def queue_error(deps: SlackDeps, error: Exception, body: Mapping[str, Any], respond: Any) -> None:
+    """report_error, queued: logged now, the user told from the answers lane (never on the ack path)."""
+    text = describe_error(error, body)
+    deps.background.answers.submit("error reply", lambda: reply_ephemeral(deps.web, body, respond, text))
 
 
 async def report_error(web: AsyncWebClient, error: Exception, body: Mapping[str, Any], respond: Any) -> None:
@@ -95,13 +112,18 @@ async def report_error(web: AsyncWebClient, error: Exception, body: Mapping[str,
     polls for the ack every 10 ms, and a listener that raises before the poll sees it overwrites
     the ack with a failure, so Slack would get a 404 for a request that was in fact acked.
     """
+    await reply_ephemeral(web, body, respond, describe_error(error, body))
+
+
+def describe_error(error: Exception, body: Mapping[str, Any]) -> str:
+    """Logs the failure; the text the user is told."""
     if isinstance(error, KNOWN_ERRORS):
         log.info("slack request refused", error=str(error), kind=body.get("type") or body.get("command"))
         text = error_text(error)
     else:
         log.error("slack handler failed", error=f"{type(error).__name__}: {error}", exc_info=error)
         text = f":warning: playbook-bot could not do that ({type(error).__name__}); the logs have the details."
-    await reply_ephemeral(web, body, respond, truncate(text, REPLY_LIMIT))
+    return truncate(text, REPLY_LIMIT)
 
 
 def error_text(error: Exception) -> str:
@@ -144,7 +166,11 @@ async def _post_ephemeral(web: AsyncWebClient, channel: str | None, user: str | 
 async def _respond(respond: Any, text: str) -> bool:
     if respond is None:
         return False
-    await respond(text=text, response_type="ephemeral", replace_original=False)
+    response = await respond(text=text, response_type="ephemeral", replace_original=False)
+    status = getattr(response, "status_code", 200)  # Bolt's respond does not raise on an HTTP error
+    if not isinstance(status, int) or status >= 300:
+        log.warning("response_url refused the answer", status=status)
+        return False
     return True
 
 

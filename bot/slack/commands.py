@@ -4,6 +4,11 @@ Every handler acks first (an empty ack: Slack shows nothing, no spinner) and ans
 the command's response_url, ephemerally, except `run`, which starts the workflow inside the ack
 window, before acking, with an id derived from Slack's `trigger_id`: a Slack retry or a replayed signed
 request carries the same trigger_id, so it attaches to the run instead of starting another.
+
+Before a `run`'s ack only what starting it needs: parse, the requester's groups (cached), the
+`start` policy question, the start. Answers (through response_url, or chat.postEphemeral when a
+command carries none) and `slack_command` audit events go to the background lanes
+(bot/slack/background.py): a failing answer or audit store never costs another command its ack.
 """
 
 from __future__ import annotations
@@ -40,11 +45,12 @@ from bot.playbook.model import ForeachGroup, ParallelGroup, Step
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.templating import TemplateError, display, inert, render
 from bot.policy.inputs import policy_input, rfc3339
-from bot.slack.app import RECEIVED_AT, SlackDeps, report_error
+from bot.slack.app import RECEIVED_AT, SlackDeps, queue_error, reply_ephemeral
 from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
 from bot.slack.groups import GroupResolver
 
 ACK_BUDGET = 2.0  # seconds of Slack's 3 s spent starting the run before the ack
+RECORD_RETRIES = (1.0, 3.0, None)  # pauses between attempts at a slack_command append; None: give up
 log = structlog.get_logger(__name__)
 
 COMMAND = "/playbook"
@@ -126,23 +132,34 @@ class PlaybookCommand:
         await ack()
         handler = self.subcommands.get(sub)
         if handler is None:
-            await _say(respond, f":grey_question: Unknown subcommand `{escape(sub)}`.\n\n{HELP}")
+            self._say(body, respond, f":grey_question: Unknown subcommand `{escape(sub)}`.\n\n{HELP}")
             return
         with structlog.contextvars.bound_contextvars(
             slack_trigger=body.get("trigger_id"), slack_user=body.get("user_id"), subcommand=sub
         ):
             try:
                 await handler(body, args, respond)
-            except Exception as exc:  # noqa: BLE001  every failure is answered (report_error says why)
-                await report_error(self.deps.web, exc, body, respond)
+            except Exception as exc:  # noqa: BLE001  every failure is answered (queue_error says why)
+                queue_error(self.deps, exc, body, respond)
+
+    def _say(self, body: dict[str, Any], respond: Respond | None, text: str, **extra: Any) -> None:
+        """The ephemeral answer, queued: response_url, or chat.postEphemeral without one."""
+        text = truncate(text, MESSAGE_LIMIT * 4)
+        if extra and respond is not None:
+            async def send() -> None:
+                await respond(text=text, response_type="ephemeral", **extra)
+        else:
+            async def send() -> None:
+                await reply_ephemeral(self.deps.web, body, respond, text)
+        self.deps.background.answers.submit("command answer", send)
 
     async def help(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
-        await _say(respond, HELP)
+        self._say(body, respond, HELP)
 
     async def list(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
         catalog = self.deps.catalog()
         if not len(catalog):
-            await _say(respond, "No playbooks are loaded.")
+            self._say(body, respond, "No playbooks are loaded.")
             return
         lines = []
         for name, loaded in catalog.items():
@@ -153,7 +170,7 @@ class PlaybookCommand:
             )
             line = f"• *{escape(name)}*" + (f": {escape(pb.summary)}" if pb.summary else "")
             lines.append(line + (f" (params: `{escape(params)}`)" if params else ""))
-        await _say(respond, "*Playbooks*\n" + "\n".join(lines))
+        self._say(body, respond, "*Playbooks*\n" + "\n".join(lines))
 
     # ---- run -------------------------------------------------------------------------------
 
@@ -168,7 +185,8 @@ class PlaybookCommand:
         """Start the run before acking, so nothing is lost: if we die first, Slack retries the
         command (same trigger_id, same run id). A start slower than the budget is acked anyway
         and finishes in the background, never cancelled halfway. The budget counts from when the
-        request arrived: under a burst, time queued before this handler is Slack's time too."""
+        request arrived: under a burst, time queued before this handler is Slack's time too.
+        The answer is queued once the start is done; this handler returns at the ack."""
         with structlog.contextvars.bound_contextvars(
             slack_trigger=body.get("trigger_id"), slack_user=body.get("user_id"), subcommand="run"
         ):
@@ -181,15 +199,18 @@ class PlaybookCommand:
             except Exception:  # noqa: BLE001  answered below, after the ack
                 pass
             await ack()
-            try:
-                message = await start
-            except Exception as exc:  # noqa: BLE001  every failure is answered (report_error says why)
-                await report_error(self.deps.web, exc, body, respond)
-                return
-            await _say(respond, message)
+            start.add_done_callback(lambda done: self._answer_start(done, body, respond))
+
+    def _answer_start(self, done: asyncio.Future[str], body: dict[str, Any], respond: Respond | None) -> None:
+        if done.cancelled():  # the front door is stopping
+            return
+        if (exc := done.exception()) is not None:
+            queue_error(self.deps, exc, body, respond)  # type: ignore[arg-type]  (an Exception: _start raises no others)
+            return
+        self._say(body, respond, done.result())
 
     async def run(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
-        await _say(respond, await self._start(body, args))
+        self._say(body, respond, await self._start(body, args))
 
     async def _start(self, body: dict[str, Any], args: list[str]) -> str:
         """Start the run (or find it); the answer for the user. Refusals raise, naming why."""
@@ -201,7 +222,7 @@ class PlaybookCommand:
         try:
             await check_start(self.deps.policy, loaded, params, trigger, actor)
         except RunError:
-            await self._record(body, None, "refused")
+            self._record(body, None, "refused")
             raise
         run_id = slack_run_id(loaded.playbook.name, body.get("trigger_id") or "") if body.get("trigger_id") else None
         try:
@@ -214,7 +235,7 @@ class PlaybookCommand:
             status = await get_status(self.deps.client, run_id)
             return f"This command already ran as `{escape(run_id)}`; it ended {status.state.replace('_', ' ')}."
         log.info("slack run started", run_id=handle.id, playbook=loaded.playbook.name)
-        await self._record(body, handle.id, "started")
+        self._record(body, handle.id, "started")
         where = f"<#{body['channel_id']}>" if body.get("channel_id") else "the playbook's channel"
         return (
             f":rocket: Started *{escape(loaded.playbook.name)}* as run `{escape(handle.id)}`; "
@@ -232,14 +253,15 @@ class PlaybookCommand:
         return loaded, coerce_params(loaded.playbook, parse_assignments(args[1:]))
 
     async def _actor(self, body: dict[str, Any]) -> Actor:
-        """The signed request's user: verified by Slack's signature, with their user groups."""
+        """The signed request's user: verified by Slack's signature, with their user groups (a map
+        past its TTL will do: it is refreshed behind the answer, and max_stale still holds)."""
         user_id = body.get("user_id") or ""
-        return Actor(
-            principals.slack(user_id), body.get("user_name") or "", tuple(await self.groups.handles(user_id)), "slack"
-        )
+        groups = await self.groups.handles(user_id, stale_ok=True)
+        return Actor(principals.slack(user_id), body.get("user_name") or "", tuple(groups), "slack")
 
-    async def _record(self, body: dict[str, Any], run_id: str | None, outcome: str) -> None:
-        """The `slack_command` audit event; keyed by trigger_id, so a replay records nothing new."""
+    def _record(self, body: dict[str, Any], run_id: str | None, outcome: str) -> None:
+        """The `slack_command` audit event, queued on the records lane (after the ack); keyed by
+        trigger_id, so a replay, or a retry of an append that did land, records nothing new."""
         audit = self.deps.audit
         if audit is None:
             return
@@ -259,10 +281,23 @@ class PlaybookCommand:
                 "outcome": outcome,
             },
         )
-        try:
-            await append_counted(audit, [event])
-        except Exception as exc:  # noqa: BLE001  the run's own audit trail is the record
-            log.warning("slack_command not recorded", error=f"{type(exc).__name__}: {exc}")
+
+        async def append() -> None:
+            for attempt, pause in enumerate(RECORD_RETRIES, 1):
+                try:
+                    await append_counted(audit, [event])
+                    return
+                except Exception as exc:  # noqa: BLE001  the run's own audit trail is the record
+                    error = f"{type(exc).__name__}: {exc}"
+                    if pause is None:
+                        log.error("slack_command not recorded; given up", event_id=event.event_id, error=error,
+                                  attempts=attempt)
+                        return
+                    log.warning("slack_command not recorded yet; retrying", event_id=event.event_id, error=error,
+                                attempt=attempt, retry_in_s=pause)
+                    await asyncio.sleep(pause)
+
+        self.deps.background.records.submit("slack_command audit", append)
 
     # ---- dry-run ---------------------------------------------------------------------------
 
@@ -295,7 +330,7 @@ class PlaybookCommand:
                     lines.append(await self._dry_step(loaded, step, first, params, trigger, now, indent="    "))
             else:
                 lines.append(await self._dry_step(loaded, item, context, params, trigger, now))
-        await _say(respond, "\n".join(lines))
+        self._say(body, respond, "\n".join(lines))
 
     async def _dry_step(self, loaded: LoadedPlaybook, step: Step, context: dict[str, Any], params: dict[str, Any],
                         trigger: TriggerContext, now: datetime, indent: str = "") -> str:
@@ -330,9 +365,9 @@ class PlaybookCommand:
         try:
             await check_read(self.deps.policy, self.deps.catalog(), status, await self._actor(body), "slack")
         except RunError:
-            await self._record({**body, "trigger_id": f"status:{body.get('trigger_id')}"}, status.run_id, "status_refused")
+            self._record({**body, "trigger_id": f"status:{body.get('trigger_id')}"}, status.run_id, "status_refused")
             raise
-        await respond(text=status_text(status), blocks=status_blocks(status), response_type="ephemeral")
+        self._say(body, respond, status_text(status), blocks=status_blocks(status))
 
     async def cancel(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
         if len(args) != 1:
@@ -341,11 +376,12 @@ class PlaybookCommand:
         try:
             status, _ = await cancel_run(self.deps.client, args[0], actor, self.deps.keyring)
         except RunError:
-            await self._record({**body, "trigger_id": f"cancel:{body.get('trigger_id')}"}, args[0], "cancel_refused")
+            self._record({**body, "trigger_id": f"cancel:{body.get('trigger_id')}"}, args[0], "cancel_refused")
             raise
-        await self._record({**body, "trigger_id": f"cancel:{body.get('trigger_id')}"}, status.run_id, "cancel_requested")
+        self._record({**body, "trigger_id": f"cancel:{body.get('trigger_id')}"}, status.run_id, "cancel_requested")
         log.info("slack run cancel requested", run_id=status.run_id, by=actor.principal)
-        await _say(
+        self._say(
+            body,
             respond,
             f":octagonal_sign: Cancelling run `{escape(status.run_id)}` ({escape(status.playbook)}, was "
             f"{status.state.replace('_', ' ')}); what it did is rolled back, the run's thread shows it.",
@@ -391,10 +427,6 @@ def _json(value: Any) -> str:
 def _as_typed(value: Any) -> str:
     """A default as the user would type it: JSON for an array or object (copyable into the command)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
-
-
-async def _say(respond: Respond, text: str) -> None:
-    await respond(text=truncate(text, MESSAGE_LIMIT * 4), response_type="ephemeral")
 
 
 def _foreach_items(group: ForeachGroup, context: dict[str, Any]) -> tuple[list[Any], str]:

@@ -6,6 +6,12 @@ TTL (a burst of commands makes one call). If Slack cannot be asked, the last kno
 until it is `max_stale` old (counted from the last successful refresh); after that, as with no
 map at all, users have no groups (fail closed): someone removed from the approver group must not
 keep approving because Slack is down.
+
+A `run` asks for the requester's groups before its ack (the `start` rule may restrict a playbook
+to groups, and the worker re-checks the signed groups), so the map is fetched when the front
+door starts (`warm`) and, with `stale_ok` (a command's requester; votes keep waiting for a
+refresh), once it is past its TTL but not `max_stale`, answered from the known map while one
+refresh runs in the background: only a missing or too-old map is waited for.
 """
 
 from __future__ import annotations
@@ -44,11 +50,25 @@ class GroupResolver:
         self._refreshed_at: float | None = None  # the last successful refresh
         self._expires = float("-inf")
         self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None
 
-    async def handles(self, user_id: str) -> list[str]:
+    def warm(self) -> None:
+        """Start fetching the map now (when there is a running loop), so the first command finds it."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._refresh_in_background()
+
+    def _refresh_in_background(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._fresh_now(), name="slack-usergroups-refresh")
+
+    async def handles(self, user_id: str, *, stale_ok: bool = False) -> list[str]:
         """The handles of the enabled user groups `user_id` belongs to, sorted; none once the
-        last known map is older than `max_stale`."""
-        await self._fresh()
+        last known map is older than `max_stale`. `stale_ok`: a map past its TTL will do (and
+        is refreshed behind the answer)."""
+        await self._fresh(stale_ok)
         if self._too_old():
             if self._by_user:
                 log.error(
@@ -70,7 +90,13 @@ class GroupResolver:
             return f"<!subteam^{group_id}>"
         return f"@{escape(handle)}"  # the handle comes from policy or a playbook: data
 
-    async def _fresh(self) -> None:
+    async def _fresh(self, stale_ok: bool = False) -> None:
+        if stale_ok and self._clock() >= self._expires and not self._too_old():
+            self._refresh_in_background()  # stale but usable: answer now, refresh once behind it
+            return
+        await self._fresh_now()
+
+    async def _fresh_now(self) -> None:
         if self._clock() >= self._expires:
             async with self._lock:  # single flight: concurrent callers wait for one refresh
                 if self._clock() >= self._expires:

@@ -1,0 +1,95 @@
+"""What the Slack handlers do after the ack: a bounded queue drained by a few worker tasks.
+
+A command's ephemeral answer and its `slack_command` audit event are not needed to start the
+run, so they are queued and the request is acked. A response_url that hangs or fails, a Slack
+API error or an audit store that is down then costs one lane's worker a bounded time (the
+job's timeout), never another request its ack: the HTTP handler only ever does `put_nowait`.
+A full queue drops the job with an error log (a flood must not grow memory without bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Job = Callable[[], Awaitable[None]]
+
+
+class Lane:
+    """`workers` tasks running queued jobs one at a time each, each job cut at `timeout` seconds."""
+
+    def __init__(self, name: str, *, workers: int = 4, size: int = 1000, timeout: float = 10.0) -> None:
+        self.name = name
+        self.timeout = timeout
+        self._workers = workers
+        self._size = size
+        self._queue: asyncio.Queue[tuple[str, Job]] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending = 0
+        self.failed = 0  # jobs that raised or timed out (logged each time)
+        self.dropped = 0  # jobs refused by a full queue (logged each time)
+
+    def submit(self, what: str, job: Job) -> bool:
+        """Queue `job` (never waits); False, logged, when the queue is full."""
+        if self._queue is None:  # started on first use, inside the running loop
+            self._queue = asyncio.Queue(self._size)
+            self._tasks = [asyncio.create_task(self._work(), name=f"slack-{self.name}-{i}") for i in range(self._workers)]
+        try:
+            self._queue.put_nowait((what, job))
+            self._pending += 1
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.error("slack background queue full; dropped", lane=self.name, what=what, size=self._size)
+            return False
+        return True
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            what, job = await self._queue.get()
+            try:
+                await asyncio.wait_for(job(), self.timeout)
+            except asyncio.TimeoutError:
+                self.failed += 1
+                log.warning("slack background job timed out", lane=self.name, what=what, timeout_s=self.timeout)
+            except Exception as exc:  # noqa: BLE001  logged; the lane goes on with the next job
+                self.failed += 1
+                log.warning("slack background job failed", lane=self.name, what=what, error=f"{type(exc).__name__}: {exc}")
+            finally:
+                self._pending -= 1
+                self._queue.task_done()
+
+    @property
+    def pending(self) -> int:
+        """Jobs queued or running."""
+        return self._pending
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) for what is queued, then stop the workers; what is left is logged."""
+        if self._queue is None:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
+        if self.pending:
+            log.warning("slack background jobs left undone at shutdown", lane=self.name, pending=self.pending)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks, self._queue = [], None
+
+
+class Background:
+    """The front door's two lanes: answers to users (Slack can be slow), audit records (a store
+    can be down). Separate so a hanging response_url never holds an audit event back."""
+
+    def __init__(self, *, answer_timeout: float = 10.0, record_timeout: float = 30.0) -> None:
+        self.answers = Lane("answers", workers=4, timeout=answer_timeout)
+        self.records = Lane("records", workers=2, timeout=record_timeout)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        await asyncio.gather(self.records.drain(timeout), self.answers.drain(timeout))

@@ -1,0 +1,115 @@
+"""The Slack front door's after-the-ack lanes and the command path's group cache, without a
+network: a job that hangs or fails costs its lane a bounded time and is logged, a full queue
+drops (logged) instead of growing, and a stale group map answers at once while one refresh
+runs behind it (a map past max_stale is still waited for, then fails closed)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from structlog.testing import capture_logs
+
+from bot.slack.background import Lane
+from bot.slack.groups import GroupResolver
+
+
+async def test_a_hanging_job_is_cut_at_its_timeout_and_the_lane_goes_on() -> None:
+    lane = Lane("t", workers=1, timeout=0.2)
+    release = asyncio.Event()
+    done: list[str] = []
+
+    async def hang() -> None:
+        await release.wait()
+
+    async def fail() -> None:
+        raise RuntimeError("response_url answered 500")
+
+    async def ok() -> None:
+        done.append("ok")
+
+    with capture_logs() as logs:
+        assert lane.submit("hang", hang) and lane.submit("fail", fail) and lane.submit("ok", ok)
+        await lane.drain(timeout=30)
+    assert done == ["ok"] and lane.failed == 2 and lane.pending == 0
+    assert sorted(e["event"] for e in logs) == ["slack background job failed", "slack background job timed out"]
+    assert {e["what"] for e in logs} == {"hang", "fail"}
+
+
+async def test_submit_never_waits_and_a_full_queue_drops_with_an_error() -> None:
+    lane = Lane("t", workers=1, size=2, timeout=30)
+    release = asyncio.Event()
+    ran: list[int] = []
+
+    def job(i: int) -> Any:
+        async def run() -> None:
+            await release.wait()
+            ran.append(i)
+        return run
+
+    with capture_logs() as logs:
+        accepted = [lane.submit(f"job {i}", job(i)) for i in range(5)]
+        await asyncio.sleep(0)  # the worker takes the first job off the queue
+        accepted.append(lane.submit("job 5", job(5)))
+    # the first two fill the queue; the worker then takes one, which frees one slot
+    assert accepted == [True, True, False, False, False, True]
+    assert lane.dropped == 3 and [e["log_level"] for e in logs] == ["error"] * 3
+    release.set()
+    await lane.drain(timeout=30)
+    assert sorted(ran) == [0, 1, 5]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Web:
+    """usergroups.list from `groups`; `gate` holds each call until set."""
+
+    def __init__(self, groups: dict[str, list[str]]) -> None:
+        self.groups = groups
+        self.calls = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def usergroups_list(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls += 1
+        await self.gate.wait()
+        return {"ok": True, "usergroups": [{"id": f"S0{h.upper()}", "handle": h, "date_delete": 0, "users": users}
+                                           for h, users in self.groups.items()]}
+
+
+async def test_a_stale_map_answers_commands_at_once_and_is_refreshed_once_behind_them() -> None:
+    clock, web = Clock(), Web({"sre": ["U0BOB"]})
+    groups = GroupResolver(web, ttl=300, max_stale=900, clock=clock)  # type: ignore[arg-type]
+    groups.warm()
+    assert await groups.handles("U0BOB", stale_ok=True) == ["sre"] and web.calls == 1  # the warm fetch, awaited
+
+    web.groups = {"sre": []}  # BOB left sre; the map is past its TTL and Slack is slow to answer
+    web.gate.clear()
+    clock.now += 301
+    answers = [await groups.handles("U0BOB", stale_ok=True) for _ in range(5)]
+    await asyncio.sleep(0.01)  # the refresh task gets its turn (and waits at the gate)
+    assert answers == [["sre"]] * 5 and web.calls == 2, "the known map, one refresh behind it"
+    web.gate.set()
+    await asyncio.wait_for(groups._refreshing, 30)  # type: ignore[arg-type]
+    assert await groups.handles("U0BOB", stale_ok=True) == []
+
+
+async def test_votes_wait_for_the_refresh_and_a_map_past_max_stale_is_never_served_stale() -> None:
+    clock, web = Clock(), Web({"sre": ["U0BOB"]})
+    groups = GroupResolver(web, ttl=300, max_stale=900, clock=clock)  # type: ignore[arg-type]
+    assert await groups.handles("U0BOB") == ["sre"]
+    web.groups = {"sre": []}
+    clock.now += 301
+    assert await groups.handles("U0BOB") == [], "without stale_ok (votes) the refresh is awaited"
+
+    web.groups = {"sre": ["U0BOB"]}
+    assert await groups.handles("U0BOB") == []  # fresh for another TTL
+    web.groups = {"sre": []}
+    clock.now += 901
+    assert await groups.handles("U0BOB", stale_ok=True) == [], "past max_stale a command waits for Slack too"
