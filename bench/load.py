@@ -140,7 +140,7 @@ def command(response_url: str | None) -> str:
     return urlencode(fields)
 
 
-async def slack(url: str, bursts: int, size: int, response_url: str | None, gap: float) -> None:
+async def slack(url: str, bursts: int, size: int, response_url: str | None, gap: float, warmup: int) -> None:
     timeout = aiohttp.ClientTimeout(total=60)
     connector = aiohttp.TCPConnector(limit=size)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as web:
@@ -157,6 +157,8 @@ async def slack(url: str, bursts: int, size: int, response_url: str | None, gap:
                 emit({"error": f"{type(exc).__name__}: {exc}"[:200]})
             return {"burst": burst, "status": status, "ms": round((time.perf_counter() - started) * 1000, 3)}
 
+        for _ in range(warmup):  # not reported: first connections and code paths, on either side alike
+            await one(-1)
         for burst in range(bursts):
             for sample in await asyncio.gather(*(one(burst) for _ in range(size))):
                 emit(sample)
@@ -179,6 +181,7 @@ def main() -> None:
     sub.add_argument("--size", type=int, default=50)
     sub.add_argument("--response-url", default="none", help="a URL, or none (older Slack bodies carry none)")
     sub.add_argument("--gap", type=float, default=1.0, help="seconds between bursts")
+    sub.add_argument("--warmup", type=int, default=3, help="sequential commands before the bursts, not reported")
     args = parser.parse_args()
     if args.kind == "alerts":
         asyncio.run(alerts(args.target[0], args.alerts, args.concurrency, args.seed))
@@ -186,7 +189,7 @@ def main() -> None:
         asyncio.run(starts(args.target[0], args.target[1], args.alerts, args.concurrency, args.seed))
     else:
         asyncio.run(slack(args.url, args.bursts, args.size, None if args.response_url == "none" else args.response_url,
-                          args.gap))
+                          args.gap, args.warmup))
     sys.stdout.flush()
     os._exit(0)  # temporalio can crash in interpreter teardown (sdk-python#300): leave now
 

@@ -89,6 +89,8 @@ class Topology:
     tmp: Path
     procs: list[Proc] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    _order: list[Proc | str] = field(default_factory=list)  # processes and notes, in start order
+    _loads: int = 0
     _servers: list[DevServer] = field(default_factory=list)
     _dev_data: list[Path] = field(default_factory=list)
 
@@ -102,6 +104,7 @@ class Topology:
             )
         proc = Proc(name, list(argv), popen, log, address)
         self.procs.append(proc)
+        self._order.append(proc)
         return proc
 
     async def temporal(self, name: str = "temporal") -> DevServer:
@@ -109,8 +112,8 @@ class Topology:
         server = DevServer(self.tmp / name, port=free_port(), ui_port=free_port())
         await server.start()
         self._servers.append(server)
-        self.notes.append(f"{name:<14} pid {server.process.pid if server.process else '?':<8} {server.address}  "
-                          f"(temporal server start-dev)")
+        self.note(f"{name:<14} pid {server.process.pid if server.process else '?':<8} {server.address}  "
+                  f"(temporal server start-dev)")
         return server
 
     async def serve(self, env: dict[str, str], name: str = "serve") -> Proc:
@@ -146,17 +149,18 @@ class Topology:
         await polling(proc, address, task_queue)
         return proc
 
-    async def floor_bolt(self, address: str, task_queue: str, name: str = "floor-bolt") -> Proc:
+    async def floor_bolt(self, address: str, task_queue: str, api_url: str, token: str, name: str = "floor-bolt") -> Proc:
         """The minimal Bolt app (verify, start, ack) with its worker in its process (bench/floor_bolt.py)."""
         port = free_port()
         proc = self.spawn(name, [sys.executable, "-m", "bench.floor_bolt", address, task_queue, str(port),
-                                 SIGNING_SECRET], address=f"http://127.0.0.1:{port}")
+                                 SIGNING_SECRET, api_url, token], address=f"http://127.0.0.1:{port}")
         await ready(proc, proc.address)
         return proc
 
     async def load(self, kind: str, *args: str) -> list[dict[str, Any]]:
         """`python -m bench.load KIND ARGS` in its own process; its JSON lines, once it is done."""
-        name = f"load-{kind}-{sum(p.name.startswith(f'load-{kind}') for p in self.procs)}"
+        self._loads += 1
+        name = f"load-{kind}-{self._loads}"
         argv = [sys.executable, "-m", "bench.load", kind, *args]
         log = self.tmp / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +168,7 @@ class Topology:
             child = await asyncio.create_subprocess_exec(
                 *argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=True
             )
-        self.notes.append(f"{name:<14} pid {child.pid:<8} {' '.join(argv[1:])}")
+        self.note(f"{name:<14} pid {child.pid:<8} -  (python {' '.join(argv[1:])}, exits when done)")
         try:
             out, _ = await child.communicate()
         finally:
@@ -176,10 +180,18 @@ class Topology:
             raise RuntimeError(f"{name} exited {child.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
         return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
 
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+        self._order.append(line)
+
     def describe(self) -> str:
-        lines = [f"{p.name:<14} pid {p.pid:<8} {p.address or '-'}  ({' '.join(Path(a).name if i == 0 else a for i, a in enumerate(p.argv))})"
-                 for p in self.procs]
-        return "topology (each its own process):\n  " + "\n  ".join(self.notes[:1] + lines + self.notes[1:])
+        def line(p: Proc | str) -> str:
+            if isinstance(p, str):
+                return p
+            argv = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(p.argv))
+            return f"{p.name:<14} pid {p.pid:<8} {p.address or '-'}  ({argv})"
+
+        return "topology (each its own process, in start order):\n  " + "\n  ".join(line(p) for p in self._order)
 
     def layout(self) -> list[dict[str, Any]]:
         """The topology for results.json."""
