@@ -31,7 +31,7 @@ from typing import Any
 from temporalio.client import Client
 
 from bench import results
-from bench.topology import ALERT_TOKEN, ENVELOPE_KEY, ROOT, Topology, base_env, load_average, topology
+from bench.topology import ALERT_TOKEN, ENVELOPE_KEY, ROOT, Topology, base_env, load_average, run, topology
 
 GOAL = ">= 0.7"
 PLAYBOOK = """
@@ -172,4 +172,4 @@ if __name__ == "__main__":
     parser.add_argument("--shape", choices=["serve", "dev"], default="serve")
     parser.add_argument("--audit", choices=["sqlite", "postgresql"], default="sqlite")
     args = parser.parse_args()
-    asyncio.run(main(args.alerts, args.concurrency, args.shape, args.audit))
+    run(main(args.alerts, args.concurrency, args.shape, args.audit))

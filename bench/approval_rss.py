@@ -50,7 +50,7 @@ import bot.engine.worker
 import bot.services
 from bench import results
 from bench.baseline import BaselineAwaitSignal
-from bench.topology import ENVELOPE_KEY, Proc, Topology, topology
+from bench.topology import ENVELOPE_KEY, Proc, Topology, run, topology
 from bot import logging
 from bot.engine.runs import RunError, get_status, start_run
 from bot.identity.principals import Actor
@@ -466,5 +466,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     with open(os.devnull, "w") as devnull:
         logging.configure("WARNING", "json", stream=devnull)
-        asyncio.run(main(10_000 if args.big else args.runs, args.concurrency, args.settle,
+        run(main(10_000 if args.big else args.runs, args.concurrency, args.settle,
                          max(args.timeout, 3600.0) if args.big else args.timeout))

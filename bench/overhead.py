@@ -23,7 +23,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench import results
 from bench.baseline import BaselineFiveSteps
-from bench.topology import ENVELOPE_KEY, ROOT, base_env, load_average, topology
+from bench.topology import ENVELOPE_KEY, ROOT, base_env, load_average, run, topology
 from bot.engine.runs import start_run
 from bot.engine.state import TriggerContext
 from bot.identity.principals import Actor
@@ -100,4 +100,4 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--gap", type=float, default=0.5)
     args = parser.parse_args()
-    asyncio.run(main(args.runs, args.gap))
+    run(main(args.runs, args.gap))

@@ -27,7 +27,9 @@ from typing import Any
 
 from bench import results
 from bench.alert_storm import executions
-from bench.topology import ENVELOPE_KEY, ALERT_TOKEN, ROOT, SIGNING_SECRET, Topology, base_env, load_average, topology
+from bench.topology import (
+    ALERT_TOKEN, ENVELOPE_KEY, ROOT, SIGNING_SECRET, Topology, base_env, load_average, run, topology,
+)
 
 sys.path.insert(0, str(ROOT))
 from tests.http_server import serving  # noqa: E402
@@ -163,4 +165,4 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=50)
     parser.add_argument("--shape", choices=["serve", "dev", "both"], default="both")
     args = parser.parse_args()
-    asyncio.run(main(args.bursts, args.size, ["serve", "dev"] if args.shape == "both" else [args.shape]))
+    run(main(args.bursts, args.size, ["serve", "dev"] if args.shape == "both" else [args.shape]))

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +253,23 @@ async def polling(proc: Proc, address: str, task_queue: str, timeout: float = 90
         if time.monotonic() > deadline:
             raise RuntimeError(f"{proc.name} not polling {task_queue} after {timeout:.0f}s (log {proc.log})")
         await asyncio.sleep(0.3)
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run, with SIGTERM handled as Ctrl-C is: the bench is cancelled and every process it
+    started is stopped on the way out."""
+
+    async def guarded() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await main
+
+    try:
+        asyncio.run(guarded())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("bench interrupted: every process it started is stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 def load_average() -> str:
