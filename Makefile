@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos mutate clean
+.PHONY: run test bench bench-big chaos mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,12 +31,16 @@ bench: $(STAMP) ## every figure of bench/results.md, the bot as its processes vs
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.policy_latency
 	$(BIN)/python -m bench.approval_rss
-	$(BIN)/python -m bench.approval_rss --big
 	$(BIN)/python -m bench.results
 	cat bench/results.md
 	$(BIN)/python -m bench.foreach
 	$(BIN)/python -m bench.foreach_history
 	$(BIN)/python -m bench.audit_append
+
+bench-big: $(STAMP) ## the 10,000-run memory figure (long: tens of minutes on 2 cores), into bench/results.md
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m bench.approval_rss --big
+	cat bench/results.md
 
 chaos: $(STAMP) ## the slow half of the reliability suite: big storms, long fuzzing, repeated crashes
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests/reliability
