@@ -30,7 +30,7 @@ from typing import Any
 
 from temporalio.client import Client
 
-from bench import results
+from bench import profiles, results
 from bench.topology import ALERT_TOKEN, ENVELOPE_KEY, ROOT, Topology, base_env, load_average, run, topology
 
 GOAL = ">= 0.7"
@@ -86,7 +86,7 @@ async def bot_side(topo: Topology, url: str, address: str, queue: str, alerts: i
     return {"elapsed": elapsed, "outcomes": outcomes, "ms": ms, "failed": failed, "runs": runs, "ids": ids}
 
 
-async def main(alerts: int, concurrency: int, shape: str, audit: str) -> None:
+async def main(alerts: int, concurrency: int, shape: str, audit: str, profile: Path | None) -> None:
     seed = int(time.time()) % 0xFFFF  # fresh fingerprints: a rerun on a kept server is not all attaches
     with tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp_name, audit_store(audit) as audit_url:
         tmp = Path(tmp_name)
@@ -97,7 +97,7 @@ async def main(alerts: int, concurrency: int, shape: str, audit: str) -> None:
             data_dir=tmp / "data", playbooks_dir=tmp / "playbooks", policies_dir=ROOT / "policies",
             alertmanager_token=ALERT_TOKEN, envelope_key=ENVELOPE_KEY, task_queue=queue, audit_url=audit_url,
         )
-        async with topology(tmp) as topo:
+        async with topology(tmp, profile) as topo:
             if shape == "serve":
                 server = await topo.temporal()
                 address = server.address
@@ -109,14 +109,17 @@ async def main(alerts: int, concurrency: int, shape: str, audit: str) -> None:
                 front, address = await topo.dev(env)
                 floor = await floor_side(topo, address, alerts, concurrency, seed)
             await asyncio.sleep(2)  # the floor's runs finish and the server settles
-            bot = await bot_side(topo, front.address.split(",")[0], address, queue, alerts, concurrency, seed)
+            bot = await bot_side(topo, front.url, address, queue, alerts, concurrency, seed)
             print(topo.describe())
             layout = topo.layout()
-    show(alerts, concurrency, shape, audit, floor, bot, layout)
+    if profile is not None:  # profiled processes are slower: their figures are not recorded
+        for name in ("serve", "worker") if shape == "serve" else ("dev",):
+            print(profiles.top(profile / f"{name}.prof"))
+    show(alerts, concurrency, shape, audit, floor, bot, layout, record=profile is None)
 
 
 def show(alerts: int, concurrency: int, shape: str, audit: str, floor: dict[str, Any], bot: dict[str, Any],
-         layout: list[dict[str, Any]]) -> None:
+         layout: list[dict[str, Any]], record: bool = True) -> None:
     floor_rate, bot_rate = alerts / floor["elapsed"], alerts / bot["elapsed"]
     where = "serve + worker" if shape == "serve" else "dev"
     store = "PostgreSQL" if audit == "postgresql" else "SQLite"
@@ -140,6 +143,9 @@ def show(alerts: int, concurrency: int, shape: str, audit: str, floor: dict[str,
           f"floor: all {alerts} ids started: {'yes' if exact_floor else 'NO'}")
     ratio = bot_rate / floor_rate
     print(f"goal: ratio {GOAL}: {ratio:.2f} -> {'met' if results.met(ratio, GOAL) else 'NOT met'}")
+    if not record:
+        print("(profiled run: not recorded in bench/results.json)")
+        return
     name = f"alert storm, {alerts} x 3, {concurrency} concurrent, " + (
         f"serve + worker, {store}" if shape == "serve" else f"dev, {store}")
     notes = "" if exact_bot and exact_floor else f"NOT exactly {alerts} runs: bot {bot['runs']}/{bot['ids']}, {dict(out)}"
@@ -171,5 +177,7 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--shape", choices=["serve", "dev"], default="serve")
     parser.add_argument("--audit", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run the bot's processes under cProfile, dump them in DIR and print their top entries")
     args = parser.parse_args()
-    run(main(args.alerts, args.concurrency, args.shape, args.audit))
+    run(main(args.alerts, args.concurrency, args.shape, args.audit, args.profile))

@@ -53,7 +53,8 @@ class Proc:
     argv: list[str]
     popen: subprocess.Popen[bytes]
     log: Path
-    address: str = ""
+    address: str = ""  # what the topology prints
+    url: str = ""  # the HTTP base URL, for a front door
 
     @property
     def pid(self) -> int:
@@ -87,12 +88,20 @@ class Topology:
     """The processes of one bench; `describe()` is printed before its table."""
 
     tmp: Path
+    profile_dir: Path | None = None  # `playbook-bot` under cProfile (bench/profiled.py), one dump per process
     procs: list[Proc] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     _order: list[Proc | str] = field(default_factory=list)  # processes and notes, in start order
     _loads: int = 0
     _servers: list[DevServer] = field(default_factory=list)
     _dev_data: list[Path] = field(default_factory=list)
+
+    def cli(self, name: str, command: str) -> list[str]:
+        """`playbook-bot COMMAND` as a user runs it, or under cProfile with --profile."""
+        if self.profile_dir is None:
+            return [str(CLI), command]
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        return [sys.executable, "-m", "bench.profiled", str(self.profile_dir / f"{name}.prof"), command]
 
     def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None, address: str = "") -> Proc:
         log = self.tmp / "logs" / f"{name}.log"
@@ -102,7 +111,7 @@ class Topology:
                 list(argv), cwd=ROOT, env=env if env is not None else dict(os.environ),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
             )
-        proc = Proc(name, list(argv), popen, log, address)
+        proc = Proc(name, list(argv), popen, log, address, address)
         self.procs.append(proc)
         self._order.append(proc)
         return proc
@@ -119,14 +128,14 @@ class Topology:
     async def serve(self, env: dict[str, str], name: str = "serve") -> Proc:
         port = free_port()
         env = {**env, "PLAYBOOK_BOT_HTTP_PORT": str(port)}
-        proc = self.spawn(name, [str(CLI), "serve"], env, f"http://127.0.0.1:{port}")
+        proc = self.spawn(name, self.cli(name, "serve"), env, f"http://127.0.0.1:{port}")
         await ready(proc, proc.address)
         return proc
 
     async def worker(self, env: dict[str, str], name: str = "worker") -> Proc:
         port = free_port()
         env = {**env, "PLAYBOOK_BOT_WORKER_METRICS_PORT": str(port)}
-        proc = self.spawn(name, [str(CLI), "worker"], env, f"http://127.0.0.1:{port} (metrics)")
+        proc = self.spawn(name, self.cli(name, "worker"), env, f"http://127.0.0.1:{port} (metrics)")
         await ready(proc, f"http://127.0.0.1:{port}")
         return proc
 
@@ -137,7 +146,7 @@ class Topology:
                "PLAYBOOK_BOT_DEV_SERVER_UI_PORT": str(free_port())}
         env.pop("PLAYBOOK_BOT_TEMPORAL_ADDRESS", None)
         self._dev_data.append(Path(env["PLAYBOOK_BOT_DATA_DIR"]))
-        proc = self.spawn(name, [str(CLI), "dev"], env, f"http://127.0.0.1:{port}")
+        proc = self.spawn(name, self.cli(name, "dev"), env, f"http://127.0.0.1:{port}")
         await ready(proc, proc.address, timeout=120)
         address = f"127.0.0.1:{temporal_port}"
         proc.address += f", Temporal {address} (embedded)"
@@ -212,9 +221,9 @@ class Topology:
 
 
 @contextlib.asynccontextmanager
-async def topology(tmp: Path) -> AsyncIterator[Topology]:
+async def topology(tmp: Path, profile_dir: Path | None = None) -> AsyncIterator[Topology]:
     """A Topology whose processes are all stopped on the way out, however it is left (Ctrl-C too)."""
-    topo = Topology(tmp)
+    topo = Topology(tmp, profile_dir)
     try:
         yield topo
     finally:
