@@ -109,7 +109,7 @@ async def shape_run(shape: str, bursts: int, size: int, fake: FakeSlack, urls: d
             else:
                 front, address = await topo.dev(env)
             floor_proc = await topo.floor_bolt(address, f"floor-{uuid.uuid4()}", fake.api_url, fake.token)
-            floor = await burst(topo, floor_proc.address, bursts, size, urls["working response_url"])
+            floor = await burst(topo, floor_proc.url, bursts, size, urls["working response_url"])
             await asyncio.to_thread(floor_proc.stop)
             if shape == "serve":
                 await topo.worker(env)

@@ -129,14 +129,15 @@ class Topology:
         port = free_port()
         env = {**env, "PLAYBOOK_BOT_HTTP_PORT": str(port)}
         proc = self.spawn(name, self.cli(name, "serve"), env, f"http://127.0.0.1:{port}")
-        await ready(proc, proc.address)
+        await ready(proc, proc.url)
         return proc
 
     async def worker(self, env: dict[str, str], name: str = "worker") -> Proc:
         port = free_port()
         env = {**env, "PLAYBOOK_BOT_WORKER_METRICS_PORT": str(port)}
         proc = self.spawn(name, self.cli(name, "worker"), env, f"http://127.0.0.1:{port} (metrics)")
-        await ready(proc, f"http://127.0.0.1:{port}")
+        proc.url = f"http://127.0.0.1:{port}"
+        await ready(proc, proc.url)
         return proc
 
     async def dev(self, env: dict[str, str], name: str = "dev") -> tuple[Proc, str]:
@@ -147,7 +148,7 @@ class Topology:
         env.pop("PLAYBOOK_BOT_TEMPORAL_ADDRESS", None)
         self._dev_data.append(Path(env["PLAYBOOK_BOT_DATA_DIR"]))
         proc = self.spawn(name, self.cli(name, "dev"), env, f"http://127.0.0.1:{port}")
-        await ready(proc, proc.address, timeout=120)
+        await ready(proc, proc.url, timeout=120)
         address = f"127.0.0.1:{temporal_port}"
         proc.address += f", Temporal {address} (embedded)"
         return proc, address
@@ -163,7 +164,7 @@ class Topology:
         port = free_port()
         proc = self.spawn(name, [sys.executable, "-m", "bench.floor_bolt", address, task_queue, str(port),
                                  SIGNING_SECRET, api_url, token], address=f"http://127.0.0.1:{port}")
-        await ready(proc, proc.address)
+        await ready(proc, proc.url)
         return proc
 
     async def load(self, kind: str, *args: str) -> list[dict[str, Any]]:
