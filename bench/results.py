@@ -20,8 +20,10 @@ def git_rev() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(  # the files this module writes do not count
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results.json", ":!bench/results.md",
+             ":!bench/results.svg", ":!bench/samples.json"],
+            cwd=HERE.parent, capture_output=True, text=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -119,14 +121,18 @@ def plot() -> None:
     except ImportError:
         print("matplotlib not installed (pip install -e '.[bench]'): no plot")
         return
-    fig, axes = plt.subplots(1, len(samples), figsize=(4.2 * len(samples), 3.4), squeeze=False)
-    for ax, (title, series) in zip(axes[0], sorted(samples.items())):
+    cols = min(3, len(samples))
+    rows = -(-len(samples) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(samples):]:
+        ax.set_visible(False)
+    for ax, (title, series) in zip(axes.flat, sorted(samples.items())):
         for label, values in sorted(series.items()):
             ordered = sorted(values)
             if not ordered:
                 continue
-            # at most ~200 points a curve: the shape shows, the file stays small
-            ranks = sorted({min(len(ordered) - 1, round(k * (len(ordered) - 1) / 200)) for k in range(201)})
+            # at most ~100 points a curve: the shape shows, the file stays small
+            ranks = sorted({min(len(ordered) - 1, round(k * (len(ordered) - 1) / 100)) for k in range(101)})
             ax.step([ordered[r] for r in ranks], [(r + 1) / len(ordered) for r in ranks], where="post",
                     label=f"{label} (n={len(ordered)})", linewidth=1.2)
         ax.set_title(title, fontsize=9)
