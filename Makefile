@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test bench chaos mutate clean
+.PHONY: run test bench bench-big chaos mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,16 +21,26 @@ test: $(STAMP) ## policy tests, then the whole suite (real Temporal dev server, 
 	# subprocesses, so this halves it (about 5 min on 2 cores); each has its own dev server.
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
-bench: $(STAMP) ## benchmark tables with ratios against baselines measured in the same run (not timed tests)
-	$(BIN)/python -m bench.overhead
+bench: $(STAMP) ## every figure of bench/results.md, the bot as its processes vs floors measured in the same run (not timed tests)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	rm -f bench/results.json bench/samples.json
 	$(BIN)/python -m bench.alert_storm
 	$(BIN)/python -m bench.alert_storm --audit postgresql
-	$(BIN)/python -m bench.policy_latency
+	$(BIN)/python -m bench.alert_storm --shape dev
 	$(BIN)/python -m bench.slack_ack
+	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.policy_latency
 	$(BIN)/python -m bench.approval_rss
+	$(BIN)/python -m bench.results
+	cat bench/results.md
 	$(BIN)/python -m bench.foreach
 	$(BIN)/python -m bench.foreach_history
 	$(BIN)/python -m bench.audit_append
+
+bench-big: $(STAMP) ## the 10,000-run memory figure (long: tens of minutes on 2 cores), into bench/results.md
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m bench.approval_rss --big
+	cat bench/results.md
 
 chaos: $(STAMP) ## the slow half of the reliability suite: big storms, long fuzzing, repeated crashes
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests/reliability

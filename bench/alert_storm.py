@@ -1,15 +1,17 @@
-"""Alert storm: 1,000 distinct alerts, each delivered three times, concurrently.
+"""Alert storm: N distinct alerts, each delivered three times, C concurrent, episodes started/s.
 
-The bot's /alertmanager (real HTTP, auth, parsing, routing, start policy, audit, one run per
-episode) against a floor on the same Temporal server in the same run: bare client starts of the
-same 3x duplicated ids with an attach-to-existing policy, with a worker running one-activity
-workflows as they come on both sides. Verifies exactly 1,000 runs: none lost, none twice.
+The bot, as deployed: `playbook-bot serve` and `playbook-bot worker` (or `playbook-bot dev`), each
+its own process, on a Temporal dev server process; the deliveries come from a load process
+(`bench.load alerts`). The floor, on the same Temporal server in the same run: bare client starts of
+the same triplicated ids with USE_EXISTING from a load process (`bench.load starts`), a plain worker
+process running one-activity workflows as they come. Verifies exactly N runs on each side (none
+lost, none twice). Goal: bot/floor >= 0.7.
 
-    .venv/bin/python -m bench.alert_storm [--alerts 1000] [--concurrency 50] [--audit postgresql]
+    .venv/bin/python -m bench.alert_storm [--alerts 1000] [--concurrency 32] [--shape serve|dev]
+                                          [--audit sqlite|postgresql]
 
-`--audit postgresql` runs the bot side on a PostgreSQL audit store (Debian's server, started in a
-temporary directory with durable settings): the episode claims and the chain on the shared store
-that several front doors would use (issue 14).
+`--audit postgresql` runs the bot on a PostgreSQL audit store (Debian's server in a temporary
+directory, durable settings): the shared store several front doors use (issue 14).
 """
 
 from __future__ import annotations
@@ -18,34 +20,20 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import json
-import os
-import random
 import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import aiohttp
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
 
-from bench.baseline import BaselineFiveSteps
-from bench.workers import worker_process
-from bot import logging
-from bot.devstack import DevServer, free_port
-from bot.engine.worker import worker_deps
-from bot.playbook.loader import load_directory
-from bot.server import Readiness, create_app
-from bot.services import _Http, front_door
-from bot.settings import Settings
+from bench import profiles, results
+from bench.topology import ALERT_TOKEN, ENVELOPE_KEY, ROOT, Topology, base_env, load_average, run, topology
 
-TOKEN = "bench-token"
-ROOT = Path(__file__).resolve().parent.parent
+GOAL = ">= 0.7"
 PLAYBOOK = """
 name: storm
 params: {instance: {type: string}}
@@ -58,142 +46,113 @@ steps:
 """
 
 
-def deliveries(alerts: int) -> list[dict[str, Any]]:
-    """Each alert three times, shuffled: repeats and HA peers arrive in any order."""
-    batch = []
-    for i in range(alerts):
-        alert = {
-            "status": "firing",
-            "labels": {"alertname": "Storm", "instance": f"host-{i}"},
-            "annotations": {},
-            "startsAt": "2026-11-22T03:00:00Z",
-            "endsAt": "0001-01-01T00:00:00Z",
-            "generatorURL": "",
-            "fingerprint": f"{i:016x}",
-        }
-        body = {
-            "version": "4", "groupKey": f"{{}}:{i}", "truncatedAlerts": 0, "status": "firing", "receiver": "bot",
-            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "", "alerts": [alert],
-        }
-        batch += [body] * 3
-    random.Random(7).shuffle(batch)
-    return batch
+async def executions(address: str, task_queue: str, expected: int, timeout: float = 120.0) -> tuple[int, int]:
+    """(executions, distinct workflow ids) on the queue, once visibility has caught up (or timed out)."""
+    client = await Client.connect(address)
+    deadline = time.monotonic() + timeout
+    seen: tuple[int, int] = (-1, -1)
+    while True:
+        runs = [w.id async for w in client.list_workflows(f'TaskQueue = "{task_queue}"')]
+        now = (len(runs), len(set(runs)))
+        if (now[0] >= expected and now == seen) or time.monotonic() > deadline:
+            return now
+        seen = now
+        await asyncio.sleep(1.0)
 
 
-async def bounded(concurrency: int, jobs: list[Any], work: Any) -> list[Any]:
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    for job in jobs:
-        queue.put_nowait(job)
-    results: list[Any] = []
-
-    async def runner() -> None:
-        while not queue.empty():
-            results.append(await work(queue.get_nowait()))
-
-    await asyncio.gather(*(runner() for _ in range(concurrency)))
-    return results
+def summary(lines: list[dict[str, Any]]) -> tuple[float, collections.Counter, list[float], int]:
+    """(elapsed s, outcomes, per-delivery ms, non-200 answers) from a load process's output."""
+    [last] = [line["summary"] for line in lines if "summary" in line]
+    samples = [line for line in lines if "ms" in line]
+    return (last["elapsed"], collections.Counter(last["outcomes"]), [s["ms"] for s in samples],
+            sum(s["status"] != 200 for s in samples))
 
 
-async def bot_side(
-    client: Client, address: str, tmp: Path, alerts: int, concurrency: int, audit_url: str | None = None
-) -> tuple[float, collections.Counter]:
-    (tmp / "playbooks").mkdir()
-    (tmp / "playbooks" / "storm.yaml").write_text(PLAYBOOK)
-    port = free_port()
-    settings = Settings(
-        data_dir=tmp / "data", playbooks_dir=tmp / "playbooks", policies_dir=ROOT / "policies", http_port=port,
-        alertmanager_token=TOKEN, task_queue=f"storm-{uuid.uuid4()}", audit_url=audit_url,
-    )
-    catalog = load_directory(settings.playbooks_dir)
-    env = {
-        "PLAYBOOK_BOT_DATA_DIR": str(settings.data_dir), "PLAYBOOK_BOT_POLICIES_DIR": str(settings.policies_dir),
-        "PLAYBOOK_BOT_TASK_QUEUE": settings.task_queue, "PLAYBOOK_BOT_LOG_LEVEL": "WARNING",
-        **({"PLAYBOOK_BOT_AUDIT_URL": audit_url} if audit_url else {}),
-    }
-    async with worker_deps(settings) as deps, worker_process(address, settings.task_queue, "bot", env):
-        http = _Http(settings, create_app(Readiness(), front_door(settings, client, catalog, deps.policy, deps.audit)))
-        await http.start()
-        try:
-            # Alertmanager is another process: so is the load, or it would steal the bot's loop.
-            load = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.alert_storm", "--load", f"http://127.0.0.1:{port}",
-                "--alerts", str(alerts), "--concurrency", str(concurrency),
-                stdout=asyncio.subprocess.PIPE, cwd=ROOT,
-            )
-            out, _ = await load.communicate()
-            report = json.loads(out)
-        finally:
-            await http.stop()
-    elapsed = report["elapsed"]
-    outcomes = collections.Counter(report["outcomes"])
-    runs = [w async for w in client.list_workflows(f'TaskQueue = "{settings.task_queue}"')]
-    outcomes["workflows"] = len({w.id for w in runs})
-    return elapsed, outcomes
-
-
-async def load(url: str, alerts: int, concurrency: int) -> None:
-    """The load generator (a child process): deliver everything, print elapsed and outcomes."""
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(url, connector=connector) as web:
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-
-        async def deliver(body: dict[str, Any]) -> list[str]:
-            async with web.post("/alertmanager", json=body, headers=headers) as response:
-                response.raise_for_status()
-                return [o["outcome"] for o in await response.json()]
-
-        bodies = deliveries(alerts)
-        started = time.perf_counter()
-        results = await bounded(concurrency, bodies, deliver)
-        elapsed = time.perf_counter() - started
-    print(json.dumps({"elapsed": elapsed, "outcomes": collections.Counter(o for r in results for o in r)}))
-
-
-async def floor_side(
-    client: Client, address: str, alerts: int, concurrency: int
-) -> tuple[float, collections.Counter]:
+async def floor_side(topo: Topology, address: str, alerts: int, concurrency: int, seed: int) -> dict[str, Any]:
     queue = f"storm-floor-{uuid.uuid4()}"
-    ids = [f"floor-{i:016x}" for i in range(alerts)] * 3
-    random.Random(7).shuffle(ids)
-    async with worker_process(address, queue, "floor"):
-
-        async def start(workflow_id: str) -> str:
-            await client.start_workflow(
-                BaselineFiveSteps.run, 1, id=workflow_id, task_queue=queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            )
-            return "ok"
-
-        started = time.perf_counter()
-        await bounded(concurrency, ids, start)
-        elapsed = time.perf_counter() - started
-    runs = [w async for w in client.list_workflows(f'TaskQueue = "{queue}"')]
-    return elapsed, collections.Counter({"workflows": len({w.id for w in runs})})
+    worker = await topo.floor_worker(address, queue)
+    lines = await topo.load("starts", address, queue, "--alerts", str(alerts), "--concurrency", str(concurrency),
+                            "--seed", str(seed))
+    elapsed, outcomes, ms, failed = summary(lines)
+    runs, ids = await executions(address, queue, alerts)
+    await asyncio.to_thread(worker.stop)  # idle from here on: its pollers must not weigh on the bot's side
+    return {"elapsed": elapsed, "outcomes": outcomes, "ms": ms, "failed": failed, "runs": runs, "ids": ids}
 
 
-async def main(alerts: int, concurrency: int, audit: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp, audit_store(audit) as audit_url:
-        server = DevServer(Path(tmp) / "temporal", port=free_port(), ui_port=free_port())
-        await server.start()
-        try:
-            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-            floor_s, floor_counts = await floor_side(client, server.address, alerts, concurrency)
-            await asyncio.sleep(2)
-            bot_s, outcomes = await bot_side(client, server.address, Path(tmp), alerts, concurrency, audit_url)
-        finally:
-            await server.stop()
-    floor_rate, bot_rate = alerts / floor_s, alerts / bot_s
-    where = "PostgreSQL" if audit_url else "SQLite"
-    print(f"\nAlert storm: {alerts} distinct alerts x 3 deliveries, {concurrency} concurrent, same Temporal server, "
-          f"audit store {where}\n")
-    print(f"{'':44} {'seconds':>8} {'episodes/s':>11} {'ratio':>6}")
-    print(f"{'bare client starts, attach-to-existing (floor)':44} {floor_s:8.2f} {floor_rate:11.1f} {1.0:6.2f}")
-    print(f"{'bot /alertmanager (auth, route, policy, audit)':44} {bot_s:8.2f} {bot_rate:11.1f} {bot_rate / floor_rate:6.2f}")
-    print(f"\noutcomes: {dict(outcomes)}; floor workflows: {floor_counts['workflows']}")
-    exact = outcomes["started"] == alerts and outcomes["workflows"] == alerts
-    exact = exact and outcomes["attached"] + outcomes["already_handled"] == 2 * alerts
-    print(f"exactly {alerts} runs, none lost, none twice: {'yes' if exact else 'NO'}")
-    print("goal: ratio >= 0.70")
+async def bot_side(topo: Topology, url: str, address: str, queue: str, alerts: int, concurrency: int, seed: int) -> dict[str, Any]:
+    lines = await topo.load("alerts", url, "--alerts", str(alerts), "--concurrency", str(concurrency), "--seed", str(seed))
+    elapsed, outcomes, ms, failed = summary(lines)
+    runs, ids = await executions(address, queue, alerts)
+    return {"elapsed": elapsed, "outcomes": outcomes, "ms": ms, "failed": failed, "runs": runs, "ids": ids}
+
+
+async def main(alerts: int, concurrency: int, shape: str, audit: str, profile: Path | None) -> None:
+    seed = int(time.time()) % 0xFFFF  # fresh fingerprints: a rerun on a kept server is not all attaches
+    with tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp_name, audit_store(audit) as audit_url:
+        tmp = Path(tmp_name)
+        (tmp / "playbooks").mkdir()
+        (tmp / "playbooks" / "storm.yaml").write_text(PLAYBOOK)
+        queue = f"storm-{uuid.uuid4()}"
+        env = base_env(
+            data_dir=tmp / "data", playbooks_dir=tmp / "playbooks", policies_dir=ROOT / "policies",
+            alertmanager_token=ALERT_TOKEN, envelope_key=ENVELOPE_KEY, task_queue=queue, audit_url=audit_url,
+        )
+        async with topology(tmp, profile) as topo:
+            if shape == "serve":
+                server = await topo.temporal()
+                address = server.address
+                env["PLAYBOOK_BOT_TEMPORAL_ADDRESS"] = address
+                floor = await floor_side(topo, address, alerts, concurrency, seed)
+                await topo.worker(env)
+                front = await topo.serve(env)
+            else:
+                front, address = await topo.dev(env)
+                floor = await floor_side(topo, address, alerts, concurrency, seed)
+            await asyncio.sleep(2)  # the floor's runs finish and the server settles
+            bot = await bot_side(topo, front.url, address, queue, alerts, concurrency, seed)
+            print(topo.describe())
+            layout = topo.layout()
+    if profile is not None:  # profiled processes are slower: their figures are not recorded
+        for name in ("serve", "worker") if shape == "serve" else ("dev",):
+            print(profiles.top(profile / f"{name}.prof"))
+    show(alerts, concurrency, shape, audit, floor, bot, layout, record=profile is None)
+
+
+def show(alerts: int, concurrency: int, shape: str, audit: str, floor: dict[str, Any], bot: dict[str, Any],
+         layout: list[dict[str, Any]], record: bool = True) -> None:
+    floor_rate, bot_rate = alerts / floor["elapsed"], alerts / bot["elapsed"]
+    where = "serve + worker" if shape == "serve" else "dev"
+    store = "PostgreSQL" if audit == "postgresql" else "SQLite"
+    print(f"\nAlert storm: {alerts} alerts x 3 deliveries, {concurrency} concurrent, {where}, audit {store}, "
+          f"load average {load_average()}\n")
+    print(f"{'':52} {'seconds':>8} {'episodes/s':>11} {'p50 ms':>8} {'max ms':>8} {'ratio':>6}")
+    for name, side, rate in (("floor: bare starts, USE_EXISTING (load process)", floor, floor_rate),
+                             (f"bot: /alertmanager on {where}", bot, bot_rate)):
+        ms = sorted(side["ms"])
+        print(f"{name:52} {side['elapsed']:8.2f} {rate:11.1f} {ms[len(ms) // 2]:8.1f} {ms[-1]:8.1f} "
+              f"{rate / floor_rate:6.2f}")
+    out = bot["outcomes"]
+    exact_bot = (out["started"] == alerts and out["attached"] + out["already_handled"] == 2 * alerts
+                 and bot["runs"] == bot["ids"] == alerts and bot["failed"] == 0)
+    # A bare start of an id whose run already closed starts it again (USE_EXISTING only attaches to a
+    # running one): the floor may run an id twice, it must not lose one.
+    exact_floor = floor["ids"] == alerts and floor["failed"] == 0
+    print(f"\nbot outcomes {dict(out)}; bot runs {bot['runs']} ({bot['ids']} ids), floor runs {floor['runs']} "
+          f"({floor['ids']} ids); non-200 answers: bot {bot['failed']}, floor {floor['failed']}")
+    print(f"bot: exactly {alerts} runs, none lost, none twice: {'yes' if exact_bot else 'NO'}; "
+          f"floor: all {alerts} ids started: {'yes' if exact_floor else 'NO'}")
+    ratio = bot_rate / floor_rate
+    print(f"goal: ratio {GOAL}: {ratio:.2f} -> {'met' if results.met(ratio, GOAL) else 'NOT met'}")
+    if not record:
+        print("(profiled run: not recorded in bench/results.json)")
+        return
+    name = f"alert storm, {alerts} x 3, {concurrency} concurrent, " + (
+        f"serve + worker, {store}" if shape == "serve" else f"dev, {store}")
+    notes = "" if exact_bot and exact_floor else f"NOT exactly {alerts} runs: bot {bot['runs']}/{bot['ids']}, {dict(out)}"
+    fig = results.figure(name, bot_rate, floor_rate, GOAL, "episodes/s", layout, notes=notes,
+                         exact=exact_bot and exact_floor, bot_runs=bot["runs"], floor_runs=floor["runs"])
+    label = f"storm per-delivery latency ({where}, {store})"
+    results.record(fig, samples={label: {"bot": bot["ms"], "floor (bare starts)": floor["ms"]}})
 
 
 @contextlib.contextmanager
@@ -202,6 +161,7 @@ def audit_store(audit: str) -> Iterator[str | None]:
     if audit == "sqlite":
         yield None
         return
+    sys.path.insert(0, str(ROOT))
     from tests.pg import cluster, find_bindir
 
     bindir = find_bindir()
@@ -214,12 +174,10 @@ def audit_store(audit: str) -> Iterator[str | None]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--alerts", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--shape", choices=["serve", "dev"], default="serve")
     parser.add_argument("--audit", choices=["sqlite", "postgresql"], default="sqlite")
-    parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run the bot's processes under cProfile, dump them in DIR and print their top entries")
     args = parser.parse_args()
-    if args.load:
-        asyncio.run(load(args.load, args.alerts, args.concurrency))
-    else:
-        logging.configure("INFO", "json", stream=open(os.devnull, "w"))  # the bot logs every outcome, as in production
-        asyncio.run(main(args.alerts, args.concurrency, args.audit))
+    run(main(args.alerts, args.concurrency, args.shape, args.audit, args.profile))

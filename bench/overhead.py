@@ -1,9 +1,12 @@
-"""Engine overhead: a 5-step no-op playbook vs a hand-written 5-activity workflow.
+"""Engine overhead: a 5-step no-op playbook vs a hand-written 5-activity workflow, median run time.
 
-Same dev server, same worker, runs interleaved and spaced the same way (back-to-back runs on the
-dev server slow down), durations from Temporal's own start and close times.
+Both workers are their own processes on one Temporal dev server process: `playbook-bot worker`
+runs the playbook (five `core.log` steps, the cheapest shipped action, under the shipped policy),
+a plain temporalio worker (bench/workers.py) runs BaselineFiveSteps. Runs alternate one at a time,
+the same gap apart (back-to-back runs on the dev server slow down); each duration is Temporal's own
+start-to-close time from the run's history. Goal: median bot / floor <= 1.10.
 
-    .venv/bin/python -m bench.overhead [--runs 20] [--gap 0.3]
+    .venv/bin/python -m bench.overhead [--runs 20] [--gap 0.5]
 """
 
 from __future__ import annotations
@@ -14,40 +17,24 @@ import statistics
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
 
-from bench.baseline import BaselineFiveSteps, noop
-from bot.actions.base import ActionContext, ActionParams, action
-from bot.devstack import DevServer, free_port
-from bot.engine.state import RunInput, TriggerContext
-from bot.engine.worker import make_worker, worker_deps
-from bot.engine.workflow import PlaybookRun
-from bot.playbook.model import Playbook
-from bot.settings import Settings
+from bench import results
+from bench.baseline import BaselineFiveSteps
+from bench.topology import ENVELOPE_KEY, ROOT, base_env, load_average, run, topology
+from bot.engine.runs import start_run
+from bot.engine.state import TriggerContext
+from bot.identity.principals import Actor
+from bot.identity.proofs import Keyring
+from bot.playbook.loader import load_directory
 
+GOAL = "<= 1.1"
 STEPS = 5
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
-
-
-class NoopParams(ActionParams):
-    pass
-
-
-class BenchActions:
-    @action("bench.noop", NoopParams)
-    async def noop(self, params: NoopParams, ctx: ActionContext) -> dict[str, Any]:
-        """Does nothing: what is measured is the engine around it."""
-        return {}
-
-
-def noop_playbook() -> Playbook:
-    return Playbook.model_validate(
-        {"name": "bench-noop", "steps": [{"id": f"s{i}", "action": "bench.noop"} for i in range(STEPS)]}
-    )
+PLAYBOOK = "name: bench-noop\nsteps:\n" + "".join(
+    f"  - {{id: s{i}, action: core.log, with: {{message: step {i}}}}}\n" for i in range(STEPS)
+)
 
 
 async def duration_ms(client: Client, workflow_id: str) -> float:
@@ -62,46 +49,50 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def main(runs: int, gap: float) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        server = DevServer(Path(tmp), port=free_port(), ui_port=free_port())
-        await server.start()
-        try:
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "playbooks").mkdir()
+        (tmp / "playbooks" / "noop.yaml").write_text(PLAYBOOK)
+        queue, floor_queue = f"overhead-{uuid.uuid4()}", f"overhead-floor-{uuid.uuid4()}"
+        async with topology(tmp) as topo:
+            server = await topo.temporal()
+            env = base_env(temporal_address=server.address, task_queue=queue, data_dir=tmp / "data",
+                           playbooks_dir=tmp / "playbooks", policies_dir=ROOT / "policies", envelope_key=ENVELOPE_KEY)
+            await topo.worker(env)
+            await topo.floor_worker(server.address, floor_queue)
             client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-            queue = f"bench-{uuid.uuid4()}"
-            settings = Settings(data_dir=Path(tmp) / "data", policies_dir=POLICIES)
-            async with worker_deps(settings, extra_providers=[BenchActions()]) as deps:
-                worker = make_worker(client, queue, deps.activities)
-                baseline_worker = Worker(client, task_queue=queue + "-base", workflows=[BaselineFiveSteps], activities=[noop])
-                async with worker, baseline_worker:
-                    pb = noop_playbook()
-                    run_input = RunInput(playbook=pb, playbook_hash=pb.content_hash(), trigger=TriggerContext(requested_by="bench"))
-                    engine: list[float] = []
-                    base: list[float] = []
-                    for i in range(runs + 2):  # two warm-up rounds, discarded
-                        wid = f"bench-engine-{uuid.uuid4()}"
-                        status = await client.execute_workflow(PlaybookRun.run, run_input, id=wid, task_queue=queue)
-                        assert status.state == "completed", status
-                        await asyncio.sleep(gap)
-                        bid = f"bench-base-{uuid.uuid4()}"
-                        await client.execute_workflow(BaselineFiveSteps.run, STEPS, id=bid, task_queue=queue + "-base")
-                        await asyncio.sleep(gap)
-                        if i >= 2:
-                            engine.append(await duration_ms(client, wid))
-                            base.append(await duration_ms(client, bid))
-        finally:
-            await server.stop()
-    rows = [
-        ("hand-written workflow (baseline)", base),
-        ("PlaybookRun, 5-step no-op playbook", engine),
-    ]
-    print(f"\nEngine overhead: {runs} runs each, interleaved, {gap}s apart, Temporal start->close time\n")
-    print(f"{'':38} {'median ms':>10} {'p95 ms':>10} {'ratio (median)':>15} {'ratio (p95)':>12}")
-    for name, values in rows:
-        print(
-            f"{name:38} {statistics.median(values):10.1f} {pct(values, 0.95):10.1f} "
-            f"{statistics.median(values) / statistics.median(base):15.2f} {pct(values, 0.95) / pct(base, 0.95):12.2f}"
-        )
-    print("\ngoal: ratio (median) <= 1.10")
+            loaded = load_directory(tmp / "playbooks").get("bench-noop")
+            actor = Actor("api:bench", "bench", (), "api")  # as the API front door signs it
+            keyring = Keyring(ENVELOPE_KEY.encode())
+            bot: list[float] = []
+            floor: list[float] = []
+            for i in range(runs + 2):  # two warm-up rounds, discarded
+                trigger = TriggerContext(kind="api", requested_by=actor.principal)
+                handle = await start_run(client, queue, loaded, {}, trigger, actor=actor, keyring=keyring)
+                status = await handle.result()
+                assert status.state == "completed", status
+                await asyncio.sleep(gap)
+                floor_id = f"overhead-floor-{uuid.uuid4()}"
+                await client.execute_workflow(BaselineFiveSteps.run, STEPS, id=floor_id, task_queue=floor_queue)
+                await asyncio.sleep(gap)
+                if i >= 2:
+                    bot.append(await duration_ms(client, handle.id))
+                    floor.append(await duration_ms(client, floor_id))
+            print(topo.describe())
+            topo.note(f"runs started and awaited from the bench process, one at a time, {gap}s apart")
+            layout = topo.layout()
+    print(f"\nEngine overhead: {runs} runs each, alternating, {gap}s apart, Temporal start->close time, "
+          f"load average {load_average()}\n")
+    print(f"{'':44} {'median ms':>10} {'p95 ms':>10} {'ratio (median)':>15} {'ratio (p95)':>12}")
+    for name, values in (("floor: hand-written 5-activity workflow", floor),
+                         (f"bot: {STEPS}-step core.log playbook", bot)):
+        print(f"{name:44} {statistics.median(values):10.1f} {pct(values, 0.95):10.1f} "
+              f"{statistics.median(values) / statistics.median(floor):15.2f} {pct(values, 0.95) / pct(floor, 0.95):12.2f}")
+    ratio = statistics.median(bot) / statistics.median(floor)
+    print(f"\ngoal: ratio (median) {GOAL}: {ratio:.2f} -> {'met' if results.met(ratio, GOAL) else 'NOT met'}")
+    fig = results.figure(f"engine overhead, {STEPS}-step no-op playbook vs 5-activity workflow, median run",
+                         statistics.median(bot), statistics.median(floor), GOAL, "ms", layout)
+    results.record(fig, samples={"run durations (engine overhead)": {"bot": bot, "floor (hand-written)": floor}})
 
 
 if __name__ == "__main__":
@@ -109,4 +100,4 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--gap", type=float, default=0.5)
     args = parser.parse_args()
-    asyncio.run(main(args.runs, args.gap))
+    run(main(args.runs, args.gap))

@@ -1,184 +1,172 @@
-"""Slack ack latency: bursts of 50 concurrent signed `/playbook run` commands.
+"""Slack ack latency: bursts of signed `/playbook run` commands, measured from a load process.
 
-The bot (signature check, parse, start policy, audit, workflow start, ack) against a floor
-measured in the same run: a minimal Bolt app on the same Temporal server that only verifies the
-signature, starts a workflow inside the ack window and acks, with a worker running those
-workflows. Slack allows 3 s; the goal is the bot's slowest ack <= 1.3x the floor's. Every command
-must be answered and every bot run must post its status message (to a fake Slack Web API).
+The bot as deployed (`playbook-bot serve` + `playbook-bot worker`, or `playbook-bot dev`) against
+a floor on the same Temporal server in the same run: a minimal Bolt app process that verifies the
+signature, starts a workflow inside the ack window and acks, its worker in its process
+(bench/floor_bolt.py). Three variants of the bot's commands: a working `response_url` (a local
+fake answering 200), none (older Slack bodies carry none), and a failing one (answers 500). The
+figure: the slowest ack of each burst, median over the bursts, bot / floor (goal <= 1.3), and no
+command answered other than 200 or later than 3 s.
 
-    .venv/bin/python -m bench.slack_ack [--bursts 3] [--size 50]
+    .venv/bin/python -m bench.slack_ack [--bursts 3] [--size 50] [--shape serve|dev|both]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
-import os
 import statistics
 import sys
 import tempfile
-import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from urllib.parse import urlencode
+from typing import Any
 
-import aiohttp
-from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
-from slack_bolt.async_app import AsyncApp
-from slack_sdk.web.async_client import AsyncWebClient
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from fastapi import FastAPI, Request
+from bench import results
+from bench.alert_storm import executions
+from bench.topology import (
+    ALERT_TOKEN, ENVELOPE_KEY, ROOT, SIGNING_SECRET, Topology, base_env, load_average, run, topology,
+)
 
-from bench.baseline import BaselineFiveSteps
-from bench.workers import worker_process
-from bot import logging
-from bot.devstack import DevServer, free_port
-from bot.engine.worker import worker_deps
-from bot.playbook.loader import load_directory
-from bot.server import Readiness, create_app
-from bot.services import _Http, front_door, slack_app
-from bot.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.http_server import serving  # noqa: E402
 from tests.slack.fake_slack import FakeSlack  # noqa: E402  (the fake Web API the tests use)
 
-SECRET = "bench-signing-secret"
-CHANNEL = "C0INCIDENTS"
+GOAL = "<= 1.3"
+DEADLINE_MS = 3000.0  # Slack's ack window
 PLAYBOOK = """
 name: ack
 channel: "C0INCIDENTS"
 steps:
   - {id: note, action: core.log, with: {message: "acked"}}
 """
+WARMUP = 3  # sequential commands before each load's bursts, not measured (first connections, code paths)
+VARIANTS = ("working response_url", "no response_url", "failing response_url")
 
 
-def signed(body: str) -> dict[str, str]:
-    ts = str(int(time.time()))
-    digest = hmac.new(SECRET.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
+class _ResponseUrls(BaseHTTPRequestHandler):
+    """POST /ok answers 200 as Slack does; POST /fail answers 500."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        status, body = (200, b"ok") if self.path.startswith("/ok") else (500, b"failing on purpose")
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextmanager
+def response_urls() -> Iterator[dict[str, str]]:
+    with serving(_ResponseUrls) as base:
+        yield {"working response_url": f"{base}/ok", "no response_url": "none",
+               "failing response_url": f"{base}/fail"}
+
+
+def per_burst(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The slowest ack of each burst, its median, and what missed (non-200, over 3 s)."""
+    bursts: dict[int, list[float]] = {}
+    for s in samples:
+        bursts.setdefault(s["burst"], []).append(s["ms"])
+    slowest = [max(v) for _, v in sorted(bursts.items())]
     return {
-        "X-Slack-Request-Timestamp": ts,
-        "X-Slack-Signature": f"v0={digest}",
-        "Content-Type": "application/x-www-form-urlencoded",
+        "slowest": slowest, "median_slowest": statistics.median(slowest), "ms": [s["ms"] for s in samples],
+        "non_200": sum(s["status"] != 200 for s in samples), "late": sum(s["ms"] > DEADLINE_MS for s in samples),
+        "count": len(samples),
     }
 
 
-RESPONSE_URL = ["http://127.0.0.1:9/"]  # set to the fake Slack's address (it answers and records)
+async def burst(topo: Topology, url: str, bursts: int, size: int, response_url: str) -> dict[str, Any]:
+    lines = await topo.load("slack", url, "--bursts", str(bursts), "--size", str(size), "--response-url", response_url,
+                            "--warmup", str(WARMUP))
+    return per_burst([line for line in lines if "burst" in line])
 
 
-def command(text: str) -> str:
-    return urlencode({
-        "team_id": "T0FAKE", "channel_id": CHANNEL, "user_id": "U0BENCH", "user_name": "bench",
-        "command": "/playbook", "text": text, "response_url": RESPONSE_URL[0] + "response_url",
-        "trigger_id": f"{int(time.time())}.1.{uuid.uuid4().hex[:20]}",
-    })
-
-
-async def bursts(url: str, n: int, size: int) -> list[float]:
-    """Ack latencies in ms: `n` bursts of `size` concurrent signed commands."""
-    latencies: list[float] = []
-    async with aiohttp.ClientSession() as web:
-
-        async def one() -> float:
-            body = command("run ack")
-            started = time.perf_counter()
-            async with web.post(f"{url}/slack/events", data=body, headers=signed(body)) as response:
-                await response.read()
-                assert response.status == 200, response.status
-            return (time.perf_counter() - started) * 1000
-
-        for _ in range(n):
-            latencies += await asyncio.gather(*(one() for _ in range(size)))
-            await asyncio.sleep(1)
-    return latencies
-
-
-def floor_app(client: Client, task_queue: str, fake: FakeSlack) -> FastAPI:
-    """Verify the signature, start a workflow inside the ack window, ack: nothing else."""
-    web = AsyncWebClient(token=fake.token, base_url=fake.api_url)
-    bolt = AsyncApp(signing_secret=SECRET, client=web, request_verification_enabled=True)
-
-    @bolt.command("/playbook")
-    async def run(ack, body) -> None:  # noqa: ANN001 (Bolt's injected arguments)
-        await client.start_workflow(
-            BaselineFiveSteps.run, 1, id=f"floor-{body['trigger_id']}", task_queue=task_queue
+async def shape_run(shape: str, bursts: int, size: int, fake: FakeSlack, urls: dict[str, str]) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"bench-slack-{shape}-") as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "playbooks").mkdir()
+        (tmp / "playbooks" / "ack.yaml").write_text(PLAYBOOK)
+        queue = f"ack-{uuid.uuid4()}"
+        env = base_env(
+            data_dir=tmp / "data", playbooks_dir=tmp / "playbooks", policies_dir=ROOT / "policies",
+            alertmanager_token=ALERT_TOKEN, envelope_key=ENVELOPE_KEY, task_queue=queue,
+            slack_signing_secret=SIGNING_SECRET, slack_bot_token=fake.token, slack_api_url=fake.api_url,
         )
-        await ack()
+        async with topology(tmp) as topo:
+            if shape == "serve":
+                server = await topo.temporal()
+                address = server.address
+                env["PLAYBOOK_BOT_TEMPORAL_ADDRESS"] = address
+            else:
+                front, address = await topo.dev(env)
+            floor_proc = await topo.floor_bolt(address, f"floor-{uuid.uuid4()}", fake.api_url, fake.token)
+            floor = await burst(topo, floor_proc.url, bursts, size, urls["working response_url"])
+            await asyncio.to_thread(floor_proc.stop)
+            if shape == "serve":
+                await topo.worker(env)
+                front = await topo.serve(env)
+            url = front.url
+            bot: dict[str, dict[str, Any]] = {}
+            for variant in VARIANTS:
+                await asyncio.sleep(2)  # the previous variant's runs and answers drain
+                bot[variant] = await burst(topo, url, bursts, size, urls[variant])
+            sent = sum(b["count"] for b in bot.values()) + len(VARIANTS) * WARMUP
+            runs, ids = await executions(address, queue, sent, timeout=60)
+            print(topo.describe())
+            layout = topo.layout()
+    show(shape, bursts, size, floor, bot, runs, ids, layout)
 
-    handler = AsyncSlackRequestHandler(bolt)
-    app = FastAPI()
 
-    @app.post("/slack/events")
-    async def events(request: Request):  # noqa: ANN202
-        return await handler.handle(request)
+def show(shape: str, bursts: int, size: int, floor: dict[str, Any], bot: dict[str, dict[str, Any]], runs: int,
+         ids: int, layout: list[dict[str, Any]]) -> None:
+    where = "serve + worker" if shape == "serve" else "dev"
+    print(f"\nSlack ack: {bursts} bursts of {size} signed /playbook run, {where}, load average {load_average()}\n")
+    print(f"{'':44} {'p50 ms':>8} {'slowest per burst (ms)':>26} {'median':>8} {'ratio':>6} {'non-200':>8} {'> 3 s':>6}")
+    rows = [("floor: minimal Bolt, verify + start + ack", floor)] + [(f"bot, {v}", b) for v, b in bot.items()]
+    for name, side in rows:
+        slowest = ", ".join(f"{v:.0f}" for v in side["slowest"])
+        print(f"{name:44} {statistics.median(side['ms']):8.1f} {slowest:>26} {side['median_slowest']:8.1f} "
+              f"{side['median_slowest'] / floor['median_slowest']:6.2f} {side['non_200']:8d} {side['late']:6d}")
+    answered = sum(b["count"] - b["non_200"] for b in bot.values())
+    sent = sum(b["count"] for b in bot.values()) + len(VARIANTS) * WARMUP
+    print(f"\nbot runs started: {runs} ({ids} ids) for {sent} commands sent ({len(VARIANTS) * WARMUP} of them warm-up), "
+          f"{answered} of the measured answered 200")
+    print(f"goal: ratio {GOAL} in every variant, every command 200 within 3 s")
+    figures = []
+    for variant, side in bot.items():
+        ratio = side["median_slowest"] / floor["median_slowest"]
+        fig = results.figure(
+            f"Slack ack, {bursts} bursts of {size}, slowest (median of bursts), {where}, {variant}",
+            side["median_slowest"], floor["median_slowest"], GOAL, "ms", layout,
+            non_200=side["non_200"], over_3s=side["late"], floor_non_200=floor["non_200"], floor_over_3s=floor["late"],
+            notes=(f"{side['non_200']} non-200, {side['late']} over 3 s" if side["non_200"] or side["late"] else ""),
+        )
+        fig["met"] = results.met(ratio, GOAL) and side["non_200"] == 0 and side["late"] == 0
+        figures.append(fig)
+    samples = {f"Slack ack latency ({where})": {"floor (minimal Bolt)": floor["ms"],
+                                                **{f"bot, {v}": b["ms"] for v, b in bot.items()}}}
+    results.record(*figures, samples=samples)
 
-    return app
 
-
-async def main(n: int, size: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp, FakeSlack() as fake:
-        RESPONSE_URL[0] = fake.api_url
-        server = DevServer(Path(tmp) / "temporal", port=free_port(), ui_port=free_port())
-        await server.start()
-        try:
-            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-            floor_queue = f"floor-{uuid.uuid4()}"
-            floor_settings = Settings(http_port=free_port())
-            floor_http = _Http(floor_settings, floor_app(client, floor_queue, fake))
-            async with worker_process(server.address, floor_queue, "floor"):
-                await floor_http.start()
-                floor = await bursts(f"http://127.0.0.1:{floor_settings.http_port}", n, size)
-                await floor_http.stop()
-
-            (Path(tmp) / "playbooks").mkdir()
-            (Path(tmp) / "playbooks" / "ack.yaml").write_text(PLAYBOOK)
-            settings = Settings(
-                data_dir=Path(tmp) / "data", playbooks_dir=Path(tmp) / "playbooks", policies_dir=ROOT / "policies",
-                http_port=free_port(), task_queue=f"ack-{uuid.uuid4()}", slack_signing_secret=SECRET,
-                slack_bot_token=fake.token, slack_api_url=fake.api_url,
-            )
-            catalog = load_directory(settings.playbooks_dir)
-            env = {
-                "PLAYBOOK_BOT_DATA_DIR": str(settings.data_dir), "PLAYBOOK_BOT_POLICIES_DIR": str(settings.policies_dir),
-                "PLAYBOOK_BOT_TASK_QUEUE": settings.task_queue, "PLAYBOOK_BOT_SLACK_BOT_TOKEN": fake.token,
-                "PLAYBOOK_BOT_SLACK_API_URL": fake.api_url, "PLAYBOOK_BOT_LOG_LEVEL": "WARNING",
-            }
-            async with worker_deps(settings) as deps, worker_process(server.address, settings.task_queue, "bot", env):
-                slack = slack_app(settings, client, catalog, deps.policy, deps.audit)
-                http = _Http(settings, create_app(Readiness(), front_door(settings, client, catalog, deps.policy,
-                                                                            deps.audit, slack)))
-                await http.start()
-                bot = await bursts(f"http://127.0.0.1:{settings.http_port}", n, size)
-                await http.stop()
-                deadline = time.monotonic() + 60
-                runs: list = []
-                while time.monotonic() < deadline:
-                    runs = [w async for w in client.list_workflows(f'TaskQueue = "{settings.task_queue}"')]
-                    closed = [w for w in runs if w.status and w.status.name != "RUNNING"]
-                    if len(closed) == n * size:
-                        break
-                    await asyncio.sleep(0.5)
-            posted = {c.params.get("blocks") and str(c.params["blocks"]) for c in fake.calls_to("chat.postMessage")
-                      if "thread_ts" not in c.params}
-        finally:
-            await server.stop()
-    status_messages = len([c for c in fake.calls_to("chat.postMessage") if "thread_ts" not in c.params])
-    print(f"\nSlack ack: {n} bursts of {size} concurrent signed /playbook run commands, same Temporal server\n")
-    print(f"{'':48} {'p50 ms':>8} {'slowest ms':>11} {'ratio (slowest)':>16}")
-    for name, values in (("floor: verify, start workflow, ack (minimal Bolt)", floor), ("playbook-bot", bot)):
-        print(f"{name:48} {statistics.median(values):8.1f} {max(values):11.1f} {max(values) / max(floor):16.2f}")
-    print(f"\ncommands answered: floor {len(floor)}/{n * size}, bot {len(bot)}/{n * size}; "
-          f"bot runs {len(runs)}, status messages posted {status_messages} ({len(posted)} distinct)")
-    print("goal: bot slowest ack <= 1.3x the floor's, all under 3000 ms")
+async def main(bursts: int, size: int, shapes: list[str]) -> None:
+    with FakeSlack() as fake, response_urls() as urls:
+        for shape in shapes:
+            await shape_run(shape, bursts, size, fake, urls)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bursts", type=int, default=3)
     parser.add_argument("--size", type=int, default=50)
+    parser.add_argument("--shape", choices=["serve", "dev", "both"], default="both")
     args = parser.parse_args()
-    logging.configure("INFO", "json", stream=open(os.devnull, "w"))
-    asyncio.run(main(args.bursts, args.size))
+    run(main(args.bursts, args.size, ["serve", "dev"] if args.shape == "both" else [args.shape]))

@@ -1,0 +1,287 @@
+"""The processes a bench measures, started as a user runs them, and the load process beside them.
+
+Everything here is its own OS process in its own session (process group): the Temporal dev server
+(`DevServer`, as `dev` starts it), `playbook-bot serve` and `playbook-bot worker`, or `playbook-bot
+dev`; the floors (a plain temporalio worker, a minimal Bolt app with its worker in its process); and
+the load generator (`python -m bench.load`), which prints JSON samples on stdout. The bench process
+itself only starts, waits and reads: it never serves or loads. Every process group is stopped on
+exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bot.devstack import RECORD_FILE, DevServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = Path(sys.executable).parent / "playbook-bot"
+ENVELOPE_KEY = "b" * 64  # shared by the benches' front doors and workers (`serve` refuses to start without one)
+ALERT_TOKEN = "bench-token"
+SIGNING_SECRET = "bench-signing-secret"
+
+
+def base_env(**settings: Any) -> dict[str, str]:
+    """This environment without any PLAYBOOK_BOT_* leaking in, plus the given settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLAYBOOK_BOT_")}
+    env["PLAYBOOK_BOT_LOG_FORMAT"] = "json"
+    env["PLAYBOOK_BOT_LOG_LEVEL"] = "WARNING"
+    for key, value in settings.items():
+        if value is not None:
+            env[f"PLAYBOOK_BOT_{key.upper()}"] = str(value)
+    return env
+
+
+@dataclass
+class Proc:
+    """One started process (and its process group)."""
+
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    log: Path
+    address: str = ""  # what the topology prints
+    url: str = ""  # the HTTP base URL, for a front door
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def check(self) -> None:
+        if not self.alive():
+            tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"{self.name} (pid {self.pid}) exited with code {self.popen.returncode}:\n{tail}")
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM to the group, then SIGKILL after `grace` seconds."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)  # stragglers in its group, if any
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+
+@dataclass
+class Topology:
+    """The processes of one bench; `describe()` is printed before its table."""
+
+    tmp: Path
+    profile_dir: Path | None = None  # `playbook-bot` under cProfile (bench/profiled.py), one dump per process
+    procs: list[Proc] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    _order: list[Proc | str] = field(default_factory=list)  # processes and notes, in start order
+    _loads: int = 0
+    _servers: list[DevServer] = field(default_factory=list)
+    _dev_data: list[Path] = field(default_factory=list)
+
+    def cli(self, name: str, command: str) -> list[str]:
+        """`playbook-bot COMMAND` as a user runs it, or under cProfile with --profile."""
+        if self.profile_dir is None:
+            return [str(CLI), command]
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        return [sys.executable, "-m", "bench.profiled", str(self.profile_dir / f"{name}.prof"), command]
+
+    def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None, address: str = "") -> Proc:
+        log = self.tmp / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(
+                list(argv), cwd=ROOT, env=env if env is not None else dict(os.environ),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            )
+        proc = Proc(name, list(argv), popen, log, address, address)
+        self.procs.append(proc)
+        self._order.append(proc)
+        return proc
+
+    async def temporal(self, name: str = "temporal") -> DevServer:
+        """The Temporal dev server binary as its own process, as `dev` starts it."""
+        server = DevServer(self.tmp / name, port=free_port(), ui_port=free_port())
+        await server.start()
+        self._servers.append(server)
+        self.note(f"{name:<14} pid {server.process.pid if server.process else '?':<8} {server.address}  "
+                  f"(temporal server start-dev)")
+        return server
+
+    async def serve(self, env: dict[str, str], name: str = "serve") -> Proc:
+        port = free_port()
+        env = {**env, "PLAYBOOK_BOT_HTTP_PORT": str(port)}
+        proc = self.spawn(name, self.cli(name, "serve"), env, f"http://127.0.0.1:{port}")
+        await ready(proc, proc.url)
+        return proc
+
+    async def worker(self, env: dict[str, str], name: str = "worker") -> Proc:
+        port = free_port()
+        env = {**env, "PLAYBOOK_BOT_WORKER_METRICS_PORT": str(port)}
+        proc = self.spawn(name, self.cli(name, "worker"), env, f"http://127.0.0.1:{port} (metrics)")
+        proc.url = f"http://127.0.0.1:{port}"
+        await ready(proc, proc.url)
+        return proc
+
+    async def dev(self, env: dict[str, str], name: str = "dev") -> tuple[Proc, str]:
+        """`playbook-bot dev` on ports chosen here; returns it and its embedded Temporal's address."""
+        port, temporal_port = free_port(), free_port()
+        env = {**env, "PLAYBOOK_BOT_HTTP_PORT": str(port), "PLAYBOOK_BOT_DEV_SERVER_PORT": str(temporal_port),
+               "PLAYBOOK_BOT_DEV_SERVER_UI_PORT": str(free_port())}
+        env.pop("PLAYBOOK_BOT_TEMPORAL_ADDRESS", None)
+        self._dev_data.append(Path(env["PLAYBOOK_BOT_DATA_DIR"]))
+        proc = self.spawn(name, self.cli(name, "dev"), env, f"http://127.0.0.1:{port}")
+        await ready(proc, proc.url, timeout=120)
+        address = f"127.0.0.1:{temporal_port}"
+        proc.address += f", Temporal {address} (embedded)"
+        return proc, address
+
+    async def floor_worker(self, address: str, task_queue: str, kind: str = "floor", name: str = "floor-worker") -> Proc:
+        """A plain temporalio worker process running the hand-written workflows (bench/workers.py)."""
+        proc = self.spawn(name, [sys.executable, "-m", "bench.workers", address, task_queue, kind])
+        await polling(proc, address, task_queue)
+        return proc
+
+    async def floor_bolt(self, address: str, task_queue: str, api_url: str, token: str, name: str = "floor-bolt") -> Proc:
+        """The minimal Bolt app (verify, start, ack) with its worker in its process (bench/floor_bolt.py)."""
+        port = free_port()
+        proc = self.spawn(name, [sys.executable, "-m", "bench.floor_bolt", address, task_queue, str(port),
+                                 SIGNING_SECRET, api_url, token], address=f"http://127.0.0.1:{port}")
+        await ready(proc, proc.url)
+        return proc
+
+    async def load(self, kind: str, *args: str) -> list[dict[str, Any]]:
+        """`python -m bench.load KIND ARGS` in its own process; its JSON lines, once it is done."""
+        self._loads += 1
+        name = f"load-{kind}-{self._loads}"
+        argv = [sys.executable, "-m", "bench.load", kind, *args]
+        log = self.tmp / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as err:
+            child = await asyncio.create_subprocess_exec(
+                *argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=True
+            )
+        self.note(f"{name:<14} pid {child.pid:<8} -  (python {' '.join(argv[1:])}, exits when done)")
+        try:
+            out, _ = await child.communicate()
+        finally:
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                await child.wait()
+        if child.returncode != 0:
+            raise RuntimeError(f"{name} exited {child.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+        self._order.append(line)
+
+    def describe(self) -> str:
+        def line(p: Proc | str) -> str:
+            if isinstance(p, str):
+                return p
+            argv = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(p.argv))
+            return f"{p.name:<14} pid {p.pid:<8} {p.address or '-'}  ({argv})"
+
+        return "topology (each its own process, in start order):\n  " + "\n  ".join(line(p) for p in self._order)
+
+    def layout(self) -> list[dict[str, Any]]:
+        """The topology for results.json."""
+        return [{"name": p.name, "pid": p.pid, "address": p.address, "argv": p.argv[1:]} for p in self.procs] + [
+            {"note": n} for n in self.notes
+        ]
+
+    async def close(self) -> None:
+        for proc in reversed(self.procs):
+            await asyncio.to_thread(proc.stop)
+        for data_dir in self._dev_data:  # `dev` stops its server; if it was killed instead, stop it here
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                record = json.loads((data_dir / RECORD_FILE).read_text())
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(record["pid"]), signal.SIGKILL)
+        for server in reversed(self._servers):
+            await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def topology(tmp: Path, profile_dir: Path | None = None) -> AsyncIterator[Topology]:
+    """A Topology whose processes are all stopped on the way out, however it is left (Ctrl-C too)."""
+    topo = Topology(tmp, profile_dir)
+    try:
+        yield topo
+    finally:
+        await asyncio.shield(topo.close())
+
+
+async def ready(proc: Proc, url: str, timeout: float = 90.0) -> None:
+    """Until GET url/readyz answers 200 (the process exiting first is an error)."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=5) as http:
+        while True:
+            proc.check()
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{url}/readyz")).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{proc.name} not ready at {url}/readyz after {timeout:.0f}s (log {proc.log})")
+            await asyncio.sleep(0.3)
+
+
+async def polling(proc: Proc, address: str, task_queue: str, timeout: float = 90.0) -> None:
+    """Until some worker polls `task_queue`'s workflow tasks."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+    from temporalio.client import Client
+
+    client = await Client.connect(address)
+    request = DescribeTaskQueueRequest(
+        namespace=client.namespace, task_queue=TaskQueue(name=task_queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    )
+    deadline = time.monotonic() + timeout
+    while not (await client.workflow_service.describe_task_queue(request)).pollers:
+        proc.check()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.name} not polling {task_queue} after {timeout:.0f}s (log {proc.log})")
+        await asyncio.sleep(0.3)
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run, with SIGTERM handled as Ctrl-C is: the bench is cancelled and every process it
+    started is stopped on the way out."""
+
+    async def guarded() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await main
+
+    try:
+        asyncio.run(guarded())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("bench interrupted: every process it started is stopped", file=sys.stderr)
+        sys.exit(130)
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
