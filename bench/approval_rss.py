@@ -50,7 +50,7 @@ import bot.engine.worker
 import bot.services
 from bench import results
 from bench.baseline import BaselineAwaitSignal
-from bench.topology import ENVELOPE_KEY, Proc, Topology, run, topology
+from bench.topology import ENVELOPE_KEY, Proc, run, topology
 from bot import logging
 from bot.engine.runs import RunError, get_status, start_run
 from bot.identity.principals import Actor

@@ -142,7 +142,7 @@ async def main(n: int) -> None:
     floor_p99 = pct(baseline, 0.99)
     layout = [{"note": f"one process (pid {os.getpid()}) and its policy child: EmbeddedEngine.decide vs "
                        f"regopy evaluated in this process, {n} sequential decisions each, shipped policies"}]
-    results.record(results.figure(f"policy decision p99, embedded vs regopy in-process, shipped policy",
+    results.record(results.figure("policy decision p99, embedded vs regopy in-process, shipped policy",
                                   embedded_p99, floor_p99, "<= 1.3", "ms", layout))
 
 

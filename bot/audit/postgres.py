@@ -279,12 +279,14 @@ class PostgresAuditStore:
             return conn.execute("SELECT 1 FROM audit_events WHERE run_id = %s LIMIT 1", (run_id,)).fetchone() is not None
 
     @_reconnecting
-    def run_last_recorded(self, run_id: str) -> datetime | None:
+    def run_last_recorded(self, run_id: str, exclude_execution: str | None = None) -> datetime | None:
         """When a run under this id last started or ended (see SqliteAuditStore.run_last_recorded)."""
+        own = f"{run_id}/{exclude_execution}:" if exclude_execution else "\x01"
         with self._connected("read") as conn:
             row = conn.execute(
-                "SELECT max(ts) FROM audit_events WHERE run_id = %s AND kind IN ('run_started', 'run_finished')",
-                (run_id,),
+                "SELECT max(ts) FROM audit_events WHERE run_id = %s AND kind IN ('run_started', 'run_finished')"
+                " AND left(event_id, length(%s)) != %s",
+                (run_id, own, own),
             ).fetchone()
         return parse_ts(row[0]) if row and row[0] else None
 

@@ -99,12 +99,12 @@ class AuditWriter:
             return list(events)
         return None
 
-    async def run_recorded(self, run_id: str) -> datetime | None:
+    async def run_recorded(self, run_id: str, exclude_execution: str | None = None) -> datetime | None:
         """When a run under this id last started or ended (refused runs end too); None if never,
         or without a store. Raises AuditUnavailable when the store cannot be read."""
         if self.store is None:
             return None
-        return await asyncio.to_thread(self.store.run_last_recorded, run_id)
+        return await asyncio.to_thread(self.store.run_last_recorded, run_id, exclude_execution)
 
 
 def event(

@@ -245,13 +245,17 @@ class SqliteAuditStore:
         with self._connected("read") as conn:
             return conn.execute("SELECT 1 FROM audit_events WHERE run_id = ? LIMIT 1", (run_id,)).fetchone() is not None
 
-    def run_last_recorded(self, run_id: str) -> datetime | None:
+    def run_last_recorded(self, run_id: str, exclude_execution: str | None = None) -> datetime | None:
         """When a run under this id last started or ended (its `ts`), reading only those events:
-        admission asks it for every start, and a run's step outputs can be megabytes."""
+        admission asks it for every start, and a run's step outputs can be megabytes. Events of
+        `exclude_execution` (ids `<run id>/<execution>:...`) are the asking run's own: a retried
+        first workflow task may have written them already, and they are no earlier run."""
+        own = f"{run_id}/{exclude_execution}:" if exclude_execution else "\0"
         with self._connected("read") as conn:
             row = conn.execute(
-                "SELECT max(ts) FROM audit_events WHERE run_id = ? AND kind IN ('run_started', 'run_finished')",
-                (run_id,),
+                "SELECT max(ts) FROM audit_events WHERE run_id = ? AND kind IN ('run_started', 'run_finished')"
+                " AND substr(event_id, 1, length(?)) != ?",
+                (run_id, own, own),
             ).fetchone()
         return parse_ts(row[0]) if row and row[0] else None
 

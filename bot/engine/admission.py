@@ -55,6 +55,9 @@ class AdmitRequest(BaseModel):
     temporal_parent: str | None = Field(
         None, description="The workflow that started this run, as Temporal recorded it (None: a client did)."
     )
+    execution: str | None = Field(
+        None, description="This run's execution as its event ids carry it: its own events are no earlier run."
+    )
 
 
 class Admission(BaseModel):
@@ -98,7 +101,7 @@ class Admitter:
         trigger = request.trigger
         unverified = Requester(principal=trigger.requested_by, person=trigger.requested_by)
         with structlog.contextvars.bound_contextvars(run_id=request.run_id, playbook=request.playbook.name):
-            if problem := await self._run_id_problem(request.run_id, request.proof):
+            if problem := await self._run_id_problem(request.run_id, request.proof, request.execution):
                 return self._refuse(RUN_ID, problem, unverified, request.params)
             try:
                 principals.check(trigger.requested_by)
@@ -144,7 +147,7 @@ class Admitter:
             return Admission(allow=True, params=params, requester=requester, provenance=sources, lock_key=key,
                              foreach_max=foreach_max)
 
-    async def _run_id_problem(self, run_id: str, proof: Proof | None) -> str | None:
+    async def _run_id_problem(self, run_id: str, proof: Proof | None, execution: str | None) -> str | None:
         """A run id names one run at a time. Temporal starts a closed workflow id again for any
         client that asks, which could replay an earlier run's start proof. So an id already on
         the record is admitted again only with a start proof issued more than START_SKEW after that
@@ -158,7 +161,7 @@ class Admitter:
         run is refused as not checked): with the audit spool a run acts while the store is down,
         so "unknown" must not admit a replayed proof and the identity it vouches for."""
         try:
-            earlier = await self.audit.run_recorded(run_id)
+            earlier = await self.audit.run_recorded(run_id, execution)
         except AuditUnavailable as exc:
             if proof is None:
                 log.error("audit store unreadable: cannot tell whether this run id was used before", error=str(exc))

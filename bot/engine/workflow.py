@@ -709,6 +709,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                     started_at=workflow.info().start_time,
                     parent=input.parent,
                     temporal_parent=workflow.info().parent.workflow_id if workflow.info().parent else None,
+                    execution=self._execution(),
                 ),
                 result_type=Admission,
                 start_to_close_timeout=ADMIT_TIMEOUT,

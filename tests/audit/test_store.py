@@ -157,3 +157,19 @@ def test_run_last_recorded_is_the_newest_start_or_end_of_that_run_only(store) ->
                   make(9, "r2", EventKind.run_started)])
     assert store.run_last_recorded("r1") == at + timedelta(seconds=3)
     assert store.run_last_recorded("r2") == at + timedelta(seconds=9)
+
+
+def test_run_last_recorded_leaves_out_the_asking_executions_own_events(store) -> None:
+    """A retried first workflow task asks admission again after its run wrote `run_started`
+    (a locked playbook flushes it in that task): its own events are no earlier run. Another
+    execution's under the same run id still are."""
+    from datetime import UTC, datetime
+
+    from bot.audit.events import AuditEvent, EventKind
+
+    at = datetime(2026, 12, 3, 3, 0, tzinfo=UTC)
+    store.append([AuditEvent(event_id="r_1/abc:started", ts=at, run_id="r_1", kind=EventKind.run_started, actor="system")])
+    assert store.run_last_recorded("r_1", "abc") is None
+    assert store.run_last_recorded("r_1", "abd") == at
+    assert store.run_last_recorded("r_1", "ab") == at  # a prefix of the execution is another one
+    assert store.run_last_recorded("r_1") == at
