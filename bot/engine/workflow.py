@@ -13,7 +13,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy as TemporalRetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -71,8 +71,13 @@ VOTES_PATCH = "refused-votes-v1"  # refused voters remembered (validator), bound
 ALERT_FACTS = ("status", "labels", "fingerprint", "startsAt")  # what of the alert a vote's approver check carries
 TRUST_PATCH = "trust-v1"  # the worker admits the run, checks proofs and decides cancels itself
 OUTPUTS_PATCH = "outputs-v1"  # large outputs stay in the audit trail; the outputs a run keeps have a budget
-# Every patch above (and the spool's two) at once: a new run records this one marker.
+# Every patch above (and the spool's two) at once: a new run records this one marker. From it on,
+# LOCAL_ACTIONS also run as local activities.
 ENGINE_PATCH = "engine-v2"
+# Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
+# workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
+# record first, params check, masking and retries; policy and approval gates come before it as for any step.
+LOCAL_ACTIONS = frozenset({"core.log"})
 ADMIT_TIMEOUT = timedelta(seconds=30)
 ANONYMOUS_CANCELS_AUDITED = 10
 CANCEL_REFUSED = "CancelRefused"
@@ -214,6 +219,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._lock_taken = False  # the lock's answer is confirmed: no later notice changes it
         self._refused_answers: dict[str, int] = {}  # core.confirm answers refused per step (v1.1)
         self._outputs_kept = False  # outputs-v1: set first thing in run(), like _trusted
+        self._local_light = False  # engine-v2: LOCAL_ACTIONS run as local activities
         self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
         self._output_bytes = 0  # of outputs kept in state, against RUN_OUTPUT_BUDGET
         self._foreach_setup()  # foreach groups (format v1.1, bot/engine/foreach.py)
@@ -498,6 +504,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 self._spool = True
             self._wait_held = self._spool
             self._slack_beside = bool(self._channel)
+            self._local_light = True
             return
         self._trusted = workflow.patched(TRUST_PATCH)
         self._outputs_kept = workflow.patched(OUTPUTS_PATCH)  # here, before any activity (see _has)
@@ -1103,17 +1110,21 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             keep=self._keep(step_id, compensation),
         )
         self._handed(queued)
+        summary = f"{step_id}{' (undo)' if compensation else ''}{' (fallback)' if fallback else ''}"
         try:
-            result = await workflow.execute_activity(
-                action,
-                input,
-                result_type=ActionResult,
-                start_to_close_timeout=timeout,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT,
-                retry_policy=_retry(retry),
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"{step_id}{' (undo)' if compensation else ''}{' (fallback)' if fallback else ''}",
-            )
+            if self._local_light and action in LOCAL_ACTIONS:
+                result = await self._local_action(action, input, timeout, retry, summary)
+            else:
+                result = await workflow.execute_activity(
+                    action,
+                    input,
+                    result_type=ActionResult,
+                    start_to_close_timeout=timeout,
+                    heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                    retry_policy=_retry(retry),
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    summary=summary,
+                )
         except BaseException as exc:
             self._returned(queued)
             self._put_back(queued)  # written or not, ids make a second write a no-op
@@ -1124,6 +1135,30 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         if spooled:
             self._kept(queued, result.unrecorded, at, mode)
         return result
+
+    async def _local_action(
+        self, action: str, input: ActionInput, timeout: timedelta, retry: RetryPolicy, summary: str
+    ) -> ActionResult:
+        """A LOCAL_ACTIONS action as a local activity. Its failure comes back as the failure itself
+        (ApplicationError, TimeoutError, CancelledError), not wrapped as an activity's is: wrapped
+        here, so every caller reads the two alike (describe_failure, cancel, unrecorded events)."""
+        try:
+            return await workflow.execute_local_activity(
+                action,
+                input,
+                result_type=ActionResult,
+                start_to_close_timeout=timeout,
+                retry_policy=_retry(retry),
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=summary,
+            )
+        except FailureError as exc:
+            if isinstance(exc, ActivityError):
+                raise
+            raise ActivityError(
+                f"local activity {action} failed", scheduled_event_id=0, started_event_id=0, identity="",
+                activity_type=action, activity_id="", retry_state=None,
+            ) from exc
 
     def _keep_started(self, exc: BaseException, input: ActionInput, mode: AuditMode, at: int, max_attempts: int) -> None:
         """An action that may have acted unrecorded failed: keep its started event. Its failure

@@ -3,6 +3,7 @@ and its history replays against today's code; older histories replay too (tests/
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -59,6 +60,60 @@ steps:
   - {id: second, action: core.log, with: {message: second}}
   - {id: third, action: core.log, with: {message: third}}
 """
+
+BAD_LOG = """
+name: bad-log
+steps:
+  - {id: first, action: core.log, with: {message: first}}
+  - {id: broken, action: core.log, with: {level: loud}}
+"""
+
+
+async def run_with_real_worker(dev_env, tmp_path, text: str):
+    pb = playbook(text)
+    settings = Settings(data_dir=tmp_path / "data", policies_dir=POLICIES)
+    async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
+        async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as w:
+            handle = await dev_env.client.start_workflow(
+                PlaybookRun.run, run_input(pb), id=f"run-{uuid.uuid4()}", task_queue=w.task_queue
+            )
+            status = await handle.result()
+        events = await asyncio.to_thread(deps.audit.events, handle.id)
+    return status, await handle.fetch_history(), events
+
+
+async def test_core_log_runs_as_a_local_activity_with_its_record_first(dev_env, tmp_path):
+    """No activity task for core.log steps (engine-v2), and each step's record is still written
+    before it acts, in order, run_finished last."""
+    status, history, events = await run_with_real_worker(dev_env, tmp_path, LOGS)
+    assert status.state == "completed"
+    assert [s.output for s in status.steps] == [{"message": "first logs"}, {"message": "second"}, {"message": "third"}]
+    scheduled = [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")]
+    assert scheduled == []
+    local = [e for e in history.events if e.HasField("marker_recorded_event_attributes")
+             and e.marker_recorded_event_attributes.marker_name == "core_local_activity"]
+    assert len(local) == 4  # run.admit and the three steps
+    kinds = [(e.step_id, e.kind.value) for e in events]
+    assert kinds == [
+        (None, "run_started"),
+        ("first", "step_started"), ("first", "step_succeeded"),
+        ("second", "step_started"), ("second", "step_succeeded"),
+        ("third", "step_started"), ("third", "step_succeeded"),
+        (None, "run_finished"),
+    ]
+    replayer = Replayer(workflows=[PlaybookRun, KeyLock], data_converter=pydantic_data_converter,
+                        workflow_runner=workflow_runner())
+    assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None
+
+
+async def test_a_local_core_log_with_bad_params_fails_its_step(dev_env, tmp_path):
+    status, _, events = await run_with_real_worker(dev_env, tmp_path, BAD_LOG)
+    assert status.state == "compensated"
+    broken = status.step("broken")
+    assert broken.state == "failed" and broken.attempts == 1
+    assert "core.log: bad params" in (broken.error or "") and "message" in (broken.error or "")
+    assert ("broken", "step_failed") in [(e.step_id, e.kind.value) for e in events]
+
 
 async def test_an_unsandboxed_worker_makes_histories_the_sandbox_replays(dev_env, tmp_path):
     """make_worker(sandboxed=False), the faster runner: same outcome, and its history replays
