@@ -92,9 +92,14 @@ async def alerts(url: str, count: int, concurrency: int, seed: int) -> None:
                 [outcome] = await response.json()
                 return {"status": 200, "outcome": outcome["outcome"]}
 
-        started = time.perf_counter()
-        samples = await bounded(concurrency, triplicated(count, seed), deliver)
-        elapsed = time.perf_counter() - started
+        await storm(concurrency, count, seed, deliver)
+
+
+async def storm(concurrency: int, count: int, seed: int, deliver: Any) -> None:
+    """Every id three times, `concurrency` at once; each delivery's sample, then the summary."""
+    started = time.perf_counter()
+    samples = await bounded(concurrency, triplicated(count, seed), deliver)
+    elapsed = time.perf_counter() - started
     for sample in samples:
         emit(sample)
     emit({"summary": {"elapsed": elapsed, "outcomes": collections.Counter(s["outcome"] for s in samples)}})
@@ -115,12 +120,7 @@ async def starts(address: str, task_queue: str, count: int, concurrency: int, se
         )
         return {"status": 200, "outcome": "ok"}
 
-    started = time.perf_counter()
-    samples = await bounded(concurrency, triplicated(count, seed), start)
-    elapsed = time.perf_counter() - started
-    for sample in samples:
-        emit(sample)
-    emit({"summary": {"elapsed": elapsed, "outcomes": collections.Counter(s["outcome"] for s in samples)}})
+    await storm(concurrency, count, seed, start)
 
 
 def signed(body: str) -> dict[str, str]:
