@@ -31,7 +31,7 @@ from typing import Any
 from temporalio.client import Client
 
 from bench import profiles, results
-from bench.topology import ALERT_TOKEN, ENVELOPE_KEY, ROOT, Topology, base_env, load_average, run, topology
+from bench.topology import ALERT_TOKEN, ENVELOPE_KEY, ROOT, CpuMeter, Topology, base_env, load_average, run, topology
 
 GOAL = ">= 0.7"
 PLAYBOOK = """
@@ -71,17 +71,22 @@ def summary(lines: list[dict[str, Any]]) -> tuple[float, collections.Counter, li
 async def floor_side(topo: Topology, address: str, alerts: int, concurrency: int, seed: int) -> dict[str, Any]:
     queue = f"storm-floor-{uuid.uuid4()}"
     worker = await topo.floor_worker(address, queue)
-    lines = await topo.load("starts", address, queue, "--alerts", str(alerts), "--concurrency", str(concurrency),
-                            "--seed", str(seed))
+    with CpuMeter(topo) as cpu:
+        lines = await topo.load("starts", address, queue, "--alerts", str(alerts), "--concurrency", str(concurrency),
+                                "--seed", str(seed))
     elapsed, outcomes, ms, failed = summary(lines)
+    print(f"floor: {cpu.line(elapsed)}")
     runs, ids = await executions(address, queue, alerts)
     await asyncio.to_thread(worker.stop)  # idle from here on: its pollers must not weigh on the bot's side
     return {"elapsed": elapsed, "outcomes": outcomes, "ms": ms, "failed": failed, "runs": runs, "ids": ids}
 
 
 async def bot_side(topo: Topology, url: str, address: str, queue: str, alerts: int, concurrency: int, seed: int) -> dict[str, Any]:
-    lines = await topo.load("alerts", url, "--alerts", str(alerts), "--concurrency", str(concurrency), "--seed", str(seed))
+    with CpuMeter(topo) as cpu:
+        lines = await topo.load("alerts", url, "--alerts", str(alerts), "--concurrency", str(concurrency),
+                                "--seed", str(seed))
     elapsed, outcomes, ms, failed = summary(lines)
+    print(f"bot: {cpu.line(elapsed)}")
     runs, ids = await executions(address, queue, alerts)
     return {"elapsed": elapsed, "outcomes": outcomes, "ms": ms, "failed": failed, "runs": runs, "ids": ids}
 

@@ -285,3 +285,64 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def _tree_cpu(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each root process and its living descendants
+    (a front door's policy child, `dev`'s worker and Temporal children)."""
+    parent, used = {}, {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+        pid = int(entry.name)
+        parent[pid], used[pid] = int(fields[1]), int(fields[11]) + int(fields[12])
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = {}
+    for name, root in roots.items():
+        stack, ticks = [root], 0
+        while stack:
+            pid = stack.pop()
+            ticks += used.get(pid, 0)
+            stack.extend(children.get(pid, ()))
+        totals[name] = ticks / tick
+    return totals
+
+
+class CpuMeter:
+    """Where the machine's cores went during one side of a bench: CPU seconds per process (with its
+    children), the load processes included (reaped children of this process)."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self._start: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        roots = {p.name: p.pid for p in self.topo.procs if p.alive()}
+        roots.update({f"temporal {i}" if i else "temporal": s.process.pid
+                      for i, s in enumerate(self.topo._servers) if s.process is not None})
+        totals = _tree_cpu(roots)
+        children = os.times()
+        totals["load"] = children.children_user + children.children_system
+        return totals
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._now()
+        self.used: dict[str, float] = {}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.used = {name: end[name] - self._start.get(name, 0.0) for name in end if end[name] - self._start.get(name, 0.0) > 0.05}
+
+    def line(self, elapsed: float) -> str:
+        total = sum(self.used.values())
+        parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(self.used.items(), key=lambda kv: -kv[1]))
+        return f"CPU seconds: {parts} (total {total:.1f} in {elapsed:.1f} s = {total / elapsed:.2f} cores)"
