@@ -20,6 +20,9 @@ class Readiness:
     """Named checks /readyz runs; each returns None or why the bot is not ready."""
 
     checks: dict[str, Check] = field(default_factory=dict)
+    # Facts /readyz reports beside the checks, never failing it (the catalog hash: replicas that
+    # serve the same playbooks show the same one).
+    facts: dict[str, Callable[[], Any]] = field(default_factory=dict)
 
     async def run(self) -> dict[str, str]:
         async def one(check: Check) -> str:
@@ -102,6 +105,9 @@ def create_app(readiness: Readiness, routers: Sequence[APIRouter] = ()) -> FastA
         """Ready: every dependency check passes; the body says which one does not."""
         results = await readiness.run()
         ok = all(value == "ok" for value in results.values())
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": results}, status_code=200 if ok else 503)
+        body: dict[str, Any] = {"status": "ready" if ok else "not ready", "checks": results}
+        for name, fact in readiness.facts.items():
+            body[name] = fact()
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     return app

@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 from contextlib import AsyncExitStack
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import structlog
 import uvicorn
@@ -26,6 +26,7 @@ from bot.identity.keys import front_door_keyring, require_front_door_key
 from bot.identity.proofs import Keyring, ensure_dev_key
 from bot.identity.tokens import TokenError, TokenStore
 from bot.playbook.loader import Catalog, load_directory
+from bot.playbook.reload import LiveCatalog
 from bot.policy.engine import PolicyEngine
 from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
 from bot.settings import ConfigError, Settings
@@ -35,12 +36,27 @@ from bot.temporal import connect, tls_config
 log = structlog.get_logger(__name__)
 
 
-def load_catalog(settings: Settings) -> Catalog:
-    """The playbooks (a broken one stops the process, naming file and line); warnings are logged."""
+def load_catalog(settings: Settings) -> LiveCatalog:
+    """The playbooks (a broken one stops the process at start, naming file and line; later edits
+    are reloaded: bot/playbook/reload.py); warnings are logged."""
     catalog = load_directory(settings.playbooks_dir)
     for warning in catalog.warnings():
         log.warning("playbook warning", warning=warning)
-    return catalog
+    return LiveCatalog(settings.playbooks_dir, catalog)
+
+
+def watch_catalog(stack: AsyncExitStack, settings: Settings, live: LiveCatalog, stop: asyncio.Event,
+                  on_hangup: Callable[[], None] | None = None) -> None:
+    """Reload `live` every PLAYBOOKS_RELOAD_INTERVAL seconds and on SIGHUP while the process runs."""
+    interval = settings.playbooks_reload_interval or None  # None: SIGHUP only
+    task = asyncio.create_task(live.watch(interval, stop, on_hangup))
+
+    async def stopped() -> None:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await task
+
+    stack.push_async_callback(stopped)
 
 
 def stop_event() -> asyncio.Event:
@@ -103,8 +119,13 @@ async def serve_worker(
         readiness.checks["worker"] = flag_check(lambda: worker.is_running, "worker not running")
         readiness.checks["policies"] = policy_check(deps.policy)
         readiness.checks["audit"] = audit_check(deps.audit)
+        if deps.live is not None:
+            readiness.facts["catalog"] = deps.live.facts
     log.info("worker started", task_queue=settings.task_queue, policy=deps.policy.name, hash=deps.policy.policy_hash)
-    await _run_worker(worker, stop)
+    async with AsyncExitStack() as stack:
+        if deps.live is not None:
+            watch_catalog(stack, settings, deps.live, asyncio.Event())
+        await _run_worker(worker, stop)
     log.info("worker stopped")
 
 
@@ -139,7 +160,14 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
             "worker": flag_check(lambda: worker.running, "worker process not running (dev restarts it)"),
             "policies": policy_check(policy),
             "audit": audit_check(audit),
-        })
+        }, facts={"catalog": catalog.facts})
+
+        def hangup_worker() -> None:  # the worker child reloads its own catalog too
+            if worker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGHUP)
+
+        watch_catalog(stack, settings, catalog, stop, hangup_worker)
         if settings.alertmanager_token is None:
             log.warning("PLAYBOOK_BOT_ALERTMANAGER_TOKEN is not set: POST /alertmanager answers 401 to everyone")
         slack = slack_app(settings, client, catalog, policy, audit, keys)
@@ -149,7 +177,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
         await http.start()
         stack.push_async_callback(http.stop)
         await stack.enter_async_context(socket_mode(settings, slack))
-        announce(f"playbook-bot dev: {len(catalog)} playbook(s) from {settings.playbooks_dir}")
+        announce(f"playbook-bot dev: {len(catalog())} playbook(s) from {settings.playbooks_dir}")
         announce(f"  Temporal   {address}" + (" (embedded, data in " + str(settings.data_dir) + ")" if dev else ""))
         if dev:
             announce(f"  Web UI     {dev.ui_url}")
@@ -159,7 +187,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
         announce(f"  API        /api/v1/runs (tokens in {settings.tokens_path}: `playbook-bot token issue NAME`)")
         announce(f"  Slack      {'POST /slack/events' if slack else 'off (no bot token or signing secret)'}"
                  + (" + Socket Mode" if slack and settings.slack_app_token else ""))
-        announce(f"  Try        playbook-bot run {next(iter(catalog), 'NAME')} --wait   (Ctrl-C stops everything)")
+        announce(f"  Try        playbook-bot run {next(iter(catalog()), 'NAME')} --wait   (Ctrl-C stops everything)")
         await stop.wait()
         announce("playbook-bot dev: stopping")
 
@@ -194,8 +222,10 @@ async def run_serve(settings: Settings) -> None:
         policy, audit = await open_policy_and_audit(stack, settings)
         client = await connect(settings)
         readiness = Readiness(
-            {"temporal": temporal_check(client), "policies": policy_check(policy), "audit": audit_check(audit)}
+            {"temporal": temporal_check(client), "policies": policy_check(policy), "audit": audit_check(audit)},
+            facts={"catalog": catalog.facts},
         )
+        watch_catalog(stack, settings, catalog, stop)
         slack = slack_app(settings, client, catalog, policy, audit, keys)
         http = _Http(settings, create_app(readiness, front_door(settings, client, catalog, policy, audit, slack, keys)))
         stack.push_async_callback(drain, slack)  # queued Slack answers and audit, once HTTP takes no more
@@ -209,20 +239,22 @@ async def run_serve(settings: Settings) -> None:
 def front_door(
     settings: Settings,
     client: Client,
-    catalog: Catalog,
+    catalog: Catalog | Callable[[], Catalog],
     policy: PolicyEngine,
     audit: AuditStore,
     slack: Any = None,
     keyring: Keyring | None = None,
 ) -> list[APIRouter]:
-    """The routes that take triggers: Alertmanager, Slack and the HTTP API."""
+    """The routes that take triggers: Alertmanager, Slack and the HTTP API. `catalog` is a Catalog or
+    a callable giving the current one (a LiveCatalog that reloads)."""
+    current = _current(catalog)
     token = settings.alertmanager_token.get_secret_value() if settings.alertmanager_token else None
     keyring = keyring or front_door_keyring(settings)  # one key vouches for every door's actors
     alerts = AlertReceiver(
         AlertDeps(
             client=client,
             task_queue=settings.task_queue,
-            catalog=lambda: catalog,
+            catalog=current,
             policy=policy,
             audit=audit,
             token=token,
@@ -234,7 +266,7 @@ def front_door(
         ApiDeps(
             client=client,
             task_queue=settings.task_queue,
-            catalog=lambda: catalog,
+            catalog=current,
             policy=policy,
             audit=audit,
             tokens=api_tokens(settings),
@@ -259,10 +291,16 @@ def api_tokens(settings: Settings) -> TokenStore:
     return store
 
 
+def _current(catalog: Catalog | Callable[[], Catalog]) -> Callable[[], Catalog]:
+    if isinstance(catalog, Catalog):
+        return lambda: catalog
+    return catalog
+
+
 def slack_app(
     settings: Settings,
     client: Client,
-    catalog: Catalog,
+    catalog: Catalog | Callable[[], Catalog],
     policy: PolicyEngine,
     audit: AuditStore,
     keyring: Keyring | None = None,
@@ -272,7 +310,7 @@ def slack_app(
     if web is None or settings.slack_signing_secret is None:
         log.warning("Slack is off: set PLAYBOOK_BOT_SLACK_BOT_TOKEN and PLAYBOOK_BOT_SLACK_SIGNING_SECRET to turn it on")
         return None
-    deps = SlackDeps(client, settings.task_queue, lambda: catalog, policy, web, audit, keyring or front_door_keyring(settings))
+    deps = SlackDeps(client, settings.task_queue, _current(catalog), policy, web, audit, keyring or front_door_keyring(settings))
     return create_slack_app(settings, deps)
 
 

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     audit_checkpoint_file: Path | None = None
     audit_checkpoint_interval: float = Field(60.0, gt=0, description="Seconds between checkpoints.")
     playbooks_dir: Path = Path("playbooks")
+    # Front doors and workers look for playbook changes this often (and on SIGHUP); 0: SIGHUP only.
+    playbooks_reload_interval: float = Field(2.0, ge=0, description="Seconds between playbook change checks.")
     policies_dir: Path = Path("policies")
     secrets_file: Path | None = None
 

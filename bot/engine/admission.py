@@ -11,7 +11,7 @@ a worker with another key or catalog) decides the same way.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Callable, get_args
+from typing import Any, Awaitable, Callable, get_args
 
 import structlog
 from pydantic import BaseModel, Field
@@ -88,8 +88,12 @@ class Admitter:
         policy: PolicyEngine,
         audit: AuditWriter | None = None,
         foreach_max: int | None = None,
+        refresh: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.catalog = catalog
+        # Reload the catalog now (LiveCatalog.reload): a front door that reloaded an edit before
+        # this worker did must not have its run refused for a version this worker is about to serve.
+        self.refresh = refresh
         self.keyring = keyring
         self.policy = policy
         self.audit = audit or AuditWriter(None)
@@ -109,7 +113,9 @@ class Admitter:
                 return self._refuse(REQUESTER, f"the requester is not a principal: {exc}", unverified, request.params)
             if problem := self._parent_problem(request):
                 return self._refuse(PARENT, problem, unverified, request.params)
-            if problem := self._catalog_problem(request):
+            if (problem := self._catalog_problem(request)) and self.refresh is not None and await self.refresh():
+                problem = self._catalog_problem(request)
+            if problem:
                 return self._refuse(CATALOG, problem, unverified, request.params)
             try:
                 params = coerce_params(request.playbook, request.params)
@@ -204,7 +210,7 @@ class Admitter:
         actual = request.playbook.content_hash()
         if actual != request.playbook_hash:
             return f"the snapshot of {name!r} does not hash to the {request.playbook_hash} it claims"
-        if actual != known.hash:
+        if actual != known.hash and not self.catalog().retired(name, actual):
             return (
                 f"{name!r} at {actual[:19]} is not the version in this worker's catalog ({known.hash[:19]}): "
                 "deploy the same playbooks to front doors and workers"

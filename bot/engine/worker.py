@@ -34,6 +34,7 @@ from bot.identity.keys import worker_keyring
 from bot.identity.proofs import Keyring
 from bot.logging import mask_secrets_with
 from bot.playbook.loader import Catalog, PlaybookLoadErrors, load_directory
+from bot.playbook.reload import LiveCatalog
 from bot.policy.activities import PolicyActivities
 from bot.policy.engine import PolicyEngine, make_engine
 from bot.slack.notifier import SlackNotifier
@@ -128,21 +129,23 @@ class WorkerDeps:
     activities: list[Any]
     policy: PolicyEngine
     audit: AuditStore
-    catalog: Catalog
+    catalog: Callable[[], Catalog]  # the current catalog (a LiveCatalog reloads it)
     keyring: Keyring | None = None  # for make_worker(keyring=...): the lock messages' seals
+    live: LiveCatalog | None = None  # set when the catalog comes from PLAYBOOKS_DIR: watch it
 
 
-def worker_catalog(settings: Settings) -> Catalog:
+def worker_catalog(settings: Settings) -> LiveCatalog:
     """The playbooks this worker will run: a run whose snapshot is not among them is refused.
-    A broken file is logged and left out (the front door refuses it too)."""
+    A broken file is logged and left out (the front door refuses it too); later edits are reloaded
+    (bot/playbook/reload.py)."""
     try:
-        catalog = load_directory(settings.playbooks_dir)
+        catalog, errors = load_directory(settings.playbooks_dir), None
     except PlaybookLoadErrors as exc:
         log.error("some playbooks do not load; the worker refuses runs of them", errors=str(exc))
-        return exc.catalog
+        catalog, errors = exc.catalog, str(exc)
     for warning in catalog.warnings():
         log.warning("playbook warning", warning=warning)
-    return catalog
+    return LiveCatalog(settings.playbooks_dir, catalog, errors=errors)
 
 
 @asynccontextmanager
@@ -172,7 +175,8 @@ async def worker_deps(
                 "canceller counts as unverified (the shipped policy refuses unverified approvers in production)"
             )
         stack.callback(register_keyring(keys))  # vote validators refuse a forged proof before it is history
-        known = catalog if catalog is not None else worker_catalog(settings)
+        live = worker_catalog(settings) if catalog is None else None
+        known: Callable[[], Catalog] = live if live is not None else (lambda: catalog)
         http = await stack.enter_async_context(EgressClient(egress_rules(settings), resolver=resolver))
         providers = [*make_providers(settings, http), *extra_providers]
         secrets = SecretStore(settings.secrets_file)
@@ -180,14 +184,15 @@ async def worker_deps(
         limits = OutputLimits(settings.output_inline_max, settings.output_preview_bytes)
         actions = build_activities(providers, secrets, writer, limits)
         notifier = SlackNotifier(slack_client(settings))
-        admitter = Admitter(lambda: known, keys, policy, writer, foreach_max=settings.foreach_max)
+        admitter = Admitter(known, keys, policy, writer, foreach_max=settings.foreach_max,
+                            refresh=live.reload if live is not None else None)
         activities = actions + PolicyActivities(policy, writer, keys).all() + [
             AuditActivities(writer).record,
             notifier.sync,
             admitter.admit,
-            *CatalogActivities(lambda: known).all(),
+            *CatalogActivities(known).all(),
         ]
         if settings.audit_checkpoint_file is not None:  # signed chain heads the database cannot rewrite
             path, every = settings.audit_checkpoint_file, settings.audit_checkpoint_interval
             stack.push_async_callback(start_checkpoints(store, path, keys, every))
-        yield WorkerDeps(activities, policy, store, known, keys)
+        yield WorkerDeps(activities, policy, store, known, keys, live)

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Annotated, Any, Iterable, Iterator, Mapping, Sequence, Union, get_args, get_origin
+from typing import Annotated, Any, Callable, Iterable, Iterator, Mapping, Sequence, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Tag, ValidationError
@@ -97,11 +97,18 @@ class LoadedPlaybook:
     warnings: tuple[str, ...] = ()  # `path:line: step: message`, each worth fixing; the playbook loads
 
 
+def _none_retired(name: str, content_hash: str) -> bool:
+    return False
+
+
 class Catalog:
     """Loaded playbooks by name: a read-only mapping whose `get` explains a miss instead of returning None."""
 
     def __init__(self, playbooks: Iterable[LoadedPlaybook] = ()) -> None:
         self._by_name: dict[str, LoadedPlaybook] = {}
+        # (name, content hash) -> whether that version was replaced moments ago and is still admitted
+        # (bot/playbook/reload.py: replicas reload on their own clocks); a static catalog has none.
+        self.retired: Callable[[str, str], bool] = _none_retired
         for loaded in playbooks:
             name = loaded.playbook.name
             if name in self._by_name:

@@ -92,4 +92,5 @@ async def test_after_a_resolve_a_firing_delivery_reads_the_episode_and_starts_no
     calls.clear()
     late = await deliver(stack, alert)
     assert (late["outcome"], late["reason"].split(";")[0]) == ("already_handled", "the alert was already resolved")
+    assert late["run_id"] == run_id
     assert "start_workflow" not in [name for name, _ in calls.made()], calls.made()

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import json
 import os
 import signal
 import socket
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -209,6 +211,22 @@ def test_ready_and_recorded(stack: Stack) -> None:
     assert record is not None and pid_alive(record.pid)
     assert record.address == f"127.0.0.1:{stack.env['PLAYBOOK_BOT_DEV_SERVER_PORT']}"
     assert (stack.data_dir / "temporal.db").exists()
+
+
+def test_a_playbook_added_under_dev_runs_without_a_restart(stack: Stack) -> None:
+    """dev's front door and its worker child both pick the new file up (bot/playbook/reload.py)."""
+    def catalog() -> dict:
+        with urllib.request.urlopen(f"{stack.http}/readyz", timeout=5) as response:
+            return json.load(response)["catalog"]
+
+    before = catalog()
+    (stack.tmp / "playbooks" / "e2e-added.yaml").write_text(
+        "name: e2e-added\nsteps:\n  - {id: hi, action: core.log, with: {message: added}}\n")
+    wait_until(lambda: catalog()["playbooks"] == before["playbooks"] + 1, 20, "dev serving the added playbook")
+    assert catalog()["hash"] != before["hash"] and catalog()["errors"] is None
+    result = cli(["run", "e2e-added", "--wait", "--json"], stack.env)
+    assert result.code == 0, str(result)
+    assert result.json()["state"] == "completed"
 
 
 # ---- runs -----------------------------------------------------------------------------------

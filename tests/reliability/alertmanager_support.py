@@ -289,7 +289,8 @@ class WorkerProcess:
     """`playbook-bot worker` in its own process (as deployed: front door and worker apart), with
     its /readyz and /metrics on a port of its own."""
 
-    def __init__(self, settings: Settings, address: str, logs: Path) -> None:
+    def __init__(self, settings: Settings, address: str, logs: Path, **extra: Any) -> None:
+        """`extra`: more settings for the worker's environment (playbooks_reload_interval=...)."""
         self.metrics_port = free_port()
         env = base_env(
             temporal_address=address,
@@ -303,6 +304,7 @@ class WorkerProcess:
             slack_api_url=settings.slack_api_url,
             envelope_key=settings.envelope_key.get_secret_value() if settings.envelope_key else None,
             log_level="WARNING",
+            **extra,
         )
         self.service = Service(["worker"], env, logs, "worker")
         self.url = f"http://127.0.0.1:{self.metrics_port}"

@@ -1,0 +1,258 @@
+"""Playbooks reloaded under running processes (bot/playbook/reload.py): valid edits picked up, an
+invalid one refused with its error while the previous version is kept, removed files dropped;
+and the same end to end, a front door and a `playbook-bot worker` process reloading while alerts
+arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import httpx
+
+from bot.engine.runs import get_status
+from bot.engine.worker import open_policy_and_audit
+from bot.playbook.loader import Catalog
+from bot.playbook.reload import LiveCatalog, catalog_hash
+from bot.server import Readiness, create_app
+from bot.services import _Http, front_door, load_catalog, watch_catalog
+from bot.settings import Settings
+from tests.reliability.alertmanager_support import (
+    AUTH,
+    ENVELOPE_KEY,
+    ROOT,
+    TOKEN,
+    WorkerProcess,
+    firing,
+    webhook,
+)
+from tests.waiting import eventually, terminate_open
+from bot.devstack import free_port
+
+
+def echo(version: str, name: str = "echo") -> str:
+    return f"""
+name: {name}
+params: {{instance: {{type: string}}}}
+triggers:
+  alertmanager:
+    - matchers: ['alertname="Echo"']
+      params: {{instance: "{{{{ alert.labels.instance }}}}"}}
+steps:
+  - {{id: say, action: core.log, with: {{message: "{version} {{{{ params.instance }}}}"}}}}
+"""
+
+
+BROKEN = "name: echo\nsteps:\n  - {id: say, action: core.nope}\n"
+
+
+def write(directory: Path, name: str, text: str) -> None:
+    """Replace a file as an editor or a checkout does (a new inode, a new mtime)."""
+    temporary = directory / f".{name}.tmp"
+    temporary.write_text(text)
+    os.replace(temporary, directory / name)
+
+
+def live_over(tmp_path: Path, **files: str) -> LiveCatalog:
+    directory = tmp_path / "playbooks"
+    directory.mkdir()
+    for name, text in files.items():
+        write(directory, name, text)
+    settings = Settings(playbooks_dir=directory, data_dir=tmp_path / "data")
+    return load_catalog(settings)
+
+
+def message(catalog: Catalog, name: str = "echo") -> str:
+    return catalog.get(name).playbook.steps[0].with_["message"]
+
+
+def test_a_valid_edit_replaces_the_version_served(tmp_path):
+    live = live_over(tmp_path, **{"echo.yaml": echo("v1")})
+    first = live.hash
+    assert live.check() is False, "nothing changed"
+    write(live.directory, "echo.yaml", echo("v2"))
+    assert live.check() is True
+    assert message(live()).startswith("v2") and live.hash != first and live.errors is None
+    assert live.hash == catalog_hash(live())
+
+
+def test_an_invalid_edit_keeps_the_previous_version_and_says_why(tmp_path):
+    live = live_over(tmp_path, **{"echo.yaml": echo("v1"), "other.yaml": echo("o1", name="other")})
+    before = live.hash
+    write(live.directory, "echo.yaml", BROKEN)
+    write(live.directory, "other.yaml", echo("o2", name="other"))  # a valid edit beside it still lands
+    assert live.check() is True
+    assert message(live()).startswith("v1"), "the broken file keeps the version it had"
+    assert message(live(), "other").startswith("o2")
+    assert live.errors is not None and "echo.yaml" in live.errors and "core.nope" in live.errors
+    assert live.hash != before
+    write(live.directory, "echo.yaml", echo("v3"))
+    assert live.check() is True
+    assert message(live()).startswith("v3") and live.errors is None
+
+
+def test_a_removed_file_goes_and_a_missing_directory_keeps_everything(tmp_path):
+    live = live_over(tmp_path, **{"echo.yaml": echo("v1"), "other.yaml": echo("o1", name="other")})
+    (live.directory / "other.yaml").unlink()
+    assert live.check() is True
+    assert live().names() == ["echo"]
+    moved = live.directory.rename(tmp_path / "elsewhere")
+    assert live.check() is False and live().names() == ["echo"], "mid-swap: serve what we have"
+    assert live.errors is not None and "no such file or directory" in live.errors
+    moved.rename(live.directory)
+    live.check(force=True)
+    assert live().names() == ["echo"] and live.errors is None
+
+
+def test_a_replaced_version_is_admitted_for_a_grace_period_only(tmp_path):
+    live = live_over(tmp_path, **{"echo.yaml": echo("v1")})
+    old = live().get("echo").hash
+    write(live.directory, "echo.yaml", echo("v2"))
+    live.check()
+    new = live().get("echo").hash
+    assert live().retired("echo", old) is True and live().retired("echo", new) is False
+    assert live().retired("other", old) is False
+    live.grace = 0.0
+    write(live.directory, "echo.yaml", echo("v3"))
+    live.check()
+    assert live().retired("echo", new) is False, "no grace: a replaced version is refused at once"
+
+
+async def test_sighup_reloads_when_polling_is_off(tmp_path):
+    live = live_over(tmp_path, **{"echo.yaml": echo("v1")})
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(live.watch(None, stop))
+    await asyncio.sleep(0.1)
+    write(live.directory, "echo.yaml", echo("v2"))
+    await asyncio.sleep(0.3)
+    assert message(live()).startswith("v1"), "no polling: nothing happens until SIGHUP"
+    os.kill(os.getpid(), signal.SIGHUP)
+    await eventually(lambda: _async(message(live()).startswith("v2")), timeout=5, what="SIGHUP reload")
+    stop.set()
+    await watcher
+
+
+async def _async(value: object) -> object:
+    return value
+
+
+async def test_a_front_door_and_a_worker_process_reload_while_alerts_arrive(dev_env, tmp_path):
+    """valid v1, then v2, then a broken file, then v3: every alert is answered 200 and its run
+    completes (never refused by the worker for a version mismatch), each with the version both
+    processes serve at the time; /readyz shows the same catalog hash on both, and the error."""
+    client = dev_env.client
+    directory = tmp_path / "playbooks"
+    directory.mkdir()
+    write(directory, "echo.yaml", echo("v1"))
+    settings = Settings(data_dir=tmp_path / "data", playbooks_dir=directory, policies_dir=ROOT / "policies",
+                        http_port=free_port(), alertmanager_token=TOKEN, envelope_key=ENVELOPE_KEY,
+                        task_queue=f"tq-{uuid.uuid4()}", playbooks_reload_interval=0.2)
+    async with AsyncExitStack() as stack, httpx.AsyncClient(timeout=30) as web:
+        worker = WorkerProcess(settings, client.service_client.config.target_host, tmp_path / "logs")
+        stack.callback(worker.stop)
+        await worker.ready(web)
+        policy, audit = await open_policy_and_audit(stack, settings)
+        live = load_catalog(settings)
+        stop = asyncio.Event()
+        watch_catalog(stack, settings, live, stop)
+        app = create_app(Readiness(facts={"catalog": live.facts}), front_door(settings, client, live, policy, audit))
+        http = _Http(settings, app)
+        await http.start()
+        stack.push_async_callback(http.stop)
+        stack.push_async_callback(terminate_open, client, settings.task_queue)
+        url = f"http://127.0.0.1:{settings.http_port}"
+        sent: list[tuple[str, str]] = []  # (run id, the version served when it was answered)
+
+        async def deliver(instance: str) -> None:
+            body = webhook([firing(uuid.uuid4().hex[:16], "Echo", instance=instance)])
+            response = await web.post(f"{url}/alertmanager", json=body, headers=AUTH)
+            assert response.status_code == 200, response.text
+            [outcome] = response.json()
+            assert outcome["outcome"] == "started", outcome
+            sent.append((outcome["run_id"], message(live()).split()[0]))
+
+        async def both_serve(version: str, errors: bool = False) -> None:
+            async def agreed() -> bool:
+                worker_catalog = (await web.get(f"{worker.url}/readyz")).json().get("catalog") or {}
+                door = (await web.get(f"{url}/readyz")).json()["catalog"]
+                return (message(live()).startswith(version) and door == worker_catalog
+                        and (door["errors"] is not None) == errors)
+            await eventually(agreed, timeout=20, what=f"both processes serving {version}")
+
+        async def steady_alerts(done: asyncio.Event) -> None:
+            n = 0
+            while not done.is_set():
+                n += 1
+                await deliver(f"steady-{n}")
+                await asyncio.sleep(0.05)
+
+        done = asyncio.Event()
+        steady = asyncio.create_task(steady_alerts(done))
+        await both_serve("v1")
+        write(directory, "echo.yaml", echo("v2"))
+        await both_serve("v2")
+        write(directory, "echo.yaml", BROKEN)
+        await both_serve("v2", errors=True)
+        readyz = (await web.get(f"{url}/readyz")).json()["catalog"]
+        assert "echo.yaml" in readyz["errors"] and "core.nope" in readyz["errors"]
+        await deliver("while-broken")
+        write(directory, "echo.yaml", echo("v3"))
+        await both_serve("v3")
+        await deliver("after-fix")
+        done.set()
+        await steady
+
+        assert {version for _, version in sent} >= {"v1", "v2", "v3"}
+        for run_id, version in sent:
+            status = await eventually(lambda: _finished(client, run_id), timeout=30, what=f"{run_id} finished")
+            assert status.state == "completed", (run_id, status.state, status.error)
+            said = status.steps[0].output["message"].split()[0]
+            # Answered while the front door served `version`; the worker may run the one before or
+            # after (they reload apart), never one neither served.
+            assert said in {"v1", "v2", "v3"} and abs(int(said[1]) - int(version[1])) <= 1, (run_id, said, version)
+        stop.set()
+
+
+async def test_a_worker_behind_the_front_door_reloads_at_admission(dev_env, tmp_path):
+    """The worker polls only on SIGHUP here, so it has not seen the edit the front door serves: its
+    admission reloads before refusing a version it does not know, and the run completes."""
+    client = dev_env.client
+    directory = tmp_path / "playbooks"
+    directory.mkdir()
+    write(directory, "echo.yaml", echo("v1"))
+    settings = Settings(data_dir=tmp_path / "data", playbooks_dir=directory, policies_dir=ROOT / "policies",
+                        http_port=free_port(), alertmanager_token=TOKEN, envelope_key=ENVELOPE_KEY,
+                        task_queue=f"tq-{uuid.uuid4()}", playbooks_reload_interval=0.2)
+    async with AsyncExitStack() as stack, httpx.AsyncClient(timeout=30) as web:
+        worker = WorkerProcess(settings, client.service_client.config.target_host, tmp_path / "logs",
+                               playbooks_reload_interval=0)
+        stack.callback(worker.stop)
+        await worker.ready(web)
+        policy, audit = await open_policy_and_audit(stack, settings)
+        live = load_catalog(settings)
+        app = create_app(Readiness(facts={"catalog": live.facts}), front_door(settings, client, live, policy, audit))
+        http = _Http(settings, app)
+        await http.start()
+        stack.push_async_callback(http.stop)
+        stack.push_async_callback(terminate_open, client, settings.task_queue)
+        write(directory, "echo.yaml", echo("v2"))
+        assert live.check() is True
+        worker_hash = (await web.get(f"{worker.url}/readyz")).json()["catalog"]["hash"]
+        assert worker_hash != live.hash, "the worker has not reloaded yet"
+        body = webhook([firing(uuid.uuid4().hex[:16], "Echo", instance="late")])
+        response = await web.post(f"http://127.0.0.1:{settings.http_port}/alertmanager", json=body, headers=AUTH)
+        [outcome] = response.json()
+        assert outcome["outcome"] == "started", outcome
+        status = await eventually(lambda: _finished(client, outcome["run_id"]), timeout=30, what="the run finished")
+        assert status.state == "completed", (status.state, status.error)
+        assert status.steps[0].output["message"] == "v2 late"
+        assert (await web.get(f"{worker.url}/readyz")).json()["catalog"]["hash"] == live.hash
+
+
+async def _finished(client, run_id):
+    status = await get_status(client, run_id)
+    return status if status.state in ("completed", "failed", "compensated", "cancelled", "refused") else None
