@@ -29,6 +29,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "playbook-bot"}
 TTL_AFTER_FINISHED = 3600  # seconds: the cluster removes a Job we could not delete ourselves
 LOG_BYTES_MAX = 256 * 1024
 TAIL_LINES = 500  # per pod: the end of a log is where a diagnostic says what it found
+FETCH_BYTES = 1 << 20  # per pod read (limitBytes keeps the head of what it reads: the end is cut here)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,511}$")
 
@@ -189,7 +190,7 @@ class KubernetesJobActions:
             try:
                 text = await kube.request("GET", f"{listing}/{pod_name}/log",
                                           query={"container": "job", "tailLines": TAIL_LINES,
-                                                 "limitBytes": params.log_bytes}, text=True)
+                                                 "limitBytes": FETCH_BYTES}, text=True)
             except KubeError as exc:  # a pod already gone or never started: say so in the logs
                 text = f"(no log: {exc.reason or exc.status})\n"
             texts.append(f"--- {pod_name}\n{text}" if len(items) > 1 else text)
