@@ -170,6 +170,19 @@ def _error(status: int, raw: bytes, where: str) -> KubeError:
     return KubeError(status, "", _excerpt(raw.decode("utf-8", errors="replace")), where)
 
 
+def _exec_token_refresher(loader: Any) -> Any:
+    """A kept client outlives an exec plugin's token (EKS, GKE: minutes): before each request, run
+    the plugin again once the token has expired (the loader does nothing until then)."""
+    lock = asyncio.Lock()
+
+    async def refresh(configuration: Configuration) -> None:
+        async with lock:
+            await loader.load_from_exec_plugin()
+        configuration.api_key["BearerToken"] = loader.token
+
+    return refresh
+
+
 class KubeClients:
     """ApiClients by kubeconfig context, each loaded on first use and kept.
 
@@ -204,7 +217,7 @@ class KubeClients:
         configuration = Configuration()
         if self._kubeconfig is not None:
             try:
-                await kube_config.load_kube_config(
+                loader = await kube_config.load_kube_config(
                     config_file=str(self._kubeconfig),
                     context=context,
                     client_configuration=configuration,
@@ -213,6 +226,8 @@ class KubeClients:
             except (ConfigException, OSError, ValueError, TypeError) as exc:
                 raise ActionRefused(f"k8s: cannot use kubeconfig {self._kubeconfig} (context "
                                     f"{context or '(current)'}): {exc}") from None
+            if getattr(loader, "exec_plugin_expiry", None) is not None:
+                configuration.refresh_api_key_hook = _exec_token_refresher(loader)
         elif self._in_cluster:
             if context is not None:
                 raise ActionRefused(f"k8s: context {context!r} needs a kubeconfig: set PLAYBOOK_BOT_KUBECONFIG "
