@@ -2,8 +2,11 @@
 
 The Job's name is derived from the step's idempotency key, so a retried step finds the Job its
 earlier attempt created (the API answers 409 AlreadyExists) and waits for that one instead of
-starting another. Images must match PLAYBOOK_BOT_K8S_JOB_IMAGES: a Job runs arbitrary code in
-the cluster, so, like shell.run's allow-list, an empty list refuses every image.
+starting another. One gap is left: an attempt that deleted its finished Job and then lost its
+answer leaves nothing to find, so its retry runs the Job again (keep Jobs safe to repeat).
+
+Images must match PLAYBOOK_BOT_K8S_JOB_IMAGES: a Job runs arbitrary code in the cluster, so, like
+shell.run's allow-list, an empty list refuses every image.
 """
 
 from __future__ import annotations

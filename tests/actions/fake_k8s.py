@@ -224,6 +224,18 @@ class FakeKube:
             self._store(key, new, self.objects[key])
             self._settle(key)
 
+    def add_daemonset(self, namespace: str, name: str) -> dict[str, Any]:
+        """Desired on every node the fake knows (one when it knows none)."""
+        labels = {"app": name}
+        obj = self._create(("apps/v1", "daemonsets", namespace, name), {
+            "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": {"matchLabels": labels}, "updateStrategy": {"type": "RollingUpdate"},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "agent", "image": "agent:1"}]}}},
+        })
+        self._settle(("apps/v1", "daemonsets", namespace, name))
+        return obj
+
     def add_node(self, name: str, unschedulable: bool = False) -> dict[str, Any]:
         spec = {"unschedulable": True} if unschedulable else {}
         return self._create(("v1", "nodes", None, name), {
@@ -368,6 +380,8 @@ class FakeKube:
             state["available"] += 1
         elif state["updated"] < desired:
             state["updated"] += 1
+            if plural == "daemonsets" and state["old"] > 0:  # one pod per node: the old one goes first
+                state["old"] -= 1
         elif state["old"] > 0:
             state["old"] -= 1
         self._render(key, obj)

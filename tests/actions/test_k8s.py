@@ -120,6 +120,17 @@ async def test_a_statefulset_restart_waits_for_the_update_revision(run_action, f
     assert status["currentRevision"] == status["updateRevision"]
 
 
+async def test_a_daemonset_restart_waits_for_every_node(run_action, fake_kube: FakeKube, k8s) -> None:
+    for node in ("node-1", "node-2", "node-3"):
+        fake_kube.add_node(node)
+    fake_kube.add_daemonset("shop", "agent")
+    result = await run_action("k8s.rollout_restart", {"namespace": "shop", "name": "agent", "kind": "daemonset",
+                                                      **FAST}, k8s)
+    status = fake_kube.get("apps/v1", "daemonsets", "shop", "agent")["status"]
+    assert "successfully rolled out" in result.output["rollout"]
+    assert status["updatedNumberScheduled"] == status["numberAvailable"] == 3
+
+
 async def test_a_paused_deployment_is_not_restarted(run_failing, fake_kube: FakeKube, k8s) -> None:
     fake_kube.add_deployment("shop", "web")
     fake_kube.objects[("apps/v1", "deployments", "shop", "web")]["spec"]["paused"] = True
@@ -305,6 +316,15 @@ async def test_get_returns_the_object_without_managed_fields(run_action, fake_ku
     assert result.output["found"] is True and result.output["truncated"] is False
     assert result.output["object"]["spec"]["replicas"] == 2
     assert "managedFields" not in result.output["object"]["metadata"]
+
+
+async def test_get_bounds_a_large_object(run_action, fake_kube: FakeKube, k8s) -> None:
+    fake_kube.add_deployment("shop", "web")
+    container = fake_kube.objects[("apps/v1", "deployments", "shop", "web")]["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [{"name": f"V{i}", "value": "x" * 100} for i in range(1000)]
+    result = await run_action("k8s.get", {"kind": "Deployment", "namespace": "shop", "name": "web"}, k8s)
+    assert result.output["truncated"] is True
+    assert set(result.output["object"]) == {"apiVersion", "kind", "metadata", "status"}
 
 
 async def test_get_a_missing_object(run_action, run_failing, fake_kube: FakeKube, k8s) -> None:
