@@ -14,16 +14,16 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
 import structlog
-from kubernetes_asyncio import config as kube_config
-from kubernetes_asyncio.client import ApiClient, Configuration
-from kubernetes_asyncio.config.config_exception import ConfigException
 
 from bot.actions.base import ActionFailed, ActionRefused
+
+if TYPE_CHECKING:  # kubernetes-asyncio's client package takes a second to import: loaded on first use
+    from kubernetes_asyncio.client import ApiClient, Configuration
 
 log = structlog.get_logger("bot.actions.k8s")
 
@@ -214,6 +214,10 @@ class KubeClients:
         return self._clients[key]
 
     async def _load(self, context: str | None) -> ApiClient:
+        from kubernetes_asyncio import config as kube_config
+        from kubernetes_asyncio.client import ApiClient, Configuration
+        from kubernetes_asyncio.config.config_exception import ConfigException
+
         configuration = Configuration()
         if self._kubeconfig is not None:
             try:
