@@ -381,6 +381,12 @@ async def test_in_cluster_refuses_a_context(run_failing, fake_kube: FakeKube, tm
     assert error.type == ACTION_REFUSED and "needs a kubeconfig" in error.message
 
 
+async def test_in_cluster_without_a_service_account_is_refused(run_failing, fake_kube: FakeKube) -> None:
+    providers = [KubernetesActions(KubeClients(None, environ={"KUBERNETES_SERVICE_HOST": "10.0.0.1"}))]
+    error = await run_failing("k8s.cordon", {"node": "node-1"}, providers)
+    assert error.type == ACTION_REFUSED and "in-cluster configuration failed" in error.message
+
+
 async def test_one_client_per_context_is_kept(kube_clients: KubeClients, fake_kube: FakeKube) -> None:
     first = await kube_clients.get(None)
     assert await kube_clients.get(None) is first
