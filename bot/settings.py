@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
 
     shell_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # k8s.* actions: a kubeconfig file (a step's `context` picks one of its contexts); unset, the pod's
+    # service account when the worker runs in a cluster. Images k8s.run_job may run (fnmatch
+    # patterns such as registry.internal/diag/*); empty: it refuses all.
+    kubeconfig: Path | None = None
+    k8s_job_images: Annotated[list[str], NoDecode] = Field(default_factory=list)
     foreach_max: int = Field(500, ge=1, le=10_000, description=(
         "Items a foreach group may have in one run (format v1.1); a longer list fails the group. The worker "
         "decides at admission, so a run keeps the bound it started with."
@@ -109,7 +114,7 @@ class Settings(BaseSettings):
     def tokens_path(self) -> Path:
         return self.api_tokens_file or self.data_dir / "api-tokens.json"
 
-    @field_validator("shell_allow", "http_allow", mode="before")
+    @field_validator("shell_allow", "http_allow", "k8s_job_images", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

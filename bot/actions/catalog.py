@@ -10,6 +10,9 @@ from bot.actions.base import ACTIONS, ActionSpec
 from bot.actions.core import CoreActions
 from bot.actions.egress import EgressClient
 from bot.actions.http import HttpActions
+from bot.actions.k8s import KubernetesActions
+from bot.actions.k8s_client import KubeClients
+from bot.actions.k8s_jobs import KubernetesJobActions
 from bot.actions.playbooks import PlaybookActions
 from bot.actions.prometheus import PrometheusActions
 from bot.actions.shell import ShellActions
@@ -24,6 +27,7 @@ SLACK_TIMEOUT = 30  # seconds per Web API request: slack_sdk's own default, said
 def make_providers(settings: Settings, http: EgressClient) -> list[object]:
     """The provider objects whose `@action` methods the worker registers as activities; every
     URL-taking action shares `http`, whose connections obey the egress rules."""
+    kube = KubeClients(settings.kubeconfig)  # one ApiClient per context, shared by every k8s.* action
     return [
         CoreActions(),
         HttpActions(http),
@@ -31,6 +35,8 @@ def make_providers(settings: Settings, http: EgressClient) -> list[object]:
         AlertmanagerActions(http, settings.alertmanager_url),
         PrometheusActions(http, settings.prometheus_url),
         SlackActions(slack_client(settings)),
+        KubernetesActions(kube),
+        KubernetesJobActions(kube, settings.k8s_job_images),
         PlaybookActions(),  # run as child workflows: registered for validate and the schema
     ]
 

@@ -6,17 +6,21 @@ import json
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import pytest_asyncio
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from bot.actions.activities import build_activities
 from bot.actions.base import ActionInput, ActionResult
+from bot.actions.k8s_client import KubeClients
 from bot.actions.secrets import SecretStore
 from bot.playbook.templating import secret_names
+from tests.actions import fake_k8s
 from tests.http_server import serving
 
 RUN_ID, STEP_ID, KEY = "run-42", "restart", "run-42/restart"
@@ -155,3 +159,53 @@ def _server() -> Iterator[FakeApi]:
 def fake_api(_server: FakeApi) -> FakeApi:
     _server.requests.clear()
     return _server
+
+
+# --- Kubernetes: the fake API server (tests/actions/fake_k8s.py) and a kubeconfig pointing at it ---
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+  - name: fake
+    cluster: {{server: "{url}"}}
+users:
+  - name: bot
+    user: {{token: "{token}"}}
+  - name: stranger
+    user: {{token: not-the-token}}
+contexts:
+  - name: fake
+    context: {{cluster: fake, user: bot, namespace: shop}}
+  - name: wrong-user
+    context: {{cluster: fake, user: stranger}}
+current-context: fake
+"""
+
+
+@pytest.fixture(scope="session")
+def _kube_server() -> Iterator[fake_k8s.FakeKube]:
+    yield from fake_k8s.running()
+
+
+@pytest.fixture
+def fake_kube(_kube_server: fake_k8s.FakeKube) -> fake_k8s.FakeKube:
+    """The fake Kubernetes API, emptied for each test."""
+    _kube_server.reset()
+    return _kube_server
+
+
+@pytest.fixture
+def kubeconfig(fake_kube: fake_k8s.FakeKube, tmp_path: Path) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG.format(url=fake_kube.base_url, token=fake_k8s.TOKEN))
+    return path
+
+
+@pytest_asyncio.fixture
+async def kube_clients(kubeconfig: Path) -> AsyncIterator[KubeClients]:
+    """Clients as the worker builds them from PLAYBOOK_BOT_KUBECONFIG (short request timeout: the
+    tests that hold a response back want the client to give up on it)."""
+    clients = KubeClients(kubeconfig, environ={}, request_timeout=2.0)
+    yield clients
+    await clients.close()

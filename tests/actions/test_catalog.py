@@ -20,6 +20,14 @@ SHIPPED = {
     "prometheus.query",
     "slack.post",
     "playbook.run",
+    "k8s.rollout_restart",
+    "k8s.scale",
+    "k8s.rollout_undo",
+    "k8s.delete_pod",
+    "k8s.cordon",
+    "k8s.uncordon",
+    "k8s.run_job",
+    "k8s.get",
 }
 
 
