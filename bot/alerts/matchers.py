@@ -8,8 +8,8 @@ the input is an error. We mirror that so a trigger copied from an Alertmanager r
 same. A trigger line may hold several comma-separated matchers inside optional `{}`, as a
 `matchers:` line in Alertmanager's config may.
 
-Regexes are anchored (`^(?:re)$`) and written in Go's RE2 syntax; see `bot.alerts.re2` for how
-it maps onto Python `re`. A label the alert does not carry reads as "".
+Regexes are anchored (`^(?:re)$`) and evaluated by RE2 itself, as Alertmanager's Go `regexp`
+evaluates them (see `bot.alerts.regex`). A label the alert does not carry reads as "".
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping
 
-from bot.alerts.re2 import RE2Error, compile_anchored
+from bot.alerts.regex import AnchoredRegex, RegexError, compile_anchored
 
 Op = Literal["=", "!=", "=~", "!~"]
 OPERATORS: tuple[Op, ...] = ("=", "!=", "=~", "!~")
@@ -38,7 +38,7 @@ class Matcher:
     name: str
     op: Op
     value: str
-    regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    regex: AnchoredRegex | None = field(default=None, compare=False, repr=False)
 
     def matches_value(self, value: str) -> bool:
         if self.op == "=":
@@ -46,7 +46,7 @@ class Matcher:
         if self.op == "!=":
             return value != self.value
         assert self.regex is not None
-        found = self.regex.match(value) is not None
+        found = self.regex.matches(value)
         return found if self.op == "=~" else not found
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -70,7 +70,7 @@ def new_matcher(name: str, op: str, value: str, *, text: str | None = None) -> M
     if op in ("=~", "!~"):
         try:
             regex = compile_anchored(value)
-        except RE2Error as exc:
+        except RegexError as exc:
             raise MatcherError(shown, f"bad regex {value!r}: {exc}") from None
     return Matcher(name, op, value, regex)  # type: ignore[arg-type]
 
