@@ -7,7 +7,7 @@ and a create first looks for an active silence that carries it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,6 +27,7 @@ from bot.actions.base import (
 )
 from bot.actions.egress import guarded, shown_url
 from bot.actions.http import retryable_status
+from bot.alerts.regex import AnchoredRegex, RegexError, check_standalone, compile_anchored
 from bot.playbook.durations import Duration
 
 log = structlog.get_logger("bot.actions.alertmanager")
@@ -45,6 +46,7 @@ class _Matcher:
     name: str
     op: str
     value: str
+    regex: AnchoredRegex | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_regex(self) -> bool:
@@ -55,7 +57,7 @@ class _Matcher:
         return self.op in ("=", "=~")
 
     def matches_empty(self) -> bool:
-        hit = re.fullmatch(self.value, "") is not None if self.is_regex else self.value == ""
+        hit = self.regex.matches("") if self.regex is not None else self.value == ""
         return hit if self.is_equal else not hit
 
     def api(self) -> dict[str, Any]:
@@ -95,12 +97,14 @@ def _parse_matcher(text: str) -> _Matcher:
         raise ValueError(f"bad matcher {text!r}: quote the whole value")
     else:
         value = raw
+    regex = None
     if op in ("=~", "!~"):
         try:
-            re.compile(value)
-        except re.error as exc:
+            regex = compile_anchored(value)  # as Alertmanager matches it
+            check_standalone(value)  # its silence API also compiles the pattern alone
+        except RegexError as exc:
             raise ValueError(f"bad matcher {text!r}: invalid regex: {exc}") from None
-    return _Matcher(name, op, value)
+    return _Matcher(name, op, value, regex)
 
 
 class SilenceParams(ActionParams):

@@ -50,18 +50,33 @@ class AnchoredRegex:
 
 def compile_anchored(pattern: str) -> AnchoredRegex:
     """`^(?:pattern)$` compiled by RE2; raises RegexError naming the problem."""
+    return AnchoredRegex(pattern, _compile("^(?:" + _text(pattern) + ")$", pattern))
+
+
+def check_standalone(pattern: str) -> None:
+    """Raise RegexError unless `pattern` also compiles on its own, unanchored.
+
+    Alertmanager's silence API checks a regex matcher that way before it anchors it, so
+    `a)|(b`, a fine route matcher (`^(?:a)|(b)$`), is a refused silence.
+    """
+    _compile(_text(pattern), pattern)
+
+
+def _text(pattern: object) -> str:
     if not isinstance(pattern, str):
         raise RegexError(f"a regex must be a string, not {type(pattern).__name__}")
+    return pattern
+
+
+def _compile(source: str, pattern: str) -> re2._Regexp:
     if _has_any_byte(pattern):
         raise RegexError("invalid escape sequence: \\C (Alertmanager's Go regexp has no any-byte class)")
-    anchored = "^(?:" + pattern + ")$"
     try:
-        compiled = re2.compile(anchored, _OPTIONS)
+        return re2.compile(source, _OPTIONS)
     except re2.error as exc:
-        raise RegexError(_message(exc, anchored, pattern)) from None
+        raise RegexError(_message(exc, source, pattern)) from None
     except UnicodeEncodeError:
         raise RegexError("pattern is not valid Unicode text (it holds a lone surrogate)") from None
-    return AnchoredRegex(pattern, compiled)
 
 
 def _has_any_byte(pattern: str) -> bool:
@@ -80,14 +95,14 @@ def _has_any_byte(pattern: str) -> bool:
     return False
 
 
-def _message(exc: re2.error, anchored: str, pattern: str) -> str:
+def _message(exc: re2.error, source: str, pattern: str) -> str:
     """RE2's "problem: fragment", the fragment quoted (it may hold newlines), as the author wrote it."""
     detail = exc.args[0] if exc.args else b"invalid pattern"
     text = detail.decode("utf-8", "replace") if isinstance(detail, bytes) else str(detail)
     problem, _, fragment = text.partition(": ")
-    if fragment == anchored:
+    if fragment == source:
         fragment = pattern
-    elif fragment.endswith(")$") and anchored.endswith(fragment):
+    elif source != pattern and fragment.endswith(")$") and source.endswith(fragment):
         fragment = fragment[:-2]  # RE2 quotes the rest of the text: drop our anchoring
     return f"{problem}: {fragment!r}" if fragment else problem
 

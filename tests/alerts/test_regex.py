@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bot.alerts.regex import RegexError, compile_anchored
+from bot.alerts.regex import RegexError, check_standalone, compile_anchored
 
 
 @pytest.mark.parametrize(
@@ -116,6 +116,26 @@ def test_errors_quote_the_pattern_as_written() -> None:
     with pytest.raises(RegexError, match=r"^missing \]: '\[abc'$"):
         compile_anchored("[abc")
     assert isinstance(info.value, ValueError)
+
+
+def test_standalone_check_is_the_silence_apis() -> None:
+    check_standalone("critical|page")
+    check_standalone(r"\Qa")  # compiles alone; anchored, the `\Q` would quote Alertmanager's `)$`
+    with pytest.raises(RegexError) as info:
+        compile_anchored(r"\Qa")
+    assert str(info.value) == r"missing ): '\\Qa'"
+    compile_anchored("a)|(b")  # ^(?:a)|(b)$
+    with pytest.raises(RegexError) as info:
+        check_standalone("a)|(b")
+    assert str(info.value) == "unexpected ): 'a)|(b'"
+    with pytest.raises(RegexError) as info:
+        check_standalone("x[a)$")
+    assert str(info.value) == "missing ]: '[a)$'"  # the pattern's own `)$` is not taken for our anchoring
+    with pytest.raises(RegexError) as info:
+        compile_anchored("x[a)$")
+    assert str(info.value) == "missing ]: '[a)$'"  # RE2 quoted `[a)$)$`: ours dropped
+    with pytest.raises(RegexError, match="C"):
+        check_standalone(r"\C")
 
 
 def test_lone_surrogates() -> None:
