@@ -943,3 +943,40 @@ def test_control_characters_are_located(write: Write, actions: dict[str, ActionS
 def test_yaml_booleans_as_keys_get_a_hint(write: Write, actions: dict[str, ActionSpec]) -> None:
     path = write("name: p\nsteps:\n  - id: a\n    action: core.log\n    with: {message: x, on: 1}\n")
     assert_located(only_error(path, actions), path, 5, "a", "with: key True is not a string; quote it")
+
+
+def test_matcher_regexes_are_checked_as_re2_at_load(write: Write, actions: dict[str, ActionSpec]) -> None:
+    """Alertmanager's regexes are RE2: a lookahead Python `re` would take is refused, naming the
+    file, line, trigger, matcher and pattern; RE2-only syntax (`\\pL`) loads."""
+    path = write(
+        r"""
+        name: p
+        triggers:
+          alertmanager:
+            - matchers: ['alertname="Down"', 'device=~"\\pL+"']
+            - matchers:
+                - 'mountpoint=~"/(?=var).*"'
+                - 'host=~"a\\Cb"'
+        steps:
+          - {id: a, action: core.log, with: {message: hi}}
+        """
+    )
+    errors = all_errors(path, actions)
+    assert len(errors) == 2, [str(e) for e in errors]
+    assert_located(errors[0], path, 6, None, "triggers.alertmanager[1].matchers[0]",
+                   "bad regex '/(?=var).*': invalid perl operator: '(?='")
+    assert_located(errors[1], path, 7, None, "triggers.alertmanager[1].matchers[1]", "bad regex 'a\\\\Cb'", "\\C")
+
+
+def test_silence_matcher_regexes_are_checked_as_re2_at_load(write: Write) -> None:
+    path = write(
+        """
+        name: p
+        steps:
+          - id: quiet
+            action: alertmanager.silence
+            with: {matchers: ['service=~"(?=api).*"'], duration: 30m, url: "http://am:9093"}
+        """
+    )
+    error = only_error(path, registered_actions())  # the shipped alertmanager.silence, not a stand-in
+    assert_located(error, path, 5, "quiet", "invalid regex: invalid perl operator: '(?='")
