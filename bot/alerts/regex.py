@@ -40,9 +40,10 @@ class AnchoredRegex:
     def matches(self, value: str) -> bool:
         """Whether Alertmanager's `regexp.MatchString` on `^(?:pattern)$` would say yes."""
         try:
-            return self._compiled.search(value) is not None
+            data = value.encode("utf-8")  # as bytes: RE2's own form, no offset mapping back to str
         except UnicodeEncodeError:  # lone surrogates: Go's JSON decoding would have made them U+FFFD
-            return self._compiled.search(_replace_surrogates(value)) is not None
+            data = _replace_surrogates(value).encode("utf-8")
+        return self._compiled.search(data) is not None
 
     def __repr__(self) -> str:
         return f"AnchoredRegex({self.pattern!r})"
