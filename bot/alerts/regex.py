@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import re2
 
+# Defaults kept on purpose: UTF-8 (Go's strings), leftmost-first (Go's regexp, not longest_match),
+# never_nl off (a label value may hold newlines; `.` skips them unless `(?s)`, as in Go), Perl
+# classes and `\b` as in Go, `^`/`$` at the ends of the text unless `(?m)`.
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # a bad pattern is our caller's error to report, not stderr noise
 _OPTIONS.never_capture = True  # only match/no-match is needed: RE2 may use its DFA throughout
