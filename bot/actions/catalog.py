@@ -10,6 +10,8 @@ from bot.actions.base import ACTIONS, ActionSpec
 from bot.actions.core import CoreActions
 from bot.actions.egress import EgressClient
 from bot.actions.http import HttpActions
+from bot.actions.opsgenie import OpsgenieActions
+from bot.actions.pagerduty import PagerDutyActions
 from bot.actions.playbooks import PlaybookActions
 from bot.actions.prometheus import PrometheusActions
 from bot.actions.shell import ShellActions
@@ -30,6 +32,8 @@ def make_providers(settings: Settings, http: EgressClient) -> list[object]:
         ShellActions(settings.shell_allow),
         AlertmanagerActions(http, settings.alertmanager_url),
         PrometheusActions(http, settings.prometheus_url),
+        PagerDutyActions(http, settings.pagerduty_events_url, settings.pagerduty_api_url),
+        OpsgenieActions(http, settings.opsgenie_api_url),
         SlackActions(slack_client(settings)),
         PlaybookActions(),  # run as child workflows: registered for validate and the schema
     ]

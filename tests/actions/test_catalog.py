@@ -20,6 +20,12 @@ SHIPPED = {
     "prometheus.query",
     "slack.post",
     "playbook.run",
+    "pagerduty.trigger",
+    "pagerduty.resolve",
+    "pagerduty.note",
+    "opsgenie.create",
+    "opsgenie.close",
+    "opsgenie.note",
 }
 
 
