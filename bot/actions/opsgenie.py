@@ -183,4 +183,4 @@ def _segment(text: str) -> str:
     alias cannot reach another endpoint."""
     if text in (".", ".."):
         return text.replace(".", "%2E")
-    return quote(text, safe="")
+    return quote(text, safe=":@")
