@@ -10,12 +10,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from bot.actions.base import ACTION_FAILED, INVALID_PARAMS, ActionContext
+from bot.actions.activities import build_activities
 from bot.actions.egress import EgressClient
 from bot.actions.pagerduty import PagerDutyActions
 from bot.actions.paging import bounded_key, step_key
 from bot.actions.secrets import SecretStore
 from bot.engine.workflow import idempotency_key
 from tests.actions.fake_pagerduty import FakePagerDuty, serve
+from tests.engine.support import Recorder, playbook, run_input, start, worker
 from tests.secret_refs import ref
 
 ROUTING_KEY = "R0UT1NGKEY0123456789abcdefABCDEF"  # 32 characters, as PagerDuty's are
@@ -258,3 +260,48 @@ def test_the_undo_key_maps_back_to_its_steps_key_and_long_keys_are_bounded() -> 
     long = "r" * 300
     assert bounded_key(long, 255) == bounded_key(long, 255) != bounded_key(long + "x", 255)
     assert len(bounded_key(long, 255)) <= 255 and bounded_key("short", 255) == "short"
+
+
+SAGA = """
+name: page-then-break
+secrets: [PD_ROUTING]
+steps:
+  - id: page
+    action: pagerduty.trigger
+    retry: {max_attempts: %(attempts)d, initial_interval: 1s}
+    with:
+      routing_key: "{{ secret('PD_ROUTING') }}"
+      summary: "checkout is down"
+      source: checkout.internal
+      severity: critical
+    compensate:
+      action: pagerduty.resolve
+      with: {routing_key: "{{ secret('PD_ROUTING') }}"}
+  - {id: restart, action: t.fail}
+"""
+
+
+@pytest.mark.parametrize("trigger_times_out", [False, True])
+async def test_a_failed_run_resolves_the_page_its_trigger_opened(dev_env, http, pd, trigger_times_out) -> None:
+    """The saga's pagerduty.resolve closes exactly the alert the trigger opened, on a real Temporal
+    dev server: also when the trigger timed out after PagerDuty took it, so it left no output for a
+    template to read (its undo still runs: it was registered when the step started)."""
+    rec = Recorder()
+    attempts = 1 if trigger_times_out else 3
+    if trigger_times_out:
+        pd.slow_once, pd.slow_method = 2.0, "POST"
+    pb = playbook(SAGA % {"attempts": attempts})
+    activities = build_activities(providers(http, pd, timeout=0.5), SECRETS)
+    async with worker(dev_env.client, rec, extra=activities) as w:
+        handle = await start(dev_env.client, w, run_input(pb))
+        status = await handle.result()
+
+    assert status.state == "compensated", status
+    page = status.step("page")
+    assert page.state == "compensated"
+    assert (page.error is not None) == trigger_times_out
+    key = idempotency_key(handle.id, "page")
+    [alert] = pd.pages()
+    assert alert.dedup_key == key
+    assert alert.status == "resolved"
+    assert [(e["event_action"], e["dedup_key"]) for e in pd.events] == [("trigger", key), ("resolve", key)]
