@@ -4,7 +4,9 @@ The alias defaults to the step's idempotency key: Opsgenie deduplicates an open 
 (a repeat raises its count instead of creating a second alert), so a retried create never opens
 two, and an `opsgenie.close` compensation (which gets the step's key, see `step_key`) closes
 exactly what its step opened. The API is asynchronous: a 202 with a `requestId` means Opsgenie
-accepted the request; its outcome can be read at /v2/alerts/requests/{requestId}.
+accepted the request; its outcome can be read at /v2/alerts/requests/{requestId}. Because notes
+are processed later too, a retried `opsgenie.note` cannot see the note its first attempt left:
+notes are at-least-once (a create or close is exactly-once per alias).
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ throttled. A trigger whose dedup_key names an open alert is added to it (no new 
 or acknowledge of an unknown or resolved key is accepted and dropped.
 
 REST API: `Authorization: Token token=<key>`, an Accept of `application/vnd.pagerduty+json;version=2`
-(or application/json), JSON bodies, and a `From:` user email on writes; errors are
-`{"error": {"message", "code", "errors"}}` (2001 invalid input, 2006 authentication failed,
-2100 not found).
+(or application/json), JSON bodies, and a `From:` header naming a user's email on writes; errors
+are `{"error": {"message", "code", "errors"}}` (1008 requester user not found, 2001 invalid input,
+2006 authentication failed, 2010 access denied (a read-only token writing), 2100 not found).
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ class FakePagerDuty:
     url: str = ""
     routing_keys: set[str] = field(default_factory=set)
     tokens: set[str] = field(default_factory=set)
+    read_only_tokens: set[str] = field(default_factory=set)
+    users: set[str] = field(default_factory=set)  # emails a From header may name
     events: list[dict[str, Any]] = field(default_factory=list)  # every valid event, in order
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # method, path, headers
     alerts: list[Alert] = field(default_factory=list)
@@ -187,7 +189,8 @@ def _handler(api: FakePagerDuty) -> type[BaseHTTPRequestHandler]:
 
         def _rest(self, path: str, query: dict[str, list[str]], headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
             auth = headers.get("authorization", "")
-            if not auth.startswith("Token token=") or auth[len("Token token="):] not in api.tokens:
+            token = auth[len("Token token="):] if auth.startswith("Token token=") else None
+            if token not in api.tokens and token not in api.read_only_tokens:
                 return 401, {"error": {"message": "Authentication failed", "code": 2006}}
             if headers.get("accept") not in REST_ACCEPT:
                 return 406, {"error": {"message": "Unsupported Accept header", "code": 2001}}
@@ -206,6 +209,8 @@ def _handler(api: FakePagerDuty) -> type[BaseHTTPRequestHandler]:
                 if self.command == "GET":
                     return 200, {"notes": list(alert.notes)}
                 if self.command == "POST":
+                    if token in api.read_only_tokens:
+                        return 403, {"error": {"message": "Access Denied", "code": 2010}}
                     return self._add_note(alert, headers, raw)
             return 404, {"error": {"message": "Not Found", "code": 2100}}
 
@@ -214,8 +219,8 @@ def _handler(api: FakePagerDuty) -> type[BaseHTTPRequestHandler]:
             if not headers.get("content-type", "").startswith("application/json"):
                 return 400, {"error": {**invalid, "errors": ["Content-Type must be application/json"]}}
             sender = headers.get("from", "")
-            if "@" not in sender:
-                return 400, {"error": {**invalid, "errors": ["The From header is required: a valid user's email"]}}
+            if sender not in api.users:
+                return 400, {"error": {"message": "Requester User Not Found", "code": 1008}}
             try:
                 body = json.loads(raw)
                 content = body["note"]["content"]

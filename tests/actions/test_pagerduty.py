@@ -22,6 +22,7 @@ from tests.secret_refs import ref
 
 ROUTING_KEY = "R0UT1NGKEY0123456789abcdefABCDEF"  # 32 characters, as PagerDuty's are
 API_TOKEN = "u+pd-rest-token-XYZ"
+READ_ONLY_TOKEN = "y_NbAkKc66ryYTWUXYEu"
 KEY = idempotency_key("run-42", "page")
 SECRETS = SecretStore(environ={"PLAYBOOK_BOT_SECRET_PD_ROUTING": ROUTING_KEY, "PLAYBOOK_BOT_SECRET_PD_TOKEN": API_TOKEN})
 
@@ -33,7 +34,8 @@ def _pd() -> Iterator[FakePagerDuty]:
 
 @pytest.fixture
 def pd(_pd: FakePagerDuty) -> FakePagerDuty:
-    _pd.routing_keys, _pd.tokens = {ROUTING_KEY}, {API_TOKEN}
+    _pd.routing_keys, _pd.tokens, _pd.read_only_tokens = {ROUTING_KEY}, {API_TOKEN}, {READ_ONLY_TOKEN}
+    _pd.users = {"oncall@example.com"}
     _pd.events.clear(), _pd.requests.clear(), _pd.alerts.clear(), _pd.answer_next.clear()
     _pd.slow_once, _pd.slow_method = 0.0, None
     return _pd
@@ -245,6 +247,20 @@ async def test_note_input_is_checked(http, pd, run_failing) -> None:
         error = await run_failing("pagerduty.note", bad, providers(http, pd), secrets=SECRETS)
         assert error.type == INVALID_PARAMS and where in error.message, error.message
     assert pd.requests == []
+
+
+async def test_notes_pagerduty_refuses_fail_for_good(http, pd, run_action, run_failing) -> None:
+    await run_action("pagerduty.trigger", trigger(), providers(http, pd), secrets=SECRETS, key=KEY)
+    incident = pd.pages()[0].incident_id
+    read_only = SecretStore(environ={"PLAYBOOK_BOT_SECRET_PD_TOKEN": READ_ONLY_TOKEN})
+    error = await run_failing("pagerduty.note", note(incident_id=incident), providers(http, pd), secrets=read_only)
+    assert error.non_retryable and "403" in error.message and "Access Denied" in error.message
+    error = await run_failing("pagerduty.note", note(incident_id=incident, from_email="nobody@example.com"),
+                              providers(http, pd), secrets=SECRETS)
+    assert error.non_retryable and "400" in error.message and "Requester User Not Found" in error.message
+    error = await run_failing("pagerduty.note", note(incident_id="PGONE00"), providers(http, pd), secrets=SECRETS)
+    assert error.non_retryable and "404" in error.message
+    assert pd.pages()[0].notes == []
 
 
 async def test_note_on_an_incident_not_created_yet_is_retried(http, pd, run_failing) -> None:
