@@ -96,6 +96,7 @@ async def test_create_sends_the_documented_alert_with_the_step_key_as_alias(http
         ({"responders": [{"type": "team"}]}, "responders"),
         ({"responders": [{"type": "team", "username": "a@b.c"}]}, "responders"),
         ({"visibleTo": []}, "visibleTo"),
+        ({"api_key": "k\r\nX-Injected: 1"}, "api_key"),
     ],
 )
 async def test_invalid_params_are_refused_before_anything_is_sent(http, og, run_failing, bad, where) -> None:

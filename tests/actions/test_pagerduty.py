@@ -243,6 +243,8 @@ async def test_note_input_is_checked(http, pd, run_failing) -> None:
         (note(), "exactly one"),
         (note(incident_id="P1", dedup_key="k"), "exactly one"),
         (note(content="", incident_id="P1"), "content"),
+        (note(token="abc\r\nX-Injected: 1", incident_id="P1"), "token"),
+        (note(from_email="a@example.com\r\nX-Injected: 1", incident_id="P1"), "from_email"),
     ]:
         error = await run_failing("pagerduty.note", bad, providers(http, pd), secrets=SECRETS)
         assert error.type == INVALID_PARAMS and where in error.message, error.message
@@ -321,3 +323,11 @@ async def test_a_failed_run_resolves_the_page_its_trigger_opened(dev_env, http, 
     assert alert.dedup_key == key
     assert alert.status == "resolved"
     assert [(e["event_action"], e["dedup_key"]) for e in pd.events] == [("trigger", key), ("resolve", key)]
+
+
+async def test_the_paging_apis_are_reached_only_through_the_egress_guard(http, run_failing) -> None:
+    """A base URL (a setting) pointing at a cloud metadata address is refused like http.request's."""
+    metadata = [PagerDutyActions(http, events_url="http://169.254.169.254", api_url="http://169.254.169.254")]
+    error = await run_failing("pagerduty.trigger", trigger(), metadata, secrets=SECRETS)
+    assert error.type == "EgressRefused" and error.non_retryable
+    assert ROUTING_KEY not in error.message
