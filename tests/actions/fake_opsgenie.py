@@ -85,8 +85,8 @@ def _handler(api: FakeOpsgenie) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def _send(self, code: int, body: dict[str, Any]) -> str:
-            request_id = str(uuid.uuid4())
+        def _send(self, code: int, body: dict[str, Any], request_id: str = "") -> None:
+            request_id = request_id or str(uuid.uuid4())
             data = json.dumps({**body, "took": 0.01, "requestId": request_id}).encode()
             try:
                 self.send_response(code)
@@ -96,7 +96,6 @@ def _handler(api: FakeOpsgenie) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):
                 pass
-            return request_id
 
         def _handle(self) -> None:
             parts = urlsplit(self.path)
@@ -114,10 +113,11 @@ def _handler(api: FakeOpsgenie) -> type[BaseHTTPRequestHandler]:
             code, body, outcome = self._route(parts.path, query, headers, raw)
             if slow:
                 time.sleep(slow)  # handled; the answer comes too late for the client
-            request_id = self._send(code, body)
-            if outcome:
+            request_id = str(uuid.uuid4())
+            if outcome:  # recorded before the answer, so a client that has it can read it
                 with api.lock:
                     api.outcomes[request_id] = outcome
+            self._send(code, body, request_id)
 
         def _route(
             self, path: str, query: dict[str, list[str]], headers: dict[str, str], raw: bytes
