@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     alertmanager_max_body: int = Field(1 << 20, gt=0, description="Bytes; a larger webhook body is a 413.")
     alertmanager_url: str | None = None  # default `url` of the alertmanager.* actions
     prometheus_url: str | None = None  # default `url` of prometheus.query
+    # Paging APIs (bot/actions/pagerduty.py, opsgenie.py); EU accounts use their EU hosts.
+    pagerduty_events_url: str = "https://events.pagerduty.com"  # Events API v2 (/v2/enqueue)
+    pagerduty_api_url: str = "https://api.pagerduty.com"  # REST API v2 (incident notes)
+    opsgenie_api_url: str = "https://api.opsgenie.com"  # Alert API v2; EU: https://api.eu.opsgenie.com
     slack_bot_token: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None
     slack_app_token: SecretStr | None = None

@@ -13,6 +13,8 @@ from bot.actions.http import HttpActions
 from bot.actions.k8s import KubernetesActions
 from bot.actions.k8s_client import KubeClients
 from bot.actions.k8s_jobs import KubernetesJobActions
+from bot.actions.opsgenie import OpsgenieActions
+from bot.actions.pagerduty import PagerDutyActions
 from bot.actions.playbooks import PlaybookActions
 from bot.actions.prometheus import PrometheusActions
 from bot.actions.shell import ShellActions
@@ -34,6 +36,8 @@ def make_providers(settings: Settings, http: EgressClient) -> list[object]:
         ShellActions(settings.shell_allow),
         AlertmanagerActions(http, settings.alertmanager_url),
         PrometheusActions(http, settings.prometheus_url),
+        PagerDutyActions(http, settings.pagerduty_events_url, settings.pagerduty_api_url),
+        OpsgenieActions(http, settings.opsgenie_api_url),
         SlackActions(slack_client(settings)),
         KubernetesActions(kube),
         KubernetesJobActions(kube, settings.k8s_job_images),

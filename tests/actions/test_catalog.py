@@ -28,6 +28,12 @@ SHIPPED = {
     "k8s.uncordon",
     "k8s.run_job",
     "k8s.get",
+    "pagerduty.trigger",
+    "pagerduty.resolve",
+    "pagerduty.note",
+    "opsgenie.create",
+    "opsgenie.close",
+    "opsgenie.note",
 }
 
 
