@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -11,6 +10,7 @@ import structlog
 from pydantic import Field, field_validator, model_validator
 
 from bot.actions.base import ActionContext, ActionFailed, ActionParams, action
+from bot.playbook import patterns
 from bot.playbook.durations import Duration, format_duration
 from bot.playbook.model import valid_pattern
 
@@ -55,11 +55,11 @@ class ApproveParams(ActionParams):
 
 
 class InputSpec(ActionParams):
-    """A typed answer instead of a choice: checked like a param (type, then `pattern` with re.search)."""
+    """A typed answer instead of a choice: checked like a param (type, then `pattern`, searched for by RE2)."""
 
     type: Literal["string", "integer", "number"] = "string"
     pattern: str | None = Field(None, max_length=500, description="A regular expression the answer must match "
-                                "(re.search: anchor it with ^...$ to match the whole answer).")
+                                "(searched for, by RE2: anchor it with ^...$ to match the whole answer).")
 
     @field_validator("pattern")
     @classmethod
@@ -108,7 +108,7 @@ class ConfirmParams(ActionParams):
             except ValueError:
                 raise ValueError(f"{text[:60]!r} is not an {spec.type}" if spec.type == "integer"
                                  else f"{text[:60]!r} is not a number") from None
-        if spec.pattern is not None and not re.search(spec.pattern, text):
+        if spec.pattern is not None and not patterns.found(spec.pattern, text):
             raise ValueError(f"{text[:60]!r} does not match the pattern {spec.pattern}")
         return value
 

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from bot.playbook import patterns
 from bot.playbook.durations import Duration
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
@@ -53,9 +54,9 @@ def valid_pattern(value: str | None) -> str | None:
     """A `pattern:` that compiles, or a load-time error saying why."""
     if value is not None:
         try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from exc
+            patterns.check(value)
+        except patterns.PatternError as exc:
+            raise ValueError(f"pattern {value!r} is not a valid regular expression for RE2, which checks values in linear time: {exc}") from None
     return value
 
 

@@ -15,6 +15,7 @@ import math
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+from bot.playbook import patterns
 from bot.playbook.data import json_depth
 from bot.playbook.model import (
     PARAM_MAX_BYTES,
@@ -86,8 +87,8 @@ def _scalar(name: str, spec: ParamSpec, value: Any) -> Any:
         if coerced not in allowed:
             shown = ", ".join(str(option) for option in spec.enum)
             raise ValueError(f"param {name!r}: {_shown(value)} is not one of: {shown}")
-    if spec.pattern is not None and isinstance(coerced, str) and not re.search(spec.pattern, coerced):
-        # re.search with the pattern as written: JSON Schema semantics, anchor it with ^...$ to match whole.
+    if spec.pattern is not None and isinstance(coerced, str) and not patterns.found(spec.pattern, coerced):
+        # Searched for as written (JSON Schema), by RE2: anchor it with ^...$ to match whole.
         raise ValueError(f"param {name!r}: {_shown(coerced)} does not match {spec.pattern}")
     return coerced
 

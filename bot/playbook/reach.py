@@ -9,11 +9,11 @@ so only an enum will do (base URLs belong in `vars`): those two are errors.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Iterator, Mapping
 
 from jinja2 import TemplateSyntaxError, nodes
 
+from bot.playbook import patterns
 from bot.playbook.model import ParamSpec
 from bot.playbook.templating import ENV, SECRET_REF, is_template, texts_at
 
@@ -92,7 +92,7 @@ def _dash_probe(spec: ParamSpec) -> str | None:
         return None  # the author listed every value
     if spec.pattern is None:
         return DASH_PROBES[0]
-    return next((probe for probe in DASH_PROBES if re.search(spec.pattern, probe)), None)
+    return next((probe for probe in DASH_PROBES if patterns.found(spec.pattern, probe)), None)
 
 
 def _leading(tree: nodes.Template) -> nodes.Node | None:
