@@ -5,6 +5,9 @@ the command's response_url, ephemerally, except `run`, which starts the workflow
 window, before acking, with an id derived from Slack's `trigger_id`: a Slack retry or a replayed signed
 request carries the same trigger_id, so it attaches to the run instead of starting another.
 
+A `run` that lacks a required param, and `/playbook` alone, are acked at once and open a form
+right after (bot/slack/modals.py: a trigger_id opens a view only within 3 s).
+
 Before a `run`'s ack only what starting it needs: parse, the requester's groups (cached), the
 `start` policy question, the start. Answers (through response_url, or chat.postEphemeral when a
 command carries none) and `slack_command` audit events go to the background lanes
@@ -67,7 +70,8 @@ _JSON = json.JSONDecoder()
 
 HELP = f"""*{COMMAND}* runs incident playbooks.
 • `{COMMAND} list`: the playbooks and their params
-• `{COMMAND} run NAME key=value ...`: start a run (its status is posted in this channel)
+• `{COMMAND}` alone: pick a playbook and fill in its form
+• `{COMMAND} run NAME key=value ...`: start a run (its status is posted in this channel); params left out open a form
 • `{COMMAND} dry-run NAME key=value ...`: show the steps, their arguments and the policy decisions, run nothing
 • `{COMMAND} status RUN_ID`: where a run is
 • `{COMMAND} cancel RUN_ID`: stop a run and roll back what it did
@@ -280,7 +284,7 @@ class PlaybookCommand:
         declared = loaded.playbook.params
         if any("=" not in w or w.startswith("=") for w in args[1:]) or any(k not in declared for k in typed):
             return None
-        missing = [n for n, spec in declared.items() if spec.is_required and not typed.get(n)]
+        missing = [n for n, spec in declared.items() if spec.is_required and n not in typed]  # as coerce_params reads it
         if not missing or not forms.fits_a_form(loaded):
             return None
         described = [(n, f"missing required param {n!r}" + (f" ({declared[n].description})" if declared[n].description
