@@ -22,7 +22,7 @@ Views (modals and the App Home tab): `views.open` exchanges a `trigger_id` the f
 and a `home` view. `views` and `homes` hold what users see now.
 
 Every call is recorded (method, merged params, HTTP status, error, monotonic time) in `calls`.
-Fault switches: `rate_limit(n)`, `server_error(n)`, `fail_next(method, error)`, and
+Fault switches: `hang(method, seconds)` (answer that method only after a pause), `rate_limit(n)`, `server_error(n)`, `fail_next(method, error)`, and
 `rate_limit_fraction(f)` (about that fraction of all calls, until `reset()`); `reset()` clears
 calls, faults and posted messages, keeping the workspace (channels, users, user groups).
 """
@@ -112,6 +112,7 @@ class FakeSlack:
         self._triggers: dict[str, tuple[float, str]] = {}  # trigger_id -> (issued at, user)
         self._exchanged: set[str] = set()
         self._view_ids = itertools.count(1)
+        self._hangs: dict[str, float] = {}
         self.api_url = ""
         self.add_user(BOT_USER_ID, "playbook-bot", is_bot=True)
 
@@ -156,6 +157,16 @@ class FakeSlack:
         return list(self.views.values())
 
     # --- faults and assertions ----------------------------------------------------------
+
+    def hang(self, method: str, seconds: float) -> None:
+        """From now on (until `reset()`), answer `method` only after `seconds` (Slack having a bad
+        moment); other calls are answered meanwhile."""
+        with self._lock:
+            self._hangs[method] = seconds
+
+    def hang_for(self, method: str) -> float:
+        with self._lock:
+            return self._hangs.get(method, 0.0)
 
     def rate_limit(self, n: int = 1, retry_after: int = 1, method: str | None = None) -> None:
         """Answer the next `n` calls (of `method`, or any) with HTTP 429 and `Retry-After`."""
@@ -214,6 +225,7 @@ class FakeSlack:
             self.homes.clear()
             self._triggers.clear()
             self._exchanged.clear()
+            self._hangs.clear()
             self._faults.clear()
             self._fraction = None
             self._refuse_until = 0.0
@@ -608,6 +620,7 @@ def _handler(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 self._send(200, {"ok": False, "error": "invalid_json"}, {})
                 return
+            time.sleep(slack.hang_for(method))  # outside the lock: other calls go on meanwhile
             status, answer, headers = slack.answer(method, params, self.headers.get("Authorization"))
             self._send(status, answer, headers)
 

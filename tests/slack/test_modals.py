@@ -261,3 +261,20 @@ def test_a_form_drawn_from_another_version_of_the_playbook_is_refused() -> None:
     else:
         raise AssertionError("a stale form was accepted")
     assert forms._checked({**view, "private_metadata": meta(new)}, ALICE)[2]["service"] == "api"
+
+
+async def test_a_hanging_views_open_delays_no_ack(stack: Stack) -> None:
+    """The form opens after the ack, on its own request's task: Slack hanging on views.open costs
+    neither that command's ack nor another's, and the user is told the form did not open."""
+    stack.fake.hang("views.open", 4.0)
+    body, key = stack.command("run formy")
+    other, other_key = stack.command("list")
+    started = time.monotonic()
+    first = asyncio.create_task(stack.post(body))
+    await asyncio.sleep(0.1)
+    second = await stack.post(other)
+    assert second.status_code == 200 and time.monotonic() - started < 3.0, "the other command's ack"
+    assert (await first).status_code == 200 and time.monotonic() - started < 3.0, "the form command's own ack"
+    assert "*formy*" in text_of(await stack.answers(other_key))
+    answer = text_of(await stack.answers(key))
+    assert "missing required param 'service'" in answer and "did not answer in time" in answer, answer
