@@ -274,9 +274,10 @@ class PlaybookCommand:
         """`run NAME k=v ...` that lacks a required param, and is otherwise readable: the playbook,
         what was typed (to pre-fill the form) and the error a failed form falls back to. None
         when the command should go on as typed (complete, or wrong in a way a form cannot fix)."""
-        if not args or args[0] not in self.deps.catalog():
+        catalog = self.deps.catalog()  # one version: a reload in between must not make the name unknown
+        if not args or args[0] not in catalog:
             return None
-        loaded = self.deps.catalog().get(args[0])
+        loaded = catalog.get(args[0])
         try:
             typed = parse_assignments(w for w in args[1:])
         except ParamError:
