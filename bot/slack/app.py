@@ -1,4 +1,5 @@
-"""The Bolt app: `/playbook` and the approval buttons, served at POST /slack/events.
+"""The Bolt app: `/playbook`, its forms, the approval buttons and the App Home tab, served at
+POST /slack/events.
 
 Built from settings and a Web API client handed in (tests point it at a fake Slack); nothing
 here reads the environment. Handlers ack first and answer errors ephemerally through the one
@@ -79,10 +80,14 @@ def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
     from bot.slack import (  # the handlers import this module's SlackDeps
         approvals,
         commands,
+        home,
+        modals,
     )
 
-    commands.register(app, deps, groups)
+    command = commands.register(app, deps, groups)
+    modals.register(app, deps, command, settings.slack_signing_secret.get_secret_value())
     approvals.register(app, deps, groups)
+    home.register(app, deps, groups)
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any], respond: Any) -> None:

@@ -5,6 +5,9 @@ the command's response_url, ephemerally, except `run`, which starts the workflow
 window, before acking, with an id derived from Slack's `trigger_id`: a Slack retry or a replayed signed
 request carries the same trigger_id, so it attaches to the run instead of starting another.
 
+A `run` that lacks a required param, and `/playbook` alone, are acked at once and open a form
+right after (bot/slack/modals.py: a trigger_id opens a view only within 3 s).
+
 Before a `run`'s ack only what starting it needs: parse, the requester's groups (cached), the
 `start` policy question, the start. Answers (through response_url, or chat.postEphemeral when a
 command carries none) and `slack_command` audit events go to the background lanes
@@ -20,7 +23,7 @@ import shlex
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from slack_bolt.async_app import AsyncApp
@@ -47,8 +50,13 @@ from bot.playbook.templating import TemplateError, display, inert, render
 from bot.policy.inputs import policy_input, rfc3339
 from bot.slack.app import RECEIVED_AT, SlackDeps, queue_error, reply_ephemeral
 from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
+from bot.slack import forms
 from bot.slack.groups import GroupResolver
 
+if TYPE_CHECKING:
+    from bot.slack.modals import RunForms
+
+REQUESTER_MEMO = "requested_by"  # on Slack-started runs: who asked, readable from a listing (the App Home)
 ACK_BUDGET = 2.0  # seconds of Slack's 3 s spent starting the run before the ack
 RECORD_RETRIES = (1.0, 3.0, None)  # pauses between attempts at a slack_command append; None: give up
 log = structlog.get_logger(__name__)
@@ -62,7 +70,8 @@ _JSON = json.JSONDecoder()
 
 HELP = f"""*{COMMAND}* runs incident playbooks.
 • `{COMMAND} list`: the playbooks and their params
-• `{COMMAND} run NAME key=value ...`: start a run (its status is posted in this channel)
+• `{COMMAND}` alone: pick a playbook and fill in its form
+• `{COMMAND} run NAME key=value ...`: start a run (its status is posted in this channel); params left out open a form
 • `{COMMAND} dry-run NAME key=value ...`: show the steps, their arguments and the policy decisions, run nothing
 • `{COMMAND} status RUN_ID`: where a run is
 • `{COMMAND} cancel RUN_ID`: stop a run and roll back what it did
@@ -71,8 +80,10 @@ HELP = f"""*{COMMAND}* runs incident playbooks.
 Respond = Callable[..., Awaitable[Any]]
 
 
-def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> None:
-    app.command(COMMAND)(PlaybookCommand(deps, groups).handle)
+def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> PlaybookCommand:
+    command = PlaybookCommand(deps, groups)
+    app.command(COMMAND)(command.handle)
+    return command
 
 
 def slack_run_id(playbook: str, trigger_id: str) -> str:
@@ -112,6 +123,7 @@ class PlaybookCommand:
     def __init__(self, deps: SlackDeps, groups: GroupResolver) -> None:
         self.deps = deps
         self.groups = groups
+        self.forms: RunForms | None = None  # set by bot.slack.modals.register: the modals, when registered
         self.subcommands: dict[str, Callable[[dict[str, Any], list[str], Respond], Awaitable[None]]] = {
             "help": self.help,
             "list": self.list,
@@ -125,7 +137,15 @@ class PlaybookCommand:
         self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond, context: dict[str, Any]
     ) -> None:
         words = split_args(body.get("text") or "")
+        if not words and self.forms is not None:  # `/playbook` alone: the playbook list, as a select
+            await ack()
+            await self.forms.open_picker(body, respond, context.get(RECEIVED_AT))
+            return
         sub, args = (words[0].lower(), words[1:]) if words else ("help", [])
+        if sub == "run" and self.forms is not None and (wanted := self._form_wanted(args)) is not None:
+            await ack()  # nothing to start yet: the form opens right after the ack, within the trigger's 3 s
+            await self.forms.open_form(body, respond, context.get(RECEIVED_AT), *wanted)
+            return
         if sub == "run":
             await self._run_in_ack_window(ack, body, args, respond, context.get(RECEIVED_AT))
             return
@@ -217,6 +237,14 @@ class PlaybookCommand:
         if not body.get("user_id"):  # Slack always names one; a run without a requester cannot record its start
             raise RunError("this command names no Slack user; nothing was started")
         loaded, params = self._prepare(args)
+        return await self.start_prepared(body, loaded, params)
+
+    async def start_prepared(self, body: dict[str, Any], loaded: LoadedPlaybook, params: dict[str, Any]) -> str:
+        """Start a run of checked params for the command-shaped `body` (user_id, user_name,
+        channel_id, trigger_id, response_url): the typed command and a submitted form both come
+        here, so both ask `start`, record and answer the same way."""
+        if not body.get("user_id"):
+            raise RunError("this command names no Slack user; nothing was started")
         trigger = _trigger(body)
         actor = await self._actor(body)
         try:
@@ -228,7 +256,7 @@ class PlaybookCommand:
         try:
             handle = await start_run(
                 self.deps.client, self.deps.task_queue, loaded, params, trigger,
-                actor=actor, keyring=self.deps.keyring, run_id=run_id,
+                actor=actor, keyring=self.deps.keyring, run_id=run_id, memo={REQUESTER_MEMO: trigger.requested_by},
             )
         except WorkflowAlreadyStartedError:  # this very command ran and has ended: a late replay
             assert run_id is not None
@@ -241,6 +269,28 @@ class PlaybookCommand:
             f":rocket: Started *{escape(loaded.playbook.name)}* as run `{escape(handle.id)}`; "
             f"its status is posted in {where}."
         )
+
+    def _form_wanted(self, args: list[str]) -> tuple[LoadedPlaybook, dict[str, str], ParamError] | None:
+        """`run NAME k=v ...` that lacks a required param, and is otherwise readable: the playbook,
+        what was typed (to pre-fill the form) and the error a failed form falls back to. None
+        when the command should go on as typed (complete, or wrong in a way a form cannot fix)."""
+        catalog = self.deps.catalog()  # one version: a reload in between must not make the name unknown
+        if not args or args[0] not in catalog:
+            return None
+        loaded = catalog.get(args[0])
+        try:
+            typed = parse_assignments(w for w in args[1:])
+        except ParamError:
+            return None
+        declared = loaded.playbook.params
+        if any("=" not in w or w.startswith("=") for w in args[1:]) or any(k not in declared for k in typed):
+            return None
+        missing = [n for n, spec in declared.items() if spec.is_required and n not in typed]  # as coerce_params reads it
+        if not missing or not forms.fits_a_form(loaded):
+            return None
+        described = [(n, f"missing required param {n!r}" + (f" ({declared[n].description})" if declared[n].description
+                                                               else "")) for n in missing]
+        return loaded, typed, ParamError(described)
 
     def _prepare(self, args: list[str]) -> tuple[LoadedPlaybook, dict[str, Any]]:
         """The playbook and typed params, or UnknownPlaybook / ParamError naming what is wrong."""

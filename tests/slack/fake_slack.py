@@ -13,8 +13,16 @@ takes a channel ID only (a name answers `channel_not_found`) and a `ts` the chan
 with a `message_truncated` warning, an updated one is refused `msg_too_long`. `messages` holds
 each message as it now stands, so tests assert on what Slack shows, not on what was sent.
 
+Views (modals and the App Home tab): `views.open` exchanges a `trigger_id` the fake issued
+(`issue_trigger`, as Slack issues one with each command or click) once and within 3 seconds:
+`invalid_trigger_id` for one it never issued or malformed, `expired_trigger_id` after 3 s,
+`exchanged_trigger_id` the second time. A view over Block Kit's view limits answers
+`invalid_arguments` with `response_metadata.messages`. `views.update` takes exactly one of
+`view_id` / `external_id` (`not_found`, `hash_conflict`); `views.publish` needs a known `user_id`
+and a `home` view. `views` and `homes` hold what users see now.
+
 Every call is recorded (method, merged params, HTTP status, error, monotonic time) in `calls`.
-Fault switches: `rate_limit(n)`, `server_error(n)`, `fail_next(method, error)`, and
+Fault switches: `hang(method, seconds)` (answer that method only after a pause), `rate_limit(n)`, `server_error(n)`, `fail_next(method, error)`, and
 `rate_limit_fraction(f)` (about that fraction of all calls, until `reset()`); `reset()` clears
 calls, faults and posted messages, keeping the workspace (channels, users, user groups).
 """
@@ -25,6 +33,7 @@ import contextlib
 import itertools
 import json
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,7 +42,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 from tests.http_server import serving
-from tests.slack.slack_limits import MESSAGE_TEXT_MAX, block_errors
+from tests.slack.slack_limits import MESSAGE_TEXT_MAX, block_errors, view_errors
 
 TOKEN = "xoxb-fake-bot-token"
 TEAM_ID = "T0FAKE"
@@ -41,6 +50,8 @@ BOT_USER_ID = "U0BOT"
 BOT_ID = "B0BOT"
 
 Answer = tuple[int, dict[str, Any], dict[str, str]]
+TRIGGER_TTL = 3.0  # seconds a trigger_id can be exchanged for a view (Slack's documented 3 s)
+TRIGGER_FORMAT = re.compile(r"^[0-9]+\.[0-9]+\.[0-9a-zA-Z]+$")  # "132456.7890123.abcdef", as Slack documents it
 
 
 @dataclass
@@ -87,6 +98,8 @@ class FakeSlack:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     usergroups: dict[str, dict[str, Any]] = field(default_factory=dict)
     messages: list[Message] = field(default_factory=list)
+    views: dict[str, dict[str, Any]] = field(default_factory=dict)  # open modals by view id
+    homes: dict[str, dict[str, Any]] = field(default_factory=dict)  # each user's published Home tab
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -96,6 +109,10 @@ class FakeSlack:
         self._refuse_until = 0.0  # time.monotonic() until which every call is answered 429
         self._refuse_retry_after = 1
         self._serving = contextlib.ExitStack()
+        self._triggers: dict[str, tuple[float, str]] = {}  # trigger_id -> (issued at, user)
+        self._exchanged: set[str] = set()
+        self._view_ids = itertools.count(1)
+        self._hangs: dict[str, float] = {}
         self.api_url = ""
         self.add_user(BOT_USER_ID, "playbook-bot", is_bot=True)
 
@@ -128,7 +145,28 @@ class FakeSlack:
         self.usergroups[group_id] = group
         return group
 
+    def issue_trigger(self, trigger_id: str, user: str = "", *, age: float = 0.0) -> str:
+        """Record a trigger_id as issued `age` seconds ago (Slack issues one with each command,
+        click and submission); only issued triggers can open a view."""
+        with self._lock:
+            self._triggers[trigger_id] = (time.monotonic() - age, user)
+        return trigger_id
+
+    def opened(self) -> list[dict[str, Any]]:
+        """The views opened with views.open, oldest first, as they now stand."""
+        return list(self.views.values())
+
     # --- faults and assertions ----------------------------------------------------------
+
+    def hang(self, method: str, seconds: float) -> None:
+        """From now on (until `reset()`), answer `method` only after `seconds` (Slack having a bad
+        moment); other calls are answered meanwhile."""
+        with self._lock:
+            self._hangs[method] = seconds
+
+    def hang_for(self, method: str) -> float:
+        with self._lock:
+            return self._hangs.get(method, 0.0)
 
     def rate_limit(self, n: int = 1, retry_after: int = 1, method: str | None = None) -> None:
         """Answer the next `n` calls (of `method`, or any) with HTTP 429 and `Retry-After`."""
@@ -183,6 +221,11 @@ class FakeSlack:
         with self._lock:
             self.calls.clear()
             self.messages.clear()
+            self.views.clear()
+            self.homes.clear()
+            self._triggers.clear()
+            self._exchanged.clear()
+            self._hangs.clear()
             self._faults.clear()
             self._fraction = None
             self._refuse_until = 0.0
@@ -266,6 +309,9 @@ class FakeSlack:
             "usergroups.list": self._usergroups_list,
             "usergroups.users.list": self._usergroups_users_list,
             "users.info": self._users_info,
+            "views.open": self._views_open,
+            "views.update": self._views_update,
+            "views.publish": self._views_publish,
         }
 
     def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -396,6 +442,101 @@ class FakeSlack:
             raise SlackFault("user_not_found")
         return {"user": user}
 
+    # --- views --------------------------------------------------------------------------
+
+    def _view_arg(self, params: dict[str, Any], kinds: tuple[str, ...]) -> dict[str, Any]:
+        """The `view` argument, a JSON-encoded view object within Slack's limits, of one of `kinds`."""
+        view = params.get("view")
+        if view is None:
+            raise _invalid("missing required field: view")
+        if isinstance(view, str):
+            if len(view.encode()) > 250 * 1024:
+                raise SlackFault("view_too_large")
+            try:
+                view = json.loads(view)
+            except ValueError:
+                raise _invalid("must provide an object [json-pointer:/view]") from None
+        errors = view_errors(view)
+        if not errors and view.get("type") not in kinds:
+            errors = [f"must be {' or '.join(kinds)} [json-pointer:/view/type]"]
+        if errors:
+            raise _invalid(*errors)
+        return view
+
+    def _stored(self, view: dict[str, Any], user: str, view_id: str | None = None) -> dict[str, Any]:
+        view_id = view_id or f"V{next(self._view_ids):08d}"
+        stored = {
+            **view,
+            "id": view_id,
+            "team_id": TEAM_ID,
+            "private_metadata": view.get("private_metadata", ""),
+            "callback_id": view.get("callback_id", ""),
+            "external_id": view.get("external_id", ""),
+            "state": {"values": {}},
+            "hash": f"{int(time.time())}.{next(self._ts):08x}",
+            "root_view_id": view_id,
+            "app_id": "A0PLAYBOOK",
+            "bot_id": BOT_ID,
+            "user": user,
+        }
+        return stored
+
+    def _views_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        trigger = params.get("trigger_id")
+        if not trigger:
+            raise _invalid("missing required field: trigger_id")
+        trigger = str(trigger)
+        if not TRIGGER_FORMAT.match(trigger) or trigger not in self._triggers:
+            raise SlackFault("invalid_trigger_id")
+        if trigger in self._exchanged:
+            raise SlackFault("exchanged_trigger_id")
+        issued, user = self._triggers[trigger]
+        if time.monotonic() - issued > TRIGGER_TTL:
+            raise SlackFault("expired_trigger_id")
+        view = self._view_arg(params, ("modal",))
+        self._exchanged.add(trigger)
+        stored = self._stored(view, user)
+        self.views[stored["id"]] = stored
+        return {"view": _public(stored)}
+
+    def _views_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        view_id, external_id = params.get("view_id"), params.get("external_id")
+        if bool(view_id) == bool(external_id):
+            raise _invalid("exactly one of view_id or external_id is required")
+        current = self.views.get(str(view_id)) if view_id else next(
+            (v for v in self.views.values() if v.get("external_id") == external_id), None)
+        if current is None:
+            raise SlackFault("not_found")
+        if params.get("hash") and params["hash"] != current["hash"]:
+            raise SlackFault("hash_conflict")
+        view = self._view_arg(params, ("modal",))
+        stored = self._stored(view, current["user"], current["id"])
+        self.views[stored["id"]] = stored
+        return {"view": _public(stored)}
+
+    def _views_publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        user = str(params.get("user_id") or "")
+        if not user:
+            raise _invalid("missing required field: user_id")
+        if user not in self.users:
+            raise _invalid("invalid `user_id`")
+        current = self.homes.get(user)
+        if params.get("hash") and (current is None or params["hash"] != current["hash"]):
+            raise SlackFault("hash_conflict")
+        view = self._view_arg(params, ("home",))
+        stored = self._stored(view, user, current["id"] if current else None)
+        self.homes[user] = stored
+        return {"view": _public(stored)}
+
+
+def _invalid(*messages: str) -> SlackFault:
+    """Slack's answer to a call with bad arguments: `invalid_arguments`, each problem listed."""
+    return SlackFault("invalid_arguments", response_metadata={"messages": [f"[ERROR] {m}" for m in messages]})
+
+
+def _public(view: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in view.items() if k != "user"}
+
 
 @dataclass
 class _Fraction:
@@ -479,6 +620,7 @@ def _handler(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 self._send(200, {"ok": False, "error": "invalid_json"}, {})
                 return
+            time.sleep(slack.hang_for(method))  # outside the lock: other calls go on meanwhile
             status, answer, headers = slack.answer(method, params, self.headers.get("Authorization"))
             self._send(status, answer, headers)
 

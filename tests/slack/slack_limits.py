@@ -14,6 +14,16 @@ limit in `bot/slack/blocks.py` fails the tests instead of moving them. Sources (
   `action_id` at most 255, `value` at most 2000, `url` at most 3000, `style` `primary` or
   `danger`; an `action_id` unique within its block.
 - every block: `block_id` at most 255 characters.
+- reference/views/modal-views: `title` plain_text at most 24 characters (required), `close` and
+  `submit` at most 24, `submit` required when an input block is present, `blocks` at most 100,
+  `private_metadata` at most 3000, `callback_id` and `external_id` at most 255. Home tab views
+  (reference/views/home-tab-views): `blocks` at most 100, no title.
+- reference/block-kit/blocks/input-block: `label` plain_text at most 2000, `element` required,
+  `hint` plain_text at most 2000, `optional` a boolean.
+- reference/block-kit/block-elements: plain_text_input `max_length` at most 3000 (`min_length`
+  too), `placeholder` at most 150; static_select `options` at most 100, each option's `text`
+  plain_text at most 75 and `value` at most 150, `initial_option` one of the options;
+  checkboxes `options` at most 10; number_input `is_decimal_allowed` required.
 - reference/methods/chat.postMessage and the 2018 changelog "Truncating really long messages":
   the top-level `text` takes up to 40,000 characters; longer text is truncated, with a
   `message_truncated` warning.
@@ -33,6 +43,18 @@ CONTEXT_ELEMENTS_MAX = 10
 ACTIONS_ELEMENTS_MAX = 25
 BUTTON_TEXT_MAX, BUTTON_VALUE_MAX, BUTTON_URL_MAX = 75, 2000, 3000
 ACTION_ID_MAX = BLOCK_ID_MAX = 255
+VIEW_TITLE_MAX = VIEW_BUTTON_MAX = 24
+VIEW_BLOCKS_MAX = 100
+PRIVATE_METADATA_MAX = 3000
+CALLBACK_ID_MAX = EXTERNAL_ID_MAX = 255
+INPUT_LABEL_MAX = INPUT_HINT_MAX = 2000
+PLAIN_TEXT_INPUT_MAX = 3000
+PLACEHOLDER_MAX = 150
+SELECT_OPTIONS_MAX, OPTION_TEXT_MAX, OPTION_VALUE_MAX = 100, 75, 150
+CHECKBOX_OPTIONS_MAX = 10
+INPUT_ELEMENTS = frozenset({"plain_text_input", "static_select", "checkboxes", "number_input", "radio_buttons",
+                            "multi_static_select", "datepicker", "timepicker", "users_select", "conversations_select",
+                            "channels_select", "email_text_input", "url_text_input"})
 
 # Message block types Slack documents; these are checked in depth, the others only for a type.
 CHECKED_BLOCKS = frozenset({"header", "section", "context", "actions", "divider"})
@@ -102,6 +124,8 @@ def _element(element: Any, at: str, action_ids: set[str]) -> list[str]:
         if action_id in action_ids:
             errors.append(f"action_id must be unique within the block [json-pointer:{at}/action_id]")
         action_ids.add(action_id)
+    if element["type"] in INPUT_ELEMENTS:
+        errors += _input_element(element, at)
     if element["type"] == "button":
         errors += _text_object(element.get("text"), f"{at}/text", BUTTON_TEXT_MAX, plain_only=True)
         errors += _max_len(element.get("value"), BUTTON_VALUE_MAX, f"{at}/value")
@@ -127,3 +151,108 @@ def _max_len(value: Any, limit: int, at: str) -> list[str]:
     if not isinstance(value, str):
         return [f"must be a string [json-pointer:{at}]"]
     return [f"must be less than {limit + 1} characters [json-pointer:{at}]"] if len(value) > limit else []
+
+
+def view_errors(view: Any) -> list[str]:
+    """What Slack would refuse in a view (views.open/update/publish), each as `reason
+    [json-pointer:/view/...]`, the way its `invalid_arguments` answer lists them."""
+    if not isinstance(view, dict):
+        return ["must provide an object [json-pointer:/view]"]
+    kind = view.get("type")
+    if kind not in ("modal", "home"):
+        return ["must be modal or home [json-pointer:/view/type]"]
+    errors: list[str] = []
+    blocks = view.get("blocks")
+    if not isinstance(blocks, list):
+        return errors + ["missing required field: blocks [json-pointer:/view/blocks]"]
+    if len(blocks) > VIEW_BLOCKS_MAX:
+        errors.append(f"no more than {VIEW_BLOCKS_MAX} items allowed [json-pointer:/view/blocks]")
+    if kind == "modal":
+        if "title" not in view:
+            errors.append("missing required field: title [json-pointer:/view]")
+        else:
+            errors += _text_object(view["title"], "/view/title", VIEW_TITLE_MAX, plain_only=True)
+        for button in ("close", "submit"):
+            if button in view:
+                errors += _text_object(view[button], f"/view/{button}", VIEW_BUTTON_MAX, plain_only=True)
+        if "submit" not in view and any(isinstance(b, dict) and b.get("type") == "input" for b in blocks):
+            errors.append("must provide submit when an input block is present [json-pointer:/view/submit]")
+    errors += _max_len(view.get("private_metadata"), PRIVATE_METADATA_MAX, "/view/private_metadata")
+    errors += _max_len(view.get("callback_id"), CALLBACK_ID_MAX, "/view/callback_id")
+    errors += _max_len(view.get("external_id"), EXTERNAL_ID_MAX, "/view/external_id")
+    block_ids: set[str] = set()
+    for i, block in enumerate(blocks):
+        at = f"/view/blocks/{i}"
+        if isinstance(block, dict) and isinstance(block.get("block_id"), str):
+            if block["block_id"] in block_ids:
+                errors.append(f"block_id must be unique within the view [json-pointer:{at}/block_id]")
+            block_ids.add(block["block_id"])
+        if isinstance(block, dict) and block.get("type") == "input":
+            errors += _input_block(block, at)
+        else:
+            errors += _block(block, at)
+    return errors
+
+
+def _input_block(block: dict[str, Any], at: str) -> list[str]:
+    errors = _max_len(block.get("block_id"), BLOCK_ID_MAX, f"{at}/block_id")
+    errors += _text_object(block.get("label"), f"{at}/label", INPUT_LABEL_MAX, plain_only=True)
+    if "hint" in block:
+        errors += _text_object(block["hint"], f"{at}/hint", INPUT_HINT_MAX, plain_only=True)
+    if "optional" in block and not isinstance(block["optional"], bool):
+        errors.append(f"must be a boolean [json-pointer:{at}/optional]")
+    element = block.get("element")
+    if not isinstance(element, dict) or element.get("type") not in INPUT_ELEMENTS:
+        return errors + [f"must provide a valid input element [json-pointer:{at}/element]"]
+    return errors + _element(element, f"{at}/element", set())
+
+
+def _input_element(element: dict[str, Any], at: str) -> list[str]:
+    kind = element["type"]
+    errors: list[str] = []
+    if "placeholder" in element:
+        errors += _text_object(element["placeholder"], f"{at}/placeholder", PLACEHOLDER_MAX, plain_only=True)
+    if kind == "plain_text_input":
+        for key in ("max_length", "min_length"):
+            value = element.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= PLAIN_TEXT_INPUT_MAX):
+                errors.append(f"must be an integer from 0 to {PLAIN_TEXT_INPUT_MAX} [json-pointer:{at}/{key}]")
+        initial = element.get("initial_value")
+        errors += _max_len(initial, PLAIN_TEXT_INPUT_MAX, f"{at}/initial_value")
+        limit = element.get("max_length")
+        if isinstance(initial, str) and isinstance(limit, int) and len(initial) > limit:
+            errors.append(f"must be at most max_length characters [json-pointer:{at}/initial_value]")
+    elif kind == "number_input":
+        if not isinstance(element.get("is_decimal_allowed"), bool):
+            errors.append(f"missing required field: is_decimal_allowed [json-pointer:{at}]")
+        for key in ("initial_value", "min_value", "max_value"):
+            value = element.get(key)
+            if value is None:
+                continue
+            try:
+                number = float(value) if isinstance(value, str) else None
+            except ValueError:
+                number = None
+            if number is None or (element.get("is_decimal_allowed") is False and not number.is_integer()):
+                errors.append(f"must be a number as a string [json-pointer:{at}/{key}]")
+    elif kind in ("static_select", "checkboxes", "radio_buttons", "multi_static_select"):
+        limit = CHECKBOX_OPTIONS_MAX if kind in ("checkboxes", "radio_buttons") else SELECT_OPTIONS_MAX
+        options = element.get("options")
+        if not isinstance(options, list) or not 1 <= len(options) <= limit:
+            return errors + [f"must hold 1 to {limit} items [json-pointer:{at}/options]"]
+        values = []
+        for j, option in enumerate(options):
+            where = f"{at}/options/{j}"
+            if not isinstance(option, dict):
+                errors.append(f"must provide an object [json-pointer:{where}]")
+                continue
+            errors += _text_object(option.get("text"), f"{where}/text", OPTION_TEXT_MAX, plain_only=kind.endswith("select"))
+            if not isinstance(option.get("value"), str):
+                errors.append(f"missing required field: value [json-pointer:{where}]")
+            errors += _max_len(option.get("value"), OPTION_VALUE_MAX, f"{where}/value")
+            values.append(option)
+        initial = [element["initial_option"]] if "initial_option" in element else element.get("initial_options", [])
+        for k, chosen in enumerate(initial if isinstance(initial, list) else [initial]):
+            if chosen not in values:
+                errors.append(f"must match one of the options [json-pointer:{at}/initial_option{'s/' + str(k) if 'initial_options' in element else ''}]")
+    return errors

@@ -119,6 +119,11 @@ def sign(body: str, ts: int | None = None, secret: str = SECRET) -> dict[str, st
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
+def new_trigger() -> str:
+    """A trigger_id shaped like Slack's."""
+    return f"{int(time.time())}.1234.{uuid.uuid4().hex[:20]}"
+
+
 # ---- the stack --------------------------------------------------------------------------------
 
 
@@ -131,6 +136,7 @@ class Stack:
     def command(self, text: str, user: str = ALICE, trigger_id: str | None = None) -> tuple[str, str]:
         """A form-encoded slash command and the key its response_url answers are filed under."""
         key = uuid.uuid4().hex
+        trigger_id = self.fake.issue_trigger(trigger_id or new_trigger(), user)
         body = urlencode({
             "token": "deprecated-verification-token",
             "team_id": "T0FAKE",
@@ -143,7 +149,7 @@ class Stack:
             "text": text,
             "api_app_id": "A0PLAYBOOK",
             "response_url": f"{self.url}/test/responses/{key}",
-            "trigger_id": trigger_id or f"{int(time.time())}.1234.{uuid.uuid4().hex[:20]}",
+            "trigger_id": trigger_id,
         })
         return body, key
 
@@ -176,7 +182,7 @@ class Stack:
             "api_app_id": "A0PLAYBOOK",
             "token": "deprecated-verification-token",
             "container": {"type": "message", "message_ts": message_ts, "channel_id": CHANNEL, "is_ephemeral": False},
-            "trigger_id": f"{int(time.time())}.5678.{uuid.uuid4().hex[:20]}",
+            "trigger_id": self.fake.issue_trigger(new_trigger(), user),
             "team": {"id": "T0FAKE", "domain": "fake"},
             "channel": {"id": CHANNEL, "name": "incidents"},
             "message": {"type": "message", "ts": message_ts, "text": "approval", "user": "U0BOT"},
@@ -185,6 +191,50 @@ class Stack:
                          "action_ts": str(time.time())}],
         }
         return urlencode({"payload": json.dumps(payload)})
+
+    def submission_body(self, view: Mapping[str, Any], user: str, values: Mapping[str, Any], *,
+                        metadata: str | None = None, callback_id: str | None = None) -> str:
+        """A view_submission as Slack sends it for `view` (as the fake holds it), `values` being the
+        input state by block id: `{"param:x": {"value": {"type": "plain_text_input", "value": "a"}}}`.
+        `metadata` and `callback_id` replace the view's own (a forgery)."""
+        payload = {
+            "type": "view_submission",
+            "team": {"id": "T0FAKE", "domain": "fake"},
+            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": "T0FAKE"},
+            "api_app_id": "A0PLAYBOOK",
+            "token": "deprecated-verification-token",
+            "trigger_id": self.fake.issue_trigger(new_trigger(), user),
+            "view": {
+                **{k: v for k, v in view.items() if k != "user"},
+                "private_metadata": view.get("private_metadata", "") if metadata is None else metadata,
+                "callback_id": view.get("callback_id", "") if callback_id is None else callback_id,
+                "state": {"values": dict(values)},
+            },
+            "response_urls": [],
+            "is_enterprise_install": False,
+        }
+        return urlencode({"payload": json.dumps(payload)})
+
+    def view_action_body(self, view: Mapping[str, Any], user: str, action: Mapping[str, Any]) -> str:
+        """A block_actions payload from inside a modal (no channel, no response_url)."""
+        payload = {
+            "type": "block_actions",
+            "team": {"id": "T0FAKE", "domain": "fake"},
+            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": "T0FAKE"},
+            "api_app_id": "A0PLAYBOOK",
+            "token": "deprecated-verification-token",
+            "container": {"type": "view", "view_id": view["id"]},
+            "trigger_id": self.fake.issue_trigger(new_trigger(), user),
+            "view": {k: v for k, v in view.items() if k != "user"},
+            "actions": [{"action_ts": str(time.time()), **action}],
+        }
+        return urlencode({"payload": json.dumps(payload)})
+
+    async def post_json(self, payload: Mapping[str, Any]) -> httpx.Response:
+        """An Events API request (JSON), signed."""
+        body = json.dumps(payload)
+        return await self.http.post(f"{self.url}/slack/events", content=body,
+                                    headers={"Content-Type": "application/json", **sign(body)})
 
     async def runs(self, query: str) -> list[Any]:
         return [w async for w in self.temporal.list_workflows(query) if not is_control(w.id)]

@@ -93,11 +93,10 @@ async def test_run_acks_fast_starts_the_trigger_derived_run_and_a_replay_attache
     ("text", "expected"),
     [
         ("frobnicate", ["Unknown subcommand", "/playbook run NAME"]),
-        ("", ["/playbook list"]),
         ("help", ["dry-run NAME"]),
         ("run nope service=api", ["Unknown playbook `nope`", "`gated`", "`hold`"]),
         ("run hold service=API!", ["'service'", "does not match"]),
-        ("run hold", ["missing required param 'service'"]),
+        ("run hold replicsa=3", ["missing required param 'service'", "unknown param 'replicsa'"]),  # no form: a typo
         ("run hold service=api replicsa=3", ["unknown param 'replicsa'", "did you mean 'replicas'"]),
         ("run hold service=api replicas=many", ["'replicas'", "integer"]),
         ("run hold justaword", ["key=value", "justaword"]),

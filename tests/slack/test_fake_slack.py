@@ -300,3 +300,100 @@ async def test_fail_next_answers_one_call_with_the_error(fake_slack: FakeSlack) 
 
     assert caught.value.response["error"] == "channel_is_archived"
     assert (await slack.chat_postMessage(channel="C0INCIDENTS", text="x"))["ok"] is True
+
+
+# ---- views (modals, App Home) -------------------------------------------------------------------
+
+MODAL = {"type": "modal", "title": {"type": "plain_text", "text": "A modal"}, "blocks": [
+    {"type": "input", "block_id": "b", "label": {"type": "plain_text", "text": "Name"},
+     "element": {"type": "plain_text_input", "action_id": "a"}}], "submit": {"type": "plain_text", "text": "Go"}}
+
+
+def _trigger(slack: FakeSlack, age: float = 0.0) -> str:
+    return slack.issue_trigger(f"{int(time.time())}.42.{time.monotonic_ns():x}", "U0ALICE", age=age)
+
+
+async def test_views_open_exchanges_an_issued_trigger_once_within_3_seconds(fake_slack: FakeSlack) -> None:
+    web = client(fake_slack)
+    trigger = _trigger(fake_slack)
+    opened = await web.views_open(trigger_id=trigger, view=MODAL)
+    assert opened["view"]["id"] in fake_slack.views and opened["view"]["hash"]
+    cases = {
+        "exchanged_trigger_id": trigger,
+        "expired_trigger_id": _trigger(fake_slack, age=3.5),
+        "invalid_trigger_id": "not-a-trigger",
+    }
+    for error, sent in cases.items():
+        with pytest.raises(SlackApiError) as caught:
+            await web.views_open(trigger_id=sent, view=MODAL)
+        assert caught.value.response["error"] == error
+    with pytest.raises(SlackApiError) as caught:  # well-formed, but Slack never issued it
+        await web.views_open(trigger_id="123.456.abcdef", view=MODAL)
+    assert caught.value.response["error"] == "invalid_trigger_id"
+    with pytest.raises(SlackApiError) as caught:
+        await web.api_call("views.open", json={"view": MODAL})
+    assert caught.value.response["error"] == "invalid_arguments"
+    assert len(fake_slack.views) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "pointer"),
+    [
+        ({"title": {"type": "plain_text", "text": "t" * 25}}, "/view/title/text"),
+        ({"submit": None}, "/view/submit"),
+        ({"private_metadata": "m" * 3001}, "/view/private_metadata"),
+        ({"blocks": [{"type": "divider"}] * 101}, "/view/blocks"),
+        ({"blocks": [{**MODAL["blocks"][0], "block_id": "b" * 256}]}, "/view/blocks/0/block_id"),
+        ({"blocks": [{**MODAL["blocks"][0], "element": {"type": "plain_text_input", "action_id": "a" * 256}}]},
+         "/view/blocks/0/element/action_id"),
+        ({"blocks": [{**MODAL["blocks"][0], "element": {"type": "static_select", "action_id": "a", "options": [
+            {"text": {"type": "plain_text", "text": str(i)}, "value": str(i)} for i in range(101)]}}]},
+         "/view/blocks/0/element/options"),
+        ({"blocks": [{**MODAL["blocks"][0], "element": {"type": "static_select", "action_id": "a", "options": [
+            {"text": {"type": "plain_text", "text": "o" * 76}, "value": "v"}]}}]},
+         "/view/blocks/0/element/options/0/text/text"),
+        ({"blocks": [{**MODAL["blocks"][0], "element": {"type": "number_input", "action_id": "a"}}]},
+         "/view/blocks/0/element"),
+        ({"blocks": [{**MODAL["blocks"][0], "element": {"type": "plain_text_input", "action_id": "a",
+                                                         "max_length": 3001}}]}, "/view/blocks/0/element/max_length"),
+    ],
+)
+async def test_a_view_over_slacks_limits_is_invalid_arguments(fake_slack: FakeSlack, change: dict, pointer: str) -> None:
+    view = {k: v for k, v in {**MODAL, **change}.items() if v is not None}
+    with pytest.raises(SlackApiError) as caught:
+        await client(fake_slack).views_open(trigger_id=_trigger(fake_slack), view=view)
+    assert caught.value.response["error"] == "invalid_arguments"
+    messages = caught.value.response["response_metadata"]["messages"]
+    assert any(f"[json-pointer:{pointer}]" in m for m in messages), messages
+    assert not fake_slack.views
+
+
+async def test_views_update_needs_the_view_and_its_current_hash(fake_slack: FakeSlack) -> None:
+    web = client(fake_slack)
+    opened = (await web.views_open(trigger_id=_trigger(fake_slack), view=MODAL))["view"]
+    changed = {**MODAL, "title": {"type": "plain_text", "text": "Changed"}}
+    updated = (await web.views_update(view_id=opened["id"], hash=opened["hash"], view=changed))["view"]
+    assert fake_slack.views[opened["id"]]["title"]["text"] == "Changed" and updated["hash"] != opened["hash"]
+    for kwargs, error in [({"view_id": opened["id"], "hash": opened["hash"]}, "hash_conflict"),
+                          ({"view_id": "V404"}, "not_found")]:
+        with pytest.raises(SlackApiError) as caught:
+            await web.views_update(view=MODAL, **kwargs)
+        assert caught.value.response["error"] == error
+    for both_or_none in ({}, {"view_id": opened["id"], "external_id": "x"}):  # the client checks neither, as sent raw
+        with pytest.raises(SlackApiError) as caught:
+            await web.api_call("views.update", json={"view": MODAL, **both_or_none})
+        assert caught.value.response["error"] == "invalid_arguments"
+
+
+async def test_views_publish_needs_a_known_user_and_a_home_view(fake_slack: FakeSlack) -> None:
+    web = client(fake_slack)
+    fake_slack.add_user("U0ALICE", "alice")
+    home = {"type": "home", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}]}
+    await web.views_publish(user_id="U0ALICE", view=home)
+    assert fake_slack.homes["U0ALICE"]["blocks"] == home["blocks"]
+    for user, view in [("U0NOBODY", home), ("U0ALICE", MODAL), ("U0ALICE", {"type": "home", "blocks": [{}]})]:
+        with pytest.raises(SlackApiError) as caught:
+            await web.views_publish(user_id=user, view=view)
+        assert caught.value.response["error"] == "invalid_arguments", (user, view)
+    with pytest.raises(SlackApiError):
+        await web.api_call("views.publish", json={"view": home})

@@ -1,0 +1,162 @@
+"""The App Home tab: the user's recent runs and the runs waiting for their approval.
+
+Published (views.publish) when Slack sends `app_home_opened` for the Home tab. Bolt acks the
+event before this runs, so it never holds anyone's ack; it is still bounded, since the tab is
+opened often: a user's tab is redrawn at most once per REFRESH seconds, at most RENDERS at a
+time, each cut at RENDER_TIMEOUT; it reads the newest SCAN executions of this task queue (one
+visibility call, the requester from the run's memo) and the statuses of at most RECENT of the
+user's runs and RUNNING_SCAN running runs. "Waiting for you" asks the `approver` rule the run
+itself would ask (bot/engine/runs.py `check_approver`), never the requester's own runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from slack_bolt.async_app import AsyncApp
+
+from bot.engine.runs import RunError, check_approver, get_status
+from bot.engine.state import RunStatus
+from bot.identity import principals
+from bot.identity.principals import Actor, PrincipalError
+from bot.slack.app import SlackDeps
+from bot.slack.blocks import RUN_EMOJI, escape, requester, slack_date, truncate
+from bot.slack.commands import REQUESTER_MEMO
+from bot.slack.groups import GroupResolver
+
+log = structlog.get_logger(__name__)
+
+SCAN = 100  # newest executions looked at for the user's own runs
+RECENT = 10
+RUNNING_SCAN = 50  # running executions whose status is read for "waiting for you"
+WAITING = 10
+READ_BATCH = 10
+REFRESH = 10.0  # seconds: a tab opened again sooner is not redrawn
+RENDERS = 2
+RENDER_TIMEOUT = 10.0
+SECTION_LIMIT = 3000
+
+
+def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> HomeTab:
+    tab = HomeTab(deps, groups)
+    app.event("app_home_opened")(tab.handle)
+    return tab
+
+
+class HomeTab:
+    def __init__(self, deps: SlackDeps, groups: GroupResolver) -> None:
+        self.deps = deps
+        self.groups = groups
+        self._drawn: dict[str, float] = {}  # user -> time.monotonic() of the last redraw
+        self._renders = asyncio.Semaphore(RENDERS)
+
+    async def handle(self, event: dict[str, Any]) -> None:
+        if event.get("tab", "home") != "home":
+            return
+        user = event.get("user")
+        try:
+            principal = principals.slack(user if isinstance(user, str) else "")
+        except PrincipalError:
+            log.info("app_home_opened without a valid user; ignored")
+            return
+        assert isinstance(user, str)
+        now = time.monotonic()
+        if now - self._drawn.get(user, -REFRESH) < REFRESH or self._renders.locked():
+            return  # drawn moments ago, or busy: the tab keeps what it shows
+        self._drawn[user] = now
+        if len(self._drawn) > 10_000:  # forget old entries: a bounded map
+            self._drawn = {u: t for u, t in self._drawn.items() if now - t < REFRESH}
+        async with self._renders:
+            try:
+                blocks = await asyncio.wait_for(self.blocks(user, principal), RENDER_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001  Temporal slow or down: say so on the tab
+                log.warning("app home not rendered", error=f"{type(exc).__name__}: {exc}")
+                blocks = [_section(":warning: playbook-bot could not read runs just now; open the tab again later.")]
+            try:
+                await self.deps.web.views_publish(user_id=user, view={"type": "home", "blocks": blocks})
+            except Exception as exc:  # noqa: BLE001  best effort: the next open tries again
+                log.warning("app home not published", error=f"{type(exc).__name__}: {exc}")
+
+    async def blocks(self, user: str, principal: str) -> list[dict[str, Any]]:
+        mine, waiting = await asyncio.gather(self.recent(principal), self.waiting(user, principal))
+        blocks: list[dict[str, Any]] = [_header("Waiting for your approval")]
+        if waiting:
+            blocks += [_section(line) for line in waiting]
+        else:
+            blocks.append(_section("_Nothing is waiting for you._"))
+        blocks.append({"type": "divider"})
+        blocks.append(_header("Your recent runs"))
+        blocks.append(_section("\n".join(_run_line(s) for s in mine) if mine else
+                               "_No runs started by you from Slack lately._"))
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": (
+            f"Type `/playbook` in a channel to start a run from a form · updated {slack_date(datetime.now(UTC))}")}]})
+        return blocks
+
+    async def recent(self, principal: str) -> list[RunStatus]:
+        """The user's newest RECENT runs among the newest SCAN (their requester from the memo)."""
+        query = f'WorkflowType = "PlaybookRun" AND TaskQueue = "{self.deps.task_queue}"'
+        ids: list[str] = []
+        async for execution in self.deps.client.list_workflows(query, limit=SCAN):
+            if await execution.memo_value(REQUESTER_MEMO, None) == principal:
+                ids.append(execution.id)
+                if len(ids) >= RECENT:
+                    break
+        return [s for s in await asyncio.gather(*(self._status(i) for i in ids)) if s is not None]
+
+    async def waiting(self, user: str, principal: str) -> list[str]:
+        """Lines for the running runs with a step waiting for a vote this user may cast."""
+        query = (f'WorkflowType = "PlaybookRun" AND TaskQueue = "{self.deps.task_queue}" '
+                 'AND ExecutionStatus = "Running"')
+        ids = [w.id async for w in self.deps.client.list_workflows(query, limit=RUNNING_SCAN)]
+        actor: Actor | None = None
+        lines: list[str] = []
+        for first in range(0, len(ids), READ_BATCH):
+            for status in await asyncio.gather(*(self._status(i) for i in ids[first:first + READ_BATCH])):
+                if status is None or status.requested_by == principal:
+                    continue  # four-eyes: never one's own run
+                for step in status.all_steps():
+                    if step.state != "waiting_approval" or any(v.user == principal for v in step.approvals):
+                        continue
+                    if actor is None:
+                        groups = await self.groups.handles(user, stale_ok=True)
+                        actor = Actor(principal, "", tuple(groups), "slack")
+                    try:
+                        await check_approver(self.deps.client, self.deps.policy, status, step.id, actor)
+                    except RunError:
+                        continue  # the approver rule says not this user
+                    lines.append(_waiting_line(status, step.id, step.action, step.approval_deadline))
+                    if len(lines) >= WAITING:
+                        return lines
+        return lines
+
+    async def _status(self, run_id: str) -> RunStatus | None:
+        try:
+            return await get_status(self.deps.client, run_id)
+        except RunError:
+            return None
+
+
+def _run_line(status: RunStatus) -> str:
+    when = f" · {slack_date(status.started_at)}" if status.started_at else ""
+    return truncate(f"{RUN_EMOJI.get(status.state, '')} *{escape(status.playbook)}* {status.state.replace('_', ' ')}"
+                    f" · `{escape(status.run_id)}`{when}", 290)
+
+
+def _waiting_line(status: RunStatus, step: str, action: str, deadline: datetime | None) -> str:
+    due = f" · deadline {slack_date(deadline)}" if deadline else ""
+    return truncate(
+        f":raised_hand: *{escape(status.playbook)}* step *{escape(step)}* `{escape(action)}` · run "
+        f"`{escape(status.run_id)}` · requested by {requester(status)}{due}\n"
+        "Vote on the request in the run's thread, or `playbook-bot approve|reject RUN STEP`.", SECTION_LIMIT)
+
+
+def _header(text: str) -> dict[str, Any]:
+    return {"type": "header", "text": {"type": "plain_text", "text": text, "emoji": True}}
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": truncate(text, SECTION_LIMIT)}}
