@@ -21,8 +21,9 @@ from bot.alerts.receiver import AlertDeps, AlertReceiver
 from bot.api.routes import ApiDeps, RunsApi
 from bot.audit.backend import AuditStore
 from bot.devstack import DevServer, WorkerProcess
+from bot.engine.schedules import sync_schedules
 from bot.engine.worker import WorkerDeps, make_worker, open_policy_and_audit, worker_deps
-from bot.identity.keys import front_door_keyring, require_front_door_key
+from bot.identity.keys import front_door_keyring, require_front_door_key, worker_keyring
 from bot.identity.proofs import Keyring, ensure_dev_key
 from bot.identity.tokens import TokenError, TokenStore
 from bot.playbook.loader import Catalog, load_directory
@@ -115,6 +116,8 @@ async def serve_worker(
     settings: Settings, client: Client, deps: WorkerDeps, stop: asyncio.Event, readiness: Readiness | None = None
 ) -> None:
     worker = make_worker(client, settings.task_queue, deps.activities, keyring=deps.keyring)
+    if settings.schedules_sync:  # before polling: the first firing finds the schedules as the files say
+        await sync_schedules(client, deps.catalog, deps.keyring or worker_keyring(settings), settings.task_queue)
     if readiness is not None:
         readiness.checks["worker"] = flag_check(lambda: worker.is_running, "worker not running")
         readiness.checks["policies"] = policy_check(deps.policy)
