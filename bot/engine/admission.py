@@ -180,8 +180,8 @@ class Admitter:
                 f"audit store unavailable: cannot tell whether run id {run_id!r} was used before: {exc}",
                 type=AUDIT_UNAVAILABLE,
             ) from None
-        if earlier is None or (proof is not None and proof.issued_at > earlier + START_SKEW):
-            return None
+        if earlier is None or (proof is not None and proof.purpose == "start" and proof.issued_at > earlier + START_SKEW):
+            return None  # (a schedule's proof is older than its firings: one firing, one run, never again)
         return (f"run id {run_id!r} was already used by an earlier run, and this start's proof was not issued well "
                 f"after that run (more than {START_SKEW} later): a run id names one run, and a proof starts one run")
 
