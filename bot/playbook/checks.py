@@ -239,9 +239,12 @@ class _Checker:
                 self.add(("triggers", "schedule", k, "id"), f"{label}.id: {key!r} is also triggers.schedule[{seen[key]}]'s id")
             seen.setdefault(key, k)
             loc: Loc = ("triggers", "schedule", k, "params")
-            for where, _ in _strings(entry.params, loc):
+            templates = list(_strings(entry.params, loc))
+            for where, _ in templates:
                 self.add(where, f"{dotted(where)}: schedule params are literal values (no templates: nothing is "
                          "known before a scheduled run starts)")
+            if templates:
+                continue
             try:
                 coerce_params(self.playbook, entry.params)
             except ParamError as exc:
