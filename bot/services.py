@@ -26,7 +26,7 @@ from bot.engine.worker import WorkerDeps, make_worker, open_policy_and_audit, wo
 from bot.identity.keys import front_door_keyring, require_front_door_key, worker_keyring
 from bot.identity.proofs import Keyring, ensure_dev_key
 from bot.identity.tokens import TokenError, TokenStore
-from bot.playbook.loader import Catalog, load_directory
+from bot.playbook.loader import Catalog, load_directory, unloaded_names
 from bot.playbook.reload import LiveCatalog
 from bot.policy.engine import PolicyEngine
 from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
@@ -117,7 +117,9 @@ async def serve_worker(
 ) -> None:
     worker = make_worker(client, settings.task_queue, deps.activities, keyring=deps.keyring)
     if settings.schedules_sync:  # before polling: the first firing finds the schedules as the files say
-        await sync_schedules(client, deps.catalog, deps.keyring or worker_keyring(settings), settings.task_queue)
+        keys = deps.keyring or worker_keyring(settings)
+        broken = unloaded_names(settings.playbooks_dir, deps.catalog)  # their schedules stay until fixed
+        await sync_schedules(client, deps.catalog, keys, settings.task_queue, keep=broken)
     if readiness is not None:
         readiness.checks["worker"] = flag_check(lambda: worker.is_running, "worker not running")
         readiness.checks["policies"] = policy_check(deps.policy)

@@ -19,7 +19,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Collection
 
 import structlog
 from pydantic import BaseModel, Field
@@ -87,6 +87,7 @@ class SyncReport(BaseModel):
     updated: list[str] = Field(default_factory=list)
     deleted: list[str] = Field(default_factory=list)
     unchanged: list[str] = Field(default_factory=list)
+    kept: list[str] = Field(default_factory=list, description="Not in the catalog, but its playbook's file is broken: left as it was.")
     failed: dict[str, str] = Field(default_factory=dict)
 
 
@@ -107,7 +108,6 @@ class Planned:
 
     def fingerprint(self, task_queue: str, keyring: Keyring) -> str:
         """Everything the schedule's definition depends on: a change to any means an update."""
-        signer = keyring.vouch("schedule", self.id, Actor(PRINCIPAL, verified_by="schedule"), {})
         doc = {
             "v": 1,
             "hash": self.loaded.hash,
@@ -116,7 +116,7 @@ class Planned:
             "overlap": self.trigger.overlap,
             "params": self.params,
             "task_queue": task_queue,
-            "key_id": signer.key_id if signer else None,
+            "key_id": keyring.vouching_key_id,
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
 
@@ -184,9 +184,13 @@ def _spec_memo(client: Client, desc: ScheduleDescription) -> ScheduleSpecMemo | 
         return None
 
 
-async def sync_schedules(client: Client, catalog: Catalog, keyring: Keyring, task_queue: str) -> SyncReport:
-    """Make this task queue's schedules match `catalog` (see the module docstring). One schedule's
-    failure is reported and logged; the others are still synced."""
+async def sync_schedules(
+    client: Client, catalog: Catalog, keyring: Keyring, task_queue: str, *, keep: Collection[str] = ()
+) -> SyncReport:
+    """Make this task queue's schedules match `catalog` (see the module docstring). `keep`: playbooks
+    whose files are there but do not load; their schedules stay as they were (a typo must not
+    drop the nightly job, nor an operator's pause). One schedule's failure is reported and
+    logged; the others are still synced."""
     report = SyncReport()
     wanted = {plan.id: plan for plan in planned(catalog)}
     for plan in wanted.values():
@@ -195,17 +199,20 @@ async def sync_schedules(client: Client, catalog: Catalog, keyring: Keyring, tas
         except RPCError as exc:
             report.failed[plan.id] = f"Temporal refused it: {exc.message}"
     try:
-        await _delete_unwanted(client, set(wanted), task_queue, report)
+        await _delete_unwanted(client, set(wanted), task_queue, set(keep), report)
     except RPCError as exc:
         report.failed["(list)"] = f"could not list the namespace's schedules to delete removed ones: {exc.message}"
     for sid, why in report.failed.items():
         log.error("schedule not in step with the playbooks", schedule=sid, reason=why)
+    for sid in report.kept:
+        log.warning("schedule kept as it was: its playbook does not load", schedule=sid)
     log.info("schedules synced", task_queue=task_queue, created=len(report.created), updated=len(report.updated),
-             deleted=len(report.deleted), unchanged=len(report.unchanged), failed=len(report.failed))
+             deleted=len(report.deleted), unchanged=len(report.unchanged), kept=len(report.kept),
+             failed=len(report.failed))
     return report
 
 
-async def _delete_unwanted(client: Client, wanted: set[str], task_queue: str, report: SyncReport) -> None:
+async def _delete_unwanted(client: Client, wanted: set[str], task_queue: str, keep: set[str], report: SyncReport) -> None:
     """Delete our schedules whose entry is gone. The list is eventually consistent: one created a
     moment ago may be missing from it, which only matters if it is also unwanted (the next sync)."""
     async for entry in await client.list_schedules():
@@ -214,6 +221,9 @@ async def _delete_unwanted(client: Client, wanted: set[str], task_queue: str, re
         owner = await _owner(entry)
         if owner is None or owner.task_queue != task_queue:
             continue  # not ours (another deployment's, or someone else's under our prefix)
+        if owner.playbook in keep:
+            report.kept.append(entry.id)
+            continue
         try:
             await client.get_schedule_handle(entry.id).delete()
             report.deleted.append(entry.id)

@@ -82,6 +82,12 @@ class Keyring:
     def can_verify(self) -> bool:
         return bool(self._keys)
 
+    @property
+    def vouching_key_id(self) -> str | None:
+        """The id of the key `vouch` signs with (None: it cannot)."""
+        key = self._signing or next(iter(self._keys.values()), None)
+        return key_id(key) if key is not None else None
+
     def sign(self, purpose: Purpose, run_id: str, actor: Actor, content: Any, now: datetime | None = None) -> Proof | None:
         """A proof for a verified actor; None for an unverified one or without a key (the worker
         then treats the principal as unverified)."""

@@ -114,7 +114,14 @@ async def test_sync_creates_updates_and_deletes_only_its_own_schedules(dev_env: 
     assert (desc.schedule.state.paused, desc.schedule.state.note) == (True, "maintenance window")  # the operator's pause stays
     assert action_input(client, desc).playbook_hash == catalog(name, "30 4 * * *").get(name).hash
 
+    rotated = await sync_schedules(client, catalog(name, "30 4 * * *"), Keyring(b"n" * 32, [KEY]), queue)
+    assert rotated.updated == [sid]  # a new signing key re-signs: the old one may be retired
+    proof = action_input(client, await client.get_schedule_handle(sid).describe()).proof
+    assert proof is not None and proof.key_id == Keyring(b"n" * 32).vouching_key_id
+
     await eventually(lambda: listed(client, sid), what="the schedule listed")
+    broken = await sync_schedules(client, Catalog(), keys, queue, keep={name})
+    assert (broken.kept, broken.deleted) == ([sid], [])  # its file does not load: left as it was
     removed = await sync_schedules(client, catalog(name, None), keys, queue)
     assert (removed.deleted, removed.failed) == ([sid], {})
     assert await gone(client, sid)
