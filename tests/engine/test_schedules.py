@@ -23,6 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 from bot.engine.schedules import OWNER_MEMO, list_schedules, schedule_id, sync_schedules
 from bot.engine.state import RunInput, RunStatus
 from bot.engine.worker import make_worker, worker_deps
+from bot.engine.workflow import PlaybookRun
 from bot.identity.proofs import Keyring
 from bot.playbook.loader import Catalog, load_text
 from bot.settings import Settings
@@ -162,6 +163,12 @@ async def test_a_fired_schedule_runs_once_as_the_verified_schedule_principal(
             run_id = desc.info.recent_actions[0].action.workflow_id  # type: ignore[attr-defined]
             status = await client.get_workflow_handle(run_id, result_type=RunStatus).result()
             views = await list_schedules(client, settings.task_queue)
+            # What anyone who can read the schedule can do: start its input themselves.
+            copied = action_input(client, await handle.describe())
+            elsewhere = await client.execute_workflow(PlaybookRun.run, copied, id=unique("raw"),
+                                                      task_queue=settings.task_queue, result_type=RunStatus)
+            replayed = await client.execute_workflow(PlaybookRun.run, copied, id=run_id,
+                                                     task_queue=settings.task_queue, result_type=RunStatus)
             await handle.delete()
         started = [e for e in deps.audit.events(run_id=run_id) if e.kind.value == "run_started"]
     assert run_id.startswith(f"{sid}-") and run_id != sid  # Temporal appended the firing time
@@ -169,6 +176,9 @@ async def test_a_fired_schedule_runs_once_as_the_verified_schedule_principal(
     assert (status.requested_by, status.trigger, status.params) == ("schedule", "schedule", {"host": "a.example", "days": 14})
     assert status.requester is not None and (status.requester.verified, status.requester.verified_by) == (True, "schedule")
     assert len(started) == 1 and started[0].actor == "schedule"
+    assert (elsewhere.state, replayed.state) == ("cancelled", "cancelled")  # refused: nothing ran
+    assert elsewhere.error is not None and "proof" in elsewhere.error and "is not one schedule" in elsewhere.error
+    assert replayed.error is not None and "already used by an earlier run" in replayed.error
     [view] = views
     assert (view.id, view.playbook, view.cron, view.timezone, view.paused) == (sid, name, "0 3 * * *", "Europe/Berlin", False)
     assert view.next_runs and view.recent_runs == [run_id]
