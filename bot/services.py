@@ -112,14 +112,26 @@ async def _run_worker(worker: Worker, stop: asyncio.Event) -> None:
         await run
 
 
+async def _sync_schedules_with(settings: Settings, client: Client, deps: WorkerDeps) -> None:
+    """Sync now, and again after every reload that changed the catalog. A file broken since start
+    has no previous version to keep: its playbook's schedules stay as they are until it loads."""
+    keys = deps.keyring or worker_keyring(settings)
+
+    async def sync(catalog: Catalog) -> None:
+        broken = unloaded_names(settings.playbooks_dir, catalog)
+        await sync_schedules(client, catalog, keys, settings.task_queue, keep=broken)
+
+    await sync(deps.catalog())
+    if deps.live is not None:
+        deps.live.on_change(sync)
+
+
 async def serve_worker(
     settings: Settings, client: Client, deps: WorkerDeps, stop: asyncio.Event, readiness: Readiness | None = None
 ) -> None:
     worker = make_worker(client, settings.task_queue, deps.activities, keyring=deps.keyring)
     if settings.schedules_sync:  # before polling: the first firing finds the schedules as the files say
-        keys = deps.keyring or worker_keyring(settings)
-        broken = unloaded_names(settings.playbooks_dir, deps.catalog)  # their schedules stay until fixed
-        await sync_schedules(client, deps.catalog, keys, settings.task_queue, keep=broken)
+        await _sync_schedules_with(settings, client, deps)
     if readiness is not None:
         readiness.checks["worker"] = flag_check(lambda: worker.is_running, "worker not running")
         readiness.checks["policies"] = policy_check(deps.policy)

@@ -4,13 +4,15 @@
 updates those whose playbook version, cron, zone, params, overlap or signing key changed, and
 deletes those whose entry is gone. It is idempotent (a second call changes nothing) and touches
 only schedules it owns: an id under `playbook-schedule:` *and* a memo naming this task queue.
-Workers call it when they start (and a catalog reload calls it again).
+Workers call it when they start and after every catalog reload that changed something
+(bot/services.py).
 
 A schedule's runs start with an input fixed when the schedule was written, so their proof is
 a schedule proof (purpose `schedule`, principal `schedule`) that a worker signs over the schedule
 id, the playbook's name and hash, the params and the trigger; admission checks it without an age
 (bot/engine/admission.py `_scheduled_actor`). An edited playbook changes the hash, so its
-schedules must be re-synced before their next firing, or the worker refuses those runs.
+schedules are re-signed by the reload's sync; a firing before that is refused once the worker
+no longer admits the old version.
 """
 
 from __future__ import annotations
