@@ -1,4 +1,4 @@
-"""The only entry point: `playbook-bot dev|worker|serve|run|status|cancel|approve|reject|confirm|validate|schema`.
+"""The only entry point: `playbook-bot dev|worker|serve|run|status|cancel|approve|reject|confirm|validate|schema|schedules`.
 
 With PLAYBOOK_BOT_API_URL set, `run`, `status`, `cancel`, `approve`, `reject` and `confirm` go through the front
 door's API as the token's principal (bot/api/client.py); otherwise straight to Temporal.
@@ -26,7 +26,7 @@ from rich.live import Live
 from bot import logging as bot_logging
 from bot.api.client import ApiClient, ApiClientError
 from bot.audit.cli import app as audit_app
-from bot.console import progress_lines, status_table
+from bot.console import progress_lines, schedules_table, status_table
 from bot.devstack import DevServerError
 from bot.engine.runs import RunError, cancel_run, check_start, confirm as confirm_step, get_status, start_run, vote
 from bot.engine.state import ConfirmRequest, RunStatus, TriggerContext, VoteRequest
@@ -444,6 +444,33 @@ def rehearse_cmd(
     if junit is not None:
         junit.write_text(junit_xml(report), encoding="utf-8")
     raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def schedules(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List this task queue's playbook schedules as Temporal has them, with their next run times."""
+    from bot.engine.schedules import ScheduleView, list_schedules, planned
+
+    settings = _settings()
+
+    async def go() -> list[ScheduleView]:
+        return await list_schedules(await connect(settings), settings.task_queue)
+
+    views = _run(go)
+    try:  # entries in the files that no worker has created yet (none started since, or it failed)
+        missing = sorted({plan.id for plan in planned(load_directory(settings.playbooks_dir))} - {v.id for v in views})
+    except (PlaybookError, OSError):
+        missing = []
+    for sid in missing:
+        print(f"warning: {sid} is in the playbooks but not in Temporal: a worker creates it when it starts",
+              file=sys.stderr)
+    if as_json:
+        print(json.dumps([view.model_dump(mode="json") for view in views], indent=2))
+        return
+    if not views:
+        print(f"no schedules on task queue {settings.task_queue!r} (playbooks declare them under triggers.schedule)")
+        return
+    out.print(schedules_table(views))
 
 
 @app.command()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from bot.engine.state import RunStatus, StepStatus
+
+if TYPE_CHECKING:
+    from bot.engine.schedules import ScheduleView
 
 PREVIEW_CHARS = 60  # of a large output's preview, in the status table (status --json has all of it)
 
@@ -106,3 +111,20 @@ def progress_lines(before: RunStatus | None, after: RunStatus) -> list[str]:
     elif before and before.audit_pending and not after.audit_pending:
         lines.append("audit store back: the run's record is complete")
     return lines
+
+
+def schedules_table(views: list[ScheduleView]) -> Table:
+    """`playbook-bot schedules`: the next firings in each schedule's own zone (as its cron reads)."""
+    table = Table(title="schedules", title_justify="left")
+    for column in ("schedule", "playbook", "cron", "next runs", "last run"):
+        table.add_column(column)
+    for view in views:
+        try:
+            zone: tzinfo = ZoneInfo(view.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            zone = timezone.utc
+        upcoming = ", ".join(f"{t.astimezone(zone):%Y-%m-%d %H:%M %Z}" for t in view.next_runs[:3])
+        cron = f"{view.cron} ({view.timezone})"
+        table.add_row(escape(view.id), escape(view.playbook), escape(cron),
+                      Text("paused", "yellow") if view.paused else upcoming, escape(view.recent_runs[-1] if view.recent_runs else ""))
+    return table

@@ -21,11 +21,12 @@ from bot.alerts.receiver import AlertDeps, AlertReceiver
 from bot.api.routes import ApiDeps, RunsApi
 from bot.audit.backend import AuditStore
 from bot.devstack import DevServer, WorkerProcess
+from bot.engine.schedules import sync_schedules
 from bot.engine.worker import WorkerDeps, make_worker, open_policy_and_audit, worker_deps
-from bot.identity.keys import front_door_keyring, require_front_door_key
+from bot.identity.keys import front_door_keyring, require_front_door_key, worker_keyring
 from bot.identity.proofs import Keyring, ensure_dev_key
 from bot.identity.tokens import TokenError, TokenStore
-from bot.playbook.loader import Catalog, load_directory
+from bot.playbook.loader import Catalog, load_directory, unloaded_names
 from bot.playbook.reload import LiveCatalog
 from bot.policy.engine import PolicyEngine
 from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
@@ -111,10 +112,26 @@ async def _run_worker(worker: Worker, stop: asyncio.Event) -> None:
         await run
 
 
+async def _sync_schedules_with(settings: Settings, client: Client, deps: WorkerDeps) -> None:
+    """Sync now, and again after every reload that changed the catalog. A file broken since start
+    has no previous version to keep: its playbook's schedules stay as they are until it loads."""
+    keys = deps.keyring or worker_keyring(settings)
+
+    async def sync(catalog: Catalog) -> None:
+        broken = unloaded_names(settings.playbooks_dir, catalog)
+        await sync_schedules(client, catalog, keys, settings.task_queue, keep=broken)
+
+    await sync(deps.catalog())
+    if deps.live is not None:
+        deps.live.on_change(sync)
+
+
 async def serve_worker(
     settings: Settings, client: Client, deps: WorkerDeps, stop: asyncio.Event, readiness: Readiness | None = None
 ) -> None:
     worker = make_worker(client, settings.task_queue, deps.activities, keyring=deps.keyring)
+    if settings.schedules_sync:  # before polling: the first firing finds the schedules as the files say
+        await _sync_schedules_with(settings, client, deps)
     if readiness is not None:
         readiness.checks["worker"] = flag_check(lambda: worker.is_running, "worker not running")
         readiness.checks["policies"] = policy_check(deps.policy)

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
         "(a step_output event) and the run keeps a reference, a preview and what its templates read."
     ))
     output_preview_bytes: int = Field(1024, ge=0, le=16 * 1024, description="The preview a large output leaves in status.")
+    # Schedules (triggers.schedule): workers create, update and delete this task queue's Temporal
+    # Schedules to match their playbooks when they start; off for a worker that must not (a canary).
+    schedules_sync: bool = True
     # Hosts (deploy.internal, *.internal) and CIDRs playbook HTTP may reach; unset: any but link-local
     # and cloud metadata, which are never reachable (bot/actions/egress.py).
     http_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -10,6 +10,7 @@ a worker with another key or catalog) decides the same way.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Awaitable, Callable, get_args
 
@@ -25,12 +26,12 @@ from bot.engine.locking import LockKeyError, render_lock_key
 from bot.engine.state import ParentLink, Requester, TriggerContext
 from bot.identity import principals
 from bot.identity.principals import Actor, VerifiedBy
-from bot.identity.proofs import START_SKEW, Keyring, Proof, ProofError, start_content
+from bot.identity.proofs import START_SKEW, Keyring, Proof, ProofError, schedule_content, start_content
 from bot.playbook.loader import Catalog, UnknownPlaybook
 from bot.playbook.model import Playbook
 from bot.playbook.params import ParamError, coerce_params
 from bot.policy.engine import PolicyEngine
-from bot.policy.inputs import policy_input, provenance, rfc3339
+from bot.policy.inputs import PLAYBOOK, policy_input, provenance, rfc3339
 
 log = structlog.get_logger(__name__)
 VERIFIERS = frozenset(get_args(VerifiedBy))
@@ -39,6 +40,7 @@ VERIFIERS = frozenset(get_args(VerifiedBy))
 RUN_ID, REQUESTER, CATALOG, PARAMS, PROOF, START = "run id", "requester", "catalog", "params", "proof", "start"
 CONCURRENCY = "concurrency"
 PARENT = "parent"
+SCHEDULED_RUN_ID = re.compile(r"-[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")  # Temporal's suffix
 CHILD_DEPTH_MAX = 8  # sub-playbooks calling sub-playbooks: cycles are refused at load, this bounds the rest
 
 
@@ -129,6 +131,8 @@ class Admitter:
                 request.playbook, params, trigger.kind, trigger.alert,
                 alert_verified=actor.verified_by == trigger.kind == "alertmanager",
             )
+            if actor.verified_by == "schedule":  # the catalog's own file chose them, and the proof pins them
+                sources = {**sources, "params": {name: PLAYBOOK for name in params}}
             run = {"id": request.run_id, "trigger": trigger.kind, "requested_by": trigger.requested_by,
                    "started_at": rfc3339(request.started_at)}
             verdict = await self.policy.start(
@@ -176,8 +180,8 @@ class Admitter:
                 f"audit store unavailable: cannot tell whether run id {run_id!r} was used before: {exc}",
                 type=AUDIT_UNAVAILABLE,
             ) from None
-        if earlier is None or (proof is not None and proof.issued_at > earlier + START_SKEW):
-            return None
+        if earlier is None or (proof is not None and proof.purpose == "start" and proof.issued_at > earlier + START_SKEW):
+            return None  # (a schedule's proof is older than its firings: one firing, one run, never again)
         return (f"run id {run_id!r} was already used by an earlier run, and this start's proof was not issued well "
                 f"after that run (more than {START_SKEW} later): a run id names one run, and a proof starts one run")
 
@@ -226,6 +230,8 @@ class Admitter:
             return Actor(who.principal, verified_by=verified_by)  # type: ignore[arg-type]
         if proof is None:
             return Actor(trigger.requested_by)  # unverified: no groups, whatever was claimed
+        if trigger.kind == "schedule" or proof.purpose == "schedule":
+            return self._scheduled_actor(request)
         content = start_content(request.playbook.name, request.playbook_hash, request.params, trigger.model_dump(mode="json"))
         actor = self.keyring.check(proof, "start", request.run_id, content)
         if actor.principal != trigger.requested_by:
@@ -233,6 +239,28 @@ class Admitter:
         age = request.started_at - proof.issued_at
         if age > START_SKEW or -age > START_SKEW:
             raise ProofError(f"it was issued at {rfc3339(proof.issued_at)}, too far from the start ({rfc3339(request.started_at)})")
+        return actor
+
+    def _scheduled_actor(self, request: AdmitRequest) -> Actor:
+        """A scheduled run's proof was signed by a worker when it created the schedule, maybe months
+        ago, so it has no start-time age: instead it is bound to the schedule (the run id must be
+        that schedule's id plus the firing time Temporal appends) and to the playbook's version and
+        params, which the catalog check holds to the worker's own. A copy of the schedule's input
+        can only fire the same run again, what Temporal lets anyone who can trigger the schedule do."""
+        trigger, proof = request.trigger, request.proof
+        assert proof is not None
+        if proof.purpose != "schedule" or trigger.kind != "schedule" or trigger.schedule is None:
+            raise ProofError("a scheduled run needs trigger 'schedule' naming its schedule and a schedule's proof; "
+                             f"this one has trigger {trigger.kind!r} and a {proof.purpose} proof")
+        run_id = request.run_id
+        suffix = run_id[len(trigger.schedule):] if run_id.startswith(trigger.schedule) else ""
+        if not SCHEDULED_RUN_ID.fullmatch(suffix):
+            raise ProofError(f"run id {run_id!r} is not one schedule {trigger.schedule!r} starts "
+                             "(its id followed by the firing time)")
+        start = start_content(request.playbook.name, request.playbook_hash, request.params, trigger.model_dump(mode="json"))
+        actor = self.keyring.check(proof, "schedule", trigger.schedule, schedule_content(trigger.schedule, start))
+        if actor.principal != trigger.requested_by or actor.verified_by != "schedule":
+            raise ProofError(f"it names {actor.principal}, but the run claims {trigger.requested_by}")
         return actor
 
     def _refuse(

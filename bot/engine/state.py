@@ -30,7 +30,7 @@ StepState = Literal[
     "compensation_failed",
 ]
 CompensationState = Literal["pending", "running", "succeeded", "failed", "skipped"]
-TriggerKind = Literal["cli", "slack", "alertmanager", "api", "playbook"]  # playbook: a sub-playbook's child run
+TriggerKind = Literal["cli", "slack", "alertmanager", "api", "playbook", "schedule"]  # playbook: a sub-playbook's child run
 
 FINAL_RUN_STATES: frozenset[str] = frozenset({"completed", "compensated", "failed", "cancelled"})
 
@@ -43,6 +43,9 @@ class TriggerContext(BaseModel):
     requested_by: str
     alert: dict[str, Any] | None = None
     slack: dict[str, Any] | None = None
+    schedule: str | None = Field(None, exclude_if=lambda value: value is None, description=(
+        "The Temporal Schedule that fires this run (trigger `schedule`); its runs' ids start with it."
+    ))
 
 
 class ParentLink(BaseModel):

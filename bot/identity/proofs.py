@@ -25,7 +25,7 @@ from pydantic_core import to_jsonable_python
 from bot.identity.principals import Actor, VerifiedBy
 from bot.policy.models import canonical_json
 
-Purpose = Literal["start", "vote", "cancel", "confirm"]
+Purpose = Literal["start", "vote", "cancel", "confirm", "schedule"]
 DEV_KEY_FILE = "envelope.key"
 MIN_KEY_BYTES = 32
 START_SKEW = timedelta(minutes=10)  # a start proof older than this when Temporal took the start is stale
@@ -82,11 +82,29 @@ class Keyring:
     def can_verify(self) -> bool:
         return bool(self._keys)
 
+    @property
+    def vouching_key_id(self) -> str | None:
+        """The id of the key `vouch` signs with (None: it cannot)."""
+        key = self._signing or next(iter(self._keys.values()), None)
+        return key_id(key) if key is not None else None
+
     def sign(self, purpose: Purpose, run_id: str, actor: Actor, content: Any, now: datetime | None = None) -> Proof | None:
         """A proof for a verified actor; None for an unverified one or without a key (the worker
         then treats the principal as unverified)."""
         if self._signing is None or actor.verified_by is None:
             return None
+        return self._proof(self._signing, purpose, run_id, actor, content, now)
+
+    def vouch(self, purpose: Purpose, run_id: str, actor: Actor, content: Any, now: datetime | None = None) -> Proof | None:
+        """A proof a worker makes for itself (a schedule's runs): signed like `seal`, with the
+        signing key or else the first key held, since workers may hold only verifying keys."""
+        key = self._signing or next(iter(self._keys.values()), None)
+        if key is None or actor.verified_by is None:
+            return None
+        return self._proof(key, purpose, run_id, actor, content, now)
+
+    @staticmethod
+    def _proof(key: bytes, purpose: Purpose, run_id: str, actor: Actor, content: Any, now: datetime | None) -> Proof:
         fields = {
             "purpose": purpose,
             "run_id": run_id,
@@ -96,9 +114,9 @@ class Keyring:
             "verified_by": actor.verified_by,
             "issued_at": (now or datetime.now(timezone.utc)).astimezone(timezone.utc),
             "digest": digest(content),
-            "key_id": key_id(self._signing),
+            "key_id": key_id(key),
         }
-        return Proof(**fields, mac=_mac(self._signing, fields))
+        return Proof(**fields, mac=_mac(key, fields))
 
     def check(self, proof: Proof, purpose: Purpose, run_id: str, content: Any) -> Actor:
         """The verified actor, or ProofError saying why the proof does not hold for this operation."""
@@ -147,6 +165,11 @@ def start_content(playbook: str, playbook_hash: str, params: dict[str, Any], tri
         "params": params,
         "trigger": {k: trigger.get(k) for k in ("kind", "requested_by", "alert")},
     }
+
+
+def schedule_content(schedule_id: str, start: dict[str, Any]) -> dict[str, Any]:
+    """What a schedule's proof covers: the schedule, and the start (`start_content`) every firing makes."""
+    return {"schedule": schedule_id, **start}
 
 
 def vote_content(step_id: str, vote: str, reason: str) -> dict[str, Any]:

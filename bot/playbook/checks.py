@@ -34,7 +34,7 @@ from bot.playbook.model import (
     RetryPolicy,
     Step,
 )
-from bot.playbook.params import coerce_value, unknown_param_message
+from bot.playbook.params import ParamError, coerce_params, coerce_value, unknown_param_message
 from bot.playbook.reach import sink_problems, unknown_var_message, vars_problems
 from bot.playbook.templating import ENV, MARKER_CHARS, SECRET_NAME, SECRET_REF, is_template, texts_at
 
@@ -227,6 +227,29 @@ class _Checker:
             for name, spec in declared.items():
                 if spec.is_required and trigger.params.get(name) is None:
                     self.add(loc, f"{label}: required param {name!r} is not set, so an alert could never start a run")
+        self.check_schedules()
+
+    def check_schedules(self) -> None:
+        """A schedule's params are literals every firing uses: checked now, not at 03:00."""
+        seen: dict[str, int] = {}
+        for k, entry in enumerate(self.playbook.triggers.schedule):
+            label = f"triggers.schedule[{k}]"
+            key = entry.id or str(k)
+            if key in seen:
+                self.add(("triggers", "schedule", k, "id"), f"{label}.id: {key!r} is also triggers.schedule[{seen[key]}]'s id")
+            seen.setdefault(key, k)
+            loc: Loc = ("triggers", "schedule", k, "params")
+            templates = list(_strings(entry.params, loc))
+            for where, _ in templates:
+                self.add(where, f"{dotted(where)}: schedule params are literal values (no templates: nothing is "
+                         "known before a scheduled run starts)")
+            if templates:
+                continue
+            try:
+                coerce_params(self.playbook, entry.params)
+            except ParamError as exc:
+                for name, message in exc.problems:
+                    self.add(loc + ((name,) if name in entry.params else ()), f"{label}.params: {message}")
 
     def check_concurrency(self) -> None:
         lock = self.playbook.concurrency

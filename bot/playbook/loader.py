@@ -605,3 +605,9 @@ def _cycles(graph: Mapping[str, list[str]]) -> list[list[str]]:
     for start in sorted(graph):
         walk(start, [])
     return found
+
+
+def unloaded_names(directory: str | Path, catalog: Catalog) -> set[str]:
+    """Names that files in `directory` declare but `catalog` lacks: playbooks there that do not load."""
+    directory = Path(directory)
+    return set(_broken_names(directory, dict(catalog.items()))) if directory.is_dir() else set()

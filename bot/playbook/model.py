@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from bot.playbook import patterns
+from bot.playbook.cron import check_cron, check_timezone
 from bot.playbook.durations import Duration
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
@@ -293,8 +294,44 @@ class AlertTrigger(_Strict):
     ))
 
 
+SCHEDULE_ID_PATTERN = r"^[a-z][a-z0-9-]*$"
+
+
+class ScheduleTrigger(_Strict):
+    """Format v1.1: a Temporal Schedule starts the playbook at `cron` times, as principal `schedule`
+    (bot/engine/schedules.py keeps the schedules in step with the playbooks)."""
+
+    cron: str = Field(max_length=200, description=(
+        "Five fields, minute hour day-of-month month day-of-week (\"0 3 * * *\": 03:00 daily), or a macro "
+        "(@daily, @hourly, @weekly, @monthly, @yearly)."
+    ))
+    timezone: str = Field("UTC", max_length=64, description="IANA zone the cron times are read in (Europe/Berlin).")
+    params: dict[str, JsonValue] = Field(default_factory=dict, description=(
+        "Literal params for every scheduled run, typed and defaulted like any other run's."
+    ))
+    id: str | None = Field(None, pattern=SCHEDULE_ID_PATTERN, max_length=40, description=(
+        "Names the schedule (playbook-schedule:<playbook>:<id>); default: the entry's index. Give one to reorder "
+        "entries without replacing their schedules."
+    ))
+    overlap: Literal["skip", "buffer_one", "buffer_all", "allow_all"] = Field("skip", description=(
+        "When a firing comes while the previous scheduled run still runs: skip it (default), buffer one or all "
+        "to run after it, or allow_all to run both."
+    ))
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+
 class Triggers(_Strict):
     alertmanager: list[AlertTrigger] = Field(default_factory=list)
+    schedule: list[ScheduleTrigger] = Field(default_factory=list, exclude_if=_unused, max_length=20)
 
 
 LOCK_KEY_MAX = 200  # characters of a rendered concurrency key

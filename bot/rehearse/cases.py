@@ -108,7 +108,9 @@ class Case(_Strict):
     params: dict[str, JsonValue] = Field(default_factory=dict, max_length=MAX_ENTRIES)
     alert: dict[str, JsonValue] | None = None
     requested_by: str = Field("cli:rehearsal", max_length=200)
-    trigger: Literal["cli", "slack", "alertmanager", "api"] = "cli"
+    trigger: Literal["cli", "slack", "alertmanager", "api", "schedule"] = Field("cli", description=(
+        "schedule: a firing of one of the playbook's schedules, requested by `schedule` with its proof."
+    ))
     policy_data: dict[str, JsonValue] = Field(
         default_factory=dict, description="Merged over the policies' data (at data's root: {playbook: {...}})."
     )
@@ -117,6 +119,16 @@ class Case(_Strict):
     confirm: dict[str, ConfirmSpec] = Field(default_factory=dict, max_length=MAX_ENTRIES)
     locks: Locks = Locks()
     expect: Expect
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scheduled(cls, data: Any) -> Any:
+        """A scheduled run is requested by `schedule`, whoever the case would otherwise name."""
+        if isinstance(data, dict) and data.get("trigger") == "schedule":
+            if data.get("requested_by", "schedule") != "schedule":
+                raise ValueError("a trigger: schedule case is requested by schedule (leave requested_by out)")
+            return {**data, "requested_by": "schedule"}
+        return data
 
 
 class RehearsalFile(_Strict):

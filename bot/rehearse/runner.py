@@ -38,11 +38,12 @@ from bot.engine.admission import Admitter
 from bot.engine.children import CatalogActivities
 from bot.engine.lock_workflow import KeyLock
 from bot.engine.locking import ACQUIRE_SIGNAL, LockRequest, LockState, lock_workflow_id, message_content, message_label
+from bot.engine.schedules import schedule_id
 from bot.engine.state import ConfirmRequest, RunInput, RunStatus, TriggerContext, VoteRequest
 from bot.engine.worker import make_worker
 from bot.engine.workflow import PlaybookRun
 from bot.identity.principals import Actor, VerifiedBy, kind_of
-from bot.identity.proofs import Keyring, confirm_content, start_content, vote_content
+from bot.identity.proofs import Keyring, confirm_content, schedule_content, start_content, vote_content
 from bot.playbook.checks import registered_actions
 from bot.playbook.loader import Catalog
 from bot.policy.activities import PolicyActivities
@@ -203,6 +204,8 @@ class Rehearsal:
         result = CaseResult(loaded.path, pb.name, case.name, lcase.line)
         began = time.monotonic()
         run_id = f"rehearsal-{pb.name}-{uuid.uuid4().hex[:10]}"
+        if case.trigger == "schedule":  # a firing: its schedule's id and the time (bot/engine/schedules.py)
+            run_id = f"{schedule_id(pb.name, run_id)}-{await self.env.get_current_time():%Y-%m-%dT%H:%M:%SZ}"
         self.router.runs[run_id] = await self._engine(dict(case.policy_data))
         self.book.by_run[run_id] = case.mocks
         holders: list[str] = []
@@ -227,9 +230,16 @@ class Rehearsal:
     async def _start(self, run_id: str, loaded: LoadedFile, case: Case) -> WorkflowHandle[Any, RunStatus]:
         pb = loaded.playbook
         trigger = TriggerContext(kind=case.trigger, requested_by=case.requested_by, alert=case.alert)
-        actor = Actor(case.requested_by, verified_by=_verified_by(case.requested_by))
-        content = start_content(pb.name, pb.content_hash(), dict(case.params), trigger.model_dump(mode="json"))
-        proof = self.keyring.sign("start", run_id, actor, content, now=await self.env.get_current_time())
+        if case.trigger == "schedule":  # signed by "the worker" over its schedule, as sync_schedules does
+            sid = run_id[:-len("-2026-01-01T00:00:00Z")]
+            trigger = trigger.model_copy(update={"schedule": sid})
+            content = schedule_content(sid, start_content(pb.name, pb.content_hash(), dict(case.params),
+                                                          trigger.model_dump(mode="json")))
+            proof = self.keyring.vouch("schedule", sid, Actor("schedule", verified_by="schedule"), content)
+        else:
+            actor = Actor(case.requested_by, verified_by=_verified_by(case.requested_by))
+            content = start_content(pb.name, pb.content_hash(), dict(case.params), trigger.model_dump(mode="json"))
+            proof = self.keyring.sign("start", run_id, actor, content, now=await self.env.get_current_time())
         run = RunInput(playbook=pb, playbook_hash=pb.content_hash(), params=dict(case.params), trigger=trigger, proof=proof)
         return await self.client.start_workflow(PlaybookRun.run, run, id=run_id, task_queue=self.task_queue)
 

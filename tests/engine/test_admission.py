@@ -307,3 +307,116 @@ async def test_refusals_say_which_check_and_why(admitter: Admitter, catalog: Cat
     for req, prefix in cases:
         admission = await admitter.admit(req)
         assert admission.reasons[0].startswith(prefix), admission.reasons
+
+
+# ---- scheduled runs: a worker-signed proof fixed when the schedule was written ------------------
+
+SCHEDULED = """
+name: nightly
+params:
+  replicas: {type: integer, enum: [1, 2, 3, 4], default: 2}
+  environment: {type: string, default: production}
+triggers:
+  schedule:
+    - {cron: "0 3 * * *", params: {replicas: 3, environment: staging}}
+steps:
+  - {id: note, action: core.log, with: {message: "{{ params.replicas }}"}}
+"""
+FIRING = "-2026-12-03T03:00:00Z"  # what Temporal appends to the schedule's workflow id
+
+
+@pytest.fixture
+def nightly() -> Catalog:
+    return Catalog([load_text(SCHEDULED)])
+
+
+def scheduled(catalog: Catalog, keyring: Keyring | None = None, run_id: str | None = None, **changes: Any) -> AdmitRequest:
+    """The input the schedule holds (as bot/engine/schedules.py builds it), started at AT under `run_id`."""
+    from bot.engine.schedules import planned, schedule_input
+
+    [plan] = planned(Catalog([catalog.get("nightly")]))
+    run = schedule_input(plan, keyring or Keyring(KEY, [KEY]))
+    fields: dict[str, Any] = {"run_id": run_id or plan.id + FIRING, "playbook": run.playbook,
+                              "playbook_hash": run.playbook_hash, "params": run.params, "trigger": run.trigger,
+                              "proof": run.proof, "started_at": AT}
+    return AdmitRequest(**{**fields, **changes})
+
+
+async def test_a_schedule_proof_signed_long_ago_vouches_for_the_schedule_principal(
+    admitter: Admitter, nightly: Catalog
+) -> None:
+    req = scheduled(nightly)
+    assert req.proof is not None
+    old = req.model_copy(update={"started_at": req.proof.issued_at + timedelta(days=400)})  # a year of nights later
+    admission = await Admitter(lambda: nightly, Keyring(KEY, [KEY]), admitter.policy, admitter.audit).admit(old)
+    assert admission.allow, admission.reasons
+    assert (admission.requester.principal, admission.requester.verified_by) == ("schedule", "schedule")
+    assert admission.params == {"replicas": 3, "environment": "staging"}
+    # The file chose these params and the proof pins them: they are the playbook's, not a requester's.
+    assert admission.provenance["params"] == {"replicas": "playbook", "environment": "playbook"}
+
+
+async def test_a_worker_holding_only_a_verifying_key_still_signs_its_schedules(
+    admitter: Admitter, nightly: Catalog
+) -> None:
+    """`dev`'s worker verifies with the dev key and signs nothing else: its schedules use that key."""
+    req = scheduled(nightly, keyring=Keyring(None, [KEY]))
+    assert req.proof is not None
+    admission = await Admitter(lambda: nightly, Keyring(None, [KEY]), admitter.policy, admitter.audit).admit(req)
+    assert admission.allow and admission.requester.verified_by == "schedule"
+
+
+def _attacks(catalog: Catalog) -> list[tuple[str, AdmitRequest]]:
+    """A copy of a schedule's input (anyone who can read the schedule has one), bent."""
+    base = scheduled(catalog)
+    sid = base.trigger.schedule
+    assert sid is not None and base.proof is not None
+    start = Keyring(KEY, [KEY]).sign(
+        "start", base.run_id, Actor("schedule", verified_by="api"),
+        start_content("nightly", base.playbook_hash, base.params, base.trigger.model_dump(mode="json")), now=AT,
+    )
+    return [
+        ("under a run id of its own choosing", base.model_copy(update={"run_id": "raw-123"})),
+        ("under the schedule's id without a firing time", base.model_copy(update={"run_id": sid})),
+        ("under the schedule's id and other text", base.model_copy(update={"run_id": sid + "-now"})),
+        ("with other params", base.model_copy(update={"params": {"replicas": 4, "environment": "staging"}})),
+        ("claiming production", base.model_copy(update={"params": {"replicas": 3, "environment": "production"}})),
+        ("naming another schedule", base.model_copy(update={
+            "trigger": base.trigger.model_copy(update={"schedule": "playbook-schedule:nightly:other"}),
+            "run_id": "playbook-schedule:nightly:other" + FIRING})),
+        ("as another requester", base.model_copy(update={
+            "trigger": base.trigger.model_copy(update={"requested_by": "cli:mallory"})})),
+        ("on a cli trigger", base.model_copy(update={"trigger": base.trigger.model_copy(update={"kind": "cli"})})),
+        ("with a front door's start proof", base.model_copy(update={"proof": start})),
+        ("signed with a key no worker holds", scheduled(catalog, keyring=Keyring(b"r" * 32))),
+    ]
+
+
+@pytest.mark.parametrize("index", range(10))
+async def test_a_copied_schedule_input_bent_any_way_is_refused(
+    admitter: Admitter, nightly: Catalog, index: int
+) -> None:
+    what, req = _attacks(nightly)[index]
+    admission = await Admitter(lambda: nightly, Keyring(KEY, [KEY]), admitter.policy, admitter.audit).admit(req)
+    assert (admission.allow, admission.refused_by) == (False, "proof"), what
+    assert admission.requester.verified is False, what
+
+
+async def test_a_firing_runs_once_its_replay_is_refused(
+    admitter: Admitter, nightly: Catalog, store: SqliteAuditStore
+) -> None:
+    """Even once the schedule was re-signed (a sync after an edit): a firing's run id is not reused."""
+    req = scheduled(nightly)
+    assert req.proof is not None
+    store.append([event(req.run_id, None, EventKind.run_started, ts=req.proof.issued_at - timedelta(days=1))])
+    again = await Admitter(lambda: nightly, Keyring(KEY, [KEY]), admitter.policy, admitter.audit).admit(req)
+    assert (again.allow, again.refused_by) == (False, "run id")
+
+
+async def test_a_schedule_without_a_proof_is_an_unverified_principal(admitter: Admitter, nightly: Catalog) -> None:
+    """A worker with no key at all makes schedules without proofs: policy sees an unverified
+    `schedule` (the shipped policy lets it start an open playbook), and its params are nobody's."""
+    req = scheduled(nightly).model_copy(update={"proof": None})
+    admission = await Admitter(lambda: nightly, Keyring(KEY, [KEY]), admitter.policy, admitter.audit).admit(req)
+    assert admission.allow and admission.requester.verified is False
+    assert admission.provenance["params"] == {"replicas": "requester", "environment": "requester"}

@@ -980,3 +980,15 @@ def test_silence_matcher_regexes_are_checked_as_re2_at_load(write: Write) -> Non
     )
     error = only_error(path, registered_actions())  # the shipped alertmanager.silence, not a stand-in
     assert_located(error, path, 5, "quiet", "invalid regex: invalid perl operator: '(?='")
+
+
+def test_unloaded_names_are_the_playbooks_whose_files_do_not_load(tmp_path: Path) -> None:
+    """What a worker keeps the schedules of (bot/services.py): a typo must not delete a nightly job."""
+    from bot.playbook.loader import unloaded_names
+
+    (tmp_path / "good.yaml").write_text("name: good\nsteps:\n  - {id: a, action: core.log, with: {message: hi}}\n")
+    (tmp_path / "bad.yaml").write_text("name: bad\nsteps:\n  - {id: a, action: no.such.action}\n")
+    with pytest.raises(PlaybookLoadErrors) as info:
+        load_directory(tmp_path)
+    assert unloaded_names(tmp_path, info.value.catalog) == {"bad"}
+    assert unloaded_names(tmp_path / "missing", Catalog()) == set()

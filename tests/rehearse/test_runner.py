@@ -334,3 +334,35 @@ async def test_item_outputs_past_the_budget_stop_the_group(skip_env, tmp_path):
     assert report.bad_files == [], report.bad_files
     [result] = report.results
     assert result.failures == [], result.failures
+
+
+SCHEDULED = f"""\
+playbook: tiny
+cases:
+  - name: a nightly firing in production runs as the verified schedule, and still waits for an approver
+    trigger: schedule
+    params: {{service: checkout}}
+    mocks: {{restart: {{output: {{status: 200}}}}}}
+    votes: {APPROVE}
+    expect: {{state: completed, steps: {{restart: succeeded}}, order: [drain, restart, note]}}
+  - name: in staging it runs alone
+    trigger: schedule
+    params: {{service: checkout, environment: staging}}
+    mocks: {{restart: {{output: {{status: 200}}}}}}
+    expect: {{state: completed, order: [drain, restart, note]}}
+"""
+
+
+async def test_a_case_can_be_a_schedules_firing(skip_env, tmp_path):
+    """An unverified requester's high-impact step in production is denied outright: the first case
+    completes only because the run carries a schedule's proof the real admission accepts."""
+    report = await rehearse(directory(tmp_path, SCHEDULED), POLICIES, env=skip_env)
+    assert report.bad_files == []
+    assert [r.failures for r in report.results] == [[], []]
+
+
+async def test_a_schedule_case_cannot_name_another_requester(skip_env, tmp_path):
+    text = SCHEDULED.replace("    trigger: schedule\n", "    trigger: schedule\n    requested_by: cli:mallory\n", 1)
+    report = await rehearse(directory(tmp_path, text), POLICIES, env=skip_env)
+    assert report.exit_code != 0
+    assert any("a trigger: schedule case is requested by schedule" in str(bad) for bad in report.bad_files), report.bad_files

@@ -161,6 +161,11 @@ _cli_user := {"id": "api:dave", "name": "dave", "groups": [], "verified": true}
 
 _unverified_cli := {"id": "cli:dave", "name": "dave", "groups": [], "verified": false}
 
+# A scheduled run (bot/engine/schedules.py): the worker verified its schedule proof.
+_schedule := {"id": "schedule", "name": "schedule", "groups": [], "verified": true, "verified_by": "schedule"}
+
+_schedule_run := object.union(_run, {"trigger": "schedule", "requested_by": "schedule"})
+
 # alice has a Slack login and a CLI login: one person.
 _people := {"alice": ["slack:U0ALICE", "cli:alice"], "bob": ["slack:U0BOB", "api:bob"]}
 
@@ -224,6 +229,10 @@ start_cases := [
 	{"name": "restricted playbook, an unverified principal may not start however it is mapped", "input": {"user": _unverified_cli}, "data": {"start_restrictions": {"restart-service": ["sre-oncall"]}, "groups": {"sre-oncall": ["cli:dave"]}}, "want": {"allow": false, "reasons": ["restart-service may only be started by members of sre-oncall; cli:dave is unverified (it reached Temporal directly), so its membership cannot count: use Slack or the API"]}},
 	{"name": "restricted playbook, verified field missing counts as unverified", "input": {"user": object.remove(_member, ["verified"])}, "data": {"start_restrictions": {"restart-service": ["sre-oncall"]}}, "want": {"allow": false}},
 	{"name": "unrestricted playbook, an unverified principal may start", "input": {"user": _unverified_cli}, "want": {"allow": true}},
+	{"name": "a schedule may start an unrestricted playbook", "input": {"user": _schedule, "run": _schedule_run}, "want": {"allow": true, "person": "schedule"}},
+	{"name": "a schedule may start a restricted playbook only when data.playbook.groups maps it", "input": {"user": _schedule, "run": _schedule_run}, "data": {"start_restrictions": {"restart-service": ["sre-oncall"]}, "groups": {"sre-oncall": ["schedule"]}}, "want": {"allow": true}},
+	{"name": "a schedule is no member of a restricted playbook's groups by itself", "input": {"user": _schedule, "run": _schedule_run}, "data": {"start_restrictions": {"restart-service": ["sre-oncall"]}}, "want": {"allow": false, "reasons": ["restart-service may only be started by members of sre-oncall"]}},
+	{"name": "an unverified schedule (a worker without a key) may not start a restricted playbook", "input": {"user": object.union(_schedule, {"verified": false}), "run": _schedule_run}, "data": {"start_restrictions": {"restart-service": ["sre-oncall"]}, "groups": {"sre-oncall": ["schedule"]}}, "want": {"allow": false}},
 	{"name": "restricted playbook, an entry that is not a list lets nobody start", "input": {"user": _member}, "data": {"start_restrictions": {"restart-service": "sre-oncall"}}, "want": {"allow": false, "reasons": ["restart-service may not be started by anyone: its start_restrictions entry must be a list of groups"]}},
 	{"name": "restriction on another playbook does not apply", "input": {"user": _outsider}, "data": {"start_restrictions": {"other": ["sre-oncall"]}}, "want": {"allow": true}},
 	{"name": "missing user", "input": {}, "want": {"allow": false, "reasons": ["missing input.user"]}},
