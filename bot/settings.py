@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     alertmanager_token: SecretStr | None = None
     alertmanager_max_body: int = Field(1 << 20, gt=0, description="Bytes; a larger webhook body is a 413.")
     alertmanager_url: str | None = None  # default `url` of the alertmanager.* actions
+    # Grafana Alerting's webhook contact point posts to POST /grafana with this bearer token (its
+    # "Authorization header credentials"); unset: /grafana answers 401. Body limit: alertmanager_max_body.
+    grafana_token: SecretStr | None = None
     prometheus_url: str | None = None  # default `url` of prometheus.query
     slack_bot_token: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None

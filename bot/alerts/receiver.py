@@ -1,4 +1,8 @@
-"""POST /alertmanager: authenticate, parse, route, and give every alert a recorded outcome.
+"""POST /alertmanager and POST /grafana: authenticate, parse, route, and give every alert a recorded outcome.
+
+Grafana-managed alerting posts Alertmanager's shape (version "1", bot/alerts/payload.py) on its
+own route with its own bearer token (PLAYBOOK_BOT_GRAFANA_TOKEN), so its runs are requested by
+the principal `grafana`; past the door its alerts take exactly Alertmanager's paths below.
 
 Alertmanager delivers at least once (retries, repeat_interval, HA peers), so duplicates are
 normal: an alert episode (playbook, fingerprint, startsAt) maps to one workflow id, and Temporal's
@@ -38,7 +42,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from bot.alerts.episodes import RouteMatch, route
-from bot.alerts.payload import Alert, PayloadError, parse_payload
+from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload
 from bot.audit.episodes import Episode
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.batching import GroupCommitter
@@ -59,9 +63,23 @@ ALERTMANAGER_USER = "alertmanager"
 ALERTMANAGER = Actor(ALERTMANAGER_USER, "Alertmanager", (), "alertmanager")
 
 
-def _event_id(alert: Alert, kind: EventKind, key: str) -> str:
-    """Natural keys: a re-delivered alert records nothing twice."""
-    return f"alert:{alert.fingerprint}:{kind.value}:{key}"
+@dataclass(frozen=True)
+class AlertSender:
+    """Who posts on a route: the principal its runs are requested by (and the trigger kind), the
+    payload it sends, and the audit id prefix that keeps its receipts apart from another sender's."""
+
+    name: Sender
+    title: str
+    path: str
+    event_prefix: str
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.name, self.title, (), self.name)  # vouched for by the route's bearer token
+
+
+ALERTMANAGER_SENDER = AlertSender("alertmanager", "Alertmanager", "/alertmanager", "alert")
+GRAFANA_SENDER = AlertSender("grafana", "Grafana", "/grafana", "grafana")
 
 
 def _starts(alert: Alert) -> str:
@@ -84,6 +102,7 @@ class AlertDeps:
     token: str | None
     max_body: int = 1 << 20
     keyring: Keyring = field(default_factory=Keyring)
+    sender: AlertSender = ALERTMANAGER_SENDER
 
 
 class AlertReceiver:
@@ -93,18 +112,28 @@ class AlertReceiver:
     PENDING_WAIT = 10.0
     CLAIM_STALE_AFTER = 120.0
 
-    def __init__(self, deps: AlertDeps) -> None:
+    def __init__(self, deps: AlertDeps, beside: AlertReceiver | None = None) -> None:
+        """`beside`: the receiver of another sender in this process, whose episode hints and
+        group commits this one shares (one GroupCommitter per store and loop)."""
         self.deps = deps
+        self.sender = deps.sender
+        self.actor = deps.sender.actor
         # Episodes this process has seen started: a repeat delivery (the usual case in a storm)
         # goes straight to "is it still running?": no store, no policy question, no start.
-        self._known: OrderedDict[str, None] = OrderedDict()
+        self._known: OrderedDict[str, None] = beside._known if beside is not None else OrderedDict()
         # Concurrent requests' audit appends share one transaction (bot/audit/batching.py).
-        self._commit = GroupCommitter(deps.audit) if deps.audit is not None else None
+        self._commit = (beside._commit if beside is not None and beside.deps.audit is deps.audit
+                        else GroupCommitter(deps.audit) if deps.audit is not None else None)
 
     def router(self) -> APIRouter:
         router = APIRouter()
-        router.add_api_route("/alertmanager", self.receive, methods=["POST"], summary="Alertmanager webhook (v4)")
+        summary = {"alertmanager": "Alertmanager webhook (v4)", "grafana": "Grafana Alerting webhook contact point (v1)"}
+        router.add_api_route(self.sender.path, self.receive, methods=["POST"], summary=summary[self.sender.name])
         return router
+
+    def _event_id(self, alert: Alert, kind: EventKind, key: str) -> str:
+        """Natural keys: a re-delivered alert records nothing twice."""
+        return f"{self.sender.event_prefix}:{alert.fingerprint}:{kind.value}:{key}"
 
     async def receive(self, request: Request) -> JSONResponse:
         """Each alert × matching playbook gets an outcome: started, attached, already_handled,
@@ -115,13 +144,13 @@ class AlertReceiver:
         if body is None:
             return JSONResponse({"error": f"body over {self.deps.max_body} bytes"}, status_code=413)
         try:
-            payload = parse_payload(body)
+            payload = parse_payload(body, self.sender.name)
         except PayloadError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         try:
             outcomes = [o for alert in payload.alerts for o in await self._handle(alert)]
         except Unavailable as exc:
-            log.error("alertmanager request failed on our side; Alertmanager will retry", error=str(exc))
+            log.error("alert webhook failed on our side; the sender will retry", sender=self.sender.name, error=str(exc))
             return JSONResponse({"error": f"temporarily unavailable: {exc}"}, status_code=503)
         return JSONResponse(outcomes)
 
@@ -167,11 +196,11 @@ class AlertReceiver:
             if running is not None:
                 return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
             self._known.pop(run_id, None)  # Temporal forgot the run (retention): the store decides
-        trigger = TriggerContext(kind="alertmanager", requested_by=ALERTMANAGER_USER, alert=alert.as_context())
+        trigger = TriggerContext(kind=self.sender.name, requested_by=self.sender.name, alert=alert.as_context())
         # Independent questions, asked at once: the episode's shared state and the start rule.
         episode, verdict = await asyncio.gather(
             self._episode(alert, match),
-            self.deps.policy.start(start_policy_input(match.playbook, match.params, trigger, ALERTMANAGER)),
+            self.deps.policy.start(start_policy_input(match.playbook, match.params, trigger, self.actor)),
         )
         if episode is not None and episode.resolved_at is not None:
             # A firing delivery that arrives after its resolved one (a retry, a slow peer, another
@@ -241,7 +270,7 @@ class AlertReceiver:
         try:
             await self.deps.client.start_workflow(
                 PlaybookRun.run,
-                run_input(match.playbook, match.params or {}, trigger, ALERTMANAGER, self.deps.keyring, run_id),
+                run_input(match.playbook, match.params or {}, trigger, self.actor, self.deps.keyring, run_id),
                 id=run_id,
                 task_queue=self.deps.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -315,7 +344,7 @@ class AlertReceiver:
         if match.trigger.on_resolved == "continue":
             return "ignored", run_id, None
         try:
-            await cancel_run(self.deps.client, run_id, ALERTMANAGER, self.deps.keyring, reason="the alert resolved")
+            await cancel_run(self.deps.client, run_id, self.actor, self.deps.keyring, reason="the alert resolved")
         except RunError as exc:
             if await self._running(run_id) is False:  # it ended on its own meanwhile
                 return "no_run", run_id, None
@@ -359,12 +388,12 @@ class AlertReceiver:
     def _event(self, alert: Alert, run_id: str | None, kind: EventKind, details: dict[str, Any],
                key: str) -> AuditEvent:
         return AuditEvent(
-            event_id=_event_id(alert, kind, key),
+            event_id=self._event_id(alert, kind, key),
             ts=datetime.now(timezone.utc),
             run_id=run_id,
             step_id=None,
             kind=kind,
-            actor=ALERTMANAGER_USER,
+            actor=self.sender.name,
             details=details,
         )
 
@@ -384,7 +413,7 @@ class AlertReceiver:
         if self.deps.audit is None:
             return None
         run_id = match.workflow_id
-        event_id = _event_id(alert, EventKind.alert_outcome,
+        event_id = self._event_id(alert, EventKind.alert_outcome,
                              self._outcome_key(alert, match.name, "resolved", "resolved_no_run"))
 
         def read(store: AuditStore) -> Episode:  # one trip to the store's thread, not three
