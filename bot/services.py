@@ -18,7 +18,7 @@ from temporalio.worker import Worker
 
 from bot.actions.catalog import slack_client
 from bot.actions.egress import announce_egress
-from bot.alerts.receiver import GRAFANA_SENDER, AlertDeps, AlertReceiver
+from bot.alerts.receiver import GRAFANA_SENDER, OPSGENIE_SENDER, PAGERDUTY_SENDER, AlertDeps, AlertReceiver
 from bot.api.routes import ApiDeps, RunsApi
 from bot.audit.backend import AuditStore
 from bot.devstack import DevServer, WorkerProcess
@@ -269,6 +269,15 @@ def front_door(
         token=settings.grafana_token.get_secret_value() if settings.grafana_token else None,
         sender=GRAFANA_SENDER,
     ), beside=alerts)
+    secrets = settings.pagerduty_webhook_secrets.get_secret_value() if settings.pagerduty_webhook_secrets else ""
+    pagerduty = AlertReceiver(replace(
+        alerts.deps, token=None, sender=PAGERDUTY_SENDER,
+        secrets=tuple(s.strip() for s in secrets.split(",") if s.strip()),
+    ), beside=alerts)
+    opsgenie = AlertReceiver(replace(
+        alerts.deps, token=settings.opsgenie_token.get_secret_value() if settings.opsgenie_token else None,
+        sender=OPSGENIE_SENDER,
+    ), beside=alerts)
     api = RunsApi(
         ApiDeps(
             client=client,
@@ -280,7 +289,7 @@ def front_door(
             keyring=keyring,
         )
     )
-    routers = [alerts.router(), grafana.router(), api.router()]
+    routers = [alerts.router(), grafana.router(), pagerduty.router(), opsgenie.router(), api.router()]
     if slack is not None:
         routers.append(slack_router(slack, settings))
     return routers

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     # Grafana Alerting's webhook contact point posts to POST /grafana with this bearer token (its
     # "Authorization header credentials"); unset: /grafana answers 401. Body limit: alertmanager_max_body.
     grafana_token: SecretStr | None = None
+    # PagerDuty V3 webhook subscriptions' signing secrets (comma-separated: old and new while one is
+    # rotated); unset: POST /pagerduty answers 401. Opsgenie's webhook integration sends the custom
+    # header `Authorization: Bearer <OPSGENIE_TOKEN>`; unset: POST /opsgenie answers 401.
+    pagerduty_webhook_secrets: SecretStr | None = None
+    opsgenie_token: SecretStr | None = None
     prometheus_url: str | None = None  # default `url` of prometheus.query
     slack_bot_token: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None

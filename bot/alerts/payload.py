@@ -132,6 +132,18 @@ Sender = Literal["alertmanager", "grafana"]
 
 def parse_payload(body: bytes, sender: Sender = "alertmanager") -> WebhookPayload:
     """The payload `sender` posts, or PayloadError (status 400) with a one-line message naming the problem."""
+    what = "Grafana Alerting" if sender == "grafana" else "Alertmanager"
+    data = read_json(body, f"{what} webhook payload")
+    model = GrafanaPayload if sender == "grafana" else WebhookPayload
+    _check_version(data, sender)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PayloadError(_one_line(exc)) from None
+
+
+def read_json(body: bytes, what: str) -> dict[str, Any]:
+    """The body as a JSON object, or PayloadError naming why not (`what` the sender's payload)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -147,14 +159,8 @@ def parse_payload(body: bytes, sender: Sender = "alertmanager") -> WebhookPayloa
     if _SURROGATE_ESCAPE.search(text) and not _encodable(data):
         raise PayloadError("body is not Unicode text: it escapes a lone UTF-16 surrogate (\\ud800-\\udfff)")
     if not isinstance(data, dict):
-        what = "Grafana Alerting" if sender == "grafana" else "Alertmanager"
-        raise PayloadError(f"expected a JSON object ({what} webhook payload), got {_json_type(data)}")
-    model = GrafanaPayload if sender == "grafana" else WebhookPayload
-    _check_version(data, sender)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise PayloadError(_one_line(exc)) from None
+        raise PayloadError(f"expected a JSON object ({what}), got {_json_type(data)}")
+    return data
 
 
 def _check_version(data: dict[str, Any], sender: Sender) -> None:

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Iterable, Literal
 
 import structlog
 from fastapi import APIRouter, Request
@@ -42,7 +44,9 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from bot.alerts.episodes import RouteMatch, route
+from bot.alerts.incidents import pagerduty_signed, parse_opsgenie, parse_pagerduty, route_incident
 from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload
+from bot.audit.recorder import record_refusal, refusal
 from bot.audit.episodes import Episode
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.batching import GroupCommitter
@@ -52,7 +56,7 @@ from bot.engine.state import TriggerContext
 from bot.engine.workflow import PlaybookRun
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring
-from bot.playbook.loader import Catalog
+from bot.playbook.loader import Catalog, LoadedPlaybook
 from bot.policy.engine import PolicyEngine
 from bot.server import read_limited
 
@@ -63,23 +67,41 @@ ALERTMANAGER_USER = "alertmanager"
 ALERTMANAGER = Actor(ALERTMANAGER_USER, "Alertmanager", (), "alertmanager")
 
 
+SenderName = Literal["alertmanager", "grafana", "pagerduty", "opsgenie"]
+
+
+def _webhook_alerts(sender: Sender) -> Callable[[bytes], list[Alert]]:
+    return lambda body: list(parse_payload(body, sender).alerts)
+
+
 @dataclass(frozen=True)
 class AlertSender:
     """Who posts on a route: the principal its runs are requested by (and the trigger kind), the
-    payload it sends, and the audit id prefix that keeps its receipts apart from another sender's."""
+    payload it sends and how its alerts route, how it proves itself (`signed`: an HMAC of the body,
+    PagerDuty's; else the bearer token), whether a refusal is audited, and the audit id prefix that
+    keeps its receipts apart from another sender's."""
 
-    name: Sender
+    name: SenderName
     title: str
     path: str
     event_prefix: str
+    parse: Callable[[bytes], list[Alert]]
+    route: Callable[[Iterable[LoadedPlaybook], Alert], list[RouteMatch]] = route
+    signed: bool = False
+    audit_refusals: bool = False
 
     @property
     def actor(self) -> Actor:
-        return Actor(self.name, self.title, (), self.name)  # vouched for by the route's bearer token
+        return Actor(self.name, self.title, (), self.name)  # vouched for by the route's token or signature
 
 
-ALERTMANAGER_SENDER = AlertSender("alertmanager", "Alertmanager", "/alertmanager", "alert")
-GRAFANA_SENDER = AlertSender("grafana", "Grafana", "/grafana", "grafana")
+ALERTMANAGER_SENDER = AlertSender("alertmanager", "Alertmanager", "/alertmanager", "alert", _webhook_alerts("alertmanager"))
+GRAFANA_SENDER = AlertSender("grafana", "Grafana", "/grafana", "grafana", _webhook_alerts("grafana"))
+# Refusals are audited here (issue 16.2): who tried to start incidents with a forged body is on record.
+PAGERDUTY_SENDER = AlertSender("pagerduty", "PagerDuty", "/pagerduty", "pagerduty", parse_pagerduty,
+                               partial(route_incident, "pagerduty"), signed=True, audit_refusals=True)
+OPSGENIE_SENDER = AlertSender("opsgenie", "Opsgenie", "/opsgenie", "opsgenie", parse_opsgenie,
+                              partial(route_incident, "opsgenie"), audit_refusals=True)
 
 
 def _starts(alert: Alert) -> str:
@@ -103,6 +125,7 @@ class AlertDeps:
     max_body: int = 1 << 20
     keyring: Keyring = field(default_factory=Keyring)
     sender: AlertSender = ALERTMANAGER_SENDER
+    secrets: tuple[str, ...] = ()  # a signed sender's signing secrets (several while one is rotated)
 
 
 class AlertReceiver:
@@ -127,7 +150,8 @@ class AlertReceiver:
 
     def router(self) -> APIRouter:
         router = APIRouter()
-        summary = {"alertmanager": "Alertmanager webhook (v4)", "grafana": "Grafana Alerting webhook contact point (v1)"}
+        summary = {"alertmanager": "Alertmanager webhook (v4)", "grafana": "Grafana Alerting webhook contact point (v1)",
+                   "pagerduty": "PagerDuty V3 webhook (signed)", "opsgenie": "Opsgenie webhook integration"}
         router.add_api_route(self.sender.path, self.receive, methods=["POST"], summary=summary[self.sender.name])
         return router
 
@@ -138,21 +162,38 @@ class AlertReceiver:
     async def receive(self, request: Request) -> JSONResponse:
         """Each alert × matching playbook gets an outcome: started, attached, already_handled,
         unmatched, rejected, busy (its concurrency key is held: on_busy refuse), resolved_cancelled, resolved_no_run or resolved_ignored."""
-        if not self._authorised(request.headers.get("authorization", "")):
+        authorization = request.headers.get("authorization", "")
+        if not self.sender.signed and not self.sender.audit_refusals and not self._authorised(authorization):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         body = await read_limited(request, self.deps.max_body)
         if body is None:
             return JSONResponse({"error": f"body over {self.deps.max_body} bytes"}, status_code=413)
+        if self.sender.signed:
+            signature = request.headers.get("x-pagerduty-signature", "")
+            if not pagerduty_signed(body, signature, self.deps.secrets):
+                why = "missing X-PagerDuty-Signature" if not signature else "X-PagerDuty-Signature does not match"
+                return await self._refuse(body, signature, f"{why} (v1=<HMAC-SHA256 of the body>)")
+        elif self.sender.audit_refusals and not self._authorised(authorization):
+            return await self._refuse(body, authorization, "missing or wrong bearer token")
         try:
-            payload = parse_payload(body, self.sender.name)
+            alerts = self.sender.parse(body)
         except PayloadError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         try:
-            outcomes = [o for alert in payload.alerts for o in await self._handle(alert)]
+            outcomes = [o for alert in alerts for o in await self._handle(alert)]
         except Unavailable as exc:
             log.error("alert webhook failed on our side; the sender will retry", sender=self.sender.name, error=str(exc))
             return JSONResponse({"error": f"temporarily unavailable: {exc}"}, status_code=503)
         return JSONResponse(outcomes)
+
+    async def _refuse(self, body: bytes, credential: str, reason: str) -> JSONResponse:
+        """401, and the refusal on record: nothing parsed, nothing started. One event per distinct
+        attempt (body and credential), so a replayed forgery is recorded once."""
+        digest = hashlib.sha256(body + b"\0" + credential.encode("utf-8", "surrogateescape")).hexdigest()
+        log.warning("webhook refused", sender=self.sender.name, reason=reason, body_sha256=digest)
+        event = refusal(self.sender.name, f"webhook:{self.sender.name}", reason, key=digest[:32])
+        await record_refusal(self.deps.audit, event)
+        return JSONResponse({"error": reason}, status_code=401)
 
     def _authorised(self, header: str) -> bool:
         token = self.deps.token
@@ -167,7 +208,7 @@ class AlertReceiver:
         received = self._event(alert, None, EventKind.alert_received, {
             "alertname": name, "status": alert.status, "fingerprint": alert.fingerprint, "labels": alert.labels,
         }, key=f"{alert.status}:{_starts(alert)}")
-        matches = route(self.deps.catalog().values(), alert)
+        matches = self.sender.route(self.deps.catalog().values(), alert)
         results = []
         if not matches:
             results.append(self._outcome(alert, None, "unmatched"))

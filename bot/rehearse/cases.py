@@ -108,7 +108,7 @@ class Case(_Strict):
     params: dict[str, JsonValue] = Field(default_factory=dict, max_length=MAX_ENTRIES)
     alert: dict[str, JsonValue] | None = None
     requested_by: str = Field("cli:rehearsal", max_length=200)
-    trigger: Literal["cli", "slack", "alertmanager", "api", "grafana"] = "cli"
+    trigger: Literal["cli", "slack", "alertmanager", "api", "grafana", "pagerduty", "opsgenie"] = "cli"
     policy_data: dict[str, JsonValue] = Field(
         default_factory=dict, description="Merged over the policies' data (at data's root: {playbook: {...}})."
     )

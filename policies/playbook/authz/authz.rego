@@ -376,7 +376,7 @@ _in_any_group(groups) if {
 }
 
 # Services that post alerts; each starts runs as itself (trigger and principal alike).
-_alert_senders := {"alertmanager", "grafana"}
+_alert_senders := {"alertmanager", "grafana", "pagerduty", "opsgenie"}
 
 # --- cancel: may input.user cancel this run (input.run)? ---
 #
