@@ -186,6 +186,8 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
         announce(f"  HTTP       http://{settings.http_host}:{settings.http_port}  (/healthz, /readyz, /metrics)")
         announce(f"  Alerts     POST /alertmanager ({'bearer token set' if settings.alertmanager_token else 'no token: 401'}),"
                  f" POST /grafana ({'bearer token set' if settings.grafana_token else 'no token: 401'})")
+        announce(f"  Incidents  POST /pagerduty ({'signing secret set' if settings.pagerduty_webhook_secrets else 'no secret: 401'}),"
+                 f" POST /opsgenie ({'bearer token set' if settings.opsgenie_token else 'no token: 401'})")
         announce(f"  API        /api/v1/runs (tokens in {settings.tokens_path}: `playbook-bot token issue NAME`)")
         announce(f"  Slack      {'POST /slack/events' if slack else 'off (no bot token or signing secret)'}"
                  + (" + Socket Mode" if slack and settings.slack_app_token else ""))
