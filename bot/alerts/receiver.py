@@ -1,8 +1,11 @@
-"""POST /alertmanager and POST /grafana: authenticate, parse, route, and give every alert a recorded outcome.
+"""POST /alertmanager, /grafana, /pagerduty, /opsgenie: authenticate, parse, route, and give every
+alert a recorded outcome.
 
-Grafana-managed alerting posts Alertmanager's shape (version "1", bot/alerts/payload.py) on its
-own route with its own bearer token (PLAYBOOK_BOT_GRAFANA_TOKEN), so its runs are requested by
-the principal `grafana`; past the door its alerts take exactly Alertmanager's paths below.
+Each route is one sender (`AlertSender`), the principal its runs are requested by. Grafana-managed
+alerting posts Alertmanager's shape (version "1", bot/alerts/payload.py) with its own bearer token;
+PagerDuty incidents (signed bodies) and Opsgenie alerts (a custom bearer header) are read as alerts
+keyed by their id and created time (bot/alerts/incidents.py) and routed by their own triggers.
+Past the door every alert takes exactly the paths below.
 
 Alertmanager delivers at least once (retries, repeat_interval, HA peers), so duplicates are
 normal: an alert episode (playbook, fingerprint, startsAt) maps to one workflow id, and Temporal's
