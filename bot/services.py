@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any, AsyncIterator, Callable
 
 import structlog
@@ -17,7 +18,7 @@ from temporalio.worker import Worker
 
 from bot.actions.catalog import slack_client
 from bot.actions.egress import announce_egress
-from bot.alerts.receiver import AlertDeps, AlertReceiver
+from bot.alerts.receiver import GRAFANA_SENDER, OPSGENIE_SENDER, PAGERDUTY_SENDER, AlertDeps, AlertReceiver
 from bot.api.routes import ApiDeps, RunsApi
 from bot.audit.backend import AuditStore
 from bot.devstack import DevServer, WorkerProcess
@@ -200,7 +201,10 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
             announce(f"  Web UI     {dev.ui_url}")
         announce(f"  Worker     pid {worker.pid} (`playbook-bot worker`, its lines start `worker|`; restarted if it dies)")
         announce(f"  HTTP       http://{settings.http_host}:{settings.http_port}  (/healthz, /readyz, /metrics)")
-        announce(f"  Alerts     POST /alertmanager ({'bearer token set' if settings.alertmanager_token else 'no token: 401'})")
+        announce(f"  Alerts     POST /alertmanager ({'bearer token set' if settings.alertmanager_token else 'no token: 401'}),"
+                 f" POST /grafana ({'bearer token set' if settings.grafana_token else 'no token: 401'})")
+        announce(f"  Incidents  POST /pagerduty ({'signing secret set' if settings.pagerduty_webhook_secrets else 'no secret: 401'}),"
+                 f" POST /opsgenie ({'bearer token set' if settings.opsgenie_token else 'no token: 401'})")
         announce(f"  API        /api/v1/runs (tokens in {settings.tokens_path}: `playbook-bot token issue NAME`)")
         announce(f"  Slack      {'POST /slack/events' if slack else 'off (no bot token or signing secret)'}"
                  + (" + Socket Mode" if slack and settings.slack_app_token else ""))
@@ -279,6 +283,20 @@ def front_door(
             keyring=keyring,
         )
     )
+    grafana = AlertReceiver(replace(
+        alerts.deps,
+        token=settings.grafana_token.get_secret_value() if settings.grafana_token else None,
+        sender=GRAFANA_SENDER,
+    ), beside=alerts)
+    secrets = settings.pagerduty_webhook_secrets.get_secret_value() if settings.pagerduty_webhook_secrets else ""
+    pagerduty = AlertReceiver(replace(
+        alerts.deps, token=None, sender=PAGERDUTY_SENDER,
+        secrets=tuple(s.strip() for s in secrets.split(",") if s.strip()),
+    ), beside=alerts)
+    opsgenie = AlertReceiver(replace(
+        alerts.deps, token=settings.opsgenie_token.get_secret_value() if settings.opsgenie_token else None,
+        sender=OPSGENIE_SENDER,
+    ), beside=alerts)
     api = RunsApi(
         ApiDeps(
             client=client,
@@ -290,7 +308,7 @@ def front_door(
             keyring=keyring,
         )
     )
-    routers = [alerts.router(), api.router()]
+    routers = [alerts.router(), grafana.router(), pagerduty.router(), opsgenie.router(), api.router()]
     if slack is not None:
         routers.append(slack_router(slack, settings))
     return routers

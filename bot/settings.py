@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     alertmanager_token: SecretStr | None = None
     alertmanager_max_body: int = Field(1 << 20, gt=0, description="Bytes; a larger webhook body is a 413.")
     alertmanager_url: str | None = None  # default `url` of the alertmanager.* actions
+    # Grafana Alerting's webhook contact point posts to POST /grafana with this bearer token (its
+    # "Authorization header credentials"); unset: /grafana answers 401. Body limit: alertmanager_max_body.
+    grafana_token: SecretStr | None = None
+    # PagerDuty V3 webhook subscriptions' signing secrets (comma-separated: old and new while one is
+    # rotated); unset: POST /pagerduty answers 401. Opsgenie's webhook integration sends the custom
+    # header `Authorization: Bearer <OPSGENIE_TOKEN>`; unset: POST /opsgenie answers 401.
+    pagerduty_webhook_secrets: SecretStr | None = None
+    opsgenie_token: SecretStr | None = None
     prometheus_url: str | None = None  # default `url` of prometheus.query
     # Paging APIs (bot/actions/pagerduty.py, opsgenie.py); EU accounts use their EU hosts.
     pagerduty_events_url: str = "https://events.pagerduty.com"  # Events API v2 (/v2/enqueue)

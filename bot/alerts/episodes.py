@@ -18,7 +18,7 @@ import structlog
 from bot.alerts.matchers import Matcher, MatcherError, matches, parse_matchers
 from bot.alerts.payload import Alert
 from bot.playbook.loader import LoadedPlaybook
-from bot.playbook.model import AlertTrigger, Playbook
+from bot.playbook.model import AlertTrigger, OpsgenieTrigger, PagerDutyTrigger, Playbook
 from bot.playbook.params import ParamError, coerce_params
 from bot.playbook.templating import TemplateError, inert, render
 
@@ -28,8 +28,9 @@ _ID_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 _ID_PART_LIMIT = 128
 
 
-def episode_id(playbook: str, fingerprint: str, starts_at: datetime) -> str:
-    """`alert-<playbook>-<fingerprint>-<YYYYmmddTHHMMSS.ffffffZ>`; one instant in any offset, one id."""
+def episode_id(playbook: str, fingerprint: str, starts_at: datetime, prefix: str = "alert") -> str:
+    """`alert-<playbook>-<fingerprint>-<YYYYmmddTHHMMSS.ffffffZ>`; one instant in any offset, one id.
+    PagerDuty incidents and Opsgenie alerts use their own prefix: their ids are another namespace."""
     if starts_at.tzinfo is None or starts_at.utcoffset() is None:
         raise ValueError(f"starts_at must carry a timezone, got naive {starts_at.isoformat()}")
     t = starts_at.astimezone(timezone.utc)
@@ -38,7 +39,7 @@ def episode_id(playbook: str, fingerprint: str, starts_at: datetime) -> str:
     )
     # The fingerprint part never holds "-" (Alertmanager's are hex anyway), so the last "-" before the
     # fixed-width stamp splits playbook from fingerprint: distinct episodes never share an id.
-    return f"alert-{_id_part(playbook, _ID_SAFE)}-{_id_part(fingerprint, _ID_SAFE - {'-'})}-{stamp}"
+    return f"{prefix}-{_id_part(playbook, _ID_SAFE)}-{_id_part(fingerprint, _ID_SAFE - {'-'})}-{stamp}"
 
 
 def _id_part(value: str, safe: frozenset[str]) -> str:
@@ -56,7 +57,7 @@ class RouteMatch:
     """One playbook an alert matched: its params ready to start a run, or why it cannot start."""
 
     playbook: LoadedPlaybook
-    trigger: AlertTrigger
+    trigger: AlertTrigger | PagerDutyTrigger | OpsgenieTrigger  # all have params, on_resolved, on_rerun
     trigger_index: int
     workflow_id: str
     params: dict[str, Any] | None = None
@@ -119,14 +120,16 @@ def route(catalog_playbooks: Iterable[LoadedPlaybook], alert: Alert | Mapping[st
             if not matchers or not matches(matchers, alert.labels):
                 continue
             workflow_id = episode_id(playbook.name, alert.fingerprint, alert.starts_at)
-            out.append(_with_params(loaded, trigger, k, workflow_id, context))
+            out.append(with_params(loaded, trigger, k, workflow_id, context))
             break
     return out
 
 
-def _with_params(
-    loaded: LoadedPlaybook, trigger: AlertTrigger, k: int, workflow_id: str, context: dict[str, Any]
+def with_params(
+    loaded: LoadedPlaybook, trigger: AlertTrigger | PagerDutyTrigger | OpsgenieTrigger, k: int, workflow_id: str,
+    context: dict[str, Any],
 ) -> RouteMatch:
+    """The match with its params rendered over the alert and checked, or the reason it cannot start."""
     where = f"playbook {loaded.playbook.name!r} trigger {k}"
     try:
         rendered = render(trigger.params, context)

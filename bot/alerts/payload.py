@@ -1,9 +1,15 @@
-"""The Alertmanager webhook payload (version 4), checked at the door.
+"""The Alertmanager webhook payload (version 4) and Grafana Alerting's (version 1), checked at the door.
 
 Unknown fields are kept, not refused: newer Alertmanagers add fields (`notification_reason`,
 `routeLabels`...) and an upgrade must not turn every notification into a 400. What we rely on
 (version, per-alert labels, fingerprint, startsAt) is required, and a problem names its field
 and alert index so the sender's logs say what to fix.
+
+Grafana-managed alerting's webhook contact point posts Alertmanager's shape with `"version": "1"`
+and fields of its own (`orgId`, `title`, `state`, `message`; per alert `silenceURL`,
+`dashboardURL`, `panelURL`, `imageURL`, `values` or `valueString`): they are kept, so templates
+read them as `alert.*`. Older Grafanas send no `fingerprint`; it is computed from the labels as
+Alertmanager computes it (bot/alerts/fingerprint.py).
 """
 
 from __future__ import annotations
@@ -15,7 +21,10 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot.alerts.fingerprint import alert_fingerprint
+
 SUPPORTED_VERSION = "4"
+GRAFANA_VERSION = "1"
 _SHOWN_PROBLEMS = 3
 MAX_EXTRA_DEPTH = 32  # an alert's unknown fields travel in the run's input, which the worker decodes
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # cheap pre-check; pairs are fine
@@ -70,6 +79,30 @@ class Alert(_Open):
         return self.model_dump(mode="json", by_alias=True)
 
 
+class GrafanaAlert(Alert):
+    """An alert of Grafana Alerting's webhook; its own fields are typed where Grafana documents them."""
+
+    silence_url: str = Field("", alias="silenceURL")
+    dashboard_url: str = Field("", alias="dashboardURL")
+    panel_url: str = Field("", alias="panelURL")
+    image_url: str = Field("", alias="imageURL")
+    values: dict[str, float | None] | None = None
+    value_string: str = Field("", alias="valueString")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fingerprint_from_labels(cls, data: Any) -> Any:
+        # Older Grafanas leave it out (or send Go's empty string): computed as Alertmanager would, so
+        # their repeats land on one episode. Only from valid labels; bad labels are refused below.
+        if isinstance(data, dict) and data.get("fingerprint", "") == "":
+            labels = data.get("labels")
+            if isinstance(labels, dict) and labels and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+            ):
+                data = {**data, "fingerprint": alert_fingerprint(labels)}
+        return data
+
+
 class WebhookPayload(_Open):
     version: Literal["4"]
     group_key: str = Field("", alias="groupKey")
@@ -83,14 +116,40 @@ class WebhookPayload(_Open):
     alerts: list[Alert]
 
 
-def parse_payload(body: bytes) -> WebhookPayload:
-    """The payload, or PayloadError (status 400) with a one-line message naming the problem."""
+class GrafanaPayload(WebhookPayload):
+    """Grafana Alerting's webhook (grafana.com/docs: "Configure the webhook notifier")."""
+
+    version: Literal["1"]  # type: ignore[assignment]
+    org_id: int | None = Field(None, alias="orgId")
+    title: str = ""
+    state: str = ""
+    message: str = ""
+    alerts: list[GrafanaAlert]  # type: ignore[assignment]
+
+
+Sender = Literal["alertmanager", "grafana"]
+
+
+def parse_payload(body: bytes, sender: Sender = "alertmanager") -> WebhookPayload:
+    """The payload `sender` posts, or PayloadError (status 400) with a one-line message naming the problem."""
+    what = "Grafana Alerting" if sender == "grafana" else "Alertmanager"
+    data = read_json(body, f"{what} webhook payload")
+    model = GrafanaPayload if sender == "grafana" else WebhookPayload
+    _check_version(data, sender)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PayloadError(_one_line(exc)) from None
+
+
+def read_json(body: bytes, what: str) -> dict[str, Any]:
+    """The body as a JSON object, or PayloadError naming why not (`what` the sender's payload)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PayloadError(f"body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
@@ -100,18 +159,43 @@ def parse_payload(body: bytes) -> WebhookPayload:
     if _SURROGATE_ESCAPE.search(text) and not _encodable(data):
         raise PayloadError("body is not Unicode text: it escapes a lone UTF-16 surrogate (\\ud800-\\udfff)")
     if not isinstance(data, dict):
-        raise PayloadError(f"expected a JSON object (Alertmanager webhook payload), got {_json_type(data)}")
+        raise PayloadError(f"expected a JSON object ({what}), got {_json_type(data)}")
+    return data
+
+
+def _check_version(data: dict[str, Any], sender: Sender) -> None:
+    """The version this route reads; a body another sender would post says where it belongs."""
+    want, what = (GRAFANA_VERSION, "Grafana Alerting webhook") if sender == "grafana" else (
+        SUPPORTED_VERSION, "Alertmanager webhook")
     if "version" not in data:
-        raise PayloadError(f'version: missing; expected the Alertmanager webhook payload version "{SUPPORTED_VERSION}"')
-    if data["version"] != SUPPORTED_VERSION:
+        if "ruleName" in data or "evalMatches" in data:  # Grafana's legacy (dashboard) alerting, before 8
+            raise PayloadError(
+                "a legacy Grafana alerting notification (ruleName/evalMatches, no version): playbook-bot reads "
+                f'Grafana Alerting\'s webhook contact point (version "{GRAFANA_VERSION}", Grafana 8 and later) on POST /grafana'
+            )
+        raise PayloadError(f'version: missing; expected the {what} payload version "{want}"')
+    got = data["version"]
+    if got == want:
+        return
+    if sender == "alertmanager" and got == GRAFANA_VERSION:
         raise PayloadError(
-            f"unsupported webhook payload version {json.dumps(data['version'])}: "
-            f'playbook-bot reads version "{SUPPORTED_VERSION}" (Alertmanager 0.x webhook_configs)'
+            f'unsupported webhook payload version "{GRAFANA_VERSION}": that is Grafana Alerting\'s webhook; '
+            f'point Grafana\'s contact point at POST /grafana (this route reads version "{SUPPORTED_VERSION}", Alertmanager)'
         )
-    try:
-        return WebhookPayload.model_validate(data)
-    except ValidationError as exc:
-        raise PayloadError(_one_line(exc)) from None
+    if sender == "grafana" and got == SUPPORTED_VERSION:
+        raise PayloadError(
+            f'unsupported webhook payload version "{SUPPORTED_VERSION}": that is Alertmanager\'s webhook; '
+            f'post it to POST /alertmanager (this route reads version "{GRAFANA_VERSION}", Grafana Alerting)'
+        )
+    where = "Alertmanager 0.x webhook_configs" if sender == "alertmanager" else "Grafana Alerting's webhook contact point"
+    raise PayloadError(
+        f"unsupported webhook payload version {_short(got)}: playbook-bot reads version \"{want}\" ({where})"
+    )
+
+
+def _not_json(name: str) -> Any:
+    # Python's json reads NaN and Infinity; RFC 8259 has no such values and no sender writes them.
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _depth(value: Any) -> int:

@@ -1,4 +1,11 @@
-"""POST /alertmanager: authenticate, parse, route, and give every alert a recorded outcome.
+"""POST /alertmanager, /grafana, /pagerduty, /opsgenie: authenticate, parse, route, and give every
+alert a recorded outcome.
+
+Each route is one sender (`AlertSender`), the principal its runs are requested by. Grafana-managed
+alerting posts Alertmanager's shape (version "1", bot/alerts/payload.py) with its own bearer token;
+PagerDuty incidents (signed bodies) and Opsgenie alerts (a custom bearer header) are read as alerts
+keyed by their id and created time (bot/alerts/incidents.py) and routed by their own triggers.
+Past the door every alert takes exactly the paths below.
 
 Alertmanager delivers at least once (retries, repeat_interval, HA peers), so duplicates are
 normal: an alert episode (playbook, fingerprint, startsAt) maps to one workflow id, and Temporal's
@@ -22,12 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Iterable, Literal
 
 import structlog
 from fastapi import APIRouter, Request
@@ -38,7 +47,9 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from bot.alerts.episodes import RouteMatch, route
-from bot.alerts.payload import Alert, PayloadError, parse_payload
+from bot.alerts.incidents import pagerduty_signed, parse_opsgenie, parse_pagerduty, route_incident
+from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload
+from bot.audit.recorder import record_refusal, refusal
 from bot.audit.episodes import Episode
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.batching import GroupCommitter
@@ -48,7 +59,7 @@ from bot.engine.state import TriggerContext
 from bot.engine.workflow import PlaybookRun
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring
-from bot.playbook.loader import Catalog
+from bot.playbook.loader import Catalog, LoadedPlaybook
 from bot.policy.engine import PolicyEngine
 from bot.server import read_limited
 
@@ -59,9 +70,41 @@ ALERTMANAGER_USER = "alertmanager"
 ALERTMANAGER = Actor(ALERTMANAGER_USER, "Alertmanager", (), "alertmanager")
 
 
-def _event_id(alert: Alert, kind: EventKind, key: str) -> str:
-    """Natural keys: a re-delivered alert records nothing twice."""
-    return f"alert:{alert.fingerprint}:{kind.value}:{key}"
+SenderName = Literal["alertmanager", "grafana", "pagerduty", "opsgenie"]
+
+
+def _webhook_alerts(sender: Sender) -> Callable[[bytes], list[Alert]]:
+    return lambda body: list(parse_payload(body, sender).alerts)
+
+
+@dataclass(frozen=True)
+class AlertSender:
+    """Who posts on a route: the principal its runs are requested by (and the trigger kind), the
+    payload it sends and how its alerts route, how it proves itself (`signed`: an HMAC of the body,
+    PagerDuty's; else the bearer token), whether a refusal is audited, and the audit id prefix that
+    keeps its receipts apart from another sender's."""
+
+    name: SenderName
+    title: str
+    path: str
+    event_prefix: str
+    parse: Callable[[bytes], list[Alert]]
+    route: Callable[[Iterable[LoadedPlaybook], Alert], list[RouteMatch]] = route
+    signed: bool = False
+    audit_refusals: bool = False
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.name, self.title, (), self.name)  # vouched for by the route's token or signature
+
+
+ALERTMANAGER_SENDER = AlertSender("alertmanager", "Alertmanager", "/alertmanager", "alert", _webhook_alerts("alertmanager"))
+GRAFANA_SENDER = AlertSender("grafana", "Grafana", "/grafana", "grafana", _webhook_alerts("grafana"))
+# Refusals are audited here (issue 16.2): who tried to start incidents with a forged body is on record.
+PAGERDUTY_SENDER = AlertSender("pagerduty", "PagerDuty", "/pagerduty", "pagerduty", parse_pagerduty,
+                               partial(route_incident, "pagerduty"), signed=True, audit_refusals=True)
+OPSGENIE_SENDER = AlertSender("opsgenie", "Opsgenie", "/opsgenie", "opsgenie", parse_opsgenie,
+                              partial(route_incident, "opsgenie"), audit_refusals=True)
 
 
 def _starts(alert: Alert) -> str:
@@ -84,6 +127,8 @@ class AlertDeps:
     token: str | None
     max_body: int = 1 << 20
     keyring: Keyring = field(default_factory=Keyring)
+    sender: AlertSender = ALERTMANAGER_SENDER
+    secrets: tuple[str, ...] = ()  # a signed sender's signing secrets (several while one is rotated)
 
 
 class AlertReceiver:
@@ -93,37 +138,65 @@ class AlertReceiver:
     PENDING_WAIT = 10.0
     CLAIM_STALE_AFTER = 120.0
 
-    def __init__(self, deps: AlertDeps) -> None:
+    def __init__(self, deps: AlertDeps, beside: AlertReceiver | None = None) -> None:
+        """`beside`: the receiver of another sender in this process, whose episode hints and
+        group commits this one shares (one GroupCommitter per store and loop)."""
         self.deps = deps
+        self.sender = deps.sender
+        self.actor = deps.sender.actor
         # Episodes this process has seen started: a repeat delivery (the usual case in a storm)
         # goes straight to "is it still running?": no store, no policy question, no start.
-        self._known: OrderedDict[str, None] = OrderedDict()
+        self._known: OrderedDict[str, None] = beside._known if beside is not None else OrderedDict()
         # Concurrent requests' audit appends share one transaction (bot/audit/batching.py).
-        self._commit = GroupCommitter(deps.audit) if deps.audit is not None else None
+        self._commit = (beside._commit if beside is not None and beside.deps.audit is deps.audit
+                        else GroupCommitter(deps.audit) if deps.audit is not None else None)
 
     def router(self) -> APIRouter:
         router = APIRouter()
-        router.add_api_route("/alertmanager", self.receive, methods=["POST"], summary="Alertmanager webhook (v4)")
+        summary = {"alertmanager": "Alertmanager webhook (v4)", "grafana": "Grafana Alerting webhook contact point (v1)",
+                   "pagerduty": "PagerDuty V3 webhook (signed)", "opsgenie": "Opsgenie webhook integration"}
+        router.add_api_route(self.sender.path, self.receive, methods=["POST"], summary=summary[self.sender.name])
         return router
+
+    def _event_id(self, alert: Alert, kind: EventKind, key: str) -> str:
+        """Natural keys: a re-delivered alert records nothing twice."""
+        return f"{self.sender.event_prefix}:{alert.fingerprint}:{kind.value}:{key}"
 
     async def receive(self, request: Request) -> JSONResponse:
         """Each alert × matching playbook gets an outcome: started, attached, already_handled,
         unmatched, rejected, busy (its concurrency key is held: on_busy refuse), resolved_cancelled, resolved_no_run or resolved_ignored."""
-        if not self._authorised(request.headers.get("authorization", "")):
+        authorization = request.headers.get("authorization", "")
+        if not self.sender.signed and not self.sender.audit_refusals and not self._authorised(authorization):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         body = await read_limited(request, self.deps.max_body)
         if body is None:
             return JSONResponse({"error": f"body over {self.deps.max_body} bytes"}, status_code=413)
+        if self.sender.signed:
+            signature = request.headers.get("x-pagerduty-signature", "")
+            if not pagerduty_signed(body, signature, self.deps.secrets):
+                why = "missing X-PagerDuty-Signature" if not signature else "X-PagerDuty-Signature does not match"
+                return await self._refuse(body, signature, f"{why} (v1=<HMAC-SHA256 of the body>)")
+        elif self.sender.audit_refusals and not self._authorised(authorization):
+            return await self._refuse(body, authorization, "missing or wrong bearer token")
         try:
-            payload = parse_payload(body)
+            alerts = self.sender.parse(body)
         except PayloadError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         try:
-            outcomes = [o for alert in payload.alerts for o in await self._handle(alert)]
+            outcomes = [o for alert in alerts for o in await self._handle(alert)]
         except Unavailable as exc:
-            log.error("alertmanager request failed on our side; Alertmanager will retry", error=str(exc))
+            log.error("alert webhook failed on our side; the sender will retry", sender=self.sender.name, error=str(exc))
             return JSONResponse({"error": f"temporarily unavailable: {exc}"}, status_code=503)
         return JSONResponse(outcomes)
+
+    async def _refuse(self, body: bytes, credential: str, reason: str) -> JSONResponse:
+        """401, and the refusal on record: nothing parsed, nothing started. One event per distinct
+        attempt (body and credential), so a replayed forgery is recorded once."""
+        digest = hashlib.sha256(body + b"\0" + credential.encode("utf-8", "surrogateescape")).hexdigest()
+        log.warning("webhook refused", sender=self.sender.name, reason=reason, body_sha256=digest)
+        event = refusal(self.sender.name, f"webhook:{self.sender.name}", reason, key=digest[:32])
+        await record_refusal(self.deps.audit, event)
+        return JSONResponse({"error": reason}, status_code=401)
 
     def _authorised(self, header: str) -> bool:
         token = self.deps.token
@@ -138,7 +211,7 @@ class AlertReceiver:
         received = self._event(alert, None, EventKind.alert_received, {
             "alertname": name, "status": alert.status, "fingerprint": alert.fingerprint, "labels": alert.labels,
         }, key=f"{alert.status}:{_starts(alert)}")
-        matches = route(self.deps.catalog().values(), alert)
+        matches = self.sender.route(self.deps.catalog().values(), alert)
         results = []
         if not matches:
             results.append(self._outcome(alert, None, "unmatched"))
@@ -167,11 +240,11 @@ class AlertReceiver:
             if running is not None:
                 return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
             self._known.pop(run_id, None)  # Temporal forgot the run (retention): the store decides
-        trigger = TriggerContext(kind="alertmanager", requested_by=ALERTMANAGER_USER, alert=alert.as_context())
+        trigger = TriggerContext(kind=self.sender.name, requested_by=self.sender.name, alert=alert.as_context())
         # Independent questions, asked at once: the episode's shared state and the start rule.
         episode, verdict = await asyncio.gather(
             self._episode(alert, match),
-            self.deps.policy.start(start_policy_input(match.playbook, match.params, trigger, ALERTMANAGER)),
+            self.deps.policy.start(start_policy_input(match.playbook, match.params, trigger, self.actor)),
         )
         if episode is not None and episode.resolved_at is not None:
             # A firing delivery that arrives after its resolved one (a retry, a slow peer, another
@@ -241,7 +314,7 @@ class AlertReceiver:
         try:
             await self.deps.client.start_workflow(
                 PlaybookRun.run,
-                run_input(match.playbook, match.params or {}, trigger, ALERTMANAGER, self.deps.keyring, run_id),
+                run_input(match.playbook, match.params or {}, trigger, self.actor, self.deps.keyring, run_id),
                 id=run_id,
                 task_queue=self.deps.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -315,7 +388,7 @@ class AlertReceiver:
         if match.trigger.on_resolved == "continue":
             return "ignored", run_id, None
         try:
-            await cancel_run(self.deps.client, run_id, ALERTMANAGER, self.deps.keyring, reason="the alert resolved")
+            await cancel_run(self.deps.client, run_id, self.actor, self.deps.keyring, reason="the alert resolved")
         except RunError as exc:
             if await self._running(run_id) is False:  # it ended on its own meanwhile
                 return "no_run", run_id, None
@@ -359,12 +432,12 @@ class AlertReceiver:
     def _event(self, alert: Alert, run_id: str | None, kind: EventKind, details: dict[str, Any],
                key: str) -> AuditEvent:
         return AuditEvent(
-            event_id=_event_id(alert, kind, key),
+            event_id=self._event_id(alert, kind, key),
             ts=datetime.now(timezone.utc),
             run_id=run_id,
             step_id=None,
             kind=kind,
-            actor=ALERTMANAGER_USER,
+            actor=self.sender.name,
             details=details,
         )
 
@@ -384,7 +457,7 @@ class AlertReceiver:
         if self.deps.audit is None:
             return None
         run_id = match.workflow_id
-        event_id = _event_id(alert, EventKind.alert_outcome,
+        event_id = self._event_id(alert, EventKind.alert_outcome,
                              self._outcome_key(alert, match.name, "resolved", "resolved_no_run"))
 
         def read(store: AuditStore) -> Episode:  # one trip to the store's thread, not three

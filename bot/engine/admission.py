@@ -25,7 +25,7 @@ from bot.audit.store import AuditUnavailable
 from bot.engine.locking import LockKeyError, render_lock_key
 from bot.engine.state import ParentLink, Requester, TriggerContext
 from bot.identity import principals
-from bot.identity.principals import Actor, VerifiedBy
+from bot.identity.principals import ALERT_SENDERS, Actor, VerifiedBy
 from bot.identity.proofs import START_SKEW, Keyring, Proof, ProofError, schedule_content, start_content
 from bot.playbook.loader import Catalog, UnknownPlaybook
 from bot.playbook.model import Playbook
@@ -129,7 +129,7 @@ class Admitter:
                 return self._refuse(PROOF, f"the start's proof does not verify: {exc}", unverified, params)
             sources = provenance(
                 request.playbook, params, trigger.kind, trigger.alert,
-                alert_verified=actor.verified_by == trigger.kind == "alertmanager",
+                alert_verified=trigger.kind in ALERT_SENDERS and actor.verified_by == trigger.kind,
             )
             if actor.verified_by == "schedule":  # the catalog's own file chose them, and the proof pins them
                 sources = {**sources, "params": {name: PLAYBOOK for name in params}}

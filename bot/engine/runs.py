@@ -27,7 +27,7 @@ from bot.engine.state import (
     VoteResult,
 )
 from bot.engine.workflow import CANCEL_DUPLICATE, CANCEL_UNSUPPORTED, PlaybookRun
-from bot.identity.principals import Actor
+from bot.identity.principals import ALERT_SENDERS, Actor
 from bot.identity.proofs import Keyring, cancel_content, confirm_content, start_content, vote_content
 from bot.playbook.loader import Catalog, LoadedPlaybook, UnknownPlaybook
 from bot.policy.engine import PolicyEngine
@@ -104,7 +104,7 @@ def start_policy_input(
 ) -> dict[str, Any]:
     """DESIGN.md's policy input without `step`, with `user`: who may start which playbook."""
     run = {"trigger": trigger.kind, "requested_by": trigger.requested_by}
-    alert_verified = trigger.kind == "alertmanager" and actor.verified_by == "alertmanager"
+    alert_verified = trigger.kind in ALERT_SENDERS and actor.verified_by == trigger.kind
     sources = provenance(loaded.playbook, params, trigger.kind, trigger.alert, alert_verified)
     return policy_input(
         loaded.playbook, loaded.hash, run, params, trigger.alert, datetime.now(timezone.utc),

@@ -30,7 +30,7 @@ StepState = Literal[
     "compensation_failed",
 ]
 CompensationState = Literal["pending", "running", "succeeded", "failed", "skipped"]
-TriggerKind = Literal["cli", "slack", "alertmanager", "api", "playbook", "schedule"]  # playbook: a sub-playbook's child run
+TriggerKind = Literal["cli", "slack", "alertmanager", "api", "playbook", "schedule", "grafana", "pagerduty", "opsgenie"]  # playbook: a sub-playbook's child run
 
 FINAL_RUN_STATES: frozenset[str] = frozenset({"completed", "compensated", "failed", "cancelled"})
 

@@ -11,14 +11,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-SERVICES = frozenset({"alertmanager", "grafana", "schedule"})
+SERVICES = frozenset({"alertmanager", "grafana", "schedule", "pagerduty", "opsgenie"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _SLACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # Slack's are U…/W…; tests may say more
 
 # How a principal was verified: Slack's request signature, an API bearer token, the webhook's
-# bearer token, being on the embedded dev stack (the CLI there holds the dev key file), or a
-# schedule a worker signed from its own catalog (bot/engine/schedules.py).
-VerifiedBy = Literal["slack", "api", "alertmanager", "dev", "schedule"]
+# bearer token (Alertmanager's, Grafana's or Opsgenie's, each on its own route), PagerDuty's body
+# signature, being on the embedded dev stack (the CLI there holds the dev key file), or a schedule a
+# worker signed from its own catalog (bot/engine/schedules.py).
+VerifiedBy = Literal["slack", "api", "alertmanager", "dev", "schedule", "grafana", "pagerduty", "opsgenie"]
+# Services that post alerts: each is the principal, the trigger kind and the verifier of its runs.
+ALERT_SENDERS = frozenset({"alertmanager", "grafana", "pagerduty", "opsgenie"})
 
 
 class PrincipalError(ValueError):

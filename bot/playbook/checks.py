@@ -196,7 +196,6 @@ class _Checker:
                 self.add(loc + ("default",), f"{label}.default: {exc}")
 
     def check_triggers(self) -> None:
-        declared = self.playbook.params
         for k, trigger in enumerate(self.playbook.triggers.alertmanager):
             found = 0
             for j, line in enumerate(trigger.matchers):
@@ -210,23 +209,11 @@ class _Checker:
                     ("triggers", "alertmanager", k, "matchers"),
                     f"triggers.alertmanager[{k}].matchers: no matcher given, so every alert would start this playbook",
                 )
-            loc: Loc = ("triggers", "alertmanager", k, "params")
-            label = f"triggers.alertmanager[{k}].params"
-            for key, value in trigger.params.items():
-                if key not in declared:
-                    self.add(loc + (key,), f"{label}: {unknown_param_message(key, declared)}")
-                    continue
-                templates = list(_strings(value, loc + (key,)))
-                for where, source in templates:
-                    self.check_template(source, where, dotted(where), _Scope(TRIGGER_VARS))
-                if not templates and value is not None:
-                    try:
-                        coerce_value(key, declared[key], value)
-                    except ValueError as exc:
-                        self.add(loc + (key,), f"{label}.{key}: {exc}")
-            for name, spec in declared.items():
-                if spec.is_required and trigger.params.get(name) is None:
-                    self.add(loc, f"{label}: required param {name!r} is not set, so an alert could never start a run")
+            self.check_trigger_params("alertmanager", k, trigger.params)
+        for kind, triggers in (("pagerduty", self.playbook.triggers.pagerduty),
+                               ("opsgenie", self.playbook.triggers.opsgenie)):
+            for k, other in enumerate(triggers):
+                self.check_trigger_params(kind, k, other.params)
         self.check_schedules()
 
     def check_schedules(self) -> None:
@@ -250,6 +237,27 @@ class _Checker:
             except ParamError as exc:
                 for name, message in exc.problems:
                     self.add(loc + ((name,) if name in entry.params else ()), f"{label}.params: {message}")
+
+    def check_trigger_params(self, kind: str, k: int, params: dict[str, Any]) -> None:
+        """A trigger's params: declared, templates over `alert` only, constants of the declared type."""
+        declared = self.playbook.params
+        loc: Loc = ("triggers", kind, k, "params")
+        label = f"triggers.{kind}[{k}].params"
+        for key, value in params.items():
+            if key not in declared:
+                self.add(loc + (key,), f"{label}: {unknown_param_message(key, declared)}")
+                continue
+            templates = list(_strings(value, loc + (key,)))
+            for where, source in templates:
+                self.check_template(source, where, dotted(where), _Scope(TRIGGER_VARS))
+            if not templates and value is not None:
+                try:
+                    coerce_value(key, declared[key], value)
+                except ValueError as exc:
+                    self.add(loc + (key,), f"{label}.{key}: {exc}")
+        for name, spec in declared.items():
+            if spec.is_required and params.get(name) is None:
+                self.add(loc, f"{label}: required param {name!r} is not set, so an alert could never start a run")
 
     def check_concurrency(self) -> None:
         lock = self.playbook.concurrency

@@ -329,9 +329,41 @@ class ScheduleTrigger(_Strict):
         return check_timezone(value)
 
 
+class PagerDutyTrigger(_Strict):
+    """A PagerDuty V3 webhook's incident (incident.triggered starts, incident.resolved resolves)."""
+
+    services: list[str] = Field(min_length=1, description=(
+        "Service ids (PF9KMXH) or names (the service's summary) whose incidents start this playbook."))
+    urgency: Literal["high", "low"] | None = Field(None, description="Only incidents of this urgency; unset: any.")
+    params: dict[str, Any] = Field(default_factory=dict)
+    on_resolved: Literal["cancel", "continue"] = "cancel"
+    on_rerun: Literal["already_handled", "start"] = "already_handled"
+
+
+class OpsgenieTrigger(_Strict):
+    """An Opsgenie webhook integration's alert (action Create starts, Close resolves)."""
+
+    tags: list[str] = Field(default_factory=list, description="Every one of these tags must be on the alert.")
+    priorities: list[Literal["P1", "P2", "P3", "P4", "P5"]] = Field(
+        default_factory=list, description="Only alerts of one of these priorities; empty: any.")
+    params: dict[str, Any] = Field(default_factory=dict)
+    on_resolved: Literal["cancel", "continue"] = "cancel"
+    on_rerun: Literal["already_handled", "start"] = "already_handled"
+
+    @model_validator(mode="after")
+    def _narrowed(self) -> OpsgenieTrigger:
+        if not self.tags and not self.priorities:
+            raise ValueError("give tags or priorities: a trigger without either would start on every Opsgenie alert")
+        return self
+
+
 class Triggers(_Strict):
     alertmanager: list[AlertTrigger] = Field(default_factory=list)
     schedule: list[ScheduleTrigger] = Field(default_factory=list, exclude_if=_unused, max_length=20)
+
+
+    pagerduty: list[PagerDutyTrigger] = Field(default_factory=list)
+    opsgenie: list[OpsgenieTrigger] = Field(default_factory=list)
 
 
 LOCK_KEY_MAX = 200  # characters of a rendered concurrency key
@@ -412,6 +444,9 @@ class Playbook(_Strict):
         data = self.model_dump(mode="json", by_alias=True)
         if data.get("concurrency") is None:
             data.pop("concurrency", None)  # a v1 playbook hashes as it always did
+        for kind in ("pagerduty", "opsgenie"):  # added later: a playbook without them hashes as it did
+            if not data["triggers"][kind]:
+                data["triggers"].pop(kind)
         for trigger in data["triggers"]["alertmanager"]:
             if trigger.get("on_rerun") == "already_handled":
                 trigger.pop("on_rerun")  # the default, added later: the hash stays as it was

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from bot.identity.principals import ALERT_SENDERS
 from bot.playbook.model import Playbook, Step
 from bot.playbook.params import coerce_value
 
@@ -37,7 +38,7 @@ def provenance(
                 default = None
         if value is None or (default is not None and value == default):
             sources[name] = PLAYBOOK
-        elif trigger_kind == "alertmanager" and alert_verified:
+        elif trigger_kind in ALERT_SENDERS and alert_verified:
             sources[name] = ALERT
         else:
             sources[name] = REQUESTER

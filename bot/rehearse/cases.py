@@ -108,7 +108,7 @@ class Case(_Strict):
     params: dict[str, JsonValue] = Field(default_factory=dict, max_length=MAX_ENTRIES)
     alert: dict[str, JsonValue] | None = None
     requested_by: str = Field("cli:rehearsal", max_length=200)
-    trigger: Literal["cli", "slack", "alertmanager", "api", "schedule"] = Field("cli", description=(
+    trigger: Literal["cli", "slack", "alertmanager", "api", "schedule", "grafana", "pagerduty", "opsgenie"] = Field("cli", description=(
         "schedule: a firing of one of the playbook's schedules, requested by `schedule` with its proof."
     ))
     policy_data: dict[str, JsonValue] = Field(

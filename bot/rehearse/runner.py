@@ -68,7 +68,8 @@ class RehearsalUnavailable(RuntimeError):
 
 def _verified_by(principal: str) -> VerifiedBy | None:
     """How a front door would have verified this principal (the CLI: the embedded dev stack)."""
-    return {"slack": "slack", "api": "api", "cli": "dev", "alertmanager": "alertmanager"}.get(kind_of(principal))  # type: ignore[return-value]
+    return {"slack": "slack", "api": "api", "cli": "dev", "alertmanager": "alertmanager", "grafana": "grafana",
+            "pagerduty": "pagerduty", "opsgenie": "opsgenie"}.get(kind_of(principal))  # type: ignore[return-value]
 
 
 def _merged(base: Any, over: Any) -> Any:

@@ -275,13 +275,14 @@ async def test_a_child_run_is_believed_only_when_temporal_says_its_parent_starte
     assert claimed.allow and not claimed.requester.verified  # a verifier the bot does not know vouches for nobody
 
 
-def _alert_request(catalog: Catalog, verified_by: str, kind: str = "alertmanager") -> AdmitRequest:
+def _alert_request(catalog: Catalog, verified_by: str, kind: str = "alertmanager",
+                   sender: str = "alertmanager") -> AdmitRequest:
     loaded = catalog.get("open")
     alert = {"labels": {"alertname": "Down"}, "annotations": {}, "fingerprint": "f1"}
-    trigger = TriggerContext(kind=kind, requested_by="alertmanager", alert=alert)
+    trigger = TriggerContext(kind=kind, requested_by=sender, alert=alert)
     params = {"replicas": "3"}
     content = start_content("open", loaded.hash, params, trigger.model_dump(mode="json"))
-    proof = Keyring(KEY, [KEY]).sign("start", "run-1", Actor("alertmanager", verified_by=verified_by), content, now=AT)
+    proof = Keyring(KEY, [KEY]).sign("start", "run-1", Actor(sender, verified_by=verified_by), content, now=AT)
     return AdmitRequest(run_id="run-1", playbook=loaded.playbook, playbook_hash=loaded.hash, params=params,
                         trigger=trigger, proof=proof, started_at=AT)
 
@@ -295,6 +296,19 @@ async def test_alert_facts_are_vouched_for_only_by_alertmanagers_own_token(admit
     other = await admitter.admit(_alert_request(catalog, "api"))
     assert other.provenance["alert"] == {"source": "alertmanager", "verified": False}
     assert other.provenance["params"] == {"replicas": "requester"}
+
+
+async def test_grafana_alert_facts_are_vouched_for_only_by_grafanas_own_token(admitter: Admitter, catalog: Catalog) -> None:
+    """Grafana's webhook token vouches for Grafana-triggered runs, and for nothing else: a grafana
+    trigger under Alertmanager's verifier, or an Alertmanager trigger under Grafana's, is requester-chosen."""
+    vouched = await admitter.admit(_alert_request(catalog, "grafana", kind="grafana", sender="grafana"))
+    assert vouched.allow, vouched.reasons
+    assert vouched.provenance == {"params": {"replicas": "alert"}, "alert": {"source": "grafana", "verified": True}}
+    assert vouched.requester.verified_by == "grafana"
+    for verifier, kind, sender in [("alertmanager", "grafana", "grafana"), ("grafana", "alertmanager", "grafana")]:
+        crossed = await admitter.admit(_alert_request(catalog, verifier, kind=kind, sender=sender))
+        assert crossed.provenance["params"] == {"replicas": "requester"}, (verifier, kind)
+        assert crossed.provenance["alert"]["verified"] is False, (verifier, kind)
 
 
 async def test_refusals_say_which_check_and_why(admitter: Admitter, catalog: Catalog) -> None:

@@ -792,6 +792,30 @@ def test_trigger_params_may_only_use_alert(write: Write, actions: dict[str, Acti
                    "trigger params can only use alert")
 
 
+def test_pagerduty_and_opsgenie_trigger_params_are_checked_like_alertmanagers(
+    write: Write, actions: dict[str, ActionSpec]
+) -> None:
+    path = write(
+        """
+        name: p
+        params:
+          incident: {type: string}
+        triggers:
+          pagerduty:
+            - services: [PF9KMXH]
+              params: {incident: "{{ alert.incident.id }}"}
+          opsgenie:
+            - tags: [db]
+              params:
+                incident: "{{ steps.a.output }}"
+        steps:
+          - {id: a, action: core.log, with: {message: hi}}
+        """
+    )
+    error = only_error(path, actions)
+    assert_located(error, path, 11, None, "triggers.opsgenie[0].params.incident: unknown template variable 'steps'")
+
+
 def test_trigger_params_must_be_declared_and_cover_required_ones(write: Write, actions: dict[str, ActionSpec]) -> None:
     path = write(
         """

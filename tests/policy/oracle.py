@@ -749,6 +749,19 @@ CANCELS = [
         verdict(True, "the alert that started this run resolved", person="alertmanager"),
     ),
     Case(
+        "a resolved Grafana alert cancels the run it started",
+        "cancel",
+        run_input(user={**ALERTMANAGER, "id": "grafana", "name": "grafana"},
+                  run={**ALERT_RUN, "trigger": "grafana", "requested_by": "grafana"}),
+        verdict(True, "the alert that started this run resolved", person="grafana"),
+    ),
+    Case(
+        "Grafana does not cancel a run Alertmanager started",
+        "cancel",
+        run_input(user={**ALERTMANAGER, "id": "grafana", "name": "grafana"}, run=ALERT_RUN),
+        verdict(False, may_not_cancel("grafana"), person="grafana"),
+    ),
+    Case(
         "an alert does not cancel a run a person started",
         "cancel",
         run_input(user=ALERTMANAGER),

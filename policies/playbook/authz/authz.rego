@@ -375,6 +375,9 @@ _in_any_group(groups) if {
 	_in_group(group)
 }
 
+# Services that post alerts; each starts runs as itself (trigger and principal alike).
+_alert_senders := {"alertmanager", "grafana", "pagerduty", "opsgenie"}
+
 # --- cancel: may input.user cancel this run (input.run)? ---
 #
 # Cancelling rolls back a remediation mid-incident, so it is an operation of its
@@ -390,8 +393,8 @@ cancel := _verdict(false, _sorted(_cancel_problems)) if {
 	production
 	not input.user.verified == true
 } else := _verdict(true, ["the alert that started this run resolved"]) if {
-	input.user.id == "alertmanager"
-	input.run.trigger == "alertmanager"
+	input.user.id in _alert_senders
+	input.run.trigger == input.user.id
 } else := _verdict(true, [concat("", [input.user.id, " requested this run"])]) if {
 	_user_person == _requester_person
 } else := _verdict(true, [concat("", [input.user.id, " is in the owner group ", input.playbook.owner])]) if {

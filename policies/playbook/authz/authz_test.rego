@@ -278,6 +278,10 @@ cancel_cases := [
 	{"name": "an unverified requester may cancel outside production", "input": {"user": {"id": "cli:alice", "groups": [], "verified": false}, "params": {"environment": "staging"}}, "want": {"allow": true}},
 	{"name": "a resolved alert cancels the run it started", "input": {"user": {"id": "alertmanager", "groups": [], "verified": true}, "run": _alert_run}, "want": {"allow": true, "reasons": ["the alert that started this run resolved"]}},
 	{"name": "an alert does not cancel a run a person started", "input": {"user": {"id": "alertmanager", "groups": [], "verified": true}}, "want": {"allow": false}},
+	{"name": "a resolved Grafana alert cancels the run it started", "input": {"user": {"id": "grafana", "groups": [], "verified": true}, "run": object.union(_run, {"trigger": "grafana", "requested_by": "grafana"})}, "want": {"allow": true, "reasons": ["the alert that started this run resolved"]}},
+	{"name": "a resolved PagerDuty incident cancels the run it started", "input": {"user": {"id": "pagerduty", "groups": [], "verified": true}, "run": object.union(_run, {"trigger": "pagerduty", "requested_by": "pagerduty"})}, "want": {"allow": true, "reasons": ["the alert that started this run resolved"]}},
+	{"name": "an unverified opsgenie does not cancel in production", "input": {"user": {"id": "opsgenie", "groups": [], "verified": false}, "run": object.union(_run, {"trigger": "opsgenie", "requested_by": "opsgenie"})}, "want": {"allow": false}},
+	{"name": "Grafana does not cancel a run Alertmanager started", "input": {"user": {"id": "grafana", "groups": [], "verified": true}, "run": _alert_run}, "want": {"allow": false}},
 	{"name": "missing user", "input": {}, "want": {"allow": false, "reasons": ["missing input.user"]}},
 	{"name": "missing requester", "input": {"user": _member, "run": {"id": "run-1"}}, "want": {"allow": false, "reasons": ["missing input.run.requested_by"]}},
 ]
