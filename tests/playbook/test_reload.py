@@ -208,7 +208,12 @@ async def test_a_front_door_and_a_worker_process_reload_while_alerts_arrive(dev_
             async def agreed() -> bool:
                 ours, theirs = await door.readyz(door.url), await door.readyz(door.worker.url)
                 return message(live()).startswith(version) and ours == theirs and (ours["errors"] is not None) == errors
-            await eventually(agreed, timeout=60, what=f"both processes serving {version}")
+            try:
+                await eventually(agreed, timeout=60, what=f"both processes serving {version}")
+            except AssertionError as exc:
+                ours, theirs = await door.readyz(door.url), await door.readyz(door.worker.url)
+                raise AssertionError(f"{exc}\nfront door {ours}\nworker {theirs}\n"
+                                     f"worker log:\n{door.worker.service.stderr()[-3000:]}") from None
 
         async def steady_alerts(done: asyncio.Event) -> None:
             n = 0
