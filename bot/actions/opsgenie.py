@@ -18,8 +18,8 @@ import httpx
 import structlog
 from pydantic import Field, field_validator, model_validator
 
-from bot.actions.base import ActionContext, ActionParams, InvalidParams, action, whole_number_as_text
-from bot.actions.paging import REQUEST_TIMEOUT, JsonApi, bounded_key, json_body, step_key
+from bot.actions.base import ActionContext, ActionParams, action, whole_number_as_text
+from bot.actions.paging import REQUEST_TIMEOUT, JsonApi, bounded_key, closing_key, json_body, step_key
 
 log = structlog.get_logger("bot.actions.opsgenie")
 
@@ -160,12 +160,7 @@ class OpsgenieActions:
     @action("opsgenie.close", CloseParams)
     async def close(self, params: CloseParams, ctx: ActionContext) -> dict[str, Any]:
         """Close the Opsgenie alert with this alias (in a compensation: the one its step created)."""
-        if params.alias is None and not ctx.compensation:
-            raise InvalidParams(
-                "opsgenie.close: give alias (e.g. {{ steps.<create step>.output.alias }}); "
-                "only a compensation defaults to its step's alias"
-            )
-        alias = params.alias or bounded_key(step_key(ctx), ALIAS_MAX)
+        alias = closing_key("opsgenie.close", "alias", params.alias, ctx, ALIAS_MAX)
         body = {"note": params.note} if params.note else {}
         path = f"/v2/alerts/{_segment(alias)}/close"
         out = await self._post("opsgenie.close", path, params, body, ctx, alias=True)

@@ -16,8 +16,8 @@ import httpx
 import structlog
 from pydantic import Field, field_validator, model_validator
 
-from bot.actions.base import ActionContext, ActionFailed, ActionParams, InvalidParams, action, http_url
-from bot.actions.paging import REQUEST_TIMEOUT, JsonApi, bounded_key, json_body, step_key
+from bot.actions.base import ActionContext, ActionFailed, ActionParams, action, http_url
+from bot.actions.paging import REQUEST_TIMEOUT, JsonApi, bounded_key, closing_key, json_body, step_key
 
 log = structlog.get_logger("bot.actions.pagerduty")
 
@@ -195,15 +195,10 @@ class PagerDutyActions:
     @action("pagerduty.resolve", ResolveParams)
     async def resolve(self, params: ResolveParams, ctx: ActionContext) -> dict[str, Any]:
         """Resolve the PagerDuty alert a trigger opened; resolving one already resolved is a no-op."""
-        if params.dedup_key is None and not ctx.compensation:
-            raise InvalidParams(
-                "pagerduty.resolve: give dedup_key (e.g. {{ steps.<trigger step>.output.dedup_key }}); "
-                "only a compensation defaults to its step's key"
-            )
         event = {
             "routing_key": params.routing_key,
             "event_action": "resolve",
-            "dedup_key": params.dedup_key or bounded_key(step_key(ctx), DEDUP_KEY_MAX),
+            "dedup_key": closing_key("pagerduty.resolve", "dedup_key", params.dedup_key, ctx, DEDUP_KEY_MAX),
         }
         out = await self._enqueue("pagerduty.resolve", event, ctx)
         log.info("pagerduty alert resolved", dedup_key=out["dedup_key"])

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import structlog
 
-from bot.actions.base import ActionContext, ActionFailed, EgressRefused
+from bot.actions.base import ActionContext, ActionFailed, EgressRefused, InvalidParams
 from bot.actions.egress import guarded, shown_url
 from bot.actions.http import retryable_status
 
@@ -40,6 +40,17 @@ def bounded_key(key: str, limit: int) -> str:
     if len(key) <= limit:
         return key
     return "playbook-bot:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def closing_key(action: str, field: str, given: str | None, ctx: ActionContext, limit: int) -> str:
+    """The key a resolve or close acts on: the one given, or in a compensation its own step's
+    (outside one there is no step to default to: the playbook must say which page it closes)."""
+    if given is None and not ctx.compensation:
+        raise InvalidParams(
+            f"{action}: give {field} (e.g. {{{{ steps.<the step that opened it>.output.{field} }}}}); "
+            f"only a compensation defaults to its step's {field}"
+        )
+    return given or bounded_key(step_key(ctx), limit)
 
 
 def excerpt(text: str) -> str:
