@@ -131,14 +131,14 @@ async def serve_worker(
     settings: Settings, client: Client, deps: WorkerDeps, stop: asyncio.Event, readiness: Readiness | None = None
 ) -> None:
     worker = make_worker(client, settings.task_queue, deps.activities, keyring=deps.keyring)
-    if settings.schedules_sync:  # before polling: the first firing finds the schedules as the files say
-        await _sync_schedules_with(settings, client, deps)
-    if readiness is not None:
+    if readiness is not None:  # first: /readyz says "not ready" until the worker polls
         readiness.checks["worker"] = flag_check(lambda: worker.is_running, "worker not running")
         readiness.checks["policies"] = policy_check(deps.policy)
         readiness.checks["audit"] = audit_check(deps.audit)
         if deps.live is not None:
             readiness.facts["catalog"] = deps.live.facts
+    if settings.schedules_sync:  # before polling: the first firing finds the schedules as the files say
+        await _sync_schedules_with(settings, client, deps)
     log.info("worker started", task_queue=settings.task_queue, policy=deps.policy.name, hash=deps.policy.policy_hash)
     async with AsyncExitStack() as stack:
         if deps.live is not None:
@@ -218,7 +218,8 @@ async def run_worker_only(settings: Settings) -> None:
     stop = stop_event()
     async with worker_deps(settings) as deps:
         client = await connect(settings)
-        readiness = Readiness({"temporal": temporal_check(client)})
+        # "worker" until serve_worker replaces it: never ready before the worker polls.
+        readiness = Readiness({"temporal": temporal_check(client), "worker": flag_check(lambda: False, "worker starting")})
         http: _Http | None = None
         if settings.worker_metrics_port is not None:  # /healthz, /readyz, /metrics for this worker
             http = _Http(settings.model_copy(update={"http_port": settings.worker_metrics_port}), create_app(readiness))
