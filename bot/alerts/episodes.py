@@ -103,8 +103,11 @@ def check_triggers(playbook: Playbook | LoadedPlaybook) -> list[str]:
     return problems
 
 
-def route(catalog_playbooks: Iterable[LoadedPlaybook], alert: Alert | Mapping[str, Any]) -> list[RouteMatch]:
-    """Each playbook whose trigger matches the alert's labels, once (its first matching trigger wins)."""
+def route(catalog_playbooks: Iterable[LoadedPlaybook], alert: Alert | Mapping[str, Any],
+          prefix: str = "alert") -> list[RouteMatch]:
+    """Each playbook whose trigger matches the alert's labels, once (its first matching trigger wins).
+    `prefix` keeps each sender's episodes apart (Grafana's are `grafana-...`): a sender's resolve
+    must never end, or suppress, an episode another sender started."""
     if not isinstance(alert, Alert):
         alert = Alert.model_validate(alert)
     context = inert({"alert": alert.as_context()})  # labels and annotations are data: they spell no secret
@@ -119,7 +122,7 @@ def route(catalog_playbooks: Iterable[LoadedPlaybook], alert: Alert | Mapping[st
                 continue
             if not matchers or not matches(matchers, alert.labels):
                 continue
-            workflow_id = episode_id(playbook.name, alert.fingerprint, alert.starts_at)
+            workflow_id = episode_id(playbook.name, alert.fingerprint, alert.starts_at, prefix=prefix)
             out.append(with_params(loaded, trigger, k, workflow_id, context))
             break
     return out

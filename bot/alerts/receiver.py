@@ -99,7 +99,10 @@ class AlertSender:
 
 
 ALERTMANAGER_SENDER = AlertSender("alertmanager", "Alertmanager", "/alertmanager", "alert", _webhook_alerts("alertmanager"))
-GRAFANA_SENDER = AlertSender("grafana", "Grafana", "/grafana", "grafana", _webhook_alerts("grafana"))
+# Its own episodes (grafana-...): the same labels on both routes are two episodes, so neither sender's
+# resolve can end or suppress the other's run (a Grafana caller picks its fingerprints freely).
+GRAFANA_SENDER = AlertSender("grafana", "Grafana", "/grafana", "grafana", _webhook_alerts("grafana"),
+                             partial(route, prefix="grafana"))
 # Refusals are audited here (issue 16.2): who tried to start incidents with a forged body is on record.
 PAGERDUTY_SENDER = AlertSender("pagerduty", "PagerDuty", "/pagerduty", "pagerduty", parse_pagerduty,
                                partial(route_incident, "pagerduty"), signed=True, audit_refusals=True)

@@ -110,7 +110,7 @@ def zones(n: int) -> list[str]:
 
 def episode(playbook: str, alert: dict[str, Any]) -> str:
     fingerprint = alert.get("fingerprint") or alert_fingerprint(alert["labels"])
-    return episode_id(playbook, fingerprint, datetime.fromisoformat(alert["startsAt"]))
+    return episode_id(playbook, fingerprint, datetime.fromisoformat(alert["startsAt"]), prefix="grafana")
 
 
 @pytest_asyncio.fixture
@@ -147,6 +147,35 @@ async def test_grafana_deliveries_duplicated_across_front_doors_start_one_run_pe
     received = [e for e in stack.audit.events() if e.kind.value == "alert_received"]
     assert {e.actor for e in received} == {"grafana"} and len(received) == 4, "each receipt once, as grafana"
     assert {e.details["fingerprint"] for e in received} >= {alert_fingerprint(computed["labels"])}
+
+
+def am_alert(fingerprint: str, starts: str, zone: str) -> dict[str, Any]:
+    """An Alertmanager alert the memory playbook routes (its templates read Grafana's fields too)."""
+    return {**firing(fingerprint, "High memory usage", starts=starts, zone=zone), "values": {"B": 1}, "silenceURL": ""}
+
+
+async def test_one_senders_resolve_never_ends_or_suppresses_the_others_episode(stack):
+    """Attack: the Grafana token's holder posts "resolved" with the fingerprint and startsAt of an
+    Alertmanager alert (both readable from Prometheus), and the other way round. Episodes were
+    shared, so the resolve was recorded on the other sender's episode and its firing deliveries
+    answered already_handled: the remediation never started. Each sender has its own episodes now."""
+    zone, fp, starts = zones(1)[0], uuid.uuid4().hex[:16], "2026-11-22T01:00:00Z"
+    resolved = grafana_body([zone], status="resolved", starts=starts)
+    resolved["alerts"][0]["fingerprint"] = fp
+    assert [o["outcome"] for o in (await deliver(stack, resolved)).json()] == ["resolved_no_run"]
+    [started] = (await stack.deliver(webhook([am_alert(fp, starts, zone)]))).json()
+    assert started["outcome"] == "started", started
+    assert started["run_id"].startswith("alert-") and await is_running(stack.temporal, started["run_id"]) is not None
+
+    zone, fp = zones(1)[0], uuid.uuid4().hex[:16]
+    gone = await stack.deliver(webhook([{**am_alert(fp, starts, zone), "status": "resolved",
+                                         "endsAt": "2026-11-22T01:05:00Z"}]))
+    assert [o["outcome"] for o in gone.json()] == ["resolved_no_run"]
+    firing_body = grafana_body([zone], starts=starts)
+    firing_body["alerts"][0]["fingerprint"] = fp
+    [grafana] = (await deliver(stack, firing_body)).json()
+    assert grafana["outcome"] == "started", grafana
+    assert grafana["run_id"].startswith("grafana-")
 
 
 async def test_a_resolve_cancels_the_run_and_nothing_remediates_after_it(stack):
