@@ -49,7 +49,7 @@ from temporalio.service import RPCError
 from bot.alerts.episodes import RouteMatch, route
 from bot.alerts.incidents import pagerduty_signed, parse_opsgenie, parse_pagerduty, route_incident
 from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload
-from bot.audit.recorder import record_refusal, refusal
+from bot.audit.recorder import RefusalBudget, record_refusal, refusal
 from bot.audit.episodes import Episode
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.batching import GroupCommitter
@@ -146,6 +146,7 @@ class AlertReceiver:
         group commits this one shares (one GroupCommitter per store and loop)."""
         self.deps = deps
         self.sender = deps.sender
+        self._refusals = RefusalBudget()  # refusals of anonymous callers recorded one by one per minute
         self.actor = deps.sender.actor
         # Episodes this process has seen started: a repeat delivery (the usual case in a storm)
         # goes straight to "is it still running?": no store, no policy question, no start.
@@ -169,7 +170,9 @@ class AlertReceiver:
         """Each alert × matching playbook gets an outcome: started, attached, already_handled,
         unmatched, rejected, busy (its concurrency key is held: on_busy refuse), resolved_cancelled, resolved_no_run or resolved_ignored."""
         authorization = request.headers.get("authorization", "")
-        if not self.sender.signed and not self.sender.audit_refusals and not self._authorised(authorization):
+        if not self.sender.signed and not self._authorised(authorization):  # before reading any body
+            if self.sender.audit_refusals:
+                return await self._refuse(b"", authorization, "missing or wrong bearer token")
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         body = await read_limited(request, self.deps.max_body)
         if body is None:
@@ -179,8 +182,6 @@ class AlertReceiver:
             if not pagerduty_signed(body, signature, self.deps.secrets):
                 why = "missing X-PagerDuty-Signature" if not signature else "X-PagerDuty-Signature does not match"
                 return await self._refuse(body, signature, f"{why} (v1=<HMAC-SHA256 of the body>)")
-        elif self.sender.audit_refusals and not self._authorised(authorization):
-            return await self._refuse(body, authorization, "missing or wrong bearer token")
         try:
             alerts = self.sender.parse(body)
         except PayloadError as exc:
@@ -197,8 +198,15 @@ class AlertReceiver:
         attempt (body and credential), so a replayed forgery is recorded once."""
         digest = hashlib.sha256(body + b"\0" + credential.encode("utf-8", "surrogateescape")).hexdigest()
         log.warning("webhook refused", sender=self.sender.name, reason=reason, body_sha256=digest)
-        event = refusal(self.sender.name, f"webhook:{self.sender.name}", reason, key=digest[:32])
-        await record_refusal(self.deps.audit, event)
+        operation = f"webhook:{self.sender.name}"
+        recorded, unrecorded, window = self._refusals.take()  # a flood of forgeries cannot grow the trail unbounded
+        if unrecorded and window is not None:
+            await record_refusal(self.deps.audit, refusal(self.sender.name, operation, (
+                f"{unrecorded} more refusals in the minute from "
+                f"{datetime.fromtimestamp(window * 60, timezone.utc):%Y-%m-%dT%H:%MZ} were not recorded one by one "
+                f"(at most {self._refusals.per_minute} a minute are)"), key=f"window-{window}"))
+        if recorded:
+            await record_refusal(self.deps.audit, refusal(self.sender.name, operation, reason, key=digest[:32]))
         return JSONResponse({"error": reason}, status_code=401)
 
     def _authorised(self, header: str) -> bool:

@@ -16,8 +16,9 @@ has not taken, so the activity writes nothing (writing now would put its events 
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime, timezone
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import structlog
 from pydantic import BaseModel, Field
@@ -55,6 +56,35 @@ def refusal(actor: str, operation: str, reason: str, *, run_id: str | None = Non
         actor=actor or "unknown",
         details={"operation": operation, "reason": reason},
     )
+
+
+class RefusalBudget:
+    """How many refusals of anonymous callers a door records one by one per minute. Past it, the
+    rest of that minute is counted and recorded as one summary event when the next minute's first
+    refusal comes, so a flood of forged requests cannot grow the audit trail without bound while
+    the trail still says how many there were."""
+
+    def __init__(self, per_minute: int = 60, clock: Callable[[], float] = time.time) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self._window = -1
+        self._used = 0
+        self._dropped = 0
+
+    def take(self) -> tuple[bool, int, int | None]:
+        """(record this one?, refusals an earlier minute did not record (0: none), that minute as
+        Unix time // 60 when there are some)."""
+        window = int(self.clock() // 60)
+        report, reported = 0, None
+        if window != self._window:
+            if self._dropped:
+                report, reported = self._dropped, self._window
+            self._window, self._used, self._dropped = window, 0, 0
+        self._used += 1
+        if self._used > self.per_minute:
+            self._dropped += 1
+            return False, report, reported
+        return True, report, reported
 
 
 async def record_refusal(store: AuditStore | None, event: AuditEvent) -> None:

@@ -196,3 +196,24 @@ async def test_opsgenie_create_starts_close_cancels_and_a_wrong_header_is_refuse
     assert [o["outcome"] for o in (await post(stack, "/opsgenie", og_alert("Close", other), auth)).json()] == ["resolved_no_run"]
     assert [o["outcome"] for o in (await post(stack, "/opsgenie", og_alert("Create", other), auth)).json()] == ["already_handled"]
     assert [w.id for w in await stack.runs()] == [run_id]
+
+
+async def test_a_flood_of_forged_deliveries_cannot_grow_the_audit_trail_without_bound(stack):
+    """Attack (red team): every distinct forged request was one more `access_refused` row, for
+    anyone who can reach the route, without limit. A wrong bearer token on the Opsgenie route is
+    now refused before its body is read (one row per distinct credential), and at most
+    RefusalBudget.per_minute refusals a minute are recorded one by one; the rest are counted into
+    one summary event."""
+    same = [post(stack, "/opsgenie", og_alert("Create", str(uuid.uuid4())), {"Authorization": "Bearer no"})
+            for _ in range(20)]
+    assert {r.status_code for r in await asyncio.gather(*same)} == {401}
+    assert len(refusals(stack)) == 1, "the same forged credential, whatever the body: one row"
+    per_minute, sent = 60, 200
+    body = og_alert("Create", str(uuid.uuid4()))
+    for start in range(0, sent, 50):
+        varied = [post(stack, "/opsgenie", body, {"Authorization": f"Bearer no-{i}"}) for i in range(start, start + 50)]
+        assert {r.status_code for r in await asyncio.gather(*varied)} == {401}
+    assert await stack.settled_runs() == []
+    # Without the budget: 1 + 200 rows. With it: per_minute a minute (across a minute's end, two
+    # minutes' worth plus the summary of the first).
+    assert len(refusals(stack)) <= 2 * per_minute + 1, len(refusals(stack))
