@@ -28,7 +28,7 @@ from bot.identity.keys import front_door_keyring, require_front_door_key, worker
 from bot.identity.proofs import Keyring, ensure_dev_key
 from bot.identity.tokens import TokenError, TokenStore
 from bot.playbook.loader import Catalog, load_directory, unloaded_names
-from bot.playbook.reload import LiveCatalog
+from bot.playbook.reload import LiveCatalog, directory_signature
 from bot.policy.engine import PolicyEngine
 from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
 from bot.settings import ConfigError, Settings
@@ -41,10 +41,11 @@ log = structlog.get_logger(__name__)
 def load_catalog(settings: Settings) -> LiveCatalog:
     """The playbooks (a broken one stops the process at start, naming file and line; later edits
     are reloaded: bot/playbook/reload.py); warnings are logged."""
+    signature = directory_signature(settings.playbooks_dir)  # before reading: an edit meanwhile is seen
     catalog = load_directory(settings.playbooks_dir)
     for warning in catalog.warnings():
         log.warning("playbook warning", warning=warning)
-    return LiveCatalog(settings.playbooks_dir, catalog)
+    return LiveCatalog(settings.playbooks_dir, catalog, signature=signature)
 
 
 def watch_catalog(stack: AsyncExitStack, settings: Settings, live: LiveCatalog, stop: asyncio.Event,

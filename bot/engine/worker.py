@@ -34,7 +34,7 @@ from bot.identity.keys import worker_keyring
 from bot.identity.proofs import Keyring
 from bot.logging import mask_secrets_with
 from bot.playbook.loader import Catalog, PlaybookLoadErrors, load_directory
-from bot.playbook.reload import LiveCatalog
+from bot.playbook.reload import LiveCatalog, directory_signature
 from bot.policy.activities import PolicyActivities
 from bot.policy.engine import PolicyEngine, make_engine
 from bot.slack.notifier import SlackNotifier
@@ -138,6 +138,7 @@ def worker_catalog(settings: Settings) -> LiveCatalog:
     """The playbooks this worker will run: a run whose snapshot is not among them is refused.
     A broken file is logged and left out (the front door refuses it too); later edits are reloaded
     (bot/playbook/reload.py)."""
+    signature = directory_signature(settings.playbooks_dir)  # before reading: an edit meanwhile is seen
     try:
         catalog, errors = load_directory(settings.playbooks_dir), None
     except PlaybookLoadErrors as exc:
@@ -145,7 +146,7 @@ def worker_catalog(settings: Settings) -> LiveCatalog:
         catalog, errors = exc.catalog, str(exc)
     for warning in catalog.warnings():
         log.warning("playbook warning", warning=warning)
-    return LiveCatalog(settings.playbooks_dir, catalog, errors=errors)
+    return LiveCatalog(settings.playbooks_dir, catalog, errors=errors, signature=signature)
 
 
 @asynccontextmanager

@@ -64,11 +64,13 @@ class LiveCatalog:
     """Callable: `live()` is the current Catalog (what `deps.catalog` expects everywhere)."""
 
     def __init__(self, directory: Path, catalog: Catalog, *, errors: str | None = None,
-                 grace: float = RETIRED_GRACE) -> None:
+                 grace: float = RETIRED_GRACE, signature: Signature | None = None) -> None:
+        """`signature`: the directory's, taken before `catalog` was read (an edit in between is
+        then seen by the first check); default: taken now."""
         self.directory = Path(directory)
         self.grace = grace
         self._catalog = catalog
-        self._signature = directory_signature(self.directory)
+        self._signature = signature if signature is not None else directory_signature(self.directory)
         self._retired: dict[tuple[str, str], float] = {}  # (name, hash) -> admitted until (monotonic)
         self._listeners: list[Listener] = []
         self._checking = threading.Lock()

@@ -19,8 +19,8 @@ import pytest
 
 from bot.engine.runs import get_status
 from bot.engine.worker import open_policy_and_audit
-from bot.playbook.loader import Catalog
-from bot.playbook.reload import LiveCatalog, catalog_hash
+from bot.playbook.loader import Catalog, load_directory
+from bot.playbook.reload import LiveCatalog, catalog_hash, directory_signature
 from bot.server import Readiness, create_app
 from bot.services import _Http, front_door, load_catalog, watch_catalog
 from bot.settings import Settings
@@ -278,3 +278,16 @@ async def test_a_worker_behind_the_front_door_reloads_at_admission(dev_env, tmp_
 async def _finished(client, run_id):
     status = await get_status(client, run_id)
     return status if status.state in ("completed", "failed", "compensated", "cancelled", "refused") else None
+
+
+def test_an_edit_between_reading_and_watching_is_seen_by_the_first_check(tmp_path):
+    """The signature is the directory's before the catalog was read: an edit that lands while a
+    process starts is picked up, not mistaken for the state it already serves."""
+    directory = tmp_path / "playbooks"
+    directory.mkdir()
+    write(directory, "echo.yaml", echo("v1"))
+    before = directory_signature(directory)
+    catalog = load_directory(directory)
+    write(directory, "echo.yaml", echo("v2") + "\n")  # lands after the read, before the watcher starts
+    live = LiveCatalog(directory, catalog, signature=before)
+    assert live.check() is True and message(live()).startswith("v2")
