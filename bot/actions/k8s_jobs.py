@@ -12,7 +12,7 @@ shell.run's allow-list, an empty list refuses every image.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
+import functools
 import hashlib
 import re
 from typing import Any
@@ -93,13 +93,21 @@ def _finished(job: dict[str, Any]) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def image_pattern(pattern: str) -> re.Pattern[str]:
+    """A K8S_JOB_IMAGES pattern: `*` and `?` stay within one path segment (fnmatch's `*` also
+    matched `/`, so `registry.internal/diag/*` allowed every image below diag/, at any depth)."""
+    parts = ("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts))
+
+
 class KubernetesJobActions:
     def __init__(self, clients: KubeClients, images: list[str]) -> None:
         self._clients = clients
         self._images = images
 
     def _allowed(self, image: str) -> bool:
-        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self._images)
+        return any(image_pattern(pattern).fullmatch(image) for pattern in self._images)
 
     @action("k8s.run_job", RunJobParams)
     async def run_job(self, params: RunJobParams, ctx: ActionContext) -> dict[str, Any]:

@@ -69,7 +69,8 @@ async def test_a_job_of_that_name_that_is_not_ours_is_left_alone(run_failing, fa
 
 async def test_images_outside_the_allow_list_are_refused(run_failing, fake_kube: FakeKube, kube_clients) -> None:
     allow_some = [KubernetesJobActions(kube_clients, ["registry.internal/diag/*"])]
-    for image in ("docker.io/attacker/miner:latest", "registry.internal/diag"):
+    for image in ("docker.io/attacker/miner:latest", "registry.internal/diag",
+                  "registry.internal/diag/anything/below:1"):  # `*` stays within one path segment
         error = await run_failing("k8s.run_job", {**PARAMS, "image": image}, allow_some)
         assert error.type == ACTION_REFUSED and "PLAYBOOK_BOT_K8S_JOB_IMAGES" in error.message
     error = await run_failing("k8s.run_job", PARAMS, [KubernetesJobActions(kube_clients, [])])
