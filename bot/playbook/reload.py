@@ -99,17 +99,19 @@ class LiveCatalog:
         signature = directory_signature(self.directory)
         if not force and signature == self._signature:
             return False
-        self._signature = signature
         if not self.directory.exists():  # mid-swap (a checkout, a ConfigMap update): serve what we have
             errors: str | None = f"{self.directory}: no such file or directory"
             if errors != self.errors:
                 log.error("playbooks directory is gone; still serving the previous catalog", directory=str(self.directory))
             self.errors = errors
+            self._signature = signature
             return False
         try:
             fresh, errors = load_directory(self.directory), None
         except PlaybookLoadErrors as exc:
             fresh, errors = self._keep_previous(exc), str(exc)
+        # Only now: a read that raised anything else (an I/O error mid-checkout) is tried again next time.
+        self._signature = signature
         if errors != self.errors:
             if errors:
                 log.error("playbooks reloaded with errors: the files that do not load keep their previous version",

@@ -291,3 +291,24 @@ def test_an_edit_between_reading_and_watching_is_seen_by_the_first_check(tmp_pat
     write(directory, "echo.yaml", echo("v2") + "\n")  # lands after the read, before the watcher starts
     live = LiveCatalog(directory, catalog, signature=before)
     assert live.check() is True and message(live()).startswith("v2")
+
+
+def test_a_read_that_fails_is_tried_again_at_the_next_check(tmp_path, monkeypatch):
+    """An I/O error mid-read (a checkout in progress) must not mark the edit as seen."""
+    import bot.playbook.reload as reload
+
+    live = live_over(tmp_path, **{"echo.yaml": echo("v1")})
+    write(live.directory, "echo.yaml", echo("v2"))
+    real = reload.load_directory
+
+    def failing(directory):
+        monkeypatch.setattr(reload, "load_directory", real)
+        raise OSError("read interrupted")
+
+    monkeypatch.setattr(reload, "load_directory", failing)
+    try:
+        live.check()
+    except OSError:
+        pass
+    assert message(live()).startswith("v1")
+    assert live.check() is True and message(live()).startswith("v2")
