@@ -50,13 +50,25 @@ def rehash_from(conn: sqlite3.Connection, seq: int) -> None:
         prev = digest
 
 
-def append_many(path: str, worker: str, count: int, start: Any) -> None:
-    """A separate process appending one event per transaction, from a start shared with the others."""
+def append_many(target: str, worker: str, count: int, start: Any) -> None:
+    """A separate process appending one event per transaction, from a start shared with the others.
+
+    `target` is a SQLite path or a postgresql:// URL. Halfway every writer waits for the others
+    again, so the appends interleave however the machine schedules the processes (a loaded CI
+    machine once ran one writer to its end before the other had opened the file).
+    """
+    from bot.audit.postgres import PostgresAuditStore
     from bot.audit.store import SqliteAuditStore
 
     start.wait()
-    with SqliteAuditStore(Path(path), timeout=30) as store:
+    if target.startswith("postgresql://"):
+        store: Any = PostgresAuditStore(target, timeout=60)
+    else:
+        store = SqliteAuditStore(Path(target), timeout=30)
+    with store:
         for n in range(count):
+            if n == count // 2:
+                start.wait()
             store.append([event(n, run_id=worker)])
             time.sleep(0.0005)  # like real callers, not a tight loop: SQLite's lock is not fair
 

@@ -15,25 +15,17 @@ from bot.audit.pg_schema import MIGRATIONS, SCHEMA_VERSION, migrate_schema
 from bot.audit.postgres import PostgresAuditStore, redact
 from bot.audit.cli import app as audit_app
 from bot.audit.store import AuditUnavailable
-from tests.audit.support import event
+from tests.audit.support import append_many, event
 from tests.pg import PgCluster
 
 WRITERS = ("a", "b", "c", "d")
 COUNT = 150
 
 
-def append_many_pg(url: str, worker: str, count: int, start: object) -> None:
-    """A separate process appending one event per transaction, from a start shared with the others."""
-    start.wait()  # type: ignore[attr-defined]
-    with PostgresAuditStore(url, timeout=60) as store:
-        for n in range(count):
-            store.append([event(n, run_id=worker)])
-
-
 def test_four_processes_appending_at_once_make_one_chain_that_verifies(pg_url: str) -> None:
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(len(WRITERS))
-    workers = [context.Process(target=append_many_pg, args=(pg_url, name, COUNT, start)) for name in WRITERS]
+    workers = [context.Process(target=append_many, args=(pg_url, name, COUNT, start)) for name in WRITERS]
     for worker in workers:
         worker.start()  # all wait at the barrier, then race to create the schema and append
     for worker in workers:
