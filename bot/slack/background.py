@@ -87,8 +87,12 @@ class Background:
     """The front door's two lanes: answers to users (Slack can be slow), audit records (a store
     can be down). Separate so a hanging response_url never holds an audit event back."""
 
+    # Answers are HTTP waits, not work: enough workers that the hanging response_urls of a burst
+    # (each held up to answer_timeout) leave the others' answers free to go out at once.
+    ANSWER_WORKERS = 32
+
     def __init__(self, *, answer_timeout: float = 10.0, record_timeout: float = 30.0) -> None:
-        self.answers = Lane("answers", workers=4, timeout=answer_timeout)
+        self.answers = Lane("answers", workers=self.ANSWER_WORKERS, timeout=answer_timeout)
         self.records = Lane("records", workers=2, timeout=record_timeout)
 
     async def drain(self, timeout: float = 5.0) -> None:

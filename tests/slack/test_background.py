@@ -10,7 +10,7 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from bot.slack.background import Lane
+from bot.slack.background import Background, Lane
 from bot.slack.groups import GroupResolver
 
 
@@ -34,6 +34,29 @@ async def test_a_hanging_job_is_cut_at_its_timeout_and_the_lane_goes_on() -> Non
     assert done == ["ok"] and lane.failed == 2 and lane.pending == 0
     assert sorted(e["event"] for e in logs) == ["slack background job failed", "slack background job timed out"]
     assert {e["what"] for e in logs} == {"hang", "fail"}
+
+
+async def test_twenty_hanging_answers_do_not_hold_back_the_next_users_answer() -> None:
+    """A burst's hanging response_urls (Slack slow for some) must not queue everyone else's
+    answers behind their timeouts: with 4 workers the next answer waited out five rounds of them."""
+    background = Background(answer_timeout=60)
+    release, answered = asyncio.Event(), asyncio.Event()
+
+    async def hang() -> None:
+        await release.wait()
+
+    async def ok() -> None:
+        answered.set()
+
+    for n in range(20):
+        assert background.answers.submit(f"hang-{n}", hang)
+    assert background.answers.submit("ok", ok)
+    try:
+        await asyncio.wait_for(answered.wait(), 10)  # far below the 60 s each hanging answer may take
+        assert background.answers.pending == 20
+    finally:
+        release.set()
+        await background.drain(timeout=5)
 
 
 async def test_submit_never_waits_and_a_full_queue_drops_with_an_error() -> None:
