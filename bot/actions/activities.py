@@ -92,75 +92,97 @@ async def _record_success(audit: AuditWriter, input: ActionInput, attempt: int) 
 def _wrap(
     spec: ActionSpec, method: Callable[..., Any], secrets: SecretStore, audit: AuditWriter, limits: OutputLimits
 ) -> Callable[..., Any]:
+    async def act(input: ActionInput, info: activity.Info) -> Any:
+        """The action itself: secrets resolved, params validated, heartbeats, errors masked."""
+        try:
+            resolved = secrets.resolve(input.params, input.secrets)
+            mask = secrets.masker()  # every value the store knows, not only the ones this step uses
+        except ApplicationError as exc:  # a missing, undeclared or malformed secret; an unreadable file
+            raise _with_attempt(exc, info.attempt) from None
+        try:
+            params = spec.params.model_validate(resolved)
+        except ValidationError as exc:
+            error: ApplicationError = InvalidParams(mask(describe_validation_error(spec.name, exc)))
+            raise _with_attempt(error, info.attempt) from None
+        ctx = ActionContext(
+            run_id=input.run_id,
+            step_id=input.step_id,
+            playbook=input.playbook,
+            idempotency_key=input.idempotency_key,
+            attempt=info.attempt,
+            compensation=input.compensation,
+            mask=mask,
+        )
+        beat = asyncio.create_task(_heartbeat_forever()) if info.heartbeat_timeout else None
+        started, outcome = time.monotonic(), "failed"
+        try:
+            output = await method(params, ctx)
+            outcome = "succeeded"
+        except ApplicationError as exc:
+            log.warning("action failed", error=mask(str(exc)), error_type=exc.type)
+            raise ApplicationError(
+                mask(exc.message),
+                {"attempt": info.attempt, "output": mask(_first_detail(exc))},
+                type=exc.type,
+                non_retryable=exc.non_retryable,
+            ) from None
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            log.info("action cancelled")
+            raise
+        except Exception as exc:  # an action bug or an unexpected client error: retry it, say what it was
+            message = mask(f"{spec.name}: {type(exc).__name__}: {exc}")
+            log.warning("action failed", error=message)
+            raise ApplicationError(message, {"attempt": info.attempt}, type=ACTION_FAILED) from None
+        finally:
+            STEP_DURATION.labels(spec.name, outcome).observe(time.monotonic() - started)
+            if beat:
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
+        return mask(output or {})
+
     async def run(input: ActionInput) -> ActionResult:
         info = activity.info()
         with structlog.contextvars.bound_contextvars(
             run_id=input.run_id, step_id=input.step_id, playbook=input.playbook, action=spec.name, attempt=info.attempt
         ):
-            # The record comes first: if it cannot be written the action does not run (retried),
-            # unless the workflow let it act unrecorded (an undo, a low-impact step: audit_mode).
-            unrecorded = await audit.write_as(input.audit_mode, [*input.audit, started_event(input, info.attempt)])
-            if unrecorded is not None:
-                unrecorded = unrecorded[len(input.audit):]  # its own; the workflow still holds what it handed
+            record = [*input.audit, started_event(input, info.attempt)]
+
+            def own(unrecorded: list[AuditEvent] | None) -> list[AuditEvent] | None:
+                # its own; the workflow still holds what it handed
+                return unrecorded[len(input.audit):] if unrecorded is not None else None
+
+            if input.audit_mode == "try":
+                # Allowed to act unrecorded (an undo, a low-impact step), so it does not wait for the
+                # store either: the record is written while the action acts (issue 17: no store
+                # round trip between the workflow's task and the action), and waited for after it.
+                writing: asyncio.Task[list[AuditEvent] | None] | None = asyncio.create_task(
+                    audit.write_as("try", record))
+                unrecorded = None
+            else:
+                # The record comes first: if it cannot be written the action does not run (retried),
+                # unless the workflow deferred it (the store is down or being flushed).
+                writing, unrecorded = None, own(await audit.write_as(input.audit_mode, record))
             try:
-                try:
-                    resolved = secrets.resolve(input.params, input.secrets)
-                    mask = secrets.masker()  # every value the store knows, not only the ones this step uses
-                except ApplicationError as exc:  # a missing, undeclared or malformed secret; an unreadable file
-                    raise _with_attempt(exc, info.attempt) from None
-                try:
-                    params = spec.params.model_validate(resolved)
-                except ValidationError as exc:
-                    error: ApplicationError = InvalidParams(mask(describe_validation_error(spec.name, exc)))
-                    raise _with_attempt(error, info.attempt) from None
-                ctx = ActionContext(
-                    run_id=input.run_id,
-                    step_id=input.step_id,
-                    playbook=input.playbook,
-                    idempotency_key=input.idempotency_key,
-                    attempt=info.attempt,
-                    compensation=input.compensation,
-                    mask=mask,
-                )
-                beat = asyncio.create_task(_heartbeat_forever()) if info.heartbeat_timeout else None
-                started, outcome = time.monotonic(), "failed"
-                try:
-                    output = await method(params, ctx)
-                    outcome = "succeeded"
-                except ApplicationError as exc:
-                    log.warning("action failed", error=mask(str(exc)), error_type=exc.type)
-                    raise ApplicationError(
-                        mask(exc.message),
-                        {"attempt": info.attempt, "output": mask(_first_detail(exc))},
-                        type=exc.type,
-                        non_retryable=exc.non_retryable,
-                    ) from None
-                except asyncio.CancelledError:
-                    outcome = "cancelled"
-                    log.info("action cancelled")
-                    raise
-                except Exception as exc:  # an action bug or an unexpected client error: retry it, say what it was
-                    message = mask(f"{spec.name}: {type(exc).__name__}: {exc}")
-                    log.warning("action failed", error=message)
-                    raise ApplicationError(message, {"attempt": info.attempt}, type=ACTION_FAILED) from None
-                finally:
-                    STEP_DURATION.labels(spec.name, outcome).observe(time.monotonic() - started)
-                    if beat:
-                        beat.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await beat
-                # A large output goes to the trail first (bot/actions/outputs.py); one the run cannot
-                # keep fails the step in the workflow, so its success is not written here.
-                output, stored = await settle_output(mask(output or {}), input, info.attempt, audit, limits)
-                if unrecorded is not None:  # the store is down: the success is the workflow's to record
-                    return ActionResult(output=output, attempt=info.attempt, unrecorded=unrecorded, stored=stored)
-                refused = stored is not None and stored.refused is not None
-                audited = False if refused else await _record_success(audit, input, info.attempt)
-                return ActionResult(output=output, attempt=info.attempt, audited=audited, stored=stored)
+                output = await act(input, info)
             except ApplicationError as exc:
+                if writing is not None:
+                    unrecorded = own(await writing)
                 if unrecorded is None:
                     raise
                 raise _with_unrecorded(exc, unrecorded) from None
+            # (cancelled: a write under way goes on by itself; event ids make the workflow's rewrite a no-op)
+            if writing is not None:
+                unrecorded = own(await writing)  # before anything after the action is written
+            # A large output goes to the trail first (bot/actions/outputs.py); one the run cannot
+            # keep fails the step in the workflow, so its success is not written here.
+            output, stored = await settle_output(output, input, info.attempt, audit, limits)
+            if unrecorded is not None:  # the store is down: the success is the workflow's to record
+                return ActionResult(output=output, attempt=info.attempt, unrecorded=unrecorded, stored=stored)
+            refused = stored is not None and stored.refused is not None
+            audited = False if refused else await _record_success(audit, input, info.attempt)
+            return ActionResult(output=output, attempt=info.attempt, audited=audited, stored=stored)
 
     run.__name__ = run.__qualname__ = spec.name.replace(".", "_")
     return activity.defn(name=spec.name)(run)
