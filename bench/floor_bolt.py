@@ -1,6 +1,7 @@
 """The Slack floor as its own process: a minimal Bolt app that verifies the signature, starts a
 workflow inside the ack window and acks, nothing else; its worker runs in this process (the shape
-issue 15 measured the floor in).
+issue 15 measured the floor in). An Approve click (bench/latency.py) is verified, acked, and turned
+into an update on the waiting BaselineAwaitUpdate run its button names, nothing else.
 
     python -m bench.floor_bolt TEMPORAL_ADDRESS TASK_QUEUE HTTP_PORT SIGNING_SECRET SLACK_API_URL SLACK_TOKEN
 """
@@ -8,6 +9,7 @@ issue 15 measured the floor in).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 
@@ -19,7 +21,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from bench.baseline import BaselineFiveSteps, noop
+from bench.baseline import BaselineAwaitUpdate, BaselineFiveSteps, http_get, noop
+from bot.slack.blocks import APPROVE_ACTION
 
 
 def app(client: Client, task_queue: str, secret: str, api_url: str, token: str) -> FastAPI:
@@ -30,6 +33,12 @@ def app(client: Client, task_queue: str, secret: str, api_url: str, token: str) 
     async def run(ack, body) -> None:  # noqa: ANN001 (Bolt's injected arguments)
         await client.start_workflow(BaselineFiveSteps.run, 1, id=f"floor-{body['trigger_id']}", task_queue=task_queue)
         await ack()
+
+    @bolt.action(APPROVE_ACTION)
+    async def approve(ack, body) -> None:  # noqa: ANN001
+        await ack()
+        run_id = json.loads(body["actions"][0]["value"])["run_id"]
+        await client.get_workflow_handle(run_id).execute_update(BaselineAwaitUpdate.approve, body["user"]["id"])
 
     handler = AsyncSlackRequestHandler(bolt)
     web = FastAPI()
@@ -47,7 +56,8 @@ def app(client: Client, task_queue: str, secret: str, api_url: str, token: str) 
 
 async def main(address: str, task_queue: str, port: int, secret: str, api_url: str, token: str) -> None:
     client = await Client.connect(address)
-    async with Worker(client, task_queue=task_queue, workflows=[BaselineFiveSteps], activities=[noop]):
+    async with Worker(client, task_queue=task_queue, workflows=[BaselineFiveSteps, BaselineAwaitUpdate],
+                      activities=[noop, http_get]):
         # uvicorn as the bot's front door configures it (bot/services.py _Http)
         config = uvicorn.Config(app(client, task_queue, secret, api_url, token), host="127.0.0.1", port=port,
                                 log_config=None, lifespan="off")
