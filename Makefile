@@ -31,6 +31,7 @@ bench: $(STAMP) ## every figure of bench/results.md, the bot as its processes vs
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.policy_latency
 	$(BIN)/python -m bench.approval_rss
+	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.results
 	cat bench/results.md
 	$(BIN)/python -m bench.foreach
