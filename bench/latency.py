@@ -166,6 +166,7 @@ async def alert_figure(alerts: int, rate: float) -> None:
                 alertmanager_token=ALERT_TOKEN, envelope_key=ENVELOPE_KEY, task_queue=queue,
                 temporal_address=server.address,
             )
+            topo.note(f"{'target':<14} each load process serves it on 127.0.0.1:{target_port} while it runs")
             floor_queue = f"latency-floor-{uuid.uuid4()}"
             floor_worker = await topo.floor_worker(server.address, floor_queue, "floor-http")
             with CpuMeter(topo) as cpu:
@@ -251,6 +252,8 @@ async def click_figure(clicks: int) -> None:
             slack_signing_secret=SIGNING_SECRET, slack_bot_token=fake.token, slack_api_url=fake.api_url,
         )
         async with topology(tmp) as topo:
+            topo.note(f"{'fake Slack':<14} {fake.api_url}  (tests/slack/fake_slack.py, a thread of the bench process)")
+            topo.note(f"{'target':<14} each load process serves it on 127.0.0.1:{target_port} while it runs")
             front, address = await topo.dev(env)
             floor_queue = f"latency-floor-{uuid.uuid4()}"
             floor_proc = await topo.floor_bolt(address, floor_queue, fake.api_url, fake.token)
