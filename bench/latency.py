@@ -50,7 +50,7 @@ ALERT_GOALS = {"p50": "<= 1.3", "p95": "<= 1.5"}
 CLICK_GOALS = {"p95": "<= 1.3"}
 ALERT_WARMUP = 5  # the first alerts of each side, not reported (first connections, code paths)
 CLICK_WARMUP = 3  # runs approved one at a time before each side's burst, not reported
-GATED_STEP = "act"
+STEP = "act"  # the step that makes the request, in both playbooks
 OWNER = "sre"  # the playbook's owner: the shipped policy's approver group for its high-impact steps
 
 
@@ -65,7 +65,7 @@ triggers:
     - matchers: ['alertname="Storm"']
       params: {{instance: "{{{{ alert.labels.instance }}}}"}}
 steps:
-  - id: {GATED_STEP}
+  - id: {STEP}
     action: http.request
     with: {{method: GET, url: "{target}/hit/{{{{ params.instance }}}}"}}
 """
@@ -80,7 +80,7 @@ summary: A high-impact request behind one approval
 owner: {OWNER}
 channel: "C0INCIDENTS"
 steps:
-  - id: {GATED_STEP}
+  - id: {STEP}
     action: http.request
     impact: high
     with: {{method: GET, url: "{target}/hit/{{{{ run.id }}}}"}}
@@ -234,7 +234,7 @@ async def floor_plan(address: str, queue: str, target: str, count: int) -> list[
         return all(await asyncio.gather(*(h.query(BaselineAwaitUpdate.waiting) for h in handles)))
 
     await until("floor runs waiting", all_waiting)
-    return [{"run_id": h.id, "step_id": GATED_STEP, "channel": "C0INCIDENTS", "ts": "1.000001"} for h in handles]
+    return [{"run_id": h.id, "step_id": STEP, "channel": "C0INCIDENTS", "ts": "1.000001"} for h in handles]
 
 
 async def click_figure(clicks: int) -> None:
