@@ -49,6 +49,7 @@ from tests.slack.fake_slack import FakeSlack  # noqa: E402  (the fake Web API th
 ALERT_GOALS = {"p50": "<= 1.3", "p95": "<= 1.5"}
 CLICK_GOALS = {"p95": "<= 1.3"}
 ALERT_WARMUP = 5  # the first alerts of each side, not reported (first connections, code paths)
+ALERT_ROUNDS = 4  # turns each side takes (alternating which goes first)
 CLICK_WARMUP = 3  # runs approved one at a time before each side's burst, not reported
 STEP = "act"  # the step that makes the request, in both playbooks
 OWNER = "sre"  # the playbook's owner: the shipped policy's approver group for its high-impact steps
@@ -150,9 +151,19 @@ def table(title: str, goals: dict[str, str], bot: dict[str, Any], floor: dict[st
 # ---- 1. alert -> first action ------------------------------------------------------------------
 
 
-async def alert_figure(alerts: int, rate: float) -> None:
-    seed = int(time.time()) % 0xFFFF
-    pace = ["--alerts", str(alerts), "--rate", str(rate), "--warmup", str(ALERT_WARMUP), "--seed", str(seed)]
+def merged(sides: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rounds of one side as one sample."""
+    return {"ms": [ms for s in sides for ms in s["ms"]], "missing": sum(s["missing"] for s in sides),
+            "refused": sum(s["refused"] for s in sides), "answer_ms": [ms for s in sides for ms in s["answer_ms"]],
+            "errors": [e for s in sides for e in s["errors"]][:5]}
+
+
+async def alert_figure(alerts: int, rate: float, rounds: int = ALERT_ROUNDS) -> None:
+    """Floor and bot take turns in `rounds` rounds on one server (floor first, then bot first, ...),
+    both workers up throughout: a dev server slows as its history grows, and the machine's noise
+    comes and goes, so neither side gets only the fresh server or only a quiet minute."""
+    seed = int(time.time()) % 0xFFF0
+    per_round = max(1, alerts // rounds)
     with tempfile.TemporaryDirectory(prefix="bench-latency-alert-") as tmp_name:
         tmp = Path(tmp_name)
         target_port = free_port()
@@ -168,22 +179,38 @@ async def alert_figure(alerts: int, rate: float) -> None:
             )
             topo.note(f"{'target':<14} each load process serves it on 127.0.0.1:{target_port} while it runs")
             floor_queue = f"latency-floor-{uuid.uuid4()}"
-            floor_worker = await topo.floor_worker(server.address, floor_queue, "floor-http")
-            with CpuMeter(topo) as cpu:
-                began = time.monotonic()
-                floor = side(await topo.load("paced-starts", server.address, floor_queue, "--target-port",
-                                             str(target_port), *pace))
-            print(f"floor: {cpu.line(time.monotonic() - began)}")
-            await asyncio.to_thread(floor_worker.stop)  # idle from here on: its pollers must not weigh on the bot
+            await topo.floor_worker(server.address, floor_queue, "floor-http")
             await topo.worker(env)
             front = await topo.serve(env)
-            await asyncio.sleep(2)  # the floor's runs finish and the server settles
-            with CpuMeter(topo) as cpu:
-                began = time.monotonic()
-                bot = side(await topo.load("paced-alerts", front.url, "--target-port", str(target_port), *pace))
-            print(f"bot: {cpu.line(time.monotonic() - began)}")
+            await asyncio.sleep(2)  # every process connected and polling
+            floors: list[dict[str, Any]] = []
+            bots: list[dict[str, Any]] = []
+            cpu_floor, cpu_bot = CpuMeter(topo), CpuMeter(topo)
+            for n in range(rounds):
+                pace = ["--alerts", str(per_round), "--rate", str(rate), "--warmup", str(ALERT_WARMUP),
+                        "--seed", str(seed + n)]
+
+                async def floor_round() -> None:
+                    with cpu_floor:
+                        floors.append(side(await topo.load("paced-starts", server.address, floor_queue,
+                                                           "--target-port", str(target_port), *pace)))
+
+                async def bot_round() -> None:
+                    with cpu_bot:
+                        bots.append(side(await topo.load("paced-alerts", front.url, "--target-port",
+                                                         str(target_port), *pace)))
+
+                for turn in ((floor_round, bot_round) if n % 2 == 0 else (bot_round, floor_round)):
+                    await turn()
+                    await asyncio.sleep(1)  # the turn's runs finish before the other side's begins
+            print(f"floor: {cpu_floor.line()}")
+            print(f"bot: {cpu_bot.line()}")
+            for name, sides in (("floor", floors), ("bot", bots)):  # how steady the turns were
+                print(f"{name} p50 / p95 per round (ms): "
+                      + ", ".join(f"{spread(s['ms'])['p50']:.0f} / {spread(s['ms'])['p95']:.0f}" for s in sides))
             print(topo.describe())
             layout = topo.layout()
+    bot, floor = merged(bots), merged(floors)
     title = f"alert -> first action, {alerts} at {rate:g}/s, serve + worker"
     table(title, ALERT_GOALS, bot, floor, "floor: bare start -> first activity")
     results.record(*figures(title, ALERT_GOALS, bot, floor, layout, alerts=alerts, rate=rate),

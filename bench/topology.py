@@ -323,6 +323,9 @@ class CpuMeter:
     def __init__(self, topo: Topology) -> None:
         self.topo = topo
         self._start: dict[str, float] = {}
+        self._began = 0.0
+        self.used: dict[str, float] = {}  # summed over every `with` of this meter (a side's rounds)
+        self.elapsed = 0.0
 
     def _now(self) -> dict[str, float]:
         roots = {p.name: p.pid for p in self.topo.procs if p.alive()}
@@ -334,15 +337,19 @@ class CpuMeter:
         return totals
 
     def __enter__(self) -> CpuMeter:
-        self._start = self._now()
-        self.used: dict[str, float] = {}
+        self._start, self._began = self._now(), time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
         end = self._now()
-        self.used = {name: end[name] - self._start.get(name, 0.0) for name in end if end[name] - self._start.get(name, 0.0) > 0.05}
+        self.elapsed += time.monotonic() - self._began
+        for name in end:
+            self.used[name] = self.used.get(name, 0.0) + max(0.0, end[name] - self._start.get(name, 0.0))
 
-    def line(self, elapsed: float) -> str:
-        total = sum(self.used.values())
-        parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(self.used.items(), key=lambda kv: -kv[1]))
+    def line(self, elapsed: float | None = None) -> str:
+        """CPU seconds per process; `elapsed`: the wall time to divide by (default: inside the meter)."""
+        elapsed = self.elapsed if elapsed is None else elapsed
+        used = {name: seconds for name, seconds in self.used.items() if seconds > 0.05}
+        total = sum(used.values())
+        parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(used.items(), key=lambda kv: -kv[1]))
         return f"CPU seconds: {parts} (total {total:.1f} in {elapsed:.1f} s = {total / elapsed:.2f} cores)"
