@@ -10,6 +10,7 @@ a worker with another key or catalog) decides the same way.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime
 from typing import Any, Awaitable, Callable, get_args
@@ -107,55 +108,71 @@ class Admitter:
         trigger = request.trigger
         unverified = Requester(principal=trigger.requested_by, person=trigger.requested_by)
         with structlog.contextvars.bound_contextvars(run_id=request.run_id, playbook=request.playbook.name):
-            if problem := await self._run_id_problem(request.run_id, request.proof, request.execution):
-                return self._refuse(RUN_ID, problem, unverified, request.params)
+            # The store read runs while the checks below and the `start` question do (issue 17: they
+            # are independent); its answer still comes first: a used run id is refused as such.
+            earlier = asyncio.ensure_future(self._run_id_problem(request.run_id, request.proof, request.execution))
             try:
-                principals.check(trigger.requested_by)
-            except principals.PrincipalError as exc:
-                return self._refuse(REQUESTER, f"the requester is not a principal: {exc}", unverified, request.params)
-            if problem := self._parent_problem(request):
-                return self._refuse(PARENT, problem, unverified, request.params)
-            if (problem := self._catalog_problem(request)) and self.refresh is not None and await self.refresh():
-                problem = self._catalog_problem(request)
-            if problem:
-                return self._refuse(CATALOG, problem, unverified, request.params)
-            try:
-                params = coerce_params(request.playbook, request.params)
-            except ParamError as exc:
-                return self._refuse(PARAMS, f"params do not pass the playbook's checks: {exc}", unverified, request.params)
-            try:
-                actor = self._actor(request, params)
-            except ProofError as exc:
-                return self._refuse(PROOF, f"the start's proof does not verify: {exc}", unverified, params)
-            sources = provenance(
-                request.playbook, params, trigger.kind, trigger.alert,
-                alert_verified=trigger.kind in ALERT_SENDERS and actor.verified_by == trigger.kind,
+                admission = await self._checked(request, unverified)
+            except BaseException:
+                earlier.cancel()
+                raise
+            if problem := await earlier:
+                admission = _refusal(RUN_ID, problem, unverified, request.params)
+            if not admission.allow:
+                log.warning("run refused by the worker", check=admission.refused_by, reason=admission.reasons[0],
+                            requested_by=admission.requester.principal)
+            return admission
+
+    async def _checked(self, request: AdmitRequest, unverified: Requester) -> Admission:
+        """Every check but the run id's, in order: the first refusal, or the admission."""
+        trigger = request.trigger
+        try:
+            principals.check(trigger.requested_by)
+        except principals.PrincipalError as exc:
+            return _refusal(REQUESTER, f"the requester is not a principal: {exc}", unverified, request.params)
+        if problem := self._parent_problem(request):
+            return _refusal(PARENT, problem, unverified, request.params)
+        if (problem := self._catalog_problem(request)) and self.refresh is not None and await self.refresh():
+            problem = self._catalog_problem(request)
+        if problem:
+            return _refusal(CATALOG, problem, unverified, request.params)
+        try:
+            params = coerce_params(request.playbook, request.params)
+        except ParamError as exc:
+            return _refusal(PARAMS, f"params do not pass the playbook's checks: {exc}", unverified, request.params)
+        try:
+            actor = self._actor(request, params)
+        except ProofError as exc:
+            return _refusal(PROOF, f"the start's proof does not verify: {exc}", unverified, params)
+        sources = provenance(
+            request.playbook, params, trigger.kind, trigger.alert,
+            alert_verified=trigger.kind in ALERT_SENDERS and actor.verified_by == trigger.kind,
+        )
+        if actor.verified_by == "schedule":  # the catalog's own file chose them, and the proof pins them
+            sources = {**sources, "params": {name: PLAYBOOK for name in params}}
+        run = {"id": request.run_id, "trigger": trigger.kind, "requested_by": trigger.requested_by,
+               "started_at": rfc3339(request.started_at)}
+        verdict = await self.policy.start(
+            policy_input(
+                request.playbook, request.playbook_hash, run, params, trigger.alert, request.started_at,
+                user=actor.policy_user(), sources=sources,
             )
-            if actor.verified_by == "schedule":  # the catalog's own file chose them, and the proof pins them
-                sources = {**sources, "params": {name: PLAYBOOK for name in params}}
-            run = {"id": request.run_id, "trigger": trigger.kind, "requested_by": trigger.requested_by,
-                   "started_at": rfc3339(request.started_at)}
-            verdict = await self.policy.start(
-                policy_input(
-                    request.playbook, request.playbook_hash, run, params, trigger.alert, request.started_at,
-                    user=actor.policy_user(), sources=sources,
-                )
-            )
-            requester = Requester(
-                principal=actor.principal,
-                person=verdict.person or actor.principal,
-                verified=actor.verified,
-                verified_by=actor.verified_by,
-            )
-            if not verdict.allow:
-                return self._refuse(START, "; ".join(verdict.reasons) or "no reason given", requester, params, sources)
-            try:
-                key = render_lock_key(request.playbook, params, trigger.alert)
-            except LockKeyError as exc:
-                return self._refuse(CONCURRENCY, str(exc), requester, params, sources)
-            foreach_max = self.foreach_max if request.playbook.foreach_groups() else None  # v1: as it was
-            return Admission(allow=True, params=params, requester=requester, provenance=sources, lock_key=key,
-                             foreach_max=foreach_max)
+        )
+        requester = Requester(
+            principal=actor.principal,
+            person=verdict.person or actor.principal,
+            verified=actor.verified,
+            verified_by=actor.verified_by,
+        )
+        if not verdict.allow:
+            return _refusal(START, "; ".join(verdict.reasons) or "no reason given", requester, params, sources)
+        try:
+            key = render_lock_key(request.playbook, params, trigger.alert)
+        except LockKeyError as exc:
+            return _refusal(CONCURRENCY, str(exc), requester, params, sources)
+        foreach_max = self.foreach_max if request.playbook.foreach_groups() else None  # v1: as it was
+        return Admission(allow=True, params=params, requester=requester, provenance=sources, lock_key=key,
+                         foreach_max=foreach_max)
 
     async def _run_id_problem(self, run_id: str, proof: Proof | None, execution: str | None) -> str | None:
         """A run id names one run at a time. Temporal starts a closed workflow id again for any
@@ -263,10 +280,9 @@ class Admitter:
             raise ProofError(f"it names {actor.principal}, but the run claims {trigger.requested_by}")
         return actor
 
-    def _refuse(
-        self, check: str, reason: str, requester: Requester, params: dict[str, Any], sources: dict[str, Any] | None = None
-    ) -> Admission:
-        log.warning("run refused by the worker", check=check, reason=reason, requested_by=requester.principal)
-        return Admission(
-            allow=False, refused_by=check, reasons=[reason], params=params, requester=requester, provenance=sources or {}
-        )
+
+def _refusal(check: str, reason: str, requester: Requester, params: dict[str, Any],
+             sources: dict[str, Any] | None = None) -> Admission:
+    return Admission(
+        allow=False, refused_by=check, reasons=[reason], params=params, requester=requester, provenance=sources or {}
+    )
