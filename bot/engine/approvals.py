@@ -102,6 +102,11 @@ class ApprovalBook:
                 f"run {self._status.run_id} has no step {request.step_id!r}", "not_found", "unknown_step"
             ) from None
         answering = isinstance(request, ConfirmRequest)
+        if self._status.finished:  # still open a moment (its last record, Slack), but over
+            raise VoteRefused(
+                f"run {self._status.run_id!r} has already ended ({self._status.state}): nothing to "
+                f"{'answer' if answering else 'vote on'}", "conflict", "run_state",
+            )
         if answering and st.action != CONFIRM_ACTION:
             raise VoteRefused(
                 f"step {request.step_id!r} is a {st.action} step, not core.confirm: approve or reject it instead",
