@@ -309,10 +309,10 @@ async def _as_actor(client: Client, run_id: str, update: Any, request: Any, acto
         raise refusal from None
     except (RPCError, RPCTimeoutOrCancelledError) as exc:  # closed, unknown, or no answer in time
         status = await _status_if_readable(client, run_id)
+        _already_ended(status, doing)
         counted = _counted(status, request) if status is not None else None
         if counted is not None:  # it counted; only its answer was lost on the way
             return counted
-        _already_ended(status, doing)
         why = exc.message if isinstance(exc, RPCError) else f"no answer within {UPDATE_TIMEOUT.seconds}s"
         raise RunError(f"{sent} not recorded: {why} (is a worker polling the run's task queue?)",
                        "unavailable") from None
