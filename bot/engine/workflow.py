@@ -226,6 +226,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._outputs_kept = False  # outputs-v1: set first thing in run(), like _trusted
         self._local_light = False  # engine-v2: LOCAL_ACTIONS run as local activities
         self._votes_in_task = False  # engine-v3: a vote's approver check runs inside the workflow task
+        self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
         self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
         self._output_bytes = 0  # of outputs kept in state, against RUN_OUTPUT_BUDGET
         self._foreach_setup()  # foreach groups (format v1.1, bot/engine/foreach.py)
@@ -267,7 +268,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 EventKind.approval_vote,
                 {"vote": request.vote, "user": request.user, "accepted": False, "message": exc.message},
                 actor=request.user or "unknown",
-                key=f"refused:{request.user}:{workflow.uuid4()}",
+                key=self._refusal_key(request.step_id, request.user),
             )
             await self._flush_audit()
             raise
@@ -356,6 +357,17 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         the rule itself with it, and refuses a voter it refuses without touching the run."""
         return self._approver_doc(step_id)
 
+    def _refusal_key(self, step_id: str, user: str) -> str:
+        """A refused vote's record key. From engine-v3 on it counts that voter's refusals on the step
+        (state, rebuilt from history), not a fresh uuid: a vote handled again after its workflow task
+        was lost (the server drops a task taken by a flood of concurrent updates and they are sent
+        again) writes the same record a second time, a no-op, instead of a second record."""
+        if not self._votes_in_task:
+            return f"refused:{user}:{workflow.uuid4()}"
+        count = self._refusals_by.get((step_id, user), 0) + 1
+        self._refusals_by[(step_id, user)] = count
+        return f"refused:{user}:{count}"
+
     def _answer_refused(self, request: ConfirmRequest, message: str, rule: str) -> None:
         count = self._refused_answers.get(request.step_id, 0) + 1
         self._refused_answers[request.step_id] = count
@@ -367,7 +379,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             {"vote": "confirm", "answer": request.answer[:200], "user": request.user, "accepted": False,
              "rule": rule, "message": message},
             actor=request.user or "unknown",
-            key=f"refused:{request.user}:{workflow.uuid4()}",
+            key=self._refusal_key(request.step_id, request.user),
         )
 
     @workflow.update
