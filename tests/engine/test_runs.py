@@ -24,7 +24,7 @@ from temporalio.worker import Replayer
 from bot.audit.events import EventKind
 from bot.engine import runs
 from bot.engine.runs import RunError
-from bot.engine.state import RunStatus, TriggerContext, VoteRequest
+from bot.engine.state import ConfirmRequest, RunStatus, TriggerContext, VoteRequest
 from bot.engine.worker import WorkerDeps, make_worker, worker_deps, workflow_runner
 from bot.engine.workflow import PlaybookRun
 from bot.identity.keys import front_door_keyring
@@ -42,6 +42,14 @@ owner: sre
 steps:
   - {id: prep, action: core.log, with: {message: prepare}}
   - {id: risky, action: http.request, impact: high, with: {method: POST, url: "TARGET/acted"}}
+"""
+
+PICKED = """
+name: picked
+owner: sre
+steps:
+  - {id: pick, action: core.confirm, with: {message: "Restart?", choices: [restart, wait]}}
+  - {id: act, action: http.request, with: {method: POST, url: "TARGET/{{ steps.pick.output.choice }}"}}
 """
 
 ALICE = Actor("slack:U0ALICE", "alice", (), "slack")  # the requester
@@ -103,7 +111,7 @@ class Clicks:
 
 
 @asynccontextmanager
-async def waiting_run(dev_env: Any, tmp_path: Path) -> AsyncIterator[Clicks]:
+async def waiting_run(dev_env: Any, tmp_path: Path, text: str = PB, step: str = "risky") -> AsyncIterator[Clicks]:
     policies = tmp_path / "policies" / "playbook" / "authz"
     policies.mkdir(parents=True)
     (policies / "authz.rego").write_text(POLICY)
@@ -111,7 +119,7 @@ async def waiting_run(dev_env: Any, tmp_path: Path) -> AsyncIterator[Clicks]:
     calls = Calls()
     front_door = Client(**{**dev_env.client.config(), "interceptors": [calls]})
     with serving(Target) as url:
-        pb = playbook(PB.replace("TARGET", url))
+        pb = playbook(text.replace("TARGET", url))
         async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
             clicks = Clicks(None, front_door, calls, front_door_keyring(settings), deps)  # type: ignore[arg-type]
             engine_approver = deps.policy.approver
@@ -127,13 +135,22 @@ async def waiting_run(dev_env: Any, tmp_path: Path) -> AsyncIterator[Clicks]:
                 clicks.handle = await runs.start_run(
                     dev_env.client, w.task_queue, loaded, {}, trigger, actor=ALICE, keyring=clicks.keyring
                 )
-                await wait_for_state(clicks.handle, lambda s: s.step("risky").state == "waiting_approval", timeout=60)
+                await wait_for_state(clicks.handle, lambda s: s.step(step).state == "waiting_approval", timeout=60)
                 calls.made.clear()
                 yield clicks
 
 
 def _kind(event: Any) -> str:
     return EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+
+
+async def _between_accepted_and_acting(handle: WorkflowHandle[Any, Any]) -> list[str]:
+    """The history's events from the (only) update's acceptance to the http.request's scheduling."""
+    history = await handle.fetch_history()
+    kinds = [_kind(e) for e in history.events]
+    acted = next(i for i, e in enumerate(history.events) if _kind(e) == "ACTIVITY_TASK_SCHEDULED"
+                 and e.activity_task_scheduled_event_attributes.activity_type.name == "http.request")
+    return kinds[kinds.index("WORKFLOW_EXECUTION_UPDATE_ACCEPTED"):acted]
 
 
 async def test_the_deciding_vote_schedules_the_step_in_the_task_that_accepts_it(dev_env, tmp_path):
@@ -156,12 +173,7 @@ async def test_the_deciding_vote_schedules_the_step_in_the_task_that_accepts_it(
     assert status.state == "completed" and Target.hits == ["/acted"]
     assert [v.user for v in status.step("risky").approvals] == [BOB.principal]
 
-    history = await clicks.handle.fetch_history()
-    kinds = [_kind(e) for e in history.events]
-    accepted = kinds.index("WORKFLOW_EXECUTION_UPDATE_ACCEPTED")
-    acted = next(i for i, e in enumerate(history.events) if _kind(e) == "ACTIVITY_TASK_SCHEDULED"
-                 and e.activity_task_scheduled_event_attributes.activity_type.name == "http.request")
-    between = kinds[accepted:acted]
+    between = await _between_accepted_and_acting(clicks.handle)
     assert "WORKFLOW_TASK_SCHEDULED" not in between and "WORKFLOW_TASK_STARTED" not in between, between
     assert "ACTIVITY_TASK_SCHEDULED" not in between, "the approver question is no activity task of its own"
     assert "MARKER_RECORDED" in between and "WORKFLOW_EXECUTION_UPDATE_COMPLETED" in between, between
@@ -171,6 +183,7 @@ async def test_the_deciding_vote_schedules_the_step_in_the_task_that_accepts_it(
     assert vote_at < trail.index((EventKind.step_started, "risky")), trail
 
     replayer = Replayer(workflows=[PlaybookRun], data_converter=pydantic_data_converter, workflow_runner=workflow_runner())
+    history = await clicks.handle.fetch_history()
     assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None
 
 
@@ -214,3 +227,19 @@ async def test_votes_without_a_valid_proof_are_refused_by_the_run_and_audited(de
     assert [actor for actor, _ in refused_votes] == [BOB.principal, BOB.principal, MALLORY.principal]
     assert "proof does not verify" in refused_votes[0][1] and "may not approve" in refused_votes[1][1]
     assert [e.actor for e in votes if e.details["accepted"]] == [BOB.principal]
+
+
+async def test_a_confirm_answer_starts_the_next_step_in_the_task_that_accepts_it(dev_env, tmp_path):
+    """core.confirm answers share the vote's path: one update, one approver question, and the next
+    step's action scheduled by the task that took the answer."""
+    Target.hits = []
+    async with waiting_run(dev_env, tmp_path, PICKED, "pick") as clicks:
+        answer = ConfirmRequest(step_id="pick", user="", answer="restart")
+        result = await runs.confirm(clicks.front_door, clicks.handle.id, answer, BOB, clicks.keyring)
+        assert result.answer == "restart"
+        assert clicks.calls.made == ["update confirm"]
+        assert [u["id"] for u in clicks.asked] == [BOB.principal]
+        status = await clicks.handle.result()
+    assert status.state == "completed" and Target.hits == ["/restart"]
+    between = await _between_accepted_and_acting(clicks.handle)
+    assert "WORKFLOW_TASK_SCHEDULED" not in between and "WORKFLOW_TASK_STARTED" not in between, between
