@@ -335,15 +335,13 @@ class RunsApi:
     async def post_vote(self, request: Request, actor: Actor) -> JSONResponse:
         body = await self._body(request, VoteBody)
         asked = VoteRequest(step_id=body.step, user=actor.principal, vote=body.vote, reason=body.reason)
-        result = await vote(self.deps.client, request.path_params["run_id"], asked, actor, self.deps.keyring,
-                            self.deps.policy)
+        result = await vote(self.deps.client, request.path_params["run_id"], asked, actor, self.deps.keyring)
         return JSONResponse(result.model_dump(mode="json"))
 
     async def post_confirm(self, request: Request, actor: Actor) -> JSONResponse:
         body = await self._body(request, ConfirmBody)
         asked = ConfirmRequest(step_id=body.step, user=actor.principal, answer=body.answer, reason=body.reason)
-        result = await confirm(self.deps.client, request.path_params["run_id"], asked, actor, self.deps.keyring,
-                               self.deps.policy)
+        result = await confirm(self.deps.client, request.path_params["run_id"], asked, actor, self.deps.keyring)
         return JSONResponse(result.model_dump(mode="json"))
 
     async def post_cancel(self, request: Request, actor: Actor) -> JSONResponse:

@@ -102,6 +102,11 @@ class ApprovalBook:
                 f"run {self._status.run_id} has no step {request.step_id!r}", "not_found", "unknown_step"
             ) from None
         answering = isinstance(request, ConfirmRequest)
+        if self._status.finished:  # still open a moment (its last record, Slack), but over
+            raise VoteRefused(
+                f"run {self._status.run_id!r} has already ended ({self._status.state}): nothing to "
+                f"{'answer' if answering else 'vote on'}", "conflict", "run_state",
+            )
         if answering and st.action != CONFIRM_ACTION:
             raise VoteRefused(
                 f"step {request.step_id!r} is a {st.action} step, not core.confirm: approve or reject it instead",
@@ -124,9 +129,14 @@ class ApprovalBook:
             raise VoteRefused("a vote needs a user id", "invalid", "principal")
         if request.user == self._requester:
             raise VoteRefused(f"{request.user} requested this run and cannot vote on it (four-eyes)", rule="four_eyes")
-        if any(v.user == request.user for v in st.approvals) or (request.step_id, request.user) in self._in_flight:
+        if any(v.user == request.user for v in st.approvals):
             raise VoteRefused(
                 f"{request.user} has already voted on step {request.step_id!r}", rule="one_vote_per_person"
+            )
+        if (request.step_id, request.user) in self._in_flight:  # (a click repeated while the first is checked)
+            raise VoteRefused(
+                f"{request.user} has already voted on step {request.step_id!r} (that vote is being checked; "
+                "nothing changed)", rule="one_vote_per_person",
             )
 
     def screen(self, request: Ask) -> None:

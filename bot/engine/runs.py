@@ -8,7 +8,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
-from temporalio.client import Client, WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -26,6 +32,7 @@ from bot.engine.state import (
     VoteRequest,
     VoteResult,
 )
+from bot.engine.approvals import VOTE_REFUSED
 from bot.engine.workflow import CANCEL_DUPLICATE, CANCEL_UNSUPPORTED, PlaybookRun
 from bot.identity.principals import ALERT_SENDERS, Actor
 from bot.identity.proofs import Keyring, cancel_content, confirm_content, start_content, vote_content
@@ -263,60 +270,80 @@ async def cancel_run(
     return status, result
 
 
-async def vote(
-    client: Client, run_id: str, request: VoteRequest, actor: Actor, keyring: Keyring, policy: PolicyEngine | None = None
-) -> VoteResult:
-    """Cast a vote as `actor` (its proof goes with it). With `policy` (a front door) the `approver`
-    rule is asked here first and a voter it refuses never reaches the run; the workflow's validator
-    refuses bad votes before anything is recorded, and the worker checks the proof and asks again."""
+async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, keyring: Keyring) -> VoteResult:
+    """Cast a vote as `actor`: one update, its proof carrying the principal and groups as verified
+    here. The run decides: its validator refuses what it can before anything is recorded (and
+    repeats of a voter it refused), and the worker checks the proof and asks the `approver` rule,
+    once, inside the workflow task that takes the vote."""
     proof = keyring.sign("vote", run_id, actor, vote_content(request.step_id, request.vote, request.reason))
-    return await _as_actor(client, run_id, PlaybookRun.vote, request, actor, proof, ("vote on", "vote"), policy)
+    return await _as_actor(client, run_id, PlaybookRun.vote, request, actor, proof, ("vote on", "vote"))
 
 
 async def confirm(
-    client: Client, run_id: str, request: ConfirmRequest, actor: Actor, keyring: Keyring,
-    policy: PolicyEngine | None = None,
+    client: Client, run_id: str, request: ConfirmRequest, actor: Actor, keyring: Keyring
 ) -> ConfirmResult:
     """Answer a core.confirm step as `actor` (its proof covers the exact answer); the workflow
     refuses an answer outside the step's choices or input (audited), then checks it as a vote."""
     proof = keyring.sign("confirm", run_id, actor, confirm_content(request.step_id, request.answer, request.reason))
-    return await _as_actor(client, run_id, PlaybookRun.confirm, request, actor, proof, ("answer", "answer"), policy)
+    return await _as_actor(client, run_id, PlaybookRun.confirm, request, actor, proof, ("answer", "answer"))
 
 
 UPDATE_TIMEOUT = timedelta(seconds=30)
 
 
 async def _as_actor(client: Client, run_id: str, update: Any, request: Any, actor: Actor, proof: Any,
-                    words: tuple[str, str], policy: PolicyEngine | None = None) -> Any:
-    """Send a vote or an answer as `actor` with its proof; `words`: (what one does, what one sends)."""
+                    words: tuple[str, str]) -> Any:
+    """Send a vote or an answer as `actor` with its proof; `words`: (what one does, what one sends).
+    The update is the only call on the way (no status read, no policy question first); reading
+    the run's status is left to the paths that go wrong, to say why."""
     doing, sent = words
     request = request.model_copy(
         update={"user": actor.principal, "name": request.name or actor.name, "groups": list(actor.groups), "proof": proof}
     )
-    status = await get_status(client, run_id)
-    if status.finished:
-        raise RunError(f"run {run_id!r} has already ended ({status.state}): nothing to {doing}", "conflict", "run_state")
-    if policy is not None:
-        await check_approver(client, policy, status, request.step_id, actor, doing)
     try:
         return await client.get_workflow_handle(run_id).execute_update(update, request, rpc_timeout=UPDATE_TIMEOUT)
     except WorkflowUpdateFailedError as exc:
-        raise _refused(exc.cause) from None
-    except RPCError as exc:
-        counted = await _counted_meanwhile(client, run_id, request)
-        if counted is not None:
+        refusal = _refused(exc.cause)
+        if getattr(exc.cause, "type", None) != VOTE_REFUSED:  # no vote handler: is it a run at all?
+            _already_ended(await _status_if_readable(client, run_id), doing)
+        raise refusal from None
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:  # closed, unknown, or no answer in time
+        status = await _status_if_readable(client, run_id)
+        _already_ended(status, doing)
+        counted = _counted(status, request) if status is not None else None
+        if counted is not None:  # it counted; only its answer was lost on the way
             return counted
-        await _ended_meanwhile(client, run_id, doing)
-        raise RunError(f"{sent} not recorded: {exc.message}", "unavailable") from None
+        why = exc.message if isinstance(exc, RPCError) else f"no answer within {UPDATE_TIMEOUT.seconds}s"
+        raise RunError(f"{sent} not recorded: {why} (is a worker polling the run's task queue?)",
+                       "unavailable") from None
+
+
+async def _status_if_readable(client: Client, run_id: str) -> RunStatus | None:
+    """The run's status, None when it cannot be read now; RunError for no run (unknown, or not a
+    playbook run)."""
+    try:
+        return await get_status(client, run_id)
+    except RunError as exc:
+        if exc.code == "unavailable":
+            return None
+        raise
+
+
+def _already_ended(status: RunStatus | None, doing: str) -> None:
+    if status is not None and status.finished:
+        raise RunError(
+            f"run {status.run_id!r} has already ended ({status.state}): nothing to {doing}", "conflict", "run_state"
+        )
 
 
 async def check_approver(
     client: Client, policy: PolicyEngine, status: RunStatus, step_id: str, actor: Actor, doing: str = "vote on"
 ) -> None:
-    """The `approver` rule, asked by the front door with the input the run itself would send
-    (its `approver_input` query) and the actor as verified here: a refusal is a RunError naming
-    the rule, and the run is not touched. Anything this cannot ask (a step not waiting, a worker
-    without the query, a policy that fails) is left to the workflow, which asks the rule itself."""
+    """The `approver` rule, asked by a front door with the input the run itself would send (its
+    `approver_input` query) and the actor as verified here: a refusal is a RunError naming the
+    rule. Votes do not ask it (the run does, once); what may be voted on does (Slack's App Home).
+    Anything this cannot ask (a step not waiting, a worker without the query, a policy that
+    fails) is left alone."""
     try:
         st = status.step(step_id)
     except KeyError:
@@ -345,13 +372,12 @@ async def check_approver(
     )
 
 
-async def _counted_meanwhile(client: Client, run_id: str, request: Any) -> VoteResult | ConfirmResult | None:
+def _counted(status: RunStatus, request: Any) -> VoteResult | ConfirmResult | None:
     """An update whose answer was lost on the way (the front door's deadline passed): what the run
     decided, from its status. The vote counted if the step lists it; else None."""
     try:
-        status = await get_status(client, run_id)
         st = status.step(request.step_id)
-    except (RunError, KeyError):
+    except KeyError:
         return None
     cast = next((v for v in st.approvals if v.user == request.user), None)
     if cast is None:

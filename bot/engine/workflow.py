@@ -71,9 +71,14 @@ VOTES_PATCH = "refused-votes-v1"  # refused voters remembered (validator), bound
 ALERT_FACTS = ("status", "labels", "fingerprint", "startsAt")  # what of the alert a vote's approver check carries
 TRUST_PATCH = "trust-v1"  # the worker admits the run, checks proofs and decides cancels itself
 OUTPUTS_PATCH = "outputs-v1"  # large outputs stay in the audit trail; the outputs a run keeps have a budget
-# Every patch above (and the spool's two) at once: a new run records this one marker. From it on,
+# Every patch above (and the spool's two) at once: a run from it on records this one marker, and
 # LOCAL_ACTIONS also run as local activities.
-ENGINE_PATCH = "engine-v2"
+ENGINE_V2_PATCH = "engine-v2"
+# engine-v2, and a vote's (or an answer's) `approver` check is a local activity, inside the workflow
+# task that takes the vote: the task that accepts the deciding vote also schedules the step. A new
+# run records this one marker instead of engine-v2's; a run from before replays its votes' checks
+# as activities of their own.
+ENGINE_PATCH = "engine-v3"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -220,6 +225,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._refused_answers: dict[str, int] = {}  # core.confirm answers refused per step (v1.1)
         self._outputs_kept = False  # outputs-v1: set first thing in run(), like _trusted
         self._local_light = False  # engine-v2: LOCAL_ACTIONS run as local activities
+        self._votes_in_task = False  # engine-v3: a vote's approver check runs inside the workflow task
+        self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
         self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
         self._output_bytes = 0  # of outputs kept in state, against RUN_OUTPUT_BUDGET
         self._foreach_setup()  # foreach groups (format v1.1, bot/engine/foreach.py)
@@ -261,7 +268,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 EventKind.approval_vote,
                 {"vote": request.vote, "user": request.user, "accepted": False, "message": exc.message},
                 actor=request.user or "unknown",
-                key=f"refused:{request.user}:{workflow.uuid4()}",
+                key=self._refusal_key(request.step_id, request.user),
             )
             await self._flush_audit()
             raise
@@ -350,6 +357,17 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         the rule itself with it, and refuses a voter it refuses without touching the run."""
         return self._approver_doc(step_id)
 
+    def _refusal_key(self, step_id: str, user: str) -> str:
+        """A refused vote's record key. From engine-v3 on it counts that voter's refusals on the step
+        (state, rebuilt from history), not a fresh uuid: a vote handled again after its workflow task
+        was lost (the server drops a task taken by a flood of concurrent updates and they are sent
+        again) writes the same record a second time, a no-op, instead of a second record."""
+        if not self._votes_in_task:
+            return f"refused:{user}:{workflow.uuid4()}"
+        count = self._refusals_by.get((step_id, user), 0) + 1
+        self._refusals_by[(step_id, user)] = count
+        return f"refused:{user}:{count}"
+
     def _answer_refused(self, request: ConfirmRequest, message: str, rule: str) -> None:
         count = self._refused_answers.get(request.step_id, 0) + 1
         self._refused_answers[request.step_id] = count
@@ -361,7 +379,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             {"vote": "confirm", "answer": request.answer[:200], "user": request.user, "accepted": False,
              "rule": rule, "message": message},
             actor=request.user or "unknown",
-            key=f"refused:{request.user}:{workflow.uuid4()}",
+            key=self._refusal_key(request.step_id, request.user),
         )
 
     @workflow.update
@@ -495,16 +513,16 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     def _ask_patches(self) -> None:
         """Which behaviours this run has, asked first thing, before any command (see `_has`). A run
-        from ENGINE_PATCH on has every patch before it and records that one marker instead of five
+        from ENGINE_V2_PATCH on has every patch before it and records that one marker instead of five
         (each marker also upserts a search attribute: work for the server in the run's first task);
-        an older run replays asking each patch as it did."""
+        ENGINE_PATCH stands for engine-v2 and what came after it, again as one marker; an older run
+        replays asking each patch as it did."""
         if workflow.patched(ENGINE_PATCH):
-            self._trusted = self._outputs_kept = self._bounded_votes = True
-            if self._spool is None:  # (an update handled before run() may have asked already)
-                self._spool = True
-            self._wait_held = self._spool
-            self._slack_beside = bool(self._channel)
-            self._local_light = True
+            self._votes_in_task = True
+            self._engine_v2()
+            return
+        if workflow.patched(ENGINE_V2_PATCH):
+            self._engine_v2()
             return
         self._trusted = workflow.patched(TRUST_PATCH)
         self._outputs_kept = workflow.patched(OUTPUTS_PATCH)  # here, before any activity (see _has)
@@ -513,6 +531,15 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
         self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
         self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
+
+    def _engine_v2(self) -> None:
+        """Every behaviour engine-v2 stands for."""
+        self._trusted = self._outputs_kept = self._bounded_votes = True
+        if self._spool is None:  # (an update handled before run() may have asked already)
+            self._spool = True
+        self._wait_held = self._spool
+        self._slack_beside = bool(self._channel)
+        self._local_light = True
 
     async def _steps(self, input: RunInput) -> str:
         """Every step in order: 'completed', 'failed' (roll back) or 'cancelled'."""
@@ -1373,7 +1400,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     async def _check_approver(self, request: VoteRequest | ConfirmRequest) -> ActorVerdict:
         """The `approver` rule's answer about the voter (or a core.confirm answerer) as the worker
-        verified it (its proof)."""
+        verified it (its proof). From engine-v3 on it is asked in the workflow task that took the
+        vote (`_ask_in_task`), so a deciding vote's task goes on to schedule the step."""
         input = self._approver_doc(request.step_id)
         input["user"] = {"id": request.user, "name": request.name, "groups": request.groups}
         if isinstance(request, ConfirmRequest):
@@ -1386,9 +1414,36 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 purpose="vote", run_id=self._status.run_id, principal=request.user, name=request.name,
                 content=vote_content(request.step_id, request.vote, request.reason),
             )
-        verdict: ActorVerdict = await self._ask_policy("approver", input, ActorVerdict, claim=claim, proof=request.proof)
+        if self._votes_in_task:
+            verdict: ActorVerdict = await self._ask_in_task("approver", input, claim, request.proof)
+        else:
+            verdict = await self._ask_policy("approver", input, ActorVerdict, claim=claim, proof=request.proof)
         self._approvals.verdict_seen(request, verdict)
         return verdict
+
+    async def _ask_in_task(self, rule: str, input: dict[str, Any], claim: Claim, proof: Any) -> ActorVerdict:
+        """A question about an actor as a local activity: the worker checks the proof (its key
+        never enters workflow code) and asks the rule, inside this workflow task, with no activity
+        task's round trip through the server. It carries no audit events, so no store write sits
+        in the task either: what is queued rides on the next activity or the flusher. Fails closed
+        as `_ask_policy` does."""
+        request = PolicyRequest(input=input, claim=claim, proof=proof, execution=self._execution())
+        try:
+            answer: ActorAnswer = await workflow.execute_local_activity(
+                f"policy.{rule}",
+                request,
+                result_type=ActorAnswer,
+                start_to_close_timeout=POLICY_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
+                summary=f"policy {rule}",
+            )
+        except FailureError as exc:  # a local activity's failure comes back as itself, not wrapped
+            cause = exc.cause if isinstance(exc, ActivityError) else exc
+            if isinstance(cause, CancelledError):
+                raise asyncio.CancelledError() from exc
+            message, _ = describe_failure(exc, 3)
+            return ActorVerdict(allow=False, reasons=[f"policy could not be evaluated: {message}"])
+        return answer  # (it had nothing to write: `unrecorded` is None)
 
     def _approver_doc(self, step_id: str) -> dict[str, Any]:
         """The policy input of a vote on `step_id`. From refused-votes-v1 on its alert is the facts

@@ -112,13 +112,13 @@ class ApprovalButtons:
             if answering:
                 # The value only says which choice was clicked; the workflow refuses one not in the step's choices.
                 asked = ConfirmRequest(step_id=ref.step_id, user=actor.principal, answer=str(ref.choice)[:1000])
-                answered = await confirm(self.deps.client, ref.run_id, asked, actor, self.deps.keyring, self.deps.policy)
+                answered = await confirm(self.deps.client, ref.run_id, asked, actor, self.deps.keyring)
                 log.info("slack answer recorded", answer=answered.answer)
                 await self._redraw(body, ref, 1)
                 return
             request = VoteRequest(step_id=ref.step_id, user=actor.principal, vote=choice)
-            # RunError: refused (by the approver rule asked here, or by the run), nothing changed
-            result = await vote(self.deps.client, ref.run_id, request, actor, self.deps.keyring, self.deps.policy)
+            # One update; RunError: refused by the run (its validator, or the approver rule it asks), nothing changed
+            result = await vote(self.deps.client, ref.run_id, request, actor, self.deps.keyring)
             log.info("slack vote recorded", vote=choice, approvals=result.approvals, needed=result.needed)
             await self._redraw(body, ref, result.needed)
 

@@ -172,7 +172,8 @@ async def test_one_reject_rejects_and_rolls_back(dev_env):
     assert rec.sequence() == ["prepare", "undo prepare"]
 
 
-NOT_WAITING = "VoteRefused: step 'risky' is not waiting for approval (it is succeeded)"
+def ended_text(run_id: str) -> str:
+    return f"run {run_id!r} has already ended (completed): nothing to vote on"
 
 
 async def test_vote_after_the_run_ended_is_refused_by_the_bot_not_only_by_temporal(dev_env):
@@ -202,7 +203,7 @@ async def test_vote_after_the_run_ended_is_refused_by_the_bot_not_only_by_tempor
             await wait_for_state(handle, lambda s: s.state == "completed")
             assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING, "dana's vote holds it open"
 
-            assert await refused(handle, vote("risky", "frank")) == NOT_WAITING
+            assert await refused(handle, vote("risky", "frank")) == f"VoteRefused: {ended_text(handle.id)}"
             with pytest.raises(RunError) as ended:
                 await runs.vote(dev_env.client, handle.id, vote("risky", "frank"), frank, front_door)
             assert str(ended.value) == f"run {handle.id!r} has already ended (completed): nothing to vote on"
@@ -211,7 +212,7 @@ async def test_vote_after_the_run_ended_is_refused_by_the_bot_not_only_by_tempor
             release.set()
         with pytest.raises(WorkflowUpdateFailedError) as late:
             await dana  # asked before the end, answered after it: checked again, refused
-        assert str(late.value.cause) == NOT_WAITING
+        assert str(late.value.cause) == f"VoteRefused: {ended_text(handle.id)}"
         final = await handle.result()
         with pytest.raises(RunError) as closed:
             await runs.vote(dev_env.client, handle.id, vote("risky", "frank"), frank, front_door)

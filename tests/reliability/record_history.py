@@ -151,6 +151,12 @@ SCENARIOS: dict[str, Scenario] = {
     # Recorded by slack-beside-v1 / refused-votes-v1 code: Slack synced by its own coroutine, a
     # refused voter remembered (their repeat never reaches history), then an approval.
     "slack-beside-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
+    # Recorded by engine-v2 code: each vote's `approver` question an activity of its own (a workflow
+    # task before it, one after); a run waiting for approval across the upgrade replays this way.
+    "engine-v2-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
+    # Recorded by engine-v3 code: each vote's `approver` question a local activity in the workflow task
+    # that takes the vote; the deciding vote's task schedules the step (issue 17.3).
+    "engine-v3-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
 }
 
 

@@ -56,16 +56,22 @@ async def test_refused_votes_leave_the_run_running_audited_and_bounded(dev_env, 
         run_id, request_ts = await waiting_gated_run(stack)
         before = await _history_events(stack, run_id)
 
-        # Through the front door: mallory is not in sre. Each click is refused and audited.
+        # Through the front door: mallory is not in sre. Each click is refused and audited. The front
+        # door asks no policy itself (issue 17.3): the run's approver check refuses her first vote,
+        # and its validator every repeat, before it enters history.
         # (A click is answered before its handler runs: each batch is let through before the next.)
         for sent in range(BATCH, votes + 1, BATCH):
             answers = await asyncio.gather(*(stack.click(MALLORY, run_id, "risky", request_ts) for _ in range(BATCH)))
             assert all(a.status_code == 200 for a in answers), "each click is acknowledged"
             refused = await eventually(lambda: _ready(len(_refusals(stack, run_id)) >= sent, _refusals(stack, run_id)),
                                        timeout=60, what=f"{sent} front-door refusals audited")
-        other = [e.details["reason"] for e in refused if "(refused by the approver rule" not in e.details["reason"]]
+        reasons = [e.details["reason"] for e in refused]
+        ruled = [r for r in reasons if r.startswith(f"{principal(MALLORY)} may not approve step 'risky'")]
+        assert len(ruled) == 1, "the approver rule was asked once"
+        other = [r for r in reasons if "may not approve step 'risky'" not in r and "that vote is being checked" not in r]
         assert other == [], other[:3]
         assert len(_refusals(stack, run_id)) == votes, "each refusal once"
+        assert await _history_events(stack, run_id) - before <= 15, "only her first vote reached history"
 
         # Straight to Temporal, as anyone who can reach it: a few principals, over and over.
         handle = stack.temporal.get_workflow_handle(run_id)
@@ -81,13 +87,15 @@ async def test_refused_votes_leave_the_run_running_audited_and_bounded(dev_env, 
         assert grown <= HISTORY_BOUND, f"{2 * votes} refused votes added {grown} history events"
         status = await handle.query(PlaybookRun.status)
         assert status.state == "waiting_approval" and status.step("risky").state == "waiting_approval"
-        assert status.step("risky").refused_votes == len(DIRECT_VOTERS), "each direct voter's first vote reached the run"
+        # Mallory's first click (verified), and each direct voter's first vote (unverified: it does not
+        # stand for the verified principal of the same name) reached the run.
+        assert status.step("risky").refused_votes == 1 + len(DIRECT_VOTERS)
         early = REGISTRY.get_sample_value("playbook_bot_votes_refused_early_total", {"rule": "approver"}) or 0.0
         # (Temporal may hand an update to a validator more than once: the metric counts refusals made.)
         assert early - early_before >= votes - len(DIRECT_VOTERS), "every repeat refused by the validator, counted"
         refused_in_run = [e for e in stack.audit.events(run_id)
                           if e.kind == EventKind.approval_vote and not e.details.get("accepted")]
-        assert 1 <= len(refused_in_run) <= len(DIRECT_VOTERS), "each direct voter's first refusal is on the record"
+        assert 1 <= len(refused_in_run) <= 1 + len(DIRECT_VOTERS), "each voter's first refusal is on the record, once"
 
         # The run is none the worse: a valid vote decides it and it completes.
         assert (await stack.click(BOB, run_id, "risky", request_ts)).status_code == 200
