@@ -305,15 +305,12 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         first (a refusal names that rule and is audited), then as a vote is (four-eyes, one answer
         per person, the `approver` rule); the accepted answer becomes the step's output."""
         st = self._status.step(request.step_id)
-        spec = ConfirmParams.model_validate(st.args or {})  # the step validated these before it waited
-        rule = "choices" if spec.choices is not None else "input"
         try:
-            answer = spec.answer(request.answer)
-        except ValueError as exc:
-            message = f"answer to step {request.step_id!r} refused by its {rule}: {exc}; nothing changed"
-            self._answer_refused(request, message, rule)
+            answer = self._answer_of(request)
+        except VoteRefused as exc:
+            self._answer_refused(request, exc.message, str(exc.details[0]["rule"]))
             await self._flush_audit()
-            raise VoteRefused(message, "invalid", rule) from None
+            raise
         try:
             vote = await self._approvals.answer(request, answer, self._check_approver)
         except VoteRefused as exc:
@@ -350,6 +347,19 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._approvals.validate(request)
         if self._bounded_votes:
             self._approvals.screen(request)
+            if self._refused_answers.get(request.step_id, 0) >= REFUSED_ANSWERS_AUDITED:
+                # the record is full: a bad answer no longer enters history (nor is asked about)
+                self._answer_of(request)
+
+    def _answer_of(self, request: ConfirmRequest) -> str | int | float:
+        """The answer as the step's output holds it; VoteRefused naming the choices or input it breaks."""
+        spec = ConfirmParams.model_validate(self._status.step(request.step_id).args or {})  # validated before it waited
+        rule = "choices" if spec.choices is not None else "input"
+        try:
+            return spec.answer(request.answer)
+        except ValueError as exc:
+            message = f"answer to step {request.step_id!r} refused by its {rule}: {exc}; nothing changed"
+            raise VoteRefused(message, "invalid", rule) from None
 
     @workflow.query
     def approver_input(self, step_id: str) -> dict[str, Any]:
