@@ -10,6 +10,7 @@ approve her own run from another login nor meet a quorum of two alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Awaitable, Callable, Iterator, Union
 
 from temporalio import workflow
@@ -139,7 +140,7 @@ class ApprovalBook:
                 "nothing changed)", rule="one_vote_per_person",
             )
 
-    def screen(self, request: Ask) -> None:
+    def screen(self, request: Ask, not_before: datetime | None = None) -> None:
         """The validator's second pass (runs from refused-votes-v1 on): bounded free text; a voter
         this step already refused (a verified one by principal; one who sent no proof, for their
         proof-less votes only, so that nobody can shut the real principal out by voting in their
@@ -156,7 +157,7 @@ class ApprovalBook:
         book = self.refused.get(request.step_id)
         if book is None:
             return
-        verified = self._proof_holds(request)
+        verified = self._proof_holds(request, not_before)
         earlier = book.voters.get((request.user, verified)) if verified or request.proof is None else None
         if earlier is not None:
             why, rule = earlier
@@ -171,9 +172,10 @@ class ApprovalBook:
                 rule="unverified",
             )
 
-    def _proof_holds(self, request: Ask) -> bool:
-        """Whether a worker keyring of this process verifies the vote's proof for its principal."""
-        if request.proof is None:
+    def _proof_holds(self, request: Ask, not_before: datetime | None = None) -> bool:
+        """Whether a worker keyring of this process verifies the vote's proof for its principal
+        (and it was issued no earlier than `not_before`: see the workflow's `_asked_since`)."""
+        if request.proof is None or (not_before is not None and request.proof.issued_at < not_before):
             return False
         if isinstance(request, ConfirmRequest):
             purpose, content = "confirm", confirm_content(request.step_id, request.answer, request.reason)

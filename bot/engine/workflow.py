@@ -45,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
         VoteRequest,
         VoteResult,
     )
-    from bot.identity.proofs import cancel_content, confirm_content, vote_content
+    from bot.identity.proofs import START_SKEW, cancel_content, confirm_content, vote_content
     from bot.playbook.durations import format_duration, parse_duration
     from bot.policy.activities import ActorAnswer, Claim, DecisionAnswer, PolicyRequest
     from bot.policy.inputs import policy_input, rfc3339
@@ -297,7 +297,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     def _validate_vote(self, request: VoteRequest) -> None:
         self._approvals.validate(request)
         if self._bounded_votes:
-            self._approvals.screen(request)
+            self._approvals.screen(request, self._asked_since(request.step_id))
 
     @workflow.update
     async def confirm(self, request: ConfirmRequest) -> ConfirmResult:
@@ -346,7 +346,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     def _validate_confirm(self, request: ConfirmRequest) -> None:
         self._approvals.validate(request)
         if self._bounded_votes:
-            self._approvals.screen(request)
+            self._approvals.screen(request, self._asked_since(request.step_id))
             if self._refused_answers.get(request.step_id, 0) >= REFUSED_ANSWERS_AUDITED:
                 # the record is full: a bad answer no longer enters history (nor is asked about)
                 self._answer_of(request)
@@ -398,7 +398,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         actor), the canceller is recorded, then the running step stops and the saga undoes."""
         claim = Claim(
             purpose="cancel", run_id=self._status.run_id, principal=request.user, name=request.name,
-            content=cancel_content(request.reason),
+            content=cancel_content(request.reason), not_before=self._asked_since(None),
         )
         input = self._run_input_doc()
         self._cancels_pending += 1
@@ -1418,11 +1418,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             claim = Claim(
                 purpose="confirm", run_id=self._status.run_id, principal=request.user, name=request.name,
                 content=confirm_content(request.step_id, request.answer, request.reason),
+                not_before=self._asked_since(request.step_id),
             )
         else:
             claim = Claim(
                 purpose="vote", run_id=self._status.run_id, principal=request.user, name=request.name,
                 content=vote_content(request.step_id, request.vote, request.reason),
+                not_before=self._asked_since(request.step_id),
             )
         if self._votes_in_task:
             verdict: ActorVerdict = await self._ask_in_task("approver", input, claim, request.proof)
@@ -1430,6 +1432,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             verdict = await self._ask_policy("approver", input, ActorVerdict, claim=claim, proof=request.proof)
         self._approvals.verdict_seen(request, verdict)
         return verdict
+
+    def _asked_since(self, step_id: str | None) -> datetime | None:
+        """The earliest a genuine proof about this step (None: the run) can have been issued: when
+        it began waiting (else the run started), less the clock skew proofs are allowed. A proof
+        binds the run id, not the execution, so an older one comes from an earlier run under this id."""
+        since = self._asked_at.get(step_id) if step_id is not None else None
+        since = since or self._status.started_at
+        return since - START_SKEW if since is not None else None
 
     async def _ask_in_task(self, rule: str, input: dict[str, Any], claim: Claim, proof: Any) -> ActorVerdict:
         """A question about an actor as a local activity: the worker checks the proof (its key
