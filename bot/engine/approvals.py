@@ -26,6 +26,7 @@ VOTE_REFUSED = "VoteRefused"
 CONFIRM_ACTION = "core.confirm"  # its answers are confirm updates; a vote on it can only reject
 UNVERIFIED_REFUSED_MAX = 20  # per step: past this many refused votes nobody vouched for, only verified ones are heard
 REASON_MAX, NAME_MAX, GROUPS_MAX = 1000, 200, 100  # a vote's free text, as a front door would send it
+VOTE_BYTES_MAX = 64 * 1024  # a whole vote, proof included (its principal, name and each group are NAME_MAX)
 
 # The envelope keyrings of the workers in this process, so a validator can refuse a forged proof
 # before the update enters history. Validators never run on replay, so reading this is safe.
@@ -148,10 +149,13 @@ class ApprovalBook:
         proof, or one that does not hold), every such vote. A refusal here adds nothing to history
         and changes no state (validators do not run on replay): it is counted in the worker's
         `playbook_bot_votes_refused_early` metric, by rule."""
-        if len(request.reason) > REASON_MAX or len(request.name) > NAME_MAX or len(request.groups) > GROUPS_MAX:
+        if (len(request.reason) > REASON_MAX or len(request.name) > NAME_MAX or len(request.groups) > GROUPS_MAX
+                or len(request.user) > NAME_MAX or any(len(g) > NAME_MAX for g in request.groups)
+                or len(request.model_dump_json()) > VOTE_BYTES_MAX):  # (each field: it would sit in history)
             VOTES_REFUSED_EARLY.labels("size").inc()
             raise VoteRefused(
-                f"a vote's reason is at most {REASON_MAX} characters, its name {NAME_MAX}, its groups {GROUPS_MAX}",
+                f"a vote's reason is at most {REASON_MAX} characters, its name, principal and each group {NAME_MAX}, "
+                f"its groups {GROUPS_MAX}, and the whole vote with its proof {VOTE_BYTES_MAX} bytes",
                 "invalid", "size",
             )
         book = self.refused.get(request.step_id)
