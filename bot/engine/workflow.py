@@ -24,7 +24,17 @@ with workflow.unsafe.imports_passed_through():
     from bot.audit.recorder import AuditBatch, AuditMode, event
     from bot.actions.core import ApproveParams, ConfirmParams, FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
-    from bot.engine.approvals import ApprovalBook, VoteRefused
+    from bot.engine.approvals import (
+        NAME_MAX,
+        REASON_MAX,
+        UNVERIFIED_REFUSED_MAX,
+        VOTE_BYTES_MAX,
+        ApprovalBook,
+        RefusedVoters,
+        VoteRefused,
+        policy_failed,
+        proof_holds,
+    )
     from bot.engine.locking import NOTICE_SIGNAL, LockNotice, LockRelease, LockRequest, LockView
     from bot.engine.shield import uncancellable
     from bot.engine.spool import HELD_PATCH, AuditSpool
@@ -226,6 +236,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._outputs_kept = False  # outputs-v1: set first thing in run(), like _trusted
         self._local_light = False  # engine-v2: LOCAL_ACTIONS run as local activities
         self._votes_in_task = False  # engine-v3: a vote's approver check runs inside the workflow task
+        self._refused_cancels = RefusedVoters()  # who the cancel rule refused, for the validator (engine-v2 on)
         self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
         self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
         self._output_bytes = 0  # of outputs kept in state, against RUN_OUTPUT_BUDGET
@@ -410,6 +421,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             self._cancels_pending -= 1
         details = {"by": request.user, "verified": bool(verdict.user.get("verified")), "reason": request.reason}
         ending = self._status.finished or self._status.state == "compensating" or self._finishing
+        if not verdict.allow:  # remembered for the validator (state only: no command changes)
+            book, verified = self._refused_cancels, details["verified"]
+            if (verified or request.proof is None) and not policy_failed(verdict):  # (an outage: ask again)
+                book.voters[(request.user, verified)] = ("; ".join(verdict.reasons)[:300], "cancel")
+            book.unverified += 0 if verified else 1
         if not verdict.allow or self._status.cancelled_by is not None or ending:
             reasons = verdict.reasons if not verdict.allow else ["the run is already ending"]
             message = f"{request.user} may not cancel {self._status.run_id}: " + ("; ".join(reasons) or "no reason given")
@@ -449,6 +465,31 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 f"run {self._status.run_id} is already ending ({self._status.state}): nothing to cancel",
                 "conflict",
                 "run_state",
+            )
+        if self._bounded_votes:
+            self._screen_cancel(request)
+
+    def _screen_cancel(self, request: CancelRequest) -> None:
+        """As `ApprovalBook.screen` for votes: bounded text; a canceller the `cancel` rule refused
+        (a verified one by principal; a proof-less one for proof-less cancels only); and past
+        UNVERIFIED_REFUSED_MAX refusals nobody vouched for, every such cancel. Nothing enters
+        history (validators do not run on replay)."""
+        if (len(request.user) > NAME_MAX or len(request.name) > NAME_MAX or len(request.reason) > REASON_MAX
+                or len(request.model_dump_json()) > VOTE_BYTES_MAX):
+            raise CancelRefused(f"a cancel's reason is at most {REASON_MAX} characters, its principal and name "
+                                f"{NAME_MAX}, the whole cancel with its proof {VOTE_BYTES_MAX} bytes", "invalid", "size")
+        book = self._refused_cancels
+        verified = proof_holds(request.proof, "cancel", self._status.run_id, cancel_content(request.reason),
+                               request.user, self._asked_since(None))
+        earlier = book.voters.get((request.user, verified)) if verified or request.proof is None else None
+        if earlier is not None:
+            raise CancelRefused(f"{request.user} was already refused a cancel of {self._status.run_id} "
+                                f"({earlier[0]}); nothing changed", "refused", "cancel")
+        if not verified and book.unverified >= UNVERIFIED_REFUSED_MAX:
+            raise CancelRefused(
+                f"run {self._status.run_id} has refused {book.unverified} cancels nobody vouched for; it now "
+                "hears only verified ones (Slack, the API, or the CLI with the envelope key); nothing changed",
+                "refused", "unverified",
             )
 
     # ---- the run -------------------------------------------------------------------------
