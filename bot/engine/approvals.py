@@ -10,6 +10,7 @@ approve her own run from another login nor meet a quorum of two alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Awaitable, Callable, Iterator, Union
 
 from temporalio import workflow
@@ -23,8 +24,10 @@ with workflow.unsafe.imports_passed_through():
 
 VOTE_REFUSED = "VoteRefused"
 CONFIRM_ACTION = "core.confirm"  # its answers are confirm updates; a vote on it can only reject
+POLICY_FAILED = "policy could not be evaluated"  # how the workflow's fail-closed deny begins
 UNVERIFIED_REFUSED_MAX = 20  # per step: past this many refused votes nobody vouched for, only verified ones are heard
 REASON_MAX, NAME_MAX, GROUPS_MAX = 1000, 200, 100  # a vote's free text, as a front door would send it
+VOTE_BYTES_MAX = 64 * 1024  # a whole vote, proof included (its principal, name and each group are NAME_MAX)
 
 # The envelope keyrings of the workers in this process, so a validator can refuse a forged proof
 # before the update enters history. Validators never run on replay, so reading this is safe.
@@ -39,6 +42,28 @@ def register_keyring(keyring: Keyring) -> Callable[[], None]:
 
 def _keyrings() -> Iterator[Keyring]:
     return (k for k in list(_VALIDATOR_KEYRINGS) if k.can_verify)
+
+
+def proof_holds(proof: Any, purpose: str, run_id: str, content: Any, principal: str,
+                not_before: datetime | None = None) -> bool:
+    """Whether a worker keyring of this process verifies `proof` for `principal` (issued no earlier
+    than `not_before`). For validators only: the worker's activity checks again and decides."""
+    if proof is None or (not_before is not None and proof.issued_at < not_before):
+        return False
+    for keyring in _keyrings():
+        try:
+            actor = keyring.check(proof, purpose, run_id, content)  # type: ignore[arg-type]
+        except ProofError:
+            continue
+        if actor.principal == principal:
+            return True
+    return False
+
+
+def policy_failed(verdict: ActorVerdict) -> bool:
+    """A deny because policy could not answer (fail closed), not because a rule said no: the
+    voter (or canceller) is not remembered as refused, so asking again after the outage works."""
+    return verdict.failure is not None or any(r.startswith(POLICY_FAILED) for r in verdict.reasons)
 
 
 @dataclass
@@ -139,7 +164,7 @@ class ApprovalBook:
                 "nothing changed)", rule="one_vote_per_person",
             )
 
-    def screen(self, request: Ask) -> None:
+    def screen(self, request: Ask, not_before: datetime | None = None) -> None:
         """The validator's second pass (runs from refused-votes-v1 on): bounded free text; a voter
         this step already refused (a verified one by principal; one who sent no proof, for their
         proof-less votes only, so that nobody can shut the real principal out by voting in their
@@ -147,16 +172,19 @@ class ApprovalBook:
         proof, or one that does not hold), every such vote. A refusal here adds nothing to history
         and changes no state (validators do not run on replay): it is counted in the worker's
         `playbook_bot_votes_refused_early` metric, by rule."""
-        if len(request.reason) > REASON_MAX or len(request.name) > NAME_MAX or len(request.groups) > GROUPS_MAX:
+        if (len(request.reason) > REASON_MAX or len(request.name) > NAME_MAX or len(request.groups) > GROUPS_MAX
+                or len(request.user) > NAME_MAX or any(len(g) > NAME_MAX for g in request.groups)
+                or len(request.model_dump_json()) > VOTE_BYTES_MAX):  # (each field: it would sit in history)
             VOTES_REFUSED_EARLY.labels("size").inc()
             raise VoteRefused(
-                f"a vote's reason is at most {REASON_MAX} characters, its name {NAME_MAX}, its groups {GROUPS_MAX}",
+                f"a vote's reason is at most {REASON_MAX} characters, its name, principal and each group {NAME_MAX}, "
+                f"its groups {GROUPS_MAX}, and the whole vote with its proof {VOTE_BYTES_MAX} bytes",
                 "invalid", "size",
             )
         book = self.refused.get(request.step_id)
         if book is None:
             return
-        verified = self._proof_holds(request)
+        verified = self._proof_holds(request, not_before)
         earlier = book.voters.get((request.user, verified)) if verified or request.proof is None else None
         if earlier is not None:
             why, rule = earlier
@@ -171,22 +199,14 @@ class ApprovalBook:
                 rule="unverified",
             )
 
-    def _proof_holds(self, request: Ask) -> bool:
-        """Whether a worker keyring of this process verifies the vote's proof for its principal."""
-        if request.proof is None:
-            return False
+    def _proof_holds(self, request: Ask, not_before: datetime | None = None) -> bool:
+        """Whether a worker keyring of this process verifies the vote's proof for its principal
+        (and it was issued no earlier than `not_before`: see the workflow's `_asked_since`)."""
         if isinstance(request, ConfirmRequest):
             purpose, content = "confirm", confirm_content(request.step_id, request.answer, request.reason)
         else:
             purpose, content = "vote", vote_content(request.step_id, request.vote, request.reason)
-        for keyring in _keyrings():
-            try:
-                actor = keyring.check(request.proof, purpose, self._status.run_id, content)  # type: ignore[arg-type]
-            except ProofError:
-                continue
-            if actor.principal == request.user:
-                return True
-        return False
+        return proof_holds(request.proof, purpose, self._status.run_id, content, request.user, not_before)
 
     def refusal(self, request: Ask, exc: VoteRefused) -> bool:
         """Count a refusal the handler made and, when a rule refused the voter (not a conflict),
@@ -199,7 +219,7 @@ class ApprovalBook:
             return True  # a conflict (decided meanwhile): on the record as before, and bounded by the step
         verified = self._verified.pop((request.step_id, request.user), False)
         book = self.refused.setdefault(request.step_id, RefusedVoters())
-        if verified or request.proof is None:
+        if (verified or request.proof is None) and info.get("rule") != "policy_unavailable":  # (an outage: not them)
             book.voters[(request.user, verified)] = (exc.message[:300], str(info.get("rule") or "approver"))
         if not verified:
             book.unverified += 1
@@ -238,7 +258,8 @@ class ApprovalBook:
         if not verdict.allow:
             reasons = "; ".join(verdict.reasons) or "the approver policy refused"
             verb = "answer" if isinstance(request, ConfirmRequest) else "approve"
-            raise VoteRefused(f"{request.user} may not {verb} step {request.step_id!r}: {reasons}")
+            rule = "policy_unavailable" if policy_failed(verdict) else "approver"
+            raise VoteRefused(f"{request.user} may not {verb} step {request.step_id!r}: {reasons}", rule=rule)
         person = verdict.person or request.user
         self.validate(request)  # the step may have been decided while policy was asked
         if person == self.requester_person:

@@ -24,7 +24,17 @@ with workflow.unsafe.imports_passed_through():
     from bot.audit.recorder import AuditBatch, AuditMode, event
     from bot.actions.core import ApproveParams, ConfirmParams, FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
-    from bot.engine.approvals import ApprovalBook, VoteRefused
+    from bot.engine.approvals import (
+        NAME_MAX,
+        REASON_MAX,
+        UNVERIFIED_REFUSED_MAX,
+        VOTE_BYTES_MAX,
+        ApprovalBook,
+        RefusedVoters,
+        VoteRefused,
+        policy_failed,
+        proof_holds,
+    )
     from bot.engine.locking import NOTICE_SIGNAL, LockNotice, LockRelease, LockRequest, LockView
     from bot.engine.shield import uncancellable
     from bot.engine.spool import HELD_PATCH, AuditSpool
@@ -45,7 +55,7 @@ with workflow.unsafe.imports_passed_through():
         VoteRequest,
         VoteResult,
     )
-    from bot.identity.proofs import cancel_content, confirm_content, vote_content
+    from bot.identity.proofs import START_SKEW, cancel_content, confirm_content, vote_content
     from bot.playbook.durations import format_duration, parse_duration
     from bot.policy.activities import ActorAnswer, Claim, DecisionAnswer, PolicyRequest
     from bot.policy.inputs import policy_input, rfc3339
@@ -226,6 +236,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._outputs_kept = False  # outputs-v1: set first thing in run(), like _trusted
         self._local_light = False  # engine-v2: LOCAL_ACTIONS run as local activities
         self._votes_in_task = False  # engine-v3: a vote's approver check runs inside the workflow task
+        self._refused_cancels = RefusedVoters()  # who the cancel rule refused, for the validator (engine-v2 on)
         self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
         self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
         self._output_bytes = 0  # of outputs kept in state, against RUN_OUTPUT_BUDGET
@@ -297,7 +308,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     def _validate_vote(self, request: VoteRequest) -> None:
         self._approvals.validate(request)
         if self._bounded_votes:
-            self._approvals.screen(request)
+            self._approvals.screen(request, self._asked_since(request.step_id))
 
     @workflow.update
     async def confirm(self, request: ConfirmRequest) -> ConfirmResult:
@@ -305,15 +316,12 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         first (a refusal names that rule and is audited), then as a vote is (four-eyes, one answer
         per person, the `approver` rule); the accepted answer becomes the step's output."""
         st = self._status.step(request.step_id)
-        spec = ConfirmParams.model_validate(st.args or {})  # the step validated these before it waited
-        rule = "choices" if spec.choices is not None else "input"
         try:
-            answer = spec.answer(request.answer)
-        except ValueError as exc:
-            message = f"answer to step {request.step_id!r} refused by its {rule}: {exc}; nothing changed"
-            self._answer_refused(request, message, rule)
+            answer = self._answer_of(request)
+        except VoteRefused as exc:
+            self._answer_refused(request, exc.message, str(exc.details[0]["rule"]))
             await self._flush_audit()
-            raise VoteRefused(message, "invalid", rule) from None
+            raise
         try:
             vote = await self._approvals.answer(request, answer, self._check_approver)
         except VoteRefused as exc:
@@ -349,7 +357,20 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     def _validate_confirm(self, request: ConfirmRequest) -> None:
         self._approvals.validate(request)
         if self._bounded_votes:
-            self._approvals.screen(request)
+            self._approvals.screen(request, self._asked_since(request.step_id))
+            if self._refused_answers.get(request.step_id, 0) >= REFUSED_ANSWERS_AUDITED:
+                # the record is full: a bad answer no longer enters history (nor is asked about)
+                self._answer_of(request)
+
+    def _answer_of(self, request: ConfirmRequest) -> str | int | float:
+        """The answer as the step's output holds it; VoteRefused naming the choices or input it breaks."""
+        spec = ConfirmParams.model_validate(self._status.step(request.step_id).args or {})  # validated before it waited
+        rule = "choices" if spec.choices is not None else "input"
+        try:
+            return spec.answer(request.answer)
+        except ValueError as exc:
+            message = f"answer to step {request.step_id!r} refused by its {rule}: {exc}; nothing changed"
+            raise VoteRefused(message, "invalid", rule) from None
 
     @workflow.query
     def approver_input(self, step_id: str) -> dict[str, Any]:
@@ -388,7 +409,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         actor), the canceller is recorded, then the running step stops and the saga undoes."""
         claim = Claim(
             purpose="cancel", run_id=self._status.run_id, principal=request.user, name=request.name,
-            content=cancel_content(request.reason),
+            content=cancel_content(request.reason), not_before=self._asked_since(None),
         )
         input = self._run_input_doc()
         self._cancels_pending += 1
@@ -400,6 +421,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             self._cancels_pending -= 1
         details = {"by": request.user, "verified": bool(verdict.user.get("verified")), "reason": request.reason}
         ending = self._status.finished or self._status.state == "compensating" or self._finishing
+        if not verdict.allow:  # remembered for the validator (state only: no command changes)
+            book, verified = self._refused_cancels, details["verified"]
+            if (verified or request.proof is None) and not policy_failed(verdict):  # (an outage: ask again)
+                book.voters[(request.user, verified)] = ("; ".join(verdict.reasons)[:300], "cancel")
+            book.unverified += 0 if verified else 1
         if not verdict.allow or self._status.cancelled_by is not None or ending:
             reasons = verdict.reasons if not verdict.allow else ["the run is already ending"]
             message = f"{request.user} may not cancel {self._status.run_id}: " + ("; ".join(reasons) or "no reason given")
@@ -439,6 +465,31 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 f"run {self._status.run_id} is already ending ({self._status.state}): nothing to cancel",
                 "conflict",
                 "run_state",
+            )
+        if self._bounded_votes:
+            self._screen_cancel(request)
+
+    def _screen_cancel(self, request: CancelRequest) -> None:
+        """As `ApprovalBook.screen` for votes: bounded text; a canceller the `cancel` rule refused
+        (a verified one by principal; a proof-less one for proof-less cancels only); and past
+        UNVERIFIED_REFUSED_MAX refusals nobody vouched for, every such cancel. Nothing enters
+        history (validators do not run on replay)."""
+        if (len(request.user) > NAME_MAX or len(request.name) > NAME_MAX or len(request.reason) > REASON_MAX
+                or len(request.model_dump_json()) > VOTE_BYTES_MAX):
+            raise CancelRefused(f"a cancel's reason is at most {REASON_MAX} characters, its principal and name "
+                                f"{NAME_MAX}, the whole cancel with its proof {VOTE_BYTES_MAX} bytes", "invalid", "size")
+        book = self._refused_cancels
+        verified = proof_holds(request.proof, "cancel", self._status.run_id, cancel_content(request.reason),
+                               request.user, self._asked_since(None))
+        earlier = book.voters.get((request.user, verified)) if verified or request.proof is None else None
+        if earlier is not None:
+            raise CancelRefused(f"{request.user} was already refused a cancel of {self._status.run_id} "
+                                f"({earlier[0]}); nothing changed", "refused", "cancel")
+        if not verified and book.unverified >= UNVERIFIED_REFUSED_MAX:
+            raise CancelRefused(
+                f"run {self._status.run_id} has refused {book.unverified} cancels nobody vouched for; it now "
+                "hears only verified ones (Slack, the API, or the CLI with the envelope key); nothing changed",
+                "refused", "unverified",
             )
 
     # ---- the run -------------------------------------------------------------------------
@@ -1408,11 +1459,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             claim = Claim(
                 purpose="confirm", run_id=self._status.run_id, principal=request.user, name=request.name,
                 content=confirm_content(request.step_id, request.answer, request.reason),
+                not_before=self._asked_since(request.step_id),
             )
         else:
             claim = Claim(
                 purpose="vote", run_id=self._status.run_id, principal=request.user, name=request.name,
                 content=vote_content(request.step_id, request.vote, request.reason),
+                not_before=self._asked_since(request.step_id),
             )
         if self._votes_in_task:
             verdict: ActorVerdict = await self._ask_in_task("approver", input, claim, request.proof)
@@ -1420,6 +1473,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             verdict = await self._ask_policy("approver", input, ActorVerdict, claim=claim, proof=request.proof)
         self._approvals.verdict_seen(request, verdict)
         return verdict
+
+    def _asked_since(self, step_id: str | None) -> datetime | None:
+        """The earliest a genuine proof about this step (None: the run) can have been issued: when
+        it began waiting (else the run started), less the clock skew proofs are allowed. A proof
+        binds the run id, not the execution, so an older one comes from an earlier run under this id."""
+        since = self._asked_at.get(step_id) if step_id is not None else None
+        since = since or self._status.started_at
+        return since - START_SKEW if since is not None else None
 
     async def _ask_in_task(self, rule: str, input: dict[str, Any], claim: Claim, proof: Any) -> ActorVerdict:
         """A question about an actor as a local activity: the worker checks the proof (its key

@@ -13,6 +13,7 @@ groups or identity a client merely claimed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
@@ -38,6 +39,10 @@ class Claim(BaseModel):
     principal: str
     name: str = ""
     content: dict[str, Any] = Field(default_factory=dict)
+    not_before: datetime | None = Field(
+        None, description="A proof issued before this (the run started, or the step began waiting, less the "
+        "clock skew) was made for an earlier run under the same run id: proofs bind the run id, not the execution."
+    )
 
 
 class PolicyRequest(BaseModel):
@@ -136,6 +141,11 @@ def verified_actor(keyring: Keyring, claim: Claim, proof: Proof | None) -> Actor
     actor = keyring.check(proof, claim.purpose, claim.run_id, claim.content)
     if actor.principal != claim.principal:
         raise ProofError(f"it names {actor.principal}, not {claim.principal}")
+    if claim.not_before is not None and proof.issued_at < claim.not_before:
+        raise ProofError(
+            f"it was issued before this run could be asked ({proof.issued_at.isoformat()} < "
+            f"{claim.not_before.isoformat()}): a proof from an earlier run under this run id"
+        )
     return actor
 
 

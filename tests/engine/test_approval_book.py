@@ -306,3 +306,25 @@ async def test_an_answer_is_recorded_as_an_approving_vote_carrying_the_answer() 
     with pytest.raises(VoteRefused) as excinfo:
         await _confirm_book().answer(ConfirmRequest(step_id="pick", user="slack:UB", answer="go"), "go", _deny())
     assert excinfo.value.message == "slack:UB may not answer step 'pick': the approver policy refused"
+
+
+@pytest.mark.parametrize("verdict", [
+    ActorVerdict(allow=False, reasons=["policy could not be evaluated: activity timed out"]),  # the workflow's fail-closed
+    ActorVerdict(allow=False, reasons=["opa unreachable"], failure="unreachable"),  # the engine's, last attempt
+])
+async def test_a_voter_denied_because_policy_could_not_answer_is_not_shut_out(verdict: ActorVerdict) -> None:
+    """Fail closed is a deny for now, not a verdict on the voter: the validator must not refuse
+    their next vote as 'already refused' (red team: an approver who clicked during an OPA outage
+    could never approve that step; an attacker who can slow the policy engine picks who)."""
+    book = _book()
+    request = VoteRequest(step_id="restart", user="slack:UBOB")
+
+    async def outage(request: VoteRequest) -> ActorVerdict:
+        return verdict
+
+    with pytest.raises(VoteRefused) as refused:
+        await book.cast(request, outage)
+    assert book.refusal(request, refused.value)
+    book.screen(request)  # heard again
+    result, vote = await book.cast(request, _allow())
+    assert vote.user == "slack:UBOB" and result.approvals == 1

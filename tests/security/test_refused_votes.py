@@ -139,3 +139,37 @@ async def test_forged_proofs_and_a_crowd_of_unverified_voters_stop_adding_histor
         final = await eventually(lambda: finished(stack, run_id), timeout=120, what="run finished")
     assert final.state == "completed", final.error
     assert [v.user for v in final.step("risky").approvals] == [principal(BOB)]
+
+
+async def _history_bytes(stack: Any, run_id: str) -> int:
+    return sum(e.ByteSize() for e in (await stack.temporal.get_workflow_handle(run_id).fetch_history()).events)
+
+
+async def test_votes_padded_past_the_screens_bounds_do_not_enter_history(dev_env, fake_slack, tmp_path):
+    """The screen bounds a vote's reason, name and number of groups, but not the size of each
+    group, of the principal, or of the proof: straight to Temporal, each of UNVERIFIED_REFUSED_MAX
+    proof-less votes (per step) could carry ~2 MB (Temporal's payload limit) into history, past
+    its 50 MB limit within a few steps, which terminates the run with no rollback."""
+    async with slack_stack(dev_env.client, fake_slack, tmp_path) as stack:
+        run_id, request_ts = await waiting_gated_run(stack)
+        handle = stack.temporal.get_workflow_handle(run_id)
+        before = await _history_bytes(stack, run_id)
+        mb = "x" * 1_000_000
+        forged = Keyring(b"not-the-envelope-key-0123456789abcdef").sign(
+            "vote", run_id, Actor(principal(BOB), mb, ("sre",), "slack"), vote_content("risky", "approve", "")
+        )
+        padded = [
+            VoteRequest(step_id="risky", user="cli:eve", groups=[mb]),
+            VoteRequest(step_id="risky", user=f"cli:{mb}"),
+            VoteRequest(step_id="risky", user=principal(BOB), proof=forged),
+        ]
+        for request in padded:
+            with pytest.raises(WorkflowUpdateFailedError) as refused:
+                await handle.execute_update(PlaybookRun.vote, request)
+            assert (refused.value.cause.details[0] or {}).get("rule") == "size", refused.value.cause
+        grown = await _history_bytes(stack, run_id) - before
+        assert grown < 100_000, f"{len(padded)} padded votes added {grown} bytes of history"
+
+        assert (await stack.click(BOB, run_id, "risky", request_ts)).status_code == 200, "bob's own vote"
+        final = await eventually(lambda: finished(stack, run_id), timeout=120, what="run finished")
+    assert final.state == "completed", final.error
