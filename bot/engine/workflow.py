@@ -218,6 +218,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._slack_closing = False  # the run has ended: sync what is left, then stop
         self._slack_idle = False  # the Slack coroutine has stopped (or was never needed)
         self._slack_task: asyncio.Task[None] | None = None
+        # engine-v3: the workflow task (its history length) in which an action was last dispatched.
+        # A local activity holds its task's commands until it returns, so a sync in that task goes as
+        # an activity of its own (`_slack_coroutine`), and the action's scheduling never waits for Slack.
+        self._slack_aside = False
+        self._acted_in = -1
         self._bounded_votes = False  # refused-votes-v1, asked first thing in run()
         self._lock_key: str | None = None  # the run's concurrency key, as admission rendered it (v1.1)
         self._lock_answer: LockNotice | None = None  # granted or busy, as signalled: confirmed before it counts
@@ -518,7 +523,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         ENGINE_PATCH stands for engine-v2 and what came after it, again as one marker; an older run
         replays asking each patch as it did."""
         if workflow.patched(ENGINE_PATCH):
-            self._votes_in_task = True
+            self._votes_in_task = self._slack_aside = True
             self._engine_v2()
             return
         if workflow.patched(ENGINE_V2_PATCH):
@@ -1138,6 +1143,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         )
         self._handed(queued)
         summary = f"{step_id}{' (undo)' if compensation else ''}{' (fallback)' if fallback else ''}"
+        self._acted_in = workflow.info().get_current_history_length()  # (a local action too: see _sync_slack)
         try:
             if self._local_light and action in LOCAL_ACTIONS:
                 result = await self._local_action(action, input, timeout, retry, summary)
@@ -1682,7 +1688,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                     await workflow.wait_condition(lambda: self._slack_stale or self._slack_closing)
                     continue
             self._slack_stale = False
-            await self._sync_slack()
+            if self._slack_aside:
+                await asyncio.sleep(0)  # the steps woken with this sync reach their dispatch first
+            await self._sync_slack(aside=self._slack_aside and self._acted_in == workflow.info().get_current_history_length())
             if self._slack.pending:
                 retries += 1
                 pause = min(SLACK_RETRY_MAX, max(pause * 2 if retries > 1 else SLACK_RETRY_FIRST, self._slack.retry_after))
@@ -1690,24 +1698,32 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 pause, retries = SLACK_RETRY_FIRST, 0
         self._slack_idle = True
 
-    async def _sync_slack(self, attempts: int = 1) -> None:
+    async def _sync_slack(self, attempts: int = 1, aside: bool = False) -> None:
         """One `slack.sync`, never retried from this (stale) state: the coroutine syncs again
-        with the state the last sync returned, and the notifier remembers what it posted."""
+        with the state the last sync returned, and the notifier remembers what it posted. A local
+        activity, except `aside`: this workflow task also dispatched an action (the first step, the
+        step a deciding vote approved, the next step), whose scheduling a local activity would hold
+        until Slack answered; then an activity of its own, which holds nothing."""
         steps = self._status.all_steps()
+        sync = SlackSync(
+            channel=self._channel or "",
+            status=self._status,
+            decisions={s.id: s.decision for s in steps if s.decision and s.decision.get("require_approval")},
+            needed={s.id: self._approvals.needed(s.id) for s in steps if s.decision},
+            state=self._slack,
+        )
+        retry = TemporalRetryPolicy(maximum_attempts=attempts)
         try:
-            self._slack = await workflow.execute_local_activity(
-                "slack.sync",
-                SlackSync(
-                    channel=self._channel or "",
-                    status=self._status,
-                    decisions={s.id: s.decision for s in steps if s.decision and s.decision.get("require_approval")},
-                    needed={s.id: self._approvals.needed(s.id) for s in steps if s.decision},
-                    state=self._slack,
-                ),
-                result_type=SlackState,
-                start_to_close_timeout=SLACK_TIMEOUT,
-                retry_policy=TemporalRetryPolicy(maximum_attempts=attempts),
-            )
+            if aside:
+                self._slack = await workflow.execute_activity(
+                    "slack.sync", sync, result_type=SlackState, start_to_close_timeout=SLACK_TIMEOUT,
+                    retry_policy=retry, summary="slack sync",
+                )
+            else:
+                self._slack = await workflow.execute_local_activity(
+                    "slack.sync", sync, result_type=SlackState, start_to_close_timeout=SLACK_TIMEOUT,
+                    retry_policy=retry,
+                )
         except ActivityError as exc:
             workflow.logger.warning("slack sync failed", extra={**self._log_extra, "error": str(exc.cause or exc)})
             self._slack = self._slack.model_copy(update={"pending": True})
