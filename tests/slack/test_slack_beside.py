@@ -7,6 +7,7 @@ sync goes on from there. The fake Slack records every call, so "posted twice" is
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -219,3 +220,27 @@ async def test_a_slow_slack_never_holds_up_an_action_and_ends_showing_the_run_on
     assert "gated: completed" in message.shown(), message.shown()
     replayer = Replayer(workflows=[PlaybookRun], data_converter=pydantic_data_converter, workflow_runner=workflow_runner())
     assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None
+
+
+async def test_the_approval_message_says_approved_while_the_approved_step_runs(dev_env, fake_slack):
+    """The deciding vote's sync goes beside the step's action, not after it: a long action (here
+    one that runs until the run is ended) does not keep the approval message asking for votes."""
+    fake_slack.hang("chat.update", SLOW_SLACK)
+    rec = Recorder()
+    keyring = Keyring(b"k" * 32)
+    pb = playbook('name: long\nchannel: "#incidents"\nsteps: [{id: risky, action: t.wait, impact: high}]')
+    async with worker(dev_env.client, rec, policy(APPROVAL) + [SlackNotifier(_web(fake_slack)).sync]) as w:
+        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
+        await wait_for_state(handle, lambda s: s.state == "waiting_approval", timeout=60)
+        await vote(dev_env.client, handle.id, VoteRequest(step_id="risky", user="dana"), Actor("dana"), keyring)
+        await asyncio.wait_for(rec.started.wait(), timeout=60)
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while not any("Approved by" in m.shown() for m in fake_slack.messages):
+                assert loop.time() < deadline, [m.shown() for m in fake_slack.messages]
+                await asyncio.sleep(0.1)
+            assert (await handle.query(PlaybookRun.status)).step("risky").state == "running"
+        finally:
+            await handle.terminate("the test is done")
+    _no_duplicates(fake_slack)
