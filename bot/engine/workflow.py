@@ -218,11 +218,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._slack_closing = False  # the run has ended: sync what is left, then stop
         self._slack_idle = False  # the Slack coroutine has stopped (or was never needed)
         self._slack_task: asyncio.Task[None] | None = None
-        # engine-v3: the workflow task (its history length) in which an action was last dispatched.
-        # A local activity holds its task's commands until it returns, so a sync in that task goes as
-        # an activity of its own (`_slack_coroutine`), and the action's scheduling never waits for Slack.
+        # engine-v3: a local activity holds its workflow task's commands until it returns, so a sync
+        # that follows an action's dispatch goes as an activity of its own (`_slack_coroutine`), and
+        # the action's scheduling never waits for Slack. Actions dispatched, and the last of them the
+        # Slack coroutine saw (or that had returned with none dispatched after it): plain counts of
+        # workflow code's own steps, so replay decides as the run did.
         self._slack_aside = False
-        self._acted_in = -1
+        self._dispatched = self._dispatch_seen = 0
         self._bounded_votes = False  # refused-votes-v1, asked first thing in run()
         self._lock_key: str | None = None  # the run's concurrency key, as admission rendered it (v1.1)
         self._lock_answer: LockNotice | None = None  # granted or busy, as signalled: confirmed before it counts
@@ -1143,7 +1145,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         )
         self._handed(queued)
         summary = f"{step_id}{' (undo)' if compensation else ''}{' (fallback)' if fallback else ''}"
-        self._acted_in = workflow.info().get_current_history_length()  # (a local action too: see _sync_slack)
+        self._dispatched += 1  # (a local action too: it holds the task, the sync would hold it longer)
+        mine = self._dispatched
         try:
             if self._local_light and action in LOCAL_ACTIONS:
                 result = await self._local_action(action, input, timeout, retry, summary)
@@ -1161,13 +1164,21 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         except BaseException as exc:
             self._returned(queued)
             self._put_back(queued)  # written or not, ids make a second write a no-op
+            self._action_returned(mine)
             if spooled and mode != "write":
                 self._keep_started(exc, input, mode, at, retry.max_attempts)
             raise
         self._returned(queued)
+        self._action_returned(mine)
         if spooled:
             self._kept(queued, result.unrecorded, at, mode)
         return result
+
+    def _action_returned(self, mine: int) -> None:
+        """The action dispatched `mine`-th is back: with none dispatched after it, a sync from now on
+        follows no dispatch and stays local (see `_slack_coroutine`)."""
+        if self._dispatched == mine:
+            self._dispatch_seen = mine
 
     async def _local_action(
         self, action: str, input: ActionInput, timeout: timedelta, retry: RetryPolicy, summary: str
@@ -1673,7 +1684,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         """Beside the steps: one sync whenever Slack is stale, covering every change since the
         last one began. A sync that left something pending (rate limited, refused) is tried again
         after a doubling pause, a few times; news always syncs. At the run's end it syncs what is
-        left and stops (`_close` waits for that, bounded)."""
+        left and stops (`_close` waits for that, bounded). From engine-v3 on, a sync that follows an
+        action's dispatch (the first step, the step a deciding vote approved, the next step) goes as an
+        activity of its own, beside the action; every other sync stays a local activity."""
         pause, retries = SLACK_RETRY_FIRST, 0
         while True:
             if not self._slack_stale:
@@ -1690,7 +1703,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             self._slack_stale = False
             if self._slack_aside:
                 await asyncio.sleep(0)  # the steps woken with this sync reach their dispatch first
-            await self._sync_slack(aside=self._slack_aside and self._acted_in == workflow.info().get_current_history_length())
+            aside, self._dispatch_seen = self._slack_aside and self._dispatched != self._dispatch_seen, self._dispatched
+            await self._sync_slack(aside=aside)
             if self._slack.pending:
                 retries += 1
                 pause = min(SLACK_RETRY_MAX, max(pause * 2 if retries > 1 else SLACK_RETRY_FIRST, self._slack.retry_after))
