@@ -1700,9 +1700,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 else:
                     await workflow.wait_condition(lambda: self._slack_stale or self._slack_closing)
                     continue
-            self._slack_stale = False
             if self._slack_aside:
-                await asyncio.sleep(0)  # the steps woken with this sync reach their dispatch first
+                await asyncio.sleep(0)  # the steps woken with this sync reach their dispatch (and marks) first
+            self._slack_stale = False
             aside, self._dispatch_seen = self._slack_aside and self._dispatched != self._dispatch_seen, self._dispatched
             await self._sync_slack(aside=aside)
             if self._slack.pending:
