@@ -305,14 +305,18 @@ class Rehearsal:
         notes = []
         for spec in ask if isinstance(ask, list) else [ask]:
             actor = Actor(spec.by, groups=tuple(spec.groups), verified_by=_verified_by(spec.by))
+            # Signed at the rehearsal's (skipped) time, as the start is: a proof is refused when it
+            # is older than the wait it answers (lifted from an earlier run), and here the run's
+            # clock runs ahead of the wall clock.
+            now = await self.env.get_current_time()
             try:
                 if isinstance(spec, ConfirmSpec):
                     answer = spec.answer
-                    proof = self.keyring.sign("confirm", run_id, actor, confirm_content(step, answer, spec.reason))
+                    proof = self.keyring.sign("confirm", run_id, actor, confirm_content(step, answer, spec.reason), now=now)
                     await handle.execute_update(PlaybookRun.confirm, ConfirmRequest(
                         step_id=step, user=spec.by, groups=list(spec.groups), answer=answer, reason=spec.reason, proof=proof))
                 else:
-                    proof = self.keyring.sign("vote", run_id, actor, vote_content(step, spec.vote, spec.reason))
+                    proof = self.keyring.sign("vote", run_id, actor, vote_content(step, spec.vote, spec.reason), now=now)
                     await handle.execute_update(PlaybookRun.vote, VoteRequest(
                         step_id=step, user=spec.by, vote=spec.vote, reason=spec.reason, proof=proof))
             except WorkflowUpdateFailedError as exc:
