@@ -30,7 +30,7 @@ steps:
     with: {argv: [sh, -c, 'echo prep >> "$0"', "{out}/doze.txt"]}
   - id: nap
     action: core.sleep
-    with: {duration: 15s}
+    with: {duration: 8s}  # outlasts the kill and the next dev's start; the timer is durable either way
   - id: after
     action: shell.run
     with: {argv: [sh, -c, 'echo after >> "$0"', "{out}/doze.txt"]}
