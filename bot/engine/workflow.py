@@ -228,13 +228,6 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._slack_closing = False  # the run has ended: sync what is left, then stop
         self._slack_idle = False  # the Slack coroutine has stopped (or was never needed)
         self._slack_task: asyncio.Task[None] | None = None
-        # engine-v3: a local activity holds its workflow task's commands until it returns, so a sync
-        # that follows an action's dispatch goes as an activity of its own (`_slack_coroutine`), and
-        # the action's scheduling never waits for Slack. Actions dispatched, and the last of them the
-        # Slack coroutine saw (or that had returned with none dispatched after it): plain counts of
-        # workflow code's own steps, so replay decides as the run did.
-        self._slack_aside = False
-        self._dispatched = self._dispatch_seen = 0
         self._bounded_votes = False  # refused-votes-v1, asked first thing in run()
         self._lock_key: str | None = None  # the run's concurrency key, as admission rendered it (v1.1)
         self._lock_answer: LockNotice | None = None  # granted or busy, as signalled: confirmed before it counts
@@ -576,7 +569,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         ENGINE_PATCH stands for engine-v2 and what came after it, again as one marker; an older run
         replays asking each patch as it did."""
         if workflow.patched(ENGINE_PATCH):
-            self._votes_in_task = self._slack_aside = True
+            self._votes_in_task = True
             self._engine_v2()
             return
         if workflow.patched(ENGINE_V2_PATCH):
@@ -1196,8 +1189,6 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         )
         self._handed(queued)
         summary = f"{step_id}{' (undo)' if compensation else ''}{' (fallback)' if fallback else ''}"
-        self._dispatched += 1  # (a local action too: it holds the task, the sync would hold it longer)
-        mine = self._dispatched
         try:
             if self._local_light and action in LOCAL_ACTIONS:
                 result = await self._local_action(action, input, timeout, retry, summary)
@@ -1215,21 +1206,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         except BaseException as exc:
             self._returned(queued)
             self._put_back(queued)  # written or not, ids make a second write a no-op
-            self._action_returned(mine)
             if spooled and mode != "write":
                 self._keep_started(exc, input, mode, at, retry.max_attempts)
             raise
         self._returned(queued)
-        self._action_returned(mine)
         if spooled:
             self._kept(queued, result.unrecorded, at, mode)
         return result
-
-    def _action_returned(self, mine: int) -> None:
-        """The action dispatched `mine`-th is back: with none dispatched after it, a sync from now on
-        follows no dispatch and stays local (see `_slack_coroutine`)."""
-        if self._dispatched == mine:
-            self._dispatch_seen = mine
 
     async def _local_action(
         self, action: str, input: ActionInput, timeout: timedelta, retry: RetryPolicy, summary: str
@@ -1745,9 +1728,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         """Beside the steps: one sync whenever Slack is stale, covering every change since the
         last one began. A sync that left something pending (rate limited, refused) is tried again
         after a doubling pause, a few times; news always syncs. At the run's end it syncs what is
-        left and stops (`_close` waits for that, bounded). From engine-v3 on, a sync that follows an
-        action's dispatch (the first step, the step a deciding vote approved, the next step) goes as an
-        activity of its own, beside the action; every other sync stays a local activity."""
+        left and stops (`_close` waits for that, bounded)."""
         pause, retries = SLACK_RETRY_FIRST, 0
         while True:
             if not self._slack_stale:
@@ -1761,11 +1742,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 else:
                     await workflow.wait_condition(lambda: self._slack_stale or self._slack_closing)
                     continue
-            if self._slack_aside:
-                await asyncio.sleep(0)  # the steps woken with this sync reach their dispatch (and marks) first
             self._slack_stale = False
-            aside, self._dispatch_seen = self._slack_aside and self._dispatched != self._dispatch_seen, self._dispatched
-            await self._sync_slack(aside=aside)
+            await self._sync_slack()
             if self._slack.pending:
                 retries += 1
                 pause = min(SLACK_RETRY_MAX, max(pause * 2 if retries > 1 else SLACK_RETRY_FIRST, self._slack.retry_after))
@@ -1773,32 +1751,24 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 pause, retries = SLACK_RETRY_FIRST, 0
         self._slack_idle = True
 
-    async def _sync_slack(self, attempts: int = 1, aside: bool = False) -> None:
+    async def _sync_slack(self, attempts: int = 1) -> None:
         """One `slack.sync`, never retried from this (stale) state: the coroutine syncs again
-        with the state the last sync returned, and the notifier remembers what it posted. A local
-        activity, except `aside`: this workflow task also dispatched an action (the first step, the
-        step a deciding vote approved, the next step), whose scheduling a local activity would hold
-        until Slack answered; then an activity of its own, which holds nothing."""
+        with the state the last sync returned, and the notifier remembers what it posted."""
         steps = self._status.all_steps()
-        sync = SlackSync(
-            channel=self._channel or "",
-            status=self._status,
-            decisions={s.id: s.decision for s in steps if s.decision and s.decision.get("require_approval")},
-            needed={s.id: self._approvals.needed(s.id) for s in steps if s.decision},
-            state=self._slack,
-        )
-        retry = TemporalRetryPolicy(maximum_attempts=attempts)
         try:
-            if aside:
-                self._slack = await workflow.execute_activity(
-                    "slack.sync", sync, result_type=SlackState, start_to_close_timeout=SLACK_TIMEOUT,
-                    retry_policy=retry, summary="slack sync",
-                )
-            else:
-                self._slack = await workflow.execute_local_activity(
-                    "slack.sync", sync, result_type=SlackState, start_to_close_timeout=SLACK_TIMEOUT,
-                    retry_policy=retry,
-                )
+            self._slack = await workflow.execute_local_activity(
+                "slack.sync",
+                SlackSync(
+                    channel=self._channel or "",
+                    status=self._status,
+                    decisions={s.id: s.decision for s in steps if s.decision and s.decision.get("require_approval")},
+                    needed={s.id: self._approvals.needed(s.id) for s in steps if s.decision},
+                    state=self._slack,
+                ),
+                result_type=SlackState,
+                start_to_close_timeout=SLACK_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_attempts=attempts),
+            )
         except ActivityError as exc:
             workflow.logger.warning("slack sync failed", extra={**self._log_extra, "error": str(exc.cause or exc)})
             self._slack = self._slack.model_copy(update={"pending": True})

@@ -1,8 +1,7 @@
 """The run's story in Slack: one status message updated in place, and its thread.
 
-The workflow's Slack coroutine calls `slack.sync` (a local activity; an activity of its own in a
-workflow task that also dispatches an action, whose scheduling a local one would hold until Slack
-answered) beside the steps whenever something worth showing changed since its last sync; the activity works out what to post or
+The workflow's Slack coroutine calls `slack.sync` (a local activity) beside the steps whenever
+something worth showing changed since its last sync; the activity works out what to post or
 update from what it already posted (`SlackState`, kept by the workflow). It never outlives its
 own deadline (`SYNC_BUDGET`, well inside the activity's timeout): under rate limiting it honours
 `Retry-After` only while that fits, then returns what it DID post (`pending`), and the next sync

@@ -7,25 +7,18 @@ sync goes on from there. The fake Slack records every call, so "posted twice" is
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
-from typing import Any
 
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
 
 from bot.engine.runs import _counted, get_status, vote
 from bot.engine.state import RunStatus, StepStatus, VoteRequest
-from bot.engine.worker import workflow_runner
-from bot.engine.workflow import PlaybookRun
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring
 from bot.slack.notifier import SlackNotifier, SlackState, SlackSync
 from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
 from tests.engine.test_approvals import policy
-from tests.engine.test_runs import _kind
 from tests.slack.fake_slack import FakeSlack
 
 CHANNEL_ID = "C0INCIDENTS"
@@ -142,105 +135,4 @@ async def test_a_sync_whose_answer_was_lost_does_not_post_again(fake_slack):
     state = await notifier.sync(SlackSync(channel="#incidents", status=_status(failed=True), state=SlackState()))
     assert state.message_ts == lost.message_ts and state.posted == ["end:b"]
     assert len(fake_slack.posts()) == 2, "the status message and the reply, once each"
-    _no_duplicates(fake_slack)
-
-
-SLOW_SLACK = 1.0  # seconds Slack takes to answer each post and update: longer than any step here
-GATED = """
-name: gated
-channel: "#incidents"
-steps:
-  - {id: first, action: t.ok}
-  - {id: risky, action: t.ok, impact: high}
-"""
-
-
-def _task_commands(events: list[Any]) -> list[list[Any]]:
-    """The history's events as the workflow tasks' completions made them: each task's commands,
-    from its WORKFLOW_TASK_COMPLETED to the next event no command makes."""
-    made = {"MARKER_RECORDED", "ACTIVITY_TASK_SCHEDULED", "TIMER_STARTED", "TIMER_CANCELED",
-            "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES", "WORKFLOW_PROPERTIES_MODIFIED", "ACTIVITY_TASK_CANCEL_REQUESTED",
-            "WORKFLOW_EXECUTION_UPDATE_ACCEPTED", "WORKFLOW_EXECUTION_UPDATE_COMPLETED", "WORKFLOW_EXECUTION_COMPLETED"}
-    tasks: list[list[Any]] = []
-    open_task = False
-    for event in events:
-        kind = _kind(event)
-        if kind == "WORKFLOW_TASK_COMPLETED":
-            tasks.append([])
-            open_task = True
-        elif open_task and kind in made:
-            tasks[-1].append(event)
-        else:
-            open_task = False
-    return tasks
-
-
-def _scheduled(event: Any, step_id: str) -> bool:
-    return (_kind(event) == "ACTIVITY_TASK_SCHEDULED"
-            and event.activity_task_scheduled_event_attributes.activity_type.name == "t.ok"
-            and f'"{step_id}"'.encode() in event.activity_task_scheduled_event_attributes.input.payloads[0].data)
-
-
-def _local_sync(event: Any) -> bool:
-    """A local `slack.sync`'s marker (Core writes the activity type into the marker's data)."""
-    if _kind(event) != "MARKER_RECORDED":
-        return False
-    return any(b"slack.sync" in p.data for d in event.marker_recorded_event_attributes.details.values() for p in d.payloads)
-
-
-async def test_a_slow_slack_never_holds_up_an_action_and_ends_showing_the_run_once(dev_env, fake_slack):
-    """A local activity holds its workflow task's commands until it returns: a Slack sync in the
-    task that dispatches a step would make the step wait for Slack (issue 17). The run's first
-    task dispatches `first` while Slack is told the run started; the task that takes the deciding
-    vote dispatches `risky` while Slack is told it was approved. Read from the history: in both,
-    the action is scheduled by a task that holds no local Slack sync."""
-    fake_slack.hang("chat.postMessage", SLOW_SLACK)
-    fake_slack.hang("chat.update", SLOW_SLACK)
-    rec = Recorder()
-    keyring = Keyring(b"k" * 32)
-    async with worker(dev_env.client, rec, policy(APPROVAL) + [SlackNotifier(_web(fake_slack)).sync]) as w:
-        handle = await start(dev_env.client, w, run_input(playbook(GATED), requested_by="carl"))
-        await wait_for_state(handle, lambda s: s.state == "waiting_approval", timeout=60)
-        result = await vote(dev_env.client, handle.id, VoteRequest(step_id="risky", user="dana"), Actor("dana"), keyring)
-        assert result.message == "dana approved (1/1)"
-        final = await handle.result()
-    assert final.state == "completed"
-
-    history = await handle.fetch_history()
-    tasks = _task_commands(list(history.events))
-    for step_id in ("first", "risky"):
-        [task] = [t for t in tasks if any(_scheduled(e, step_id) for e in t)]
-        assert not any(_local_sync(e) for e in task), f"{step_id}'s scheduling waited for a local Slack sync"
-    [voted] = [t for t in tasks if any(_kind(e) == "WORKFLOW_EXECUTION_UPDATE_ACCEPTED" for e in t)]
-    assert any(_scheduled(e, "risky") for e in voted), "the deciding vote's task schedules the step"
-    assert any(_local_sync(e) for t in tasks for e in t), "a sync in a task that dispatches nothing stays local"
-
-    _no_duplicates(fake_slack)
-    [message] = fake_slack.top_level(CHANNEL_ID)
-    assert "gated: completed" in message.shown(), message.shown()
-    replayer = Replayer(workflows=[PlaybookRun], data_converter=pydantic_data_converter, workflow_runner=workflow_runner())
-    assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is None
-
-
-async def test_the_approval_message_says_approved_while_the_approved_step_runs(dev_env, fake_slack):
-    """The deciding vote's sync goes beside the step's action, not after it: a long action (here
-    one that runs until the run is ended) does not keep the approval message asking for votes."""
-    fake_slack.hang("chat.update", SLOW_SLACK)
-    rec = Recorder()
-    keyring = Keyring(b"k" * 32)
-    pb = playbook('name: long\nchannel: "#incidents"\nsteps: [{id: risky, action: t.wait, impact: high}]')
-    async with worker(dev_env.client, rec, policy(APPROVAL) + [SlackNotifier(_web(fake_slack)).sync]) as w:
-        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
-        await wait_for_state(handle, lambda s: s.state == "waiting_approval", timeout=60)
-        await vote(dev_env.client, handle.id, VoteRequest(step_id="risky", user="dana"), Actor("dana"), keyring)
-        await asyncio.wait_for(rec.started.wait(), timeout=60)
-        try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 60
-            while not any("Approved by" in m.shown() for m in fake_slack.messages):
-                assert loop.time() < deadline, [m.shown() for m in fake_slack.messages]
-                await asyncio.sleep(0.1)
-            assert (await handle.query(PlaybookRun.status)).step("risky").state == "running"
-        finally:
-            await handle.terminate("the test is done")
     _no_duplicates(fake_slack)
