@@ -43,8 +43,8 @@ bench-big: $(STAMP) ## the 10,000-run memory figure (long: tens of minutes on 2 
 	$(BIN)/python -m bench.approval_rss --big
 	cat bench/results.md
 
-chaos: $(STAMP) ## the slow half of the reliability suite: big storms, long fuzzing, repeated crashes
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests/reliability
+chaos: $(STAMP) ## the slow half of the suite: big storms, long fuzzing, repeated crashes, the reload race, orphaned servers
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests
 
 mutate: $(STAMP) ## mutation testing of the engine, receiver, approvals and policy base (slow; bench/mutation.md)
 	$(BIN)/python -m pip install -q 'mutmut>=2.5,<3' 'whatthepatch>=1.0'
