@@ -54,7 +54,9 @@ from bot.audit.episodes import Episode
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.batching import GroupCommitter
 from bot.audit.backend import AuditStore
-from bot.engine.runs import RunBusy, RunError, cancel_run, is_running, lock_conflict, run_input, start_policy_input
+from bot.engine.runs import (
+    RunBusy, RunError, cancel_run, get_status, is_running, lock_conflict, run_input, start_policy_input,
+)
 from bot.engine.state import TriggerContext
 from bot.engine.workflow import PlaybookRun
 from bot.identity.principals import Actor
@@ -403,11 +405,20 @@ class AlertReceiver:
         except RunError as exc:
             if await self._running(run_id) is False:  # it ended on its own meanwhile
                 return "no_run", run_id, None
+            if exc.rule == "run_state" and await self._cancel_under_way(run_id):
+                # A concurrent delivery of the same resolve (a retry, an HA peer) cancelled it first.
+                return "cancelled", run_id, None
             # The cancel rule refused: the run goes on, and the refusal is on the record.
             return "ignored", run_id, f"cancel refused: {exc}"
         except RPCError as exc:
             raise Unavailable(f"Temporal: {exc.message}") from None
         return "cancelled", run_id, None
+
+    async def _cancel_under_way(self, run_id: str) -> bool:
+        try:
+            return (await get_status(self.deps.client, run_id)).cancelled_by is not None
+        except (RPCError, RunError):
+            return False
 
     def _remember(self, run_id: str) -> None:
         self._known[run_id] = None
