@@ -76,6 +76,23 @@ class RefusedVoters:
     unverified: int = 0
     audited: int = 0
 
+    def remember(self, user: str, verified: bool, proofless: bool, why: str, rule: str, outage: bool) -> None:
+        """A refusal by a rule: a verified principal, or one that sent no proof (for its proof-less
+        tries only), is refused by the validator from now on; an outage's deny is not held against
+        anyone; every unverified refusal counts toward UNVERIFIED_REFUSED_MAX."""
+        if (verified or proofless) and not outage:
+            self.voters[(user, verified)] = (why[:300], rule)
+        if not verified:
+            self.unverified += 1
+
+    def earlier(self, user: str, verified: bool, proofless: bool) -> tuple[str, str] | None:
+        """(why, rule) of this actor's earlier refusal, if the validator must refuse them again."""
+        return self.voters.get((user, verified)) if verified or proofless else None
+
+    def closed_to(self, verified: bool) -> bool:
+        """Past UNVERIFIED_REFUSED_MAX unverified refusals only verified actors are heard."""
+        return not verified and self.unverified >= UNVERIFIED_REFUSED_MAX
+
 
 class VoteRefused(ApplicationError):
     """`code` says what kind of refusal (refused: a rule said no; conflict: the step is not in a
@@ -185,13 +202,13 @@ class ApprovalBook:
         if book is None:
             return
         verified = self._proof_holds(request, not_before)
-        earlier = book.voters.get((request.user, verified)) if verified or request.proof is None else None
+        earlier = book.earlier(request.user, verified, request.proof is None)
         if earlier is not None:
             why, rule = earlier
             VOTES_REFUSED_EARLY.labels(rule).inc()
             raise VoteRefused(f"{request.user} was already refused on step {request.step_id!r} ({why}); nothing changed",
                               rule=rule)
-        if not verified and book.unverified >= UNVERIFIED_REFUSED_MAX:
+        if book.closed_to(verified):
             VOTES_REFUSED_EARLY.labels("unverified").inc()
             raise VoteRefused(
                 f"step {request.step_id!r} has refused {book.unverified} votes nobody vouched for; it now hears only "
@@ -219,10 +236,8 @@ class ApprovalBook:
             return True  # a conflict (decided meanwhile): on the record as before, and bounded by the step
         verified = self._verified.pop((request.step_id, request.user), False)
         book = self.refused.setdefault(request.step_id, RefusedVoters())
-        if (verified or request.proof is None) and info.get("rule") != "policy_unavailable":  # (an outage: not them)
-            book.voters[(request.user, verified)] = (exc.message[:300], str(info.get("rule") or "approver"))
-        if not verified:
-            book.unverified += 1
+        rule = str(info.get("rule") or "approver")
+        book.remember(request.user, verified, request.proof is None, exc.message, rule, rule == "policy_unavailable")
         book.audited += 1
         return book.audited <= UNVERIFIED_REFUSED_MAX + 10
 

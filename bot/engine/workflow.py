@@ -26,8 +26,8 @@ with workflow.unsafe.imports_passed_through():
     from bot.engine.admission import Admission, AdmitRequest
     from bot.engine.approvals import (
         NAME_MAX,
+        POLICY_FAILED,
         REASON_MAX,
-        UNVERIFIED_REFUSED_MAX,
         VOTE_BYTES_MAX,
         ApprovalBook,
         RefusedVoters,
@@ -104,6 +104,7 @@ SLACK_RETRY_MAX = 60.0
 SLACK_RETRIES = 8  # pending syncs tried again in a row with nothing new to show; news always syncs
 SLACK_FINAL_WAIT = timedelta(minutes=5)  # the run's end waits this long at most for Slack to catch up
 POLICY_TIMEOUT = timedelta(seconds=30)
+POLICY_RETRY = TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
 LOCK_TIMEOUT = timedelta(seconds=30)
 LOCK_ASK_AGAIN = timedelta(minutes=2)  # while queued: the request again, in case its lock was terminated
 TRACE_MAX = 5000  # entries of RunStatus.trace; past it the run goes on, untraced
@@ -122,6 +123,13 @@ def _retry(policy: RetryPolicy) -> TemporalRetryPolicy:
         maximum_interval=max(policy.max_interval, policy.initial_interval),
         maximum_attempts=policy.max_attempts,
     )
+
+
+def policy_unanswered(result_type: type[Any], exc: BaseException) -> Any:
+    """The deny a policy question gets when even asking failed (fail closed), saying why; its
+    reason begins with POLICY_FAILED, so a vote denied for it is not held against the voter."""
+    message, _ = describe_failure(exc, POLICY_RETRY.maximum_attempts)
+    return result_type(allow=False, reasons=[f"{POLICY_FAILED}: {message}"])
 
 
 def describe_failure(err: BaseException, max_attempts: int) -> tuple[str, int]:
@@ -422,10 +430,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         details = {"by": request.user, "verified": bool(verdict.user.get("verified")), "reason": request.reason}
         ending = self._status.finished or self._status.state == "compensating" or self._finishing
         if not verdict.allow:  # remembered for the validator (state only: no command changes)
-            book, verified = self._refused_cancels, details["verified"]
-            if (verified or request.proof is None) and not policy_failed(verdict):  # (an outage: ask again)
-                book.voters[(request.user, verified)] = ("; ".join(verdict.reasons)[:300], "cancel")
-            book.unverified += 0 if verified else 1
+            self._refused_cancels.remember(request.user, details["verified"], request.proof is None,
+                                           "; ".join(verdict.reasons), "cancel", policy_failed(verdict))
         if not verdict.allow or self._status.cancelled_by is not None or ending:
             reasons = verdict.reasons if not verdict.allow else ["the run is already ending"]
             message = f"{request.user} may not cancel {self._status.run_id}: " + ("; ".join(reasons) or "no reason given")
@@ -481,11 +487,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         book = self._refused_cancels
         verified = proof_holds(request.proof, "cancel", self._status.run_id, cancel_content(request.reason),
                                request.user, self._asked_since(None))
-        earlier = book.voters.get((request.user, verified)) if verified or request.proof is None else None
+        earlier = book.earlier(request.user, verified, request.proof is None)
         if earlier is not None:
             raise CancelRefused(f"{request.user} was already refused a cancel of {self._status.run_id} "
                                 f"({earlier[0]}); nothing changed", "refused", "cancel")
-        if not verified and book.unverified >= UNVERIFIED_REFUSED_MAX:
+        if book.closed_to(verified):
             raise CancelRefused(
                 f"run {self._status.run_id} has refused {book.unverified} cancels nobody vouched for; it now "
                 "hears only verified ones (Slack, the API, or the CLI with the envelope key); nothing changed",
@@ -1347,7 +1353,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 request,
                 result_type=result_type,
                 start_to_close_timeout=POLICY_TIMEOUT,
-                retry_policy=TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
+                retry_policy=POLICY_RETRY,
                 summary=f"policy {rule}",
             )
         except ActivityError as exc:
@@ -1355,8 +1361,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             self._put_back(queued)
             if isinstance(exc.cause, CancelledError):
                 raise asyncio.CancelledError() from exc  # a cancel, not a policy answer
-            message, _ = describe_failure(exc, 3)
-            return result_type(allow=False, reasons=[f"policy could not be evaluated: {message}"])
+            return policy_unanswered(result_type, exc)
         except BaseException:
             self._returned(queued)
             self._put_back(queued)
@@ -1495,15 +1500,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 request,
                 result_type=ActorAnswer,
                 start_to_close_timeout=POLICY_TIMEOUT,
-                retry_policy=TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
+                retry_policy=POLICY_RETRY,
                 summary=f"policy {rule}",
             )
         except FailureError as exc:  # a local activity's failure comes back as itself, not wrapped
             cause = exc.cause if isinstance(exc, ActivityError) else exc
             if isinstance(cause, CancelledError):
                 raise asyncio.CancelledError() from exc
-            message, _ = describe_failure(exc, 3)
-            return ActorVerdict(allow=False, reasons=[f"policy could not be evaluated: {message}"])
+            return policy_unanswered(ActorVerdict, exc)
         return answer  # (it had nothing to write: `unrecorded` is None)
 
     def _approver_doc(self, step_id: str) -> dict[str, Any]:
