@@ -179,12 +179,15 @@ async def worker_deps(
         live = worker_catalog(settings) if catalog is None else None
         known: Callable[[], Catalog] = live if live is not None else (lambda: catalog)
         http = await stack.enter_async_context(EgressClient(egress_rules(settings), resolver=resolver))
-        providers = [*make_providers(settings, http), *extra_providers]
+        slack = slack_client(settings)  # one pool of Slack connections for slack.* actions and the notifier
+        if slack is not None:
+            stack.push_async_callback(slack.aclose)
+        providers = [*make_providers(settings, http, slack), *extra_providers]
         secrets = SecretStore(settings.secrets_file)
         stack.callback(mask_secrets_with(secrets.mask))  # the worker's log lines never show a secret value
         limits = OutputLimits(settings.output_inline_max, settings.output_preview_bytes)
         actions = build_activities(providers, secrets, writer, limits)
-        notifier = SlackNotifier(slack_client(settings))
+        notifier = SlackNotifier(slack)
         admitter = Admitter(known, keys, policy, writer, foreach_max=settings.foreach_max,
                             refresh=live.reload if live is not None else None)
         activities = actions + PolicyActivities(policy, writer, keys).all() + [

@@ -36,6 +36,7 @@ from bot.settings import ConfigError, Settings
 from bot.slack.background import Background
 from bot.slack.blocks import escape, truncate
 from bot.slack.groups import GroupResolver
+from bot.slack.web import PooledWebClient
 
 log = structlog.get_logger(__name__)
 
@@ -98,10 +99,13 @@ def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
 
 
 async def drain(app: AsyncApp | None, timeout: float = 5.0) -> None:
-    """On shutdown: give queued answers and audit records a bounded time to finish."""
+    """On shutdown: give queued answers and audit records a bounded time to finish, then close
+    the Web API client's connections."""
     background = getattr(app, "playbook_background", None)
     if background is not None:
         await background.drain(timeout)
+    if app is not None and isinstance(app.client, PooledWebClient):
+        await app.client.aclose()
 
 
 def queue_error(deps: SlackDeps, error: Exception, body: Mapping[str, Any], respond: Any) -> None:

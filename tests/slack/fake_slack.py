@@ -100,6 +100,7 @@ class FakeSlack:
     messages: list[Message] = field(default_factory=list)
     views: dict[str, dict[str, Any]] = field(default_factory=dict)  # open modals by view id
     homes: dict[str, dict[str, Any]] = field(default_factory=dict)  # each user's published Home tab
+    connections: int = 0  # TCP connections clients opened (a client that keeps them alive opens few)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -219,6 +220,7 @@ class FakeSlack:
 
     def reset(self) -> None:
         with self._lock:
+            self.connections = 0
             self.calls.clear()
             self.messages.clear()
             self.views.clear()
@@ -603,6 +605,11 @@ def _params(verb: str, query: str, content_type: str, body: bytes) -> dict[str, 
 def _handler(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:  # one handler per TCP connection, however many requests it carries
+            super().setup()
+            with slack._lock:
+                slack.connections += 1
 
         def log_message(self, *args: Any) -> None:
             pass
