@@ -3,7 +3,9 @@ core.confirm step (v1.1) becomes an answer, which the workflow checks against th
 
 The workflow decides (four-eyes, one vote per user, the `approver` rule); this handler only
 says who clicked and which groups they are in. A refused vote changes nothing and is told to
-the clicker alone (via `@app.error`); an accepted one redraws the request so it shows who voted.
+the clicker alone (via `@app.error`). An accepted one is redrawn by the run itself: the vote makes
+its Slack stale and the notifier, the one writer of the run's messages, redraws the request at
+once (no read of the run here, no second chat.update that could land after a newer one).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import structlog
 from slack_bolt.async_app import AsyncApp
 
 from bot.audit.recorder import record_refusal, refusal
-from bot.engine.runs import RunError, confirm, get_status, vote
+from bot.engine.runs import RunError, confirm, vote
 from bot.engine.state import ConfirmRequest, VoteRequest
 from bot.identity import principals
 from bot.identity.principals import Actor
@@ -26,9 +28,6 @@ from bot.slack.blocks import (
     APPROVE_ACTION,
     CHOICE_ACTION_PATTERN,
     REJECT_ACTION,
-    approval_blocks,
-    approval_text,
-    decided_line,
 )
 from bot.slack.groups import GroupResolver
 
@@ -114,25 +113,8 @@ class ApprovalButtons:
                 asked = ConfirmRequest(step_id=ref.step_id, user=actor.principal, answer=str(ref.choice)[:1000])
                 answered = await confirm(self.deps.client, ref.run_id, asked, actor, self.deps.keyring)
                 log.info("slack answer recorded", answer=answered.answer)
-                await self._redraw(body, ref, 1)
                 return
             request = VoteRequest(step_id=ref.step_id, user=actor.principal, vote=choice)
             # One update; RunError: refused by the run (its validator, or the approver rule it asks), nothing changed
             result = await vote(self.deps.client, ref.run_id, request, actor, self.deps.keyring)
             log.info("slack vote recorded", vote=choice, approvals=result.approvals, needed=result.needed)
-            await self._redraw(body, ref, result.needed)
-
-    async def _redraw(self, body: dict[str, Any], ref: ButtonRef, needed: int) -> None:
-        """The request as it now stands; the notifier redraws it too, both from the run's status."""
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        ts = (body.get("message") or {}).get("ts") or (body.get("container") or {}).get("message_ts")
-        if not channel or not ts:
-            return
-        try:
-            status = await get_status(self.deps.client, ref.run_id)
-            step = status.step(ref.step_id)
-            blocks = approval_blocks(status, ref.step_id, step.decision or {}, needed)
-            text = approval_text(status, ref.step_id) if step.state == "waiting_approval" else decided_line(step)
-            await self.deps.web.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
-        except Exception as exc:  # noqa: BLE001  the vote counts; the notifier's next sync redraws it
-            log.warning("approval message not updated", error=f"{type(exc).__name__}: {exc}")

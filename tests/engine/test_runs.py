@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, Interceptor, OutboundInterceptor, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
@@ -32,6 +32,7 @@ from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring
 from bot.playbook.loader import LoadedPlaybook
 from bot.settings import Settings
+from tests.alerts.temporal_calls import TemporalCalls
 from tests.engine.support import catalog_of, playbook, wait_for_state
 from tests.http_server import serving
 from tests.slack.support import ENVELOPE_KEY, POLICY
@@ -72,31 +73,6 @@ class Target(BaseHTTPRequestHandler):
         pass
 
 
-class Calls(Interceptor):
-    """Counts what a client asks Temporal (the front door's calls)."""
-
-    def __init__(self) -> None:
-        self.made: list[str] = []
-
-    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
-        calls = self
-
-        class Counting(OutboundInterceptor):
-            async def describe_workflow(self, input: Any) -> Any:
-                calls.made.append("describe")
-                return await super().describe_workflow(input)
-
-            async def query_workflow(self, input: Any) -> Any:
-                calls.made.append(f"query {input.query}")
-                return await super().query_workflow(input)
-
-            async def start_workflow_update(self, input: Any) -> Any:
-                calls.made.append(f"update {input.update}")
-                return await super().start_workflow_update(input)
-
-        return Counting(next)
-
-
 @dataclass
 class Clicks:
     """A run of PB waiting for one approval on `risky`, the front door's counted client and keyring,
@@ -104,7 +80,7 @@ class Clicks:
 
     handle: WorkflowHandle[PlaybookRun, RunStatus]
     front_door: Client
-    calls: Calls
+    calls: TemporalCalls
     keyring: Keyring
     deps: WorkerDeps
     asked: list[dict[str, Any]] = field(default_factory=list)
@@ -116,8 +92,8 @@ async def waiting_run(dev_env: Any, tmp_path: Path, text: str = PB, step: str = 
     policies.mkdir(parents=True)
     (policies / "authz.rego").write_text(POLICY)
     settings = Settings(data_dir=tmp_path / "data", policies_dir=tmp_path / "policies", envelope_key=ENVELOPE_KEY)
-    calls = Calls()
-    front_door = Client(**{**dev_env.client.config(), "interceptors": [calls]})
+    calls = TemporalCalls()
+    front_door = calls.client(dev_env.client)
     with serving(Target) as url:
         pb = playbook(text.replace("TARGET", url))
         async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
@@ -136,7 +112,7 @@ async def waiting_run(dev_env: Any, tmp_path: Path, text: str = PB, step: str = 
                     dev_env.client, w.task_queue, loaded, {}, trigger, actor=ALICE, keyring=clicks.keyring
                 )
                 await wait_for_state(clicks.handle, lambda s: s.step(step).state == "waiting_approval", timeout=60)
-                calls.made.clear()
+                calls.clear()
                 yield clicks
 
 
@@ -159,7 +135,7 @@ async def test_the_deciding_vote_schedules_the_step_in_the_task_that_accepts_it(
         result = await runs.vote(clicks.front_door, clicks.handle.id, VoteRequest(step_id="risky", user=""), BOB,
                                  clicks.keyring)
         assert (result.approvals, result.needed) == (1, 1)
-        assert clicks.calls.made == ["update vote"], "the front door's one Temporal call"
+        assert clicks.calls.made() == [("start_workflow_update", clicks.handle.id)], "the front door's one Temporal call"
         assert [u["id"] for u in clicks.asked] == [BOB.principal], "one approver question, by the worker"
         assert clicks.asked[0]["groups"] == ["sre"] and clicks.asked[0]["verified"] is True
         status = await clicks.handle.result()
@@ -237,7 +213,7 @@ async def test_a_confirm_answer_starts_the_next_step_in_the_task_that_accepts_it
         answer = ConfirmRequest(step_id="pick", user="", answer="restart")
         result = await runs.confirm(clicks.front_door, clicks.handle.id, answer, BOB, clicks.keyring)
         assert result.answer == "restart"
-        assert clicks.calls.made == ["update confirm"]
+        assert clicks.calls.made() == [("start_workflow_update", clicks.handle.id)]
         assert [u["id"] for u in clicks.asked] == [BOB.principal]
         status = await clicks.handle.result()
     assert status.state == "completed" and Target.hits == ["/restart"]

@@ -17,6 +17,7 @@ import pytest_asyncio
 from bot.engine.runs import get_status
 from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
+from tests.alerts.temporal_calls import TemporalCalls
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.support import (
     ALICE, BOB, CAROL, CHANNEL, MALLORY, Stack, eventually, finished, principal, returns, run_status, sign, slack_stack,
@@ -257,6 +258,25 @@ async def test_approval_buttons(stack: Stack) -> None:
     request = stack.fake.message(CHANNEL, ts)
     assert request.buttons() == [], "once approved the buttons go away"
     assert f"Approved by <@{BOB}>" in request.shown(), request.shown()
+
+
+
+async def test_an_approve_click_is_one_temporal_call_and_the_run_alone_redraws_the_request(dev_env, fake_slack, tmp_path):
+    """The handler sends the vote and nothing else (it used to read the run back and redraw the
+    request itself: a query on the busy worker per click, and a second chat.update of the same
+    message that could land after the notifier's newer one)."""
+    calls = TemporalCalls()
+    async with slack_stack(dev_env.client, fake_slack, tmp_path, front_door_client=calls.client(dev_env.client)) as stack:
+        run_id, ts = await waiting_gated_run(stack)
+        calls.clear()
+        response = await stack.click(BOB, run_id, "risky", ts)
+        assert response.status_code == 200
+        final = await eventually(lambda: finished(stack, run_id), what="approved run completes")
+        assert final.state == "completed"
+        request = await eventually(lambda: returns(f"Approved by <@{BOB}>" in stack.fake.message(CHANNEL, ts).shown()
+                                                   and stack.fake.message(CHANNEL, ts)), what="request redrawn")
+        assert request.buttons() == []
+    assert calls.made() == [("start_workflow_update", run_id)]
 
 
 async def test_a_malformed_button_is_refused_to_the_clicker(stack: Stack) -> None:
