@@ -33,7 +33,7 @@ from bot.playbook.params import ParamError
 from bot.policy.engine import PolicyEngine
 from bot.server import read_limited
 from bot.settings import ConfigError, Settings
-from bot.slack.background import Background
+from bot.slack.background import AckWindow, Background
 from bot.slack.blocks import escape, truncate
 from bot.slack.groups import GroupResolver
 from bot.slack.web import PooledWebClient
@@ -194,9 +194,15 @@ def slack_router(app: AsyncApp, settings: Settings) -> APIRouter:
     verifier = SignatureVerifier(settings.slack_signing_secret.get_secret_value())
     handler = AsyncSlackRequestHandler(app)
     router = APIRouter()
+    background: Background | None = getattr(app, "playbook_background", None)
+    window = background.window if background is not None else AckWindow()
 
     @router.post("/slack/events", summary="Slack slash commands, interactivity and events (signed)")
     async def slack_events(request: Request) -> Response:
+        with window.acking():  # what was queued after other acks waits for this one
+            return await _slack_event(request)
+
+    async def _slack_event(request: Request) -> Response:
         received_at = time.monotonic()
         body = await read_limited(request, MAX_BODY)
         if body is None:

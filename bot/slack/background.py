@@ -5,13 +5,15 @@ run, so they are queued and the request is acked. A response_url that hangs or f
 API error or an audit store that is down then costs one lane's worker a bounded time (the
 job's timeout), never another request its ack: the HTTP handler only ever does `put_nowait`.
 A full queue drops the job with an error log (a flood must not grow memory without bound).
+While other requests still wait for their ack, queued jobs wait too (bounded): see AckWindow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 
 import structlog
 
@@ -20,15 +22,56 @@ log = structlog.get_logger(__name__)
 Job = Callable[[], Awaitable[None]]
 
 
-class Lane:
-    """`workers` tasks running queued jobs one at a time each, each job cut at `timeout` seconds."""
+class AckWindow:
+    """The requests still waiting for their ack. Jobs queued after an ack wait until none is
+    (or until `max_wait` seconds after they were queued, so a steady stream of requests cannot
+    starve them): in a burst of commands, the first ones' answers and audit records would
+    otherwise take the event loop from the later ones' acks."""
 
-    def __init__(self, name: str, *, workers: int = 4, size: int = 1000, timeout: float = 10.0) -> None:
+    def __init__(self, max_wait: float = 2.0) -> None:
+        self.max_wait = max_wait
+        self._open = 0
+        self._idle: asyncio.Event | None = None
+
+    @contextlib.contextmanager
+    def acking(self) -> Iterator[None]:
+        """Around one request, from its arrival to its ack."""
+        self._open += 1
+        if self._idle is not None:
+            self._idle.clear()
+        try:
+            yield
+        finally:
+            self._open -= 1
+            if not self._open and self._idle is not None:
+                self._idle.set()
+
+    @property
+    def open(self) -> int:
+        return self._open
+
+    async def passed(self, queued_at: float) -> None:
+        """Wait until no request waits for its ack, or `max_wait` after `queued_at`."""
+        if not self._open:
+            return
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), max(0.0, queued_at + self.max_wait - time.monotonic()))
+
+
+class Lane:
+    """`workers` tasks running queued jobs one at a time each, each job cut at `timeout` seconds;
+    a job starts once `window` has no request waiting for its ack (bounded)."""
+
+    def __init__(self, name: str, *, workers: int = 4, size: int = 1000, timeout: float = 10.0,
+                 window: AckWindow | None = None) -> None:
         self.name = name
         self.timeout = timeout
+        self.window = window or AckWindow()
         self._workers = workers
         self._size = size
-        self._queue: asyncio.Queue[tuple[str, Job]] | None = None
+        self._queue: asyncio.Queue[tuple[str, Job, float]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending = 0
         self.failed = 0  # jobs that raised or timed out (logged each time)
@@ -40,7 +83,7 @@ class Lane:
             self._queue = asyncio.Queue(self._size)
             self._tasks = [asyncio.create_task(self._work(), name=f"slack-{self.name}-{i}") for i in range(self._workers)]
         try:
-            self._queue.put_nowait((what, job))
+            self._queue.put_nowait((what, job, time.monotonic()))
             self._pending += 1
         except asyncio.QueueFull:
             self.dropped += 1
@@ -51,8 +94,9 @@ class Lane:
     async def _work(self) -> None:
         assert self._queue is not None
         while True:
-            what, job = await self._queue.get()
+            what, job, queued_at = await self._queue.get()
             try:
+                await self.window.passed(queued_at)
                 await asyncio.wait_for(job(), self.timeout)
             except asyncio.TimeoutError:
                 self.failed += 1
@@ -92,8 +136,9 @@ class Background:
     ANSWER_WORKERS = 32
 
     def __init__(self, *, answer_timeout: float = 10.0, record_timeout: float = 30.0) -> None:
-        self.answers = Lane("answers", workers=self.ANSWER_WORKERS, timeout=answer_timeout)
-        self.records = Lane("records", workers=2, timeout=record_timeout)
+        self.window = AckWindow()  # the router counts requests in it; both lanes wait for it
+        self.answers = Lane("answers", workers=self.ANSWER_WORKERS, timeout=answer_timeout, window=self.window)
+        self.records = Lane("records", workers=2, timeout=record_timeout, window=self.window)
 
     async def drain(self, timeout: float = 5.0) -> None:
         await asyncio.gather(self.records.drain(timeout), self.answers.drain(timeout))

@@ -10,7 +10,7 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from bot.slack.background import Background, Lane
+from bot.slack.background import AckWindow, Background, Lane
 from bot.slack.groups import GroupResolver
 
 
@@ -57,6 +57,35 @@ async def test_twenty_hanging_answers_do_not_hold_back_the_next_users_answer() -
     finally:
         release.set()
         await background.drain(timeout=5)
+
+
+
+async def test_queued_jobs_wait_while_requests_wait_for_their_ack_and_no_longer_than_max_wait() -> None:
+    """A burst: the first command's answer is queued while the others are still being acked; it
+    goes once the last of them is, not in between (bounded, so a steady stream cannot starve it)."""
+    window = AckWindow(max_wait=5.0)
+    lane = Lane("answers", workers=2, window=window)
+    ran: list[tuple[str, int]] = []
+
+    async def answer() -> None:
+        ran.append(("answer", window.open))
+
+    with window.acking():
+        with window.acking():
+            lane.submit("first answer", answer)
+            await asyncio.sleep(0.2)
+            assert ran == [], "an answer ran while two requests waited for their ack"
+        await asyncio.sleep(0.1)
+        assert ran == []
+    await asyncio.sleep(0.1)
+    assert ran == [("answer", 0)]
+
+    window.max_wait = 0.3  # requests never stop coming: the job goes after max_wait anyway
+    with window.acking():
+        lane.submit("second answer", answer)
+        await asyncio.sleep(1.0)
+        assert ran[-1] == ("answer", 1)
+    await lane.drain(timeout=5)
 
 
 async def test_submit_never_waits_and_a_full_queue_drops_with_an_error() -> None:
