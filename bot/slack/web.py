@@ -35,8 +35,10 @@ class PooledWebClient(AsyncWebClient):
             return None
         held = self._sessions.get(loop)
         if held is None or held.closed:
-            # What slack_sdk gives the session it opens per call: the client's timeout, per request.
-            held = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            # As slack_sdk's session per call: the client's timeout per request, and no cookie
+            # carried from one call to the next (a session keeps what a response sets, by default).
+            held = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                         cookie_jar=aiohttp.DummyCookieJar())
             self._sessions[loop] = held
         return held
 

@@ -4,7 +4,9 @@ connection, on slack.com a TCP and TLS handshake, for every call it is not hande
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+from http.server import BaseHTTPRequestHandler
 
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 
@@ -12,6 +14,7 @@ from bot.actions.catalog import slack_client
 from bot.settings import Settings
 from bot.slack.notifier import SlackNotifier
 from bot.slack.web import PooledWebClient
+from tests.http_server import serving
 from tests.slack.fake_slack import FakeSlack
 
 CALLS = 20
@@ -68,3 +71,37 @@ def test_one_client_serves_more_than_one_event_loop(fake_slack, tmp_path):
     thread.join(timeout=30)
     asyncio.run(twice())
     assert len(fake_slack.posts()) == 6 and fake_slack.connections == 3
+
+
+class _CookieSetter(BaseHTTPRequestHandler):
+    """An API answering ok that sets a cookie, noting the Cookie header of each request."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[str | None] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        _CookieSetter.seen.append(self.headers.get("Cookie"))
+        body = json.dumps({"ok": True}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Set-Cookie", "session=from-an-earlier-answer; Path=/")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_no_cookie_is_carried_from_one_call_to_the_next():
+    """A kept session would keep what a response sets and send it with every later call, as
+    slack_sdk's session per call never did."""
+    _CookieSetter.seen = []
+    with serving(_CookieSetter) as url:
+        # a host name: aiohttp keeps no cookie from an IP address anyway
+        client = PooledWebClient(token="xoxb-test", base_url=f"{url.replace('127.0.0.1', 'localhost')}/api/")
+        for _ in range(3):
+            await client.api_call("auth.test")
+        await client.aclose()
+    assert _CookieSetter.seen == [None, None, None]
