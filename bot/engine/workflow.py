@@ -85,13 +85,10 @@ OUTPUTS_PATCH = "outputs-v1"  # large outputs stay in the audit trail; the outpu
 # LOCAL_ACTIONS also run as local activities.
 ENGINE_V2_PATCH = "engine-v2"
 # engine-v2, and a vote's (or an answer's) `approver` check is a local activity, inside the workflow
-# task that takes the vote: the task that accepts the deciding vote also schedules the step. A run
-# from before replays its votes' checks as activities of their own.
-ENGINE_V3_PATCH = "engine-v3"
-# engine-v3, and `slack.sync` is an activity task, not a local activity: a local activity holds the
-# workflow task that started it open, so the deciding vote's answer and its step's scheduling waited
-# for Slack. A new run records this one marker; a run from before replays its syncs as local activities.
-ENGINE_PATCH = "engine-v4"
+# task that takes the vote: the task that accepts the deciding vote also schedules the step. A new
+# run records this one marker instead of engine-v2's; a run from before replays its votes' checks
+# as activities of their own.
+ENGINE_PATCH = "engine-v3"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -247,7 +244,6 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._outputs_kept = False  # outputs-v1: set first thing in run(), like _trusted
         self._local_light = False  # engine-v2: LOCAL_ACTIONS run as local activities
         self._votes_in_task = False  # engine-v3: a vote's approver check runs inside the workflow task
-        self._slack_in_task = True  # before engine-v4: slack.sync a local activity, inside the workflow task
         self._refused_cancels = RefusedVoters()  # who the cancel rule refused, for the validator (engine-v2 on)
         self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
         self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
@@ -576,14 +572,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         """Which behaviours this run has, asked first thing, before any command (see `_has`). A run
         from ENGINE_V2_PATCH on has every patch before it and records that one marker instead of five
         (each marker also upserts a search attribute: work for the server in the run's first task);
-        each engine-vN after it stands for the one before and what it added, again as one marker; an
-        older run replays asking each patch as it did."""
+        ENGINE_PATCH stands for engine-v2 and what came after it, again as one marker; an older run
+        replays asking each patch as it did."""
         if workflow.patched(ENGINE_PATCH):
-            self._slack_in_task = False
-            self._engine_v3()
-            return
-        if workflow.patched(ENGINE_V3_PATCH):
-            self._engine_v3()
+            self._votes_in_task = True
+            self._engine_v2()
             return
         if workflow.patched(ENGINE_V2_PATCH):
             self._engine_v2()
@@ -595,11 +588,6 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
         self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
         self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
-
-    def _engine_v3(self) -> None:
-        """Every behaviour engine-v3 stands for."""
-        self._votes_in_task = True
-        self._engine_v2()
 
     def _engine_v2(self) -> None:
         """Every behaviour engine-v2 stands for."""
@@ -1771,18 +1759,16 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         """One `slack.sync`, never retried from this (stale) state: the coroutine syncs again
         with the state the last sync returned, and the notifier remembers what it posted."""
         steps = self._status.all_steps()
-        sync = SlackSync(
-            channel=self._channel or "",
-            status=self._status,
-            decisions={s.id: s.decision for s in steps if s.decision and s.decision.get("require_approval")},
-            needed={s.id: self._approvals.needed(s.id) for s in steps if s.decision},
-            state=self._slack,
-        )
-        run = workflow.execute_local_activity if self._slack_in_task else workflow.execute_activity
         try:
-            self._slack = await run(
+            self._slack = await workflow.execute_local_activity(
                 "slack.sync",
-                sync,
+                SlackSync(
+                    channel=self._channel or "",
+                    status=self._status,
+                    decisions={s.id: s.decision for s in steps if s.decision and s.decision.get("require_approval")},
+                    needed={s.id: self._approvals.needed(s.id) for s in steps if s.decision},
+                    state=self._slack,
+                ),
                 result_type=SlackState,
                 start_to_close_timeout=SLACK_TIMEOUT,
                 retry_policy=TemporalRetryPolicy(maximum_attempts=attempts),

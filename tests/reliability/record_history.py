@@ -157,9 +157,6 @@ SCENARIOS: dict[str, Scenario] = {
     # Recorded by engine-v3 code: each vote's `approver` question a local activity in the workflow task
     # that takes the vote; the deciding vote's task schedules the step (issue 17.3).
     "engine-v3-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
-    # Recorded by engine-v4 code: each Slack sync an activity task (no longer a local activity that held
-    # the workflow task open, the deciding vote's answer and step scheduling with it).
-    "engine-v4-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
 }
 
 
