@@ -27,10 +27,9 @@ __all__ = ["ACTIONS", "ActionSpec", "make_providers"]
 SLACK_TIMEOUT = 30  # seconds per Web API request: slack_sdk's own default, said here
 
 
-def make_providers(settings: Settings, http: EgressClient, slack: AsyncWebClient | None = None) -> list[object]:
+def make_providers(settings: Settings, http: EgressClient) -> list[object]:
     """The provider objects whose `@action` methods the worker registers as activities; every
-    URL-taking action shares `http`, whose connections obey the egress rules; slack.* actions use
-    `slack` (default: a client of their own from the settings)."""
+    URL-taking action shares `http`, whose connections obey the egress rules."""
     kube = KubeClients(settings.kubeconfig)  # one ApiClient per context, shared by every k8s.* action
     return [
         CoreActions(),
@@ -40,20 +39,21 @@ def make_providers(settings: Settings, http: EgressClient, slack: AsyncWebClient
         PrometheusActions(http, settings.prometheus_url),
         PagerDutyActions(http, settings.pagerduty_events_url, settings.pagerduty_api_url),
         OpsgenieActions(http, settings.opsgenie_api_url),
-        SlackActions(slack if slack is not None else slack_client(settings)),
+        SlackActions(slack_client(settings)),
         KubernetesActions(kube),
         KubernetesJobActions(kube, settings.k8s_job_images),
         PlaybookActions(),  # run as child workflows: registered for validate and the schema
     ]
 
 
-def slack_client(settings: Settings, *, timeout: int = SLACK_TIMEOUT) -> PooledWebClient | None:
-    """The Web API client when a bot token is set, keeping its connections (bot/slack/web.py); it
-    retries only 429s, which Slack did not act on, so a retry can never post twice. `timeout`
-    (seconds, per request) is an argument for tests."""
+def slack_client(settings: Settings, *, timeout: int = SLACK_TIMEOUT, pooled: bool = False) -> AsyncWebClient | None:
+    """The Web API client when a bot token is set; retries only 429s, which Slack did not act on,
+    so a retry can never post twice. `pooled`: keeping its connections (the notifier's, see
+    bot/slack/web.py); otherwise a connection per call. `timeout` (seconds, per request) is an
+    argument for tests."""
     if settings.slack_bot_token is None:
         return None
-    return PooledWebClient(
+    return (PooledWebClient if pooled else AsyncWebClient)(
         token=settings.slack_bot_token.get_secret_value(),
         base_url=settings.slack_api_url or AsyncWebClient.BASE_URL,
         timeout=timeout,

@@ -38,6 +38,7 @@ from bot.playbook.reload import LiveCatalog, directory_signature
 from bot.policy.activities import PolicyActivities
 from bot.policy.engine import PolicyEngine, make_engine
 from bot.slack.notifier import SlackNotifier
+from bot.slack.web import PooledWebClient
 from bot.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -179,14 +180,14 @@ async def worker_deps(
         live = worker_catalog(settings) if catalog is None else None
         known: Callable[[], Catalog] = live if live is not None else (lambda: catalog)
         http = await stack.enter_async_context(EgressClient(egress_rules(settings), resolver=resolver))
-        slack = slack_client(settings)  # one pool of Slack connections for slack.* actions and the notifier
-        if slack is not None:
-            stack.push_async_callback(slack.aclose)
-        providers = [*make_providers(settings, http, slack), *extra_providers]
+        providers = [*make_providers(settings, http), *extra_providers]
         secrets = SecretStore(settings.secrets_file)
         stack.callback(mask_secrets_with(secrets.mask))  # the worker's log lines never show a secret value
         limits = OutputLimits(settings.output_inline_max, settings.output_preview_bytes)
         actions = build_activities(providers, secrets, writer, limits)
+        slack = slack_client(settings, pooled=True)  # the notifier keeps its connections (bot/slack/web.py)
+        if isinstance(slack, PooledWebClient):
+            stack.push_async_callback(slack.aclose)
         notifier = SlackNotifier(slack)
         admitter = Admitter(known, keys, policy, writer, foreach_max=settings.foreach_max,
                             refresh=live.reload if live is not None else None)

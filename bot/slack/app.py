@@ -36,7 +36,6 @@ from bot.settings import ConfigError, Settings
 from bot.slack.background import AckWindow, Background
 from bot.slack.blocks import escape, truncate
 from bot.slack.groups import GroupResolver
-from bot.slack.web import PooledWebClient
 
 log = structlog.get_logger(__name__)
 
@@ -99,13 +98,10 @@ def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
 
 
 async def drain(app: AsyncApp | None, timeout: float = 5.0) -> None:
-    """On shutdown: give queued answers and audit records a bounded time to finish, then close
-    the Web API client's connections."""
+    """On shutdown: give queued answers and audit records a bounded time to finish."""
     background = getattr(app, "playbook_background", None)
     if background is not None:
         await background.drain(timeout)
-    if app is not None and isinstance(app.client, PooledWebClient):
-        await app.client.aclose()
 
 
 def queue_error(deps: SlackDeps, error: Exception, body: Mapping[str, Any], respond: Any) -> None:
@@ -199,10 +195,6 @@ def slack_router(app: AsyncApp, settings: Settings) -> APIRouter:
 
     @router.post("/slack/events", summary="Slack slash commands, interactivity and events (signed)")
     async def slack_events(request: Request) -> Response:
-        with window.acking():  # what was queued after other acks waits for this one
-            return await _slack_event(request)
-
-    async def _slack_event(request: Request) -> Response:
         received_at = time.monotonic()
         body = await read_limited(request, MAX_BODY)
         if body is None:
@@ -215,7 +207,8 @@ def slack_router(app: AsyncApp, settings: Settings) -> APIRouter:
         if not readable(body, request.headers):
             return JSONResponse({"error": "not a Slack payload"}, status_code=400)
         try:
-            return await handler.handle(request, {RECEIVED_AT: received_at})
+            with window.acking():  # signed by Slack: what was queued after other acks waits for this one
+                return await handler.handle(request, {RECEIVED_AT: received_at})
         except Exception as exc:  # noqa: BLE001  Bolt failed before any handler: a payload Slack never sends
             log.warning("slack request unreadable", error=f"{type(exc).__name__}: {exc}")
             return JSONResponse({"error": "not a Slack payload"}, status_code=400)

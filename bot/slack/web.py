@@ -1,28 +1,34 @@
-"""The Slack Web API client the bot builds: slack_sdk's AsyncWebClient, keeping its connections.
+"""The notifier's Slack Web API client: slack_sdk's AsyncWebClient, keeping its connections.
 
 Handed no aiohttp session, slack_sdk opens one for every call and closes it after: a TCP and TLS
-handshake with slack.com per call, most of a call's cost on a busy worker (50 approvals at once
+handshake with slack.com per call, most of a sync's cost on a busy worker (50 approvals at once
 are a few hundred calls). This client opens one session per event loop on first use (a client
-built at startup may serve more than one loop: tests, the CLI's asyncio.run) and keeps it, so
-calls reuse connections; `aclose` closes the running loop's.
+built at startup may serve more than one loop: tests, the CLI's asyncio.run) and keeps it.
+
+Only the notifier uses it. A kept connection can be closed by the far end just as a call is
+written on it; the call then fails unsent, and nothing retries a POST. The notifier only marks
+Slack pending and its next sync posts (it never learns of a post that did not happen), but a
+`slack.post` step would fail for good ("may have posted") and a form's views.open would miss
+its trigger's 3 s: those keep slack_sdk's connection per call. Idle connections are dropped
+after KEEPALIVE seconds, well before servers and load balancers close theirs (60 s and more).
 """
 
 from __future__ import annotations
 
 import asyncio
-import weakref
 from typing import Any
 
 import aiohttp
 from slack_sdk.web.async_client import AsyncWebClient
 
+KEEPALIVE = 5.0  # seconds an idle connection is kept
+
 
 class PooledWebClient(AsyncWebClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._given: aiohttp.ClientSession | None = None
-        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
-            weakref.WeakKeyDictionary()
-        )
+        # id(loop) -> (loop, its session); sessions of loops that have closed are dropped on access
+        self._sessions: dict[int, tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]] = {}
         super().__init__(*args, **kwargs)
 
     @property  # type: ignore[override]  (slack_sdk's is a plain attribute, read at each call)
@@ -33,14 +39,20 @@ class PooledWebClient(AsyncWebClient):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return None
-        held = self._sessions.get(loop)
-        if held is None or held.closed:
-            # As slack_sdk's session per call: the client's timeout per request, and no cookie
-            # carried from one call to the next (a session keeps what a response sets, by default).
-            held = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
-                                         cookie_jar=aiohttp.DummyCookieJar())
-            self._sessions[loop] = held
-        return held
+        held = self._sessions.get(id(loop))
+        if held is None or held[0] is not loop or held[1].closed:
+            for key, (other, _) in list(self._sessions.items()):
+                if other.is_closed():
+                    del self._sessions[key]
+            # As slack_sdk's session per call: no cap on connections, the client's timeout per
+            # request, and no cookie carried from one call to the next.
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+            held = self._sessions[id(loop)] = (loop, session)
+        return held[1]
 
     @session.setter
     def session(self, value: aiohttp.ClientSession | None) -> None:
@@ -57,8 +69,8 @@ class PooledWebClient(AsyncWebClient):
     async def aclose(self) -> None:
         """Close the running loop's session (a session handed in is its owner's to close)."""
         try:
-            held = self._sessions.pop(asyncio.get_running_loop(), None)
+            held = self._sessions.pop(id(asyncio.get_running_loop()), None)
         except RuntimeError:
             return
-        if held is not None and not held.closed:
-            await held.close()
+        if held is not None and not held[1].closed:
+            await held[1].close()

@@ -8,9 +8,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
+from slack_sdk.web.async_client import AsyncWebClient
 from structlog.testing import capture_logs
 
 from bot.slack.background import AckWindow, Background, Lane
+from bot.server import Readiness, create_app
+from bot.settings import Settings
+from bot.slack.app import SlackDeps, create_slack_app, slack_router
 from bot.slack.groups import GroupResolver
 
 
@@ -165,3 +170,26 @@ async def test_votes_wait_for_the_refresh_and_a_map_past_max_stale_is_never_serv
     web.groups = {"sre": []}
     clock.now += 901
     assert await groups.handles("U0BOB", stale_ok=True) == [], "past max_stale a command waits for Slack too"
+
+
+async def test_an_unsigned_request_uploading_slowly_does_not_hold_the_answers_back(tmp_path) -> None:
+    """The router counts a request in the ack window only once Slack's signature holds: anyone who
+    can reach /slack/events could otherwise keep it open, a slow body at a time, and every queued
+    answer and audit record would wait its full max_wait."""
+    settings = Settings(data_dir=tmp_path, slack_signing_secret="s" * 32, slack_bot_token="xoxb-test",
+                        slack_api_url="http://127.0.0.1:9/api/")
+    deps = SlackDeps(None, "tq", lambda: None, None, AsyncWebClient(token="xoxb-test"))  # type: ignore[arg-type]
+    slack = create_slack_app(settings, deps)
+    app = create_app(Readiness(), [slack_router(slack, settings)])
+    seen: list[int] = []
+
+    async def slowly() -> Any:
+        yield b"command=%2Fplaybook"
+        await asyncio.sleep(0.3)
+        seen.append(deps.background.window.open)
+        yield b"&text=run"
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://front") as client:
+        response = await client.post("/slack/events", content=slowly(),
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 401 and seen == [0]

@@ -1,5 +1,7 @@
-"""The Slack Web API client keeps its connections (bot/slack/web.py): slack_sdk alone opens a
-connection, on slack.com a TCP and TLS handshake, for every call it is not handed a session for."""
+"""The notifier's Slack Web API client keeps its connections (bot/slack/web.py): slack_sdk alone
+opens a connection, on slack.com a TCP and TLS handshake, for every call it is not handed a
+session for. The other clients keep a connection per call: a kept connection the far end closes
+just as a call is written on it fails that call unsent, which a `slack.post` step cannot retry."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler
 
+from aiohttp import web
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 
 from bot.actions.catalog import slack_client
+from bot.actions.slack import SlackActions, SlackPostParams
 from bot.settings import Settings
 from bot.slack.notifier import SlackNotifier
 from bot.slack.web import PooledWebClient
@@ -22,7 +26,7 @@ CALLS = 20
 
 def _client(fake_slack: FakeSlack, tmp_path) -> PooledWebClient:
     settings = Settings(data_dir=tmp_path, slack_bot_token=fake_slack.token, slack_api_url=fake_slack.api_url)
-    client = slack_client(settings)
+    client = slack_client(settings, pooled=True)
     assert isinstance(client, PooledWebClient)
     return client
 
@@ -105,3 +109,78 @@ async def test_no_cookie_is_carried_from_one_call_to_the_next():
             await client.api_call("auth.test")
         await client.aclose()
     assert _CookieSetter.seen == [None, None, None]
+
+
+
+class _ClosesReusedConnections(BaseHTTPRequestHandler):
+    """Answers the first request on a connection and keeps it open, then drops the connection when
+    a second request comes on it, unanswered and not acted on (its idle close racing a reuse)."""
+
+    protocol_version = "HTTP/1.1"
+    acted: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if getattr(self, "_served", False):
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        self._served = True
+        _ClosesReusedConnections.acted.append(json.loads(body or b"{}").get("text", ""))
+        out = json.dumps({"ok": True, "channel": "C0INCIDENTS", "ts": "1714560000.000100"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_a_slack_post_step_never_meets_a_connection_the_server_closed(tmp_path):
+    """slack.post takes a dropped connection as "may have posted" and is not retried: on a kept
+    connection the step failed for good though Slack never saw the post (review of the pooled client)."""
+    _ClosesReusedConnections.acted = []
+    with serving(_ClosesReusedConnections) as url:
+        settings = Settings(data_dir=tmp_path, slack_bot_token="xoxb-test", slack_api_url=url + "/api/")
+        actions = SlackActions(slack_client(settings))
+        for text in ("first", "second", "third"):
+            await actions.post(SlackPostParams(channel="C0INCIDENTS", text=text), None)
+    assert _ClosesReusedConnections.acted == ["first", "second", "third"]
+
+
+async def test_a_burst_past_a_hundred_calls_is_not_held_for_connections(tmp_path):
+    """No cap on the pool's connections (aiohttp's default is 100, and the wait for one counts in
+    the call's timeout): 150 syncs' calls at once against a Slack taking a second each all land.
+    (An asyncio server here: the fake's listen backlog would hold connections back itself.)"""
+    answered: list[str] = []
+
+    async def api(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        answered.append(request.match_info["method"])
+        return web.json_response({"ok": True, "channel": "C0INCIDENTS", "ts": "1714560000.000100"})
+
+    server = web.Application()
+    server.router.add_post("/api/{method}", api)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        settings = Settings(data_dir=tmp_path, slack_bot_token="xoxb-test", slack_api_url=f"http://127.0.0.1:{port}/api/")
+        client = slack_client(settings, timeout=2, pooled=True)
+        outcomes = await asyncio.gather(*(client.chat_postMessage(channel="C0INCIDENTS", text=f"m{i}")
+                                          for i in range(150)), return_exceptions=True)
+        await client.aclose()
+    finally:
+        await runner.cleanup()
+    assert [o for o in outcomes if isinstance(o, BaseException)] == [] and len(answered) == 150
+
+
+def test_the_sessions_of_loops_that_have_closed_are_dropped(fake_slack, tmp_path):
+    client = _client(fake_slack, tmp_path)
+    for _ in range(5):
+        asyncio.run(_post(client, 1))  # never closed by its caller
+    assert len(client._sessions) == 1, "one entry: the last loop's (the others were dropped on the next use)"
