@@ -85,10 +85,14 @@ OUTPUTS_PATCH = "outputs-v1"  # large outputs stay in the audit trail; the outpu
 # LOCAL_ACTIONS also run as local activities.
 ENGINE_V2_PATCH = "engine-v2"
 # engine-v2, and a vote's (or an answer's) `approver` check is a local activity, inside the workflow
-# task that takes the vote: the task that accepts the deciding vote also schedules the step. A new
-# run records this one marker instead of engine-v2's; a run from before replays its votes' checks
-# as activities of their own.
-ENGINE_PATCH = "engine-v3"
+# task that takes the vote: the task that accepts the deciding vote also schedules the step. A run
+# from before replays its votes' checks as activities of their own.
+ENGINE_V3_PATCH = "engine-v3"
+# engine-v3, and the Slack sync (a local activity, which holds its workflow task open until Slack
+# answers) waits out of any task that dispatches a step's work, bounded by SLACK_DEFER: the deciding
+# vote's answer and its step, and each next step, no longer wait for Slack. A new run records this
+# one marker; a run from before replays syncing as it did.
+ENGINE_PATCH = "engine-v4"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -102,6 +106,7 @@ SLACK_TIMEOUT = timedelta(seconds=30)  # runs started before the audit trail rep
 SLACK_RETRY_FIRST = 2.0  # seconds before a sync that left something pending is tried again (doubling)
 SLACK_RETRY_MAX = 60.0
 SLACK_RETRIES = 8  # pending syncs tried again in a row with nothing new to show; news always syncs
+SLACK_DEFER = timedelta(seconds=1)  # engine-v4: the longest a sync waits for a task that dispatches nothing
 SLACK_FINAL_WAIT = timedelta(minutes=5)  # the run's end waits this long at most for Slack to catch up
 POLICY_TIMEOUT = timedelta(seconds=30)
 POLICY_RETRY = TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
@@ -244,6 +249,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._outputs_kept = False  # outputs-v1: set first thing in run(), like _trusted
         self._local_light = False  # engine-v2: LOCAL_ACTIONS run as local activities
         self._votes_in_task = False  # engine-v3: a vote's approver check runs inside the workflow task
+        self._slack_defers = False  # engine-v4: Slack syncs out of tasks that dispatch a step's work
+        self._acted_in = -1  # the history length of the last workflow task that dispatched a step's work
         self._refused_cancels = RefusedVoters()  # who the cancel rule refused, for the validator (engine-v2 on)
         self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
         self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
@@ -572,11 +579,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         """Which behaviours this run has, asked first thing, before any command (see `_has`). A run
         from ENGINE_V2_PATCH on has every patch before it and records that one marker instead of five
         (each marker also upserts a search attribute: work for the server in the run's first task);
-        ENGINE_PATCH stands for engine-v2 and what came after it, again as one marker; an older run
-        replays asking each patch as it did."""
+        each engine-vN after it stands for the one before and what it added, again as one marker; an
+        older run replays asking each patch as it did."""
         if workflow.patched(ENGINE_PATCH):
-            self._votes_in_task = True
-            self._engine_v2()
+            self._slack_defers = True
+            self._engine_v3()
+            return
+        if workflow.patched(ENGINE_V3_PATCH):
+            self._engine_v3()
             return
         if workflow.patched(ENGINE_V2_PATCH):
             self._engine_v2()
@@ -588,6 +598,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
         self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
         self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
+
+    def _engine_v3(self) -> None:
+        """Every behaviour engine-v3 stands for."""
+        self._votes_in_task = True
+        self._engine_v2()
 
     def _engine_v2(self) -> None:
         """Every behaviour engine-v2 stands for."""
@@ -1199,6 +1214,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             if self._local_light and action in LOCAL_ACTIONS:
                 result = await self._local_action(action, input, timeout, retry, summary)
             else:
+                self._acting()
                 result = await workflow.execute_activity(
                     action,
                     input,
@@ -1347,6 +1363,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         request = PolicyRequest(input=input, audit=[e for _, e in queued], claim=claim, proof=proof,
                                 execution=self._execution(), audit_mode=mode)
         self._handed(queued)
+        self._acting()
         try:
             result = await workflow.execute_activity(
                 f"policy.{rule}",
@@ -1746,6 +1763,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 else:
                     await workflow.wait_condition(lambda: self._slack_stale or self._slack_closing)
                     continue
+            if self._slack_defers and not self._slack_closing:
+                await self._out_of_acting_tasks()
             self._slack_stale = False
             await self._sync_slack()
             if self._slack.pending:
@@ -1754,6 +1773,24 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             else:
                 pause, retries = SLACK_RETRY_FIRST, 0
         self._slack_idle = True
+
+    def _acting(self) -> None:
+        """This workflow task dispatches a step's work (its policy question or its action)."""
+        self._acted_in = _task()
+
+    async def _out_of_acting_tasks(self) -> None:
+        """Wait for a workflow task that dispatches no step's work, or SLACK_DEFER: a sync (a local
+        activity) holds its task open until Slack answers, and with it the commands that task sends.
+        Asked once the task's other coroutines have run as far as they can (conditions are checked
+        when nothing else is ready): the step a vote or a finished step releases dispatches first."""
+        await workflow.wait_condition(lambda: True)
+        if self._acted_in != _task():
+            return
+        try:
+            await workflow.wait_condition(lambda: self._acted_in != _task() or self._slack_closing,
+                                          timeout=SLACK_DEFER)
+        except asyncio.TimeoutError:
+            pass  # steps keep coming: Slack catches up now, at most this far behind
 
     async def _sync_slack(self, attempts: int = 1) -> None:
         """One `slack.sync`, never retried from this (stale) state: the coroutine syncs again
@@ -1786,3 +1823,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     def _log(self, message: str, **fields: Any) -> None:
         workflow.logger.info(message, extra={**self._log_extra, **fields})
+
+
+def _task() -> int:
+    """The current workflow task, as the history length it started at (the same on replay)."""
+    return workflow.info().get_current_history_length()
