@@ -111,12 +111,12 @@ def _handler(api: FakeOpsgenie) -> type[BaseHTTPRequestHandler]:
                 self._send(forced, {"message": "Too many requests" if forced == 429 else "Internal error"})
                 return
             code, body, outcome = self._route(parts.path, query, headers, raw)
-            if slow:
-                time.sleep(slow)  # handled; the answer comes too late for the client
             request_id = str(uuid.uuid4())
             if outcome:  # recorded before the answer, so a client that has it can read it
                 with api.lock:
                     api.outcomes[request_id] = outcome
+            if slow:  # handled (and recorded now, not into a later test); the answer comes too late
+                time.sleep(slow)
             self._send(code, body, request_id)
 
         def _route(
