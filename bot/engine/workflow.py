@@ -89,9 +89,9 @@ ENGINE_V2_PATCH = "engine-v2"
 # from before replays its votes' checks as activities of their own.
 ENGINE_V3_PATCH = "engine-v3"
 # engine-v3, and the Slack sync (a local activity, which holds its workflow task open until Slack
-# answers) waits out of any task that dispatches a step's work, bounded by SLACK_DEFER: the deciding
-# vote's answer and its step, and each next step, no longer wait for Slack. A new run records this
-# one marker; a run from before replays syncing as it did.
+# answers) waits while the news it would show dispatches steps' work, bounded by SLACK_DEFER: the
+# deciding vote's answer and its step, and each next step, no longer wait for Slack. A new run
+# records this one marker; a run from before replays syncing as it did.
 ENGINE_PATCH = "engine-v4"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
@@ -106,7 +106,7 @@ SLACK_TIMEOUT = timedelta(seconds=30)  # runs started before the audit trail rep
 SLACK_RETRY_FIRST = 2.0  # seconds before a sync that left something pending is tried again (doubling)
 SLACK_RETRY_MAX = 60.0
 SLACK_RETRIES = 8  # pending syncs tried again in a row with nothing new to show; news always syncs
-SLACK_DEFER = timedelta(seconds=1)  # engine-v4: the longest a sync waits for a task that dispatches nothing
+SLACK_DEFER = timedelta(seconds=1)  # engine-v4: the longest a sync waits for news that dispatches nothing
 SLACK_FINAL_WAIT = timedelta(minutes=5)  # the run's end waits this long at most for Slack to catch up
 POLICY_TIMEOUT = timedelta(seconds=30)
 POLICY_RETRY = TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
@@ -249,8 +249,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._outputs_kept = False  # outputs-v1: set first thing in run(), like _trusted
         self._local_light = False  # engine-v2: LOCAL_ACTIONS run as local activities
         self._votes_in_task = False  # engine-v3: a vote's approver check runs inside the workflow task
-        self._slack_defers = False  # engine-v4: Slack syncs out of tasks that dispatch a step's work
-        self._acted_in = -1  # the history length of the last workflow task that dispatched a step's work
+        self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
+        self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
+        self._dispatch_seen = 0  # what the Slack coroutine had seen dispatched when it last synced
+        self._news = 0  # changes marked for Slack so far
         self._refused_cancels = RefusedVoters()  # who the cancel rule refused, for the validator (engine-v2 on)
         self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
         self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
@@ -1212,6 +1214,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         summary = f"{step_id}{' (undo)' if compensation else ''}{' (fallback)' if fallback else ''}"
         try:
             if self._local_light and action in LOCAL_ACTIONS:
+                self._acting()
                 result = await self._local_action(action, input, timeout, retry, summary)
             else:
                 self._acting()
@@ -1728,6 +1731,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         on this only marks Slack stale: the Slack coroutine syncs, and no caller waits for it."""
         if self._slack_beside:
             self._slack_stale = True
+            self._news += 1
             return
         if not self._channel or not self._has(SLACK_PATCH):
             return
@@ -1764,7 +1768,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                     await workflow.wait_condition(lambda: self._slack_stale or self._slack_closing)
                     continue
             if self._slack_defers and not self._slack_closing:
-                await self._out_of_acting_tasks()
+                await self._after_dispatches()
+                self._dispatch_seen = self._dispatched
             self._slack_stale = False
             await self._sync_slack()
             if self._slack.pending:
@@ -1775,22 +1780,32 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._slack_idle = True
 
     def _acting(self) -> None:
-        """This workflow task dispatches a step's work (its policy question or its action)."""
-        self._acted_in = _task()
+        """A step's work (its policy question, its action, a child run) is dispatched now."""
+        self._dispatched += 1
 
-    async def _out_of_acting_tasks(self) -> None:
-        """Wait for a workflow task that dispatches no step's work, or SLACK_DEFER: a sync (a local
-        activity) holds its task open until Slack answers, and with it the commands that task sends.
-        Asked once the task's other coroutines have run as far as they can (conditions are checked
-        when nothing else is ready): the step a vote or a finished step releases dispatches first."""
+    async def _after_dispatches(self) -> None:
+        """Wait while what Slack would show keeps dispatching steps' work, at most SLACK_DEFER (one
+        timer): a sync is a local activity, which holds its workflow task open until Slack answers,
+        and with it the commands that task sends (the deciding vote's answer, the approved step).
+        Each check comes once the other coroutines have run as far as they can (conditions are
+        checked when nothing else is ready), so the step a vote or a result releases goes first.
+        Counted by workflow state, not by workflow task: a query can split a task, and replay
+        then sees a local activity's result a task earlier."""
+        seen = self._dispatch_seen
         await workflow.wait_condition(lambda: True)
-        if self._acted_in != _task():
+        if self._dispatched == seen:
             return
+        bound = asyncio.ensure_future(asyncio.sleep(SLACK_DEFER.total_seconds()))
         try:
-            await workflow.wait_condition(lambda: self._acted_in != _task() or self._slack_closing,
-                                          timeout=SLACK_DEFER)
-        except asyncio.TimeoutError:
-            pass  # steps keep coming: Slack catches up now, at most this far behind
+            while not (self._slack_closing or bound.done()):
+                seen, news = self._dispatched, self._news
+                await workflow.wait_condition(lambda: self._news != news or self._slack_closing or bound.done())
+                await workflow.wait_condition(lambda: True)
+                if self._dispatched == seen:
+                    return  # the news dispatched nothing: Slack goes now
+        finally:
+            if not bound.done():
+                bound.cancel()
 
     async def _sync_slack(self, attempts: int = 1) -> None:
         """One `slack.sync`, never retried from this (stale) state: the coroutine syncs again
@@ -1823,8 +1838,3 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     def _log(self, message: str, **fields: Any) -> None:
         workflow.logger.info(message, extra={**self._log_extra, **fields})
-
-
-def _task() -> int:
-    """The current workflow task, as the history length it started at (the same on replay)."""
-    return workflow.info().get_current_history_length()
