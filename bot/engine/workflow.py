@@ -251,7 +251,6 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._votes_in_task = False  # engine-v3: a vote's approver check runs inside the workflow task
         self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
         self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
-        self._dispatch_seen = 0  # what the Slack coroutine had seen dispatched when it last synced
         self._news = 0  # changes marked for Slack so far
         self._refused_cancels = RefusedVoters()  # who the cancel rule refused, for the validator (engine-v2 on)
         self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
@@ -1212,12 +1211,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         )
         self._handed(queued)
         summary = f"{step_id}{' (undo)' if compensation else ''}{' (fallback)' if fallback else ''}"
+        self._acting()
         try:
             if self._local_light and action in LOCAL_ACTIONS:
-                self._acting()
                 result = await self._local_action(action, input, timeout, retry, summary)
             else:
-                self._acting()
                 result = await workflow.execute_activity(
                     action,
                     input,
@@ -1755,6 +1753,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         after a doubling pause, a few times; news always syncs. At the run's end it syncs what is
         left and stops (`_close` waits for that, bounded)."""
         pause, retries = SLACK_RETRY_FIRST, 0
+        synced_at = 0  # steps' work dispatched when the last sync began (engine-v4)
         while True:
             if not self._slack_stale:
                 if self._slack.pending and retries < SLACK_RETRIES:
@@ -1768,8 +1767,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                     await workflow.wait_condition(lambda: self._slack_stale or self._slack_closing)
                     continue
             if self._slack_defers and not self._slack_closing:
-                await self._after_dispatches()
-                self._dispatch_seen = self._dispatched
+                await self._after_dispatches(synced_at)
+                synced_at = self._dispatched
             self._slack_stale = False
             await self._sync_slack()
             if self._slack.pending:
@@ -1783,15 +1782,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         """A step's work (its policy question, its action, a child run) is dispatched now."""
         self._dispatched += 1
 
-    async def _after_dispatches(self) -> None:
+    async def _after_dispatches(self, seen: int) -> None:
         """Wait while what Slack would show keeps dispatching steps' work, at most SLACK_DEFER (one
         timer): a sync is a local activity, which holds its workflow task open until Slack answers,
         and with it the commands that task sends (the deciding vote's answer, the approved step).
         Each check comes once the other coroutines have run as far as they can (conditions are
         checked when nothing else is ready), so the step a vote or a result releases goes first.
         Counted by workflow state, not by workflow task: a query can split a task, and replay
-        then sees a local activity's result a task earlier."""
-        seen = self._dispatch_seen
+        then sees a local activity's result a task earlier. `seen`: dispatches at the last sync."""
         await workflow.wait_condition(lambda: True)
         if self._dispatched == seen:
             return

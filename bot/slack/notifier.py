@@ -32,7 +32,7 @@ from bot.engine.state import RunStatus
 from bot.metrics import SLACK_API_ERRORS
 from bot.slack.blocks import approval_blocks, decided_line, escape, status_blocks, status_text, summary_text
 from bot.slack.groups import GroupResolver
-from bot.slack.web import PooledWebClient
+from bot.slack.web import copy_of
 
 log = structlog.get_logger(__name__)
 FINAL_RETRY_PAUSES = (1.0, 3.0)  # the last sync of a run: up to three passes, these pauses between
@@ -275,16 +275,9 @@ def _run_key(run_id: str) -> str:
 
 def _without_rate_limit_retries(web: AsyncWebClient | None) -> AsyncWebClient | None:
     """The client without slack_sdk's own 429 retries, which sleep Retry-After past any
-    deadline: the notifier waits them out itself, within its budget. A copy: the caller's
-    client keeps its handlers."""
+    deadline: the notifier waits them out itself, within its budget. A copy (with the caller's
+    connections, if it keeps them): the caller's client keeps its handlers."""
     if web is None or not any(isinstance(h, AsyncRateLimitErrorRetryHandler) for h in web.retry_handlers):
         return web
-    if isinstance(web, PooledWebClient):  # the copy keeps the caller's connections
-        return web.sharing(retry_handlers=[h for h in web.retry_handlers
-                                           if not isinstance(h, AsyncRateLimitErrorRetryHandler)])
-    copy = AsyncWebClient(
-        token=web.token, base_url=web.base_url, timeout=web.timeout, ssl=web.ssl, proxy=web.proxy,
-        headers=web.headers, retry_handlers=[h for h in web.retry_handlers
-                                             if not isinstance(h, AsyncRateLimitErrorRetryHandler)],
-    )
-    return copy
+    return copy_of(web, retry_handlers=[h for h in web.retry_handlers
+                                        if not isinstance(h, AsyncRateLimitErrorRetryHandler)])

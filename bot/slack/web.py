@@ -58,14 +58,6 @@ class PooledWebClient(AsyncWebClient):
     def session(self, value: aiohttp.ClientSession | None) -> None:
         self._given = value
 
-    def sharing(self, **changes: Any) -> PooledWebClient:
-        """A copy with `changes` to its settings (retry handlers, say) that uses this one's connections."""
-        settings = {"token": self.token, "base_url": self.base_url, "timeout": self.timeout, "ssl": self.ssl,
-                    "proxy": self.proxy, "headers": self.headers, "retry_handlers": self.retry_handlers}
-        copy = PooledWebClient(**{**settings, **changes})
-        copy._given, copy._sessions = self._given, self._sessions
-        return copy
-
     async def aclose(self) -> None:
         """Close the running loop's session (a session handed in is its owner's to close)."""
         try:
@@ -74,3 +66,15 @@ class PooledWebClient(AsyncWebClient):
             return
         if held is not None and not held[1].closed:
             await held[1].close()
+
+
+def copy_of(web: AsyncWebClient, **changes: Any) -> AsyncWebClient:
+    """`web` with `changes` to its settings (retry handlers, say); a pooled client's copy uses the
+    same connections."""
+    settings = {"token": web.token, "base_url": web.base_url, "timeout": web.timeout, "ssl": web.ssl,
+                "proxy": web.proxy, "headers": web.headers, "retry_handlers": web.retry_handlers}
+    if not isinstance(web, PooledWebClient):
+        return AsyncWebClient(**{**settings, **changes})
+    copy = PooledWebClient(**{**settings, **changes})
+    copy._given, copy._sessions = web._given, web._sessions
+    return copy

@@ -77,6 +77,18 @@ def test_one_client_serves_more_than_one_event_loop(fake_slack, tmp_path):
     assert len(fake_slack.posts()) == 6 and fake_slack.connections == 3
 
 
+def _answer(handler: BaseHTTPRequestHandler, payload: dict[str, object], *headers: tuple[str, str]) -> None:
+    """A Web API answer: 200, JSON, with `headers` besides."""
+    body = json.dumps(payload).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json; charset=utf-8")
+    for name, value in headers:
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class _CookieSetter(BaseHTTPRequestHandler):
     """An API answering ok that sets a cookie, noting the Cookie header of each request."""
 
@@ -86,13 +98,7 @@ class _CookieSetter(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         _CookieSetter.seen.append(self.headers.get("Cookie"))
-        body = json.dumps({"ok": True}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Set-Cookie", "session=from-an-earlier-answer; Path=/")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _answer(self, {"ok": True}, ("Set-Cookie", "session=from-an-earlier-answer; Path=/"))
 
     def log_message(self, *args: object) -> None:
         pass
@@ -111,7 +117,6 @@ async def test_no_cookie_is_carried_from_one_call_to_the_next():
     assert _CookieSetter.seen == [None, None, None]
 
 
-
 class _ClosesReusedConnections(BaseHTTPRequestHandler):
     """Answers the first request on a connection and keeps it open, then drops the connection when
     a second request comes on it, unanswered and not acted on (its idle close racing a reuse)."""
@@ -127,12 +132,7 @@ class _ClosesReusedConnections(BaseHTTPRequestHandler):
             return
         self._served = True
         _ClosesReusedConnections.acted.append(json.loads(body or b"{}").get("text", ""))
-        out = json.dumps({"ok": True, "channel": "C0INCIDENTS", "ts": "1714560000.000100"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        _answer(self, {"ok": True, "channel": "C0INCIDENTS", "ts": "1714560000.000100"})
 
     def log_message(self, *args: object) -> None:
         pass
