@@ -11,6 +11,9 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowExecution
 
+from bot.engine.runs import RunError, get_status
+from bot.engine.state import RunStatus
+
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "condition",
                      interval: float = 0.1) -> Any:
@@ -22,6 +25,17 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached in {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+async def admitted(client: Client, run_id: str) -> RunStatus | None:
+    """The run's status once the worker admitted it, else None. A run reads `running` from its
+    first workflow task, while its admission is still on the way; the requester, as the worker
+    verified it, is filled in only once admission answered."""
+    try:
+        status = await get_status(client, run_id)
+    except RunError:  # not started yet, or no worker has answered its first query yet
+        return None
+    return status if status.state != "pending" and status.requester is not None else None
 
 
 CONTROL_PREFIX = "listing-control-"  # listings in tests leave these out

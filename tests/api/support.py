@@ -24,7 +24,6 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from bot.audit.events import EventKind, StoredEvent
 from bot.audit.store import SqliteAuditStore
 from bot.devstack import free_port
-from bot.engine.runs import RunError, get_status
 from bot.engine.state import RunStatus
 from bot.engine.worker import make_worker, worker_deps
 from bot.identity.keys import front_door_keyring
@@ -33,7 +32,7 @@ from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
 from bot.services import _Http, front_door
 from bot.settings import Settings
-from tests.waiting import eventually, is_control, settled_runs, terminate_open
+from tests.waiting import admitted, eventually, is_control, settled_runs, terminate_open
 
 ENVELOPE_KEY = "test-envelope-key-0123456789abcdef0123456789"
 NAMES = ("alice", "alice-laptop", "bob", "carol", "dave", "mallory")
@@ -167,11 +166,8 @@ class ApiStack:
         return await settled_runs(self.temporal, self.task_queue)
 
     async def status(self, run_id: str) -> RunStatus | None:
-        try:
-            status = await get_status(self.temporal, run_id)
-        except RunError:
-            return None
-        return status if status.state != "pending" else None
+        """The run's status once the worker admitted it, else None."""
+        return await admitted(self.temporal, run_id)
 
     async def step_in(self, run_id: str, step: str, state: str) -> RunStatus:
         """The run's status once `step` is in `state`."""

@@ -22,7 +22,6 @@ from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from bot.devstack import free_port
-from bot.engine.runs import RunError, get_status
 from bot.engine.state import RunStatus
 from bot.engine.worker import make_worker, worker_deps
 from bot.identity.keys import front_door_keyring
@@ -34,7 +33,7 @@ from bot.slack.app import SlackDeps, create_slack_app, slack_router
 from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack
-from tests.waiting import eventually, is_control, settled_runs, terminate_open  # noqa: F401  (eventually: for the Slack tests)
+from tests.waiting import admitted, eventually, is_control, settled_runs, terminate_open  # noqa: F401  (eventually: for the Slack tests)
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0INCIDENTS"
@@ -315,12 +314,8 @@ def text_of(answers: list[dict[str, Any]]) -> str:
 
 
 async def run_status(stack: Stack, run_id: str) -> RunStatus | None:
-    """The run's status once it has started, else None."""
-    try:
-        status = await get_status(stack.temporal, run_id)
-    except RunError:  # not started yet, or no worker has answered its first query yet
-        return None
-    return status if status.state != "pending" else None
+    """The run's status once the worker admitted it, else None."""
+    return await admitted(stack.temporal, run_id)
 
 
 async def step_state(stack: Stack, run_id: str, step: str, state: str) -> RunStatus | None:

@@ -31,8 +31,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from bot.devstack import free_port
-from bot.engine.runs import RunError, get_status
-from bot.engine.state import RunStatus
 from bot.engine.worker import make_worker, worker_deps
 from bot.playbook.loader import load_directory
 from bot.services import slack_app, socket_mode
@@ -41,7 +39,7 @@ from bot.slack.commands import slack_run_id
 from tests.reliability.test_slack_load import LatencyProxy
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.support import ALICE, CHANNEL, ENVELOPE_KEY, PLAYBOOKS, POLICY, SECRET, principal
-from tests.waiting import eventually
+from tests.waiting import admitted, eventually
 
 APP_TOKEN = "xapp-1-A0FAKE-1-0123456789abcdef"  # the app-level token Socket Mode connects with
 ACK_DEADLINE = 3.0  # seconds: Slack's deadline for acknowledging an envelope
@@ -201,7 +199,7 @@ async def test_a_slash_command_over_socket_mode_is_acked_in_time_with_its_envelo
         run_id = slack_run_id("hold", trigger)
         envelope_id, key, sent = await slack.command("run hold service=api", trigger)
         await slack.ack(envelope_id, sent)
-        status = await eventually(lambda: started(dev_env.client, run_id), what="the run started")
+        status = await eventually(lambda: admitted(dev_env.client, run_id), what="the run started")
         assert (status.trigger, status.requested_by, status.params) == (
             "slack", principal(ALICE), {"service": "api", "replicas": 2}
         )
@@ -231,17 +229,9 @@ async def test_a_slow_start_is_still_acked_in_time_and_the_run_starts(dev_env, t
                 answers = await eventually(lambda: answered(slack, key), what="the command's answer")
             assert "Started *hold*" in answers, answers
             assert "slack run start slower than the ack budget; acking first" in [e["event"] for e in logs]
-            assert await started(dev_env.client, slack_run_id("hold", trigger)) is not None
+            await eventually(lambda: admitted(dev_env.client, slack_run_id("hold", trigger)), what="the run started")
     finally:
         await proxy.close()
-
-
-async def started(client: Any, run_id: str) -> RunStatus | None:
-    try:
-        status = await get_status(client, run_id)
-    except RunError:
-        return None
-    return status if status.state != "pending" else None
 
 
 async def answered(slack: SlackSocket, key: str) -> str:
