@@ -148,6 +148,7 @@ class SubPlaybooks:
             parent=ParentLink(run_id=self._status.run_id, step_id=step.id, depth=depth, requester=requester,
                               root_run_id=self._root_run_id() or self._status.run_id),
         )
+        self._acting()  # type: ignore[attr-defined]
         try:
             handle = await workflow.start_child_workflow(
                 "PlaybookRun", child_input, id=child_id, task_queue=workflow.info().task_queue, result_type=RunStatus,

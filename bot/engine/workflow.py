@@ -85,10 +85,14 @@ OUTPUTS_PATCH = "outputs-v1"  # large outputs stay in the audit trail; the outpu
 # LOCAL_ACTIONS also run as local activities.
 ENGINE_V2_PATCH = "engine-v2"
 # engine-v2, and a vote's (or an answer's) `approver` check is a local activity, inside the workflow
-# task that takes the vote: the task that accepts the deciding vote also schedules the step. A new
-# run records this one marker instead of engine-v2's; a run from before replays its votes' checks
-# as activities of their own.
-ENGINE_PATCH = "engine-v3"
+# task that takes the vote: the task that accepts the deciding vote also schedules the step. A run
+# from before replays its votes' checks as activities of their own.
+ENGINE_V3_PATCH = "engine-v3"
+# engine-v3, and the Slack sync (a local activity, which holds its workflow task open until Slack
+# answers) waits while the news it would show dispatches steps' work, bounded by SLACK_DEFER: the
+# deciding vote's answer and its step, and each next step, no longer wait for Slack. A new run
+# records this one marker; a run from before replays syncing as it did.
+ENGINE_PATCH = "engine-v4"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -102,6 +106,7 @@ SLACK_TIMEOUT = timedelta(seconds=30)  # runs started before the audit trail rep
 SLACK_RETRY_FIRST = 2.0  # seconds before a sync that left something pending is tried again (doubling)
 SLACK_RETRY_MAX = 60.0
 SLACK_RETRIES = 8  # pending syncs tried again in a row with nothing new to show; news always syncs
+SLACK_DEFER = timedelta(seconds=1)  # engine-v4: the longest a sync waits for news that dispatches nothing
 SLACK_FINAL_WAIT = timedelta(minutes=5)  # the run's end waits this long at most for Slack to catch up
 POLICY_TIMEOUT = timedelta(seconds=30)
 POLICY_RETRY = TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
@@ -244,6 +249,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._outputs_kept = False  # outputs-v1: set first thing in run(), like _trusted
         self._local_light = False  # engine-v2: LOCAL_ACTIONS run as local activities
         self._votes_in_task = False  # engine-v3: a vote's approver check runs inside the workflow task
+        self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
+        self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
+        self._news = 0  # changes marked for Slack so far
         self._refused_cancels = RefusedVoters()  # who the cancel rule refused, for the validator (engine-v2 on)
         self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
         self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
@@ -572,11 +580,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         """Which behaviours this run has, asked first thing, before any command (see `_has`). A run
         from ENGINE_V2_PATCH on has every patch before it and records that one marker instead of five
         (each marker also upserts a search attribute: work for the server in the run's first task);
-        ENGINE_PATCH stands for engine-v2 and what came after it, again as one marker; an older run
-        replays asking each patch as it did."""
+        each engine-vN after it stands for the one before and what it added, again as one marker; an
+        older run replays asking each patch as it did."""
         if workflow.patched(ENGINE_PATCH):
-            self._votes_in_task = True
-            self._engine_v2()
+            self._slack_defers = True
+            self._engine_v3()
+            return
+        if workflow.patched(ENGINE_V3_PATCH):
+            self._engine_v3()
             return
         if workflow.patched(ENGINE_V2_PATCH):
             self._engine_v2()
@@ -588,6 +599,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
         self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
         self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
+
+    def _engine_v3(self) -> None:
+        """Every behaviour engine-v3 stands for."""
+        self._votes_in_task = True
+        self._engine_v2()
 
     def _engine_v2(self) -> None:
         """Every behaviour engine-v2 stands for."""
@@ -1195,6 +1211,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         )
         self._handed(queued)
         summary = f"{step_id}{' (undo)' if compensation else ''}{' (fallback)' if fallback else ''}"
+        self._acting()
         try:
             if self._local_light and action in LOCAL_ACTIONS:
                 result = await self._local_action(action, input, timeout, retry, summary)
@@ -1347,6 +1364,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         request = PolicyRequest(input=input, audit=[e for _, e in queued], claim=claim, proof=proof,
                                 execution=self._execution(), audit_mode=mode)
         self._handed(queued)
+        self._acting()
         try:
             result = await workflow.execute_activity(
                 f"policy.{rule}",
@@ -1711,6 +1729,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         on this only marks Slack stale: the Slack coroutine syncs, and no caller waits for it."""
         if self._slack_beside:
             self._slack_stale = True
+            self._news += 1
             return
         if not self._channel or not self._has(SLACK_PATCH):
             return
@@ -1734,6 +1753,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         after a doubling pause, a few times; news always syncs. At the run's end it syncs what is
         left and stops (`_close` waits for that, bounded)."""
         pause, retries = SLACK_RETRY_FIRST, 0
+        synced_at = 0  # steps' work dispatched when the last sync began (engine-v4)
         while True:
             if not self._slack_stale:
                 if self._slack.pending and retries < SLACK_RETRIES:
@@ -1746,6 +1766,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 else:
                     await workflow.wait_condition(lambda: self._slack_stale or self._slack_closing)
                     continue
+            if self._slack_defers and not self._slack_closing:
+                await self._after_dispatches(synced_at)
+                synced_at = self._dispatched
             self._slack_stale = False
             await self._sync_slack()
             if self._slack.pending:
@@ -1754,6 +1777,33 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             else:
                 pause, retries = SLACK_RETRY_FIRST, 0
         self._slack_idle = True
+
+    def _acting(self) -> None:
+        """A step's work (its policy question, its action, a child run) is dispatched now."""
+        self._dispatched += 1
+
+    async def _after_dispatches(self, seen: int) -> None:
+        """Wait while what Slack would show keeps dispatching steps' work, at most SLACK_DEFER (one
+        timer): a sync is a local activity, which holds its workflow task open until Slack answers,
+        and with it the commands that task sends (the deciding vote's answer, the approved step).
+        Each check comes once the other coroutines have run as far as they can (conditions are
+        checked when nothing else is ready), so the step a vote or a result releases goes first.
+        Counted by workflow state, not by workflow task: a query can split a task, and replay
+        then sees a local activity's result a task earlier. `seen`: dispatches at the last sync."""
+        await workflow.wait_condition(lambda: True)
+        if self._dispatched == seen:
+            return
+        bound = asyncio.ensure_future(asyncio.sleep(SLACK_DEFER.total_seconds()))
+        try:
+            while not (self._slack_closing or bound.done()):
+                seen, news = self._dispatched, self._news
+                await workflow.wait_condition(lambda: self._news != news or self._slack_closing or bound.done())
+                await workflow.wait_condition(lambda: True)
+                if self._dispatched == seen:
+                    return  # the news dispatched nothing: Slack goes now
+        finally:
+            if not bound.done():
+                bound.cancel()
 
     async def _sync_slack(self, attempts: int = 1) -> None:
         """One `slack.sync`, never retried from this (stale) state: the coroutine syncs again

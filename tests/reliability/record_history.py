@@ -157,6 +157,9 @@ SCENARIOS: dict[str, Scenario] = {
     # Recorded by engine-v3 code: each vote's `approver` question a local activity in the workflow task
     # that takes the vote; the deciding vote's task schedules the step (issue 17.3).
     "engine-v3-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
+    # Recorded by engine-v4 code: the Slack sync (a local activity) waits out of any workflow task
+    # that dispatches a step's work (a timer bounds the wait), so the deciding vote's task is not held.
+    "engine-v4-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
 }
 
 
