@@ -252,6 +252,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
         self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
         self._news = 0  # changes marked for Slack so far
+        self._defer_bound: asyncio.Future[None] | None = None  # the SLACK_DEFER timer running, never cancelled
         self._refused_cancels = RefusedVoters()  # who the cancel rule refused, for the validator (engine-v2 on)
         self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
         self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
@@ -1783,27 +1784,30 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._dispatched += 1
 
     async def _after_dispatches(self, seen: int) -> None:
-        """Wait while what Slack would show keeps dispatching steps' work, at most SLACK_DEFER (one
-        timer): a sync is a local activity, which holds its workflow task open until Slack answers,
-        and with it the commands that task sends (the deciding vote's answer, the approved step).
-        Each check comes once the other coroutines have run as far as they can (conditions are
-        checked when nothing else is ready), so the step a vote or a result releases goes first.
-        Counted by workflow state, not by workflow task: a query can split a task, and replay
-        then sees a local activity's result a task earlier. `seen`: dispatches at the last sync."""
+        """Wait while what Slack would show keeps dispatching steps' work, at most SLACK_DEFER: a
+        sync is a local activity, which holds its workflow task open until Slack answers, and with
+        it the commands that task sends (the deciding vote's answer, the approved step). Each check
+        comes once the other coroutines have run as far as they can (conditions are checked when
+        nothing else is ready), so the step a vote or a result releases goes first. Counted by
+        workflow state, not by workflow task: a query can split a task, and replay then sees a local
+        activity's result a task earlier. `seen`: dispatches at the last sync.
+
+        The bound is a timer that is never cancelled, shared by the waits that begin while it runs
+        (at most one per SLACK_DEFER per run): Temporal's time-skipping test server, which
+        `playbook-bot test` rehearses on, refuses a cancel of a timer that fired during the task
+        and then never gives the run another task (sdk-java #2606, #3088)."""
         await workflow.wait_condition(lambda: True)
         if self._dispatched == seen:
             return
-        bound = asyncio.ensure_future(asyncio.sleep(SLACK_DEFER.total_seconds()))
-        try:
-            while not (self._slack_closing or bound.done()):
-                seen, news = self._dispatched, self._news
-                await workflow.wait_condition(lambda: self._news != news or self._slack_closing or bound.done())
-                await workflow.wait_condition(lambda: True)
-                if self._dispatched == seen:
-                    return  # the news dispatched nothing: Slack goes now
-        finally:
-            if not bound.done():
-                bound.cancel()
+        if self._defer_bound is None or self._defer_bound.done():
+            self._defer_bound = asyncio.ensure_future(asyncio.sleep(SLACK_DEFER.total_seconds()))
+        bound = self._defer_bound
+        while not (self._slack_closing or bound.done()):
+            seen, news = self._dispatched, self._news
+            await workflow.wait_condition(lambda: self._news != news or self._slack_closing or bound.done())
+            await workflow.wait_condition(lambda: True)
+            if self._dispatched == seen:
+                return  # the news dispatched nothing: Slack goes now
 
     async def _sync_slack(self, attempts: int = 1) -> None:
         """One `slack.sync`, never retried from this (stale) state: the coroutine syncs again
