@@ -16,6 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.engine.runs import _counted, get_status, vote
 from bot.engine.state import RunStatus, StepStatus, VoteRequest
+from bot.engine.workflow import SLACK_DEFER
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring
 from bot.slack.notifier import SlackNotifier, SlackState, SlackSync
@@ -130,6 +131,13 @@ async def test_a_deciding_vote_starts_the_step_while_slack_is_slow(dev_env, fake
     waited = acting.event_time.ToDatetime() - accepted.event_time.ToDatetime()
     assert waited.total_seconds() < SLOW / 2, f"the step was scheduled {waited} after the vote"
     assert [c for c in fake_slack.calls if c.method == "chat.update"], "Slack did get the redraw, late"
+    # The wait's bound is never cancelled: the time-skipping test server that `playbook-bot test`
+    # rehearses on wedges a run whose task cancels a timer that fired during it.
+    bounds = {e.event_id for e in events if e.HasField("timer_started_event_attributes")
+              and e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta() == SLACK_DEFER}
+    assert bounds, "the sync did not wait for the vote's step"
+    assert not [e for e in events if e.HasField("timer_canceled_event_attributes")
+                and e.timer_canceled_event_attributes.started_event_id in bounds]
 
 
 
