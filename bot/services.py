@@ -13,11 +13,13 @@ from typing import Any, AsyncIterator, Callable
 import structlog
 import uvicorn
 from fastapi import APIRouter
+from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from bot.actions.catalog import slack_client
 from bot.actions.egress import announce_egress
+from bot.alerts.grafana_signing import GrafanaSigning
 from bot.alerts.receiver import GRAFANA_SENDER, OPSGENIE_SENDER, PAGERDUTY_SENDER, AlertDeps, AlertReceiver
 from bot.api.routes import ApiDeps, RunsApi
 from bot.audit.backend import AuditStore
@@ -203,7 +205,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
         announce(f"  Worker     pid {worker.pid} (`playbook-bot worker`, its lines start `worker|`; restarted if it dies)")
         announce(f"  HTTP       http://{settings.http_host}:{settings.http_port}  (/healthz, /readyz, /metrics)")
         announce(f"  Alerts     POST /alertmanager ({'bearer token set' if settings.alertmanager_token else 'no token: 401'}),"
-                 f" POST /grafana ({'bearer token set' if settings.grafana_token else 'no token: 401'})")
+                 f" POST /grafana ({_grafana_door(settings)})")
         announce(f"  Incidents  POST /pagerduty ({'signing secret set' if settings.pagerduty_webhook_secrets else 'no secret: 401'}),"
                  f" POST /opsgenie ({'bearer token set' if settings.opsgenie_token else 'no token: 401'})")
         announce(f"  API        /api/v1/runs (tokens in {settings.tokens_path}: `playbook-bot token issue NAME`)")
@@ -285,15 +287,16 @@ def front_door(
             keyring=keyring,
         )
     )
+    grafana_secrets = _secret_list(settings.grafana_hmac_secrets)
     grafana = AlertReceiver(replace(
         alerts.deps,
         token=settings.grafana_token.get_secret_value() if settings.grafana_token else None,
         sender=GRAFANA_SENDER,
+        signing=GrafanaSigning(grafana_secrets, settings.grafana_hmac_header, settings.grafana_hmac_timestamp_header)
+        if grafana_secrets else None,
     ), beside=alerts)
-    secrets = settings.pagerduty_webhook_secrets.get_secret_value() if settings.pagerduty_webhook_secrets else ""
     pagerduty = AlertReceiver(replace(
-        alerts.deps, token=None, sender=PAGERDUTY_SENDER,
-        secrets=tuple(s.strip() for s in secrets.split(",") if s.strip()),
+        alerts.deps, token=None, sender=PAGERDUTY_SENDER, secrets=_secret_list(settings.pagerduty_webhook_secrets),
     ), beside=alerts)
     opsgenie = AlertReceiver(replace(
         alerts.deps, token=settings.opsgenie_token.get_secret_value() if settings.opsgenie_token else None,
@@ -326,6 +329,19 @@ def api_tokens(settings: Settings) -> TokenStore:
         raise ConfigError(str(exc)) from None
     log.info("api tokens", path=str(store.path), count=count)
     return store
+
+
+def _secret_list(value: SecretStr | None) -> tuple[str, ...]:
+    """A comma-separated secrets setting (old and new while one is rotated) as its secrets."""
+    text = value.get_secret_value() if value else ""
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _grafana_door(settings: Settings) -> str:
+    """How POST /grafana proves its caller, as `dev` announces it."""
+    proofs = (["bearer token"] if settings.grafana_token else []) + (
+        ["HMAC signature"] if _secret_list(settings.grafana_hmac_secrets) else [])
+    return " + ".join(proofs) + " required" if proofs else "no token: 401"
 
 
 def _current(catalog: Catalog | Callable[[], Catalog]) -> Callable[[], Catalog]:

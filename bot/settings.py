@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     # Grafana Alerting's webhook contact point posts to POST /grafana with this bearer token (its
     # "Authorization header credentials"); unset: /grafana answers 401. Body limit: alertmanager_max_body.
     grafana_token: SecretStr | None = None
+    # Grafana's HMAC Signature (contact point, optional settings): its secret (comma-separated: old
+    # and new while one is rotated), the header it signs into, and its Timestamp Header if one is
+    # named there ("": none; then the signature covers the body alone and never goes stale). Set, a
+    # delivery must be signed (and carry the bearer token too if grafana_token is set).
+    grafana_hmac_secrets: SecretStr | None = None
+    grafana_hmac_header: str = Field("X-Grafana-Alerting-Signature", pattern=r"^[A-Za-z0-9-]+$")
+    grafana_hmac_timestamp_header: str = Field("", pattern=r"^[A-Za-z0-9-]*$")
     # PagerDuty V3 webhook subscriptions' signing secrets (comma-separated: old and new while one is
     # rotated); unset: POST /pagerduty answers 401. Opsgenie's webhook integration sends the custom
     # header `Authorization: Bearer <OPSGENIE_TOKEN>`; unset: POST /opsgenie answers 401.

@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from bot.engine.schedules import SPEC_MEMO, schedule_id
 from bot.engine.worker import worker_deps
-from bot.services import serve_worker
+from bot.services import _grafana_door, serve_worker
 from bot.settings import Settings
 from tests.waiting import eventually
 
@@ -88,3 +88,13 @@ async def _cron(handle: Any, wanted: str | None = None) -> str | None:
     memo = desc.schedule.action.memo[SPEC_MEMO]
     cron = str(desc.data_converter.payload_converter.from_payload(memo)["cron"])
     return cron if wanted in (None, cron) else None
+
+
+def test_dev_says_which_proofs_the_grafana_route_requires(tmp_path):
+    def door(**fields: Any) -> str:
+        return _grafana_door(Settings(data_dir=tmp_path, **fields))
+
+    assert door() == "no token: 401"
+    assert door(grafana_token="t" * 20) == "bearer token required"
+    assert door(grafana_hmac_secrets=" , ") == "no token: 401", "blank secrets are no secrets"
+    assert door(grafana_token="t" * 20, grafana_hmac_secrets="s1,s2") == "bearer token + HMAC signature required"

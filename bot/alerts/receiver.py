@@ -47,6 +47,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from bot.alerts.episodes import RouteMatch, route
+from bot.alerts.grafana_signing import GrafanaSigning
 from bot.alerts.incidents import pagerduty_signed, parse_opsgenie, parse_pagerduty, route_incident
 from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload
 from bot.audit.recorder import RefusalBudget, record_refusal, refusal
@@ -134,6 +135,8 @@ class AlertDeps:
     keyring: Keyring = field(default_factory=Keyring)
     sender: AlertSender = ALERTMANAGER_SENDER
     secrets: tuple[str, ...] = ()  # a signed sender's signing secrets (several while one is rotated)
+    # Grafana's optional HMAC signature: required when set, besides the bearer token if one is set too.
+    signing: GrafanaSigning | None = None
 
 
 class AlertReceiver:
@@ -172,7 +175,9 @@ class AlertReceiver:
         """Each alert × matching playbook gets an outcome: started, attached, already_handled,
         unmatched, rejected, busy (its concurrency key is held: on_busy refuse), resolved_cancelled, resolved_no_run or resolved_ignored."""
         authorization = request.headers.get("authorization", "")
-        if not self.sender.signed and not self._authorised(authorization):  # before reading any body
+        signing = self.deps.signing
+        token_needed = not self.sender.signed and (self.deps.token is not None or signing is None)
+        if token_needed and not self._authorised(authorization):  # before reading any body
             if self.sender.audit_refusals:
                 return await self._refuse(b"", authorization, "missing or wrong bearer token")
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
@@ -184,6 +189,8 @@ class AlertReceiver:
             if not pagerduty_signed(body, signature, self.deps.secrets):
                 why = "missing X-PagerDuty-Signature" if not signature else "X-PagerDuty-Signature does not match"
                 return await self._refuse(body, signature, f"{why} (v1=<HMAC-SHA256 of the body>)")
+        if signing is not None and (why := signing.refusal(body, request.headers)):
+            return await self._refuse(body, request.headers.get(signing.header, ""), why)
         try:
             alerts = self.sender.parse(body)
         except PayloadError as exc:

@@ -4,14 +4,18 @@ Grafana's webhook contact point posts Alertmanager's shape with `"version": "1"`
 own; the bot takes it on its own route, with its own bearer token, as the principal `grafana`, and
 from there on exactly Alertmanager's paths: one run per episode however often and wherever an
 alert is delivered, a resolve cancels the run and nothing remediates after it, a body it cannot
-read is a 400 (over the limit a 413), a wrong or missing token a 401, and never a 5xx.
+read is a 400 (over the limit a 413), a wrong or missing token a 401, and never a 5xx. With the
+contact point's HMAC Signature set, a delivery must also be signed (a 401 on record if not).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import hmac
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -29,6 +33,8 @@ from tests.reliability.test_alertmanager import MAX_BODY, assert_one_run_per_epi
 
 GRAFANA_TOKEN = "grafana-contact-point-token"
 GRAFANA_AUTH = {"Authorization": f"Bearer {GRAFANA_TOKEN}"}
+GRAFANA_HMAC, GRAFANA_HMAC_OLD = "grafana-hmac-secret-5f0c2a", "grafana-hmac-secret-before-rotation"
+STAMP_HEADER = "X-Grafana-Alerting-Timestamp"  # the contact point's Timestamp Header (Grafana has no default)
 
 # Holds (sleeps) before it remediates: a resolve must cancel it there, and `fix` must never run.
 MEMORY = """
@@ -294,3 +300,61 @@ async def test_bad_grafana_bodies_are_a_4xx_that_records_and_starts_nothing(stac
     assert [e for e in stack.audit.events() if e.kind.value.startswith("alert_")] == []
     assert {w.id for w in await stack.settled_runs()} == runs_before
     assert not stack.server_errors()
+
+
+def hmac_headers(raw: bytes, stamp: int | None, secret: str = GRAFANA_HMAC) -> dict[str, str]:
+    """What Grafana's HMAC round tripper adds: the hex HMAC-SHA256 of the body, or of
+    `<unix seconds>:<body>` with the time in the timestamp header when one is named."""
+    signed = raw if stamp is None else f"{stamp}:".encode() + raw
+    headers = {"X-Grafana-Alerting-Signature": hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()}
+    return headers if stamp is None else {**headers, STAMP_HEADER: str(stamp)}
+
+
+def access_refused(stack: BotStack) -> list[Any]:
+    return [e for e in stack.audit.events() if e.kind.value == "access_refused"]
+
+
+async def test_with_hmac_set_a_delivery_needs_the_token_and_a_fresh_signature_and_refusals_are_on_record(
+        dev_env, tmp_path):
+    """Attack: whoever holds the bearer token (it sits in Grafana's contact point, and in front of
+    any proxy that logs headers) forges an alert, or replays a captured signed one an hour later.
+    With the HMAC secret set, neither starts anything, and each refusal is recorded."""
+    async with bot_stack(dev_env.client, tmp_path, PLAYBOOKS, grafana_token=GRAFANA_TOKEN,
+                         grafana_hmac_secrets=f"{GRAFANA_HMAC}, {GRAFANA_HMAC_OLD}",
+                         grafana_hmac_timestamp_header=STAMP_HEADER) as s:
+        raw = json.dumps(grafana_body(zones(1))).encode()
+        now = int(time.time())
+        forged = [
+            ({}, "missing X-Grafana-Alerting-Signature"),
+            (hmac_headers(raw, now, secret="guessed"), "does not match"),
+            (hmac_headers(raw, now - 3600), "old"),  # captured, replayed an hour later
+            ({**hmac_headers(raw, now), "X-Grafana-Alerting-Signature": hmac_headers(b"{}", now)[
+                "X-Grafana-Alerting-Signature"]}, "does not match"),  # a signature lifted from another body
+            ({"X-Grafana-Alerting-Signature": hmac_headers(raw, None)["X-Grafana-Alerting-Signature"]},
+             f"missing {STAMP_HEADER}"),
+        ]
+        for headers, why in forged:
+            answer = await s.http.post(f"{s.url}/grafana", content=raw, headers={**GRAFANA_AUTH, **headers})
+            assert answer.status_code == 401 and why in answer.json()["error"], (why, answer.text)
+        unsent = await s.http.post(f"{s.url}/grafana", content=raw, headers=hmac_headers(raw, now))
+        assert unsent.status_code == 401 and "token" in unsent.json()["error"], "the token is still required"
+        assert len(access_refused(s)) == len(forged), [e.details for e in access_refused(s)]
+        assert await s.settled_runs() == [], "a refused delivery starts nothing"
+
+        signed = await s.http.post(f"{s.url}/grafana", content=raw, headers={**GRAFANA_AUTH, **hmac_headers(raw, now)})
+        assert [o["outcome"] for o in signed.json()] == ["started"], signed.text
+        rotated = {**GRAFANA_AUTH, **hmac_headers(raw, now, secret=GRAFANA_HMAC_OLD)}
+        assert [o["outcome"] for o in (await s.http.post(f"{s.url}/grafana", content=raw, headers=rotated)).json()] \
+            == ["attached"], "the secret before rotation still holds"
+
+
+async def test_with_only_an_hmac_secret_a_signed_delivery_needs_no_token(dev_env, tmp_path):
+    """A contact point with HMAC and no Authorization header: the signature alone opens the route
+    (the body alone is signed: no timestamp header named)."""
+    async with bot_stack(dev_env.client, tmp_path, PLAYBOOKS, grafana_hmac_secrets=GRAFANA_HMAC) as s:
+        raw = json.dumps(grafana_body(zones(1))).encode()
+        refused = await s.http.post(f"{s.url}/grafana", content=raw, headers=GRAFANA_AUTH)
+        assert refused.status_code == 401 and "X-Grafana-Alerting-Signature" in refused.json()["error"]
+        answer = await s.http.post(f"{s.url}/grafana", content=raw, headers=hmac_headers(raw, None))
+        assert [o["outcome"] for o in answer.json()] == ["started"], answer.text
+        assert len(access_refused(s)) == 1
