@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from bot.alerts.fingerprint import alert_fingerprint
 SUPPORTED_VERSION = "4"
 GRAFANA_VERSION = "1"
 _SHOWN_PROBLEMS = 3
+FINGERPRINT_MAX = 256  # characters of an alert's (or incident's) key
 MAX_EXTRA_DEPTH = 32  # an alert's unknown fields travel in the run's input, which the worker decodes
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # cheap pre-check; pairs are fine
 
@@ -50,6 +52,17 @@ class Alert(_Open):
     ends_at: AwareDatetime | None = Field(None, alias="endsAt")
     generator_url: str = Field("", alias="generatorURL")
     fingerprint: str = Field(min_length=1)
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _storable_key(cls, value: str) -> str:
+        # It keys the episode and the audit trail's event ids: a control character (PostgreSQL
+        # refuses NUL) or a huge one (index rows stop at 2704 bytes) could not be recorded.
+        if len(value) > FINGERPRINT_MAX:
+            raise ValueError(f"at most {FINGERPRINT_MAX} characters (Alertmanager's are 16)")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise ValueError("holds a control character")
+        return value
 
     @field_validator("starts_at")
     @classmethod

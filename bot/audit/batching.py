@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 
 from bot.audit.backend import AuditStore
-from bot.audit.events import AuditEvent, StoredEvent
+from bot.audit.events import AuditEvent, StoredEvent, check_storable
 from bot.metrics import observe_events
 
 log = structlog.get_logger(__name__)
@@ -65,6 +65,7 @@ class GroupCommitter:
         error (AuditUnavailable) when the batch holding these events failed."""
         if not events:
             return []
+        check_storable(events)  # refused here, alone: it would fail every caller of its batch
         return await self._queued(_Waiting(list(events), asyncio.get_running_loop().create_future()))
 
     async def call(self, fn: Callable[[Any], Any]) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -139,6 +140,31 @@ class AuditEvent(BaseModel):
             details=self.details_json(),
             prev_hash=prev_hash,
         )
+
+
+# An id field's UTF-8 bytes at most: PostgreSQL's btree index rows (event_id, and run_id with seq)
+# stop at 2704 bytes, and a longer id failed the whole transaction it rode in.
+ID_BYTES_MAX = 2048
+ID_FIELDS = ("event_id", "run_id", "step_id", "actor")
+
+
+class UnstorableEvent(ValueError):
+    """An event no store can hold: a NUL in an id field (PostgreSQL's text refuses it, SQLite's
+    takes it) or an id past ID_BYTES_MAX. Refused before any write, alike on both stores, and only
+    for its own caller: never a batch (group commit) it would have failed with it."""
+
+
+def check_storable(events: Sequence[AuditEvent]) -> None:
+    """UnstorableEvent naming the first event and field no store can hold."""
+    for event in events:
+        for name in ID_FIELDS:
+            value = getattr(event, name)
+            if value is None:
+                continue
+            if "\x00" in value:
+                raise UnstorableEvent(f"audit event {event.event_id[:80]!r}: its {name} holds a NUL character")
+            if len(value.encode("utf-8", "surrogatepass")) > ID_BYTES_MAX:
+                raise UnstorableEvent(f"audit event {event.event_id[:80]!r}: its {name} is over {ID_BYTES_MAX} bytes")
 
 
 class StoredEvent(AuditEvent):

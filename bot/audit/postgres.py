@@ -36,7 +36,7 @@ import psycopg
 
 from bot.audit.chain import FIELDS, FIRST_DUPLICATE_ID, ChainWalk
 from bot.audit.episodes import Episode
-from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, canonical_json, parse_ts
+from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, canonical_json, check_storable, parse_ts
 from bot.audit.pg_schema import APPEND_LOCK, SCHEMA_VERSION, migrate_schema, schema_version
 from bot.audit.store import AuditUnavailable, VerifyResult
 
@@ -165,9 +165,11 @@ class PostgresAuditStore:
     @_reconnecting
     def append(self, events: Sequence[AuditEvent], *, new_only: bool = False) -> list[StoredEvent]:
         """Append in the given order under the chain lock; an event_id already stored is returned
-        as stored (first write wins), so retries are harmless. `new_only`: just what was written."""
+        as stored (first write wins), so retries are harmless. `new_only`: just what was written.
+        UnstorableEvent, before anything is sent, for an event no store can hold."""
         if not events:
             return []
+        check_storable(events)
         with self._connected("append to") as conn:
             # A failure mid-transaction or mid-pipeline closes the connection (_connected): the
             # server rolls back when it goes.

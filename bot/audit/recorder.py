@@ -25,12 +25,13 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from bot.audit.events import AuditEvent, EventKind
+from bot.audit.events import AuditEvent, EventKind, UnstorableEvent
 from bot.audit.backend import AuditStore
 from bot.audit.store import AuditUnavailable
 from bot.metrics import observe_events
 
 AUDIT_UNAVAILABLE = "AuditUnavailable"
+UNSTORABLE = "UnstorableEvent"
 AuditMode = Literal["write", "try", "defer"]
 
 
@@ -110,6 +111,8 @@ class AuditWriter:
             await append_counted(self.store, events)
         except AuditUnavailable as exc:
             raise ApplicationError(f"audit store unavailable: {exc}", type=AUDIT_UNAVAILABLE) from None
+        except UnstorableEvent as exc:  # no retry can store it
+            raise ApplicationError(str(exc), type=UNSTORABLE, non_retryable=True) from None
 
     async def write_as(self, mode: AuditMode, events: Sequence[AuditEvent]) -> list[AuditEvent] | None:
         """Write as `mode` says: None when written (or nothing to write), else the events not

@@ -31,7 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 from bot.audit.episodes import Episode, decide_claim
 from bot.audit.chain import FIELDS, FIRST_DUPLICATE_ID, ChainWalk, VerifyResult
-from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, chain_hash, format_ts, parse_ts
+from bot.audit.events import (
+    GENESIS_HASH,
+    AuditEvent,
+    StoredEvent,
+    chain_hash,
+    check_storable,
+    format_ts,
+    parse_ts,
+)
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -114,9 +122,11 @@ class SqliteAuditStore:
     def append(self, events: Sequence[AuditEvent], *, new_only: bool = False) -> list[StoredEvent]:
         """Append in the given order; an event_id already stored is not written again and its
         stored event is returned instead (first write wins), so retries are harmless.
-        `new_only` returns just the events this call wrote (what metrics may count)."""
+        `new_only` returns just the events this call wrote (what metrics may count).
+        UnstorableEvent, before anything is written, for an event no store can hold."""
         if not events:
             return []
+        check_storable(events)
         stored: list[StoredEvent] = []
         with self._transaction("append to") as conn:
             head = conn.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()

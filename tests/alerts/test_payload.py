@@ -319,3 +319,20 @@ def test_grafanas_legacy_dashboard_alert_is_named_as_such() -> None:
 @pytest.mark.parametrize("raw", [b'{"version": "1", "x": NaN}', b'{"version": "1", "x": -Infinity}'])
 def test_non_json_constants_are_refused(raw: bytes) -> None:
     assert "is not a JSON value" in grafana_refused(raw)
+
+
+@pytest.mark.parametrize(("fingerprint", "expected"), [
+    ("b1f2\x00a3c4", "control character"),
+    ("b1f2\na3c4", "control character"),
+    ("\x7f", "control character"),
+    ("f" * 257, "at most 256 characters"),
+])
+def test_an_alert_key_no_audit_store_could_hold_is_refused_by_name(fingerprint: str, expected: str) -> None:
+    """The fingerprint keys the episode and the audit trail's event ids: a NUL or a huge one is a
+    400 naming it here, not a store error (PostgreSQL refused both) that failed others' writes."""
+    data = copy.deepcopy(EXAMPLE)
+    data["alerts"][1]["fingerprint"] = fingerprint
+    message = refused(data)
+    assert "alerts[1].fingerprint" in message and expected in message, message
+    data["alerts"][1]["fingerprint"] = "f" * 256
+    assert parse_payload(body(data)).alerts[1].fingerprint == "f" * 256

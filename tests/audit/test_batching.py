@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bot.audit.batching import GroupCommitter
-from bot.audit.events import AuditEvent, EventKind, StoredEvent
+from bot.audit.events import ID_BYTES_MAX, AuditEvent, EventKind, StoredEvent, UnstorableEvent
 from bot.audit.store import AuditUnavailable
 
 WAIT = 60  # generous: a loaded machine
@@ -183,3 +183,29 @@ async def test_a_failing_call_in_a_group_is_rolled_back_alone(db) -> None:
         assert store.verify().ok
         # the store is whole afterwards: a direct write works
         assert store.claim_episode("half").claimed
+
+
+async def test_an_event_no_store_can_hold_fails_its_own_caller_and_never_its_batch(store: Any) -> None:
+    """Attack: an alert key with a NUL, or of 3,000 random bytes, reached an event id. PostgreSQL
+    refused it (SQLite took it), failing the whole group transaction it rode in, as "unavailable":
+    every concurrent delivery got a 503 for as long as the poisoned one was retried. Both stores
+    now refuse it alike, before any write, and only its own caller hears of it."""
+    poisons = [
+        [AuditEvent(**{**events("nul")[0].model_dump(), "event_id": "alert:a\x00b:received"})],
+        [AuditEvent(**{**events("long")[0].model_dump(), "run_id": "r" + "\u00e9" * ID_BYTES_MAX})],
+        [AuditEvent(**{**events("actor")[0].model_dump(), "actor": "alertmanager\x00"})],
+    ]
+    committer = GroupCommitter(store)
+    callers = [f"ok{i}" for i in range(6)]
+    answers = await asyncio.gather(*(committer.append(events(c)) for c in callers[:3]),
+                                   *(committer.append(p) for p in poisons),
+                                   *(committer.append(events(c)) for c in callers[3:]), return_exceptions=True)
+    refused = answers[3:6]
+    assert all(isinstance(a, UnstorableEvent) for a in refused), refused
+    assert "NUL" in str(refused[0]) and f"over {ID_BYTES_MAX} bytes" in str(refused[1]) and "actor" in str(refused[2])
+    assert not [a for a in answers[:3] + answers[6:] if isinstance(a, BaseException)], answers
+    assert sorted({e.run_id for e in store.events()}) == callers and store.verify().ok
+    for poison in poisons:  # the store itself refuses it too, alike on both backends, writing nothing
+        with pytest.raises(UnstorableEvent):
+            store.append(poison)
+    assert len(store.events()) == 2 * len(callers)
