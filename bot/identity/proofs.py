@@ -6,7 +6,9 @@ token, the webhook token) and signs a proof of it with a key only front doors an
 (PLAYBOOK_BOT_ENVELOPE_KEY, an HMAC-SHA256 key). The worker re-checks the proof before it acts;
 without one, the principal is unverified and its groups are dropped. A proof is bound to one
 operation on one run (purpose, run id and a digest of what was asked), so it cannot be replayed
-onto anything else.
+onto anything else. A vote, answer or cancel also binds the execution (the run's first execution
+run id): a run id can run again (`on_rerun: start`), and the earlier run's history, readable by
+anyone who can reach Temporal, holds its proofs.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class Proof(BaseModel):
     issued_at: datetime
     digest: str = Field(description="sha256 of the canonical JSON of what was asked.")
     key_id: str = Field(description="Which key signed it (a fingerprint, not the key).")
+    execution: str | None = Field(
+        None, description="The run's first execution run id (votes, answers, cancels); None: not bound to "
+        "one (starts and schedules, signed before any execution exists), and left out of the MAC."
+    )
     mac: str
 
     def actor(self) -> Actor:
@@ -59,6 +65,12 @@ def digest(content: Any) -> str:
 
 def key_id(key: bytes) -> str:
     return hashlib.sha256(b"playbook-bot envelope key id:" + key).hexdigest()[:12]
+
+
+def _signed_fields(proof: Proof) -> dict[str, Any]:
+    """What the MAC covers: every field but the MAC, and `execution` only when set, so a proof
+    signed before that field existed still verifies."""
+    return proof.model_dump(exclude={"mac"} if proof.execution is not None else {"mac", "execution"})
 
 
 def _mac(key: bytes, fields: dict[str, Any]) -> str:
@@ -88,12 +100,14 @@ class Keyring:
         key = self._signing or next(iter(self._keys.values()), None)
         return key_id(key) if key is not None else None
 
-    def sign(self, purpose: Purpose, run_id: str, actor: Actor, content: Any, now: datetime | None = None) -> Proof | None:
+    def sign(self, purpose: Purpose, run_id: str, actor: Actor, content: Any, now: datetime | None = None, *,
+             execution: str | None = None) -> Proof | None:
         """A proof for a verified actor; None for an unverified one or without a key (the worker
-        then treats the principal as unverified)."""
+        then treats the principal as unverified). `execution`: the run's first execution run id,
+        which a vote, answer or cancel must carry."""
         if self._signing is None or actor.verified_by is None:
             return None
-        return self._proof(self._signing, purpose, run_id, actor, content, now)
+        return self._proof(self._signing, purpose, run_id, actor, content, now, execution)
 
     def vouch(self, purpose: Purpose, run_id: str, actor: Actor, content: Any, now: datetime | None = None) -> Proof | None:
         """A proof a worker makes for itself (a schedule's runs): signed like `seal`, with the
@@ -104,8 +118,9 @@ class Keyring:
         return self._proof(key, purpose, run_id, actor, content, now)
 
     @staticmethod
-    def _proof(key: bytes, purpose: Purpose, run_id: str, actor: Actor, content: Any, now: datetime | None) -> Proof:
-        fields = {
+    def _proof(key: bytes, purpose: Purpose, run_id: str, actor: Actor, content: Any, now: datetime | None,
+               execution: str | None = None) -> Proof:
+        fields: dict[str, Any] = {
             "purpose": purpose,
             "run_id": run_id,
             "principal": actor.principal,
@@ -116,10 +131,14 @@ class Keyring:
             "digest": digest(content),
             "key_id": key_id(key),
         }
+        if execution is not None:
+            fields["execution"] = execution
         return Proof(**fields, mac=_mac(key, fields))
 
-    def check(self, proof: Proof, purpose: Purpose, run_id: str, content: Any) -> Actor:
-        """The verified actor, or ProofError saying why the proof does not hold for this operation."""
+    def check(self, proof: Proof, purpose: Purpose, run_id: str, content: Any, *, execution: str | None = None) -> Actor:
+        """The verified actor, or ProofError saying why the proof does not hold for this operation.
+        With `execution` (the run's first execution run id) the proof must be bound to it: one for
+        another execution, or bound to none, may come from an earlier run under this run id."""
         key = self._keys.get(proof.key_id)
         if key is None:
             if not self._keys:
@@ -131,8 +150,7 @@ class Keyring:
                 f"signed with an envelope key this worker does not hold (key id {proof.key_id}): "
                 "front doors and workers need the same PLAYBOOK_BOT_ENVELOPE_KEY"
             )
-        fields = proof.model_dump(exclude={"mac"})
-        if not hmac.compare_digest(_mac(key, fields), proof.mac):
+        if not hmac.compare_digest(_mac(key, _signed_fields(proof)), proof.mac):
             raise ProofError("its signature does not match: forged or altered")
         if proof.purpose != purpose:
             raise ProofError(f"it proves a {proof.purpose}, not a {purpose}")
@@ -140,6 +158,16 @@ class Keyring:
             raise ProofError(f"it was issued for run {proof.run_id!r}, not this one")
         if proof.digest != digest(content):
             raise ProofError(f"it was issued for a different {purpose} than the one sent")
+        if execution is not None and proof.execution != execution:
+            if proof.execution is None:
+                raise ProofError(
+                    f"it is bound to no execution of run {run_id!r}, and a {purpose} must be: it may come from an "
+                    "earlier run under this run id (or from a front door older than this worker)"
+                )
+            raise ProofError(
+                f"it was issued for another execution of run {run_id!r} ({proof.execution}, not {execution}): "
+                "a proof from an earlier run under this run id"
+            )
         return proof.actor()
 
     def seal(self, label: str, content: Any) -> str:
