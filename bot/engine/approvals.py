@@ -45,14 +45,15 @@ def _keyrings() -> Iterator[Keyring]:
 
 
 def proof_holds(proof: Any, purpose: str, run_id: str, content: Any, principal: str,
-                not_before: datetime | None = None) -> bool:
+                not_before: datetime | None = None, execution: str | None = None) -> bool:
     """Whether a worker keyring of this process verifies `proof` for `principal` (issued no earlier
-    than `not_before`). For validators only: the worker's activity checks again and decides."""
+    than `not_before`, bound to `execution`). For validators only: the worker's activity checks
+    again and decides."""
     if proof is None or (not_before is not None and proof.issued_at < not_before):
         return False
     for keyring in _keyrings():
         try:
-            actor = keyring.check(proof, purpose, run_id, content)  # type: ignore[arg-type]
+            actor = keyring.check(proof, purpose, run_id, content, execution=execution)  # type: ignore[arg-type]
         except ProofError:
             continue
         if actor.principal == principal:
@@ -218,12 +219,13 @@ class ApprovalBook:
 
     def _proof_holds(self, request: Ask, not_before: datetime | None = None) -> bool:
         """Whether a worker keyring of this process verifies the vote's proof for its principal
-        (and it was issued no earlier than `not_before`: see the workflow's `_asked_since`)."""
+        (issued no earlier than `not_before`, see the workflow's `_asked_since`, for this execution)."""
         if isinstance(request, ConfirmRequest):
             purpose, content = "confirm", confirm_content(request.step_id, request.answer, request.reason)
         else:
             purpose, content = "vote", vote_content(request.step_id, request.vote, request.reason)
-        return proof_holds(request.proof, purpose, self._status.run_id, content, request.user, not_before)
+        return proof_holds(request.proof, purpose, self._status.run_id, content, request.user, not_before,
+                           self._status.execution)
 
     def refusal(self, request: Ask, exc: VoteRefused) -> bool:
         """Count a refusal the handler made and, when a rule refused the voter (not a conflict),

@@ -238,21 +238,41 @@ async def get_status(client: Client, run_id: str) -> RunStatus:
         ) from None
 
 
+async def execution_of(client: Client, run_id: str) -> str:
+    """The run's first execution run id, which a vote, answer or cancel is signed for (a run id can
+    run again): one describe. RunError for no such run, or when Temporal does not answer."""
+    try:
+        desc = await client.get_workflow_handle(run_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise RunError(f"unknown run {run_id!r}", "not_found", "unknown_run") from None
+        raise RunError(f"cannot read run {run_id!r}: {exc.message}", "unavailable") from None
+    return desc.raw_description.workflow_execution_info.first_run_id or desc.run_id
+
+
+def pinned(client: Client, run_id: str, execution: str) -> WorkflowHandle[Any, Any]:
+    """The run's handle for one execution: Temporal itself refuses an update meant for an earlier
+    run under this run id."""
+    return client.get_workflow_handle(run_id, first_execution_run_id=execution)
+
+
 async def cancel_run(
-    client: Client, run_id: str, actor: Actor, keyring: Keyring, reason: str = ""
+    client: Client, run_id: str, actor: Actor, keyring: Keyring, reason: str = "", *, execution: str | None = None
 ) -> tuple[RunStatus, CancelResult]:
     """Ask the run to cancel on the actor's behalf: the worker asks the `cancel` rule and records
-    the canceller. Refused: RunError naming the rule's reasons, and the run goes on as it was."""
+    the canceller. Refused: RunError naming the rule's reasons, and the run goes on as it was.
+    The proof is signed for `execution` (default: the one the run's status names)."""
     status = await get_status(client, run_id)
     if status.finished:
         raise RunError(f"run {run_id!r} has already ended ({status.state})", "conflict", "run_state")
+    execution = execution or status.execution or await execution_of(client, run_id)
     request = CancelRequest(
         user=actor.principal,
         name=actor.name,
         reason=reason,
-        proof=keyring.sign("cancel", run_id, actor, cancel_content(reason)),
+        proof=keyring.sign("cancel", run_id, actor, cancel_content(reason), execution=execution),
     )
-    handle = client.get_workflow_handle(run_id)
+    handle = pinned(client, run_id, execution)
     try:
         result = await handle.execute_update(PlaybookRun.cancel, request, rpc_timeout=timedelta(seconds=30))
     except WorkflowUpdateFailedError as exc:
@@ -270,45 +290,55 @@ async def cancel_run(
     return status, result
 
 
-async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, keyring: Keyring) -> VoteResult:
+async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, keyring: Keyring, *,
+               execution: str | None = None) -> VoteResult:
     """Cast a vote as `actor`: one update, its proof carrying the principal and groups as verified
-    here. The run decides: its validator refuses what it can before anything is recorded (and
-    repeats of a voter it refused), and the worker checks the proof and asks the `approver` rule,
-    once, inside the workflow task that takes the vote."""
-    proof = keyring.sign("vote", run_id, actor, vote_content(request.step_id, request.vote, request.reason))
-    return await _as_actor(client, run_id, PlaybookRun.vote, request, actor, proof, ("vote on", "vote"))
+    here and bound to `execution` (the run's first execution run id, as a Slack button carries it;
+    None: learnt with one describe first). The run decides: its validator refuses what it can
+    before anything is recorded (and repeats of a voter it refused), and the worker checks the
+    proof and asks the `approver` rule, once, inside the workflow task that takes the vote."""
+    execution = execution or await execution_of(client, run_id)
+    content = vote_content(request.step_id, request.vote, request.reason)
+    proof = keyring.sign("vote", run_id, actor, content, execution=execution)
+    return await _as_actor(client, run_id, execution, PlaybookRun.vote, request, actor, proof, ("vote on", "vote"))
 
 
 async def confirm(
-    client: Client, run_id: str, request: ConfirmRequest, actor: Actor, keyring: Keyring
+    client: Client, run_id: str, request: ConfirmRequest, actor: Actor, keyring: Keyring, *,
+    execution: str | None = None,
 ) -> ConfirmResult:
-    """Answer a core.confirm step as `actor` (its proof covers the exact answer); the workflow
-    refuses an answer outside the step's choices or input (audited), then checks it as a vote."""
-    proof = keyring.sign("confirm", run_id, actor, confirm_content(request.step_id, request.answer, request.reason))
-    return await _as_actor(client, run_id, PlaybookRun.confirm, request, actor, proof, ("answer", "answer"))
+    """Answer a core.confirm step as `actor` (its proof covers the exact answer and, as a vote's,
+    the execution); the workflow refuses an answer outside the step's choices or input (audited),
+    then checks it as a vote."""
+    execution = execution or await execution_of(client, run_id)
+    content = confirm_content(request.step_id, request.answer, request.reason)
+    proof = keyring.sign("confirm", run_id, actor, content, execution=execution)
+    return await _as_actor(client, run_id, execution, PlaybookRun.confirm, request, actor, proof, ("answer", "answer"))
 
 
 UPDATE_TIMEOUT = timedelta(seconds=30)
 
 
-async def _as_actor(client: Client, run_id: str, update: Any, request: Any, actor: Actor, proof: Any,
-                    words: tuple[str, str]) -> Any:
-    """Send a vote or an answer as `actor` with its proof; `words`: (what one does, what one sends).
-    The update is the only call on the way (no status read, no policy question first); reading
-    the run's status is left to the paths that go wrong, to say why."""
+async def _as_actor(client: Client, run_id: str, execution: str, update: Any, request: Any, actor: Actor,
+                    proof: Any, words: tuple[str, str]) -> Any:
+    """Send a vote or an answer as `actor` with its proof to the execution it was signed for;
+    `words`: (what one does, what one sends). The update is the only call on the way (no status
+    read, no policy question first); reading the run's status is left to the paths that go wrong,
+    to say why."""
     doing, sent = words
     request = request.model_copy(
         update={"user": actor.principal, "name": request.name or actor.name, "groups": list(actor.groups), "proof": proof}
     )
     try:
-        return await client.get_workflow_handle(run_id).execute_update(update, request, rpc_timeout=UPDATE_TIMEOUT)
+        return await pinned(client, run_id, execution).execute_update(update, request, rpc_timeout=UPDATE_TIMEOUT)
     except WorkflowUpdateFailedError as exc:
         refusal = _refused(exc.cause)
         if getattr(exc.cause, "type", None) != VOTE_REFUSED:  # no vote handler: is it a run at all?
             _already_ended(await _status_if_readable(client, run_id), doing)
         raise refusal from None
-    except (RPCError, RPCTimeoutOrCancelledError) as exc:  # closed, unknown, or no answer in time
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:  # closed, unknown, another execution, or no answer in time
         status = await _status_if_readable(client, run_id)
+        _another_execution(status, execution, doing)
         _already_ended(status, doing)
         counted = _counted(status, request) if status is not None else None
         if counted is not None:  # it counted; only its answer was lost on the way
@@ -327,6 +357,15 @@ async def _status_if_readable(client: Client, run_id: str) -> RunStatus | None:
         if exc.code == "unavailable":
             return None
         raise
+
+
+def _another_execution(status: RunStatus | None, execution: str, doing: str) -> None:
+    """RunError when the run id runs again: what was asked (an old Slack button) was for the earlier run."""
+    if status is not None and status.execution is not None and status.execution != execution:
+        raise RunError(
+            f"run {status.run_id!r} has run again since this was asked: the run it was for has ended, nothing to "
+            f"{doing} (look at the run's new request)", "conflict", "run_state",
+        )
 
 
 def _already_ended(status: RunStatus | None, doing: str) -> None:

@@ -196,6 +196,10 @@ class CompensationStatus(BaseModel):
 
 class RunStatus(BaseModel):
     run_id: str
+    execution: str | None = Field(
+        None, description="The run's first execution run id: votes, answers and cancels are signed for it "
+        "(a run id can run again). None: a status from a worker before this field."
+    )
     playbook: str
     playbook_hash: str
     state: RunState = "pending"

@@ -208,6 +208,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         )
         self._status = RunStatus(
             run_id=info.workflow_id,
+            execution=info.first_execution_run_id,  # what votes, answers and cancels are signed for
             playbook=pb.name,
             playbook_hash=input.playbook_hash,
             requested_by=input.trigger.requested_by,
@@ -426,7 +427,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         actor), the canceller is recorded, then the running step stops and the saga undoes."""
         claim = Claim(
             purpose="cancel", run_id=self._status.run_id, principal=request.user, name=request.name,
-            content=cancel_content(request.reason), not_before=self._asked_since(None),
+            content=cancel_content(request.reason), execution=self._status.execution,
+            not_before=self._asked_since(None),
         )
         input = self._run_input_doc()
         self._cancels_pending += 1
@@ -495,7 +497,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                                 f"{NAME_MAX}, the whole cancel with its proof {VOTE_BYTES_MAX} bytes", "invalid", "size")
         book = self._refused_cancels
         verified = proof_holds(request.proof, "cancel", self._status.run_id, cancel_content(request.reason),
-                               request.user, self._asked_since(None))
+                               request.user, self._asked_since(None), self._status.execution)
         earlier = book.earlier(request.user, verified, request.proof is None)
         if earlier is not None:
             raise CancelRefused(f"{request.user} was already refused a cancel of {self._status.run_id} "
@@ -1483,13 +1485,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             claim = Claim(
                 purpose="confirm", run_id=self._status.run_id, principal=request.user, name=request.name,
                 content=confirm_content(request.step_id, request.answer, request.reason),
-                not_before=self._asked_since(request.step_id),
+                execution=self._status.execution, not_before=self._asked_since(request.step_id),
             )
         else:
             claim = Claim(
                 purpose="vote", run_id=self._status.run_id, principal=request.user, name=request.name,
                 content=vote_content(request.step_id, request.vote, request.reason),
-                not_before=self._asked_since(request.step_id),
+                execution=self._status.execution, not_before=self._asked_since(request.step_id),
             )
         if self._votes_in_task:
             verdict: ActorVerdict = await self._ask_in_task("approver", input, claim, request.proof)
@@ -1501,7 +1503,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     def _asked_since(self, step_id: str | None) -> datetime | None:
         """The earliest a genuine proof about this step (None: the run) can have been issued: when
         it began waiting (else the run started), less the clock skew proofs are allowed. A proof
-        binds the run id, not the execution, so an older one comes from an earlier run under this id."""
+        binds the execution too (`Claim.execution`); this bound stays as defence in depth."""
         since = self._asked_at.get(step_id) if step_id is not None else None
         since = since or self._status.started_at
         return since - START_SKEW if since is not None else None

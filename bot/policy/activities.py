@@ -39,9 +39,15 @@ class Claim(BaseModel):
     principal: str
     name: str = ""
     content: dict[str, Any] = Field(default_factory=dict)
+    execution: str | None = Field(
+        None, description="The run's first execution run id, which the proof must be bound to (a proof for "
+        "another execution, or for none, may come from an earlier run under this run id). None: a claim from "
+        "a workflow task before this field."
+    )
     not_before: datetime | None = Field(
         None, description="A proof issued before this (the run started, or the step began waiting, less the "
-        "clock skew) was made for an earlier run under the same run id: proofs bind the run id, not the execution."
+        "clock skew) was made for an earlier run under the same run id. Kept beside `execution` as defence in "
+        "depth, and as the only bound of a claim made before that field."
     )
 
 
@@ -138,7 +144,7 @@ def verified_actor(keyring: Keyring, claim: Claim, proof: Proof | None) -> Actor
     principal unverified and without groups when there is no proof. ProofError for a bad one."""
     if proof is None:
         return Actor(claim.principal, claim.name)
-    actor = keyring.check(proof, claim.purpose, claim.run_id, claim.content)
+    actor = keyring.check(proof, claim.purpose, claim.run_id, claim.content, execution=claim.execution)
     if actor.principal != claim.principal:
         raise ProofError(f"it names {actor.principal}, not {claim.principal}")
     if claim.not_before is not None and proof.issued_at < claim.not_before:

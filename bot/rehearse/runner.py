@@ -38,6 +38,7 @@ from bot.engine.admission import Admitter
 from bot.engine.children import CatalogActivities
 from bot.engine.lock_workflow import KeyLock
 from bot.engine.locking import ACQUIRE_SIGNAL, LockRequest, LockState, lock_workflow_id, message_content, message_label
+from bot.engine.runs import execution_of, pinned
 from bot.engine.schedules import schedule_id
 from bot.engine.state import ConfirmRequest, RunInput, RunStatus, TriggerContext, VoteRequest
 from bot.engine.worker import make_worker
@@ -265,7 +266,7 @@ class Rehearsal:
                     if (key, address) not in sent and tree.state(address) in WAITING:
                         sent.add((key, address))
                         given[key] += 1
-                        notes += await self._give(handle, run_id, address, asks[key])
+                        notes += await self._give(run_id, address, asks[key], tree)
                 if not tree.may_still_run(key) or (given[key] and key in tree.concrete(key)):
                     asks.pop(key)  # one step given to, or nothing the key names can wait any more
             if status.finished or not (asks or case.locks.held):
@@ -293,14 +294,16 @@ class Rehearsal:
                 continue
         return Tree(status, children)
 
-    async def _give(self, handle: WorkflowHandle[Any, RunStatus], run_id: str, address: str,
-                    ask: list[VoteSpec] | ConfirmSpec) -> list[str]:
-        """Votes or an answer for one waiting step, signed as a front door signs them, sent to the
-        run that holds the step (a child run's: `<run id>.<call>`)."""
+    async def _give(self, run_id: str, address: str, ask: list[VoteSpec] | ConfirmSpec, tree: Tree) -> list[str]:
+        """Votes or an answer for one waiting step, signed as a front door signs them (for the
+        execution its status names), sent to the run that holds the step (a child run's:
+        `<run id>.<call>`)."""
         addr = parse_address(address)
+        holder = tree.run_of(addr)
         if addr.call is not None:
             run_id = f"{run_id}.{addr.call}"
-            handle = self.client.get_workflow_handle(run_id, result_type=RunStatus)
+        execution = (holder.execution if holder is not None else None) or await execution_of(self.client, run_id)
+        handle = pinned(self.client, run_id, execution)
         step = addr.path
         notes = []
         for spec in ask if isinstance(ask, list) else [ask]:
@@ -312,11 +315,13 @@ class Rehearsal:
             try:
                 if isinstance(spec, ConfirmSpec):
                     answer = spec.answer
-                    proof = self.keyring.sign("confirm", run_id, actor, confirm_content(step, answer, spec.reason), now=now)
+                    proof = self.keyring.sign("confirm", run_id, actor, confirm_content(step, answer, spec.reason), now=now,
+                                              execution=execution)
                     await handle.execute_update(PlaybookRun.confirm, ConfirmRequest(
                         step_id=step, user=spec.by, groups=list(spec.groups), answer=answer, reason=spec.reason, proof=proof))
                 else:
-                    proof = self.keyring.sign("vote", run_id, actor, vote_content(step, spec.vote, spec.reason), now=now)
+                    proof = self.keyring.sign("vote", run_id, actor, vote_content(step, spec.vote, spec.reason), now=now,
+                                              execution=execution)
                     await handle.execute_update(PlaybookRun.vote, VoteRequest(
                         step_id=step, user=spec.by, vote=spec.vote, reason=spec.reason, proof=proof))
             except WorkflowUpdateFailedError as exc:

@@ -132,8 +132,9 @@ async def _between_accepted_and_acting(handle: WorkflowHandle[Any, Any]) -> list
 async def test_the_deciding_vote_schedules_the_step_in_the_task_that_accepts_it(dev_env, tmp_path):
     Target.hits = []
     async with waiting_run(dev_env, tmp_path) as clicks:
+        # The execution the request was drawn for, as a Slack button carries it: no call to learn it.
         result = await runs.vote(clicks.front_door, clicks.handle.id, VoteRequest(step_id="risky", user=""), BOB,
-                                 clicks.keyring)
+                                 clicks.keyring, execution=clicks.handle.first_execution_run_id)
         assert (result.approvals, result.needed) == (1, 1)
         assert clicks.calls.made() == [("start_workflow_update", clicks.handle.id)], "the front door's one Temporal call"
         assert [u["id"] for u in clicks.asked] == [BOB.principal], "one approver question, by the worker"
@@ -213,7 +214,8 @@ async def test_a_confirm_answer_starts_the_next_step_in_the_task_that_accepts_it
         answer = ConfirmRequest(step_id="pick", user="", answer="restart")
         result = await runs.confirm(clicks.front_door, clicks.handle.id, answer, BOB, clicks.keyring)
         assert result.answer == "restart"
-        assert clicks.calls.made() == [("start_workflow_update", clicks.handle.id)]
+        # No execution given (the API, the CLI, an older button): one describe learns it first.
+        assert clicks.calls.made() == [("describe_workflow", clicks.handle.id), ("start_workflow_update", clicks.handle.id)]
         assert [u["id"] for u in clicks.asked] == [BOB.principal]
         status = await clicks.handle.result()
     assert status.state == "completed" and Target.hits == ["/restart"]

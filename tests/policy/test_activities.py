@@ -9,7 +9,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from bot.policy.activities import PolicyActivities, PolicyRequest
+from bot.identity.principals import Actor
+from bot.identity.proofs import Keyring, ProofError, vote_content
+from bot.policy.activities import Claim, PolicyActivities, PolicyRequest, verified_actor
 from bot.policy.embedded import EmbeddedEngine
 from bot.policy.models import Decision, Failure, Provenance, Verdict
 from tests.policy.conftest import BASE_INPUT
@@ -74,3 +76,20 @@ async def test_a_policy_answer_is_never_retried() -> None:
     verdict = await env_at(1, 3).run(activities.approver, PolicyRequest(input={}))
 
     assert (verdict.allow, verdict.failure) == (False, Failure.MALFORMED)
+
+
+def test_the_worker_checks_a_proof_against_the_execution_its_claim_names() -> None:
+    """A claim names the run's first execution run id (workflow code fills it): a vote proof for
+    another execution, or for none, does not verify; a claim from before the field asks for none."""
+    keyring = Keyring(b"unit-test-envelope-key-0123456789abcdef")
+    bob = Actor("slack:U0BOB", "bob", ("sre",), "slack")
+    content = vote_content("risky", "approve", "")
+    claim = Claim(purpose="vote", run_id="r", principal=bob.principal, content=content, execution="exec-2")
+    for_this = keyring.sign("vote", "r", bob, content, execution="exec-2")
+    assert verified_actor(keyring, claim, for_this) == bob
+    with pytest.raises(ProofError, match="another execution of run 'r'"):
+        verified_actor(keyring, claim, keyring.sign("vote", "r", bob, content, execution="exec-1"))
+    with pytest.raises(ProofError, match="bound to no execution"):
+        verified_actor(keyring, claim, keyring.sign("vote", "r", bob, content))
+    from_before = claim.model_copy(update={"execution": None})
+    assert verified_actor(keyring, from_before, keyring.sign("vote", "r", bob, content)) == bob

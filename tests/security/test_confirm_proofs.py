@@ -12,6 +12,7 @@ import pytest_asyncio
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
+from bot.engine.runs import execution_of
 from bot.engine.state import ConfirmRequest
 from bot.engine.workflow import PlaybookRun
 from bot.identity.principals import Actor
@@ -38,9 +39,9 @@ async def refused(stack: ApiStack, run_id: str, request: ConfirmRequest) -> str:
 async def test_a_proof_for_one_answer_cannot_carry_another(stack: ApiStack) -> None:
     run_id = await stack.start("alice", "pick")
     await stack.waiting(run_id, "pick")
-    keyring = Keyring(ENVELOPE_KEY.encode())
-    for_restart = keyring.sign("confirm", run_id, BOB, confirm_content("pick", "restart", ""))
-    as_vote = keyring.sign("vote", run_id, BOB, vote_content("pick", "approve", ""))
+    keyring, execution = Keyring(ENVELOPE_KEY.encode()), await execution_of(stack.temporal, run_id)
+    for_restart = keyring.sign("confirm", run_id, BOB, confirm_content("pick", "restart", ""), execution=execution)
+    as_vote = keyring.sign("vote", run_id, BOB, vote_content("pick", "approve", ""), execution=execution)
 
     swapped = ConfirmRequest(step_id="pick", user="api:bob", answer="scale", proof=for_restart)
     assert "it was issued for a different confirm than the one sent" in await refused(stack, run_id, swapped)

@@ -23,7 +23,7 @@ import pytest_asyncio
 import yaml
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 
-from bot.engine.runs import RunError, cancel_run, run_input, start_run, vote
+from bot.engine.runs import RunError, cancel_run, execution_of, run_input, start_run, vote
 from bot.engine.state import (
     CancelRequest,
     RunInput,
@@ -337,7 +337,8 @@ async def test_votes_with_invented_groups_and_no_proof_are_refused(stack: TrustS
     said = await refused_vote(handle, VoteRequest(step_id="risky", user="cli:bob", groups=["sre"]))
     assert "cli:bob is unverified" in said, said
     # Carol is verified (a genuine proof, her Slack groups: web); the sre she claims is ignored.
-    proof = FRONT_DOOR.sign("vote", handle.id, slack_actor("U0CAROL", "web"), vote_content("risky", "approve", ""))
+    proof = FRONT_DOOR.sign("vote", handle.id, slack_actor("U0CAROL", "web"), vote_content("risky", "approve", ""),
+                            execution=await execution_of(stack.client, handle.id))
     said = await refused_vote(handle, VoteRequest(step_id="risky", user="slack:U0CAROL", groups=["sre"], proof=proof))
     assert "is not in an approver group (sre)" in said, said
     await assert_nothing_approved(stack, handle, refusals=3)
@@ -346,24 +347,34 @@ async def test_votes_with_invented_groups_and_no_proof_are_refused(stack: TrustS
 
 async def test_votes_with_foreign_or_replayed_proofs_are_refused(stack: TrustStack) -> None:
     """Bob's vote signed with a key no front door holds, and genuine proofs lifted from elsewhere
-    (another run's history, another step, a cancel, another voter's). On main there were no
+    (another run's history, another step, a cancel, another voter's, another execution of this run
+    id, or bound to no execution as front doors signed before execution binding). On main there were no
     proofs: a raw update naming bob with groups [sre] approved."""
     handle = await gated_run(stack)
     bob = slack_actor(BOB, "sre")
     approve = vote_content("risky", "approve", "")
+    execution = await execution_of(stack.client, handle.id)  # each proof is for this execution but for one thing
+
+    def signed(keyring: Keyring, purpose: Any, run_id: str, content: Any) -> Any:
+        return keyring.sign(purpose, run_id, bob, content, execution=execution)
+
     attacks = {
-        "rogue key": (Keyring(ROGUE_KEY).sign("vote", handle.id, bob, approve), principal(BOB),
+        "rogue key": (signed(Keyring(ROGUE_KEY), "vote", handle.id, approve), principal(BOB),
                       "signed with an envelope key this worker does not hold"),
-        "another run": (FRONT_DOOR.sign("vote", "gated-run-bob-approved-yesterday", bob, approve), principal(BOB),
+        "another run": (signed(FRONT_DOOR, "vote", "gated-run-bob-approved-yesterday", approve), principal(BOB),
                         "it was issued for run 'gated-run-bob-approved-yesterday'"),
-        "another step": (FRONT_DOOR.sign("vote", handle.id, bob, vote_content("prep", "approve", "")), principal(BOB),
+        "another step": (signed(FRONT_DOOR, "vote", handle.id, vote_content("prep", "approve", "")), principal(BOB),
                          "it was issued for a different vote"),
-        "a reject": (FRONT_DOOR.sign("vote", handle.id, bob, vote_content("risky", "reject", "no")), principal(BOB),
+        "a reject": (signed(FRONT_DOOR, "vote", handle.id, vote_content("risky", "reject", "no")), principal(BOB),
                      "it was issued for a different vote"),
-        "a cancel": (FRONT_DOOR.sign("cancel", handle.id, bob, cancel_content("")), principal(BOB),
+        "a cancel": (signed(FRONT_DOOR, "cancel", handle.id, cancel_content("")), principal(BOB),
                      "it proves a cancel, not a vote"),
-        "another voter": (FRONT_DOOR.sign("vote", handle.id, bob, approve), "slack:U0DAVE",
+        "another voter": (signed(FRONT_DOOR, "vote", handle.id, approve), "slack:U0DAVE",
                           "it names slack:U0BOB, not slack:U0DAVE"),
+        "another execution": (FRONT_DOOR.sign("vote", handle.id, bob, approve, execution=str(uuid.uuid4())),
+                              principal(BOB), "it was issued for another execution of run"),
+        "no execution": (FRONT_DOOR.sign("vote", handle.id, bob, approve), principal(BOB),
+                         "it is bound to no execution of run"),
     }
     for case, (proof, user, says) in attacks.items():
         said = await refused_vote(handle, VoteRequest(step_id="risky", user=user, groups=["sre"], proof=proof))
