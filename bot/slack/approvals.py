@@ -6,6 +6,8 @@ says who clicked and which groups they are in. A refused vote changes nothing an
 the clicker alone (via `@app.error`). An accepted one is redrawn by the run itself: the vote makes
 its Slack stale and the notifier, the one writer of the run's messages, redraws the request at
 once (no read of the run here, no second chat.update that could land after a newer one).
+A button names the execution it was drawn for, so the click is signed for that run (a later run
+under the same run id refuses it); a button posted before it did costs one describe first.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ class ButtonRef:
     run_id: str
     step_id: str
     choice: str | None = None  # a core.confirm choice button's answer
+    execution: str | None = None  # the run's first execution run id; None: a button posted before it was written
 
 
 def parse_value(value: Any) -> ButtonRef:
-    """The button's value, `{"run_id", "step_id"}` as blocks.py writes it."""
+    """The button's value, `{"run_id", "step_id", "execution"?, "choice"?}` as blocks.py writes it."""
     try:
         data = json.loads(value)
         ref = ButtonRef(run_id=data["run_id"], step_id=data["step_id"])
@@ -53,7 +56,10 @@ def parse_value(value: Any) -> ButtonRef:
     choice = data.get("choice") if isinstance(data, dict) else None
     if choice is not None and not isinstance(choice, str):
         raise RunError("this choice button is malformed; use `playbook-bot confirm RUN STEP CHOICE` instead")
-    return ButtonRef(ref.run_id, ref.step_id, choice)
+    execution = data.get("execution") if isinstance(data, dict) else None
+    if execution is not None and (not isinstance(execution, str) or not execution):
+        raise RunError("this approval button is malformed; use `playbook-bot approve RUN STEP` instead")
+    return ButtonRef(ref.run_id, ref.step_id, choice, execution)
 
 
 def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> None:
@@ -111,10 +117,11 @@ class ApprovalButtons:
             if answering:
                 # The value only says which choice was clicked; the workflow refuses one not in the step's choices.
                 asked = ConfirmRequest(step_id=ref.step_id, user=actor.principal, answer=str(ref.choice)[:1000])
-                answered = await confirm(self.deps.client, ref.run_id, asked, actor, self.deps.keyring)
+                answered = await confirm(self.deps.client, ref.run_id, asked, actor, self.deps.keyring,
+                                         execution=ref.execution)
                 log.info("slack answer recorded", answer=answered.answer)
                 return
             request = VoteRequest(step_id=ref.step_id, user=actor.principal, vote=choice)
             # One update; RunError: refused by the run (its validator, or the approver rule it asks), nothing changed
-            result = await vote(self.deps.client, ref.run_id, request, actor, self.deps.keyring)
+            result = await vote(self.deps.client, ref.run_id, request, actor, self.deps.keyring, execution=ref.execution)
             log.info("slack vote recorded", vote=choice, approvals=result.approvals, needed=result.needed)

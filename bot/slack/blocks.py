@@ -201,7 +201,7 @@ def approval_blocks(status: RunStatus, step_id: str, decision: dict[str, Any], n
         context.append(":warning: escalated")
     blocks.append(_context(*context))
     if step.state == "waiting_approval":
-        blocks.append(_buttons(status.run_id, step.id))
+        blocks.append(_buttons(status, step.id))
     else:
         blocks.append(_section(decided_line(step)))
     return _cap(blocks)
@@ -245,7 +245,7 @@ def _human_blocks(status: RunStatus, step: StepStatus, decision: dict[str, Any],
     if step.state != "waiting_approval":
         blocks.append(_section(decided_line(step)))
     elif not confirm:
-        blocks.append(_buttons(status.run_id, step.id))
+        blocks.append(_buttons(status, step.id))
     else:
         choices = args.get("choices")
         if not isinstance(choices, list):
@@ -253,22 +253,22 @@ def _human_blocks(status: RunStatus, step: StepStatus, decision: dict[str, Any],
                 f"Type the answer with `playbook-bot confirm {escape(status.run_id)} {escape(step.id)} VALUE`"
                 " (or the API); Reject declines."
             ))
-        blocks.append(_choice_buttons(status.run_id, step.id, choices if isinstance(choices, list) else []))
+        blocks.append(_choice_buttons(status, step.id, choices if isinstance(choices, list) else []))
     return _cap(blocks)
 
 
-def _choice_buttons(run_id: str, step_id: str, choices: list[Any]) -> dict[str, Any]:
+def _choice_buttons(status: RunStatus, step_id: str, choices: list[Any]) -> dict[str, Any]:
     """A button per choice (the workflow checks the clicked value against the step's choices), and Reject."""
     elements: list[dict[str, Any]] = []
     for i, choice in enumerate(choices[:20]):
-        value = json.dumps({"run_id": run_id, "step_id": step_id, "choice": str(choice)}, separators=(",", ":"))
+        value = _button_value(status, step_id, choice=str(choice))
         elements.append({
             "type": "button",
             "action_id": f"{CHOICE_ACTION}.{i}",
             "text": {"type": "plain_text", "text": truncate(str(choice), 75), "emoji": False},
             "value": value,
         })
-    reject = json.dumps({"run_id": run_id, "step_id": step_id}, separators=(",", ":"))
+    reject = _button_value(status, step_id)
     elements.append({
         "type": "button",
         "action_id": REJECT_ACTION,
@@ -315,8 +315,17 @@ def _what_will_run(step: StepStatus) -> str:
     return head + code_block(args, SECTION_LIMIT - len(head))
 
 
-def _buttons(run_id: str, step_id: str) -> dict[str, Any]:
-    value = json.dumps({"run_id": run_id, "step_id": step_id}, separators=(",", ":"))
+def _button_value(status: RunStatus, step_id: str, **more: str) -> str:
+    """`{"run_id", "step_id", "execution"?, "choice"?}`: the execution (the run's first execution
+    run id) binds the click to this run, not to a later one under the same run id."""
+    value = {"run_id": status.run_id, "step_id": step_id, **more}
+    if status.execution is not None:
+        value["execution"] = status.execution
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _buttons(status: RunStatus, step_id: str) -> dict[str, Any]:
+    value = _button_value(status, step_id)
     return {
         "type": "actions",
         "block_id": f"approval:{step_id}"[:255],

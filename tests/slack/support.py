@@ -164,16 +164,32 @@ class Stack:
             await asyncio.sleep(0.05)
         return self.responses[key]
 
+    def shown_value(self, message_ts: str, action_id: str, run_id: str, step_id: str) -> str | None:
+        """The value of the `action_id` button for this run and step the message at `message_ts`
+        shows now, if any."""
+        for message in self.fake.messages:
+            if message.ts != message_ts:
+                continue
+            for value in (e.get("value") for b in message.blocks or [] if b.get("type") == "actions"
+                          for e in b.get("elements", []) if e.get("action_id") == action_id):
+                named = json.loads(value or "{}")
+                if (named.get("run_id"), named.get("step_id")) == (run_id, step_id):
+                    return str(value)
+        return None
+
     async def click(self, user: str, run_id: str, step_id: str, message_ts: str, action_id: str = APPROVE_ACTION
                     ) -> httpx.Response:
         return await self.post(self.click_body(user, run_id, step_id, message_ts, action_id))
 
     def click_body(self, user: str, run_id: str, step_id: str, message_ts: str, action_id: str = APPROVE_ACTION, *,
                    value: str | None = None, user_fields: Mapping[str, Any] | None = None) -> str:
-        """The form body of a button click as Slack sends it. `value` replaces the button's value
-        (a forged one), `user_fields` adds to the signed payload's `user` object."""
+        """The form body of a button click as Slack sends it: the clicked button's value as the
+        message at `message_ts` shows it (else one naming the run and step, as buttons posted
+        before they carried the execution). `value` replaces it (a forged or older one),
+        `user_fields` adds to the signed payload's `user` object."""
         if value is None:
-            value = json.dumps({"run_id": run_id, "step_id": step_id}, separators=(",", ":"))
+            value = self.shown_value(message_ts, action_id, run_id, step_id) or json.dumps(
+                {"run_id": run_id, "step_id": step_id}, separators=(",", ":"))
         payload = {
             "type": "block_actions",
             "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": "T0FAKE",

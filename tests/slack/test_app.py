@@ -279,6 +279,25 @@ async def test_an_approve_click_is_one_temporal_call_and_the_run_alone_redraws_t
     assert calls.made() == [("start_workflow_update", run_id)]
 
 
+async def test_a_button_carries_the_execution_and_one_posted_before_still_votes(dev_env, fake_slack, tmp_path):
+    """The request's buttons name the run's execution (its first execution run id), so a click is
+    signed for the run it was drawn for; a button posted before they did (run and step only) still
+    votes: the front door learns the execution with one describe, never signs without one."""
+    calls = TemporalCalls()
+    async with slack_stack(dev_env.client, fake_slack, tmp_path, front_door_client=calls.client(dev_env.client)) as stack:
+        run_id, ts = await waiting_gated_run(stack)
+        execution = (await stack.temporal.get_workflow_handle(run_id).describe()).raw_description \
+            .workflow_execution_info.first_run_id
+        shown = stack.shown_value(ts, APPROVE_ACTION, run_id, "risky")
+        assert shown is not None and json.loads(shown) == {"run_id": run_id, "step_id": "risky", "execution": execution}
+        calls.clear()
+        older = json.dumps({"run_id": run_id, "step_id": "risky"}, separators=(",", ":"))
+        assert (await stack.post(stack.click_body(BOB, run_id, "risky", ts, value=older))).status_code == 200
+        final = await eventually(lambda: finished(stack, run_id), what="approved run completes")
+        assert final.state == "completed" and [v.user for v in final.step("risky").approvals] == [principal(BOB)]
+    assert calls.made() == [("describe_workflow", run_id), ("start_workflow_update", run_id)]
+
+
 async def test_a_malformed_button_is_refused_to_the_clicker(stack: Stack) -> None:
     payload = {
         "type": "block_actions",

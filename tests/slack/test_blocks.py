@@ -193,6 +193,17 @@ def test_approval_request_shows_what_why_quorum_deadline_and_buttons() -> None:
     assert approval_text(run(), "restart").startswith("Approval needed: restart (http.request)")
 
 
+def test_buttons_name_the_execution_the_request_was_drawn_for() -> None:
+    """A status from a worker that fills `execution`: every button of the request carries it, so
+    the click is signed for this run and not a later one under the same run id."""
+    status = run()
+    status.execution = "0193a1b2-0000-7000-8000-00000000000a"
+    blocks = approval_blocks(status, "restart", DECISION, needed=2)
+    (actions,) = [b for b in blocks if b["type"] == "actions"]
+    for button in actions["elements"]:
+        assert json.loads(button["value"]) == {"run_id": "run-42", "step_id": "restart", "execution": status.execution}
+
+
 def test_long_args_are_truncated_inside_the_code_block() -> None:
     status = run()
     status.step("restart").args = {"body": "<&>" * 5000}
