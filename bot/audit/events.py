@@ -154,6 +154,15 @@ class UnstorableEvent(ValueError):
     for its own caller: never a batch (group commit) it would have failed with it."""
 
 
+def storable_id(value: str) -> str:
+    """A hostile id (a forged button's run id, a refused caller's key) as a record can hold it:
+    as given when it can be stored, else its start with NULs replaced, its length and digest."""
+    if "\x00" not in value and len(value.encode("utf-8", "surrogatepass")) <= ID_BYTES_MAX:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{value[:200].replace(chr(0), chr(0xFFFD))}... ({len(value)} characters, sha256 {digest})"
+
+
 def check_storable(events: Sequence[AuditEvent]) -> None:
     """UnstorableEvent naming the first event and field no store can hold."""
     for event in events:

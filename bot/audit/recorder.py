@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from bot.audit.events import AuditEvent, EventKind, UnstorableEvent
+from bot.audit.events import AuditEvent, EventKind, UnstorableEvent, storable_id
 from bot.audit.backend import AuditStore
 from bot.audit.store import AuditUnavailable
 from bot.metrics import observe_events
@@ -47,14 +47,15 @@ async def append_counted(store: AuditStore, events: Sequence[AuditEvent]) -> Non
 
 def refusal(actor: str, operation: str, reason: str, *, run_id: str | None = None, key: str) -> AuditEvent:
     """`access_refused`: a front door turned an actor away (every refusal is on the record). `key`
-    makes a retried request (the same Slack trigger, the same API request) record once."""
+    makes a retried request (the same Slack trigger, the same API request) record once. What the
+    refused caller chose (a forged run id, its key) is recorded as a store can hold it."""
     return AuditEvent(
-        event_id=f"refused:{operation}:{key}",
+        event_id=storable_id(f"refused:{operation}:{key}"),
         ts=datetime.now(timezone.utc),
-        run_id=run_id,
+        run_id=None if run_id is None else storable_id(run_id),
         step_id=None,
         kind=EventKind.access_refused,
-        actor=actor or "unknown",
+        actor=storable_id(actor or "unknown"),
         details={"operation": operation, "reason": reason},
     )
 

@@ -14,6 +14,7 @@ import pytest
 
 from bot.audit.batching import GroupCommitter
 from bot.audit.events import ID_BYTES_MAX, AuditEvent, EventKind, StoredEvent, UnstorableEvent
+from bot.audit.recorder import refusal
 from bot.audit.store import AuditUnavailable
 
 WAIT = 60  # generous: a loaded machine
@@ -209,3 +210,15 @@ async def test_an_event_no_store_can_hold_fails_its_own_caller_and_never_its_bat
         with pytest.raises(UnstorableEvent):
             store.append(poison)
     assert len(store.events()) == 2 * len(callers)
+
+
+def test_a_refusal_records_the_hostile_ids_it_was_given_as_a_store_can_hold_them(store: Any) -> None:
+    """A forged button's 100,000-character run id (or one with a NUL) is still refused on record:
+    its start, length and digest, not an event no store can hold (which was never written)."""
+    huge, nul = "r" * 100_000, "run\x00id"
+    events_ = [refusal("slack:U0BOB", "vote", "no such run", run_id=huge, key="k1"),
+               refusal("slack:U0BOB\x00", "vote", "no such run", run_id=nul, key="k2\x00")]
+    stored = store.append(events_)
+    assert stored[0].run_id.startswith("r" * 200 + "... (100000 characters, sha256 ")
+    assert stored[1].run_id == "run\ufffdid... (6 characters, sha256 " + stored[1].run_id.rsplit(" ", 1)[1]
+    assert "\x00" not in stored[1].actor + stored[1].event_id and store.verify().ok
