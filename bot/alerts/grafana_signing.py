@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_HEADER = "X-Grafana-Alerting-Signature"
+# What a contact point whose Header field is left empty signs into: grafana/alerting's default has
+# been either name (http/hmac.go `defaultHeaderName`), so the default setting reads both.
+DEFAULT_HEADERS = (DEFAULT_HEADER, "X-Grafana-Alert-Signature")
 SKEW = 300  # seconds a signed timestamp may differ from this server's clock, either way
 STAMP_DIGITS = 12  # Unix seconds; longer is not a time
 
@@ -31,9 +34,10 @@ class GrafanaSigning:
 
     def refusal(self, body: bytes, headers: Mapping[str, str], now: float | None = None) -> str | None:
         """None when the delivery is signed as configured; else why not, naming what to fix."""
-        given = headers.get(self.header, "").strip()
+        names = DEFAULT_HEADERS if self.header.lower() == DEFAULT_HEADER.lower() else (self.header,)
+        given = next((headers[n].strip() for n in names if headers.get(n, "").strip()), "")
         if not given:
-            return f"missing {self.header} (Grafana's HMAC signature: the contact point's HMAC Signature secret)"
+            return f"missing {' or '.join(names)} (Grafana's HMAC signature: the contact point's HMAC Signature secret)"
         signed = body
         if self.timestamp_header:
             stamp = headers.get(self.timestamp_header, "").strip()

@@ -154,16 +154,19 @@ def event(
 ) -> AuditEvent:
     """An event whose id is its natural key, so writing it twice writes it once. `execution`
     (the workflow's first execution run id) makes it this run's: a later run reusing the run id
-    records its own story instead of colliding with the first's (None: runs from before that)."""
+    records its own story instead of colliding with the first's (None: runs from before that).
+    Ids an actor chose (a voter's principal with a NUL, a raw start's run id) are recorded as a
+    store can hold them (`storable_id`): an event no store takes would read as an outage and hold
+    the run's next high-impact step and its end for ever."""
     scope = f"{run_id}/{execution}" if execution else run_id
     event_id = f"{scope}:{step_id or 'run'}:{kind.value}" + (f":{key}" if key else "")
     return AuditEvent(
-        event_id=event_id,
+        event_id=storable_id(event_id),
         ts=ts or datetime.now(timezone.utc),
-        run_id=run_id,
-        step_id=step_id,
+        run_id=storable_id(run_id),
+        step_id=None if step_id is None else storable_id(step_id),
         kind=kind,
-        actor=actor,
+        actor=storable_id(actor),
         details=details or {},
     )
 

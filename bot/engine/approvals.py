@@ -61,6 +61,12 @@ def proof_holds(proof: Any, purpose: str, run_id: str, content: Any, principal: 
     return False
 
 
+def controlled(text: str) -> bool:
+    """Whether `text` holds a control character: no principal does (Slack's, the API's and the
+    CLI's are checked where they are made), so one that does was made up by whoever sent it."""
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
 def policy_failed(verdict: ActorVerdict) -> bool:
     """A deny because policy could not answer (fail closed), not because a rule said no: the
     voter (or canceller) is not remembered as refused, so asking again after the outage works."""
@@ -199,6 +205,9 @@ class ApprovalBook:
                 f"its groups {GROUPS_MAX}, and the whole vote with its proof {VOTE_BYTES_MAX} bytes",
                 "invalid", "size",
             )
+        if controlled(request.user):
+            VOTES_REFUSED_EARLY.labels("principal").inc()
+            raise VoteRefused("a voter's principal has no control characters", "invalid", "principal")
         book = self.refused.get(request.step_id)
         if book is None:
             return

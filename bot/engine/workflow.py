@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalBook,
         RefusedVoters,
         VoteRefused,
+        controlled,
         policy_failed,
         proof_holds,
     )
@@ -495,6 +496,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 or len(request.model_dump_json()) > VOTE_BYTES_MAX):
             raise CancelRefused(f"a cancel's reason is at most {REASON_MAX} characters, its principal and name "
                                 f"{NAME_MAX}, the whole cancel with its proof {VOTE_BYTES_MAX} bytes", "invalid", "size")
+        if controlled(request.user):
+            raise CancelRefused("a canceller's principal has no control characters", "invalid", "principal")
         book = self._refused_cancels
         verified = proof_holds(request.proof, "cancel", self._status.run_id, cancel_content(request.reason),
                                request.user, self._asked_since(None), self._status.execution)

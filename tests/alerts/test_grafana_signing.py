@@ -23,13 +23,21 @@ def test_a_body_signed_with_the_secret_holds_and_anything_else_names_the_fault()
     signing = GrafanaSigning((SECRET,))
     assert signing.refusal(BODY, {"X-Grafana-Alerting-Signature": sign(BODY)}) is None
     assert signing.refusal(BODY, {"X-Grafana-Alerting-Signature": sign(BODY).upper()}) is None
-    assert "missing X-Grafana-Alerting-Signature" in signing.refusal(BODY, {})
+    assert "missing X-Grafana-Alerting-Signature or X-Grafana-Alert-Signature" in signing.refusal(BODY, {})
     for forged in [sign(BODY, "guessed"), sign(BODY + b" "), sign(BODY)[:-1], "é" * 64, "v1=" + sign(BODY)]:
         why = signing.refusal(BODY, {"X-Grafana-Alerting-Signature": forged})
         assert why and "does not match" in why and "PLAYBOOK_BOT_GRAFANA_HMAC_TIMESTAMP_HEADER" in why, forged
     # a contact point that names a timestamp header signs "<time>:<body>": said, not silently refused
     stamped = sign(BODY, stamp=NOW)
     assert "TIMESTAMP_HEADER" in signing.refusal(BODY, {"X-Grafana-Alerting-Signature": stamped, STAMP: str(NOW)})
+
+
+def test_by_default_either_name_grafana_has_signed_into_is_read():
+    """A contact point with its Header field empty signs into grafana/alerting's default, which has
+    been X-Grafana-Alert-Signature as well as X-Grafana-Alerting-Signature."""
+    signing = GrafanaSigning((SECRET,))
+    assert signing.refusal(BODY, {"X-Grafana-Alert-Signature": sign(BODY)}) is None
+    assert "does not match" in signing.refusal(BODY, {"X-Grafana-Alert-Signature": sign(BODY, "guessed")})
 
 
 def test_either_secret_holds_while_one_is_rotated_and_the_header_is_the_configured_one():

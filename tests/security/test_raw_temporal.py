@@ -383,6 +383,26 @@ async def test_votes_with_foreign_or_replayed_proofs_are_refused(stack: TrustSta
     await approve_as_bob(stack, handle)
 
 
+async def test_a_principal_with_a_nul_neither_enters_history_nor_stalls_the_run(stack: TrustStack) -> None:
+    """Attack (red team): a raw vote and a raw cancel whose principal holds a NUL. Its refusal's
+    audit event could not be stored (the store refuses NUL ids, and PostgreSQL always did), which
+    read as an outage: the run's high-impact step then waited for ever for its record, even after
+    bob's genuine approval, and the run never ended. Both are refused before history now, and an
+    id that still holds one is recorded as a store can hold it."""
+    handle = await gated_run(stack)
+    said = await refused_vote(handle, VoteRequest(step_id="risky", user="cli:eve\x00x", groups=["sre"]))
+    assert "no control characters" in said, said
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(PlaybookRun.cancel, CancelRequest(user="cli:eve\x00x", reason="stop"))
+    assert "no control characters" in str(getattr(refused.value.cause, "message", refused.value.cause))
+    await approve_as_bob(stack, handle)
+    # A raw start claiming such a requester: refused by admission, on record, and the run ends.
+    raw = await stack.start_raw(raw_input(stack.loaded("gated"), {}, requested_by="cli:mallory\x00"))
+    status = await result(raw)
+    assert status.state == "cancelled" and status.audit_pending == 0, status
+    assert stack.sink.of(raw.id) == []
+
+
 async def test_an_unverified_requester_cannot_have_her_own_run_approved(stack: TrustStack) -> None:
     """Mallory (in sre) starts `gated` straight on Temporal claiming bob asked, then approves it
     herself through Slack: four-eyes compared her with "bob". A production high-impact step of a
