@@ -32,12 +32,20 @@ class GrafanaSigning:
     header: str = DEFAULT_HEADER
     timestamp_header: str = ""
 
+    @property
+    def _headers(self) -> tuple[str, ...]:
+        return DEFAULT_HEADERS if self.header.lower() == DEFAULT_HEADER.lower() else (self.header,)
+
+    def signature(self, headers: Mapping[str, str]) -> str:
+        """The signature the delivery carries ("" for none), from whichever header it is in."""
+        return next((headers[n].strip() for n in self._headers if headers.get(n, "").strip()), "")
+
     def refusal(self, body: bytes, headers: Mapping[str, str], now: float | None = None) -> str | None:
         """None when the delivery is signed as configured; else why not, naming what to fix."""
-        names = DEFAULT_HEADERS if self.header.lower() == DEFAULT_HEADER.lower() else (self.header,)
-        given = next((headers[n].strip() for n in names if headers.get(n, "").strip()), "")
+        given = self.signature(headers)
         if not given:
-            return f"missing {' or '.join(names)} (Grafana's HMAC signature: the contact point's HMAC Signature secret)"
+            return (f"missing {' or '.join(self._headers)} (Grafana's HMAC signature: the contact point's "
+                    "HMAC Signature secret)")
         signed = body
         if self.timestamp_header:
             stamp = headers.get(self.timestamp_header, "").strip()

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.alerts.fingerprint import alert_fingerprint
+from bot.audit.events import holds_control
 
 SUPPORTED_VERSION = "4"
 GRAFANA_VERSION = "1"
@@ -60,7 +60,7 @@ class Alert(_Open):
         # refuses NUL) or a huge one (index rows stop at 2704 bytes) could not be recorded.
         if len(value) > FINGERPRINT_MAX:
             raise ValueError(f"at most {FINGERPRINT_MAX} characters (Alertmanager's are 16)")
-        if any(unicodedata.category(c) == "Cc" for c in value):
+        if holds_control(value):
             raise ValueError("holds a control character")
         return value
 

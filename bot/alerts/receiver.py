@@ -190,7 +190,7 @@ class AlertReceiver:
                 why = "missing X-PagerDuty-Signature" if not signature else "X-PagerDuty-Signature does not match"
                 return await self._refuse(body, signature, f"{why} (v1=<HMAC-SHA256 of the body>)")
         if signing is not None and (why := signing.refusal(body, request.headers)):
-            return await self._refuse(body, request.headers.get(signing.header, ""), why)
+            return await self._refuse(body, signing.signature(request.headers), why)
         try:
             alerts = self.sender.parse(body)
         except PayloadError as exc:

@@ -154,10 +154,25 @@ class UnstorableEvent(ValueError):
     for its own caller: never a batch (group commit) it would have failed with it."""
 
 
+def holds_control(text: str) -> bool:
+    """Whether `text` holds a control character (Unicode category Cc: C0, DEL and C1). No alert
+    key or principal does; one that does was made up by whoever sent it."""
+    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
+
+
+def _unstorable(value: str) -> str | None:
+    """Why no store can hold `value` as an id field, or None."""
+    if "\x00" in value:
+        return "holds a NUL character"
+    if len(value.encode("utf-8", "surrogatepass")) > ID_BYTES_MAX:
+        return f"is over {ID_BYTES_MAX} bytes"
+    return None
+
+
 def storable_id(value: str) -> str:
     """A hostile id (a forged button's run id, a refused caller's key) as a record can hold it:
     as given when it can be stored, else its start with NULs replaced, its length and digest."""
-    if "\x00" not in value and len(value.encode("utf-8", "surrogatepass")) <= ID_BYTES_MAX:
+    if _unstorable(value) is None:
         return value
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return f"{value[:200].replace(chr(0), chr(0xFFFD))}... ({len(value)} characters, sha256 {digest})"
@@ -168,12 +183,8 @@ def check_storable(events: Sequence[AuditEvent]) -> None:
     for event in events:
         for name in ID_FIELDS:
             value = getattr(event, name)
-            if value is None:
-                continue
-            if "\x00" in value:
-                raise UnstorableEvent(f"audit event {event.event_id[:80]!r}: its {name} holds a NUL character")
-            if len(value.encode("utf-8", "surrogatepass")) > ID_BYTES_MAX:
-                raise UnstorableEvent(f"audit event {event.event_id[:80]!r}: its {name} is over {ID_BYTES_MAX} bytes")
+            if value is not None and (why := _unstorable(value)):
+                raise UnstorableEvent(f"audit event {event.event_id[:80]!r}: its {name} {why}")
 
 
 class StoredEvent(AuditEvent):

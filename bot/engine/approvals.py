@@ -17,6 +17,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from bot.audit.events import holds_control
     from bot.engine.state import ConfirmRequest, RunStatus, StepStatus, Vote, VoteRequest, VoteResult
     from bot.identity.proofs import Keyring, ProofError, confirm_content, vote_content
     from bot.metrics import VOTES_REFUSED_EARLY
@@ -59,12 +60,6 @@ def proof_holds(proof: Any, purpose: str, run_id: str, content: Any, principal: 
         if actor.principal == principal:
             return True
     return False
-
-
-def controlled(text: str) -> bool:
-    """Whether `text` holds a control character: no principal does (Slack's, the API's and the
-    CLI's are checked where they are made), so one that does was made up by whoever sent it."""
-    return any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text)
 
 
 def policy_failed(verdict: ActorVerdict) -> bool:
@@ -205,7 +200,7 @@ class ApprovalBook:
                 f"its groups {GROUPS_MAX}, and the whole vote with its proof {VOTE_BYTES_MAX} bytes",
                 "invalid", "size",
             )
-        if controlled(request.user):
+        if holds_control(request.user):
             VOTES_REFUSED_EARLY.labels("principal").inc()
             raise VoteRefused("a voter's principal has no control characters", "invalid", "principal")
         book = self.refused.get(request.step_id)
