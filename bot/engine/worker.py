@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -11,10 +10,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 import structlog
 from temporalio.client import Client
-from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter, PydanticPayloadConverter
-from temporalio.converter import CompositePayloadConverter, DefaultPayloadConverter, JSONPlainPayloadConverter
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from bot.actions.activities import build_activities
 from bot.actions.outputs import OutputLimits
@@ -29,6 +25,7 @@ from bot.engine.approvals import register_keyring
 from bot.engine.children import CatalogActivities, PeekActivities
 from bot.engine.lock_workflow import KeyLock
 from bot.engine.locks import LockActivities
+from bot.engine.sandbox import shared_converter, workflow_runner
 from bot.engine.workflow import PlaybookRun
 from bot.identity.keys import worker_keyring
 from bot.identity.proofs import Keyring
@@ -43,42 +40,6 @@ from bot.settings import Settings
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
-PASSTHROUGH = ("bot", "pydantic", "pydantic_core", "jinja2", "markupsafe", "structlog", "yaml")
-
-
-def workflow_runner() -> SandboxedWorkflowRunner:
-    """Pure, deterministic modules pass through the sandbox instead of being re-imported per run."""
-    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
-
-
-# One pydantic JSON converter for the whole worker process: the SDK builds a new payload converter
-# for every workflow run, and each new pydantic one starts with an empty TypeAdapter cache, so every
-# run rebuilt the adapters of RunInput, Admission, ActionResult... (pydantic schema generation).
-# Wire format unchanged (json/plain, as `pydantic_data_converter`); the cache is thread-safe.
-_SHARED_JSON = PydanticJSONPlainPayloadConverter(max_cached_type_adapters=256)
-
-
-class SharedPayloadConverter(CompositePayloadConverter):
-    """`PydanticPayloadConverter` whose JSON converter (and its TypeAdapter cache) is shared by every run."""
-
-    def __init__(self) -> None:
-        super().__init__(*(
-            _SHARED_JSON if isinstance(c, JSONPlainPayloadConverter) else c
-            for c in DefaultPayloadConverter.default_encoding_payload_converters
-        ))
-
-
-def _shared_converter(client: Client) -> Client:
-    """The same client with SharedPayloadConverter in place of the stock pydantic one (any other
-    converter is left alone: a test or deployment that brings its own keeps it)."""
-    config = client.config()
-    converter = config["data_converter"]
-    if converter.payload_converter_class is not PydanticPayloadConverter:
-        return client
-    config["data_converter"] = dataclasses.replace(converter, payload_converter_class=SharedPayloadConverter)
-    return Client(**config)
-
-
 def make_worker(
     client: Client,
     task_queue: str,
@@ -95,15 +56,16 @@ def make_worker(
     per-activation costs are most of the engine's overhead over a hand-written workflow (issue 15);
     the sandbox then no longer catches non-deterministic workflow code at run time, so tests and the
     replay of checked-in histories keep it (a history made without it must replay within it)."""
+    client = shared_converter(client)
     names = {getattr(getattr(a, "__temporal_activity_definition", None), "name", None) for a in activities}
     own = [*LockActivities(client, keyring).all(), *PeekActivities(client).all()]
     locks = [a for a in own if a.__temporal_activity_definition.name not in names]
     return Worker(
-        _shared_converter(client),
+        client,
         task_queue=task_queue,
         workflows=[PlaybookRun, KeyLock],
         activities=[*activities, *locks],  # the lock's and run.peek, unless a test brings its own
-        workflow_runner=workflow_runner() if sandboxed else UnsandboxedWorkflowRunner(),
+        workflow_runner=workflow_runner(client.data_converter) if sandboxed else UnsandboxedWorkflowRunner(),
         # Send heartbeats at least every second so a cancel reaches a long step in about a second.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         **options,

@@ -16,7 +16,7 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
 from bot.engine.lock_workflow import KeyLock
-from bot.engine.worker import workflow_runner
+from bot.engine.sandbox import workflow_runner
 from bot.engine.workflow import PlaybookRun
 from bot.slack.notifier import SlackNotifier
 from tests.engine.support import Recorder, playbook, run_input, start, worker

@@ -1,0 +1,124 @@
+"""The workflow sandbox as the worker runs it, without its per-payload cost where that buys nothing.
+
+Before it encodes or decodes a payload, the SDK asks the workflow instance which serialization
+context applies (the run's, or the activity's a command schedules), so a codec can, say, pick a key
+per activity. The sandboxed instance answers by `exec`-ing a source string inside the sandbox: it
+compiles and runs it for every payload of every activation and completion, three passes each
+(codec references, external storage, codec). Profiled under the alert storm (issue 15), that was
+4 of the worker's 18 busy seconds, as much as all the workflow code it ran.
+
+With no codec, no external storage and converters that ignore the context (ours: pydantic JSON,
+`SharedPayloadConverter`), every context encodes the same bytes, so `ContextBlindRunner` answers
+"no context" itself; the workflow code still runs in the sandbox, exactly as before. A deployment
+that brings a context-aware codec or converter gets the sandbox's own answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from temporalio.bridge.proto.workflow_activation import WorkflowActivation
+from temporalio.bridge.proto.workflow_completion import WorkflowActivationCompletion
+from temporalio.client import Client
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter, PydanticPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultFailureConverter,
+    DefaultPayloadConverter,
+    SerializationContext,
+    JSONPlainPayloadConverter,
+    StorageDriverStoreContext,
+)
+from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.workflow import Info
+
+PASSTHROUGH = ("bot", "pydantic", "pydantic_core", "jinja2", "markupsafe", "structlog", "yaml")
+
+# One pydantic JSON converter for the whole worker process: the SDK builds a new payload converter
+# for every workflow run, and each new pydantic one starts with an empty TypeAdapter cache, so every
+# run rebuilt the adapters of RunInput, Admission, ActionResult... (pydantic schema generation).
+# Wire format unchanged (json/plain, as `pydantic_data_converter`); the cache is thread-safe.
+_SHARED_JSON = PydanticJSONPlainPayloadConverter(max_cached_type_adapters=256)
+
+
+class SharedPayloadConverter(CompositePayloadConverter):
+    """`PydanticPayloadConverter` whose JSON converter (and its TypeAdapter cache) is shared by every run."""
+
+    def __init__(self) -> None:
+        super().__init__(*(
+            _SHARED_JSON if isinstance(c, JSONPlainPayloadConverter) else c
+            for c in DefaultPayloadConverter.default_encoding_payload_converters
+        ))
+
+
+def shared_converter(client: Client) -> Client:
+    """The same client with SharedPayloadConverter in place of the stock pydantic one (any other
+    converter is left alone: a test or deployment that brings its own keeps it)."""
+    config = client.config()
+    converter = config["data_converter"]
+    if converter.payload_converter_class is not PydanticPayloadConverter:
+        return client
+    config["data_converter"] = dataclasses.replace(converter, payload_converter_class=SharedPayloadConverter)
+    return Client(**config)
+
+
+def workflow_runner(converter: DataConverter | None = None) -> WorkflowRunner:
+    """The sandbox, with pure, deterministic modules passed through instead of re-imported per run;
+    context-blind when `converter` (the worker's) makes no use of serialization contexts."""
+    sandbox = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
+    return ContextBlindRunner(sandbox) if converter is not None and context_blind(converter) else sandbox
+
+
+def context_blind(converter: DataConverter) -> bool:
+    """Whether every serialization context gives the same bytes: no codec, no external storage,
+    and converters known to take no context (the SDK's default and pydantic ones, ours)."""
+    return (
+        converter.payload_codec is None
+        and converter.external_storage is None
+        and converter.payload_converter_class in (SharedPayloadConverter, PydanticPayloadConverter, DefaultPayloadConverter)
+        and converter.failure_converter_class is DefaultFailureConverter
+    )
+
+
+class ContextBlindRunner(WorkflowRunner):
+    """`inner`'s instances, answering the SDK's context questions without entering the sandbox."""
+
+    def __init__(self, inner: WorkflowRunner) -> None:
+        self.inner = inner
+
+    def prepare_workflow(self, defn: Any) -> None:
+        self.inner.prepare_workflow(defn)
+
+    def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
+        return _ContextBlindInstance(self.inner.create_instance(det))
+
+    def set_worker_level_failure_exception_types(self, types: Sequence[type[BaseException]]) -> None:
+        self.inner.set_worker_level_failure_exception_types(types)
+
+
+class _ContextBlindInstance(WorkflowInstance):
+    def __init__(self, inner: WorkflowInstance) -> None:
+        self.inner = inner
+        self._store: StorageDriverStoreContext | None = None
+
+    def activate(self, act: WorkflowActivation) -> WorkflowActivationCompletion:
+        return self.inner.activate(act)
+
+    def get_serialization_context(self, command_info: Any) -> SerializationContext | None:
+        return None  # the context-free converter: the same bytes (context_blind)
+
+    def get_external_store_context(self, command_info: Any) -> StorageDriverStoreContext:
+        # Read only by external storage, which context_blind excludes; asked once, not per payload.
+        if self._store is None:
+            self._store = self.inner.get_external_store_context(None)
+        return self._store
+
+    def get_info(self) -> Info:
+        return self.inner.get_info()
+
+    def get_thread_id(self) -> int | None:
+        return self.inner.get_thread_id()
