@@ -235,9 +235,9 @@ def approval_requests(fake: FakeSlack) -> dict[str, dict[str, str]]:
         for block in message.blocks or []:
             for element in block.get("elements", []) if block.get("type") == "actions" else []:
                 if element.get("action_id") == APPROVE_ACTION:
-                    value = json.loads(element["value"])
+                    value = json.loads(element["value"])  # Slack sends a click's value back as posted
                     found[value["run_id"]] = {"run_id": value["run_id"], "step_id": value["step_id"],
-                                              "channel": message.channel, "ts": message.ts}
+                                              "channel": message.channel, "ts": message.ts, "value": element["value"]}
     return found
 
 

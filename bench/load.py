@@ -182,9 +182,11 @@ async def slack(url: str, bursts: int, size: int, response_url: str | None, gap:
     emit({"summary": {"bursts": bursts, "size": size}})
 
 
-def click(run_id: str, step_id: str, channel: str, ts: str, response_url: str) -> str:
-    """An Approve click on a run's approval request, as Slack sends a block_actions payload."""
-    value = json.dumps({"run_id": run_id, "step_id": step_id}, separators=(",", ":"))
+def click(run: dict[str, str], response_url: str) -> str:
+    """An Approve click on a run's approval request, as Slack sends a block_actions payload: the
+    button's value as it was posted (`value`, when the plan has it), else `{run_id, step_id}`."""
+    run_id, step_id, channel, ts = run["run_id"], run["step_id"], run["channel"], run["ts"]
+    value = run.get("value") or json.dumps({"run_id": run_id, "step_id": step_id}, separators=(",", ":"))
     payload = {
         "type": "block_actions", "api_app_id": "A0PLAYBOOK", "token": "deprecated-verification-token",
         "user": {"id": APPROVER, "username": "approver", "name": "approver", "team_id": "T0FAKE"},
@@ -274,7 +276,7 @@ async def paced_starts(address: str, task_queue: str, target_port: int, count: i
 
 
 async def clicks(url: str, target_port: int, plan: list[dict[str, str]], warmup: int) -> None:
-    """Approve on each run of `plan` ({run_id, step_id, channel, ts}); keys are the run ids."""
+    """Approve on each run of `plan` ({run_id, step_id, channel, ts, value?}); keys are the run ids."""
     target = Target()
     await target.start(target_port)
     sent: dict[str, float] = {}
@@ -284,7 +286,7 @@ async def clicks(url: str, target_port: int, plan: list[dict[str, str]], warmup:
 
         async def approve(i: int, run: dict[str, str]) -> None:
             respond = f"http://127.0.0.1:{target_port}/hit/response-{i}"  # Slack's response_url, answering 200
-            body = click(run["run_id"], run["step_id"], run["channel"], run["ts"], respond)
+            body = click(run, respond)
 
             async def post() -> int:
                 async with web.post(f"{url}/slack/events", data=body, headers=signed(body)) as response:
@@ -330,7 +332,7 @@ def main() -> None:
     sub = kinds.add_parser("clicks")
     sub.add_argument("url")
     sub.add_argument("--target-port", type=int, required=True)
-    sub.add_argument("--plan", type=argparse.FileType(), required=True, help="JSON: [{run_id, step_id, channel, ts}]")
+    sub.add_argument("--plan", type=argparse.FileType(), required=True, help="JSON: [{run_id, step_id, channel, ts, value?}]")
     sub.add_argument("--warmup", type=int, default=3, help="the first W clicks, one at a time, not reported")
     args = parser.parse_args()
     if args.kind == "alerts":

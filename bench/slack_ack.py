@@ -8,7 +8,7 @@ fake answering 200), none (older Slack bodies carry none), and a failing one (an
 figure: the slowest ack of each burst, median over the bursts, bot / floor (goal <= 1.3), and no
 command answered other than 200 or later than 3 s.
 
-    .venv/bin/python -m bench.slack_ack [--bursts 3] [--size 50] [--shape serve|dev|both]
+    .venv/bin/python -m bench.slack_ack [--bursts 3] [--size 50] [--shape serve|dev|both] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from bench import results
+from bench import profiles, results
 from bench.alert_storm import executions
 from bench.topology import (
     ALERT_TOKEN, ENVELOPE_KEY, ROOT, SIGNING_SECRET, Topology, base_env, load_average, run, topology,
@@ -90,7 +90,8 @@ async def burst(topo: Topology, url: str, bursts: int, size: int, response_url: 
     return per_burst([line for line in lines if "burst" in line])
 
 
-async def shape_run(shape: str, bursts: int, size: int, fake: FakeSlack, urls: dict[str, str]) -> None:
+async def shape_run(shape: str, bursts: int, size: int, fake: FakeSlack, urls: dict[str, str],
+                    profile: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench-slack-{shape}-") as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "playbooks").mkdir()
@@ -101,7 +102,7 @@ async def shape_run(shape: str, bursts: int, size: int, fake: FakeSlack, urls: d
             alertmanager_token=ALERT_TOKEN, envelope_key=ENVELOPE_KEY, task_queue=queue,
             slack_signing_secret=SIGNING_SECRET, slack_bot_token=fake.token, slack_api_url=fake.api_url,
         )
-        async with topology(tmp) as topo:
+        async with topology(tmp, profile) as topo:
             if shape == "serve":
                 server = await topo.temporal()
                 address = server.address
@@ -123,11 +124,14 @@ async def shape_run(shape: str, bursts: int, size: int, fake: FakeSlack, urls: d
             runs, ids = await executions(address, queue, sent, timeout=60)
             print(topo.describe())
             layout = topo.layout()
-    show(shape, bursts, size, floor, bot, runs, ids, layout)
+    if profile is not None:  # profiled processes are slower: their figures are not recorded
+        for name in ("serve", "worker") if shape == "serve" else ("dev",):
+            print(profiles.top(profile / f"{name}.prof"))
+    show(shape, bursts, size, floor, bot, runs, ids, layout, record=profile is None)
 
 
 def show(shape: str, bursts: int, size: int, floor: dict[str, Any], bot: dict[str, dict[str, Any]], runs: int,
-         ids: int, layout: list[dict[str, Any]]) -> None:
+         ids: int, layout: list[dict[str, Any]], record: bool = True) -> None:
     where = "serve + worker" if shape == "serve" else "dev"
     print(f"\nSlack ack: {bursts} bursts of {size} signed /playbook run, {where}, load average {load_average()}\n")
     print(f"{'':44} {'p50 ms':>8} {'slowest per burst (ms)':>26} {'median':>8} {'ratio':>6} {'non-200':>8} {'> 3 s':>6}")
@@ -141,6 +145,9 @@ def show(shape: str, bursts: int, size: int, floor: dict[str, Any], bot: dict[st
     print(f"\nbot runs started: {runs} ({ids} ids) for {sent} commands sent ({len(VARIANTS) * WARMUP} of them warm-up), "
           f"{answered} of the measured answered 200")
     print(f"goal: ratio {GOAL} in every variant, every command 200 within 3 s")
+    if not record:
+        print("(profiled run: not recorded in bench/results.json)")
+        return
     figures = []
     for variant, side in bot.items():
         ratio = side["median_slowest"] / floor["median_slowest"]
@@ -157,10 +164,10 @@ def show(shape: str, bursts: int, size: int, floor: dict[str, Any], bot: dict[st
     results.record(*figures, samples=samples)
 
 
-async def main(bursts: int, size: int, shapes: list[str]) -> None:
+async def main(bursts: int, size: int, shapes: list[str], profile: Path | None) -> None:
     with FakeSlack() as fake, response_urls() as urls:
         for shape in shapes:
-            await shape_run(shape, bursts, size, fake, urls)
+            await shape_run(shape, bursts, size, fake, urls, profile)
 
 
 if __name__ == "__main__":
@@ -168,5 +175,7 @@ if __name__ == "__main__":
     parser.add_argument("--bursts", type=int, default=3)
     parser.add_argument("--size", type=int, default=50)
     parser.add_argument("--shape", choices=["serve", "dev", "both"], default="both")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run the bot's processes under cProfile, dump them in DIR and print their top entries")
     args = parser.parse_args()
-    run(main(args.bursts, args.size, ["serve", "dev"] if args.shape == "both" else [args.shape]))
+    run(main(args.bursts, args.size, ["serve", "dev"] if args.shape == "both" else [args.shape], args.profile))
