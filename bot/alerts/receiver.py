@@ -84,7 +84,7 @@ def _webhook_alerts(sender: Sender) -> Callable[[bytes], list[Alert]]:
 class AlertSender:
     """Who posts on a route: the principal its runs are requested by (and the trigger kind), the
     payload it sends and how its alerts route, how it proves itself (`signed`: an HMAC of the body,
-    PagerDuty's; else the bearer token), whether a refusal is audited, and the audit id prefix that
+    PagerDuty's; else the bearer token), and the audit id prefix that
     keeps its receipts apart from another sender's."""
 
     name: SenderName
@@ -94,23 +94,23 @@ class AlertSender:
     parse: Callable[[bytes], list[Alert]]
     route: Callable[[Iterable[LoadedPlaybook], Alert], list[RouteMatch]] = route
     signed: bool = False
-    audit_refusals: bool = False
 
     @property
     def actor(self) -> Actor:
         return Actor(self.name, self.title, (), self.name)  # vouched for by the route's token or signature
 
 
+# Every sender's refusals are audited (a wrong token, a forged signature): who tried to start
+# incidents is on record, one event per distinct attempt, budgeted (RefusalBudget) against floods.
 ALERTMANAGER_SENDER = AlertSender("alertmanager", "Alertmanager", "/alertmanager", "alert", _webhook_alerts("alertmanager"))
 # Its own episodes (grafana-...): the same labels on both routes are two episodes, so neither sender's
 # resolve can end or suppress the other's run (a Grafana caller picks its fingerprints freely).
 GRAFANA_SENDER = AlertSender("grafana", "Grafana", "/grafana", "grafana", _webhook_alerts("grafana"),
                              partial(route, prefix="grafana"))
-# Refusals are audited here (issue 16.2): who tried to start incidents with a forged body is on record.
 PAGERDUTY_SENDER = AlertSender("pagerduty", "PagerDuty", "/pagerduty", "pagerduty", parse_pagerduty,
-                               partial(route_incident, "pagerduty"), signed=True, audit_refusals=True)
+                               partial(route_incident, "pagerduty"), signed=True)
 OPSGENIE_SENDER = AlertSender("opsgenie", "Opsgenie", "/opsgenie", "opsgenie", parse_opsgenie,
-                              partial(route_incident, "opsgenie"), audit_refusals=True)
+                              partial(route_incident, "opsgenie"))
 
 
 def _starts(alert: Alert) -> str:
@@ -178,9 +178,7 @@ class AlertReceiver:
         signing = self.deps.signing
         token_needed = not self.sender.signed and (self.deps.token is not None or signing is None)
         if token_needed and not self._authorised(authorization):  # before reading any body
-            if self.sender.audit_refusals:
-                return await self._refuse(b"", authorization, "missing or wrong bearer token")
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+            return await self._refuse(b"", authorization, "missing or wrong bearer token")
         body = await read_limited(request, self.deps.max_body)
         if body is None:
             return JSONResponse({"error": f"body over {self.deps.max_body} bytes"}, status_code=413)

@@ -583,10 +583,16 @@ async def raw_post(url: str, authorization: bytes | None, body: bytes) -> tuple[
 async def test_webhook_auth_refuses_every_wrong_credential_and_starts_nothing(stack):
     body = json.dumps(webhook([firing(fp(), "Auth", STARTS, instance="auth")])).encode()
     for name, authorization, query in AUTH_REFUSED:
+        before = len(stack.audit.events())
         status, answer = await raw_post(f"{stack.url}/alertmanager{query}", authorization, body)
         assert status == 401, (name, status, answer[:200])
         assert "token" in json.loads(answer)["error"], name
-        assert stack.audit.events() == [], f"{name}: a refused request records nothing"
+        # On record, once per distinct credential (a repeat of one adds nothing), and nothing else.
+        assert len(stack.audit.events()) - before <= 1, name
+        assert [(e.kind.value, e.actor, e.details["operation"], e.details["reason"]) for e in stack.audit.events()] == [
+            ("access_refused", "alertmanager", "webhook:alertmanager", "missing or wrong bearer token")
+        ] * len(stack.audit.events()), name
+    assert len(stack.audit.events()) >= len(AUTH_REFUSED) - 6, "every distinct wrong credential is on record"
     huge, _ = await raw_post(f"{stack.url}/alertmanager", b"Bearer " + b"t" * 70_000, body)
     assert huge == 401 or 400 <= huge < 500 and stack.statuses.count(huge) == 0, "refused, by the app or the server"
     assert await stack.settled_runs() == [], "no refused request started a run"
@@ -612,7 +618,9 @@ async def test_without_a_configured_token_every_request_is_refused(dev_env, tmp_
         for header in [None, b"", b"Bearer", b"Bearer ", b"Bearer None", b"Bearer null", f"Bearer {TOKEN}".encode()]:
             status, _ = await raw_post(f"{s.url}/alertmanager", header, json.dumps(body).encode())
             assert status == 401, header
-        assert s.audit.events() == [] and await s.settled_runs() == []
+        assert await s.settled_runs() == []
+        assert {(e.kind.value, e.details["reason"]) for e in s.audit.events()} == {
+            ("access_refused", "missing or wrong bearer token")}, "refused, and on record"
 
 
 async def test_a_real_alertmanager_with_a_wrong_token_keeps_trying_and_after_the_fix_starts_one_run(dev_env, tmp_path):
@@ -628,7 +636,9 @@ async def test_a_real_alertmanager_with_a_wrong_token_keeps_trying_and_after_the
             return s.statuses.count(401) >= 2
 
         await eventually(refused_twice, timeout=10, what="Alertmanager retrying its refused delivery")
-        assert s.audit.events() == [] and await s.settled_runs() == [], "a refused delivery records and starts nothing"
+        assert await s.settled_runs() == [], "a refused delivery starts nothing"
+        # On record once: its retries carry the same wrong token (the body is never read).
+        assert [(e.kind.value, e.actor) for e in s.audit.events()] == [("access_refused", "alertmanager")]
 
         await s.am.reconfigure(s.http, AM_CONFIG.format(port=s.settings.http_port, token=TOKEN))
 

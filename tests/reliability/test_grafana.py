@@ -250,7 +250,10 @@ async def test_grafana_and_alertmanager_tokens_open_only_their_own_route(stack):
     for path, authorization, payload in refused:
         status, answer = await raw_post(f"{stack.url}{path}", authorization, payload)
         assert status == 401 and "token" in json.loads(answer)["error"], (path, authorization, status)
-    assert stack.audit.events() == [] and await stack.settled_runs() == [], "a refused request records and starts nothing"
+    assert await stack.settled_runs() == [], "a refused request starts nothing"
+    refused_on_record = [(e.kind.value, e.actor, e.details["operation"]) for e in stack.audit.events()]
+    assert refused_on_record == [("access_refused", "grafana", "webhook:grafana")] * 6 + [
+        ("access_refused", "alertmanager", "webhook:alertmanager")], "each refusal on record, by the route it tried"
     right = await deliver(stack, body)
     assert [o["outcome"] for o in right.json()] == ["started"]
 
@@ -261,7 +264,8 @@ async def test_without_a_grafana_token_the_route_refuses_everyone(dev_env, tmp_p
         for header in [None, b"Bearer", b"Bearer None", f"Bearer {GRAFANA_TOKEN}".encode(), f"Bearer {TOKEN}".encode()]:
             status, _ = await raw_post(f"{s.url}/grafana", header, body)
             assert status == 401, header
-        assert s.audit.events() == [] and await s.settled_runs() == []
+        assert await s.settled_runs() == []
+        assert {(e.kind.value, e.details["operation"]) for e in s.audit.events()} == {("access_refused", "webhook:grafana")}
 
 
 def _as_grafana(raw: bytes) -> bytes:
@@ -338,7 +342,7 @@ async def test_with_hmac_set_a_delivery_needs_the_token_and_a_fresh_signature_an
             assert answer.status_code == 401 and why in answer.json()["error"], (why, answer.text)
         unsent = await s.http.post(f"{s.url}/grafana", content=raw, headers=hmac_headers(raw, now))
         assert unsent.status_code == 401 and "token" in unsent.json()["error"], "the token is still required"
-        assert len(access_refused(s)) == len(forged), [e.details for e in access_refused(s)]
+        assert len(access_refused(s)) == len(forged) + 1, [e.details for e in access_refused(s)]  # and the tokenless one
         assert await s.settled_runs() == [], "a refused delivery starts nothing"
 
         signed = await s.http.post(f"{s.url}/grafana", content=raw, headers={**GRAFANA_AUTH, **hmac_headers(raw, now)})
