@@ -1,22 +1,23 @@
 """The workflow sandbox as the worker runs it, without its per-payload cost where that buys nothing.
 
-Before it encodes or decodes a payload, the SDK asks the workflow instance which serialization
-context applies (the run's, or the activity's a command schedules), so a codec can, say, pick a key
-per activity. The sandboxed instance answers by `exec`-ing a source string inside the sandbox: it
+Before the worker runs a payload codec or external storage over an activation's payloads, the SDK
+asks the workflow instance which serialization context applies (so a codec could, say, pick a key
+per activity). The sandboxed instance answers by `exec`-ing a source string inside the sandbox: it
 compiles and runs it for every payload of every activation and completion, three passes each
-(codec references, external storage, codec). Profiled under the alert storm (issue 15), that was
-4 of the worker's 18 busy seconds, as much as all the workflow code it ran.
+(codec references, external storage, codec), even with neither configured. Profiled under the
+alert storm (issue 15), that was 4 of the worker's 18 busy seconds, as much as all the workflow
+code it ran.
 
-With no codec, no external storage and converters that ignore the context (ours: pydantic JSON,
-`SharedPayloadConverter`), every context encodes the same bytes, so `ContextBlindRunner` answers
-"no context" itself; the workflow code still runs in the sandbox, exactly as before. A deployment
-that brings a context-aware codec or converter gets the sandbox's own answers.
+Those answers are read by nothing else: the payload and failure converters inside the sandbox keep
+their own contexts. So with no codec and no external storage (ours), `ContextBlindRunner` answers
+"no context" itself; the workflow code still runs in the sandbox, exactly as before, determinism
+checks included. A deployment that brings a codec or external storage gets the sandbox's answers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from temporalio.bridge.proto.workflow_activation import WorkflowActivation
@@ -26,13 +27,12 @@ from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter, Pydan
 from temporalio.converter import (
     CompositePayloadConverter,
     DataConverter,
-    DefaultFailureConverter,
     DefaultPayloadConverter,
     SerializationContext,
     JSONPlainPayloadConverter,
     StorageDriverStoreContext,
 )
-from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails, WorkflowRunner
+from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 from temporalio.workflow import Info
 
@@ -66,38 +66,29 @@ def shared_converter(client: Client) -> Client:
     return Client(**config)
 
 
-def workflow_runner(converter: DataConverter | None = None) -> WorkflowRunner:
+def workflow_runner(converter: DataConverter | None = None) -> SandboxedWorkflowRunner:
     """The sandbox, with pure, deterministic modules passed through instead of re-imported per run;
     context-blind when `converter` (the worker's) makes no use of serialization contexts."""
-    sandbox = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
-    return ContextBlindRunner(sandbox) if converter is not None and context_blind(converter) else sandbox
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
+    if converter is not None and context_blind(converter):
+        return ContextBlindRunner(restrictions=restrictions)
+    return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
 def context_blind(converter: DataConverter) -> bool:
-    """Whether every serialization context gives the same bytes: no codec, no external storage,
-    and converters known to take no context (the SDK's default and pydantic ones, ours)."""
-    return (
-        converter.payload_codec is None
-        and converter.external_storage is None
-        and converter.payload_converter_class in (SharedPayloadConverter, PydanticPayloadConverter, DefaultPayloadConverter)
-        and converter.failure_converter_class is DefaultFailureConverter
-    )
+    """Whether the worker reads no instance's context: no codec and no external storage, the only
+    passes that ask (temporalio's `_CommandAwareDataConverter`)."""
+    return converter.payload_codec is None and converter.external_storage is None
 
 
-class ContextBlindRunner(WorkflowRunner):
-    """`inner`'s instances, answering the SDK's context questions without entering the sandbox."""
-
-    def __init__(self, inner: WorkflowRunner) -> None:
-        self.inner = inner
-
-    def prepare_workflow(self, defn: Any) -> None:
-        self.inner.prepare_workflow(defn)
+@dataclass(frozen=True)
+class ContextBlindRunner(SandboxedWorkflowRunner):
+    """The sandbox, whose instances answer the SDK's context questions without entering it. A
+    SandboxedWorkflowRunner still, so the SDK's own adjustments of a sandbox (debug mode's
+    passthrough, a plugin's) apply to it and keep its type."""
 
     def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
-        return _ContextBlindInstance(self.inner.create_instance(det))
-
-    def set_worker_level_failure_exception_types(self, types: Sequence[type[BaseException]]) -> None:
-        self.inner.set_worker_level_failure_exception_types(types)
+        return _ContextBlindInstance(super().create_instance(det))
 
 
 class _ContextBlindInstance(WorkflowInstance):
@@ -109,7 +100,7 @@ class _ContextBlindInstance(WorkflowInstance):
         return self.inner.activate(act)
 
     def get_serialization_context(self, command_info: Any) -> SerializationContext | None:
-        return None  # the context-free converter: the same bytes (context_blind)
+        return None  # no codec reads it (context_blind)
 
     def get_external_store_context(self, command_info: Any) -> StorageDriverStoreContext:
         # Read only by external storage, which context_blind excludes; asked once, not per payload.

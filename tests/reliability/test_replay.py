@@ -38,7 +38,7 @@ def test_histories_are_checked_in():
 async def test_replay(path: Path):
     """PlaybookRun histories and KeyLock's (a lock workflow outlives the runs it serves)."""
     replayer = Replayer(workflows=[PlaybookRun, KeyLock], data_converter=pydantic_data_converter,
-                        workflow_runner=workflow_runner())
+                        workflow_runner=workflow_runner(pydantic_data_converter))  # as the worker runs them
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
