@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ from bot.engine.runs import (
 from bot.engine.state import TriggerContext
 from bot.engine.workflow import PlaybookRun
 from bot.identity.principals import Actor
-from bot.identity.proofs import Keyring
+from bot.identity.proofs import Keyring, ProofError
 from bot.playbook.loader import Catalog, LoadedPlaybook
 from bot.policy.engine import PolicyEngine
 from bot.server import read_limited
@@ -141,6 +142,7 @@ class AlertDeps:
 
 class AlertReceiver:
     KNOWN_EPISODES = 50_000
+    RECORDED_ATTEMPTS = 4096  # refused attempts remembered as on record (a sender retrying a stale token)
     # How long a delivery waits for another delivery's claimed start to show up before it answers
     # 503 (Alertmanager retries; a claimer that died is taken over after CLAIM_STALE_AFTER).
     PENDING_WAIT = 10.0
@@ -152,6 +154,8 @@ class AlertReceiver:
         self.deps = deps
         self.sender = deps.sender
         self._refusals = RefusalBudget()  # refusals of anonymous callers recorded one by one per minute
+        self._recorded: OrderedDict[str, None] = OrderedDict()  # attempts this process has on record
+        self._own_key = os.urandom(32)  # keys refused attempts when the keyring holds no key (_attempt)
         self.actor = deps.sender.actor
         # Episodes this process has seen started: a repeat delivery (the usual case in a storm)
         # goes straight to "is it still running?": no store, no policy question, no start.
@@ -202,9 +206,12 @@ class AlertReceiver:
 
     async def _refuse(self, body: bytes, credential: str, reason: str) -> JSONResponse:
         """401, and the refusal on record: nothing parsed, nothing started. One event per distinct
-        attempt (body and credential), so a replayed forgery is recorded once."""
-        digest = hashlib.sha256(body + b"\0" + credential.encode("utf-8", "surrogateescape")).hexdigest()
-        log.warning("webhook refused", sender=self.sender.name, reason=reason, body_sha256=digest)
+        attempt (body and credential), so a replayed forgery, or a sender retrying with a stale
+        token, is recorded once; a repeat this process already recorded costs no budget."""
+        attempt = self._attempt(body, credential)
+        log.warning("webhook refused", sender=self.sender.name, reason=reason, attempt=attempt[:32])
+        if attempt in self._recorded:
+            return JSONResponse({"error": reason}, status_code=401)
         operation = f"webhook:{self.sender.name}"
         recorded, unrecorded, window = self._refusals.take()  # a flood of forgeries cannot grow the trail unbounded
         if unrecorded and window is not None:
@@ -213,8 +220,22 @@ class AlertReceiver:
                 f"{datetime.fromtimestamp(window * 60, timezone.utc):%Y-%m-%dT%H:%MZ} were not recorded one by one "
                 f"(at most {self._refusals.per_minute} a minute are)"), key=f"window-{window}"))
         if recorded:
-            await record_refusal(self.deps.audit, refusal(self.sender.name, operation, reason, key=digest[:32]))
+            await record_refusal(self.deps.audit, refusal(self.sender.name, operation, reason, key=attempt[:32]))
+            self._recorded[attempt] = None
+            while len(self._recorded) > self.RECORDED_ATTEMPTS:
+                self._recorded.popitem(last=False)
         return JSONResponse({"error": reason}, status_code=401)
+
+    def _attempt(self, body: bytes, credential: str) -> str:
+        """The attempt's key: an HMAC under this deployment's envelope key (the same on every
+        replica), never a plain digest. A refused credential can be a real secret (another route's
+        token, a typo of this one's, a rotated one), and a plain hash in the trail or the logs would
+        let whoever reads them test guesses offline. A process without the key uses one of its own."""
+        material = hashlib.sha256(body + b"\0" + credential.encode("utf-8", "surrogateescape")).hexdigest()
+        try:
+            return self.deps.keyring.seal("webhook refusal", material).partition(":")[2]
+        except ProofError:
+            return hmac.new(self._own_key, material.encode(), hashlib.sha256).hexdigest()
 
     def _authorised(self, header: str) -> bool:
         token = self.deps.token
