@@ -65,12 +65,22 @@ def test_a_goal_is_not_met_when_requests_never_arrived() -> None:
 
 
 def test_click_is_an_approve_block_action_on_the_run() -> None:
-    payload = json.loads(parse_qs(click("run-1", "act", "C0X", "12.5", "http://r"))["payload"][0])
+    run = {"run_id": "run-1", "step_id": "act", "channel": "C0X", "ts": "12.5"}
+    payload = json.loads(parse_qs(click(run, "http://r"))["payload"][0])
     assert payload["type"] == "block_actions"
     [action] = payload["actions"]
     assert action["action_id"] == APPROVE_ACTION
     assert json.loads(action["value"]) == {"run_id": "run-1", "step_id": "act"}
     assert (payload["container"]["message_ts"], payload["channel"]["id"]) == ("12.5", "C0X")
+
+
+def test_click_sends_the_buttons_value_back_as_it_was_posted() -> None:
+    """As Slack does: the execution the bot's button carries reaches the bot (without it, every
+    click would cost the bot a describe that real clicks never cause)."""
+    posted = '{"run_id":"run-1","step_id":"act","execution":"e-1"}'
+    run = {"run_id": "run-1", "step_id": "act", "channel": "C0X", "ts": "12.5", "value": posted}
+    [action] = json.loads(parse_qs(click(run, "http://r"))["payload"][0])["actions"]
+    assert action["value"] == posted
 
 
 async def test_target_notes_the_first_arrival_of_each_key() -> None:
