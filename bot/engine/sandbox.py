@@ -8,9 +8,10 @@ compiles and runs it for every payload of every activation and completion, three
 alert storm (issue 15), that was 4 of the worker's 18 busy seconds, as much as all the workflow
 code it ran.
 
-Those answers are read by nothing else: the payload and failure converters inside the sandbox keep
-their own contexts. So with no codec and no external storage (ours), `ContextBlindRunner` answers
-"no context" itself; the workflow code still runs in the sandbox, exactly as before, determinism
+It asks for the external-storage context the same way, per run. Those answers are read by
+nothing else: the payload and failure converters inside the sandbox keep their own contexts. So
+with no codec and no external storage (ours), `ContextBlindRunner` answers both itself ("no
+context", "no store"); the workflow code still runs in the sandbox, exactly as before, determinism
 checks included. A deployment that brings a codec or external storage gets the sandbox's answers.
 """
 
@@ -81,6 +82,9 @@ def context_blind(converter: DataConverter) -> bool:
     return converter.payload_codec is None and converter.external_storage is None
 
 
+_NO_STORE = StorageDriverStoreContext(target=None)  # what the sandbox itself answers when it has none
+
+
 @dataclass(frozen=True)
 class ContextBlindRunner(SandboxedWorkflowRunner):
     """The sandbox, whose instances answer the SDK's context questions without entering it. A
@@ -94,7 +98,6 @@ class ContextBlindRunner(SandboxedWorkflowRunner):
 class _ContextBlindInstance(WorkflowInstance):
     def __init__(self, inner: WorkflowInstance) -> None:
         self.inner = inner
-        self._store: StorageDriverStoreContext | None = None
 
     def activate(self, act: WorkflowActivation) -> WorkflowActivationCompletion:
         return self.inner.activate(act)
@@ -103,10 +106,7 @@ class _ContextBlindInstance(WorkflowInstance):
         return None  # no codec reads it (context_blind)
 
     def get_external_store_context(self, command_info: Any) -> StorageDriverStoreContext:
-        # Read only by external storage, which context_blind excludes; asked once, not per payload.
-        if self._store is None:
-            self._store = self.inner.get_external_store_context(None)
-        return self._store
+        return _NO_STORE  # read only by external storage, which context_blind excludes
 
     def get_info(self) -> Info:
         return self.inner.get_info()

@@ -59,19 +59,20 @@ def test_the_sdks_own_adjustments_of_a_sandbox_keep_it_context_blind():
 
 @dataclass(frozen=True)
 class _Counting(SandboxedWorkflowRunner):
-    """The sandbox, counting the context lookups its instances are asked for."""
+    """The sandbox, counting the context lookups (serialization, external store) its instances are asked for."""
 
     asked: list[int] = field(default_factory=list, compare=False)
 
     def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
         instance = super().create_instance(det)
-        original = instance.get_serialization_context
+        for name in ("get_serialization_context", "get_external_store_context"):
+            original = getattr(instance, name)
 
-        def counted(command_info: Any) -> Any:
-            self.asked.append(1)
-            return original(command_info)
+            def counted(command_info: Any, original: Any = original) -> Any:
+                self.asked.append(1)
+                return original(command_info)
 
-        instance.get_serialization_context = counted  # type: ignore[method-assign]
+            setattr(instance, name, counted)
         return instance
 
 
