@@ -1,4 +1,5 @@
-"""Group commit for the front doors: the audit writes of concurrent requests share one transaction.
+"""Group commit: the audit writes of concurrent requests (front doors) and activities (the worker's
+AuditWriter) share one transaction.
 
 An alert storm's requests each append a few events; one transaction (and, on SQLite, one fsync)
 per request makes the store the front door's bottleneck and queues requests behind each other's

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from bot.audit.batching import GroupCommitter
 from bot.audit.events import AuditEvent, EventKind, UnstorableEvent, storable_id
 from bot.audit.backend import AuditStore
 from bot.audit.store import AuditUnavailable
@@ -100,16 +101,31 @@ async def record_refusal(store: AuditStore | None, event: AuditEvent) -> None:
 
 
 class AuditWriter:
-    """Async front of the store; `None` store (unit tests of one action) writes nothing."""
+    """Async front of the store; `None` store (unit tests of one action) writes nothing.
+
+    Concurrent writes share transactions (bot/audit/batching.py): 50 approvals at once, or an
+    alert storm's runs, each write a few events from their activities, and one transaction (an
+    fsync, a thread hop, a turn at the store's lock) per write queued them behind each other. A
+    write still returns only once its events are committed, and fails only with its own batch."""
 
     def __init__(self, store: AuditStore | None) -> None:
         self.store = store
+        # id(loop) -> (loop, its committer): a writer built at startup may serve more than one loop (tests)
+        self._committers: dict[int, tuple[asyncio.AbstractEventLoop, GroupCommitter]] = {}
+
+    def _committer(self, store: AuditStore) -> GroupCommitter:
+        loop = asyncio.get_running_loop()
+        held = self._committers.get(id(loop))
+        if held is None or held[0] is not loop:
+            self._committers = {k: v for k, v in self._committers.items() if not v[0].is_closed()}
+            held = self._committers[id(loop)] = (loop, GroupCommitter(store))
+        return held[1]
 
     async def write(self, events: Sequence[AuditEvent]) -> None:
         if not events or self.store is None:
             return
         try:
-            await append_counted(self.store, events)
+            await self._committer(self.store).append(events)
         except AuditUnavailable as exc:
             raise ApplicationError(f"audit store unavailable: {exc}", type=AUDIT_UNAVAILABLE) from None
         except UnstorableEvent as exc:  # no retry can store it

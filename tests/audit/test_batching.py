@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from temporalio.exceptions import ApplicationError
 
 from bot.audit.batching import GroupCommitter
 from bot.audit.events import ID_BYTES_MAX, AuditEvent, EventKind, StoredEvent, UnstorableEvent
-from bot.audit.recorder import refusal
+from bot.audit.recorder import AUDIT_UNAVAILABLE, AuditWriter, refusal
 from bot.audit.store import AuditUnavailable
 
 WAIT = 60  # generous: a loaded machine
@@ -222,3 +223,24 @@ def test_a_refusal_records_the_hostile_ids_it_was_given_as_a_store_can_hold_them
     assert stored[0].run_id.startswith("r" * 200 + "... (100000 characters, sha256 ")
     assert stored[1].run_id == "run\ufffdid... (6 characters, sha256 " + stored[1].run_id.rsplit(" ", 1)[1]
     assert "\x00" not in stored[1].actor + stored[1].event_id and store.verify().ok
+
+
+async def test_the_workers_writer_groups_concurrent_activity_writes(store: Any) -> None:
+    """The worker's AuditWriter (every action, policy and audit activity writes through it) uses
+    the same group commit: 50 approvals at once used to be 50 transactions, each an fsync and a
+    turn at the store's lock. Each write still returns committed, and a batch the store refuses
+    fails its activities with the retryable AuditUnavailable they always raised."""
+    watched = Watched(store, gate=True)
+    writer = AuditWriter(watched)  # type: ignore[arg-type]
+    first = asyncio.create_task(writer.write(events("w00")))
+    assert await asyncio.to_thread(watched.entered.wait, WAIT)
+    rest = [asyncio.create_task(writer.write(events(f"w{i:02d}"))) for i in range(1, 50)]
+    await asyncio.sleep(0.05)
+    watched.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), WAIT)
+    assert len(watched.appends) == 2, "the first write, then the 49 that queued behind it, together"
+    assert {e.run_id for e in store.events()} == {f"w{i:02d}" for i in range(50)}
+
+    down = [writer.write(events("poison-a")), writer.write(events("poison-b"))]
+    for outcome in await asyncio.gather(*down, return_exceptions=True):
+        assert isinstance(outcome, ApplicationError) and outcome.type == AUDIT_UNAVAILABLE, outcome
