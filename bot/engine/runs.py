@@ -238,15 +238,29 @@ async def get_status(client: Client, run_id: str) -> RunStatus:
         ) from None
 
 
-async def execution_of(client: Client, run_id: str) -> str:
+SHOWN_SKEW = timedelta(minutes=1)  # Slack's clock against Temporal's, for a button's age (execution_of)
+
+
+async def execution_of(client: Client, run_id: str, *, shown_at: datetime | None = None) -> str:
     """The run's first execution run id, which a vote, answer or cancel is signed for (a run id can
-    run again): one describe. RunError for no such run, or when Temporal does not answer."""
+    run again): one describe. RunError for no such run, or when Temporal does not answer.
+
+    `shown_at`: when the button asking this was posted, for a button that does not name its
+    execution (posted before buttons did): an execution that started after it (by more than the
+    clocks' skew) is a later run under the same run id, which that button was never shown for."""
     try:
         desc = await client.get_workflow_handle(run_id).describe()
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise RunError(f"unknown run {run_id!r}", "not_found", "unknown_run") from None
         raise RunError(f"cannot read run {run_id!r}: {exc.message}", "unavailable") from None
+    if shown_at is not None and desc.start_time > shown_at + SHOWN_SKEW:
+        raise RunError(
+            f"this button was posted {shown_at:%Y-%m-%d %H:%M:%SZ}, before run {run_id!r} started "
+            f"({desc.start_time:%Y-%m-%d %H:%M:%SZ}): it belongs to an earlier run under that id; "
+            "nothing was recorded (use the buttons on the run's own message)",
+            "conflict", "run_state",
+        )
     return desc.raw_description.workflow_execution_info.first_run_id or desc.run_id
 
 
@@ -291,13 +305,14 @@ async def cancel_run(
 
 
 async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, keyring: Keyring, *,
-               execution: str | None = None) -> VoteResult:
+               execution: str | None = None, shown_at: datetime | None = None) -> VoteResult:
     """Cast a vote as `actor`: one update, its proof carrying the principal and groups as verified
     here and bound to `execution` (the run's first execution run id, as a Slack button carries it;
     None: learnt with one describe first). The run decides: its validator refuses what it can
     before anything is recorded (and repeats of a voter it refused), and the worker checks the
-    proof and asks the `approver` rule, once, inside the workflow task that takes the vote."""
-    execution = execution or await execution_of(client, run_id)
+    proof and asks the `approver` rule, once, inside the workflow task that takes the vote.
+    `shown_at`: when the clicked button was posted (see execution_of)."""
+    execution = execution or await execution_of(client, run_id, shown_at=shown_at)
     content = vote_content(request.step_id, request.vote, request.reason)
     proof = keyring.sign("vote", run_id, actor, content, execution=execution)
     return await _as_actor(client, run_id, execution, PlaybookRun.vote, request, actor, proof, ("vote on", "vote"))
@@ -305,12 +320,12 @@ async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, 
 
 async def confirm(
     client: Client, run_id: str, request: ConfirmRequest, actor: Actor, keyring: Keyring, *,
-    execution: str | None = None,
+    execution: str | None = None, shown_at: datetime | None = None,
 ) -> ConfirmResult:
     """Answer a core.confirm step as `actor` (its proof covers the exact answer and, as a vote's,
     the execution); the workflow refuses an answer outside the step's choices or input (audited),
     then checks it as a vote."""
-    execution = execution or await execution_of(client, run_id)
+    execution = execution or await execution_of(client, run_id, shown_at=shown_at)
     content = confirm_content(request.step_id, request.answer, request.reason)
     proof = keyring.sign("confirm", run_id, actor, content, execution=execution)
     return await _as_actor(client, run_id, execution, PlaybookRun.confirm, request, actor, proof, ("answer", "answer"))

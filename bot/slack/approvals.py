@@ -7,7 +7,8 @@ the clicker alone (via `@app.error`). An accepted one is redrawn by the run itse
 its Slack stale and the notifier, the one writer of the run's messages, redraws the request at
 once (no read of the run here, no second chat.update that could land after a newer one).
 A button names the execution it was drawn for, so the click is signed for that run (a later run
-under the same run id refuses it); a button posted before it did costs one describe first.
+under the same run id refuses it); a button posted before it did costs one describe first, and is
+refused when the run started after the button's message was posted (a later run under that id).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import structlog
@@ -60,6 +62,19 @@ def parse_value(value: Any) -> ButtonRef:
     if execution is not None and (not isinstance(execution, str) or not execution):
         raise RunError("this approval button is malformed; use `playbook-bot approve RUN STEP` instead")
     return ButtonRef(ref.run_id, ref.step_id, choice, execution)
+
+
+def shown_at(body: dict[str, Any]) -> datetime | None:
+    """When the clicked button's message was posted: its `ts` is Slack's Unix time of posting.
+    None when the click names no message (or a ts that is not one)."""
+    ts = ((body.get("container") or {}).get("message_ts") or (body.get("message") or {}).get("ts") or "")
+    try:
+        seconds = float(ts)
+    except (TypeError, ValueError):
+        return None
+    if not 0 < seconds < 2**32:  # a forged value: no button was posted then
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc)
 
 
 def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> None:
@@ -118,10 +133,11 @@ class ApprovalButtons:
                 # The value only says which choice was clicked; the workflow refuses one not in the step's choices.
                 asked = ConfirmRequest(step_id=ref.step_id, user=actor.principal, answer=str(ref.choice)[:1000])
                 answered = await confirm(self.deps.client, ref.run_id, asked, actor, self.deps.keyring,
-                                         execution=ref.execution)
+                                         execution=ref.execution, shown_at=shown_at(body))
                 log.info("slack answer recorded", answer=answered.answer)
                 return
             request = VoteRequest(step_id=ref.step_id, user=actor.principal, vote=choice)
             # One update; RunError: refused by the run (its validator, or the approver rule it asks), nothing changed
-            result = await vote(self.deps.client, ref.run_id, request, actor, self.deps.keyring, execution=ref.execution)
+            result = await vote(self.deps.client, ref.run_id, request, actor, self.deps.keyring, execution=ref.execution,
+                                shown_at=shown_at(body))
             log.info("slack vote recorded", vote=choice, approvals=result.approvals, needed=result.needed)

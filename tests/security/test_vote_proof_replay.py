@@ -21,7 +21,7 @@ import pytest_asyncio
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 
 from bot.audit.events import StoredEvent
-from bot.engine.runs import RunError, cancel_run, execution_of, start_run, vote
+from bot.engine.runs import SHOWN_SKEW, RunError, cancel_run, execution_of, start_run, vote
 from bot.engine.state import CancelRequest, TriggerContext, VoteRequest
 from bot.engine.workflow import PlaybookRun
 from bot.identity.proofs import START_SKEW, cancel_content, start_content, vote_content
@@ -166,6 +166,33 @@ async def test_a_vote_proof_from_the_run_ids_earlier_execution_is_refused(stack:
 
     await vote(stack.client, run_id, VoteRequest(step_id="risky", user=""), slack_actor(DAVE, "sre"), FRONT_DOOR)
     assert (await result(second)).state == "completed"  # positive control: a vote made now, for this execution
+
+
+async def test_a_button_from_before_buttons_named_their_execution_does_not_vote_on_a_later_run(
+        stack: TrustStack) -> None:
+    """Attack (review, stop 24): a button posted before buttons carried the execution names only
+    the run and step. Clicked after the run id ran again, the front door learnt the execution with
+    a describe, signed the vote for the new run, and the click approved a step its voter was never
+    shown. The button's message time (Slack's `message_ts`) now has to be after the run started."""
+    run_id = f"rerun-button-{uuid.uuid4().hex[:8]}"
+    first = await gated_execution(stack, run_id)
+    posted = datetime.now(timezone.utc)  # the first execution's approval message, as Slack timed it
+    await vote(stack.client, run_id, VoteRequest(step_id="risky", user=""), slack_actor(BOB, "sre"), FRONT_DOOR,
+               shown_at=posted)  # a button without an execution, clicked on the run it was shown for
+    assert (await result(first)).state == "completed"
+
+    second = await rerun(stack, run_id)
+    with pytest.raises(RunError) as old_button:
+        await vote(stack.client, run_id, VoteRequest(step_id="risky", user=""), slack_actor(DAVE, "sre"), FRONT_DOOR,
+                   shown_at=posted - SHOWN_SKEW)
+    assert (old_button.value.code, old_button.value.rule) == ("conflict", "run_state"), old_button.value
+    assert "earlier run under that id" in str(old_button.value), old_button.value
+    assert (await state_of(second)).step("risky").approvals == []
+
+    now = datetime.now(timezone.utc)  # the second execution's own button, also without an execution
+    await vote(stack.client, run_id, VoteRequest(step_id="risky", user=""), slack_actor(DAVE, "sre"), FRONT_DOOR,
+               shown_at=now)
+    assert (await result(second)).state == "completed"
 
 
 async def test_a_cancel_proof_from_the_run_ids_earlier_execution_is_refused(stack: TrustStack) -> None:
