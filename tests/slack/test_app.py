@@ -292,10 +292,21 @@ async def test_a_button_carries_the_execution_and_one_posted_before_still_votes(
         assert shown is not None and json.loads(shown) == {"run_id": run_id, "step_id": "risky", "execution": execution}
         calls.clear()
         older = json.dumps({"run_id": run_id, "step_id": "risky"}, separators=(",", ":"))
+        # Such a button on a message posted before the run started was shown for an earlier run
+        # under this id: refused, and nothing voted (the clicker is told why).
+        stale = "1700000000.000100"
+        assert (await stack.post(stack.click_body(CAROL, run_id, "risky", stale, value=older))).status_code == 200
+        told = await eventually(lambda: returns([c for c in stack.fake.calls_to("chat.postEphemeral")
+                                                 if c.params.get("user") == CAROL]), what="the stale click refused")
+        assert "earlier run under that id" in told[0].params["text"], told[0].params
+        refused = await eventually(lambda: returns([e for e in stack.audit.events(run_id=run_id)
+                                                    if e.kind.value == "access_refused"]), what="the refusal audited")
+        assert "earlier run under that id" in refused[0].details["reason"], refused[0].details
+        assert (await get_status(stack.temporal, run_id)).step("risky").approvals == []
         assert (await stack.post(stack.click_body(BOB, run_id, "risky", ts, value=older))).status_code == 200
         final = await eventually(lambda: finished(stack, run_id), what="approved run completes")
         assert final.state == "completed" and [v.user for v in final.step("risky").approvals] == [principal(BOB)]
-    assert calls.made() == [("describe_workflow", run_id), ("start_workflow_update", run_id)]
+    assert calls.made() == [("describe_workflow", run_id), ("describe_workflow", run_id), ("start_workflow_update", run_id)]
 
 
 async def test_a_malformed_button_is_refused_to_the_clicker(stack: Stack) -> None:
