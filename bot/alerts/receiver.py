@@ -156,6 +156,7 @@ class AlertReceiver:
         self._refusals = RefusalBudget()  # refusals of anonymous callers recorded one by one per minute
         self._recorded: OrderedDict[str, None] = OrderedDict()  # attempts this process has on record
         self._own_key = os.urandom(32)  # keys refused attempts when the keyring holds no key (_attempt)
+        self._replica = os.urandom(4).hex()  # each replica's count of a minute is its own summary event
         self.actor = deps.sender.actor
         # Episodes this process has seen started: a repeat delivery (the usual case in a storm)
         # goes straight to "is it still running?": no store, no policy question, no start.
@@ -218,7 +219,7 @@ class AlertReceiver:
             await record_refusal(self.deps.audit, refusal(self.sender.name, operation, (
                 f"{unrecorded} more refusals in the minute from "
                 f"{datetime.fromtimestamp(window * 60, timezone.utc):%Y-%m-%dT%H:%MZ} were not recorded one by one "
-                f"(at most {self._refusals.per_minute} a minute are)"), key=f"window-{window}"))
+                f"(at most {self._refusals.per_minute} a minute are)"), key=f"window-{window}-{self._replica}"))
         if recorded:
             await record_refusal(self.deps.audit, refusal(self.sender.name, operation, reason, key=attempt[:32]))
             self._recorded[attempt] = None
