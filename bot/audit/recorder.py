@@ -110,22 +110,13 @@ class AuditWriter:
 
     def __init__(self, store: AuditStore | None) -> None:
         self.store = store
-        # id(loop) -> (loop, its committer): a writer built at startup may serve more than one loop (tests)
-        self._committers: dict[int, tuple[asyncio.AbstractEventLoop, GroupCommitter]] = {}
-
-    def _committer(self, store: AuditStore) -> GroupCommitter:
-        loop = asyncio.get_running_loop()
-        held = self._committers.get(id(loop))
-        if held is None or held[0] is not loop:
-            self._committers = {k: v for k, v in self._committers.items() if not v[0].is_closed()}
-            held = self._committers[id(loop)] = (loop, GroupCommitter(store))
-        return held[1]
+        self._commit = GroupCommitter(store) if store is not None else None  # built, like its user, in its loop
 
     async def write(self, events: Sequence[AuditEvent]) -> None:
-        if not events or self.store is None:
+        if not events or self._commit is None:
             return
         try:
-            await self._committer(self.store).append(events)
+            await self._commit.append(events)
         except AuditUnavailable as exc:
             raise ApplicationError(f"audit store unavailable: {exc}", type=AUDIT_UNAVAILABLE) from None
         except UnstorableEvent as exc:  # no retry can store it
