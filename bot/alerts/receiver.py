@@ -114,6 +114,14 @@ OPSGENIE_SENDER = AlertSender("opsgenie", "Opsgenie", "/opsgenie", "opsgenie", p
                               partial(route_incident, "opsgenie"))
 
 
+def _keep(recent: OrderedDict[str, None], key: str, limit: int) -> None:
+    """`key` as the most recent of at most `limit` keys (the oldest are forgotten)."""
+    recent[key] = None
+    recent.move_to_end(key)
+    while len(recent) > limit:
+        recent.popitem(last=False)
+
+
 def _starts(alert: Alert) -> str:
     """startsAt in UTC, as the episode id has it: a peer writing the same instant in another
     offset is the same episode, for the audit keys and the resolved-before check too."""
@@ -222,9 +230,7 @@ class AlertReceiver:
                 f"(at most {self._refusals.per_minute} a minute are)"), key=f"window-{window}-{self._replica}"))
         if recorded:
             await record_refusal(self.deps.audit, refusal(self.sender.name, operation, reason, key=attempt[:32]))
-            self._recorded[attempt] = None
-            while len(self._recorded) > self.RECORDED_ATTEMPTS:
-                self._recorded.popitem(last=False)
+            _keep(self._recorded, attempt, self.RECORDED_ATTEMPTS)
         return JSONResponse({"error": reason}, status_code=401)
 
     def _attempt(self, body: bytes, credential: str) -> str:
@@ -448,10 +454,7 @@ class AlertReceiver:
             return False
 
     def _remember(self, run_id: str) -> None:
-        self._known[run_id] = None
-        self._known.move_to_end(run_id)
-        while len(self._known) > self.KNOWN_EPISODES:
-            self._known.popitem(last=False)
+        _keep(self._known, run_id, self.KNOWN_EPISODES)
 
     async def _running(self, run_id: str) -> bool | None:
         """True running, False ended, None never started."""
