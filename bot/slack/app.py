@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.kwargs_injection.async_args import AsyncArgs
 from slack_bolt.request.internals import build_normalized_headers, extract_content_type, parse_body
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
@@ -36,6 +37,7 @@ from bot.settings import ConfigError, Settings
 from bot.slack.background import AckWindow, Background
 from bot.slack.blocks import escape, truncate
 from bot.slack.groups import GroupResolver
+from bot.slack.listeners import Listener, at_ack
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +73,7 @@ def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
         signing_secret=settings.slack_signing_secret.get_secret_value(),
         client=deps.web,
         request_verification_enabled=True,
-        process_before_response=False,
+        process_before_response=True,  # each listener returns at its ack (bot.slack.listeners.at_ack)
         name="playbook-bot",
     )
     groups = GroupResolver(deps.web)
@@ -104,6 +106,12 @@ async def drain(app: AsyncApp | None, timeout: float = 5.0) -> None:
         await background.drain(timeout)
 
 
+def listener(deps: SlackDeps, handler: Listener, *, acked_by_bolt: bool = False) -> Callable[[AsyncArgs], Awaitable[None]]:
+    """`handler` as this app registers it: answered at its ack; a failure after it told to the user."""
+    return at_ack(handler, lambda error, body, respond: queue_error(deps, error, body, respond),
+                  acked_by_bolt=acked_by_bolt)
+
+
 def queue_error(deps: SlackDeps, error: Exception, body: Mapping[str, Any], respond: Any) -> None:
     """report_error, queued: logged now, the user told from the answers lane (never on the ack path)."""
     text = describe_error(error, body)
@@ -113,9 +121,8 @@ def queue_error(deps: SlackDeps, error: Exception, body: Mapping[str, Any], resp
 async def report_error(web: AsyncWebClient, error: Exception, body: Mapping[str, Any], respond: Any) -> None:
     """The one answer to a failed command or click: known errors say why, others say see the logs.
 
-    `@app.error` calls it, and so do the handlers for what fails after their ack: Bolt's runner
-    polls for the ack every 10 ms, and a listener that raises before the poll sees it overwrites
-    the ack with a failure, so Slack would get a 404 for a request that was in fact acked.
+    `@app.error` calls it for what fails before an ack, and so do the handlers for what fails after
+    theirs (what they leave uncaught there reaches `queue_error` through `listener`).
     """
     await reply_ephemeral(web, body, respond, describe_error(error, body))
 

@@ -27,7 +27,7 @@ from bot.engine.runs import RunError, confirm, vote
 from bot.engine.state import ConfirmRequest, VoteRequest
 from bot.identity import principals
 from bot.identity.principals import Actor
-from bot.slack.app import SlackDeps, report_error
+from bot.slack.app import SlackDeps, listener, report_error
 from bot.slack.blocks import (
     APPROVE_ACTION,
     CHOICE_ACTION_PATTERN,
@@ -79,9 +79,9 @@ def shown_at(body: dict[str, Any]) -> datetime | None:
 
 def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> None:
     handler = ApprovalButtons(deps, groups)
-    app.action(APPROVE_ACTION)(handler.handle)
-    app.action(REJECT_ACTION)(handler.handle)
-    app.action(CHOICE_ACTION_PATTERN)(handler.handle)
+    app.action(APPROVE_ACTION)(listener(deps, handler.handle))
+    app.action(REJECT_ACTION)(listener(deps, handler.handle))
+    app.action(CHOICE_ACTION_PATTERN)(listener(deps, handler.handle))
 
 
 class ApprovalButtons:

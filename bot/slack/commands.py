@@ -48,7 +48,7 @@ from bot.playbook.model import ForeachGroup, ParallelGroup, Step
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.templating import TemplateError, display, inert, render
 from bot.policy.inputs import policy_input, rfc3339
-from bot.slack.app import RECEIVED_AT, SlackDeps, queue_error, reply_ephemeral
+from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, reply_ephemeral
 from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
 from bot.slack import forms
 from bot.slack.groups import GroupResolver
@@ -82,7 +82,7 @@ Respond = Callable[..., Awaitable[Any]]
 
 def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> PlaybookCommand:
     command = PlaybookCommand(deps, groups)
-    app.command(COMMAND)(command.handle)
+    app.command(COMMAND)(listener(deps, command.handle))
     return command
 
 

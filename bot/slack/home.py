@@ -23,7 +23,7 @@ from bot.engine.runs import RunError, check_approver, get_status
 from bot.engine.state import RunStatus
 from bot.identity import principals
 from bot.identity.principals import Actor, PrincipalError
-from bot.slack.app import SlackDeps
+from bot.slack.app import SlackDeps, listener
 from bot.slack.blocks import RUN_EMOJI, escape, requester, slack_date, truncate
 from bot.slack.commands import REQUESTER_MEMO
 from bot.slack.groups import GroupResolver
@@ -43,7 +43,7 @@ SECTION_LIMIT = 3000
 
 def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> HomeTab:
     tab = HomeTab(deps, groups)
-    app.event("app_home_opened")(tab.handle)
+    app.event("app_home_opened")(listener(deps, tab.handle, acked_by_bolt=True))
     return tab
 
 

@@ -24,7 +24,7 @@ from bot.audit.recorder import record_refusal, refusal
 from bot.playbook.loader import LoadedPlaybook, UnknownPlaybook
 from bot.playbook.params import ParamError
 from bot.slack import forms
-from bot.slack.app import RECEIVED_AT, SlackDeps, queue_error
+from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error
 from bot.slack.commands import ACK_BUDGET, HELP, PlaybookCommand
 from bot.slack.forms import FieldErrors, FormMeta, FormRefused, Sealer
 
@@ -39,8 +39,8 @@ Ack = Callable[..., Awaitable[None]]
 def register(app: AsyncApp, deps: SlackDeps, command: PlaybookCommand, signing_secret: str) -> RunForms:
     handler = RunForms(deps, command, Sealer(signing_secret))
     command.forms = handler
-    app.view(forms.FORM_CALLBACK)(handler.on_submit)
-    app.action(forms.PICK_ACTION)(handler.on_pick)
+    app.view(forms.FORM_CALLBACK)(listener(deps, handler.on_submit))
+    app.action(forms.PICK_ACTION)(listener(deps, handler.on_pick))
     return handler
 
 
