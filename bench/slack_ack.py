@@ -28,7 +28,7 @@ from typing import Any
 from bench import profiles, results
 from bench.alert_storm import executions
 from bench.topology import (
-    ALERT_TOKEN, ENVELOPE_KEY, ROOT, SIGNING_SECRET, Topology, base_env, load_average, run, topology,
+    ALERT_TOKEN, ENVELOPE_KEY, ROOT, SIGNING_SECRET, CpuMeter, Topology, base_env, load_average, run, topology,
 )
 
 sys.path.insert(0, str(ROOT))
@@ -110,7 +110,8 @@ async def shape_run(shape: str, bursts: int, size: int, fake: FakeSlack, urls: d
             else:
                 front, address = await topo.dev(env)
             floor_proc = await topo.floor_bolt(address, f"floor-{uuid.uuid4()}", fake.api_url, fake.token)
-            floor = await burst(topo, floor_proc.url, bursts, size, urls["working response_url"])
+            with CpuMeter(topo) as cpu_floor:
+                floor = await burst(topo, floor_proc.url, bursts, size, urls["working response_url"])
             await asyncio.to_thread(floor_proc.stop)
             if shape == "serve":
                 await topo.worker(env)
@@ -119,7 +120,10 @@ async def shape_run(shape: str, bursts: int, size: int, fake: FakeSlack, urls: d
             bot: dict[str, dict[str, Any]] = {}
             for variant in VARIANTS:
                 await asyncio.sleep(2)  # the previous variant's runs and answers drain
-                bot[variant] = await burst(topo, url, bursts, size, urls[variant])
+                with CpuMeter(topo) as cpu_bot:
+                    bot[variant] = await burst(topo, url, bursts, size, urls[variant])
+                print(f"bot, {variant}: {cpu_bot.line()}")  # where the cores went, as the other benches say
+            print(f"floor: {cpu_floor.line()}")
             sent = sum(b["count"] for b in bot.values()) + len(VARIANTS) * WARMUP
             runs, ids = await executions(address, queue, sent, timeout=60)
             print(topo.describe())
