@@ -6,11 +6,15 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
+import structlog
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 from temporalio.client import Client
 
 from bot.metrics import exposition
+
+log = structlog.get_logger(__name__)
 
 Check = Callable[[], Awaitable[str | None]]  # None when fine, else the reason
 
@@ -84,10 +88,65 @@ async def read_limited(request: Request, limit: int) -> bytes | None:
     return body
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+DIRECT = "playbook_direct_routes"  # on an APIRouter: {(method, path): endpoint} that direct_route added
+
+
+def direct_route(router: APIRouter, path: str, endpoint: Endpoint, *, summary: str, methods: Sequence[str] = ("POST",)) -> None:
+    """Declare `endpoint` on `router` (so /docs lists it) and have DirectRoutes call it straight
+    from the server. For an endpoint that takes the raw Request and answers every outcome itself."""
+    router.add_api_route(path, endpoint, methods=list(methods), summary=summary)
+    table = router.__dict__.setdefault(DIRECT, {})
+    table.update({(method, path): endpoint for method in methods})
+
+
+class DirectRoutes:
+    """The app as served: the direct routes are called straight from the server; everything else
+    goes through FastAPI.
+
+    FastAPI's per-request layers (its middleware stack, matching the path against every route,
+    solving an empty dependency list, running the endpoint) cost a webhook or Slack request about
+    as much CPU as our own handler (profiled, issue 15), and such an endpoint uses none of them:
+    it reads its own body, checks its own auth and builds its own response. The routes stay
+    declared on the FastAPI app, for /docs. A failure the endpoint does not answer itself is
+    logged and answered 500, as FastAPI's ServerErrorMiddleware does.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.direct: dict[tuple[str, str], Endpoint] = getattr(app.state, DIRECT, {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.direct.get((scope.get("method", ""), scope.get("path", ""))) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("app", self.app)  # as Starlette sets it: Request.app
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            response = await endpoint(Request(scope, receive))
+            await response(scope, receive, sending)
+        except Exception:
+            log.exception("http endpoint failed", path=scope.get("path"), method=scope.get("method"))
+            if not started:
+                await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+
+
 def create_app(readiness: Readiness, routers: Sequence[APIRouter] = ()) -> FastAPI:
     app = FastAPI(title="playbook-bot", version="0.1.0")
+    direct: dict[tuple[str, str], Endpoint] = {}
     for router in routers:
         app.include_router(router)
+        direct.update(getattr(router, DIRECT, {}))
+    setattr(app.state, DIRECT, direct)  # DirectRoutes serves them
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable
 
 import structlog
 import uvicorn
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -32,7 +32,7 @@ from bot.identity.tokens import TokenError, TokenStore
 from bot.playbook.loader import Catalog, load_directory, unloaded_names
 from bot.playbook.reload import LiveCatalog, directory_signature
 from bot.policy.engine import PolicyEngine
-from bot.server import Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
+from bot.server import DirectRoutes, Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
 from bot.settings import ConfigError, Settings
 from bot.slack.app import SlackDeps, create_slack_app, drain, slack_router
 from bot.temporal import connect, tls_config
@@ -78,7 +78,7 @@ class _Http:
 
     def __init__(self, settings: Settings, app: Any) -> None:
         config = uvicorn.Config(
-            app,
+            DirectRoutes(app) if isinstance(app, FastAPI) else app,
             host=settings.http_host,
             port=settings.http_port,
             log_config=None,

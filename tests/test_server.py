@@ -6,14 +6,15 @@ import uuid
 from pathlib import Path
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
 from temporalio.client import Client
 
 from bot.audit.store import SqliteAuditStore
 from bot.devstack import DevServer, free_port
 from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
-from bot.server import Readiness, audit_check, create_app, read_limited, temporal_check
+from bot.server import DirectRoutes, Readiness, audit_check, create_app, direct_route, read_limited, temporal_check
 from bot.settings import Settings
 from tests.engine.support import catalog_of, playbook, run_input
 
@@ -95,10 +96,69 @@ async def test_slack_events_route_only_when_slack_is_configured(dev_env, tmp_pat
     app = slack_app(on, dev_env.client, Catalog(), None, store)
     paths = [r.path for router in front_door(on, dev_env.client, Catalog(), None, store, app) for r in router.routes]
     assert "/slack/events" in paths and "/alertmanager" in paths
-    async with client_for(create_app(Readiness(), front_door(on, dev_env.client, Catalog(), None, store, app))) as http:
+    served = DirectRoutes(create_app(Readiness(), front_door(on, dev_env.client, Catalog(), None, store, app)))
+    assert set(served.direct) >= {("POST", "/slack/events"), ("POST", "/alertmanager")}  # the hot paths skip FastAPI
+    async with client_for(served) as http:
         unsigned = await http.post("/slack/events", content=b"command=/playbook&text=help")
-    assert unsigned.status_code == 401
+        no_token = await http.post("/alertmanager", json={})
+        wrong_method = await http.get("/slack/events")
+    assert (unsigned.status_code, no_token.status_code, wrong_method.status_code) == (401, 401, 405)
     store.close()
+
+
+def _direct_app(seen: list[str]):
+    """One direct route and one ordinary one, behind a middleware that notes what FastAPI served."""
+    router = APIRouter()
+
+    async def echo(request: Request) -> JSONResponse:
+        body = await request.body()
+        if body == b"fail":
+            raise RuntimeError("an endpoint bug")
+        return JSONResponse({"got": body.decode(), "query": request.url.query, "app": type(request.app).__name__},
+                            status_code=202, headers={"x-echo": "1"})
+
+    direct_route(router, "/echo", echo, summary="echo")
+
+    @router.post("/plain")
+    async def plain(request: Request) -> JSONResponse:
+        return JSONResponse({"got": (await request.body()).decode()})
+
+    app = create_app(Readiness(), [router])
+
+    @app.middleware("http")
+    async def note(request: Request, call_next):  # noqa: ANN001, ANN202
+        seen.append(request.url.path)
+        return await call_next(request)
+
+    return app
+
+
+async def test_a_direct_route_answers_as_fastapi_would_without_its_layers():
+    seen: list[str] = []
+    app = _direct_app(seen)
+    async with client_for(DirectRoutes(app)) as direct, client_for(app) as through_fastapi:
+        for http in (direct, through_fastapi):
+            response = await http.post("/echo?x=1", content=b"hello")
+            assert (response.status_code, response.json(), response.headers["x-echo"]) == (
+                202, {"got": "hello", "query": "x=1", "app": "FastAPI"}, "1")
+        assert (await direct.post("/plain", content=b"a")).json() == {"got": "a"}  # not direct: FastAPI's
+        assert (await direct.get("/echo")).status_code == 405
+        assert (await direct.get("/healthz")).status_code == 200
+        listed = (await direct.get("/openapi.json")).json()["paths"]
+    assert "/echo" in listed and "post" in listed["/echo"]
+    # FastAPI's middleware saw the direct route only when it was asked through FastAPI itself
+    assert seen == ["/echo", "/plain", "/echo", "/healthz", "/openapi.json"]
+
+
+async def test_a_direct_route_that_fails_is_a_logged_500_and_the_server_goes_on(capsys):
+    app = _direct_app([])
+    transport = httpx.ASGITransport(app=DirectRoutes(app), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bot") as http:
+        failed = await http.post("/echo", content=b"fail")
+        after = await http.post("/echo", content=b"ok")
+    assert (failed.status_code, failed.text) == (500, "Internal Server Error")
+    assert after.status_code == 202
+    assert "an endpoint bug" in capsys.readouterr().out + capsys.readouterr().err
 
 
 async def test_read_limited_stops_a_chunked_body_without_a_length():

@@ -65,7 +65,7 @@ from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, ProofError
 from bot.playbook.loader import Catalog, LoadedPlaybook
 from bot.policy.engine import PolicyEngine
-from bot.server import read_limited
+from bot.server import direct_route, read_limited
 
 log = structlog.get_logger(__name__)
 
@@ -177,7 +177,7 @@ class AlertReceiver:
         router = APIRouter()
         summary = {"alertmanager": "Alertmanager webhook (v4)", "grafana": "Grafana Alerting webhook contact point (v1)",
                    "pagerduty": "PagerDuty V3 webhook (signed)", "opsgenie": "Opsgenie webhook integration"}
-        router.add_api_route(self.sender.path, self.receive, methods=["POST"], summary=summary[self.sender.name])
+        direct_route(router, self.sender.path, self.receive, summary=summary[self.sender.name])
         return router
 
     def _event_id(self, alert: Alert, kind: EventKind, key: str) -> str:

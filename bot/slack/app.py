@@ -32,7 +32,7 @@ from bot.identity.proofs import Keyring
 from bot.playbook.loader import Catalog, UnknownPlaybook
 from bot.playbook.params import ParamError
 from bot.policy.engine import PolicyEngine
-from bot.server import read_limited
+from bot.server import direct_route, read_limited
 from bot.settings import ConfigError, Settings
 from bot.slack.background import AckWindow, Background
 from bot.slack.blocks import escape, truncate
@@ -200,7 +200,6 @@ def slack_router(app: AsyncApp, settings: Settings) -> APIRouter:
     background: Background | None = getattr(app, "playbook_background", None)
     window = background.window if background is not None else AckWindow()
 
-    @router.post("/slack/events", summary="Slack slash commands, interactivity and events (signed)")
     async def slack_events(request: Request) -> Response:
         received_at = time.monotonic()
         body = await read_limited(request, MAX_BODY)
@@ -220,6 +219,7 @@ def slack_router(app: AsyncApp, settings: Settings) -> APIRouter:
             log.warning("slack request unreadable", error=f"{type(exc).__name__}: {exc}")
             return JSONResponse({"error": "not a Slack payload"}, status_code=400)
 
+    direct_route(router, "/slack/events", slack_events, summary="Slack slash commands, interactivity and events (signed)")
     return router
 
 

@@ -31,7 +31,7 @@ from bot.devstack import free_port
 from bot.engine.worker import make_worker, open_policy_and_audit, worker_deps
 from bot.playbook.loader import Catalog, load_directory
 from bot.policy.engine import PolicyEngine
-from bot.server import Readiness, create_app
+from bot.server import DirectRoutes, Readiness, create_app
 from bot.services import _Http, front_door
 from bot.settings import Settings
 from tests.slack.support import ENVELOPE_KEY
@@ -276,7 +276,7 @@ class BotStack:
         settings = self.settings.model_copy(update={"http_port": free_port(), "data_dir": data_dir})
         policy, audit = await open_policy_and_audit(self._exit, settings)
         catalog = load_directory(settings.playbooks_dir)
-        statuses = StatusLog(create_app(Readiness(), front_door(settings, self.temporal, catalog, policy, audit)))
+        statuses = StatusLog(DirectRoutes(create_app(Readiness(), front_door(settings, self.temporal, catalog, policy, audit))))
         http = _Http(settings, statuses)
         await http.start()
         self._exit.push_async_callback(http.stop)
@@ -374,7 +374,7 @@ async def bot_stack(
                 process = WorkerProcess(config, client.service_client.config.target_host, tmp_path / "logs")
                 exit.callback(process.stop)
                 await process.ready(web)
-            statuses = StatusLog(create_app(Readiness(), front_door(config, client, catalog, policy, audit)))
+            statuses = StatusLog(DirectRoutes(create_app(Readiness(), front_door(config, client, catalog, policy, audit))))
             http = _Http(config, statuses)
             await http.start()
             try:
