@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
 import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 from temporalio.client import Client
 
@@ -110,20 +112,26 @@ class DirectRoutes:
     solving an empty dependency list, running the endpoint) cost a webhook or Slack request about
     as much CPU as our own handler (profiled, issue 15), and such an endpoint uses none of them:
     it reads its own body, checks its own auth and builds its own response. The routes stay
-    declared on the FastAPI app, for /docs. A failure the endpoint does not answer itself is
-    logged and answered 500, as FastAPI's ServerErrorMiddleware does.
+    declared on the FastAPI app, for /docs. An HTTPException is answered as FastAPI answers it; any
+    other failure is logged and answered 500, as FastAPI's ServerErrorMiddleware does. An app with
+    a middleware serves nothing directly: the middleware must see every request.
     """
 
     def __init__(self, app: FastAPI) -> None:
-        self.app = app
+        self.fastapi = app
+        self.app: Any = app  # what the other requests go to
         self.direct: dict[tuple[str, str], Endpoint] = getattr(app.state, DIRECT, {})
+        if app.user_middleware and self.direct:  # a middleware must see every request: none is direct then
+            log.warning("http middleware installed: the webhook and Slack routes go through FastAPI",
+                        middleware=[m.cls.__name__ for m in app.user_middleware])
+            self.direct = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.direct.get((scope.get("method", ""), scope.get("path", ""))) if scope["type"] == "http" else None
         if endpoint is None:
             await self.app(scope, receive, send)
             return
-        scope.setdefault("app", self.app)  # as Starlette sets it: Request.app
+        scope.setdefault("app", self.fastapi)  # as Starlette sets it: Request.app
         started = False
 
         async def sending(message: Any) -> None:
@@ -133,11 +141,14 @@ class DirectRoutes:
 
         try:
             response = await endpoint(Request(scope, receive))
-            await response(scope, receive, sending)
-        except Exception:
-            log.exception("http endpoint failed", path=scope.get("path"), method=scope.get("method"))
-            if not started:
-                await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+        except HTTPException as exc:  # as FastAPI answers it
+            response = JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        except Exception as exc:
+            # Not log.exception: a traceback rendered with its locals would show the request's headers.
+            log.error("http endpoint failed", path=scope.get("path"), method=scope.get("method"),
+                      error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            response = PlainTextResponse("Internal Server Error", status_code=500)
+        await response(scope, receive, sending)
 
 
 def create_app(readiness: Readiness, routers: Sequence[APIRouter] = ()) -> FastAPI:
@@ -145,7 +156,10 @@ def create_app(readiness: Readiness, routers: Sequence[APIRouter] = ()) -> FastA
     direct: dict[tuple[str, str], Endpoint] = {}
     for router in routers:
         app.include_router(router)
-        direct.update(getattr(router, DIRECT, {}))
+        for key, endpoint in getattr(router, DIRECT, {}).items():
+            if key in direct:  # FastAPI would serve the first; say so rather than pick one
+                raise ValueError(f"two endpoints for {key[0]} {key[1]}")
+            direct[key] = endpoint
     setattr(app.state, DIRECT, direct)  # DirectRoutes serves them
 
     @app.get("/healthz")

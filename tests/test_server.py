@@ -6,8 +6,10 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 from temporalio.client import Client
 
 from bot.audit.store import SqliteAuditStore
@@ -106,14 +108,16 @@ async def test_slack_events_route_only_when_slack_is_configured(dev_env, tmp_pat
     store.close()
 
 
-def _direct_app(seen: list[str]):
-    """One direct route and one ordinary one, behind a middleware that notes what FastAPI served."""
+def _direct_app():
+    """One direct route and one ordinary one."""
     router = APIRouter()
 
     async def echo(request: Request) -> JSONResponse:
         body = await request.body()
         if body == b"fail":
             raise RuntimeError("an endpoint bug")
+        if body == b"forbidden":
+            raise HTTPException(403, "not you")
         return JSONResponse({"got": body.decode(), "query": request.url.query, "app": type(request.app).__name__},
                             status_code=202, headers={"x-echo": "1"})
 
@@ -123,42 +127,82 @@ def _direct_app(seen: list[str]):
     async def plain(request: Request) -> JSONResponse:
         return JSONResponse({"got": (await request.body()).decode()})
 
-    app = create_app(Readiness(), [router])
+    return create_app(Readiness(), [router])
+
+
+def _noting(app, seen: list[str]):  # noqa: ANN001, ANN202
+    """`app`, noting the path of every request that reaches it."""
+    async def asgi(scope, receive, send):  # noqa: ANN001, ANN202
+        if scope["type"] == "http":
+            seen.append(scope["path"])
+        await app(scope, receive, send)
+    return asgi
+
+
+async def test_a_direct_route_answers_as_fastapi_would_without_reaching_it():
+    seen: list[str] = []
+    app = _direct_app()
+    served = DirectRoutes(app)
+    served.app = _noting(app, seen)
+    async with client_for(served) as direct, client_for(app) as through_fastapi:
+        for http in (direct, through_fastapi):
+            response = await http.post("/echo?x=1", content=b"hello")
+            assert (response.status_code, response.json(), response.headers["x-echo"]) == (
+                202, {"got": "hello", "query": "x=1", "app": "FastAPI"}, "1")
+            refused = await http.post("/echo", content=b"forbidden")
+            assert (refused.status_code, refused.json()) == (403, {"detail": "not you"})
+        assert (await direct.post("/plain", content=b"a")).json() == {"got": "a"}  # not direct: FastAPI's
+        assert (await direct.get("/echo")).status_code == 405
+        assert (await direct.get("/healthz")).status_code == 200
+        listed = (await direct.get("/openapi.json")).json()["paths"]
+    assert "/echo" in listed and "post" in listed["/echo"]
+    assert seen == ["/plain", "/echo", "/healthz", "/openapi.json"]  # the POSTs to /echo never reached FastAPI
+
+
+async def test_a_direct_route_that_fails_is_a_logged_500_without_the_request_headers(capsys):
+    transport = httpx.ASGITransport(app=DirectRoutes(_direct_app()), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bot") as http:
+        failed = await http.post("/echo", content=b"fail", headers={"Authorization": "Bearer s3cret-t0ken"})
+        after = await http.post("/echo", content=b"ok")
+    assert (failed.status_code, failed.text) == (500, "Internal Server Error")
+    assert after.status_code == 202
+    captured = capsys.readouterr()
+    logged = captured.out + captured.err
+    assert "an endpoint bug" in logged and "s3cret-t0ken" not in logged
+
+
+async def test_an_app_with_a_middleware_serves_nothing_directly():
+    app, seen = _direct_app(), []
 
     @app.middleware("http")
     async def note(request: Request, call_next):  # noqa: ANN001, ANN202
         seen.append(request.url.path)
         return await call_next(request)
 
-    return app
+    served = DirectRoutes(app)
+    assert served.direct == {}
+    async with client_for(served) as http:
+        assert (await http.post("/echo", content=b"x")).status_code == 202
+    assert seen == ["/echo"]
 
 
-async def test_a_direct_route_answers_as_fastapi_would_without_its_layers():
-    seen: list[str] = []
-    app = _direct_app(seen)
-    async with client_for(DirectRoutes(app)) as direct, client_for(app) as through_fastapi:
-        for http in (direct, through_fastapi):
-            response = await http.post("/echo?x=1", content=b"hello")
-            assert (response.status_code, response.json(), response.headers["x-echo"]) == (
-                202, {"got": "hello", "query": "x=1", "app": "FastAPI"}, "1")
-        assert (await direct.post("/plain", content=b"a")).json() == {"got": "a"}  # not direct: FastAPI's
-        assert (await direct.get("/echo")).status_code == 405
-        assert (await direct.get("/healthz")).status_code == 200
-        listed = (await direct.get("/openapi.json")).json()["paths"]
-    assert "/echo" in listed and "post" in listed["/echo"]
-    # FastAPI's middleware saw the direct route only when it was asked through FastAPI itself
-    assert seen == ["/echo", "/plain", "/echo", "/healthz", "/openapi.json"]
+def test_two_direct_endpoints_for_one_route_are_refused():
+    first, second = APIRouter(), APIRouter()
+
+    async def one(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    direct_route(first, "/hook", one, summary="one")
+    direct_route(second, "/hook", one, summary="two")
+    with pytest.raises(ValueError, match="two endpoints for POST /hook"):
+        create_app(Readiness(), [first, second])
 
 
-async def test_a_direct_route_that_fails_is_a_logged_500_and_the_server_goes_on(capsys):
-    app = _direct_app([])
-    transport = httpx.ASGITransport(app=DirectRoutes(app), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://bot") as http:
-        failed = await http.post("/echo", content=b"fail")
-        after = await http.post("/echo", content=b"ok")
-    assert (failed.status_code, failed.text) == (500, "Internal Server Error")
-    assert after.status_code == 202
-    assert "an endpoint bug" in capsys.readouterr().out + capsys.readouterr().err
+def test_the_served_front_door_is_direct(tmp_path: Path):
+    from bot.services import _Http
+
+    settings = Settings(data_dir=tmp_path, http_port=0)
+    assert isinstance(_Http(settings, create_app(Readiness())).server.config.app, DirectRoutes)
 
 
 async def test_read_limited_stops_a_chunked_body_without_a_length():

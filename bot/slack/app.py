@@ -37,7 +37,7 @@ from bot.settings import ConfigError, Settings
 from bot.slack.background import AckWindow, Background
 from bot.slack.blocks import escape, truncate
 from bot.slack.groups import GroupResolver
-from bot.slack.listeners import Listener, at_ack
+from bot.slack.listeners import Listener, at_ack, settle
 
 log = structlog.get_logger(__name__)
 
@@ -100,9 +100,11 @@ def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
 
 
 async def drain(app: AsyncApp | None, timeout: float = 5.0) -> None:
-    """On shutdown: give queued answers and audit records a bounded time to finish."""
+    """On shutdown: give what listeners do after their ack, then the answers and audit records
+    they queued, a bounded time to finish."""
     background = getattr(app, "playbook_background", None)
     if background is not None:
+        await settle(timeout)
         await background.drain(timeout)
 
 

@@ -27,6 +27,9 @@ Listener = Callable[..., Awaitable[None]]
 OnError = Callable[[Exception, dict[str, Any], Any], None]  # (error, body, respond): tell the user, log
 
 _running: set[asyncio.Task[None]] = set()  # what runs on after its ack: held until done
+AT_ACK = "playbook_at_ack"  # set on every listener at_ack returns (tests check the app registers only those)
+# What AsyncArgs carries (Bolt fills other parameter names from its context, which at_ack does not).
+INJECTED = frozenset(inspect.signature(AsyncArgs.__init__).parameters) - {"self"}
 
 
 def at_ack(listener: Listener, on_error: OnError, *, acked_by_bolt: bool = False,
@@ -40,15 +43,17 @@ def at_ack(listener: Listener, on_error: OnError, *, acked_by_bolt: bool = False
     itself: it returns at once and the listener runs in the background.
     """
     names = list(inspect.signature(listener).parameters)
+    unknown = sorted(set(names) - INJECTED)
+    if unknown:  # Bolt would fill these from its context; AsyncArgs does not carry them
+        raise TypeError(f"{_name(listener)}: at_ack cannot inject {', '.join(unknown)} (use `context`)")
 
     async def run(args: AsyncArgs) -> None:
         acked = asyncio.Event()
 
         async def ack(*positional: Any, **named: Any) -> Any:
-            try:
-                return await args.ack(*positional, **named)
-            finally:
-                acked.set()
+            response = await args.ack(*positional, **named)  # an ack Bolt refuses is a failure before the ack
+            acked.set()
+            return response
 
         kwargs = {name: ack if name == "ack" else getattr(args, name) for name in names}
         task = asyncio.ensure_future(listener(**kwargs))
@@ -56,6 +61,9 @@ def at_ack(listener: Listener, on_error: OnError, *, acked_by_bolt: bool = False
             until_acked = asyncio.ensure_future(acked.wait())
             try:
                 await asyncio.wait((task, until_acked), timeout=window, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:  # the request is gone (shutdown): the listener still runs to its end
+                _runs_on(task, on_error, args)
+                raise
             finally:
                 until_acked.cancel()
             if task.done() and not acked.is_set():
@@ -64,11 +72,24 @@ def at_ack(listener: Listener, on_error: OnError, *, acked_by_bolt: bool = False
             if not acked.is_set():
                 log.warning("slack listener did not ack within the window; it runs on", listener=_name(listener),
                             window_s=window)
-        _running.add(task)
-        task.add_done_callback(lambda done: _after(done, on_error, args))
+        _runs_on(task, on_error, args)
 
     run.__name__ = _name(listener)  # what Bolt logs
+    setattr(run, AT_ACK, True)
     return run
+
+
+async def settle(timeout: float) -> None:
+    """On shutdown: give what runs on after its ack a bounded time to finish; log what does not."""
+    if _running:
+        _, left = await asyncio.wait(set(_running), timeout=timeout)
+        if left:
+            log.warning("slack listeners left running at shutdown", count=len(left))
+
+
+def _runs_on(task: asyncio.Task[None], on_error: OnError, args: AsyncArgs) -> None:
+    _running.add(task)
+    task.add_done_callback(lambda done: _after(done, on_error, args))
 
 
 def _after(done: asyncio.Task[None], on_error: OnError, args: AsyncArgs) -> None:

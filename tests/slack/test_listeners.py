@@ -180,3 +180,86 @@ async def test_an_event_is_acked_by_bolt_at_once_and_handled_behind_it(fake_slac
             break
         await asyncio.sleep(0.01)
     assert seen == ["home"] and [str(e) for e, _ in told] == ["the tab could not be drawn"]
+
+
+async def test_an_ack_bolt_refuses_is_a_failure_before_the_ack(fake_slack: FakeSlack, bolt_errors) -> None:
+    app, told = bolt_app(fake_slack, bolt_errors), []
+
+    async def handle(ack) -> None:  # noqa: ANN001
+        await ack(response_action="errors", errors={})  # Bolt's ack refuses empty errors
+
+    app.command("/x")(at_ack(handle, telling(told)))
+    assert (await app.async_dispatch(command())).status == 500  # through Bolt's error handler, as before
+    assert len(bolt_errors) == 1 and told == []
+
+
+async def test_a_view_submission_ack_with_errors_is_the_response(fake_slack: FakeSlack, bolt_errors) -> None:
+    import json
+
+    app, told = bolt_app(fake_slack, bolt_errors), []
+
+    async def handle(ack, view) -> None:  # noqa: ANN001
+        await ack(response_action="errors", errors={"block": "say more"})
+
+    app.view("form")(at_ack(handle, telling(told)))
+    payload = {"type": "view_submission", "team": {"id": "T0FAKE"}, "user": {"id": "U1"},
+               "view": {"id": "V1", "type": "modal", "callback_id": "form", "state": {"values": {}}}}
+    body = urlencode({"payload": json.dumps(payload)})
+    response = await app.async_dispatch(AsyncBoltRequest(body=body, headers={**sign(body), **FORM}))
+    assert response.status == 200 and json.loads(response.body) == {"response_action": "errors",
+                                                                     "errors": {"block": "say more"}}
+
+
+async def test_a_request_gone_before_the_ack_leaves_its_listener_running_and_told(fake_slack: FakeSlack,
+                                                                                 bolt_errors) -> None:
+    app, told, gate = bolt_app(fake_slack, bolt_errors), [], asyncio.Event()
+
+    async def handle(ack, body) -> None:  # noqa: ANN001
+        await gate.wait()
+        await ack()
+        raise RunError("failed after the ack")
+
+    app.command("/x")(at_ack(handle, telling(told)))
+    dispatch = asyncio.ensure_future(app.async_dispatch(command("gone")))
+    await asyncio.sleep(0.05)
+    dispatch.cancel()  # the front door stopping
+    with pytest.raises(asyncio.CancelledError):
+        await dispatch
+    assert len(listeners._running) == 1  # still held, not left to the garbage collector
+    gate.set()
+    await listeners.settle(5)
+    assert [str(e) for e, _ in told] == ["failed after the ack"] and not listeners._running
+
+
+async def test_settle_waits_for_work_after_the_ack_at_shutdown(fake_slack: FakeSlack, bolt_errors) -> None:
+    app, done = bolt_app(fake_slack, bolt_errors), []
+
+    async def handle(ack) -> None:  # noqa: ANN001
+        await ack()
+        await asyncio.sleep(0.2)
+        done.append(True)
+
+    app.command("/x")(at_ack(handle, telling([])))
+    assert (await app.async_dispatch(command())).status == 200 and done == []
+    await listeners.settle(5)
+    assert done == [True]
+
+
+def test_a_parameter_bolt_would_take_from_its_context_is_refused_when_registering() -> None:
+    async def handle(ack, user_id) -> None:  # noqa: ANN001
+        await ack()
+
+    with pytest.raises(TypeError, match="cannot inject user_id"):
+        at_ack(handle, telling([]))
+
+
+def test_every_listener_of_the_app_returns_at_its_ack(tmp_path) -> None:  # noqa: ANN001
+    from bot.settings import Settings
+    from bot.slack.app import SlackDeps, create_slack_app
+
+    settings = Settings(data_dir=tmp_path, slack_signing_secret="s3cret", slack_bot_token="xoxb-x",
+                        slack_api_url="http://127.0.0.1:9/api/")
+    app = create_slack_app(settings, SlackDeps(None, "q", None, None, AsyncWebClient(token="xoxb-x")))
+    registered = [listener.ack_function for listener in app._async_listeners]
+    assert app.process_before_response is True and len(registered) >= 7
+    assert all(getattr(f, listeners.AT_ACK, False) for f in registered), [f.__name__ for f in registered]
