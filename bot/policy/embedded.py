@@ -22,11 +22,11 @@ from typing import Any
 import structlog
 
 from bot.policy import wire
-from bot.policy.decision_cache import DecisionCache, Key, unstable_builtin
+from bot.policy.decision_cache import DecisionCache, unstable_builtin
 from bot.policy.engine import FailClosed, RULES, entrypoint, rule_path
 from bot.policy.errors import PolicyLoadError
 from bot.policy.models import Failure, Provenance, canonical_json
-from bot.policy.rego_process import ChildCrashed, ChildTimeout, RegoProcess, Sent, run_once
+from bot.policy.rego_process import ChildCrashed, ChildTimeout, RegoProcess, run_once
 from bot.policy.sources import PolicySources, read_sources, tree_signature
 
 log = structlog.get_logger(__name__)
@@ -111,8 +111,6 @@ class EmbeddedEngine(FailClosed):
         self._consecutive_crashes = 0
         self.cache = DecisionCache(cache_size)
         self._cacheable = False  # the loaded policy answers from its input alone
-        self._asking: dict[Key, asyncio.Future[tuple[Any] | None]] = {}  # cacheable questions in flight
-        self._closed = False
 
     # --- PolicyEngine -------------------------------------------------------------------
 
@@ -140,7 +138,6 @@ class EmbeddedEngine(FailClosed):
             return self._load_error is None and self._proc is not None and self._proc.alive
 
     async def close(self) -> None:
-        self._closed = True  # questions the stopping child fails must not restart it
         if self._restart_task is not None:
             self._restart_task.cancel()
             try:
@@ -176,81 +173,47 @@ class EmbeddedEngine(FailClosed):
             if hit:
                 provenance.policy_hash = self._loaded.hash
                 return value, provenance, None
-        request = {"op": "eval", "entrypoint": entrypoint(rule)}
-        while True:
-            # Under the lock: the loaded policy, its hash (the provenance and the cache key) and the
-            # request's place in the child's queue, so no reload is sent between them. The answer
-            # is awaited outside it: other questions go to the child meanwhile (pipelined).
-            async with self._lock:
-                if self._restarting():
-                    return None, provenance, self._restarting_failure(rule)
-                await self._reload()
-                provenance.policy_hash = self.policy_hash
-                if self._load_error is not None:
-                    reason = f"policy failed to load: {self._load_error}"
-                    return None, provenance, self._fail_closed(rule, Failure.LOAD_ERROR, reason)
-                assert self._proc is not None and self._loaded is not None
-                proc, key = self._proc, (self._loaded.hash, rule, digest) if self._cacheable else None
-                asked = None
-                if key is not None:
-                    hit, value = self.cache.get(key)  # again: an identical question may have been answered meanwhile
-                    if hit:
-                        return value, provenance, None
-                    asked = self._asking.get(key)
-                if asked is None:
-                    try:
-                        sent = proc.send(request, input=encoded)
-                    except ChildCrashed as exc:
-                        return None, provenance, self._crash_failure(proc, rule, exc)
-                    mine = asyncio.get_running_loop().create_future()
-                    if key is not None:
-                        self._asking[key] = mine
-                    break
-            # The same question is in flight: its answer, unless it failed (failures are not shared).
-            if (answered := await asyncio.shield(asked)) is not None:
-                return answered[0], provenance, None
-        result: tuple[Any, Provenance, tuple[Failure, str] | None] | None = None
-        try:
-            result = await self._answer(proc, sent, rule, provenance, key)
-            return result
-        finally:
-            if key is not None and self._asking.get(key) is mine:
-                del self._asking[key]
-            mine.set_result((result[0],) if result is not None and result[2] is None else None)
-
-    async def _answer(
-        self, proc: RegoProcess, sent: Sent, rule: str, provenance: Provenance, key: Key | None
-    ) -> tuple[Any, Provenance, tuple[Failure, str] | None]:
-        """The child's answer to one sent question, read as a value or a fail-closed deny."""
-        try:
-            answer = await proc.receive(sent, self.timeout)
-        except ChildTimeout:
-            self._crashed(proc, f"evaluation of {rule_path(rule)} took longer than {self.timeout:g}s")
-            reason = f"policy evaluation timed out after {self.timeout:g}s; restarting the policy engine"
-            return None, provenance, self._fail_closed(rule, Failure.TIMEOUT, reason)
-        except ChildCrashed as exc:
-            return None, provenance, self._crash_failure(proc, rule, exc)
-        self._consecutive_crashes = 0
-        if not answer.get("ok"):
-            error = answer.get("error") or {}
-            message = error.get("message", "unknown error")
-            if error.get("kind") == "input":
-                reason = f"policy input is not valid for the embedded engine: {message}"
-                return None, provenance, self._fail_closed(rule, Failure.INVALID_INPUT, reason)
-            reason = f"policy evaluation failed: {rule_path(rule)}: {message}"
-            return None, provenance, self._fail_closed(rule, Failure.EVAL_ERROR, reason)
-        if not answer.get("defined"):
-            reason = f"policy undefined: {rule_path(rule)} has no value for this input"
-            return None, provenance, self._fail_closed(rule, Failure.UNDEFINED, reason)
-        value = answer.get("value")
-        if key is not None:
-            # The policy's own value, malformed or not: parsing it again gives the same answer.
-            self.cache.put(key, value)
+        async with self._lock:
+            if self._restarting():
+                return None, provenance, self._restarting_failure(rule)
+            await self._reload()
+            provenance.policy_hash = self.policy_hash
+            if self._load_error is not None:
+                reason = f"policy failed to load: {self._load_error}"
+                return None, provenance, self._fail_closed(rule, Failure.LOAD_ERROR, reason)
+            assert self._proc is not None and self._loaded is not None
+            key = (self._loaded.hash, rule, digest)
+            if self._cacheable:  # again: an identical question may have been answered while we waited
+                hit, value = self.cache.get(key)
+                if hit:
+                    return value, provenance, None
+            request = {"op": "eval", "entrypoint": entrypoint(rule)}
+            try:
+                answer = await self._proc.request(request, self.timeout, input=encoded)
+            except ChildTimeout:
+                self._crashed(f"evaluation of {rule_path(rule)} took longer than {self.timeout:g}s")
+                reason = f"policy evaluation timed out after {self.timeout:g}s; restarting the policy engine"
+                return None, provenance, self._fail_closed(rule, Failure.TIMEOUT, reason)
+            except ChildCrashed as exc:
+                self._crashed(str(exc))
+                return None, provenance, self._fail_closed(rule, Failure.ENGINE_CRASHED, f"{exc}; restarting it")
+            self._consecutive_crashes = 0
+            if not answer.get("ok"):
+                error = answer.get("error") or {}
+                message = error.get("message", "unknown error")
+                if error.get("kind") == "input":
+                    reason = f"policy input is not valid for the embedded engine: {message}"
+                    return None, provenance, self._fail_closed(rule, Failure.INVALID_INPUT, reason)
+                reason = f"policy evaluation failed: {rule_path(rule)}: {message}"
+                return None, provenance, self._fail_closed(rule, Failure.EVAL_ERROR, reason)
+            if not answer.get("defined"):
+                reason = f"policy undefined: {rule_path(rule)} has no value for this input"
+                return None, provenance, self._fail_closed(rule, Failure.UNDEFINED, reason)
+            value = answer.get("value")
+            if self._cacheable:
+                # The policy's own value, malformed or not: parsing it again gives the same answer.
+                self.cache.put(key, value)
         return value, provenance, None
-
-    def _crash_failure(self, proc: RegoProcess, rule: str, exc: ChildCrashed) -> tuple[Failure, str]:
-        self._crashed(proc, str(exc))
-        return self._fail_closed(rule, Failure.ENGINE_CRASHED, f"{exc}; restarting it")
 
     def _answers_from_cache(self) -> bool:
         """Whether a hit may be served without the lock: the policy is loaded, healthy, not being
@@ -335,11 +298,8 @@ class EmbeddedEngine(FailClosed):
         reason = f"policy engine restarting after a crash ({self._crash_note})"
         return self._fail_closed(rule, Failure.ENGINE_CRASHED, reason)
 
-    def _crashed(self, proc: RegoProcess, note: str) -> None:
-        """Drop the dead child and restart it in the background; once per child, however many of
-        its pipelined questions learn of the crash."""
-        if proc is not self._proc or self._restarting() or self._closed:
-            return
+    def _crashed(self, note: str) -> None:
+        """Called under the lock: drop the dead child and restart it in the background."""
         self._crash_note = note
         self._consecutive_crashes += 1
         delay = min(self.max_restart_delay, self.restart_delay * 2 ** (self._consecutive_crashes - 1))

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,34 +57,14 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
-@dataclass(frozen=True)
-class Sent:
-    """A request written to the child: its answer comes through `answer`."""
-
-    proc: asyncio.subprocess.Process
-    answer: asyncio.Future[dict[str, Any]]
-
-
 class RegoProcess:
-    """One child process, its requests pipelined.
-
-    Each request is written as soon as it is made; the child answers them in order, and one reader
-    task hands each answer to its caller by id. So the child works through a burst back to back:
-    under one request at a time (the engine's lock held across the round trip), each answer
-    waited for this process's event loop to read it and to let the next caller write, which
-    under a burst of front door requests took longer than the evaluation itself (issue 15).
-    A caller that gives up (cancelled) leaves its answer to be read and dropped: the stream stays
-    in step. A timeout kills the child, and every request still waiting fails with ChildCrashed.
-    """
+    """One child process; one request at a time (callers serialise with their own lock)."""
 
     def __init__(self) -> None:
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[None] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=8)
         self._next_id = 0
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._failure: ChildCrashed | None = None  # why the reader stopped: every later request fails so
 
     @property
     def pid(self) -> int | None:
@@ -93,7 +72,7 @@ class RegoProcess:
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None and self._failure is None
+        return self._proc is not None and self._proc.returncode is None
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
@@ -104,7 +83,6 @@ class RegoProcess:
             env=child_env(),
         )
         self._stderr_task = asyncio.create_task(self._drain_stderr(self._proc))
-        self._reader = asyncio.create_task(self._read_answers(self._proc))
         log.debug("policy.child_started", pid=self._proc.pid)
 
     async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
@@ -116,64 +94,39 @@ class RegoProcess:
                 self._stderr_tail.append(text)
                 log.warning("policy.child_stderr", pid=proc.pid, line=text)
 
-    async def _read_answers(self, proc: asyncio.subprocess.Process) -> None:
-        """Hand each answer to the request it names, until the stream ends or breaks; then fail
-        every request still waiting, saying how the child died."""
-        assert proc.stdout is not None
-        try:
-            while True:
-                answer = await wire.read_frame_async(proc.stdout)
-                waiter = self._waiting.pop(answer.get("id"), None)  # type: ignore[arg-type]
-                if waiter is None:
-                    raise wire.FrameError(f"answer {answer.get('id')!r} to no request")
-                if not waiter.done():  # else its caller gave up
-                    waiter.set_result(answer)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            self.kill()
-            await self._reap(proc)
-            failure = ChildCrashed(self._death_note(proc))
-            failure.__cause__ = exc
-        except wire.FrameError as exc:
-            self.kill()
-            failure = ChildCrashed(f"protocol error: {exc}")
-        self._failure = failure
-        waiting, self._waiting = self._waiting, {}
-        for waiter in waiting.values():
-            if not waiter.done():
-                waiter.set_exception(failure)
-
-    def send(self, message: dict[str, Any], **encoded: bytes) -> Sent:
-        """Write one request now (the child answers in the order requests are sent); `encoded`
-        fields are already JSON (see wire.encode). ChildCrashed when the child is gone."""
+    async def request(self, message: dict[str, Any], timeout: float, **encoded: bytes) -> dict[str, Any]:
+        """One request and its answer; `encoded` fields are already JSON (see wire.encode)."""
+        frame = wire.encode({**message, "id": self._next_id + 1}, **encoded)
         proc = self._proc
-        if proc is None or proc.returncode is not None or self._failure is not None:
-            raise self._failure or ChildCrashed(self._death_note(proc))
-        assert proc.stdin is not None
+        if proc is None or proc.returncode is not None:
+            raise ChildCrashed(self._death_note())
+        assert proc.stdin is not None and proc.stdout is not None
         self._next_id += 1
-        frame = wire.encode({**message, "id": self._next_id}, **encoded)
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[self._next_id] = waiter
-        proc.stdin.write(frame)
-        return Sent(proc, waiter)
-
-    async def receive(self, sent: Sent, timeout: float) -> dict[str, Any]:
-        """The answer to a sent request; ChildTimeout (the child is killed) or ChildCrashed."""
+        request_id = self._next_id
         try:
             async with asyncio.timeout(timeout):
-                assert sent.proc.stdin is not None
-                await sent.proc.stdin.drain()
-                return await sent.answer
+                proc.stdin.write(frame)
+                await proc.stdin.drain()
+                answer = await wire.read_frame_async(proc.stdout)
         except TimeoutError:
             self.kill()
             raise ChildTimeout(f"no answer within {timeout:g}s") from None
-        except (ConnectionError, BrokenPipeError) as exc:  # writing to a child that has died
+        except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError) as exc:
             self.kill()
-            await self._reap(sent.proc)
-            raise self._failure or ChildCrashed(self._death_note(sent.proc)) from exc
-
-    async def request(self, message: dict[str, Any], timeout: float, **encoded: bytes) -> dict[str, Any]:
-        """One request and its answer."""
-        return await self.receive(self.send(message, **encoded), timeout)
+            await self._reap(proc)
+            raise ChildCrashed(self._death_note()) from exc
+        except wire.FrameError as exc:
+            self.kill()
+            raise ChildCrashed(f"protocol error: {exc}") from exc
+        except BaseException:
+            # Cancelled mid-request: an answer may still be in flight, so the stream can no
+            # longer be trusted. Kill rather than risk reading it as the next answer.
+            self.kill()
+            raise
+        if answer.get("id") != request_id:
+            self.kill()
+            raise ChildCrashed(f"protocol error: answer {answer.get('id')} to request {request_id}")
+        return answer
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> None:
         try:
@@ -185,8 +138,8 @@ class RegoProcess:
         except TimeoutError:
             pass
 
-    def _death_note(self, proc: asyncio.subprocess.Process | None) -> str:
-        code = proc.returncode if proc else None
+    def _death_note(self) -> str:
+        code = self._proc.returncode if self._proc else None
         note = f"policy engine process {describe_exit(code)}"
         if self._stderr_tail:
             note += f": {self._stderr_tail[-1]}"
@@ -216,16 +169,12 @@ class RegoProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)  # by pid, as kill() explains
                 await proc.wait()
-        for task in (self._reader, self._stderr_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        failure = ChildCrashed("policy engine process stopped")
-        for waiter in self._waiting.values():
-            if not waiter.done():
-                waiter.set_exception(failure)
-        self._waiting.clear()
+        if self._stderr_task is not None:
+            self._stderr_task.cancel()
+            try:
+                await self._stderr_task
+            except asyncio.CancelledError:
+                pass
 
 
 def run_once(messages: list[dict[str, Any]], timeout: float = 60.0) -> list[dict[str, Any]]:
