@@ -2,10 +2,10 @@
 
 Bolt's default runner (`process_before_response=False`) runs each listener in a task and polls
 every 10 ms until it has acked. Under a burst of 50 commands that is a wake-up of the front door's
-loop per waiting request every 10 ms, and up to 10 ms added to each ack: profiled (issue 15), the
-poll was the largest single item on the front door's loop during a burst. With
-`process_before_response=True` Bolt awaits the listener instead and answers when it returns, so
-`at_ack` makes a listener return when it acks (or ends), and lets the rest of it run on in a task.
+loop per waiting request every 10 ms (27,228 sleeps for 459 commands, profiled: issue 15), and up
+to 10 ms added to each ack. With `process_before_response=True` Bolt awaits the listener instead
+and answers when it returns, so `at_ack` makes a listener return when it acks (or ends), and lets
+the rest of it run on in a task.
 A listener that neither acks nor ends within Slack's ack window is left running, and Bolt answers
 as it always did for a listener that never acked.
 """
