@@ -132,13 +132,6 @@ class DirectRoutes:
             await self.app(scope, receive, send)
             return
         scope.setdefault("app", self.fastapi)  # as Starlette sets it: Request.app
-        started = False
-
-        async def sending(message: Any) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
         try:
             response = await endpoint(Request(scope, receive))
         except HTTPException as exc:  # as FastAPI answers it
@@ -148,7 +141,7 @@ class DirectRoutes:
             log.error("http endpoint failed", path=scope.get("path"), method=scope.get("method"),
                       error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
             response = PlainTextResponse("Internal Server Error", status_code=500)
-        await response(scope, receive, sending)
+        await response(scope, receive, send)  # a failure while sending is the server's, as through FastAPI
 
 
 def create_app(readiness: Readiness, routers: Sequence[APIRouter] = ()) -> FastAPI:

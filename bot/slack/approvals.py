@@ -78,10 +78,9 @@ def shown_at(body: dict[str, Any]) -> datetime | None:
 
 
 def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> None:
-    handler = ApprovalButtons(deps, groups)
-    app.action(APPROVE_ACTION)(listener(deps, handler.handle))
-    app.action(REJECT_ACTION)(listener(deps, handler.handle))
-    app.action(CHOICE_ACTION_PATTERN)(listener(deps, handler.handle))
+    on_click = listener(deps, ApprovalButtons(deps, groups).handle)
+    for action in (APPROVE_ACTION, REJECT_ACTION, CHOICE_ACTION_PATTERN):
+        app.action(action)(on_click)
 
 
 class ApprovalButtons:
