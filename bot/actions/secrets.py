@@ -15,7 +15,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable
+from typing import Any, Callable, Collection, Iterable, Mapping
 
 import yaml
 
@@ -30,9 +30,13 @@ _B64_MIN = 8  # shortest base64 fragment masked on its own (shorter ones would b
 class SecretStore:
     """Secrets from a file (KEY=VALUE lines, or a YAML/JSON mapping) first, then PLAYBOOK_BOT_SECRET_<NAME>."""
 
-    def __init__(self, secrets_file: Path | None = None, environ: dict[str, str] | None = None) -> None:
+    def __init__(self, secrets_file: Path | None = None, environ: Mapping[str, str] | None = None) -> None:
         self._file = secrets_file
-        self._environ = os.environ if environ is None else environ
+        # Read once: a process's environment cannot change from outside it, and the worker never
+        # changes its own. Scanning (and decoding) the whole environment for every action's masker
+        # was half of a core.log step's CPU in the worker.
+        environ = os.environ if environ is None else environ
+        self._env = {key[len(ENV_PREFIX):]: value for key, value in environ.items() if key.startswith(ENV_PREFIX)}
         self._cache: tuple[float, dict[str, str]] | None = None
 
     def _from_file(self) -> dict[str, str]:
@@ -59,13 +63,10 @@ class SecretStore:
         self._cache = (mtime, values)
         return values
 
-    def _from_env(self) -> dict[str, str]:
-        return {key[len(ENV_PREFIX):]: value for key, value in self._environ.items() if key.startswith(ENV_PREFIX)}
-
     def lookup(self, name: str) -> str:
         value = self._from_file().get(name)
         if value is None:
-            value = self._environ.get(ENV_PREFIX + name)
+            value = self._env.get(name)
         if value is None:
             raise SecretMissing(name, self._file_note())
         return value
@@ -79,7 +80,7 @@ class SecretStore:
 
     def known(self) -> list[str]:
         """Every value the store holds, whichever step uses it: all of them are masked everywhere."""
-        return [value for value in {**self._from_env(), **self._from_file()}.values() if value]
+        return [value for value in {**self._env, **self._from_file()}.values() if value]
 
     def masker(self) -> Callable[[Any], Any]:
         """A function that masks every known value (in its encoded forms) in a nested value."""

@@ -94,6 +94,19 @@ def test_the_log_processor_withholds_a_line_it_cannot_mask(tmp_path: Path) -> No
     assert line == {"level": "info", "event": "log line withheld: secret masking failed"}
 
 
+def test_the_environment_is_read_when_the_store_is_built() -> None:
+    """The worker builds its store once, at start; no action scans the environment again (a
+    process's environment cannot change from outside it). The file is still read as it changes."""
+    environ = {"PLAYBOOK_BOT_SECRET_A": "a-value"}
+    store = SecretStore(environ=environ)
+    environ["PLAYBOOK_BOT_SECRET_B"] = "b-value"
+    environ["PLAYBOOK_BOT_SECRET_A"] = "changed"
+    assert store.lookup("A") == "a-value" and store.known() == ["a-value"]
+    with pytest.raises(Exception) as info:
+        store.lookup("B")
+    assert getattr(info.value, "type", None) == SECRET_MISSING
+
+
 def test_only_declared_markers_resolve() -> None:
     store = SecretStore(environ={"PLAYBOOK_BOT_SECRET_A": "a-value", "PLAYBOOK_BOT_SECRET_B": "b-value"})
     params = {"x": f"{ref('A')}/${{secret:B}}", "n": [1, ref("A")]}
