@@ -192,7 +192,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
         if settings.alertmanager_token is None:
             log.warning("PLAYBOOK_BOT_ALERTMANAGER_TOKEN is not set: POST /alertmanager answers 401 to everyone")
         slack = slack_app(settings, client, catalog, policy, audit, keys)
-        routers = front_door(settings, client, catalog, policy, audit, slack, keys)
+        routers = front_door(settings, client, catalog, policy, audit, slack, keys, closing=stack)
         http = _Http(settings, create_app(readiness, routers))
         stack.push_async_callback(drain, slack)  # queued answers and audit, once HTTP takes no more
         await http.start()
@@ -252,7 +252,8 @@ async def run_serve(settings: Settings) -> None:
         )
         watch_catalog(stack, settings, catalog, stop)
         slack = slack_app(settings, client, catalog, policy, audit, keys)
-        http = _Http(settings, create_app(readiness, front_door(settings, client, catalog, policy, audit, slack, keys)))
+        routers = front_door(settings, client, catalog, policy, audit, slack, keys, closing=stack)
+        http = _Http(settings, create_app(readiness, routers))
         stack.push_async_callback(drain, slack)  # queued Slack answers and audit, once HTTP takes no more
         await http.start()
         stack.push_async_callback(http.stop)
@@ -269,9 +270,11 @@ def front_door(
     audit: AuditStore,
     slack: Any = None,
     keyring: Keyring | None = None,
+    closing: AsyncExitStack | None = None,
 ) -> list[APIRouter]:
     """The routes that take triggers: Alertmanager, Slack and the HTTP API. `catalog` is a Catalog or
-    a callable giving the current one (a LiveCatalog that reloads)."""
+    a callable giving the current one (a LiveCatalog that reloads). `closing`: where each webhook
+    door's close is pushed (a flood's count is recorded when the door stops, see RefusalBudget)."""
     current = _current(catalog)
     token = settings.alertmanager_token.get_secret_value() if settings.alertmanager_token else None
     keyring = keyring or front_door_keyring(settings)  # one key vouches for every door's actors
@@ -313,6 +316,8 @@ def front_door(
             keyring=keyring,
         )
     )
+    for door in (alerts, grafana, pagerduty, opsgenie) if closing is not None else ():
+        closing.push_async_callback(door.close)
     routers = [alerts.router(), grafana.router(), pagerduty.router(), opsgenie.router(), api.router()]
     if slack is not None:
         routers.append(slack_router(slack, settings))

@@ -70,6 +70,7 @@ from bot.server import direct_route, read_limited
 log = structlog.get_logger(__name__)
 
 ALERTMANAGER_USER = "alertmanager"
+SUMMARY_GRACE = 1.0  # seconds past a minute's end before its count of unrecorded refusals is told
 # The webhook's bearer token is checked before any alert is read: its alerts are vouched for.
 ALERTMANAGER = Actor(ALERTMANAGER_USER, "Alertmanager", (), "alertmanager")
 
@@ -162,6 +163,7 @@ class AlertReceiver:
         self.deps = deps
         self.sender = deps.sender
         self._refusals = RefusalBudget()  # refusals of anonymous callers recorded one by one per minute
+        self._summary: asyncio.Task[None] | None = None  # tells a minute's count once it is over
         self._recorded: OrderedDict[str, None] = OrderedDict()  # attempts this process has on record
         self._own_key = os.urandom(32)  # keys refused attempts when the keyring holds no key (_attempt)
         self._replica = os.urandom(4).hex()  # each replica's count of a minute is its own summary event
@@ -224,14 +226,39 @@ class AlertReceiver:
         operation = f"webhook:{self.sender.name}"
         recorded, unrecorded, window = self._refusals.take()  # a flood of forgeries cannot grow the trail unbounded
         if unrecorded and window is not None:
-            await record_refusal(self.deps.audit, refusal(self.sender.name, operation, (
-                f"{unrecorded} more refusals in the minute from "
-                f"{datetime.fromtimestamp(window * 60, timezone.utc):%Y-%m-%dT%H:%MZ} were not recorded one by one "
-                f"(at most {self._refusals.per_minute} a minute are)"), key=f"window-{window}-{self._replica}"))
+            await self._summarize(unrecorded, window)
+        if not recorded and (self._summary is None or self._summary.done()):
+            self._summary = asyncio.create_task(self._summarize_when_over())
         if recorded:
             await record_refusal(self.deps.audit, refusal(self.sender.name, operation, reason, key=attempt[:32]))
             _keep(self._recorded, attempt, self.RECORDED_ATTEMPTS)
         return JSONResponse({"error": reason}, status_code=401)
+
+    async def _summarize(self, unrecorded: int, window: int) -> None:
+        """The count of a minute's refusals past the budget, as one event (per replica)."""
+        await record_refusal(self.deps.audit, refusal(self.sender.name, f"webhook:{self.sender.name}", (
+            f"{unrecorded} more refusals in the minute from "
+            f"{datetime.fromtimestamp(window * 60, timezone.utc):%Y-%m-%dT%H:%MZ} were not recorded one by one "
+            f"(at most {self._refusals.per_minute} a minute are)"), key=f"window-{window}-{self._replica}"))
+
+    async def _summarize_when_over(self) -> None:
+        """Tell the minute's count once it is over, even if no refusal comes after the flood."""
+        while True:
+            await asyncio.sleep(self._refusals.seconds_left() + SUMMARY_GRACE)
+            if (told := self._refusals.settle()) is not None:
+                await self._summarize(*told)
+                return
+            if self._refusals.seconds_left() <= 0:  # nothing untold, and its minute is over
+                return
+
+    async def close(self) -> None:
+        """The door stops: the count of the minute under way is told now, not lost with the process."""
+        if self._summary is not None and not self._summary.done():
+            self._summary.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._summary
+        if (told := self._refusals.settle(final=True)) is not None:
+            await self._summarize(*told)
 
     def _attempt(self, body: bytes, credential: str) -> str:
         """The attempt's key: an HMAC under this deployment's envelope key (the same on every

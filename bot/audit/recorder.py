@@ -63,9 +63,10 @@ def refusal(actor: str, operation: str, reason: str, *, run_id: str | None = Non
 
 class RefusalBudget:
     """How many refusals of anonymous callers a door records one by one per minute. Past it, the
-    rest of that minute is counted and recorded as one summary event when the next minute's first
-    refusal comes, so a flood of forged requests cannot grow the audit trail without bound while
-    the trail still says how many there were."""
+    rest of that minute is counted and recorded as one summary event once the minute is over (by
+    the door's timer, or the next minute's first refusal, whichever comes first; at the latest
+    when the door stops), so a flood of forged requests cannot grow the audit trail without bound
+    while the trail still says how many there were."""
 
     def __init__(self, per_minute: int = 60, clock: Callable[[], float] = time.time) -> None:
         self.per_minute = per_minute
@@ -88,6 +89,19 @@ class RefusalBudget:
             self._dropped += 1
             return False, report, reported
         return True, report, reported
+
+    def seconds_left(self) -> float:
+        """Until the current minute ends (when its count can be told)."""
+        return max(0.0, (self._window + 1) * 60 - self.clock())
+
+    def settle(self, final: bool = False) -> tuple[int, int] | None:
+        """(refusals not recorded one by one, their minute as Unix time // 60) once that minute is
+        over, or at once when `final` (the door is stopping); taken, so it is told once. None: none
+        untold. A flood that stops is then on record without waiting for the next refusal."""
+        if not self._dropped or (not final and int(self.clock() // 60) == self._window):
+            return None
+        told, self._dropped = (self._dropped, self._window), 0
+        return told
 
 
 async def record_refusal(store: AuditStore | None, event: AuditEvent) -> None:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
+
+from bot.alerts import receiver as receiver_module
 from bot.alerts.receiver import AlertDeps, AlertReceiver
+from bot.audit.events import EventKind
 from bot.audit.recorder import RefusalBudget
 from bot.audit.store import SqliteAuditStore
 
@@ -36,4 +44,64 @@ async def test_each_replicas_flood_count_is_on_record(tmp_path: Path) -> None:
         await door._refuse(b"", f"Bearer late-{id(door)}", "missing or wrong bearer token")
     summaries = [json.dumps(e.details) for e in store.events() if ":window-" in e.event_id]
     assert len(summaries) == 2 and all("3 more refusals" in s for s in summaries), summaries
+    store.close()
+
+
+def summaries(store: SqliteAuditStore) -> list[str]:
+    return [json.dumps(e.details) for e in store.events() if ":window-" in e.event_id]
+
+
+async def test_a_flood_that_stops_is_counted_without_another_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack (review): a minute's count past the budget was recorded only when a later minute's
+    first refusal came. A flood that then stopped was on record as its first refusals alone,
+    however many followed, for as long as nobody else was refused (and lost when the process
+    stopped). The door now tells the count once the minute is over."""
+    monkeypatch.setattr(receiver_module, "SUMMARY_GRACE", 0.05)
+    store = SqliteAuditStore(tmp_path / "audit.db")
+    minute = [659.8]  # 0.2 s before minute 10 ends
+    door = replica(store, minute)
+    for i in range(5):  # one recorded, four counted
+        await door._refuse(b"", f"Bearer forged-{i}", "missing or wrong bearer token")
+    assert summaries(store) == []
+    minute[0] = 661.0  # the minute is over; nobody is refused after it
+    for _ in range(100):
+        if summaries(store):
+            break
+        await asyncio.sleep(0.05)
+    assert len(summaries(store)) == 1 and "4 more refusals" in summaries(store)[0], summaries(store)
+    await door._refuse(b"", "Bearer late", "missing or wrong bearer token")  # minute 11's first: no second count
+    await door.close()
+    assert len(summaries(store)) == 1
+    store.close()
+
+
+async def test_a_door_that_stops_records_the_count_of_the_minute_under_way(tmp_path: Path) -> None:
+    store = SqliteAuditStore(tmp_path / "audit.db")
+    door = replica(store, [600.0])
+    for i in range(3):
+        await door._refuse(b"", f"Bearer forged-{i}", "missing or wrong bearer token")
+    await door.close()
+    assert len(summaries(store)) == 1 and "2 more refusals" in summaries(store)[0]
+    store.close()
+
+
+async def test_the_front_door_closes_its_webhook_doors_when_it_stops(tmp_path: Path) -> None:
+    """The wiring: front_door(closing=stack) tells a flood's count when the stack unwinds; every
+    refusal is then on record, one by one or counted (a minute may end during the flood)."""
+    from bot.server import Readiness, create_app
+    from bot.services import front_door
+    from bot.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, alertmanager_token="the-token")  # type: ignore[arg-type]
+    store = SqliteAuditStore(tmp_path / "audit.db")
+    sent = 70
+    async with AsyncExitStack() as stack:
+        app = create_app(Readiness(), front_door(settings, None, dict, None, store, closing=stack))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://door") as web:
+            for i in range(sent):
+                response = await web.post("/alertmanager", content=b"{}", headers={"Authorization": f"Bearer no-{i}"})
+                assert response.status_code == 401
+    counted = sum(int(re.search(r"(\d+) more refusals", s).group(1)) for s in summaries(store))  # type: ignore[union-attr]
+    one_by_one = [e for e in store.events() if e.kind == EventKind.access_refused and ":window-" not in e.event_id]
+    assert counted > 0 and counted + len(one_by_one) == sent, (counted, len(one_by_one))
     store.close()
