@@ -11,6 +11,8 @@
    its owner group, then N signed block_actions (Approve) at once. Floor, same server, same burst:
    a minimal Bolt app (verify, ack, a Temporal update on a waiting workflow, which then runs one
    activity making the same request), its worker in its process. Goal: p95 <= 1.3x the floor's.
+   Each side sends CLICK_ROUNDS such bursts, the two taking turns (floor first, then bot first, ...)
+   with both stacks up throughout; the figure is over all of a side's clicks.
 
 Latency = the target's arrival - the moment the load process sent the alert or click, both read
 from time.perf_counter in the load process. The Slack Web API the bot calls (user groups,
@@ -51,6 +53,7 @@ CLICK_GOALS = {"p95": "<= 1.3"}
 ALERT_WARMUP = 5  # the first alerts of each side, not reported (first connections, code paths)
 ALERT_ROUNDS = 4  # turns each side takes (alternating which goes first)
 CLICK_WARMUP = 3  # runs approved one at a time before each side's burst, not reported
+CLICK_ROUNDS = 3  # bursts each side sends (alternating which goes first)
 STEP = "act"  # the step that makes the request, in both playbooks
 OWNER = "sre"  # the playbook's owner: the shipped policy's approver group for its high-impact steps
 
@@ -264,7 +267,11 @@ async def floor_plan(address: str, queue: str, target: str, count: int) -> list[
     return [{"run_id": h.id, "step_id": STEP, "channel": "C0INCIDENTS", "ts": "1.000001"} for h in handles]
 
 
-async def click_figure(clicks: int) -> None:
+async def click_figure(clicks: int, rounds: int = CLICK_ROUNDS) -> None:
+    """Floor and bot take turns in `rounds` rounds on one server (floor first, then bot first, ...),
+    both front doors and workers up throughout, as the alert figure does: each round prepares its
+    side's runs (all waiting on their approval) and then sends its burst, so neither side always
+    gets the fresher server or the other's idle minute."""
     count = clicks + CLICK_WARMUP
     with tempfile.TemporaryDirectory(prefix="bench-latency-click-") as tmp_name, FakeSlack() as fake:
         tmp = Path(tmp_name)
@@ -284,34 +291,52 @@ async def click_figure(clicks: int) -> None:
             front, address = await topo.dev(env)
             floor_queue = f"latency-floor-{uuid.uuid4()}"
             floor_proc = await topo.floor_bolt(address, floor_queue, fake.api_url, fake.token)
-            plan_file = tmp / "floor-plan.json"
-            plan_file.write_text(json.dumps(await floor_plan(address, floor_queue, target, count)))
-            with CpuMeter(topo) as cpu:
-                began = time.monotonic()
-                floor = side(await topo.load("clicks", floor_proc.url, "--target-port", str(target_port),
-                                             "--plan", str(plan_file), "--warmup", str(CLICK_WARMUP)))
-            print(f"floor: {cpu.line(time.monotonic() - began)}")
-            await asyncio.to_thread(floor_proc.stop)
+            floors: list[dict[str, Any]] = []
+            bots: list[dict[str, Any]] = []
+            cpu_floor, cpu_bot = CpuMeter(topo), CpuMeter(topo)
+            used: set[str] = set()  # the bot's runs clicked in earlier rounds
 
-            # The bot's runs, started as a user starts them (signed /playbook commands), each waiting
-            # on its gated step once its approval request is posted.
-            await topo.load("slack", front.url, "--bursts", str(count), "--size", "1", "--warmup", "0",
-                            "--gap", "0.1", "--text", "run gated")
-            requests = await until(f"{count} approval requests posted",
-                                   lambda: _at_least(approval_requests(fake), count))
-            plan_file = tmp / "bot-plan.json"
-            plan_file.write_text(json.dumps(list(requests.values())[:count]))
-            await asyncio.sleep(2)  # the runs' Slack syncs settle
-            with CpuMeter(topo) as cpu:
-                began = time.monotonic()
-                bot = side(await topo.load("clicks", front.url, "--target-port", str(target_port),
-                                           "--plan", str(plan_file), "--warmup", str(CLICK_WARMUP)))
-            print(f"bot: {cpu.line(time.monotonic() - began)}")
+            async def floor_round(n: int) -> None:
+                plan_file = tmp / f"floor-plan-{n}.json"
+                plan_file.write_text(json.dumps(await floor_plan(address, floor_queue, target, count)))
+                with cpu_floor:
+                    floors.append(side(await topo.load("clicks", floor_proc.url, "--target-port", str(target_port),
+                                                       "--plan", str(plan_file), "--warmup", str(CLICK_WARMUP))))
+
+            async def bot_round(n: int) -> None:
+                # The bot's runs, started as a user starts them (signed /playbook commands), each
+                # waiting on its gated step once its approval request is posted.
+                await topo.load("slack", front.url, "--bursts", str(count), "--size", "1", "--warmup", "0",
+                                "--gap", "0.1", "--text", "run gated")
+
+                async def posted() -> dict[str, Any] | None:
+                    fresh = {k: v for k, v in approval_requests(fake).items() if k not in used}
+                    return fresh if len(fresh) >= count else None
+
+                requests = list((await until(f"{count} approval requests posted", posted)).values())[:count]
+                used.update(r["run_id"] for r in requests)
+                plan_file = tmp / f"bot-plan-{n}.json"
+                plan_file.write_text(json.dumps(requests))
+                await asyncio.sleep(2)  # the runs' Slack syncs settle
+                with cpu_bot:
+                    bots.append(side(await topo.load("clicks", front.url, "--target-port", str(target_port),
+                                                     "--plan", str(plan_file), "--warmup", str(CLICK_WARMUP))))
+
+            for n in range(rounds):
+                for turn in ((floor_round, bot_round) if n % 2 == 0 else (bot_round, floor_round)):
+                    await turn(n)
+                    await asyncio.sleep(1)  # the turn's runs finish before the other side's begins
+            print(f"floor: {cpu_floor.line()}")
+            print(f"bot: {cpu_bot.line()}")
+            for name, sides in (("floor", floors), ("bot", bots)):  # how steady the rounds were
+                print(f"{name} p50 / p95 per round (ms): "
+                      + ", ".join(f"{spread(s['ms'])['p50']:.0f} / {spread(s['ms'])['p95']:.0f}" for s in sides))
             print(topo.describe())
             layout = topo.layout()
+    bot, floor = merged(bots), merged(floors)
     title = f"Approve click -> gated action, {clicks} at once, dev"
     table(title, CLICK_GOALS, bot, floor, "floor: minimal Bolt -> update -> activity")
-    results.record(*figures(title, CLICK_GOALS, bot, floor, layout, clicks=clicks),
+    results.record(*figures(title, CLICK_GOALS, bot, floor, layout, clicks=clicks, rounds=rounds),
                    samples={"Approve click -> gated action (dev, at once)":
                             {"bot (dev)": bot["ms"], "floor (minimal Bolt + update)": floor["ms"]}})
 
