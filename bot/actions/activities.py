@@ -34,7 +34,6 @@ from bot.audit.events import AuditEvent, EventKind
 from bot.audit.recorder import AuditWriter, event
 from bot.metrics import STEP_DURATION
 from bot.playbook.templating import display
-from bot.urgent import urgent
 
 log = structlog.get_logger(__name__)
 
@@ -145,7 +144,7 @@ def _wrap(
 
     async def run(input: ActionInput) -> ActionResult:
         info = activity.info()
-        with urgent(), structlog.contextvars.bound_contextvars(  # (bot/urgent.py: Slack's end-of-run update waits)
+        with structlog.contextvars.bound_contextvars(
             run_id=input.run_id, step_id=input.step_id, playbook=input.playbook, action=spec.name, attempt=info.attempt
         ):
             record = [*input.audit, started_event(input, info.attempt)]

@@ -33,7 +33,6 @@ from bot.playbook.model import Playbook
 from bot.playbook.params import ParamError, coerce_params
 from bot.policy.engine import PolicyEngine
 from bot.policy.inputs import PLAYBOOK, policy_input, provenance, rfc3339
-from bot.urgent import urgent
 
 log = structlog.get_logger(__name__)
 VERIFIERS = frozenset(get_args(VerifiedBy))
@@ -105,10 +104,6 @@ class Admitter:
 
     @activity.defn(name="run.admit")
     async def admit(self, request: AdmitRequest) -> Admission:
-        with urgent():  # the run's first step waits on it (bot/urgent.py)
-            return await self._admit(request)
-
-    async def _admit(self, request: AdmitRequest) -> Admission:
         await self.audit.write(request.audit)
         trigger = request.trigger
         unverified = Requester(principal=trigger.requested_by, person=trigger.requested_by)

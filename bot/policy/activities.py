@@ -26,7 +26,6 @@ from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, Proof, ProofError
 from bot.policy.engine import PolicyEngine
 from bot.policy.models import ActorVerdict, Decision, Failure, Verdict
-from bot.urgent import urgent
 
 AnswerT = TypeVar("AnswerT", bound=Verdict)
 TRANSIENT = frozenset({Failure.UNREACHABLE, Failure.TIMEOUT, Failure.ENGINE_CRASHED})
@@ -90,10 +89,6 @@ class PolicyActivities:
     async def decide(self, request: PolicyRequest) -> DecisionAnswer:
         """The decision is returned once it is recorded, or (audit_mode try/defer) handed back
         unrecorded: the workflow then runs no high-impact step until its flusher has written it."""
-        with urgent():  # a step waits on it (bot/urgent.py)
-            return await self._decide(request)
-
-    async def _decide(self, request: PolicyRequest) -> DecisionAnswer:
         decision = _retry_if_transient(await self.engine.decide(request.input))
         run, step = request.input.get("run") or {}, request.input.get("step") or {}
         record = event(
@@ -113,20 +108,17 @@ class PolicyActivities:
 
     @activity.defn(name="policy.approver")
     async def approver(self, request: PolicyRequest) -> ActorAnswer:
-        with urgent():  # a vote, and the step it may release, wait on it
-            unrecorded = await self.audit.write_as(request.audit_mode, request.audit)
-            return _unrecorded(await self._about_actor(request, self.engine.approver), unrecorded)
+        unrecorded = await self.audit.write_as(request.audit_mode, request.audit)
+        return _unrecorded(await self._about_actor(request, self.engine.approver), unrecorded)
 
     @activity.defn(name="policy.cancel")
     async def cancel(self, request: PolicyRequest) -> ActorAnswer:
-        with urgent():
-            unrecorded = await self.audit.write_as(request.audit_mode, request.audit)
-            return _unrecorded(await self._about_actor(request, self.engine.cancel), unrecorded)
+        unrecorded = await self.audit.write_as(request.audit_mode, request.audit)
+        return _unrecorded(await self._about_actor(request, self.engine.cancel), unrecorded)
 
     @activity.defn(name="policy.start")
     async def start(self, request: PolicyRequest) -> Verdict:
-        with urgent():
-            return _retry_if_transient(await self.engine.start(request.input))
+        return _retry_if_transient(await self.engine.start(request.input))
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.decide, self.approver, self.cancel, self.start]

@@ -33,12 +33,10 @@ from bot.metrics import SLACK_API_ERRORS
 from bot.slack.blocks import approval_blocks, decided_line, escape, status_blocks, status_text, summary_text
 from bot.slack.groups import GroupResolver
 from bot.slack.web import copy_of
-from bot.urgent import give_way
 
 log = structlog.get_logger(__name__)
 FINAL_RETRY_PAUSES = (1.0, 3.0)  # the last sync of a run: up to three passes, these pauses between
 SYNC_BUDGET = 12.0  # seconds of Slack calls per sync; well inside the local activity's 30 s timeout
-FINISHED_GIVES_WAY = 1.0  # seconds a finished run's last sync waits, at most, for urgent work (bot/urgent.py)
 MIN_RATE_LIMIT_PAUSE = 1.0  # seconds between a 429 and the same call again, whatever Retry-After says
 POSTED_REMEMBERED = 20_000  # entries of the process-local record of posts (oldest forgotten first)
 
@@ -95,8 +93,6 @@ class SlackNotifier:
         it until a later sync. The result says whether anything is still `pending`."""
         if self.web is None:
             return request.state.model_copy(update={"pending": False, "retry_after": 0.0})
-        if request.status.finished:  # nobody waits on a finished run: actions and votes under way go first
-            await give_way(FINISHED_GIVES_WAY)
         state = request.state.model_copy(deep=True, update={"pending": False, "retry_after": 0.0})
         run = _Pass(_run_key(request.status.run_id), self.budget)
         for pause in (*FINAL_RETRY_PAUSES, None):

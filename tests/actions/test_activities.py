@@ -16,7 +16,6 @@ from bot.actions.base import ActionContext, ActionInput, ActionParams, action
 from bot.actions.secrets import SecretStore
 from bot.audit.recorder import AuditWriter
 from bot.audit.store import SqliteAuditStore
-from bot.urgent import busy
 
 
 class NoParams(ActionParams):
@@ -79,24 +78,3 @@ async def test_a_step_that_must_be_recorded_first_does_not_act_before_the_store_
         await asyncio.wait_for(running, 30)
         assert target.acted.is_set()
         assert [e.kind.value for e in store.events(run_id="run-1")] == ["step_started"]
-
-
-class Busy:
-    """An action that notes whether it counted as urgent work while it acted (bot/urgent.py)."""
-
-    def __init__(self) -> None:
-        self.seen: list[bool] = []
-
-    @action("test.note_busy", NoParams)
-    async def touch(self, params: NoParams, ctx: ActionContext) -> dict[str, Any]:
-        self.seen.append(busy())
-        return {}
-
-
-async def test_an_action_is_urgent_work_while_it_runs() -> None:
-    """Slack's update of a finished run gives way to it (bot/slack/notifier.py)."""
-    acting = Busy()
-    (run,) = build_activities([acting], SecretStore(environ={}))
-    assert not busy()
-    await ActivityEnvironment().run(run, _input("try").model_copy(update={"action": "test.note_busy"}))
-    assert acting.seen == [True] and not busy()

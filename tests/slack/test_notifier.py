@@ -3,16 +3,11 @@ approval request in its thread (buttons until decided), failures, undos and the 
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.engine.state import RunStatus, StepStatus, VoteRequest
 from bot.engine.workflow import PlaybookRun
-from bot.slack import notifier as notifier_module
 from bot.slack.notifier import SlackNotifier, SlackState, SlackSync
-from bot.urgent import urgent
 from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
 from tests.engine.test_approvals import policy
 from tests.slack.fake_slack import FakeSlack, Message
@@ -213,33 +208,3 @@ async def test_a_run_recorded_before_the_channel_id_was_kept_heals_at_its_next_p
 
     [message] = fake_slack.top_level(CHANNEL_ID)
     assert "told: failed" in message.shown(), message.shown()
-
-
-async def test_a_finished_runs_last_sync_gives_way_to_urgent_work_for_a_bounded_while(fake_slack, monkeypatch):
-    """In a burst of Approve clicks the finished runs' updates went out between the other clicks'
-    actions and slowed them (bench/latency.py); they now wait while actions and policy questions
-    run in the worker, at most FINISHED_GIVES_WAY. A running run's sync never waits."""
-    monkeypatch.setattr(notifier_module, "FINISHED_GIVES_WAY", 2.0)
-    notifier = _notifier(fake_slack)
-    with urgent():  # another run's action, under way
-        began = time.monotonic()
-        state = await notifier.sync(SlackSync(channel="#incidents", status=_status("running", failed=False)))
-        assert time.monotonic() - began < 1.0, "a running run's sync did not wait"
-        final = asyncio.create_task(notifier.sync(
-            SlackSync(channel="#incidents", status=_status("failed", failed=True), state=state)))
-        await asyncio.sleep(0.3)
-        [message] = fake_slack.top_level(CHANNEL_ID)
-        assert not final.done() and "told: running" in message.shown(), "the finished run's update waited"
-    await asyncio.wait_for(final, 1.5)  # well before the bound: the action ended
-    assert "told: failed" in message.shown()
-
-
-async def test_a_finished_runs_update_waits_no_longer_than_its_bound(fake_slack, monkeypatch):
-    monkeypatch.setattr(notifier_module, "FINISHED_GIVES_WAY", 0.3)
-    notifier = _notifier(fake_slack)
-    with urgent():  # work that does not end while the update waits
-        began = time.monotonic()
-        await notifier.sync(SlackSync(channel="#incidents", status=_status("failed", failed=True)))
-        assert 0.3 <= time.monotonic() - began < 1.5
-    [message] = fake_slack.top_level(CHANNEL_ID)
-    assert "told: failed" in message.shown()
