@@ -341,10 +341,6 @@ async def click_figure(clicks: int, rounds: int = CLICK_ROUNDS) -> None:
                             {"bot (dev)": bot["ms"], "floor (minimal Bolt + update)": floor["ms"]}})
 
 
-async def _at_least(found: dict[str, Any], count: int) -> dict[str, Any] | None:
-    return found if len(found) >= count else None
-
-
 async def main(alerts: int, rate: float, clicks: int, only: str | None) -> None:
     if only in (None, "alert"):
         await alert_figure(alerts, rate)

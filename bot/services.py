@@ -316,8 +316,9 @@ def front_door(
             keyring=keyring,
         )
     )
-    for door in (alerts, grafana, pagerduty, opsgenie) if closing is not None else ():
-        closing.push_async_callback(door.close)
+    if closing is not None:  # together: each may wait (bounded) for a store that is slow
+        doors = (alerts, grafana, pagerduty, opsgenie)
+        closing.push_async_callback(lambda: asyncio.gather(*(door.close() for door in doors)))
     routers = [alerts.router(), grafana.router(), pagerduty.router(), opsgenie.router(), api.router()]
     if slack is not None:
         routers.append(slack_router(slack, settings))

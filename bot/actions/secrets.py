@@ -34,7 +34,7 @@ class SecretStore:
         self._file = secrets_file
         # Read once: a process's environment cannot change from outside it, and the worker never
         # changes its own. Scanning (and decoding) the whole environment for every action's masker
-        # was half of a core.log step's CPU in the worker.
+        # was about a sixth of a core.log step's CPU in the worker.
         environ = os.environ if environ is None else environ
         self._env = {key[len(ENV_PREFIX):]: value for key, value in environ.items() if key.startswith(ENV_PREFIX)}
         self._cache: tuple[float, dict[str, str]] | None = None
