@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from temporalio.client import Client
 
@@ -161,6 +161,24 @@ def merged(sides: list[dict[str, Any]]) -> dict[str, Any]:
             "errors": [e for s in sides for e in s["errors"]][:5]}
 
 
+async def take_turns(n: int, floor_round: Callable[[int], Awaitable[None]],
+                     bot_round: Callable[[int], Awaitable[None]]) -> None:
+    """Round `n` of a figure: the floor's turn first in even rounds, the bot's in odd ones."""
+    for turn in ((floor_round, bot_round) if n % 2 == 0 else (bot_round, floor_round)):
+        await turn(n)
+        await asyncio.sleep(1)  # the turn's runs finish before the other side's begins
+
+
+def report_rounds(cpu_floor: CpuMeter, cpu_bot: CpuMeter, floors: list[dict[str, Any]],
+                  bots: list[dict[str, Any]]) -> None:
+    """Each side's CPU, and how steady its rounds were."""
+    print(f"floor: {cpu_floor.line()}")
+    print(f"bot: {cpu_bot.line()}")
+    for name, sides in (("floor", floors), ("bot", bots)):
+        print(f"{name} p50 / p95 per round (ms): "
+              + ", ".join(f"{spread(s['ms'])['p50']:.0f} / {spread(s['ms'])['p95']:.0f}" for s in sides))
+
+
 async def alert_figure(alerts: int, rate: float, rounds: int = ALERT_ROUNDS) -> None:
     """Floor and bot take turns in `rounds` rounds on one server (floor first, then bot first, ...),
     both workers up throughout: a dev server slows as its history grows, and the machine's noise
@@ -193,24 +211,18 @@ async def alert_figure(alerts: int, rate: float, rounds: int = ALERT_ROUNDS) -> 
                 pace = ["--alerts", str(per_round), "--rate", str(rate), "--warmup", str(ALERT_WARMUP),
                         "--seed", str(seed + n)]
 
-                async def floor_round() -> None:
+                async def floor_round(n: int) -> None:
                     with cpu_floor:
                         floors.append(side(await topo.load("paced-starts", server.address, floor_queue,
                                                            "--target-port", str(target_port), *pace)))
 
-                async def bot_round() -> None:
+                async def bot_round(n: int) -> None:
                     with cpu_bot:
                         bots.append(side(await topo.load("paced-alerts", front.url, "--target-port",
                                                          str(target_port), *pace)))
 
-                for turn in ((floor_round, bot_round) if n % 2 == 0 else (bot_round, floor_round)):
-                    await turn()
-                    await asyncio.sleep(1)  # the turn's runs finish before the other side's begins
-            print(f"floor: {cpu_floor.line()}")
-            print(f"bot: {cpu_bot.line()}")
-            for name, sides in (("floor", floors), ("bot", bots)):  # how steady the turns were
-                print(f"{name} p50 / p95 per round (ms): "
-                      + ", ".join(f"{spread(s['ms'])['p50']:.0f} / {spread(s['ms'])['p95']:.0f}" for s in sides))
+                await take_turns(n, floor_round, bot_round)
+            report_rounds(cpu_floor, cpu_bot, floors, bots)
             print(topo.describe())
             layout = topo.layout()
     bot, floor = merged(bots), merged(floors)
@@ -323,14 +335,8 @@ async def click_figure(clicks: int, rounds: int = CLICK_ROUNDS) -> None:
                                                      "--plan", str(plan_file), "--warmup", str(CLICK_WARMUP))))
 
             for n in range(rounds):
-                for turn in ((floor_round, bot_round) if n % 2 == 0 else (bot_round, floor_round)):
-                    await turn(n)
-                    await asyncio.sleep(1)  # the turn's runs finish before the other side's begins
-            print(f"floor: {cpu_floor.line()}")
-            print(f"bot: {cpu_bot.line()}")
-            for name, sides in (("floor", floors), ("bot", bots)):  # how steady the rounds were
-                print(f"{name} p50 / p95 per round (ms): "
-                      + ", ".join(f"{spread(s['ms'])['p50']:.0f} / {spread(s['ms'])['p95']:.0f}" for s in sides))
+                await take_turns(n, floor_round, bot_round)
+            report_rounds(cpu_floor, cpu_bot, floors, bots)
             print(topo.describe())
             layout = topo.layout()
     bot, floor = merged(bots), merged(floors)
