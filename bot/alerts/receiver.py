@@ -51,7 +51,7 @@ from bot.alerts.episodes import RouteMatch, route
 from bot.alerts.grafana_signing import GrafanaSigning
 from bot.alerts.incidents import pagerduty_signed, parse_opsgenie, parse_pagerduty, route_incident
 from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload
-from bot.audit.recorder import RefusalBudget, append_counted, record_refusal, refusal
+from bot.audit.recorder import RefusalBudget, record_refusal, refusal
 from bot.audit.episodes import Episode
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.batching import GroupCommitter
@@ -242,21 +242,10 @@ class AlertReceiver:
         replica's, and each telling of a minute: a count told at close and one told later for the
         same minute are both kept). A count the store does not take is logged with its number."""
         self._told += 1
-        text = (f"{unrecorded} more refusals in the minute from "
-                f"{datetime.fromtimestamp(window * 60, timezone.utc):%Y-%m-%dT%H:%MZ} were not recorded one by one "
-                f"(at most {self._refusals.per_minute} a minute are)")
-        record = refusal(self.sender.name, f"webhook:{self.sender.name}", text,
-                         key=f"window-{window}-{self._replica}-{self._told}")
-        if self.deps.audit is None:
-            return
-        try:
-            await append_counted(self.deps.audit, [record])
-        except (Exception, asyncio.CancelledError) as exc:  # best effort, as every refusal's record
-            log.error("refusal count not recorded", sender=self.sender.name, count=unrecorded,
-                      minute=f"{datetime.fromtimestamp(window * 60, timezone.utc):%Y-%m-%dT%H:%MZ}",
-                      error=f"{type(exc).__name__}: {exc}")
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        await record_refusal(self.deps.audit, refusal(self.sender.name, f"webhook:{self.sender.name}", (
+            f"{unrecorded} more refusals in the minute from "
+            f"{datetime.fromtimestamp(window * 60, timezone.utc):%Y-%m-%dT%H:%MZ} were not recorded one by one "
+            f"(at most {self._refusals.per_minute} a minute are)"), key=f"window-{window}-{self._replica}-{self._told}"))
 
     async def _summarize_when_over(self) -> None:
         """Tell each minute's count once it is over, even if no refusal comes after the flood; the

@@ -105,13 +105,19 @@ class RefusalBudget:
 
 
 async def record_refusal(store: AuditStore | None, event: AuditEvent) -> None:
-    """Best effort: the refusal was told to the actor; a store that is down is logged, not raised."""
+    """Best effort: the refusal was told to the actor; one the store did not take (down, or the
+    write cancelled: a door stopping) is logged with what it said, and only a cancel is raised."""
     if store is None:
         return
     try:
         await append_counted(store, [event])
-    except Exception as exc:  # noqa: BLE001
-        structlog.get_logger(__name__).warning("refusal not recorded", error=f"{type(exc).__name__}: {exc}")
+    except (Exception, asyncio.CancelledError) as exc:
+        structlog.get_logger(__name__).warning(
+            "refusal not recorded", actor=event.actor, operation=event.details.get("operation"),
+            reason=event.details.get("reason"), error=f"{type(exc).__name__}: {exc}",
+        )
+        if isinstance(exc, asyncio.CancelledError):
+            raise
 
 
 class AuditWriter:

@@ -28,6 +28,13 @@ def replica(store: SqliteAuditStore, minute: list[float]) -> AlertReceiver:
     return receiver
 
 
+async def flood(door: AlertReceiver, count: int, name: str = "forged") -> None:
+    """`count` refusals at `door`, each a different forged bearer token."""
+    for i in range(count):
+        response: Any = await door._refuse(b"", f"Bearer {name}-{i}", "missing or wrong bearer token")
+        assert response.status_code == 401
+
+
 async def test_each_replicas_flood_count_is_on_record(tmp_path: Path) -> None:
     """Attack (review): the summary of a minute's unrecorded refusals had the same event id on
     every replica, and the store keeps the first of an id: a flood spread over two front doors was
@@ -62,8 +69,7 @@ async def test_a_flood_that_stops_is_counted_without_another_refusal(tmp_path: P
     store = SqliteAuditStore(tmp_path / "audit.db")
     minute = [659.8]  # 0.2 s before minute 10 ends
     door = replica(store, minute)
-    for i in range(5):  # one recorded, four counted
-        await door._refuse(b"", f"Bearer forged-{i}", "missing or wrong bearer token")
+    await flood(door, 5)  # one recorded, four counted
     assert summaries(store) == []
     minute[0] = 661.0  # the minute is over; nobody is refused after it
     for _ in range(100):
@@ -80,8 +86,7 @@ async def test_a_flood_that_stops_is_counted_without_another_refusal(tmp_path: P
 async def test_a_door_that_stops_records_the_count_of_the_minute_under_way(tmp_path: Path) -> None:
     store = SqliteAuditStore(tmp_path / "audit.db")
     door = replica(store, [600.0])
-    for i in range(3):
-        await door._refuse(b"", f"Bearer forged-{i}", "missing or wrong bearer token")
+    await flood(door, 3)
     await door.close()
     assert len(summaries(store)) == 1 and "2 more refusals" in summaries(store)[0]
     store.close()
@@ -120,11 +125,9 @@ async def test_refusals_after_a_door_closed_are_still_counted(tmp_path: Path) ->
     store = SqliteAuditStore(tmp_path / "audit.db")
     minute = [600.0]
     door = replica(store, minute)
-    for i in range(3):
-        await door._refuse(b"", f"Bearer early-{i}", "missing or wrong bearer token")
+    await flood(door, 3, "early")
     await door.close()
-    for i in range(5):
-        await door._refuse(b"", f"Bearer late-{i}", "missing or wrong bearer token")
+    await flood(door, 5, "late")
     assert door._summary is None or door._summary.done(), "no timer starts after the door closed"
     minute[0] = 661.0
     await door._refuse(b"", "Bearer next-minute", "missing or wrong bearer token")
@@ -139,8 +142,7 @@ async def test_a_count_being_written_when_the_door_stops_is_not_cut_off(tmp_path
     store = SqliteAuditStore(tmp_path / "audit.db")
     minute = [659.9]
     door = replica(store, minute)
-    for i in range(4):
-        await door._refuse(b"", f"Bearer forged-{i}", "missing or wrong bearer token")
+    await flood(door, 4)
     minute[0] = 661.0
     with store._lock:  # the store is slow: the timer's write waits for it
         await asyncio.sleep(0.4)  # the timer woke, took the count and is writing it
@@ -150,3 +152,17 @@ async def test_a_count_being_written_when_the_door_stops_is_not_cut_off(tmp_path
     await asyncio.wait_for(closing, 5)
     assert told(store) == 3, summaries(store)
     store.close()
+
+
+async def test_a_count_the_store_does_not_take_is_logged_with_its_number(tmp_path: Path) -> None:
+    """A store that is down loses the summary event, not the figure: the log line says it."""
+    from structlog.testing import capture_logs
+
+    store = SqliteAuditStore(tmp_path / "audit.db")
+    door = replica(store, [600.0])
+    await flood(door, 4)
+    store.close()  # the store goes away before the door stops
+    with capture_logs() as logs:
+        await door.close()
+    lost = [e for e in logs if e["event"] == "refusal not recorded"]
+    assert len(lost) == 1 and "3 more refusals" in lost[0]["reason"], logs
