@@ -90,9 +90,13 @@ ENGINE_V2_PATCH = "engine-v2"
 ENGINE_V3_PATCH = "engine-v3"
 # engine-v3, and the Slack sync (a local activity, which holds its workflow task open until Slack
 # answers) waits while the news it would show dispatches steps' work, bounded by SLACK_DEFER: the
-# deciding vote's answer and its step, and each next step, no longer wait for Slack. A new run
-# records this one marker; a run from before replays syncing as it did.
-ENGINE_PATCH = "engine-v4"
+# deciding vote's answer and its step, and each next step, no longer wait for Slack.
+ENGINE_V4_PATCH = "engine-v4"
+# engine-v4, and once work was dispatched Slack shows the news of that SLACK_DEFER in one sync when
+# it is up, the run's end included, unless a human waits on Slack (an approval or answer asked, a
+# step that needs the run's thread): a burst of approved steps acts before its runs' Slack updates
+# (issue 17). A new run records this one marker; a run from before replays syncing as it did.
+ENGINE_PATCH = "engine-v5"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -107,6 +111,7 @@ SLACK_RETRY_FIRST = 2.0  # seconds before a sync that left something pending is 
 SLACK_RETRY_MAX = 60.0
 SLACK_RETRIES = 8  # pending syncs tried again in a row with nothing new to show; news always syncs
 SLACK_DEFER = timedelta(seconds=1)  # engine-v4: the longest a sync waits for news that dispatches nothing
+# (engine-v5: the longest Slack lags the work a run dispatched, when no human waits on it)
 SLACK_FINAL_WAIT = timedelta(minutes=5)  # the run's end waits this long at most for Slack to catch up
 POLICY_TIMEOUT = timedelta(seconds=30)
 POLICY_RETRY = TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
@@ -254,6 +259,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
         self._news = 0  # changes marked for Slack so far
         self._defer_bound: asyncio.Future[None] | None = None  # the SLACK_DEFER timer running, never cancelled
+        self._slack_coalesces = False  # engine-v5: Slack shows a bound's news when it is up, the end's too
+        self._thread_wanted = False  # a step waits for the run's status message (its thread) to exist
+        self._asks = 0  # approval requests and escalations made so far (humans asked to act)
+        self._asks_synced = 0  # ... when the last sync began
         self._refused_cancels = RefusedVoters()  # who the cancel rule refused, for the validator (engine-v2 on)
         self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
         self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
@@ -588,8 +597,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         each engine-vN after it stands for the one before and what it added, again as one marker; an
         older run replays asking each patch as it did."""
         if workflow.patched(ENGINE_PATCH):
-            self._slack_defers = True
-            self._engine_v3()
+            self._slack_coalesces = True
+            self._engine_v4()
+            return
+        if workflow.patched(ENGINE_V4_PATCH):
+            self._engine_v4()
             return
         if workflow.patched(ENGINE_V3_PATCH):
             self._engine_v3()
@@ -604,6 +616,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
         self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
         self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
+
+    def _engine_v4(self) -> None:
+        """Every behaviour engine-v4 stands for."""
+        self._slack_defers = True
+        self._engine_v3()
 
     def _engine_v3(self) -> None:
         """Every behaviour engine-v3 stands for."""
@@ -867,6 +884,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             await self._drained()  # what the last handlers recorded
         if self._slack_beside:
             self._slack_closing = True
+            if self._slack_coalesces and (bound := self._defer_bound) is not None:
+                # The final sync waits for the bound (engine-v5): wait with it, rather than start the
+                # bounded wait's timer now and cancel it a task later.
+                await workflow.wait_condition(lambda: self._slack_idle or bound.done())
             try:
                 await workflow.wait_condition(lambda: self._slack_idle, timeout=SLACK_FINAL_WAIT)
             except asyncio.TimeoutError:
@@ -1433,6 +1454,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                     },
                 )
                 await self._flush_audit()
+                self._asks += 1
                 await self._notify()
             try:
                 await workflow.wait_condition(
@@ -1454,6 +1476,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                         extra={**self._log_extra, "step_id": st.id, "approver_groups": decision.approver_groups},
                     )
                     await self._flush_audit()
+                    self._asks += 1
                     await self._notify()
         if st.group in self._failed_groups and not self._approvals.decided(st.id):
             self._fail(st, "not run: another step of its parallel group failed", "cancelled")
@@ -1746,11 +1769,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (a reply in the run's thread) waits, bounded, for the status message to exist."""
         if not self._slack_beside or self._slack.message_ts is not None or "slack_thread_ts" not in repr(step.with_):
             return
-        self._slack_stale = True
+        self._slack_stale = self._thread_wanted = True
         try:
             await workflow.wait_condition(lambda: self._slack.message_ts is not None, timeout=SLACK_TIMEOUT)
         except asyncio.TimeoutError:
             self._log("slack status message not posted yet: the step has no thread", step_id=step.id)
+        finally:
+            self._thread_wanted = False
 
     async def _slack_coroutine(self) -> None:
         """Beside the steps: one sync whenever Slack is stale, covering every change since the
@@ -1774,7 +1799,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             if self._slack_defers and not self._slack_closing:
                 await self._after_dispatches(synced_at)
                 synced_at = self._dispatched
+            elif self._slack_coalesces and (bound := self._defer_bound) is not None and not bound.done():
+                await workflow.wait_condition(lambda: bound.done())  # the run's end shows once the bound is up
             self._slack_stale = False
+            self._asks_synced = self._asks
             await self._sync_slack()
             if self._slack.pending:
                 retries += 1
@@ -1806,12 +1834,22 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         if self._defer_bound is None or self._defer_bound.done():
             self._defer_bound = asyncio.ensure_future(asyncio.sleep(SLACK_DEFER.total_seconds()))
         bound = self._defer_bound
+        if self._slack_coalesces:
+            # engine-v5: the bound's news goes in one sync when it is up, the run's end too; only a
+            # human waiting on Slack has it go at once.
+            await workflow.wait_condition(lambda: bound.done() or self._slack_wanted())
+            return
         while not (self._slack_closing or bound.done()):
             seen, news = self._dispatched, self._news
             await workflow.wait_condition(lambda: self._news != news or self._slack_closing or bound.done())
             await workflow.wait_condition(lambda: True)
             if self._dispatched == seen:
                 return  # the news dispatched nothing: Slack goes now
+
+    def _slack_wanted(self) -> bool:
+        """Someone waits on what Slack would show: humans asked to act (an approval or an answer
+        requested, or escalated) since the last sync began, or a step that needs the run's thread."""
+        return self._thread_wanted or self._asks != self._asks_synced
 
     async def _sync_slack(self, attempts: int = 1) -> None:
         """One `slack.sync`, never retried from this (stale) state: the coroutine syncs again

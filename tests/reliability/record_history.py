@@ -160,6 +160,9 @@ SCENARIOS: dict[str, Scenario] = {
     # Recorded by engine-v4 code: the Slack sync (a local activity) waits out of any workflow task
     # that dispatches a step's work (a timer bounds the wait), so the deciding vote's task is not held.
     "engine-v4-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
+    # Recorded by engine-v5 code: once a step's work is dispatched, Slack shows what follows (the
+    # run's end included) in one sync when SLACK_DEFER is up, unless a human waits on Slack.
+    "engine-v5-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
 }
 
 

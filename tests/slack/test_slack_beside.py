@@ -8,6 +8,7 @@ sync goes on from there. The fake Slack records every call, so "posted twice" is
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 
@@ -16,7 +17,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.engine.runs import _counted, get_status, vote
 from bot.engine.state import RunStatus, StepStatus, VoteRequest
-from bot.engine.workflow import SLACK_DEFER
+from bot.engine.workflow import SLACK_DEFER, SLACK_FINAL_WAIT
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring
 from bot.slack.notifier import SlackNotifier, SlackState, SlackSync
@@ -64,8 +65,12 @@ async def test_steps_go_on_while_slack_refuses_everything_and_slack_catches_up(d
         status = await wait_for_state(handle, lambda s: s.compensations and s.compensations[0].state == "succeeded",
                                       timeout=60)
         assert [s.state for s in status.steps] == ["compensated"] + ["succeeded"] * 3 + ["failed"]
-        assert fake_slack.refusing() and fake_slack.posts() == [], "nothing reached Slack meanwhile"
+        # (The run's news waits for SLACK_DEFER since its first step, engine-v5: the try may come later.)
+        began = time.monotonic()
+        while not fake_slack.rate_limited() and time.monotonic() - began < 10:
+            await asyncio.sleep(0.1)
         assert fake_slack.rate_limited(), "the notifier did try"
+        assert fake_slack.refusing() and fake_slack.posts() == [], "nothing reached Slack meanwhile"
 
         fake_slack.rate_limit_for(0)  # Slack answers again: the run's last sync catches up
         final = await handle.result()
@@ -158,6 +163,112 @@ async def test_a_long_step_does_not_keep_its_run_out_of_slack(dev_env, fake_slac
     assert final.state == "completed" and shown_after < 6
     [message] = fake_slack.top_level(CHANNEL_ID)
     assert "slow: completed" in message.shown(), message.shown()
+
+
+def _timeline(events: list) -> list[tuple[int, str, str]]:
+    """(event id, kind, detail) of a run's history: the activity or local activity's type, a timer's
+    duration in seconds, a fired timer's start event."""
+    out = []
+    for e in events:
+        kind = e.WhichOneof("attributes").removesuffix("_event_attributes")
+        detail = ""
+        if kind == "activity_task_scheduled":
+            detail = e.activity_task_scheduled_event_attributes.activity_type.name
+        elif kind == "marker_recorded" and "data" in e.marker_recorded_event_attributes.details:
+            data = e.marker_recorded_event_attributes.details["data"].payloads[0].data
+            detail = json.loads(data).get("activity_type", "")
+        elif kind == "timer_started":
+            detail = str(e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta().total_seconds())
+        elif kind == "timer_fired":
+            detail = str(e.timer_fired_event_attributes.started_event_id)
+        out.append((e.event_id, kind, detail))
+    return out
+
+
+def _first(timeline: list[tuple[int, str, str]], kind: str, detail: str | None = None, after: int = 0) -> int:
+    return next(i for i, k, d in timeline if i > after and k == kind and (detail is None or d == detail))
+
+
+async def test_an_approved_step_acts_before_its_runs_slack_update(dev_env, fake_slack):
+    """engine-v5: once a vote's step is under way, Slack shows what follows (the step's result, the
+    run's end) in one sync when SLACK_DEFER is up, so a burst of approvals acts first and updates
+    Slack after. Before, the run's end synced at once, in the middle of the others' steps."""
+    rec = Recorder()
+    pb = playbook('name: gated\nchannel: "#incidents"\nsteps: [{id: risky, action: t.ok, impact: high}]')
+    keyring = Keyring(b"k" * 32)
+    async with worker(dev_env.client, rec, policy(APPROVAL) + [SlackNotifier(_web(fake_slack), budget=10).sync]) as w:
+        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
+        await wait_for_state(handle, lambda s: s.state == "waiting_approval" and s.step("risky").decision)
+        await asyncio.sleep(SLACK_DEFER.total_seconds() * 1.5)  # as a human takes a while: the ask's bound is up
+        await vote(dev_env.client, handle.id, VoteRequest(step_id="risky", user="dana"), Actor("dana"), keyring)
+        final = await handle.result()
+    assert final.state == "completed"
+    timeline = _timeline((await handle.fetch_history()).events)
+    voted = _first(timeline, "workflow_execution_update_accepted")
+    acted = _first(timeline, "activity_task_scheduled", "t.ok", after=voted)
+    bound = _first(timeline, "timer_started", str(SLACK_DEFER.total_seconds()), after=voted)
+    bound_up = _first(timeline, "timer_fired", str(bound))
+    syncs = [i for i, k, d in timeline if i > voted and k == "marker_recorded" and d == "slack.sync"]
+    assert syncs and min(syncs) > bound_up > acted, f"Slack synced before the bound was up: {timeline[voted - 1:]}"
+    assert len(syncs) == 1, "the step's result and the run's end in one sync"
+    assert not [t for t in timeline if t[1] == "timer_started" and t[2] == str(SLACK_FINAL_WAIT.total_seconds())], \
+        "the end waited with the bound, without a timer of its own"
+    [message] = fake_slack.top_level(CHANNEL_ID)
+    assert "gated: completed" in message.shown(), message.shown()
+
+
+async def test_an_approval_request_is_shown_without_waiting_for_the_bound(dev_env, fake_slack):
+    """A human asked to act is news Slack shows at once: the sync that posts the request goes in the
+    task that asks, not when the policy question's SLACK_DEFER is up."""
+    rec = Recorder()
+    pb = playbook('name: gated\nchannel: "#incidents"\nsteps: [{id: risky, action: t.ok, impact: high}]')
+    async with worker(dev_env.client, rec, policy(APPROVAL) + [SlackNotifier(_web(fake_slack), budget=10).sync]) as w:
+        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
+        await wait_for_state(handle, lambda s: s.state == "waiting_approval" and s.step("risky").decision)
+        began = time.monotonic()
+        while not fake_slack.top_level(CHANNEL_ID) and time.monotonic() - began < 10:
+            await asyncio.sleep(0.05)
+        timeline = _timeline((await handle.fetch_history()).events)
+        await handle.cancel()
+    asked = _first(timeline, "activity_task_scheduled", "policy.decide")
+    bound = _first(timeline, "timer_started", str(SLACK_DEFER.total_seconds()), after=asked)
+    shown = _first(timeline, "marker_recorded", "slack.sync", after=asked)
+    fired = [i for i, k, d in timeline if k == "timer_fired" and d == str(bound)]
+    assert not fired or shown < fired[0], f"the request waited for the bound: {timeline}"
+    [message] = fake_slack.top_level(CHANNEL_ID)
+    assert "waiting approval" in message.shown(), message.shown()
+
+
+async def test_a_step_on_the_runs_thread_does_not_wait_for_the_bound(dev_env, fake_slack):
+    """A step that replies in the run's thread needs the status message: the sync goes at once for
+    it, even while an earlier step's SLACK_DEFER still runs."""
+    from bot.actions.activities import build_activities
+    from bot.actions.secrets import SecretStore
+    from bot.actions.slack import SlackActions
+
+    rec = Recorder()
+    web = _web(fake_slack)
+    pb = playbook("""
+name: chatty
+channel: "#incidents"
+steps:
+  - {id: first, action: t.ok}
+  - id: tell
+    action: slack.post
+    with: {channel: "{{ run.slack_channel }}", thread_ts: "{{ run.slack_thread_ts }}", text: "restarting now"}
+""")
+    post = build_activities([SlackActions(web)], SecretStore(environ={}))
+    async with worker(dev_env.client, rec, [SlackNotifier(web, budget=10).sync, *post]) as w:
+        handle = await start(dev_env.client, w, run_input(pb))
+        status = await handle.result()
+    assert status.state == "completed", status.error
+    timeline = _timeline((await handle.fetch_history()).events)
+    bound = _first(timeline, "timer_started", str(SLACK_DEFER.total_seconds()))
+    told = _first(timeline, "activity_task_scheduled", "slack.post")
+    fired = [i for i, k, d in timeline if k == "timer_fired" and d == str(bound)]
+    assert not fired or told < fired[0], f"the reply waited for the bound: {timeline}"
+    [message] = fake_slack.top_level(CHANNEL_ID)
+    assert [m.text for m in fake_slack.thread(message)][:1] == ["restarting now"]
 
 
 def _status(failed: bool, finished: bool = False) -> RunStatus:
