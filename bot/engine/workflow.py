@@ -260,8 +260,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._news = 0  # changes marked for Slack so far
         self._defer_bound: asyncio.Future[None] | None = None  # the SLACK_DEFER timer running, never cancelled
         self._slack_coalesces = False  # engine-v5: Slack shows a bound's news when it is up, the end's too
-        self._thread_wanted = False  # a step waits for the run's status message (its thread) to exist
-        self._asks = 0  # approval requests and escalations made so far (humans asked to act)
+        self._thread_waits = 0  # steps waiting for the run's status message (its thread) to exist
+        self._asks = 0  # humans asked to act so far: approvals or answers requested, escalated, owners paged
         self._asks_synced = 0  # ... when the last sync began
         self._refused_cancels = RefusedVoters()  # who the cancel rule refused, for the validator (engine-v2 on)
         self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
@@ -885,9 +885,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         if self._slack_beside:
             self._slack_closing = True
             if self._slack_coalesces and (bound := self._defer_bound) is not None:
-                # The final sync waits for the bound (engine-v5): wait with it, rather than start the
-                # bounded wait's timer now and cancel it a task later.
-                await workflow.wait_condition(lambda: self._slack_idle or bound.done())
+                # engine-v5: the run never ends with its bound running (a timer that fires during the
+                # last task has Temporal refuse the run's completion, 232f52c), and the end's sync
+                # waits for it anyway: wait with it, before the bounded wait's timer starts.
+                await workflow.wait_condition(lambda: bound.done())
             try:
                 await workflow.wait_condition(lambda: self._slack_idle, timeout=SLACK_FINAL_WAIT)
             except asyncio.TimeoutError:
@@ -1598,6 +1599,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         if status.not_undone:
             # The system is half rolled back: the playbook's owners are paged (Slack thread, audit).
             status.escalated_to = [self._input.playbook.owner] if self._input.playbook.owner else []
+            self._asks += 1  # the owners are paged: Slack shows it at once (engine-v5)
             workflow.logger.error(
                 "compensation failed: needs a human",
                 extra={**self._log_extra, "not_undone": status.not_undone, "escalated_to": status.escalated_to},
@@ -1769,19 +1771,21 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (a reply in the run's thread) waits, bounded, for the status message to exist."""
         if not self._slack_beside or self._slack.message_ts is not None or "slack_thread_ts" not in repr(step.with_):
             return
-        self._slack_stale = self._thread_wanted = True
+        self._slack_stale = True
+        self._thread_waits += 1
         try:
             await workflow.wait_condition(lambda: self._slack.message_ts is not None, timeout=SLACK_TIMEOUT)
         except asyncio.TimeoutError:
             self._log("slack status message not posted yet: the step has no thread", step_id=step.id)
         finally:
-            self._thread_wanted = False
+            self._thread_waits -= 1
 
     async def _slack_coroutine(self) -> None:
         """Beside the steps: one sync whenever Slack is stale, covering every change since the
         last one began. A sync that left something pending (rate limited, refused) is tried again
         after a doubling pause, a few times; news always syncs. At the run's end it syncs what is
-        left and stops (`_close` waits for that, bounded)."""
+        left (engine-v5: once the bound is up, unless someone is paged) and stops (`_close` waits
+        for that, bounded)."""
         pause, retries = SLACK_RETRY_FIRST, 0
         synced_at = 0  # steps' work dispatched when the last sync began (engine-v4)
         while True:
@@ -1800,7 +1804,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 await self._after_dispatches(synced_at)
                 synced_at = self._dispatched
             elif self._slack_coalesces and (bound := self._defer_bound) is not None and not bound.done():
-                await workflow.wait_condition(lambda: bound.done())  # the run's end shows once the bound is up
+                # The run's end shows once the bound is up, unless it pages someone.
+                await workflow.wait_condition(lambda: bound.done() or self._slack_wanted())
             self._slack_stale = False
             self._asks_synced = self._asks
             await self._sync_slack()
@@ -1824,6 +1829,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         workflow state, not by workflow task: a query can split a task, and replay then sees a local
         activity's result a task earlier. `seen`: dispatches at the last sync.
 
+        engine-v5: news that dispatches nothing ends the wait only when a human waits on Slack
+        (`_slack_wanted`); other news, the run's end included, waits for the bound, so a burst of
+        runs' approved steps act before their Slack updates.
+
         The bound is a timer that is never cancelled, shared by the waits that begin while it runs
         (at most one per SLACK_DEFER per run): Temporal's time-skipping test server, which
         `playbook-bot test` rehearses on, refuses a cancel of a timer that fired during the task
@@ -1834,22 +1843,19 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         if self._defer_bound is None or self._defer_bound.done():
             self._defer_bound = asyncio.ensure_future(asyncio.sleep(SLACK_DEFER.total_seconds()))
         bound = self._defer_bound
-        if self._slack_coalesces:
-            # engine-v5: the bound's news goes in one sync when it is up, the run's end too; only a
-            # human waiting on Slack has it go at once.
-            await workflow.wait_condition(lambda: bound.done() or self._slack_wanted())
-            return
-        while not (self._slack_closing or bound.done()):
+        coalesce = self._slack_coalesces
+        while not ((self._slack_closing and not coalesce) or bound.done()):
             seen, news = self._dispatched, self._news
-            await workflow.wait_condition(lambda: self._news != news or self._slack_closing or bound.done())
+            await workflow.wait_condition(lambda: self._news != news or (self._slack_closing and not coalesce)
+                                          or bound.done() or (coalesce and self._thread_waits > 0))
             await workflow.wait_condition(lambda: True)
-            if self._dispatched == seen:
-                return  # the news dispatched nothing: Slack goes now
+            if self._dispatched == seen and (not coalesce or self._slack_wanted()):
+                return  # the news dispatched nothing (engine-v5: and a human waits on it): Slack goes now
 
     def _slack_wanted(self) -> bool:
         """Someone waits on what Slack would show: humans asked to act (an approval or an answer
         requested, or escalated) since the last sync began, or a step that needs the run's thread."""
-        return self._thread_wanted or self._asks != self._asks_synced
+        return self._thread_waits > 0 or self._asks != self._asks_synced
 
     async def _sync_slack(self, attempts: int = 1) -> None:
         """One `slack.sync`, never retried from this (stale) state: the coroutine syncs again
