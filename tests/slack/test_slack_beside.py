@@ -8,12 +8,16 @@ sync goes on from there. The fake Slack records every call, so "posted twice" is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
 
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
+from temporalio.client import WorkflowHandle
 
 from bot.engine.runs import _counted, get_status, vote
 from bot.engine.state import RunStatus, StepStatus, VoteRequest
@@ -109,17 +113,24 @@ async def test_a_vote_is_answered_while_slack_is_rate_limited(dev_env, fake_slac
 
 
 
+@contextlib.asynccontextmanager
+async def _waiting_on_approval(dev_env: Any, fake_slack: FakeSlack) -> AsyncIterator[WorkflowHandle[Any, RunStatus]]:
+    """A one-step gated run requested by carl, waiting on its approval (requested in Slack), with
+    its worker up until the block ends."""
+    pb = playbook('name: gated\nchannel: "#incidents"\nsteps: [{id: risky, action: t.ok, impact: high}]')
+    async with worker(dev_env.client, Recorder(), policy(APPROVAL) + [SlackNotifier(_web(fake_slack), budget=10).sync]) as w:
+        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
+        await wait_for_state(handle, lambda s: s.state == "waiting_approval" and s.step("risky").decision)
+        yield handle
+
+
 async def test_a_deciding_vote_starts_the_step_while_slack_is_slow(dev_env, fake_slack):
     """The task that accepts the deciding vote schedules the step at once, and neither the step
     nor the voter's answer waits for the Slack sync the vote asks for (redraw the request, say so
     in the thread): the sync, a local activity that holds its task open until Slack answers, goes
     in a later task (engine-v4). Before, both waited 8 s here."""
-    rec = Recorder()
-    pb = playbook('name: gated\nchannel: "#incidents"\nsteps: [{id: risky, action: t.ok, impact: high}]')
     keyring = Keyring(b"k" * 32)
-    async with worker(dev_env.client, rec, policy(APPROVAL) + [SlackNotifier(_web(fake_slack), budget=10).sync]) as w:
-        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
-        await wait_for_state(handle, lambda s: s.state == "waiting_approval" and s.step("risky").decision)
+    async with _waiting_on_approval(dev_env, fake_slack) as handle:
         await asyncio.sleep(1)  # the request is posted; from here every call Slack answers takes SLOW
         for method in ("chat.update", "chat.postMessage"):
             fake_slack.hang(method, SLOW)
@@ -200,12 +211,8 @@ async def test_an_approved_step_acts_before_its_runs_slack_update(dev_env, fake_
     """engine-v5: once a vote's step is under way, Slack shows what follows (the step's result, the
     run's end) in one sync when SLACK_DEFER is up, so a burst of approvals acts first and updates
     Slack after. Before, the run's end synced at once, in the middle of the others' steps."""
-    rec = Recorder()
-    pb = playbook('name: gated\nchannel: "#incidents"\nsteps: [{id: risky, action: t.ok, impact: high}]')
     keyring = Keyring(b"k" * 32)
-    async with worker(dev_env.client, rec, policy(APPROVAL) + [SlackNotifier(_web(fake_slack), budget=10).sync]) as w:
-        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
-        await wait_for_state(handle, lambda s: s.state == "waiting_approval" and s.step("risky").decision)
+    async with _waiting_on_approval(dev_env, fake_slack) as handle:
         await asyncio.sleep(SLACK_DEFER.total_seconds() * 1.5)  # as a human takes a while: the ask's bound is up
         await vote(dev_env.client, handle.id, VoteRequest(step_id="risky", user="dana"), Actor("dana"), keyring)
         final = await handle.result()
@@ -226,11 +233,7 @@ async def test_an_approved_step_acts_before_its_runs_slack_update(dev_env, fake_
 async def test_an_approval_request_is_shown_without_waiting_for_the_bound(dev_env, fake_slack):
     """A human asked to act is news Slack shows at once: the sync that posts the request goes in the
     task that asks, not when the policy question's SLACK_DEFER is up."""
-    rec = Recorder()
-    pb = playbook('name: gated\nchannel: "#incidents"\nsteps: [{id: risky, action: t.ok, impact: high}]')
-    async with worker(dev_env.client, rec, policy(APPROVAL) + [SlackNotifier(_web(fake_slack), budget=10).sync]) as w:
-        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
-        await wait_for_state(handle, lambda s: s.state == "waiting_approval" and s.step("risky").decision)
+    async with _waiting_on_approval(dev_env, fake_slack) as handle:
         began = time.monotonic()
         while time.monotonic() - began < 10:  # until the sync that shows the request is in the history
             timeline = _timeline((await handle.fetch_history()).events)
