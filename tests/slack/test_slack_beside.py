@@ -302,7 +302,8 @@ steps:
     assert 10**9 not in _bounds_running_at(timeline, len(timeline)), f"the run ended with a bound running: {timeline}"
     assert all(paged < up for up in _bounds_running_at(timeline, undone)), f"the page waited for the bound: {timeline}"
     [message] = fake_slack.top_level(CHANNEL_ID)
-    assert any("sre" in m.text for m in fake_slack.thread(message)), [m.text for m in fake_slack.thread(message)]
+    paging = [m.text for m in fake_slack.thread(message) if "rollback incomplete" in m.text]
+    assert len(paging) == 1, [m.text for m in fake_slack.thread(message)]
 
 
 def _status(failed: bool, finished: bool = False) -> RunStatus:
