@@ -1846,10 +1846,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         coalesce = self._slack_coalesces
         while not ((self._slack_closing and not coalesce) or bound.done()):
             seen, news = self._dispatched, self._news
-            # (engine-v5: at the run's end nothing more is dispatched, so a page goes at once)
-            await workflow.wait_condition(lambda: self._news != news or (self._slack_closing and not coalesce)
-                                          or bound.done() or (coalesce and self._thread_waits > 0)
-                                          or (coalesce and self._slack_closing and self._slack_wanted()))
+            if coalesce:  # engine-v5: the end waits too, but a page then goes at once (nothing more is dispatched)
+                await workflow.wait_condition(lambda: self._news != news or bound.done() or self._thread_waits > 0
+                                              or (self._slack_closing and self._slack_wanted()))
+            else:
+                await workflow.wait_condition(lambda: self._news != news or self._slack_closing or bound.done())
             await workflow.wait_condition(lambda: True)
             if self._dispatched == seen and (not coalesce or self._slack_wanted()):
                 return  # the news dispatched nothing (engine-v5: and a human waits on it): Slack goes now
