@@ -28,6 +28,7 @@ from bot.slack.notifier import SlackNotifier, SlackState, SlackSync
 from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
 from tests.engine.test_approvals import policy
 from tests.slack.fake_slack import FakeSlack
+from tests.waiting import eventually
 
 CHANNEL_ID = "C0INCIDENTS"
 SLOW = 4.0  # seconds a slow Slack takes to answer a call
@@ -70,10 +71,10 @@ async def test_steps_go_on_while_slack_refuses_everything_and_slack_catches_up(d
                                       timeout=60)
         assert [s.state for s in status.steps] == ["compensated"] + ["succeeded"] * 3 + ["failed"]
         # (The run's news waits for SLACK_DEFER since its first step, engine-v5: the try may come later.)
-        began = time.monotonic()
-        while not fake_slack.rate_limited() and time.monotonic() - began < 10:
-            await asyncio.sleep(0.1)
-        assert fake_slack.rate_limited(), "the notifier did try"
+        async def tried() -> list:
+            return fake_slack.rate_limited()
+
+        await eventually(tried, timeout=10, what="the notifier's try")
         assert fake_slack.refusing() and fake_slack.posts() == [], "nothing reached Slack meanwhile"
 
         fake_slack.rate_limit_for(0)  # Slack answers again: the run's last sync catches up
@@ -234,13 +235,14 @@ async def test_an_approval_request_is_shown_without_waiting_for_the_bound(dev_en
     """A human asked to act is news Slack shows at once: the sync that posts the request goes in the
     task that asks, not when the policy question's SLACK_DEFER is up."""
     async with _waiting_on_approval(dev_env, fake_slack) as handle:
-        began = time.monotonic()
-        while time.monotonic() - began < 10:  # until the sync that shows the request is in the history
+        async def request_synced() -> list[tuple[int, str, str]] | None:
             timeline = _timeline((await handle.fetch_history()).events)
             asked = _first(timeline, "activity_task_scheduled", "policy.decide")
-            if [i for i, k, d in timeline if i > asked and k == "marker_recorded" and d == "slack.sync"]:
-                break
-            await asyncio.sleep(0.1)
+            return timeline if [i for i, k, d in timeline if i > asked and k == "marker_recorded"
+                                and d == "slack.sync"] else None
+
+        timeline = await eventually(request_synced, timeout=10, what="the sync that shows the request")
+        asked = _first(timeline, "activity_task_scheduled", "policy.decide")
         await handle.cancel()
     answered = _first(timeline, "activity_task_completed", after=asked)  # the policy asks for approval
     shown = _first(timeline, "marker_recorded", "slack.sync", after=asked)
