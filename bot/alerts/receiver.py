@@ -164,6 +164,7 @@ class AlertReceiver:
         self.deps = deps
         self.sender = deps.sender
         self._refusals = RefusalBudget()  # refusals of anonymous callers recorded one by one per minute
+        self._operation = f"webhook:{self.sender.name}"  # what its refusals (and their counts) refused
         self._summary: asyncio.Task[None] | None = None  # tells a minute's count once it is over
         self._closing = asyncio.Event()  # set by close(): no timer starts, a sleeping one wakes
         self._told = 0  # counts told by this door (each its own event)
@@ -226,14 +227,13 @@ class AlertReceiver:
         log.warning("webhook refused", sender=self.sender.name, reason=reason, attempt=attempt[:32])
         if attempt in self._recorded:
             return JSONResponse({"error": reason}, status_code=401)
-        operation = f"webhook:{self.sender.name}"
         recorded, unrecorded, window = self._refusals.take()  # a flood of forgeries cannot grow the trail unbounded
         if unrecorded and window is not None:
             await self._summarize(unrecorded, window)
         if not recorded and not self._closing.is_set() and (self._summary is None or self._summary.done()):
             self._summary = asyncio.create_task(self._summarize_when_over())
         if recorded:
-            await record_refusal(self.deps.audit, refusal(self.sender.name, operation, reason, key=attempt[:32]))
+            await record_refusal(self.deps.audit, refusal(self.sender.name, self._operation, reason, key=attempt[:32]))
             _keep(self._recorded, attempt, self.RECORDED_ATTEMPTS)
         return JSONResponse({"error": reason}, status_code=401)
 
@@ -242,7 +242,7 @@ class AlertReceiver:
         replica's, and each telling of a minute: a count told at close and one told later for the
         same minute are both kept). A count the store does not take is logged with its number."""
         self._told += 1
-        await record_refusal(self.deps.audit, refusal(self.sender.name, f"webhook:{self.sender.name}", (
+        await record_refusal(self.deps.audit, refusal(self.sender.name, self._operation, (
             f"{unrecorded} more refusals in the minute from "
             f"{datetime.fromtimestamp(window * 60, timezone.utc):%Y-%m-%dT%H:%MZ} were not recorded one by one "
             f"(at most {self._refusals.per_minute} a minute are)"), key=f"window-{window}-{self._replica}-{self._told}"))
