@@ -17,6 +17,7 @@ from typing import Any
 
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
+from temporalio import activity
 from temporalio.client import WorkflowHandle
 
 from bot.engine.runs import _counted, get_status, vote
@@ -24,6 +25,8 @@ from bot.engine.state import RunStatus, StepStatus, VoteRequest
 from bot.engine.workflow import SLACK_DEFER, SLACK_FINAL_WAIT
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring
+from bot.policy.activities import PolicyRequest
+from bot.policy.models import Decision
 from bot.slack.notifier import SlackNotifier, SlackState, SlackSync
 from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
 from tests.engine.test_approvals import policy
@@ -249,6 +252,59 @@ async def test_an_approval_request_is_shown_without_waiting_for_the_bound(dev_en
     assert all(shown < up for up in _bounds_running_at(timeline, answered)), f"the request waited for the bound: {timeline}"
     [message] = fake_slack.top_level(CHANNEL_ID)
     assert "waiting approval" in message.shown(), message.shown()
+
+
+async def test_an_approval_request_does_not_hold_back_a_sibling_dispatched_in_its_task(dev_env, fake_slack):
+    """A parallel group's gated step asks for approval in the same workflow task in which its
+    sibling's action is dispatched: the sibling is scheduled with that task, and the sync that
+    shows the request goes in a later one. A sync is a local activity that holds its task open
+    until Slack answers; synced in the asking task, it held the sibling's action for as long as
+    Slack took (review of engine-v5, point 1)."""
+    asked: list[str] = []
+
+    @activity.defn(name="policy.decide")
+    async def decide(request: PolicyRequest) -> Decision:
+        # Both answers come while the run's first sync waits on a slow Slack, so one task gets both.
+        asked.append(request.input["step"]["id"])
+        await asyncio.sleep(SLACK_DEFER.total_seconds() * 1.5)
+        return Decision(**(APPROVAL if request.input["step"]["id"] == "risky" else {"allow": True}))
+
+    pb = playbook("""
+name: pair
+channel: "#incidents"
+steps:
+  - id: both
+    parallel:
+      - {id: risky, action: t.ok, impact: high}
+      - {id: sibling, action: t.ok, impact: high}
+""")
+    fake_slack.hang("chat.postMessage", SLOW)
+    async with worker(dev_env.client, Recorder(), [decide, *policy(APPROVAL)[1:],
+                                                    SlackNotifier(_web(fake_slack), budget=10).sync]) as w:
+        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
+
+        async def request_synced() -> list[Any] | None:
+            events = (await handle.fetch_history()).events
+            timeline = _timeline(events)
+            acting = [i for i, k, d in timeline if k == "activity_task_scheduled" and d == "t.ok"]
+            return events if acting and [i for i, k, d in timeline if i > acting[0] and k == "marker_recorded"
+                                         and d == "slack.sync"] else None
+
+        events = await eventually(request_synced, timeout=20, what="the sync that shows the request")
+        await handle.cancel()
+    decides = {e.event_id for e in events if e.HasField("activity_task_scheduled_event_attributes")
+               and e.activity_task_scheduled_event_attributes.activity_type.name == "policy.decide"}
+    answers = [e.event_id for e in events if e.HasField("activity_task_completed_event_attributes")
+               and e.activity_task_completed_event_attributes.scheduled_event_id in decides]
+    started = {e.event_id: e for e in events if e.HasField("workflow_task_started_event_attributes")}
+    acting = next(e for e in events if e.HasField("activity_task_scheduled_event_attributes")
+                  and e.activity_task_scheduled_event_attributes.activity_type.name == "t.ok")
+    took = started[max(i for i in started if i < acting.event_id)]  # the task that dispatched the sibling
+    assert sorted(asked) == ["risky", "sibling"] and len(answers) == 2
+    assert not [i for i in started if answers[0] < i < took.event_id], \
+        f"scenario not built: the policy answers came in different tasks: {_timeline(events)}"
+    waited = acting.event_time.ToDatetime() - took.event_time.ToDatetime()
+    assert waited.total_seconds() < SLOW / 2, f"the sibling waited {waited} in the task that asked: {_timeline(events)}"
 
 
 async def test_a_step_on_the_runs_thread_does_not_wait_for_the_bound(dev_env, fake_slack):
