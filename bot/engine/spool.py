@@ -135,6 +135,13 @@ class AuditSpool:
         self._store_down = True
         self._count_pending()
 
+    def _flush_pending(self) -> bool:
+        """A flush under way, or one the flusher takes next (as its own wait reads it); never while
+        the store is down, when the flusher only retries on its backoff."""
+        if self._store_down:
+            return False
+        return self._flushing is not None or (bool(self._audit) and self._flush_wanted and not self._holders)
+
     async def _recorded(self) -> None:
         """Before a high-impact step: wait until the store has taken every event recorded before it
         (its policy decision, approval request and votes among them): none queued behind a failed

@@ -95,8 +95,12 @@ ENGINE_V4_PATCH = "engine-v4"
 # engine-v4, and once work was dispatched Slack shows the news of that SLACK_DEFER in one sync when
 # it is up, the run's end included, unless a human waits on Slack (an approval or answer asked, a
 # step that needs the run's thread): a burst of approved steps acts before its runs' Slack updates
-# (issue 17). A new run records this one marker; a run from before replays syncing as it did.
-ENGINE_PATCH = "engine-v5"
+# (issue 17). A run from before replays syncing as it did.
+ENGINE_V5_PATCH = "engine-v5"
+# engine-v5, and a sync never starts while an audit flush is under way: a high-impact step waits for
+# that flush before its dispatch, and a sync in the same task (an approval asked beside it in a
+# parallel group) held that dispatch until Slack answered. A new run records this one marker.
+ENGINE_PATCH = "engine-v6"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -260,6 +264,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._news = 0  # changes marked for Slack so far
         self._defer_bound: asyncio.Future[None] | None = None  # the SLACK_DEFER timer running, never cancelled
         self._slack_coalesces = False  # engine-v5: Slack shows a bound's news when it is up, the end's too
+        self._slack_after_flush = False  # engine-v6: a sync waits for an audit flush under way
         self._thread_waits = 0  # steps waiting for the run's status message (its thread) to exist
         self._asks = 0  # humans asked to act so far: approvals or answers requested, escalated, owners paged
         self._asks_synced = 0  # ... when the last sync began
@@ -597,8 +602,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         each engine-vN after it stands for the one before and what it added, again as one marker; an
         older run replays asking each patch as it did."""
         if workflow.patched(ENGINE_PATCH):
-            self._slack_coalesces = True
-            self._engine_v4()
+            self._slack_after_flush = True
+            self._engine_v5()
+            return
+        if workflow.patched(ENGINE_V5_PATCH):
+            self._engine_v5()
             return
         if workflow.patched(ENGINE_V4_PATCH):
             self._engine_v4()
@@ -616,6 +624,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
         self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
         self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
+
+    def _engine_v5(self) -> None:
+        """Every behaviour engine-v5 stands for."""
+        self._slack_coalesces = True
+        self._engine_v4()
 
     def _engine_v4(self) -> None:
         """Every behaviour engine-v4 stands for."""
@@ -1838,6 +1851,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         `playbook-bot test` rehearses on, refuses a cancel of a timer that fired during the task
         and then never gives the run another task (sdk-java #2606, #3088)."""
         await workflow.wait_condition(lambda: True)
+        await self._after_flush()
         if self._dispatched == seen:
             return
         if self._defer_bound is None or self._defer_bound.done():
@@ -1852,8 +1866,19 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             else:
                 await workflow.wait_condition(lambda: self._news != news or self._slack_closing or bound.done())
             await workflow.wait_condition(lambda: True)
+            await self._after_flush()
             if self._dispatched == seen and (not coalesce or self._slack_wanted()):
                 return  # the news dispatched nothing (engine-v5: and a human waits on it): Slack goes now
+
+    async def _after_flush(self) -> None:
+        """engine-v6: once an audit flush under way (or about to start) is done, and the steps it
+        released have been dispatched. A high-impact step waits for that flush before its dispatch
+        (`_recorded`), so "nothing dispatched" read during it was early: a sync started then shares
+        the flush's task and holds the step's dispatch until Slack answers. A flush ends in its
+        FLUSH_TIMEOUT at most; a store that is down ends the wait (no step goes before it is back)."""
+        if self._slack_after_flush and self._flush_pending():
+            await workflow.wait_condition(lambda: not self._flush_pending())
+            await workflow.wait_condition(lambda: True)
 
     def _slack_wanted(self) -> bool:
         """Someone waits on what Slack would show: humans asked to act (an approval or an answer

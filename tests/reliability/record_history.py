@@ -163,6 +163,9 @@ SCENARIOS: dict[str, Scenario] = {
     # Recorded by engine-v5 code: once a step's work is dispatched, Slack shows what follows (the
     # run's end included) in one sync when SLACK_DEFER is up, unless a human waits on Slack.
     "engine-v5-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
+    # Recorded by engine-v6 code: a sync waits for an audit flush under way, which may release a
+    # high-impact step's dispatch, instead of sharing (and holding) that flush's workflow task.
+    "engine-v6-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
 }
 
 
