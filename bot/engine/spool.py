@@ -46,6 +46,7 @@ class AuditSpool:
         self._flushing: list[Queued] | None = None  # the batch the flusher is appending now
         self._flush_wanted = False
         self._holders = 0  # activities in flight that were handed queued events to write
+        self._awaiting_record = 0  # high-impact steps waiting in _recorded for the store to take the record
         self._wait_held = False  # HELD_PATCH, asked in run() right after SPOOL_PATCH
 
     # ---- ids and the queue ---------------------------------------------------------------
@@ -135,10 +136,12 @@ class AuditSpool:
         self._store_down = True
         self._count_pending()
 
-    def _flush_pending(self) -> bool:
-        """A flush under way, or one the flusher takes next (as its own wait reads it); never while
-        the store is down, when the flusher only retries on its backoff."""
-        if self._store_down:
+    def _record_flushing(self) -> bool:
+        """A high-impact step waits for a flush under way, or for one the flusher takes next (as its
+        own wait reads it): its dispatch follows the flush. Never while the store is down (the
+        flusher only retries on its backoff, and the step waits for the store) or while the step
+        waits for an activity in flight (that may take as long as the activity)."""
+        if not self._awaiting_record or self._store_down:
             return False
         return self._flushing is not None or (bool(self._audit) and self._flush_wanted and not self._holders)
 
@@ -153,9 +156,13 @@ class AuditSpool:
             def settled() -> bool:
                 return not self._store_down and self._flushing is None and not self._holders
 
-            while not settled():
-                self._flush_wanted = True
-                await workflow.wait_condition(settled)
+            self._awaiting_record += 1
+            try:
+                while not settled():
+                    self._flush_wanted = True
+                    await workflow.wait_condition(settled)
+            finally:
+                self._awaiting_record -= 1
             return
         if not self._store_down and self._flushing is None:
             return

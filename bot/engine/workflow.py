@@ -97,9 +97,9 @@ ENGINE_V4_PATCH = "engine-v4"
 # step that needs the run's thread): a burst of approved steps acts before its runs' Slack updates
 # (issue 17). A run from before replays syncing as it did.
 ENGINE_V5_PATCH = "engine-v5"
-# engine-v5, and a sync never starts while an audit flush is under way: a high-impact step waits for
-# that flush before its dispatch, and a sync in the same task (an approval asked beside it in a
-# parallel group) held that dispatch until Slack answered. A new run records this one marker.
+# engine-v5, and a sync does not start while a high-impact step waits for an audit flush under way
+# before its dispatch: a sync in the same task (an approval asked beside it in a parallel group)
+# held that dispatch until Slack answered. A new run records this one marker.
 ENGINE_PATCH = "engine-v6"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
@@ -264,7 +264,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._news = 0  # changes marked for Slack so far
         self._defer_bound: asyncio.Future[None] | None = None  # the SLACK_DEFER timer running, never cancelled
         self._slack_coalesces = False  # engine-v5: Slack shows a bound's news when it is up, the end's too
-        self._slack_after_flush = False  # engine-v6: a sync waits for an audit flush under way
+        self._slack_after_flush = False  # engine-v6: a sync waits for a flush a high-impact step waits for
         self._thread_waits = 0  # steps waiting for the run's status message (its thread) to exist
         self._asks = 0  # humans asked to act so far: approvals or answers requested, escalated, owners paged
         self._asks_synced = 0  # ... when the last sync began
@@ -1846,6 +1846,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (`_slack_wanted`); other news, the run's end included, waits for the bound, so a burst of
         runs' approved steps act before their Slack updates.
 
+        engine-v6: each reading of "dispatched nothing" also waits out an audit flush that a
+        high-impact step waits for (`_after_flush`), which the bound does not cut short.
+
         The bound is a timer that is never cancelled, shared by the waits that begin while it runs
         (at most one per SLACK_DEFER per run): Temporal's time-skipping test server, which
         `playbook-bot test` rehearses on, refuses a cancel of a timer that fired during the task
@@ -1871,13 +1874,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 return  # the news dispatched nothing (engine-v5: and a human waits on it): Slack goes now
 
     async def _after_flush(self) -> None:
-        """engine-v6: once an audit flush under way (or about to start) is done, and the steps it
-        released have been dispatched. A high-impact step waits for that flush before its dispatch
-        (`_recorded`), so "nothing dispatched" read during it was early: a sync started then shares
-        the flush's task and holds the step's dispatch until Slack answers. A flush ends in its
-        FLUSH_TIMEOUT at most; a store that is down ends the wait (no step goes before it is back)."""
-        if self._slack_after_flush and self._flush_pending():
-            await workflow.wait_condition(lambda: not self._flush_pending())
+        """engine-v6: while a high-impact step waits for an audit flush before its dispatch
+        (`_recorded`), "nothing dispatched" is read once that step has gone: a sync started during
+        the flush shares its task and holds the step's dispatch until Slack answers. Only then: a
+        flush nobody waits for (an approval request's own) does not hold Slack. Each flush ends in
+        its FLUSH_TIMEOUT; a store that is down ends the wait (the step then waits for the store)."""
+        if self._slack_after_flush and self._record_flushing():
+            await workflow.wait_condition(lambda: not self._record_flushing())
             await workflow.wait_condition(lambda: True)
 
     def _slack_wanted(self) -> bool:

@@ -265,9 +265,11 @@ async def test_an_approval_request_does_not_hold_back_a_sibling_dispatched_in_it
     @activity.defn(name="policy.decide")
     async def decide(request: PolicyRequest) -> Decision:
         # Both answers come while the run's first sync (from SLACK_DEFER on, SLOW long) waits on a
-        # slow Slack, so one task gets both: a second of margin on either side for a loaded machine.
-        asked.append(request.input["step"]["id"])
-        await asyncio.sleep(SLACK_DEFER.total_seconds() + 1.0)
+        # slow Slack, so one task gets both, the sibling's first: it then waits in `_recorded` for the
+        # flush that risky's approval request starts (risky's question held the queued record).
+        step = request.input["step"]["id"]
+        asked.append(step)
+        await asyncio.sleep(SLACK_DEFER.total_seconds() + (0.8 if step == "sibling" else 1.4))
         return Decision(**(APPROVAL if request.input["step"]["id"] == "risky" else {"allow": True}))
 
     pb = playbook("""
@@ -302,8 +304,11 @@ steps:
                   and e.activity_task_scheduled_event_attributes.activity_type.name == "t.ok")
     took = started[max(i for i in started if i < acting.event_id)]  # the task that dispatched the sibling
     assert sorted(asked) == ["risky", "sibling"] and len(answers) == 2
+    timeline = _timeline(events)
     assert not [i for i in started if answers[0] < i < took.event_id], \
-        f"scenario not built: the policy answers came in different tasks: {_timeline(events)}"
+        f"scenario not built: the policy answers came in different tasks: {timeline}"
+    assert [i for i, _, d in timeline if took.event_id < i < acting.event_id and d == "audit.record"], \
+        f"scenario not built: the sibling did not wait for a flush: {timeline}"
     waited = acting.event_time.ToDatetime() - took.event_time.ToDatetime()
     assert waited.total_seconds() < SLOW / 2, f"the sibling waited {waited} in the task that asked: {_timeline(events)}"
 
