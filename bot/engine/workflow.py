@@ -600,23 +600,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         from ENGINE_V2_PATCH on has every patch before it and records that one marker instead of five
         (each marker also upserts a search attribute: work for the server in the run's first task);
         each engine-vN after it stands for the one before and what it added, again as one marker; an
-        older run replays asking each patch as it did."""
-        if workflow.patched(ENGINE_PATCH):
-            self._slack_after_flush = True
-            self._engine_v5()
-            return
-        if workflow.patched(ENGINE_V5_PATCH):
-            self._engine_v5()
-            return
-        if workflow.patched(ENGINE_V4_PATCH):
-            self._engine_v4()
-            return
-        if workflow.patched(ENGINE_V3_PATCH):
-            self._engine_v3()
-            return
-        if workflow.patched(ENGINE_V2_PATCH):
-            self._engine_v2()
-            return
+        older run replays asking each patch as it did (newest first: a run asks until one is its own)."""
+        for patch, engine in ((ENGINE_PATCH, self._engine_v6), (ENGINE_V5_PATCH, self._engine_v5),
+                              (ENGINE_V4_PATCH, self._engine_v4), (ENGINE_V3_PATCH, self._engine_v3),
+                              (ENGINE_V2_PATCH, self._engine_v2)):
+            if workflow.patched(patch):
+                engine()
+                return
         self._trusted = workflow.patched(TRUST_PATCH)
         self._outputs_kept = workflow.patched(OUTPUTS_PATCH)  # here, before any activity (see _has)
         if self._spooled():  # asked here, first, like TRUST_PATCH: old histories replay without it
@@ -624,6 +614,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
         self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
         self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
+
+    def _engine_v6(self) -> None:
+        """Every behaviour engine-v6 stands for."""
+        self._slack_after_flush = True
+        self._engine_v5()
 
     def _engine_v5(self) -> None:
         """Every behaviour engine-v5 stands for."""
