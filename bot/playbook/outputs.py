@@ -40,16 +40,37 @@ WHOLE = OutputNeeds(whole=True)
 DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 
 
+_MEMO: dict[str, dict[str, OutputNeeds] | None] = {}  # playbook JSON -> its needs (read only)
+MEMO_SIZE = 128
+_MISS = object()
+
+
 def output_needs(playbook: Playbook) -> dict[str, OutputNeeds] | None:
     """Step id (a foreach item's inner id) -> what is read of its output; None when a template
-    reads `steps` as a whole (or by a computed id), so every output is needed whole."""
+    reads `steps` as a whole (or by a computed id), so every output is needed whole.
+
+    Remembered per playbook text: every run computes this as it starts (in workflow code), and
+    parsing each template again was a third of a one-step run's workflow time in the alert storm
+    (issue 15). The key is the playbook's whole JSON, never a name or hash a starter supplies; the
+    answer is shared between runs, so callers only read it."""
+    text = playbook.model_dump_json(by_alias=True)
+    needs = _MEMO.get(text, _MISS)
+    if needs is _MISS:
+        needs = _output_needs(playbook, json.loads(text))
+        if len(_MEMO) >= MEMO_SIZE:  # the oldest goes (a worker serves a few playbook versions)
+            _MEMO.pop(next(iter(_MEMO), ""), None)
+        _MEMO[text] = needs
+    return needs  # type: ignore[return-value]
+
+
+def _output_needs(playbook: Playbook, doc: Any) -> dict[str, OutputNeeds] | None:
     groups = {g.id: [s.id for s in g.steps] for g in playbook.steps if isinstance(g, ForeachGroup)}
     needs: dict[str, OutputNeeds] = {}
 
     def add(step_id: str, need: OutputNeeds) -> None:
         needs[step_id] = needs.get(step_id, NOTHING).merged(need)
 
-    for source in strings_in(playbook.model_dump(mode="json", by_alias=True)):
+    for source in strings_in(doc):
         try:
             tree = ENV.parse(source)
         except (TemplateSyntaxError, RecursionError):

@@ -15,6 +15,7 @@ from bot.actions.outputs import OutputLimits, settle_output
 from bot.audit.events import EventKind, canonical_json
 from bot.audit.recorder import AUDIT_UNAVAILABLE, AuditWriter
 from bot.audit.store import SqliteAuditStore
+from bot.playbook import outputs
 from bot.playbook.outputs import WHOLE, OutputNeeds, kept, needs_of, output_needs
 from tests.engine.support import playbook
 
@@ -60,6 +61,37 @@ steps:
     assert output_needs(pb) is None
     assert needs_of(None, "a") == WHOLE
 
+
+
+def test_needs_are_remembered_by_the_playbooks_whole_text_not_its_name(monkeypatch):
+    """Each run asks as it starts, so the answer is remembered; an edited playbook under the same
+    name (or a start that carries a doctored snapshot) gets the answer for its own templates."""
+    monkeypatch.setattr(outputs, "_MEMO", {})
+    calls = []
+    parse = outputs._output_needs
+    monkeypatch.setattr(outputs, "_output_needs", lambda pb, doc: calls.append(pb.name) or parse(pb, doc))
+    reads_id = PAIR.replace("FIELD", "id")
+    assert output_needs(playbook(reads_id))["a"].paths == [["id"]]
+    assert output_needs(playbook(reads_id))["a"].paths == [["id"]]
+    assert calls == ["pair"]  # the second run of the same text parsed nothing
+    assert output_needs(playbook(PAIR.replace("FIELD", "secret_ref")))["a"].paths == [["secret_ref"]]
+    assert calls == ["pair", "pair"]
+
+
+def test_the_memory_of_needs_is_bounded(monkeypatch):
+    monkeypatch.setattr(outputs, "_MEMO", {})
+    for i in range(outputs.MEMO_SIZE + 20):
+        output_needs(playbook(PAIR.replace("FIELD", f"f{i}")))
+    assert len(outputs._MEMO) == outputs.MEMO_SIZE
+    assert output_needs(playbook(PAIR.replace("FIELD", "f0")))["a"].paths == [["f0"]]  # evicted, asked again
+
+
+PAIR = """
+name: pair
+steps:
+  - {id: a, action: t.ok}
+  - {id: b, action: t.ok, with: {x: "{{ steps.a.output.FIELD }}"}}
+"""
 
 def test_kept_holds_what_is_read_and_leaves_missing_keys_missing():
     output = {"json": {"id": "x", "big": "y" * 100, "rows": [1, 2], "name": "n"}, "stdout": "z" * 100}
