@@ -37,7 +37,9 @@ from bot.engine.locking import lock_workflow_id, render_lock_key
 from bot.engine.state import Requester, RunStatus, VoteRequest
 from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
+from bot.policy.activities import PolicyRequest
 from bot.policy.inputs import provenance
+from bot.policy.models import Decision
 from bot.settings import Settings
 from bot.slack.notifier import SlackNotifier
 from bot.temporal import connect
@@ -360,12 +362,51 @@ async def _spool_outage(client: Client) -> dict[str, str]:
     return {handle.id: handle.id}
 
 
+
+PARALLEL_GATED = """
+name: parallel-gated
+owner: sre
+channel: "#incidents"
+steps:
+  - {id: prepare, action: t.ok, compensate: {action: t.ok}}
+  - id: both
+    parallel:
+      - {id: risky, action: t.ok, impact: high, compensate: {action: t.ok}}
+      - {id: sibling, action: t.ok, impact: high, compensate: {action: t.ok}}
+  - {id: after, action: t.ok}
+"""
+
+
+async def _parallel_approval(client: Client) -> dict[str, str]:
+    """engine-v6 in a parallel group: one high-impact step waits for approval while its high-impact
+    sibling, allowed, acts (its dispatch waits only for the record of its own decision); then the
+    approval lets the gated one act. The scenarios above share one decision for every step."""
+
+    @activity.defn(name="policy.decide")
+    async def decide(request: PolicyRequest) -> Decision:
+        step = request.input["step"]["id"]
+        await asyncio.sleep(0.2 if step == "sibling" else 0.5)  # the sibling's answer first
+        return Decision(**(APPROVAL if step == "risky" else {"allow": True}))
+
+    rec = Recorder()
+    async with worker(client, rec, [decide, *policy(APPROVAL)[1:], SlackNotifier(None).sync]) as w:
+        handle = await start_as(client, w, PARALLEL_GATED, "engine-v6-parallel-approval")
+        await wait_for_state(handle, lambda s: s.step("risky").state == "waiting_approval"
+                             and s.step("sibling").state == "succeeded", timeout=WAIT)
+        await _vote(handle, "approve")
+        status = await asyncio.wait_for(handle.result(), WAIT)
+    assert status.state == "completed", (status.state, status.error)
+    assert sorted(c[0] for c in rec.calls) == ["after", "prepare", "risky", "sibling"], rec.calls
+    return {handle.id: handle.id}
+
 TREES: dict[str, tuple[Callable[[Client], Awaitable[dict[str, str]]], list[str]]] = {
     # name: (how to run it, the histories it writes, each under its workflow id but the lock's hashed one)
     "outputs-large": (_outputs_large, ["outputs-large"]),
     "lock-queued": (_lock_queued, ["lock-queued-waiter", "lock-queued-holder", "lock-queued-keylock"]),
     "subplaybook-compensated": (_subplaybook_compensated, ["subplaybook-compensated", "subplaybook-compensated.call"]),
     "spool-outage-compensated": (_spool_outage, ["spool-outage-compensated"]),
+    # Recorded by engine-v6 code (review of engine-v6, point 4)
+    "engine-v6-parallel-approval": (_parallel_approval, ["engine-v6-parallel-approval"]),
 }
 
 
