@@ -8,6 +8,7 @@ needs the whole output, which a large one cannot give: the step then fails, sayi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Iterable, Iterator
 
@@ -40,8 +41,9 @@ WHOLE = OutputNeeds(whole=True)
 DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 
 
-_MEMO: dict[str, dict[str, OutputNeeds] | None] = {}  # playbook JSON -> its needs (read only)
+_MEMO: dict[str, dict[str, OutputNeeds] | None] = {}  # sha256 of the playbook JSON -> its needs (read only)
 MEMO_SIZE = 128
+MEMO_TEXT_MAX = 256 * 1024  # a bigger playbook's needs are worked out each time, never kept
 _MISS = object()
 
 
@@ -51,15 +53,20 @@ def output_needs(playbook: Playbook) -> dict[str, OutputNeeds] | None:
 
     Remembered per playbook text: every run computes this as it starts (in workflow code), and
     parsing each template again was a third of a one-step run's workflow time in the alert storm
-    (issue 15). The key is the playbook's whole JSON, never a name or hash a starter supplies; the
-    answer is shared between runs, so callers only read it."""
+    (issue 15). The key is the digest of the playbook's whole JSON, never a name or hash a starter
+    supplies. This runs before admission, so a snapshot anyone who can reach Temporal sends is
+    remembered too: the memory keeps digests, not texts, and not the needs of an outsized
+    playbook. The answer is shared between runs, so callers only read it."""
     text = playbook.model_dump_json(by_alias=True)
-    needs = _MEMO.get(text, _MISS)
+    if len(text) > MEMO_TEXT_MAX:
+        return _output_needs(playbook, json.loads(text))
+    key = hashlib.sha256(text.encode()).hexdigest()
+    needs = _MEMO.get(key, _MISS)
     if needs is _MISS:
         needs = _output_needs(playbook, json.loads(text))
         if len(_MEMO) >= MEMO_SIZE:  # the oldest goes (a worker serves a few playbook versions)
             _MEMO.pop(next(iter(_MEMO), ""), None)
-        _MEMO[text] = needs
+        _MEMO[key] = needs
     return needs  # type: ignore[return-value]
 
 

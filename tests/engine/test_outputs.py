@@ -84,6 +84,19 @@ def test_the_memory_of_needs_is_bounded(monkeypatch):
         output_needs(playbook(PAIR.replace("FIELD", f"f{i}")))
     assert len(outputs._MEMO) == outputs.MEMO_SIZE
     assert output_needs(playbook(PAIR.replace("FIELD", "f0")))["a"].paths == [["f0"]]  # evicted, asked again
+    assert all(len(key) == 64 for key in outputs._MEMO)  # digests: a snapshot's text is not kept
+
+
+def test_an_outsized_playbook_is_not_remembered(monkeypatch):
+    """Needs are worked out before admission, for whatever snapshot a start carries."""
+    monkeypatch.setattr(outputs, "_MEMO", {})
+    small = playbook(PAIR.replace("FIELD", "id"))
+    monkeypatch.setattr(outputs, "MEMO_TEXT_MAX", len(small.model_dump_json(by_alias=True)) + 100)
+    big = playbook(PAIR.replace("FIELD", "x" * 200))
+    assert output_needs(big)["a"].paths == [["x" * 200]]
+    assert outputs._MEMO == {}
+    assert output_needs(small)["a"].paths == [["id"]]
+    assert len(outputs._MEMO) == 1
 
 
 PAIR = """
