@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Iterator
+import threading
+from types import MappingProxyType
+from typing import Any, Iterable, Iterator, Mapping
 
 from jinja2 import TemplateSyntaxError, nodes
 from pydantic import BaseModel, Field
@@ -41,36 +43,44 @@ WHOLE = OutputNeeds(whole=True)
 DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 
 
-_MEMO: dict[str, dict[str, OutputNeeds] | None] = {}  # sha256 of the playbook JSON -> its needs (read only)
+Needs = Mapping[str, OutputNeeds]
+_MEMO: dict[str, Needs | None] = {}  # sha256 of the playbook JSON -> its needs (read only)
+_MEMO_LOCK = threading.Lock()  # workflow tasks of one worker run in several threads
 MEMO_SIZE = 128
 MEMO_TEXT_MAX = 256 * 1024  # a bigger playbook's needs are worked out each time, never kept
+MEMO_KEYS_MAX = 4096  # path keys kept for one playbook: one that reads more is worked out each time
 _MISS = object()
 
 
-def output_needs(playbook: Playbook) -> dict[str, OutputNeeds] | None:
+def output_needs(playbook: Playbook) -> Needs | None:
     """Step id (a foreach item's inner id) -> what is read of its output; None when a template
     reads `steps` as a whole (or by a computed id), so every output is needed whole.
 
-    Remembered per playbook text: every run computes this as it starts (in workflow code), and
-    parsing each template again was a third of a one-step run's workflow time in the alert storm
-    (issue 15). The key is the digest of the playbook's whole JSON, never a name or hash a starter
-    supplies. This runs before admission, so a snapshot anyone who can reach Temporal sends is
-    remembered too: the memory keeps digests, not texts, and not the needs of an outsized
-    playbook. The answer is shared between runs, so callers only read it."""
+    Remembered per playbook: every run computes this as it starts (in workflow code), and parsing
+    each template again was a third of a one-step run's workflow time in the alert storm (issue
+    15). The key is the digest of the playbook's whole JSON, never a name or hash a starter
+    supplies. This runs before admission, for whatever snapshot anyone who can reach Temporal
+    sends, so the memory is bounded by what it holds: digests, and only needs of a few keys (a
+    long chain of reads spelled in a small text still takes a string per key). The answer is
+    shared between runs and read only (a mapping that refuses writes)."""
     text = playbook.model_dump_json(by_alias=True)
     if len(text) > MEMO_TEXT_MAX:
         return _output_needs(playbook, json.loads(text))
     key = hashlib.sha256(text.encode()).hexdigest()
-    needs = _MEMO.get(key, _MISS)
-    if needs is _MISS:
-        needs = _output_needs(playbook, json.loads(text))
-        if len(_MEMO) >= MEMO_SIZE:  # the oldest goes (a worker serves a few playbook versions)
-            _MEMO.pop(next(iter(_MEMO), ""), None)
-        _MEMO[key] = needs
-    return needs  # type: ignore[return-value]
+    with _MEMO_LOCK:
+        needs = _MEMO.get(key, _MISS)
+    if needs is not _MISS:
+        return needs  # type: ignore[return-value]
+    needs = _output_needs(playbook, json.loads(text))
+    if needs is None or sum(len(path) + 1 for n in needs.values() for path in n.paths) <= MEMO_KEYS_MAX:
+        with _MEMO_LOCK:
+            while len(_MEMO) >= MEMO_SIZE:  # the oldest go (a worker serves a few playbook versions)
+                del _MEMO[next(iter(_MEMO))]
+            _MEMO[key] = needs
+    return needs
 
 
-def _output_needs(playbook: Playbook, doc: Any) -> dict[str, OutputNeeds] | None:
+def _output_needs(playbook: Playbook, doc: Any) -> Needs | None:
     groups = {g.id: [s.id for s in g.steps] for g in playbook.steps if isinstance(g, ForeachGroup)}
     needs: dict[str, OutputNeeds] = {}
 
@@ -94,10 +104,10 @@ def _output_needs(playbook: Playbook, doc: Any) -> dict[str, OutputNeeds] | None
             else:
                 for inner in groups[step_id]:
                     add(inner, WHOLE)
-    return needs
+    return MappingProxyType(needs)
 
 
-def needs_of(needs: dict[str, OutputNeeds] | None, step_id: str) -> OutputNeeds:
+def needs_of(needs: Needs | None, step_id: str) -> OutputNeeds:
     """A step's needs; a foreach item's step (`roll[2].drain`) reads as its inner id."""
     if needs is None:
         return WHOLE

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -78,13 +80,69 @@ def test_needs_are_remembered_by_the_playbooks_whole_text_not_its_name(monkeypat
     assert calls == ["pair", "pair"]
 
 
-def test_the_memory_of_needs_is_bounded(monkeypatch):
+def test_the_memory_of_needs_is_bounded_and_drops_the_oldest(monkeypatch):
     monkeypatch.setattr(outputs, "_MEMO", {})
-    for i in range(outputs.MEMO_SIZE + 20):
-        output_needs(playbook(PAIR.replace("FIELD", f"f{i}")))
+    calls = []
+    parse = outputs._output_needs
+    monkeypatch.setattr(outputs, "_output_needs", lambda pb, doc: calls.append(1) or parse(pb, doc))
+    books = [playbook(PAIR.replace("FIELD", f"f{i}")) for i in range(outputs.MEMO_SIZE + 20)]
+    for pb in books:
+        output_needs(pb)
     assert len(outputs._MEMO) == outputs.MEMO_SIZE
-    assert output_needs(playbook(PAIR.replace("FIELD", "f0")))["a"].paths == [["f0"]]  # evicted, asked again
     assert all(len(key) == 64 for key in outputs._MEMO)  # digests: a snapshot's text is not kept
+    asked = len(calls)
+    assert output_needs(books[-1])["a"].paths == [[f"f{len(books) - 1}"]] and len(calls) == asked  # kept
+    assert output_needs(books[0])["a"].paths == [["f0"]] and len(calls) == asked + 1  # dropped, worked out again
+
+
+def test_the_remembered_answer_refuses_writes(monkeypatch):
+    """It is shared by every run on the worker: one run changing it would change what another keeps."""
+    monkeypatch.setattr(outputs, "_MEMO", {})
+    needs = output_needs(playbook(PAIR.replace("FIELD", "id")))
+    with pytest.raises(TypeError):
+        needs["b"] = WHOLE  # type: ignore[index]
+    assert output_needs(playbook(PAIR.replace("FIELD", "id"))) is needs
+
+
+def test_a_playbook_reading_many_keys_is_not_remembered(monkeypatch):
+    """A long chain of reads is a small text but a string per key: the memory holds few keys per
+    playbook, whatever a start's snapshot spells (review: 4.9 MB kept for a 248 KB playbook)."""
+    monkeypatch.setattr(outputs, "_MEMO", {})
+    monkeypatch.setattr(outputs, "MEMO_KEYS_MAX", 10)
+    chain = playbook(PAIR.replace("FIELD", ".".join(f"k{i}" for i in range(20))))
+    assert output_needs(chain)["a"].paths == [[f"k{i}" for i in range(20)]]
+    assert outputs._MEMO == {}
+    output_needs(playbook(PAIR.replace("FIELD", "id")))
+    assert len(outputs._MEMO) == 1
+
+
+def test_threads_share_the_memory_without_errors(monkeypatch):
+    """Workflow tasks of one worker run in several threads: lookups, evictions and inserts race."""
+    monkeypatch.setattr(outputs, "_MEMO", {})
+    monkeypatch.setattr(outputs, "MEMO_SIZE", 8)
+    books = [playbook(PAIR.replace("FIELD", f"f{i}")) for i in range(64)]
+    errors: list[BaseException] = []
+
+    def ask(offset: int) -> None:
+        try:
+            for n in range(400):
+                i = (n * 7 + offset) % len(books)
+                assert output_needs(books[i])["a"].paths == [[f"f{i}"]]
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=ask, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert len(outputs._MEMO) <= 8
 
 
 def test_an_outsized_playbook_is_not_remembered(monkeypatch):
