@@ -378,9 +378,12 @@ steps:
 
 
 async def _parallel_approval(client: Client) -> dict[str, str]:
-    """engine-v6 in a parallel group: one high-impact step waits for approval while its high-impact
-    sibling, allowed, acts (its dispatch waits only for the record of its own decision); then the
-    approval lets the gated one act. The scenarios above share one decision for every step."""
+    """engine-v6 in a parallel group: a high-impact step waits for approval while its allowed
+    high-impact sibling acts, then the approval lets the gated one act. The sibling's answer comes
+    first, but its dispatch waits for the records queued before it (prepare's success rides the
+    gated step's question), so it goes in the task that asks for approval, after that task's audit
+    flush: the case `_after_flush` is for. The scenarios above share one decision for every step;
+    this one checks the order it needs, so a re-recording that missed it fails here."""
 
     @activity.defn(name="policy.decide")
     async def decide(request: PolicyRequest) -> Decision:
@@ -397,7 +400,26 @@ async def _parallel_approval(client: Client) -> dict[str, str]:
         status = await asyncio.wait_for(handle.result(), WAIT)
     assert status.state == "completed", (status.state, status.error)
     assert sorted(c[0] for c in rec.calls) == ["after", "prepare", "risky", "sibling"], rec.calls
+    assert parallel_flush_order(list((await handle.fetch_history()).events)), \
+        "scenario not recorded: the sibling must be dispatched after both answers, in the next task, after a flush"
     return {handle.id: handle.id}
+
+
+def parallel_flush_order(events: list[Any]) -> bool:
+    """Whether the sibling's action was scheduled after both policy answers, in the next workflow
+    task, after a local activity's marker (the flush) in that task."""
+    kinds = [e.WhichOneof("attributes") for e in events]
+    decided = [i for i, e in enumerate(events) if kinds[i] == "activity_task_completed_event_attributes"
+               and events[e.activity_task_completed_event_attributes.scheduled_event_id - 1]
+               .activity_task_scheduled_event_attributes.activity_type.name == "policy.decide"]
+    acts = [i for i, e in enumerate(events) if kinds[i] == "activity_task_scheduled_event_attributes"
+            and e.activity_task_scheduled_event_attributes.activity_type.name == "t.ok"]
+    if len(decided) != 2 or len(acts) < 2 or acts[1] < decided[-1]:  # acts[1]: the sibling's (after prepare's)
+        return False
+    between = range(decided[-1], acts[1])
+    tasks = [i for i in between if kinds[i] == "workflow_task_completed_event_attributes"]
+    flushes = [i for i in between if kinds[i] == "marker_recorded_event_attributes"]
+    return len(tasks) == 1 and bool(flushes) and tasks[0] < flushes[0]
 
 TREES: dict[str, tuple[Callable[[Client], Awaitable[dict[str, str]]], list[str]]] = {
     # name: (how to run it, the histories it writes, each under its workflow id but the lock's hashed one)

@@ -21,7 +21,7 @@ from bot.engine.workflow import PlaybookRun
 from bot.slack.notifier import SlackNotifier
 from tests.engine.support import Recorder, playbook, run_input, start, worker
 from tests.engine.test_approvals import policy
-from tests.reliability.record_history import recorded_names
+from tests.reliability.record_history import parallel_flush_order, recorded_names
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -42,6 +42,14 @@ async def test_replay(path: Path):
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
+
+
+def test_the_engine_v6_parallel_history_has_the_order_it_was_recorded_for():
+    """A history pins a path only if it took it: the sibling dispatched after an audit flush, in
+    the task after both policy answers (with `_after_flush` off, this history does not replay)."""
+    path = Path(__file__).parent / "histories" / "engine-v6-parallel-approval.json"
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    assert parallel_flush_order(list(history.events))
 
 
 async def test_replay_detects_a_changed_workflow(monkeypatch):
