@@ -48,7 +48,7 @@ _MEMO: dict[str, Needs | None] = {}  # sha256 of the playbook JSON -> its needs 
 _MEMO_LOCK = threading.Lock()  # workflow tasks of one worker run in several threads
 MEMO_SIZE = 128
 MEMO_TEXT_MAX = 256 * 1024  # a bigger playbook's needs are worked out each time, never kept
-MEMO_KEYS_MAX = 4096  # path keys kept for one playbook: one that reads more is worked out each time
+MEMO_KEYS_MAX = 1024  # path keys kept for one playbook (the shipped ones read 0-10): one that reads more is worked out each time
 _MISS = object()
 
 
