@@ -63,7 +63,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.slack.notifier import SlackState, SlackSync
     from bot.engine.foreach import ForeachRuns
     from bot.playbook.model import FAIL_ACTION, FOREACH_ACTION, Compensation, Fallback, ForeachGroup, ParallelGroup, RetryPolicy, Step
-    from bot.playbook.outputs import NOTHING, RUN_OUTPUT_BUDGET, OutputNeeds, json_size, needs_of, output_needs
+    from bot.playbook.outputs import NOTHING, RUN_OUTPUT_BUDGET, OutputNeeds, json_size, needs_of, shared_playbook
     from bot.playbook.templating import TemplateError, display, inert, render, truthy
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
@@ -199,7 +199,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     @workflow.init
     def __init__(self, input: RunInput) -> None:
         info = workflow.info()
-        pb = input.playbook
+        # The worker's one parsed copy of this playbook (an equal one), and what its templates read
+        # of each step's output (None: all of it): worked out once per playbook, not per run.
+        pb, self._needs = shared_playbook(input.playbook)
+        input.playbook = pb
         steps: list[StepStatus] = []
         for item in pb.steps:
             if isinstance(item, ForeachGroup):  # its items' steps appear once the items are known
@@ -270,7 +273,6 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._asks_synced = 0  # ... when the last sync began
         self._refused_cancels = RefusedVoters()  # who the cancel rule refused, for the validator (engine-v2 on)
         self._refusals_by: dict[tuple[str, str], int] = {}  # (step, voter) -> refused votes recorded (engine-v3)
-        self._needs = output_needs(pb)  # what templates read of each step's output (None: all of it)
         self._output_bytes = 0  # of outputs kept in state, against RUN_OUTPUT_BUDGET
         self._foreach_setup()  # foreach groups (format v1.1, bot/engine/foreach.py)
         self._init_subplaybooks()  # v1.1 playbook.run: parent and child runs (bot/engine/subplaybooks.py)

@@ -44,40 +44,54 @@ DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 
 
 Needs = Mapping[str, OutputNeeds]
-_MEMO: dict[str, Needs | None] = {}  # sha256 of the playbook JSON -> its needs (read only)
+_MEMO: dict[str, tuple[Playbook | None, Needs | None, int]] = {}  # digest -> (kept playbook, needs, its JSON size)
 _MEMO_LOCK = threading.Lock()  # workflow tasks of one worker run in several threads
+_memo_bytes = 0  # JSON bytes of the playbooks kept
 MEMO_SIZE = 128
 MEMO_TEXT_MAX = 256 * 1024  # a bigger playbook's needs are worked out each time, never kept
 MEMO_KEYS_MAX = 1024  # path keys kept for one playbook (the shipped ones read 0-10): one that reads more is worked out each time
-_MISS = object()
+MEMO_PLAYBOOK_MAX = 64 * 1024  # JSON bytes of a playbook whose parsed copy is kept (a bigger one: its needs only)
+MEMO_PLAYBOOK_BYTES = 1024 * 1024  # JSON bytes of all the kept copies together
 
 
 def output_needs(playbook: Playbook) -> Needs | None:
     """Step id (a foreach item's inner id) -> what is read of its output; None when a template
-    reads `steps` as a whole (or by a computed id), so every output is needed whole.
+    reads `steps` as a whole (or by a computed id), so every output is needed whole."""
+    return shared_playbook(playbook)[1]
 
-    Remembered per playbook: every run computes this as it starts (in workflow code), and parsing
-    each template again was a third of a one-step run's workflow time in the alert storm (issue
-    15). The key is the digest of the playbook's whole JSON, never a name or hash a starter
+
+def shared_playbook(playbook: Playbook) -> tuple[Playbook, Needs | None]:
+    """This worker's one parsed copy of `playbook` (the same JSON, so the same playbook) and its
+    output needs, remembered for every run that starts with it.
+
+    Every run works out its needs as it starts (in workflow code), and parsing each template again
+    was a third of a one-step run's workflow time in the alert storm (issue 15); each run's own
+    parsed snapshot was most of what a run waiting on approval holds (11 of 76 KiB). Playbook
+    models are frozen, and the needs are a mapping that refuses writes, so runs share them
+    safely. The key is the digest of the playbook's whole JSON, never a name or hash a starter
     supplies. This runs before admission, for whatever snapshot anyone who can reach Temporal
-    sends, so the memory is bounded by what it holds: digests, and only needs of a few keys (a
-    long chain of reads spelled in a small text still takes a string per key). The answer is
-    shared between runs and read only (a mapping that refuses writes)."""
+    sends, so the memory is bounded by what it holds: digests, needs of few keys (a long chain of
+    reads spelled in a small text still takes a string per key), and parsed copies up to a total
+    JSON size."""
+    global _memo_bytes
     text = playbook.model_dump_json(by_alias=True)
     if len(text) > MEMO_TEXT_MAX:
-        return _output_needs(playbook, json.loads(text))
+        return playbook, _output_needs(playbook, json.loads(text))
     key = hashlib.sha256(text.encode()).hexdigest()
     with _MEMO_LOCK:
-        needs = _MEMO.get(key, _MISS)
-    if needs is not _MISS:
-        return needs  # type: ignore[return-value]
+        hit = _MEMO.get(key)
+    if hit is not None:
+        return hit[0] or playbook, hit[1]
     needs = _output_needs(playbook, json.loads(text))
     if needs is None or sum(len(path) + 1 for n in needs.values() for path in n.paths) <= MEMO_KEYS_MAX:
+        kept, size = (playbook, len(text)) if len(text) <= MEMO_PLAYBOOK_MAX else (None, 0)
         with _MEMO_LOCK:
-            while len(_MEMO) >= MEMO_SIZE:  # the oldest go (a worker serves a few playbook versions)
-                del _MEMO[next(iter(_MEMO))]
-            _MEMO[key] = needs
-    return needs
+            if key not in _MEMO:  # (another thread may have just kept it)
+                while _MEMO and (len(_MEMO) >= MEMO_SIZE or _memo_bytes + size > MEMO_PLAYBOOK_BYTES):
+                    _memo_bytes -= _MEMO.pop(next(iter(_MEMO)))[2]  # the oldest go
+                _MEMO[key] = (kept, needs, size)
+                _memo_bytes += size
+    return playbook, needs
 
 
 def _output_needs(playbook: Playbook, doc: Any) -> Needs | None:

@@ -68,7 +68,7 @@ steps:
 def test_needs_are_remembered_by_the_playbooks_whole_text_not_its_name(monkeypatch):
     """Each run asks as it starts, so the answer is remembered; an edited playbook under the same
     name (or a start that carries a doctored snapshot) gets the answer for its own templates."""
-    monkeypatch.setattr(outputs, "_MEMO", {})
+    fresh_memory(monkeypatch)
     calls = []
     parse = outputs._output_needs
     monkeypatch.setattr(outputs, "_output_needs", lambda pb, doc: calls.append(pb.name) or parse(pb, doc))
@@ -81,7 +81,7 @@ def test_needs_are_remembered_by_the_playbooks_whole_text_not_its_name(monkeypat
 
 
 def test_the_memory_of_needs_is_bounded_and_drops_the_oldest(monkeypatch):
-    monkeypatch.setattr(outputs, "_MEMO", {})
+    fresh_memory(monkeypatch)
     calls = []
     parse = outputs._output_needs
     monkeypatch.setattr(outputs, "_output_needs", lambda pb, doc: calls.append(1) or parse(pb, doc))
@@ -97,7 +97,7 @@ def test_the_memory_of_needs_is_bounded_and_drops_the_oldest(monkeypatch):
 
 def test_the_remembered_answer_refuses_writes(monkeypatch):
     """It is shared by every run on the worker: one run changing it would change what another keeps."""
-    monkeypatch.setattr(outputs, "_MEMO", {})
+    fresh_memory(monkeypatch)
     needs = output_needs(playbook(PAIR.replace("FIELD", "id")))
     with pytest.raises(TypeError):
         needs["b"] = WHOLE  # type: ignore[index]
@@ -107,7 +107,7 @@ def test_the_remembered_answer_refuses_writes(monkeypatch):
 def test_a_playbook_reading_many_keys_is_not_remembered(monkeypatch):
     """A long chain of reads is a small text but a string per key: the memory holds few keys per
     playbook, whatever a start's snapshot spells (review: 4.9 MB kept for a 248 KB playbook)."""
-    monkeypatch.setattr(outputs, "_MEMO", {})
+    fresh_memory(monkeypatch)
     monkeypatch.setattr(outputs, "MEMO_KEYS_MAX", 10)
     chain = playbook(PAIR.replace("FIELD", ".".join(f"k{i}" for i in range(20))))
     assert output_needs(chain)["a"].paths == [[f"k{i}" for i in range(20)]]
@@ -118,7 +118,7 @@ def test_a_playbook_reading_many_keys_is_not_remembered(monkeypatch):
 
 def test_threads_share_the_memory_without_errors(monkeypatch):
     """Workflow tasks of one worker run in several threads: lookups, evictions and inserts race."""
-    monkeypatch.setattr(outputs, "_MEMO", {})
+    fresh_memory(monkeypatch)
     monkeypatch.setattr(outputs, "MEMO_SIZE", 8)
     books = [playbook(PAIR.replace("FIELD", f"f{i}")) for i in range(64)]
     errors: list[BaseException] = []
@@ -147,7 +147,7 @@ def test_threads_share_the_memory_without_errors(monkeypatch):
 
 def test_an_outsized_playbook_is_not_remembered(monkeypatch):
     """Needs are worked out before admission, for whatever snapshot a start carries."""
-    monkeypatch.setattr(outputs, "_MEMO", {})
+    fresh_memory(monkeypatch)
     small = playbook(PAIR.replace("FIELD", "id"))
     monkeypatch.setattr(outputs, "MEMO_TEXT_MAX", len(small.model_dump_json(by_alias=True)) + 100)
     big = playbook(PAIR.replace("FIELD", "x" * 200))
@@ -155,6 +155,38 @@ def test_an_outsized_playbook_is_not_remembered(monkeypatch):
     assert outputs._MEMO == {}
     assert output_needs(small)["a"].paths == [["id"]]
     assert len(outputs._MEMO) == 1
+
+
+def test_runs_of_one_playbook_share_one_parsed_copy(monkeypatch):
+    """A run's own parsed snapshot was most of what a run waiting on approval holds: equal
+    playbooks (the same JSON) share the first one's copy; a bigger one keeps only its needs."""
+    fresh_memory(monkeypatch)
+    first, again = (playbook(PAIR.replace("FIELD", "id")) for _ in range(2))
+    assert first is not again and first == again
+    assert outputs.shared_playbook(first)[0] is first
+    shared, needs = outputs.shared_playbook(again)
+    assert shared is first and needs["a"].paths == [["id"]]
+    monkeypatch.setattr(outputs, "MEMO_PLAYBOOK_MAX", len(first.model_dump_json(by_alias=True)) + 50)
+    big, big_again = (playbook(PAIR.replace("FIELD", "x" * 100)) for _ in range(2))
+    outputs.shared_playbook(big)
+    shared, needs = outputs.shared_playbook(big_again)
+    assert shared is big_again and needs["a"].paths == [["x" * 100]]  # its needs kept, not its copy
+
+
+def test_the_kept_copies_stay_within_their_byte_budget(monkeypatch):
+    fresh_memory(monkeypatch)
+    sizes = [len(playbook(PAIR.replace("FIELD", f"f{i:02d}")).model_dump_json(by_alias=True)) for i in range(3)]
+    monkeypatch.setattr(outputs, "MEMO_PLAYBOOK_BYTES", sum(sizes[:2]) + 10)  # room for two
+    books = [playbook(PAIR.replace("FIELD", f"f{i:02d}")) for i in range(3)]
+    for pb in books:
+        outputs.shared_playbook(pb)
+    assert outputs._memo_bytes == sum(size for _, _, size in outputs._MEMO.values()) <= outputs.MEMO_PLAYBOOK_BYTES
+    assert [kept for kept, _, _ in outputs._MEMO.values()] == books[1:]  # the oldest went
+
+
+def fresh_memory(monkeypatch) -> None:
+    monkeypatch.setattr(outputs, "_MEMO", {})
+    monkeypatch.setattr(outputs, "_memo_bytes", 0)
 
 
 PAIR = """
