@@ -50,8 +50,8 @@ _memo_bytes = 0  # JSON bytes of the playbooks kept
 MEMO_SIZE = 128
 MEMO_TEXT_MAX = 256 * 1024  # a bigger playbook's needs are worked out each time, never kept
 MEMO_KEYS_MAX = 1024  # path keys kept for one playbook (the shipped ones read 0-10): one that reads more is worked out each time
-MEMO_PLAYBOOK_MAX = 64 * 1024  # JSON bytes of a playbook whose parsed copy is kept (a bigger one: its needs only)
-MEMO_PLAYBOOK_BYTES = 1024 * 1024  # JSON bytes of all the kept copies together
+MEMO_PLAYBOOK_MAX = 16 * 1024  # JSON characters of a playbook whose parsed copy is kept (a bigger one: its needs only)
+MEMO_PLAYBOOK_BYTES = 256 * 1024  # JSON characters of all the kept copies together (parsed, a few times that)
 
 
 def output_needs(playbook: Playbook) -> Needs | None:
@@ -72,7 +72,9 @@ def shared_playbook(playbook: Playbook) -> tuple[Playbook, Needs | None]:
     supplies. This runs before admission, for whatever snapshot anyone who can reach Temporal
     sends, so the memory is bounded by what it holds: digests, needs of few keys (a long chain of
     reads spelled in a small text still takes a string per key), and parsed copies up to a total
-    JSON size."""
+    JSON size. A kept copy is handed out only to a playbook equal to it: JSON does not tell every
+    playbook apart (NaN dumps as null, a duration rounds to the millisecond), and the first
+    start of a text, admitted or not, must not decide what later runs of it do."""
     global _memo_bytes
     text = playbook.model_dump_json(by_alias=True)
     if len(text) > MEMO_TEXT_MAX:
@@ -81,7 +83,8 @@ def shared_playbook(playbook: Playbook) -> tuple[Playbook, Needs | None]:
     with _MEMO_LOCK:
         hit = _MEMO.get(key)
     if hit is not None:
-        return hit[0] or playbook, hit[1]
+        kept = hit[0]
+        return (kept if kept is not None and kept == playbook else playbook), hit[1]
     needs = _output_needs(playbook, json.loads(text))
     if needs is None or sum(len(path) + 1 for n in needs.values() for path in n.paths) <= MEMO_KEYS_MAX:
         kept, size = (playbook, len(text)) if len(text) <= MEMO_PLAYBOOK_MAX else (None, 0)

@@ -181,7 +181,22 @@ def test_the_kept_copies_stay_within_their_byte_budget(monkeypatch):
     for pb in books:
         outputs.shared_playbook(pb)
     assert outputs._memo_bytes == sum(size for _, _, size in outputs._MEMO.values()) <= outputs.MEMO_PLAYBOOK_BYTES
-    assert [kept for kept, _, _ in outputs._MEMO.values()] == books[1:]  # the oldest went
+    kept = [kept for kept, _, _ in outputs._MEMO.values()]
+    assert len(kept) == 2 and all(a is b for a, b in zip(kept, books[1:]))  # the oldest went
+
+
+def test_a_kept_copy_goes_only_to_an_equal_playbook(monkeypatch):
+    """JSON does not tell every playbook apart: NaN dumps as null. A start nobody admits (anyone
+    who can reach Temporal) must not give its copy to later runs of the real playbook, where
+    `when: "{{ vars.flag }}"` would read NaN (true) instead of null (false). Review finding."""
+    fresh_memory(monkeypatch)
+    text = PAIR.replace("FIELD", "id") + "vars: {flag: FLAG}\n"
+    hostile, real = playbook(text.replace("FLAG", ".nan")), playbook(text.replace("FLAG", "null"))
+    assert hostile.model_dump_json(by_alias=True) == real.model_dump_json(by_alias=True)
+    assert outputs.shared_playbook(hostile)[0] is hostile
+    shared, needs = outputs.shared_playbook(real)
+    assert shared is real and shared.vars == {"flag": None}
+    assert needs["a"].paths == [["id"]]  # the needs are the text's, the same for both
 
 
 def fresh_memory(monkeypatch) -> None:
