@@ -4,6 +4,9 @@ A large output is kept out of the run's state (bot/actions/outputs.py); what lat
 of it must stay. Every template of the playbook is parsed once, and each `steps.<id>.output.<path>`
 it reads is noted. A read this cannot follow (the whole output, a computed key, `steps` itself)
 needs the whole output, which a large one cannot give: the step then fails, saying so.
+
+What a playbook's templates read is worked out once per playbook per worker (`shared_playbook`),
+which also keeps the one parsed copy of the playbook its runs share.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 Needs = Mapping[str, OutputNeeds]
 _MEMO: dict[str, tuple[Playbook | None, Needs | None, int]] = {}  # digest -> (kept playbook, needs, its JSON size)
 _MEMO_LOCK = threading.Lock()  # workflow tasks of one worker run in several threads
-_memo_bytes = 0  # JSON bytes of the playbooks kept
 MEMO_SIZE = 128
 MEMO_TEXT_MAX = 256 * 1024  # a bigger playbook's needs are worked out each time, never kept
 MEMO_KEYS_MAX = 1024  # path keys kept for one playbook (the shipped ones read 0-10): one that reads more is worked out each time
@@ -75,7 +77,6 @@ def shared_playbook(playbook: Playbook) -> tuple[Playbook, Needs | None]:
     JSON size. A kept copy is handed out only to a playbook equal to it: JSON does not tell every
     playbook apart (NaN dumps as null, a duration rounds to the millisecond), and the first
     start of a text, admitted or not, must not decide what later runs of it do."""
-    global _memo_bytes
     text = playbook.model_dump_json(by_alias=True)
     if len(text) > MEMO_TEXT_MAX:
         return playbook, _output_needs(playbook, json.loads(text))
@@ -90,10 +91,10 @@ def shared_playbook(playbook: Playbook) -> tuple[Playbook, Needs | None]:
         kept, size = (playbook, len(text)) if len(text) <= MEMO_PLAYBOOK_MAX else (None, 0)
         with _MEMO_LOCK:
             if key not in _MEMO:  # (another thread may have just kept it)
-                while _MEMO and (len(_MEMO) >= MEMO_SIZE or _memo_bytes + size > MEMO_PLAYBOOK_BYTES):
-                    _memo_bytes -= _MEMO.pop(next(iter(_MEMO)))[2]  # the oldest go
+                held = sum(entry[2] for entry in _MEMO.values())  # JSON size of the copies kept
+                while _MEMO and (len(_MEMO) >= MEMO_SIZE or held + size > MEMO_PLAYBOOK_BYTES):
+                    held -= _MEMO.pop(next(iter(_MEMO)))[2]  # the oldest go
                 _MEMO[key] = (kept, needs, size)
-                _memo_bytes += size
     return playbook, needs
 
 
