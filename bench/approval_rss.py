@@ -47,7 +47,7 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 import bot.engine.worker
-import bot.services
+import bot.worker_service
 from bench import results
 from bench.baseline import BaselineAwaitSignal
 from bench.topology import ENVELOPE_KEY, Proc, run, topology
@@ -354,7 +354,7 @@ def floor_side(client: Client, process: Proc, task_queue: str) -> Side:
 def cache_setting() -> str:
     """The sticky cache holds every waiting run in memory, so its size is part of the result."""
     default = inspect.signature(Worker).parameters["max_cached_workflows"].default
-    sources = inspect.getsource(bot.engine.worker) + inspect.getsource(bot.services)
+    sources = inspect.getsource(bot.engine.worker) + inspect.getsource(bot.worker_service)
     if "max_cached_workflows" in sources:
         return "set by the bot: see bot/engine/worker.py"
     return f"{default} on both sides (the temporalio default: bot/engine/worker.py does not set it)"

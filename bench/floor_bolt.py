@@ -58,7 +58,7 @@ async def main(address: str, task_queue: str, port: int, secret: str, api_url: s
     client = await Client.connect(address)
     async with Worker(client, task_queue=task_queue, workflows=[BaselineFiveSteps, BaselineAwaitUpdate],
                       activities=[noop, http_get]):
-        # uvicorn as the bot's front door configures it (bot/services.py _Http)
+        # uvicorn as the bot's front door configures it (bot/lifecycle.py Http)
         config = uvicorn.Config(app(client, task_queue, secret, api_url, token), host="127.0.0.1", port=port,
                                 log_config=None, lifespan="off")
         await uvicorn.Server(config).serve()

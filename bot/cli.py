@@ -158,7 +158,7 @@ def dev() -> None:
 def worker() -> None:
     """Run a worker against PLAYBOOK_BOT_TEMPORAL_ADDRESS (or the recorded dev server)."""
     settings = _settings(service=True)
-    from bot.services import run_worker_only
+    from bot.worker_service import run_worker_only
 
     _run(lambda: run_worker_only(settings))
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import traceback
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
 import structlog
@@ -12,65 +10,11 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
-from temporalio.client import Client
 
 from bot.metrics import exposition
+from bot.readiness import Readiness
 
 log = structlog.get_logger(__name__)
-
-Check = Callable[[], Awaitable[str | None]]  # None when fine, else the reason
-
-
-@dataclass
-class Readiness:
-    """Named checks /readyz runs; each returns None or why the bot is not ready."""
-
-    checks: dict[str, Check] = field(default_factory=dict)
-    # Facts /readyz reports beside the checks, never failing it (the catalog hash: replicas that
-    # serve the same playbooks show the same one).
-    facts: dict[str, Callable[[], Any]] = field(default_factory=dict)
-
-    async def run(self) -> dict[str, str]:
-        async def one(check: Check) -> str:
-            try:
-                reason = await asyncio.wait_for(check(), timeout=3)
-            except asyncio.TimeoutError:
-                return "no answer within 3s"
-            except Exception as exc:  # a failing check is a reason, never a 500
-                return f"{type(exc).__name__}: {exc}"
-            return reason or "ok"
-
-        names = list(self.checks)
-        results = await asyncio.gather(*(one(self.checks[n]) for n in names))
-        return dict(zip(names, results))
-
-
-def temporal_check(client: Client) -> Check:
-    async def check() -> str | None:
-        return None if await client.service_client.check_health() else "Temporal reports not serving"
-
-    return check
-
-
-def policy_check(engine: Any) -> Check:
-    async def check() -> str | None:
-        return None if await engine.ready() else "policies not loaded (see the worker log)"
-
-    return check
-
-
-def audit_check(store: Any) -> Check:
-    async def check() -> str | None:
-        return await asyncio.to_thread(store.check_writable)
-
-    return check
-
-
-def flag_check(flag: Callable[[], bool], reason: str) -> Check:
-    async def check() -> str | None:
-        return None if flag() else reason
-
-    return check
 
 
 async def read_limited(request: Request, limit: int) -> bytes | None:

@@ -1,4 +1,5 @@
-"""Long-running processes: `dev` (embedded stack), `worker`, `serve`. Each stops cleanly on a signal."""
+"""Long-running processes with a front door: `dev` (embedded stack) and `serve`. Each stops cleanly
+on a signal. `worker` is bot.worker_service, which never loads the front door."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ from dataclasses import replace
 from typing import Any, AsyncIterator, Callable
 
 import structlog
-import uvicorn
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter
 from pydantic import SecretStr
 from temporalio.client import Client
-from temporalio.worker import Worker
 
 from bot.actions.catalog import slack_client
 from bot.actions.egress import announce_egress
@@ -24,130 +23,20 @@ from bot.alerts.receiver import GRAFANA_SENDER, OPSGENIE_SENDER, PAGERDUTY_SENDE
 from bot.api.routes import ApiDeps, RunsApi
 from bot.audit.backend import AuditStore
 from bot.devstack import DevServer, WorkerProcess
-from bot.engine.schedules import sync_schedules
-from bot.engine.worker import WorkerDeps, make_worker, open_policy_and_audit, worker_deps
-from bot.identity.keys import front_door_keyring, require_front_door_key, worker_keyring
+from bot.engine.worker import open_policy_and_audit
+from bot.identity.keys import front_door_keyring, require_front_door_key
 from bot.identity.proofs import Keyring, ensure_dev_key
 from bot.identity.tokens import TokenError, TokenStore
-from bot.playbook.loader import Catalog, load_directory, unloaded_names
-from bot.playbook.reload import LiveCatalog, directory_signature
+from bot.lifecycle import Http, load_catalog, stop_event, watch_catalog
+from bot.playbook.loader import Catalog
 from bot.policy.engine import PolicyEngine
-from bot.server import DirectRoutes, Readiness, audit_check, create_app, flag_check, policy_check, temporal_check
+from bot.readiness import Readiness, audit_check, flag_check, policy_check, temporal_check
+from bot.server import create_app
 from bot.settings import ConfigError, Settings
 from bot.slack.app import SlackDeps, create_slack_app, drain, slack_router
 from bot.temporal import connect, tls_config
 
 log = structlog.get_logger(__name__)
-
-
-def load_catalog(settings: Settings) -> LiveCatalog:
-    """The playbooks (a broken one stops the process at start, naming file and line; later edits
-    are reloaded: bot/playbook/reload.py); warnings are logged."""
-    signature = directory_signature(settings.playbooks_dir)  # before reading: an edit meanwhile is seen
-    catalog = load_directory(settings.playbooks_dir)
-    for warning in catalog.warnings():
-        log.warning("playbook warning", warning=warning)
-    return LiveCatalog(settings.playbooks_dir, catalog, signature=signature)
-
-
-def watch_catalog(stack: AsyncExitStack, settings: Settings, live: LiveCatalog, stop: asyncio.Event,
-                  on_hangup: Callable[[], None] | None = None) -> None:
-    """Reload `live` every PLAYBOOKS_RELOAD_INTERVAL seconds and on SIGHUP while the process runs."""
-    interval = settings.playbooks_reload_interval or None  # None: SIGHUP only
-    task = asyncio.create_task(live.watch(interval, stop, on_hangup))
-
-    async def stopped() -> None:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await task
-
-    stack.push_async_callback(stopped)
-
-
-def stop_event() -> asyncio.Event:
-    """Set on SIGINT/SIGTERM so every service shuts down in order, not mid-write."""
-    event = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, event.set)
-    return event
-
-
-class _Http:
-    """uvicorn inside our loop (the front door's, or a worker's metrics)."""
-
-    def __init__(self, settings: Settings, app: Any) -> None:
-        config = uvicorn.Config(
-            DirectRoutes(app) if isinstance(app, FastAPI) else app,
-            host=settings.http_host,
-            port=settings.http_port,
-            log_config=None,
-            lifespan="off",
-        )
-        self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self.task: asyncio.Task[Any] | None = None
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            if self.task.done():
-                self.task.result()
-                raise RuntimeError(f"HTTP server on {self.server.config.host}:{self.server.config.port} did not start")
-            await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self.task:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.task, timeout=5)
-
-
-async def _run_worker(worker: Worker, stop: asyncio.Event) -> None:
-    run = asyncio.create_task(worker.run())
-    waiter = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if run in done:
-        waiter.cancel()
-        run.result()  # a worker that died on its own is an error, not a clean exit
-        return
-    await worker.shutdown()
-    with contextlib.suppress(Exception):
-        await run
-
-
-async def _sync_schedules_with(settings: Settings, client: Client, deps: WorkerDeps) -> None:
-    """Sync now, and again after every reload that changed the catalog. A file broken since start
-    has no previous version to keep: its playbook's schedules stay as they are until it loads."""
-    keys = deps.keyring or worker_keyring(settings)
-
-    async def sync(catalog: Catalog) -> None:
-        broken = unloaded_names(settings.playbooks_dir, catalog)
-        await sync_schedules(client, catalog, keys, settings.task_queue, keep=broken)
-
-    await sync(deps.catalog())
-    if deps.live is not None:
-        deps.live.on_change(sync)
-
-
-async def serve_worker(
-    settings: Settings, client: Client, deps: WorkerDeps, stop: asyncio.Event, readiness: Readiness | None = None
-) -> None:
-    worker = make_worker(client, settings.task_queue, deps.activities, keyring=deps.keyring)
-    if readiness is not None:  # first: /readyz says "not ready" until the worker polls
-        readiness.checks["worker"] = flag_check(lambda: worker.is_running, "worker not running")
-        readiness.checks["policies"] = policy_check(deps.policy)
-        readiness.checks["audit"] = audit_check(deps.audit)
-        if deps.live is not None:
-            readiness.facts["catalog"] = deps.live.facts
-    if settings.schedules_sync:  # before polling: the first firing finds the schedules as the files say
-        await _sync_schedules_with(settings, client, deps)
-    log.info("worker started", task_queue=settings.task_queue, policy=deps.policy.name, hash=deps.policy.policy_hash)
-    async with AsyncExitStack() as stack:
-        if deps.live is not None:
-            watch_catalog(stack, settings, deps.live, asyncio.Event())
-        await _run_worker(worker, stop)
-    log.info("worker stopped")
 
 
 async def run_dev(settings: Settings, announce: Any = print) -> None:
@@ -193,7 +82,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
             log.warning("PLAYBOOK_BOT_ALERTMANAGER_TOKEN is not set: POST /alertmanager answers 401 to everyone")
         slack = slack_app(settings, client, catalog, policy, audit, keys)
         routers = front_door(settings, client, catalog, policy, audit, slack, keys, closing=stack)
-        http = _Http(settings, create_app(readiness, routers))
+        http = Http(settings, create_app(readiness, routers))
         stack.push_async_callback(drain, slack)  # queued answers and audit, once HTTP takes no more
         await http.start()
         stack.push_async_callback(http.stop)
@@ -216,24 +105,6 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
         announce("playbook-bot dev: stopping")
 
 
-async def run_worker_only(settings: Settings) -> None:
-    announce_egress(settings)
-    stop = stop_event()
-    async with worker_deps(settings) as deps:
-        client = await connect(settings)
-        # "worker" until serve_worker replaces it: never ready before the worker polls.
-        readiness = Readiness({"temporal": temporal_check(client), "worker": flag_check(lambda: False, "worker starting")})
-        http: _Http | None = None
-        if settings.worker_metrics_port is not None:  # /healthz, /readyz, /metrics for this worker
-            http = _Http(settings.model_copy(update={"http_port": settings.worker_metrics_port}), create_app(readiness))
-            await http.start()
-        try:
-            await serve_worker(settings, client, deps, stop, readiness)
-        finally:
-            if http is not None:
-                await http.stop()
-
-
 async def run_serve(settings: Settings) -> None:
     """The front door alone (scaled apart from workers); it needs the webhook token to start."""
     announce_egress(settings)  # its playbooks' HTTP runs on the workers, but operators read this log too
@@ -253,7 +124,7 @@ async def run_serve(settings: Settings) -> None:
         watch_catalog(stack, settings, catalog, stop)
         slack = slack_app(settings, client, catalog, policy, audit, keys)
         routers = front_door(settings, client, catalog, policy, audit, slack, keys, closing=stack)
-        http = _Http(settings, create_app(readiness, routers))
+        http = Http(settings, create_app(readiness, routers))
         stack.push_async_callback(drain, slack)  # queued Slack answers and audit, once HTTP takes no more
         await http.start()
         stack.push_async_callback(http.stop)

@@ -16,7 +16,8 @@ from bot.audit.store import SqliteAuditStore
 from bot.devstack import DevServer, free_port
 from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
-from bot.server import DirectRoutes, Readiness, audit_check, create_app, direct_route, read_limited, temporal_check
+from bot.readiness import Readiness, audit_check, temporal_check
+from bot.server import DirectRoutes, create_app, direct_route, read_limited
 from bot.settings import Settings
 from tests.engine.support import catalog_of, playbook, run_input
 
@@ -199,10 +200,10 @@ def test_two_direct_endpoints_for_one_route_are_refused():
 
 
 def test_the_served_front_door_is_direct(tmp_path: Path):
-    from bot.services import _Http
+    from bot.lifecycle import Http
 
     settings = Settings(data_dir=tmp_path, http_port=0)
-    assert isinstance(_Http(settings, create_app(Readiness())).server.config.app, DirectRoutes)
+    assert isinstance(Http(settings, create_app(Readiness())).server.config.app, DirectRoutes)
 
 
 async def test_read_limited_stops_a_chunked_body_without_a_length():

@@ -1,93 +1,11 @@
-"""bot/services.py: what a worker does when it starts, on the real dev server."""
+"""bot/services.py: how `dev` and `serve` describe their doors."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from pathlib import Path
 from typing import Any
 
-import pytest
-from temporalio.service import RPCError, RPCStatusCode
-from temporalio.testing import WorkflowEnvironment
-
-from bot.engine.schedules import SPEC_MEMO, schedule_id
-from bot.engine.worker import worker_deps
-from bot.services import _grafana_door, serve_worker
+from bot.services import _grafana_door
 from bot.settings import Settings
-from tests.waiting import eventually
-
-ROOT = Path(__file__).resolve().parent.parent
-PLAYBOOK = """\
-name: NAME
-params:
-  host: {type: string}
-triggers:
-  schedule:
-    - {cron: "0 3 * * *", params: {host: a.example}}
-steps:
-  - {id: note, action: core.log, with: {message: "{{ params.host }}"}}
-"""
-
-
-async def test_a_starting_worker_brings_its_schedules_in_step_unless_told_not_to(
-    dev_env: WorkflowEnvironment, tmp_path: Path
-) -> None:
-    client = dev_env.client
-    names = {flag: f"boot-{uuid.uuid4().hex[:8]}" for flag in (True, False)}
-    for sync, name in names.items():
-        playbooks = tmp_path / name
-        playbooks.mkdir()
-        (playbooks / "p.yaml").write_text(PLAYBOOK.replace("NAME", name))
-        settings = Settings(data_dir=tmp_path / f"data-{name}", playbooks_dir=playbooks, policies_dir=ROOT / "policies",
-                            task_queue=f"boot-{uuid.uuid4()}", envelope_key="e" * 32, schedules_sync=sync)
-        stop = asyncio.Event()
-        stop.set()  # start, sync, poll, and stop again at once
-        async with worker_deps(settings) as deps:
-            await serve_worker(settings, client, deps, stop)
-    created = client.get_schedule_handle(schedule_id(names[True], "0"))
-    desc = await created.describe()
-    assert desc.info.next_action_times
-    await created.delete()
-    with pytest.raises(RPCError) as refused:  # PLAYBOOK_BOT_SCHEDULES_SYNC=false: nothing created
-        await client.get_schedule_handle(schedule_id(names[False], "0")).describe()
-    assert refused.value.status == RPCStatusCode.NOT_FOUND
-
-
-async def test_a_reloaded_catalog_brings_the_schedules_in_step_again(dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
-    """Edit the file under a running worker: the reload (here forced, as SIGHUP does) re-syncs."""
-    client, name = dev_env.client, f"reload-{uuid.uuid4().hex[:8]}"
-    playbooks = tmp_path / "playbooks"
-    playbooks.mkdir()
-    path = playbooks / "p.yaml"
-    path.write_text(PLAYBOOK.replace("NAME", name))
-    settings = Settings(data_dir=tmp_path / "data", playbooks_dir=playbooks, policies_dir=ROOT / "policies",
-                        task_queue=f"reload-{uuid.uuid4()}", envelope_key="e" * 32)
-    handle = client.get_schedule_handle(schedule_id(name, "0"))
-    stop = asyncio.Event()
-    async with worker_deps(settings) as deps:
-        assert deps.live is not None
-        serving = asyncio.create_task(serve_worker(settings, client, deps, stop))
-        try:
-            await eventually(lambda: _cron(handle), what="the schedule created at start")
-            path.write_text(PLAYBOOK.replace("NAME", name).replace("0 3 * * *", "45 5 * * *"))
-            await deps.live.reload(force=True)
-            assert await eventually(lambda: _cron(handle, "45 5 * * *"), what="the schedule updated") == "45 5 * * *"
-        finally:
-            stop.set()
-            await serving
-    await handle.delete()
-
-
-async def _cron(handle: Any, wanted: str | None = None) -> str | None:
-    """The cron the schedule was built from (its action's memo), once it exists (and is `wanted`)."""
-    try:
-        desc = await handle.describe()
-    except RPCError:
-        return None
-    memo = desc.schedule.action.memo[SPEC_MEMO]
-    cron = str(desc.data_converter.payload_converter.from_payload(memo)["cron"])
-    return cron if wanted in (None, cron) else None
 
 
 def test_dev_says_which_proofs_the_grafana_route_requires(tmp_path):

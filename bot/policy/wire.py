@@ -5,10 +5,12 @@ A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:  # the child process imports this module: it never loads asyncio (nor ssl)
+    import asyncio
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024  # far above any policy input; guards against a desynchronised stream

@@ -30,7 +30,8 @@ from bot.identity.keys import front_door_keyring
 from bot.identity.tokens import TokenStore
 from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
-from bot.services import _Http, front_door
+from bot.lifecycle import Http
+from bot.services import front_door
 from bot.settings import Settings
 from tests.waiting import admitted, eventually, is_control, settled_runs, terminate_open
 
@@ -228,7 +229,7 @@ async def api_stack(
     async with worker_deps(settings) as deps:
         routers = front_door(settings, front_door_client or client, catalog, deps.policy, deps.audit, None,
                              front_door_keyring(settings))
-        http = _Http(settings, create_app(Readiness(), routers))
+        http = Http(settings, create_app(Readiness(), routers))
         async with make_worker(client, settings.task_queue, deps.activities):
             await http.start()
             try:

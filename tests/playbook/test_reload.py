@@ -22,7 +22,8 @@ from bot.engine.worker import open_policy_and_audit
 from bot.playbook.loader import Catalog, load_directory
 from bot.playbook.reload import LiveCatalog, catalog_hash, directory_signature
 from bot.server import Readiness, create_app
-from bot.services import _Http, front_door, load_catalog, watch_catalog
+from bot.lifecycle import Http, load_catalog, watch_catalog
+from bot.services import front_door
 from bot.settings import Settings
 from tests.reliability.alertmanager_support import (
     AUTH,
@@ -175,7 +176,7 @@ async def doors(client, tmp_path: Path, *, watch: bool = True, **worker_settings
         if watch:
             watch_catalog(stack, settings, live, asyncio.Event())
         app = create_app(Readiness(facts={"catalog": live.facts}), front_door(settings, client, live, policy, audit))
-        http = _Http(settings, app)
+        http = Http(settings, app)
         await http.start()
         stack.push_async_callback(http.stop)
         stack.push_async_callback(terminate_open, client, settings.task_queue)

@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -257,3 +259,12 @@ async def test_a_bug_of_ours_is_a_deny_not_an_exception(
     assert (decision.allow, decision.failure) == (False, Failure.INTERNAL)
     assert decision.reasons == ["policy engine error: RuntimeError: boom"]
     assert any(log["event"] == "policy.internal_error" for log in logs)
+
+
+def test_the_child_process_loads_only_the_standard_library_it_needs_and_regopy():
+    """One child per worker and per front door: asyncio and ssl would add about 7 MB to each."""
+    from bot.policy.rego_process import CHILD_MODULE, child_env
+
+    code = f"import runpy, sys; runpy.run_module('{CHILD_MODULE}', run_name='imported'); print(sorted(m for m in sys.modules if m.split('.')[0] in ('asyncio', 'ssl', 'pydantic', 'temporalio')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, env=child_env())
+    assert out.stdout.strip() == "[]"

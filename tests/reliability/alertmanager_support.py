@@ -32,7 +32,8 @@ from bot.engine.worker import make_worker, open_policy_and_audit, worker_deps
 from bot.playbook.loader import Catalog, load_directory
 from bot.policy.engine import PolicyEngine
 from bot.server import DirectRoutes, Readiness, create_app
-from bot.services import _Http, front_door
+from bot.lifecycle import Http
+from bot.services import front_door
 from bot.settings import Settings
 from tests.slack.support import ENVELOPE_KEY
 from tests.e2e.support import Service, base_env
@@ -277,7 +278,7 @@ class BotStack:
         policy, audit = await open_policy_and_audit(self._exit, settings)
         catalog = load_directory(settings.playbooks_dir)
         statuses = StatusLog(DirectRoutes(create_app(Readiness(), front_door(settings, self.temporal, catalog, policy, audit))))
-        http = _Http(settings, statuses)
+        http = Http(settings, statuses)
         await http.start()
         self._exit.push_async_callback(http.stop)
         door = FrontDoor(f"http://127.0.0.1:{settings.http_port}", statuses, audit)
@@ -375,7 +376,7 @@ async def bot_stack(
                 exit.callback(process.stop)
                 await process.ready(web)
             statuses = StatusLog(DirectRoutes(create_app(Readiness(), front_door(config, client, catalog, policy, audit))))
-            http = _Http(config, statuses)
+            http = Http(config, statuses)
             await http.start()
             try:
                 async with AsyncExitStack() as replicas:

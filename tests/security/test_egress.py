@@ -33,7 +33,8 @@ from bot.actions.http import HttpActions
 from bot.actions.prometheus import PrometheusActions
 from bot.actions.secrets import SecretStore
 from bot.engine.worker import worker_deps
-from bot.services import run_dev, run_serve, run_worker_only
+from bot.services import run_dev, run_serve
+from bot.worker_service import run_worker_only
 from bot.settings import ConfigError, Settings
 from tests.http_server import serving
 

@@ -38,7 +38,8 @@ from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, Proof
 from bot.playbook.loader import Catalog, LoadedPlaybook, load_directory
 from bot.server import Readiness, create_app
-from bot.services import _Http, front_door, slack_app
+from bot.lifecycle import Http
+from bot.services import front_door, slack_app
 from bot.settings import Settings
 from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
@@ -222,7 +223,7 @@ async def trust_stack(
             slack = slack_app(settings, client, catalog, deps.policy, deps.audit, keys)
             assert slack is not None
             routers = [*front_door(settings, client, catalog, deps.policy, deps.audit, slack, keys), recorder]
-            http = _Http(settings, create_app(Readiness(), routers))
+            http = Http(settings, create_app(Readiness(), routers))
             async with make_worker(client, settings.task_queue, deps.activities):
                 await http.start()
                 try:

@@ -27,7 +27,7 @@ from bot.engine.worker import make_worker, worker_deps
 from bot.identity.keys import front_door_keyring
 from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
-from bot.services import _Http
+from bot.lifecycle import Http
 from bot.settings import Settings
 from bot.slack.app import SlackDeps, create_slack_app, slack_router
 from bot.slack.blocks import APPROVE_ACTION
@@ -313,7 +313,7 @@ async def slack_stack(
             ),
         )
         app = create_app(Readiness(), [slack_router(slack, settings), recorder])
-        http = _Http(settings, app)
+        http = Http(settings, app)
         async with make_worker(client, settings.task_queue, deps.activities):
             await http.start()
             try:
