@@ -88,8 +88,8 @@ def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
 
     command = commands.register(app, deps, groups)
     modals.register(app, deps, command, settings.slack_signing_secret.get_secret_value())
-    approvals.register(app, deps, groups)
-    home.register(app, deps, groups)
+    tab = home.register(app, deps, groups)
+    approvals.register(app, deps, groups, tab)  # a click on the Home tab is answered there
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any], respond: Any) -> None:

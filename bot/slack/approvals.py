@@ -9,6 +9,7 @@ once (no read of the run here, no second chat.update that could land after a new
 A button names the execution it was drawn for, so the click is signed for that run (a later run
 under the same run id refuses it); a button posted before it did costs one describe first, and is
 refused when the run started after the button's message was posted (a later run under that id).
+The same buttons on the App Home tab are answered on the tab (bot/slack/home.py `after_click`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from slack_bolt.async_app import AsyncApp
@@ -27,13 +28,17 @@ from bot.engine.runs import RunError, confirm, vote
 from bot.engine.state import ConfirmRequest, VoteRequest
 from bot.identity import principals
 from bot.identity.principals import Actor
-from bot.slack.app import SlackDeps, listener, report_error
+from bot.slack.app import SlackDeps, describe_error, listener, report_error
 from bot.slack.blocks import (
     APPROVE_ACTION,
     CHOICE_ACTION_PATTERN,
     REJECT_ACTION,
+    escape,
 )
 from bot.slack.groups import GroupResolver
+
+if TYPE_CHECKING:
+    from bot.slack.home import HomeTab
 
 log = structlog.get_logger(__name__)
 
@@ -77,25 +82,42 @@ def shown_at(body: dict[str, Any]) -> datetime | None:
     return datetime.fromtimestamp(seconds, timezone.utc)
 
 
-def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> None:
-    on_click = listener(deps, ApprovalButtons(deps, groups).handle)
+def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver, home: HomeTab | None = None) -> None:
+    on_click = listener(deps, ApprovalButtons(deps, groups, home).handle)
     for action in (APPROVE_ACTION, REJECT_ACTION, CHOICE_ACTION_PATTERN):
         app.action(action)(on_click)
 
 
+def on_home_tab(body: dict[str, Any]) -> str | None:
+    """The clicker, when the button was on their App Home tab (no thread, no response_url there)."""
+    view, user = body.get("view") or {}, body.get("user") or {}
+    if not isinstance(view, dict) or view.get("type") != "home" or not isinstance(user, dict):
+        return None
+    user_id = user.get("id")
+    return user_id if isinstance(user_id, str) and user_id else None
+
+
 class ApprovalButtons:
-    def __init__(self, deps: SlackDeps, groups: GroupResolver) -> None:
+    def __init__(self, deps: SlackDeps, groups: GroupResolver, home: HomeTab | None = None) -> None:
         self.deps = deps
         self.groups = groups
+        self.home = home
 
     async def handle(self, ack: Callable[[], Awaitable[None]], body: dict[str, Any], respond: Any) -> None:
         await ack()
+        clicker = on_home_tab(body) if self.home is not None else None
         try:
-            await self._vote(body)
+            done = await self._vote(body)
         except Exception as exc:  # noqa: BLE001  refused or failed: told to the clicker alone (report_error)
-            await report_error(self.deps.web, exc, body, respond)
+            if clicker is not None and self.home is not None:
+                await self.home.after_click(clicker, describe_error(exc, body))
+            else:
+                await report_error(self.deps.web, exc, body, respond)
             if isinstance(exc, RunError):
                 await self._audit_refusal(body, str(exc))
+            return
+        if clicker is not None and self.home is not None:  # in the thread the run's own redraw says it
+            await self.home.after_click(clicker, done)
 
     async def _audit_refusal(self, body: dict[str, Any], reason: str) -> None:
         user = (body.get("user") or {}).get("id") or ""
@@ -109,7 +131,8 @@ class ApprovalButtons:
         await record_refusal(self.deps.audit, refusal(f"slack:{user}" if user else "slack", operation, reason,
                                                       run_id=run_id, key=key))
 
-    async def _vote(self, body: dict[str, Any]) -> None:
+    async def _vote(self, body: dict[str, Any]) -> str:
+        """Cast the click's vote or answer; what became of it, as the clicker is told on the tab."""
         action = (body.get("actions") or [{}])[0]
         ref = parse_value(action.get("value"))
         answering = bool(CHOICE_ACTION_PATTERN.match(str(action.get("action_id") or "")))
@@ -134,9 +157,12 @@ class ApprovalButtons:
                 answered = await confirm(self.deps.client, ref.run_id, asked, actor, self.deps.keyring,
                                          execution=ref.execution, shown_at=shown_at(body))
                 log.info("slack answer recorded", answer=answered.answer)
-                return
+                return (f":white_check_mark: Your answer *{escape(str(ref.choice)[:100])}* to step *{escape(ref.step_id)}* "
+                        f"of run `{escape(ref.run_id)}` was recorded.")
             request = VoteRequest(step_id=ref.step_id, user=actor.principal, vote=choice)
             # One update; RunError: refused by the run (its validator, or the approver rule it asks), nothing changed
             result = await vote(self.deps.client, ref.run_id, request, actor, self.deps.keyring, execution=ref.execution,
                                 shown_at=shown_at(body))
             log.info("slack vote recorded", vote=choice, approvals=result.approvals, needed=result.needed)
+            verb = "rejection" if choice == "reject" else f"approval ({result.approvals}/{result.needed})"
+            return f":white_check_mark: Your {verb} of step *{escape(ref.step_id)}* of run `{escape(ref.run_id)}` was recorded."

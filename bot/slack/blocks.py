@@ -324,6 +324,17 @@ def _button_value(status: RunStatus, step_id: str, **more: str) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def vote_buttons(status: RunStatus, step: StepStatus, block_id: str) -> dict[str, Any]:
+    """A waiting step's buttons drawn away from its request (the App Home tab): Approve and
+    Reject, or a core.confirm step's choices and Reject. `block_id`: unique within the view."""
+    if step.action == "core.confirm":
+        choices = (step.args or {}).get("choices")
+        block = _choice_buttons(status, step.id, choices if isinstance(choices, list) else [])
+    else:
+        block = _buttons(status, step.id)
+    return {**block, "block_id": block_id}
+
+
 def _buttons(status: RunStatus, step_id: str) -> dict[str, Any]:
     value = _button_value(status, step_id)
     return {

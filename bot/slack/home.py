@@ -7,12 +7,17 @@ time, each cut at RENDER_TIMEOUT; it reads the newest SCAN executions of this ta
 visibility call, the requester from the run's memo) and the statuses of at most RECENT of the
 user's runs and RUNNING_SCAN running runs. "Waiting for you" asks the `approver` rule the run
 itself would ask (bot/engine/runs.py `check_approver`), never the requester's own runs.
+
+Each waiting step has its buttons on the tab, handled as the thread's are (bot/slack/approvals.py;
+the run decides). A click there has no thread or response_url to be answered in, so the tab is
+redrawn with what became of it on top (`after_click`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,11 +25,11 @@ import structlog
 from slack_bolt.async_app import AsyncApp
 
 from bot.engine.runs import RunError, check_approver, get_status
-from bot.engine.state import RunStatus
+from bot.engine.state import RunStatus, StepStatus
 from bot.identity import principals
 from bot.identity.principals import Actor, PrincipalError
 from bot.slack.app import SlackDeps, listener
-from bot.slack.blocks import RUN_EMOJI, escape, requester, slack_date, truncate
+from bot.slack.blocks import RUN_EMOJI, escape, requester, slack_date, truncate, vote_buttons
 from bot.slack.commands import REQUESTER_MEMO
 from bot.slack.groups import GroupResolver
 
@@ -41,6 +46,14 @@ RENDER_TIMEOUT = 10.0
 SECTION_LIMIT = 3000
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """A step this user may vote on, as its run's status had it."""
+
+    status: RunStatus
+    step: StepStatus
+
+
 def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver) -> HomeTab:
     tab = HomeTab(deps, groups)
     app.event("app_home_opened")(listener(deps, tab.handle, acked_by_bolt=True))
@@ -53,6 +66,8 @@ class HomeTab:
         self.groups = groups
         self._drawn: dict[str, float] = {}  # user -> time.monotonic() of the last redraw
         self._renders = asyncio.Semaphore(RENDERS)
+        self._notices: dict[str, str] = {}  # user -> what their last click on the tab came to, not yet shown
+        self._redrawing: set[str] = set()
 
     async def handle(self, event: dict[str, Any]) -> None:
         if event.get("tab", "home") != "home":
@@ -67,6 +82,28 @@ class HomeTab:
         now = time.monotonic()
         if now - self._drawn.get(user, -REFRESH) < REFRESH or self._renders.locked():
             return  # drawn moments ago, or busy: the tab keeps what it shows
+        await self._publish(user, principal)
+
+    async def after_click(self, user: str, notice: str) -> None:
+        """Redraw the clicker's tab with `notice` on top. One redraw per user at a time, bounded
+        like any other: a click meanwhile leaves its notice for the redraw under way (the last one
+        is shown), so clicking fast costs no more redraws."""
+        try:
+            principal = principals.slack(user)
+        except PrincipalError:
+            return
+        self._notices[user] = notice
+        if user in self._redrawing:
+            return
+        self._redrawing.add(user)
+        try:
+            while (latest := self._notices.pop(user, None)) is not None:
+                await self._publish(user, principal, latest)
+        finally:
+            self._redrawing.discard(user)
+
+    async def _publish(self, user: str, principal: str, notice: str | None = None) -> None:
+        now = time.monotonic()
         self._drawn[user] = now
         if len(self._drawn) > 10_000:  # forget old entries: a bounded map
             self._drawn = {u: t for u, t in self._drawn.items() if now - t < REFRESH}
@@ -76,6 +113,8 @@ class HomeTab:
             except Exception as exc:  # noqa: BLE001  Temporal slow or down: say so on the tab
                 log.warning("app home not rendered", error=f"{type(exc).__name__}: {exc}")
                 blocks = [_section(":warning: playbook-bot could not read runs just now; open the tab again later.")]
+            if notice is not None:
+                blocks.insert(0, _section(notice))
             try:
                 await self.deps.web.views_publish(user_id=user, view={"type": "home", "blocks": blocks})
             except Exception as exc:  # noqa: BLE001  best effort: the next open tries again
@@ -84,9 +123,9 @@ class HomeTab:
     async def blocks(self, user: str, principal: str) -> list[dict[str, Any]]:
         mine, waiting = await asyncio.gather(self.recent(principal), self.waiting(user, principal))
         blocks: list[dict[str, Any]] = [_header("Waiting for your approval")]
-        if waiting:
-            blocks += [_section(line) for line in waiting]
-        else:
+        for i, w in enumerate(waiting):
+            blocks += [_section(_waiting_line(w.status, w.step)), vote_buttons(w.status, w.step, f"home.vote.{i}")]
+        if not waiting:
             blocks.append(_section("_Nothing is waiting for you._"))
         blocks.append({"type": "divider"})
         blocks.append(_header("Your recent runs"))
@@ -107,13 +146,13 @@ class HomeTab:
                     break
         return [s for s in await asyncio.gather(*(self._status(i) for i in ids)) if s is not None]
 
-    async def waiting(self, user: str, principal: str) -> list[str]:
-        """Lines for the running runs with a step waiting for a vote this user may cast."""
+    async def waiting(self, user: str, principal: str) -> list[Waiting]:
+        """The steps of running runs waiting for a vote this user may cast."""
         query = (f'WorkflowType = "PlaybookRun" AND TaskQueue = "{self.deps.task_queue}" '
                  'AND ExecutionStatus = "Running"')
         ids = [w.id async for w in self.deps.client.list_workflows(query, limit=RUNNING_SCAN)]
         actor: Actor | None = None
-        lines: list[str] = []
+        found: list[Waiting] = []
         for first in range(0, len(ids), READ_BATCH):
             for status in await asyncio.gather(*(self._status(i) for i in ids[first:first + READ_BATCH])):
                 if status is None or status.requested_by == principal:
@@ -128,10 +167,10 @@ class HomeTab:
                         await check_approver(self.deps.client, self.deps.policy, status, step.id, actor)
                     except RunError:
                         continue  # the approver rule says not this user
-                    lines.append(_waiting_line(status, step.id, step.action, step.approval_deadline))
-                    if len(lines) >= WAITING:
-                        return lines
-        return lines
+                    found.append(Waiting(status, step))
+                    if len(found) >= WAITING:
+                        return found
+        return found
 
     async def _status(self, run_id: str) -> RunStatus | None:
         try:
@@ -146,12 +185,13 @@ def _run_line(status: RunStatus) -> str:
                     f" · `{escape(status.run_id)}`{when}", 290)
 
 
-def _waiting_line(status: RunStatus, step: str, action: str, deadline: datetime | None) -> str:
-    due = f" · deadline {slack_date(deadline)}" if deadline else ""
+def _waiting_line(status: RunStatus, step: StepStatus) -> str:
+    due = f" · deadline {slack_date(step.approval_deadline)}" if step.approval_deadline else ""
+    how = "answer" if step.action == "core.confirm" else "vote"
     return truncate(
-        f":raised_hand: *{escape(status.playbook)}* step *{escape(step)}* `{escape(action)}` · run "
+        f":raised_hand: *{escape(status.playbook)}* step *{escape(step.id)}* `{escape(step.action)}` · run "
         f"`{escape(status.run_id)}` · requested by {requester(status)}{due}\n"
-        "Vote on the request in the run's thread, or `playbook-bot approve|reject RUN STEP`.", SECTION_LIMIT)
+        f"{how.capitalize()} here, in the run's thread, or with `playbook-bot`.", SECTION_LIMIT)
 
 
 def _header(text: str) -> dict[str, Any]:

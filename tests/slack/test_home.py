@@ -4,6 +4,7 @@ views.publish on the strict fake Slack Web API."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -13,11 +14,14 @@ from typing import Any
 
 import pytest_asyncio
 
+from bot.engine.runs import get_status
+from bot.slack.blocks import APPROVE_ACTION, REJECT_ACTION
 from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.slack_limits import view_errors
 from tests.slack.support import (
-    ALICE, BOB, CAROL, Stack, eventually, returns, run_status, slack_stack, waiting_gated_run,
+    ALICE, BOB, CAROL, CHANNEL, Stack, eventually, principal, returns, run_status, slack_stack, step_state,
+    waiting_gated_run,
 )
 
 
@@ -76,3 +80,71 @@ async def test_other_tabs_and_bad_users_publish_nothing(stack: Stack) -> None:
         assert (await stack.post_json(payload)).status_code == 200
     await home_of(stack, BOB)  # a good one after them is published: they were read, and ignored
     assert [c.params.get("user_id") for c in stack.fake.calls_to("views.publish")] == [BOB]
+
+
+def home_buttons(stack: Stack, user: str) -> list[dict[str, Any]]:
+    """The buttons on the user's Home tab as it is now, each with its block id."""
+    return [{**e, "block_id": b["block_id"]} for b in stack.fake.homes[user]["blocks"] if b.get("type") == "actions"
+            for e in b.get("elements", [])]
+
+
+async def click_on_home(stack: Stack, user: str, button: dict[str, Any]) -> str:
+    """Click `button` on the user's Home tab (no channel, no response_url there); the tab's text
+    once it has been published again."""
+    before = len(stack.fake.calls_to("views.publish"))
+    action = {"type": "button", **{k: button[k] for k in ("action_id", "block_id", "value")}}
+    response = await stack.post(stack.view_action_body(stack.fake.homes[user], user, action))
+    assert response.status_code == 200
+    await eventually(lambda: returns(len(stack.fake.calls_to("views.publish")) > before), what=f"{user}'s tab redrawn")
+    [call] = stack.fake.calls_to("views.publish")[before:]
+    assert call.ok, call.error
+    return json.dumps(stack.fake.homes[user]["blocks"])
+
+
+async def test_a_vote_from_the_home_tab_is_the_runs_and_the_tab_says_so(stack: Stack) -> None:
+    run_id, ts = await waiting_gated_run(stack)  # ALICE's; BOB is in sre
+    await home_of(stack, BOB)
+    [approve] = [b for b in home_buttons(stack, BOB) if b["action_id"] == APPROVE_ACTION]
+    assert json.loads(approve["value"])["run_id"] == run_id and json.loads(approve["value"])["execution"]
+
+    shown = await click_on_home(stack, BOB, approve)
+    assert "Your approval (1/1) of step *risky*" in shown and run_id in shown
+    status = await eventually(lambda: step_state(stack, run_id, "risky", "succeeded"), what="the step ran")
+    assert [(v.user, v.vote) for v in status.step("risky").approvals] == [(principal(BOB), "approve")]
+    assert stack.fake.calls_to("chat.postEphemeral") == [], "a click on the tab is answered on the tab"
+    assert await eventually(lambda: returns(stack.fake.message(CHANNEL, ts).buttons() == []) or None,
+                            what="the thread's request decided")
+
+
+async def test_a_refused_click_on_the_home_tab_is_told_there_audited_and_changes_nothing(stack: Stack) -> None:
+    run_id, _ = await waiting_gated_run(stack)
+    await home_of(stack, BOB)
+    [approve] = [b for b in home_buttons(stack, BOB) if b["action_id"] == APPROVE_ACTION]
+    for user, reason in [(CAROL, "only members of sre may approve"), (ALICE, "four-eyes")]:
+        await home_of(stack, user)  # the button is not on their tab: a replayed or forged click
+        shown = await click_on_home(stack, user, approve)
+        assert reason in shown and ":x:" in shown, shown
+    status = await get_status(stack.temporal, run_id)
+    assert status.step("risky").state == "waiting_approval" and status.step("risky").approvals == []
+    refusals = await eventually(
+        lambda: returns([e for e in stack.audit.events(run_id=run_id) if e.kind.value == "access_refused"]),
+        what="refusals audited")
+    assert {e.actor for e in refusals} == {principal(CAROL), principal(ALICE)}
+    assert stack.fake.calls_to("chat.postEphemeral") == []
+
+
+async def test_clicks_faster_than_the_tab_redraws_cost_one_redraw_at_a_time(stack: Stack) -> None:
+    await waiting_gated_run(stack)
+    await home_of(stack, BOB)
+    [reject] = [b for b in home_buttons(stack, BOB) if b["action_id"] == REJECT_ACTION]
+    forged = {**reject, "value": json.dumps({"run_id": "no-such-run", "step_id": "risky"})}
+    before = len(stack.fake.calls_to("views.publish"))
+    action = {"type": "button", **{k: forged[k] for k in ("action_id", "block_id", "value")}}
+    responses = await asyncio.gather(*(stack.post(stack.view_action_body(stack.fake.homes[BOB], BOB, action))
+                                       for _ in range(10)))
+    assert all(r.status_code == 200 for r in responses)
+    await eventually(lambda: returns(len(stack.fake.calls_to("views.publish")) > before), what="redrawn")
+    await asyncio.sleep(1.0)  # any redraw still to come has come
+    redraws = len(stack.fake.calls_to("views.publish")) - before
+    assert 1 <= redraws <= 3, f"{redraws} redraws for 10 clicks"
+    assert "no-such-run" in json.dumps(stack.fake.homes[BOB]["blocks"])
