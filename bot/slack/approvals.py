@@ -110,14 +110,16 @@ class ApprovalButtons:
             done = await self._vote(body)
         except Exception as exc:  # noqa: BLE001  refused or failed: told to the clicker alone (report_error)
             if clicker is not None and self.home is not None:
+                if isinstance(exc, RunError):  # first: the tab's redraw may wait its turn
+                    await self._audit_refusal(body, str(exc))
                 await self.home.after_click(clicker, describe_error(exc, body))
-            else:
-                await report_error(self.deps.web, exc, body, respond)
+                return
+            await report_error(self.deps.web, exc, body, respond)
             if isinstance(exc, RunError):
                 await self._audit_refusal(body, str(exc))
             return
         if clicker is not None and self.home is not None:  # in the thread the run's own redraw says it
-            await self.home.after_click(clicker, done)
+            await self.home.after_click(clicker, done, changed=True)
 
     async def _audit_refusal(self, body: dict[str, Any], reason: str) -> None:
         user = (body.get("user") or {}).get("id") or ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,10 @@ READ_BATCH = 10
 REFRESH = 10.0  # seconds: a tab opened again sooner is not redrawn
 RENDERS = 2
 RENDER_TIMEOUT = 10.0
+CLICK_REREAD = 2.0  # seconds: a click sooner after the tab was read shows it as read, with the click's notice
+READ_KEPT = 1000  # users whose last read tab is kept for that
+NOTICES = 3  # notices of clicks shown at once
+CLICK_GAP = 1.0  # seconds between one user's redraws after clicks (views.publish is rate limited per app)
 SECTION_LIMIT = 3000
 
 
@@ -65,9 +70,11 @@ class HomeTab:
         self.deps = deps
         self.groups = groups
         self._drawn: dict[str, float] = {}  # user -> time.monotonic() of the last redraw
-        self._renders = asyncio.Semaphore(RENDERS)
-        self._notices: dict[str, str] = {}  # user -> what their last click on the tab came to, not yet shown
-        self._redrawing: set[str] = set()
+        self._renders = asyncio.Semaphore(RENDERS)  # tabs opened
+        self._click_renders = asyncio.Semaphore(RENDERS)  # tabs clicked on: clicks never starve opens
+        self._notices: dict[str, list[str]] = {}  # user -> what their clicks came to, not yet shown
+        self._redrawing: set[str] = set()  # one redraw per user at a time, so the newest is shown last
+        self._read: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()  # user -> last read tab
 
     async def handle(self, event: dict[str, Any]) -> None:
         if event.get("tab", "home") != "home":
@@ -80,43 +87,61 @@ class HomeTab:
             return
         assert isinstance(user, str)
         now = time.monotonic()
-        if now - self._drawn.get(user, -REFRESH) < REFRESH or self._renders.locked():
-            return  # drawn moments ago, or busy: the tab keeps what it shows
-        await self._publish(user, principal)
+        if now - self._drawn.get(user, -REFRESH) < REFRESH or self._renders.locked() or user in self._redrawing:
+            return  # drawn moments ago, or busy: the tab keeps (or is about to get) what it shows
+        await self._redraw(user, principal, self._renders)
 
-    async def after_click(self, user: str, notice: str) -> None:
-        """Redraw the clicker's tab with `notice` on top. One redraw per user at a time, bounded
-        like any other: a click meanwhile leaves its notice for the redraw under way (the last one
-        is shown), so clicking fast costs no more redraws."""
+    async def after_click(self, user: str, notice: str, *, changed: bool = False) -> None:
+        """Redraw the clicker's tab with `notice` on top. A click while their tab is being redrawn
+        leaves its notice for that redraw (the last NOTICES are shown). A refused click within
+        CLICK_REREAD of the last read shows the tab as then read, so clicking fast costs no
+        Temporal reads; one that `changed` a run (a recorded vote: once per person and step) is
+        read again, so its buttons go."""
         try:
             principal = principals.slack(user)
         except PrincipalError:
             return
-        self._notices[user] = notice
+        pending = self._notices.setdefault(user, [])
+        pending[:] = [*pending, notice][-NOTICES:]
+        if changed:
+            self._read.pop(user, None)
+        await self._redraw(user, principal, self._click_renders)
+
+    async def _redraw(self, user: str, principal: str, renders: asyncio.Semaphore) -> None:
         if user in self._redrawing:
-            return
+            return  # the redraw under way shows what is pending
         self._redrawing.add(user)
         try:
-            while (latest := self._notices.pop(user, None)) is not None:
-                await self._publish(user, principal, latest)
+            while True:
+                notices = self._notices.pop(user, [])
+                await self._publish(user, principal, renders, notices)
+                if user not in self._notices:
+                    return
+                renders = self._click_renders  # what is pending now came from clicks
+                await asyncio.sleep(CLICK_GAP)  # clicks meanwhile share the next publish
         finally:
             self._redrawing.discard(user)
 
-    async def _publish(self, user: str, principal: str, notice: str | None = None) -> None:
+    async def _publish(self, user: str, principal: str, renders: asyncio.Semaphore, notices: list[str]) -> None:
         now = time.monotonic()
         self._drawn[user] = now
         if len(self._drawn) > 10_000:  # forget old entries: a bounded map
             self._drawn = {u: t for u, t in self._drawn.items() if now - t < REFRESH}
-        async with self._renders:
+        read_at, blocks = self._read.get(user, (-CLICK_REREAD, []))
+        async with renders:
+            if not notices or now - read_at >= CLICK_REREAD:
+                try:
+                    blocks = await asyncio.wait_for(self.blocks(user, principal), RENDER_TIMEOUT)
+                    self._read[user] = (now, blocks)
+                    self._read.move_to_end(user)
+                    while len(self._read) > READ_KEPT:
+                        self._read.popitem(last=False)
+                except Exception as exc:  # noqa: BLE001  Temporal slow or down: say so on the tab
+                    log.warning("app home not rendered", error=f"{type(exc).__name__}: {exc}")
+                    blocks = [_section(":warning: playbook-bot could not read runs just now; open the tab again later.")]
+            shown = [_section("\n".join(notices)) for _ in notices[:1]] + blocks
             try:
-                blocks = await asyncio.wait_for(self.blocks(user, principal), RENDER_TIMEOUT)
-            except Exception as exc:  # noqa: BLE001  Temporal slow or down: say so on the tab
-                log.warning("app home not rendered", error=f"{type(exc).__name__}: {exc}")
-                blocks = [_section(":warning: playbook-bot could not read runs just now; open the tab again later.")]
-            if notice is not None:
-                blocks.insert(0, _section(notice))
-            try:
-                await self.deps.web.views_publish(user_id=user, view={"type": "home", "blocks": blocks})
+                await self.deps.web.views_publish(user_id=user, view={"type": "home", "blocks": shown})
             except Exception as exc:  # noqa: BLE001  best effort: the next open tries again
                 log.warning("app home not published", error=f"{type(exc).__name__}: {exc}")
 
@@ -124,7 +149,9 @@ class HomeTab:
         mine, waiting = await asyncio.gather(self.recent(principal), self.waiting(user, principal))
         blocks: list[dict[str, Any]] = [_header("Waiting for your approval")]
         for i, w in enumerate(waiting):
-            blocks += [_section(_waiting_line(w.status, w.step)), vote_buttons(w.status, w.step, f"home.vote.{i}")]
+            blocks.append(_section(_waiting_line(w.status, w.step)))
+            if w.status.execution is not None:  # a button binds its execution (no message time here to check)
+                blocks.append(vote_buttons(w.status, w.step, f"home.vote.{i}"))
         if not waiting:
             blocks.append(_section("_Nothing is waiting for you._"))
         blocks.append({"type": "divider"})
@@ -187,11 +214,18 @@ def _run_line(status: RunStatus) -> str:
 
 def _waiting_line(status: RunStatus, step: StepStatus) -> str:
     due = f" · deadline {slack_date(step.approval_deadline)}" if step.approval_deadline else ""
-    how = "answer" if step.action == "core.confirm" else "vote"
+    if status.execution is None:  # a run from before runs recorded it: its buttons are in its thread
+        how = "Vote in the run's thread, or with `playbook-bot`."
+    elif step.action != "core.confirm":
+        how = "Vote here, in the run's thread, or with `playbook-bot`."
+    elif isinstance((step.args or {}).get("choices"), list):
+        how = "Answer here, in the run's thread, or with `playbook-bot confirm`."
+    else:
+        how = (f"Type the answer with `playbook-bot confirm {escape(status.run_id)} {escape(step.id)} VALUE`; "
+               "Reject declines.")
     return truncate(
         f":raised_hand: *{escape(status.playbook)}* step *{escape(step.id)}* `{escape(step.action)}` · run "
-        f"`{escape(status.run_id)}` · requested by {requester(status)}{due}\n"
-        f"{how.capitalize()} here, in the run's thread, or with `playbook-bot`.", SECTION_LIMIT)
+        f"`{escape(status.run_id)}` · requested by {requester(status)}{due}\n{how}", SECTION_LIMIT)
 
 
 def _header(text: str) -> dict[str, Any]:
