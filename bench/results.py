@@ -29,8 +29,13 @@ def git_rev() -> str:
         return "unknown"
 
 
-def met(ratio: float, goal: str) -> bool:
-    """goal: '>= 0.7' or '<= 1.3'."""
+NO_GOAL = "none"  # a companion figure, shown beside a goal's figure to read it by, with no goal of its own
+
+
+def met(ratio: float, goal: str) -> bool | None:
+    """goal: '>= 0.7' or '<= 1.3'; None for NO_GOAL."""
+    if goal == NO_GOAL:
+        return None
     op, bound = goal.split()
     return ratio >= float(bound) if op == ">=" else ratio <= float(bound)
 
@@ -95,7 +100,7 @@ def write_report() -> None:
         unit = f" {f['unit']}" if f.get("unit") else ""
         floor = f"{_fmt(f['floor'])}{unit}" if f["floor"] is not None else ""
         lines.append(f"| {f['name']} | {_fmt(f['bot'])}{unit} | {floor} | {f['ratio']:.2f} | {f['goal']} | "
-                     f"{'yes' if f['met'] else '**no**'} |")
+                     f"{'-' if f['met'] is None else 'yes' if f['met'] else '**no**'} |")
     loads = sorted({f"{f['load_average'][0]:.1f}" for f in figures}, key=float)
     if loads:
         lines += ["", f"Load average (1 min) when the figures were taken: {loads[0]}-{loads[-1]} "
