@@ -134,9 +134,21 @@ async def test_a_refused_click_on_the_home_tab_is_told_there_audited_and_changes
     assert stack.fake.calls_to("chat.postEphemeral") == []
 
 
-async def test_clicks_faster_than_the_tab_redraws_cost_one_redraw_at_a_time(stack: Stack) -> None:
+async def test_clicks_faster_than_the_tab_redraws_cost_one_redraw_at_a_time(stack: Stack, monkeypatch) -> None:
+    from bot.slack.home import HomeTab
+
     await waiting_gated_run(stack)
     await home_of(stack, BOB)
+    reads = 0
+    read = HomeTab.blocks
+
+    async def counted(self: HomeTab, user: str, principal: str) -> list[dict[str, Any]]:
+        nonlocal reads
+        reads += 1
+        return await read(self, user, principal)
+
+    monkeypatch.setattr(HomeTab, "blocks", counted)
+    monkeypatch.setattr("bot.slack.home.CLICK_REREAD", 60.0)  # a slow machine still clicks "right after" the read
     [reject] = [b for b in home_buttons(stack, BOB) if b["action_id"] == REJECT_ACTION]
     forged = {**reject, "value": json.dumps({"run_id": "no-such-run", "step_id": "risky"})}
     before = len(stack.fake.calls_to("views.publish"))
@@ -148,4 +160,37 @@ async def test_clicks_faster_than_the_tab_redraws_cost_one_redraw_at_a_time(stac
     await asyncio.sleep(2.5)  # any redraw still to come has come (one a second at most)
     redraws = len(stack.fake.calls_to("views.publish")) - before
     assert 1 <= redraws <= 3, f"{redraws} redraws for 10 clicks"
+    assert reads == 0, "refused clicks right after the tab was read show it as read: no Temporal reads"
     assert "no-such-run" in json.dumps(stack.fake.homes[BOB]["blocks"])
+
+
+async def test_a_run_without_a_recorded_execution_is_listed_without_buttons(monkeypatch) -> None:
+    """Nothing would bind such a button to its run (a Home click has no message time to check): the
+    step is listed, and voted on in its thread."""
+    from bot.slack.home import HomeTab, Waiting
+
+    bound = run_status_of("run-new", execution="0193a1b2-0000-7000-8000-00000000000a")
+    unbound = run_status_of("run-old", execution=None)
+    tab = HomeTab.__new__(HomeTab)
+
+    async def waiting(user: str, principal: str) -> list[Waiting]:
+        return [Waiting(s, s.step("risky")) for s in (bound, unbound)]
+
+    async def recent(principal: str) -> list[Any]:
+        return []
+
+    monkeypatch.setattr(tab, "waiting", waiting, raising=False)
+    monkeypatch.setattr(tab, "recent", recent, raising=False)
+    blocks = await tab.blocks(BOB, f"slack:{BOB}")
+    assert view_errors({"type": "home", "blocks": blocks}) == []
+    values = [json.loads(e["value"]) for b in blocks if b.get("type") == "actions" for e in b["elements"]]
+    assert {v["run_id"] for v in values} == {"run-new"} and all(v["execution"] for v in values)
+    assert "run-old" in json.dumps(blocks) and "Vote in the run's thread" in json.dumps(blocks)
+
+
+def run_status_of(run_id: str, execution: str | None) -> Any:
+    from bot.engine.state import RunStatus, StepStatus
+
+    return RunStatus(run_id=run_id, playbook="gated", playbook_hash="abc", state="waiting_approval",
+                     requested_by=f"slack:{ALICE}", trigger="slack", execution=execution,
+                     steps=[StepStatus(id="risky", action="core.log", impact="high", state="waiting_approval")])
