@@ -33,6 +33,7 @@ from bot.slack.app import SlackDeps, create_slack_app, slack_router
 from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack
+from tests.slack.slack_limits import view_errors
 from tests.waiting import admitted, eventually, is_control, settled_runs, terminate_open  # noqa: F401  (eventually: for the Slack tests)
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -366,3 +367,47 @@ async def waiting_gated_run(stack: Stack) -> tuple[str, str]:
         what="approval request posted",
     )
     return run_id, request[0].ts
+
+
+# ---- the App Home tab ----------------------------------------------------------------------
+
+
+def opened(user: Any, tab: str = "home") -> dict[str, Any]:
+    return {
+        "token": "deprecated-verification-token", "team_id": "T0FAKE", "api_app_id": "A0PLAYBOOK",
+        "type": "event_callback", "event_id": f"Ev{uuid.uuid4().hex[:10].upper()}", "event_time": int(time.time()),
+        "event": {"type": "app_home_opened", "user": user, "channel": "D0HOME", "tab": tab,
+                  "event_ts": str(time.time())},
+    }  # fmt: skip
+
+
+async def home_of(stack: Stack, user: str) -> str:
+    """Open the user's Home tab; the text it shows once published."""
+    before = len(stack.fake.calls_to("views.publish"))
+    response = await stack.post_json(opened(user))
+    assert response.status_code == 200
+    await eventually(lambda: returns(len(stack.fake.calls_to("views.publish")) > before), what=f"home of {user}")
+    [call] = stack.fake.calls_to("views.publish")[before:]
+    assert call.ok, call.error
+    view = stack.fake.homes[user]
+    assert view_errors({k: v for k, v in view.items() if k in ("type", "blocks")}) == []
+    return json.dumps(view["blocks"])
+
+
+def home_buttons(stack: Stack, user: str) -> list[dict[str, Any]]:
+    """The buttons on the user's Home tab as it is now, each with its block id."""
+    return [{**e, "block_id": b["block_id"]} for b in stack.fake.homes[user]["blocks"] if b.get("type") == "actions"
+            for e in b.get("elements", [])]
+
+
+async def click_on_home(stack: Stack, user: str, button: dict[str, Any]) -> str:
+    """Click `button` on the user's Home tab (no channel, no response_url there); the tab's text
+    once it has been published again."""
+    before = len(stack.fake.calls_to("views.publish"))
+    action = {"type": "button", **{k: button[k] for k in ("action_id", "block_id", "value")}}
+    response = await stack.post(stack.view_action_body(stack.fake.homes[user], user, action))
+    assert response.status_code == 200
+    await eventually(lambda: returns(len(stack.fake.calls_to("views.publish")) > before), what=f"{user}'s tab redrawn")
+    [call] = stack.fake.calls_to("views.publish")[before:]
+    assert call.ok, call.error
+    return json.dumps(stack.fake.homes[user]["blocks"])

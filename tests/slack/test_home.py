@@ -20,8 +20,8 @@ from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.slack_limits import view_errors
 from tests.slack.support import (
-    ALICE, BOB, CAROL, CHANNEL, Stack, eventually, principal, returns, run_status, slack_stack, step_state,
-    waiting_gated_run,
+    ALICE, BOB, CAROL, CHANNEL, Stack, click_on_home, eventually, home_buttons, home_of, opened, principal, returns,
+    run_status, slack_stack, step_state, waiting_gated_run,
 )
 
 
@@ -29,28 +29,6 @@ from tests.slack.support import (
 async def stack(dev_env, fake_slack: FakeSlack, tmp_path: Path) -> AsyncIterator[Stack]:
     async with slack_stack(dev_env.client, fake_slack, tmp_path) as s:
         yield s
-
-
-def opened(user: Any, tab: str = "home") -> dict[str, Any]:
-    return {
-        "token": "deprecated-verification-token", "team_id": "T0FAKE", "api_app_id": "A0PLAYBOOK",
-        "type": "event_callback", "event_id": f"Ev{uuid.uuid4().hex[:10].upper()}", "event_time": int(time.time()),
-        "event": {"type": "app_home_opened", "user": user, "channel": "D0HOME", "tab": tab,
-                  "event_ts": str(time.time())},
-    }  # fmt: skip
-
-
-async def home_of(stack: Stack, user: str) -> str:
-    """Open the user's Home tab; the text it shows once published."""
-    before = len(stack.fake.calls_to("views.publish"))
-    response = await stack.post_json(opened(user))
-    assert response.status_code == 200
-    await eventually(lambda: returns(len(stack.fake.calls_to("views.publish")) > before), what=f"home of {user}")
-    [call] = stack.fake.calls_to("views.publish")[before:]
-    assert call.ok, call.error
-    view = stack.fake.homes[user]
-    assert view_errors({k: v for k, v in view.items() if k in ("type", "blocks")}) == []
-    return json.dumps(view["blocks"])
 
 
 async def test_home_shows_the_users_runs_and_the_runs_waiting_for_their_vote(stack: Stack) -> None:
@@ -80,25 +58,6 @@ async def test_other_tabs_and_bad_users_publish_nothing(stack: Stack) -> None:
         assert (await stack.post_json(payload)).status_code == 200
     await home_of(stack, BOB)  # a good one after them is published: they were read, and ignored
     assert [c.params.get("user_id") for c in stack.fake.calls_to("views.publish")] == [BOB]
-
-
-def home_buttons(stack: Stack, user: str) -> list[dict[str, Any]]:
-    """The buttons on the user's Home tab as it is now, each with its block id."""
-    return [{**e, "block_id": b["block_id"]} for b in stack.fake.homes[user]["blocks"] if b.get("type") == "actions"
-            for e in b.get("elements", [])]
-
-
-async def click_on_home(stack: Stack, user: str, button: dict[str, Any]) -> str:
-    """Click `button` on the user's Home tab (no channel, no response_url there); the tab's text
-    once it has been published again."""
-    before = len(stack.fake.calls_to("views.publish"))
-    action = {"type": "button", **{k: button[k] for k in ("action_id", "block_id", "value")}}
-    response = await stack.post(stack.view_action_body(stack.fake.homes[user], user, action))
-    assert response.status_code == 200
-    await eventually(lambda: returns(len(stack.fake.calls_to("views.publish")) > before), what=f"{user}'s tab redrawn")
-    [call] = stack.fake.calls_to("views.publish")[before:]
-    assert call.ok, call.error
-    return json.dumps(stack.fake.homes[user]["blocks"])
 
 
 async def test_a_vote_from_the_home_tab_is_the_runs_and_the_tab_says_so(stack: Stack) -> None:

@@ -17,7 +17,8 @@ from bot.slack.blocks import APPROVE_ACTION, REJECT_ACTION
 from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack, Message
 from tests.slack.support import (
-    ALICE, BOB, CAROL, CHANNEL, Stack, eventually, finished, principal, returns, slack_stack, step_state,
+    ALICE, BOB, CAROL, CHANNEL, Stack, click_on_home, eventually, finished, home_buttons, home_of, principal, returns,
+    slack_stack, step_state,
 )
 
 PLAYBOOKS = {
@@ -115,6 +116,25 @@ async def test_a_choice_button_answers_the_step_and_picks_the_branch(stack: Stac
     await eventually(lambda: returns(stack.fake.message(CHANNEL, request.ts).buttons() == [] or None),
                      what="buttons gone")
     assert f"Answered *scale* by <@{BOB}>" in stack.fake.message(CHANNEL, request.ts).shown()
+
+
+async def test_a_choice_answered_on_the_home_tab_picks_the_branch(stack: Stack) -> None:
+    """The App Home tab shows a core.confirm step's choices (not Approve): a click there is the
+    same answer, checked by the run, and the tab says which answer was recorded."""
+    run_id, request = await waiting(stack, "pick", "pick", "confirm.choice.1")
+    await home_of(stack, BOB)
+    buttons = home_buttons(stack, BOB)
+    assert [b["action_id"] for b in buttons] == ["confirm.choice.0", "confirm.choice.1", REJECT_ACTION]
+    [scale] = [b for b in buttons if json.loads(b["value"]).get("choice") == "scale"]
+
+    shown = await click_on_home(stack, BOB, scale)
+    assert "Your answer *scale* to step *pick*" in shown and run_id in shown
+    final = await eventually(lambda: finished(stack, run_id), what="answered run completes")
+    assert final.step("pick").output == {"choice": "scale", "by": principal(BOB)}
+    assert (final.step("restart").state, final.step("scale").state) == ("skipped", "succeeded")
+    assert home_buttons(stack, BOB) == []
+    await eventually(lambda: returns(stack.fake.message(CHANNEL, request.ts).buttons() == [] or None),
+                     what="the thread's request decided too")
 
 
 async def test_reject_declines_a_confirm_step(stack: Stack) -> None:
