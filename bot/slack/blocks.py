@@ -244,17 +244,21 @@ def _human_blocks(status: RunStatus, step: StepStatus, decision: dict[str, Any],
         blocks.append(_context(*context))
     if step.state != "waiting_approval":
         blocks.append(_section(decided_line(step)))
-    elif not confirm:
-        blocks.append(_buttons(status, step.id))
     else:
-        choices = args.get("choices")
-        if not isinstance(choices, list):
-            blocks.append(_section(
-                f"Type the answer with `playbook-bot confirm {escape(status.run_id)} {escape(step.id)} VALUE`"
-                " (or the API); Reject declines."
-            ))
-        blocks.append(_choice_buttons(status, step.id, choices if isinstance(choices, list) else []))
+        if confirm and not has_choices(step):
+            blocks.append(_section(typed_answer(status, step)))
+        blocks.append(vote_buttons(status, step))
     return _cap(blocks)
+
+
+def has_choices(step: StepStatus) -> bool:
+    """A core.confirm step with `choices` (a button each); without, its answer is typed."""
+    return isinstance((step.args or {}).get("choices"), list)
+
+
+def typed_answer(status: RunStatus, step: StepStatus) -> str:
+    return (f"Type the answer with `playbook-bot confirm {escape(status.run_id)} {escape(step.id)} VALUE`"
+            " (or the API); Reject declines.")
 
 
 def _choice_buttons(status: RunStatus, step_id: str, choices: list[Any]) -> dict[str, Any]:
@@ -324,15 +328,15 @@ def _button_value(status: RunStatus, step_id: str, **more: str) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def vote_buttons(status: RunStatus, step: StepStatus, block_id: str) -> dict[str, Any]:
-    """A waiting step's buttons drawn away from its request (the App Home tab): Approve and
-    Reject, or a core.confirm step's choices and Reject. `block_id`: unique within the view."""
+def vote_buttons(status: RunStatus, step: StepStatus, block_id: str | None = None) -> dict[str, Any]:
+    """A waiting step's buttons: Approve and Reject, or a core.confirm step's choices and Reject.
+    `block_id` replaces the step's own where several steps share a view (the App Home tab)."""
     if step.action == "core.confirm":
         choices = (step.args or {}).get("choices")
-        block = _choice_buttons(status, step.id, choices if isinstance(choices, list) else [])
+        block = _choice_buttons(status, step.id, choices if has_choices(step) else [])
     else:
         block = _buttons(status, step.id)
-    return {**block, "block_id": block_id}
+    return block if block_id is None else {**block, "block_id": block_id}
 
 
 def _buttons(status: RunStatus, step_id: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from bot.engine.state import RunStatus, StepStatus
 from bot.identity import principals
 from bot.identity.principals import Actor, PrincipalError
 from bot.slack.app import SlackDeps, listener
-from bot.slack.blocks import RUN_EMOJI, escape, requester, slack_date, truncate, vote_buttons
+from bot.slack.blocks import RUN_EMOJI, escape, has_choices, requester, slack_date, truncate, typed_answer, vote_buttons
 from bot.slack.commands import REQUESTER_MEMO
 from bot.slack.groups import GroupResolver
 
@@ -87,8 +87,8 @@ class HomeTab:
             return
         assert isinstance(user, str)
         now = time.monotonic()
-        if now - self._drawn.get(user, -REFRESH) < REFRESH or self._renders.locked() or user in self._redrawing:
-            return  # drawn moments ago, or busy: the tab keeps (or is about to get) what it shows
+        if now - self._drawn.get(user, -REFRESH) < REFRESH or self._renders.locked():
+            return  # drawn moments ago, or busy: the tab keeps what it shows
         await self._redraw(user, principal, self._renders)
 
     async def after_click(self, user: str, notice: str, *, changed: bool = False) -> None:
@@ -139,7 +139,7 @@ class HomeTab:
                 except Exception as exc:  # noqa: BLE001  Temporal slow or down: say so on the tab
                     log.warning("app home not rendered", error=f"{type(exc).__name__}: {exc}")
                     blocks = [_section(":warning: playbook-bot could not read runs just now; open the tab again later.")]
-            shown = [_section("\n".join(notices)) for _ in notices[:1]] + blocks
+            shown = ([_section("\n".join(notices))] if notices else []) + blocks
             try:
                 await self.deps.web.views_publish(user_id=user, view={"type": "home", "blocks": shown})
             except Exception as exc:  # noqa: BLE001  best effort: the next open tries again
@@ -218,11 +218,10 @@ def _waiting_line(status: RunStatus, step: StepStatus) -> str:
         how = "Vote in the run's thread, or with `playbook-bot`."
     elif step.action != "core.confirm":
         how = "Vote here, in the run's thread, or with `playbook-bot`."
-    elif isinstance((step.args or {}).get("choices"), list):
+    elif has_choices(step):
         how = "Answer here, in the run's thread, or with `playbook-bot confirm`."
     else:
-        how = (f"Type the answer with `playbook-bot confirm {escape(status.run_id)} {escape(step.id)} VALUE`; "
-               "Reject declines.")
+        how = typed_answer(status, step)
     return truncate(
         f":raised_hand: *{escape(status.playbook)}* step *{escape(step.id)}* `{escape(step.action)}` · run "
         f"`{escape(status.run_id)}` · requested by {requester(status)}{due}\n{how}", SECTION_LIMIT)
