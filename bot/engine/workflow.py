@@ -99,8 +99,13 @@ ENGINE_V4_PATCH = "engine-v4"
 ENGINE_V5_PATCH = "engine-v5"
 # engine-v5, and a sync does not start while a high-impact step waits for an audit flush under way
 # before its dispatch: a sync in the same task (an approval asked beside it in a parallel group)
-# held that dispatch until Slack answered. A new run records this one marker.
-ENGINE_PATCH = "engine-v6"
+# held that dispatch until Slack answered.
+ENGINE_V6_PATCH = "engine-v6"
+# engine-v6, and news whose work is all local (a LOCAL_ACTIONS step runs inside the task that
+# dispatched it) waits for that work, not for SLACK_DEFER: nothing it dispatched leaves the task, so
+# there is no dispatch for a sync to hold. A run of local steps ends in one workflow task, its end
+# shown at once, without the bound's timer and the task after it. A new run records this one marker.
+ENGINE_PATCH = "engine-v7"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -268,6 +273,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._defer_bound: asyncio.Future[None] | None = None  # the SLACK_DEFER timer running, never cancelled
         self._slack_coalesces = False  # engine-v5: Slack shows a bound's news when it is up, the end's too
         self._slack_after_flush = False  # engine-v6: a sync waits for a flush a high-impact step waits for
+        self._slack_waits_local = False  # engine-v7: news that dispatched only local work waits for it, not the bound
+        self._remote = 0  # of _dispatched: work that leaves the workflow task (activities, child runs)
+        self._local_running = 0  # LOCAL_ACTIONS steps running now (inside the workflow task)
         self._thread_waits = 0  # steps waiting for the run's status message (its thread) to exist
         self._asks = 0  # humans asked to act so far: approvals or answers requested, escalated, owners paged
         self._asks_synced = 0  # ... when the last sync began
@@ -603,7 +611,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (each marker also upserts a search attribute: work for the server in the run's first task);
         each engine-vN after it stands for the one before and what it added, again as one marker; an
         older run replays asking each patch as it did (newest first: a run asks until one is its own)."""
-        for patch, engine in ((ENGINE_PATCH, self._engine_v6), (ENGINE_V5_PATCH, self._engine_v5),
+        for patch, engine in ((ENGINE_PATCH, self._engine_v7), (ENGINE_V6_PATCH, self._engine_v6),
+                              (ENGINE_V5_PATCH, self._engine_v5),
                               (ENGINE_V4_PATCH, self._engine_v4), (ENGINE_V3_PATCH, self._engine_v3),
                               (ENGINE_V2_PATCH, self._engine_v2)):
             if workflow.patched(patch):
@@ -616,6 +625,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
         self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
         self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
+
+    def _engine_v7(self) -> None:
+        """Every behaviour engine-v7 stands for."""
+        self._slack_waits_local = True
+        self._engine_v6()
 
     def _engine_v6(self) -> None:
         """Every behaviour engine-v6 stands for."""
@@ -1248,9 +1262,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         )
         self._handed(queued)
         summary = f"{step_id}{' (undo)' if compensation else ''}{' (fallback)' if fallback else ''}"
-        self._acting()
+        local = self._local_light and action in LOCAL_ACTIONS
+        self._acting(local)
         try:
-            if self._local_light and action in LOCAL_ACTIONS:
+            if local:
                 result = await self._local_action(action, input, timeout, retry, summary)
             else:
                 result = await workflow.execute_activity(
@@ -1280,6 +1295,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         """A LOCAL_ACTIONS action as a local activity. Its failure comes back as the failure itself
         (ApplicationError, TimeoutError, CancelledError), not wrapped as an activity's is: wrapped
         here, so every caller reads the two alike (describe_failure, cancel, unrecorded events)."""
+        self._local_running += 1
         try:
             return await workflow.execute_local_activity(
                 action,
@@ -1297,6 +1313,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 f"local activity {action} failed", scheduled_event_id=0, started_event_id=0, identity="",
                 activity_type=action, activity_id="", retry_state=None,
             ) from exc
+        finally:
+            self._local_running -= 1
 
     def _keep_started(self, exc: BaseException, input: ActionInput, mode: AuditMode, at: int, max_attempts: int) -> None:
         """An action that may have acted unrecorded failed: keep its started event. Its failure
@@ -1797,7 +1815,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         left (engine-v5: once the bound is up, unless someone is paged) and stops (`_close` waits
         for that, bounded)."""
         pause, retries = SLACK_RETRY_FIRST, 0
-        synced_at = 0  # steps' work dispatched when the last sync began (engine-v4)
+        synced_at = remote_at = 0  # steps' work (and of it, remote work) dispatched when the last sync began
         while True:
             if not self._slack_stale:
                 if self._slack.pending and retries < SLACK_RETRIES:
@@ -1811,8 +1829,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                     await workflow.wait_condition(lambda: self._slack_stale or self._slack_closing)
                     continue
             if self._slack_defers and not self._slack_closing:
-                await self._after_dispatches(synced_at)
-                synced_at = self._dispatched
+                await self._after_dispatches(synced_at, remote_at)
+                synced_at, remote_at = self._dispatched, self._remote
             elif self._slack_coalesces and (bound := self._defer_bound) is not None and not bound.done():
                 # The run's end shows once the bound is up, unless it pages someone.
                 await workflow.wait_condition(lambda: bound.done() or self._slack_wanted())
@@ -1826,11 +1844,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 pause, retries = SLACK_RETRY_FIRST, 0
         self._slack_idle = True
 
-    def _acting(self) -> None:
-        """A step's work (its policy question, its action, a child run) is dispatched now."""
+    def _acting(self, local: bool = False) -> None:
+        """A step's work (its policy question, its action, a child run) is dispatched now; `local`:
+        it runs inside this workflow task (a local activity), so no command waits to be sent for it."""
         self._dispatched += 1
+        if not local:
+            self._remote += 1
 
-    async def _after_dispatches(self, seen: int) -> None:
+    async def _after_dispatches(self, seen: int, remote_seen: int = 0) -> None:
         """Wait while what Slack would show keeps dispatching steps' work, at most SLACK_DEFER: a
         sync is a local activity, which holds its workflow task open until Slack answers, and with
         it the commands that task sends (the deciding vote's answer, the approved step). Each check
@@ -1846,6 +1867,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         engine-v6: each reading of "dispatched nothing" also waits out an audit flush that a
         high-impact step waits for (`_after_flush`), which the bound does not cut short.
 
+        engine-v7: news that dispatched only local work (`remote_seen`: remote dispatches at the
+        last sync) waits for that work and what it leads to, inside this task, not for the bound:
+        if all that follows is local too, or nothing, Slack goes once it is done; a remote dispatch
+        meanwhile goes on to the bound as before.
+
         The bound is a timer that is never cancelled, shared by the waits that begin while it runs
         (at most one per SLACK_DEFER per run): Temporal's time-skipping test server, which
         `playbook-bot test` rehearses on, refuses a cancel of a timer that fired during the task
@@ -1854,6 +1880,12 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         await self._after_flush()
         if self._dispatched == seen:
             return
+        if self._slack_waits_local and self._remote == remote_seen:
+            await workflow.wait_condition(lambda: not self._local_running or self._remote != remote_seen)
+            await workflow.wait_condition(lambda: True)
+            await self._after_flush()
+            if self._remote == remote_seen:
+                return
         if self._defer_bound is None or self._defer_bound.done():
             self._defer_bound = asyncio.ensure_future(asyncio.sleep(SLACK_DEFER.total_seconds()))
         bound = self._defer_bound

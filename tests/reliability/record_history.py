@@ -47,6 +47,7 @@ from tests.engine.support import Recorder, cancel, catalog_of, playbook, run_inp
 from tests.engine.test_approvals import policy
 
 HISTORIES = Path(__file__).parent / "histories"
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
 APPROVAL = {"allow": True, "require_approval": True, "min_approvals": 1, "approver_groups": ["sre"], "approval_timeout": "10m"}
 
 GATED = """
@@ -421,6 +422,31 @@ def parallel_flush_order(events: list[Any]) -> bool:
     flushes = [i for i in between if kinds[i] == "marker_recorded_event_attributes"]
     return len(tasks) == 1 and bool(flushes) and tasks[0] < flushes[0]
 
+LOCAL_CHANNEL = """
+name: local-channel
+channel: "#incidents"
+steps:
+  - {id: first, action: core.log, with: {message: first}}
+  - {id: second, action: core.log, with: {message: second}}
+"""
+
+
+async def _local_channel(client: Client) -> dict[str, str]:
+    """A run of local steps only (core.log), with a channel, on the shipped activities and policy:
+    recorded by engine-v6 code, its Slack news waits for SLACK_DEFER (a timer, a second workflow
+    task) although nothing it dispatched leaves the first task."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp) / "data", policies_dir=POLICIES)
+        async with worker_deps(settings, catalog=catalog_of(playbook(LOCAL_CHANNEL))) as deps:
+            async with make_worker(client, f"tq-{uuid.uuid4()}", deps.activities) as w:
+                handle = await start_as(client, w, LOCAL_CHANNEL, "engine-v6-local-channel")
+                status = await asyncio.wait_for(handle.result(), WAIT)
+    assert status.state == "completed", (status.state, status.error)
+    return {handle.id: handle.id}
+
+
 TREES: dict[str, tuple[Callable[[Client], Awaitable[dict[str, str]]], list[str]]] = {
     # name: (how to run it, the histories it writes, each under its workflow id but the lock's hashed one)
     "outputs-large": (_outputs_large, ["outputs-large"]),
@@ -429,6 +455,8 @@ TREES: dict[str, tuple[Callable[[Client], Awaitable[dict[str, str]]], list[str]]
     "spool-outage-compensated": (_spool_outage, ["spool-outage-compensated"]),
     # Recorded by engine-v6 code (review of engine-v6, point 4)
     "engine-v6-parallel-approval": (_parallel_approval, ["engine-v6-parallel-approval"]),
+    # Recorded by engine-v6 code: local steps only, Slack's news still waits for SLACK_DEFER
+    "engine-v6-local-channel": (_local_channel, ["engine-v6-local-channel"]),
 }
 
 

@@ -52,6 +52,16 @@ def test_the_engine_v6_parallel_history_has_the_order_it_was_recorded_for():
     assert parallel_flush_order(list(history.events))
 
 
+def test_the_engine_v6_local_channel_history_waited_for_the_bound():
+    """The engine-v6 run of local steps took the path engine-v7 drops (a SLACK_DEFER timer, then a
+    second task that syncs), so its replay checks that path still replays."""
+    path = Path(__file__).parent / "histories" / "engine-v6-local-channel.json"
+    events = list(WorkflowHistory.from_json(path.stem, path.read_text()).events)
+    kinds = [e.WhichOneof("attributes") for e in events]
+    assert kinds.count("timer_started_event_attributes") == 1
+    assert kinds.count("workflow_task_completed_event_attributes") == 2
+
+
 async def test_replay_detects_a_changed_workflow(monkeypatch):
     """The guard works: a workflow that schedules a different activity fails the replay."""
     path = next(p for p in HISTORIES if "compensated" in p.stem)

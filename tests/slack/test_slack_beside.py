@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections import Counter
+from pathlib import Path
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,18 +24,21 @@ from temporalio.client import WorkflowHandle
 
 from bot.engine.runs import _counted, get_status, vote
 from bot.engine.state import RunStatus, StepStatus, VoteRequest
-from bot.engine.workflow import SLACK_DEFER, SLACK_FINAL_WAIT
+from bot.engine.worker import make_worker, worker_deps
+from bot.engine.workflow import SLACK_DEFER, SLACK_FINAL_WAIT, PlaybookRun
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring
 from bot.policy.activities import PolicyRequest
 from bot.policy.models import Decision
+from bot.settings import Settings
 from bot.slack.notifier import SlackNotifier, SlackState, SlackSync
-from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
+from tests.engine.support import Recorder, catalog_of, playbook, run_input, start, wait_for_state, worker
 from tests.engine.test_approvals import policy
 from tests.slack.fake_slack import FakeSlack
 from tests.waiting import eventually
 
 CHANNEL_ID = "C0INCIDENTS"
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
 SLOW = 4.0  # seconds a slow Slack takes to answer a call
 RETRY_AFTER = 20  # seconds Slack asks to wait: more than a sync's budget (3 s here)
 
@@ -408,3 +413,69 @@ async def test_a_sync_whose_answer_was_lost_does_not_post_again(fake_slack):
     assert state.message_ts == lost.message_ts and state.posted == ["end:b"]
     assert len(fake_slack.posts()) == 2, "the status message and the reply, once each"
     _no_duplicates(fake_slack)
+
+
+LOCAL_ONLY = """
+name: local-only
+channel: "C0INCIDENTS"
+steps:
+  - {id: first, action: core.log, with: {message: first}}
+  - {id: second, action: core.log, with: {message: second}}
+"""
+
+LOCAL_THEN_REMOTE = """
+name: local-then-remote
+channel: "C0INCIDENTS"
+steps:
+  - {id: first, action: core.log, with: {message: first}}
+  - {id: check, action: shell.run, with: {argv: [python3, -c, "pass"]}}
+"""
+
+
+async def _run_shipped(dev_env: Any, fake_slack: FakeSlack, tmp_path: Any, text: str) -> tuple[RunStatus, list]:
+    """`text` run to its end by the worker's own activities (core.log a local activity, the
+    shipped policy, the notifier on the fake Slack), and its history's timeline."""
+    pb = playbook(text)
+    settings = Settings(data_dir=tmp_path / "data", policies_dir=POLICIES, slack_bot_token=fake_slack.token,
+                        slack_api_url=fake_slack.api_url, shell_allow=["python3"])
+    async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
+        async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as w:
+            handle = await dev_env.client.start_workflow(PlaybookRun.run, run_input(pb), id=f"run-{uuid.uuid4()}",
+                                                         task_queue=w.task_queue)
+            final = await asyncio.wait_for(handle.result(), 30)
+    return final, _timeline((await handle.fetch_history()).events)
+
+
+def _task_of(timeline: list[tuple[int, str, str]], event: int) -> int:
+    """Which workflow task (counted from 1) sent the command behind `event`."""
+    return sum(1 for i, k, _ in timeline if k == "workflow_task_completed" and i < event)
+
+
+async def test_a_run_of_local_steps_ends_in_one_task_and_shows_its_end_at_once(dev_env, fake_slack, tmp_path):
+    """engine-v7: news whose work all ran inside the task (core.log is a local activity) has no
+    dispatch for a sync to hold, so it waits for that work, not for SLACK_DEFER: the run is
+    synced and ends in its first workflow task, without the bound's timer and the task after it
+    (engine-v6 took two tasks and a 1 s timer; the Slack ack bench's runs are such runs)."""
+    final, timeline = await _run_shipped(dev_env, fake_slack, tmp_path, LOCAL_ONLY)
+    assert final.state == "completed", final.error
+    assert [k for _, k, _ in timeline].count("workflow_task_completed") == 1, timeline
+    assert not [t for t in timeline if t[1] == "timer_started"], f"a timer: {timeline}"
+    steps = [i for i, k, d in timeline if k == "marker_recorded" and d == "core.log"]
+    syncs = [i for i, k, d in timeline if k == "marker_recorded" and d == "slack.sync"]
+    assert len(steps) == 2 and syncs and min(syncs) > max(steps), f"Slack synced before the steps were done: {timeline}"
+    [message] = fake_slack.top_level(CHANNEL_ID)
+    assert "local-only: completed" in message.shown(), message.shown()
+
+
+async def test_local_work_then_a_remote_step_still_keeps_slack_out_of_the_dispatching_task(dev_env, fake_slack, tmp_path):
+    """engine-v7 waits for local work only while nothing leaves the task: once the next step's
+    activity is dispatched, the sync waits for the bound as before, so it does not hold the task
+    that schedules that activity."""
+    final, timeline = await _run_shipped(dev_env, fake_slack, tmp_path, LOCAL_THEN_REMOTE)
+    assert final.state == "completed", final.error
+    scheduled = _first(timeline, "activity_task_scheduled", "shell.run")
+    first_sync = _first(timeline, "marker_recorded", "slack.sync")
+    assert _task_of(timeline, first_sync) > _task_of(timeline, scheduled), f"the sync held the dispatch: {timeline}"
+    assert _first(timeline, "timer_started", str(SLACK_DEFER.total_seconds())) < first_sync
+    [message] = fake_slack.top_level(CHANNEL_ID)
+    assert "local-then-remote: completed" in message.shown(), message.shown()
