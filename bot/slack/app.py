@@ -38,6 +38,7 @@ from bot.slack.background import AckWindow, Background
 from bot.slack.blocks import escape, truncate
 from bot.slack.groups import GroupResolver
 from bot.slack.listeners import Listener, at_ack, settle
+from bot.slack.web import PooledWebClient, pooled, respond_kept
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +62,11 @@ class SlackDeps:
     audit: AuditStore | None = None  # `slack_command` events; None: not recorded
     keyring: Keyring = field(default_factory=Keyring)  # signs proofs of who clicked or typed
     background: Background = field(default_factory=Background)  # answers and audit after the ack
+    answer_web: AsyncWebClient | None = None  # the answers' client, keeping its connections (bot/slack/web.py)
+
+    def __post_init__(self) -> None:
+        if self.answer_web is None:
+            self.answer_web = pooled(self.web)
 
 
 def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
@@ -96,6 +102,7 @@ def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
         queue_error(deps, error, body, respond)
 
     app.playbook_background = deps.background  # type: ignore[attr-defined]  (services drain it on stop)
+    app.playbook_answer_web = deps.answer_web  # type: ignore[attr-defined]  (its kept connections closed after)
     return app
 
 
@@ -106,6 +113,9 @@ async def drain(app: AsyncApp | None, timeout: float = 5.0) -> None:
     if background is not None:
         await settle(timeout)
         await background.drain(timeout)
+    answer_web = getattr(app, "playbook_answer_web", None)
+    if isinstance(answer_web, PooledWebClient):
+        await answer_web.aclose()
 
 
 def listener(deps: SlackDeps, handler: Listener, *, acked_by_bolt: bool = False) -> Callable[[AsyncArgs], Awaitable[None]]:
@@ -117,7 +127,7 @@ def listener(deps: SlackDeps, handler: Listener, *, acked_by_bolt: bool = False)
 def queue_error(deps: SlackDeps, error: Exception, body: Mapping[str, Any], respond: Any) -> None:
     """report_error, queued: logged now, the user told from the answers lane (never on the ack path)."""
     text = describe_error(error, body)
-    deps.background.answers.submit("error reply", lambda: reply_ephemeral(deps.web, body, respond, text))
+    deps.background.answers.submit("error reply", lambda: reply_ephemeral(deps.answer_web or deps.web, body, respond, text))
 
 
 async def report_error(web: AsyncWebClient, error: Exception, body: Mapping[str, Any], respond: Any) -> None:
@@ -157,7 +167,7 @@ async def reply_ephemeral(web: AsyncWebClient, body: Mapping[str, Any], respond:
     user = (body.get("user") or {}).get("id") or body.get("user_id")
     ways: list[Callable[[], Awaitable[bool]]] = [
         lambda: _post_ephemeral(web, channel, user, text),
-        lambda: _respond(respond, text),
+        lambda: _respond(respond, text, web),
     ]
     if body.get("type") != "block_actions":
         ways.reverse()
@@ -177,10 +187,10 @@ async def _post_ephemeral(web: AsyncWebClient, channel: str | None, user: str | 
     return True
 
 
-async def _respond(respond: Any, text: str) -> bool:
+async def _respond(respond: Any, text: str, web: AsyncWebClient | None = None) -> bool:
     if respond is None:
         return False
-    response = await respond(text=text, response_type="ephemeral", replace_original=False)
+    response = await respond_kept(respond, web, text, response_type="ephemeral", replace_original=False)
     status = getattr(response, "status_code", 200)  # Bolt's respond does not raise on an HTTP error
     if not isinstance(status, int) or status >= 300:
         log.warning("response_url refused the answer", status=status)

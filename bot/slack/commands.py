@@ -52,6 +52,7 @@ from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, reply_e
 from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
 from bot.slack import forms
 from bot.slack.groups import GroupResolver
+from bot.slack.web import respond_kept
 
 if TYPE_CHECKING:
     from bot.slack.modals import RunForms
@@ -167,10 +168,10 @@ class PlaybookCommand:
         text = truncate(text, MESSAGE_LIMIT * 4)
         if extra and respond is not None:
             async def send() -> None:
-                await respond(text=text, response_type="ephemeral", **extra)
+                await respond_kept(respond, self.deps.answer_web, text, response_type="ephemeral", **extra)
         else:
             async def send() -> None:
-                await reply_ephemeral(self.deps.web, body, respond, text)
+                await reply_ephemeral(self.deps.answer_web or self.deps.web, body, respond, text)
         self.deps.background.answers.submit("command answer", send)
 
     async def help(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:

@@ -11,13 +11,16 @@ import threading
 from http.server import BaseHTTPRequestHandler
 
 from aiohttp import web
+from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.actions.catalog import slack_client
 from bot.actions.slack import SlackActions, SlackPostParams
 from bot.settings import Settings
 from bot.slack.notifier import SlackNotifier
-from bot.slack.web import PooledWebClient
+from bot.slack.app import reply_ephemeral
+from bot.slack.web import PooledWebClient, pooled, respond_kept
 from tests.http_server import serving
 from tests.slack.fake_slack import FakeSlack
 
@@ -184,3 +187,63 @@ def test_the_sessions_of_loops_that_have_closed_are_dropped(fake_slack, tmp_path
     for _ in range(5):
         asyncio.run(_post(client, 1))  # never closed by its caller
     assert len(client._sessions) == 1, "one entry: the last loop's (the others were dropped on the next use)"
+
+
+class _ResponseUrl(BaseHTTPRequestHandler):
+    """Slack's response_url, faked: answers 200 "ok", noting each message and each new connection."""
+
+    protocol_version = "HTTP/1.1"
+    messages: list[dict[str, object]] = []
+    connections = 0
+
+    def setup(self) -> None:
+        _ResponseUrl.connections += 1
+        super().setup()
+
+    def do_POST(self) -> None:  # noqa: N802
+        _ResponseUrl.messages.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_a_burst_of_answers_keeps_its_connections(fake_slack):
+    """The front door's answers (bot/slack/app.py reply_ephemeral) go over the answers' kept
+    connections, the response_url's included: Bolt's `respond` opens a session, and a connection (a
+    TLS handshake with hooks.slack.com), for each. Same message as Bolt's."""
+    _ResponseUrl.messages, _ResponseUrl.connections = [], 0
+    web = pooled(AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url))
+    with serving(_ResponseUrl) as url:
+        body = {"command": "/playbook", "channel_id": "C0INCIDENTS", "user_id": "U0ALICE"}
+        respond = AsyncRespond(response_url=f"{url}/commands/T0/1/abc")
+        for i in range(10):
+            await reply_ephemeral(web, body, respond, f"answer {i}")
+        assert _ResponseUrl.connections == 1
+        assert _ResponseUrl.messages == [{"text": f"answer {i}", "response_type": "ephemeral", "replace_original": False}
+                                         for i in range(10)]
+        # with blocks, as `/playbook status` answers: the same fields as Bolt's respond sends
+        await respond_kept(respond, web, "status", response_type="ephemeral", blocks=[{"type": "divider"}])
+        await respond(text="status", response_type="ephemeral", blocks=[{"type": "divider"}])
+        assert _ResponseUrl.messages[-1] == _ResponseUrl.messages[-2]
+    await web.aclose()
+    assert fake_slack.posts() == []
+
+
+async def test_an_answer_on_a_kept_connection_the_far_end_closed_reaches_the_user_once(fake_slack):
+    """The response_url drops a reused connection unanswered (its idle close racing a reuse): the
+    answer still reaches the user, once, whichever way (aiohttp sends it again on a new connection
+    when the server closed before answering; a failure would fall back to chat.postEphemeral)."""
+    _ClosesReusedConnections.acted = []  # as a response_url here
+    web = pooled(AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url))
+    with serving(_ClosesReusedConnections) as url:
+        body = {"command": "/playbook", "channel_id": "C0INCIDENTS", "user_id": "U0ALICE"}
+        respond = AsyncRespond(response_url=f"{url}/commands/T0/1/abc")
+        for text in ("first", "second"):
+            await reply_ephemeral(web, body, respond, text)
+    await web.aclose()
+    posted = [c.params.get("text") for c in fake_slack.calls if c.method == "chat.postEphemeral"]
+    assert sorted(_ClosesReusedConnections.acted + posted) == ["first", "second"]
