@@ -8,7 +8,9 @@ query, so bookkeeping adds no round trips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timedelta
+from collections.abc import Iterator
 from typing import Any
 
 from temporalio import workflow
@@ -275,7 +277,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._slack_after_flush = False  # engine-v6: a sync waits for a flush a high-impact step waits for
         self._slack_waits_local = False  # engine-v7: news that dispatched only local work waits for it, not the bound
         self._remote = 0  # of _dispatched: work that leaves the workflow task (activities, child runs)
-        self._local_running = 0  # LOCAL_ACTIONS steps running now (inside the workflow task)
+        self._local_running = 0  # local activities running now (inside the workflow task), Slack's own aside
         self._thread_waits = 0  # steps waiting for the run's status message (its thread) to exist
         self._asks = 0  # humans asked to act so far: approvals or answers requested, escalated, owners paged
         self._asks_synced = 0  # ... when the last sync began
@@ -1295,17 +1297,17 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         """A LOCAL_ACTIONS action as a local activity. Its failure comes back as the failure itself
         (ApplicationError, TimeoutError, CancelledError), not wrapped as an activity's is: wrapped
         here, so every caller reads the two alike (describe_failure, cancel, unrecorded events)."""
-        self._local_running += 1
         try:
-            return await workflow.execute_local_activity(
-                action,
-                input,
-                result_type=ActionResult,
-                start_to_close_timeout=timeout,
-                retry_policy=_retry(retry),
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=summary,
-            )
+            with self._in_task():
+                return await workflow.execute_local_activity(
+                    action,
+                    input,
+                    result_type=ActionResult,
+                    start_to_close_timeout=timeout,
+                    retry_policy=_retry(retry),
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    summary=summary,
+                )
         except FailureError as exc:
             if isinstance(exc, ActivityError):
                 raise
@@ -1313,6 +1315,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 f"local activity {action} failed", scheduled_event_id=0, started_event_id=0, identity="",
                 activity_type=action, activity_id="", retry_state=None,
             ) from exc
+
+    @contextlib.contextmanager
+    def _in_task(self) -> Iterator[None]:
+        """Around a local activity (Slack's own aside): engine-v7 reads "local work running" from it."""
+        self._local_running += 1
+        try:
+            yield
         finally:
             self._local_running -= 1
 
@@ -1570,14 +1579,15 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         as `_ask_policy` does."""
         request = PolicyRequest(input=input, claim=claim, proof=proof, execution=self._execution())
         try:
-            answer: ActorAnswer = await workflow.execute_local_activity(
-                f"policy.{rule}",
-                request,
-                result_type=ActorAnswer,
-                start_to_close_timeout=POLICY_TIMEOUT,
-                retry_policy=POLICY_RETRY,
-                summary=f"policy {rule}",
-            )
+            with self._in_task():
+                answer: ActorAnswer = await workflow.execute_local_activity(
+                    f"policy.{rule}",
+                    request,
+                    result_type=ActorAnswer,
+                    start_to_close_timeout=POLICY_TIMEOUT,
+                    retry_policy=POLICY_RETRY,
+                    summary=f"policy {rule}",
+                )
         except FailureError as exc:  # a local activity's failure comes back as itself, not wrapped
             cause = exc.cause if isinstance(exc, ActivityError) else exc
             if isinstance(cause, CancelledError):
@@ -1771,12 +1781,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             return
         queued = self._take()
         try:
-            await workflow.execute_local_activity(
-                "audit.record",
-                AuditBatch(events=[e for _, e in queued]),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),
-            )
+            with self._in_task():
+                await workflow.execute_local_activity(
+                    "audit.record",
+                    AuditBatch(events=[e for _, e in queued]),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),
+                )
         except BaseException:
             self._put_back(queued)
             raise
@@ -1868,9 +1879,12 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         high-impact step waits for (`_after_flush`), which the bound does not cut short.
 
         engine-v7: news that dispatched only local work (`remote_seen`: remote dispatches at the
-        last sync) waits for that work and what it leads to, inside this task, not for the bound:
-        if all that follows is local too, or nothing, Slack goes once it is done; a remote dispatch
-        meanwhile goes on to the bound as before.
+        last sync) first waits, inside this task, for the local activities running (a local step,
+        a child's playbook snapshot, a vote's check, a flush) and what they lead to. If nothing
+        remote was dispatched meanwhile, Slack goes once they are done: there is no dispatch for
+        the sync to hold, and a run of local steps ends in one task, without the bound's timer.
+        A remote dispatch meanwhile, or a human waiting on Slack while local work still runs,
+        goes on to the bound as before.
 
         The bound is a timer that is never cancelled, shared by the waits that begin while it runs
         (at most one per SLACK_DEFER per run): Temporal's time-skipping test server, which
@@ -1881,10 +1895,16 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         if self._dispatched == seen:
             return
         if self._slack_waits_local and self._remote == remote_seen:
-            await workflow.wait_condition(lambda: not self._local_running or self._remote != remote_seen)
-            await workflow.wait_condition(lambda: True)
-            await self._after_flush()
-            if self._remote == remote_seen:
+            def settled() -> bool:
+                return (not self._local_running or self._remote != remote_seen or self._thread_waits > 0
+                        or self._slack_wanted())
+
+            while True:  # settled, and still so once what the last result released has run
+                await workflow.wait_condition(settled)
+                await workflow.wait_condition(lambda: True)
+                if settled():
+                    break
+            if self._remote == remote_seen and not self._local_running:
                 return
         if self._defer_bound is None or self._defer_bound.done():
             self._defer_bound = asyncio.ensure_future(asyncio.sleep(SLACK_DEFER.total_seconds()))

@@ -160,14 +160,16 @@ def error_text(error: Exception) -> str:
     return f":x: {escape(str(error))}"
 
 
-async def reply_ephemeral(web: AsyncWebClient, body: Mapping[str, Any], respond: Any, text: str) -> None:
+async def reply_ephemeral(web: AsyncWebClient, body: Mapping[str, Any], respond: Any, text: str,
+                          blocks: list[dict[str, Any]] | None = None) -> None:
     """Only the user who acted sees it. A click gets chat.postEphemeral (its response_url would
-    replace the approval message); a command its response_url, which works in any channel."""
+    replace the approval message); a command its response_url, which works in any channel. Each
+    way falls back to the other."""
     channel = (body.get("channel") or {}).get("id") or body.get("channel_id")
     user = (body.get("user") or {}).get("id") or body.get("user_id")
     ways: list[Callable[[], Awaitable[bool]]] = [
-        lambda: _post_ephemeral(web, channel, user, text),
-        lambda: _respond(respond, text, web),
+        lambda: _post_ephemeral(web, channel, user, text, blocks),
+        lambda: _respond(respond, text, web, blocks),
     ]
     if body.get("type") != "block_actions":
         ways.reverse()
@@ -180,17 +182,19 @@ async def reply_ephemeral(web: AsyncWebClient, body: Mapping[str, Any], respond:
     log.warning("could not tell the user", user=user, channel=channel, text=text)
 
 
-async def _post_ephemeral(web: AsyncWebClient, channel: str | None, user: str | None, text: str) -> bool:
+async def _post_ephemeral(web: AsyncWebClient, channel: str | None, user: str | None, text: str,
+                          blocks: list[dict[str, Any]] | None = None) -> bool:
     if not channel or not user:
         return False
-    await web.chat_postEphemeral(channel=channel, user=user, text=text)
+    await web.chat_postEphemeral(channel=channel, user=user, text=text, blocks=blocks)
     return True
 
 
-async def _respond(respond: Any, text: str, web: AsyncWebClient | None = None) -> bool:
+async def _respond(respond: Any, text: str, web: AsyncWebClient | None = None,
+                   blocks: list[dict[str, Any]] | None = None) -> bool:
     if respond is None:
         return False
-    response = await respond_kept(respond, web, text, response_type="ephemeral", replace_original=False)
+    response = await respond_kept(respond, web, text, response_type="ephemeral", replace_original=False, blocks=blocks)
     status = getattr(response, "status_code", 200)  # Bolt's respond does not raise on an HTTP error
     if not isinstance(status, int) or status >= 300:
         log.warning("response_url refused the answer", status=status)

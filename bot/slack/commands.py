@@ -52,7 +52,6 @@ from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, reply_e
 from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
 from bot.slack import forms
 from bot.slack.groups import GroupResolver
-from bot.slack.web import respond_kept
 
 if TYPE_CHECKING:
     from bot.slack.modals import RunForms
@@ -163,15 +162,14 @@ class PlaybookCommand:
             except Exception as exc:  # noqa: BLE001  every failure is answered (queue_error says why)
                 queue_error(self.deps, exc, body, respond)
 
-    def _say(self, body: dict[str, Any], respond: Respond | None, text: str, **extra: Any) -> None:
-        """The ephemeral answer, queued: response_url, or chat.postEphemeral without one."""
+    def _say(self, body: dict[str, Any], respond: Respond | None, text: str,
+             blocks: list[dict[str, Any]] | None = None) -> None:
+        """The ephemeral answer, queued: response_url, or chat.postEphemeral without one (or when
+        it fails)."""
         text = truncate(text, MESSAGE_LIMIT * 4)
-        if extra and respond is not None:
-            async def send() -> None:
-                await respond_kept(respond, self.deps.answer_web, text, response_type="ephemeral", **extra)
-        else:
-            async def send() -> None:
-                await reply_ephemeral(self.deps.answer_web or self.deps.web, body, respond, text)
+
+        async def send() -> None:
+            await reply_ephemeral(self.deps.answer_web or self.deps.web, body, respond, text, blocks)
         self.deps.background.answers.submit("command answer", send)
 
     async def help(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:

@@ -85,12 +85,13 @@ def pooled(web: AsyncWebClient) -> PooledWebClient:
 async def respond_kept(respond: Any, web: AsyncWebClient | None, text: str, **extra: Any) -> WebhookResponse:
     """Bolt's `respond(text=..., **extra)`, its POST to the response_url on `web`'s kept session
     when it has one (Bolt's opens a session, and a connection, per answer). Same message: Bolt
-    leaves out what is None and empty blocks."""
+    leaves out what is None, and empty blocks and attachments."""
     url = getattr(respond, "response_url", None)
     session = web.session if isinstance(web, PooledWebClient) else None
     if not url or session is None:
         return await respond(text=text, **extra)
-    message = {"text": text, **{k: v for k, v in extra.items() if v is not None and not (k == "blocks" and not v)}}
+    message = {"text": text, **{k: v for k, v in extra.items()
+                                if v is not None and not (k in ("blocks", "attachments") and not v)}}
     client = AsyncWebhookClient(url=url, session=session, timeout=int(web.timeout), proxy=getattr(respond, "proxy", None),
                                 ssl=getattr(respond, "ssl", None))
     return await client.send_dict(message)

@@ -53,8 +53,9 @@ def test_the_engine_v6_parallel_history_has_the_order_it_was_recorded_for():
 
 
 def test_the_engine_v6_local_channel_history_waited_for_the_bound():
-    """The engine-v6 run of local steps took the path engine-v7 drops (a SLACK_DEFER timer, then a
-    second task that syncs), so its replay checks that path still replays."""
+    """A history pins a path only if it took it: the engine-v6 run of local steps waited for the
+    SLACK_DEFER timer and synced in a second task, the path engine-v7 drops, so its replay (above)
+    checks that path. A re-recording by newer code, which would not, fails here."""
     path = Path(__file__).parent / "histories" / "engine-v6-local-channel.json"
     events = list(WorkflowHistory.from_json(path.stem, path.read_text()).events)
     kinds = [e.WhichOneof("attributes") for e in events]

@@ -24,6 +24,7 @@ from temporalio.client import WorkflowHandle
 
 from bot.engine.runs import _counted, get_status, vote
 from bot.engine.state import RunStatus, StepStatus, VoteRequest
+from bot.engine.children import CatalogActivities, Snapshot, SnapshotRequest
 from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import SLACK_DEFER, SLACK_FINAL_WAIT, PlaybookRun
 from bot.identity.principals import Actor
@@ -432,14 +433,20 @@ steps:
 """
 
 
-async def _run_shipped(dev_env: Any, fake_slack: FakeSlack, tmp_path: Any, text: str) -> tuple[RunStatus, list]:
+async def _run_shipped(dev_env: Any, fake_slack: FakeSlack, tmp_path: Any, text: str, *others: str,
+                       replace: Any = None) -> tuple[RunStatus, list]:
     """`text` run to its end by the worker's own activities (core.log a local activity, the
-    shipped policy, the notifier on the fake Slack), and its history's timeline."""
+    shipped policy, the notifier on the fake Slack; `others` in its catalog, `replace` an activity
+    of the same name), and its history's timeline."""
     pb = playbook(text)
     settings = Settings(data_dir=tmp_path / "data", policies_dir=POLICIES, slack_bot_token=fake_slack.token,
                         slack_api_url=fake_slack.api_url, shell_allow=["python3"])
-    async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
-        async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", deps.activities) as w:
+    async with worker_deps(settings, catalog=catalog_of(pb, *(playbook(o) for o in others))) as deps:
+        activities = deps.activities
+        if replace is not None:
+            name = replace.__temporal_activity_definition.name
+            activities = [a for a in activities if getattr(a, "__temporal_activity_definition").name != name] + [replace]
+        async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", activities) as w:
             handle = await dev_env.client.start_workflow(PlaybookRun.run, run_input(pb), id=f"run-{uuid.uuid4()}",
                                                          task_queue=w.task_queue)
             final = await asyncio.wait_for(handle.result(), 30)
@@ -479,3 +486,40 @@ async def test_local_work_then_a_remote_step_still_keeps_slack_out_of_the_dispat
     assert _first(timeline, "timer_started", str(SLACK_DEFER.total_seconds())) < first_sync
     [message] = fake_slack.top_level(CHANNEL_ID)
     assert "local-then-remote: completed" in message.shown(), message.shown()
+
+
+LOCAL_BESIDE_CHILD = """
+name: local-beside-child
+channel: "C0INCIDENTS"
+steps:
+  - id: both
+    parallel:
+      - {id: note, action: core.log, with: {message: first}}
+      - {id: call, action: playbook.run, with: {name: quiet-child}}
+"""
+
+QUIET_CHILD = """
+name: quiet-child
+steps:
+  - {id: inner, action: core.log, with: {message: inner}}
+"""
+
+
+async def test_local_work_beside_a_child_run_being_prepared_does_not_hold_its_start(dev_env, fake_slack, tmp_path):
+    """engine-v7 counts every local activity in flight, not only local steps: a child run reads
+    its playbook in a local activity (playbook.snapshot) before it is started, and a sync begun
+    once the core.log beside it was done held that start in its task until Slack answered
+    (review of engine-v7, point 1: the snapshot slowed so that it ends last)."""
+
+    @activity.defn(name="playbook.snapshot")
+    async def slow_snapshot(request: SnapshotRequest) -> Snapshot:
+        await asyncio.sleep(0.5)
+        return await CatalogActivities(lambda: catalog_of(playbook(QUIET_CHILD))).snapshot(request)
+
+    final, timeline = await _run_shipped(dev_env, fake_slack, tmp_path, LOCAL_BESIDE_CHILD, QUIET_CHILD,
+                                         replace=slow_snapshot)
+    assert final.state == "completed", final.error
+    started = _first(timeline, "start_child_workflow_execution_initiated")
+    syncs = [i for i, k, d in timeline if k == "marker_recorded" and d == "slack.sync"]
+    assert syncs and all(_task_of(timeline, i) != _task_of(timeline, started) for i in syncs), \
+        f"a sync shared the task that starts the child: {timeline}"

@@ -235,8 +235,8 @@ async def test_a_burst_of_answers_keeps_its_connections(fake_slack):
 
 async def test_an_answer_on_a_kept_connection_the_far_end_closed_reaches_the_user_once(fake_slack):
     """The response_url drops a reused connection unanswered (its idle close racing a reuse): the
-    answer still reaches the user, once, whichever way (aiohttp sends it again on a new connection
-    when the server closed before answering; a failure would fall back to chat.postEphemeral)."""
+    answer still reaches the user, once, whichever way (slack_sdk's connection-error retry sends it
+    again on a new connection; were that to fail too, chat.postEphemeral would)."""
     _ClosesReusedConnections.acted = []  # as a response_url here
     web = pooled(AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url))
     with serving(_ClosesReusedConnections) as url:
@@ -247,3 +247,29 @@ async def test_an_answer_on_a_kept_connection_the_far_end_closed_reaches_the_use
     await web.aclose()
     posted = [c.params.get("text") for c in fake_slack.calls if c.method == "chat.postEphemeral"]
     assert sorted(_ClosesReusedConnections.acted + posted) == ["first", "second"]
+
+
+class _Failing(_ResponseUrl):
+    """A response_url answering 500."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+async def test_an_answer_with_blocks_falls_back_to_chat_post_ephemeral_with_them(fake_slack):
+    """`/playbook status` answers with blocks: when its response_url fails, the user still gets
+    them through chat.postEphemeral (the answer used to go through Bolt's respond alone)."""
+    fake_slack.add_user("U0ALICE", "alice")
+    web = pooled(AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url))
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*ack*: completed"}}]
+    with serving(_Failing) as url:
+        body = {"command": "/playbook", "channel_id": "C0INCIDENTS", "user_id": "U0ALICE"}
+        await reply_ephemeral(web, body, AsyncRespond(response_url=f"{url}/commands/T0/1/abc"), "ack: completed", blocks)
+    await web.aclose()
+    [call] = [c for c in fake_slack.calls if c.method == "chat.postEphemeral"]
+    assert call.ok and call.params.get("text") == "ack: completed"
+    sent = call.params["blocks"]
+    assert (json.loads(sent) if isinstance(sent, str) else sent) == blocks
