@@ -72,6 +72,7 @@ def workflow_runner(converter: DataConverter | None = None) -> SandboxedWorkflow
     context-blind when `converter` (the worker's) makes no use of serialization contexts."""
     restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
     if converter is not None and context_blind(converter):
+        skip_plain_payload_passes()
         return ContextBlindRunner(restrictions=restrictions)
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
@@ -113,3 +114,40 @@ class _ContextBlindInstance(WorkflowInstance):
 
     def get_thread_id(self) -> int | None:
         return self.inner.get_thread_id()
+
+
+_SDK_PASSES: dict[str, Any] = {}  # temporalio's decode_activation and encode_completion, once replaced
+
+
+def skip_plain_payload_passes() -> bool:
+    """Leave out the SDK's payload passes over each activation and completion whose converter has
+    neither a codec nor external storage (`context_blind`). Each pass then hands every payload
+    list to a function that returns it unchanged, or (the reference passes) that only refuses a
+    payload marked as an external-storage reference: such a payload is then read as what it
+    carries, which its sender could have sent unmarked anyway. Profiled under the Slack ack burst,
+    the five passes were a tenth of the worker's busy time (issue 15). A converter with a codec or
+    external storage gets the SDK's passes. Process-wide and idempotent; False, nothing changed,
+    when the SDK no longer has these functions."""
+    from temporalio.bridge import worker as bridge  # noqa: PLC0415
+    from temporalio.converter import _extstore  # noqa: PLC0415
+
+    if _SDK_PASSES:
+        return True
+    metrics = getattr(_extstore, "StorageOperationMetrics", None)
+    if metrics is None or not all(callable(getattr(bridge, name, None))
+                                  for name in ("decode_activation", "encode_completion")):
+        return False
+    _SDK_PASSES.update(decode_activation=bridge.decode_activation, encode_completion=bridge.encode_completion)
+
+    async def decode_activation(activation: Any, data_converter: DataConverter, *args: Any, **kwargs: Any) -> Any:
+        if context_blind(data_converter):
+            return metrics()
+        return await _SDK_PASSES["decode_activation"](activation, data_converter, *args, **kwargs)
+
+    async def encode_completion(completion: Any, data_converter: DataConverter, *args: Any, **kwargs: Any) -> Any:
+        if context_blind(data_converter):
+            return metrics()
+        return await _SDK_PASSES["encode_completion"](completion, data_converter, *args, **kwargs)
+
+    bridge.decode_activation, bridge.encode_completion = decode_activation, encode_completion  # type: ignore[assignment]
+    return True

@@ -17,7 +17,8 @@ from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from bot.engine import worker as worker_module
-from bot.engine.sandbox import ContextBlindRunner, context_blind, workflow_runner
+from bot.engine import sandbox
+from bot.engine.sandbox import ContextBlindRunner, context_blind, skip_plain_payload_passes, workflow_runner
 from bot.engine.worker import make_worker
 from bot.engine.workflow import PlaybookRun
 from tests.engine.support import Recorder, playbook, run_input, wait_for_state
@@ -81,10 +82,20 @@ class _CountingBlind(ContextBlindRunner, _Counting):
     """ContextBlindRunner over the counting sandbox: what it lets through to the sandbox is counted."""
 
 
+def _with_the_sdks_passes(monkeypatch: Any) -> None:
+    """The SDK's payload passes back in place for this test, plain converter or not."""
+    from temporalio.bridge import worker as bridge
+
+    for name, original in sandbox._SDK_PASSES.items():
+        monkeypatch.setattr(bridge, name, original)
+
+
 async def test_runs_never_ask_the_sandbox_for_a_context(dev_env, monkeypatch):
     """A run with activities, an approval vote (an update) and local activities completes under
     ContextBlindRunner, and not one payload's context lookup enters the sandbox; the plain sandbox
-    is asked for every payload."""
+    is asked for every payload (by the SDK's payload passes, which a plain worker now skips too:
+    put back here, to show what the runner alone saves)."""
+    _with_the_sdks_passes(monkeypatch)
     rec = Recorder()
     restrictions = workflow_runner().restrictions
     blind, plain = _CountingBlind(restrictions=restrictions), _Counting(restrictions=restrictions)
@@ -117,3 +128,49 @@ async def test_the_worker_is_blind_only_when_its_converter_is(dev_env):
         handle = await with_codec.start_workflow(PlaybookRun.run, run_input(playbook(TWO_STEPS)),
                                                  id=f"run-{uuid.uuid4()}", task_queue=w.task_queue)
         assert (await handle.result()).state == "completed"
+
+
+class _Marking(PayloadCodec):
+    """A codec whose encoding is visible in history: every payload's data reversed, marked."""
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [Payload(metadata={**p.metadata, "reversed": b"1"}, data=p.data[::-1]) for p in payloads]
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        out = []
+        for p in payloads:
+            metadata = {k: v for k, v in p.metadata.items() if k != "reversed"}
+            out.append(Payload(metadata=metadata, data=p.data[::-1]) if "reversed" in p.metadata else p)
+        return out
+
+
+async def test_the_sdks_payload_passes_run_only_for_a_converter_that_has_a_codec(dev_env, monkeypatch):
+    """With the passes left out for plain converters (process-wide once any plain worker is made),
+    a plain worker's runs never reach them, and a worker with a codec still has every payload
+    encoded and decoded: its run completes and its history holds only encoded payloads."""
+    assert skip_plain_payload_passes()
+    reached: list[str] = []
+    for name, original in list(sandbox._SDK_PASSES.items()):
+        async def counted(*args: Any, name: str = name, original: Any = original, **kwargs: Any) -> Any:
+            reached.append(name)
+            return await original(*args, **kwargs)
+        monkeypatch.setitem(sandbox._SDK_PASSES, name, counted)
+    rec = Recorder()
+    async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", rec.activities()) as w:
+        handle = await dev_env.client.start_workflow(PlaybookRun.run, run_input(playbook(TWO_STEPS)),
+                                                     id=f"run-{uuid.uuid4()}", task_queue=w.task_queue)
+        assert (await handle.result()).state == "completed"
+    assert reached == [], "a plain worker's activations went through the SDK's passes"
+
+    config = dev_env.client.config()
+    config["data_converter"] = dataclasses.replace(pydantic_data_converter, payload_codec=_Marking())
+    with_codec = Client(**config)
+    async with make_worker(with_codec, f"tq-{uuid.uuid4()}", rec.activities()) as w:
+        handle = await with_codec.start_workflow(PlaybookRun.run, run_input(playbook(TWO_STEPS)),
+                                                 id=f"run-{uuid.uuid4()}", task_queue=w.task_queue)
+        assert (await handle.result()).state == "completed"
+    assert {"decode_activation", "encode_completion"} <= set(reached)
+    history = await handle.fetch_history()
+    completed = [e for e in history.events if e.HasField("workflow_execution_completed_event_attributes")]
+    [result] = completed[0].workflow_execution_completed_event_attributes.result.payloads
+    assert result.metadata.get("reversed") == b"1", "the run's result was not encoded by its codec"
