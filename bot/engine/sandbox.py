@@ -13,6 +13,10 @@ nothing else: the payload and failure converters inside the sandbox keep their o
 with no codec and no external storage (ours), `ContextBlindRunner` answers both itself ("no
 context", "no store"); the workflow code still runs in the sandbox, exactly as before, determinism
 checks included. A deployment that brings a codec or external storage gets the sandbox's answers.
+
+With neither, the passes themselves do nothing either (each walks the activation or completion
+and hands its payloads to a function that returns them as they are): `skip_plain_payload_passes`
+leaves them out, a tenth of the worker's busy time under a burst of runs.
 """
 
 from __future__ import annotations
