@@ -422,6 +422,7 @@ def parallel_flush_order(events: list[Any]) -> bool:
     flushes = [i for i in between if kinds[i] == "marker_recorded_event_attributes"]
     return len(tasks) == 1 and bool(flushes) and tasks[0] < flushes[0]
 
+
 LOCAL_CHANNEL = """
 name: local-channel
 channel: "#incidents"

@@ -35,6 +35,7 @@ from bot.settings import Settings
 from bot.slack.notifier import SlackNotifier, SlackState, SlackSync
 from tests.engine.support import Recorder, catalog_of, playbook, run_input, start, wait_for_state, worker
 from tests.engine.test_approvals import policy
+from tests.reliability.record_history import LOCAL_CHANNEL  # the engine-v6 history's playbook
 from tests.slack.fake_slack import FakeSlack
 from tests.waiting import eventually
 
@@ -416,14 +417,6 @@ async def test_a_sync_whose_answer_was_lost_does_not_post_again(fake_slack):
     _no_duplicates(fake_slack)
 
 
-LOCAL_ONLY = """
-name: local-only
-channel: "C0INCIDENTS"
-steps:
-  - {id: first, action: core.log, with: {message: first}}
-  - {id: second, action: core.log, with: {message: second}}
-"""
-
 LOCAL_THEN_REMOTE = """
 name: local-then-remote
 channel: "C0INCIDENTS"
@@ -463,7 +456,7 @@ async def test_a_run_of_local_steps_ends_in_one_task_and_shows_its_end_at_once(d
     dispatch for a sync to hold, so it waits for that work, not for SLACK_DEFER: the run is
     synced and ends in its first workflow task, without the bound's timer and the task after it
     (engine-v6 took two tasks and a 1 s timer; the Slack ack bench's runs are such runs)."""
-    final, timeline = await _run_shipped(dev_env, fake_slack, tmp_path, LOCAL_ONLY)
+    final, timeline = await _run_shipped(dev_env, fake_slack, tmp_path, LOCAL_CHANNEL)
     assert final.state == "completed", final.error
     assert [k for _, k, _ in timeline].count("workflow_task_completed") == 1, timeline
     assert not [t for t in timeline if t[1] == "timer_started"], f"a timer: {timeline}"
@@ -471,7 +464,7 @@ async def test_a_run_of_local_steps_ends_in_one_task_and_shows_its_end_at_once(d
     syncs = [i for i, k, d in timeline if k == "marker_recorded" and d == "slack.sync"]
     assert len(steps) == 2 and syncs and min(syncs) > max(steps), f"Slack synced before the steps were done: {timeline}"
     [message] = fake_slack.top_level(CHANNEL_ID)
-    assert "local-only: completed" in message.shown(), message.shown()
+    assert "local-channel: completed" in message.shown(), message.shown()
 
 
 async def test_local_work_then_a_remote_step_still_keeps_slack_out_of_the_dispatching_task(dev_env, fake_slack, tmp_path):
