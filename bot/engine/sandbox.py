@@ -22,6 +22,7 @@ leaves them out, a tenth of the worker's busy time under a burst of runs.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,19 @@ class _ContextBlindInstance(WorkflowInstance):
 
 
 _SDK_PASSES: dict[str, Any] = {}  # temporalio's decode_activation and encode_completion, once replaced
+_SDK_SHAPES = {  # their parameters, as written against (temporalio 1.x); another shape is left alone
+    "decode_activation": ("activation", "data_converter", "decode_headers", "storage_concurrency_limit"),
+    "encode_completion": ("completion", "data_converter", "encode_headers", "storage_concurrency_limit"),
+}
+
+
+def _parameters(function: Any) -> tuple[str, ...] | None:
+    if not callable(function):
+        return None
+    try:
+        return tuple(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return None
 
 
 def skip_plain_payload_passes() -> bool:
@@ -138,9 +152,8 @@ def skip_plain_payload_passes() -> bool:
     if _SDK_PASSES:
         return True
     metrics = getattr(_extstore, "StorageOperationMetrics", None)
-    if metrics is None or not all(callable(getattr(bridge, name, None))
-                                  for name in ("decode_activation", "encode_completion")):
-        return False
+    if metrics is None or any(_parameters(getattr(bridge, name, None)) != expected for name, expected in _SDK_SHAPES.items()):
+        return False  # not the SDK this was written against: its passes stay
     _SDK_PASSES.update(decode_activation=bridge.decode_activation, encode_completion=bridge.encode_completion)
 
     async def decode_activation(activation: Any, data_converter: DataConverter, *args: Any, **kwargs: Any) -> Any:

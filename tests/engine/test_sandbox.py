@@ -174,3 +174,17 @@ async def test_the_sdks_payload_passes_run_only_for_a_converter_that_has_a_codec
     completed = [e for e in history.events if e.HasField("workflow_execution_completed_event_attributes")]
     [result] = completed[0].workflow_execution_completed_event_attributes.result.payloads
     assert result.metadata.get("reversed") == b"1", "the run's result was not encoded by its codec"
+
+
+def test_an_sdk_whose_passes_have_another_shape_keeps_them(monkeypatch):
+    """Written against temporalio 1.x's decode_activation/encode_completion: a release that changed
+    their parameters keeps its own passes (nothing replaced, False)."""
+    from temporalio.bridge import worker as bridge
+
+    async def changed(activation: Any, data_converter: Any, *, options: Any = None) -> None:
+        return None
+
+    monkeypatch.setattr(sandbox, "_SDK_PASSES", {})
+    monkeypatch.setattr(bridge, "decode_activation", changed)
+    assert skip_plain_payload_passes() is False
+    assert bridge.decode_activation is changed and sandbox._SDK_PASSES == {}
