@@ -145,7 +145,7 @@ def skip_plain_payload_passes() -> bool:
     carries, which its sender could have sent unmarked anyway. Profiled under the Slack ack burst,
     the five passes were a tenth of the worker's busy time (issue 15). A converter with a codec or
     external storage gets the SDK's passes. Process-wide and idempotent; False, nothing changed,
-    when the SDK no longer has these functions."""
+    when the SDK's functions are missing or have other parameters than `_SDK_SHAPES`."""
     from temporalio.bridge import worker as bridge  # noqa: PLC0415
     from temporalio.converter import _extstore  # noqa: PLC0415
 

@@ -186,13 +186,12 @@ class AuditSpool:
             batch, self._flush_wanted = self._take(), False
             self._flushing = batch
             try:
-                with self._in_task():  # type: ignore[attr-defined]
-                    await workflow.execute_local_activity(
-                        "audit.record",
-                        AuditBatch(events=[e for _, e in batch]),
-                        start_to_close_timeout=FLUSH_TIMEOUT,
-                        retry_policy=TemporalRetryPolicy(maximum_attempts=1),  # the backoff is ours, in timers
-                    )
+                await self._local_activity(  # type: ignore[attr-defined]
+                    "audit.record",
+                    AuditBatch(events=[e for _, e in batch]),
+                    start_to_close_timeout=FLUSH_TIMEOUT,
+                    retry_policy=TemporalRetryPolicy(maximum_attempts=1),  # the backoff is ours, in timers
+                )
             except FailureError as exc:  # the store's refusal (a local activity raises it as it is), a timeout
                 self._flushing = None
                 self._put_back(batch)

@@ -120,11 +120,10 @@ class SubPlaybooks:
         if depth > CHILD_DEPTH_MAX:
             return await self._step_failed(step, st, f"sub-playbooks nest {depth} deep; at most {CHILD_DEPTH_MAX}")
         try:
-            with self._in_task():  # type: ignore[attr-defined]
-                snapshot: Snapshot = await workflow.execute_local_activity(
-                    "playbook.snapshot", SnapshotRequest(name=call.name), result_type=Snapshot,
-                    start_to_close_timeout=SNAPSHOT_TIMEOUT, retry_policy=TemporalRetryPolicy(maximum_attempts=3),
-                )
+            snapshot: Snapshot = await self._local_activity(  # type: ignore[attr-defined]
+                "playbook.snapshot", SnapshotRequest(name=call.name), result_type=Snapshot,
+                start_to_close_timeout=SNAPSHOT_TIMEOUT, retry_policy=TemporalRetryPolicy(maximum_attempts=3),
+            )
         except ActivityError as exc:
             if isinstance(exc.cause, CancelledError):
                 self._cancelled(st)

@@ -8,9 +8,7 @@ query, so bookkeeping adds no round trips.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import datetime, timedelta
-from collections.abc import Iterator
 from typing import Any
 
 from temporalio import workflow
@@ -1298,16 +1296,15 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (ApplicationError, TimeoutError, CancelledError), not wrapped as an activity's is: wrapped
         here, so every caller reads the two alike (describe_failure, cancel, unrecorded events)."""
         try:
-            with self._in_task():
-                return await workflow.execute_local_activity(
-                    action,
-                    input,
-                    result_type=ActionResult,
-                    start_to_close_timeout=timeout,
-                    retry_policy=_retry(retry),
-                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    summary=summary,
-                )
+            return await self._local_activity(
+                action,
+                input,
+                result_type=ActionResult,
+                start_to_close_timeout=timeout,
+                retry_policy=_retry(retry),
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=summary,
+            )
         except FailureError as exc:
             if isinstance(exc, ActivityError):
                 raise
@@ -1316,12 +1313,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 activity_type=action, activity_id="", retry_state=None,
             ) from exc
 
-    @contextlib.contextmanager
-    def _in_task(self) -> Iterator[None]:
-        """Around a local activity (Slack's own aside): engine-v7 reads "local work running" from it."""
+    async def _local_activity(self, activity: str, arg: Any, **options: Any) -> Any:
+        """`workflow.execute_local_activity`, counted while it runs: engine-v7 reads "local work
+        running" from it. Every local activity but Slack's own sync and the admission before any
+        news goes through here."""
         self._local_running += 1
         try:
-            yield
+            return await workflow.execute_local_activity(activity, arg, **options)
         finally:
             self._local_running -= 1
 
@@ -1579,15 +1577,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         as `_ask_policy` does."""
         request = PolicyRequest(input=input, claim=claim, proof=proof, execution=self._execution())
         try:
-            with self._in_task():
-                answer: ActorAnswer = await workflow.execute_local_activity(
-                    f"policy.{rule}",
-                    request,
-                    result_type=ActorAnswer,
-                    start_to_close_timeout=POLICY_TIMEOUT,
-                    retry_policy=POLICY_RETRY,
-                    summary=f"policy {rule}",
-                )
+            answer: ActorAnswer = await self._local_activity(
+                f"policy.{rule}",
+                request,
+                result_type=ActorAnswer,
+                start_to_close_timeout=POLICY_TIMEOUT,
+                retry_policy=POLICY_RETRY,
+                summary=f"policy {rule}",
+            )
         except FailureError as exc:  # a local activity's failure comes back as itself, not wrapped
             cause = exc.cause if isinstance(exc, ActivityError) else exc
             if isinstance(cause, CancelledError):
@@ -1781,13 +1778,12 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             return
         queued = self._take()
         try:
-            with self._in_task():
-                await workflow.execute_local_activity(
-                    "audit.record",
-                    AuditBatch(events=[e for _, e in queued]),
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),
-                )
+            await self._local_activity(
+                "audit.record",
+                AuditBatch(events=[e for _, e in queued]),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),
+            )
         except BaseException:
             self._put_back(queued)
             raise
@@ -1862,7 +1858,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         if not local:
             self._remote += 1
 
-    async def _after_dispatches(self, seen: int, remote_seen: int = 0) -> None:
+    async def _after_dispatches(self, seen: int, remote_seen: int) -> None:
         """Wait while what Slack would show keeps dispatching steps' work, at most SLACK_DEFER: a
         sync is a local activity, which holds its workflow task open until Slack answers, and with
         it the commands that task sends (the deciding vote's answer, the approved step). Each check

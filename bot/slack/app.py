@@ -62,11 +62,10 @@ class SlackDeps:
     audit: AuditStore | None = None  # `slack_command` events; None: not recorded
     keyring: Keyring = field(default_factory=Keyring)  # signs proofs of who clicked or typed
     background: Background = field(default_factory=Background)  # answers and audit after the ack
-    answer_web: AsyncWebClient | None = None  # the answers' client, keeping its connections (bot/slack/web.py)
+    answer_web: PooledWebClient = field(init=False)  # the answers' client: `web`, keeping its connections (bot/slack/web.py)
 
     def __post_init__(self) -> None:
-        if self.answer_web is None:
-            self.answer_web = pooled(self.web)
+        self.answer_web = pooled(self.web)
 
 
 def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
@@ -113,8 +112,8 @@ async def drain(app: AsyncApp | None, timeout: float = 5.0) -> None:
     if background is not None:
         await settle(timeout)
         await background.drain(timeout)
-    answer_web = getattr(app, "playbook_answer_web", None)
-    if isinstance(answer_web, PooledWebClient):
+    answer_web: PooledWebClient | None = getattr(app, "playbook_answer_web", None)
+    if answer_web is not None:
         await answer_web.aclose()
 
 
@@ -127,7 +126,7 @@ def listener(deps: SlackDeps, handler: Listener, *, acked_by_bolt: bool = False)
 def queue_error(deps: SlackDeps, error: Exception, body: Mapping[str, Any], respond: Any) -> None:
     """report_error, queued: logged now, the user told from the answers lane (never on the ack path)."""
     text = describe_error(error, body)
-    deps.background.answers.submit("error reply", lambda: reply_ephemeral(deps.answer_web or deps.web, body, respond, text))
+    deps.background.answers.submit("error reply", lambda: reply_ephemeral(deps.answer_web, body, respond, text))
 
 
 async def report_error(web: AsyncWebClient, error: Exception, body: Mapping[str, Any], respond: Any) -> None:

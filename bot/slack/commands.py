@@ -169,7 +169,7 @@ class PlaybookCommand:
         text = truncate(text, MESSAGE_LIMIT * 4)
 
         async def send() -> None:
-            await reply_ephemeral(self.deps.answer_web or self.deps.web, body, respond, text, blocks)
+            await reply_ephemeral(self.deps.answer_web, body, respond, text, blocks)
         self.deps.background.answers.submit("command answer", send)
 
     async def help(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
