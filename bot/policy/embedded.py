@@ -31,7 +31,13 @@ from bot.policy.sources import PolicySources, read_sources, tree_signature
 
 log = structlog.get_logger(__name__)
 
-LOAD_TIMEOUT = 30.0  # compiling is slower than deciding; a stuck compile is still an error
+LOAD_TIMEOUT = 30.0
+Key = tuple[str, str, str]  # (policy hash, rule, input digest): a cached or pending question
+
+
+class _AskerGone(Exception):
+    """The question's first asker was cancelled before its answer: the next asks it again."""
+  # compiling is slower than deciding; a stuck compile is still an error
 
 
 def _load_request(sources: PolicySources) -> dict[str, Any]:
@@ -109,7 +115,9 @@ class EmbeddedEngine(FailClosed):
         self._restart_task: asyncio.Task[None] | None = None
         self._crash_note: str | None = None
         self._consecutive_crashes = 0
+        self._closing = False  # close() began: a question failing on the stopped child restarts nothing
         self.cache = DecisionCache(cache_size)
+        self._asking: dict[Key, asyncio.Future[dict[str, Any]]] = {}  # questions the child is answering
         self._cacheable = False  # the loaded policy answers from its input alone
 
     # --- PolicyEngine -------------------------------------------------------------------
@@ -138,6 +146,7 @@ class EmbeddedEngine(FailClosed):
             return self._load_error is None and self._proc is not None and self._proc.alive
 
     async def close(self) -> None:
+        self._closing = True
         if self._restart_task is not None:
             self._restart_task.cancel()
             try:
@@ -173,7 +182,7 @@ class EmbeddedEngine(FailClosed):
             if hit:
                 provenance.policy_hash = self._loaded.hash
                 return value, provenance, None
-        async with self._lock:
+        async with self._lock:  # held to check the files and find the child, not across its answer
             if self._restarting():
                 return None, provenance, self._restarting_failure(rule)
             await self._reload()
@@ -182,38 +191,67 @@ class EmbeddedEngine(FailClosed):
                 reason = f"policy failed to load: {self._load_error}"
                 return None, provenance, self._fail_closed(rule, Failure.LOAD_ERROR, reason)
             assert self._proc is not None and self._loaded is not None
-            key = (self._loaded.hash, rule, digest)
-            if self._cacheable:  # again: an identical question may have been answered while we waited
+            proc, loaded, cacheable = self._proc, self._loaded, self._cacheable
+            key = (loaded.hash, rule, digest)
+            if cacheable:  # again: an identical question may have been answered while we waited
                 hit, value = self.cache.get(key)
                 if hit:
                     return value, provenance, None
-            request = {"op": "eval", "entrypoint": entrypoint(rule)}
-            try:
-                answer = await self._proc.request(request, self.timeout, input=encoded)
-            except ChildTimeout:
-                self._crashed(f"evaluation of {rule_path(rule)} took longer than {self.timeout:g}s")
-                reason = f"policy evaluation timed out after {self.timeout:g}s; restarting the policy engine"
-                return None, provenance, self._fail_closed(rule, Failure.TIMEOUT, reason)
-            except ChildCrashed as exc:
-                self._crashed(str(exc))
-                return None, provenance, self._fail_closed(rule, Failure.ENGINE_CRASHED, f"{exc}; restarting it")
-            self._consecutive_crashes = 0
-            if not answer.get("ok"):
-                error = answer.get("error") or {}
-                message = error.get("message", "unknown error")
-                if error.get("kind") == "input":
-                    reason = f"policy input is not valid for the embedded engine: {message}"
-                    return None, provenance, self._fail_closed(rule, Failure.INVALID_INPUT, reason)
-                reason = f"policy evaluation failed: {rule_path(rule)}: {message}"
-                return None, provenance, self._fail_closed(rule, Failure.EVAL_ERROR, reason)
-            if not answer.get("defined"):
-                reason = f"policy undefined: {rule_path(rule)} has no value for this input"
-                return None, provenance, self._fail_closed(rule, Failure.UNDEFINED, reason)
-            value = answer.get("value")
-            if self._cacheable:
-                # The policy's own value, malformed or not: parsing it again gives the same answer.
-                self.cache.put(key, value)
+        # Pipelined (RegoProcess): concurrent questions queue in the child's pipe, not on the lock.
+        # A policy installed meanwhile is queued behind this question, so this answer is still
+        # the policy named in its provenance.
+        try:
+            answer = await self._ask(proc, rule, encoded, key if cacheable else None)
+        except ChildTimeout:
+            self._crashed(proc, f"evaluation of {rule_path(rule)} took longer than {self.timeout:g}s")
+            reason = f"policy evaluation timed out after {self.timeout:g}s; restarting the policy engine"
+            return None, provenance, self._fail_closed(rule, Failure.TIMEOUT, reason)
+        except ChildCrashed as exc:
+            self._crashed(proc, str(exc))
+            return None, provenance, self._fail_closed(rule, Failure.ENGINE_CRASHED, f"{exc}; restarting it")
+        self._consecutive_crashes = 0
+        if not answer.get("ok"):
+            error = answer.get("error") or {}
+            message = error.get("message", "unknown error")
+            if error.get("kind") == "input":
+                reason = f"policy input is not valid for the embedded engine: {message}"
+                return None, provenance, self._fail_closed(rule, Failure.INVALID_INPUT, reason)
+            reason = f"policy evaluation failed: {rule_path(rule)}: {message}"
+            return None, provenance, self._fail_closed(rule, Failure.EVAL_ERROR, reason)
+        if not answer.get("defined"):
+            reason = f"policy undefined: {rule_path(rule)} has no value for this input"
+            return None, provenance, self._fail_closed(rule, Failure.UNDEFINED, reason)
+        value = answer.get("value")
+        if cacheable and self._loaded is loaded and self._cacheable:
+            # The policy's own value, malformed or not: parsing it again gives the same answer.
+            self.cache.put(key, value)
         return value, provenance, None
+
+    async def _ask(self, proc: RegoProcess, rule: str, encoded: bytes, key: Key | None) -> dict[str, Any]:
+        """The child's answer to one question; with a cache `key`, identical questions asked
+        while it is being answered wait for that answer instead of asking again."""
+        while key is not None and (asked := self._asking.get(key)) is not None:
+            try:
+                return await asyncio.shield(asked)
+            except _AskerGone:  # its asker was cancelled before the answer: ask again
+                continue
+        mine = asyncio.get_running_loop().create_future() if key is not None else None
+        if key is not None and mine is not None:
+            self._asking[key] = mine
+        try:
+            answer = await proc.request({"op": "eval", "entrypoint": entrypoint(rule)}, self.timeout, input=encoded)
+        except BaseException as exc:
+            if mine is not None:
+                mine.set_exception(exc if isinstance(exc, Exception) else _AskerGone())
+                mine.exception()  # nobody else may be waiting: not an unretrieved error
+            raise
+        else:
+            if mine is not None:
+                mine.set_result(answer)
+        finally:
+            if key is not None and self._asking.get(key) is mine:
+                del self._asking[key]
+        return answer
 
     def _answers_from_cache(self) -> bool:
         """Whether a hit may be served without the lock: the policy is loaded, healthy, not being
@@ -298,8 +336,12 @@ class EmbeddedEngine(FailClosed):
         reason = f"policy engine restarting after a crash ({self._crash_note})"
         return self._fail_closed(rule, Failure.ENGINE_CRASHED, reason)
 
-    def _crashed(self, note: str) -> None:
-        """Called under the lock: drop the dead child and restart it in the background."""
+    def _crashed(self, proc: RegoProcess, note: str) -> None:
+        """Drop the dead child and restart it in the background: once per child, however many
+        questions were pending on it when it died."""
+        if proc is not self._proc or proc.crash_reported or self._closing:
+            return
+        proc.crash_reported = True
         self._crash_note = note
         self._consecutive_crashes += 1
         delay = min(self.max_restart_delay, self.restart_delay * 2 ** (self._consecutive_crashes - 1))

@@ -58,13 +58,22 @@ def describe_exit(returncode: int | None) -> str:
 
 
 class RegoProcess:
-    """One child process; one request at a time (callers serialise with their own lock)."""
+    """One child process, its requests pipelined: each is written as soon as it is asked and
+    answered by its id, so the child goes from one question to the next without waiting for this
+    process's event loop between them (a burst of questions costs the child's time, not a round
+    trip each). The child answers in order; a request never kills the child for waiting behind
+    others, only when the child makes no progress for `timeout` while this one is pending."""
 
     def __init__(self) -> None:
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=8)
         self._next_id = 0
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._answered = 0  # answers read so far: progress, for the hung-child check
+        self._broken: Exception | None = None  # why the stream can no longer be used
+        self.crash_reported = False  # its owner has seen it die (and restarts it once)
 
     @property
     def pid(self) -> int | None:
@@ -72,7 +81,7 @@ class RegoProcess:
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._proc is not None and self._proc.returncode is None and self._broken is None
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
@@ -83,6 +92,7 @@ class RegoProcess:
             env=child_env(),
         )
         self._stderr_task = asyncio.create_task(self._drain_stderr(self._proc))
+        self._reader = asyncio.create_task(self._read_answers(self._proc))
         log.debug("policy.child_started", pid=self._proc.pid)
 
     async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
@@ -94,39 +104,90 @@ class RegoProcess:
                 self._stderr_tail.append(text)
                 log.warning("policy.child_stderr", pid=proc.pid, line=text)
 
+    async def _read_answers(self, proc: asyncio.subprocess.Process) -> None:
+        """Hand each answer to its request; at the end of the stream, fail every pending one."""
+        assert proc.stdout is not None
+        try:
+            while True:
+                answer = await wire.read_frame_async(proc.stdout)
+                self._answered += 1
+                request_id = answer.get("id")
+                future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+                if future is not None:
+                    if not future.done():
+                        future.set_result(answer)
+                elif not (isinstance(request_id, int) and 0 < request_id <= self._next_id):
+                    # Not an answer to anything asked (one whose asker gave up is dropped above).
+                    raise wire.FrameError(f"answer {request_id!r} to no request")
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            self.kill()
+            await self._reap(proc)
+            self._fail(ChildCrashed(self._death_note(proc)), exc)
+        except wire.FrameError as exc:
+            self.kill()
+            self._fail(ChildCrashed(f"protocol error: {exc}"), exc)
+        except asyncio.CancelledError:
+            self._fail(ChildCrashed("policy engine process stopped"), None)
+            raise
+
+    def _fail(self, error: Exception, cause: BaseException | None) -> None:
+        """The stream is done: every request pending and every later one fails with `error`
+        (the first reason wins: a child killed for hanging reports the timeout, not the kill)."""
+        if self._broken is None:
+            self._broken = error
+            error.__cause__ = cause
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(self._error())
+
+    def _error(self) -> Exception:
+        """A fresh copy of why the stream broke, for one caller (a shared instance would gather
+        every caller's traceback)."""
+        assert self._broken is not None
+        return type(self._broken)(*self._broken.args)
+
     async def request(self, message: dict[str, Any], timeout: float, **encoded: bytes) -> dict[str, Any]:
-        """One request and its answer; `encoded` fields are already JSON (see wire.encode)."""
+        """One request and its answer; `encoded` fields are already JSON (see wire.encode).
+        ChildTimeout when the child answered nothing for `timeout` while this was pending (it is
+        killed: its state is unknown); ChildCrashed when it died or broke the protocol."""
         frame = wire.encode({**message, "id": self._next_id + 1}, **encoded)
         proc = self._proc
         if proc is None or proc.returncode is not None:
             raise ChildCrashed(self._death_note())
-        assert proc.stdin is not None and proc.stdout is not None
+        if self._broken is not None:
+            raise self._error()
+        assert proc.stdin is not None
         self._next_id += 1
         request_id = self._next_id
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending[request_id] = future
+        watch = loop.call_later(timeout, self._watch, future, timeout, self._answered)
         try:
-            async with asyncio.timeout(timeout):
-                proc.stdin.write(frame)
-                await proc.stdin.drain()
-                answer = await wire.read_frame_async(proc.stdout)
-        except TimeoutError:
-            self.kill()
-            raise ChildTimeout(f"no answer within {timeout:g}s") from None
-        except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError) as exc:
+            proc.stdin.write(frame)  # whole frames: concurrent requests never interleave inside one
+            await proc.stdin.drain()
+            return await future
+        except (ConnectionError, BrokenPipeError) as exc:  # the child's end of stdin is gone
             self.kill()
             await self._reap(proc)
-            raise ChildCrashed(self._death_note()) from exc
-        except wire.FrameError as exc:
+            self._fail(ChildCrashed(self._death_note(proc)), exc)
+            raise self._error() from exc
+        finally:
+            watch.cancel()
+            # Given up (cancelled) or done: an answer still in flight is dropped by its id.
+            self._pending.pop(request_id, None)
+
+    def _watch(self, future: asyncio.Future[dict[str, Any]], timeout: float, progress: int) -> None:
+        """`timeout` after a request (and after each answer since): a child that answered nothing
+        in that time while this request waited hangs; it is killed and every request fails."""
+        if future.done():
+            return
+        if self._answered == progress:
+            self._fail(ChildTimeout(f"no answer within {timeout:g}s"), None)
             self.kill()
-            raise ChildCrashed(f"protocol error: {exc}") from exc
-        except BaseException:
-            # Cancelled mid-request: an answer may still be in flight, so the stream can no
-            # longer be trusted. Kill rather than risk reading it as the next answer.
-            self.kill()
-            raise
-        if answer.get("id") != request_id:
-            self.kill()
-            raise ChildCrashed(f"protocol error: answer {answer.get('id')} to request {request_id}")
-        return answer
+            return
+        asyncio.get_running_loop().call_later(timeout, self._watch, future, timeout, self._answered)
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> None:
         try:
@@ -138,8 +199,9 @@ class RegoProcess:
         except TimeoutError:
             pass
 
-    def _death_note(self) -> str:
-        code = self._proc.returncode if self._proc else None
+    def _death_note(self, proc: asyncio.subprocess.Process | None = None) -> str:
+        proc = proc or self._proc
+        code = proc.returncode if proc else None
         note = f"policy engine process {describe_exit(code)}"
         if self._stderr_tail:
             note += f": {self._stderr_tail[-1]}"
@@ -169,12 +231,16 @@ class RegoProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)  # by pid, as kill() explains
                 await proc.wait()
-        if self._stderr_task is not None:
-            self._stderr_task.cancel()
-            try:
-                await self._stderr_task
-            except asyncio.CancelledError:
-                pass
+        if self._reader is not None:  # answers the child wrote before it exited still reach their requests
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), 1)
+        for task in (self._reader, self._stderr_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
 
 
 def run_once(messages: list[dict[str, Any]], timeout: float = 60.0) -> list[dict[str, Any]]:

@@ -1,0 +1,173 @@
+"""The embedded engine's pipe to its child: questions pipelined and answered by id, never crossed
+between askers; a hung child killed for making no progress, not a question for waiting its turn;
+a child that dies with questions pending restarted once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from structlog.testing import capture_logs
+
+from bot.policy.embedded import EmbeddedEngine
+from bot.policy.models import Failure
+from tests.policy.conftest import BASE_INPUT, POLICIES
+from tests.policy.test_embedded import until
+
+# Each question costs the child tens of milliseconds (a count over `input.work` numbers).
+SLOW_POLICY = """package playbook.authz
+
+decision := {"allow": true, "require_approval": false, "reasons": [], "n": n} if {
+	n := count([x | some x in numbers.range(1, input.work)])
+}
+"""
+
+
+def asked_in(environment: str, index: int) -> dict[str, Any]:
+    """A new question each (its own run id: no cache hit), its answer decided by `environment`."""
+    return {**BASE_INPUT, "run": {**BASE_INPUT["run"], "id": f"run-{index}"},
+            "params": {**BASE_INPUT["params"], "environment": environment}}
+
+
+def slow_policies(root: Path) -> Path:
+    (root / "authz.rego").write_text(SLOW_POLICY)
+    return root
+
+
+async def pending(engine: EmbeddedEngine, count: int) -> None:
+    """Wait until `count` questions are written to the child and unanswered."""
+    async def written() -> bool | None:
+        assert engine._proc is not None
+        return True if len(engine._proc._pending) == count else None
+    await until(written, timeout=5.0)
+
+
+async def test_concurrent_questions_each_get_their_own_answer() -> None:
+    """The attack: answers matched to the wrong asker would hand one caller another's allow.
+    Forty questions at once, production (approval required) and staging (none) alternating."""
+    async with EmbeddedEngine(POLICIES) as engine:
+        await engine.load()
+        environments = ["production" if i % 2 else "staging" for i in range(40)]
+        decisions = await asyncio.gather(*(engine.decide(asked_in(env, i)) for i, env in enumerate(environments)))
+
+    assert all(d.failure is None and d.allow for d in decisions)
+    assert [d.require_approval for d in decisions] == [env == "production" for env in environments]
+
+
+async def test_questions_are_written_while_the_child_is_busy() -> None:
+    """Pipelined: a burst is in the child's pipe at once, not waiting on a lock for each answer
+    (the child goes from one to the next without a round trip through this process's loop)."""
+    async with EmbeddedEngine(POLICIES) as engine:
+        await engine.load()
+        assert engine.pid is not None
+        os.kill(engine.pid, signal.SIGSTOP)
+        try:
+            asked = [asyncio.create_task(engine.decide(asked_in("staging", i))) for i in range(3)]
+            await pending(engine, 3)
+        finally:
+            os.kill(engine.pid, signal.SIGCONT)
+        decisions = await asyncio.gather(*asked)
+
+    assert all(d.failure is None and d.allow and not d.require_approval for d in decisions)
+
+
+async def test_waiting_behind_slow_questions_is_not_a_timeout(tmp_path: Path) -> None:
+    """Twenty questions of ~40 ms each take longer together than the 0.3 s timeout: the child makes
+    progress all along, so none is killed for waiting its turn."""
+    async with EmbeddedEngine(slow_policies(tmp_path), timeout=0.3) as engine:
+        await engine.load()
+        pid = engine.pid
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        decisions = await asyncio.gather(*(engine.decide({"work": 30_000 + i}) for i in range(20)))
+        took = loop.time() - began
+
+    assert [d.failure for d in decisions] == [None] * 20
+    assert took > 0.3, f"the questions took {took:.2f}s: too fast to show waiting is not a timeout"
+    assert engine.pid is None and pid is not None  # closed; it was never restarted meanwhile
+
+
+async def test_a_hung_child_times_out_every_pending_question_and_restarts_once(policies_copy: Path) -> None:
+    async with EmbeddedEngine(policies_copy, timeout=0.3, restart_delay=0.1) as engine:
+        await engine.load()
+        hung = engine.pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)
+        with capture_logs() as logs:
+            decisions = await asyncio.gather(*(engine.decide(asked_in("staging", i)) for i in range(5)))
+
+        async def answered() -> Any:
+            decision = await engine.decide(asked_in("staging", 99))
+            return decision if decision.failure is None else None
+
+        recovered = await until(answered)
+        restarted = engine.pid
+
+    assert [(d.allow, d.failure) for d in decisions] == [(False, Failure.TIMEOUT)] * 5
+    assert decisions[0].reasons == ["policy evaluation timed out after 0.3s; restarting the policy engine"]
+    crashes = [log for log in logs if log["event"] == "policy.engine_crashed"]
+    assert len(crashes) == 1 and crashes[0]["restart_in"] == 0.1  # one restart, not one per question
+    assert recovered.allow and restarted not in (None, hung)
+
+
+async def test_a_child_killed_with_questions_pending_restarts_once(policies_copy: Path) -> None:
+    async with EmbeddedEngine(policies_copy, restart_delay=0.1) as engine:
+        await engine.load()
+        assert engine.pid is not None
+        os.kill(engine.pid, signal.SIGSTOP)
+        with capture_logs() as logs:
+            asked = [asyncio.create_task(engine.decide(asked_in("staging", i))) for i in range(5)]
+            await pending(engine, 5)
+            os.kill(engine.pid, signal.SIGKILL)
+            decisions = await asyncio.gather(*asked)
+
+    assert [(d.allow, d.failure) for d in decisions] == [(False, Failure.ENGINE_CRASHED)] * 5
+    assert decisions[0].reasons == ["policy engine process killed by SIGKILL; restarting it"]
+    assert len([log for log in logs if log["event"] == "policy.engine_crashed"]) == 1
+
+
+async def test_a_cancelled_question_leaves_the_child_and_the_next_answer_alone() -> None:
+    """A caller that gives up (its request cancelled mid-question) neither kills the child nor
+    leaves its late answer to be read as someone else's."""
+    async with EmbeddedEngine(POLICIES) as engine:
+        await engine.load()
+        pid = engine.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            gone = asyncio.create_task(engine.decide(asked_in("production", 1)))
+            await pending(engine, 1)
+            gone.cancel()
+            later = asyncio.create_task(engine.decide(asked_in("staging", 2)))
+            await pending(engine, 1)  # the cancelled one is no longer waited for; the later one is
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        decision = await later
+
+    assert gone.cancelled()
+    assert decision.failure is None and decision.allow and not decision.require_approval
+    assert engine.pid is None  # closed normally: the child lived until then
+
+
+async def test_a_cancelled_first_asker_does_not_fail_the_identical_question_waiting_on_it() -> None:
+    async with EmbeddedEngine(POLICIES) as engine:
+        await engine.load()
+        pid = engine.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            first = asyncio.create_task(engine.decide(asked_in("production", 1)))
+            await pending(engine, 1)
+            same = asyncio.create_task(engine.decide(asked_in("production", 1)))
+            await asyncio.sleep(0.05)  # it waits on the first asker's question
+            first.cancel()
+            await pending(engine, 1)  # it asked again itself
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        decision = await same
+
+    assert first.cancelled()
+    assert decision.failure is None and decision.require_approval
