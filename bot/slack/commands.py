@@ -49,6 +49,7 @@ from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.templating import TemplateError, display, inert, render
 from bot.policy.inputs import policy_input, rfc3339
 from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, reply_ephemeral
+from bot.slack.listeners import ack_within
 from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
 from bot.slack import forms
 from bot.slack.groups import GroupResolver
@@ -58,6 +59,11 @@ if TYPE_CHECKING:
 
 REQUESTER_MEMO = "requested_by"  # on Slack-started runs: who asked, readable from a listing (the App Home)
 ACK_BUDGET = 2.0  # seconds of Slack's 3 s spent starting the run before the ack
+
+
+def ack_budget(received_at: float | None) -> float:
+    """What is left of ACK_BUDGET: under a burst, time queued before the handler is Slack's too."""
+    return ACK_BUDGET - (time.monotonic() - received_at) if received_at is not None else ACK_BUDGET
 RECORD_RETRIES = (1.0, 3.0, None)  # pauses between attempts at a slack_command append; None: give up
 log = structlog.get_logger(__name__)
 
@@ -205,28 +211,16 @@ class PlaybookCommand:
         command (same trigger_id, same run id). A start slower than the budget is acked anyway
         and finishes in the background, never cancelled halfway. The budget counts from when the
         request arrived: under a burst, time queued before this handler is Slack's time too.
-        The answer is queued once the start is done; this handler returns at the ack."""
+        The answer is queued once the start is done (the listener runs on past its ack: at_ack)."""
         with structlog.contextvars.bound_contextvars(
             slack_trigger=body.get("trigger_id"), slack_user=body.get("user_id"), subcommand="run"
         ):
-            budget = ACK_BUDGET - (time.monotonic() - received_at) if received_at is not None else ACK_BUDGET
-            start = asyncio.ensure_future(self._start(body, args))
             try:
-                await asyncio.wait_for(asyncio.shield(start), max(budget, 0.0))
-            except asyncio.TimeoutError:
-                log.warning("slack run start slower than the ack budget; acking first", budget_s=round(budget, 3))
-            except Exception:  # noqa: BLE001  answered below, after the ack
-                pass
-            await ack()
-            start.add_done_callback(lambda done: self._answer_start(done, body, respond))
-
-    def _answer_start(self, done: asyncio.Future[str], body: dict[str, Any], respond: Respond | None) -> None:
-        if done.cancelled():  # the front door is stopping
-            return
-        if (exc := done.exception()) is not None:
-            queue_error(self.deps, exc, body, respond)  # type: ignore[arg-type]  (an Exception: _start raises no others)
-            return
-        self._say(body, respond, done.result())
+                answer = await ack_within(ack, self._start(body, args), ack_budget(received_at), "run start")
+            except Exception as exc:  # noqa: BLE001  (acked: the user is told through the answer)
+                queue_error(self.deps, exc, body, respond)
+                return
+            self._say(body, respond, answer)
 
     async def run(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
         self._say(body, respond, await self._start(body, args))

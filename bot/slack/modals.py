@@ -25,8 +25,9 @@ from bot.playbook.loader import LoadedPlaybook, UnknownPlaybook
 from bot.playbook.params import ParamError
 from bot.slack import forms
 from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error
-from bot.slack.commands import ACK_BUDGET, HELP, PlaybookCommand
+from bot.slack.commands import HELP, PlaybookCommand, ack_budget
 from bot.slack.forms import FieldErrors, FormMeta, FormRefused, Sealer
+from bot.slack.listeners import ack_within
 
 log = structlog.get_logger(__name__)
 
@@ -189,13 +190,10 @@ class RunForms:
                                    params: dict[str, Any], respond: Any, received_at: float | None) -> None:
         """As a typed `run`: the start gets what is left of ACK_BUDGET, then the modal is closed
         (an empty ack) and the answer follows in the channel once the start is done."""
-        budget = ACK_BUDGET - (time.monotonic() - received_at) if received_at is not None else ACK_BUDGET
-        start = asyncio.ensure_future(self.command.start_prepared(origin, loaded, params))
         try:
-            await asyncio.wait_for(asyncio.shield(start), max(budget, 0.0))
-        except asyncio.TimeoutError:
-            log.warning("slack form start slower than the ack budget; acking first", budget_s=round(budget, 3))
-        except Exception:  # noqa: BLE001  answered after the ack
-            pass
-        await ack()
-        start.add_done_callback(lambda done: self.command._answer_start(done, origin, respond))
+            answer = await ack_within(ack, self.command.start_prepared(origin, loaded, params), ack_budget(received_at),
+                                      "form start")
+        except Exception as exc:  # noqa: BLE001  (acked: the user is told through the answer)
+            queue_error(self.deps, exc, origin, respond)
+            return
+        self.command._say(origin, respond, answer)

@@ -263,3 +263,94 @@ def test_every_listener_of_the_app_returns_at_its_ack(tmp_path) -> None:  # noqa
     registered = [listener.ack_function for listener in app._async_listeners]
     assert app.process_before_response is True and len(registered) >= 7
     assert all(getattr(f, listeners.AT_ACK, False) for f in registered), [f.__name__ for f in registered]
+
+
+class Passes:
+    """Counts passes of the event loop: a callback that schedules itself again on each pass. Under
+    a burst every pass is a wait behind every other request's ready work."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._handle: asyncio.Handle | None = None
+
+    def __enter__(self) -> Passes:
+        def tick() -> None:
+            self.count += 1
+            self._handle = asyncio.get_running_loop().call_soon(tick)
+
+        self._handle = asyncio.get_running_loop().call_soon(tick)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._handle is not None
+        self._handle.cancel()
+
+
+async def test_the_response_leaves_one_pass_of_the_loop_after_the_ack(fake_slack: FakeSlack, bolt_errors) -> None:
+    app, told, at = bolt_app(fake_slack, bolt_errors), [], {}
+
+    async def handle(ack) -> None:  # noqa: ANN001
+        await ack()
+        at["ack"] = passes.count
+        await asyncio.sleep(0.2)  # runs on after the ack
+
+    async def dispatch() -> Any:
+        response = await app.async_dispatch(command())
+        at["answered"] = passes.count
+        return response
+
+    app.command("/x")(at_ack(handle, telling(told)))
+    with Passes() as passes:
+        response = await asyncio.wait_for(dispatch(), 5)
+    assert response.status == 200
+    between = at["answered"] - at["ack"]
+    assert between <= 1, f"{between} passes of the loop between the ack and the response"
+
+
+async def test_ack_within_acks_in_the_pass_its_work_ends() -> None:
+    """No task and no waiter between the start's end and the ack (the command's ack path)."""
+    at: dict[str, int] = {}
+
+    async def work() -> str:
+        await asyncio.sleep(0.01)
+        at["done"] = passes.count
+        return "started"
+
+    async def ack() -> None:
+        at["ack"] = passes.count
+
+    with Passes() as passes:
+        answer = await listeners.ack_within(ack, work(), 2.0, "run start")
+    assert answer == "started"
+    assert at["ack"] == at["done"]
+
+
+async def test_ack_within_acks_at_the_budget_and_finishes_the_work_behind_it() -> None:
+    loop, acked, finished = asyncio.get_running_loop(), [], []
+
+    async def work() -> str:
+        await asyncio.sleep(0.3)
+        finished.append(loop.time())
+        return "started"
+
+    async def ack() -> None:
+        acked.append(loop.time())
+
+    began = loop.time()
+    answer = await listeners.ack_within(ack, work(), 0.05, "run start")
+    assert answer == "started" and len(acked) == 1, "acked once, at the budget, and not again at the end"
+    assert acked[0] - began < 0.2 and finished[0] - began >= 0.3
+
+
+async def test_ack_within_acks_before_raising_the_works_failure() -> None:
+    acked: list[bool] = []
+
+    async def work() -> str:
+        raise RunError("refused", rule="start")
+
+    async def ack() -> None:
+        acked.append(True)
+
+    with pytest.raises(RunError, match="refused"):
+        await listeners.ack_within(ack, work(), 2.0, "run start")
+    assert acked == [True]
