@@ -57,6 +57,27 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
+class _ChildProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """The child's pipes as create_subprocess_exec has them, but for stdout: its bytes go straight
+    to RegoProcess, which hands each answer to its request in the callback that read it (a reader
+    task in between would cost every answer another pass of a busy event loop)."""
+
+    def __init__(self, owner: RegoProcess, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=2**16, loop=loop)
+        self._owner = owner
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        if fd == 1:
+            self._owner._received(data if isinstance(data, bytes) else data.encode())
+        else:
+            super().pipe_data_received(fd, data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self._owner._stdout_closed(exc)
+        super().pipe_connection_lost(fd, exc)
+
+
 class RegoProcess:
     """One child process, its requests pipelined: each is written as soon as it is asked and
     answered by its id, so the child goes from one question to the next without waiting for this
@@ -67,7 +88,8 @@ class RegoProcess:
     def __init__(self) -> None:
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._ended: asyncio.Task[None] | None = None  # settles the requests once stdout has ended
+        self._buffer = bytearray()  # stdout's bytes not yet a whole answer
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=8)
         self._next_id = 0
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -84,15 +106,17 @@ class RegoProcess:
         return self._proc is not None and self._proc.returncode is None and self._broken is None
 
     async def start(self) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _ChildProtocol(self, loop),
             *child_command(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=child_env(),
         )
+        self._proc = asyncio.subprocess.Process(transport, protocol, loop)  # as create_subprocess_exec makes it
         self._stderr_task = asyncio.create_task(self._drain_stderr(self._proc))
-        self._reader = asyncio.create_task(self._read_answers(self._proc))
         log.debug("policy.child_started", pid=self._proc.pid)
 
     async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
@@ -104,31 +128,38 @@ class RegoProcess:
                 self._stderr_tail.append(text)
                 log.warning("policy.child_stderr", pid=proc.pid, line=text)
 
-    async def _read_answers(self, proc: asyncio.subprocess.Process) -> None:
-        """Hand each answer to its request; at the end of the stream, fail every pending one."""
-        assert proc.stdout is not None
+    def _received(self, data: bytes) -> None:
+        """Bytes of the child's stdout: each whole answer goes to its request as it arrives."""
+        self._buffer += data
         try:
-            while True:
-                answer = await wire.read_frame_async(proc.stdout)
-                self._answered += 1
-                request_id = answer.get("id")
-                future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
-                if future is not None:
-                    if not future.done():
-                        future.set_result(answer)
-                elif not (isinstance(request_id, int) and 0 < request_id <= self._next_id):
-                    # Not an answer to anything asked (one whose asker gave up is dropped above).
-                    raise wire.FrameError(f"answer {request_id!r} to no request")
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            self.kill()
-            await self._reap(proc)
-            self._fail(ChildCrashed(self._death_note(proc)), exc)
+            answers = wire.take_frames(self._buffer)
         except wire.FrameError as exc:
             self.kill()
             self._fail(ChildCrashed(f"protocol error: {exc}"), exc)
-        except asyncio.CancelledError:
-            self._fail(ChildCrashed("policy engine process stopped"), None)
-            raise
+            return
+        for answer in answers:
+            self._answered += 1
+            request_id = answer.get("id")
+            future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+            if future is not None:
+                if not future.done():
+                    future.set_result(answer)
+            elif not (isinstance(request_id, int) and 0 < request_id <= self._next_id):
+                # Not an answer to anything asked (one whose asker gave up was dropped above).
+                self.kill()
+                self._fail(ChildCrashed(f"protocol error: answer {request_id!r} to no request"), None)
+                return
+
+    def _stdout_closed(self, exc: Exception | None) -> None:
+        """The child's stdout ended: once it has exited (how it died is the requests' reason),
+        every pending request fails."""
+        if self._proc is not None and self._ended is None:
+            self._ended = asyncio.ensure_future(self._after_end(self._proc, exc))
+
+    async def _after_end(self, proc: asyncio.subprocess.Process, exc: Exception | None) -> None:
+        self.kill()
+        await self._reap(proc)
+        self._fail(ChildCrashed(self._death_note(proc)), exc)
 
     def _fail(self, error: Exception, cause: BaseException | None) -> None:
         """The stream is done: every request pending and every later one fails with `error`
@@ -231,10 +262,10 @@ class RegoProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)  # by pid, as kill() explains
                 await proc.wait()
-        if self._reader is not None:  # answers the child wrote before it exited still reach their requests
+        if self._ended is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._reader), 1)
-        for task in (self._reader, self._stderr_task):
+                await asyncio.wait_for(asyncio.shield(self._ended), 1)
+        for task in (self._ended, self._stderr_task):
             if task is not None:
                 task.cancel()
                 try:

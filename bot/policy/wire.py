@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import TYPE_CHECKING, Any, BinaryIO
-
-if TYPE_CHECKING:  # the child process imports this module: it never loads asyncio (nor ssl)
-    import asyncio
+from typing import Any, BinaryIO
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024  # far above any policy input; guards against a desynchronised stream
@@ -67,18 +64,19 @@ def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
 
 def read_frames(data: bytes) -> list[dict[str, Any]]:
     """Split a whole captured stream into frames (a truncated tail is dropped)."""
+    return take_frames(bytearray(data))
+
+
+def take_frames(buffer: bytearray) -> list[dict[str, Any]]:
+    """The complete frames at the start of `buffer`, removed from it; a partial frame stays
+    for the bytes still to come."""
     frames, offset = [], 0
-    while offset + HEADER.size <= len(data):
-        length = _length(data[offset : offset + HEADER.size])
+    while offset + HEADER.size <= len(buffer):
+        length = _length(buffer[offset : offset + HEADER.size])
         end = offset + HEADER.size + length
-        if end > len(data):
+        if end > len(buffer):
             break
-        frames.append(decode(data[offset + HEADER.size : end]))
+        frames.append(decode(bytes(buffer[offset + HEADER.size : end])))
         offset = end
+    del buffer[:offset]
     return frames
-
-
-async def read_frame_async(reader: asyncio.StreamReader) -> dict[str, Any]:
-    """Read one frame; asyncio.IncompleteReadError when the stream ends."""
-    header = await reader.readexactly(HEADER.size)
-    return decode(await reader.readexactly(_length(header)))

@@ -10,10 +10,13 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
+from bot.policy import wire
 from bot.policy.embedded import EmbeddedEngine
 from bot.policy.models import Failure
+from bot.policy.rego_process import ChildCrashed, RegoProcess
 from tests.policy.conftest import BASE_INPUT, POLICIES
 from tests.policy.test_embedded import until
 
@@ -171,3 +174,33 @@ async def test_a_cancelled_first_asker_does_not_fail_the_identical_question_wait
 
     assert first.cancelled()
     assert decision.failure is None and decision.require_approval
+
+
+async def test_a_corrupt_answer_fails_every_pending_question_and_kills_the_child() -> None:
+    """A stream that no longer parses cannot be trusted to pair answers with questions."""
+    process = RegoProcess()
+    await process.start()
+    try:
+        assert process.pid is not None
+        os.kill(process.pid, signal.SIGSTOP)
+        asked = asyncio.create_task(process.request({"op": "ping"}, 5.0))
+        await asyncio.sleep(0.05)
+        process._received(b"\x00\x00\x00\x05hello")  # what the pipe would carry from a broken child
+        with pytest.raises(ChildCrashed, match="protocol error: frame is not JSON"):
+            await asked
+        assert not process.alive
+        with pytest.raises(ChildCrashed, match="protocol error"):
+            await process.request({"op": "ping"}, 5.0)
+    finally:
+        await process.stop()
+
+
+async def test_an_answer_to_no_question_is_a_protocol_error() -> None:
+    process = RegoProcess()
+    await process.start()
+    try:
+        process._received(wire.encode({"id": 7, "ok": True}))  # nothing was asked
+        with pytest.raises(ChildCrashed, match="protocol error: answer 7 to no request"):
+            await process.request({"op": "ping"}, 5.0)
+    finally:
+        await process.stop()
