@@ -49,16 +49,20 @@ PASSTHROUGH = ("bot", "pydantic", "pydantic_core", "jinja2", "markupsafe", "stru
 # run rebuilt the adapters of RunInput, Admission, ActionResult... (pydantic schema generation).
 # Wire format unchanged (json/plain, as `pydantic_data_converter`); the cache is thread-safe.
 _SHARED_JSON = PydanticJSONPlainPayloadConverter(max_cached_type_adapters=256)
+# (the SDK's defaults, the converters chosen from them): chosen again only if the defaults change.
+_chosen: tuple[Any, tuple[Any, ...]] = (None, ())
 
 
 class SharedPayloadConverter(CompositePayloadConverter):
     """`PydanticPayloadConverter` whose JSON converter (and its TypeAdapter cache) is shared by every run."""
 
     def __init__(self) -> None:
-        super().__init__(*(
-            _SHARED_JSON if isinstance(c, JSONPlainPayloadConverter) else c
-            for c in DefaultPayloadConverter.default_encoding_payload_converters
-        ))
+        global _chosen
+        defaults = DefaultPayloadConverter.default_encoding_payload_converters
+        if _chosen[0] is not defaults:  # the SDK builds one several times per run: choose once
+            _chosen = (defaults, tuple(_SHARED_JSON if isinstance(c, JSONPlainPayloadConverter) else c
+                                       for c in defaults))
+        super().__init__(*_chosen[1])
 
 
 def shared_converter(client: Client) -> Client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 from typing import Annotated
@@ -19,6 +20,13 @@ def parse_duration(value: object) -> timedelta:
         return value
     if not isinstance(value, str):
         raise ValueError(f"duration must be a string like '30s', '2m', '500ms', not {value!r}")
+    return _parsed(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(value: str) -> timedelta:
+    """The same few spellings are parsed in every activation of every run (timeouts, waits): once
+    each is enough (a timedelta is immutable)."""
     text = value.strip()
     pos, seconds = 0, 0.0
     for match in _PART.finditer(text):

@@ -33,9 +33,17 @@ class TemplateError(ValueError):
     """A template that cannot render: names the template so the author can find it."""
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 def inert(value: Any) -> Any:
     """Data as templates may see it: the marker code points (in values and keys) become U+FFFD, so
     no param, alert field, run field or step output can ever spell a secret reference."""
+    kind = type(value)  # JSON's own types first: isinstance costs a call through the sandbox's wrapper
+    if kind is dict:
+        return {inert(key): inert(item) for key, item in value.items()}
+    if kind in _SCALARS:
+        return value
     if isinstance(value, str):
         if MARK_OPEN in value or MARK_CLOSE in value:
             return value.replace(MARK_OPEN, INERT).replace(MARK_CLOSE, INERT)
