@@ -5,8 +5,10 @@ a child that dies with questions pending restarted once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,18 @@ def slow_policies(root: Path) -> Path:
     return root
 
 
+@contextlib.contextmanager
+def stopped(engine: EmbeddedEngine) -> Iterator[int]:
+    """The engine's child stopped (SIGSTOP): questions pile up unanswered until the block ends."""
+    pid = engine.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 async def pending(engine: EmbeddedEngine, count: int) -> None:
     """Wait until `count` questions are written to the child and unanswered."""
     async def written() -> bool | None:
@@ -65,13 +79,9 @@ async def test_questions_are_written_while_the_child_is_busy() -> None:
     (the child goes from one to the next without a round trip through this process's loop)."""
     async with EmbeddedEngine(POLICIES) as engine:
         await engine.load()
-        assert engine.pid is not None
-        os.kill(engine.pid, signal.SIGSTOP)
-        try:
+        with stopped(engine):
             asked = [asyncio.create_task(engine.decide(asked_in("staging", i))) for i in range(3)]
             await pending(engine, 3)
-        finally:
-            os.kill(engine.pid, signal.SIGCONT)
         decisions = await asyncio.gather(*asked)
 
     assert all(d.failure is None and d.allow and not d.require_approval for d in decisions)
@@ -87,10 +97,11 @@ async def test_waiting_behind_slow_questions_is_not_a_timeout(tmp_path: Path) ->
         began = loop.time()
         decisions = await asyncio.gather(*(engine.decide({"work": 30_000 + i}) for i in range(20)))
         took = loop.time() - began
+        after = engine.pid
 
     assert [d.failure for d in decisions] == [None] * 20
     assert took > 0.3, f"the questions took {took:.2f}s: too fast to show waiting is not a timeout"
-    assert engine.pid is None and pid is not None  # closed; it was never restarted meanwhile
+    assert after == pid is not None  # the same child: never killed for a slow turn
 
 
 async def test_a_hung_child_times_out_every_pending_question_and_restarts_once(policies_copy: Path) -> None:
@@ -137,39 +148,31 @@ async def test_a_cancelled_question_leaves_the_child_and_the_next_answer_alone()
     leaves its late answer to be read as someone else's."""
     async with EmbeddedEngine(POLICIES) as engine:
         await engine.load()
-        pid = engine.pid
-        assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with stopped(engine) as pid:
             gone = asyncio.create_task(engine.decide(asked_in("production", 1)))
             await pending(engine, 1)
             gone.cancel()
             later = asyncio.create_task(engine.decide(asked_in("staging", 2)))
             await pending(engine, 1)  # the cancelled one is no longer waited for; the later one is
-        finally:
-            os.kill(pid, signal.SIGCONT)
         decision = await later
+        after = engine.pid
 
     assert gone.cancelled()
     assert decision.failure is None and decision.allow and not decision.require_approval
-    assert engine.pid is None  # closed normally: the child lived until then
+    assert after == pid  # the same child answered: the cancel did not kill it
 
 
 async def test_a_cancelled_first_asker_does_not_fail_the_identical_question_waiting_on_it() -> None:
     async with EmbeddedEngine(POLICIES) as engine:
         await engine.load()
-        pid = engine.pid
-        assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with stopped(engine):
             first = asyncio.create_task(engine.decide(asked_in("production", 1)))
             await pending(engine, 1)
             same = asyncio.create_task(engine.decide(asked_in("production", 1)))
             await asyncio.sleep(0.05)  # it waits on the first asker's question
             first.cancel()
             await pending(engine, 1)  # it asked again itself
-        finally:
-            os.kill(pid, signal.SIGCONT)
+
         decision = await same
 
     assert first.cancelled()
