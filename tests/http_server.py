@@ -12,6 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's listen backlog is 5: a burst of 100 connections (Bolt's auth.test from each
+    # first request, a burst's answers) overflowed it, and the kernel's SYN-ACK retries held them
+    # back 1, 3, 7, 15, 31 s. The services these fakes stand for take a burst.
+    request_queue_size = 1024
 
     def handle_error(self, request: object, client_address: object) -> None:
         """A client dropping a kept-alive connection (a pooled client closing, a process exiting)
