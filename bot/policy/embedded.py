@@ -117,7 +117,8 @@ class EmbeddedEngine(FailClosed):
         self._consecutive_crashes = 0
         self._closing = False  # close() began: a question failing on the stopped child restarts nothing
         self.cache = DecisionCache(cache_size)
-        self._asking: dict[Key, asyncio.Future[dict[str, Any]]] = {}  # questions the child is answering
+        # Questions being answered, each with the child asked: identical ones wait for its answer.
+        self._asking: dict[Key, tuple[RegoProcess, asyncio.Future[dict[str, Any]]]] = {}
         self._cacheable = False  # the loaded policy answers from its input alone
 
     # --- PolicyEngine -------------------------------------------------------------------
@@ -230,14 +231,16 @@ class EmbeddedEngine(FailClosed):
     async def _ask(self, proc: RegoProcess, rule: str, encoded: bytes, key: Key | None) -> dict[str, Any]:
         """The child's answer to one question; with a cache `key`, identical questions asked
         while it is being answered wait for that answer instead of asking again."""
-        while key is not None and (asked := self._asking.get(key)) is not None:
+        # Only a question to this same child is joined: one asked of a child that has since died
+        # fails with that child, and its crash must not be read as this child's.
+        while key is not None and (asking := self._asking.get(key)) is not None and asking[0] is proc:
             try:
-                return await asyncio.shield(asked)
+                return await asyncio.shield(asking[1])
             except _AskerGone:  # its asker was cancelled before the answer: ask again
                 continue
         mine = asyncio.get_running_loop().create_future() if key is not None else None
         if key is not None and mine is not None:
-            self._asking[key] = mine
+            self._asking[key] = (proc, mine)
         try:
             answer = await proc.request({"op": "eval", "entrypoint": entrypoint(rule)}, self.timeout, input=encoded)
         except BaseException as exc:
@@ -249,7 +252,7 @@ class EmbeddedEngine(FailClosed):
             if mine is not None:
                 mine.set_result(answer)
         finally:
-            if key is not None and self._asking.get(key) is mine:
+            if key is not None and (asking := self._asking.get(key)) is not None and asking[1] is mine:
                 del self._asking[key]
         return answer
 
