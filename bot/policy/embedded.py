@@ -307,6 +307,11 @@ class EmbeddedEngine(FailClosed):
                 return
         try:
             answer = await self._proc.request(_load_request(sources), max(self.timeout, LOAD_TIMEOUT))
+        except asyncio.CancelledError:
+            # Cut off mid-load (a readiness probe's timeout, a caller given up): the child was
+            # killed (RegoProcess), and the files are read again at the next question.
+            self._signature, self._next_check = None, 0.0
+            raise
         except (ChildCrashed, ChildTimeout) as exc:
             self._loaded = None
             culprit = await asyncio.to_thread(_crash_culprit, sources)

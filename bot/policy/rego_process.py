@@ -28,6 +28,9 @@ CHILD_MODULE = "bot.policy.embedded_child"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
+READ_ONLY = frozenset({"eval", "ping"})  # requests that change nothing in the child: safe to give up on
+
+
 class ChildCrashed(Exception):
     """The child exited, was killed, or broke the protocol; its state is gone."""
 
@@ -204,8 +207,17 @@ class RegoProcess:
             await self._reap(proc)
             self._fail(ChildCrashed(self._death_note(proc)), exc)
             raise self._error() from exc
+        except asyncio.CancelledError:
+            if message.get("op") not in READ_ONLY:
+                # The frame went out, so the child may act on it (a load: a policy its owner does
+                # not know it holds): what it holds is no longer known, and it is killed.
+                self.kill()
+                self._fail(ChildCrashed(f"a {message.get('op')!r} request was cancelled halfway"), None)
+            raise
         finally:
             watch.cancel()
+            if not future.done():
+                future.cancel()  # a watch rescheduled meanwhile sees it done and stops
             # Given up (cancelled) or done: an answer still in flight is dropped by its id.
             self._pending.pop(request_id, None)
 
@@ -265,6 +277,8 @@ class RegoProcess:
         if self._ended is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._ended), 1)
+        # Answered before it exited, or not at all: what is still pending is denied now, not at its timeout.
+        self._fail(ChildCrashed("policy engine process stopped"), None)
         for task in (self._ended, self._stderr_task):
             if task is not None:
                 task.cancel()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -207,3 +208,29 @@ async def test_an_answer_to_no_question_is_a_protocol_error() -> None:
             await process.request({"op": "ping"}, 5.0)
     finally:
         await process.stop()
+
+
+async def test_a_load_cut_off_midway_never_leaves_answers_under_another_policys_name(policies_copy: Path) -> None:
+    """The attack: a readiness probe's timeout cancels a reload after its frame went out, the child
+    takes the new policy while the engine still names the old one, and the operator's revert to
+    the old files is then read as "unchanged": the new (say, looser) policy keeps answering under
+    the old policy's hash. The child of a load cut off midway is killed, and the files read again."""
+    data_path = policies_copy / "playbook" / "data.json"
+    original = data_path.read_text()
+    frozen = json.loads(original)
+    frozen["freezes"] = [{"start": "2000-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z", "reason": "audit"}]
+    async with EmbeddedEngine(policies_copy, reload_interval=0, restart_delay=0.05) as engine:
+        before = await engine.decide(BASE_INPUT)
+        data_path.write_text(json.dumps(frozen))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(engine.ready(), 0.0001)  # cut off once the load frame is written
+        data_path.write_text(original)  # the operator reverts
+
+        async def answered() -> Any:
+            decision = await engine.decide(BASE_INPUT)
+            return decision if decision.failure is None else None
+
+        after = await until(answered)
+
+    assert before.allow and before.failure is None
+    assert (after.allow, after.reasons, after.policy_hash) == (True, before.reasons, before.policy_hash)
