@@ -8,6 +8,7 @@ here reads the environment. Handlers ack first and answer errors ephemerally thr
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse
 from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.kwargs_injection.async_args import AsyncArgs
+from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
 from slack_bolt.request.internals import build_normalized_headers, extract_content_type, parse_body
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
@@ -83,6 +85,7 @@ def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
     )
     groups = GroupResolver(deps.web)
     groups.warm()  # the first command should not wait for usergroups.list before its ack
+    warm_authorization(app, deps.web)
 
     from bot.slack import (  # the handlers import this module's SlackDeps
         approvals,
@@ -199,6 +202,37 @@ async def _respond(respond: Any, text: str, web: AsyncWebClient | None = None,
         log.warning("response_url refused the answer", status=status)
         return False
     return True
+
+
+_warming: set[asyncio.Task[None]] = set()  # held until done
+
+
+def warm_authorization(app: AsyncApp, web: AsyncWebClient) -> None:
+    """Ask auth.test once now, for Bolt's single-workspace authorization, which asks it on the
+    first request and keeps the answer, but asks it for every request of a cold burst (no lock):
+    a front door restarted into a burst made one auth.test per command, each ack waiting for it.
+    A failure here changes nothing: the first request asks, as before."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    single = [m for m in getattr(app, "_async_middleware_list", ()) if isinstance(m, AsyncSingleTeamAuthorization)]
+    if not single:  # another Bolt, or another authorization: nothing to warm
+        return
+
+    async def ask() -> None:
+        try:
+            answer = await web.auth_test()
+        except Exception as exc:  # noqa: BLE001  the first request asks again
+            log.warning("slack auth.test failed at start; the first request asks it again", error=str(exc))
+            return
+        for middleware in single:
+            if middleware.auth_test_result is None:
+                middleware.auth_test_result = answer
+
+    task = asyncio.create_task(ask(), name="slack-auth-test")
+    _warming.add(task)
+    task.add_done_callback(_warming.discard)
 
 
 def slack_router(app: AsyncApp, settings: Settings) -> APIRouter:

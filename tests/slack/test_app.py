@@ -323,3 +323,13 @@ async def test_a_malformed_button_is_refused_to_the_clicker(stack: Stack) -> Non
     calls = await eventually(lambda: returns(stack.fake.calls_to("chat.postEphemeral")), what="refusal")
     assert "malformed" in calls[0].params["text"]
 
+
+
+async def test_a_burst_of_commands_after_a_start_asks_auth_test_once(stack: Stack) -> None:
+    """Bolt asks auth.test for every request of a cold burst (its single-workspace authorization
+    has no lock); the front door asks it once when it starts, so a burst's acks wait for none."""
+    await asyncio.sleep(0.5)  # the front door has started (and asked, once)
+    bodies = [stack.command("help", trigger_id=f"burst-{i}")[0] for i in range(20)]
+    responses = await asyncio.gather(*(stack.post(body) for body in bodies))
+    assert [r.status_code for r in responses] == [200] * 20
+    assert len(stack.fake.calls_to("auth.test")) == 1, f"{len(stack.fake.calls_to('auth.test'))} auth.test calls"
