@@ -209,7 +209,8 @@ class EmbeddedEngine(FailClosed):
             return None, provenance, self._fail_closed(rule, Failure.TIMEOUT, reason)
         except ChildCrashed as exc:
             self._crashed(proc, str(exc))
-            return None, provenance, self._fail_closed(rule, Failure.ENGINE_CRASHED, f"{exc}; restarting it")
+            said = f"{exc}; the engine is closing" if self._closing else f"{exc}; restarting it"
+            return None, provenance, self._fail_closed(rule, Failure.ENGINE_CRASHED, said)
         self._consecutive_crashes = 0
         if not answer.get("ok"):
             error = answer.get("error") or {}

@@ -234,3 +234,22 @@ async def test_a_load_cut_off_midway_never_leaves_answers_under_another_policys_
 
     assert before.allow and before.failure is None
     assert (after.allow, after.reasons, after.policy_hash) == (True, before.reasons, before.policy_hash)
+
+
+async def test_a_question_pending_when_the_engine_closes_is_denied_at_once() -> None:
+    """Closing the engine (the worker stopping) does not leave a question waiting out its timeout
+    on a child that will never answer: it is denied once the child is gone."""
+    engine = EmbeddedEngine(POLICIES, timeout=30.0)
+    await engine.load()
+    assert engine.pid is not None
+    os.kill(engine.pid, signal.SIGSTOP)  # it will not answer, nor exit when its input closes
+    asked = asyncio.create_task(engine.decide(asked_in("staging", 1)))
+    await pending(engine, 1)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await engine.close()  # closes the child's input, then kills it after a second
+    decision = await asyncio.wait_for(asked, 5)
+
+    assert (decision.allow, decision.failure) == (False, Failure.ENGINE_CRASHED)
+    assert decision.reasons == ["policy engine process stopped; the engine is closing"]
+    assert loop.time() - began < 5
