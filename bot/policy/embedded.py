@@ -31,13 +31,12 @@ from bot.policy.sources import PolicySources, read_sources, tree_signature
 
 log = structlog.get_logger(__name__)
 
-LOAD_TIMEOUT = 30.0
+LOAD_TIMEOUT = 30.0  # compiling is slower than deciding; a stuck compile is still an error
 Key = tuple[str, str, str]  # (policy hash, rule, input digest): a cached or pending question
 
 
 class _AskerGone(Exception):
     """The question's first asker was cancelled before its answer: the next asks it again."""
-  # compiling is slower than deciding; a stuck compile is still an error
 
 
 def _load_request(sources: PolicySources) -> dict[str, Any]:

@@ -137,8 +137,7 @@ class RegoProcess:
         try:
             answers = wire.take_frames(self._buffer)
         except wire.FrameError as exc:
-            self.kill()
-            self._fail(ChildCrashed(f"protocol error: {exc}"), exc)
+            self._give_up(ChildCrashed(f"protocol error: {exc}"), exc)
             return
         for answer in answers:
             self._answered += 1
@@ -149,8 +148,7 @@ class RegoProcess:
                     future.set_result(answer)
             elif not (isinstance(request_id, int) and 0 < request_id <= self._next_id):
                 # Not an answer to anything asked (one whose asker gave up was dropped above).
-                self.kill()
-                self._fail(ChildCrashed(f"protocol error: answer {request_id!r} to no request"), None)
+                self._give_up(ChildCrashed(f"protocol error: answer {request_id!r} to no request"))
                 return
 
     def _stdout_closed(self, exc: Exception | None) -> None:
@@ -159,10 +157,17 @@ class RegoProcess:
         if self._proc is not None and self._ended is None:
             self._ended = asyncio.ensure_future(self._after_end(self._proc, exc))
 
-    async def _after_end(self, proc: asyncio.subprocess.Process, exc: Exception | None) -> None:
+    async def _after_end(self, proc: asyncio.subprocess.Process, exc: BaseException | None) -> None:
+        """The child is gone (or its pipe is): once it has exited, every request fails saying how."""
         self.kill()
         await self._reap(proc)
         self._fail(ChildCrashed(self._death_note(proc)), exc)
+
+    def _give_up(self, error: Exception, cause: BaseException | None = None) -> None:
+        """The child can no longer be trusted (it hangs, breaks the protocol, or may hold what
+        its owner does not know): every request fails with `error`, and it is killed."""
+        self._fail(error, cause)
+        self.kill()
 
     def _fail(self, error: Exception, cause: BaseException | None) -> None:
         """The stream is done: every request pending and every later one fails with `error`
@@ -203,16 +208,13 @@ class RegoProcess:
             await proc.stdin.drain()
             return await future
         except (ConnectionError, BrokenPipeError) as exc:  # the child's end of stdin is gone
-            self.kill()
-            await self._reap(proc)
-            self._fail(ChildCrashed(self._death_note(proc)), exc)
+            await self._after_end(proc, exc)
             raise self._error() from exc
         except asyncio.CancelledError:
             if message.get("op") not in READ_ONLY:
                 # The frame went out, so the child may act on it (a load: a policy its owner does
                 # not know it holds): what it holds is no longer known, and it is killed.
-                self.kill()
-                self._fail(ChildCrashed(f"a {message.get('op')!r} request was cancelled halfway"), None)
+                self._give_up(ChildCrashed(f"a {message.get('op')!r} request was cancelled halfway"))
             raise
         finally:
             watch.cancel()
@@ -227,8 +229,7 @@ class RegoProcess:
         if future.done():
             return
         if self._answered == progress:
-            self._fail(ChildTimeout(f"no answer within {timeout:g}s"), None)
-            self.kill()
+            self._give_up(ChildTimeout(f"no answer within {timeout:g}s"))
             return
         asyncio.get_running_loop().call_later(timeout, self._watch, future, timeout, self._answered)
 
