@@ -59,11 +59,6 @@ if TYPE_CHECKING:
 
 REQUESTER_MEMO = "requested_by"  # on Slack-started runs: who asked, readable from a listing (the App Home)
 ACK_BUDGET = 2.0  # seconds of Slack's 3 s spent starting the run before the ack
-
-
-def ack_budget(received_at: float | None) -> float:
-    """What is left of ACK_BUDGET: under a burst, time queued before the handler is Slack's too."""
-    return ACK_BUDGET - (time.monotonic() - received_at) if received_at is not None else ACK_BUDGET
 RECORD_RETRIES = (1.0, 3.0, None)  # pauses between attempts at a slack_command append; None: give up
 log = structlog.get_logger(__name__)
 
@@ -215,12 +210,20 @@ class PlaybookCommand:
         with structlog.contextvars.bound_contextvars(
             slack_trigger=body.get("trigger_id"), slack_user=body.get("user_id"), subcommand="run"
         ):
-            try:
-                answer = await ack_within(ack, self._start(body, args), ack_budget(received_at), "run start")
-            except Exception as exc:  # noqa: BLE001  (acked: the user is told through the answer)
-                queue_error(self.deps, exc, body, respond)
-                return
-            self._say(body, respond, answer)
+            await self.start_in_ack_window(ack, body, self._start(body, args), respond, received_at, "run start")
+
+    async def start_in_ack_window(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any],
+                                  start: Awaitable[str], respond: Respond | None, received_at: float | None,
+                                  what: str) -> None:
+        """`start` (a typed command's or a form's), given what is left of ACK_BUDGET before the
+        ack (ack_within); its answer, or what refused it, is queued for `body`'s user after."""
+        budget = ACK_BUDGET - (time.monotonic() - received_at) if received_at is not None else ACK_BUDGET
+        try:
+            answer = await ack_within(ack, start, budget, what)
+        except Exception as exc:  # noqa: BLE001  (acked: the user is told through the answer)
+            queue_error(self.deps, exc, body, respond)
+            return
+        self._say(body, respond, answer)
 
     async def run(self, body: dict[str, Any], args: list[str], respond: Respond) -> None:
         self._say(body, respond, await self._start(body, args))

@@ -25,9 +25,8 @@ from bot.playbook.loader import LoadedPlaybook, UnknownPlaybook
 from bot.playbook.params import ParamError
 from bot.slack import forms
 from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error
-from bot.slack.commands import HELP, PlaybookCommand, ack_budget
+from bot.slack.commands import HELP, PlaybookCommand
 from bot.slack.forms import FieldErrors, FormMeta, FormRefused, Sealer
-from bot.slack.listeners import ack_within
 
 log = structlog.get_logger(__name__)
 
@@ -190,10 +189,5 @@ class RunForms:
                                    params: dict[str, Any], respond: Any, received_at: float | None) -> None:
         """As a typed `run`: the start gets what is left of ACK_BUDGET, then the modal is closed
         (an empty ack) and the answer follows in the channel once the start is done."""
-        try:
-            answer = await ack_within(ack, self.command.start_prepared(origin, loaded, params), ack_budget(received_at),
-                                      "form start")
-        except Exception as exc:  # noqa: BLE001  (acked: the user is told through the answer)
-            queue_error(self.deps, exc, origin, respond)
-            return
-        self.command._say(origin, respond, answer)
+        await self.command.start_in_ack_window(ack, origin, self.command.start_prepared(origin, loaded, params), respond,
+                                               received_at, "form start")
