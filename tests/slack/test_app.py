@@ -324,7 +324,6 @@ async def test_a_malformed_button_is_refused_to_the_clicker(stack: Stack) -> Non
     assert "malformed" in calls[0].params["text"]
 
 
-
 async def test_a_burst_of_commands_after_a_start_asks_auth_test_once(stack: Stack) -> None:
     """Bolt asks auth.test for every request of a cold burst (its single-workspace authorization
     has no lock); the front door asks it once when it starts, so a burst's acks wait for none."""
