@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, BinaryIO
+from typing import Any
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024  # far above any policy input; guards against a desynchronised stream
@@ -48,20 +48,6 @@ def _length(header: bytes) -> int:
     return length
 
 
-def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
-    """Read one frame from a blocking buffered stream; None at a clean end of stream."""
-    header = stream.read(HEADER.size)
-    if not header:
-        return None
-    if len(header) < HEADER.size:
-        raise FrameError("stream ended inside a frame header")
-    length = _length(header)
-    payload = stream.read(length)
-    if len(payload) < length:
-        raise FrameError("stream ended inside a frame")
-    return decode(payload)
-
-
 def read_frames(data: bytes) -> list[dict[str, Any]]:
     """Split a whole captured stream into frames (a truncated tail is dropped)."""
     return take_frames(bytearray(data))
@@ -70,13 +56,19 @@ def read_frames(data: bytes) -> list[dict[str, Any]]:
 def take_frames(buffer: bytearray) -> list[dict[str, Any]]:
     """The complete frames at the start of `buffer`, removed from it; a partial frame stays
     for the bytes still to come."""
-    frames, offset = [], 0
-    while offset + HEADER.size <= len(buffer):
-        length = _length(buffer[offset : offset + HEADER.size])
-        end = offset + HEADER.size + length
-        if end > len(buffer):
-            break
-        frames.append(decode(bytes(buffer[offset + HEADER.size : end])))
-        offset = end
-    del buffer[:offset]
+    frames = []
+    while (frame := take_frame(buffer)) is not None:
+        frames.append(frame)
     return frames
+
+
+def take_frame(buffer: bytearray) -> dict[str, Any] | None:
+    """The first frame of `buffer`, removed from it; None while it is still partial."""
+    if len(buffer) < HEADER.size:
+        return None
+    end = HEADER.size + _length(buffer[: HEADER.size])
+    if end > len(buffer):
+        return None
+    frame = decode(bytes(buffer[HEADER.size : end]))
+    del buffer[:end]
+    return frame
