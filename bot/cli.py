@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from bot import logging as bot_logging
+from bot import eventloop, logging as bot_logging
 from bot.api.client import ApiClient, ApiClientError
 from bot.audit.cli import app as audit_app
 from bot.console import progress_lines, schedules_table, status_table
@@ -97,7 +97,7 @@ def _reason(exc: BaseException) -> str:
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     """Run async work; known errors become one line, the rest a traceback (a bug)."""
     try:
-        return asyncio.run(coro_fn())
+        return eventloop.run(coro_fn())
     except KNOWN_ERRORS as exc:
         raise Failure(_reason(exc)) from None
 
@@ -435,7 +435,7 @@ def rehearse_cmd(
         for name in ("temporalio", "bot"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        report = asyncio.run(rehearse(target, settings.policies_dir, say=lambda line: print(line, flush=True)))
+        report = eventloop.run(rehearse(target, settings.policies_dir, say=lambda line: print(line, flush=True)))
     except (RehearsalUnavailable, PolicyLoadError) as exc:
         raise Failure(_reason(exc), code=2) from None
     for bad in report.bad_files:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from enum import StrEnum
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from bot import eventloop
 from bot.policy.engine import PolicyEngine, make_engine
 from bot.policy.errors import PolicyLoadError
 from bot.policy.models import Verdict
@@ -78,7 +78,7 @@ def eval_command(
         raise _fail(f"{input}: the input must be a JSON object")
     engine = make_engine(_settings())
     try:
-        answer = asyncio.run(_ask(engine, rule, document))
+        answer = eventloop.run(_ask(engine, rule, document))
     except PolicyLoadError as exc:
         raise _fail(str(exc)) from None
     typer.echo(answer.model_dump_json(indent=2))

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from bot import eventloop
 from bot.policy import wire
 from bot.policy.embedded import EmbeddedEngine
 from bot.policy.models import Failure
@@ -253,3 +254,49 @@ async def test_a_question_pending_when_the_engine_closes_is_denied_at_once() -> 
     assert (decision.allow, decision.failure) == (False, Failure.ENGINE_CRASHED)
     assert decision.reasons == ["policy engine process stopped; the engine is closing"]
     assert loop.time() - began < 5
+
+
+def test_the_loop_polls_for_an_answer_only_while_one_is_due_and_comes_quickly() -> None:
+    """RegoProcess tells bot.eventloop an answer is due while it waits for one, says when it has
+    none pending, and stops asking after an answer slower than the poll (the loop then sleeps)."""
+    async def main() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, eventloop.Loop)
+        due, seen = loop.spinning.due, []
+        process = RegoProcess()
+        await process.start()
+        try:
+            for _ in range(2):  # the first waits for the child's start-up; the second is quick
+                await process.request({"op": "ping"}, 5.0)
+            os.kill(process.pid, signal.SIGSTOP)
+            try:
+                asked = asyncio.create_task(process.request({"op": "ping"}, 5.0))
+                await asyncio.sleep(0.01)
+                seen.append(process in due)  # asked, unanswered: polled for
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            await asked  # this answer took 10 ms, longer than the poll
+            seen.append(process in due)  # nothing pending
+            os.kill(process.pid, signal.SIGSTOP)
+            try:
+                asked = asyncio.create_task(process.request({"op": "ping"}, 5.0))
+                await asyncio.sleep(0.01)
+                seen.append(process in due)  # after a slow answer: not polled for
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            await asked
+            await process.request({"op": "ping"}, 5.0)  # quick again (0.1 ms): the next is polled for
+            os.kill(process.pid, signal.SIGSTOP)
+            try:
+                asked = asyncio.create_task(process.request({"op": "ping"}, 5.0))
+                await asyncio.sleep(0.01)
+                seen.append(process in due)
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            await asked
+        finally:
+            await process.stop()
+        seen.append(process in due)
+        return seen
+
+    assert eventloop.run(main()) == [True, False, False, True, False]
