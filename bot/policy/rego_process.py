@@ -32,7 +32,8 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 READ_ONLY = frozenset({"eval", "ping"})  # requests that change nothing in the child: safe to give up on
 # How long the event loop polls for an answer instead of sleeping (bot.eventloop): the shipped
-# policy answers in about 0.4 ms; a child whose last answer took longer is waited for asleep.
+# policy answers in about 0.4 ms. A child whose last answer took more than twice as long is waited
+# for asleep (twice: an answer is slower when both sides wake from sleep for it, as after a pause).
 SPIN = 0.001
 
 
@@ -158,7 +159,7 @@ class RegoProcess:
                 self._give_up(ChildCrashed(f"protocol error: answer {request_id!r} to no request"))
                 return
             if request_id == self._last_sent[0]:
-                self._quick = time.monotonic() - self._last_sent[1] < SPIN
+                self._quick = time.monotonic() - self._last_sent[1] < 2 * SPIN
         if not self._pending:
             eventloop.nothing_due(self)
 

@@ -31,7 +31,7 @@ def encode(message: dict[str, Any], **encoded: bytes) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-def decode(payload: bytes) -> dict[str, Any]:
+def decode(payload: bytes | bytearray) -> dict[str, Any]:
     try:
         message = json.loads(payload)
     except ValueError as exc:
@@ -69,6 +69,6 @@ def take_frame(buffer: bytearray) -> dict[str, Any] | None:
     end = HEADER.size + _length(buffer[: HEADER.size])
     if end > len(buffer):
         return None
-    frame = decode(bytes(buffer[HEADER.size : end]))
+    frame = decode(buffer[HEADER.size : end])  # one copy: a load frame can be megabytes
     del buffer[:end]
     return frame

@@ -58,3 +58,18 @@ def test_a_broken_stream_ends_with_a_message(stream: bytes, message: str, capsys
 
 def test_a_clean_end_of_input_ends_the_requests() -> None:
     assert list(requests(fed([]))) == []
+
+
+def test_between_questions_far_apart_the_child_sleeps_after_a_short_poll() -> None:
+    """After an answer the child polls for the next question for at most SPIN, then sleeps: 0.3 s
+    without a question costs it no more than a few milliseconds of CPU (one that kept polling
+    would spend all 0.3 s)."""
+    frame = wire.encode(FRAMES[0])
+    spent = []
+    started = time.process_time()
+    for _ in requests(fed([frame, frame, frame], pause=0.3)):
+        spent.append(time.process_time() - started)  # CPU from the last answer to this question
+        started = time.process_time()
+
+    assert len(spent) == 3
+    assert max(spent[1:]) < 0.1

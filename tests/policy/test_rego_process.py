@@ -17,7 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bot import eventloop
-from bot.policy import wire
+from bot.policy import rego_process, wire
 from bot.policy.embedded import EmbeddedEngine
 from bot.policy.models import Failure
 from bot.policy.rego_process import ChildCrashed, RegoProcess
@@ -256,44 +256,43 @@ async def test_a_question_pending_when_the_engine_closes_is_denied_at_once() -> 
     assert loop.time() - began < 5
 
 
-def test_the_loop_polls_for_an_answer_only_while_one_is_due_and_comes_quickly() -> None:
+def test_the_loop_polls_for_an_answer_only_while_one_is_due_and_comes_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
     """RegoProcess tells bot.eventloop an answer is due while it waits for one, says when it has
-    none pending, and stops asking after an answer slower than the poll (the loop then sleeps)."""
+    none pending, and stops asking after an answer slower than it polls for (the loop then sleeps).
+    The poll is made 0.5 s here so that a loaded machine's wake-ups never count as slow; a slow
+    answer is one the child gives only after being stopped for 1.5 s."""
+    monkeypatch.setattr(rego_process, "SPIN", 0.5)
+
     async def main() -> list[bool]:
         loop = asyncio.get_running_loop()
         assert isinstance(loop, eventloop.Loop)
         due, seen = loop.spinning.due, []
         process = RegoProcess()
         await process.start()
+
+        async def ask(stopped_for: float) -> None:
+            """One ping, the child stopped for `stopped_for` s after it is asked (0: not stopped)."""
+            if not stopped_for:
+                await process.request({"op": "ping"}, 5.0)
+                return
+            assert process.pid is not None
+            os.kill(process.pid, signal.SIGSTOP)
+            try:
+                asked = asyncio.create_task(process.request({"op": "ping"}, 5.0))
+                await asyncio.sleep(0.01)
+                seen.append(process in due)  # asked and unanswered: polled for?
+                await asyncio.sleep(stopped_for)
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            await asked
+
         try:
             for _ in range(2):  # the first waits for the child's start-up; the second is quick
-                await process.request({"op": "ping"}, 5.0)
-            os.kill(process.pid, signal.SIGSTOP)
-            try:
-                asked = asyncio.create_task(process.request({"op": "ping"}, 5.0))
-                await asyncio.sleep(0.01)
-                seen.append(process in due)  # asked, unanswered: polled for
-            finally:
-                os.kill(process.pid, signal.SIGCONT)
-            await asked  # this answer took 10 ms, longer than the poll
-            seen.append(process in due)  # nothing pending
-            os.kill(process.pid, signal.SIGSTOP)
-            try:
-                asked = asyncio.create_task(process.request({"op": "ping"}, 5.0))
-                await asyncio.sleep(0.01)
-                seen.append(process in due)  # after a slow answer: not polled for
-            finally:
-                os.kill(process.pid, signal.SIGCONT)
-            await asked
-            await process.request({"op": "ping"}, 5.0)  # quick again (0.1 ms): the next is polled for
-            os.kill(process.pid, signal.SIGSTOP)
-            try:
-                asked = asyncio.create_task(process.request({"op": "ping"}, 5.0))
-                await asyncio.sleep(0.01)
-                seen.append(process in due)
-            finally:
-                os.kill(process.pid, signal.SIGCONT)
-            await asked
+                await ask(0)
+            await ask(1.5)  # polled for; its answer comes late
+            seen.append(process in due)  # answered: nothing pending
+            await ask(0.01)  # after a late answer: not polled for (and this answer is quick)
+            await ask(0.01)  # polled for again
         finally:
             await process.stop()
         seen.append(process in due)
