@@ -38,7 +38,7 @@ from bot.audit.chain import FIELDS, FIRST_DUPLICATE_ID, ChainWalk
 from bot.audit.episodes import Episode
 from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, canonical_json, check_storable, parse_ts
 from bot.audit.pg_schema import APPEND_LOCK, SCHEMA_VERSION, migrate_schema, schema_version
-from bot.audit.store import AuditUnavailable, VerifyResult
+from bot.audit.store import AuditUnavailable, VerifyResult, execution_prefixes
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -283,12 +283,12 @@ class PostgresAuditStore:
     @_reconnecting
     def run_last_recorded(self, run_id: str, exclude_execution: str | None = None) -> datetime | None:
         """When a run under this id last started or ended (see SqliteAuditStore.run_last_recorded)."""
-        own = f"{run_id}/{exclude_execution}:" if exclude_execution else "\x01"
+        own, reset = execution_prefixes(run_id, exclude_execution) if exclude_execution else ("\x01", "\x01")
         with self._connected("read") as conn:
             row = conn.execute(
                 "SELECT max(ts) FROM audit_events WHERE run_id = %s AND kind IN ('run_started', 'run_finished')"
-                " AND left(event_id, length(%s)) != %s",
-                (run_id, own, own),
+                " AND left(event_id, length(%s)) NOT IN (%s, %s)",
+                (run_id, own, own, reset),
             ).fetchone()
         return parse_ts(row[0]) if row and row[0] else None
 

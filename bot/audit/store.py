@@ -93,6 +93,14 @@ def default_path(settings: Settings) -> Path:
     return settings.data_dir / "audit.db"
 
 
+def execution_prefixes(run_id: str, execution: str | None) -> tuple[str, str]:
+    """The event id prefixes of an execution's events and of its resets' (bot/engine/spool.py
+    `_execution`); without an execution, prefixes no event id has."""
+    if not execution:
+        return "\0", "\0"
+    return f"{run_id}/{execution}:", f"{run_id}/{execution}~"
+
+
 class SqliteAuditStore:
     def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
         """Opens lazily: a store on a missing or full disk can still be built, and every call
@@ -258,14 +266,15 @@ class SqliteAuditStore:
     def run_last_recorded(self, run_id: str, exclude_execution: str | None = None) -> datetime | None:
         """When a run under this id last started or ended (its `ts`), reading only those events:
         admission asks it for every start, and a run's step outputs can be megabytes. Events of
-        `exclude_execution` (ids `<run id>/<execution>:...`) are the asking run's own: a retried
-        first workflow task may have written them already, and they are no earlier run."""
-        own = f"{run_id}/{exclude_execution}:" if exclude_execution else "\0"
+        `exclude_execution` (ids `<run id>/<execution>:...`, and `<run id>/<execution>~<later>:...`
+        of a reset of it) are the asking run's own: a retried first workflow task may have written
+        them already, and they are no earlier run."""
+        own, reset = execution_prefixes(run_id, exclude_execution)
         with self._connected("read") as conn:
             row = conn.execute(
                 "SELECT max(ts) FROM audit_events WHERE run_id = ? AND kind IN ('run_started', 'run_finished')"
-                " AND substr(event_id, 1, length(?)) != ?",
-                (run_id, own, own),
+                " AND substr(event_id, 1, length(?)) NOT IN (?, ?)",
+                (run_id, own, own, reset),
             ).fetchone()
         return parse_ts(row[0]) if row and row[0] else None
 

@@ -57,8 +57,16 @@ class AuditSpool:
         return self._spool
 
     def _execution(self) -> str | None:
-        """This execution's part of its event ids (None: a run from before, which keeps its ids)."""
-        return workflow.info().first_execution_run_id.replace("-", "") if self._spooled() else None
+        """This execution's part of its event ids (None: a run from before, which keeps its ids):
+        the chain's first execution, and for a later execution of the chain (an operator's
+        `temporal workflow reset`) `<first>~<this one>`. A reset execution acts again, so its
+        events are its own, not read as repeats of the first execution's and dropped from the
+        trail (event ids are idempotent). A run never reset keeps the ids it always had."""
+        if not self._spooled():
+            return None
+        info = workflow.info()
+        first = info.first_execution_run_id.replace("-", "")
+        return first if info.run_id == info.first_execution_run_id else f"{first}~{info.run_id.replace('-', '')}"
 
     def _place(self) -> int:
         self._audit_n += 1

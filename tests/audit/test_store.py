@@ -173,3 +173,18 @@ def test_run_last_recorded_leaves_out_the_asking_executions_own_events(store) ->
     assert store.run_last_recorded("r_1", "abd") == at
     assert store.run_last_recorded("r_1", "ab") == at  # a prefix of the execution is another one
     assert store.run_last_recorded("r_1") == at
+
+
+def test_run_last_recorded_counts_a_reset_of_the_asking_run_as_that_run(store) -> None:
+    """A run reset in Temporal writes under `<first execution>~<this one>` (bot/engine/spool.py):
+    that is the asking run again, not an earlier run under its id; another run's reset is not."""
+    from datetime import UTC, datetime
+
+    from bot.audit.events import AuditEvent, EventKind
+
+    at = datetime(2026, 12, 3, 3, 0, tzinfo=UTC)
+    store.append([AuditEvent(event_id="r_1/abc~def:run:run_started", ts=at, run_id="r_1", kind=EventKind.run_started,
+                             actor="system")])
+    assert store.run_last_recorded("r_1", "abc") is None
+    assert store.run_last_recorded("r_1", "abd") == at
+    assert store.run_last_recorded("r_1", "ab") == at

@@ -19,10 +19,14 @@ from typing import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
+from bot.audit.store import SqliteAuditStore
 from bot.devstack import DevServer
 from bot.engine.runs import start_run
 from bot.engine.state import RunStatus, TriggerContext
@@ -274,3 +278,54 @@ async def test_workers_killed_again_and_again_each_side_effect_repeats_only_when
         for before, after in zip(times, times[1:]):
             assert any(before < kill < after for kill in kills), f"{key} repeated without a crash in between"
     assert len(sink.hits) == 6 + len(kills), "only the three requests cut off were sent again"
+
+
+RESET_PLAYBOOK = """\
+name: reset-run
+summary: Two side effects; an operator resets the finished run to its first workflow task
+owner: sre-oncall
+steps:
+  - id: a
+    action: http.request
+    with: {{method: POST, url: "{sink}/a"}}
+  - id: b
+    action: http.request
+    with: {{method: POST, url: "{sink}/b"}}
+"""
+
+
+async def test_a_reset_run_repeats_its_steps_with_the_same_keys_and_the_trail_says_so(rig: Rig, sink: Sink) -> None:
+    """`temporal workflow reset` to the run's first workflow task: Temporal replays the run from
+    there in a new execution of the same chain, so its steps act again. Each repeat carries the
+    key of the first (the target can tell a repeat), and the audit trail shows both executions."""
+    worker = rig.worker("worker")
+    handle = await start(rig, RESET_PLAYBOOK.format(sink=sink.url), "reset-run")
+    first = await result_while_alive(handle, [worker])
+    assert first.state == "completed"
+    history = [e async for e in handle.fetch_history_events()]
+    task_done = next(e.event_id for e in history if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
+    reset = await rig.client.workflow_service.reset_workflow_execution(ResetWorkflowExecutionRequest(
+        namespace=rig.client.namespace,
+        workflow_execution=WorkflowExecution(workflow_id=handle.id),
+        reason="operator retries the run",
+        workflow_task_finish_event_id=task_done,
+        request_id=str(uuid.uuid4()),
+    ))
+    again = await result_while_alive(rig.client.get_workflow_handle(handle.id, run_id=reset.run_id, result_type=RunStatus),
+                                     [worker])
+
+    assert again.state == "completed", again.model_dump_json(indent=2)
+    # Both executions acted, each request with the step's one key: the target can tell a repeat.
+    assert sink.keys() == Counter({f"{handle.id}:a": 2, f"{handle.id}:b": 2})
+    with SqliteAuditStore(rig.data_dir.parent / "bot-data" / "audit.db") as store:
+        events = store.events(run_id=handle.id)
+        assert store.verify().ok
+    chain = (handle.first_execution_run_id or "").replace("-", "")
+    later = f"{chain}~{reset.run_id.replace('-', '')}"
+    story = ["run_started", "step_started a", "step_succeeded a", "step_started b", "step_succeeded b", "run_finished"]
+    told = {execution: [" ".join(filter(None, (e.kind.value, e.step_id))) for e in events
+                        if e.event_id.startswith(f"{handle.id}/{execution}:")] for execution in (chain, later)}
+    # The reset's repeats are on the record as its own, beside the first execution's whole story
+    # (with the first execution's ids they were read as retries of its events and dropped).
+    assert told == {chain: story, later: story}
+    assert len(events) == 2 * len(story)
