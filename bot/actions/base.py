@@ -39,7 +39,7 @@ class ActionInput(BaseModel):
         default_factory=list, description="The secrets the playbook declares; a marker naming any other is refused."
     )
     execution: str | None = Field(
-        None, description="The run's first execution run id, part of its event ids (None: a run from before)."
+        None, description="This execution's part of its event ids: the first execution run id, `~` a reset's (None: a run from before)."
     )
     audit_mode: AuditMode = Field(
         "write", description="write: recorded before it acts; try: acts if the store is down; defer: writes nothing."

@@ -59,7 +59,7 @@ class PolicyRequest(BaseModel):
     audit: list[AuditEvent] = Field(default_factory=list)
     claim: Claim | None = None
     proof: Proof | None = None
-    execution: str | None = None  # the run's first execution run id, part of its event ids
+    execution: str | None = None  # this execution's part of its event ids (bot/engine/spool.py `_execution`)
     audit_mode: AuditMode = "write"  # as an action's (bot/audit/recorder.py)
 
 
