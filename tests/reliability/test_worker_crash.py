@@ -29,6 +29,7 @@ from temporalio.service import RPCError
 from bot.audit.store import SqliteAuditStore
 from bot.devstack import DevServer
 from bot.engine.runs import start_run
+from bot.engine.subplaybooks import CHILD_SEPARATOR
 from bot.engine.state import RunStatus, TriggerContext
 from bot.identity.keys import front_door_keyring
 from bot.identity.principals import Actor
@@ -294,14 +295,8 @@ steps:
 """
 
 
-async def test_a_reset_run_repeats_its_steps_with_the_same_keys_and_the_trail_says_so(rig: Rig, sink: Sink) -> None:
-    """`temporal workflow reset` to the run's first workflow task: Temporal replays the run from
-    there in a new execution of the same chain, so its steps act again. Each repeat carries the
-    key of the first (the target can tell a repeat), and the audit trail shows both executions."""
-    worker = rig.worker("worker")
-    handle = await start(rig, RESET_PLAYBOOK.format(sink=sink.url), "reset-run")
-    first = await result_while_alive(handle, [worker])
-    assert first.state == "completed"
+async def reset_to_first_task(rig: Rig, handle: WorkflowHandle) -> str:
+    """What `temporal workflow reset --type FirstWorkflowTask` does; the new execution's run id."""
     history = [e async for e in handle.fetch_history_events()]
     task_done = next(e.event_id for e in history if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
     reset = await rig.client.workflow_service.reset_workflow_execution(ResetWorkflowExecutionRequest(
@@ -311,7 +306,19 @@ async def test_a_reset_run_repeats_its_steps_with_the_same_keys_and_the_trail_sa
         workflow_task_finish_event_id=task_done,
         request_id=str(uuid.uuid4()),
     ))
-    again = await result_while_alive(rig.client.get_workflow_handle(handle.id, run_id=reset.run_id, result_type=RunStatus),
+    return reset.run_id
+
+
+async def test_a_reset_run_repeats_its_steps_with_the_same_keys_and_the_trail_says_so(rig: Rig, sink: Sink) -> None:
+    """`temporal workflow reset` to the run's first workflow task: Temporal replays the run from
+    there in a new execution of the same chain, so its steps act again. Each repeat carries the
+    key of the first (the target can tell a repeat), and the audit trail shows both executions."""
+    worker = rig.worker("worker")
+    handle = await start(rig, RESET_PLAYBOOK.format(sink=sink.url), "reset-run")
+    first = await result_while_alive(handle, [worker])
+    assert first.state == "completed"
+    reset = await reset_to_first_task(rig, handle)
+    again = await result_while_alive(rig.client.get_workflow_handle(handle.id, run_id=reset, result_type=RunStatus),
                                      [worker])
 
     assert again.state == "completed", again.model_dump_json(indent=2)
@@ -321,7 +328,7 @@ async def test_a_reset_run_repeats_its_steps_with_the_same_keys_and_the_trail_sa
         events = store.events(run_id=handle.id)
         assert store.verify().ok
     chain = (handle.first_execution_run_id or "").replace("-", "")
-    later = f"{chain}~{reset.run_id.replace('-', '')}"
+    later = f"{chain}~{reset.replace('-', '')}"
     story = ["run_started", "step_started a", "step_succeeded a", "step_started b", "step_succeeded b", "run_finished"]
     told = {execution: [" ".join(filter(None, (e.kind.value, e.step_id))) for e in events
                         if e.event_id.startswith(f"{handle.id}/{execution}:")] for execution in (chain, later)}
@@ -329,3 +336,47 @@ async def test_a_reset_run_repeats_its_steps_with_the_same_keys_and_the_trail_sa
     # (with the first execution's ids they were read as retries of its events and dropped).
     assert told == {chain: story, later: story}
     assert len(events) == 2 * len(story)
+
+
+PARENT_PLAYBOOK = """\
+name: reset-parent
+summary: A child run, then a side effect; an operator resets the finished run
+owner: sre-oncall
+steps:
+  - {{id: call, action: playbook.run, with: {{name: reset-child}}}}
+  - id: after
+    action: http.request
+    with: {{method: POST, url: "{sink}/after"}}
+"""
+
+CHILD_PLAYBOOK = """\
+name: reset-child
+summary: One side effect
+owner: sre-oncall
+steps:
+  - id: act
+    action: http.request
+    with: {{method: POST, url: "{sink}/child"}}
+"""
+
+
+async def test_a_reset_parent_starts_its_child_again_under_the_same_id(rig: Rig, sink: Sink) -> None:
+    """A child's run id is its parent's and its step's, so a reset parent starts the child again
+    under the id its first child ran under. The worker admits it (Temporal says the parent started
+    it; it has no proof to replay), where it refused it as a reused run id and failed the parent."""
+    (rig.tmp / "playbooks" / "reset-child.yaml").write_text(CHILD_PLAYBOOK.format(sink=sink.url))
+    worker = rig.worker("worker")
+    handle = await start(rig, PARENT_PLAYBOOK.format(sink=sink.url), "reset-parent")
+    assert (await result_while_alive(handle, [worker])).state == "completed"
+
+    reset = await reset_to_first_task(rig, handle)
+    again = await result_while_alive(rig.client.get_workflow_handle(handle.id, run_id=reset, result_type=RunStatus),
+                                     [worker])
+
+    assert again.state == "completed", again.model_dump_json(indent=2)
+    child = f"{handle.id}{CHILD_SEPARATOR}call"
+    assert sink.keys() == Counter({f"{child}:act": 2, f"{handle.id}:after": 2})
+    with SqliteAuditStore(rig.data_dir.parent / "bot-data" / "audit.db") as store:
+        runs = [e for e in store.events(run_id=child) if e.kind.value == "run_finished"]
+    assert [e.details.get("state") for e in runs] == ["completed", "completed"]
+    assert len({e.event_id for e in runs}) == 2  # two runs under the child's id, each on the record
