@@ -81,14 +81,6 @@ class Admission(BaseModel):
         return f"refused by the worker's {self.refused_by} check: " + "; ".join(self.reasons)
 
 
-def _started_by_its_parent(request: AdmitRequest) -> bool:
-    """A child run whose claimed parent is the workflow Temporal says started it (the rest of the
-    parent check, `_parent_problem`, still applies)."""
-    parent = request.parent
-    return (request.trigger.kind == "playbook" and parent is not None and request.temporal_parent is not None
-            and request.temporal_parent == parent.run_id)
-
-
 class Admitter:
     """Holds what the check needs: the worker's catalog, its envelope keys and its policy."""
 
@@ -118,18 +110,13 @@ class Admitter:
         with structlog.contextvars.bound_contextvars(run_id=request.run_id, playbook=request.playbook.name):
             # The store read runs while the checks below and the `start` question do (issue 17: they
             # are independent); its answer still comes first: a used run id is refused as such.
-            # A child its parent started (Temporal says so, which no client can fake) carries no
-            # proof to replay: its id, the parent's and its step's, names that step's child in every
-            # execution of the parent, so a reset or rerun parent starts it again under the same id.
-            earlier = None if _started_by_its_parent(request) else asyncio.ensure_future(
-                self._run_id_problem(request.run_id, request.proof, request.execution))
+            earlier = asyncio.ensure_future(self._run_id_problem(request.run_id, request.proof, request.execution))
             try:
                 admission = await self._checked(request, unverified)
             except BaseException:
-                if earlier is not None:
-                    earlier.cancel()
+                earlier.cancel()
                 raise
-            if earlier is not None and (problem := await earlier):
+            if problem := await earlier:
                 admission = _refusal(RUN_ID, problem, unverified, request.params)
             if not admission.allow:
                 log.warning("run refused by the worker", check=admission.refused_by, reason=admission.reasons[0],

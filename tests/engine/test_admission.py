@@ -275,20 +275,6 @@ async def test_a_child_run_is_believed_only_when_temporal_says_its_parent_starte
     assert claimed.allow and not claimed.requester.verified  # a verifier the bot does not know vouches for nobody
 
 
-async def test_a_child_its_parent_started_again_may_reuse_its_run_id(
-    admitter: Admitter, catalog: Catalog, store: SqliteAuditStore
-) -> None:
-    """A child's run id is its parent's and its step's: a reset (or rerun) parent starts it again
-    under an id its earlier child ran under. Temporal vouches for the parent and there is no proof
-    to replay, so that is no reused run id; a run claiming a parent that did not start it still is."""
-    store.append([event("run-1", None, EventKind.run_started, ts=AT), event("run-1", None, EventKind.run_finished, ts=AT)])
-    again = await admitter.admit(_child(catalog))  # request() names run-1
-    assert again.allow, again.reasons
-    for claimed in (_child(catalog, temporal_parent=None), _child(catalog, temporal_parent="someone-else")):
-        refused = await admitter.admit(claimed)
-        assert (refused.allow, refused.refused_by) == (False, "run id"), refused
-
-
 def _alert_request(catalog: Catalog, verified_by: str, kind: str = "alertmanager",
                    sender: str = "alertmanager") -> AdmitRequest:
     loaded = catalog.get("open")

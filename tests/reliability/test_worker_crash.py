@@ -360,10 +360,12 @@ steps:
 """
 
 
-async def test_a_reset_parent_starts_its_child_again_under_the_same_id(rig: Rig, sink: Sink) -> None:
+async def test_a_reset_parent_is_refused_its_childs_restart_and_rolls_back(rig: Rig, sink: Sink) -> None:
     """A child's run id is its parent's and its step's, so a reset parent starts the child again
-    under the id its first child ran under. The worker admits it (Temporal says the parent started
-    it; it has no proof to replay), where it refused it as a reused run id and failed the parent."""
+    under the id its first child ran under, with no start proof: the worker refuses it as a reused
+    run id (fail closed: a workflow that only claims to be the parent could do the same, and the
+    child's identity comes from that claim), the call step fails and the parent rolls back. The
+    child acts once, the parent's later step not again."""
     (rig.tmp / "playbooks" / "reset-child.yaml").write_text(CHILD_PLAYBOOK.format(sink=sink.url))
     worker = rig.worker("worker")
     handle = await start(rig, PARENT_PLAYBOOK.format(sink=sink.url), "reset-parent")
@@ -373,10 +375,9 @@ async def test_a_reset_parent_starts_its_child_again_under_the_same_id(rig: Rig,
     again = await result_while_alive(rig.client.get_workflow_handle(handle.id, run_id=reset, result_type=RunStatus),
                                      [worker])
 
-    assert again.state == "completed", again.model_dump_json(indent=2)
     child = f"{handle.id}{CHILD_SEPARATOR}call"
-    assert sink.keys() == Counter({f"{child}:act": 2, f"{handle.id}:after": 2})
-    with SqliteAuditStore(rig.data_dir.parent / "bot-data" / "audit.db") as store:
-        runs = [e for e in store.events(run_id=child) if e.kind.value == "run_finished"]
-    assert [e.details.get("state") for e in runs] == ["completed", "completed"]
-    assert len({e.event_id for e in runs}) == 2  # two runs under the child's id, each on the record
+    assert again.state in ("failed", "compensated"), again.model_dump_json(indent=2)
+    assert again.step("call").state == "failed"
+    assert "refused by the worker's run id check" in (again.step("call").error or "")
+    assert again.step("after").state == "pending"
+    assert sink.keys() == Counter({f"{child}:act": 1, f"{handle.id}:after": 1})
