@@ -11,12 +11,15 @@ policy: `restricted` may only be started by verified members of sre (bob is one,
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from temporalio import workflow
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bot.engine.runs import run_input
 from bot.engine.state import ParentLink, Requester, RunInput, TriggerContext
@@ -101,3 +104,37 @@ async def test_half_a_child_claim_is_refused(stack: TrustStack, kind: str, link:
     await until(handle, lambda s: s.finished or s.step("poke").state != "pending", "the forged run decided")
     assert stack.sink.of(handle.id) == [], "the half-claimed child ran"
     await assert_refused(stack, handle, "parent", "a child run needs both trigger 'playbook' and its parent run")
+
+
+@workflow.defn(name="NotARun")
+class NotARun:
+    """Mallory's own workflow, on her own worker and task queue: it starts `restricted` as a
+    PlaybookRun child on the bot's queue, claiming itself as the parent and bob as its requester."""
+
+    @workflow.run
+    async def run(self, args: list[Any]) -> str:
+        child_input, child_id, queue = args
+        await workflow.start_child_workflow(
+            "PlaybookRun", RunInput.model_validate(child_input), id=child_id, task_queue=queue,
+            parent_close_policy=workflow.ParentClosePolicy.ABANDON)
+        return "started"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "OPEN (stop 34 red-team): admission believes any workflow Temporal says started the child, and "
+    "takes the requester the child's input gives for it; it should believe only a PlaybookRun the "
+    "bot admitted (e.g. the parent's requester read from its own recorded admission, bound to "
+    "Temporal's parent run id), else run the child unverified"))
+async def test_a_workflow_of_an_attackers_own_worker_cannot_start_a_child_as_someone_else(stack: TrustStack) -> None:
+    """Anyone who can reach Temporal can also run a worker. Mallory's workflow starts `restricted`
+    as its own child, with no signing key: the child must not run as bob."""
+    queue, child_id, parent_id = f"mallory-{uuid.uuid4()}", f"victim-{uuid.uuid4().hex[:8]}", f"mallory-{uuid.uuid4().hex[:8]}"
+    async with Worker(stack.client, task_queue=queue, workflows=[NotARun], workflow_runner=UnsandboxedWorkflowRunner()):
+        await stack.client.execute_workflow(
+            "NotARun", [forged_child(stack, parent_id).model_dump(mode="json"), child_id, stack.task_queue],
+            id=parent_id, task_queue=queue, result_type=str)
+        handle = stack.client.get_workflow_handle(child_id)
+        await until(handle, lambda s: s.finished or s.step("poke").state not in ("pending", "running"), "the child decided")
+    with contextlib.suppress(Exception):
+        await handle.terminate("test over")
+    assert stack.sink.of(child_id) == [], "the child of mallory's workflow ran as bob"
