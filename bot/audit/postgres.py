@@ -283,7 +283,7 @@ class PostgresAuditStore:
     @_reconnecting
     def run_last_recorded(self, run_id: str, exclude_execution: str | None = None) -> datetime | None:
         """When a run under this id last started or ended (see SqliteAuditStore.run_last_recorded)."""
-        own, reset = execution_prefixes(run_id, exclude_execution) if exclude_execution else ("\x01", "\x01")
+        own, reset = execution_prefixes(run_id, exclude_execution, nothing="\x01")  # text cannot hold NUL
         with self._connected("read") as conn:
             row = conn.execute(
                 "SELECT max(ts) FROM audit_events WHERE run_id = %s AND kind IN ('run_started', 'run_finished')"

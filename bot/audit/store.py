@@ -93,12 +93,14 @@ def default_path(settings: Settings) -> Path:
     return settings.data_dir / "audit.db"
 
 
-def execution_prefixes(run_id: str, execution: str | None) -> tuple[str, str]:
-    """The event id prefixes of an execution's events and of its resets' (bot/engine/spool.py
-    `_execution`); without an execution, prefixes no event id has."""
+def execution_prefixes(run_id: str, execution: str | None, nothing: str = "\0") -> tuple[str, str]:
+    """The event id prefixes of the events of `execution`'s chain: its first execution's and its
+    resets' (`<first>~<later>`, bot/engine/spool.py `_execution`); either may be given. Without an
+    execution, `nothing` twice: a prefix no event id has."""
     if not execution:
-        return "\0", "\0"
-    return f"{run_id}/{execution}:", f"{run_id}/{execution}~"
+        return nothing, nothing
+    chain = execution.partition("~")[0]
+    return f"{run_id}/{chain}:", f"{run_id}/{chain}~"
 
 
 class SqliteAuditStore:
@@ -266,7 +268,7 @@ class SqliteAuditStore:
     def run_last_recorded(self, run_id: str, exclude_execution: str | None = None) -> datetime | None:
         """When a run under this id last started or ended (its `ts`), reading only those events:
         admission asks it for every start, and a run's step outputs can be megabytes. Events of
-        `exclude_execution` (ids `<run id>/<execution>:...`, and `<run id>/<execution>~<later>:...`
+        `exclude_execution`'s chain (ids `<run id>/<first>:...`, and `<run id>/<first>~<later>:...`
         of a reset of it) are the asking run's own: a retried first workflow task may have written
         them already, and they are no earlier run."""
         own, reset = execution_prefixes(run_id, exclude_execution)

@@ -187,9 +187,8 @@ class Admitter:
         writes wait in the run, logged as an error), but fails one with a proof (retried, then the
         run is refused as not checked): with the audit spool a run acts while the store is down,
         so "unknown" must not admit a replayed proof and the identity it vouches for."""
-        chain = execution.partition("~")[0] if execution else None  # a reset of this run is this run
         try:
-            earlier = await self.audit.run_recorded(run_id, chain)
+            earlier = await self.audit.run_recorded(run_id, execution)  # a reset of this run is this run
         except AuditUnavailable as exc:
             if proof is None:
                 log.error("audit store unreadable: cannot tell whether this run id was used before", error=str(exc))

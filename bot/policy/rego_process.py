@@ -160,8 +160,6 @@ class RegoProcess:
                 return
             if request_id == self._last_sent[0]:
                 self._quick = time.monotonic() - self._last_sent[1] < 2 * SPIN
-        if not self._pending:
-            eventloop.nothing_due(self)
 
     def _stdout_closed(self, exc: Exception | None) -> None:
         """The child's stdout ended: once it has exited (how it died is the requests' reason),
@@ -188,7 +186,6 @@ class RegoProcess:
             self._broken = error
             error.__cause__ = cause
         pending, self._pending = self._pending, {}
-        eventloop.nothing_due(self)
         for future in pending.values():
             if not future.done():
                 future.set_exception(self._error())
@@ -238,7 +235,7 @@ class RegoProcess:
                 future.cancel()  # a watch rescheduled meanwhile sees it done and stops
             # Given up (cancelled) or done: an answer still in flight is dropped by its id.
             self._pending.pop(request_id, None)
-            if not self._pending:
+            if not self._pending:  # every pending request passes here, however it ended
                 eventloop.nothing_due(self)
 
     def _watch(self, future: asyncio.Future[dict[str, Any]], timeout: float, progress: int) -> None:

@@ -186,5 +186,6 @@ def test_run_last_recorded_counts_a_reset_of_the_asking_run_as_that_run(store) -
     store.append([AuditEvent(event_id="r_1/abc~def:run:run_started", ts=at, run_id="r_1", kind=EventKind.run_started,
                              actor="system")])
     assert store.run_last_recorded("r_1", "abc") is None
+    assert store.run_last_recorded("r_1", "abc~ghi") is None  # asked by another reset of the chain
     assert store.run_last_recorded("r_1", "abd") == at
     assert store.run_last_recorded("r_1", "ab") == at
