@@ -76,22 +76,24 @@ async def rehearse(
                         result: CaseResult | None = await session.run_case(file, case)
                     except ServerRefusedTask:
                         result = None
-                    if REFUSALS.count > since and reruns < RERUNS:
-                        # The server's clock may have stopped for good (runner.Refusals): the case
-                        # again, on a fresh server.
+                    stopped = None  # why this server's clock may have stopped for good
+                    if REFUSALS.count > since:
+                        stopped = "refused a workflow task (temporalio/sdk-java#2606)"
+                    elif not await session.clock_skips():
+                        stopped = "stopped skipping time (temporalio/sdk-java#1138)"
+                    if stopped and reruns < RERUNS:
                         reruns += 1
-                        say(f"note  {file.playbook.name}: {case.case.name}: the time-skipping server refused a "
-                            "workflow task (temporalio/sdk-java#2606); running the case again on a fresh server")
+                        say(f"note  {file.playbook.name}: {case.case.name}: the time-skipping server {stopped}; "
+                            "running the case again on a fresh server")
                         break
                     if result is None:
                         result = CaseResult(file.path, file.playbook.name, case.case.name, case.line, failures=[
-                            f"the time-skipping server refused a workflow task on each of {RERUNS + 1} tries "
-                            "(temporalio/sdk-java#2606)"])
+                            f"the time-skipping server {stopped} on each of {RERUNS + 1} tries"])
                     pending.pop(0)
                     reruns = 0
                     report.results.append(result)
                     say(describe(result))
-                    if REFUSALS.count > since:
+                    if stopped:
                         break  # the next case on a fresh server
             if pending:
                 if own:

@@ -64,6 +64,8 @@ from bot.slack.notifier import SlackNotifier
 SLICE = timedelta(seconds=1)  # server time between status reads while votes are still to give
 CASE_SECONDS = 300.0  # real time a case may take before it is stopped and failed
 MAX_SLICES = 50_000  # about two weeks of server time in slices
+CLOCK_PROBE = timedelta(minutes=10)  # skipped between cases: at once while the server's clock skips
+CLOCK_PROBE_SECONDS = 5.0  # real time the skip may take before the clock counts as stopped
 SETTLE_SECONDS = 10.0  # real time a workflow may take to finish its task in flight before it is terminated
 # A lock checks its holders this often (server time): rarely, since each check is a task and an
 # activity done in real time (a case's skipped half hour of approval wait was 360 of them at the
@@ -242,6 +244,16 @@ class Rehearsal:
 
     async def run_file(self, loaded: LoadedFile) -> list[CaseResult]:
         return [await self.run_case(loaded, case) for case in loaded.cases]
+
+    async def clock_skips(self) -> bool:
+        """Whether the server still skips time: ten minutes pass at once, unless something holds its
+        clock for good (a leak `_settled` and `Refusals` did not see coming; the caller moves to a
+        fresh server, which also ends this server's wait)."""
+        try:
+            await asyncio.wait_for(self.env.sleep(CLOCK_PROBE), CLOCK_PROBE_SECONDS)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def run_case(self, loaded: LoadedFile, lcase: LoadedCase) -> CaseResult:
         case, pb = lcase.case, loaded.playbook
@@ -430,28 +442,51 @@ _TASK_EVENTS = {
     EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED: False,
     EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT: False,
 }
+# Commands the server holds its clock for until they land (a signal to another workflow, a child's
+# start, a cancel request): initiated events, and the events that close them (by initiated id).
+_INITIATED = {
+    EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED,
+    EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED,
+    EventType.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED,
+}
+_LANDED = {
+    EventType.EVENT_TYPE_EXTERNAL_WORKFLOW_EXECUTION_SIGNALED,
+    EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_FAILED,
+    EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED,
+    EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_FAILED,
+    EventType.EVENT_TYPE_EXTERNAL_WORKFLOW_EXECUTION_CANCEL_REQUESTED,
+    EventType.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_FAILED,
+}
+
+
+async def _in_flight(handle: WorkflowHandle[Any, Any]) -> list[str]:
+    """What the workflow has under way that the server holds its clock for: activity attempts
+    (not one waiting out a retry's backoff), a workflow task, commands still to land."""
+    desc = await handle.describe()
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        return []
+    busy = [f"activity {a.activity_type.name}" for a in desc.raw_description.pending_activities
+            if a.state != PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED or not a.HasField("last_failure")]
+    task_open, initiated = False, set()
+    async for event in handle.fetch_history_events():
+        task_open = _TASK_EVENTS.get(event.event_type, task_open)
+        if event.event_type in _INITIATED:
+            initiated.add(event.event_id)
+        elif event.event_type in _LANDED:
+            initiated.discard(getattr(event, event.WhichOneof("attributes")).initiated_event_id)
+    return busy + (["a workflow task"] if task_open else []) + [f"command {i}" for i in sorted(initiated)]
 
 
 async def _settled(handle: WorkflowHandle[Any, Any]) -> None:
-    """Wait, in real time and at most SETTLE_SECONDS, until the workflow has no workflow task and
-    no activity attempt in flight (one waiting out a retry's backoff is not).
+    """Wait, in real time and at most SETTLE_SECONDS, until the workflow has nothing in flight
+    that the time-skipping server holds its clock for (`_in_flight`).
 
-    Why: the time-skipping server stops skipping while a task is in flight, and when the workflow
-    is terminated meanwhile it never skips again (temporalio/sdk-java#1138): every later case
-    would run in real time, and one with a 20-minute approval deadline would hang. A lock that
-    just handled its run's release is the usual such workflow, on a slow machine."""
+    Why: the server stops skipping while such a thing is under way, and when the workflow is
+    terminated meanwhile it never skips again (temporalio/sdk-java#1138): every later case would
+    run in real time, and one with a 20-minute approval deadline would hang. A lock that just
+    handled its run's release is the usual such workflow, on a slow machine."""
     deadline = time.monotonic() + SETTLE_SECONDS
-    while time.monotonic() < deadline:
-        desc = await handle.describe()
-        if desc.status != WorkflowExecutionStatus.RUNNING:
-            return
-        in_flight = [a for a in desc.raw_description.pending_activities
-                     if a.state != PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED or not a.HasField("last_failure")]
-        task_open = False
-        async for event in handle.fetch_history_events():
-            task_open = _TASK_EVENTS.get(event.event_type, task_open)
-        if not in_flight and not task_open:
-            return
+    while await _in_flight(handle) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
 
 

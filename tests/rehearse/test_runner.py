@@ -382,14 +382,21 @@ async def test_a_schedule_case_cannot_name_another_requester(skip_env, tmp_path)
     assert any("a trigger: schedule case is requested by schedule" in str(bad) for bad in report.bad_files), report.bad_files
 
 
-_gate = asyncio.Event()
-_started = asyncio.Event()
+_busy_events: dict[str, asyncio.Event] = {}  # per test: "started" (the activity runs), "gate" (it may end)
 
 
 @activity.defn(name="test.busy")
 async def _busy() -> None:
-    _started.set()
-    await _gate.wait()
+    _busy_events["started"].set()
+    await _busy_events["gate"].wait()
+
+
+async def _busy_workflow(env: WorkflowEnvironment) -> str:
+    """A _Busy workflow whose activity is running now; its id."""
+    _busy_events.update(started=asyncio.Event(), gate=asyncio.Event())
+    handle = await env.client.start_workflow(_Busy.run, id=f"busy-{uuid.uuid4()}", task_queue="busy")
+    await asyncio.wait_for(_busy_events["started"].wait(), 10)
+    return handle.id
 
 
 @workflow.defn(name="TestBusy")
@@ -413,9 +420,8 @@ async def test_ending_a_workflow_with_a_task_in_flight_leaves_the_clock_skipping
     try:
         async with Worker(env.client, task_queue="busy", workflows=[_Busy], activities=[_busy],
                           workflow_runner=UnsandboxedWorkflowRunner()):
-            handle = await env.client.start_workflow(_Busy.run, id=f"busy-{uuid.uuid4()}", task_queue="busy")
-            await asyncio.wait_for(_started.wait(), 10)
-            asyncio.get_running_loop().call_later(0.3, _gate.set)  # the activity ends a moment later
+            handle = env.client.get_workflow_handle(await _busy_workflow(env))
+            asyncio.get_running_loop().call_later(0.3, _busy_events["gate"].set)  # the activity ends a moment later
             await Rehearsal(env, Catalog(), POLICIES)._clean(None, [handle.id], [])
             assert (await handle.describe()).status == WorkflowExecutionStatus.TERMINATED
             # An hour of server time: at once while the clock skips; never, if a lock leaked.
@@ -495,3 +501,27 @@ async def test_a_refusal_stops_waiting_for_the_case_at_once():
     with pytest.raises(ServerRefusedTask):
         await _unless_refused(refused_meanwhile(), 60)
     assert time.monotonic() - started < 5
+
+
+async def test_a_case_after_which_the_clock_stopped_runs_again_on_a_fresh_server(tmp_path, monkeypatch):
+    """A leak nothing saw coming (here: a workflow terminated with its activity running, as the
+    server keeps that activity's time lock) is caught by skipping ten minutes after the case."""
+    servers = []
+    original = Rehearsal.run_case
+
+    async def run_case(self, loaded, lcase):
+        servers.append(self.env)
+        if len(servers) == 1:
+            async with Worker(self.env.client, task_queue="busy", workflows=[_Busy], activities=[_busy],
+                              workflow_runner=UnsandboxedWorkflowRunner()):
+                await self.env.client.get_workflow_handle(await _busy_workflow(self.env)).terminate("leak")
+                _busy_events["gate"].set()
+        return await original(self, loaded, lcase)
+
+    monkeypatch.setattr(Rehearsal, "run_case", run_case)
+    said = []
+    report = await rehearse(directory(tmp_path, PASSING), POLICIES, say=said.append)
+    [result] = report.results
+    assert result.failures == [], result.failures
+    assert len(servers) == 2 and servers[0] is not servers[1]
+    assert "stopped skipping time" in said[0] and said[1].startswith("ok")
