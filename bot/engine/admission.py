@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Awaitable, Callable, get_args
 
@@ -19,12 +20,13 @@ import structlog
 from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from bot.audit.events import AuditEvent
 from bot.audit.recorder import AUDIT_UNAVAILABLE, AuditWriter
 from bot.audit.store import AuditUnavailable
 from bot.engine.locking import LockKeyError, render_lock_key
-from bot.engine.state import ParentLink, Requester, TriggerContext
+from bot.engine.state import ParentLink, Requester, RunStatus, TriggerContext
 from bot.identity import principals
 from bot.identity.principals import ALERT_SENDERS, Actor, VerifiedBy
 from bot.identity.proofs import START_SKEW, Keyring, Proof, ProofError, schedule_content, start_content
@@ -43,6 +45,32 @@ CONCURRENCY = "concurrency"
 PARENT = "parent"
 SCHEDULED_RUN_ID = re.compile(r"-[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")  # Temporal's suffix
 CHILD_DEPTH_MAX = 8  # sub-playbooks calling sub-playbooks: cycles are refused at load, this bounds the rest
+RUN_WORKFLOW = "PlaybookRun"
+PARENT_UNKNOWN = "ParentUnknown"
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    """The workflow that started a child run, as Temporal describes it, and its requester as its
+    own status says (read only from a PlaybookRun on the bot's queue, where the bot's code answers)."""
+
+    workflow_type: str
+    task_queue: str
+    own_queue: str  # the queue the child's admission runs on: the bot's
+    requester: Requester | None
+
+
+async def read_parent(workflow_id: str) -> ParentRun:
+    """The parent of the run being admitted (run.admit is its local activity)."""
+    handle = activity.client().get_workflow_handle(workflow_id)
+    own = activity.info().task_queue
+    desc = await handle.describe()
+    requester = None
+    if desc.workflow_type == RUN_WORKFLOW and desc.task_queue == own:
+        status = await handle.query("status", result_type=RunStatus)
+        # what its playbook.run step gives its child (bot/engine/subplaybooks.py)
+        requester = status.requester or Requester(principal=status.requested_by, person=status.requested_by)
+    return ParentRun(desc.workflow_type, desc.task_queue, own, requester)
 
 
 class AdmitRequest(BaseModel):
@@ -92,6 +120,7 @@ class Admitter:
         audit: AuditWriter | None = None,
         foreach_max: int | None = None,
         refresh: Callable[[], Awaitable[bool]] | None = None,
+        parents: Callable[[str], Awaitable[ParentRun]] = read_parent,
     ) -> None:
         self.catalog = catalog
         # Reload the catalog now (LiveCatalog.reload): a front door that reloaded an edit before
@@ -101,6 +130,7 @@ class Admitter:
         self.policy = policy
         self.audit = audit or AuditWriter(None)
         self.foreach_max = foreach_max
+        self.parents = parents
 
     @activity.defn(name="run.admit")
     async def admit(self, request: AdmitRequest) -> Admission:
@@ -130,7 +160,7 @@ class Admitter:
             principals.check(trigger.requested_by)
         except principals.PrincipalError as exc:
             return _refusal(REQUESTER, f"the requester is not a principal: {exc}", unverified, request.params)
-        if problem := self._parent_problem(request):
+        if problem := self._parent_problem(request) or await self._parent_not_ours(request):
             return _refusal(PARENT, problem, unverified, request.params)
         if (problem := self._catalog_problem(request)) and self.refresh is not None and await self.refresh():
             problem = self._catalog_problem(request)
@@ -222,6 +252,32 @@ class Admitter:
             return f"sub-playbooks nest {parent.depth} deep; at most {CHILD_DEPTH_MAX}"
         return None
 
+    async def _parent_not_ours(self, request: AdmitRequest) -> str | None:
+        """A parent Temporal names is still anyone's workflow: someone who can reach the namespace
+        can run a worker whose workflow starts a PlaybookRun child on the bot's queue, with any
+        requester in its input (tests/security/test_child_runs.py). So the parent must be a
+        PlaybookRun whose tasks go to the bot's queue, and the requester the child claims must be
+        the one the parent's own status gives (its admission's)."""
+        parent, started_by = request.parent, request.temporal_parent
+        if parent is None or started_by is None:
+            return None
+        try:
+            found = await self.parents(started_by)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return f"the workflow {started_by!r} that started it is gone"
+            raise ApplicationError(f"cannot read the parent run {started_by!r}: {exc}", type=PARENT_UNKNOWN) from None
+        if found.workflow_type != RUN_WORKFLOW:
+            return f"it was started by a {found.workflow_type!r} workflow ({started_by!r}), not by a run of the bot's"
+        if found.task_queue != found.own_queue:
+            return (f"its parent {started_by!r} runs on task queue {found.task_queue!r}, not the bot's "
+                    f"{found.own_queue!r}: it is not a run of the bot's")
+        if found.requester is None or (found.requester.principal, found.requester.verified, found.requester.verified_by) != (
+                parent.requester.principal, parent.requester.verified, parent.requester.verified_by):
+            said = _who(found.requester) if found.requester else "no one"
+            return f"its parent's requester is {said}, not the {_who(parent.requester)} it claims"
+        return None
+
     def _catalog_problem(self, request: AdmitRequest) -> str | None:
         name = request.playbook.name
         try:
@@ -279,6 +335,11 @@ class Admitter:
         if actor.principal != trigger.requested_by or actor.verified_by != "schedule":
             raise ProofError(f"it names {actor.principal}, but the run claims {trigger.requested_by}")
         return actor
+
+
+def _who(requester: Requester) -> str:
+    how = f"verified by {requester.verified_by}" if requester.verified else "unverified"
+    return f"{requester.principal!r} ({how})"
 
 
 def _refusal(check: str, reason: str, requester: Requester, params: dict[str, Any],

@@ -22,6 +22,7 @@ from bot.audit.checkpoint import start_checkpoints
 from bot.audit.recorder import AuditActivities, AuditWriter
 from bot.engine.admission import Admitter
 from bot.engine.approvals import register_keyring
+from bot.engine.callers import OwnWorkflowsOnly
 from bot.engine.children import CatalogActivities, PeekActivities
 from bot.engine.lock_workflow import KeyLock
 from bot.engine.locks import LockActivities
@@ -60,11 +61,15 @@ def make_worker(
     names = {getattr(getattr(a, "__temporal_activity_definition", None), "name", None) for a in activities}
     own = [*LockActivities(client, keyring).all(), *PeekActivities(client).all()]
     locks = [a for a in own if a.__temporal_activity_definition.name not in names]
+    workflows = [PlaybookRun, KeyLock]
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[PlaybookRun, KeyLock],
+        workflows=workflows,
         activities=[*activities, *locks],  # the lock's and run.peek, unless a test brings its own
+        # Activities act only for these workflows, on this queue (bot/engine/callers.py).
+        interceptors=[OwnWorkflowsOnly(w.__temporal_workflow_definition.name for w in workflows),  # type: ignore[attr-defined]
+                      *options.pop("interceptors", [])],
         workflow_runner=workflow_runner(client.data_converter) if sandboxed else UnsandboxedWorkflowRunner(),
         # Send heartbeats at least every second so a cancel reaches a long step in about a second.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,

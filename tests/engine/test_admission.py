@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from pydantic import ValidationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from bot.audit.events import EventKind
 from bot.audit.recorder import AuditWriter, event
 from bot.audit.store import SqliteAuditStore
-from bot.engine.admission import Admission, AdmitRequest, Admitter
+from bot.engine.admission import RUN_WORKFLOW, Admission, AdmitRequest, Admitter, ParentRun
 from bot.engine.state import ParentLink, Requester, TriggerContext
 from bot.identity.principals import Actor
 from bot.identity.proofs import START_SKEW, Keyring, start_content
@@ -249,14 +250,30 @@ async def test_the_lock_key_and_the_foreach_bound_are_decided_here(wide: tuple[A
 def _child(catalog: Catalog, *, depth: int = 1, temporal_parent: str | None = "parent-run", kind: str = "playbook",
            parent_by: str = "cli:alice", verified_by: str | None = "slack") -> AdmitRequest:
     parent = ParentLink(run_id="parent-run", step_id="call", root_run_id="parent-run", depth=depth,
-                        requester=Requester(principal=parent_by, person="alice", verified=verified_by is not None,
-                                            verified_by=verified_by))
+                        requester=_requester(parent_by, verified_by))
     return request(catalog, kind=kind, parent=parent, temporal_parent=temporal_parent)
+
+
+def _requester(principal: str = "cli:alice", verified_by: str | None = "slack") -> Requester:
+    return Requester(principal=principal, person="alice", verified=verified_by is not None, verified_by=verified_by)
+
+
+class _Parents:
+    """What Temporal and the parent run itself answer about workflow `parent-run`, as a test sets it."""
+
+    def __init__(self) -> None:
+        self.view: ParentRun | None = ParentRun(RUN_WORKFLOW, "bot", "bot", _requester())
+
+    async def __call__(self, workflow_id: str) -> ParentRun:
+        if workflow_id != "parent-run" or self.view is None:
+            raise RPCError("workflow not found", RPCStatusCode.NOT_FOUND, b"")
+        return self.view
 
 
 async def test_a_child_run_is_believed_only_when_temporal_says_its_parent_started_it(
     admitter: Admitter, catalog: Catalog
 ) -> None:
+    parents = admitter.parents = _Parents()
     child = await admitter.admit(_child(catalog))
     assert child.allow and (child.requester.verified, child.requester.verified_by) == (True, "slack")
     deepest = await admitter.admit(_child(catalog, depth=8))
@@ -271,8 +288,28 @@ async def test_a_child_run_is_believed_only_when_temporal_says_its_parent_starte
         admission = await admitter.admit(bad)
         assert (admission.allow, admission.refused_by) == (False, "parent"), admission
         assert says in admission.reasons[0], admission.reasons
+    parents.view = ParentRun(RUN_WORKFLOW, "bot", "bot", _requester(verified_by="made-up"))
     claimed = await admitter.admit(_child(catalog, verified_by="made-up"))
     assert claimed.allow and not claimed.requester.verified  # a verifier the bot does not know vouches for nobody
+
+
+async def test_a_child_run_is_believed_only_when_its_parent_is_a_run_of_the_bots(admitter: Admitter, catalog: Catalog) -> None:
+    """Temporal names the workflow that started a child, but that workflow may be anyone's
+    (tests/security/test_child_runs.py): it must be a PlaybookRun on the bot's queue, and its own
+    status must name the requester the child claims."""
+    parents = admitter.parents = _Parents()
+    for view, says in [
+        (ParentRun("NotARun", "mallory", "bot", None), "started by a 'NotARun' workflow ('parent-run'), not by a run of the bot's"),
+        (ParentRun(RUN_WORKFLOW, "mallory", "bot", None), "runs on task queue 'mallory', not the bot's 'bot'"),
+        (ParentRun(RUN_WORKFLOW, "bot", "bot", _requester("cli:carol")), "its parent's requester is 'cli:carol' (verified by slack), not the 'cli:alice' (verified by slack) it claims"),
+        (ParentRun(RUN_WORKFLOW, "bot", "bot", _requester(verified_by=None)),
+         "its parent's requester is 'cli:alice' (unverified), not the 'cli:alice' (verified by slack)"),
+        (None, "the workflow 'parent-run' that started it is gone"),
+    ]:
+        parents.view = view
+        admission = await admitter.admit(_child(catalog))
+        assert (admission.allow, admission.refused_by) == (False, "parent"), admission
+        assert says in admission.reasons[0], admission.reasons
 
 
 def _alert_request(catalog: Catalog, verified_by: str, kind: str = "alertmanager",

@@ -11,7 +11,6 @@ policy: `restricted` may only be started by verified members of sre (bob is one,
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,7 +21,7 @@ from temporalio import workflow
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bot.engine.runs import run_input
-from bot.engine.state import ParentLink, Requester, RunInput, TriggerContext
+from bot.engine.state import ParentLink, Requester, RunInput, RunStatus, TriggerContext
 from tests.security.test_raw_temporal import PLAYBOOKS as RAW_PLAYBOOKS, assert_refused
 from tests.security.trust_stack import FRONT_DOOR, TrustStack, result, slack_actor, trust_stack, until
 from tests.slack.support import BOB, principal
@@ -106,6 +105,14 @@ async def test_half_a_child_claim_is_refused(stack: TrustStack, kind: str, link:
     await assert_refused(stack, handle, "parent", "a child run needs both trigger 'playbook' and its parent run")
 
 
+async def _start_child(args: list[Any]) -> str:
+    child_input, child_id, queue = args
+    await workflow.start_child_workflow(
+        "PlaybookRun", RunInput.model_validate(child_input), id=child_id, task_queue=queue,
+        parent_close_policy=workflow.ParentClosePolicy.ABANDON)
+    return "started"
+
+
 @workflow.defn(name="NotARun")
 class NotARun:
     """Mallory's own workflow, on her own worker and task queue: it starts `restricted` as a
@@ -113,28 +120,36 @@ class NotARun:
 
     @workflow.run
     async def run(self, args: list[Any]) -> str:
-        child_input, child_id, queue = args
-        await workflow.start_child_workflow(
-            "PlaybookRun", RunInput.model_validate(child_input), id=child_id, task_queue=queue,
-            parent_close_policy=workflow.ParentClosePolicy.ABANDON)
-        return "started"
+        return await _start_child(args)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "OPEN (stop 34 red-team): admission believes any workflow Temporal says started the child, and "
-    "takes the requester the child's input gives for it; it should believe only a PlaybookRun the "
-    "bot admitted (e.g. the parent's requester read from its own recorded admission, bound to "
-    "Temporal's parent run id), else run the child unverified"))
-async def test_a_workflow_of_an_attackers_own_worker_cannot_start_a_child_as_someone_else(stack: TrustStack) -> None:
+@workflow.defn(name="PlaybookRun")
+class PosingRun:
+    """The same, under the bot's workflow type name (on her own queue still)."""
+
+    @workflow.run
+    async def run(self, args: list[Any]) -> str:
+        return await _start_child(args)
+
+
+@pytest.mark.parametrize(("mallorys", "says"), [
+    (NotARun, "started by a 'NotARun' workflow"),
+    (PosingRun, "runs on task queue 'mallory-"),
+], ids=["own type", "posing as PlaybookRun"])
+async def test_a_workflow_of_an_attackers_own_worker_cannot_start_a_child_as_someone_else(
+    stack: TrustStack, mallorys: type, says: str
+) -> None:
     """Anyone who can reach Temporal can also run a worker. Mallory's workflow starts `restricted`
-    as its own child, with no signing key: the child must not run as bob."""
+    as its own child, with no signing key: the child must not run as bob. Before the fix it did
+    (Temporal named her workflow its parent, and the requester came from the child's input); now
+    the parent must be a PlaybookRun on the bot's queue whose own status names that requester."""
     queue, child_id, parent_id = f"mallory-{uuid.uuid4()}", f"victim-{uuid.uuid4().hex[:8]}", f"mallory-{uuid.uuid4().hex[:8]}"
-    async with Worker(stack.client, task_queue=queue, workflows=[NotARun], workflow_runner=UnsandboxedWorkflowRunner()):
+    name = mallorys.__temporal_workflow_definition.name  # type: ignore[attr-defined]
+    async with Worker(stack.client, task_queue=queue, workflows=[mallorys], workflow_runner=UnsandboxedWorkflowRunner()):
         await stack.client.execute_workflow(
-            "NotARun", [forged_child(stack, parent_id).model_dump(mode="json"), child_id, stack.task_queue],
+            name, [forged_child(stack, parent_id).model_dump(mode="json"), child_id, stack.task_queue],
             id=parent_id, task_queue=queue, result_type=str)
-        handle = stack.client.get_workflow_handle(child_id)
+        handle = stack.client.get_workflow_handle(child_id, result_type=RunStatus)
         await until(handle, lambda s: s.finished or s.step("poke").state not in ("pending", "running"), "the child decided")
-    with contextlib.suppress(Exception):
-        await handle.terminate("test over")
+    await assert_refused(stack, handle, "parent", says)
     assert stack.sink.of(child_id) == [], "the child of mallory's workflow ran as bob"

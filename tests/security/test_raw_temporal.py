@@ -23,8 +23,9 @@ import pytest
 import pytest_asyncio
 import yaml
 from temporalio import workflow
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bot.engine.runs import RunError, cancel_run, execution_of, run_input, start_run, vote
@@ -493,34 +494,48 @@ async def test_a_finished_runs_id_and_input_cannot_run_again(stack: TrustStack) 
     assert [e.details["refused_by"] for e in refused] == ["run id"], refused
 
 
+async def _poke(args: list[Any]) -> Any:
+    """One `http.request` on the bot's queue, params of Mallory's choosing."""
+    url, queue, run_id = args
+    return await workflow.execute_activity(
+        "http.request",
+        {"run_id": run_id, "step_id": "poke", "playbook": "restricted", "action": "http.request",
+         "params": {"method": "POST", "url": url}, "idempotency_key": f"{run_id}:poke"},
+        task_queue=queue, start_to_close_timeout=timedelta(seconds=10), retry_policy=RetryPolicy(maximum_attempts=1))
+
+
 @workflow.defn(name="Direct")
 class Direct:
-    """Mallory's workflow: one `http.request` on the bot's queue, params of her choosing."""
+    """Mallory's workflow, under a type of her own."""
 
     @workflow.run
     async def run(self, args: list[Any]) -> Any:
-        url, queue, run_id = args
-        return await workflow.execute_activity(
-            "http.request",
-            {"run_id": run_id, "step_id": "poke", "playbook": "restricted", "action": "http.request",
-             "params": {"method": "POST", "url": url}, "idempotency_key": f"{run_id}:poke"},
-            task_queue=queue, start_to_close_timeout=timedelta(seconds=10), retry_policy=RetryPolicy(maximum_attempts=1))
+        return await _poke(args)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "OPEN (stop 34): the bot's activities run for any workflow that schedules them on the bot's "
-    "queue; they should act only for an admitted PlaybookRun of the bot's (and namespace access "
-    "stays the real boundary: a worker polling the bot's own queue can pose as one)"))
-async def test_a_workflow_of_an_attackers_own_worker_cannot_run_the_bots_actions(stack: TrustStack) -> None:
+@workflow.defn(name="PlaybookRun")
+class Posing:
+    """Mallory's workflow under the bot's type name, on her own queue."""
+
+    @workflow.run
+    async def run(self, args: list[Any]) -> Any:
+        return await _poke(args)
+
+
+@pytest.mark.parametrize("mallorys", [Direct, Posing], ids=["own type", "posing as PlaybookRun"])
+async def test_a_workflow_of_an_attackers_own_worker_cannot_run_the_bots_actions(stack: TrustStack, mallorys) -> None:
     """Skip the run and call the bot's activities straight from a workflow of one's own: anyone who
     can reach the namespace can run a worker, and admission, the policy gate and approvals live in
     the PlaybookRun workflow, which this path never enters (docs/security.md, "What access to
-    Temporal grants")."""
+    Temporal grants"). Before the fix: one POST at the sink, as no one. Now the activity asks
+    Temporal which workflow scheduled it and refuses one that is not the bot's type on its queue."""
     queue, run_id = f"mallory-{uuid.uuid4()}", f"direct-{uuid.uuid4().hex[:8]}"
-    async with Worker(stack.client, task_queue=queue, workflows=[Direct], workflow_runner=UnsandboxedWorkflowRunner()):
-        try:
-            await stack.client.execute_workflow("Direct", [f"{stack.sink.url}/{run_id}/poke", stack.task_queue, run_id],
+    name = mallorys.__temporal_workflow_definition.name
+    async with Worker(stack.client, task_queue=queue, workflows=[mallorys], workflow_runner=UnsandboxedWorkflowRunner()):
+        with pytest.raises(WorkflowFailureError) as failed:
+            await stack.client.execute_workflow(name, [f"{stack.sink.url}/{run_id}/poke", stack.task_queue, run_id],
                                                 id=f"mallory-{uuid.uuid4().hex[:8]}", task_queue=queue)
-        except Exception:  # noqa: BLE001  refused: what the fix should make happen
-            pass
+    cause = failed.value.cause.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "CallerRefused", cause
+    assert "is not one of the bot's" in cause.message
     assert stack.sink.of(run_id) == [], "mallory's workflow ran the bot's http.request"
