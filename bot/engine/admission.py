@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, get_args
 
 import structlog
@@ -49,28 +49,36 @@ RUN_WORKFLOW = "PlaybookRun"
 PARENT_UNKNOWN = "ParentUnknown"
 
 
+PARENT_READ_TIMEOUT = timedelta(seconds=10)
+
+
 @dataclass(frozen=True)
 class ParentRun:
-    """The workflow that started a child run, as Temporal describes it, and its requester as its
-    own status says (read only from a PlaybookRun on the bot's queue, where the bot's code answers)."""
+    """The execution that started a child run, as Temporal describes it, and what its own status
+    says (read only from a PlaybookRun on the bot's queue, where the bot's code answers)."""
 
     workflow_type: str
     task_queue: str
     own_queue: str  # the queue the child's admission runs on: the bot's
+    own_namespace: str
     requester: Requester | None
+    children: tuple[tuple[str, str], ...] = ()  # (step, child run id) its status lists
 
 
-async def read_parent(workflow_id: str) -> ParentRun:
-    """The parent of the run being admitted (run.admit is its local activity)."""
-    handle = activity.client().get_workflow_handle(workflow_id)
-    own = activity.info().task_queue
-    desc = await handle.describe()
-    requester = None
-    if desc.workflow_type == RUN_WORKFLOW and desc.task_queue == own:
-        status = await handle.query("status", result_type=RunStatus)
+async def read_parent(workflow_id: str, run_id: str | None) -> ParentRun:
+    """The parent execution of the run being admitted (run.admit is its local activity): that run
+    of the id, not whichever is newest (a reset or a new workflow under a terminated run's id would
+    otherwise answer for it)."""
+    info = activity.info()
+    handle = activity.client().get_workflow_handle(workflow_id, run_id=run_id)
+    desc = await handle.describe(rpc_timeout=PARENT_READ_TIMEOUT)
+    requester, children = None, ()
+    if desc.workflow_type == RUN_WORKFLOW and desc.task_queue == info.task_queue:
+        status = await handle.query("status", result_type=RunStatus, rpc_timeout=PARENT_READ_TIMEOUT)
         # what its playbook.run step gives its child (bot/engine/subplaybooks.py)
         requester = status.requester or Requester(principal=status.requested_by, person=status.requested_by)
-    return ParentRun(desc.workflow_type, desc.task_queue, own, requester)
+        children = tuple((c.step, c.run_id) for c in status.children)
+    return ParentRun(desc.workflow_type, desc.task_queue, info.task_queue, info.namespace, requester, children)
 
 
 class AdmitRequest(BaseModel):
@@ -86,6 +94,8 @@ class AdmitRequest(BaseModel):
     temporal_parent: str | None = Field(
         None, description="The workflow that started this run, as Temporal recorded it (None: a client did)."
     )
+    temporal_parent_run: str | None = Field(None, description="That workflow's run (execution), as Temporal recorded it.")
+    temporal_parent_namespace: str | None = Field(None, description="That workflow's namespace, as Temporal recorded it.")
     execution: str | None = Field(
         None, description="This run's execution as its event ids carry it: its own events are no earlier run."
     )
@@ -120,7 +130,7 @@ class Admitter:
         audit: AuditWriter | None = None,
         foreach_max: int | None = None,
         refresh: Callable[[], Awaitable[bool]] | None = None,
-        parents: Callable[[str], Awaitable[ParentRun]] = read_parent,
+        parents: Callable[[str, str | None], Awaitable[ParentRun]] = read_parent,
     ) -> None:
         self.catalog = catalog
         # Reload the catalog now (LiveCatalog.reload): a front door that reloaded an edit before
@@ -255,18 +265,22 @@ class Admitter:
     async def _parent_not_ours(self, request: AdmitRequest) -> str | None:
         """A parent Temporal names is still anyone's workflow: someone who can reach the namespace
         can run a worker whose workflow starts a PlaybookRun child on the bot's queue, with any
-        requester in its input (tests/security/test_child_runs.py). So the parent must be a
-        PlaybookRun whose tasks go to the bot's queue, and the requester the child claims must be
-        the one the parent's own status gives (its admission's)."""
+        requester in its input (tests/security/test_child_runs.py). So the parent execution
+        Temporal names (by run, and in the bot's namespace) must be a PlaybookRun whose tasks go
+        to the bot's queue, the requester the child claims must be the one the parent's own status
+        gives (its admission's), and that status must list this child for the step it claims."""
         parent, started_by = request.parent, request.temporal_parent
         if parent is None or started_by is None:
             return None
         try:
-            found = await self.parents(started_by)
+            found = await self.parents(started_by, request.temporal_parent_run)
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return f"the workflow {started_by!r} that started it is gone"
             raise ApplicationError(f"cannot read the parent run {started_by!r}: {exc}", type=PARENT_UNKNOWN) from None
+        namespace = request.temporal_parent_namespace
+        if namespace is not None and namespace != found.own_namespace:
+            return f"it was started from namespace {namespace!r}, not the bot's {found.own_namespace!r}"
         if found.workflow_type != RUN_WORKFLOW:
             return f"it was started by a {found.workflow_type!r} workflow ({started_by!r}), not by a run of the bot's"
         if found.task_queue != found.own_queue:
@@ -276,6 +290,8 @@ class Admitter:
                 parent.requester.principal, parent.requester.verified, parent.requester.verified_by):
             said = _who(found.requester) if found.requester else "no one"
             return f"its parent's requester is {said}, not the {_who(parent.requester)} it claims"
+        if (parent.step_id, request.run_id) not in found.children:
+            return f"its parent's status lists no child {request.run_id!r} of step {parent.step_id!r}"
         return None
 
     def _catalog_problem(self, request: AdmitRequest) -> str | None:

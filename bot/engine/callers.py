@@ -16,13 +16,15 @@ for that (docs/security.md, "What access to Temporal grants").
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from typing import Any, Iterable
+from datetime import timedelta
+from typing import Any, Iterable, NoReturn
 
 import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 log = structlog.get_logger(__name__)
@@ -30,6 +32,8 @@ log = structlog.get_logger(__name__)
 CALLER_REFUSED = "CallerRefused"
 CALLER_UNKNOWN = "CallerUnknown"
 KEPT = 4096  # executions whose answer is kept
+ASK_TIMEOUT = timedelta(seconds=5)
+ASK_AGAIN = (0.2, 1.0)  # seconds before the second and third tries
 
 
 class OwnWorkflowsOnly(Interceptor):
@@ -38,6 +42,7 @@ class OwnWorkflowsOnly(Interceptor):
     def __init__(self, types: Iterable[str]) -> None:
         self.types = frozenset(types)
         self._vouched: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._asking: dict[tuple[str, str], asyncio.Future[tuple[str, str]]] = {}
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _Checked(next, self)
@@ -45,33 +50,53 @@ class OwnWorkflowsOnly(Interceptor):
     async def check(self, info: activity.Info) -> None:
         if info.is_local:
             return
-        key = (info.workflow_id or "", info.workflow_run_id or "")
+        if not info.workflow_id or not info.workflow_run_id:
+            self._refuse(info, "no workflow scheduled it (a standalone activity)")
+        if info.workflow_type not in self.types:  # the server's word: no need to ask
+            self._refuse(info, f"it is a {info.workflow_type!r} workflow, which this worker does not run")
+        key = (info.workflow_id, info.workflow_run_id)
         if key in self._vouched:
             self._vouched.move_to_end(key)
             return
-        try:
-            desc = await activity.client().get_workflow_handle(key[0], run_id=key[1]).describe()
-        except RPCError as exc:  # retried: whether to act cannot be decided without the answer
-            raise ApplicationError(
-                f"{info.activity_type}: cannot tell which workflow scheduled it ({exc}); not acting until Temporal says",
-                type=CALLER_UNKNOWN,
-            ) from None
-        problem = None
-        if desc.workflow_type not in self.types:
-            problem = f"it is a {desc.workflow_type!r} workflow, which this worker does not run"
-        elif desc.task_queue != info.task_queue:
-            problem = f"its tasks go to queue {desc.task_queue!r}, not this worker's {info.task_queue!r}"
-        if problem is not None:
-            log.error("activity refused: its workflow is not one of the bot's", activity=info.activity_type,
-                      workflow_id=key[0], workflow_run_id=key[1], reason=problem)
-            raise ApplicationError(
-                f"{info.activity_type} refused: the workflow that scheduled it ({key[0]}) is not one of the bot's: {problem}",
-                type=CALLER_REFUSED,
-                non_retryable=True,
-            )
+        asking = self._asking.get(key)
+        if asking is None:  # one question per execution, however many of its activities start at once
+            asking = self._asking[key] = asyncio.ensure_future(self._describe(info))
+            asking.add_done_callback(lambda _: self._asking.pop(key, None))
+        workflow_type, task_queue = await asyncio.shield(asking)
+        if workflow_type not in self.types:
+            self._refuse(info, f"it is a {workflow_type!r} workflow, which this worker does not run")
+        if task_queue != info.task_queue:
+            self._refuse(info, f"its tasks go to queue {task_queue!r}, not this worker's {info.task_queue!r}")
         self._vouched[key] = None
         if len(self._vouched) > KEPT:
             self._vouched.popitem(last=False)
+
+    @staticmethod
+    async def _describe(info: activity.Info) -> tuple[str, str]:
+        """The workflow's type and task queue, as Temporal records them; a few quick tries, since
+        each failed attempt of the activity would count against its step's retries."""
+        handle = activity.client().get_workflow_handle(info.workflow_id or "", run_id=info.workflow_run_id)
+        for wait in (*ASK_AGAIN, None):
+            try:
+                desc = await handle.describe(rpc_timeout=ASK_TIMEOUT)
+                return desc.workflow_type, desc.task_queue
+            except RPCError as exc:
+                if wait is None or exc.status == RPCStatusCode.NOT_FOUND:
+                    raise ApplicationError(
+                        f"{info.activity_type}: cannot tell which workflow scheduled it ({exc}); "
+                        "not acting until Temporal says", type=CALLER_UNKNOWN) from None
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _refuse(self, info: activity.Info, problem: str) -> NoReturn:
+        log.error("activity refused: its workflow is not one of the bot's", activity=info.activity_type,
+                  workflow_id=info.workflow_id, workflow_run_id=info.workflow_run_id, reason=problem)
+        raise ApplicationError(
+            f"{info.activity_type} refused: the workflow that scheduled it ({info.workflow_id}) is not one of "
+            f"the bot's: {problem}",
+            type=CALLER_REFUSED,
+            non_retryable=True,
+        )
 
 
 class _Checked(ActivityInboundInterceptor):

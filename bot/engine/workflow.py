@@ -862,6 +862,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                     started_at=workflow.info().start_time,
                     parent=input.parent,
                     temporal_parent=workflow.info().parent.workflow_id if workflow.info().parent else None,
+                    temporal_parent_run=workflow.info().parent.run_id if workflow.info().parent else None,
+                    temporal_parent_namespace=workflow.info().parent.namespace if workflow.info().parent else None,
                     execution=self._execution(),
                 ),
                 result_type=Admission,

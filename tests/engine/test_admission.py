@@ -248,24 +248,30 @@ async def test_the_lock_key_and_the_foreach_bound_are_decided_here(wide: tuple[A
 
 
 def _child(catalog: Catalog, *, depth: int = 1, temporal_parent: str | None = "parent-run", kind: str = "playbook",
-           parent_by: str = "cli:alice", verified_by: str | None = "slack") -> AdmitRequest:
+           parent_by: str = "cli:alice", verified_by: str | None = "slack", namespace: str = "default") -> AdmitRequest:
     parent = ParentLink(run_id="parent-run", step_id="call", root_run_id="parent-run", depth=depth,
                         requester=_requester(parent_by, verified_by))
-    return request(catalog, kind=kind, parent=parent, temporal_parent=temporal_parent)
+    return request(catalog, kind=kind, parent=parent, temporal_parent=temporal_parent,
+                   temporal_parent_run="parent-execution", temporal_parent_namespace=namespace)
 
 
 def _requester(principal: str = "cli:alice", verified_by: str | None = "slack") -> Requester:
     return Requester(principal=principal, person="alice", verified=verified_by is not None, verified_by=verified_by)
 
 
+def _view(requester: Requester | None, workflow_type: str = RUN_WORKFLOW, queue: str = "bot",
+          children: tuple[tuple[str, str], ...] = (("call", "run-1"),)) -> ParentRun:
+    return ParentRun(workflow_type, queue, "bot", "default", requester, children)
+
+
 class _Parents:
     """What Temporal and the parent run itself answer about workflow `parent-run`, as a test sets it."""
 
     def __init__(self) -> None:
-        self.view: ParentRun | None = ParentRun(RUN_WORKFLOW, "bot", "bot", _requester())
+        self.view: ParentRun | None = _view(_requester())
 
-    async def __call__(self, workflow_id: str) -> ParentRun:
-        if workflow_id != "parent-run" or self.view is None:
+    async def __call__(self, workflow_id: str, run_id: str | None) -> ParentRun:
+        if workflow_id != "parent-run" or run_id != "parent-execution" or self.view is None:
             raise RPCError("workflow not found", RPCStatusCode.NOT_FOUND, b"")
         return self.view
 
@@ -288,7 +294,7 @@ async def test_a_child_run_is_believed_only_when_temporal_says_its_parent_starte
         admission = await admitter.admit(bad)
         assert (admission.allow, admission.refused_by) == (False, "parent"), admission
         assert says in admission.reasons[0], admission.reasons
-    parents.view = ParentRun(RUN_WORKFLOW, "bot", "bot", _requester(verified_by="made-up"))
+    parents.view = _view(_requester(verified_by="made-up"))
     claimed = await admitter.admit(_child(catalog, verified_by="made-up"))
     assert claimed.allow and not claimed.requester.verified  # a verifier the bot does not know vouches for nobody
 
@@ -299,17 +305,21 @@ async def test_a_child_run_is_believed_only_when_its_parent_is_a_run_of_the_bots
     status must name the requester the child claims."""
     parents = admitter.parents = _Parents()
     for view, says in [
-        (ParentRun("NotARun", "mallory", "bot", None), "started by a 'NotARun' workflow ('parent-run'), not by a run of the bot's"),
-        (ParentRun(RUN_WORKFLOW, "mallory", "bot", None), "runs on task queue 'mallory', not the bot's 'bot'"),
-        (ParentRun(RUN_WORKFLOW, "bot", "bot", _requester("cli:carol")), "its parent's requester is 'cli:carol' (verified by slack), not the 'cli:alice' (verified by slack) it claims"),
-        (ParentRun(RUN_WORKFLOW, "bot", "bot", _requester(verified_by=None)),
+        (_view(None, "NotARun", "mallory"), "started by a 'NotARun' workflow ('parent-run'), not by a run of the bot's"),
+        (_view(None, queue="mallory"), "runs on task queue 'mallory', not the bot's 'bot'"),
+        (_view(_requester("cli:carol")), "its parent's requester is 'cli:carol' (verified by slack), not the 'cli:alice' (verified by slack) it claims"),
+        (_view(_requester(verified_by=None)),
          "its parent's requester is 'cli:alice' (unverified), not the 'cli:alice' (verified by slack)"),
+        (_view(_requester(), children=(("other", "run-1"), ("call", "run-2"))), "its parent's status lists no child 'run-1' of step 'call'"),
         (None, "the workflow 'parent-run' that started it is gone"),
     ]:
         parents.view = view
         admission = await admitter.admit(_child(catalog))
         assert (admission.allow, admission.refused_by) == (False, "parent"), admission
         assert says in admission.reasons[0], admission.reasons
+    parents.view = _view(_requester())
+    elsewhere = await admitter.admit(_child(catalog, namespace="mallorys"))
+    assert elsewhere.reasons == ["it was started from namespace 'mallorys', not the bot's 'default'"], elsewhere
 
 
 def _alert_request(catalog: Catalog, verified_by: str, kind: str = "alertmanager",
