@@ -51,6 +51,11 @@ from bot.identity.proofs import Keyring
 
 log = structlog.get_logger(__name__)
 QUERY_TIMEOUT = timedelta(seconds=5)
+# An unsealed lock state comes from a raw client, never from the bot (its own locks start empty or
+# carry a sealed state): its claimed holders are checked, at most this many (a key's limit is at
+# most 100, nested grants aside), this many at a time, so a state claiming thousands costs little.
+ADOPT_MAX = 256
+ADOPT_ASKING = 8
 RUNNING = WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
 RUN_WORKFLOW = "PlaybookRun"
 # Without an envelope key, lock messages are sealed with a key of this process's own: sound for one
@@ -150,10 +155,17 @@ class LockActivities:
             HOLDERS_LABEL, holders_content(request.key, request.holders, request.from_run), request.seal
         ):
             return AdoptResult(holders=request.holders, sealed=True)
+        claimed = request.holders[:ADOPT_MAX]
         log.warning("lock state not sealed by this lock's previous execution: its holders are checked one by one",
-                    key=request.key[:80], claimed=[h.run_id for h in request.holders])
-        flags = await asyncio.gather(*(self._holding(request.key, h.run_id) for h in request.holders))
-        kept = [h.model_copy(update={"nested": False}) for h, ok in zip(request.holders, flags) if ok]
+                    key=request.key[:80], claimed=len(request.holders), checked=len(claimed))
+        asking = asyncio.Semaphore(ADOPT_ASKING)
+
+        async def holding(run_id: str) -> bool:
+            async with asking:
+                return await self._holding(request.key, run_id)
+
+        flags = await asyncio.gather(*(holding(h.run_id) for h in claimed))
+        kept = [h.model_copy(update={"nested": False}) for h, ok in zip(claimed, flags) if ok]
         return AdoptResult(holders=kept, sealed=False)
 
     async def _holding(self, key: str, run_id: str) -> bool:

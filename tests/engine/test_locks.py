@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -17,11 +18,13 @@ import pytest
 import pytest_asyncio
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import ActivityEnvironment
 
 from bot.actions.base import ActionInput, ActionResult
 from bot.engine.admission import Admission, AdmitRequest
 from bot.engine.lock_workflow import KeyLock
-from bot.engine.locking import LockKeyError, lock_workflow_id, render_lock_key
+from bot.engine.locking import AdoptRequest, Holder, LockKeyError, lock_workflow_id, render_lock_key
+from bot.engine.locks import ADOPT_MAX, LockActivities
 from bot.engine.runs import RunBusy, start_run
 from bot.engine.state import Requester, RunInput, RunStatus, TriggerContext
 from bot.engine.workflow import PlaybookRun
@@ -305,3 +308,26 @@ async def test_a_key_that_does_not_render_refuses_the_run(rig: Rig):
     status = await handle.result()
     assert status.state == "cancelled" and "concurrency" in (status.error or "")
     assert rig.gates.started == []
+
+
+class _Counting:
+    """The real client, counting the workflows it is asked about."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.asked = client, 0
+
+    def get_workflow_handle(self, workflow_id: str, **kwargs: Any) -> Any:
+        self.asked += 1
+        return self.client.get_workflow_handle(workflow_id, **kwargs)
+
+
+async def test_a_raw_lock_state_claiming_thousands_of_holders_costs_a_bounded_check(dev_env: Any) -> None:
+    """A KeyLock started from a raw client is the bot's code, so it passes the caller check; its
+    input's holders, unsealed, are each described and queried. Claiming 5,000 cost 5,000 describes
+    at once; now at most ADOPT_MAX, ADOPT_ASKING at a time, and none of them is adopted."""
+    counting = _Counting(dev_env.client)
+    claims = [Holder(run_id=f"nobody-{i}", since=datetime.now(UTC)) for i in range(5000)]
+    result = await ActivityEnvironment().run(LockActivities(counting, Keyring(b"k" * 32)).adopt,  # type: ignore[arg-type]
+                                             AdoptRequest(key="svc:x", holders=claims))
+    assert result.holders == [] and not result.sealed
+    assert counting.asked == ADOPT_MAX
