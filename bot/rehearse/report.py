@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from bot.playbook.loader import Catalog, PlaybookLoadErrors, load_directory
-from bot.rehearse.cases import RehearsalFileError, load_rehearsal, rehearsal_files
+from bot.rehearse.cases import LoadedCase, LoadedFile, RehearsalFileError, load_rehearsal, rehearsal_files
 from bot.rehearse.runner import REFUSALS, CaseResult, Rehearsal, ServerRefusedTask, start_env
 
 from temporalio.testing import WorkflowEnvironment
@@ -71,16 +71,7 @@ async def rehearse(
             async with Rehearsal(env, catalog, policies_dir) as session:
                 while pending:
                     file, case = pending[0]
-                    since = REFUSALS.count
-                    try:
-                        result: CaseResult | None = await session.run_case(file, case)
-                    except ServerRefusedTask:
-                        result = None
-                    stopped = None  # why this server's clock may have stopped for good
-                    if REFUSALS.count > since:
-                        stopped = "refused a workflow task (temporalio/sdk-java#2606)"
-                    elif not await session.clock_skips():
-                        stopped = "stopped skipping time (temporalio/sdk-java#1138)"
+                    result, stopped = await _run_one(session, file, case)
                     if stopped and reruns < RERUNS:
                         reruns += 1
                         say(f"note  {file.playbook.name}: {case.case.name}: the time-skipping server {stopped}; "
@@ -95,7 +86,7 @@ async def rehearse(
                     say(describe(result))
                     if stopped:
                         break  # the next case on a fresh server
-            if pending:
+            if pending:  # a fresh server for the rest
                 if own:
                     await env.shutdown()
                 env, own = await start_env(), True
@@ -103,6 +94,21 @@ async def rehearse(
         if own:
             await env.shutdown()
     return report
+
+
+async def _run_one(session: Rehearsal, file: LoadedFile, case: LoadedCase) -> tuple[CaseResult | None, str | None]:
+    """The case's result (None: the server refused one of its tasks, so it has none), and why this
+    server's clock may have stopped for good during it (None: it still skips)."""
+    since = REFUSALS.count
+    try:
+        result: CaseResult | None = await session.run_case(file, case)
+    except ServerRefusedTask:
+        result = None
+    if REFUSALS.count > since:
+        return result, "refused a workflow task (temporalio/sdk-java#2606)"
+    if not await session.clock_skips():
+        return result, "stopped skipping time (temporalio/sdk-java#1138)"
+    return result, None
 
 
 def describe(result: CaseResult) -> str:
