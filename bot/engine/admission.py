@@ -26,6 +26,7 @@ from bot.audit.events import AuditEvent
 from bot.audit.recorder import AUDIT_UNAVAILABLE, AuditWriter
 from bot.audit.store import AuditUnavailable
 from bot.engine.locking import LockKeyError, render_lock_key
+from bot.engine.locks import RUN_WORKFLOW
 from bot.engine.state import ParentLink, Requester, RunStatus, TriggerContext
 from bot.identity import principals
 from bot.identity.principals import ALERT_SENDERS, Actor, VerifiedBy
@@ -45,7 +46,6 @@ CONCURRENCY = "concurrency"
 PARENT = "parent"
 SCHEDULED_RUN_ID = re.compile(r"-[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")  # Temporal's suffix
 CHILD_DEPTH_MAX = 8  # sub-playbooks calling sub-playbooks: cycles are refused at load, this bounds the rest
-RUN_WORKFLOW = "PlaybookRun"
 PARENT_UNKNOWN = "ParentUnknown"
 
 

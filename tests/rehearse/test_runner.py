@@ -13,14 +13,12 @@ from datetime import timedelta
 import pytest
 from temporalio import activity, workflow
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bot.playbook.loader import Catalog
 from bot.rehearse.report import junit_xml, rehearse
-from bot.rehearse.runner import REFUSALS, Rehearsal, ServerRefusedTask, _unless_refused
-from tests.conftest import binary
+from bot.rehearse.runner import REFUSALS, Rehearsal, ServerRefusedTask, _unless_refused, start_env
 from tests.rehearse.support import APPROVE, LOCKED, POLICIES, ROLL, directory
 
 PASSING = f"""\
@@ -414,9 +412,7 @@ async def test_ending_a_workflow_with_a_task_in_flight_leaves_the_clock_skipping
     is terminated meanwhile (temporalio/sdk-java#1138): every later case then runs in real time, and
     one with a 20-minute deadline hangs (CI, stop 34). A case's clean-up waits for the task first.
     Its own server: a leaked lock would stop the shared one's clock for the rest of the session."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(binary("temporal-test-server")), data_converter=pydantic_data_converter
-    )
+    env = await start_env()
     try:
         async with Worker(env.client, task_queue="busy", workflows=[_Busy], activities=[_busy],
                           workflow_runner=UnsandboxedWorkflowRunner()):
