@@ -1,14 +1,18 @@
-"""The bot's event loop polls instead of sleeping only while an owner says an answer is due, never
-past that time or the loop's own timers, and hands over what is ready as a sleeping loop would."""
+"""The bot's event loop (uvloop) polls instead of sleeping only while an owner says an answer is
+due, never past that time or the loop's own timers, and hands over what is ready as a sleeping
+loop would; asyncio's own loop polls the same way."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+import pytest
 
 from bot import eventloop
 
@@ -17,14 +21,31 @@ T = TypeVar("T")
 OWNER = object()
 
 
+def host(path: Any, runnable: int) -> str:
+    """A /proc/loadavg reading with `runnable` tasks runnable now."""
+    path.write_text(f"0.50 0.40 0.30 {runnable}/321 4242\n")
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def idle_host(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host as the tests see it: one task runnable (the test), whatever the machine is doing."""
+    monkeypatch.setattr(eventloop, "LOADAVG", host(tmp_path / "loadavg", 1))
+
+
 def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return eventloop.run(main())
 
 
-def spinning() -> eventloop.SpinningSelector:
-    loop = asyncio.get_running_loop()
-    assert isinstance(loop, eventloop.Loop)
-    return loop.spinning
+def spinning() -> eventloop.Spinner:
+    return eventloop.spinner()
+
+
+def test_the_bots_loop_is_uvloop() -> None:
+    async def main() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run(main).startswith("uvloop")
 
 
 def test_nothing_due_the_loop_sleeps() -> None:
@@ -60,7 +81,7 @@ def test_polling_stops_at_the_due_time() -> None:
     async def main() -> tuple[int, int, float]:
         eventloop.answer_due(OWNER, 0.02)
         cpu = time.process_time()
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.025)  # (uvloop's timers have millisecond resolution: past the due time)
         polls_at_due = spinning().polls
         await asyncio.sleep(0.3)
         return polls_at_due, spinning().polls, time.process_time() - cpu
@@ -95,23 +116,64 @@ def test_nothing_due_ends_the_polling_before_the_due_time() -> None:
     assert run(main) <= 1  # the select already under way when it was said
 
 
-def test_ready_callbacks_never_wait_for_a_poll() -> None:
-    async def main() -> int:
+def test_ready_callbacks_run_between_polls() -> None:
+    """A loop busy with ready work runs it at its own pace: the poll is one call a pass."""
+    async def main() -> float:
         eventloop.answer_due(OWNER, 10.0)
-        before = spinning().polls
-        for _ in range(100):
-            await asyncio.sleep(0)  # a ready callback each pass: the loop selects with timeout 0
-        polls = spinning().polls - before
+        started = time.monotonic()
+        for _ in range(10_000):
+            await asyncio.sleep(0)
+        elapsed = time.monotonic() - started
         eventloop.nothing_due(OWNER)
-        return polls
+        return elapsed
 
-    assert run(main) == 0
+    assert run(main) < 2.0
 
 
-def test_another_loop_ignores_what_is_due() -> None:
-    async def main() -> bool:
-        eventloop.answer_due(OWNER, 10.0)  # a plain asyncio loop: nothing to poll, nothing raised
+def test_asyncios_own_loop_polls_as_well() -> None:
+    async def main() -> tuple[bytes, int]:
+        ours, theirs = socket.socketpair()
+        reader, _ = await asyncio.open_connection(sock=ours)
+        eventloop.answer_due(OWNER, 5.0)
+        sent = threading.Timer(0.02, theirs.send, [b"answer"])
+        sent.start()
+        data = await reader.read(6)
         eventloop.nothing_due(OWNER)
-        return True
+        sent.join()
+        theirs.close()
+        return data, spinning().polls
 
-    assert asyncio.run(main())
+    data, polls = eventloop.run(main(), loop_factory=asyncio.new_event_loop)
+    assert data == b"answer" and polls > 10
+
+
+def test_a_busy_host_is_not_polled_on(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every core has a runnable task: the question is waited for asleep (polling would take a
+    core from the child that answers it); once a core is free again, the next question is polled for."""
+    loadavg = tmp_path / "loadavg"
+    monkeypatch.setattr(eventloop, "LOADAVG", host(loadavg, os.cpu_count() or 1))
+
+    async def main() -> tuple[int, bool, int]:
+        eventloop.answer_due(OWNER, 0.05)
+        await asyncio.sleep(0.05)
+        busy_polls, busy_due = spinning().polls, OWNER in spinning().due
+        host(loadavg, (os.cpu_count() or 1) - 1)
+        await asyncio.sleep(eventloop.BUSY_READ_EVERY)
+        eventloop.answer_due(OWNER, 0.05)
+        await asyncio.sleep(0.05)
+        return busy_polls, busy_due, spinning().polls
+
+    busy_polls, busy_due, idle_polls = run(main)
+    assert (busy_polls, busy_due) == (0, False)
+    assert idle_polls > 10
+
+
+def test_no_proc_counts_as_idle(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(eventloop, "LOADAVG", str(tmp_path / "absent"))
+
+    async def main() -> int:
+        eventloop.answer_due(OWNER, 0.02)
+        await asyncio.sleep(0.02)
+        return spinning().polls
+
+    assert run(main) > 0

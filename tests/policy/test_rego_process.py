@@ -256,17 +256,20 @@ async def test_a_question_pending_when_the_engine_closes_is_denied_at_once() -> 
     assert loop.time() - began < 5
 
 
-def test_the_loop_polls_for_an_answer_only_while_one_is_due_and_comes_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_loop_polls_for_an_answer_only_while_one_is_due_and_comes_quickly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
     """RegoProcess tells bot.eventloop an answer is due while it waits for one, says when it has
     none pending, and stops asking after an answer slower than it polls for (the loop then sleeps).
     The poll is made 0.5 s here so that a loaded machine's wake-ups never count as slow; a slow
     answer is one the child gives only after being stopped for 1.5 s."""
     monkeypatch.setattr(rego_process, "SPIN", 0.5)
+    idle = tmp_path / "loadavg"  # the host as idle, whatever the machine is doing (bot.eventloop)
+    idle.write_text("0.50 0.40 0.30 1/321 4242\n")
+    monkeypatch.setattr(eventloop, "LOADAVG", str(idle))
 
     async def main() -> list[bool]:
-        loop = asyncio.get_running_loop()
-        assert isinstance(loop, eventloop.Loop)
-        due, seen = loop.spinning.due, []
+        due, seen = eventloop.spinner().due, []
         process = RegoProcess()
         await process.start()
 
