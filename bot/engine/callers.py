@@ -9,9 +9,14 @@ with its tasks on this worker's queue, where the bot's code answers them. Its an
 execution (a workflow's type and queue never change).
 
 Local activities are not asked about: only the workflow code of the worker that runs them can
-schedule them. What this does not stop is a worker of someone else's polling the bot's own queue
-and answering a PlaybookRun's tasks with its own code: namespace access control is the boundary
-for that (docs/security.md, "What access to Temporal grants").
+schedule them. For the same reason a local activity vouches for its execution: the worker holds
+that execution's workflow task, so the execution is of a type it runs, on its queue, which is what
+Temporal would say. A run's admission is a local activity, so its first step does not wait for a
+describe (issue 17: that describe sat between an alert and its first action).
+
+What this does not stop is a worker of someone else's polling the bot's own queue and answering a
+PlaybookRun's tasks with its own code: namespace access control is the boundary for that
+(docs/security.md, "What access to Temporal grants").
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class OwnWorkflowsOnly(Interceptor):
 
     def __init__(self, types: Iterable[str]) -> None:
         self.types = frozenset(types)
-        self._vouched: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._vouched: OrderedDict[tuple[str, str], str] = OrderedDict()  # execution -> its task queue
         self._asking: dict[tuple[str, str], asyncio.Future[tuple[str, str]]] = {}
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
@@ -49,13 +54,15 @@ class OwnWorkflowsOnly(Interceptor):
 
     async def check(self, info: activity.Info) -> None:
         if info.is_local:
+            if info.workflow_type in self.types and info.workflow_id and info.workflow_run_id:
+                self._vouch((info.workflow_id, info.workflow_run_id), info.task_queue)
             return
         if not info.workflow_id or not info.workflow_run_id:
             self._refuse(info, "no workflow scheduled it (a standalone activity)")
         if info.workflow_type not in self.types:  # the server's word: no need to ask
             self._refuse(info, f"it is a {info.workflow_type!r} workflow, which this worker does not run")
         key = (info.workflow_id, info.workflow_run_id)
-        if key in self._vouched:
+        if self._vouched.get(key) == info.task_queue:
             self._vouched.move_to_end(key)
             return
         asking = self._asking.get(key)
@@ -67,7 +74,11 @@ class OwnWorkflowsOnly(Interceptor):
             self._refuse(info, f"it is a {workflow_type!r} workflow, which this worker does not run")
         if task_queue != info.task_queue:
             self._refuse(info, f"its tasks go to queue {task_queue!r}, not this worker's {info.task_queue!r}")
-        self._vouched[key] = None
+        self._vouch(key, task_queue)
+
+    def _vouch(self, key: tuple[str, str], task_queue: str) -> None:
+        self._vouched[key] = task_queue
+        self._vouched.move_to_end(key)
         if len(self._vouched) > KEPT:
             self._vouched.popitem(last=False)
 
