@@ -20,10 +20,14 @@ answers come slower than that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import math
 import os
 import time
 import weakref
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -35,14 +39,15 @@ except ImportError:  # (a platform without its wheel: asyncio's own loop, pollin
 
 
 LOADAVG = "/proc/loadavg"
+CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>", or "max <period>"
 BUSY_READ_EVERY = 0.01  # seconds a reading of the host's runnable tasks is reused
 
 
 class Spinner:
-    """One loop's owners with an answer due, and the callback that keeps the loop awake for them."""
+    """One loop's owners with an answer due, and the callback that keeps the loop awake for them.
+    It holds no reference to its loop (the loop is the key it is kept under, weakly)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.due: dict[object, float] = {}  # owner -> time.monotonic() its answer is due by
         self.polls = 0  # passes the loop made awake for an answer (for tests)
         self._handle: asyncio.Handle | None = None
@@ -54,11 +59,15 @@ class Spinner:
             return
         self.due[owner] = now + within
         if self._handle is None:
-            self._handle = self.loop.call_soon(self._poll)
+            self._handle = asyncio.get_running_loop().call_soon(self._poll)
+
+    def drop(self, owner: object) -> None:
+        self.due.pop(owner, None)
 
     def _host_busy(self, now: float) -> bool:
-        """No core free besides this process's: the runnable tasks (this one among them) fill
-        every core. Read at most every BUSY_READ_EVERY; where there is no /proc, never busy."""
+        """No core free besides this process's: the host's runnable tasks (this one among them)
+        are as many as the cores this process may use. Read at most every BUSY_READ_EVERY; where
+        there is no /proc, never busy."""
         read_at, busy = self._busy
         if now - read_at < BUSY_READ_EVERY:
             return busy
@@ -67,12 +76,9 @@ class Spinner:
                 runnable = int(f.read().split()[3].split(b"/")[0])
         except (OSError, ValueError, IndexError):
             runnable = 0
-        busy = runnable >= (os.cpu_count() or 1)
+        busy = runnable >= usable_cores()
         self._busy = (now, busy)
         return busy
-
-    def drop(self, owner: object) -> None:
-        self.due.pop(owner, None)
 
     def _poll(self) -> None:
         """Ready again for the loop's next pass (so that pass does not sleep), until the latest
@@ -82,7 +88,20 @@ class Spinner:
             return
         self.polls += 1
         os.sched_yield()
-        self._handle = self.loop.call_soon(self._poll)
+        self._handle = asyncio.get_running_loop().call_soon(self._poll)
+
+
+@functools.cache
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, and a cgroup v2 quota if one is set
+    (a container limited to 2 CPUs on a 64-core host has 2). /proc/loadavg counts the whole host,
+    so with fewer cores than the host the test above errs towards busy: no polling."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        quota, period = Path(CPU_MAX).read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    return max(1, cores)
 
 
 _spinners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Spinner] = weakref.WeakKeyDictionary()
@@ -93,7 +112,7 @@ def spinner() -> Spinner:
     loop = asyncio.get_running_loop()
     found = _spinners.get(loop)
     if found is None:
-        found = _spinners[loop] = Spinner(loop)
+        found = _spinners[loop] = Spinner()
     return found
 
 

@@ -9,10 +9,12 @@ with its tasks on this worker's queue, where the bot's code answers them. Its an
 execution (a workflow's type and queue never change).
 
 Local activities are not asked about: only the workflow code of the worker that runs them can
-schedule them. For the same reason a local activity vouches for its execution: the worker holds
-that execution's workflow task, so the execution is of a type it runs, on its queue, which is what
-Temporal would say. A run's admission is a local activity, so its first step does not wait for a
-describe (issue 17: that describe sat between an alert and its first action).
+schedule them. A local activity does not vouch for its execution, though: a workflow task can
+reach this worker on its sticky queue, whose name the completing worker chooses, so an execution
+on someone else's queue can have its tasks (and local activities) run here. What a local activity
+does is start the question early: a run's admission is one, so the describe runs while its first
+workflow task completes, and its first step finds the answer there (issue 17: the describe sat
+between an alert and its first action).
 
 What this does not stop is a worker of someone else's polling the bot's own queue and answering a
 PlaybookRun's tasks with its own code: namespace access control is the boundary for that
@@ -46,7 +48,8 @@ class OwnWorkflowsOnly(Interceptor):
 
     def __init__(self, types: Iterable[str]) -> None:
         self.types = frozenset(types)
-        self._vouched: OrderedDict[tuple[str, str], str] = OrderedDict()  # execution -> its task queue
+        # Temporal's answers: execution -> (workflow type, task queue), which never change.
+        self._answers: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
         self._asking: dict[tuple[str, str], asyncio.Future[tuple[str, str]]] = {}
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
@@ -55,32 +58,44 @@ class OwnWorkflowsOnly(Interceptor):
     async def check(self, info: activity.Info) -> None:
         if info.is_local:
             if info.workflow_type in self.types and info.workflow_id and info.workflow_run_id:
-                self._vouch((info.workflow_id, info.workflow_run_id), info.task_queue)
+                self._ask(info, (info.workflow_id, info.workflow_run_id))  # early, for its steps
             return
         if not info.workflow_id or not info.workflow_run_id:
             self._refuse(info, "no workflow scheduled it (a standalone activity)")
         if info.workflow_type not in self.types:  # the server's word: no need to ask
             self._refuse(info, f"it is a {info.workflow_type!r} workflow, which this worker does not run")
         key = (info.workflow_id, info.workflow_run_id)
-        if self._vouched.get(key) == info.task_queue:
-            self._vouched.move_to_end(key)
-            return
-        asking = self._asking.get(key)
-        if asking is None:  # one question per execution, however many of its activities start at once
-            asking = self._asking[key] = asyncio.ensure_future(self._describe(info))
-            asking.add_done_callback(lambda _: self._asking.pop(key, None))
-        workflow_type, task_queue = await asyncio.shield(asking)
+        answer = self._answers.get(key)
+        if answer is None:
+            asking = self._ask(info, key)
+            answer = await asyncio.shield(asking) if asking is not None else self._answers[key]
+        else:
+            self._answers.move_to_end(key)
+        workflow_type, task_queue = answer
         if workflow_type not in self.types:
             self._refuse(info, f"it is a {workflow_type!r} workflow, which this worker does not run")
         if task_queue != info.task_queue:
             self._refuse(info, f"its tasks go to queue {task_queue!r}, not this worker's {info.task_queue!r}")
-        self._vouch(key, task_queue)
 
-    def _vouch(self, key: tuple[str, str], task_queue: str) -> None:
-        self._vouched[key] = task_queue
-        self._vouched.move_to_end(key)
-        if len(self._vouched) > KEPT:
-            self._vouched.popitem(last=False)
+    def _ask(self, info: activity.Info, key: tuple[str, str]) -> asyncio.Future[tuple[str, str]] | None:
+        """The question about `key` under way (one per execution, however many of its activities
+        start at once), started if need be; None when its answer is already kept."""
+        if key in self._answers:
+            return None
+        asking = self._asking.get(key)
+        if asking is None or _failed(asking):  # (an early question's failure is asked again by the step)
+            asking = self._asking[key] = asyncio.ensure_future(self._describe(info))
+            asking.add_done_callback(lambda done: self._answered(key, done))
+        return asking
+
+    def _answered(self, key: tuple[str, str], done: asyncio.Future[tuple[str, str]]) -> None:
+        if self._asking.get(key) is done:
+            del self._asking[key]
+        if _failed(done):
+            return
+        self._answers[key] = done.result()
+        if len(self._answers) > KEPT:
+            self._answers.popitem(last=False)
 
     @staticmethod
     async def _describe(info: activity.Info) -> tuple[str, str]:
@@ -108,6 +123,11 @@ class OwnWorkflowsOnly(Interceptor):
             type=CALLER_REFUSED,
             non_retryable=True,
         )
+
+
+def _failed(future: asyncio.Future[Any]) -> bool:
+    """Done without an answer (its exception retrieved, so none goes unread)."""
+    return future.done() and (future.cancelled() or future.exception() is not None)
 
 
 class _Checked(ActivityInboundInterceptor):
