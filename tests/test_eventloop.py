@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -118,15 +119,23 @@ def test_nothing_due_ends_the_polling_before_the_due_time() -> None:
     assert run(main) <= 1  # the select already under way when it was said
 
 
-def test_a_closed_loops_spinner_is_not_kept() -> None:
+def test_a_closed_loops_spinner_does_not_keep_it() -> None:
+    """Each loop's spinner is kept only as long as its loop (a spinner holding its loop kept both)."""
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    def factory() -> asyncio.AbstractEventLoop:
+        loop = eventloop.new_loop()
+        loops.append(weakref.ref(loop))
+        return loop
+
     async def main() -> None:
         eventloop.answer_due(OWNER, 0.01)
         await asyncio.sleep(0.02)
 
     for _ in range(3):
-        run(main)
+        eventloop.run(main(), loop_factory=factory)
     gc.collect()
-    assert len(eventloop._spinners) == 0
+    assert len(loops) == 3 and [ref() for ref in loops] == [None, None, None]
 
 
 def test_the_cores_counted_are_the_ones_this_process_may_use(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
