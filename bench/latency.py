@@ -40,9 +40,8 @@ from bench import results
 from bench.baseline import BaselineAwaitUpdate
 from bench.load import APPROVER, REQUESTER
 from bench.topology import (
-    ALERT_TOKEN, ENVELOPE_KEY, ROOT, SIGNING_SECRET, CpuMeter, base_env, load_average, run, topology,
+    ALERT_TOKEN, ENVELOPE_KEY, ROOT, SIGNING_SECRET, CpuMeter, base_env, free_port, load_average, run, topology,
 )
-from bot.devstack import free_port
 from bot.slack.blocks import APPROVE_ACTION
 
 sys.path.insert(0, str(ROOT))
