@@ -50,7 +50,7 @@ class Spinner:
     def __init__(self) -> None:
         self.due: dict[object, float] = {}  # owner -> time.monotonic() its answer is due by
         self.polls = 0  # passes the loop made awake for an answer (for tests)
-        self._handle: asyncio.Handle | None = None
+        self._scheduled = False  # _poll is on the loop's ready queue (no handle kept: it holds the loop)
         self._busy: tuple[float, bool] = (-1.0, False)  # (when read, no core free besides ours)
 
     def want(self, owner: object, within: float) -> None:
@@ -58,8 +58,9 @@ class Spinner:
         if self._host_busy(now):
             return
         self.due[owner] = now + within
-        if self._handle is None:
-            self._handle = asyncio.get_running_loop().call_soon(self._poll)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._poll)
 
     def drop(self, owner: object) -> None:
         self.due.pop(owner, None)
@@ -83,12 +84,13 @@ class Spinner:
     def _poll(self) -> None:
         """Ready again for the loop's next pass (so that pass does not sleep), until the latest
         due time; a pass with other work ready costs this one call."""
-        self._handle = None
+        self._scheduled = False
         if not self.due or time.monotonic() >= max(self.due.values()):
             return
         self.polls += 1
         os.sched_yield()
-        self._handle = asyncio.get_running_loop().call_soon(self._poll)
+        self._scheduled = True
+        asyncio.get_running_loop().call_soon(self._poll)
 
 
 @functools.cache
