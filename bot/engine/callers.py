@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from datetime import timedelta
-from typing import Any, Iterable, NoReturn
+from typing import Any, Iterable, NoReturn, Sequence
 
 import structlog
 from temporalio import activity, workflow
@@ -44,7 +44,11 @@ from temporalio.worker import (
     HandleUpdateInput, Interceptor, WorkflowInboundInterceptor, WorkflowInterceptorClassInput,
 )
 
+from bot.engine.workflow import LOCAL_ACTIONS
+from bot.playbook.model import ForeachGroup
+
 log = structlog.get_logger(__name__)
+ADMIT = "run.admit"
 
 CALLER_REFUSED = "CallerRefused"
 CALLER_UNKNOWN = "CallerUnknown"
@@ -76,9 +80,13 @@ class OwnWorkflowsOnly(Interceptor):
     def workflow_interceptor_class(self, input: WorkflowInterceptorClassInput) -> type[WorkflowInboundInterceptor] | None:
         return self._workflows
 
-    async def check(self, info: activity.Info) -> None:
+    async def check(self, info: activity.Info, args: Sequence[Any] = ()) -> None:
+        """Refuses (CallerRefused) an activity whose workflow is not the bot's on this queue;
+        `args`, the activity's: a run's admission whose playbook will schedule activities starts
+        the question early."""
         if info.is_local:
-            if info.workflow_type in self.types and info.workflow_id and info.workflow_run_id:
+            if (info.activity_type == ADMIT and _acts(args) and info.workflow_type in self.types
+                    and info.workflow_id and info.workflow_run_id):
                 self._ask(info, (info.workflow_id, info.workflow_run_id))  # early, for its steps
             return
         if not info.workflow_id or not info.workflow_run_id:
@@ -146,6 +154,17 @@ class OwnWorkflowsOnly(Interceptor):
         )
 
 
+def _acts(args: Sequence[Any]) -> bool:
+    """Whether the run being admitted will schedule regular activities: a step whose action is not
+    one of the LOCAL_ACTIONS (or a foreach, whose steps are read per item). A playbook of local
+    steps only (the storm bench's one `core.log`) never needs the describe, so it is not asked."""
+    playbook = getattr(args[0], "playbook", None) if args else None
+    if playbook is None:
+        return True
+    return (any(isinstance(item, ForeachGroup) for item in playbook.steps)
+            or any(step.action not in LOCAL_ACTIONS for step in playbook.leaf_steps()))
+
+
 def _failed(future: asyncio.Future[Any]) -> bool:
     """Done without an answer (its exception retrieved, so none goes unread)."""
     return future.done() and (future.cancelled() or future.exception() is not None)
@@ -157,7 +176,7 @@ class _Checked(ActivityInboundInterceptor):
         self.callers = callers
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        await self.callers.check(activity.info())
+        await self.callers.check(activity.info(), input.args)
         return await self.next.execute_activity(input)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import types
 import uuid
 from typing import Any
 
@@ -47,7 +48,7 @@ class Counted(OwnWorkflowsOnly):
 
 
 def local(info: activity.Info, **changes: Any) -> activity.Info:
-    return dataclasses.replace(info, is_local=True, activity_type="run.admit", **changes)
+    return dataclasses.replace(info, **{"is_local": True, "activity_type": "run.admit", **changes})
 
 
 async def test_a_runs_local_activity_starts_the_question_its_first_step_needs() -> None:
@@ -58,6 +59,28 @@ async def test_a_runs_local_activity_starts_the_question_its_first_step_needs() 
     assert callers.asked == ["r-1"]
     await callers.check(RUN)
     assert callers.asked == ["r-1"]
+
+
+@pytest.mark.parametrize(("steps", "asked"), [
+    ("[{id: a, action: core.log, with: {message: hi}}]", []),
+    ("[{id: a, action: core.log, with: {message: hi}}, {id: b, action: t.ok}]", ["r-1"]),
+    ("[{id: each, foreach: '[1, 2]', steps: [{id: n, action: core.log, with: {message: hi}}]}]", ["r-1"]),
+], ids=["local steps only", "a regular step", "a foreach"])
+async def test_admission_asks_early_only_for_a_run_that_will_schedule_activities(steps: str, asked: list[str]) -> None:
+    """A run of local steps only never needs the answer: its admission asks nothing (one describe
+    saved per run of the storm bench's playbook)."""
+    callers = Counted({"r-1": ("PlaybookRun", QUEUE)})
+    request = types.SimpleNamespace(playbook=playbook(f"name: p\nsteps: {steps}\n"))
+    await callers.check(local(RUN), [request])
+    await asyncio.sleep(0)
+    assert callers.asked == asked
+
+
+async def test_other_local_activities_ask_nothing() -> None:
+    callers = Counted({"r-1": ("PlaybookRun", QUEUE)})
+    await callers.check(local(RUN, activity_type="audit.record"))
+    await asyncio.sleep(0)
+    assert callers.asked == []
 
 
 async def test_without_a_local_activity_the_step_asks_once() -> None:
