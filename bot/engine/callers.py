@@ -11,10 +11,10 @@ execution (a workflow's type and queue never change).
 Local activities are not asked about: only the workflow code of the worker that runs them can
 schedule them. A local activity does not vouch for its execution, though: a workflow task can
 reach this worker on its sticky queue, whose name the completing worker chooses, so an execution
-on someone else's queue can have its tasks (and local activities) run here. What a local activity
-does is start the question early: a run's admission is one, so the describe runs while its first
-workflow task completes, and its first step finds the answer there (issue 17: the describe sat
-between an alert and its first action).
+on someone else's queue can have its tasks (and local activities) run here. A run's admission (a
+local activity) only starts the question early, when its playbook will schedule activities: the
+describe runs while its first workflow task completes, and its first step finds the answer there
+(issue 17: the describe sat between an alert and its first action).
 
 The same sticky queue would let such an execution's task be answered here, by the bot's code
 replaying a history someone else's worker wrote (an admission of their choosing), and then run
