@@ -16,12 +16,11 @@ local activity) only starts the question early, when its playbook will schedule 
 describe runs while its first workflow task completes, and its first step finds the answer there
 (issue 17: the describe sat between an alert and its first action).
 
-The same sticky queue would let such an execution's task be answered here, by the bot's code
-replaying a history someone else's worker wrote (an admission of their choosing), and then run
-its next local activities live: `slack.sync` with the bot's token, `audit.record` into the
-trail. So the bot's workflows refuse to run on a worker whose queue is not their own
-(`_OwnQueueOnly`): the task fails before any handler or local activity runs, and the workflow is
-left as it was (it is not ours to fail).
+The same sticky queue lets such an execution's task be answered here, by the bot's code
+replaying a history someone else's worker wrote (checked against the dev server: the server sends
+the task to whatever sticky queue the previous completion named). What that code then schedules
+as regular activities meets the check above, which asks Temporal: refused. Its local activities
+are not checked yet (docs/security.md).
 
 What this does not stop is a worker of someone else's polling the bot's own queue and answering a
 PlaybookRun's tasks with its own code: namespace access control is the boundary for that
@@ -36,13 +35,10 @@ from datetime import timedelta
 from typing import Any, Iterable, NoReturn, Sequence
 
 import structlog
-from temporalio import activity, workflow
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import (
-    ActivityInboundInterceptor, ExecuteActivityInput, ExecuteWorkflowInput, HandleQueryInput, HandleSignalInput,
-    HandleUpdateInput, Interceptor, WorkflowInboundInterceptor, WorkflowInterceptorClassInput,
-)
+from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from bot.engine.workflow import LOCAL_ACTIONS
 from bot.playbook.model import ForeachGroup
@@ -57,28 +53,17 @@ ASK_TIMEOUT = timedelta(seconds=5)
 ASK_AGAIN = (0.2, 1.0)  # seconds before the second and third tries
 
 
-class ForeignExecution(RuntimeError):
-    """An execution on another queue reached this worker: its workflow task fails (and is retried
-    where it belongs); never an ApplicationError, which would fail a workflow that is not ours."""
-
-
 class OwnWorkflowsOnly(Interceptor):
-    """Runs an activity only for a workflow of `types` whose tasks go to the activity's own queue;
-    with `task_queue` (the worker's), runs the worker's workflows only for executions on it."""
+    """Runs an activity only for a workflow of `types` whose tasks go to the activity's own queue."""
 
-    def __init__(self, types: Iterable[str], task_queue: str | None = None) -> None:
+    def __init__(self, types: Iterable[str]) -> None:
         self.types = frozenset(types)
-        self._workflows = (type("OwnQueueOnly", (_OwnQueueOnly,), {"queue": task_queue})
-                           if task_queue is not None else None)
         # Temporal's answers: execution -> (workflow type, task queue), which never change.
         self._answers: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
         self._asking: dict[tuple[str, str], asyncio.Future[tuple[str, str]]] = {}
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _Checked(next, self)
-
-    def workflow_interceptor_class(self, input: WorkflowInterceptorClassInput) -> type[WorkflowInboundInterceptor] | None:
-        return self._workflows
 
     async def check(self, info: activity.Info, args: Sequence[Any] = ()) -> None:
         """Refuses (CallerRefused) an activity whose workflow is not the bot's on this queue;
@@ -179,39 +164,3 @@ class _Checked(ActivityInboundInterceptor):
         await self.callers.check(activity.info(), input.args)
         return await self.next.execute_activity(input)
 
-
-class _OwnQueueOnly(WorkflowInboundInterceptor):
-    """Every way into a workflow on this worker checks first that the execution's queue (as its
-    start recorded it, whatever queue the task came by) is the worker's."""
-
-    queue: str
-
-    def _ours(self) -> None:
-        info = workflow.info()
-        if info.task_queue != self.queue:
-            workflow.logger.error("refused: a workflow task of an execution on another queue reached this worker",
-                                  extra={"workflow_id": info.workflow_id, "run_id": info.run_id,
-                                         "task_queue": info.task_queue, "worker_queue": self.queue})
-            raise ForeignExecution(
-                f"execution {info.workflow_id} ({info.run_id}) runs on queue {info.task_queue!r}, not this "
-                f"worker's {self.queue!r}: its task came here by a sticky queue someone else named")
-
-    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
-        self._ours()
-        return await super().execute_workflow(input)
-
-    async def handle_signal(self, input: HandleSignalInput) -> None:
-        self._ours()
-        return await super().handle_signal(input)
-
-    async def handle_query(self, input: HandleQueryInput) -> Any:
-        self._ours()
-        return await super().handle_query(input)
-
-    def handle_update_validator(self, input: HandleUpdateInput) -> None:
-        self._ours()
-        return super().handle_update_validator(input)
-
-    async def handle_update_handler(self, input: HandleUpdateInput) -> Any:
-        self._ours()
-        return await super().handle_update_handler(input)

@@ -67,9 +67,8 @@ def make_worker(
         task_queue=task_queue,
         workflows=workflows,
         activities=[*activities, *locks],  # the lock's and run.peek, unless a test brings its own
-        # Activities act only for these workflows, on this queue; these workflows run only for
-        # executions on this queue (bot/engine/callers.py).
-        interceptors=[OwnWorkflowsOnly((w.__temporal_workflow_definition.name for w in workflows), task_queue),  # type: ignore[attr-defined]
+        # Activities act only for these workflows, on this queue (bot/engine/callers.py).
+        interceptors=[OwnWorkflowsOnly(w.__temporal_workflow_definition.name for w in workflows),  # type: ignore[attr-defined]
                       *options.pop("interceptors", [])],
         workflow_runner=workflow_runner(client.data_converter) if sandboxed else UnsandboxedWorkflowRunner(),
         # Send heartbeats at least every second so a cancel reaches a long step in about a second.

@@ -8,24 +8,18 @@ import asyncio
 import dataclasses
 import time
 import types
-import uuid
 from typing import Any
 
 import pytest
 from temporalio import activity
 from temporalio.client import (
-    Client, DescribeWorkflowInput, Interceptor as ClientInterceptor, OutboundInterceptor, WorkflowExecutionStatus,
+    Client, DescribeWorkflowInput, Interceptor as ClientInterceptor, OutboundInterceptor,
 )
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
-from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor, Worker
 
 from bot.engine.callers import CALLER_REFUSED, OwnWorkflowsOnly
-from bot.engine.lock_workflow import KeyLock
-from bot.engine.sandbox import workflow_runner
-from bot.engine.workflow import PlaybookRun
-from tests.engine.support import Recorder, execute, playbook, run_input
-from tests.waiting import eventually
+from tests.engine.support import Recorder, execute, playbook
 
 QUEUE = "playbook-bot"
 RUN = dataclasses.replace(
@@ -157,56 +151,3 @@ steps:
     [(_, asked_at)] = counter.described
     assert asked_at < rec.spans["a"][0]
 
-
-class Ran(Interceptor):
-    """Every activity the worker runs, local ones included."""
-
-    def __init__(self) -> None:
-        self.ran: list[str] = []
-
-    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        ran = self.ran
-
-        class Counting(ActivityInboundInterceptor):
-            async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-                ran.append(activity.info().activity_type)
-                return await super().execute_activity(input)
-
-        return Counting(next)
-
-
-@pytest.mark.parametrize("checked_queue", ["someone-elses", None], ids=["another queue", "own queue"])
-async def test_a_task_of_an_execution_on_another_queue_runs_nothing(dev_env: WorkflowEnvironment,
-                                                                    checked_queue: str | None) -> None:
-    """What a sticky queue named by someone else's worker would bring here: a workflow task of an
-    execution whose queue is not this worker's. Made here with a worker whose check names another
-    queue than the one it polls (the redirect itself takes a worker that completes a task with a
-    forged sticky queue, which the SDK does not do). The task fails before admission or any local
-    activity runs, and the execution is left running, not failed. The control: the worker's own
-    queue, and the same run completes."""
-    queue = f"tq-{uuid.uuid4()}"
-    ran, rec = Ran(), Recorder()
-    own = OwnWorkflowsOnly(["PlaybookRun", "KeyLock"], checked_queue or queue)
-    async with Worker(dev_env.client, task_queue=queue, workflows=[PlaybookRun, KeyLock], activities=rec.activities(),
-                      interceptors=[own, ran], workflow_runner=workflow_runner(dev_env.client.data_converter)):
-        handle = await dev_env.client.start_workflow(PlaybookRun.run, run_input(playbook("""
-name: one
-steps:
-  - {id: a, action: t.ok}
-""")), id=f"run-{uuid.uuid4()}", task_queue=queue)
-        if checked_queue is None:
-            assert (await handle.result()).state == "completed"
-            assert "run.admit" in ran.ran and rec.calls
-            return
-
-        async def failed_task() -> bool:
-            return any(e.HasField("workflow_task_failed_event_attributes") for e in (await handle.fetch_history()).events)
-
-        await eventually(failed_task, timeout=10, what="the refused workflow task")
-        events = (await handle.fetch_history()).events
-        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
-    assert ran.ran == [] and rec.calls == []
-    assert not [e for e in events if e.HasField("marker_recorded_event_attributes")
-                or e.HasField("activity_task_scheduled_event_attributes")]
-    failure = next(e for e in events if e.HasField("workflow_task_failed_event_attributes"))
-    assert "runs on queue" in failure.workflow_task_failed_event_attributes.failure.message
