@@ -19,8 +19,9 @@ describe runs while its first workflow task completes, and its first step finds 
 The same sticky queue lets such an execution's task be answered here, by the bot's code
 replaying a history someone else's worker wrote (checked against the dev server: the server sends
 the task to whatever sticky queue the previous completion named). What that code then schedules
-as regular activities meets the check above, which asks Temporal: refused. Its local activities
-are not checked yet (docs/security.md).
+as regular activities meets the check above, which asks Temporal: refused. So do the local
+activities that write (WRITING_LOCAL: the trail, Slack as the bot); those that only read or ask
+(admission, the policy questions) are not checked.
 
 What this does not stop is a worker of someone else's polling the bot's own queue and answering a
 PlaybookRun's tasks with its own code: namespace access control is the boundary for that
@@ -45,6 +46,10 @@ from bot.playbook.model import ForeachGroup
 
 log = structlog.get_logger(__name__)
 ADMIT = "run.admit"
+# Local activities that write where others read (the trail, Slack as the bot): checked as regular
+# activities are. A task of an execution on another queue can reach this worker by a sticky queue
+# that execution's worker named (docs/security.md), and the bot's code would run them for it.
+WRITING_LOCAL = frozenset({"audit.record", "slack.sync"})
 
 CALLER_REFUSED = "CallerRefused"
 CALLER_UNKNOWN = "CallerUnknown"
@@ -69,7 +74,7 @@ class OwnWorkflowsOnly(Interceptor):
         """Refuses (CallerRefused) an activity whose workflow is not the bot's on this queue;
         `args`, the activity's: a run's admission whose playbook will schedule activities starts
         the question early."""
-        if info.is_local:
+        if info.is_local and info.activity_type not in WRITING_LOCAL:
             if (info.activity_type == ADMIT and _acts(args) and info.workflow_type in self.types
                     and info.workflow_id and info.workflow_run_id):
                 self._ask(info, (info.workflow_id, info.workflow_run_id))  # early, for its steps

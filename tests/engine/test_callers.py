@@ -70,11 +70,24 @@ async def test_admission_asks_early_only_for_a_run_that_will_schedule_activities
     assert callers.asked == asked
 
 
-async def test_other_local_activities_ask_nothing() -> None:
-    callers = Counted({"r-1": ("PlaybookRun", QUEUE)})
-    await callers.check(local(RUN, activity_type="audit.record"))
+async def test_local_activities_that_only_ask_are_not_checked() -> None:
+    callers = Counted({"r-1": ("PlaybookRun", "mallory")})
+    await callers.check(local(RUN, activity_type="policy.approver"))
     await asyncio.sleep(0)
     assert callers.asked == []
+
+
+@pytest.mark.parametrize("writing", ["audit.record", "slack.sync"])
+async def test_local_activities_that_write_are_refused_for_an_execution_on_another_queue(writing: str) -> None:
+    """The sticky-queue redirect (docs/security.md): the bot's code, replaying a history Mallory's
+    worker wrote, runs its next local activities here. Those that write into the trail or post to
+    Slack as the bot ask Temporal first, as a regular activity does: refused."""
+    callers = Counted({"r-1": ("PlaybookRun", "mallory"), "r-2": ("PlaybookRun", QUEUE)})
+    with pytest.raises(ApplicationError) as refused:
+        await callers.check(local(RUN, activity_type=writing))
+    assert refused.value.type == CALLER_REFUSED
+    await callers.check(local(RUN, activity_type=writing, workflow_run_id="r-2"))  # the bot's own run
+    assert callers.asked == ["r-1", "r-2"]
 
 
 async def test_without_a_local_activity_the_step_asks_once() -> None:
