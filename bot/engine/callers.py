@@ -8,20 +8,24 @@ worker asks Temporal about the workflow that scheduled it: it must be of a type 
 with its tasks on this worker's queue, where the bot's code answers them. Its answer is kept per
 execution (a workflow's type and queue never change).
 
-Local activities are not asked about: only the workflow code of the worker that runs them can
-schedule them. A local activity does not vouch for its execution, though: a workflow task can
-reach this worker on its sticky queue, whose name the completing worker chooses, so an execution
-on someone else's queue can have its tasks (and local activities) run here. A run's admission (a
-local activity) only starts the question early, when its playbook will schedule activities: the
-describe runs while its first workflow task completes, and its first step finds the answer there
-(issue 17: the describe sat between an alert and its first action).
+Only the workflow code of the worker that runs a local activity can schedule it, but that does
+not vouch for its execution: a workflow task can reach this worker on its sticky queue, whose name
+the completing worker chooses, so an execution on someone else's queue can have its tasks (and
+local activities) run here. A run's admission (a local activity) starts the question early: the
+describe runs while its first workflow task completes, and what the run does next (its first
+step, its record, its Slack message) finds the answer there (issue 17: the describe sat between an
+alert and its first action).
 
 The same sticky queue lets such an execution's task be answered here, by the bot's code
 replaying a history someone else's worker wrote (checked against the dev server: the server sends
 the task to whatever sticky queue the previous completion named). What that code then schedules
-as regular activities meets the check above, which asks Temporal: refused. So do the local
-activities that write (WRITING_LOCAL: the trail, Slack as the bot); those that only read or ask
-(admission, the policy questions) are not checked.
+as regular activities meets the check above, which asks Temporal: refused. Its local activities
+are checked the same way, all but the few whose only effect is their answer (ANSWERING_LOCAL:
+admission, the approver question, the lock's seal check, a sub-playbook's snapshot). Every other
+one writes where others read or trust: the trail (`audit.record`, and a LOCAL_ACTIONS step such as
+`core.log`, which records itself), Slack as the bot (`slack.sync`), a seal with the worker's keys
+(`lock.seal`). The list is of those let through, so a local activity added later is checked
+unless someone decides otherwise.
 
 What this does not stop is a worker of someone else's polling the bot's own queue and answering a
 PlaybookRun's tasks with its own code: namespace access control is the boundary for that
@@ -33,7 +37,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from datetime import timedelta
-from typing import Any, Iterable, NoReturn, Sequence
+from typing import Any, Iterable, NoReturn
 
 import structlog
 from temporalio import activity
@@ -41,15 +45,14 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
-from bot.engine.workflow import LOCAL_ACTIONS
-from bot.playbook.model import ForeachGroup
 
 log = structlog.get_logger(__name__)
 ADMIT = "run.admit"
-# Local activities that write where others read (the trail, Slack as the bot): checked as regular
-# activities are. A task of an execution on another queue can reach this worker by a sticky queue
-# that execution's worker named (docs/security.md), and the bot's code would run them for it.
-WRITING_LOCAL = frozenset({"audit.record", "slack.sync"})
+# Local activities whose only effect is their answer to the bot's code that asked: not checked. Every
+# other local activity is checked as a regular activity is (default deny): a task of an execution on
+# another queue can reach this worker by a sticky queue that execution's worker named
+# (docs/security.md), and the bot's code would run them for it.
+ANSWERING_LOCAL = frozenset({ADMIT, "policy.approver", "lock.verify", "playbook.snapshot"})
 
 CALLER_REFUSED = "CallerRefused"
 CALLER_UNKNOWN = "CallerUnknown"
@@ -70,14 +73,14 @@ class OwnWorkflowsOnly(Interceptor):
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _Checked(next, self)
 
-    async def check(self, info: activity.Info, args: Sequence[Any] = ()) -> None:
-        """Refuses (CallerRefused) an activity whose workflow is not the bot's on this queue;
-        `args`, the activity's: a run's admission whose playbook will schedule activities starts
-        the question early."""
-        if info.is_local and info.activity_type not in WRITING_LOCAL:
-            if (info.activity_type == ADMIT and _acts(args) and info.workflow_type in self.types
+    async def check(self, info: activity.Info) -> None:
+        """Refuses (CallerRefused) an activity whose workflow is not the bot's on this queue. A
+        run's admission starts the question early: nearly every run then does something checked
+        (a step, its record, its Slack message)."""
+        if info.is_local and info.activity_type in ANSWERING_LOCAL:
+            if (info.activity_type == ADMIT and info.workflow_type in self.types
                     and info.workflow_id and info.workflow_run_id):
-                self._ask(info, (info.workflow_id, info.workflow_run_id))  # early, for its steps
+                self._ask(info, (info.workflow_id, info.workflow_run_id))  # early, for what the run does next
             return
         if not info.workflow_id or not info.workflow_run_id:
             self._refuse(info, "no workflow scheduled it (a standalone activity)")
@@ -144,17 +147,6 @@ class OwnWorkflowsOnly(Interceptor):
         )
 
 
-def _acts(args: Sequence[Any]) -> bool:
-    """Whether the run being admitted will schedule regular activities: a step whose action is not
-    one of the LOCAL_ACTIONS (or a foreach, whose steps are read per item). A playbook of local
-    steps only (the storm bench's one `core.log`) never needs the describe, so it is not asked."""
-    playbook = getattr(args[0], "playbook", None) if args else None
-    if playbook is None:
-        return True
-    return (any(isinstance(item, ForeachGroup) for item in playbook.steps)
-            or any(step.action not in LOCAL_ACTIONS for step in playbook.leaf_steps()))
-
-
 def _failed(future: asyncio.Future[Any]) -> bool:
     """Done without an answer (its exception retrieved, so none goes unread)."""
     return future.done() and (future.cancelled() or future.exception() is not None)
@@ -166,6 +158,6 @@ class _Checked(ActivityInboundInterceptor):
         self.callers = callers
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        await self.callers.check(activity.info(), input.args)
+        await self.callers.check(activity.info())
         return await self.next.execute_activity(input)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import types
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,12 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from bot.engine.callers import CALLER_REFUSED, OwnWorkflowsOnly
-from tests.engine.support import Recorder, execute, playbook
+from bot.audit.store import SqliteAuditStore, default_path
+from bot.engine.worker import make_worker, worker_deps
+from bot.engine.workflow import PlaybookRun
+from bot.settings import Settings
+from tests.conftest import ROOT
+from tests.engine.support import Recorder, catalog_of, execute, playbook, run_input
 
 QUEUE = "playbook-bot"
 RUN = dataclasses.replace(
@@ -55,39 +61,48 @@ async def test_a_runs_local_activity_starts_the_question_its_first_step_needs() 
     assert callers.asked == ["r-1"]
 
 
-@pytest.mark.parametrize(("steps", "asked"), [
-    ("[{id: a, action: core.log, with: {message: hi}}]", []),
-    ("[{id: a, action: core.log, with: {message: hi}}, {id: b, action: t.ok}]", ["r-1"]),
-    ("[{id: each, foreach: '[1, 2]', steps: [{id: n, action: core.log, with: {message: hi}}]}]", ["r-1"]),
-], ids=["local steps only", "a regular step", "a foreach"])
-async def test_admission_asks_early_only_for_a_run_that_will_schedule_activities(steps: str, asked: list[str]) -> None:
-    """A run of local steps only never needs the answer: its admission asks nothing (one describe
-    saved per run of the storm bench's playbook)."""
+async def test_a_local_step_finds_the_answer_its_admission_asked_for() -> None:
+    """Every run's admission asks early: a `core.log` step records itself (checked), and finds the
+    answer there."""
     callers = Counted({"r-1": ("PlaybookRun", QUEUE)})
-    request = types.SimpleNamespace(playbook=playbook(f"name: p\nsteps: {steps}\n"))
-    await callers.check(local(RUN), [request])
+    await callers.check(local(RUN))
     await asyncio.sleep(0)
-    assert callers.asked == asked
+    await callers.check(local(RUN, activity_type="core.log"))
+    await callers.check(local(RUN, activity_type="slack.sync"))
+    assert callers.asked == ["r-1"]
 
 
-async def test_local_activities_that_only_ask_are_not_checked() -> None:
+@pytest.mark.parametrize("answering", ["run.admit", "policy.approver", "lock.verify", "playbook.snapshot"])
+async def test_local_activities_whose_only_effect_is_their_answer_are_not_checked(answering: str) -> None:
     callers = Counted({"r-1": ("PlaybookRun", "mallory")})
-    await callers.check(local(RUN, activity_type="policy.approver"))
+    await callers.check(local(RUN, activity_type=answering))  # not refused
     await asyncio.sleep(0)
-    assert callers.asked == []
+    assert callers.asked == (["r-1"] if answering == "run.admit" else [])  # admission only starts the question
 
 
-@pytest.mark.parametrize("writing", ["audit.record", "slack.sync"])
-async def test_local_activities_that_write_are_refused_for_an_execution_on_another_queue(writing: str) -> None:
+@pytest.mark.parametrize("acting", ["audit.record", "slack.sync", "core.log", "lock.seal", "policy.decide",
+                                    "someday.new"])
+async def test_local_activities_that_act_are_refused_for_an_execution_on_another_queue(acting: str) -> None:
     """The sticky-queue redirect (docs/security.md): the bot's code, replaying a history Mallory's
-    worker wrote, runs its next local activities here. Those that write into the trail or post to
-    Slack as the bot ask Temporal first, as a regular activity does: refused."""
+    worker wrote, runs its next local activities here. Every one that acts asks Temporal first, as
+    a regular activity does, and is refused: `audit.record` and a `core.log` step write the trail,
+    `slack.sync` posts as the bot, `lock.seal` seals with the worker's keys (a holders list
+    Mallory's lock chain could hand to a lock execution on the bot's queue), and a local activity
+    nobody listed as only answering is checked by default."""
     callers = Counted({"r-1": ("PlaybookRun", "mallory"), "r-2": ("PlaybookRun", QUEUE)})
     with pytest.raises(ApplicationError) as refused:
-        await callers.check(local(RUN, activity_type=writing))
+        await callers.check(local(RUN, activity_type=acting))
     assert refused.value.type == CALLER_REFUSED
-    await callers.check(local(RUN, activity_type=writing, workflow_run_id="r-2"))  # the bot's own run
+    assert "its tasks go to queue 'mallory'" in refused.value.message
+    await callers.check(local(RUN, activity_type=acting, workflow_run_id="r-2"))  # the bot's own run
     assert callers.asked == ["r-1", "r-2"]
+
+
+async def test_a_lock_seal_for_a_lock_execution_on_another_queue_is_refused() -> None:
+    callers = Counted({"r-1": ("KeyLock", "mallory")})
+    with pytest.raises(ApplicationError) as refused:
+        await callers.check(local(RUN, workflow_type="KeyLock", activity_type="lock.seal"))
+    assert refused.value.type == CALLER_REFUSED
 
 
 async def test_without_a_local_activity_the_step_asks_once() -> None:
@@ -164,3 +179,21 @@ steps:
     [(_, asked_at)] = counter.described
     assert asked_at < rec.spans["a"][0]
 
+
+
+async def test_a_run_of_local_steps_passes_the_check_with_one_describe_on_the_real_server(
+        dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    """`core.log` runs as a local activity and is checked: the run still completes, its step
+    recorded in the trail, asking Temporal once."""
+    counter = DescribeCounter()
+    client = Client(**{**dev_env.client.config(), "interceptors": [counter]})
+    pb = playbook("name: local-only\nsteps: [{id: note, action: core.log, with: {message: hi}}]\n")
+    settings = Settings(data_dir=tmp_path / "data", policies_dir=ROOT / "policies")
+    async with worker_deps(settings, catalog=catalog_of(pb)) as deps:
+        async with make_worker(client, f"tq-{uuid.uuid4()}", deps.activities) as worker:
+            status = await client.execute_workflow(PlaybookRun.run, run_input(pb), id=f"local-{uuid.uuid4()}",
+                                                   task_queue=worker.task_queue)
+    assert status.state == "completed" and status.step("note").state == "succeeded", status.error
+    assert len(counter.described) == 1
+    kinds = [e.kind for e in SqliteAuditStore(default_path(settings)).events(status.run_id)]
+    assert "step_succeeded" in kinds
