@@ -18,8 +18,9 @@ alert and its first action).
 
 The same sticky queue lets such an execution's task be answered here, by the bot's code
 replaying a history someone else's worker wrote (checked against the dev server: the server sends
-the task to whatever sticky queue the previous completion named). What that code then schedules
-as regular activities meets the check above, which asks Temporal: refused. Its local activities
+the task to whatever sticky queue the previous completion named;
+tests/security/test_sticky_redirect.py forges such a history end to end). What that code then
+schedules as regular activities meets the check above, which asks Temporal: refused. Its local activities
 are checked the same way, all but the few whose only effect is their answer (ANSWERING_LOCAL:
 admission, the approver question, the lock's seal check, a sub-playbook's snapshot). Every other
 one writes where others read or trust: the trail (`audit.record`, and a LOCAL_ACTIONS step such as
