@@ -21,12 +21,13 @@ replaying a history someone else's worker wrote (checked against the dev server:
 the task to whatever sticky queue the previous completion named;
 tests/security/test_sticky_redirect.py forges such a history end to end). What that code then
 schedules as regular activities meets the check above, which asks Temporal: refused. Its local activities
-are checked the same way, all but the few whose only effect is their answer (ANSWERING_LOCAL:
-admission, the approver question, the lock's seal check, a sub-playbook's snapshot). Every other
-one writes where others read or trust: the trail (`audit.record`, and a LOCAL_ACTIONS step such as
+are checked the same way, all but the two whose only effect is their answer (ANSWERING_LOCAL:
+admission and the lock's check of its messages' seals, each handed nothing to write). Others
+write where others read or trust: the trail (`audit.record`, and a LOCAL_ACTIONS step such as
 `core.log`, which records itself), Slack as the bot (`slack.sync`), a seal with the worker's keys
-(`lock.seal`). The list is of those let through, so a local activity added later is checked
-unless someone decides otherwise.
+(`lock.seal`), or answer from what the execution's own state supplies (the approver question
+evaluates the policy on it, a sub-playbook's snapshot reads the catalog). The list is of those
+let through, so a local activity added later is checked unless someone decides otherwise.
 
 What this does not stop is a worker of someone else's polling the bot's own queue and answering a
 PlaybookRun's tasks with its own code: namespace access control is the boundary for that
@@ -38,7 +39,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from datetime import timedelta
-from typing import Any, Iterable, NoReturn
+from typing import Any, Iterable, NoReturn, Sequence
 
 import structlog
 from temporalio import activity
@@ -49,11 +50,12 @@ from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, 
 
 log = structlog.get_logger(__name__)
 ADMIT = "run.admit"
-# Local activities whose only effect is their answer to the bot's code that asked: not checked. Every
-# other local activity is checked as a regular activity is (default deny): a task of an execution on
-# another queue can reach this worker by a sticky queue that execution's worker named
-# (docs/security.md), and the bot's code would run them for it.
-ANSWERING_LOCAL = frozenset({ADMIT, "policy.approver", "lock.verify", "playbook.snapshot"})
+# Local activities whose only effect is their answer to the bot's code that asked: not checked, but
+# they start the question, so what the execution does next finds the answer. Every other local
+# activity is checked as a regular activity is (default deny): a task of an execution on another
+# queue can reach this worker by a sticky queue that execution's worker named (docs/security.md),
+# and the bot's code would run them for it. One handed audit events to write is checked too.
+ANSWERING_LOCAL = frozenset({ADMIT, "lock.verify"})
 
 CALLER_REFUSED = "CallerRefused"
 CALLER_UNKNOWN = "CallerUnknown"
@@ -74,14 +76,17 @@ class OwnWorkflowsOnly(Interceptor):
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _Checked(next, self)
 
-    async def check(self, info: activity.Info) -> None:
-        """Refuses (CallerRefused) an activity whose workflow is not the bot's on this queue. A
-        run's admission starts the question early: nearly every run then does something checked
-        (a step, its record, its Slack message)."""
-        if info.is_local and info.activity_type in ANSWERING_LOCAL:
-            if (info.activity_type == ADMIT and info.workflow_type in self.types
-                    and info.workflow_id and info.workflow_run_id):
-                self._ask(info, (info.workflow_id, info.workflow_run_id))  # early, for what the run does next
+    async def check(self, info: activity.Info, args: Sequence[Any] = ()) -> None:
+        """Refuses (CallerRefused) an activity whose workflow is not the bot's on this queue;
+        `args`, the activity's. A run's admission (a lock's first check of its messages) starts the
+        question early: nearly every run then does something checked (a step, its record, its
+        Slack message)."""
+        if info.is_local and info.activity_type in ANSWERING_LOCAL and not _writes(args):
+            if info.workflow_type in self.types and info.workflow_id and info.workflow_run_id:
+                key = (info.workflow_id, info.workflow_run_id)
+                self._ask(info, key)  # early, for what the execution does next
+                if (answer := self._answers.get(key)) is not None:  # already known not to be ours
+                    self._refuse_unless_ours(info, answer)
             return
         if not info.workflow_id or not info.workflow_run_id:
             self._refuse(info, "no workflow scheduled it (a standalone activity)")
@@ -94,6 +99,9 @@ class OwnWorkflowsOnly(Interceptor):
             answer = await asyncio.shield(asking) if asking is not None else self._answers[key]
         else:
             self._answers.move_to_end(key)
+        self._refuse_unless_ours(info, answer)
+
+    def _refuse_unless_ours(self, info: activity.Info, answer: tuple[str, str]) -> None:
         workflow_type, task_queue = answer
         if workflow_type not in self.types:
             self._refuse(info, f"it is a {workflow_type!r} workflow, which this worker does not run")
@@ -148,6 +156,12 @@ class OwnWorkflowsOnly(Interceptor):
         )
 
 
+def _writes(args: Sequence[Any]) -> bool:
+    """Whether the activity was handed audit events to write (`run.admit` and the policy questions
+    take them; the bot's code hands a local one none)."""
+    return bool(getattr(args[0], "audit", None)) if args else False
+
+
 def _failed(future: asyncio.Future[Any]) -> bool:
     """Done without an answer (its exception retrieved, so none goes unread)."""
     return future.done() and (future.cancelled() or future.exception() is not None)
@@ -159,6 +173,6 @@ class _Checked(ActivityInboundInterceptor):
         self.callers = callers
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        await self.callers.check(activity.info())
+        await self.callers.check(activity.info(), input.args)
         return await self.next.execute_activity(input)
 

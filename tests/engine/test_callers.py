@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import types
 import uuid
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,12 @@ class Counted(OwnWorkflowsOnly):
         return self.answers[info.workflow_run_id or ""]
 
 
+async def answered(callers: OwnWorkflowsOnly) -> None:
+    """The questions under way answered, and their answers kept."""
+    await asyncio.gather(*callers._asking.values(), return_exceptions=True)
+    await asyncio.sleep(0)  # (kept by the done callbacks)
+
+
 def local(info: activity.Info, **changes: Any) -> activity.Info:
     return dataclasses.replace(info, **{"is_local": True, "activity_type": "run.admit", **changes})
 
@@ -72,23 +79,40 @@ async def test_a_local_step_finds_the_answer_its_admission_asked_for() -> None:
     assert callers.asked == ["r-1"]
 
 
-@pytest.mark.parametrize("answering", ["run.admit", "policy.approver", "lock.verify", "playbook.snapshot"])
+@pytest.mark.parametrize("answering", ["run.admit", "lock.verify"])
 async def test_local_activities_whose_only_effect_is_their_answer_are_not_checked(answering: str) -> None:
+    """They only start the question (for what the execution does next), and are refused once its
+    answer is known."""
     callers = Counted({"r-1": ("PlaybookRun", "mallory")})
-    await callers.check(local(RUN, activity_type=answering))  # not refused
-    await asyncio.sleep(0)
-    assert callers.asked == (["r-1"] if answering == "run.admit" else [])  # admission only starts the question
+    await callers.check(local(RUN, activity_type=answering))  # not refused, not waited for
+    await answered(callers)
+    assert callers.asked == ["r-1"]
+    with pytest.raises(ApplicationError) as refused:
+        await callers.check(local(RUN, activity_type=answering))
+    assert refused.value.type == CALLER_REFUSED
+
+
+@pytest.mark.parametrize("answering", ["run.admit", "policy.approver"])
+async def test_an_answering_local_activity_handed_events_to_write_is_checked(answering: str) -> None:
+    """`run.admit` and the policy questions write the audit events they are handed: the bot's code
+    hands a local one none, and one that is handed some is checked like any that writes."""
+    callers = Counted({"r-1": ("PlaybookRun", "mallory")})
+    handed = types.SimpleNamespace(audit=["an event"])
+    with pytest.raises(ApplicationError) as refused:
+        await callers.check(local(RUN, activity_type=answering), [handed])
+    assert refused.value.type == CALLER_REFUSED
 
 
 @pytest.mark.parametrize("acting", ["audit.record", "slack.sync", "core.log", "lock.seal", "policy.decide",
-                                    "someday.new"])
+                                    "policy.approver", "playbook.snapshot", "someday.new"])
 async def test_local_activities_that_act_are_refused_for_an_execution_on_another_queue(acting: str) -> None:
     """The sticky-queue redirect (docs/security.md): the bot's code, replaying a history Mallory's
     worker wrote, runs its next local activities here. Every one that acts asks Temporal first, as
     a regular activity does, and is refused: `audit.record` and a `core.log` step write the trail,
     `slack.sync` posts as the bot, `lock.seal` seals with the worker's keys (a holders list
-    Mallory's lock chain could hand to a lock execution on the bot's queue), and a local activity
-    nobody listed as only answering is checked by default."""
+    Mallory's lock chain could hand to a lock execution on the bot's queue), the approver question
+    evaluates the policy on a step of her playbook, a snapshot reads the catalog for her, and a local
+    activity nobody listed as only answering is checked by default."""
     callers = Counted({"r-1": ("PlaybookRun", "mallory"), "r-2": ("PlaybookRun", QUEUE)})
     with pytest.raises(ApplicationError) as refused:
         await callers.check(local(RUN, activity_type=acting))
