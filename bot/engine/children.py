@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Callable
 
+import structlog
 from pydantic import BaseModel
 from temporalio import activity
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
@@ -21,6 +22,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from bot.engine.state import RunStatus
 from bot.playbook.loader import Catalog, UnknownPlaybook
 from bot.playbook.model import Playbook
+
+log = structlog.get_logger(__name__)
 
 PEEK_TIMEOUT = timedelta(seconds=10)
 RUNNING = WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
@@ -66,7 +69,8 @@ class CatalogActivities:
 
 
 class PeekActivities:
-    """`run.peek`: a run's status as its own workflow answers it (not what a signal claims)."""
+    """`run.peek`: a run's status as its own workflow answers it (not what a signal claims), read
+    only where the bot's code answers it: a PlaybookRun on this worker's queue."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -84,6 +88,12 @@ class PeekActivities:
                 return Peek()
             raise
         if desc.workflow_type != "PlaybookRun" or desc.raw_description.workflow_execution_info.status != RUNNING:
+            return Peek()
+        if desc.task_queue != activity.info().task_queue:
+            # Someone else's worker would answer the query: a PlaybookRun started under the child's
+            # id (the genuine child terminated) on their queue could claim to hold for the parent.
+            log.warning("a run under the child's id is not on this worker's queue: its status is not read",
+                        run_id=request.run_id, task_queue=desc.task_queue)
             return Peek()
         status = await handle.query("status", result_type=RunStatus, rpc_timeout=PEEK_TIMEOUT)
         return Peek(running=True, status=status)
