@@ -14,9 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,39 +25,13 @@ from typing import Any
 
 import httpx
 
-from bot.devstack import RECORD_FILE, DevServer
+from bot.devstack import RECORD_FILE, DevServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(sys.executable).parent / "playbook-bot"
 ENVELOPE_KEY = "b" * 64  # shared by the benches' front doors and workers (`serve` refuses to start without one)
 ALERT_TOKEN = "bench-token"
 SIGNING_SECRET = "bench-signing-secret"
-
-
-def _ephemeral() -> tuple[int, int]:
-    """The kernel's range for ports bound to 0 (Linux's default if it cannot be read)."""
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A free port below the kernel's ephemeral range. A port taken there (bind to 0, close) can be
-    taken again by any process binding to 0 before ours binds it: the Temporal dev server binds
-    several internal services that way while `dev` starts, and one took `dev`'s HTTP port in a
-    `make bench` (EADDRINUSE)."""
-    low = _ephemeral()[0]
-    for _ in range(200):
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port found below {low}")
 
 
 def base_env(**settings: Any) -> dict[str, str]:

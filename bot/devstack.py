@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -61,10 +62,30 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def _ephemeral() -> tuple[int, int]:
+    """The kernel's range for ports bound to 0 (Linux's default if it cannot be read)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range. A port taken there (bind to 0, close) can be
+    taken again by any process binding to 0, or any outgoing connection, before ours binds it: the
+    Temporal dev server binds several internal services that way, and one took a test's dev server
+    port (EADDRINUSE) in CI, as one took `dev`'s HTTP port in a `make bench`."""
+    low = _ephemeral()[0]
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port found below {low}")
 
 
 def _stat(pid: int) -> tuple[str, int] | None:

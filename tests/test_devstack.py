@@ -171,3 +171,14 @@ async def test_a_recorded_pid_that_is_not_our_server_is_never_signalled(tmp_path
         unrelated.wait()
         await mine.stop()
         await other.stop()
+
+
+def test_a_free_port_is_below_the_ephemeral_range_and_bindable() -> None:
+    """A port from the ephemeral range can be taken by any bind to 0 or outgoing connection before
+    the server binds it (a test's dev server failed so in CI: address already in use)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 <= port < low for port in ports)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))

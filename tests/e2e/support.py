@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from bot.devstack import free_port  # noqa: F401  (the tests' ports: below the ephemeral range)
 
 BIN = Path(sys.executable).parent
 CLI = BIN / "playbook-bot"
@@ -36,12 +37,6 @@ start := {"allow": true, "reasons": []}
 
 cancel := {"allow": true, "reasons": []}
 """
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def write_policies(root: Path) -> Path:
