@@ -22,6 +22,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from bot.audit.events import AuditEvent
     from bot.audit.recorder import AuditBatch, AuditMode
+    from bot.engine.callers import CALLER_REFUSED
     from bot.engine.state import RunStatus
 
 SPOOL_PATCH = "audit-spool-v1"  # per-execution event ids, the queue in state, the flusher
@@ -202,6 +203,14 @@ class AuditSpool:
                 )
             except FailureError as exc:  # the store's refusal (a local activity raises it as it is), a timeout
                 self._flushing = None
+                if isinstance(exc, ApplicationError) and exc.type == CALLER_REFUSED:
+                    # Not the bot's execution (its task reached this worker by a sticky queue someone
+                    # else named): its events are never written, so there is nothing to wait for.
+                    workflow.logger.error("audit events of an execution that is not the bot's dropped",
+                                          extra={"run_id": self._status.run_id, "error": str(exc)})
+                    self._audit, self._store_down = [], False
+                    self._count_pending()
+                    continue
                 self._put_back(batch)
                 self._went_down()
                 workflow.logger.warning(

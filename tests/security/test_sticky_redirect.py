@@ -12,7 +12,8 @@ the bot's worker. Its code replays her history, takes the admission as given, an
 At f7bf966 that step wrote her run into the audit trail (run_started, step_started, step_succeeded,
 run_finished) for a run that no front door started and no admission allowed. Since 5d264c5 every
 local activity that acts passes the caller check. The check asks Temporal, which names her queue,
-not the worker's, and refuses it.
+not the worker's, and refuses it. Her run's records, refused the same way, are dropped, so her
+run ends instead of keeping the bot's worker retrying them as if the store were down.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from temporalio.api.enums.v1 import CommandType, TaskQueueKind
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.taskqueue.v1 import StickyExecutionAttributes, TaskQueue
 from temporalio.api.workflowservice.v1 import PollWorkflowTaskQueueRequest, RespondWorkflowTaskCompletedRequest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -129,6 +130,11 @@ async def test_a_forged_history_sent_to_the_bots_sticky_queue_writes_nothing_int
                 return None
 
             step = await eventually(her_step, what="her core.log step run by the bot's worker")
+
+            async def ended() -> bool:  # her refused records are dropped, not retried as if the store were down
+                return (await hers_handle.describe()).status != WorkflowExecutionStatus.RUNNING
+
+            await eventually(ended, timeout=15, what="her run over, the bot's worker no longer busy with it")
             started_by = [e.workflow_task_started_event_attributes.identity for e in await events(hers_handle)
                           if e.HasField("workflow_task_started_event_attributes")]
             for handle in (hers_handle, genuine):
