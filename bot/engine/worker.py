@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -157,7 +158,7 @@ async def worker_deps(
             stack.push_async_callback(slack.aclose)
         notifier = SlackNotifier(slack)
         admitter = Admitter(known, keys, policy, writer, foreach_max=settings.foreach_max,
-                            refresh=live.reload if live is not None else None)
+                            refresh=functools.partial(live.reload, listeners_behind=True) if live is not None else None)
         activities = actions + PolicyActivities(policy, writer, keys).all() + [
             AuditActivities(writer).record,
             notifier.sync,

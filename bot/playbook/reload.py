@@ -73,6 +73,8 @@ class LiveCatalog:
         self._signature = signature if signature is not None else directory_signature(self.directory)
         self._retired: dict[tuple[str, str], float] = {}  # (name, hash) -> admitted until (monotonic)
         self._listeners: list[Listener] = []
+        self._telling = asyncio.Lock()  # the listeners' turns, one reload at a time
+        self._behind: set[asyncio.Future[None]] = set()  # listeners told behind an admission's reload
         self._checking = threading.Lock()
         self.errors = errors  # the current `validate` errors, None when every file loads
         self.hash = catalog_hash(catalog)
@@ -154,16 +156,30 @@ class LiveCatalog:
         until = self._retired.get((name, content_hash))
         return until is not None and until > time.monotonic()
 
-    async def reload(self, *, force: bool = False) -> bool:
-        """`check` in a thread (it reads files), then the listeners when something changed."""
+    async def reload(self, *, force: bool = False, listeners_behind: bool = False) -> bool:
+        """`check` in a thread (it reads files), then the listeners when something changed: awaited,
+        or, with `listeners_behind` (a run's admission, which reloads a catalog it is behind), run
+        behind it, so a schedule sync (Temporal calls per schedule) never holds a run's check."""
         changed = await asyncio.to_thread(self.check, force=force)
         if changed:
+            if listeners_behind:
+                behind = asyncio.ensure_future(self._tell_listeners())
+                self._behind.add(behind)
+                behind.add_done_callback(self._behind.discard)
+            else:
+                await self._tell_listeners()
+        return changed
+
+    async def _tell_listeners(self) -> None:
+        """Every listener, with the catalog served when it begins; one reload's turn at a time, so
+        two schedule syncs never interleave."""
+        async with self._telling:
+            catalog = self._catalog
             for listener in self._listeners:
                 try:
-                    await listener(self._catalog)
+                    await listener(catalog)
                 except Exception:  # a listener's failure is its own; the catalog is already served
                     log.exception("catalog listener failed after a reload")
-        return changed
 
     async def watch(self, interval: float | None, stop: asyncio.Event, on_hangup: Callable[[], None] | None = None) -> None:
         """Poll every `interval` seconds and on SIGHUP (then also calling `on_hangup`: `dev` passes it

@@ -313,3 +313,30 @@ def test_a_read_that_fails_is_tried_again_at_the_next_check(tmp_path, monkeypatc
         pass
     assert message(live()).startswith("v1")
     assert live.check() is True and message(live()).startswith("v2")
+
+
+async def test_a_reload_at_admission_does_not_wait_for_the_listeners(tmp_path):
+    """A run's admission reloads a catalog it is behind; what listens to reloads (the worker's
+    schedule sync, Temporal calls per schedule) runs behind it, so the run's check is not held up
+    by it, and two syncs never interleave. A plain reload (the watcher's) still waits for them."""
+    live = live_over(tmp_path, **{"echo.yaml": echo("v1")})
+    release, seen, running = asyncio.Event(), [], [0]
+
+    async def slow_sync(catalog: Catalog) -> None:
+        running[0] += 1
+        assert running[0] == 1, "two syncs at once"
+        await release.wait()
+        seen.append(message(catalog))
+        running[0] -= 1
+
+    live.on_change(slow_sync)
+    write(live.directory, "echo.yaml", echo("v2"))
+    assert await asyncio.wait_for(live.reload(listeners_behind=True), 2) is True
+    assert message(live()).startswith("v2") and seen == [], "admission's reload returned before the sync"
+    write(live.directory, "echo.yaml", echo("v3"))
+    waiting = asyncio.ensure_future(live.reload())  # the watcher's: waits, behind the sync under way
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    release.set()
+    assert await asyncio.wait_for(waiting, 2) is True
+    assert [m.split()[0] for m in seen] == ["v2", "v3"], "each sync, one after the other, with the catalog served when it began"
