@@ -16,18 +16,18 @@ describe runs while its first workflow task completes, and what the run does nex
 step, its record, its Slack message) finds the answer there (issue 17: the describe sat between an
 alert and its first action).
 
-The same sticky queue lets such an execution's task be answered here, by the bot's code
-replaying a history someone else's worker wrote (checked against the dev server: the server sends
-the task to whatever sticky queue the previous completion named;
-tests/security/test_sticky_redirect.py forges such a history end to end). What that code then
-schedules as regular activities meets the check above, which asks Temporal: refused. Its local activities
-are checked the same way, all but the two whose only effect is their answer (ANSWERING_LOCAL:
-admission and the lock's check of its messages' seals, each handed nothing to write). Others
-write where others read or trust: the trail (`audit.record`, and a LOCAL_ACTIONS step such as
-`core.log`, which records itself), Slack as the bot (`slack.sync`), a seal with the worker's keys
-(`lock.seal`), or answer from what the execution's own state supplies (the approver question
-evaluates the policy on it, a sub-playbook's snapshot reads the catalog). The list is of those
-let through, so a local activity added later is checked unless someone decides otherwise.
+The same sticky queue lets such an execution's task be answered here, by the bot's code replaying a
+history someone else's worker wrote (checked against the dev server: the server sends the task to
+whatever sticky queue the previous completion named; tests/security/test_sticky_redirect.py forges
+such a history end to end). What that code then schedules as regular activities meets the check
+above, which asks Temporal: refused. Its local activities are checked the same way, all but the two
+whose only effect is their answer (ANSWERING_LOCAL: admission and the lock's check of its messages'
+seals, each handed nothing to write). Others write where others read or trust: the trail
+(`audit.record`, and a LOCAL_ACTIONS step such as `core.log`, which records itself), Slack as the
+bot (`slack.sync`), a seal with the worker's keys (`lock.seal`), or answer from what the execution's
+own state supplies (the approver question evaluates the policy on it, a sub-playbook's snapshot
+reads the catalog). The list is of those let through, so a local activity added later is checked
+unless someone decides otherwise.
 
 What this does not stop is a worker of someone else's polling the bot's own queue and answering a
 PlaybookRun's tasks with its own code: namespace access control is the boundary for that
