@@ -47,7 +47,6 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
-
 log = structlog.get_logger(__name__)
 ADMIT = "run.admit"
 # Local activities whose only effect is their answer to the bot's code that asked: not checked, but
@@ -96,7 +95,8 @@ class OwnWorkflowsOnly(Interceptor):
         answer = self._answers.get(key)
         if answer is None:
             asking = self._ask(info, key)
-            answer = await asyncio.shield(asking) if asking is not None else self._answers[key]
+            assert asking is not None  # (None only for a kept answer)
+            answer = await asyncio.shield(asking)
         else:
             self._answers.move_to_end(key)
         self._refuse_unless_ours(info, answer)
@@ -175,4 +175,3 @@ class _Checked(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         await self.callers.check(activity.info(), input.args)
         return await self.next.execute_activity(input)
-

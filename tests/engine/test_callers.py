@@ -20,8 +20,8 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from bot.engine.callers import CALLER_REFUSED, OwnWorkflowsOnly
 from bot.audit.store import SqliteAuditStore, default_path
+from bot.engine.callers import CALLER_REFUSED, OwnWorkflowsOnly
 from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
 from bot.settings import Settings
@@ -202,7 +202,6 @@ steps:
     assert status.state == "completed" and [c[0] for c in rec.calls] == ["a"]
     [(_, asked_at)] = counter.described
     assert asked_at < rec.spans["a"][0]
-
 
 
 async def test_a_run_of_local_steps_passes_the_check_with_one_describe_on_the_real_server(
