@@ -24,6 +24,7 @@ from bot.api.routes import ApiDeps, RunsApi
 from bot.audit.backend import AuditStore
 from bot.devstack import DevServer, WorkerProcess
 from bot.engine.worker import open_policy_and_audit
+from bot.heap import frozen_start
 from bot.identity.keys import front_door_keyring, require_front_door_key
 from bot.identity.proofs import Keyring, ensure_dev_key
 from bot.identity.tokens import TokenError, TokenStore
@@ -101,6 +102,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
         announce(f"  Slack      {'POST /slack/events' if slack else 'off (no bot token or signing secret)'}"
                  + (" + Socket Mode" if slack and settings.slack_app_token else ""))
         announce(f"  Try        playbook-bot run {next(iter(catalog()), 'NAME')} --wait   (Ctrl-C stops everything)")
+        stack.enter_context(frozen_start())  # started: what was built so far is never garbage
         await stop.wait()
         announce("playbook-bot dev: stopping")
 
@@ -130,6 +132,7 @@ async def run_serve(settings: Settings) -> None:
         stack.push_async_callback(http.stop)
         await stack.enter_async_context(socket_mode(settings, slack))
         log.info("front door listening", host=settings.http_host, port=settings.http_port)
+        stack.enter_context(frozen_start())  # started: what was built so far is never garbage
         await stop.wait()
 
 

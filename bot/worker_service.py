@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 from bot.actions.egress import announce_egress
 from bot.engine.schedules import sync_schedules
 from bot.engine.worker import WorkerDeps, make_worker, worker_deps
+from bot.heap import frozen_start
 from bot.identity.keys import worker_keyring
 from bot.lifecycle import Http, stop_event, watch_catalog
 from bot.playbook.loader import Catalog, unloaded_names
@@ -70,6 +71,7 @@ async def serve_worker(
     async with AsyncExitStack() as stack:
         if deps.live is not None:
             watch_catalog(stack, settings, deps.live, asyncio.Event())
+        stack.enter_context(frozen_start())  # started: what was built so far is never garbage
         await _run_worker(worker, stop)
     log.info("worker stopped")
 

@@ -4,6 +4,7 @@ does not load."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import uuid
@@ -78,9 +79,11 @@ async def test_a_reloaded_catalog_brings_the_schedules_in_step_again(dev_env: Wo
             path.write_text(PLAYBOOK.replace("NAME", name).replace("0 3 * * *", "45 5 * * *"))
             await deps.live.reload(force=True)
             assert await eventually(lambda: _cron(handle, "45 5 * * *"), what="the schedule updated") == "45 5 * * *"
+            assert gc.get_freeze_count() > 0, "a started worker's objects are out of the collector's walks (bot/heap.py)"
         finally:
             stop.set()
             await serving
+    assert gc.get_freeze_count() == 0
     await handle.delete()
 
 
