@@ -80,6 +80,7 @@ EPISODE_COLUMNS = "episode_id, runs, started, claimed_at, resolved_at"
 COLUMNS = ", ".join(FIELDS)
 SELECT = f"SELECT {COLUMNS} FROM audit_events"
 INSERT = f"INSERT INTO audit_events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+ID_CHUNK = 500  # event ids per lookup statement (SQLite allows 32,766 parameters since 3.32, 999 before)
 # check_writable's throwaway row: inserted, then rolled back.
 PROBE = f"INSERT INTO audit_events ({COLUMNS}) VALUES (-1, 'probe', '', NULL, NULL, 'probe', 'probe', '{{}}', '', '')"
 
@@ -133,7 +134,10 @@ class SqliteAuditStore:
         """Append in the given order; an event_id already stored is not written again and its
         stored event is returned instead (first write wins), so retries are harmless.
         `new_only` returns just the events this call wrote (what metrics may count).
-        UnstorableEvent, before anything is written, for an event no store can hold."""
+        UnstorableEvent, before anything is written, for an event no store can hold.
+
+        One read of the ids already stored and one insert of the new rows per call (each a
+        statement per event before: the front door appends two events per alert delivery)."""
         if not events:
             return []
         check_storable(events)
@@ -141,18 +145,37 @@ class SqliteAuditStore:
         with self._transaction("append to") as conn:
             head = conn.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev_hash = head if head else (0, GENESIS_HASH)
+            earlier = self._stored(conn, list(dict.fromkeys(event.event_id for event in events)))
+            rows: list[tuple[Any, ...]] = []
             for event in events:
-                existing = conn.execute(f"{SELECT} WHERE event_id = ?", (event.event_id,)).fetchone()
-                if existing:
+                existing = earlier.get(event.event_id)
+                if existing is not None:  # stored before, or earlier in this call: the first write wins
                     if not new_only:
-                        stored.append(_from_row(existing))
+                        stored.append(existing)
                     continue
                 seq += 1
                 row = _to_row(seq, event, prev_hash)
-                conn.execute(INSERT, row)
-                stored.append(_from_row(row))
+                rows.append(row)
+                # What was written, as it reads back: its details are already plain JSON (AuditEvent)
+                written = StoredEvent.model_construct(
+                    **dict(event), seq=seq, prev_hash=prev_hash, hash=row[-1])
+                earlier[event.event_id] = written
+                stored.append(written)
                 prev_hash = row[-1]
+            conn.executemany(INSERT, rows)
         return stored
+
+    @staticmethod
+    def _stored(conn: sqlite3.Connection, event_ids: list[str]) -> dict[str, StoredEvent]:
+        """The stored events among `event_ids`, by id (in chunks: SQLite caps a statement's parameters)."""
+        found: dict[str, StoredEvent] = {}
+        for start in range(0, len(event_ids), ID_CHUNK):
+            chunk = event_ids[start:start + ID_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for row in conn.execute(f"{SELECT} WHERE event_id IN ({marks})", chunk):
+                event = _from_row(row)
+                found[event.event_id] = event
+        return found
 
     def check_writable(self) -> str | None:
         """None when an append would work now; otherwise why not (for /readyz and the logs).

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from bot.audit.events import GENESIS_HASH, AuditEvent, EventKind, StoredEvent
-from bot.audit.store import SqliteAuditStore, default_path
+from bot.audit.store import ID_CHUNK, SqliteAuditStore, default_path
 from bot.settings import Settings
 from tests.audit.support import event
 
@@ -47,6 +47,18 @@ def test_a_batch_mixing_old_and_new_ids_writes_only_the_new_ones_in_order(store:
     assert [e.seq for e in result] == [3, old[0].seq, 4, old[1].seq, 3]
     assert result[1] == old[0] and result[3] == old[1] and result[4] == result[0]
     assert [e.event_id for e in store.events()] == [event(n).event_id for n in (1, 2, 3, 4)]
+    assert store.verify().ok
+
+
+def test_a_batch_larger_than_one_id_lookup_still_finds_every_stored_id(store: SqliteAuditStore) -> None:
+    """The ids already stored are read in chunks of ID_CHUNK: one stored in a later chunk counts too."""
+    late = ID_CHUNK + 7
+    old = store.append([event(late)])
+
+    result = store.append([event(n) for n in range(1, 2 * ID_CHUNK + 1)], new_only=True)
+
+    assert len(result) == 2 * ID_CHUNK - 1 and event(late).event_id not in {e.event_id for e in result}
+    assert len(store.events()) == 2 * ID_CHUNK and store.events()[0] == old[0]
     assert store.verify().ok
 
 
