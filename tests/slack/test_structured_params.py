@@ -3,6 +3,8 @@ list of strings, and the same typing and errors as the CLI (signed payloads, rea
 
 from __future__ import annotations
 
+import random
+import shlex
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from bot.slack import commands
 from bot.slack.commands import slack_run_id, split_args
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.support import Stack, eventually, run_status, slack_stack, text_of
@@ -51,6 +54,56 @@ def test_split_args_keeps_json_values_whole(text: str, words: list[str] | None) 
         assert split_args(text)[2].startswith("hosts=")
     else:
         assert split_args(text) == words
+
+
+def _split_by_reparsing(text: str) -> list[str]:
+    """The splitter as it was: every `key=[` candidate split the whole text before it again.
+    Quadratic, so only a reference for short texts."""
+    text = text.translate(commands._SMART_QUOTES)
+    words: list[str] = []
+    pos = 0
+    try:
+        for match in commands._JSON_ASSIGNMENT.finditer(text):
+            if match.start() < pos:
+                continue
+            try:
+                before = shlex.split(text[pos : match.start()])
+            except ValueError:
+                continue
+            try:
+                _, end = commands._JSON.raw_decode(text, match.end())
+            except (ValueError, RecursionError):
+                continue
+            if end < len(text) and not text[end].isspace():
+                continue
+            words += [*before, text[match.start() : end]]
+            pos = end
+        return words + shlex.split(text[pos:])
+    except ValueError:
+        return text.split()
+
+
+def test_split_args_reads_quotes_as_splitting_the_text_again_would() -> None:
+    """The same words as splitting the text before each candidate again, on random short texts
+    made of quotes, escapes and JSON pieces."""
+    pieces = ["a", " ", '"', "'", "\\", "k=", "h=[", "[", "]", "{", "}", '"x"', ",", "1", ":", "\n", "x=[1]", 'y={"a":1}', "“", "’"]
+    rng = random.Random(17)
+    for _ in range(5000):
+        text = "run pb " + "".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
+        assert split_args(text) == _split_by_reparsing(text), repr(text)
+
+
+@pytest.mark.parametrize("text", ['help "' + " a=[" * 3000, "help " + " a=[1]x" * 3000],
+                         ids=["candidates behind an open quote", "candidates that are not words"])
+def test_a_long_command_text_is_split_reading_each_character_about_once(text: str, monkeypatch) -> None:
+    """One command of 12-18 KB of `a=[` words took seconds of the front door's event loop (every
+    request's ack waited): each candidate split the growing text before it again. Counted, not
+    timed: what the shell splitter is handed stays about the text's length."""
+    handed: list[int] = []
+    real = shlex.split
+    monkeypatch.setattr(shlex, "split", lambda s, *a, **k: (handed.append(len(s)), real(s, *a, **k))[1])
+    split_args(text)
+    assert sum(handed) <= 2 * len(text), f"{sum(handed)} characters handed to shlex for a {len(text)}-character text"
 
 
 @pytest_asyncio.fixture
