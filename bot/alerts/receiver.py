@@ -45,7 +45,7 @@ from fastapi.responses import JSONResponse
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from bot.alerts.episodes import RouteMatch, route
 from bot.alerts.grafana_signing import GrafanaSigning
@@ -423,6 +423,11 @@ class AlertReceiver:
             if claim is not None:  # best effort: a claim never released goes stale and is taken over
                 with contextlib.suppress(Unavailable):
                     await self._write("release an episode", lambda s: s.release_episode(run_id, claim.runs))
+            if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+                # Temporal refuses this start as it is (its input past the blob size limit, from an
+                # alert's fields or a param templated from a long annotation): every retry would be
+                # refused alike, so it is this alert's outcome, not a 503 that holds the whole body.
+                return self._outcome(alert, playbook, "rejected", reason=f"Temporal refused the start: {exc.message}")
             raise Unavailable(f"Temporal: {exc.message}") from None
         self._remember(run_id)
         extra: dict[str, Any] = {"rerun": claim.runs} if claim is not None and claim.runs > 1 else {}
