@@ -108,10 +108,11 @@ def parse_pagerduty(body: bytes) -> list[Alert]:
     return [_alert(status, labels, incident.id, incident.created_at, incident=webhook.event.data, event=event)]
 
 
-def pagerduty_matches(trigger: PagerDutyTrigger, labels: dict[str, str]) -> bool:
+def pagerduty_matches(trigger: PagerDutyTrigger, labels: dict[str, str], *, resolved: bool = False) -> bool:
+    """The trigger's service, and (to start, not to resolve) its urgency."""
     if labels.get("service_id") not in trigger.services and labels.get("service") not in trigger.services:
         return False
-    return trigger.urgency is None or labels.get("urgency") == trigger.urgency
+    return resolved or trigger.urgency is None or labels.get("urgency") == trigger.urgency
 
 
 # ---- Opsgenie -------------------------------------------------------------------------------------
@@ -165,6 +166,9 @@ def parse_opsgenie(body: bytes) -> list[Alert]:
 
 
 def opsgenie_matches(trigger: OpsgenieTrigger, alert: Alert) -> bool:
+    """The trigger's tags and priorities (to start: a Close is taken whatever they are now)."""
+    if alert.status == "resolved":
+        return True
     tags = set((alert.model_extra or {}).get("opsgenie", {}).get("tags") or [])
     if not set(trigger.tags) <= tags:
         return False
@@ -185,14 +189,17 @@ def _alert(status: str, labels: dict[str, str], key: str, created: datetime, **e
 
 def route_incident(kind: Literal["pagerduty", "opsgenie"], catalog_playbooks: Iterable[LoadedPlaybook],
                    alert: Alert) -> list[RouteMatch]:
-    """Each playbook whose `triggers.<kind>` takes this incident, once (its first matching trigger)."""
+    """Each playbook whose `triggers.<kind>` takes this incident, once (its first matching trigger).
+    A resolve is not filtered by urgency, tags or priority: those can change while the run goes on
+    (an on-call lowers the urgency, removes a tag), and the resolve must still reach its episode and
+    cancel the run. One for an episode that never ran records its resolve and finds no run."""
     context = inert({"alert": alert.as_context()})
     out: list[RouteMatch] = []
     for loaded in catalog_playbooks:
         triggers = loaded.playbook.triggers.pagerduty if kind == "pagerduty" else loaded.playbook.triggers.opsgenie
         for k, trigger in enumerate(triggers):
-            hit = (pagerduty_matches(trigger, alert.labels) if isinstance(trigger, PagerDutyTrigger)
-                   else opsgenie_matches(trigger, alert))
+            hit = (pagerduty_matches(trigger, alert.labels, resolved=alert.status == "resolved")
+                   if isinstance(trigger, PagerDutyTrigger) else opsgenie_matches(trigger, alert))
             if hit:
                 workflow_id = episode_id(loaded.playbook.name, alert.fingerprint, alert.starts_at, prefix=kind)
                 out.append(with_params(loaded, trigger, k, workflow_id, context))

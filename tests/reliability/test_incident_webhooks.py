@@ -217,3 +217,47 @@ async def test_a_flood_of_forged_deliveries_cannot_grow_the_audit_trail_without_
     # Without the budget: 1 + 200 rows. With it: per_minute a minute (across a minute's end, two
     # minutes' worth plus the summary of the first).
     assert len(refusals(stack)) <= 2 * per_minute + 1, len(refusals(stack))
+
+
+async def test_a_resolve_cancels_its_run_after_the_incident_changed_what_started_it(stack):
+    """Red-team finding: the resolve was routed by the trigger's urgency (PagerDuty) or tags
+    (Opsgenie) again. An on-call lowers the urgency, or removes the tag, while the run goes on: the
+    resolve read as unmatched, and remediation went on after the incident was over."""
+    pid = new_incident()
+    raised = json.loads(incident("incident.triggered", pid))
+    raised["event"]["data"]["urgency"] = "high"
+    fired = json.dumps(raised).encode()
+    [started] = (await post(stack, "/pagerduty", fired, signed(fired))).json()
+    assert started["outcome"] == "started", started
+    lowered = json.loads(incident("incident.resolved", pid))
+    lowered["event"]["data"]["urgency"] = "low"
+    resolved = json.dumps(lowered).encode()
+    [answer] = (await post(stack, "/pagerduty", resolved, signed(resolved))).json()
+    assert (answer["outcome"], answer["run_id"]) == ("resolved_cancelled", started["run_id"]), answer
+
+    alert_id = str(uuid.uuid4())
+    headers = {"Authorization": f"Bearer {OG_TOKEN}", "Content-Type": "application/json"}
+    [opened] = (await post(stack, "/opsgenie", og_alert("Create", alert_id), headers)).json()
+    assert opened["outcome"] == "started", opened
+    closing = json.loads(og_alert("Close", alert_id))
+    closing["alert"]["tags"] = [t for t in closing["alert"]["tags"] if t != "tag1"]
+    [closed] = (await post(stack, "/opsgenie", json.dumps(closing).encode(), headers)).json()
+    assert (closed["outcome"], closed["run_id"]) == ("resolved_cancelled", opened["run_id"]), closed
+
+    async def both_ended() -> bool:
+        return all([(await get_status(stack.temporal, r)).finished for r in (started["run_id"], opened["run_id"])])
+
+    await eventually(both_ended, timeout=30, what="both runs cancelled")
+
+
+async def test_a_resolve_of_an_incident_no_trigger_takes_starts_and_cancels_nothing(stack):
+    """Resolves are taken whatever the urgency: one for an episode that never ran finds no run."""
+    pid = new_incident()
+    low = json.loads(incident("incident.triggered", pid))
+    low["event"]["data"]["urgency"] = "low"
+    fired = json.dumps(low).encode()
+    assert [o["outcome"] for o in (await post(stack, "/pagerduty", fired, signed(fired))).json()] == ["unmatched"]
+    resolved = incident("incident.resolved", pid)
+    assert [o["outcome"] for o in (await post(stack, "/pagerduty", resolved, signed(resolved))).json()] == [
+        "resolved_no_run"]
+    assert await stack.runs() == []
