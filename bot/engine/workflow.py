@@ -110,6 +110,8 @@ ENGINE_PATCH = "engine-v7"
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
 LOCAL_ACTIONS = frozenset({"core.log"})
+# Args that are Slack mrkdwn: what a template puts in them is escaped (bot/playbook/templating.py).
+MRKDWN_ARGS = {"slack.post": ("text",)}
 ADMIT_TIMEOUT = timedelta(seconds=30)
 ANONYMOUS_CANCELS_AUDITED = 10
 CANCEL_REFUSED = "CancelRefused"
@@ -936,7 +938,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             return st.state != "failed"
         await self._thread_known(step)
         try:
-            args = render(step.with_, self._context(step.id), secrets=self._input.playbook.secrets)
+            args = render(step.with_, self._context(step.id), secrets=self._input.playbook.secrets,
+                          mrkdwn=MRKDWN_ARGS.get(step.action, ()))
         except TemplateError as exc:
             return await self._step_failed(step, st, f"cannot render arguments: {exc}")
         st.args = display(args)  # what status, policy and approvers see; only the action gets markers
@@ -1044,7 +1047,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             return False
 
         try:
-            args = render(fallback.with_, self._context(step.id), secrets=self._input.playbook.secrets)
+            args = render(fallback.with_, self._context(step.id), secrets=self._input.playbook.secrets,
+                          mrkdwn=MRKDWN_ARGS.get(fallback.action, ()))
         except TemplateError as exc:
             return failed(f"cannot render arguments: {exc}")
         record.args = display(args)
@@ -1648,7 +1652,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         st = self._status.step(step.id)
         record.started_at = workflow.now()
         try:
-            args = render(comp.with_, self._context(step.id), secrets=self._input.playbook.secrets)
+            args = render(comp.with_, self._context(step.id), secrets=self._input.playbook.secrets,
+                          mrkdwn=MRKDWN_ARGS.get(comp.action, ()))
         except TemplateError as exc:
             record.finished_at = workflow.now()
             if st.state != "succeeded":

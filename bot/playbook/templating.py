@@ -144,8 +144,17 @@ def _no_secret(name: Any) -> str:
     raise TemplateError("secret() is only allowed in a step's or a compensation's with:")
 
 
-def _env() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+def slack_escaped(value: Any) -> Any:
+    """A string as Slack mrkdwn shows it as written: its three control characters escaped
+    (bot.slack.blocks.escape), so `<!channel>` or `<https://x|y>` neither notifies nor links."""
+    if isinstance(value, str):
+        return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return value
+
+
+def _env(finalize: Callable[[Any], Any] | None = None) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
+                                        finalize=finalize)
     env.globals["secret"] = _no_secret  # each render passes its own
     # Rendering happens inside the workflow: nothing random may reach it (replays must agree).
     for name in ("lipsum", "cycler", "joiner"):
@@ -165,6 +174,10 @@ def _env() -> ImmutableSandboxedEnvironment:
 
 
 ENV = _env()
+# Slack mrkdwn args (a `slack.post` text): what each `{{ }}` puts in is escaped, the author's own
+# text stays live. Data in a message the bot posts as itself (an error quoting a response body, an
+# alert label) must not notify the channel or show a link under another name.
+MRKDWN_ENV = _env(finalize=slack_escaped)
 
 
 def is_template(value: str) -> bool:
@@ -172,24 +185,34 @@ def is_template(value: str) -> bool:
 
 
 @lru_cache(maxsize=2048)
-def _compile(source: str) -> Callable[[dict[str, Any]], Any]:
-    """Compile once per source; a whole `{{ expr }}` keeps its native type (a dict stays a dict)."""
+def _compile(source: str, mrkdwn: bool = False) -> Callable[[dict[str, Any]], Any]:
+    """Compile once per source; a whole `{{ expr }}` keeps its native type (a dict stays a dict).
+    `mrkdwn`: every string a `{{ }}` gives is escaped for Slack (MRKDWN_ENV)."""
+    env = MRKDWN_ENV if mrkdwn else ENV
     whole = _WHOLE_EXPR.match(source)
     if whole and "{{" not in whole.group("expr") and "}}" not in whole.group("expr"):
-        expression = ENV.compile_expression(whole.group("expr"), undefined_to_none=False)
+        expression = env.compile_expression(whole.group("expr"), undefined_to_none=False)
+        if mrkdwn:
+            return lambda ctx: slack_escaped(expression(**ctx))
         return lambda ctx: expression(**ctx)
-    template = ENV.from_string(source)
+    template = env.from_string(source)
     return template.render
 
 
-def render(value: Any, context: dict[str, Any], *, secrets: Collection[str] | None = None) -> Any:
+def render(value: Any, context: dict[str, Any], *, secrets: Collection[str] | None = None,
+           mrkdwn: Collection[str] = ()) -> Any:
     """Render every string in a nested value; non-template strings pass through untouched.
 
     `secrets` are the names `secret()` may give here (the playbook's declared list); None means
     secret() is not allowed at all. The result's markers are checked against this render's calls.
+    `mrkdwn`: keys of a mapping `value` whose templates put Slack-escaped text in (MRKDWN_ENV).
     """
     calls = _Secrets(secrets)
-    result = _render(value, {**context, "secret": calls})
+    ctx = {**context, "secret": calls}
+    if mrkdwn and isinstance(value, dict):
+        result = {key: _render(item, ctx, mrkdwn=key in mrkdwn) for key, item in value.items()}
+    else:
+        result = _render(value, ctx)
     try:
         calls._check(result)
     except TemplateError as exc:
@@ -204,12 +227,12 @@ def _sources(value: Any) -> str:
     return ", ".join(repr(text) for text in texts[:3]) + (", ..." if len(texts) > 3 else "") if texts else repr(value)
 
 
-def _render(value: Any, context: dict[str, Any]) -> Any:
+def _render(value: Any, context: dict[str, Any], mrkdwn: bool = False) -> Any:
     if isinstance(value, str):
         if not is_template(value):
             return value
         try:
-            result = _compile(value)(context)
+            result = _compile(value, mrkdwn)(context)
         except TemplateSyntaxError as exc:
             raise TemplateError(f"template {value!r} has a syntax error: {exc.message}") from exc
         except (UndefinedError, SecurityError, TemplateError, data.FilterError) as exc:
@@ -228,9 +251,9 @@ def _render(value: Any, context: dict[str, Any]) -> Any:
             )
         return result
     if isinstance(value, dict):
-        return {key: _render(item, context) for key, item in value.items()}
+        return {key: _render(item, context, mrkdwn) for key, item in value.items()}
     if isinstance(value, list):
-        return [_render(item, context) for item in value]
+        return [_render(item, context, mrkdwn) for item in value]
     return value
 
 

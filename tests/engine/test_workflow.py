@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 
+from bot.actions.base import ActionInput, ActionResult
 from bot.engine.state import CancelRequest
 from bot.engine.workflow import PlaybookRun
 
@@ -258,3 +260,37 @@ async def test_status_query_shows_running_step(dev_env):
         assert status.requested_by == "cli:tester" and status.trigger == "cli"
         await cancel(handle)
         await handle.result()
+
+
+async def test_a_slack_post_gets_its_text_with_what_templates_put_in_escaped(dev_env):
+    """The run renders a `slack.post` text, its fallback's and its undo's with data escaped for Slack:
+    a param (or an error quoting a response body) holding `<!channel>` cannot notify the channel
+    as the bot. The author's own mrkdwn stays live; other actions get data as it is."""
+    posted: list[tuple[str, dict[str, object]]] = []
+
+    @activity.defn(name="slack.post")
+    async def slack_post(inp: ActionInput) -> ActionResult:
+        posted.append((inp.step_id + (" (undo)" if inp.compensation else ""), dict(inp.params)))
+        return ActionResult(output={"ts": "1.2"})
+
+    pb = playbook("""
+name: tell
+params: {note: {type: string}}
+steps:
+  - id: tell
+    action: slack.post
+    with: {channel: "#ops", text: "<!here> {{ params.note }}"}
+    compensate: {action: slack.post, with: {channel: "#ops", text: "undone: {{ params.note }}"}}
+  - {id: also, action: t.ok, with: {note: "{{ params.note }}"}}
+  - {id: boom, action: t.fail}
+""")
+    rec = Recorder()
+    hostile = "<!channel> see <https://evil.example|https://deploy.internal>"
+    async with worker(dev_env.client, rec, extra=[slack_post]) as w:
+        handle = await start(dev_env.client, w, run_input(pb, {"note": hostile}))
+        status = await handle.result()
+    assert status.state == "compensated"
+    escaped = "&lt;!channel&gt; see &lt;https://evil.example|https://deploy.internal&gt;"
+    assert [(who, params["text"]) for who, params in posted] == [
+        ("tell", f"<!here> {escaped}"), ("tell (undo)", f"undone: {escaped}")]
+    assert [c[2]["note"] for c in rec.calls if c[0] == "also"] == [hostile]

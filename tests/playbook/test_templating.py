@@ -145,3 +145,19 @@ def test_nondeterministic_helpers_are_not_available():
         except TemplateError:
             continue
         raise AssertionError(f"{source} rendered")
+
+
+def test_a_slack_text_arg_escapes_what_templates_put_in_and_keeps_the_authors_markup() -> None:
+    """Red-team finding: `slack.post` posted `{{ run.error }}` as written, and an error can quote a
+    response body: `<!channel>` notified the whole channel and `<https://evil|https://deploy>`
+    showed a link under another name, as the bot. Only what a template puts in is escaped."""
+    hostile = "failed: <!channel> re-auth at <https://evil.example/login|https://deploy.internal/login> & now"
+    args = {"channel": "#oncall", "text": "<!subteam^S0ONCALL> stopped: {{ error }} ({{ n }} steps)",
+            "thread_ts": "{{ error }}"}
+    out = render(args, {"error": hostile, "n": 3}, mrkdwn=("text",))
+    assert out["text"] == ("<!subteam^S0ONCALL> stopped: failed: &lt;!channel&gt; re-auth at "
+                           "&lt;https://evil.example/login|https://deploy.internal/login&gt; &amp; now (3 steps)")
+    assert out["thread_ts"] == hostile  # not a mrkdwn arg: as it was
+    assert render({"text": "{{ error }}"}, {"error": hostile}, mrkdwn=("text",))["text"].startswith("failed: &lt;!channel&gt;")
+    assert render({"text": "{{ n }}"}, {"n": 3}, mrkdwn=("text",))["text"] == 3  # a whole non-string expression keeps its type
+    assert render(args, {"error": hostile, "n": 3})["text"].count("<!channel>") == 1  # other actions: as before
