@@ -278,7 +278,7 @@ def readable(body: bytes, headers: Mapping[str, str]) -> bool:
     going wrong fails inside Bolt with a 500, so it is a 400 here."""
     try:
         payload = parse_body(body.decode("utf-8"), extract_content_type(build_normalized_headers(headers)))
-    except ValueError:
+    except (ValueError, RecursionError):  # (JSON nested past the parser's depth)
         return False
     if not isinstance(payload, dict):
         return False

@@ -56,7 +56,7 @@ def parse_value(value: Any) -> ButtonRef:
     try:
         data = json.loads(value)
         ref = ButtonRef(run_id=data["run_id"], step_id=data["step_id"])
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, RecursionError):  # (RecursionError: nested past the parser's depth)
         raise RunError("this approval button is malformed; use `playbook-bot approve RUN STEP` instead") from None
     if not isinstance(ref.run_id, str) or not isinstance(ref.step_id, str) or not ref.run_id or not ref.step_id:
         raise RunError("this approval button is malformed; use `playbook-bot approve RUN STEP` instead")

@@ -97,7 +97,7 @@ class Sealer:
         try:
             doc = json.loads(text)
             fields, mac = doc["d"], doc["m"]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             raise FormRefused("this form was not opened by playbook-bot") from None
         if not isinstance(fields, dict) or not isinstance(mac, str) or not hmac.compare_digest(self._mac(fields), mac):
             raise FormRefused("this form was not opened by playbook-bot (its metadata is not ours)")

@@ -309,19 +309,31 @@ async def test_a_button_carries_the_execution_and_one_posted_before_still_votes(
     assert calls.made() == [("describe_workflow", run_id), ("describe_workflow", run_id), ("start_workflow_update", run_id)]
 
 
-async def test_a_malformed_button_is_refused_to_the_clicker(stack: Stack) -> None:
+@pytest.mark.parametrize("value", ["not json", "[" * 5000 + "]" * 5000], ids=["not json", "nested past the parser"])
+async def test_a_malformed_button_is_refused_to_the_clicker_and_on_record(stack: Stack, value: str) -> None:
+    """Red-team finding: a value nested past the JSON parser's depth raised RecursionError, which was
+    told to the clicker as an unexpected failure and never audited."""
     payload = {
         "type": "block_actions",
         "user": {"id": BOB, "username": "bob"},
         "team": {"id": "T0FAKE"},
         "channel": {"id": CHANNEL},
         "container": {"type": "message", "message_ts": "1.1", "channel_id": CHANNEL},
-        "actions": [{"type": "button", "action_id": APPROVE_ACTION, "block_id": "x", "value": "not json"}],
+        "actions": [{"type": "button", "action_id": APPROVE_ACTION, "block_id": "x", "value": value}],
     }
     response = await stack.post(urlencode({"payload": json.dumps(payload)}))
     assert response.status_code == 200
     calls = await eventually(lambda: returns(stack.fake.calls_to("chat.postEphemeral")), what="refusal")
     assert "malformed" in calls[0].params["text"]
+    refused = await eventually(lambda: returns([e for e in stack.audit.events() if e.kind.value == "access_refused"]),
+                               what="the refusal audited")
+    assert "malformed" in refused[0].details["reason"]
+
+
+async def test_a_signed_payload_nested_past_the_parser_is_a_400(stack: Stack) -> None:
+    """Red-team finding: a Slack-signed body whose payload nests past the JSON parser's depth was a 500."""
+    response = await stack.post(urlencode({"payload": "[" * 5000 + "]" * 5000}))
+    assert response.status_code == 400, response.text
 
 
 async def test_a_burst_of_commands_after_a_start_asks_auth_test_once(stack: Stack) -> None:
