@@ -43,7 +43,7 @@ from bot.engine.runs import (
 from bot.engine.state import TriggerContext
 from bot.identity import principals
 from bot.identity.principals import Actor
-from bot.playbook.loader import LoadedPlaybook
+from bot.playbook.loader import LoadedPlaybook, UnknownPlaybook
 from bot.playbook.model import ForeachGroup, ParallelGroup, Step
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.templating import TemplateError, display, inert, render
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 REQUESTER_MEMO = "requested_by"  # on Slack-started runs: who asked, readable from a listing (the App Home)
 ACK_BUDGET = 2.0  # seconds of Slack's 3 s spent starting the run before the ack
+REASON_MAX = 2000  # characters of a refusal's reason kept in its slack_command record
 RECORD_RETRIES = (1.0, 3.0, None)  # pauses between attempts at a slack_command append; None: give up
 log = structlog.get_logger(__name__)
 
@@ -122,6 +123,12 @@ def split_args(text: str) -> list[str]:
         return words + shlex.split(text[pos:])
     except ValueError:  # an unbalanced quote: plain words are still useful
         return text.split()
+
+
+def _said(exc: BaseException) -> str:
+    """A refusal's reason as the record keeps it (bounded: a param error can quote what was typed)."""
+    said = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return said[:REASON_MAX]
 
 
 class _Quoting:
@@ -267,7 +274,11 @@ class PlaybookCommand:
         """Start the run (or find it); the answer for the user. Refusals raise, naming why."""
         if not body.get("user_id"):  # Slack always names one; a run without a requester cannot record its start
             raise RunError("this command names no Slack user; nothing was started")
-        loaded, params = self._prepare(args)
+        try:
+            loaded, params = self._prepare(args)
+        except (RunError, ParamError, UnknownPlaybook) as exc:  # every refusal is on the record
+            self._record(body, None, "refused", reason=_said(exc))
+            raise
         return await self.start_prepared(body, loaded, params)
 
     async def start_prepared(self, body: dict[str, Any], loaded: LoadedPlaybook, params: dict[str, Any]) -> str:
@@ -278,13 +289,9 @@ class PlaybookCommand:
             raise RunError("this command names no Slack user; nothing was started")
         trigger = _trigger(body)
         actor = await self._actor(body)
-        try:
-            await check_start(self.deps.policy, loaded, params, trigger, actor)
-        except RunError:
-            self._record(body, None, "refused")
-            raise
         run_id = slack_run_id(loaded.playbook.name, body.get("trigger_id") or "") if body.get("trigger_id") else None
         try:
+            await check_start(self.deps.policy, loaded, params, trigger, actor)
             handle = await start_run(
                 self.deps.client, self.deps.task_queue, loaded, params, trigger,
                 actor=actor, keyring=self.deps.keyring, run_id=run_id, memo={REQUESTER_MEMO: trigger.requested_by},
@@ -293,9 +300,19 @@ class PlaybookCommand:
             assert run_id is not None
             status = await get_status(self.deps.client, run_id)
             return f"This command already ran as `{escape(run_id)}`; it ended {status.state.replace('_', ' ')}."
+        except RunError as exc:  # the `start` rule, or the concurrency key: busy (on_busy: refuse) or unrenderable
+            self._record(body, None, "refused", reason=_said(exc))
+            raise
+        where = f"<#{body['channel_id']}>" if body.get("channel_id") else "the playbook's channel"
+        if run_id is not None and handle.id != run_id:  # on_busy: attach: the run holding the key
+            log.info("slack command attached to the key's holder", run_id=handle.id, playbook=loaded.playbook.name)
+            self._record(body, handle.id, "attached")
+            return (
+                f":link: *{escape(loaded.playbook.name)}* is already running as `{escape(handle.id)}`, which holds "
+                f"its concurrency key: your command attached to it (nothing new started); its status is in {where}."
+            )
         log.info("slack run started", run_id=handle.id, playbook=loaded.playbook.name)
         self._record(body, handle.id, "started")
-        where = f"<#{body['channel_id']}>" if body.get("channel_id") else "the playbook's channel"
         return (
             f":rocket: Started *{escape(loaded.playbook.name)}* as run `{escape(handle.id)}`; "
             f"its status is posted in {where}."
@@ -340,9 +357,10 @@ class PlaybookCommand:
         groups = await self.groups.handles(user_id, stale_ok=True)
         return Actor(principals.slack(user_id), body.get("user_name") or "", tuple(groups), "slack")
 
-    def _record(self, body: dict[str, Any], run_id: str | None, outcome: str) -> None:
+    def _record(self, body: dict[str, Any], run_id: str | None, outcome: str, reason: str | None = None) -> None:
         """The `slack_command` audit event, queued on the records lane (after the ack); keyed by
-        trigger_id, so a replay, or a retry of an append that did land, records nothing new."""
+        trigger_id, so a replay, or a retry of an append that did land, records nothing new. A
+        refusal says why (`reason`)."""
         audit = self.deps.audit
         if audit is None:
             return
@@ -360,6 +378,7 @@ class PlaybookCommand:
                 "trigger_id": body.get("trigger_id"),
                 "user_name": body.get("user_name"),
                 "outcome": outcome,
+                **({"reason": reason} if reason is not None else {}),
             },
         )
 

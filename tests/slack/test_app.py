@@ -9,11 +9,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 import pytest_asyncio
 
+from bot.engine.locks import busy_holder
 from bot.engine.runs import get_status
 from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
@@ -344,3 +346,62 @@ async def test_a_burst_of_commands_after_a_start_asks_auth_test_once(stack: Stac
     responses = await asyncio.gather(*(stack.post(body) for body in bodies))
     assert [r.status_code for r in responses] == [200] * 20
     assert len(stack.fake.calls_to("auth.test")) == 1, f"{len(stack.fake.calls_to('auth.test'))} auth.test calls"
+
+
+LOCKED = """
+name: locked
+params:
+  service: {type: string, pattern: "^[a-z0-9-]+$"}
+concurrency: {key: "locked-{{ params.service }}", on_busy: ON_BUSY}
+steps:
+  - {id: wait, action: core.sleep, with: {duration: 10m}}
+"""
+
+
+def _commands(stack: Stack) -> list[Any]:
+    return [e for e in stack.audit.events() if e.kind.value == "slack_command"]
+
+
+async def _holds(stack: Stack, run_id: str) -> bool:
+    """The run holds its key as a front door reads it (busy_holder, through visibility)."""
+    return await busy_holder(stack.temporal, "locked-api", 1) == run_id
+
+
+@pytest.mark.parametrize("on_busy", ["refuse", "attach"])
+async def test_a_command_that_meets_a_held_concurrency_key_is_told_and_recorded_as_what_it_did(
+        dev_env, fake_slack, tmp_path, on_busy: str) -> None:
+    """Red-team finding: a start refused as busy left no slack_command record, and one attached to
+    the key's holder was told "Started" and recorded as having started the holder's run."""
+    async with slack_stack(dev_env.client, fake_slack, tmp_path,
+                           playbooks={"locked": LOCKED.replace("ON_BUSY", on_busy)}) as stack:
+        first, k1 = stack.command("run locked service=api", user=ALICE)
+        assert (await stack.post(first)).status_code == 200
+        assert "Started" in text_of(await stack.answers(k1))
+        [holder] = await eventually(lambda: returns([e.run_id for e in _commands(stack) if e.actor == principal(ALICE)]),
+                                    what="Alice's start recorded")
+        await eventually(lambda: _holds(stack, holder), what="the first run holds the key")
+        second, k2 = stack.command("run locked service=api", user=BOB)
+        assert (await stack.post(second)).status_code == 200
+        told = text_of(await stack.answers(k2))
+        bobs = await eventually(lambda: returns([e for e in _commands(stack) if e.actor == principal(BOB)]),
+                                what="Bob's command on record")
+        if on_busy == "refuse":
+            assert "busy" in told and holder in told
+            assert [(e.details["outcome"], e.run_id) for e in bobs] == [("refused", None)]
+            assert "busy" in bobs[0].details["reason"]
+        else:
+            assert "attached" in told and holder in told and "Started" not in told
+            assert [(e.details["outcome"], e.run_id) for e in bobs] == [("attached", holder)]
+        assert [w.id for w in await stack.settled_runs() if w.workflow_type == "PlaybookRun"] == [holder], "nothing new started"
+
+
+@pytest.mark.parametrize("text", ["run no-such-playbook", "run locked service=NOT_OK"])
+async def test_a_command_refused_before_any_policy_question_is_on_record(dev_env, fake_slack, tmp_path, text: str) -> None:
+    async with slack_stack(dev_env.client, fake_slack, tmp_path,
+                           playbooks={"locked": LOCKED.replace("ON_BUSY", "refuse")}) as stack:
+        body, key = stack.command(text, user=BOB)
+        assert (await stack.post(body)).status_code == 200
+        told = text_of(await stack.answers(key))
+        [record] = await eventually(lambda: returns(_commands(stack)), what="the refusal on record")
+        assert record.details["outcome"] == "refused" and record.details["reason"]
+        assert record.details["reason"].split()[0] in told
