@@ -211,7 +211,12 @@ class AlertReceiver:
         try:
             alerts = self.sender.parse(body)
         except PayloadError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            # On the record too: the sender drops a body answered 4xx, and any valid alert in it
+            # with it (once per distinct body; the door's budget bounds a flood of them).
+            credential = (request.headers.get("x-pagerduty-signature", "") if self.sender.signed
+                          else signing.signature(request.headers) if signing is not None else authorization)
+            return await self._refuse(body, credential, str(exc), status=exc.status,
+                                      record_as=f"payload refused ({exc.status}): {exc}")
         try:
             outcomes = [o for alert in alerts for o in await self._handle(alert)]
         except Unavailable as exc:
@@ -219,23 +224,26 @@ class AlertReceiver:
             return JSONResponse({"error": f"temporarily unavailable: {exc}"}, status_code=503)
         return JSONResponse(outcomes)
 
-    async def _refuse(self, body: bytes, credential: str, reason: str) -> JSONResponse:
-        """401, and the refusal on record: nothing parsed, nothing started. One event per distinct
-        attempt (body and credential), so a replayed forgery, or a sender retrying with a stale
-        token, is recorded once; a repeat this process already recorded costs no budget."""
+    async def _refuse(self, body: bytes, credential: str, reason: str, status: int = 401,
+                      record_as: str | None = None) -> JSONResponse:
+        """401 (or the payload's 4xx), and the refusal on record (as `record_as`, default `reason`):
+        nothing started. One event per distinct attempt (body and credential), so a replayed
+        forgery, or a sender retrying with a stale token, is recorded once; a repeat this process
+        already recorded costs no budget."""
         attempt = self._attempt(body, credential)
         log.warning("webhook refused", sender=self.sender.name, reason=reason, attempt=attempt[:32])
         if attempt in self._recorded:
-            return JSONResponse({"error": reason}, status_code=401)
+            return JSONResponse({"error": reason}, status_code=status)
         recorded, unrecorded, window = self._refusals.take()  # a flood of forgeries cannot grow the trail unbounded
         if unrecorded and window is not None:
             await self._summarize(unrecorded, window)
         if not recorded and not self._closing.is_set() and (self._summary is None or self._summary.done()):
             self._summary = asyncio.create_task(self._summarize_when_over())
         if recorded:
-            await record_refusal(self.deps.audit, refusal(self.sender.name, self._operation, reason, key=attempt[:32]))
+            await record_refusal(self.deps.audit, refusal(self.sender.name, self._operation, record_as or reason,
+                                                          key=attempt[:32]))
             _keep(self._recorded, attempt, self.RECORDED_ATTEMPTS)
-        return JSONResponse({"error": reason}, status_code=401)
+        return JSONResponse({"error": reason}, status_code=status)
 
     async def _summarize(self, unrecorded: int, window: int) -> None:
         """The count of a minute's refusals past the budget, as one event of its own (each

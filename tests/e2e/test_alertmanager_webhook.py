@@ -209,10 +209,16 @@ async def test_bad_input_is_refused_and_starts_nothing(stack, case):
     assert response.status_code == expected, response.text
     assert "error" in response.json()
     recorded = [(e.kind.value, e.details.get("operation")) for e in stack["audit"].events()[before:]]
-    if expected == 401:  # a caller turned away is on record, and nothing else
-        assert recorded == [("access_refused", "webhook:alertmanager")], recorded
-    else:
+    if expected == 413:  # (refused before the body is read)
         assert recorded == [], "nothing recorded, nothing started"
+    else:  # a caller turned away, or an authenticated body refused, is on record, and nothing else
+        assert recorded == [("access_refused", "webhook:alertmanager")], recorded
+    if expected == 400:  # the sender drops what a 4xx answered: the record says what was refused
+        [event] = stack["audit"].events()[before:]
+        assert event.details["reason"].startswith("payload refused (400): ")
+        again = await stack["client"].post(  # its retry records nothing more
+            f"{stack['bot']}/alertmanager", content=body, headers={**headers, "Content-Type": "application/json"})
+        assert again.status_code == 400 and len(stack["audit"].events()) == before + 1
     assert not await settled_runs(stack["temporal"], stack["settings"].task_queue)
 
 
