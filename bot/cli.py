@@ -29,7 +29,7 @@ from bot.audit.cli import app as audit_app
 from bot.console import progress_lines, schedules_table, status_table
 from bot.devstack import DevServerError
 from bot.engine.runs import RunError, cancel_run, check_start, confirm as confirm_step, get_status, start_run, vote
-from bot.engine.state import ConfirmRequest, RunStatus, TriggerContext, VoteRequest
+from bot.engine.state import ANSWER_MAX, ConfirmRequest, RunStatus, TriggerContext, VoteRequest
 from bot.identity import principals
 from bot.identity.cli import app as token_app
 from bot.identity.keys import cli_keyring
@@ -382,6 +382,9 @@ def confirm(
     reason: str = typer.Option("", "--reason"),
 ) -> None:
     """Answer a core.confirm step waiting for a human (to decline it, `reject` the step)."""
+    for name, text in (("ANSWER", answer), ("--reason", reason)):
+        if len(text) > ANSWER_MAX:
+            raise Failure(f"{name}: at most {ANSWER_MAX} characters, got {len(text)}; nothing was sent", 2)
     settings = _settings()
     api = _api(settings, by)
 

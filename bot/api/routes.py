@@ -35,11 +35,13 @@ from bot.engine.runs import (
     check_start,
     confirm,
     get_status,
+    new_run_id,
     start_run,
     vote,
     why_not_readable,
 )
 from bot.engine.state import (
+    ANSWER_MAX,
     FINAL_RUN_STATES,
     RunState,
     ConfirmRequest,
@@ -87,14 +89,16 @@ class ConfirmBody(_Body):
     """An answer to a core.confirm step: `choice` (one of its choices) or `value` (its input:)."""
 
     step: str = Field(min_length=1, max_length=200)
-    choice: str | None = Field(None, max_length=MAX_TEXT)
+    choice: str | None = Field(None, max_length=ANSWER_MAX)
     value: str | int | float | None = None
-    reason: str = Field("", max_length=MAX_TEXT)
+    reason: str = Field("", max_length=ANSWER_MAX)
 
     @model_validator(mode="after")
     def _one_answer(self) -> ConfirmBody:
         if (self.choice is None) == (self.value is None):
             raise ValueError("give exactly one of choice (for a step with choices) or value (for a step with input:)")
+        if len(self.answer) > ANSWER_MAX:  # (a number's too: it travels as its JSON text)
+            raise ValueError(f"value: at most {ANSWER_MAX} characters (as JSON text)")
         return self
 
     @property
@@ -169,6 +173,9 @@ class RunsApi:
                 error = exc
             except RPCError as exc:  # Temporal unreachable or failing: ours, and a retry may succeed
                 error = ApiError(503, f"Temporal did not answer: {exc.message}", "temporal")
+            except ValidationError as exc:  # a request model built past the body's own checks: still the caller's
+                problems = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
+                error = ApiError(422, "invalid request: " + "; ".join(problems), "body", problems=problems)
             if error.status < 500:
                 await self._refused(actor, operation, request.path_params.get("run_id"), error)
             else:
@@ -269,7 +276,7 @@ class RunsApi:
             problems.append(f"state {state!r} is not one of: {', '.join(sorted(RUN_STATES))}")
         text = query.get("limit")
         if text is not None:
-            if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+            if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:  # ("²" is a digit too)
                 problems.append(f"limit must be a whole number from 1 to {MAX_LIMIT}")
             else:
                 limit = int(text)
@@ -309,15 +316,18 @@ class RunsApi:
         await check_start(self.deps.policy, loaded, params, trigger, actor)
         deps = self.deps
         if key is None:
+            run_id = new_run_id(loaded.playbook.name)
             handle = await start_run(
-                deps.client, deps.task_queue, loaded, params, trigger, actor=actor, keyring=deps.keyring
+                deps.client, deps.task_queue, loaded, params, trigger, actor=actor, keyring=deps.keyring, run_id=run_id,
             )
+            if handle.id != run_id:  # on_busy: attach: the run holding the key, nothing started
+                return JSONResponse({"run_id": handle.id, "attached": True}, status_code=200)
             log.info("api run started", run_id=handle.id, playbook=loaded.playbook.name, by=actor.principal)
             return JSONResponse({"run_id": handle.id}, status_code=201)
         run_id = idempotent_run_id(actor.principal, loaded.playbook.name, key)
         asked = digest({"playbook": loaded.playbook.name, "params": params})
         try:
-            await start_run(
+            handle = await start_run(
                 deps.client, deps.task_queue, loaded, params, trigger, actor=actor, keyring=deps.keyring,
                 run_id=run_id, on_conflict=WorkflowIDConflictPolicy.FAIL, memo={"api_request": asked},
             )
@@ -329,6 +339,8 @@ class RunsApi:
                     "idempotency",
                 ) from None
             return JSONResponse({"run_id": run_id, "attached": True}, status_code=200)
+        if handle.id != run_id:  # on_busy: attach: the key's holder; nothing started under the key's id
+            return JSONResponse({"run_id": handle.id, "attached": True}, status_code=200)
         log.info("api run started", run_id=run_id, playbook=loaded.playbook.name, by=actor.principal)
         return JSONResponse({"run_id": run_id}, status_code=201)
 

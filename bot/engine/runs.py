@@ -288,7 +288,7 @@ async def cancel_run(
     )
     handle = pinned(client, run_id, execution)
     try:
-        result = await handle.execute_update(PlaybookRun.cancel, request, rpc_timeout=timedelta(seconds=30))
+        result = await handle.execute_update(PlaybookRun.cancel, request, rpc_timeout=UPDATE_TIMEOUT)
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         kind = getattr(cause, "type", None)
@@ -298,9 +298,10 @@ async def cancel_run(
         if kind == CANCEL_DUPLICATE:  # asked again by the same principal: already under way
             return status, CancelResult(state=status.state, message=getattr(cause, "message", "") or str(cause))
         raise _refused(cause) from None
-    except RPCError as exc:
+    except (RPCError, RPCTimeoutOrCancelledError) as exc:  # unreachable, or no answer within the timeout
         await _ended_meanwhile(client, run_id, "cancel")
-        raise RunError(f"cancel not recorded: {exc.message}", "unavailable") from None
+        said = exc.message if isinstance(exc, RPCError) else f"no answer within {UPDATE_TIMEOUT.total_seconds():g}s"
+        raise RunError(f"cancel not recorded: {said}", "unavailable") from None
     return status, result
 
 

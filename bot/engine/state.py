@@ -285,6 +285,9 @@ class VoteRequest(BaseModel):
     proof: Proof | None = None
 
 
+ANSWER_MAX = 1000  # characters of a core.confirm answer, and of its reason
+
+
 class ConfirmRequest(BaseModel):
     """An answer to a core.confirm step: `answer` is the choice picked (or the value typed for an
     `input:` step). Who answers, as for votes, comes from `proof` alone."""
@@ -293,8 +296,8 @@ class ConfirmRequest(BaseModel):
     user: str
     name: str = ""
     groups: list[str] = Field(default_factory=list)
-    answer: str = Field(max_length=1000)
-    reason: str = Field("", max_length=1000)
+    answer: str = Field(max_length=ANSWER_MAX)
+    reason: str = Field("", max_length=ANSWER_MAX)
     proof: Proof | None = None
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from bot.api.routes import idempotent_run_id
+from bot.engine import runs
 from bot.services import api_tokens
 from bot.settings import ConfigError, Settings
 from tests.api.support import ApiStack, api_stack
@@ -191,3 +194,74 @@ def test_a_front_door_does_not_start_with_a_file_that_is_not_a_tokens_file(tmp_p
     with pytest.raises(ConfigError, match=f"{path}: not a tokens file"):
         api_tokens(Settings(data_dir=tmp_path, api_tokens_file=path))
     assert api_tokens(Settings(data_dir=tmp_path)).entries() == {}  # no file yet: no tokens, every request 401
+
+
+# ---- hostile requests (red-team findings) ----------------------------------------------------
+
+ATTACH = """
+name: attach
+concurrency: {key: "attach-{{ params.service }}", on_busy: attach}
+params:
+  service: {type: string, pattern: "^[a-z0-9-]+$"}
+steps:
+  - {id: wait, action: core.sleep, with: {duration: 10m}}
+"""
+
+
+@pytest.mark.parametrize("body", [
+    {"step": "s", "choice": "a", "reason": "r" * 1500},
+    {"step": "s", "choice": "c" * 1500},
+    {"step": "s", "value": "v" * 3000},
+    {"step": "s", "value": int("9" * 1200)},
+], ids=["long reason", "long choice", "long value", "long number"])
+async def test_a_confirmation_too_long_for_the_run_is_a_422_on_record(stack: ApiStack, body: dict) -> None:
+    """Red-team finding: the body's limits were 2,000 characters (a value none) where the run's take
+    1,000: the request model built after the body's checks raised past the handler, a 500, unaudited."""
+    response = await stack.call("POST", "/runs/whatever/confirmations", "alice", body=body)
+    assert response.status_code == 422, response.text
+    assert len(stack.refusals("api:alice")) == 1
+
+
+async def test_a_limit_written_in_other_digits_is_a_422(stack: ApiStack) -> None:
+    """Red-team finding: `²` passes str.isdigit() and fails int(): a 500."""
+    response = await stack.call("GET", "/runs?limit=%C2%B2", "alice")
+    assert response.status_code == 422, response.text
+    assert "limit" in response.json()["error"]
+
+
+async def test_a_start_that_meets_a_held_attach_key_answers_the_holder_with_or_without_a_key(
+        dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    """Red-team finding: with an Idempotency-Key the API answered 201 with a run id under which
+    nothing had started (the key's holder was attached to), and its retry once the holder ended
+    started a run; without a key, a 201 with the holder's id. Both now say attached, with the holder."""
+    async with api_stack(dev_env.client, tmp_path, {"attach": ATTACH}) as stack:
+        holder = await stack.start("bob", "attach", {"service": "web"})
+        await stack.step_in(holder, "wait", "running")
+        body = {"playbook": "attach", "params": {"service": "web"}}
+        for headers in ({"Idempotency-Key": "k1"}, {}):
+            answer = await stack.call("POST", "/runs", "alice", body=body, headers=headers)
+            assert (answer.status_code, answer.json()) == (200, {"run_id": holder, "attached": True}), answer.text
+        assert [w.id for w in await stack.settled_runs() if w.workflow_type == "PlaybookRun"] == [holder]
+
+
+async def test_a_cancel_the_run_does_not_answer_in_time_is_a_503_as_a_vote_is(
+        stack: ApiStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red-team finding: the update's timeout (a busy or restarting worker) escaped cancel_run: a 500."""
+    run_id = await stack.start("alice", "hold")
+    await stack.step_in(run_id, "wait", "running")
+    real = runs.pinned
+
+    class NoAnswer:
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        async def execute_update(self, *args: Any, **kwargs: Any) -> Any:
+            raise WorkflowUpdateRPCTimeoutOrCancelledError()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.handle, name)
+
+    monkeypatch.setattr(runs, "pinned", lambda client, run, execution: NoAnswer(real(client, run, execution)))
+    answer = await stack.call("POST", f"/runs/{run_id}/cancel", "alice", body={})
+    assert answer.status_code == 503 and answer.json()["rule"] == "unavailable", answer.text
+    assert "no answer within 30s" in answer.json()["error"]

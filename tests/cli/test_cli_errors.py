@@ -258,3 +258,9 @@ def test_schema_prints_json_schema() -> None:
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert {"name", "steps"} <= set(schema["properties"])
     assert "name" in schema.get("required", [])
+
+
+def test_a_confirm_answer_longer_than_a_run_takes_is_a_usage_error_and_sends_nothing(probe: Probe) -> None:
+    """Red-team finding: the request model refused it after the command had started, a traceback."""
+    result = cli(["confirm", "some-run", "pick", "x" * 1500], probe.env, timeout=30)
+    assert_one_line_error(result, "ANSWER: at most 1000 characters, got 1500", "nothing was sent", code=2)
