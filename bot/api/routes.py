@@ -265,7 +265,7 @@ class RunsApi:
                     runs.append(run_summary(status))
             if len(runs) >= limit:
                 break
-        return JSONResponse({"runs": runs[:limit], "scanned": len(ids)})
+        return JSONResponse({"runs": runs[:limit]})  # (nothing of the runs the actor may not read, not their count)
 
     def _list_query(self, request: Request) -> tuple[str | None, str | None, int]:
         query = request.query_params

@@ -158,8 +158,9 @@ async def test_listing_shows_runs_of_playbooks_the_principal_may_start(stack: Ap
     one = await stack.call("GET", "/runs?limit=1", "carol")
     assert [r["run_id"] for r in one.json()["runs"]] == [hold]
 
-    # mallory may start nothing, so she sees nothing (and that is not a refusal).
-    assert (await stack.call("GET", "/runs", "mallory")).json()["runs"] == []
+    # mallory may start nothing, so she sees nothing (and that is not a refusal): not even how many
+    # runs the queue holds (red-team finding: the answer said how many executions it had scanned).
+    assert (await stack.call("GET", "/runs", "mallory")).json() == {"runs": []}
 
 
 async def test_bad_listing_queries_are_422_naming_every_problem(stack: ApiStack) -> None:
