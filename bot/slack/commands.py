@@ -126,9 +126,9 @@ def split_args(text: str) -> list[str]:
 
 
 def _said(exc: BaseException) -> str:
-    """A refusal's reason as the record keeps it (bounded: a param error can quote what was typed)."""
-    said = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return said[:REASON_MAX]
+    """A refusal's reason as the record keeps it (bounded: a param error can quote what was typed).
+    UnknownPlaybook says its own message (a bare KeyError's args[0] would be just the name)."""
+    return str(exc)[:REASON_MAX]
 
 
 class _Quoting:

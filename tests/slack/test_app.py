@@ -395,13 +395,17 @@ async def test_a_command_that_meets_a_held_concurrency_key_is_told_and_recorded_
         assert [w.id for w in await stack.settled_runs() if w.workflow_type == "PlaybookRun"] == [holder], "nothing new started"
 
 
-@pytest.mark.parametrize("text", ["run no-such-playbook", "run locked service=NOT_OK"])
-async def test_a_command_refused_before_any_policy_question_is_on_record(dev_env, fake_slack, tmp_path, text: str) -> None:
+@pytest.mark.parametrize(("text", "why"), [
+    ("run no-such-playbook", "unknown playbook 'no-such-playbook' (known: gated, hold, locked)"),
+    ("run locked service=NOT_OK", "param 'service'"),
+])
+async def test_a_command_refused_before_any_policy_question_is_on_record(
+        dev_env, fake_slack, tmp_path, text: str, why: str) -> None:
     async with slack_stack(dev_env.client, fake_slack, tmp_path,
                            playbooks={"locked": LOCKED.replace("ON_BUSY", "refuse")}) as stack:
         body, key = stack.command(text, user=BOB)
         assert (await stack.post(body)).status_code == 200
         told = text_of(await stack.answers(key))
         [record] = await eventually(lambda: returns(_commands(stack)), what="the refusal on record")
-        assert record.details["outcome"] == "refused" and record.details["reason"]
-        assert record.details["reason"].split()[0] in told
+        assert record.details["outcome"] == "refused" and why in record.details["reason"], record.details
+        assert record.details["reason"].split()[0] in told.lower()
