@@ -145,8 +145,8 @@ def _no_secret(name: Any) -> str:
 
 
 def slack_escaped(value: Any) -> Any:
-    """A string as Slack mrkdwn shows it as written: its three control characters escaped
-    (bot.slack.blocks.escape), so `<!channel>` or `<https://x|y>` neither notifies nor links."""
+    """A string as Slack mrkdwn shows it as written: its three control characters escaped, so
+    `<!channel>` or `<https://x|y>` neither notifies nor links (bot.slack.blocks.escape is this)."""
     if isinstance(value, str):
         return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return value

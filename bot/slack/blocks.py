@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot.engine.state import CompensationStatus, RunStatus, StepStatus
+from bot.playbook.templating import slack_escaped
 
 SECTION_LIMIT = 3000
 HEADER_LIMIT = 150
@@ -402,8 +403,9 @@ def escape(text: str) -> str:
 
     Every string that comes from data (errors, params, args, outputs, ids, reasons, what a user
     typed) goes through here before it reaches Slack text, so `<!channel>` or `<https://x|y>` in
-    it shows as written instead of notifying or linking. Only the bot's own mentions stay live."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    it shows as written instead of notifying or linking. Only the bot's own mentions stay live.
+    (The same escaping a `slack.post` text's templates get: bot.playbook.templating.)"""
+    return slack_escaped(text)
 
 
 def requester(status: RunStatus) -> str:
