@@ -127,6 +127,11 @@ Handler = Callable[[Request, Actor], Awaitable[JSONResponse]]
 B = TypeVar("B", bound=_Body)
 
 
+def _problems(exc: ValidationError) -> list[str]:
+    """Each problem pydantic found, as `field.path: message`."""
+    return [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
+
+
 def idempotent_run_id(principal: str, playbook: str, key: str) -> str:
     """The run an Idempotency-Key names: per principal and playbook, so nobody attaches to another's run."""
     return f"{playbook}-api-" + hashlib.sha256(f"{principal}\n{playbook}\n{key}".encode()).hexdigest()[:24]
@@ -174,7 +179,7 @@ class RunsApi:
             except RPCError as exc:  # Temporal unreachable or failing: ours, and a retry may succeed
                 error = ApiError(503, f"Temporal did not answer: {exc.message}", "temporal")
             except ValidationError as exc:  # a request model built past the body's own checks: still the caller's
-                problems = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
+                problems = _problems(exc)
                 error = ApiError(422, "invalid request: " + "; ".join(problems), "body", problems=problems)
             if error.status < 500:
                 await self._refused(actor, operation, request.path_params.get("run_id"), error)
@@ -216,7 +221,7 @@ class RunsApi:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            problems = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
+            problems = _problems(exc)
             raise ApiError(422, "invalid body: " + "; ".join(problems), "body", problems=problems) from None
 
     async def _refused(self, actor: Actor, operation: str, run_id: str | None, error: ApiError) -> None:
