@@ -34,7 +34,7 @@ import hmac
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any, Callable, Iterable, Literal
@@ -52,7 +52,7 @@ from bot.alerts.grafana_signing import GrafanaSigning
 from bot.alerts.incidents import pagerduty_signed, parse_opsgenie, parse_pagerduty, route_incident
 from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload
 from bot.audit.recorder import RefusalBudget, record_refusal, refusal
-from bot.audit.episodes import Episode
+from bot.audit.episodes import Episode, episode_starts
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.batching import GroupCommitter
 from bot.audit.backend import AuditStore
@@ -65,6 +65,7 @@ from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, ProofError
 from bot.playbook.loader import Catalog, LoadedPlaybook
 from bot.policy.engine import PolicyEngine
+from bot.policy.models import Verdict
 from bot.server import direct_route, read_limited
 
 log = structlog.get_logger(__name__)
@@ -73,6 +74,9 @@ ALERTMANAGER_USER = "alertmanager"
 SUMMARY_GRACE = 1.0  # seconds past a minute's end before its count of unrecorded refusals is told
 CLOSE_WAIT = 5.0  # seconds a stopping door waits, at most, for its last count to be written
 # The webhook's bearer token is checked before any alert is read: its alerts are vouched for.
+# An outcome's reason when its delivery's startsAt was earlier than the episode under way.
+MERGED = ("Alertmanager moved this alert's startsAt earlier than its episode's (it keeps the earliest when it "
+          "merges copies of one alert, e.g. from an HA Prometheus pair): answered as that episode")
 ALERTMANAGER = Actor(ALERTMANAGER_USER, "Alertmanager", (), "alertmanager")
 
 
@@ -342,6 +346,18 @@ class AlertReceiver:
             self._episode(alert, match),
             self.deps.policy.start(start_policy_input(match.playbook, match.params, trigger, self.actor)),
         )
+        if episode is not None and episode.episode_id != run_id:  # the episode under way, startsAt moved earlier
+            log.info("alert startsAt earlier than its episode's: answered as that episode", delivered=run_id,
+                     episode=episode.episode_id)
+            result = await self._firing_episode(alert, replace(match, workflow_id=episode.episode_id), trigger,
+                                                episode, verdict)
+            result.setdefault("reason", MERGED)
+            return result
+        return await self._firing_episode(alert, match, trigger, episode, verdict)
+
+    async def _firing_episode(self, alert: Alert, match: RouteMatch, trigger: TriggerContext,
+                              episode: Episode | None, verdict: Verdict) -> dict[str, Any]:
+        playbook, run_id = match.name, match.workflow_id
         if episode is not None and episode.resolved_at is not None:
             # A firing delivery that arrives after its resolved one (a retry, a slow peer, another
             # front door): the alert is over, and a resolved alert never remediates.
@@ -368,6 +384,14 @@ class AlertReceiver:
 
     async def _claim_and_start(self, alert: Alert, match: RouteMatch, trigger: TriggerContext,
                                episode: Episode) -> dict[str, Any]:
+        """`_claim_loop`'s outcome; one answered as a later episode of the alert says why."""
+        result = await self._claim_loop(alert, match, trigger, episode)
+        if result.get("run_id") not in (None, match.workflow_id):  # the claim found a later episode of the alert
+            result.setdefault("reason", MERGED)
+        return result
+
+    async def _claim_loop(self, alert: Alert, match: RouteMatch, trigger: TriggerContext,
+                          episode: Episode) -> dict[str, Any]:
         """Start the episode's run only with its claim; otherwise answer from the episode's state.
         An episode read as started skips the claim (a write) and goes to Temporal: a repeat in a
         storm costs a read, and started never goes back to false but for a failed start's release."""
@@ -378,6 +402,9 @@ class AlertReceiver:
             if rerun or not claim.started:
                 claim = await self._write("claim an episode", lambda s: s.claim_episode(
                     run_id, rerun=rerun, stale_after=self.CLAIM_STALE_AFTER))
+            if claim.episode_id != run_id:  # a later episode of this alert began meanwhile: it is that one's
+                match = replace(match, workflow_id=claim.episode_id)
+                run_id = match.workflow_id
             if claim.claimed:
                 return await self._start(alert, match, trigger, claim)
             if claim.resolved_at is not None:  # resolved between our read and our claim
@@ -468,8 +495,11 @@ class AlertReceiver:
 
     async def _resolved(self, alert: Alert, match: RouteMatch) -> dict[str, Any]:
         """A resolved alert never remediates: it cancels (or is noted by) the episode's run."""
-        playbook = match.name
+        playbook, merged = match.name, False
         if self.deps.audit is not None:
+            later = await self._resolved_episode(alert, match)
+            if later is not None:
+                match, merged = replace(match, workflow_id=later), True
             # Recorded first: a firing delivery claiming after this starts nothing, and one that
             # claimed before sees it once its run is started and cancels it if we could not.
             # runs == 0 still asks Temporal below: a run this store never claimed (started before
@@ -478,7 +508,23 @@ class AlertReceiver:
         self._known.pop(match.workflow_id, None)  # a later firing delivery reads the resolve
         settled, run_id, reason = await self._settle_resolved(match)
         outcome = {"cancelled": "resolved_cancelled", "ignored": "resolved_ignored", "no_run": "resolved_no_run"}[settled]
-        return self._outcome(alert, playbook, outcome, run_id=run_id, reason=reason)
+        return self._outcome(alert, playbook, outcome, run_id=run_id, reason=reason or (MERGED if merged else None))
+
+    async def _resolved_episode(self, alert: Alert, match: RouteMatch) -> str | None:
+        """The episode a resolve ends when Alertmanager moved its startsAt earlier (none was seen
+        under the resolve's own id): the latest of the alert's that began before the alert ended."""
+        run_id = match.workflow_id
+
+        def read(store: AuditStore) -> Episode | None:
+            return None if store.episode(run_id).seen else store.later_episode(run_id)
+
+        later = await self._store("read an episode", read)
+        if later is None:
+            return None
+        began = episode_starts(later.episode_id)
+        if began is None or (alert.ends_at is not None and began > alert.ends_at):
+            return None  # a later firing of the same alert, after this one ended: another episode
+        return later.episode_id
 
     async def _settle_resolved(self, match: RouteMatch) -> tuple[str, str | None, str | None]:
         """What a resolve does to the episode's run: cancelled, ignored (on_resolved: continue, or
@@ -567,10 +613,12 @@ class AlertReceiver:
         event_id = self._event_id(alert, EventKind.alert_outcome,
                              self._outcome_key(alert, match.name, "resolved", "resolved_no_run"))
 
-        def read(store: AuditStore) -> Episode:  # one trip to the store's thread, not three
+        def read(store: AuditStore) -> Episode:  # one trip to the store's thread, not several
             episode = store.episode(run_id)
             if episode.runs == 0 and episode.resolved_at is None and store.has_event(event_id):
                 return store.resolve_episode(run_id)
+            if not episode.seen:  # a new episode, or the one under way with its startsAt moved earlier
+                return store.later_episode(run_id) or episode
             return episode
 
         return await self._store("read an episode", read)

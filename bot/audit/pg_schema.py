@@ -150,6 +150,14 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change();
         """,
     ),
+    (
+        5,
+        """
+        -- The later episodes of one alert (same sender, playbook and fingerprint: a range of ids in
+        -- byte order), read when Alertmanager moves a firing alert's startsAt earlier.
+        CREATE INDEX episodes_by_series ON episodes ((episode_id COLLATE "C"));
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

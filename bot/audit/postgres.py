@@ -25,6 +25,7 @@ works once it is back, without a restart.
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from urllib.parse import unquote
 import psycopg
 
 from bot.audit.chain import FIELDS, FIRST_DUPLICATE_ID, ChainWalk
-from bot.audit.episodes import Episode
+from bot.audit.episodes import Episode, series_range
 from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, canonical_json, check_storable, parse_ts
 from bot.audit.pg_schema import APPEND_LOCK, SCHEMA_VERSION, migrate_schema, schema_version
 from bot.audit.store import AuditUnavailable, VerifyResult, execution_prefixes
@@ -329,9 +330,22 @@ class PostgresAuditStore:
             row = conn.execute(f"{EPISODE} WHERE episode_id = %s", (episode_id,)).fetchone()
         return _episode(row) if row else Episode(episode_id=episode_id)
 
+    @_reconnecting
+    def later_episode(self, episode_id: str) -> Episode | None:
+        """The latest episode of `episode_id`'s series that started after it (Alertmanager moved
+        the alert's startsAt earlier), if any (bot/audit/episodes.py)."""
+        with self._connected("read") as conn:
+            return _later_episode(conn, episode_id)
+
     def claim_episode(self, episode_id: str, *, rerun: bool = False, stale_after: float = 120.0) -> Episode:
-        """One transaction holding the episode's row lock, so of two claims exactly one wins."""
+        """One transaction holding the episode's row lock, so of two claims exactly one wins; and
+        its series' lock, so no claim opens an episode below a later one of the same alert."""
         with self._transaction("claim an episode in") as conn:
+            if (bounds := series_range(episode_id)) is not None:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_series_lock(bounds[1]),))
+                row = conn.execute(f"{EPISODE} WHERE episode_id = %s", (episode_id,)).fetchone()
+                if (row is None or not _episode(row).seen) and (later := _later_episode(conn, episode_id)) is not None:
+                    return later  # never an episode below one under way: the delivery is the later one's
             conn.execute("INSERT INTO episodes (episode_id) VALUES (%s) ON CONFLICT DO NOTHING", (episode_id,))
             row = conn.execute(
                 "SELECT episode_id, runs, started, claimed_at, resolved_at,"
@@ -532,6 +546,22 @@ def _from_row(row: Sequence[Any]) -> StoredEvent:
     values = dict(zip(FIELDS, row, strict=True))
     values["details"] = json.loads(values["details"])
     return StoredEvent.model_validate(values)
+
+
+def _later_episode(conn: psycopg.Connection, episode_id: str) -> Episode | None:
+    bounds = series_range(episode_id)
+    if bounds is None:
+        return None
+    row = conn.execute(  # byte order, whatever the database's collation (the index is the same)
+        f'{EPISODE} WHERE episode_id COLLATE "C" > %s AND episode_id COLLATE "C" < %s AND length(episode_id) = %s'
+        ' ORDER BY episode_id COLLATE "C" DESC LIMIT 1', bounds,
+    ).fetchone()
+    return _episode(row) if row is not None else None
+
+
+def _series_lock(upper: str) -> int:
+    """The advisory lock key of an episode series (its range's upper bound names it): a signed bigint."""
+    return int.from_bytes(hashlib.sha256(b"episode series\0" + upper.encode()).digest()[:8], "big", signed=True)
 
 
 def _episode(row: Sequence[Any], claimed: bool = False) -> Episode:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
-from bot.audit.episodes import Episode, decide_claim
+from bot.audit.episodes import Episode, decide_claim, series_range
 from bot.audit.chain import FIELDS, FIRST_DUPLICATE_ID, ChainWalk, VerifyResult
 from bot.audit.events import (
     GENESIS_HASH,
@@ -219,11 +219,19 @@ class SqliteAuditStore:
         with self._connected("read") as conn:
             return _episode(conn, episode_id)
 
+    def later_episode(self, episode_id: str) -> Episode | None:
+        """The latest episode of `episode_id`'s series that started after it (Alertmanager moved
+        the alert's startsAt earlier), if any (bot/audit/episodes.py)."""
+        with self._connected("read") as conn:
+            return _later_episode(conn, episode_id)
+
     def claim_episode(self, episode_id: str, *, rerun: bool = False, stale_after: float = 120.0) -> Episode:
         """Claim the right to start the episode's run (`decide_claim`), in one serialized
         transaction, so of any number of front doors exactly one is told `claimed`."""
         with self._transaction("claim an episode in") as conn:
             current = _episode(conn, episode_id)
+            if not current.seen and (later := _later_episode(conn, episode_id)) is not None:
+                return later  # never an episode below one under way: the delivery is the later one's
             after = decide_claim(current, datetime.now(UTC), rerun=rerun, stale_after=stale_after)
             if after.claimed:
                 _put_episode(conn, after)
@@ -443,6 +451,17 @@ def _episode(conn: sqlite3.Connection, episode_id: str) -> Episode:
         episode_id=episode_id, runs=runs, started=bool(started),
         claimed_at=_parse_ts(claimed_at), resolved_at=_parse_ts(resolved_at),
     )  # fmt: skip
+
+
+def _later_episode(conn: sqlite3.Connection, episode_id: str) -> Episode | None:
+    bounds = series_range(episode_id)
+    if bounds is None:
+        return None
+    row = conn.execute(
+        "SELECT episode_id FROM episodes WHERE episode_id > ? AND episode_id < ? AND length(episode_id) = ?"
+        " ORDER BY episode_id DESC LIMIT 1", bounds,
+    ).fetchone()
+    return _episode(conn, row[0]) if row is not None else None
 
 
 def _put_episode(conn: sqlite3.Connection, episode: Episode) -> None:

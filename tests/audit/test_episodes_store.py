@@ -99,3 +99,48 @@ def test_two_concurrent_claims_give_exactly_one_claim(episodes: Any, request: py
 
     assert [a + b for a, b in zip(results[0], results[1], strict=True)] == [1] * len(ids)
     assert all(episodes.episode(episode_id).runs == 1 for episode_id in ids)
+
+
+# Alertmanager keeps the earliest startsAt when it merges copies of one alert, so a later delivery
+# of a firing episode can name an earlier startsAt: an id below the episode under way.
+T0, T1, T2 = "20261206T100000.000000Z", "20261206T100040.000000Z", "20261206T110000.000000Z"
+
+
+def ep(stamp: str, playbook: str = "disk-remediation", fingerprint: str = "3c43aa") -> str:
+    return f"alert-{playbook}-{fingerprint}-{stamp}"
+
+
+def test_later_episode_is_the_latest_of_the_same_alert_that_began_after(episodes: Any) -> None:
+    assert episodes.later_episode(ep(T0)) is None
+    episodes.claim_episode(ep(T1))
+    episodes.episode_started(ep(T1), 1)
+    # neighbours in byte order that are not this alert's series: another fingerprint, a playbook
+    # whose name continues this one's, another sender's
+    for other in (ep(T2, fingerprint="3c43ab"), ep(T2, playbook="disk-remediation-3c43aa"),
+                  ep(T2, playbook="disk"), f"grafana-disk-remediation-3c43aa-{T2}", "alert-disk-remediation-3c43aa"):
+        episodes.claim_episode(other)
+
+    later = episodes.later_episode(ep(T0))
+
+    assert later is not None and (later.episode_id, later.started) == (ep(T1), True)
+    assert episodes.later_episode(ep(T1)) is None  # nothing of its own began after it
+    assert episodes.later_episode("fp-1") is None  # not shaped as an episode id
+
+
+def test_a_claim_below_an_episode_under_way_claims_nothing_and_names_that_episode(episodes: Any) -> None:
+    episodes.claim_episode(ep(T1))
+
+    earlier = episodes.claim_episode(ep(T0))
+
+    assert (earlier.episode_id, earlier.claimed) == (ep(T1), False)
+    assert episodes.episode(ep(T0)) == Episode(episode_id=ep(T0))  # no row opened under the earlier id
+    assert episodes.claim_episode(ep(T2)).claimed  # a startsAt after it is the alert's next episode
+
+
+def test_an_episode_seen_under_its_own_id_keeps_it(episodes: Any) -> None:
+    episodes.claim_episode(ep(T0))
+    episodes.episode_started(ep(T0), 1)
+    episodes.claim_episode(ep(T1))  # the alert's next episode
+
+    assert episodes.claim_episode(ep(T0), rerun=True).episode_id == ep(T0)  # its own row decides
+    assert episodes.later_episode(ep(T0)) is not None  # (the receiver asks only for an unseen id)

@@ -171,6 +171,32 @@ def test_a_chain_lock_held_past_the_timeout_is_unavailable_until_released(pg_url
         assert store.verify().ok
 
 
+def test_a_claim_waits_for_a_claim_of_the_same_alert_under_a_later_start_and_names_it(pg_url: str) -> None:
+    """Two front doors at once: one claims the first notification's episode (startsAt T1), the
+    other the merged copy's (Alertmanager moved startsAt earlier, T0). The second waits on the
+    alert's series lock and answers as T1's episode instead of opening a second one."""
+    from bot.audit.episodes import series_range
+    from bot.audit.postgres import _series_lock
+
+    early = "alert-disk-remediation-3c43aa-20261206T100000.000000Z"
+    late = "alert-disk-remediation-3c43aa-20261206T100040.000000Z"
+    with PostgresAuditStore(pg_url) as store:
+        store.episode(early)  # (schema in place)
+        with psycopg.connect(pg_url) as first:  # the other front door, mid-claim of the later start
+            first.execute("SELECT pg_advisory_xact_lock(%s)", (_series_lock(series_range(late)[1]),))
+            first.execute("INSERT INTO episodes (episode_id, runs, claimed_at) VALUES (%s, 1, now())", (late,))
+            answers: list[object] = []
+            claimer = threading.Thread(target=lambda: answers.append(store.claim_episode(early)))
+            claimer.start()
+            claimer.join(timeout=0.5)
+            assert claimer.is_alive(), f"the claim did not wait for the alert's other claim: {answers}"
+            first.commit()
+        claimer.join(timeout=30)
+        [answer] = answers
+        assert (answer.episode_id, answer.claimed) == (late, False)
+        assert store.episode(early).runs == 0
+
+
 def test_a_closed_store_is_unavailable(pg_url: str) -> None:
     store = PostgresAuditStore(pg_url)
     store.close()
@@ -216,10 +242,7 @@ def test_an_owner_migrates_and_a_role_with_the_documented_grants_runs_the_bot_bu
 
     with psycopg.connect(pg_url, autocommit=True) as conn:  # an upgrade shipped a migration the owner has not run
         conn.execute("DELETE FROM schema_migrations WHERE version = %s", (SCHEMA_VERSION,))
-        conn.execute("DROP TRIGGER episodes_keep_resolved ON episodes")  # what that migration (4) made
-        conn.execute("DROP TRIGGER episodes_no_delete ON episodes")
-        conn.execute("DROP TRIGGER episodes_no_truncate ON episodes")
-        conn.execute("DROP FUNCTION episodes_keep_resolved")
+        conn.execute("DROP INDEX episodes_by_series")  # what that migration (5) made
     with PostgresAuditStore(runtime_url) as bot:
         reason = bot.check_writable() or ""
         assert f"the audit schema is at version {SCHEMA_VERSION - 1}, this bot needs {SCHEMA_VERSION}" in reason

@@ -169,6 +169,48 @@ async def test_episode_runs_once_through_repeats_and_peers_then_resolve_cancels(
     assert (latest.run_id, latest.status) == (execution, WorkflowExecutionStatus.COMPLETED)
 
 
+async def test_a_startsat_moved_earlier_by_alertmanager_is_the_same_episode_and_its_resolve_ends_it(stack):
+    """Alertmanager keeps the earliest startsAt when copies of one alert merge (an HA Prometheus
+    pair whose rule went active at different times, or anyone who can post to its API). Its next
+    notification then names an earlier startsAt than the run's: that must not be a second run
+    (two restarts of one service), and the resolve, which carries the merged startsAt, must end
+    the run that is going, not miss it. Both held before this was fixed: two runs, and the first
+    left running after the alert resolved."""
+    client, am, store, temporal = stack["client"], stack["am"], stack["audit"], stack["temporal"]
+    starts = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=5)
+    instance = f"db-{uuid.uuid4().hex[:6]}"
+    assert (await client.post(f"{am}/api/v2/alerts", json=[alert(instance, starts)])).status_code == 200
+
+    async def fingerprint() -> str | None:
+        alerts = (await client.get(f"{am}/api/v2/alerts", params={"filter": f'instance="{instance}"'})).json()
+        return alerts[0]["fingerprint"] if alerts else None
+
+    fp = await eventually(fingerprint, what="alert in Alertmanager")
+    run_id = episode_id("disk-remediation", fp, starts)
+    await eventually(lambda: _async(outcomes(store, fp)[:1] == ["started"]), what="run started")
+
+    earlier = starts - timedelta(seconds=40)  # the HA peer's copy: its rule went active 40 s before
+    assert (await client.post(f"{am}/api/v2/alerts", json=[alert(instance, earlier)])).status_code == 200
+
+    def merged_deliveries() -> list[dict[str, Any]]:
+        return [e.details for e in store.events() if e.kind.value == "alert_outcome"
+                and e.details.get("fingerprint") == fp and "moved this alert's startsAt earlier" in e.details.get("reason", "")]
+
+    [merged] = await eventually(lambda: _async(merged_deliveries()[:1]), timeout=15,
+                                what="a notification with the merged (earlier) startsAt")
+    assert (merged["outcome"], merged["run_id"]) == ("attached", run_id)
+    prefix = f"alert-disk-remediation-{fp}-"
+    runs = [w.id async for w in temporal.list_workflows(f'WorkflowId STARTS_WITH "{prefix}"')]
+    assert runs == [run_id], f"one alert, one episode: {runs}"
+
+    ended = datetime.now(timezone.utc)
+    assert (await client.post(f"{am}/api/v2/alerts", json=[alert(instance, earlier, ends=ended)])).status_code == 200
+    final = await asyncio.wait_for(temporal.get_workflow_handle(run_id, result_type=RunStatus).result(), timeout=20)
+    assert final.state == "compensated"  # the resolve (startsAt: the merged one) cancelled the run that was going
+    await eventually(lambda: _async("resolved_cancelled" in outcomes(store, fp)), what="the resolve's outcome")
+    assert "started" not in outcomes(store, fp)[1:]
+
+
 async def _async(value: Any) -> Any:
     return value
 
