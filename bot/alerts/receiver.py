@@ -65,7 +65,6 @@ from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, ProofError
 from bot.playbook.loader import Catalog, LoadedPlaybook
 from bot.policy.engine import PolicyEngine
-from bot.policy.models import Verdict
 from bot.server import direct_route, read_limited
 
 log = structlog.get_logger(__name__)
@@ -73,10 +72,10 @@ log = structlog.get_logger(__name__)
 ALERTMANAGER_USER = "alertmanager"
 SUMMARY_GRACE = 1.0  # seconds past a minute's end before its count of unrecorded refusals is told
 CLOSE_WAIT = 5.0  # seconds a stopping door waits, at most, for its last count to be written
-# The webhook's bearer token is checked before any alert is read: its alerts are vouched for.
 # An outcome's reason when its delivery's startsAt was earlier than the episode under way.
 MERGED = ("Alertmanager moved this alert's startsAt earlier than its episode's (it keeps the earliest when it "
           "merges copies of one alert, e.g. from an HA Prometheus pair): answered as that episode")
+# The webhook's bearer token is checked before any alert is read: its alerts are vouched for.
 ALERTMANAGER = Actor(ALERTMANAGER_USER, "Alertmanager", (), "alertmanager")
 
 
@@ -346,18 +345,6 @@ class AlertReceiver:
             self._episode(alert, match),
             self.deps.policy.start(start_policy_input(match.playbook, match.params, trigger, self.actor)),
         )
-        if episode is not None and episode.episode_id != run_id:  # the episode under way, startsAt moved earlier
-            log.info("alert startsAt earlier than its episode's: answered as that episode", delivered=run_id,
-                     episode=episode.episode_id)
-            result = await self._firing_episode(alert, replace(match, workflow_id=episode.episode_id), trigger,
-                                                episode, verdict)
-            result.setdefault("reason", MERGED)
-            return result
-        return await self._firing_episode(alert, match, trigger, episode, verdict)
-
-    async def _firing_episode(self, alert: Alert, match: RouteMatch, trigger: TriggerContext,
-                              episode: Episode | None, verdict: Verdict) -> dict[str, Any]:
-        playbook, run_id = match.name, match.workflow_id
         if episode is not None and episode.resolved_at is not None:
             # A firing delivery that arrives after its resolved one (a retry, a slow peer, another
             # front door): the alert is over, and a resolved alert never remediates.
@@ -402,7 +389,9 @@ class AlertReceiver:
             if rerun or not claim.started:
                 claim = await self._write("claim an episode", lambda s: s.claim_episode(
                     run_id, rerun=rerun, stale_after=self.CLAIM_STALE_AFTER))
-            if claim.episode_id != run_id:  # a later episode of this alert began meanwhile: it is that one's
+            if claim.episode_id != run_id:  # an open episode of this alert began later: the delivery is that one's
+                log.info("alert startsAt earlier than its episode's: answered as that episode", delivered=run_id,
+                         episode=claim.episode_id)
                 match = replace(match, workflow_id=claim.episode_id)
                 run_id = match.workflow_id
             if claim.claimed:
@@ -495,7 +484,7 @@ class AlertReceiver:
 
     async def _resolved(self, alert: Alert, match: RouteMatch) -> dict[str, Any]:
         """A resolved alert never remediates: it cancels (or is noted by) the episode's run."""
-        playbook, merged = match.name, False
+        playbook, merged, delivered = match.name, False, match.workflow_id
         if self.deps.audit is not None:
             later = await self._resolved_episode(alert, match)
             if later is not None:
@@ -504,7 +493,9 @@ class AlertReceiver:
             # claimed before sees it once its run is started and cancels it if we could not.
             # runs == 0 still asks Temporal below: a run this store never claimed (started before
             # the store kept episodes, or by a front door with a store of its own) is still ended.
-            await self._write("resolve an episode", lambda s: s.resolve_episode(match.workflow_id))
+            # (Under a merged startsAt both: a late retry of its firing then reads its own id resolved.)
+            await self._write("resolve an episode",
+                              lambda s: [s.resolve_episode(i) for i in {delivered, match.workflow_id}])
         self._known.pop(match.workflow_id, None)  # a later firing delivery reads the resolve
         settled, run_id, reason = await self._settle_resolved(match)
         outcome = {"cancelled": "resolved_cancelled", "ignored": "resolved_ignored", "no_run": "resolved_no_run"}[settled]
@@ -613,12 +604,10 @@ class AlertReceiver:
         event_id = self._event_id(alert, EventKind.alert_outcome,
                              self._outcome_key(alert, match.name, "resolved", "resolved_no_run"))
 
-        def read(store: AuditStore) -> Episode:  # one trip to the store's thread, not several
+        def read(store: AuditStore) -> Episode:  # one trip to the store's thread, not three
             episode = store.episode(run_id)
             if episode.runs == 0 and episode.resolved_at is None and store.has_event(event_id):
                 return store.resolve_episode(run_id)
-            if not episode.seen:  # a new episode, or the one under way with its startsAt moved earlier
-                return store.later_episode(run_id) or episode
             return episode
 
         return await self._store("read an episode", read)

@@ -48,6 +48,10 @@ COLUMNS = ", ".join(FIELDS)
 SELECT = f"SELECT {COLUMNS} FROM audit_events"
 INSERT = f"INSERT INTO audit_events ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 EPISODE = "SELECT episode_id, runs, started, claimed_at, resolved_at FROM episodes"
+# The latest later episode id of a series (bot/audit/episodes.py `series_range`: lower, upper,
+# length), in byte order whatever the database's collation (migration 5's index is in that order).
+LATER = ('SELECT l.episode_id FROM episodes l WHERE l.episode_id COLLATE "C" > %s AND l.episode_id COLLATE "C" < %s'
+         ' AND length(l.episode_id) = %s ORDER BY l.episode_id COLLATE "C" DESC')
 
 
 
@@ -339,22 +343,26 @@ class PostgresAuditStore:
 
     def claim_episode(self, episode_id: str, *, rerun: bool = False, stale_after: float = 120.0) -> Episode:
         """One transaction holding the episode's row lock, so of two claims exactly one wins; and
-        its series' lock, so no claim opens an episode below a later one of the same alert."""
+        its series' lock (taken first, in a statement of its own so that what follows sees a claim
+        committed meanwhile), so no claim opens an episode below an open later one of the alert."""
+        bounds = series_range(episode_id)
         with self._transaction("claim an episode in") as conn:
-            if (bounds := series_range(episode_id)) is not None:
+            if bounds is not None:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_series_lock(bounds[1]),))
-                row = conn.execute(f"{EPISODE} WHERE episode_id = %s", (episode_id,)).fetchone()
-                if (row is None or not _episode(row).seen) and (later := _later_episode(conn, episode_id)) is not None:
-                    return later  # never an episode below one under way: the delivery is the later one's
             conn.execute("INSERT INTO episodes (episode_id) VALUES (%s) ON CONFLICT DO NOTHING", (episode_id,))
             row = conn.execute(
                 "SELECT episode_id, runs, started, claimed_at, resolved_at,"
-                " claimed_at IS NULL OR claimed_at < now() - make_interval(secs => %s)"
+                " claimed_at IS NULL OR claimed_at < now() - make_interval(secs => %s),"
+                f" ({LATER} LIMIT 1)"
                 " FROM episodes WHERE episode_id = %s FOR UPDATE",
-                (stale_after, episode_id),
+                (stale_after, *(bounds or (None, None, None)), episode_id),
             ).fetchone()
             assert row is not None  # inserted above or already there; rows are never deleted
-            _, runs, started, _, resolved_at, stale = row
+            _, runs, started, _, resolved_at, stale, later_id = row
+            if later_id is not None and not _episode(row[:5]).seen:
+                later = conn.execute(f"{EPISODE} WHERE episode_id = %s", (later_id,)).fetchone()
+                if later is not None and later[4] is None:  # open (bot/audit/store.py `_open_later`)
+                    return _episode(later)  # never an episode below one under way: the delivery is that one's
             if resolved_at is not None:
                 update = None
             elif runs == 0:
@@ -552,10 +560,8 @@ def _later_episode(conn: psycopg.Connection, episode_id: str) -> Episode | None:
     bounds = series_range(episode_id)
     if bounds is None:
         return None
-    row = conn.execute(  # byte order, whatever the database's collation (the index is the same)
-        f'{EPISODE} WHERE episode_id COLLATE "C" > %s AND episode_id COLLATE "C" < %s AND length(episode_id) = %s'
-        ' ORDER BY episode_id COLLATE "C" DESC LIMIT 1', bounds,
-    ).fetchone()
+    later = conn.execute(f"{LATER} LIMIT 1", bounds).fetchone()
+    row = conn.execute(f"{EPISODE} WHERE episode_id = %s", later).fetchone() if later is not None else None
     return _episode(row) if row is not None else None
 
 

@@ -230,8 +230,8 @@ class SqliteAuditStore:
         transaction, so of any number of front doors exactly one is told `claimed`."""
         with self._transaction("claim an episode in") as conn:
             current = _episode(conn, episode_id)
-            if not current.seen and (later := _later_episode(conn, episode_id)) is not None:
-                return later  # never an episode below one under way: the delivery is the later one's
+            if not current.seen and (later := _open_later(conn, episode_id)) is not None:
+                return later  # never an episode below one under way: the delivery is that one's
             after = decide_claim(current, datetime.now(UTC), rerun=rerun, stale_after=stale_after)
             if after.claimed:
                 _put_episode(conn, after)
@@ -462,6 +462,13 @@ def _later_episode(conn: sqlite3.Connection, episode_id: str) -> Episode | None:
         " ORDER BY episode_id DESC LIMIT 1", bounds,
     ).fetchone()
     return _episode(conn, row[0]) if row is not None else None
+
+
+def _open_later(conn: sqlite3.Connection, episode_id: str) -> Episode | None:
+    """The later episode a claim defers to: only one not resolved (a resolved one is over, and a
+    firing that began before it is no copy of it: a planted resolve must not swallow an alert)."""
+    later = _later_episode(conn, episode_id)
+    return later if later is not None and later.resolved_at is None else None
 
 
 def _put_episode(conn: sqlite3.Connection, episode: Episode) -> None:

@@ -306,3 +306,47 @@ async def test_a_resolve_recorded_before_episodes_were_stored_still_stops_a_firi
     assert (late["outcome"], late["reason"]) == ("already_handled", "the alert was already resolved")
     assert stack.audit.episode(run_id).resolved_at is not None, "carried over into the episode table"
     assert await is_running(stack.temporal, run_id) is None
+
+
+# Alertmanager keeps the earliest startsAt when copies of one alert merge: its next notification
+# can name an earlier startsAt than the run's (tests/e2e/test_alertmanager_webhook.py runs this
+# against the real Alertmanager; here the deliveries are spread over two front doors).
+EARLIER = "2026-11-22T00:59:20Z"
+
+
+async def test_a_merged_earlier_startsat_on_another_front_door_attaches_and_its_resolve_ends_the_run(stack: BotStack):
+    other = await stack.replica()
+    fp = uuid.uuid4().hex[:16]
+    first, merged = firing(fp, "Heal", instance="m-1"), firing(fp, "Heal", starts=EARLIER, instance="m-1")
+    run_id = episode_id("heal", fp, STARTS)
+    assert (await outcome(stack, first))["outcome"] == "started"
+
+    again = await outcome(stack, merged, url=other.url)
+
+    assert (again["outcome"], again["run_id"]) == ("attached", run_id)
+    assert "moved this alert's startsAt earlier" in again["reason"]
+    earlier_id = episode_id("heal", fp, datetime(2026, 11, 22, 0, 59, 20, tzinfo=UTC))
+    assert await is_running(stack.temporal, earlier_id) is None, "a second run of one alert"
+
+    gone = await outcome(stack, resolved(merged))  # the resolve carries the merged startsAt
+    assert (gone["outcome"], gone["run_id"]) == ("resolved_cancelled", run_id)
+    assert await final_state(stack, run_id) == "compensated"
+    late = await outcome(stack, merged, url=other.url)  # a late retry of the merged firing
+    assert late["outcome"] == "already_handled"
+    assert await is_running(stack.temporal, earlier_id) is None
+
+
+async def test_a_resolved_later_episode_does_not_swallow_an_alert_that_began_before_it(stack: BotStack):
+    """The attack: through Alertmanager's API (or the webhook token) someone fires and resolves a
+    copy of an alert that is still pending on Prometheus (its `for:` not yet over). The real
+    notification, whose startsAt is earlier, must still remediate: only an open episode takes it."""
+    fp = uuid.uuid4().hex[:16]
+    planted = firing(fp, "Heal", instance="p-1")
+    assert (await outcome(stack, planted))["outcome"] == "started"
+    assert (await outcome(stack, resolved(planted)))["outcome"] == "resolved_cancelled"
+
+    real = await outcome(stack, firing(fp, "Heal", starts=EARLIER, instance="p-1"))
+
+    earlier_id = episode_id("heal", fp, datetime(2026, 11, 22, 0, 59, 20, tzinfo=UTC))
+    assert (real["outcome"], real["run_id"]) == ("started", earlier_id)
+    assert await is_running(stack.temporal, earlier_id) is True

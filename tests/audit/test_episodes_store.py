@@ -144,3 +144,14 @@ def test_an_episode_seen_under_its_own_id_keeps_it(episodes: Any) -> None:
 
     assert episodes.claim_episode(ep(T0), rerun=True).episode_id == ep(T0)  # its own row decides
     assert episodes.later_episode(ep(T0)) is not None  # (the receiver asks only for an unseen id)
+
+
+def test_a_claim_below_a_resolved_episode_claims_its_own(episodes: Any) -> None:
+    """A resolved later episode is over: an alert that began before it is no copy of it (a resolve
+    planted through Alertmanager's API must not swallow a real alert still pending then)."""
+    episodes.claim_episode(ep(T1))
+    episodes.resolve_episode(ep(T1))
+
+    own = episodes.claim_episode(ep(T0))
+
+    assert (own.episode_id, own.claimed) == (ep(T0), True)
