@@ -64,6 +64,11 @@ MAX_BODY = 64 * 1024  # a start, a vote or a cancel is a few hundred bytes
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 SCAN = 500  # executions a listing examines at most, newest first
 READ_BATCH = 8  # statuses read at once while listing
+# Listings served at once by one front door: each reads up to SCAN runs from Temporal (a describe
+# and a status read each, a query to the worker for a running one), so any token holder could
+# otherwise multiply that load at will. One more is answered 503 at once, with Retry-After.
+LISTINGS = 4
+LISTING_RETRY_AFTER = 2  # seconds
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")  # printable ASCII, no spaces
 MAX_TEXT = 2000
 AUDIT_TEXT = 1000  # a refusal's reason as audited (it may quote the caller's input)
@@ -146,6 +151,7 @@ def run_summary(status: RunStatus) -> dict[str, Any]:
 class RunsApi:
     def __init__(self, deps: ApiDeps) -> None:
         self.deps = deps
+        self._listing = 0  # listings being served (LISTINGS at most)
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix=PREFIX)
@@ -183,6 +189,8 @@ class RunsApi:
                 error = ApiError(422, "invalid request: " + "; ".join(problems), "body", problems=problems)
             if error.status < 500:
                 await self._refused(actor, operation, request.path_params.get("run_id"), error)
+            elif error.rule == "busy":  # not a failure: a bound on what one front door serves at once
+                log.warning("api request turned away: busy", operation=operation, principal=actor.principal)
             else:
                 log.error("api request failed on our side", operation=operation, reason=error.message)
             return error.response()
@@ -252,6 +260,16 @@ class RunsApi:
         """The newest runs on this front door's task queue the actor may read, filtered by state and
         playbook; at most `limit` (≤ 100) of the newest SCAN executions."""
         state, playbook, limit = self._list_query(request)
+        if self._listing >= LISTINGS:
+            raise ApiError(503, f"busy: this front door is serving {LISTINGS} listings of runs at once; retry in "
+                                f"{LISTING_RETRY_AFTER} s", "busy", headers={"Retry-After": str(LISTING_RETRY_AFTER)})
+        self._listing += 1
+        try:
+            return await self._list(actor, state, playbook, limit)
+        finally:
+            self._listing -= 1
+
+    async def _list(self, actor: Actor, state: str | None, playbook: str | None, limit: int) -> JSONResponse:
         query = f'WorkflowType = "PlaybookRun" AND TaskQueue = "{self.deps.task_queue}"'
         if state is not None and state not in FINAL_RUN_STATES:
             query += ' AND ExecutionStatus = "Running"'

@@ -3,6 +3,7 @@ the principal of a bearer token, and every refusal a 4xx naming its rule, audite
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,40 @@ async def test_listing_shows_runs_of_playbooks_the_principal_may_start(stack: Ap
     # mallory may start nothing, so she sees nothing (and that is not a refusal): not even how many
     # runs the queue holds (red-team finding: the answer said how many executions it had scanned).
     assert (await stack.call("GET", "/runs", "mallory")).json() == {"runs": []}
+
+
+async def test_listings_at_once_are_bounded_and_one_more_is_a_503_to_retry(
+    stack: ApiStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each listing reads up to SCAN runs from Temporal (and queries the worker for running ones):
+    a token holder firing listings in parallel multiplied that without bound (red-team finding).
+    One front door serves LISTINGS at once; one more is turned away at once, not queued, and is
+    not a refusal of the caller (nothing audited)."""
+    from bot.api import routes
+
+    await stack.finished(await stack.start("alice", "quick", {"service": "web"}))
+    held, reading = asyncio.Event(), asyncio.Semaphore(0)
+    real = routes.get_status
+
+    async def slow_status(client: Any, run_id: str) -> Any:
+        reading.release()
+        await held.wait()
+        return await real(client, run_id)
+
+    monkeypatch.setattr(routes, "get_status", slow_status)
+    refusals = len(stack.audit.events())
+    listings = [asyncio.create_task(stack.call("GET", "/runs", "carol")) for _ in range(routes.LISTINGS)]
+    for _ in listings:
+        await asyncio.wait_for(reading.acquire(), timeout=30)  # each is reading its runs
+
+    turned_away = await stack.call("GET", "/runs", "mallory")
+
+    assert turned_away.status_code == 503 and turned_away.json()["rule"] == "busy", turned_away.text
+    assert turned_away.headers["Retry-After"] == str(routes.LISTING_RETRY_AFTER)
+    held.set()
+    assert [r.status_code for r in await asyncio.gather(*listings)] == [200] * routes.LISTINGS
+    assert (await stack.call("GET", "/runs", "carol")).status_code == 200  # the slots are given back
+    assert len(stack.audit.events()) == refusals
 
 
 async def test_bad_listing_queries_are_422_naming_every_problem(stack: ApiStack) -> None:
