@@ -51,7 +51,8 @@ from bot.alerts.episodes import RouteMatch, route
 from bot.alerts.grafana_signing import GrafanaSigning
 from bot.alerts.incidents import pagerduty_signed, parse_opsgenie, parse_pagerduty, route_incident
 from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload
-from bot.audit.recorder import RefusalBudget, record_refusal, refusal
+from bot.audit.recorder import refusal
+from bot.audit.refusals import RefusalLog
 from bot.audit.episodes import Episode, episode_starts
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.batching import GroupCommitter
@@ -70,8 +71,6 @@ from bot.server import direct_route, read_limited
 log = structlog.get_logger(__name__)
 
 ALERTMANAGER_USER = "alertmanager"
-SUMMARY_GRACE = 1.0  # seconds past a minute's end before its count of unrecorded refusals is told
-CLOSE_WAIT = 5.0  # seconds a stopping door waits, at most, for its last count to be written
 # An outcome's reason when its delivery's startsAt was earlier than the episode under way.
 MERGED = ("Alertmanager moved this alert's startsAt earlier than its episode's (it keeps the earliest when it "
           "merges copies of one alert, e.g. from an HA Prometheus pair): answered as that episode")
@@ -166,14 +165,10 @@ class AlertReceiver:
         group commits this one shares (one GroupCommitter per store and loop)."""
         self.deps = deps
         self.sender = deps.sender
-        self._refusals = RefusalBudget()  # refusals of anonymous callers recorded one by one per minute
-        self._operation = f"webhook:{self.sender.name}"  # what its refusals (and their counts) refused
-        self._summary: asyncio.Task[None] | None = None  # tells a minute's count once it is over
-        self._closing = asyncio.Event()  # set by close(): no timer starts, a sleeping one wakes
-        self._told = 0  # counts told by this door (each its own event)
+        # refusals of anonymous callers, recorded one by one up to a budget a minute
+        self._refusals = RefusalLog(deps.audit, self.sender.name, f"webhook:{self.sender.name}")
         self._recorded: OrderedDict[str, None] = OrderedDict()  # attempts this process has on record
         self._own_key = os.urandom(32)  # keys refused attempts when the keyring holds no key (_attempt)
-        self._replica = os.urandom(4).hex()  # each replica's count of a minute is its own summary event
         self.actor = deps.sender.actor
         # Episodes this process has seen started: a repeat delivery (the usual case in a storm)
         # goes straight to "is it still running?": no store, no policy question, no start.
@@ -237,54 +232,15 @@ class AlertReceiver:
         log.warning("webhook refused", sender=self.sender.name, reason=reason, attempt=attempt[:32])
         if attempt in self._recorded:
             return JSONResponse({"error": reason}, status_code=status)
-        recorded, unrecorded, window = self._refusals.take()  # a flood of forgeries cannot grow the trail unbounded
-        if unrecorded and window is not None:
-            await self._summarize(unrecorded, window)
-        if not recorded and not self._closing.is_set() and (self._summary is None or self._summary.done()):
-            self._summary = asyncio.create_task(self._summarize_when_over())
-        if recorded:
-            await record_refusal(self.deps.audit, refusal(self.sender.name, self._operation, record_as or reason,
-                                                          key=attempt[:32]))
+        # (within the door's budget: a flood of forgeries cannot grow the trail unbounded)
+        if await self._refusals.record(refusal(self.sender.name, self._refusals.operation, record_as or reason,
+                                               key=attempt[:32])):
             _keep(self._recorded, attempt, self.RECORDED_ATTEMPTS)
         return JSONResponse({"error": reason}, status_code=status)
 
-    async def _summarize(self, unrecorded: int, window: int) -> None:
-        """The count of a minute's refusals past the budget, as one event of its own (each
-        replica's, and each telling of a minute: a count told at close and one told later for the
-        same minute are both kept). A count the store does not take is logged with its number."""
-        self._told += 1
-        await record_refusal(self.deps.audit, refusal(self.sender.name, self._operation, (
-            f"{unrecorded} more refusals in the minute from "
-            f"{datetime.fromtimestamp(window * 60, timezone.utc):%Y-%m-%dT%H:%MZ} were not recorded one by one "
-            f"(at most {self._refusals.per_minute} a minute are)"), key=f"window-{window}-{self._replica}-{self._told}"))
-
-    async def _summarize_when_over(self) -> None:
-        """Tell each minute's count once it is over, even if no refusal comes after the flood; the
-        door's close wakes it (and then tells what is left itself)."""
-        while not self._closing.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), self._refusals.seconds_left() + SUMMARY_GRACE)
-            if self._closing.is_set():
-                return
-            if (told := self._refusals.settle()) is not None:
-                await self._summarize(*told)  # (a minute that went over meanwhile is the next turn's)
-            elif self._refusals.seconds_left() <= 0:  # nothing untold, and its minute is over
-                return
-
     async def close(self) -> None:
-        """The door stops: the count of the minute under way is told now, not lost with the
-        process. A count being written is waited for, never cut off; the whole is bounded, and a
-        count not written is logged with its number."""
-        self._closing.set()
-        try:
-            async with asyncio.timeout(CLOSE_WAIT):
-                if self._summary is not None:
-                    await self._summary
-                if (told := self._refusals.settle(final=True)) is not None:
-                    await self._summarize(*told)
-        except TimeoutError:  # (a count cut off while written was logged with its number)
-            if (told := self._refusals.settle(final=True)) is not None:
-                log.error("refusal count not recorded before the door stopped", sender=self.sender.name, count=told[0])
+        """The door stops: the count of the minute under way is told now (RefusalLog.close)."""
+        await self._refusals.close()
 
     def _attempt(self, body: bytes, credential: str) -> str:
         """The attempt's key: an HMAC under this deployment's envelope key (the same on every

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.alerts import receiver as receiver_module
+from bot.audit import refusals as refusals_module
 from bot.alerts.receiver import AlertDeps, AlertReceiver
 from bot.audit.events import EventKind
 from bot.audit.recorder import RefusalBudget
@@ -24,7 +24,7 @@ def replica(store: SqliteAuditStore, minute: list[float]) -> AlertReceiver:
     one by one, on the test's clock."""
     receiver = AlertReceiver(AlertDeps(client=None, task_queue="q", catalog=dict, policy=None,  # type: ignore[arg-type]
                                        audit=store, token="the-token"))
-    receiver._refusals = RefusalBudget(per_minute=1, clock=lambda: minute[0])
+    receiver._refusals.budget = RefusalBudget(per_minute=1, clock=lambda: minute[0])
     return receiver
 
 
@@ -65,7 +65,7 @@ async def test_a_flood_that_stops_is_counted_without_another_refusal(tmp_path: P
     first refusal came. A flood that then stopped was on record as its first refusals alone,
     however many followed, for as long as nobody else was refused (and lost when the process
     stopped). The door now tells the count once the minute is over."""
-    monkeypatch.setattr(receiver_module, "SUMMARY_GRACE", 0.05)
+    monkeypatch.setattr(refusals_module, "SUMMARY_GRACE", 0.05)
     store = SqliteAuditStore(tmp_path / "audit.db")
     minute = [659.8]  # 0.2 s before minute 10 ends
     door = replica(store, minute)
@@ -98,7 +98,7 @@ async def test_the_front_door_closes_its_webhook_doors_when_it_stops(tmp_path: P
     from bot.services import front_door
     from bot.settings import Settings
 
-    monkeypatch.setattr(receiver_module, "RefusalBudget", lambda: RefusalBudget(per_minute=60, clock=lambda: 600.0))
+    monkeypatch.setattr(refusals_module, "RefusalBudget", lambda: RefusalBudget(per_minute=60, clock=lambda: 600.0))
     settings = Settings(data_dir=tmp_path, alertmanager_token="the-token")  # type: ignore[arg-type]
     store = SqliteAuditStore(tmp_path / "audit.db")
     async with AsyncExitStack() as stack:
@@ -128,7 +128,7 @@ async def test_refusals_after_a_door_closed_are_still_counted(tmp_path: Path) ->
     await flood(door, 3, "early")
     await door.close()
     await flood(door, 5, "late")
-    assert door._summary is None or door._summary.done(), "no timer starts after the door closed"
+    assert not door._refusals.summarizing, "no timer starts after the door closed"
     minute[0] = 661.0
     await door._refuse(b"", "Bearer next-minute", "missing or wrong bearer token")
     assert told(store) == 7, summaries(store)
@@ -138,7 +138,7 @@ async def test_refusals_after_a_door_closed_are_still_counted(tmp_path: Path) ->
 async def test_a_count_being_written_when_the_door_stops_is_not_cut_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Review: close() cancelled the timer in the middle of its write, after the count had been
     taken from the budget: the count was lost. The write is now waited for."""
-    monkeypatch.setattr(receiver_module, "SUMMARY_GRACE", 0.05)
+    monkeypatch.setattr(refusals_module, "SUMMARY_GRACE", 0.05)
     store = SqliteAuditStore(tmp_path / "audit.db")
     minute = [659.9]
     door = replica(store, minute)
