@@ -191,7 +191,7 @@ def front_door(
         )
     )
     if closing is not None:  # together: each may wait (bounded) for a store that is slow
-        doors = (alerts, grafana, pagerduty, opsgenie)
+        doors = (alerts, grafana, pagerduty, opsgenie, api)
         closing.push_async_callback(lambda: asyncio.gather(*(door.close() for door in doors)))
     routers = [alerts.router(), grafana.router(), pagerduty.router(), opsgenie.router(), api.router()]
     if slack is not None:

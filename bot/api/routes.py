@@ -4,7 +4,8 @@ A request is authenticated before its body is read. The principal is verified by
 has no groups of its own (policy maps it through data.playbook.groups and people). It may do what
 the same rules let anyone do: `start` decides starting a run and reading one (a run's status is
 readable by whoever may start its playbook), the worker's `approver` and `cancel` decide votes and
-cancels. Every refusal of an authenticated principal is audited as `access_refused`.
+cancels. Every refusal of an authenticated principal is audited as `access_refused`: one by one
+up to 60 a minute per principal, the rest of that minute as one count (bot/audit/refusals.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from bot.api.errors import ApiError, unauthenticated
-from bot.audit.recorder import record_refusal, refusal
+from bot.audit.recorder import refusal
+from bot.audit.refusals import RefusalLog
 from bot.audit.backend import AuditStore
 from bot.engine.runs import (
     RunError,
@@ -152,6 +154,13 @@ class RunsApi:
     def __init__(self, deps: ApiDeps) -> None:
         self.deps = deps
         self._listing = 0  # listings being served (LISTINGS at most)
+        # Each principal's refusals: one by one up to a budget a minute, then that minute's count.
+        # (One per token's principal: the tokens file bounds them.)
+        self._refusals: dict[str, RefusalLog] = {}
+
+    async def close(self) -> None:
+        """The front door stops: each principal's count of the minute under way is told now."""
+        await asyncio.gather(*(refusals.close() for refusals in self._refusals.values()))
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix=PREFIX)
@@ -239,7 +248,10 @@ class RunsApi:
         run_id = run_id if run_id and len(run_id) <= 1000 else None
         event = refusal(actor.principal, operation, error.message[:AUDIT_TEXT], run_id=run_id, key=uuid.uuid4().hex)
         event.details.update(rule=error.rule, status=error.status, run_id=run_id, via="api")
-        await record_refusal(self.deps.audit, event)
+        refusals = self._refusals.get(actor.principal)
+        if refusals is None:
+            refusals = self._refusals[actor.principal] = RefusalLog(self.deps.audit, actor.principal, "api")
+        await refusals.record(event)  # (a token holder's flood cannot grow the trail without bound)
 
     # ---- reading -----------------------------------------------------------------------------
 
