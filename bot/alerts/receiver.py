@@ -37,7 +37,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import structlog
 from fastapi import APIRouter, Request
@@ -47,7 +47,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from bot.alerts.episodes import RouteMatch, route
+from bot.alerts.episodes import RouteMatch, episode_id, route
 from bot.alerts.grafana_signing import GrafanaSigning
 from bot.alerts.incidents import pagerduty_signed, parse_opsgenie, parse_pagerduty, route_incident
 from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload
@@ -65,12 +65,16 @@ from bot.engine.workflow import PlaybookRun
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, ProofError
 from bot.playbook.loader import Catalog, LoadedPlaybook
+from bot.playbook.model import AlertTrigger, OpsgenieTrigger, PagerDutyTrigger, Playbook
 from bot.policy.engine import PolicyEngine
 from bot.server import direct_route, read_limited
 
 log = structlog.get_logger(__name__)
 
 ALERTMANAGER_USER = "alertmanager"
+# A resolve's outcome for a playbook whose triggers no longer take the alert (edited since it fired).
+EDITED_AWAY = ("this playbook's triggers no longer match the alert (edited since it fired); the run its firing "
+               "started is still this resolve's to settle")
 # An outcome's reason when its delivery's startsAt was earlier than the episode under way.
 MERGED = ("Alertmanager moved this alert's startsAt earlier than its episode's (it keeps the earliest when it "
           "merges copies of one alert, e.g. from an HA Prometheus pair): answered as that episode")
@@ -79,6 +83,7 @@ ALERTMANAGER = Actor(ALERTMANAGER_USER, "Alertmanager", (), "alertmanager")
 
 
 SenderName = Literal["alertmanager", "grafana", "pagerduty", "opsgenie"]
+AnyTrigger = AlertTrigger | PagerDutyTrigger | OpsgenieTrigger
 
 
 def _webhook_alerts(sender: Sender) -> Callable[[bytes], list[Alert]]:
@@ -99,6 +104,7 @@ class AlertSender:
     parse: Callable[[bytes], list[Alert]]
     route: Callable[[Iterable[LoadedPlaybook], Alert], list[RouteMatch]] = route
     signed: bool = False
+    triggers: Callable[[Playbook], Sequence[AnyTrigger]] = lambda playbook: playbook.triggers.alertmanager
 
     @property
     def actor(self) -> Actor:
@@ -113,9 +119,10 @@ ALERTMANAGER_SENDER = AlertSender("alertmanager", "Alertmanager", "/alertmanager
 GRAFANA_SENDER = AlertSender("grafana", "Grafana", "/grafana", "grafana", _webhook_alerts("grafana"),
                              partial(route, prefix="grafana"))
 PAGERDUTY_SENDER = AlertSender("pagerduty", "PagerDuty", "/pagerduty", "pagerduty", parse_pagerduty,
-                               partial(route_incident, "pagerduty"), signed=True)
+                               partial(route_incident, "pagerduty"), signed=True,
+                               triggers=lambda playbook: playbook.triggers.pagerduty)
 OPSGENIE_SENDER = AlertSender("opsgenie", "Opsgenie", "/opsgenie", "opsgenie", parse_opsgenie,
-                              partial(route_incident, "opsgenie"))
+                              partial(route_incident, "opsgenie"), triggers=lambda playbook: playbook.triggers.opsgenie)
 
 
 def _keep(recent: OrderedDict[str, None], key: str, limit: int) -> None:
@@ -267,14 +274,18 @@ class AlertReceiver:
             "alertname": name, "status": alert.status, "fingerprint": alert.fingerprint, "labels": alert.labels,
         }, key=f"{alert.status}:{_starts(alert)}")
         matches = self.sender.route(self.deps.catalog().values(), alert)
+        edited = await self._edited_away(alert, matches) if alert.status == "resolved" else []
         results = []
-        if not matches:
+        if not matches and not edited:
             results.append(self._outcome(alert, None, "unmatched"))
         for match in matches:
             if alert.status == "resolved":
                 results.append(await self._resolved(alert, match))
             else:
                 results.append(await self._firing(alert, match))
+        for match in edited:
+            results.append(await self._resolved(alert, match))
+            results[-1].setdefault("reason", EDITED_AWAY)
         await self._record([received, *[self._outcome_event(alert, r) for r in results]])
         for result in results:
             log.info("alert outcome", **{k: v for k, v in result.items() if k != "labels"})
@@ -456,6 +467,31 @@ class AlertReceiver:
         settled, run_id, reason = await self._settle_resolved(match)
         outcome = {"cancelled": "resolved_cancelled", "ignored": "resolved_ignored", "no_run": "resolved_no_run"}[settled]
         return self._outcome(alert, playbook, outcome, run_id=run_id, reason=reason or (MERGED if merged else None))
+
+    async def _edited_away(self, alert: Alert, matches: list[RouteMatch]) -> list[RouteMatch]:
+        """A resolve's episodes under playbooks whose triggers no longer match the alert (their
+        matchers were edited, or the alert's labels moved, since it fired): a resolved alert never
+        remediates, so their runs are this resolve's to settle too. Read from the episode store (one
+        read for the whole catalog); without one, only matching playbooks are settled."""
+        if self.deps.audit is None:
+            return []
+        matched = {m.name for m in matches}
+        candidates: dict[str, tuple[LoadedPlaybook, Sequence[AnyTrigger]]] = {}
+        for loaded in self.deps.catalog().values():
+            triggers = self.sender.triggers(loaded.playbook)
+            if triggers and loaded.playbook.name not in matched:
+                candidates[episode_id(loaded.playbook.name, alert.fingerprint, alert.starts_at,
+                                      prefix=self.sender.event_prefix)] = (loaded, triggers)
+        if not candidates:
+            return []
+        seen = await self._store("read episodes", lambda s: s.episodes_of(list(candidates)))
+        edited = []
+        for episode in seen:
+            loaded, triggers = candidates[episode.episode_id]
+            # Which trigger started it is not known any more: cancel unless every one says continue.
+            k = next((k for k, t in enumerate(triggers) if t.on_resolved == "cancel"), 0)
+            edited.append(RouteMatch(loaded, triggers[k], k, episode.episode_id))
+        return edited
 
     async def _resolved_episode(self, alert: Alert, match: RouteMatch) -> str | None:
         """The episode a resolve ends when Alertmanager moved its startsAt earlier (none was seen

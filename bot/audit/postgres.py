@@ -335,6 +335,13 @@ class PostgresAuditStore:
         return _episode(row) if row else Episode(episode_id=episode_id)
 
     @_reconnecting
+    def episodes_of(self, episode_ids: Sequence[str]) -> list[Episode]:
+        """Those of `episode_ids` that some front door claimed or resolved (one query for many)."""
+        with self._connected("read") as conn:
+            rows = conn.execute(f"{EPISODE} WHERE episode_id = ANY(%s)", (list(episode_ids),)).fetchall()
+        return [e for e in map(_episode, rows) if e.seen]
+
+    @_reconnecting
     def later_episode(self, episode_id: str) -> Episode | None:
         """The latest episode of `episode_id`'s series that started after it (Alertmanager moved
         the alert's startsAt earlier), if any (bot/audit/episodes.py)."""

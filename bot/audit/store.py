@@ -219,6 +219,12 @@ class SqliteAuditStore:
         with self._connected("read") as conn:
             return _episode(conn, episode_id)
 
+    def episodes_of(self, episode_ids: Sequence[str]) -> list[Episode]:
+        """Those of `episode_ids` that some front door claimed or resolved (one read for many)."""
+        with self._connected("read") as conn:
+            found = [_episode(conn, i) for i in episode_ids]  # (a handful of primary-key reads, one connection)
+        return [e for e in found if e.seen]
+
     def later_episode(self, episode_id: str) -> Episode | None:
         """The latest episode of `episode_id`'s series that started after it (Alertmanager moved
         the alert's startsAt earlier), if any (bot/audit/episodes.py)."""

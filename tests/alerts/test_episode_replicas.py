@@ -350,3 +350,30 @@ async def test_a_resolved_later_episode_does_not_swallow_an_alert_that_began_bef
     earlier_id = episode_id("heal", fp, datetime(2026, 11, 22, 0, 59, 20, tzinfo=UTC))
     assert (real["outcome"], real["run_id"]) == ("started", earlier_id)
     assert await is_running(stack.temporal, earlier_id) is True
+
+
+async def test_a_resolve_ends_the_run_of_a_playbook_whose_matchers_were_edited_since_it_fired(stack: BotStack):
+    """Red-team finding (stop 38): an operator narrows a playbook's matchers while its run goes on
+    (mid-incident), and the alert's resolve no longer matched it: the run went on remediating a
+    resolved alert. The resolve now settles every episode this alert started, matching or not."""
+    import yaml
+
+    from bot.playbook.loader import LoadedPlaybook
+    from bot.playbook.model import Playbook
+
+    fp = uuid.uuid4().hex[:16]
+    alert = firing(fp, "Heal", instance="e-1")
+    run_id = episode_id("heal", fp, STARTS)
+    assert (await outcome(stack, alert))["outcome"] == "started"
+    before = stack.catalog.get("heal")
+    edited = Playbook.model_validate(yaml.safe_load(PLAYBOOKS["heal"].replace('alertname="Heal"', 'alertname="HealNow"')))
+    stack.catalog._by_name["heal"] = LoadedPlaybook(edited, before.path, edited.content_hash())  # the front door reloaded
+
+    answer = await outcome(stack, resolved(alert))
+
+    assert (answer["outcome"], answer["playbook"], answer["run_id"]) == ("resolved_cancelled", "heal", run_id)
+    assert "no longer match" in answer["reason"]
+    assert await final_state(stack, run_id) == "compensated"
+    assert stack.audit.episode(run_id).resolved_at is not None  # a late firing retry starts nothing
+    other = firing(uuid.uuid4().hex[:16], "Heal", instance="e-2")  # an alert that never ran: still unmatched
+    assert (await outcome(stack, resolved(other)))["outcome"] == "unmatched"

@@ -155,3 +155,16 @@ def test_a_claim_below_a_resolved_episode_claims_its_own(episodes: Any) -> None:
     own = episodes.claim_episode(ep(T0))
 
     assert (own.episode_id, own.claimed) == (ep(T0), True)
+
+
+def test_episodes_of_reads_the_seen_ones_among_many(episodes: Any) -> None:
+    episodes.claim_episode(ep(T0))
+    episodes.resolve_episode(ep(T1))
+    episodes.claim_episode(ep(T2))
+    episodes.release_episode(ep(T2), 1)  # claimed, then given back: as if never seen
+
+    found = episodes.episodes_of([ep(T0), ep(T1), ep(T2), ep(T0, fingerprint="other")])
+
+    assert sorted((e.episode_id, e.runs, e.resolved_at is not None) for e in found) == [
+        (ep(T0), 1, False), (ep(T1), 0, True)]
+    assert episodes.episodes_of([]) == []
