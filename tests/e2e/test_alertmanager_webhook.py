@@ -110,8 +110,10 @@ def outcomes(store: SqliteAuditStore, fingerprint: str) -> list[str]:
     ]
 
 
-async def test_episode_runs_once_through_repeats_and_peers_then_resolve_cancels(stack):
-    client, am, store = stack["client"], stack["am"], stack["audit"]
+async def fired(stack: dict[str, Any]) -> tuple[str, datetime, str, str]:
+    """An alert of a new instance posted to Alertmanager, once its run started: (instance,
+    startsAt, Alertmanager's fingerprint, the run id)."""
+    client, am = stack["client"], stack["am"]
     starts = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=5)
     instance = f"db-{uuid.uuid4().hex[:6]}"
     assert (await client.post(f"{am}/api/v2/alerts", json=[alert(instance, starts)])).status_code == 200
@@ -121,8 +123,13 @@ async def test_episode_runs_once_through_repeats_and_peers_then_resolve_cancels(
         return alerts[0]["fingerprint"] if alerts else None
 
     fp = await eventually(fingerprint, what="alert in Alertmanager")
-    run_id = episode_id("disk-remediation", fp, starts)
-    await eventually(lambda: _async(outcomes(store, fp)[:1] == ["started"]), what="run started")
+    await eventually(lambda: _async(outcomes(stack["audit"], fp)[:1] == ["started"]), what="run started")
+    return instance, starts, fp, episode_id("disk-remediation", fp, starts)
+
+
+async def test_episode_runs_once_through_repeats_and_peers_then_resolve_cancels(stack):
+    client, am, store = stack["client"], stack["am"], stack["audit"]
+    instance, starts, fp, run_id = await fired(stack)
     # repeat_interval (2 s) re-delivers the same alert: it attaches, it does not start again
     await eventually(lambda: _async("attached" in outcomes(store, fp)), timeout=15, what="a repeat delivery")
 
@@ -177,17 +184,7 @@ async def test_a_startsat_moved_earlier_by_alertmanager_is_the_same_episode_and_
     the run that is going, not miss it. Both held before this was fixed: two runs, and the first
     left running after the alert resolved."""
     client, am, store, temporal = stack["client"], stack["am"], stack["audit"], stack["temporal"]
-    starts = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=5)
-    instance = f"db-{uuid.uuid4().hex[:6]}"
-    assert (await client.post(f"{am}/api/v2/alerts", json=[alert(instance, starts)])).status_code == 200
-
-    async def fingerprint() -> str | None:
-        alerts = (await client.get(f"{am}/api/v2/alerts", params={"filter": f'instance="{instance}"'})).json()
-        return alerts[0]["fingerprint"] if alerts else None
-
-    fp = await eventually(fingerprint, what="alert in Alertmanager")
-    run_id = episode_id("disk-remediation", fp, starts)
-    await eventually(lambda: _async(outcomes(store, fp)[:1] == ["started"]), what="run started")
+    instance, starts, fp, run_id = await fired(stack)
 
     earlier = starts - timedelta(seconds=40)  # the HA peer's copy: its rule went active 40 s before
     assert (await client.post(f"{am}/api/v2/alerts", json=[alert(instance, earlier)])).status_code == 200
