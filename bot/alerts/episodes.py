@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
@@ -17,6 +17,7 @@ import structlog
 
 from bot.alerts.matchers import Matcher, MatcherError, matches, parse_matchers
 from bot.alerts.payload import Alert
+from bot.audit.episodes import stamp
 from bot.playbook.loader import LoadedPlaybook
 from bot.playbook.model import AlertTrigger, OpsgenieTrigger, PagerDutyTrigger, Playbook
 from bot.playbook.params import ParamError, coerce_params
@@ -33,13 +34,9 @@ def episode_id(playbook: str, fingerprint: str, starts_at: datetime, prefix: str
     PagerDuty incidents and Opsgenie alerts use their own prefix: their ids are another namespace."""
     if starts_at.tzinfo is None or starts_at.utcoffset() is None:
         raise ValueError(f"starts_at must carry a timezone, got naive {starts_at.isoformat()}")
-    t = starts_at.astimezone(timezone.utc)
-    stamp = (
-        f"{t.year:04d}{t.month:02d}{t.day:02d}T{t.hour:02d}{t.minute:02d}{t.second:02d}.{t.microsecond:06d}Z"
-    )
     # The fingerprint part never holds "-" (Alertmanager's are hex anyway), so the last "-" before the
     # fixed-width stamp splits playbook from fingerprint: distinct episodes never share an id.
-    return f"{prefix}-{_id_part(playbook, _ID_SAFE)}-{_id_part(fingerprint, _ID_SAFE - {'-'})}-{stamp}"
+    return f"{prefix}-{_id_part(playbook, _ID_SAFE)}-{_id_part(fingerprint, _ID_SAFE - {'-'})}-{stamp(starts_at)}"
 
 
 def _id_part(value: str, safe: frozenset[str]) -> str:

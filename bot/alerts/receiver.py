@@ -53,7 +53,7 @@ from bot.alerts.incidents import pagerduty_signed, parse_opsgenie, parse_pagerdu
 from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload
 from bot.audit.recorder import refusal
 from bot.audit.refusals import RefusalLog
-from bot.audit.episodes import Episode, episode_starts
+from bot.audit.episodes import CLOCK_SKEW, Episode, episode_starts
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.batching import GroupCommitter
 from bot.audit.backend import AuditStore
@@ -507,6 +507,8 @@ class AlertReceiver:
         began = episode_starts(later.episode_id)
         if began is None or (alert.ends_at is not None and began > alert.ends_at):
             return None  # a later firing of the same alert, after this one ended: another episode
+        if alert.ends_at is not None and alert.ends_at > datetime.now(timezone.utc) + CLOCK_SKEW:
+            return None  # a resolve that says it ends in the future is nobody's merged copy
         return later.episode_id
 
     async def _settle_resolved(self, match: RouteMatch) -> tuple[str, str | None, str | None]:

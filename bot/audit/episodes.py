@@ -8,9 +8,9 @@ hash chain); the audit trail records the outcomes decided from it.
 Alertmanager keeps the earliest startsAt when it merges two copies of one alert (an HA Prometheus
 pair, or anyone posting to its API), so a later notification of a firing can carry an earlier
 startsAt than its first: a new episode id for the same episode. The stores therefore also answer
-with the latest episode of the id's series (same sender, playbook and fingerprint) that started
-later (`series_range`), and a claim never opens an episode below one: such a delivery is the
-later episode's (bot/alerts/receiver.py).
+with the latest episode of the same alert (sender, playbook and fingerprint) that began later,
+within MERGE_WINDOW (`series_range`, `merge_target`), and a claim never opens an episode below an
+open one: such a delivery is the later episode's (bot/alerts/receiver.py).
 
 `decide_claim` is the claim rule as a pure function, so every backend applies the same one inside
 its own serialized transaction.
@@ -26,17 +26,50 @@ from pydantic import BaseModel
 
 STAMP = re.compile(r"-(\d{8}T\d{6}\.\d{6}Z)$")  # the fixed-width UTC startsAt an episode id ends with
 _STAMP_LEN = len("20260101T000000.000000Z")
+_LAST_STAMP = "99991231T235959.999999Z"
+# How much later than a delivery's startsAt an episode of the same alert may have begun and still be
+# the one it is a merged copy of: an HA Prometheus pair's rule goes active within an evaluation
+# interval or two of each other. Further apart, they are two episodes (as before the merge rule).
+MERGE_WINDOW = timedelta(minutes=15)
+# How far in the future (against the claiming front door's clock) an episode's startsAt may have been
+# when it was claimed and still take merged copies: a copy posted with a future startsAt (anyone can
+# post to Alertmanager's API) starts its own run, and must not swallow the real alert's episodes.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def stamp(starts_at: datetime) -> str:
+    """An instant as episode ids end with it: `YYYYmmddTHHMMSS.ffffffZ` in UTC (fixed width, so
+    ids of one alert sort by startsAt)."""
+    t = starts_at.astimezone(timezone.utc)
+    return f"{t.year:04d}{t.month:02d}{t.day:02d}T{t.hour:02d}{t.minute:02d}{t.second:02d}.{t.microsecond:06d}Z"
+
+
+def series_key(episode_id: str) -> str | None:
+    """What the episodes of one alert (same sender, playbook and fingerprint) share: the id up to
+    its stamp. None for an id not shaped as an episode's (bot/alerts/episodes.py `episode_id`)."""
+    return episode_id[:-_STAMP_LEN] if STAMP.search(episode_id) is not None else None
 
 
 def series_range(episode_id: str) -> tuple[str, str, int] | None:
-    """Where the later episodes of `episode_id`'s series sort: every id `i` with
-    `episode_id < i < upper` (byte order) and `len(i) == length`, and no other id (the id's
-    fingerprint part holds no "-", so only its own series fills that range at that length).
-    None for an id not shaped as an episode's (bot/alerts/episodes.py `episode_id`)."""
-    if STAMP.search(episode_id) is None:
+    """Where the episodes of `episode_id`'s alert that began after it, within MERGE_WINDOW, sort:
+    every id `i` with `episode_id < i <= upper` (byte order) and `len(i) == length`, and no other
+    id (both bounds start with the series key, and its fingerprint part holds no "-", so no other
+    playbook's or fingerprint's id has that length there). None for an id not shaped as one."""
+    key, began = series_key(episode_id), episode_starts(episode_id)
+    if key is None or began is None:
         return None
-    prefix = episode_id[:-_STAMP_LEN]  # ends with the "-" before the stamp; "." follows "-"
-    return episode_id, prefix[:-1] + ".", len(episode_id)
+    try:
+        upper = key + stamp(began + MERGE_WINDOW)
+    except OverflowError:
+        upper = key + _LAST_STAMP
+    return episode_id, upper, len(episode_id)
+
+
+def merge_target(later: Episode) -> bool:
+    """Whether `later` (a later episode of the alert, within MERGE_WINDOW) may take a merged copy:
+    it was claimed, and its startsAt was no more than CLOCK_SKEW in the future then."""
+    began = episode_starts(later.episode_id)
+    return later.claimed_at is not None and began is not None and began <= later.claimed_at + CLOCK_SKEW
 
 
 def episode_starts(episode_id: str) -> datetime | None:

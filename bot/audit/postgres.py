@@ -36,10 +36,10 @@ from urllib.parse import unquote
 import psycopg
 
 from bot.audit.chain import FIELDS, FIRST_DUPLICATE_ID, ChainWalk
-from bot.audit.episodes import Episode, series_range
+from bot.audit.episodes import Episode, merge_target, series_key, series_range
 from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, canonical_json, check_storable, parse_ts
 from bot.audit.pg_schema import APPEND_LOCK, SCHEMA_VERSION, migrate_schema, schema_version
-from bot.audit.store import AuditUnavailable, VerifyResult, execution_prefixes
+from bot.audit.store import LATER_CANDIDATES, AuditUnavailable, VerifyResult, execution_prefixes
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,10 +48,12 @@ COLUMNS = ", ".join(FIELDS)
 SELECT = f"SELECT {COLUMNS} FROM audit_events"
 INSERT = f"INSERT INTO audit_events ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 EPISODE = "SELECT episode_id, runs, started, claimed_at, resolved_at FROM episodes"
-# The latest later episode id of a series (bot/audit/episodes.py `series_range`: lower, upper,
-# length), in byte order whatever the database's collation (migration 5's index is in that order).
-LATER = ('SELECT l.episode_id FROM episodes l WHERE l.episode_id COLLATE "C" > %s AND l.episode_id COLLATE "C" < %s'
-         ' AND length(l.episode_id) = %s ORDER BY l.episode_id COLLATE "C" DESC')
+# The later episodes of one alert within the merge window (bot/audit/episodes.py `series_range`:
+# lower, upper, length; then how many), newest first, in byte order whatever the database's
+# collation (migration 5's index is in that order).
+LATER = ('SELECT l.episode_id, l.runs, l.started, l.claimed_at, l.resolved_at FROM episodes l'
+         ' WHERE l.episode_id COLLATE "C" > %s AND l.episode_id COLLATE "C" <= %s AND length(l.episode_id) = %s'
+         ' ORDER BY l.episode_id COLLATE "C" DESC LIMIT %s')
 
 
 
@@ -350,26 +352,29 @@ class PostgresAuditStore:
 
     def claim_episode(self, episode_id: str, *, rerun: bool = False, stale_after: float = 120.0) -> Episode:
         """One transaction holding the episode's row lock, so of two claims exactly one wins; and
-        its series' lock (taken first, in a statement of its own so that what follows sees a claim
+        its alert's lock (taken first, in a statement of its own so that what follows sees a claim
         committed meanwhile), so no claim opens an episode below an open later one of the alert."""
-        bounds = series_range(episode_id)
+        bounds, key = series_range(episode_id), series_key(episode_id)
         with self._transaction("claim an episode in") as conn:
-            if bounds is not None:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_series_lock(bounds[1]),))
+            if key is not None:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_series_lock(key),))
             conn.execute("INSERT INTO episodes (episode_id) VALUES (%s) ON CONFLICT DO NOTHING", (episode_id,))
             row = conn.execute(
                 "SELECT episode_id, runs, started, claimed_at, resolved_at,"
                 " claimed_at IS NULL OR claimed_at < now() - make_interval(secs => %s),"
-                f" ({LATER} LIMIT 1)"
+                " (SELECT json_agg(json_build_array(c.episode_id, c.runs, c.started, c.claimed_at, c.resolved_at)"
+                f' ORDER BY c.episode_id COLLATE "C" DESC) FROM ({LATER}) c)'
                 " FROM episodes WHERE episode_id = %s FOR UPDATE",
-                (stale_after, *(bounds or (None, None, None)), episode_id),
+                (stale_after, *(bounds or (None, None, None)), LATER_CANDIDATES, episode_id),
             ).fetchone()
             assert row is not None  # inserted above or already there; rows are never deleted
-            _, runs, started, _, resolved_at, stale, later_id = row
-            if later_id is not None and not _episode(row[:5]).seen:
-                later = conn.execute(f"{EPISODE} WHERE episode_id = %s", (later_id,)).fetchone()
-                if later is not None and later[4] is None:  # open (bot/audit/store.py `_open_later`)
-                    return _episode(later)  # never an episode below one under way: the delivery is that one's
+            _, runs, started, _, resolved_at, stale, candidates = row
+            if candidates and not _episode(row[:5]).seen:
+                # Never an episode below one under way: the delivery is that one's (only an open one:
+                # see bot/audit/store.py `claim_episode`).
+                for later in (_episode_of_json(c) for c in candidates):
+                    if merge_target(later) and later.resolved_at is None:
+                        return later
             if resolved_at is not None:
                 update = None
             elif runs == 0:
@@ -564,17 +569,25 @@ def _from_row(row: Sequence[Any]) -> StoredEvent:
 
 
 def _later_episode(conn: psycopg.Connection, episode_id: str) -> Episode | None:
+    """The latest later episode of the alert that may take a merged copy (bot/audit/store.py)."""
     bounds = series_range(episode_id)
     if bounds is None:
         return None
-    later = conn.execute(f"{LATER} LIMIT 1", bounds).fetchone()
-    row = conn.execute(f"{EPISODE} WHERE episode_id = %s", later).fetchone() if later is not None else None
-    return _episode(row) if row is not None else None
+    rows = conn.execute(LATER, (*bounds, LATER_CANDIDATES)).fetchall()
+    return next((e for e in map(_episode, rows) if merge_target(e)), None)
 
 
-def _series_lock(upper: str) -> int:
-    """The advisory lock key of an episode series (its range's upper bound names it): a signed bigint."""
-    return int.from_bytes(hashlib.sha256(b"episode series\0" + upper.encode()).digest()[:8], "big", signed=True)
+def _episode_of_json(values: list[Any]) -> Episode:
+    """An episode row as json_build_array gives it (timestamps as ISO text)."""
+    episode_id, runs, started, claimed_at, resolved_at = values
+    return Episode(episode_id=episode_id, runs=runs, started=started,
+                   claimed_at=_utc(datetime.fromisoformat(claimed_at)) if claimed_at else None,
+                   resolved_at=_utc(datetime.fromisoformat(resolved_at)) if resolved_at else None)
+
+
+def _series_lock(key: str) -> int:
+    """The advisory lock key of one alert's episodes (bot/audit/episodes.py `series_key`): a signed bigint."""
+    return int.from_bytes(hashlib.sha256(b"episode series\0" + key.encode()).digest()[:8], "big", signed=True)
 
 
 def _episode(row: Sequence[Any], claimed: bool = False) -> Episode:

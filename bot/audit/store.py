@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
-from bot.audit.episodes import Episode, decide_claim, series_range
+from bot.audit.episodes import Episode, decide_claim, merge_target, series_range
 from bot.audit.chain import FIELDS, FIRST_DUPLICATE_ID, ChainWalk, VerifyResult
 from bot.audit.events import (
     GENESIS_HASH,
@@ -44,6 +44,7 @@ from bot.audit.events import (
 if TYPE_CHECKING:
     from bot.settings import Settings
 
+LATER_CANDIDATES = 8  # later episodes of one alert within the merge window looked at (newest first)
 MIN_FREE_BYTES = 1 << 20  # below this, check_writable calls the disk full
 
 SCHEMA = (
@@ -236,8 +237,10 @@ class SqliteAuditStore:
         transaction, so of any number of front doors exactly one is told `claimed`."""
         with self._transaction("claim an episode in") as conn:
             current = _episode(conn, episode_id)
-            if not current.seen and (later := _open_later(conn, episode_id)) is not None:
-                return later  # never an episode below one under way: the delivery is that one's
+            # Never an episode below one under way: the delivery is that one's. (Only an open one: a
+            # resolved episode is over, and a firing that began before it is no copy of it.)
+            if not current.seen and (later := _later_episode(conn, episode_id, open_only=True)) is not None:
+                return later
             after = decide_claim(current, datetime.now(UTC), rerun=rerun, stale_after=stale_after)
             if after.claimed:
                 _put_episode(conn, after)
@@ -459,22 +462,21 @@ def _episode(conn: sqlite3.Connection, episode_id: str) -> Episode:
     )  # fmt: skip
 
 
-def _later_episode(conn: sqlite3.Connection, episode_id: str) -> Episode | None:
+def _later_episode(conn: sqlite3.Connection, episode_id: str, *, open_only: bool = False) -> Episode | None:
+    """The latest episode of the alert that began after `episode_id`, within the merge window, that
+    may take a merged copy (bot/audit/episodes.py `merge_target`); `open_only`: not resolved."""
     bounds = series_range(episode_id)
     if bounds is None:
         return None
-    row = conn.execute(
-        "SELECT episode_id FROM episodes WHERE episode_id > ? AND episode_id < ? AND length(episode_id) = ?"
-        " ORDER BY episode_id DESC LIMIT 1", bounds,
-    ).fetchone()
-    return _episode(conn, row[0]) if row is not None else None
-
-
-def _open_later(conn: sqlite3.Connection, episode_id: str) -> Episode | None:
-    """The later episode a claim defers to: only one not resolved (a resolved one is over, and a
-    firing that began before it is no copy of it: a planted resolve must not swallow an alert)."""
-    later = _later_episode(conn, episode_id)
-    return later if later is not None and later.resolved_at is None else None
+    rows = conn.execute(
+        "SELECT episode_id FROM episodes WHERE episode_id > ? AND episode_id <= ? AND length(episode_id) = ?"
+        " ORDER BY episode_id DESC LIMIT ?", (*bounds, LATER_CANDIDATES),
+    ).fetchall()
+    for (later_id,) in rows:
+        later = _episode(conn, later_id)
+        if merge_target(later) and not (open_only and later.resolved_at is not None):
+            return later
+    return None
 
 
 def _put_episode(conn: sqlite3.Connection, episode: Episode) -> None:

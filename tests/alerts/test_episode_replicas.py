@@ -377,3 +377,32 @@ async def test_a_resolve_ends_the_run_of_a_playbook_whose_matchers_were_edited_s
     assert stack.audit.episode(run_id).resolved_at is not None  # a late firing retry starts nothing
     other = firing(uuid.uuid4().hex[:16], "Heal", instance="e-2")  # an alert that never ran: still unmatched
     assert (await outcome(stack, resolved(other)))["outcome"] == "unmatched"
+
+
+async def test_a_copy_posted_with_a_future_startsat_swallows_no_real_episode(stack: BotStack):
+    """Attack (red-team of the merge rule): anyone who can post to Alertmanager's API sends the
+    alert's labels with startsAt in 2099. It gets its run (as any posted alert does), but the real
+    alert's episodes, each with an earlier startsAt, must still remediate."""
+    fp = uuid.uuid4().hex[:16]
+    planted = await outcome(stack, firing(fp, "Heal", starts="2099-01-01T00:00:00Z", instance="f-1"))
+    assert planted["outcome"] == "started"
+
+    real = await outcome(stack, firing(fp, "Heal", instance="f-1"))
+
+    assert (real["outcome"], real["run_id"]) == ("started", episode_id("heal", fp, STARTS))
+
+
+async def test_a_resolve_with_a_made_up_startsat_cancels_no_live_run(stack: BotStack):
+    """Attack (red-team of the merge rule): a resolve whose own episode was never seen ended the
+    latest later episode of the alert whatever its startsAt, so `startsAt: 1970-01-01` with a far
+    endsAt cancelled the live run without knowing when it began."""
+    fp = uuid.uuid4().hex[:16]
+    alert = firing(fp, "Heal", instance="r-1")
+    run_id = episode_id("heal", fp, STARTS)
+    assert (await outcome(stack, alert))["outcome"] == "started"
+
+    for starts, ends in (("1970-01-01T00:00:00Z", "2099-01-01T00:00:00Z"), ("2026-11-22T00:59:00Z", "2099-01-01T00:00:00Z"),
+                         ("1970-01-01T00:00:00Z", "2026-11-22T01:05:00Z")):
+        forged = {**firing(fp, "Heal", starts=starts, instance="r-1"), "status": "resolved", "endsAt": ends}
+        assert (await outcome(stack, forged))["outcome"] == "resolved_no_run", (starts, ends)
+    assert await is_running(stack.temporal, run_id) is True

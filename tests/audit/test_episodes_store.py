@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -168,3 +169,31 @@ def test_episodes_of_reads_the_seen_ones_among_many(episodes: Any) -> None:
     assert sorted((e.episode_id, e.runs, e.resolved_at is not None) for e in found) == [
         (ep(T0), 1, False), (ep(T1), 0, True)]
     assert episodes.episodes_of([]) == []
+
+
+def test_a_planted_future_episode_takes_no_merged_copies(episodes: Any) -> None:
+    """Attack (red-team of the merge rule): a copy of the alert posted to Alertmanager's API with
+    startsAt in 2099 got its own run and then swallowed every real episode of the alert, each with
+    an earlier startsAt, until 2099. An episode whose startsAt was in the future when it was
+    claimed takes no copies; it is one run of its own, as any posted alert is."""
+    planted = ep("20990101T000000.000000Z")
+    episodes.claim_episode(planted)
+    episodes.episode_started(planted, 1)
+    real = ep("20981231T235000.000000Z")  # 10 minutes before it: within the merge window
+
+    own = episodes.claim_episode(real)
+
+    assert (own.episode_id, own.claimed) == (real, True)
+    assert episodes.later_episode(ep("20981231T235500.000000Z")) is None
+
+
+def test_only_an_episode_within_the_merge_window_takes_a_copy(episodes: Any) -> None:
+    from bot.audit.episodes import MERGE_WINDOW
+
+    episodes.claim_episode(ep(T1))  # 10:00:40
+    too_early = (datetime(2026, 12, 6, 10, 0, 40, tzinfo=timezone.utc) - MERGE_WINDOW - timedelta(seconds=1))
+
+    own = episodes.claim_episode(ep(too_early.strftime("%Y%m%dT%H%M%S.%fZ")))
+
+    assert own.claimed  # a quarter of an hour apart and more: two episodes, as before the merge rule
+    assert episodes.claim_episode(ep(T0)).episode_id == ep(T1)  # 40 s apart: one

@@ -175,7 +175,7 @@ def test_a_claim_waits_for_a_claim_of_the_same_alert_under_a_later_start_and_nam
     """Two front doors at once: one claims the first notification's episode (startsAt T1), the
     other the merged copy's (Alertmanager moved startsAt earlier, T0). The second waits on the
     alert's series lock and answers as T1's episode instead of opening a second one."""
-    from bot.audit.episodes import series_range
+    from bot.audit.episodes import series_key
     from bot.audit.postgres import _series_lock
 
     early = "alert-disk-remediation-3c43aa-20261206T100000.000000Z"
@@ -183,7 +183,7 @@ def test_a_claim_waits_for_a_claim_of_the_same_alert_under_a_later_start_and_nam
     with PostgresAuditStore(pg_url) as store:
         store.episode(early)  # (schema in place)
         with psycopg.connect(pg_url) as first:  # the other front door, mid-claim of the later start
-            first.execute("SELECT pg_advisory_xact_lock(%s)", (_series_lock(series_range(late)[1]),))
+            first.execute("SELECT pg_advisory_xact_lock(%s)", (_series_lock(series_key(late)),))
             first.execute("INSERT INTO episodes (episode_id, runs, claimed_at) VALUES (%s, 1, now())", (late,))
             answers: list[object] = []
             claimer = threading.Thread(target=lambda: answers.append(store.claim_episode(early)))
