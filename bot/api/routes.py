@@ -5,7 +5,7 @@ has no groups of its own (policy maps it through data.playbook.groups and people
 the same rules let anyone do: `start` decides starting a run and reading one (a run's status is
 readable by whoever may start its playbook), the worker's `approver` and `cancel` decide votes and
 cancels. Every refusal of an authenticated principal is audited as `access_refused`: one by one
-up to 60 a minute per principal, the rest of that minute as one count (bot/audit/refusals.py).
+up to 60 a minute per principal and rule, the rest of that minute as one count (bot/audit/refusals.py).
 """
 
 from __future__ import annotations
@@ -68,9 +68,13 @@ SCAN = 500  # executions a listing examines at most, newest first
 READ_BATCH = 8  # statuses read at once while listing
 # Listings served at once by one front door: each reads up to SCAN runs from Temporal (a describe
 # and a status read each, a query to the worker for a running one), so any token holder could
-# otherwise multiply that load at will. One more is answered 503 at once, with Retry-After.
-LISTINGS = 4
+# otherwise multiply that load at will; and at once per principal, so one cannot hold them all.
+# One more is answered 503 at once, with Retry-After.
+LISTINGS, LISTINGS_EACH = 4, 2
 LISTING_RETRY_AFTER = 2  # seconds
+# Refusal logs kept (one per principal and rule): the rules are ours, but a vote's or cancel's comes
+# back from the run, so past this many a new one shares its principal's "other" log.
+REFUSAL_LOGS = 1000
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")  # printable ASCII, no spaces
 MAX_TEXT = 2000
 AUDIT_TEXT = 1000  # a refusal's reason as audited (it may quote the caller's input)
@@ -153,10 +157,11 @@ def run_summary(status: RunStatus) -> dict[str, Any]:
 class RunsApi:
     def __init__(self, deps: ApiDeps) -> None:
         self.deps = deps
-        self._listing = 0  # listings being served (LISTINGS at most)
-        # Each principal's refusals: one by one up to a budget a minute, then that minute's count.
-        # (One per token's principal: the tokens file bounds them.)
-        self._refusals: dict[str, RefusalLog] = {}
+        self._listing: dict[str, int] = {}  # listings being served, per principal (LISTINGS at most in all)
+        # Each principal's refusals, per rule: one by one up to a budget a minute, then that minute's
+        # count; per rule, so a flood of junk (malformed bodies) cannot turn the principal's refusals
+        # that matter (a vote the approver rule refused) into a count. (Tokens and rules bound them.)
+        self._refusals: dict[tuple[str, str], RefusalLog] = {}
 
     async def close(self) -> None:
         """The front door stops: each principal's count of the minute under way is told now."""
@@ -198,8 +203,8 @@ class RunsApi:
                 error = ApiError(422, "invalid request: " + "; ".join(problems), "body", problems=problems)
             if error.status < 500:
                 await self._refused(actor, operation, request.path_params.get("run_id"), error)
-            elif error.rule == "busy":  # not a failure: a bound on what one front door serves at once
-                log.warning("api request turned away: busy", operation=operation, principal=actor.principal)
+            elif error.rule == "busy":  # not a failure: a bound on what one front door serves at once (logged there)
+                pass
             else:
                 log.error("api request failed on our side", operation=operation, reason=error.message)
             return error.response()
@@ -248,9 +253,12 @@ class RunsApi:
         run_id = run_id if run_id and len(run_id) <= 1000 else None
         event = refusal(actor.principal, operation, error.message[:AUDIT_TEXT], run_id=run_id, key=uuid.uuid4().hex)
         event.details.update(rule=error.rule, status=error.status, run_id=run_id, via="api")
-        refusals = self._refusals.get(actor.principal)
+        key = (actor.principal, error.rule)
+        if key not in self._refusals and len(self._refusals) >= REFUSAL_LOGS:  # (a rule a run's refusal named)
+            key = (actor.principal, "other")
+        refusals = self._refusals.get(key)
         if refusals is None:
-            refusals = self._refusals[actor.principal] = RefusalLog(self.deps.audit, actor.principal, "api")
+            refusals = self._refusals[key] = RefusalLog(self.deps.audit, actor.principal, f"api:{key[1]}"[:100])
         await refusals.record(event)  # (a token holder's flood cannot grow the trail without bound)
 
     # ---- reading -----------------------------------------------------------------------------
@@ -272,14 +280,20 @@ class RunsApi:
         """The newest runs on this front door's task queue the actor may read, filtered by state and
         playbook; at most `limit` (≤ 100) of the newest SCAN executions."""
         state, playbook, limit = self._list_query(request)
-        if self._listing >= LISTINGS:
-            raise ApiError(503, f"busy: this front door is serving {LISTINGS} listings of runs at once; retry in "
+        mine, serving = self._listing.get(actor.principal, 0), sum(self._listing.values())
+        if mine >= LISTINGS_EACH or serving >= LISTINGS:
+            log.warning("api listing turned away", principal=actor.principal, listing=dict(self._listing))
+            held = f"{LISTINGS_EACH} of yours" if mine >= LISTINGS_EACH else f"{LISTINGS} in all"
+            raise ApiError(503, f"busy: this front door is serving {held} listings of runs at once; retry in "
                                 f"{LISTING_RETRY_AFTER} s", "busy", headers={"Retry-After": str(LISTING_RETRY_AFTER)})
-        self._listing += 1
+        self._listing[actor.principal] = mine + 1
         try:
             return await self._list(actor, state, playbook, limit)
         finally:
-            self._listing -= 1
+            if (left := self._listing[actor.principal] - 1) > 0:
+                self._listing[actor.principal] = left
+            else:
+                del self._listing[actor.principal]
 
     async def _list(self, actor: Actor, state: str | None, playbook: str | None, limit: int) -> JSONResponse:
         query = f'WorkflowType = "PlaybookRun" AND TaskQueue = "{self.deps.task_queue}"'

@@ -164,15 +164,17 @@ async def test_listing_shows_runs_of_playbooks_the_principal_may_start(stack: Ap
     assert (await stack.call("GET", "/runs", "mallory")).json() == {"runs": []}
 
 
-async def test_listings_at_once_are_bounded_and_one_more_is_a_503_to_retry(
+async def test_listings_at_once_are_bounded_in_all_and_per_principal(
     stack: ApiStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each listing reads up to SCAN runs from Temporal (and queries the worker for running ones):
     a token holder firing listings in parallel multiplied that without bound (red-team finding).
-    One front door serves LISTINGS at once; one more is turned away at once, not queued, and is
-    not a refusal of the caller (nothing audited)."""
+    One front door serves LISTINGS at once, LISTINGS_EACH per principal, so one principal (even one
+    who may read nothing: her listings scan everything) cannot hold them all. One more is turned
+    away at once, not queued, and is not a refusal of the caller (nothing audited)."""
     from bot.api import routes
 
+    assert routes.LISTINGS_EACH < routes.LISTINGS
     await stack.finished(await stack.start("alice", "quick", {"service": "web"}))
     held, reading = asyncio.Event(), asyncio.Semaphore(0)
     real = routes.get_status
@@ -184,17 +186,23 @@ async def test_listings_at_once_are_bounded_and_one_more_is_a_503_to_retry(
 
     monkeypatch.setattr(routes, "get_status", slow_status)
     refusals = len(stack.audit.events())
-    listings = [asyncio.create_task(stack.call("GET", "/runs", "carol")) for _ in range(routes.LISTINGS)]
-    for _ in listings:
-        await asyncio.wait_for(reading.acquire(), timeout=30)  # each is reading its runs
 
-    turned_away = await stack.call("GET", "/runs", "mallory")
+    async def hold(who: str, count: int) -> list[asyncio.Task[Any]]:
+        listings = [asyncio.create_task(stack.call("GET", "/runs", who)) for _ in range(count)]
+        for _ in listings:
+            await asyncio.wait_for(reading.acquire(), timeout=30)  # each is reading its runs
+        return listings
 
-    assert turned_away.status_code == 503 and turned_away.json()["rule"] == "busy", turned_away.text
-    assert turned_away.headers["Retry-After"] == str(routes.LISTING_RETRY_AFTER)
+    mallorys = await hold("mallory", routes.LISTINGS_EACH)
+    hers = await stack.call("GET", "/runs", "mallory")
+    assert hers.status_code == 503 and hers.json()["rule"] == "busy", hers.text
+    assert "of yours" in hers.json()["error"]
+    others = await hold("carol", routes.LISTINGS - routes.LISTINGS_EACH)  # the rest are anyone else's
+    full = await stack.call("GET", "/runs", "bob")
+    assert full.status_code == 503 and full.headers["Retry-After"] == str(routes.LISTING_RETRY_AFTER)
     held.set()
-    assert [r.status_code for r in await asyncio.gather(*listings)] == [200] * routes.LISTINGS
-    assert (await stack.call("GET", "/runs", "carol")).status_code == 200  # the slots are given back
+    assert [r.status_code for r in await asyncio.gather(*mallorys, *others)] == [200] * routes.LISTINGS
+    assert (await stack.call("GET", "/runs", "mallory")).status_code == 200  # the slots are given back
     assert len(stack.audit.events()) == refusals
 
 

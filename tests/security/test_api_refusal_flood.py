@@ -1,6 +1,7 @@
-"""A token holder's flood of refused requests: each principal's refusals are recorded one by one up
-to a budget a minute, the rest as that minute's count (bot/audit/refusals.py), so one principal
-can neither grow the audit trail without bound nor turn another's refusals into a count."""
+"""A token holder's flood of refused requests: each principal's refusals, per rule, are recorded one
+by one up to a budget a minute, the rest as that minute's count (bot/audit/refusals.py), so one
+principal can neither grow the audit trail without bound nor turn another's refusals, or its own
+by another rule, into a count."""
 
 from __future__ import annotations
 
@@ -40,10 +41,16 @@ async def test_a_flood_of_refusals_is_recorded_up_to_the_budget_then_counted_per
                 assert response.status_code == 400, response.text
             response = await web.post("/api/v1/runs", content=b"{", headers={"Authorization": f"Bearer {bob}"})
             assert response.status_code == 400
+            # Red-team of the budget: mallory's junk used it up, and her refusal that mattered was only
+            # a count. Each rule has its own budget, so her next refusal by another rule is its own record.
+            response = await web.post("/api/v1/runs", content=b'{"playbook": "wipe-prod"}', headers={
+                "Authorization": f"Bearer {mallory}", "Idempotency-Key": "bad key"})
+            assert response.status_code == 400 and response.json()["rule"] == "idempotency"
     refused = [e for e in store.events() if e.kind == EventKind.access_refused]
     counts = [e for e in refused if ":window-" in e.event_id]
-    assert len([e for e in refused if e.actor == "api:mallory" and e not in counts]) == 60
-    assert [(e.actor, json.loads(json.dumps(e.details))["reason"][:16]) for e in counts] == [
-        ("api:mallory", "10 more refusals")]
+    one_by_one = [e for e in refused if e.actor == "api:mallory" and e not in counts]
+    assert len(one_by_one) == 61 and "Idempotency-Key" in one_by_one[-1].details["reason"]
+    assert [(e.actor, e.details["operation"], json.loads(json.dumps(e.details))["reason"][:16]) for e in counts] == [
+        ("api:mallory", "api:body", "10 more refusals")]
     assert len([e for e in refused if e.actor == "api:bob"]) == 1  # another's refusal is still its own record
     store.close()
