@@ -75,6 +75,8 @@ ALERTMANAGER_USER = "alertmanager"
 # A resolve's outcome for a playbook whose triggers no longer take the alert (edited since it fired).
 EDITED_AWAY = ("this playbook's triggers no longer match the alert (edited since it fired); the run its firing "
                "started is still this resolve's to settle")
+# The memo key of an alert-started run: its trigger's on_resolved, for a resolve that no longer matches it.
+ON_RESOLVED_MEMO = "on_resolved"
 # An outcome's reason when its delivery's startsAt was earlier than the episode under way.
 MERGED = ("Alertmanager moved this alert's startsAt earlier than its episode's (it keeps the earliest when it "
           "merges copies of one alert, e.g. from an HA Prometheus pair): answered as that episode")
@@ -283,8 +285,8 @@ class AlertReceiver:
                 results.append(await self._resolved(alert, match))
             else:
                 results.append(await self._firing(alert, match))
-        for match in edited:
-            results.append(await self._resolved(alert, match))
+        for match, on_resolved in edited:
+            results.append(await self._resolved(alert, match, on_resolved))
             results[-1].setdefault("reason", EDITED_AWAY)
         await self._record([received, *[self._outcome_event(alert, r) for r in results]])
         for result in results:
@@ -398,6 +400,7 @@ class AlertReceiver:
                 task_queue=self.deps.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                memo={ON_RESOLVED_MEMO: match.trigger.on_resolved},  # (read by a resolve that no longer matches)
                 static_summary=f"{playbook} for {alert.labels.get('alertname', 'alert')} {alert.fingerprint}",
             )
         except WorkflowAlreadyStartedError:
@@ -449,7 +452,7 @@ class AlertReceiver:
         return self._outcome(alert, match.name, "already_handled", run_id=run_id or match.workflow_id,
                              reason=reason)
 
-    async def _resolved(self, alert: Alert, match: RouteMatch) -> dict[str, Any]:
+    async def _resolved(self, alert: Alert, match: RouteMatch, on_resolved: str | None = None) -> dict[str, Any]:
         """A resolved alert never remediates: it cancels (or is noted by) the episode's run."""
         playbook, merged, delivered = match.name, False, match.workflow_id
         if self.deps.audit is not None:
@@ -464,34 +467,47 @@ class AlertReceiver:
             await self._write("resolve an episode",
                               lambda s: [s.resolve_episode(i) for i in {delivered, match.workflow_id}])
         self._known.pop(match.workflow_id, None)  # a later firing delivery reads the resolve
-        settled, run_id, reason = await self._settle_resolved(match)
+        settled, run_id, reason = await self._settle_resolved(match, on_resolved)
         outcome = {"cancelled": "resolved_cancelled", "ignored": "resolved_ignored", "no_run": "resolved_no_run"}[settled]
         return self._outcome(alert, playbook, outcome, run_id=run_id, reason=reason or (MERGED if merged else None))
 
-    async def _edited_away(self, alert: Alert, matches: list[RouteMatch]) -> list[RouteMatch]:
+    async def _edited_away(self, alert: Alert, matches: list[RouteMatch]) -> list[tuple[RouteMatch, str]]:
         """A resolve's episodes under playbooks whose triggers no longer match the alert (their
-        matchers were edited, or the alert's labels moved, since it fired): a resolved alert never
-        remediates, so their runs are this resolve's to settle too. Read from the episode store (one
-        read for the whole catalog); without one, only matching playbooks are settled."""
+        matchers were edited, or removed, or the alert's labels moved, since it fired), each with
+        the on_resolved of the trigger that started its run: a resolved alert never remediates,
+        so their runs are this resolve's to settle too. One store read for the whole catalog;
+        without a store, only matching playbooks are settled."""
         if self.deps.audit is None:
             return []
         matched = {m.name for m in matches}
-        candidates: dict[str, tuple[LoadedPlaybook, Sequence[AnyTrigger]]] = {}
-        for loaded in self.deps.catalog().values():
-            triggers = self.sender.triggers(loaded.playbook)
-            if triggers and loaded.playbook.name not in matched:
-                candidates[episode_id(loaded.playbook.name, alert.fingerprint, alert.starts_at,
-                                      prefix=self.sender.event_prefix)] = (loaded, triggers)
+        candidates = {episode_id(loaded.playbook.name, alert.fingerprint, alert.starts_at,
+                                 prefix=self.sender.event_prefix): loaded
+                      for loaded in self.deps.catalog().values() if loaded.playbook.name not in matched}
         if not candidates:
             return []
         seen = await self._store("read episodes", lambda s: s.episodes_of(list(candidates)))
         edited = []
         for episode in seen:
-            loaded, triggers = candidates[episode.episode_id]
-            # Which trigger started it is not known any more: cancel unless every one says continue.
-            k = next((k for k, t in enumerate(triggers) if t.on_resolved == "cancel"), 0)
-            edited.append(RouteMatch(loaded, triggers[k], k, episode.episode_id))
+            loaded = candidates[episode.episode_id]
+            triggers = self.sender.triggers(loaded.playbook)
+            on_resolved = await self._run_on_resolved(episode.episode_id, triggers)
+            trigger = next((t for t in triggers if t.on_resolved == on_resolved), triggers[0] if triggers else None)
+            edited.append((RouteMatch(loaded, trigger, 0, episode.episode_id), on_resolved))  # type: ignore[arg-type]
         return edited
+
+    async def _run_on_resolved(self, run_id: str, triggers: Sequence[AnyTrigger]) -> str:
+        """The on_resolved its run started with (its memo); a run from before the memo, or none:
+        `continue` if any of the playbook's triggers says so (never abort a run whose author may
+        have declared it uninterruptible on a guess), else `cancel`."""
+        guess = "continue" if any(t.on_resolved == "continue" for t in triggers) else "cancel"
+        try:
+            memo = await (await self.deps.client.get_workflow_handle(run_id).describe()).memo()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return guess
+            raise Unavailable(f"Temporal: {exc.message}") from None
+        said = memo.get(ON_RESOLVED_MEMO)
+        return said if said in ("cancel", "continue") else guess
 
     async def _resolved_episode(self, alert: Alert, match: RouteMatch) -> str | None:
         """The episode a resolve ends when Alertmanager moved its startsAt earlier (none was seen
@@ -511,13 +527,15 @@ class AlertReceiver:
             return None  # a resolve that says it ends in the future is nobody's merged copy
         return later.episode_id
 
-    async def _settle_resolved(self, match: RouteMatch) -> tuple[str, str | None, str | None]:
+    async def _settle_resolved(self, match: RouteMatch, on_resolved: str | None = None
+                               ) -> tuple[str, str | None, str | None]:
         """What a resolve does to the episode's run: cancelled, ignored (on_resolved: continue, or
-        the cancel rule refused, with the reason) or no_run; and the run id to report."""
+        the cancel rule refused, with the reason) or no_run; and the run id to report.
+        `on_resolved`: the run's own (a resolve that no longer matches it), default its trigger's."""
         run_id = match.workflow_id
         if not await self._running(run_id):
             return "no_run", None, None
-        if match.trigger.on_resolved == "continue":
+        if (on_resolved or match.trigger.on_resolved) == "continue":
             return "ignored", run_id, None
         try:
             await cancel_run(self.deps.client, run_id, self.actor, self.deps.keyring, reason="the alert resolved")

@@ -29,8 +29,10 @@ _STAMP_LEN = len("20260101T000000.000000Z")
 _LAST_STAMP = "99991231T235959.999999Z"
 # How much later than a delivery's startsAt an episode of the same alert may have begun and still be
 # the one it is a merged copy of: an HA Prometheus pair's rule goes active within an evaluation
-# interval or two of each other. Further apart, they are two episodes (as before the merge rule).
-MERGE_WINDOW = timedelta(minutes=15)
+# interval of each other. Further apart, they are two episodes (as before the merge rule). Kept
+# short: a copy posted to Alertmanager's API while the real rule is pending, within this window,
+# is taken as the real alert's episode (its run did what the playbook does for those labels).
+MERGE_WINDOW = timedelta(minutes=5)
 # How far in the future (against the claiming front door's clock) an episode's startsAt may have been
 # when it was claimed and still take merged copies: a copy posted with a future startsAt (anyone can
 # post to Alertmanager's API) starts its own run, and must not swallow the real alert's episodes.

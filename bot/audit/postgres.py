@@ -51,9 +51,10 @@ EPISODE = "SELECT episode_id, runs, started, claimed_at, resolved_at FROM episod
 # The later episodes of one alert within the merge window (bot/audit/episodes.py `series_range`:
 # lower, upper, length; then how many), newest first, in byte order whatever the database's
 # collation (migration 5's index is in that order).
+# Only claimed ones count against the limit, the open ones first (as bot/audit/store.py `_later_episode`).
 LATER = ('SELECT l.episode_id, l.runs, l.started, l.claimed_at, l.resolved_at FROM episodes l'
          ' WHERE l.episode_id COLLATE "C" > %s AND l.episode_id COLLATE "C" <= %s AND length(l.episode_id) = %s'
-         ' ORDER BY l.episode_id COLLATE "C" DESC LIMIT %s')
+         ' AND l.claimed_at IS NOT NULL ORDER BY l.resolved_at IS NULL DESC, l.episode_id COLLATE "C" DESC LIMIT %s')
 
 
 
@@ -363,7 +364,7 @@ class PostgresAuditStore:
                 "SELECT episode_id, runs, started, claimed_at, resolved_at,"
                 " claimed_at IS NULL OR claimed_at < now() - make_interval(secs => %s),"
                 " (SELECT json_agg(json_build_array(c.episode_id, c.runs, c.started, c.claimed_at, c.resolved_at)"
-                f' ORDER BY c.episode_id COLLATE "C" DESC) FROM ({LATER}) c)'
+                f' ORDER BY c.resolved_at IS NULL DESC, c.episode_id COLLATE "C" DESC) FROM ({LATER}) c)'
                 " FROM episodes WHERE episode_id = %s FOR UPDATE",
                 (stale_after, *(bounds or (None, None, None)), LATER_CANDIDATES, episode_id),
             ).fetchone()

@@ -468,9 +468,12 @@ def _later_episode(conn: sqlite3.Connection, episode_id: str, *, open_only: bool
     bounds = series_range(episode_id)
     if bounds is None:
         return None
+    # Only claimed ones count against the limit (a resolve records a row under any id it names), the
+    # open ones first (a merged resolve settles the episode a merged firing would have joined).
     rows = conn.execute(
         "SELECT episode_id FROM episodes WHERE episode_id > ? AND episode_id <= ? AND length(episode_id) = ?"
-        " ORDER BY episode_id DESC LIMIT ?", (*bounds, LATER_CANDIDATES),
+        f" AND claimed_at IS NOT NULL{' AND resolved_at IS NULL' if open_only else ''}"
+        " ORDER BY resolved_at IS NULL DESC, episode_id DESC LIMIT ?", (*bounds, LATER_CANDIDATES),
     ).fetchall()
     for (later_id,) in rows:
         later = _episode(conn, later_id)

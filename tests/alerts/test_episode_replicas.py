@@ -48,6 +48,21 @@ steps:
     compensate: {action: core.log, with: {message: "undo {{ params.instance }}"}}
   - {id: wait, action: core.sleep, with: {duration: 10m}}
 """,
+    "migrate": """
+name: migrate
+owner: sre
+params:
+  instance: {type: string}
+triggers:
+  alertmanager:
+    - matchers: ['alertname="Migrate"']
+      params: {instance: "{{ alert.labels.instance }}"}
+      on_resolved: continue
+    - matchers: ['alertname="MigrateOther"']
+      params: {instance: "{{ alert.labels.instance }}"}
+steps:
+  - {id: wait, action: core.sleep, with: {duration: 10m}}
+""",
     "heal-again": """
 name: heal-again
 owner: sre
@@ -356,18 +371,11 @@ async def test_a_resolve_ends_the_run_of_a_playbook_whose_matchers_were_edited_s
     """Red-team finding (stop 38): an operator narrows a playbook's matchers while its run goes on
     (mid-incident), and the alert's resolve no longer matched it: the run went on remediating a
     resolved alert. The resolve now settles every episode this alert started, matching or not."""
-    import yaml
-
-    from bot.playbook.loader import LoadedPlaybook
-    from bot.playbook.model import Playbook
-
     fp = uuid.uuid4().hex[:16]
     alert = firing(fp, "Heal", instance="e-1")
     run_id = episode_id("heal", fp, STARTS)
     assert (await outcome(stack, alert))["outcome"] == "started"
-    before = stack.catalog.get("heal")
-    edited = Playbook.model_validate(yaml.safe_load(PLAYBOOKS["heal"].replace('alertname="Heal"', 'alertname="HealNow"')))
-    stack.catalog._by_name["heal"] = LoadedPlaybook(edited, before.path, edited.content_hash())  # the front door reloaded
+    edit(stack, "heal", 'alertname="Heal"', 'alertname="HealNow"')  # the front door reloaded
 
     answer = await outcome(stack, resolved(alert))
 
@@ -406,3 +414,50 @@ async def test_a_resolve_with_a_made_up_startsat_cancels_no_live_run(stack: BotS
         forged = {**firing(fp, "Heal", starts=starts, instance="r-1"), "status": "resolved", "endsAt": ends}
         assert (await outcome(stack, forged))["outcome"] == "resolved_no_run", (starts, ends)
     assert await is_running(stack.temporal, run_id) is True
+
+
+def edit(stack: BotStack, name: str, old: str, new: str) -> None:
+    """The front door's catalog as if `name`'s file was edited (`old` -> `new`) and reloaded."""
+    import yaml
+
+    from bot.playbook.loader import LoadedPlaybook
+    from bot.playbook.model import Playbook
+
+    before = stack.catalog.get(name)
+    assert old in PLAYBOOKS[name]
+    edited = Playbook.model_validate(yaml.safe_load(PLAYBOOKS[name].replace(old, new)))
+    stack.catalog._by_name[name] = LoadedPlaybook(edited, before.path, edited.content_hash())
+
+
+async def test_a_resolve_that_no_longer_matches_keeps_the_on_resolved_its_run_started_with(stack: BotStack):
+    """Red-team of the edited-away resolve: it cancelled with the playbook's first `cancel`
+    trigger, whichever trigger had started the run, so narrowing the matchers of a trigger that
+    says `on_resolved: continue` (a migration) aborted its run. The run's memo says which."""
+    fp = uuid.uuid4().hex[:16]
+    alert = firing(fp, "Migrate", instance="g-1")
+    run_id = episode_id("migrate", fp, STARTS)
+    assert (await outcome(stack, alert))["outcome"] == "started"
+    edit(stack, "migrate", 'alertname="Migrate"', 'alertname="Migrate", severity="critical"')
+
+    answer = await outcome(stack, resolved(alert))
+
+    assert (answer["outcome"], answer["run_id"]) == ("resolved_ignored", run_id)
+    assert "cancel refused" not in answer.get("reason", ""), answer  # ignored by its trigger, not by policy
+    assert await is_running(stack.temporal, run_id) is True
+
+
+async def test_a_resolve_settles_the_run_of_a_playbook_whose_triggers_were_all_removed(stack: BotStack):
+    fp = uuid.uuid4().hex[:16]
+    alert = firing(fp, "Heal", instance="h-1")
+    run_id = episode_id("heal", fp, STARTS)
+    assert (await outcome(stack, alert))["outcome"] == "started"
+    edit(stack, "heal", """triggers:
+  alertmanager:
+    - matchers: ['alertname="Heal"']
+      params: {instance: "{{ alert.labels.instance }}"}
+""", "")
+
+    answer = await outcome(stack, resolved(alert))
+
+    assert (answer["outcome"], answer["run_id"]) == ("resolved_cancelled", run_id)
+    assert await final_state(stack, run_id) == "compensated"

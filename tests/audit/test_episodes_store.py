@@ -197,3 +197,26 @@ def test_only_an_episode_within_the_merge_window_takes_a_copy(episodes: Any) -> 
 
     assert own.claimed  # a quarter of an hour apart and more: two episodes, as before the merge rule
     assert episodes.claim_episode(ep(T0)).episode_id == ep(T1)  # 40 s apart: one
+
+
+def test_resolve_only_rows_do_not_crowd_the_episode_under_way_out_of_the_window(episodes: Any) -> None:
+    """Red-team of the merge rule: the stores looked at the 8 newest ids of the window before
+    asking whether each was a claimed episode, and any resolve records a row under the id it names:
+    eight resolves just after the real start hid it, and a merged copy opened a second run."""
+    episodes.claim_episode(ep(T1))
+    episodes.episode_started(ep(T1), 1)
+    for second in range(1, 10):
+        episodes.resolve_episode(ep(f"20261206T1000{40 + second}.000000Z"))
+
+    assert episodes.claim_episode(ep(T0)).episode_id == ep(T1)
+
+
+def test_a_merged_resolve_finds_the_open_episode_before_a_newer_resolved_one(episodes: Any) -> None:
+    episodes.claim_episode(ep(T1))  # the episode under way
+    newer = ep("20261206T100045.000000Z")
+    episodes.claim_episode(newer)
+    episodes.resolve_episode(newer)
+
+    later = episodes.later_episode(ep(T0))
+
+    assert later is not None and later.episode_id == ep(T1)
