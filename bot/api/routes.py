@@ -72,6 +72,9 @@ READ_BATCH = 8  # statuses read at once while listing
 # One more is answered 503 at once, with Retry-After.
 LISTINGS, LISTINGS_EACH = 4, 2
 LISTING_RETRY_AFTER = 2  # seconds
+# A listing's whole time: a running run's status is a query to the worker (up to 5 s each when no
+# worker answers), and a listing past this is a 503 that gives its slot back.
+LISTING_DEADLINE = 30.0  # seconds
 # Refusal logs kept (one per principal and rule): the rules are ours, but a vote's or cancel's comes
 # back from the run, so past this many a new one shares its principal's "other" log.
 REFUSAL_LOGS = 1000
@@ -288,7 +291,11 @@ class RunsApi:
                                 f"{LISTING_RETRY_AFTER} s", "busy", headers={"Retry-After": str(LISTING_RETRY_AFTER)})
         self._listing[actor.principal] = mine + 1
         try:
-            return await self._list(actor, state, playbook, limit)
+            async with asyncio.timeout(LISTING_DEADLINE):
+                return await self._list(actor, state, playbook, limit)
+        except TimeoutError:
+            raise ApiError(503, f"the listing took longer than {LISTING_DEADLINE:g} s: runs' statuses are read from "
+                                "the worker; is one polling the task queue?", "temporal") from None
         finally:
             if (left := self._listing[actor.principal] - 1) > 0:
                 self._listing[actor.principal] = left

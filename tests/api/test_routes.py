@@ -206,6 +206,30 @@ async def test_listings_at_once_are_bounded_in_all_and_per_principal(
     assert len(stack.audit.events()) == refusals
 
 
+async def test_a_listing_past_its_deadline_is_a_503_and_gives_its_slot_back(
+    stack: ApiStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Red-team: with no worker answering, each running run's status waits out its query timeout,
+    and a listing held its slot for minutes (two principals could keep all of them)."""
+    from bot.api import routes
+
+    await stack.finished(await stack.start("alice", "quick", {"service": "web"}))
+    never = asyncio.Event()
+
+    async def stuck_status(client: Any, run_id: str) -> Any:
+        await never.wait()
+
+    monkeypatch.setattr(routes, "get_status", stuck_status)
+    monkeypatch.setattr(routes, "LISTING_DEADLINE", 0.5)
+
+    slow = await stack.call("GET", "/runs", "carol")
+
+    assert slow.status_code == 503 and slow.json()["rule"] == "temporal", slow.text
+    monkeypatch.undo()
+    assert all(s.status_code == 200 for s in await asyncio.gather(
+        *(stack.call("GET", "/runs", "carol") for _ in range(routes.LISTINGS_EACH))))  # its slot is free
+
+
 async def test_bad_listing_queries_are_422_naming_every_problem(stack: ApiStack) -> None:
     response = await stack.call("GET", "/runs?state=bogus&limit=1000&colour=red", "alice")
     assert response.status_code == 422
