@@ -127,9 +127,9 @@ OPSGENIE_SENDER = AlertSender("opsgenie", "Opsgenie", "/opsgenie", "opsgenie", p
                               partial(route_incident, "opsgenie"), triggers=lambda playbook: playbook.triggers.opsgenie)
 
 
-def _keep(recent: OrderedDict[str, None], key: str, limit: int) -> None:
-    """`key` as the most recent of at most `limit` keys (the oldest are forgotten)."""
-    recent[key] = None
+def _keep(recent: OrderedDict[str, Any], key: str, limit: int, value: Any = None) -> None:
+    """`key` (with `value`) as the most recent of at most `limit` keys (the oldest are forgotten)."""
+    recent[key] = value
     recent.move_to_end(key)
     while len(recent) > limit:
         recent.popitem(last=False)
@@ -181,7 +181,8 @@ class AlertReceiver:
         self.actor = deps.sender.actor
         # Episodes this process has seen started: a repeat delivery (the usual case in a storm)
         # goes straight to "is it still running?": no store, no policy question, no start.
-        self._known: OrderedDict[str, None] = beside._known if beside is not None else OrderedDict()
+        # (each with the episode it is answered as when that is another: a merged startsAt's)
+        self._known: OrderedDict[str, str | None] = beside._known if beside is not None else OrderedDict()
         # Concurrent requests' audit appends share one transaction (bot/audit/batching.py).
         self._commit = (beside._commit if beside is not None and beside.deps.audit is deps.audit
                         else GroupCommitter(deps.audit) if deps.audit is not None else None)
@@ -304,9 +305,11 @@ class AlertReceiver:
             # run cancelled, by whichever front door gets it), and one this process handled
             # drops the hint. Only the answer's wording can lag a resolve on another replica:
             # attached while its cancel is still on the way, already_handled once the run ended.
-            running = await self._running(run_id)
+            episode = self._known[run_id] or run_id
+            running = await self._running(episode)
             if running is not None:
-                return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
+                return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=episode,
+                                     reason=MERGED if episode != run_id else None)
             self._known.pop(run_id, None)  # Temporal forgot the run (retention): the store decides
         trigger = TriggerContext(kind=self.sender.name, requested_by=self.sender.name, alert=alert.as_context())
         # Independent questions, asked at once: the episode's shared state and the start rule.
@@ -352,6 +355,7 @@ class AlertReceiver:
         An episode read as started skips the claim (a write) and goes to Temporal: a repeat in a
         storm costs a read, and started never goes back to false but for a failed start's release."""
         playbook, run_id = match.name, match.workflow_id
+        delivered = run_id
         deadline = time.monotonic() + self.PENDING_WAIT
         rerun, claim = False, episode
         while True:
@@ -371,6 +375,8 @@ class AlertReceiver:
                 running = await self._running(run_id)
                 if running is not None:
                     self._remember(run_id)
+                    if delivered != run_id:  # its repeats go straight to the episode's run too
+                        self._remember(delivered, answered_as=run_id)
                     return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
                 # The episode ran, and Temporal no longer has its run (its retention ended).
                 if match.trigger.on_rerun != "start":
@@ -466,7 +472,8 @@ class AlertReceiver:
             # (Under a merged startsAt both: a late retry of its firing then reads its own id resolved.)
             await self._write("resolve an episode",
                               lambda s: [s.resolve_episode(i) for i in {delivered, match.workflow_id}])
-        self._known.pop(match.workflow_id, None)  # a later firing delivery reads the resolve
+        for known in {delivered, match.workflow_id}:
+            self._known.pop(known, None)  # a later firing delivery reads the resolve
         settled, run_id, reason = await self._settle_resolved(match, on_resolved)
         outcome = {"cancelled": "resolved_cancelled", "ignored": "resolved_ignored", "no_run": "resolved_no_run"}[settled]
         return self._outcome(alert, playbook, outcome, run_id=run_id, reason=reason or (MERGED if merged else None))
@@ -557,8 +564,8 @@ class AlertReceiver:
         except (RPCError, RunError):
             return False
 
-    def _remember(self, run_id: str) -> None:
-        _keep(self._known, run_id, self.KNOWN_EPISODES)
+    def _remember(self, run_id: str, answered_as: str | None = None) -> None:
+        _keep(self._known, run_id, self.KNOWN_EPISODES, answered_as)
 
     async def _running(self, run_id: str) -> bool | None:
         """True running, False ended, None never started."""

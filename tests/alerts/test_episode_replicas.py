@@ -461,3 +461,27 @@ async def test_a_resolve_settles_the_run_of_a_playbook_whose_triggers_were_all_r
 
     assert (answer["outcome"], answer["run_id"]) == ("resolved_cancelled", run_id)
     assert await final_state(stack, run_id) == "compensated"
+
+
+async def test_repeats_of_a_merged_startsat_take_the_fast_path(stack: BotStack, monkeypatch):
+    """Red-team (performance): a merged copy's repeats (Alertmanager re-sends it every repeat
+    interval, each HA peer too) each paid a store read, a policy question, a lock check and a
+    claim write, because only the episode's own id was remembered."""
+    fp = uuid.uuid4().hex[:16]
+    assert (await outcome(stack, firing(fp, "Heal", instance="k-1")))["outcome"] == "started"
+    merged = firing(fp, "Heal", starts=EARLIER, instance="k-1")
+    assert (await outcome(stack, merged))["outcome"] == "attached"
+    claims: list[str] = []
+    real = type(stack.audit).claim_episode
+
+    def counted(store: Any, episode_id: str, **kwargs: Any) -> Any:
+        claims.append(episode_id)
+        return real(store, episode_id, **kwargs)
+
+    monkeypatch.setattr(type(stack.audit), "claim_episode", counted)
+
+    again = await outcome(stack, merged)
+
+    assert (again["outcome"], again["run_id"]) == ("attached", episode_id("heal", fp, STARTS))
+    assert "moved this alert's startsAt earlier" in again["reason"]
+    assert claims == [], "a repeat of a merged copy went to the store"
