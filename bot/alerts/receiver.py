@@ -43,6 +43,7 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from temporalio.client import Client
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -286,8 +287,8 @@ class AlertReceiver:
                 results.append(await self._resolved(alert, match))
             else:
                 results.append(await self._firing(alert, match))
-        for match, on_resolved in edited:
-            results.append(await self._resolved(alert, match, on_resolved))
+        for match, fallback in edited:
+            results.append(await self._resolved(alert, match, fallback))
             results[-1].setdefault("reason", EDITED_AWAY)
         await self._record([received, *[self._outcome_event(alert, r) for r in results]])
         for result in results:
@@ -305,12 +306,14 @@ class AlertReceiver:
             # run cancelled, by whichever front door gets it), and one this process handled
             # drops the hint. Only the answer's wording can lag a resolve on another replica:
             # attached while its cancel is still on the way, already_handled once the run ended.
+            # A delivered id answered as another episode (a merged startsAt) only while that run
+            # runs: once it ended, its episode may have resolved, and the store decides again.
             episode = self._known[run_id] or run_id
             running = await self._running(episode)
-            if running is not None:
+            if running or (running is False and episode == run_id):
                 return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=episode,
                                      reason=MERGED if episode != run_id else None)
-            self._known.pop(run_id, None)  # Temporal forgot the run (retention): the store decides
+            self._known.pop(run_id, None)  # Temporal forgot the run (retention), or see above: the store decides
         trigger = TriggerContext(kind=self.sender.name, requested_by=self.sender.name, alert=alert.as_context())
         # Independent questions, asked at once: the episode's shared state and the start rule.
         episode, verdict = await asyncio.gather(
@@ -458,7 +461,7 @@ class AlertReceiver:
         return self._outcome(alert, match.name, "already_handled", run_id=run_id or match.workflow_id,
                              reason=reason)
 
-    async def _resolved(self, alert: Alert, match: RouteMatch, on_resolved: str | None = None) -> dict[str, Any]:
+    async def _resolved(self, alert: Alert, match: RouteMatch, fallback: str | None = None) -> dict[str, Any]:
         """A resolved alert never remediates: it cancels (or is noted by) the episode's run."""
         playbook, merged, delivered = match.name, False, match.workflow_id
         if self.deps.audit is not None:
@@ -474,16 +477,18 @@ class AlertReceiver:
                               lambda s: [s.resolve_episode(i) for i in {delivered, match.workflow_id}])
         for known in {delivered, match.workflow_id}:
             self._known.pop(known, None)  # a later firing delivery reads the resolve
-        settled, run_id, reason = await self._settle_resolved(match, on_resolved)
+        settled, run_id, reason = await self._settle_resolved(match, fallback)
         outcome = {"cancelled": "resolved_cancelled", "ignored": "resolved_ignored", "no_run": "resolved_no_run"}[settled]
         return self._outcome(alert, playbook, outcome, run_id=run_id, reason=reason or (MERGED if merged else None))
 
     async def _edited_away(self, alert: Alert, matches: list[RouteMatch]) -> list[tuple[RouteMatch, str]]:
         """A resolve's episodes under playbooks whose triggers no longer match the alert (their
         matchers were edited, or removed, or the alert's labels moved, since it fired), each with
-        the on_resolved of the trigger that started its run: a resolved alert never remediates,
-        so their runs are this resolve's to settle too. One store read for the whole catalog;
-        without a store, only matching playbooks are settled."""
+        the on_resolved to use for a run that carries none in its memo (one from before it):
+        `continue` if any of the playbook's triggers says so (never abort a run whose author may
+        have declared it uninterruptible on a guess), else `cancel`. A resolved alert never
+        remediates, so their runs are this resolve's to settle too. One store read for the whole
+        catalog; without a store, only matching playbooks are settled."""
         if self.deps.audit is None:
             return []
         matched = {m.name for m in matches}
@@ -497,24 +502,10 @@ class AlertReceiver:
         for episode in seen:
             loaded = candidates[episode.episode_id]
             triggers = self.sender.triggers(loaded.playbook)
-            on_resolved = await self._run_on_resolved(episode.episode_id, triggers)
-            trigger = next((t for t in triggers if t.on_resolved == on_resolved), triggers[0] if triggers else None)
-            edited.append((RouteMatch(loaded, trigger, 0, episode.episode_id), on_resolved))  # type: ignore[arg-type]
+            fallback = "continue" if any(t.on_resolved == "continue" for t in triggers) else "cancel"
+            trigger = next((t for t in triggers if t.on_resolved == fallback), triggers[0] if triggers else None)
+            edited.append((RouteMatch(loaded, trigger, 0, episode.episode_id), fallback))  # type: ignore[arg-type]
         return edited
-
-    async def _run_on_resolved(self, run_id: str, triggers: Sequence[AnyTrigger]) -> str:
-        """The on_resolved its run started with (its memo); a run from before the memo, or none:
-        `continue` if any of the playbook's triggers says so (never abort a run whose author may
-        have declared it uninterruptible on a guess), else `cancel`."""
-        guess = "continue" if any(t.on_resolved == "continue" for t in triggers) else "cancel"
-        try:
-            memo = await (await self.deps.client.get_workflow_handle(run_id).describe()).memo()
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return guess
-            raise Unavailable(f"Temporal: {exc.message}") from None
-        said = memo.get(ON_RESOLVED_MEMO)
-        return said if said in ("cancel", "continue") else guess
 
     async def _resolved_episode(self, alert: Alert, match: RouteMatch) -> str | None:
         """The episode a resolve ends when Alertmanager moved its startsAt earlier (none was seen
@@ -534,15 +525,18 @@ class AlertReceiver:
             return None  # a resolve that says it ends in the future is nobody's merged copy
         return later.episode_id
 
-    async def _settle_resolved(self, match: RouteMatch, on_resolved: str | None = None
+    async def _settle_resolved(self, match: RouteMatch, fallback: str | None = None
                                ) -> tuple[str, str | None, str | None]:
         """What a resolve does to the episode's run: cancelled, ignored (on_resolved: continue, or
-        the cancel rule refused, with the reason) or no_run; and the run id to report.
-        `on_resolved`: the run's own (a resolve that no longer matches it), default its trigger's."""
+        the cancel rule refused, with the reason) or no_run; and the run id to report. The
+        on_resolved is the run's own, from its memo (the trigger that started it: the playbook's
+        triggers may have been edited since); for a run without one, `fallback`, else the trigger
+        the resolve matched."""
         run_id = match.workflow_id
-        if not await self._running(run_id):
+        running, said = await self._run_state(run_id)
+        if not running:
             return "no_run", None, None
-        if (on_resolved or match.trigger.on_resolved) == "continue":
+        if (said or fallback or match.trigger.on_resolved) == "continue":
             return "ignored", run_id, None
         try:
             await cancel_run(self.deps.client, run_id, self.actor, self.deps.keyring, reason="the alert resolved")
@@ -566,6 +560,20 @@ class AlertReceiver:
 
     def _remember(self, run_id: str, answered_as: str | None = None) -> None:
         _keep(self._known, run_id, self.KNOWN_EPISODES, answered_as)
+
+    async def _run_state(self, run_id: str) -> tuple[bool | None, str | None]:
+        """Whether the run is running (as `_running`) and the on_resolved its start recorded in its
+        memo (None: a run from before the memo), from one describe."""
+        try:
+            description = await self.deps.client.get_workflow_handle(run_id).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return None, None
+            raise Unavailable(f"Temporal: {exc.message}") from None
+        running = (description.raw_description.workflow_execution_info.status
+                   == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING)
+        said = (await description.memo()).get(ON_RESOLVED_MEMO) if running else None
+        return running, said if said in ("cancel", "continue") else None
 
     async def _running(self, run_id: str) -> bool | None:
         """True running, False ended, None never started."""

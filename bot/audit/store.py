@@ -222,8 +222,13 @@ class SqliteAuditStore:
 
     def episodes_of(self, episode_ids: Sequence[str]) -> list[Episode]:
         """Those of `episode_ids` that some front door claimed or resolved (one read for many)."""
+        ids = list(episode_ids)
+        found: list[Episode] = []
         with self._connected("read") as conn:
-            found = [_episode(conn, i) for i in episode_ids]  # (a handful of primary-key reads, one connection)
+            for first in range(0, len(ids), ID_CHUNK):  # one query per chunk (a catalog's worth, on every resolve)
+                chunk = ids[first:first + ID_CHUNK]
+                found += [_row_episode(row) for row in conn.execute(
+                    f"SELECT {EPISODE_COLUMNS} FROM episodes WHERE episode_id IN ({','.join('?' * len(chunk))})", chunk)]
         return [e for e in found if e.seen]
 
     def later_episode(self, episode_id: str) -> Episode | None:
@@ -453,9 +458,11 @@ def _to_row(seq: int, event: AuditEvent, prev_hash: str) -> tuple[Any, ...]:
 
 def _episode(conn: sqlite3.Connection, episode_id: str) -> Episode:
     row = conn.execute(f"SELECT {EPISODE_COLUMNS} FROM episodes WHERE episode_id = ?", (episode_id,)).fetchone()
-    if row is None:
-        return Episode(episode_id=episode_id)
-    _, runs, started, claimed_at, resolved_at = row
+    return Episode(episode_id=episode_id) if row is None else _row_episode(row)
+
+
+def _row_episode(row: Sequence[Any]) -> Episode:
+    episode_id, runs, started, claimed_at, resolved_at = row
     return Episode(
         episode_id=episode_id, runs=runs, started=bool(started),
         claimed_at=_parse_ts(claimed_at), resolved_at=_parse_ts(resolved_at),

@@ -375,7 +375,7 @@ async def test_a_resolve_ends_the_run_of_a_playbook_whose_matchers_were_edited_s
     alert = firing(fp, "Heal", instance="e-1")
     run_id = episode_id("heal", fp, STARTS)
     assert (await outcome(stack, alert))["outcome"] == "started"
-    edit(stack, "heal", 'alertname="Heal"', 'alertname="HealNow"')  # the front door reloaded
+    edit(stack, "heal", ('alertname="Heal"', 'alertname="HealNow"'))  # the front door reloaded
 
     answer = await outcome(stack, resolved(alert))
 
@@ -416,16 +416,18 @@ async def test_a_resolve_with_a_made_up_startsat_cancels_no_live_run(stack: BotS
     assert await is_running(stack.temporal, run_id) is True
 
 
-def edit(stack: BotStack, name: str, old: str, new: str) -> None:
-    """The front door's catalog as if `name`'s file was edited (`old` -> `new`) and reloaded."""
+def edit(stack: BotStack, name: str, *changes: tuple[str, str]) -> None:
+    """The front door's catalog as if `name`'s file was edited (each `old` -> `new`) and reloaded."""
     import yaml
 
     from bot.playbook.loader import LoadedPlaybook
     from bot.playbook.model import Playbook
 
-    before = stack.catalog.get(name)
-    assert old in PLAYBOOKS[name]
-    edited = Playbook.model_validate(yaml.safe_load(PLAYBOOKS[name].replace(old, new)))
+    before, text = stack.catalog.get(name), PLAYBOOKS[name]
+    for old, new in changes:
+        assert old in text
+        text = text.replace(old, new)
+    edited = Playbook.model_validate(yaml.safe_load(text))
     stack.catalog._by_name[name] = LoadedPlaybook(edited, before.path, edited.content_hash())
 
 
@@ -437,7 +439,7 @@ async def test_a_resolve_that_no_longer_matches_keeps_the_on_resolved_its_run_st
     alert = firing(fp, "Migrate", instance="g-1")
     run_id = episode_id("migrate", fp, STARTS)
     assert (await outcome(stack, alert))["outcome"] == "started"
-    edit(stack, "migrate", 'alertname="Migrate"', 'alertname="Migrate", severity="critical"')
+    edit(stack, "migrate", ('alertname="Migrate"', 'alertname="Migrate", severity="critical"'))
 
     answer = await outcome(stack, resolved(alert))
 
@@ -451,11 +453,11 @@ async def test_a_resolve_settles_the_run_of_a_playbook_whose_triggers_were_all_r
     alert = firing(fp, "Heal", instance="h-1")
     run_id = episode_id("heal", fp, STARTS)
     assert (await outcome(stack, alert))["outcome"] == "started"
-    edit(stack, "heal", """triggers:
+    edit(stack, "heal", ("""triggers:
   alertmanager:
     - matchers: ['alertname="Heal"']
       params: {instance: "{{ alert.labels.instance }}"}
-""", "")
+""", ""))
 
     answer = await outcome(stack, resolved(alert))
 
@@ -485,3 +487,36 @@ async def test_repeats_of_a_merged_startsat_take_the_fast_path(stack: BotStack, 
     assert (again["outcome"], again["run_id"]) == ("attached", episode_id("heal", fp, STARTS))
     assert "moved this alert's startsAt earlier" in again["reason"]
     assert claims == [], "a repeat of a merged copy went to the store"
+
+
+async def test_a_merged_copy_remembered_on_a_door_starts_its_own_run_once_the_later_episode_resolved(stack: BotStack):
+    """Red-team (third round): the fast path remembered "D is answered as E" and kept answering D
+    as E after E was resolved on its own, so on that door the real alert never started again (the
+    other doors, asking the store, started it). A remembered mapping now holds only while E runs."""
+    fp = uuid.uuid4().hex[:16]
+    later, merged = firing(fp, "Heal", instance="p-2"), firing(fp, "Heal", starts=EARLIER, instance="p-2")
+    earlier_id = episode_id("heal", fp, datetime(2026, 11, 22, 0, 59, 20, tzinfo=UTC))
+    assert (await outcome(stack, later))["outcome"] == "started"
+    assert (await outcome(stack, merged))["outcome"] == "attached"
+    assert (await outcome(stack, resolved(later)))["outcome"] == "resolved_cancelled"  # E resolved alone
+
+    again = await outcome(stack, merged)
+
+    assert (again["outcome"], again["run_id"]) == ("started", earlier_id)
+
+
+async def test_a_matching_resolve_keeps_the_on_resolved_its_run_started_with(stack: BotStack):
+    """Red-team (third round): the memo was read only for a resolve that matched no trigger; one
+    that now matches another trigger of the playbook (a `cancel` one) aborted a run its `continue`
+    trigger had started, once that trigger was narrowed."""
+    fp = uuid.uuid4().hex[:16]
+    alert = firing(fp, "Migrate", instance="m-2")
+    run_id = episode_id("migrate", fp, STARTS)
+    assert (await outcome(stack, alert))["outcome"] == "started"
+    edit(stack, "migrate", ('alertname="Migrate"', 'alertname="Migrate", severity="critical"'),
+         ('alertname="MigrateOther"', 'alertname=~"Migrate.*"'))  # now only the cancel trigger matches
+
+    answer = await outcome(stack, resolved(alert))
+
+    assert (answer["outcome"], answer["run_id"]) == ("resolved_ignored", run_id), answer
+    assert await is_running(stack.temporal, run_id) is True
