@@ -11,12 +11,13 @@ up to 60 a minute per principal and rule, the rest of that minute as one count (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Literal, TypeVar, get_args
+from typing import Any, AsyncIterator, Awaitable, Callable, Literal, TypeVar, get_args
 
 import structlog
 from fastapi import APIRouter, Request
@@ -72,6 +73,11 @@ READ_BATCH = 8  # statuses read at once while listing
 # One more is answered 503 at once, with Retry-After.
 LISTINGS, LISTINGS_EACH = 4, 2
 LISTING_RETRY_AFTER = 2  # seconds
+# Refusals about the caller, not the run (the policy's verdict on them, their own vote or request):
+# told to anyone (`_told_to_readers`). The rest (unknown_step, run_state, step_state, step_kind,
+# choices, input, ...) say something of the run.
+CALLER_RULES = frozenset({"approver", "policy_unavailable", "cancel", "four_eyes", "one_vote_per_person",
+                          "unverified", "principal", "size"})
 # A listing's whole time: a running run's status is a query to the worker (up to 5 s each when no
 # worker answers), and a listing past this is a 503 that gives its slot back.
 LISTING_DEADLINE = 30.0  # seconds
@@ -403,17 +409,43 @@ class RunsApi:
     async def post_vote(self, request: Request, actor: Actor) -> JSONResponse:
         body = await self._body(request, VoteBody)
         asked = VoteRequest(step_id=body.step, user=actor.principal, vote=body.vote, reason=body.reason)
-        result = await vote(self.deps.client, request.path_params["run_id"], asked, actor, self.deps.keyring)
+        run_id = request.path_params["run_id"]
+        async with self._told_to_readers(run_id, actor):
+            result = await vote(self.deps.client, run_id, asked, actor, self.deps.keyring)
         return JSONResponse(result.model_dump(mode="json"))
 
     async def post_confirm(self, request: Request, actor: Actor) -> JSONResponse:
         body = await self._body(request, ConfirmBody)
         asked = ConfirmRequest(step_id=body.step, user=actor.principal, answer=body.answer, reason=body.reason)
-        result = await confirm(self.deps.client, request.path_params["run_id"], asked, actor, self.deps.keyring)
+        run_id = request.path_params["run_id"]
+        async with self._told_to_readers(run_id, actor):
+            result = await confirm(self.deps.client, run_id, asked, actor, self.deps.keyring)
         return JSONResponse(result.model_dump(mode="json"))
 
     async def post_cancel(self, request: Request, actor: Actor) -> JSONResponse:
         body = await self._body(request, CancelBody, empty_ok=True)
         run_id = request.path_params["run_id"]
-        before, result = await cancel_run(self.deps.client, run_id, actor, self.deps.keyring, body.reason)
+        async with self._told_to_readers(run_id, actor):
+            before, result = await cancel_run(self.deps.client, run_id, actor, self.deps.keyring, body.reason)
         return JSONResponse({"run_id": run_id, "was": before.state, "state": result.state, "message": result.message})
+
+    @contextlib.asynccontextmanager
+    async def _told_to_readers(self, run_id: str, actor: Actor) -> AsyncIterator[None]:
+        """A refusal that says something of the run (its steps, their states, a step's choices,
+        whether it ended) is told only to a caller who may read the run; anyone else hears what
+        GET /runs/{id} tells them. What the policy itself said of this caller (the approver or
+        cancel rule's reasons) is told as it is: it is about the caller, and it is what lets an
+        approver who may not start the playbook know why (red-team, stop 38)."""
+        try:
+            yield
+        except RunError as exc:
+            if exc.rule in CALLER_RULES or exc.rule == "unknown_run" or exc.code == "unavailable":
+                raise  # (an unknown run is GET's 404 too)
+            try:
+                status = await get_status(self.deps.client, run_id)
+            except RunError:
+                raise exc from None
+            if (why_not := await self._may_read(actor, status)) is not None:
+                raise ApiError(403, f"{actor.principal} may not read run {run_id}: may not start "
+                                    f"{status.playbook}: {why_not}", "start") from None
+            raise

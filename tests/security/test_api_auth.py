@@ -285,3 +285,26 @@ async def test_a_tokens_file_that_cannot_be_read_is_a_503_not_an_open_door(stack
     response = await stack.call("GET", "/runs", "alice")
     assert response.status_code == 503 and response.json()["rule"] == "token"
     assert (await stack.call("GET", "/runs")).status_code == 401
+
+
+async def test_a_caller_who_may_not_read_a_run_learns_nothing_of_it_from_a_refusal(stack: ApiStack) -> None:
+    """Red-team (stop 38): a caller who may not read a run (GET answers 403) still learnt its step
+    ids, their states and whether it had ended from refused votes, answers and cancels: the run's
+    refusals were told before any read check. They now hear GET's 403; a reader hears the reason."""
+    waiting = await stack.start("alice", "hold")
+    await stack.step_in(waiting, "wait", "running")
+    ended = await stack.start("alice", "quick", {"service": "web"})
+    await stack.finished(ended)
+    probes = [
+        (f"/runs/{waiting}/approvals", {"step": "no-such-step", "vote": "approve"}),  # is there such a step?
+        (f"/runs/{waiting}/approvals", {"step": "note", "vote": "approve"}),  # what state is it in?
+        (f"/runs/{ended}/approvals", {"step": "note", "vote": "approve"}),  # has the run ended?
+        (f"/runs/{ended}/cancel", {"reason": "probe"}),
+    ]
+    for path, body in probes:
+        outsider = await stack.call("POST", path, "mallory", body=body)
+        read = await stack.call("GET", "/".join(path.split("/")[:3]), "mallory")  # what GET tells her of that run
+        assert (outsider.status_code, outsider.json()) == (403, read.json()), (path, body, outsider.text)
+        reader = await stack.call("POST", path, "carol", body=body)
+        assert reader.status_code in (404, 409), (path, body, reader.text)  # a reader is told what is wrong
+    assert len(stack.refusals("api:mallory")) == 2 * len(probes)  # each refusal on the record (and each GET's)
