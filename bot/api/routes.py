@@ -38,6 +38,7 @@ from bot.engine.runs import (
     check_start,
     confirm,
     get_status,
+    hidden_from,
     new_run_id,
     start_run,
     vote,
@@ -73,11 +74,6 @@ READ_BATCH = 8  # statuses read at once while listing
 # One more is answered 503 at once, with Retry-After.
 LISTINGS, LISTINGS_EACH = 4, 2
 LISTING_RETRY_AFTER = 2  # seconds
-# Refusals about the caller, not the run (the policy's verdict on them, their own vote or request):
-# told to anyone (`_told_to_readers`). The rest (unknown_step, run_state, step_state, step_kind,
-# choices, input, ...) say something of the run.
-CALLER_RULES = frozenset({"approver", "policy_unavailable", "cancel", "four_eyes", "one_vote_per_person",
-                          "unverified", "principal", "size"})
 # A listing's whole time: a running run's status is a query to the worker (up to 5 s each when no
 # worker answers), and a listing past this is a 503 that gives its slot back.
 LISTING_DEADLINE = 30.0  # seconds
@@ -431,21 +427,14 @@ class RunsApi:
 
     @contextlib.asynccontextmanager
     async def _told_to_readers(self, run_id: str, actor: Actor) -> AsyncIterator[None]:
-        """A refusal that says something of the run (its steps, their states, a step's choices,
-        whether it ended) is told only to a caller who may read the run; anyone else hears what
-        GET /runs/{id} tells them. What the policy itself said of this caller (the approver or
-        cancel rule's reasons) is told as it is: it is about the caller, and it is what lets an
-        approver who may not start the playbook know why (red-team, stop 38)."""
+        """A refusal that says something of the run is told only to a caller who may read it;
+        anyone else hears what GET /runs/{id} tells them (bot/engine/runs.py `hidden_from`)."""
         try:
             yield
         except RunError as exc:
-            if exc.rule in CALLER_RULES or exc.rule == "unknown_run" or exc.code == "unavailable":
-                raise  # (an unknown run is GET's 404 too)
-            try:
-                status = await get_status(self.deps.client, run_id)
-            except RunError:
-                raise exc from None
-            if (why_not := await self._may_read(actor, status)) is not None:
-                raise ApiError(403, f"{actor.principal} may not read run {run_id}: may not start "
-                                    f"{status.playbook}: {why_not}", "start") from None
-            raise
+            hidden = await hidden_from(self.deps.client, self.deps.policy, self.deps.catalog(), run_id, actor, "api", exc)
+            if hidden is None:
+                raise
+            status, why_not = hidden
+            raise ApiError(403, f"{actor.principal} may not read run {run_id}: may not start {status.playbook}: "
+                                f"{why_not}", "start") from None

@@ -159,6 +159,31 @@ async def check_read(
         )
 
 
+# Refusals about the caller, not the run (the policy's verdict on them, their own vote or request):
+# told to anyone. The rest (unknown_step, run_state, step_state, step_kind, choices, input, ...)
+# say something of the run, and are told only to a caller who may read it (`hidden_from`).
+CALLER_RULES = frozenset({"approver", "policy_unavailable", "cancel", "four_eyes", "one_vote_per_person",
+                          "unverified", "principal", "size"})
+
+
+async def hidden_from(
+    client: Client, policy: PolicyEngine, catalog: Catalog, run_id: str, actor: Actor, via: TriggerKind,
+    refusal: RunError,
+) -> tuple[RunStatus, str] | None:
+    """(the run's status, why the actor may not read it) when `refusal` says something of a run
+    the actor may not read (its steps, their states, a step's choices, that it ended), so the door
+    answers as its status read would; None when the refusal may be told as it is (about the
+    caller, an unknown run, an outage, or a reader)."""
+    if refusal.rule in CALLER_RULES or refusal.rule == "unknown_run" or refusal.code == "unavailable":
+        return None
+    try:
+        status = await get_status(client, run_id)
+    except RunError:
+        return None
+    why_not = await why_not_readable(policy, catalog, status, actor, via)
+    return None if why_not is None else (status, why_not)
+
+
 def run_input(
     loaded: LoadedPlaybook, params: dict[str, Any], trigger: TriggerContext, actor: Actor, keyring: Keyring, run_id: str
 ) -> RunInput:

@@ -35,6 +35,7 @@ from bot.engine.runs import (
     RunError,
     cancel_run,
     check_read,
+    hidden_from,
     check_start,
     get_status,
     start_policy_input,
@@ -475,8 +476,14 @@ class PlaybookCommand:
         actor = await self._actor(body)
         try:
             status, _ = await cancel_run(self.deps.client, args[0], actor, self.deps.keyring)
-        except RunError:
-            self._record({**body, "trigger_id": f"cancel:{body.get('trigger_id')}"}, args[0], "cancel_refused")
+        except RunError as exc:
+            self._record({**body, "trigger_id": f"cancel:{body.get('trigger_id')}"}, args[0], "cancel_refused",
+                         reason=_said(exc))
+            # (whether it ended is told only to whoever may read the run, as `status` tells it)
+            hidden = await hidden_from(self.deps.client, self.deps.policy, self.deps.catalog(), args[0], actor,
+                                       "slack", exc)
+            if hidden is not None:  # refused as `status` refuses a non-reader
+                await check_read(self.deps.policy, self.deps.catalog(), hidden[0], actor, "slack")
             raise
         self._record({**body, "trigger_id": f"cancel:{body.get('trigger_id')}"}, status.run_id, "cancel_requested")
         log.info("slack run cancel requested", run_id=status.run_id, by=actor.principal)

@@ -165,6 +165,14 @@ async def test_status_and_cancel(stack: Stack) -> None:
     assert "Cancelling run" in text_of(await stack.answers(key))
     final = await eventually(lambda: finished(stack, run_id), what="cancelled run ends")
     assert final.state == "compensated" and final.cancelled_by == principal(ALICE)
+    # whether it ended is told, as its status is, only to whoever may read it (red-team, stop 38)
+    body, key = stack.command(f"cancel {run_id}", user=MALLORY)
+    assert (await stack.post(body)).status_code == 200
+    told = text_of(await stack.answers(key))
+    assert "slack:U0MALLORY may not see runs of hold" in told and "ended" not in told, told
+    body, key = stack.command(f"cancel {run_id}")
+    assert (await stack.post(body)).status_code == 200
+    assert "has already ended" in text_of(await stack.answers(key))
     # the run's story is in the invoking channel, as Slack now shows it: one status message,
     # current, and the undo and the summary in its thread
     [status_message] = stack.fake.top_level(CHANNEL)
