@@ -168,15 +168,9 @@ class SqliteAuditStore:
 
     @staticmethod
     def _stored(conn: sqlite3.Connection, event_ids: list[str]) -> dict[str, StoredEvent]:
-        """The stored events among `event_ids`, by id (in chunks: SQLite caps a statement's parameters)."""
-        found: dict[str, StoredEvent] = {}
-        for start in range(0, len(event_ids), ID_CHUNK):
-            chunk = event_ids[start:start + ID_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            for row in conn.execute(f"{SELECT} WHERE event_id IN ({marks})", chunk):
-                event = _from_row(row)
-                found[event.event_id] = event
-        return found
+        """The stored events among `event_ids`, by id."""
+        events = (_from_row(row) for row in _rows_in(conn, f"{SELECT} WHERE event_id", event_ids))
+        return {event.event_id: event for event in events}
 
     def check_writable(self) -> str | None:
         """None when an append would work now; otherwise why not (for /readyz and the logs).
@@ -222,13 +216,9 @@ class SqliteAuditStore:
 
     def episodes_of(self, episode_ids: Sequence[str]) -> list[Episode]:
         """Those of `episode_ids` that some front door claimed or resolved (one read for many)."""
-        ids = list(episode_ids)
-        found: list[Episode] = []
-        with self._connected("read") as conn:
-            for first in range(0, len(ids), ID_CHUNK):  # one query per chunk (a catalog's worth, on every resolve)
-                chunk = ids[first:first + ID_CHUNK]
-                found += [_row_episode(row) for row in conn.execute(
-                    f"SELECT {EPISODE_COLUMNS} FROM episodes WHERE episode_id IN ({','.join('?' * len(chunk))})", chunk)]
+        with self._connected("read") as conn:  # (a catalog's worth of ids, on every resolve)
+            found = [_row_episode(row) for row in _rows_in(
+                conn, f"SELECT {EPISODE_COLUMNS} FROM episodes WHERE episode_id", list(episode_ids))]
         return [e for e in found if e.seen]
 
     def later_episode(self, episode_id: str) -> Episode | None:
@@ -478,15 +468,19 @@ def _later_episode(conn: sqlite3.Connection, episode_id: str, *, open_only: bool
     # Only claimed ones count against the limit (a resolve records a row under any id it names), the
     # open ones first (a merged resolve settles the episode a merged firing would have joined).
     rows = conn.execute(
-        "SELECT episode_id FROM episodes WHERE episode_id > ? AND episode_id <= ? AND length(episode_id) = ?"
+        f"SELECT {EPISODE_COLUMNS} FROM episodes WHERE episode_id > ? AND episode_id <= ? AND length(episode_id) = ?"
         f" AND claimed_at IS NOT NULL{' AND resolved_at IS NULL' if open_only else ''}"
         " ORDER BY resolved_at IS NULL DESC, episode_id DESC LIMIT ?", (*bounds, LATER_CANDIDATES),
-    ).fetchall()
-    for (later_id,) in rows:
-        later = _episode(conn, later_id)
-        if merge_target(later) and not (open_only and later.resolved_at is not None):
-            return later
-    return None
+    )
+    return next((later for later in map(_row_episode, rows) if merge_target(later)), None)
+
+
+def _rows_in(conn: sqlite3.Connection, select: str, ids: list[str]) -> Iterator[Any]:
+    """The rows of `select` (ending with the id column it filters on) `IN` ids, a statement per
+    ID_CHUNK of them: SQLite caps a statement's parameters."""
+    for first in range(0, len(ids), ID_CHUNK):
+        chunk = ids[first:first + ID_CHUNK]
+        yield from conn.execute(f"{select} IN ({', '.join('?' * len(chunk))})", chunk)
 
 
 def _put_episode(conn: sqlite3.Connection, episode: Episode) -> None:
