@@ -43,7 +43,6 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from temporalio.client import Client
-from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -59,7 +58,8 @@ from bot.audit.events import AuditEvent, EventKind
 from bot.audit.batching import GroupCommitter
 from bot.audit.backend import AuditStore
 from bot.engine.runs import (
-    RunBusy, RunError, cancel_run, get_status, is_running, lock_conflict, run_input, start_policy_input,
+    RunBusy, RunError, cancel_run, get_status, is_open, is_running, lock_conflict, run_description, run_input,
+    start_policy_input,
 )
 from bot.engine.state import TriggerContext
 from bot.engine.workflow import PlaybookRun
@@ -503,7 +503,8 @@ class AlertReceiver:
             loaded = candidates[episode.episode_id]
             triggers = self.sender.triggers(loaded.playbook)
             fallback = "continue" if any(t.on_resolved == "continue" for t in triggers) else "cancel"
-            trigger = next((t for t in triggers if t.on_resolved == fallback), triggers[0] if triggers else None)
+            # (its trigger is not read: the run's memo, else `fallback`, says what the resolve does)
+            trigger = triggers[0] if triggers else None
             edited.append((RouteMatch(loaded, trigger, 0, episode.episode_id), fallback))  # type: ignore[arg-type]
         return edited
 
@@ -565,15 +566,15 @@ class AlertReceiver:
         """Whether the run is running (as `_running`) and the on_resolved its start recorded in its
         memo (None: a run from before the memo), from one describe."""
         try:
-            description = await self.deps.client.get_workflow_handle(run_id).describe()
+            description = await run_description(self.deps.client, run_id)
         except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return None, None
             raise Unavailable(f"Temporal: {exc.message}") from None
-        running = (description.raw_description.workflow_execution_info.status
-                   == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING)
-        said = (await description.memo()).get(ON_RESOLVED_MEMO) if running else None
-        return running, said if said in ("cancel", "continue") else None
+        if description is None:
+            return None, None
+        if not is_open(description):
+            return False, None
+        said = (await description.memo()).get(ON_RESOLVED_MEMO)
+        return True, said if said in ("cancel", "continue") else None
 
     async def _running(self, run_id: str) -> bool | None:
         """True running, False ended, None never started."""

@@ -11,6 +11,7 @@ from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
+    WorkflowExecutionDescription,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
@@ -485,11 +486,21 @@ async def _ended_meanwhile(client: Client, run_id: str, what: str) -> None:
 async def is_running(client: Client, run_id: str) -> bool | None:
     """True while the execution is open, False once it closed, None if there is no such run;
     other RPC errors are the caller's to name."""
+    desc = await run_description(client, run_id)
+    return None if desc is None else is_open(desc)
+
+
+async def run_description(client: Client, run_id: str) -> WorkflowExecutionDescription | None:
+    """The run's latest execution as Temporal describes it, None if there is no such run; other
+    RPC errors are the caller's to name."""
     try:
-        desc = await client.get_workflow_handle(run_id).describe()
+        return await client.get_workflow_handle(run_id).describe()
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return None
         raise
+
+
+def is_open(desc: WorkflowExecutionDescription) -> bool:
     status = desc.raw_description.workflow_execution_info.status
     return status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
