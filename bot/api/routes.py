@@ -148,6 +148,13 @@ def _problems(exc: ValidationError) -> list[str]:
     return [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
 
 
+def unreadable(actor: Actor, status: RunStatus, why_not: str) -> ApiError:
+    """The 403 of a caller who may not read the run (GET's, and any refusal that would tell of it)."""
+    return ApiError(
+        403, f"{actor.principal} may not read run {status.run_id}: may not start {status.playbook}: {why_not}", "start"
+    )
+
+
 def idempotent_run_id(principal: str, playbook: str, key: str) -> str:
     """The run an Idempotency-Key names: per principal and playbook, so nobody attaches to another's run."""
     return f"{playbook}-api-" + hashlib.sha256(f"{principal}\n{playbook}\n{key}".encode()).hexdigest()[:24]
@@ -276,9 +283,7 @@ class RunsApi:
         status = await get_status(self.deps.client, run_id)
         why_not = await self._may_read(actor, status)
         if why_not is not None:
-            raise ApiError(
-                403, f"{actor.principal} may not read run {run_id}: may not start {status.playbook}: {why_not}", "start"
-            )
+            raise unreadable(actor, status, why_not)
         return JSONResponse(status.model_dump(mode="json"))
 
     async def list_runs(self, request: Request, actor: Actor) -> JSONResponse:
@@ -435,6 +440,4 @@ class RunsApi:
             hidden = await hidden_from(self.deps.client, self.deps.policy, self.deps.catalog(), run_id, actor, "api", exc)
             if hidden is None:
                 raise
-            status, why_not = hidden
-            raise ApiError(403, f"{actor.principal} may not read run {run_id}: may not start {status.playbook}: "
-                                f"{why_not}", "start") from None
+            raise unreadable(actor, *hidden) from None
