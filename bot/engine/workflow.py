@@ -938,8 +938,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             return st.state != "failed"
         await self._thread_known(step)
         try:
-            args = render(step.with_, self._context(step.id), secrets=self._input.playbook.secrets,
-                          mrkdwn=MRKDWN_ARGS.get(step.action, ()))
+            args = self._args(step.action, step.with_, step.id)
         except TemplateError as exc:
             return await self._step_failed(step, st, f"cannot render arguments: {exc}")
         st.args = display(args)  # what status, policy and approvers see; only the action gets markers
@@ -1047,8 +1046,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             return False
 
         try:
-            args = render(fallback.with_, self._context(step.id), secrets=self._input.playbook.secrets,
-                          mrkdwn=MRKDWN_ARGS.get(fallback.action, ()))
+            args = self._args(fallback.action, fallback.with_, step.id)
         except TemplateError as exc:
             return failed(f"cannot render arguments: {exc}")
         record.args = display(args)
@@ -1652,8 +1650,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         st = self._status.step(step.id)
         record.started_at = workflow.now()
         try:
-            args = render(comp.with_, self._context(step.id), secrets=self._input.playbook.secrets,
-                          mrkdwn=MRKDWN_ARGS.get(comp.action, ()))
+            args = self._args(comp.action, comp.with_, step.id)
         except TemplateError as exc:
             record.finished_at = workflow.now()
             if st.state != "succeeded":
@@ -1685,6 +1682,12 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         await self._notify()
 
     # ---- helpers -------------------------------------------------------------------------
+
+    def _args(self, action: str, with_: dict[str, Any], owner: str) -> dict[str, Any]:
+        """An action's `with:` rendered for step `owner` (its own, its fallback's or its undo's);
+        Slack mrkdwn args escaped (MRKDWN_ARGS). TemplateError for one that does not render."""
+        return render(with_, self._context(owner), secrets=self._input.playbook.secrets,
+                      mrkdwn=MRKDWN_ARGS.get(action, ()))
 
     def _context(self, owner: str | None = None) -> dict[str, Any]:
         """What templates read; all of it data, made inert so none of it can spell a secret.
