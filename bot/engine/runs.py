@@ -155,9 +155,14 @@ async def check_read(
     """RunError (refused, rule `start`) unless the actor may read the run (`why_not_readable`)."""
     why_not = await why_not_readable(policy, catalog, status, actor, via)
     if why_not is not None:
-        raise RunError(
-            f"{actor.principal} may not see runs of {status.playbook}: may not start it: {why_not}", "refused", "start"
-        )
+        raise unreadable(actor, status, why_not)
+
+
+def unreadable(actor: Actor, status: RunStatus, why_not: str) -> RunError:
+    """The refusal of an actor who may not read the run (`why_not_readable` said why)."""
+    return RunError(
+        f"{actor.principal} may not see runs of {status.playbook}: may not start it: {why_not}", "refused", "start"
+    )
 
 
 # Refusals about the caller, not the run (the policy's verdict on them, their own vote or request):

@@ -36,6 +36,7 @@ from bot.engine.runs import (
     cancel_run,
     check_read,
     hidden_from,
+    unreadable,
     check_start,
     get_status,
     start_policy_input,
@@ -483,7 +484,7 @@ class PlaybookCommand:
             hidden = await hidden_from(self.deps.client, self.deps.policy, self.deps.catalog(), args[0], actor,
                                        "slack", exc)
             if hidden is not None:  # refused as `status` refuses a non-reader
-                await check_read(self.deps.policy, self.deps.catalog(), hidden[0], actor, "slack")
+                raise unreadable(actor, *hidden) from None
             raise
         self._record({**body, "trigger_id": f"cancel:{body.get('trigger_id')}"}, status.run_id, "cancel_requested")
         log.info("slack run cancel requested", run_id=status.run_id, by=actor.principal)
