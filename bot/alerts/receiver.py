@@ -53,7 +53,7 @@ from bot.alerts.incidents import pagerduty_signed, parse_opsgenie, parse_pagerdu
 from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload
 from bot.audit.recorder import refusal
 from bot.audit.refusals import RefusalLog
-from bot.audit.episodes import CLOCK_SKEW, Episode, episode_starts
+from bot.audit.episodes import CLOCK_SKEW, Episode, episode_starts, series_range
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.batching import GroupCommitter
 from bot.audit.backend import AuditStore
@@ -335,6 +335,10 @@ class AlertReceiver:
         try:
             holder = await lock_conflict(self.deps.client, match.playbook, match.params, trigger, run_id)
         except RunBusy as exc:  # on_busy: refuse, and another run holds the key
+            if await self._merged_into(run_id, exc.holder):  # ... unless it is this very alert's episode
+                self._remember(exc.holder)
+                self._remember(run_id, answered_as=exc.holder)
+                return self._outcome(alert, playbook, "attached", run_id=exc.holder, reason=MERGED)
             return self._outcome(alert, playbook, "busy", reason=str(exc), holder=exc.holder)
         except RunError as exc:
             return self._outcome(alert, playbook, "rejected", reason=str(exc))
@@ -507,6 +511,18 @@ class AlertReceiver:
             trigger = triggers[0] if triggers else None
             edited.append((RouteMatch(loaded, trigger, 0, episode.episode_id), fallback))  # type: ignore[arg-type]
         return edited
+
+    async def _merged_into(self, run_id: str, holder: str | None) -> bool:
+        """Whether the run holding the key is the open later episode of this alert that the
+        delivery is a merged copy of (as its claim would find it): then the key is its own."""
+        span = series_range(run_id)
+        if self.deps.audit is None or holder is None or span is None:
+            return False
+        low, high, length = span
+        if not (low < holder <= high and len(holder) == length):
+            return False
+        later = await self._store("read an episode", lambda s: s.later_episode(run_id))
+        return later is not None and later.episode_id == holder and later.resolved_at is None
 
     async def _resolved_episode(self, alert: Alert, match: RouteMatch) -> str | None:
         """The episode a resolve ends when Alertmanager moved its startsAt earlier (none was seen

@@ -26,6 +26,7 @@ from bot.engine.runs import is_running
 from bot.engine.state import RunStatus
 from bot.identity.keys import front_door_keyring
 from bot.server import Readiness, create_app
+from tests.engine.support import wait_for_state
 from tests.reliability.alertmanager_support import TOKEN, BotStack, bot_stack, firing, webhook
 
 STARTS = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)  # firing()'s startsAt
@@ -73,6 +74,19 @@ triggers:
     - matchers: ['alertname="HealAgain"']
       params: {instance: "{{ alert.labels.instance }}"}
       on_rerun: start
+steps:
+  - {id: wait, action: core.sleep, with: {duration: 10m}}
+""",
+    "guard": """
+name: guard
+owner: sre
+params:
+  instance: {type: string}
+triggers:
+  alertmanager:
+    - matchers: ['alertname="Guard"']
+      params: {instance: "{{ alert.labels.instance }}"}
+concurrency: {key: "guard-{{ params.instance }}", on_busy: refuse}
 steps:
   - {id: wait, action: core.sleep, with: {duration: 10m}}
 """,
@@ -349,6 +363,27 @@ async def test_a_merged_earlier_startsat_on_another_front_door_attaches_and_its_
     late = await outcome(stack, merged, url=other.url)  # a late retry of the merged firing
     assert late["outcome"] == "already_handled"
     assert await is_running(stack.temporal, earlier_id) is None
+
+
+async def test_a_merged_copy_of_an_episode_holding_its_key_attaches_to_it_not_busy(stack: BotStack):
+    """The episode under way holds its playbook's concurrency key (on_busy: refuse). Its merged
+    copy (an earlier startsAt) is that episode, not another run wanting the key: attached to it,
+    as any other copy, never `busy` with its own run named as the holder. A later episode of the
+    alert (a re-fire past the merge window) is another run, and still reads busy."""
+    other = await stack.replica()
+    fp = uuid.uuid4().hex[:16]
+    first = firing(fp, "Guard", instance="g-1")
+    run_id = episode_id("guard", fp, STARTS)
+    assert (await outcome(stack, first))["outcome"] == "started"
+    await wait_for_state(stack.temporal.get_workflow_handle(run_id), lambda s: s.step("wait").state == "running",
+                         timeout=WAIT)
+
+    again = await outcome(stack, firing(fp, "Guard", starts=EARLIER, instance="g-1"), url=other.url)
+
+    assert (again["outcome"], again["run_id"]) == ("attached", run_id), again
+    assert "moved this alert's startsAt earlier" in again["reason"]
+    refire = await outcome(stack, firing(fp, "Guard", starts="2026-11-22T01:10:00Z", instance="g-1"), url=other.url)
+    assert (refire["outcome"], refire["holder"]) == ("busy", run_id), refire
 
 
 async def test_a_resolved_later_episode_does_not_swallow_an_alert_that_began_before_it(stack: BotStack):
