@@ -6,7 +6,9 @@ signature, starts a workflow inside the ack window and acks, its worker in its p
 (bench/floor_bolt.py). Three variants of the bot's commands: a working `response_url` (a local
 fake answering 200), none (older Slack bodies carry none), and a failing one (answers 500). The
 figure: the slowest ack of each burst, median over the bursts, bot / floor (goal <= 1.3), and no
-command answered other than 200 or later than 3 s.
+command answered other than 200 or later than 3 s. The sides take their bursts in turn (floor, then
+each variant, `--bursts` times, each burst from a load process of its own after WARMUP sequential
+commands), so each meets the server with the same runs behind it.
 
     .venv/bin/python -m bench.slack_ack [--bursts 3] [--size 50] [--shape serve|dev|both] [--profile DIR]
 """
@@ -84,10 +86,11 @@ def per_burst(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def burst(topo: Topology, url: str, bursts: int, size: int, response_url: str) -> dict[str, Any]:
-    lines = await topo.load("slack", url, "--bursts", str(bursts), "--size", str(size), "--response-url", response_url,
-                            "--warmup", str(WARMUP))
-    return per_burst([line for line in lines if "burst" in line])
+async def lines(topo: Topology, url: str, size: int, response_url: str) -> list[dict[str, Any]]:
+    """One burst of `size` commands from a load process of its own (after WARMUP sequential ones)."""
+    out = await topo.load("slack", url, "--bursts", "1", "--size", str(size), "--response-url", response_url,
+                          "--warmup", str(WARMUP), "--gap", "0")
+    return [line for line in out if "burst" in line]
 
 
 async def shape_run(shape: str, bursts: int, size: int, fake: FakeSlack, urls: dict[str, str],
@@ -110,21 +113,27 @@ async def shape_run(shape: str, bursts: int, size: int, fake: FakeSlack, urls: d
             else:
                 front, address = await topo.dev(env)
             floor_proc = await topo.floor_bolt(address, f"floor-{uuid.uuid4()}", fake.api_url, fake.token)
-            with CpuMeter(topo) as cpu_floor:
-                floor = await burst(topo, floor_proc.url, bursts, size, urls["working response_url"])
-            await asyncio.to_thread(floor_proc.stop)
             if shape == "serve":
                 await topo.worker(env)
                 front = await topo.serve(env)
-            url = front.url
-            bot: dict[str, dict[str, Any]] = {}
+            # One burst of each side in turn, `bursts` times: every side meets the server as the runs
+            # accumulate on it (a dev server slows as its history grows), not the floor a fresh one.
+            sides = {"floor": (floor_proc.url, urls["working response_url"]),
+                     **{variant: (front.url, urls[variant]) for variant in VARIANTS}}
+            meters = {side: CpuMeter(topo) for side in sides}
+            taken: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+            for index in range(bursts):
+                for side, (url, response_url) in sides.items():
+                    await asyncio.sleep(2)  # the previous burst's runs and answers drain
+                    with meters[side]:
+                        taken[side] += [{**line, "burst": index} for line in await lines(topo, url, size, response_url)]
+            await asyncio.to_thread(floor_proc.stop)
+            floor = per_burst(taken["floor"])
+            bot = {variant: per_burst(taken[variant]) for variant in VARIANTS}
             for variant in VARIANTS:
-                await asyncio.sleep(2)  # the previous variant's runs and answers drain
-                with CpuMeter(topo) as cpu_bot:
-                    bot[variant] = await burst(topo, url, bursts, size, urls[variant])
-                print(f"bot, {variant}: {cpu_bot.line()}")  # where the cores went, as the other benches say
-            print(f"floor: {cpu_floor.line()}")
-            sent = sum(b["count"] for b in bot.values()) + len(VARIANTS) * WARMUP
+                print(f"bot, {variant}: {meters[variant].line()}")  # where the cores went, as the other benches say
+            print(f"floor: {meters['floor'].line()}")
+            sent = sum(b["count"] for b in bot.values()) + len(VARIANTS) * WARMUP * bursts
             runs, ids = await executions(address, queue, sent, timeout=60)
             print(topo.describe())
             layout = topo.layout()
@@ -145,8 +154,8 @@ def show(shape: str, bursts: int, size: int, floor: dict[str, Any], bot: dict[st
         print(f"{name:44} {statistics.median(side['ms']):8.1f} {slowest:>26} {side['median_slowest']:8.1f} "
               f"{side['median_slowest'] / floor['median_slowest']:6.2f} {side['non_200']:8d} {side['late']:6d}")
     answered = sum(b["count"] - b["non_200"] for b in bot.values())
-    sent = sum(b["count"] for b in bot.values()) + len(VARIANTS) * WARMUP
-    print(f"\nbot runs started: {runs} ({ids} ids) for {sent} commands sent ({len(VARIANTS) * WARMUP} of them warm-up), "
+    sent = sum(b["count"] for b in bot.values()) + len(VARIANTS) * WARMUP * bursts
+    print(f"\nbot runs started: {runs} ({ids} ids) for {sent} commands sent ({len(VARIANTS) * WARMUP * bursts} of them warm-up), "
           f"{answered} of the measured answered 200")
     print(f"goal: ratio {GOAL} in every variant, every command 200 within 3 s")
     if not record:
