@@ -30,7 +30,7 @@ from temporalio.service import RPCError
 
 from bot.api.errors import ApiError, unauthenticated
 from bot.audit.recorder import refusal
-from bot.audit.refusals import RefusalLog
+from bot.audit.refusals import RefusalLogs
 from bot.audit.backend import AuditStore
 from bot.engine.runs import (
     RunError,
@@ -77,9 +77,6 @@ LISTING_RETRY_AFTER = 2  # seconds
 # A listing's whole time: a running run's status is a query to the worker (up to 5 s each when no
 # worker answers), and a listing past this is a 503 that gives its slot back.
 LISTING_DEADLINE = 30.0  # seconds
-# Refusal logs kept (one per principal and rule): the rules are ours, but a vote's or cancel's comes
-# back from the run, so past this many a new one shares its principal's "other" log.
-REFUSAL_LOGS = 1000
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")  # printable ASCII, no spaces
 MAX_TEXT = 2000
 AUDIT_TEXT = 1000  # a refusal's reason as audited (it may quote the caller's input)
@@ -171,13 +168,12 @@ class RunsApi:
         self.deps = deps
         self._listing: dict[str, int] = {}  # listings being served, per principal (LISTINGS at most in all)
         # Each principal's refusals, per rule: one by one up to a budget a minute, then that minute's
-        # count; per rule, so a flood of junk (malformed bodies) cannot turn the principal's refusals
-        # that matter (a vote the approver rule refused) into a count. (Tokens and rules bound them.)
-        self._refusals: dict[tuple[str, str], RefusalLog] = {}
+        # count (RefusalLogs). (Tokens and rules bound them.)
+        self._refusals = RefusalLogs(deps.audit, "api")
 
     async def close(self) -> None:
         """The front door stops: each principal's count of the minute under way is told now."""
-        await asyncio.gather(*(refusals.close() for refusals in self._refusals.values()))
+        await self._refusals.close()
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix=PREFIX)
@@ -265,13 +261,7 @@ class RunsApi:
         run_id = run_id if run_id and len(run_id) <= 1000 else None
         event = refusal(actor.principal, operation, error.message[:AUDIT_TEXT], run_id=run_id, key=uuid.uuid4().hex)
         event.details.update(rule=error.rule, status=error.status, run_id=run_id, via="api")
-        key = (actor.principal, error.rule)
-        if key not in self._refusals and len(self._refusals) >= REFUSAL_LOGS:  # (a rule a run's refusal named)
-            key = (actor.principal, "other")
-        refusals = self._refusals.get(key)
-        if refusals is None:
-            refusals = self._refusals[key] = RefusalLog(self.deps.audit, actor.principal, f"api:{key[1]}"[:100])
-        await refusals.record(event)  # (a token holder's flood cannot grow the trail without bound)
+        await self._refusals.record(actor.principal, error.rule, event)  # (a flood cannot grow the trail without bound)
 
     # ---- reading -----------------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 minute (RefusalBudget), the rest of that minute as one count, told once the minute is over.
 
 The webhook doors keep one log per door (their callers are anonymous until proven otherwise);
-the HTTP API keeps one per principal, so one token holder's flood neither grows the trail without
-bound nor turns anyone else's refusals into a count.
+the HTTP API and Slack keep one per principal and rule (`RefusalLogs`), so one token holder's or
+workspace member's flood neither grows the trail without bound nor turns anyone else's refusals
+into a count.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ log = structlog.get_logger(__name__)
 
 SUMMARY_GRACE = 1.0  # seconds past a minute's end before its count of unrecorded refusals is told
 CLOSE_WAIT = 5.0  # seconds a stopping door waits, at most, for its last count to be written
+# (principal, rule) logs one door keeps; past it, a principal's refusals under a rule it has no log
+# for yet share the principal's `other` log (a run's refusal may name rules of its own)
+REFUSAL_LOGS = 1000
 
 
 class RefusalLog:
@@ -94,3 +98,29 @@ class RefusalLog:
             if (told := self.budget.settle(final=True)) is not None:
                 log.error("refusal count not recorded before the door stopped", actor=self.actor,
                           operation=self.operation, count=told[0])
+
+
+class RefusalLogs:
+    """A door's refusals of authenticated actors (API token holders, Slack users): one RefusalLog
+    per principal and rule, so a flood of junk (malformed bodies, a script clicking a button it
+    may not) cannot turn the same principal's refusals that matter into a count, nor anyone
+    else's. `door` names the summaries' operation (`door:rule`)."""
+
+    def __init__(self, store: AuditStore | None, door: str) -> None:
+        self.store = store
+        self.door = door
+        self._logs: dict[tuple[str, str], RefusalLog] = {}
+
+    async def record(self, principal: str, rule: str, event: AuditEvent) -> bool:
+        """`event` on record within `principal`'s budget for `rule` (True), else counted (False)."""
+        key = (principal, rule)
+        if key not in self._logs and len(self._logs) >= REFUSAL_LOGS:
+            key = (principal, "other")
+        refusals = self._logs.get(key)
+        if refusals is None:
+            refusals = self._logs[key] = RefusalLog(self.store, principal, f"{self.door}:{key[1]}"[:100])
+        return await refusals.record(event)
+
+    async def close(self) -> None:
+        """The door stops: each principal's count of the minute under way is told now."""
+        await asyncio.gather(*(refusals.close() for refusals in self._logs.values()))

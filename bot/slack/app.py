@@ -28,6 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from temporalio.client import Client
 
 from bot.audit.backend import AuditStore
+from bot.audit.refusals import RefusalLogs
 from bot.engine.runs import RunError
 from bot.identity.principals import PrincipalError
 from bot.identity.proofs import Keyring
@@ -65,9 +66,13 @@ class SlackDeps:
     keyring: Keyring = field(default_factory=Keyring)  # signs proofs of who clicked or typed
     background: Background = field(default_factory=Background)  # answers and audit after the ack
     answer_web: PooledWebClient = field(init=False)  # the answers' client: `web`, keeping its connections (bot/slack/web.py)
+    # Each user's refusals, per rule: one by one up to a budget a minute, then that minute's count, so
+    # a workspace member scripting refused commands or clicks cannot grow the audit trail without bound.
+    refusals: RefusalLogs = field(init=False)
 
     def __post_init__(self) -> None:
         self.answer_web = pooled(self.web)
+        self.refusals = RefusalLogs(self.audit, "slack")
 
 
 def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
@@ -105,6 +110,7 @@ def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:
 
     app.playbook_background = deps.background  # type: ignore[attr-defined]  (services drain it on stop)
     app.playbook_answer_web = deps.answer_web  # type: ignore[attr-defined]  (its kept connections closed after)
+    app.playbook_refusals = deps.refusals  # type: ignore[attr-defined]  (the minute's counts told on stop)
     return app
 
 
@@ -115,6 +121,9 @@ async def drain(app: AsyncApp | None, timeout: float = 5.0) -> None:
     if background is not None:
         await settle(timeout)
         await background.drain(timeout)
+    refusals: RefusalLogs | None = getattr(app, "playbook_refusals", None)
+    if refusals is not None:
+        await refusals.close()
     answer_web: PooledWebClient | None = getattr(app, "playbook_answer_web", None)
     if answer_web is not None:
         await answer_web.aclose()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from slack_bolt.async_app import AsyncApp
 
-from bot.audit.recorder import record_refusal, refusal
+from bot.audit.recorder import refusal
 from bot.engine.runs import RunError, confirm, vote
 from bot.engine.state import ConfirmRequest, VoteRequest
 from bot.identity import principals
@@ -130,8 +130,8 @@ class ApprovalButtons:
             run_id = None
         key = f"{body.get('trigger_id') or user}:{action.get('action_ts') or ''}"
         operation = "confirm" if CHOICE_ACTION_PATTERN.match(str(action.get("action_id") or "")) else "vote"
-        await record_refusal(self.deps.audit, refusal(f"slack:{user}" if user else "slack", operation, reason,
-                                                      run_id=run_id, key=key))
+        actor = f"slack:{user}" if user else "slack"
+        await self.deps.refusals.record(actor, operation, refusal(actor, operation, reason, run_id=run_id, key=key))
 
     async def _vote(self, body: dict[str, Any]) -> str:
         """Cast the click's vote or answer; what became of it, as the clicker is told on the tab."""

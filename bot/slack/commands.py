@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 REQUESTER_MEMO = "requested_by"  # on Slack-started runs: who asked, readable from a listing (the App Home)
 ACK_BUDGET = 2.0  # seconds of Slack's 3 s spent starting the run before the ack
 REASON_MAX = 2000  # characters of a refusal's reason kept in its slack_command record
+# The `slack_command` outcomes that are refusals (recorded within the user's budget)
+REFUSED_OUTCOMES = frozenset({"refused", "status_refused", "cancel_refused"})
 RECORD_RETRIES = (1.0, 3.0, None)  # pauses between attempts at a slack_command append; None: give up
 log = structlog.get_logger(__name__)
 
@@ -125,6 +127,14 @@ def split_args(text: str) -> list[str]:
         return words + shlex.split(text[pos:])
     except ValueError:  # an unbalanced quote: plain words are still useful
         return text.split()
+
+
+def _rule(exc: BaseException) -> str:
+    """Which check refused a command, for its user's refusal budget: junk (an unknown playbook,
+    unreadable params) is counted apart from what a rule refused."""
+    if isinstance(exc, RunError) and exc.rule:
+        return exc.rule
+    return "playbook" if isinstance(exc, UnknownPlaybook) else "params" if isinstance(exc, ParamError) else "command"
 
 
 def _said(exc: BaseException) -> str:
@@ -279,7 +289,7 @@ class PlaybookCommand:
         try:
             loaded, params = self._prepare(args)
         except (RunError, ParamError, UnknownPlaybook) as exc:  # every refusal is on the record
-            self._record(body, None, "refused", reason=_said(exc))
+            self._record(body, None, "refused", reason=_said(exc), rule=_rule(exc))
             raise
         return await self.start_prepared(body, loaded, params)
 
@@ -303,7 +313,7 @@ class PlaybookCommand:
             status = await get_status(self.deps.client, run_id)
             return f"This command already ran as `{escape(run_id)}`; it ended {status.state.replace('_', ' ')}."
         except RunError as exc:  # the `start` rule, or the concurrency key: busy (on_busy: refuse) or unrenderable
-            self._record(body, None, "refused", reason=_said(exc))
+            self._record(body, None, "refused", reason=_said(exc), rule=_rule(exc))
             raise
         where = f"<#{body['channel_id']}>" if body.get("channel_id") else "the playbook's channel"
         if run_id is not None and handle.id != run_id:  # on_busy: attach: the run holding the key
@@ -359,10 +369,12 @@ class PlaybookCommand:
         groups = await self.groups.handles(user_id, stale_ok=True)
         return Actor(principals.slack(user_id), body.get("user_name") or "", tuple(groups), "slack")
 
-    def _record(self, body: dict[str, Any], run_id: str | None, outcome: str, reason: str | None = None) -> None:
+    def _record(self, body: dict[str, Any], run_id: str | None, outcome: str, reason: str | None = None,
+                rule: str | None = None) -> None:
         """The `slack_command` audit event, queued on the records lane (after the ack); keyed by
         trigger_id, so a replay, or a retry of an append that did land, records nothing new. A
-        refusal says why (`reason`)."""
+        refusal says why (`reason`), and is recorded within the user's budget for its `rule`
+        (default: the outcome), past which that minute's refusals are a count (RefusalLogs)."""
         audit = self.deps.audit
         if audit is None:
             return
@@ -385,6 +397,9 @@ class PlaybookCommand:
         )
 
         async def append() -> None:
+            if outcome in REFUSED_OUTCOMES:
+                await self.deps.refusals.record(event.actor, rule or outcome, event)
+                return
             for attempt, pause in enumerate(RECORD_RETRIES, 1):
                 try:
                     await append_counted(audit, [event])

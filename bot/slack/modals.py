@@ -20,7 +20,7 @@ import structlog
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.respond.async_respond import AsyncRespond
 
-from bot.audit.recorder import record_refusal, refusal
+from bot.audit.recorder import refusal
 from bot.playbook.loader import LoadedPlaybook, UnknownPlaybook
 from bot.playbook.params import ParamError
 from bot.slack import forms
@@ -118,8 +118,9 @@ class RunForms:
             loaded = self.deps.catalog().get(chosen)
         except FormRefused as exc:
             log.info("slack pick refused", reason=str(exc), slack_user=user)
-            await record_refusal(self.deps.audit, refusal(f"slack:{user}" if user else "slack", "start", str(exc),
-                                                          key=f"pick:{body.get('trigger_id') or user}"))
+            actor = f"slack:{user}" if user else "slack"
+            await self.deps.refusals.record(actor, "form", refusal(actor, "start", str(exc),
+                                                                   key=f"pick:{body.get('trigger_id') or user}"))
             return
         if not forms.fits_a_form(loaded):
             form = forms.notice_view("Too many params", f"{loaded.playbook.name} has more params than a Slack form "
@@ -151,9 +152,10 @@ class RunForms:
             except FormRefused as exc:
                 log.info("slack form refused", reason=str(exc))
                 await ack(response_action="update", view=forms.notice_view("Not started", f"Nothing was started: {exc}"))
-                event = refusal(f"slack:{user}" if user else "slack", "start", str(exc),
-                                key=f"form:{body.get('trigger_id') or user}")
-                self.deps.background.records.submit("form refusal audit", lambda: record_refusal(self.deps.audit, event))
+                actor = f"slack:{user}" if user else "slack"
+                event = refusal(actor, "start", str(exc), key=f"form:{body.get('trigger_id') or user}")
+                self.deps.background.records.submit("form refusal audit",
+                                                    lambda: self.deps.refusals.record(actor, "form", event))
                 return
             origin = {
                 "user_id": user,

@@ -18,7 +18,9 @@ import pytest
 from prometheus_client import REGISTRY
 from temporalio.client import WorkflowUpdateFailedError
 
+from bot.audit import refusals as refusals_module
 from bot.audit.events import EventKind
+from bot.audit.recorder import RefusalBudget
 from bot.engine.approvals import UNVERIFIED_REFUSED_MAX
 from bot.engine.state import VoteRequest
 from bot.engine.workflow import PlaybookRun
@@ -51,9 +53,12 @@ def _refusals(stack: Any, run_id: str) -> list[Any]:
 # 120 in `make test`: 240 refused votes, past HISTORY_BOUND even at one event each if they were not
 # bounded (each click now reaches the run, so 200 cost a minute); 1,000: `make chaos`.
 @pytest.mark.parametrize("votes", [120, pytest.param(1000, marks=pytest.mark.chaos)])
-async def test_refused_votes_leave_the_run_running_audited_and_bounded(dev_env, fake_slack, tmp_path, votes):
+async def test_refused_votes_leave_the_run_running_audited_and_bounded(dev_env, fake_slack, tmp_path, votes, monkeypatch):
     """Refused votes by the hundred through Slack, then as many straight to Temporal: every
-    front-door refusal audited, the run's history bounded, and a valid vote still completes it."""
+    front-door refusal audited, the run's history bounded, and a valid vote still completes it.
+    (Each refusal one by one: the budget past which a user's refusals are a minute's count is
+    tests/security/test_slack_refusal_flood.py's.)"""
+    monkeypatch.setattr(refusals_module, "RefusalBudget", lambda: RefusalBudget(per_minute=10 * votes))
     async with slack_stack(dev_env.client, fake_slack, tmp_path) as stack:
         run_id, request_ts = await waiting_gated_run(stack)
         before = await _history_events(stack, run_id)

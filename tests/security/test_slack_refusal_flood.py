@@ -1,0 +1,66 @@
+"""A workspace member's flood of refused Slack commands: each user's refusals, per rule, are recorded
+one by one up to a budget a minute and the rest as that minute's count (bot/audit/refusals.py), as
+the HTTP API's are, so a scripted Slack client can neither grow the audit trail without bound nor
+turn another user's refusals, or its own by another rule, into a count."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot.audit import refusals as refusals_module
+from bot.audit.events import EventKind
+from bot.audit.recorder import RefusalBudget
+from tests.slack.fake_slack import FakeSlack
+from tests.slack.support import ALICE, MALLORY, Stack, eventually, slack_stack
+
+MINUTE = [10]  # the budget's clock, in minutes
+
+
+@pytest_asyncio.fixture
+async def stack(dev_env, fake_slack: FakeSlack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
+    monkeypatch.setattr(refusals_module, "RefusalBudget",
+                        lambda: RefusalBudget(per_minute=5, clock=lambda: MINUTE[0] * 60.0 + 1))
+    async with slack_stack(dev_env.client, fake_slack, tmp_path) as s:
+        yield s
+
+
+def refused(stack: Stack) -> list:
+    return [e for e in stack.audit.events()
+            if e.kind == EventKind.access_refused or (e.kind == EventKind.slack_command
+                                                      and e.details.get("outcome") == "refused")]
+
+
+async def command(stack: Stack, text: str, user: str) -> None:
+    body, _ = stack.command(text, user=user)
+    response = await stack.post(body)
+    assert response.status_code == 200, response.text
+
+
+async def test_a_flood_of_refused_commands_is_recorded_up_to_the_budget_then_counted_per_user(stack: Stack) -> None:
+    """Attack (red-team, stop 39): every refused command wrote its own audit event, with no bound.
+    The webhook doors and the HTTP API had a budget; Slack users did not."""
+    MINUTE[0] = 10
+    for i in range(8):  # junk: no such playbook
+        await command(stack, f"run no-such-playbook-{i}", MALLORY)
+    await command(stack, "run no-such-playbook", ALICE)
+    await command(stack, "run gated bad-param-without-equals", MALLORY)  # another rule: its own budget
+    await eventually(lambda: _count(stack, 7), what="the refusals within budget recorded")
+
+    MINUTE[0] = 11  # the next minute's first refusal tells the last one's count
+    await command(stack, "run no-such-playbook-again", MALLORY)
+    await eventually(lambda: _count(stack, 9), what="the count and the next refusal recorded")
+
+    events = refused(stack)
+    mallory = [e for e in events if e.actor == "slack:U0MALLORY"]
+    counts = [e for e in mallory if e.kind == EventKind.access_refused]
+    assert [(c.details["operation"], c.details["reason"][:15]) for c in counts] == [("slack:playbook", "3 more refusals")]
+    assert len([e for e in mallory if e.kind == EventKind.slack_command]) == 5 + 1 + 1  # 5 junk, 1 params, 1 next minute
+    assert len([e for e in events if e.actor == "slack:U0ALICE"]) == 1  # another's refusal is still its own record
+
+
+async def _count(stack: Stack, n: int) -> bool:
+    return len(refused(stack)) >= n
