@@ -20,7 +20,9 @@ So a run is never started for an episode resolved before its claim, and a run cl
 resolve is cancelled by whichever of the two deliveries sees the other's write.
 
 Cost per delivery (issue 15): a repeat of an episode this process saw started is one describe (an
-in-process hint, never used to start anything); a new episode's store read and start rule are
+in-process hint, never used to start anything); a copy arriving while this process still decides
+the same delivery (a retry overtaking a slow answer, HA peers at once) shares that decision and
+costs no call; a new episode's store read and start rule are
 asked at once, and its store writes (claim, started, the audit events) are group-committed with
 every concurrent request's (bot/audit/batching.py), each returned only once durable.
 """
@@ -184,6 +186,8 @@ class AlertReceiver:
         # goes straight to "is it still running?": no store, no policy question, no start.
         # (each with the episode it is answered as when that is another: a merged startsAt's)
         self._known: OrderedDict[str, str | None] = beside._known if beside is not None else OrderedDict()
+        # Firing deliveries being decided now, by episode: a concurrent copy waits for the outcome.
+        self._in_flight: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         # Concurrent requests' audit appends share one transaction (bot/audit/batching.py).
         self._commit = (beside._commit if beside is not None and beside.deps.audit is deps.audit
                         else GroupCommitter(deps.audit) if deps.audit is not None else None)
@@ -314,6 +318,39 @@ class AlertReceiver:
                 return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=episode,
                                      reason=MERGED if episode != run_id else None)
             self._known.pop(run_id, None)  # Temporal forgot the run (retention), or see above: the store decides
+        while (first := self._in_flight.get(run_id)) is not None:
+            # A copy of a delivery this door is deciding right now (an HA Alertmanager pair sends each
+            # notification from both peers at once, Alertmanager retries a slow answer): answered from
+            # that delivery's outcome, with no store, policy or Temporal call of its own. In this
+            # process only; other replicas decide through the store, as before. A first delivery that
+            # failed (503) answers nothing: its copies go their own way (one at a time, as here).
+            decided = await asyncio.shield(first)
+            if decided is not None:
+                return self._as_copy(alert, match, decided)
+        decision: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._in_flight[run_id] = decision
+        result = None
+        try:
+            result = await self._decide_firing(alert, match)
+            return result
+        finally:
+            del self._in_flight[run_id]
+            decision.set_result(result)
+
+    def _as_copy(self, alert: Alert, match: RouteMatch, first: dict[str, Any]) -> dict[str, Any]:
+        """A concurrent copy's outcome, from the first delivery's: the run it started, this copy
+        attaches to; anything else (attached, already_handled, busy, rejected) it shares."""
+        outcome, run_id, reason = first["outcome"], first.get("run_id"), first.get("reason")
+        if outcome == "started":
+            if first.get("resolved"):  # the alert resolved while its run started: settled already
+                return self._outcome(alert, match.name, "already_handled", run_id=run_id, reason=reason)
+            merged = MERGED if run_id != match.workflow_id else None
+            return self._outcome(alert, match.name, "attached", run_id=run_id, reason=merged)
+        return self._outcome(alert, match.name, outcome, run_id=run_id, reason=reason, holder=first.get("holder"))
+
+    async def _decide_firing(self, alert: Alert, match: RouteMatch) -> dict[str, Any]:
+        """A firing delivery of an episode this process knows no run of: the full decision."""
+        playbook, run_id = match.name, match.workflow_id
         trigger = TriggerContext(kind=self.sender.name, requested_by=self.sender.name, alert=alert.as_context())
         # Independent questions, asked at once: the episode's shared state and the start rule.
         episode, verdict = await asyncio.gather(

@@ -5,6 +5,8 @@ and a resolve makes the next firing delivery read the episode again instead of t
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,3 +96,33 @@ async def test_after_a_resolve_a_firing_delivery_reads_the_episode_and_starts_no
     assert (late["outcome"], late["reason"].split(";")[0]) == ("already_handled", "the alert was already resolved")
     assert late["run_id"] == run_id
     assert "start_workflow" not in [name for name, _ in calls.made()], calls.made()
+
+
+async def test_copies_arriving_while_the_first_is_decided_cost_no_call_of_their_own(counted, monkeypatch):
+    """An HA Alertmanager pair sends each notification from both peers at once (and a retry can
+    overtake a slow answer): a copy of a delivery this door is still deciding waits for its
+    outcome, with no store read, policy question or Temporal call of its own."""
+    stack, calls = counted
+    reads: list[str] = []
+    read = stack.audit.episode
+
+    def slow_read(episode: str) -> Any:  # the first delivery's store read takes a while: copies arrive meanwhile
+        reads.append(episode)
+        time.sleep(0.3)
+        return read(episode)
+
+    monkeypatch.setattr(stack.audit, "episode", slow_read)
+    asked: list[dict[str, Any]] = []
+    start = stack.policy.start
+    monkeypatch.setattr(stack.policy, "start", lambda input: asked.append(input) or start(input))
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("hold", fp, STARTS)
+    alert = firing(fp, "Hold", instance="a-4")
+    calls.clear()
+
+    answers = await asyncio.gather(*(deliver(stack, alert) for _ in range(3)))
+
+    assert sorted(a["outcome"] for a in answers) == ["attached", "attached", "started"], answers
+    assert {a["run_id"] for a in answers} == {run_id}
+    assert calls.made() == [("start_workflow", run_id)]
+    assert reads == [run_id] and len(asked) == 1, "the copies asked neither the store nor the policy"
