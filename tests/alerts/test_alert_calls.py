@@ -49,11 +49,23 @@ async def deliver(stack: BotStack, alert: dict[str, Any], url: str | None = None
     return answer
 
 
+def noted_reads(stack: BotStack, monkeypatch: Any, pause: float = 0.0) -> list[str]:
+    """The episode ids the real store is asked for from now on (each read taking `pause` more)."""
+    reads: list[str] = []
+    read = stack.audit.episode
+
+    def noted(episode: str) -> Any:
+        reads.append(episode)
+        time.sleep(pause)
+        return read(episode)
+
+    monkeypatch.setattr(stack.audit, "episode", noted)
+    return reads
+
+
 async def test_a_new_episode_costs_its_start_and_a_repeat_one_describe(counted, monkeypatch):
     stack, calls = counted
-    reads: list[str] = []  # the real store, its episode reads noted
-    read = stack.audit.episode
-    monkeypatch.setattr(stack.audit, "episode", lambda episode: reads.append(episode) or read(episode))
+    reads = noted_reads(stack, monkeypatch)
     fp = uuid.uuid4().hex[:16]
     run_id = episode_id("hold", fp, STARTS)
     alert = firing(fp, "Hold", instance="a-1")
@@ -103,15 +115,7 @@ async def test_copies_arriving_while_the_first_is_decided_cost_no_call_of_their_
     overtake a slow answer): a copy of a delivery this door is still deciding waits for its
     outcome, with no store read, policy question or Temporal call of its own."""
     stack, calls = counted
-    reads: list[str] = []
-    read = stack.audit.episode
-
-    def slow_read(episode: str) -> Any:  # the first delivery's store read takes a while: copies arrive meanwhile
-        reads.append(episode)
-        time.sleep(0.3)
-        return read(episode)
-
-    monkeypatch.setattr(stack.audit, "episode", slow_read)
+    reads = noted_reads(stack, monkeypatch, pause=0.3)  # the first delivery's read is slow: copies arrive meanwhile
     asked: list[dict[str, Any]] = []
     start = stack.policy.start
     monkeypatch.setattr(stack.policy, "start", lambda input: asked.append(input) or start(input))
