@@ -321,32 +321,42 @@ class AlertReceiver:
         while (first := self._in_flight.get(run_id)) is not None:
             # A copy of a delivery this door is deciding right now (an HA Alertmanager pair sends each
             # notification from both peers at once, Alertmanager retries a slow answer): answered from
-            # that delivery's outcome, with no store, policy or Temporal call of its own. In this
-            # process only; other replicas decide through the store, as before. A first delivery that
-            # failed (503) answers nothing: its copies go their own way (one at a time, as here).
+            # that delivery's outcome, with no store, policy or Temporal call of its own, when that
+            # outcome is the episode's own (its run started, attached or over). One that depends on
+            # the delivery's content (the start rule's verdict, the concurrency key its labels render:
+            # anyone holding the token can post a "copy" with the same fingerprint and other labels)
+            # is not shared: the copy decides for itself. So is a first delivery that failed (503).
+            # In this process only; other replicas decide through the store, as before.
             decided = await asyncio.shield(first)
+            if decided is not None and (copied := self._as_copy(alert, match, decided)) is not None:
+                return copied
             if decided is not None:
-                return self._as_copy(alert, match, decided)
+                break  # (its own decision, alongside any other copy's)
         decision: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-        self._in_flight[run_id] = decision
+        if run_id not in self._in_flight:
+            self._in_flight[run_id] = decision
         result = None
         try:
             result = await self._decide_firing(alert, match)
             return result
         finally:
-            del self._in_flight[run_id]
+            if self._in_flight.get(run_id) is decision:
+                del self._in_flight[run_id]
             decision.set_result(result)
 
-    def _as_copy(self, alert: Alert, match: RouteMatch, first: dict[str, Any]) -> dict[str, Any]:
-        """A concurrent copy's outcome, from the first delivery's: the run it started, this copy
-        attaches to; anything else (attached, already_handled, busy, rejected) it shares."""
+    def _as_copy(self, alert: Alert, match: RouteMatch, first: dict[str, Any]) -> dict[str, Any] | None:
+        """A concurrent copy's outcome, from the first delivery's when that is the episode's own:
+        the run it started or found (this episode's, or the later one a merged startsAt names), or
+        that the episode is over. None for an outcome the first delivery's content decided."""
         outcome, run_id, reason = first["outcome"], first.get("run_id"), first.get("reason")
-        if outcome == "started":
+        own = run_id == match.workflow_id or (run_id is not None and reason == MERGED)
+        if outcome == "started" and own:
             if first.get("resolved"):  # the alert resolved while its run started: settled already
                 return self._outcome(alert, match.name, "already_handled", run_id=run_id, reason=reason)
-            merged = MERGED if run_id != match.workflow_id else None
-            return self._outcome(alert, match.name, "attached", run_id=run_id, reason=merged)
-        return self._outcome(alert, match.name, outcome, run_id=run_id, reason=reason, holder=first.get("holder"))
+            return self._outcome(alert, match.name, "attached", run_id=run_id, reason=reason if reason == MERGED else None)
+        if outcome in ("attached", "already_handled") and (own or run_id is None) and "holder" not in first:
+            return self._outcome(alert, match.name, outcome, run_id=run_id, reason=reason)
+        return None
 
     async def _decide_firing(self, alert: Alert, match: RouteMatch) -> dict[str, Any]:
         """A firing delivery of an episode this process knows no run of: the full decision."""
@@ -372,7 +382,7 @@ class AlertReceiver:
         try:
             holder = await lock_conflict(self.deps.client, match.playbook, match.params, trigger, run_id)
         except RunBusy as exc:  # on_busy: refuse, and another run holds the key
-            if await self._merged_into(run_id, exc.holder):  # ... unless it is this very alert's episode
+            if await self._merged_into(run_id, exc.holder, episode):  # ... unless it is this very alert's episode
                 self._remember(exc.holder)
                 self._remember(run_id, answered_as=exc.holder)
                 return self._outcome(alert, playbook, "attached", run_id=exc.holder, reason=MERGED)
@@ -549,11 +559,12 @@ class AlertReceiver:
             edited.append((RouteMatch(loaded, trigger, 0, episode.episode_id), fallback))  # type: ignore[arg-type]
         return edited
 
-    async def _merged_into(self, run_id: str, holder: str | None) -> bool:
+    async def _merged_into(self, run_id: str, holder: str | None, episode: Episode | None) -> bool:
         """Whether the run holding the key is the open later episode of this alert that the
-        delivery is a merged copy of (as its claim would find it): then the key is its own."""
+        delivery is a merged copy of, as its claim would find it (its own episode never seen, an
+        open later one): then the key is its own."""
         span = series_range(run_id)
-        if self.deps.audit is None or holder is None or span is None:
+        if self.deps.audit is None or holder is None or span is None or episode is None or episode.seen:
             return False
         low, high, length = span
         if not (low < holder <= high and len(holder) == length):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -384,6 +385,55 @@ async def test_a_merged_copy_of_an_episode_holding_its_key_attaches_to_it_not_bu
     assert "moved this alert's startsAt earlier" in again["reason"]
     refire = await outcome(stack, firing(fp, "Guard", starts="2026-11-22T01:10:00Z", instance="g-1"), url=other.url)
     assert (refire["outcome"], refire["holder"]) == ("busy", run_id), refire
+
+
+async def test_an_episode_seen_before_is_not_taken_for_a_merged_copy_of_a_later_one(stack: BotStack):
+    """Red-team (stop 40): episode A's run ended while the alert still fired, and a later episode B
+    of the alert holds the key. A repeat of A is A's (its episode was seen), not a merged copy of B:
+    its claim would say so, and so does the busy path."""
+    other = await stack.replica()
+    fp = uuid.uuid4().hex[:16]
+    a_id = episode_id("guard", fp, STARTS)
+    b_id = episode_id("guard", fp, datetime(2026, 11, 22, 1, 0, 30, tzinfo=UTC))
+    a = firing(fp, "Guard", instance="g-2")
+    assert (await outcome(stack, a))["outcome"] == "started"
+    await stack.temporal.get_workflow_handle(a_id).terminate("its run ended (the alert still fires)")
+    b = await outcome(stack, firing(fp, "Guard", starts="2026-11-22T01:00:30Z", instance="g-2"))
+    assert (b["outcome"], b["run_id"]) == ("started", b_id)
+    await wait_for_state(stack.temporal.get_workflow_handle(b_id), lambda s: s.step("wait").state == "running",
+                         timeout=WAIT)
+
+    again = await outcome(stack, a, url=other.url)
+
+    assert (again["outcome"], again.get("holder")) == ("busy", b_id), again
+    assert "moved this alert's startsAt earlier" not in again.get("reason", "")
+
+
+async def test_a_hostile_copy_in_flight_does_not_decide_a_real_delivery_of_its_episode(stack: BotStack, monkeypatch):
+    """Red-team (stop 40): whoever holds the webhook token posts a "copy" of a real alert (its
+    fingerprint and startsAt) with other labels, whose concurrency key another run holds. A real
+    delivery arriving while that copy is decided must not share its `busy`: what the labels
+    decide (the key, the start rule) is each delivery's own. Only the episode's own outcome (its
+    run started, found or over) is shared."""
+    holder_fp = uuid.uuid4().hex[:16]
+    holder = episode_id("guard", holder_fp, STARTS)
+    assert (await outcome(stack, firing(holder_fp, "Guard", instance="db-1")))["outcome"] == "started"
+    await wait_for_state(stack.temporal.get_workflow_handle(holder), lambda s: s.step("wait").state == "running",
+                         timeout=WAIT)
+    read = stack.audit.episode
+    monkeypatch.setattr(stack.audit, "episode", lambda e: time.sleep(0.3) or read(e))  # decisions take a while
+    fp = uuid.uuid4().hex[:16]
+    real = firing(fp, "Guard", instance="web-1")
+    hostile = {**real, "labels": {**real["labels"], "instance": "db-1"}}  # same episode id, the held key
+
+    async def real_a_moment_later() -> dict[str, Any]:
+        await asyncio.sleep(0.1)
+        return await outcome(stack, real)
+
+    copy, answer = await asyncio.gather(outcome(stack, hostile), real_a_moment_later())
+
+    assert (copy["outcome"], copy["holder"]) == ("busy", holder)
+    assert (answer["outcome"], answer["run_id"]) == ("started", episode_id("guard", fp, STARTS)), answer
 
 
 async def test_a_resolved_later_episode_does_not_swallow_an_alert_that_began_before_it(stack: BotStack):
