@@ -94,6 +94,10 @@ class RefusalBudget:
         """Until the current minute ends (when its count can be told)."""
         return max(0.0, (self._window + 1) * 60 - self.clock())
 
+    def idle(self) -> bool:
+        """Nothing untold, and the minute it counted is over."""
+        return not self._dropped and int(self.clock() // 60) != self._window
+
     def settle(self, final: bool = False) -> tuple[int, int] | None:
         """(refusals not recorded one by one, their minute as Unix time // 60) once that minute is
         over, or at once when `final` (the door is stopping); taken, so it is told once. None: none

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
 import structlog
@@ -24,9 +26,12 @@ log = structlog.get_logger(__name__)
 
 SUMMARY_GRACE = 1.0  # seconds past a minute's end before its count of unrecorded refusals is told
 CLOSE_WAIT = 5.0  # seconds a stopping door waits, at most, for its last count to be written
-# (principal, rule) logs one door keeps; past it, a principal's refusals under a rule it has no log
-# for yet share the principal's `other` log (a run's refusal may name rules of its own)
+# Rule logs one principal has at a door; past it, its refusals under a rule it has no log for yet
+# share its `other` log (a run's refusal may name rules of its own).
+RULES_EACH = 16
+# Logs a door keeps before it lets go of the idle ones (their minute over, nothing left to tell).
 REFUSAL_LOGS = 1000
+Writer = Callable[[AuditEvent], Awaitable[None]]
 
 
 class RefusalLog:
@@ -44,15 +49,16 @@ class RefusalLog:
         self._told = 0  # counts told by this log (each its own event)
         self._replica = os.urandom(4).hex()  # each replica's count of a minute is its own summary event
 
-    async def record(self, event: AuditEvent) -> bool:
-        """`event` on record if the minute's budget allows (True), else counted (False)."""
+    async def record(self, event: AuditEvent, write: Writer | None = None) -> bool:
+        """`event` on record if the minute's budget allows (True), else counted (False); `write`
+        puts it there (default: one best-effort append, `record_refusal`)."""
         recorded, unrecorded, window = self.budget.take()
         if unrecorded and window is not None:
             await self._summarize(unrecorded, window)
         if not recorded and not self._closing.is_set() and (self._summary is None or self._summary.done()):
             self._summary = asyncio.create_task(self._summarize_when_over())
         if recorded:
-            await record_refusal(self.store, event)
+            await (write(event) if write is not None else record_refusal(self.store, event))
         return recorded
 
     async def _summarize(self, unrecorded: int, window: int) -> None:
@@ -83,6 +89,11 @@ class RefusalLog:
         """Whether a timer waits to tell a minute's count."""
         return self._summary is not None and not self._summary.done()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to tell and its minute over: a new log would do exactly what this one does."""
+        return not self.summarizing and self.budget.idle()
+
     async def close(self) -> None:
         """The door stops: the count of the minute under way is told now, not lost with the
         process. A count being written is waited for, never cut off; the whole is bounded, and a
@@ -104,22 +115,35 @@ class RefusalLogs:
     """A door's refusals of authenticated actors (API token holders, Slack users): one RefusalLog
     per principal and rule, so a flood of junk (malformed bodies, a script clicking a button it
     may not) cannot turn the same principal's refusals that matter into a count, nor anyone
-    else's. `door` names the summaries' operation (`door:rule`)."""
+    else's. At most RULES_EACH rules per principal have logs of their own; past REFUSAL_LOGS logs
+    the idle ones are let go. `door` names the summaries' operation (`door:rule`)."""
 
     def __init__(self, store: AuditStore | None, door: str) -> None:
         self.store = store
         self.door = door
         self._logs: dict[tuple[str, str], RefusalLog] = {}
+        self._rules: Counter[str] = Counter()  # logs per principal
 
-    async def record(self, principal: str, rule: str, event: AuditEvent) -> bool:
+    async def record(self, principal: str, rule: str, event: AuditEvent, write: Writer | None = None) -> bool:
         """`event` on record within `principal`'s budget for `rule` (True), else counted (False)."""
         key = (principal, rule)
-        if key not in self._logs and len(self._logs) >= REFUSAL_LOGS:
-            key = (principal, "other")
+        if key not in self._logs:
+            if len(self._logs) >= REFUSAL_LOGS:
+                self._let_go_idle()
+            if self._rules[principal] >= RULES_EACH:
+                key = (principal, "other")
         refusals = self._logs.get(key)
         if refusals is None:
             refusals = self._logs[key] = RefusalLog(self.store, principal, f"{self.door}:{key[1]}"[:100])
-        return await refusals.record(event)
+            self._rules[principal] += 1
+        return await refusals.record(event, write)
+
+    def _let_go_idle(self) -> None:
+        for key in [key for key, refusals in self._logs.items() if refusals.idle]:
+            del self._logs[key]
+            self._rules[key[0]] -= 1
+            if not self._rules[key[0]]:
+                del self._rules[key[0]]
 
     async def close(self) -> None:
         """The door stops: each principal's count of the minute under way is told now."""

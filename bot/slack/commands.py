@@ -396,10 +396,7 @@ class PlaybookCommand:
             },
         )
 
-        async def append() -> None:
-            if outcome in REFUSED_OUTCOMES:
-                await self.deps.refusals.record(event.actor, rule or outcome, event)
-                return
+        async def write(event: AuditEvent) -> None:  # retried: a store busy for a moment loses nothing
             for attempt, pause in enumerate(RECORD_RETRIES, 1):
                 try:
                     await append_counted(audit, [event])
@@ -413,6 +410,12 @@ class PlaybookCommand:
                     log.warning("slack_command not recorded yet; retrying", event_id=event.event_id, error=error,
                                 attempt=attempt, retry_in_s=pause)
                     await asyncio.sleep(pause)
+
+        async def append() -> None:
+            if outcome in REFUSED_OUTCOMES:  # within the user's budget for its rule, else counted
+                await self.deps.refusals.record(event.actor, rule or outcome, event, write=write)
+            else:
+                await write(event)
 
         self.deps.background.records.submit("slack_command audit", append)
 

@@ -64,3 +64,22 @@ async def test_a_flood_of_refused_commands_is_recorded_up_to_the_budget_then_cou
 
 async def _count(stack: Stack, n: int) -> bool:
     return len(refused(stack)) >= n
+
+
+async def test_a_refused_command_is_recorded_even_if_the_store_fails_once(stack: Stack, monkeypatch) -> None:
+    """Red-team (stop 40): the budget's one best-effort write replaced the retries a refused
+    command's record had, so a store busy for a moment (a locked file, a failover) lost it."""
+    MINUTE[0] = 20
+    append, failed = stack.audit.append, set()
+
+    def flaky(events, *args, **kwargs):  # each batch's first attempt fails
+        ids = tuple(e.event_id for e in events)
+        if ids not in failed:
+            failed.add(ids)
+            raise RuntimeError("database is locked")
+        return append(events, *args, **kwargs)
+
+    monkeypatch.setattr(stack.audit, "append", flaky)
+    await command(stack, "run no-such-playbook-at-all", ALICE)
+    await eventually(lambda: _count(stack, 1), timeout=10, what="the refusal recorded on a retry")
+    assert [e.details["reason"][:16] for e in refused(stack)] == ["unknown playbook"]
