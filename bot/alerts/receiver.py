@@ -187,7 +187,7 @@ class AlertReceiver:
         # (each with the episode it is answered as when that is another: a merged startsAt's)
         self._known: OrderedDict[str, str | None] = beside._known if beside is not None else OrderedDict()
         # Firing deliveries being decided now, by episode: a concurrent copy waits for the outcome.
-        self._in_flight: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self._in_flight: dict[tuple[str, int], asyncio.Future[dict[str, Any] | None]] = {}  # (episode, trigger)
         # Concurrent requests' audit appends share one transaction (bot/audit/batching.py).
         self._commit = (beside._commit if beside is not None and beside.deps.audit is deps.audit
                         else GroupCommitter(deps.audit) if deps.audit is not None else None)
@@ -318,7 +318,8 @@ class AlertReceiver:
                 return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=episode,
                                      reason=MERGED if episode != run_id else None)
             self._known.pop(run_id, None)  # Temporal forgot the run (retention), or see above: the store decides
-        while (first := self._in_flight.get(run_id)) is not None:
+        decided_by = (run_id, match.trigger_index)  # (which trigger took it decides on_rerun: a copy's own)
+        while (first := self._in_flight.get(decided_by)) is not None:
             # A copy of a delivery this door is deciding right now (an HA Alertmanager pair sends each
             # notification from both peers at once, Alertmanager retries a slow answer): answered from
             # that delivery's outcome, with no store, policy or Temporal call of its own, when that
@@ -326,6 +327,7 @@ class AlertReceiver:
             # the delivery's content (the start rule's verdict, the concurrency key its labels render:
             # anyone holding the token can post a "copy" with the same fingerprint and other labels)
             # is not shared: the copy decides for itself. So is a first delivery that failed (503).
+            # Only a delivery taken by the same trigger is waited for: its on_rerun is the episode's.
             # In this process only; other replicas decide through the store, as before.
             decided = await asyncio.shield(first)
             if decided is not None and (copied := self._as_copy(alert, match, decided)) is not None:
@@ -333,15 +335,15 @@ class AlertReceiver:
             if decided is not None:
                 break  # (its own decision, alongside any other copy's)
         decision: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-        if run_id not in self._in_flight:
-            self._in_flight[run_id] = decision
+        if decided_by not in self._in_flight:
+            self._in_flight[decided_by] = decision
         result = None
         try:
             result = await self._decide_firing(alert, match)
             return result
         finally:
-            if self._in_flight.get(run_id) is decision:
-                del self._in_flight[run_id]
+            if self._in_flight.get(decided_by) is decision:
+                del self._in_flight[decided_by]
             decision.set_result(result)
 
     def _as_copy(self, alert: Alert, match: RouteMatch, first: dict[str, Any]) -> dict[str, Any] | None:

@@ -397,15 +397,19 @@ class PlaybookCommand:
         )
 
         async def write(event: AuditEvent) -> None:  # retried: a store busy for a moment loses nothing
+            said = {"event_id": event.event_id, "actor": event.actor, "outcome": outcome, "reason": reason,
+                    "text": event.details["text"][:200]}  # (what a record not written said, in the log)
             for attempt, pause in enumerate(RECORD_RETRIES, 1):
                 try:
                     await append_counted(audit, [event])
                     return
+                except asyncio.CancelledError:  # the door stops mid-retry
+                    log.error("slack_command not recorded; the door stopped", **said)
+                    raise
                 except Exception as exc:  # noqa: BLE001  the run's own audit trail is the record
                     error = f"{type(exc).__name__}: {exc}"
                     if pause is None:
-                        log.error("slack_command not recorded; given up", event_id=event.event_id, error=error,
-                                  attempts=attempt)
+                        log.error("slack_command not recorded; given up", error=error, attempts=attempt, **said)
                         return
                     log.warning("slack_command not recorded yet; retrying", event_id=event.event_id, error=error,
                                 attempt=attempt, retry_in_s=pause)

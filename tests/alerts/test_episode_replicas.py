@@ -72,6 +72,8 @@ params:
   instance: {type: string}
 triggers:
   alertmanager:
+    - matchers: ['alertname="HealAgain"', 'tier="canary"']
+      params: {instance: "{{ alert.labels.instance }}"}
     - matchers: ['alertname="HealAgain"']
       params: {instance: "{{ alert.labels.instance }}"}
       on_rerun: start
@@ -253,6 +255,29 @@ async def test_on_rerun_start_runs_a_forgotten_episode_again_and_audits_it(stack
     gone = await outcome(stack, resolved(alert), url=other.url)
     assert gone["outcome"] == "resolved_cancelled"
     assert await final_state(stack, run_id) in ("cancelled", "compensated")
+
+
+async def test_a_copy_in_flight_taken_by_another_trigger_does_not_decide_the_rerun(stack: BotStack, monkeypatch):
+    """Red-team (stop 40): a "copy" of a forgotten episode posted with labels another trigger takes
+    (its on_rerun: already_handled) was decided while the real delivery (on_rerun: start) waited
+    for it, and the real one shared its already_handled: no rerun. Which trigger took a delivery
+    is its own; only a delivery taken by the same trigger is waited for."""
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("heal-again", fp, STARTS)
+    ran_and_forgotten(stack, run_id, fp, "heal-again")
+    real = firing(fp, "HealAgain", instance="r-3")
+    hostile = {**real, "labels": {**real["labels"], "tier": "canary"}}
+    read = stack.audit.episode
+    monkeypatch.setattr(stack.audit, "episode", lambda e: time.sleep(0.3) or read(e))  # decisions take a while
+
+    async def real_a_moment_later() -> dict[str, Any]:
+        await asyncio.sleep(0.1)
+        return await outcome(stack, real)
+
+    copy, answer = await asyncio.gather(outcome(stack, hostile), real_a_moment_later())
+
+    assert copy["outcome"] == "already_handled" and "on_rerun" in copy["reason"]
+    assert (answer["outcome"], answer.get("rerun")) == ("started", 2), answer
 
 
 def age_claim(stack: BotStack, run_id: str, by: timedelta) -> None:

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import structlog.testing
 
 from bot.audit import refusals as refusals_module
 from bot.audit.events import EventKind
 from bot.audit.recorder import RefusalBudget
+from bot.slack import commands
 from tests.slack.fake_slack import FakeSlack
-from tests.slack.support import ALICE, MALLORY, Stack, eventually, slack_stack
+from tests.slack.support import ALICE, MALLORY, Stack, eventually, returns, slack_stack
 
 MINUTE = [10]  # the budget's clock, in minutes
 
@@ -83,3 +85,20 @@ async def test_a_refused_command_is_recorded_even_if_the_store_fails_once(stack:
     await command(stack, "run no-such-playbook-at-all", ALICE)
     await eventually(lambda: _count(stack, 1), timeout=10, what="the refusal recorded on a retry")
     assert [e.details["reason"][:16] for e in refused(stack)] == ["unknown playbook"]
+
+
+async def test_a_refusal_the_store_never_takes_is_described_in_the_log(stack: Stack, monkeypatch) -> None:
+    """Red-team (stop 40): a refused command whose record was given up said only its event id in
+    the log: who was refused, and why, was nowhere."""
+    MINUTE[0] = 30
+    monkeypatch.setattr(commands, "RECORD_RETRIES", (None,))  # give up at once
+
+    def down(events, *args, **kwargs):
+        raise RuntimeError("audit store down")
+
+    monkeypatch.setattr(stack.audit, "append", down)
+    with structlog.testing.capture_logs() as logs:
+        await command(stack, "run no-such-playbook-ever", ALICE)
+        given_up = await eventually(lambda: returns([e for e in logs if e["event"] == "slack_command not recorded; given up"]),
+                                    timeout=10, what="the give-up logged")
+    assert given_up[0]["actor"] == "slack:U0ALICE" and "unknown playbook" in given_up[0]["reason"], given_up
