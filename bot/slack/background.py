@@ -128,8 +128,10 @@ class Lane:
 
 
 class Background:
-    """The front door's two lanes: answers to users (Slack can be slow), audit records (a store
-    can be down). Separate so a hanging response_url never holds an audit event back."""
+    """The front door's lanes: answers to users (Slack can be slow), audit records (a store can be
+    down), and users' refusals on record (one user's flood of refused commands, each retried while
+    a store is down, must not crowd anyone's other records out). Separate so a hanging
+    response_url never holds an audit event back."""
 
     # Answers are HTTP waits, not work: enough workers that the hanging response_urls of a burst
     # (each held up to answer_timeout) leave the others' answers free to go out at once.
@@ -139,6 +141,7 @@ class Background:
         self.window = AckWindow()  # the router counts requests in it; both lanes wait for it
         self.answers = Lane("answers", workers=self.ANSWER_WORKERS, timeout=answer_timeout, window=self.window)
         self.records = Lane("records", workers=2, timeout=record_timeout, window=self.window)
+        self.refusals = Lane("refusals", workers=2, timeout=record_timeout, window=self.window)
 
     async def drain(self, timeout: float = 5.0) -> None:
-        await asyncio.gather(self.records.drain(timeout), self.answers.drain(timeout))
+        await asyncio.gather(self.records.drain(timeout), self.refusals.drain(timeout), self.answers.drain(timeout))

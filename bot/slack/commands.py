@@ -415,13 +415,16 @@ class PlaybookCommand:
                                 attempt=attempt, retry_in_s=pause)
                     await asyncio.sleep(pause)
 
-        async def append() -> None:
-            if outcome in REFUSED_OUTCOMES:  # within the user's budget for its rule, else counted
-                await self.deps.refusals.record(event.actor, rule or outcome, event, write=write)
-            else:
-                await write(event)
-
-        self.deps.background.records.submit("slack_command audit", append)
+        if outcome in REFUSED_OUTCOMES:
+            # Within the user's budget for its rule, else counted, decided now: a refusal past the
+            # budget queues nothing, and those within it take the refusals' lane, not everyone's.
+            refusals = self.deps.refusals.log(event.actor, rule or outcome)
+            recorded, tell = refusals.admit()
+            if recorded or tell is not None:
+                self.deps.background.refusals.submit(
+                    "slack_command refusal audit", lambda: refusals.put(event, recorded, tell, write))
+            return
+        self.deps.background.records.submit("slack_command audit", lambda: write(event))
 
     # ---- dry-run ---------------------------------------------------------------------------
 

@@ -5,8 +5,11 @@ turn another user's refusals, or its own by another rule, into a count."""
 
 from __future__ import annotations
 
+import time
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -15,6 +18,9 @@ import structlog.testing
 from bot.audit import refusals as refusals_module
 from bot.audit.events import EventKind
 from bot.audit.recorder import RefusalBudget
+from bot.audit.refusals import RefusalLogs
+from bot.audit.store import SqliteAuditStore
+from bot.slack.background import Background
 from bot.slack import commands
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.support import ALICE, MALLORY, Stack, eventually, returns, slack_stack
@@ -102,3 +108,46 @@ async def test_a_refusal_the_store_never_takes_is_described_in_the_log(stack: St
         given_up = await eventually(lambda: returns([e for e in logs if e["event"] == "slack_command not recorded; given up"]),
                                     timeout=10, what="the give-up logged")
     assert given_up[0]["actor"] == "slack:U0ALICE" and "unknown playbook" in given_up[0]["reason"], given_up
+
+
+class _Down:
+    """A real store that refuses every append until `until` (time.monotonic): an outage."""
+
+    def __init__(self, store: SqliteAuditStore, until: float) -> None:
+        self.store, self.until = store, until
+
+    def append(self, events, *args, **kwargs):
+        if time.monotonic() < self.until:
+            raise RuntimeError("could not connect to server (failover)")
+        return self.store.append(events, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+async def test_a_flood_of_refused_commands_during_an_outage_crowds_out_no_one_elses_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Red-team (stop 40, round 2): during a store outage, one user's refused commands (each
+    queued, and each retried on the records lane's two workers) filled that lane's queue, and
+    another user's `started` record was dropped. Past the budget a refusal now queues nothing,
+    and those within it take a lane of their own. (The command's audit path alone.)"""
+    monkeypatch.setattr(commands, "RECORD_RETRIES", (0.5, None))
+    monkeypatch.setattr(refusals_module, "RefusalBudget", lambda: RefusalBudget(per_minute=60, clock=lambda: 600.0))
+    real = SqliteAuditStore(tmp_path / "audit.db")
+    store = _Down(real, time.monotonic() + 0.3)
+    deps = types.SimpleNamespace(audit=store, refusals=RefusalLogs(store, "slack"), background=Background())
+    command = commands.PlaybookCommand.__new__(commands.PlaybookCommand)
+    command.deps = deps
+    rules = ["playbook", "params", "command", "start", "concurrency"]
+    for i in range(1100):
+        command._record({"user_id": "U0MALLORY", "trigger_id": f"junk-{i}", "text": "run nope"}, None, "refused",
+                        reason="junk", rule=rules[i % len(rules)])
+    command._record({"user_id": "U0ALICE", "trigger_id": "alice-1", "text": "run restart-db"}, "r-1", "started")
+    await deps.background.drain(30)
+    await deps.refusals.close()
+    stored = {e.event_id for e in real.events()}
+    assert "slack:alice-1:started" in stored, "another user's record was crowded out"
+    assert deps.background.records.dropped == 0
+    assert sum(1 for i in stored if i.startswith("slack:junk-")) == 5 * 60  # the budget, one by one
+    real.close()
