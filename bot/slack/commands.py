@@ -374,7 +374,8 @@ class PlaybookCommand:
         """The `slack_command` audit event, queued on the records lane (after the ack); keyed by
         trigger_id, so a replay, or a retry of an append that did land, records nothing new. A
         refusal says why (`reason`), and is recorded within the user's budget for its `rule`
-        (default: the outcome), past which that minute's refusals are a count (RefusalLogs)."""
+        (default: the outcome), past which that minute's refusals are a count (RefusalLogs), on
+        the refusals' lane."""
         audit = self.deps.audit
         if audit is None:
             return
@@ -399,21 +400,22 @@ class PlaybookCommand:
         async def write(event: AuditEvent) -> None:  # retried: a store busy for a moment loses nothing
             said = {"event_id": event.event_id, "actor": event.actor, "outcome": outcome, "reason": reason,
                     "text": event.details["text"][:200]}  # (what a record not written said, in the log)
-            for attempt, pause in enumerate(RECORD_RETRIES, 1):
-                try:
-                    await append_counted(audit, [event])
-                    return
-                except asyncio.CancelledError:  # the door stops mid-retry
-                    log.error("slack_command not recorded; the door stopped", **said)
-                    raise
-                except Exception as exc:  # noqa: BLE001  the run's own audit trail is the record
-                    error = f"{type(exc).__name__}: {exc}"
-                    if pause is None:
-                        log.error("slack_command not recorded; given up", error=error, attempts=attempt, **said)
+            try:
+                for attempt, pause in enumerate(RECORD_RETRIES, 1):
+                    try:
+                        await append_counted(audit, [event])
                         return
-                    log.warning("slack_command not recorded yet; retrying", event_id=event.event_id, error=error,
-                                attempt=attempt, retry_in_s=pause)
-                    await asyncio.sleep(pause)
+                    except Exception as exc:  # noqa: BLE001  the run's own audit trail is the record
+                        error = f"{type(exc).__name__}: {exc}"
+                        if pause is None:
+                            log.error("slack_command not recorded; given up", error=error, attempts=attempt, **said)
+                            return
+                        log.warning("slack_command not recorded yet; retrying", event_id=event.event_id, error=error,
+                                    attempt=attempt, retry_in_s=pause)
+                        await asyncio.sleep(pause)
+            except asyncio.CancelledError:  # the door stops mid-write or mid-pause
+                log.error("slack_command not recorded; the door stopped", **said)
+                raise
 
         if outcome in REFUSED_OUTCOMES:
             # Within the user's budget for its rule, else counted, decided now: a refusal past the
