@@ -15,7 +15,6 @@ import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from functools import partial
 
 import structlog
 
@@ -50,32 +49,17 @@ class RefusalLog:
         self._told = 0  # counts told by this log (each its own event)
         self._replica = os.urandom(4).hex()  # each replica's count of a minute is its own summary event
 
-    def admit(self) -> tuple[bool, Callable[[], Awaitable[None]] | None]:
-        """One refusal against the minute's budget, decided now (no await): (record it one by one?,
-        the telling of an earlier minute's count that is due, if one is). A refusal past the budget
-        with nothing due needs no write at all: a caller that queues its writes queues none."""
-        recorded, unrecorded, window = self.budget.take()
-        tell = None
-        if unrecorded and window is not None:
-            tell = partial(self._summarize, unrecorded, window)
-        if not recorded and not self._closing.is_set() and (self._summary is None or self._summary.done()):
-            self._summary = asyncio.create_task(self._summarize_when_over())
-        return recorded, tell
-
     async def record(self, event: AuditEvent, write: Writer | None = None) -> bool:
         """`event` on record if the minute's budget allows (True), else counted (False); `write`
         puts it there (default: one best-effort append, `record_refusal`)."""
-        recorded, tell = self.admit()
-        await self.put(event, recorded, tell, write)
-        return recorded
-
-    async def put(self, event: AuditEvent, recorded: bool, tell: Callable[[], Awaitable[None]] | None,
-                  write: Writer | None = None) -> None:
-        """What `admit` decided, written: the count due, then `event` if it is recorded."""
-        if tell is not None:
-            await tell()
+        recorded, unrecorded, window = self.budget.take()
+        if unrecorded and window is not None:
+            await self._summarize(unrecorded, window)
+        if not recorded and not self._closing.is_set() and (self._summary is None or self._summary.done()):
+            self._summary = asyncio.create_task(self._summarize_when_over())
         if recorded:
             await (write(event) if write is not None else record_refusal(self.store, event))
+        return recorded
 
     async def _summarize(self, unrecorded: int, window: int) -> None:
         """The count of a minute's refusals past the budget, as one event of its own (each

@@ -397,36 +397,39 @@ class PlaybookCommand:
             },
         )
 
+        said = {"event_id": event.event_id, "actor": event.actor, "outcome": outcome, "reason": reason,
+                "text": event.details["text"][:200]}  # (what a record not written said, in the log)
+
         async def write(event: AuditEvent) -> None:  # retried: a store busy for a moment loses nothing
-            said = {"event_id": event.event_id, "actor": event.actor, "outcome": outcome, "reason": reason,
-                    "text": event.details["text"][:200]}  # (what a record not written said, in the log)
-            try:
-                for attempt, pause in enumerate(RECORD_RETRIES, 1):
-                    try:
-                        await append_counted(audit, [event])
+            for attempt, pause in enumerate(RECORD_RETRIES, 1):
+                try:
+                    await append_counted(audit, [event])
+                    return
+                except Exception as exc:  # noqa: BLE001  the run's own audit trail is the record
+                    error = f"{type(exc).__name__}: {exc}"
+                    if pause is None:
+                        log.error("slack_command not recorded; given up", error=error, attempts=attempt, **said)
                         return
-                    except Exception as exc:  # noqa: BLE001  the run's own audit trail is the record
-                        error = f"{type(exc).__name__}: {exc}"
-                        if pause is None:
-                            log.error("slack_command not recorded; given up", error=error, attempts=attempt, **said)
-                            return
-                        log.warning("slack_command not recorded yet; retrying", event_id=event.event_id, error=error,
-                                    attempt=attempt, retry_in_s=pause)
-                        await asyncio.sleep(pause)
-            except asyncio.CancelledError:  # the door stops mid-write or mid-pause
-                log.error("slack_command not recorded; the door stopped", **said)
+                    log.warning("slack_command not recorded yet; retrying", event_id=event.event_id, error=error,
+                                attempt=attempt, retry_in_s=pause)
+                    await asyncio.sleep(pause)
+
+        async def append() -> None:
+            try:
+                if outcome in REFUSED_OUTCOMES:  # within the user's budget for its rule, else counted
+                    await self.deps.refusals.record(event.actor, rule or outcome, event, write=write)
+                else:
+                    await write(event)
+            except asyncio.CancelledError:  # the lane's time limit, or the door stopping
+                log.error("slack_command not recorded; cut off", **said)
                 raise
 
-        if outcome in REFUSED_OUTCOMES:
-            # Within the user's budget for its rule, else counted, decided now: a refusal past the
-            # budget queues nothing, and those within it take the refusals' lane, not everyone's.
-            refusals = self.deps.refusals.log(event.actor, rule or outcome)
-            recorded, tell = refusals.admit()
-            if recorded or tell is not None:
-                self.deps.background.refusals.submit(
-                    "slack_command refusal audit", lambda: refusals.put(event, recorded, tell, write))
-            return
-        self.deps.background.records.submit("slack_command audit", lambda: write(event))
+        # Refusals take a lane of their own: one user's flood of them, retried while a store is down,
+        # cannot crowd anyone's other records out. (The budget is taken when the job runs, so a job
+        # a full lane drops loses no count: only itself, logged here with what it said.)
+        lane = self.deps.background.refusals if outcome in REFUSED_OUTCOMES else self.deps.background.records
+        if not lane.submit("slack_command audit", append):
+            log.error("slack_command not recorded; its lane is full", **said)
 
     # ---- dry-run ---------------------------------------------------------------------------
 

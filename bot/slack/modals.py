@@ -154,8 +154,9 @@ class RunForms:
                 await ack(response_action="update", view=forms.notice_view("Not started", f"Nothing was started: {exc}"))
                 actor = f"slack:{user}" if user else "slack"
                 event = refusal(actor, "start", str(exc), key=f"form:{body.get('trigger_id') or user}")
-                self.deps.background.refusals.submit("form refusal audit",
-                                                     lambda: self.deps.refusals.record(actor, "form", event))
+                if not self.deps.background.refusals.submit("form refusal audit",
+                                                            lambda: self.deps.refusals.record(actor, "form", event)):
+                    log.error("form refusal not recorded; its lane is full", actor=actor, reason=str(exc))
                 return
             origin = {
                 "user_id": user,

@@ -130,8 +130,8 @@ async def test_a_flood_of_refused_commands_during_an_outage_crowds_out_no_one_el
 ) -> None:
     """Red-team (stop 40, round 2): during a store outage, one user's refused commands (each
     queued, and each retried on the records lane's two workers) filled that lane's queue, and
-    another user's `started` record was dropped. Past the budget a refusal now queues nothing,
-    and those within it take a lane of their own. (The command's audit path alone.)"""
+    another user's `started` record was dropped. Refusals now take a lane of their own. (The
+    command's audit path alone.)"""
     monkeypatch.setattr(commands, "RECORD_RETRIES", (0.5, None))
     monkeypatch.setattr(refusals_module, "RefusalBudget", lambda: RefusalBudget(per_minute=60, clock=lambda: 600.0))
     real = SqliteAuditStore(tmp_path / "audit.db")
