@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,7 @@ class SlackDeps:
     # Each user's refusals, per rule: one by one up to a budget a minute, then that minute's count, so
     # a workspace member scripting refused commands or clicks cannot grow the audit trail without bound.
     refusals: RefusalLogs = field(init=False)
+    refusals_queued: Counter[str] = field(default_factory=Counter)  # each user's refusal records waiting (queue_refusal)
 
     def __post_init__(self) -> None:
         self.answer_web = pooled(self.web)
@@ -133,6 +135,34 @@ def listener(deps: SlackDeps, handler: Listener, *, acked_by_bolt: bool = False)
     """`handler` as this app registers it: answered at its ack; a failure after it told to the user."""
     return at_ack(handler, lambda error, body, respond: queue_error(deps, error, body, respond),
                   acked_by_bolt=acked_by_bolt)
+
+
+REFUSALS_QUEUED_EACH = 100  # refusal records one user may have waiting on the refusals lane
+
+
+def queue_refusal(deps: SlackDeps, actor: str, record: Callable[[], Awaitable[Any]], said: dict[str, Any]) -> None:
+    """A user's refusal record onto the refusals lane (after the ack). At most REFUSALS_QUEUED_EACH
+    of one user's wait there at once: while a store is down each is retried for seconds, and one
+    user's flood must not crowd the lane's queue so that other users' refusals are dropped. One
+    not queued is logged with what it said (`said`)."""
+    if deps.refusals_queued[actor] >= REFUSALS_QUEUED_EACH:
+        log.error("refusal not recorded; this user has too many waiting", waiting=REFUSALS_QUEUED_EACH, **said)
+        return
+
+    async def job() -> None:
+        try:
+            await record()
+        finally:
+            deps.refusals_queued[actor] -= 1
+            if deps.refusals_queued[actor] <= 0:
+                del deps.refusals_queued[actor]
+
+    deps.refusals_queued[actor] += 1
+    if not deps.background.refusals.submit("refusal audit", job):
+        deps.refusals_queued[actor] -= 1
+        if deps.refusals_queued[actor] <= 0:
+            del deps.refusals_queued[actor]
+        log.error("refusal not recorded; its lane is full", **said)
 
 
 def queue_error(deps: SlackDeps, error: Exception, body: Mapping[str, Any], respond: Any) -> None:

@@ -50,7 +50,7 @@ from bot.playbook.model import ForeachGroup, ParallelGroup, Step
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.templating import TemplateError, display, inert, render
 from bot.policy.inputs import policy_input, rfc3339
-from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, reply_ephemeral
+from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, queue_refusal, reply_ephemeral
 from bot.slack.listeners import ack_within
 from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
 from bot.slack import forms
@@ -424,11 +424,12 @@ class PlaybookCommand:
                 log.error("slack_command not recorded; cut off", **said)
                 raise
 
-        # Refusals take a lane of their own: one user's flood of them, retried while a store is down,
-        # cannot crowd anyone's other records out. (The budget is taken when the job runs, so a job
-        # a full lane drops loses no count: only itself, logged here with what it said.)
-        lane = self.deps.background.refusals if outcome in REFUSED_OUTCOMES else self.deps.background.records
-        if not lane.submit("slack_command audit", append):
+        # Refusals take a lane of their own (queue_refusal): one user's flood of them, retried while a
+        # store is down, cannot crowd anyone's other records out. (The budget is taken when the job
+        # runs, so a job not queued loses no count: only itself, logged with what it said.)
+        if outcome in REFUSED_OUTCOMES:
+            queue_refusal(self.deps, event.actor, append, said)
+        elif not self.deps.background.records.submit("slack_command audit", append):
             log.error("slack_command not recorded; its lane is full", **said)
 
     # ---- dry-run ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from bot.audit.recorder import refusal
 from bot.playbook.loader import LoadedPlaybook, UnknownPlaybook
 from bot.playbook.params import ParamError
 from bot.slack import forms
-from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error
+from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, queue_refusal
 from bot.slack.commands import HELP, PlaybookCommand
 from bot.slack.forms import FieldErrors, FormMeta, FormRefused, Sealer
 
@@ -154,9 +154,8 @@ class RunForms:
                 await ack(response_action="update", view=forms.notice_view("Not started", f"Nothing was started: {exc}"))
                 actor = f"slack:{user}" if user else "slack"
                 event = refusal(actor, "start", str(exc), key=f"form:{body.get('trigger_id') or user}")
-                if not self.deps.background.refusals.submit("form refusal audit",
-                                                            lambda: self.deps.refusals.record(actor, "form", event)):
-                    log.error("form refusal not recorded; its lane is full", actor=actor, reason=str(exc))
+                queue_refusal(self.deps, actor, lambda: self.deps.refusals.record(actor, "form", event),
+                              {"actor": actor, "operation": "form", "reason": str(exc)})
                 return
             origin = {
                 "user_id": user,

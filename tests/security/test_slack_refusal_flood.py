@@ -5,6 +5,7 @@ turn another user's refusals, or its own by another rule, into a count."""
 
 from __future__ import annotations
 
+import collections
 import time
 import types
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from bot.audit.recorder import RefusalBudget
 from bot.audit.refusals import RefusalLogs
 from bot.audit.store import SqliteAuditStore
 from bot.slack.background import Background
+from bot.slack import app as app_module
 from bot.slack import commands
 from tests.slack.fake_slack import FakeSlack
 from tests.slack.support import ALICE, MALLORY, Stack, eventually, returns, slack_stack
@@ -130,13 +132,15 @@ async def test_a_flood_of_refused_commands_during_an_outage_crowds_out_no_one_el
 ) -> None:
     """Red-team (stop 40, round 2): during a store outage, one user's refused commands (each
     queued, and each retried on the records lane's two workers) filled that lane's queue, and
-    another user's `started` record was dropped. Refusals now take a lane of their own. (The
+    another user's `started` record was dropped. Refusals now take a lane of their own, where one
+    user may have only so many waiting: nobody else's records or refusals are crowded out. (The
     command's audit path alone.)"""
     monkeypatch.setattr(commands, "RECORD_RETRIES", (0.5, None))
     monkeypatch.setattr(refusals_module, "RefusalBudget", lambda: RefusalBudget(per_minute=60, clock=lambda: 600.0))
     real = SqliteAuditStore(tmp_path / "audit.db")
     store = _Down(real, time.monotonic() + 0.3)
-    deps = types.SimpleNamespace(audit=store, refusals=RefusalLogs(store, "slack"), background=Background())
+    deps = types.SimpleNamespace(audit=store, refusals=RefusalLogs(store, "slack"), background=Background(),
+                                 refusals_queued=collections.Counter())
     command = commands.PlaybookCommand.__new__(commands.PlaybookCommand)
     command.deps = deps
     rules = ["playbook", "params", "command", "start", "concurrency"]
@@ -144,10 +148,14 @@ async def test_a_flood_of_refused_commands_during_an_outage_crowds_out_no_one_el
         command._record({"user_id": "U0MALLORY", "trigger_id": f"junk-{i}", "text": "run nope"}, None, "refused",
                         reason="junk", rule=rules[i % len(rules)])
     command._record({"user_id": "U0ALICE", "trigger_id": "alice-1", "text": "run restart-db"}, "r-1", "started")
+    command._record({"user_id": "U0BOB", "trigger_id": "bob-1", "text": "run nope"}, None, "refused", reason="no",
+                    rule="playbook")
     await deps.background.drain(30)
     await deps.refusals.close()
     stored = {e.event_id for e in real.events()}
     assert "slack:alice-1:started" in stored, "another user's record was crowded out"
-    assert deps.background.records.dropped == 0
-    assert sum(1 for i in stored if i.startswith("slack:junk-")) == 5 * 60  # the budget, one by one
+    assert "slack:bob-1:refused" in stored, "another user's refusal was crowded out"
+    assert deps.background.records.dropped == 0 and deps.background.refusals.dropped == 0
+    # Mallory's: as many as one user may have waiting (each within the budget), the rest turned away
+    assert sum(1 for i in stored if i.startswith("slack:junk-")) == app_module.REFUSALS_QUEUED_EACH
     real.close()
