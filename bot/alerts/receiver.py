@@ -356,7 +356,7 @@ class AlertReceiver:
             if first.get("resolved"):  # the alert resolved while its run started: settled already
                 return self._outcome(alert, match.name, "already_handled", run_id=run_id, reason=reason)
             return self._outcome(alert, match.name, "attached", run_id=run_id, reason=reason if reason == MERGED else None)
-        if outcome in ("attached", "already_handled") and (own or run_id is None) and "holder" not in first:
+        if outcome in ("attached", "already_handled") and (own or run_id is None):
             return self._outcome(alert, match.name, outcome, run_id=run_id, reason=reason)
         return None
 

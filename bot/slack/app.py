@@ -149,19 +149,20 @@ def queue_refusal(deps: SlackDeps, actor: str, record: Callable[[], Awaitable[An
         log.error("refusal not recorded; this user has too many waiting", waiting=REFUSALS_QUEUED_EACH, **said)
         return
 
+    def release() -> None:  # its place among the user's waiting records
+        deps.refusals_queued[actor] -= 1
+        if deps.refusals_queued[actor] <= 0:
+            del deps.refusals_queued[actor]
+
     async def job() -> None:
         try:
             await record()
         finally:
-            deps.refusals_queued[actor] -= 1
-            if deps.refusals_queued[actor] <= 0:
-                del deps.refusals_queued[actor]
+            release()
 
     deps.refusals_queued[actor] += 1
     if not deps.background.refusals.submit("refusal audit", job):
-        deps.refusals_queued[actor] -= 1
-        if deps.refusals_queued[actor] <= 0:
-            del deps.refusals_queued[actor]
+        release()
         log.error("refusal not recorded; its lane is full", **said)
 
 
