@@ -19,7 +19,9 @@ a firing delivery must win the episode's claim (one serialized transaction) befo
 So a run is never started for an episode resolved before its claim, and a run claimed before the
 resolve is cancelled by whichever of the two deliveries sees the other's write.
 
-Cost per delivery (issue 15): a repeat of an episode this process saw started is one describe (an
+Cost per delivery (issue 15): a repeat of an episode this process saw started costs no Temporal
+call: whether its run is still going is read from the audit store (the worker records every run's
+end there) while the hint is fresh, and from one describe after that or without a store (an
 in-process hint, never used to start anything); a copy arriving while this process still decides
 the same delivery (a retry overtaking a slow answer, HA peers at once) shares that decision and
 costs no call; a new episode's store read and start rule are
@@ -33,6 +35,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import math
 import os
 import time
 from collections import OrderedDict
@@ -138,6 +141,19 @@ def _keep(recent: OrderedDict[str, Any], key: str, limit: int, value: Any = None
         recent.popitem(last=False)
 
 
+@dataclass(slots=True)
+class Known:
+    """An episode this process saw started: its run (`episode`, when a merged startsAt's delivery
+    is answered as another), since when an end recorded for it is this run's own (`since`, wall
+    clock: an earlier execution of the id ended long before), when Temporal or this process last
+    saw it (`seen`, monotonic: the hint is trusted for KNOWN_FRESH after), and whether it ended."""
+
+    episode: str | None
+    since: float
+    seen: float
+    ended: bool = False
+
+
 def _starts(alert: Alert) -> str:
     """startsAt in UTC, as the episode id has it: a peer writing the same instant in another
     offset is the same episode, for the audit keys and the resolved-before check too."""
@@ -166,6 +182,11 @@ class AlertDeps:
 
 class AlertReceiver:
     KNOWN_EPISODES = 50_000
+    # How long after Temporal (or this door's own start) last showed an episode's run that a repeat
+    # reads the run's end from the audit store instead of asking Temporal again. The store knows
+    # every end the bot's own code wrote; only an end outside it (a run terminated through
+    # Temporal itself) is missed, and only as a repeat's wording (attached) for at most this long.
+    KNOWN_FRESH = 60.0
     RECORDED_ATTEMPTS = 4096  # refused attempts remembered as on record (a sender retrying a stale token)
     # How long a delivery waits for another delivery's claimed start to show up before it answers
     # 503 (Alertmanager retries; a claimer that died is taken over after CLAIM_STALE_AFTER).
@@ -185,7 +206,7 @@ class AlertReceiver:
         # Episodes this process has seen started: a repeat delivery (the usual case in a storm)
         # goes straight to "is it still running?": no store, no policy question, no start.
         # (each with the episode it is answered as when that is another: a merged startsAt's)
-        self._known: OrderedDict[str, str | None] = beside._known if beside is not None else OrderedDict()
+        self._known: OrderedDict[str, Known] = beside._known if beside is not None else OrderedDict()
         # Firing deliveries being decided now, by episode: a concurrent copy waits for the outcome.
         self._in_flight: dict[tuple[str, int], asyncio.Future[dict[str, Any] | None]] = {}  # (episode, trigger)
         # Concurrent requests' audit appends share one transaction (bot/audit/batching.py).
@@ -303,17 +324,17 @@ class AlertReceiver:
         playbook, run_id = match.name, match.workflow_id
         if match.error or match.params is None:
             return self._outcome(alert, playbook, "rejected", reason=match.error or "no params")
-        if run_id in self._known:
+        if (known := self._known.get(run_id)) is not None:
             # A repeat of an episode this process saw started (the usual delivery in a storm):
-            # one Temporal call answers it. The hint is safe because this path never starts
+            # the store (or one Temporal call) answers it. The hint is safe because this path never starts
             # anything; a resolve is the resolved delivery's to act on (it is recorded, and the
             # run cancelled, by whichever front door gets it), and one this process handled
             # drops the hint. Only the answer's wording can lag a resolve on another replica:
             # attached while its cancel is still on the way, already_handled once the run ended.
             # A delivered id answered as another episode (a merged startsAt) only while that run
             # runs: once it ended, its episode may have resolved, and the store decides again.
-            episode = self._known[run_id] or run_id
-            running = await self._running(episode)
+            episode = known.episode or run_id
+            running = await self._still_going(known, episode)
             if running or (running is False and episode == run_id):
                 return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=episode,
                                      reason=MERGED if episode != run_id else None)
@@ -378,7 +399,7 @@ class AlertReceiver:
             # another front door, or before the policy changed): then this delivery attaches.
             running = await self._running(run_id)
             if running is not None:
-                self._remember(run_id)
+                self._remember(run_id, ended=not running)
                 return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
             return self._outcome(alert, playbook, "rejected", reason="start refused: " + "; ".join(verdict.reasons))
         try:
@@ -428,11 +449,13 @@ class AlertReceiver:
             if claim.resolved_at is not None:  # resolved between our read and our claim
                 return await self._after_resolve(alert, match, claim)
             if claim.started:
-                running = await self._running(run_id)
+                known = self._claimed(claim)
+                running = await self._still_going(known, run_id)
                 if running is not None:
-                    self._remember(run_id)
+                    known.ended = not running
+                    _keep(self._known, run_id, self.KNOWN_EPISODES, known)
                     if delivered != run_id:  # its repeats go straight to the episode's run too
-                        self._remember(delivered, answered_as=run_id)
+                        _keep(self._known, delivered, self.KNOWN_EPISODES, replace(known, episode=run_id))
                     return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
                 # The episode ran, and Temporal no longer has its run (its retention ended).
                 if match.trigger.on_rerun != "start":
@@ -472,8 +495,8 @@ class AlertReceiver:
                 await self._write("record an episode start", lambda s: s.episode_started(run_id, 1))
             elif claim is not None:  # a rerun, but Temporal still has the earlier run
                 await self._write("release an episode", lambda s: s.release_episode(run_id, claim.runs))
-            self._remember(run_id)
             running = await self._running(run_id)
+            self._remember(run_id, ended=running is False)
             return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
         except RPCError as exc:
             if claim is not None:  # best effort: a claim never released goes stale and is taken over
@@ -625,8 +648,45 @@ class AlertReceiver:
         except (RPCError, RunError):
             return False
 
-    def _remember(self, run_id: str, answered_as: str | None = None) -> None:
-        _keep(self._known, run_id, self.KNOWN_EPISODES, answered_as)
+    def _remember(self, run_id: str, answered_as: str | None = None, ended: bool = False) -> None:
+        """`run_id`'s episode has a run (`answered_as`'s, if given), which Temporal (or this door's
+        start) shows now: running, or `ended`."""
+        since = time.time() - CLOCK_SKEW.total_seconds()  # another host's clock may run behind ours
+        _keep(self._known, run_id, self.KNOWN_EPISODES, Known(answered_as, since, time.monotonic(), ended))
+
+    def _claimed(self, episode: Episode) -> Known:
+        """A started episode read from the store, as a hint: fresh from its claim (the claiming
+        door's clock: a skewed one is trusted at most KNOWN_FRESH off), so a repeat that another
+        door started moments ago reads the run's end from the store too."""
+        if episode.claimed_at is None:
+            return Known(None, 0.0, -math.inf)
+        claimed = episode.claimed_at.timestamp()
+        age = max(0.0, time.time() - claimed)
+        return Known(None, claimed - CLOCK_SKEW.total_seconds(), time.monotonic() - age)
+
+    async def _still_going(self, known: Known, episode: str) -> bool | None:
+        """Whether the known episode's run is running (None: Temporal no longer has it). While the
+        hint is fresh, an end is read from the audit store, where the worker records every run's
+        (one read on this process's store thread, against a describe's work in Temporal and
+        here: under a storm of repeats, the difference is most of Temporal's load); later, when
+        the store cannot answer, or without one, Temporal says, and the hint is fresh again."""
+        if time.monotonic() - known.seen < self.KNOWN_FRESH:
+            if known.ended:
+                return False
+            if (store := self.deps.audit) is not None:
+                since = datetime.fromtimestamp(known.since, timezone.utc)
+                try:
+                    known.ended = await asyncio.to_thread(store.run_ended, episode, since)
+                    return not known.ended
+                except Exception as exc:  # Temporal still knows: answered from there
+                    log.warning("audit store cannot say whether a run ended; asking Temporal", run_id=episode,
+                                error=str(exc))
+        running = await self._running(episode)
+        if running is not None:
+            known.seen, known.ended = time.monotonic(), not running
+            if running:  # its end is still to come: no earlier execution's end is read as its own
+                known.since = max(known.since, time.time() - CLOCK_SKEW.total_seconds())
+        return running
 
     async def _run_state(self, run_id: str) -> tuple[bool | None, str | None]:
         """Whether the run is running (as `_running`) and the on_resolved its start recorded in its

@@ -37,7 +37,7 @@ import psycopg
 
 from bot.audit.chain import FIELDS, FIRST_DUPLICATE_ID, ChainWalk
 from bot.audit.episodes import Episode, merge_target, series_key, series_range
-from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, canonical_json, check_storable, parse_ts
+from bot.audit.events import GENESIS_HASH, AuditEvent, StoredEvent, canonical_json, check_storable, format_ts, parse_ts
 from bot.audit.pg_schema import APPEND_LOCK, SCHEMA_VERSION, migrate_schema, schema_version
 from bot.audit.store import LATER_CANDIDATES, AuditUnavailable, VerifyResult, execution_prefixes
 
@@ -287,6 +287,15 @@ class PostgresAuditStore:
     def has_run(self, run_id: str) -> bool:
         with self._connected("read") as conn:
             return conn.execute("SELECT 1 FROM audit_events WHERE run_id = %s LIMIT 1", (run_id,)).fetchone() is not None
+
+    @_reconnecting
+    def run_ended(self, run_id: str, since: datetime) -> bool:
+        """Whether a run under this id recorded its end at or after `since` (see SqliteAuditStore.run_ended)."""
+        with self._connected("read") as conn:
+            return conn.execute(
+                "SELECT 1 FROM audit_events WHERE run_id = %s AND kind = 'run_finished' AND ts >= %s LIMIT 1",
+                (run_id, format_ts(since)),
+            ).fetchone() is not None
 
     @_reconnecting
     def run_last_recorded(self, run_id: str, exclude_execution: str | None = None) -> datetime | None:

@@ -300,6 +300,16 @@ class SqliteAuditStore:
         with self._connected("read") as conn:
             return conn.execute("SELECT 1 FROM audit_events WHERE run_id = ? LIMIT 1", (run_id,)).fetchone() is not None
 
+    def run_ended(self, run_id: str, since: datetime) -> bool:
+        """Whether a run under this id recorded its end (`run_finished`) at or after `since`: how a
+        front door answers a repeat delivery of an episode whose run it knows, without asking
+        Temporal (bot/alerts/receiver.py). `since` leaves out an earlier execution's end."""
+        with self._connected("read") as conn:
+            return conn.execute(
+                "SELECT 1 FROM audit_events WHERE run_id = ? AND kind = 'run_finished' AND ts >= ? LIMIT 1",
+                (run_id, format_ts(since)),
+            ).fetchone() is not None
+
     def run_last_recorded(self, run_id: str, exclude_execution: str | None = None) -> datetime | None:
         """When a run under this id last started or ended (its `ts`), reading only those events:
         admission asks it for every start, and a run's step outputs can be megabytes. Events of

@@ -1,21 +1,25 @@
 """What the alert path costs in Temporal calls, counted by a client interceptor
 (tests/alerts/temporal_calls.py) on a real dev server, front door on real HTTP, worker in its own
-process: a new episode's first delivery costs its start, a repeat of a known episode one describe,
-and a resolve makes the next firing delivery read the episode again instead of trusting the hint."""
+process: a new episode's first delivery costs its start, a repeat of an episode this door knows no
+call (the audit store says whether its run ended) and one describe once the hint is stale, and a
+resolve makes the next firing delivery read the episode again instead of trusting the hint."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest_asyncio
 
 from bot.alerts.episodes import episode_id
+from bot.alerts.receiver import AlertReceiver
+from bot.audit.store import AuditUnavailable
 from tests.alerts.temporal_calls import TemporalCalls
+from tests.waiting import eventually
 from tests.reliability.alertmanager_support import BotStack, bot_stack, firing, webhook
 
 STARTS = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)  # firing()'s startsAt
@@ -31,6 +35,18 @@ triggers:
       params: {instance: "{{ alert.labels.instance }}"}
 steps:
   - {id: wait, action: core.sleep, with: {duration: 10m}}
+""",
+    "quick": """
+name: quick
+owner: sre
+params:
+  instance: {type: string}
+triggers:
+  alertmanager:
+    - matchers: ['alertname="Quick"']
+      params: {instance: "{{ alert.labels.instance }}"}
+steps:
+  - {id: note, action: core.log, with: {message: "quick {{ params.instance }}"}}
 """,
 }
 
@@ -63,9 +79,25 @@ def noted_reads(stack: BotStack, monkeypatch: Any, pause: float = 0.0) -> list[s
     return reads
 
 
-async def test_a_new_episode_costs_its_start_and_a_repeat_one_describe(counted, monkeypatch):
+def noted_ends(store: Any, monkeypatch: Any, fails: bool = False) -> list[str]:
+    """The run ids the real store is asked whether they ended (each refused with `fails`)."""
+    asked: list[str] = []
+    ended = store.run_ended
+
+    def noted(run_id: str, since: datetime) -> bool:
+        asked.append(run_id)
+        if fails:
+            raise AuditUnavailable("audit store: cannot read it: disk I/O error")
+        return ended(run_id, since)
+
+    monkeypatch.setattr(store, "run_ended", noted)
+    return asked
+
+
+async def test_a_new_episode_costs_its_start_and_a_repeat_no_temporal_call(counted, monkeypatch):
     stack, calls = counted
     reads = noted_reads(stack, monkeypatch)
+    ends = noted_ends(stack.audit, monkeypatch)
     fp = uuid.uuid4().hex[:16]
     run_id = episode_id("hold", fp, STARTS)
     alert = firing(fp, "Hold", instance="a-1")
@@ -76,23 +108,91 @@ async def test_a_new_episode_costs_its_start_and_a_repeat_one_describe(counted, 
     for _ in range(3):
         calls.clear()
         assert (await deliver(stack, alert))["outcome"] == "attached"
-        assert calls.made() == [("describe_workflow", run_id)]
-    assert reads == [run_id], "a repeat of an episode this door started is answered without the store"
+        assert calls.made() == []
+    assert reads == [run_id], "a repeat of an episode this door started reads no episode state"
+    assert ends == [run_id] * 3, "each repeat asks the store whether the run ended"
 
 
-async def test_a_repeat_on_a_front_door_that_did_not_start_it_costs_one_describe(counted):
+async def test_a_repeat_after_the_run_ended_reads_already_handled_from_the_store(counted, monkeypatch):
+    """The worker records the run's end in the audit store: a repeat after it says so, and still
+    asks Temporal nothing."""
+    stack, calls = counted
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("quick", fp, STARTS)
+    alert = firing(fp, "Quick", instance="q-1")
+    assert (await deliver(stack, alert))["outcome"] == "started"
+    await stack.temporal.get_workflow_handle(run_id).result()
+    await eventually(lambda: asyncio.to_thread(stack.audit.run_ended, run_id, datetime.now(UTC) - timedelta(hours=1)),
+                     what="the run's end recorded")
+    ends = noted_ends(stack.audit, monkeypatch)
+    calls.clear()
+    for _ in range(2):
+        answer = await deliver(stack, alert)
+        assert (answer["outcome"], answer["run_id"]) == ("already_handled", run_id)
+    assert calls.made() == []
+    assert ends == [run_id], "once the store said it ended, the hint says so without another read"
+
+
+async def test_a_run_ended_outside_the_bot_reads_attached_only_while_the_hint_is_fresh(counted, monkeypatch):
+    """A run terminated through Temporal itself records no end: a repeat says `attached` for at most
+    KNOWN_FRESH, then asks Temporal, which says it ended."""
+    stack, calls = counted
+    monkeypatch.setattr(AlertReceiver, "KNOWN_FRESH", 1.0)
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("hold", fp, STARTS)
+    alert = firing(fp, "Hold", instance="a-5")
+    assert (await deliver(stack, alert))["outcome"] == "started"
+    await stack.temporal.get_workflow_handle(run_id).terminate(reason="an operator, outside the bot")
+    calls.clear()
+    assert (await deliver(stack, alert))["outcome"] == "attached"
+    assert calls.made() == []
+    await asyncio.sleep(1.1)
+    assert (await deliver(stack, alert))["outcome"] == "already_handled"
+    assert calls.made() == [("describe_workflow", run_id)]
+    calls.clear()
+    assert (await deliver(stack, alert))["outcome"] == "already_handled"
+    assert calls.made() == [], "what Temporal said is fresh again"
+
+
+async def test_a_repeat_asks_temporal_when_the_store_cannot_answer(counted, monkeypatch):
+    """The store being down costs a repeat one describe, never its answer (a 503 would make
+    Alertmanager retry a delivery that needs nothing)."""
+    stack, calls = counted
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("hold", fp, STARTS)
+    alert = firing(fp, "Hold", instance="a-6")
+    assert (await deliver(stack, alert))["outcome"] == "started"
+    ends = noted_ends(stack.audit, monkeypatch, fails=True)
+    calls.clear()
+    assert (await deliver(stack, alert))["outcome"] == "attached"
+    assert calls.made() == [("describe_workflow", run_id)] and ends == [run_id]
+
+
+async def test_a_repeat_on_a_front_door_that_did_not_start_it_costs_no_temporal_call(counted, monkeypatch):
+    """The other door reads the episode as started moments ago: the store says whether its run
+    ended. Claimed longer ago than KNOWN_FRESH, Temporal says (once; then the hint is fresh)."""
     stack, calls = counted
     other = await stack.replica()  # same audit file and Temporal: the episode reads as started
     fp = uuid.uuid4().hex[:16]
     run_id = episode_id("hold", fp, STARTS)
     alert = firing(fp, "Hold", instance="a-2")
     assert (await deliver(stack, alert))["outcome"] == "started"
+    ends = noted_ends(other.audit, monkeypatch)
     calls.clear()
-    assert (await deliver(stack, alert, url=other.url))["outcome"] == "attached"
-    assert calls.made() == [("describe_workflow", run_id)]
+    answer = await deliver(stack, alert, url=other.url)
+    assert (answer["outcome"], answer["run_id"]) == ("attached", run_id)
+    assert calls.made() == [] and ends == [run_id]
     calls.clear()  # and now the other door knows it too
     assert (await deliver(stack, alert, url=other.url))["outcome"] == "attached"
-    assert calls.made() == [("describe_workflow", run_id)]
+    assert calls.made() == [] and ends == [run_id] * 2
+
+    late = firing(uuid.uuid4().hex[:16], "Hold", instance="a-7")
+    assert (await deliver(stack, late))["outcome"] == "started"
+    monkeypatch.setattr(AlertReceiver, "KNOWN_FRESH", 0.0)
+    calls.clear()
+    answer = await deliver(stack, late, url=other.url)
+    assert answer["outcome"] == "attached"
+    assert calls.made() == [("describe_workflow", episode_id("hold", late["fingerprint"], STARTS))]
 
 
 async def test_after_a_resolve_a_firing_delivery_reads_the_episode_and_starts_nothing(counted):

@@ -212,10 +212,13 @@ async def test_a_resolve_landing_between_claim_and_start_cancels_the_run(stack: 
 
 
 def ran_and_forgotten(stack: BotStack, run_id: str, fp: str, playbook: str) -> None:
-    """The store remembers the episode's run (claimed, started, its `started` outcome recorded)
-    while Temporal has no such workflow id: what Temporal's retention leaves behind."""
+    """The store remembers the episode's run (claimed two days ago, started, its `started` outcome
+    recorded) while Temporal has no such workflow id: what Temporal's retention leaves behind."""
     stack.audit.claim_episode(run_id)
     stack.audit.episode_started(run_id, 1)
+    with sqlite3.connect(stack.audit.path) as db:  # (the store claims at its own now only)
+        db.execute("UPDATE episodes SET claimed_at = ? WHERE episode_id = ?",
+                   (format_ts(datetime.now(UTC) - timedelta(days=2)), run_id))
     key = f"{playbook}:firing:{STARTS.isoformat()}:started"
     stack.audit.append([AuditEvent(
         event_id=f"alert:{fp}:alert_outcome:{key}", ts=datetime.now(UTC), run_id=run_id, step_id=None,

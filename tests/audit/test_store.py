@@ -171,6 +171,27 @@ def test_run_last_recorded_is_the_newest_start_or_end_of_that_run_only(store) ->
     assert store.run_last_recorded("r2") == at + timedelta(seconds=9)
 
 
+def test_run_ended_is_an_end_of_that_run_recorded_since_the_given_time(store) -> None:
+    """What a front door reads for a repeat delivery of an episode it knows (bot/alerts/receiver.py),
+    on either backend: an earlier execution's end, before `since`, is not this run's."""
+    from datetime import UTC, datetime, timedelta
+
+    from bot.audit.events import AuditEvent, EventKind
+
+    at = datetime(2026, 12, 3, 3, 0, tzinfo=UTC)
+
+    def make(n: int, run: str, kind: EventKind) -> AuditEvent:
+        return AuditEvent(event_id=f"{run}:{n}", ts=at + timedelta(seconds=n), run_id=run, kind=kind, actor="system")
+
+    store.append([make(1, "r1", EventKind.run_started), make(2, "r2", EventKind.run_finished),
+                  make(3, "r1", EventKind.step_succeeded)])
+    assert not store.run_ended("r1", at)  # started, not ended; another run's end is not its own
+    assert store.run_ended("r2", at + timedelta(seconds=2))
+    assert not store.run_ended("r2", at + timedelta(seconds=2, microseconds=1))
+    store.append([make(5, "r1", EventKind.run_finished)])
+    assert store.run_ended("r1", at) and not store.run_ended("r1", at + timedelta(seconds=6))
+
+
 def test_run_last_recorded_leaves_out_the_asking_executions_own_events(store) -> None:
     """A retried first workflow task asks admission again after its run wrote `run_started`
     (a locked playbook flushes it in that task): its own events are no earlier run. Another
