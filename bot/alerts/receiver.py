@@ -655,13 +655,15 @@ class AlertReceiver:
         _keep(self._known, run_id, self.KNOWN_EPISODES, Known(answered_as, since, time.monotonic(), ended))
 
     def _claimed(self, episode: Episode) -> Known:
-        """A started episode read from the store, as a hint: fresh from its claim (the claiming
-        door's clock: a skewed one is trusted at most KNOWN_FRESH off), so a repeat that another
-        door started moments ago reads the run's end from the store too."""
-        if episode.claimed_at is None:
+        """A started episode read from the store, as a hint: fresh from its claim, so a repeat that
+        another door started moments ago reads the run's end from the store too. A claim stamped
+        in our future (a clock ahead of ours) is not fresh: it would be again on every rebuild
+        until our clock passed it, each time after Temporal said it has no such run (an
+        `on_rerun: start` then would wait for that clock); Temporal is asked instead."""
+        claimed = episode.claimed_at.timestamp() if episode.claimed_at is not None else None
+        age = time.time() - claimed if claimed is not None else -1.0
+        if claimed is None or age < 0:
             return Known(None, 0.0, -math.inf)
-        claimed = episode.claimed_at.timestamp()
-        age = max(0.0, time.time() - claimed)
         return Known(None, claimed - CLOCK_SKEW.total_seconds(), time.monotonic() - age)
 
     async def _still_going(self, known: Known, episode: str) -> bool | None:

@@ -7,6 +7,7 @@ resolve makes the next firing delivery read the episode again instead of trustin
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ import pytest_asyncio
 
 from bot.alerts.episodes import episode_id
 from bot.alerts.receiver import AlertReceiver
+from bot.audit.events import format_ts
 from bot.audit.store import AuditUnavailable
 from tests.alerts.temporal_calls import TemporalCalls
 from tests.waiting import eventually
@@ -137,7 +139,7 @@ async def test_a_run_ended_outside_the_bot_reads_attached_only_while_the_hint_is
     """A run terminated through Temporal itself records no end: a repeat says `attached` for at most
     KNOWN_FRESH, then asks Temporal, which says it ended."""
     stack, calls = counted
-    monkeypatch.setattr(AlertReceiver, "KNOWN_FRESH", 1.0)
+    monkeypatch.setattr(AlertReceiver, "KNOWN_FRESH", 3.0)  # start, terminate and a repeat fit in it
     fp = uuid.uuid4().hex[:16]
     run_id = episode_id("hold", fp, STARTS)
     alert = firing(fp, "Hold", instance="a-5")
@@ -146,7 +148,7 @@ async def test_a_run_ended_outside_the_bot_reads_attached_only_while_the_hint_is
     calls.clear()
     assert (await deliver(stack, alert))["outcome"] == "attached"
     assert calls.made() == []
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(3.1)
     assert (await deliver(stack, alert))["outcome"] == "already_handled"
     assert calls.made() == [("describe_workflow", run_id)]
     calls.clear()
@@ -170,7 +172,7 @@ async def test_a_repeat_asks_temporal_when_the_store_cannot_answer(counted, monk
 
 async def test_a_repeat_on_a_front_door_that_did_not_start_it_costs_no_temporal_call(counted, monkeypatch):
     """The other door reads the episode as started moments ago: the store says whether its run
-    ended. Claimed longer ago than KNOWN_FRESH, Temporal says (once; then the hint is fresh)."""
+    ended. Claimed longer ago than KNOWN_FRESH, Temporal says."""
     stack, calls = counted
     other = await stack.replica()  # same audit file and Temporal: the episode reads as started
     fp = uuid.uuid4().hex[:16]
@@ -188,7 +190,9 @@ async def test_a_repeat_on_a_front_door_that_did_not_start_it_costs_no_temporal_
 
     late = firing(uuid.uuid4().hex[:16], "Hold", instance="a-7")
     assert (await deliver(stack, late))["outcome"] == "started"
-    monkeypatch.setattr(AlertReceiver, "KNOWN_FRESH", 0.0)
+    with sqlite3.connect(stack.audit.path) as db:  # claimed two minutes ago, by the first door's clock
+        db.execute("UPDATE episodes SET claimed_at = ? WHERE episode_id = ?",
+                   (format_ts(datetime.now(UTC) - timedelta(minutes=2)), episode_id("hold", late["fingerprint"], STARTS)))
     calls.clear()
     answer = await deliver(stack, late, url=other.url)
     assert answer["outcome"] == "attached"

@@ -211,20 +211,69 @@ async def test_a_resolve_landing_between_claim_and_start_cancels_the_run(stack: 
         ("resolved", "resolved_no_run", None), ("firing", "started", "cancelled")]
 
 
-def ran_and_forgotten(stack: BotStack, run_id: str, fp: str, playbook: str) -> None:
-    """The store remembers the episode's run (claimed two days ago, started, its `started` outcome
-    recorded) while Temporal has no such workflow id: what Temporal's retention leaves behind."""
+def ran_and_forgotten(stack: BotStack, run_id: str, fp: str, playbook: str,
+                      claimed: timedelta = timedelta(days=-2)) -> None:
+    """The store remembers the episode's run (claimed two days ago, or `claimed` from now; started;
+    its `started` outcome recorded) while Temporal has no such workflow id: what Temporal's
+    retention leaves behind (or, claimed recently, an operator's delete or a lost Temporal)."""
     stack.audit.claim_episode(run_id)
     stack.audit.episode_started(run_id, 1)
-    with sqlite3.connect(stack.audit.path) as db:  # (the store claims at its own now only)
-        db.execute("UPDATE episodes SET claimed_at = ? WHERE episode_id = ?",
-                   (format_ts(datetime.now(UTC) - timedelta(days=2)), run_id))
+    claimed_at(stack, run_id, datetime.now(UTC) + claimed)
     key = f"{playbook}:firing:{STARTS.isoformat()}:started"
     stack.audit.append([AuditEvent(
         event_id=f"alert:{fp}:alert_outcome:{key}", ts=datetime.now(UTC), run_id=run_id, step_id=None,
         kind=EventKind.alert_outcome, actor="alertmanager",
         details={"fingerprint": fp, "status": "firing", "playbook": playbook, "outcome": "started", "run_id": run_id},
     )])
+
+
+def claimed_at(stack: BotStack, run_id: str, when: datetime) -> None:
+    """The episode's claim as stamped by another clock (the store claims at its own now only)."""
+    with sqlite3.connect(stack.audit.path) as db:
+        db.execute("UPDATE episodes SET claimed_at = ? WHERE episode_id = ?", (format_ts(when), run_id))
+
+
+async def test_an_episode_claimed_moments_ago_that_temporal_lacks_reruns_once_the_hint_is_stale(stack: BotStack,
+                                                                                               monkeypatch):
+    """A claim from moments ago is trusted to be running for KNOWN_FRESH (the store says whether
+    it ended, Temporal is not asked); after that Temporal says it has no such run, and
+    `on_rerun: start` starts it again."""
+    monkeypatch.setattr(AlertReceiver, "KNOWN_FRESH", 1.0)
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("heal-again", fp, STARTS)
+    ran_and_forgotten(stack, run_id, fp, "heal-again", claimed=timedelta(0))
+    alert = firing(fp, "HealAgain", instance="r-6")
+    assert (await outcome(stack, alert))["outcome"] == "attached"
+    await asyncio.sleep(1.1)
+    again = await outcome(stack, alert)
+    assert (again["outcome"], again.get("rerun")) == ("started", 2), again
+
+
+async def test_a_claim_stamped_by_a_clock_ahead_of_ours_is_no_reason_to_skip_temporal(stack: BotStack, monkeypatch):
+    """Red team (stop 41): a claim whose time is in our future was taken as claimed just now on
+    every rebuild of the hint, each after Temporal had said it has no such run: a rerun waited for
+    the other clock (minutes, or for ever). Now Temporal is asked, and the rerun starts."""
+    monkeypatch.setattr(AlertReceiver, "KNOWN_FRESH", 1.0)
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("heal-again", fp, STARTS)
+    ran_and_forgotten(stack, run_id, fp, "heal-again", claimed=timedelta(minutes=3))
+    again = await outcome(stack, firing(fp, "HealAgain", instance="r-7"))
+    assert (again["outcome"], again.get("rerun")) == ("started", 2), again
+
+
+async def test_an_earlier_executions_end_is_not_read_as_the_reruns(stack: BotStack):
+    """The store reads only ends recorded since the run was known: the episode's earlier run
+    ended 11 minutes ago, and its rerun, running now, reads attached."""
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("heal-again", fp, STARTS)
+    ran_and_forgotten(stack, run_id, fp, "heal-again")
+    stack.audit.append([AuditEvent(event_id=f"{run_id}/first:run:run_finished:completed",
+                                   ts=datetime.now(UTC) - timedelta(minutes=11), run_id=run_id, step_id=None,
+                                   kind=EventKind.run_finished, actor="system", details={"state": "completed"})])
+    alert = firing(fp, "HealAgain", instance="r-8")
+    again = await outcome(stack, alert)
+    assert (again["outcome"], again.get("rerun")) == ("started", 2), again
+    assert (await outcome(stack, alert))["outcome"] == "attached"
 
 
 async def test_an_episode_temporal_forgot_is_already_handled_by_default(stack: BotStack):
