@@ -170,16 +170,17 @@ def test_asyncios_own_loop_polls_as_well() -> None:
 
 
 def test_a_busy_host_is_not_polled_on(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every core has a runnable task: the question is waited for asleep (polling would take a
-    core from the child that answers it); once a core is free again, the next question is polled for."""
+    """More runnable tasks than cores: the question is waited for asleep (polling would take a
+    core from the child that answers it, or from whoever waits); once no task waits for a core
+    (as many runnable as cores: the asker and its child each on one), the next question is polled for."""
     loadavg = tmp_path / "loadavg"
-    monkeypatch.setattr(eventloop, "LOADAVG", host(loadavg, eventloop.usable_cores()))
+    monkeypatch.setattr(eventloop, "LOADAVG", host(loadavg, eventloop.usable_cores() + 1))
 
     async def main() -> tuple[int, bool, int]:
         eventloop.answer_due(OWNER, 0.05)
         await asyncio.sleep(0.05)
         busy_polls, busy_due = spinning().polls, OWNER in spinning().due
-        host(loadavg, eventloop.usable_cores() - 1)
+        host(loadavg, eventloop.usable_cores())
         await asyncio.sleep(eventloop.BUSY_READ_EVERY)
         eventloop.answer_due(OWNER, 0.05)
         await asyncio.sleep(0.05)
