@@ -188,6 +188,7 @@ class AlertReceiver:
     # Temporal itself) is missed, and only as a repeat's wording (attached) for at most this long.
     KNOWN_FRESH = 60.0
     RECORDED_ATTEMPTS = 4096  # refused attempts remembered as on record (a sender retrying a stale token)
+    RECORDED_EVENTS = 20_000  # event ids this process has appended (a repeat's receipt and outcome are on record)
     # How long a delivery waits for another delivery's claimed start to show up before it answers
     # 503 (Alertmanager retries; a claimer that died is taken over after CLAIM_STALE_AFTER).
     PENDING_WAIT = 10.0
@@ -207,6 +208,9 @@ class AlertReceiver:
         # goes straight to "is it still running?": no store, no policy question, no start.
         # (each with the episode it is answered as when that is another: a merged startsAt's)
         self._known: OrderedDict[str, Known] = beside._known if beside is not None else OrderedDict()
+        # Event ids this door appended (durably): a repeat delivery's receipt and outcome, whose ids
+        # are those of the first delivery's, cost no store write.
+        self._appended: OrderedDict[str, None] = beside._appended if beside is not None else OrderedDict()
         # Firing deliveries being decided now, by episode: a concurrent copy waits for the outcome.
         self._in_flight: dict[tuple[str, int], asyncio.Future[dict[str, Any] | None]] = {}  # (episode, trigger)
         # Concurrent requests' audit appends share one transaction (bot/audit/batching.py).
@@ -786,10 +790,17 @@ class AlertReceiver:
             raise Unavailable(f"audit store: cannot {doing}: {exc}") from None
 
     async def _record(self, events: list[AuditEvent]) -> None:
-        """Every received alert ends in a recorded outcome; a store we cannot write is our fault (503)."""
+        """Every received alert ends in a recorded outcome; a store we cannot write is our fault (503).
+        Events this door already appended (ids are natural keys: a repeat's are the first's) are on
+        record: the store would keep the first of them anyway."""
         if self._commit is None:
+            return
+        events = [e for e in events if e.event_id not in self._appended]
+        if not events:
             return
         try:
             await self._commit.append(events)
         except Exception as exc:
             raise Unavailable(f"audit store: {exc}") from None
+        for event in events:
+            _keep(self._appended, event.event_id, self.RECORDED_EVENTS)

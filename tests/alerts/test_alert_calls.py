@@ -115,6 +115,33 @@ async def test_a_new_episode_costs_its_start_and_a_repeat_no_temporal_call(count
     assert ends == [run_id] * 3, "each repeat asks the store whether the run ended"
 
 
+async def test_a_repeat_writes_nothing_this_door_already_recorded(counted, monkeypatch):
+    """A repeat's receipt and outcome have the first delivery's event ids (natural keys): once this
+    door recorded them, a repeat costs no store write (the store would keep the first anyway)."""
+    stack, calls = counted
+    appended: list[str] = []
+    append = stack.audit.append
+
+    def noted(events: Any, **options: Any) -> Any:
+        appended.extend(e.event_id for e in events)
+        return append(events, **options)
+
+    monkeypatch.setattr(stack.audit, "append", noted)
+    fp = uuid.uuid4().hex[:16]
+    alert = firing(fp, "Hold", instance="a-8")
+    assert (await deliver(stack, alert))["outcome"] == "started"
+    first = list(appended)
+    assert any(":alert_received:" in i for i in first) and any(":alert_outcome:" in i for i in first), first
+    assert (await deliver(stack, alert))["outcome"] == "attached"
+    assert [i for i in appended[len(first):] if ":alert_received:" in i] == [], "the receipt is on record"
+    assert len(appended) == len(first) + 1, "only the new outcome (attached) is written"
+    before = len(appended)
+    assert (await deliver(stack, alert))["outcome"] == "attached"
+    assert len(appended) == before, "a third delivery writes nothing"
+    kinds = [e.kind.value for e in stack.audit.events() if e.details.get("fingerprint") == fp]
+    assert kinds.count("alert_outcome") == 2 and kinds.count("alert_received") == 1, kinds
+
+
 async def test_a_repeat_after_the_run_ended_reads_already_handled_from_the_store(counted, monkeypatch):
     """The worker records the run's end in the audit store: a repeat after it says so, and still
     asks Temporal nothing."""
