@@ -5,6 +5,7 @@ loop would; asyncio's own loop polls the same way."""
 from __future__ import annotations
 
 import asyncio
+import math
 import gc
 import os
 import socket
@@ -138,18 +139,19 @@ def test_a_closed_loops_spinner_does_not_keep_it() -> None:
     assert len(loops) == 3 and [ref() for ref in loops] == [None, None, None]
 
 
-def test_the_cores_counted_are_the_ones_this_process_may_use(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A cgroup quota of 1.5 CPUs is 2 cores at most; no quota leaves the affinity's count."""
+def test_the_capacity_counted_is_what_this_process_may_use(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cgroup quota of 1.5 CPUs is 1.5 (the asker and its child do not both fit: no polling);
+    no quota leaves the affinity's count."""
     monkeypatch.setattr(eventloop, "CPU_MAX", str(tmp_path / "cpu.max"))
     (tmp_path / "cpu.max").write_text("150000 100000\n")
-    eventloop.usable_cores.cache_clear()
+    eventloop.cpu_capacity.cache_clear()
     try:
-        assert eventloop.usable_cores() == min(2, len(os.sched_getaffinity(0)))
+        assert eventloop.cpu_capacity() == min(1.5, len(os.sched_getaffinity(0)))
         (tmp_path / "cpu.max").write_text("max 100000\n")
-        eventloop.usable_cores.cache_clear()
-        assert eventloop.usable_cores() == len(os.sched_getaffinity(0))
+        eventloop.cpu_capacity.cache_clear()
+        assert eventloop.cpu_capacity() == len(os.sched_getaffinity(0))
     finally:
-        eventloop.usable_cores.cache_clear()
+        eventloop.cpu_capacity.cache_clear()
 
 
 def test_asyncios_own_loop_polls_as_well() -> None:
@@ -170,25 +172,31 @@ def test_asyncios_own_loop_polls_as_well() -> None:
 
 
 def test_a_busy_host_is_not_polled_on(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """More runnable tasks than cores: the question is waited for asleep (polling would take a
-    core from the child that answers it, or from whoever waits); once no task waits for a core
-    (as many runnable as cores: the asker and its child each on one), the next question is polled for."""
+    """The asker and the child it wakes need two cores: with as many runnable tasks as cores
+    besides the child (which the count shows only once its CPU leaves idle), the question is
+    waited for asleep (polling would take a core from the child, or from whoever waits); with one
+    fewer, or when the child is known to be awake (polling for the question, counted already),
+    it is polled for."""
     loadavg = tmp_path / "loadavg"
-    monkeypatch.setattr(eventloop, "LOADAVG", host(loadavg, eventloop.usable_cores() + 1))
+    cores = math.floor(eventloop.cpu_capacity())
+    monkeypatch.setattr(eventloop, "LOADAVG", host(loadavg, cores))
 
-    async def main() -> tuple[int, bool, int]:
-        eventloop.answer_due(OWNER, 0.05)
+    async def asked(runnable: int, peer_running: bool) -> int:
+        eventloop.nothing_due(OWNER)  # (the case before's answer came)
+        host(loadavg, runnable)
+        await asyncio.sleep(0.01)  # past BUSY_READ_EVERY, and the poll before has stopped
+        before = spinning().polls
+        eventloop.answer_due(OWNER, 0.05, peer_running=peer_running)
         await asyncio.sleep(0.05)
-        busy_polls, busy_due = spinning().polls, OWNER in spinning().due
-        host(loadavg, eventloop.usable_cores())
-        await asyncio.sleep(eventloop.BUSY_READ_EVERY)
-        eventloop.answer_due(OWNER, 0.05)
-        await asyncio.sleep(0.05)
-        return busy_polls, busy_due, spinning().polls
+        return spinning().polls - before
 
-    busy_polls, busy_due, idle_polls = run(main)
-    assert (busy_polls, busy_due) == (0, False)
-    assert idle_polls > 10
+    async def main() -> tuple[int, int, int, int]:
+        return (await asked(cores, False), await asked(cores - 1, False), await asked(cores, True),
+                await asked(cores + 1, True))
+
+    busy, idle, awake, crowded = run(main)
+    assert (busy, crowded) == (0, 0), "no core for the child, or a task waiting: asleep"
+    assert idle > 10 and awake > 10
 
 
 def test_no_proc_counts_as_idle(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:

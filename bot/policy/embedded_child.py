@@ -317,7 +317,7 @@ def main() -> None:
 # After its last answer, how long the child polls for the next question before it sleeps, while
 # questions come back to back (the gap before the latest was shorter than this): a sleeping
 # process is woken from an idle CPU, which costs more than the poll (see bot.eventloop).
-SPIN = 0.0005
+SPIN = wire.CHILD_SPIN
 
 
 def requests(fd: int) -> Iterator[dict[str, Any]]:

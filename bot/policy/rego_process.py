@@ -106,6 +106,7 @@ class RegoProcess:
         self._broken: Exception | None = None  # why the stream can no longer be used
         self._last_sent = (0, 0.0)  # the latest request's id and when it was written
         self._quick = True  # the answer to the latest request came within SPIN: poll for the next
+        self._answered_at = -1.0  # when the latest answer was read (the child polls CHILD_SPIN after it)
         self.crash_reported = False  # its owner has seen it die (and restarts it once)
 
     @property
@@ -158,8 +159,9 @@ class RegoProcess:
                 # Not an answer to anything asked (one whose asker gave up was dropped above).
                 self._give_up(ChildCrashed(f"protocol error: answer {request_id!r} to no request"))
                 return
+            self._answered_at = time.monotonic()
             if request_id == self._last_sent[0]:
-                self._quick = time.monotonic() - self._last_sent[1] < 2 * SPIN
+                self._quick = self._answered_at - self._last_sent[1] < 2 * SPIN
 
     def _stdout_closed(self, exc: Exception | None) -> None:
         """The child's stdout ended: once it has exited (how it died is the requests' reason),
@@ -215,9 +217,10 @@ class RegoProcess:
         watch = loop.call_later(timeout, self._watch, future, timeout, self._answered)
         try:
             proc.stdin.write(frame)  # whole frames: concurrent requests never interleave inside one
-            self._last_sent = (request_id, time.monotonic())
-            if self._quick:
-                eventloop.answer_due(self, SPIN)
+            sent = time.monotonic()
+            self._last_sent = (request_id, sent)
+            if self._quick:  # (a child still polling after its last answer is on a core already)
+                eventloop.answer_due(self, SPIN, peer_running=sent - self._answered_at < wire.CHILD_SPIN)
             await proc.stdin.drain()
             return await future
         except (ConnectionError, BrokenPipeError) as exc:  # the child's end of stdin is gone

@@ -13,6 +13,10 @@ HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024  # far above any policy input; guards against a desynchronised stream
 # The largest input an eval request may carry: the rest of the frame is room for the envelope.
 MAX_INPUT = MAX_FRAME - 64 * 1024
+# After its last answer, how long the child polls for the next question before it sleeps, while
+# questions come back to back (bot/policy/embedded_child.py); its parent reads a question asked
+# within it as one the child is awake for (bot.eventloop counts it as running).
+CHILD_SPIN = 0.0005
 
 
 class FrameError(Exception):
