@@ -208,9 +208,10 @@ class AlertReceiver:
         # goes straight to "is it still running?": no store, no policy question, no start.
         # (each with the episode it is answered as when that is another: a merged startsAt's)
         self._known: OrderedDict[str, Known] = beside._known if beside is not None else OrderedDict()
-        # Event ids this door appended (durably): a repeat delivery's receipt and outcome, whose ids
-        # are those of the first delivery's, cost no store write.
-        self._appended: OrderedDict[str, None] = beside._appended if beside is not None else OrderedDict()
+        # Event ids this door appended (durably), each with when: a repeat delivery's receipt and
+        # outcome, whose ids are the first delivery's, cost no store write for KNOWN_FRESH.
+        self._appended: OrderedDict[str, float] = (beside._appended if beside is not None and beside.deps.audit is deps.audit
+                                                   else OrderedDict())
         # Firing deliveries being decided now, by episode: a concurrent copy waits for the outcome.
         self._in_flight: dict[tuple[str, int], asyncio.Future[dict[str, Any] | None]] = {}  # (episode, trigger)
         # Concurrent requests' audit appends share one transaction (bot/audit/batching.py).
@@ -791,11 +792,14 @@ class AlertReceiver:
 
     async def _record(self, events: list[AuditEvent]) -> None:
         """Every received alert ends in a recorded outcome; a store we cannot write is our fault (503).
-        Events this door already appended (ids are natural keys: a repeat's are the first's) are on
-        record: the store would keep the first of them anyway."""
+        Events this door appended in the last KNOWN_FRESH (ids are natural keys: a repeat's are the
+        first's) are on record: the store would keep the first of them anyway. Only that long: a
+        store that lost rows it had committed (a failover to a standby behind it, a restore) gets
+        them again from the next repeat after it."""
         if self._commit is None:
             return
-        events = [e for e in events if e.event_id not in self._appended]
+        now = time.monotonic()
+        events = [e for e in events if now - self._appended.get(e.event_id, -math.inf) >= self.KNOWN_FRESH]
         if not events:
             return
         try:
@@ -803,4 +807,4 @@ class AlertReceiver:
         except Exception as exc:
             raise Unavailable(f"audit store: {exc}") from None
         for event in events:
-            _keep(self._appended, event.event_id, self.RECORDED_EVENTS)
+            _keep(self._appended, event.event_id, self.RECORDED_EVENTS, now)

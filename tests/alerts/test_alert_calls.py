@@ -140,6 +140,10 @@ async def test_a_repeat_writes_nothing_this_door_already_recorded(counted, monke
     assert len(appended) == before, "a third delivery writes nothing"
     kinds = [e.kind.value for e in stack.audit.events() if e.details.get("fingerprint") == fp]
     assert kinds.count("alert_outcome") == 2 and kinds.count("alert_received") == 1, kinds
+    # Only for KNOWN_FRESH: a store that lost what it had committed gets it again after that.
+    monkeypatch.setattr(AlertReceiver, "KNOWN_FRESH", 0.0)
+    assert (await deliver(stack, alert))["outcome"] == "attached"
+    assert len(appended) == before + 2, "the receipt and the outcome are written again (the store keeps the first)"
 
 
 async def test_a_repeat_after_the_run_ended_reads_already_handled_from_the_store(counted, monkeypatch):
