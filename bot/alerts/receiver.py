@@ -456,8 +456,7 @@ class AlertReceiver:
             if claim.started:
                 known = self._claimed(claim)
                 running = await self._still_going(known, run_id)
-                if running is not None:
-                    known.ended = not running
+                if running is not None:  # (`known` says so now: _still_going noted it)
                     _keep(self._known, run_id, self.KNOWN_EPISODES, known)
                     if delivered != run_id:  # its repeats go straight to the episode's run too
                         _keep(self._known, delivered, self.KNOWN_EPISODES, replace(known, episode=run_id))
