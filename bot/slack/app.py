@@ -140,6 +140,12 @@ def listener(deps: SlackDeps, handler: Listener, *, acked_by_bolt: bool = False)
 REFUSALS_QUEUED_EACH = 100  # refusal records one user may have waiting on the refusals lane
 
 
+def refused_actor(user: str) -> str:
+    """Who a click's or form's refusal is recorded under (and budgeted for): the Slack user as
+    the signed payload names them, or `slack` when it names none."""
+    return f"slack:{user}" if user else "slack"
+
+
 def queue_refusal(deps: SlackDeps, actor: str, record: Callable[[], Awaitable[Any]], said: dict[str, Any]) -> None:
     """A user's refusal record onto the refusals lane (after the ack). At most REFUSALS_QUEUED_EACH
     of one user's wait there at once: while a store is down each is retried for seconds, and one
