@@ -187,6 +187,12 @@ class AlertReceiver:
     # every end the bot's own code wrote; only an end outside it (a run terminated through
     # Temporal itself) is missed, and only as a repeat's wording (attached) for at most this long.
     KNOWN_FRESH = 60.0
+    # A store read for that hint that takes longer than HINT_READ_WAIT is not waited for: Temporal
+    # answers, and the store is left alone for HINT_READ_PAUSE (a store that hangs, a PostgreSQL
+    # server gone silent, would otherwise hold every repeat for its own timeouts, up to half a
+    # minute, and each held read keeps a thread).
+    HINT_READ_WAIT = 1.0
+    HINT_READ_PAUSE = 30.0
     RECORDED_ATTEMPTS = 4096  # refused attempts remembered as on record (a sender retrying a stale token)
     RECORDED_EVENTS = 20_000  # event ids this process has appended (a repeat's receipt and outcome are on record)
     # How long a delivery waits for another delivery's claimed start to show up before it answers
@@ -217,6 +223,7 @@ class AlertReceiver:
         # Concurrent requests' audit appends share one transaction (bot/audit/batching.py).
         self._commit = (beside._commit if beside is not None and beside.deps.audit is deps.audit
                         else GroupCommitter(deps.audit) if deps.audit is not None else None)
+        self._hints_paused_until = -math.inf  # monotonic: a hint read outlasted HINT_READ_WAIT
 
     def router(self) -> APIRouter:
         router = APIRouter()
@@ -675,15 +682,21 @@ class AlertReceiver:
         hint is fresh, an end is read from the audit store, where the worker records every run's
         (one read on this process's store thread, against a describe's work in Temporal and
         here: under a storm of repeats, the difference is most of Temporal's load); later, when
-        the store cannot answer, or without one, Temporal says, and the hint is fresh again."""
+        the store cannot answer (or not within HINT_READ_WAIT), or without one, Temporal says, and
+        the hint is fresh again."""
         if time.monotonic() - known.seen < self.KNOWN_FRESH:
             if known.ended:
                 return False
-            if (store := self.deps.audit) is not None:
+            if (store := self.deps.audit) is not None and time.monotonic() >= self._hints_paused_until:
                 since = datetime.fromtimestamp(known.since, timezone.utc)
                 try:
-                    known.ended = await asyncio.to_thread(store.run_ended, episode, since)
+                    known.ended = await asyncio.wait_for(asyncio.to_thread(store.run_ended, episode, since),
+                                                         self.HINT_READ_WAIT)
                     return not known.ended
+                except TimeoutError:  # the read goes on in its thread; nobody waits for it
+                    self._hints_paused_until = time.monotonic() + self.HINT_READ_PAUSE
+                    log.warning("audit store slow to say whether a run ended; asking Temporal instead for a while",
+                                run_id=episode, waited_seconds=self.HINT_READ_WAIT, pause_seconds=self.HINT_READ_PAUSE)
                 except Exception as exc:  # Temporal still knows: answered from there
                     log.warning("audit store cannot say whether a run ended; asking Temporal", run_id=episode,
                                 error=str(exc))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -199,6 +200,37 @@ async def test_a_repeat_asks_temporal_when_the_store_cannot_answer(counted, monk
     calls.clear()
     assert (await deliver(stack, alert))["outcome"] == "attached"
     assert calls.made() == [("describe_workflow", run_id)] and ends == [run_id]
+
+
+async def test_a_store_that_hangs_holds_no_repeat_for_its_timeouts(counted, monkeypatch):
+    """A store read that outlasts HINT_READ_WAIT is not waited for (a PostgreSQL server gone silent
+    holds a read for its TCP timeouts, half a minute): Temporal answers the repeat, and the store is
+    not asked again for HINT_READ_PAUSE, so hung reads do not pile up in threads."""
+    stack, calls = counted
+    monkeypatch.setattr(AlertReceiver, "HINT_READ_WAIT", 0.3)
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("hold", fp, STARTS)
+    alert = firing(fp, "Hold", instance="a-8")
+    assert (await deliver(stack, alert))["outcome"] == "started"
+    released = threading.Event()
+    asked: list[str] = []
+
+    def hangs(run_id: str, since: datetime) -> bool:
+        asked.append(run_id)
+        released.wait(30)
+        return False
+
+    monkeypatch.setattr(stack.audit, "run_ended", hangs)
+    try:
+        for _ in range(2):
+            calls.clear()
+            began = time.monotonic()
+            assert (await deliver(stack, alert))["outcome"] == "attached"
+            assert time.monotonic() - began < 5, "the repeat waited for the hung store"
+            assert calls.made() == [("describe_workflow", run_id)]
+        assert asked == [run_id], "the store was asked again while a read of it hung"
+    finally:
+        released.set()
 
 
 async def test_a_repeat_on_a_front_door_that_did_not_start_it_costs_no_temporal_call(counted, monkeypatch):
