@@ -31,6 +31,7 @@ from temporalio.client import Client
 from bot.audit.backend import AuditStore
 from bot.audit.refusals import RefusalLogs
 from bot.engine.runs import RunError
+from bot.identity import principals
 from bot.identity.principals import PrincipalError
 from bot.identity.proofs import Keyring
 from bot.playbook.loader import Catalog, UnknownPlaybook
@@ -140,10 +141,14 @@ def listener(deps: SlackDeps, handler: Listener, *, acked_by_bolt: bool = False)
 REFUSALS_QUEUED_EACH = 100  # refusal records one user may have waiting on the refusals lane
 
 
-def refused_actor(user: str) -> str:
-    """Who a click's or form's refusal is recorded under (and budgeted for): the Slack user as
-    the signed payload names them, or `slack` when it names none."""
-    return f"slack:{user}" if user else "slack"
+def slack_actor(user: str | None) -> str:
+    """Who a Slack request is recorded under (a command's record, a click's or form's refusal,
+    and the refusal budget): the principal of the user the signed payload names, or `slack` when
+    it names none or no well-formed one (a user id is only data: no second line, no 5 KB actor)."""
+    try:
+        return principals.slack(user) if user else "slack"
+    except PrincipalError:
+        return "slack"
 
 
 def queue_refusal(deps: SlackDeps, actor: str, record: Callable[[], Awaitable[Any]], said: dict[str, Any]) -> None:

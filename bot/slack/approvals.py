@@ -28,7 +28,7 @@ from bot.engine.runs import RunError, confirm, vote
 from bot.engine.state import ConfirmRequest, VoteRequest
 from bot.identity import principals
 from bot.identity.principals import Actor
-from bot.slack.app import SlackDeps, describe_error, listener, refused_actor, report_error
+from bot.slack.app import SlackDeps, describe_error, listener, slack_actor, report_error
 from bot.slack.blocks import (
     APPROVE_ACTION,
     CHOICE_ACTION_PATTERN,
@@ -130,7 +130,7 @@ class ApprovalButtons:
             run_id = None
         key = f"{body.get('trigger_id') or user}:{action.get('action_ts') or ''}"
         operation = "confirm" if CHOICE_ACTION_PATTERN.match(str(action.get("action_id") or "")) else "vote"
-        actor = refused_actor(user)
+        actor = slack_actor(user)
         await self.deps.refusals.record(actor, operation, refusal(actor, operation, reason, run_id=run_id, key=key))
 
     async def _vote(self, body: dict[str, Any]) -> str:

@@ -50,7 +50,7 @@ from bot.playbook.model import ForeachGroup, ParallelGroup, Step
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
 from bot.playbook.templating import TemplateError, display, inert, render
 from bot.policy.inputs import policy_input, rfc3339
-from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, queue_refusal, reply_ephemeral
+from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, queue_refusal, reply_ephemeral, slack_actor
 from bot.slack.listeners import ack_within
 from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
 from bot.slack import forms
@@ -385,7 +385,7 @@ class PlaybookCommand:
             run_id=run_id,
             step_id=None,
             kind=EventKind.slack_command,
-            actor=_principal(body) or "slack",
+            actor=slack_actor(body.get("user_id")),
             details={
                 "command": body.get("command") or COMMAND,
                 "text": body.get("text") or "",
@@ -525,14 +525,6 @@ class PlaybookCommand:
             f":octagonal_sign: Cancelling run `{escape(status.run_id)}` ({escape(status.playbook)}, was "
             f"{status.state.replace('_', ' ')}); what it did is rolled back, the run's thread shows it.",
         )
-
-
-def _principal(body: dict[str, Any]) -> str | None:
-    user_id = body.get("user_id")
-    try:
-        return principals.slack(user_id) if user_id else None
-    except principals.PrincipalError:
-        return None
 
 
 def _trigger(body: dict[str, Any]) -> TriggerContext:

@@ -24,7 +24,7 @@ from bot.audit.recorder import refusal
 from bot.playbook.loader import LoadedPlaybook, UnknownPlaybook
 from bot.playbook.params import ParamError
 from bot.slack import forms
-from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, queue_refusal, refused_actor
+from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, queue_refusal, slack_actor
 from bot.slack.commands import HELP, PlaybookCommand
 from bot.slack.forms import FieldErrors, FormMeta, FormRefused, Sealer
 
@@ -118,7 +118,7 @@ class RunForms:
             loaded = self.deps.catalog().get(chosen)
         except FormRefused as exc:
             log.info("slack pick refused", reason=str(exc), slack_user=user)
-            actor = refused_actor(user)
+            actor = slack_actor(user)
             await self.deps.refusals.record(actor, "form", refusal(actor, "start", str(exc),
                                                                    key=f"pick:{body.get('trigger_id') or user}"))
             return
@@ -152,7 +152,7 @@ class RunForms:
             except FormRefused as exc:
                 log.info("slack form refused", reason=str(exc))
                 await ack(response_action="update", view=forms.notice_view("Not started", f"Nothing was started: {exc}"))
-                actor = refused_actor(user)
+                actor = slack_actor(user)
                 event = refusal(actor, "start", str(exc), key=f"form:{body.get('trigger_id') or user}")
                 queue_refusal(self.deps, actor, lambda: self.deps.refusals.record(actor, "form", event),
                               {"actor": actor, "operation": "form", "reason": str(exc)})

@@ -340,6 +340,26 @@ async def test_a_malformed_button_is_refused_to_the_clicker_and_on_record(stack:
     assert "malformed" in refused[0].details["reason"]
 
 
+@pytest.mark.parametrize("user", ["U0BOB\nslack:U0ALICE", "U" * 5000], ids=["two lines", "5000 characters"])
+async def test_a_refusal_of_a_malformed_slack_user_is_recorded_under_slack(stack: Stack, user: str) -> None:
+    """A click's or form's refusal names its actor as a command's record does: a principal only
+    for a well-formed user id. Before, the refusal was recorded under `slack:` plus whatever the
+    payload's user id said (a second line, five thousand characters)."""
+    payload = {
+        "type": "block_actions",
+        "user": {"id": user, "username": "bob"},
+        "team": {"id": "T0FAKE"},
+        "channel": {"id": CHANNEL},
+        "container": {"type": "message", "message_ts": "1.1", "channel_id": CHANNEL},
+        "actions": [{"type": "button", "action_id": APPROVE_ACTION, "block_id": "x", "value": "not json"}],
+    }
+    response = await stack.post(urlencode({"payload": json.dumps(payload)}))
+    assert response.status_code == 200
+    refused = await eventually(lambda: returns([e for e in stack.audit.events() if e.kind.value == "access_refused"]),
+                               what="the refusal audited")
+    assert [e.actor for e in refused] == ["slack"]
+
+
 async def test_a_signed_payload_nested_past_the_parser_is_a_400(stack: Stack) -> None:
     """Red-team finding: a Slack-signed body whose payload nests past the JSON parser's depth was a 500."""
     response = await stack.post(urlencode({"payload": "[" * 5000 + "]" * 5000}))
