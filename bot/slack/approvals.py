@@ -145,6 +145,8 @@ class ApprovalButtons:
         user_id = user.get("id") or ""
         if not user_id:
             raise RunError("this click names no Slack user; nothing was recorded")
+        if slack_actor(user_id) == "slack":  # not a well-formed user id: refused, on record as `slack`
+            raise RunError("this click's Slack user id is malformed; nothing was recorded")
         with structlog.contextvars.bound_contextvars(run_id=ref.run_id, step_id=ref.step_id, slack_user=user_id):
             # Verified by Slack's signature (checked before this handler); the proof tells the worker so.
             actor = Actor(

@@ -191,6 +191,12 @@ class PlaybookCommand:
     async def handle(
         self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], respond: Respond, context: dict[str, Any]
     ) -> None:
+        if (user_id := body.get("user_id")) and slack_actor(user_id) == "slack":  # no Slack user id: no principal
+            await ack()
+            said = "this command's Slack user id is malformed; nothing was done"
+            self._record(body, None, "refused", reason=said)
+            self._say(body, respond, f":x: {said}")
+            return
         words = split_args(body.get("text") or "")
         if not words and self.forms is not None:  # `/playbook` alone: the playbook list, as a select
             await ack()

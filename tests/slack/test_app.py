@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 import pytest_asyncio
@@ -341,17 +341,20 @@ async def test_a_malformed_button_is_refused_to_the_clicker_and_on_record(stack:
 
 
 @pytest.mark.parametrize("user", ["U0BOB\nslack:U0ALICE", "U" * 5000], ids=["two lines", "5000 characters"])
-async def test_a_refusal_of_a_malformed_slack_user_is_recorded_under_slack(stack: Stack, user: str) -> None:
+@pytest.mark.parametrize("value", ["not json", json.dumps({"run_id": "r-1", "step_id": "risky"})],
+                         ids=["malformed button", "well-formed button"])
+async def test_a_refusal_of_a_malformed_slack_user_is_recorded_under_slack(stack: Stack, user: str, value: str) -> None:
     """A click's or form's refusal names its actor as a command's record does: a principal only
     for a well-formed user id. Before, the refusal was recorded under `slack:` plus whatever the
-    payload's user id said (a second line, five thousand characters)."""
+    payload's user id said (a second line, five thousand characters), and on a well-formed button
+    the user id failed as an unexpected error, told to the clicker and never recorded."""
     payload = {
         "type": "block_actions",
         "user": {"id": user, "username": "bob"},
         "team": {"id": "T0FAKE"},
         "channel": {"id": CHANNEL},
         "container": {"type": "message", "message_ts": "1.1", "channel_id": CHANNEL},
-        "actions": [{"type": "button", "action_id": APPROVE_ACTION, "block_id": "x", "value": "not json"}],
+        "actions": [{"type": "button", "action_id": APPROVE_ACTION, "block_id": "x", "value": value}],
     }
     response = await stack.post(urlencode({"payload": json.dumps(payload)}))
     assert response.status_code == 200
@@ -421,6 +424,20 @@ async def test_a_command_that_meets_a_held_concurrency_key_is_told_and_recorded_
             assert "attached" in told and holder in told and "Started" not in told
             assert [(e.details["outcome"], e.run_id) for e in bobs] == [("attached", holder)]
         assert [w.id for w in await stack.settled_runs() if w.workflow_type == "PlaybookRun"] == [holder], "nothing new started"
+
+
+@pytest.mark.parametrize("text", ["run gated", "cancel r-1", "status r-1"])
+async def test_a_command_of_a_malformed_slack_user_is_refused_on_record(stack: Stack, text: str) -> None:
+    """A signed command whose user id is not a Slack id (a second line) is refused and on record
+    under `slack`, started nothing. Before, the user id failed as an unexpected error."""
+    body, key = stack.command(text, user="U0BOB\nslack:U0ALICE")
+    assert (await stack.post(body)).status_code == 200
+    told = text_of(await stack.answers(key))
+    assert "malformed" in told, told
+    [record] = await eventually(lambda: returns(_commands(stack)), what="the refusal on record")
+    assert (record.actor, record.details["outcome"]) == ("slack", "refused"), record
+    trigger = parse_qs(body)["trigger_id"][0]
+    assert not await stack.runs(f"WorkflowId='{slack_run_id('gated', trigger)}'"), "nothing started"
 
 
 @pytest.mark.parametrize(("text", "why"), [
