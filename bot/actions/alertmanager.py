@@ -38,7 +38,7 @@ CREATED_BY = "playbook-bot"
 LIVE_STATES = frozenset({"active", "pending"})
 
 _MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$", re.DOTALL)
-_SILENCE_ID = re.compile(r"^[A-Za-z0-9-]+$")
+_SILENCE_ID = re.compile(r"^[A-Za-z0-9-]+\Z")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ OUTPUT_HEADERS = ("content-type", "location", "retry-after", "etag")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 RETRYABLE_STATUS = frozenset({408, 429})
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 header field name
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110 header field name
 
 Scalar = str | int | float | bool
 

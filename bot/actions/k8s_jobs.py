@@ -33,8 +33,8 @@ TTL_AFTER_FINISHED = 3600  # seconds: the cluster removes a Job we could not del
 LOG_BYTES_MAX = 256 * 1024
 TAIL_LINES = 500  # per pod: the end of a log is where a diagnostic says what it found
 FETCH_BYTES = 1 << 20  # per pod read (limitBytes keeps the head of what it reads: the end is cut here)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,511}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,511}\Z")
 
 
 class RunJobParams(KubeParams, WaitParams):

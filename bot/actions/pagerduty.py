@@ -26,8 +26,8 @@ SUMMARY_MAX = 1024
 CLIENT = "playbook-bot"
 REST_ACCEPT = "application/vnd.pagerduty+json;version=2"
 
-_INCIDENT_ID = re.compile(r"^[A-Za-z0-9]+$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_INCIDENT_ID = re.compile(r"^[A-Za-z0-9]+\Z")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")
 
 
 def _no_control(value: str, name: str) -> str:

@@ -31,7 +31,7 @@ NOT_CONFIGURED = (
     "for the worker"
 )
 
-_TS = re.compile(r"^\d+\.\d+$")
+_TS = re.compile(r"^\d+\.\d+\Z")
 
 
 class SlackPostParams(ActionParams):

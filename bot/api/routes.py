@@ -77,7 +77,7 @@ LISTING_RETRY_AFTER = 2  # seconds
 # A listing's whole time: a running run's status is a query to the worker (up to 5 s each when no
 # worker answers), and a listing past this is a 503 that gives its slot back.
 LISTING_DEADLINE = 30.0  # seconds
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")  # printable ASCII, no spaces
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}\Z")  # printable ASCII, no spaces
 MAX_TEXT = 2000
 AUDIT_TEXT = 1000  # a refusal's reason as audited (it may quote the caller's input)
 RUN_STATES: frozenset[str] = frozenset(get_args(RunState))

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 SERVICES = frozenset({"alertmanager", "grafana", "schedule", "pagerduty", "opsgenie"})
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-_SLACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # Slack's are U…/W…; tests may say more
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
+_SLACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # Slack's are U…/W…; tests may say more
 
 # How a principal was verified: Slack's request signature, an API bearer token, the webhook's
 # bearer token (Alertmanager's, Grafana's or Opsgenie's, each on its own route), PagerDuty's body

@@ -24,7 +24,7 @@ from typing import Iterator
 from bot.identity.principals import PrincipalError, api
 
 PREFIX = "pbt_"  # so a leaked token is recognisable (secret scanners, logs)
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class TokenError(ValueError):

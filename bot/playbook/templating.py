@@ -20,7 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bot.playbook import data
 
-SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 SECRET_REF = re.compile(r"\$\{secret:([A-Za-z_][A-Za-z0-9_]*)\}")  # display text only: it resolves nothing
 MARK_OPEN, MARK_CLOSE = "\ue000", "\ue001"  # private use: reserved for markers, never in data or playbooks
 MARKER_CHARS = MARK_OPEN + MARK_CLOSE

@@ -24,7 +24,7 @@ ERROR_LIMIT = 300  # characters of a step error quoted on the checklist
 APPROVE_ACTION = "approval.approve"
 REJECT_ACTION = "approval.reject"
 CHOICE_ACTION = "confirm.choice"  # one button per choice: `confirm.choice.<i>` (action ids are unique per block)
-CHOICE_ACTION_PATTERN = re.compile(r"^confirm\.choice\.[0-9]{1,2}$")
+CHOICE_ACTION_PATTERN = re.compile(r"^confirm\.choice\.[0-9]{1,2}\Z")
 HUMAN_STEP_ACTIONS = ("core.approve", "core.confirm")
 
 RUN_EMOJI = {

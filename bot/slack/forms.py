@@ -40,7 +40,7 @@ ERROR_MAX = 300  # characters of one field's error shown under it
 FORM_MAX_AGE = 12 * 3600  # seconds a form may stay open; a modal Slack keeps longer is refused on submit
 
 Kind = Literal["text", "number", "select", "checkbox"]
-_BLOCK_ID = re.compile(r"^param:[A-Za-z_][A-Za-z0-9_]{0,99}$")
+_BLOCK_ID = re.compile(r"^param:[A-Za-z_][A-Za-z0-9_]{0,99}\Z")
 _TRUE = "true"
 
 

@@ -1,12 +1,15 @@
-"""Loading Kubernetes clients: kubeconfig contexts, exec-plugin tokens that expire, Retry-After."""
+"""Loading Kubernetes clients: kubeconfig contexts, exec-plugin tokens that expire, Retry-After, names."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from bot.actions.k8s_client import RETRY_AFTER_DEFAULT, RETRY_AFTER_MAX, KubeClients, _retry_after
+import pytest
+
+from bot.actions.k8s_client import RETRY_AFTER_DEFAULT, RETRY_AFTER_MAX, KubeClients, _retry_after, dns_label, dns_subdomain
 from tests.actions.fake_k8s import TOKEN, FakeKube
 
 PLUGIN = """\
@@ -63,3 +66,11 @@ def test_retry_after_is_read_in_seconds_and_capped() -> None:
     assert _retry_after({"Retry-After": "86400"}) == RETRY_AFTER_MAX
     assert _retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == RETRY_AFTER_DEFAULT
     assert _retry_after({}) == RETRY_AFTER_DEFAULT
+
+
+@pytest.mark.parametrize("check", [dns_label, dns_subdomain])
+def test_a_name_with_a_trailing_newline_is_not_a_kubernetes_name(check: Any) -> None:
+    """Red-team finding (its class): a `$` pattern let `web\\n` pass as a name."""
+    assert check("web") == "web"
+    with pytest.raises(ValueError):
+        check("web\n")

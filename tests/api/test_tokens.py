@@ -24,6 +24,15 @@ def test_an_issued_token_maps_to_its_principal_and_only_its_digest_is_stored(tmp
     assert stat.S_IMODE((tmp_path / "tokens.json").stat().st_mode) == 0o600
 
 
+@pytest.mark.parametrize("name", ["bob\n", "bob\napi:alice", ""])
+def test_a_token_is_issued_only_for_a_name_that_makes_a_principal(tmp_path: Path, name: str) -> None:
+    """Red-team finding: `token issue $'bob\\n'` made the principal `api:bob\\n` (a `$` pattern)."""
+    store = TokenStore(tmp_path / "tokens.json")
+    with pytest.raises(ValueError):
+        store.issue(name)
+    assert not (tmp_path / "tokens.json").exists() or "bob" not in (tmp_path / "tokens.json").read_text()
+
+
 def test_tokens_that_are_not_issued_map_to_nobody(tmp_path: Path) -> None:
     store = TokenStore(tmp_path / "tokens.json")
     token = store.issue("ci")

@@ -340,7 +340,8 @@ async def test_a_malformed_button_is_refused_to_the_clicker_and_on_record(stack:
     assert "malformed" in refused[0].details["reason"]
 
 
-@pytest.mark.parametrize("user", ["U0BOB\nslack:U0ALICE", "U" * 5000], ids=["two lines", "5000 characters"])
+@pytest.mark.parametrize("user", ["U0BOB\nslack:U0ALICE", "U" * 5000, "U0BOB\n"],
+                         ids=["two lines", "5000 characters", "a trailing newline"])
 @pytest.mark.parametrize("value", ["not json", json.dumps({"run_id": "r-1", "step_id": "risky"})],
                          ids=["malformed button", "well-formed button"])
 async def test_a_refusal_of_a_malformed_slack_user_is_recorded_under_slack(stack: Stack, user: str, value: str) -> None:
@@ -426,11 +427,13 @@ async def test_a_command_that_meets_a_held_concurrency_key_is_told_and_recorded_
         assert [w.id for w in await stack.settled_runs() if w.workflow_type == "PlaybookRun"] == [holder], "nothing new started"
 
 
+@pytest.mark.parametrize("user", ["U0BOB\nslack:U0ALICE", "U0BOB\n"], ids=["two lines", "a trailing newline"])
 @pytest.mark.parametrize("text", ["run gated", "cancel r-1", "status r-1"])
-async def test_a_command_of_a_malformed_slack_user_is_refused_on_record(stack: Stack, text: str) -> None:
+async def test_a_command_of_a_malformed_slack_user_is_refused_on_record(stack: Stack, text: str, user: str) -> None:
     """A signed command whose user id is not a Slack id (a second line) is refused and on record
-    under `slack`, started nothing. Before, the user id failed as an unexpected error."""
-    body, key = stack.command(text, user="U0BOB\nslack:U0ALICE")
+    under `slack`, started nothing. Before, the user id failed as an unexpected error (and one
+    ending in a newline passed as a principal, and started a run as `slack:U0BOB\\n`)."""
+    body, key = stack.command(text, user=user)
     assert (await stack.post(body)).status_code == 200
     told = text_of(await stack.answers(key))
     assert "malformed" in told, told
