@@ -141,6 +141,16 @@ def listener(deps: SlackDeps, handler: Listener, *, acked_by_bolt: bool = False)
 REFUSALS_QUEUED_EACH = 100  # refusal records one user may have waiting on the refusals lane
 
 
+def slack_user(body: Mapping[str, Any]) -> tuple[str, str]:
+    """The user id and display name an interaction payload (a click, a form) names, each "" when
+    it is not text: the payload's `user` is data, and one that is not the object Slack sends must
+    be refused on record like any malformed click, not fail as an unexpected error."""
+    user = body.get("user")
+    user = user if isinstance(user, Mapping) else {}
+    user_id, name = user.get("id"), user.get("username") or user.get("name")
+    return (user_id if isinstance(user_id, str) else "", name if isinstance(name, str) else "")
+
+
 def slack_actor(user: str | None) -> str:
     """Who a Slack request is recorded under (a command's record, a click's or form's refusal,
     and the refusal budget): the principal of the user the signed payload names, or `slack` when
@@ -219,7 +229,7 @@ async def reply_ephemeral(web: AsyncWebClient, body: Mapping[str, Any], respond:
     replace the approval message); a command its response_url, which works in any channel. Each
     way falls back to the other."""
     channel = (body.get("channel") or {}).get("id") or body.get("channel_id")
-    user = (body.get("user") or {}).get("id") or body.get("user_id")
+    user = slack_user(body)[0] or body.get("user_id")
     ways: list[Callable[[], Awaitable[bool]]] = [
         lambda: _post_ephemeral(web, channel, user, text, blocks),
         lambda: _respond(respond, text, web, blocks),

@@ -28,7 +28,7 @@ from bot.engine.runs import RunError, confirm, vote
 from bot.engine.state import ConfirmRequest, VoteRequest
 from bot.identity import principals
 from bot.identity.principals import Actor
-from bot.slack.app import SlackDeps, describe_error, listener, slack_actor, report_error
+from bot.slack.app import SlackDeps, describe_error, listener, report_error, slack_actor, slack_user
 from bot.slack.blocks import (
     APPROVE_ACTION,
     CHOICE_ACTION_PATTERN,
@@ -122,7 +122,7 @@ class ApprovalButtons:
             await self.home.after_click(clicker, done, changed=True)
 
     async def _audit_refusal(self, body: dict[str, Any], reason: str) -> None:
-        user = (body.get("user") or {}).get("id") or ""
+        user = slack_user(body)[0]
         action = (body.get("actions") or [{}])[0]
         try:
             run_id: str | None = parse_value(action.get("value")).run_id
@@ -141,8 +141,7 @@ class ApprovalButtons:
         if answering and ref.choice is None:
             raise RunError("this choice button names no choice; use `playbook-bot confirm RUN STEP CHOICE` instead")
         choice = "approve" if action.get("action_id") == APPROVE_ACTION else "reject"
-        user = body.get("user") or {}
-        user_id = user.get("id") or ""
+        user_id, name = slack_user(body)
         if not user_id:
             raise RunError("this click names no Slack user; nothing was recorded")
         if slack_actor(user_id) == "slack":  # not a well-formed user id: refused, on record as `slack`
@@ -151,7 +150,7 @@ class ApprovalButtons:
             # Verified by Slack's signature (checked before this handler); the proof tells the worker so.
             actor = Actor(
                 principals.slack(user_id),
-                user.get("username") or user.get("name") or "",
+                name,
                 tuple(await self.groups.handles(user_id)),
                 "slack",
             )

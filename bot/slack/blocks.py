@@ -63,6 +63,7 @@ COMPENSATION_EMOJI = {
 DONE_STEP_STATES = frozenset({"succeeded", "skipped"})
 
 _SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,}")
+_SLACK_CHANNEL = re.compile(r"[CGD][A-Z0-9]{2,}")
 _PARTIAL_ENTITY = re.compile(r"&[a-z]{0,3}$")
 
 
@@ -421,6 +422,14 @@ def mention(user: str) -> str:
     other principals are shown as text."""
     bare = user.removeprefix("slack:")
     return f"<@{bare}>" if _SLACK_USER.fullmatch(bare) else f"`{escape(user)}`"
+
+
+def channel_mention(channel: str | None, otherwise: str) -> str:
+    """A channel id as Slack links it (`<#C…>`); anything else (`otherwise` when there is none) as
+    text: a command's channel_id is data, and `<#{…}>` would carry whatever mrkdwn it holds."""
+    if not channel:
+        return otherwise
+    return f"<#{channel}>" if _SLACK_CHANNEL.fullmatch(channel) else f"`{escape(channel)}`"
 
 
 def truncate(text: str, limit: int) -> str:

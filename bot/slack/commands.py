@@ -29,7 +29,7 @@ import structlog
 from slack_bolt.async_app import AsyncApp
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from bot.audit.events import AuditEvent, EventKind
+from bot.audit.events import AuditEvent, EventKind, storable_id
 from bot.audit.recorder import append_counted
 from bot.engine.runs import (
     RunError,
@@ -52,7 +52,7 @@ from bot.playbook.templating import TemplateError, display, inert, render
 from bot.policy.inputs import policy_input, rfc3339
 from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, queue_refusal, reply_ephemeral, slack_actor
 from bot.slack.listeners import ack_within
-from bot.slack.blocks import code_block, escape, status_blocks, status_text, truncate
+from bot.slack.blocks import channel_mention, code_block, escape, status_blocks, status_text, truncate
 from bot.slack import forms
 from bot.slack.groups import GroupResolver
 
@@ -321,7 +321,7 @@ class PlaybookCommand:
         except RunError as exc:  # the `start` rule, or the concurrency key: busy (on_busy: refuse) or unrenderable
             self._record(body, None, "refused", reason=_said(exc), rule=_rule(exc))
             raise
-        where = f"<#{body['channel_id']}>" if body.get("channel_id") else "the playbook's channel"
+        where = channel_mention(body.get("channel_id"), "the playbook's channel")
         if run_id is not None and handle.id != run_id:  # on_busy: attach: the run holding the key
             log.info("slack command attached to the key's holder", run_id=handle.id, playbook=loaded.playbook.name)
             self._record(body, handle.id, "attached")
@@ -386,9 +386,10 @@ class PlaybookCommand:
         if audit is None:
             return
         event = AuditEvent(
-            event_id=f"slack:{body.get('trigger_id') or body.get('user_id')}:{outcome}",
+            # as a store can hold them: a signed command's trigger_id, or a run id typed after `cancel`
+            event_id=storable_id(f"slack:{body.get('trigger_id') or body.get('user_id')}:{outcome}"),
             ts=datetime.now(UTC),
-            run_id=run_id,
+            run_id=storable_id(run_id) if run_id is not None else None,
             step_id=None,
             kind=EventKind.slack_command,
             actor=slack_actor(body.get("user_id")),

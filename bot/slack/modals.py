@@ -24,7 +24,7 @@ from bot.audit.recorder import refusal
 from bot.playbook.loader import LoadedPlaybook, UnknownPlaybook
 from bot.playbook.params import ParamError
 from bot.slack import forms
-from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, queue_refusal, slack_actor
+from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, queue_refusal, slack_actor, slack_user
 from bot.slack.commands import HELP, PlaybookCommand
 from bot.slack.forms import FieldErrors, FormMeta, FormRefused, Sealer
 
@@ -107,7 +107,7 @@ class RunForms:
         """A playbook chosen in the picker: the same modal becomes its form (views.update, with
         the hash Slack sent, so a stale pick does not overwrite a newer view)."""
         await ack()
-        user = (body.get("user") or {}).get("id") or ""
+        user = slack_user(body)[0]
         view = body.get("view") or {}
         action = (body.get("actions") or [{}])[0]
         try:
@@ -139,8 +139,7 @@ class RunForms:
     async def on_submit(self, ack: Ack, body: dict[str, Any], context: dict[str, Any]) -> None:
         """Errors in the form (ack with `response_action: errors`), a refusal shown in place of the
         form, or the run started as the typed command starts it."""
-        user_obj = body.get("user") or {}
-        user = user_obj.get("id") if isinstance(user_obj.get("id"), str) else ""
+        user, name = slack_user(body)
         view = body.get("view") or {}
         with structlog.contextvars.bound_contextvars(slack_user=user, subcommand="form"):
             try:
@@ -159,7 +158,7 @@ class RunForms:
                 return
             origin = {
                 "user_id": user,
-                "user_name": user_obj.get("username") or user_obj.get("name") or "",
+                "user_name": name,
                 "channel_id": meta.channel or None,
                 "trigger_id": meta.trigger_id or body.get("trigger_id"),
                 "response_url": meta.response_url or None,

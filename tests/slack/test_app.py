@@ -364,6 +364,43 @@ async def test_a_refusal_of_a_malformed_slack_user_is_recorded_under_slack(stack
     assert [e.actor for e in refused] == ["slack"]
 
 
+def _reshaped(body: str, change: Any) -> str:
+    payload = json.loads(parse_qs(body)["payload"][0])
+    change(payload)
+    return urlencode({"payload": json.dumps(payload)})
+
+
+@pytest.mark.parametrize("change", [
+    lambda p: p.__setitem__("user", BOB),  # `user` a bare string, not the object Slack sends
+    lambda p: p["user"].update(username={"x": 1}, name={"x": 1}),  # a display name that is not text
+], ids=["user a string", "username an object"])
+async def test_a_click_of_a_malformed_user_object_is_refused_on_record(stack: Stack, change: Any) -> None:
+    """Red-team finding: either failed as an unexpected error (AttributeError; a ValidationError
+    of the proof's name), told to the clicker as "could not do that" and never audited."""
+    run_id, ts = await waiting_gated_run(stack)
+    body = _reshaped(stack.click_body(BOB, run_id, "risky", ts), change)
+    assert (await stack.post(body)).status_code == 200
+    told = [c.params.get("text") or "" for c in stack.fake.calls_to("chat.postEphemeral")]
+    if isinstance(json.loads(parse_qs(body)["payload"][0])["user"], dict):  # bob, with a name that is no text
+        final = await eventually(lambda: finished(stack, run_id), what="bob's approval counted")
+        assert final.state == "completed" and [v.user for v in final.step("risky").approvals] == [principal(BOB)]
+    else:
+        refused = await eventually(lambda: returns([e for e in stack.audit.events(run_id=run_id)
+                                                    if e.kind.value == "access_refused"]), what="the refusal audited")
+        assert [e.actor for e in refused] == ["slack"], refused
+    assert not any("could not do that" in t for t in told), told
+
+
+async def test_a_channel_id_cannot_put_live_mrkdwn_into_the_answer(stack: Stack) -> None:
+    """Red-team finding: the answer said "its status is posted in <#{channel_id}>" as sent."""
+    body, key = stack.command("run hold service=api", user=BOB)
+    fields = {k: v[0] for k, v in parse_qs(body).items()}
+    fields["channel_id"] = "C0INCIDENTS>, and <!channel"
+    assert (await stack.post(urlencode(fields))).status_code == 200
+    told = text_of(await stack.answers(key))
+    assert "<!channel>" not in told and "C0INCIDENTS" in told, told
+
+
 async def test_a_signed_payload_nested_past_the_parser_is_a_400(stack: Stack) -> None:
     """Red-team finding: a Slack-signed body whose payload nests past the JSON parser's depth was a 500."""
     response = await stack.post(urlencode({"payload": "[" * 5000 + "]" * 5000}))
@@ -441,6 +478,22 @@ async def test_a_command_of_a_malformed_slack_user_is_refused_on_record(stack: S
     assert (record.actor, record.details["outcome"]) == ("slack", "refused"), record
     trigger = parse_qs(body)["trigger_id"][0]
     assert not await stack.runs(f"WorkflowId='{slack_run_id('gated', trigger)}'"), "nothing started"
+
+
+@pytest.mark.parametrize(("trigger", "text"), [
+    ("t" * 3000, "run no-such-playbook"), ("1.2.a\x00b", "run no-such-playbook"), ("t" * 3000, "cancel r-1"),
+    (None, "cancel " + "r" * 3000),
+], ids=["3000-character trigger", "a NUL in the trigger", "3000-character trigger, cancel", "3000-character run id"])
+async def test_a_refused_command_with_an_unstorable_id_is_still_on_record(stack: Stack, trigger: str | None,
+                                                                           text: str) -> None:
+    """Red-team finding: the `slack_command` record's event id holds the signed command's
+    trigger_id as sent, and a cancel's record the run id typed; one no store can hold (over 2048
+    bytes, a NUL) failed the append three times and the refusal was never on record."""
+    body, key = stack.command(text, user=BOB, trigger_id=trigger)
+    assert (await stack.post(body)).status_code == 200
+    assert ":x:" in text_of(await stack.answers(key))
+    records = await eventually(lambda: returns(_commands(stack)), timeout=10, what="the refusal on record")
+    assert [r.actor for r in records] == [principal(BOB)], records
 
 
 @pytest.mark.parametrize(("text", "why"), [
