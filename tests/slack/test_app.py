@@ -319,20 +319,24 @@ async def test_a_button_carries_the_execution_and_one_posted_before_still_votes(
     assert calls.made() == [("describe_workflow", run_id), ("describe_workflow", run_id), ("start_workflow_update", run_id)]
 
 
-@pytest.mark.parametrize("value", ["not json", "[" * 5000 + "]" * 5000], ids=["not json", "nested past the parser"])
-async def test_a_malformed_button_is_refused_to_the_clicker_and_on_record(stack: Stack, value: str) -> None:
-    """Red-team finding: a value nested past the JSON parser's depth raised RecursionError, which was
-    told to the clicker as an unexpected failure and never audited."""
+async def click_a_loose_button(stack: Stack, user: str, value: str) -> Any:
+    """A signed Approve click by `user` on a button carrying `value`, on no message the bot posted."""
     payload = {
         "type": "block_actions",
-        "user": {"id": BOB, "username": "bob"},
+        "user": {"id": user, "username": "bob"},
         "team": {"id": "T0FAKE"},
         "channel": {"id": CHANNEL},
         "container": {"type": "message", "message_ts": "1.1", "channel_id": CHANNEL},
         "actions": [{"type": "button", "action_id": APPROVE_ACTION, "block_id": "x", "value": value}],
     }
-    response = await stack.post(urlencode({"payload": json.dumps(payload)}))
-    assert response.status_code == 200
+    return await stack.post(urlencode({"payload": json.dumps(payload)}))
+
+
+@pytest.mark.parametrize("value", ["not json", "[" * 5000 + "]" * 5000], ids=["not json", "nested past the parser"])
+async def test_a_malformed_button_is_refused_to_the_clicker_and_on_record(stack: Stack, value: str) -> None:
+    """Red-team finding: a value nested past the JSON parser's depth raised RecursionError, which was
+    told to the clicker as an unexpected failure and never audited."""
+    assert (await click_a_loose_button(stack, BOB, value)).status_code == 200
     calls = await eventually(lambda: returns(stack.fake.calls_to("chat.postEphemeral")), what="refusal")
     assert "malformed" in calls[0].params["text"]
     refused = await eventually(lambda: returns([e for e in stack.audit.events() if e.kind.value == "access_refused"]),
@@ -349,16 +353,7 @@ async def test_a_refusal_of_a_malformed_slack_user_is_recorded_under_slack(stack
     for a well-formed user id. Before, the refusal was recorded under `slack:` plus whatever the
     payload's user id said (a second line, five thousand characters), and on a well-formed button
     the user id failed as an unexpected error, told to the clicker and never recorded."""
-    payload = {
-        "type": "block_actions",
-        "user": {"id": user, "username": "bob"},
-        "team": {"id": "T0FAKE"},
-        "channel": {"id": CHANNEL},
-        "container": {"type": "message", "message_ts": "1.1", "channel_id": CHANNEL},
-        "actions": [{"type": "button", "action_id": APPROVE_ACTION, "block_id": "x", "value": value}],
-    }
-    response = await stack.post(urlencode({"payload": json.dumps(payload)}))
-    assert response.status_code == 200
+    assert (await click_a_loose_button(stack, user, value)).status_code == 200
     refused = await eventually(lambda: returns([e for e in stack.audit.events() if e.kind.value == "access_refused"]),
                                what="the refusal audited")
     assert [e.actor for e in refused] == ["slack"]
