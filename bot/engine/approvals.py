@@ -17,8 +17,8 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from bot.audit.events import holds_control
     from bot.engine.state import ConfirmRequest, RunStatus, StepStatus, Vote, VoteRequest, VoteResult
+    from bot.identity import principals
     from bot.identity.proofs import Keyring, ProofError, confirm_content, vote_content
     from bot.metrics import VOTES_REFUSED_EARLY
     from bot.policy.models import ActorVerdict
@@ -33,6 +33,19 @@ VOTE_BYTES_MAX = 64 * 1024  # a whole vote, proof included (its principal, name 
 # The envelope keyrings of the workers in this process, so a validator can refuse a forged proof
 # before the update enters history. Validators never run on replay, so reading this is safe.
 _VALIDATOR_KEYRINGS: list[Keyring] = []
+
+
+PRINCIPAL_FORMS = "slack:<user id>, cli:<name> or api:<name>"
+
+
+def is_principal(user: str) -> bool:
+    """Whether a vote's or cancel's `user` is a principal (bot/identity/principals.py): anyone who
+    reaches Temporal can send any text there, and it would be the actor of the refusal's record."""
+    try:
+        principals.check(user)
+    except principals.PrincipalError:
+        return False
+    return True
 
 
 def register_keyring(keyring: Keyring) -> Callable[[], None]:
@@ -200,9 +213,9 @@ class ApprovalBook:
                 f"its groups {GROUPS_MAX}, and the whole vote with its proof {VOTE_BYTES_MAX} bytes",
                 "invalid", "size",
             )
-        if holds_control(request.user):
+        if not is_principal(request.user):
             VOTES_REFUSED_EARLY.labels("principal").inc()
-            raise VoteRefused("a voter's principal has no control characters", "invalid", "principal")
+            raise VoteRefused(f"a voter is a principal ({PRINCIPAL_FORMS}); nothing changed", "invalid", "principal")
         book = self.refused.get(request.step_id)
         if book is None:
             return

@@ -20,18 +20,20 @@ with workflow.unsafe.imports_passed_through():
 
     from bot.actions.activities import describe_validation_error, started_event
     from bot.actions.base import ActionInput, ActionResult
-    from bot.audit.events import AuditEvent, EventKind, holds_control
+    from bot.audit.events import AuditEvent, EventKind
     from bot.audit.recorder import AuditBatch, AuditMode, event
     from bot.actions.core import ApproveParams, ConfirmParams, FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
     from bot.engine.approvals import (
         NAME_MAX,
         POLICY_FAILED,
+        PRINCIPAL_FORMS,
         REASON_MAX,
         VOTE_BYTES_MAX,
         ApprovalBook,
         RefusedVoters,
         VoteRefused,
+        is_principal,
         policy_failed,
         proof_holds,
     )
@@ -521,8 +523,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 or len(request.model_dump_json()) > VOTE_BYTES_MAX):
             raise CancelRefused(f"a cancel's reason is at most {REASON_MAX} characters, its principal and name "
                                 f"{NAME_MAX}, the whole cancel with its proof {VOTE_BYTES_MAX} bytes", "invalid", "size")
-        if holds_control(request.user):
-            raise CancelRefused("a canceller's principal has no control characters", "invalid", "principal")
+        if not is_principal(request.user):
+            raise CancelRefused(f"a canceller is a principal ({PRINCIPAL_FORMS}); nothing changed", "invalid", "principal")
         book = self._refused_cancels
         verified = proof_holds(request.proof, "cancel", self._status.run_id, cancel_content(request.reason),
                                request.user, self._asked_since(None), self._status.execution)

@@ -42,7 +42,7 @@ steps:
     action: t.ok
 """
 
-APPROVERS = {"dana", "erin", "frank"}
+APPROVERS = {"cli:dana", "cli:erin", "cli:frank"}
 
 
 def policy(decision: dict[str, Any], seen: list[dict[str, Any]] | None = None) -> list[Any]:
@@ -80,7 +80,7 @@ async def refused(handle: Any, request: VoteRequest) -> str:
 async def test_allow_runs_the_step_with_the_policy_input_of_the_contract(dev_env):
     rec, seen = Recorder(), []
     async with worker(dev_env.client, rec, policy({"allow": True, "decision_id": "d-1"}, seen)) as w:
-        handle = await start(dev_env.client, w, gated("carl"))
+        handle = await start(dev_env.client, w, gated("cli:carl"))
         status = await handle.result()
     assert status.state == "completed"
     assert status.step("risky").decision["decision_id"] == "d-1"
@@ -88,7 +88,7 @@ async def test_allow_runs_the_step_with_the_policy_input_of_the_contract(dev_env
     assert doc["step"] == {"id": "risky", "action": "t.ok", "impact": "high", "with": {"target": "api"}}
     assert doc["playbook"]["name"] == "gated" and doc["playbook"]["owner"] == "sre"
     assert doc["playbook"]["hash"].startswith("sha256:")
-    assert doc["run"]["requested_by"] == "carl" and doc["run"]["trigger"] == "cli"
+    assert doc["run"]["requested_by"] == "cli:carl" and doc["run"]["trigger"] == "cli"
     assert doc["run"]["id"] == status.run_id and doc["now"].endswith("Z")
     assert doc["params"] == {"svc": "api"} and doc["alert"] is None and doc["approvals"] == []
 
@@ -121,40 +121,40 @@ async def test_policy_activity_failure_is_a_deny(dev_env):
 async def test_quorum_of_two_refuses_requester_duplicate_and_outsider(dev_env):
     rec = Recorder()
     async with worker(dev_env.client, rec, policy(APPROVAL)) as w:
-        handle = await start(dev_env.client, w, gated("carl"))
+        handle = await start(dev_env.client, w, gated("cli:carl"))
         status = await wait_for_state(handle, lambda s: s.state == "waiting_approval")
         assert status.step("risky").state == "waiting_approval"
         assert status.step("risky").approval_deadline is not None
 
-        assert "four-eyes" in await refused(handle, vote("risky", "carl"))
-        assert "not in sre" in await refused(handle, vote("risky", "zed"))
-        assert "no step 'nope'" in await refused(handle, vote("nope", "dana"))
-        assert "not waiting for approval" in await refused(handle, vote("prepare", "dana"))
+        assert "four-eyes" in await refused(handle, vote("risky", "cli:carl"))
+        assert "not in sre" in await refused(handle, vote("risky", "cli:zed"))
+        assert "no step 'nope'" in await refused(handle, vote("nope", "cli:dana"))
+        assert "not waiting for approval" in await refused(handle, vote("prepare", "cli:dana"))
 
-        first = await handle.execute_update(PlaybookRun.vote, vote("risky", "dana"))
+        first = await handle.execute_update(PlaybookRun.vote, vote("risky", "cli:dana"))
         assert (first.approvals, first.needed) == (1, 2)
-        assert "already voted" in await refused(handle, vote("risky", "dana"))
+        assert "already voted" in await refused(handle, vote("risky", "cli:dana"))
         assert (await handle.query(PlaybookRun.status)).state == "waiting_approval"
         assert "risky" not in rec.sequence(), "one approval of two must not run the step"
 
-        await handle.execute_update(PlaybookRun.vote, vote("risky", "erin"))
+        await handle.execute_update(PlaybookRun.vote, vote("risky", "cli:erin"))
         status = await handle.result()
     assert status.state == "completed"
-    assert [(v.user, v.vote) for v in status.step("risky").approvals] == [("dana", "approve"), ("erin", "approve")]
+    assert [(v.user, v.vote) for v in status.step("risky").approvals] == [("cli:dana", "approve"), ("cli:erin", "approve")]
     assert rec.sequence() == ["prepare", "risky", "after"]
 
 
 async def test_concurrent_votes_by_the_same_user_count_once(dev_env):
     rec = Recorder()
     async with worker(dev_env.client, rec, policy(APPROVAL)) as w:
-        handle = await start(dev_env.client, w, gated("carl"))
+        handle = await start(dev_env.client, w, gated("cli:carl"))
         await wait_for_state(handle, lambda s: s.state == "waiting_approval")
         results = await asyncio.gather(
-            *(handle.execute_update(PlaybookRun.vote, vote("risky", "dana")) for _ in range(3)), return_exceptions=True
+            *(handle.execute_update(PlaybookRun.vote, vote("risky", "cli:dana")) for _ in range(3)), return_exceptions=True
         )
         assert sum(not isinstance(r, BaseException) for r in results) == 1
         status = await handle.query(PlaybookRun.status)
-        assert [v.user for v in status.step("risky").approvals] == ["dana"]
+        assert [v.user for v in status.step("risky").approvals] == ["cli:dana"]
         await cancel(handle)
         await handle.result()
 
@@ -162,14 +162,14 @@ async def test_concurrent_votes_by_the_same_user_count_once(dev_env):
 async def test_one_reject_rejects_and_rolls_back(dev_env):
     rec = Recorder()
     async with worker(dev_env.client, rec, policy(APPROVAL)) as w:
-        handle = await start(dev_env.client, w, gated("carl"))
+        handle = await start(dev_env.client, w, gated("cli:carl"))
         await wait_for_state(handle, lambda s: s.state == "waiting_approval")
-        await handle.execute_update(PlaybookRun.vote, vote("risky", "dana"))
-        await handle.execute_update(PlaybookRun.vote, vote("risky", "erin", "reject", "wrong service"))
+        await handle.execute_update(PlaybookRun.vote, vote("risky", "cli:dana"))
+        await handle.execute_update(PlaybookRun.vote, vote("risky", "cli:erin", "reject", "wrong service"))
         status = await handle.result()
     assert status.state == "compensated"
     assert status.step("risky").state == "rejected"
-    assert status.step("risky").error == "rejected by erin: wrong service"
+    assert status.step("risky").error == "rejected by cli:erin: wrong service"
     assert rec.sequence() == ["prepare", "undo prepare"]
 
 
@@ -186,7 +186,7 @@ async def test_vote_after_the_run_ended_is_refused_by_the_bot_not_only_by_tempor
 
     @activity.defn(name="policy.approver")
     async def approver(request: PolicyRequest) -> Verdict:
-        if request.input["user"]["id"] == "dana":
+        if request.input["user"]["id"] == "cli:dana":
             dana_asked.set()
             await release.wait()
         return Verdict(allow=True)
@@ -199,20 +199,20 @@ async def test_vote_after_the_run_ended_is_refused_by_the_bot_not_only_by_tempor
         # updates get their turn each time the worker heartbeats that task, at 80% of its timeout.
         # A 2 s task timeout instead of the default 10 s: the same story, about five times sooner.
         handle = await dev_env.client.start_workflow(
-            PlaybookRun.run, gated("carl"), id=f"run-{uuid.uuid4()}", task_queue=w.task_queue,
+            PlaybookRun.run, gated("cli:carl"), id=f"run-{uuid.uuid4()}", task_queue=w.task_queue,
             task_timeout=timedelta(seconds=2),
         )
         try:
             await wait_for_state(handle, lambda s: s.state == "waiting_approval")
-            dana = asyncio.create_task(handle.execute_update(PlaybookRun.vote, vote("risky", "dana")))
+            dana = asyncio.create_task(handle.execute_update(PlaybookRun.vote, vote("risky", "cli:dana")))
             await asyncio.wait_for(dana_asked.wait(), 10)
-            await handle.execute_update(PlaybookRun.vote, vote("risky", "erin"))
+            await handle.execute_update(PlaybookRun.vote, vote("risky", "cli:erin"))
             await wait_for_state(handle, lambda s: s.state == "completed")
             assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING, "dana's vote holds it open"
 
-            assert await refused(handle, vote("risky", "frank")) == f"VoteRefused: {ended_text(handle.id)}"
+            assert await refused(handle, vote("risky", "cli:frank")) == f"VoteRefused: {ended_text(handle.id)}"
             with pytest.raises(RunError) as ended:
-                await runs.vote(dev_env.client, handle.id, vote("risky", "frank"), frank, front_door)
+                await runs.vote(dev_env.client, handle.id, vote("risky", "cli:frank"), frank, front_door)
             assert str(ended.value) == f"run {handle.id!r} has already ended (completed): nothing to vote on"
             assert (ended.value.code, ended.value.rule) == ("conflict", "run_state")
         finally:
@@ -222,9 +222,9 @@ async def test_vote_after_the_run_ended_is_refused_by_the_bot_not_only_by_tempor
         assert str(late.value.cause) == f"VoteRefused: {ended_text(handle.id)}"
         final = await handle.result()
         with pytest.raises(RunError) as closed:
-            await runs.vote(dev_env.client, handle.id, vote("risky", "frank"), frank, front_door)
+            await runs.vote(dev_env.client, handle.id, vote("risky", "cli:frank"), frank, front_door)
         assert str(closed.value) == f"run {handle.id!r} has already ended (completed): nothing to vote on"
-    assert [(v.user, v.vote) for v in final.step("risky").approvals] == [("erin", "approve")]
+    assert [(v.user, v.vote) for v in final.step("risky").approvals] == [("cli:erin", "approve")]
     assert rec.sequence() == ["prepare", "risky", "after"]
 
 
@@ -232,7 +232,7 @@ async def test_approval_timeout_escalates_then_rejects(skip_env):
     rec = Recorder()
     decision = {**APPROVAL, "min_approvals": 1, "approval_timeout": "15m"}
     async with worker(skip_env.client, rec, policy(decision)) as w:
-        handle = await start(skip_env.client, w, gated("carl"))
+        handle = await start(skip_env.client, w, gated("cli:carl"))
         status = await handle.result()
     risky = status.step("risky")
     assert status.state == "compensated"
@@ -248,12 +248,12 @@ async def test_approval_after_escalation_still_counts(skip_env):
     rec = Recorder()
     decision = {**APPROVAL, "min_approvals": 1, "approval_timeout": "15m"}
     async with worker(skip_env.client, rec, policy(decision)) as w:
-        handle = await start(skip_env.client, w, gated("carl"))
+        handle = await start(skip_env.client, w, gated("cli:carl"))
         await wait_for_state(handle, lambda s: s.state == "waiting_approval")
         await skip_env.sleep(timedelta(minutes=20))
         status = await handle.query(PlaybookRun.status)
         assert status.step("risky").escalated_at is not None and status.state == "waiting_approval"
-        await handle.execute_update(PlaybookRun.vote, vote("risky", "dana"))
+        await handle.execute_update(PlaybookRun.vote, vote("risky", "cli:dana"))
         status = await handle.result()
     assert status.state == "completed"
 
@@ -274,7 +274,7 @@ steps:
 """
     )
     async with worker(dev_env.client, rec, policy(APPROVAL)) as w:
-        run = run_input(pb, requested_by="carl")
+        run = run_input(pb, requested_by="cli:carl")
         status = await asyncio.wait_for((await start(dev_env.client, w, run)).result(), 20)
     assert status.state == "compensated"
     assert status.step("risky").state == "cancelled"

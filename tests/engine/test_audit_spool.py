@@ -110,7 +110,7 @@ async def test_a_vote_counts_while_the_store_is_down_and_the_step_waits_for_the_
                 task_queue=worker.task_queue,
             )
             await wait_for_state(handle, lambda s: s.state == "waiting_approval", timeout=60)
-            await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana"))
+            await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="cli:dana"))
             status = await wait_for_state(handle, lambda s: s.step("risky").approvals and s.audit_pending >= 4,
                                           timeout=60)
             await eventually(lambda: flush_attempts(handle, 2), timeout=120, what="two failed flushes")

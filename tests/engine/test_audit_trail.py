@@ -27,7 +27,7 @@ decision := {"allow": true, "require_approval": false, "min_approvals": 0, "appr
 
 default approver := {"allow": false, "reasons": ["not in sre"]}
 
-approver := {"allow": true, "reasons": []} if input.user.id == "dana"
+approver := {"allow": true, "reasons": []} if input.user.id == "cli:dana"
 
 default start := {"allow": true, "reasons": []}
 """
@@ -98,7 +98,7 @@ async def test_run_with_approval_and_compensation_records_the_full_story(dev_env
                 task_queue=worker.task_queue,
             )
             await wait_for_state(handle, lambda s: s.state == "waiting_approval", timeout=20)
-            await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana"))
+            await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="cli:dana"))
             status = await handle.result()
     assert status.state == "compensated"
 
@@ -109,7 +109,7 @@ async def test_run_with_approval_and_compensation_records_the_full_story(dev_env
     by_kind = {e.kind.value: e for e in events}
     assert by_kind["policy_decision"].details["require_approval"] is True
     assert by_kind["policy_decision"].details["args"] == {"message": "the risky thing"}
-    assert by_kind["approval_vote"].actor == "dana" and by_kind["approval_vote"].details["vote"] == "approve"
+    assert by_kind["approval_vote"].actor == "cli:dana" and by_kind["approval_vote"].details["vote"] == "approve"
     assert by_kind["approval_requested"].details["args"] == {"message": "the risky thing"}
     assert by_kind["run_started"].actor == "cli:carl"
     assert by_kind["run_finished"].details["state"] == "compensated"

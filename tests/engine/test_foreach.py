@@ -223,7 +223,7 @@ steps:
         for i in range(2):
             address = f"roll[{i}].restart"
             await wait_for_state(handle, lambda s, a=address: state_of(s, a) == "waiting_approval", timeout=30)
-            result = await handle.execute_update(PlaybookRun.vote, vote(address, "dana"))
+            result = await handle.execute_update(PlaybookRun.vote, vote(address, "cli:dana"))
             assert result.step_id == address
         status = await handle.result()
     assert status.state == "completed"
@@ -231,7 +231,7 @@ steps:
         ("roll[0].restart", "web-1", 0, {"h": "web-1"}),
         ("roll[1].restart", "web-2", 1, {"h": "web-2"}),
     ]
-    assert [v.user for v in status.step("roll[1].restart").approvals] == ["dana"]
+    assert [v.user for v in status.step("roll[1].restart").approvals] == ["cli:dana"]
 
 
 async def test_a_denied_item_step_stops_the_group_even_under_max_failures_all(skip_env):

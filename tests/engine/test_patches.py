@@ -34,17 +34,17 @@ def patch_ids(history) -> list[str]:
 async def test_a_new_run_records_one_patch_marker_and_replays(dev_env):
     rec = Recorder()
     async with worker(dev_env.client, rec, policy(APPROVAL)) as w:
-        handle = await start(dev_env.client, w, gated("carl"))
+        handle = await start(dev_env.client, w, gated("cli:carl"))
         await wait_for_state(handle, lambda s: s.state == "waiting_approval")
-        await handle.execute_update(PlaybookRun.vote, vote("risky", "dana"))
-        await handle.execute_update(PlaybookRun.vote, vote("risky", "erin"))
+        await handle.execute_update(PlaybookRun.vote, vote("risky", "cli:dana"))
+        await handle.execute_update(PlaybookRun.vote, vote("risky", "cli:erin"))
         status = await handle.result()
     assert status.state == "completed"
     history = await handle.fetch_history()
     assert patch_ids(history) == [ENGINE_PATCH]
     # What the run had from the patches it no longer asks: admitted (trust-v1), per-execution
     # event ids (audit-spool-v1).
-    assert status.requester is not None and status.requester.principal == "carl"
+    assert status.requester is not None and status.requester.principal == "cli:carl"
     execution = history.events[0].workflow_execution_started_event_attributes.first_execution_run_id.replace("-", "")
     assert rec.audit and all(f"/{execution}:" in e.event_id for e in rec.audit)
     replayer = Replayer(workflows=[PlaybookRun, KeyLock], data_converter=pydantic_data_converter,

@@ -103,11 +103,11 @@ async def test_runs_never_ask_the_sandbox_for_a_context(dev_env, monkeypatch):
         monkeypatch.setattr(worker_module, "workflow_runner", lambda converter, runner=runner: runner)
         async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", rec.activities() + policy(APPROVAL)) as w:
             assert w.config()["workflow_runner"] is runner
-            handle = await dev_env.client.start_workflow(PlaybookRun.run, gated("carl"), id=f"run-{uuid.uuid4()}",
+            handle = await dev_env.client.start_workflow(PlaybookRun.run, gated("cli:carl"), id=f"run-{uuid.uuid4()}",
                                                          task_queue=w.task_queue)
             await wait_for_state(handle, lambda s: s.state == "waiting_approval")
-            await handle.execute_update(PlaybookRun.vote, vote("risky", "dana"))
-            await handle.execute_update(PlaybookRun.vote, vote("risky", "erin"))
+            await handle.execute_update(PlaybookRun.vote, vote("risky", "cli:dana"))
+            await handle.execute_update(PlaybookRun.vote, vote("risky", "cli:erin"))
             assert (await handle.result()).state == "completed"
     assert blind.asked == []
     assert len(plain.asked) > 10  # every payload of every activation and completion, three passes each

@@ -113,7 +113,7 @@ steps:
 
 async def _vote(handle: WorkflowHandle[Any, Any], verdict: str) -> None:
     await wait_for_state(handle, lambda s: s.step("risky").state == "waiting_approval")
-    await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana", vote=verdict))  # type: ignore[arg-type]
+    await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="cli:dana", vote=verdict))  # type: ignore[arg-type]
 
 
 async def _refused_then_approved(handle: WorkflowHandle[Any, Any]) -> None:
@@ -121,10 +121,10 @@ async def _refused_then_approved(handle: WorkflowHandle[Any, Any]) -> None:
     await wait_for_state(handle, lambda s: s.step("risky").state == "waiting_approval")
     for _ in range(2):
         try:
-            await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="mallory"))
+            await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="cli:mallory"))
         except WorkflowUpdateFailedError:
             pass
-    await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana"))
+    await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="cli:dana"))
 
 
 async def _cancel(handle: WorkflowHandle[Any, Any]) -> None:
@@ -248,7 +248,7 @@ async def _lock_queued(client: Client) -> dict[str, str]:
         waiter = await start_as(client, w, LOCK_WAITER, "lock-queued-waiter", params={"service": "web"})
         await wait_for_state(waiter, lambda s: s.state == "queued" and (s.waiting_for or {}).get("holder") == holder.id,
                              timeout=WAIT)
-        await holder.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana", vote="approve"))
+        await holder.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="cli:dana", vote="approve"))
         ends = [await asyncio.wait_for(h.result(), WAIT) for h in (holder, waiter)]
         assert [s.state for s in ends] == ["completed", "completed"], [(s.state, s.error) for s in ends]
         assert [c[0] for c in rec.calls] == ["prepare", "risky", "work", "check"], rec.calls

@@ -396,16 +396,35 @@ async def test_a_principal_with_a_nul_neither_enters_history_nor_stalls_the_run(
     id that still holds one is recorded as a store can hold it."""
     handle = await gated_run(stack)
     said = await refused_vote(handle, VoteRequest(step_id="risky", user="cli:eve\x00x", groups=["sre"]))
-    assert "no control characters" in said, said
+    assert "is a principal" in said, said
     with pytest.raises(WorkflowUpdateFailedError) as refused:
         await handle.execute_update(PlaybookRun.cancel, CancelRequest(user="cli:eve\x00x", reason="stop"))
-    assert "no control characters" in str(getattr(refused.value.cause, "message", refused.value.cause))
+    assert "is a principal" in str(getattr(refused.value.cause, "message", refused.value.cause))
     await approve_as_bob(stack, handle)
     # A raw start claiming such a requester: refused by admission, on record, and the run ends.
     raw = await stack.start_raw(raw_input(stack.loaded("gated"), {}, requested_by="cli:mallory\x00"))
     status = await result(raw)
     assert status.state == "cancelled" and status.audit_pending == 0, status
     assert stack.sink.of(raw.id) == []
+
+
+@pytest.mark.parametrize("user", ["system", "<!channel> please approve", "bob"])
+async def test_a_raw_vote_or_cancel_by_a_non_principal_is_refused_before_history(stack: TrustStack, user: str) -> None:
+    """Attack (red team): a raw vote and a raw cancel whose `user` is no principal at all. The
+    policy refused them as unverified, but their refusals were on record under that text: `system`
+    (the engine's own actor), a Slack mention, or a bare `bob` that `_person` reads as the person
+    bob. Refused by the validator now (rule `principal`): nothing enters history or the trail."""
+    handle = await gated_run(stack)
+    with pytest.raises(WorkflowUpdateFailedError) as voted:
+        await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user=user, groups=["sre"]))
+    with pytest.raises(WorkflowUpdateFailedError) as cancelled:
+        await handle.execute_update(PlaybookRun.cancel, CancelRequest(user=user, reason="stop"))
+    for refused in (voted, cancelled):
+        assert refused.value.cause.details[0]["rule"] == "principal", refused.value.cause
+    await approve_as_bob(stack, handle)
+    on_record = [(e.kind.value, e.actor) for e in stack.events(handle.id)
+                 if e.kind.value in ("approval_vote", "cancel_requested")]
+    assert on_record == [("approval_vote", principal(BOB))], on_record
 
 
 async def test_an_unverified_requester_cannot_have_her_own_run_approved(stack: TrustStack) -> None:

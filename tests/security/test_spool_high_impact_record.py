@@ -40,7 +40,7 @@ async def test_an_approved_high_impact_step_does_not_act_before_its_approval_is_
                 task_queue=worker.task_queue,
             )
             await wait_for_state(handle, lambda s: s.step("risky").state == "waiting_approval", timeout=60)
-            await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana"))
+            await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="cli:dana"))
             status = await handle.result()
     assert status.state == "completed" and acted.exists()
     with SqliteAuditStore(default_path(settings)) as store:

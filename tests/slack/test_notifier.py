@@ -44,14 +44,14 @@ async def test_status_message_approval_thread_and_summary(dev_env, fake_slack):
     buttons gone once decided (here by a vote that did not come through Slack, as the CLI's)."""
     rec = Recorder()
     async with worker(dev_env.client, rec, policy(APPROVAL) + [_notifier(fake_slack).sync]) as w:
-        handle = await start(dev_env.client, w, run_input(playbook(PB), requested_by="carl"))
+        handle = await start(dev_env.client, w, run_input(playbook(PB), requested_by="cli:carl"))
         await wait_for_state(handle, lambda s: s.state == "waiting_approval")
         request = await _approval_request(fake_slack)
         [status_message] = fake_slack.top_level(CHANNEL_ID)
         assert request.buttons() == ["approval.approve", "approval.reject"]
         assert "waiting approval" in status_message.shown()
 
-        await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="dana"))
+        await handle.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="cli:dana"))
         status = await handle.result()
 
     assert status.state == "compensated"
@@ -60,7 +60,7 @@ async def test_status_message_approval_thread_and_summary(dev_env, fake_slack):
     assert "told: compensated" in shown and "running" not in shown and "waiting approval" not in shown, shown
     assert ":x: *boom* `t.fail` failed" in shown and "undo *prep* `t.ok` succeeded" in shown, shown
     assert request.buttons() == [], "once decided the buttons go away"
-    assert "Approved by `dana`" in request.shown(), request.shown()
+    assert "Approved by `cli:dana`" in request.shown(), request.shown()
     thread = [m.shown() for m in fake_slack.thread(status_message)]
     assert thread[0] == request.shown(), "the request opens the thread"
     assert any("*boom* failed" in t for t in thread), thread
@@ -123,7 +123,7 @@ steps:
 def _status(state: str, failed: bool) -> RunStatus:
     steps = [StepStatus(id="a", action="t.ok", state="succeeded"),
              StepStatus(id="b", action="t.fail", state="failed" if failed else "running", error="b broke")]
-    return RunStatus(run_id="r-1", playbook="told", playbook_hash="h", state=state, requested_by="carl",
+    return RunStatus(run_id="r-1", playbook="told", playbook_hash="h", state=state, requested_by="cli:carl",
                      trigger="cli", steps=steps)
 
 
@@ -174,7 +174,7 @@ def _waiting(step_state: str) -> tuple[RunStatus, dict[str, dict[str, object]]]:
     step = StepStatus(id="risky", action="t.ok", state=step_state, decision=APPROVAL,
                       error="approval timed out" if step_state == "rejected" else None)
     run_state = "waiting_approval" if step_state == "waiting_approval" else "failed"
-    status = RunStatus(run_id="r-2", playbook="told", playbook_hash="h", state=run_state, requested_by="carl",
+    status = RunStatus(run_id="r-2", playbook="told", playbook_hash="h", state=run_state, requested_by="cli:carl",
                        trigger="cli", steps=[step])
     return status, {"risky": APPROVAL}
 

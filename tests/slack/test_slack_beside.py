@@ -105,16 +105,16 @@ async def test_a_vote_is_answered_while_slack_is_rate_limited(dev_env, fake_slac
     pb = playbook('name: gated\nchannel: "#incidents"\nsteps: [{id: risky, action: t.ok, impact: high}]')
     keyring = Keyring(b"k" * 32)
     async with worker(dev_env.client, rec, policy(APPROVAL) + [SlackNotifier(_web(fake_slack), budget=3).sync]) as w:
-        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
+        handle = await start(dev_env.client, w, run_input(pb, requested_by="cli:carl"))
         await wait_for_state(handle, lambda s: s.state == "waiting_approval")
         fake_slack.rate_limit_for(3600, retry_after=RETRY_AFTER)
-        result = await vote(dev_env.client, handle.id, VoteRequest(step_id="risky", user="dana"), Actor("dana"), keyring)
-        assert result.message == "dana approved (1/1)" and result.approvals == 1
+        result = await vote(dev_env.client, handle.id, VoteRequest(step_id="risky", user="cli:dana"), Actor("cli:dana"), keyring)
+        assert result.message == "cli:dana approved (1/1)" and result.approvals == 1
         # Had the answer been lost on its way, the front door reads what the run decided instead.
         now = await get_status(dev_env.client, handle.id)
-        lost = _counted(now, VoteRequest(step_id="risky", user="dana"))
+        lost = _counted(now, VoteRequest(step_id="risky", user="cli:dana"))
         assert lost == result.model_copy(update={"step_state": lost.step_state}), lost
-        assert _counted(now, VoteRequest(step_id="risky", user="erin")) is None
+        assert _counted(now, VoteRequest(step_id="risky", user="cli:erin")) is None
         status = await wait_for_state(handle, lambda s: s.step("risky").state == "succeeded", timeout=60)
         assert fake_slack.refusing()
         fake_slack.rate_limit_for(0)
@@ -130,7 +130,7 @@ async def _waiting_on_approval(dev_env: Any, fake_slack: FakeSlack) -> AsyncIter
     its worker up until the block ends."""
     pb = playbook('name: gated\nchannel: "#incidents"\nsteps: [{id: risky, action: t.ok, impact: high}]')
     async with worker(dev_env.client, Recorder(), policy(APPROVAL) + [SlackNotifier(_web(fake_slack), budget=10).sync]) as w:
-        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
+        handle = await start(dev_env.client, w, run_input(pb, requested_by="cli:carl"))
         await wait_for_state(handle, lambda s: s.state == "waiting_approval" and s.step("risky").decision)
         yield handle
 
@@ -146,7 +146,7 @@ async def test_a_deciding_vote_starts_the_step_while_slack_is_slow(dev_env, fake
         for method in ("chat.update", "chat.postMessage"):
             fake_slack.hang(method, SLOW)
         began = time.monotonic()
-        result = await vote(dev_env.client, handle.id, VoteRequest(step_id="risky", user="dana"), Actor("dana"), keyring)
+        result = await vote(dev_env.client, handle.id, VoteRequest(step_id="risky", user="cli:dana"), Actor("cli:dana"), keyring)
         answered = time.monotonic() - began
         final = await handle.result()
     assert result.approvals == 1 and final.state == "completed"
@@ -225,7 +225,7 @@ async def test_an_approved_step_acts_before_its_runs_slack_update(dev_env, fake_
     keyring = Keyring(b"k" * 32)
     async with _waiting_on_approval(dev_env, fake_slack) as handle:
         await asyncio.sleep(SLACK_DEFER.total_seconds() * 1.5)  # as a human takes a while: the ask's bound is up
-        await vote(dev_env.client, handle.id, VoteRequest(step_id="risky", user="dana"), Actor("dana"), keyring)
+        await vote(dev_env.client, handle.id, VoteRequest(step_id="risky", user="cli:dana"), Actor("cli:dana"), keyring)
         final = await handle.result()
     assert final.state == "completed"
     timeline = _timeline((await handle.fetch_history()).events)
@@ -292,7 +292,7 @@ steps:
     fake_slack.hang("chat.postMessage", SLOW)
     async with worker(dev_env.client, Recorder(), [decide, *policy(APPROVAL)[1:],
                                                     SlackNotifier(_web(fake_slack), budget=10).sync]) as w:
-        handle = await start(dev_env.client, w, run_input(pb, requested_by="carl"))
+        handle = await start(dev_env.client, w, run_input(pb, requested_by="cli:carl"))
 
         async def request_synced() -> list[Any] | None:
             events = (await handle.fetch_history()).events
@@ -382,7 +382,7 @@ def _status(failed: bool, finished: bool = False) -> RunStatus:
     steps = [StepStatus(id="a", action="t.ok", state="succeeded"),
              StepStatus(id="b", action="t.fail", state="failed" if failed else "running", error="b broke")]
     return RunStatus(run_id="r-9", playbook="told", playbook_hash="h", state="failed" if finished else "running",
-                     requested_by="carl", trigger="cli", steps=steps)
+                     requested_by="cli:carl", trigger="cli", steps=steps)
 
 
 async def test_a_sync_keeps_to_its_budget_and_returns_what_it_posted(fake_slack):
