@@ -35,19 +35,6 @@ VOTE_BYTES_MAX = 64 * 1024  # a whole vote, proof included (its principal, name 
 _VALIDATOR_KEYRINGS: list[Keyring] = []
 
 
-PRINCIPAL_FORMS = "slack:<user id>, cli:<name> or api:<name>"
-
-
-def is_principal(user: str) -> bool:
-    """Whether a vote's or cancel's `user` is a principal (bot/identity/principals.py): anyone who
-    reaches Temporal can send any text there, and it would be the actor of the refusal's record."""
-    try:
-        principals.check(user)
-    except principals.PrincipalError:
-        return False
-    return True
-
-
 def register_keyring(keyring: Keyring) -> Callable[[], None]:
     """Let this process's update validators check proofs with `keyring`; returns the undo."""
     _VALIDATOR_KEYRINGS.append(keyring)
@@ -213,9 +200,10 @@ class ApprovalBook:
                 f"its groups {GROUPS_MAX}, and the whole vote with its proof {VOTE_BYTES_MAX} bytes",
                 "invalid", "size",
             )
-        if not is_principal(request.user):
+        # Anyone who reaches Temporal can put any text here; it would be the refusal's recorded actor.
+        if not principals.is_principal(request.user):
             VOTES_REFUSED_EARLY.labels("principal").inc()
-            raise VoteRefused(f"a voter is a principal ({PRINCIPAL_FORMS}); nothing changed", "invalid", "principal")
+            raise VoteRefused(f"a voter is a principal ({principals.FORMS}); nothing changed", "invalid", "principal")
         book = self.refused.get(request.step_id)
         if book is None:
             return

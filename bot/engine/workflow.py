@@ -27,13 +27,11 @@ with workflow.unsafe.imports_passed_through():
     from bot.engine.approvals import (
         NAME_MAX,
         POLICY_FAILED,
-        PRINCIPAL_FORMS,
         REASON_MAX,
         VOTE_BYTES_MAX,
         ApprovalBook,
         RefusedVoters,
         VoteRefused,
-        is_principal,
         policy_failed,
         proof_holds,
     )
@@ -57,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         VoteRequest,
         VoteResult,
     )
+    from bot.identity import principals
     from bot.identity.proofs import START_SKEW, cancel_content, confirm_content, vote_content
     from bot.playbook.durations import format_duration, parse_duration
     from bot.policy.activities import ActorAnswer, Claim, DecisionAnswer, PolicyRequest
@@ -523,8 +522,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 or len(request.model_dump_json()) > VOTE_BYTES_MAX):
             raise CancelRefused(f"a cancel's reason is at most {REASON_MAX} characters, its principal and name "
                                 f"{NAME_MAX}, the whole cancel with its proof {VOTE_BYTES_MAX} bytes", "invalid", "size")
-        if not is_principal(request.user):
-            raise CancelRefused(f"a canceller is a principal ({PRINCIPAL_FORMS}); nothing changed", "invalid", "principal")
+        if not principals.is_principal(request.user):
+            raise CancelRefused(f"a canceller is a principal ({principals.FORMS}); nothing changed", "invalid", "principal")
         book = self._refused_cancels
         verified = proof_holds(request.proof, "cancel", self._status.run_id, cancel_content(request.reason),
                                request.user, self._asked_since(None), self._status.execution)

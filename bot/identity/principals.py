@@ -28,6 +28,9 @@ class PrincipalError(ValueError):
     """A principal that cannot be: the message says what form is expected."""
 
 
+FORMS = "slack:<user id>, cli:<name>, api:<name>"  # what a person's principal looks like (services aside)
+
+
 def check(principal: str) -> str:
     """The principal as given, or PrincipalError naming the expected forms."""
     kind, sep, name = principal.partition(":")
@@ -38,9 +41,19 @@ def check(principal: str) -> str:
     if kind in ("cli", "api") and _NAME.match(name):
         return principal
     raise PrincipalError(
-        f"{principal!r} is not a principal: expected slack:<user id>, cli:<name>, api:<name> or one of "
+        f"{principal!r} is not a principal: expected {FORMS} or one of "
         + ", ".join(sorted(SERVICES))
     )
+
+
+def is_principal(text: str) -> bool:
+    """Whether `text` is a principal (`check` without the error): for a caller that refuses with
+    its own words, such as a vote's validator."""
+    try:
+        check(text)
+    except PrincipalError:
+        return False
+    return True
 
 
 def kind_of(principal: str) -> str:

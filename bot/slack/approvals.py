@@ -90,11 +90,10 @@ def register(app: AsyncApp, deps: SlackDeps, groups: GroupResolver, home: HomeTa
 
 def on_home_tab(body: dict[str, Any]) -> str | None:
     """The clicker, when the button was on their App Home tab (no thread, no response_url there)."""
-    view, user = body.get("view") or {}, body.get("user") or {}
-    if not isinstance(view, dict) or view.get("type") != "home" or not isinstance(user, dict):
+    view = body.get("view") or {}
+    if not isinstance(view, dict) or view.get("type") != "home":
         return None
-    user_id = user.get("id")
-    return user_id if isinstance(user_id, str) and user_id else None
+    return slack_user(body)[0] or None
 
 
 class ApprovalButtons:
