@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Literal, TypeVar, get_args
 
 import structlog
@@ -32,6 +32,7 @@ from bot.api.errors import ApiError, unauthenticated
 from bot.audit.recorder import refusal
 from bot.audit.refusals import RefusalLogs
 from bot.audit.backend import AuditStore
+from bot.engine.front_approver import FrontApprover, front_approver
 from bot.engine.runs import (
     RunError,
     cancel_run,
@@ -134,6 +135,10 @@ class ApiDeps:
     tokens: TokenStore
     keyring: Keyring
     max_body: int = MAX_BODY
+    approver: FrontApprover | None = field(init=False)  # asks the approver rule for the votes it signs
+
+    def __post_init__(self) -> None:
+        self.approver = front_approver(self.audit, self.policy, self.keyring)
 
 
 Handler = Callable[[Request, Actor], Awaitable[JSONResponse]]
@@ -402,7 +407,7 @@ class RunsApi:
         asked = VoteRequest(step_id=body.step, user=actor.principal, vote=body.vote, reason=body.reason)
         run_id = request.path_params["run_id"]
         async with self._told_to_readers(run_id, actor):
-            result = await vote(self.deps.client, run_id, asked, actor, self.deps.keyring)
+            result = await vote(self.deps.client, run_id, asked, actor, self.deps.keyring, approver=self.deps.approver)
         return JSONResponse(result.model_dump(mode="json"))
 
     async def post_confirm(self, request: Request, actor: Actor) -> JSONResponse:

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.identity.proofs import Keyring, ProofError, confirm_content, vote_content
     from bot.metrics import VOTES_REFUSED_EARLY
     from bot.policy.models import ActorVerdict
+    from bot.engine.verdicts import seal_holds
 
 VOTE_REFUSED = "VoteRefused"
 CONFIRM_ACTION = "core.confirm"  # its answers are confirm updates; a vote on it can only reject
@@ -120,6 +121,7 @@ class ApprovalBook:
         self._in_flight: set[tuple[str, str]] = set()
         self.refused: dict[str, RefusedVoters] = {}
         self._verified: dict[tuple[str, str], bool] = {}  # (step, user) -> the worker verified them (last check)
+        self.front_asked: set[tuple[str, str]] = set()  # (step, user) whose check was the front door's verdict
 
     def open(self, step_id: str, needed: int) -> None:
         self._needed[step_id] = max(1, needed)
@@ -222,6 +224,24 @@ class ApprovalBook:
                 rule="unverified",
             )
 
+    def check_verdict(self, request: VoteRequest, not_before: datetime | None = None) -> None:
+        """The validator's check of a front door's `approver` verdict (engine-v8): the vote's proof
+        and the verdict's seal must hold with a key of this worker, or the vote is refused before it
+        is history (rule `verdict`; the front door sends it again without one). What the handler
+        trusts on replay, where no validator runs, is only what passed here."""
+        verdict = request.verdict
+        if verdict is None:
+            return
+        if self._proof_holds(request, not_before) and seal_holds(
+            verdict, self._status.run_id, self._status.execution, request.step_id, request.proof, _keyrings()
+        ):
+            return
+        VOTES_REFUSED_EARLY.labels("verdict").inc()
+        raise VoteRefused(
+            "the vote's approver verdict is not sealed to its proof by an envelope key this worker holds; nothing "
+            "changed (send the vote without it)", "invalid", "verdict",
+        )
+
     def _proof_holds(self, request: Ask, not_before: datetime | None = None) -> bool:
         """Whether a worker keyring of this process verifies the vote's proof for its principal
         (issued no earlier than `not_before`, see the workflow's `_asked_since`, for this execution)."""
@@ -248,9 +268,19 @@ class ApprovalBook:
         book.audited += 1
         return book.audited <= UNVERIFIED_REFUSED_MAX + 10
 
-    def verdict_seen(self, request: Ask, verdict: ActorVerdict) -> None:
-        """Whether the worker verified the voter, as its approver check answered (history)."""
-        self._verified[(request.step_id, request.user)] = bool((verdict.user or {}).get("verified"))
+    def verdict_seen(self, request: Ask, verdict: ActorVerdict, front: bool = False) -> None:
+        """Whether the worker verified the voter, as its approver check answered (history), and
+        whether that check was the front door's verdict."""
+        key = (request.step_id, request.user)
+        self._verified[key] = bool((verdict.user or {}).get("verified"))
+        (self.front_asked.add if front else self.front_asked.discard)(key)
+
+    def asked_front(self, request: Ask) -> bool:
+        """Whether this vote's check was its front door's verdict (asked once, as it is recorded)."""
+        key = (request.step_id, request.user)
+        front = key in self.front_asked
+        self.front_asked.discard(key)
+        return front
 
     async def cast(self, request: VoteRequest, check: ApproverCheck) -> tuple[VoteResult, Vote]:
         vote = await self._admit(request, request.vote, check)

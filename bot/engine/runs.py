@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import structlog
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import (
     Client,
@@ -34,12 +35,15 @@ from bot.engine.state import (
     VoteResult,
 )
 from bot.engine.approvals import VOTE_REFUSED
+from bot.engine.front_approver import FrontApprover
 from bot.engine.workflow import CANCEL_DUPLICATE, CANCEL_UNSUPPORTED, PlaybookRun
 from bot.identity.principals import ALERT_SENDERS, Actor
 from bot.identity.proofs import Keyring, cancel_content, confirm_content, start_content, vote_content
 from bot.playbook.loader import Catalog, LoadedPlaybook, UnknownPlaybook
 from bot.policy.engine import PolicyEngine
 from bot.policy.inputs import policy_input, provenance
+
+log = structlog.get_logger(__name__)
 
 QUERY_TIMEOUT = timedelta(seconds=5)
 
@@ -337,17 +341,30 @@ async def cancel_run(
 
 
 async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, keyring: Keyring, *,
-               execution: str | None = None, shown_at: datetime | None = None) -> VoteResult:
+               execution: str | None = None, shown_at: datetime | None = None,
+               approver: FrontApprover | None = None) -> VoteResult:
     """Cast a vote as `actor`: one update, its proof carrying the principal and groups as verified
     here and bound to `execution` (the run's first execution run id, as a Slack button carries it;
     None: learnt with one describe first). The run decides: its validator refuses what it can
-    before anything is recorded (and repeats of a voter it refused), and the worker checks the
-    proof and asks the `approver` rule, once, inside the workflow task that takes the vote.
+    before anything is recorded (and repeats of a voter it refused), and the `approver` rule is
+    asked once: by `approver` here when it can (its answer sealed to the proof, bot/engine/verdicts.py),
+    else by the worker inside the workflow task that takes the vote.
     `shown_at`: when the clicked button was posted (see execution_of)."""
     execution = execution or await execution_of(client, run_id, shown_at=shown_at)
     content = vote_content(request.step_id, request.vote, request.reason)
     proof = keyring.sign("vote", run_id, actor, content, execution=execution)
-    return await _as_actor(client, run_id, execution, PlaybookRun.vote, request, actor, proof, ("vote on", "vote"))
+    words = ("vote on", "vote")
+    verdict = await approver.ask(run_id, execution, request.step_id, actor, proof) if approver is not None else None
+    if verdict is not None:
+        try:
+            return await _as_actor(client, run_id, execution, PlaybookRun.vote,
+                                   request.model_copy(update={"verdict": verdict}), actor, proof, words)
+        except RunError as exc:
+            if exc.rule != "verdict":
+                raise
+            log.warning("the worker refused this front door's approver verdict (its envelope keys differ?): "
+                        "the vote goes again without it", run_id=run_id, said=str(exc))
+    return await _as_actor(client, run_id, execution, PlaybookRun.vote, request, actor, proof, words)
 
 
 async def confirm(

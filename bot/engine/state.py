@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from bot.actions.base import OutputRef
 from bot.identity.proofs import Proof
@@ -272,9 +272,29 @@ class RunStatus(BaseModel):
         return self.state in FINAL_RUN_STATES
 
 
+class FrontVerdict(BaseModel):
+    """The `approver` rule's answer about a vote's signer as the front door that signed the vote
+    asked it, on the input whose sha256 is `doc` (its `now` set to `at`), sealed to the vote's
+    proof with the envelope key (bot/engine/verdicts.py). The run uses it only where it is the
+    answer the run would have got itself; otherwise the worker asks."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allow: bool
+    reasons: list[str] = Field(default_factory=list, max_length=20)
+    person: str | None = Field(None, max_length=200)
+    at: datetime
+    doc: str = Field(pattern=r"^[0-9a-f]{64}$")  # (Rust regex: $ is the very end)
+    policy_hash: str | None = Field(None, max_length=200)
+    decision_id: str | None = Field(None, max_length=200)
+    engine: str | None = Field(None, max_length=200)
+    seal: str = Field(max_length=200)
+
+
 class VoteRequest(BaseModel):
     """An approval or rejection. `user` is the principal; its groups and verification come from
-    `proof` alone (the worker ignores groups a client merely claims)."""
+    `proof` alone (the worker ignores groups a client merely claims). `verdict`: the front door's
+    `approver` answer, when it asked (a worker before engine-v8 ignores it)."""
 
     step_id: str
     user: str
@@ -283,6 +303,7 @@ class VoteRequest(BaseModel):
     vote: Literal["approve", "reject"] = "approve"
     reason: str = ""
     proof: Proof | None = None
+    verdict: FrontVerdict | None = None
 
 
 ANSWER_MAX = 1000  # characters of a core.confirm answer, and of its reason

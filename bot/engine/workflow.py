@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.policy.models import ActorVerdict, Decision
     from bot.slack.notifier import SlackState, SlackSync
     from bot.engine.foreach import ForeachRuns
+    from bot.engine.verdicts import DOC_FIELD, actor_verdict, fits
     from bot.playbook.model import FAIL_ACTION, FOREACH_ACTION, Compensation, Fallback, ForeachGroup, ParallelGroup, RetryPolicy, Step
     from bot.playbook.outputs import NOTHING, RUN_OUTPUT_BUDGET, OutputNeeds, json_size, needs_of, shared_playbook
     from bot.playbook.templating import TemplateError, display, inert, render, truthy
@@ -106,7 +107,11 @@ ENGINE_V6_PATCH = "engine-v6"
 # dispatched it) waits for that work, not for SLACK_DEFER: nothing it dispatched leaves the task, so
 # there is no dispatch for a sync to hold. A run of local steps ends in one workflow task, its end
 # shown at once, without the bound's timer and the task after it. A new run records this one marker.
-ENGINE_PATCH = "engine-v7"
+ENGINE_V7_PATCH = "engine-v7"
+# engine-v7, and a vote may carry the `approver` answer the front door that signed it asked
+# (bot/engine/verdicts.py): its approval request publishes the input, the validator checks the
+# seal, and a vote whose verdict fits the run's own input takes no local activity (issue 17).
+ENGINE_PATCH = "engine-v8"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -270,6 +275,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._outputs_kept = False  # outputs-v1: set first thing in run(), like _trusted
         self._local_light = False  # engine-v2: LOCAL_ACTIONS run as local activities
         self._votes_in_task = False  # engine-v3: a vote's approver check runs inside the workflow task
+        self._front_verdicts = False  # engine-v8: a vote's check may be its front door's sealed verdict
         self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
         self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
         self._news = 0  # changes marked for Slack so far
@@ -316,13 +322,15 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         try:
             result, vote = await self._approvals.cast(request, self._check_approver)
         except VoteRefused as exc:
+            front = self._approvals.asked_front(request)
             if self._bounded_votes and not self._approvals.refusal(request, exc):
                 raise  # counted; the voter is remembered, and the step's record already says enough
             # Refused after asking policy (or on its proof): audited, the run goes on as it was.
             self._record(
                 request.step_id,
                 EventKind.approval_vote,
-                {"vote": request.vote, "user": request.user, "accepted": False, "message": exc.message},
+                {"vote": request.vote, "user": request.user, "accepted": False, "message": exc.message,
+                 **({"approver_asked_by": "front door"} if front else {})},
                 actor=request.user or "unknown",
                 key=self._refusal_key(request.step_id, request.user),
             )
@@ -342,6 +350,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 "accepted": True,
                 "message": result.message,
                 "waited_seconds": self._waited(request.step_id),
+                # said only when so: the approver rule was asked by the front door that signed the vote
+                **({"approver_asked_by": "front door"} if self._approvals.asked_front(request) else {}),
             },
             actor=vote.user,
             key=vote.user,
@@ -354,6 +364,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._approvals.validate(request)
         if self._bounded_votes:
             self._approvals.screen(request, self._asked_since(request.step_id))
+        if self._front_verdicts:
+            self._approvals.check_verdict(request, self._asked_since(request.step_id))
 
     @workflow.update
     async def confirm(self, request: ConfirmRequest) -> ConfirmResult:
@@ -614,7 +626,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (each marker also upserts a search attribute: work for the server in the run's first task);
         each engine-vN after it stands for the one before and what it added, again as one marker; an
         older run replays asking each patch as it did (newest first: a run asks until one is its own)."""
-        for patch, engine in ((ENGINE_PATCH, self._engine_v7), (ENGINE_V6_PATCH, self._engine_v6),
+        for patch, engine in ((ENGINE_PATCH, self._engine_v8), (ENGINE_V7_PATCH, self._engine_v7),
+                              (ENGINE_V6_PATCH, self._engine_v6),
                               (ENGINE_V5_PATCH, self._engine_v5),
                               (ENGINE_V4_PATCH, self._engine_v4), (ENGINE_V3_PATCH, self._engine_v3),
                               (ENGINE_V2_PATCH, self._engine_v2)):
@@ -628,6 +641,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
         self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
         self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
+
+    def _engine_v8(self) -> None:
+        """Every behaviour engine-v8 stands for."""
+        self._front_verdicts = True
+        self._engine_v7()
 
     def _engine_v7(self) -> None:
         """Every behaviour engine-v7 stands for."""
@@ -1492,6 +1510,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                         "reasons": decision.reasons,
                         "action": st.action,
                         "args": st.args,
+                        # what a front door asks the approver rule on (bot/engine/verdicts.py)
+                        **({DOC_FIELD: self._approver_doc(st.id)} if self._front_verdicts else {}),
                     },
                 )
                 await self._flush_audit()
@@ -1546,6 +1566,12 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         verified it (its proof). From engine-v3 on it is asked in the workflow task that took the
         vote (`_ask_in_task`), so a deciding vote's task goes on to schedule the step."""
         input = self._approver_doc(request.step_id)
+        front = request.verdict if isinstance(request, VoteRequest) and self._front_verdicts else None
+        if front is not None and request.proof is not None and fits(front, input, workflow.now()):
+            # The validator checked its seal and the proof (it never runs on replay, nor does this need it).
+            verdict = actor_verdict(front, request.proof)
+            self._approvals.verdict_seen(request, verdict, front=True)
+            return verdict
         input["user"] = {"id": request.user, "name": request.name, "groups": request.groups}
         if isinstance(request, ConfirmRequest):
             claim = Claim(

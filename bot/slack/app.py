@@ -30,6 +30,7 @@ from temporalio.client import Client
 
 from bot.audit.backend import AuditStore
 from bot.audit.refusals import RefusalLogs
+from bot.engine.front_approver import FrontApprover, front_approver
 from bot.engine.runs import RunError
 from bot.identity import principals
 from bot.identity.principals import PrincipalError
@@ -72,10 +73,12 @@ class SlackDeps:
     # a workspace member scripting refused commands or clicks cannot grow the audit trail without bound.
     refusals: RefusalLogs = field(init=False)
     refusals_queued: Counter[str] = field(default_factory=Counter)  # each user's refusal records waiting (queue_refusal)
+    approver: FrontApprover | None = field(init=False)  # asks the approver rule for the clicks it signs
 
     def __post_init__(self) -> None:
         self.answer_web = pooled(self.web)
         self.refusals = RefusalLogs(self.audit, "slack")
+        self.approver = front_approver(self.audit, self.policy, self.keyring)
 
 
 def create_slack_app(settings: Settings, deps: SlackDeps) -> AsyncApp:

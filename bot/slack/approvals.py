@@ -164,7 +164,7 @@ class ApprovalButtons:
             request = VoteRequest(step_id=ref.step_id, user=actor.principal, vote=choice)
             # One update; RunError: refused by the run (its validator, or the approver rule it asks), nothing changed
             result = await vote(self.deps.client, ref.run_id, request, actor, self.deps.keyring, execution=ref.execution,
-                                shown_at=shown_at(body))
+                                shown_at=shown_at(body), approver=self.deps.approver)
             log.info("slack vote recorded", vote=choice, approvals=result.approvals, needed=result.needed)
             verb = "rejection" if choice == "reject" else f"approval ({result.approvals}/{result.needed})"
             return f":white_check_mark: Your {verb} of step *{escape(ref.step_id)}* of run `{escape(ref.run_id)}` was recorded."

@@ -37,6 +37,7 @@ from bot.identity.keys import front_door_keyring, worker_keyring
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, Proof
 from bot.playbook.loader import Catalog, LoadedPlaybook, load_directory
+from bot.policy.engine import PolicyEngine
 from bot.server import Readiness, create_app
 from bot.lifecycle import Http
 from bot.services import front_door, slack_app
@@ -135,6 +136,7 @@ class TrustStack(Stack):
     catalog: Catalog
     sink: Sink
     audit: SqliteAuditStore
+    policy: PolicyEngine  # the worker's and the front door's
 
     @property
     def client(self) -> Client:
@@ -230,7 +232,7 @@ async def trust_stack(
                     async with httpx.AsyncClient(timeout=30) as web:
                         stack = TrustStack(f"http://127.0.0.1:{settings.http_port}", web, client, fake, responses,
                                            settings.task_queue, deps.audit)
-                        stack.settings, stack.catalog, stack.sink = settings, catalog, sink
+                        stack.settings, stack.catalog, stack.sink, stack.policy = settings, catalog, sink, deps.policy
                         yield stack
                 finally:
                     await http.stop()

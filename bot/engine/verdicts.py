@@ -1,0 +1,79 @@
+"""A vote's `approver` answer as the front door that signs the vote asked it (issue 17).
+
+Asked in the workflow task that takes the vote, the question costs that task a local activity:
+a second activation, a dispatch, the proof checked again. The front door already vouches for who
+clicked (it signs the proof), so it may also ask the rule, on the input the run published with
+its approval request (the `approval_requested` record's `approver_input`), and seal the answer
+to that vote's proof. The run trusts the answer only where it can tell it is the answer it would
+have got itself:
+
+- the update validator (which never runs on replay) refuses a verdict whose seal or proof does
+  not hold with a key of this worker, before the vote is history;
+- the handler uses it only when its digest is that of the run's own input now (its `now` the
+  verdict's, within VERDICT_SKEW of the workflow's clock); a stale or foreign input, a quorum's
+  later vote (its `approvals` changed), or a run from before engine-v8 asks the worker as before.
+
+Workflow-safe: no I/O, no clock of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+from bot.engine.state import FrontVerdict
+from bot.identity.proofs import Keyring, Proof
+from bot.policy.inputs import rfc3339
+from bot.policy.models import ActorVerdict, Verdict, canonical_json
+
+SEAL_LABEL = "approver-verdict"
+VERDICT_SKEW = timedelta(seconds=60)  # the front door's clock against the workflow's
+DOC_FIELD = "approver_input"  # where the approval_requested record carries the input
+
+
+def doc_digest(doc: dict[str, Any]) -> str:
+    """The sha256 of an approver input without its `user` (the proof says who)."""
+    return hashlib.sha256(canonical_json({k: v for k, v in doc.items() if k != "user"}).encode()).hexdigest()
+
+
+def at_time(doc: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """The input as asked at `at`: the one field a front door sets itself."""
+    return {**doc, "now": rfc3339(at)}
+
+
+def _sealed(fields: dict[str, Any], run_id: str, execution: str, step_id: str, proof: Proof) -> dict[str, Any]:
+    # Bound to the vote's proof (its MAC covers the voter, the vote, the execution and when it was issued).
+    return {"verdict": fields, "run_id": run_id, "execution": execution, "step_id": step_id, "proof": proof.mac}
+
+
+def seal(keyring: Keyring, answer: Verdict, doc: str, at: datetime, run_id: str, execution: str, step_id: str,
+         proof: Proof) -> FrontVerdict:
+    """`answer` (the rule's, asked on the input whose digest is `doc`) sealed to `proof`."""
+    fields = {"allow": answer.allow, "reasons": list(answer.reasons), "person": answer.person, "at": at, "doc": doc,
+              "policy_hash": answer.policy_hash, "decision_id": answer.decision_id, "engine": answer.engine}
+    unsealed = FrontVerdict.model_validate({**fields, "seal": ""})
+    return unsealed.model_copy(update={"seal": keyring.seal(SEAL_LABEL, _sealed(
+        unsealed.model_dump(mode="json", exclude={"seal"}), run_id, execution, step_id, proof))})
+
+
+def seal_holds(verdict: FrontVerdict, run_id: str, execution: str | None, step_id: str, proof: Proof | None,
+               keyrings: Iterable[Keyring]) -> bool:
+    """Whether a keyring seals this verdict to `proof` for this run, execution and step."""
+    if proof is None or execution is None:
+        return False
+    content = _sealed(verdict.model_dump(mode="json", exclude={"seal"}), run_id, execution, step_id, proof)
+    return any(k.seal_holds(SEAL_LABEL, content, verdict.seal) for k in keyrings)
+
+
+def fits(verdict: FrontVerdict, doc: dict[str, Any], now: datetime) -> bool:
+    """Whether the verdict was asked on `doc` (the run's own approver input) at a time the
+    workflow's clock agrees with."""
+    return abs(now - verdict.at) <= VERDICT_SKEW and doc_digest(at_time(doc, verdict.at)) == verdict.doc
+
+
+def actor_verdict(verdict: FrontVerdict, proof: Proof) -> ActorVerdict:
+    """The verdict as the run records a vote's check: the user is the proof's."""
+    return ActorVerdict(allow=verdict.allow, reasons=list(verdict.reasons), person=verdict.person,
+                        policy_hash=verdict.policy_hash, decision_id=verdict.decision_id, engine=verdict.engine,
+                        user=proof.actor().policy_user())
