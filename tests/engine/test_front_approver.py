@@ -1,0 +1,120 @@
+"""The front door's approver question (bot/engine/front_approver.py): what it reads, and that
+nothing it cannot have in good time costs a click more than a vote without a verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from bot.audit.events import EventKind, StoredEvent
+from bot.engine import front_approver
+from bot.engine.front_approver import FrontApprover
+from bot.engine.verdicts import DOC_FIELD, at_time, doc_digest, seal_holds
+from bot.identity.principals import Actor
+from bot.identity.proofs import Keyring, vote_content
+from bot.policy.models import Failure, Verdict
+
+KEY = Keyring(b"k" * 32)
+BOB = Actor("slack:U0BOB", "bob", ("sre",), "slack")
+DOC = {"playbook": {"name": "gated", "owner": "sre"}, "approvals": [], "now": "2026-12-06T02:59:00Z"}
+EXECUTION = "0f1e2d3c-aaaa-bbbb-cccc-000000000001"
+
+
+class Store:
+    """Holds approval requests by event id; counts reads; may hang or fail."""
+
+    def __init__(self, hang: threading.Event | None = None, fail: bool = False) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+        self.reads: list[str] = []
+        self.hang, self.fail = hang, fail
+
+    def publish(self, run_id: str, step_id: str, doc: dict[str, Any]) -> None:
+        from bot.audit.recorder import event
+        self.records[event(run_id, step_id, EventKind.approval_requested, execution=EXECUTION.replace("-", "")).event_id] = doc
+
+    def get_event(self, event_id: str) -> StoredEvent | None:
+        self.reads.append(event_id)
+        if self.hang is not None:
+            self.hang.wait(10)
+        if self.fail:
+            raise OSError("disk gone")
+        doc = self.records.get(event_id)
+        if doc is None:
+            return None
+        return StoredEvent(seq=1, event_id=event_id, ts=datetime.now(timezone.utc), run_id="r1", step_id="risky",
+                           kind=EventKind.approval_requested, actor="system", details={DOC_FIELD: doc},
+                           prev_hash="0" * 64, hash="0" * 64)
+
+
+class Policy:
+    def __init__(self, answer: Verdict) -> None:
+        self.answer, self.asked = answer, []
+
+    async def approver(self, doc: dict[str, Any]) -> Verdict:
+        self.asked.append(doc)
+        return self.answer
+
+
+def proof(keyring: Keyring = KEY) -> Any:
+    return keyring.sign("vote", "r1", BOB, vote_content("risky", "approve", ""), execution=EXECUTION)
+
+
+async def test_the_verdict_is_asked_on_the_published_input_and_sealed_to_the_proof() -> None:
+    store, policy = Store(), Policy(Verdict(allow=True, person="bob", policy_hash="p"))
+    store.publish("r1", "risky", DOC)
+    approver = FrontApprover(store, policy, KEY)  # type: ignore[arg-type]
+    p = proof()
+    verdict = await approver.ask("r1", EXECUTION, "risky", BOB, p)
+    assert verdict is not None and verdict.allow and verdict.person == "bob" and verdict.policy_hash == "p"
+    (asked,) = policy.asked
+    assert asked["user"] == BOB.policy_user() and asked["now"] != DOC["now"]
+    assert verdict.doc == doc_digest(at_time(DOC, verdict.at))
+    assert seal_holds(verdict, "r1", EXECUTION, "risky", p, [KEY])
+    # a quorum's next voter, a repeated click: the input is kept, the store not asked again
+    assert await approver.ask("r1", EXECUTION, "risky", BOB, p) is not None
+    assert len(store.reads) == 1 and len(policy.asked) == 2
+
+
+async def test_without_a_record_a_proof_or_a_key_the_vote_goes_without_a_verdict() -> None:
+    store, policy = Store(), Policy(Verdict(allow=True))
+    approver = FrontApprover(store, policy, KEY)  # type: ignore[arg-type]
+    assert await approver.ask("r1", EXECUTION, "risky", BOB, proof()) is None  # not recorded yet (or before engine-v8)
+    store.publish("r1", "risky", DOC)
+    assert await approver.ask("r1", EXECUTION, "risky", BOB, proof()) is not None  # a miss is not kept
+    assert await approver.ask("r1", EXECUTION, "risky", BOB, None) is None
+    verifying_only = Keyring(verifying=[b"k" * 32])  # a front door that cannot sign asks nothing
+    assert await FrontApprover(store, policy, verifying_only).ask("r1", EXECUTION, "risky", BOB, proof()) is None  # type: ignore[arg-type]
+    mangled = Store()
+    mangled.publish("r1", "risky", "text")  # type: ignore[arg-type]  (a record whose input is no object)
+    assert await FrontApprover(mangled, policy, KEY).ask("r1", EXECUTION, "risky", BOB, proof()) is None  # type: ignore[arg-type]
+    assert len(policy.asked) == 1
+
+
+async def test_a_policy_that_cannot_answer_leaves_the_question_to_the_worker() -> None:
+    store = Store()
+    store.publish("r1", "risky", DOC)
+    down = Policy(Verdict(allow=False, reasons=["policy could not be evaluated: engine down"], failure=Failure.UNREACHABLE))
+    assert await FrontApprover(store, down, KEY).ask("r1", EXECUTION, "risky", BOB, proof()) is None  # type: ignore[arg-type]
+
+
+async def test_a_store_that_hangs_or_fails_costs_a_click_its_wait_once(monkeypatch: Any) -> None:
+    monkeypatch.setattr(front_approver, "READ_WAIT", 0.2)
+    release = threading.Event()
+    store = Store(hang=release)
+    store.publish("r1", "risky", DOC)
+    approver = FrontApprover(store, Policy(Verdict(allow=True)), KEY)  # type: ignore[arg-type]
+    try:
+        began = time.monotonic()
+        answers = await asyncio.gather(*(approver.ask("r1", EXECUTION, "risky", BOB, proof()) for _ in range(3)))
+        assert answers == [None] * 3 and time.monotonic() - began < 1.0
+        reads = len(store.reads)
+        assert await approver.ask("r1", EXECUTION, "risky", BOB, proof()) is None
+        assert len(store.reads) == reads, "the store is not asked again during the pause"
+    finally:
+        release.set()
+    failing = Store(fail=True)
+    assert await FrontApprover(failing, Policy(Verdict(allow=True)), KEY).ask(  # type: ignore[arg-type]
+        "r1", EXECUTION, "risky", BOB, proof()) is None
