@@ -279,6 +279,12 @@ class PostgresAuditStore:
         return _from_row(row) if row else None
 
     @_reconnecting
+    def get_events(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        with self._connected("read") as conn:
+            rows = conn.execute(f"{SELECT} WHERE event_id = ANY(%s)", (list(event_ids),)).fetchall()
+        return {event.event_id: event for event in map(_from_row, rows)}
+
+    @_reconnecting
     def has_event(self, event_id: str) -> bool:
         with self._connected("read") as conn:
             return conn.execute("SELECT 1 FROM audit_events WHERE event_id = %s", (event_id,)).fetchone() is not None

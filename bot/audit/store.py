@@ -296,6 +296,11 @@ class SqliteAuditStore:
             row = conn.execute(f"{SELECT} WHERE event_id = ?", (event_id,)).fetchone()
         return _from_row(row) if row else None
 
+    def get_events(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        """The stored events among `event_ids`, by id: one read for many (a burst of clicks)."""
+        with self._connected("read") as conn:
+            return self._stored(conn, list(event_ids))
+
     def has_run(self, run_id: str) -> bool:
         with self._connected("read") as conn:
             return conn.execute("SELECT 1 FROM audit_events WHERE run_id = ? LIMIT 1", (run_id,)).fetchone() is not None

@@ -52,6 +52,9 @@ def test_a_second_store_continues_the_chain_and_retries_are_idempotent(pg_url: s
         assert one.append([event(2), event(3)], new_only=True)[0].seq == 3
         assert second.seq == 2 and one.get_event(event(2).event_id) == second
         assert one.get_event("nope") is None
+        assert one.get_events([event(1).event_id, event(3).event_id, "nope"]) == {
+            e.event_id: e for e in (one.get_event(event(1).event_id), one.get_event(event(3).event_id)) if e}
+        assert one.get_events([]) == {}
         assert one.verify().ok and one.verify().checked == 3
 
 

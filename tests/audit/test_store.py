@@ -62,6 +62,16 @@ def test_a_batch_larger_than_one_id_lookup_still_finds_every_stored_id(store: Sq
     assert store.verify().ok
 
 
+def test_events_are_read_by_id_many_at_once(store: SqliteAuditStore) -> None:
+    """`get_events`: the stored ones among the ids (past one id lookup's chunk), as `get_event` reads each."""
+    stored = store.append([event(n) for n in range(1, ID_CHUNK + 3)])
+    wanted = [e.event_id for e in stored[::2]] + ["no-such-event"]
+    found = store.get_events(wanted)
+    assert sorted(found) == sorted(wanted[:-1])
+    assert all(found[i] == store.get_event(i) for i in found)
+    assert store.get_events([]) == {}
+
+
 def test_events_keep_the_given_order_not_the_timestamp_order(store: SqliteAuditStore) -> None:
     batch = [event(5), event(1), event(3)]
 

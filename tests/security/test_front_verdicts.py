@@ -85,10 +85,11 @@ class Planted:
 
     doc: dict[str, Any]
 
-    def get_event(self, event_id: str) -> StoredEvent | None:
-        return StoredEvent(seq=1, event_id=event_id, ts=datetime.now(timezone.utc), run_id="x", step_id="risky",
-                           kind=EventKind.approval_requested, actor="system", details={DOC_FIELD: self.doc},
-                           prev_hash="0" * 64, hash="0" * 64)
+    def get_events(self, event_ids: list[str]) -> dict[str, StoredEvent]:
+        return {event_id: StoredEvent(seq=1, event_id=event_id, ts=datetime.now(timezone.utc), run_id="x",
+                                      step_id="risky", kind=EventKind.approval_requested, actor="system",
+                                      details={DOC_FIELD: self.doc}, prev_hash="0" * 64, hash="0" * 64)
+                for event_id in event_ids}
 
 
 async def test_a_click_carries_the_front_doors_verdict_and_the_run_asks_nothing_more(stack: TrustStack) -> None:
