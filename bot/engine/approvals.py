@@ -46,6 +46,22 @@ def _keyrings() -> Iterator[Keyring]:
     return (k for k in list(_VALIDATOR_KEYRINGS) if k.can_verify)
 
 
+# The policy engines of the workers in this process, so a validator takes a front door's verdict
+# only when it was asked of the policy (and data) this worker would ask: a front door whose
+# policy lags, or leads, a rollout sends its votes again without one.
+_VALIDATOR_POLICIES: list[Any] = []
+
+
+def register_policy(engine: Any) -> Callable[[], None]:
+    """Let this process's vote validators compare a verdict's policy hash with `engine`'s; returns the undo."""
+    _VALIDATOR_POLICIES.append(engine)
+    return lambda: _VALIDATOR_POLICIES.remove(engine) if engine in _VALIDATOR_POLICIES else None
+
+
+def _policy_hashes() -> set[str]:
+    return {h for e in list(_VALIDATOR_POLICIES) if (h := getattr(e, "policy_hash", None))}
+
+
 def proof_holds(proof: Any, purpose: str, run_id: str, content: Any, principal: str,
                 not_before: datetime | None = None, execution: str | None = None) -> bool:
     """Whether a worker keyring of this process verifies `proof` for `principal` (issued no earlier
@@ -226,21 +242,27 @@ class ApprovalBook:
 
     def check_verdict(self, request: VoteRequest, not_before: datetime | None = None) -> None:
         """The validator's check of a front door's `approver` verdict (engine-v8): the vote's proof
-        and the verdict's seal must hold with a key of this worker, or the vote is refused before it
-        is history (rule `verdict`; the front door sends it again without one). What the handler
-        trusts on replay, where no validator runs, is only what passed here."""
+        and the verdict's seal must hold with a key of this worker, and the verdict must have been
+        asked of this worker's policy (its hash), or the vote is refused before it is history (rule
+        `verdict`; the front door sends it again without one). What the handler trusts on replay,
+        where no validator runs, is only what passed here."""
         verdict = request.verdict
         if verdict is None:
             return
-        if self._proof_holds(request, not_before) and seal_holds(
+        if not (self._proof_holds(request, not_before) and seal_holds(
             verdict, self._status.run_id, self._status.execution, request.step_id, request.proof, _keyrings()
-        ):
-            return
-        VOTES_REFUSED_EARLY.labels("verdict").inc()
-        raise VoteRefused(
-            "the vote's approver verdict is not sealed to its proof by an envelope key this worker holds; nothing "
-            "changed (send the vote without it)", "invalid", "verdict",
-        )
+        )):
+            VOTES_REFUSED_EARLY.labels("verdict").inc()
+            raise VoteRefused(
+                "the vote's approver verdict is not sealed to its proof by an envelope key this worker holds; "
+                "nothing changed (send the vote without it)", "invalid", "verdict",
+            )
+        if verdict.policy_hash is None or verdict.policy_hash not in _policy_hashes():
+            VOTES_REFUSED_EARLY.labels("verdict").inc()
+            raise VoteRefused(
+                f"the vote's approver verdict was asked of policy {verdict.policy_hash or '(no hash)'}, not this "
+                "worker's; nothing changed (send the vote without it)", "invalid", "verdict",
+            )
 
     def _proof_holds(self, request: Ask, not_before: datetime | None = None) -> bool:
         """Whether a worker keyring of this process verifies the vote's proof for its principal

@@ -24,12 +24,14 @@ from bot.engine.verdicts import DOC_FIELD, at_time, doc_digest, seal
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, Proof
 from bot.policy.engine import PolicyEngine
+from bot.policy.models import canonical_json
 
 log = structlog.get_logger(__name__)
 
 READ_WAIT = 0.5  # seconds the store may take to give the input before the vote goes without a verdict
 READ_PAUSE = 30.0  # after a read that took longer, seconds without asking the store
 DOCS_KEPT = 512  # inputs kept, newest first (a quorum's later voters, a repeated click)
+DOC_BYTES_MAX = 64 * 1024  # a larger input is not asked here (nor kept): its worker asks
 
 
 class FrontApprover:
@@ -81,6 +83,12 @@ class FrontApprover:
         doc = (stored.details.get(DOC_FIELD) if stored is not None else None)
         if not isinstance(doc, dict):
             return None  # not recorded yet, or by a worker before engine-v8
+        try:
+            size = len(canonical_json(doc).encode())
+        except ValueError:  # (not JSON: a row nobody wrote through the store)
+            return None
+        if size > DOC_BYTES_MAX:  # kept docs stay bounded whatever a row holds
+            return None
         self._docs[event_id] = doc
         if len(self._docs) > DOCS_KEPT:
             self._docs.popitem(last=False)

@@ -22,7 +22,7 @@ from bot.audit.backend import AuditStore, open_store
 from bot.audit.checkpoint import start_checkpoints
 from bot.audit.recorder import AuditActivities, AuditWriter
 from bot.engine.admission import Admitter
-from bot.engine.approvals import register_keyring
+from bot.engine.approvals import register_keyring, register_policy
 from bot.engine.callers import OwnWorkflowsOnly
 from bot.engine.children import CatalogActivities, PeekActivities
 from bot.engine.lock_workflow import KeyLock
@@ -145,6 +145,7 @@ async def worker_deps(
                 "canceller counts as unverified (the shipped policy refuses unverified approvers in production)"
             )
         stack.callback(register_keyring(keys))  # vote validators refuse a forged proof before it is history
+        stack.callback(register_policy(policy))  # ... and a front door's verdict asked of another policy
         live = worker_catalog(settings) if catalog is None else None
         known: Callable[[], Catalog] = live if live is not None else (lambda: catalog)
         http = await stack.enter_async_context(EgressClient(egress_rules(settings), resolver=resolver))

@@ -140,3 +140,15 @@ async def test_a_store_that_hangs_or_fails_costs_a_click_its_wait_once(monkeypat
     failing = Store(fail=True)
     assert await FrontApprover(failing, Policy(Verdict(allow=True)), KEY).ask(  # type: ignore[arg-type]
         "r1", EXECUTION, "risky", BOB, proof()) is None
+
+
+async def test_an_input_past_its_bound_is_neither_asked_nor_kept() -> None:
+    """Red team (stop 43): the kept inputs were bounded by count only; rows of a megabyte each
+    (planted in the store, or a step whose args grew) held 512 MB. An input past DOC_BYTES_MAX is
+    left to the worker."""
+    store, policy = Store(), Policy(Verdict(allow=True))
+    store.publish("r1", "risky", {**DOC, "step": {"with": {"blob": "x" * front_approver.DOC_BYTES_MAX}}})
+    approver = FrontApprover(store, policy, KEY)  # type: ignore[arg-type]
+    for _ in range(2):
+        assert await approver.ask("r1", EXECUTION, "risky", BOB, proof()) is None
+    assert len(store.reads) == 2 and policy.asked == []  # not kept: read again, never asked

@@ -154,7 +154,7 @@ async def test_a_verdict_from_another_moment_is_not_used(stack: TrustStack) -> N
     assert proof is not None
     then = datetime.now(timezone.utc) - timedelta(minutes=10)
     asked = at_time(published(stack, handle.id), then)
-    stale = seal(FRONT_DOOR, Verdict(allow=False, reasons=["stale no"]), doc_digest(asked), then, handle.id, execution,
+    stale = seal(FRONT_DOOR, Verdict(allow=False, reasons=["stale no"], policy_hash=stack.policy.policy_hash), doc_digest(asked), then, handle.id, execution,
                  "risky", proof)
     request = VoteRequest(step_id="risky", user=principal(BOB), name=bob.name, groups=list(bob.groups), proof=proof,
                           verdict=stale)
