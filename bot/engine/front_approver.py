@@ -57,7 +57,9 @@ class FrontApprover:
         at = datetime.now(timezone.utc)
         asked = at_time(doc, at)
         answer = await self.policy.approver({**asked, "user": actor.policy_user()})
-        if answer.failure is not None:  # the worker asks with its retries, and fails closed there
+        if answer.failure is not None or answer.policy_hash is None:
+            # The worker asks: with its retries (and fails closed there); or, for a policy that names
+            # no version (OPA without bundle revisions), because no worker could take the answer.
             return None
         return seal(self.keyring, answer, doc_digest(asked), at, run_id, execution, step_id, proof)
 

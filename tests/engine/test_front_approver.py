@@ -84,7 +84,7 @@ async def test_the_verdict_is_asked_on_the_published_input_and_sealed_to_the_pro
 async def test_a_burst_of_clicks_reads_the_store_once_or_twice() -> None:
     """50 clicks on 50 runs at once: their inputs are read together, not one read (and one thread)
     each behind the store's lock."""
-    store, policy = Store(), Policy(Verdict(allow=True))
+    store, policy = Store(), Policy(Verdict(allow=True, policy_hash="p"))
     runs = [f"r{i}" for i in range(50)]
     for run_id in runs:
         store.publish(run_id, "risky", {**DOC, "run": {"id": run_id}})
@@ -101,7 +101,7 @@ async def test_a_burst_of_clicks_reads_the_store_once_or_twice() -> None:
 
 
 async def test_without_a_record_a_proof_or_a_key_the_vote_goes_without_a_verdict() -> None:
-    store, policy = Store(), Policy(Verdict(allow=True))
+    store, policy = Store(), Policy(Verdict(allow=True, policy_hash="p"))
     approver = FrontApprover(store, policy, KEY)  # type: ignore[arg-type]
     assert await approver.ask("r1", EXECUTION, "risky", BOB, proof()) is None  # not recorded yet (or before engine-v8)
     store.publish("r1", "risky", DOC)
@@ -146,9 +146,17 @@ async def test_an_input_past_its_bound_is_neither_asked_nor_kept() -> None:
     """Red team (stop 43): the kept inputs were bounded by count only; rows of a megabyte each
     (planted in the store, or a step whose args grew) held 512 MB. An input past DOC_BYTES_MAX is
     left to the worker."""
-    store, policy = Store(), Policy(Verdict(allow=True))
+    store, policy = Store(), Policy(Verdict(allow=True, policy_hash="p"))
     store.publish("r1", "risky", {**DOC, "step": {"with": {"blob": "x" * front_approver.DOC_BYTES_MAX}}})
     approver = FrontApprover(store, policy, KEY)  # type: ignore[arg-type]
     for _ in range(2):
         assert await approver.ask("r1", EXECUTION, "risky", BOB, proof()) is None
     assert len(store.reads) == 2 and policy.asked == []  # not kept: read again, never asked
+
+
+async def test_an_answer_that_names_no_policy_version_is_not_sealed() -> None:
+    """OPA without bundle revisions: no worker could tell its answer is of its own policy."""
+    store = Store()
+    store.publish("r1", "risky", DOC)
+    unversioned = Policy(Verdict(allow=True, policy_hash=None))
+    assert await FrontApprover(store, unversioned, KEY).ask("r1", EXECUTION, "risky", BOB, proof()) is None  # type: ignore[arg-type]
