@@ -169,6 +169,9 @@ SCENARIOS: dict[str, Scenario] = {
     # Recorded by engine-v6 code: a sync waits for an audit flush under way, which may release a
     # high-impact step's dispatch, instead of sharing (and holding) that flush's workflow task.
     "engine-v6-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
+    # Recorded by engine-v7 code (8af159b): the last engine before front-door verdicts; each vote's
+    # `approver` question a local activity, as engine-v3 on.
+    "engine-v7-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
 }
 
 
@@ -448,6 +451,53 @@ async def _local_channel(client: Client) -> dict[str, str]:
     return {handle.id: handle.id}
 
 
+FRONT_VERDICT = """
+name: front-verdict
+summary: Prepare, then a high-impact step behind an approval
+owner: sre
+steps:
+  - {id: prepare, action: core.log, with: {message: prepare}}
+  - {id: risky, action: core.log, impact: high, with: {message: risky}}
+"""
+
+
+async def _front_verdict(client: Client) -> dict[str, str]:
+    """engine-v8: carol's vote is refused by the front door's verdict (on record, no question of
+    the worker's), then bob's verdict allows and the step runs; the shipped policy and keys, as the
+    trust stack runs them. Its replay pins the approver input's shape: a change to it (or to its
+    digest) flips this run's votes to the worker's local activity on replay."""
+    import tempfile
+
+    from bot.engine.front_approver import FrontApprover
+    from bot.engine.runs import RunError, start_run, vote
+    from bot.engine.state import TriggerContext
+    from bot.identity.principals import Actor
+    from bot.identity.proofs import Keyring
+    from tests.slack.support import ENVELOPE_KEY
+
+    keyring = Keyring(ENVELOPE_KEY.encode())
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp) / "data", policies_dir=POLICIES, envelope_key=ENVELOPE_KEY)
+        catalog = catalog_of(playbook(FRONT_VERDICT))
+        async with worker_deps(settings, catalog=catalog) as deps:
+            async with make_worker(client, f"tq-{uuid.uuid4()}", deps.activities) as w:
+                alice = Actor("slack:U0ALICE", "alice", ("sre",), "slack")
+                handle = await start_run(client, w.task_queue, catalog.get("front-verdict"), {},
+                                         TriggerContext(kind="slack", requested_by=alice.principal), actor=alice,
+                                         keyring=keyring, run_id="engine-v8-front-verdict")
+                await wait_for_state(handle, lambda s: s.step("risky").state == "waiting_approval")
+                approver = FrontApprover(deps.audit, deps.policy, keyring)
+                for who, groups in (("U0CAROL", ("web",)), ("U0BOB", ("sre",))):
+                    try:
+                        await vote(client, handle.id, VoteRequest(step_id="risky", user=""),
+                                   Actor(f"slack:{who}", who[2:].lower(), groups, "slack"), keyring, approver=approver)
+                    except RunError:
+                        pass
+                status = await asyncio.wait_for(handle.result(), WAIT)
+    assert status.state == "completed", (status.state, status.error)
+    return {handle.id: handle.id}
+
+
 TREES: dict[str, tuple[Callable[[Client], Awaitable[dict[str, str]]], list[str]]] = {
     # name: (how to run it, the histories it writes, each under its workflow id but the lock's hashed one)
     "outputs-large": (_outputs_large, ["outputs-large"]),
@@ -458,6 +508,8 @@ TREES: dict[str, tuple[Callable[[Client], Awaitable[dict[str, str]]], list[str]]
     "engine-v6-parallel-approval": (_parallel_approval, ["engine-v6-parallel-approval"]),
     # Recorded by engine-v6 code: local steps only, Slack's news still waits for SLACK_DEFER
     "engine-v6-local-channel": (_local_channel, ["engine-v6-local-channel"]),
+    # Recorded by engine-v8 code: votes decided by the front door's sealed verdicts
+    "engine-v8-front-verdict": (_front_verdict, ["engine-v8-front-verdict"]),
 }
 
 

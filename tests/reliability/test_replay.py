@@ -103,3 +103,18 @@ async def test_a_run_queried_right_after_its_start_replays(dev_env):
         assert rec.sequence() == ["prepare", "risky"]
         result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
         assert result.replay_failure is None, result.replay_failure
+
+
+def test_the_engine_v8_history_took_the_front_doors_verdicts():
+    """A history pins a path only if it took it: both votes of the engine-v8 run (carol refused, bob
+    allowed) were decided by the front door's sealed verdicts, with no `policy.approver` question of
+    the worker's. Its replay (above) then fails on any change to the approver input or its digest
+    that is not behind a patch: such a change turns these votes into local activities on replay."""
+    from tests.engine.test_patches import patch_ids
+    from tests.security.test_front_verdicts import approver_asks
+
+    path = Path(__file__).parent / "histories" / "engine-v8-front-verdict.json"
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    assert patch_ids(history) == ["engine-v8"]
+    assert sum(e.HasField("workflow_execution_update_accepted_event_attributes") for e in history.events) == 2
+    assert approver_asks(history) == 0
