@@ -10,6 +10,7 @@ data goes through `inert()`, and a render whose markers are not exactly the ones
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Collection
@@ -258,7 +259,9 @@ def _render(value: Any, context: dict[str, Any], mrkdwn: bool = False) -> Any:
 
 
 def _is_json(value: Any) -> bool:
-    if value is None or isinstance(value, (str, bool, int, float)):
+    if isinstance(value, float):  # nan and inf are not JSON (`'nan' | float`), and no record could hold them
+        return math.isfinite(value)
+    if value is None or isinstance(value, (str, bool, int)):
         return True
     if isinstance(value, (list, tuple)):
         return all(_is_json(item) for item in value)

@@ -81,3 +81,21 @@ async def test_a_template_that_is_not_json_fails_the_step_instead_of_wedging_the
     status = await asyncio.wait_for(execute(dev_env.client, rec, pb), 20)
     assert status.step("one").state == "failed"
     assert "not a JSON value" in status.step("one").error
+
+
+@pytest.mark.parametrize("template", ["{{ params.x | float }}", "{{ [params.x | float] }}"])
+async def test_a_template_that_gives_nan_fails_the_step_instead_of_wedging_the_run(dev_env, template):
+    """Red team (stop 43): a float that JSON cannot hold (`'nan' | float`, from a param or an alert
+    label) passed the render's JSON check; a high-impact step's approval request then failed its
+    audit record in workflow code, the workflow task failed on every retry, and the run never
+    moved again."""
+    from tests.engine.test_approvals import APPROVAL, policy
+
+    rec = Recorder()
+    pb = playbook("name: nan-arg\nowner: sre\nparams: {x: {type: string}}\n"
+                  f"steps: [{{id: one, action: t.ok, impact: high, with: {{n: '{template}'}}}}]")
+    async with worker(dev_env.client, rec, policy(APPROVAL)) as w:
+        handle = await start(dev_env.client, w, run_input(pb, params={"x": "nan"}))
+        status = await asyncio.wait_for(handle.result(), 20)
+    assert status.step("one").state == "failed"
+    assert "not a JSON value" in status.step("one").error
