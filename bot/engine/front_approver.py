@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from bot.audit.events import EventKind
+from bot.audit.events import EventKind, StoredEvent
 from bot.audit.recorder import event
 from bot.audit.backend import AuditStore
 from bot.engine.state import FrontVerdict

@@ -25,7 +25,7 @@ from bot.policy.embedded import EmbeddedEngine
 from tests.security.test_front_verdicts import approver_asks, votes_on_record
 from tests.security.test_raw_temporal import DATA, PLAYBOOKS, gated_run
 from tests.security.trust_stack import (
-    FRONT_DOOR, GROUPS, PEOPLE, TrustStack, policies_with, result, slack_actor, state_of, trust_stack,
+    FRONT_DOOR, GROUPS, PEOPLE, TrustStack, policies_with, result, slack_actor, state_of, stack_fixture,
 )
 from tests.slack.support import CAROL, MALLORY, principal
 
@@ -34,10 +34,7 @@ CURRENT = {**DATA, "people": {**PEOPLE, "alice": [*PEOPLE["alice"], principal(MA
            "groups": {**GROUPS, "sre": [*GROUPS["sre"], principal(CAROL)]}}
 
 
-@pytest_asyncio.fixture(scope="module")
-async def stack(dev_env: Any, _slack_server: Any, tmp_path_factory: Any) -> AsyncIterator[TrustStack]:
-    async with trust_stack(dev_env.client, _slack_server, tmp_path_factory.mktemp("skew"), PLAYBOOKS, CURRENT) as s:
-        yield s
+stack = stack_fixture("skew", PLAYBOOKS, CURRENT)
 
 
 @pytest_asyncio.fixture

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from temporalio.api.history.v1 import History
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
@@ -40,15 +38,12 @@ from tests.security.trust_stack import (
     TrustStack,
     result,
     slack_actor,
-    trust_stack,
+    stack_fixture,
 )
 from tests.slack.support import BOB, CAROL, principal
 
 
-@pytest_asyncio.fixture(scope="module")
-async def stack(dev_env: Any, _slack_server: Any, tmp_path_factory: Any) -> AsyncIterator[TrustStack]:
-    async with trust_stack(dev_env.client, _slack_server, tmp_path_factory.mktemp("verdicts"), PLAYBOOKS, DATA) as s:
-        yield s
+stack = stack_fixture("verdicts", PLAYBOOKS, DATA)
 
 
 def approver_asks(history: History) -> int:

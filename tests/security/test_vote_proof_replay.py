@@ -12,12 +12,10 @@ answer or cancel proof now names the execution it was signed for.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 
 from bot.audit.events import StoredEvent
@@ -41,16 +39,13 @@ from tests.security.trust_stack import (
     result,
     slack_actor,
     state_of,
-    trust_stack,
+    stack_fixture,
     until,
 )
 from tests.slack.support import ALICE, BOB, DAVE, principal
 
 
-@pytest_asyncio.fixture(scope="module")
-async def stack(dev_env: Any, _slack_server: Any, tmp_path_factory: Any) -> AsyncIterator[TrustStack]:
-    async with trust_stack(dev_env.client, _slack_server, tmp_path_factory.mktemp("replay"), PLAYBOOKS, DATA) as s:
-        yield s
+stack = stack_fixture("replay", PLAYBOOKS, DATA)
 
 
 async def test_a_vote_proof_issued_before_the_run_started_is_refused(stack: TrustStack) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest_asyncio
 from fastapi import APIRouter, Request
 from temporalio.client import Client, WorkflowHandle
 
@@ -239,6 +240,17 @@ async def trust_stack(
                     await terminate_open(client, settings.task_queue)
 
 
+
+
+def stack_fixture(name: str, playbooks: Mapping[str, str], data: Mapping[str, Any] | None = None) -> Any:
+    """A module's `stack` fixture: one trust stack for the module's tests."""
+
+    @pytest_asyncio.fixture(scope="module")
+    async def stack(dev_env: Any, _slack_server: Any, tmp_path_factory: Any) -> AsyncIterator[TrustStack]:
+        async with trust_stack(dev_env.client, _slack_server, tmp_path_factory.mktemp(name), playbooks, data) as s:
+            yield s
+
+    return stack
 
 
 # ---- actors and inputs --------------------------------------------------------------------------
