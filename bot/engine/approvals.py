@@ -59,7 +59,7 @@ def register_policy(engine: Any) -> Callable[[], None]:
 
 
 def _policy_hashes() -> set[str]:
-    return {h for e in list(_VALIDATOR_POLICIES) if (h := getattr(e, "policy_hash", None))}
+    return {h for e in list(_VALIDATOR_POLICIES) if (h := getattr(e, "verdict_hash", None))}
 
 
 def proof_holds(proof: Any, purpose: str, run_id: str, content: Any, principal: str,

@@ -20,7 +20,7 @@ from bot.audit.events import EventKind, StoredEvent
 from bot.audit.recorder import event
 from bot.audit.backend import AuditStore
 from bot.engine.state import FrontVerdict
-from bot.engine.verdicts import DOC_FIELD, at_time, doc_digest, seal
+from bot.engine.verdicts import DOC_BYTES_MAX, DOC_FIELD, at_time, doc_digest, seal
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, Proof
 from bot.policy.engine import PolicyEngine
@@ -29,9 +29,10 @@ from bot.policy.models import canonical_json
 log = structlog.get_logger(__name__)
 
 READ_WAIT = 0.5  # seconds the store may take to give the input before the vote goes without a verdict
+ASK_WAIT = 1.0  # seconds the policy may take to answer (then the worker asks, with its retries)
 READ_PAUSE = 30.0  # after a read that took longer, seconds without asking the store
 DOCS_KEPT = 512  # inputs kept, newest first (a quorum's later voters, a repeated click)
-DOC_BYTES_MAX = 64 * 1024  # a larger input is not asked here (nor kept): its worker asks
+VERDICT_BYTES_MAX = 8 * 1024  # a verdict's share of a vote (VOTE_BYTES_MAX, 64 KB, with the proof and reason)
 
 
 class FrontApprover:
@@ -49,19 +50,27 @@ class FrontApprover:
 
     async def ask(self, run_id: str, execution: str, step_id: str, actor: Actor, proof: Proof | None) -> FrontVerdict | None:
         """The verdict sealed to `proof`, or None when it cannot be asked here (then the worker asks)."""
-        if proof is None or not self.keyring.can_sign:
+        # None: no worker could tell the answer is of its own policy (OPA; an engine whose reload failed)
+        version = getattr(self.policy, "verdict_hash", None)
+        if proof is None or not self.keyring.can_sign or version is None:
             return None
         doc = await self._doc(run_id, execution, step_id)
         if doc is None:
             return None
         at = datetime.now(timezone.utc)
         asked = at_time(doc, at)
-        answer = await self.policy.approver({**asked, "user": actor.policy_user()})
-        if answer.failure is not None or answer.policy_hash is None:
-            # The worker asks: with its retries (and fails closed there); or, for a policy that names
-            # no version (OPA without bundle revisions), because no worker could take the answer.
+        try:
+            answer = await asyncio.wait_for(self.policy.approver({**asked, "user": actor.policy_user()}), ASK_WAIT)
+        except asyncio.TimeoutError:
             return None
-        return seal(self.keyring, answer, doc_digest(asked), at, run_id, execution, step_id, proof)
+        if answer.failure is not None or answer.policy_hash != version:
+            return None  # the worker asks: with its retries (and fails closed there), or on its own policy
+        try:
+            verdict = seal(self.keyring, answer, doc_digest(asked), at, run_id, execution, step_id, proof)
+        except ValueError as exc:  # an answer no verdict holds (too many reasons, a name too long)
+            log.info("approver answer not sealed: the worker asks", error=str(exc)[:300])
+            return None
+        return verdict if len(verdict.model_dump_json()) <= VERDICT_BYTES_MAX else None
 
     async def _doc(self, run_id: str, execution: str, step_id: str) -> dict[str, Any] | None:
         """The input the run published with its approval request; None if it is not to be had now."""
@@ -98,8 +107,12 @@ class FrontApprover:
 
     def _read(self, event_id: str) -> asyncio.Future[StoredEvent | None]:
         """The stored event, read with whatever else is wanted when the next read starts."""
-        wanted: asyncio.Future[StoredEvent | None] = asyncio.get_running_loop().create_future()
-        self._wanted.setdefault(event_id, []).append(wanted)
+        loop = asyncio.get_running_loop()
+        if self._reader is not None and self._reader.get_loop() is not loop:
+            self._reader, self._wanted = None, {}  # (a new event loop: the old one's reader is gone with it)
+        wanted: asyncio.Future[StoredEvent | None] = loop.create_future()
+        waiting = [f for f in self._wanted.get(event_id, []) if not f.done()]  # (drop askers that gave up)
+        self._wanted[event_id] = [*waiting, wanted]
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read_wanted())
         return wanted

@@ -362,8 +362,8 @@ async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, 
         except RunError as exc:
             if exc.rule != "verdict":
                 raise
-            log.warning("the worker refused this front door's approver verdict (its envelope keys differ?): "
-                        "the vote goes again without it", run_id=run_id, said=str(exc))
+            log.warning("the worker refused this front door's approver verdict (envelope keys or policy versions "
+                        "differ): the vote goes again without it", run_id=run_id, said=str(exc))
     return await _as_actor(client, run_id, execution, PlaybookRun.vote, request, actor, proof, words)
 
 

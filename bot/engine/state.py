@@ -288,7 +288,7 @@ class FrontVerdict(BaseModel):
     policy_hash: str | None = Field(None, max_length=200)
     decision_id: str | None = Field(None, max_length=200)
     engine: str | None = Field(None, max_length=200)
-    seal: str = Field(max_length=200)
+    seal: str = Field(pattern=r"^[0-9a-f]{12}:[0-9a-f]{64}$")  # key id:HMAC (Keyring.seal)
 
 
 class VoteRequest(BaseModel):

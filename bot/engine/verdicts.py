@@ -28,8 +28,10 @@ from bot.policy.inputs import rfc3339
 from bot.policy.models import ActorVerdict, Verdict, canonical_json
 
 SEAL_LABEL = "approver-verdict"
+UNSEALED = f"{'0' * 12}:{'0' * 64}"  # (the seal's shape, while the fields it covers are checked)
 VERDICT_SKEW = timedelta(seconds=60)  # the front door's clock against the workflow's
 DOC_FIELD = "approver_input"  # where the approval_requested record carries the input
+DOC_BYTES_MAX = 64 * 1024  # a larger input is not published, nor asked on by a front door: its worker asks
 
 
 def doc_digest(doc: dict[str, Any]) -> str:
@@ -52,7 +54,7 @@ def seal(keyring: Keyring, answer: Verdict, doc: str, at: datetime, run_id: str,
     """`answer` (the rule's, asked on the input whose digest is `doc`) sealed to `proof`."""
     fields = {"allow": answer.allow, "reasons": list(answer.reasons), "person": answer.person, "at": at, "doc": doc,
               "policy_hash": answer.policy_hash, "decision_id": answer.decision_id, "engine": answer.engine}
-    unsealed = FrontVerdict.model_validate({**fields, "seal": ""})
+    unsealed = FrontVerdict.model_validate({**fields, "seal": UNSEALED})
     return unsealed.model_copy(update={"seal": keyring.seal(SEAL_LABEL, _sealed(
         unsealed.model_dump(mode="json", exclude={"seal"}), run_id, execution, step_id, proof))})
 

@@ -63,7 +63,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.policy.models import ActorVerdict, Decision
     from bot.slack.notifier import SlackState, SlackSync
     from bot.engine.foreach import ForeachRuns
-    from bot.engine.verdicts import DOC_FIELD, actor_verdict, fits
+    from bot.engine.verdicts import DOC_BYTES_MAX, DOC_FIELD, actor_verdict, fits
     from bot.playbook.model import FAIL_ACTION, FOREACH_ACTION, Compensation, Fallback, ForeachGroup, ParallelGroup, RetryPolicy, Step
     from bot.playbook.outputs import NOTHING, RUN_OUTPUT_BUDGET, OutputNeeds, json_size, needs_of, shared_playbook
     from bot.playbook.templating import TemplateError, display, inert, render, truthy
@@ -1511,7 +1511,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                         "action": st.action,
                         "args": st.args,
                         # what a front door asks the approver rule on (bot/engine/verdicts.py)
-                        **({DOC_FIELD: self._approver_doc(st.id)} if self._front_verdicts else {}),
+                        **self._published_doc(st.id),
                     },
                 )
                 await self._flush_audit()
@@ -1622,6 +1622,15 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 raise asyncio.CancelledError() from exc
             return policy_unanswered(ActorVerdict, exc)
         return answer  # (it had nothing to write: `unrecorded` is None)
+
+    def _published_doc(self, step_id: str) -> dict[str, Any]:
+        """The approval request's `approver_input` (engine-v8), when it is small enough for a front
+        door to ask on (DOC_BYTES_MAX); a larger one would only weigh the record down (its args are
+        there already), and the worker asks for its votes."""
+        if not self._front_verdicts:
+            return {}
+        doc = self._approver_doc(step_id)
+        return {DOC_FIELD: doc} if json_size(doc) <= DOC_BYTES_MAX else {}
 
     def _approver_doc(self, step_id: str) -> dict[str, Any]:
         """The policy input of a vote on `step_id`. From refused-votes-v1 on its alert is the facts

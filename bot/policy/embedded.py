@@ -127,6 +127,12 @@ class EmbeddedEngine(FailClosed):
         return self._loaded.hash if self._loaded is not None else None
 
     @property
+    def verdict_hash(self) -> str | None:
+        """The loaded policy's hash, unless a reload failed (then this engine fails closed, and so
+        must a verdict asked elsewhere: none counts)."""
+        return self._loaded.hash if self._loaded is not None and self._load_error is None else None
+
+    @property
     def pid(self) -> int | None:
         """The child's process id (tests and operators kill it to check recovery)."""
         return self._proc.pid if self._proc is not None and self._proc.alive else None

@@ -39,6 +39,12 @@ class PolicyEngine(Protocol):
     @property
     def policy_hash(self) -> str | None: ...
 
+    @property
+    def verdict_hash(self) -> str | None:
+        """The version this engine answers with now, when it knows it for certain (a vote's
+        verdict asked elsewhere counts only on a match, bot/engine/verdicts.py); None: unknown."""
+        ...
+
     async def load(self) -> None: ...
 
     async def ready(self) -> bool: ...
@@ -66,6 +72,12 @@ class FailClosed:
     """
 
     name: str
+
+    @property
+    def verdict_hash(self) -> str | None:
+        """None: a backend that cannot say which version it answers with now. OPA's revision is
+        the one its last answer named, which may be stale (and an unrevised bundle names none)."""
+        return None
 
     async def decide(self, input: dict[str, Any]) -> Decision:
         raw, provenance, failure = await self._guarded_query("decision", input)

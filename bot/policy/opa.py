@@ -131,9 +131,7 @@ def _bundle_revisions(provenance: Any) -> str | None:
     """'name@revision,...' from OPA's ?provenance=true answer; None when it loaded plain files."""
     if not isinstance(provenance, dict) or not isinstance(provenance.get("bundles"), dict):
         return None
-    revisions = sorted(
-        f"{name}@{info.get('revision', '')}"
-        for name, info in provenance["bundles"].items()
-        if isinstance(info, dict)
-    )
-    return ",".join(revisions) or None
+    bundles = [(name, info.get("revision")) for name, info in provenance["bundles"].items() if isinstance(info, dict)]
+    if any(not isinstance(revision, str) or not revision for _, revision in bundles):
+        return None  # a bundle without a revision names no version (every rollout would read the same)
+    return ",".join(sorted(f"{name}@{revision}" for name, revision in bundles)) or None

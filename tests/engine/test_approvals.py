@@ -280,3 +280,23 @@ steps:
     assert status.step("risky").state == "cancelled"
     assert "parallel group failed" in status.step("risky").error
     assert "risky" not in rec.sequence(), "nobody is asked to approve a doomed step, and it never runs"
+
+
+@pytest.mark.parametrize("size, published", [(100, True), (70_000, False)])
+async def test_the_approval_request_publishes_the_approver_input_when_it_is_small(dev_env, size, published):
+    """engine-v8: the input a front door asks the approver rule on rides in the approval request;
+    past DOC_BYTES_MAX it is left out (review, stop 43: args near the output budget, repeated there,
+    could take the record past what Temporal carries and wedge the run at its approval request)."""
+    from bot.engine.verdicts import DOC_FIELD
+
+    rec = Recorder()
+    async with worker(dev_env.client, rec, policy(APPROVAL)) as w:
+        handle = await start(dev_env.client, w, run_input(playbook(PB), params={"svc": "a" * size}))
+        await wait_for_state(handle, lambda s: s.state == "waiting_approval")
+        await cancel(handle)
+        await handle.result()
+    (requested,) = [e for e in rec.audit if e.kind.value == "approval_requested"]
+    assert (DOC_FIELD in requested.details) == published
+    if published:
+        doc = requested.details[DOC_FIELD]
+        assert doc["step"]["with"] == {"target": "a" * size} and doc["approvals"] == [] and "user" not in doc

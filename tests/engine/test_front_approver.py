@@ -53,8 +53,8 @@ class Store:
 
 
 class Policy:
-    def __init__(self, answer: Verdict) -> None:
-        self.answer, self.asked = answer, []
+    def __init__(self, answer: Verdict, verdict_hash: str | None = "p") -> None:
+        self.answer, self.asked, self.verdict_hash = answer, [], verdict_hash
 
     async def approver(self, doc: dict[str, Any]) -> Verdict:
         self.asked.append(doc)
@@ -154,9 +154,38 @@ async def test_an_input_past_its_bound_is_neither_asked_nor_kept() -> None:
     assert len(store.reads) == 2 and policy.asked == []  # not kept: read again, never asked
 
 
-async def test_an_answer_that_names_no_policy_version_is_not_sealed() -> None:
-    """OPA without bundle revisions: no worker could tell its answer is of its own policy."""
+async def test_an_answer_of_no_known_version_is_not_sealed() -> None:
+    """OPA (its version is the one its last answer named), an engine whose reload failed, or an
+    answer of another version than the engine's now: no worker could tell it is of its own policy."""
     store = Store()
     store.publish("r1", "risky", DOC)
-    unversioned = Policy(Verdict(allow=True, policy_hash=None))
-    assert await FrontApprover(store, unversioned, KEY).ask("r1", EXECUTION, "risky", BOB, proof()) is None  # type: ignore[arg-type]
+    for policy in (Policy(Verdict(allow=True, policy_hash="p"), verdict_hash=None),
+                   Policy(Verdict(allow=True, policy_hash=None)), Policy(Verdict(allow=True, policy_hash="q"))):
+        assert await FrontApprover(store, policy, KEY).ask("r1", EXECUTION, "risky", BOB, proof()) is None  # type: ignore[arg-type]
+    assert len(store.reads) == 2  # (the first was never read for: its engine names no version)
+
+
+async def test_an_answer_no_verdict_holds_leaves_the_question_to_the_worker() -> None:
+    """Review (stop 43): 21 reasons (or a 300-character person) made sealing raise, and the click
+    failed; a verdict that would crowd the vote past its bound is not sent either."""
+    store = Store()
+    store.publish("r1", "risky", DOC)
+    for answer in (Verdict(allow=True, policy_hash="p", reasons=["r"] * 21), Verdict(allow=True, policy_hash="p", person="x" * 300),
+                   Verdict(allow=True, policy_hash="p", reasons=["r" * 9000])):
+        assert await FrontApprover(store, Policy(answer), KEY).ask("r1", EXECUTION, "risky", BOB, proof()) is None  # type: ignore[arg-type]
+
+
+async def test_a_policy_that_does_not_answer_in_time_leaves_the_question_to_the_worker(monkeypatch: Any) -> None:
+    monkeypatch.setattr(front_approver, "ASK_WAIT", 0.1)
+    store = Store()
+    store.publish("r1", "risky", DOC)
+
+    class Slow(Policy):
+        async def approver(self, doc: dict[str, Any]) -> Verdict:
+            await asyncio.sleep(5)
+            return self.answer
+
+    began = time.monotonic()
+    assert await FrontApprover(store, Slow(Verdict(allow=True, policy_hash="p")), KEY).ask(  # type: ignore[arg-type]
+        "r1", EXECUTION, "risky", BOB, proof()) is None
+    assert time.monotonic() - began < 1

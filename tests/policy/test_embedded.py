@@ -113,10 +113,13 @@ async def test_broken_reload_denies_then_recovers(policies_copy: Path) -> None:
         original = (policies_copy / AUTHZ).read_text()
         path, line = break_policy(policies_copy)
 
+        assert engine.verdict_hash == good_hash
         with capture_logs() as logs:
             broken = await engine.decide(BASE_INPUT)
+        unknown = engine.verdict_hash  # (failing closed: no verdict asked elsewhere counts either)
         (policies_copy / AUTHZ).write_text(original)
         fixed = await engine.decide(BASE_INPUT)
+        assert unknown is None and engine.verdict_hash == good_hash
 
     assert before.allow and before.failure is None
     assert (broken.allow, broken.failure) == (False, Failure.LOAD_ERROR)

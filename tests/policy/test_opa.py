@@ -38,6 +38,13 @@ async def test_policy_hash_comes_from_bundle_revisions(opa: FakeOpa, opa_engine:
 
     assert decision.policy_hash == "playbook@rev-42"
     assert opa_engine.policy_hash == "playbook@rev-42"
+    assert opa_engine.verdict_hash is None  # (the last answer's revision, maybe stale: no front door verdicts)
+
+
+async def test_a_bundle_without_a_revision_names_no_version(opa: FakeOpa, opa_engine: OpaEngine) -> None:
+    """Review (stop 43): an empty revision read as `playbook@`, the same across every rollout."""
+    opa.revision = ""
+    assert (await opa_engine.decide(BASE_INPUT)).policy_hash is None
 
 
 async def test_sends_the_bearer_token(opa: FakeOpa) -> None:

@@ -186,7 +186,7 @@ async def test_verdicts_nobody_sealed_for_this_vote_are_refused_before_history(s
     rogue = Keyring(ROGUE_KEY)
     rogue_proof = proof_for(carol, rogue)
     attacks = {
-        "an allow with no seal, no proof": (carol, None, FrontVerdict(allow=True, at=now, doc=doc, seal="k:00")),
+        "an allow with no seal, no proof": (carol, None, FrontVerdict(allow=True, at=now, doc=doc, seal=f"{'a' * 12}:{'0' * 64}")),
         "a deny turned to an allow": (carol, carol_proof, forged(carol_no, allow=True)),
         "its person changed": (carol, carol_proof, forged(carol_no, person="bob")),
         "lifted from bob's reject": (carol, carol_proof, bob_no),
