@@ -7,6 +7,7 @@ with the same messages.
 
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,6 +313,10 @@ def _walk(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, lines: dict[Loc, i
         for index, item in enumerate(node.value):
             lines[loc + (index,)] = item.start_mark.line + 1
             _walk(loader, item, loc + (index,), lines, duplicates, seen)
+    elif node.tag == "tag:yaml.org,2002:float" and not math.isfinite(loader.construct_object(node)):
+        # .nan / .inf: no JSON holds them (a step's args, its records); quoted, they are text
+        duplicates.append((loc, f"{node.value} is not a JSON number (nan and infinities are not); quote it "
+                                f"for the text {node.value!r}", node.start_mark.line + 1))
 
 
 def _name_line(path: Path) -> int | None:

@@ -138,6 +138,21 @@ def test_duplicate_yaml_key_is_an_error(write: Write, actions: dict[str, ActionS
     assert_located(only_error(path, actions), path, 6, "a", "duplicate key 'with'", "line 5")
 
 
+@pytest.mark.parametrize("literal", [".nan", ".inf", "-.Inf"])
+def test_a_number_json_cannot_hold_is_an_error(write: Write, actions: dict[str, ActionSpec], literal: str) -> None:
+    """Review (stop 43): `.nan` in a step's args loaded as a float no record or policy input holds
+    (a high-impact step's was denied for it, fail closed, with no word of why)."""
+    path = write(
+        f"""
+        name: p
+        vars: {{limit: {literal}}}
+        steps:
+          - {{id: a, action: core.log, with: {{message: "{{{{ vars.limit }}}}"}}}}
+        """
+    )
+    assert_located(only_error(path, actions), path, 2, None, f"{literal} is not a JSON number", "quote it")
+
+
 def test_unsafe_yaml_tags_are_refused(write: Write, actions: dict[str, ActionSpec]) -> None:
     path = write("name: !!python/object/apply:os.system ['true']\nsteps: []\n")
     assert_located(only_error(path, actions), path, 1, None, "invalid YAML")
