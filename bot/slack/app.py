@@ -233,10 +233,9 @@ async def reply_ephemeral(web: AsyncWebClient, body: Mapping[str, Any], respond:
     way falls back to the other."""
     channel = (body.get("channel") or {}).get("id") or body.get("channel_id")
     user = slack_user(body)[0] or body.get("user_id")
-    ways: list[Callable[[], Awaitable[bool]]] = [
-        lambda: _post_ephemeral(web, channel, user, text, blocks),
-        lambda: _respond(respond, text, web, blocks),
-    ]
+    ways: list[Callable[[], Awaitable[bool]]] = [lambda: _post_ephemeral(web, channel, user, text, blocks)]
+    if getattr(respond, "response_url", None):  # (a body with none, as older ones: Bolt's respond would raise)
+        ways.append(lambda: _respond(respond, text, web, blocks))
     if body.get("type") != "block_actions":
         ways.reverse()
     for way in ways:

@@ -14,6 +14,7 @@ from aiohttp import web
 from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
+from structlog.testing import capture_logs
 
 from bot.actions.catalog import slack_client
 from bot.actions.slack import SlackActions, SlackPostParams
@@ -273,3 +274,18 @@ async def test_an_answer_with_blocks_falls_back_to_chat_post_ephemeral_with_them
     assert call.ok and call.params.get("text") == "ack: completed"
     sent = call.params["blocks"]
     assert (json.loads(sent) if isinstance(sent, str) else sent) == blocks
+
+
+async def test_an_answer_to_a_body_without_a_response_url_goes_straight_to_chat_post_ephemeral(fake_slack):
+    """A command body without a response_url (older Slack bodies carry none): Bolt's respond
+    raised for each answer, and each was logged as a failure before chat.postEphemeral took it,
+    the loop's time in a burst of them."""
+    fake_slack.add_user("U0ALICE", "alice")
+    web = pooled(AsyncWebClient(token=fake_slack.token, base_url=fake_slack.api_url))
+    body = {"command": "/playbook", "channel_id": "C0INCIDENTS", "user_id": "U0ALICE"}
+    with capture_logs() as logs:
+        await reply_ephemeral(web, body, AsyncRespond(response_url=None), "ack: completed")
+    await web.aclose()
+    [call] = [c for c in fake_slack.calls if c.method == "chat.postEphemeral"]
+    assert call.ok and call.params.get("text") == "ack: completed"
+    assert [log["event"] for log in logs if log["log_level"] == "warning"] == []
