@@ -346,9 +346,10 @@ async def vote(client: Client, run_id: str, request: VoteRequest, actor: Actor, 
     """Cast a vote as `actor`: one update, its proof carrying the principal and groups as verified
     here and bound to `execution` (the run's first execution run id, as a Slack button carries it;
     None: learnt with one describe first). The run decides: its validator refuses what it can
-    before anything is recorded (and repeats of a voter it refused), and the `approver` rule is
-    asked once: by `approver` here when it can (its answer sealed to the proof, bot/engine/verdicts.py),
-    else by the worker inside the workflow task that takes the vote.
+    before anything is recorded (and repeats of a voter it refused). The `approver` rule is asked
+    by `approver` here when it can (its answer sealed to the proof, bot/engine/verdicts.py); the
+    worker asks it inside the workflow task that takes the vote when the run cannot take that
+    answer (another input, policy version or key), or there is none.
     `shown_at`: when the clicked button was posted (see execution_of)."""
     execution = execution or await execution_of(client, run_id, shown_at=shown_at)
     content = vote_content(request.step_id, request.vote, request.reason)
