@@ -233,9 +233,10 @@ async def reply_ephemeral(web: AsyncWebClient, body: Mapping[str, Any], respond:
     way falls back to the other."""
     channel = (body.get("channel") or {}).get("id") or body.get("channel_id")
     user = slack_user(body)[0] or body.get("user_id")
-    ways: list[Callable[[], Awaitable[bool]]] = [lambda: _post_ephemeral(web, channel, user, text, blocks)]
-    if getattr(respond, "response_url", None):  # (a body with none, as older ones: Bolt's respond would raise)
-        ways.append(lambda: _respond(respond, text, web, blocks))
+    ways: list[Callable[[], Awaitable[bool]]] = [
+        lambda: _post_ephemeral(web, channel, user, text, blocks),
+        lambda: _respond(respond, text, web, blocks),
+    ]
     if body.get("type") != "block_actions":
         ways.reverse()
     for way in ways:
@@ -257,7 +258,7 @@ async def _post_ephemeral(web: AsyncWebClient, channel: str | None, user: str | 
 
 async def _respond(respond: Any, text: str, web: AsyncWebClient | None = None,
                    blocks: list[dict[str, Any]] | None = None) -> bool:
-    if respond is None:
+    if respond is None or not getattr(respond, "response_url", None):  # (older bodies carry none: respond would raise)
         return False
     response = await respond_kept(respond, web, text, response_type="ephemeral", replace_original=False, blocks=blocks)
     status = getattr(response, "status_code", 200)  # Bolt's respond does not raise on an HTTP error
