@@ -28,7 +28,9 @@ from bot.api.client import ApiClient, ApiClientError
 from bot.audit.cli import app as audit_app
 from bot.console import progress_lines, schedules_table, status_table
 from bot.devstack import DevServerError
-from bot.engine.runs import RunError, cancel_run, check_start, confirm as confirm_step, get_status, start_run, vote
+from bot.engine.runs import (
+    RunError, cancel_run, check_start, confirm as confirm_step, get_status, new_run_id, start_run, vote,
+)
 from bot.engine.state import ANSWER_MAX, ConfirmRequest, RunStatus, TriggerContext, VoteRequest
 from bot.identity import principals
 from bot.identity.cli import app as token_app
@@ -202,15 +204,18 @@ def run(
         raise Failure(_reason(exc)) from None
     trigger = TriggerContext(kind="cli", requested_by=actor.principal)
 
+    run_id = new_run_id(loaded.playbook.name)
+
     async def go() -> RunStatus | None:
         client = await connect(settings)
         policy = make_engine(settings)
         try:
             await policy.load()
-            await check_start(policy, loaded, params, trigger, actor)
+            asked = await check_start(policy, loaded, params, trigger, actor, run_id)
         finally:
             await policy.close()
-        handle = await start_run(client, settings.task_queue, loaded, params, trigger, actor=actor, keyring=keyring)
+        handle = await start_run(client, settings.task_queue, loaded, params, trigger, actor=actor, keyring=keyring,
+                                 run_id=run_id, asked=asked)
         return await _started(handle.id, partial(get_status, client), wait, as_json)
 
     _exit_with(_run(go), as_json)

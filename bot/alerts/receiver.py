@@ -63,8 +63,8 @@ from bot.audit.events import AuditEvent, EventKind
 from bot.audit.batching import GroupCommitter
 from bot.audit.backend import AuditStore
 from bot.engine.runs import (
-    RunBusy, RunError, cancel_run, get_status, is_open, is_running, lock_conflict, run_description, run_input,
-    start_policy_input,
+    RunBusy, RunError, StartAsked, ask_start, cancel_run, get_status, is_open, is_running, lock_conflict,
+    run_description, run_input,
 )
 from bot.engine.state import TriggerContext
 from bot.engine.workflow import PlaybookRun
@@ -398,10 +398,11 @@ class AlertReceiver:
         playbook, run_id = match.name, match.workflow_id
         trigger = TriggerContext(kind=self.sender.name, requested_by=self.sender.name, alert=alert.as_context())
         # Independent questions, asked at once: the episode's shared state and the start rule.
-        episode, verdict = await asyncio.gather(
+        episode, asked = await asyncio.gather(
             self._episode(alert, match),
-            self.deps.policy.start(start_policy_input(match.playbook, match.params, trigger, self.actor)),
+            ask_start(self.deps.policy, match.playbook, match.params, trigger, self.actor, run_id),
         )
+        verdict = asked.verdict
         if episode is not None and episode.resolved_at is not None:
             # A firing delivery that arrives after its resolved one (a retry, a slow peer, another
             # front door): the alert is over, and a resolved alert never remediates.
@@ -427,19 +428,19 @@ class AlertReceiver:
         if holder is not None:  # on_busy: attach, like a duplicate of the holder's alert
             return self._outcome(alert, playbook, "attached", run_id=holder)
         if episode is None:
-            return await self._start(alert, match, trigger, None)
-        return await self._claim_and_start(alert, match, trigger, episode)
+            return await self._start(alert, match, trigger, None, asked)
+        return await self._claim_and_start(alert, match, trigger, episode, asked)
 
     async def _claim_and_start(self, alert: Alert, match: RouteMatch, trigger: TriggerContext,
-                               episode: Episode) -> dict[str, Any]:
+                               episode: Episode, asked: StartAsked) -> dict[str, Any]:
         """`_claim_loop`'s outcome; one answered as a later episode of the alert says why."""
-        result = await self._claim_loop(alert, match, trigger, episode)
+        result = await self._claim_loop(alert, match, trigger, episode, asked)
         if result.get("run_id") not in (None, match.workflow_id):  # the claim found a later episode of the alert
             result.setdefault("reason", MERGED)
         return result
 
     async def _claim_loop(self, alert: Alert, match: RouteMatch, trigger: TriggerContext,
-                          episode: Episode) -> dict[str, Any]:
+                          episode: Episode, asked: StartAsked) -> dict[str, Any]:
         """Start the episode's run only with its claim; otherwise answer from the episode's state.
         An episode read as started skips the claim (a write) and goes to Temporal: a repeat in a
         storm costs a read, and started never goes back to false but for a failed start's release."""
@@ -456,8 +457,8 @@ class AlertReceiver:
                          episode=claim.episode_id)
                 match = replace(match, workflow_id=claim.episode_id)
                 run_id = match.workflow_id
-            if claim.claimed:
-                return await self._start(alert, match, trigger, claim)
+            if claim.claimed:  # (`asked` was for the delivered run id: run_input seals it for that one only)
+                return await self._start(alert, match, trigger, claim, asked)
             if claim.resolved_at is not None:  # resolved between our read and our claim
                 return await self._after_resolve(alert, match, claim)
             if claim.started:
@@ -486,12 +487,12 @@ class AlertReceiver:
             await asyncio.sleep(0.1)
 
     async def _start(self, alert: Alert, match: RouteMatch, trigger: TriggerContext,
-                     claim: Episode | None) -> dict[str, Any]:
+                     claim: Episode | None, asked: StartAsked) -> dict[str, Any]:
         playbook, run_id = match.name, match.workflow_id
         try:
             await self.deps.client.start_workflow(
                 PlaybookRun.run,
-                run_input(match.playbook, match.params or {}, trigger, self.actor, self.deps.keyring, run_id),
+                run_input(match.playbook, match.params or {}, trigger, self.actor, self.deps.keyring, run_id, asked),
                 id=run_id,
                 task_queue=self.deps.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

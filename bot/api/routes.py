@@ -371,27 +371,27 @@ class RunsApi:
             problems = [message for _, message in exc.problems]
             raise ApiError(422, str(exc), "params", problems=problems) from None
         trigger = TriggerContext(kind="api", requested_by=actor.principal)
-        await check_start(self.deps.policy, loaded, params, trigger, actor)
+        run_id = new_run_id(loaded.playbook.name) if key is None else idempotent_run_id(actor.principal, loaded.playbook.name, key)
+        asked = await check_start(self.deps.policy, loaded, params, trigger, actor, run_id)
         deps = self.deps
         if key is None:
-            run_id = new_run_id(loaded.playbook.name)
             handle = await start_run(
                 deps.client, deps.task_queue, loaded, params, trigger, actor=actor, keyring=deps.keyring, run_id=run_id,
+                asked=asked,
             )
             if handle.id != run_id:  # on_busy: attach: the run holding the key, nothing started
                 return JSONResponse({"run_id": handle.id, "attached": True}, status_code=200)
             log.info("api run started", run_id=handle.id, playbook=loaded.playbook.name, by=actor.principal)
             return JSONResponse({"run_id": handle.id}, status_code=201)
-        run_id = idempotent_run_id(actor.principal, loaded.playbook.name, key)
-        asked = digest({"playbook": loaded.playbook.name, "params": params})
+        request = digest({"playbook": loaded.playbook.name, "params": params})
         try:
             handle = await start_run(
                 deps.client, deps.task_queue, loaded, params, trigger, actor=actor, keyring=deps.keyring,
-                run_id=run_id, on_conflict=WorkflowIDConflictPolicy.FAIL, memo={"api_request": asked},
+                run_id=run_id, on_conflict=WorkflowIDConflictPolicy.FAIL, memo={"api_request": request}, asked=asked,
             )
         except WorkflowAlreadyStartedError:
             described = await deps.client.get_workflow_handle(run_id).describe()
-            if await described.memo_value("api_request", None) != asked:
+            if await described.memo_value("api_request", None) != request:
                 raise ApiError(
                     409, f"Idempotency-Key {key!r} already started run {run_id} with other params: use a new key",
                     "idempotency",

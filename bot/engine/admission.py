@@ -14,7 +14,7 @@ import asyncio
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable, get_args
+from typing import Any, Awaitable, Callable, Literal, get_args
 
 import structlog
 from pydantic import BaseModel, Field
@@ -27,15 +27,16 @@ from bot.audit.recorder import AUDIT_UNAVAILABLE, AuditWriter
 from bot.audit.store import AuditUnavailable
 from bot.engine.locking import LockKeyError, render_lock_key
 from bot.engine.locks import RUN_WORKFLOW
-from bot.engine.state import ParentLink, Requester, RunStatus, TriggerContext
+from bot.engine.state import FrontVerdict, ParentLink, Requester, RunStatus, TriggerContext
+from bot.engine.verdicts import VERDICT_SKEW, start_digest, start_doc, start_seal_holds, start_sources
 from bot.identity import principals
-from bot.identity.principals import ALERT_SENDERS, Actor, VerifiedBy
+from bot.identity.principals import Actor, VerifiedBy
 from bot.identity.proofs import START_SKEW, Keyring, Proof, ProofError, schedule_content, start_content
 from bot.playbook.loader import Catalog, UnknownPlaybook
 from bot.playbook.model import Playbook
 from bot.playbook.params import ParamError, coerce_params
 from bot.policy.engine import PolicyEngine
-from bot.policy.inputs import PLAYBOOK, policy_input, provenance, rfc3339
+from bot.policy.inputs import PLAYBOOK, rfc3339
 
 log = structlog.get_logger(__name__)
 VERIFIERS = frozenset(get_args(VerifiedBy))
@@ -99,6 +100,7 @@ class AdmitRequest(BaseModel):
     execution: str | None = Field(
         None, description="This run's execution as its event ids carry it: its own events are no earlier run."
     )
+    verdict: FrontVerdict | None = Field(None, description="The front door's sealed `start` answer (RunInput.verdict).")
 
 
 class Admission(BaseModel):
@@ -112,6 +114,9 @@ class Admission(BaseModel):
     foreach_max: int | None = Field(None, description=(
         "Items a foreach group may have (PLAYBOOK_BOT_FOREACH_MAX), decided here so a replay reads the same bound; "
         "None: the workflow's default."
+    ))
+    start_asked_by: Literal["front door"] | None = Field(None, description=(
+        "Set when the front door's sealed `start` answer was used instead of asking (bot/engine/verdicts.py)."
     ))
 
     @property
@@ -184,20 +189,15 @@ class Admitter:
             actor = self._actor(request, params)
         except ProofError as exc:
             return _refusal(PROOF, f"the start's proof does not verify: {exc}", unverified, params)
-        sources = provenance(
-            request.playbook, params, trigger.kind, trigger.alert,
-            alert_verified=trigger.kind in ALERT_SENDERS and actor.verified_by == trigger.kind,
-        )
+        sources = start_sources(request.playbook, params, trigger, actor)
         if actor.verified_by == "schedule":  # the catalog's own file chose them, and the proof pins them
             sources = {**sources, "params": {name: PLAYBOOK for name in params}}
-        run = {"id": request.run_id, "trigger": trigger.kind, "requested_by": trigger.requested_by,
-               "started_at": rfc3339(request.started_at)}
-        verdict = await self.policy.start(
-            policy_input(
-                request.playbook, request.playbook_hash, run, params, trigger.alert, request.started_at,
-                user=actor.policy_user(), sources=sources,
-            )
-        )
+        verdict = self._front_start(request, params, actor, sources)
+        if verdict is None:
+            verdict = await self.policy.start(start_doc(
+                request.playbook, request.playbook_hash, request.run_id, trigger, params, actor, sources,
+                request.started_at,
+            ))
         requester = Requester(
             principal=actor.principal,
             person=verdict.person or actor.principal,
@@ -212,7 +212,36 @@ class Admitter:
             return _refusal(CONCURRENCY, str(exc), requester, params, sources)
         foreach_max = self.foreach_max if request.playbook.foreach_groups() else None  # v1: as it was
         return Admission(allow=True, params=params, requester=requester, provenance=sources, lock_key=key,
-                         foreach_max=foreach_max)
+                         foreach_max=foreach_max, start_asked_by="front door" if request.verdict is verdict else None)
+
+    def _front_start(self, request: AdmitRequest, params: dict[str, Any], actor: Actor,
+                     sources: dict[str, Any]) -> FrontVerdict | None:
+        """The front door's sealed allow, when it is the answer this worker would get itself now:
+        sealed to the start's (verified) proof with a key of this worker, asked of this worker's
+        policy version, within VERDICT_SKEW of Temporal's start, on this admission's own input (its
+        time the verdict's). None: ask (a deny is never taken on trust either: the front door starts
+        nothing it was refused, so one here is asked again)."""
+        front, proof = request.verdict, request.proof
+        if front is None or proof is None or not front.allow or request.parent is not None:
+            return None
+        if proof.purpose != "start" or actor.verified_by in (None, "schedule"):
+            return None
+        version = getattr(self.policy, "verdict_hash", None)
+        if version is None or front.policy_hash != version:
+            log.info("front door's start answer not used: another policy version", asked=front.policy_hash,
+                     worker=version)
+            return None
+        if abs(request.started_at - front.at) > VERDICT_SKEW:
+            return None
+        if not start_seal_holds(front, request.run_id, proof, self.keyring):
+            log.warning("front door's start answer not used: its seal does not hold with this worker's keys")
+            return None
+        doc = start_doc(request.playbook, request.playbook_hash, request.run_id, request.trigger, params, actor,
+                        sources, front.at)
+        if start_digest(doc) != front.doc:
+            log.info("front door's start answer not used: it was asked on another input")
+            return None
+        return front
 
     async def _run_id_problem(self, run_id: str, proof: Proof | None, execution: str | None) -> str | None:
         """A run id names one run at a time. Temporal starts a closed workflow id again for any

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -18,6 +19,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from pydantic import ValidationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from bot.engine.locking import LockKeyError, render_lock_key
@@ -36,11 +38,13 @@ from bot.engine.state import (
 )
 from bot.engine.approvals import VOTE_REFUSED
 from bot.engine.front_approver import FrontApprover
+from bot.engine.verdicts import seal_start, start_digest, start_doc, start_sources
 from bot.engine.workflow import CANCEL_DUPLICATE, CANCEL_UNSUPPORTED, PlaybookRun
 from bot.identity.principals import ALERT_SENDERS, Actor
 from bot.identity.proofs import Keyring, cancel_content, confirm_content, start_content, vote_content
 from bot.playbook.loader import Catalog, LoadedPlaybook, UnknownPlaybook
 from bot.policy.engine import PolicyEngine
+from bot.policy.models import Verdict
 from bot.policy.inputs import policy_input, provenance
 
 log = structlog.get_logger(__name__)
@@ -114,7 +118,8 @@ def new_run_id(playbook: str, now: datetime | None = None) -> str:
 def start_policy_input(
     loaded: LoadedPlaybook, params: dict[str, Any], trigger: TriggerContext, actor: Actor
 ) -> dict[str, Any]:
-    """DESIGN.md's policy input without `step`, with `user`: who may start which playbook."""
+    """DESIGN.md's policy input without `step`, with `user`, for no run in particular: who may
+    start which playbook (a dry run, or whether someone may read a run). A start asks `ask_start`'s."""
     run = {"trigger": trigger.kind, "requested_by": trigger.requested_by}
     alert_verified = trigger.kind in ALERT_SENDERS and actor.verified_by == trigger.kind
     sources = provenance(loaded.playbook, params, trigger.kind, trigger.alert, alert_verified)
@@ -124,19 +129,49 @@ def start_policy_input(
     )
 
 
+@dataclass(frozen=True)
+class StartAsked:
+    """The `start` rule's answer for run `run_id` as this front door asked it, on the input the
+    worker's admission builds (its time `at`), and the policy version this engine was sure it
+    answered with (None: unknown, e.g. OPA): `run_input` seals an allow for the admission to use."""
+
+    run_id: str
+    at: datetime
+    doc: str  # start_digest of the input asked
+    verdict: Verdict
+    version: str | None
+
+    @property
+    def sealable(self) -> bool:
+        return self.verdict.allow and self.version is not None and self.verdict.policy_hash == self.version
+
+
+async def ask_start(policy: PolicyEngine, loaded: LoadedPlaybook, params: dict[str, Any], trigger: TriggerContext,
+                    actor: Actor, run_id: str) -> StartAsked:
+    """The `start` rule for run `run_id`, asked now on the input the worker's admission builds."""
+    at = datetime.now(timezone.utc)
+    doc = start_doc(loaded.playbook, loaded.hash, run_id, trigger, params, actor,
+                    start_sources(loaded.playbook, params, trigger, actor), at)
+    version = getattr(policy, "verdict_hash", None)  # read before asking: another version's answer is not sealed
+    return StartAsked(run_id, at, start_digest(doc), await policy.start(doc), version)
+
+
 async def check_start(
     policy: PolicyEngine,
     loaded: LoadedPlaybook,
     params: dict[str, Any],
     trigger: TriggerContext,
     actor: Actor,
-) -> None:
+    run_id: str,
+) -> StartAsked:
     """The `start` rule, asked before anything starts; a deny is a RunError with the reasons.
-    (The worker asks it again itself: this answer only spares the user a refused run.)"""
-    verdict = await policy.start(start_policy_input(loaded, params, trigger, actor))
-    if not verdict.allow:
-        reasons = "; ".join(verdict.reasons) or "no reason given"
+    (The worker checks it again itself, with this answer when it can tell it is its own: see
+    bot/engine/verdicts.py.)"""
+    asked = await ask_start(policy, loaded, params, trigger, actor, run_id)
+    if not asked.verdict.allow:
+        reasons = "; ".join(asked.verdict.reasons) or "no reason given"
         raise RunError(f"{actor.principal} may not start {loaded.playbook.name}: {reasons}", rule="start")
+    return asked
 
 
 async def why_not_readable(
@@ -195,19 +230,23 @@ async def hidden_from(
 
 
 def run_input(
-    loaded: LoadedPlaybook, params: dict[str, Any], trigger: TriggerContext, actor: Actor, keyring: Keyring, run_id: str
+    loaded: LoadedPlaybook, params: dict[str, Any], trigger: TriggerContext, actor: Actor, keyring: Keyring,
+    run_id: str, asked: StartAsked | None = None,
 ) -> RunInput:
-    """The run's input with the front door's proof of who asked (none for an unverified actor)."""
+    """The run's input with the front door's proof of who asked (none for an unverified actor),
+    and its `start` answer sealed to that proof when it was asked for this very run."""
     if actor.principal != trigger.requested_by:
         raise ValueError(f"actor {actor.principal} is not the requester {trigger.requested_by}")
     content = start_content(loaded.playbook.name, loaded.hash, params, trigger.model_dump(mode="json"))
-    return RunInput(
-        playbook=loaded.playbook,
-        playbook_hash=loaded.hash,
-        params=params,
-        trigger=trigger,
-        proof=keyring.sign("start", run_id, actor, content),
-    )
+    proof = keyring.sign("start", run_id, actor, content)
+    verdict = None
+    if proof is not None and asked is not None and asked.run_id == run_id and asked.sealable:
+        try:
+            verdict = seal_start(keyring, asked.verdict, asked.doc, asked.at, run_id, proof)
+        except ValidationError:  # an answer no verdict can hold (too many or long reasons): the worker asks
+            verdict = None
+    return RunInput(playbook=loaded.playbook, playbook_hash=loaded.hash, params=params, trigger=trigger, proof=proof,
+                    verdict=verdict)
 
 
 async def start_run(
@@ -222,6 +261,7 @@ async def start_run(
     run_id: str | None = None,
     on_conflict: WorkflowIDConflictPolicy = WorkflowIDConflictPolicy.USE_EXISTING,
     memo: dict[str, Any] | None = None,
+    asked: StartAsked | None = None,
 ) -> WorkflowHandle[PlaybookRun, RunStatus]:
     """Start a run; with a natural-key run_id a repeat attaches to the running one instead
     (`on_conflict=FAIL`: WorkflowAlreadyStartedError, for a caller that must tell them apart).
@@ -233,7 +273,7 @@ async def start_run(
     run_id = run_id or new_run_id(loaded.playbook.name)
     return await client.start_workflow(
         PlaybookRun.run,
-        run_input(loaded, params, trigger, actor, keyring, run_id),
+        run_input(loaded, params, trigger, actor, keyring, run_id, asked),
         id=run_id,
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

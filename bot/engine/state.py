@@ -68,6 +68,10 @@ class RunInput(BaseModel):
     trigger: TriggerContext
     proof: Proof | None = Field(None, description="The front door's proof of who asked; none: unverified.")
     parent: ParentLink | None = Field(None, description="Set when a parent run's playbook.run step started this run.")
+    verdict: FrontVerdict | None = Field(None, description=(
+        "The front door's `start` answer sealed to `proof`, for the worker's admission to use instead of asking "
+        "(bot/engine/verdicts.py); a worker from before it ignores it."
+    ))
 
 
 class Vote(BaseModel):
@@ -273,10 +277,11 @@ class RunStatus(BaseModel):
 
 
 class FrontVerdict(BaseModel):
-    """The `approver` rule's answer about a vote's signer as the front door that signed the vote
-    asked it, on the input whose sha256 is `doc` (its `now` set to `at`), sealed to the vote's
-    proof with the envelope key (bot/engine/verdicts.py). The run uses it only where it is the
-    answer the run would have got itself; otherwise the worker asks."""
+    """A rule's answer as the front door that signed the request asked it: `approver` about a
+    vote's signer (on the input whose sha256 is `doc`, its `now` set to `at`) or `start` about a
+    run's requester (its time `at`), sealed to the request's proof with the envelope key
+    (bot/engine/verdicts.py). The run uses it only where it is the answer the run would have got
+    itself; otherwise the worker asks."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

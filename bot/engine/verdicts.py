@@ -1,4 +1,5 @@
-"""A vote's `approver` answer as the front door that signs the vote asked it (issue 17).
+"""Rule answers a front door asked and sealed for the run to use (issue 17): a vote's `approver`
+answer, and a start's `start` answer (see "A start's answer" below).
 
 Asked in the workflow task that takes the vote, the question costs that task a local activity:
 a second activation, a dispatch, the proof checked again. The front door already vouches for who
@@ -13,6 +14,15 @@ have got itself:
   verdict's, within VERDICT_SKEW of the workflow's clock); a stale or foreign input, a quorum's
   later vote (its `approvals` changed), or a run from before engine-v8 asks the worker as before.
 
+A start's answer: the front door asks `start` before it starts a run, and the worker's admission
+asked it again on its own input, in the run's first workflow task (a second trip to a policy
+child that has often gone cold meanwhile). The front door now asks on the input the admission
+builds (`start_doc`: the run's id, its time the front door's) and seals the answer to the start's
+proof. The admission (a local activity: its answer is history, so nothing here replays) uses an
+allow only when the proof holds, the seal holds with a key of this worker, the answer is this
+worker's policy version, its time is within VERDICT_SKEW of Temporal's start, and its input is the
+admission's own at that time; otherwise it asks, as before.
+
 Workflow-safe: no I/O, no clock of its own.
 """
 
@@ -22,12 +32,15 @@ import hashlib
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from bot.engine.state import FrontVerdict
+from bot.engine.state import FrontVerdict, TriggerContext
+from bot.identity.principals import ALERT_SENDERS, Actor
 from bot.identity.proofs import Keyring, Proof
-from bot.policy.inputs import rfc3339
+from bot.playbook.model import Playbook
+from bot.policy.inputs import policy_input, provenance, rfc3339
 from bot.policy.models import ActorVerdict, Verdict, canonical_json
 
 SEAL_LABEL = "approver-verdict"
+START_SEAL_LABEL = "start-verdict"
 UNSEALED = f"{'0' * 12}:{'0' * 64}"  # (the seal's shape, while the fields it covers are checked)
 VERDICT_SKEW = timedelta(seconds=60)  # the front door's clock against the workflow's
 DOC_FIELD = "approver_input"  # where the approval_requested record carries the input
@@ -79,3 +92,48 @@ def actor_verdict(verdict: FrontVerdict, proof: Proof) -> ActorVerdict:
     return ActorVerdict(allow=verdict.allow, reasons=list(verdict.reasons), person=verdict.person,
                         policy_hash=verdict.policy_hash, decision_id=verdict.decision_id, engine=verdict.engine,
                         user=proof.actor().policy_user())
+
+
+# ---- a start's answer ------------------------------------------------------------------------
+
+
+def start_sources(playbook: Playbook, params: dict[str, Any], trigger: TriggerContext, actor: Actor) -> dict[str, Any]:
+    """`input.provenance` of a start: an alert's facts count as the alert's only when its sender
+    verified the actor (a schedule's are pinned by its proof: the admission says so itself)."""
+    verified = trigger.kind in ALERT_SENDERS and actor.verified_by == trigger.kind
+    return provenance(playbook, params, trigger.kind, trigger.alert, alert_verified=verified)
+
+
+def start_doc(playbook: Playbook, playbook_hash: str, run_id: str, trigger: TriggerContext, params: dict[str, Any],
+              actor: Actor, sources: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """The `start` rule's input for run `run_id` as of `at` (DESIGN.md's contract: `run` with its id
+    and start time), as the admission asks it and a front door asks it for the admission."""
+    run = {"id": run_id, "trigger": trigger.kind, "requested_by": trigger.requested_by, "started_at": rfc3339(at)}
+    return policy_input(playbook, playbook_hash, run, params, trigger.alert, at, user=actor.policy_user(),
+                        sources=sources)
+
+
+def start_digest(doc: dict[str, Any]) -> str:
+    """The sha256 of a start input, `user` and all."""
+    return hashlib.sha256(canonical_json(doc).encode()).hexdigest()
+
+
+def _start_sealed(fields: dict[str, Any], run_id: str, proof: Proof) -> dict[str, Any]:
+    # Bound to the start's proof (its MAC covers the requester, the run id, the playbook version,
+    # the params, the trigger and when it was issued).
+    return {"verdict": fields, "run_id": run_id, "proof": proof.mac}
+
+
+def seal_start(keyring: Keyring, answer: Verdict, doc: str, at: datetime, run_id: str, proof: Proof) -> FrontVerdict:
+    """`answer` (the `start` rule's, asked on the input whose digest is `doc`) sealed to `proof`."""
+    fields = {"allow": answer.allow, "reasons": list(answer.reasons), "person": answer.person, "at": at, "doc": doc,
+              "policy_hash": answer.policy_hash, "decision_id": answer.decision_id, "engine": answer.engine}
+    unsealed = FrontVerdict.model_validate({**fields, "seal": UNSEALED})
+    return unsealed.model_copy(update={"seal": keyring.seal(START_SEAL_LABEL, _start_sealed(
+        unsealed.model_dump(mode="json", exclude={"seal"}), run_id, proof))})
+
+
+def start_seal_holds(verdict: FrontVerdict, run_id: str, proof: Proof, keyring: Keyring) -> bool:
+    """Whether this keyring seals the start verdict to `proof` for run `run_id`."""
+    content = _start_sealed(verdict.model_dump(mode="json", exclude={"seal"}), run_id, proof)
+    return keyring.seal_holds(START_SEAL_LABEL, content, verdict.seal)

@@ -562,8 +562,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         status = self._status
         status.state = "running"
         status.started_at = workflow.now()
+        asked_by: dict[str, str] = {}  # who asked the `start` rule, when not this worker (verdicts.py)
         if self._trusted:
             admission = await self._admit()
+            if admission.start_asked_by is not None:
+                asked_by["start_asked_by"] = admission.start_asked_by
             status.requester = admission.requester
             self._approvals.requester_person = admission.requester.person
             if not admission.allow:
@@ -586,6 +589,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 "requested_by": status.requested_by,
                 "requester": status.requester.model_dump(mode="json") if status.requester else None,
                 "params": status.params,
+                **asked_by,
             },
             actor=status.requested_by,
         )
@@ -886,6 +890,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                     temporal_parent_run=workflow.info().parent.run_id if workflow.info().parent else None,
                     temporal_parent_namespace=workflow.info().parent.namespace if workflow.info().parent else None,
                     execution=self._execution(),
+                    verdict=input.verdict,
                 ),
                 result_type=Admission,
                 start_to_close_timeout=ADMIT_TIMEOUT,

@@ -39,6 +39,7 @@ from bot.engine.runs import (
     unreadable,
     check_start,
     get_status,
+    new_run_id,
     start_policy_input,
     start_run,
 )
@@ -307,22 +308,22 @@ class PlaybookCommand:
             raise RunError("this command names no Slack user; nothing was started")
         trigger = _trigger(body)
         actor = await self._actor(body)
-        run_id = slack_run_id(loaded.playbook.name, body.get("trigger_id") or "") if body.get("trigger_id") else None
+        trigger_id = body.get("trigger_id")
+        run_id = slack_run_id(loaded.playbook.name, trigger_id) if trigger_id else new_run_id(loaded.playbook.name)
         try:
-            await check_start(self.deps.policy, loaded, params, trigger, actor)
+            asked = await check_start(self.deps.policy, loaded, params, trigger, actor, run_id)
             handle = await start_run(
-                self.deps.client, self.deps.task_queue, loaded, params, trigger,
-                actor=actor, keyring=self.deps.keyring, run_id=run_id, memo={REQUESTER_MEMO: trigger.requested_by},
+                self.deps.client, self.deps.task_queue, loaded, params, trigger, actor=actor, keyring=self.deps.keyring,
+                run_id=run_id, memo={REQUESTER_MEMO: trigger.requested_by}, asked=asked,
             )
         except WorkflowAlreadyStartedError:  # this very command ran and has ended: a late replay
-            assert run_id is not None
             status = await get_status(self.deps.client, run_id)
             return f"This command already ran as `{escape(run_id)}`; it ended {status.state.replace('_', ' ')}."
         except RunError as exc:  # the `start` rule, or the concurrency key: busy (on_busy: refuse) or unrenderable
             self._record(body, None, "refused", reason=_said(exc), rule=_rule(exc))
             raise
         where = channel_mention(body.get("channel_id"), "the playbook's channel")
-        if run_id is not None and handle.id != run_id:  # on_busy: attach: the run holding the key
+        if handle.id != run_id:  # on_busy: attach: the run holding the key
             log.info("slack command attached to the key's holder", run_id=handle.id, playbook=loaded.playbook.name)
             self._record(body, handle.id, "attached")
             return (

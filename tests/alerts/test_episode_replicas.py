@@ -182,10 +182,10 @@ class ResolvingBetweenClaimAndStart(AlertReceiver):
         super().__init__(deps)
         self.stack, self.alert, self.resolve_answer = stack, alert, None
 
-    async def _start(self, alert, match, trigger, claim):  # type: ignore[no-untyped-def]
+    async def _start(self, alert, match, trigger, claim, asked):  # type: ignore[no-untyped-def]
         if claim is not None:
             self.resolve_answer = await outcome(self.stack, resolved(self.alert))
-        return await super()._start(alert, match, trigger, claim)
+        return await super()._start(alert, match, trigger, claim, asked)
 
 
 async def test_a_resolve_landing_between_claim_and_start_cancels_the_run(stack: BotStack):

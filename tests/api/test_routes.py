@@ -34,6 +34,8 @@ async def test_a_started_run_completes_as_the_tokens_principal(stack: ApiStack) 
     assert final.params == {"service": "checkout", "replicas": 3}
     assert final.requester is not None
     assert (final.requester.verified, final.requester.verified_by, final.requester.person) == (True, "api", "alice")
+    (started,) = [e for e in stack.audit.events(run_id) if e.kind == "run_started"]
+    assert started.details.get("start_asked_by") == "front door"  # the API's sealed answer; the worker did not ask
 
     response = await stack.call("GET", f"/runs/{run_id}", "bob")
     assert response.status_code == 200

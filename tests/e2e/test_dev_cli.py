@@ -244,6 +244,10 @@ def test_run_wait_json_completes(stack: Stack) -> None:
     assert status["requested_by"] == f"cli:{getpass.getuser()}"
     assert status["trigger"] == "cli"
     assert f"ok {status['run_id']}" in lines(stack.out / "ok.txt")
+    # The CLI asked `start` on the worker's own input and sealed its allow: the worker did not ask again.
+    exported = cli(["audit", "export", status["run_id"], "--format", "json"], stack.env)
+    (started,) = [e for e in exported.json() if e["kind"] == "run_started"]
+    assert started["details"].get("start_asked_by") == "front door", started
 
 
 def test_failing_run_exits_1_and_undoes_in_reverse(stack: Stack) -> None:
