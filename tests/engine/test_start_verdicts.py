@@ -28,18 +28,12 @@ from bot.identity.proofs import Keyring
 from bot.playbook.loader import Catalog, load_text
 from bot.policy.embedded import EmbeddedEngine
 from bot.policy.models import Verdict
+from tests.engine.test_admission import OPEN
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = b"k" * 32
 KEYRING = Keyring(KEY, [KEY])
 
-OPEN = """
-name: open
-params:
-  replicas: {type: integer, enum: [1, 2, 3, 4], default: 2}
-steps:
-  - {id: note, action: core.log, with: {message: "{{ params.replicas }}"}}
-"""
 ALICE = Actor("api:alice", name="Alice", groups=("sre",), verified_by="api")
 MALLORY = Actor("api:mallory", name="Mallory", verified_by="api")
 

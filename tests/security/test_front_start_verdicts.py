@@ -11,11 +11,8 @@ reached the workers first) must not start what the workers now refuse.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest_asyncio
 
 from bot.engine.runs import ask_start, start_run
 from bot.engine.state import TriggerContext
@@ -24,7 +21,7 @@ from bot.policy.embedded import EmbeddedEngine
 from tests.security.test_provenance import TARGET, alert_body
 from tests.security.test_raw_temporal import DATA, PLAYBOOKS
 from tests.security.trust_stack import (
-    FRONT_DOOR, GROUPS, PEOPLE, TrustStack, ended, policies_with, result, slack_actor, slack_run, stack_fixture,
+    FRONT_DOOR, TrustStack, ended, result, slack_actor, slack_run, stack_fixture, stale_fixture,
 )
 from tests.slack.support import ALICE, MALLORY, principal
 from tests.waiting import eventually
@@ -34,17 +31,7 @@ CURRENT = {**DATA, "start_denylist": [principal(MALLORY)]}
 ALERTED = TARGET.format(name="target-staging", environment="staging", alertname="TargetStagingDown")
 
 stack = stack_fixture("start-verdicts", {**PLAYBOOKS, "target-staging": ALERTED}, CURRENT)
-
-
-@pytest_asyncio.fixture
-async def stale(tmp_path: Path) -> AsyncIterator[EmbeddedEngine]:
-    """A front door's policy from before mallory was denylisted."""
-    engine = EmbeddedEngine(policies_with(tmp_path, {**DATA, "people": PEOPLE, "groups": GROUPS}))
-    await engine.load()
-    try:
-        yield engine
-    finally:
-        await engine.close()
+stale = stale_fixture(DATA)  # a front door on the data from before mallory was denylisted
 
 
 async def asked_by(stack: TrustStack, run_id: str) -> str | None:

@@ -11,21 +11,17 @@ without it, and the worker asks its own policy.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from bot.engine.front_approver import FrontApprover
 from bot.engine.runs import RunError, vote
 from bot.engine.state import VoteRequest
-from bot.policy.embedded import EmbeddedEngine
 from tests.security.test_front_verdicts import approver_asks, votes_on_record
 from tests.security.test_raw_temporal import DATA, PLAYBOOKS, gated_run
 from tests.security.trust_stack import (
-    FRONT_DOOR, GROUPS, PEOPLE, TrustStack, policies_with, result, slack_actor, state_of, stack_fixture,
+    FRONT_DOOR, GROUPS, PEOPLE, TrustStack, result, slack_actor, stale_fixture, state_of, stack_fixture,
 )
 from tests.slack.support import CAROL, MALLORY, principal
 
@@ -35,17 +31,7 @@ CURRENT = {**DATA, "people": {**PEOPLE, "alice": [*PEOPLE["alice"], principal(MA
 
 
 stack = stack_fixture("skew", PLAYBOOKS, CURRENT)
-
-
-@pytest_asyncio.fixture
-async def stale(tmp_path: Path) -> AsyncIterator[EmbeddedEngine]:
-    """A front door's policy from before the workers' data changed."""
-    engine = EmbeddedEngine(policies_with(tmp_path, {**DATA, "people": PEOPLE, "groups": GROUPS}))
-    await engine.load()
-    try:
-        yield engine
-    finally:
-        await engine.close()
+stale = stale_fixture(DATA)  # a front door on the data before it
 
 
 async def test_a_lagging_front_doors_allow_does_not_let_the_requester_approve(stack: TrustStack, stale: Any) -> None:

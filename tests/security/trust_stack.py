@@ -38,6 +38,7 @@ from bot.identity.keys import front_door_keyring, worker_keyring
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, Proof
 from bot.playbook.loader import Catalog, LoadedPlaybook, load_directory
+from bot.policy.embedded import EmbeddedEngine
 from bot.policy.engine import PolicyEngine
 from bot.server import Readiness, create_app
 from bot.lifecycle import Http
@@ -240,6 +241,22 @@ async def trust_stack(
                     await terminate_open(client, settings.task_queue)
 
 
+
+
+def stale_fixture(data: Mapping[str, Any]) -> Any:
+    """A test's `stale` fixture: a front door's own policy engine on `data` (with PEOPLE and GROUPS),
+    from before the workers' data changed (a rollout that reached the workers first)."""
+
+    @pytest_asyncio.fixture
+    async def stale(tmp_path: Path) -> AsyncIterator[EmbeddedEngine]:
+        engine = EmbeddedEngine(policies_with(tmp_path, {**data, "people": PEOPLE, "groups": GROUPS}))
+        await engine.load()
+        try:
+            yield engine
+        finally:
+            await engine.close()
+
+    return stale
 
 
 def stack_fixture(name: str, playbooks: Mapping[str, str], data: Mapping[str, Any] | None = None) -> Any:
