@@ -89,7 +89,9 @@ class AdmitRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     trigger: TriggerContext
     proof: Proof | None = None
-    started_at: datetime = Field(description="When Temporal accepted the start (not the client's clock).")
+    started_at: datetime = Field(
+        description="When the run's first task ran (Temporal's clock, not the client's): the `start` input's time."
+    )
     audit: list[AuditEvent] = Field(default_factory=list)
     parent: ParentLink | None = Field(None, description="What the run's input claims about its parent run.")
     temporal_parent: str | None = Field(
@@ -101,6 +103,10 @@ class AdmitRequest(BaseModel):
         None, description="This run's execution as its event ids carry it: its own events are no earlier run."
     )
     verdict: FrontVerdict | None = Field(None, description="The front door's sealed `start` answer (RunInput.verdict).")
+    accepted_at: datetime | None = Field(None, description=(
+        "When Temporal accepted this execution's start (its workflow_start_time; started_at is its first task's, "
+        "later when the run waited for a worker); None: started_at."
+    ))
 
 
 class Admission(BaseModel):
@@ -122,6 +128,12 @@ class Admission(BaseModel):
     @property
     def message(self) -> str:
         return f"refused by the worker's {self.refused_by} check: " + "; ".join(self.reasons)
+
+
+def _accepted(request: AdmitRequest) -> datetime:
+    """When Temporal accepted the start: a proof's age and a verdict's are measured from it, not
+    from the first task (a run that waited for a worker, through an outage, is the same start)."""
+    return request.accepted_at or request.started_at
 
 
 class Admitter:
@@ -192,7 +204,7 @@ class Admitter:
         sources = start_sources(request.playbook, params, trigger, actor)
         if actor.verified_by == "schedule":  # the catalog's own file chose them, and the proof pins them
             sources = {**sources, "params": {name: PLAYBOOK for name in params}}
-        verdict = self._front_start(request, params, actor, sources)
+        verdict = await self._front_start(request, params, actor, sources)
         if verdict is None:
             verdict = await self.policy.start(start_doc(
                 request.playbook, request.playbook_hash, request.run_id, trigger, params, actor, sources,
@@ -214,32 +226,38 @@ class Admitter:
         return Admission(allow=True, params=params, requester=requester, provenance=sources, lock_key=key,
                          foreach_max=foreach_max, start_asked_by="front door" if request.verdict is verdict else None)
 
-    def _front_start(self, request: AdmitRequest, params: dict[str, Any], actor: Actor,
-                     sources: dict[str, Any]) -> FrontVerdict | None:
+    async def _front_start(self, request: AdmitRequest, params: dict[str, Any], actor: Actor,
+                           sources: dict[str, Any]) -> FrontVerdict | None:
         """The front door's sealed allow, when it is the answer this worker would get itself now:
         sealed to the start's (verified) proof with a key of this worker, asked of this worker's
-        policy version, within VERDICT_SKEW of Temporal's start, on this admission's own input (its
-        time the verdict's). None: ask (a deny is never taken on trust either: the front door starts
-        nothing it was refused, so one here is asked again)."""
+        policy version (as a question would find it: files changed since are looked for), within
+        VERDICT_SKEW of Temporal's acceptance of the start, on this admission's own input (its time
+        the verdict's). None: ask (a deny is never taken on trust either: the front door starts
+        nothing it was refused, so one here is asked again; nor is anything this cannot read)."""
         front, proof = request.verdict, request.proof
         if front is None or proof is None or not front.allow or request.parent is not None:
             return None
         if proof.purpose != "start" or actor.verified_by in (None, "schedule"):
             return None
-        version = getattr(self.policy, "verdict_hash", None)
+        current = getattr(self.policy, "current_verdict_hash", None)
+        version = await current() if current is not None else None
         if version is None or front.policy_hash != version:
             log.info("front door's start answer not used: another policy version", asked=front.policy_hash,
                      worker=version)
             return None
-        if abs(request.started_at - front.at) > VERDICT_SKEW:
-            return None
-        if not start_seal_holds(front, request.run_id, proof, self.keyring):
-            log.warning("front door's start answer not used: its seal does not hold with this worker's keys")
-            return None
-        doc = start_doc(request.playbook, request.playbook_hash, request.run_id, request.trigger, params, actor,
-                        sources, front.at)
-        if start_digest(doc) != front.doc:
-            log.info("front door's start answer not used: it was asked on another input")
+        try:
+            if abs(_accepted(request) - front.at) > VERDICT_SKEW:
+                return None
+            if not start_seal_holds(front, request.run_id, proof, self.keyring):
+                log.warning("front door's start answer not used: its seal does not hold with this worker's keys")
+                return None
+            doc = start_doc(request.playbook, request.playbook_hash, request.run_id, request.trigger, params, actor,
+                            sources, front.at)
+            if start_digest(doc) != front.doc:
+                log.info("front door's start answer not used: it was asked on another input")
+                return None
+        except (TypeError, ValueError) as exc:  # (an input no digest can hold: asked, and refused, as before)
+            log.info("front door's start answer not used: it cannot be checked", error=str(exc))
             return None
         return front
 
@@ -354,9 +372,10 @@ class Admitter:
         actor = self.keyring.check(proof, "start", request.run_id, content)
         if actor.principal != trigger.requested_by:
             raise ProofError(f"it names {actor.principal}, but the run claims {trigger.requested_by}")
-        age = request.started_at - proof.issued_at
+        age = _accepted(request) - proof.issued_at
         if age > START_SKEW or -age > START_SKEW:
-            raise ProofError(f"it was issued at {rfc3339(proof.issued_at)}, too far from the start ({rfc3339(request.started_at)})")
+            raise ProofError(f"it was issued at {rfc3339(proof.issued_at)}, too far from the start "
+                             f"({rfc3339(_accepted(request))})")
         return actor
 
     def _scheduled_actor(self, request: AdmitRequest) -> Actor:

@@ -137,13 +137,14 @@ class StartAsked:
 
     run_id: str
     at: datetime
-    doc: str  # start_digest of the input asked
+    doc: str | None  # start_digest of the input asked (None: it has none)
     verdict: Verdict
     version: str | None
 
     @property
     def sealable(self) -> bool:
-        return self.verdict.allow and self.version is not None and self.verdict.policy_hash == self.version
+        return (self.verdict.allow and self.doc is not None and self.version is not None
+                and self.verdict.policy_hash == self.version)
 
 
 async def ask_start(policy: PolicyEngine, loaded: LoadedPlaybook, params: dict[str, Any], trigger: TriggerContext,
@@ -153,7 +154,11 @@ async def ask_start(policy: PolicyEngine, loaded: LoadedPlaybook, params: dict[s
     doc = start_doc(loaded.playbook, loaded.hash, run_id, trigger, params, actor,
                     start_sources(loaded.playbook, params, trigger, actor), at)
     version = getattr(policy, "verdict_hash", None)  # read before asking: another version's answer is not sealed
-    return StartAsked(run_id, at, start_digest(doc), await policy.start(doc), version)
+    try:
+        digest: str | None = start_digest(doc)
+    except (TypeError, ValueError):  # not JSON (an alert's overflowing value): the engine refuses it, nothing is sealed
+        digest = None
+    return StartAsked(run_id, at, digest, await policy.start(doc), version)
 
 
 async def check_start(
@@ -240,7 +245,7 @@ def run_input(
     content = start_content(loaded.playbook.name, loaded.hash, params, trigger.model_dump(mode="json"))
     proof = keyring.sign("start", run_id, actor, content)
     verdict = None
-    if proof is not None and asked is not None and asked.run_id == run_id and asked.sealable:
+    if proof is not None and asked is not None and asked.run_id == run_id and asked.sealable and asked.doc:
         try:
             verdict = seal_start(keyring, asked.verdict, asked.doc, asked.at, run_id, proof)
         except ValidationError:  # an answer no verdict can hold (too many or long reasons): the worker asks

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from bot.actions.base import OutputRef
 from bot.identity.proofs import Proof
@@ -283,12 +283,14 @@ class FrontVerdict(BaseModel):
     (bot/engine/verdicts.py). The run uses it only where it is the answer the run would have got
     itself; otherwise the worker asks."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Fields a later front door adds are dropped, not refused: a worker that cannot read a verdict
+    # must still read the run's input (its seal then fails to hold here, and the worker asks).
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     allow: bool
     reasons: list[str] = Field(default_factory=list, max_length=20)
     person: str | None = Field(None, max_length=200)
-    at: datetime
+    at: AwareDatetime  # (compared with Temporal's times: a time without a zone is no verdict's)
     doc: str = Field(pattern=r"^[0-9a-f]{64}$")  # (Rust regex: $ is the very end)
     policy_hash: str | None = Field(None, max_length=200)
     decision_id: str | None = Field(None, max_length=200)

@@ -891,6 +891,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                     temporal_parent_namespace=workflow.info().parent.namespace if workflow.info().parent else None,
                     execution=self._execution(),
                     verdict=input.verdict,
+                    accepted_at=workflow.info().workflow_start_time,
                 ),
                 result_type=Admission,
                 start_to_close_timeout=ADMIT_TIMEOUT,

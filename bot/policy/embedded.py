@@ -13,6 +13,7 @@ computed are kept; undefined, errors and every fail-closed deny are asked again 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import uuid
@@ -32,6 +33,10 @@ from bot.policy.sources import PolicySources, read_sources, tree_signature
 log = structlog.get_logger(__name__)
 
 LOAD_TIMEOUT = 30.0  # compiling is slower than deciding; a stuck compile is still an error
+# `verdict_hash` vouches for the files as last checked: a check at least this often (seconds) is
+# kept up by a watch while the engine is loaded, so it holds even when nobody asks a question.
+CHECK_EVERY_MIN = 0.25
+CHECK_SLACK = 1.0  # a watch pass late by this much (a busy loop) still counts as current
 Key = tuple[str, str, str]  # (policy hash, rule, input digest): a cached or pending question
 
 
@@ -118,7 +123,11 @@ class EmbeddedEngine(FailClosed):
         self.cache = DecisionCache(cache_size)
         # Questions being answered, each with the child asked: identical ones wait for its answer.
         self._asking: dict[Key, tuple[RegoProcess, asyncio.Future[dict[str, Any]]]] = {}
-        self._cacheable = False  # the loaded policy answers from its input alone
+        self._cacheable = False  # the loaded policy answers from its input alone (and the cache is on)
+        self._pure = False  # the loaded policy answers from its input alone
+        self._installing = False  # a changed policy is being compiled: the loaded one is on its way out
+        self._checked_at = -float("inf")  # time.monotonic() of the last look at the files
+        self._watch_task: asyncio.Task[None] | None = None
 
     # --- PolicyEngine -------------------------------------------------------------------
 
@@ -128,9 +137,26 @@ class EmbeddedEngine(FailClosed):
 
     @property
     def verdict_hash(self) -> str | None:
-        """The loaded policy's hash, unless a reload failed (then this engine fails closed, and so
-        must a verdict asked elsewhere: none counts)."""
-        return self._loaded.hash if self._loaded is not None and self._load_error is None else None
+        """The loaded policy's hash while it is the one this engine would answer a question with:
+        its files checked within the watch's period (a question checks them too), no changed policy
+        being compiled, no failed reload (then this engine fails closed, and so must a verdict asked
+        elsewhere). None too for a policy that reads more than its input (the clock, http.send...):
+        its answer asked elsewhere is not the answer asked here."""
+        if self._loaded is None or self._load_error is not None or self._installing or not self._pure:
+            return None
+        if time.monotonic() - self._checked_at > self._check_every() + CHECK_SLACK:
+            return None
+        return self._loaded.hash
+
+    async def current_verdict_hash(self) -> str | None:
+        """`verdict_hash` after the files' check a question makes (at most every reload_interval):
+        a caller that uses an answer asked elsewhere instead of asking sees a change as soon as a
+        question would have (the admission, bot/engine/admission.py)."""
+        if self._restarting():
+            return None
+        async with self._lock:
+            await self._reload()
+        return self.verdict_hash
 
     @property
     def pid(self) -> int | None:
@@ -153,6 +179,11 @@ class EmbeddedEngine(FailClosed):
 
     async def close(self) -> None:
         self._closing = True
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
         if self._restart_task is not None:
             self._restart_task.cancel()
             try:
@@ -281,6 +312,7 @@ class EmbeddedEngine(FailClosed):
             return
         self._next_check = now + self.reload_interval
         signature = tree_signature(self.policies_dir)
+        self._checked_at = now
         if not force and signature == self._signature and self._proc is not None:
             return
         self._signature = signature
@@ -299,6 +331,33 @@ class EmbeddedEngine(FailClosed):
         await self._install(sources)
 
     async def _install(self, sources: PolicySources) -> None:
+        self._installing = True
+        try:
+            await self._compile(sources)
+        finally:
+            self._installing = False
+        if self._watch_task is None and not self._closing:
+            self._watch_task = asyncio.create_task(self._watch())
+
+    def _check_every(self) -> float:
+        return max(self.reload_interval, CHECK_EVERY_MIN)
+
+    async def _watch(self) -> None:
+        """Look at the files every `_check_every()` even when no question does (a stat of the tree;
+        a compile only when they changed), so `verdict_hash` stays current on an idle worker."""
+        while not self._closing:
+            await asyncio.sleep(self._check_every())
+            if self._lock.locked() or self._restarting():
+                continue  # a question or a restart is looking already
+            try:
+                async with self._lock:
+                    await self._reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let the watch die of one bad pass
+                log.warning("policy.watch_failed", engine=self.name, error=str(exc))
+
+    async def _compile(self, sources: PolicySources) -> None:
         self.cache.clear()
         self._cacheable = False  # until this policy has loaded: no hit while it is replaced
         if self._proc is None or not self._proc.alive:
@@ -330,6 +389,7 @@ class EmbeddedEngine(FailClosed):
         recovered = self._load_error is not None
         self._loaded, self._load_error = sources, None
         unstable = unstable_builtin(sources.modules)
+        self._pure = unstable is None
         self._cacheable = unstable is None and self.cache.max_entries > 0
         log.info("policy.loaded", engine=self.name, policy_hash=sources.hash, recovered=recovered)
         if unstable is not None:

@@ -45,6 +45,10 @@ class PolicyEngine(Protocol):
         verdict asked elsewhere counts only on a match, bot/engine/verdicts.py); None: unknown."""
         ...
 
+    async def current_verdict_hash(self) -> str | None:
+        """`verdict_hash` once the engine has looked for a changed policy as a question would."""
+        ...
+
     async def load(self) -> None: ...
 
     async def ready(self) -> bool: ...
@@ -78,6 +82,9 @@ class FailClosed:
         """None: a backend that cannot say which version it answers with now. OPA's revision is
         the one its last answer named, which may be stale (and an unrevised bundle names none)."""
         return None
+
+    async def current_verdict_hash(self) -> str | None:
+        return self.verdict_hash
 
     async def decide(self, input: dict[str, Any]) -> Decision:
         raw, provenance, failure = await self._guarded_query("decision", input)

@@ -16,15 +16,16 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from pydantic import ValidationError
 
 from bot.audit.recorder import AuditWriter
 from bot.audit.store import SqliteAuditStore
 from bot.engine.admission import Admission, AdmitRequest, Admitter
 from bot.engine.runs import StartAsked, ask_start, run_input
-from bot.engine.state import RunInput, TriggerContext
+from bot.engine.state import FrontVerdict, RunInput, TriggerContext
 from bot.engine.verdicts import VERDICT_SKEW, seal_start
 from bot.identity.principals import Actor
-from bot.identity.proofs import Keyring
+from bot.identity.proofs import START_SKEW, Keyring
 from bot.playbook.loader import Catalog, load_text
 from bot.policy.embedded import EmbeddedEngine
 from bot.policy.models import Verdict
@@ -75,6 +76,9 @@ class Counting:
     @property
     def verdict_hash(self) -> str | None:
         return self.engine.verdict_hash
+
+    async def current_verdict_hash(self) -> str | None:
+        return await self.engine.current_verdict_hash()
 
     async def start(self, input: dict[str, Any]) -> Verdict:
         self.asked += 1
@@ -236,3 +240,67 @@ def test_an_admission_from_before_start_verdicts_reads_as_asked_by_the_worker() 
     """Histories recorded before this field: their admissions read back with it unset."""
     old = {"allow": True, "requester": {"principal": "api:alice", "person": "alice"}}
     assert Admission.model_validate(old).start_asked_by is None
+
+
+# ---- red team, stop 44 ---------------------------------------------------------------------
+
+
+async def test_a_worker_whose_files_changed_since_its_last_question_does_not_take_a_stale_allow(
+    tmp_path: Path, catalog: Catalog, older: EmbeddedEngine
+) -> None:
+    """A rollout reaches the worker's files (mallory denylisted) while a front door runs the old
+    data. The admission compared the front door's hash with the hash the worker last loaded, which
+    only a question refreshed: the lagging allow matched it, and mallory's run was admitted. It now
+    looks at the files first, as its own question would have."""
+    root = tmp_path / "worker"
+    shutil.copytree(ROOT / "policies", root)
+    data = root / "playbook" / "data.json"
+    before = data.read_text()
+    data.write_text(json.dumps({**json.loads(before), "people": PEOPLE}))
+    async with EmbeddedEngine(root, reload_interval=0) as worker:
+        await worker.load()
+        assert worker.verdict_hash == older.verdict_hash  # one version, deployed everywhere
+        data.write_text(json.dumps({**json.loads(before), "people": PEOPLE, "start_denylist": ["api:mallory"]}))
+        admitter = Admitter(lambda: catalog, KEYRING, Counting(worker), AuditWriter(SqliteAuditStore(tmp_path / "a.db")))  # type: ignore[arg-type]
+        sent, asked = await front_door(older, catalog, MALLORY)
+        assert sent.verdict is not None and sent.verdict.allow  # the lagging front door's own answer
+        admission = await admitter.admit(admit_request(sent, asked))
+        assert (admission.allow, admission.refused_by, admission.start_asked_by) == (False, "start", None)
+
+
+async def test_a_verdict_the_admission_cannot_read_is_asked_instead_of_failing_the_run(
+    admitter: Admitter, catalog: Catalog, workers: EmbeddedEngine, policy: Counting
+) -> None:
+    """A copied RunInput whose verdict time has no zone (a raw client's edit): the admission's
+    comparison with Temporal's time raised, and the run was refused as unchecked after 3 attempts."""
+    sent, asked = await front_door(workers, catalog, ALICE)
+    assert sent.verdict is not None
+    naive = sent.verdict.model_copy(update={"at": asked.at.replace(tzinfo=None)})  # (past the model's own check)
+    admission = await admitter.admit(admit_request(sent, asked, verdict=naive))
+    assert (admission.allow, admission.start_asked_by, policy.asked) == (True, None, 1)
+
+
+async def test_a_run_that_waited_for_a_worker_is_measured_from_its_acceptance(
+    admitter: Admitter, catalog: Catalog, workers: EmbeddedEngine, policy: Counting
+) -> None:
+    """Workers down past the proof's skew (an outage during an incident): the run's first task
+    comes late, but Temporal accepted the start when the front door sent it. Its proof and its
+    verdict were measured from the first task: the proof read as stale, and the run was refused."""
+    sent, asked = await front_door(workers, catalog, ALICE)
+    late = asked.at + START_SKEW + timedelta(minutes=1)
+    waited = await admitter.admit(admit_request(sent, asked, after=late - asked.at, accepted_at=asked.at))
+    assert (waited.allow, waited.requester.verified, waited.start_asked_by, policy.asked) == (
+        True, True, "front door", 0)
+    replayed = await admitter.admit(admit_request(sent, asked, run_id="run-1", accepted_at=late))  # a start made now
+    assert (replayed.allow, replayed.refused_by) == (False, "proof")
+
+
+def test_a_verdict_time_needs_its_zone_and_a_later_field_is_dropped_not_refused(
+    catalog: Catalog, workers: EmbeddedEngine
+) -> None:
+    """A worker must read a run's input a later front door wrote: an unknown field in its verdict
+    is dropped (then the seal does not hold, and the worker asks); a time without a zone is refused."""
+    fields = {"allow": True, "at": "2026-12-06T22:00:00Z", "doc": "a" * 64, "seal": f"{'0' * 12}:{'0' * 64}"}
+    assert FrontVerdict.model_validate({**fields, "confidence": 1}).allow
+    with pytest.raises(ValidationError, match="timezone"):
+        FrontVerdict.model_validate({**fields, "at": "2026-12-06T22:00:00"})

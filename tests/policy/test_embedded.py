@@ -106,6 +106,32 @@ async def test_engine_load_raises_on_a_syntax_error(policies_copy: Path) -> None
             await engine.load()
 
 
+async def test_an_idle_engines_verdict_hash_follows_its_files_without_a_question(policies_copy: Path) -> None:
+    """A worker nobody asks still vouches only for its files as they are (red team, stop 44: the
+    hash a front door's verdict is compared with was the one last loaded, stale until a question)."""
+    async with EmbeddedEngine(policies_copy, reload_interval=0.2) as engine:
+        await engine.load()
+        before = engine.verdict_hash
+        data = policies_copy / "playbook" / "data.json"
+        data.write_text(json.dumps({**json.loads(data.read_text()), "start_denylist": ["cli:mallory"]}))
+        deadline = asyncio.get_running_loop().time() + 5
+        while engine.verdict_hash in (before, None) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert engine.verdict_hash not in (before, None)
+        assert engine.verdict_hash == engine.policy_hash and engine.cache.misses == 0  # nobody asked
+
+
+async def test_a_policy_that_reads_the_clock_vouches_for_no_verdict_asked_elsewhere(policies_copy: Path) -> None:
+    """Its answer is not a function of its input: the same input asked elsewhere may be answered
+    otherwise, so no front door's verdict counts (the engine asks; its cache is off too)."""
+    (policies_copy / "playbook" / "authz" / "clock.rego").write_text(
+        "package playbook.authz\n\nnow_ns := time.now_ns()\n")
+    async with EmbeddedEngine(policies_copy) as engine:
+        await engine.load()
+        assert engine.policy_hash is not None and engine.verdict_hash is None
+        assert await engine.current_verdict_hash() is None
+
+
 async def test_broken_reload_denies_then_recovers(policies_copy: Path) -> None:
     async with EmbeddedEngine(policies_copy, reload_interval=0) as engine:
         before = await engine.decide(BASE_INPUT)

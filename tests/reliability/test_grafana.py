@@ -318,6 +318,19 @@ def access_refused(stack: BotStack) -> list[Any]:
     return [e for e in stack.audit.events() if e.kind.value == "access_refused"]
 
 
+async def test_an_alert_whose_values_overflow_is_rejected_alone_and_the_rest_start(stack):
+    """Grafana's float `values` keep a literal that overflows (`1e400` parses as inf). The front
+    door's `start` question then has no JSON input: that alert is refused (the engine fails closed)
+    and the body's other alerts start. Red team, stop 44: the front door digested the input itself,
+    outside the engine's guard, and the whole delivery was a 500 Grafana retried forever."""
+    body = grafana_body(zones(2), cpu=True)  # the `cpu` playbook: its params do not read `values`
+    body["alerts"][0]["values"] = {"B": 7.5}
+    text = json.dumps(body).replace('"B": 7.5', '"B": 1e400', 1)
+    response = await deliver(stack, text.encode(), **{"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text[:300]
+    assert sorted(o["outcome"] for o in response.json()) == ["rejected", "started"], response.json()
+
+
 async def test_with_hmac_set_a_delivery_needs_the_token_and_a_fresh_signature_and_refusals_are_on_record(
         dev_env, tmp_path):
     """Attack: whoever holds the bearer token (it sits in Grafana's contact point, and in front of
