@@ -40,6 +40,11 @@ async def test_start_record_wal_and_stop(tmp_path: Path) -> None:
         client = await Client.connect(record.address)
         assert await client.service_client.check_health()
 
+        # Unthrottled transfer reads: a new run's first task reaches its worker in about 5 ms, not up
+        # to 50 (the history service's default of 20 reads a second; measured in stop 44).
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"history.transferProcessorMaxPollRPS=1000" in argv
+
         assert dev.db_path == data / "temporal.db" and dev.db_path.exists()
         with sqlite3.connect(f"file:{dev.db_path}?mode=ro", uri=True) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
