@@ -28,7 +28,7 @@ from bot.audit.store import AuditUnavailable
 from bot.engine.locking import LockKeyError, render_lock_key
 from bot.engine.locks import RUN_WORKFLOW
 from bot.engine.state import FrontVerdict, ParentLink, Requester, RunStatus, TriggerContext
-from bot.engine.verdicts import VERDICT_SKEW, start_digest, start_doc, start_seal_holds, start_sources
+from bot.engine.verdicts import VERDICT_SKEW, start_doc, start_seal_holds, start_sources
 from bot.identity import principals
 from bot.identity.principals import Actor, VerifiedBy
 from bot.identity.proofs import START_SKEW, Keyring, Proof, ProofError, schedule_content, start_content
@@ -37,6 +37,7 @@ from bot.playbook.model import Playbook
 from bot.playbook.params import ParamError, coerce_params
 from bot.policy.engine import PolicyEngine
 from bot.policy.inputs import PLAYBOOK, rfc3339
+from bot.policy.models import input_digest
 
 log = structlog.get_logger(__name__)
 VERIFIERS = frozenset(get_args(VerifiedBy))
@@ -253,7 +254,7 @@ class Admitter:
                 return None
             doc = start_doc(request.playbook, request.playbook_hash, request.run_id, request.trigger, params, actor,
                             sources, front.at)
-            if start_digest(doc) != front.doc:
+            if input_digest(doc) != front.doc:
                 log.info("front door's start answer not used: it was asked on another input")
                 return None
         except (TypeError, ValueError) as exc:  # (an input no digest can hold: asked, and refused, as before)

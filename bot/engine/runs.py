@@ -38,14 +38,14 @@ from bot.engine.state import (
 )
 from bot.engine.approvals import VOTE_REFUSED
 from bot.engine.front_approver import FrontApprover
-from bot.engine.verdicts import seal_start, start_digest, start_doc, start_sources
+from bot.engine.verdicts import seal_start, start_doc, start_sources
 from bot.engine.workflow import CANCEL_DUPLICATE, CANCEL_UNSUPPORTED, PlaybookRun
-from bot.identity.principals import ALERT_SENDERS, Actor
+from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, cancel_content, confirm_content, start_content, vote_content
 from bot.playbook.loader import Catalog, LoadedPlaybook, UnknownPlaybook
 from bot.policy.engine import PolicyEngine
 from bot.policy.models import Verdict
-from bot.policy.inputs import policy_input, provenance
+from bot.policy.inputs import policy_input
 
 log = structlog.get_logger(__name__)
 
@@ -121,11 +121,9 @@ def start_policy_input(
     """DESIGN.md's policy input without `step`, with `user`, for no run in particular: who may
     start which playbook (a dry run, or whether someone may read a run). A start asks `ask_start`'s."""
     run = {"trigger": trigger.kind, "requested_by": trigger.requested_by}
-    alert_verified = trigger.kind in ALERT_SENDERS and actor.verified_by == trigger.kind
-    sources = provenance(loaded.playbook, params, trigger.kind, trigger.alert, alert_verified)
     return policy_input(
         loaded.playbook, loaded.hash, run, params, trigger.alert, datetime.now(timezone.utc),
-        user=actor.policy_user(), sources=sources,
+        user=actor.policy_user(), sources=start_sources(loaded.playbook, params, trigger, actor),
     )
 
 
@@ -137,7 +135,7 @@ class StartAsked:
 
     run_id: str
     at: datetime
-    doc: str | None  # start_digest of the input asked (None: it has none)
+    doc: str | None  # the engine's input_digest of the input asked (None: it has none, not being JSON)
     verdict: Verdict
     version: str | None
 
@@ -154,11 +152,10 @@ async def ask_start(policy: PolicyEngine, loaded: LoadedPlaybook, params: dict[s
     doc = start_doc(loaded.playbook, loaded.hash, run_id, trigger, params, actor,
                     start_sources(loaded.playbook, params, trigger, actor), at)
     version = getattr(policy, "verdict_hash", None)  # read before asking: another version's answer is not sealed
-    try:
-        digest: str | None = start_digest(doc)
-    except (TypeError, ValueError):  # not JSON (an alert's overflowing value): the engine refuses it, nothing is sealed
-        digest = None
-    return StartAsked(run_id, at, digest, await policy.start(doc), version)
+    answer = await policy.start(doc)
+    # The digest the engine recorded (models.input_digest, what the admission compares): none for an
+    # input that is not JSON (an alert's overflowing value), which the engine refused; nothing is sealed.
+    return StartAsked(run_id, at, answer.input_digest, answer, version)
 
 
 async def check_start(

@@ -28,16 +28,15 @@ Workflow-safe: no I/O, no clock of its own.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from bot.engine.state import FrontVerdict, TriggerContext
 from bot.identity.principals import ALERT_SENDERS, Actor
 from bot.identity.proofs import Keyring, Proof
 from bot.playbook.model import Playbook
 from bot.policy.inputs import policy_input, provenance, rfc3339
-from bot.policy.models import ActorVerdict, Verdict, canonical_json
+from bot.policy.models import ActorVerdict, Verdict, input_digest
 
 SEAL_LABEL = "approver-verdict"
 START_SEAL_LABEL = "start-verdict"
@@ -49,7 +48,7 @@ DOC_BYTES_MAX = 64 * 1024  # a larger input is not published, nor asked on by a 
 
 def doc_digest(doc: dict[str, Any]) -> str:
     """The sha256 of an approver input without its `user` (the proof says who)."""
-    return hashlib.sha256(canonical_json({k: v for k, v in doc.items() if k != "user"}).encode()).hexdigest()
+    return input_digest({k: v for k, v in doc.items() if k != "user"})
 
 
 def at_time(doc: dict[str, Any], at: datetime) -> dict[str, Any]:
@@ -62,14 +61,22 @@ def _sealed(fields: dict[str, Any], run_id: str, execution: str, step_id: str, p
     return {"verdict": fields, "run_id": run_id, "execution": execution, "step_id": step_id, "proof": proof.mac}
 
 
-def seal(keyring: Keyring, answer: Verdict, doc: str, at: datetime, run_id: str, execution: str, step_id: str,
-         proof: Proof) -> FrontVerdict:
-    """`answer` (the rule's, asked on the input whose digest is `doc`) sealed to `proof`."""
+def _sealed_answer(keyring: Keyring, label: str, answer: Verdict, doc: str, at: datetime,
+                   bound: Callable[[dict[str, Any]], dict[str, Any]]) -> FrontVerdict:
+    """`answer` as a verdict (ValidationError when no verdict can hold it), its seal over `label`
+    and `bound(the verdict's other fields)`."""
     fields = {"allow": answer.allow, "reasons": list(answer.reasons), "person": answer.person, "at": at, "doc": doc,
               "policy_hash": answer.policy_hash, "decision_id": answer.decision_id, "engine": answer.engine}
     unsealed = FrontVerdict.model_validate({**fields, "seal": UNSEALED})
-    return unsealed.model_copy(update={"seal": keyring.seal(SEAL_LABEL, _sealed(
-        unsealed.model_dump(mode="json", exclude={"seal"}), run_id, execution, step_id, proof))})
+    content = bound(unsealed.model_dump(mode="json", exclude={"seal"}))
+    return unsealed.model_copy(update={"seal": keyring.seal(label, content)})
+
+
+def seal(keyring: Keyring, answer: Verdict, doc: str, at: datetime, run_id: str, execution: str, step_id: str,
+         proof: Proof) -> FrontVerdict:
+    """`answer` (the rule's, asked on the input whose digest is `doc`) sealed to `proof`."""
+    return _sealed_answer(keyring, SEAL_LABEL, answer, doc, at,
+                          lambda fields: _sealed(fields, run_id, execution, step_id, proof))
 
 
 def seal_holds(verdict: FrontVerdict, run_id: str, execution: str | None, step_id: str, proof: Proof | None,
@@ -113,11 +120,6 @@ def start_doc(playbook: Playbook, playbook_hash: str, run_id: str, trigger: Trig
                         sources=sources)
 
 
-def start_digest(doc: dict[str, Any]) -> str:
-    """The sha256 of a start input, `user` and all."""
-    return hashlib.sha256(canonical_json(doc).encode()).hexdigest()
-
-
 def _start_sealed(fields: dict[str, Any], run_id: str, proof: Proof) -> dict[str, Any]:
     # Bound to the start's proof (its MAC covers the requester, the run id, the playbook version,
     # the params, the trigger and when it was issued).
@@ -125,12 +127,9 @@ def _start_sealed(fields: dict[str, Any], run_id: str, proof: Proof) -> dict[str
 
 
 def seal_start(keyring: Keyring, answer: Verdict, doc: str, at: datetime, run_id: str, proof: Proof) -> FrontVerdict:
-    """`answer` (the `start` rule's, asked on the input whose digest is `doc`) sealed to `proof`."""
-    fields = {"allow": answer.allow, "reasons": list(answer.reasons), "person": answer.person, "at": at, "doc": doc,
-              "policy_hash": answer.policy_hash, "decision_id": answer.decision_id, "engine": answer.engine}
-    unsealed = FrontVerdict.model_validate({**fields, "seal": UNSEALED})
-    return unsealed.model_copy(update={"seal": keyring.seal(START_SEAL_LABEL, _start_sealed(
-        unsealed.model_dump(mode="json", exclude={"seal"}), run_id, proof))})
+    """`answer` (the `start` rule's, asked on the input whose digest is `doc`: the whole input, as
+    the engine records it, `input_digest`) sealed to `proof`."""
+    return _sealed_answer(keyring, START_SEAL_LABEL, answer, doc, at, lambda fields: _start_sealed(fields, run_id, proof))
 
 
 def start_seal_holds(verdict: FrontVerdict, run_id: str, proof: Proof, keyring: Keyring) -> bool:
