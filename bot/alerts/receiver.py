@@ -154,6 +154,14 @@ class Known:
     ended: bool = False
 
 
+async def _settled(future: asyncio.Future[Any]) -> Any:
+    """What a store call under way came to (None: it failed, or was cancelled)."""
+    try:
+        return await asyncio.shield(future)
+    except (Exception, asyncio.CancelledError):  # noqa: BLE001  (nothing was claimed then)
+        return None
+
+
 def _starts(alert: Alert) -> str:
     """startsAt in UTC, as the episode id has it: a peer writing the same instant in another
     offset is the same episode, for the audit keys and the resolved-before check too."""
@@ -395,13 +403,33 @@ class AlertReceiver:
 
     async def _decide_firing(self, alert: Alert, match: RouteMatch) -> dict[str, Any]:
         """A firing delivery of an episode this process knows no run of: the full decision."""
-        playbook, run_id = match.name, match.workflow_id
         trigger = TriggerContext(kind=self.sender.name, requested_by=self.sender.name, alert=alert.as_context())
-        # Independent questions, asked at once: the episode's shared state and the start rule.
-        episode, asked = await asyncio.gather(
-            self._episode(alert, match),
-            ask_start(self.deps.policy, match.playbook, match.params, trigger, self.actor, run_id),
-        )
+        # Independent, so at once (issue 17): the start rule, and the episode's state with its
+        # claim (one trip to the store). A claim won for a run that then does not start (refused,
+        # busy) is given back, so the next delivery claims it at once.
+        asking = asyncio.ensure_future(
+            ask_start(self.deps.policy, match.playbook, match.params, trigger, self.actor, match.workflow_id))
+        claiming = asyncio.ensure_future(self._episode(alert, match))
+        try:
+            asked = await asking
+            episode, claimed = await claiming
+            refused = await self._refused(alert, match, trigger, episode, asked)
+        except BaseException:
+            asking.cancel()
+            if (settled := await _settled(claiming)) is not None:
+                await self._give_back(settled[1])
+            raise
+        if refused is not None:
+            await self._give_back(claimed)
+            return refused
+        if episode is None:
+            return await self._start(alert, match, trigger, None, asked)
+        return await self._claim_and_start(alert, match, trigger, claimed or episode, asked, fresh=claimed is not None)
+
+    async def _refused(self, alert: Alert, match: RouteMatch, trigger: TriggerContext, episode: Episode | None,
+                       asked: StartAsked) -> dict[str, Any] | None:
+        """The outcome when this delivery starts nothing (resolved, refused, busy); None: start."""
+        playbook, run_id = match.name, match.workflow_id
         verdict = asked.verdict
         if episode is not None and episode.resolved_at is not None:
             # A firing delivery that arrives after its resolved one (a retry, a slow peer, another
@@ -427,20 +455,26 @@ class AlertReceiver:
             return self._outcome(alert, playbook, "rejected", reason=str(exc))
         if holder is not None:  # on_busy: attach, like a duplicate of the holder's alert
             return self._outcome(alert, playbook, "attached", run_id=holder)
-        if episode is None:
-            return await self._start(alert, match, trigger, None, asked)
-        return await self._claim_and_start(alert, match, trigger, episode, asked)
+        return None
+
+    async def _give_back(self, claimed: Episode | None) -> None:
+        """Release a claim won by a delivery that starts no run (best effort: a claim not given
+        back goes stale and is taken over)."""
+        if claimed is None or not claimed.claimed:
+            return
+        with contextlib.suppress(Unavailable):
+            await self._write("release an episode", lambda s: s.release_episode(claimed.episode_id, claimed.runs))
 
     async def _claim_and_start(self, alert: Alert, match: RouteMatch, trigger: TriggerContext,
-                               episode: Episode, asked: StartAsked) -> dict[str, Any]:
+                               episode: Episode, asked: StartAsked, *, fresh: bool = False) -> dict[str, Any]:
         """`_claim_loop`'s outcome; one answered as a later episode of the alert says why."""
-        result = await self._claim_loop(alert, match, trigger, episode, asked)
+        result = await self._claim_loop(alert, match, trigger, episode, asked, fresh=fresh)
         if result.get("run_id") not in (None, match.workflow_id):  # the claim found a later episode of the alert
             result.setdefault("reason", MERGED)
         return result
 
     async def _claim_loop(self, alert: Alert, match: RouteMatch, trigger: TriggerContext,
-                          episode: Episode, asked: StartAsked) -> dict[str, Any]:
+                          episode: Episode, asked: StartAsked, *, fresh: bool = False) -> dict[str, Any]:
         """Start the episode's run only with its claim; otherwise answer from the episode's state.
         An episode read as started skips the claim (a write) and goes to Temporal: a repeat in a
         storm costs a read, and started never goes back to false but for a failed start's release."""
@@ -449,7 +483,9 @@ class AlertReceiver:
         deadline = time.monotonic() + self.PENDING_WAIT
         rerun, claim = False, episode
         while True:
-            if rerun or not claim.started:
+            if fresh:  # `episode` is the answer of a claim just made (_decide_firing)
+                fresh = False
+            elif rerun or not claim.started:
                 claim = await self._write("claim an episode", lambda s: s.claim_episode(
                     run_id, rerun=rerun, stale_after=self.CLAIM_STALE_AFTER))
             if claim.episode_id != run_id:  # an open episode of this alert began later: the delivery is that one's
@@ -769,22 +805,26 @@ class AlertReceiver:
             key += f":{result['rerun']}"
         return self._event(alert, result.get("run_id"), EventKind.alert_outcome, dict(result), key=key)
 
-    async def _episode(self, alert: Alert, match: RouteMatch) -> Episode | None:
-        """The episode's shared state (None without a store). A file written before episodes were
-        stored knows a resolve only as its recorded outcome: that is carried over on first sight."""
+    async def _episode(self, alert: Alert, match: RouteMatch) -> tuple[Episode | None, Episode | None]:
+        """The episode's shared state (None without a store), and this delivery's claim on it when
+        nothing has it yet (neither started nor resolved): one group-committed trip to the store.
+        A file written before episodes were stored knows a resolve only as its recorded outcome:
+        that is carried over on first sight."""
         if self.deps.audit is None:
-            return None
+            return None, None
         run_id = match.workflow_id
         event_id = self._event_id(alert, EventKind.alert_outcome,
                              self._outcome_key(alert, match.name, "resolved", "resolved_no_run"))
 
-        def read(store: AuditStore) -> Episode:  # one trip to the store's thread, not three
+        def read_and_claim(store: AuditStore) -> tuple[Episode, Episode | None]:
             episode = store.episode(run_id)
             if episode.runs == 0 and episode.resolved_at is None and store.has_event(event_id):
-                return store.resolve_episode(run_id)
-            return episode
+                return store.resolve_episode(run_id), None
+            if episode.resolved_at is not None or episode.started:
+                return episode, None  # (a repeat: Temporal answers it, _claim_loop)
+            return episode, store.claim_episode(run_id, rerun=False, stale_after=self.CLAIM_STALE_AFTER)
 
-        return await self._store("read an episode", read)
+        return await self._write("read and claim an episode", read_and_claim)
 
     async def _store(self, doing: str, call: Callable[[AuditStore], Any]) -> Any:
         store = self.deps.audit

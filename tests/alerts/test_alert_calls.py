@@ -297,3 +297,57 @@ async def test_copies_arriving_while_the_first_is_decided_cost_no_call_of_their_
     assert {a["run_id"] for a in answers} == {run_id}
     assert calls.made() == [("start_workflow", run_id)]
     assert reads == [run_id] and len(asked) == 1, "the copies asked neither the store nor the policy"
+
+
+async def test_a_new_episode_is_claimed_while_the_start_rule_answers(counted, monkeypatch):
+    """Issue 17: the claim's commit does not wait for the `start` rule's answer (nor the answer
+    for the claim): here the rule answers only once the episode is claimed, which deadlocks a
+    front door that claims after asking."""
+    stack, _ = counted
+    loop = asyncio.get_running_loop()
+    claimed = asyncio.Event()
+    claim = stack.audit.claim_episode
+
+    def noted(episode: str, **kwargs: Any) -> Any:
+        result = claim(episode, **kwargs)
+        loop.call_soon_threadsafe(claimed.set)
+        return result
+
+    start = stack.policy.start
+
+    async def after_the_claim(input: dict[str, Any]) -> Any:
+        await asyncio.wait_for(claimed.wait(), 5)
+        return await start(input)
+
+    monkeypatch.setattr(stack.audit, "claim_episode", noted)
+    monkeypatch.setattr(stack.policy, "start", after_the_claim)
+    fp = uuid.uuid4().hex[:16]
+    answer = await deliver(stack, firing(fp, "Hold", instance="a-5"))
+    assert (answer["outcome"], answer["run_id"]) == ("started", episode_id("hold", fp, STARTS))
+
+
+async def test_a_first_delivery_the_rule_refuses_gives_its_claim_back(counted, monkeypatch):
+    """The claim is taken while the rule answers; refused, the delivery gives it back, so the
+    episode reads as never claimed and the next delivery (the policy changed) starts at once
+    instead of waiting for a claim nobody will use to go stale (503 after PENDING_WAIT)."""
+    stack, calls = counted
+    start = stack.policy.start
+    refusing = True
+
+    async def maybe_refused(input: dict[str, Any]) -> Any:
+        verdict = await start(input)
+        return verdict.model_copy(update={"allow": False, "reasons": ["not tonight"]}) if refusing else verdict
+
+    monkeypatch.setattr(stack.policy, "start", maybe_refused)
+    monkeypatch.setattr(AlertReceiver, "PENDING_WAIT", 1.0)
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("hold", fp, STARTS)
+    alert = firing(fp, "Hold", instance="a-6")
+    refused = await deliver(stack, alert)
+    assert (refused["outcome"], refused["reason"]) == ("rejected", "start refused: not tonight")
+    episode = stack.audit.episode(run_id)
+    assert (episode.runs, episode.started, episode.claimed_at) == (0, False, None), "the claim was given back"
+    refusing = False
+    calls.clear()
+    assert (await deliver(stack, alert))["outcome"] == "started"
+    assert calls.made() == [("start_workflow", run_id)]
