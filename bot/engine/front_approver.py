@@ -20,7 +20,7 @@ from bot.audit.events import EventKind, StoredEvent
 from bot.audit.recorder import event
 from bot.audit.backend import AuditStore
 from bot.engine.state import FrontVerdict
-from bot.engine.verdicts import DOC_BYTES_MAX, DOC_FIELD, at_time, doc_digest, seal
+from bot.engine.verdicts import DOC_BYTES_MAX, DOC_FIELD, VERDICT_BYTES_MAX, at_time, doc_digest, seal
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, Proof
 from bot.policy.engine import PolicyEngine
@@ -32,7 +32,6 @@ READ_WAIT = 0.5  # seconds the store may take to give the input before the vote 
 ASK_WAIT = 1.0  # seconds the policy may take to answer (then the worker asks, with its retries)
 READ_PAUSE = 30.0  # after a read that took longer, seconds without asking the store
 DOCS_KEPT = 512  # inputs kept, newest first (a quorum's later voters, a repeated click)
-VERDICT_BYTES_MAX = 8 * 1024  # a verdict's share of a vote (VOTE_BYTES_MAX, 64 KB, with the proof and reason)
 
 
 class FrontApprover:

@@ -19,7 +19,6 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from pydantic import ValidationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from bot.engine.locking import LockKeyError, render_lock_key
@@ -245,7 +244,7 @@ def run_input(
     if proof is not None and asked is not None and asked.run_id == run_id and asked.sealable and asked.doc:
         try:
             verdict = seal_start(keyring, asked.verdict, asked.doc, asked.at, run_id, proof)
-        except ValidationError:  # an answer no verdict can hold (too many or long reasons): the worker asks
+        except ValueError:  # an answer no verdict holds, or too long to carry (reasons): the worker asks
             verdict = None
     return RunInput(playbook=loaded.playbook, playbook_hash=loaded.hash, params=params, trigger=trigger, proof=proof,
                     verdict=verdict)

@@ -43,6 +43,9 @@ START_SEAL_LABEL = "start-verdict"
 UNSEALED = f"{'0' * 12}:{'0' * 64}"  # (the seal's shape, while the fields it covers are checked)
 VERDICT_SKEW = timedelta(seconds=60)  # the front door's clock against the workflow's
 DOC_FIELD = "approver_input"  # where the approval_requested record carries the input
+# A verdict's share of what carries it (a vote, VOTE_BYTES_MAX with the proof and reason; a run's
+# input): a policy's long reasons make a larger one, which is not sealed (the worker asks instead).
+VERDICT_BYTES_MAX = 8 * 1024
 DOC_BYTES_MAX = 64 * 1024  # a larger input is not published, nor asked on by a front door: its worker asks
 
 
@@ -128,8 +131,15 @@ def _start_sealed(fields: dict[str, Any], run_id: str, proof: Proof) -> dict[str
 
 def seal_start(keyring: Keyring, answer: Verdict, doc: str, at: datetime, run_id: str, proof: Proof) -> FrontVerdict:
     """`answer` (the `start` rule's, asked on the input whose digest is `doc`: the whole input, as
-    the engine records it, `input_digest`) sealed to `proof`."""
-    return _sealed_answer(keyring, START_SEAL_LABEL, answer, doc, at, lambda fields: _start_sealed(fields, run_id, proof))
+    the engine records it, `input_digest`) sealed to `proof`; ValueError past VERDICT_BYTES_MAX."""
+    return _bounded(_sealed_answer(keyring, START_SEAL_LABEL, answer, doc, at,
+                                   lambda fields: _start_sealed(fields, run_id, proof)))
+
+
+def _bounded(verdict: FrontVerdict) -> FrontVerdict:
+    if (size := len(verdict.model_dump_json())) > VERDICT_BYTES_MAX:
+        raise ValueError(f"a verdict of {size} bytes; at most {VERDICT_BYTES_MAX} are sealed")
+    return verdict
 
 
 def start_seal_holds(verdict: FrontVerdict, run_id: str, proof: Proof, keyring: Keyring) -> bool:

@@ -228,7 +228,9 @@ async def test_a_front_door_seals_only_an_allow_of_its_known_version_for_the_run
                        asked.version)  # answered by a version reloaded meanwhile
     wordy = StartAsked(asked.run_id, asked.at, asked.doc,
                        asked.verdict.model_copy(update={"reasons": [f"r{i}" for i in range(21)]}), asked.version)
-    for no in (unknown, other, wordy):
+    long_winded = StartAsked(asked.run_id, asked.at, asked.doc,  # 20 reasons of 1 KB: past VERDICT_BYTES_MAX
+                             asked.verdict.model_copy(update={"reasons": ["r" * 1000] * 20}), asked.version)
+    for no in (unknown, other, wordy, long_winded):
         assert run_input(loaded, params, trigger, ALICE, KEYRING, "run-1", no).verdict is None
     unverified = Actor("api:alice")
     no_proof = run_input(loaded, params, TriggerContext(kind="api", requested_by="api:alice"), unverified,
