@@ -412,7 +412,13 @@ class AlertReceiver:
         claiming = asyncio.ensure_future(self._episode(alert, match))
         try:
             asked = await asking
-            episode, claimed = await claiming
+            claimed_first = claiming.done()
+            # (shielded: a delivery cancelled meanwhile still learns what it claimed, to give it back)
+            episode, claimed = await asyncio.shield(claiming)
+            if claimed is not None and claimed.claimed and claimed_first:
+                # Claimed before the rule answered: a resolve recorded in between is looked for
+                # now, so the window in which a resolve cannot stop the start stays the claim's own.
+                episode, claimed = await self._unless_resolved(match, episode, claimed)
             refused = await self._refused(alert, match, trigger, episode, asked)
         except BaseException:
             asking.cancel()
@@ -456,6 +462,18 @@ class AlertReceiver:
         if holder is not None:  # on_busy: attach, like a duplicate of the holder's alert
             return self._outcome(alert, playbook, "attached", run_id=holder)
         return None
+
+    async def _unless_resolved(self, match: RouteMatch, episode: Episode, claimed: Episode
+                               ) -> tuple[Episode, Episode | None]:
+        """(`episode`, `claimed`) as they were, or, once the episode has resolved since the claim,
+        the claim given back and the episode's state after (a rare race: two reads are fine)."""
+        def read(store: AuditStore) -> Episode:
+            return store.episode(match.workflow_id)
+
+        if (await self._store("read an episode", read)).resolved_at is None:
+            return episode, claimed
+        await self._give_back(claimed)
+        return await self._store("read an episode", read), None
 
     async def _give_back(self, claimed: Episode | None) -> None:
         """Release a claim won by a delivery that starts no run (best effort: a claim not given

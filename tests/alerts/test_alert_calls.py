@@ -107,12 +107,13 @@ async def test_a_new_episode_costs_its_start_and_a_repeat_no_temporal_call(count
     calls.clear()
     assert (await deliver(stack, alert))["outcome"] == "started"
     assert calls.made() == [("start_workflow", run_id)]
-    assert reads == [run_id]
+    assert reads in ([run_id], [run_id] * 2), reads  # (again when the claim committed before the rule answered)
+    first = len(reads)
     for _ in range(3):
         calls.clear()
         assert (await deliver(stack, alert))["outcome"] == "attached"
         assert calls.made() == []
-    assert reads == [run_id], "a repeat of an episode this door started reads no episode state"
+    assert len(reads) == first, "a repeat of an episode this door started reads no episode state"
     assert ends == [run_id] * 3, "each repeat asks the store whether the run ended"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import httpx
+import pytest
 import pytest_asyncio
 
 from bot.alerts.episodes import episode_id
@@ -682,3 +683,81 @@ async def test_a_matching_resolve_keeps_the_on_resolved_its_run_started_with(sta
 
     assert (answer["outcome"], answer["run_id"]) == ("resolved_ignored", run_id), answer
     assert await is_running(stack.temporal, run_id) is True
+
+
+def own_door(stack: BotStack, pending_wait: float | None = None) -> httpx.AsyncClient:
+    """A front door of its own on the stack's store, policy and Temporal, in this loop (ASGI):
+    a test can cancel one of its requests as a shutdown would."""
+    deps = AlertDeps(stack.temporal, stack.task_queue, lambda: stack.catalog, stack.policy, stack.audit, TOKEN,
+                     keyring=front_door_keyring(stack.settings))
+    receiver = AlertReceiver(deps)
+    if pending_wait is not None:
+        receiver.PENDING_WAIT = pending_wait
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(Readiness(), [receiver.router()])),
+                             base_url="http://door", headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+async def test_a_resolve_recorded_while_the_start_rule_answers_starts_no_run(stack: BotStack, monkeypatch):
+    """The episode is claimed while the `start` rule answers; a resolve that lands on another
+    front door in between is looked for before the start, so the run never starts (it would
+    otherwise start, act, and only then be cancelled)."""
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("heal", fp, STARTS)
+    alert = firing(fp, "Heal", instance="w-9")
+    start = stack.policy.start
+    resolves: list[dict[str, Any]] = []
+
+    async def resolve_first(doc: Any) -> Any:
+        deadline = time.monotonic() + 2
+        while stack.audit.episode(run_id).claimed_at is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        resolves.append(await outcome(stack, resolved(alert)))
+        return await start(doc)
+
+    monkeypatch.setattr(stack.policy, "start", resolve_first)
+    async with own_door(stack) as http:
+        [answer] = (await http.post("/alertmanager", json=webhook([alert]))).json()
+    assert [r["outcome"] for r in resolves] == ["resolved_no_run"]
+    assert (answer["outcome"], answer["reason"]) == ("already_handled", "the alert was already resolved"), answer
+    assert await is_running(stack.temporal, run_id) is None
+    episode = stack.audit.episode(run_id)
+    assert (episode.runs, episode.claimed_at, episode.resolved_at is not None) == (0, None, True), episode
+
+
+@pytest.mark.parametrize("refused", [True, False], ids=["refused", "allowed"])
+async def test_a_delivery_cancelled_while_its_claim_commits_gives_the_claim_back(stack: BotStack, monkeypatch,
+                                                                                  refused: bool):
+    """Cancelled (a shutdown) after the rule answered, while its claim is being committed: the
+    claim still commits, and the delivery gives it back on its way out, so Alertmanager's retry
+    claims and starts at once instead of answering 503 until the claim goes stale (120 s)."""
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("heal", fp, STARTS)
+    alert = firing(fp, "Heal", instance=f"c-{refused}")
+    answered, refusing = asyncio.Event(), refused
+    start, claim = stack.policy.start, stack.audit.claim_episode
+
+    async def maybe_refused(doc: Any) -> Any:
+        verdict = await start(doc)
+        answered.set()
+        return verdict.model_copy(update={"allow": False, "reasons": ["not tonight"]}) if refusing else verdict
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.6)  # a slow fsync, a busy group
+        return claim(*args, **kwargs)
+
+    monkeypatch.setattr(stack.policy, "start", maybe_refused)
+    monkeypatch.setattr(stack.audit, "claim_episode", slow_claim)
+    async with own_door(stack) as http:
+        post = asyncio.create_task(http.post("/alertmanager", json=webhook([alert])))
+        await asyncio.wait_for(answered.wait(), 5)
+        await asyncio.sleep(0.1)  # waiting for its claim now
+        post.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await post  # (its way out included)
+    held = stack.audit.episode(run_id)
+    assert (held.runs, held.claimed_at) == (0, None), held
+    refusing = False
+    async with own_door(stack, pending_wait=0.5) as http:  # Alertmanager's retry
+        retry = await http.post("/alertmanager", json=webhook([alert]))
+    assert retry.status_code == 200, retry.text
+    assert retry.json()[0]["outcome"] == "started"
