@@ -24,9 +24,11 @@ call: whether its run is still going is read from the audit store (the worker re
 end there) while the hint is fresh, and from one describe after that or without a store (an
 in-process hint, never used to start anything); a copy arriving while this process still decides
 the same delivery (a retry overtaking a slow answer, HA peers at once) shares that decision and
-costs no call; a new episode's store read and start rule are
-asked at once, and its store writes (claim, started, the audit events) are group-committed with
-every concurrent request's (bot/audit/batching.py), each returned only once durable.
+costs no call; a new episode's store read with its claim (one trip) and its start rule are
+asked at once (a claim that then starts nothing is given back; one won before the rule answered
+looks for a resolve once more before the start), and its store writes (claim, started, the audit
+events) are group-committed with every concurrent request's (bot/audit/batching.py), each
+returned only once durable.
 """
 
 from __future__ import annotations
