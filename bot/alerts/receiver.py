@@ -428,7 +428,13 @@ class AlertReceiver:
                 await self._give_back(settled[1])
             raise
         if refused is not None:
-            await self._give_back(claimed)
+            if claimed is not None and claimed.claimed and refused.get("run_id") == match.workflow_id:
+                # Refused, but the episode's own run exists (a stale claim taken over, whose slow
+                # claimer started it after all): the claim is that run's, as `_start` records it.
+                await self._write("record an episode start",
+                                  lambda s: s.episode_started(claimed.episode_id, claimed.runs))
+            else:
+                await self._give_back(claimed)
             return refused
         if episode is None:
             return await self._start(alert, match, trigger, None, asked)

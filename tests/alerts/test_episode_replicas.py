@@ -761,3 +761,29 @@ async def test_a_delivery_cancelled_while_its_claim_commits_gives_the_claim_back
         retry = await http.post("/alertmanager", json=webhook([alert]))
     assert retry.status_code == 200, retry.text
     assert retry.json()[0]["outcome"] == "started"
+
+
+async def test_a_refused_delivery_that_takes_over_a_stale_claim_keeps_it_for_the_run_that_exists(
+        stack: BotStack, monkeypatch):
+    """A claimer stalled past CLAIM_STALE_AFTER and then started the run after all. A delivery the
+    rule now refuses takes the stale claim over and finds that run: the claim is recorded as the
+    run's start, not given back (given back, the episode would read as never run)."""
+    fp = uuid.uuid4().hex[:16]
+    run_id = episode_id("heal", fp, STARTS)
+    alert = firing(fp, "Heal", instance="s-1")
+    assert (await outcome(stack, alert))["outcome"] == "started"
+    with sqlite3.connect(stack.audit.path) as db:  # the slow claimer's start, not yet on record
+        db.execute("UPDATE episodes SET started = 0 WHERE episode_id = ?", (run_id,))
+    age_claim(stack, run_id, timedelta(seconds=AlertReceiver.CLAIM_STALE_AFTER + 60))
+    start = stack.policy.start
+
+    async def refused(doc: Any) -> Any:
+        return (await start(doc)).model_copy(update={"allow": False, "reasons": ["frozen"]})
+
+    monkeypatch.setattr(stack.policy, "start", refused)
+    async with own_door(stack) as http:  # a door with no hint of the run
+        [answer] = (await http.post("/alertmanager", json=webhook([alert]))).json()
+    assert (answer["outcome"], answer["run_id"]) == ("attached", run_id), answer
+    episode = stack.audit.episode(run_id)
+    assert (episode.runs, episode.started) == (1, True), episode
+    assert (await outcome(stack, resolved(alert)))["outcome"] == "resolved_cancelled"
