@@ -573,9 +573,7 @@ class AlertReceiver:
             self._remember(run_id, ended=running is False)
             return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
         except RPCError as exc:
-            if claim is not None:  # best effort: a claim never released goes stale and is taken over
-                with contextlib.suppress(Unavailable):
-                    await self._write("release an episode", lambda s: s.release_episode(run_id, claim.runs))
+            await self._give_back(claim)  # (the claim `_claim_loop` won for this start, if any)
             if exc.status == RPCStatusCode.INVALID_ARGUMENT:
                 # Temporal refuses this start as it is (its input past the blob size limit, from an
                 # alert's fields or a param templated from a long annotation): every retry would be

@@ -20,7 +20,7 @@ from bot.audit.events import EventKind, StoredEvent
 from bot.audit.recorder import event
 from bot.audit.backend import AuditStore
 from bot.engine.state import FrontVerdict
-from bot.engine.verdicts import DOC_BYTES_MAX, DOC_FIELD, VERDICT_BYTES_MAX, at_time, doc_digest, seal
+from bot.engine.verdicts import DOC_BYTES_MAX, DOC_FIELD, at_time, doc_digest, seal
 from bot.identity.principals import Actor
 from bot.identity.proofs import Keyring, Proof
 from bot.policy.engine import PolicyEngine
@@ -66,10 +66,10 @@ class FrontApprover:
             return None  # the worker asks: with its retries (and fails closed there), or on its own policy
         try:
             verdict = seal(self.keyring, answer, doc_digest(asked), at, run_id, execution, step_id, proof)
-        except ValueError as exc:  # an answer no verdict holds (too many reasons, a name too long)
+        except ValueError as exc:  # an answer no verdict holds (too many reasons, a name too long, past 8 KB)
             log.info("approver answer not sealed: the worker asks", error=str(exc)[:300])
             return None
-        return verdict if len(verdict.model_dump_json()) <= VERDICT_BYTES_MAX else None
+        return verdict
 
     async def _doc(self, run_id: str, execution: str, step_id: str) -> dict[str, Any] | None:
         """The input the run published with its approval request; None if it is not to be had now."""

@@ -66,13 +66,13 @@ def _sealed(fields: dict[str, Any], run_id: str, execution: str, step_id: str, p
 
 def _sealed_answer(keyring: Keyring, label: str, answer: Verdict, doc: str, at: datetime,
                    bound: Callable[[dict[str, Any]], dict[str, Any]]) -> FrontVerdict:
-    """`answer` as a verdict (ValidationError when no verdict can hold it), its seal over `label`
-    and `bound(the verdict's other fields)`."""
+    """`answer` as a verdict, its seal over `label` and `bound(the verdict's other fields)`;
+    ValueError when no verdict can hold it, or it would be past VERDICT_BYTES_MAX."""
     fields = {"allow": answer.allow, "reasons": list(answer.reasons), "person": answer.person, "at": at, "doc": doc,
               "policy_hash": answer.policy_hash, "decision_id": answer.decision_id, "engine": answer.engine}
     unsealed = FrontVerdict.model_validate({**fields, "seal": UNSEALED})
     content = bound(unsealed.model_dump(mode="json", exclude={"seal"}))
-    return unsealed.model_copy(update={"seal": keyring.seal(label, content)})
+    return _bounded(unsealed.model_copy(update={"seal": keyring.seal(label, content)}))
 
 
 def seal(keyring: Keyring, answer: Verdict, doc: str, at: datetime, run_id: str, execution: str, step_id: str,
@@ -131,9 +131,9 @@ def _start_sealed(fields: dict[str, Any], run_id: str, proof: Proof) -> dict[str
 
 def seal_start(keyring: Keyring, answer: Verdict, doc: str, at: datetime, run_id: str, proof: Proof) -> FrontVerdict:
     """`answer` (the `start` rule's, asked on the input whose digest is `doc`: the whole input, as
-    the engine records it, `input_digest`) sealed to `proof`; ValueError past VERDICT_BYTES_MAX."""
-    return _bounded(_sealed_answer(keyring, START_SEAL_LABEL, answer, doc, at,
-                                   lambda fields: _start_sealed(fields, run_id, proof)))
+    the engine records it, `input_digest`) sealed to `proof`."""
+    return _sealed_answer(keyring, START_SEAL_LABEL, answer, doc, at,
+                          lambda fields: _start_sealed(fields, run_id, proof))
 
 
 def _bounded(verdict: FrontVerdict) -> FrontVerdict:

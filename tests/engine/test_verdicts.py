@@ -78,3 +78,10 @@ def test_the_runs_answer_names_the_user_of_the_proof() -> None:
     answer = actor_verdict(sealed(the_proof=p), p)
     assert (answer.allow, answer.person, answer.policy_hash, answer.decision_id) == (True, "bob", "p", "d")
     assert answer.user == {"id": "slack:U0BOB", "name": "bob", "groups": ["sre"], "verified": True, "verified_by": "slack"}
+
+
+def test_a_verdict_past_8_kb_is_not_sealed() -> None:
+    """A policy's long reasons (20 of 1 KB) make a verdict no vote carries: the worker asks instead."""
+    with pytest.raises(ValueError, match="at most 8192"):
+        sealed(Verdict(allow=True, reasons=["r" * 1000] * 20, person="bob", policy_hash="p"))
+    assert sealed(Verdict(allow=True, reasons=["r" * 300] * 20, person="bob", policy_hash="p")).allow
