@@ -10,7 +10,9 @@
 Prints one JSON object a line on stdout: a sample per request (`{"ms", "status", "outcome", ...}`)
 and a last `{"summary": ...}` line. `alerts` posts each of N alerts three times, shuffled, to
 /alertmanager; `starts` is its floor, bare client starts of the same triplicated ids with
-USE_EXISTING; `slack` sends bursts of signed `/playbook run` commands to /slack/events.
+USE_EXISTING; `slack` sends bursts of signed `/playbook run` commands to /slack/events, and before each burst's samples a
+`{"window_cpu": ...}` line: every process's CPU time read just before its first request and after its
+last answer (bench.topology.WindowCpu).
 
 The latency kinds (bench/latency.py) serve the target (bench/target.py) on --target-port in this
 process and report, per key, `ms` = the target's arrival - the moment the request was sent (null
@@ -40,7 +42,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from bench.target import Target
-from bench.topology import ALERT_TOKEN, SIGNING_SECRET
+from bench.topology import ALERT_TOKEN, SIGNING_SECRET, on_cpu
 from bot.slack.blocks import APPROVE_ACTION
 
 CHANNEL = "C0INCIDENTS"
@@ -176,7 +178,11 @@ async def slack(url: str, bursts: int, size: int, response_url: str | None, gap:
         for _ in range(warmup):  # not reported: first connections and code paths, on either side alike
             await one(-1)
         for burst in range(bursts):
-            for sample in await asyncio.gather(*(one(burst) for _ in range(size))):
+            before, began = on_cpu(), time.perf_counter()
+            samples = await asyncio.gather(*(one(burst) for _ in range(size)))
+            wall_ms = (time.perf_counter() - began) * 1000
+            emit({"window_cpu": {"before": before, "after": on_cpu(), "load": os.getpid(), "wall_ms": wall_ms}})
+            for sample in samples:
                 emit(sample)
             await asyncio.sleep(gap)
     emit({"summary": {"bursts": bursts, "size": size}})

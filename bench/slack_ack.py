@@ -30,7 +30,8 @@ from typing import Any
 from bench import profiles, results
 from bench.alert_storm import executions
 from bench.topology import (
-    ALERT_TOKEN, ENVELOPE_KEY, ROOT, SIGNING_SECRET, CpuMeter, Topology, base_env, load_average, run, topology,
+    ALERT_TOKEN, ENVELOPE_KEY, ROOT, SIGNING_SECRET, CpuMeter, Topology, WindowCpu, base_env, load_average, run,
+    topology,
 )
 
 sys.path.insert(0, str(ROOT))
@@ -86,10 +87,14 @@ def per_burst(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def lines(topo: Topology, url: str, size: int, response_url: str) -> list[dict[str, Any]]:
-    """One burst of `size` commands from a load process of its own (after WARMUP sequential ones)."""
+async def lines(topo: Topology, url: str, size: int, response_url: str, window: WindowCpu) -> list[dict[str, Any]]:
+    """One burst of `size` commands from a load process of its own (after WARMUP sequential ones);
+    where the cores went during it is added to `window`."""
     out = await topo.load("slack", url, "--bursts", "1", "--size", str(size), "--response-url", response_url,
                           "--warmup", str(WARMUP), "--gap", "0")
+    for line in out:
+        if "window_cpu" in line:
+            window.add(line["window_cpu"])
     return [line for line in out if "burst" in line]
 
 
@@ -121,18 +126,22 @@ async def shape_run(shape: str, bursts: int, size: int, fake: FakeSlack, urls: d
             sides = {"floor": (floor_proc.url, urls["working response_url"]),
                      **{variant: (front.url, urls[variant]) for variant in VARIANTS}}
             meters = {side: CpuMeter(topo) for side in sides}
+            windows = {side: WindowCpu(topo) for side in sides}
             taken: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
             for index in range(bursts):
                 for side, (url, response_url) in sides.items():
                     await asyncio.sleep(2)  # the previous burst's runs and answers drain
                     with meters[side]:
-                        taken[side] += [{**line, "burst": index} for line in await lines(topo, url, size, response_url)]
+                        taken[side] += [{**line, "burst": index}
+                                        for line in await lines(topo, url, size, response_url, windows[side])]
             await asyncio.to_thread(floor_proc.stop)
             floor = per_burst(taken["floor"])
             bot = {variant: per_burst(taken[variant]) for variant in VARIANTS}
             for variant in VARIANTS:
                 print(f"bot, {variant}: {meters[variant].line()}")  # where the cores went, as the other benches say
+                print(f"bot, {variant}: {windows[variant].line()}")
             print(f"floor: {meters['floor'].line()}")
+            print(f"floor: {windows['floor'].line()}")
             sent = sum(b["count"] for b in bot.values()) + len(VARIANTS) * WARMUP * bursts
             runs, ids = await executions(address, queue, sent, timeout=60)
             print(topo.describe())

@@ -316,6 +316,64 @@ def _tree_cpu(roots: dict[str, int]) -> dict[str, float]:
     return totals
 
 
+def on_cpu() -> dict[str, dict[int, int]]:
+    """Each process's time on a CPU so far (ms, summed over its threads) and its parent. Read from
+    the scheduler's own count (/proc/PID/task/*/schedstat, in ns): a burst of a few hundred ms is a
+    few ticks of the clock /proc/PID/stat counts in."""
+    ms, parent = {}, {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = Path(entry.path, "stat").read_text()
+            total = sum(int(Path(task.path, "schedstat").read_text().split()[0])
+                        for task in os.scandir(Path(entry.path, "task")))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        pid = int(entry.name)
+        ms[pid], parent[pid] = total // 1_000_000, int(text[text.rindex(")") + 2 :].split()[1])
+    return {"ms": ms, "parent": parent}
+
+
+class WindowCpu:
+    """Where the cores went inside a load process's measured windows (its burst, first request sent
+    to last answer): CPU ms per process of the topology (with its descendants), the load process,
+    and everything else on the host ("other": the bench process's fakes among it), from the
+    `on_cpu` readings the load took around each window."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self.windows: list[dict[str, float]] = []
+
+    def add(self, reading: dict[str, Any]) -> None:
+        roots = {p.pid: p.name for p in self.topo.procs}
+        roots.update({s.process.pid: f"temporal {i}" if i else "temporal"
+                      for i, s in enumerate(self.topo._servers) if s.process is not None})
+        roots[int(reading["load"])] = "load"
+        before = {int(pid): ms for pid, ms in reading["before"]["ms"].items()}
+        parent = {int(pid): int(ppid) for pid, ppid in reading["after"]["parent"].items()}
+        used: dict[str, float] = {}
+        for pid, ms in reading["after"]["ms"].items():
+            pid = int(pid)
+            owner, seen = pid, 0
+            while owner not in roots and owner in parent and seen < 64:  # up the tree to a root
+                owner, seen = parent[owner], seen + 1
+            name = roots.get(owner, "other")
+            used[name] = used.get(name, 0.0) + ms - before.get(pid, 0)
+        used["wall"] = float(reading["wall_ms"])
+        self.windows.append(used)
+
+    def line(self) -> str:
+        """Mean per window: CPU ms of each, busiest first, and the wall time it spanned."""
+        if not self.windows:
+            return "no window measured"
+        names = {name for window in self.windows for name in window} - {"wall"}
+        mean = {name: sum(w.get(name, 0.0) for w in self.windows) / len(self.windows) for name in names}
+        wall = sum(w["wall"] for w in self.windows) / len(self.windows)
+        parts = ", ".join(f"{name} {ms:.0f}" for name, ms in sorted(mean.items(), key=lambda kv: -kv[1]) if ms >= 1)
+        return f"CPU ms in the burst, mean of {len(self.windows)}: {parts} (total {sum(mean.values()):.0f} in {wall:.0f} ms)"
+
+
 class CpuMeter:
     """Where the machine's cores went during one side of a bench: CPU seconds per process (with its
     children), the load processes included (reaped children of this process)."""
