@@ -316,30 +316,35 @@ def _tree_cpu(roots: dict[str, int]) -> dict[str, float]:
     return totals
 
 
-def on_cpu() -> dict[str, dict[int, int]]:
-    """Each process's time on a CPU so far (ms, summed over its threads) and its parent. Read from
-    the scheduler's own count (/proc/PID/task/*/schedstat, in ns): a burst of a few hundred ms is a
-    few ticks of the clock /proc/PID/stat counts in."""
-    ms, parent = {}, {}
+def on_cpu() -> dict[str, dict[str, int]]:
+    """Each thread's time on a CPU so far (µs, keyed "PID/TID") and each process's parent. Read from
+    the scheduler's own count (/proc/PID/task/TID/schedstat, in ns): a burst of a few hundred ms is
+    a few ticks of the clock /proc/PID/stat counts in. Per thread, so one that ends between two
+    readings takes its time with it rather than making its process's total go down."""
+    us, parent = {}, {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             text = Path(entry.path, "stat").read_text()
-            total = sum(int(Path(task.path, "schedstat").read_text().split()[0])
-                        for task in os.scandir(Path(entry.path, "task")))
-        except (OSError, ValueError, IndexError):
+            tasks = list(os.scandir(Path(entry.path, "task")))
+        except OSError:
             continue  # gone meanwhile
-        pid = int(entry.name)
-        ms[pid], parent[pid] = total // 1_000_000, int(text[text.rindex(")") + 2 :].split()[1])
-    return {"ms": ms, "parent": parent}
+        parent[entry.name] = int(text[text.rindex(")") + 2 :].split()[1])
+        for task in tasks:
+            try:
+                us[f"{entry.name}/{task.name}"] = int(Path(task.path, "schedstat").read_text().split()[0]) // 1000
+            except (OSError, ValueError, IndexError):
+                continue
+    return {"us": us, "parent": parent}
 
 
 class WindowCpu:
     """Where the cores went inside a load process's measured windows (its burst, first request sent
     to last answer): CPU ms per process of the topology (with its descendants), the load process,
     and everything else on the host ("other": the bench process's fakes among it), from the
-    `on_cpu` readings the load took around each window."""
+    `on_cpu` readings the load took around each window. A thread that ended inside a window is not
+    counted (the fakes' request threads): "other" is a floor."""
 
     def __init__(self, topo: Topology) -> None:
         self.topo = topo
@@ -350,16 +355,15 @@ class WindowCpu:
         roots.update({s.process.pid: f"temporal {i}" if i else "temporal"
                       for i, s in enumerate(self.topo._servers) if s.process is not None})
         roots[int(reading["load"])] = "load"
-        before = {int(pid): ms for pid, ms in reading["before"]["ms"].items()}
+        before = reading["before"]["us"]
         parent = {int(pid): int(ppid) for pid, ppid in reading["after"]["parent"].items()}
         used: dict[str, float] = {}
-        for pid, ms in reading["after"]["ms"].items():
-            pid = int(pid)
-            owner, seen = pid, 0
+        for task, us in reading["after"]["us"].items():
+            owner, seen = int(task.split("/")[0]), 0
             while owner not in roots and owner in parent and seen < 64:  # up the tree to a root
                 owner, seen = parent[owner], seen + 1
             name = roots.get(owner, "other")
-            used[name] = used.get(name, 0.0) + ms - before.get(pid, 0)
+            used[name] = used.get(name, 0.0) + (us - before.get(task, 0)) / 1000
         used["wall"] = float(reading["wall_ms"])
         self.windows.append(used)
 
