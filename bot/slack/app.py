@@ -185,7 +185,7 @@ def queue_refusal(deps: SlackDeps, actor: str, record: Callable[[], Awaitable[An
             release()
 
     deps.refusals_queued[actor] += 1
-    if not deps.background.refusals.submit("refusal audit", job):
+    if not deps.background.refusals.submit("refusal audit", job, said):
         release()
         log.error("refusal not recorded; its lane is full", **said)
 

@@ -6,6 +6,8 @@ API error or an audit store that is down then costs one lane's worker a bounded 
 job's timeout), never another request its ack: the HTTP handler only ever does `put_nowait`.
 A full queue drops the job with an error log (a flood must not grow memory without bound).
 While other requests still wait for their ack, queued jobs wait too (bounded): see AckWindow.
+A job still queued when the door stops and its drain runs out of time is logged with what it
+would have said (`said`): an audit record that never reaches the store is at least in the log.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import structlog
 
@@ -71,19 +74,20 @@ class Lane:
         self.window = window or AckWindow()
         self._workers = workers
         self._size = size
-        self._queue: asyncio.Queue[tuple[str, Job, float]] | None = None
+        self._queue: asyncio.Queue[tuple[str, Job, float, dict[str, Any]]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pending = 0
         self.failed = 0  # jobs that raised or timed out (logged each time)
         self.dropped = 0  # jobs refused by a full queue (logged each time)
 
-    def submit(self, what: str, job: Job) -> bool:
-        """Queue `job` (never waits); False, logged, when the queue is full."""
+    def submit(self, what: str, job: Job, said: dict[str, Any] | None = None) -> bool:
+        """Queue `job` (never waits); False, logged, when the queue is full. `said`: what the job
+        records, logged if the door stops before the job has run (see `drain`)."""
         if self._queue is None:  # started on first use, inside the running loop
             self._queue = asyncio.Queue(self._size)
             self._tasks = [asyncio.create_task(self._work(), name=f"slack-{self.name}-{i}") for i in range(self._workers)]
         try:
-            self._queue.put_nowait((what, job, time.monotonic()))
+            self._queue.put_nowait((what, job, time.monotonic(), said or {}))
             self._pending += 1
         except asyncio.QueueFull:
             self.dropped += 1
@@ -94,7 +98,7 @@ class Lane:
     async def _work(self) -> None:
         assert self._queue is not None
         while True:
-            what, job, queued_at = await self._queue.get()
+            what, job, queued_at, _ = await self._queue.get()
             try:
                 await self.window.passed(queued_at)
                 await asyncio.wait_for(job(), self.timeout)
@@ -114,7 +118,9 @@ class Lane:
         return self._pending
 
     async def drain(self, timeout: float) -> None:
-        """Wait (bounded) for what is queued, then stop the workers; what is left is logged."""
+        """Wait (bounded) for what is queued, then stop the workers; what is left is logged: a job
+        still running is cancelled (and says so itself), each one never started is logged here
+        with what it said."""
         if self._queue is None:
             return
         with contextlib.suppress(asyncio.TimeoutError):
@@ -124,6 +130,11 @@ class Lane:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._queue.empty():
+            what, _, queued_at, said = self._queue.get_nowait()
+            self._pending -= 1
+            log.error("slack background job never ran: the door stopped", lane=self.name, what=what,
+                      queued_s_ago=round(time.monotonic() - queued_at, 1), **said)
         self._tasks, self._queue = [], None
 
 

@@ -116,6 +116,28 @@ async def test_submit_never_waits_and_a_full_queue_drops_with_an_error() -> None
     assert sorted(ran) == [0, 1, 5]
 
 
+async def test_a_record_still_queued_when_the_door_stops_is_logged_with_what_it_said() -> None:
+    """A store that hangs at shutdown: the refusal running is cut off (it says so itself), and the
+    one queued behind it never runs. Its drain used to log only how many were left; the user's
+    refusal must at least be in the log, with who and why (the DESIGN's "every refusal of an actor
+    is audited")."""
+    lane = Lane("refusals", workers=1, timeout=30)
+    store_down = asyncio.Event()
+
+    async def hanging_write() -> None:
+        await store_down.wait()
+
+    with capture_logs() as logs:
+        assert lane.submit("refusal audit", hanging_write, {"actor": "slack:U1", "reason": "first"})
+        assert lane.submit("refusal audit", hanging_write, {"actor": "slack:U2", "reason": "not an owner"})
+        await asyncio.sleep(0.05)  # the worker holds the first; the second waits in the queue
+        await lane.drain(timeout=0.2)
+    never_ran = [e for e in logs if e["event"] == "slack background job never ran: the door stopped"]
+    assert [(e["log_level"], e["actor"], e["reason"], e["what"]) for e in never_ran] == [
+        ("error", "slack:U2", "not an owner", "refusal audit")]
+    assert lane.pending == 0
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
