@@ -78,11 +78,18 @@ class Lane:
         self._tasks: list[asyncio.Task[None]] = []
         self._pending = 0
         self.failed = 0  # jobs that raised or timed out (logged each time)
-        self.dropped = 0  # jobs refused by a full queue (logged each time)
+        self.dropped = 0  # jobs refused by a full queue or a drained lane (logged each time)
+        self._drained = False  # the door stopped: nothing starts the lane again
 
     def submit(self, what: str, job: Job, said: dict[str, Any] | None = None) -> bool:
         """Queue `job` (never waits); False, logged, when the queue is full. `said`: what the job
-        records, logged if the door stops before the job has run (see `drain`)."""
+        records, logged if the door stops before the job has run (see `drain`). A lane already
+        drained takes nothing (a listener that ran on past the shutdown's grace must not start its
+        workers again on a loop that is closing): logged with what the job said."""
+        if self._drained:
+            self.dropped += 1
+            log.error("slack background job not run: the door stopped", lane=self.name, what=what, **(said or {}))
+            return False
         if self._queue is None:  # started on first use, inside the running loop
             self._queue = asyncio.Queue(self._size)
             self._tasks = [asyncio.create_task(self._work(), name=f"slack-{self.name}-{i}") for i in range(self._workers)]
@@ -120,7 +127,8 @@ class Lane:
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for what is queued, then stop the workers; what is left is logged: a job
         still running is cancelled (and says so itself), each one never started is logged here
-        with what it said."""
+        with what it said. Nothing is taken after it."""
+        self._drained = True
         if self._queue is None:
             return
         with contextlib.suppress(asyncio.TimeoutError):

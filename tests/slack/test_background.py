@@ -138,6 +138,25 @@ async def test_a_record_still_queued_when_the_door_stops_is_logged_with_what_it_
     assert lane.pending == 0
 
 
+async def test_a_drained_lane_takes_nothing_more_and_logs_what_it_was_handed() -> None:
+    """A listener that ran on past the shutdown's grace queued its record after the drain: the lane
+    used to start its workers again, on a door that was stopping. Now it is refused and logged."""
+    lane = Lane("records", workers=1, timeout=30)
+    ran: list[str] = []
+
+    async def write() -> None:
+        ran.append("written")
+
+    assert lane.submit("slack_command audit", write)
+    await lane.drain(timeout=5)
+    with capture_logs() as logs:
+        assert not lane.submit("slack_command audit", write, {"actor": "slack:U3", "outcome": "started"})
+    await asyncio.sleep(0.05)
+    assert ran == ["written"] and lane.pending == 0 and lane.dropped == 1
+    assert [(e["event"], e["actor"]) for e in logs] == [("slack background job not run: the door stopped", "slack:U3")]
+    assert lane._tasks == []  # no worker started again
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
