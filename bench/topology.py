@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,10 +287,8 @@ def load_average() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-def _tree_cpu(roots: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each root process and its living descendants
-    (a front door's policy child, `dev`'s worker and Temporal children)."""
-    parent, used = {}, {}
+def _processes() -> Iterator[tuple[os.DirEntry[str], list[str]]]:
+    """Each living process's /proc entry and its stat fields after "pid (comm) ": state ppid pgrp ..."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -298,7 +296,14 @@ def _tree_cpu(roots: dict[str, int]) -> dict[str, float]:
             text = Path(entry.path, "stat").read_text()
         except OSError:
             continue  # gone meanwhile
-        fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+        yield entry, text[text.rindex(")") + 2 :].split()
+
+
+def _tree_cpu(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each root process and its living descendants
+    (a front door's policy child, `dev`'s worker and Temporal children)."""
+    parent, used = {}, {}
+    for entry, fields in _processes():
         pid = int(entry.name)
         parent[pid], used[pid] = int(fields[1]), int(fields[11]) + int(fields[12])
     children: dict[int, list[int]] = {}
@@ -322,15 +327,12 @@ def on_cpu() -> dict[str, dict[str, int]]:
     a few ticks of the clock /proc/PID/stat counts in. Per thread, so one that ends between two
     readings takes its time with it rather than making its process's total go down."""
     us, parent = {}, {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    for entry, fields in _processes():
         try:
-            text = Path(entry.path, "stat").read_text()
             tasks = list(os.scandir(Path(entry.path, "task")))
         except OSError:
             continue  # gone meanwhile
-        parent[entry.name] = int(text[text.rindex(")") + 2 :].split()[1])
+        parent[entry.name] = int(fields[1])
         for task in tasks:
             try:
                 us[f"{entry.name}/{task.name}"] = int(Path(task.path, "schedstat").read_text().split()[0]) // 1000
