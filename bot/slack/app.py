@@ -185,9 +185,11 @@ def queue_refusal(deps: SlackDeps, actor: str, record: Callable[[], Awaitable[An
             release()
 
     deps.refusals_queued[actor] += 1
-    if not deps.background.refusals.submit("refusal audit", job, said):
+    lane = deps.background.refusals
+    if not lane.submit("refusal audit", job, said):
         release()
-        log.error("refusal not recorded; its lane is full", **said)
+        if not lane.drained:  # (a drained lane logged it, as the door stopping)
+            log.error("refusal not recorded; its lane is full", **said)
 
 
 def queue_error(deps: SlackDeps, error: Exception, body: Mapping[str, Any], respond: Any) -> None:

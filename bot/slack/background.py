@@ -120,6 +120,11 @@ class Lane:
                 self._queue.task_done()
 
     @property
+    def drained(self) -> bool:
+        """The door stopped: the lane takes nothing more (submit logs what it was handed)."""
+        return self._drained
+
+    @property
     def pending(self) -> int:
         """Jobs queued or running."""
         return self._pending

@@ -6,6 +6,8 @@ runs behind it (a map past max_stale is still waited for, then fails closed)."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -15,7 +17,7 @@ from structlog.testing import capture_logs
 from bot.slack.background import AckWindow, Background, Lane
 from bot.server import Readiness, create_app
 from bot.settings import Settings
-from bot.slack.app import SlackDeps, create_slack_app, slack_router
+from bot.slack.app import SlackDeps, create_slack_app, queue_refusal, slack_router
 from bot.slack.groups import GroupResolver
 
 
@@ -155,6 +157,21 @@ async def test_a_drained_lane_takes_nothing_more_and_logs_what_it_was_handed() -
     assert ran == ["written"] and lane.pending == 0 and lane.dropped == 1
     assert [(e["event"], e["actor"]) for e in logs] == [("slack background job not run: the door stopped", "slack:U3")]
     assert lane._tasks == []  # no worker started again
+
+
+async def test_a_refusal_after_the_drain_is_logged_once_as_the_door_stopping() -> None:
+    """Review of ec3412a: queue_refusal read every refused submit as a full lane, so a refusal after
+    the drain was logged twice, once as a full queue that never was."""
+    deps = SimpleNamespace(background=Background(), refusals_queued=Counter())
+    await deps.background.drain(timeout=1)
+
+    async def record() -> None:
+        pass
+
+    with capture_logs() as logs:
+        queue_refusal(deps, "slack:U1", record, {"actor": "slack:U1", "operation": "form", "reason": "not an owner"})
+    assert [e["event"] for e in logs] == ["slack background job not run: the door stopped"]
+    assert logs[0]["reason"] == "not an owner" and deps.refusals_queued == Counter()
 
 
 class Clock:
