@@ -356,12 +356,16 @@ class WindowCpu:
         roots = {p.pid: p.name for p in self.topo.procs}
         roots.update({s.process.pid: f"temporal {i}" if i else "temporal"
                       for i, s in enumerate(self.topo._servers) if s.process is not None})
-        roots[int(reading["load"])] = "load"
+        load = int(reading["load"])
         before = reading["before"]["us"]
         parent = {int(pid): int(ppid) for pid, ppid in reading["after"]["parent"].items()}
-        used: dict[str, float] = {}
+        # The load's own CPU between its first request and its last answer, as it timed it: its
+        # threads read by the scans would count the second scan too.
+        used: dict[str, float] = {"load": float(reading["load_ms"])}
         for task, us in reading["after"]["us"].items():
             owner, seen = int(task.split("/")[0]), 0
+            if owner == load:
+                continue
             while owner not in roots and owner in parent and seen < 64:  # up the tree to a root
                 owner, seen = parent[owner], seen + 1
             name = roots.get(owner, "other")
