@@ -168,7 +168,7 @@ def queue_refusal(deps: SlackDeps, actor: str, record: Callable[[], Awaitable[An
     """A user's refusal record onto the refusals lane (after the ack). At most REFUSALS_QUEUED_EACH
     of one user's wait there at once: while a store is down each is retried for seconds, and one
     user's flood must not crowd the lane's queue so that other users' refusals are dropped. One
-    not queued is logged with what it said (`said`)."""
+    not queued is logged with what it said (`said`): here, or by the lane that refused it."""
     if deps.refusals_queued[actor] >= REFUSALS_QUEUED_EACH:
         log.error("refusal not recorded; this user has too many waiting", waiting=REFUSALS_QUEUED_EACH, **said)
         return
@@ -185,11 +185,8 @@ def queue_refusal(deps: SlackDeps, actor: str, record: Callable[[], Awaitable[An
             release()
 
     deps.refusals_queued[actor] += 1
-    lane = deps.background.refusals
-    if not lane.submit("refusal audit", job, said):
+    if not deps.background.refusals.submit("refusal audit", job, said):  # (logged there, with `said`)
         release()
-        if not lane.drained:  # (a drained lane logged it, as the door stopping)
-            log.error("refusal not recorded; its lane is full", **said)
 
 
 def queue_error(deps: SlackDeps, error: Exception, body: Mapping[str, Any], respond: Any) -> None:

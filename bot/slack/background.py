@@ -82,10 +82,10 @@ class Lane:
         self._drained = False  # the door stopped: nothing starts the lane again
 
     def submit(self, what: str, job: Job, said: dict[str, Any] | None = None) -> bool:
-        """Queue `job` (never waits); False, logged, when the queue is full. `said`: what the job
-        records, logged if the door stops before the job has run (see `drain`). A lane already
-        drained takes nothing (a listener that ran on past the shutdown's grace must not start its
-        workers again on a loop that is closing): logged with what the job said."""
+        """Queue `job` (never waits). `said`: what the job records, logged with every job that does
+        not run: refused here (False) by a full queue or a drained lane (a listener that ran on
+        past the shutdown's grace must not start the workers again on a loop that is closing), or
+        still queued when the door stopped (see `drain`)."""
         if self._drained:
             self.dropped += 1
             log.error("slack background job not run: the door stopped", lane=self.name, what=what, **(said or {}))
@@ -98,7 +98,7 @@ class Lane:
             self._pending += 1
         except asyncio.QueueFull:
             self.dropped += 1
-            log.error("slack background queue full; dropped", lane=self.name, what=what, size=self._size)
+            log.error("slack background queue full; dropped", lane=self.name, what=what, size=self._size, **(said or {}))
             return False
         return True
 
@@ -118,11 +118,6 @@ class Lane:
             finally:
                 self._pending -= 1
                 self._queue.task_done()
-
-    @property
-    def drained(self) -> bool:
-        """The door stopped: the lane takes nothing more (submit logs what it was handed)."""
-        return self._drained
 
     @property
     def pending(self) -> int:

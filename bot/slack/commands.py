@@ -437,9 +437,8 @@ class PlaybookCommand:
         # runs, so a job not queued loses no count: only itself, logged with what it said.)
         if outcome in REFUSED_OUTCOMES:
             queue_refusal(self.deps, event.actor, append, said)
-        elif not self.deps.background.records.submit("slack_command audit", append, said) \
-                and not self.deps.background.records.drained:  # (a drained lane logged it, as the door stopping)
-            log.error("slack_command not recorded; its lane is full", **said)
+        else:  # (a job the lane refuses is logged there, with `said`)
+            self.deps.background.records.submit("slack_command audit", append, said)
 
     # ---- dry-run ---------------------------------------------------------------------------
 

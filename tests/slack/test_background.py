@@ -183,6 +183,27 @@ async def test_a_refusal_after_the_drain_is_logged_once_as_the_door_stopping() -
     assert mine[0]["reason"] == "not an owner" and deps.refusals_queued == Counter()
 
 
+async def test_a_refusal_a_full_lane_drops_is_logged_once_with_what_it_said() -> None:
+    """The lane logs every job it refuses with what the job said; its callers do not log it again."""
+    lane = Lane("refusals", workers=1, size=1, timeout=30)
+    deps = SimpleNamespace(background=SimpleNamespace(refusals=lane), refusals_queued=Counter())
+    release = asyncio.Event()
+
+    async def hang() -> None:
+        await release.wait()
+
+    assert lane.submit("hang", hang)
+    await asyncio.sleep(0)  # the worker takes it off the queue
+    assert lane.submit("hang", hang)  # the queue's one place
+    with capture_logs() as logs:
+        queue_refusal(deps, "slack:U4", hang, {"actor": "slack:U4", "operation": "form", "reason": "not an owner"})
+    mine = [e for e in logs if e.get("actor") == "slack:U4"]
+    assert [(e["event"], e["reason"]) for e in mine] == [("slack background queue full; dropped", "not an owner")]
+    assert deps.refusals_queued == Counter() and lane.dropped == 1
+    release.set()
+    await lane.drain(timeout=5)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
