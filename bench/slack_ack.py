@@ -5,8 +5,9 @@ a floor on the same Temporal server in the same run: a minimal Bolt app process 
 signature, starts a workflow inside the ack window and acks, its worker in its process
 (bench/floor_bolt.py). Three variants of the bot's commands: a working `response_url` (a local
 fake answering 200), none (older Slack bodies carry none), and a failing one (answers 500). The
-figure: the slowest ack of each burst, median over the bursts, bot / floor (goal <= 1.3), and no
-command answered other than 200 or later than 3 s. The sides take their bursts in turn (floor, then
+figure: the slowest ack of each burst, median over the bursts, bot / floor (goal <= 1.3 in the
+production shape, serve + worker), and in both shapes no command answered other than 200 or later
+than 3 s (`dev`'s goal; its ratio is shown beside it). The sides take their bursts in turn (floor, then
 each variant, `--bursts` times, each burst from a load process of its own after WARMUP sequential
 commands), so each meets the server with the same runs behind it.
 
@@ -38,7 +39,10 @@ sys.path.insert(0, str(ROOT))
 from tests.http_server import serving  # noqa: E402
 from tests.slack.fake_slack import FakeSlack  # noqa: E402  (the fake Web API the tests use)
 
-GOAL = "<= 1.3"
+GOAL = "<= 1.3"  # the production shape's (serve + worker) goal, issue 15 item 3
+# `dev`'s: issue 15 asks every command answered 200 within 3 s "in both shapes", and the ratio only of
+# the production shape; dev's ratio is printed and recorded beside it, to read by.
+DEV_GOAL = "every ack 200 within 3 s"
 DEADLINE_MS = 3000.0  # Slack's ack window
 PLAYBOOK = """
 name: ack
@@ -166,7 +170,9 @@ def show(shape: str, bursts: int, size: int, floor: dict[str, Any], bot: dict[st
     sent = sum(b["count"] for b in bot.values()) + len(VARIANTS) * WARMUP * bursts
     print(f"\nbot runs started: {runs} ({ids} ids) for {sent} commands sent ({len(VARIANTS) * WARMUP * bursts} of them warm-up), "
           f"{answered} of the measured answered 200")
-    print(f"goal: ratio {GOAL} in every variant, every command 200 within 3 s")
+    goal = GOAL if shape == "serve" else DEV_GOAL
+    print(f"goal: ratio {GOAL} in every variant, every command 200 within 3 s" if shape == "serve"
+          else f"goal ({where}): {DEV_GOAL} in every variant (the ratio {GOAL} is the production shape's)")
     if not record:
         print("(profiled run: not recorded in bench/results.json)")
         return
@@ -175,11 +181,12 @@ def show(shape: str, bursts: int, size: int, floor: dict[str, Any], bot: dict[st
         ratio = side["median_slowest"] / floor["median_slowest"]
         fig = results.figure(
             f"Slack ack, {bursts} bursts of {size}, slowest (median of bursts), {where}, {variant}",
-            side["median_slowest"], floor["median_slowest"], GOAL, "ms", layout,
+            side["median_slowest"], floor["median_slowest"], goal, "ms", layout,
             non_200=side["non_200"], over_3s=side["late"], floor_non_200=floor["non_200"], floor_over_3s=floor["late"],
             notes=(f"{side['non_200']} non-200, {side['late']} over 3 s" if side["non_200"] or side["late"] else ""),
         )
-        fig["met"] = results.met(ratio, GOAL) and side["non_200"] == 0 and side["late"] == 0
+        answered = side["non_200"] == 0 and side["late"] == 0
+        fig["met"] = answered and (results.met(ratio, GOAL) if shape == "serve" else True)
         figures.append(fig)
     samples = {f"Slack ack latency ({where})": {"floor (minimal Bolt)": floor["ms"],
                                                 **{f"bot, {v}": b["ms"] for v, b in bot.items()}}}
