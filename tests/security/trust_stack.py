@@ -44,6 +44,7 @@ from bot.server import Readiness, create_app
 from bot.lifecycle import Http
 from bot.services import front_door, slack_app
 from bot.settings import Settings
+from bot.slack.app import drain
 from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
 from tests.http_server import serving
@@ -238,6 +239,7 @@ async def trust_stack(
                         yield stack
                 finally:
                     await http.stop()
+                    await drain(slack)  # as a front door stops: its lanes' workers and queued jobs end with it
                     await terminate_open(client, settings.task_queue)
 
 

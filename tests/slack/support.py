@@ -29,7 +29,7 @@ from bot.playbook.loader import load_directory
 from bot.server import Readiness, create_app
 from bot.lifecycle import Http
 from bot.settings import Settings
-from bot.slack.app import SlackDeps, create_slack_app, slack_router
+from bot.slack.app import SlackDeps, create_slack_app, drain, slack_router
 from bot.slack.blocks import APPROVE_ACTION
 from bot.slack.commands import slack_run_id
 from tests.slack.fake_slack import FakeSlack
@@ -323,6 +323,7 @@ async def slack_stack(
                                 responses, settings.task_queue, deps.audit)
             finally:
                 await http.stop()
+                await drain(slack)  # as a front door stops: its lanes' workers and queued jobs end with it
                 await terminate_open(client, settings.task_queue)
 
 

@@ -35,6 +35,7 @@ from bot.engine.worker import make_worker, worker_deps
 from bot.playbook.loader import load_directory
 from bot.services import slack_app, socket_mode
 from bot.settings import Settings
+from bot.slack.app import drain
 from bot.slack.commands import slack_run_id
 from tests.reliability.test_slack_load import LatencyProxy
 from tests.slack.fake_slack import FakeSlack
@@ -185,6 +186,7 @@ async def socket_mode_bot(
                         await asyncio.wait_for(slack.connected.wait(), 20)
                         yield slack, fake
                 finally:
+                    await drain(app)  # as a front door stops: its lanes' workers and queued jobs end with it
                     for w in [w async for w in client.list_workflows(f'TaskQueue = "{settings.task_queue}"')]:
                         with contextlib.suppress(RPCError):
                             await client.get_workflow_handle(w.id).terminate("test over")
