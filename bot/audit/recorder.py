@@ -16,6 +16,7 @@ has not taken, so the activity writes nothing (writing now would put its events 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Literal, Sequence
@@ -164,12 +165,18 @@ class AuditWriter:
             return list(events)
         return None
 
-    async def run_recorded(self, run_id: str, exclude_execution: str | None = None) -> datetime | None:
+    def run_recorded(self, run_id: str, exclude_execution: str | None = None) -> asyncio.Future[datetime | None]:
         """When a run under this id last started or ended (refused runs end too); None if never,
-        or without a store. Raises AuditUnavailable when the store cannot be read."""
+        or without a store; AuditUnavailable when the store cannot be read. The read is handed to
+        a thread now, not when the answer is first awaited: what the caller does meanwhile (the
+        admission's other checks) runs beside it, not before it."""
+        loop = asyncio.get_running_loop()
         if self.store is None:
-            return None
-        return await asyncio.to_thread(self.store.run_last_recorded, run_id, exclude_execution)
+            never: asyncio.Future[datetime | None] = loop.create_future()
+            never.set_result(None)
+            return never
+        context = contextvars.copy_context()  # (as asyncio.to_thread: the log context goes along)
+        return loop.run_in_executor(None, context.run, self.store.run_last_recorded, run_id, exclude_execution)
 
 
 def event(

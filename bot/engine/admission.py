@@ -10,7 +10,6 @@ a worker with another key or catalog) decides the same way.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -167,14 +166,18 @@ class Admitter:
         unverified = Requester(principal=trigger.requested_by, person=trigger.requested_by)
         with structlog.contextvars.bound_contextvars(run_id=request.run_id, playbook=request.playbook.name):
             # The store read runs while the checks below and the `start` question do (issue 17: they
-            # are independent); its answer still comes first: a used run id is refused as such.
-            earlier = asyncio.ensure_future(self._run_id_problem(request.run_id, request.proof, request.execution))
+            # are independent); its answer still comes first: a used run id is refused as such. It
+            # is handed to its thread before the checks start: a task would begin only at their
+            # first pause, and they may not pause before the end (measured: the read began 1.2 ms
+            # into an admission of 1.9 ms, whose checks took 0.6).
+            reading = self.audit.run_recorded(request.run_id, request.execution)  # a reset of this run is this run
             try:
                 admission = await self._checked(request, unverified)
             except BaseException:
-                earlier.cancel()
+                if not reading.cancel() and not reading.cancelled():
+                    reading.exception()  # (answered already: its failure, if any, is not this one's to tell)
                 raise
-            if problem := await earlier:
+            if problem := await self._run_id_problem(request.run_id, request.proof, reading):
                 admission = _refusal(RUN_ID, problem, unverified, request.params)
             if not admission.allow:
                 log.warning("run refused by the worker", check=admission.refused_by, reason=admission.reasons[0],
@@ -262,7 +265,8 @@ class Admitter:
             return None
         return front
 
-    async def _run_id_problem(self, run_id: str, proof: Proof | None, execution: str | None) -> str | None:
+    async def _run_id_problem(self, run_id: str, proof: Proof | None,
+                              reading: Awaitable[datetime | None]) -> str | None:
         """A run id names one run at a time. Temporal starts a closed workflow id again for any
         client that asks, which could replay an earlier run's start proof. So an id already on
         the record is admitted again only with a start proof issued more than START_SKEW after that
@@ -276,7 +280,7 @@ class Admitter:
         run is refused as not checked): with the audit spool a run acts while the store is down,
         so "unknown" must not admit a replayed proof and the identity it vouches for."""
         try:
-            earlier = await self.audit.run_recorded(run_id, execution)  # a reset of this run is this run
+            earlier = await reading  # AuditWriter.run_recorded
         except AuditUnavailable as exc:
             if proof is None:
                 log.error("audit store unreadable: cannot tell whether this run id was used before", error=str(exc))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -196,6 +197,44 @@ async def test_a_used_run_id_runs_again_only_on_a_proof_issued_after_its_last_ru
     assert (at_the_margin.allow, at_the_margin.refused_by) == (False, "run id")
     fresh = await admitter.admit(request(catalog, proof_at=AT - timedelta(seconds=5)))
     assert fresh.allow and fresh.requester.verified
+
+
+class _Watched:
+    """`inner`, with one method replaced; everything else is the inner object's."""
+
+    def __init__(self, inner: Any, **methods: Any) -> None:
+        self._inner = inner
+        self.__dict__.update(methods)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_the_run_id_read_is_under_way_while_the_start_rule_is_asked(
+    catalog: Catalog, policy: EmbeddedEngine, store: SqliteAuditStore
+) -> None:
+    """Issue 17: the store read and the checks are independent, so they run at once. The read
+    used to be a task that began only when the checks first paused, and they may not pause before
+    they end: here the rule waits (without pausing) for the read to begin, which it does only if
+    it was handed to its thread before the checks started."""
+    began = threading.Event()
+
+    def run_last_recorded(*args: Any) -> datetime | None:
+        began.set()
+        return store.run_last_recorded(*args)
+
+    seen: list[bool] = []
+
+    async def start(doc: dict[str, Any]) -> Any:
+        seen.append(began.wait(2))  # blocks this loop: a read not yet handed over cannot begin
+        return await policy.start(doc)
+
+    admitter = Admitter(lambda: catalog, Keyring(KEY, [KEY]), _Watched(policy, start=start),
+                        AuditWriter(_Watched(store, run_last_recorded=run_last_recorded)))
+    admission = await admitter.admit(request(catalog))
+    assert admission.allow and seen == [True]
+    store.append([event("run-1", None, EventKind.run_started, ts=AT)])
+    assert (await admitter.admit(request(catalog))).refused_by == "run id"  # the read's answer still counts
 
 
 def test_a_request_needs_the_time_temporal_took_the_start(catalog: Catalog) -> None:
