@@ -408,10 +408,12 @@ class AlertReceiver:
         trigger = TriggerContext(kind=self.sender.name, requested_by=self.sender.name, alert=alert.as_context())
         # Independent, so at once (issue 17): the start rule, and the episode's state with its
         # claim (one trip to the store). A claim won for a run that then does not start (refused,
-        # busy) is given back, so the next delivery claims it at once.
-        asking = asyncio.ensure_future(
-            ask_start(self.deps.policy, match.playbook, match.params, trigger, self.actor, match.workflow_id))
+        # busy) is given back, so the next delivery claims it at once. The claim goes first: its
+        # write reaches its thread on the loop's next pass, and sending the question to a sleeping
+        # policy child can hold this loop while the child wakes (measured: the claim's thread began
+        # 1.8 ms in and was the last to finish; claim first, it begins at 0.8 ms).
         claiming = asyncio.ensure_future(self._episode(alert, match))
+        asking = asyncio.ensure_future(self._ask_start(match, trigger))
         try:
             asked = await asking
             claimed_first = claiming.done()
@@ -439,6 +441,11 @@ class AlertReceiver:
         if episode is None:
             return await self._start(alert, match, trigger, None, asked)
         return await self._claim_and_start(alert, match, trigger, claimed or episode, asked, fresh=claimed is not None)
+
+    async def _ask_start(self, match: RouteMatch, trigger: TriggerContext) -> StartAsked:
+        """The `start` rule, asked once the claim beside it has handed its write to its thread."""
+        await asyncio.sleep(0)  # one pass of the loop: the group commit's writer starts in it
+        return await ask_start(self.deps.policy, match.playbook, match.params, trigger, self.actor, match.workflow_id)
 
     async def _refused(self, alert: Alert, match: RouteMatch, trigger: TriggerContext, episode: Episode | None,
                        asked: StartAsked) -> dict[str, Any] | None:

@@ -327,6 +327,35 @@ async def test_a_new_episode_is_claimed_while_the_start_rule_answers(counted, mo
     assert (answer["outcome"], answer["run_id"]) == ("started", episode_id("hold", fp, STARTS))
 
 
+async def test_a_new_episodes_claim_is_in_its_thread_before_the_start_rule_is_sent(counted, monkeypatch):
+    """Issue 17: of the two, the claim goes first. Sending the question to a sleeping policy child
+    can hold the front door's loop while the child wakes; a claim whose write had not yet reached
+    its thread then waited it out, and finished last. Here the rule waits, holding the loop as
+    that send can, for the claim's read to begin: it does only if the claim's write is already in
+    its thread."""
+    stack, _ = counted
+    began = threading.Event()
+    read = stack.audit.episode
+
+    def noted(episode: str) -> Any:
+        began.set()
+        return read(episode)
+
+    start = stack.policy.start
+    seen: list[bool] = []
+
+    async def holding_the_loop(input: dict[str, Any]) -> Any:
+        seen.append(began.wait(2))
+        return await start(input)
+
+    monkeypatch.setattr(stack.audit, "episode", noted)
+    monkeypatch.setattr(stack.policy, "start", holding_the_loop)
+    fp = uuid.uuid4().hex[:16]
+    answer = await deliver(stack, firing(fp, "Hold", instance="a-7"))
+    assert (answer["outcome"], answer["run_id"]) == ("started", episode_id("hold", fp, STARTS))
+    assert seen == [True]
+
+
 async def test_a_first_delivery_the_rule_refuses_gives_its_claim_back(counted, monkeypatch):
     """The claim is taken while the rule answers; refused, the delivery gives it back, so the
     episode reads as never claimed and the next delivery (the policy changed) starts at once
