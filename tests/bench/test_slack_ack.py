@@ -60,6 +60,9 @@ def test_a_warm_up_command_is_held_to_the_deadline_too_not_to_the_latency(
     assert {f["non_200"] + f["over_3s"] for f in recorded} == {3}
 
 
-def test_a_goal_that_bounds_no_ratio_is_left_to_its_bench() -> None:
+def test_a_goal_that_bounds_no_ratio_is_left_to_its_bench_a_misspelt_bound_is_an_error() -> None:
     assert results.met(5.0, DEV_GOAL) is None
     assert results.met(1.2, GOAL) is True
+    for misspelt in ("=< 1.3", "< 1.3", "1.3"):
+        with pytest.raises(ValueError):
+            results.met(1.2, misspelt)
