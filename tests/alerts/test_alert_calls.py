@@ -300,6 +300,16 @@ async def test_copies_arriving_while_the_first_is_decided_cost_no_call_of_their_
     assert reads == [run_id] and len(asked) == 1, "the copies asked neither the store nor the policy"
 
 
+async def a_new_episode_starts(stack: BotStack, monkeypatch: Any, instance: str, rule: Any, **store: Any) -> None:
+    """A new episode's first delivery, the `start` rule and the named store methods replaced: it starts its run."""
+    for name, method in store.items():
+        monkeypatch.setattr(stack.audit, name, method)
+    monkeypatch.setattr(stack.policy, "start", rule)
+    fp = uuid.uuid4().hex[:16]
+    answer = await deliver(stack, firing(fp, "Hold", instance=instance))
+    assert (answer["outcome"], answer["run_id"]) == ("started", episode_id("hold", fp, STARTS))
+
+
 async def test_a_new_episode_is_claimed_while_the_start_rule_answers(counted, monkeypatch):
     """Issue 17: the claim's commit does not wait for the `start` rule's answer (nor the answer
     for the claim): here the rule answers only once the episode is claimed, which deadlocks a
@@ -320,11 +330,7 @@ async def test_a_new_episode_is_claimed_while_the_start_rule_answers(counted, mo
         await asyncio.wait_for(claimed.wait(), 5)
         return await start(input)
 
-    monkeypatch.setattr(stack.audit, "claim_episode", noted)
-    monkeypatch.setattr(stack.policy, "start", after_the_claim)
-    fp = uuid.uuid4().hex[:16]
-    answer = await deliver(stack, firing(fp, "Hold", instance="a-5"))
-    assert (answer["outcome"], answer["run_id"]) == ("started", episode_id("hold", fp, STARTS))
+    await a_new_episode_starts(stack, monkeypatch, "a-5", after_the_claim, claim_episode=noted)
 
 
 async def test_a_new_episodes_claim_is_in_its_thread_before_the_start_rule_is_sent(counted, monkeypatch):
@@ -348,11 +354,7 @@ async def test_a_new_episodes_claim_is_in_its_thread_before_the_start_rule_is_se
         seen.append(began.wait(2))
         return await start(input)
 
-    monkeypatch.setattr(stack.audit, "episode", noted)
-    monkeypatch.setattr(stack.policy, "start", holding_the_loop)
-    fp = uuid.uuid4().hex[:16]
-    answer = await deliver(stack, firing(fp, "Hold", instance="a-7"))
-    assert (answer["outcome"], answer["run_id"]) == ("started", episode_id("hold", fp, STARTS))
+    await a_new_episode_starts(stack, monkeypatch, "a-7", holding_the_loop, episode=noted)
     assert seen == [True]
 
 
