@@ -35,7 +35,7 @@ NO_GOAL = "none"  # a companion figure, shown beside a goal's figure to read it 
 def met(ratio: float, goal: str) -> bool | None:
     """goal: '>= 0.7' or '<= 1.3'; None for NO_GOAL or a goal in words, no bound on the ratio (its
     bench sets `met` itself). A bound spelled otherwise ('=< 1.3') is a ValueError, not a silent '-'."""
-    if goal == NO_GOAL or goal.lstrip()[:1] not in set("<>=!0123456789."):
+    if goal == NO_GOAL or goal[:1].isalpha():
         return None
     op, bound = goal.split()
     if op not in ("<=", ">="):
