@@ -146,11 +146,14 @@ def _no_secret(name: Any) -> str:
 
 
 def slack_escaped(value: Any) -> Any:
-    """A string as Slack mrkdwn shows it as written: its three control characters escaped, so
-    `<!channel>` or `<https://x|y>` neither notifies nor links (bot.slack.blocks.escape is this)."""
-    if isinstance(value, str):
-        return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return value
+    """What a `{{ }}` gives, as Slack mrkdwn shows it as written: its three control characters
+    escaped, so `<!channel>` or `<https://x|y>` neither notifies nor links (bot.slack.blocks.escape
+    is this). A list or mapping is escaped as the text Jinja prints it as: the strings inside it are
+    data too. None, booleans and numbers hold no such character and keep their type."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _env(finalize: Callable[[Any], Any] | None = None) -> ImmutableSandboxedEnvironment:

@@ -161,3 +161,18 @@ def test_a_slack_text_arg_escapes_what_templates_put_in_and_keeps_the_authors_ma
     assert render({"text": "{{ error }}"}, {"error": hostile}, mrkdwn=("text",))["text"].startswith("failed: &lt;!channel&gt;")
     assert render({"text": "{{ n }}"}, {"n": 3}, mrkdwn=("text",))["text"] == 3  # a whole non-string expression keeps its type
     assert render(args, {"error": hostile, "n": 3})["text"].count("<!channel>") == 1  # other actions: as before
+
+
+def test_a_slack_text_arg_escapes_the_strings_inside_a_list_or_a_mapping() -> None:
+    """Red-team finding (stop 48): only a string a `{{ }}` gave was escaped; a list or a mapping
+    went in as Python prints it, its strings live (tests/security/test_template_data_attacks.py)."""
+    hostile = "<!channel> at <https://evil.example|https://deploy.internal>"
+    ctx = {"hosts": [hostile], "labels": {"summary": hostile}, "n": 3, "up": True, "none": None}
+    for source in ("draining {{ hosts }}", "labels {{ labels }}", "{{ labels.values() | list }} fired",
+                   "{{ hosts }}", "{{ labels }}"):
+        text = render({"text": source}, ctx, mrkdwn=("text",))["text"]
+        assert isinstance(text, str) and "&lt;!channel&gt;" in text and "<!channel>" not in text, (source, text)
+    assert render({"text": "{{ hosts }}"}, ctx)["text"] == [hostile]  # other args keep the native value
+    # scalars hold nothing to escape: a whole expression keeps its type
+    assert [render({"text": f"{{{{ {name} }}}}"}, ctx, mrkdwn=("text",))["text"] for name in ("n", "up", "none")] == [
+        3, True, None]
