@@ -33,11 +33,19 @@ from bot.actions.secrets import SecretStore
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.recorder import AuditWriter, event
 from bot.metrics import STEP_DURATION
+from bot.playbook.data import value_depth
 from bot.playbook.templating import display
 
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_EVERY = 1.0  # the SDK throttles the real sends to 80% of the heartbeat timeout
+# How deep an action's output may nest. What a target answers is the target's to choose, and the
+# workflow decodes results with pydantic, which stops at 200 levels: a deeper result is a workflow
+# task that fails for ever, its run stuck with nothing rolled back. So a deeper output fails the
+# step here (a failure's output is left out), with room under 200 for the levels around an output
+# (the run's status, a parent's report of its sub-playbooks, CHILD_DEPTH_MAX of them).
+OUTPUT_MAX_DEPTH = 64
+OUTPUT_TOO_DEEP = "OutputTooDeep"
 
 
 def describe_validation_error(action: str, exc: ValidationError) -> str:
@@ -120,9 +128,12 @@ def _wrap(
             outcome = "succeeded"
         except ApplicationError as exc:
             log.warning("action failed", error=mask(str(exc)), error_type=exc.type)
+            said = _first_detail(exc)
+            if value_depth(said, OUTPUT_MAX_DEPTH) > OUTPUT_MAX_DEPTH:
+                said = {"left_out": f"the failure's output nests more than {OUTPUT_MAX_DEPTH} levels deep"}
             raise ApplicationError(
                 mask(exc.message),
-                {"attempt": info.attempt, "output": mask(_first_detail(exc))},
+                {"attempt": info.attempt, "output": mask(said)},
                 type=exc.type,
                 non_retryable=exc.non_retryable,
             ) from None
@@ -140,6 +151,11 @@ def _wrap(
                 beat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beat
+        if value_depth(output, OUTPUT_MAX_DEPTH) > OUTPUT_MAX_DEPTH:
+            message = (f"{spec.name}: its output nests more than {OUTPUT_MAX_DEPTH} levels deep, more than a run "
+                       "keeps; the action acted, but the step fails: have it return flatter data")
+            log.warning("action output refused", error=message)
+            raise ApplicationError(message, {"attempt": info.attempt}, type=OUTPUT_TOO_DEEP, non_retryable=True)
         return mask(output or {})
 
     async def run(input: ActionInput) -> ActionResult:

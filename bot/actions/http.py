@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import json
 import re
 import time
 from typing import Any, Literal
@@ -24,11 +23,15 @@ from bot.actions.base import (
     whole_number_as_text,
 )
 from bot.actions.egress import guarded, shown_url
+from bot.playbook.data import loads_bounded
 from bot.playbook.durations import Duration, format_duration
 
 log = structlog.get_logger("bot.actions.http")
 
 BODY_LIMIT = 64 * 1024  # bytes of response body kept in the output (it lands in workflow history)
+# A body nested deeper keeps only its text: the target chooses it, and a `json` the workflow cannot
+# decode (pydantic stops at 200 levels) would leave the run unable to take the step's result.
+JSON_MAX_DEPTH = 32
 EXCERPT = 300  # characters of body quoted in an error message
 OUTPUT_HEADERS = ("content-type", "location", "retry-after", "etag")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -201,10 +204,10 @@ def _output(response: httpx.Response, raw: bytes, truncated: bool) -> dict[str, 
         "truncated": truncated,
     }
     if text and not truncated:
-        try:
-            output["json"] = json.loads(text)
+        try:  # (FilterError is a ValueError: not JSON, NaN, or nested past JSON_MAX_DEPTH)
+            output["json"] = loads_bounded(text, BODY_LIMIT, JSON_MAX_DEPTH)
         except ValueError:
-            pass
+            pass  # the body is still there, as text
     return output
 
 

@@ -23,6 +23,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from bot.alerts.fingerprint import alert_fingerprint
 from bot.audit.events import holds_control
+from bot.playbook.data import value_depth
 
 SUPPORTED_VERSION = "4"
 GRAFANA_VERSION = "1"
@@ -79,7 +80,7 @@ class Alert(_Open):
         # Unknown fields ride along in the run's input; the worker's decoder stops at 200 levels,
         # so a deeper one would start a run no worker can ever begin. Alertmanager's are flat.
         for name, value in (self.model_extra or {}).items():
-            if _depth(value) > MAX_EXTRA_DEPTH:
+            if value_depth(value, MAX_EXTRA_DEPTH) > MAX_EXTRA_DEPTH:
                 raise ValueError(f"field {name!r} is nested more than {MAX_EXTRA_DEPTH} levels deep")
         return self
 
@@ -209,20 +210,6 @@ def _check_version(data: dict[str, Any], sender: Sender) -> None:
 def _not_json(name: str) -> Any:
     # Python's json reads NaN and Infinity; RFC 8259 has no such values and no sender writes them.
     raise ValueError(f"{name} is not a JSON value")
-
-
-def _depth(value: Any) -> int:
-    """How deeply lists and objects nest in `value` (a scalar is 0), without recursing."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        deepest = max(deepest, level)
-        if level <= MAX_EXTRA_DEPTH:
-            stack.extend((child, level + 1) for child in children)
-    return deepest
 
 
 def _encodable(data: Any) -> bool:

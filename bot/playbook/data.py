@@ -58,6 +58,21 @@ def json_depth(text: str) -> int:
     return deepest
 
 
+def value_depth(value: Any, limit: int) -> int:
+    """How deeply lists and objects nest in a decoded value (a scalar is 0), without recursing;
+    counted no further than one past `limit` (enough to say it is too deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, (list, tuple)) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= limit:
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def loads_bounded(text: str, max_bytes: int, max_depth: int) -> Any:
     """json.loads with the size and depth checked first; NaN and Infinity are refused (not JSON)."""
     size = len(text.encode())

@@ -120,6 +120,9 @@ def _handler(api: FakeApi) -> type[BaseHTTPRequestHandler]:
                     "body": body.decode(),
                 }
                 self._send(200, json.dumps(echoed).encode(), "application/json")
+            elif segments[0] == "nested":  # JSON nested as deep as asked: [[[...1...]]]
+                depth = int(segments[1])
+                self._send(200, ("[" * depth + "1" + "]" * depth).encode(), "application/json")
             elif segments[0] == "big":
                 self._send(200, b"x" * 100_000, "text/plain")
             elif segments[0] == "slow":

@@ -1,5 +1,6 @@
 """The activity wrapper's audit order: a step that may act unrecorded does not wait for the store
-before acting; one that must be recorded first (high impact) still does."""
+before acting; one that must be recorded first (high impact) still does. And the outputs it hands
+back: none nested deeper than a run can read."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from bot.actions.activities import build_activities
-from bot.actions.base import ActionContext, ActionInput, ActionParams, action
+from bot.actions.activities import OUTPUT_MAX_DEPTH, OUTPUT_TOO_DEEP, build_activities
+from bot.actions.base import ACTION_FAILED, ActionContext, ActionFailed, ActionInput, ActionParams, action
 from bot.actions.secrets import SecretStore
 from bot.audit.recorder import AuditWriter
 from bot.audit.store import SqliteAuditStore
+from bot.playbook.data import value_depth
 
 
 class NoParams(ActionParams):
@@ -78,3 +81,49 @@ async def test_a_step_that_must_be_recorded_first_does_not_act_before_the_store_
         await asyncio.wait_for(running, 30)
         assert target.acted.is_set()
         assert [e.kind.value for e in store.events(run_id="run-1")] == ["step_started"]
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class Deep:
+    """Actions whose target answers with data nested as deep as it likes."""
+
+    @action("test.deep_output", NoParams)
+    async def deep(self, params: NoParams, ctx: ActionContext) -> dict[str, Any]:
+        return {"json": _nested(OUTPUT_MAX_DEPTH)}
+
+    @action("test.deep_failure", NoParams)
+    async def deep_failure(self, params: NoParams, ctx: ActionContext) -> dict[str, Any]:
+        raise ActionFailed("the target said no", output={"json": _nested(OUTPUT_MAX_DEPTH)})
+
+    @action("test.flat_output", NoParams)
+    async def flat(self, params: NoParams, ctx: ActionContext) -> dict[str, Any]:
+        return {"json": _nested(OUTPUT_MAX_DEPTH - 1)}
+
+
+async def test_an_output_nested_past_the_bound_fails_the_step_and_a_failures_output_is_left_out() -> None:
+    """Red-team finding: a result nested past the workflow's decoder (200 levels) left its run
+    stuck, its task failing for ever. The wrapper fails such a step instead (not retried: the same
+    target answers the same), and leaves such an output out of a failure's details."""
+    by_name = {fn.__name__: fn for fn in build_activities([Deep()], SecretStore(environ={}))}
+
+    def arg(name: str) -> ActionInput:
+        return ActionInput(run_id="run-1", step_id="probe", playbook="p", action=name, idempotency_key="run-1:probe")
+
+    with pytest.raises(ApplicationError) as caught:
+        await ActivityEnvironment().run(by_name["test_deep_output"], arg("test.deep_output"))
+    assert caught.value.type == OUTPUT_TOO_DEEP and caught.value.non_retryable
+    assert f"more than {OUTPUT_MAX_DEPTH} levels deep" in caught.value.message
+
+    with pytest.raises(ApplicationError) as caught:
+        await ActivityEnvironment().run(by_name["test_deep_failure"], arg("test.deep_failure"))
+    assert caught.value.type == ACTION_FAILED and caught.value.message == "the target said no"
+    assert "left_out" in caught.value.details[0]["output"]
+
+    result = await ActivityEnvironment().run(by_name["test_flat_output"], arg("test.flat_output"))
+    assert value_depth(result.output, 200) == OUTPUT_MAX_DEPTH  # (the output's own level, then its nesting)

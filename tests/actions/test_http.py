@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 
 from bot.actions.base import ACTION_FAILED, INVALID_PARAMS, SECRET_MISSING
 from bot.actions.egress import EgressClient
-from bot.actions.http import BODY_LIMIT, HttpActions
+from bot.actions.http import BODY_LIMIT, JSON_MAX_DEPTH, HttpActions
 from bot.actions.secrets import MASK, SecretStore
 from tests.secret_refs import ref
 
@@ -126,6 +126,17 @@ async def test_redirect_not_followed_by_default(http, fake_api, run_failing, run
 
     result = await run_action("http.request", {"url": fake_api.url("/redirect"), "follow_redirects": True}, http)
     assert result.output["status"] == 200 and result.output["url"] == fake_api.url("/echo")
+
+
+async def test_a_json_body_nested_past_the_bound_is_kept_as_text_only(http, fake_api, run_action) -> None:
+    """Red-team finding: a target answering 440 bytes of JSON nested 220 deep had the step return
+    it parsed, and the workflow, whose decoder stops at 200 levels, could never take the result:
+    its task failed for ever, the run stuck with nothing rolled back. Parsed only to JSON_MAX_DEPTH."""
+    deep = await run_action("http.request", {"url": fake_api.url(f"/nested/{JSON_MAX_DEPTH + 188}")}, http)
+    assert "json" not in deep.output
+    assert deep.output["body"].startswith("[[[") and deep.output["status"] == 200
+    bounded = await run_action("http.request", {"url": fake_api.url(f"/nested/{JSON_MAX_DEPTH}")}, http)
+    assert json.loads(bounded.output["body"]) == bounded.output["json"]
 
 
 async def test_large_body_is_truncated(http, fake_api, run_action) -> None:
