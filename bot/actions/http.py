@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import json
 import re
 import time
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from bot.actions.base import (
     whole_number_as_text,
 )
 from bot.actions.egress import guarded, shown_url
-from bot.playbook.data import loads_bounded
+from bot.playbook.data import json_depth
 from bot.playbook.durations import Duration, format_duration
 
 log = structlog.get_logger("bot.actions.http")
@@ -203,11 +204,11 @@ def _output(response: httpx.Response, raw: bytes, truncated: bool) -> dict[str, 
         "body": text,
         "truncated": truncated,
     }
-    if text and not truncated:
-        try:  # (FilterError is a ValueError: not JSON, NaN, or nested past JSON_MAX_DEPTH)
-            output["json"] = loads_bounded(text, BODY_LIMIT, JSON_MAX_DEPTH)
+    if text and not truncated and json_depth(text) <= JSON_MAX_DEPTH:  # (deeper: the body is still there, as text)
+        try:
+            output["json"] = json.loads(text)
         except ValueError:
-            pass  # the body is still there, as text
+            pass
     return output
 
 

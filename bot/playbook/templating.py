@@ -196,8 +196,8 @@ def _compile(source: str, mrkdwn: bool = False) -> Callable[[dict[str, Any]], An
     whole = _WHOLE_EXPR.match(source)
     if whole and "{{" not in whole.group("expr") and "}}" not in whole.group("expr"):
         expression = env.compile_expression(whole.group("expr"), undefined_to_none=False)
-        if mrkdwn:
-            return lambda ctx: slack_escaped(expression(**ctx))
+        if mrkdwn:  # (only a JSON value: anything else is refused below, as for any other arg)
+            return lambda ctx: _escaped_json(expression(**ctx))
         return lambda ctx: expression(**ctx)
     template = env.from_string(source)
     return template.render
@@ -259,6 +259,13 @@ def _render(value: Any, context: dict[str, Any], mrkdwn: bool = False) -> Any:
     if isinstance(value, list):
         return [_render(item, context, mrkdwn) for item in value]
     return value
+
+
+def _escaped_json(value: Any) -> Any:
+    """A whole `{{ }}` in a mrkdwn arg: a JSON value escaped (slack_escaped), anything else as it
+    came, for _render to refuse (a generator printed would be an object's address: not the same on
+    a replay, and nothing a message should say)."""
+    return slack_escaped(value) if _is_json(value) else value
 
 
 def _is_json(value: Any) -> bool:

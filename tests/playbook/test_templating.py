@@ -176,3 +176,7 @@ def test_a_slack_text_arg_escapes_the_strings_inside_a_list_or_a_mapping() -> No
     # scalars hold nothing to escape: a whole expression keeps its type
     assert [render({"text": f"{{{{ {name} }}}}"}, ctx, mrkdwn=("text",))["text"] for name in ("n", "up", "none")] == [
         3, True, None]
+    # what is no JSON value is refused there as in any other arg, not printed (an object's address)
+    for source in ("{{ hosts | map('upper') }}", "{{ labels.values() }}"):
+        with pytest.raises(TemplateError, match="not a JSON value"):
+            render({"text": source}, ctx, mrkdwn=("text",))
