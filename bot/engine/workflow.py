@@ -66,7 +66,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.engine.verdicts import DOC_BYTES_MAX, DOC_FIELD, actor_verdict, fits
     from bot.playbook.model import FAIL_ACTION, FOREACH_ACTION, Compensation, Fallback, ForeachGroup, ParallelGroup, RetryPolicy, Step
     from bot.playbook.outputs import NOTHING, RUN_OUTPUT_BUDGET, OutputNeeds, json_size, needs_of, shared_playbook
-    from bot.playbook.templating import TemplateError, display, inert, render, truthy
+    from bot.playbook.templating import TemplateError, display, inert, render, render_args, truthy
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 DEFAULT_APPROVAL_TIMEOUT = "15m"
@@ -116,8 +116,6 @@ ENGINE_PATCH = "engine-v8"
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
 LOCAL_ACTIONS = frozenset({"core.log"})
-# Args that are Slack mrkdwn: what a template puts in them is escaped (bot/playbook/templating.py).
-MRKDWN_ARGS = {"slack.post": ("text",)}
 ADMIT_TIMEOUT = timedelta(seconds=30)
 ANONYMOUS_CANCELS_AUDITED = 10
 CANCEL_REFUSED = "CancelRefused"
@@ -1728,8 +1726,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     def _args(self, action: str, with_: dict[str, Any], owner: str) -> dict[str, Any]:
         """An action's `with:` rendered for step `owner` (its own, its fallback's or its undo's);
         Slack mrkdwn args escaped (MRKDWN_ARGS). TemplateError for one that does not render."""
-        return render(with_, self._context(owner), secrets=self._input.playbook.secrets,
-                      mrkdwn=MRKDWN_ARGS.get(action, ()))
+        return render_args(action, with_, self._context(owner), secrets=self._input.playbook.secrets)
 
     def _context(self, owner: str | None = None) -> dict[str, Any]:
         """What templates read; all of it data, made inert so none of it can spell a secret.

@@ -231,6 +231,17 @@ def _sources(value: Any) -> str:
     return ", ".join(repr(text) for text in texts[:3]) + (", ..." if len(texts) > 3 else "") if texts else repr(value)
 
 
+# Args that are Slack mrkdwn: what a template puts in them is escaped (MRKDWN_ENV).
+MRKDWN_ARGS = {"slack.post": ("text",)}
+
+
+def render_args(action: str, with_: dict[str, Any], context: dict[str, Any], *,
+                secrets: Collection[str] | None) -> dict[str, Any]:
+    """An action's `with:` as a run renders it, its Slack mrkdwn args escaped (MRKDWN_ARGS): the
+    run itself, and what a dry run or a rehearsal shows of it and asks the policy about."""
+    return render(with_, context, secrets=secrets, mrkdwn=MRKDWN_ARGS.get(action, ()))
+
+
 def _render(value: Any, context: dict[str, Any], mrkdwn: bool = False) -> Any:
     if isinstance(value, str):
         if not is_template(value):

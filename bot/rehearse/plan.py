@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable
 
 from bot.playbook.loader import LoadedPlaybook
 from bot.playbook.model import ForeachGroup, ParallelGroup, Step
-from bot.playbook.templating import TemplateError, display, inert, render
+from bot.playbook.templating import TemplateError, display, inert, render, render_args
 from bot.policy.inputs import policy_input, rfc3339
 from bot.policy.models import Decision
 
@@ -26,9 +26,9 @@ def _json(value: Any) -> str:
     return text if len(text) <= ARGS_MAX else text[: ARGS_MAX - 1] + "…"
 
 
-def _rendered(template: Any, context: dict[str, Any], loaded: LoadedPlaybook) -> str:
+def _rendered(action: str, template: dict[str, Any], context: dict[str, Any], loaded: LoadedPlaybook) -> str:
     try:
-        return _json(display(render(template, context, secrets=loaded.playbook.secrets)))
+        return _json(display(render_args(action, template, context, secrets=loaded.playbook.secrets)))
     except TemplateError as exc:
         return f"(rendered at run time: {exc})"
 
@@ -74,10 +74,10 @@ async def plan_lines(
                          item: tuple[Any, int] | None = None) -> list[str]:
         head = f"{indent}{label} {step.id}  {step.action}" + (f"  impact {step.impact}" if step.impact == "high" else "")
         head += "  irreversible" if step.irreversible else ""
-        out = [head + _when(step.when, ctx), f"{indent}    with: {_rendered(step.with_, ctx, loaded)}"]
+        out = [head + _when(step.when, ctx), f"{indent}    with: {_rendered(step.action, step.with_, ctx, loaded)}"]
         if step.impact == "high" and decide is not None:
             try:
-                args = display(render(step.with_, ctx, secrets=pb.secrets))
+                args = display(render_args(step.action, step.with_, ctx, secrets=pb.secrets))
             except TemplateError:
                 args = {}
             asked = policy_input(pb, loaded.hash, run, params, alert, now, step=step, args=args)
@@ -93,9 +93,9 @@ async def plan_lines(
                 said = f"allows it: {reasons}"
             out.append(f"{indent}    policy {said}")
         if step.compensate is not None:
-            out.append(f"{indent}    undo: {step.compensate.action} {_rendered(step.compensate.with_, ctx, loaded)}")
+            out.append(f"{indent}    undo: {step.compensate.action} {_rendered(step.compensate.action, step.compensate.with_, ctx, loaded)}")
         if step.fallback is not None:
-            out.append(f"{indent}    fallback: {step.fallback.action} {_rendered(step.fallback.with_, ctx, loaded)}")
+            out.append(f"{indent}    fallback: {step.fallback.action} {_rendered(step.fallback.action, step.fallback.with_, ctx, loaded)}")
         if step.on_failure == "continue":
             out.append(f"{indent}    on failure: continue (failed_ignored)")
         if step.settles:

@@ -49,7 +49,7 @@ from bot.identity.principals import Actor
 from bot.playbook.loader import LoadedPlaybook, UnknownPlaybook
 from bot.playbook.model import ForeachGroup, ParallelGroup, Step
 from bot.playbook.params import ParamError, coerce_params, parse_assignments
-from bot.playbook.templating import TemplateError, display, inert, render
+from bot.playbook.templating import TemplateError, display, inert, render, render_args
 from bot.policy.inputs import policy_input, rfc3339
 from bot.slack.app import RECEIVED_AT, SlackDeps, listener, queue_error, queue_refusal, reply_ephemeral, slack_actor
 from bot.slack.listeners import ack_within
@@ -477,7 +477,7 @@ class PlaybookCommand:
                         trigger: TriggerContext, now: datetime, indent: str = "") -> str:
         head = f"{indent}• *{escape(step.id)}* `{escape(step.action)}` impact {step.impact}{_when(step.when, context)}"
         try:
-            args = display(render(step.with_, context, secrets=loaded.playbook.secrets))
+            args = display(render_args(step.action, step.with_, context, secrets=loaded.playbook.secrets))
         except TemplateError as exc:
             return f"{head}\n{indent}  _arguments are rendered at run time_ ({escape(truncate(str(exc), 200))})"
         line = f"{head}\n{code_block(_json(args), 600)}"
