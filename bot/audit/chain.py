@@ -65,7 +65,8 @@ class ChainWalk:
             seq=seq, event_id=event_id, ts=ts, run_id=run_id, step_id=step_id, kind=kind,
             actor=actor, details=details, prev_hash=stored_prev,
         )  # fmt: skip
-        if not all(isinstance(fields[name], str) for name in ("event_id", "ts", "kind", "actor", "details")):
+        if not all(isinstance(fields[name], str) for name in ("event_id", "ts", "kind", "actor", "details")) or not all(
+                fields[name] is None or isinstance(fields[name], str) for name in ("run_id", "step_id")):
             return self.bad(seq, "a field has the wrong type (stored event was changed)")
         if chain_hash(**fields) != stored_hash:
             return self.bad(seq, "hash mismatch (stored event was changed)")

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from bot.audit.backend import AuditStore, audit_url
 from bot.audit.events import EventKind, StoredEvent, canonical_json, format_ts
-from bot.audit.export import summary, to_json, to_markdown
+from bot.audit.export import summary, to_json, to_markdown, visible
 from bot.audit.store import AuditUnavailable, SqliteAuditStore, default_path
 from bot.settings import ConfigError
 
@@ -275,5 +275,5 @@ def follow(
 
 
 def format_line(event: StoredEvent) -> str:
-    where = f"{event.run_id or '-'}/{event.step_id or '-'}"
-    return f"{event.seq:>6}  {format_ts(event.ts)}  {event.kind.value:<22}  {where}  {event.actor}  {summary(event)}"
+    where = visible(f"{event.run_id or '-'}/{event.step_id or '-'}")
+    return f"{event.seq:>6}  {format_ts(event.ts)}  {event.kind.value:<22}  {where}  {visible(event.actor)}  {summary(event)}"

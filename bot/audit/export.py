@@ -30,6 +30,7 @@ _SECRET_VALUE = re.compile(
     r"|(?i:bearer|basic)\s+(?!\$\{secret:)[A-Za-z0-9._~+/=-]{8,}"
 )
 _URL_CREDENTIALS = re.compile(r"(://)[^/\s:@]+:[^/\s@]+@")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (Unicode category Cc)
 
 
 def to_json(events: Sequence[StoredEvent]) -> str:
@@ -60,7 +61,7 @@ def to_markdown(events: Sequence[StoredEvent], run_id: str) -> str:
     finished = next((event for event in reversed(ordered) if event.kind == "run_finished"), None)
     start = redact(started.details) if started else {}
 
-    lines = [f"# Run `{run_id}`", ""]
+    lines = [f"# Run `{visible(run_id).replace('`', chr(0x2018))}`", ""]  # (a backtick would end the code span)
     playbook = _short(start.get("playbook", "unknown"))
     if start.get("playbook_hash"):
         playbook += f" (hash {_short(start['playbook_hash'])[:12]})"
@@ -126,13 +127,23 @@ def _short(value: Any, limit: int = MAX_VALUE) -> str:
     return _truncate(text, limit)
 
 
+def visible(text: str) -> str:
+    """`text` with its control characters shown as `\\xNN`: details are anyone's text (an error
+    quoting a response body), and ESC and its kin would move the cursor, repaint lines or set the
+    clipboard of the terminal that shows an export or `audit tail`."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
 def _truncate(text: str, limit: int) -> str:
-    text = " ".join(text.split())  # one line
+    text = visible(" ".join(text.split()))  # one line, nothing that drives a terminal
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|")
+    """A table cell's text: `|` cannot end the cell, nor raw HTML (`</td><tr>...`, which renderers
+    that allow it would draw as a row of its own, say a forged approval) make one."""
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _when(ts: datetime) -> str:
