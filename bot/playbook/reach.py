@@ -5,6 +5,11 @@ A string param in a URL or a `shell.run` argv item should have a pattern or an e
 existing playbooks keep loading). One that can start an argv item must refuse a leading '-' (else
 the requester passes an option: `--kubeconfig=...`), and one that can start a URL chooses the host,
 so only an enum will do (base URLs belong in `vars`): those two are errors.
+
+An alert's fields and an earlier step's output are chosen by whoever sends the alert or answers the
+step, and no declaration guards them: one that can start an argv item is an error too (`pod="--all"`
+made `kubectl delete pod {{ alert.labels.pod }}` delete every pod), unless an earlier item is `--`;
+one that can start a URL, a warning (it chooses the host; the egress rules still hold).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ SAFE_PATTERN = "^[a-z0-9][a-z0-9-]*$"
 
 
 Finding = tuple[Loc, str, bool]  # where, message, whether it is only a warning
+DATA_ROOTS = ("alert", "steps")  # what templates read that a sender or a target chooses, unguarded
 
 
 def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[str, Any], loc: Loc) -> list[Finding]:
@@ -35,13 +41,17 @@ def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[s
         found += _check(params, url, "URL", loc + ("url",))
     argv = with_.get("argv") if action == "shell.run" else None
     if isinstance(argv, list):
+        options_end = None  # the index of a literal `--`: what follows it is no option
         for i, item in enumerate(argv):
             if isinstance(item, str):
-                found += _check(params, item, "argv item", loc + ("argv", i))
+                found += _check(params, item, "argv item", loc + ("argv", i), data=options_end is None)
+                if item == "--" and options_end is None:
+                    options_end = i
     return found
 
 
-def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) -> list[Finding]:
+def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc, data: bool = True) -> list[Finding]:
+    """`data`: whether data that can start the value is a problem (an argv item after `--` is none)."""
     if not is_template(source):
         return []
     try:
@@ -53,7 +63,7 @@ def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) 
     read = _params_read(tree, strings)
     first = _leading(tree)
     starting = _params_read(first, strings) if first is not None else set()
-    out = []
+    out = _data_first(first, kind, where) if data and first is not None else []
     for name in sorted(read):
         spec = texts[name]
         if name in starting and kind == "URL":
@@ -72,6 +82,21 @@ def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) 
             out.append((where, f"string param {name!r} goes into this {kind} unchecked; give it a pattern "
                         f"(e.g. {SAFE_PATTERN}) or an enum", True))
     return out
+
+
+def _data_first(first: nodes.Node, kind: str, where: Loc) -> list[Finding]:
+    """A finding when an alert's fields or a step's output can start the value (`first`)."""
+    roots = sorted({name.name for name in _names(first) if name.name in DATA_ROOTS})
+    if not roots:
+        return []
+    what = " and ".join(f"{root}.*" for root in roots)
+    if kind == "URL":
+        return [(where, f"{what} can start this URL, so whoever sends the alert or answers the step chooses the "
+                 "host (the egress rules still apply); put the base URL in vars and the data after it", True)]
+    return [(where, f"{what} can start this argv item, and whoever sends the alert or answers the step chooses it: "
+             "the command would read a value such as '--all' as an option; put literal text first "
+             "(--name={{ ... }}), put '--' before it, or pass it through a param whose pattern refuses a leading '-'",
+             False)]
 
 
 def _text_specs(params: Mapping[str, ParamSpec]) -> dict[str, ParamSpec]:

@@ -123,6 +123,37 @@ def test_a_param_that_can_start_an_argv_item_must_refuse_a_leading_dash() -> Non
         load(playbook(spec, argv, "shell.run"))
 
 
+def test_an_alert_field_or_a_step_output_that_can_start_an_argv_item_is_an_error() -> None:
+    """Red-team finding (stop 48): the sender of an alert chose `pod="--all"`, and `kubectl -n shop
+    delete pod {{ alert.labels.pod }}` deleted every pod of the namespace: only params were checked.
+    Data is safe after literal text (`--pod=...`) or after `--`, where it can be no option."""
+    def steps(argv: str) -> str:
+        return f"""
+        name: p
+        steps:
+          - {{id: probe, action: core.log, with: {{message: probing}}}}
+          - id: call
+            action: shell.run
+            with: {{argv: {argv}}}
+        """
+
+    error = one_error(steps('[kubectl, -n, shop, delete, pod, "{{ alert.labels.pod }}"]'))
+    assert error.startswith("pb.yaml:6: step 'call': with.argv[5]: alert.* can start this argv item")
+    assert "'--all' as an option" in error and "put '--' before it" in error
+    output = one_error(steps('[kubectl, delete, pod, "{{ steps.probe.output.name | lower }}"]'))
+    assert "with.argv[3]: steps.* can start this argv item" in output
+    for argv in ('[kubectl, delete, pod, --, "{{ alert.labels.pod }}"]',
+                 '[kubectl, delete, pod, "--selector=app={{ alert.labels.app }}"]',
+                 '[kubectl, delete, pod, "pod/{{ steps.probe.output.name }}"]'):
+        load(steps(argv))
+
+
+def test_an_alert_field_that_can_start_a_url_is_a_warning() -> None:
+    warning = one_warning(playbook("", '{url: "{{ alert.annotations.runbook_url }}"}'))
+    assert "with.url: alert.* can start this URL, so whoever sends the alert or answers the step chooses the host" in warning
+    assert not load(playbook("", '{url: "https://deploy.internal/{{ alert.labels.service }}"}')).warnings
+
+
 def test_probes_are_options() -> None:
     assert {"-", "-x", "--x", "--x=y"} <= set(DASH_PROBES) and all(p.startswith("-") for p in DASH_PROBES)
 
