@@ -7,7 +7,7 @@ import codecs
 import json
 import re
 import time
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import httpx
 import structlog
@@ -24,6 +24,7 @@ from bot.actions.base import (
     whole_number_as_text,
 )
 from bot.actions.egress import guarded, shown_url
+from bot.actions.secrets import MASK_MARGIN, cut_masked
 from bot.playbook.data import json_depth
 from bot.playbook.durations import Duration, format_duration
 
@@ -141,7 +142,7 @@ class HttpActions:
                     follow_redirects=params.follow_redirects,
                     **body,
                 ) as response:
-                    raw, truncated = await _read_limited(response, BODY_LIMIT)
+                    raw, over = await _read_limited(response, BODY_LIMIT + MASK_MARGIN)
         except EgressRefused as exc:  # the URL or a redirect hop goes where playbooks may not
             raise exc.at(f"http.request: {params.method} {shown_url(params.url)}") from None
         except TimeoutError:
@@ -153,7 +154,7 @@ class HttpActions:
         except httpx.HTTPError as exc:  # connection refused, reset, DNS, protocol errors: worth a retry
             raise ActionFailed(f"http.request: {what} failed: {type(exc).__name__}: {exc}") from None
 
-        output = _output(response, raw, truncated)
+        output = _output(response, raw, over, ctx.mask)
         # Host and status only: URLs (webhook paths, query tokens) and header values may hold secrets.
         log.info(
             "http request",
@@ -195,8 +196,13 @@ def _decode(raw: bytes, charset: str | None, truncated: bool) -> str:
     return decoder.decode(raw, final=not truncated)
 
 
-def _output(response: httpx.Response, raw: bytes, truncated: bool) -> dict[str, Any]:
-    text = _decode(raw, response.charset_encoding, truncated)
+def _output(response: httpx.Response, raw: bytes, over: bool, mask: Callable[[Any], Any]) -> dict[str, Any]:
+    """`raw`: the body's first BODY_LIMIT + MASK_MARGIN bytes (`over`: it had more). A longer body
+    keeps its first BODY_LIMIT bytes, masked before the cut (secrets.cut_masked)."""
+    text = _decode(raw, response.charset_encoding, over)
+    truncated = over or len(raw) > BODY_LIMIT
+    if truncated:
+        text = cut_masked(text, BODY_LIMIT, "head", mask)
     output: dict[str, Any] = {
         "status": response.status_code,
         "url": str(response.url),

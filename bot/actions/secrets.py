@@ -182,6 +182,22 @@ def _mask(value: Any, pattern: re.Pattern[str] | None) -> Any:
     return value
 
 
+MASK_MARGIN = 16 * 1024  # bytes an action reads past its output's limit, for cut_masked
+
+
+def cut_masked(text: str, limit: int, keep: str, mask: Callable[[Any], Any]) -> str:
+    """`text` masked, then cut to its first (`keep="head"`) or last (`"tail"`) `limit` bytes of
+    UTF-8. Masked first: a secret the cut falls inside would otherwise keep the half no mask knows
+    (a target that echoes a request, an annotation's length placing the cut). The caller reads
+    MASK_MARGIN bytes past `limit`, so a value of up to that length across the cut is whole here."""
+    masked = mask(text)
+    data = masked.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return masked
+    kept = data[:limit] if keep == "head" else data[len(data) - limit:]
+    return kept.decode("utf-8", "ignore")  # (a character the cut split is left out)
+
+
 def mask(value: Any, secrets: Iterable[str]) -> Any:
     """Blank out the given secret values, in every form, wherever they show up."""
     return _mask(value, _pattern(tuple(sorted({s for s in secrets if s}))))

@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +32,7 @@ from bot.actions.base import (
     action,
     whole_number_as_text,
 )
+from bot.actions.secrets import MASK_MARGIN, cut_masked
 from bot.playbook.data import FilterError, loads_bounded
 from bot.playbook.durations import Duration, format_duration
 
@@ -120,33 +121,44 @@ class ShellRunParams(ActionParams):
 
 
 class _Capture:
-    """Keep the first (`head`) or last (`tail`) `limit` bytes of a stream and drain the rest."""
+    """Keep the first (`head`) or last (`tail`) `limit` bytes of a stream and drain the rest.
+    MASK_MARGIN bytes more are held until `text`, which masks them before it cuts them off."""
 
     def __init__(self, limit: int, keep: str) -> None:
         self.limit, self.keep = limit, keep
         self.data = bytearray()
-        self.truncated = False
+        self.seen = 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.seen > self.limit
 
     async def read(self, stream: asyncio.StreamReader) -> None:
+        held = self.limit + MASK_MARGIN
         while chunk := await stream.read(65536):
             self.data += chunk
-            if len(self.data) > self.limit:
-                self.truncated = True
+            self.seen += len(chunk)
+            if len(self.data) > held:
                 if self.keep == "head":
-                    del self.data[self.limit :]
+                    del self.data[held:]
                 else:
-                    del self.data[: len(self.data) - self.limit]
+                    del self.data[: len(self.data) - held]
 
-    def text(self) -> str:
+    def text(self, mask: Callable[[Any], Any]) -> str:
+        text = self._decoded()
+        return cut_masked(text, self.limit, self.keep, mask) if self.truncated else text
+
+    def _decoded(self) -> str:
         data = bytes(self.data)
-        if self.truncated and self.keep == "tail":
+        cut = self.seen > len(data)  # (the stream went on past what is held)
+        if cut and self.keep == "tail":
             # A cut at the start may split a UTF-8 character: drop its continuation bytes.
             skip = 0
             while skip < min(3, len(data)) and data[skip] & 0xC0 == 0x80:
                 skip += 1
             data = data[skip:]
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        return decoder.decode(data, final=not (self.truncated and self.keep == "head"))
+        return decoder.decode(data, final=not (cut and self.keep == "head"))
 
 
 class ShellActions:
@@ -206,7 +218,7 @@ class ShellActions:
                     code = await _exited(proc)
             except TimeoutError:
                 await self._terminate(proc)
-                output = _output(proc.returncode, stdout, stderr, started)
+                output = _output(proc.returncode, stdout, stderr, started, ctx.mask)
                 log.warning("shell command timed out", executable=name, duration_ms=output["duration_ms"])
                 raise ActionFailed(
                     f"shell.run: {name} timed out after {format_duration(params.timeout)} and was killed",
@@ -223,7 +235,7 @@ class ShellActions:
             with contextlib.suppress(asyncio.CancelledError):
                 await readers
 
-        output = _output(code, stdout, stderr, started)
+        output = _output(code, stdout, stderr, started, ctx.mask)
         log.info("shell command finished", executable=name, exit_code=code, duration_ms=output["duration_ms"])
         if code != 0:
             raise ActionFailed(f"shell.run: {name} {_how_it_ended(code)}: {_tail(output['stderr'])}", output=output)
@@ -312,11 +324,12 @@ def _parsed(name: str, output: dict[str, Any], limit: int) -> Any:
                            output=output) from None
 
 
-def _output(code: int | None, stdout: _Capture, stderr: _Capture, started: float) -> dict[str, Any]:
+def _output(code: int | None, stdout: _Capture, stderr: _Capture, started: float,
+            mask: Callable[[Any], Any]) -> dict[str, Any]:
     return {
         "exit_code": code,
-        "stdout": stdout.text(),
-        "stderr": stderr.text(),
+        "stdout": stdout.text(mask),
+        "stderr": stderr.text(mask),
         "stdout_truncated": stdout.truncated,
         "stderr_truncated": stderr.truncated,
         "duration_ms": round((time.monotonic() - started) * 1000),

@@ -140,6 +140,25 @@ async def test_a_json_body_nested_past_the_bound_is_kept_as_text_only(http, fake
     assert json.loads(bounded.output["body"]) == bounded.output["json"]
 
 
+async def test_a_secret_the_body_limit_falls_inside_is_masked_whole(http, fake_api, run_action) -> None:
+    """Red-team finding (stop 48): the body was cut at BODY_LIMIT, then masked; a token the cut split
+    was no longer known, and all but its last character reached the step's output (status, Slack,
+    the trail). Whoever fills a header from an alert's annotation places the cut, against a target
+    that echoes the request."""
+    token = "tok-9b1f64c2d7e84a3f8e21"
+    secrets = SecretStore(environ={"PLAYBOOK_BOT_SECRET_API_TOKEN": token})
+
+    async def call(pad: int) -> dict:
+        params = {"url": fake_api.url("/echo"),
+                  "headers": {"X-Incident": "a" * pad, "Authorization": f"Bearer {ref('API_TOKEN')}"}}
+        return (await run_action("http.request", params, http, secrets=secrets)).output
+
+    start = (await call(100))["body"].index(MASK)
+    out = await call(100 + BODY_LIMIT - (len(token) - 1) - start)  # the cut one character before its end
+    assert out["truncated"] is True and len(out["body"].encode()) <= BODY_LIMIT
+    assert token[:-1] not in out["body"] and token[:8] not in out["body"]
+
+
 async def test_large_body_is_truncated(http, fake_api, run_action) -> None:
     result = await run_action("http.request", {"url": fake_api.url("/big")}, http)
     assert result.output["truncated"] is True

@@ -155,6 +155,24 @@ async def test_output_is_truncated_per_stream(run_action) -> None:
     assert 49 <= len(out["stderr"]) <= 51
 
 
+async def test_a_secret_the_cut_falls_inside_is_masked_whole(run_action) -> None:
+    """Red-team finding (stop 48): each stream was cut, then masked; a secret the cut split was no
+    longer known to the mask, and all but a character of it reached the output. The command here
+    places the token across stdout's cut and across stderr's (its tail kept)."""
+    token = "tok-9b1f64c2d7e84a3f8e21"
+    secrets = SecretStore(environ={"PLAYBOOK_BOT_SECRET_TOKEN": token})
+    code = ("import os, sys; t = os.environ['T']; "
+            "sys.stdout.write('a' * 90 + t + 'b' * 100); sys.stderr.write('c' * 100 + t + 'd' * 90)")
+    argv = [PY, "-c", code]
+    result = await run_action("shell.run", {"argv": argv, "output_limit": 101, "env": {"T": ref("TOKEN")}}, shell(PY),
+                              secrets=secrets)
+    out = result.output
+    assert out["stdout_truncated"] and out["stderr_truncated"]
+    for stream in ("stdout", "stderr"):
+        assert token[:8] not in out[stream] and token[-8:] not in out[stream], out[stream]
+    assert out["stdout"].startswith("a" * 90) and out["stderr"].endswith("d" * 90)
+
+
 async def test_timeout_kills_the_whole_group(tmp_path, run_failing) -> None:
     pids = tmp_path / "pids"
     script = f"sleep 30 & echo $$ $! > {pids}; wait"
