@@ -14,6 +14,7 @@ one that can start a URL, a warning (it chooses the host; the egress rules still
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator, Mapping
 
 from jinja2 import TemplateSyntaxError, nodes
@@ -39,6 +40,11 @@ def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[s
     url = with_.get("url")
     if isinstance(url, str):
         found += _check(params, url, "URL", loc + ("url",))
+    matchers = with_.get("matchers") if action == "alertmanager.silence" else None
+    if isinstance(matchers, list):
+        for i, item in enumerate(matchers):
+            if isinstance(item, str):
+                found += _matcher_problems(params, item, loc + ("matchers", i))
     argv = with_.get("argv") if action == "shell.run" else None
     if isinstance(argv, list):
         options_end = None  # the index of a literal `--`: what follows it is no option
@@ -97,6 +103,58 @@ def _data_first(first: nodes.Node, kind: str, where: Loc) -> list[Finding]:
              "the command would read a value such as '--all' as an option; put literal text first "
              "(--name={{ ... }}), put '--' before it, or pass it through a param whose pattern refuses a leading '-'",
              False)]
+
+
+_MATCHER_HEAD = re.compile(r'^\s*[A-Za-z_][A-Za-z0-9_]*\s*(?P<op>=~|!~|!=|=)\s*(?P<quote>"?)(?P<value>.*)$', re.S)
+MATCHER_PROBES = ('~.+', '".+"', ".+")  # what a value may hold to change a silence's operator or reach
+
+
+def _matcher_problems(params: Mapping[str, ParamSpec], source: str, where: Loc) -> list[Finding]:
+    """A silence matcher whose operator, or regex, data can choose (red-team: an unquoted
+    `pod={{ alert.labels.pod }}` given `~.+` became `pod=~".+"` and silenced every pod): data may
+    fill only a quoted `=` or `!=` value. Data: an alert's fields, a step's output, a param whose
+    declaration admits a value such as `~.+`."""
+    if not is_template(source):
+        return []
+    try:
+        tree = ENV.parse(source)
+    except TemplateSyntaxError:
+        return []  # reported by the template checks
+    texts = _text_specs(params)
+    loose = {name for name, spec in texts.items()
+             if spec.enum is None and (spec.pattern is None or any(patterns.found(spec.pattern, p) for p in MATCHER_PROBES))}
+    before, problem = "", None
+    for node in tree.body:
+        if not isinstance(node, nodes.Output):
+            before, problem = None, "a block ({% ... %}) in a matcher can put data anywhere in it"
+            break
+        for child in node.nodes:
+            if isinstance(child, nodes.TemplateData):
+                before += child.data
+                continue
+            roots = sorted({n.name for n in _names(child) if n.name in DATA_ROOTS} |
+                           {f"params.{name}" for name in _params_read(child, set(texts)) & loose})
+            if not roots:
+                before += "x"  # (a constant: vars, a guarded param)
+                continue
+            head = _MATCHER_HEAD.match(before)
+            what = " and ".join(f"{root}.*" if "." not in root else root for root in roots)
+            if head is None:
+                problem = f"{what} can choose this matcher's label or operator"
+            elif head["op"] in ("=~", "!~"):
+                problem = f"{what} can choose this matcher's regex (a value such as .+ silences far more)"
+            elif not head["quote"]:
+                problem = (f"{what} fills this matcher's value unquoted, so a value such as ~.+ turns it into "
+                           f"a regex; quote it: name=\"{{{{ ... }}}}\" (a quote in the data is then refused)")
+            if problem is not None:
+                break
+            before += "x"
+        if problem is not None:
+            break
+    if problem is None:
+        return []
+    return [(where, f"{problem}: whoever sends the alert, answers the step or starts the run would choose what "
+             "the silence covers", False)]
 
 
 def _text_specs(params: Mapping[str, ParamSpec]) -> dict[str, ParamSpec]:

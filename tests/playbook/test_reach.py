@@ -154,6 +154,24 @@ def test_an_alert_field_that_can_start_a_url_is_a_warning() -> None:
     assert not load(playbook("", '{url: "https://deploy.internal/{{ alert.labels.service }}"}')).warnings
 
 
+def test_data_may_fill_only_a_quoted_equality_value_of_a_silence_matcher() -> None:
+    """Red-team finding (stop 48): an unquoted `pod={{ alert.labels.pod }}`, the label `~.+`, became
+    `pod=~".+"`: a real Alertmanager then silenced every pod's alerts. Data chose the operator."""
+    def silence(matcher: str, params: str = "") -> str:
+        return playbook(params, f"{{matchers: ['{matcher}'], duration: 30m}}", "alertmanager.silence")
+
+    unquoted = one_error(silence("pod={{ alert.labels.pod }}"))
+    assert unquoted.startswith("pb.yaml:6: step 'call': with.matchers[0]: alert.* fills this matcher's value unquoted")
+    assert "a value such as ~.+ turns it into a regex; quote it" in unquoted
+    assert "can choose this matcher's regex" in one_error(silence('pod=~"{{ alert.labels.pod }}.*"'))
+    assert "can choose this matcher's label or operator" in one_error(silence('{{ alert.labels.name }}="x"'))
+    assert "params.svc fills this matcher's value unquoted" in one_error(silence("service={{ params.svc }}", "svc: {type: string}"))
+    for matcher, params in (('pod="{{ alert.labels.pod }}"', ""), ('pod!="{{ alert.labels.pod }}-canary"', ""),
+                            ("service={{ params.svc }}", f'svc: {{type: string, pattern: "{SAFE_PATTERN}"}}'),
+                            ('instance=~"{{ params.svc }}(:[0-9]+)?"', f'svc: {{type: string, pattern: "{SAFE_PATTERN}"}}')):
+        load(silence(matcher, params))
+
+
 def test_probes_are_options() -> None:
     assert {"-", "-x", "--x", "--x=y"} <= set(DASH_PROBES) and all(p.startswith("-") for p in DASH_PROBES)
 
