@@ -58,12 +58,8 @@ def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[s
 
 def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc, data: bool = True) -> list[Finding]:
     """`data`: whether data that can start the value is a problem (an argv item after `--` is none)."""
-    if not is_template(source):
+    if (tree := _parsed(source)) is None:
         return []
-    try:
-        tree = ENV.parse(source)
-    except TemplateSyntaxError:
-        return []  # reported by the template checks
     texts = _text_specs(params)
     strings = set(texts)
     read = _params_read(tree, strings)
@@ -90,6 +86,16 @@ def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc, 
     return out
 
 
+def _parsed(source: str) -> nodes.Template | None:
+    """The template's tree; None for plain text, or a template the template checks report."""
+    if not is_template(source):
+        return None
+    try:
+        return ENV.parse(source)
+    except TemplateSyntaxError:
+        return None
+
+
 def _data_first(first: nodes.Node, kind: str, where: Loc) -> list[Finding]:
     """A finding when an alert's fields or a step's output can start the value (`first`)."""
     roots = sorted({name.name for name in _names(first) if name.name in DATA_ROOTS})
@@ -114,12 +120,8 @@ def _matcher_problems(params: Mapping[str, ParamSpec], source: str, where: Loc) 
     `pod={{ alert.labels.pod }}` given `~.+` became `pod=~".+"` and silenced every pod): data may
     fill only a quoted `=` or `!=` value. Data: an alert's fields, a step's output, a param whose
     declaration admits a value such as `~.+`."""
-    if not is_template(source):
+    if (tree := _parsed(source)) is None:
         return []
-    try:
-        tree = ENV.parse(source)
-    except TemplateSyntaxError:
-        return []  # reported by the template checks
     texts = _text_specs(params)
     loose = {name for name, spec in texts.items()
              if spec.enum is None and (spec.pattern is None or any(patterns.found(spec.pattern, p) for p in MATCHER_PROBES))}
