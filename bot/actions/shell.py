@@ -238,7 +238,9 @@ class ShellActions:
         output = _output(code, stdout, stderr, started, ctx.mask)
         log.info("shell command finished", executable=name, exit_code=code, duration_ms=output["duration_ms"])
         if code != 0:
-            raise ActionFailed(f"shell.run: {name} {_how_it_ended(code)}: {_tail(output['stderr'])}", output=output)
+            # (masked before its tail is cut: a secret the cut split would no longer be known)
+            raise ActionFailed(f"shell.run: {name} {_how_it_ended(code)}: {_tail(ctx.mask(output['stderr']))}",
+                               output=output)
         if params.parse == "json":
             output["json"] = _parsed(name, output, params.output_limit)
         return output

@@ -8,8 +8,9 @@ so only an enum will do (base URLs belong in `vars`): those two are errors.
 
 An alert's fields and an earlier step's output are chosen by whoever sends the alert or answers the
 step, and no declaration guards them: one that can start an argv item is an error too (`pod="--all"`
-made `kubectl delete pod {{ alert.labels.pod }}` delete every pod), unless an earlier item is `--`;
-one that can start a URL, a warning (it chooses the host; the egress rules still hold).
+made `kubectl delete pod {{ alert.labels.pod }}` delete every pod), even after a `--` (a wrapper such as
+`kubectl exec POD --` hands what follows to a command that reads options again); one that can start
+a URL, a warning (it chooses the host; the egress rules still hold).
 """
 
 from __future__ import annotations
@@ -47,17 +48,13 @@ def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[s
                 found += _matcher_problems(params, item, loc + ("matchers", i))
     argv = with_.get("argv") if action == "shell.run" else None
     if isinstance(argv, list):
-        options_end = None  # the index of a literal `--`: what follows it is no option
         for i, item in enumerate(argv):
             if isinstance(item, str):
-                found += _check(params, item, "argv item", loc + ("argv", i), data=options_end is None)
-                if item == "--" and options_end is None:
-                    options_end = i
+                found += _check(params, item, "argv item", loc + ("argv", i))
     return found
 
 
-def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc, data: bool = True) -> list[Finding]:
-    """`data`: whether data that can start the value is a problem (an argv item after `--` is none)."""
+def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) -> list[Finding]:
     if (tree := _parsed(source)) is None:
         return []
     texts = _text_specs(params)
@@ -65,7 +62,7 @@ def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc, 
     read = _params_read(tree, strings)
     first = _leading(tree)
     starting = _params_read(first, strings) if first is not None else set()
-    out = _data_first(first, kind, where) if data and first is not None else []
+    out = _data_first(first, kind, where) if first is not None else []
     for name in sorted(read):
         spec = texts[name]
         if name in starting and kind == "URL":
@@ -84,6 +81,10 @@ def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc, 
             out.append((where, f"string param {name!r} goes into this {kind} unchecked; give it a pattern "
                         f"(e.g. {SAFE_PATTERN}) or an enum", True))
     return out
+
+
+def _reads_data(node: nodes.Node, loose: set[str]) -> bool:
+    return any(n.name in DATA_ROOTS for n in _names(node)) or bool(_params_read(node, loose))
 
 
 def _parsed(source: str) -> nodes.Template | None:
@@ -107,12 +108,13 @@ def _data_first(first: nodes.Node, kind: str, where: Loc) -> list[Finding]:
                  "host (the egress rules still apply); put the base URL in vars and the data after it", True)]
     return [(where, f"{what} can start this argv item, and whoever sends the alert or answers the step chooses it: "
              "the command would read a value such as '--all' as an option; put literal text first "
-             "(--name={{ ... }}), put '--' before it, or pass it through a param whose pattern refuses a leading '-'",
-             False)]
+             "(--name={{ ... }}, pod/{{ ... }}), or pass it through a param whose pattern refuses a leading '-' "
+             "(a '--' before it is no help: `kubectl exec POD -- kill {{ ... }}` hands it to a command that reads "
+             "options again)", False)]
 
 
 _MATCHER_HEAD = re.compile(r'^\s*[A-Za-z_][A-Za-z0-9_]*\s*(?P<op>=~|!~|!=|=)\s*(?P<quote>"?)(?P<value>.*)$', re.S)
-MATCHER_PROBES = ('~.+', '".+"', ".+")  # what a value may hold to change a silence's operator or reach
+MATCHER_PROBES = ('~.+', '".+"', ".+", ".*", "a|b")  # what a value may hold to change a silence's operator or reach
 
 
 def _matcher_problems(params: Mapping[str, ParamSpec], source: str, where: Loc) -> list[Finding]:
@@ -128,8 +130,11 @@ def _matcher_problems(params: Mapping[str, ParamSpec], source: str, where: Loc) 
     before, problem = "", None
     for node in tree.body:
         if not isinstance(node, nodes.Output):
-            before, problem = None, "a block ({% ... %}) in a matcher can put data anywhere in it"
-            break
+            if _reads_data(node, set(texts) & loose):
+                problem = "a block ({% ... %}) that reads data can put it anywhere in this matcher"
+                break
+            before += "x"  # (a block of constants)
+            continue
         for child in node.nodes:
             if isinstance(child, nodes.TemplateData):
                 before += child.data

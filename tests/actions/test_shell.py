@@ -155,7 +155,7 @@ async def test_output_is_truncated_per_stream(run_action) -> None:
     assert 49 <= len(out["stderr"]) <= 51
 
 
-async def test_a_secret_the_cut_falls_inside_is_masked_whole(run_action) -> None:
+async def test_a_secret_the_cut_falls_inside_is_masked_whole(run_action, run_failing) -> None:
     """Red-team finding (stop 48): each stream was cut, then masked; a secret the cut split was no
     longer known to the mask, and all but a character of it reached the output. The command here
     places the token across stdout's cut and across stderr's (its tail kept)."""
@@ -171,6 +171,12 @@ async def test_a_secret_the_cut_falls_inside_is_masked_whole(run_action) -> None
     for stream in ("stdout", "stderr"):
         assert token[:8] not in out[stream] and token[-8:] not in out[stream], out[stream]
     assert out["stdout"].startswith("a" * 90) and out["stderr"].endswith("d" * 90)
+
+    # the failure's message quotes stderr's tail: masked before it is cut too (review)
+    code = "import os, sys; sys.stderr.write(os.environ['T'] + 'y' * 490); sys.exit(3)"
+    error = await run_failing("shell.run", {"argv": [PY, "-c", code], "env": {"T": ref("TOKEN")}}, shell(PY),
+                              secrets=secrets)
+    assert token[-8:] not in error.message and error.message.endswith("y" * 20)
 
 
 async def test_timeout_kills_the_whole_group(tmp_path, run_failing) -> None:

@@ -126,7 +126,8 @@ def test_a_param_that_can_start_an_argv_item_must_refuse_a_leading_dash() -> Non
 def test_an_alert_field_or_a_step_output_that_can_start_an_argv_item_is_an_error() -> None:
     """Red-team finding (stop 48): the sender of an alert chose `pod="--all"`, and `kubectl -n shop
     delete pod {{ alert.labels.pod }}` deleted every pod of the namespace: only params were checked.
-    Data is safe after literal text (`--pod=...`) or after `--`, where it can be no option."""
+    Data is safe after literal text (`--pod=...`); not after `--`, which a wrapper such as
+    `kubectl exec POD --` ends for itself only (review: `kill {{ alert.labels.pid }}` given -1)."""
     def steps(argv: str) -> str:
         return f"""
         name: p
@@ -139,10 +140,12 @@ def test_an_alert_field_or_a_step_output_that_can_start_an_argv_item_is_an_error
 
     error = one_error(steps('[kubectl, -n, shop, delete, pod, "{{ alert.labels.pod }}"]'))
     assert error.startswith("pb.yaml:6: step 'call': with.argv[5]: alert.* can start this argv item")
-    assert "'--all' as an option" in error and "put '--' before it" in error
+    assert "'--all' as an option" in error and "put literal text first" in error
     output = one_error(steps('[kubectl, delete, pod, "{{ steps.probe.output.name | lower }}"]'))
     assert "with.argv[3]: steps.* can start this argv item" in output
-    for argv in ('[kubectl, delete, pod, --, "{{ alert.labels.pod }}"]',
+    wrapped = one_error(steps('[kubectl, exec, web-0, --, kill, -s, TERM, "{{ alert.labels.pid }}"]'))
+    assert "with.argv[7]: alert.* can start this argv item" in wrapped and "a '--' before it is no help" in wrapped
+    for argv in ('[kubectl, delete, "pod/{{ alert.labels.pod }}"]',
                  '[kubectl, delete, pod, "--selector=app={{ alert.labels.app }}"]',
                  '[kubectl, delete, pod, "pod/{{ steps.probe.output.name }}"]'):
         load(steps(argv))
@@ -166,6 +169,11 @@ def test_data_may_fill_only_a_quoted_equality_value_of_a_silence_matcher() -> No
     assert "can choose this matcher's regex" in one_error(silence('pod=~"{{ alert.labels.pod }}.*"'))
     assert "can choose this matcher's label or operator" in one_error(silence('{{ alert.labels.name }}="x"'))
     assert "params.svc fills this matcher's value unquoted" in one_error(silence("service={{ params.svc }}", "svc: {type: string}"))
+    # a pattern that refuses quotes and `~` still admits `.*` in a regex (review)
+    assert "params.p can choose this matcher's regex" in one_error(
+        silence('pod=~"{{ params.p }}"', 'p: {type: string, pattern: "^[^\\"~+]+$"}'))
+    assert "a block ({% ... %}) that reads data" in one_error(silence('pod="{% if alert %}{{ alert.labels.pod }}{% endif %}"'))
+    load(silence('severity="{% if true %}critical{% else %}warning{% endif %}"'))  # a block of constants
     for matcher, params in (('pod="{{ alert.labels.pod }}"', ""), ('pod!="{{ alert.labels.pod }}-canary"', ""),
                             ("service={{ params.svc }}", f'svc: {{type: string, pattern: "{SAFE_PATTERN}"}}'),
                             ('instance=~"{{ params.svc }}(:[0-9]+)?"', f'svc: {{type: string, pattern: "{SAFE_PATTERN}"}}')):
