@@ -103,6 +103,11 @@ def suggestion(word: str, choices: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _item(group: ForeachGroup | None) -> tuple[str, Any] | None:
+    """(the `as` name, the items' source) of the foreach group a template's step runs in."""
+    return (group.as_, group.foreach) if group is not None else None
+
+
 @dataclass(frozen=True)
 class _Scope:
     """What a template may read: which variables, and which steps have finished by then."""
@@ -344,7 +349,8 @@ class _Checker:
         call = step.action == RUN_ACTION  # a child's params are data: a secret would land in its history
         for where, source in _strings(step.with_, loc + ("with",)):
             self.check_template(source, where, dotted(where[len(loc):]), replace(scope, secrets=not call, call=call))
-        for where, message, warning in sink_problems(self.playbook.params, step.action, step.with_, loc + ("with",)):
+        for where, message, warning in sink_problems(self.playbook.params, step.action, step.with_, loc + ("with",),
+                                                     _item(foreach)):
             self.add(where, f"{dotted(where[len(loc):])}: {message}", warning=warning)
         if step.compensate is not None:
             self.check_compensation(step.compensate, loc + ("compensate",), replace(scope, own_readable=True))
@@ -566,7 +572,8 @@ class _Checker:
         self.check_spelled_refs(call.with_, loc, len(loc) - 1)
         for where, source in _strings(call.with_, loc + ("with",)):
             self.check_template(source, where, dotted(where[len(loc) - 1 :]), scope)
-        for where, message, warning in sink_problems(self.playbook.params, call.action, call.with_, loc + ("with",)):
+        for where, message, warning in sink_problems(self.playbook.params, call.action, call.with_, loc + ("with",),
+                                                     _item(scope.foreach)):
             self.add(where, f"{dotted(where[len(loc) - 1 :])}: {message}", warning=warning)
 
     def check_timing(self, timeout: timedelta, retry: RetryPolicy, loc: Loc, prefix: str) -> None:
@@ -642,10 +649,11 @@ class _Checker:
     def check_template(self, source: str, loc: Loc, label: str, scope: _Scope) -> None:
         try:
             tree = ENV.parse(source)
-        except TemplateSyntaxError as exc:
+            undeclared = meta.find_undeclared_variables(tree)  # (compiles it: an unknown filter is refused here)
+        except TemplateSyntaxError as exc:  # (and TemplateAssertionError, its kind)
             self.add(loc, f"{label}: template syntax error (line {exc.lineno} of the template): {exc.message}")
             return
-        for name in sorted(meta.find_undeclared_variables(tree) - _GLOBALS - scope.variables):
+        for name in sorted(undeclared - _GLOBALS - scope.variables):
             if scope.variables == TRIGGER_VARS:
                 why = "trigger params can only use alert: params, steps and run do not exist before the run starts"
             elif scope.variables == LOCK_KEY_VARS:

@@ -34,27 +34,68 @@ Finding = tuple[Loc, str, bool]  # where, message, whether it is only a warning
 DATA_ROOTS = ("alert", "steps")  # what templates read that a sender or a target chooses, unguarded
 
 
-def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[str, Any], loc: Loc) -> list[Finding]:
+def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[str, Any], loc: Loc,
+                  foreach: tuple[str, Any] | None = None) -> list[Finding]:
     """(where, message, warning) for every string param that reaches a URL or argv item unguarded;
-    `loc` is `with`'s."""
+    `loc` is `with`'s; `foreach`: (its `as` name, its items' source) for a foreach group's step."""
     found: list[Finding] = []
+    item = _item(params, foreach)
     url = with_.get("url")
     if isinstance(url, str):
-        found += _check(params, url, "URL", loc + ("url",))
+        found += _check(params, url, "URL", loc + ("url",), _roots(item, lambda spec: spec.enum is not None))
     matchers = with_.get("matchers") if action == "alertmanager.silence" else None
     if isinstance(matchers, list):
-        for i, item in enumerate(matchers):
-            if isinstance(item, str):
-                found += _matcher_problems(params, item, loc + ("matchers", i))
+        roots = _roots(item, lambda spec: not _admits(spec, MATCHER_PROBES))
+        for i, entry in enumerate(matchers):
+            if isinstance(entry, str):
+                found += _matcher_problems(params, entry, loc + ("matchers", i), roots)
     argv = with_.get("argv") if action == "shell.run" else None
     if isinstance(argv, list):
-        for i, item in enumerate(argv):
-            if isinstance(item, str):
-                found += _check(params, item, "argv item", loc + ("argv", i))
+        roots = _roots(item, lambda spec: _dash_probe(spec) is None)
+        for i, entry in enumerate(argv):
+            if isinstance(entry, str):
+                found += _check(params, entry, "argv item", loc + ("argv", i), roots)
     return found
 
 
-def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) -> list[Finding]:
+_WHOLE_PARAM = re.compile(r"^\s*\{\{\s*params\.(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*\}\}\s*$")
+
+
+def _item(params: Mapping[str, ParamSpec], foreach: tuple[str, Any] | None) -> tuple[str, ParamSpec | None] | None:
+    """A foreach step's item as its templates read it (the `as` name), with what guards its text:
+    the `items` spec of the param of strings the group iterates (`{{ params.hosts }}`), None when
+    nothing does (an alert's field, a step's output, anything else). None: the playbook's own list."""
+    if foreach is None or not isinstance(foreach[1], str):
+        return None  # (the playbook's own list)
+    name, source = foreach
+    tree = _parsed(source)
+    if tree is not None and {n.name for n in _names(tree)} <= {"vars"}:
+        return None  # (constants: the playbook's vars)
+    whole = _WHOLE_PARAM.match(source)
+    spec = params.get(whole["name"]) if whole else None
+    if spec is not None and spec.type == "array" and spec.items is not None and spec.items.type == "string":
+        return name, spec.items
+    return name, None
+
+
+def _roots(item: tuple[str, ParamSpec | None] | None, guarded: Any) -> tuple[str, ...]:
+    """DATA_ROOTS, and the foreach item's name unless `guarded(its spec)` says its declaration holds."""
+    if item is None or (item[1] is not None and guarded(item[1])):
+        return DATA_ROOTS
+    return (*DATA_ROOTS, item[0])
+
+
+def _admits(spec: ParamSpec, probes: tuple[str, ...]) -> bool:
+    return spec.enum is None and (spec.pattern is None or any(patterns.found(spec.pattern, p) for p in probes))
+
+
+def _shown(roots: list[str]) -> str:
+    return " and ".join(f"{root}.*" if root in DATA_ROOTS else root if "." in root else f"the foreach item {root!r}"
+                        for root in roots)
+
+
+def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc,
+           roots: tuple[str, ...] = DATA_ROOTS) -> list[Finding]:
     if (tree := _parsed(source)) is None:
         return []
     texts = _text_specs(params)
@@ -62,7 +103,7 @@ def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) 
     read = _params_read(tree, strings)
     first = _leading(tree)
     starting = _params_read(first, strings) if first is not None else set()
-    out = _data_first(first, kind, where) if first is not None else []
+    out = _data_first(first, kind, where, roots) if first is not None else []
     for name in sorted(read):
         spec = texts[name]
         if name in starting and kind == "URL":
@@ -83,8 +124,8 @@ def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc) 
     return out
 
 
-def _reads_data(node: nodes.Node, loose: set[str]) -> bool:
-    return any(n.name in DATA_ROOTS for n in _names(node)) or bool(_params_read(node, loose))
+def _reads_data(node: nodes.Node, loose: set[str], data: tuple[str, ...]) -> bool:
+    return any(n.name in data for n in _names(node)) or bool(_params_read(node, loose))
 
 
 def _parsed(source: str) -> nodes.Template | None:
@@ -97,12 +138,13 @@ def _parsed(source: str) -> nodes.Template | None:
         return None
 
 
-def _data_first(first: nodes.Node, kind: str, where: Loc) -> list[Finding]:
-    """A finding when an alert's fields or a step's output can start the value (`first`)."""
-    roots = sorted({name.name for name in _names(first) if name.name in DATA_ROOTS})
+def _data_first(first: nodes.Node, kind: str, where: Loc, data: tuple[str, ...]) -> list[Finding]:
+    """A finding when data (an alert's fields, a step's output, an unguarded foreach item) can
+    start the value (`first`)."""
+    roots = sorted({name.name for name in _names(first) if name.name in data})
     if not roots:
         return []
-    what = " and ".join(f"{root}.*" for root in roots)
+    what = _shown(roots)
     if kind == "URL":
         return [(where, f"{what} can start this URL, so whoever sends the alert or answers the step chooses the "
                  "host (the egress rules still apply); put the base URL in vars and the data after it", True)]
@@ -117,7 +159,8 @@ _MATCHER_HEAD = re.compile(r'^\s*[A-Za-z_][A-Za-z0-9_]*\s*(?P<op>=~|!~|!=|=)\s*(
 MATCHER_PROBES = ('~.+', '".+"', ".+", ".*", "a|b")  # what a value may hold to change a silence's operator or reach
 
 
-def _matcher_problems(params: Mapping[str, ParamSpec], source: str, where: Loc) -> list[Finding]:
+def _matcher_problems(params: Mapping[str, ParamSpec], source: str, where: Loc,
+                      data: tuple[str, ...] = DATA_ROOTS) -> list[Finding]:
     """A silence matcher whose operator, or regex, data can choose (red-team: an unquoted
     `pod={{ alert.labels.pod }}` given `~.+` became `pod=~".+"` and silenced every pod): data may
     fill only a quoted `=` or `!=` value. Data: an alert's fields, a step's output, a param whose
@@ -125,12 +168,11 @@ def _matcher_problems(params: Mapping[str, ParamSpec], source: str, where: Loc) 
     if (tree := _parsed(source)) is None:
         return []
     texts = _text_specs(params)
-    loose = {name for name, spec in texts.items()
-             if spec.enum is None and (spec.pattern is None or any(patterns.found(spec.pattern, p) for p in MATCHER_PROBES))}
+    loose = {name for name, spec in texts.items() if _admits(spec, MATCHER_PROBES)}
     before, problem = "", None
     for node in tree.body:
         if not isinstance(node, nodes.Output):
-            if _reads_data(node, set(texts) & loose):
+            if _reads_data(node, set(texts) & loose, data):
                 problem = "a block ({% ... %}) that reads data can put it anywhere in this matcher"
                 break
             before += "x"  # (a block of constants)
@@ -139,13 +181,13 @@ def _matcher_problems(params: Mapping[str, ParamSpec], source: str, where: Loc) 
             if isinstance(child, nodes.TemplateData):
                 before += child.data
                 continue
-            roots = sorted({n.name for n in _names(child) if n.name in DATA_ROOTS} |
+            roots = sorted({n.name for n in _names(child) if n.name in data} |
                            {f"params.{name}" for name in _params_read(child, set(texts)) & loose})
             if not roots:
                 before += "x"  # (a constant: vars, a guarded param)
                 continue
             head = _MATCHER_HEAD.match(before)
-            what = " and ".join(f"{root}.*" if "." not in root else root for root in roots)
+            what = _shown(roots)
             if head is None:
                 problem = f"{what} can choose this matcher's label or operator"
             elif head["op"] in ("=~", "!~"):

@@ -615,18 +615,26 @@ def test_the_secrets_list_is_checked(write: Write, actions: dict[str, ActionSpec
     assert error.line == 2 and fragment in str(error), str(error)
 
 
-def test_template_syntax_error(write: Write, actions: dict[str, ActionSpec]) -> None:
+@pytest.mark.parametrize("message, says", [
+    ('"{{ params.x "', ""),
+    # found in stop 48: Jinja refuses an unknown filter when it compiles, past the parse, and
+    # `validate` (and a front door loading the file) died with a traceback instead of saying so
+    ("\"{{ run.id | split(',') }}\"", "No filter named 'split'"),
+])
+def test_template_syntax_error(write: Write, actions: dict[str, ActionSpec], message: str, says: str) -> None:
     path = write(
-        """
+        f"""
         name: p
         steps:
           - id: say
             action: core.log
             with:
-              message: "{{ params.x "
+              message: {message}
         """
     )
-    assert_located(only_error(path, actions), path, 6, "say", "with.message: template syntax error")
+    error = only_error(path, actions)
+    assert_located(error, path, 6, "say", "with.message: template syntax error")
+    assert says in str(error)
 
 
 def test_unknown_template_variable(write: Write, actions: dict[str, ActionSpec]) -> None:

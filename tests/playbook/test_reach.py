@@ -180,6 +180,37 @@ def test_data_may_fill_only_a_quoted_equality_value_of_a_silence_matcher() -> No
         load(silence(matcher, params))
 
 
+def test_a_foreach_item_from_data_is_data_in_argv_and_matchers() -> None:
+    """Review (stop 48): a foreach item read by its `as` name escaped both checks, the `--all`
+    attack one step removed. An item of a param of strings is guarded by the param's `items`;
+    one of the playbook's own list or vars is a constant."""
+    def each(source: str, inner: str, params: str = "") -> str:
+        return f"""
+        name: p
+        params: {{{params}}}
+        vars: {{pods: [web-0, web-1]}}
+        steps:
+          - {{id: find, action: core.log, with: {{message: finding}}}}
+          - id: each
+            foreach: {source}
+            as: pod
+            steps:
+              - {inner}
+        """
+
+    argv = '{id: kill, action: shell.run, with: {argv: [kubectl, delete, pod, "{{ pod }}"]}}'
+    matcher = "{id: quiet, action: alertmanager.silence, with: {matchers: ['pod={{ pod }}'], duration: 5m}}"
+    for source in ('"{{ steps.find.output.pods }}"', '"{{ alert.labels.pods | fromjson }}"'):
+        assert "the foreach item 'pod' can start this argv item" in one_error(each(source, argv))
+        assert "the foreach item 'pod' fills this matcher's value unquoted" in one_error(each(source, matcher))
+    loose = "pods: {type: array, items: {type: string}}"
+    assert "the foreach item 'pod' can start this argv item" in one_error(each('"{{ params.pods }}"', argv, loose))
+    safe = f'pods: {{type: array, items: {{type: string, pattern: "{SAFE_PATTERN}"}}}}'
+    for source, params in (('"{{ params.pods }}"', safe), ("[web-0, web-1]", ""), ('"{{ vars.pods }}"', "")):
+        load(each(source, argv, params))
+        load(each(source, matcher, params))
+
+
 def test_probes_are_options() -> None:
     assert {"-", "-x", "--x", "--x=y"} <= set(DASH_PROBES) and all(p.startswith("-") for p in DASH_PROBES)
 
