@@ -33,7 +33,7 @@ from bot.actions.secrets import SecretStore
 from bot.audit.events import AuditEvent, EventKind
 from bot.audit.recorder import AuditWriter, event
 from bot.metrics import STEP_DURATION
-from bot.playbook.data import value_depth
+from bot.playbook.data import value_depth, without_surrogates
 from bot.playbook.templating import display
 
 log = structlog.get_logger(__name__)
@@ -128,7 +128,7 @@ def _wrap(
             outcome = "succeeded"
         except ApplicationError as exc:
             log.warning("action failed", error=mask(str(exc)), error_type=exc.type)
-            said = _first_detail(exc)
+            said = without_surrogates(_first_detail(exc))
             if value_depth(said, OUTPUT_MAX_DEPTH) > OUTPUT_MAX_DEPTH:
                 said = {"left_out": f"the failure's output nests more than {OUTPUT_MAX_DEPTH} levels deep"}
             raise ApplicationError(
@@ -156,7 +156,7 @@ def _wrap(
                        "keeps; the action acted, but the step fails: have it return flatter data")
             log.warning("action output refused", error=message)
             raise ApplicationError(message, {"attempt": info.attempt}, type=OUTPUT_TOO_DEEP, non_retryable=True)
-        return mask(output or {})
+        return mask(without_surrogates(output or {}))
 
     async def run(input: ActionInput) -> ActionResult:
         info = activity.info()

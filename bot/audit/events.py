@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -18,6 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_serializer, field_validator
 from pydantic_core import to_jsonable_python
+
+from bot.playbook.data import without_surrogates
 
 GENESIS_HASH = "0" * 64
 
@@ -45,20 +46,6 @@ class EventKind(StrEnum):
     run_finished = "run_finished"  # state, error, not_undone, escalated_to, cancelled_by
     cancel_requested = "cancel_requested"  # accepted, by, verified, reason, reasons (of a refusal)
     access_refused = "access_refused"  # operation, reason, rule: a front door refused an actor
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, always a lone one: no UTF-8 text holds it
-
-
-def _without_surrogates(value: Any) -> Any:
-    """`value` with each lone surrogate in its strings and keys replaced by U+FFFD."""
-    if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_without_surrogates(item) for item in value]
-    return value
 
 
 def canonical_json(value: Any) -> str:
@@ -137,10 +124,10 @@ class AuditEvent(BaseModel):
             try:
                 text = canonical_json(to_jsonable_python(value))
             except UnicodeEncodeError:  # (one in a key: pydantic's conversion refuses it)
-                text = canonical_json(to_jsonable_python(_without_surrogates(value)))
+                text = canonical_json(to_jsonable_python(without_surrogates(value)))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"details must be JSON-serialisable: {exc}") from None
-        return json.loads(text if text.isascii() else _SURROGATE.sub("\ufffd", text))
+        return json.loads(text if text.isascii() else without_surrogates(text))
 
     @field_serializer("ts", when_used="json")
     def _ts_text(self, ts: datetime) -> str:

@@ -58,6 +58,23 @@ def json_depth(text: str) -> int:
     return deepest
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, always a lone one: no UTF-8 text holds it
+
+
+def without_surrogates(value: Any) -> Any:
+    """`value` with each lone surrogate in its strings and keys replaced by U+FFFD. JSON lets any
+    text escape one (`\\ud800`), and nothing that encodes UTF-8 takes it: not the audit store, not
+    Temporal's payload converter (an action's result it cannot send is a failed attempt, and the
+    action would act again)."""
+    if isinstance(value, str):
+        return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {without_surrogates(k): without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_surrogates(item) for item in value]
+    return value
+
+
 def value_depth(value: Any, limit: int) -> int:
     """How deeply lists and objects nest in a decoded value (a scalar is 0), without recursing;
     counted no further than one past `limit` (enough to say it is too deep)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -127,3 +128,31 @@ async def test_an_output_nested_past_the_bound_fails_the_step_and_a_failures_out
 
     result = await ActivityEnvironment().run(by_name["test_flat_output"], arg("test.flat_output"))
     assert value_depth(result.output, 200) == OUTPUT_MAX_DEPTH  # (the output's own level, then its nesting)
+
+
+class Surrogates:
+    """A target whose JSON escapes a lone surrogate (`"\\ud800"`), in a key and in a value."""
+
+    @action("test.surrogate_output", NoParams)
+    async def answer(self, params: NoParams, ctx: ActionContext) -> dict[str, Any]:
+        return {"json": {"k\ud800": "v\udfff"}}
+
+    @action("test.surrogate_failure", NoParams)
+    async def refuse(self, params: NoParams, ctx: ActionContext) -> dict[str, Any]:
+        raise ActionFailed("the target said no", output={"json": ["\ud800"]})
+
+
+async def test_an_output_holding_a_lone_surrogate_reaches_the_run_as_a_replacement() -> None:
+    """Found in stop 48's review: Temporal's converter cannot send a lone surrogate, so such a result
+    was a failed attempt, and the step's action acted again on each retry."""
+    by_name = {fn.__name__: fn for fn in build_activities([Surrogates()], SecretStore(environ={}))}
+
+    def arg(name: str) -> ActionInput:
+        return ActionInput(run_id="run-1", step_id="probe", playbook="p", action=name, idempotency_key="run-1:probe")
+
+    result = await ActivityEnvironment().run(by_name["test_surrogate_output"], arg("test.surrogate_output"))
+    assert result.output == {"json": {"k\ufffd": "v\ufffd"}}
+    pydantic_data_converter.payload_converter.to_payloads([result])  # what the worker sends back: no error
+    with pytest.raises(ApplicationError) as caught:
+        await ActivityEnvironment().run(by_name["test_surrogate_failure"], arg("test.surrogate_failure"))
+    assert caught.value.details[0]["output"] == {"json": ["\ufffd"]}
