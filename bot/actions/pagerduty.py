@@ -71,7 +71,7 @@ class TriggerParams(ActionParams):
     class_: str | None = Field(None, alias="class", description="The kind of event, e.g. 'ping failure'.")
     custom_details: dict[str, Any] | None = None
     dedup_key: str | None = Field(
-        None, min_length=1, max_length=DEDUP_KEY_MAX, description="Default: the step's idempotency key (run + step)."
+        None, min_length=1, max_length=DEDUP_KEY_MAX, description="Default: the step's idempotency key (run, execution and step)."
     )
     links: list[Link] = Field(default_factory=list)
     images: list[Image] = Field(default_factory=list)

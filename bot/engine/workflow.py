@@ -111,7 +111,13 @@ ENGINE_V7_PATCH = "engine-v7"
 # engine-v7, and a vote may carry the `approver` answer the front door that signed it asked
 # (bot/engine/verdicts.py): its approval request publishes the input, the validator checks the
 # seal, and a vote whose verdict fits the run's own input takes no local activity (issue 17).
-ENGINE_PATCH = "engine-v8"
+ENGINE_V8_PATCH = "engine-v8"
+# engine-v8, and an action's idempotency key carries the run's execution (`<run id>/<execution>:<step
+# id>`): an episode's rerun (`on_rerun: start`, once Temporal has forgotten the first run) or a reset
+# has the same run id, and with the first run's keys its actions read as repeats of the first run's:
+# `k8s.rollout_restart` found the first run's record and restarted nothing, and a target that honours
+# Idempotency-Key answered from its cache (red-team, stop 48). A retry in one execution keeps its key.
+ENGINE_PATCH = "engine-v9"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -135,10 +141,13 @@ LOCK_ASK_AGAIN = timedelta(minutes=2)  # while queued: the request again, in cas
 TRACE_MAX = 5000  # entries of RunStatus.trace; past it the run goes on, untraced
 
 
-def idempotency_key(run_id: str, step_id: str, compensation: bool = False, fallback: bool = False) -> str:
+def idempotency_key(run_id: str, step_id: str, compensation: bool = False, fallback: bool = False,
+                    execution: str | None = None) -> str:
+    """`<run id>:<step id>` (`:undo`, `:fallback`); from engine-v9, `<run id>/<execution>:<step id>`."""
+    scope = f"{run_id}/{execution}" if execution else run_id
     if fallback:
-        return f"{run_id}:{step_id}:fallback"
-    return f"{run_id}:{step_id}:undo" if compensation else f"{run_id}:{step_id}"
+        return f"{scope}:{step_id}:fallback"
+    return f"{scope}:{step_id}:undo" if compensation else f"{scope}:{step_id}"
 
 
 def _retry(policy: RetryPolicy) -> TemporalRetryPolicy:
@@ -274,6 +283,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._local_light = False  # engine-v2: LOCAL_ACTIONS run as local activities
         self._votes_in_task = False  # engine-v3: a vote's approver check runs inside the workflow task
         self._front_verdicts = False  # engine-v8: a vote's check may be its front door's sealed verdict
+        self._keys_per_execution = False  # engine-v9: idempotency keys carry the execution
         self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
         self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
         self._news = 0  # changes marked for Slack so far
@@ -628,7 +638,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (each marker also upserts a search attribute: work for the server in the run's first task);
         each engine-vN after it stands for the one before and what it added, again as one marker; an
         older run replays asking each patch as it did (newest first: a run asks until one is its own)."""
-        for patch, engine in ((ENGINE_PATCH, self._engine_v8), (ENGINE_V7_PATCH, self._engine_v7),
+        for patch, engine in ((ENGINE_PATCH, self._engine_v9), (ENGINE_V8_PATCH, self._engine_v8),
+                              (ENGINE_V7_PATCH, self._engine_v7),
                               (ENGINE_V6_PATCH, self._engine_v6),
                               (ENGINE_V5_PATCH, self._engine_v5),
                               (ENGINE_V4_PATCH, self._engine_v4), (ENGINE_V3_PATCH, self._engine_v3),
@@ -643,6 +654,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
         self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
         self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
+
+    def _engine_v9(self) -> None:
+        """Every behaviour engine-v9 stands for."""
+        self._keys_per_execution = True
+        self._engine_v8()
 
     def _engine_v8(self) -> None:
         """Every behaviour engine-v8 stands for."""
@@ -1278,7 +1294,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             playbook=self._status.playbook,
             action=action,
             params=args,
-            idempotency_key=idempotency_key(self._status.run_id, step_id, compensation, fallback),
+            idempotency_key=idempotency_key(self._status.run_id, step_id, compensation, fallback,
+                                            self._execution() if self._keys_per_execution else None),
             compensation=compensation,
             audit=[e for _, e in queued],
             audit_after=after or [],

@@ -318,7 +318,7 @@ async def test_a_failed_run_resolves_the_page_its_trigger_opened(dev_env, http, 
     page = status.step("page")
     assert page.state == "compensated"
     assert (page.error is not None) == trigger_times_out
-    key = idempotency_key(handle.id, "page")
+    key = idempotency_key(handle.id, "page", execution=status.execution.replace("-", ""))
     [alert] = pd.pages()
     assert alert.dedup_key == key
     assert alert.status == "resolved"

@@ -126,7 +126,7 @@ steps:
     assert rec.calls[-1][2] == {"out": "exit-standby-out"}
     assert step.state == "compensated" and status.state == "compensated"
     key = next(k for k in rec.keys if k.endswith(":fallback"))
-    assert key == f"{status.run_id}:exit-standby:fallback"
+    assert key == f"{status.run_id}/{status.execution.replace('-', '')}:exit-standby:fallback"
     events = kinds(rec, "exit-standby")
     assert ("step_failed", {"action": "t.fail", "attempts": 2, "error": "exit-standby broke on attempt 2",
                             "state": "failed", "fallback": "t.ok"}) in events

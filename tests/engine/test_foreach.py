@@ -99,7 +99,7 @@ steps:
     assert status.step("roll[1].check").output == {"echo": {"d": "roll[1].drain-out", "st": "succeeded"},
                                                    "id": "roll[1].check-out"}
     # idempotency keys carry the item address
-    assert f"{status.run_id}:roll[1].drain" in rec.keys
+    assert f"{status.run_id}/{status.execution.replace('-', '')}:roll[1].drain" in rec.keys
 
 
 async def test_max_failures_0_undoes_the_failed_item_then_the_saga_undoes_succeeded_items_newest_first(skip_env):

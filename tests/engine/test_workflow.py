@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
+from temporalio.common import WorkflowIDReusePolicy
 
 from bot.actions.base import ActionInput, ActionResult
 from bot.engine.state import CancelRequest
@@ -41,15 +43,28 @@ async def test_saga_undoes_completed_steps_in_reverse(dev_env):
     assert rec.calls[-1][2] == {"undo_of": "one-out"}
 
 
-async def test_idempotency_keys_are_run_and_step(dev_env):
+async def test_idempotency_keys_are_run_execution_and_step(dev_env):
     rec = Recorder()
     status = await execute(dev_env.client, rec, playbook(SAGA))
-    assert rec.keys == [
-        f"{status.run_id}:one",
-        f"{status.run_id}:two",
-        f"{status.run_id}:two:undo",
-        f"{status.run_id}:one:undo",
-    ]
+    scope = f"{status.run_id}/{status.execution.replace('-', '')}"
+    assert rec.keys == [f"{scope}:one", f"{scope}:two", f"{scope}:two:undo", f"{scope}:one:undo"]
+
+
+async def test_a_rerun_under_the_same_run_id_has_keys_of_its_own(dev_env):
+    """Red-team finding (stop 48): an episode's rerun (`on_rerun: start`, once Temporal forgot the
+    first run) has the first run's id, and had its keys: `k8s.rollout_restart` found the first run's
+    record and restarted nothing, reporting success. Each execution now keys its own actions."""
+    rec = Recorder()
+    pb = playbook(SAGA)
+    run_id = f"alert-saga-{uuid.uuid4().hex}"
+    async with worker(dev_env.client, rec) as w:
+        for _ in range(2):  # (the second start: what the front door does once the first run is forgotten)
+            await (await dev_env.client.start_workflow(
+                PlaybookRun.run, run_input(pb), id=run_id, task_queue=w.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)).result()
+    first, second = rec.keys[:4], rec.keys[4:]
+    assert len(second) == 4 and not set(first) & set(second)
+    assert all(key.startswith(f"{run_id}/") for key in rec.keys)
 
 
 async def test_failing_compensation_leaves_run_failed_with_what_was_not_undone(dev_env):

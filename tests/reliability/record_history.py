@@ -157,6 +157,8 @@ SCENARIOS: dict[str, Scenario] = {
     # Recorded by engine-v2 code: each vote's `approver` question an activity of its own (a workflow
     # task before it, one after); a run waiting for approval across the upgrade replays this way.
     "engine-v2-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
+    # Recorded by engine-v9 code: each action's idempotency key carries the run's execution
+    "engine-v9-approval-approved": (GATED, APPROVAL, lambda h: _vote(h, "approve"), "completed"),
     # Recorded by engine-v3 code: each vote's `approver` question a local activity in the workflow task
     # that takes the vote; the deciding vote's task schedules the step (issue 17.3).
     "engine-v3-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
