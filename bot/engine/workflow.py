@@ -112,11 +112,12 @@ ENGINE_V7_PATCH = "engine-v7"
 # (bot/engine/verdicts.py): its approval request publishes the input, the validator checks the
 # seal, and a vote whose verdict fits the run's own input takes no local activity (issue 17).
 ENGINE_V8_PATCH = "engine-v8"
-# engine-v8, and an action's idempotency key carries the run's execution (`<run id>/<execution>:<step
-# id>`): an episode's rerun (`on_rerun: start`, once Temporal has forgotten the first run) or a reset
-# has the same run id, and with the first run's keys its actions read as repeats of the first run's:
-# `k8s.rollout_restart` found the first run's record and restarted nothing, and a target that honours
-# Idempotency-Key answered from its cache (red-team, stop 48). A retry in one execution keeps its key.
+# engine-v8, and an action's idempotency key carries the run's first execution (`<run id>/<first
+# execution>:<step id>`): an episode's rerun (`on_rerun: start`, once Temporal has forgotten the first
+# run) has the same run id, and with the first run's keys its actions read as repeats of the first
+# run's: `k8s.rollout_restart` found the first run's record and restarted nothing, and a target that
+# honours Idempotency-Key answered from its cache (red-team, stop 48). A retry, and a reset (the same
+# first execution), keep their keys: a repeat the target can tell.
 ENGINE_PATCH = "engine-v9"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
@@ -143,7 +144,7 @@ TRACE_MAX = 5000  # entries of RunStatus.trace; past it the run goes on, untrace
 
 def idempotency_key(run_id: str, step_id: str, compensation: bool = False, fallback: bool = False,
                     execution: str | None = None) -> str:
-    """`<run id>:<step id>` (`:undo`, `:fallback`); from engine-v9, `<run id>/<execution>:<step id>`."""
+    """`<run id>:<step id>` (`:undo`, `:fallback`); from engine-v9, `<run id>/<first execution>:<step id>`."""
     scope = f"{run_id}/{execution}" if execution else run_id
     if fallback:
         return f"{scope}:{step_id}:fallback"
@@ -654,6 +655,12 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         # Only trusted runs (all of them new since trust-v1) ask; an older run syncs as it did.
         self._slack_beside = bool(self._channel) and self._trusted and workflow.patched(SLACK_BESIDE_PATCH)
         self._bounded_votes = bool(self._trusted) and workflow.patched(VOTES_PATCH)
+
+    def _first_execution(self) -> str:
+        """The run's first execution (hex), what its idempotency keys carry: a rerun under the run id
+        is another, while a reset keeps it, so the steps a reset repeats repeat with their keys and
+        the target can tell (tests/reliability/test_worker_crash.py)."""
+        return workflow.info().first_execution_run_id.replace("-", "")
 
     def _engine_v9(self) -> None:
         """Every behaviour engine-v9 stands for."""
@@ -1295,7 +1302,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             action=action,
             params=args,
             idempotency_key=idempotency_key(self._status.run_id, step_id, compensation, fallback,
-                                            self._execution() if self._keys_per_execution else None),
+                                            self._first_execution() if self._keys_per_execution else None),
             compensation=compensation,
             audit=[e for _, e in queued],
             audit_after=after or [],

@@ -5,6 +5,7 @@ request is answered: the exact moment for a test to change the world (inject a f
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -35,7 +36,15 @@ class Sink:
     on_hit: Callable[[Hit], None] | None = None  # called in the server's thread, before the answer
 
     def keys(self) -> Counter[str | None]:
+        """The run and step each request's key names (`<run id>:<step id>`): an engine-v9 key's
+        `/<first execution>` left out (raw_keys has it)."""
+        return Counter(_EXECUTION.sub(":", hit.key) if hit.key else hit.key for hit in self.hits)
+
+    def raw_keys(self) -> Counter[str | None]:
         return Counter(hit.key for hit in self.hits)
+
+
+_EXECUTION = re.compile(r"/[0-9a-f]{32}:")
 
 
 @pytest.fixture

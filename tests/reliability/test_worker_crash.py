@@ -324,6 +324,7 @@ async def test_a_reset_run_repeats_its_steps_with_the_same_keys_and_the_trail_sa
     assert again.state == "completed", again.model_dump_json(indent=2)
     # Both executions acted, each request with the step's one key: the target can tell a repeat.
     assert sink.keys() == Counter({f"{handle.id}:a": 2, f"{handle.id}:b": 2})
+    assert len(sink.raw_keys()) == 2  # (one key per step across both executions: a reset keeps its first's)
     with SqliteAuditStore(rig.data_dir.parent / "bot-data" / "audit.db") as store:
         events = store.events(run_id=handle.id)
         assert store.verify().ok
