@@ -8,7 +8,6 @@ database without the schema, they say so instead of reporting an empty, "intact"
 
 from __future__ import annotations
 
-import json
 import time
 from hashlib import sha256
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from pydantic import ValidationError
 
 from bot.audit.backend import AuditStore, audit_url
 from bot.audit.events import EventKind, StoredEvent, canonical_json, format_ts
-from bot.audit.export import summary, to_json, to_markdown, visible
+from bot.audit.export import json_text, summary, to_json, to_markdown, visible
 from bot.audit.store import AuditUnavailable, SqliteAuditStore, default_path
 from bot.settings import ConfigError
 
@@ -220,7 +219,7 @@ def show_output_command(
         "sha256"
     ):
         raise _fail(f"event {event_id!r} does not match its hash: the trail was changed (run `audit verify`)")
-    typer.echo(json.dumps(output, indent=2, ensure_ascii=False))
+    typer.echo(json_text(output))
 
 
 @app.command("tail")

@@ -31,12 +31,21 @@ _SECRET_VALUE = re.compile(
 )
 _URL_CREDENTIALS = re.compile(r"(://)[^/\s:@]+:[^/\s@]+@")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (Unicode category Cc)
+_C1 = re.compile(r"[\x7f-\x9f]")
 
 
 def to_json(events: Sequence[StoredEvent]) -> str:
     """A JSON list, oldest first; `ts` is the exact text that was hashed."""
     ordered = sorted(events, key=lambda event: event.seq)
-    return json.dumps([_record(event) for event in ordered], indent=2, ensure_ascii=False)
+    return json_text([_record(event) for event in ordered])
+
+
+def json_text(value: Any) -> str:
+    """Indented JSON, non-ASCII kept, but DEL and the C1 controls (U+007F-U+009F, CSI among them)
+    escaped as JSON escapes them: `json` escapes only C0, and this text goes to a terminal. The same
+    JSON value: a hash recomputed from it still holds."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return _C1.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def _record(event: StoredEvent) -> dict[str, Any]:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from html.parser import HTMLParser
 from pathlib import Path
@@ -84,12 +85,17 @@ def test_export_md_and_tail_do_not_pass_terminal_escapes(store: SqliteAuditStore
     hostile = "HTTP 503\x1b[1A\x1b[2K\r     7  approved by alice\x1b]52;c;ZWNobyBwd25lZA==\x07"
     store.append([event(1, kind="step_failed", details={"action": "http.request", "error": hostile})])
 
+    store.append([event(2, kind="step_failed", details={"error": "\x9b2J\x9b1;1H approved by alice"})])  # C1 CSI
+
     md = runner.invoke(app, ["export", "run-1", "--format", "md", "--db", str(db)])
     tail = runner.invoke(app, ["tail", "--db", str(db)])
+    as_json = runner.invoke(app, ["export", "run-1", "--format", "json", "--db", str(db)])
 
-    assert md.exit_code == 0 and tail.exit_code == 0
-    for output in (md.stdout, tail.stdout):
+    assert md.exit_code == 0 and tail.exit_code == 0 and as_json.exit_code == 0
+    for output in (md.stdout, tail.stdout, as_json.stdout):
         assert not any(ord(c) < 32 and c != "\n" or 127 <= ord(c) < 160 for c in output), repr(output)
+    # the JSON export escapes them as JSON does: the same values, so its hashes still check out
+    assert [e["details"] for e in json.loads(as_json.stdout)][1] == {"error": "\x9b2J\x9b1;1H approved by alice"}
 
 
 def test_a_lone_surrogate_in_details_is_kept_as_a_replacement_and_fails_no_batch(store: SqliteAuditStore) -> None:
