@@ -49,6 +49,10 @@ def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[s
         for i, entry in enumerate(matchers):
             if isinstance(entry, str):
                 found += _matcher_problems(params, entry, loc + ("matchers", i), roots)
+    query = with_.get("query") if action == "prometheus.query" else None
+    if isinstance(query, str):
+        found += _query_problems(params, query, loc + ("query",),
+                                 _roots(item, lambda spec: not _admits(spec, QUERY_PROBES)))
     argv = with_.get("argv") if action == "shell.run" else None
     if isinstance(argv, list):
         roots = _roots(item, lambda spec: _dash_probe(spec) is None)
@@ -204,6 +208,31 @@ def _matcher_problems(params: Mapping[str, ParamSpec], source: str, where: Loc,
         return []
     return [(where, f"{problem}: whoever sends the alert, answers the step or starts the run would choose what "
              "the silence covers", False)]
+
+
+QUERY_PROBES = ('x"} or vector(1) #', "x\\")  # what ends a PromQL string and adds to the query
+
+
+def _query_problems(params: Mapping[str, ParamSpec], source: str, where: Loc, data: tuple[str, ...]) -> list[Finding]:
+    """A warning for data put into a PromQL query as it is (red-team, stop 48): a label value such
+    as `x"} or vector(1) #` ends its string and rewrites the query, so an `expect` can pass when
+    nothing is well. `| tojson` writes it as a quoted, escaped string PromQL reads alike."""
+    if (tree := _parsed(source)) is None:
+        return []
+    texts = _text_specs(params)
+    loose = {name for name, spec in texts.items() if _admits(spec, QUERY_PROBES)}
+    roots: set[str] = set()
+    for output in tree.find_all(nodes.Output):
+        for child in output.nodes:
+            if isinstance(child, nodes.TemplateData) or (isinstance(child, nodes.Filter) and child.name == "tojson"):
+                continue
+            roots |= {n.name for n in _names(child) if n.name in data}
+            roots |= {f"params.{name}" for name in _params_read(child, set(texts)) & loose}
+    if not roots:
+        return []
+    return [(where, f"{_shown(sorted(roots))} goes into this PromQL query as it is: a value such as "
+             "'x\"} or vector(1) #' ends its string and rewrites the query (an expect could then pass when "
+             "nothing is well); write label={{ ... | tojson }}, which PromQL reads as one quoted string", True)]
 
 
 def _text_specs(params: Mapping[str, ParamSpec]) -> dict[str, ParamSpec]:

@@ -211,6 +211,20 @@ def test_a_foreach_item_from_data_is_data_in_argv_and_matchers() -> None:
         load(each(source, matcher, params))
 
 
+def test_data_put_into_a_promql_query_as_it_is_is_a_warning() -> None:
+    """Red-team note (stop 48): a label value `x"} or vector(1) #` ends its PromQL string and rewrites
+    the query, so an `expect` can pass when nothing is well. `| tojson` quotes and escapes it."""
+    def query(q: str, params: str = "") -> str:
+        return playbook(params, f"{{query: '{q}', expect: '< 1'}}", "prometheus.query")
+
+    warning = one_warning(query('sum(up{job="{{ alert.labels.job }}"})'))
+    assert "with.query: alert.* goes into this PromQL query as it is" in warning and "| tojson" in warning
+    assert "params.svc goes into this PromQL query" in one_warning(query('up{job="{{ params.svc }}"}', "svc: {type: string, pattern: \"^.+$\"}"))
+    for q, params in (("sum(up{job={{ alert.labels.job | tojson }}})", ""),
+                      ('up{job="{{ params.svc }}"}', f'svc: {{type: string, pattern: "{SAFE_PATTERN}"}}')):
+        assert not load(query(q, params)).warnings
+
+
 def test_probes_are_options() -> None:
     assert {"-", "-x", "--x", "--x=y"} <= set(DASH_PROBES) and all(p.startswith("-") for p in DASH_PROBES)
 
