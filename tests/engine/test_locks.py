@@ -120,12 +120,16 @@ class Rig:
     async def holding(self, text: str, **kwargs: Any) -> WorkflowHandle[PlaybookRun, RunStatus]:
         """A run that holds its key: its step has started."""
         handle = await self.start(text, **kwargs)
+        await self.at_gate(handle)
+        return handle
+
+    async def at_gate(self, handle: WorkflowHandle[PlaybookRun, RunStatus]) -> None:
+        """Until the run's step has reached its gate."""
         await wait_for_state(handle, lambda s: s.step("work").state == "running", timeout=WAIT)
         deadline = asyncio.get_running_loop().time() + WAIT
         while handle.id not in self.gates.started:  # "running" in status comes before the activity starts
             assert asyncio.get_running_loop().time() < deadline, f"{handle.id} never reached its gate"
             await asyncio.sleep(0.05)
-        return handle
 
 
 @pytest_asyncio.fixture
@@ -159,7 +163,7 @@ async def test_second_run_queues_and_starts_exactly_once_after_the_first_ends(ri
 
     rig.gates.open(first.id)
     assert (await first.result()).state == "completed"
-    await wait_for_state(second, lambda s: s.step("work").state == "running", timeout=WAIT)
+    await rig.at_gate(second)  # (CI at 540c69d read the gates between "running" and the activity's start)
     assert rig.gates.started == [first.id, second.id]
     rig.gates.open(second.id)
     done = await second.result()
