@@ -150,8 +150,10 @@ def _truncate(text: str, limit: int) -> str:
 
 def _cell(text: str) -> str:
     """A table cell's text: `|` cannot end the cell, nor raw HTML (`</td><tr>...`, which renderers
-    that allow it would draw as a row of its own, say a forged approval) make one."""
-    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    that allow it would draw as a row of its own, say a forged approval) make one, nor `![](url)`
+    fetch an image (a tracker) or `[text](url)` show a link under another name when the timeline
+    is viewed."""
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("](", "]\\(")  # (no `](`: no inline link or image)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 

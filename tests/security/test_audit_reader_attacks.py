@@ -78,6 +78,16 @@ def test_md_export_raw_html_in_a_detail_cannot_forge_a_table_row(store: SqliteAu
     assert "approval_vote" not in [cell.strip() for cell in parsed.cells]
 
 
+def test_md_export_draws_no_image_or_disguised_link_from_a_detail(store: SqliteAuditStore) -> None:
+    """Review (stop 48): `![](https://tracker/...)` in a detail fetched an image when the timeline
+    was viewed, and `[approved](https://evil)` showed a link under another name."""
+    hostile = "see ![x](https://tracker.example/p.gif) and [runbook](https://evil.example/login)"
+    store.append([event(1, kind="step_failed", details={"action": "http.request", "error": hostile})])
+    html = MarkdownIt("commonmark").enable("table").render(to_markdown(store.events(), "run-1"))
+    assert "<img" not in html and "<a " not in html, html
+    assert "https://tracker.example/p.gif" in html  # (still there, as text)
+
+
 def test_export_md_and_tail_do_not_pass_terminal_escapes(store: SqliteAuditStore, db: Path) -> None:
     """Hostile detail text with ANSI escapes (erase line, cursor up) reaches the operator's
     terminal verbatim through `audit export --format md` and `audit tail`, and can overwrite what
