@@ -127,7 +127,7 @@ class AuditEvent(BaseModel):
                 text = canonical_json(to_jsonable_python(without_surrogates(value)))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"details must be JSON-serialisable: {exc}") from None
-        return json.loads(text if text.isascii() else without_surrogates(text))
+        return json.loads(without_surrogates(text))
 
     @field_serializer("ts", when_used="json")
     def _ts_text(self, ts: datetime) -> str:

@@ -128,8 +128,9 @@ def _check(params: Mapping[str, ParamSpec], source: str, kind: str, where: Loc,
     return out
 
 
-def _reads_data(node: nodes.Node, loose: set[str], data: tuple[str, ...]) -> bool:
-    return any(n.name in data for n in _names(node)) or bool(_params_read(node, loose))
+def _data_read(node: nodes.Node, loose: set[str], data: tuple[str, ...]) -> set[str]:
+    """What data `node` reads: each of `data` it names, and `params.<name>` for each loose param."""
+    return {n.name for n in _names(node) if n.name in data} | {f"params.{name}" for name in _params_read(node, loose)}
 
 
 def _parsed(source: str) -> nodes.Template | None:
@@ -176,7 +177,7 @@ def _matcher_problems(params: Mapping[str, ParamSpec], source: str, where: Loc,
     before, problem = "", None
     for node in tree.body:
         if not isinstance(node, nodes.Output):
-            if _reads_data(node, set(texts) & loose, data):
+            if _data_read(node, loose, data):
                 problem = "a block ({% ... %}) that reads data can put it anywhere in this matcher"
                 break
             before += "x"  # (a block of constants)
@@ -185,8 +186,7 @@ def _matcher_problems(params: Mapping[str, ParamSpec], source: str, where: Loc,
             if isinstance(child, nodes.TemplateData):
                 before += child.data
                 continue
-            roots = sorted({n.name for n in _names(child) if n.name in data} |
-                           {f"params.{name}" for name in _params_read(child, set(texts)) & loose})
+            roots = sorted(_data_read(child, loose, data))
             if not roots:
                 before += "x"  # (a constant: vars, a guarded param)
                 continue
@@ -226,8 +226,7 @@ def _query_problems(params: Mapping[str, ParamSpec], source: str, where: Loc, da
         for child in output.nodes:
             if isinstance(child, nodes.TemplateData) or (isinstance(child, nodes.Filter) and child.name == "tojson"):
                 continue
-            roots |= {n.name for n in _names(child) if n.name in data}
-            roots |= {f"params.{name}" for name in _params_read(child, set(texts)) & loose}
+            roots |= _data_read(child, loose, data)
     if not roots:
         return []
     return [(where, f"{_shown(sorted(roots))} goes into this PromQL query as it is: a value such as "
