@@ -103,11 +103,6 @@ def suggestion(word: str, choices: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _item(group: ForeachGroup | None) -> tuple[str, Any] | None:
-    """(the `as` name, the items' source) of the foreach group a template's step runs in."""
-    return (group.as_, group.foreach) if group is not None else None
-
-
 @dataclass(frozen=True)
 class _Scope:
     """What a template may read: which variables, and which steps have finished by then."""
@@ -350,7 +345,7 @@ class _Checker:
         for where, source in _strings(step.with_, loc + ("with",)):
             self.check_template(source, where, dotted(where[len(loc):]), replace(scope, secrets=not call, call=call))
         for where, message, warning in sink_problems(self.playbook.params, step.action, step.with_, loc + ("with",),
-                                                     _item(foreach)):
+                                                     foreach):
             self.add(where, f"{dotted(where[len(loc):])}: {message}", warning=warning)
         if step.compensate is not None:
             self.check_compensation(step.compensate, loc + ("compensate",), replace(scope, own_readable=True))
@@ -573,7 +568,7 @@ class _Checker:
         for where, source in _strings(call.with_, loc + ("with",)):
             self.check_template(source, where, dotted(where[len(loc) - 1 :]), scope)
         for where, message, warning in sink_problems(self.playbook.params, call.action, call.with_, loc + ("with",),
-                                                     _item(scope.foreach)):
+                                                     scope.foreach):
             self.add(where, f"{dotted(where[len(loc) - 1 :])}: {message}", warning=warning)
 
     def check_timing(self, timeout: timedelta, retry: RetryPolicy, loc: Loc, prefix: str) -> None:

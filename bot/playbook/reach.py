@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 from jinja2 import TemplateSyntaxError, nodes
 
 from bot.playbook import patterns
-from bot.playbook.model import ParamSpec
+from bot.playbook.model import ForeachGroup, ParamSpec
 from bot.playbook.templating import ENV, SECRET_REF, is_template, texts_at
 
 Loc = tuple[str | int, ...]
@@ -35,9 +35,9 @@ DATA_ROOTS = ("alert", "steps")  # what templates read that a sender or a target
 
 
 def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[str, Any], loc: Loc,
-                  foreach: tuple[str, Any] | None = None) -> list[Finding]:
+                  foreach: ForeachGroup | None = None) -> list[Finding]:
     """(where, message, warning) for every string param that reaches a URL or argv item unguarded;
-    `loc` is `with`'s; `foreach`: (its `as` name, its items' source) for a foreach group's step."""
+    `loc` is `with`'s; `foreach`: the group whose items the step runs in."""
     found: list[Finding] = []
     item = _item(params, foreach)
     url = with_.get("url")
@@ -65,13 +65,13 @@ def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[s
 _WHOLE_PARAM = re.compile(r"^\s*\{\{\s*params\.(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*\}\}\s*$")
 
 
-def _item(params: Mapping[str, ParamSpec], foreach: tuple[str, Any] | None) -> tuple[str, ParamSpec | None] | None:
+def _item(params: Mapping[str, ParamSpec], foreach: ForeachGroup | None) -> tuple[str, ParamSpec | None] | None:
     """A foreach step's item as its templates read it (the `as` name), with what guards its text:
     the `items` spec of the param of strings the group iterates (`{{ params.hosts }}`), None when
     nothing does (an alert's field, a step's output, anything else). None: the playbook's own list."""
-    if foreach is None or not isinstance(foreach[1], str):
+    if foreach is None or not isinstance(foreach.foreach, str):
         return None  # (the playbook's own list)
-    name, source = foreach
+    name, source = foreach.as_, foreach.foreach
     tree = _parsed(source)
     if tree is not None and {n.name for n in _names(tree)} <= {"vars"}:
         return None  # (constants: the playbook's vars)
