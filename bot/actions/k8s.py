@@ -54,6 +54,9 @@ ROLLBACK_KEEPS = frozenset({
     "deprecated.deployment.rollback.to",
 })
 OBJECT_MAX_BYTES = 64 * 1024  # k8s.get: a larger object keeps metadata and status only
+# Our records are a few fields; anything longer under their annotation is not ours (whoever may
+# annotate the object can write there: a node's own kubelet may, on its Node).
+RECORD_MAX_CHARS = 1024
 MAX_REPLICAS = 10_000
 
 WORKLOAD_PLURALS = {"deployment": "deployments", "statefulset": "statefulsets", "daemonset": "daemonsets",
@@ -182,11 +185,15 @@ def node_path(name: str) -> str:
 
 
 def record_of(obj: dict[str, Any], annotation: str, key: str) -> dict[str, Any] | None:
-    """Our record under `annotation` when this step (its idempotency key) wrote it, else None."""
+    """Our record under `annotation` when this step (its idempotency key) wrote it, else None.
+    Anything else there (too long to be ours, not JSON, nested past the parser) is no record: a
+    value planted there must not fail every attempt of the step."""
     raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(annotation)
+    if not isinstance(raw, str) or len(raw) > RECORD_MAX_CHARS:
+        return None
     try:
-        record = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) and record.get("key") == key else None
 

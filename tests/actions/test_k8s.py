@@ -306,6 +306,18 @@ async def test_a_retried_cordon_still_reports_the_node_was_schedulable(
     assert fake_kube.writes("PATCH") == 1
 
 
+async def test_a_value_planted_under_our_record_does_not_stop_a_cordon(run_action, fake_kube: FakeKube, k8s) -> None:
+    """A node's kubelet may annotate its own Node: JSON nested past the parser (or any long value)
+    under our record's annotation failed every attempt, so a compromised node could not be cordoned."""
+    for planted in ("[" * 5000 + "]" * 5000, json.dumps({"key": "x", "pad": "y" * 5000})):
+        fake_kube.reset()
+        fake_kube.add_node("node-1")
+        fake_kube.objects[("v1", "nodes", None, "node-1")]["metadata"]["annotations"] = {CORDON_RECORD: planted}
+        cordon = await run_action("k8s.cordon", {"node": "node-1"}, k8s)
+        assert cordon.output["already_cordoned"] is False
+        assert fake_kube.get("v1", "nodes", None, "node-1")["spec"]["unschedulable"] is True
+
+
 # --- get ---------------------------------------------------------------------------------------------
 
 
