@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Literal, TypeVar
 import structlog
 from pydantic import Field, field_validator, model_validator
 
-from bot.actions.base import ActionContext, ActionFailed, ActionParams, action, positive
+from bot.actions.base import ActionContext, ActionFailed, ActionParams, InvalidParams, action, positive
 from bot.actions.k8s_client import (
     JSON_PATCH,
     MERGE_PATCH,
@@ -31,6 +31,7 @@ from bot.actions.k8s_client import (
     path,
 )
 from bot.actions.k8s_rollout import RolloutFailed, rollout_progress
+from bot.actions.paging import step_key
 from bot.playbook.durations import Duration
 
 log = structlog.get_logger("bot.actions.k8s")
@@ -94,7 +95,12 @@ class RolloutRestartParams(NamespacedParams, WaitParams):
 
 class ScaleParams(NamespacedParams, WaitParams):
     kind: Scalable = "deployment"
-    replicas: int = Field(ge=0, le=MAX_REPLICAS, description="The replica count to set.")
+    replicas: int | None = Field(
+        None, ge=0, le=MAX_REPLICAS,
+        description="The replica count to set. Left out in a compensation: the count its step found, "
+                    "read from the step's record on the object (so a step that scaled, then failed "
+                    "or was cancelled, is undone too).",
+    )
     wait: bool = Field(False, description="Wait until the rollout reports every replica updated and available.")
 
 
@@ -118,8 +124,9 @@ class NodeParams(KubeParams):
 
 
 class UncordonParams(NodeParams):
-    was_cordoned: bool = Field(
-        False, description="As undo of k8s.cordon: its output's already_cordoned; true leaves the node cordoned.",
+    was_cordoned: bool | None = Field(
+        None, description="True leaves the node cordoned. Left out in a compensation: read from its "
+                          "cordon's record on the node (no record: that cordon changed nothing).",
     )
 
 
@@ -308,6 +315,12 @@ class KubernetesActions:
         name = "k8s.scale"
         kube = await self._clients.get(params.context)
         url = workload_path(params.kind, params.namespace, params.name)
+        if params.replicas is None:
+            restore = await self._scaled_from(kube, name, url, ctx)
+            if restore is None:
+                return {"kind": params.kind, "namespace": params.namespace, "name": params.name, "changed": False,
+                        "skipped": "its step left no record here: it scaled nothing"}
+            params = params.model_copy(update={"replicas": restore})
 
         async def record_previous() -> int:
             obj = await read(kube, name, url)
@@ -336,6 +349,23 @@ class KubernetesActions:
         if params.wait and params.kind != "replicaset":
             out["rollout"] = await wait_for_rollout(kube, name, params.kind, url, params.interval.total_seconds())
         return out
+
+    @staticmethod
+    async def _scaled_from(kube: Kube, name: str, url: str, ctx: ActionContext) -> int | None:
+        """For a compensation given no count: the count its step found (from the step's record),
+        or, on a retry of this undo after its own write, the count this undo set; None if the step
+        recorded nothing here (it failed before it scaled)."""
+        if not ctx.compensation:
+            raise InvalidParams(f"{name}: give replicas; only a compensation defaults to the count its step found")
+        obj = await read(kube, name, url)
+        step = record_of(obj, SCALE_RECORD, step_key(ctx))
+        own = record_of(obj, SCALE_RECORD, ctx.idempotency_key)
+        found = step.get("previous") if step is not None else own.get("replicas") if own is not None else None
+        if found is None:
+            return None
+        if not isinstance(found, int) or isinstance(found, bool) or not 0 <= found <= MAX_REPLICAS:
+            raise ActionFailed(f"{name}: the step's record holds no replica count ({found!r})", retryable=False)
+        return found
 
     @action("k8s.rollout_undo", RolloutUndoParams)
     async def rollout_undo(self, params: RolloutUndoParams, ctx: ActionContext) -> dict[str, Any]:
@@ -457,11 +487,15 @@ class KubernetesActions:
         name = "k8s.uncordon"
         if params.was_cordoned:
             return {"node": params.node, "cordoned": True, "changed": False, "left_cordoned": True}
+        # Left out in a compensation: what its cordon recorded decides (it records only a change).
+        by_record = params.was_cordoned is None and ctx.compensation
         kube = await self._clients.get(params.context)
         url = node_path(params.node)
 
-        async def uncordon() -> bool:
+        async def uncordon() -> bool | None:
             node = await read(kube, name, url)
+            if by_record and record_of(node, CORDON_RECORD, step_key(ctx)) is None:
+                return None  # that cordon changed nothing (or this undo already undid it)
             if not (node.get("spec") or {}).get("unschedulable"):
                 return False
             await kube.patch(url, {
@@ -472,6 +506,8 @@ class KubernetesActions:
             return True
 
         changed = await on_conflict_reread(name, uncordon)
+        if changed is None:
+            return {"node": params.node, "changed": False, "skipped": "its cordon left no record here: it changed nothing"}
         return {"node": params.node, "cordoned": False, "changed": changed, "left_cordoned": False}
 
     @action("k8s.get", GetParams)

@@ -212,6 +212,26 @@ async def test_bad_scale_params_are_refused_before_any_request(run_failing, fake
     assert fake_kube.requests == []
 
 
+async def test_an_undo_given_no_count_restores_what_its_step_found_once(
+    run_action, run_failing, fake_kube: FakeKube, k8s
+) -> None:
+    fake_kube.add_deployment("shop", "web", replicas=3)
+    await run_action("k8s.scale", {"namespace": "shop", "name": "web", "replicas": 0}, k8s)
+    held = fake_kube.hold("PUT", "/deployments/web/scale")  # the undo scales back, and never hears so
+    undo = {"namespace": "shop", "name": "web"}
+    await run_failing("k8s.scale", undo, k8s, key="run-42/restart:undo", compensation=True)
+    held.release.set()
+    assert deployment(fake_kube)["spec"]["replicas"] == 3
+    fake_kube.interfere(*DEPLOYMENTS, "shop", "web", lambda d: d["spec"].update(replicas=5))  # an autoscaler, since
+
+    retry = await run_action("k8s.scale", undo, k8s, key="run-42/restart:undo", compensation=True)
+    assert retry.output["replicas"] == 3  # its own record's count, not the 0 it found the first time
+    assert deployment(fake_kube)["spec"]["replicas"] == 3
+
+    error = await run_failing("k8s.scale", undo, k8s)  # a step (not an undo) must say how many
+    assert error.type == INVALID_PARAMS and "give replicas" in error.message
+
+
 # --- rollout undo ------------------------------------------------------------------------------------
 
 

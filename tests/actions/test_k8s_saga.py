@@ -3,12 +3,14 @@ fails undoes a scale and a cordon against the fake Kubernetes API (tests/actions
 
 from __future__ import annotations
 
+import asyncio
+
 from bot.actions.activities import build_activities
 from bot.actions.k8s import KubernetesActions
 from bot.actions.k8s_client import KubeClients
 from bot.actions.secrets import SecretStore
 from tests.actions.fake_k8s import FakeKube
-from tests.engine.support import Recorder, playbook, run_input, start, worker
+from tests.engine.support import Recorder, cancel, playbook, run_input, start, worker
 
 SAGA = """
 name: k8s-saga
@@ -79,3 +81,91 @@ async def test_a_scale_retried_after_a_timeout_is_still_undone_to_the_original_c
     assert scale.attempts == 2 and scale.state == "compensated"
     assert fake_kube.writes("PUT", "/deployments/web/scale") == 2  # attempt 1's scale, then the undo's
     assert fake_kube.get("apps/v1", "deployments", "shop", "web")["spec"]["replicas"] == 3
+
+
+# --- a step that acted, then failed or was cancelled: its undo reads what the step recorded ----------
+
+RECORDED_UNDOS = """
+name: k8s-recorded-undos
+steps:
+  - id: cordon
+    action: k8s.cordon
+    with: {node: node-1}
+    retry: {max_attempts: 1}
+    compensate:
+      action: k8s.uncordon
+      with: {node: node-1}
+  - id: scale
+    action: k8s.scale
+    with: {namespace: shop, name: web, replicas: 0, wait: true, interval: 50ms}
+    timeout: 2s
+    retry: {max_attempts: 1}
+    compensate:
+      action: k8s.scale
+      with: {namespace: shop, name: web}
+"""
+
+
+async def test_a_scale_whose_wait_timed_out_is_scaled_back(dev_env, fake_kube: FakeKube, kube_clients: KubeClients) -> None:
+    """The scale acted, then its rollout never completed: the step failed with no output, so an undo
+    reading `steps.scale.output.previous` was skipped ("nothing to undo") and the run still said
+    `compensated` with the deployment left at 0 (red team). The undo without a count reads the step's
+    record on the deployment."""
+    fake_kube.add_deployment("shop", "web", replicas=3)
+    fake_kube.add_node("node-1")
+    fake_kube.stalled.add("web")
+    async with worker(dev_env.client, Recorder(), k8s_activities(kube_clients)) as w:
+        status = await (await start(dev_env.client, w, run_input(playbook(RECORDED_UNDOS)))).result()
+
+    assert status.state == "compensated"
+    assert {c.step: c.state for c in status.compensations} == {"scale": "succeeded", "cordon": "succeeded"}
+    assert fake_kube.get("apps/v1", "deployments", "shop", "web")["spec"]["replicas"] == 3
+    assert "unschedulable" not in fake_kube.get("v1", "nodes", None, "node-1")["spec"]
+
+
+async def test_a_scale_cancelled_while_it_waits_is_scaled_back(dev_env, fake_kube: FakeKube, kube_clients: KubeClients) -> None:
+    fake_kube.add_deployment("shop", "web", replicas=3)
+    fake_kube.add_node("node-1")
+    fake_kube.stalled.add("web")
+    async with worker(dev_env.client, Recorder(), k8s_activities(kube_clients)) as w:
+        handle = await start(dev_env.client, w, run_input(playbook(RECORDED_UNDOS.replace("timeout: 2s", "timeout: 60s"))))
+        for _ in range(100):
+            if fake_kube.get("apps/v1", "deployments", "shop", "web")["spec"]["replicas"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        await cancel(handle)
+        status = await handle.result()
+
+    assert status.step("scale").state != "succeeded"
+    assert fake_kube.get("apps/v1", "deployments", "shop", "web")["spec"]["replicas"] == 3
+    assert "unschedulable" not in fake_kube.get("v1", "nodes", None, "node-1")["spec"]
+
+
+async def test_a_cordon_whose_answer_was_lost_is_uncordoned(dev_env, fake_kube: FakeKube, kube_clients: KubeClients) -> None:
+    """The PATCH landed and its answer never came: the step failed, the node stayed cordoned."""
+    fake_kube.add_deployment("shop", "web", replicas=3)
+    fake_kube.add_node("node-1")
+    held = fake_kube.hold("PATCH", "/nodes/node-1")
+    try:
+        async with worker(dev_env.client, Recorder(), k8s_activities(kube_clients)) as w:
+            status = await (await start(dev_env.client, w, run_input(playbook(RECORDED_UNDOS)))).result()
+    finally:
+        held.release.set()
+
+    assert status.step("cordon").state == "compensated"
+    assert "unschedulable" not in fake_kube.get("v1", "nodes", None, "node-1")["spec"]
+    assert fake_kube.get("apps/v1", "deployments", "shop", "web")["spec"]["replicas"] == 3  # never scaled
+
+
+async def test_an_undo_without_a_record_changes_nothing(dev_env, fake_kube: FakeKube, kube_clients: KubeClients) -> None:
+    """A node cordoned before the run (its cordon records nothing) stays cordoned; a scale that failed
+    before it wrote anything is not "undone" to some count."""
+    fake_kube.add_node("node-1", unschedulable=True)
+    fake_kube.add_deployment("shop", "web", replicas=3)
+    fail_first = RECORDED_UNDOS.replace("replicas: 0, wait: true", "replicas: 100000, wait: true")  # refused params
+    async with worker(dev_env.client, Recorder(), k8s_activities(kube_clients)) as w:
+        status = await (await start(dev_env.client, w, run_input(playbook(fail_first)))).result()
+
+    assert fake_kube.get("v1", "nodes", None, "node-1")["spec"]["unschedulable"] is True
+    assert fake_kube.get("apps/v1", "deployments", "shop", "web")["spec"]["replicas"] == 3
+    assert fake_kube.writes("PUT") == 0
