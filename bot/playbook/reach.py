@@ -11,6 +11,10 @@ step, and no declaration guards them: one that can start an argv item is an erro
 made `kubectl delete pod {{ alert.labels.pod }}` delete every pod), even after a `--` (a wrapper such as
 `kubectl exec POD --` hands what follows to a command that reads options again); one that can start
 a URL, a warning (it chooses the host; the egress rules still hold).
+
+`k8s.run_job`'s command and args are argv items alike. A k8s step's `context` (the cluster and
+its credentials) and a Job's `service_account` (the identity it runs as) are chosen by nothing but
+the playbook's text or an enum param: data or an open param anywhere in them is an error.
 """
 
 from __future__ import annotations
@@ -53,13 +57,42 @@ def sink_problems(params: Mapping[str, ParamSpec], action: str, with_: Mapping[s
     if isinstance(query, str):
         found += _query_problems(params, query, loc + ("query",),
                                  _roots(item, lambda spec: not _admits(spec, QUERY_PROBES)))
-    argv = with_.get("argv") if action == "shell.run" else None
-    if isinstance(argv, list):
-        roots = _roots(item, lambda spec: _dash_probe(spec) is None)
-        for i, entry in enumerate(argv):
-            if isinstance(entry, str):
-                found += _check(params, entry, "argv item", loc + ("argv", i), roots)
+    for field in ARGV_FIELDS.get(action, ()):  # a container's command and args are argv too
+        argv = with_.get(field)
+        if isinstance(argv, list):
+            roots = _roots(item, lambda spec: _dash_probe(spec) is None)
+            for i, entry in enumerate(argv):
+                if isinstance(entry, str):
+                    found += _check(params, entry, "argv item", loc + (field, i), roots)
+    for field in CHOOSERS.get(action, ()) + (("context",) if action.startswith("k8s.") else ()):
+        value = with_.get(field)
+        if isinstance(value, str):
+            found += _chooser_problems(params, value, field, loc + (field,),
+                                       _roots(item, lambda spec: spec.enum is not None))
     return found
+
+
+ARGV_FIELDS = {"shell.run": ("argv",), "k8s.run_job": ("command", "args")}
+# Fields that choose whom an action acts as, besides every k8s.* step's `context` (the kubeconfig
+# context: another cluster and its credentials): as a URL's host, only an enum may let a requester
+# choose them, and no alert or step output may.
+CHOOSERS: dict[str, tuple[str, ...]] = {"k8s.run_job": ("service_account",)}
+
+
+def _chooser_problems(params: Mapping[str, ParamSpec], source: str, field: str, where: Loc,
+                      data: tuple[str, ...]) -> list[Finding]:
+    """An error for data, or a param without an enum, anywhere in a field that chooses a cluster or
+    an identity (red team: `context: "{{ alert.labels.cluster }}"` let an alert pick any cluster the
+    kubeconfig holds, unseen by the policy, which reads `environment`)."""
+    if (tree := _parsed(source)) is None:
+        return []
+    loose = {name for name, spec in _text_specs(params).items() if spec.enum is None}
+    roots = sorted(_data_read(tree, loose, data))
+    if not roots:
+        return []
+    return [(where, f"{_shown(roots)} can choose this step's {field}, and with it the cluster or identity it acts "
+             f"as; map the alert's value to a param with an enum of the allowed values (trigger params) and read "
+             f"that, or write it in the playbook", False)]
 
 
 _WHOLE_PARAM = re.compile(r"^\s*\{\{\s*params\.(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*\}\}\s*$")

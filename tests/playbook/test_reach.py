@@ -151,6 +151,57 @@ def test_an_alert_field_or_a_step_output_that_can_start_an_argv_item_is_an_error
         load(steps(argv))
 
 
+def test_a_jobs_command_and_args_are_argv_items_too() -> None:
+    """Red team: the check above covered shell.run only, so `k8s.run_job` with `command: [kubectl]`,
+    `args: [delete, pod, "{{ alert.labels.pod }}"]` loaded, and `pod="--all"` deleted every pod."""
+    def job(field: str, argv: str, params: str = "") -> str:
+        return f"""
+        name: p
+        {params}
+        steps:
+          - id: diag
+            action: k8s.run_job
+            with: {{namespace: shop, image: registry.internal/diag/kubectl:1.30, {field}: {argv}}}
+        """
+
+    error = one_error(job("args", '[delete, pod, "{{ alert.labels.pod }}"]'))
+    assert error.startswith("pb.yaml:6: step 'diag': with.args[2]: alert.* can start this argv item")
+    assert "with.command[1]: param 'pod' can start this argv item" in one_error(
+        job("command", '[kubectl, "{{ params.pod }}"]', "params: {pod: {type: string}}"))
+    load(job("args", '[delete, "pod/{{ alert.labels.pod }}"]'))
+    load(job("args", '[delete, pod, "{{ params.pod }}"]', 'params: {pod: {type: string, pattern: "^[a-z0-9][a-z0-9-]*$"}}'))
+
+
+def test_data_or_an_open_param_may_not_choose_a_k8s_context_or_service_account() -> None:
+    """Red team: `context: "{{ alert.labels.cluster }}"` (or a param without an enum) picked any cluster
+    the kubeconfig holds, with its credentials, while the policy judged the step by `environment`."""
+    def scale(context: str, params: str = "") -> str:
+        return f"""
+        name: p
+        {params}
+        steps:
+          - id: s
+            action: k8s.scale
+            with: {{context: "{context}", namespace: shop, name: web, replicas: 0}}
+        """
+
+    error = one_error(scale("{{ alert.labels.cluster }}"))
+    assert error.startswith("pb.yaml:6: step 's': with.context: alert.* can choose this step's context")
+    assert "a param with an enum" in error
+    assert "params.cluster can choose this step's context" in one_error(
+        scale("prod-{{ params.cluster }}", 'params: {cluster: {type: string, pattern: "^[a-z]+$", default: eu}}'))
+    load(scale("{{ params.cluster }}", "params: {cluster: {type: string, enum: [staging, prod], default: staging}}"))
+    load(scale("{{ vars.cluster }}", "vars: {cluster: prod-eu}"))
+    job = """
+    name: p
+    steps:
+      - id: diag
+        action: k8s.run_job
+        with: {namespace: shop, image: registry.internal/diag/x:1, service_account: "{{ alert.labels.sa }}"}
+    """
+    assert "with.service_account: alert.* can choose this step's service_account" in one_error(job)
+
+
 def test_an_alert_field_that_can_start_a_url_is_a_warning() -> None:
     warning = one_warning(playbook("", '{url: "{{ alert.annotations.runbook_url }}"}'))
     assert "with.url: alert.* can start this URL, so whoever sends the alert or answers the step chooses the host" in warning
