@@ -30,7 +30,7 @@ from bot.devstack import RECORD_FILE, DevServer, free_port
 ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(sys.executable).parent / "playbook-bot"
 ENVELOPE_KEY = "b" * 64  # shared by the benches' front doors and workers (`serve` refuses to start without one)
-ALERT_TOKEN = "bench-token"
+ALERT_TOKEN = "bench-alertmanager-token"
 SIGNING_SECRET = "bench-signing-secret"
 
 

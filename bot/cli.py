@@ -43,7 +43,7 @@ from bot.playbook.schema import playbook_json_schema
 from bot.policy.cli import app as policy_app
 from bot.policy.engine import make_engine
 from bot.policy.errors import PolicyLoadError
-from bot.settings import ConfigError, Settings
+from bot.settings import ConfigError, Settings, load_settings
 from bot.temporal import TemporalUnavailable, connect, shutdown_tracing
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Incident-response playbooks on Temporal.")
@@ -82,7 +82,10 @@ class Failure(click.ClickException):
 
 def _settings(service: bool = False) -> Settings:
     """Services log at the configured level; one-shot commands only say what went wrong."""
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise Failure(str(exc)) from None
     level = settings.log_level if service or "PLAYBOOK_BOT_LOG_LEVEL" in os.environ else "WARNING"
     bot_logging.configure(level, settings.log_format)
     return settings

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ConfigError(RuntimeError):
     """A setting a process cannot run without; the message names it."""
+
+
+# The bearer tokens our webhooks check: an operator picks them, so they can be guessable.
+WEBHOOK_TOKENS = ("alertmanager_token", "grafana_token", "opsgenie_token")
+TOKEN_MIN_CHARS = 16
+# What deploy/env.example and the docs put where a secret goes, and people leave in place.
+PLACEHOLDER = re.compile(r"change[-_ ]?me", re.IGNORECASE)
 
 
 TEMPORAL_TLS_FIELDS = (
@@ -25,7 +33,9 @@ TEMPORAL_TLS_FIELDS = (
 
 class Settings(BaseSettings):
     # An empty variable (compose's `${VAR:-}`) is unset: no empty token enabling Slack, no path ".".
-    model_config = SettingsConfigDict(env_prefix="PLAYBOOK_BOT_", extra="ignore", env_ignore_empty=True)
+    # (hide_input_in_errors: a refused value, a secret's included, is never quoted in the error.)
+    model_config = SettingsConfigDict(env_prefix="PLAYBOOK_BOT_", extra="ignore", env_ignore_empty=True,
+                                      hide_input_in_errors=True)
 
     # Temporal: unset address -> the embedded dev server (recorded under data_dir by `dev`).
     temporal_address: str | None = None
@@ -126,11 +136,29 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @field_validator(
-        "temporal_tls_server_name", "temporal_api_key", "envelope_key", "api_token", "audit_url", mode="before"
+        "temporal_tls_server_name", "temporal_api_key", "envelope_key", "api_token", "audit_url", "opa_token",
+        *WEBHOOK_TOKENS, mode="before"
     )
     @classmethod
     def _strip(cls, value: object) -> object:
-        return value.strip() if isinstance(value, str) else value  # a pasted key's newline is not part of it
+        # A pasted key's newline is not part of it; nor is a Kubernetes secret file's (Alertmanager
+        # trims its credentials_file, so an untrimmed token here would refuse every delivery).
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator(*WEBHOOK_TOKENS)
+    @classmethod
+    def _unguessable(cls, value: SecretStr | None) -> SecretStr | None:
+        """Red team: serve started with env.example's `change-me` as its Alertmanager token, and
+        anyone who could reach the port started remediations with it."""
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if PLACEHOLDER.search(token):
+            raise ValueError("is the example's placeholder; generate a token: `openssl rand -hex 32`")
+        if len(token) < TOKEN_MIN_CHARS:
+            raise ValueError(f"is shorter than {TOKEN_MIN_CHARS} characters, so it can be guessed; generate one: "
+                             "`openssl rand -hex 32`")
+        return value
 
     @property
     def tokens_path(self) -> Path:
@@ -142,3 +170,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; a refused value is a ConfigError naming its variable and
+    why (never the value: it may be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"PLAYBOOK_BOT_{'_'.join(str(part) for part in error['loc']).upper()} {_said(error)}"
+            for error in exc.errors()
+        )
+        raise ConfigError(problems) from None
+
+
+def _said(error: dict) -> str:
+    message = str(error.get("msg", "is not valid"))
+    return message.removeprefix("Value error, ") if message.startswith("Value error, ") else f"is not valid: {message}"

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 from bot.audit.backend import AuditStore, audit_url
 from bot.audit.events import EventKind, StoredEvent, canonical_json, format_ts
@@ -46,13 +45,12 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _settings():  # noqa: ANN202 - Settings, imported late like the other commands do
-    from bot.settings import Settings
+    from bot.settings import ConfigError, load_settings
 
     try:
-        return Settings()
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        raise _fail(f"invalid settings: {error['loc']}: {error['msg']}") from None
+        return load_settings()
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import sys
 import typer
 
 from bot.identity.tokens import TokenError, TokenStore
-from bot.settings import Settings
+from bot.settings import ConfigError, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -20,7 +20,10 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _store() -> TokenStore:
-    return TokenStore(Settings().tokens_path)
+    try:
+        return TokenStore(load_settings().tokens_path)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()

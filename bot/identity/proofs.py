@@ -26,6 +26,7 @@ from pydantic_core import to_jsonable_python
 
 from bot.identity.principals import Actor, VerifiedBy
 from bot.policy.models import canonical_json
+from bot.settings import PLACEHOLDER
 
 Purpose = Literal["start", "vote", "cancel", "confirm", "schedule"]
 DEV_KEY_FILE = "envelope.key"
@@ -216,6 +217,8 @@ def cancel_content(reason: str) -> dict[str, Any]:
 def read_key(text: str, where: str) -> bytes:
     """A key as configured: at least 32 bytes of text (hex or any random string)."""
     key = text.strip().encode()
+    if PLACEHOLDER.search(text):
+        raise ProofError(f"{where} is the example's placeholder; generate a key: `openssl rand -hex 32`")
     if len(key) < MIN_KEY_BYTES:
         raise ProofError(f"{where} is {len(key)} bytes; an envelope key needs at least {MIN_KEY_BYTES} (try `openssl rand -hex 32`)")
     return key

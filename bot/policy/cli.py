@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
 from bot import eventloop
 from bot.policy.engine import PolicyEngine, make_engine
@@ -32,12 +31,12 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _settings() -> Any:
-    from bot.settings import Settings
+    from bot.settings import ConfigError, load_settings
 
     try:
-        return Settings()
-    except ValidationError as exc:
-        raise _fail(f"invalid settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        return load_settings()
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command("test")

@@ -99,7 +99,7 @@ async def test_the_front_door_closes_its_webhook_doors_when_it_stops(tmp_path: P
     from bot.settings import Settings
 
     monkeypatch.setattr(refusals_module, "RefusalBudget", lambda: RefusalBudget(per_minute=60, clock=lambda: 600.0))
-    settings = Settings(data_dir=tmp_path, alertmanager_token="the-token")  # type: ignore[arg-type]
+    settings = Settings(data_dir=tmp_path, alertmanager_token="the-webhook-token-of-this-test")  # type: ignore[arg-type]
     store = SqliteAuditStore(tmp_path / "audit.db")
     async with AsyncExitStack() as stack:
         app = create_app(Readiness(), front_door(settings, None, dict, None, store, closing=stack))  # type: ignore[arg-type]
