@@ -63,6 +63,7 @@ class Http:
         import uvicorn
         from fastapi import FastAPI
 
+        from bot.http_limits import BoundedHttpTools
         from bot.server import DirectRoutes
 
         config = uvicorn.Config(
@@ -71,6 +72,7 @@ class Http:
             port=settings.http_port,
             log_config=None,
             lifespan="off",
+            http=BoundedHttpTools,  # a bounded head and a deadline for each request (bot/http_limits.py)
         )
         self.server: Any = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None

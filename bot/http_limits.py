@@ -1,0 +1,99 @@
+"""What uvicorn's httptools protocol lacks at the front door: a bound on a request's head, and a
+deadline for a whole request to arrive.
+
+Both matter before any route, token or body limit runs, so to anyone who can reach the port
+(`/slack/events` must be reachable from the internet). Measured against `serve` (red team):
+- the protocol keeps every header line in a list, and the parser a header's value while it grows,
+  with no bound: one unauthenticated connection sent 500 MB of headers in 0.7 s and the process
+  grew by 570 MB;
+- uvicorn's only timeout (keep-alive) starts after a first response: a client that never finished
+  its headers (or its body) held its connection and file descriptor for good, and 1,100 of them
+  left a process with the usual 1,024-descriptor limit unable to accept an alert.
+
+So a head past HEAD_MAX bytes is answered 431 and the connection closed, and a request not wholly
+received REQUEST_DEADLINE seconds after its first byte (or after the connection opened) is closed.
+A request's handler is not timed: the deadline ends once the request has arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = structlog.get_logger(__name__)
+
+HEAD_MAX = 64 * 1024  # bytes of request line and headers (h11's default bound is 16 KiB)
+REQUEST_DEADLINE = 15.0  # seconds for a request to arrive whole (bodies here are at most 1 MiB)
+LINGER = 1.0  # seconds a refused connection is read (and dropped) so its client reads the 431
+_TOO_LARGE = b"request line and headers exceed 65536 bytes"
+
+
+class BoundedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with HEAD_MAX and REQUEST_DEADLINE (module docstring)."""
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_bytes = 0  # of the head being received, counted by whole chunks
+        self._in_head = True  # a new connection's first bytes are a head
+        self._heads_done = 0  # heads the parser has completed on this connection
+        self._refused = False
+        self._deadline: asyncio.TimerHandle | None = self.loop.call_later(REQUEST_DEADLINE, self._too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head and self._deadline is None:  # a keep-alive connection's next request begins
+            self._deadline = self.loop.call_later(REQUEST_DEADLINE, self._too_slow)
+        if self._refused:
+            return  # read and dropped until the close: unread input would reset the 431 away
+        heads_done = self._heads_done
+        super().data_received(data)
+        # A chunk in which a head ended is not counted (what follows it is body, or the next
+        # request): so at most HEAD_MAX and one chunk of a head are ever held.
+        if self._in_head and self._heads_done == heads_done and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > HEAD_MAX:
+                self._refuse_head()
+
+    def on_headers_complete(self) -> None:
+        self._in_head, self._head_bytes = False, 0
+        self._heads_done += 1
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._in_head = True  # what comes next on this connection is a head
+        super().on_message_complete()
+
+    def _refuse_head(self) -> None:
+        self._disarm()
+        log.warning("request head too large; connection closed", client=_client(self), limit_bytes=HEAD_MAX)
+        self._refused = True
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; "
+                             b"charset=utf-8\r\nconnection: close\r\ncontent-length: " + str(len(_TOO_LARGE)).encode()
+                             + b"\r\n\r\n" + _TOO_LARGE)
+        if self.transport.can_write_eof():  # the answer goes out whole; what still comes in is dropped
+            self.transport.write_eof()
+        self.loop.call_later(LINGER, self.transport.close)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            log.warning("request not received in time; connection closed", client=_client(self),
+                        deadline_s=REQUEST_DEADLINE)
+            self.transport.close()
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+
+def _client(protocol: HttpToolsProtocol) -> str | None:
+    client = getattr(protocol, "client", None)
+    return f"{client[0]}:{client[1]}" if client else None
