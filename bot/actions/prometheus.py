@@ -189,7 +189,8 @@ class PrometheusActions:
             if status >= 500 or status in (408, 429):
                 raise _Unavailable(f"HTTP {status}: {_excerpt(response.text)}")
             raise ActionFailed(
-                f"prometheus.query: {endpoint} returned {status}, not the Prometheus API: {_excerpt(response.text)}",
+                f"prometheus.query: {shown_url(endpoint)} returned {status}, not the Prometheus API: "
+                f"{_excerpt(response.text)}",
                 retryable=False,
             )
         if body["status"] != "success":

@@ -198,6 +198,17 @@ async def test_a_url_that_is_not_prometheus_fails(prom, providers, run_failing) 
     assert "returned 404, not the Prometheus API: 404 page not found" in err.message
 
 
+async def test_credentials_in_the_prometheus_url_stay_out_of_the_steps_error(prom, run_failing) -> None:
+    """Red team: with PLAYBOOK_BOT_PROMETHEUS_URL=http://user:pw@host (httpx sends it as Basic auth), a
+    proxy's 404 put user:pw in the step's error: history, the audit trail, the Slack thread."""
+    base = prom.base_url.replace("http://", "http://reader:s3cret-pw@")
+    async with EgressClient() as client:
+        err = await run_failing("prometheus.query", {"query": "up", "url": base + "/prom"},
+                                [PrometheusActions(client, default_url=base)])
+    assert "returned 404, not the Prometheus API" in err.message
+    assert "s3cret-pw" not in err.message and "reader" not in err.message
+
+
 async def test_string_result_cannot_be_compared(prom, providers, run_failing) -> None:
     prom.script('"x"', (200, {"status": "success", "data": {"resultType": "string", "result": [1.0, "x"]}}))
     err = await run_failing("prometheus.query", {"query": '"x"', "expect": "> 1"}, providers)
