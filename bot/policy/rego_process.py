@@ -49,10 +49,16 @@ def child_command() -> list[str]:
     return [sys.executable, "-m", CHILD_MODULE]
 
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
+# What the child's environment keeps of ours: what Python and its locale need. Nothing else: Rego
+# reads the environment (`opa.runtime().env`), and a policy or data change must not be able to put
+# the envelope key, a Slack token or a playbook secret into a decision's reasons (red team).
+CHILD_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "TZ", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name in CHILD_ENV or name.startswith("LC_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-    return env
+    return {**env, **(extra or {})}
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -307,12 +313,14 @@ class RegoProcess:
                     pass
 
 
-def run_once(messages: list[dict[str, Any]], timeout: float = 60.0) -> list[dict[str, Any]]:
-    """Run a fresh child over a fixed list of requests (load checks, test runs); blocking."""
+def run_once(messages: list[dict[str, Any]], timeout: float = 60.0,
+             env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Run a fresh child over a fixed list of requests (load checks, test runs); blocking. `env`:
+    variables the child gets besides CHILD_ENV (a test of a policy that reads one)."""
     frames = b"".join(wire.encode({**message, "id": index}) for index, message in enumerate(messages))
     try:
         done = subprocess.run(
-            child_command(), input=frames, capture_output=True, timeout=timeout, env=child_env(), check=False
+            child_command(), input=frames, capture_output=True, timeout=timeout, env=child_env(env), check=False
         )
     except subprocess.TimeoutExpired as exc:
         raise ChildTimeout(f"no answer within {timeout:g}s") from exc

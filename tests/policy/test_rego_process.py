@@ -302,3 +302,25 @@ def test_the_loop_polls_for_an_answer_only_while_one_is_due_and_comes_quickly(
         return seen
 
     assert eventloop.run(main()) == [True, False, False, True, False]
+
+
+async def test_the_policy_child_holds_none_of_the_processs_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team: the child inherited the whole environment, and Rego reads it (`opa.runtime().env`),
+    so a policy or data change could put the envelope key or a playbook secret into a decision's
+    reasons (history, audit, Slack). It gets what Python needs, and nothing of ours."""
+    monkeypatch.setenv("PLAYBOOK_BOT_ENVELOPE_KEY", "k" * 64)
+    monkeypatch.setenv("PLAYBOOK_BOT_SECRET_DEPLOY_TOKEN", "tok-123")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    module = "package leak\n\nimport rego.v1\n\nenv := opa.runtime().env\n"
+    loaded, seen = rego_process.run_once([
+        {"op": "load", "modules": {"leak.rego": module}, "data": {}, "entrypoints": ["leak/env"]},
+        {"op": "eval", "entrypoint": "leak/env", "input": {}},
+    ])
+    assert loaded["ok"] and seen["ok"], (loaded, seen)
+    assert not any(name.startswith("PLAYBOOK_BOT_") for name in seen["value"]), sorted(seen["value"])
+    assert seen["value"]["LC_ALL"] == "C.UTF-8" and "PATH" in seen["value"]
+
+    async with EmbeddedEngine(POLICIES) as engine:  # the long-lived child, as workers and front doors run it
+        await engine.load()
+        environ = Path(f"/proc/{engine.pid}/environ").read_bytes().split(b"\0")
+    assert not any(entry.startswith(b"PLAYBOOK_BOT_") for entry in environ)

@@ -52,17 +52,15 @@ def opa_input(request: ApiRequest) -> dict[str, Any]:
 
 def evaluate(inputs: list[dict[str, Any]], token: str | None, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """allow for each input, from a fresh child whose environment holds `token` as OPA's does."""
-    if token is None:
-        monkeypatch.delenv("OPA_API_TOKEN", raising=False)
-    else:
-        monkeypatch.setenv("OPA_API_TOKEN", token)
+    monkeypatch.delenv("OPA_API_TOKEN", raising=False)  # (the child gets only what it is given)
     load = {
         "op": "load",
         "modules": {str(SYSTEM_AUTHZ_REGO): SYSTEM_AUTHZ_REGO.read_text()},
         "data": {},
         "entrypoints": [ENTRYPOINT],
     }
-    answers = run_once([load, *({"op": "eval", "entrypoint": ENTRYPOINT, "input": doc} for doc in inputs)])
+    answers = run_once([load, *({"op": "eval", "entrypoint": ENTRYPOINT, "input": doc} for doc in inputs)],
+                       env=None if token is None else {"OPA_API_TOKEN": token})
     loaded, *results = answers
     assert loaded["ok"], loaded
     values = []
