@@ -29,6 +29,8 @@ from typing import Callable
 
 import structlog
 
+from bot.streams import lines
+
 log = structlog.get_logger(__name__)
 
 RECORD_FILE = "devserver.json"
@@ -418,8 +420,8 @@ class WorkerProcess:
 
     async def _copy_output(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
-        while line := await process.stdout.readline():
-            self.out("worker| " + line.decode(errors="replace").rstrip("\n"))
+        async for line in lines(process.stdout):  # (a long line is cut, never the copying: bot/streams.py)
+            self.out("worker| " + line.decode(errors="replace"))
 
     async def _supervise(self) -> None:
         failures = 0

@@ -21,6 +21,7 @@ import structlog
 
 from bot import eventloop
 from bot.policy import wire
+from bot.streams import lines
 
 log = structlog.get_logger(__name__)
 
@@ -140,7 +141,7 @@ class RegoProcess:
     async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
         """Log what the child (or rego-cpp, when it aborts) writes to stderr."""
         assert proc.stderr is not None
-        while line := await proc.stderr.readline():
+        async for line in lines(proc.stderr):
             text = line.decode(errors="replace").rstrip()
             if text:
                 self._stderr_tail.append(text)
