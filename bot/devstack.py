@@ -255,7 +255,7 @@ class DevServer:
         return self.data_dir / DB_FILE
 
     async def start(self, ready_timeout: float = 60.0) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         existing = read_record(self.data_dir)
         if existing is not None and existing.owner_alive():
             owner = f", started by pid {existing.owner}" if existing.owner is not None else ""
@@ -277,7 +277,7 @@ class DevServer:
                     f"PLAYBOOK_BOT_{setting} to a free port"
                 )
         binary = find_binary()
-        self._log_file = open(self.data_dir / "temporal.log", "ab")
+        self._log_file = open(os.open(self.data_dir / "temporal.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         args = [
             "server", "start-dev",
             "--ip", self.host,

@@ -409,11 +409,12 @@ class SqliteAuditStore:
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             except FileExistsError as exc:  # the parent is a file: "File exists" would mislead
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), exc.filename) from exc
             if self.path.is_dir():
                 raise IsADirectoryError(errno.EISDIR, "is a directory, not a database file", str(self.path))
+            _create_private(self.path)
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             try:
                 self._enable_wal(conn)
@@ -531,3 +532,13 @@ def _verify(conn: sqlite3.Connection) -> VerifyResult:
     if problem := walk.ends(high[0] if high else None):
         return problem
     return walk.duplicated(conn.execute(FIRST_DUPLICATE_ID).fetchone()) or walk.ok()
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner alone, if it is not there (SQLite gives its
+    -wal and -shm files the same mode). The trail holds rendered args, alerts, votes and whole
+    outputs: sqlite3.connect made it 0644, readable by every local user (red team)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except FileExistsError:
+        pass

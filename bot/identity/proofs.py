@@ -232,7 +232,7 @@ def ensure_dev_key(data_dir: Path) -> bytes:
     """The embedded stack's key, created once (owner-only) beside the dev server's record: the CLI
     on this machine signs with it, so `--by WHO` counts as verified there and nowhere else."""
     path = dev_key_path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -110,7 +110,7 @@ class TokenStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """One writer at a time (two `token issue` at once must not lose one), reading afresh."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

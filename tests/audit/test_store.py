@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -232,3 +234,18 @@ def test_run_last_recorded_counts_a_reset_of_the_asking_run_as_that_run(store) -
     assert store.run_last_recorded("r_1", "abc~ghi") is None  # asked by another reset of the chain
     assert store.run_last_recorded("r_1", "abd") == at
     assert store.run_last_recorded("r_1", "ab") == at
+
+
+def test_the_trail_and_its_directory_are_the_owners_alone(tmp_path: Path) -> None:
+    """Red team: DATA_DIR was created 0755 and audit.db (with -wal and -shm) 0644, readable by every
+    local user, while it holds rendered args, alerts, votes and whole step outputs."""
+    old = os.umask(0o022)
+    try:
+        store = SqliteAuditStore(tmp_path / "data" / "audit.db")
+        store.append([event(1)])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    for name in ("audit.db", "audit.db-wal", "audit.db-shm"):
+        assert stat.S_IMODE((tmp_path / "data" / name).stat().st_mode) == 0o600, name
+    store.close()
