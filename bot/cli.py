@@ -112,7 +112,7 @@ def _catalog(settings: Settings) -> Catalog:
     try:
         return load_directory(settings.playbooks_dir)
     except PlaybookLoadErrors as exc:
-        err.print(f"warning: some playbooks do not load:\n{exc}", highlight=False)
+        err.print(f"warning: some playbooks do not load:\n{exc}", highlight=False, markup=False)
         return exc.catalog
 
 
@@ -293,7 +293,7 @@ async def _follow(read: Callable[[str], Awaitable[RunStatus]], run_id: str, quie
                 live.update(status_table(status), refresh=True)
             elif not quiet:
                 for line in progress_lines(previous, status):
-                    err.print(line, highlight=False)
+                    err.print(line, highlight=False, markup=False)  # (a step error is a target's words)
             previous = status
             if status.finished:
                 return status

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from bot.audit.export import visible
 from bot.engine.state import RunStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -61,12 +62,20 @@ def _caption(status: RunStatus) -> str | None:
     return "; ".join(p for p in parts if p) or None
 
 
+def _plain(text: str) -> Text:
+    """A cell of anyone's words (a target's error, a lock key, a voter's name): never Rich markup
+    (`[link=...]` drew a link, `[green]` restyled a line), never a control character (ESC]52 set
+    the clipboard of the terminal that showed `status`)."""
+    return Text(visible(text))
+
+
 def status_table(status: RunStatus) -> Table:
     icon, style = STYLE.get(status.state, ("?", ""))
+    caption = _caption(status)
     table = Table(
-        title=Text.assemble(f"{status.run_id}  ", (f"{icon} {status.state}", style)),
+        title=Text.assemble(f"{visible(status.run_id)}  ", (f"{icon} {status.state}", style)),
         title_justify="left",
-        caption=_caption(status),
+        caption=_plain(caption) if caption else None,
         caption_justify="left",
     )
     for column in ("step", "action", "state", "attempts", "time", "note"):
@@ -83,22 +92,25 @@ def status_table(status: RunStatus) -> Table:
             note = ", ".join(f"{v.vote}d by {v.user}" for v in step.approvals)
         elif step.output_ref is not None and not note:
             ref = step.output_ref
-            shown = " ".join(ref.preview[:PREVIEW_CHARS].split())  # data from the step: never markup
-            note = f"output {ref.size} bytes ({escape(shown)}…): playbook-bot audit show-output {ref.event_id}"
-        table.add_row(name, step.action, Text(f"{icon} {step.state}", style), str(step.attempts or ""), _duration(step), note)
+            shown = " ".join(ref.preview[:PREVIEW_CHARS].split())
+            note = f"output {ref.size} bytes ({shown}…): playbook-bot audit show-output {ref.event_id}"
+        table.add_row(_plain(name), step.action, Text(f"{icon} {step.state}", style), str(step.attempts or ""),
+                      _duration(step), _plain(note))
     for comp in status.compensations:
         icon, style = STYLE.get("compensated" if comp.state == "succeeded" else comp.state, ("?", ""))
-        table.add_row(f"undo {comp.step}", comp.action, Text(f"{icon} {comp.state}", style), str(comp.attempts or ""), "", comp.error or "")
+        table.add_row(_plain(f"undo {comp.step}"), comp.action, Text(f"{icon} {comp.state}", style),
+                      str(comp.attempts or ""), "", _plain(comp.error or ""))
     return table
 
 
 def progress_lines(before: RunStatus | None, after: RunStatus) -> list[str]:
-    """Plain one-line transitions for logs and pipes, where a live table would be noise."""
+    """Plain one-line transitions for logs and pipes, where a live table would be noise (print them
+    without markup: an error is a target's words)."""
     lines = []
     old = {s.id: s.state for s in before.all_steps()} if before else {}
     for step in after.all_steps():
         if old.get(step.id, "pending") != step.state:
-            extra = f" ({step.error})" if step.error else ""
+            extra = f" ({visible(step.error)})" if step.error else ""
             lines.append(f"{step.id}: {step.state}{extra}")
     old_comp = {c.step: c.state for c in before.compensations} if before else {}
     for comp in after.compensations:

@@ -66,6 +66,29 @@ def _from_temporal_extra(_: Any, __: str, event: dict[str, Any]) -> dict[str, An
     return event
 
 
+# C0 and C1 controls and DEL, shown as \xNN on a terminal; a traceback keeps its newlines (and is
+# indented, so that a line of it cannot pass for a log line).
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_IN_TRACEBACK = {c: shown for c, shown in _CONTROLS.items() if c != 0x0A}
+
+
+def _inert(render: Callable[..., str]) -> Callable[..., str]:
+    """The console renderer, with what it writes raw (the event's text and a traceback) made inert:
+    a value quoted there (a `core.log` message over an annotation, a library's line quoting a
+    command's stderr) cannot move the cursor, set the clipboard or begin a forged line of its own.
+    It repr()s the other fields itself; JSON lines escape everything."""
+
+    def inert(logger: Any, name: str, event: dict[str, Any]) -> str:
+        if isinstance(event.get("event"), str):
+            event["event"] = event["event"].translate(_CONTROLS)
+        if isinstance(event.get("exception"), str):  # indented: no line of it passes for a log line
+            lines = event["exception"].translate(_IN_TRACEBACK).split("\n")
+            event["exception"] = "\n".join("  " + line for line in lines)
+        return render(logger, name, event)
+
+    return inert
+
+
 def configure(level: str = "INFO", fmt: str = "auto", stream: Any = None) -> None:
     stream = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
@@ -77,7 +100,8 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: Any = None) -> Non
         _from_temporal_extra,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = (structlog.processors.JSONRenderer() if as_json
+                     else _inert(structlog.dev.ConsoleRenderer(colors=False)))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
