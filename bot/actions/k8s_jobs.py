@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 from pydantic import Field, field_validator
+from temporalio import activity
 
 from bot.actions.base import ActionContext, ActionFailed, ActionRefused, action, positive
 from bot.actions.k8s import KubeParams, WaitParams
@@ -27,6 +28,7 @@ from bot.playbook.durations import Duration
 
 log = structlog.get_logger("bot.actions.k8s")
 
+DELETE_BACKGROUND = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
 KEY_LABEL = "playbook-bot.io/step"  # a digest of the idempotency key: which step's Job this is
 MANAGED_BY = {"app.kubernetes.io/managed-by": "playbook-bot"}
 TTL_AFTER_FINISHED = 3600  # seconds: the cluster removes a Job we could not delete ourselves
@@ -128,10 +130,16 @@ class KubernetesJobActions:
             if exc.status != 409 or exc.reason != "AlreadyExists":
                 raise exc.failed(name) from None
             reused = True
-        state, found = await self._wait(kube, name, url, digest, params.interval.total_seconds())
+        try:
+            state, found = await self._wait(kube, name, url, digest, params.interval.total_seconds())
+        except asyncio.CancelledError:
+            details = activity.cancellation_details() if activity.in_activity() else None
+            if details is not None and details.cancel_requested:  # the run was cancelled: so is its Job
+                await asyncio.shield(self._stop(kube, url, job))
+            raise  # (timed out, or the worker stopping: a retry finds the Job and waits for it again)
         logs, pods = await self._logs(kube, name, params, job)
         try:
-            await kube.delete(url, {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+            await kube.delete(url, DELETE_BACKGROUND)
         except KubeError as exc:
             if exc.status != 404:
                 raise exc.failed(name) from None
@@ -143,6 +151,17 @@ class KubernetesJobActions:
             raise ActionFailed(f"{name}: job {job} failed (pods failed: {out['pod_failed']})", retryable=False,
                                output=out)
         return out
+
+    @staticmethod
+    async def _stop(kube: Any, url: str, job: str) -> None:
+        """Delete this step's Job (its pods with it; `_wait` saw it is this step's), when its run is
+        cancelled while it runs: the run ended `cancelled` while the Job kept acting (red team).
+        Best effort: a failure is logged, and the Job's deadline, if any, still ends it."""
+        try:
+            await kube.delete(url, DELETE_BACKGROUND)
+            log.info("job deleted: its run was cancelled", job=job)
+        except Exception as exc:  # noqa: BLE001  the cancel goes on; the TTL or deadline ends the Job
+            log.warning("job not deleted on cancel; it runs until it ends", job=job, error=str(exc))
 
     def _manifest(self, params: RunJobParams, job: str, digest: str) -> dict[str, Any]:
         container: dict[str, Any] = {"name": "job", "image": params.image}

@@ -84,3 +84,39 @@ async def test_bad_job_params_are_refused(run_failing, fake_kube: FakeKube, jobs
         error = await run_failing("k8s.run_job", {**PARAMS, **bad}, jobs)
         assert error.type == INVALID_PARAMS, bad
     assert fake_kube.requests == []
+
+
+JOB_RUN = """
+name: k8s-job
+steps:
+  - id: fix
+    action: k8s.run_job
+    with: {namespace: shop, image: registry.internal/diag/fixer:1, command: [fix], interval: 30s}
+    timeout: 5m
+    retry: {max_attempts: 1}
+"""
+
+
+async def test_a_run_cancelled_while_its_job_runs_deletes_the_job(
+    dev_env, fake_kube: FakeKube, kube_clients: KubeClients
+) -> None:
+    """Red team: the activity stopped, the run ended `cancelled`, and the Job went on acting. (The
+    fake's Job completes on the second read, 30 s in: it is still running when the run is cancelled.)"""
+    import asyncio
+
+    from bot.actions.activities import build_activities
+    from bot.actions.secrets import SecretStore
+    from tests.engine.support import Recorder, cancel, playbook, run_input, start, worker
+
+    acts = build_activities([KubernetesJobActions(kube_clients, ["registry.internal/diag/*"])], SecretStore(environ={}))
+    async with worker(dev_env.client, Recorder(), acts) as w:
+        handle = await start(dev_env.client, w, run_input(playbook(JOB_RUN)))
+        for _ in range(100):
+            if fake_kube.items("batch/v1", "jobs"):
+                break
+            await asyncio.sleep(0.1)
+        assert fake_kube.items("batch/v1", "jobs")
+        await cancel(handle)
+        status = await handle.result()
+    assert status.step("fix").state == "cancelled"
+    assert fake_kube.items("batch/v1", "jobs") == []
