@@ -56,11 +56,20 @@ def describe_validation_error(action: str, exc: ValidationError) -> str:
     return f"{action}: bad params: " + "; ".join(problems)
 
 
-async def _heartbeat_forever() -> None:
-    """Beat from the first second on: quick actions send none, long ones hear a cancel fast."""
+async def _heartbeat_forever(noted: list[Any]) -> None:
+    """Beat from the first second on: quick actions send none, long ones hear a cancel fast. Each
+    beat carries what the action noted (ActionContext.note): a beat without it would erase it."""
     while True:
         await asyncio.sleep(HEARTBEAT_EVERY)
-        activity.heartbeat()
+        activity.heartbeat(*noted)
+
+
+def _noter(noted: list[Any]) -> Callable[[Any], None]:
+    def note(value: Any) -> None:
+        noted[:] = [value]
+        activity.heartbeat(value)  # now: the answer that a retry would need may be lost next
+
+    return note
 
 
 def started_event(input: ActionInput, attempt: int, ts: datetime | None = None) -> AuditEvent:
@@ -112,6 +121,7 @@ def _wrap(
         except ValidationError as exc:
             error: ApplicationError = InvalidParams(mask(describe_validation_error(spec.name, exc)))
             raise _with_attempt(error, info.attempt) from None
+        earlier = list(info.heartbeat_details[:1])  # what an earlier attempt noted, kept by each beat
         ctx = ActionContext(
             run_id=input.run_id,
             step_id=input.step_id,
@@ -120,8 +130,10 @@ def _wrap(
             attempt=info.attempt,
             compensation=input.compensation,
             mask=mask,
+            noted=earlier[0] if earlier else None,
+            note=_noter(earlier),
         )
-        beat = asyncio.create_task(_heartbeat_forever()) if info.heartbeat_timeout else None
+        beat = asyncio.create_task(_heartbeat_forever(earlier)) if info.heartbeat_timeout else None
         started, outcome = time.monotonic(), "failed"
         try:
             output = await method(params, ctx)

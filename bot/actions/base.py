@@ -181,6 +181,11 @@ class ActionContext:
     attempt: int
     compensation: bool
     mask: Callable[[Any], Any] = lambda value: value  # blanks every known secret value: use it before logging
+    # What an earlier attempt of this step noted (None: nothing, or this is the first), and how to
+    # note something for a later one: what it acted on, so that a retry after a lost answer acts on
+    # that and not on what has taken its place (carried by Temporal's heartbeat details).
+    noted: Any = None
+    note: Callable[[Any], None] = lambda value: None
 
 
 

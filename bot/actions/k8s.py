@@ -438,24 +438,35 @@ class KubernetesActions:
 
     @action("k8s.delete_pod", DeletePodParams)
     async def delete_pod(self, params: DeletePodParams, ctx: ActionContext) -> dict[str, Any]:
-        """Delete a pod (its controller makes a new one); a pod already gone counts as done."""
+        """Delete a pod (its controller makes a new one); a pod already gone counts as done. It deletes
+        the pod it found (its uid, noted for a retry): a retry after a lost answer leaves alone the
+        pod the controller has made under the same name since (red team: it deleted that one too)."""
         name = "k8s.delete_pod"
         kube = await self._clients.get(params.context)
-        options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        url = path("api", "v1", "namespaces", params.namespace, "pods", params.name)
+        out: dict[str, Any] = {"namespace": params.namespace, "name": params.name}
+        noted = ctx.noted.get("pod_uid") if isinstance(ctx.noted, dict) else None  # an earlier attempt's pod
+        uid = params.uid or (noted if isinstance(noted, str) else None)
+        if uid is None:
+            try:
+                uid = (await kube.get(url))["metadata"]["uid"]
+            except KubeError as exc:
+                if exc.status == 404:
+                    return {**out, "deleted": False, "result": "not_found"}
+                raise exc.failed(name) from None
+            ctx.note({"pod_uid": uid})
+        options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
         if params.grace_period_seconds is not None:
             options["gracePeriodSeconds"] = params.grace_period_seconds
-        if params.uid is not None:
-            options["preconditions"] = {"uid": params.uid}
-        out: dict[str, Any] = {"namespace": params.namespace, "name": params.name}
         try:
-            await kube.delete(path("api", "v1", "namespaces", params.namespace, "pods", params.name), options)
+            await kube.delete(url, options)
         except KubeError as exc:
             if exc.status == 404:
-                return {**out, "deleted": False, "result": "not_found"}
-            if exc.status == 409 and params.uid is not None:  # the uid precondition: that pod is gone already
-                return {**out, "deleted": False, "result": "replaced"}
+                return {**out, "uid": uid, "deleted": False, "result": "not_found"}
+            if exc.status == 409:  # the uid precondition: that pod is gone already, another has its name
+                return {**out, "uid": uid, "deleted": False, "result": "replaced"}
             raise exc.failed(name) from None
-        return {**out, "deleted": True, "result": "deleted"}
+        return {**out, "uid": uid, "deleted": True, "result": "deleted"}
 
     @action("k8s.cordon", NodeParams)
     async def cordon(self, params: NodeParams, ctx: ActionContext) -> dict[str, Any]:

@@ -169,3 +169,43 @@ async def test_an_undo_without_a_record_changes_nothing(dev_env, fake_kube: Fake
     assert fake_kube.get("v1", "nodes", None, "node-1")["spec"]["unschedulable"] is True
     assert fake_kube.get("apps/v1", "deployments", "shop", "web")["spec"]["replicas"] == 3
     assert fake_kube.writes("PUT") == 0
+
+
+DELETE_POD = """
+name: k8s-delete-pod
+steps:
+  - id: bounce
+    action: k8s.delete_pod
+    with: {namespace: shop, name: db-0, grace_period_seconds: 0}
+    retry: {max_attempts: 2, initial_interval: 100ms}
+"""
+
+
+async def test_a_retried_delete_pod_leaves_the_pod_its_controller_made_since(
+    dev_env, fake_kube: FakeKube, kube_clients: KubeClients
+) -> None:
+    """Red team: the first attempt deleted db-0 and never heard so; the StatefulSet made db-0 again,
+    and the retry deleted that one too. The retry now deletes only the pod the step found (its uid,
+    carried from attempt to attempt by Temporal's heartbeat details)."""
+    fake_kube.add_pod("shop", "db-0")
+    held = fake_kube.hold("DELETE", "/pods/db-0")  # applied; the answer never comes (the request times out)
+    replacement: dict = {}
+
+    async def controller() -> None:  # the StatefulSet: a new db-0 once the old one is gone
+        while not fake_kube.writes("DELETE", "/pods/db-0"):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        replacement.update(fake_kube.add_pod("shop", "db-0"))
+
+    try:
+        async with worker(dev_env.client, Recorder(), k8s_activities(kube_clients)) as w:
+            making = asyncio.create_task(controller())
+            status = await (await start(dev_env.client, w, run_input(playbook(DELETE_POD)))).result()
+            await making
+    finally:
+        held.release.set()
+
+    bounce = status.step("bounce")
+    assert (bounce.state, bounce.attempts) == ("succeeded", 2)
+    assert bounce.output["result"] == "replaced"
+    assert [p["metadata"]["uid"] for p in fake_kube.items("v1", "pods")] == [replacement["metadata"]["uid"]]
