@@ -89,7 +89,9 @@ class DirectRoutes:
 
 
 def create_app(readiness: Readiness, routers: Sequence[APIRouter] = ()) -> FastAPI:
-    app = FastAPI(title="playbook-bot", version="0.1.0")
+    # No Swagger or ReDoc pages on a port the internet may reach (they load their scripts from a
+    # CDN); /openapi.json still lists the routes, which the source lists anyway.
+    app = FastAPI(title="playbook-bot", version="0.1.0", docs_url=None, redoc_url=None)
     direct: dict[tuple[str, str], Endpoint] = {}
     for router in routers:
         app.include_router(router)

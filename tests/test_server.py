@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -37,7 +38,7 @@ async def test_readyz_fails_when_temporal_goes_down(tmp_path: Path):
     await server.start()
     try:
         client = await Client.connect(server.address)
-        app = create_app(Readiness({"temporal": temporal_check(client)}))
+        app = create_app(Readiness({"temporal": temporal_check(client)}, fresh=0))
         async with client_for(app) as http:
             assert (await http.get("/readyz")).status_code == 200
             await server.stop()
@@ -224,3 +225,23 @@ async def test_read_limited_stops_a_chunked_body_without_a_length():
         large = await http.post("/echo", content=chunks(10))
     assert small.json() == {"size": 800, "again": 800}
     assert large.json() == {"size": None, "again": None}
+
+
+async def test_a_flood_of_readyz_runs_the_checks_once_a_second(tmp_path: Path):
+    """Red team: /readyz is open to anyone who reaches the port and asks Temporal and the audit
+    store (a write transaction) each time: 50 at once took alert deliveries from 3 ms to over 1 s."""
+    asked = 0
+
+    async def slow_check() -> None:
+        nonlocal asked
+        asked += 1
+        await asyncio.sleep(0.05)
+
+    readiness = Readiness({"temporal": slow_check}, fresh=0.5)
+    async with client_for(create_app(readiness)) as http:
+        answers = await asyncio.gather(*(http.get("/readyz") for _ in range(50)))
+        assert {a.status_code for a in answers} == {200} and asked == 1
+        assert (await http.get("/readyz")).status_code == 200 and asked == 1  # fresh: given again
+        await asyncio.sleep(0.6)
+        assert (await http.get("/readyz")).status_code == 200 and asked == 2
+        assert (await http.get("/docs")).status_code == 404  # no Swagger page (scripts from a CDN)
