@@ -106,6 +106,10 @@ class ScaleParams(NamespacedParams, WaitParams):
 
 class RolloutUndoParams(NamespacedParams, WaitParams):
     to_revision: int | None = Field(None, ge=1, description="The revision to go back to (default: the previous).")
+    from_revision: int | None = Field(
+        None, ge=1, description="Act only while the deployment is at this revision (the bad release, read before "
+        "an approval wait): if someone rolled it back or forward since, the step does nothing.",
+    )
     wait: bool = Field(True, description="Wait until the rollout completes (the step timeout ends the wait).")
 
 
@@ -381,6 +385,13 @@ class KubernetesActions:
                 return {"rolled_back": True, "to_revision": record.get("to_revision"), "repeated": True}
             if deployment["spec"].get("paused"):
                 raise ActionFailed(f"{name}: deployment {params.name!r} is paused: resume it first", retryable=False)
+            at = _revision_of(deployment)
+            if params.from_revision is not None and at != params.from_revision:
+                # Someone rolled it back (or out) since the step was asked for: "previous" is now
+                # the bad release (red team: the step put it back after on-call's own rollback).
+                return {"rolled_back": False, "to_revision": None, "from_revision": at, "repeated": False,
+                        "skipped": f"the deployment is at revision {at}, not {params.from_revision}: "
+                                   "it changed since; nothing done"}
             target, revision = await self._revision(kube, name, deployment, params.to_revision)
             template = json.loads(json.dumps(target["spec"]["template"]))
             (template.get("metadata") or {}).get("labels", {}).pop(POD_TEMPLATE_HASH, None)
@@ -397,7 +408,7 @@ class KubernetesActions:
                 {"op": "replace", "path": "/spec/template", "value": template},
                 {"op": "add", "path": "/metadata/annotations", "value": annotations},
             ], JSON_PATCH)
-            return {"rolled_back": True, "to_revision": revision, "repeated": False}
+            return {"rolled_back": True, "to_revision": revision, "from_revision": at, "repeated": False}
 
         out = {"namespace": params.namespace, "name": params.name, **await on_conflict_reread(name, undo)}
         if params.wait and out["rolled_back"]:
@@ -549,6 +560,14 @@ class KubernetesActions:
                     return {"found": True, "object": slim, "truncated": truncated, "polls": polls}
                 log.info("waiting for fields", action=name, unmet=unmet, poll=polls)
             await asyncio.sleep(params.interval.total_seconds())
+
+
+def _revision_of(deployment: dict[str, Any]) -> int | None:
+    """The revision the deployment controller says the deployment is at (None: it has not said)."""
+    try:
+        return int((deployment["metadata"].get("annotations") or {})[REVISION])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _same_template(a: dict[str, Any], b: dict[str, Any]) -> bool:

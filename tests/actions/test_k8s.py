@@ -255,6 +255,27 @@ async def test_rollout_undo_goes_back_to_the_previous_revision_once(run_action, 
     assert fake_kube.writes("PATCH") == 1
 
 
+async def test_rollout_undo_from_a_revision_does_nothing_once_someone_rolled_back_since(
+    run_action, fake_kube: FakeKube, k8s
+) -> None:
+    """Red team: on-call ran `kubectl rollout undo` while the step waited for its approval; "previous"
+    was then the bad release, and the step put it back. `from_revision` (the bad release's, read
+    before the wait) makes it do nothing once the deployment has moved."""
+    fake_kube.add_deployment("shop", "web", replicas=2, image="app:1")
+    fake_kube.set_image("shop", "web", "app:2")  # the bad release: revision 2
+    fake_kube.set_image("shop", "web", "app:1")  # on-call's own rollback: revision 3
+    undo = {"namespace": "shop", "name": "web", "from_revision": 2, **FAST}
+    result = await run_action("k8s.rollout_undo", undo, k8s)
+    assert result.output["rolled_back"] is False and result.output["from_revision"] == 3
+    assert "it changed since; nothing done" in result.output["skipped"]
+    assert deployment(fake_kube)["spec"]["template"]["spec"]["containers"][0]["image"] == "app:1"
+
+    fake_kube.set_image("shop", "web", "app:4")  # a new bad release, revision 4: from_revision 4 acts
+    result = await run_action("k8s.rollout_undo", {**undo, "from_revision": 4}, k8s)
+    assert (result.output["rolled_back"], result.output["from_revision"]) == (True, 4)
+    assert deployment(fake_kube)["spec"]["template"]["spec"]["containers"][0]["image"] == "app:1"
+
+
 async def test_rollout_undo_without_history_fails_for_good(run_failing, fake_kube: FakeKube, k8s) -> None:
     fake_kube.add_deployment("shop", "web")
     error = await run_failing("k8s.rollout_undo", {"namespace": "shop", "name": "web"}, k8s)
