@@ -33,6 +33,7 @@ from bot.actions.base import (
     whole_number_as_text,
 )
 from bot.actions.secrets import MASK_MARGIN, cut_masked
+from bot.actions.shell_leader import CANNOT_START
 from bot.playbook.data import FilterError, loads_bounded
 from bot.playbook.durations import Duration, format_duration
 
@@ -40,13 +41,18 @@ log = structlog.get_logger("bot.actions.shell")
 
 INHERITED_ENV = ("PATH", "HOME", "LANG")
 _PR_SET_PDEATHSIG = 1
+# The step's group leader (bot/actions/shell_leader.py): it takes the whole group down when the
+# worker dies, so that the retry on a new worker does not race a leftover copy of the same step.
+LEADER = str(Path(__file__).with_name("shell_leader.py"))
 
 
 def _die_with_worker() -> None:
-    """In the child before exec: a SIGKILLed worker takes the command with it (Linux), so the
-    retry on a new worker does not race a leftover copy of the same step."""
+    """In the leader before exec: a worker that dies (SIGKILL included) sends it SIGTERM (Linux),
+    on which it stops the whole group: not only itself, as a signal set on the command would."""
     if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+CANNOT_START_SAID = "shell_leader: cannot start: "  # then "<errno> <strerror>", exit status CANNOT_START
+REFUSED_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.E2BIG})
 MAX_OUTPUT = 256 * 1024  # per stream; both land in workflow history (2 MB payload limit)
 STDERR_IN_MESSAGE = 500  # characters of stderr quoted in a failure message
 MAX_STDIN = 64 * 1024  # bytes: stdin is a step argument, so it lands in workflow history and the audit trail
@@ -184,8 +190,8 @@ class ShellActions:
         started = time.monotonic()
         spawn = asyncio.ensure_future(
             asyncio.create_subprocess_exec(
-                *params.argv,
-                executable=program,  # the resolved path: a PATH in `env` cannot redirect it
+                # the resolved path: a PATH in `env` cannot redirect it
+                sys.executable, "-I", "-S", LEADER, str(self._kill_grace), program, *params.argv,
                 stdin=asyncio.subprocess.DEVNULL if params.stdin is None else asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -235,6 +241,10 @@ class ShellActions:
             with contextlib.suppress(asyncio.CancelledError):
                 await readers
 
+        if code == CANNOT_START and (said := stderr.text(ctx.mask).strip()).startswith(CANNOT_START_SAID):
+            number, _, why = said.removeprefix(CANNOT_START_SAID).partition(" ")
+            cause = ActionRefused if int(number or 0) in REFUSED_ERRNOS else ActionFailed  # (EAGAIN, ENOMEM: again)
+            raise cause(f"shell.run: cannot start {name}: {why}")
         output = _output(code, stdout, stderr, started, ctx.mask)
         log.info("shell command finished", executable=name, exit_code=code, duration_ms=output["duration_ms"])
         if code != 0:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -350,3 +351,63 @@ async def test_a_failed_command_with_parse_json_fails_for_its_exit_code(run_fail
 async def test_parse_takes_only_json(run_failing) -> None:
     error = await run_failing("shell.run", {"argv": ["cat"], "parse": "yaml"}, shell("cat"))
     assert error.type == INVALID_PARAMS and "parse" in error.message
+
+
+def _members(pgid: int) -> list[int]:
+    """Live processes of process group `pgid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _children(ppid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == ppid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+async def test_a_sigkilled_worker_leaves_no_part_of_a_shell_step_running(tmp_path: Path) -> None:
+    """Red team: the parent-death signal reached the group's leader only. A wrapper (`sh -c`, a
+    script running kubectl) died with a SIGKILLed worker, but the command it waited for went on
+    under init while Temporal retried the step elsewhere: two copies of one remediation at once."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import asyncio\n"
+        "from bot.actions.shell import ShellActions, ShellRunParams\n"
+        "from bot.actions.base import ActionContext\n"
+        "shell = ShellActions(['sh'], kill_grace=0.5, environ={'PATH': '/usr/bin:/bin'})\n"
+        "params = ShellRunParams(argv=['sh', '-c', 'sleep 300; echo restarted twice'], timeout='10m')\n"
+        "asyncio.run(shell.run(params, ActionContext('r', 's', 'p', 'k', 1, False)))\n"
+    )
+    worker = await asyncio.create_subprocess_exec(sys.executable, str(script), env={**os.environ})
+    leader = None
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        leaders = _children(worker.pid)
+        if leaders and len(_members(leaders[0])) >= 2:  # sh and sleep (and the leader, now)
+            leader = leaders[0]
+            break
+    assert leader is not None, "the step's command did not start"
+    worker.send_signal(signal.SIGKILL)
+    await worker.wait()
+    for _ in range(60):
+        if not _members(leader):
+            break
+        await asyncio.sleep(0.1)
+    left = _members(leader)
+    for pid in left:  # (clean up before failing)
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"still running after the worker died: {left}"
