@@ -38,7 +38,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_bytes = 0  # of the head being received, counted by whole chunks
         self._in_head = True  # a new connection's first bytes are a head
-        self._heads_done = 0  # heads the parser has completed on this connection
+        self._marks = 0  # requests begun, heads and requests ended on this connection
         self._refused = False
         self._deadline: asyncio.TimerHandle | None = self.loop.call_later(REQUEST_DEADLINE, self._too_slow)
 
@@ -51,29 +51,39 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._deadline = self.loop.call_later(REQUEST_DEADLINE, self._too_slow)
         if self._refused:
             return  # read and dropped until the close: unread input would reset the 431 away
-        heads_done = self._heads_done
+        marks = self._marks
         super().data_received(data)
-        # A chunk in which a head ended is not counted (what follows it is body, or the next
-        # request): so at most HEAD_MAX and one chunk of a head are ever held.
-        if self._in_head and self._heads_done == heads_done and not self.transport.is_closing():
+        # A chunk in which a request began, its head ended or the request ended is not counted
+        # (part of it is body, or another request): so at most HEAD_MAX and two chunks of a head
+        # are ever held.
+        if self._in_head and self._marks == marks and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > HEAD_MAX:
                 self._refuse_head()
 
+    def on_message_begin(self) -> None:
+        self._marks += 1
+        super().on_message_begin()
+
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
-        self._heads_done += 1
+        self._marks += 1
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._disarm()
-        self._in_head = True  # what comes next on this connection is a head
+        self._in_head, self._head_bytes = True, 0  # what comes next on this connection is a head
+        self._marks += 1
         super().on_message_complete()
 
     def _refuse_head(self) -> None:
         self._disarm()
         log.warning("request head too large; connection closed", client=_client(self), limit_bytes=HEAD_MAX)
         self._refused = True
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not cycle.response_complete:  # an earlier request's answer is still to come:
+            self.transport.close()  # no 431 in the middle of it
+            return
         self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; "
                              b"charset=utf-8\r\nconnection: close\r\ncontent-length: " + str(len(_TOO_LARGE)).encode()
                              + b"\r\n\r\n" + _TOO_LARGE)
