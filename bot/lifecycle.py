@@ -33,10 +33,19 @@ def load_catalog(settings: Settings) -> LiveCatalog:
 
 
 def watch_catalog(stack: AsyncExitStack, settings: Settings, live: LiveCatalog, stop: asyncio.Event,
-                  on_hangup: Callable[[], None] | None = None) -> None:
-    """Reload `live` every PLAYBOOKS_RELOAD_INTERVAL seconds and on SIGHUP while the process runs."""
+                  on_hangup: Callable[[], None] | None = None, policy: Any = None) -> None:
+    """Reload `live` every PLAYBOOKS_RELOAD_INTERVAL seconds and on SIGHUP while the process runs;
+    SIGHUP also has `policy` read its files again at its next question (`recheck`)."""
     interval = settings.playbooks_reload_interval or None  # None: SIGHUP only
-    task = asyncio.create_task(live.watch(interval, stop, on_hangup))
+    recheck = getattr(policy, "recheck", None)
+
+    def hung_up() -> None:
+        if recheck is not None:
+            recheck()
+        if on_hangup is not None:
+            on_hangup()
+
+    task = asyncio.create_task(live.watch(interval, stop, hung_up))
 
     async def stopped() -> None:
         stop.set()

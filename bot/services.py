@@ -78,7 +78,7 @@ async def run_dev(settings: Settings, announce: Any = print) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, signal.SIGHUP)
 
-        watch_catalog(stack, settings, catalog, stop, hangup_worker)
+        watch_catalog(stack, settings, catalog, stop, hangup_worker, policy=policy)
         if settings.alertmanager_token is None:
             log.warning("PLAYBOOK_BOT_ALERTMANAGER_TOKEN is not set: POST /alertmanager answers 401 to everyone")
         slack = slack_app(settings, client, catalog, policy, audit, keys)
@@ -123,7 +123,7 @@ async def run_serve(settings: Settings) -> None:
             {"temporal": temporal_check(client), "policies": policy_check(policy), "audit": audit_check(audit)},
             facts={"catalog": catalog.facts},
         )
-        watch_catalog(stack, settings, catalog, stop)
+        watch_catalog(stack, settings, catalog, stop, policy=policy)
         slack = slack_app(settings, client, catalog, policy, audit, keys)
         routers = front_door(settings, client, catalog, policy, audit, slack, keys, closing=stack)
         http = Http(settings, create_app(readiness, routers))

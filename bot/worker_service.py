@@ -70,7 +70,7 @@ async def serve_worker(
     log.info("worker started", task_queue=settings.task_queue, policy=deps.policy.name, hash=deps.policy.policy_hash)
     async with AsyncExitStack() as stack:
         if deps.live is not None:
-            watch_catalog(stack, settings, deps.live, asyncio.Event())
+            watch_catalog(stack, settings, deps.live, asyncio.Event(), policy=deps.policy)
         stack.enter_context(frozen_start())  # started: what was built so far is never garbage
         await _run_worker(worker, stop)
     log.info("worker stopped")

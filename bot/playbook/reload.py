@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 
 RETIRED_GRACE = 60.0  # seconds a replaced version is still admitted (see the module docstring)
 
-Signature = tuple[tuple[str, int, int], ...]
+Signature = tuple[tuple[str, int, int, int, int], ...]
 Listener = Callable[[Catalog], Awaitable[None]]
 
 
@@ -43,7 +43,8 @@ def catalog_hash(catalog: Catalog) -> str:
 
 
 def directory_signature(directory: Path) -> Signature:
-    """(name, mtime_ns, size) of every playbook-looking file: a change of any means look again."""
+    """(name, mtime_ns, size, inode, ctime_ns) of every playbook-looking file: a change of any
+    means look again (inode and ctime: a kept or reset mtime hides an edit of the same size)."""
     entries = []
     try:
         paths = sorted(directory.iterdir()) if directory.is_dir() else [directory]
@@ -56,7 +57,7 @@ def directory_signature(directory: Path) -> Signature:
             stat = path.stat()  # follows symlinks: a Kubernetes ConfigMap swaps its link on update
         except OSError:
             continue
-        entries.append((path.name, stat.st_mtime_ns, stat.st_size))
+        entries.append((path.name, stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns))
     return tuple(entries)
 
 

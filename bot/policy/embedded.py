@@ -303,6 +303,10 @@ class EmbeddedEngine(FailClosed):
             and time.monotonic() < self._next_check
         )
 
+    def recheck(self) -> None:
+        """Read the files again at the next question, changed-looking or not (SIGHUP)."""
+        self._signature, self._next_check = None, 0.0
+
     # --- loading ------------------------------------------------------------------------
 
     async def _reload(self, force: bool = False) -> None:
@@ -315,16 +319,19 @@ class EmbeddedEngine(FailClosed):
         self._checked_at = now
         if not force and signature == self._signature and self._proc is not None:
             return
-        self._signature = signature
         try:
             sources = read_sources(self.policies_dir)
             _require_modules(sources)
         except PolicyLoadError as exc:
             self._set_load_error(exc)
             return
-        except OSError as exc:
-            self._set_load_error(PolicyLoadError(f"cannot read policies: {exc}"))
+        except Exception as exc:  # noqa: BLE001  whatever reading raised: closed, never the old policy
+            # (Red team: a data file nested past the parser raised RecursionError, which passed by:
+            # one question was denied, and the old policy answered the rest with /readyz green.)
+            self._set_load_error(PolicyLoadError(f"cannot read policies: {type(exc).__name__}: {exc}"))
             return
+        finally:  # (read again at the next check after a failure, even if nothing looks changed)
+            self._signature = signature if self._load_error is None else None
         unchanged = self._loaded is not None and sources.hash == self._loaded.hash
         if not force and unchanged and self._load_error is None and self._proc is not None and self._proc.alive:
             return  # touched, not changed

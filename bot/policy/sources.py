@@ -70,15 +70,18 @@ def _policy_files(root: Path) -> list[Path]:
     return found
 
 
-def tree_signature(root: Path) -> tuple[tuple[str, int, int], ...]:
-    """Cheap change detection: (path, mtime_ns, size) of every policy file, no reads."""
+def tree_signature(root: Path) -> tuple[tuple[str, int, int, int, int], ...]:
+    """Cheap change detection: (path, mtime_ns, size, inode, ctime_ns) of every policy file, no
+    reads. The inode and ctime because an mtime can be kept or set back (`cp -p`, `rsync -a`, a
+    tar of a reproducible build): an edit of the same size then went unseen (red team), while a
+    process started afterwards loaded it. Neither of those two can be set by a writer."""
     signature = []
     for path in _policy_files(root):
         try:
             stat = path.stat()
         except FileNotFoundError:  # removed while walking; the next check sees the new tree
             continue
-        signature.append((str(path), stat.st_mtime_ns, stat.st_size))
+        signature.append((str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns))
     return tuple(signature)
 
 
@@ -117,6 +120,8 @@ def _parse_json(text: str, shown: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise PolicyLoadError(f"invalid JSON: {exc.msg}", file=shown, line=exc.lineno, column=exc.colno) from exc
+    except (ValueError, RecursionError) as exc:  # a number past 4,300 digits; nesting past the parser
+        raise PolicyLoadError(f"JSON this engine cannot read: {type(exc).__name__}: {exc}", file=shown) from None
 
 
 def _mount(data: dict[str, Any], parts: tuple[str, ...], value: Any, shown: str) -> None:
