@@ -266,6 +266,8 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[Loc, int], list[Playbo
         lines: dict[Loc, int] = {}
         duplicates: list[tuple[Loc, str, int]] = []
         if node is not None:
+            if problem := _too_big(node):
+                raise PlaybookLoadErrors([PlaybookError(problem, path=path, line=node.start_mark.line + 1)], path=path)
             lines[()] = node.start_mark.line + 1
             _walk(loader, node, (), lines, duplicates, set())
         data = loader.construct_document(node) if node is not None else None
@@ -283,11 +285,50 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[Loc, int], list[Playbo
         raise PlaybookLoadErrors([PlaybookError(message, path=path, line=line)], path=path) from None
     except yaml.YAMLError as exc:
         raise PlaybookLoadErrors([PlaybookError(f"invalid YAML: {exc}", path=path)], path=path) from None
+    except RecursionError:  # (the YAML composer recurses per level: a file of 1,000 '[' got here)
+        problem = f"nested more than the YAML reader can follow; a playbook nests at most {YAML_MAX_DEPTH} levels"
+        raise PlaybookLoadErrors([PlaybookError(problem, path=path)], path=path) from None
     finally:
         if loader is not None:
             loader.dispose()
     locate = _Locator(data if isinstance(data, dict) else {}, lines, path)
     return data, lines, [locate(loc, message, line=line) for loc, message, line in duplicates]
+
+
+YAML_MAX_DEPTH = 64  # levels of a playbook's YAML
+YAML_MAX_NODES = 100_000  # values a playbook's YAML expands to, aliases counted each time they are used
+
+
+def _too_big(root: yaml.Node) -> str | None:
+    """Why a document is refused before anything expands it, or None. Red team: nine lines of
+    anchors, each aliasing the one before ten times, expanded to 10^7 values, 15 s and 520 MB in
+    every front door and worker that reloaded the directory."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if depth > YAML_MAX_DEPTH:
+            raise _TooBig(f"nested more than {YAML_MAX_DEPTH} levels")
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item, depth + 1) for item in node.value)
+        if total > YAML_MAX_NODES:
+            raise _TooBig(f"expands to more than {YAML_MAX_NODES:,} values (aliases count each time they are used)")
+        sizes[id(node)] = total
+        return total
+
+    try:
+        size(root, 1)
+    except _TooBig as exc:
+        return f"refused: the YAML {exc}"
+    return None
+
+
+class _TooBig(Exception):
+    pass
 
 
 def _walk(loader: yaml.SafeLoader, node: yaml.Node, loc: Loc, lines: dict[Loc, int],
@@ -527,9 +568,9 @@ def _call_error(loaded: LoadedPlaybook, loc: Loc, message: str) -> PlaybookError
 
 
 def _declared_name(path: Path) -> str | None:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    try:  # (through _parse_yaml: a file refused as too big is not expanded here either)
+        data, _, _ = _parse_yaml(path.read_text(encoding="utf-8"), path)
+    except (OSError, UnicodeDecodeError, PlaybookError):
         return None
     name = data.get("name") if isinstance(data, dict) else None
     return name if isinstance(name, str) else None

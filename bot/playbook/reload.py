@@ -23,7 +23,15 @@ from pathlib import Path
 
 import structlog
 
-from bot.playbook.loader import PLAYBOOK_SUFFIXES, Catalog, LoadedPlaybook, PlaybookLoadErrors, load_directory
+from bot.playbook.loader import (
+    PLAYBOOK_SUFFIXES,
+    Catalog,
+    LoadedPlaybook,
+    PlaybookLoadErrors,
+    _declared_name,
+    load_directory,
+    load_file,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -113,6 +121,10 @@ class LiveCatalog:
             fresh, errors = load_directory(self.directory), None
         except PlaybookLoadErrors as exc:
             fresh, errors = self._keep_previous(exc), str(exc)
+        except Exception as exc:  # a bug, or the filesystem: say so where /readyz shows it, then retry
+            self.errors = f"{self.directory}: cannot load: {type(exc).__name__}: {exc}"
+            log.error("playbooks not reloaded; still serving the previous catalog", error=self.errors)
+            return False
         # Only now: a read that raised anything else (an I/O error mid-checkout) is tried again next time.
         self._signature = signature
         if errors != self.errors:
@@ -142,6 +154,11 @@ class LiveCatalog:
         for name, previous in self._catalog.items():
             if previous.path.name in broken and previous.path.name not in paths and name not in loaded:
                 loaded[name] = previous
+            elif name in loaded and loaded[name].path.name != previous.path.name and _still_claims(previous, name):
+                # A second file claiming a served name does not take it over (red team: a copy made
+                # to try an edit sorts first, "echo-copy.yaml" before "echo.yaml", and its steps
+                # became what every new run of that name ran): its holder keeps it.
+                loaded[name] = _reloaded(previous)
         return Catalog(loaded.values())
 
     def _retire(self, fresh: Catalog) -> None:
@@ -218,3 +235,16 @@ class LiveCatalog:
                 loop.remove_signal_handler(signal.SIGHUP)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
+
+
+def _still_claims(previous: LoadedPlaybook, name: str) -> bool:
+    """Whether the file that served `name` is still there and still names it."""
+    return _declared_name(previous.path) == name
+
+
+def _reloaded(previous: LoadedPlaybook) -> LoadedPlaybook:
+    """The holder's file as it reads now, or, if it does not load on its own, its version served so far."""
+    try:
+        return load_file(previous.path)
+    except PlaybookLoadErrors:
+        return previous

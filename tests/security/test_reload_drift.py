@@ -93,3 +93,52 @@ async def test_sighup_has_the_policy_read_its_files_again(policies_copy: Path, m
         assert (await engine.decide({**BASE_INPUT, "run": {**BASE_INPUT["run"], "id": "run-2"}})).allow  # unseen
         engine.recheck()
         assert not (await engine.decide({**BASE_INPUT, "run": {**BASE_INPUT["run"], "id": "run-3"}})).allow
+
+
+# -- playbooks -------------------------------------------------------------------------------
+
+
+def test_one_deeply_nested_file_does_not_freeze_every_other_playbooks_reload(tmp_path: Path) -> None:
+    """A playbook author's 2 KB file of nested brackets raised RecursionError out of the loader;
+    the reload then never completed, so every other edit (a fix, a removal) was never served, and
+    /readyz (catalog errors) said nothing."""
+    live = live_over(tmp_path, **{"echo.yaml": echo("v1"), "other.yaml": echo("o1", name="other")})
+    write(live.directory, "deep.yaml", "name: deep\nvars:\n  x: " + "[" * 1000 + "]" * 1000 + "\nsteps: []\n")
+    write(live.directory, "other.yaml", echo("o2-fixed", name="other"))
+    (live.directory / "echo.yaml").unlink()  # withdrawn: it must stop being admitted
+    for _ in range(3):  # the watcher polls again and again
+        try:
+            live.check()
+        except RecursionError:
+            pass
+    assert message(live(), "other").startswith("o2-fixed"), "the fix beside it was never served"
+    assert "echo" not in live(), "the withdrawn playbook is still served"
+    assert live.errors is not None and "deep.yaml" in live.errors
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    """Nine lines of anchors (under 600 bytes) took 15 s and 500 MB per level-7 load (x10 per level)
+    in every front door and worker reloading the directory."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 7):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i-1}"] * 10) + "]")
+    body = "\n".join("    " + line for line in lines)
+    text = f"name: bomb\nowner: sre-oncall\nvars:\n{body}\nsteps:\n  - {{id: one, action: core.log, with: {{message: hi}}}}\n"
+    assert len(text) < 600
+    live = live_over(tmp_path, **{"echo.yaml": echo("v1")})
+    write(live.directory, "bomb.yaml", text)
+    started = time.monotonic()
+    live.check()
+    assert time.monotonic() - started < 2.0
+    assert "bomb" not in live() and live.errors is not None and "bomb.yaml" in live.errors
+
+
+def test_a_second_file_claiming_a_served_name_does_not_take_it_over(tmp_path: Path) -> None:
+    """`cp restart-service.yaml restart-service-copy.yaml` to try an edit: '-' sorts before '.', so
+    the copy loads first, the established file is the one 'already used', and the copy's steps
+    become what every new run of that name runs (/readyz shows an error, nothing refuses)."""
+    live = live_over(tmp_path, **{"echo.yaml": echo("prod")})
+    write(live.directory, "echo-copy.yaml", echo("experiment"))
+    live.check()
+    assert live.errors is not None and "already used" in live.errors
+    assert message(live()).startswith("prod"), "the name moved to the newcomer"
