@@ -21,6 +21,7 @@ import asyncio
 from typing import Any
 
 import structlog
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = structlog.get_logger(__name__)
@@ -36,6 +37,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = _Flow(transport, self)  # (before any request: each request's cycle takes this one)
         self._head_bytes = 0  # of the head being received, counted by whole chunks
         self._in_head = True  # a new connection's first bytes are a head
         self._marks = 0  # requests begun, heads and requests ended on this connection
@@ -98,6 +100,14 @@ class BoundedHttpTools(HttpToolsProtocol):
                         deadline_s=REQUEST_DEADLINE)
             self.transport.close()
 
+    def _paused(self) -> None:
+        """The server stopped reading (a body the app has not read yet): no fault of the client's."""
+        self._disarm()
+
+    def _resumed(self) -> None:
+        if not self._in_head and self._deadline is None and not self.transport.is_closing():
+            self._deadline = self.loop.call_later(REQUEST_DEADLINE, self._too_slow)
+
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
@@ -107,3 +117,20 @@ class BoundedHttpTools(HttpToolsProtocol):
 def _client(protocol: HttpToolsProtocol) -> str | None:
     client = getattr(protocol, "client", None)
     return f"{client[0]}:{client[1]}" if client else None
+
+
+class _Flow(FlowControl):
+    """uvicorn's flow control, telling the protocol when the server pauses and resumes reading, so
+    that a request's deadline runs only while the server reads it."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: BoundedHttpTools) -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+
+    def pause_reading(self) -> None:
+        super().pause_reading()
+        self._protocol._paused()
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        self._protocol._resumed()

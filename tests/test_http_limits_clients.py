@@ -1,0 +1,89 @@
+"""bot/http_limits.py against legitimate clients it must never cut: large bodies, keep-alive, a handler
+that reads its body late (review of the bounds: the first two drew a 431, the third a disconnect)."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+
+from bot import http_limits
+from bot.devstack import free_port
+from bot.lifecycle import Http
+from bot.readiness import Readiness
+from bot.server import create_app, read_limited
+from bot.settings import Settings
+from tests.test_http_limits import connection
+
+DEADLINE = 0.5
+
+
+@pytest_asyncio.fixture
+async def door(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
+    monkeypatch.setattr(http_limits, "REQUEST_DEADLINE", DEADLINE)
+    router = APIRouter()
+
+    @router.post("/echo")
+    async def echo(request: Request) -> PlainTextResponse:
+        body = await read_limited(request, 1 << 20)
+        return PlainTextResponse(f"got {len(body or b'')}")
+
+    @router.post("/slow")
+    async def slow(request: Request) -> PlainTextResponse:
+        await asyncio.sleep(DEADLINE * 3)  # e.g. waits on Temporal / the audit trail before reading
+        body = await read_limited(request, 1 << 20)
+        return PlainTextResponse(f"got {len(body or b'')}")
+
+    port = free_port()
+    http = Http(Settings(data_dir=tmp_path, http_host="127.0.0.1", http_port=port),
+                create_app(Readiness(), [router]))
+    await http.start()
+    try:
+        yield port
+    finally:
+        await http.stop()
+
+
+async def response(reader: asyncio.StreamReader) -> bytes:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head + await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_keep_alive_after_a_large_body_sent_after_its_head(door: int) -> None:
+    """The chunk that ends a >64 KiB body is counted as the next head: 431 on a legit connection."""
+    body = b"x" * 300_000
+    async with connection(door) as (reader, writer):
+        for _ in range(2):
+            writer.write(b"POST /echo HTTP/1.1\r\nHost: bot\r\nContent-Length: %d\r\n\r\n" % len(body))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(body)
+            await writer.drain()
+            got = await response(reader)
+            assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"got 300000"), got
+
+
+async def test_a_body_the_server_does_not_read_yet_is_not_the_clients_fault(door: int) -> None:
+    """Reading pauses at 64 KiB of unread body; the deadline goes on running while the server itself
+    does not read (a handler that awaits before reading, or a pipelined request)."""
+    body = b"x" * 200_000
+    async with connection(door) as (reader, writer):
+        writer.write(b"POST /slow HTTP/1.1\r\nHost: bot\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        got = await response(reader)
+        assert got.endswith(b"got 200000"), got
+
+
+@pytest.mark.parametrize("size", [100_000, 300_000, 900_000])
+async def test_one_write_of_a_large_legit_request(door: int, size: int) -> None:
+    body = b"x" * size
+    async with connection(door) as (reader, writer):
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: bot\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        got = await response(reader)
+        assert got.endswith(b"got %d" % size), got[:60]
