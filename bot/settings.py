@@ -18,7 +18,7 @@ class ConfigError(RuntimeError):
 WEBHOOK_TOKENS = ("alertmanager_token", "grafana_token", "opsgenie_token")
 TOKEN_MIN_CHARS = 16
 # What deploy/env.example and the docs put where a secret goes, and people leave in place.
-PLACEHOLDER = re.compile(r"change[-_ ]?me", re.IGNORECASE)
+PLACEHOLDER = re.compile(r"(?<![a-z0-9])change[-_ ]?me(?![a-z0-9])", re.IGNORECASE)  # not in "exchange-metrics"
 
 
 TEMPORAL_TLS_FIELDS = (

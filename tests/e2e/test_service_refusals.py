@@ -112,6 +112,8 @@ def test_a_webhook_token_from_a_secret_file_loses_its_newline(tmp_path: Path) ->
     settings = Settings(alertmanager_token="0123456789abcdef0123\n", data_dir=tmp_path)  # type: ignore[arg-type]
     assert settings.alertmanager_token is not None
     assert settings.alertmanager_token.get_secret_value() == "0123456789abcdef0123"
+    # (a token that merely holds the letters is no placeholder)
+    Settings(grafana_token="exchange-metrics-grafana-hook-7f3a", data_dir=tmp_path)  # type: ignore[arg-type]
 
 
 def test_the_env_example_holds_no_secret_value() -> None:
