@@ -170,6 +170,11 @@ class SecretNotDeclared(ApplicationError):
         )
 
 
+# A param's schema mark: only a compensation may leave it out (the action then reads what its step
+# recorded); anywhere else a playbook that leaves it out does not load.
+COMPENSATION_DEFAULT = "x-compensation-default"
+
+
 @dataclass(frozen=True)
 class ActionContext:
     """What an action may know about the step it serves."""

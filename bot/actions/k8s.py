@@ -18,7 +18,15 @@ from typing import Any, Awaitable, Callable, Literal, TypeVar
 import structlog
 from pydantic import Field, field_validator, model_validator
 
-from bot.actions.base import ActionContext, ActionFailed, ActionParams, InvalidParams, action, positive
+from bot.actions.base import (
+    COMPENSATION_DEFAULT,
+    ActionContext,
+    ActionFailed,
+    ActionParams,
+    InvalidParams,
+    action,
+    positive,
+)
 from bot.actions.k8s_client import (
     JSON_PATCH,
     MERGE_PATCH,
@@ -57,7 +65,11 @@ ROLLBACK_KEEPS = frozenset({
 OBJECT_MAX_BYTES = 64 * 1024  # k8s.get: a larger object keeps metadata and status only
 # Our records are a few fields; anything longer under their annotation is not ours (whoever may
 # annotate the object can write there: a node's own kubelet may, on its Node).
-RECORD_MAX_CHARS = 1024
+RECORD_MAX_CHARS = 4096
+# A scale record keeps the entries of the object's last few scales, each under its step's key: a
+# run that scales one deployment twice (down, then up) must find both steps' counts for the undos
+# (review: one entry, overwritten by the second scale, left the first undo nothing to read).
+SCALE_RECORDS_KEPT = 8
 MAX_REPLICAS = 10_000
 
 WORKLOAD_PLURALS = {"deployment": "deployments", "statefulset": "statefulsets", "daemonset": "daemonsets",
@@ -100,6 +112,7 @@ class ScaleParams(NamespacedParams, WaitParams):
         description="The replica count to set. Left out in a compensation: the count its step found, "
                     "read from the step's record on the object (so a step that scaled, then failed "
                     "or was cancelled, is undone too).",
+        json_schema_extra={COMPENSATION_DEFAULT: True},  # required anywhere else (bot/playbook/checks.py)
     )
     wait: bool = Field(False, description="Wait until the rollout reports every replica updated and available.")
 
@@ -195,18 +208,30 @@ def node_path(name: str) -> str:
     return path("api", "v1", "nodes", name)
 
 
-def record_of(obj: dict[str, Any], annotation: str, key: str) -> dict[str, Any] | None:
-    """Our record under `annotation` when this step (its idempotency key) wrote it, else None.
-    Anything else there (too long to be ours, not JSON, nested past the parser) is no record: a
-    value planted there must not fail every attempt of the step."""
+def records(obj: dict[str, Any], annotation: str) -> list[dict[str, Any]]:
+    """Our records under `annotation` (one, or a list of them), oldest first. Anything else there
+    (too long to be ours, not JSON, nested past the parser) is none: a value planted there must
+    not fail every attempt of the step."""
     raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(annotation)
     if not isinstance(raw, str) or len(raw) > RECORD_MAX_CHARS:
-        return None
+        return []
     try:
-        record = json.loads(raw)
+        found = json.loads(raw)
     except (ValueError, RecursionError):
-        return None
-    return record if isinstance(record, dict) and record.get("key") == key else None
+        return []
+    entries = found if isinstance(found, list) else [found]
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def record_of(obj: dict[str, Any], annotation: str, key: str) -> dict[str, Any] | None:
+    """Our record under `annotation` that this step (its idempotency key) wrote, else None."""
+    return next((entry for entry in reversed(records(obj, annotation)) if entry.get("key") == key), None)
+
+
+def with_record(obj: dict[str, Any], annotation: str, entry: dict[str, Any], kept: int) -> str:
+    """The annotation's value with `entry` added (replacing one of its key), the last `kept` entries."""
+    others = [r for r in records(obj, annotation) if r.get("key") != entry.get("key")]
+    return json.dumps([*others[-(kept - 1):], entry] if kept > 1 else [entry])
 
 
 def _now() -> str:
@@ -332,7 +357,8 @@ class KubernetesActions:
             if record is not None and isinstance(record.get("previous"), int):
                 return record["previous"]  # a retry: the count the first attempt found, not its own result
             previous = obj["spec"].get("replicas", 1)
-            mine = json.dumps({"key": ctx.idempotency_key, "previous": previous, "replicas": params.replicas})
+            mine = with_record(obj, SCALE_RECORD, {"key": ctx.idempotency_key, "previous": previous,
+                                                   "replicas": params.replicas}, SCALE_RECORDS_KEPT)
             await kube.patch(url, {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"],
                                                 "annotations": {SCALE_RECORD: mine}}}, MERGE_PATCH)
             return previous

@@ -18,7 +18,7 @@ from jinja2 import TemplateSyntaxError, meta, nodes
 from pydantic import BaseModel, ValidationError
 
 from bot.alerts.matchers import MatcherError, parse_matchers
-from bot.actions.base import ACTIONS, ActionSpec
+from bot.actions.base import ACTIONS, COMPENSATION_DEFAULT, ActionSpec
 from bot.playbook.model import (
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
@@ -605,8 +605,11 @@ class _Checker:
                              f"{suggestion(str(key), shown)} (allowed: {', '.join(shown) or 'none'})")
         given = {accepted[key] for key in with_ if key in accepted}
         for field_name, field in model.model_fields.items():
-            if field.is_required() and field_name not in given:
-                self.add(loc + ("with",), f"{label}: missing required key {field.alias or field_name!r} for {name}")
+            undo_default = isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(COMPENSATION_DEFAULT)
+            if field_name in given or not (field.is_required() or (undo_default and prefix != "compensate.")):
+                continue
+            why = " (only a compensation may leave it out)" if undo_default else ""
+            self.add(loc + ("with",), f"{label}: missing required key {field.alias or field_name!r} for {name}{why}")
         self.check_literals(model, with_, accepted, loc + ("with",), label)
 
     def check_literals(self, model: type[BaseModel], with_: dict[str, Any], accepted: dict[str, str],

@@ -157,7 +157,7 @@ async def test_scale_uses_the_scale_subresource_and_reports_the_count_it_found(
     assert deployment(fake_kube)["spec"]["replicas"] == 6
     assert fake_kube.writes("PUT", "/deployments/web/scale") == 1
     record = json.loads(deployment(fake_kube)["metadata"]["annotations"][SCALE_RECORD])
-    assert record == {"key": "run-42/restart", "previous": 3, "replicas": 6}
+    assert record == [{"key": "run-42/restart", "previous": 3, "replicas": 6}]
 
     back = await run_action("k8s.scale", {"namespace": "shop", "name": "web", "replicas": 3, "wait": True, **FAST},
                             k8s, key="run-42/restart:undo", compensation=True)

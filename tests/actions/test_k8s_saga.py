@@ -209,3 +209,33 @@ async def test_a_retried_delete_pod_leaves_the_pod_its_controller_made_since(
     assert (bounce.state, bounce.attempts) == ("succeeded", 2)
     assert bounce.output["result"] == "replaced"
     assert [p["metadata"]["uid"] for p in fake_kube.items("v1", "pods")] == [replacement["metadata"]["uid"]]
+
+
+TWO_SCALES = """
+name: k8s-two-scales
+steps:
+  - id: down
+    action: k8s.scale
+    with: {namespace: shop, name: web, replicas: 0}
+    compensate:
+      action: k8s.scale
+      with: {namespace: shop, name: web}
+  - id: up
+    action: k8s.scale
+    with: {namespace: shop, name: web, replicas: 5}
+    compensate:
+      action: k8s.scale
+      with: {namespace: shop, name: web}
+  - id: boom
+    action: t.fail
+"""
+
+
+async def test_two_scales_of_one_deployment_are_both_undone(dev_env, fake_kube: FakeKube, kube_clients: KubeClients) -> None:
+    """Review: one record per object, overwritten by the second scale, left the first scale's undo
+    nothing to read ("it scaled nothing"), and the run said compensated at 0 replicas."""
+    fake_kube.add_deployment("shop", "web", replicas=3)
+    async with worker(dev_env.client, Recorder(), k8s_activities(kube_clients)) as w:
+        status = await (await start(dev_env.client, w, run_input(playbook(TWO_SCALES)))).result()
+    assert status.state == "compensated"
+    assert fake_kube.get("apps/v1", "deployments", "shop", "web")["spec"]["replicas"] == 3

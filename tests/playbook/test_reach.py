@@ -347,3 +347,27 @@ def test_shipped_playbooks_pass_and_keep_base_urls_in_vars() -> None:
     restart = catalog.get("restart-service").playbook
     assert restart.vars == {"deploy_api": "https://deploy.internal", "lb_api": "https://lb.internal"}
     assert not {"deploy_api", "lb_api"} & set(restart.params)
+
+
+def test_only_an_undo_may_leave_out_a_scales_count() -> None:
+    """Review: `replicas` became optional for the undo (which reads the step's record), so a forward
+    `k8s.scale` without it loaded and failed only at run time, perhaps after its approval."""
+    def scale(where: str) -> str:
+        forward = "{namespace: shop, name: web}" if where == "step" else "{namespace: shop, name: web, replicas: 0}"
+        return f"""
+        name: p
+        steps:
+          - id: s
+            action: k8s.scale
+            with: {forward}
+            compensate:
+              action: k8s.scale
+              with: {{namespace: shop, name: web}}
+            fallback:
+              action: k8s.scale
+              with: {"{namespace: shop, name: web}" if where == "fallback" else "{namespace: shop, name: web, replicas: 1}"}
+        """
+
+    load(scale("undo only"))
+    for where in ("step", "fallback"):
+        assert "missing required key 'replicas' for k8s.scale (only a compensation may leave it out)" in one_error(scale(where))
