@@ -51,7 +51,8 @@ def _die_with_worker() -> None:
     on which it stops the whole group: not only itself, as a signal set on the command would."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-CANNOT_START_SAID = "shell_leader: cannot start: "  # then "<errno> <strerror>", exit status CANNOT_START
+# The worker's variables the leader (a Python) may need to start, kept from the command.
+LEADER_NEEDS = ("LD_LIBRARY_PATH",)
 REFUSED_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.E2BIG})
 MAX_OUTPUT = 256 * 1024  # per stream; both land in workflow history (2 MB payload limit)
 STDERR_IN_MESSAGE = 500  # characters of stderr quoted in a failure message
@@ -187,20 +188,34 @@ class ShellActions:
         env |= {"PLAYBOOK_BOT_IDEMPOTENCY_KEY": ctx.idempotency_key, "PLAYBOOK_BOT_RUN_ID": ctx.run_id,
                 "PLAYBOOK_BOT_STEP_ID": ctx.step_id}
 
+        # What the leader needs and the command must not get: dropped before the exec.
+        needs = {key: self._environ[key] for key in LEADER_NEEDS if key in self._environ and key not in env}
+        drop = ",".join(sorted({*needs, *(var for var in ("LC_CTYPE",) if var not in env)}))
+        report_r, report_w = os.pipe()  # the leader says here that the exec failed (bot/actions/shell_leader.py)
         started = time.monotonic()
         spawn = asyncio.ensure_future(
             asyncio.create_subprocess_exec(
                 # the resolved path: a PATH in `env` cannot redirect it
-                sys.executable, "-I", "-S", LEADER, str(self._kill_grace), program, *params.argv,
+                sys.executable, "-I", "-S", LEADER, str(self._kill_grace), str(report_w), drop, program, *params.argv,
+                pass_fds=(report_w,),
                 stdin=asyncio.subprocess.DEVNULL if params.stdin is None else asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=params.cwd,
-                env=env,
+                env=env | needs,
                 start_new_session=True,  # own session and process group, killed as a whole
                 preexec_fn=_die_with_worker,
             )
         )
+        try:
+            return await self._run(spawn, params, ctx, name, started, report_r)
+        finally:
+            for fd in (report_r, report_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    async def _run(self, spawn: asyncio.Future[asyncio.subprocess.Process], params: ShellRunParams,
+                   ctx: ActionContext, name: str, started: float, report: int) -> dict[str, Any]:
         try:
             proc = await asyncio.shield(spawn)
         except asyncio.CancelledError:
@@ -241,9 +256,9 @@ class ShellActions:
             with contextlib.suppress(asyncio.CancelledError):
                 await readers
 
-        if code == CANNOT_START and (said := stderr.text(ctx.mask).strip()).startswith(CANNOT_START_SAID):
-            number, _, why = said.removeprefix(CANNOT_START_SAID).partition(" ")
-            cause = ActionRefused if int(number or 0) in REFUSED_ERRNOS else ActionFailed  # (EAGAIN, ENOMEM: again)
+        if code == CANNOT_START and (said := _reported(report)):
+            number, _, why = said.partition(" ")
+            cause = ActionRefused if number.isdigit() and int(number) in REFUSED_ERRNOS else ActionFailed  # (EAGAIN: again)
             raise cause(f"shell.run: cannot start {name}: {why}")
         output = _output(code, stdout, stderr, started, ctx.mask)
         log.info("shell command finished", executable=name, exit_code=code, duration_ms=output["duration_ms"])
@@ -296,6 +311,15 @@ class ShellActions:
     def _kill_group(pgid: int, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
+
+
+def _reported(report: int) -> str:
+    """What the leader said on its report pipe: why the exec failed, or "" (it started)."""
+    os.set_blocking(report, False)
+    try:
+        return os.read(report, 512).decode(errors="replace").strip()
+    except BlockingIOError:
+        return ""
 
 
 async def _exited(proc: asyncio.subprocess.Process) -> int:
