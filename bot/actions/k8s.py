@@ -498,11 +498,11 @@ class KubernetesActions:
         try:
             await kube.delete(url, options)
         except KubeError as exc:
-            if exc.status == 404:
-                return {**out, "uid": uid, "deleted": False, "result": "not_found"}
-            if exc.status == 409:  # the uid precondition: that pod is gone already, another has its name
-                return {**out, "uid": uid, "deleted": False, "result": "replaced"}
-            raise exc.failed(name) from None
+            if exc.status not in (404, 409):  # (409: the uid precondition: another pod has its name now)
+                raise exc.failed(name) from None
+            if isinstance(noted, str):  # the pod an earlier attempt deleted, whose answer was lost
+                return {**out, "uid": uid, "deleted": True, "result": "deleted", "by_earlier_attempt": True}
+            return {**out, "uid": uid, "deleted": False, "result": "not_found" if exc.status == 404 else "replaced"}
         return {**out, "uid": uid, "deleted": True, "result": "deleted"}
 
     @action("k8s.cordon", NodeParams)
@@ -542,10 +542,10 @@ class KubernetesActions:
 
         async def uncordon() -> bool | None:
             node = await read(kube, name, url)
-            if by_record and record_of(node, CORDON_RECORD, step_key(ctx)) is None:
-                return None  # that cordon changed nothing (or this undo already undid it)
             if not (node.get("spec") or {}).get("unschedulable"):
-                return False
+                return False  # (schedulable: nothing to undo, or this undo's earlier attempt did it)
+            if by_record and record_of(node, CORDON_RECORD, step_key(ctx)) is None:
+                return None  # cordoned, but not by that cordon: left as it is
             await kube.patch(url, {
                 "metadata": {"resourceVersion": node["metadata"]["resourceVersion"],
                              "annotations": {CORDON_RECORD: None}},
@@ -555,7 +555,8 @@ class KubernetesActions:
 
         changed = await on_conflict_reread(name, uncordon)
         if changed is None:
-            return {"node": params.node, "changed": False, "skipped": "its cordon left no record here: it changed nothing"}
+            return {"node": params.node, "cordoned": True, "changed": False, "left_cordoned": True,
+                    "skipped": "cordoned, but its cordon left no record here: someone else cordoned it"}
         return {"node": params.node, "cordoned": False, "changed": changed, "left_cordoned": False}
 
     @action("k8s.get", GetParams)

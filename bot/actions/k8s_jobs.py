@@ -132,12 +132,13 @@ class KubernetesJobActions:
             reused = True
         try:
             state, found = await self._wait(kube, name, url, digest, params.interval.total_seconds())
+            logs, pods = await self._logs(kube, name, params, job)
         except asyncio.CancelledError:
             details = activity.cancellation_details() if activity.in_activity() else None
-            if details is not None and details.cancel_requested:  # the run was cancelled: so is its Job
+            if details is not None and (details.cancel_requested or details.not_found):
+                # The run was cancelled (or terminated: Temporal no longer knows the step): so is its Job.
                 await asyncio.shield(self._stop(kube, url, job))
             raise  # (timed out, or the worker stopping: a retry finds the Job and waits for it again)
-        logs, pods = await self._logs(kube, name, params, job)
         try:
             await kube.delete(url, DELETE_BACKGROUND)
         except KubeError as exc:

@@ -46,11 +46,16 @@ _PR_SET_PDEATHSIG = 1
 LEADER = str(Path(__file__).with_name("shell_leader.py"))
 
 
-def _die_with_worker() -> None:
-    """In the leader before exec: a worker that dies (SIGKILL included) sends it SIGTERM (Linux),
-    on which it stops the whole group: not only itself, as a signal set on the command would."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with(worker: int) -> Callable[[], None]:
+    def die_with_worker() -> None:
+        """In the leader before exec: a worker that dies (SIGKILL included) sends it SIGTERM (Linux),
+        on which it stops the whole group: not only itself, as a signal set on the command would."""
+        if sys.platform == "linux":
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != worker:  # it died before the signal was set: nothing would send it
+                os._exit(1)
+
+    return die_with_worker
 # The worker's variables the leader (a Python) may need to start, kept from the command.
 LEADER_NEEDS = ("LD_LIBRARY_PATH",)
 REFUSED_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.E2BIG})
@@ -204,7 +209,7 @@ class ShellActions:
                 cwd=params.cwd,
                 env=env | needs,
                 start_new_session=True,  # own session and process group, killed as a whole
-                preexec_fn=_die_with_worker,
+                preexec_fn=_die_with(os.getpid()),
             )
         )
         try:

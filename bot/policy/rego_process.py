@@ -53,7 +53,7 @@ def child_command() -> list[str]:
 # What the child's environment keeps of ours: what Python and its locale need. Nothing else: Rego
 # reads the environment (`opa.runtime().env`), and a policy or data change must not be able to put
 # the envelope key, a Slack token or a playbook secret into a decision's reasons (red team).
-CHILD_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "TZ", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+CHILD_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "TZ", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -207,7 +207,7 @@ async def test_a_retried_delete_pod_leaves_the_pod_its_controller_made_since(
 
     bounce = status.step("bounce")
     assert (bounce.state, bounce.attempts) == ("succeeded", 2)
-    assert bounce.output["result"] == "replaced"
+    assert (bounce.output["result"], bounce.output["by_earlier_attempt"]) == ("deleted", True)
     assert [p["metadata"]["uid"] for p in fake_kube.items("v1", "pods")] == [replacement["metadata"]["uid"]]
 
 
