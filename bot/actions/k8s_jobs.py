@@ -124,13 +124,7 @@ class KubernetesJobActions:
         url = f"{jobs}/{job}"
         digest = _key_digest(ctx.idempotency_key)
         try:
-            await kube.post(jobs, self._manifest(params, job, digest))
-            reused = False
-        except KubeError as exc:
-            if exc.status != 409 or exc.reason != "AlreadyExists":
-                raise exc.failed(name) from None
-            reused = True
-        try:
+            reused = await self._create(kube, name, jobs, self._manifest(params, job, digest))
             state, found = await self._wait(kube, name, url, digest, params.interval.total_seconds())
             logs, pods = await self._logs(kube, name, params, job)
         except asyncio.CancelledError:
@@ -152,6 +146,17 @@ class KubernetesJobActions:
             raise ActionFailed(f"{name}: job {job} failed (pods failed: {out['pod_failed']})", retryable=False,
                                output=out)
         return out
+
+    @staticmethod
+    async def _create(kube: Any, name: str, jobs: str, manifest: dict[str, Any]) -> bool:
+        """Create the Job; True if an earlier attempt of this step had (the API answers AlreadyExists)."""
+        try:
+            await kube.post(jobs, manifest)
+            return False
+        except KubeError as exc:
+            if exc.status != 409 or exc.reason != "AlreadyExists":
+                raise exc.failed(name) from None
+            return True
 
     @staticmethod
     async def _stop(kube: Any, url: str, job: str) -> None:
