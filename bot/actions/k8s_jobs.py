@@ -131,7 +131,7 @@ class KubernetesJobActions:
             details = activity.cancellation_details() if activity.in_activity() else None
             if details is not None and (details.cancel_requested or details.not_found):
                 # The run was cancelled (or terminated: Temporal no longer knows the step): so is its Job.
-                await asyncio.shield(self._stop(kube, url, job))
+                await asyncio.shield(self._stop(kube, url, job, digest))
             raise  # (timed out, or the worker stopping: a retry finds the Job and waits for it again)
         try:
             await kube.delete(url, DELETE_BACKGROUND)
@@ -159,12 +159,15 @@ class KubernetesJobActions:
             return True
 
     @staticmethod
-    async def _stop(kube: Any, url: str, job: str) -> None:
-        """Delete this step's Job (its pods with it; `_wait` saw it is this step's), when its run is
-        cancelled while it runs: the run ended `cancelled` while the Job kept acting (red team).
-        Best effort: a failure is logged, and the Job's deadline, if any, still ends it."""
+    async def _stop(kube: Any, url: str, job: str, digest: str) -> None:
+        """Delete this step's Job (its pods with it), when its run is cancelled while it runs: the run
+        ended `cancelled` while the Job kept acting (red team). Only a Job labelled as this step's, by
+        its uid. Best effort: a failure is logged, and the Job's deadline, if any, still ends it."""
         try:
-            await kube.delete(url, DELETE_BACKGROUND)
+            found = await kube.get(url)
+            if ((found.get("metadata") or {}).get("labels") or {}).get(KEY_LABEL) != digest:
+                return  # not this step's: never touched
+            await kube.delete(url, {**DELETE_BACKGROUND, "preconditions": {"uid": found["metadata"]["uid"]}})
             log.info("job deleted: its run was cancelled", job=job)
         except Exception as exc:  # noqa: BLE001  the cancel goes on; the TTL or deadline ends the Job
             log.warning("job not deleted on cancel; it runs until it ends", job=job, error=str(exc))
