@@ -159,7 +159,7 @@ async def worker_deps(
             stack.push_async_callback(slack.aclose)
         notifier = SlackNotifier(slack)
         admitter = Admitter(known, keys, policy, writer, foreach_max=settings.foreach_max,
-                            refresh=functools.partial(live.reload, listeners_behind=True) if live is not None else None)
+                            refresh=functools.partial(live.reload, listeners_behind=True, wait=True) if live is not None else None)
         activities = actions + PolicyActivities(policy, writer, keys).all() + [
             AuditActivities(writer).record,
             notifier.sync,

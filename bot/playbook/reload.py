@@ -72,6 +72,8 @@ def directory_signature(directory: Path) -> Signature:
 class LiveCatalog:
     """Callable: `live()` is the current Catalog (what `deps.catalog` expects everywhere)."""
 
+    SETTLE = 1.0  # seconds a changed file must have been left alone before it is read (_unsettled)
+
     def __init__(self, directory: Path, catalog: Catalog, *, errors: str | None = None,
                  grace: float = RETIRED_GRACE, signature: Signature | None = None) -> None:
         """`signature`: the directory's, taken before `catalog` was read (an edit in between is
@@ -100,16 +102,22 @@ class LiveCatalog:
         """`listener(catalog)` runs after every reload that changed what is served (e.g. schedules)."""
         self._listeners.append(listener)
 
-    def check(self, *, force: bool = False) -> bool:
+    def check(self, *, force: bool = False, wait: bool = False) -> bool:
         """Reload if the directory changed (or `force`); True when what is served changed. One at a
-        time (the watcher's thread and an admission's refresh may both ask)."""
+        time (the watcher's thread and an admission's refresh may both ask). A change younger than
+        SETTLE is left to the next poll, or, forced or with `wait`, waited for."""
         with self._checking:
-            return self._check(force)
+            return self._check(force, wait or force)
 
-    def _check(self, force: bool) -> bool:
+    def _check(self, force: bool, wait: bool) -> bool:
         signature = directory_signature(self.directory)
         if not force and signature == self._signature:
             return False
+        if (young := self._unsettled(signature)) > 0:
+            if not wait:
+                return False  # looked at again at the next poll
+            time.sleep(young)  # (a SIGHUP, an admission's refresh: at most SETTLE)
+            signature = directory_signature(self.directory)
         if not self.directory.exists():  # mid-swap (a checkout, a ConfigMap update): serve what we have
             errors: str | None = f"{self.directory}: no such file or directory"
             if errors != self.errors:
@@ -146,6 +154,13 @@ class LiveCatalog:
                  changed=sorted(n for n in fresh.names() if n in old and old.get(n).hash != fresh.get(n).hash))
         return True
 
+    def _unsettled(self, signature: Signature) -> float:
+        """Seconds until the newest file is SETTLE old (0: it is). A writer that is not atomic (scp,
+        `rsync --inplace`, `cat >`) leaves a prefix of the file on disk for a moment, and a prefix
+        that parses was served (red team: the restart step without its `impact: high`)."""
+        newest = max((entry[1] for entry in signature), default=0)
+        return max(0.0, self.SETTLE - (time.time_ns() - newest) / 1e9)
+
     def _keep_previous(self, exc: PlaybookLoadErrors) -> Catalog:
         """The playbooks that load now, plus the previous version of each file that no longer loads."""
         loaded: dict[str, LoadedPlaybook] = {name: lp for name, lp in exc.catalog.items()}
@@ -174,11 +189,11 @@ class LiveCatalog:
         until = self._retired.get((name, content_hash))
         return until is not None and until > time.monotonic()
 
-    async def reload(self, *, force: bool = False, listeners_behind: bool = False) -> bool:
+    async def reload(self, *, force: bool = False, listeners_behind: bool = False, wait: bool = False) -> bool:
         """`check` in a thread (it reads files), then the listeners when something changed: awaited,
         or, with `listeners_behind` (a run's admission, which reloads a catalog it is behind), run
         behind it, so a schedule sync (Temporal calls per schedule) never holds a run's check."""
-        changed = await asyncio.to_thread(self.check, force=force)
+        changed = await asyncio.to_thread(self.check, force=force, wait=wait)
         if changed:
             if listeners_behind:
                 behind = asyncio.ensure_future(self._tell_listeners())

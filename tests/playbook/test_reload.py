@@ -38,6 +38,13 @@ from tests.waiting import eventually, terminate_open
 from bot.devstack import free_port
 
 
+@pytest.fixture(autouse=True)
+def _settled_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests write a file and look at once: the settle time (a changed file left alone 1 s
+    before it is read) is the half-written file's test's alone."""
+    monkeypatch.setattr(LiveCatalog, "SETTLE", 0.0)
+
+
 def echo(version: str, name: str = "echo") -> str:
     return f"""
 name: {name}

@@ -11,12 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from bot.playbook.reload import LiveCatalog
 from bot.policy.embedded import EmbeddedEngine
 from tests.playbook.test_reload import echo, live_over, message, write
 from tests.policy.conftest import BASE_INPUT, POLICIES
 
-# -- policies ----------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _settled_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests write a file and look at once: the settle time (a changed file left alone 1 s
+    before it is read) is the half-written file's test's alone."""
+    monkeypatch.setattr(LiveCatalog, "SETTLE", 0.0)
 
+
+# -- policies ----------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -74,8 +81,6 @@ async def test_a_same_size_edit_that_keeps_its_mtime_is_picked_up(policies_copy)
         restarted = await fresh.decide(BASE_INPUT)
     assert before.allow and not restarted.allow
     assert not after.allow, "the running engine still answers with the replaced data"
-
-
 
 
 async def test_sighup_has_the_policy_read_its_files_again(policies_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,3 +147,37 @@ def test_a_second_file_claiming_a_served_name_does_not_take_it_over(tmp_path: Pa
     live.check()
     assert live.errors is not None and "already used" in live.errors
     assert message(live()).startswith("prod"), "the name moved to the newcomer"
+
+
+GATED = """name: echo
+owner: sre-oncall
+params: {instance: {type: string}}
+steps:
+  - id: restart
+    action: http.request
+    with: {method: POST, url: "https://deploy.internal/restart"}
+    impact: high
+"""
+
+
+def test_a_half_written_file_is_not_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer that is not atomic (scp, rsync --inplace, `cat >`, git checkout creating the file,
+    an editor writing a hard-linked file in place) leaves a prefix on disk for a moment. A poll that
+    lands then loads the prefix if it parses: here the restart step without its `impact: high`,
+    i.e. with no policy gate; a run started meanwhile keeps that snapshot for good, and the worker
+    admits the prefix version for RETIRED_GRACE (60 s) after the write completes."""
+    live = live_over(tmp_path, **{"echo.yaml": GATED})
+    monkeypatch.setattr(LiveCatalog, "SETTLE", 1.0)  # (as served: a changed file is read once left alone 1 s)
+    assert live().get("echo").playbook.steps[0].impact == "high"
+    path = live.directory / "echo.yaml"
+    full = GATED.replace("https://deploy.internal/restart", "https://deploy.internal/v2/restart")
+    with open(path, "w") as file:  # in place, as scp does: the prefix is on disk, then the rest
+        file.write(full[: full.index("    impact: high")])
+        file.flush()
+        live.check()  # the watcher's poll lands mid-write
+        file.write(full[full.index("    impact: high"):])
+    served = live().get("echo").playbook.steps[0]
+    assert served.impact == "high", "a prefix of the file was served: the high-impact step lost its gate"
+    time.sleep(1.1)
+    live.check()  # the next poll, the write long done
+    assert live().get("echo").playbook.steps[0].with_["url"] == "https://deploy.internal/v2/restart"
