@@ -31,7 +31,7 @@ from bot.engine.verdicts import VERDICT_SKEW, start_doc, start_seal_holds, start
 from bot.identity import principals
 from bot.identity.principals import Actor, VerifiedBy
 from bot.identity.proofs import START_SKEW, Keyring, Proof, ProofError, schedule_content, start_content
-from bot.playbook.loader import Catalog, UnknownPlaybook
+from bot.playbook.loader import Catalog, UnknownPlaybook, child_names
 from bot.playbook.model import Playbook
 from bot.playbook.params import ParamError, coerce_params
 from bot.policy.engine import PolicyEngine
@@ -123,6 +123,10 @@ class Admission(BaseModel):
     ))
     start_asked_by: Literal["front door"] | None = Field(None, description=(
         "Set when the front door's sealed `start` answer was used instead of asking (bot/engine/verdicts.py)."
+    ))
+    children: dict[str, str] = Field(default_factory=dict, description=(
+        "Each sub-playbook the run may call (playbook.run), by name: its content hash in this worker's catalog "
+        "now. The child that runs must still be that version (bot/engine/children.py)."
     ))
 
     @property
@@ -228,7 +232,13 @@ class Admitter:
             return _refusal(CONCURRENCY, str(exc), requester, params, sources)
         foreach_max = self.foreach_max if request.playbook.foreach_groups() else None  # v1: as it was
         return Admission(allow=True, params=params, requester=requester, provenance=sources, lock_key=key,
-                         foreach_max=foreach_max, start_asked_by="front door" if request.verdict is verdict else None)
+                         foreach_max=foreach_max, start_asked_by="front door" if request.verdict is verdict else None,
+                         children=self._children(request.playbook))
+
+    def _children(self, playbook: Playbook) -> dict[str, str]:
+        """The content hash of each sub-playbook `playbook` calls, in this worker's catalog now."""
+        catalog = self.catalog()
+        return {name: catalog.get(name).hash for name in child_names(playbook) if name in catalog}
 
     async def _front_start(self, request: AdmitRequest, params: dict[str, Any], actor: Actor,
                            sources: dict[str, Any]) -> FrontVerdict | None:

@@ -31,6 +31,8 @@ RUNNING = WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
 
 class SnapshotRequest(BaseModel):
     name: str
+    # The child's content hash when the parent was admitted (None: a run admitted before pinning).
+    pinned: str | None = None
 
 
 class Snapshot(BaseModel):
@@ -65,6 +67,12 @@ class CatalogActivities:
             loaded = self.catalog().get(request.name)
         except UnknownPlaybook as exc:
             return Snapshot(error=f"{exc}: deploy the same playbooks to front doors and workers")
+        if request.pinned is not None and loaded.hash != request.pinned:
+            # Red team: a child edited while its parent waited for an approval ran as edited, so a
+            # vote set off steps nobody was shown. What runs is what the run was admitted with.
+            return Snapshot(error=f"playbook {request.name!r} changed since this run was admitted (then "
+                                  f"{request.pinned[:19]}, now {loaded.hash[:19]}): what was approved is not what "
+                                  "would run; start a new run to run the new version")
         return Snapshot(playbook=loaded.playbook, playbook_hash=loaded.hash)
 
 

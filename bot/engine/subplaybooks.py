@@ -121,7 +121,8 @@ class SubPlaybooks:
             return await self._step_failed(step, st, f"sub-playbooks nest {depth} deep; at most {CHILD_DEPTH_MAX}")
         try:
             snapshot: Snapshot = await self._local_activity(  # type: ignore[attr-defined]
-                "playbook.snapshot", SnapshotRequest(name=call.name), result_type=Snapshot,
+                "playbook.snapshot", SnapshotRequest(name=call.name, pinned=self._children.get(call.name)),
+                result_type=Snapshot,
                 start_to_close_timeout=SNAPSHOT_TIMEOUT, retry_policy=TemporalRetryPolicy(maximum_attempts=3),
             )
         except ActivityError as exc:

@@ -277,6 +277,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._slack_task: asyncio.Task[None] | None = None
         self._bounded_votes = False  # refused-votes-v1, asked first thing in run()
         self._lock_key: str | None = None  # the run's concurrency key, as admission rendered it (v1.1)
+        # Each sub-playbook's content hash when this run was admitted: the child that runs is that one.
+        self._children: dict[str, str] = {}
         self._lock_answer: LockNotice | None = None  # granted or busy, as signalled: confirmed before it counts
         self._lock_taken = False  # the lock's answer is confirmed: no later notice changes it
         self._refused_answers: dict[str, int] = {}  # core.confirm answers refused per step (v1.1)
@@ -585,6 +587,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             self._lock_key = status.lock_key = admission.lock_key  # None for every v1 playbook
             if admission.foreach_max is not None:
                 self._foreach_max = admission.foreach_max
+            self._children = admission.children
             if input.parent is not None:
                 self._adopt_parent()  # admission believed it: Temporal says that parent started this run
         self._log("run started", requested_by=status.requested_by, trigger=status.trigger)

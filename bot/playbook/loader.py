@@ -559,6 +559,11 @@ def _calls(playbook: Playbook) -> list[tuple[str, Loc]]:
     return found
 
 
+def child_names(playbook: Playbook) -> list[str]:
+    """The sub-playbooks `playbook` may call (its `playbook.run` steps' names), each once."""
+    return sorted({name for name, _ in _calls(playbook)})
+
+
 def _call_error(loaded: LoadedPlaybook, loc: Loc, message: str) -> PlaybookError:
     try:
         data, lines, _ = _parse_yaml(loaded.path.read_text(encoding="utf-8"), loaded.path)

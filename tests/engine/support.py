@@ -42,6 +42,7 @@ class Recorder:
     # last attempt's): ordering claims ("waits for", "after it finished") are read from these.
     spans: dict[str, list[float]] = field(default_factory=dict)
     attempt_started: list[datetime] = field(default_factory=list)  # t.flaky: when each attempt started (server time)
+    children: dict[str, str] = field(default_factory=dict)  # what run.admit pins each sub-playbook to
 
     def _began(self, inp: ActionInput) -> str:
         label = ("undo " if inp.compensation else "") + inp.step_id
@@ -67,6 +68,7 @@ class Recorder:
                 params=request.params,
                 requester=Requester(principal=who, person=who, verified=True, verified_by="dev"),
                 provenance=provenance(request.playbook, request.params, request.trigger.kind, request.trigger.alert, True),
+                children=rec.children,
             )
 
         @activity.defn(name="policy.cancel")

@@ -520,3 +520,18 @@ async def test_a_schedule_without_a_proof_is_an_unverified_principal(admitter: A
     admission = await Admitter(lambda: nightly, Keyring(KEY, [KEY]), admitter.policy, admitter.audit).admit(req)
     assert admission.allow and admission.requester.verified is False
     assert admission.provenance["params"] == {"replicas": "requester", "environment": "requester"}
+
+
+async def test_an_admission_pins_each_sub_playbook_to_its_version_now(policy: EmbeddedEngine, store: SqliteAuditStore) -> None:
+    """What a run's `playbook.run` steps will start is decided here, with the run: a child edited
+    later (before an approval's vote) must not run as edited (tests/security/test_reload_drift_runs.py)."""
+    child = load_text(OPEN.replace("name: open", "name: child"))
+    caller = load_text(OPEN.replace("name: open", "name: caller").replace(
+        "  - {id: note, action: core.log, with: {message: \"{{ params.replicas }}\"}}",
+        "  - {id: call, action: playbook.run, with: {name: child}}"))
+    catalog = Catalog([load_text(OPEN), child, caller])
+    admitter = Admitter(lambda: catalog, Keyring(KEY, [KEY]), policy, AuditWriter(store))
+    admission = await admitter.admit(request(catalog, "caller"))
+    assert admission.allow, admission.reasons
+    assert admission.children == {"child": child.hash}
+    assert (await admitter.admit(request(catalog))).children == {}
