@@ -353,29 +353,25 @@ async def test_parse_takes_only_json(run_failing) -> None:
     assert error.type == INVALID_PARAMS and "parse" in error.message
 
 
-def _members(pgid: int) -> list[int]:
-    """Live processes of process group `pgid` (from /proc)."""
+def _processes(field: int, value: int) -> list[int]:
+    """Live processes whose /proc stat field `field` (1: parent, 2: process group) is `value`."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+        if int(fields[field]) == value and fields[0] not in ("Z", "X"):
             found.append(int(stat.parent.name))
     return found
+
+
+def _members(pgid: int) -> list[int]:
+    return _processes(2, pgid)
 
 
 def _children(ppid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == ppid:
-            found.append(int(stat.parent.name))
-    return found
+    return _processes(1, ppid)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
