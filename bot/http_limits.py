@@ -42,6 +42,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._in_head = True  # a new connection's first bytes are a head
         self._marks = 0  # requests begun, heads and requests ended on this connection
         self._refused = False
+        self._left: float | None = None  # of the deadline, while the server has paused reading
         self._deadline: asyncio.TimerHandle | None = self.loop.call_later(REQUEST_DEADLINE, self._too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -101,12 +102,18 @@ class BoundedHttpTools(HttpToolsProtocol):
             self.transport.close()
 
     def _paused(self) -> None:
-        """The server stopped reading (a body the app has not read yet): no fault of the client's."""
-        self._disarm()
+        """The server stopped reading (a body the app has not read yet): no fault of the client's, so
+        the deadline stops too, keeping what was left of it."""
+        if self._deadline is not None:
+            self._left = max(0.0, self._deadline.when() - self.loop.time())
+            self._disarm()
 
     def _resumed(self) -> None:
-        if not self._in_head and self._deadline is None and not self.transport.is_closing():
-            self._deadline = self.loop.call_later(REQUEST_DEADLINE, self._too_slow)
+        """Reading again: the deadline goes on with what was left of it (a fresh one per pause let a
+        client that burst past the high-water mark before each deadline hold on 16 times as long)."""
+        if self._left is not None and not self.transport.is_closing():
+            self._deadline = self.loop.call_later(self._left, self._too_slow)
+        self._left = None
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -128,9 +135,13 @@ class _Flow(FlowControl):
         self._protocol = protocol
 
     def pause_reading(self) -> None:
+        paused = self.read_paused
         super().pause_reading()
-        self._protocol._paused()
+        if not paused:
+            self._protocol._paused()
 
     def resume_reading(self) -> None:
+        paused = self.read_paused  # (uvicorn resumes on every receive, paused or not)
         super().resume_reading()
-        self._protocol._resumed()
+        if paused:
+            self._protocol._resumed()

@@ -3,6 +3,7 @@ that reads its body late (review of the bounds: the first two drew a 431, the th
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -87,3 +88,31 @@ async def test_one_write_of_a_large_legit_request(door: int, size: int) -> None:
         await writer.drain()
         got = await response(reader)
         assert got.endswith(b"got %d" % size), got[:60]
+
+
+async def test_bursts_past_the_high_water_mark_do_not_restart_the_deadline(door: int) -> None:
+    """Every burst of > 64 KiB pauses reading (disarms the deadline); the app's next receive()
+    resumes it and _resumed arms a *fresh* REQUEST_DEADLINE. A client that trickles, then bursts
+    65 KiB just before each deadline, holds its connection up to 1 MiB / 65 KiB = 16 deadlines."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", door)
+    writer.write(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
+                 b"content-length: 1000000\r\n\r\n")
+    await writer.drain()
+    started, sent = time.monotonic(), 0
+    try:
+        while time.monotonic() - started < DEADLINE * 6 and sent < 900_000:
+            await asyncio.sleep(DEADLINE * 0.7)
+            writer.write(b"y" * 70_000)
+            await writer.drain()
+            sent += 70_000
+        try:
+            data = await asyncio.wait_for(reader.read(100), 0.2)
+            alive = data != b""
+        except asyncio.TimeoutError:
+            alive = True  # open, nothing said: still reading our request
+    except ConnectionError:
+        alive = False
+    finally:
+        writer.close()
+    held = time.monotonic() - started
+    assert not alive, f"a request still arriving after {held:.1f}s ({sent} bytes), its deadline {DEADLINE}s"

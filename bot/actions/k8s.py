@@ -228,10 +228,16 @@ def record_of(obj: dict[str, Any], annotation: str, key: str) -> dict[str, Any] 
     return next((entry for entry in reversed(records(obj, annotation)) if entry.get("key") == key), None)
 
 
-def with_record(obj: dict[str, Any], annotation: str, entry: dict[str, Any], kept: int) -> str:
-    """The annotation's value with `entry` added (replacing one of its key), the last `kept` entries."""
-    others = [r for r in records(obj, annotation) if r.get("key") != entry.get("key")]
-    return json.dumps([*others[-(kept - 1):], entry] if kept > 1 else [entry])
+def with_record(obj: dict[str, Any], annotation: str, entry: dict[str, Any], kept: int,
+                replaces: str | None = None) -> str:
+    """The annotation's value with `entry` added in place of those of its key (and of `replaces`: an
+    undo takes its step's place, so undos never push out the records other undos need), the last
+    `kept` entries, the oldest dropped first until it fits in RECORD_MAX_CHARS."""
+    gone = {entry.get("key"), replaces}
+    entries = [*(r for r in records(obj, annotation) if r.get("key") not in gone), entry][-kept:]
+    while len(entries) > 1 and len(json.dumps(entries)) > RECORD_MAX_CHARS:
+        entries.pop(0)
+    return json.dumps(entries)
 
 
 def _now() -> str:
@@ -358,7 +364,8 @@ class KubernetesActions:
                 return record["previous"]  # a retry: the count the first attempt found, not its own result
             previous = obj["spec"].get("replicas", 1)
             mine = with_record(obj, SCALE_RECORD, {"key": ctx.idempotency_key, "previous": previous,
-                                                   "replicas": params.replicas}, SCALE_RECORDS_KEPT)
+                                                   "replicas": params.replicas}, SCALE_RECORDS_KEPT,
+                               replaces=step_key(ctx) if ctx.compensation else None)
             await kube.patch(url, {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"],
                                                 "annotations": {SCALE_RECORD: mine}}}, MERGE_PATCH)
             return previous

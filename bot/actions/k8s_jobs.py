@@ -129,8 +129,9 @@ class KubernetesJobActions:
             logs, pods = await self._logs(kube, name, params, job)
         except asyncio.CancelledError:
             details = activity.cancellation_details() if activity.in_activity() else None
-            if details is not None and (details.cancel_requested or details.not_found):
-                # The run was cancelled (or terminated: Temporal no longer knows the step): so is its Job.
+            if details is not None and details.cancel_requested:
+                # The run was cancelled: so is its Job. (Not on `not_found`: an attempt that timed out
+                # on the server hears that too, while its retry is waiting for this same Job, review.)
                 await asyncio.shield(self._stop(kube, url, job, digest))
             raise  # (timed out, or the worker stopping: a retry finds the Job and waits for it again)
         try:

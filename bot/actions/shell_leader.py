@@ -45,7 +45,7 @@ def main(args: list[str]) -> None:
     if command == 0:
         for sig in RESET:
             signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())  # nothing blocked: not ours, nor the worker thread's
         os.close(errors_r)
         try:
             os.execv(program, argv)

@@ -221,6 +221,10 @@ def load_directory(path: str | Path, *, actions: Mapping[str, ActionSpec] | None
     for file in files:
         try:
             playbook = load_file(file, actions=actions)
+        except RecursionError:  # (a file its checks cannot follow: its own error, never the directory's)
+            errors.append(PlaybookError(f"nested past what the checks can follow (at most {YAML_MAX_DEPTH} levels)",
+                                        path=file))
+            continue
         except PlaybookLoadErrors as exc:
             errors.extend(exc.errors)
             if name := _declared_name(file):
@@ -296,32 +300,40 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[Loc, int], list[Playbo
 
 
 YAML_MAX_DEPTH = 64  # levels of a playbook's YAML
-YAML_MAX_NODES = 100_000  # values a playbook's YAML expands to, aliases counted each time they are used
+YAML_MAX_NODES = 200_000  # values a playbook's YAML expands to, aliases counted each time they are used
 
 
 def _too_big(root: yaml.Node) -> str | None:
     """Why a document is refused before anything expands it, or None. Red team: nine lines of
     anchors, each aliasing the one before ten times, expanded to 10^7 values, 15 s and 520 MB in
-    every front door and worker that reloaded the directory."""
-    sizes: dict[int, int] = {}
+    every front door and worker that reloaded the directory. Each node is measured once (size, and
+    height: an alias used deep down nests what it points to that much deeper, review)."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (size, height), aliases measured once
 
-    def size(node: yaml.Node, depth: int) -> int:
-        if id(node) in sizes:
-            return sizes[id(node)]
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
         if depth > YAML_MAX_DEPTH:
-            raise _TooBig(f"nested more than {YAML_MAX_DEPTH} levels")
-        total = 1
-        if isinstance(node, yaml.MappingNode):
-            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
-        elif isinstance(node, yaml.SequenceNode):
-            total += sum(size(item, depth + 1) for item in node.value)
-        if total > YAML_MAX_NODES:
-            raise _TooBig(f"expands to more than {YAML_MAX_NODES:,} values (aliases count each time they are used)")
-        sizes[id(node)] = total
-        return total
+            raise _TooBig(f"nests more than {YAML_MAX_DEPTH} levels")
+        if id(node) not in measured:
+            if isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            else:
+                children = []
+            size, height = 1, 1
+            for child in children:
+                child_size, child_height = measure(child, depth + 1)
+                size, height = size + child_size, max(height, child_height + 1)
+                if size > YAML_MAX_NODES:
+                    raise _TooBig(f"expands to more than {YAML_MAX_NODES:,} values (aliases count each time they are used)")
+            measured[id(node)] = (size, height)
+        size, height = measured[id(node)]
+        if depth + height - 1 > YAML_MAX_DEPTH:
+            raise _TooBig(f"nests more than {YAML_MAX_DEPTH} levels")
+        return size, height
 
     try:
-        size(root, 1)
+        measure(root, 1)
     except _TooBig as exc:
         return f"refused: the YAML {exc}"
     return None

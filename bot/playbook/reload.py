@@ -30,7 +30,6 @@ from bot.playbook.loader import (
     PlaybookLoadErrors,
     _declared_name,
     load_directory,
-    load_file,
 )
 
 log = structlog.get_logger(__name__)
@@ -155,11 +154,16 @@ class LiveCatalog:
         return True
 
     def _unsettled(self, signature: Signature) -> float:
-        """Seconds until the newest file is SETTLE old (0: it is). A writer that is not atomic (scp,
-        `rsync --inplace`, `cat >`) leaves a prefix of the file on disk for a moment, and a prefix
-        that parses was served (red team: the restart step without its `impact: high`)."""
-        newest = max((entry[1] for entry in signature), default=0)
-        return max(0.0, self.SETTLE - (time.time_ns() - newest) / 1e9)
+        """Seconds (at most SETTLE) until the files changed since the last read were left alone for
+        SETTLE (0: they were). A writer that is not atomic (scp, `rsync --inplace`, `cat >`) leaves a
+        prefix of the file on disk for a moment, and a prefix that parses was served (red team: the
+        restart step without its `impact: high`). Measured from each changed file's ctime, which no
+        writer sets; a ctime ahead of the clock (skew) counts as settled, so it never holds reloads."""
+        seen = set(self._signature or ())
+        now = time.time_ns()
+        ages = [(now - entry[4]) / 1e9 for entry in signature if entry not in seen]
+        young = [age for age in ages if 0 <= age < self.SETTLE]
+        return self.SETTLE - min(young) if young else 0.0
 
     def _keep_previous(self, exc: PlaybookLoadErrors) -> Catalog:
         """The playbooks that load now, plus the previous version of each file that no longer loads."""
@@ -173,7 +177,7 @@ class LiveCatalog:
                 # A second file claiming a served name does not take it over (red team: a copy made
                 # to try an edit sorts first, "echo-copy.yaml" before "echo.yaml", and its steps
                 # became what every new run of that name ran): its holder keeps it.
-                loaded[name] = _reloaded(previous)
+                loaded[name] = previous  # (as served: it passed the directory's checks, calls included)
         return Catalog(loaded.values())
 
     def _retire(self, fresh: Catalog) -> None:
@@ -255,11 +259,3 @@ class LiveCatalog:
 def _still_claims(previous: LoadedPlaybook, name: str) -> bool:
     """Whether the file that served `name` is still there and still names it."""
     return _declared_name(previous.path) == name
-
-
-def _reloaded(previous: LoadedPlaybook) -> LoadedPlaybook:
-    """The holder's file as it reads now, or, if it does not load on its own, its version served so far."""
-    try:
-        return load_file(previous.path)
-    except PlaybookLoadErrors:
-        return previous

@@ -315,23 +315,22 @@ class EmbeddedEngine(FailClosed):
         if not force and now < self._next_check:
             return
         self._next_check = now + self.reload_interval
-        signature = tree_signature(self.policies_dir)
         self._checked_at = now
-        if not force and signature == self._signature and self._proc is not None:
-            return
         try:
+            signature = tree_signature(self.policies_dir)  # (a symlink loop, an unreadable directory: raises)
+            if not force and signature == self._signature and self._proc is not None:
+                return
             sources = read_sources(self.policies_dir)
             _require_modules(sources)
-        except PolicyLoadError as exc:
-            self._set_load_error(exc)
-            return
         except Exception as exc:  # noqa: BLE001  whatever reading raised: closed, never the old policy
             # (Red team: a data file nested past the parser raised RecursionError, which passed by:
             # one question was denied, and the old policy answered the rest with /readyz green.)
-            self._set_load_error(PolicyLoadError(f"cannot read policies: {type(exc).__name__}: {exc}"))
+            error = exc if isinstance(exc, PolicyLoadError) else PolicyLoadError(
+                f"cannot read policies: {type(exc).__name__}: {exc}")
+            self._signature = None  # read again at the next check, changed-looking or not
+            self._set_load_error(error)
             return
-        finally:  # (read again at the next check after a failure, even if nothing looks changed)
-            self._signature = signature if self._load_error is None else None
+        self._signature = signature
         unchanged = self._loaded is not None and sources.hash == self._loaded.hash
         if not force and unchanged and self._load_error is None and self._proc is not None and self._proc.alive:
             return  # touched, not changed

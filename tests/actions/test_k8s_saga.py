@@ -164,7 +164,7 @@ async def test_an_undo_without_a_record_changes_nothing(dev_env, fake_kube: Fake
     fake_kube.add_deployment("shop", "web", replicas=3)
     fail_first = RECORDED_UNDOS.replace("replicas: 0, wait: true", "replicas: 100000, wait: true")  # refused params
     async with worker(dev_env.client, Recorder(), k8s_activities(kube_clients)) as w:
-        status = await (await start(dev_env.client, w, run_input(playbook(fail_first)))).result()
+        await (await start(dev_env.client, w, run_input(playbook(fail_first)))).result()
 
     assert fake_kube.get("v1", "nodes", None, "node-1")["spec"]["unschedulable"] is True
     assert fake_kube.get("apps/v1", "deployments", "shop", "web")["spec"]["replicas"] == 3
@@ -238,4 +238,24 @@ async def test_two_scales_of_one_deployment_are_both_undone(dev_env, fake_kube: 
     async with worker(dev_env.client, Recorder(), k8s_activities(kube_clients)) as w:
         status = await (await start(dev_env.client, w, run_input(playbook(TWO_SCALES)))).result()
     assert status.state == "compensated"
+    assert fake_kube.get("apps/v1", "deployments", "shop", "web")["spec"]["replicas"] == 3
+
+
+UNDO = "    compensate:\n      action: k8s.scale\n      with: {namespace: shop, name: web}\n"
+
+
+def scales(counts: list[int]) -> str:
+    steps = "".join(f"  - id: s{i}\n    action: k8s.scale\n    with: {{namespace: shop, name: web, replicas: {n}}}\n" + UNDO
+                    for i, n in enumerate(counts))
+    return "name: k8s-many-scales\nsteps:\n" + steps + "  - id: boom\n    action: t.fail\n"
+
+
+async def test_five_scales_of_one_deployment_are_all_undone(dev_env, fake_kube: FakeKube, kube_clients: KubeClients) -> None:
+    """SCALE_RECORDS_KEPT is 8, but each undo writes an entry of its own (its own key) into the same
+    list: after 5 scales, the undos of s4..s1 push s0's entry out before s0's undo reads it."""
+    fake_kube.add_deployment("shop", "web", replicas=3)
+    async with worker(dev_env.client, Recorder(), k8s_activities(kube_clients)) as w:
+        status = await (await start(dev_env.client, w, run_input(playbook(scales([2, 4, 6, 8, 10]))))).result()
+    assert status.state == "compensated"
+    print([(c.step, c.state) for c in status.compensations])
     assert fake_kube.get("apps/v1", "deployments", "shop", "web")["spec"]["replicas"] == 3
