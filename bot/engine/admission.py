@@ -233,12 +233,23 @@ class Admitter:
         foreach_max = self.foreach_max if request.playbook.foreach_groups() else None  # v1: as it was
         return Admission(allow=True, params=params, requester=requester, provenance=sources, lock_key=key,
                          foreach_max=foreach_max, start_asked_by="front door" if request.verdict is verdict else None,
-                         children=self._children(request.playbook))
+                         children=self._children(request.playbook, request.parent))
 
-    def _children(self, playbook: Playbook) -> dict[str, str]:
-        """The content hash of each sub-playbook `playbook` calls, in this worker's catalog now."""
+    def _children(self, playbook: Playbook, parent: ParentLink | None) -> dict[str, str]:
+        """The content hash of every sub-playbook below `playbook` (children, theirs, ...): a child
+        run keeps the pins its root's admission set (review: grandchildren were pinned only when their
+        parent started, after the root's vote), this worker's catalog now gives the rest."""
         catalog = self.catalog()
-        return {name: catalog.get(name).hash for name in child_names(playbook) if name in catalog}
+        pins: dict[str, str] = {}
+        waiting = list(child_names(playbook))
+        while waiting:
+            name = waiting.pop()
+            if name in pins or name not in catalog:
+                continue
+            loaded = catalog.get(name)
+            pins[name] = loaded.hash
+            waiting += child_names(loaded.playbook)
+        return {**pins, **(parent.pins if parent is not None else {})}
 
     async def _front_start(self, request: AdmitRequest, params: dict[str, Any], actor: Actor,
                            sources: dict[str, Any]) -> FrontVerdict | None:

@@ -57,6 +57,10 @@ class ParentLink(BaseModel):
     root_run_id: str = Field(description="The root of the run tree: the run that a lock's nested grant goes through.")
     depth: int = Field(1, ge=1)
     requester: "Requester"
+    pins: dict[str, str] = Field(default_factory=dict, description=(
+        "The content hash of every sub-playbook below the root, as the root's admission found them: a "
+        "grandchild edited while a vote was due must not run as edited either."
+    ))
 
 
 class RunInput(BaseModel):

@@ -147,7 +147,7 @@ class SubPlaybooks:
             trigger=TriggerContext(kind="playbook", requested_by=self._status.requested_by, alert=trigger.alert,
                                    slack=trigger.slack),
             parent=ParentLink(run_id=self._status.run_id, step_id=step.id, depth=depth, requester=requester,
-                              root_run_id=self._root_run_id() or self._status.run_id),
+                              root_run_id=self._root_run_id() or self._status.run_id, pins=self._children),
         )
         self._acting()  # type: ignore[attr-defined]
         try:

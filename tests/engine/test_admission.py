@@ -535,3 +535,23 @@ async def test_an_admission_pins_each_sub_playbook_to_its_version_now(policy: Em
     assert admission.allow, admission.reasons
     assert admission.children == {"child": child.hash}
     assert (await admitter.admit(request(catalog))).children == {}
+
+
+async def test_a_root_pins_its_grandchildren_and_a_child_keeps_its_roots_pins(
+    policy: EmbeddedEngine, store: SqliteAuditStore
+) -> None:
+    """Review: a child's own admission (when its call step starts, after the root's vote) pinned the
+    grandchildren to the catalog then, so a grandchild edited while the vote was due ran as edited."""
+    call = "  - {id: note, action: core.log, with: {message: \"{{ params.replicas }}\"}}"
+    grandchild = load_text(OPEN.replace("name: open", "name: grandchild"))
+    child = load_text(OPEN.replace("name: open", "name: child").replace(
+        call, "  - {id: call, action: playbook.run, with: {name: grandchild}}"))
+    caller = load_text(OPEN.replace("name: open", "name: caller").replace(
+        call, "  - {id: call, action: playbook.run, with: {name: child}}"))
+    catalog = Catalog([load_text(OPEN), grandchild, child, caller])
+    admitter = Admitter(lambda: catalog, Keyring(KEY, [KEY]), policy, AuditWriter(store))
+    root = await admitter.admit(request(catalog, "caller"))
+    assert root.children == {"child": child.hash, "grandchild": grandchild.hash}
+    pinned = {"child": child.hash, "grandchild": "sha256:" + "0" * 64}  # as the root found it, since edited
+    link = ParentLink(run_id="parent-run", step_id="call", root_run_id="parent-run", requester=_requester(), pins=pinned)
+    assert admitter._children(child.playbook, link) == pinned
