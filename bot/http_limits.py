@@ -75,6 +75,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._left = None  # (a pause in this request's last chunk: nothing left to time)
         self._in_head, self._head_bytes = True, 0  # what comes next on this connection is a head
         self._marks += 1
         super().on_message_complete()
@@ -111,7 +112,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     def _resumed(self) -> None:
         """Reading again: the deadline goes on with what was left of it (a fresh one per pause let a
         client that burst past the high-water mark before each deadline hold on 16 times as long)."""
-        if self._left is not None and not self.transport.is_closing():
+        if self._left is not None and not self._in_head and not self.transport.is_closing():
             self._deadline = self.loop.call_later(self._left, self._too_slow)
         self._left = None
 

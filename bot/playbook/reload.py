@@ -86,6 +86,8 @@ class LiveCatalog:
         self._telling = asyncio.Lock()  # the listeners' turns, one reload at a time
         self._behind: set[asyncio.Future[None]] = set()  # listeners told behind an admission's reload
         self._checking = threading.Lock()
+        self._pending: frozenset[tuple[str, int, int, int, int]] = frozenset()  # _unsettled's last change seen
+        self._pending_since = time.monotonic()
         self.errors = errors  # the current `validate` errors, None when every file loads
         self.hash = catalog_hash(catalog)
         catalog.retired = self._admitted_retired
@@ -112,11 +114,13 @@ class LiveCatalog:
         signature = directory_signature(self.directory)
         if not force and signature == self._signature:
             return False
-        if (young := self._unsettled(signature)) > 0:
-            if not wait:
-                return False  # looked at again at the next poll
-            time.sleep(young)  # (a SIGHUP, an admission's refresh: at most SETTLE)
-            signature = directory_signature(self.directory)
+        waited = 0.0
+        while (young := self._unsettled(signature)) > 0:
+            if not wait or waited >= 3 * self.SETTLE:
+                return False  # looked at again at the next poll (a writer still at it: not read now)
+            time.sleep(young)  # (a SIGHUP, an admission's refresh: SETTLE a look, a few looks at most)
+            waited += young
+            signature = directory_signature(self.directory)  # looked at again: still being written?
         if not self.directory.exists():  # mid-swap (a checkout, a ConfigMap update): serve what we have
             errors: str | None = f"{self.directory}: no such file or directory"
             if errors != self.errors:
@@ -158,12 +162,17 @@ class LiveCatalog:
         SETTLE (0: they were). A writer that is not atomic (scp, `rsync --inplace`, `cat >`) leaves a
         prefix of the file on disk for a moment, and a prefix that parses was served (red team: the
         restart step without its `impact: high`). Measured from each changed file's ctime, which no
-        writer sets; a ctime ahead of the clock (skew) counts as settled, so it never holds reloads."""
+        writer sets; a ctime ahead of this clock (skew, a shared volume) by how long this process has
+        itself seen the change unchanged (review: counting it settled turned the wait off there)."""
         seen = set(self._signature or ())
+        changed = frozenset(entry for entry in signature if entry not in seen)
+        if changed != self._pending:  # a change not seen before (or more of it): watched from now
+            self._pending, self._pending_since = changed, time.monotonic()
+        watched = time.monotonic() - self._pending_since
         now = time.time_ns()
-        ages = [(now - entry[4]) / 1e9 for entry in signature if entry not in seen]
-        young = [age for age in ages if 0 <= age < self.SETTLE]
-        return self.SETTLE - min(young) if young else 0.0
+        # A ctime ahead of this clock (skew) says nothing: what this process saw itself decides.
+        ages = [age if age >= 0 else watched for age in ((now - entry[4]) / 1e9 for entry in changed)]
+        return max(0.0, self.SETTLE - min(ages)) if ages else 0.0
 
     def _keep_previous(self, exc: PlaybookLoadErrors) -> Catalog:
         """The playbooks that load now, plus the previous version of each file that no longer loads."""
