@@ -32,6 +32,7 @@ DELETE_BACKGROUND = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPo
 KEY_LABEL = "playbook-bot.io/step"  # a digest of the idempotency key: which step's Job this is
 MANAGED_BY = {"app.kubernetes.io/managed-by": "playbook-bot"}
 TTL_AFTER_FINISHED = 3600  # seconds: the cluster removes a Job we could not delete ourselves
+JOB_DEADLINE_SLACK = 60  # seconds past the step's own budget (retry intervals) before the cluster stops a Job
 LOG_BYTES_MAX = 256 * 1024
 TAIL_LINES = 500  # per pod: the end of a log is where a diagnostic says what it found
 FETCH_BYTES = 1 << 20  # per pod read (limitBytes keeps the head of what it reads: the end is cut here)
@@ -77,6 +78,20 @@ class RunJobParams(KubeParams, WaitParams):
     @classmethod
     def _deadline(cls, value: Any) -> Any:
         return None if value is None else positive("deadline")(value)
+
+
+def _steps_budget() -> int | None:
+    """Seconds the step still waits for its Job, over its attempts left: the Job's deadline when the
+    playbook sets none, so that no Job outlives the step that waits for it (a run terminated, or its
+    step's last attempt timed out, left a Job acting: review). None: unbounded (no timeout or retries)."""
+    if not activity.in_activity():
+        return None
+    info = activity.info()
+    policy = info.retry_policy
+    if info.start_to_close_timeout is None or policy is None or not policy.maximum_attempts:
+        return None
+    attempts_left = max(1, policy.maximum_attempts - info.attempt + 1)
+    return max(1, int(info.start_to_close_timeout.total_seconds() * attempts_left) + JOB_DEADLINE_SLACK)
 
 
 def job_name(prefix: str, key: str) -> str:
@@ -191,6 +206,8 @@ class KubernetesJobActions:
         }
         if params.deadline is not None:
             spec["activeDeadlineSeconds"] = max(1, int(params.deadline.total_seconds()))
+        elif (budget := _steps_budget()) is not None:
+            spec["activeDeadlineSeconds"] = budget
         return {"apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {"name": job, "labels": {**MANAGED_BY, KEY_LABEL: digest}}, "spec": spec}
 

@@ -120,3 +120,25 @@ async def test_a_run_cancelled_while_its_job_runs_deletes_the_job(
         status = await handle.result()
     assert status.step("fix").state == "cancelled"
     assert fake_kube.items("batch/v1", "jobs") == []
+
+
+async def test_a_job_without_a_deadline_gets_the_steps_own_budget(
+    run_action, fake_kube: FakeKube, jobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: with no `deadline`, a Job whose run was terminated, or whose step's last attempt timed
+    out, went on acting. Its deadline is now what the step still waits for it: 5 min x 2 attempts left."""
+    import dataclasses
+    from datetime import timedelta
+
+    from temporalio.common import RetryPolicy
+    from temporalio.testing import ActivityEnvironment
+
+    made: list[dict] = []
+    manifest = KubernetesJobActions._manifest
+    monkeypatch.setattr(KubernetesJobActions, "_manifest", lambda self, *a: made.append(manifest(self, *a)) or made[-1])
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=2, start_to_close_timeout=timedelta(minutes=5),
+                                   retry_policy=RetryPolicy(maximum_attempts=3))
+    await run_action("k8s.run_job", PARAMS, jobs, env=env)
+    await run_action("k8s.run_job", {**PARAMS, "deadline": "90s"}, jobs, key="other", env=env)
+    assert [m["spec"].get("activeDeadlineSeconds") for m in made] == [2 * 300 + 60, 90]
