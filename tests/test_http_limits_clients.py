@@ -55,6 +55,15 @@ async def door(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
         await http.stop()
 
 
+async def posted(port: int, path: str, size: int) -> bytes:
+    """The answer to one POST of `size` bytes to `path`, head and body in one write."""
+    body = b"x" * size
+    async with connection(port) as (reader, writer):
+        writer.write(b"POST %s HTTP/1.1\r\nHost: bot\r\nContent-Length: %d\r\n\r\n" % (path.encode(), size) + body)
+        await writer.drain()
+        return await response(reader)
+
+
 async def response(reader: asyncio.StreamReader) -> bytes:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
@@ -78,22 +87,14 @@ async def test_keep_alive_after_a_large_body_sent_after_its_head(door: int) -> N
 async def test_a_body_the_server_does_not_read_yet_is_not_the_clients_fault(door: int) -> None:
     """Reading pauses at 64 KiB of unread body; the deadline goes on running while the server itself
     does not read (a handler that awaits before reading, or a pipelined request)."""
-    body = b"x" * 200_000
-    async with connection(door) as (reader, writer):
-        writer.write(b"POST /slow HTTP/1.1\r\nHost: bot\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        await writer.drain()
-        got = await response(reader)
-        assert got.endswith(b"got 200000"), got
+    got = await posted(door, "/slow", 200_000)
+    assert got.endswith(b"got 200000"), got
 
 
 @pytest.mark.parametrize("size", [100_000, 300_000, 900_000])
 async def test_one_write_of_a_large_legit_request(door: int, size: int) -> None:
-    body = b"x" * size
-    async with connection(door) as (reader, writer):
-        writer.write(b"POST /echo HTTP/1.1\r\nHost: bot\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        await writer.drain()
-        got = await response(reader)
-        assert got.endswith(b"got %d" % size), got[:60]
+    got = await posted(door, "/echo", size)
+    assert got.endswith(b"got %d" % size), got[:60]
 
 
 async def test_bursts_past_the_high_water_mark_do_not_restart_the_deadline(door: int) -> None:
@@ -127,9 +128,5 @@ async def test_bursts_past_the_high_water_mark_do_not_restart_the_deadline(door:
 async def test_a_handler_that_works_after_reading_a_large_body_is_not_cut(door: int) -> None:
     """Review: a deadline saved when reading paused in the request's last chunk was re-armed when the
     handler read the body, and cut the connection while the handler worked."""
-    body = b"x" * 100_000
-    async with connection(door) as (reader, writer):
-        writer.write(b"POST /work HTTP/1.1\r\nHost: bot\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        await writer.drain()
-        got = await response(reader)
-        assert got.endswith(b"got 100000"), got
+    got = await posted(door, "/work", 100_000)
+    assert got.endswith(b"got 100000"), got
