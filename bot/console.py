@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from bot.audit.export import visible
 from bot.engine.state import RunStatus, StepStatus
+from bot.terminal import visible
 
 if TYPE_CHECKING:
     from bot.engine.schedules import ScheduleView

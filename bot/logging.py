@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import structlog
 
+from bot.terminal import visible
+
 _masker: Callable[[Any], Any] | None = None
 
 
@@ -66,12 +68,6 @@ def _from_temporal_extra(_: Any, __: str, event: dict[str, Any]) -> dict[str, An
     return event
 
 
-# C0 and C1 controls and DEL, shown as \xNN on a terminal; a traceback keeps its newlines (and is
-# indented, so that a line of it cannot pass for a log line).
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
-_IN_TRACEBACK = {c: shown for c, shown in _CONTROLS.items() if c != 0x0A}
-
-
 def _inert(render: Callable[..., str]) -> Callable[..., str]:
     """The console renderer, with what it writes raw (the event's text and a traceback) made inert:
     a value quoted there (a `core.log` message over an annotation, a library's line quoting a
@@ -80,10 +76,9 @@ def _inert(render: Callable[..., str]) -> Callable[..., str]:
 
     def inert(logger: Any, name: str, event: dict[str, Any]) -> str:
         if isinstance(event.get("event"), str):
-            event["event"] = event["event"].translate(_CONTROLS)
-        if isinstance(event.get("exception"), str):  # indented: no line of it passes for a log line
-            lines = event["exception"].translate(_IN_TRACEBACK).split("\n")
-            event["exception"] = "\n".join("  " + line for line in lines)
+            event["event"] = visible(event["event"])
+        if isinstance(event.get("exception"), str):  # its lines kept, indented: none passes for a log line
+            event["exception"] = "\n".join("  " + visible(line) for line in event["exception"].split("\n"))
         return render(logger, name, event)
 
     return inert

@@ -20,9 +20,10 @@ import typer
 
 from bot.audit.backend import AuditStore, audit_url
 from bot.audit.events import EventKind, StoredEvent, canonical_json, format_ts
-from bot.audit.export import json_text, summary, to_json, to_markdown, visible
+from bot.audit.export import json_text, summary, to_json, to_markdown
 from bot.audit.store import AuditUnavailable, SqliteAuditStore, default_path
 from bot.settings import ConfigError
+from bot.terminal import visible
 
 app = typer.Typer(help="Export, verify and follow the audit trail.", no_args_is_help=True)
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from bot.audit.events import StoredEvent, format_ts
+from bot.terminal import visible
 
 MAX_VALUE = 60  # characters of one details value shown in a summary
 MAX_CELL = 200  # characters of one table cell
@@ -30,7 +31,6 @@ _SECRET_VALUE = re.compile(
     r"|(?i:bearer|basic)\s+(?!\$\{secret:)[A-Za-z0-9._~+/=-]{8,}"
 )
 _URL_CREDENTIALS = re.compile(r"(://)[^/\s:@]+:[^/\s@]+@")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (Unicode category Cc)
 _C1 = re.compile(r"[\x7f-\x9f]")
 
 
@@ -134,13 +134,6 @@ def _short(value: Any, limit: int = MAX_VALUE) -> str:
         value = ", ".join(value)
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
     return _truncate(text, limit)
-
-
-def visible(text: str) -> str:
-    """`text` with its control characters shown as `\\xNN`: details are anyone's text (an error
-    quoting a response body), and ESC and its kin would move the cursor, repaint lines or set the
-    clipboard of the terminal that shows an export or `audit tail`."""
-    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 def _truncate(text: str, limit: int) -> str:
