@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 HEAD_MAX = 64 * 1024  # bytes of request line and headers (h11's default bound is 16 KiB)
 REQUEST_DEADLINE = 15.0  # seconds for a request to arrive whole (bodies here are at most 1 MiB)
 LINGER = 1.0  # seconds a refused connection is read (and dropped) so its client reads the 431
-_TOO_LARGE = b"request line and headers exceed 65536 bytes"
+_TOO_LARGE = f"request line and headers exceed {HEAD_MAX} bytes".encode()
 
 
 class BoundedHttpTools(HttpToolsProtocol):
@@ -43,7 +43,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._marks = 0  # requests begun, heads and requests ended on this connection
         self._refused = False
         self._left: float | None = None  # of the deadline, while the server has paused reading
-        self._deadline: asyncio.TimerHandle | None = self.loop.call_later(REQUEST_DEADLINE, self._too_slow)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._arm(REQUEST_DEADLINE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -51,7 +52,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_head and self._deadline is None:  # a keep-alive connection's next request begins
-            self._deadline = self.loop.call_later(REQUEST_DEADLINE, self._too_slow)
+            self._arm(REQUEST_DEADLINE)
         if self._refused:
             return  # read and dropped until the close: unread input would reset the 431 away
         marks = self._marks
@@ -113,8 +114,11 @@ class BoundedHttpTools(HttpToolsProtocol):
         """Reading again: the deadline goes on with what was left of it (a fresh one per pause let a
         client that burst past the high-water mark before each deadline hold on 16 times as long)."""
         if self._left is not None and not self._in_head and not self.transport.is_closing():
-            self._deadline = self.loop.call_later(self._left, self._too_slow)
+            self._arm(self._left)
         self._left = None
+
+    def _arm(self, seconds: float) -> None:
+        self._deadline = self.loop.call_later(seconds, self._too_slow)
 
     def _disarm(self) -> None:
         if self._deadline is not None:

@@ -102,6 +102,11 @@ def _key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:63]
 
 
+def _steps(job: dict[str, Any], digest: str) -> bool:
+    """Whether `job` is the one this step created (its label holds the step's key digest)."""
+    return ((job.get("metadata") or {}).get("labels") or {}).get(KEY_LABEL) == digest
+
+
 def _finished(job: dict[str, Any]) -> str | None:
     """'Complete' or 'Failed' once the Job controller says so (a True condition), else None."""
     for condition in (job.get("status") or {}).get("conditions") or []:
@@ -181,7 +186,7 @@ class KubernetesJobActions:
         its uid. Best effort: a failure is logged, and the Job's deadline, if any, still ends it."""
         try:
             found = await kube.get(url)
-            if ((found.get("metadata") or {}).get("labels") or {}).get(KEY_LABEL) != digest:
+            if not _steps(found, digest):
                 return  # not this step's: never touched
             await kube.delete(url, {**DELETE_BACKGROUND, "preconditions": {"uid": found["metadata"]["uid"]}})
             log.info("job deleted: its run was cancelled", job=job)
@@ -220,7 +225,7 @@ class KubernetesJobActions:
                 if exc.status == 404:
                     raise ActionFailed(f"{name}: {exc} (deleted while it ran)", retryable=False) from None
                 raise exc.failed(name) from None
-            if ((found.get("metadata") or {}).get("labels") or {}).get(KEY_LABEL) != digest:
+            if not _steps(found, digest):
                 raise ActionFailed(f"{name}: a job named {url.rsplit('/', 1)[-1]} exists that this step did not "
                                    "create; not touching it", retryable=False)
             state = _finished(found)

@@ -56,6 +56,8 @@ def _die_with(worker: int) -> Callable[[], None]:
                 os._exit(1)
 
     return die_with_worker
+
+
 # The worker's variables the leader (a Python) may need to start, kept from the command.
 LEADER_NEEDS = ("LD_LIBRARY_PATH",)
 REFUSED_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.E2BIG})

@@ -227,7 +227,7 @@ def load_directory(path: str | Path, *, actions: Mapping[str, ActionSpec] | None
             continue
         except PlaybookLoadErrors as exc:
             errors.extend(exc.errors)
-            if name := _declared_name(file):
+            if name := declared_name(file):
                 broken.setdefault(name, file)
             continue
         name = playbook.playbook.name
@@ -584,7 +584,8 @@ def _call_error(loaded: LoadedPlaybook, loc: Loc, message: str) -> PlaybookError
     return _Locator(data if isinstance(data, dict) else {}, lines, loaded.path)(loc, message)
 
 
-def _declared_name(path: Path) -> str | None:
+def declared_name(path: Path) -> str | None:
+    """The `name:` a playbook file gives, read as far as its YAML goes (None: it gives none)."""
     try:  # (through _parse_yaml: a file refused as too big is not expanded here either)
         data, _, _ = _parse_yaml(path.read_text(encoding="utf-8"), path)
     except (OSError, UnicodeDecodeError, PlaybookError):
@@ -597,7 +598,7 @@ def _broken_names(directory: Path, loaded: Mapping[str, LoadedPlaybook]) -> dict
     found: dict[str, Path] = {}
     for file in sorted(directory.iterdir()):
         if file.suffix in PLAYBOOK_SUFFIXES and not file.name.startswith(".") and file.is_file():
-            name = _declared_name(file)
+            name = declared_name(file)
             if name and name not in loaded:
                 found.setdefault(name, file)
     return found

@@ -28,7 +28,7 @@ from bot.playbook.loader import (
     Catalog,
     LoadedPlaybook,
     PlaybookLoadErrors,
-    _declared_name,
+    declared_name,
     load_directory,
 )
 
@@ -182,10 +182,12 @@ class LiveCatalog:
         for name, previous in self._catalog.items():
             if previous.path.name in broken and previous.path.name not in paths and name not in loaded:
                 loaded[name] = previous
-            elif name in loaded and loaded[name].path.name != previous.path.name and _still_claims(previous, name):
-                # A second file claiming a served name does not take it over (red team: a copy made
-                # to try an edit sorts first, "echo-copy.yaml" before "echo.yaml", and its steps
-                # became what every new run of that name ran): its holder keeps it.
+            elif (name in loaded and loaded[name].path.name != previous.path.name
+                  and declared_name(previous.path) == name):
+                # A second file claiming a served name does not take it over while the file that
+                # served it still names it (red team: a copy made to try an edit sorts first,
+                # "echo-copy.yaml" before "echo.yaml", and its steps became what every new run of
+                # that name ran): its holder keeps it.
                 loaded[name] = previous  # (as served: it passed the directory's checks, calls included)
         return Catalog(loaded.values())
 
@@ -263,8 +265,3 @@ class LiveCatalog:
                 loop.remove_signal_handler(signal.SIGHUP)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
-
-
-def _still_claims(previous: LoadedPlaybook, name: str) -> bool:
-    """Whether the file that served `name` is still there and still names it."""
-    return _declared_name(previous.path) == name
