@@ -11,10 +11,11 @@ execution (a workflow's type and queue never change).
 Only the workflow code of the worker that runs a local activity can schedule it, but that does
 not vouch for its execution: a workflow task can reach this worker on its sticky queue, whose name
 the completing worker chooses, so an execution on someone else's queue can have its tasks (and
-local activities) run here. A run's admission (a local activity) starts the question early: the
-describe runs while its first workflow task completes, and what the run does next (its first
-step, its record, its Slack message) finds the answer there (issue 17: the describe sat between an
-alert and its first action).
+local activities) run here. The question starts as soon as an execution's first workflow task
+reaches this worker (`expect`, from the sandbox runner as it creates the instance, before any of
+the run's code runs): the describe runs beside its admission, and what the run does next (its
+first step, its record, its Slack message) finds the answer there (issue 17: the describe sat
+between an alert and its first action, then inside the admission's local activity).
 
 The same sticky queue lets such an execution's task be answered here, by the bot's code replaying a
 history someone else's worker wrote (checked against the dev server: the server sends the task to
@@ -39,13 +40,16 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from datetime import timedelta
-from typing import Any, Iterable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NoReturn, Sequence
 
 import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 log = structlog.get_logger(__name__)
 ADMIT = "run.admit"
@@ -66,8 +70,9 @@ ASK_AGAIN = (0.2, 1.0)  # seconds before the second and third tries
 class OwnWorkflowsOnly(Interceptor):
     """Runs an activity only for a workflow of `types` whose tasks go to the activity's own queue."""
 
-    def __init__(self, types: Iterable[str]) -> None:
+    def __init__(self, types: Iterable[str], client: Client | None = None) -> None:
         self.types = frozenset(types)
+        self.client = client  # for `expect`, which runs outside any activity
         # Temporal's answers: execution -> (workflow type, task queue), which never change.
         self._answers: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
         self._asking: dict[tuple[str, str], asyncio.Future[tuple[str, str]]] = {}
@@ -101,6 +106,19 @@ class OwnWorkflowsOnly(Interceptor):
             self._answers.move_to_end(key)
         self._refuse_unless_ours(info, answer)
 
+    def expect(self, workflow_id: str, run_id: str, workflow_type: str) -> None:
+        """An execution of `workflow_type` whose workflow task has just reached this worker: ask
+        about it now, so its activities find the answer. Only on the worker's event loop, and only
+        with a client; an answer kept or a question under way is not asked again."""
+        if self.client is None or workflow_type not in self.types or not workflow_id or not run_id:
+            return
+        key = (workflow_id, run_id)
+        if key in self._answers or key in self._asking:
+            return
+        asking = self._asking[key] = asyncio.ensure_future(
+            self._describe(workflow_id, run_id, "its activities", self.client))
+        asking.add_done_callback(lambda done: self._answered(key, done))
+
     def _refuse_unless_ours(self, info: activity.Info, answer: tuple[str, str]) -> None:
         workflow_type, task_queue = answer
         if workflow_type not in self.types:
@@ -115,7 +133,8 @@ class OwnWorkflowsOnly(Interceptor):
             return None
         asking = self._asking.get(key)
         if asking is None or _failed(asking):  # (an early question's failure is asked again by the step)
-            asking = self._asking[key] = asyncio.ensure_future(self._describe(info))
+            asking = self._asking[key] = asyncio.ensure_future(
+                self._describe(info.workflow_id or "", info.workflow_run_id, info.activity_type))
             asking.add_done_callback(lambda done: self._answered(key, done))
         return asking
 
@@ -129,10 +148,12 @@ class OwnWorkflowsOnly(Interceptor):
             self._answers.popitem(last=False)
 
     @staticmethod
-    async def _describe(info: activity.Info) -> tuple[str, str]:
+    async def _describe(workflow_id: str, run_id: str | None, asker: str, client: Client | None = None
+                        ) -> tuple[str, str]:
         """The workflow's type and task queue, as Temporal records them; a few quick tries, since
-        each failed attempt of the activity would count against its step's retries."""
-        handle = activity.client().get_workflow_handle(info.workflow_id or "", run_id=info.workflow_run_id)
+        each failed attempt of the activity would count against its step's retries. `asker`: what
+        asked (an activity type), for the error; `client`: the activity's own when None."""
+        handle = (client or activity.client()).get_workflow_handle(workflow_id, run_id=run_id)
         for wait in (*ASK_AGAIN, None):
             try:
                 desc = await handle.describe(rpc_timeout=ASK_TIMEOUT)
@@ -140,7 +161,7 @@ class OwnWorkflowsOnly(Interceptor):
             except RPCError as exc:
                 if wait is None or exc.status == RPCStatusCode.NOT_FOUND:
                     raise ApplicationError(
-                        f"{info.activity_type}: cannot tell which workflow scheduled it ({exc}); "
+                        f"{asker}: cannot tell which workflow scheduled it ({exc}); "
                         "not acting until Temporal says", type=CALLER_UNKNOWN) from None
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from temporalio.bridge.proto.workflow_activation import WorkflowActivation
 from temporalio.bridge.proto.workflow_completion import WorkflowActivationCompletion
@@ -76,13 +76,16 @@ def shared_converter(client: Client) -> Client:
     return Client(**config)
 
 
-def workflow_runner(converter: DataConverter | None = None) -> SandboxedWorkflowRunner:
+def workflow_runner(converter: DataConverter | None = None,
+                    on_instance: Callable[[str, str, str], None] | None = None) -> SandboxedWorkflowRunner:
     """The sandbox, with pure, deterministic modules passed through instead of re-imported per run;
-    context-blind when `converter` (the worker's) makes no use of serialization contexts."""
+    context-blind when `converter` (the worker's) makes no use of serialization contexts. Then
+    `on_instance(workflow_id, run_id, workflow_type)` hears of each execution as its instance is
+    created, on the worker's event loop, before any of its workflow code runs."""
     restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
     if converter is not None and context_blind(converter):
         skip_plain_payload_passes()
-        return ContextBlindRunner(restrictions=restrictions)
+        return ContextBlindRunner(restrictions=restrictions, on_instance=on_instance)
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
@@ -101,7 +104,11 @@ class ContextBlindRunner(SandboxedWorkflowRunner):
     SandboxedWorkflowRunner still, so the SDK's own adjustments of a sandbox (debug mode's
     passthrough, a plugin's) apply to it and keep its type."""
 
+    on_instance: Callable[[str, str, str], None] | None = None
+
     def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
+        if self.on_instance is not None:
+            self.on_instance(det.info.workflow_id, det.info.run_id, det.info.workflow_type)
         return _ContextBlindInstance(super().create_instance(det))
 
 

@@ -63,15 +63,17 @@ def make_worker(
     own = [*LockActivities(client, keyring).all(), *PeekActivities(client).all()]
     locks = [a for a in own if a.__temporal_activity_definition.name not in names]
     workflows = [PlaybookRun, KeyLock]
+    # Activities act only for these workflows, on this queue (bot/engine/callers.py); the question
+    # about an execution starts when its first workflow task reaches the runner.
+    callers = OwnWorkflowsOnly((w.__temporal_workflow_definition.name for w in workflows), client)  # type: ignore[attr-defined]
     return Worker(
         client,
         task_queue=task_queue,
         workflows=workflows,
         activities=[*activities, *locks],  # the lock's and run.peek, unless a test brings its own
-        # Activities act only for these workflows, on this queue (bot/engine/callers.py).
-        interceptors=[OwnWorkflowsOnly(w.__temporal_workflow_definition.name for w in workflows),  # type: ignore[attr-defined]
-                      *options.pop("interceptors", [])],
-        workflow_runner=workflow_runner(client.data_converter) if sandboxed else UnsandboxedWorkflowRunner(),
+        interceptors=[callers, *options.pop("interceptors", [])],
+        workflow_runner=(workflow_runner(client.data_converter, on_instance=callers.expect) if sandboxed
+                         else UnsandboxedWorkflowRunner()),
         # Send heartbeats at least every second so a cancel reaches a long step in about a second.
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         **options,

@@ -43,9 +43,10 @@ class Counted(OwnWorkflowsOnly):
         self.answers = answers
         self.asked: list[str] = []
 
-    async def _describe(self, info: activity.Info) -> tuple[str, str]:  # type: ignore[override]
-        self.asked.append(info.workflow_run_id or "")
-        return self.answers[info.workflow_run_id or ""]
+    async def _describe(self, workflow_id: str, run_id: str | None, asker: str,  # type: ignore[override]
+                        client: Any = None) -> tuple[str, str]:
+        self.asked.append(run_id or "")
+        return self.answers[run_id or ""]
 
 
 async def answered(callers: OwnWorkflowsOnly) -> None:
@@ -151,17 +152,48 @@ async def test_a_local_activity_does_not_vouch_for_an_execution_on_another_queue
 
 async def test_an_early_question_that_fails_is_asked_again_by_the_step() -> None:
     class FailingOnce(Counted):
-        async def _describe(self, info: activity.Info) -> tuple[str, str]:  # type: ignore[override]
+        async def _describe(self, workflow_id: str, run_id: str | None, asker: str,  # type: ignore[override]
+                            client: Any = None) -> tuple[str, str]:
             if not self.asked:
                 self.asked.append("failed")
                 raise ApplicationError("Temporal did not answer", type="CallerUnknown")
-            return await super()._describe(info)
+            return await super()._describe(workflow_id, run_id, asker, client)
 
     callers = FailingOnce({"r-1": ("PlaybookRun", QUEUE)})
     await callers.check(local(RUN))
     await asyncio.sleep(0)
     await callers.check(RUN)
     assert callers.asked == ["failed", "r-1"]
+
+
+async def test_an_execution_the_runner_hands_over_is_asked_about_before_any_activity() -> None:
+    """`expect` (the sandbox runner, as the execution's first task arrives) starts the question;
+    the admission and the first step then find it under way or answered, and ask nothing more."""
+    callers = Counted({"r-1": ("PlaybookRun", QUEUE)})
+    callers.client = object()  # type: ignore[assignment]  (any client: Counted answers itself)
+    callers.expect("run-1", "r-1", "PlaybookRun")
+    callers.expect("run-1", "r-1", "PlaybookRun")  # a replay after eviction: asked once
+    await callers.check(local(RUN))
+    await callers.check(RUN)
+    assert callers.asked == ["r-1"]
+
+
+async def test_expect_asks_nothing_for_another_type_or_without_a_client() -> None:
+    callers = Counted({})
+    callers.expect("run-1", "r-1", "PlaybookRun")  # no client: the activities ask, as before
+    callers.client = object()  # type: ignore[assignment]
+    callers.expect("other-1", "o-1", "Other")
+    await asyncio.sleep(0)
+    assert callers.asked == [] and not callers._asking
+
+
+async def test_the_workers_runner_hands_each_new_execution_to_its_caller_check(dev_env: WorkflowEnvironment) -> None:
+    worker = make_worker(dev_env.client, f"tq-{uuid.uuid4()}", [])
+    config = worker.config()
+    (callers,) = [i for i in config["interceptors"] if isinstance(i, OwnWorkflowsOnly)]
+    runner = config["workflow_runner"]
+    assert callers.client is not None
+    assert getattr(runner, "on_instance", None) == callers.expect
 
 
 async def test_a_local_activity_of_a_type_the_worker_does_not_run_asks_nothing() -> None:

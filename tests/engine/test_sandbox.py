@@ -100,7 +100,7 @@ async def test_runs_never_ask_the_sandbox_for_a_context(dev_env, monkeypatch):
     restrictions = workflow_runner().restrictions
     blind, plain = _CountingBlind(restrictions=restrictions), _Counting(restrictions=restrictions)
     for runner in (blind, plain):
-        monkeypatch.setattr(worker_module, "workflow_runner", lambda converter, runner=runner: runner)
+        monkeypatch.setattr(worker_module, "workflow_runner", lambda converter, on_instance=None, runner=runner: runner)
         async with make_worker(dev_env.client, f"tq-{uuid.uuid4()}", rec.activities() + policy(APPROVAL)) as w:
             assert w.config()["workflow_runner"] is runner
             handle = await dev_env.client.start_workflow(PlaybookRun.run, gated("cli:carl"), id=f"run-{uuid.uuid4()}",
