@@ -21,9 +21,9 @@ The same sticky queue lets such an execution's task be answered here, by the bot
 history someone else's worker wrote (checked against the dev server: the server sends the task to
 whatever sticky queue the previous completion named; tests/security/test_sticky_redirect.py forges
 such a history end to end). What that code then schedules as regular activities meets the check
-above, which asks Temporal: refused. Its local activities are checked the same way, all but the two
-whose only effect is their answer (ANSWERING_LOCAL: admission and the lock's check of its messages'
-seals, each handed nothing to write). Others write where others read or trust: the trail
+above, which asks Temporal: refused. Its local activities are checked the same way, all but those
+whose only effect is their answer (ANSWERING_LOCAL: admission, the lock's check of its messages'
+seals and the check of a policy answer's seal, each handed nothing to write). Others write where others read or trust: the trail
 (`audit.record`, and a LOCAL_ACTIONS step such as `core.log`, which records itself), Slack as the
 bot (`slack.sync`), a seal with the worker's keys (`lock.seal`), or answer from what the execution's
 own state supplies (the approver question evaluates the policy on it, a sub-playbook's snapshot
@@ -58,7 +58,7 @@ ADMIT = "run.admit"
 # activity is checked as a regular activity is (default deny): a task of an execution on another
 # queue can reach this worker by a sticky queue that execution's worker named (docs/security.md),
 # and the bot's code would run them for it. One handed audit events to write is checked too.
-ANSWERING_LOCAL = frozenset({ADMIT, "lock.verify"})
+ANSWERING_LOCAL = frozenset({ADMIT, "lock.verify", "policy.answer_holds"})
 
 CALLER_REFUSED = "CallerRefused"
 CALLER_UNKNOWN = "CallerUnknown"

@@ -23,6 +23,7 @@ from bot.audit.checkpoint import start_checkpoints
 from bot.audit.recorder import AuditActivities, AuditWriter
 from bot.engine.admission import Admitter
 from bot.engine.approvals import register_keyring, register_policy
+from bot.engine.answers import SealAnswers
 from bot.engine.callers import OwnWorkflowsOnly
 from bot.engine.children import CatalogActivities, PeekActivities
 from bot.engine.lock_workflow import KeyLock
@@ -60,7 +61,11 @@ def make_worker(
     replay of checked-in histories keep it (a history made without it must replay within it)."""
     client = shared_converter(client)
     names = {getattr(getattr(a, "__temporal_activity_definition", None), "name", None) for a in activities}
-    own = [*LockActivities(client, keyring).all(), *PeekActivities(client).all()]
+    lock = LockActivities(client, keyring)
+    # The policy answers a run obeys leave this worker sealed with the lock's keys (the envelope
+    # keys, else this process's own); the run checks the seal (bot/engine/answers.py).
+    seals = SealAnswers(lock.keys)
+    own = [*lock.all(), *PeekActivities(client).all(), seals.holds]
     locks = [a for a in own if a.__temporal_activity_definition.name not in names]
     workflows = [PlaybookRun, KeyLock]
     # Activities act only for these workflows, on this queue (bot/engine/callers.py); the question
@@ -70,8 +75,8 @@ def make_worker(
         client,
         task_queue=task_queue,
         workflows=workflows,
-        activities=[*activities, *locks],  # the lock's and run.peek, unless a test brings its own
-        interceptors=[callers, *options.pop("interceptors", [])],
+        activities=[*activities, *locks],  # the lock's, run.peek and the seal check, unless a test brings its own
+        interceptors=[callers, seals, *options.pop("interceptors", [])],
         workflow_runner=(workflow_runner(client.data_converter, on_instance=callers.expect) if sandboxed
                          else UnsandboxedWorkflowRunner()),
         # Send heartbeats at least every second so a cancel reaches a long step in about a second.

@@ -16,7 +16,7 @@ from temporalio.common import RetryPolicy as TemporalRetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import ValidationError
+    from pydantic import BaseModel, ValidationError
 
     from bot.actions.activities import describe_validation_error, started_event
     from bot.actions.base import ActionInput, ActionResult
@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.audit.recorder import AuditBatch, AuditMode, event
     from bot.actions.core import ApproveParams, ConfirmParams, FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
+    from bot.engine.answers import HOLDS, SEALED, AnswerCheck
     from bot.engine.approvals import (
         NAME_MAX,
         POLICY_FAILED,
@@ -118,12 +119,18 @@ ENGINE_V8_PATCH = "engine-v8"
 # run's: `k8s.rollout_restart` found the first run's record and restarted nothing, and a target that
 # honours Idempotency-Key answered from its cache (red-team, stop 48). A retry, and a reset (the same
 # first execution), keep their keys: a repeat the target can tell.
-ENGINE_PATCH = "engine-v9"
+ENGINE_V9_PATCH = "engine-v9"
+# engine-v9, and a policy answer the run obeys (`decide` before a high-impact step, `cancel` for a
+# cancel update) is believed only with the worker's seal, checked by a local activity: a plain
+# Temporal client could complete the pending activity by id and hand the run `allow` with no
+# approval, or a cancel in a verified canceller's name (bot/engine/answers.py; red-team, stop 50).
+ENGINE_PATCH = "engine-v10"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
 LOCAL_ACTIONS = frozenset({"core.log"})
 ADMIT_TIMEOUT = timedelta(seconds=30)
+ANSWER_UNSEALED = "AnswerUnsealed"
 ANONYMOUS_CANCELS_AUDITED = 10
 CANCEL_REFUSED = "CancelRefused"
 CANCEL_UNSUPPORTED = "CancelUnsupported"
@@ -287,6 +294,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._votes_in_task = False  # engine-v3: a vote's approver check runs inside the workflow task
         self._front_verdicts = False  # engine-v8: a vote's check may be its front door's sealed verdict
         self._keys_per_execution = False  # engine-v9: idempotency keys carry the execution
+        self._sealed_answers = False  # engine-v10: `decide` and `cancel` answers need the worker's seal
         self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
         self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
         self._news = 0  # changes marked for Slack so far
@@ -642,7 +650,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (each marker also upserts a search attribute: work for the server in the run's first task);
         each engine-vN after it stands for the one before and what it added, again as one marker; an
         older run replays asking each patch as it did (newest first: a run asks until one is its own)."""
-        for patch, engine in ((ENGINE_PATCH, self._engine_v9), (ENGINE_V8_PATCH, self._engine_v8),
+        for patch, engine in ((ENGINE_PATCH, self._engine_v10), (ENGINE_V9_PATCH, self._engine_v9),
+                              (ENGINE_V8_PATCH, self._engine_v8),
                               (ENGINE_V7_PATCH, self._engine_v7),
                               (ENGINE_V6_PATCH, self._engine_v6),
                               (ENGINE_V5_PATCH, self._engine_v5),
@@ -664,6 +673,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         is another, while a reset keeps it, so the steps a reset repeats repeat with their keys and
         the target can tell (tests/reliability/test_worker_crash.py)."""
         return workflow.info().first_execution_run_id.replace("-", "")
+
+    def _engine_v10(self) -> None:
+        """Every behaviour engine-v10 stands for."""
+        self._sealed_answers = True
+        self._engine_v9()
 
     def _engine_v9(self) -> None:
         """Every behaviour engine-v9 stands for."""
@@ -1481,15 +1495,27 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                                 execution=self._execution(), audit_mode=mode)
         self._handed(queued)
         self._acting()
+        name = f"policy.{rule}"
+        # engine-v10: an id of the run's choosing, which the worker's seal on the answer names
+        sealed = self._sealed_answers and name in SEALED
+        question = f"{name}:{workflow.uuid4()}" if sealed else None
         try:
             result = await workflow.execute_activity(
-                f"policy.{rule}",
+                name,
                 request,
                 result_type=result_type,
                 start_to_close_timeout=POLICY_TIMEOUT,
                 retry_policy=POLICY_RETRY,
                 summary=f"policy {rule}",
+                activity_id=question,
             )
+            if question is not None and not await self._answer_holds(question, result):
+                raise ActivityError(
+                    f"{name}: an answer no worker sealed", scheduled_event_id=0, started_event_id=0, identity="",
+                    activity_type=name, activity_id=question, retry_state=None,
+                ) from ApplicationError(
+                    f"{name} was answered by something other than a worker of the bot (its seal does not hold): "
+                    "refused", type=ANSWER_UNSEALED, non_retryable=True)
         except ActivityError as exc:
             self._returned(queued)
             self._put_back(queued)
@@ -1505,6 +1531,19 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             self._kept(queued, result.unrecorded, at, mode)
             result.unrecorded = None
         return result
+
+    async def _answer_holds(self, question: str, answer: BaseModel) -> bool:
+        """Whether `answer` carries this worker's seal for `question` (a local activity, which only
+        the worker can answer; its failure is a no)."""
+        try:
+            return bool(await self._local_activity(
+                HOLDS, AnswerCheck(activity_id=question, answer=answer.model_dump(mode="json")),
+                result_type=bool, start_to_close_timeout=POLICY_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_attempts=3), summary="the policy answer's seal",
+            ))
+        except FailureError as exc:
+            self._log("a policy answer's seal could not be checked: refused", error=str(exc))
+            return False
 
     async def _gate(self, step: Step, st: StepStatus) -> bool:
         """Before a high-impact step: allow, deny, or wait for approvals (DESIGN.md policy contract)."""

@@ -71,11 +71,18 @@ class Unrecorded(BaseModel):
     unrecorded: list[AuditEvent] | None = None
 
 
-class DecisionAnswer(Decision, Unrecorded):
+class Sealed(BaseModel):
+    """The worker's seal on an answer a run obeys (bot/engine/answers.py): set on the way out of
+    the worker, checked by the run; not the policy's answer either."""
+
+    seal: str | None = None
+
+
+class DecisionAnswer(Decision, Unrecorded, Sealed):
     pass
 
 
-class ActorAnswer(ActorVerdict, Unrecorded):
+class ActorAnswer(ActorVerdict, Unrecorded, Sealed):
     pass
 
 

@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -186,12 +186,15 @@ async def trust_stack(
     root: Path,
     playbooks: Mapping[str, str],
     data: Mapping[str, Any] | None = None,
+    *,
+    activities: Callable[[list[Any]], list[Any]] | None = None,
     **settings: Any,
 ) -> AsyncIterator[TrustStack]:
     """Worker + front door on `client`'s Temporal, a fresh task queue, the shipped policy with
     `PEOPLE`, `GROUPS` and `data`. The worker also verifies the dev stack's key (DEV_KEY), as the
     worker of `dev` does, so `cli_actor()` proofs count as the CLI's there. Keyword arguments are
-    more Settings fields (shell_allow...)."""
+    more Settings fields (shell_allow...); `activities` changes the worker's activities (a test
+    holding one of them)."""
     fake.reset()
     for user, name in [(ALICE, "alice"), (BOB, "bob"), (CAROL, "carol"), (DAVE, "dave"), (MALLORY, "mallory")]:
         fake.add_user(user, name)
@@ -229,7 +232,8 @@ async def trust_stack(
             assert slack is not None
             routers = [*front_door(settings, client, catalog, deps.policy, deps.audit, slack, keys), recorder]
             http = Http(settings, create_app(Readiness(), routers))
-            async with make_worker(client, settings.task_queue, deps.activities):
+            held = activities(deps.activities) if activities is not None else deps.activities
+            async with make_worker(client, settings.task_queue, held):
                 await http.start()
                 try:
                     async with httpx.AsyncClient(timeout=30) as web:
