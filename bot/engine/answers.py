@@ -8,9 +8,9 @@ approval asked; a pending `policy.cancel` answered "allowed, bob, verified" canc
 bob's name (red-team, stop 50; tests/security/test_forged_activity_results.py).
 
 So the worker seals what its policy activities return (`SealAnswers`, an interceptor: whatever
-implements the question, its answer is sealed on the way out), bound to the execution and the
-activity id the run chose for that question, with the worker's envelope keys (the lock's seal, as
-bot/engine/locks.py). The run then asks `policy.answer_holds`, a local activity, whose answer
+implements the question, its answer is sealed on the way out), bound to the workflow and to the
+activity id the run chose for that question (`<question>:<first execution>:<uuid>`), with the
+worker's envelope keys (the lock's seal, as bot/engine/locks.py). The run then asks `policy.answer_holds`, a local activity, whose answer
 only this worker can give: a forged answer, or a genuine one moved from another question, does
 not hold, and the run treats it as a policy that could not be asked (fail closed). The check is a
 local activity, not workflow code, so a replay reads its recorded result whatever keys the
@@ -52,8 +52,11 @@ def answer_content(model: type[BaseModel], answer: Any) -> dict[str, Any]:
     return model.model_validate(to_jsonable_python(answer)).model_dump(mode="json", exclude={"seal"})
 
 
-def _sealed(workflow_id: str, run_id: str, activity_id: str, content: dict[str, Any]) -> dict[str, Any]:
-    return {"workflow_id": workflow_id, "run_id": run_id, "activity_id": activity_id, "answer": content}
+def _sealed(workflow_id: str, activity_id: str, content: dict[str, Any]) -> dict[str, Any]:
+    """What a seal binds: the question (its id is the run's, unique to it and kept by an operator's
+    reset: a new execution re-reading the answer its history holds still finds it sealed, while the
+    questions it asks after the reset point get ids of their own) and the answer."""
+    return {"workflow_id": workflow_id, "activity_id": activity_id, "answer": content}
 
 
 class SealAnswers(Interceptor):
@@ -69,7 +72,7 @@ class SealAnswers(Interceptor):
     def seal(self, info: activity.Info, answer: Any) -> dict[str, Any]:
         model = SEALED[info.activity_type]
         content = answer_content(model, answer)
-        where = _sealed(info.workflow_id or "", info.workflow_run_id or "", info.activity_id, content)
+        where = _sealed(info.workflow_id or "", info.activity_id, content)
         return {**content, "seal": self.keyring.seal(LABEL, where)}
 
     @activity.defn(name=HOLDS)
@@ -85,7 +88,7 @@ class SealAnswers(Interceptor):
             content = answer_content(model, check.answer)
         except ValueError:
             return False
-        where = _sealed(info.workflow_id or "", info.workflow_run_id or "", check.activity_id, content)
+        where = _sealed(info.workflow_id or "", check.activity_id, content)
         if self.keyring.seal_holds(LABEL, where, seal):
             return True
         log.error("a policy answer that no worker sealed: refused", activity_id=check.activity_id,

@@ -1067,10 +1067,25 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             self._cancelled(st)
             raise
         except ActivityError as exc:
-            if isinstance(exc.cause, CancelledError):
+            if isinstance(exc.cause, CancelledError) and self._run_cancelled(exc):
                 self._cancelled(st)
                 raise asyncio.CancelledError() from exc
             return describe_failure(exc, max_attempts)
+
+    def _run_cancelled(self, exc: ActivityError) -> bool:
+        """Whether an activity that ended cancelled was cancelled by this run (an accepted cancel,
+        a parallel group's failed sibling: the awaiting task was cancelled). From engine-v10 one
+        that was not is a failure, not a cancel: a plain client can fail a pending activity by id
+        as cancelled, and a run that read that as a cancel rolled back with nobody's cancel asked
+        (red-team, stop 50)."""
+        if not self._sealed_answers:
+            return True
+        task = asyncio.current_task()
+        cancelled = task is not None and task.cancelling() > 0
+        if not cancelled:
+            self._log("an activity ended cancelled that this run did not cancel: a failure",
+                      activity=exc.activity_type, activity_id=exc.activity_id)
+        return cancelled
 
     # ---- failure paths (format v1.1; a v1 step takes none of them) -----------------------
 
@@ -1354,8 +1369,27 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             raise
         self._returned(queued)
         if spooled:
-            self._kept(queued, result.unrecorded, at, mode)
+            self._kept(queued, self._own_events(input, result.unrecorded, result.attempt), at, mode)
         return result
+
+    def _own_events(self, input: ActionInput, events: list[AuditEvent] | None, attempt: int) -> list[AuditEvent] | None:
+        """Of the events an action's result or failure says it could not write (the trail is down),
+        only what the action itself writes: its started event, as this run builds it, and its own
+        `step_output` records. From engine-v10: a result is whatever completes the activity, and a
+        plain client can complete one by id; what she listed entered the trail as the run's own
+        (another run's approval, this run's next decision before the genuine one: red-team, stop 50)."""
+        if events is None or not self._sealed_answers:
+            return events
+        started = started_event(input, attempt, ts=workflow.now())
+        outputs = event(input.run_id, input.step_id, EventKind.step_output).event_id + ":"
+        own = [started if e.event_id == started.event_id else e for e in events
+               if e.event_id == started.event_id
+               or (e.kind == EventKind.step_output and e.run_id == input.run_id and e.step_id == input.step_id
+                   and e.event_id.startswith(outputs))]
+        if len(own) != len(events):
+            self._log("events an action's result listed as its own, not written: they are not the action's",
+                      step_id=input.step_id, dropped=len(events) - len(own))
+        return own
 
     async def _local_action(
         self, action: str, input: ActionInput, timeout: timedelta, retry: RetryPolicy, summary: str
@@ -1397,7 +1431,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         activity did write it). A cancel names nothing either: its step_failed says it was cancelled."""
         own = self._failed_unrecorded(exc)
         if own is not None:
-            self._kept([], own, at, mode)
+            self._kept([], self._own_events(input, own, describe_failure(exc, max_attempts)[1]), at, mode)
         elif isinstance(exc, ActivityError) and isinstance(exc.cause, TimeoutError):
             _, attempt = describe_failure(exc, max_attempts)
             self._put_back([], [started_event(input, attempt, ts=workflow.now())], at)
@@ -1498,7 +1532,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         name = f"policy.{rule}"
         # engine-v10: an id of the run's choosing, which the worker's seal on the answer names
         sealed = self._sealed_answers and name in SEALED
-        question = f"{name}:{workflow.uuid4()}" if sealed else None
+        # (its first execution, which a reset keeps: the reset execution replays this very command)
+        question = f"{name}:{self._first_execution()}:{workflow.uuid4()}" if sealed else None
         try:
             result = await workflow.execute_activity(
                 name,
@@ -1519,7 +1554,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         except ActivityError as exc:
             self._returned(queued)
             self._put_back(queued)
-            if isinstance(exc.cause, CancelledError):
+            if isinstance(exc.cause, CancelledError) and self._run_cancelled(exc):
                 raise asyncio.CancelledError() from exc  # a cancel, not a policy answer
             return policy_unanswered(result_type, exc)
         except BaseException:

@@ -14,22 +14,30 @@ ask, and fails closed.
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import datetime, timezone
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from temporalio import activity
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import AsyncActivityIDReference, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import CancelledError as TemporalCancelledError
 from temporalio.service import RPCError
 
+from bot.actions.base import ActionInput
 from bot.engine.runs import start_run
 from bot.engine.state import CancelRequest, RunStatus, TriggerContext
 from bot.engine.workflow import PlaybookRun
 from bot.policy.activities import PolicyRequest
 from tests.security.test_raw_temporal import DATA, PLAYBOOKS
-from tests.security.trust_stack import FRONT_DOOR, TrustStack, slack_actor, state_of, trust_stack, until
+from tests.security.trust_stack import FRONT_DOOR, TrustStack, result, slack_actor, state_of, trust_stack, until
 from tests.slack.support import ALICE, BOB, MALLORY, principal
+from tests.waiting import eventually
 
 
 
@@ -60,11 +68,44 @@ class Hold:
         return held
 
 
-DECIDE, CANCEL = Hold("policy.decide"), Hold("policy.cancel")
+class ActionHold(Hold):
+    """The same for a step's action (a slow target)."""
+
+    def held(self, inner: Callable[..., Any]) -> Callable[..., Any]:
+        hold = self
+
+        @activity.defn(name=self.name)
+        async def held(input: ActionInput) -> Any:
+            if hold.armed:
+                hold.armed = False
+                hold.asked.set()
+                await hold.release.wait()
+            return await inner(input)
+
+        return held
+
+
+DECIDE, CANCEL, ACT = Hold("policy.decide"), Hold("policy.cancel"), ActionHold("http.request")
+
+UNDOABLE = """
+name: undoable
+summary: Act (undone on a rollback), then a high-impact call behind a decision
+owner: sre
+vars: {sink: "{sink}"}
+steps:
+  - id: poke
+    action: http.request
+    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/poke"}
+    compensate: {action: http.request, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/undo-poke"}}
+  - id: risky
+    action: http.request
+    impact: high
+    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/risky"}
+"""
 
 
 def holding(activities: list[Any]) -> list[Any]:
-    holds = {hold.name: hold for hold in (DECIDE, CANCEL)}
+    holds = {hold.name: hold for hold in (DECIDE, CANCEL, ACT)}
     return [holds[name].held(fn) if (name := _name(fn)) in holds else fn for fn in activities]
 
 
@@ -74,8 +115,8 @@ def _name(fn: Any) -> str | None:
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(dev_env: Any, _slack_server: Any, tmp_path_factory: Any) -> AsyncIterator[TrustStack]:
-    async with trust_stack(dev_env.client, _slack_server, tmp_path_factory.mktemp("forged"), PLAYBOOKS, DATA,
-                           activities=holding) as s:
+    async with trust_stack(dev_env.client, _slack_server, tmp_path_factory.mktemp("forged"),
+                           {**PLAYBOOKS, "undoable": UNDOABLE}, DATA, activities=holding) as s:
         yield s
 
 
@@ -97,10 +138,17 @@ async def _complete_pending(stack: TrustStack, handle: WorkflowHandle[Any, Any],
     return completed
 
 
-async def _gated_run(stack: TrustStack) -> WorkflowHandle[Any, Any]:
+async def _gated_run(stack: TrustStack, name: str = "gated") -> WorkflowHandle[Any, Any]:
     trigger = TriggerContext(kind="slack", requested_by=principal(ALICE))
-    return await start_run(stack.client, stack.task_queue, stack.loaded("gated"), {}, trigger,
+    return await start_run(stack.client, stack.task_queue, stack.loaded(name), {}, trigger,
                            actor=slack_actor(ALICE, "sre"), keyring=FRONT_DOOR)
+
+
+async def _pending(handle: WorkflowHandle[Any, Any], activity_type: str) -> tuple[str, str]:
+    description = await handle.describe()
+    (activity_id,) = [p.activity_id for p in description.raw_description.pending_activities
+                      if p.activity_type.name == activity_type]
+    return description.run_id, activity_id
 
 
 def _decided(status: RunStatus) -> bool:
@@ -142,3 +190,83 @@ async def test_a_pending_cancel_verdict_cannot_be_answered_by_a_client(stack: Tr
     assert status.cancelled_by is None and status.state == "waiting_approval", status
     (asked,) = stack.events(handle.id, "cancel_requested")
     assert asked.details["accepted"] is False and asked.details["by"] == principal(MALLORY)
+
+
+async def test_a_pending_decision_failed_as_cancelled_is_no_cancel(stack: TrustStack) -> None:
+    """Failing the pending question by id *as cancelled* read as a cancel: the run ended `cancelled`,
+    `risky` too, with nobody's cancel asked or recorded. A cancel the run did not make is a policy
+    that could not be asked: `risky` is denied, and the run fails as any denied step's does."""
+    DECIDE.arm()
+    handle = await _gated_run(stack, "undoable")
+    await asyncio.wait_for(DECIDE.asked.wait(), 30)
+    try:
+        run_id, activity_id = await _pending(handle, "policy.decide")
+        await stack.client.get_async_activity_handle(workflow_id=handle.id, run_id=run_id, activity_id=activity_id
+                                                     ).fail(TemporalCancelledError("nobody asked"))
+    finally:
+        DECIDE.release.set()
+    status = await result(handle)
+    assert status.cancelled_by is None and status.state != "cancelled", status
+    assert status.step("risky").state == "denied", status.step("risky")
+    assert f"/{handle.id}/risky" not in stack.sink.of(handle.id)
+    assert not [e for e in stack.events(handle.id, "cancel_requested") if e.details.get("accepted")]
+
+
+async def test_a_forged_action_result_writes_no_events_of_her_choosing(stack: TrustStack) -> None:
+    """Completing a running step by id with `unrecorded` events (what an action lists when the trail
+    is down) wrote them as the run's: another run's approval by bob, and this run's next decision
+    ahead of the genuine one (which the trail then dropped as a repeat). Only the action's own
+    events are kept now; the genuine decision is recorded."""
+    ACT.arm()
+    handle = await _gated_run(stack)
+    await asyncio.wait_for(ACT.asked.wait(), 30)
+    description = await handle.describe()
+    execution = description.run_id.replace("-", "")  # the first execution: anyone who can describe reads it
+    now = datetime.now(timezone.utc).isoformat()
+    forged = [
+        {"event_id": f"{handle.id}/{execution}:risky:policy_decision", "ts": now, "run_id": handle.id,
+         "step_id": "risky", "kind": "policy_decision", "actor": "policy",
+         "details": {"allow": False, "reasons": ["forged"], "action": "http.request"}},
+        {"event_id": "some-other-run:risky:approval_vote:bob", "ts": now, "run_id": "some-other-run",
+         "step_id": "risky", "kind": "approval_vote", "actor": principal(BOB),
+         "details": {"vote": "approve", "user": principal(BOB), "accepted": True}},
+    ]
+    try:
+        run_id, activity_id = await _pending(handle, "http.request")
+        await stack.client.get_async_activity_handle(workflow_id=handle.id, run_id=run_id, activity_id=activity_id
+                                                     ).complete({"output": {"status": 200}, "attempt": 1,
+                                                                 "unrecorded": forged})
+    finally:
+        ACT.release.set()
+    await until(handle, lambda s: s.step("risky").state == "waiting_approval", "risky waiting for approval")
+    assert not stack.events("some-other-run"), "a plain client wrote bob's approval of another run into the trail"
+    async def recorded() -> list[Any] | None:
+        return stack.events(handle.id, "policy_decision") or None
+
+    await eventually(recorded, timeout=10, what="the decision")
+    (decision,) = stack.events(handle.id, "policy_decision")
+    assert "forged" not in decision.details.get("reasons", []) and decision.details["require_approval"] is True
+
+
+async def test_an_operators_reset_keeps_a_genuine_decision(stack: TrustStack) -> None:
+    """`temporal workflow reset` to the workflow task that received `risky`'s genuine decision: the
+    new execution re-reads that answer from its history, and its seal still holds (it binds the
+    question, not the execution reading it)."""
+    handle = await _gated_run(stack)
+    await until(handle, lambda s: s.step("risky").state == "waiting_approval", "risky waiting for approval")
+    description = await handle.describe()
+    events = [e async for e in handle.fetch_history_events()]
+    asked = {e.event_id for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+             and e.activity_task_scheduled_event_attributes.activity_type.name == "policy.decide"}
+    answered = next(e.event_id for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+                    and e.activity_task_completed_event_attributes.scheduled_event_id in asked)
+    point = next(e.event_id for e in events if e.event_id > answered
+                 and e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
+    reset = await stack.client.workflow_service.reset_workflow_execution(ResetWorkflowExecutionRequest(
+        namespace=stack.client.namespace, workflow_execution=WorkflowExecution(workflow_id=handle.id,
+                                                                               run_id=description.run_id),
+        reason="an operator re-runs from the decision", workflow_task_finish_event_id=point,
+        request_id=str(uuid.uuid4())))
+    again = stack.client.get_workflow_handle(handle.id, run_id=reset.run_id)
+    status = await until(again, lambda s: s.step("risky").state not in ("pending", "running"), "risky decided again")
+    assert status.step("risky").state == "waiting_approval", status.step("risky")
