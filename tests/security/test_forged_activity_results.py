@@ -35,18 +35,18 @@ from bot.engine.state import CancelRequest, RunStatus, TriggerContext
 from bot.engine.workflow import PlaybookRun
 from bot.policy.activities import PolicyRequest
 from tests.security.test_raw_temporal import DATA, PLAYBOOKS
-from tests.security.trust_stack import FRONT_DOOR, TrustStack, result, slack_actor, state_of, trust_stack, until
+from tests.security.trust_stack import FRONT_DOOR, REMEDIATE, TrustStack, result, slack_actor, state_of, trust_stack, until
 from tests.slack.support import ALICE, BOB, MALLORY, principal
 from tests.waiting import eventually
 
 
 
 class Hold:
-    """Holds the worker's answer to one policy question while armed: a slow policy server, which
-    the attacker waits for (or a busy worker)."""
+    """Holds the worker's `name` activity while armed: a slow policy server or target, which the
+    attacker waits for (or a busy worker). `takes`: the activity's argument type."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, takes: type[Any] = PolicyRequest) -> None:
+        self.name, self.takes = name, takes
         self.armed = False
         self.asked = asyncio.Event()
         self.release = asyncio.Event()
@@ -57,47 +57,21 @@ class Hold:
     def held(self, inner: Callable[..., Any]) -> Callable[..., Any]:
         hold = self
 
-        @activity.defn(name=self.name)
-        async def held(request: PolicyRequest) -> Any:
+        async def held(arg: Any) -> Any:
             if hold.armed:
                 hold.armed = False
                 hold.asked.set()
                 await hold.release.wait()
-            return await inner(request)
+            return await inner(arg)
 
-        return held
-
-
-class ActionHold(Hold):
-    """The same for a step's action (a slow target)."""
-
-    def held(self, inner: Callable[..., Any]) -> Callable[..., Any]:
-        hold = self
-
-        @activity.defn(name=self.name)
-        async def held(input: ActionInput) -> Any:
-            if hold.armed:
-                hold.armed = False
-                hold.asked.set()
-                await hold.release.wait()
-            return await inner(input)
-
-        return held
+        held.__annotations__ = {"arg": self.takes, "return": Any}  # what the worker decodes the input as
+        return activity.defn(name=self.name)(held)
 
 
-DECIDE, CANCEL, ACT = Hold("policy.decide"), Hold("policy.cancel"), ActionHold("http.request")
+DECIDE, CANCEL, ACT = Hold("policy.decide"), Hold("policy.cancel"), Hold("http.request", ActionInput)
 
-UNDOABLE = """
-name: undoable
-summary: Act (undone on a rollback), then a high-impact call behind a decision
-owner: sre
-vars: {sink: "{sink}"}
-steps:
-  - id: poke
-    action: http.request
-    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/poke"}
-    compensate: {action: http.request, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/undo-poke"}}
-  - id: risky
+# `remediate`'s undoable first step, then a high-impact call behind a decision.
+UNDOABLE = REMEDIATE.split("  - id: hold")[0].replace("name: remediate", "name: undoable") + """  - id: risky
     action: http.request
     impact: high
     with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/risky"}
