@@ -26,7 +26,11 @@ import structlog
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 from temporalio import activity
-from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+)
 
 from bot.identity.proofs import Keyring
 from bot.policy.activities import ActorAnswer, DecisionAnswer

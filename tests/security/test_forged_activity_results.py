@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timezone
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timezone
 from typing import Any
 
 import pytest
@@ -25,7 +25,11 @@ from temporalio import activity
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
-from temporalio.client import AsyncActivityIDReference, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    AsyncActivityIDReference,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 from temporalio.service import RPCError
 
@@ -35,10 +39,18 @@ from bot.engine.state import CancelRequest, RunStatus, TriggerContext
 from bot.engine.workflow import PlaybookRun
 from bot.policy.activities import PolicyRequest
 from tests.security.test_raw_temporal import DATA, PLAYBOOKS
-from tests.security.trust_stack import FRONT_DOOR, REMEDIATE, TrustStack, result, slack_actor, state_of, trust_stack, until
+from tests.security.trust_stack import (
+    FRONT_DOOR,
+    REMEDIATE,
+    TrustStack,
+    result,
+    slack_actor,
+    state_of,
+    trust_stack,
+    until,
+)
 from tests.slack.support import ALICE, BOB, MALLORY, principal
 from tests.waiting import eventually
-
 
 
 class Hold:
@@ -196,7 +208,7 @@ async def test_a_forged_action_result_writes_no_events_of_her_choosing(stack: Tr
     await asyncio.wait_for(ACT.asked.wait(), 30)
     description = await handle.describe()
     execution = description.run_id.replace("-", "")  # the first execution: anyone who can describe reads it
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     forged = [
         {"event_id": f"{handle.id}/{execution}:risky:policy_decision", "ts": now, "run_id": handle.id,
          "step_id": "risky", "kind": "policy_decision", "actor": "policy",
