@@ -117,13 +117,16 @@ class AuditSpool:
     def _returned(self, queued: list[Queued]) -> None:
         self._holders -= 1 if queued else 0
 
-    def _kept(self, queued: list[Queued], own: list[AuditEvent] | None, at: int, mode: AuditMode) -> None:
+    def _kept(self, queued: list[Queued], own: list[AuditEvent] | None, at: int, mode: AuditMode,
+              down: bool = True) -> None:
         """The activity did not write (its result says): keep what it carried and its own. Only a
-        write that was tried and failed says the store is down; `defer` was this run's choice."""
+        write that was tried and failed says the store is down; `defer` was this run's choice, and
+        `down=False` a result that listed nothing of its own (a forged one: bot/engine/workflow.py
+        `_own_events`)."""
         if own is None:
             return
         self._put_back(queued, own, at)
-        if mode == "try":
+        if mode == "try" and down:
             self._went_down()  # (a no-op when nothing came back)
 
     def _failed_unrecorded(self, exc: BaseException) -> list[AuditEvent] | None:

@@ -92,17 +92,14 @@ class SubPlaybooks:
             self._log("peer run not reachable", peer=run_id)  # it has ended: its end says the rest
 
     async def _peek(self: _Run, run_id: str) -> Peek:
-        try:
-            return await workflow.execute_activity(
-                "run.peek",
-                PeekRequest(run_id=run_id),
-                result_type=Peek,
-                start_to_close_timeout=PEEK_TIMEOUT,
-                retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until a worker answers
-                summary=f"peek {run_id[:60]}",
-            )
-        except ActivityError as exc:
-            raise asyncio.CancelledError() from exc  # only a cancel ends an activity retried without limit
+        return await self._until_answered(lambda: workflow.execute_activity(  # type: ignore[attr-defined]
+            "run.peek",
+            PeekRequest(run_id=run_id),
+            result_type=Peek,
+            start_to_close_timeout=PEEK_TIMEOUT,
+            retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until a worker answers
+            summary=f"peek {run_id[:60]}",
+        ), "run.peek")
 
     def _root_run_id(self: _Run) -> str | None:
         """The root of this run's tree: a child run may take a lock its root holds."""

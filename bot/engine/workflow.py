@@ -8,8 +8,9 @@ query, so bookkeeping adds no round trips.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy as TemporalRetryPolicy
@@ -131,6 +132,8 @@ ENGINE_PATCH = "engine-v10"
 LOCAL_ACTIONS = frozenset({"core.log"})
 ADMIT_TIMEOUT = timedelta(seconds=30)
 ANSWER_UNSEALED = "AnswerUnsealed"
+T = TypeVar("T")
+ASK_AGAIN_AFTER = timedelta(seconds=1)  # engine-v10: an activity retried without limit that a client failed
 ANONYMOUS_CANCELS_AUDITED = 10
 CANCEL_REFUSED = "CancelRefused"
 CANCEL_UNSUPPORTED = "CancelUnsupported"
@@ -810,34 +813,29 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         return True
 
     async def _ask_lock(self, request: LockRequest) -> None:
-        try:
-            await workflow.execute_activity(
-                "lock.request",
-                request,
-                start_to_close_timeout=LOCK_TIMEOUT,
-                retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until Temporal answers
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"lock {request.key[:60]}",
-            )
-        except ActivityError as exc:
-            raise asyncio.CancelledError() from exc  # only a cancel ends an activity retried without limit
+        await self._until_answered(lambda: workflow.execute_activity(
+            "lock.request",
+            request,
+            start_to_close_timeout=LOCK_TIMEOUT,
+            retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until Temporal answers
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"lock {request.key[:60]}",
+        ), "lock.request")
 
     async def _confirm_lock(self, said: LockNotice, on_busy: str) -> LockNotice | None:
         """The answer as the key's lock stands by it, read from the lock itself (`lock.confirm`:
         the bot's KeyLock on this task queue), or None when it does not."""
         assert self._lock_key is not None
-        try:
-            view = await workflow.execute_activity(
-                "lock.confirm",
-                self._lock_key,
-                result_type=LockView,
-                start_to_close_timeout=LOCK_TIMEOUT,
-                retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until Temporal answers
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary="confirm the lock's answer",
-            )
-        except ActivityError as exc:
-            raise asyncio.CancelledError() from exc  # only a cancel ends an activity retried without limit
+        key = self._lock_key
+        view: LockView = await self._until_answered(lambda: workflow.execute_activity(
+            "lock.confirm",
+            key,
+            result_type=LockView,
+            start_to_close_timeout=LOCK_TIMEOUT,
+            retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until Temporal answers
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary="confirm the lock's answer",
+        ), "lock.confirm")
         if not view.genuine:
             self._log("lock not genuine", key=self._lock_key, reason=view.reason)
             return None
@@ -1072,6 +1070,25 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 raise asyncio.CancelledError() from exc
             return describe_failure(exc, max_attempts)
 
+    async def _until_answered(self, ask: Callable[[], Awaitable[T]], what: str) -> T:
+        """An activity retried without limit: only a cancel ends it. From engine-v10 only a cancel
+        of this run's: a plain client can fail one by id (a parent's `run.peek` read that as a
+        cancel, stopped its child and rolled back: review, stop 50), and that is asked again."""
+        while True:
+            try:
+                return await ask()
+            except ActivityError as exc:
+                if not self._sealed_answers or self._cancelled_here():
+                    raise asyncio.CancelledError() from exc
+                self._log("an activity retried without limit was ended by something other than this run: asked again",
+                          activity=what)
+                await workflow.sleep(ASK_AGAIN_AFTER, summary=f"{what}: asked again")
+
+    def _cancelled_here(self) -> bool:
+        """Whether the task awaiting (an activity) was cancelled by this run."""
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
+
     def _run_cancelled(self, exc: ActivityError) -> bool:
         """Whether an activity that ended cancelled was cancelled by this run (an accepted cancel,
         a parallel group's failed sibling: the awaiting task was cancelled). From engine-v10 one
@@ -1080,8 +1097,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (red-team, stop 50)."""
         if not self._sealed_answers:
             return True
-        task = asyncio.current_task()
-        cancelled = task is not None and task.cancelling() > 0
+        cancelled = self._cancelled_here()
         if not cancelled:
             self._log("an activity ended cancelled that this run did not cancel: a failure",
                       activity=exc.activity_type, activity_id=exc.activity_id)
@@ -1369,23 +1385,23 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             raise
         self._returned(queued)
         if spooled:
-            self._kept(queued, self._own_events(input, result.unrecorded, result.attempt), at, mode)
+            own = self._own_events(input, result.unrecorded, result.attempt)
+            # (engine-v10: only what the action itself lists says the store is down)
+            self._kept(queued, own, at, mode, down=bool(own) or not self._sealed_answers)
         return result
 
     def _own_events(self, input: ActionInput, events: list[AuditEvent] | None, attempt: int) -> list[AuditEvent] | None:
         """Of the events an action's result or failure says it could not write (the trail is down),
-        only what the action itself writes: its started event, as this run builds it, and its own
-        `step_output` records. From engine-v10: a result is whatever completes the activity, and a
-        plain client can complete one by id; what she listed entered the trail as the run's own
-        (another run's approval, this run's next decision before the genuine one: red-team, stop 50)."""
+        only what the action itself lists: its started event, as this run builds it (a large output
+        is written by the action itself, or its attempt fails). From engine-v10: a result is whatever
+        completes the activity, and a plain client can complete one by id; what she listed entered
+        the trail as the run's own (another run's approval, this run's next decision before the
+        genuine one, the record an undo's large output would be written under: red-team and review,
+        stop 50)."""
         if events is None or not self._sealed_answers:
             return events
         started = started_event(input, attempt, ts=workflow.now())
-        outputs = event(input.run_id, input.step_id, EventKind.step_output).event_id + ":"
-        own = [started if e.event_id == started.event_id else e for e in events
-               if e.event_id == started.event_id
-               or (e.kind == EventKind.step_output and e.run_id == input.run_id and e.step_id == input.step_id
-                   and e.event_id.startswith(outputs))]
+        own = [started for e in events[:1] if e.event_id == started.event_id]
         if len(own) != len(events):
             self._log("events an action's result listed as its own, not written: they are not the action's",
                       step_id=input.step_id, dropped=len(events) - len(own))
@@ -1431,7 +1447,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         activity did write it). A cancel names nothing either: its step_failed says it was cancelled."""
         own = self._failed_unrecorded(exc)
         if own is not None:
-            self._kept([], self._own_events(input, own, describe_failure(exc, max_attempts)[1]), at, mode)
+            own = self._own_events(input, own, describe_failure(exc, max_attempts)[1])
+            self._kept([], own, at, mode, down=bool(own) or not self._sealed_answers)
         elif isinstance(exc, ActivityError) and isinstance(exc.cause, TimeoutError):
             _, attempt = describe_failure(exc, max_attempts)
             self._put_back([], [started_event(input, attempt, ts=workflow.now())], at)

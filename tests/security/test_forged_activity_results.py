@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -30,11 +30,14 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
+from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 from temporalio.service import RPCError
 
 from bot.actions.base import ActionInput
+from bot.engine.children import PeekActivities, PeekRequest
 from bot.engine.runs import start_run
+from bot.engine.sandbox import shared_converter
 from bot.engine.state import CancelRequest, RunStatus, TriggerContext
 from bot.engine.workflow import PlaybookRun
 from bot.policy.activities import PolicyRequest
@@ -178,19 +181,25 @@ async def test_a_pending_cancel_verdict_cannot_be_answered_by_a_client(stack: Tr
     assert asked.details["accepted"] is False and asked.details["by"] == principal(MALLORY)
 
 
+async def _fail_held(stack: TrustStack, hold: Hold, handle: WorkflowHandle[Any, Any], error: BaseException) -> None:
+    """Mallory's other move: the run's held activity failed by id with `error`; then the worker's
+    own answer is let go (too late)."""
+    await asyncio.wait_for(hold.asked.wait(), 60)
+    try:
+        run_id, activity_id = await _pending(handle, hold.name)
+        await stack.client.get_async_activity_handle(workflow_id=handle.id, run_id=run_id, activity_id=activity_id
+                                                     ).fail(error)
+    finally:
+        hold.release.set()
+
+
 async def test_a_pending_decision_failed_as_cancelled_is_no_cancel(stack: TrustStack) -> None:
     """Failing the pending question by id *as cancelled* read as a cancel: the run ended `cancelled`,
     `risky` too, with nobody's cancel asked or recorded. A cancel the run did not make is a policy
     that could not be asked: `risky` is denied, and the run fails as any denied step's does."""
     DECIDE.arm()
     handle = await _gated_run(stack, "undoable")
-    await asyncio.wait_for(DECIDE.asked.wait(), 30)
-    try:
-        run_id, activity_id = await _pending(handle, "policy.decide")
-        await stack.client.get_async_activity_handle(workflow_id=handle.id, run_id=run_id, activity_id=activity_id
-                                                     ).fail(TemporalCancelledError("nobody asked"))
-    finally:
-        DECIDE.release.set()
+    await _fail_held(stack, DECIDE, handle, TemporalCancelledError("nobody asked"))
     status = await result(handle)
     assert status.cancelled_by is None and status.state != "cancelled", status
     assert status.step("risky").state == "denied", status.step("risky")
@@ -216,6 +225,10 @@ async def test_a_forged_action_result_writes_no_events_of_her_choosing(stack: Tr
         {"event_id": "some-other-run:risky:approval_vote:bob", "ts": now, "run_id": "some-other-run",
          "step_id": "risky", "kind": "approval_vote", "actor": principal(BOB),
          "details": {"vote": "approve", "user": principal(BOB), "accepted": True}},
+        # the id an undo of `prep` would write its large output under (review: such a record was kept)
+        {"event_id": f"{handle.id}:prep:step_output:{execution}:undo:1", "ts": now, "run_id": handle.id,
+         "step_id": "prep", "kind": "step_output", "actor": principal(BOB),
+         "details": {"action": "http.request", "attempt": 1, "size": 2, "sha256": "x", "output": {"by": "bob"}}},
     ]
     try:
         run_id, activity_id = await _pending(handle, "http.request")
@@ -226,6 +239,7 @@ async def test_a_forged_action_result_writes_no_events_of_her_choosing(stack: Tr
         ACT.release.set()
     await until(handle, lambda s: s.step("risky").state == "waiting_approval", "risky waiting for approval")
     assert not stack.events("some-other-run"), "a plain client wrote bob's approval of another run into the trail"
+    assert not stack.events(handle.id, "step_output"), "a plain client planted an output record in the trail"
     async def recorded() -> list[Any] | None:
         return stack.events(handle.id, "policy_decision") or None
 
@@ -256,3 +270,42 @@ async def test_an_operators_reset_keeps_a_genuine_decision(stack: TrustStack) ->
     again = stack.client.get_workflow_handle(handle.id, run_id=reset.run_id)
     status = await until(again, lambda s: s.step("risky").state not in ("pending", "running"), "risky decided again")
     assert status.step("risky").state == "waiting_approval", status.step("risky")
+
+
+# ---- a parent's `run.peek` of its child, failed by id --------------------------------------------
+
+PEEK = Hold("run.peek", PeekRequest)
+TREE = {
+    "parent": REMEDIATE.split("  - id: hold")[0].replace("name: remediate", "name: parent")
+    + "  - {id: call, action: playbook.run, with: {name: child}}\n",
+    "child": """
+name: child
+summary: One call
+owner: sre
+vars: {sink: "{sink}"}
+steps:
+  - id: c1
+    action: http.request
+    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/c1"}
+""",
+}
+
+
+@pytest_asyncio.fixture(scope="module")
+async def tree(dev_env: Any, _slack_server: Any, tmp_path_factory: Any) -> AsyncIterator[TrustStack]:
+    peek = PEEK.held(PeekActivities(shared_converter(dev_env.client)).peek)
+    async with trust_stack(dev_env.client, _slack_server, tmp_path_factory.mktemp("peek"), {**PLAYBOOKS, **TREE},
+                           DATA, activities=lambda activities: [*holding(activities), peek]) as s:
+        yield s
+
+
+async def test_a_peek_failed_by_a_client_is_no_cancel(tree: TrustStack) -> None:
+    """`run.peek` is retried without limit, so the parent read any failure of it as a cancel: failed
+    by id, the parent ended cancelled, its child stopped and its own step undone, with nobody's
+    cancel asked (review, stop 50). It asks again now, and the tree completes."""
+    PEEK.arm()
+    handle = await _gated_run(tree, "parent")
+    await _fail_held(tree, PEEK, handle, ApplicationError("forged", non_retryable=True))
+    status = await result(handle)
+    assert status.state == "completed" and status.cancelled_by is None, (status.state, status.error)
+    assert f"/{handle.id}/undo-poke" not in tree.sink.of(handle.id)
