@@ -20,6 +20,7 @@ pending still reaches the run before the step (a local activity would hold the w
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import structlog
@@ -33,6 +34,7 @@ from temporalio.worker import (
 )
 
 from bot.identity.proofs import Keyring
+from bot.policy.models import canonical_json
 from bot.policy.activities import ActorAnswer, DecisionAnswer
 
 log = structlog.get_logger(__name__)
@@ -45,22 +47,27 @@ SEALED: dict[str, type[BaseModel]] = {"policy.decide": DecisionAnswer, "policy.c
 
 
 class AnswerCheck(BaseModel):
-    """A sealed question's answer as the run received it, and the question's activity id."""
+    """What the run received for a sealed question: its answer's digest (`answer_digest`, taken in
+    workflow code: the answer itself need not travel again) and seal, and the question's id."""
 
     activity_id: str
-    answer: dict[str, Any]
+    digest: str
+    seal: str | None = None
 
 
-def answer_content(model: type[BaseModel], answer: Any) -> dict[str, Any]:
-    """The document a seal covers: `answer` read as `model`, without its seal."""
-    return model.model_validate(to_jsonable_python(answer)).model_dump(mode="json", exclude={"seal"})
+def answer_digest(activity_id: str, answer: Any) -> str:
+    """The SHA-256 of what a seal covers: `answer` read as its question's model (SEALED, by the
+    question's id), without its seal, as canonical JSON. Pure: the run takes it in workflow code."""
+    model = SEALED[activity_id.split(":", 1)[0]]
+    content = model.model_validate(to_jsonable_python(answer)).model_dump(mode="json", exclude={"seal"})
+    return hashlib.sha256(canonical_json(content).encode()).hexdigest()
 
 
-def _sealed(workflow_id: str, activity_id: str, content: dict[str, Any]) -> dict[str, Any]:
+def _sealed(workflow_id: str, activity_id: str, digest: str) -> dict[str, Any]:
     """What a seal binds: the question (its id is the run's, unique to it and kept by an operator's
     reset: a new execution re-reading the answer its history holds still finds it sealed, while the
     questions it asks after the reset point get ids of their own) and the answer."""
-    return {"workflow_id": workflow_id, "activity_id": activity_id, "answer": content}
+    return {"workflow_id": workflow_id, "activity_id": activity_id, "answer": digest}
 
 
 class SealAnswers(Interceptor):
@@ -74,9 +81,8 @@ class SealAnswers(Interceptor):
         return _Sealing(next, self)
 
     def seal(self, info: activity.Info, answer: Any) -> dict[str, Any]:
-        model = SEALED[info.activity_type]
-        content = answer_content(model, answer)
-        where = _sealed(info.workflow_id or "", info.activity_id, content)
+        content = to_jsonable_python(answer)
+        where = _sealed(info.workflow_id or "", info.activity_id, answer_digest(f"{info.activity_type}:", content))
         return {**content, "seal": self.keyring.seal(LABEL, where)}
 
     @activity.defn(name=HOLDS)
@@ -84,16 +90,10 @@ class SealAnswers(Interceptor):
         """Whether the answer the run received is one this worker's keys sealed for that question
         of this execution."""
         info = activity.info()
-        seal = check.answer.get("seal")
-        model = next((m for name, m in SEALED.items() if check.activity_id.startswith(f"{name}:")), None)
-        if not isinstance(seal, str) or model is None:
+        if check.seal is None or check.activity_id.split(":", 1)[0] not in SEALED:
             return False
-        try:
-            content = answer_content(model, check.answer)
-        except ValueError:
-            return False
-        where = _sealed(info.workflow_id or "", check.activity_id, content)
-        if self.keyring.seal_holds(LABEL, where, seal):
+        where = _sealed(info.workflow_id or "", check.activity_id, check.digest)
+        if self.keyring.seal_holds(LABEL, where, check.seal):
             return True
         log.error("a policy answer that no worker sealed: refused", activity_id=check.activity_id,
                   workflow_id=info.workflow_id, workflow_run_id=info.workflow_run_id)

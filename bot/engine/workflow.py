@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.audit.recorder import AuditBatch, AuditMode, event
     from bot.actions.core import ApproveParams, ConfirmParams, FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
-    from bot.engine.answers import HOLDS, SEALED, AnswerCheck
+    from bot.engine.answers import HOLDS, SEALED, AnswerCheck, answer_digest
     from bot.engine.approvals import (
         NAME_MAX,
         POLICY_FAILED,
@@ -1588,8 +1588,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         """Whether `answer` carries this worker's seal for `question` (a local activity, which only
         the worker can answer; its failure is a no)."""
         try:
+            check = AnswerCheck(activity_id=question, digest=answer_digest(question, answer),
+                                seal=getattr(answer, "seal", None))
+        except (TypeError, ValueError) as exc:  # (NaN: no canonical JSON, so no worker sealed it)
+            self._log("a policy answer that cannot be digested: refused", error=str(exc))
+            return False
+        try:
             return bool(await self._local_activity(
-                HOLDS, AnswerCheck(activity_id=question, answer=answer.model_dump(mode="json")),
+                HOLDS, check,
                 result_type=bool, start_to_close_timeout=POLICY_TIMEOUT,
                 retry_policy=TemporalRetryPolicy(maximum_attempts=3), summary="the policy answer's seal",
             ))
