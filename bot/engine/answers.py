@@ -10,9 +10,10 @@ bob's name (red-team, stop 50; tests/security/test_forged_activity_results.py).
 So the worker seals what its policy activities return (`SealAnswers`, an interceptor: whatever
 implements the question, its answer is sealed on the way out), bound to the workflow and to the
 activity id the run chose for that question (`<question>:<first execution>:<uuid>`), with the
-worker's envelope keys (the lock's seal, as bot/engine/locks.py). The run then asks `policy.answer_holds`, a local activity, whose answer
-only this worker can give: a forged answer, or a genuine one moved from another question, does
-not hold, and the run treats it as a policy that could not be asked (fail closed). The check is a
+worker's envelope keys (the lock's seal, as bot/engine/locks.py). The run then asks
+`policy.answer_holds`, a local activity, whose answer only this worker can give: a forged answer,
+or a genuine one moved from another question, does not hold, and the run treats it as a policy
+that could not be asked (fail closed). The check is a
 local activity, not workflow code, so a replay reads its recorded result whatever keys the
 replaying worker holds. The policy question stays an activity task: a cancel sent while it is
 pending still reaches the run before the step (a local activity would hold the workflow task).
@@ -34,8 +35,8 @@ from temporalio.worker import (
 )
 
 from bot.identity.proofs import Keyring
-from bot.policy.models import canonical_json
 from bot.policy.activities import ActorAnswer, DecisionAnswer
+from bot.policy.models import canonical_json
 
 log = structlog.get_logger(__name__)
 
@@ -55,10 +56,10 @@ class AnswerCheck(BaseModel):
     seal: str | None = None
 
 
-def answer_digest(activity_id: str, answer: Any) -> str:
-    """The SHA-256 of what a seal covers: `answer` read as its question's model (SEALED, by the
-    question's id), without its seal, as canonical JSON. Pure: the run takes it in workflow code."""
-    model = SEALED[activity_id.split(":", 1)[0]]
+def answer_digest(activity_type: str, answer: Any) -> str:
+    """The SHA-256 of what a seal covers: `answer` read as its question's model (SEALED), without its
+    seal, as canonical JSON. Pure: the run takes it in workflow code."""
+    model = SEALED[activity_type]
     content = model.model_validate(to_jsonable_python(answer)).model_dump(mode="json", exclude={"seal"})
     return hashlib.sha256(canonical_json(content).encode()).hexdigest()
 
@@ -82,7 +83,7 @@ class SealAnswers(Interceptor):
 
     def seal(self, info: activity.Info, answer: Any) -> dict[str, Any]:
         content = to_jsonable_python(answer)
-        where = _sealed(info.workflow_id or "", info.activity_id, answer_digest(f"{info.activity_type}:", content))
+        where = _sealed(info.workflow_id or "", info.activity_id, answer_digest(info.activity_type, content))
         return {**content, "seal": self.keyring.seal(LABEL, where)}
 
     @activity.defn(name=HOLDS)

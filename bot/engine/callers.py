@@ -23,8 +23,8 @@ whatever sticky queue the previous completion named; tests/security/test_sticky_
 such a history end to end). What that code then schedules as regular activities meets the check
 above, which asks Temporal: refused. Its local activities are checked the same way, all but those
 whose only effect is their answer (ANSWERING_LOCAL: admission, the lock's check of its messages'
-seals and the check of a policy answer's seal, each handed nothing to write). Others write where others read or trust: the trail
-(`audit.record`, and a LOCAL_ACTIONS step such as `core.log`, which records itself), Slack as the
+seals and the check of a policy answer's seal, each handed nothing to write). Others write where
+others read or trust: the trail (`audit.record`, and a LOCAL_ACTIONS step such as `core.log`, which records itself), Slack as the
 bot (`slack.sync`), a seal with the worker's keys (`lock.seal`), or answer from what the execution's
 own state supplies (the approver question evaluates the policy on it, a sub-playbook's snapshot
 reads the catalog). The list is of those let through, so a local activity added later is checked
@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from datetime import timedelta
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Iterable, NoReturn, Sequence
 
 import structlog
@@ -115,9 +116,7 @@ class OwnWorkflowsOnly(Interceptor):
         key = (workflow_id, run_id)
         if key in self._answers or key in self._asking:
             return
-        asking = self._asking[key] = asyncio.ensure_future(
-            self._describe(workflow_id, run_id, "its activities", self.client))
-        asking.add_done_callback(lambda done: self._answered(key, done))
+        self._begin(key, self._describe(workflow_id, run_id, "its activities", self.client))
 
     def _refuse_unless_ours(self, info: activity.Info, answer: tuple[str, str]) -> None:
         workflow_type, task_queue = answer
@@ -133,9 +132,14 @@ class OwnWorkflowsOnly(Interceptor):
             return None
         asking = self._asking.get(key)
         if asking is None or _failed(asking):  # (an early question's failure is asked again by the step)
-            asking = self._asking[key] = asyncio.ensure_future(
-                self._describe(info.workflow_id or "", info.workflow_run_id, info.activity_type))
-            asking.add_done_callback(lambda done: self._answered(key, done))
+            asking = self._begin(key, self._describe(info.workflow_id or "", info.workflow_run_id, info.activity_type))
+        return asking
+
+    def _begin(self, key: tuple[str, str], describing: Coroutine[Any, Any, tuple[str, str]]
+               ) -> asyncio.Future[tuple[str, str]]:
+        """The question about `key`, under way from now; its answer kept when it comes."""
+        asking = self._asking[key] = asyncio.ensure_future(describing)
+        asking.add_done_callback(lambda done: self._answered(key, done))
         return asking
 
     def _answered(self, key: tuple[str, str], done: asyncio.Future[tuple[str, str]]) -> None:

@@ -1078,26 +1078,24 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             try:
                 return await ask()
             except ActivityError as exc:
-                if not self._sealed_answers or self._cancelled_here():
+                if self._cancelled_by_run():
                     raise asyncio.CancelledError() from exc
                 self._log("an activity retried without limit was ended by something other than this run: asked again",
                           activity=what)
                 await workflow.sleep(ASK_AGAIN_AFTER, summary=f"{what}: asked again")
 
-    def _cancelled_here(self) -> bool:
-        """Whether the task awaiting (an activity) was cancelled by this run."""
+    def _cancelled_by_run(self) -> bool:
+        """Whether the task awaiting an activity that ended cancelled was cancelled by this run
+        (before engine-v10: taken as so)."""
         task = asyncio.current_task()
-        return task is not None and task.cancelling() > 0
+        return not self._sealed_answers or (task is not None and task.cancelling() > 0)
 
     def _run_cancelled(self, exc: ActivityError) -> bool:
-        """Whether an activity that ended cancelled was cancelled by this run (an accepted cancel,
-        a parallel group's failed sibling: the awaiting task was cancelled). From engine-v10 one
-        that was not is a failure, not a cancel: a plain client can fail a pending activity by id
-        as cancelled, and a run that read that as a cancel rolled back with nobody's cancel asked
-        (red-team, stop 50)."""
-        if not self._sealed_answers:
-            return True
-        cancelled = self._cancelled_here()
+        """Whether an activity that ended cancelled was cancelled by this run (an accepted cancel or
+        a parent's: each cancels the task that awaits it). From engine-v10 one that was not is a
+        failure, not a cancel: a plain client can fail a pending activity by id as cancelled, and a
+        run that read that as a cancel rolled back with nobody's cancel asked (red-team, stop 50)."""
+        cancelled = self._cancelled_by_run()
         if not cancelled:
             self._log("an activity ended cancelled that this run did not cancel: a failure",
                       activity=exc.activity_type, activity_id=exc.activity_id)
@@ -1385,10 +1383,15 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             raise
         self._returned(queued)
         if spooled:
-            own = self._own_events(input, result.unrecorded, result.attempt)
-            # (engine-v10: only what the action itself lists says the store is down)
-            self._kept(queued, own, at, mode, down=bool(own) or not self._sealed_answers)
+            self._keep_own(queued, input, result.unrecorded, result.attempt, at, mode)
         return result
+
+    def _keep_own(self, queued: list[Any], input: ActionInput, events: list[AuditEvent] | None, attempt: int,
+                  at: int, mode: AuditMode) -> None:
+        """`_kept` for an action: what it carried, and of what it lists as its own only its own
+        (`_own_events`); from engine-v10 only that says the store is down."""
+        own = self._own_events(input, events, attempt)
+        self._kept(queued, own, at, mode, down=bool(own) or not self._sealed_answers)
 
     def _own_events(self, input: ActionInput, events: list[AuditEvent] | None, attempt: int) -> list[AuditEvent] | None:
         """Of the events an action's result or failure says it could not write (the trail is down),
@@ -1447,8 +1450,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         activity did write it). A cancel names nothing either: its step_failed says it was cancelled."""
         own = self._failed_unrecorded(exc)
         if own is not None:
-            own = self._own_events(input, own, describe_failure(exc, max_attempts)[1])
-            self._kept([], own, at, mode, down=bool(own) or not self._sealed_answers)
+            self._keep_own([], input, own, describe_failure(exc, max_attempts)[1], at, mode)
         elif isinstance(exc, ActivityError) and isinstance(exc.cause, TimeoutError):
             _, attempt = describe_failure(exc, max_attempts)
             self._put_back([], [started_event(input, attempt, ts=workflow.now())], at)
@@ -1561,7 +1563,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 summary=f"policy {rule}",
                 activity_id=question,
             )
-            if question is not None and not await self._answer_holds(question, result):
+            if question is not None and not await self._answer_holds(name, question, result):
                 raise ActivityError(
                     f"{name}: an answer no worker sealed", scheduled_event_id=0, started_event_id=0, identity="",
                     activity_type=name, activity_id=question, retry_state=None,
@@ -1584,11 +1586,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             result.unrecorded = None
         return result
 
-    async def _answer_holds(self, question: str, answer: BaseModel) -> bool:
-        """Whether `answer` carries this worker's seal for `question` (a local activity, which only
-        the worker can answer; its failure is a no)."""
+    async def _answer_holds(self, name: str, question: str, answer: BaseModel) -> bool:
+        """Whether `answer` carries this worker's seal for `question`, an activity `name` (a local
+        activity, which only the worker can answer; its failure is a no)."""
         try:
-            check = AnswerCheck(activity_id=question, digest=answer_digest(question, answer),
+            check = AnswerCheck(activity_id=question, digest=answer_digest(name, answer),
                                 seal=getattr(answer, "seal", None))
         except (TypeError, ValueError) as exc:  # (NaN: no canonical JSON, so no worker sealed it)
             self._log("a policy answer that cannot be digested: refused", error=str(exc))
