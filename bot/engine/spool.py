@@ -9,6 +9,12 @@ activity, retrying with backoff (timers), until the store takes it. A high-impac
 that: it never acts before its policy decision is on the record. The run finishes (run_finished
 last) only once the queue is empty; `status.audit_pending` says how many events wait meanwhile.
 
+From engine-v11 an activity's word that it wrote what it was handed is not the end of those
+events: a plain Temporal client can complete a pending activity by id with any result (red-team,
+stop 50). They wait in a second list (`_unconfirmed`) until a write of the worker's own (the
+flusher's local activity, which no client can answer) has taken them; a write the activity did make
+leaves that one a no-op (event ids), and the run ends only once that list is empty too.
+
 Runs from before the spool (no SPOOL_PATCH marker) keep the old behaviour and event ids.
 """
 
@@ -32,6 +38,9 @@ HELD_PATCH = "audit-spool-held-v1"
 FLUSH_TIMEOUT = timedelta(seconds=30)
 FLUSH_FIRST_RETRY = timedelta(seconds=1)
 FLUSH_MAX_RETRY = timedelta(seconds=60)
+# Events an activity said it wrote, kept until the flusher confirms them: past this many, it does
+# so at once rather than at the next flush a high-impact step or the run's end asks for.
+UNCONFIRMED_MAX = 64
 
 Queued = tuple[int, AuditEvent]  # (place in the run's order, event)
 
@@ -49,6 +58,8 @@ class AuditSpool:
         self._holders = 0  # activities in flight that were handed queued events to write
         self._awaiting_record = 0  # high-impact steps waiting in _recorded for the store to take the record
         self._wait_held = False  # HELD_PATCH, asked in run() right after SPOOL_PATCH
+        self._confirms = False  # engine-v11: what an activity says it wrote waits for a write of the worker's
+        self._unconfirmed: list[Queued] = []
 
     # ---- ids and the queue ---------------------------------------------------------------
 
@@ -80,6 +91,15 @@ class AuditSpool:
     def _take(self) -> list[Queued]:
         queued, self._audit = self._audit, []
         return queued
+
+    def _unconfirmed_too(self, claimed: list[Queued]) -> None:
+        """Events an activity's result says it wrote: the flusher writes them again (engine-v11)."""
+        self._unconfirmed.extend(claimed)
+        if len(self._unconfirmed) > UNCONFIRMED_MAX:
+            self._flush_wanted = True
+
+    def _to_flush(self) -> bool:
+        return bool(self._audit or self._unconfirmed)
 
     def _put_back(self, taken: list[Queued], own: list[AuditEvent] | None = None, at: int = 0) -> None:
         """Unwritten events back in the queue, each at its place: `own`, an activity's events,
@@ -184,7 +204,7 @@ class AuditSpool:
     async def _drained(self) -> None:
         """The end of the run: nothing queued, nothing in flight."""
         self._flush_wanted = True
-        await workflow.wait_condition(lambda: not self._audit and self._flushing is None and not self._holders)
+        await workflow.wait_condition(lambda: not self._to_flush() and self._flushing is None and not self._holders)
 
     # ---- the flusher ------------------------------------------------------------------------
 
@@ -193,9 +213,11 @@ class AuditSpool:
         backoff = FLUSH_FIRST_RETRY
         while True:
             await workflow.wait_condition(
-                lambda: bool(self._audit) and (self._store_down or self._flush_wanted) and not self._holders
+                lambda: self._to_flush() and (self._store_down or self._flush_wanted) and not self._holders
             )
             batch, self._flush_wanted = self._take(), False
+            if self._unconfirmed:  # (a no-op write for what the activities did write)
+                batch, self._unconfirmed = sorted([*self._unconfirmed, *batch], key=lambda queued: queued[0]), []
             self._flushing = batch
             try:
                 await self._local_activity(  # type: ignore[attr-defined]
@@ -211,7 +233,7 @@ class AuditSpool:
                     # else named): its events are never written, so there is nothing to wait for.
                     workflow.logger.error("audit events of an execution that is not the bot's dropped",
                                           extra={"run_id": self._status.run_id, "error": str(exc)})
-                    self._audit, self._store_down = [], False
+                    self._audit, self._unconfirmed, self._store_down = [], [], False
                     self._count_pending()
                     continue
                 self._put_back(batch)

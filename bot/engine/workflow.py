@@ -19,7 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
 
-    from bot.actions.activities import describe_validation_error, started_event
+    from bot.actions.activities import describe_validation_error, started_event, succeeded_event
     from bot.actions.base import ActionInput, ActionResult
     from bot.audit.events import AuditEvent, EventKind
     from bot.audit.recorder import AuditBatch, AuditMode, event
@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from bot.engine.locking import NOTICE_SIGNAL, LockNotice, LockRelease, LockRequest, LockView
     from bot.engine.shield import uncancellable
-    from bot.engine.spool import HELD_PATCH, AuditSpool
+    from bot.engine.spool import HELD_PATCH, AuditSpool, Queued
     from bot.engine.subplaybooks import POKE_SIGNAL, SubPlaybooks
     from bot.actions.playbooks import RUN_ACTION
     from bot.engine.state import (
@@ -125,7 +125,12 @@ ENGINE_V9_PATCH = "engine-v9"
 # cancel update) is believed only with the worker's seal, checked by a local activity: a plain
 # Temporal client could complete the pending activity by id and hand the run `allow` with no
 # approval, or a cancel in a verified canceller's name (bot/engine/answers.py; red-team, stop 50).
-ENGINE_PATCH = "engine-v10"
+ENGINE_V10_PATCH = "engine-v10"
+# engine-v10, and what an action's result says it wrote (the events it was handed, its own record,
+# its success and run_finished) is written again by the worker's own flush before the run ends
+# (a no-op for what it did write): a plain client completing the step by id said `audited: true`,
+# and the step's success and the run's end went unrecorded (review F2, stop 50; bot/engine/spool.py).
+ENGINE_PATCH = "engine-v11"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -653,7 +658,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (each marker also upserts a search attribute: work for the server in the run's first task);
         each engine-vN after it stands for the one before and what it added, again as one marker; an
         older run replays asking each patch as it did (newest first: a run asks until one is its own)."""
-        for patch, engine in ((ENGINE_PATCH, self._engine_v10), (ENGINE_V9_PATCH, self._engine_v9),
+        for patch, engine in ((ENGINE_PATCH, self._engine_v11), (ENGINE_V10_PATCH, self._engine_v10),
+                              (ENGINE_V9_PATCH, self._engine_v9),
                               (ENGINE_V8_PATCH, self._engine_v8),
                               (ENGINE_V7_PATCH, self._engine_v7),
                               (ENGINE_V6_PATCH, self._engine_v6),
@@ -676,6 +682,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         is another, while a reset keeps it, so the steps a reset repeats repeat with their keys and
         the target can tell (tests/reliability/test_worker_crash.py)."""
         return workflow.info().first_execution_run_id.replace("-", "")
+
+    def _engine_v11(self) -> None:
+        """Every behaviour engine-v11 stands for."""
+        self._confirms = True
+        self._engine_v10()
 
     def _engine_v10(self) -> None:
         """Every behaviour engine-v10 stands for."""
@@ -1384,7 +1395,20 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._returned(queued)
         if spooled:
             self._keep_own(queued, input, result.unrecorded, result.attempt, at, mode)
+            if self._confirms and not local:
+                self._claimed(queued, input, result, at)
         return result
+
+    def _claimed(self, queued: list[Queued], input: ActionInput, result: ActionResult, at: int) -> None:
+        """engine-v11: what an activity's result says it wrote waits until the worker's own flush
+        has written it too (bot/engine/spool.py): what it was handed and its record, unless it
+        handed them back, and with `audited` its success and what came after (run_finished)."""
+        now = workflow.now()
+        claimed = [*queued, (at, started_event(input, result.attempt, ts=now))] if result.unrecorded is None else []
+        if result.audited:
+            place = self._place()
+            claimed += [(place, e) for e in (succeeded_event(input, result.attempt, ts=now), *input.audit_after)]
+        self._unconfirmed_too(claimed)
 
     def _keep_own(self, queued: list[Any], input: ActionInput, events: list[AuditEvent] | None, attempt: int,
                   at: int, mode: AuditMode) -> None:

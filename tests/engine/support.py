@@ -38,6 +38,7 @@ class Recorder:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: list[str] = field(default_factory=list)
     audit: list[Any] = field(default_factory=list)  # events the run flushed through audit.record
+    written: set[str] = field(default_factory=set)  # their ids: a second write of one is a no-op, as in the store
     # When each call's activity began and ended (time.monotonic(), keyed as in `sequence()`; the
     # last attempt's): ordering claims ("waits for", "after it finished") are read from these.
     spans: dict[str, list[float]] = field(default_factory=dict)
@@ -49,6 +50,13 @@ class Recorder:
         self.spans[label] = [time.monotonic()]
         return label
 
+    def _write(self, events: list[Any]) -> None:
+        """Append as the store does: an event id already written is not written again."""
+        for e in events:
+            if e.event_id not in self.written:
+                self.written.add(e.event_id)
+                self.audit.append(e)
+
     def _ended(self, label: str) -> None:
         self.spans[label].append(time.monotonic())
 
@@ -57,7 +65,7 @@ class Recorder:
 
         @activity.defn(name="audit.record")
         async def audit_record(batch: AuditBatch) -> None:
-            rec.audit.extend(batch.events)
+            rec._write(batch.events)
 
         @activity.defn(name="run.admit")
         async def admit(request: AdmitRequest) -> Admission:
@@ -80,7 +88,7 @@ class Recorder:
         @activity.defn(name="t.ok")
         async def ok(inp: ActionInput) -> ActionResult:
             rec._ended(rec._began(inp))
-            rec.audit.extend(inp.audit)
+            rec._write(inp.audit)
             rec.calls.append((inp.step_id, inp.compensation, inp.params))
             rec.keys.append(inp.idempotency_key)
             return ActionResult(output={"echo": inp.params, "id": f"{inp.step_id}-out"}, attempt=activity.info().attempt)

@@ -62,12 +62,13 @@ class Hold:
 
     def __init__(self, name: str, takes: type[Any] = PolicyRequest) -> None:
         self.name, self.takes = name, takes
-        self.armed = False
+        self.armed = self.drop = False
         self.asked = asyncio.Event()
         self.release = asyncio.Event()
 
-    def arm(self) -> None:
-        self.armed, self.asked, self.release = True, asyncio.Event(), asyncio.Event()
+    def arm(self, drop: bool = False) -> None:
+        """`drop`: the held task is never run (no worker got to it before she completed it)."""
+        self.armed, self.drop, self.asked, self.release = True, drop, asyncio.Event(), asyncio.Event()
 
     def held(self, inner: Callable[..., Any]) -> Callable[..., Any]:
         hold = self
@@ -77,6 +78,8 @@ class Hold:
                 hold.armed = False
                 hold.asked.set()
                 await hold.release.wait()
+                if hold.drop:
+                    raise ApplicationError("dropped: the test's stand-in for a task no worker ran")
             return await inner(arg)
 
         held.__annotations__ = {"arg": self.takes, "return": Any}  # what the worker decodes the input as
@@ -93,6 +96,19 @@ UNDOABLE = REMEDIATE.split("  - id: hold")[0].replace("name: remediate", "name: 
 """
 
 
+# One step: its activity writes its success and run_finished itself (`audited`).
+CLOSING = """
+name: closing
+summary: One call, which closes the run's record
+owner: sre
+vars: {sink: "{sink}"}
+steps:
+  - id: only
+    action: http.request
+    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/only"}
+"""
+
+
 def holding(activities: list[Any]) -> list[Any]:
     holds = {hold.name: hold for hold in (DECIDE, CANCEL, ACT)}
     return [holds[name].held(fn) if (name := _name(fn)) in holds else fn for fn in activities]
@@ -105,7 +121,7 @@ def _name(fn: Any) -> str | None:
 @pytest_asyncio.fixture(scope="module")
 async def stack(dev_env: Any, _slack_server: Any, tmp_path_factory: Any) -> AsyncIterator[TrustStack]:
     async with trust_stack(dev_env.client, _slack_server, tmp_path_factory.mktemp("forged"),
-                           {**PLAYBOOKS, "undoable": UNDOABLE}, DATA, activities=holding) as s:
+                           {**PLAYBOOKS, "undoable": UNDOABLE, "closing": CLOSING}, DATA, activities=holding) as s:
         yield s
 
 
@@ -246,6 +262,42 @@ async def test_a_forged_action_result_writes_no_events_of_her_choosing(stack: Tr
     await eventually(recorded, timeout=10, what="the decision")
     (decision,) = stack.events(handle.id, "policy_decision")
     assert "forged" not in decision.details.get("reasons", []) and decision.details["require_approval"] is True
+
+
+async def test_a_forged_action_result_leaves_no_gap_in_the_trail(stack: TrustStack) -> None:
+    """Completing the run's last step by id with `audited: true` (what an action says once it has
+    written its success and the run's end) left the trail without the step's start, its success,
+    the run's end and the events the step was handed: the run completed with half a record (review
+    F2, stop 50). What a result says it wrote is now written again by the worker's own flush."""
+    ACT.arm(drop=True)
+    handle = await _gated_run(stack, "closing")
+    await asyncio.wait_for(ACT.asked.wait(), 30)
+    try:
+        run_id, activity_id = await _pending(handle, "http.request")
+        await stack.client.get_async_activity_handle(workflow_id=handle.id, run_id=run_id, activity_id=activity_id
+                                                     ).complete({"output": {"status": 200}, "attempt": 1,
+                                                                 "audited": True})
+    finally:
+        ACT.release.set()
+    status = await result(handle)
+    assert status.state == "completed" and not stack.sink.of(handle.id), "scenario not built"
+    kinds = [e.kind.value for e in stack.events(handle.id)]
+    assert kinds[:1] == ["run_started"] and kinds.count("run_started") == 1, kinds
+    for kind in ("step_started", "step_succeeded", "run_finished"):
+        assert kinds.count(kind) == 1, (kind, kinds)
+    assert kinds[-1] == "run_finished", kinds
+
+
+async def test_a_genuine_last_step_is_recorded_once(stack: TrustStack) -> None:
+    """The other side: a step that did write its record and the run's end is not recorded twice
+    by the flush that confirms it (event ids), and the trail still verifies."""
+    handle = await _gated_run(stack, "closing")
+    status = await result(handle)
+    assert status.state == "completed" and stack.sink.of(handle.id) == [f"/{handle.id}/only"]
+    kinds = [e.kind.value for e in stack.events(handle.id)]
+    assert [k for k in kinds if k in ("step_started", "step_succeeded", "run_finished")] == [
+        "step_started", "step_succeeded", "run_finished"], kinds
+    assert stack.audit.verify().ok
 
 
 async def test_an_operators_reset_keeps_a_genuine_decision(stack: TrustStack) -> None:
