@@ -156,6 +156,17 @@ async def _pending(handle: WorkflowHandle[Any, Any], activity_type: str) -> tupl
     return description.run_id, activity_id
 
 
+async def _complete_action(stack: TrustStack, handle: WorkflowHandle[Any, Any], said: dict[str, Any]) -> None:
+    """Mallory completes the run's held `http.request` by id: a 200, with what she `said` of the
+    trail; then the worker's own attempt is let go (too late)."""
+    try:
+        run_id, activity_id = await _pending(handle, ACT.name)
+        await stack.client.get_async_activity_handle(workflow_id=handle.id, run_id=run_id, activity_id=activity_id
+                                                     ).complete({"output": {"status": 200}, "attempt": 1, **said})
+    finally:
+        ACT.release.set()
+
+
 def _decided(status: RunStatus) -> bool:
     return status.step("risky").state not in ("pending", "running")
 
@@ -246,13 +257,7 @@ async def test_a_forged_action_result_writes_no_events_of_her_choosing(stack: Tr
          "step_id": "prep", "kind": "step_output", "actor": principal(BOB),
          "details": {"action": "http.request", "attempt": 1, "size": 2, "sha256": "x", "output": {"by": "bob"}}},
     ]
-    try:
-        run_id, activity_id = await _pending(handle, "http.request")
-        await stack.client.get_async_activity_handle(workflow_id=handle.id, run_id=run_id, activity_id=activity_id
-                                                     ).complete({"output": {"status": 200}, "attempt": 1,
-                                                                 "unrecorded": forged})
-    finally:
-        ACT.release.set()
+    await _complete_action(stack, handle, {"unrecorded": forged})
     await until(handle, lambda s: s.step("risky").state == "waiting_approval", "risky waiting for approval")
     assert not stack.events("some-other-run"), "a plain client wrote bob's approval of another run into the trail"
     assert not stack.events(handle.id, "step_output"), "a plain client planted an output record in the trail"
@@ -272,13 +277,7 @@ async def test_a_forged_action_result_leaves_no_gap_in_the_trail(stack: TrustSta
     ACT.arm(drop=True)
     handle = await _gated_run(stack, "closing")
     await asyncio.wait_for(ACT.asked.wait(), 30)
-    try:
-        run_id, activity_id = await _pending(handle, "http.request")
-        await stack.client.get_async_activity_handle(workflow_id=handle.id, run_id=run_id, activity_id=activity_id
-                                                     ).complete({"output": {"status": 200}, "attempt": 1,
-                                                                 "audited": True})
-    finally:
-        ACT.release.set()
+    await _complete_action(stack, handle, {"audited": True})
     status = await result(handle)
     assert status.state == "completed" and not stack.sink.of(handle.id), "scenario not built"
     kinds = [e.kind.value for e in stack.events(handle.id)]
