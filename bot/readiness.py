@@ -9,12 +9,43 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import structlog
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
+log = structlog.get_logger(__name__)
+
 Check = Callable[[], Awaitable[str | None]]  # None when fine, else the reason
+# What a caller from elsewhere reads for a failing check. A reason names what the bot runs on (an
+# audit database's host and user, a playbook file's path and its parse error) and /readyz is open
+# to anyone who reaches the port, which Slack and Alertmanager must (red team, stop 49): the reason
+# is for the host itself (a healthcheck's curl, an operator's shell) and the log, as Kubernetes'
+# own /readyz withholds it.
+WITHHELD = "failed (reason withheld: ask from the host, or read the log)"
+
+
+def is_local(host: str | None) -> bool:
+    """Whether a caller's address is the host's own (loopback). A name, or no address: no."""
+    try:
+        return host is not None and ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def withheld(results: dict[str, str]) -> dict[str, str]:
+    return {name: "ok" if reason == "ok" else WITHHELD for name, reason in results.items()}
+
+
+def public_fact(fact: Any) -> Any:
+    """A fact as a caller elsewhere reads it: the catalog's hash and size (replicas compare them),
+    not its errors' text (file paths, parse errors; `validate` and the log say them)."""
+    if isinstance(fact, dict) and fact.get("errors"):
+        return {**fact, "errors": "some playbook files do not load (details withheld: ask from the host, or read the log)"}
+    return fact
 
 
 @dataclass
@@ -42,7 +73,11 @@ class Readiness:
 
     async def _run(self) -> dict[str, str]:
         results = await self._checked()
+        before = self._answer[1] if self._answer is not None else None
         self._answer = (time.monotonic(), results)
+        failing = {name: reason for name, reason in results.items() if reason != "ok"}
+        if results != before and (failing or before is not None):  # what a caller elsewhere is not told
+            log.warning("not ready", checks=failing) if failing else log.info("ready again")
         return results
 
     async def _checked(self) -> dict[str, str]:

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from bot.metrics import exposition
-from bot.readiness import Readiness
+from bot.readiness import Readiness, is_local, public_fact, withheld
 
 log = structlog.get_logger(__name__)
 
@@ -113,13 +113,16 @@ def create_app(readiness: Readiness, routers: Sequence[APIRouter] = ()) -> FastA
         return Response(body, media_type=content_type)
 
     @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        """Ready: every dependency check passes; the body says which one does not."""
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready: every dependency check passes; the body says which one does not, and why to a
+        caller on the host itself (`bot.readiness.WITHHELD`)."""
         results = await readiness.run()
         ok = all(value == "ok" for value in results.values())
-        body: dict[str, Any] = {"status": "ready" if ok else "not ready", "checks": results}
+        local = is_local(request.client.host if request.client else None)
+        body: dict[str, Any] = {"status": "ready" if ok else "not ready",
+                                "checks": results if local else withheld(results)}
         for name, fact in readiness.facts.items():
-            body[name] = fact()
+            body[name] = fact() if local else public_fact(fact())
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return app

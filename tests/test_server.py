@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -17,7 +18,7 @@ from bot.audit.store import SqliteAuditStore
 from bot.devstack import DevServer, free_port
 from bot.engine.worker import make_worker, worker_deps
 from bot.engine.workflow import PlaybookRun
-from bot.readiness import Readiness, audit_check, temporal_check
+from bot.readiness import WITHHELD, Readiness, audit_check, temporal_check
 from bot.server import DirectRoutes, create_app, direct_route, read_limited
 from bot.settings import Settings
 from tests.engine.support import catalog_of, playbook, run_input
@@ -58,6 +59,33 @@ async def test_readyz_says_why_the_audit_store_is_not_writable(tmp_path: Path):
         response = await http.get("/readyz")
     assert response.status_code == 503
     assert "a-file" in response.json()["checks"]["audit"]
+
+
+async def test_readyz_tells_why_only_to_the_host_itself(tmp_path: Path):
+    """Red team (stop 49): /readyz is open to whoever reaches the port (Slack and Alertmanager must),
+    and its reasons named the audit store's path (a database's host and user), and the catalog's
+    errors each playbook file's path and parse error. A caller from elsewhere reads which check
+    fails, not why; the host's own healthcheck, and the log, read the reason."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    readiness = Readiness({"audit": audit_check(SqliteAuditStore(blocker / "audit.db"))}, fresh=0)
+    readiness.facts["catalog"] = lambda: {"hash": "sha256:abc", "playbooks": 3,
+                                          "errors": f"{tmp_path}/secret-ops/restart.yaml: steps.0: bad"}
+    outside = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(readiness), client=("203.0.113.9", 40000)),
+                                base_url="http://bot")
+    with structlog.testing.capture_logs() as logs:
+        async with outside as http:
+            response = await http.get("/readyz")
+    assert response.status_code == 503
+    (said,) = [e for e in logs if e["event"] == "not ready"]
+    assert "a-file" in said["checks"]["audit"]
+    body = response.json()
+    assert str(tmp_path) not in response.text, body
+    assert body["checks"]["audit"] == WITHHELD and body["status"] == "not ready"
+    assert body["catalog"]["hash"] == "sha256:abc" and body["catalog"]["playbooks"] == 3
+    async with client_for(create_app(readiness)) as http:  # (127.0.0.1)
+        local = (await http.get("/readyz")).json()
+    assert "a-file" in local["checks"]["audit"] and "secret-ops" in local["catalog"]["errors"]
 
 
 async def test_metrics_move_with_a_run(dev_env, tmp_path: Path):
