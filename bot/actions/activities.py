@@ -81,12 +81,10 @@ def started_event(input: ActionInput, attempt: int, ts: datetime | None = None) 
                  ts=ts, execution=input.execution)
 
 
-def succeeded_event(input: ActionInput, attempt: int, ts: datetime | None = None) -> AuditEvent:
-    """`step_succeeded` (or `compensation_succeeded`) as the action writes it with `audit_after`;
-    the workflow builds the same event (same id) to confirm the write (engine-v11)."""
+def _succeeded(input: ActionInput, attempt: int) -> AuditEvent:
     kind = EventKind.compensation_succeeded if input.compensation else EventKind.step_succeeded
     return event(input.run_id, input.step_id, kind, {"action": input.action, "attempts": attempt},
-                 ts=ts, execution=input.execution)
+                 execution=input.execution)
 
 
 async def _record_success(audit: AuditWriter, input: ActionInput, attempt: int) -> bool:
@@ -101,7 +99,7 @@ async def _record_success(audit: AuditWriter, input: ActionInput, attempt: int) 
     try:
         now = datetime.now(timezone.utc)  # stamped when it happened, not when it was planned
         after = [e.model_copy(update={"ts": now}) for e in input.audit_after]
-        await audit.write([succeeded_event(input, attempt), *after])
+        await audit.write([_succeeded(input, attempt), *after])
     except ApplicationError as exc:
         log.error("audit write after success failed; the workflow will record it", error=exc.message)
         return False

@@ -10,10 +10,12 @@ that: it never acts before its policy decision is on the record. The run finishe
 last) only once the queue is empty; `status.audit_pending` says how many events wait meanwhile.
 
 From engine-v11 an activity's word that it wrote what it was handed is not the end of those
-events: a plain Temporal client can complete a pending activity by id with any result (red-team,
+events: a plain Temporal client can complete a pending activity by id with any result (review,
 stop 50). They wait in a second list (`_unconfirmed`) until a write of the worker's own (the
-flusher's local activity, which no client can answer) has taken them; a write the activity did make
-leaves that one a no-op (event ids), and the run ends only once that list is empty too.
+flusher's local activity, which no client can answer) has taken them, or a high-impact step's own
+record before it acts; a write the activity did make leaves that one a no-op (event ids), and the
+run ends only once that list is empty too. A forged completion's events are then written late,
+after events recorded since (each with its own time); none is lost.
 
 Runs from before the spool (no SPOOL_PATCH marker) keep the old behaviour and event ids.
 """
@@ -129,7 +131,10 @@ class AuditSpool:
             mode = "try"
         if self._holders:
             return mode, [], at
-        return mode, self._take(), at
+        queued = self._take()
+        if high and self._unconfirmed:  # (engine-v11) written, by the step itself, before it acts
+            queued, self._unconfirmed = sorted([*self._unconfirmed, *queued], key=lambda queued: queued[0]), []
+        return mode, queued, at
 
     def _handed(self, queued: list[Queued]) -> None:
         self._holders += 1 if queued else 0

@@ -19,7 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
 
-    from bot.actions.activities import describe_validation_error, started_event, succeeded_event
+    from bot.actions.activities import describe_validation_error, started_event
     from bot.actions.base import ActionInput, ActionResult
     from bot.audit.events import AuditEvent, EventKind
     from bot.audit.recorder import AuditBatch, AuditMode, event
@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from bot.engine.locking import NOTICE_SIGNAL, LockNotice, LockRelease, LockRequest, LockView
     from bot.engine.shield import uncancellable
-    from bot.engine.spool import HELD_PATCH, AuditSpool, Queued
+    from bot.engine.spool import HELD_PATCH, AuditSpool
     from bot.engine.subplaybooks import POKE_SIGNAL, SubPlaybooks
     from bot.actions.playbooks import RUN_ACTION
     from bot.engine.state import (
@@ -126,10 +126,12 @@ ENGINE_V9_PATCH = "engine-v9"
 # Temporal client could complete the pending activity by id and hand the run `allow` with no
 # approval, or a cancel in a verified canceller's name (bot/engine/answers.py; red-team, stop 50).
 ENGINE_V10_PATCH = "engine-v10"
-# engine-v10, and what an action's result says it wrote (the events it was handed, its own record,
-# its success and run_finished) is written again by the worker's own flush before the run ends
-# (a no-op for what it did write): a plain client completing the step by id said `audited: true`,
-# and the step's success and the run's end went unrecorded (review F2, stop 50; bot/engine/spool.py).
+# engine-v10, and an action's result or failure is not believed about the trail: what it says it
+# wrote (the events it was handed, its started event) is written again by the worker's own flush
+# before the run ends (a no-op for what it did write), the run records a remote step's success and
+# its own end itself, and an attempt's started event is kept whatever the result lists. A plain
+# client completing a run's last step by id with `audited: true` left the run with nothing in the
+# trail (review F2, stop 50; bot/engine/spool.py; red team of the fix: tests/security/).
 ENGINE_PATCH = "engine-v11"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
@@ -1042,7 +1044,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             if step.action == SLEEP_ACTION:
                 result = await self._acted(st, step.retry.max_attempts, self._sleep(st.args))
             else:
-                after = [self._finish_event()] if self._closes(step) else []
+                after = [self._finish_event()] if self._closes(step) and self._trusts_audited(step.action) else []
                 result = await self._acted(st, step.retry.max_attempts, self._execute(
                     step.id, step.action, args, step.retry, step.timeout, compensation=False, after=after,
                     high=step.impact == "high",
@@ -1058,7 +1060,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             return self._fail(st, refusal)
         st.state, st.finished_at = "succeeded", workflow.now()
         self._log("step succeeded", step_id=step.id, attempts=st.attempts)
-        if result.audited:
+        if result.audited and self._trusts_audited(step.action):
             self._finish_recorded = self._closes(step) and step.action != SLEEP_ACTION
         else:
             self._record(step.id, EventKind.step_succeeded, {"action": step.action, "attempts": st.attempts})
@@ -1141,7 +1143,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._log("step failed, falling back", step_id=step.id, fallback=fallback.action, error=message)
         self._record(step.id, EventKind.step_failed, {
             "action": step.action, "attempts": st.attempts, "error": message, "state": "failed", "fallback": fallback.action,
-        })
+        }, key="fallback" if self._confirms else None)  # (engine-v11: not the id of the fallback's own failure)
 
         def failed(error: str) -> bool:
             record.state, record.error, record.finished_at = "failed", error, workflow.now()
@@ -1390,32 +1392,34 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             self._returned(queued)
             self._put_back(queued)  # written or not, ids make a second write a no-op
             if spooled and mode != "write":
-                self._keep_started(exc, input, mode, at, retry.max_attempts)
+                self._keep_started(exc, input, mode, at, retry.max_attempts, trusted=local)
             raise
         self._returned(queued)
         if spooled:
-            self._keep_own(queued, input, result.unrecorded, result.attempt, at, mode)
-            if self._confirms and not local:
-                self._claimed(queued, input, result, at)
+            self._keep_own(queued, input, result.unrecorded, result.attempt, at, mode, trusted=local)
         return result
 
-    def _claimed(self, queued: list[Queued], input: ActionInput, result: ActionResult, at: int) -> None:
-        """engine-v11: what an activity's result says it wrote waits until the worker's own flush
-        has written it too (bot/engine/spool.py): what it was handed and its record, unless it
-        handed them back, and with `audited` its success and what came after (run_finished)."""
-        now = workflow.now()
-        claimed = [*queued, (at, started_event(input, result.attempt, ts=now))] if result.unrecorded is None else []
-        if result.audited:
-            place = self._place()
-            claimed += [(place, e) for e in (succeeded_event(input, result.attempt, ts=now), *input.audit_after)]
-        self._unconfirmed_too(claimed)
+    def _trusts_audited(self, action: str) -> bool:
+        """Whether an action's `audited` (its success and run_finished written) is believed: before
+        engine-v11, and from it for a LOCAL_ACTIONS action, which only this worker can answer."""
+        return not self._confirms or (self._local_light and action in LOCAL_ACTIONS)
 
     def _keep_own(self, queued: list[Any], input: ActionInput, events: list[AuditEvent] | None, attempt: int,
-                  at: int, mode: AuditMode) -> None:
+                  at: int, mode: AuditMode, trusted: bool = False) -> None:
         """`_kept` for an action: what it carried, and of what it lists as its own only its own
-        (`_own_events`); from engine-v10 only that says the store is down."""
+        (`_own_events`); from engine-v10 only that says the store is down. From engine-v11 an
+        activity that says it wrote what it carried and its record (`events` None) has both written
+        again by the flusher (`_unconfirmed_too`), and its started event is kept whatever it lists:
+        `trusted`, a local activity's word, is taken as it was."""
         own = self._own_events(input, events, attempt)
-        self._kept(queued, own, at, mode, down=bool(own) or not self._sealed_answers)
+        if not self._confirms or trusted:
+            self._kept(queued, own, at, mode, down=bool(own) or not self._sealed_answers)
+            return
+        started = started_event(input, attempt, ts=workflow.now())
+        if own is None:
+            self._unconfirmed_too([*queued, (at, started)])
+        else:
+            self._kept(queued, [started], at, mode, down=bool(own))
 
     def _own_events(self, input: ActionInput, events: list[AuditEvent] | None, attempt: int) -> list[AuditEvent] | None:
         """Of the events an action's result or failure says it could not write (the trail is down),
@@ -1468,13 +1472,17 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         finally:
             self._local_running -= 1
 
-    def _keep_started(self, exc: BaseException, input: ActionInput, mode: AuditMode, at: int, max_attempts: int) -> None:
+    def _keep_started(self, exc: BaseException, input: ActionInput, mode: AuditMode, at: int, max_attempts: int,
+                      trusted: bool = False) -> None:
         """An action that may have acted unrecorded failed: keep its started event. Its failure
         names it; a timeout cannot, so the workflow writes the same event (same id: a no-op if the
-        activity did write it). A cancel names nothing either: its step_failed says it was cancelled."""
+        activity did write it). A cancel names nothing either: its step_failed says it was cancelled.
+        From engine-v11 an action's own failure that names nothing keeps it too (`_keep_own`): one
+        that acted wrote it (a no-op), and a plain client failing the step by id leaves no gap."""
         own = self._failed_unrecorded(exc)
-        if own is not None:
-            self._keep_own([], input, own, describe_failure(exc, max_attempts)[1], at, mode)
+        application = isinstance(exc, ActivityError) and isinstance(exc.cause, ApplicationError)
+        if own is not None or (application and self._confirms and not trusted):
+            self._keep_own([], input, own, describe_failure(exc, max_attempts)[1], at, mode, trusted=trusted)
         elif isinstance(exc, ActivityError) and isinstance(exc.cause, TimeoutError):
             _, attempt = describe_failure(exc, max_attempts)
             self._put_back([], [started_event(input, attempt, ts=workflow.now())], at)
@@ -1865,7 +1873,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         else:
             record.attempts, record.state = result.attempt, "succeeded"
             st.state = "compensated"
-            if not result.audited:
+            if not (result.audited and self._trusts_audited(comp.action)):
                 self._record(step.id, EventKind.compensation_succeeded, {"action": comp.action, "attempts": result.attempt})
         record.finished_at = workflow.now()
         self._log("compensation " + record.state, step_id=step.id, was=previous)

@@ -154,6 +154,11 @@ steps:
     assert status.step("a").fallback.state == "failed"
     assert status.step("b").error == "b broke on attempt 1; fallback t.fail failed: b broke on attempt 1"
     assert status.state == "compensated" and status.failed_step == "b"
+    # The trail says both: the step fell back, then the fallback failed too (engine-v11; before, the
+    # second step_failed had the first's id and was dropped as a repeat).
+    failed = [d for k, d in kinds(rec, "b") if k == "step_failed"]
+    assert [d.get("fallback") for d in failed] == ["t.fail", None], failed
+    assert "fallback t.fail failed" in failed[-1]["error"]
 
 
 async def test_a_high_impact_fallback_asks_policy_and_a_deny_ends_the_run(skip_env):
