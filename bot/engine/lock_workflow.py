@@ -26,6 +26,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from bot.engine import results
     from bot.engine.locking import (
         ACQUIRE_SIGNAL,
         AdoptRequest,
@@ -106,8 +107,8 @@ class KeyLock:
             return
         request = AdoptRequest(key=s.key, holders=claimed, seal=seal, from_run=workflow.info().continued_run_id)
         try:
-            result = await workflow.execute_activity(
-                "lock.adopt", request, result_type=AdoptResult, start_to_close_timeout=LIVE_TIMEOUT,
+            result = await results.execute(
+                "lock.adopt", request, AdoptResult, start_to_close_timeout=LIVE_TIMEOUT,
                 summary="which holders verify",
             )
         except ActivityError:
@@ -217,10 +218,10 @@ class KeyLock:
         s = self._state
         run_ids = [h.run_id for h in s.holders] + [w.run_id for w in s.waiters]
         try:
-            result = await workflow.execute_activity(
+            result = await results.execute(
                 "lock.alive",
                 LiveRequest(run_ids=run_ids),
-                result_type=LiveResult,
+                LiveResult,
                 start_to_close_timeout=LIVE_TIMEOUT,
                 retry_policy=RetryPolicy(maximum_attempts=3),
                 summary="which holders ended",

@@ -40,8 +40,9 @@ HELD_PATCH = "audit-spool-held-v1"
 FLUSH_TIMEOUT = timedelta(seconds=30)
 FLUSH_FIRST_RETRY = timedelta(seconds=1)
 FLUSH_MAX_RETRY = timedelta(seconds=60)
-# Events an activity said it wrote, kept until the flusher confirms them: past this many, it does
-# so at once rather than at the next flush a high-impact step or the run's end asks for.
+# Events an activity said it wrote, kept until the flusher confirms them: past this many, the next
+# action waits for it to (a long run of remote steps holds no more than that, and its end's flush
+# writes no more than that either).
 UNCONFIRMED_MAX = 64
 
 Queued = tuple[int, AuditEvent]  # (place in the run's order, event)
@@ -97,8 +98,15 @@ class AuditSpool:
     def _unconfirmed_too(self, claimed: list[Queued]) -> None:
         """Events an activity's result says it wrote: the flusher writes them again (engine-v11)."""
         self._unconfirmed.extend(claimed)
-        if len(self._unconfirmed) > UNCONFIRMED_MAX:
-            self._flush_wanted = True
+
+    async def _confirmed_some(self) -> None:
+        """Before an action (engine-v11): past UNCONFIRMED_MAX events to confirm, the flusher writes
+        them first. It waits for no activity to hold the queue, which in a run of remote steps is
+        only ever so between them (review, stop 51: nothing was confirmed before the run's end)."""
+        if len(self._unconfirmed) <= UNCONFIRMED_MAX:
+            return
+        self._flush_wanted = True
+        await workflow.wait_condition(lambda: len(self._unconfirmed) <= UNCONFIRMED_MAX or self._store_down)
 
     def _to_flush(self) -> bool:
         return bool(self._audit or self._unconfirmed)
@@ -162,7 +170,10 @@ class AuditSpool:
         raw = cause.details[0].get("unrecorded")
         if not isinstance(raw, list):
             return None
-        return [AuditEvent.model_validate(e) for e in raw]
+        try:
+            return [AuditEvent.model_validate(e) for e in raw]
+        except ValueError:  # (pydantic's) not events: a failure forged by id (none is the action's, and an
+            return []       # exception here failed the workflow task on every replay: an undo never ended)
 
     def _went_down(self) -> None:
         if not self._audit and self._flushing is None:

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.audit.events import EventKind
     from bot.engine.admission import CHILD_DEPTH_MAX
     from bot.engine.children import Peek, PeekRequest, Snapshot, SnapshotRequest
+    from bot.engine import results
     from bot.engine.shield import uncancellable
     from bot.engine.state import (
         ChildCall,
@@ -92,10 +93,10 @@ class SubPlaybooks:
             self._log("peer run not reachable", peer=run_id)  # it has ended: its end says the rest
 
     async def _peek(self: _Run, run_id: str) -> Peek:
-        return await self._until_answered(lambda: workflow.execute_activity(  # type: ignore[attr-defined]
+        return await self._until_answered(lambda: results.execute(  # type: ignore[attr-defined]
             "run.peek",
             PeekRequest(run_id=run_id),
-            result_type=Peek,
+            Peek,
             start_to_close_timeout=PEEK_TIMEOUT,
             retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until a worker answers
             summary=f"peek {run_id[:60]}",

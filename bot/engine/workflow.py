@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from bot.engine.locking import NOTICE_SIGNAL, LockNotice, LockRelease, LockRequest, LockView
     from bot.engine.shield import uncancellable
+    from bot.engine import results
     from bot.engine.spool import HELD_PATCH, AuditSpool
     from bot.engine.subplaybooks import POKE_SIGNAL, SubPlaybooks
     from bot.actions.playbooks import RUN_ACTION
@@ -826,7 +827,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         return True
 
     async def _ask_lock(self, request: LockRequest) -> None:
-        await self._until_answered(lambda: workflow.execute_activity(
+        await self._until_answered(lambda: results.execute_unread(
             "lock.request",
             request,
             start_to_close_timeout=LOCK_TIMEOUT,
@@ -840,10 +841,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         the bot's KeyLock on this task queue), or None when it does not."""
         assert self._lock_key is not None
         key = self._lock_key
-        view: LockView = await self._until_answered(lambda: workflow.execute_activity(
+        view: LockView = await self._until_answered(lambda: results.execute(
             "lock.confirm",
             key,
-            result_type=LockView,
+            LockView,
             start_to_close_timeout=LOCK_TIMEOUT,
             retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until Temporal answers
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -864,7 +865,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         release; one that cannot be told notices this run ended at its next check."""
         assert self._lock_key is not None
         try:
-            await workflow.execute_activity(
+            await results.execute_unread(
                 "lock.release",
                 LockRelease(key=self._lock_key, run_id=self._status.run_id),
                 start_to_close_timeout=LOCK_TIMEOUT,
@@ -1353,6 +1354,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         spooled = self._spooled()
         if spooled and high:
             await self._recorded()
+        if spooled and self._confirms:
+            await self._confirmed_some()
         mode, queued, at = self._handoff(high) if spooled else ("write", self._take(), 0)
         input = ActionInput(
             run_id=self._status.run_id,
@@ -1378,10 +1381,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             if local:
                 result = await self._local_action(action, input, timeout, retry, summary)
             else:
-                result = await workflow.execute_activity(
+                result = await results.execute(
                     action,
                     input,
-                    result_type=ActionResult,
+                    ActionResult,
                     start_to_close_timeout=timeout,
                     heartbeat_timeout=HEARTBEAT_TIMEOUT,
                     retry_policy=_retry(retry),
@@ -1477,13 +1480,18 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         """An action that may have acted unrecorded failed: keep its started event. Its failure
         names it; a timeout cannot, so the workflow writes the same event (same id: a no-op if the
         activity did write it). A cancel names nothing either: its step_failed says it was cancelled.
-        From engine-v11 an action's own failure that names nothing keeps it too (`_keep_own`): one
-        that acted wrote it (a no-op), and a plain client failing the step by id leaves no gap."""
+        From engine-v11 any other failure of a remote action keeps it too (`_keep_own`), but a
+        cancel of the run's own: one that acted wrote it (a no-op), and a plain client failing the
+        step by id, as anything (cancelled included), leaves no gap. (Not called for `write`: that
+        action acts only after its record is written, so a failure without one acted on nothing.)"""
+        if not isinstance(exc, ActivityError):
+            return  # (the task's own cancel: the run's)
         own = self._failed_unrecorded(exc)
-        application = isinstance(exc, ActivityError) and isinstance(exc.cause, ApplicationError)
-        if own is not None or (application and self._confirms and not trusted):
+        timeout = isinstance(exc.cause, TimeoutError)
+        ours = isinstance(exc.cause, CancelledError) and self._cancelled_by_run()
+        if own is not None or (self._confirms and not trusted and not timeout and not ours):
             self._keep_own([], input, own, describe_failure(exc, max_attempts)[1], at, mode, trusted=trusted)
-        elif isinstance(exc, ActivityError) and isinstance(exc.cause, TimeoutError):
+        elif timeout:
             _, attempt = describe_failure(exc, max_attempts)
             self._put_back([], [started_event(input, attempt, ts=workflow.now())], at)
 
@@ -1586,10 +1594,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         # (its first execution, which a reset keeps: the reset execution replays this very command)
         question = f"{name}:{self._first_execution()}:{workflow.uuid4()}" if sealed else None
         try:
-            result = await workflow.execute_activity(
+            result = await results.execute(
                 name,
                 request,
-                result_type=result_type,
+                result_type,
                 start_to_close_timeout=POLICY_TIMEOUT,
                 retry_policy=POLICY_RETRY,
                 summary=f"policy {rule}",

@@ -1,8 +1,12 @@
-"""A forged action result or failure leaves no gap in the trail and puts nothing false in it.
+"""A forged action result or failure leaves no gap in the trail, puts nothing false in it, and
+cannot stop the run for good.
 
 Red team of engine-v11's first form (stop 51), which re-wrote what a forged result said it wrote
-but still took its word on the rest. Each test is a plain Temporal client completing or failing a
-pending action by id, as in test_forged_activity_results.py; each failed on that first form."""
+but still took its word on the rest, and the second review of its fix (section 5). Each test is a
+plain Temporal client completing or failing a pending action by id, as in
+test_forged_activity_results.py, with the worker's own attempt dropped (`ACT.arm(drop=True)`); each
+failed on the code before its fix. A genuine run of every kind of step closes it: each event once,
+run_finished last."""
 
 from __future__ import annotations
 
@@ -10,13 +14,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_asyncio
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import CancelledError as TemporalCancelledError
 
-from tests.security.test_forged_activity_results import ACT, CLOSING, _gated_run, _pending, holding
+from tests.security.test_forged_activity_results import ACT, CLOSING, DECIDE, _gated_run, _pending, holding
 from tests.security.test_raw_temporal import DATA, PLAYBOOKS
-from tests.security.trust_stack import TrustStack, result, trust_stack
+from tests.security.trust_stack import TrustStack, result, trust_stack, until
 
 # Two low-impact steps: the second closes the run's record (its activity writes run_finished).
 TWO = """
@@ -48,10 +55,85 @@ steps:
 """
 
 
+# One high-impact step the shipped policy allows without approval (outside production: the
+# playbook's own `environment` default is trusted). Its action is handed `write` mode.
+STAGING = """
+name: staging
+summary: One high-impact call outside production
+owner: sre
+vars: {sink: "{sink}"}
+params:
+  environment: {type: string, default: staging}
+steps:
+  - id: only
+    action: http.request
+    impact: high
+    retry: {max_attempts: 1}
+    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/only"}
+"""
+
+
+# A local first step whose undo is a remote call, then the run fails on purpose: the undo is the
+# only http.request, held for Mallory.
+UNDO = """
+name: undo
+summary: Log, then fail; the log's undo calls out
+owner: sre
+vars: {sink: "{sink}"}
+steps:
+  - id: first
+    action: core.log
+    with: {message: hello}
+    compensate: {action: http.request, retry: {max_attempts: 1}, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/undo"}}
+  - id: stop
+    action: core.fail
+    with: {reason: on purpose}
+"""
+
+
+# No attacker: an undoable step, a local step, a sleep, a parallel group, a step that fails twice
+# (retried) and whose fallback fails too, the undo, and an on_failure step.
+GENUINE = """
+name: genuine
+summary: Everything a run does, no attacker
+owner: sre
+vars: {sink: "{sink}"}
+steps:
+  - id: a
+    action: http.request
+    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/a"}
+    compensate: {action: http.request, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/undo-a"}}
+  - id: log
+    action: core.log
+    with: {message: hello}
+  - id: nap
+    action: core.sleep
+    with: {duration: 1s}
+  - id: par
+    parallel:
+      - id: p1
+        action: http.request
+        with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/p1"}
+      - id: p2
+        action: http.request
+        with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/p2"}
+  - id: fb
+    action: http.request
+    retry: {max_attempts: 2, initial_interval: 200ms}
+    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/fb", expected_status: 201}
+    fallback: {action: http.request, retry: {max_attempts: 1}, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/fb2", expected_status: 201}}
+on_failure:
+  - id: tell
+    action: http.request
+    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/tell"}
+"""
+
+
 @pytest_asyncio.fixture(scope="module")
 async def stack(dev_env: Any, _slack_server: Any, tmp_path_factory: Any) -> AsyncIterator[TrustStack]:
     async with trust_stack(dev_env.client, _slack_server, tmp_path_factory.mktemp("forged11"),
-                           {**PLAYBOOKS, "closing": CLOSING, "two": TWO, "falling": FALLING}, DATA,
+                           {**PLAYBOOKS, "closing": CLOSING, "two": TWO, "falling": FALLING, "staging": STAGING, "undo": UNDO,
+                            "genuine": GENUINE}, DATA,
                            activities=holding) as s:
         yield s
 
@@ -168,4 +250,126 @@ async def test_a_forged_first_step_loses_nothing_and_the_run_ends_last(stack: Tr
     kinds = _kinds(stack, handle.id)
     assert kinds.count("run_started") == 1 and kinds.count("step_started") == 2, kinds  # nothing is missing
     assert kinds.count("step_succeeded") == 2 and kinds[-1] == "run_finished", kinds
+    assert stack.audit.verify().ok
+
+
+# ---- 5. the second review: failures forged otherwise, results that do not decode, and a genuine run
+
+
+async def test_a_forged_cancellation_leaves_no_gap(stack: TrustStack) -> None:
+    """Failing the pending step by id *as cancelled*: the run (engine-v10) reads it as a failure,
+    not a cancel (nobody cancelled), and records step_failed state `failed`; but `_keep_started`
+    kept the started event only for an ApplicationError or a timeout, so the step failed with no
+    start on the record, as the fixed forged ApplicationError did."""
+    ACT.arm(drop=True)
+    handle = await _gated_run(stack, "closing")
+    await _forge(stack, handle, fail=TemporalCancelledError("nobody asked"))
+    status = await result(handle)
+    assert status.cancelled_by is None and status.step("only").state == "failed", "scenario not built"
+    assert not stack.sink.of(handle.id), "scenario not built"
+    kinds = _kinds(stack, handle.id)
+    assert kinds.count("step_failed") == 1 and kinds[-1] == "run_finished", kinds
+    assert kinds.count("step_started") == 1, f"the step failed with no start on the record: {kinds}"
+
+
+async def test_a_forged_failure_of_a_high_impact_step_is_on_the_record_with_its_decision(stack: TrustStack) -> None:
+    """The same forged failure on a high-impact step (audit mode `write`): its action acts only
+    once its record is written, so a failure without that record acted on nothing, and the trail
+    says just that: the decision, then the failure, and no start (docs/security.md)."""
+    ACT.arm(drop=True)
+    handle = await _gated_run(stack, "staging")
+    await _forge(stack, handle, fail=ApplicationError("forged", non_retryable=True))
+    status = await result(handle)
+    assert status.step("only").state == "failed" and not stack.sink.of(handle.id), "scenario not built"
+    kinds = _kinds(stack, handle.id)
+    assert kinds == ["run_started", "policy_decision", "step_failed", "run_finished"], kinds
+
+
+async def _task_failures(handle: Any) -> list[str]:
+    history = await handle.fetch_history()
+    return [e.workflow_task_failed_event_attributes.failure.message for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+
+
+async def test_a_forged_failure_with_a_malformed_unrecorded_list_leaves_no_gap(stack: TrustStack) -> None:
+    """`unrecorded: [{}]` in a forged failure's details: `_failed_unrecorded` validates it in
+    workflow code, the pydantic error (a ValueError) leaves `_execute` before `_keep_own`, and
+    `_run_step` reads it as the step's failure: no started event is kept."""
+    ACT.arm(drop=True)
+    handle = await _gated_run(stack, "closing")
+    await _forge(stack, handle, fail=ApplicationError("forged", {"unrecorded": [{}]}, non_retryable=True))
+    status = await result(handle)
+    assert status.step("only").state == "failed" and not stack.sink.of(handle.id), "scenario not built"
+    kinds = _kinds(stack, handle.id)
+    assert kinds.count("step_failed") == 1 and kinds[-1] == "run_finished", kinds
+    assert kinds.count("step_started") == 1, f"the step failed with no start on the record: {kinds}"
+
+
+async def test_a_forged_undo_failure_with_a_malformed_unrecorded_list_does_not_wedge_the_rollback(stack: TrustStack) -> None:
+    """The same details on a pending undo: `_undo` catches ActivityError only, so the pydantic
+    error leaves the workflow code and fails its workflow task, on every replay: the rollback
+    stops there and the run never ends (no compensation_failed, no run_finished)."""
+    ACT.arm(drop=True)
+    handle = await _gated_run(stack, "undo")
+    await _forge(stack, handle, fail=ApplicationError("forged", {"unrecorded": [{}]}, non_retryable=True))
+    try:
+        status = await result(handle, timeout=20)
+    except Exception as exc:  # noqa: BLE001
+        raise AssertionError(f"the run never ended: {type(exc).__name__}; workflow task failures: "
+                             f"{(await _task_failures(handle))[:1]}") from None
+    assert status.state == "failed", status.state
+    kinds = _kinds(stack, handle.id)
+    assert "compensation_failed" in kinds and kinds[-1] == "run_finished", kinds
+
+
+@pytest.mark.parametrize("forged", [{"output": {}, "attempt": 1, "unrecorded": [{}]}, None, ["a", "list"]],
+                         ids=["not-an-action-result", "null", "a-list"])
+async def test_a_forged_result_that_does_not_decode_does_not_wedge_the_run(stack: TrustStack, forged: Any) -> None:
+    """A completion the run cannot read as an ActionResult: the SDK failed the workflow task
+    decoding it, on every replay, and the run never went on, rolled back or ended. The run reads
+    it now (bot/engine/results.py): a failure of the step's, as any other."""
+    ACT.arm(drop=True)
+    handle = await _gated_run(stack, "closing")
+    await _forge(stack, handle, complete=forged)
+    try:
+        status = await result(handle, timeout=20)
+    except Exception as exc:  # noqa: BLE001
+        raise AssertionError(f"the run never ended: {type(exc).__name__}; workflow task failures: "
+                             f"{[m[:120] for m in (await _task_failures(handle))[:1]]}") from None
+    assert status.finished and status.step("only").state == "failed", status.state
+    assert "no worker of the bot returns" in (status.step("only").error or "")
+    kinds = _kinds(stack, handle.id)
+    assert kinds.count("step_started") == 1 and kinds[-1] == "run_finished", kinds
+
+
+async def test_a_forged_policy_answer_that_does_not_decode_is_a_deny(stack: TrustStack) -> None:
+    """The same on a pending `decide` (answered before its seal is checked): the run reads it as a
+    policy it could not ask, and denies the step."""
+    DECIDE.arm(drop=True)
+    handle = await _gated_run(stack)
+    await asyncio.wait_for(DECIDE.asked.wait(), 30)
+    try:
+        run_id, activity_id = await _pending(handle, DECIDE.name)
+        await stack.client.get_async_activity_handle(workflow_id=handle.id, run_id=run_id, activity_id=activity_id
+                                                     ).complete({"allow": {"not": "a bool"}})
+    finally:
+        DECIDE.release.set()
+    status = await until(handle, lambda s: s.step("risky").state not in ("pending", "running"), "risky decided")
+    assert status.step("risky").state == "denied", status.step("risky")
+    assert f"/{handle.id}/risky" not in stack.sink.of(handle.id)
+
+
+async def test_a_genuine_run_records_each_event_once_and_ends_last(stack: TrustStack) -> None:
+    handle = await _gated_run(stack, "genuine")
+    status = await result(handle, timeout=60)
+    assert status.state == "compensated", (status.state, status.error)
+    events = stack.events(handle.id)
+    pairs = [(e.kind.value, e.step_id) for e in events]
+    assert pairs[-1] == ("run_finished", None) and pairs.count(("run_finished", None)) == 1, pairs
+    for step in ("a", "log", "p1", "p2", "fb", "tell"):  # (core.sleep, a timer, records no start)
+        assert pairs.count(("step_started", step)) == 1, (step, pairs)
+    assert pairs.count(("step_failed", "fb")) == 2, pairs  # falling back, then the fallback's own failure
+    assert pairs.count(("compensation_started", "a")) == 1 and pairs.count(("compensation_succeeded", "a")) == 1, pairs
+    for step in ("a", "log", "nap", "p1", "p2", "tell"):
+        assert pairs.count(("step_succeeded", step)) == 1, (step, pairs)
     assert stack.audit.verify().ok
