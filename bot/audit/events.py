@@ -111,7 +111,10 @@ class AuditEvent(BaseModel):
         # A naive time is ambiguous in a postmortem (local? UTC?): refuse it rather than guess.
         if ts.tzinfo is None or ts.utcoffset() is None:
             raise ValueError("ts must be timezone-aware (UTC); got a naive datetime")
-        return ts.astimezone(UTC)
+        try:
+            return ts.astimezone(UTC)
+        except OverflowError:  # (year 1 east of UTC, year 9999 west): pydantic passes this one through
+            raise ValueError(f"ts {ts.isoformat()} has no UTC time in range") from None
 
     @field_validator("details", mode="before")
     @classmethod

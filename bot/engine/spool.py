@@ -100,9 +100,11 @@ class AuditSpool:
         self._unconfirmed.extend(claimed)
 
     async def _confirmed_some(self) -> None:
-        """Before an action (engine-v11): past UNCONFIRMED_MAX events to confirm, the flusher writes
-        them first. It waits for no activity to hold the queue, which in a run of remote steps is
-        only ever so between them (review, stop 51: nothing was confirmed before the run's end)."""
+        """Before an action (engine-v11): past UNCONFIRMED_MAX events to confirm, the flusher takes
+        them first (its batch; a write that fails puts them back in the queue). It waits for no
+        activity to hold the queue, which in a run of remote steps is only ever so between them
+        (review, stop 51: nothing was confirmed before the run's end); in a parallel group, for a
+        sibling to return."""
         if len(self._unconfirmed) <= UNCONFIRMED_MAX:
             return
         self._flush_wanted = True
@@ -172,7 +174,7 @@ class AuditSpool:
             return None
         try:
             return [AuditEvent.model_validate(e) for e in raw]
-        except ValueError:  # (pydantic's) not events: a failure forged by id (none is the action's, and an
+        except Exception:  # noqa: BLE001  not events: a failure forged by id (none is the action's; an
             return []       # exception here failed the workflow task on every replay: an undo never ended)
 
     def _went_down(self) -> None:

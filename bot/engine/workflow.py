@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.engine.locking import NOTICE_SIGNAL, LockNotice, LockRelease, LockRequest, LockView
     from bot.engine.shield import uncancellable
     from bot.engine import results
+    from bot.engine.callers import CALLER_REFUSED, CALLER_UNKNOWN
     from bot.engine.spool import HELD_PATCH, AuditSpool
     from bot.engine.subplaybooks import POKE_SIGNAL, SubPlaybooks
     from bot.actions.playbooks import RUN_ACTION
@@ -140,6 +141,9 @@ ENGINE_PATCH = "engine-v11"
 LOCAL_ACTIONS = frozenset({"core.log"})
 ADMIT_TIMEOUT = timedelta(seconds=30)
 ANSWER_UNSEALED = "AnswerUnsealed"
+# Failures of an action's activity raised before its wrapper runs (so before its record): the worker
+# refused the caller (bot/engine/callers.py), or has no such activity (the SDK's own type).
+NEVER_RAN = frozenset({CALLER_REFUSED, CALLER_UNKNOWN, "NotFoundError"})
 T = TypeVar("T")
 ASK_AGAIN_AFTER = timedelta(seconds=1)  # engine-v10: an activity retried without limit that a client failed
 ANONYMOUS_CANCELS_AUDITED = 10
@@ -1489,7 +1493,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         own = self._failed_unrecorded(exc)
         timeout = isinstance(exc.cause, TimeoutError)
         ours = isinstance(exc.cause, CancelledError) and self._cancelled_by_run()
-        if own is not None or (self._confirms and not trusted and not timeout and not ours):
+        unrun = isinstance(exc.cause, ApplicationError) and exc.cause.type in NEVER_RAN
+        if own is not None or (self._confirms and not trusted and not timeout and not ours and not unrun):
             self._keep_own([], input, own, describe_failure(exc, max_attempts)[1], at, mode, trusted=trusted)
         elif timeout:
             _, attempt = describe_failure(exc, max_attempts)

@@ -137,6 +137,9 @@ def test_a_second_store_on_the_same_file_continues_the_chain(store: SqliteAuditS
 def test_the_event_model_refuses_naive_times_unknown_kinds_and_non_json_details() -> None:
     with pytest.raises(ValidationError, match="timezone-aware"):
         event(1, ts=datetime(2025, 1, 1))
+    with pytest.raises(ValidationError, match="no UTC time in range"):  # (was an OverflowError, not a refusal)
+        AuditEvent.model_validate({"event_id": "x", "ts": "0001-01-01T00:00:00+01:00", "kind": "step_started",
+                                   "actor": "a"})
     with pytest.raises(ValidationError, match="kind"):
         event(1, kind="step_exploded")
     with pytest.raises(ValidationError, match="JSON"):

@@ -305,13 +305,20 @@ async def test_a_forged_failure_with_a_malformed_unrecorded_list_leaves_no_gap(s
     assert kinds.count("step_started") == 1, f"the step failed with no start on the record: {kinds}"
 
 
-async def test_a_forged_undo_failure_with_a_malformed_unrecorded_list_does_not_wedge_the_rollback(stack: TrustStack) -> None:
-    """The same details on a pending undo: `_undo` catches ActivityError only, so the pydantic
-    error leaves the workflow code and fails its workflow task, on every replay: the rollback
-    stops there and the run never ends (no compensation_failed, no run_finished)."""
+# An event whose time has no UTC value in datetime's range: the validator's astimezone raised
+# OverflowError, which pydantic passes through (third review, stop 51).
+EDGE = {"event_id": "x", "ts": "0001-01-01T00:00:00+01:00", "kind": "step_started", "actor": "a"}
+
+
+@pytest.mark.parametrize("unrecorded", [[{}], [EDGE]], ids=["empty-event", "time-out-of-range"])
+async def test_a_forged_undo_failure_with_a_malformed_unrecorded_list_does_not_wedge_the_rollback(
+        stack: TrustStack, unrecorded: list[Any]) -> None:
+    """The same details on a pending undo: `_undo` catches ActivityError only, so the error reading
+    them left the workflow code and failed its workflow task, on every replay: the rollback stopped
+    there and the run never ended (no compensation_failed, no run_finished)."""
     ACT.arm(drop=True)
     handle = await _gated_run(stack, "undo")
-    await _forge(stack, handle, fail=ApplicationError("forged", {"unrecorded": [{}]}, non_retryable=True))
+    await _forge(stack, handle, fail=ApplicationError("forged", {"unrecorded": unrecorded}, non_retryable=True))
     try:
         status = await result(handle, timeout=20)
     except Exception as exc:  # noqa: BLE001
@@ -320,6 +327,19 @@ async def test_a_forged_undo_failure_with_a_malformed_unrecorded_list_does_not_w
     assert status.state == "failed", status.state
     kinds = _kinds(stack, handle.id)
     assert "compensation_failed" in kinds and kinds[-1] == "run_finished", kinds
+
+
+async def test_an_action_that_never_ran_records_no_start(stack: TrustStack) -> None:
+    """A worker that has no such activity fails it before its wrapper runs (the SDK's NotFoundError;
+    so does one that refuses the caller, bot/engine/callers.py), so before its record: the step
+    failed, and the trail does not say it started (third review, stop 51)."""
+    ACT.arm(drop=True)
+    handle = await _gated_run(stack, "closing")
+    await _forge(stack, handle, fail=ApplicationError("Activity function http.request is not registered",
+                                                      type="NotFoundError", non_retryable=True))
+    status = await result(handle)
+    assert status.step("only").state == "failed" and not stack.sink.of(handle.id), "scenario not built"
+    assert _kinds(stack, handle.id) == ["run_started", "step_failed", "run_finished"]
 
 
 @pytest.mark.parametrize("forged", [{"output": {}, "attempt": 1, "unrecorded": [{}]}, None, ["a", "list"]],
