@@ -1356,10 +1356,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         until the store has taken everything queued, its policy decision included, and then
         writes its own record before it acts, as every step did before the spool."""
         spooled = self._spooled()
-        if spooled and high:
-            await self._recorded()
         if spooled and self._confirms:
             await self._confirmed_some()
+        if spooled and high:
+            await self._recorded()  # (last: nothing runs between its check and the handoff)
         mode, queued, at = self._handoff(high) if spooled else ("write", self._take(), 0)
         input = ActionInput(
             run_id=self._status.run_id,
