@@ -194,8 +194,12 @@ def describe_failure(err: BaseException, max_attempts: int) -> tuple[str, int]:
     cause = err.cause if isinstance(err, ActivityError) else err
     if isinstance(cause, ApplicationError):
         details = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
-        attempt = int(details.get("attempt", max_attempts))
-        return cause.message, attempt
+        said = details.get("attempt")
+        # A client can fail an activity by id with any details: an attempt that is not one of this
+        # activity's (null, a list, Infinity, "x", 10**9) is not taken; int() of one raised in
+        # workflow code, on every replay (the run never went on or ended: red team, stop 51).
+        readable = isinstance(said, int) and not isinstance(said, bool) and 1 <= said <= max(max_attempts, 1)
+        return cause.message, said if readable else max_attempts
     if isinstance(cause, TimeoutError):
         return f"timed out ({cause.type.name.lower().replace('_', '-') if cause.type else 'timeout'})", max_attempts
     if isinstance(cause, CancelledError):

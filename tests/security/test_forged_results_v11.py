@@ -21,7 +21,15 @@ from temporalio.client import WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 
-from tests.security.test_forged_activity_results import ACT, CLOSING, DECIDE, _gated_run, _pending, holding
+from tests.security.test_forged_activity_results import (
+    ACT,
+    CLOSING,
+    DECIDE,
+    _fail_held,
+    _gated_run,
+    _pending,
+    holding,
+)
 from tests.security.test_raw_temporal import DATA, PLAYBOOKS
 from tests.security.trust_stack import TrustStack, result, trust_stack, until
 
@@ -393,3 +401,49 @@ async def test_a_genuine_run_records_each_event_once_and_ends_last(stack: TrustS
     for step in ("a", "log", "nap", "p1", "p2", "tell"):
         assert pairs.count(("step_succeeded", step)) == 1, (step, pairs)
     assert stack.audit.verify().ok
+
+
+# ---- 6. failure details the run reads: an attempt that is not one (fourth review, stop 51) --------
+
+BAD_ATTEMPTS = [None, [1], float("inf"), "x", 10**9]
+BAD_IDS = ["null", "list", "infinity", "not-a-number", "huge"]
+
+
+async def _ended(handle: WorkflowHandle[Any, Any]) -> Any:
+    try:
+        return await result(handle, timeout=20)
+    except Exception as exc:  # noqa: BLE001
+        raise AssertionError(f"the run never ended: {type(exc).__name__}; workflow task failures: "
+                             f"{[m[:160] for m in (await _task_failures(handle))[:1]]}") from None
+
+
+@pytest.mark.parametrize("attempt", BAD_ATTEMPTS, ids=BAD_IDS)
+async def test_a_forged_failure_with_an_unreadable_attempt_does_not_wedge_the_run(
+        stack: TrustStack, attempt: Any) -> None:
+    """`describe_failure` took `int()` of a forged failure's `attempt` in workflow code: null, a list
+    or Infinity raised there (and "x" too, on an undo or a policy question), and the workflow task
+    failed on every replay. An attempt that is not one of the step's is not taken now."""
+    ACT.arm(drop=True)
+    handle = await _gated_run(stack, "closing")
+    await _forge(stack, handle, fail=ApplicationError("forged", {"attempt": attempt}, non_retryable=True))
+    status = await _ended(handle)
+    assert status.step("only").state == "failed" and status.step("only").attempts == 3, status.step("only")
+
+
+@pytest.mark.parametrize("attempt", BAD_ATTEMPTS[:4], ids=BAD_IDS[:4])
+async def test_a_forged_undo_failure_with_an_unreadable_attempt_does_not_wedge_the_rollback(
+        stack: TrustStack, attempt: Any) -> None:
+    ACT.arm(drop=True)
+    handle = await _gated_run(stack, "undo")
+    await _forge(stack, handle, fail=ApplicationError("forged", {"attempt": attempt}, non_retryable=True))
+    status = await _ended(handle)
+    assert status.state == "failed" and "compensation_failed" in _kinds(stack, handle.id), status.state
+
+
+@pytest.mark.parametrize("attempt", BAD_ATTEMPTS[:4], ids=BAD_IDS[:4])
+async def test_a_forged_policy_failure_with_an_unreadable_attempt_is_a_deny(stack: TrustStack, attempt: Any) -> None:
+    DECIDE.arm()
+    handle = await _gated_run(stack)
+    await _fail_held(stack, DECIDE, handle, ApplicationError("forged", {"attempt": attempt}, non_retryable=True))
+    status = await _ended(handle)
+    assert status.step("risky").state == "denied", status.step("risky")
