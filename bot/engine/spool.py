@@ -101,14 +101,16 @@ class AuditSpool:
 
     async def _confirmed_some(self) -> None:
         """Before an action (engine-v11): past UNCONFIRMED_MAX events to confirm, the flusher takes
-        them first (its batch; a write that fails puts them back in the queue). It waits for no
-        activity to hold the queue, which in a run of remote steps is only ever so between them
-        (review, stop 51: nothing was confirmed before the run's end); in a parallel group, for a
-        sibling to return."""
-        if len(self._unconfirmed) <= UNCONFIRMED_MAX:
+        them first (its batch; a write that fails puts them back in the queue). Only while no
+        activity holds the queue (the flusher waits for none to), which in a run of remote steps is
+        so between them (review, stop 51: nothing was confirmed before the run's end); an action
+        never waits for another one to return (a parallel sibling, a foreach item), only for a
+        flush, so past the bound in a parallel group the next pause between holders takes them."""
+        if len(self._unconfirmed) <= UNCONFIRMED_MAX or self._holders:
             return
         self._flush_wanted = True
-        await workflow.wait_condition(lambda: len(self._unconfirmed) <= UNCONFIRMED_MAX or self._store_down)
+        await workflow.wait_condition(
+            lambda: len(self._unconfirmed) <= UNCONFIRMED_MAX or self._store_down or bool(self._holders))
 
     def _to_flush(self) -> bool:
         return bool(self._audit or self._unconfirmed)

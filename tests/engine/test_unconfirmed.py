@@ -39,3 +39,26 @@ async def test_unconfirmed_events_are_flushed_once_past_their_bound(dev_env) -> 
         f"{STEPS} remote steps: the first flush came after {flushes[0] if flushes else None} activities were "
         f"scheduled (flushes after: {flushes}); `_unconfirmed` held every event of the run until its end")
 
+
+
+async def test_past_the_bound_no_item_waits_for_a_slow_sibling(dev_env) -> None:
+    """Past UNCONFIRMED_MAX an action waited for the flusher, and the flusher for the activity
+    holding the queue: in a foreach, one slow item (handed the queue) held back every item after
+    the bound until it returned (review of the bound, stop 51). An action waits only for a flush."""
+    items = [5.0] + [0.01] * 90
+    pb = playbook(f"""
+name: slow-and-fast
+steps:
+  - id: roll
+    foreach: {json.dumps(items)}
+    concurrency: 4
+    steps:
+      - {{id: work, action: t.quick, with: {{seconds: "{{{{ item }}}}"}}}}
+""")
+    rec = Recorder()
+    async with worker(dev_env.client, rec) as w:
+        status = await (await start(dev_env.client, w, run_input(pb))).result()
+    assert status.state == "completed"
+    slow_end = rec.spans["roll[0].work"][1]
+    late = [i for i in range(1, len(items)) if rec.spans[f"roll[{i}].work"][0] >= slow_end]
+    assert not late, f"{len(late)} fast items started only once the slow one had returned (first: {late[0]})"
