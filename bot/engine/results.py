@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RawValue
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 T = TypeVar("T")
 RESULT_UNREADABLE = "ResultUnreadable"
@@ -41,11 +41,17 @@ def read(raw: Any, result_type: type[T], activity: str, activity_id: str = "") -
         if not isinstance(value, result_type):
             raise TypeError(f"{type(value).__name__}, not {result_type.__name__}")
     except Exception as exc:  # noqa: BLE001  (pydantic's ValidationError, a payload of another encoding, ...)
-        raise ActivityError(
-            f"{activity}: a result that is not one", scheduled_event_id=0, started_event_id=0, identity="",
-            activity_type=activity, activity_id=activity_id, retry_state=None,
-        ) from ApplicationError(
+        raise failed_activity(f"{activity}: a result that is not one", activity, activity_id, ApplicationError(
             f"{activity} was answered with something no worker of the bot returns ({str(exc)[:200]}): refused",
             type=RESULT_UNREADABLE, non_retryable=True,
-        )
+        ))  # (no `from`: that would replace the cause every caller reads)
     return value
+
+
+def failed_activity(message: str, activity: str, activity_id: str, cause: FailureError) -> ActivityError:
+    """An activity's failure as the SDK raises one (ActivityError, `cause` its reason), for a failure
+    the run itself finds in what came back: every caller then reads it as it reads the SDK's own."""
+    error = ActivityError(message, scheduled_event_id=0, started_event_id=0, identity="", activity_type=activity,
+                          activity_id=activity_id, retry_state=None)
+    error.__cause__ = cause
+    return error

@@ -115,6 +115,14 @@ class AuditSpool:
     def _to_flush(self) -> bool:
         return bool(self._audit or self._unconfirmed)
 
+    def _with_unconfirmed(self, taken: list[Queued]) -> list[Queued]:
+        """`taken` and every event waiting to be confirmed (taken too), each at its place: one write
+        of them all, a no-op for what the activities did write."""
+        if not self._unconfirmed:
+            return taken
+        merged, self._unconfirmed = sorted([*self._unconfirmed, *taken], key=lambda queued: queued[0]), []
+        return merged
+
     def _put_back(self, taken: list[Queued], own: list[AuditEvent] | None = None, at: int = 0) -> None:
         """Unwritten events back in the queue, each at its place: `own`, an activity's events,
         at the place reserved when it was handed its batch (after that batch, before later ones)."""
@@ -144,9 +152,8 @@ class AuditSpool:
         if self._holders:
             return mode, [], at
         queued = self._take()
-        if high and self._unconfirmed:  # (engine-v11) written, by the step itself, before it acts
-            queued, self._unconfirmed = sorted([*self._unconfirmed, *queued], key=lambda queued: queued[0]), []
-        return mode, queued, at
+        # (engine-v11) what waits to be confirmed is written by a high-impact step itself, before it acts
+        return mode, self._with_unconfirmed(queued) if high else queued, at
 
     def _handed(self, queued: list[Queued]) -> None:
         self._holders += 1 if queued else 0
@@ -235,9 +242,7 @@ class AuditSpool:
             await workflow.wait_condition(
                 lambda: self._to_flush() and (self._store_down or self._flush_wanted) and not self._holders
             )
-            batch, self._flush_wanted = self._take(), False
-            if self._unconfirmed:  # (a no-op write for what the activities did write)
-                batch, self._unconfirmed = sorted([*self._unconfirmed, *batch], key=lambda queued: queued[0]), []
+            batch, self._flush_wanted = self._with_unconfirmed(self._take()), False
             self._flushing = batch
             try:
                 await self._local_activity(  # type: ignore[attr-defined]

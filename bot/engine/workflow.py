@@ -1383,7 +1383,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         )
         self._handed(queued)
         summary = f"{step_id}{' (undo)' if compensation else ''}{' (fallback)' if fallback else ''}"
-        local = self._local_light and action in LOCAL_ACTIONS
+        local = self._runs_locally(action)
         self._acting(local)
         try:
             if local:
@@ -1410,10 +1410,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             self._keep_own(queued, input, result.unrecorded, result.attempt, at, mode, trusted=local)
         return result
 
+    def _runs_locally(self, action: str) -> bool:
+        """A LOCAL_ACTIONS action of a run from engine-v2 on: a local activity, which only this worker answers."""
+        return self._local_light and action in LOCAL_ACTIONS
+
     def _trusts_audited(self, action: str) -> bool:
         """Whether an action's `audited` (its success and run_finished written) is believed: before
-        engine-v11, and from it for a LOCAL_ACTIONS action, which only this worker can answer."""
-        return not self._confirms or (self._local_light and action in LOCAL_ACTIONS)
+        engine-v11, and from it for an action this worker runs locally."""
+        return not self._confirms or self._runs_locally(action)
 
     def _keep_own(self, queued: list[Any], input: ActionInput, events: list[AuditEvent] | None, attempt: int,
                   at: int, mode: AuditMode, trusted: bool = False) -> None:
@@ -1468,10 +1472,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         except FailureError as exc:
             if isinstance(exc, ActivityError):
                 raise
-            raise ActivityError(
-                f"local activity {action} failed", scheduled_event_id=0, started_event_id=0, identity="",
-                activity_type=action, activity_id="", retry_state=None,
-            ) from exc
+            raise results.failed_activity(f"local activity {action} failed", action, "", exc)
 
     async def _local_activity(self, activity: str, arg: Any, **options: Any) -> Any:
         """`workflow.execute_local_activity`, counted while it runs: engine-v7 reads "local work
@@ -1495,13 +1496,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         if not isinstance(exc, ActivityError):
             return  # (the task's own cancel: the run's)
         own = self._failed_unrecorded(exc)
+        _, attempt = describe_failure(exc, max_attempts)
         timeout = isinstance(exc.cause, TimeoutError)
         ours = isinstance(exc.cause, CancelledError) and self._cancelled_by_run()
         unrun = isinstance(exc.cause, ApplicationError) and exc.cause.type in NEVER_RAN
         if own is not None or (self._confirms and not trusted and not timeout and not ours and not unrun):
-            self._keep_own([], input, own, describe_failure(exc, max_attempts)[1], at, mode, trusted=trusted)
+            self._keep_own([], input, own, attempt, at, mode, trusted=trusted)
         elif timeout:
-            _, attempt = describe_failure(exc, max_attempts)
             self._put_back([], [started_event(input, attempt, ts=workflow.now())], at)
 
     def _keep(self, step_id: str, compensation: bool) -> OutputNeeds | None:
@@ -1613,12 +1614,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 activity_id=question,
             )
             if question is not None and not await self._answer_holds(name, question, result):
-                raise ActivityError(
-                    f"{name}: an answer no worker sealed", scheduled_event_id=0, started_event_id=0, identity="",
-                    activity_type=name, activity_id=question, retry_state=None,
-                ) from ApplicationError(
+                raise results.failed_activity(f"{name}: an answer no worker sealed", name, question, ApplicationError(
                     f"{name} was answered by something other than a worker of the bot (its seal does not hold): "
-                    "refused", type=ANSWER_UNSEALED, non_retryable=True)
+                    "refused", type=ANSWER_UNSEALED, non_retryable=True))
         except ActivityError as exc:
             self._returned(queued)
             self._put_back(queued)
