@@ -34,7 +34,7 @@ from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowEr
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from bot.actions.activities import describe_validation_error
+    from bot.actions.activities import OUTPUT_MAX_DEPTH, describe_validation_error
     from bot.actions.playbooks import RUN_ACTION, RunPlaybookParams
     from bot.audit.events import EventKind
     from bot.engine.admission import CHILD_DEPTH_MAX
@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
         TriggerContext,
     )
+    from bot.playbook.data import value_depth
     from bot.playbook.model import Compensation, Step
 
 if TYPE_CHECKING:
@@ -64,9 +65,24 @@ HOLD_CHECK = timedelta(minutes=10)  # a held child looks at its parent this ofte
 CHILD_SEPARATOR = "."  # a child's run id: <parent run id>.<call step id>
 
 
+# How deep a child's step output may nest in its call step's report: its own outputs nest at most
+# OUTPUT_MAX_DEPTH, and each sub-playbook level below wraps its report in three more. A child's
+# status a client made up (a forged `run.peek`, red team) decodes up to pydantic's 200 levels, but two
+# levels deeper in this run's status it no longer did: no peek of this run, no read of its status
+# or its end, ever again, and the tree never ended.
+REPORT_MAX_DEPTH = OUTPUT_MAX_DEPTH + 3 * CHILD_DEPTH_MAX + 3
+
+
 def child_report(status: RunStatus) -> dict[str, Any]:
     """The call step's output: `{state, steps: {<id>: {output, state}}}` (DESIGN v1.1)."""
-    return {"state": status.state, "steps": {s.id: {"output": s.output, "state": s.state} for s in status.steps}}
+    return {"state": status.state, "steps": {s.id: {"output": _reported(s.output), "state": s.state}
+                                             for s in status.steps}}
+
+
+def _reported(output: Any) -> Any:
+    if value_depth(output, REPORT_MAX_DEPTH) <= REPORT_MAX_DEPTH:
+        return output
+    return {"left_out": f"this output nests more than {REPORT_MAX_DEPTH} levels deep, more than any child's own"}
 
 
 class SubPlaybooks:

@@ -12,6 +12,11 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 PATTERN = r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"
+# The longest wait or timeout a playbook may name. A duration can come from a template (a target's
+# Retry-After, red team): past timedelta's range it raised OverflowError, which pydantic passes
+# through, and within it `now + duration` could still run past year 9999; either, raised in workflow
+# code, failed the run's task on every replay (no rollback, no end). Ten years leaves room for both.
+MAX_DAYS = 3650
 
 
 def parse_duration(value: object) -> timedelta:
@@ -36,6 +41,8 @@ def _parsed(value: str) -> timedelta:
         pos = match.end()
     if not text or pos != len(text):
         raise ValueError(f"bad duration {value!r}: use a number and a unit (ms, s, m, h, d), e.g. '30s', '2m', '1h30m'")
+    if not seconds <= MAX_DAYS * 86400.0:  # (also inf: a 400-digit number of seconds)
+        raise ValueError(f"duration {value[:40]!r} is longer than {MAX_DAYS} days, the longest a playbook may wait")
     return timedelta(seconds=seconds)
 
 

@@ -156,8 +156,47 @@ def slack_escaped(value: Any) -> Any:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+# What a template may make of the values it reads (a target's answer, a param, red team). An int of
+# more than 4,300 digits is encoded but read back by no JSON reader here (Python's, pydantic's): a
+# child's input or end holding one failed its workflow task on every replay. A power or a repeat
+# past these is refused before it is computed: `"=" * width` with a width a target chose would
+# allocate it (the worker dies, and again on each replay of the run).
+INT_MAX_DIGITS = 4300
+_INT_BOUND = 10**INT_MAX_DIGITS
+REPEAT_MAX = 1_000_000  # characters or items `*` may make
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            _bounded_power(left, right)
+        elif isinstance(left, (str, list, tuple)) or isinstance(right, (str, list, tuple)):
+            _bounded_repeat(left, right)
+        return super().call_binop(context, operator, left, right)
+
+
+def _bounded_power(base: Any, exponent: Any) -> None:
+    if type(base) is int and type(exponent) is int and abs(base) > 1 and exponent > 0:
+        if exponent * math.log10(abs(base)) > INT_MAX_DIGITS:
+            raise TemplateError(f"{_shown(base)} ** {_shown(exponent)} has more than {INT_MAX_DIGITS} digits")
+
+
+def _bounded_repeat(left: Any, right: Any) -> None:
+    sequence, count = (left, right) if isinstance(left, (str, list, tuple)) else (right, left)
+    if isinstance(count, int) and len(sequence) * count > REPEAT_MAX:
+        raise TemplateError(f"repeating {len(sequence)} {'characters' if isinstance(sequence, str) else 'items'} "
+                            f"{_shown(count)} times makes more than {REPEAT_MAX:,}")
+
+
+def _shown(number: int) -> str:
+    """A number as an error may quote it: its digits, or how many there are."""
+    return str(number) if abs(number) < 10**30 else f"a {len(str(number)) if abs(number) < _INT_BOUND else 'huge'}-digit number"
+
+
 def _env(finalize: Callable[[Any], Any] | None = None) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
+    env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
                                         finalize=finalize)
     env.globals["secret"] = _no_secret  # each render passes its own
     # Rendering happens inside the workflow: nothing random may reach it (replays must agree).
@@ -260,11 +299,17 @@ def _render(value: Any, context: dict[str, Any], mrkdwn: bool = False) -> Any:
             except (UndefinedError, SecurityError) as exc:
                 raise TemplateError(f"template {value!r}: {exc}") from exc
         if not _is_json(result):
+            if _has_huge_int(result):
+                raise TemplateError(f"template {value!r} gives a number of more than {INT_MAX_DIGITS} digits, "
+                                    "more than a run can hold")
             raise TemplateError(
                 f"template {value!r} gives a {type(result).__name__}, not a JSON value (string, number, "
                 "boolean, null, list or mapping)"
             )
-        return result
+        # A lone surrogate a template made (a string literal's `\\ud800`, `"%c" % n`) reads as U+FFFD,
+        # as in an action's output: no encoder takes it, and args, a policy question or the run's
+        # status holding it failed the run's task on every replay (red team).
+        return data.without_surrogates(result)
     if isinstance(value, dict):
         return {key: _render(item, context, mrkdwn) for key, item in value.items()}
     if isinstance(value, list):
@@ -282,13 +327,22 @@ def _escaped_json(value: Any) -> Any:
 def _is_json(value: Any) -> bool:
     if isinstance(value, float):  # nan and inf are not JSON (`'nan' | float`), and no record could hold them
         return math.isfinite(value)
-    if value is None or isinstance(value, (str, bool, int)):
+    if isinstance(value, int):  # (bool too) what JSON readers take back: see INT_MAX_DIGITS
+        return -_INT_BOUND < value < _INT_BOUND
+    if value is None or isinstance(value, str):
         return True
     if isinstance(value, (list, tuple)):
         return all(_is_json(item) for item in value)
     if isinstance(value, dict):
         return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
     return False
+
+
+def _has_huge_int(value: Any) -> bool:
+    if isinstance(value, int):
+        return not -_INT_BOUND < value < _INT_BOUND
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return any(_has_huge_int(item) for item in items)
 
 
 def truthy(value: Any) -> bool:

@@ -37,3 +37,12 @@ def test_format_round_trips(text: str) -> None:
 
 def test_timedelta_passes_through() -> None:
     assert parse_duration(timedelta(seconds=3)) == timedelta(seconds=3)
+
+
+@pytest.mark.parametrize("text", ["3651d", "100000000000000s", "9" * 400 + "s"])
+def test_refuses_a_duration_past_ten_years(text: str) -> None:
+    """A duration can come from a template (a target's Retry-After): past timedelta's range it
+    raised OverflowError, which pydantic passes through, into workflow code (red team)."""
+    with pytest.raises(ValueError, match="longer than 3650 days"):
+        parse_duration(text)
+    assert parse_duration("3650d") == timedelta(days=3650)

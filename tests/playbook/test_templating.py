@@ -180,3 +180,27 @@ def test_a_slack_text_arg_escapes_the_strings_inside_a_list_or_a_mapping() -> No
     for source in ("{{ hosts | map('upper') }}", "{{ labels.values() }}"):
         with pytest.raises(TemplateError, match="not a JSON value"):
             render({"text": source}, ctx, mrkdwn=("text",))
+
+
+@pytest.mark.parametrize("source", ['{{ "=" * n }}', "{{ [0] * n }}", '{{ n * "ab" }}', "{{ 9 ** n }}", "x{{ 2 ** n }}"])
+def test_a_power_or_a_repeat_past_its_bound_is_refused_before_it_is_computed(source: str) -> None:
+    """`"=" * width` with a width a target chose allocated it in workflow code (the worker died,
+    and again on each replay of the run); `9 ** n` computed a number no run can hold."""
+    with pytest.raises(TemplateError, match="more than"):
+        render({"a": source}, {"n": 10**12})
+    assert render({"a": '{{ "=" * n }}', "b": "{{ 2 ** n }}"}, {"n": 3}) == {"a": "===", "b": 8}
+
+
+def test_a_number_no_json_reader_takes_back_is_refused() -> None:
+    """An int past 4,300 digits is encoded, but neither Python's json nor pydantic reads it back: a
+    child's input or end holding one failed its workflow task on every replay (red team)."""
+    big = int("9" * 4300)
+    assert render({"a": "{{ n }}"}, {"n": big}) == {"a": big}
+    for source in ("{{ n + 1 }}", "{{ [n * 10] }}", "{{ -n - 1 }}"):
+        with pytest.raises(TemplateError, match="more than 4300 digits"):
+            render({"a": source}, {"n": big})
+
+
+def test_a_lone_surrogate_a_template_makes_reads_as_u_fffd() -> None:
+    assert render({"a": '{{ "\\ud800" }}', "b": 'x{{ "%c" % 55296 }}', "c": '{{ {"\\udfff": 1} }}'}, {}) == {
+        "a": "\ufffd", "b": "x\ufffd", "c": {"\ufffd": 1}}
