@@ -4,8 +4,8 @@ Runs ask with the `acquire` signal (sent by the `lock.request` activity with sig
 so the first asker creates the lock) and give back with `release` (sent by the run on every end).
 The lock answers each run with a `lock_notice` signal. A run that ends without releasing (its
 execution terminated, or it ended between asking and being told) is noticed twice over: a notice
-that cannot be delivered drops it, and every few seconds the `lock.alive` activity describes the
-holders and waiters and drops those that ended. History stays bounded by continue-as-new; with
+that cannot be delivered drops it, and every few seconds the `lock.alive` local activity describes
+the holders and waiters and drops those that ended (due however busy the inbox is). History stays bounded by continue-as-new; with
 nobody holding or waiting for a while, the lock workflow ends.
 
 Anyone who can reach Temporal can signal this workflow or start it with a state of their own, so
@@ -13,13 +13,15 @@ it acts on nothing it cannot verify (bot/engine/locks.py seals and checks, workf
 each message must carry a worker's seal (`lock.verify`, a local activity; others are dropped and
 counted in `rejected`); waiters carried over are verified again as messages; holders carried over
 count only if sealed by the execution this one continues, else only those found holding the key
-(`lock.adopt`); timings are clamped.
+(`lock.adopt`); timings are clamped. From lock-v2 what the lock asks the worker is a local activity
+(no client can answer one) and it ignores a cancel request (ending, it forgot its holders).
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -46,6 +48,9 @@ with workflow.unsafe.imports_passed_through():
         LockState,
     )
 
+# Locks from lock-v2 on: their lock.adopt and lock.alive are local activities (no client can answer
+# them), a cancel request is ignored, and the check for ended runs is due however busy the inbox is.
+LOCK_PATCH = "lock-v2"
 HISTORY_LIMIT = 2000  # events before continuing as new (Temporal's own limit is far higher)
 LIVE_TIMEOUT = timedelta(seconds=30)
 LOCAL_TIMEOUT = timedelta(seconds=10)
@@ -78,17 +83,70 @@ class KeyLock:
         s = self._state
         s.check_seconds = min(max(s.check_seconds, CHECK_RANGE[0]), CHECK_RANGE[1])
         s.idle_seconds = min(max(s.idle_seconds, IDLE_RANGE[0]), IDLE_RANGE[1])
+        self._v2 = workflow.patched(LOCK_PATCH)
+        if not self._v2:
+            return await self._run_v1()
+        check = timedelta(seconds=s.check_seconds)
+        idle = timedelta(seconds=s.idle_seconds)
+        await self._deaf(self._adopt())
+        s.inbox[:0], s.waiters = s.waiters, []  # verified again, in their order, as messages
+        next_check = workflow.now() + check
+        while True:
+            busy = bool(s.holders or s.waiters)
+            if not busy:
+                next_check = workflow.now() + check
+            # The check for ended runs is due every `check` while anyone holds or waits, however
+            # many messages arrive: a forged one every second no longer put it off for ever.
+            due = next_check - workflow.now()
+            if not busy or due > timedelta(0):
+                try:
+                    await self._deaf(workflow.wait_condition(lambda: bool(s.inbox), timeout=due if busy else idle))
+                except asyncio.TimeoutError:
+                    if not busy:
+                        return s  # nobody held or waited for idle_seconds: the next acquire starts a new lock
+            if busy and workflow.now() >= next_check:
+                self._drop(await self._deaf(self._ended()))
+                next_check = workflow.now() + check
+            notices = self._take(await self._deaf(self._verified())) if s.inbox else []
+            notices += self._grant()
+            await self._deaf(self._tell(notices))
+            if workflow.info().is_continue_as_new_suggested() or workflow.info().get_current_history_length() > HISTORY_LIMIT:
+                await self._deaf(workflow.wait_condition(workflow.all_handlers_finished))
+                s.seal = await self._deaf(self._seal())
+                workflow.continue_as_new(s)
+
+    async def _deaf(self, coro: Any) -> Any:
+        """`coro` to its end, whatever a cancel request says (lock-v2): anyone who can reach Temporal
+        can ask to cancel this workflow, and a lock that ended forgot its holders, so the next asker
+        was granted beside them (red team). The cancel reaches neither `coro` nor a local activity
+        it waits for (shielded), and is absorbed here."""
+        task = asyncio.ensure_future(coro)
+        while True:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.done():
+                    return task.result()
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                workflow.logger.warning("lock: a cancel request ignored (the lock keeps its holders)",
+                                        extra={"key": self._state.key})
+
+    async def _run_v1(self) -> LockState:
+        """The loop as locks before lock-v2 ran it (their histories replay as they ran)."""
+        s = self._state
         check = timedelta(seconds=s.check_seconds)
         idle = timedelta(seconds=s.idle_seconds)
         await self._adopt()
-        s.inbox[:0], s.waiters = s.waiters, []  # verified again, in their order, as messages
+        s.inbox[:0], s.waiters = s.waiters, []
         while True:
             busy = bool(s.holders or s.waiters)
             try:
                 await workflow.wait_condition(lambda: bool(s.inbox), timeout=check if busy else idle)
             except asyncio.TimeoutError:
                 if not busy:
-                    return s  # nobody held or waited for idle_seconds: the next acquire starts a new lock
+                    return s
                 self._drop(await self._ended())
             notices = self._take(await self._verified())
             notices += self._grant()
@@ -106,6 +164,23 @@ class KeyLock:
         if not claimed:
             return
         request = AdoptRequest(key=s.key, holders=claimed, seal=seal, from_run=workflow.info().continued_run_id)
+        if self._v2:
+            # A local activity (lock-v2): a client could complete the regular one by id with any
+            # holders. Asked until it answers, whatever a cancel did to an attempt: a cancel during
+            # it kept every claim unchecked, and two runs it named were both granted (red team).
+            backoff = 1.0
+            while True:
+                try:
+                    result = await workflow.execute_local_activity(
+                        "lock.adopt", request, result_type=AdoptResult, start_to_close_timeout=LIVE_TIMEOUT,
+                        retry_policy=RetryPolicy(maximum_attempts=3),
+                    )
+                    break
+                except ActivityError:
+                    await workflow.sleep(backoff, summary="which holders verify: ask again")
+                    backoff = min(backoff * 2, CHECK_RANGE[1])
+            s.holders = result.holders
+            return
         try:
             result = await results.execute(
                 "lock.adopt", request, AdoptResult, start_to_close_timeout=LIVE_TIMEOUT,
@@ -218,14 +293,22 @@ class KeyLock:
         s = self._state
         run_ids = [h.run_id for h in s.holders] + [w.run_id for w in s.waiters]
         try:
-            result = await results.execute(
-                "lock.alive",
-                LiveRequest(run_ids=run_ids),
-                LiveResult,
-                start_to_close_timeout=LIVE_TIMEOUT,
-                retry_policy=RetryPolicy(maximum_attempts=3),
-                summary="which holders ended",
-            )
+            if self._v2:
+                # A local activity (lock-v2): a client completed the regular one by id naming a
+                # running holder as ended, and the next run in the queue was granted beside it.
+                result = await workflow.execute_local_activity(
+                    "lock.alive", LiveRequest(run_ids=run_ids), result_type=LiveResult,
+                    start_to_close_timeout=LIVE_TIMEOUT, retry_policy=RetryPolicy(maximum_attempts=3),
+                )
+            else:
+                result = await results.execute(
+                    "lock.alive",
+                    LiveRequest(run_ids=run_ids),
+                    LiveResult,
+                    start_to_close_timeout=LIVE_TIMEOUT,
+                    retry_policy=RetryPolicy(maximum_attempts=3),
+                    summary="which holders ended",
+                )
         except ActivityError:
             return []  # asked again at the next check
         return result.ended

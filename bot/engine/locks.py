@@ -225,7 +225,10 @@ class LockActivities:
                 if exc.status == RPCStatusCode.NOT_FOUND:
                     return True
                 raise
-            return desc.raw_description.workflow_execution_info.status != RUNNING
+            # Something else running under the run's id (started over it: red team) is not the run:
+            # the run it replaced has ended.
+            return (desc.raw_description.workflow_execution_info.status != RUNNING
+                    or desc.workflow_type != RUN_WORKFLOW or desc.task_queue != activity.info().task_queue)
 
         flags = await asyncio.gather(*(ended(run_id) for run_id in request.run_ids))
         return LiveResult(ended=[run_id for run_id, gone in zip(request.run_ids, flags) if gone])

@@ -134,7 +134,11 @@ ENGINE_V10_PATCH = "engine-v10"
 # its own end itself, and an attempt's started event is kept whatever the result lists. A plain
 # client completing a run's last step by id with `audited: true` left the run with nothing in the
 # trail (review F2, stop 50; bot/engine/spool.py; red team of the fix: tests/security/).
-ENGINE_PATCH = "engine-v11"
+ENGINE_V11_PATCH = "engine-v11"
+# engine-v11, and the lock's answer is confirmed by a local activity (`lock.confirm`): a plain client
+# signalled a queued run "granted" and completed its pending confirm by id with `holding: true`,
+# and the run acted beside the key's holder (red team, stop 52).
+ENGINE_PATCH = "engine-v12"
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -314,6 +318,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._front_verdicts = False  # engine-v8: a vote's check may be its front door's sealed verdict
         self._keys_per_execution = False  # engine-v9: idempotency keys carry the execution
         self._sealed_answers = False  # engine-v10: `decide` and `cancel` answers need the worker's seal
+        self._local_confirm = False  # engine-v12: `lock.confirm` is a local activity
         self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
         self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
         self._news = 0  # changes marked for Slack so far
@@ -669,7 +674,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (each marker also upserts a search attribute: work for the server in the run's first task);
         each engine-vN after it stands for the one before and what it added, again as one marker; an
         older run replays asking each patch as it did (newest first: a run asks until one is its own)."""
-        for patch, engine in ((ENGINE_PATCH, self._engine_v11), (ENGINE_V10_PATCH, self._engine_v10),
+        for patch, engine in ((ENGINE_PATCH, self._engine_v12), (ENGINE_V11_PATCH, self._engine_v11),
+                              (ENGINE_V10_PATCH, self._engine_v10),
                               (ENGINE_V9_PATCH, self._engine_v9),
                               (ENGINE_V8_PATCH, self._engine_v8),
                               (ENGINE_V7_PATCH, self._engine_v7),
@@ -693,6 +699,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         is another, while a reset keeps it, so the steps a reset repeats repeat with their keys and
         the target can tell (tests/reliability/test_worker_crash.py)."""
         return workflow.info().first_execution_run_id.replace("-", "")
+
+    def _engine_v12(self) -> None:
+        """Every behaviour engine-v12 stands for."""
+        self._local_confirm = True
+        self._engine_v11()
 
     def _engine_v11(self) -> None:
         """Every behaviour engine-v11 stands for."""
@@ -849,15 +860,21 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         the bot's KeyLock on this task queue), or None when it does not."""
         assert self._lock_key is not None
         key = self._lock_key
-        view: LockView = await self._until_answered(lambda: results.execute(
-            "lock.confirm",
-            key,
-            LockView,
-            start_to_close_timeout=LOCK_TIMEOUT,
-            retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until Temporal answers
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary="confirm the lock's answer",
-        ), "lock.confirm")
+        if self._local_confirm:  # no client can answer a local activity
+            view: LockView = await self._until_answered(lambda: workflow.execute_local_activity(
+                "lock.confirm", key, result_type=LockView, start_to_close_timeout=LOCK_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_attempts=3),
+            ), "lock.confirm")
+        else:
+            view = await self._until_answered(lambda: results.execute(
+                "lock.confirm",
+                key,
+                LockView,
+                start_to_close_timeout=LOCK_TIMEOUT,
+                retry_policy=TemporalRetryPolicy(maximum_interval=timedelta(seconds=30)),  # until Temporal answers
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary="confirm the lock's answer",
+            ), "lock.confirm")
         if not view.genuine:
             self._log("lock not genuine", key=self._lock_key, reason=view.reason)
             return None

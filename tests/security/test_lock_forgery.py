@@ -11,6 +11,7 @@ Before signed lock messages, each attack below let the queued run act while the 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -159,7 +160,8 @@ async def rejected(rig: AttackRig, at_least: int = 1) -> bool:
 
 
 async def completed_activity(handle: WorkflowHandle[Any, Any], name: str) -> int:
-    """How many `name` activities completed in this run's history, with a workflow task after."""
+    """How many `name` activities (or local activities) completed in this run's history, with a
+    workflow task after."""
     scheduled: dict[int, str] = {}
     done = 0
     after = False
@@ -172,6 +174,10 @@ async def completed_activity(handle: WorkflowHandle[Any, Any], name: str) -> int
                 after = False
         elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
             after = True
+        elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED and "data" in event.marker_recorded_event_attributes.details:
+            # a local activity (engine-v12's lock.confirm): recorded by the task that read its result
+            data = json.loads(event.marker_recorded_event_attributes.details["data"].payloads[0].data)
+            done += data.get("activity_type") == name
     return done if after else max(done - 1, 0)
 
 
