@@ -241,25 +241,25 @@ async def admit_with_key(request: AdmitRequest) -> Admission:
     )
 
 
-async def _lock_queued(client: Client) -> dict[str, str]:
+async def _lock_queued(client: Client, name: str = "lock-queued", service: str = "web") -> dict[str, str]:
     """A run that queues behind the holder of its key (waiting on an approval), then runs once the
     holder ends; and the holder and the key's lock workflow, which ends once idle."""
     rec = Recorder()
     activities = [a for a in rec.activities() if a.__temporal_activity_definition.name != "run.admit"]
     extra = [admit_with_key, *policy(APPROVAL), SlackNotifier(None).sync]
     async with make_worker(client, f"tq-{uuid.uuid4()}", [*activities, *extra]) as w:
-        holder = await start_as(client, w, LOCK_HOLDER, "lock-queued-holder", params={"service": "web"})
+        holder = await start_as(client, w, LOCK_HOLDER, f"{name}-holder", params={"service": service})
         await wait_for_state(holder, lambda s: s.step("risky").state == "waiting_approval", timeout=WAIT)
-        waiter = await start_as(client, w, LOCK_WAITER, "lock-queued-waiter", params={"service": "web"})
+        waiter = await start_as(client, w, LOCK_WAITER, f"{name}-waiter", params={"service": service})
         await wait_for_state(waiter, lambda s: s.state == "queued" and (s.waiting_for or {}).get("holder") == holder.id,
                              timeout=WAIT)
         await holder.execute_update(PlaybookRun.vote, VoteRequest(step_id="risky", user="cli:dana", vote="approve"))
         ends = [await asyncio.wait_for(h.result(), WAIT) for h in (holder, waiter)]
         assert [s.state for s in ends] == ["completed", "completed"], [(s.state, s.error) for s in ends]
         assert [c[0] for c in rec.calls] == ["prepare", "risky", "work", "check"], rec.calls
-        lock = client.get_workflow_handle(lock_workflow_id("svc-web"))
+        lock = client.get_workflow_handle(lock_workflow_id(f"svc-{service}"))
         await asyncio.wait_for(lock.result(), WAIT)  # idle for a minute, it ends
-    return {waiter.id: waiter.id, holder.id: holder.id, "lock-queued-keylock": lock.id}
+    return {waiter.id: waiter.id, holder.id: holder.id, f"{name}-keylock": lock.id}
 
 
 async def _outputs_large(client: Client) -> dict[str, str]:
@@ -504,6 +504,9 @@ TREES: dict[str, tuple[Callable[[Client], Awaitable[dict[str, str]]], list[str]]
     # name: (how to run it, the histories it writes, each under its workflow id but the lock's hashed one)
     "outputs-large": (_outputs_large, ["outputs-large"]),
     "lock-queued": (_lock_queued, ["lock-queued-waiter", "lock-queued-holder", "lock-queued-keylock"]),
+    # Recorded by engine-v12 / lock-v2 code: lock.confirm, lock.adopt and lock.alive as local activities
+    "lock-v2-queued": (lambda client: _lock_queued(client, "lock-v2-queued", "api"),
+                       ["lock-v2-queued-waiter", "lock-v2-queued-holder", "lock-v2-queued-keylock"]),
     "subplaybook-compensated": (_subplaybook_compensated, ["subplaybook-compensated", "subplaybook-compensated.call"]),
     "spool-outage-compensated": (_spool_outage, ["spool-outage-compensated"]),
     # Recorded by engine-v6 code (review of engine-v6, point 4)
