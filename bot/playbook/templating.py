@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Collection
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, filters, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -167,14 +168,87 @@ REPEAT_MAX = 1_000_000  # characters or items `*` may make
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
             _bounded_power(left, right)
+        elif operator == "%":
+            if isinstance(left, str):
+                _bounded_percent(left, right)
         elif isinstance(left, (str, list, tuple)) or isinstance(right, (str, list, tuple)):
             _bounded_repeat(left, right)
         return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """`str.format` and `format_map` as the sandbox runs them, a width past REPEAT_MAX refused
+        first (`'{:>{}}'.format(x, width)` allocated the width: review of the repeat bound)."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        text, mapping = value.__self__, value.__name__ == "format_map"
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            _bounded_format(text, args, args[0] if mapping and args and isinstance(args[0], dict) else kwargs)
+            return wrapped(*args, **kwargs)
+
+        return bounded
+
+
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_NUMBER = re.compile(r"\d+")
+
+
+def _too_wide(digits: str) -> bool:
+    return len(digits) > 7 or int(digits) > REPEAT_MAX
+
+
+def _large_int_among(values: Any) -> bool:
+    return any(type(v) is int and abs(v) > REPEAT_MAX for v in values)
+
+
+def _bounded_percent(text: str, args: Any) -> None:
+    """`text % args` would pad to a width (or a precision) past REPEAT_MAX: written in the text, or
+    taken from the args by `*`."""
+    values = args if isinstance(args, tuple) else (args,)
+    for match in _PERCENT_SPEC.finditer(text):
+        for part in match.groups():
+            if part is not None and (_large_int_among(values) if part == "*" else _too_wide(part)):
+                raise TemplateError(f"a % format pads to more than {REPEAT_MAX:,} characters")
+
+
+def _bounded_format(text: str, args: Any, kwargs: Any) -> None:
+    """The same for `str.format`: a width written in a field's spec, or one a nested field gives."""
+    try:
+        fields = list(string.Formatter().parse(text))
+    except ValueError:
+        return  # (str.format refuses it itself)
+    for _, _, spec, _ in fields:
+        if not spec:
+            continue
+        nested = "{" in spec and _large_int_among([*args, *(kwargs.values() if isinstance(kwargs, dict) else ())])
+        if nested or any(_too_wide(n) for n in _NUMBER.findall(spec)):
+            raise TemplateError(f"a format pads to more than {REPEAT_MAX:,} characters")
+
+
+def _bounded_width(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter whose second argument is a width or a count it makes that much of (`center`,
+    `indent`, `batch`, `slice`): past REPEAT_MAX, refused before it is made."""
+
+    def bounded(value: Any, width: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if type(width) is int and abs(width) > REPEAT_MAX:
+            raise TemplateError(f"{name}({_shown(width)}) makes more than {REPEAT_MAX:,}")
+        return original(value, *(() if width is None else (width,)), *args, **kwargs)
+
+    return bounded
+
+
+def _bounded_format_filter(original: Callable[..., Any]) -> Callable[..., Any]:
+    def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
+        _bounded_percent(str(value), kwargs or args)
+        return original(value, *args, **kwargs)
+
+    return bounded
 
 
 def _bounded_power(base: Any, exponent: Any) -> None:
@@ -205,6 +279,12 @@ def _env(finalize: Callable[[Any], Any] | None = None) -> ImmutableSandboxedEnvi
     env.filters.pop("random", None)
     # Data filters (bot/playbook/data.py). What decodes data into new strings is made inert, so no
     # JSON escape or base64 can spell a secret reference.
+    # (sync_do_slice: the registered `slice` is an async variant, which reads its environment off
+    # the context it is passed; these wrappers pass none, and nothing here renders async)
+    for name, original in (("center", filters.do_center), ("indent", filters.do_indent), ("batch", filters.do_batch),
+                           ("slice", filters.sync_do_slice)):
+        env.filters[name] = _bounded_width(name, original)
+    env.filters["format"] = _bounded_format_filter(filters.do_format)
     env.filters.update({
         "tojson": data.tojson,
         "fromjson": lambda text: inert(data.fromjson(text)),

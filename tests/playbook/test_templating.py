@@ -204,3 +204,24 @@ def test_a_number_no_json_reader_takes_back_is_refused() -> None:
 def test_a_lone_surrogate_a_template_makes_reads_as_u_fffd() -> None:
     assert render({"a": '{{ "\\ud800" }}', "b": 'x{{ "%c" % 55296 }}', "c": '{{ {"\\udfff": 1} }}'}, {}) == {
         "a": "\ufffd", "b": "x\ufffd", "c": {"\ufffd": 1}}
+
+
+@pytest.mark.parametrize("source", [
+    "{{ '{:>{}}'.format('=', w) }}",
+    "{{ '{:>9999999}'.format('=') }}",
+    "{{ '{a:>{w}}'.format_map({'a': '=', 'w': w}) }}",
+    "{{ '%*s' % (w, '=') }}",
+    "{{ ('%0' ~ w ~ 'd') % 1 }}",
+    "{{ '=' | center(w) }}",
+    "{{ 'a\nb' | indent(w) }}",
+    "{{ '%*s' | format(w, '=') }}",
+    "{{ ['='] | batch(w, '=') | list }}",
+    "{{ ['='] | slice(w) | list }}",
+])
+def test_a_width_past_the_repeat_bound_is_refused_before_it_is_made(source: str) -> None:
+    """The same width as `"=" * w` reaches other padding: str.format, % formatting, and the filters
+    that make that much (review of the repeat bound, stop 52)."""
+    with pytest.raises(TemplateError, match="more than 1,000,000"):
+        render({"a": source}, {"w": 2_000_000})
+    assert render({"a": "{{ '%05d|{:>3}' .format(1) }}", "b": "{{ [1, 2, 3] | batch(2, 0) | list }}"}, {}) == {
+        "a": "%05d|  1", "b": [[1, 2], [3, 0]]}
