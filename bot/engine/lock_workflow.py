@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -29,6 +28,7 @@ from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from bot.engine import results
+    from bot.engine.shield import uncancellable
     from bot.engine.locking import (
         ACQUIRE_SIGNAL,
         AdoptRequest,
@@ -88,7 +88,11 @@ class KeyLock:
             return await self._run_v1()
         check = timedelta(seconds=s.check_seconds)
         idle = timedelta(seconds=s.idle_seconds)
-        await self._deaf(self._adopt())
+        # Every wait runs to its end whatever a cancel request says (lock-v2): anyone who can reach
+        # Temporal can ask to cancel this workflow, and a lock that ended forgot its holders, so the
+        # next asker was granted beside them (red team). The cancel reaches neither the wait nor a
+        # local activity under way (shielded), and is absorbed.
+        await uncancellable(self._adopt())
         s.inbox[:0], s.waiters = s.waiters, []  # verified again, in their order, as messages
         next_check = workflow.now() + check
         while True:
@@ -100,38 +104,20 @@ class KeyLock:
             due = next_check - workflow.now()
             if not busy or due > timedelta(0):
                 try:
-                    await self._deaf(workflow.wait_condition(lambda: bool(s.inbox), timeout=due if busy else idle))
+                    await uncancellable(workflow.wait_condition(lambda: bool(s.inbox), timeout=due if busy else idle))
                 except asyncio.TimeoutError:
                     if not busy:
                         return s  # nobody held or waited for idle_seconds: the next acquire starts a new lock
             if busy and workflow.now() >= next_check:
-                self._drop(await self._deaf(self._ended()))
+                self._drop(await uncancellable(self._ended()))
                 next_check = workflow.now() + check
-            notices = self._take(await self._deaf(self._verified())) if s.inbox else []
+            notices = self._take(await uncancellable(self._verified())) if s.inbox else []
             notices += self._grant()
-            await self._deaf(self._tell(notices))
+            await uncancellable(self._tell(notices))
             if workflow.info().is_continue_as_new_suggested() or workflow.info().get_current_history_length() > HISTORY_LIMIT:
-                await self._deaf(workflow.wait_condition(workflow.all_handlers_finished))
-                s.seal = await self._deaf(self._seal())
+                await uncancellable(workflow.wait_condition(workflow.all_handlers_finished))
+                s.seal = await uncancellable(self._seal())
                 workflow.continue_as_new(s)
-
-    async def _deaf(self, coro: Any) -> Any:
-        """`coro` to its end, whatever a cancel request says (lock-v2): anyone who can reach Temporal
-        can ask to cancel this workflow, and a lock that ended forgot its holders, so the next asker
-        was granted beside them (red team). The cancel reaches neither `coro` nor a local activity
-        it waits for (shielded), and is absorbed here."""
-        task = asyncio.ensure_future(coro)
-        while True:
-            try:
-                return await asyncio.shield(task)
-            except asyncio.CancelledError:
-                if task.done():
-                    return task.result()
-                current = asyncio.current_task()
-                if current is not None:
-                    current.uncancel()
-                workflow.logger.warning("lock: a cancel request ignored (the lock keeps its holders)",
-                                        extra={"key": self._state.key})
 
     async def _run_v1(self) -> LockState:
         """The loop as locks before lock-v2 ran it (their histories replay as they ran)."""

@@ -70,35 +70,38 @@ steps:
     with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/scale", json: {replicas: "{{ steps.read.output.json.n + 1 }}"}}
 """
 
-SCALER = """
-name: scaler
-summary: Call the service (undone on failure), then scale as a sub-playbook
+def poked(name: str, summary: str, steps: str, head: str = "") -> str:
+    """A playbook whose first step calls the service and is undone on failure (its `undo-poke`
+    shows that the run rolled back), then `steps`; `head`: more of its header (params)."""
+    return f"""
+name: {name}
+summary: {summary}
 owner: sre
-vars: {sink: "{sink}"}
-steps:
+vars: {{sink: "{{sink}}", target: "TARGET"}}
+{head}steps:
   - id: poke
     action: http.request
-    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/poke"}
-    compensate: {action: http.request, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/undo-poke"}}
-  - {id: call, action: playbook.run, with: {name: scale}}
+    with: {{method: POST, url: "{{{{ vars.sink }}}}/{{{{ run.id }}}}/poke"}}
+    compensate: {{action: http.request, with: {{method: POST, url: "{{{{ vars.sink }}}}/{{{{ run.id }}}}/undo-poke"}}}}
+{steps}"""
+
+
+ASK = """  - id: ask
+    action: http.request
+    with: {method: GET, url: "{{ vars.target }}/retry?ra=RA"}
 """
 
+SCALER = poked("scaler", "Call the service, then scale as a sub-playbook", """\
+  - {id: call, action: playbook.run, with: {name: scale}}
+""")
+
 # The same count, handed to a sub-playbook as a param.
-HANDER = """
-name: hander
-summary: Call the service (undone on failure), read the count, hand one more to a sub-playbook
-owner: sre
-vars: {sink: "{sink}", target: "TARGET"}
-steps:
-  - id: poke
-    action: http.request
-    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/poke"}
-    compensate: {action: http.request, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/undo-poke"}}
+HANDER = poked("hander", "Call the service, read the count, hand one more to a sub-playbook", """\
   - id: read
     action: http.request
     with: {method: GET, url: "{{ vars.target }}/count"}
   - {id: call, action: playbook.run, with: {name: counted, params: {n: "{{ steps.read.output.json.n + 1 }}"}}}
-"""
+""")
 
 COUNTED = """
 name: counted
@@ -113,18 +116,7 @@ steps:
 """
 
 # A high-impact step (allowed without approval outside production) naming what the service said.
-NAMED = """
-name: named
-summary: Read the service's name, then act on it
-owner: sre
-vars: {sink: "{sink}", target: "TARGET"}
-params:
-  environment: {type: string, default: staging}
-steps:
-  - id: poke
-    action: http.request
-    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/poke"}
-    compensate: {action: http.request, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/undo-poke"}}
+NAMED = poked("named", "Read the service's name, then act on it", """\
   - id: read
     action: http.request
     with: {method: GET, url: "{{ vars.target }}/named"}
@@ -133,49 +125,25 @@ steps:
     impact: high
     retry: {max_attempts: 1}
     with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/act", json: {name: "{{ (steps.read.output.body | fromjson).name }}"}}
-"""
+""", head="params:\n  environment: {type: string, default: staging}\n")
 
 # The same step, its arg a template's own string literal escaping a lone surrogate.
 LITERAL = NAMED.replace("name: named", "name: literal").replace(
     """json: {name: "{{ (steps.read.output.body | fromjson).name }}"}""", """json: {name: '{{ "\\ud800" }}'}""")
 
 # Wait as long as the service asks (its Retry-After), after a step the run undoes on failure.
-NAP = """
-name: nap
-summary: Call the service (undone on failure), then wait as long as it asks
-owner: sre
-vars: {sink: "{sink}", target: "TARGET"}
-steps:
-  - id: poke
-    action: http.request
-    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/poke"}
-    compensate: {action: http.request, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/undo-poke"}}
-  - id: ask
-    action: http.request
-    with: {method: GET, url: "{{ vars.target }}/retry?ra=RA"}
+NAP = poked("nap", "Call the service, then wait as long as it asks", ASK + """\
   - id: nap
     action: core.sleep
     with: {duration: "{{ steps.ask.output.headers['retry-after'] }}s"}
-"""
+""")
 
 # The same, but the service's answer bounds a sub-playbook's wait (playbook.run `timeout`).
-CALLER = """
-name: caller-RA
-summary: Call the service (undone on failure), then a sub-playbook for as long as the service says
-owner: sre
-vars: {sink: "{sink}", target: "TARGET"}
-steps:
-  - id: poke
-    action: http.request
-    with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/poke"}
-    compensate: {action: http.request, with: {method: POST, url: "{{ vars.sink }}/{{ run.id }}/undo-poke"}}
-  - id: ask
-    action: http.request
-    with: {method: GET, url: "{{ vars.target }}/retry?ra=RA"}
+CALLER = poked("caller-RA", "Call the service, then a sub-playbook for as long as the service says", ASK + """\
   - id: call
     action: playbook.run
     with: {name: quick, timeout: "{{ steps.ask.output.headers['retry-after'] }}s"}
-"""
+""")
 
 QUICK = """
 name: quick
