@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 import re
-import string
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Collection
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, filters, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, filters, nodes, pass_environment, pass_eval_context
 from jinja2.exceptions import SecurityError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
 
 from bot.playbook import data
 
@@ -157,14 +156,19 @@ def slack_escaped(value: Any) -> Any:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-# What a template may make of the values it reads (a target's answer, a param, red team). An int of
-# more than 4,300 digits is encoded but read back by no JSON reader here (Python's, pydantic's): a
-# child's input or end holding one failed its workflow task on every replay. A power or a repeat
-# past these is refused before it is computed: `"=" * width` with a width a target chose would
-# allocate it (the worker dies, and again on each replay of the run).
+# What a template may make of the values it reads (a target's answer, a param, red team), all of it
+# in workflow code: an allocation of gigabytes kills the worker, and again on every replay of the run.
+# An int of more than 4,300 digits is encoded but read back by no JSON reader here (Python's,
+# pydantic's): a child's input or end holding one failed its workflow task on every replay. Each
+# operation that makes much from little (a repeat, a power, a padding width, a join, a replace, an
+# indent, a flatten) is sized before it runs, and a text template's output is counted as it is made
+# (a loop): past REPEAT_MAX characters, or ITEMS_MAX list items (each walked by the checks after the
+# render: a million took a second), the render is refused. `namespace` and macros, the only ways a
+# template accumulates or recurses (doubling a string each time), are not offered.
 INT_MAX_DIGITS = 4300
 _INT_BOUND = 10**INT_MAX_DIGITS
-REPEAT_MAX = 1_000_000  # characters or items `*` may make
+REPEAT_MAX = 1_000_000  # characters one operation or one text template may make
+ITEMS_MAX = 100_000  # list items one operation may make
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
@@ -180,19 +184,109 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             _bounded_repeat(left, right)
         return super().call_binop(context, operator, left, right)
 
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (Jinja's signature)
+        """A str method that pads, joins or replaces is sized first (`'x'.ljust(w)`, `s.join(s)`)."""
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str) and getattr(__obj, "__name__", "") in _STR_SIZES:
+            try:
+                made = _STR_SIZES[__obj.__name__](owner, *args, **kwargs)
+            except (TypeError, ValueError):
+                made = 0  # (wrong arguments: the method itself says so)
+            _within(made, f"str.{__obj.__name__}")
+        return super().call(__context, __obj, *args, **kwargs)
+
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
-        """`str.format` and `format_map` as the sandbox runs them, a width past REPEAT_MAX refused
-        first (`'{:>{}}'.format(x, width)` allocated the width: review of the repeat bound)."""
-        wrapped = super().wrap_str_format(value)
-        if wrapped is None:
+        """`str.format` and `format_map` through a formatter that checks each field's spec once it
+        is resolved (a width written, or given by a nested field, a string among them)."""
+        if super().wrap_str_format(value) is None:
             return None
-        text, mapping = value.__self__, value.__name__ == "format_map"
+        text, mapping, formatter = value.__self__, value.__name__ == "format_map", _BoundedFormatter(self)
 
         def bounded(*args: Any, **kwargs: Any) -> str:
-            _bounded_format(text, args, args[0] if mapping and args and isinstance(args[0], dict) else kwargs)
-            return wrapped(*args, **kwargs)
+            if mapping:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                args, kwargs = (), args[0]
+            return type(text)(formatter.vformat(text, args, kwargs))
 
         return bounded
+
+
+class _BoundedFormatter(SandboxedFormatter):
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        if any(_too_wide(n) for n in _NUMBER.findall(format_spec)):
+            raise TemplateError(f"a format pads to more than {REPEAT_MAX:,} characters")
+        return super().format_field(value, format_spec)
+
+
+def _within(made: int, what: str) -> None:
+    if made > REPEAT_MAX:
+        raise TemplateError(f"{what} would make more than {REPEAT_MAX:,} characters")
+
+
+def _replaced(text: str, old: Any, new: Any, count: Any = -1) -> int:
+    if not isinstance(old, str) or not isinstance(new, str):
+        return len(text)
+    found = len(text) + 1 if old == "" else text.count(old)
+    if isinstance(count, int) and count >= 0:
+        found = min(found, count)
+    return len(text) + found * max(len(new) - len(old), 0)
+
+
+def _joined(sep: str, items: Any) -> int:
+    items = list(items) if not isinstance(items, (list, tuple, str)) else items
+    return sum(len(x) if isinstance(x, str) else 20 for x in items) + len(sep) * max(len(items) - 1, 0)
+
+
+def _padded(text: str, width: Any, *_: Any) -> int:
+    return max(len(text), width) if type(width) is int else len(text)
+
+
+_STR_SIZES: dict[str, Callable[..., int]] = {
+    "ljust": _padded, "rjust": _padded, "center": _padded, "zfill": _padded,
+    "expandtabs": lambda text, tabsize=8: len(text) + text.count("\t") * max(tabsize if type(tabsize) is int else 8, 0),
+    "join": _joined,
+    "replace": _replaced,
+}
+
+
+def _bounded_power(base: Any, exponent: Any) -> None:
+    if type(base) is int and type(exponent) is int and abs(base) > 1 and exponent > 0:
+        if exponent * math.log10(abs(base)) > INT_MAX_DIGITS:
+            raise TemplateError(f"{_shown(base)} ** {_shown(exponent)} has more than {INT_MAX_DIGITS} digits")
+
+
+def _made(value: Any) -> tuple[int, int]:
+    """(list items, characters) in a value, counted no further than past the bounds."""
+    items, chars, stack = 0, 0, [value]
+    while stack and items <= ITEMS_MAX and chars <= REPEAT_MAX:
+        item = stack.pop()
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, (list, tuple)):
+            items += len(item)
+            stack.extend(item)
+        elif isinstance(item, dict):
+            items += len(item)
+            stack.extend(item.values())
+            chars += sum(len(k) for k in item if isinstance(k, str))
+    return items, chars
+
+
+def _bounded_repeat(left: Any, right: Any) -> None:
+    sequence, count = (left, right) if isinstance(left, (str, list, tuple)) else (right, left)
+    if not isinstance(count, int) or count <= 1:
+        return
+    items, chars = _made(sequence)
+    if items * count > ITEMS_MAX or chars * count > REPEAT_MAX:
+        what = "characters" if isinstance(sequence, str) else "items"
+        raise TemplateError(f"repeating {len(sequence)} {what} {_shown(count)} times makes more than "
+                            f"{ITEMS_MAX:,} items or {REPEAT_MAX:,} characters")
+
+
+def _shown(number: int) -> str:
+    """A number as an error may quote it: its digits, or how many there are."""
+    return str(number) if abs(number) < 10**30 else f"a {len(str(number)) if abs(number) < _INT_BOUND else 'huge'}-digit number"
 
 
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
@@ -203,70 +297,80 @@ def _too_wide(digits: str) -> bool:
     return len(digits) > 7 or int(digits) > REPEAT_MAX
 
 
-def _large_int_among(values: Any) -> bool:
-    return any(type(v) is int and abs(v) > REPEAT_MAX for v in values)
-
-
 def _bounded_percent(text: str, args: Any) -> None:
     """`text % args` would pad to a width (or a precision) past REPEAT_MAX: written in the text, or
     taken from the args by `*`."""
     values = args if isinstance(args, tuple) else (args,)
     for match in _PERCENT_SPEC.finditer(text):
         for part in match.groups():
-            if part is not None and (_large_int_among(values) if part == "*" else _too_wide(part)):
+            if part is None:
+                continue
+            if part == "*" and any(type(v) is int and abs(v) > REPEAT_MAX for v in values) or (
+                    part != "*" and _too_wide(part)):
                 raise TemplateError(f"a % format pads to more than {REPEAT_MAX:,} characters")
 
 
-def _bounded_format(text: str, args: Any, kwargs: Any) -> None:
-    """The same for `str.format`: a width written in a field's spec, or one a nested field gives."""
-    try:
-        fields = list(string.Formatter().parse(text))
-    except ValueError:
-        return  # (str.format refuses it itself)
-    for _, _, spec, _ in fields:
-        if not spec:
-            continue
-        nested = "{" in spec and _large_int_among([*args, *(kwargs.values() if isinstance(kwargs, dict) else ())])
-        if nested or any(_too_wide(n) for n in _NUMBER.findall(spec)):
-            raise TemplateError(f"a format pads to more than {REPEAT_MAX:,} characters")
+def _bounded_filters(env: ImmutableSandboxedEnvironment) -> None:
+    """The filters that make much from little, each sized before it runs (Jinja's own underneath;
+    `slice`'s sync variant: the registered one reads its environment off a context these pass none of)."""
 
+    def counted(name: str, original: Callable[..., Any], limit: int = ITEMS_MAX) -> Callable[..., Any]:
+        def bounded(value: Any, count: Any = None, *args: Any, **kwargs: Any) -> Any:
+            if type(count) is int and abs(count) > limit:
+                raise TemplateError(f"{name}({_shown(count)}) makes more than {limit:,}")
+            return original(value, *(() if count is None else (count,)), *args, **kwargs)
+        return bounded
 
-def _bounded_width(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-    """A filter whose second argument is a width or a count it makes that much of (`center`,
-    `indent`, `batch`, `slice`): past REPEAT_MAX, refused before it is made."""
+    def indent(text: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
+        pad = len(width) if isinstance(width, str) else width if type(width) is int else 0
+        text = str(text)
+        _within(len(text) + (text.count("\n") + 1) * max(pad, 0), "indent")
+        return filters.do_indent(text, width, *args, **kwargs)
 
-    def bounded(value: Any, width: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if type(width) is int and abs(width) > REPEAT_MAX:
-            raise TemplateError(f"{name}({_shown(width)}) makes more than {REPEAT_MAX:,}")
-        return original(value, *(() if width is None else (width,)), *args, **kwargs)
+    @pass_eval_context
+    def replace(eval_ctx: Any, text: Any, old: Any, new: Any, count: Any = None) -> Any:
+        _within(_replaced(str(text), old, new, -1 if count is None else count), "replace")
+        return filters.do_replace(eval_ctx, text, old, new, count)
 
-    return bounded
+    @pass_eval_context
+    def join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
+        value = list(value)
+        if attribute is None:
+            _within(_joined(str(d), value), "join")
+        return filters.sync_do_join(eval_ctx, value, d, attribute)
 
+    @pass_environment
+    def wordwrap(environment: Any, text: Any, width: int = 79, break_long_words: bool = True,
+                 wrapstring: Any = None, break_on_hyphens: bool = True) -> Any:
+        lines = len(str(text)) // max(width, 1) + 1 if type(width) is int else 1
+        _within(len(str(text)) + lines * len(str(wrapstring or "\n")), "wordwrap")
+        return filters.do_wordwrap(environment, text, width, break_long_words, wrapstring, break_on_hyphens)
 
-def _bounded_format_filter(original: Callable[..., Any]) -> Callable[..., Any]:
-    def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
+    @pass_environment
+    def sum_(environment: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+        if isinstance(start, (list, tuple)):  # flattening: one pass, not a copy per item
+            getter = filters.make_attrgetter(environment, attribute) if attribute is not None else None
+            out = list(start)
+            for item in iterable:
+                part = getter(item) if getter is not None else item
+                if not isinstance(part, (list, tuple)):
+                    raise TemplateError(f"sum: cannot add {type(part).__name__} to a list")
+                out.extend(part)
+                if len(out) > ITEMS_MAX:
+                    raise TemplateError(f"sum makes more than {ITEMS_MAX:,} items")
+            return out
+        return filters.sync_do_sum(environment, iterable, attribute, start)
+
+    def format_(value: Any, *args: Any, **kwargs: Any) -> Any:
         _bounded_percent(str(value), kwargs or args)
-        return original(value, *args, **kwargs)
+        return filters.do_format(value, *args, **kwargs)
 
-    return bounded
-
-
-def _bounded_power(base: Any, exponent: Any) -> None:
-    if type(base) is int and type(exponent) is int and abs(base) > 1 and exponent > 0:
-        if exponent * math.log10(abs(base)) > INT_MAX_DIGITS:
-            raise TemplateError(f"{_shown(base)} ** {_shown(exponent)} has more than {INT_MAX_DIGITS} digits")
-
-
-def _bounded_repeat(left: Any, right: Any) -> None:
-    sequence, count = (left, right) if isinstance(left, (str, list, tuple)) else (right, left)
-    if isinstance(count, int) and len(sequence) * count > REPEAT_MAX:
-        raise TemplateError(f"repeating {len(sequence)} {'characters' if isinstance(sequence, str) else 'items'} "
-                            f"{_shown(count)} times makes more than {REPEAT_MAX:,}")
-
-
-def _shown(number: int) -> str:
-    """A number as an error may quote it: its digits, or how many there are."""
-    return str(number) if abs(number) < 10**30 else f"a {len(str(number)) if abs(number) < _INT_BOUND else 'huge'}-digit number"
+    env.filters.update({
+        "center": counted("center", filters.do_center, REPEAT_MAX),
+        "batch": counted("batch", filters.do_batch),
+        "slice": counted("slice", filters.sync_do_slice),
+        "indent": indent, "replace": replace, "join": join, "wordwrap": wordwrap, "sum": sum_, "format": format_,
+    })
 
 
 def _env(finalize: Callable[[Any], Any] | None = None) -> ImmutableSandboxedEnvironment:
@@ -279,12 +383,8 @@ def _env(finalize: Callable[[Any], Any] | None = None) -> ImmutableSandboxedEnvi
     env.filters.pop("random", None)
     # Data filters (bot/playbook/data.py). What decodes data into new strings is made inert, so no
     # JSON escape or base64 can spell a secret reference.
-    # (sync_do_slice: the registered `slice` is an async variant, which reads its environment off
-    # the context it is passed; these wrappers pass none, and nothing here renders async)
-    for name, original in (("center", filters.do_center), ("indent", filters.do_indent), ("batch", filters.do_batch),
-                           ("slice", filters.sync_do_slice)):
-        env.filters[name] = _bounded_width(name, original)
-    env.filters["format"] = _bounded_format_filter(filters.do_format)
+    env.globals.pop("namespace", None)  # (see REPEAT_MAX)
+    _bounded_filters(env)
     env.filters.update({
         "tojson": data.tojson,
         "fromjson": lambda text: inert(data.fromjson(text)),
@@ -318,8 +418,21 @@ def _compile(source: str, mrkdwn: bool = False) -> Callable[[dict[str, Any]], An
         if mrkdwn:  # (only a JSON value: anything else is refused below, as for any other arg)
             return lambda ctx: _escaped_json(expression(**ctx))
         return lambda ctx: expression(**ctx)
-    template = env.from_string(source)
-    return template.render
+    tree = env.parse(source)
+    _no_macros(source, tree)
+    template = env.from_string(tree)
+
+    def counted(ctx: dict[str, Any]) -> str:
+        """The text as it is made, refused past REPEAT_MAX characters (a loop over data)."""
+        parts, made = [], 0
+        for part in template.generate(**ctx):
+            made += len(part)
+            if made > REPEAT_MAX:
+                raise TemplateError(f"the text is longer than {REPEAT_MAX:,} characters")
+            parts.append(part)
+        return "".join(parts)
+
+    return counted
 
 
 def render(value: Any, context: dict[str, Any], *, secrets: Collection[str] | None = None,
@@ -434,9 +547,16 @@ def truthy(value: Any) -> bool:
 
 def check_syntax(source: str) -> None:
     try:
-        ENV.parse(source)
+        tree = ENV.parse(source)
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template {source!r} has a syntax error (line {exc.lineno}): {exc.message}") from exc
+    _no_macros(source, tree)
+
+
+def _no_macros(source: str, tree: nodes.Template) -> None:
+    """Macros recurse, and a recursion can double a string each time (see REPEAT_MAX)."""
+    if any(True for _ in tree.find_all((nodes.Macro, nodes.CallBlock))):
+        raise TemplateError(f"template {source!r}: macros are not allowed in playbook templates")
 
 
 def referenced_steps(source: str) -> set[str]:
