@@ -16,9 +16,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
-import pytest_asyncio
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
@@ -29,22 +27,9 @@ from bot.engine.locking import (
     LockState,
     lock_workflow_id,
 )
-from bot.engine.worker import make_worker
-from tests.engine.support import Recorder
-from tests.security.test_lock_forgery import QUEUE, AttackRig, holder_and_queued
+from tests.security.test_lock_forgery import QUEUE, AttackRig, holder_and_queued, rig  # noqa: F401  (rig: its fixture, the real worker)
 
 GRANT_WAIT = 20.0  # a genuine waiter whose holder is gone is granted within a few seconds (check_seconds=5)
-
-
-@pytest_asyncio.fixture
-async def rig(dev_env: Any) -> AsyncIterator[AttackRig]:
-    """The real worker (KeyLock, the `lock.*` activities) with test_lock_forgery's logged gates."""
-    rec = Recorder()
-    task_queue = f"tq-{uuid.uuid4()}"
-    r = AttackRig(dev_env.client, task_queue)
-    activities = [a for a in rec.activities() if a.__temporal_activity_definition.name != "run.admit"]
-    async with make_worker(dev_env.client, task_queue, activities + r.gates.activities()):
-        yield r
 
 
 async def reaches_gate(rig: AttackRig, run_id: str, timeout: float) -> bool:
