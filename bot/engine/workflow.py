@@ -8,6 +8,7 @@ query, so bookkeeping adds no round trips.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -137,8 +138,13 @@ ENGINE_V10_PATCH = "engine-v10"
 ENGINE_V11_PATCH = "engine-v11"
 # engine-v11, and the lock's answer is confirmed by a local activity (`lock.confirm`): a plain client
 # signalled a queued run "granted" and completed its pending confirm by id with `holding: true`,
-# and the run acted beside the key's holder (red team, stop 52).
+# and the run acted beside the key's holder (red team, stop 52); and a step's rendered args are at
+# most ARGS_MAX bytes.
 ENGINE_PATCH = "engine-v12"
+# A step's args, rendered, in bytes (engine-v12): an activity's input past Temporal's 2 MB payload
+# limit (three args of a million characters each) failed the run's workflow task on every replay
+# (PAYLOADS_TOO_LARGE): the run never rolled back or ended. Now the step fails, and the run rolls back.
+ARGS_MAX = 256 * 1024
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -319,6 +325,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._keys_per_execution = False  # engine-v9: idempotency keys carry the execution
         self._sealed_answers = False  # engine-v10: `decide` and `cancel` answers need the worker's seal
         self._local_confirm = False  # engine-v12: `lock.confirm` is a local activity
+        self._args_bounded = False  # engine-v12: a step's rendered args are at most ARGS_MAX bytes
         self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
         self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
         self._news = 0  # changes marked for Slack so far
@@ -703,6 +710,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     def _engine_v12(self) -> None:
         """Every behaviour engine-v12 stands for."""
         self._local_confirm = True
+        self._args_bounded = True
         self._engine_v11()
 
     def _engine_v11(self) -> None:
@@ -1915,8 +1923,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     def _args(self, action: str, with_: dict[str, Any], owner: str) -> dict[str, Any]:
         """An action's `with:` rendered for step `owner` (its own, its fallback's or its undo's);
-        Slack mrkdwn args escaped (MRKDWN_ARGS). TemplateError for one that does not render."""
-        return render_args(action, with_, self._context(owner), secrets=self._input.playbook.secrets)
+        Slack mrkdwn args escaped (MRKDWN_ARGS). TemplateError for one that does not render, or
+        (engine-v12) that renders past ARGS_MAX bytes."""
+        args = render_args(action, with_, self._context(owner), secrets=self._input.playbook.secrets)
+        if self._args_bounded:
+            size = len(json.dumps(args, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+            if size > ARGS_MAX:
+                raise TemplateError(f"the arguments are {size:,} bytes once rendered; a step's are at most {ARGS_MAX:,}")
+        return args
 
     def _context(self, owner: str | None = None) -> dict[str, Any]:
         """What templates read; all of it data, made inert so none of it can spell a secret.

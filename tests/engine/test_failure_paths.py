@@ -7,6 +7,7 @@ step by a `fb` argument, so `order()` reads like a rehearsal's `order`.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from bot.audit.events import EventKind
@@ -359,3 +360,26 @@ async def test_a_v1_step_policy_input_has_no_irreversible_key(skip_env):
         status = await (await start(skip_env.client, w, run_input(pb))).result()
     assert status.state == "completed" and status.irreversible == []
     assert "irreversible" not in seen[0]["step"] and "fallback_of" not in seen[0]["step"]
+
+
+async def test_args_past_the_bound_fail_their_step_and_the_run_rolls_back(dev_env):
+    """Three args of a million characters each are within each render's bound, but together past
+    Temporal's 2 MB payload limit: the server refused the task scheduling the action
+    (PAYLOADS_TOO_LARGE) on every replay, and the run never rolled back `one` or ended. From
+    engine-v12 a step's rendered args are at most ARGS_MAX bytes: the step fails, the run rolls back.
+    (The dev server: the time-skipping test server keeps no such limit.)"""
+    rec = Recorder()
+    pb = playbook(
+        """
+name: big-args
+steps:
+  - {id: one, action: t.ok, compensate: {action: t.ok}}
+  - id: big
+    action: t.ok
+    with: {a: "{{ 'x' * 999999 }}", b: "{{ 'y' * 999999 }}", c: "{{ 'z' * 999999 }}"}
+"""
+    )
+    status = await asyncio.wait_for(execute(dev_env.client, rec, pb), 30)
+    assert status.state == "compensated" and status.failed_step == "big"
+    assert "bytes once rendered; a step's are at most 262,144" in status.step("big").error
+    assert order(rec) == ["one", "undo:one"]
