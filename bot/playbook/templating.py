@@ -188,6 +188,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         """A str method that pads, joins or replaces is sized first (`'x'.ljust(w)`, `s.join(s)`)."""
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str) and getattr(__obj, "__name__", "") in _STR_SIZES:
+            if __obj.__name__ == "join" and args and not isinstance(args[0], (list, tuple, str)):
+                args = (list(args[0]), *args[1:])  # sized and joined from one pass (`names | map(...)`)
             try:
                 made = _STR_SIZES[__obj.__name__](owner, *args, **kwargs)
             except (TypeError, ValueError):
@@ -350,15 +352,17 @@ def _bounded_filters(env: ImmutableSandboxedEnvironment) -> None:
     def sum_(environment: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
         if isinstance(start, (list, tuple)):  # flattening: one pass, not a copy per item
             getter = filters.make_attrgetter(environment, attribute) if attribute is not None else None
-            out = list(start)
+            kind, out = type(start), list(start)
             for item in iterable:
                 part = getter(item) if getter is not None else item
-                if not isinstance(part, (list, tuple)):
-                    raise TemplateError(f"sum: cannot add {type(part).__name__} to a list")
+                if isinstance(part, Undefined):
+                    part._fail_with_undefined_error()  # its own message (no such attribute)
+                if type(part) is not kind:  # as Python's + says it
+                    raise TemplateError(f"sum: cannot add {type(part).__name__} to a {kind.__name__}")
                 out.extend(part)
                 if len(out) > ITEMS_MAX:
                     raise TemplateError(f"sum makes more than {ITEMS_MAX:,} items")
-            return out
+            return out if kind is list else tuple(out)
         return filters.sync_do_sum(environment, iterable, attribute, start)
 
     def format_(value: Any, *args: Any, **kwargs: Any) -> Any:
