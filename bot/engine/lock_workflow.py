@@ -5,8 +5,8 @@ so the first asker creates the lock) and give back with `release` (sent by the r
 The lock answers each run with a `lock_notice` signal. A run that ends without releasing (its
 execution terminated, or it ended between asking and being told) is noticed twice over: a notice
 that cannot be delivered drops it, and every few seconds the `lock.alive` local activity describes
-the holders and waiters and drops those that ended (due however busy the inbox is). History stays bounded by continue-as-new; with
-nobody holding or waiting for a while, the lock workflow ends.
+the holders and waiters and drops those that ended (due however busy the inbox is). History stays
+bounded by continue-as-new; with nobody holding or waiting for a while, the lock workflow ends.
 
 Anyone who can reach Temporal can signal this workflow or start it with a state of their own, so
 it acts on nothing it cannot verify (bot/engine/locks.py seals and checks, workflows hold no keys):

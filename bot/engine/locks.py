@@ -172,11 +172,7 @@ class LockActivities:
         handle = self.client.get_workflow_handle(run_id)
         try:
             desc = await handle.describe()
-            if (
-                desc.workflow_type != RUN_WORKFLOW
-                or desc.task_queue != activity.info().task_queue
-                or desc.raw_description.workflow_execution_info.status != RUNNING
-            ):
+            if not _a_running_run(desc):
                 return False
             status = await handle.query("status", result_type=RunStatus, rpc_timeout=QUERY_TIMEOUT)
         except RPCError as exc:
@@ -227,11 +223,16 @@ class LockActivities:
                 raise
             # Something else running under the run's id (started over it: red team) is not the run:
             # the run it replaced has ended.
-            return (desc.raw_description.workflow_execution_info.status != RUNNING
-                    or desc.workflow_type != RUN_WORKFLOW or desc.task_queue != activity.info().task_queue)
+            return not _a_running_run(desc)
 
         flags = await asyncio.gather(*(ended(run_id) for run_id in request.run_ids))
         return LiveResult(ended=[run_id for run_id, gone in zip(request.run_ids, flags) if gone])
+
+
+def _a_running_run(desc: Any) -> bool:
+    """A described workflow is a running bot run on this worker's task queue (what a lock holder is)."""
+    return (desc.workflow_type == RUN_WORKFLOW and desc.task_queue == activity.info().task_queue
+            and desc.raw_description.workflow_execution_info.status == RUNNING)
 
 
 async def busy_holder(client: Client, key: str, limit: int) -> str | None:

@@ -8,7 +8,6 @@ query, so bookkeeping adds no round trips.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -22,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
 
     from bot.actions.activities import describe_validation_error, started_event
     from bot.actions.base import ActionInput, ActionResult
-    from bot.audit.events import AuditEvent, EventKind
+    from bot.audit.events import AuditEvent, EventKind, canonical_json
     from bot.audit.recorder import AuditBatch, AuditMode, event
     from bot.actions.core import ApproveParams, ConfirmParams, FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
@@ -1927,7 +1926,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (engine-v12) that renders past ARGS_MAX bytes."""
         args = render_args(action, with_, self._context(owner), secrets=self._input.playbook.secrets)
         if self._args_bounded:
-            size = len(json.dumps(args, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+            size = len(canonical_json(args).encode("utf-8", "surrogatepass"))
             if size > ARGS_MAX:
                 raise TemplateError(f"the arguments are {size:,} bytes once rendered; a step's are at most {ARGS_MAX:,}")
         return args

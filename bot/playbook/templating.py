@@ -236,7 +236,7 @@ def _replaced(text: str, old: Any, new: Any, count: Any = -1) -> int:
 
 
 def _joined(sep: str, items: Any) -> int:
-    items = list(items) if not isinstance(items, (list, tuple, str)) else items
+    """(`items` a list, a tuple or a str: both callers make a list of an iterator first, and join it)"""
     return sum(len(x) if isinstance(x, str) else 20 for x in items) + len(sep) * max(len(items) - 1, 0)
 
 
@@ -286,9 +286,14 @@ def _bounded_repeat(left: Any, right: Any) -> None:
                             f"{ITEMS_MAX:,} items or {REPEAT_MAX:,} characters")
 
 
+def _readable(number: int) -> bool:
+    """An int a JSON reader here takes back (see INT_MAX_DIGITS)."""
+    return -_INT_BOUND < number < _INT_BOUND
+
+
 def _shown(number: int) -> str:
     """A number as an error may quote it: its digits, or how many there are."""
-    return str(number) if abs(number) < 10**30 else f"a {len(str(number)) if abs(number) < _INT_BOUND else 'huge'}-digit number"
+    return str(number) if abs(number) < 10**30 else f"a {len(str(number)) if _readable(number) else 'huge'}-digit number"
 
 
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
@@ -524,8 +529,8 @@ def _escaped_json(value: Any) -> Any:
 def _is_json(value: Any) -> bool:
     if isinstance(value, float):  # nan and inf are not JSON (`'nan' | float`), and no record could hold them
         return math.isfinite(value)
-    if isinstance(value, int):  # (bool too) what JSON readers take back: see INT_MAX_DIGITS
-        return -_INT_BOUND < value < _INT_BOUND
+    if isinstance(value, int):  # (bool too)
+        return _readable(value)
     if value is None or isinstance(value, str):
         return True
     if isinstance(value, (list, tuple)):
@@ -537,7 +542,7 @@ def _is_json(value: Any) -> bool:
 
 def _has_huge_int(value: Any) -> bool:
     if isinstance(value, int):
-        return not -_INT_BOUND < value < _INT_BOUND
+        return not _readable(value)
     items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
     return any(_has_huge_int(item) for item in items)
 
