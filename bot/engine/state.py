@@ -11,6 +11,14 @@ from bot.actions.base import OutputRef
 from bot.identity.proofs import Proof
 from bot.playbook.model import Playbook
 
+# What a run's status may weigh as JSON where it leaves the worker: Temporal refuses a payload past
+# 2 MB, and a run whose result (its status) was refused failed its last workflow task on every
+# replay: it never ended (ten steps of 250 KB args each). gRPC refuses a query answer past 4 MB.
+STATUS_MAX = 1536 * 1024
+ERROR_KEPT = 2000  # characters of an error a cut status keeps
+OMITTED = "(left out)"
+
+
 RunState = Literal[
     "pending", "queued", "running", "waiting_approval", "completed", "compensating", "compensated", "failed", "cancelled"
 ]
@@ -250,6 +258,10 @@ class RunStatus(BaseModel):
     audit_pending: int = Field(
         0, description="Audit events the store could not take yet (it is down): the run holds at its end until it has."
     )
+    left_out: list[str] = Field(
+        default_factory=list, description="What this status leaves out to stay within Temporal's payload limits "
+        "(STATUS_MAX); the audit trail holds it whole."
+    )
 
     def step(self, step_id: str) -> StepStatus:
         """A step by id, or a foreach item's step by its address (`roll[2].drain`)."""
@@ -278,6 +290,25 @@ class RunStatus(BaseModel):
     @property
     def finished(self) -> bool:
         return self.state in FINAL_RUN_STATES
+
+    def bounded(self, limit: int = STATUS_MAX) -> RunStatus:
+        """This status, or a copy within `limit` bytes of JSON, for where it leaves the worker (the
+        `status` query, the run's result). What the audit trail holds whole goes first, each cut
+        named in `left_out`: arguments, then outputs, then foreach items' steps, then long errors;
+        then every step. What other runs read of it (state, lock key, requester, children) stays."""
+        if _size(self) <= limit:
+            return self
+        out = self.model_copy(deep=True)
+        for name, cut in _CUTS:
+            out.left_out.append(name)
+            for step in out.all_steps():
+                cut(step)
+            if _size(out) <= limit:
+                return out
+        out.left_out.append("steps, undos, params and trace")
+        out.steps, out.compensations, out.params, out.trace = [], [], {}, []
+        out.error = _cut(out.error, ERROR_KEPT)
+        return out
 
 
 class FrontVerdict(BaseModel):
@@ -370,3 +401,42 @@ class VoteResult(BaseModel):
 
 
 ParentLink.model_rebuild()
+
+
+def _size(status: RunStatus) -> int:
+    return len(status.model_dump_json())
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _omitted(value: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
+    return None if value is None else {OMITTED: f"{what}: the step's audit events hold them"}
+
+
+def _no_args(step: StepStatus) -> None:
+    step.args = _omitted(step.args, "its arguments")
+    if step.fallback is not None:
+        step.fallback.args = _omitted(step.fallback.args, "its fallback's arguments")
+
+
+def _no_outputs(step: StepStatus) -> None:
+    step.output = _omitted(step.output, "its output")
+    if step.fallback is not None:
+        step.fallback.output = _omitted(step.fallback.output, "its fallback's output")
+
+
+def _no_item_steps(step: StepStatus) -> None:
+    for item in step.items or ():
+        item.steps = []
+
+
+def _short_errors(step: StepStatus) -> None:
+    step.error = _cut(step.error, ERROR_KEPT)
+    for item in step.items or ():
+        item.error = _cut(item.error, ERROR_KEPT)
+
+
+_CUTS = (("arguments", _no_args), ("outputs", _no_outputs), ("foreach items' steps", _no_item_steps),
+         ("long errors", _short_errors))

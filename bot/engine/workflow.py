@@ -347,7 +347,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     @workflow.query
     def status(self) -> RunStatus:
-        return self._status
+        return self._status.bounded()  # within Temporal's payload limits (the run's result too)
 
     @workflow.signal(name=NOTICE_SIGNAL)
     def lock_notice(self, notice: LockNotice) -> None:
@@ -672,7 +672,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             # A cancel that lands after the last step wrote "completed" gets the last word.
             self._record(None, EventKind.run_finished, self._finish_details(), key=status.state)
         await uncancellable(self._close())
-        return status
+        return status.bounded()
 
     def _ask_patches(self) -> None:
         """Which behaviours this run has, asked first thing, before any command (see `_has`). A run
@@ -1003,7 +1003,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             key=f"refused:{workflow.info().run_id}",  # each refused execution of a run id is on the record
         )
         await uncancellable(self._close())
-        return status
+        return status.bounded()
 
     async def _close(self) -> None:
         """The run's record and in-flight votes finish even if a cancel arrives now; with the
