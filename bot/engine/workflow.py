@@ -139,11 +139,21 @@ ENGINE_V11_PATCH = "engine-v11"
 # signalled a queued run "granted" and completed its pending confirm by id with `holding: true`,
 # and the run acted beside the key's holder (red team, stop 52); and a step's rendered args are at
 # most ARGS_MAX bytes.
-ENGINE_PATCH = "engine-v12"
+ENGINE_V12_PATCH = "engine-v12"
+# engine-v12, and a run's history is bounded before Temporal's own limit ends it: past
+# HISTORY_STEPS_MAX no step starts (the run rolls back), past HISTORY_UNDO_MAX no undo (it is left
+# for a human, paged). 200 foreach items of a 250 KB param each took a run's history past 50 MB,
+# and Temporal terminated it halfway: nothing rolled back, nothing on the record said so.
+ENGINE_PATCH = "engine-v13"
 # A step's args, rendered, in bytes (engine-v12): an activity's input past Temporal's 2 MB payload
 # limit (three args of a million characters each) failed the run's workflow task on every replay
 # (PAYLOADS_TOO_LARGE): the run never rolled back or ended. Now the step fails, and the run rolls back.
 ARGS_MAX = 256 * 1024
+# Bytes of the run's history (Temporal's count, as of the workflow task: the same on replay) past
+# which no step starts, and no undo: Temporal terminates a run whose history passes 50 MB (its
+# default limit.historySize.error). What the first leaves is for the rollback; the second, for the end.
+HISTORY_STEPS_MAX = 20 * 1024 * 1024
+HISTORY_UNDO_MAX = 40 * 1024 * 1024
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -325,6 +335,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._sealed_answers = False  # engine-v10: `decide` and `cancel` answers need the worker's seal
         self._local_confirm = False  # engine-v12: `lock.confirm` is a local activity
         self._args_bounded = False  # engine-v12: a step's rendered args are at most ARGS_MAX bytes
+        self._history_bounded = False  # engine-v13: no step past HISTORY_STEPS_MAX, no undo past HISTORY_UNDO_MAX
         self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
         self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
         self._news = 0  # changes marked for Slack so far
@@ -680,7 +691,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (each marker also upserts a search attribute: work for the server in the run's first task);
         each engine-vN after it stands for the one before and what it added, again as one marker; an
         older run replays asking each patch as it did (newest first: a run asks until one is its own)."""
-        for patch, engine in ((ENGINE_PATCH, self._engine_v12), (ENGINE_V11_PATCH, self._engine_v11),
+        for patch, engine in ((ENGINE_PATCH, self._engine_v13), (ENGINE_V12_PATCH, self._engine_v12),
+                              (ENGINE_V11_PATCH, self._engine_v11),
                               (ENGINE_V10_PATCH, self._engine_v10),
                               (ENGINE_V9_PATCH, self._engine_v9),
                               (ENGINE_V8_PATCH, self._engine_v8),
@@ -705,6 +717,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         is another, while a reset keeps it, so the steps a reset repeats repeat with their keys and
         the target can tell (tests/reliability/test_worker_crash.py)."""
         return workflow.info().first_execution_run_id.replace("-", "")
+
+    def _engine_v13(self) -> None:
+        """Every behaviour engine-v13 stands for."""
+        self._history_bounded = True
+        self._engine_v12()
 
     def _engine_v12(self) -> None:
         """Every behaviour engine-v12 stands for."""
@@ -1043,6 +1060,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         st = self._status.step(step.id)
         if step.when is not None and not self._when(step.when, step.id, [step.id]):
             return st.state != "failed"
+        if (full := self._history_full(HISTORY_STEPS_MAX)) is not None:
+            return await self._step_failed(step, st, f"not started: {full}; what is left is for undoing what ran")
         await self._thread_known(step)
         try:
             args = self._args(step.action, step.with_, step.id)
@@ -1886,6 +1905,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             return await self._undo_child(step, comp, record)
         st = self._status.step(step.id)
         record.started_at = workflow.now()
+        if (full := self._history_full(HISTORY_UNDO_MAX)) is not None:
+            record.finished_at, record.state, st.state = workflow.now(), "failed", "compensation_failed"
+            record.error = f"not undone: {full}; undo it by hand"
+            self._record(step.id, EventKind.compensation_failed, {"action": comp.action, "error": record.error})
+            return
         try:
             args = self._args(comp.action, comp.with_, step.id)
         except TemplateError as exc:
@@ -1919,6 +1943,14 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         await self._notify()
 
     # ---- helpers -------------------------------------------------------------------------
+
+    def _history_full(self, limit: int) -> str | None:
+        """Why nothing more may start (engine-v13): the run's history is past `limit` bytes."""
+        size = workflow.info().get_current_history_size()
+        if not self._history_bounded or size <= limit:
+            return None
+        return (f"this run's history holds {size / 2**20:.1f} MiB, past the {limit // 2**20} MiB a run may take "
+                "before Temporal's limit (50 MB) ends it")
 
     def _args(self, action: str, with_: dict[str, Any], owner: str) -> dict[str, Any]:
         """An action's `with:` rendered for step `owner` (its own, its fallback's or its undo's);

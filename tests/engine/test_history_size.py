@@ -1,0 +1,74 @@
+"""A run's history stays under Temporal's limit (50 MB, past which the server terminates the run):
+the run stops starting steps, and then undos, while it can still roll back and say why."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio.client import WorkflowExecutionStatus
+
+from bot.engine.workflow import HISTORY_STEPS_MAX
+from tests.engine.support import Recorder, playbook, run_input, start, worker
+
+NOTE = "n" * 250_000  # a param (or an alert's annotation) of 250 KB: each within every per-value bound
+
+
+async def test_a_run_whose_history_fills_up_rolls_back_instead_of_being_terminated(dev_env):
+    """300 foreach items each given the 250 KB param took the history past 50 MB: Temporal
+    terminated the run halfway, nothing was rolled back and the trail never said how it ended."""
+    rec = Recorder()
+    pb = playbook(
+        """
+name: fills-history
+params: {note: {type: string}}
+steps:
+  - {id: first, action: t.ok, compensate: {action: t.ok}}
+  - id: each
+    foreach: "{{ range(300) | list }}"
+    steps:
+      - {id: post, action: t.quick, with: {seconds: 0, note: "{{ params.note }}"}}
+"""
+    )
+    async with worker(dev_env.client, rec) as w:
+        handle = await start(dev_env.client, w, run_input(pb, params={"note": NOTE}))
+        status = await asyncio.wait_for(handle.result(), 120)
+        desc = await handle.describe()
+    assert desc.status == WorkflowExecutionStatus.COMPLETED
+    assert status.state == "compensated" and status.failed_step == "each"
+    posted = [call for call in rec.calls if call[0].startswith("each[")]
+    assert 10 < len(posted) < 300
+    failing = status.step(f"each[{len(posted)}].post")
+    assert failing.state == "failed" and failing.error.startswith("not started: this run's history holds")
+    assert f"past the {HISTORY_STEPS_MAX // 2**20} MiB" in failing.error
+    assert rec.sequence()[-1] == "undo first"
+
+
+async def test_undos_that_would_fill_the_history_are_left_for_a_human_and_the_run_still_ends(dev_env):
+    """Items whose undos take the param: rolling 300 of them back would pass 50 MB. Past
+    HISTORY_UNDO_MAX the rest is not undone (paged, on the record) and the run ends `failed`."""
+    rec = Recorder()
+    pb = playbook(
+        """
+name: fills-history-undoing
+owner: sre-oncall
+params: {note: {type: string}}
+steps:
+  - id: each
+    foreach: "{{ range(300) | list }}"
+    steps:
+      - id: post
+        action: t.quick
+        with: {seconds: 0}
+        compensate: {action: t.quick, with: {seconds: 0, note: "{{ params.note }}"}}
+  - {id: boom, action: t.fail}
+"""
+    )
+    async with worker(dev_env.client, rec) as w:
+        handle = await start(dev_env.client, w, run_input(pb, params={"note": NOTE}))
+        status = await asyncio.wait_for(handle.result(), 120)
+        desc = await handle.describe()
+    assert desc.status == WorkflowExecutionStatus.COMPLETED
+    assert status.state == "failed" and status.not_undone and status.escalated_to == ["sre-oncall"]
+    undone = [c for c in status.compensations if c.state == "succeeded"]
+    assert undone and all(c.state == "failed" for c in status.compensations[len(undone):])
+    assert status.compensations[-1].error.startswith("not undone: this run's history holds")
