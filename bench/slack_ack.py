@@ -30,6 +30,7 @@ from typing import Any
 
 from bench import profiles, results
 from bench.alert_storm import executions
+from bench.load import REQUESTER
 from bench.topology import (
     ALERT_TOKEN, ENVELOPE_KEY, ROOT, SIGNING_SECRET, CpuMeter, Topology, WindowCpu, base_env, load_average, run,
     topology,
@@ -198,6 +199,9 @@ def show(shape: str, bursts: int, size: int, floor: dict[str, Any], bot: dict[st
 
 async def main(bursts: int, size: int, shapes: list[str], profile: Path | None) -> None:
     with FakeSlack() as fake, response_urls() as urls:
+        # The commands' sender is a member of the workspace, as a real one is: without it every
+        # answer by chat.postEphemeral failed (user_not_found) and was logged twice.
+        fake.add_user(REQUESTER, "bench")
         for shape in shapes:
             await shape_run(shape, bursts, size, fake, urls, profile)
 
