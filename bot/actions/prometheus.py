@@ -194,11 +194,12 @@ class PrometheusActions:
                 retryable=False,
             )
         if body["status"] != "success":
-            error = f"{body.get('errorType', 'error')}: {body.get('error', '(no message)')}"
+            # Cut as every quoted body is: the target's text becomes the step's error (red team, stop 53)
+            error = _excerpt(f"{body.get('errorType', 'error')}: {body.get('error', '(no message)')}")
             if status >= 500 or body.get("errorType") in ("timeout", "canceled", "unavailable"):
                 raise _Unavailable(f"HTTP {status}: {error}")
             raise ActionFailed(f"prometheus.query: query rejected: {error}", retryable=False)
         for warning in body.get("warnings") or []:
-            log.warning("prometheus warning", warning=warning)
+            log.warning("prometheus warning", warning=_excerpt(str(warning)))
         data = body["data"]
         return data["resultType"], _samples(data["resultType"], data["result"])

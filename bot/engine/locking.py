@@ -80,6 +80,9 @@ class LockRelease(BaseModel):
 LockMessage = Annotated[LockRequest | LockRelease, Field(discriminator="kind")]
 
 
+ID_MAX = 1000  # characters of a workflow id (Temporal's default limit.maxIDLength)
+
+
 class LockNotice(BaseModel):
     """What the lock tells a run: `granted`; `queued` (behind `holders`, at `position`); `busy`
     (refuse/attach: not queued)."""

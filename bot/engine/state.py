@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 
 from bot.actions.base import OutputRef
 from bot.identity.proofs import Proof
@@ -404,7 +405,8 @@ ParentLink.model_rebuild()
 
 
 def _size(status: RunStatus) -> int:
-    return len(status.model_dump_json())
+    """Bytes, as the payload converter writes it (UTF-8, not characters: 🔥 is four)."""
+    return len(to_json(status))
 
 
 def _cut(text: str | None, limit: int) -> str | None:

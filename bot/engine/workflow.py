@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
         policy_failed,
         proof_holds,
     )
-    from bot.engine.locking import NOTICE_SIGNAL, LockNotice, LockRelease, LockRequest, LockView
+    from bot.engine.locking import ID_MAX, NOTICE_SIGNAL, LockNotice, LockRelease, LockRequest, LockView
     from bot.engine.shield import uncancellable
     from bot.engine import results
     from bot.engine.callers import CALLER_REFUSED, CALLER_UNKNOWN
@@ -154,6 +154,14 @@ ARGS_MAX = 256 * 1024
 # default limit.historySize.error). What the first leaves is for the rollback; the second, for the end.
 HISTORY_STEPS_MAX = 20 * 1024 * 1024
 HISTORY_UNDO_MAX = 40 * 1024 * 1024
+# The same for its events: Temporal terminates a run past 51,200 (limit.historyCount.error). A
+# foreach item step with a fallback and an undo makes 17-18 of them (red team, stop 53).
+EVENTS_STEPS_MAX = 24_000
+EVENTS_UNDO_MAX = 48_000
+# Characters of an action's failure kept as the step's error (its status, its audit event, which
+# rides on the next activity): a client failing an action by id with 400,000 control characters
+# (2.4 MB once JSON-escaped) made the undo's input too large on every replay (red team, stop 53).
+ERROR_MAX = 2000
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -209,7 +217,13 @@ def policy_unanswered(result_type: type[Any], exc: BaseException) -> Any:
 
 
 def describe_failure(err: BaseException, max_attempts: int) -> tuple[str, int]:
-    """A one-line reason and the attempts made, from an activity's final failure."""
+    """A one-line reason, at most ERROR_MAX characters, and the attempts made, from an activity's
+    final failure."""
+    message, attempts = _described(err, max_attempts)
+    return (message if len(message) <= ERROR_MAX else message[: ERROR_MAX - 1] + "…"), attempts
+
+
+def _described(err: BaseException, max_attempts: int) -> tuple[str, int]:
     cause = err.cause if isinstance(err, ActivityError) else err
     if isinstance(cause, ApplicationError):
         details = cause.details[0] if cause.details and isinstance(cause.details[0], dict) else {}
@@ -367,7 +381,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         if self._lock_key is None or notice.key != self._lock_key or self._lock_taken:
             return
         if notice.outcome == "queued":
-            holder = notice.holders[0] if notice.holders else None
+            holder = notice.holders[0][:ID_MAX] if notice.holders else None  # (unconfirmed: a forged one was 2 MB)
             self._status.waiting_for = {"key": notice.key, "holder": holder, "position": notice.position}
         else:
             self._lock_answer = notice
@@ -1060,7 +1074,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         st = self._status.step(step.id)
         if step.when is not None and not self._when(step.when, step.id, [step.id]):
             return st.state != "failed"
-        if (full := self._history_full(HISTORY_STEPS_MAX)) is not None:
+        if (full := self._history_full(HISTORY_STEPS_MAX, EVENTS_STEPS_MAX)) is not None:
             return await self._step_failed(step, st, f"not started: {full}; what is left is for undoing what ran")
         await self._thread_known(step)
         try:
@@ -1905,7 +1919,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             return await self._undo_child(step, comp, record)
         st = self._status.step(step.id)
         record.started_at = workflow.now()
-        if (full := self._history_full(HISTORY_UNDO_MAX)) is not None:
+        if (full := self._history_full(HISTORY_UNDO_MAX, EVENTS_UNDO_MAX)) is not None:
             record.finished_at, record.state, st.state = workflow.now(), "failed", "compensation_failed"
             record.error = f"not undone: {full}; undo it by hand"
             self._record(step.id, EventKind.compensation_failed, {"action": comp.action, "error": record.error})
@@ -1944,13 +1958,19 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     # ---- helpers -------------------------------------------------------------------------
 
-    def _history_full(self, limit: int) -> str | None:
-        """Why nothing more may start (engine-v13): the run's history is past `limit` bytes."""
-        size = workflow.info().get_current_history_size()
-        if not self._history_bounded or size <= limit:
+    def _history_full(self, limit: int, events: int) -> str | None:
+        """Why nothing more may start (engine-v13): the run's history is past `limit` bytes or
+        `events` events."""
+        if not self._history_bounded:
             return None
-        return (f"this run's history holds {size / 2**20:.1f} MiB, past the {limit // 2**20} MiB a run may take "
-                "before Temporal's limit (50 MB) ends it")
+        size, length = workflow.info().get_current_history_size(), workflow.info().get_current_history_length()
+        if size > limit:
+            return (f"this run's history holds {size / 2**20:.1f} MiB, past the {limit // 2**20} MiB a run may take "
+                    "before Temporal's limit (50 MB) ends it")
+        if length > events:
+            return (f"this run's history holds {length:,} events, past the {events:,} a run may take before "
+                    "Temporal's limit (51,200) ends it")
+        return None
 
     def _args(self, action: str, with_: dict[str, Any], owner: str) -> dict[str, Any]:
         """An action's `with:` rendered for step `owner` (its own, its fallback's or its undo's);

@@ -45,7 +45,11 @@ class _Strict(BaseModel):
 PARAM_MAX_ITEMS = 1000  # items in one array
 PARAM_MAX_KEYS = 100  # keys in one object
 PARAM_MAX_DEPTH = 6  # arrays/objects nested in one param value (and in its declaration)
-PARAM_MAX_BYTES = 64 * 1024  # one array/object param, as JSON text (given or after typing)
+PARAM_MAX_BYTES = 64 * 1024  # one param (a string's UTF-8; an array/object as JSON text, given or after typing)
+# All of a run's params as JSON: they ride in its input, its `run_started` event and every policy
+# question beside the alert; a 700 KB string param copied from an annotation took a policy
+# question past Temporal's 2 MB and the run never started a step (red team, stop 53).
+PARAMS_MAX_BYTES = 256 * 1024
 PARAM_MAX_NODES = 10_000  # values (items, properties, scalars) in one param value
 
 SCALAR_TYPES = ("string", "integer", "number", "boolean")

@@ -23,6 +23,7 @@ from bot.playbook.model import (
     PARAM_MAX_ITEMS,
     PARAM_MAX_KEYS,
     PARAM_MAX_NODES,
+    PARAMS_MAX_BYTES,
     SCALAR_TYPES,
     ParamSpec,
     Playbook,
@@ -77,6 +78,8 @@ def coerce_value(name: str, spec: ParamSpec, value: Any) -> Any:
 
 def _scalar(name: str, spec: ParamSpec, value: Any) -> Any:
     coerced = _coerce_type(name, spec.type, value)
+    if isinstance(coerced, str) and len(coerced) > PARAM_MAX_BYTES // 4 and len(coerced.encode()) > PARAM_MAX_BYTES:
+        raise ValueError(f"param {name!r}: {len(coerced.encode())} bytes, more than the {PARAM_MAX_BYTES} a param may hold")
     if spec.enum is not None:
         allowed = []
         for option in spec.enum:
@@ -238,6 +241,9 @@ def coerce_params(playbook: Playbook, raw: Mapping[str, Any]) -> dict[str, Any]:
             problems.append((name, str(exc)))
     if problems:
         raise ParamError(problems)
+    if (size := len(json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode())) > PARAMS_MAX_BYTES:
+        raise ParamError([(None, f"the params are {size} bytes of JSON together, more than the {PARAMS_MAX_BYTES} "
+                                 "a run's may hold")])
     return out
 
 

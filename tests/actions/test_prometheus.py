@@ -134,6 +134,15 @@ async def test_execution_error_422_is_final(prom, providers, run_failing) -> Non
     assert err.non_retryable and "found duplicate series" in err.message
 
 
+async def test_a_long_prometheus_error_is_cut_as_any_quoted_answer(prom, providers, run_failing) -> None:
+    """Red team (stop 53): the `error` field was quoted whole: whatever answers at the URL chose the
+    step's error, which rides in the run's history and the next activity's input (1.4 MB here)."""
+    prom.script("up", error(400, "bad_data", "\x01" * 400_000 + "x" * 1_000_000))
+    err = await run_failing("prometheus.query", {"query": "up"}, providers)
+    assert err.non_retryable and err.message.startswith("prometheus.query: query rejected: bad_data: ")
+    assert len(err.message) < 600
+
+
 @pytest.mark.parametrize(
     ("answers", "expect", "polls", "value"),
     [

@@ -4,10 +4,13 @@ the run stops starting steps, and then undos, while it can still roll back and s
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
+import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from bot.engine.workflow import HISTORY_STEPS_MAX
+from bot.engine import workflow as workflow_module
+from bot.engine.workflow import EVENTS_STEPS_MAX, HISTORY_STEPS_MAX, PlaybookRun
 from tests.engine.support import Recorder, playbook, run_input, start, worker
 
 NOTE = "n" * 250_000  # a param (or an alert's annotation) of 250 KB: each within every per-value bound
@@ -72,3 +75,22 @@ steps:
     undone = [c for c in status.compensations if c.state == "succeeded"]
     assert undone and all(c.state == "failed" for c in status.compensations[len(undone):])
     assert status.compensations[-1].error.startswith("not undone: this run's history holds")
+
+
+@pytest.mark.parametrize(("size", "length", "said"), [
+    (1024, EVENTS_STEPS_MAX, None),
+    (1024, EVENTS_STEPS_MAX + 1, f"this run's history holds {EVENTS_STEPS_MAX + 1:,} events, past the "
+                                 f"{EVENTS_STEPS_MAX:,} a run may take before Temporal's limit (51,200) ends it"),
+    (HISTORY_STEPS_MAX + 1, 10, "this run's history holds 20.0 MiB, past the 20 MiB a run may take before "
+                                "Temporal's limit (50 MB) ends it"),
+])
+def test_the_event_count_bounds_the_run_as_its_bytes_do(monkeypatch, size, length, said):
+    """Red team (stop 53): engine-v13 first read only bytes. Item steps with a fallback and an undo
+    make 17-18 events each: 500 items of 6 passed Temporal's 51,200 events at 18 MB, and the run was
+    terminated with 510 undos never run (about 7 minutes to show whole; a client cannot add the
+    events faster: Temporal takes at most 10,000 signals per run). The count is read as the bytes are."""
+    info = SimpleNamespace(get_current_history_size=lambda: size, get_current_history_length=lambda: length)
+    monkeypatch.setattr(workflow_module.workflow, "info", lambda: info)
+    run = SimpleNamespace(_history_bounded=True)
+    assert PlaybookRun._history_full(run, HISTORY_STEPS_MAX, EVENTS_STEPS_MAX) == said  # type: ignore[arg-type]
+    assert PlaybookRun._history_full(SimpleNamespace(_history_bounded=False), 0, 0) is None  # type: ignore[arg-type]

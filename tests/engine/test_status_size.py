@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+from pydantic_core import to_json
+
 from bot.engine.state import OMITTED, STATUS_MAX, ChildCall, ForeachItem, Requester, RunStatus, StepStatus
 from tests.engine.support import Recorder, cancel, playbook, run_input, start, wait_for_state, worker
 
@@ -69,3 +71,13 @@ def test_past_every_cut_the_steps_go_and_the_run_still_says_how_it_ended():
                             "steps, undos, params and trace"]
     assert len(cut.model_dump_json()) <= 64 * 1024
     assert (cut.state, cut.failed_step, cut.not_undone, len(cut.error or "")) == ("compensated", "s1", ["s0"], 2000)
+
+
+def test_the_bound_counts_bytes_as_temporal_does():
+    """Red team (stop 53): the bound counted characters. Ten steps of 64,000 emoji each (256,000
+    bytes, within ARGS_MAX) read 650 K characters, under the bound, and 2.5 MB for Temporal: the
+    run's result was refused on every replay and the run never ended."""
+    steps = [StepStatus(id=f"s{i}", action="t.ok", state="succeeded", args={"a": "\U0001F525" * 64_000})
+             for i in range(10)]
+    cut = _status(steps=steps).bounded()
+    assert cut.left_out == ["arguments"] and len(to_json(cut)) <= STATUS_MAX

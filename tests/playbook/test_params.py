@@ -143,3 +143,23 @@ def test_every_problem_in_one_message() -> None:
     assert [param for param, _ in error.problems] == ["colour", "service", "replicas"]
     assert str(error) == "; ".join(message for _, message in error.problems)
     assert "\n" not in str(error)  # one line for the CLI
+
+
+NOTES = Playbook.model_validate({
+    "name": "notes",
+    "params": {name: {"type": "string", "required": False} for name in ("a", "b", "c", "d", "e")},
+    "steps": [{"id": "a", "action": "core.log"}],
+})
+
+
+def test_a_string_param_holds_at_most_64_kib_and_all_of_a_runs_params_256():
+    """Red team (stop 53): a string param had no bound. An alert's 700 KB annotation copied into a
+    param rode in the run's input, its run_started event and its policy question beside the alert
+    itself: the question passed Temporal's 2 MB and the run never started a step."""
+    with pytest.raises(ParamError, match=r"param 'a': 70000 bytes, more than the 65536 a param may hold"):
+        coerce_params(NOTES, {"a": "x" * 70_000})
+    with pytest.raises(ParamError, match=r"param 'a': 68000 bytes"):
+        coerce_params(NOTES, {"a": "é" * 34_000})  # bytes, not characters
+    with pytest.raises(ParamError, match=r"the params are 300\d+ bytes of JSON together, more than the 262144"):
+        coerce_params(NOTES, {name: "x" * 60_000 for name in "abcde"})
+    assert len(coerce_params(NOTES, {"a": "x" * 65_536, "b": "y" * 65_536})["b"]) == 65_536

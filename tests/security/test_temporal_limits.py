@@ -1,0 +1,57 @@
+"""Red team, stop 53: text a client or a target chooses, kept whole in a run's state, took a payload
+past Temporal's 2 MB; the workflow task that carried it failed on every replay, and the run never
+rolled back or ended. Each is now cut where it enters."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio.exceptions import ApplicationError
+
+from bot.engine.locking import ID_MAX, NOTICE_SIGNAL, LockNotice
+from bot.engine.state import CancelRequest
+from bot.engine.workflow import ERROR_MAX, PlaybookRun
+from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
+from tests.engine.test_locks import LOCKED, Rig, rig  # noqa: F401  (fixture)
+
+
+async def test_a_forged_failure_of_any_length_leaves_the_rollback_free_to_run(dev_env):
+    """A client fails the pending action by id with 400,000 control characters: 2.4 MB once
+    JSON-escaped in the step_failed event, which rode on the undo's input (TMPRL1103, every replay)."""
+    rec = Recorder()
+    pb = playbook("""
+name: forged-error
+steps:
+  - {id: scale, action: t.ok, compensate: {action: t.ok}}
+  - {id: hold, action: t.wait}
+""")
+    async with worker(dev_env.client, rec) as w:
+        handle = await start(dev_env.client, w, run_input(pb))
+        await wait_for_state(handle, lambda st: st.step("hold").state == "running", 30)
+        desc = await handle.describe()
+        (pending,) = [p.activity_id for p in desc.raw_description.pending_activities
+                      if p.activity_type.name == "t.wait"]
+        await dev_env.client.get_async_activity_handle(
+            workflow_id=handle.id, run_id=desc.run_id, activity_id=pending
+        ).fail(ApplicationError("\x01" * 400_000, type="ActionFailed", non_retryable=True))
+        status = await asyncio.wait_for(handle.result(), 30)
+    assert status.state == "compensated" and rec.sequence()[-1] == "undo scale"
+    assert len(status.step("hold").error or "") == ERROR_MAX
+
+
+async def test_a_forged_queued_notice_cannot_swell_the_runs_status(rig: Rig):  # noqa: F811
+    """One `queued` notice (not confirmed: it only informs) naming a 2 MB holder: the queued run's
+    status query failed, and once cancelled its result was refused on every replay."""
+    text = LOCKED.format(mode="queue", limit=1)
+    first = await rig.holding(text)
+    second = await rig.start(text)
+    await wait_for_state(second, lambda s: s.state == "queued" and (s.waiting_for or {}).get("holder") == first.id, 60)
+    forged = LockNotice(key=f"svc-{rig.service}", outcome="queued", holders=["h" * 2_096_950], position=1)
+    await second.signal(NOTICE_SIGNAL, forged)
+    live = await wait_for_state(second, lambda s: (s.waiting_for or {}).get("holder") != first.id, 30)
+    assert len(live.waiting_for["holder"]) == ID_MAX
+    await second.execute_update(PlaybookRun.cancel, CancelRequest(user="cli:tester", reason="not needed"))
+    final = await asyncio.wait_for(second.result(), 30)
+    assert final.state == "cancelled"
+    rig.gates.open(first.id)
+    assert (await asyncio.wait_for(first.result(), 30)).state == "completed"
