@@ -295,8 +295,9 @@ class RunStatus(BaseModel):
     def bounded(self, limit: int = STATUS_MAX) -> RunStatus:
         """This status, or a copy within `limit` bytes of JSON, for where it leaves the worker (the
         `status` query, the run's result). What the audit trail holds whole goes first, each cut
-        named in `left_out`: arguments, then outputs, then foreach items' steps, then long errors;
-        then every step. What other runs read of it (state, lock key, requester, children) stays."""
+        named in `left_out`: finished steps' arguments, long errors, ended foreach items' steps,
+        outputs; then every step. What other runs read of it (state, lock key, requester, children)
+        stays, and what approvers read of a step still open (its arguments, decision, votes)."""
         if _size(self) <= limit:
             return self
         out = self.model_copy(deep=True)
@@ -417,7 +418,12 @@ def _omitted(value: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
     return None if value is None else {OMITTED: f"{what}: the step's audit events hold them"}
 
 
+OPEN_STATES = frozenset({"running", "waiting_approval", "compensating"})  # what approvers and votes read
+
+
 def _no_args(step: StepStatus) -> None:
+    if step.state in OPEN_STATES:  # an approver is shown these (the App Home tab, `status`)
+        return
     step.args = _omitted(step.args, "its arguments")
     if step.fallback is not None:
         step.fallback.args = _omitted(step.fallback.args, "its fallback's arguments")
@@ -431,7 +437,8 @@ def _no_outputs(step: StepStatus) -> None:
 
 def _no_item_steps(step: StepStatus) -> None:
     for item in step.items or ():
-        item.steps = []
+        if item.state not in ("pending", "running"):  # (a running item's step may wait for a vote)
+            item.steps = []
 
 
 def _short_errors(step: StepStatus) -> None:
@@ -440,5 +447,6 @@ def _short_errors(step: StepStatus) -> None:
         item.error = _cut(item.error, ERROR_KEPT)
 
 
-_CUTS = (("arguments", _no_args), ("outputs", _no_outputs), ("foreach items' steps", _no_item_steps),
-         ("long errors", _short_errors))
+# Outputs last: a parent run reads its child's (its `playbook.run` step's report).
+_CUTS = (("arguments", _no_args), ("long errors", _short_errors), ("foreach items' steps", _no_item_steps),
+         ("outputs", _no_outputs))

@@ -22,6 +22,8 @@ with workflow.unsafe.imports_passed_through():
     from bot.actions.activities import describe_validation_error, started_event
     from bot.actions.base import ActionInput, ActionResult
     from bot.audit.events import AuditEvent, EventKind, canonical_json
+    from pydantic_core import to_json
+
     from bot.audit.recorder import AuditBatch, AuditMode, event
     from bot.actions.core import ApproveParams, ConfirmParams, FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
@@ -162,6 +164,11 @@ EVENTS_UNDO_MAX = 48_000
 # rides on the next activity): a client failing an action by id with 400,000 control characters
 # (2.4 MB once JSON-escaped) made the undo's input too large on every replay (red team, stop 53).
 ERROR_MAX = 2000
+# Bytes of inputs (an action's args, a policy question, a child's input) the run has out at once
+# (engine-v13): Temporal terminates a run whose workflow task's completion passes gRPC's 4 MB (a
+# foreach of 100 items at once, each given 256 KB; five policy questions each carrying a 1 MB
+# alert). Past it the next waits until one comes back; one alone always goes.
+DISPATCH_MAX = 1536 * 1024
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -209,18 +216,19 @@ def _retry(policy: RetryPolicy) -> TemporalRetryPolicy:
     )
 
 
-def policy_unanswered(result_type: type[Any], exc: BaseException) -> Any:
+def policy_unanswered(result_type: type[Any], exc: BaseException, cut: bool = False) -> Any:
     """The deny a policy question gets when even asking failed (fail closed), saying why; its
     reason begins with POLICY_FAILED, so a vote denied for it is not held against the voter."""
-    message, _ = describe_failure(exc, POLICY_RETRY.maximum_attempts)
+    message, _ = describe_failure(exc, POLICY_RETRY.maximum_attempts, cut)
     return result_type(allow=False, reasons=[f"{POLICY_FAILED}: {message}"])
 
 
-def describe_failure(err: BaseException, max_attempts: int) -> tuple[str, int]:
-    """A one-line reason, at most ERROR_MAX characters, and the attempts made, from an activity's
-    final failure."""
+def describe_failure(err: BaseException, max_attempts: int, cut: bool = False) -> tuple[str, int]:
+    """A one-line reason and the attempts made, from an activity's final failure; `cut` (engine-v13:
+    a run's templates and `when:` read it, so an older run replays with it whole), at most ERROR_MAX
+    characters."""
     message, attempts = _described(err, max_attempts)
-    return (message if len(message) <= ERROR_MAX else message[: ERROR_MAX - 1] + "…"), attempts
+    return (message if not cut or len(message) <= ERROR_MAX else message[: ERROR_MAX - 1] + "…"), attempts
 
 
 def _described(err: BaseException, max_attempts: int) -> tuple[str, int]:
@@ -350,6 +358,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._local_confirm = False  # engine-v12: `lock.confirm` is a local activity
         self._args_bounded = False  # engine-v12: a step's rendered args are at most ARGS_MAX bytes
         self._history_bounded = False  # engine-v13: no step past HISTORY_STEPS_MAX, no undo past HISTORY_UNDO_MAX
+        self._in_flight = 0  # engine-v13: bytes of inputs out at once, against DISPATCH_MAX
         self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
         self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
         self._news = 0  # changes marked for Slack so far
@@ -1011,7 +1020,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 retry_policy=TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1)),
             )
         except ActivityError as exc:
-            message, _ = describe_failure(exc, 3)
+            message, _ = describe_failure(exc, 3, self._history_bounded)
             return Admission(
                 allow=False,
                 refused_by="admission",
@@ -1074,8 +1083,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         st = self._status.step(step.id)
         if step.when is not None and not self._when(step.when, step.id, [step.id]):
             return st.state != "failed"
-        if (full := self._history_full(HISTORY_STEPS_MAX, EVENTS_STEPS_MAX)) is not None:
-            return await self._step_failed(step, st, f"not started: {full}; what is left is for undoing what ran")
+        if (full := self._step_room()) is not None:  # no fallback, no `continue`: nothing more starts
+            st.started_at = workflow.now()
+            return self._fail(st, f"not started: {full}; what is left is for undoing what ran")
         await self._thread_known(step)
         try:
             args = self._args(step.action, step.with_, step.id)
@@ -1147,7 +1157,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             if isinstance(exc.cause, CancelledError) and self._run_cancelled(exc):
                 self._cancelled(st)
                 raise asyncio.CancelledError() from exc
-            return describe_failure(exc, max_attempts)
+            return describe_failure(exc, max_attempts, self._history_bounded)
 
     async def _until_answered(self, ask: Callable[[], Awaitable[T]], what: str) -> T:
         """An activity retried without limit: only a cancel ends it. From engine-v10 only a cancel
@@ -1216,6 +1226,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             st.error = f"{message}; fallback {fallback.action} failed: {error}"
             return False
 
+        if (full := self._step_room()) is not None:
+            return failed(f"not started: {full}")
         try:
             args = self._args(fallback.action, fallback.with_, step.id)
         except TemplateError as exc:
@@ -1399,7 +1411,36 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         st.state, st.finished_at = "cancelled", workflow.now()
         self._record(st.id, EventKind.step_failed, {"action": st.action, "attempts": st.attempts, "state": "cancelled"})
 
-    async def _execute(
+    async def _sent(self, size: int, send: Callable[[], Awaitable[T]]) -> T:
+        """`send()` once the run has room for `size` more bytes out (engine-v13, DISPATCH_MAX)."""
+        if not self._history_bounded:
+            return await send()
+        def room() -> bool:
+            return self._in_flight == 0 or self._in_flight + size <= DISPATCH_MAX
+
+        while not room():  # asked again on waking: waiters woken together take the room in turn
+            await workflow.wait_condition(room)
+        self._in_flight += size  # (no await between the check and this)
+        try:
+            return await send()
+        finally:
+            self._in_flight -= size
+
+    async def _execute(self, step_id: str, action: str, args: dict[str, Any], *rest: Any, **options: Any) -> ActionResult:
+        """An action (`_execute_now`), once the run has room to send its args (a local one sends nothing)."""
+        size = 0 if self._runs_locally(action) or not self._history_bounded else len(to_json(args))
+
+        async def send() -> ActionResult:
+            # Items started together pass their step's check at once and wait here for room: the
+            # history may have filled meanwhile (44 MiB from 100 items of 256 KB; an undo then had none).
+            if not options.get("compensation") and (full := self._step_room()) is not None:
+                said = f"not started: {full}; what is left is for undoing what ran"
+                raise results.failed_activity(said, action, "", ApplicationError(said, non_retryable=True))
+            return await self._execute_now(step_id, action, args, *rest, **options)
+
+        return await self._sent(size, send)
+
+    async def _execute_now(
         self,
         step_id: str,
         action: str,
@@ -1635,7 +1676,12 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._foreach_policy(doc, step.id)  # a foreach item's step: `item` and `index`
         return doc
 
-    async def _ask_policy(
+    async def _ask_policy(self, rule: str, input: dict[str, Any], result_type: type[Any], **options: Any) -> Any:
+        """A policy question (`_asked_now`), once the run has room to send it (it carries the alert)."""
+        size = len(to_json(input)) if self._history_bounded else 0
+        return await self._sent(size, lambda: self._asked_now(rule, input, result_type, **options))
+
+    async def _asked_now(
         self,
         rule: str,
         input: dict[str, Any],
@@ -1679,7 +1725,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             self._put_back(queued)
             if isinstance(exc.cause, CancelledError) and self._run_cancelled(exc):
                 raise asyncio.CancelledError() from exc  # a cancel, not a policy answer
-            return policy_unanswered(result_type, exc)
+            return policy_unanswered(result_type, exc, self._history_bounded)
         except BaseException:
             self._returned(queued)
             self._put_back(queued)
@@ -1854,7 +1900,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             cause = exc.cause if isinstance(exc, ActivityError) else exc
             if isinstance(cause, CancelledError):
                 raise asyncio.CancelledError() from exc
-            return policy_unanswered(ActorVerdict, exc)
+            return policy_unanswered(ActorVerdict, exc, self._history_bounded)
         return answer  # (it had nothing to write: `unrecorded` is None)
 
     def _published_doc(self, step_id: str) -> dict[str, Any]:
@@ -1915,15 +1961,16 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             )
 
     async def _undo(self, step: Step, comp: Compensation, record: CompensationStatus) -> None:
-        if self._is_child_call(step):
-            return await self._undo_child(step, comp, record)
         st = self._status.step(step.id)
-        record.started_at = workflow.now()
         if (full := self._history_full(HISTORY_UNDO_MAX, EVENTS_UNDO_MAX)) is not None:
+            record.started_at = workflow.now()
             record.finished_at, record.state, st.state = workflow.now(), "failed", "compensation_failed"
             record.error = f"not undone: {full}; undo it by hand"
             self._record(step.id, EventKind.compensation_failed, {"action": comp.action, "error": record.error})
             return
+        if self._is_child_call(step):
+            return await self._undo_child(step, comp, record)
+        record.started_at = workflow.now()
         try:
             args = self._args(comp.action, comp.with_, step.id)
         except TemplateError as exc:
@@ -1944,7 +1991,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         try:
             result = await self._execute(step.id, comp.action, args, comp.retry, comp.timeout, compensation=True)
         except ActivityError as exc:
-            record.error, record.attempts = describe_failure(exc, comp.retry.max_attempts)
+            record.error, record.attempts = describe_failure(exc, comp.retry.max_attempts, self._history_bounded)
             record.state, st.state = "failed", "compensation_failed"
             self._record(step.id, EventKind.compensation_failed, {"action": comp.action, "error": record.error})
         else:
@@ -1957,6 +2004,13 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         await self._notify()
 
     # ---- helpers -------------------------------------------------------------------------
+
+    def _step_room(self) -> str | None:
+        """Why a step or fallback may not start (engine-v13); the playbook's on_failure steps, which
+        run after the rollback, have the undos' room."""
+        if self._finishing:
+            return self._history_full(HISTORY_UNDO_MAX, EVENTS_UNDO_MAX)
+        return self._history_full(HISTORY_STEPS_MAX, EVENTS_STEPS_MAX)
 
     def _history_full(self, limit: int, events: int) -> str | None:
         """Why nothing more may start (engine-v13): the run's history is past `limit` bytes or

@@ -45,17 +45,20 @@ def test_a_status_within_the_bound_is_left_as_it_is():
     assert status.bounded() is status
 
 
-def test_outputs_go_after_arguments_and_what_other_runs_read_stays():
+def test_outputs_go_last_and_what_other_runs_and_approvers_read_stays():
     steps = [StepStatus(id=f"s{i}", action="t.ok", state="succeeded", args={"a": "x" * 100},
                         output={"o": "y" * 200_000}) for i in range(10)]
-    status = _status(steps=steps, lock_key="svc:api", state="running",
+    gate = StepStatus(id="gate", action="t.ok", state="waiting_approval", args={"a": "z" * 300_000})
+    status = _status(steps=[*steps, gate], lock_key="svc:api", state="running",
                      requester=Requester(principal="slack:U1", person="ann"),
                      children=[ChildCall(step="call", run_id="c-1", playbook="child")])
     cut = status.bounded()
-    assert cut.left_out == ["arguments", "outputs"] and len(cut.model_dump_json()) <= STATUS_MAX
+    assert cut.left_out == ["arguments", "long errors", "foreach items' steps", "outputs"]
+    assert len(to_json(cut)) <= STATUS_MAX
     assert cut.step("s3").output == {OMITTED: "its output: the step's audit events hold them"}
     assert (cut.lock_key, cut.state, cut.requester, cut.children) == (
         status.lock_key, status.state, status.requester, status.children)
+    assert cut.step("gate").args == gate.args  # what its approvers are asked about
     assert status.step("s3").output == {"o": "y" * 200_000}  # the run's own state is untouched
 
 
@@ -67,7 +70,7 @@ def test_past_every_cut_the_steps_go_and_the_run_still_says_how_it_ended():
     status = _status(steps=[StepStatus(id="g", action="foreach", items=items), *steps], state="compensated",
                      error="z" * 100_000, failed_step="s1", not_undone=["s0"], trace=["s0"] * 50_000)
     cut = status.bounded(limit=64 * 1024)
-    assert cut.left_out == ["arguments", "outputs", "foreach items' steps", "long errors",
+    assert cut.left_out == ["arguments", "long errors", "foreach items' steps", "outputs",
                             "steps, undos, params and trace"]
     assert len(cut.model_dump_json()) <= 64 * 1024
     assert (cut.state, cut.failed_step, cut.not_undone, len(cut.error or "")) == ("compensated", "s1", ["s0"], 2000)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
 from bot.engine.locking import ID_MAX, NOTICE_SIGNAL, LockNotice
-from bot.engine.state import CancelRequest
+from bot.engine.state import CancelRequest, TriggerContext
 from bot.engine.workflow import ERROR_MAX, PlaybookRun
+from bot.playbook.params import coerce_params
 from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
+from tests.engine.test_approvals import policy
 from tests.engine.test_locks import LOCKED, Rig, rig  # noqa: F401  (fixture)
 
 
@@ -55,3 +58,56 @@ async def test_a_forged_queued_notice_cannot_swell_the_runs_status(rig: Rig):  #
     assert final.state == "cancelled"
     rig.gates.open(first.id)
     assert (await asyncio.wait_for(first.result(), 30)).state == "completed"
+
+
+PART = "n" * 64_000  # a string param at its bound (PARAM_MAX_BYTES)
+
+
+async def test_items_started_together_wait_for_room_instead_of_passing_grpcs_limit(dev_env):
+    """Review (stop 53): 100 items at once, each given four params at their bound (256 KB, within
+    ARGS_MAX): their inputs left in one workflow task's completion, past gRPC's 4 MB, and Temporal
+    terminated the run at 772 KB of history with `first` never undone. Now at most DISPATCH_MAX is
+    out at once; the history bound then stops the items and the run rolls back."""
+    rec = Recorder()
+    pb = playbook("""
+name: wave
+params: {a: {type: string}, b: {type: string}, c: {type: string}, d: {type: string}}
+steps:
+  - {id: first, action: t.ok, compensate: {action: t.ok}}
+  - id: each
+    foreach: "{{ range(200) | list }}"
+    concurrency: 100
+    steps:
+      - {id: post, action: t.quick, with: {seconds: 0, note: "{{ params.a ~ params.b ~ params.c ~ params.d }}"}}
+""")
+    params = coerce_params(pb, {"a": PART, "b": PART, "c": PART, "d": PART})  # what the real caps take
+    async with worker(dev_env.client, rec) as w:
+        handle = await start(dev_env.client, w, run_input(pb, params=params))
+        status = await asyncio.wait_for(handle.result(), 120)
+        desc = await handle.describe()
+    assert desc.status == WorkflowExecutionStatus.COMPLETED
+    assert status.state == "compensated" and rec.sequence()[-1] == "undo first", [(c.step, c.error) for c in status.compensations if c.error][:3]
+
+
+async def test_policy_questions_carrying_a_large_alert_take_their_turn(dev_env):
+    """Review (stop 53): five high-impact items at once each asked `decide` with the run's whole
+    alert (1 MB of annotation): 5 MB in one workflow task's completion, and Temporal terminated the run."""
+    rec = Recorder()
+    pb = playbook("""
+name: decide-wave
+steps:
+  - {id: first, action: t.ok, compensate: {action: t.ok}}
+  - id: each
+    foreach: "{{ range(8) | list }}"
+    concurrency: 5
+    steps:
+      - {id: act, action: t.quick, impact: high, with: {seconds: 0}}
+""")
+    alert = {"labels": {"alertname": "X"}, "annotations": {"description": "d" * 1_000_000}, "fingerprint": "abc"}
+    run = run_input(pb).model_copy(update={"trigger": TriggerContext(kind="cli", requested_by="cli:tester", alert=alert)})
+    async with worker(dev_env.client, rec, policy({"allow": True})) as w:
+        handle = await start(dev_env.client, w, run)
+        status = await asyncio.wait_for(handle.result(), 120)
+        desc = await handle.describe()
+    assert desc.status == WorkflowExecutionStatus.COMPLETED and status.state == "completed"
+    assert len([call for call in rec.calls if call[0].startswith("each[")]) == 8
