@@ -19,7 +19,7 @@ from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from bot.engine.state import RunStatus
+from bot.engine.state import RunStatus, StepStatus
 from bot.playbook.loader import Catalog, UnknownPlaybook
 from bot.playbook.model import Playbook
 
@@ -104,4 +104,20 @@ class PeekActivities:
                         run_id=request.run_id, task_queue=desc.task_queue)
             return Peek()
         status = await handle.query("status", result_type=RunStatus, rpc_timeout=PEEK_TIMEOUT)
-        return Peek(running=True, status=status)
+        return Peek(running=True, status=peeked(status))
+
+
+def peeked(status: RunStatus) -> RunStatus:
+    """What a peer run reads of `status` (bot/engine/subplaybooks.py), and no more: a peek's result
+    lands in the asker's history, once per poke, and anyone who can reach Temporal can poke (a
+    1.5 MiB status per forged poke filled a parent's 50 MB in 30: review, stop 53). Its state,
+    whom it holds for and its children's verdicts; its steps' states and outputs (the call step's
+    report) only once it holds or has ended, when its parent reads them."""
+    reported = status.held_by is not None or status.finished
+    steps = [StepStatus(id=s.id, action=s.action, state=s.state, output=s.output if reported else None)
+             for s in status.steps]
+    return RunStatus(run_id=status.run_id, execution=status.execution, playbook=status.playbook,
+                     playbook_hash=status.playbook_hash, state=status.state, requested_by=status.requested_by,
+                     trigger=status.trigger, steps=steps, cancelled_by=status.cancelled_by,
+                     parent_run=status.parent_run, parent_step=status.parent_step, held_by=status.held_by,
+                     children=status.children, lock_key=status.lock_key, waiting_for=status.waiting_for)

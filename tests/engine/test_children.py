@@ -15,13 +15,15 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
+from pydantic_core import to_json
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from bot.engine.children import Peek, PeekActivities, PeekRequest
-from bot.engine.state import RunStatus
+from bot.engine.children import Peek, PeekActivities, PeekRequest, peeked
+from bot.engine.state import ChildCall, RunStatus, StepStatus
+from bot.engine.subplaybooks import child_report
 
 PARENT = "parent-1"
 
@@ -69,3 +71,19 @@ async def test_the_same_status_on_the_bots_own_queue_is_read(squatted: tuple[Cli
     queue = (await client.get_workflow_handle(child_id).describe()).task_queue
     peek: Peek = await peek_on(queue).run(PeekActivities(client).peek, PeekRequest(run_id=child_id))
     assert peek.running and peek.status is not None and peek.status.held_by == PARENT
+
+
+def test_a_peek_carries_what_a_peer_reads_and_no_more():
+    """Review (stop 53): a peek's result lands in the asker's history once per poke, and anyone who
+    can reach Temporal can poke: a child's whole status (1.5 MiB) per forged poke filled its
+    parent's 50 MB in 30. Outputs go only once the child holds, when its parent reads them."""
+    big = {"o": "y" * 500_000}
+    steps = [StepStatus(id="a", action="t.ok", state="succeeded", args={"a": "x" * 200_000}, output=big, error="e" * 2000)]
+    running = RunStatus(run_id="p.call", playbook="child", playbook_hash="h", requested_by="cli:a", trigger="playbook",
+                        state="running", params={"p": "z" * 60_000}, steps=steps, parent_run="p", trace=["a"] * 1000,
+                        children=[ChildCall(step="inner", run_id="p.call.inner", playbook="grandchild")])
+    slim = peeked(running)
+    assert len(to_json(slim)) < 1000 and slim.step("a").state == "succeeded" and slim.step("a").output is None
+    assert (slim.parent_run, slim.children, slim.held_by) == ("p", running.children, None)
+    held = peeked(running.model_copy(update={"held_by": "p"}))
+    assert child_report(held) == {"state": "running", "steps": {"a": {"output": big, "state": "succeeded"}}}
