@@ -18,12 +18,11 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
+    from pydantic_core import to_json
 
     from bot.actions.activities import describe_validation_error, started_event
     from bot.actions.base import ActionInput, ActionResult
     from bot.audit.events import AuditEvent, EventKind, canonical_json
-    from pydantic_core import to_json
-
     from bot.audit.recorder import AuditBatch, AuditMode, event
     from bot.actions.core import ApproveParams, ConfirmParams, FailParams, SleepParams
     from bot.engine.admission import Admission, AdmitRequest
@@ -144,8 +143,9 @@ ENGINE_V11_PATCH = "engine-v11"
 ENGINE_V12_PATCH = "engine-v12"
 # engine-v12, and a run's history is bounded before Temporal's own limit ends it: past
 # HISTORY_STEPS_MAX no step starts (the run rolls back), past HISTORY_UNDO_MAX no undo (it is left
-# for a human, paged). 200 foreach items of a 250 KB param each took a run's history past 50 MB,
-# and Temporal terminated it halfway: nothing rolled back, nothing on the record said so.
+# for a human, paged); and at most DISPATCH_MAX bytes of inputs out at once; and ERROR_MAX. 300
+# foreach items of a 250 KB param each took a run's history past 50 MB, and Temporal terminated it
+# halfway: nothing rolled back, nothing on the record said so.
 ENGINE_PATCH = "engine-v13"
 # A step's args, rendered, in bytes (engine-v12): an activity's input past Temporal's 2 MB payload
 # limit (three args of a million characters each) failed the run's workflow task on every replay
@@ -1413,8 +1413,9 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     async def _sent(self, size: int, send: Callable[[], Awaitable[T]]) -> T:
         """`send()` once the run has room for `size` more bytes out (engine-v13, DISPATCH_MAX)."""
-        if not self._history_bounded:
+        if not self._history_bounded or not size:  # (nothing to send: a local action)
             return await send()
+
         def room() -> bool:
             return self._in_flight == 0 or self._in_flight + size <= DISPATCH_MAX
 
