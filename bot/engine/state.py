@@ -16,7 +16,11 @@ from bot.playbook.model import Playbook
 # 2 MB, and a run whose result (its status) was refused failed its last workflow task on every
 # replay: it never ended (ten steps of 250 KB args each). gRPC refuses a query answer past 4 MB.
 STATUS_MAX = 1536 * 1024
-ERROR_KEPT = 2000  # characters of an error a cut status keeps
+# Characters of an action's failure a run keeps as its step's error (engine-v13: its status, its
+# audit event, which rides on the next activity), and of any error a cut status keeps: a client
+# failing an action by id with 400,000 control characters (2.4 MB once JSON-escaped) made the
+# undo's input too large on every replay (red team, stop 53).
+ERROR_MAX = 2000
 OMITTED = "(left out)"
 
 
@@ -298,18 +302,18 @@ class RunStatus(BaseModel):
         named in `left_out`: finished steps' arguments, long errors, ended foreach items' steps,
         outputs; then every step. What other runs read of it (state, lock key, requester, children)
         stays, and what approvers read of a step still open (its arguments, decision, votes)."""
-        if _size(self) <= limit:
+        if payload_size(self) <= limit:
             return self
         out = self.model_copy(deep=True)
         for name, cut in _CUTS:
             out.left_out.append(name)
             for step in out.all_steps():
                 cut(step)
-            if _size(out) <= limit:
+            if payload_size(out) <= limit:
                 return out
         out.left_out.append("steps, undos, params and trace")
         out.steps, out.compensations, out.params, out.trace = [], [], {}, []
-        out.error = _cut(out.error, ERROR_KEPT)
+        out.error = cut_text(out.error, ERROR_MAX)
         return out
 
 
@@ -405,12 +409,13 @@ class VoteResult(BaseModel):
 ParentLink.model_rebuild()
 
 
-def _size(status: RunStatus) -> int:
-    """Bytes, as the payload converter writes it (UTF-8, not characters: 🔥 is four)."""
-    return len(to_json(status))
+def payload_size(value: Any) -> int:
+    """Bytes of `value` as the payload converter writes it (UTF-8 JSON, not characters: 🔥 is four)."""
+    return len(to_json(value))
 
 
-def _cut(text: str | None, limit: int) -> str | None:
+def cut_text(text: str | None, limit: int) -> str | None:
+    """`text` of at most `limit` characters, a cut one ending in "…"."""
     return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -442,9 +447,9 @@ def _no_item_steps(step: StepStatus) -> None:
 
 
 def _short_errors(step: StepStatus) -> None:
-    step.error = _cut(step.error, ERROR_KEPT)
+    step.error = cut_text(step.error, ERROR_MAX)
     for item in step.items or ():
-        item.error = _cut(item.error, ERROR_KEPT)
+        item.error = cut_text(item.error, ERROR_MAX)
 
 
 # Outputs last: a parent run reads its child's (its `playbook.run` step's report).

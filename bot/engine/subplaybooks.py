@@ -33,7 +33,6 @@ from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowEr
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
-    from pydantic_core import to_json
 
     from bot.actions.activities import OUTPUT_MAX_DEPTH, describe_validation_error
     from bot.actions.playbooks import RUN_ACTION, RunPlaybookParams
@@ -166,8 +165,7 @@ class SubPlaybooks:
         )
         self._acting()  # type: ignore[attr-defined]
         try:
-            size = len(to_json(child_input)) if self._history_bounded else 0  # type: ignore[attr-defined]
-            handle = await self._sent(size, lambda: workflow.start_child_workflow(  # type: ignore[attr-defined]
+            handle = await self._sent(child_input, lambda: workflow.start_child_workflow(  # type: ignore[attr-defined]
                 "PlaybookRun", child_input, id=child_id, task_queue=workflow.info().task_queue, result_type=RunStatus,
                 parent_close_policy=workflow.ParentClosePolicy.TERMINATE,  # a parent always ends its children first
                 static_summary=f"{call.name} for {step.id}",

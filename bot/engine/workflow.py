@@ -18,7 +18,6 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
-    from pydantic_core import to_json
 
     from bot.actions.activities import describe_validation_error, started_event
     from bot.actions.base import ActionInput, ActionResult
@@ -46,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.engine.subplaybooks import POKE_SIGNAL, SubPlaybooks
     from bot.actions.playbooks import RUN_ACTION
     from bot.engine.state import (
+        ERROR_MAX,
         CancelRequest,
         CancelResult,
         CompensationStatus,
@@ -59,6 +59,8 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
         VoteRequest,
         VoteResult,
+        cut_text,
+        payload_size,
     )
     from bot.identity import principals
     from bot.identity.proofs import START_SKEW, cancel_content, confirm_content, vote_content
@@ -160,10 +162,6 @@ HISTORY_UNDO_MAX = 40 * 1024 * 1024
 # foreach item step with a fallback and an undo makes 17-18 of them (red team, stop 53).
 EVENTS_STEPS_MAX = 24_000
 EVENTS_UNDO_MAX = 48_000
-# Characters of an action's failure kept as the step's error (its status, its audit event, which
-# rides on the next activity): a client failing an action by id with 400,000 control characters
-# (2.4 MB once JSON-escaped) made the undo's input too large on every replay (red team, stop 53).
-ERROR_MAX = 2000
 # Bytes of inputs (an action's args, a policy question, a child's input) the run has out at once
 # (engine-v13): Temporal terminates a run whose workflow task's completion passes gRPC's 4 MB (a
 # foreach of 100 items at once, each given 256 KB; five policy questions each carrying a 1 MB
@@ -228,7 +226,7 @@ def describe_failure(err: BaseException, max_attempts: int, cut: bool = False) -
     a run's templates and `when:` read it, so an older run replays with it whole), at most ERROR_MAX
     characters."""
     message, attempts = _described(err, max_attempts)
-    return (message if not cut or len(message) <= ERROR_MAX else message[: ERROR_MAX - 1] + "…"), attempts
+    return (cut_text(message, ERROR_MAX) if cut else message), attempts
 
 
 def _described(err: BaseException, max_attempts: int) -> tuple[str, int]:
@@ -1411,10 +1409,12 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         st.state, st.finished_at = "cancelled", workflow.now()
         self._record(st.id, EventKind.step_failed, {"action": st.action, "attempts": st.attempts, "state": "cancelled"})
 
-    async def _sent(self, size: int, send: Callable[[], Awaitable[T]]) -> T:
-        """`send()` once the run has room for `size` more bytes out (engine-v13, DISPATCH_MAX)."""
-        if not self._history_bounded or not size:  # (nothing to send: a local action)
+    async def _sent(self, payload: Any, send: Callable[[], Awaitable[T]]) -> T:
+        """`send()` once the run has room for `payload`'s JSON bytes out (engine-v13, DISPATCH_MAX);
+        None: nothing goes out (a local action)."""
+        if not self._history_bounded or payload is None:
             return await send()
+        size = payload_size(payload)
 
         def room() -> bool:
             return self._in_flight == 0 or self._in_flight + size <= DISPATCH_MAX
@@ -1429,8 +1429,6 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     async def _execute(self, step_id: str, action: str, args: dict[str, Any], *rest: Any, **options: Any) -> ActionResult:
         """An action (`_execute_now`), once the run has room to send its args (a local one sends nothing)."""
-        size = 0 if self._runs_locally(action) or not self._history_bounded else len(to_json(args))
-
         async def send() -> ActionResult:
             # Items started together pass their step's check at once and wait here for room: the
             # history may have filled meanwhile (44 MiB from 100 items of 256 KB; an undo then had none).
@@ -1439,7 +1437,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 raise results.failed_activity(said, action, "", ApplicationError(said, non_retryable=True))
             return await self._execute_now(step_id, action, args, *rest, **options)
 
-        return await self._sent(size, send)
+        return await self._sent(None if self._runs_locally(action) else args, send)
 
     async def _execute_now(
         self,
@@ -1679,8 +1677,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     async def _ask_policy(self, rule: str, input: dict[str, Any], result_type: type[Any], **options: Any) -> Any:
         """A policy question (`_asked_now`), once the run has room to send it (it carries the alert)."""
-        size = len(to_json(input)) if self._history_bounded else 0
-        return await self._sent(size, lambda: self._asked_now(rule, input, result_type, **options))
+        return await self._sent(input, lambda: self._asked_now(rule, input, result_type, **options))
 
     async def _asked_now(
         self,

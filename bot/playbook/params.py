@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from bot.playbook import patterns
 from bot.playbook.data import json_depth
+from bot.playbook.outputs import json_size
 from bot.playbook.model import (
     PARAM_MAX_BYTES,
     PARAM_MAX_DEPTH,
@@ -68,7 +69,7 @@ def coerce_value(name: str, spec: ParamSpec, value: Any) -> Any:
         if isinstance(value, str):
             value = _parse_text(name, spec, value)
         coerced = _Walk().value(name, spec, value, 1)
-        size = len(json.dumps(coerced, separators=(",", ":"), ensure_ascii=False).encode())
+        size = json_size(coerced)
         if size > PARAM_MAX_BYTES:
             raise ValueError(f"param {name!r}: {size} bytes of JSON, more than the {PARAM_MAX_BYTES} an "
                              f"{spec.type} param may hold")
@@ -241,7 +242,7 @@ def coerce_params(playbook: Playbook, raw: Mapping[str, Any]) -> dict[str, Any]:
             problems.append((name, str(exc)))
     if problems:
         raise ParamError(problems)
-    if (size := len(json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode())) > PARAMS_MAX_BYTES:
+    if (size := json_size(out)) > PARAMS_MAX_BYTES:
         raise ParamError([(None, f"the params are {size} bytes of JSON together, more than the {PARAMS_MAX_BYTES} "
                                  "a run's may hold")])
     return out
