@@ -17,10 +17,10 @@ run: $(STAMP) ## the bot on the embedded stack (Temporal dev server + worker + H
 
 test: $(STAMP) ## policy tests, then the whole suite (real Temporal dev server, no mocks of it)
 	$(BIN)/playbook-bot policy test
-	# Three processes, a module to each at a time: the suite mostly waits on Temporal and
-	# subprocesses, so three overlap their waits on 2 cores (two took 9 of the 10 minutes);
-	# each has its own dev server.
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --durations=15
+	# Four processes, a module to each at a time: the suite mostly waits on Temporal and
+	# subprocesses, so four overlap their waits on 2 cores (three used 1.5 of them and took
+	# 8.3 minutes, four 7.2); each has its own dev server.
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 4 --dist loadfile --durations=15
 
 bench: $(STAMP) ## every figure of bench/results.md, the bot as its processes vs floors measured in the same run (not timed tests)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import to_json
 
 from bot.alerts.fingerprint import alert_fingerprint
 from bot.audit.events import holds_control
@@ -29,6 +30,7 @@ SUPPORTED_VERSION = "4"
 GRAFANA_VERSION = "1"
 _SHOWN_PROBLEMS = 3
 FINGERPRINT_MAX = 256  # characters of an alert's (or incident's) key
+ALERT_MAX = 512 * 1024  # bytes of an alert that starts a run (too_big_to_run)
 MAX_EXTRA_DEPTH = 32  # an alert's unknown fields travel in the run's input, which the worker decodes
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # cheap pre-check; pairs are fine
 
@@ -154,6 +156,20 @@ def parse_payload(body: bytes, sender: Sender = "alertmanager") -> WebhookPayloa
         return model.model_validate(data)
     except ValidationError as exc:
         raise PayloadError(_one_line(exc)) from None
+
+
+def too_big_to_run(alert: Alert) -> str | None:
+    """Why `alert` cannot start a run (None: it can). An alert rides whole in its run's input and
+    in each of the run's policy questions, beside the params, the step's arguments and the events
+    on their way to the trail; Temporal refuses a payload past 2 MB, so a question past it failed
+    the run's workflow task on every replay while the run held the episode. The body limit
+    (alertmanager_max_body) is the operator's to raise for large groups; this one is per alert, and
+    measured as read: a number grows up to 4.5 times (`1e15` is 1000000000000000.0 once decoded)."""
+    size = len(to_json(alert.as_context()))
+    if size <= ALERT_MAX:
+        return None
+    return (f"the alert is {size:,} bytes as read; one that starts a run is at most {ALERT_MAX:,} (it travels "
+            "whole in the run and in its policy questions, which Temporal caps at 2 MB): shorten its annotations")
 
 
 def read_json(body: bytes, what: str) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from bot.alerts.episodes import RouteMatch, episode_id, route
 from bot.alerts.grafana_signing import GrafanaSigning
 from bot.alerts.incidents import pagerduty_signed, parse_opsgenie, parse_pagerduty, route_incident
-from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload
+from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload, too_big_to_run
 from bot.audit.recorder import refusal
 from bot.audit.refusals import RefusalLog
 from bot.audit.episodes import CLOCK_SKEW, Episode, episode_starts, series_range
@@ -274,7 +274,7 @@ class AlertReceiver:
             return await self._refuse(body, credential, str(exc), status=exc.status,
                                       record_as=f"payload refused ({exc.status}): {exc}")
         try:
-            outcomes = [o for alert in alerts for o in await self._handle(alert)]
+            outcomes = [o for alert in alerts for o in await self._handle(alert, too_big_to_run(alert))]
         except Unavailable as exc:
             log.error("alert webhook failed on our side; the sender will retry", sender=self.sender.name, error=str(exc))
             return JSONResponse({"error": f"temporarily unavailable: {exc}"}, status_code=503)
@@ -319,7 +319,7 @@ class AlertReceiver:
         # bytes: compare_digest refuses non-ASCII str, and a header is whatever a client sends
         return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
 
-    async def _handle(self, alert: Alert) -> list[dict[str, Any]]:
+    async def _handle(self, alert: Alert, too_big: str | None = None) -> list[dict[str, Any]]:
         name = alert.labels.get("alertname", "")
         received = self._event(alert, None, EventKind.alert_received, {
             "alertname": name, "status": alert.status, "fingerprint": alert.fingerprint, "labels": alert.labels,
@@ -333,7 +333,7 @@ class AlertReceiver:
             if alert.status == "resolved":
                 results.append(await self._resolved(alert, match))
             else:
-                results.append(await self._firing(alert, match))
+                results.append(await self._firing(alert, match, too_big))
         for match, fallback in edited:
             results.append(await self._resolved(alert, match, fallback))
             results[-1].setdefault("reason", EDITED_AWAY)
@@ -342,10 +342,10 @@ class AlertReceiver:
             log.info("alert outcome", **{k: v for k, v in result.items() if k != "labels"})
         return results
 
-    async def _firing(self, alert: Alert, match: RouteMatch) -> dict[str, Any]:
+    async def _firing(self, alert: Alert, match: RouteMatch, too_big: str | None = None) -> dict[str, Any]:
         playbook, run_id = match.name, match.workflow_id
-        if match.error or match.params is None:
-            return self._outcome(alert, playbook, "rejected", reason=match.error or "no params")
+        if match.error or match.params is None or too_big:
+            return self._outcome(alert, playbook, "rejected", reason=match.error or too_big or "no params")
         if (known := self._known.get(run_id)) is not None:
             # A repeat of an episode this process saw started (the usual delivery in a storm):
             # the store (or one Temporal call) answers it. The hint is safe because this path never starts

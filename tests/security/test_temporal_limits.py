@@ -9,6 +9,8 @@ import asyncio
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
+from bot.alerts.payload import ALERT_MAX
+from bot.audit.events import EventKind
 from bot.engine.locking import ID_MAX, NOTICE_SIGNAL, LockNotice
 from bot.engine.state import CancelRequest, TriggerContext
 from bot.engine.workflow import ERROR_MAX, PlaybookRun
@@ -16,6 +18,7 @@ from bot.playbook.params import coerce_params
 from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
 from tests.engine.test_approvals import policy
 from tests.engine.test_locks import LOCKED, Rig, rig  # noqa: F401  (fixture)
+from tests.reliability.alertmanager_support import bot_stack, firing, webhook
 
 
 async def test_a_forged_failure_of_any_length_leaves_the_rollback_free_to_run(dev_env):
@@ -111,3 +114,47 @@ steps:
         desc = await handle.describe()
     assert desc.status == WorkflowExecutionStatus.COMPLETED and status.state == "completed"
     assert len([call for call in rec.calls if call[0].startswith("each[")]) == 8
+
+
+
+HUGE = """
+name: huge
+owner: sre-oncall
+params:
+  a: {type: string, default: none}
+  b: {type: string, default: none}
+  c: {type: string, default: none}
+  d: {type: string, default: none}
+triggers:
+  alertmanager:
+    - matchers: ['alertname="Huge"']
+      params: {a: "{{ alert.annotations.part }}", b: "{{ alert.annotations.part }}", c: "{{ alert.annotations.part }}",
+               d: "{{ alert.annotations.part }}"}
+steps:
+  - {id: say, action: core.log, impact: high, with: {message: "{{ params.a }}{{ params.b }}{{ params.c }}{{ params.d }}"}}
+"""
+
+
+async def test_an_alert_too_big_for_its_runs_questions_starts_nothing_and_its_neighbours_do(dev_env, tmp_path):
+    """An operator raises alertmanager_max_body for large alert groups. A 1.5 MB alert started its
+    run (the input was under Temporal's 2 MB), and the run's first policy question carried it with
+    the params it filled (four string params at their bound), the step's arguments made of them and
+    the run_started event: 2.3 MB. The workflow task failed on every replay (TMPRL1103) and the run
+    held its episode, never acting or rolling back. An alert that starts a run is now at most
+    ALERT_MAX; the one past it is rejected, named, and the alert beside it in the body gets its answer."""
+    huge = firing("f" * 16, "Huge")
+    huge["annotations"] = {"part": "p" * 62_000, "long": "x" * 1_520_000}
+    small = firing("e" * 16, "Huge")
+    small["annotations"] = {"part": "small"}
+    async with bot_stack(dev_env.client, tmp_path, {"huge": HUGE}, alertmanager_max_body=8 << 20) as stack:
+        response = await stack.deliver(webhook([huge, small]))
+        assert response.status_code == 200, response.text[:300]
+        refused, started = response.json()
+        assert refused["outcome"] == "rejected" and f"at most {ALERT_MAX:,}" in refused["reason"], refused
+        assert started["outcome"] == "started", started
+        handle = stack.temporal.get_workflow_handle(started["run_id"])  # its question answered: approval, production
+        await wait_for_state(handle, lambda st: st.step("say").state == "waiting_approval", 30)
+        assert [w.id for w in await stack.runs()] == [started["run_id"]]
+        [outcome] = [e for e in stack.audit.events() if e.kind == EventKind.alert_outcome
+                     and e.details.get("fingerprint") == huge["fingerprint"]]
+        assert outcome.details["outcome"] == "rejected", outcome.details
