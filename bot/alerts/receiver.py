@@ -344,8 +344,8 @@ class AlertReceiver:
 
     async def _firing(self, alert: Alert, match: RouteMatch, too_big: str | None = None) -> dict[str, Any]:
         playbook, run_id = match.name, match.workflow_id
-        if match.error or match.params is None or too_big:
-            return self._outcome(alert, playbook, "rejected", reason=match.error or too_big or "no params")
+        if match.error or match.params is None:
+            return self._outcome(alert, playbook, "rejected", reason=match.error or "no params")
         if (known := self._known.get(run_id)) is not None:
             # A repeat of an episode this process saw started (the usual delivery in a storm):
             # the store (or one Temporal call) answers it. The hint is safe because this path never starts
@@ -361,6 +361,11 @@ class AlertReceiver:
                 return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=episode,
                                      reason=MERGED if episode != run_id else None)
             self._known.pop(run_id, None)  # Temporal forgot the run (retention), or see above: the store decides
+        if too_big:  # it cannot start a run; the one its episode has already is still its answer
+            running = await self._running(run_id)
+            if running is not None:
+                return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
+            return self._outcome(alert, playbook, "rejected", reason=too_big)
         decided_by = (run_id, match.trigger_index)  # (which trigger took it decides on_rerun: a copy's own)
         while (first := self._in_flight.get(decided_by)) is not None:
             # A copy of a delivery this door is deciding right now (an HA Alertmanager pair sends each

@@ -154,6 +154,11 @@ async def test_an_alert_too_big_for_its_runs_questions_starts_nothing_and_its_ne
         assert started["outcome"] == "started", started
         handle = stack.temporal.get_workflow_handle(started["run_id"])  # its question answered: approval, production
         await wait_for_state(handle, lambda st: st.step("say").state == "waiting_approval", 30)
+        grown = {**small, "annotations": huge["annotations"]}  # its episode's run answers a grown repeat,
+        peer = await stack.replica(shared_audit=True)  # here and on a door that did not start it
+        for url in (stack.url, peer.url):
+            [again] = (await stack.deliver(webhook([grown]), url=url)).json()
+            assert again["outcome"] == "attached" and again["run_id"] == started["run_id"], again
         assert [w.id for w in await stack.runs()] == [started["run_id"]]
         [outcome] = [e for e in stack.audit.events() if e.kind == EventKind.alert_outcome
                      and e.details.get("fingerprint") == huge["fingerprint"]]
