@@ -174,6 +174,9 @@ SCENARIOS: dict[str, Scenario] = {
     # Recorded by engine-v7 code (8af159b): the last engine before front-door verdicts; each vote's
     # `approver` question a local activity, as engine-v3 on.
     "engine-v7-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
+    # Recorded by engine-v13 code (830d24f): the last engine whose activities carry the audit queue
+    # whatever its size, and whose `decide` questions do not check the history bound
+    "engine-v13-votes-refused": (GATED, APPROVAL, _refused_then_approved, "completed"),
 }
 
 
@@ -320,7 +323,7 @@ steps:
 """
 
 
-async def _spool_outage(client: Client) -> dict[str, str]:
+async def _spool_outage(client: Client, name: str = "spool-outage-compensated") -> dict[str, str]:
     """The audit store is down from the start (its first two appends fail): prep acts unrecorded,
     the flusher retries on timers, the high-impact step waits for the record, boom fails, and the
     undos act unrecorded again once the store is down a second time (two more failed appends)."""
@@ -359,7 +362,7 @@ async def _spool_outage(client: Client) -> dict[str, str]:
     activities = [a for a in rec.activities() if a.__temporal_activity_definition.name in keep]
     async with make_worker(client, f"tq-{uuid.uuid4()}", [*activities, audit_record, ok, fail, *policy({"allow": True}),
                                                           SlackNotifier(None).sync]) as w:
-        handle = await start_as(client, w, SPOOL_OUTAGE, "spool-outage-compensated")
+        handle = await start_as(client, w, SPOOL_OUTAGE, name)
         status = await asyncio.wait_for(handle.result(), WAIT)
     assert status.state == "compensated" and status.audit_pending == 0, (status.state, status.error)
     assert [("undo:" if comp else "") + step for step, comp, _ in rec.calls] == [
@@ -515,6 +518,9 @@ TREES: dict[str, tuple[Callable[[Client], Awaitable[dict[str, str]]], list[str]]
     "engine-v6-local-channel": (_local_channel, ["engine-v6-local-channel"]),
     # Recorded by engine-v8 code: votes decided by the front door's sealed verdicts
     "engine-v8-front-verdict": (_front_verdict, ["engine-v8-front-verdict"]),
+    # Recorded by engine-v13 code (830d24f): the spool's flusher and carried batches before engine-v14
+    "engine-v13-spool-outage": (lambda client: _spool_outage(client, "engine-v13-spool-outage"),
+                                ["engine-v13-spool-outage"]),
 }
 
 
