@@ -49,6 +49,11 @@ class ActionInput(BaseModel):
     )
 
 
+# What a real OutputRef holds at most: an audit event id, a preview of at most
+# PLAYBOOK_BOT_OUTPUT_PREVIEW_BYTES (16 KiB), a refusal the run keeps as a step's failure.
+REF_ID_MAX, REF_PREVIEW_MAX, REF_REFUSED_MAX = 1000, 16 * 1024, 2000
+
+
 class OutputRef(BaseModel):
     """A large output kept out of the run's state: the `step_output` audit event holding all of it."""
 
@@ -59,6 +64,15 @@ class OutputRef(BaseModel):
     refused: str | None = Field(
         None, description="Why the run cannot keep what its templates read of it: the step fails with this."
     )
+
+    def bounded(self) -> OutputRef:
+        """At most what a real reference holds (engine-v14): a client that completes the action by id
+        writes any, and a 2 MB `refused` rode on the undo's input (red team, stop 54)."""
+        cut = {
+            "event_id": self.event_id[:REF_ID_MAX], "sha256": self.sha256[:64], "preview": self.preview[:REF_PREVIEW_MAX],
+            "refused": None if self.refused is None else self.refused[:REF_REFUSED_MAX],
+        }
+        return self if all(getattr(self, k) == v for k, v in cut.items()) else self.model_copy(update=cut)
 
 
 class ActionResult(BaseModel):

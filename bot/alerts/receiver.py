@@ -274,7 +274,7 @@ class AlertReceiver:
             return await self._refuse(body, credential, str(exc), status=exc.status,
                                       record_as=f"payload refused ({exc.status}): {exc}")
         try:
-            outcomes = [o for alert in alerts for o in await self._handle(alert, too_big_to_run(alert))]
+            outcomes = [o for alert in alerts for o in await self._handle(alert, too_big_to_run(alert.as_context()))]
         except Unavailable as exc:
             log.error("alert webhook failed on our side; the sender will retry", sender=self.sender.name, error=str(exc))
             return JSONResponse({"error": f"temporarily unavailable: {exc}"}, status_code=503)

@@ -21,6 +21,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from bot.alerts.payload import too_big_to_run
 from bot.audit.events import AuditEvent
 from bot.audit.recorder import AUDIT_UNAVAILABLE, AuditWriter
 from bot.audit.store import AuditUnavailable
@@ -45,6 +46,7 @@ VERIFIERS = frozenset(get_args(VerifiedBy))
 RUN_ID, REQUESTER, CATALOG, PARAMS, PROOF, START = "run id", "requester", "catalog", "params", "proof", "start"
 CONCURRENCY = "concurrency"
 PARENT = "parent"
+ALERT = "alert"
 SCHEDULED_RUN_ID = re.compile(r"-[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")  # Temporal's suffix
 CHILD_DEPTH_MAX = 8  # sub-playbooks calling sub-playbooks: cycles are refused at load, this bounds the rest
 PARENT_UNKNOWN = "ParentUnknown"
@@ -111,7 +113,7 @@ class AdmitRequest(BaseModel):
 
 class Admission(BaseModel):
     allow: bool
-    refused_by: str | None = None  # catalog | params | proof | start
+    refused_by: str | None = None  # run id | requester | alert | parent | catalog | params | proof | start | concurrency
     reasons: list[str] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
     requester: Requester
@@ -195,6 +197,9 @@ class Admitter:
             principals.check(trigger.requested_by)
         except principals.PrincipalError as exc:
             return _refusal(REQUESTER, f"the requester is not a principal: {exc}", unverified, request.params)
+        if trigger.alert is not None and (problem := too_big_to_run(trigger.alert)):
+            # (the webhook's own check; a run started straight on Temporal is asked here: red team, stop 54)
+            return _refusal(ALERT, problem, unverified, request.params)
         if problem := self._parent_problem(request) or await self._parent_not_ours(request):
             return _refusal(PARENT, problem, unverified, request.params)
         if (problem := self._catalog_problem(request)) and self.refresh is not None and await self.refresh():

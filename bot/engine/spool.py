@@ -17,6 +17,13 @@ record before it acts; a write the activity did make leaves that one a no-op (ev
 run ends only once that list is empty too. A forged completion's events are then written late,
 after events recorded since (each with its own time); none is lost.
 
+From engine-v14 what an activity carries is at most CARRY_MAX bytes: past it the flusher writes
+the queue first, through its local activity, whose input stays in the worker. An activity's input
+is a Temporal payload (2 MB at most), and the queue grows without a count's bound: step_started
+events hold their step's args (256 KiB), and they pile up behind a long step that holds the queue,
+or wait to be confirmed (red team, stop 54: 2.3-2.7 MB rode on one activity, whose run's workflow
+task then failed on every replay).
+
 Runs from before the spool (no SPOOL_PATCH marker) keep the old behaviour and event ids.
 """
 
@@ -31,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.audit.events import AuditEvent
     from bot.audit.recorder import AuditBatch, AuditMode
     from bot.engine.callers import CALLER_REFUSED
-    from bot.engine.state import RunStatus
+    from bot.engine.state import RunStatus, payload_size
 
 SPOOL_PATCH = "audit-spool-v1"  # per-execution event ids, the queue in state, the flusher
 # A high-impact step also waits for events an activity in flight was handed (a long sibling in a
@@ -44,6 +51,9 @@ FLUSH_MAX_RETRY = timedelta(seconds=60)
 # action waits for it to (a long run of remote steps holds no more than that, and its end's flush
 # writes no more than that either).
 UNCONFIRMED_MAX = 64
+# Bytes of queued events one activity carries at most (engine-v14): its input stays well inside
+# Temporal's 2 MB beside its own args (ARGS_MAX) or a policy question's document.
+CARRY_MAX = 512 * 1024
 
 Queued = tuple[int, AuditEvent]  # (place in the run's order, event)
 
@@ -63,6 +73,7 @@ class AuditSpool:
         self._wait_held = False  # HELD_PATCH, asked in run() right after SPOOL_PATCH
         self._confirms = False  # engine-v11: what an activity says it wrote waits for a write of the worker's
         self._unconfirmed: list[Queued] = []
+        self._carry_bounded = False  # engine-v14: an activity carries at most CARRY_MAX bytes of the queue
 
     # ---- ids and the queue ---------------------------------------------------------------
 
@@ -111,6 +122,22 @@ class AuditSpool:
         self._flush_wanted = True
         await workflow.wait_condition(
             lambda: len(self._unconfirmed) <= UNCONFIRMED_MAX or self._store_down or bool(self._holders))
+
+    def _carry_over(self, high: bool = False) -> bool:
+        """(engine-v14) Whether the next activity's handoff would carry more than CARRY_MAX bytes:
+        the queue, and for a high-impact step what waits to be confirmed too."""
+        if not self._carry_bounded or self._holders:
+            return False  # (a holder in flight: the next one carries nothing)
+        carried = [*self._audit, *(self._unconfirmed if high else [])]
+        return sum(payload_size(event) for _, event in carried) > CARRY_MAX
+
+    async def _carry_room(self) -> None:
+        """Before a handoff that is not a high-impact step's (engine-v14): a queue past CARRY_MAX is
+        written by the flusher first; with the store down nothing is carried anyway (`defer`)."""
+        while not self._store_down and self._carry_over():
+            self._flush_wanted = True
+            await workflow.wait_condition(lambda: self._flushing is not None or self._store_down or bool(self._holders))
+            await workflow.wait_condition(lambda: self._flushing is None)
 
     def _to_flush(self) -> bool:
         return bool(self._audit or self._unconfirmed)
@@ -217,9 +244,15 @@ class AuditSpool:
 
             self._awaiting_record += 1
             try:
-                while not settled():
+                while True:
+                    while not settled():
+                        self._flush_wanted = True
+                        await workflow.wait_condition(settled)
+                    if not self._carry_over(high=True):
+                        break
+                    # (engine-v14) more than one activity carries: the flusher writes it first
                     self._flush_wanted = True
-                    await workflow.wait_condition(settled)
+                    await workflow.wait_condition(lambda: not settled())
             finally:
                 self._awaiting_record -= 1
             return

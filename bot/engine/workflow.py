@@ -148,7 +148,15 @@ ENGINE_V12_PATCH = "engine-v12"
 # for a human, paged); and at most DISPATCH_MAX bytes of inputs out at once; and ERROR_MAX. 300
 # foreach items of a 250 KB param each took a run's history past 50 MB, and Temporal terminated it
 # halfway: nothing rolled back, nothing on the record said so.
-ENGINE_PATCH = "engine-v13"
+ENGINE_V13_PATCH = "engine-v13"
+# engine-v13, and (red team, stop 54) what an activity carries of the run's audit queue is at most
+# CARRY_MAX bytes (bot/engine/spool.py): step_started events of 256 KiB args, waiting to be
+# confirmed or queued behind a long step, rode whole on the next activity, past 2 MB, and the run's
+# workflow task failed on every replay; a `decide` question checks the history bound as an action
+# does (100 items' questions of 780 KB took a run past 50 MB); a step's failure is at most
+# ERROR_MAX characters whatever said it (a forged `stored.refused` of 2 MB rode on the undo's
+# input), and a large output's reference is cut to what a real one holds.
+ENGINE_PATCH = "engine-v14"
 # A step's args, rendered, in bytes (engine-v12): an activity's input past Temporal's 2 MB payload
 # limit (three args of a million characters each) failed the run's workflow task on every replay
 # (PAYLOADS_TOO_LARGE): the run never rolled back or ended. Now the step fails, and the run rolls back.
@@ -357,6 +365,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._args_bounded = False  # engine-v12: a step's rendered args are at most ARGS_MAX bytes
         self._history_bounded = False  # engine-v13: no step past HISTORY_STEPS_MAX, no undo past HISTORY_UNDO_MAX
         self._in_flight = 0  # engine-v13: bytes of inputs out at once, against DISPATCH_MAX
+        self._payloads_bounded = False  # engine-v14: `decide` checks the history bound; failures cut
         self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
         self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
         self._news = 0  # changes marked for Slack so far
@@ -712,7 +721,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         (each marker also upserts a search attribute: work for the server in the run's first task);
         each engine-vN after it stands for the one before and what it added, again as one marker; an
         older run replays asking each patch as it did (newest first: a run asks until one is its own)."""
-        for patch, engine in ((ENGINE_PATCH, self._engine_v13), (ENGINE_V12_PATCH, self._engine_v12),
+        for patch, engine in ((ENGINE_PATCH, self._engine_v14), (ENGINE_V13_PATCH, self._engine_v13),
+                              (ENGINE_V12_PATCH, self._engine_v12),
                               (ENGINE_V11_PATCH, self._engine_v11),
                               (ENGINE_V10_PATCH, self._engine_v10),
                               (ENGINE_V9_PATCH, self._engine_v9),
@@ -738,6 +748,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         is another, while a reset keeps it, so the steps a reset repeats repeat with their keys and
         the target can tell (tests/reliability/test_worker_crash.py)."""
         return workflow.info().first_execution_run_id.replace("-", "")
+
+    def _engine_v14(self) -> None:
+        """Every behaviour engine-v14 stands for."""
+        self._payloads_bounded = self._carry_bounded = True
+        self._engine_v13()
 
     def _engine_v13(self) -> None:
         """Every behaviour engine-v13 stands for."""
@@ -1194,6 +1209,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         """The step could not render or its action failed after its retries: its fallback runs
         instead; else (or if that fails too) it fails the run, or reads failed_ignored under
         `on_failure: continue`. A denied fallback is a denial: the run never goes on past it."""
+        message = self._cut_error(message)
         if step.fallback is not None and not (st.group is not None and st.group in self._failed_groups):
             if await self._fallback(step, step.fallback, st, message):
                 return True
@@ -1393,6 +1409,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     def _fail(self, st: StepStatus, message: str, state: str = "failed") -> bool:
         """End a step that did not succeed (failed, denied, rejected), recorded as step_failed."""
+        message = self._cut_error(message)
         if st.group is not None and not self._finishing:
             self._failed_groups.add(st.group)  # its siblings must not start anything new
         st.state, st.error = state, message  # type: ignore[assignment]
@@ -1404,6 +1421,11 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             st.id, EventKind.step_failed, {"action": st.action, "attempts": st.attempts, "error": message, "state": state}
         )
         return False
+
+    def _cut_error(self, message: str) -> str:
+        """(engine-v14) A step's failure as the run keeps it: at most ERROR_MAX characters, whatever
+        said it (an action's refusal, a forged result's `stored.refused`, a fallback's failure)."""
+        return cut_text(message, ERROR_MAX) if self._payloads_bounded else message  # type: ignore[return-value]
 
     def _cancelled(self, st: StepStatus) -> None:
         st.state, st.finished_at = "cancelled", workflow.now()
@@ -1459,6 +1481,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         spooled = self._spooled()
         if spooled and self._confirms:
             await self._confirmed_some()
+        if spooled and not high and not self._runs_locally(action):
+            await self._carry_room()  # (a high-impact step's is its _recorded's)
         if spooled and high:
             await self._recorded()  # (last: nothing runs between its check and the handoff)
         mode, queued, at = self._handoff(high) if spooled else ("write", self._take(), 0)
@@ -1611,6 +1635,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
     def _keep_output(self, st: StepStatus, result: ActionResult) -> str | None:
         """Keep the step's output (or what of a large one templates read), or say why the run cannot:
         the activity refused it, or it would take the run's outputs past RUN_OUTPUT_BUDGET."""
+        if self._payloads_bounded and result.stored is not None:
+            result.stored = result.stored.bounded()  # (a client completing the action by id writes any)
         st.output, st.output_ref = result.output, result.stored
         if result.stored is not None and result.stored.refused is not None:
             st.output = None
@@ -1676,8 +1702,15 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         return doc
 
     async def _ask_policy(self, rule: str, input: dict[str, Any], result_type: type[Any], **options: Any) -> Any:
-        """A policy question (`_asked_now`), once the run has room to send it (it carries the alert)."""
-        return await self._sent(input, lambda: self._asked_now(rule, input, result_type, **options))
+        """A policy question (`_asked_now`), once the run has room to send it (it carries the alert).
+        A `decide` question is a forward step's (engine-v14): past the history bound, checked again
+        once there is room, it is not asked and the step is denied for it, as an action is not sent."""
+        async def send() -> Any:
+            if rule == "decide" and self._payloads_bounded and (full := self._step_room()) is not None:
+                return result_type(allow=False, reasons=[f"not asked: {full}; what is left is for undoing what ran"])
+            return await self._asked_now(rule, input, result_type, **options)
+
+        return await self._sent(input, send)
 
     async def _asked_now(
         self,
@@ -1694,6 +1727,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         spooled = self._spooled()
         if spooled:  # the same answer, saying what it could not write
             result_type = {Decision: DecisionAnswer, ActorVerdict: ActorAnswer}.get(result_type, result_type)
+        if spooled:
+            await self._carry_room()
         mode, queued, at = self._handoff() if spooled else ("write", self._take(), 0)
         request = PolicyRequest(input=input, audit=[e for _, e in queued], claim=claim, proof=proof,
                                 execution=self._execution(), audit_mode=mode)

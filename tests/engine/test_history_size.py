@@ -11,7 +11,10 @@ from temporalio.client import WorkflowExecutionStatus
 
 from bot.engine import workflow as workflow_module
 from bot.engine.workflow import EVENTS_STEPS_MAX, HISTORY_STEPS_MAX, PlaybookRun
+from bot.engine.state import TriggerContext
+from bot.playbook.params import coerce_params
 from tests.engine.support import Recorder, playbook, run_input, start, worker
+from tests.engine.test_approvals import policy
 
 NOTE = "n" * 250_000  # a param (or an alert's annotation) of 250 KB: each within every per-value bound
 
@@ -102,3 +105,35 @@ def test_the_event_count_bounds_the_run_as_its_bytes_do(monkeypatch, size, lengt
     run = SimpleNamespace(_history_bounded=True)
     assert PlaybookRun._history_full(run, HISTORY_STEPS_MAX, EVENTS_STEPS_MAX) == said  # type: ignore[arg-type]
     assert PlaybookRun._history_full(SimpleNamespace(_history_bounded=False), 0, 0) is None  # type: ignore[arg-type]
+
+
+async def test_policy_questions_of_items_started_together_stop_at_the_bound(dev_env):
+    """Red team, stop 54: 100 items started together all passed the step's check while the history
+    was small, and each then asked `decide` with the alert (512 KiB, ALERT_MAX) and the params
+    (256 KiB), 780 KB a question: Temporal terminated the run at 53 MB, `first` never undone. A
+    question waiting for dispatch room checks the bound again when it wakes, as an action does."""
+    rec = Recorder()
+    pb = playbook("""
+name: decide-history
+params: {a: {type: string}, b: {type: string}, c: {type: string}, d: {type: string}}
+steps:
+  - {id: first, action: t.ok, compensate: {action: t.ok}}
+  - id: each
+    foreach: "{{ range(100) | list }}"
+    concurrency: 100
+    steps:
+      - {id: act, action: t.quick, impact: high, with: {seconds: 0}}
+""")
+    part = "n" * 64_000
+    params = coerce_params(pb, {"a": part, "b": part, "c": part, "d": part})
+    alert = {"status": "firing", "labels": {"alertname": "X"}, "annotations": {"description": "d" * 523_000},
+             "startsAt": "2026-12-07T00:00:00Z", "fingerprint": "abc"}
+    run = run_input(pb, params=params).model_copy(
+        update={"trigger": TriggerContext(kind="cli", requested_by="cli:tester", alert=alert)})
+    async with worker(dev_env.client, rec, policy({"allow": True})) as w:
+        handle = await start(dev_env.client, w, run)
+        status = await asyncio.wait_for(handle.result(), 180)
+        desc = await handle.describe()
+    assert desc.status == WorkflowExecutionStatus.COMPLETED and status.state == "compensated", status.error
+    assert rec.sequence()[-1] == "undo first"
+    assert "past the 20 MiB a run may take" in (status.error or ""), status.error

@@ -12,7 +12,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from bot.actions import outputs as action_outputs
-from bot.actions.base import ActionInput
+from bot.actions.base import ActionInput, OutputRef
 from bot.actions.outputs import OutputLimits, settle_output
 from bot.audit.events import EventKind, canonical_json
 from bot.audit.recorder import AUDIT_UNAVAILABLE, AuditWriter
@@ -318,7 +318,6 @@ async def test_a_steps_and_items_outputs_share_the_run_budget(skip_env, tmp_path
 def test_the_status_table_shows_a_large_outputs_preview_and_how_to_read_it():
     from rich.console import Console
 
-    from bot.actions.base import OutputRef
     from bot.console import status_table
     from bot.engine.state import RunStatus, StepStatus
 
@@ -331,3 +330,13 @@ def test_the_status_table_shows_a_large_outputs_preview_and_how_to_read_it():
     text = console.export_text()
     assert "output 524288 bytes" in text and "audit show-output run-1:s:step_output:e:do:1" in text
     assert "[bold red]pwned[/]" in text  # shown as the text it is, not taken as markup
+
+
+def test_a_reference_is_kept_at_most_as_large_as_a_real_one():
+    """engine-v14: what a result says of a large output is cut to what a real reference holds (a
+    client completing the action by id writes any); a real one is kept as it is."""
+    forged = OutputRef(event_id="e" * 5000, sha256="0" * 100, size=1, preview="p" * 20_000, refused="r" * 3000)
+    kept = forged.bounded()
+    assert (len(kept.event_id), len(kept.sha256), len(kept.preview), len(kept.refused or "")) == (1000, 64, 16384, 2000)
+    real = OutputRef(event_id="step_output:run-1:check", sha256="0" * 64, size=70_000, preview="{...")
+    assert real.bounded() is real

@@ -9,6 +9,7 @@ import asyncio
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
+from bot.actions.base import ActionResult, OutputRef
 from bot.alerts.payload import ALERT_MAX
 from bot.audit.events import EventKind
 from bot.engine.locking import ID_MAX, NOTICE_SIGNAL, LockNotice
@@ -43,6 +44,33 @@ steps:
         status = await asyncio.wait_for(handle.result(), 30)
     assert status.state == "compensated" and rec.sequence()[-1] == "undo scale"
     assert len(status.step("hold").error or "") == ERROR_MAX
+
+
+async def test_a_forged_output_refusal_of_any_length_leaves_the_rollback_free_to_run(dev_env):
+    """Red team, stop 54: a client completes the pending action by id with a result whose
+    `stored.refused` is 2 MB (the completion itself within Temporal's limit). The step failed with
+    it whole (ERROR_MAX was a failure's bound only), and the step_failed event rode on the undo's
+    input, past 2 MB: the rollback never ran."""
+    rec = Recorder()
+    pb = playbook("""
+name: forged-refusal
+steps:
+  - {id: scale, action: t.ok, compensate: {action: t.ok}}
+  - {id: hold, action: t.wait}
+""")
+    async with worker(dev_env.client, rec) as w:
+        handle = await start(dev_env.client, w, run_input(pb))
+        await wait_for_state(handle, lambda st: any(s.id == "hold" and s.state == "running" for s in st.steps), 30)
+        desc = await handle.describe()
+        (pending,) = [p.activity_id for p in desc.raw_description.pending_activities
+                      if p.activity_type.name == "t.wait"]
+        forged = ActionResult(output={}, stored=OutputRef(event_id="e", sha256="0" * 64, size=1,
+                                                          refused="r" * 2_096_700))
+        await dev_env.client.get_async_activity_handle(
+            workflow_id=handle.id, run_id=desc.run_id, activity_id=pending).complete(forged)
+        status = await asyncio.wait_for(handle.result(), 30)
+    assert status.state == "compensated" and rec.sequence()[-1] == "undo scale"
+    assert len(status.step("hold").error or "") <= ERROR_MAX
 
 
 async def test_a_forged_queued_notice_cannot_swell_the_runs_status(rig: Rig):  # noqa: F811
