@@ -5,8 +5,9 @@ rolled back or ended. Each is now cut where it enters."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import AsyncActivityHandle, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
 from bot.actions.base import ActionResult, OutputRef
@@ -22,25 +23,30 @@ from tests.engine.test_locks import LOCKED, Rig, rig  # noqa: F401  (fixture)
 from tests.reliability.alertmanager_support import bot_stack, firing, webhook
 
 
+HOLDING = """
+name: holding
+steps:
+  - {id: scale, action: t.ok, compensate: {action: t.ok}}
+  - {id: hold, action: t.wait}
+"""
+
+
+async def held(dev_env: Any, handle: Any) -> AsyncActivityHandle:
+    """The `hold` step's pending action, as any client who can reach Temporal answers it by id."""
+    await wait_for_state(handle, lambda st: any(s.id == "hold" and s.state == "running" for s in st.steps), 30)
+    desc = await handle.describe()
+    (pending,) = [p.activity_id for p in desc.raw_description.pending_activities if p.activity_type.name == "t.wait"]
+    return dev_env.client.get_async_activity_handle(workflow_id=handle.id, run_id=desc.run_id, activity_id=pending)
+
+
 async def test_a_forged_failure_of_any_length_leaves_the_rollback_free_to_run(dev_env):
     """A client fails the pending action by id with 400,000 control characters: 2.4 MB once
     JSON-escaped in the step_failed event, which rode on the undo's input (TMPRL1103, every replay)."""
     rec = Recorder()
-    pb = playbook("""
-name: forged-error
-steps:
-  - {id: scale, action: t.ok, compensate: {action: t.ok}}
-  - {id: hold, action: t.wait}
-""")
     async with worker(dev_env.client, rec) as w:
-        handle = await start(dev_env.client, w, run_input(pb))
-        await wait_for_state(handle, lambda st: st.step("hold").state == "running", 30)
-        desc = await handle.describe()
-        (pending,) = [p.activity_id for p in desc.raw_description.pending_activities
-                      if p.activity_type.name == "t.wait"]
-        await dev_env.client.get_async_activity_handle(
-            workflow_id=handle.id, run_id=desc.run_id, activity_id=pending
-        ).fail(ApplicationError("\x01" * 400_000, type="ActionFailed", non_retryable=True))
+        handle = await start(dev_env.client, w, run_input(playbook(HOLDING)))
+        await (await held(dev_env, handle)).fail(
+            ApplicationError("\x01" * 400_000, type="ActionFailed", non_retryable=True))
         status = await asyncio.wait_for(handle.result(), 30)
     assert status.state == "compensated" and rec.sequence()[-1] == "undo scale"
     assert len(status.step("hold").error or "") == ERROR_MAX
@@ -52,22 +58,11 @@ async def test_a_forged_output_refusal_of_any_length_leaves_the_rollback_free_to
     it whole (ERROR_MAX was a failure's bound only), and the step_failed event rode on the undo's
     input, past 2 MB: the rollback never ran."""
     rec = Recorder()
-    pb = playbook("""
-name: forged-refusal
-steps:
-  - {id: scale, action: t.ok, compensate: {action: t.ok}}
-  - {id: hold, action: t.wait}
-""")
     async with worker(dev_env.client, rec) as w:
-        handle = await start(dev_env.client, w, run_input(pb))
-        await wait_for_state(handle, lambda st: any(s.id == "hold" and s.state == "running" for s in st.steps), 30)
-        desc = await handle.describe()
-        (pending,) = [p.activity_id for p in desc.raw_description.pending_activities
-                      if p.activity_type.name == "t.wait"]
+        handle = await start(dev_env.client, w, run_input(playbook(HOLDING)))
         forged = ActionResult(output={}, stored=OutputRef(event_id="e", sha256="0" * 64, size=1,
                                                           refused="r" * 2_096_700))
-        await dev_env.client.get_async_activity_handle(
-            workflow_id=handle.id, run_id=desc.run_id, activity_id=pending).complete(forged)
+        await (await held(dev_env, handle)).complete(forged)
         status = await asyncio.wait_for(handle.result(), 30)
     assert status.state == "compensated" and rec.sequence()[-1] == "undo scale"
     assert len(status.step("hold").error or "") <= ERROR_MAX
