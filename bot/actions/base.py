@@ -15,7 +15,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.exceptions import ApplicationError
 
-from bot.audit.events import AuditEvent
+from bot.audit.events import ID_BYTES_MAX, AuditEvent
 from bot.audit.recorder import AuditMode
 from bot.playbook.outputs import OutputNeeds
 
@@ -49,9 +49,9 @@ class ActionInput(BaseModel):
     )
 
 
-# What a real OutputRef holds at most: an audit event id, a preview of at most
+# What a real OutputRef holds at most: an audit event id (ID_BYTES_MAX), a preview of at most
 # PLAYBOOK_BOT_OUTPUT_PREVIEW_BYTES (16 KiB), a refusal the run keeps as a step's failure.
-REF_ID_MAX, REF_PREVIEW_MAX, REF_REFUSED_MAX = 1000, 16 * 1024, 2000
+REF_ID_MAX, REF_PREVIEW_MAX, REF_REFUSED_MAX = ID_BYTES_MAX, 16 * 1024, 2000
 
 
 class OutputRef(BaseModel):

@@ -57,7 +57,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from bot.alerts.episodes import RouteMatch, episode_id, route
 from bot.alerts.grafana_signing import GrafanaSigning
 from bot.alerts.incidents import pagerduty_signed, parse_opsgenie, parse_pagerduty, route_incident
-from bot.alerts.payload import ALERT_MAX, Alert, PayloadError, Sender, parse_payload, too_big_to_run
+from bot.alerts.payload import Alert, PayloadError, Sender, parse_payload, too_big_to_run
 from bot.audit.recorder import refusal
 from bot.audit.refusals import RefusalLog
 from bot.audit.episodes import CLOCK_SKEW, Episode, episode_starts, series_range
@@ -75,6 +75,7 @@ from bot.identity.proofs import Keyring, ProofError
 from bot.playbook.loader import Catalog, LoadedPlaybook
 from bot.playbook.model import AlertTrigger, OpsgenieTrigger, PagerDutyTrigger, Playbook
 from bot.policy.engine import PolicyEngine
+from bot.policy.models import Verdict
 from bot.server import direct_route, read_limited
 
 log = structlog.get_logger(__name__)
@@ -274,11 +275,7 @@ class AlertReceiver:
             return await self._refuse(body, credential, str(exc), status=exc.status,
                                       record_as=f"payload refused ({exc.status}): {exc}")
         try:
-            # (read back, an alert is at most 4.5 times its bytes in the body: `1e15` is 1000000000000000.0;
-            # so in a body under a fifth of ALERT_MAX, which every storm's are, none is measured)
-            sized = len(body) * 5 > ALERT_MAX
-            outcomes = [o for alert in alerts
-                        for o in await self._handle(alert, too_big_to_run(alert.as_context()) if sized else None)]
+            outcomes = [o for alert in alerts for o in await self._handle(alert)]
         except Unavailable as exc:
             log.error("alert webhook failed on our side; the sender will retry", sender=self.sender.name, error=str(exc))
             return JSONResponse({"error": f"temporarily unavailable: {exc}"}, status_code=503)
@@ -323,7 +320,7 @@ class AlertReceiver:
         # bytes: compare_digest refuses non-ASCII str, and a header is whatever a client sends
         return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
 
-    async def _handle(self, alert: Alert, too_big: str | None = None) -> list[dict[str, Any]]:
+    async def _handle(self, alert: Alert) -> list[dict[str, Any]]:
         name = alert.labels.get("alertname", "")
         received = self._event(alert, None, EventKind.alert_received, {
             "alertname": name, "status": alert.status, "fingerprint": alert.fingerprint, "labels": alert.labels,
@@ -337,7 +334,7 @@ class AlertReceiver:
             if alert.status == "resolved":
                 results.append(await self._resolved(alert, match))
             else:
-                results.append(await self._firing(alert, match, too_big))
+                results.append(await self._firing(alert, match))
         for match, fallback in edited:
             results.append(await self._resolved(alert, match, fallback))
             results[-1].setdefault("reason", EDITED_AWAY)
@@ -346,7 +343,7 @@ class AlertReceiver:
             log.info("alert outcome", **{k: v for k, v in result.items() if k != "labels"})
         return results
 
-    async def _firing(self, alert: Alert, match: RouteMatch, too_big: str | None = None) -> dict[str, Any]:
+    async def _firing(self, alert: Alert, match: RouteMatch) -> dict[str, Any]:
         playbook, run_id = match.name, match.workflow_id
         if match.error or match.params is None:
             return self._outcome(alert, playbook, "rejected", reason=match.error or "no params")
@@ -365,11 +362,6 @@ class AlertReceiver:
                 return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=episode,
                                      reason=MERGED if episode != run_id else None)
             self._known.pop(run_id, None)  # Temporal forgot the run (retention), or see above: the store decides
-        if too_big:  # it cannot start a run; the one its episode has already is still its answer
-            running = await self._running(run_id)
-            if running is not None:
-                return self._outcome(alert, playbook, "attached" if running else "already_handled", run_id=run_id)
-            return self._outcome(alert, playbook, "rejected", reason=too_big)
         decided_by = (run_id, match.trigger_index)  # (which trigger took it decides on_rerun: a copy's own)
         while (first := self._in_flight.get(decided_by)) is not None:
             # A copy of a delivery this door is deciding right now (an HA Alertmanager pair sends each
@@ -452,8 +444,13 @@ class AlertReceiver:
         return await self._claim_and_start(alert, match, trigger, claimed or episode, asked, fresh=claimed is not None)
 
     async def _ask_start(self, match: RouteMatch, trigger: TriggerContext) -> StartAsked:
-        """The `start` rule, asked once the claim beside it has handed its write to its thread."""
+        """The `start` rule, asked once the claim beside it has handed its write to its thread. An
+        alert too big to start a run is refused here, unasked (a policy evaluation of megabytes timed
+        out and restarted the engine under load), so it is answered as any refused start is: by the
+        episode's run if it has one, after copies in flight and resolves had their say (review, stop 54)."""
         await asyncio.sleep(0)  # one pass of the loop: the group commit's writer starts in it
+        if trigger.alert is not None and (too_big := too_big_to_run(trigger.alert)):
+            return StartAsked(match.workflow_id, datetime.now(timezone.utc), None, Verdict(reasons=[too_big]), None)
         return await ask_start(self.deps.policy, match.playbook, match.params, trigger, self.actor, match.workflow_id)
 
     async def _refused(self, alert: Alert, match: RouteMatch, trigger: TriggerContext, episode: Episode | None,

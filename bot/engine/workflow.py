@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from bot.engine.shield import uncancellable
     from bot.engine import results
     from bot.engine.callers import CALLER_REFUSED, CALLER_UNKNOWN
-    from bot.engine.spool import HELD_PATCH, AuditSpool
+    from bot.engine.spool import CARRY_MAX, HELD_PATCH, AuditSpool
     from bot.engine.subplaybooks import POKE_SIGNAL, SubPlaybooks
     from bot.actions.playbooks import RUN_ACTION
     from bot.engine.state import (
@@ -175,6 +175,10 @@ EVENTS_UNDO_MAX = 48_000
 # foreach of 100 items at once, each given 256 KB; five policy questions each carrying a 1 MB
 # alert). Past it the next waits until one comes back; one alone always goes.
 DISPATCH_MAX = 1536 * 1024
+# Bytes of a policy question's document at most (engine-v14): with the audit events it carries
+# (CARRY_MAX) it stays under 1.75 MiB of Temporal's 2 MB. Each part has a bound of its own (the
+# alert, the params, the step's args), but a foreach item has none, and the sum had (review, stop 54).
+QUESTION_MAX = 1792 * 1024 - CARRY_MAX
 # Light work in the worker itself (no integration, nothing that waits): a local activity, inside the
 # workflow task, saves the activity task's round trips through the server. Same wrapper, so the same
 # record first, params check, masking and retries; policy and approval gates come before it as for any step.
@@ -185,6 +189,12 @@ ANSWER_UNSEALED = "AnswerUnsealed"
 # refused the caller (bot/engine/callers.py), or has no such activity (the SDK's own type).
 NEVER_RAN = frozenset({CALLER_REFUSED, CALLER_UNKNOWN, "NotFoundError"})
 T = TypeVar("T")
+
+
+class NotAsked(Exception):
+    """A `decide` question the run did not send (engine-v14): its history is past the bound, or the
+    question past QUESTION_MAX. The step fails with it ("not started"), as an action not sent does;
+    no policy said no, so it is not a denial (every caller of a `decide` catches it)."""
 ASK_AGAIN_AFTER = timedelta(seconds=1)  # engine-v10: an activity retried without limit that a client failed
 ANONYMOUS_CANCELS_AUDITED = 10
 CANCEL_REFUSED = "CancelRefused"
@@ -1215,7 +1225,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
                 return True
             if st.state != "running":
                 return False  # denied by policy, or cancelled: already recorded
-            message = st.error or message
+            message = self._cut_error(st.error or message)
         if step.on_failure == "continue" and step.action not in HUMAN_STEP_ACTIONS:
             # A human step that could not even ask (its message did not render) never reads as passed.
             st.state, st.error, st.finished_at = "failed_ignored", message, workflow.now()
@@ -1288,7 +1298,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         input = self._policy_input(as_step, record.args or {})
         input["step"]["fallback_of"] = step.action
         input["approvals"] = []
-        decision: Decision = await self._ask_policy("decide", input, Decision)
+        try:
+            decision: Decision = await self._ask_policy("decide", input, Decision)
+        except NotAsked as exc:
+            return str(exc)
         record.decision = decision.model_dump(mode="json", exclude_none=True)
         if not decision.allow:
             return "denied by policy: " + ("; ".join(decision.reasons) or "no reason given")
@@ -1314,7 +1327,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         except ValidationError as exc:
             return await self._step_failed(step, st, describe_validation_error(step.action, exc))
         if approve:
-            decision: Decision = await self._ask_policy("decide", self._policy_input(step, st.args or {}), Decision)
+            try:
+                decision: Decision = await self._ask_policy("decide", self._policy_input(step, st.args or {}), Decision)
+            except NotAsked as exc:
+                return self._fail(st, str(exc))
             if not decision.allow:
                 st.decision = decision.model_dump(mode="json", exclude_none=True)
                 return self._fail(st, "denied by policy: " + ("; ".join(decision.reasons) or "no reason given"), "denied")
@@ -1703,11 +1719,19 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     async def _ask_policy(self, rule: str, input: dict[str, Any], result_type: type[Any], **options: Any) -> Any:
         """A policy question (`_asked_now`), once the run has room to send it (it carries the alert).
-        A `decide` question is a forward step's (engine-v14): past the history bound, checked again
-        once there is room, it is not asked and the step is denied for it, as an action is not sent."""
+        engine-v14: a question past QUESTION_MAX is not sent (a `decide` raises NotAsked, any other
+        is a fail-closed deny); a `decide` is a forward step's, so past the history bound, checked
+        again once there is room, it is not sent either (NotAsked)."""
+        if self._payloads_bounded and (size := payload_size(input)) > QUESTION_MAX:
+            said = (f"the policy question is {size:,} bytes (the alert, params, step and item it carries); one is at "
+                    f"most {QUESTION_MAX:,}, as Temporal refuses a payload past 2 MB")
+            if rule == "decide":
+                raise NotAsked(f"not asked: {said}")
+            return result_type(allow=False, reasons=[f"{POLICY_FAILED}: {said}"])
+
         async def send() -> Any:
             if rule == "decide" and self._payloads_bounded and (full := self._step_room()) is not None:
-                return result_type(allow=False, reasons=[f"not asked: {full}; what is left is for undoing what ran"])
+                raise NotAsked(f"not asked: {full}; what is left is for undoing what ran")
             return await self._asked_now(rule, input, result_type, **options)
 
         return await self._sent(input, send)
@@ -1790,7 +1814,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     async def _gate(self, step: Step, st: StepStatus) -> bool:
         """Before a high-impact step: allow, deny, or wait for approvals (DESIGN.md policy contract)."""
-        decision: Decision = await self._ask_policy("decide", self._policy_input(step, st.args or {}), Decision)
+        try:
+            decision: Decision = await self._ask_policy("decide", self._policy_input(step, st.args or {}), Decision)
+        except NotAsked as exc:
+            return self._fail(st, str(exc))
         st.decision = decision.model_dump(mode="json", exclude_none=True)
         self._log("policy decision", step_id=step.id, allow=decision.allow, approval=decision.needs_approval)
         if not decision.allow:

@@ -13,6 +13,7 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 
 from bot.engine.spool import CARRY_MAX
+from bot.engine.state import TriggerContext
 from bot.playbook.params import coerce_params
 from tests.engine.support import Recorder, playbook, run_input, start, worker
 from tests.engine.test_approvals import policy
@@ -108,10 +109,10 @@ async def held_queue(dev_env: Any, impact: str) -> None:
     async with worker(dev_env.client, rec, policy(QUORUM)) as w:
         handle = await start(dev_env.client, w, run_input(pb, params=params))
         # (the status query leaves the steps out here: ten items' 256 KB args are past its 1.5 MiB)
-        for _ in range(300):  # the long step's next one was sent: its action, or its question (the tenth)
+        for _ in range(60):  # the long step's next one was sent: its action, or its question (the tenth)
             if "each[0].after" in rec.sequence() or await scheduled(handle, "policy.decide") == 10:
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # (a history of megabytes: read twice a second, not ten times)
         else:
             raise AssertionError(f"each[0].after never sent: {rec.sequence()}")
         sizes = await carried(handle)
@@ -125,3 +126,29 @@ async def test_approval_requests_queued_behind_a_long_step_do_not_ride_on_the_ne
 
 async def test_approval_requests_queued_behind_a_long_step_do_not_ride_on_the_next_question(dev_env):
     await held_queue(dev_env, "impact: high, ")
+
+
+async def test_a_policy_question_past_its_bound_is_not_sent_and_the_run_rolls_back(dev_env):
+    """Review, stop 54: every part within its bound (the alert under ALERT_MAX, no params, no args),
+    yet an item's `decide` question carried the alert and the item made of it, past 2 MB: the run
+    was stuck. A question past QUESTION_MAX is not sent; its step fails, not started, and the run
+    rolls back."""
+    rec = Recorder()
+    pb = playbook("""
+name: big-item
+steps:
+  - {id: first, action: t.ok, compensate: {action: t.ok}}
+  - id: each
+    foreach: "{{ [[alert.annotations.d, alert.annotations.d, alert.annotations.d, alert.annotations.d]] }}"
+    steps:
+      - {id: act, action: t.quick, impact: high, with: {seconds: 0}}
+""")
+    alert = {"status": "firing", "labels": {"alertname": "X"}, "annotations": {"d": "d" * 500_000},
+             "startsAt": "2026-12-07T00:00:00Z", "fingerprint": "abc"}
+    run = run_input(pb).model_copy(update={"trigger": TriggerContext(kind="cli", requested_by="cli:tester", alert=alert)})
+    async with worker(dev_env.client, rec, policy({"allow": True})) as w:
+        handle = await start(dev_env.client, w, run)
+        status = await asyncio.wait_for(handle.result(), 30)
+    await carried(handle)
+    assert status.state == "compensated" and rec.sequence() == ["first", "undo first"], rec.sequence()
+    assert "not asked: the policy question is" in (status.error or ""), status.error

@@ -337,6 +337,6 @@ def test_a_reference_is_kept_at_most_as_large_as_a_real_one():
     client completing the action by id writes any); a real one is kept as it is."""
     forged = OutputRef(event_id="e" * 5000, sha256="0" * 100, size=1, preview="p" * 20_000, refused="r" * 3000)
     kept = forged.bounded()
-    assert (len(kept.event_id), len(kept.sha256), len(kept.preview), len(kept.refused or "")) == (1000, 64, 16384, 2000)
+    assert (len(kept.event_id), len(kept.sha256), len(kept.preview), len(kept.refused or "")) == (2048, 64, 16384, 2000)
     real = OutputRef(event_id="step_output:run-1:check", sha256="0" * 64, size=70_000, preview="{...")
     assert real.bounded() is real

@@ -456,6 +456,32 @@ async def _local_channel(client: Client) -> dict[str, str]:
     return {handle.id: handle.id}
 
 
+BIG_QUEUE = """
+name: big-queue
+params: {a: {type: string}, b: {type: string}}
+steps:
+  - {id: s0, action: t.quick, with: {seconds: 0, note: "{{ params.a ~ params.b }}"}}
+  - {id: s1, action: t.quick, with: {seconds: 0, note: "{{ params.a ~ params.b }}"}}
+  - {id: s2, action: t.quick, with: {seconds: 0, note: "{{ params.a ~ params.b }}"}}
+  - {id: s3, action: t.quick, with: {seconds: 0, note: "{{ params.a ~ params.b }}"}}
+  - {id: s4, action: t.quick, with: {seconds: 0, note: "{{ params.a ~ params.b }}"}}
+  - {id: high, action: t.quick, impact: high, with: {seconds: 0}}
+"""
+
+
+async def _big_queue(client: Client, name: str) -> dict[str, str]:
+    """Five steps of 128 KB args, whose step_started events wait to be confirmed, then a
+    high-impact step: by engine-v13 code its input carries them all (past CARRY_MAX, under 2 MB);
+    engine-v14 has the flusher write them first. Its replay pins that gate."""
+    rec = Recorder()
+    part = "n" * 64_000  # (a string param's bound)
+    async with worker(client, rec, policy({"allow": True})) as w:
+        handle = await start_as(client, w, BIG_QUEUE, name, params={"a": part, "b": part})
+        status = await asyncio.wait_for(handle.result(), WAIT)
+    assert status.state == "completed", (status.state, status.error)
+    return {handle.id: handle.id}
+
+
 FRONT_VERDICT = """
 name: front-verdict
 summary: Prepare, then a high-impact step behind an approval
@@ -521,6 +547,8 @@ TREES: dict[str, tuple[Callable[[Client], Awaitable[dict[str, str]]], list[str]]
     # Recorded by engine-v13 code (830d24f): the spool's flusher and carried batches before engine-v14
     "engine-v13-spool-outage": (lambda client: _spool_outage(client, "engine-v13-spool-outage"),
                                 ["engine-v13-spool-outage"]),
+    # Recorded by engine-v13 code (f76ffd1): a high-impact step carries 640 KB of waiting events
+    "engine-v13-big-queue": (lambda client: _big_queue(client, "engine-v13-big-queue"), ["engine-v13-big-queue"]),
 }
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from temporalio import activity
 from temporalio.client import AsyncActivityHandle, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
-from bot.actions.base import ActionResult, OutputRef
+from bot.actions.base import ActionFailed, ActionInput, ActionResult, OutputRef
 from bot.alerts.payload import ALERT_MAX
 from bot.audit.events import EventKind
 from bot.engine.locking import ID_MAX, NOTICE_SIGNAL, LockNotice
@@ -186,3 +187,42 @@ async def test_an_alert_too_big_for_its_runs_questions_starts_nothing_and_its_ne
         [outcome] = [e for e in stack.audit.events() if e.kind == EventKind.alert_outcome
                      and e.details.get("fingerprint") == huge["fingerprint"]]
         assert outcome.details["outcome"] == "rejected", outcome.details
+
+
+async def test_a_failed_fallback_keeps_the_steps_failure_within_its_bound(dev_env):
+    """Review, stop 54: the step's failure was cut where it failed, but a failed fallback adds its
+    own ("...; fallback X failed: ..."), and `on_failure: continue` kept the sum whole (4,030)."""
+    rec = Recorder()
+
+    @activity.defn(name="t.longfail")
+    async def longfail(inp: ActionInput) -> ActionResult:
+        raise ActionFailed("x" * 5000, retryable=False)
+
+    pb = playbook("""
+name: long-errors
+steps:
+  - id: s
+    action: t.longfail
+    retry: {max_attempts: 1}
+    fallback: {action: t.longfail, retry: {max_attempts: 1}}
+    on_failure: continue
+  - {id: after, action: t.ok}
+""")
+    async with worker(dev_env.client, rec, [longfail]) as w:
+        handle = await start(dev_env.client, w, run_input(pb))
+        status = await asyncio.wait_for(handle.result(), 30)
+    assert status.state == "completed" and status.step("s").state == "failed_ignored", status.error
+    assert len(status.step("s").error or "") <= ERROR_MAX
+
+
+async def test_a_grown_copy_of_a_delivery_in_flight_is_answered_by_that_delivery(dev_env, tmp_path):
+    """Review, stop 54: the size check ran before a copy waited for the delivery in flight, so a
+    copy with grown annotations read `rejected` while the first started the episode's run. Only a
+    start is refused for its size now, after copies, resolves and claims had their say."""
+    small = firing("d" * 16, "Huge")
+    small["annotations"] = {"part": "small"}
+    grown = {**small, "annotations": {"part": "small", "long": "x" * 600_000}}
+    async with bot_stack(dev_env.client, tmp_path, {"huge": HUGE}, alertmanager_max_body=8 << 20) as stack:
+        first, copy = await asyncio.gather(stack.deliver(webhook([small])), stack.deliver(webhook([grown])))
+        [a], [b] = first.json(), copy.json()
+        assert a["outcome"] == "started" and b["outcome"] == "attached" and b["run_id"] == a["run_id"], (a, b)
