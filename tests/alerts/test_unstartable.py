@@ -19,7 +19,8 @@ from tests.reliability.alertmanager_support import bot_stack, firing, webhook
 async def test_an_alert_temporal_refuses_to_start_is_rejected_alone(dev_env, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(payload, "ALERT_MAX", 8 << 20)
     async with bot_stack(dev_env.client, tmp_path, PLAYBOOKS, check_5xx=False,
-                         alertmanager_max_body=1 << 20) as stack:  # the production default
+                         alertmanager_max_body=1 << 20,  # the production default
+                         opa_timeout=15) as stack:  # (its start question holds 3.8 MB: seconds under load)
         poison = firing(uuid.uuid4().hex[:16], "Hold", instance="a")
         good = firing(uuid.uuid4().hex[:16], "Hold", instance="b")
         text = json.dumps(webhook([poison, good]))
