@@ -189,12 +189,6 @@ ANSWER_UNSEALED = "AnswerUnsealed"
 # refused the caller (bot/engine/callers.py), or has no such activity (the SDK's own type).
 NEVER_RAN = frozenset({CALLER_REFUSED, CALLER_UNKNOWN, "NotFoundError"})
 T = TypeVar("T")
-
-
-class NotAsked(Exception):
-    """A `decide` question the run did not send (engine-v14): its history is past the bound, or the
-    question past QUESTION_MAX. The step fails with it ("not started"), as an action not sent does;
-    no policy said no, so it is not a denial (every caller of a `decide` catches it)."""
 ASK_AGAIN_AFTER = timedelta(seconds=1)  # engine-v10: an activity retried without limit that a client failed
 ANONYMOUS_CANCELS_AUDITED = 10
 CANCEL_REFUSED = "CancelRefused"
@@ -212,6 +206,18 @@ POLICY_RETRY = TemporalRetryPolicy(maximum_attempts=3, initial_interval=timedelt
 LOCK_TIMEOUT = timedelta(seconds=30)
 LOCK_ASK_AGAIN = timedelta(minutes=2)  # while queued: the request again, in case its lock was terminated
 TRACE_MAX = 5000  # entries of RunStatus.trace; past it the run goes on, untraced
+
+
+class NotAsked(Exception):
+    """A `decide` question the run did not send (engine-v14): its history is past the bound, or the
+    question past QUESTION_MAX. The step fails with it ("not started"), as an action not sent does;
+    no policy said no, so it is not a denial (every caller of a `decide` catches it)."""
+
+
+def left_for_undoing(what: str, full: str) -> str:
+    """Why a forward step's work was not sent (`what`: "not started", "not asked") once the run's
+    history is past its bound (`full`, `_step_room`'s reason)."""
+    return f"{what}: {full}; what is left is for undoing what ran"
 
 
 def idempotency_key(run_id: str, step_id: str, compensation: bool = False, fallback: bool = False,
@@ -1108,7 +1114,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             return st.state != "failed"
         if (full := self._step_room()) is not None:  # no fallback, no `continue`: nothing more starts
             st.started_at = workflow.now()
-            return self._fail(st, f"not started: {full}; what is left is for undoing what ran")
+            return self._fail(st, left_for_undoing("not started", full))
         await self._thread_known(step)
         try:
             args = self._args(step.action, step.with_, step.id)
@@ -1447,12 +1453,12 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         st.state, st.finished_at = "cancelled", workflow.now()
         self._record(st.id, EventKind.step_failed, {"action": st.action, "attempts": st.attempts, "state": "cancelled"})
 
-    async def _sent(self, payload: Any, send: Callable[[], Awaitable[T]]) -> T:
+    async def _sent(self, payload: Any, send: Callable[[], Awaitable[T]], size: int | None = None) -> T:
         """`send()` once the run has room for `payload`'s JSON bytes out (engine-v13, DISPATCH_MAX);
-        None: nothing goes out (a local action)."""
+        None: nothing goes out (a local action). `size`: those bytes, when the caller counted them."""
         if not self._history_bounded or payload is None:
             return await send()
-        size = payload_size(payload)
+        size = payload_size(payload) if size is None else size
 
         def room() -> bool:
             return self._in_flight == 0 or self._in_flight + size <= DISPATCH_MAX
@@ -1471,7 +1477,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
             # Items started together pass their step's check at once and wait here for room: the
             # history may have filled meanwhile (44 MiB from 100 items of 256 KB; an undo then had none).
             if not options.get("compensation") and (full := self._step_room()) is not None:
-                said = f"not started: {full}; what is left is for undoing what ran"
+                said = left_for_undoing("not started", full)
                 raise results.failed_activity(said, action, "", ApplicationError(said, non_retryable=True))
             return await self._execute_now(step_id, action, args, *rest, **options)
 
@@ -1722,7 +1728,8 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         engine-v14: a question past QUESTION_MAX is not sent (a `decide` raises NotAsked, any other
         is a fail-closed deny); a `decide` is a forward step's, so past the history bound, checked
         again once there is room, it is not sent either (NotAsked)."""
-        if self._payloads_bounded and (size := payload_size(input)) > QUESTION_MAX:
+        size = payload_size(input) if self._payloads_bounded else None  # (what `_sent` counts too)
+        if size is not None and size > QUESTION_MAX:
             said = (f"the policy question is {size:,} bytes (the alert, params, step and item it carries); one is at "
                     f"most {QUESTION_MAX:,}, as Temporal refuses a payload past 2 MB")
             if rule == "decide":
@@ -1731,10 +1738,10 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
         async def send() -> Any:
             if rule == "decide" and self._payloads_bounded and (full := self._step_room()) is not None:
-                raise NotAsked(f"not asked: {full}; what is left is for undoing what ran")
+                raise NotAsked(left_for_undoing("not asked", full))
             return await self._asked_now(rule, input, result_type, **options)
 
-        return await self._sent(input, send)
+        return await self._sent(input, send, size)
 
     async def _asked_now(
         self,
