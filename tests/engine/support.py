@@ -147,12 +147,13 @@ def catalog_of(*playbooks: Playbook) -> Catalog:
     return Catalog(LoadedPlaybook(pb, Path(f"{pb.name}.yaml"), pb.content_hash()) for pb in playbooks)
 
 
-def run_input(pb: Playbook, params: dict[str, Any] | None = None, requested_by: str = "cli:tester") -> RunInput:
+def run_input(pb: Playbook, params: dict[str, Any] | None = None, requested_by: str = "cli:tester",
+              alert: dict[str, Any] | None = None) -> RunInput:
     return RunInput(
         playbook=pb,
         playbook_hash=pb.content_hash(),
         params=params or {},
-        trigger=TriggerContext(kind="cli", requested_by=requested_by),
+        trigger=TriggerContext(kind="cli", requested_by=requested_by, alert=alert),
     )
 
 

@@ -13,7 +13,6 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 
 from bot.engine.spool import CARRY_MAX
-from bot.engine.state import TriggerContext
 from bot.playbook.params import coerce_params
 from tests.engine.support import Recorder, playbook, run_input, start, worker
 from tests.engine.test_approvals import policy
@@ -145,7 +144,7 @@ steps:
 """)
     alert = {"status": "firing", "labels": {"alertname": "X"}, "annotations": {"d": "d" * 500_000},
              "startsAt": "2026-12-07T00:00:00Z", "fingerprint": "abc"}
-    run = run_input(pb).model_copy(update={"trigger": TriggerContext(kind="cli", requested_by="cli:tester", alert=alert)})
+    run = run_input(pb, alert=alert)
     async with worker(dev_env.client, rec, policy({"allow": True})) as w:
         handle = await start(dev_env.client, w, run)
         status = await asyncio.wait_for(handle.result(), 30)

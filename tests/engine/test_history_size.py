@@ -11,7 +11,6 @@ from temporalio.client import WorkflowExecutionStatus
 
 from bot.engine import workflow as workflow_module
 from bot.engine.workflow import EVENTS_STEPS_MAX, HISTORY_STEPS_MAX, PlaybookRun
-from bot.engine.state import TriggerContext
 from bot.playbook.params import coerce_params
 from tests.engine.support import Recorder, playbook, run_input, start, worker
 from tests.engine.test_approvals import policy
@@ -128,8 +127,7 @@ steps:
     params = coerce_params(pb, {"a": part, "b": part, "c": part, "d": part})
     alert = {"status": "firing", "labels": {"alertname": "X"}, "annotations": {"description": "d" * 523_000},
              "startsAt": "2026-12-07T00:00:00Z", "fingerprint": "abc"}
-    run = run_input(pb, params=params).model_copy(
-        update={"trigger": TriggerContext(kind="cli", requested_by="cli:tester", alert=alert)})
+    run = run_input(pb, params=params, alert=alert)
     async with worker(dev_env.client, rec, policy({"allow": True})) as w:
         handle = await start(dev_env.client, w, run)
         status = await asyncio.wait_for(handle.result(), 180)

@@ -15,7 +15,7 @@ from bot.actions.base import ActionFailed, ActionInput, ActionResult, OutputRef
 from bot.alerts.payload import ALERT_MAX
 from bot.audit.events import EventKind
 from bot.engine.locking import ID_MAX, NOTICE_SIGNAL, LockNotice
-from bot.engine.state import CancelRequest, TriggerContext
+from bot.engine.state import CancelRequest
 from bot.engine.workflow import ERROR_MAX, PlaybookRun
 from bot.playbook.params import coerce_params
 from tests.engine.support import Recorder, playbook, run_input, start, wait_for_state, worker
@@ -131,7 +131,7 @@ steps:
       - {id: act, action: t.quick, impact: high, with: {seconds: 0}}
 """)
     alert = {"labels": {"alertname": "X"}, "annotations": {"description": "d" * 1_000_000}, "fingerprint": "abc"}
-    run = run_input(pb).model_copy(update={"trigger": TriggerContext(kind="cli", requested_by="cli:tester", alert=alert)})
+    run = run_input(pb, alert=alert)
     async with worker(dev_env.client, rec, policy({"allow": True})) as w:
         handle = await start(dev_env.client, w, run)
         status = await asyncio.wait_for(handle.result(), 120)
