@@ -50,7 +50,8 @@ class ActionInput(BaseModel):
 
 
 # What a real OutputRef holds at most: an audit event id (ID_BYTES_MAX), a preview of at most
-# PLAYBOOK_BOT_OUTPUT_PREVIEW_BYTES (16 KiB), a refusal the run keeps as a step's failure.
+# PLAYBOOK_BOT_OUTPUT_PREVIEW_BYTES (16 KiB, its setting's bound), a refusal the run keeps as a
+# step's failure (bot/engine/state.py ERROR_MAX's 2,000: state imports this module, not the reverse).
 REF_ID_MAX, REF_PREVIEW_MAX, REF_REFUSED_MAX = ID_BYTES_MAX, 16 * 1024, 2000
 
 
