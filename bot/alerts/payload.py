@@ -160,10 +160,10 @@ def parse_payload(body: bytes, sender: Sender = "alertmanager") -> WebhookPayloa
 
 def too_big_to_run(alert: dict[str, Any]) -> str | None:
     """Why `alert` (as a run's trigger holds it: `Alert.as_context`) cannot start a run (None: it
-    can); the front door asks, and the worker's admission again. An alert rides whole in its run's input and
-    in each of the run's policy questions, beside the params, the step's arguments and the events
-    on their way to the trail; Temporal refuses a payload past 2 MB, so a question past it failed
-    the run's workflow task on every replay while the run held the episode. The body limit
+    can); the front door asks, and the worker's admission again. An alert rides whole in its run's
+    input and in each of the run's policy questions, beside the params, the step's arguments and the
+    events on their way to the trail; Temporal refuses a payload past 2 MB, so a question past it
+    failed the run's workflow task on every replay while the run held the episode. The body limit
     (alertmanager_max_body) is the operator's to raise for large groups; this one is per alert, and
     measured as read: a number grows up to 4.5 times (`1e15` is 1000000000000000.0 once decoded)."""
     size = len(to_json(alert))

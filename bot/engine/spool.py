@@ -60,6 +60,7 @@ Queued = tuple[int, AuditEvent]  # (place in the run's order, event)
 
 class AuditSpool:
     _status: RunStatus
+    _payloads_bounded: bool  # the run's engine-v14 (PlaybookRun): an activity carries at most CARRY_MAX of the queue
 
     def _spool_setup(self) -> None:
         self._audit: list[Queued] = []
@@ -73,7 +74,6 @@ class AuditSpool:
         self._wait_held = False  # HELD_PATCH, asked in run() right after SPOOL_PATCH
         self._confirms = False  # engine-v11: what an activity says it wrote waits for a write of the worker's
         self._unconfirmed: list[Queued] = []
-        self._carry_bounded = False  # engine-v14: an activity carries at most CARRY_MAX bytes of the queue
 
     # ---- ids and the queue ---------------------------------------------------------------
 
@@ -126,7 +126,7 @@ class AuditSpool:
     def _carry_over(self, high: bool = False) -> bool:
         """(engine-v14) Whether the next activity's handoff would carry more than CARRY_MAX bytes:
         the queue, and for a high-impact step what waits to be confirmed too."""
-        if not self._carry_bounded or self._holders:
+        if not self._payloads_bounded or self._holders:
             return False  # (a holder in flight: the next one carries nothing)
         carried = [*self._audit, *(self._unconfirmed if high else [])]
         return sum(payload_size(event) for _, event in carried) > CARRY_MAX

@@ -381,7 +381,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
         self._args_bounded = False  # engine-v12: a step's rendered args are at most ARGS_MAX bytes
         self._history_bounded = False  # engine-v13: no step past HISTORY_STEPS_MAX, no undo past HISTORY_UNDO_MAX
         self._in_flight = 0  # engine-v13: bytes of inputs out at once, against DISPATCH_MAX
-        self._payloads_bounded = False  # engine-v14: `decide` checks the history bound; failures cut
+        self._payloads_bounded = False  # engine-v14: policy questions and carried audit events bounded; failures cut
         self._slack_defers = False  # engine-v4: a sync waits while the news it would show dispatches work
         self._dispatched = 0  # steps' work dispatched so far (policy questions, actions, child runs)
         self._news = 0  # changes marked for Slack so far
@@ -767,7 +767,7 @@ class PlaybookRun(ForeachRuns, SubPlaybooks, AuditSpool):
 
     def _engine_v14(self) -> None:
         """Every behaviour engine-v14 stands for."""
-        self._payloads_bounded = self._carry_bounded = True
+        self._payloads_bounded = True
         self._engine_v13()
 
     def _engine_v13(self) -> None:
